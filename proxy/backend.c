@@ -1,0 +1,501 @@
+/*
+ * backend.c - forwarding commands to the backing MongoDB deployment.
+ *
+ * mongoc is blocking, so it never runs on the loop thread. A fixed set of
+ * lanes (worker threads) each own one client popped from a mongoc client
+ * pool, which shares one topology and its background monitoring. The loop
+ * queues a job on a lane and returns; the lane runs the command and puts the
+ * finished job on a done list, and a uv_async_t brings it back to the loop,
+ * where the callback sends the reply.
+ *
+ * Client sessions. Drivers tag commands with a logical session id (lsid), and
+ * a real mongod ties cursors and transactions to it: a getMore must carry the
+ * lsid its find ran under. mongoc adds a session id of its own to every
+ * command, so aspen cannot pass the client's lsid through. Instead each
+ * client lsid is mapped to one mongoc explicit session, created on first use
+ * and ended by the client's endSessions (or after 30 idle minutes), and every
+ * command with that lsid runs on the same lane (the lsid's hash picks it), so
+ * the same backend session id reaches the server each time. Commands without
+ * an lsid use mongoc's implicit sessions.
+ */
+#include "proxy_int.h"
+
+#include <mongoc/mongoc.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define COMPONENT "BACKEND"
+#define SESSION_BUCKETS 256
+#define SESSION_IDLE_MS (30u * 60u * 1000u)
+#define DEFAULT_SERVER_SELECTION_MS 5000
+
+typedef enum { JOB_COMMAND, JOB_END_SESSION } job_kind_t;
+
+struct aspen_backend_job {
+   aspen_backend_job_t *next;
+   job_kind_t kind;
+   char *db;
+   bson_t cmd;  /* the command to send (stripped) */
+   bson_t lsid; /* the client's lsid, empty if none */
+   bool has_lsid;
+   aspen_backend_cb cb;
+   void *arg;
+   bson_t reply;
+};
+
+typedef struct mapped_session {
+   struct mapped_session *next;
+   uint8_t *key; /* the client's lsid document bytes */
+   size_t key_len;
+   mongoc_client_session_t *cs;
+   uint64_t last_used_ms;
+} mapped_session_t;
+
+typedef struct {
+   aspen_backend_t *be;
+   int index;
+   pthread_t thread;
+   pthread_mutex_t mu;
+   pthread_cond_t cv;
+   aspen_backend_job_t *head, *tail;
+   bool stop;
+   mongoc_client_t *client;
+   mapped_session_t *buckets[SESSION_BUCKETS];
+   uint64_t last_reap_ms;
+   char ctx[16];
+} lane_t;
+
+struct aspen_backend {
+   uv_loop_t *loop;
+   mongoc_uri_t *uri;
+   mongoc_client_pool_t *pool;
+   int n_lanes;
+   lane_t *lanes;
+   uv_async_t async;
+   pthread_mutex_t done_mu;
+   aspen_backend_job_t *done_head, *done_tail;
+};
+
+static uint64_t
+hash_bytes(const uint8_t *p, size_t n)
+{
+   uint64_t h = 1469598103934665603ull;
+   for (size_t i = 0; i < n; i++) {
+      h = (h ^ p[i]) * 1099511628211ull;
+   }
+   return h;
+}
+
+static void
+job_free(aspen_backend_job_t *job)
+{
+   free(job->db);
+   bson_destroy(&job->cmd);
+   bson_destroy(&job->lsid);
+   bson_destroy(&job->reply);
+   free(job);
+}
+
+/* ---- lane side ---------------------------------------------------------- */
+
+static mapped_session_t **
+session_slot(lane_t *lane, const bson_t *lsid, bool *found)
+{
+   uint64_t h = hash_bytes(bson_get_data(lsid), lsid->len);
+   mapped_session_t **pp = &lane->buckets[h % SESSION_BUCKETS];
+   while (*pp) {
+      if ((*pp)->key_len == lsid->len &&
+          memcmp((*pp)->key, bson_get_data(lsid), lsid->len) == 0) {
+         *found = true;
+         return pp;
+      }
+      pp = &(*pp)->next;
+   }
+   *found = false;
+   return pp;
+}
+
+static void
+session_drop(mapped_session_t **pp)
+{
+   mapped_session_t *ms = *pp;
+   *pp = ms->next;
+   mongoc_client_session_destroy(ms->cs);
+   free(ms->key);
+   free(ms);
+}
+
+static mongoc_client_session_t *
+session_get(lane_t *lane, const bson_t *lsid)
+{
+   bool found;
+   mapped_session_t **pp = session_slot(lane, lsid, &found);
+   if (found) {
+      (*pp)->last_used_ms = aspen_now_ms();
+      return (*pp)->cs;
+   }
+   mongoc_session_opt_t *opts = mongoc_session_opts_new();
+   /* The client does its own causal consistency; aspen adds nothing. */
+   mongoc_session_opts_set_causal_consistency(opts, false);
+   bson_error_t berr;
+   mongoc_client_session_t *cs =
+      mongoc_client_start_session(lane->client, opts, &berr);
+   mongoc_session_opts_destroy(opts);
+   if (!cs) {
+      /* The backend does not support sessions: run without one. */
+      aspen_logf(ASPEN_LOG_DEBUG, COMPONENT, lane->ctx,
+                 "no backend session: %s", berr.message);
+      return NULL;
+   }
+   mapped_session_t *ms = aspen_xcalloc(1, sizeof *ms);
+   ms->key = aspen_xmalloc(lsid->len);
+   memcpy(ms->key, bson_get_data(lsid), lsid->len);
+   ms->key_len = lsid->len;
+   ms->cs = cs;
+   ms->last_used_ms = aspen_now_ms();
+   *pp = ms;
+   return cs;
+}
+
+static void
+sessions_reap(lane_t *lane, bool all)
+{
+   uint64_t now = aspen_now_ms();
+   if (!all && now - lane->last_reap_ms < 60000) {
+      return;
+   }
+   lane->last_reap_ms = now;
+   for (int b = 0; b < SESSION_BUCKETS; b++) {
+      mapped_session_t **pp = &lane->buckets[b];
+      while (*pp) {
+         if (all || now - (*pp)->last_used_ms > SESSION_IDLE_MS) {
+            session_drop(pp);
+         } else {
+            pp = &(*pp)->next;
+         }
+      }
+   }
+}
+
+static void
+run_command(lane_t *lane, aspen_backend_job_t *job)
+{
+   bson_t opts = BSON_INITIALIZER;
+   bson_error_t berr;
+   mongoc_client_session_t *cs = NULL;
+   if (job->has_lsid) {
+      cs = session_get(lane, &job->lsid);
+   }
+   if (cs && !mongoc_client_session_append(cs, &opts, &berr)) {
+      cs = NULL;
+   }
+   bson_t reply;
+   bool ok = mongoc_client_command_with_opts(lane->client, job->db, &job->cmd,
+                                             NULL, &opts, &reply, &berr);
+   bson_destroy(&opts);
+   bson_destroy(&job->reply);
+   if (!ok && !bson_has_field(&reply, "ok")) {
+      /* No server reply: the backend could not be reached or the connection
+       * broke. Say so with a code drivers do not treat as a topology change. */
+      bson_destroy(&reply);
+      bson_init(&job->reply);
+      aspen_reply_error(&job->reply, ASPEN_ERR_HostUnreachable,
+                        "aspen could not reach the backing MongoDB "
+                        "deployment: %s",
+                        berr.message);
+      bson_iter_t it;
+      const char *name = "?";
+      if (bson_iter_init(&it, &job->cmd) && bson_iter_next(&it)) {
+         name = bson_iter_key(&it);
+      }
+      aspen_logf(ASPEN_LOG_WARNING, COMPONENT, lane->ctx,
+                 "forwarding %s.%s failed: %s", job->db, name, berr.message);
+      return;
+   }
+   /* The server's own reply, error or not, goes back verbatim. */
+   bson_steal(&job->reply, &reply);
+}
+
+static void
+end_session(lane_t *lane, aspen_backend_job_t *job)
+{
+   bool found;
+   mapped_session_t **pp = session_slot(lane, &job->lsid, &found);
+   if (found) {
+      session_drop(pp);
+   }
+}
+
+static void
+finish(aspen_backend_t *be, aspen_backend_job_t *job)
+{
+   pthread_mutex_lock(&be->done_mu);
+   if (be->done_tail) {
+      be->done_tail->next = job;
+   } else {
+      be->done_head = job;
+   }
+   be->done_tail = job;
+   pthread_mutex_unlock(&be->done_mu);
+   uv_async_send(&be->async);
+}
+
+static void *
+lane_main(void *arg)
+{
+   lane_t *lane = arg;
+   lane->client = mongoc_client_pool_pop(lane->be->pool);
+   for (;;) {
+      pthread_mutex_lock(&lane->mu);
+      while (!lane->head && !lane->stop) {
+         pthread_cond_wait(&lane->cv, &lane->mu);
+      }
+      if (lane->stop) {
+         pthread_mutex_unlock(&lane->mu);
+         break;
+      }
+      aspen_backend_job_t *job = lane->head;
+      lane->head = job->next;
+      if (!lane->head) {
+         lane->tail = NULL;
+      }
+      job->next = NULL;
+      pthread_mutex_unlock(&lane->mu);
+
+      if (job->kind == JOB_COMMAND) {
+         run_command(lane, job);
+         finish(lane->be, job);
+      } else {
+         end_session(lane, job);
+         job_free(job);
+      }
+      sessions_reap(lane, false);
+   }
+   sessions_reap(lane, true);
+   mongoc_client_pool_push(lane->be->pool, lane->client);
+   lane->client = NULL;
+   return NULL;
+}
+
+/* ---- loop side ---------------------------------------------------------- */
+
+static void
+on_async(uv_async_t *h)
+{
+   aspen_backend_t *be = h->data;
+   pthread_mutex_lock(&be->done_mu);
+   aspen_backend_job_t *job = be->done_head;
+   be->done_head = be->done_tail = NULL;
+   pthread_mutex_unlock(&be->done_mu);
+   while (job) {
+      aspen_backend_job_t *next = job->next;
+      job->cb(job->arg, &job->reply);
+      job_free(job);
+      job = next;
+   }
+}
+
+static void
+mongoc_log_to_aspen(mongoc_log_level_t level, const char *domain,
+                    const char *message, void *user_data)
+{
+   (void) user_data;
+   aspen_log_level_t lvl;
+   switch (level) {
+   case MONGOC_LOG_LEVEL_ERROR:
+   case MONGOC_LOG_LEVEL_CRITICAL:
+      lvl = ASPEN_LOG_ERROR;
+      break;
+   case MONGOC_LOG_LEVEL_WARNING:
+      lvl = ASPEN_LOG_WARNING;
+      break;
+   case MONGOC_LOG_LEVEL_MESSAGE:
+   case MONGOC_LOG_LEVEL_INFO:
+      lvl = ASPEN_LOG_INFO;
+      break;
+   default:
+      return; /* debug and trace are mongoc's own business */
+   }
+   aspen_logf(lvl, COMPONENT, domain, "%s", message);
+}
+
+aspen_backend_t *
+aspen_backend_new(uv_loop_t *loop, const char *uri_str, int lanes,
+                  aspen_error_t *err)
+{
+   bson_error_t berr;
+   mongoc_log_set_handler(mongoc_log_to_aspen, NULL);
+   mongoc_uri_t *uri = mongoc_uri_new_with_error(uri_str, &berr);
+   if (!uri) {
+      aspen_error_set(err, ASPEN_ERR_BadValue, "invalid backend URI: %s",
+                      berr.message);
+      return NULL;
+   }
+   if (!mongoc_uri_has_option(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS)) {
+      /* mongoc waits 30 s by default; a local tool should say sooner that
+       * its backend is down. */
+      mongoc_uri_set_option_as_int32(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS,
+                                     DEFAULT_SERVER_SELECTION_MS);
+   }
+   if (!mongoc_uri_get_appname(uri)) {
+      mongoc_uri_set_appname(uri, "aspen");
+   }
+   aspen_backend_t *be = aspen_xcalloc(1, sizeof *be);
+   be->loop = loop;
+   be->uri = uri;
+   be->pool = mongoc_client_pool_new(uri);
+   if (!be->pool) {
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "cannot create a client pool for the backend URI");
+      mongoc_uri_destroy(uri);
+      free(be);
+      return NULL;
+   }
+   mongoc_client_pool_set_error_api(be->pool, MONGOC_ERROR_API_VERSION_2);
+   pthread_mutex_init(&be->done_mu, NULL);
+   uv_async_init(loop, &be->async, on_async);
+   be->async.data = be;
+   be->n_lanes = lanes > 0 ? lanes : 1;
+   be->lanes = aspen_xcalloc((size_t) be->n_lanes, sizeof *be->lanes);
+   for (int i = 0; i < be->n_lanes; i++) {
+      lane_t *lane = &be->lanes[i];
+      lane->be = be;
+      lane->index = i;
+      snprintf(lane->ctx, sizeof lane->ctx, "lane%d", i);
+      pthread_mutex_init(&lane->mu, NULL);
+      pthread_cond_init(&lane->cv, NULL);
+      pthread_create(&lane->thread, NULL, lane_main, lane);
+   }
+   bson_t attr = BSON_INITIALIZER;
+   const mongoc_host_list_t *hosts = mongoc_uri_get_hosts(uri);
+   BSON_APPEND_UTF8(&attr, "host",
+                    hosts ? hosts->host_and_port : "(srv)");
+   BSON_APPEND_INT32(&attr, "lanes", be->n_lanes);
+   aspen_log(ASPEN_LOG_INFO, COMPONENT, 0, "main",
+             "Forwarding to the backing deployment", &attr);
+   bson_destroy(&attr);
+   return be;
+}
+
+static void
+enqueue(aspen_backend_t *be, int lane_idx, aspen_backend_job_t *job)
+{
+   lane_t *lane = &be->lanes[lane_idx];
+   pthread_mutex_lock(&lane->mu);
+   if (lane->tail) {
+      lane->tail->next = job;
+   } else {
+      lane->head = job;
+   }
+   lane->tail = job;
+   pthread_cond_signal(&lane->cv);
+   pthread_mutex_unlock(&lane->mu);
+}
+
+static int
+lane_for_lsid(aspen_backend_t *be, const bson_t *lsid)
+{
+   return (int) (hash_bytes(bson_get_data(lsid), lsid->len) %
+                 (uint64_t) be->n_lanes);
+}
+
+void
+aspen_backend_submit(aspen_backend_t *be, const char *db, const bson_t *cmd,
+                     const bson_t *lsid, uint64_t conn_key,
+                     aspen_backend_cb cb, void *arg)
+{
+   aspen_backend_job_t *job = aspen_xcalloc(1, sizeof *job);
+   job->kind = JOB_COMMAND;
+   job->db = aspen_xstrdup(db);
+   bson_init(&job->cmd);
+   bson_init(&job->reply);
+   /* Fields that belong to the client's connection to aspen, not to the
+    * backend: mongoc supplies its own. */
+   bson_copy_to_excluding_noinit(cmd, &job->cmd, "$db", "lsid", "$clusterTime",
+                                 "$readPreference", NULL);
+   if (lsid) {
+      bson_copy_to(lsid, &job->lsid);
+      job->has_lsid = true;
+   } else {
+      bson_init(&job->lsid);
+   }
+   job->cb = cb;
+   job->arg = arg;
+   int idx = lsid ? lane_for_lsid(be, lsid)
+                  : (int) (conn_key % (uint64_t) be->n_lanes);
+   enqueue(be, idx, job);
+}
+
+void
+aspen_backend_end_sessions(aspen_backend_t *be, const bson_t *ids)
+{
+   bson_iter_t it;
+   if (!bson_iter_init(&it, ids)) {
+      return;
+   }
+   while (bson_iter_next(&it)) {
+      if (!BSON_ITER_HOLDS_DOCUMENT(&it)) {
+         continue;
+      }
+      uint32_t len;
+      const uint8_t *data;
+      bson_t lsid;
+      bson_iter_document(&it, &len, &data);
+      if (!bson_init_static(&lsid, data, len)) {
+         continue;
+      }
+      aspen_backend_job_t *job = aspen_xcalloc(1, sizeof *job);
+      job->kind = JOB_END_SESSION;
+      bson_init(&job->cmd);
+      bson_init(&job->reply);
+      bson_copy_to(&lsid, &job->lsid);
+      job->has_lsid = true;
+      enqueue(be, lane_for_lsid(be, &lsid), job);
+   }
+}
+
+static void
+on_async_closed(uv_handle_t *h)
+{
+   free(h->data);
+}
+
+void
+aspen_backend_destroy(aspen_backend_t *be)
+{
+   if (!be) {
+      return;
+   }
+   for (int i = 0; i < be->n_lanes; i++) {
+      lane_t *lane = &be->lanes[i];
+      pthread_mutex_lock(&lane->mu);
+      lane->stop = true;
+      pthread_cond_signal(&lane->cv);
+      pthread_mutex_unlock(&lane->mu);
+   }
+   for (int i = 0; i < be->n_lanes; i++) {
+      lane_t *lane = &be->lanes[i];
+      pthread_join(lane->thread, NULL);
+      /* Jobs that never ran still owe their caller an answer. */
+      aspen_backend_job_t *job = lane->head;
+      while (job) {
+         aspen_backend_job_t *next = job->next;
+         if (job->kind == JOB_COMMAND) {
+            aspen_reply_error(&job->reply, ASPEN_ERR_HostUnreachable,
+                              "aspen is shutting down");
+            job->cb(job->arg, &job->reply);
+         }
+         job_free(job);
+         job = next;
+      }
+      pthread_mutex_destroy(&lane->mu);
+      pthread_cond_destroy(&lane->cv);
+   }
+   on_async(&be->async);
+   free(be->lanes);
+   mongoc_client_pool_destroy(be->pool);
+   mongoc_uri_destroy(be->uri);
+   pthread_mutex_destroy(&be->done_mu);
+   uv_close((uv_handle_t *) &be->async, on_async_closed);
+}

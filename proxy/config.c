@@ -1,0 +1,435 @@
+/*
+ * config.c - aspen's settings: defaults, an Extended JSON config file read
+ * with libbson, and command-line flags that override it. Every key is a row
+ * in one table, so the file parser, the flag parser and getCmdLineOpts agree
+ * on names and types. Unknown keys and wrong types are refused with the key's
+ * dotted path, at start, before anything listens.
+ *
+ * Config file shape (every key optional):
+ *   { "net": { "bindIp": "127.0.0.1", "port": 27017, "maxConnections": 1000,
+ *              "maxMessageSizeBytes": 48000000,
+ *              "outputHighWaterMarkBytes": 16777216 },
+ *     "tls": { "mode": "disabled", "certificateFile": "...", "keyFile": "...",
+ *              "CAFile": "..." },
+ *     "backend": { "uri": "mongodb://...", "lanes": 4 },
+ *     "stateDir": "./aspen-state",
+ *     "log": { "level": "info" } }
+ */
+#include "proxy_int.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { T_STRING, T_INT, T_SIZE, T_TLS_MODE, T_LOG_LEVEL } key_type_t;
+
+typedef struct {
+   const char *path; /* dotted path in the config file */
+   const char *flag; /* command-line flag, or NULL */
+   key_type_t type;
+   size_t offset;    /* into aspen_config_t */
+   long long min, max;
+   const char *help;
+} key_t_;
+
+#define OFF(f) offsetof(aspen_config_t, f)
+
+static const key_t_ keys[] = {
+   {"net.bindIp", "--bind", T_STRING, OFF(bind), 0, 0,
+    "address to listen on (default 127.0.0.1)"},
+   {"net.port", "--port", T_INT, OFF(port), 0, 65535,
+    "port to listen on (default 27017; 0 picks a free one)"},
+   {"net.maxConnections", "--max-connections", T_INT, OFF(max_connections), 1,
+    1000000, "most client connections open at once (default 1000)"},
+   {"net.maxMessageSizeBytes", NULL, T_SIZE, OFF(max_message_size), 1024,
+    ASPEN_WIRE_MAX_MESSAGE_LEN, "largest wire message accepted (48000000)"},
+   {"net.outputHighWaterMarkBytes", NULL, T_SIZE, OFF(output_high_water),
+    1024, 1LL << 31,
+    "stop reading a connection while this much output is queued (16 MiB)"},
+   {"tls.mode", "--tls-mode", T_TLS_MODE, OFF(tls_mode), 0, 0,
+    "disabled | allowed | required (default disabled)"},
+   {"tls.certificateFile", "--tls-cert", T_STRING, OFF(tls_cert), 0, 0,
+    "server certificate chain (PEM)"},
+   {"tls.keyFile", "--tls-key", T_STRING, OFF(tls_key), 0, 0,
+    "server private key (PEM)"},
+   {"tls.CAFile", "--tls-ca", T_STRING, OFF(tls_ca), 0, 0,
+    "CA for client certificates (PEM)"},
+   {"backend.uri", "--backend", T_STRING, OFF(backend_uri), 0, 0,
+    "MongoDB URI of the backing deployment for forwarded commands"},
+   {"backend.lanes", "--backend-lanes", T_INT, OFF(backend_lanes), 1, 64,
+    "worker threads forwarding to the backend (default 4)"},
+   {"stateDir", "--state-dir", T_STRING, OFF(state_dir), 0, 0,
+    "directory for aspen's state (default ./aspen-state)"},
+   {"log.level", "--log-level", T_LOG_LEVEL, OFF(log_level), 0, 0,
+    "error | warning | info | debug (default info)"},
+};
+
+#define N_KEYS (sizeof keys / sizeof keys[0])
+
+void
+aspen_config_init(aspen_config_t *cfg)
+{
+   memset(cfg, 0, sizeof *cfg);
+   cfg->bind = aspen_xstrdup("127.0.0.1");
+   cfg->port = 27017;
+   cfg->backend_lanes = 4;
+   cfg->tls_mode = ASPEN_TLS_DISABLED;
+   cfg->max_connections = 1000;
+   cfg->max_message_size = ASPEN_WIRE_MAX_MESSAGE_LEN;
+   cfg->output_high_water = 16u * 1024u * 1024u;
+   cfg->log_level = ASPEN_LOG_INFO;
+   bson_init(&cfg->parsed);
+}
+
+void
+aspen_config_cleanup(aspen_config_t *cfg)
+{
+   for (size_t i = 0; i < N_KEYS; i++) {
+      if (keys[i].type == T_STRING) {
+         char **p = (char **) ((char *) cfg + keys[i].offset);
+         free(*p);
+         *p = NULL;
+      }
+   }
+   bson_destroy(&cfg->parsed);
+}
+
+static bool
+parse_log_level(const char *s, aspen_log_level_t *out)
+{
+   static const char *const names[] = {"error", "warning", "info", "debug"};
+   for (int i = 0; i < 4; i++) {
+      if (strcmp(s, names[i]) == 0) {
+         *out = (aspen_log_level_t) i;
+         return true;
+      }
+   }
+   return false;
+}
+
+/* Stores a string value for key `k`, converting by type. `where` names the
+ * key for messages ("net.port" or "--port"). */
+static bool
+set_from_string(aspen_config_t *cfg, const key_t_ *k, const char *value,
+                const char *where, aspen_error_t *err)
+{
+   void *field = (char *) cfg + k->offset;
+   switch (k->type) {
+   case T_STRING:
+      free(*(char **) field);
+      *(char **) field = aspen_xstrdup(value);
+      return true;
+   case T_INT:
+   case T_SIZE: {
+      char *end;
+      errno = 0;
+      long long v = strtoll(value, &end, 10);
+      if (errno || *value == '\0' || *end != '\0') {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "%s must be an integer, not '%s'", where, value);
+         return false;
+      }
+      if (v < k->min || v > k->max) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "%s must be between %lld and %lld, not %lld", where,
+                         k->min, k->max, v);
+         return false;
+      }
+      if (k->type == T_INT) {
+         *(int *) field = (int) v;
+      } else {
+         *(size_t *) field = (size_t) v;
+      }
+      return true;
+   }
+   case T_TLS_MODE:
+      if (!aspen_tls_mode_parse(value, (aspen_tls_mode_t *) field)) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "%s must be one of disabled, allowed, required, not "
+                         "'%s'",
+                         where, value);
+         return false;
+      }
+      return true;
+   case T_LOG_LEVEL:
+      if (!parse_log_level(value, (aspen_log_level_t *) field)) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "%s must be one of error, warning, info, debug, not "
+                         "'%s'",
+                         where, value);
+         return false;
+      }
+      return true;
+   }
+   return false;
+}
+
+static const key_t_ *
+find_key(const char *path)
+{
+   for (size_t i = 0; i < N_KEYS; i++) {
+      if (strcmp(keys[i].path, path) == 0) {
+         return &keys[i];
+      }
+   }
+   return NULL;
+}
+
+/* True when `path` is a section (a prefix of some key followed by '.'). */
+static bool
+is_section(const char *path)
+{
+   size_t n = strlen(path);
+   for (size_t i = 0; i < N_KEYS; i++) {
+      if (strncmp(keys[i].path, path, n) == 0 && keys[i].path[n] == '.') {
+         return true;
+      }
+   }
+   return false;
+}
+
+static bool
+load_doc(aspen_config_t *cfg, const bson_t *doc, const char *prefix,
+         aspen_error_t *err)
+{
+   bson_iter_t it;
+   if (!bson_iter_init(&it, doc)) {
+      aspen_error_set(err, ASPEN_ERR_FailedToParse, "invalid config document");
+      return false;
+   }
+   while (bson_iter_next(&it)) {
+      char path[256];
+      snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "",
+               bson_iter_key(&it));
+      if (is_section(path)) {
+         if (!BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            aspen_error_set(err, ASPEN_ERR_TypeMismatch,
+                            "config key '%s' must be an object", path);
+            return false;
+         }
+         uint32_t len;
+         const uint8_t *data;
+         bson_t sub;
+         bson_iter_document(&it, &len, &data);
+         if (!bson_init_static(&sub, data, len) ||
+             !load_doc(cfg, &sub, path, err)) {
+            return false;
+         }
+         continue;
+      }
+      const key_t_ *k = find_key(path);
+      if (!k) {
+         aspen_error_set(err, ASPEN_ERR_NoSuchKey,
+                         "unknown config key '%s'", path);
+         return false;
+      }
+      char buf[64];
+      const char *value = NULL;
+      if (k->type == T_INT || k->type == T_SIZE) {
+         if (BSON_ITER_HOLDS_INT32(&it) || BSON_ITER_HOLDS_INT64(&it)) {
+            snprintf(buf, sizeof buf, "%lld",
+                     (long long) bson_iter_as_int64(&it));
+            value = buf;
+         } else if (BSON_ITER_HOLDS_DOUBLE(&it) &&
+                    bson_iter_double(&it) == (double) (long long)
+                                                bson_iter_double(&it)) {
+            snprintf(buf, sizeof buf, "%lld",
+                     (long long) bson_iter_double(&it));
+            value = buf;
+         }
+         if (!value) {
+            aspen_error_set(err, ASPEN_ERR_TypeMismatch,
+                            "config key '%s' must be an integer", path);
+            return false;
+         }
+      } else {
+         if (!BSON_ITER_HOLDS_UTF8(&it)) {
+            aspen_error_set(err, ASPEN_ERR_TypeMismatch,
+                            "config key '%s' must be a string", path);
+            return false;
+         }
+         value = bson_iter_utf8(&it, NULL);
+      }
+      char where[300];
+      snprintf(where, sizeof where, "config key '%s'", path);
+      if (!set_from_string(cfg, k, value, where, err)) {
+         return false;
+      }
+   }
+   return true;
+}
+
+bool
+aspen_config_load_file(aspen_config_t *cfg, const char *path,
+                       aspen_error_t *err)
+{
+   bson_error_t berr;
+   bson_t doc;
+   FILE *f = fopen(path, "rb");
+   if (!f) {
+      aspen_error_set(err, ASPEN_ERR_BadValue, "cannot open config file %s: %s",
+                      path, strerror(errno));
+      return false;
+   }
+   aspen_buf_t buf;
+   aspen_buf_init(&buf);
+   size_t n;
+   do {
+      uint8_t *p = aspen_buf_reserve(&buf, 65536);
+      n = fread(p, 1, 65536, f);
+      aspen_buf_commit(&buf, n);
+   } while (n > 0 && aspen_buf_len(&buf) < 16u * 1024u * 1024u);
+   fclose(f);
+   bool ok = bson_init_from_json(&doc, (const char *) aspen_buf_data(&buf),
+                                 (ssize_t) aspen_buf_len(&buf), &berr);
+   aspen_buf_cleanup(&buf);
+   if (!ok) {
+      aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                      "config file %s is not valid (Extended) JSON: %s", path,
+                      berr.message);
+      return false;
+   }
+   ok = load_doc(cfg, &doc, "", err);
+   bson_destroy(&doc);
+   if (!ok) {
+      char msg[ASPEN_ERROR_MSG_MAX + 1024];
+      snprintf(msg, sizeof msg, "%s: %s", path, err->message);
+      aspen_error_set(err, err->code, "%s", msg);
+   }
+   return ok;
+}
+
+static void
+print_usage(void)
+{
+   printf("usage: aspen [--config FILE] [flags]\n\n"
+          "A local emulator of MongoDB Atlas Stream Processing: a MongoDB\n"
+          "wire-protocol proxy that runs stream processors and forwards every\n"
+          "other command to a backing MongoDB deployment.\n\n"
+          "  --config FILE          Extended JSON config file (flags win)\n");
+   for (size_t i = 0; i < N_KEYS; i++) {
+      if (keys[i].flag) {
+         printf("  %-22s %s [%s]\n", keys[i].flag, keys[i].help, keys[i].path);
+      }
+   }
+   printf("  --help, --version\n");
+}
+
+bool
+aspen_config_parse_args(aspen_config_t *cfg, int argc, char **argv,
+                        bool *exit_now, aspen_error_t *err)
+{
+   *exit_now = false;
+   cfg->argc = argc;
+   cfg->argv = argv;
+   for (int i = 1; i < argc; i++) {
+      const char *arg = argv[i];
+      if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+         print_usage();
+         *exit_now = true;
+         return true;
+      }
+      if (strcmp(arg, "--version") == 0) {
+         printf("aspen %s (MongoDB wire version %d, server version %s)\n",
+                ASPEN_VERSION, ASPEN_MAX_WIRE_VERSION, ASPEN_SERVER_VERSION);
+         *exit_now = true;
+         return true;
+      }
+      char name[64];
+      const char *value = NULL;
+      const char *eq = strchr(arg, '=');
+      if (eq && (size_t) (eq - arg) < sizeof name) {
+         memcpy(name, arg, (size_t) (eq - arg));
+         name[eq - arg] = '\0';
+         value = eq + 1;
+      } else {
+         snprintf(name, sizeof name, "%s", arg);
+      }
+      if (!value) {
+         if (i + 1 >= argc) {
+            aspen_error_set(err, ASPEN_ERR_BadValue, "%s needs a value", name);
+            return false;
+         }
+         value = argv[++i];
+      }
+      if (strcmp(name, "--config") == 0) {
+         continue; /* applied by main before the flags */
+      }
+      const key_t_ *k = NULL;
+      for (size_t j = 0; j < N_KEYS; j++) {
+         if (keys[j].flag && strcmp(keys[j].flag, name) == 0) {
+            k = &keys[j];
+         }
+      }
+      if (!k) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "unknown option '%s' (see aspen --help)", name);
+         return false;
+      }
+      if (!set_from_string(cfg, k, value, name, err)) {
+         return false;
+      }
+   }
+   return true;
+}
+
+/* The URI without credentials, for logs and getCmdLineOpts. */
+static void
+redact_uri(const char *uri, char *out, size_t size)
+{
+   const char *scheme = strstr(uri, "://");
+   const char *at = scheme ? strchr(scheme + 3, '@') : NULL;
+   const char *slash = scheme ? strchr(scheme + 3, '/') : NULL;
+   if (at && (!slash || at < slash)) {
+      snprintf(out, size, "%.*s<credentials>%s", (int) (scheme + 3 - uri), uri,
+               at);
+   } else {
+      snprintf(out, size, "%s", uri);
+   }
+}
+
+void
+aspen_config_finish(aspen_config_t *cfg)
+{
+   if (!cfg->state_dir) {
+      cfg->state_dir = aspen_xstrdup("./aspen-state");
+   }
+   bson_reinit(&cfg->parsed);
+   bson_t net, tls, backend, log;
+   BSON_APPEND_DOCUMENT_BEGIN(&cfg->parsed, "net", &net);
+   BSON_APPEND_UTF8(&net, "bindIp", cfg->bind);
+   BSON_APPEND_INT32(&net, "port", cfg->port);
+   BSON_APPEND_INT32(&net, "maxConnections", cfg->max_connections);
+   BSON_APPEND_INT64(&net, "maxMessageSizeBytes",
+                     (int64_t) cfg->max_message_size);
+   BSON_APPEND_INT64(&net, "outputHighWaterMarkBytes",
+                     (int64_t) cfg->output_high_water);
+   bson_append_document_end(&cfg->parsed, &net);
+   BSON_APPEND_DOCUMENT_BEGIN(&cfg->parsed, "tls", &tls);
+   BSON_APPEND_UTF8(&tls, "mode", aspen_tls_mode_name(cfg->tls_mode));
+   if (cfg->tls_cert) {
+      BSON_APPEND_UTF8(&tls, "certificateFile", cfg->tls_cert);
+   }
+   if (cfg->tls_key) {
+      BSON_APPEND_UTF8(&tls, "keyFile", cfg->tls_key);
+   }
+   if (cfg->tls_ca) {
+      BSON_APPEND_UTF8(&tls, "CAFile", cfg->tls_ca);
+   }
+   bson_append_document_end(&cfg->parsed, &tls);
+   BSON_APPEND_DOCUMENT_BEGIN(&cfg->parsed, "backend", &backend);
+   if (cfg->backend_uri) {
+      char red[1024];
+      redact_uri(cfg->backend_uri, red, sizeof red);
+      BSON_APPEND_UTF8(&backend, "uri", red);
+   }
+   BSON_APPEND_INT32(&backend, "lanes", cfg->backend_lanes);
+   bson_append_document_end(&cfg->parsed, &backend);
+   BSON_APPEND_UTF8(&cfg->parsed, "stateDir", cfg->state_dir);
+   BSON_APPEND_DOCUMENT_BEGIN(&cfg->parsed, "log", &log);
+   static const char *const names[] = {"error", "warning", "info", "debug"};
+   BSON_APPEND_UTF8(&log, "level", names[cfg->log_level]);
+   bson_append_document_end(&cfg->parsed, &log);
+}

@@ -1,0 +1,181 @@
+/*
+ * main.c - aspen's entry point: reads the configuration (file, then flags),
+ * sets up TLS and the backend forwarder, listens, and runs the libuv loop
+ * until SIGINT or SIGTERM, then closes every handle and exits 0.
+ */
+#include "proxy_int.h"
+
+#include <mongoc/mongoc.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+   aspen_server_t *srv;
+   uv_signal_t sigint, sigterm;
+} app_t;
+
+static void
+shutdown_server(app_t *app, const char *why)
+{
+   aspen_server_t *srv = app->srv;
+   if (srv->shutting_down) {
+      return;
+   }
+   srv->shutting_down = true;
+   bson_t attr = BSON_INITIALIZER;
+   BSON_APPEND_UTF8(&attr, "reason", why);
+   aspen_log(ASPEN_LOG_INFO, "CONTROL", 23377, "main", "Shutting down", &attr);
+   bson_destroy(&attr);
+   aspen_listener_stop(srv);
+   aspen_session_close_all(srv);
+   aspen_backend_destroy(srv->backend);
+   srv->backend = NULL;
+   uv_close((uv_handle_t *) &app->sigint, NULL);
+   uv_close((uv_handle_t *) &app->sigterm, NULL);
+}
+
+static void
+on_signal(uv_signal_t *h, int signum)
+{
+   shutdown_server(h->data, signum == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+/* Finds --config FILE / --config=FILE before the other flags are applied, so
+ * that flags override the file. */
+static const char *
+find_config_arg(int argc, char **argv)
+{
+   for (int i = 1; i < argc; i++) {
+      if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+         return argv[i + 1];
+      }
+      if (strncmp(argv[i], "--config=", 9) == 0) {
+         return argv[i] + 9;
+      }
+   }
+   return NULL;
+}
+
+static int
+fail_start(const aspen_error_t *err)
+{
+   bson_t attr = BSON_INITIALIZER;
+   BSON_APPEND_UTF8(&attr, "error", err->message);
+   BSON_APPEND_UTF8(&attr, "codeName", aspen_error_code_name(err->code));
+   aspen_log(ASPEN_LOG_ERROR, "CONTROL", 20574, "main",
+             "Error during startup", &attr);
+   bson_destroy(&attr);
+   fprintf(stderr, "aspen: %s\n", err->message);
+   return 2;
+}
+
+int
+main(int argc, char **argv)
+{
+   aspen_config_t cfg;
+   aspen_error_t err;
+   bool exit_now = false;
+   int rc = 0;
+
+   signal(SIGPIPE, SIG_IGN);
+   aspen_config_init(&cfg);
+   const char *config_file = find_config_arg(argc, argv);
+   if (config_file && !aspen_config_load_file(&cfg, config_file, &err)) {
+      rc = fail_start(&err);
+      aspen_config_cleanup(&cfg);
+      return rc;
+   }
+   if (!aspen_config_parse_args(&cfg, argc, argv, &exit_now, &err)) {
+      rc = fail_start(&err);
+      aspen_config_cleanup(&cfg);
+      return rc;
+   }
+   if (exit_now) {
+      aspen_config_cleanup(&cfg);
+      return 0;
+   }
+   aspen_config_finish(&cfg);
+   aspen_log_set_level(cfg.log_level);
+
+   aspen_server_t srv;
+   memset(&srv, 0, sizeof srv);
+   srv.cfg = &cfg;
+   srv.start_time_ms = aspen_now_ms();
+
+   if (cfg.tls_mode != ASPEN_TLS_DISABLED) {
+      if (!cfg.tls_cert || !cfg.tls_key) {
+         aspen_error_set(&err, ASPEN_ERR_BadValue,
+                         "tls.mode %s needs tls.certificateFile (--tls-cert) "
+                         "and tls.keyFile (--tls-key)",
+                         aspen_tls_mode_name(cfg.tls_mode));
+         rc = fail_start(&err);
+         aspen_config_cleanup(&cfg);
+         return rc;
+      }
+      srv.tls_ctx = aspen_tls_ctx_new_server(cfg.tls_cert, cfg.tls_key,
+                                             cfg.tls_ca, &err);
+      if (!srv.tls_ctx) {
+         rc = fail_start(&err);
+         aspen_config_cleanup(&cfg);
+         return rc;
+      }
+   }
+
+   mongoc_init();
+   uv_loop_t loop;
+   uv_loop_init(&loop);
+   srv.loop = &loop;
+
+   bson_t attr = BSON_INITIALIZER;
+   BSON_APPEND_INT64(&attr, "pid", (int64_t) uv_os_getpid());
+   BSON_APPEND_INT32(&attr, "port", cfg.port);
+   BSON_APPEND_UTF8(&attr, "version", ASPEN_VERSION);
+   aspen_log(ASPEN_LOG_INFO, "CONTROL", 4615611, "main", "aspen starting",
+             &attr);
+   bson_destroy(&attr);
+
+   if (cfg.backend_uri) {
+      srv.backend = aspen_backend_new(&loop, cfg.backend_uri,
+                                      cfg.backend_lanes, &err);
+      if (!srv.backend) {
+         rc = fail_start(&err);
+         goto done;
+      }
+   } else {
+      aspen_logf(ASPEN_LOG_WARNING, "CONTROL", "main",
+                 "no backend configured (--backend / backend.uri): commands "
+                 "other than aspen's own will fail");
+   }
+
+   if (!aspen_listener_start(&srv, &err)) {
+      rc = fail_start(&err);
+      aspen_backend_destroy(srv.backend);
+      srv.backend = NULL;
+      aspen_listener_stop(&srv);
+      goto done;
+   }
+
+   app_t app = {.srv = &srv};
+   uv_signal_init(&loop, &app.sigint);
+   uv_signal_init(&loop, &app.sigterm);
+   app.sigint.data = app.sigterm.data = &app;
+   uv_signal_start(&app.sigint, on_signal, SIGINT);
+   uv_signal_start(&app.sigterm, on_signal, SIGTERM);
+
+   uv_run(&loop, UV_RUN_DEFAULT);
+
+done:
+   uv_run(&loop, UV_RUN_DEFAULT); /* let close callbacks run */
+   if (uv_loop_close(&loop) != 0) {
+      aspen_logf(ASPEN_LOG_WARNING, "CONTROL", "main",
+                 "event loop closed with handles still open");
+   }
+   aspen_tls_ctx_destroy(srv.tls_ctx);
+   mongoc_cleanup();
+   if (rc == 0) {
+      aspen_log(ASPEN_LOG_INFO, "CONTROL", 20565, "main", "Now exiting", NULL);
+   }
+   aspen_config_cleanup(&cfg);
+   return rc;
+}

@@ -1,0 +1,192 @@
+/*
+ * proxy_int.h - types shared inside proxy/: the configuration, the server
+ * (listener + every live session), the per-connection session, the command
+ * router and the backend forwarder. Nothing outside proxy/ includes this.
+ *
+ * Threading: everything here runs on the loop thread except the backend
+ * lanes (backend.c), which own their mongoc clients and talk to the loop only
+ * through job queues and a uv_async_t.
+ */
+#ifndef ASPEN_PROXY_INT_H
+#define ASPEN_PROXY_INT_H
+
+#include "tls.h"
+#include "wire.h"
+
+#include <uv.h>
+
+/* ------------------------------------------------------------------------ */
+/* Configuration (config.c)                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+   char *bind;             /* "127.0.0.1" */
+   int port;               /* 27017 */
+   char *backend_uri;      /* NULL: no backend, forwarded commands fail */
+   int backend_lanes;      /* worker threads talking to the backend */
+   char *state_dir;        /* NULL: "./aspen-state" */
+   aspen_tls_mode_t tls_mode;
+   char *tls_cert;
+   char *tls_key;
+   char *tls_ca;
+   int max_connections;
+   size_t max_message_size;
+   size_t output_high_water;
+   aspen_log_level_t log_level;
+   /* The command line as given, for getCmdLineOpts. */
+   int argc;
+   char **argv;
+   bson_t parsed; /* the effective configuration, for getCmdLineOpts */
+} aspen_config_t;
+
+void aspen_config_init(aspen_config_t *cfg);
+void aspen_config_cleanup(aspen_config_t *cfg);
+/* Loads an Extended JSON config file into cfg. Unknown keys and wrong types
+ * fail with the key's dotted path in err. */
+bool aspen_config_load_file(aspen_config_t *cfg, const char *path,
+                            aspen_error_t *err);
+/* Parses argv (after --config has been applied) over cfg. Returns false with
+ * err set on a bad flag; sets *exit_now for --help / --version. */
+bool aspen_config_parse_args(aspen_config_t *cfg, int argc, char **argv,
+                             bool *exit_now, aspen_error_t *err);
+/* Fills cfg->parsed from the effective settings. */
+void aspen_config_finish(aspen_config_t *cfg);
+
+/* ------------------------------------------------------------------------ */
+/* Backend forwarding (backend.c)                                            */
+/* ------------------------------------------------------------------------ */
+
+typedef struct aspen_backend aspen_backend_t;
+typedef struct aspen_backend_job aspen_backend_job_t;
+
+/* Called on the loop thread when a job finishes. `reply` is the document to
+ * send to the client (the backend's reply verbatim, or an aspen error); the
+ * callee may keep it only by copying. */
+typedef void (*aspen_backend_cb)(void *arg, const bson_t *reply);
+
+/* Starts `lanes` worker threads with clients from a mongoc pool on `uri`.
+ * Returns NULL with err set when the URI is invalid. Loop thread only. */
+aspen_backend_t *aspen_backend_new(uv_loop_t *loop, const char *uri,
+                                   int lanes, aspen_error_t *err);
+/* Stops the lanes (waiting for in-flight commands), ends every session and
+ * closes the async handle; callbacks of unfinished jobs are not called. */
+void aspen_backend_destroy(aspen_backend_t *be);
+
+/* Queues `cmd` (the client's command; aspen strips $db, lsid, $clusterTime
+ * and $readPreference) for database `db`. `lsid` is the client's session id
+ * document or NULL; commands with the same lsid run on the same lane and in
+ * the same backend session, which keeps cursors and transactions coherent.
+ * `conn_key` picks the lane when there is no lsid. The callback runs on the
+ * loop thread exactly once unless the backend is destroyed first. */
+void aspen_backend_submit(aspen_backend_t *be, const char *db,
+                          const bson_t *cmd, const bson_t *lsid,
+                          uint64_t conn_key, aspen_backend_cb cb, void *arg);
+/* Ends the backend sessions mapped to the given client lsids (an array of
+ * {id: UUID} documents, as in endSessions). Fire and forget. */
+void aspen_backend_end_sessions(aspen_backend_t *be, const bson_t *ids);
+
+/* ------------------------------------------------------------------------ */
+/* Server and sessions (listener.c, session.c)                               */
+/* ------------------------------------------------------------------------ */
+
+typedef struct aspen_session aspen_session_t;
+
+typedef struct {
+   uv_loop_t *loop;
+   aspen_config_t *cfg;
+   uv_tcp_t listener;
+   bool listening;
+   aspen_tls_ctx_t *tls_ctx;
+   aspen_backend_t *backend;
+   aspen_session_t *sessions; /* intrusive list of live sessions */
+   int n_sessions;
+   uint64_t next_conn_id;
+   uint64_t start_time_ms;
+   bool shutting_down;
+} aspen_server_t;
+
+bool aspen_listener_start(aspen_server_t *srv, aspen_error_t *err);
+void aspen_listener_stop(aspen_server_t *srv);
+
+/* Accepts one pending connection on `listener` into a new session, or
+ * refuses it when net.maxConnections sessions are open. */
+void aspen__session_accept(aspen_server_t *srv, uv_stream_t *listener);
+/* Closes a session (idempotent); it is freed once its handle is closed and
+ * no backend job refers to it. */
+void aspen_session_close(aspen_session_t *sess, const char *why);
+void aspen_session_close_all(aspen_server_t *srv);
+
+/* ------------------------------------------------------------------------ */
+/* Requests and the router (router.c, commands.def, cmd_*.c)                  */
+/* ------------------------------------------------------------------------ */
+
+/* One decoded command, valid for the duration of a handler call. */
+typedef struct {
+   aspen_session_t *sess;
+   aspen_server_t *srv;
+   const char *name;  /* first key of cmd */
+   const char *db;    /* $db, or the OP_QUERY namespace's database */
+   const bson_t *cmd; /* the whole command document */
+   bool legacy;       /* arrived as OP_QUERY */
+   bool more_to_come; /* the client wants no reply */
+} aspen_request_t;
+
+/* How a handler finished. */
+typedef enum {
+   ASPEN_HANDLED_REPLY, /* `reply` holds the answer, send it now */
+   ASPEN_HANDLED_ASYNC, /* the handler will call aspen_session_reply later */
+} aspen_handled_t;
+
+typedef aspen_handled_t (*aspen_cmd_handler)(aspen_request_t *req,
+                                             bson_t *reply);
+
+enum {
+   ASPEN_CMD_LOCAL = 1u << 0,   /* answered by aspen */
+   ASPEN_CMD_FORWARD = 1u << 1, /* sent to the backend */
+   ASPEN_CMD_NO_AUTH = 1u << 2, /* allowed before authentication */
+};
+
+typedef struct {
+   const char *name;
+   aspen_cmd_handler handler;
+   unsigned flags;
+} aspen_command_t;
+
+/* Finds the row for a command name (exact match, as mongod). NULL when the
+ * command is not aspen's: it is forwarded then. */
+const aspen_command_t *aspen_router_find(const char *name);
+/* Runs a request through the table: local handler, or forward. */
+aspen_handled_t aspen_router_dispatch(aspen_request_t *req, bson_t *reply);
+
+/* Sends the reply of the request in flight (for ASYNC handlers) and resumes
+ * reading. Loop thread only. */
+void aspen_session_reply(aspen_session_t *sess, const bson_t *reply);
+/* Session accessors for handlers. */
+uint64_t aspen_session_id(const aspen_session_t *sess);
+const char *aspen_session_peer(const aspen_session_t *sess);
+bool aspen_session_is_tls(const aspen_session_t *sess);
+void aspen_session_ref(aspen_session_t *sess);
+void aspen_session_unref(aspen_session_t *sess);
+
+/* Reply helpers. */
+void aspen_reply_error(bson_t *reply, int32_t code, const char *fmt, ...)
+   __attribute__((format(printf, 3, 4)));
+void aspen_reply_ok(bson_t *reply);
+
+/* Command handlers (cmd_hello.c). */
+#define ASPEN_DECLARE_HANDLER(fn)                                              \
+   aspen_handled_t fn(aspen_request_t *req, bson_t *reply);
+#define ASPEN_COMMAND(name, fn, flags) ASPEN_DECLARE_HANDLER(fn)
+#include "commands.def"
+#undef ASPEN_COMMAND
+#undef ASPEN_DECLARE_HANDLER
+
+/* Wire constants aspen announces in hello. */
+#define ASPEN_MIN_WIRE_VERSION 0
+#define ASPEN_MAX_WIRE_VERSION 21
+#define ASPEN_SERVER_VERSION "7.0.0"
+#define ASPEN_VERSION "0.1.0"
+
+uint64_t aspen_now_ms(void);
+
+#endif /* ASPEN_PROXY_INT_H */

@@ -1,0 +1,78 @@
+/*
+ * router.c - the command table (rows from commands.def) and dispatch: a
+ * command aspen knows runs its local handler; any other command is forwarded
+ * to the backing deployment. Authentication checks will hook in here, before
+ * either path, using each row's flags.
+ */
+#include "proxy_int.h"
+
+#include <string.h>
+
+static const aspen_command_t commands[] = {
+#define ASPEN_COMMAND(n, fn, fl) {n, fn, fl},
+#include "commands.def"
+#undef ASPEN_COMMAND
+};
+
+const aspen_command_t *
+aspen_router_find(const char *name)
+{
+   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+      if (strcmp(commands[i].name, name) == 0) {
+         return &commands[i];
+      }
+   }
+   return NULL;
+}
+
+static void
+forward_done(void *arg, const bson_t *reply)
+{
+   aspen_session_t *sess = arg;
+   aspen_session_reply(sess, reply);
+   aspen_session_unref(sess);
+}
+
+static aspen_handled_t
+forward(aspen_request_t *req, bson_t *reply)
+{
+   if (!req->srv->backend) {
+      aspen_reply_error(reply, ASPEN_ERR_CommandNotSupported,
+                        "aspen cannot run '%s': no backing MongoDB deployment "
+                        "is configured (set --backend URI or backend.uri in "
+                        "the config file)",
+                        req->name);
+      return ASPEN_HANDLED_REPLY;
+   }
+   bson_iter_t it;
+   bson_t lsid;
+   const bson_t *lsid_ptr = NULL;
+   if (bson_iter_init_find(&it, req->cmd, "lsid") &&
+       BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      uint32_t len;
+      const uint8_t *data;
+      bson_iter_document(&it, &len, &data);
+      if (bson_init_static(&lsid, data, len)) {
+         lsid_ptr = &lsid;
+      }
+   }
+   aspen_session_ref(req->sess);
+   aspen_backend_submit(req->srv->backend, req->db, req->cmd, lsid_ptr,
+                        aspen_session_id(req->sess), forward_done, req->sess);
+   return ASPEN_HANDLED_ASYNC;
+}
+
+aspen_handled_t
+aspen_router_dispatch(aspen_request_t *req, bson_t *reply)
+{
+   const aspen_command_t *row = aspen_router_find(req->name);
+   if (aspen_log_enabled(ASPEN_LOG_DEBUG)) {
+      aspen_logf(ASPEN_LOG_DEBUG, "COMMAND", NULL, "conn%llu %s %s.%s",
+                 (unsigned long long) aspen_session_id(req->sess),
+                 row ? "local" : "forward", req->db, req->name);
+   }
+   if (row && (row->flags & ASPEN_CMD_LOCAL)) {
+      return row->handler(req, reply);
+   }
+   return forward(req, reply);
+}

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Installs everything aspen's build and tests need on a Debian 12 machine:
+#   - Debian packages for the C build (skipped when all are installed);
+#   - mongosh (npm) into .deps/node;
+#   - a Python venv with pymongo and pytest in .deps/venv;
+#   - the backing MongoDB-compatible server (mongo-java-server, Maven) as
+#     .deps/aspen-backing-server.jar.
+# Idempotent: each step is skipped when its result is already there, so a
+# re-run takes a second or two. Run as root (or with sudo available for apt).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DEPS="$ROOT/.deps"
+MONGOSH_VERSION=2.12.0
+PYMONGO_MIN=4.6
+BACKING_SRC="$ROOT/tests/e2e/mongo-java-server"
+BACKING_JAR="$DEPS/aspen-backing-server.jar"
+
+APT_PACKAGES=(build-essential cmake pkg-config libmongoc-dev libbson-dev
+              librdkafka-dev libuv1-dev libssl-dev libcmocka-dev openssl clang)
+
+log() { printf 'install-deps: %s\n' "$*"; }
+die() { printf 'install-deps: error: %s\n' "$*" >&2; exit 1; }
+
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null 2>&1 && SUDO=(sudo)
+fi
+
+mkdir -p "$DEPS"
+# One installer at a time (two test runs started together share .deps).
+exec 9>"$DEPS/.install.lock"
+flock 9
+
+pkg_installed() {
+    dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed'
+}
+
+APT_UPDATED=0
+apt_install() {
+    local missing=() p
+    for p in "$@"; do
+        pkg_installed "$p" || missing+=("$p")
+    done
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    log "apt-get install ${missing[*]}"
+    if [[ $APT_UPDATED -eq 0 ]]; then
+        "${SUDO[@]}" apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq \
+        --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+step_start() { STEP_T0=$(date +%s); }
+step_done() { log "$1 ($(( $(date +%s) - STEP_T0 )) s)"; }
+
+# --- 1. Debian packages --------------------------------------------------
+step_start
+# The machine image ships Node, Java and Maven; install Debian's if absent.
+extra=()
+command -v java >/dev/null 2>&1 || extra+=(default-jdk-headless)
+command -v mvn >/dev/null 2>&1 || extra+=(maven)
+command -v npm >/dev/null 2>&1 || extra+=(nodejs npm)
+command -v flock >/dev/null 2>&1 || extra+=(util-linux)
+apt_install "${APT_PACKAGES[@]}" "${extra[@]}"
+step_done "apt packages ok"
+
+# --- 2. mongosh ----------------------------------------------------------
+step_start
+MONGOSH_PKG="$DEPS/node/node_modules/mongosh/package.json"
+have_mongosh_version() {
+    [[ -f $MONGOSH_PKG && -x $DEPS/node/node_modules/.bin/mongosh ]] || return 1
+    node -e 'process.stdout.write(require(process.argv[1]).version)' "$MONGOSH_PKG" 2>/dev/null
+}
+if [[ $(have_mongosh_version || true) != "$MONGOSH_VERSION" ]]; then
+    log "npm install mongosh@$MONGOSH_VERSION into .deps/node"
+    mkdir -p "$DEPS/node"
+    npm install --prefix "$DEPS/node" --no-audit --no-fund --loglevel=error \
+        "mongosh@$MONGOSH_VERSION"
+    [[ $(have_mongosh_version || true) == "$MONGOSH_VERSION" ]] ||
+        die "mongosh $MONGOSH_VERSION did not install into $DEPS/node"
+fi
+step_done "mongosh $MONGOSH_VERSION ok"
+
+# --- 3. Python venv with pymongo and pytest ------------------------------
+step_start
+VENV="$DEPS/venv"
+venv_ok() {
+    [[ -x $VENV/bin/python ]] || return 1
+    "$VENV/bin/python" - "$PYMONGO_MIN" <<'EOF' 2>/dev/null
+import sys, ssl  # ssl: the TLS tests need it
+import pymongo, pytest
+want = tuple(int(x) for x in sys.argv[1].split("."))
+have = tuple(int(x) for x in pymongo.version_tuple[:2])
+sys.exit(0 if have >= want else 1)
+EOF
+}
+if ! venv_ok; then
+    # A venv whose interpreter is gone (or broken) is rebuilt from scratch.
+    if [[ -d $VENV ]] && ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+        rm -rf "$VENV"
+    fi
+    if [[ ! -x $VENV/bin/python ]]; then
+        log "creating venv .deps/venv"
+        # python3 on PATH may be a pyenv build; it has its own venv module.
+        if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+            rm -rf "$VENV"
+            log "python3 -m venv failed; using Debian's /usr/bin/python3"
+            apt_install python3 python3-venv
+            /usr/bin/python3 -m venv "$VENV"
+        fi
+    fi
+    log "pip install pymongo>=$PYMONGO_MIN pytest"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+        "pymongo>=$PYMONGO_MIN" pytest
+    venv_ok || die "pymongo>=$PYMONGO_MIN / pytest not importable from $VENV"
+fi
+step_done "venv ok ($("$VENV/bin/python" -c 'import pymongo; print("pymongo", pymongo.version)'))"
+
+# --- 4. Backing server (mongo-java-server fat jar) -----------------------
+step_start
+# The jar is rebuilt when its sources change: the stamp is their checksum.
+stamp=$(cd "$BACKING_SRC" && find pom.xml src -type f -print0 | sort -z |
+        xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+if [[ ! -f $BACKING_JAR || $(cat "$BACKING_JAR.stamp" 2>/dev/null) != "$stamp" ]]; then
+    log "mvn package tests/e2e/mongo-java-server"
+    # Build output stays under .deps, not in the source tree.
+    # Output goes to a log shown only on failure (Debian's Maven 3.8.7 prints
+    # stray colour escapes even in batch mode).
+    if ! mvn -q -B -f "$BACKING_SRC/pom.xml" \
+            -DaspenBuildDir="$DEPS/backing-server-build" package \
+            >"$DEPS/backing-server-build.log" 2>&1; then
+        cat "$DEPS/backing-server-build.log" >&2
+        die "building the backing server failed"
+    fi
+    cp "$DEPS/backing-server-build/aspen-backing-server.jar" "$BACKING_JAR.tmp"
+    mv "$BACKING_JAR.tmp" "$BACKING_JAR"
+    echo "$stamp" >"$BACKING_JAR.stamp"
+fi
+step_done "backing server jar ok"
+
+# --- 5. .gitignore -------------------------------------------------------
+touch "$ROOT/.gitignore"
+for pat in '.deps/' 'build*/'; do
+    grep -qxF "$pat" "$ROOT/.gitignore" || echo "$pat" >>"$ROOT/.gitignore"
+done
+
+log "all dependencies installed"

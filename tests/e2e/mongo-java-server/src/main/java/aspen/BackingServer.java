@@ -1,0 +1,133 @@
+package aspen;
+
+import java.net.InetSocketAddress;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.CountDownLatch;
+
+import de.bwaldvogel.mongo.MongoServer;
+import de.bwaldvogel.mongo.MongoVersion;
+import de.bwaldvogel.mongo.backend.memory.MemoryBackend;
+
+/**
+ * The backing MongoDB-compatible server for aspen's e2e tests.
+ *
+ * <p>Usage: {@code java -jar aspen-backing-server.jar [--host 127.0.0.1] [--port N]
+ * [--server-version 5.0.0] [--wire-version 13] [--verbose]}. {@code --port 0} (the default)
+ * picks a free port. Once bound it prints exactly one line {@code LISTENING <port>} on stdout.
+ * SIGTERM or SIGINT shuts the server down and exits 0.
+ *
+ * <p>The in-memory backend has the oplog enabled, so change streams work. mongo-java-server's
+ * own {@code ServerVersion.MONGO_5_0} reports maxWireVersion 8, which the Node.js driver 7
+ * (mongosh 2.12) refuses (it needs 9, MongoDB 4.4), so the version is our own: by default
+ * "5.0.0" with wire version 13, the real 5.0 value. The version only changes the
+ * {@code hello}/{@code buildInfo} replies.
+ */
+public final class BackingServer {
+    private BackingServer() {
+    }
+
+    private static void usage(String error) {
+        System.err.println("aspen-backing-server: " + error);
+        System.err.println("usage: java -jar aspen-backing-server.jar [--host ADDR] [--port N]"
+                + " [--server-version X.Y.Z] [--wire-version N] [--verbose]");
+        System.exit(2);
+    }
+
+    private static MongoVersion version(String dotted, int wire) {
+        List<Integer> parts = new ArrayList<>();
+        for (String p : dotted.split("\\.")) {
+            parts.add(Integer.parseInt(p));
+        }
+        List<Integer> versionArray = List.copyOf(parts);
+        return new MongoVersion() {
+            @Override
+            public List<Integer> getVersionArray() {
+                return versionArray;
+            }
+
+            @Override
+            public int getWireVersion() {
+                return wire;
+            }
+        };
+    }
+
+    public static void main(String[] args) throws Exception {
+        String host = "127.0.0.1";
+        int port = 0;
+        boolean verbose = false;
+        String serverVersion = "5.0.0";
+        int wireVersion = 13;
+        for (int i = 0; i < args.length; i++) {
+            String a = args[i];
+            switch (a) {
+                case "--host":
+                    if (++i >= args.length) usage("--host needs a value");
+                    host = args[i];
+                    break;
+                case "--port":
+                    if (++i >= args.length) usage("--port needs a value");
+                    try {
+                        port = Integer.parseInt(args[i]);
+                    } catch (NumberFormatException e) {
+                        usage("bad port: " + args[i]);
+                    }
+                    if (port < 0 || port > 65535) usage("bad port: " + args[i]);
+                    break;
+                case "--server-version":
+                    if (++i >= args.length) usage("--server-version needs a value");
+                    serverVersion = args[i];
+                    if (!serverVersion.matches("[0-9]+(\\.[0-9]+)*")) usage("bad version: " + args[i]);
+                    break;
+                case "--wire-version":
+                    if (++i >= args.length) usage("--wire-version needs a value");
+                    try {
+                        wireVersion = Integer.parseInt(args[i]);
+                    } catch (NumberFormatException e) {
+                        usage("bad wire version: " + args[i]);
+                    }
+                    break;
+                case "--verbose":
+                    verbose = true;
+                    break;
+                case "-h":
+                case "--help":
+                    usage("help");
+                    break;
+                default:
+                    usage("unknown argument: " + a);
+            }
+        }
+
+        // slf4j-simple reads these once, at its first use: set them before any logger exists.
+        System.setProperty("org.slf4j.simpleLogger.defaultLogLevel", verbose ? "info" : "warn");
+        System.setProperty("org.slf4j.simpleLogger.logFile", "System.err");
+        System.setProperty("org.slf4j.simpleLogger.showDateTime", "true");
+
+        MemoryBackend backend = new MemoryBackend();
+        backend.version(version(serverVersion, wireVersion));
+        MongoServer server = new MongoServer(backend);
+        server.enableOplog();
+        try {
+            server.bind(host, port);
+        } catch (RuntimeException e) {
+            System.err.println("aspen-backing-server: cannot bind " + host + ":" + port + ": " + e);
+            System.exit(1);
+        }
+
+        CountDownLatch stop = new CountDownLatch(1);
+        // A signal handler (not only a shutdown hook) so SIGTERM/SIGINT exit with status 0.
+        sun.misc.SignalHandler onSignal = sig -> stop.countDown();
+        sun.misc.Signal.handle(new sun.misc.Signal("TERM"), onSignal);
+        sun.misc.Signal.handle(new sun.misc.Signal("INT"), onSignal);
+
+        InetSocketAddress bound = server.getLocalAddress();
+        System.out.println("LISTENING " + bound.getPort());
+        System.out.flush();
+
+        stop.await();
+        server.shutdownNow();
+        System.exit(0);
+    }
+}

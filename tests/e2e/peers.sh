@@ -1,0 +1,369 @@
+# shellcheck shell=bash
+# Real peers for aspen's e2e tests: the backing server (mongo-java-server),
+# aspen itself, and mongosh. Source this file from a bash test script:
+#
+#   . "$(dirname "$0")/peers.sh"
+#   start_backing "$(free_port)"            # sets BACKING_PORT
+#   port=$(free_port)
+#   start_aspen --port "$port" --backend "mongodb://127.0.0.1:$BACKING_PORT"
+#   mongosh_run "mongodb://127.0.0.1:$port/" tests/e2e/js/foundation.js
+#   stop_aspen                              # fails on a sanitizer report
+#   stop_backing
+#
+# Call start_* directly, never in $(...): the process must be a child of the
+# test's own shell so stop_* can reap it and read its exit status.
+# Everything started here is killed by an EXIT trap if the test dies.
+#
+# Environment:
+#   ASPEN_RUN_DIR   logs and pid files (default build/run under the repo)
+#   ASPEN_BIN       the aspen binary (default build/proxy/aspen)
+#   ASPEN_INSTANCE  names one aspen (default "aspen": aspen.log, aspen.pid),
+#                   so a test can run several: ASPEN_INSTANCE=tls start_aspen ...
+#   MONGOSH_TIMEOUT seconds one mongosh run may take (default 120)
+
+PEERS_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+ASPEN_RUN_DIR=${ASPEN_RUN_DIR:-$PEERS_ROOT/build/run}
+case $ASPEN_RUN_DIR in /*) ;; *) ASPEN_RUN_DIR=$PEERS_ROOT/$ASPEN_RUN_DIR ;; esac
+mkdir -p "$ASPEN_RUN_DIR"
+export ASPEN_RUN_DIR
+
+PEERS_DEPS=$PEERS_ROOT/.deps
+PEERS_JAR=$PEERS_DEPS/aspen-backing-server.jar
+PEERS_MONGOSH=$PEERS_DEPS/node/node_modules/.bin/mongosh
+PEERS_PYTHON=$PEERS_DEPS/venv/bin/python
+[[ -x $PEERS_PYTHON ]] || PEERS_PYTHON=python3
+
+BACKING_PORT=${BACKING_PORT:-}
+
+peers_log() { printf '[peers] %s\n' "$*" >&2; }
+
+# --- process helpers --------------------------------------------------------
+
+# True while PID runs (a zombie, exited but not yet reaped, does not count).
+_peers_alive() {
+    local state
+    [[ -r /proc/$1/stat ]] || return 1
+    state=$(sed -E 's/^[0-9]+ \(.*\) ([A-Za-z]).*/\1/' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z && $state != X ]]
+}
+
+# _peers_wait_gone PID SECONDS: wait for PID to exit; 1 if it still runs.
+_peers_wait_gone() {
+    local pid=$1 i n=$(( $2 * 10 ))
+    for (( i = 0; i < n; i++ )); do
+        _peers_alive "$pid" || return 0
+        sleep 0.1
+    done
+    ! _peers_alive "$pid"
+}
+
+# _peers_kill NAME: SIGTERM then (after 10 s) SIGKILL the process whose pid
+# is in $ASPEN_RUN_DIR/NAME.pid, if it is still the one we started.
+_peers_kill() {
+    local pidfile=$ASPEN_RUN_DIR/$1.pid pid
+    [[ -f $pidfile ]] || return 0
+    pid=$(<"$pidfile")
+    rm -f "$pidfile"
+    [[ $pid =~ ^[0-9]+$ ]] || return 0
+    _peers_alive "$pid" || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    _peers_wait_gone "$pid" 10 || kill -KILL "$pid" 2>/dev/null || true
+    return 0
+}
+
+# Names of processes started by this shell and not stopped yet.
+declare -ga _PEERS_STARTED=()
+
+_peers_forget() {
+    local keep=() n
+    for n in "${_PEERS_STARTED[@]}"; do [[ $n == "$1" ]] || keep+=("$n"); done
+    _PEERS_STARTED=("${keep[@]}")
+}
+
+# Extra cleanup commands registered by the test (peers_on_exit CMD).
+declare -ga _PEERS_ON_EXIT=()
+peers_on_exit() { _PEERS_ON_EXIT+=("$*"); }
+
+_peers_cleanup() {
+    local rc=$? n c
+    trap - EXIT INT TERM HUP
+    for c in "${_PEERS_ON_EXIT[@]}"; do eval "$c" || true; done
+    for n in "${_PEERS_STARTED[@]}"; do
+        peers_log "cleanup: stopping $n"
+        _peers_kill "$n"
+    done
+    _PEERS_STARTED=()
+    exit "$rc"
+}
+trap _peers_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# peers_reap_stale: kill whatever a dead test left running under
+# $ASPEN_RUN_DIR (its pid files). For runners, between tests.
+peers_reap_stale() {
+    local f
+    for f in "$ASPEN_RUN_DIR"/*.pid; do
+        [[ -e $f ]] || continue
+        peers_log "reaping stale $(basename "$f" .pid)"
+        _peers_kill "$(basename "$f" .pid)"
+    done
+}
+
+# --- ports ------------------------------------------------------------------
+
+# free_port: print a TCP port on 127.0.0.1 that nothing listens on. It is
+# chosen below the kernel's ephemeral range (so outgoing connections do not
+# take it meanwhile) and not handed out twice under one $ASPEN_RUN_DIR.
+free_port() {
+    "$PEERS_PYTHON" - "$ASPEN_RUN_DIR/ports.used" <<'EOF'
+import fcntl, random, socket, sys
+used_path = sys.argv[1]
+with open(used_path, "a+") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    f.seek(0)
+    used = {int(x) for x in f.read().split() if x.isdigit()}
+    try:
+        lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except OSError:
+        lo = 32768
+    lo = max(lo, 2048)
+    for _ in range(1000):
+        port = random.randrange(max(1024, lo - 12000), lo)
+        if port in used:
+            continue
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        f.write(f"{port}\n")
+        print(port)
+        sys.exit(0)
+sys.exit("free_port: no free port found")
+EOF
+}
+
+# _peers_wait_log PID FILE REGEX SECONDS: wait until FILE has a line matching
+# the extended REGEX. Fails if PID exits first or time runs out.
+_peers_wait_log() {
+    local pid=$1 file=$2 re=$3 i n=$(( $4 * 10 ))
+    for (( i = 0; i < n; i++ )); do
+        grep -Eq -- "$re" "$file" 2>/dev/null && return 0
+        _peers_alive "$pid" || { grep -Eq -- "$re" "$file" 2>/dev/null; return; }
+        sleep 0.1
+    done
+    return 1
+}
+
+# --- backing server ---------------------------------------------------------
+
+# start_backing [PORT]: start the backing server on PORT (default: a free
+# one) and wait for it to listen. Sets and exports BACKING_PORT and
+# BACKING_URI. Logs go to $ASPEN_RUN_DIR/backing.log (appended, so a restart
+# on the same port keeps the earlier log).
+start_backing() {
+    local port=${1:-}
+    [[ -n $port && $port != 0 ]] || port=$(free_port) || return 1
+    [[ -f $PEERS_JAR ]] || { peers_log "missing $PEERS_JAR: run scripts/install-deps.sh"; return 1; }
+    if [[ -f $ASPEN_RUN_DIR/backing.pid ]] && _peers_alive "$(<"$ASPEN_RUN_DIR/backing.pid")"; then
+        peers_log "a backing server is already running (pid $(<"$ASPEN_RUN_DIR/backing.pid"))"
+        return 1
+    fi
+    local log=$ASPEN_RUN_DIR/backing.log attempt pid
+    # The port can stay busy for a moment after the previous owner died.
+    for attempt in 1 2 3 4 5; do
+        local mark=0
+        [[ -f $log ]] && mark=$(stat -c %s "$log")
+        echo "=== start_backing --port $port (attempt $attempt) $(date -u +%FT%TZ)" >>"$log"
+        java -XX:+UseSerialGC -Xmx1g -jar "$PEERS_JAR" --host 127.0.0.1 --port "$port" \
+            >>"$log" 2>&1 </dev/null &
+        pid=$!
+        echo "$pid" >"$ASPEN_RUN_DIR/backing.pid"
+        _PEERS_STARTED+=(backing)
+        if _peers_wait_log_from "$pid" "$log" "$mark" "^LISTENING $port\$" 30; then
+            BACKING_PORT=$port
+            BACKING_URI="mongodb://127.0.0.1:$port"
+            export BACKING_PORT BACKING_URI
+            peers_log "backing server pid $pid listening on $port"
+            return 0
+        fi
+        _peers_kill backing
+        _peers_forget backing
+        wait "$pid" 2>/dev/null || true
+        if tail -c +$((mark + 1)) "$log" | grep -q 'cannot bind'; then
+            peers_log "backing port $port busy, retrying"
+            sleep 1
+            continue
+        fi
+        break
+    done
+    peers_log "backing server did not start; last lines of $log:"
+    tail -n 20 "$log" >&2
+    return 1
+}
+
+# Like _peers_wait_log, only looking at FILE after byte offset MARK.
+_peers_wait_log_from() {
+    local pid=$1 file=$2 mark=$3 re=$4 i n=$(( $5 * 10 ))
+    for (( i = 0; i < n; i++ )); do
+        tail -c +$((mark + 1)) "$file" 2>/dev/null | grep -Eq -- "$re" && return 0
+        _peers_alive "$pid" || break
+        sleep 0.1
+    done
+    tail -c +$((mark + 1)) "$file" 2>/dev/null | grep -Eq -- "$re" && _peers_alive "$pid"
+}
+
+# stop_backing: SIGTERM the backing server and wait for it.
+stop_backing() {
+    local pidfile=$ASPEN_RUN_DIR/backing.pid pid rc=0
+    [[ -f $pidfile ]] || { peers_log "stop_backing: not running"; return 0; }
+    pid=$(<"$pidfile")
+    _peers_kill backing
+    _peers_forget backing
+    wait "$pid" 2>/dev/null || rc=$?
+    # 143: killed by the SIGTERM before its handler was installed.
+    [[ $rc -eq 0 || $rc -eq 143 ]] || { peers_log "backing server exited with $rc"; return 1; }
+}
+
+# kill_backing: SIGKILL the backing server (a crash, as seen by aspen).
+kill_backing() {
+    local pidfile=$ASPEN_RUN_DIR/backing.pid pid
+    [[ -f $pidfile ]] || { peers_log "kill_backing: not running"; return 1; }
+    pid=$(<"$pidfile")
+    rm -f "$pidfile"
+    _peers_forget backing
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    _peers_wait_gone "$pid" 10
+}
+
+# --- aspen ------------------------------------------------------------------
+
+# Sanitizer reports that fail a test when found in aspen's log.
+PEERS_SANITIZER_RE='AddressSanitizer|LeakSanitizer|runtime error:|ThreadSanitizer|MemorySanitizer'
+
+_peers_aspen_bin() {
+    local bin=${ASPEN_BIN:-build/proxy/aspen}
+    case $bin in /*) ;; *) bin=$PEERS_ROOT/$bin ;; esac
+    printf '%s\n' "$bin"
+}
+
+# start_aspen ARGS...: run aspen with ARGS in the background, output (stdout
+# and stderr) to $ASPEN_RUN_DIR/$ASPEN_INSTANCE.log, and wait up to 10 s for
+# its "Waiting for connections" log line.
+start_aspen() {
+    local name=${ASPEN_INSTANCE:-aspen} bin pid
+    local log=$ASPEN_RUN_DIR/$name.log
+    bin=$(_peers_aspen_bin)
+    [[ -x $bin ]] || { peers_log "aspen binary not found: $bin"; return 1; }
+    if [[ -f $ASPEN_RUN_DIR/$name.pid ]] && _peers_alive "$(<"$ASPEN_RUN_DIR/$name.pid")"; then
+        peers_log "$name is already running"
+        return 1
+    fi
+    : >"$log"
+    peers_log "starting $name: $bin $*"
+    "$bin" "$@" >>"$log" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$ASPEN_RUN_DIR/$name.pid"
+    _PEERS_STARTED+=("$name")
+    if _peers_wait_log "$pid" "$log" '"msg": *"Waiting for connections"' 10 && _peers_alive "$pid"; then
+        peers_log "$name pid $pid is ready"
+        return 0
+    fi
+    if _peers_alive "$pid"; then
+        peers_log "$name did not log \"Waiting for connections\" within 10 s; its log:"
+    else
+        local st=0
+        wait "$pid" || st=$?
+        peers_log "$name exited with status $st before it was ready; its log:"
+    fi
+    tail -n 40 "$log" >&2
+    _peers_kill "$name"
+    _peers_forget "$name"
+    wait "$pid" 2>/dev/null || true
+    return 1
+}
+
+# check_aspen_log [NAME]: fail if aspen's log holds a sanitizer report.
+check_aspen_log() {
+    local name=${1:-${ASPEN_INSTANCE:-aspen}}
+    local log=$ASPEN_RUN_DIR/$name.log
+    if grep -Eq -- "$PEERS_SANITIZER_RE" "$log" 2>/dev/null; then
+        peers_log "$name's log has a sanitizer report:"
+        grep -E -A30 -- "$PEERS_SANITIZER_RE" "$log" | head -n 80 >&2
+        return 1
+    fi
+}
+
+# stop_aspen: SIGTERM aspen, wait for it to exit (10 s, then SIGKILL), and
+# fail if its exit status is not 0 or its log has a sanitizer report.
+stop_aspen() {
+    local name=${ASPEN_INSTANCE:-aspen}
+    local pidfile=$ASPEN_RUN_DIR/$name.pid pid rc=0
+    [[ -f $pidfile ]] || { peers_log "stop_aspen: $name is not running"; return 1; }
+    pid=$(<"$pidfile")
+    rm -f "$pidfile"
+    _peers_forget "$name"
+    if ! _peers_alive "$pid"; then
+        wait "$pid" 2>/dev/null || rc=$?
+        peers_log "$name had already exited (status $rc)"
+        [[ $rc -ne 0 ]] || rc=1
+    else
+        kill -TERM "$pid" 2>/dev/null || true
+        if ! _peers_wait_gone "$pid" 10; then
+            peers_log "$name did not exit within 10 s of SIGTERM; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || rc=$?
+        [[ $rc -eq 0 ]] || peers_log "$name exited with status $rc after SIGTERM"
+    fi
+    check_aspen_log "$name" || rc=1
+    [[ $rc -eq 0 ]] || { peers_log "last lines of $ASPEN_RUN_DIR/$name.log:"; tail -n 20 "$ASPEN_RUN_DIR/$name.log" >&2; }
+    return "$rc"
+}
+
+# --- mongosh ----------------------------------------------------------------
+
+# mongosh_run URI ARGS...: run mongosh 2.12 (--quiet --norc) against URI and
+# return its exit status. Each ARG is a mongosh option (with its value, for
+# the options that take one), a .js file that exists (run as a script), or
+# else JavaScript to --eval. MONGOSH_EXTRA (array) adds more options.
+mongosh_run() {
+    local uri=$1 a
+    shift
+    [[ -x $PEERS_MONGOSH ]] || { peers_log "missing $PEERS_MONGOSH: run scripts/install-deps.sh"; return 1; }
+    local args=() files=()
+    while [[ $# -gt 0 ]]; do
+        a=$1
+        shift
+        case $a in
+            --tlsCAFile|--tlsCertificateKeyFile|--tlsCertificateKeyFilePassword|\
+            --tlsCRLFile|--username|-u|--password|-p|--authenticationDatabase|\
+            --authenticationMechanism|--eval|--file|-f|--apiVersion|--host|--port)
+                args+=("$a" "${1-}")
+                shift || true ;;
+            -*) args+=("$a") ;;
+            *)
+                if [[ -f $a ]]; then files+=("$a"); else args+=(--eval "$a"); fi ;;
+        esac
+    done
+    local home=$ASPEN_RUN_DIR/mongosh-home
+    mkdir -p "$home"
+    HOME=$home MONGOSH_FORCE_DISABLE_TELEMETRY_FOR_TESTING=1 \
+        timeout -k 5 "${MONGOSH_TIMEOUT:-120}" \
+        "$PEERS_MONGOSH" --quiet --norc ${MONGOSH_EXTRA[@]+"${MONGOSH_EXTRA[@]}"} \
+        ${args[@]+"${args[@]}"} "$uri" ${files[@]+"${files[@]}"} </dev/null
+}
+
+# mongosh_raw ARGS...: mongosh without --quiet/--norc defaults (same HOME and
+# timeout), for tests of what a user sees.
+mongosh_raw() {
+    local home=$ASPEN_RUN_DIR/mongosh-home
+    mkdir -p "$home"
+    HOME=$home MONGOSH_FORCE_DISABLE_TELEMETRY_FOR_TESTING=1 \
+        timeout -k 5 "${MONGOSH_TIMEOUT:-120}" "$PEERS_MONGOSH" "$@" </dev/null
+}
