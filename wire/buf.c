@@ -79,7 +79,7 @@ aspen_buf_cleanup(aspen_buf_t *buf)
 uint8_t *
 aspen_buf_reserve(aspen_buf_t *buf, size_t n)
 {
-   if (buf->cap - buf->tail >= n) {
+   if (buf->base && buf->cap - buf->tail >= n) {
       return buf->base + buf->tail;
    }
    size_t live = buf->tail - buf->head;

@@ -8,6 +8,7 @@
  */
 #include "wire.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <stdio.h>
@@ -93,9 +94,19 @@ put_json_value(bson_string_t *out, const bson_iter_t *it)
    case BSON_TYPE_INT64:
       bson_string_append_printf(out, "%lld", (long long) bson_iter_int64(it));
       break;
-   case BSON_TYPE_DOUBLE:
-      bson_string_append_printf(out, "%.17g", bson_iter_double(it));
+   case BSON_TYPE_DOUBLE: {
+      double d = bson_iter_double(it);
+      /* JSON has no inf/nan literals: use relaxed EJSON's spelling. */
+      if (isfinite(d)) {
+         bson_string_append_printf(out, "%.17g", d);
+      } else {
+         bson_string_append_printf(out, "{\"$numberDouble\":\"%s\"}",
+                                   isnan(d) ? "NaN"
+                                   : d > 0  ? "Infinity"
+                                            : "-Infinity");
+      }
       break;
+   }
    case BSON_TYPE_BOOL:
       bson_string_append(out, bson_iter_bool(it) ? "true" : "false");
       break;

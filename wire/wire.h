@@ -79,7 +79,8 @@ uint8_t *aspen_buf_steal(aspen_buf_t *buf, size_t *len);
 static inline const uint8_t *
 aspen_buf_data(const aspen_buf_t *buf)
 {
-   return buf->base + buf->head;
+   /* NULL + 0 is undefined in C (clang's UBSan reports it). */
+   return buf->base ? buf->base + buf->head : NULL;
 }
 
 static inline size_t
@@ -141,7 +142,8 @@ aspen_buf_len(const aspen_buf_t *buf)
    X(424, StreamProcessorTooManyOutputTargets)                                 \
    X(425, StreamProcessorCannotResumeFromSource)                               \
    X(448, StreamProcessorInvalidNamespace)                                     \
-   X(10334, BSONObjectTooLarge)
+   X(10334, BSONObjectTooLarge)                                                \
+   X(40415, Location40415)
 
 typedef enum {
 #define ASPEN_ERROR_ENUM(code, name) ASPEN_ERR_##name = code,

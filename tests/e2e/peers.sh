@@ -254,7 +254,8 @@ _peers_aspen_bin() {
 
 # start_aspen ARGS...: run aspen with ARGS in the background, output (stdout
 # and stderr) to $ASPEN_RUN_DIR/$ASPEN_INSTANCE.log, and wait up to 10 s for
-# its "Waiting for connections" log line.
+# its "Waiting for connections" log line. Sets ASPEN_LISTEN_PORT to the port
+# that line reports (so "--port 0" works).
 start_aspen() {
     local name=${ASPEN_INSTANCE:-aspen} bin pid
     local log=$ASPEN_RUN_DIR/$name.log
@@ -271,7 +272,10 @@ start_aspen() {
     echo "$pid" >"$ASPEN_RUN_DIR/$name.pid"
     _PEERS_STARTED+=("$name")
     if _peers_wait_log "$pid" "$log" '"msg": *"Waiting for connections"' 10 && _peers_alive "$pid"; then
-        peers_log "$name pid $pid is ready"
+        ASPEN_LISTEN_PORT=$(grep -E '"msg": *"Waiting for connections"' "$log" | head -n 1 |
+            sed -nE 's/.*"port": *([0-9]+).*/\1/p')
+        export ASPEN_LISTEN_PORT
+        peers_log "$name pid $pid is ready on port ${ASPEN_LISTEN_PORT:-?}"
         return 0
     fi
     if _peers_alive "$pid"; then

@@ -122,7 +122,8 @@ guard_place(guard_t *g, const uint8_t *src, size_t len)
                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
    assert_true(g->map != MAP_FAILED);
    uint8_t *data = g->map + usable - len;
-   if (len) {
+   assert_true(len == 0 || src != NULL);
+   if (len && src) {
       memcpy(data, src, len);
    }
    assert_int_equal(mprotect(g->map, usable, PROT_READ), 0);
@@ -409,8 +410,9 @@ static const query_spec_t valid_queries[] = {
     "{'hello': 1, 'helloOk': true, 'client': {'driver': {'name': 'nodejs', "
     "'version': '6.0'}, 'os': {'type': 'Linux'}}}",
     NULL},
-   {"isMaster with returnFieldsSelector", 4 /* secondaryOk */, "admin.$cmd", 0,
-    1, "{'isMaster': 1}", "{'ismaster': 1, 'maxWireVersion': 1}"},
+   {"hello with returnFieldsSelector", 4 /* secondaryOk */, "admin.$cmd", 0,
+    1, "{'hello': 1, 'helloOk': true}",
+    "{'isWritablePrimary': 1, 'maxWireVersion': 1}"},
 };
 
 typedef enum { VEC_OP_MSG, VEC_OP_QUERY } vec_kind_t;
@@ -514,10 +516,29 @@ within(const void *p, size_t n, const aspen_frame_t *frame)
           b + n <= frame->body + frame->body_len;
 }
 
+/* Iterates every element at every depth; the document must be well formed
+ * throughout (checked with bson_iter, independently of bson_validate). */
+static void
+walk_iter(bson_iter_t *it, int depth)
+{
+   assert_true(depth < 200);
+   while (bson_iter_next(it)) {
+      if (BSON_ITER_HOLDS_DOCUMENT(it) || BSON_ITER_HOLDS_ARRAY(it)) {
+         bson_iter_t child;
+         assert_true(bson_iter_recurse(it, &child));
+         walk_iter(&child, depth + 1);
+      }
+   }
+   assert_int_equal(it->err_off, 0);
+}
+
 /* Touches every byte of a document the way a consumer would. */
 static void
 walk_doc(const bson_t *doc)
 {
+   bson_iter_t it;
+   assert_true(bson_iter_init(&it, doc));
+   walk_iter(&it, 0);
    char *json = bson_as_canonical_extended_json(doc, NULL);
    bson_free(json);
    bson_t *copy = bson_copy(doc);
@@ -559,7 +580,9 @@ exercise_op_msg(const aspen_op_msg_t *msg, const aspen_frame_t *frame)
    if (aspen_op_msg_command(msg, &cmd, &owned, &err)) {
       walk_doc(&cmd);
    } else {
+      /* A failed command leaves an empty document behind. */
       assert_true(err.code != 0 && err.message[0] != '\0');
+      assert_true(bson_empty(&cmd));
    }
    if (owned) {
       bson_destroy(&cmd);
@@ -674,7 +697,7 @@ parse_spec(const msg_spec_t *spec, guard_t *g, aspen_frame_t *frame,
  * `n_seqs_expected` sequences (fewer for a truncated copy). */
 static void
 check_op_msg(const aspen_op_msg_t *msg, const msg_spec_t *spec,
-             size_t n_seqs_expected, bool check_checksum)
+             size_t n_seqs_expected)
 {
    const section_spec_t *body = NULL;
    const section_spec_t *seqs[MAX_SECTIONS];
@@ -689,10 +712,8 @@ check_op_msg(const aspen_op_msg_t *msg, const msg_spec_t *spec,
    }
    assert_non_null(body);
    assert_int_equal(msg->flags, spec->flags);
-   if (check_checksum) {
-      assert_int_equal(msg->has_checksum,
-                       (spec->flags & ASPEN_OP_MSG_CHECKSUM_PRESENT) != 0);
-   }
+   assert_int_equal(msg->has_checksum,
+                    (spec->flags & ASPEN_OP_MSG_CHECKSUM_PRESENT) != 0);
    assert_bson_equal(&msg->body, tmp_bson(body->json));
    assert_int_equal(msg->n_seqs, n_seqs_expected);
 
@@ -761,7 +782,7 @@ check_vec_decoded(const vec_t *v, const aspen_frame_t *frame,
       if (!decode_op_msg(frame, &msg, &err)) {
          fail_msg("%s: %s", v->name, err.message);
       }
-      check_op_msg(&msg, v->msg, n_seqs_expected, true);
+      check_op_msg(&msg, v->msg, n_seqs_expected);
       if (msg.has_checksum) {
          assert_int_equal(msg.checksum, rd32(v->bytes.p + v->bytes.len - 4));
       }
@@ -836,6 +857,16 @@ test_buf_reserve_commit_consume(void **state)
    aspen_buf_init(&buf);
    assert_int_equal(aspen_buf_len(&buf), 0);
    assert_null(buf.base);
+   /* A fresh buffer can be framed as it is (no NULL + 0 arithmetic, which
+    * clang's UBSan reports). */
+   aspen_frame_t frame;
+   aspen_error_t err;
+   assert_null(aspen_buf_data(&buf));
+   assert_int_equal(aspen_frame_parse(aspen_buf_data(&buf), aspen_buf_len(&buf),
+                                      ASPEN_WIRE_MAX_MESSAGE_LEN, &frame, &err),
+                    ASPEN_PARSE_NEED_MORE);
+   assert_non_null(aspen_buf_reserve(&buf, 0));
+   aspen_buf_cleanup(&buf);
 
    uint8_t *w = aspen_buf_reserve(&buf, 10);
    assert_non_null(w);
@@ -1157,7 +1188,10 @@ log_exotic(void)
       "'bin': {'$binary': {'base64': 'AQID', 'subType': '00'}}, "
       "'ts': {'$timestamp': {'t': 5, 'i': 6}}, "
       "'re': {'$regularExpression': {'pattern': 'a.b', 'options': 'i'}}, "
-      "'dec': {'$numberDecimal': '1.25'}}");
+      "'dec': {'$numberDecimal': '1.25'}, "
+      "'inf': {'$numberDouble': 'Infinity'}, "
+      "'ninf': {'$numberDouble': '-Infinity'}, "
+      "'nan': {'$numberDouble': 'NaN'}}");
    aspen_log(ASPEN_LOG_INFO, "-", 1, NULL, "exotic", attr);
 }
 
@@ -1256,8 +1290,9 @@ static void
 test_log_exotic_types(void **state)
 {
    (void) state;
-   /* Types without a JSON literal are written as relaxed Extended JSON; the
-    * line must stay valid JSON and round-trip to the same values. */
+   /* Types without a JSON literal (and non-finite doubles) are written as
+    * relaxed Extended JSON; the line must stay valid JSON and round-trip to
+    * the same values. */
    char *line = capture_log(log_exotic);
    bson_t *doc = parse_log_line(line);
    bson_iter_t it;
@@ -1280,7 +1315,10 @@ test_log_exotic_types(void **state)
                "'ts': {'$timestamp': {'t': 5, 'i': 6}}, "
                "'re': {'$regularExpression': {'pattern': 'a.b', "
                "'options': 'i'}}, "
-               "'dec': {'$numberDecimal': '1.25'}}"));
+               "'dec': {'$numberDecimal': '1.25'}, "
+               "'inf': {'$numberDouble': 'Infinity'}, "
+               "'ninf': {'$numberDouble': '-Infinity'}, "
+               "'nan': {'$numberDouble': 'NaN'}}"));
    bson_destroy(doc);
    free(line);
 }
@@ -1624,7 +1662,7 @@ expect_msg_ok(const msg_spec_t *spec)
    if (!parse_spec(spec, &g, &frame, &msg, &err)) {
       fail_msg("%s: %s", spec->name, err.message);
    }
-   check_op_msg(&msg, spec, count_seqs(spec), true);
+   check_op_msg(&msg, spec, count_seqs(spec));
    guard_release(&g);
 }
 
@@ -1671,13 +1709,12 @@ test_op_msg_sections(void **state)
       expect_msg_error(&bad[i], ASPEN_ERR_ProtocolError, needles[i]);
    }
    /* The maximum number of sequences passes; one more fails. */
-   msg_spec_t many = {"8 sequences", 0, {BODY("{'a': 1}")}};
    bytes_t b = {0};
    for (int n = 8; n <= 9; n++) {
       size_t start = msg_begin(&b, 1, 0, ASPEN_OP_MSG);
       bytes_put_u32(&b, 0);
       bytes_put_u8(&b, 0);
-      bytes_put_doc(&b, tmp_bson(many.sections[0].json));
+      bytes_put_doc(&b, tmp_bson("{'a': 1}"));
       for (int s = 0; s < n; s++) {
          char id[8];
          snprintf(id, sizeof id, "s%d", s);
@@ -1782,7 +1819,7 @@ test_op_msg_checksum(void **state)
    assert_true(decode_op_msg(&frame, &msg, &err));
    assert_true(msg.has_checksum);
    assert_int_equal(msg.checksum, sent);
-   check_op_msg(&msg, &spec, 1, true);
+   check_op_msg(&msg, &spec, 1);
    guard_release(&g);
 
    /* A wrong checksum fails and says so. */
@@ -1914,11 +1951,11 @@ find_bytes(const uint8_t *hay, size_t n, const void *needle, size_t m)
    return 0;
 }
 
-/* A body whose element `marker` (type byte + key + NUL) is followed by an
- * int32 length, patched to `value`. */
+/* A corruption of the test body: the int32 length right after element
+ * `marker` (type byte + key; its NUL is matched too) is shifted by `delta`
+ * or, if `absolute`, replaced by `value`. */
 typedef struct {
    const char *name;
-   const char *json;
    const char *marker;
    size_t marker_len;
    int32_t delta;   /* added to the length ... */
@@ -1936,25 +1973,25 @@ test_op_msg_nested_corrupt(void **state)
       "{'find': 'c', 'outer': {'s': 'xy', 'n': 1, "
       "'arr': [{'deep': {'k': 'v'}}, 2]}, 'tail': 1}";
    static const nested_case_t cases[] = {
-      {"subdocument length +1", NULL, MARK("\x03outer"), 1, false, 0},
-      {"subdocument length -1", NULL, MARK("\x03outer"), -1, false, 0},
-      {"subdocument length +5", NULL, MARK("\x03outer"), 5, false, 0},
-      {"subdocument length 0", NULL, MARK("\x03outer"), 0, true, 0},
-      {"subdocument length 4", NULL, MARK("\x03outer"), 0, true, 4},
-      {"subdocument length 5", NULL, MARK("\x03outer"), 0, true, 5},
-      {"subdocument length huge", NULL, MARK("\x03outer"), 0, true,
+      {"subdocument length +1", MARK("\x03outer"), 1, false, 0},
+      {"subdocument length -1", MARK("\x03outer"), -1, false, 0},
+      {"subdocument length +5", MARK("\x03outer"), 5, false, 0},
+      {"subdocument length 0", MARK("\x03outer"), 0, true, 0},
+      {"subdocument length 4", MARK("\x03outer"), 0, true, 4},
+      {"subdocument length 5", MARK("\x03outer"), 0, true, 5},
+      {"subdocument length huge", MARK("\x03outer"), 0, true,
        INT32_MAX},
-      {"subdocument length negative", NULL, MARK("\x03outer"), 0, true, -1},
-      {"string length +1", NULL, MARK("\x02s"), 1, false, 0},
-      {"string length -1", NULL, MARK("\x02s"), -1, false, 0},
-      {"string length 0", NULL, MARK("\x02s"), 0, true, 0},
-      {"array length +1", NULL, MARK("\x04" "arr"), 1, false, 0},
-      {"array length -1", NULL, MARK("\x04" "arr"), -1, false, 0},
-      {"doc in array length -1", NULL, MARK("\x03" "0"), -1, false, 0},
-      {"doc in array length +1", NULL, MARK("\x03" "0"), 1, false, 0},
-      {"third level length -1", NULL, MARK("\x03" "deep"), -1, false, 0},
-      {"third level length +2", NULL, MARK("\x03" "deep"), 2, false, 0},
-      {"third level string length +3", NULL, MARK("\x02k"), 3, false, 0},
+      {"subdocument length negative", MARK("\x03outer"), 0, true, -1},
+      {"string length +1", MARK("\x02s"), 1, false, 0},
+      {"string length -1", MARK("\x02s"), -1, false, 0},
+      {"string length 0", MARK("\x02s"), 0, true, 0},
+      {"array length +1", MARK("\x04" "arr"), 1, false, 0},
+      {"array length -1", MARK("\x04" "arr"), -1, false, 0},
+      {"doc in array length -1", MARK("\x03" "0"), -1, false, 0},
+      {"doc in array length +1", MARK("\x03" "0"), 1, false, 0},
+      {"third level length -1", MARK("\x03" "deep"), -1, false, 0},
+      {"third level length +2", MARK("\x03" "deep"), 2, false, 0},
+      {"third level string length +3", MARK("\x02k"), 3, false, 0},
    };
    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
       const nested_case_t *nc = &cases[i];
@@ -1963,7 +2000,7 @@ test_op_msg_nested_corrupt(void **state)
       bytes_put_u32(&b, 0);
       bytes_put_u8(&b, 0);
       size_t doc_at = b.len;
-      bytes_put_doc(&b, tmp_bson(nc->json ? nc->json : json));
+      bytes_put_doc(&b, tmp_bson(json));
       msg_end(&b, start, false);
       size_t at = doc_at + find_bytes(b.p + doc_at, b.len - doc_at,
                                       nc->marker, nc->marker_len + 1) +
