@@ -63,6 +63,7 @@ typedef struct {
    mongoc_client_t *client;
    mapped_session_t *buckets[SESSION_BUCKETS];
    uint64_t last_reap_ms;
+   uint64_t no_sessions_until_ms; /* the backend refused sessions lately */
    char ctx[16];
 } lane_t;
 
@@ -135,6 +136,10 @@ session_get(lane_t *lane, const bson_t *lsid)
       (*pp)->last_used_ms = aspen_now_ms();
       return (*pp)->cs;
    }
+   uint64_t now = aspen_now_ms();
+   if (now < lane->no_sessions_until_ms) {
+      return NULL;
+   }
    mongoc_session_opt_t *opts = mongoc_session_opts_new();
    /* The client does its own causal consistency; aspen adds nothing. */
    mongoc_session_opts_set_causal_consistency(opts, false);
@@ -143,9 +148,11 @@ session_get(lane_t *lane, const bson_t *lsid)
       mongoc_client_start_session(lane->client, opts, &berr);
    mongoc_session_opts_destroy(opts);
    if (!cs) {
-      /* The backend does not support sessions: run without one. */
+      /* The backend does not support sessions: run without one, and do
+       * not ask again for a minute (it may be replaced by one that does). */
       aspen_logf(ASPEN_LOG_DEBUG, COMPONENT, lane->ctx,
                  "no backend session: %s", berr.message);
+      lane->no_sessions_until_ms = now + 60000;
       return NULL;
    }
    mapped_session_t *ms = aspen_xcalloc(1, sizeof *ms);

@@ -367,3 +367,15 @@ aspen_cmd_list_workspace_defaults(aspen_request_t *req, bson_t *reply)
    aspen_reply_ok(reply);
    return ASPEN_HANDLED_REPLY;
 }
+
+/* aspen has no user database yet, so no credentials can be checked; say so
+ * instead of letting the backend authenticate a shared connection. */
+aspen_handled_t
+aspen_cmd_auth_unavailable(aspen_request_t *req, bson_t *reply)
+{
+   aspen_reply_error(reply, ASPEN_ERR_AuthenticationFailed,
+                     "Authentication failed: aspen has no users configured "
+                     "(connect without credentials; '%s' is not available)",
+                     req->name);
+   return ASPEN_HANDLED_REPLY;
+}

@@ -13,6 +13,8 @@
  *              "CAFile": "..." },
  *     "backend": { "uri": "mongodb://...", "lanes": 4 },
  *     "stateDir": "./aspen-state",
+ *     "connections": [ { "name": "myConn", "type": "atlas",
+ *                        "uri": "mongodb://..." } ],
  *     "log": { "level": "info" } }
  */
 #include "proxy_int.h"
@@ -81,6 +83,7 @@ aspen_config_init(aspen_config_t *cfg)
    cfg->output_high_water = 16u * 1024u * 1024u;
    cfg->log_level = ASPEN_LOG_INFO;
    bson_init(&cfg->parsed);
+   bson_init(&cfg->connections);
 }
 
 void
@@ -94,6 +97,7 @@ aspen_config_cleanup(aspen_config_t *cfg)
       }
    }
    bson_destroy(&cfg->parsed);
+   bson_destroy(&cfg->connections);
 }
 
 static bool
@@ -203,6 +207,22 @@ load_doc(aspen_config_t *cfg, const bson_t *doc, const char *prefix,
       char path[256];
       snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "",
                bson_iter_key(&it));
+      if (strcmp(path, "connections") == 0) {
+         /* The connection registry: checked entry by entry by the engine. */
+         if (!BSON_ITER_HOLDS_ARRAY(&it)) {
+            aspen_error_set(err, ASPEN_ERR_TypeMismatch,
+                            "config key 'connections' must be an array");
+            return false;
+         }
+         uint32_t len;
+         const uint8_t *data;
+         bson_t arr;
+         bson_iter_array(&it, &len, &data);
+         (void) bson_init_static(&arr, data, len);
+         bson_destroy(&cfg->connections);
+         bson_copy_to(&arr, &cfg->connections);
+         continue;
+      }
       if (is_section(path)) {
          if (!BSON_ITER_HOLDS_DOCUMENT(&it)) {
             aspen_error_set(err, ASPEN_ERR_TypeMismatch,

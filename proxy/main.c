@@ -29,6 +29,10 @@ shutdown_server(app_t *app, const char *why)
    bson_destroy(&attr);
    aspen_listener_stop(srv);
    aspen_session_close_all(srv);
+   aspen_bridge_destroy(srv->bridge);
+   srv->bridge = NULL;
+   aspen_engine_destroy(srv->engine);
+   srv->engine = NULL;
    aspen_backend_destroy(srv->backend);
    srv->backend = NULL;
    uv_close((uv_handle_t *) &app->sigint, NULL);
@@ -148,8 +152,24 @@ main(int argc, char **argv)
                  "other than aspen's own will fail");
    }
 
+   aspen_engine_opts_t eopts = {
+      .state_dir = cfg.state_dir,
+      .connections = &cfg.connections,
+      .backend_uri = cfg.backend_uri,
+   };
+   srv.engine = aspen_engine_new(&eopts, &err);
+   if (!srv.engine) {
+      rc = fail_start(&err);
+      aspen_backend_destroy(srv.backend);
+      srv.backend = NULL;
+      goto done;
+   }
+   srv.bridge = aspen_bridge_new(&loop, srv.engine);
+
    if (!aspen_listener_start(&srv, &err)) {
       rc = fail_start(&err);
+      aspen_bridge_destroy(srv.bridge);
+      aspen_engine_destroy(srv.engine);
       aspen_backend_destroy(srv.backend);
       srv.backend = NULL;
       aspen_listener_stop(&srv);

@@ -10,6 +10,7 @@
 #ifndef ASPEN_PROXY_INT_H
 #define ASPEN_PROXY_INT_H
 
+#include "engine.h"
 #include "tls.h"
 #include "wire.h"
 
@@ -25,6 +26,7 @@ typedef struct {
    char *backend_uri;      /* NULL: no backend, forwarded commands fail */
    int backend_lanes;      /* worker threads talking to the backend */
    char *state_dir;        /* NULL: "./aspen-state" */
+   bson_t connections;     /* the "connections" array of the config file */
    aspen_tls_mode_t tls_mode;
    char *tls_cert;
    char *tls_key;
@@ -86,6 +88,24 @@ void aspen_backend_submit(aspen_backend_t *be, const char *db,
 void aspen_backend_end_sessions(aspen_backend_t *be, const bson_t *ids);
 
 /* ------------------------------------------------------------------------ */
+/* The bridge to the stream engine (bridge.c)                                */
+/* ------------------------------------------------------------------------ */
+
+typedef struct aspen_bridge aspen_bridge_t;
+typedef void (*aspen_bridge_cb)(void *arg, const bson_t *reply);
+
+/* Starts the bridge thread that runs engine commands. Loop thread only. */
+aspen_bridge_t *aspen_bridge_new(uv_loop_t *loop, aspen_engine_t *eng);
+/* Finishes queued work, joins the thread, closes the async handle. */
+void aspen_bridge_destroy(aspen_bridge_t *br);
+/* Queues an engine command (copied); cb runs on the loop thread. */
+void aspen_bridge_submit(aspen_bridge_t *br, const char *name,
+                         const bson_t *cmd, uint64_t conn_id,
+                         aspen_bridge_cb cb, void *arg);
+/* Tells the engine a client connection closed (its cursors end). */
+void aspen_bridge_connection_closed(aspen_bridge_t *br, uint64_t conn_id);
+
+/* ------------------------------------------------------------------------ */
 /* Server and sessions (listener.c, session.c)                               */
 /* ------------------------------------------------------------------------ */
 
@@ -98,6 +118,8 @@ typedef struct {
    bool listening;
    aspen_tls_ctx_t *tls_ctx;
    aspen_backend_t *backend;
+   aspen_engine_t *engine;
+   aspen_bridge_t *bridge;
    aspen_session_t *sessions; /* intrusive list of live sessions */
    int n_sessions;
    uint64_t next_conn_id;

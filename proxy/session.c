@@ -18,6 +18,7 @@
 
 #define COMPONENT "NETWORK"
 #define READ_CHUNK 65536
+#define READ_PAUSE_BYTES (1024 * 1024)
 
 typedef enum {
    SESS_READING,  /* parsing input as it comes */
@@ -135,6 +136,9 @@ on_close(uv_handle_t *h)
       sess->next->prev = sess->prev;
    }
    srv->n_sessions--;
+   if (srv->bridge) {
+      aspen_bridge_connection_closed(srv->bridge, sess->id);
+   }
    bson_t attr = BSON_INITIALIZER;
    BSON_APPEND_UTF8(&attr, "remote", sess->peer);
    BSON_APPEND_INT64(&attr, "connectionId", (int64_t) sess->id);
@@ -618,11 +622,17 @@ on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
    process_input(sess);
 }
 
-/* Reads while idle and the output queue is below the high-water mark. */
+/* Reads while the output queue is below the high-water mark. While a request
+ * is with the backend the socket stays armed (re-arming it per request costs
+ * two epoll_ctl calls); input simply waits in rbuf, up to one more frame's
+ * worth, before reading pauses. */
 static void
 update_reading(aspen_session_t *sess)
 {
-   bool want = sess->state == SESS_READING && !sess->close_after_write &&
+   bool want = (sess->state == SESS_READING ||
+                (sess->state == SESS_WAITING &&
+                 aspen_buf_len(&sess->rbuf) < READ_PAUSE_BYTES)) &&
+               !sess->close_after_write &&
                sess->out_pending < sess->srv->cfg->output_high_water;
    if (want && !sess->reading) {
       if (uv_read_start((uv_stream_t *) &sess->tcp, on_alloc, on_read) == 0) {

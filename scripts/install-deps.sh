@@ -17,7 +17,7 @@ BACKING_SRC="$ROOT/tests/e2e/mongo-java-server"
 BACKING_JAR="$DEPS/aspen-backing-server.jar"
 
 APT_PACKAGES=(build-essential cmake pkg-config libmongoc-dev libbson-dev
-              librdkafka-dev libuv1-dev libssl-dev libcmocka-dev openssl clang)
+              librdkafka-dev libuv1-dev libssl-dev libcmocka-dev libpcre2-dev openssl clang)
 
 log() { printf 'install-deps: %s\n' "$*"; }
 die() { printf 'install-deps: error: %s\n' "$*" >&2; exit 1; }

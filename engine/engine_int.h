@@ -1,0 +1,251 @@
+/*
+ * engine_int.h - types shared inside engine/: connections, parsed pipelines
+ * and their stages, processors, sample cursors and the dead-letter queue.
+ *
+ * Data flow: a source thread (one per running processor) produces stream
+ * documents; each passes down the stage chain by aspen_pipeline_push, where
+ * every stage either drops it, hands it on unchanged (a borrowed view, no
+ * copy), or builds a new document for the next stage. What leaves the last
+ * stage goes to the sink and to any sample cursors. A stage that fails on a
+ * document sends that document to the dead-letter queue and the processor
+ * carries on.
+ */
+#ifndef ASPEN_ENGINE_INT_H
+#define ASPEN_ENGINE_INT_H
+
+#include "engine.h"
+#include "expr.h"
+#include "match.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+/* ------------------------------------------------------------------------ */
+/* Connections (connections.c)                                               */
+/* ------------------------------------------------------------------------ */
+
+typedef enum {
+   ASPEN_CONN_SAMPLE_SOLAR,
+   ASPEN_CONN_ATLAS,
+   ASPEN_CONN_KAFKA,
+} aspen_conn_type_t;
+
+typedef struct {
+   char *name;
+   aspen_conn_type_t type;
+   char *uri;  /* atlas */
+   bson_t doc; /* as configured, for listings (secrets removed) */
+} aspen_conn_t;
+
+typedef struct {
+   aspen_conn_t *items;
+   size_t n;
+} aspen_conns_t;
+
+bool aspen_conns_load(aspen_conns_t *conns, const bson_t *list,
+                      const char *backend_uri, aspen_error_t *err);
+void aspen_conns_cleanup(aspen_conns_t *conns);
+const aspen_conn_t *aspen_conns_find(const aspen_conns_t *conns,
+                                     const char *name);
+const char *aspen_conn_type_name(aspen_conn_type_t t);
+
+/* ------------------------------------------------------------------------ */
+/* Stream documents                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* A document in flight: the user-visible fields plus its stream metadata
+ * (the value of _stream_meta / {$meta: "stream"}), both borrowed. */
+typedef struct {
+   const bson_t *doc;
+   const bson_t *meta;
+   int64_t ts_ms; /* event time */
+} aspen_sdoc_t;
+
+/* ------------------------------------------------------------------------ */
+/* Pipelines and stages (pipeline.c, stage_*.c)                              */
+/* ------------------------------------------------------------------------ */
+
+typedef struct aspen_pipeline aspen_pipeline_t;
+typedef struct aspen_stage aspen_stage_t;
+typedef struct aspen_proc aspen_proc_t;
+
+/* What a stage parser may need to know about where it stands. */
+typedef struct {
+   const aspen_conns_t *conns;
+   bool in_window;  /* inside a window's inner pipeline */
+   bool ephemeral;  /* sp.process: no sink required */
+   bool has_dlq;    /* the processor has a DLQ configured */
+   int index;       /* stage index in its pipeline */
+   char path[128];  /* "pipeline[2]" or "pipeline[2].$tumblingWindow.pipeline[0]" */
+} aspen_parse_ctx_t;
+
+typedef struct {
+   const char *name;          /* "$match" */
+   const char *operator_name; /* for DLQ entries: "MatchOperator" */
+   /* Parses the stage's argument (the value of its only key). */
+   bool (*parse)(aspen_stage_t *st, const bson_iter_t *arg,
+                 aspen_parse_ctx_t *pc, aspen_error_t *err);
+   /* Processes one document: calls aspen_stage_emit for each output. Returns
+    * false with err set to send `in` to the DLQ. May be NULL for stages
+    * that only exist at parse time. */
+   bool (*push)(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err);
+   void (*destroy)(aspen_stage_t *st);
+} aspen_stage_ops_t;
+
+struct aspen_stage {
+   const aspen_stage_ops_t *ops;
+   aspen_pipeline_t *pl;
+   int index;
+   void *state; /* the stage's own data */
+};
+
+/* Where a stage placement is allowed. */
+enum {
+   ASPEN_PLACE_MAIN = 1u << 0,
+   ASPEN_PLACE_WINDOW = 1u << 1,
+   ASPEN_PLACE_SINK = 1u << 2, /* terminal only */
+};
+
+typedef enum {
+   ASPEN_SOURCE_DOCUMENTS,
+   ASPEN_SOURCE_SOLAR,
+   ASPEN_SOURCE_CHANGE_STREAM,
+   ASPEN_SOURCE_KAFKA,
+} aspen_source_kind_t;
+
+typedef struct {
+   aspen_source_kind_t kind;
+   const aspen_conn_t *conn;    /* NULL for documents */
+   aspen_expr_t *time_field;    /* NULL: default event time */
+   char ts_field[64];           /* default "_ts" */
+   bson_t documents;            /* documents source: the literal array */
+   aspen_expr_t *documents_expr;/* ... or an expression */
+   bson_t spec;                 /* the whole $source argument */
+} aspen_source_spec_t;
+
+typedef enum {
+   ASPEN_SINK_NONE,  /* ephemeral: the shell */
+   ASPEN_SINK_MERGE,
+   ASPEN_SINK_EMIT,
+} aspen_sink_kind_t;
+
+/* The DLQ side of a pipeline: where failed documents go. Set by the
+ * processor before it runs. */
+typedef void (*aspen_dlq_fn)(void *arg, const aspen_sdoc_t *in,
+                             const char *operator_name, const char *reason);
+/* The output side: documents leaving the last stage. */
+typedef void (*aspen_output_fn)(void *arg, const aspen_sdoc_t *out);
+
+struct aspen_pipeline {
+   bson_t def;                  /* owned copy of the pipeline array */
+   aspen_source_spec_t source;
+   aspen_stage_t *stages;       /* between source and sink */
+   int n_stages;
+   aspen_sink_kind_t sink_kind;
+   bson_t sink_spec;            /* the sink stage's argument */
+   bool has_window;
+   /* Run-time hooks. */
+   aspen_dlq_fn dlq;
+   aspen_output_fn output;
+   void *hook_arg;
+   int64_t now_ms;              /* wall clock for $currentDate */
+};
+
+/* Parses and validates a pipeline array (copied). Errors carry code 420 and
+ * ASP's wording, prefixed "StreamProcessorInvalidOptions: " and followed by
+ * where the problem is ("(at pipeline[1].$merge.into)"). */
+aspen_pipeline_t *aspen_pipeline_parse(const bson_t *pipeline,
+                                       const aspen_conns_t *conns,
+                                       bool ephemeral, bool has_dlq,
+                                       aspen_error_t *err);
+void aspen_pipeline_destroy(aspen_pipeline_t *pl);
+/* Parses an inner pipeline (window stages). */
+bool aspen_pipeline_parse_stages(aspen_pipeline_t *pl, const bson_t *arr,
+                                 aspen_parse_ctx_t *pc, aspen_stage_t **out,
+                                 int *n_out, aspen_error_t *err);
+/* Sends a source document into the stage chain. */
+void aspen_pipeline_push(aspen_pipeline_t *pl, const aspen_sdoc_t *doc);
+/* Called by a stage for each output document. */
+void aspen_stage_emit(aspen_stage_t *st, const aspen_sdoc_t *out);
+/* Fills an expression context for a document. */
+void aspen_stage_expr_ctx(const aspen_stage_t *st, const aspen_sdoc_t *in,
+                          aspen_expr_ctx_t *ctx);
+
+/* The stage table (stages.c). */
+const aspen_stage_ops_t *aspen_stage_lookup(const char *name, unsigned *place);
+
+/* Helpers for option parsing with exact, path-carrying messages. */
+void aspen_parse_error(aspen_error_t *err, const aspen_parse_ctx_t *pc,
+                       const char *option, const char *fmt, ...)
+   __attribute__((format(printf, 4, 5)));
+
+/* ------------------------------------------------------------------------ */
+/* Processors (processor.c)                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef enum {
+   ASPEN_PROC_CREATED,
+   ASPEN_PROC_STARTED,
+   ASPEN_PROC_STOPPED,
+   ASPEN_PROC_FAILED,
+} aspen_proc_state_t;
+
+const char *aspen_proc_state_name(aspen_proc_state_t s);
+
+typedef struct {
+   atomic_uint_fast64_t input_count, input_size;
+   atomic_uint_fast64_t output_count, output_size;
+   atomic_uint_fast64_t dlq_count, dlq_size;
+   atomic_int_fast64_t watermark_ms; /* INT64_MIN: none yet */
+} aspen_stats_t;
+
+typedef struct aspen_cursor aspen_cursor_t;
+
+struct aspen_proc {
+   aspen_engine_t *eng;
+   char *name;
+   char id[25];        /* ObjectId hex */
+   bool ephemeral;
+   bson_t pipeline;    /* definition as given */
+   bson_t options;     /* {dlq, tier, ...} as given (validated) */
+   aspen_proc_state_t state;
+   char error_msg[ASPEN_ERROR_MSG_MAX];
+   int64_t created_ms, modified_ms, state_changed_ms;
+   aspen_stats_t stats;
+
+   /* Runtime (valid while STARTED). */
+   pthread_t thread;
+   bool thread_running;
+   atomic_bool stop;
+   pthread_mutex_t mu;  /* guards cursors, the start handshake */
+   pthread_cond_t cv;
+   int start_result;    /* 0 pending, 1 ok, -1 failed */
+   int32_t start_code;  /* error code when start_result is -1 */
+   bool thread_done;    /* the thread has finished its work */
+   aspen_cursor_t *cursors;
+   aspen_pipeline_t *pl;
+   void *sink;          /* sink runtime state */
+   void *dlq;           /* DLQ runtime state */
+   uint64_t owner_conn; /* ephemeral: the connection reading it */
+   int64_t started_ms;
+   aspen_proc_t *next;
+};
+
+/* ------------------------------------------------------------------------ */
+/* Sample cursors (cursor.c)                                                 */
+/* ------------------------------------------------------------------------ */
+
+struct aspen_cursor {
+   int64_t id;
+   uint64_t conn_id;
+   aspen_proc_t *proc;
+   bool is_shell;      /* sp.process: the processor's sink, lossless */
+   int64_t limit;      /* 0: unlimited */
+   int64_t delivered;
+   bson_t **docs;      /* ring of owned documents */
+   size_t cap, head, len;
+   bool closed;
+   aspen_cursor_t *next;       /* in proc->cursors */
+};
+
+#endif /* ASPEN_ENGINE_INT_H */

@@ -1,0 +1,89 @@
+/*
+ * expr.h - aggregation expressions: compiled once from the pipeline's BSON,
+ * evaluated per document without copying where a view will do.
+ *
+ * Supported (each with MongoDB's semantics for missing, null, arrays and
+ * types): field paths "$a.b" (through arrays, yielding arrays as MongoDB
+ * does) and variables "$$ROOT", "$$CURRENT", "$$REMOVE", let/$let/$map/
+ * $filter/$reduce variables; literals ($literal, constants, object and array
+ * expressions); arithmetic ($add $subtract $multiply $divide $mod $abs $ceil
+ * $floor $round $trunc $sqrt $pow $exp $ln $log $log10); comparison ($cmp $eq
+ * $ne $gt $gte $lt $lte); boolean ($and $or $not); conditional ($cond $ifNull
+ * $switch); string ($concat $substr $substrBytes $substrCP $toLower $toUpper
+ * $strLenBytes $strLenCP $split $trim $ltrim $rtrim $indexOfBytes $indexOfCP
+ * $strcasecmp $regexMatch $regexFind $regexFindAll $replaceOne $replaceAll);
+ * array ($arrayElemAt $first $last $concatArrays $filter $map $reduce $size
+ * $in $indexOfArray $isArray $range $reverseArray $slice $zip $sortArray
+ * $arrayToObject $objectToArray $setUnion $setIntersection $setDifference
+ * $setEquals $setIsSubset $anyElementTrue $allElementsTrue $maxN $minN
+ * $firstN $lastN); object ($mergeObjects $getField $setField $unsetField);
+ * type ($type $convert $toBool $toDate $toDecimal $toDouble $toInt $toLong
+ * $toObjectId $toString $isNumber); date ($dateFromString $dateToString
+ * $dateFromParts $dateToParts $dateTrunc $dateAdd $dateSubtract $dateDiff
+ * $year $month $dayOfMonth $dayOfWeek $dayOfYear $hour $minute $second
+ * $millisecond $week $isoWeek $isoWeekYear $isoDayOfWeek); accumulator-style
+ * array forms ($sum $avg $min $max $stdDevPop $stdDevSamp on arrays or
+ * argument lists); ASP's own ($meta with a dotted "stream..." path,
+ * $currentDate, $createUUID).
+ * Refused at parse time as ASP does: $$NOW, $$CLUSTER_TIME, $$USER_ROLES,
+ * $$SEARCH_META, unknown operators ("Unrecognized expression '$foo'").
+ *
+ * Errors: parse errors are code 168 InvalidPipelineOperator for unknown
+ * operators, 15983-style messages for malformed arguments (aspen uses codes
+ * from wire.h: FailedToParse / BadValue / TypeMismatch / InvalidOptions).
+ * Evaluation errors (e.g. "can't $divide by zero", a failed $convert) return
+ * false with err set; the caller sends the document to the DLQ.
+ */
+#ifndef ASPEN_ENGINE_EXPR_H
+#define ASPEN_ENGINE_EXPR_H
+
+#include "value.h"
+
+typedef struct aspen_expr aspen_expr_t;
+
+/* Evaluation context. `root` is $$ROOT (and $$CURRENT); `meta` is the stream
+ * metadata document that {$meta: "stream..."} reads ({source: {...}, window:
+ * {start, end}}), or NULL. `now_ms` is what $currentDate returns. */
+typedef struct {
+   const bson_t *root;
+   const bson_t *meta;
+   int64_t now_ms;
+} aspen_expr_ctx_t;
+
+/* Compiles the expression held by `it` (any BSON value: a string field path,
+ * an operator object, an object/array literal, a constant). The compiled
+ * expression borrows constants from the bson the iterator points into: that
+ * document must outlive it (the engine keeps pipelines alive). `vars` is a
+ * NULL-terminated list of user variable names in scope (from an enclosing
+ * let), or NULL. */
+bool aspen_expr_parse(const bson_iter_t *it, const char *const *vars,
+                      aspen_expr_t **out, aspen_error_t *err);
+/* Compiles an object of expressions as one expression that evaluates to a
+ * document (as in $addFields / $project computed fields / $group _id). */
+bool aspen_expr_parse_object(const bson_t *obj, const char *const *vars,
+                             aspen_expr_t **out, aspen_error_t *err);
+void aspen_expr_destroy(aspen_expr_t *e);
+
+/* Evaluates. On success *out holds the result (borrowed or owned: always
+ * aspen_value_destroy it). On a runtime error returns false, err set, *out
+ * MISSING. */
+bool aspen_expr_eval(const aspen_expr_t *e, const aspen_expr_ctx_t *ctx,
+                     aspen_value_t *out, aspen_error_t *err);
+
+/* Evaluates with extra user variables bound (name -> value); used by stages
+ * that have `let` (e.g. $lookup, $merge). */
+bool aspen_expr_eval_with_vars(const aspen_expr_t *e,
+                               const aspen_expr_ctx_t *ctx,
+                               const char *const *names,
+                               const aspen_value_t *values, size_t n_vars,
+                               aspen_value_t *out, aspen_error_t *err);
+
+/* Field-path lookup as expressions do it: "a.b" on {a: [{b:1},{b:2}]} gives
+ * [1, 2]. Borrowed when possible. */
+aspen_value_t aspen_expr_get_path(const bson_t *doc, const char *path);
+
+/* True if the expression is a constant (no paths, variables, $meta or
+ * time-dependent operators); then *out (borrowed) is its value. */
+bool aspen_expr_is_constant(const aspen_expr_t *e, aspen_value_t *out);
+
+#endif

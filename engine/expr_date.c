@@ -1,0 +1,2410 @@
+/*
+ * expr_date.c - date expression operators and the calendar/timezone support
+ * they share: the date-part operators ($year ... $isoDayOfWeek),
+ * $dateToString, $dateFromString, $dateFromParts, $dateToParts, $dateTrunc,
+ * $dateAdd, $dateSubtract and $dateDiff.
+ *
+ * Dates are milliseconds since the Unix epoch (UTC), proleptic Gregorian,
+ * computed with integer civil-date arithmetic (no libc time functions, so no
+ * TZ environment and no locks). Timezones are "UTC"/"GMT", fixed offsets
+ * ("+02:00", "-0530", "+03") and Olson names read once from the system's
+ * zoneinfo files (TZif v2, with the POSIX rule in the footer for instants
+ * after the last transition). Parsed zones are cached for the life of the
+ * process; the cache is guarded by a mutex, lookups happen at most once per
+ * evaluation (constant timezones are resolved at compile time).
+ */
+#include "expr_int.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <strings.h>
+
+#define MS_PER_DAY 86400000LL
+#define MS_PER_HOUR 3600000LL
+#define MS_PER_MIN 60000LL
+
+static int64_t
+floordiv(int64_t a, int64_t b)
+{
+   int64_t q = a / b;
+   if ((a % b != 0) && ((a < 0) != (b < 0))) {
+      q--;
+   }
+   return q;
+}
+
+static int64_t
+floormod(int64_t a, int64_t b)
+{
+   return a - floordiv(a, b) * b;
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (any month/day
+ * overflow must be normalized by the caller). */
+static int64_t
+days_from_civil(int64_t y, int m, int d)
+{
+   y -= m <= 2;
+   int64_t era = floordiv(y, 400);
+   int64_t yoe = y - era * 400;
+   int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+   int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+   return era * 146097 + doe - 719468;
+}
+
+static void
+civil_from_days(int64_t z, int64_t *y, int *m, int *d)
+{
+   z += 719468;
+   int64_t era = floordiv(z, 146097);
+   int64_t doe = z - era * 146097;
+   int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+   int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+   int64_t mp = (5 * doy + 2) / 153;
+   *d = (int) (doy - (153 * mp + 2) / 5 + 1);
+   *m = (int) (mp < 10 ? mp + 3 : mp - 9);
+   *y = yoe + era * 400 + (*m <= 2);
+}
+
+static bool
+is_leap(int64_t y)
+{
+   return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+}
+
+static int
+month_days(int64_t y, int m)
+{
+   static const int md[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+   return m == 2 && is_leap(y) ? 29 : md[m - 1];
+}
+
+/* 0 = Sunday. */
+static int
+weekday_of_days(int64_t days)
+{
+   return (int) floormod(days + 4, 7);
+}
+
+typedef struct {
+   int64_t year;
+   int month, day, hour, minute, second, ms;
+   int yday; /* 1-based */
+   int wday; /* 0 = Sunday */
+   int64_t days;
+} parts_t;
+
+static void
+split(int64_t local_ms, parts_t *p)
+{
+   int64_t days = floordiv(local_ms, MS_PER_DAY);
+   int64_t rem = local_ms - days * MS_PER_DAY;
+   civil_from_days(days, &p->year, &p->month, &p->day);
+   p->days = days;
+   p->hour = (int) (rem / MS_PER_HOUR);
+   p->minute = (int) (rem / MS_PER_MIN % 60);
+   p->second = (int) (rem / 1000 % 60);
+   p->ms = (int) (rem % 1000);
+   p->yday = (int) (days - days_from_civil(p->year, 1, 1)) + 1;
+   p->wday = weekday_of_days(days);
+}
+
+static int
+iso_weeks_in_year(int64_t y)
+{
+   int64_t p = floormod(y + floordiv(y, 4) - floordiv(y, 100) + floordiv(y, 400),
+                        7);
+   int64_t q = floormod((y - 1) + floordiv(y - 1, 4) - floordiv(y - 1, 100) +
+                           floordiv(y - 1, 400),
+                        7);
+   return p == 4 || q == 3 ? 53 : 52;
+}
+
+static void
+iso_week(const parts_t *p, int64_t *iso_year, int *week, int *iso_wday)
+{
+   int wd = (p->wday + 6) % 7 + 1; /* Monday = 1 */
+   int w = (p->yday - wd + 10) / 7;
+   int64_t y = p->year;
+   if (w < 1) {
+      y--;
+      w = iso_weeks_in_year(y);
+   } else if (w > iso_weeks_in_year(y)) {
+      y++;
+      w = 1;
+   }
+   *iso_year = y;
+   *week = w;
+   *iso_wday = wd;
+}
+
+/* Days since the epoch of Monday of ISO week 1 of `y`. */
+static int64_t
+iso_year_start(int64_t y)
+{
+   int64_t jan4 = days_from_civil(y, 1, 4);
+   return jan4 - (weekday_of_days(jan4) + 6) % 7;
+}
+
+bool
+aspen__coerce_date(const aspen_value_t *val, int64_t *ms)
+{
+   switch (aspen__vt(val)) {
+   case BSON_TYPE_DATE_TIME:
+      *ms = val->v.value.v_datetime;
+      return true;
+   case BSON_TYPE_TIMESTAMP:
+      *ms = (int64_t) val->v.value.v_timestamp.timestamp * 1000;
+      return true;
+   case BSON_TYPE_OID:
+      *ms = (int64_t) bson_oid_get_time_t(&val->v.value.v_oid) * 1000;
+      return true;
+   default:
+      *ms = 0;
+      return false;
+   }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Timezones                                                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+   char kind; /* 'M', 'J' or 'n' */
+   int m, w, d;
+   int32_t time; /* seconds after local midnight */
+} tz_rule_t;
+
+struct aspen__tz {
+   char name[64];
+   bool utc;
+   bool fixed;
+   int64_t fixed_ms;
+   /* TZif data (seconds). */
+   uint32_t n_trans;
+   int64_t *trans;
+   uint8_t *idx;
+   uint32_t n_types;
+   int32_t *type_off;
+   /* POSIX footer rule. */
+   bool has_rule;
+   bool rule_dst;
+   int32_t std_off, dst_off; /* seconds east of UTC */
+   tz_rule_t start, end;
+   struct aspen__tz *next;
+};
+
+static aspen__tz_t tz_utc = {.name = "UTC", .utc = true, .fixed = true};
+static pthread_mutex_t tz_lock = PTHREAD_MUTEX_INITIALIZER;
+static aspen__tz_t *tz_cache;
+
+const aspen__tz_t *
+aspen__tz_utc(void)
+{
+   return &tz_utc;
+}
+
+bool
+aspen__tz_is_utc(const aspen__tz_t *tz)
+{
+   return tz->utc || (tz->fixed && tz->fixed_ms == 0);
+}
+
+static int64_t
+rule_day(const tz_rule_t *r, int64_t y)
+{
+   if (r->kind == 'J') {
+      /* 1..365, February 29 never counted. */
+      int64_t d = days_from_civil(y, 1, 1) + r->d - 1;
+      if (is_leap(y) && r->d >= 60) {
+         d++;
+      }
+      return d;
+   }
+   if (r->kind == 'n') {
+      return days_from_civil(y, 1, 1) + r->d;
+   }
+   int64_t first = days_from_civil(y, r->m, 1);
+   int wd = weekday_of_days(first);
+   int day = 1 + (r->d - wd + 7) % 7 + (r->w - 1) * 7;
+   while (day > month_days(y, r->m)) {
+      day -= 7;
+   }
+   return first + day - 1;
+}
+
+static int64_t
+rule_offset(const aspen__tz_t *tz, int64_t s)
+{
+   if (!tz->rule_dst) {
+      return tz->std_off;
+   }
+   int64_t y;
+   int m, d;
+   civil_from_days(floordiv(s + tz->std_off, 86400), &y, &m, &d);
+   int64_t start =
+      rule_day(&tz->start, y) * 86400 + tz->start.time - tz->std_off;
+   int64_t end = rule_day(&tz->end, y) * 86400 + tz->end.time - tz->dst_off;
+   bool dst = start < end ? (s >= start && s < end) : !(s >= end && s < start);
+   return dst ? tz->dst_off : tz->std_off;
+}
+
+int64_t
+aspen__tz_offset(const aspen__tz_t *tz, int64_t ms)
+{
+   if (tz->fixed) {
+      return tz->fixed_ms;
+   }
+   int64_t s = floordiv(ms, 1000);
+   if (tz->n_trans == 0 || s < tz->trans[0]) {
+      if (tz->n_trans == 0 && tz->has_rule) {
+         return rule_offset(tz, s) * 1000;
+      }
+      return tz->n_types ? (int64_t) tz->type_off[0] * 1000 : 0;
+   }
+   if (s >= tz->trans[tz->n_trans - 1] && tz->has_rule) {
+      return rule_offset(tz, s) * 1000;
+   }
+   uint32_t lo = 0, hi = tz->n_trans;
+   while (hi - lo > 1) {
+      uint32_t mid = (lo + hi) / 2;
+      if (tz->trans[mid] <= s) {
+         lo = mid;
+      } else {
+         hi = mid;
+      }
+   }
+   uint8_t t = tz->idx[lo];
+   return t < tz->n_types ? (int64_t) tz->type_off[t] * 1000 : 0;
+}
+
+/* Local wall time -> UTC instant. */
+static int64_t
+local_to_utc(const aspen__tz_t *tz, int64_t local)
+{
+   if (tz->fixed) {
+      return local - tz->fixed_ms;
+   }
+   int64_t off1 = aspen__tz_offset(tz, local);
+   int64_t utc = local - off1;
+   int64_t off2 = aspen__tz_offset(tz, utc);
+   if (off2 != off1) {
+      int64_t utc2 = local - off2;
+      if (aspen__tz_offset(tz, utc2) == off2) {
+         utc = utc2;
+      }
+   }
+   return utc;
+}
+
+static bool
+parse_offset(const char *s, size_t len, int64_t *ms)
+{
+   if (len < 3 || (s[0] != '+' && s[0] != '-')) {
+      return false;
+   }
+   int sign = s[0] == '-' ? -1 : 1;
+   int digits[4];
+   size_t nd = 0;
+   for (size_t i = 1; i < len; i++) {
+      if (s[i] == ':' && i == 3) {
+         continue;
+      }
+      if (s[i] < '0' || s[i] > '9' || nd == 4) {
+         return false;
+      }
+      digits[nd++] = s[i] - '0';
+   }
+   if (nd != 2 && nd != 4) {
+      return false;
+   }
+   if (len == 4 && s[3] == ':') {
+      return false;
+   }
+   int h = digits[0] * 10 + digits[1];
+   int m = nd == 4 ? digits[2] * 10 + digits[3] : 0;
+   if (m > 59) {
+      return false;
+   }
+   *ms = sign * ((int64_t) h * MS_PER_HOUR + (int64_t) m * MS_PER_MIN);
+   return true;
+}
+
+/* --- TZif ------------------------------------------------------------- */
+
+static uint32_t
+be32(const uint8_t *p)
+{
+   return (uint32_t) p[0] << 24 | (uint32_t) p[1] << 16 |
+          (uint32_t) p[2] << 8 | p[3];
+}
+
+static int64_t
+be64(const uint8_t *p)
+{
+   return (int64_t) ((uint64_t) be32(p) << 32 | be32(p + 4));
+}
+
+static const char *
+posix_name(const char *p)
+{
+   if (*p == '<') {
+      while (*p && *p != '>') {
+         p++;
+      }
+      return *p ? p + 1 : NULL;
+   }
+   const char *s = p;
+   while ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z')) {
+      p++;
+   }
+   return p - s >= 3 ? p : NULL;
+}
+
+/* [+-]hh[:mm[:ss]] -> seconds. */
+static const char *
+posix_time(const char *p, int32_t *secs)
+{
+   int sign = 1;
+   if (*p == '+' || *p == '-') {
+      sign = *p == '-' ? -1 : 1;
+      p++;
+   }
+   if (*p < '0' || *p > '9') {
+      return NULL;
+   }
+   int32_t parts[3] = {0, 0, 0};
+   for (int i = 0; i < 3; i++) {
+      int32_t v = 0;
+      if (*p < '0' || *p > '9') {
+         return NULL;
+      }
+      while (*p >= '0' && *p <= '9') {
+         v = v * 10 + (*p - '0');
+         p++;
+      }
+      parts[i] = v;
+      if (*p != ':') {
+         break;
+      }
+      p++;
+   }
+   *secs = sign * (parts[0] * 3600 + parts[1] * 60 + parts[2]);
+   return p;
+}
+
+static const char *
+posix_rule(const char *p, tz_rule_t *r)
+{
+   r->time = 7200;
+   if (*p == 'M') {
+      r->kind = 'M';
+      if (sscanf(p + 1, "%d.%d.%d", &r->m, &r->w, &r->d) != 3 || r->m < 1 ||
+          r->m > 12 || r->w < 1 || r->w > 5 || r->d < 0 || r->d > 6) {
+         return NULL;
+      }
+      p++;
+      while ((*p >= '0' && *p <= '9') || *p == '.') {
+         p++;
+      }
+   } else {
+      r->kind = 'n';
+      if (*p == 'J') {
+         r->kind = 'J';
+         p++;
+      }
+      if (*p < '0' || *p > '9') {
+         return NULL;
+      }
+      r->d = 0;
+      while (*p >= '0' && *p <= '9') {
+         r->d = r->d * 10 + (*p - '0');
+         p++;
+      }
+   }
+   if (*p == '/') {
+      p = posix_time(p + 1, &r->time);
+   }
+   return p;
+}
+
+static bool
+parse_posix_tz(aspen__tz_t *tz, const char *s)
+{
+   const char *p = posix_name(s);
+   int32_t off;
+   if (!p || !(p = posix_time(p, &off))) {
+      return false;
+   }
+   tz->std_off = -off;
+   tz->has_rule = true;
+   if (!*p) {
+      tz->rule_dst = false;
+      return true;
+   }
+   if (!(p = posix_name(p))) {
+      return false;
+   }
+   tz->dst_off = tz->std_off + 3600;
+   if (*p && *p != ',') {
+      if (!(p = posix_time(p, &off))) {
+         return false;
+      }
+      tz->dst_off = -off;
+   }
+   if (*p != ',') {
+      return false;
+   }
+   if (!(p = posix_rule(p + 1, &tz->start)) || *p != ',' ||
+       !(p = posix_rule(p + 1, &tz->end))) {
+      return false;
+   }
+   tz->rule_dst = true;
+   return true;
+}
+
+static bool
+load_tzif(aspen__tz_t *tz, const char *name)
+{
+   char path[256];
+   snprintf(path, sizeof path, "/usr/share/zoneinfo/%s", name);
+   FILE *f = fopen(path, "rb");
+   if (!f) {
+      return false;
+   }
+   uint8_t *buf = NULL;
+   size_t len = 0, cap = 0;
+   for (;;) {
+      if (len == cap) {
+         cap = cap ? cap * 2 : 8192;
+         if (cap > (1u << 22)) {
+            break;
+         }
+         buf = aspen_xrealloc(buf, cap);
+      }
+      size_t n = fread(buf + len, 1, cap - len, f);
+      if (n == 0) {
+         break;
+      }
+      len += n;
+   }
+   fclose(f);
+   bool ok = false;
+   if (len < 44 || memcmp(buf, "TZif", 4) != 0 || buf[4] < '2') {
+      goto done;
+   }
+   {
+      const uint8_t *h = buf;
+      size_t v1 = (size_t) be32(h + 32) * 5 + (size_t) be32(h + 36) * 6 +
+                  be32(h + 40) + (size_t) be32(h + 28) * 8 + be32(h + 24) +
+                  be32(h + 20);
+      size_t off = 44 + v1;
+      if (off + 44 > len || memcmp(buf + off, "TZif", 4) != 0) {
+         goto done;
+      }
+      h = buf + off;
+      uint32_t isut = be32(h + 20), isstd = be32(h + 24), leap = be32(h + 28);
+      uint32_t timecnt = be32(h + 32), typecnt = be32(h + 36),
+               charcnt = be32(h + 40);
+      size_t need = (size_t) timecnt * 9 + (size_t) typecnt * 6 + charcnt +
+                    (size_t) leap * 12 + isstd + isut;
+      const uint8_t *p = h + 44;
+      if ((size_t) (p - buf) + need > len || typecnt == 0 || typecnt > 256) {
+         goto done;
+      }
+      tz->n_trans = timecnt;
+      tz->trans = aspen_xcalloc(timecnt ? timecnt : 1, sizeof *tz->trans);
+      tz->idx = aspen_xcalloc(timecnt ? timecnt : 1, 1);
+      for (uint32_t i = 0; i < timecnt; i++) {
+         tz->trans[i] = be64(p + 8 * (size_t) i);
+      }
+      p += (size_t) timecnt * 8;
+      memcpy(tz->idx, p, timecnt);
+      p += timecnt;
+      tz->n_types = typecnt;
+      tz->type_off = aspen_xcalloc(typecnt, sizeof *tz->type_off);
+      for (uint32_t i = 0; i < typecnt; i++) {
+         tz->type_off[i] = (int32_t) be32(p + 6 * (size_t) i);
+      }
+      p += (size_t) typecnt * 6 + charcnt + (size_t) leap * 12 + isstd + isut;
+      /* Footer: "\n<POSIX TZ>\n". */
+      if ((size_t) (p - buf) < len && *p == '\n') {
+         const uint8_t *q = p + 1;
+         const uint8_t *nl = memchr(q, '\n', len - (size_t) (q - buf));
+         if (nl && nl > q && (size_t) (nl - q) < 128) {
+            char rule[128];
+            memcpy(rule, q, (size_t) (nl - q));
+            rule[nl - q] = '\0';
+            if (!parse_posix_tz(tz, rule)) {
+               tz->has_rule = false;
+            }
+         }
+      }
+      ok = true;
+   }
+done:
+   free(buf);
+   return ok;
+}
+
+static bool
+olson_name_ok(const char *s, size_t len)
+{
+   if (len == 0 || len >= 64 || s[0] == '/' || s[0] == '.') {
+      return false;
+   }
+   for (size_t i = 0; i < len; i++) {
+      char c = s[i];
+      bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+                (c >= '0' && c <= '9') || c == '/' || c == '_' || c == '-' ||
+                c == '+';
+      if (!ok || (c == '.' && i + 1 < len && s[i + 1] == '.')) {
+         return false;
+      }
+   }
+   return true;
+}
+
+const aspen__tz_t *
+aspen__tz_parse(const char *name, size_t len, aspen_error_t *err)
+{
+   if ((len == 3 && memcmp(name, "UTC", 3) == 0) ||
+       (len == 3 && memcmp(name, "GMT", 3) == 0) ||
+       (len == 7 && memcmp(name, "Etc/UTC", 7) == 0) ||
+       (len == 7 && memcmp(name, "Etc/GMT", 7) == 0)) {
+      return &tz_utc;
+   }
+   int64_t off = 0;
+   bool is_offset = parse_offset(name, len, &off);
+   if (!is_offset && !olson_name_ok(name, len)) {
+      aspen_error_set(err, 40485, "unrecognized time zone identifier: \"%.*s\"",
+                      (int) (len > 100 ? 100 : len), name);
+      return NULL;
+   }
+   pthread_mutex_lock(&tz_lock);
+   for (aspen__tz_t *tz = tz_cache; tz; tz = tz->next) {
+      if (strlen(tz->name) == len && memcmp(tz->name, name, len) == 0) {
+         pthread_mutex_unlock(&tz_lock);
+         return tz;
+      }
+   }
+   aspen__tz_t *tz = aspen_xcalloc(1, sizeof *tz);
+   memcpy(tz->name, name, len);
+   tz->name[len] = '\0';
+   if (is_offset) {
+      tz->fixed = true;
+      tz->fixed_ms = off;
+   } else if (!load_tzif(tz, tz->name)) {
+      pthread_mutex_unlock(&tz_lock);
+      free(tz->trans);
+      free(tz->idx);
+      free(tz->type_off);
+      free(tz);
+      aspen_error_set(err, 40485, "unrecognized time zone identifier: \"%.*s\"",
+                      (int) len, name);
+      return NULL;
+   }
+   tz->next = tz_cache;
+   tz_cache = tz;
+   pthread_mutex_unlock(&tz_lock);
+   return tz;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Formatting                                                                */
+/* ------------------------------------------------------------------------ */
+
+static const char *const month_abbr[] = {"Jan", "Feb", "Mar", "Apr",
+                                         "May", "Jun", "Jul", "Aug",
+                                         "Sep", "Oct", "Nov", "Dec"};
+static const char *const month_full[] = {
+   "January", "February", "March",     "April",   "May",      "June",
+   "July",    "August",   "September", "October", "November", "December"};
+
+/* Checks the specifiers of a $dateToString format. */
+static bool
+validate_to_format(const char *fmt, size_t len, aspen_error_t *err)
+{
+   for (size_t i = 0; i < len; i++) {
+      if (fmt[i] != '%') {
+         continue;
+      }
+      if (i + 1 == len) {
+         aspen_error_set(err, 18535, "Unmatched '%%' at end of format string");
+         return false;
+      }
+      char c = fmt[++i];
+      if (!strchr("bBdGHjLmMSuUVwYzZ%", c) || c == '\0') {
+         aspen_error_set(err, 18536,
+                         "Invalid format character '%%%c' in format string",
+                         c);
+         return false;
+      }
+   }
+   return true;
+}
+
+static bool
+put(char *buf, size_t cap, size_t *n, const char *s, size_t len)
+{
+   if (*n + len + 1 > cap) {
+      return false;
+   }
+   memcpy(buf + *n, s, len);
+   *n += len;
+   buf[*n] = '\0';
+   return true;
+}
+
+bool
+aspen__date_format(int64_t ms, const char *fmt, size_t fmt_len,
+                   const aspen__tz_t *tz, char *buf, size_t cap, size_t *len,
+                   aspen_error_t *err)
+{
+   int64_t off = aspen__tz_offset(tz, ms);
+   parts_t p;
+   split(ms + off, &p);
+   size_t n = 0;
+   buf[0] = '\0';
+   if (!validate_to_format(fmt, fmt_len, err)) {
+      return false;
+   }
+   for (size_t i = 0; i < fmt_len; i++) {
+      char tmp[32];
+      int64_t iy;
+      int iw, iwd;
+      if (fmt[i] != '%') {
+         if (!put(buf, cap, &n, fmt + i, 1)) {
+            goto too_long;
+         }
+         continue;
+      }
+      char c = fmt[++i];
+      tmp[0] = '\0';
+      switch (c) {
+      case 'Y':
+      case 'G':
+         iy = p.year;
+         if (c == 'G') {
+            iso_week(&p, &iy, &iw, &iwd);
+         }
+         if (iy < 0 || iy > 9999) {
+            aspen_error_set(err, 18537,
+                            "Could not convert date to string: date component "
+                            "was outside the supported range of 0-9999: %" PRId64,
+                            iy);
+            return false;
+         }
+         snprintf(tmp, sizeof tmp, "%04d", (int) iy);
+         break;
+      case 'm':
+         snprintf(tmp, sizeof tmp, "%02d", p.month);
+         break;
+      case 'd':
+         snprintf(tmp, sizeof tmp, "%02d", p.day);
+         break;
+      case 'H':
+         snprintf(tmp, sizeof tmp, "%02d", p.hour);
+         break;
+      case 'M':
+         snprintf(tmp, sizeof tmp, "%02d", p.minute);
+         break;
+      case 'S':
+         snprintf(tmp, sizeof tmp, "%02d", p.second);
+         break;
+      case 'L':
+         snprintf(tmp, sizeof tmp, "%03d", p.ms);
+         break;
+      case 'j':
+         snprintf(tmp, sizeof tmp, "%03d", p.yday);
+         break;
+      case 'w':
+         snprintf(tmp, sizeof tmp, "%d", p.wday + 1);
+         break;
+      case 'u':
+         iso_week(&p, &iy, &iw, &iwd);
+         snprintf(tmp, sizeof tmp, "%d", iwd);
+         break;
+      case 'U':
+         snprintf(tmp, sizeof tmp, "%02d", (p.yday - 1 + 7 - p.wday) / 7);
+         break;
+      case 'V':
+         iso_week(&p, &iy, &iw, &iwd);
+         snprintf(tmp, sizeof tmp, "%02d", iw);
+         break;
+      case 'b':
+         snprintf(tmp, sizeof tmp, "%s", month_abbr[p.month - 1]);
+         break;
+      case 'B':
+         snprintf(tmp, sizeof tmp, "%s", month_full[p.month - 1]);
+         break;
+      case 'z': {
+         int64_t m = off / MS_PER_MIN;
+         snprintf(tmp, sizeof tmp, "%c%02d%02d", m < 0 ? '-' : '+',
+                  (int) ((m < 0 ? -m : m) / 60), (int) ((m < 0 ? -m : m) % 60));
+         break;
+      }
+      case 'Z': {
+         int64_t m = off / MS_PER_MIN;
+         snprintf(tmp, sizeof tmp, "%c%d", m < 0 ? '-' : '+',
+                  (int) (m < 0 ? -m : m));
+         break;
+      }
+      default: /* '%' */
+         snprintf(tmp, sizeof tmp, "%%");
+         break;
+      }
+      if (!put(buf, cap, &n, tmp, strlen(tmp))) {
+         goto too_long;
+      }
+   }
+   *len = n;
+   return true;
+too_long:
+   aspen_error_set(err, ASPEN_ERR_BadValue,
+                   "$dateToString result exceeds %zu bytes", cap);
+   return false;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Parsing                                                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+   const char *s;
+   size_t len, pos;
+   bool have_tz;
+   int64_t tz_off_ms;
+   const aspen__tz_t *tz_named;
+   const char *err;
+} dparse_t;
+
+static bool
+digits(dparse_t *d, int min, int max, int64_t *out)
+{
+   int64_t v = 0;
+   int n = 0;
+   while (n < max && d->pos < d->len && d->s[d->pos] >= '0' &&
+          d->s[d->pos] <= '9') {
+      v = v * 10 + (d->s[d->pos] - '0');
+      d->pos++;
+      n++;
+   }
+   if (n < min) {
+      return false;
+   }
+   *out = v;
+   return true;
+}
+
+static bool
+peek(const dparse_t *d, char c)
+{
+   return d->pos < d->len && d->s[d->pos] == c;
+}
+
+/* Timezone designator at the cursor: Z, +hh[:mm], UTC, GMT, Olson name. */
+static bool
+parse_tz_token(dparse_t *d, aspen_error_t *err)
+{
+   if (peek(d, 'Z')) {
+      d->pos++;
+      d->have_tz = true;
+      d->tz_off_ms = 0;
+      return true;
+   }
+   if (peek(d, '+') || peek(d, '-')) {
+      size_t start = d->pos;
+      size_t end = start + 1;
+      while (end < d->len && ((d->s[end] >= '0' && d->s[end] <= '9') ||
+                              d->s[end] == ':')) {
+         end++;
+      }
+      int64_t off;
+      if (!parse_offset(d->s + start, end - start, &off)) {
+         d->err = "The timezone could not be found in the database";
+         return false;
+      }
+      d->pos = end;
+      d->have_tz = true;
+      d->tz_off_ms = off;
+      return true;
+   }
+   size_t start = d->pos, end = start;
+   while (end < d->len && d->s[end] != ' ') {
+      end++;
+   }
+   const aspen__tz_t *tz = aspen__tz_parse(d->s + start, end - start, err);
+   if (!tz) {
+      d->err = "The timezone could not be found in the database";
+      return false;
+   }
+   d->pos = end;
+   d->have_tz = true;
+   d->tz_named = tz;
+   return true;
+}
+
+static bool
+date_fail(aspen_error_t *err, const char *s, size_t len, size_t pos,
+          const char *what)
+{
+   aspen_error_set(err, ASPEN_ERR_ConversionFailure,
+                   "Error parsing date string '%.*s'; %zu: %s",
+                   (int) (len > 200 ? 200 : len), s, pos, what);
+   return false;
+}
+
+typedef struct {
+   int64_t year, month, day, hour, minute, second, ms;
+   int64_t yday;                    /* -1: unset */
+   int64_t iso_year, iso_week, iso_wday; /* -1: unset */
+} fields_t;
+
+static bool
+finish_date(const fields_t *f, dparse_t *d, const aspen__tz_t *tz,
+            bool tz_given, int64_t *ms, aspen_error_t *err)
+{
+   int64_t days;
+   if (f->iso_year >= 0 || f->iso_week >= 0 || f->iso_wday >= 0) {
+      int64_t y = f->iso_year >= 0 ? f->iso_year : 1970;
+      int64_t w = f->iso_week >= 0 ? f->iso_week : 1;
+      int64_t wd = f->iso_wday >= 0 ? f->iso_wday : 1;
+      if (w < 1 || w > 53 || wd < 1 || wd > 7) {
+         return date_fail(err, d->s, d->len, d->pos,
+                          "The parsed date was invalid");
+      }
+      days = iso_year_start(y) + (w - 1) * 7 + (wd - 1);
+   } else if (f->yday >= 0) {
+      if (f->yday < 1 || f->yday > (is_leap(f->year) ? 366 : 365)) {
+         return date_fail(err, d->s, d->len, d->pos,
+                          "The parsed date was invalid");
+      }
+      days = days_from_civil(f->year, 1, 1) + f->yday - 1;
+   } else {
+      if (f->month < 1 || f->month > 12 || f->day < 1 ||
+          f->day > month_days(f->year, (int) f->month)) {
+         return date_fail(err, d->s, d->len, d->pos,
+                          "The parsed date was invalid");
+      }
+      days = days_from_civil(f->year, (int) f->month, (int) f->day);
+   }
+   if (f->hour > 24 || f->minute > 59 || f->second > 59 ||
+       (f->hour == 24 && (f->minute || f->second || f->ms))) {
+      return date_fail(err, d->s, d->len, d->pos,
+                       "The parsed time was invalid");
+   }
+   int64_t local = days * MS_PER_DAY + f->hour * MS_PER_HOUR +
+                   f->minute * MS_PER_MIN + f->second * 1000 + f->ms;
+   if (d->have_tz && tz_given) {
+      aspen_error_set(err, ASPEN_ERR_ConversionFailure,
+                      "you cannot pass in a date/time string with time zone "
+                      "information ('%.*s') together with a timezone argument",
+                      (int) (d->len > 200 ? 200 : d->len), d->s);
+      return false;
+   }
+   if (d->have_tz) {
+      *ms = d->tz_named ? local_to_utc(d->tz_named, local)
+                        : local - d->tz_off_ms;
+   } else {
+      *ms = local_to_utc(tz, local);
+   }
+   return true;
+}
+
+/* ISO-8601-like default: YYYY-MM-DD[(T| )HH:MM[:SS[.fff]]][ ][tz]. */
+static bool
+parse_default(dparse_t *d, fields_t *f, aspen_error_t *err)
+{
+   if (!digits(d, 4, 4, &f->year)) {
+      return date_fail(err, d->s, d->len, d->pos,
+                       "A four digit year could not be found");
+   }
+   char sep = peek(d, '/') ? '/' : '-';
+   if (!peek(d, sep)) {
+      return date_fail(err, d->s, d->len, d->pos, "Unexpected data found.");
+   }
+   d->pos++;
+   if (!digits(d, 1, 2, &f->month)) {
+      return date_fail(err, d->s, d->len, d->pos,
+                       "A two digit month could not be found");
+   }
+   if (!peek(d, sep)) {
+      return date_fail(err, d->s, d->len, d->pos, "Unexpected data found.");
+   }
+   d->pos++;
+   if (!digits(d, 1, 2, &f->day)) {
+      return date_fail(err, d->s, d->len, d->pos,
+                       "A two digit day could not be found");
+   }
+   if (d->pos == d->len) {
+      return true;
+   }
+   if (peek(d, 'T') || peek(d, 't') || peek(d, ' ')) {
+      size_t save = d->pos;
+      d->pos++;
+      if (d->pos < d->len && d->s[d->pos] >= '0' && d->s[d->pos] <= '9') {
+         if (!digits(d, 1, 2, &f->hour)) {
+            return date_fail(err, d->s, d->len, d->pos,
+                             "A two digit hour could not be found");
+         }
+         if (!peek(d, ':')) {
+            return date_fail(err, d->s, d->len, d->pos,
+                             "Unexpected data found.");
+         }
+         d->pos++;
+         if (!digits(d, 2, 2, &f->minute)) {
+            return date_fail(err, d->s, d->len, d->pos,
+                             "A two digit minute could not be found");
+         }
+         if (peek(d, ':')) {
+            d->pos++;
+            if (!digits(d, 2, 2, &f->second)) {
+               return date_fail(err, d->s, d->len, d->pos,
+                                "A two digit second could not be found");
+            }
+            if (peek(d, '.') || peek(d, ',')) {
+               d->pos++;
+               int64_t frac = 0;
+               int nd = 0;
+               while (d->pos < d->len && d->s[d->pos] >= '0' &&
+                      d->s[d->pos] <= '9') {
+                  if (nd < 3) {
+                     frac = frac * 10 + (d->s[d->pos] - '0');
+                  }
+                  nd++;
+                  d->pos++;
+               }
+               if (nd == 0) {
+                  return date_fail(err, d->s, d->len, d->pos,
+                                   "Unexpected data found.");
+               }
+               while (nd < 3) {
+                  frac *= 10;
+                  nd++;
+               }
+               f->ms = frac;
+            }
+         }
+      } else {
+         d->pos = save;
+      }
+   }
+   if (d->pos < d->len && d->s[d->pos] == ' ') {
+      d->pos++;
+   }
+   if (d->pos < d->len) {
+      if (!parse_tz_token(d, err)) {
+         return date_fail(err, d->s, d->len, d->pos, d->err);
+      }
+   }
+   if (d->pos != d->len) {
+      return date_fail(err, d->s, d->len, d->pos, "Trailing data");
+   }
+   return true;
+}
+
+static bool
+validate_from_format(const char *fmt, size_t len, aspen_error_t *err)
+{
+   for (size_t i = 0; i < len; i++) {
+      if (fmt[i] != '%') {
+         continue;
+      }
+      if (i + 1 == len) {
+         aspen_error_set(err, 18535, "Unmatched '%%' at end of format string");
+         return false;
+      }
+      char c = fmt[++i];
+      if (!strchr("dGHjLmMSuVYzZ%", c) || c == '\0') {
+         aspen_error_set(err, 18536,
+                         "Invalid format character '%%%c' in format string",
+                         c);
+         return false;
+      }
+   }
+   return true;
+}
+
+static bool
+parse_with_format(dparse_t *d, fields_t *f, const char *fmt, size_t flen,
+                  aspen_error_t *err)
+{
+   for (size_t i = 0; i < flen; i++) {
+      if (fmt[i] != '%') {
+         if (!peek(d, fmt[i])) {
+            return date_fail(err, d->s, d->len, d->pos,
+                             d->pos == d->len ? "Data missing"
+                                              : "The separation symbol could "
+                                                "not be found");
+         }
+         d->pos++;
+         continue;
+      }
+      char c = fmt[++i];
+      const char *what = NULL;
+      switch (c) {
+      case 'Y':
+         if (!digits(d, 4, 4, &f->year)) {
+            what = "A four digit year could not be found";
+         }
+         break;
+      case 'G':
+         if (!digits(d, 4, 4, &f->iso_year)) {
+            what = "A four digit ISO year could not be found";
+         }
+         break;
+      case 'm':
+         if (!digits(d, 1, 2, &f->month)) {
+            what = "A two digit month could not be found";
+         }
+         break;
+      case 'd':
+         if (!digits(d, 1, 2, &f->day)) {
+            what = "A two digit day could not be found";
+         }
+         break;
+      case 'H':
+         if (!digits(d, 1, 2, &f->hour)) {
+            what = "A two digit hour could not be found";
+         }
+         break;
+      case 'M':
+         if (!digits(d, 2, 2, &f->minute)) {
+            what = "A two digit minute could not be found";
+         }
+         break;
+      case 'S':
+         if (!digits(d, 2, 2, &f->second)) {
+            what = "A two digit second could not be found";
+         }
+         break;
+      case 'L': {
+         int64_t frac;
+         size_t start = d->pos;
+         if (!digits(d, 1, 9, &frac)) {
+            what = "A three digit millisecond could not be found";
+            break;
+         }
+         size_t nd = d->pos - start;
+         while (nd > 3) {
+            frac /= 10;
+            nd--;
+         }
+         while (nd < 3) {
+            frac *= 10;
+            nd++;
+         }
+         f->ms = frac;
+         break;
+      }
+      case 'j':
+         if (!digits(d, 1, 3, &f->yday)) {
+            what = "A three digit day-of-year could not be found";
+         }
+         break;
+      case 'V':
+         if (!digits(d, 1, 2, &f->iso_week)) {
+            what = "A two digit ISO week could not be found";
+         }
+         break;
+      case 'u':
+         if (!digits(d, 1, 1, &f->iso_wday)) {
+            what = "A single digit day of week could not be found";
+         }
+         break;
+      case 'z':
+         if (!parse_tz_token(d, err)) {
+            what = d->err;
+         }
+         break;
+      case 'Z': {
+         int sign = 1;
+         int64_t m;
+         if (peek(d, '+') || peek(d, '-')) {
+            sign = peek(d, '-') ? -1 : 1;
+            d->pos++;
+         } else {
+            what = "Unexpected data found.";
+            break;
+         }
+         if (!digits(d, 1, 4, &m)) {
+            what = "Unexpected data found.";
+            break;
+         }
+         d->have_tz = true;
+         d->tz_off_ms = sign * m * MS_PER_MIN;
+         break;
+      }
+      default: /* "%%" */
+         if (!peek(d, '%')) {
+            what = "Unexpected data found.";
+         } else {
+            d->pos++;
+         }
+         break;
+      }
+      if (what) {
+         return date_fail(err, d->s, d->len, d->pos, what);
+      }
+   }
+   if (d->pos != d->len) {
+      return date_fail(err, d->s, d->len, d->pos, "Trailing data");
+   }
+   return true;
+}
+
+bool
+aspen__date_parse(const char *s, size_t len, const char *fmt, size_t fmt_len,
+                  const aspen__tz_t *tz, bool tz_given, int64_t *ms,
+                  aspen_error_t *err)
+{
+   dparse_t d = {.s = s, .len = len};
+   fields_t f = {.year = 1970, .month = 1, .day = 1, .yday = -1,
+                 .iso_year = -1, .iso_week = -1, .iso_wday = -1};
+   *ms = 0;
+   if (fmt) {
+      if (!validate_from_format(fmt, fmt_len, err) ||
+          !parse_with_format(&d, &f, fmt, fmt_len, err)) {
+         return false;
+      }
+   } else {
+      if (len == 0) {
+         return date_fail(err, s, len, 0, "Empty string");
+      }
+      if (!parse_default(&d, &f, err)) {
+         return false;
+      }
+   }
+   return finish_date(&f, &d, tz, tz_given, ms, err);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Shared operator plumbing                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* A constant timezone argument is resolved at compile time into e->aux (the
+ * zone lives in the process-wide cache, so nothing to free). */
+static bool
+pre_resolve_tz(aspen__parse_t *ps, aspen_expr_t *e, uint32_t tz_arg)
+{
+   aspen_expr_t *t = tz_arg < e->n_args ? e->args[tz_arg] : NULL;
+   if (!t || !(t->flags & ASPEN__NODE_CONST) || aspen__is_nullish(&t->cval)) {
+      return true;
+   }
+   if (!aspen__is_str(&t->cval)) {
+      return aspen__pfail(ps, 40517,
+                          "timezone must evaluate to a string, found %s",
+                          aspen_value_type_name(&t->cval));
+   }
+   const aspen__tz_t *tz = aspen__tz_parse(
+      t->cval.v.value.v_utf8.str, t->cval.v.value.v_utf8.len, ps->err);
+   if (!tz) {
+      return false;
+   }
+   e->aux = (void *) tz;
+   e->aux_free = NULL;
+   return true;
+}
+
+/* Resolves the timezone argument: 1 = *tz set, 0 = nullish (result null),
+ * -1 = error. */
+static int
+eval_tz(const aspen_expr_t *e, uint32_t tz_arg, aspen__eval_t *st,
+        const aspen__tz_t **tz)
+{
+   *tz = &tz_utc;
+   if (tz_arg >= e->n_args || !e->args[tz_arg]) {
+      return 1;
+   }
+   if (e->aux) {
+      *tz = e->aux;
+      return 1;
+   }
+   aspen_value_t v;
+   if (!aspen__eval_node(e->args[tz_arg], st, &v)) {
+      return -1;
+   }
+   int r = 1;
+   if (aspen__is_nullish(&v)) {
+      r = 0;
+   } else if (!aspen__is_str(&v)) {
+      aspen__fail(st, 40517, "timezone must evaluate to a string, found %s",
+                  aspen_value_type_name(&v));
+      r = -1;
+   } else {
+      *tz = aspen__tz_parse(v.v.value.v_utf8.str, v.v.value.v_utf8.len,
+                            st->err);
+      if (!*tz) {
+         r = -1;
+      }
+   }
+   aspen_value_destroy(&v);
+   return r;
+}
+
+static bool
+date_arg(aspen__eval_t *st, const aspen_value_t *v, int64_t *ms)
+{
+   if (!aspen__coerce_date(v, ms)) {
+      return aspen__fail(st, 16006, "can't convert from BSON type %s to Date",
+                         aspen_value_type_name(v));
+   }
+   return true;
+}
+
+/* ------------------------------------------------------------------------ */
+/* $year ... $isoDayOfWeek: args = date, timezone                            */
+/* ------------------------------------------------------------------------ */
+
+ASPEN__DECL_PARSE(aspen__parse_date_part)
+{
+   aspen__node_args(e, 2);
+   if (bson_iter_type(arg) == BSON_TYPE_DOCUMENT) {
+      bson_iter_t child;
+      bson_iter_recurse(arg, &child);
+      if (bson_iter_next(&child) && bson_iter_key(&child)[0] != '$') {
+         bson_iter_recurse(arg, &child);
+         while (bson_iter_next(&child)) {
+            const char *key = bson_iter_key(&child);
+            uint32_t i = strcmp(key, "date") == 0       ? 0
+                         : strcmp(key, "timezone") == 0 ? 1
+                                                        : 2;
+            if (i == 2) {
+               return aspen__pfail(ps, 40535,
+                                   "unrecognized option to %s: \"%s\"",
+                                   op->name, key);
+            }
+            aspen_expr_destroy(e->args[i]);
+            e->args[i] = NULL;
+            if (!aspen__parse_operand(ps, &child, &e->args[i])) {
+               return false;
+            }
+         }
+         if (!e->args[0]) {
+            return aspen__pfail(ps, 40539, "missing 'date' argument to %s",
+                                op->name);
+         }
+         return pre_resolve_tz(ps, e, 1);
+      }
+   }
+   if (bson_iter_type(arg) == BSON_TYPE_ARRAY) {
+      bson_iter_t child;
+      uint32_t n = 0;
+      bson_iter_recurse(arg, &child);
+      while (bson_iter_next(&child)) {
+         n++;
+      }
+      if (n != 1) {
+         return aspen__pfail(ps, 40536,
+                             "%s accepts exactly one argument if given an "
+                             "array, but was given %u",
+                             op->name, n);
+      }
+      bson_iter_recurse(arg, &child);
+      bson_iter_next(&child);
+      return aspen__parse_operand(ps, &child, &e->args[0]);
+   }
+   return aspen__parse_operand(ps, arg, &e->args[0]);
+}
+
+ASPEN__DECL_EVAL(aspen__eval_date_part)
+{
+   aspen_value_t v;
+   const aspen__tz_t *tz;
+   *out = ASPEN_VALUE_MISSING;
+   if (!aspen__eval_arg(e, 0, st, &v)) {
+      return false;
+   }
+   int r = eval_tz(e, 1, st, &tz);
+   if (r < 0) {
+      aspen_value_destroy(&v);
+      return false;
+   }
+   if (r == 0 || aspen__is_nullish(&v)) {
+      aspen_value_destroy(&v);
+      *out = aspen_value_null();
+      return true;
+   }
+   int64_t ms;
+   bool ok = date_arg(st, &v, &ms);
+   aspen_value_destroy(&v);
+   if (!ok) {
+      return false;
+   }
+   parts_t p;
+   split(ms + aspen__tz_offset(tz, ms), &p);
+   int64_t iy;
+   int iw, iwd;
+   int64_t res;
+   switch (e->op->sub) {
+   case ASPEN__DP_YEAR:
+      res = p.year;
+      break;
+   case ASPEN__DP_MONTH:
+      res = p.month;
+      break;
+   case ASPEN__DP_DAY_OF_MONTH:
+      res = p.day;
+      break;
+   case ASPEN__DP_HOUR:
+      res = p.hour;
+      break;
+   case ASPEN__DP_MINUTE:
+      res = p.minute;
+      break;
+   case ASPEN__DP_SECOND:
+      res = p.second;
+      break;
+   case ASPEN__DP_MILLISECOND:
+      res = p.ms;
+      break;
+   case ASPEN__DP_DAY_OF_YEAR:
+      res = p.yday;
+      break;
+   case ASPEN__DP_DAY_OF_WEEK:
+      res = p.wday + 1;
+      break;
+   case ASPEN__DP_WEEK:
+      res = (p.yday - 1 + 7 - p.wday) / 7;
+      break;
+   case ASPEN__DP_ISO_WEEK_YEAR:
+      iso_week(&p, &iy, &iw, &iwd);
+      res = iy;
+      break;
+   case ASPEN__DP_ISO_WEEK:
+      iso_week(&p, &iy, &iw, &iwd);
+      res = iw;
+      break;
+   default:
+      iso_week(&p, &iy, &iw, &iwd);
+      res = iwd;
+      break;
+   }
+   *out = aspen__value_int_or_long(res);
+   return true;
+}
+
+/* ------------------------------------------------------------------------ */
+/* $dateToString: args = date, format, timezone, onNull                      */
+/* ------------------------------------------------------------------------ */
+
+ASPEN__DECL_PARSE(aspen__parse_date_to_string)
+{
+   static const char *const names[] = {"date", "format", "timezone", "onNull",
+                                       NULL};
+   static const aspen__named_spec_t spec = {
+      names, 18629, ASPEN__NOTOBJ_ONLY_OBJECT_ITS, 18534,
+      ASPEN__UNKNOWN_UNRECOGNIZED};
+   if (!aspen__parse_named(ps, op, arg, e, &spec)) {
+      return false;
+   }
+   if (!e->args[0]) {
+      return aspen__pfail(ps, 18628, "Missing 'date' parameter to $dateToString");
+   }
+   aspen_expr_t *f = e->args[1];
+   if (f && (f->flags & ASPEN__NODE_CONST) && aspen__is_str(&f->cval) &&
+       !validate_to_format(f->cval.v.value.v_utf8.str,
+                           f->cval.v.value.v_utf8.len, ps->err)) {
+      return false;
+   }
+   return pre_resolve_tz(ps, e, 2);
+}
+
+ASPEN__DECL_EVAL(aspen__eval_date_to_string)
+{
+   aspen_value_t date, fmt = ASPEN_VALUE_MISSING;
+   const aspen__tz_t *tz = &tz_utc;
+   bool ok = false;
+   *out = ASPEN_VALUE_MISSING;
+   if (!aspen__eval_arg(e, 0, st, &date)) {
+      return false;
+   }
+   if (e->args[1]) {
+      if (!aspen__eval_node(e->args[1], st, &fmt)) {
+         goto done;
+      }
+      if (!aspen__is_nullish(&fmt)) {
+         if (!aspen__is_str(&fmt)) {
+            char *json = aspen_value_to_json(&fmt);
+            aspen__fail(st, 18533,
+                        "$dateToString requires that 'format' be a string, "
+                        "found: %s with value %s",
+                        aspen_value_type_name(&fmt), json);
+            bson_free(json);
+            goto done;
+         }
+         if (!validate_to_format(fmt.v.value.v_utf8.str,
+                                 fmt.v.value.v_utf8.len, st->err)) {
+            goto done;
+         }
+      }
+   }
+   int r = eval_tz(e, 2, st, &tz);
+   if (r < 0) {
+      goto done;
+   }
+   if (aspen__is_nullish(&date)) {
+      if (e->args[3]) {
+         ok = aspen__eval_node(e->args[3], st, out);
+      } else {
+         *out = aspen_value_null();
+         ok = true;
+      }
+      goto done;
+   }
+   if (r == 0 || (e->args[1] && aspen__is_nullish(&fmt))) {
+      *out = aspen_value_null();
+      ok = true;
+      goto done;
+   }
+   int64_t ms;
+   if (!date_arg(st, &date, &ms)) {
+      goto done;
+   }
+   const char *f;
+   size_t flen;
+   if (e->args[1]) {
+      f = fmt.v.value.v_utf8.str;
+      flen = fmt.v.value.v_utf8.len;
+   } else if (aspen__tz_is_utc(tz)) {
+      f = "%Y-%m-%dT%H:%M:%S.%LZ";
+      flen = 22;
+   } else {
+      f = "%Y-%m-%dT%H:%M:%S.%L";
+      flen = 21;
+   }
+   /* Each specifier expands to at most 9 bytes. */
+   size_t cap = flen * 9 + 1;
+   char stackbuf[256];
+   char *buf = cap <= sizeof stackbuf ? stackbuf : aspen_xmalloc(cap);
+   size_t len;
+   if (aspen__date_format(ms, f, flen, tz, buf, cap, &len, st->err)) {
+      *out = aspen_value_utf8(buf, len);
+      ok = true;
+   }
+   if (buf != stackbuf) {
+      free(buf);
+   }
+done:
+   aspen_value_destroy(&date);
+   aspen_value_destroy(&fmt);
+   return ok;
+}
+
+/* ------------------------------------------------------------------------ */
+/* $dateFromString: args = dateString, format, timezone, onNull, onError     */
+/* ------------------------------------------------------------------------ */
+
+ASPEN__DECL_PARSE(aspen__parse_date_from_string)
+{
+   static const char *const names[] = {"dateString", "format", "timezone",
+                                       "onNull",     "onError", NULL};
+   if (bson_iter_type(arg) != BSON_TYPE_DOCUMENT) {
+      aspen_value_t v = aspen_value_borrow(arg);
+      return aspen__pfail(ps, 40540,
+                          "$dateFromString only supports an object as an "
+                          "argument, found: %s",
+                          aspen_value_type_name(&v));
+   }
+   static const aspen__named_spec_t spec = {
+      names, 40540, ASPEN__NOTOBJ_ONLY_OBJECT_ITS, 40541,
+      ASPEN__UNKNOWN_UNRECOGNIZED};
+   if (!aspen__parse_named(ps, op, arg, e, &spec)) {
+      return false;
+   }
+   if (!e->args[0]) {
+      return aspen__pfail(ps, 40542,
+                          "Missing 'dateString' parameter to $dateFromString");
+   }
+   aspen_expr_t *f = e->args[1];
+   if (f && (f->flags & ASPEN__NODE_CONST) && aspen__is_str(&f->cval) &&
+       !validate_from_format(f->cval.v.value.v_utf8.str,
+                             f->cval.v.value.v_utf8.len, ps->err)) {
+      return false;
+   }
+   return pre_resolve_tz(ps, e, 2);
+}
+
+ASPEN__DECL_EVAL(aspen__eval_date_from_string)
+{
+   aspen_value_t ds, fmt = ASPEN_VALUE_MISSING;
+   const aspen__tz_t *tz;
+   bool ok = false;
+   *out = ASPEN_VALUE_MISSING;
+   if (!aspen__eval_arg(e, 0, st, &ds)) {
+      return false;
+   }
+   if (e->args[1]) {
+      if (!aspen__eval_node(e->args[1], st, &fmt)) {
+         goto done;
+      }
+      if (!aspen__is_nullish(&fmt)) {
+         if (!aspen__is_str(&fmt)) {
+            char *json = aspen_value_to_json(&fmt);
+            aspen__fail(st, 40684,
+                        "$dateFromString requires that 'format' be a string, "
+                        "found: %s with value %s",
+                        aspen_value_type_name(&fmt), json);
+            bson_free(json);
+            goto done;
+         }
+         if (!validate_from_format(fmt.v.value.v_utf8.str,
+                                   fmt.v.value.v_utf8.len, st->err)) {
+            goto done;
+         }
+      }
+   }
+   int r = eval_tz(e, 2, st, &tz);
+   if (r < 0) {
+      goto done;
+   }
+   if (aspen__is_nullish(&ds)) {
+      if (e->args[3]) {
+         ok = aspen__eval_node(e->args[3], st, out);
+      } else {
+         *out = aspen_value_null();
+         ok = true;
+      }
+      goto done;
+   }
+   aspen_error_t perr;
+   bool parsed = false;
+   int64_t ms = 0;
+   if (!aspen__is_str(&ds)) {
+      char *json = aspen_value_to_json(&ds);
+      aspen_error_set(&perr, ASPEN_ERR_ConversionFailure,
+                      "$dateFromString requires that 'dateString' be a "
+                      "string, found: %s with value %s",
+                      aspen_value_type_name(&ds), json);
+      bson_free(json);
+   } else if (r == 0 || (e->args[1] && aspen__is_nullish(&fmt))) {
+      *out = aspen_value_null();
+      ok = true;
+      goto done;
+   } else {
+      parsed = aspen__date_parse(
+         ds.v.value.v_utf8.str, ds.v.value.v_utf8.len,
+         e->args[1] ? fmt.v.value.v_utf8.str : NULL,
+         e->args[1] ? fmt.v.value.v_utf8.len : 0, tz, e->args[2] != NULL, &ms,
+         &perr);
+   }
+   if (parsed) {
+      *out = aspen_value_date(ms);
+      ok = true;
+   } else if (perr.code == ASPEN_ERR_ConversionFailure && e->args[4]) {
+      ok = aspen__eval_node(e->args[4], st, out);
+   } else if (st->err) {
+      *st->err = perr;
+   }
+done:
+   aspen_value_destroy(&ds);
+   aspen_value_destroy(&fmt);
+   return ok;
+}
+
+/* ------------------------------------------------------------------------ */
+/* $dateFromParts: args = year month day hour minute second millisecond     */
+/* isoWeekYear isoWeek isoDayOfWeek timezone                                 */
+/* ------------------------------------------------------------------------ */
+
+enum {
+   FP_YEAR,
+   FP_MONTH,
+   FP_DAY,
+   FP_HOUR,
+   FP_MINUTE,
+   FP_SECOND,
+   FP_MS,
+   FP_ISO_YEAR,
+   FP_ISO_WEEK,
+   FP_ISO_DOW,
+   FP_TZ,
+   FP_N
+};
+
+static const char *const fp_names[] = {
+   "year",        "month",       "day",     "hour",
+   "minute",      "second",      "millisecond", "isoWeekYear",
+   "isoWeek",     "isoDayOfWeek", "timezone", NULL};
+
+ASPEN__DECL_PARSE(aspen__parse_date_from_parts)
+{
+   static const aspen__named_spec_t spec = {
+      fp_names, 40519, ASPEN__NOTOBJ_ONLY_OBJECT_ITS, 40518,
+      ASPEN__UNKNOWN_UNRECOGNIZED};
+   if (!aspen__parse_named(ps, op, arg, e, &spec)) {
+      return false;
+   }
+   if (!e->args[FP_YEAR] && !e->args[FP_ISO_YEAR]) {
+      return aspen__pfail(ps, 40516,
+                          "$dateFromParts requires either 'year' or "
+                          "'isoWeekYear' to be present");
+   }
+   if (e->args[FP_YEAR] &&
+       (e->args[FP_ISO_YEAR] || e->args[FP_ISO_WEEK] || e->args[FP_ISO_DOW])) {
+      return aspen__pfail(ps, 40489,
+                          "$dateFromParts does not allow mixing natural dates "
+                          "with ISO dates");
+   }
+   if (e->args[FP_ISO_YEAR] &&
+       (e->args[FP_YEAR] || e->args[FP_MONTH] || e->args[FP_DAY])) {
+      return aspen__pfail(ps, 40525,
+                          "$dateFromParts does not allow mixing ISO dates "
+                          "with natural dates");
+   }
+   return pre_resolve_tz(ps, e, FP_TZ);
+}
+
+/* 1: *v set, 0: nullish, -1: error. */
+static int
+part_value(const aspen_expr_t *e, uint32_t i, aspen__eval_t *st, int64_t def,
+           bool bounded, int64_t *v)
+{
+   *v = def;
+   if (!e->args[i]) {
+      return 1;
+   }
+   aspen_value_t x;
+   if (!aspen__eval_node(e->args[i], st, &x)) {
+      return -1;
+   }
+   if (aspen__is_nullish(&x)) {
+      aspen_value_destroy(&x);
+      return 0;
+   }
+   if (!aspen__is_num(&x) || !aspen__num_is_int64(&x, v)) {
+      char *json = aspen_value_to_json(&x);
+      aspen__fail(st, 40515,
+                  "'%s' must evaluate to an integer, found %s with value %s",
+                  fp_names[i], aspen_value_type_name(&x), json);
+      bson_free(json);
+      aspen_value_destroy(&x);
+      return -1;
+   }
+   aspen_value_destroy(&x);
+   if (bounded && (*v < -32768 || *v > 32767)) {
+      aspen__fail(st, 31034,
+                  "'%s' must evaluate to a value in the range [-32768, "
+                  "32767]; value %" PRId64 " is not in range",
+                  fp_names[i], *v);
+      return -1;
+   }
+   return 1;
+}
+
+ASPEN__DECL_EVAL(aspen__eval_date_from_parts)
+{
+   int64_t v[FP_N];
+   static const int64_t defs[] = {1970, 1, 1, 0, 0, 0, 0, 1970, 1, 1};
+   static const bool bounded[] = {false, true, true, true, true,
+                                  false, false, false, true, true};
+   *out = ASPEN_VALUE_MISSING;
+   bool null_result = false;
+   /* Time parts first, then the timezone, then the date parts (mongod's
+    * order, which decides which error wins). */
+   static const int order[] = {FP_HOUR, FP_MINUTE, FP_SECOND, FP_MS};
+   for (int k = 0; k < 4; k++) {
+      int i = order[k];
+      int r = part_value(e, (uint32_t) i, st, defs[i], bounded[i], &v[i]);
+      if (r < 0) {
+         return false;
+      }
+      null_result |= r == 0;
+   }
+   if (null_result) {
+      *out = aspen_value_null();
+      return true;
+   }
+   const aspen__tz_t *tz;
+   int r = eval_tz(e, FP_TZ, st, &tz);
+   if (r < 0) {
+      return false;
+   }
+   if (r == 0) {
+      *out = aspen_value_null();
+      return true;
+   }
+   int64_t days;
+   if (e->args[FP_YEAR]) {
+      for (int i = FP_YEAR; i <= FP_DAY; i++) {
+         int rr = part_value(e, (uint32_t) i, st, defs[i], bounded[i], &v[i]);
+         if (rr < 0) {
+            return false;
+         }
+         if (rr == 0) {
+            *out = aspen_value_null();
+            return true;
+         }
+      }
+      if (v[FP_YEAR] < 1 || v[FP_YEAR] > 9999) {
+         return aspen__fail(st, 40523,
+                            "'year' must evaluate to an integer in the range "
+                            "1 to 9999, found %" PRId64,
+                            v[FP_YEAR]);
+      }
+      int64_t m0 = v[FP_MONTH] - 1;
+      int64_t y = v[FP_YEAR] + floordiv(m0, 12);
+      int m = (int) floormod(m0, 12) + 1;
+      days = days_from_civil(y, m, 1) + v[FP_DAY] - 1;
+   } else {
+      for (int i = FP_ISO_YEAR; i <= FP_ISO_DOW; i++) {
+         int rr = part_value(e, (uint32_t) i, st, defs[i], bounded[i], &v[i]);
+         if (rr < 0) {
+            return false;
+         }
+         if (rr == 0) {
+            *out = aspen_value_null();
+            return true;
+         }
+      }
+      if (v[FP_ISO_YEAR] < 1 || v[FP_ISO_YEAR] > 9999) {
+         return aspen__fail(st, 31095,
+                            "'isoWeekYear' must evaluate to an integer in the "
+                            "range 1 to 9999, found %" PRId64,
+                            v[FP_ISO_YEAR]);
+      }
+      days = iso_year_start(v[FP_ISO_YEAR]) + (v[FP_ISO_WEEK] - 1) * 7 +
+             (v[FP_ISO_DOW] - 1);
+   }
+   int64_t local = days * MS_PER_DAY + v[FP_HOUR] * MS_PER_HOUR +
+                   v[FP_MINUTE] * MS_PER_MIN;
+   int64_t extra;
+   if (__builtin_mul_overflow(v[FP_SECOND], 1000, &extra) ||
+       __builtin_add_overflow(local, extra, &local) ||
+       __builtin_add_overflow(local, v[FP_MS], &local)) {
+      return aspen__fail(st, ASPEN_ERR_BadValue,
+                         "$dateFromParts: date overflow");
+   }
+   *out = aspen_value_date(local_to_utc(tz, local));
+   return true;
+}
+
+/* ------------------------------------------------------------------------ */
+/* $dateToParts: args = date, timezone, iso8601                              */
+/* ------------------------------------------------------------------------ */
+
+ASPEN__DECL_PARSE(aspen__parse_date_to_parts)
+{
+   static const char *const names[] = {"date", "timezone", "iso8601", NULL};
+   static const aspen__named_spec_t spec = {
+      names, 40524, ASPEN__NOTOBJ_ONLY_OBJECT_ITS, 40520,
+      ASPEN__UNKNOWN_UNRECOGNIZED};
+   if (!aspen__parse_named(ps, op, arg, e, &spec)) {
+      return false;
+   }
+   if (!e->args[0]) {
+      return aspen__pfail(ps, 40522, "Missing 'date' parameter to $dateToParts");
+   }
+   return pre_resolve_tz(ps, e, 1);
+}
+
+ASPEN__DECL_EVAL(aspen__eval_date_to_parts)
+{
+   aspen_value_t date, iso = ASPEN_VALUE_MISSING;
+   const aspen__tz_t *tz;
+   bool ok = false;
+   *out = ASPEN_VALUE_MISSING;
+   if (!aspen__eval_arg(e, 0, st, &date)) {
+      return false;
+   }
+   int r = eval_tz(e, 1, st, &tz);
+   if (r < 0) {
+      goto done;
+   }
+   if (r == 0) {
+      *out = aspen_value_null();
+      ok = true;
+      goto done;
+   }
+   bool want_iso = false;
+   if (e->args[2]) {
+      if (!aspen__eval_node(e->args[2], st, &iso)) {
+         goto done;
+      }
+      if (aspen__is_nullish(&iso)) {
+         *out = aspen_value_null();
+         ok = true;
+         goto done;
+      }
+      if (aspen__vt(&iso) != BSON_TYPE_BOOL) {
+         aspen__fail(st, 40521, "iso8601 must evaluate to a bool, found %s",
+                     aspen_value_type_name(&iso));
+         goto done;
+      }
+      want_iso = iso.v.value.v_bool;
+   }
+   if (aspen__is_nullish(&date)) {
+      *out = aspen_value_null();
+      ok = true;
+      goto done;
+   }
+   int64_t ms;
+   if (!date_arg(st, &date, &ms)) {
+      goto done;
+   }
+   parts_t p;
+   split(ms + aspen__tz_offset(tz, ms), &p);
+   bson_t doc = BSON_INITIALIZER;
+   if (want_iso) {
+      int64_t iy;
+      int iw, iwd;
+      iso_week(&p, &iy, &iw, &iwd);
+      BSON_APPEND_INT32(&doc, "isoWeekYear", (int32_t) iy);
+      BSON_APPEND_INT32(&doc, "isoWeek", iw);
+      BSON_APPEND_INT32(&doc, "isoDayOfWeek", iwd);
+   } else {
+      BSON_APPEND_INT32(&doc, "year", (int32_t) p.year);
+      BSON_APPEND_INT32(&doc, "month", p.month);
+      BSON_APPEND_INT32(&doc, "day", p.day);
+   }
+   BSON_APPEND_INT32(&doc, "hour", p.hour);
+   BSON_APPEND_INT32(&doc, "minute", p.minute);
+   BSON_APPEND_INT32(&doc, "second", p.second);
+   BSON_APPEND_INT32(&doc, "millisecond", p.ms);
+   *out = aspen_value_take_doc(&doc, false);
+   ok = true;
+done:
+   aspen_value_destroy(&date);
+   aspen_value_destroy(&iso);
+   return ok;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Units and days of the week                                                */
+/* ------------------------------------------------------------------------ */
+
+enum {
+   U_YEAR,
+   U_QUARTER,
+   U_MONTH,
+   U_WEEK,
+   U_DAY,
+   U_HOUR,
+   U_MINUTE,
+   U_SECOND,
+   U_MS
+};
+
+static int
+unit_of(const aspen_value_t *v)
+{
+   static const char *const names[] = {"year", "quarter", "month",
+                                       "week", "day",     "hour",
+                                       "minute", "second", "millisecond"};
+   if (!aspen__is_str(v)) {
+      return -1;
+   }
+   for (int i = 0; i < 9; i++) {
+      if (strcmp(names[i], v->v.value.v_utf8.str) == 0) {
+         return i;
+      }
+   }
+   return -2;
+}
+
+static bool
+check_unit(aspen__eval_t *st, const char *opname, const aspen_value_t *v,
+           int *unit)
+{
+   *unit = unit_of(v);
+   if (*unit == -1) {
+      return aspen__fail(st, 5439013,
+                         "%s requires 'unit' to be a string, but got %s",
+                         opname, aspen_value_type_name(v));
+   }
+   if (*unit == -2) {
+      return aspen__fail(st, 5439014,
+                         "%s parameter 'unit' value cannot be recognized as a "
+                         "time unit: %s",
+                         opname, v->v.value.v_utf8.str);
+   }
+   return true;
+}
+
+/* 0 = Sunday. */
+static bool
+check_dow(aspen__eval_t *st, const char *opname, const aspen_value_t *v,
+          int *dow)
+{
+   static const char *const full[] = {"sunday",   "monday", "tuesday",
+                                      "wednesday", "thursday", "friday",
+                                      "saturday"};
+   if (!aspen__is_str(v)) {
+      return aspen__fail(st, 5439015,
+                         "%s requires 'startOfWeek' to be a string, but got %s",
+                         opname, aspen_value_type_name(v));
+   }
+   const char *s = v->v.value.v_utf8.str;
+   size_t len = v->v.value.v_utf8.len;
+   for (int i = 0; i < 7; i++) {
+      if ((len == 3 || len == strlen(full[i])) &&
+          strncasecmp(s, full[i], len) == 0) {
+         *dow = i;
+         return true;
+      }
+   }
+   return aspen__fail(st, 5439016,
+                      "%s parameter 'startOfWeek' value cannot be recognized "
+                      "as a day of a week: %s",
+                      opname, s);
+}
+
+/* ------------------------------------------------------------------------ */
+/* $dateTrunc: args = date, unit, binSize, timezone, startOfWeek             */
+/* ------------------------------------------------------------------------ */
+
+ASPEN__DECL_PARSE(aspen__parse_date_trunc)
+{
+   static const char *const names[] = {"date", "unit", "binSize", "timezone",
+                                       "startOfWeek", NULL};
+   static const aspen__named_spec_t spec = {
+      names, 5439007, ASPEN__NOTOBJ_ONLY_OBJECT_ITS, 5439008,
+      ASPEN__UNKNOWN_UNRECOGNIZED};
+   if (!aspen__parse_named(ps, op, arg, e, &spec)) {
+      return false;
+   }
+   if (!e->args[0]) {
+      return aspen__pfail(ps, 5439009, "Missing 'date' parameter to $dateTrunc");
+   }
+   if (!e->args[1]) {
+      return aspen__pfail(ps, 5439010, "Missing 'unit' parameter to $dateTrunc");
+   }
+   return pre_resolve_tz(ps, e, 3);
+}
+
+/* Reference instant for bins: 2000-01-01 in local time (days since epoch). */
+#define REF_DAYS 10957
+
+static int64_t
+trunc_local(int64_t local, int unit, int64_t bin, int sow)
+{
+   switch (unit) {
+   case U_MS:
+   case U_SECOND:
+   case U_MINUTE:
+   case U_HOUR:
+   case U_DAY: {
+      static const int64_t unit_ms[] = {0, 0, 0, 0, MS_PER_DAY, MS_PER_HOUR,
+                                        MS_PER_MIN, 1000, 1};
+      int64_t width = unit_ms[unit] * bin;
+      int64_t ref = REF_DAYS * MS_PER_DAY;
+      return ref + floordiv(local - ref, width) * width;
+   }
+   case U_WEEK: {
+      /* First `sow` day on or after 2000-01-01 (a Saturday). */
+      int64_t ref = REF_DAYS + (sow - 6 + 7) % 7;
+      int64_t days = floordiv(local, MS_PER_DAY);
+      int64_t width = 7 * bin;
+      return (ref + floordiv(days - ref, width) * width) * MS_PER_DAY;
+   }
+   default: {
+      parts_t p;
+      split(local, &p);
+      int64_t months = (p.year - 2000) * 12 + (p.month - 1);
+      int64_t width = bin * (unit == U_YEAR ? 12 : unit == U_QUARTER ? 3 : 1);
+      int64_t start = floordiv(months, width) * width;
+      int64_t y = 2000 + floordiv(start, 12);
+      int m = (int) floormod(start, 12) + 1;
+      return days_from_civil(y, m, 1) * MS_PER_DAY;
+   }
+   }
+}
+
+ASPEN__DECL_EVAL(aspen__eval_date_trunc)
+{
+   aspen_value_t v[5];
+   for (int i = 0; i < 5; i++) {
+      v[i] = ASPEN_VALUE_MISSING;
+   }
+   bool ok = false;
+   *out = ASPEN_VALUE_MISSING;
+   for (uint32_t i = 0; i < 3; i++) {
+      if (!aspen__eval_arg(e, i, st, &v[i])) {
+         goto done;
+      }
+      if (e->args[i] && aspen__is_nullish(&v[i])) {
+         *out = aspen_value_null();
+         ok = true;
+         goto done;
+      }
+   }
+   bool is_week = unit_of(&v[1]) == U_WEEK;
+   if (is_week && e->args[4]) {
+      if (!aspen__eval_node(e->args[4], st, &v[4])) {
+         goto done;
+      }
+      if (aspen__is_nullish(&v[4])) {
+         *out = aspen_value_null();
+         ok = true;
+         goto done;
+      }
+   }
+   const aspen__tz_t *tz;
+   int r = eval_tz(e, 3, st, &tz);
+   if (r < 0) {
+      goto done;
+   }
+   if (r == 0) {
+      *out = aspen_value_null();
+      ok = true;
+      goto done;
+   }
+   int64_t ms;
+   if (!aspen__coerce_date(&v[0], &ms)) {
+      aspen__fail(st, 5439012,
+                  "$dateTrunc requires 'date' to be a date, but got %s",
+                  aspen_value_type_name(&v[0]));
+      goto done;
+   }
+   int unit;
+   if (!check_unit(st, "$dateTrunc", &v[1], &unit)) {
+      goto done;
+   }
+   int64_t bin = 1;
+   if (e->args[2]) {
+      if (!aspen__is_num(&v[2]) || !aspen__num_is_int64(&v[2], &bin)) {
+         char *json = aspen_value_to_json(&v[2]);
+         aspen__fail(st, 5439017,
+                     "$dateTrunc requires 'binSize' to be a 64-bit integer, "
+                     "but got value '%s' of type %s",
+                     json, aspen_value_type_name(&v[2]));
+         bson_free(json);
+         goto done;
+      }
+      if (bin <= 0) {
+         aspen__fail(st, 5439018,
+                     "$dateTrunc requires 'binSize' to be greater than 0, but "
+                     "got value %" PRId64,
+                     bin);
+         goto done;
+      }
+   }
+   int sow = 0;
+   if (is_week && e->args[4] && !check_dow(st, "$dateTrunc", &v[4], &sow)) {
+      goto done;
+   }
+   {
+      /* Bins are laid out in local wall time. */
+      int64_t local = ms + aspen__tz_offset(tz, ms);
+      *out = aspen_value_date(
+         local_to_utc(tz, trunc_local(local, unit, bin, sow)));
+   }
+   ok = true;
+done:
+   for (int i = 0; i < 5; i++) {
+      aspen_value_destroy(&v[i]);
+   }
+   return ok;
+}
+
+/* ------------------------------------------------------------------------ */
+/* $dateAdd / $dateSubtract: args = startDate, unit, amount, timezone        */
+/* ------------------------------------------------------------------------ */
+
+ASPEN__DECL_PARSE(aspen__parse_date_add)
+{
+   static const char *const names[] = {"startDate", "unit", "amount",
+                                       "timezone", NULL};
+   if (bson_iter_type(arg) != BSON_TYPE_DOCUMENT) {
+      return aspen__pfail(ps, 5166400, "%s expects an object as its argument",
+                          op->name);
+   }
+   aspen__node_args(e, 4);
+   bson_iter_t child;
+   bson_iter_recurse(arg, &child);
+   while (bson_iter_next(&child)) {
+      const char *key = bson_iter_key(&child);
+      uint32_t i;
+      for (i = 0; names[i]; i++) {
+         if (strcmp(names[i], key) == 0) {
+            break;
+         }
+      }
+      if (!names[i]) {
+         return aspen__pfail(ps, 5166401,
+                             "Unrecognized argument to %s: %s. Expected "
+                             "arguments are startDate, unit, amount, and "
+                             "optionally timezone.",
+                             op->name, key);
+      }
+      aspen_expr_destroy(e->args[i]);
+      e->args[i] = NULL;
+      if (!aspen__parse_operand(ps, &child, &e->args[i])) {
+         return false;
+      }
+   }
+   if (!e->args[0] || !e->args[1] || !e->args[2]) {
+      return aspen__pfail(ps, 5166402,
+                          "%s requires startDate, unit, and amount to be "
+                          "present",
+                          op->name);
+   }
+   return pre_resolve_tz(ps, e, 3);
+}
+
+static bool
+add_months(int64_t local, int64_t months, int64_t *res)
+{
+   parts_t p;
+   split(local, &p);
+   int64_t total;
+   if (__builtin_add_overflow((p.year * 12 + p.month - 1), months, &total)) {
+      return false;
+   }
+   int64_t y = floordiv(total, 12);
+   int m = (int) floormod(total, 12) + 1;
+   if (y < -292275055 || y > 292278994) {
+      return false;
+   }
+   int d = p.day;
+   if (d > month_days(y, m)) {
+      d = month_days(y, m);
+   }
+   int64_t tod = local - p.days * MS_PER_DAY;
+   *res = days_from_civil(y, m, d) * MS_PER_DAY + tod;
+   return true;
+}
+
+ASPEN__DECL_EVAL(aspen__eval_date_add)
+{
+   aspen_value_t v[3];
+   bool ok = false;
+   const char *opname = e->op->name;
+   *out = ASPEN_VALUE_MISSING;
+   for (uint32_t i = 0; i < 3; i++) {
+      v[i] = ASPEN_VALUE_MISSING;
+   }
+   for (uint32_t i = 0; i < 3; i++) {
+      if (!aspen__eval_arg(e, i, st, &v[i])) {
+         goto done;
+      }
+      if (aspen__is_nullish(&v[i])) {
+         *out = aspen_value_null();
+         ok = true;
+         goto done;
+      }
+   }
+   const aspen__tz_t *tz;
+   int r = eval_tz(e, 3, st, &tz);
+   if (r < 0) {
+      goto done;
+   }
+   if (r == 0) {
+      *out = aspen_value_null();
+      ok = true;
+      goto done;
+   }
+   int64_t ms;
+   if (!aspen__coerce_date(&v[0], &ms)) {
+      aspen__fail(st, 5166403, "%s requires startDate to be convertible to a date",
+                  opname);
+      goto done;
+   }
+   if (!aspen__is_str(&v[1])) {
+      aspen__fail(st, 5166404, "%s expects string defining the time unit",
+                  opname);
+      goto done;
+   }
+   int unit;
+   if (!check_unit(st, opname, &v[1], &unit)) {
+      goto done;
+   }
+   int64_t amount;
+   if (!aspen__is_num(&v[2]) || !aspen__num_is_int64(&v[2], &amount)) {
+      aspen__fail(st, 5166405, "%s expects integer amount of time units",
+                  opname);
+      goto done;
+   }
+   if (e->op->sub == 1) {
+      if (amount == INT64_MIN) {
+         aspen__fail(st, 6045000,
+                     "invalid $dateSubtract 'amount' parameter value: %" PRId64,
+                     amount);
+         goto done;
+      }
+      amount = -amount;
+   }
+   int64_t res;
+   bool fits = true;
+   switch (unit) {
+   case U_YEAR:
+   case U_QUARTER:
+   case U_MONTH: {
+      int64_t months;
+      int64_t mult = unit == U_YEAR ? 12 : unit == U_QUARTER ? 3 : 1;
+      int64_t local = ms + aspen__tz_offset(tz, ms);
+      fits = !__builtin_mul_overflow(amount, mult, &months) &&
+             add_months(local, months, &res);
+      if (fits) {
+         res = local_to_utc(tz, res);
+      }
+      break;
+   }
+   case U_WEEK:
+   case U_DAY: {
+      int64_t delta;
+      int64_t local = ms + aspen__tz_offset(tz, ms);
+      fits = !__builtin_mul_overflow(amount,
+                                     (unit == U_WEEK ? 7 : 1) * MS_PER_DAY,
+                                     &delta) &&
+             !__builtin_add_overflow(local, delta, &res);
+      if (fits) {
+         res = local_to_utc(tz, res);
+      }
+      break;
+   }
+   default: {
+      static const int64_t unit_ms[] = {0, 0, 0, 0, 0, MS_PER_HOUR, MS_PER_MIN,
+                                        1000, 1};
+      int64_t delta;
+      fits = !__builtin_mul_overflow(amount, unit_ms[unit], &delta) &&
+             !__builtin_add_overflow(ms, delta, &res);
+      break;
+   }
+   }
+   if (!fits) {
+      aspen__fail(st, 5976500, "%s overflowed", opname);
+      goto done;
+   }
+   *out = aspen_value_date(res);
+   ok = true;
+done:
+   for (uint32_t i = 0; i < 3; i++) {
+      aspen_value_destroy(&v[i]);
+   }
+   return ok;
+}
+
+/* ------------------------------------------------------------------------ */
+/* $dateDiff: args = startDate, endDate, unit, timezone, startOfWeek         */
+/* ------------------------------------------------------------------------ */
+
+ASPEN__DECL_PARSE(aspen__parse_date_diff)
+{
+   static const char *const names[] = {"startDate", "endDate", "unit",
+                                       "timezone", "startOfWeek", NULL};
+   static const aspen__named_spec_t spec = {
+      names, 5166301, ASPEN__NOTOBJ_ONLY_OBJECT_ITS, 5166302,
+      ASPEN__UNKNOWN_UNRECOGNIZED};
+   if (!aspen__parse_named(ps, op, arg, e, &spec)) {
+      return false;
+   }
+   if (!e->args[0]) {
+      return aspen__pfail(ps, 5166303,
+                          "Missing 'startDate' parameter to $dateDiff");
+   }
+   if (!e->args[1]) {
+      return aspen__pfail(ps, 5166304, "Missing 'endDate' parameter to $dateDiff");
+   }
+   if (!e->args[2]) {
+      return aspen__pfail(ps, 5166305, "Missing 'unit' parameter to $dateDiff");
+   }
+   return pre_resolve_tz(ps, e, 3);
+}
+
+ASPEN__DECL_EVAL(aspen__eval_date_diff)
+{
+   aspen_value_t v[5];
+   bool ok = false;
+   *out = ASPEN_VALUE_MISSING;
+   for (int i = 0; i < 5; i++) {
+      v[i] = ASPEN_VALUE_MISSING;
+   }
+   for (uint32_t i = 0; i < 3; i++) {
+      if (!aspen__eval_arg(e, i, st, &v[i])) {
+         goto done;
+      }
+      if (aspen__is_nullish(&v[i])) {
+         *out = aspen_value_null();
+         ok = true;
+         goto done;
+      }
+   }
+   bool is_week = unit_of(&v[2]) == U_WEEK;
+   if (is_week && e->args[4]) {
+      if (!aspen__eval_node(e->args[4], st, &v[4])) {
+         goto done;
+      }
+      if (aspen__is_nullish(&v[4])) {
+         *out = aspen_value_null();
+         ok = true;
+         goto done;
+      }
+   }
+   const aspen__tz_t *tz;
+   int r = eval_tz(e, 3, st, &tz);
+   if (r < 0) {
+      goto done;
+   }
+   if (r == 0) {
+      *out = aspen_value_null();
+      ok = true;
+      goto done;
+   }
+   int64_t a, b;
+   if (!aspen__coerce_date(&v[0], &a)) {
+      aspen__fail(st, 5166307,
+                  "$dateDiff requires 'startDate' to be a date, but got %s",
+                  aspen_value_type_name(&v[0]));
+      goto done;
+   }
+   if (!aspen__coerce_date(&v[1], &b)) {
+      aspen__fail(st, 5166307,
+                  "$dateDiff requires 'endDate' to be a date, but got %s",
+                  aspen_value_type_name(&v[1]));
+      goto done;
+   }
+   int unit;
+   if (!check_unit(st, "$dateDiff", &v[2], &unit)) {
+      goto done;
+   }
+   int sow = 0;
+   if (is_week && e->args[4] && !check_dow(st, "$dateDiff", &v[4], &sow)) {
+      goto done;
+   }
+   int64_t la = a + aspen__tz_offset(tz, a), lb = b + aspen__tz_offset(tz, b);
+   parts_t pa, pb;
+   split(la, &pa);
+   split(lb, &pb);
+   int64_t res;
+   switch (unit) {
+   case U_YEAR:
+      res = pb.year - pa.year;
+      break;
+   case U_QUARTER:
+      res = (pb.year * 4 + (pb.month - 1) / 3) -
+            (pa.year * 4 + (pa.month - 1) / 3);
+      break;
+   case U_MONTH:
+      res = (pb.year * 12 + pb.month) - (pa.year * 12 + pa.month);
+      break;
+   case U_WEEK:
+      res = floordiv(pb.days + 4 - sow, 7) - floordiv(pa.days + 4 - sow, 7);
+      break;
+   case U_DAY:
+      res = pb.days - pa.days;
+      break;
+   case U_HOUR:
+      res = floordiv(lb, MS_PER_HOUR) - floordiv(la, MS_PER_HOUR);
+      break;
+   case U_MINUTE:
+      res = floordiv(lb, MS_PER_MIN) - floordiv(la, MS_PER_MIN);
+      break;
+   case U_SECOND:
+      res = floordiv(lb, 1000) - floordiv(la, 1000);
+      break;
+   default:
+      res = b - a;
+      break;
+   }
+   *out = aspen_value_int64(res);
+   ok = true;
+done:
+   for (int i = 0; i < 5; i++) {
+      aspen_value_destroy(&v[i]);
+   }
+   return ok;
+}

@@ -1,0 +1,2372 @@
+/*
+ * match.c - the query language of $match and $validate: a filter document is
+ * compiled once into a tree of predicate nodes, then evaluated per document
+ * straight from the BSON bytes (no copies, no allocation for the common
+ * field comparisons).
+ *
+ * Semantics follow mongod's matcher:
+ * - Every leaf predicate ({a: {$gt: 1}}) owns a dotted path. Evaluating it
+ *   walks the path the way mongod's BSONElementIterator does and succeeds if
+ *   any value produced satisfies the predicate: documents are descended,
+ *   arrays met in the middle of a path are traversed into their document
+ *   elements, a numeric component also selects that array index, a path that
+ *   ends at an array yields each element and then the array itself (except
+ *   for $size and $elemMatch, which see only the array), and a path that
+ *   hits a scalar or nothing yields "missing".
+ * - $ne, $nin, $not and $exists:false are negations of the whole walk.
+ * - Comparisons bracket by canonical type (numbers with numbers, strings with
+ *   strings, ...), null matches missing (not undefined, as in MongoDB 8.0),
+ *   MinKey/MaxKey compare below/above everything, NaN only equals NaN.
+ * - Inside $elemMatch {<operators>} the operators apply to each element
+ *   itself ("value mode": leaves without a path).
+ * $jsonSchema is compiled by match_schema.c; $expr by expr.c.
+ *
+ * Errors are mongod's messages. Codes are BadValue (2) unless mongod uses
+ * FailedToParse or TypeMismatch; regex failures that mongod reports with
+ * location codes (51091, 51108) are BadValue here. Features ASP refuses
+ * ($text, $where, geo) get messages naming Atlas Stream Processing.
+ *
+ * Thread-safety: a compiled matcher is immutable; aspen_matcher_match may be
+ * called from any thread, concurrently.
+ */
+#include "match_int.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+/* ------------------------------------------------------------------------ */
+/* Types                                                                     */
+/* ------------------------------------------------------------------------ */
+
+int
+aspen__match_canonical(bson_type_t t)
+{
+   switch (t) {
+   case BSON_TYPE_MINKEY:
+      return -1;
+   case BSON_TYPE_EOD:
+   case BSON_TYPE_UNDEFINED:
+      return 0;
+   case BSON_TYPE_NULL:
+      return 5;
+   case BSON_TYPE_DOUBLE:
+   case BSON_TYPE_INT32:
+   case BSON_TYPE_INT64:
+   case BSON_TYPE_DECIMAL128:
+      return 10;
+   case BSON_TYPE_UTF8:
+   case BSON_TYPE_SYMBOL:
+      return 15;
+   case BSON_TYPE_DOCUMENT:
+      return 20;
+   case BSON_TYPE_ARRAY:
+      return 25;
+   case BSON_TYPE_BINARY:
+      return 30;
+   case BSON_TYPE_OID:
+      return 35;
+   case BSON_TYPE_BOOL:
+      return 40;
+   case BSON_TYPE_DATE_TIME:
+      return 45;
+   case BSON_TYPE_TIMESTAMP:
+      return 47;
+   case BSON_TYPE_REGEX:
+      return 50;
+   case BSON_TYPE_DBPOINTER:
+      return 55;
+   case BSON_TYPE_CODE:
+      return 60;
+   case BSON_TYPE_CODEWSCOPE:
+      return 65;
+   case BSON_TYPE_MAXKEY:
+      return 127;
+   default:
+      return 200;
+   }
+}
+
+/* $type aliases, indexed by type code 1..19. */
+static const char *const type_names[] = {
+   NULL,       "double",    "string",   "object", "array",
+   "binData",  "undefined", "objectId", "bool",   "date",
+   "null",     "regex",     "dbPointer", "javascript", "symbol",
+   "javascriptWithScope", "int", "timestamp", "long", "decimal",
+};
+
+aspen__match_types_t
+aspen__match_type_bit(bson_type_t t)
+{
+   if (t == BSON_TYPE_MINKEY) {
+      return 1u << ASPEN__MATCH_TYPE_BIT_MINKEY;
+   }
+   if (t == BSON_TYPE_MAXKEY) {
+      return 1u << ASPEN__MATCH_TYPE_BIT_MAXKEY;
+   }
+   if ((int) t >= 1 && (int) t <= 19) {
+      return 1u << (int) t;
+   }
+   return 0;
+}
+
+bool
+aspen__match_type_alias(const char *name, aspen__match_types_t *bits)
+{
+   if (strcmp(name, "number") == 0) {
+      *bits = ASPEN__MATCH_TYPES_NUMBER;
+      return true;
+   }
+   if (strcmp(name, "minKey") == 0) {
+      *bits = 1u << ASPEN__MATCH_TYPE_BIT_MINKEY;
+      return true;
+   }
+   if (strcmp(name, "maxKey") == 0) {
+      *bits = 1u << ASPEN__MATCH_TYPE_BIT_MAXKEY;
+      return true;
+   }
+   for (int i = 1; i <= 19; i++) {
+      if (strcmp(name, type_names[i]) == 0) {
+         *bits = 1u << i;
+         return true;
+      }
+   }
+   *bits = 0;
+   return false;
+}
+
+const char *
+aspen__match_type_name(bson_type_t t)
+{
+   if (t == BSON_TYPE_MINKEY) {
+      return "minKey";
+   }
+   if (t == BSON_TYPE_MAXKEY) {
+      return "maxKey";
+   }
+   if ((int) t >= 1 && (int) t <= 19) {
+      return type_names[(int) t];
+   }
+   return "missing";
+}
+
+/* ------------------------------------------------------------------------ */
+/* Regular expressions (PCRE2)                                               */
+/* ------------------------------------------------------------------------ */
+
+struct aspen__match_regex {
+   pcre2_code *code;
+   const char *pattern; /* view into the filter */
+   size_t len;
+   const char *flags; /* view, NUL-terminated, as the filter spelled them */
+};
+
+/* One match block per thread, created on first use and freed when the
+ * thread exits (the key's destructor), so a search never allocates. */
+static __thread pcre2_match_data *tls_match_data;
+static pthread_key_t match_data_key;
+static pthread_once_t match_data_once = PTHREAD_ONCE_INIT;
+static bool match_data_key_ok;
+
+static void
+match_data_free(void *p)
+{
+   /* Runs in the exiting thread: forget the block so that a late search
+    * (another key's destructor) makes a new one instead of using this. */
+   tls_match_data = NULL;
+   pcre2_match_data_free(p);
+}
+
+static void
+match_data_key_init(void)
+{
+   match_data_key_ok =
+      pthread_key_create(&match_data_key, match_data_free) == 0;
+}
+
+static pcre2_match_data *
+thread_match_data(void)
+{
+   if (!tls_match_data) {
+      pthread_once(&match_data_once, match_data_key_init);
+      tls_match_data = pcre2_match_data_create(1, NULL);
+      ASPEN_ASSERT(tls_match_data);
+      if (match_data_key_ok) {
+         pthread_setspecific(match_data_key, tls_match_data);
+      }
+   }
+   return tls_match_data;
+}
+
+bool
+aspen__match_regex_new(const char *pattern, size_t len, const char *flags,
+                       aspen__match_regex_t **out, aspen_error_t *err)
+{
+   *out = NULL;
+   if (memchr(pattern, '\0', len)) {
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "Regular expression cannot contain an embedded null "
+                      "byte");
+      return false;
+   }
+   uint32_t opts = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF;
+   for (const char *f = flags ? flags : ""; *f; f++) {
+      switch (*f) {
+      case 'i':
+         opts |= PCRE2_CASELESS;
+         break;
+      case 'm':
+         opts |= PCRE2_MULTILINE;
+         break;
+      case 's':
+         opts |= PCRE2_DOTALL;
+         break;
+      case 'x':
+         opts |= PCRE2_EXTENDED;
+         break;
+      case 'u':
+         break; /* always UTF-8 */
+      default:
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "invalid flag in regex options: %c", *f);
+         return false;
+      }
+   }
+   int code = 0;
+   PCRE2_SIZE offset = 0;
+   pcre2_code *re =
+      pcre2_compile((PCRE2_SPTR) pattern, len, opts, &code, &offset, NULL);
+   if (!re) {
+      PCRE2_UCHAR msg[256];
+      if (pcre2_get_error_message(code, msg, sizeof msg) < 0) {
+         snprintf((char *) msg, sizeof msg, "error %d", code);
+      }
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "Regular expression is invalid: %s", (char *) msg);
+      return false;
+   }
+   /* JIT is an optimisation only: without it pcre2_match interprets. */
+   (void) pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
+   aspen__match_regex_t *rx = aspen_xcalloc(1, sizeof *rx);
+   rx->code = re;
+   rx->pattern = pattern;
+   rx->len = len;
+   rx->flags = flags ? flags : "";
+   *out = rx;
+   return true;
+}
+
+void
+aspen__match_regex_destroy(aspen__match_regex_t *re)
+{
+   if (re) {
+      pcre2_code_free(re->code);
+      free(re);
+   }
+}
+
+bool
+aspen__match_regex_search(const aspen__match_regex_t *re, const char *s,
+                          size_t len)
+{
+   int rc = pcre2_match(re->code, (PCRE2_SPTR) s, len, 0, 0,
+                        thread_match_data(), NULL);
+   /* rc == 0 means "matched, ovector too small": still a match. */
+   return rc >= 0;
+}
+
+/* mongod's RegexMatchExpression on one value: strings and symbols are
+ * searched; a regex value matches only the identical regex. */
+static bool
+regex_matches_value(const aspen__match_regex_t *re, const bson_value_t *v)
+{
+   switch (v->value_type) {
+   case BSON_TYPE_UTF8:
+      return aspen__match_regex_search(re, v->value.v_utf8.str,
+                                       v->value.v_utf8.len);
+   case BSON_TYPE_SYMBOL:
+      return aspen__match_regex_search(re, v->value.v_symbol.symbol,
+                                       v->value.v_symbol.len);
+   case BSON_TYPE_REGEX:
+      return strlen(v->value.v_regex.regex) == re->len &&
+             memcmp(v->value.v_regex.regex, re->pattern, re->len) == 0 &&
+             strcmp(v->value.v_regex.options, re->flags) == 0;
+   default:
+      return false;
+   }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Comparison                                                                */
+/* ------------------------------------------------------------------------ */
+
+static bool
+value_is_nan(const bson_value_t *v)
+{
+   if (v->value_type == BSON_TYPE_DOUBLE) {
+      return isnan(v->value.v_double);
+   }
+   if (v->value_type == BSON_TYPE_DECIMAL128) {
+      /* BID encoding: combination field 11111 marks NaN. */
+      return ((v->value.v_decimal128.high >> 58) & 0x1f) == 0x1f;
+   }
+   return false;
+}
+
+static int
+value_cmp(const bson_value_t *a, const bson_value_t *b)
+{
+   aspen_value_t va = {.v = *a, .owned = false};
+   aspen_value_t vb = {.v = *b, .owned = false};
+   return aspen_value_compare(&va, &vb);
+}
+
+bool
+aspen__match_compare(aspen__match_op_t op, const bson_value_t *val,
+                     const bson_value_t *rhs)
+{
+   int cv = aspen__match_canonical(val->value_type);
+   int cr = aspen__match_canonical(rhs->value_type);
+   if (cv != cr) {
+      /* {a: null} also matches a missing field (but, since MongoDB 8.0, not
+       * undefined). */
+      if (rhs->value_type == BSON_TYPE_NULL &&
+          val->value_type == BSON_TYPE_EOD) {
+         return op == ASPEN__MATCH_EQ || op == ASPEN__MATCH_LTE ||
+                op == ASPEN__MATCH_GTE;
+      }
+      if (rhs->value_type == BSON_TYPE_MAXKEY) {
+         return op == ASPEN__MATCH_LT || op == ASPEN__MATCH_LTE;
+      }
+      if (rhs->value_type == BSON_TYPE_MINKEY) {
+         return op == ASPEN__MATCH_GT || op == ASPEN__MATCH_GTE;
+      }
+      return false;
+   }
+   if (cv == 10 && (value_is_nan(val) || value_is_nan(rhs))) {
+      bool both = value_is_nan(val) && value_is_nan(rhs);
+      return (op == ASPEN__MATCH_EQ || op == ASPEN__MATCH_LTE ||
+              op == ASPEN__MATCH_GTE) &&
+             both;
+   }
+   int c;
+   bson_type_t vt = val->value_type;
+   bson_type_t rt = rhs->value_type;
+   if ((vt == BSON_TYPE_INT32 || vt == BSON_TYPE_INT64) &&
+       (rt == BSON_TYPE_INT32 || rt == BSON_TYPE_INT64)) {
+      /* Fast path: integers compare exactly without value.c. */
+      int64_t x = vt == BSON_TYPE_INT32 ? val->value.v_int32
+                                        : val->value.v_int64;
+      int64_t y = rt == BSON_TYPE_INT32 ? rhs->value.v_int32
+                                        : rhs->value.v_int64;
+      c = x < y ? -1 : x > y;
+   } else if (vt == BSON_TYPE_DOUBLE && rt == BSON_TYPE_DOUBLE) {
+      c = val->value.v_double < rhs->value.v_double
+             ? -1
+             : val->value.v_double > rhs->value.v_double;
+   } else if (vt == BSON_TYPE_UTF8 && rt == BSON_TYPE_UTF8) {
+      /* Fast path: strings compare as bytes, shorter first on a tie. */
+      uint32_t lx = val->value.v_utf8.len;
+      uint32_t ly = rhs->value.v_utf8.len;
+      c = memcmp(val->value.v_utf8.str, rhs->value.v_utf8.str,
+                 lx < ly ? lx : ly);
+      if (c == 0) {
+         c = lx < ly ? -1 : lx > ly;
+      }
+   } else {
+      c = value_cmp(val, rhs);
+   }
+   switch (op) {
+   case ASPEN__MATCH_EQ:
+      return c == 0;
+   case ASPEN__MATCH_LT:
+      return c < 0;
+   case ASPEN__MATCH_LTE:
+      return c <= 0;
+   case ASPEN__MATCH_GT:
+      return c > 0;
+   case ASPEN__MATCH_GTE:
+      return c >= 0;
+   }
+   return false;
+}
+
+bool
+aspen__match_unordered_equal(const bson_value_t *a, const bson_value_t *b)
+{
+   if (aspen__match_canonical(a->value_type) !=
+       aspen__match_canonical(b->value_type)) {
+      return false;
+   }
+   if (a->value_type == BSON_TYPE_DOCUMENT) {
+      bson_iter_t ia, ib;
+      uint32_t na = 0, nb = 0;
+      if (!bson_iter_init_from_data(&ia, a->value.v_doc.data,
+                                    a->value.v_doc.data_len) ||
+          !bson_iter_init_from_data(&ib, b->value.v_doc.data,
+                                    b->value.v_doc.data_len)) {
+         return false;
+      }
+      while (bson_iter_next(&ib)) {
+         nb++;
+      }
+      while (bson_iter_next(&ia)) {
+         na++;
+         bson_iter_t f;
+         bson_iter_init_from_data(&f, b->value.v_doc.data,
+                                  b->value.v_doc.data_len);
+         if (!bson_iter_find_w_len(&f, bson_iter_key(&ia),
+                                   (int) bson_iter_key_len(&ia)) ||
+             !aspen__match_unordered_equal(bson_iter_value(&ia),
+                                           bson_iter_value(&f))) {
+            return false;
+         }
+      }
+      return na == nb;
+   }
+   if (a->value_type == BSON_TYPE_ARRAY) {
+      bson_iter_t ia, ib;
+      if (!bson_iter_init_from_data(&ia, a->value.v_doc.data,
+                                    a->value.v_doc.data_len) ||
+          !bson_iter_init_from_data(&ib, b->value.v_doc.data,
+                                    b->value.v_doc.data_len)) {
+         return false;
+      }
+      for (;;) {
+         bool more_a = bson_iter_next(&ia);
+         bool more_b = bson_iter_next(&ib);
+         if (!more_a || !more_b) {
+            return more_a == more_b;
+         }
+         if (!aspen__match_unordered_equal(bson_iter_value(&ia),
+                                           bson_iter_value(&ib))) {
+            return false;
+         }
+      }
+   }
+   if (value_is_nan(a) || value_is_nan(b)) {
+      return value_is_nan(a) && value_is_nan(b);
+   }
+   return value_cmp(a, b) == 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Integer arguments                                                         */
+/* ------------------------------------------------------------------------ */
+
+/* "<what>: <value as JSON>" for messages, as mongod prints an element. */
+static void
+describe(const bson_iter_t *it, const char *what, char *buf, size_t size)
+{
+   aspen_value_t v = {.v = *bson_iter_value((bson_iter_t *) it),
+                      .owned = false};
+   char *json = aspen_value_to_json(&v);
+   snprintf(buf, size, "%s: %s", what, json ? json : "?");
+   bson_free(json);
+}
+
+/* mongod's parseIntegerElementToLong. */
+static bool
+parse_int64(const bson_iter_t *it, const char *what, int64_t *out,
+            aspen_error_t *err)
+{
+   char desc[256];
+   *out = 0;
+   switch (bson_iter_type(it)) {
+   case BSON_TYPE_INT32:
+      *out = bson_iter_int32(it);
+      return true;
+   case BSON_TYPE_INT64:
+      *out = bson_iter_int64(it);
+      return true;
+   case BSON_TYPE_DOUBLE:
+   case BSON_TYPE_DECIMAL128: {
+      aspen_value_t v = {.v = *bson_iter_value((bson_iter_t *) it),
+                         .owned = false};
+      double d = 0;
+      (void) aspen_value_as_double(&v, &d);
+      describe(it, what, desc, sizeof desc);
+      if (isnan(d)) {
+         aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                         "Expected an integer, but found NaN in: %s", desc);
+         return false;
+      }
+      if (d >= 9223372036854775808.0 || d < -9223372036854775808.0) {
+         aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                         "Cannot represent as a 64-bit integer: %s", desc);
+         return false;
+      }
+      if (d != (double) (int64_t) d) {
+         aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                         "Expected an integer: %s", desc);
+         return false;
+      }
+      *out = (int64_t) d;
+      return true;
+   }
+   default:
+      describe(it, what, desc, sizeof desc);
+      aspen_error_set(err, ASPEN_ERR_FailedToParse, "Expected a number in: %s",
+                      desc);
+      return false;
+   }
+}
+
+bool
+aspen__match_parse_count(const bson_iter_t *it, const char *what,
+                         int64_t *out, aspen_error_t *err)
+{
+   if (!parse_int64(it, what, out, err)) {
+      return false;
+   }
+   if (*out < 0) {
+      char desc[256];
+      describe(it, what, desc, sizeof desc);
+      aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                      "Expected a positive number in: %s", desc);
+      *out = 0;
+      return false;
+   }
+   return true;
+}
+
+static bool
+is_number_type(bson_type_t t)
+{
+   return t == BSON_TYPE_INT32 || t == BSON_TYPE_INT64 ||
+          t == BSON_TYPE_DOUBLE || t == BSON_TYPE_DECIMAL128;
+}
+
+/* A number as a double (decimal128 through value.c). */
+static double
+number_as_double(const bson_value_t *v)
+{
+   aspen_value_t val = {.v = *v, .owned = false};
+   double d = 0;
+   (void) aspen_value_as_double(&val, &d);
+   return d;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Paths                                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+   int refs;
+   size_t n;
+   char *dotted; /* the path as written, for messages */
+   char *buf;    /* components, NUL-separated */
+   const char **comp;
+   int *len;
+   bool *numeric; /* all digits: may also select an array index */
+} mpath_t;
+
+static mpath_t *
+path_new(const char *dotted, size_t dotted_len)
+{
+   mpath_t *p = aspen_xcalloc(1, sizeof *p);
+   p->refs = 1;
+   p->dotted = aspen_xmalloc(dotted_len + 1);
+   memcpy(p->dotted, dotted, dotted_len);
+   p->dotted[dotted_len] = '\0';
+   p->buf = aspen_xmalloc(dotted_len + 1);
+   memcpy(p->buf, dotted, dotted_len + 1);
+   p->n = 1;
+   for (size_t i = 0; i < dotted_len; i++) {
+      if (p->buf[i] == '.') {
+         p->n++;
+      }
+   }
+   p->comp = aspen_xcalloc(p->n, sizeof *p->comp);
+   p->len = aspen_xcalloc(p->n, sizeof *p->len);
+   p->numeric = aspen_xcalloc(p->n, sizeof *p->numeric);
+   size_t k = 0;
+   char *start = p->buf;
+   for (size_t i = 0; i <= dotted_len; i++) {
+      if (i == dotted_len || p->buf[i] == '.') {
+         p->buf[i] = '\0';
+         p->comp[k] = start;
+         p->len[k] = (int) (p->buf + i - start);
+         bool digits = p->len[k] > 0;
+         for (const char *c = start; *c; c++) {
+            if (*c < '0' || *c > '9') {
+               digits = false;
+            }
+         }
+         p->numeric[k] = digits;
+         k++;
+         start = p->buf + i + 1;
+      }
+   }
+   return p;
+}
+
+static mpath_t *
+path_ref(mpath_t *p)
+{
+   if (p) {
+      p->refs++;
+   }
+   return p;
+}
+
+static void
+path_unref(mpath_t *p)
+{
+   if (p && --p->refs == 0) {
+      free(p->dotted);
+      free(p->buf);
+      free(p->comp);
+      free(p->len);
+      free(p->numeric);
+      free(p);
+   }
+}
+
+/* Called with each value a path produces (BSON_TYPE_EOD for missing);
+ * returning true stops the walk (a match was found). */
+typedef bool (*visit_fn)(const bson_value_t *v, const void *arg);
+
+static const bson_value_t missing_value = {.value_type = BSON_TYPE_EOD};
+
+static bool walk_array(const bson_value_t *arr, const mpath_t *p, size_t j,
+                       bool leaf_traverse, visit_fn fn, const void *arg);
+
+/* bson_iter_find_w_len without its strncmp per key: lengths first. The
+ * first field of a name wins, as in mongod. */
+static bool
+find_field(bson_iter_t *it, const char *key, int len)
+{
+   while (bson_iter_next(it)) {
+      if ((int) bson_iter_key_len(it) == len &&
+          memcmp(bson_iter_key(it), key, (size_t) len) == 0) {
+         return true;
+      }
+   }
+   return false;
+}
+
+/* Walks path components i.. from the document at data/len (mongod's
+ * getFieldDottedOrArray followed by array handling). */
+static bool
+walk_doc(const uint8_t *data, uint32_t len, const mpath_t *p, size_t i,
+         bool leaf_traverse, visit_fn fn, const void *arg)
+{
+   for (;;) {
+      bson_iter_t it;
+      if (!bson_iter_init_from_data(&it, data, len) ||
+          !find_field(&it, p->comp[i], p->len[i])) {
+         return fn(&missing_value, arg);
+      }
+      bson_type_t t = bson_iter_type(&it);
+      if (t == BSON_TYPE_DOCUMENT && i + 1 < p->n) {
+         bson_iter_document(&it, &len, &data);
+         i++;
+         continue;
+      }
+      if (t == BSON_TYPE_ARRAY) {
+         return walk_array(bson_iter_value(&it), p, i + 1, leaf_traverse, fn,
+                           arg);
+      }
+      if (i + 1 < p->n) {
+         return fn(&missing_value, arg); /* a scalar in the middle */
+      }
+      return fn(bson_iter_value(&it), arg);
+   }
+}
+
+/* Walks components j.. from the array `arr` (j == n: the path ends here). */
+static bool
+walk_array(const bson_value_t *arr, const mpath_t *p, size_t j,
+           bool leaf_traverse, visit_fn fn, const void *arg)
+{
+   bson_iter_t it;
+   if (!bson_iter_init_from_data(&it, arr->value.v_doc.data,
+                                 arr->value.v_doc.data_len)) {
+      return false;
+   }
+   if (j == p->n) {
+      if (leaf_traverse) {
+         while (bson_iter_next(&it)) {
+            if (fn(bson_iter_value(&it), arg)) {
+               return true;
+            }
+         }
+      }
+      return fn(arr, arg);
+   }
+   while (bson_iter_next(&it)) {
+      bson_type_t t = bson_iter_type(&it);
+      /* A numeric component also selects the element with that index. */
+      bool offset = p->numeric[j] &&
+                    (int) bson_iter_key_len(&it) == p->len[j] &&
+                    memcmp(bson_iter_key(&it), p->comp[j],
+                           (size_t) p->len[j]) == 0;
+      if (t == BSON_TYPE_DOCUMENT) {
+         uint32_t sub_len;
+         const uint8_t *sub;
+         bson_iter_document(&it, &sub_len, &sub);
+         if (walk_doc(sub, sub_len, p, j, leaf_traverse, fn, arg)) {
+            return true;
+         }
+         if (offset) {
+            if (j + 1 == p->n) {
+               if (fn(bson_iter_value(&it), arg)) {
+                  return true;
+               }
+            } else if (walk_doc(sub, sub_len, p, j + 1, leaf_traverse, fn,
+                                arg)) {
+               return true;
+            }
+         }
+      } else if (offset) {
+         if (j + 1 == p->n) {
+            /* "a.0" selecting an element: the element itself, even if it is
+             * an array (no implicit traversal of an explicit index). */
+            if (fn(bson_iter_value(&it), arg)) {
+               return true;
+            }
+         } else if (t == BSON_TYPE_ARRAY &&
+                    walk_array(bson_iter_value(&it), p, j + 1, leaf_traverse,
+                               fn, arg)) {
+            return true;
+         }
+      }
+   }
+   return false;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Nodes                                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef enum {
+   N_AND,
+   N_OR,
+   N_NOR,
+   N_NOT,
+   N_TRUE,
+   N_FALSE,
+   N_EXPR,
+   N_SCHEMA,
+   /* Leaves: a predicate on one value, applied along `path` (document
+    * mode) or to the value at hand (value mode, path NULL). */
+   N_CMP,
+   N_IN,
+   N_EXISTS,
+   N_TYPE,
+   N_SIZE,
+   N_MOD,
+   N_REGEX,
+   N_BITS,
+   N_ELEM_OBJ,
+   N_ELEM_VAL,
+} nkind_t;
+
+typedef enum {
+   BITS_ALL_SET,
+   BITS_ALL_CLEAR,
+   BITS_ANY_SET,
+   BITS_ANY_CLEAR,
+} bits_op_t;
+
+typedef struct mnode mnode_t;
+
+struct mnode {
+   nkind_t kind;
+   mpath_t *path;
+   union {
+      struct {
+         mnode_t **v;
+         size_t n;
+      } kids; /* AND OR NOR NOT ELEM_OBJ (1 kid) ELEM_VAL */
+      struct {
+         aspen__match_op_t op;
+         bson_value_t rhs; /* view into the filter */
+      } cmp;
+      struct {
+         bson_value_t *vals; /* views; sorted when `sorted` */
+         size_t n;
+         bool has_null;
+         bool sorted;
+         aspen__match_regex_t **res;
+         size_t n_res;
+      } in;
+      aspen__match_types_t types;
+      int64_t size;
+      struct {
+         int64_t div;
+         int64_t rem;
+      } mod;
+      aspen__match_regex_t *re;
+      struct {
+         bits_op_t op;
+         uint32_t *pos;
+         size_t n;
+      } bits;
+      aspen_expr_t *expr;
+      aspen__match_schema_t *schema;
+   } u;
+};
+
+struct aspen_matcher {
+   mnode_t *root;
+   bool has_expr;
+};
+
+static void
+node_destroy(mnode_t *n)
+{
+   if (!n) {
+      return;
+   }
+   switch (n->kind) {
+   case N_AND:
+   case N_OR:
+   case N_NOR:
+   case N_NOT:
+   case N_ELEM_OBJ:
+   case N_ELEM_VAL:
+      for (size_t i = 0; i < n->u.kids.n; i++) {
+         node_destroy(n->u.kids.v[i]);
+      }
+      free(n->u.kids.v);
+      break;
+   case N_IN:
+      free(n->u.in.vals);
+      for (size_t i = 0; i < n->u.in.n_res; i++) {
+         aspen__match_regex_destroy(n->u.in.res[i]);
+      }
+      free(n->u.in.res);
+      break;
+   case N_REGEX:
+      aspen__match_regex_destroy(n->u.re);
+      break;
+   case N_BITS:
+      free(n->u.bits.pos);
+      break;
+   case N_EXPR:
+      aspen_expr_destroy(n->u.expr);
+      break;
+   case N_SCHEMA:
+      aspen__match_schema_destroy(n->u.schema);
+      break;
+   case N_TRUE:
+   case N_FALSE:
+   case N_CMP:
+   case N_EXISTS:
+   case N_TYPE:
+   case N_SIZE:
+   case N_MOD:
+      break;
+   }
+   path_unref(n->path);
+   free(n);
+}
+
+static mnode_t *
+node_new(nkind_t kind, mpath_t *path)
+{
+   mnode_t *n = aspen_xcalloc(1, sizeof *n);
+   n->kind = kind;
+   n->path = path_ref(path);
+   return n;
+}
+
+/* A growable list of nodes being collected for an AND. */
+typedef struct {
+   mnode_t **v;
+   size_t n;
+   size_t cap;
+} nlist_t;
+
+static void
+nlist_push(nlist_t *l, mnode_t *n)
+{
+   if (l->n == l->cap) {
+      l->cap = l->cap ? l->cap * 2 : 4;
+      l->v = aspen_xrealloc(l->v, l->cap * sizeof *l->v);
+   }
+   l->v[l->n++] = n;
+}
+
+static void
+nlist_cleanup(nlist_t *l)
+{
+   for (size_t i = 0; i < l->n; i++) {
+      node_destroy(l->v[i]);
+   }
+   free(l->v);
+   memset(l, 0, sizeof *l);
+}
+
+/* Moves the list's nodes into a new node of `kind` (AND, OR, NOR, NOT,
+ * ELEM_OBJ, ELEM_VAL); the list is left empty. */
+static mnode_t *
+node_from_list(nkind_t kind, mpath_t *path, nlist_t *l)
+{
+   mnode_t *n = node_new(kind, path);
+   n->u.kids.v = l->v;
+   n->u.kids.n = l->n;
+   memset(l, 0, sizeof *l);
+   return n;
+}
+
+/* An AND of the list, or its only member. */
+static mnode_t *
+node_and(nlist_t *l)
+{
+   if (l->n == 1) {
+      mnode_t *only = l->v[0];
+      free(l->v);
+      memset(l, 0, sizeof *l);
+      return only;
+   }
+   return node_from_list(N_AND, NULL, l);
+}
+
+static mnode_t *
+node_not(mnode_t *kid)
+{
+   mnode_t *n = node_new(N_NOT, NULL);
+   n->u.kids.v = aspen_xmalloc(sizeof *n->u.kids.v);
+   n->u.kids.v[0] = kid;
+   n->u.kids.n = 1;
+   return n;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Evaluation                                                                */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+   const aspen_expr_ctx_t *ctx; /* NULL inside $elemMatch (no $expr there) */
+   aspen_error_t *err;
+} eval_t;
+
+static int eval_doc(const mnode_t *n, const uint8_t *data, uint32_t len,
+                    const eval_t *ev);
+static bool eval_value(const mnode_t *n, const bson_value_t *v);
+
+static int
+cmp_in_sorted(const void *a, const void *b)
+{
+   const bson_value_t *x = a;
+   const bson_value_t *y = b;
+   int cx = aspen__match_canonical(x->value_type);
+   int cy = aspen__match_canonical(y->value_type);
+   if (cx != cy) {
+      return cx < cy ? -1 : 1;
+   }
+   return value_cmp(x, y);
+}
+
+static bool
+in_matches_value(const mnode_t *n, const bson_value_t *v)
+{
+   if (v->value_type == BSON_TYPE_EOD) {
+      return n->u.in.has_null;
+   }
+   if (n->u.in.sorted) {
+      size_t lo = 0;
+      size_t hi = n->u.in.n;
+      while (lo < hi) {
+         size_t mid = lo + (hi - lo) / 2;
+         int c = cmp_in_sorted(&n->u.in.vals[mid], v);
+         if (c == 0) {
+            return true;
+         }
+         if (c < 0) {
+            lo = mid + 1;
+         } else {
+            hi = mid;
+         }
+      }
+   } else {
+      for (size_t i = 0; i < n->u.in.n; i++) {
+         if (aspen__match_compare(ASPEN__MATCH_EQ, v, &n->u.in.vals[i])) {
+            return true;
+         }
+      }
+   }
+   for (size_t i = 0; i < n->u.in.n_res; i++) {
+      if (regex_matches_value(n->u.in.res[i], v)) {
+         return true;
+      }
+   }
+   return false;
+}
+
+static bool
+mod_matches_value(const mnode_t *n, const bson_value_t *v)
+{
+   int64_t x;
+   switch (v->value_type) {
+   case BSON_TYPE_INT32:
+      x = v->value.v_int32;
+      break;
+   case BSON_TYPE_INT64:
+      x = v->value.v_int64;
+      break;
+   case BSON_TYPE_DOUBLE:
+   case BSON_TYPE_DECIMAL128: {
+      /* NaN, infinities and values beyond int64 match nothing. */
+      double d = trunc(number_as_double(v));
+      if (!isfinite(d) || d >= 9223372036854775808.0 ||
+          d < -9223372036854775808.0) {
+         return false;
+      }
+      x = (int64_t) d;
+      break;
+   }
+   default:
+      return false;
+   }
+   int64_t r = n->u.mod.div == -1 ? 0 : x % n->u.mod.div;
+   return r == n->u.mod.rem;
+}
+
+static bool
+bits_matches_value(const mnode_t *n, const bson_value_t *v)
+{
+   int64_t x = 0;
+   const uint8_t *bin = NULL;
+   uint32_t bin_len = 0;
+   switch (v->value_type) {
+   case BSON_TYPE_INT32:
+      x = v->value.v_int32;
+      break;
+   case BSON_TYPE_INT64:
+      x = v->value.v_int64;
+      break;
+   case BSON_TYPE_DOUBLE:
+   case BSON_TYPE_DECIMAL128: {
+      double d = number_as_double(v);
+      if (isnan(d) || d >= 9223372036854775808.0 ||
+          d < -9223372036854775808.0 || d != (double) (int64_t) d) {
+         return false;
+      }
+      x = (int64_t) d;
+      break;
+   }
+   case BSON_TYPE_BINARY:
+      bin = v->value.v_binary.data;
+      bin_len = v->value.v_binary.data_len;
+      break;
+   default:
+      return false;
+   }
+   bool is_bin = v->value_type == BSON_TYPE_BINARY;
+   for (size_t i = 0; i < n->u.bits.n; i++) {
+      uint32_t p = n->u.bits.pos[i];
+      bool set;
+      if (is_bin) {
+         set = p / 8 < bin_len && (bin[p / 8] >> (p % 8)) & 1;
+      } else if (p >= 64) {
+         set = x < 0; /* sign extension */
+      } else {
+         set = ((uint64_t) x >> p) & 1;
+      }
+      switch (n->u.bits.op) {
+      case BITS_ALL_SET:
+         if (!set) {
+            return false;
+         }
+         break;
+      case BITS_ALL_CLEAR:
+         if (set) {
+            return false;
+         }
+         break;
+      case BITS_ANY_SET:
+         if (set) {
+            return true;
+         }
+         break;
+      case BITS_ANY_CLEAR:
+         if (!set) {
+            return true;
+         }
+         break;
+      }
+   }
+   return n->u.bits.op == BITS_ALL_SET || n->u.bits.op == BITS_ALL_CLEAR;
+}
+
+/* mongod's matchesSingleElement: the predicate on one value. */
+static bool
+eval_value(const mnode_t *n, const bson_value_t *v)
+{
+   switch (n->kind) {
+   case N_CMP:
+      return aspen__match_compare(n->u.cmp.op, v, &n->u.cmp.rhs);
+   case N_IN:
+      return in_matches_value(n, v);
+   case N_EXISTS:
+      return v->value_type != BSON_TYPE_EOD;
+   case N_TYPE:
+      return (aspen__match_type_bit(v->value_type) & n->u.types) != 0;
+   case N_SIZE: {
+      if (v->value_type != BSON_TYPE_ARRAY) {
+         return false;
+      }
+      bson_iter_t it;
+      int64_t count = 0;
+      if (bson_iter_init_from_data(&it, v->value.v_doc.data,
+                                   v->value.v_doc.data_len)) {
+         while (bson_iter_next(&it)) {
+            count++;
+         }
+      }
+      return count == n->u.size;
+   }
+   case N_MOD:
+      return mod_matches_value(n, v);
+   case N_REGEX:
+      return regex_matches_value(n->u.re, v);
+   case N_BITS:
+      return bits_matches_value(n, v);
+   case N_ELEM_OBJ:
+   case N_ELEM_VAL: {
+      if (v->value_type != BSON_TYPE_ARRAY) {
+         return false;
+      }
+      bson_iter_t it;
+      if (!bson_iter_init_from_data(&it, v->value.v_doc.data,
+                                    v->value.v_doc.data_len)) {
+         return false;
+      }
+      while (bson_iter_next(&it)) {
+         const bson_value_t *e = bson_iter_value(&it);
+         if (n->kind == N_ELEM_OBJ) {
+            /* Documents and arrays (as documents keyed "0", "1", ...). */
+            if ((e->value_type == BSON_TYPE_DOCUMENT ||
+                 e->value_type == BSON_TYPE_ARRAY) &&
+                eval_doc(n->u.kids.v[0], e->value.v_doc.data,
+                         e->value.v_doc.data_len, NULL) == 1) {
+               return true;
+            }
+         } else {
+            bool all = true;
+            for (size_t i = 0; i < n->u.kids.n && all; i++) {
+               all = eval_value(n->u.kids.v[i], e);
+            }
+            if (all) {
+               return true;
+            }
+         }
+      }
+      return false;
+   }
+   case N_AND:
+      for (size_t i = 0; i < n->u.kids.n; i++) {
+         if (!eval_value(n->u.kids.v[i], v)) {
+            return false;
+         }
+      }
+      return true;
+   case N_NOT:
+      return !eval_value(n->u.kids.v[0], v);
+   case N_TRUE:
+      return true;
+   case N_FALSE:
+      return false;
+   case N_OR:
+   case N_NOR:
+   case N_EXPR:
+   case N_SCHEMA:
+      break;
+   }
+   ASPEN_ASSERT(!"node kind has no value-mode evaluation");
+   return false;
+}
+
+static bool
+visit_leaf(const bson_value_t *v, const void *arg)
+{
+   return eval_value(arg, v);
+}
+
+static int
+eval_expr(const mnode_t *n, const uint8_t *data, uint32_t len,
+          const eval_t *ev)
+{
+   ASPEN_ASSERT(ev && ev->ctx);
+   (void) data;
+   (void) len;
+   aspen_value_t out = ASPEN_VALUE_MISSING;
+   if (!aspen_expr_eval(n->u.expr, ev->ctx, &out, ev->err)) {
+      return -1;
+   }
+   bool t = aspen_value_truthy(&out);
+   aspen_value_destroy(&out);
+   return t ? 1 : 0;
+}
+
+/* Evaluates a node against a document (or an array seen as a document).
+ * Returns 1 (match), 0 (no match) or -1 ($expr failed, ev->err set). */
+static int
+eval_doc(const mnode_t *n, const uint8_t *data, uint32_t len,
+         const eval_t *ev)
+{
+   switch (n->kind) {
+   case N_AND:
+      for (size_t i = 0; i < n->u.kids.n; i++) {
+         int r = eval_doc(n->u.kids.v[i], data, len, ev);
+         if (r != 1) {
+            return r;
+         }
+      }
+      return 1;
+   case N_OR:
+      for (size_t i = 0; i < n->u.kids.n; i++) {
+         int r = eval_doc(n->u.kids.v[i], data, len, ev);
+         if (r != 0) {
+            return r;
+         }
+      }
+      return 0;
+   case N_NOR:
+      for (size_t i = 0; i < n->u.kids.n; i++) {
+         int r = eval_doc(n->u.kids.v[i], data, len, ev);
+         if (r != 0) {
+            return r == 1 ? 0 : -1;
+         }
+      }
+      return 1;
+   case N_NOT: {
+      int r = eval_doc(n->u.kids.v[0], data, len, ev);
+      return r < 0 ? r : !r;
+   }
+   case N_TRUE:
+      return 1;
+   case N_FALSE:
+      return 0;
+   case N_EXPR:
+      return eval_expr(n, data, len, ev);
+   case N_SCHEMA:
+      return aspen__match_schema_validate_doc(n->u.schema, data, len) ? 1 : 0;
+   case N_SIZE:
+   case N_ELEM_OBJ:
+   case N_ELEM_VAL:
+      /* Array operators see the array itself, not its elements. */
+      return walk_doc(data, len, n->path, 0, false, visit_leaf, n) ? 1 : 0;
+   case N_CMP:
+   case N_IN:
+   case N_EXISTS:
+   case N_TYPE:
+   case N_MOD:
+   case N_REGEX:
+   case N_BITS:
+      return walk_doc(data, len, n->path, 0, true, visit_leaf, n) ? 1 : 0;
+   }
+   return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Parsing                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* mongod's limit on nested $and/$or/$nor/$elemMatch/$not: it also bounds
+ * the recursion of compiling and evaluating. */
+#define MAX_TREE_DEPTH 100
+
+typedef struct {
+   aspen_matcher_t *m;
+   aspen_error_t *err;
+   int depth;
+} parse_t;
+
+static bool
+enter(parse_t *ps)
+{
+   if (++ps->depth > MAX_TREE_DEPTH) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                      "exceeded maximum query tree depth of %d",
+                      MAX_TREE_DEPTH);
+      return false;
+   }
+   return true;
+}
+
+static bool parse_doc(parse_t *ps, const uint8_t *data, uint32_t len,
+                      bool sub, nlist_t *out);
+static bool parse_doc_fields(parse_t *ps, bson_iter_t *it, bool sub,
+                             nlist_t *out);
+static bool parse_sub(parse_t *ps, mpath_t *path, const uint8_t *data,
+                      uint32_t len, bool sub, nlist_t *out);
+
+static bool
+key_is(const bson_iter_t *it, const char *name)
+{
+   return strcmp(bson_iter_key(it), name) == 0;
+}
+
+/* mongod's isDBRefDocument. */
+static bool
+is_dbref_doc(const uint8_t *data, uint32_t len, bool allow_incomplete)
+{
+   bool has_ref = false;
+   bool has_id = false;
+   bool has_db = false;
+   bson_iter_t it;
+   if (!bson_iter_init_from_data(&it, data, len)) {
+      return false;
+   }
+   while (!(has_ref && has_id) && bson_iter_next(&it)) {
+      if (key_is(&it, "$ref")) {
+         has_ref = true;
+      } else if (key_is(&it, "$id")) {
+         has_id = true;
+      } else if (key_is(&it, "$db")) {
+         has_db = true;
+      }
+   }
+   return allow_incomplete ? (has_ref || has_id || has_db)
+                           : (has_ref && has_id);
+}
+
+/* mongod's isExpressionDocument: a non-empty object whose first field starts
+ * with '$' and that is not a DBRef. */
+static bool
+is_expression_doc(const bson_iter_t *it, bool allow_incomplete_dbref)
+{
+   if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
+      return false;
+   }
+   uint32_t len;
+   const uint8_t *data;
+   bson_iter_document(it, &len, &data);
+   bson_iter_t first;
+   if (!bson_iter_init_from_data(&first, data, len) ||
+       !bson_iter_next(&first) || bson_iter_key(&first)[0] != '$') {
+      return false;
+   }
+   return !is_dbref_doc(data, len, allow_incomplete_dbref);
+}
+
+/* Operators that take no path (top-level operators). */
+static bool
+is_pathless_op(const char *key)
+{
+   static const char *const ops[] = {
+      "$and",  "$or",        "$nor",        "$expr",        "$where",
+      "$text", "$comment",   "$jsonSchema", "$alwaysTrue",  "$alwaysFalse",
+      "$ref",  "$id",        "$db",         "$sampleRate",  NULL,
+   };
+   for (size_t i = 0; ops[i]; i++) {
+      if (strcmp(key, ops[i]) == 0) {
+         return true;
+      }
+   }
+   return false;
+}
+
+/* Field operators ASP does not offer (geospatial). */
+static bool
+is_geo_op(const char *key)
+{
+   static const char *const ops[] = {"$near",       "$nearSphere",
+                                     "$geoWithin",  "$geoIntersects",
+                                     "$within",     NULL};
+   for (size_t i = 0; ops[i]; i++) {
+      if (strcmp(key, ops[i]) == 0) {
+         return true;
+      }
+   }
+   return false;
+}
+
+/* mongod's path-accepting keywords (every field operator but $not): $all
+ * refuses elements such as {$gt: 1} that start with one. */
+static bool
+is_field_op(const char *key)
+{
+   static const char *const ops[] = {
+      "$eq",        "$ne",          "$gt",          "$gte",
+      "$lt",        "$lte",         "$in",          "$nin",
+      "$exists",    "$type",        "$size",        "$all",
+      "$elemMatch", "$regex",       "$options",     "$mod",
+      "$bitsAllSet", "$bitsAllClear", "$bitsAnySet", "$bitsAnyClear",
+      NULL,
+   };
+   for (size_t i = 0; ops[i]; i++) {
+      if (strcmp(key, ops[i]) == 0) {
+         return true;
+      }
+   }
+   return is_geo_op(key);
+}
+
+static const char *
+path_name(const mpath_t *path)
+{
+   return path ? path->dotted : "";
+}
+
+static bool
+parse_cmp(parse_t *ps, mpath_t *path, const bson_iter_t *it,
+          aspen__match_op_t op, nlist_t *out)
+{
+   bson_type_t t = bson_iter_type(it);
+   if (op != ASPEN__MATCH_EQ && t == BSON_TYPE_REGEX) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                      "Can't have RegEx as arg to predicate over field '%s'.",
+                      path_name(path));
+      return false;
+   }
+   if (t == BSON_TYPE_UNDEFINED) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                      "cannot compare to undefined");
+      return false;
+   }
+   mnode_t *n = node_new(N_CMP, path);
+   n->u.cmp.op = op;
+   n->u.cmp.rhs = *bson_iter_value((bson_iter_t *) it);
+   nlist_push(out, n);
+   return true;
+}
+
+static bool
+parse_regex_value(parse_t *ps, mpath_t *path, const bson_iter_t *it,
+                  nlist_t *out)
+{
+   const char *flags = NULL;
+   const char *pattern = bson_iter_regex(it, &flags);
+   aspen__match_regex_t *re;
+   if (!aspen__match_regex_new(pattern, strlen(pattern), flags, &re,
+                               ps->err)) {
+      return false;
+   }
+   mnode_t *n = node_new(N_REGEX, path);
+   n->u.re = re;
+   nlist_push(out, n);
+   return true;
+}
+
+/* {$regex: ..., $options: ...}: both are read from the operator document. */
+static bool
+parse_regex_doc(parse_t *ps, mpath_t *path, const uint8_t *data,
+                uint32_t len, nlist_t *out)
+{
+   const char *pattern = "";
+   size_t pattern_len = 0;
+   const char *opts = "";
+   bson_iter_t it;
+   bson_iter_init_from_data(&it, data, len);
+   while (bson_iter_next(&it)) {
+      if (key_is(&it, "$regex")) {
+         if (BSON_ITER_HOLDS_UTF8(&it)) {
+            uint32_t l;
+            pattern = bson_iter_utf8(&it, &l);
+            pattern_len = l;
+         } else if (BSON_ITER_HOLDS_REGEX(&it)) {
+            const char *flags = NULL;
+            pattern = bson_iter_regex(&it, &flags);
+            pattern_len = strlen(pattern);
+            if (flags && *flags) {
+               if (*opts) {
+                  aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                                  "options set in both $regex and $options");
+                  return false;
+               }
+               opts = flags;
+            }
+         } else {
+            aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                            "$regex has to be a string");
+            return false;
+         }
+      } else if (key_is(&it, "$options")) {
+         if (!BSON_ITER_HOLDS_UTF8(&it)) {
+            aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                            "$options has to be a string");
+            return false;
+         }
+         if (*opts) {
+            aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                            "options set in both $regex and $options");
+            return false;
+         }
+         opts = bson_iter_utf8(&it, NULL);
+      }
+   }
+   aspen__match_regex_t *re;
+   if (!aspen__match_regex_new(pattern, pattern_len, opts, &re, ps->err)) {
+      return false;
+   }
+   mnode_t *n = node_new(N_REGEX, path);
+   n->u.re = re;
+   nlist_push(out, n);
+   return true;
+}
+
+static bool
+parse_in(parse_t *ps, mpath_t *path, const bson_iter_t *it, bool negate,
+         nlist_t *out)
+{
+   if (!BSON_ITER_HOLDS_ARRAY(it)) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue, "%s needs an array",
+                      negate ? "$nin" : "$in");
+      return false;
+   }
+   bson_iter_t el;
+   bson_iter_recurse(it, &el);
+   size_t count = 0;
+   while (bson_iter_next(&el)) {
+      count++;
+   }
+   mnode_t *n = node_new(N_IN, path);
+   n->u.in.vals = aspen_xcalloc(count ? count : 1, sizeof *n->u.in.vals);
+   bson_iter_recurse(it, &el);
+   while (bson_iter_next(&el)) {
+      if (is_expression_doc(&el, false)) {
+         aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                         "cannot nest $ under $in");
+         node_destroy(n);
+         return false;
+      }
+      bson_type_t t = bson_iter_type(&el);
+      if (t == BSON_TYPE_REGEX) {
+         const char *flags = NULL;
+         const char *pattern = bson_iter_regex(&el, &flags);
+         aspen__match_regex_t *re;
+         if (!aspen__match_regex_new(pattern, strlen(pattern), flags, &re,
+                                     ps->err)) {
+            node_destroy(n);
+            return false;
+         }
+         n->u.in.res = aspen_xrealloc(
+            n->u.in.res, (n->u.in.n_res + 1) * sizeof *n->u.in.res);
+         n->u.in.res[n->u.in.n_res++] = re;
+         continue;
+      }
+      if (t == BSON_TYPE_UNDEFINED) {
+         aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                         "InMatchExpression equality cannot be undefined");
+         node_destroy(n);
+         return false;
+      }
+      if (t == BSON_TYPE_NULL) {
+         n->u.in.has_null = true;
+      }
+      n->u.in.vals[n->u.in.n++] = *bson_iter_value(&el);
+   }
+   /* Large lists are searched by bisection; NaN is excluded because it
+    * breaks the ordering the search relies on. */
+   bool has_nan = false;
+   for (size_t i = 0; i < n->u.in.n; i++) {
+      has_nan = has_nan || value_is_nan(&n->u.in.vals[i]);
+   }
+   if (n->u.in.n > 16 && !has_nan) {
+      qsort(n->u.in.vals, n->u.in.n, sizeof *n->u.in.vals, cmp_in_sorted);
+      n->u.in.sorted = true;
+   }
+   nlist_push(out, negate ? node_not(n) : n);
+   return true;
+}
+
+/* One $type argument (a number or an alias). */
+static bool
+parse_one_type(parse_t *ps, const bson_iter_t *it, aspen__match_types_t *bits)
+{
+   if (BSON_ITER_HOLDS_UTF8(it)) {
+      const char *name = bson_iter_utf8(it, NULL);
+      if (!aspen__match_type_alias(name, bits)) {
+         aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                         "Unknown type name alias: %s", name);
+         return false;
+      }
+      return true;
+   }
+   if (!is_number_type(bson_iter_type(it))) {
+      aspen_error_set(ps->err, ASPEN_ERR_TypeMismatch,
+                      "type must be represented as a number or a string");
+      return false;
+   }
+   double d = number_as_double(bson_iter_value((bson_iter_t *) it));
+   int code = (int) d;
+   bool whole = !isnan(d) && d >= -2147483648.0 && d <= 2147483647.0 &&
+                (double) code == d;
+   if (whole && code == -1) {
+      *bits = 1u << ASPEN__MATCH_TYPE_BIT_MINKEY;
+      return true;
+   }
+   if (whole && code == 127) {
+      *bits = 1u << ASPEN__MATCH_TYPE_BIT_MAXKEY;
+      return true;
+   }
+   if (whole && code >= 1 && code <= 19) {
+      *bits = 1u << code;
+      return true;
+   }
+   aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                   "Invalid numerical type code: %g", d);
+   return false;
+}
+
+static bool
+parse_type(parse_t *ps, mpath_t *path, const bson_iter_t *it, nlist_t *out)
+{
+   aspen__match_types_t set = 0;
+   if (BSON_ITER_HOLDS_ARRAY(it)) {
+      bson_iter_t el;
+      bson_iter_recurse(it, &el);
+      while (bson_iter_next(&el)) {
+         aspen__match_types_t bits;
+         if (!parse_one_type(ps, &el, &bits)) {
+            return false;
+         }
+         set |= bits;
+      }
+      if (!set) {
+         aspen_error_set(ps->err, ASPEN_ERR_FailedToParse,
+                         "%s must match at least one type", path_name(path));
+         return false;
+      }
+   } else if (!parse_one_type(ps, it, &set)) {
+      return false;
+   }
+   mnode_t *n = node_new(N_TYPE, path);
+   n->u.types = set;
+   nlist_push(out, n);
+   return true;
+}
+
+static bool
+parse_size(parse_t *ps, mpath_t *path, const bson_iter_t *it, nlist_t *out)
+{
+   int64_t size;
+   switch (bson_iter_type(it)) {
+   case BSON_TYPE_INT32:
+      size = bson_iter_int32(it);
+      break;
+   case BSON_TYPE_INT64:
+      size = bson_iter_int64(it);
+      if (size < INT32_MIN || size > INT32_MAX) {
+         aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                         "$size must be representable as a 32-bit integer");
+         return false;
+      }
+      break;
+   case BSON_TYPE_DOUBLE:
+   case BSON_TYPE_DECIMAL128: {
+      double d = number_as_double(bson_iter_value((bson_iter_t *) it));
+      if (isnan(d) || d < -2147483648.0 || d > 2147483647.0 ||
+          d != (double) (int32_t) d) {
+         aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                         "$size must be a whole number");
+         return false;
+      }
+      size = (int32_t) d;
+      break;
+   }
+   default:
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue, "$size needs a number");
+      return false;
+   }
+   if (size < 0) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                      "$size may not be negative");
+      return false;
+   }
+   mnode_t *n = node_new(N_SIZE, path);
+   n->u.size = size;
+   nlist_push(out, n);
+   return true;
+}
+
+static bool
+parse_mod_number(parse_t *ps, const bson_iter_t *it, const char *what,
+                 int64_t *out)
+{
+   double d = 0;
+   switch (bson_iter_type(it)) {
+   case BSON_TYPE_INT32:
+      *out = bson_iter_int32(it);
+      return true;
+   case BSON_TYPE_INT64:
+      *out = bson_iter_int64(it);
+      return true;
+   case BSON_TYPE_DOUBLE:
+   case BSON_TYPE_DECIMAL128:
+      d = trunc(number_as_double(bson_iter_value((bson_iter_t *) it)));
+      if (!isfinite(d)) {
+         aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                         "malformed mod, %s value is invalid :: caused by :: "
+                         "Unable to coerce NaN/Inf to integral type",
+                         what);
+         return false;
+      }
+      if (d >= 9223372036854775808.0 || d < -9223372036854775808.0) {
+         aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                         "malformed mod, %s value is invalid :: caused by :: "
+                         "Out of bounds coercing to integral value",
+                         what);
+         return false;
+      }
+      *out = (int64_t) d;
+      return true;
+   default:
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                      "malformed mod, %s not a number", what);
+      return false;
+   }
+}
+
+static bool
+parse_mod(parse_t *ps, mpath_t *path, const bson_iter_t *it, nlist_t *out)
+{
+   if (!BSON_ITER_HOLDS_ARRAY(it)) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                      "malformed mod, needs to be an array");
+      return false;
+   }
+   bson_iter_t el;
+   bson_iter_recurse(it, &el);
+   int64_t div;
+   int64_t rem;
+   if (!bson_iter_next(&el)) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                      "malformed mod, not enough elements");
+      return false;
+   }
+   if (!parse_mod_number(ps, &el, "divisor", &div)) {
+      return false;
+   }
+   if (!bson_iter_next(&el)) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                      "malformed mod, not enough elements");
+      return false;
+   }
+   if (!parse_mod_number(ps, &el, "remainder", &rem)) {
+      return false;
+   }
+   if (bson_iter_next(&el)) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                      "malformed mod, too many elements");
+      return false;
+   }
+   if (div == 0) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue, "divisor cannot be 0");
+      return false;
+   }
+   mnode_t *n = node_new(N_MOD, path);
+   n->u.mod.div = div;
+   n->u.mod.rem = rem;
+   nlist_push(out, n);
+   return true;
+}
+
+static void
+bits_add(mnode_t *n, size_t *cap, uint32_t pos)
+{
+   if (n->u.bits.n == *cap) {
+      *cap = *cap ? *cap * 2 : 8;
+      n->u.bits.pos = aspen_xrealloc(n->u.bits.pos, *cap * sizeof(uint32_t));
+   }
+   n->u.bits.pos[n->u.bits.n++] = pos;
+}
+
+static bool
+parse_bits(parse_t *ps, mpath_t *path, const bson_iter_t *it, bits_op_t op,
+           nlist_t *out)
+{
+   const char *name = bson_iter_key(it);
+   mnode_t *n = node_new(N_BITS, path);
+   n->u.bits.op = op;
+   size_t cap = 0;
+   char desc[256];
+   if (BSON_ITER_HOLDS_ARRAY(it)) {
+      bson_iter_t el;
+      bson_iter_recurse(it, &el);
+      while (bson_iter_next(&el)) {
+         describe(&el, bson_iter_key(&el), desc, sizeof desc);
+         if (!is_number_type(bson_iter_type(&el))) {
+            aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                            "bit positions must be an integer but got: %s",
+                            desc);
+            node_destroy(n);
+            return false;
+         }
+         double d = number_as_double(bson_iter_value(&el));
+         if (isnan(d)) {
+            aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                            "bit positions cannot take a NaN: %s", desc);
+            node_destroy(n);
+            return false;
+         }
+         if (d > 2147483647.0 || d < -2147483648.0) {
+            aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                            "bit positions cannot be represented as a 32-bit "
+                            "signed integer: %s",
+                            desc);
+            node_destroy(n);
+            return false;
+         }
+         if (d != (double) (int64_t) d) {
+            aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                            "bit positions must be an integer but got: %s",
+                            desc);
+            node_destroy(n);
+            return false;
+         }
+         if (d < 0) {
+            aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                            "bit positions must be >= 0 but got: %s", desc);
+            node_destroy(n);
+            return false;
+         }
+         bits_add(n, &cap, (uint32_t) d);
+      }
+   } else if (is_number_type(bson_iter_type(it))) {
+      int64_t mask;
+      if (!aspen__match_parse_count(it, name, &mask, ps->err)) {
+         node_destroy(n);
+         return false;
+      }
+      for (uint32_t b = 0; b < 64; b++) {
+         if (((uint64_t) mask >> b) & 1) {
+            bits_add(n, &cap, b);
+         }
+      }
+   } else if (BSON_ITER_HOLDS_BINARY(it)) {
+      const uint8_t *data;
+      uint32_t len;
+      bson_iter_binary(it, NULL, &len, &data);
+      for (uint32_t i = 0; i < len; i++) {
+         for (uint32_t b = 0; b < 8; b++) {
+            if ((data[i] >> b) & 1) {
+               bits_add(n, &cap, i * 8 + b);
+            }
+         }
+      }
+   } else {
+      describe(it, name, desc, sizeof desc);
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                      "%s takes an Array, a number, or a BinData but "
+                      "received: %s",
+                      name, desc);
+      node_destroy(n);
+      return false;
+   }
+   nlist_push(out, n);
+   return true;
+}
+
+static bool
+parse_elem_match(parse_t *ps, mpath_t *path, const bson_iter_t *it,
+                 nlist_t *out)
+{
+   if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                      "$elemMatch needs an Object");
+      return false;
+   }
+   uint32_t len;
+   const uint8_t *data;
+   bson_iter_document(it, &len, &data);
+   bool value_form = false;
+   if (is_expression_doc(it, true)) {
+      bson_iter_t first;
+      bson_iter_init_from_data(&first, data, len);
+      bson_iter_next(&first);
+      value_form = !is_pathless_op(bson_iter_key(&first));
+   }
+   nlist_t kids = {0};
+   if (value_form) {
+      /* {$elemMatch: {$gt: 1, $lt: 5}}: operators on each element. */
+      if (!parse_sub(ps, NULL, data, len, true, &kids)) {
+         nlist_cleanup(&kids);
+         return false;
+      }
+      nlist_push(out, node_from_list(N_ELEM_VAL, path, &kids));
+      return true;
+   }
+   /* {$elemMatch: {b: 1, c: {$gt: 2}}}: a filter on each element. */
+   if (!parse_doc(ps, data, len, true, &kids)) {
+      nlist_cleanup(&kids);
+      return false;
+   }
+   nlist_t one = {0};
+   nlist_push(&one, node_and(&kids));
+   nlist_push(out, node_from_list(N_ELEM_OBJ, path, &one));
+   return true;
+}
+
+static bool
+parse_all(parse_t *ps, mpath_t *path, const bson_iter_t *it, nlist_t *out)
+{
+   if (!BSON_ITER_HOLDS_ARRAY(it)) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue, "$all needs an array");
+      return false;
+   }
+   bson_iter_t el;
+   bson_iter_recurse(it, &el);
+   nlist_t kids = {0};
+   bool elem_form = false;
+   if (bson_iter_next(&el) && BSON_ITER_HOLDS_DOCUMENT(&el)) {
+      bson_iter_t first;
+      if (bson_iter_recurse(&el, &first) && bson_iter_next(&first) &&
+          key_is(&first, "$elemMatch")) {
+         elem_form = true;
+      }
+   }
+   bson_iter_recurse(it, &el);
+   while (bson_iter_next(&el)) {
+      bool ok;
+      if (elem_form) {
+         bson_iter_t first;
+         if (!BSON_ITER_HOLDS_DOCUMENT(&el) ||
+             !bson_iter_recurse(&el, &first) || !bson_iter_next(&first) ||
+             !key_is(&first, "$elemMatch")) {
+            aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                            "$all/$elemMatch has to be consistent");
+            ok = false;
+         } else {
+            ok = parse_elem_match(ps, path, &first, &kids);
+         }
+      } else if (BSON_ITER_HOLDS_REGEX(&el)) {
+         ok = parse_regex_value(ps, path, &el, &kids);
+      } else {
+         bson_iter_t first;
+         if (BSON_ITER_HOLDS_DOCUMENT(&el) && bson_iter_recurse(&el, &first) &&
+             bson_iter_next(&first) && is_field_op(bson_iter_key(&first))) {
+            aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                            "no $ expressions in $all");
+            ok = false;
+         } else {
+            ok = parse_cmp(ps, path, &el, ASPEN__MATCH_EQ, &kids);
+         }
+      }
+      if (!ok) {
+         nlist_cleanup(&kids);
+         return false;
+      }
+   }
+   if (kids.n == 0) {
+      nlist_push(out, node_new(N_FALSE, NULL));
+      return true;
+   }
+   nlist_push(out, node_and(&kids));
+   return true;
+}
+
+static bool
+parse_not(parse_t *ps, mpath_t *path, const bson_iter_t *it, bool sub,
+          nlist_t *out)
+{
+   nlist_t kids = {0};
+   if (BSON_ITER_HOLDS_REGEX(it)) {
+      if (!parse_regex_value(ps, path, it, &kids)) {
+         return false;
+      }
+      nlist_push(out, node_not(node_and(&kids)));
+      return true;
+   }
+   if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                      "$not needs a regex or a document");
+      return false;
+   }
+   uint32_t len;
+   const uint8_t *data;
+   bson_iter_document(it, &len, &data);
+   if (len <= 5) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue, "$not cannot be empty");
+      return false;
+   }
+   if (!parse_sub(ps, path, data, len, sub, &kids)) {
+      nlist_cleanup(&kids);
+      return false;
+   }
+   if (kids.n == 0) {
+      /* Only ignorable members (e.g. a lone $options was refused earlier,
+       * so this is unreachable in practice): NOT(true). */
+      nlist_push(&kids, node_new(N_TRUE, NULL));
+   }
+   nlist_push(out, node_not(node_and(&kids)));
+   return true;
+}
+
+static bool
+refuse_in_asp(parse_t *ps, const char *op)
+{
+   aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                   "%s is not supported in Atlas Stream Processing", op);
+   return false;
+}
+
+/* One member of an operator document: {<path>: {<this>, ...}}. `ctx` is the
+ * whole operator document (for $regex/$options). */
+static bool
+parse_sub_field(parse_t *ps, mpath_t *path, const uint8_t *ctx_data,
+                uint32_t ctx_len, const bson_iter_t *it, bool sub,
+                nlist_t *out)
+{
+   const char *op = bson_iter_key(it);
+   if (strcmp(op, "$eq") == 0) {
+      return parse_cmp(ps, path, it, ASPEN__MATCH_EQ, out);
+   }
+   if (strcmp(op, "$not") == 0) {
+      return parse_not(ps, path, it, sub, out);
+   }
+   if (strcmp(op, "$ne") == 0) {
+      if (BSON_ITER_HOLDS_REGEX(it)) {
+         aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                         "Can't have regex as arg to $ne.");
+         return false;
+      }
+      nlist_t one = {0};
+      if (!parse_cmp(ps, path, it, ASPEN__MATCH_EQ, &one)) {
+         return false;
+      }
+      nlist_push(out, node_not(node_and(&one)));
+      return true;
+   }
+   if (strcmp(op, "$gt") == 0) {
+      return parse_cmp(ps, path, it, ASPEN__MATCH_GT, out);
+   }
+   if (strcmp(op, "$gte") == 0) {
+      return parse_cmp(ps, path, it, ASPEN__MATCH_GTE, out);
+   }
+   if (strcmp(op, "$lt") == 0) {
+      return parse_cmp(ps, path, it, ASPEN__MATCH_LT, out);
+   }
+   if (strcmp(op, "$lte") == 0) {
+      return parse_cmp(ps, path, it, ASPEN__MATCH_LTE, out);
+   }
+   if (strcmp(op, "$in") == 0) {
+      return parse_in(ps, path, it, false, out);
+   }
+   if (strcmp(op, "$nin") == 0) {
+      return parse_in(ps, path, it, true, out);
+   }
+   if (strcmp(op, "$exists") == 0) {
+      aspen_value_t v = {.v = *bson_iter_value((bson_iter_t *) it),
+                         .owned = false};
+      mnode_t *n = node_new(N_EXISTS, path);
+      nlist_push(out, aspen_value_truthy(&v) ? n : node_not(n));
+      return true;
+   }
+   if (strcmp(op, "$type") == 0) {
+      return parse_type(ps, path, it, out);
+   }
+   if (strcmp(op, "$size") == 0) {
+      return parse_size(ps, path, it, out);
+   }
+   if (strcmp(op, "$mod") == 0) {
+      return parse_mod(ps, path, it, out);
+   }
+   if (strcmp(op, "$regex") == 0) {
+      return parse_regex_doc(ps, path, ctx_data, ctx_len, out);
+   }
+   if (strcmp(op, "$options") == 0) {
+      bson_iter_t c;
+      bson_iter_init_from_data(&c, ctx_data, ctx_len);
+      if (bson_iter_find(&c, "$regex")) {
+         return true; /* read together with $regex */
+      }
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue, "$options needs a $regex");
+      return false;
+   }
+   if (strcmp(op, "$elemMatch") == 0) {
+      return parse_elem_match(ps, path, it, out);
+   }
+   if (strcmp(op, "$all") == 0) {
+      return parse_all(ps, path, it, out);
+   }
+   if (strcmp(op, "$bitsAllSet") == 0) {
+      return parse_bits(ps, path, it, BITS_ALL_SET, out);
+   }
+   if (strcmp(op, "$bitsAllClear") == 0) {
+      return parse_bits(ps, path, it, BITS_ALL_CLEAR, out);
+   }
+   if (strcmp(op, "$bitsAnySet") == 0) {
+      return parse_bits(ps, path, it, BITS_ANY_SET, out);
+   }
+   if (strcmp(op, "$bitsAnyClear") == 0) {
+      return parse_bits(ps, path, it, BITS_ANY_CLEAR, out);
+   }
+   if (is_geo_op(op) || strcmp(op, "$where") == 0) {
+      return refuse_in_asp(ps, op);
+   }
+   aspen_error_set(ps->err, ASPEN_ERR_BadValue, "unknown operator: %s", op);
+   return false;
+}
+
+/* An operator document for `path` ({$gt: 1, $lt: 5}); appends one node per
+ * operator to `out`. */
+static bool
+parse_sub(parse_t *ps, mpath_t *path, const uint8_t *data, uint32_t len,
+          bool sub, nlist_t *out)
+{
+   bson_iter_t it;
+   if (!bson_iter_init_from_data(&it, data, len)) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue, "invalid BSON in filter");
+      return false;
+   }
+   bool ok = enter(ps);
+   while (ok && bson_iter_next(&it)) {
+      ok = parse_sub_field(ps, path, data, len, &it, sub, out);
+   }
+   ps->depth--;
+   return ok;
+}
+
+/* $and / $or / $nor. */
+static bool
+parse_tree(parse_t *ps, const bson_iter_t *it, nkind_t kind, bool sub,
+           nlist_t *out)
+{
+   const char *name = bson_iter_key(it);
+   if (!BSON_ITER_HOLDS_ARRAY(it)) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue, "%s must be an array",
+                      name);
+      return false;
+   }
+   bson_iter_t el;
+   bson_iter_recurse(it, &el);
+   nlist_t kids = {0};
+   while (bson_iter_next(&el)) {
+      if (!BSON_ITER_HOLDS_DOCUMENT(&el)) {
+         aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                         "$or/$and/$nor entries need to be full objects");
+         nlist_cleanup(&kids);
+         return false;
+      }
+      uint32_t len;
+      const uint8_t *data;
+      bson_iter_document(&el, &len, &data);
+      nlist_t one = {0};
+      if (!parse_doc(ps, data, len, sub, &one)) {
+         nlist_cleanup(&one);
+         nlist_cleanup(&kids);
+         return false;
+      }
+      nlist_push(&kids, node_and(&one));
+   }
+   if (kids.n == 0) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                      "$and/$or/$nor must be a nonempty array");
+      return false;
+   }
+   nlist_push(out, node_from_list(kind, NULL, &kids));
+   return true;
+}
+
+/* A top-level (pathless) operator. */
+static bool
+parse_top_op(parse_t *ps, const bson_iter_t *it, bool sub, nlist_t *out)
+{
+   const char *op = bson_iter_key(it);
+   if (strcmp(op, "$and") == 0) {
+      return parse_tree(ps, it, N_AND, sub, out);
+   }
+   if (strcmp(op, "$or") == 0) {
+      return parse_tree(ps, it, N_OR, sub, out);
+   }
+   if (strcmp(op, "$nor") == 0) {
+      return parse_tree(ps, it, N_NOR, sub, out);
+   }
+   if (strcmp(op, "$comment") == 0) {
+      return true;
+   }
+   if (strcmp(op, "$expr") == 0) {
+      if (sub) {
+         aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                         "$expr can only be applied to the top-level "
+                         "document");
+         return false;
+      }
+      aspen_expr_t *e;
+      if (!aspen_expr_parse(it, NULL, &e, ps->err)) {
+         return false;
+      }
+      mnode_t *n = node_new(N_EXPR, NULL);
+      n->u.expr = e;
+      ps->m->has_expr = true;
+      nlist_push(out, n);
+      return true;
+   }
+   if (strcmp(op, "$jsonSchema") == 0) {
+      if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
+         aspen_error_set(ps->err, ASPEN_ERR_TypeMismatch,
+                         "$jsonSchema must be an object");
+         return false;
+      }
+      aspen__match_schema_t *schema;
+      if (!aspen__match_schema_new(it, &schema, ps->err)) {
+         return false;
+      }
+      mnode_t *n = node_new(N_SCHEMA, NULL);
+      n->u.schema = schema;
+      nlist_push(out, n);
+      return true;
+   }
+   if (strcmp(op, "$alwaysTrue") == 0 || strcmp(op, "$alwaysFalse") == 0) {
+      int64_t v;
+      if (!parse_int64(it, op, &v, ps->err)) {
+         return false;
+      }
+      if (v != 1) {
+         aspen_error_set(ps->err, ASPEN_ERR_FailedToParse,
+                         "%s must be an integer value of 1", op);
+         return false;
+      }
+      nlist_push(out, node_new(op[7] == 'T' ? N_TRUE : N_FALSE, NULL));
+      return true;
+   }
+   if (strcmp(op, "$text") == 0) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                      "Cannot use $text in $match stage in Atlas Stream "
+                      "Processing.");
+      return false;
+   }
+   if (strcmp(op, "$where") == 0 || strcmp(op, "$sampleRate") == 0) {
+      return refuse_in_asp(ps, op);
+   }
+   if (strcmp(op, "$ref") == 0 || strcmp(op, "$id") == 0 ||
+       strcmp(op, "$db") == 0) {
+      /* DBRef members matched as plain fields (inside $elemMatch). */
+      mpath_t *path = path_new(op, strlen(op));
+      bool ok = parse_cmp(ps, path, it, ASPEN__MATCH_EQ, out);
+      path_unref(path);
+      return ok;
+   }
+   aspen_error_set(ps->err, ASPEN_ERR_BadValue,
+                   "unknown top level operator: %s", op);
+   return false;
+}
+
+/* A filter document; appends its conjuncts to `out`. `sub` is true inside
+ * $elemMatch, where $expr is refused. */
+static bool
+parse_doc(parse_t *ps, const uint8_t *data, uint32_t len, bool sub,
+          nlist_t *out)
+{
+   bson_iter_t it;
+   if (!bson_iter_init_from_data(&it, data, len)) {
+      aspen_error_set(ps->err, ASPEN_ERR_BadValue, "invalid BSON in filter");
+      return false;
+   }
+   if (!enter(ps)) {
+      return false;
+   }
+   bool ok = parse_doc_fields(ps, &it, sub, out);
+   ps->depth--;
+   return ok;
+}
+
+/* The fields of a filter document, from the iterator's position. */
+static bool
+parse_doc_fields(parse_t *ps, bson_iter_t *it, bool sub, nlist_t *out)
+{
+   while (bson_iter_next(it)) {
+      const char *key = bson_iter_key(it);
+      if (key[0] == '$') {
+         if (!parse_top_op(ps, it, sub, out)) {
+            return false;
+         }
+         continue;
+      }
+      mpath_t *path = path_new(key, bson_iter_key_len(it));
+      bool ok;
+      if (is_expression_doc(it, false)) {
+         uint32_t sub_len;
+         const uint8_t *sub_data;
+         bson_iter_document(it, &sub_len, &sub_data);
+         ok = parse_sub(ps, path, sub_data, sub_len, sub, out);
+      } else if (BSON_ITER_HOLDS_REGEX(it)) {
+         ok = parse_regex_value(ps, path, it, out);
+      } else {
+         ok = parse_cmp(ps, path, it, ASPEN__MATCH_EQ, out);
+      }
+      path_unref(path);
+      if (!ok) {
+         return false;
+      }
+   }
+   return true;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Public API                                                                */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Compiles `filter` into a matcher. The filter is borrowed and must outlive
+ * the matcher, which keeps views into it (constants, regex patterns, $expr
+ * constants). On success returns true and *out owns the new matcher; on an
+ * invalid filter returns false, sets err (mongod's message; code BadValue
+ * unless mongod uses FailedToParse/TypeMismatch, or the $expr parser's code)
+ * and leaves *out NULL. Any thread.
+ */
+bool
+aspen_matcher_new(const bson_t *filter, aspen_matcher_t **out,
+                  aspen_error_t *err)
+{
+   *out = NULL;
+   aspen_matcher_t *m = aspen_xcalloc(1, sizeof *m);
+   parse_t ps = {.m = m, .err = err};
+   nlist_t conj = {0};
+   if (!parse_doc(&ps, bson_get_data(filter), filter->len, false, &conj)) {
+      nlist_cleanup(&conj);
+      free(m);
+      return false;
+   }
+   m->root = node_and(&conj);
+   *out = m;
+   return true;
+}
+
+/* Frees the matcher; NULL is a no-op. Any thread, once no match call on it
+ * is running. */
+void
+aspen_matcher_destroy(aspen_matcher_t *m)
+{
+   if (m) {
+      node_destroy(m->root);
+      free(m);
+   }
+}
+
+/*
+ * Evaluates the matcher on `doc` (borrowed). On success returns true and
+ * sets *matched. Returns false with err set (and *matched false) only when
+ * an $expr fails at run time (e.g. $divide by zero): the caller sends the
+ * document to the DLQ. `ctx` supplies $expr's metadata and clock (its root
+ * is taken to be `doc`); NULL uses no metadata and the wall clock. Does not
+ * allocate unless $expr or the first regex search on a thread does. Any
+ * thread, concurrently on one matcher.
+ */
+bool
+aspen_matcher_match(const aspen_matcher_t *m, const bson_t *doc,
+                    const aspen_expr_ctx_t *ctx, bool *matched,
+                    aspen_error_t *err)
+{
+   *matched = false;
+   aspen_expr_ctx_t local = {.root = doc, .meta = NULL, .now_ms = 0};
+   if (m->has_expr) {
+      if (ctx) {
+         local = *ctx;
+         local.root = doc;
+      } else {
+         struct timespec ts;
+         clock_gettime(CLOCK_REALTIME, &ts);
+         local.now_ms = (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+      }
+   }
+   eval_t ev = {.ctx = &local, .err = err};
+   int r = eval_doc(m->root, bson_get_data(doc), doc->len, &ev);
+   if (r < 0) {
+      return false;
+   }
+   *matched = r == 1;
+   return true;
+}

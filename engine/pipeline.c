@@ -1,0 +1,490 @@
+/*
+ * pipeline.c - parsing and validating a processor's pipeline with ASP's
+ * rules, and pushing documents down the parsed stage chain.
+ *
+ * The rules (../shared/spec/asp-semantics.md §1): a non-empty array of
+ * one-key stage documents; $source first and only there; a window stage at
+ * most once; window-only stages ($group, $sort, $limit, $count) only inside
+ * a window and main-only stages never inside one; $merge/$emit only last, and
+ * required last unless the processor is ephemeral (sp.process); anything
+ * else is an unsupported stage. Every error is code 420
+ * StreamProcessorInvalidOptions with ASP's reason, and aspen adds where in
+ * the pipeline it is ("(at pipeline[2].$merge.into)").
+ */
+#include "engine_int.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PREFIX "StreamProcessorInvalidOptions: "
+
+void
+aspen_parse_error(aspen_error_t *err, const aspen_parse_ctx_t *pc,
+                  const char *option, const char *fmt, ...)
+{
+   char reason[ASPEN_ERROR_MSG_MAX];
+   va_list ap;
+   va_start(ap, fmt);
+   vsnprintf(reason, sizeof reason, fmt, ap);
+   va_end(ap);
+   if (option && *option) {
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
+                      PREFIX "%s (at %s.%s)", reason, pc->path, option);
+   } else {
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
+                      PREFIX "%s (at %s)", reason, pc->path);
+   }
+}
+
+/* Re-raises an error from an expression/matcher parser as a pipeline error,
+ * keeping its text. */
+static void
+wrap_error(aspen_error_t *err, const aspen_parse_ctx_t *pc)
+{
+   if (strncmp(err->message, PREFIX, strlen(PREFIX)) == 0) {
+      return;
+   }
+   char reason[ASPEN_ERROR_MSG_MAX];
+   snprintf(reason, sizeof reason, "%s", err->message);
+   aspen_parse_error(err, pc, NULL, "%s", reason);
+}
+
+/* ---- $source ------------------------------------------------------------ */
+
+static bool
+parse_ts_field_name(aspen_source_spec_t *src, const bson_iter_t *it,
+                    aspen_parse_ctx_t *pc, const char *key, aspen_error_t *err)
+{
+   if (!BSON_ITER_HOLDS_UTF8(it)) {
+      aspen_parse_error(err, pc, key, "'%s' must be a string", key);
+      return false;
+   }
+   const char *s = bson_iter_utf8(it, NULL);
+   if (!*s) {
+      aspen_parse_error(err, pc, key, "'%s' cannot be empty", key);
+      return false;
+   }
+   if (strchr(s, '.')) {
+      aspen_parse_error(err, pc, key, "'tsFieldOverride' cannot be a dotted "
+                                      "path");
+      return false;
+   }
+   if (strlen(s) >= sizeof src->ts_field) {
+      aspen_parse_error(err, pc, key, "'%s' is too long", key);
+      return false;
+   }
+   snprintf(src->ts_field, sizeof src->ts_field, "%s", s);
+   return true;
+}
+
+static bool
+parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
+             aspen_parse_ctx_t *pc, aspen_error_t *err)
+{
+   aspen_source_spec_t *src = &pl->source;
+   snprintf(src->ts_field, sizeof src->ts_field, "_ts");
+   bson_init(&src->documents);
+   bson_init(&src->spec);
+   if (!BSON_ITER_HOLDS_DOCUMENT(arg)) {
+      aspen_parse_error(err, pc, "$source", "$source must be an object");
+      return false;
+   }
+   uint32_t len;
+   const uint8_t *data;
+   bson_iter_document(arg, &len, &data);
+   bson_t spec;
+   (void) bson_init_static(&spec, data, len);
+   bson_destroy(&src->spec);
+   bson_copy_to(&spec, &src->spec);
+
+   bson_iter_t it;
+   const char *conn_name = NULL;
+   bool has_documents = false;
+   bson_iter_init(&it, &src->spec);
+   /* First pass: what kind of source is this? */
+   while (bson_iter_next(&it)) {
+      const char *k = bson_iter_key(&it);
+      if (strcmp(k, "connectionName") == 0) {
+         if (!BSON_ITER_HOLDS_UTF8(&it)) {
+            aspen_parse_error(err, pc, "$source.connectionName",
+                              "connectionName must be a string");
+            return false;
+         }
+         conn_name = bson_iter_utf8(&it, NULL);
+      } else if (strcmp(k, "documents") == 0) {
+         has_documents = true;
+      }
+   }
+   if (conn_name && has_documents) {
+      aspen_parse_error(err, pc, "$source",
+                        "$source cannot have both 'connectionName' and "
+                        "'documents'");
+      return false;
+   }
+   if (!conn_name && !has_documents) {
+      aspen_parse_error(err, pc, "$source",
+                        "$source must specify a 'connectionName' or "
+                        "'documents'");
+      return false;
+   }
+   if (conn_name) {
+      src->conn = aspen_conns_find(pc->conns, conn_name);
+      if (!src->conn) {
+         aspen_parse_error(err, pc, "$source.connectionName",
+                           "Unknown connection name %s", conn_name);
+         return false;
+      }
+      switch (src->conn->type) {
+      case ASPEN_CONN_SAMPLE_SOLAR:
+         src->kind = ASPEN_SOURCE_SOLAR;
+         break;
+      case ASPEN_CONN_ATLAS:
+         src->kind = ASPEN_SOURCE_CHANGE_STREAM;
+         break;
+      case ASPEN_CONN_KAFKA:
+         src->kind = ASPEN_SOURCE_KAFKA;
+         break;
+      }
+   } else {
+      src->kind = ASPEN_SOURCE_DOCUMENTS;
+   }
+
+   /* Second pass: options, strictly per source kind. */
+   bson_iter_init(&it, &src->spec);
+   while (bson_iter_next(&it)) {
+      const char *k = bson_iter_key(&it);
+      char opt[96];
+      snprintf(opt, sizeof opt, "$source.%s", k);
+      if (strcmp(k, "connectionName") == 0) {
+         continue;
+      }
+      if (strcmp(k, "timeField") == 0) {
+         if (!aspen_expr_parse(&it, NULL, &src->time_field, err)) {
+            wrap_error(err, pc);
+            return false;
+         }
+         continue;
+      }
+      if (strcmp(k, "tsFieldName") == 0 || strcmp(k, "tsFieldOverride") == 0) {
+         if (!parse_ts_field_name(src, &it, pc, opt, err)) {
+            return false;
+         }
+         continue;
+      }
+      if (src->kind == ASPEN_SOURCE_DOCUMENTS && strcmp(k, "documents") == 0) {
+         if (BSON_ITER_HOLDS_ARRAY(&it)) {
+            uint32_t alen;
+            const uint8_t *adata;
+            bson_t arr;
+            bson_iter_array(&it, &alen, &adata);
+            (void) bson_init_static(&arr, adata, alen);
+            bson_iter_t ai;
+            bson_iter_init(&ai, &arr);
+            while (bson_iter_next(&ai)) {
+               if (!BSON_ITER_HOLDS_DOCUMENT(&ai)) {
+                  aspen_parse_error(err, pc, "$source.documents",
+                                    "The documents list expression does not "
+                                    "evaluate to an array of objects.");
+                  return false;
+               }
+            }
+            bson_destroy(&src->documents);
+            bson_copy_to(&arr, &src->documents);
+         } else {
+            if (!aspen_expr_parse(&it, NULL, &src->documents_expr, err)) {
+               wrap_error(err, pc);
+               return false;
+            }
+         }
+         continue;
+      }
+      /* Options aspen knows belong to sources it does not run yet are still
+       * refused by name, so a typo is never silently accepted. */
+      aspen_parse_error(err, pc, opt,
+                        "BSON field '$source.%s' is an unknown field.", k);
+      return false;
+   }
+   return true;
+}
+
+/* ---- stages ------------------------------------------------------------- */
+
+static bool
+parse_one_stage(aspen_pipeline_t *pl, const bson_iter_t *stage_it,
+                aspen_parse_ctx_t *pc, aspen_stage_t *st, bool *is_sink,
+                aspen_error_t *err)
+{
+   if (!BSON_ITER_HOLDS_DOCUMENT(stage_it)) {
+      aspen_parse_error(err, pc, NULL,
+                        "A pipeline stage specification object must contain "
+                        "exactly one field.");
+      return false;
+   }
+   uint32_t len;
+   const uint8_t *data;
+   bson_t stage;
+   bson_iter_document(stage_it, &len, &data);
+   (void) bson_init_static(&stage, data, len);
+   if (bson_count_keys(&stage) != 1) {
+      aspen_parse_error(err, pc, NULL,
+                        "A pipeline stage specification object must contain "
+                        "exactly one field.");
+      return false;
+   }
+   bson_iter_t it;
+   bson_iter_init(&it, &stage);
+   bson_iter_next(&it);
+   const char *name = bson_iter_key(&it);
+   unsigned place = 0;
+   const aspen_stage_ops_t *ops = aspen_stage_lookup(name, &place);
+   if (!ops) {
+      aspen_parse_error(err, pc, NULL, "Unsupported stage: %s", name);
+      return false;
+   }
+   if (pc->in_window && !(place & ASPEN_PLACE_WINDOW)) {
+      aspen_parse_error(err, pc, NULL,
+                        "%s stage is not permitted in the inner pipeline of a "
+                        "window stage",
+                        name);
+      return false;
+   }
+   if (!pc->in_window && !(place & (ASPEN_PLACE_MAIN | ASPEN_PLACE_SINK))) {
+      aspen_parse_error(err, pc, NULL,
+                        "%s stage is only permitted in the inner pipeline of a "
+                        "window stage",
+                        name);
+      return false;
+   }
+   *is_sink = (place & ASPEN_PLACE_SINK) != 0;
+   st->ops = ops;
+   st->pl = pl;
+   st->index = pc->index;
+   st->state = NULL;
+   char base[128];
+   snprintf(base, sizeof base, "%s", pc->path);
+   snprintf(pc->path, sizeof pc->path, "%s.%s", base, name);
+   bool ok = ops->parse(st, &it, pc, err);
+   snprintf(pc->path, sizeof pc->path, "%s", base);
+   if (!ok) {
+      wrap_error(err, pc);
+   }
+   return ok;
+}
+
+bool
+aspen_pipeline_parse_stages(aspen_pipeline_t *pl, const bson_t *arr,
+                            aspen_parse_ctx_t *pc, aspen_stage_t **out,
+                            int *n_out, aspen_error_t *err)
+{
+   int n = (int) bson_count_keys(arr);
+   aspen_stage_t *stages = aspen_xcalloc((size_t) (n ? n : 1), sizeof *stages);
+   int count = 0;
+   bson_iter_t it;
+   char parent[128];
+   snprintf(parent, sizeof parent, "%s", pc->path);
+   bson_iter_init(&it, arr);
+   while (bson_iter_next(&it)) {
+      bool is_sink = false;
+      pc->index = count;
+      snprintf(pc->path, sizeof pc->path, "%s.pipeline[%d]", parent, count);
+      if (!parse_one_stage(pl, &it, pc, &stages[count], &is_sink, err)) {
+         snprintf(pc->path, sizeof pc->path, "%s", parent);
+         for (int i = 0; i < count; i++) {
+            if (stages[i].ops->destroy) {
+               stages[i].ops->destroy(&stages[i]);
+            }
+         }
+         free(stages);
+         return false;
+      }
+      count++;
+   }
+   snprintf(pc->path, sizeof pc->path, "%s", parent);
+   *out = stages;
+   *n_out = count;
+   return true;
+}
+
+aspen_pipeline_t *
+aspen_pipeline_parse(const bson_t *pipeline, const aspen_conns_t *conns,
+                     bool ephemeral, bool has_dlq, aspen_error_t *err)
+{
+   aspen_pipeline_t *pl = aspen_xcalloc(1, sizeof *pl);
+   bson_copy_to(pipeline, &pl->def);
+   bson_init(&pl->sink_spec);
+   bson_init(&pl->source.documents);
+   bson_init(&pl->source.spec);
+   aspen_parse_ctx_t pc = {
+      .conns = conns, .ephemeral = ephemeral, .has_dlq = has_dlq};
+
+   int n = (int) bson_count_keys(&pl->def);
+   if (n == 0) {
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
+                      PREFIX "Pipeline must have at least one stage");
+      goto fail;
+   }
+   pl->stages = aspen_xcalloc((size_t) n, sizeof *pl->stages);
+
+   bson_iter_t it;
+   int idx = 0;
+   bool seen_sink = false;
+   bson_iter_init(&it, &pl->def);
+   while (bson_iter_next(&it)) {
+      pc.index = idx;
+      snprintf(pc.path, sizeof pc.path, "pipeline[%d]", idx);
+      if (!BSON_ITER_HOLDS_DOCUMENT(&it)) {
+         aspen_parse_error(err, &pc, NULL,
+                           "A pipeline stage specification object must "
+                           "contain exactly one field.");
+         goto fail;
+      }
+      uint32_t len;
+      const uint8_t *data;
+      bson_t stage;
+      bson_iter_document(&it, &len, &data);
+      (void) bson_init_static(&stage, data, len);
+      if (bson_count_keys(&stage) != 1) {
+         aspen_parse_error(err, &pc, NULL,
+                           "A pipeline stage specification object must "
+                           "contain exactly one field.");
+         goto fail;
+      }
+      bson_iter_t si;
+      bson_iter_init(&si, &stage);
+      bson_iter_next(&si);
+      const char *name = bson_iter_key(&si);
+      if (idx == 0) {
+         if (strcmp(name, "$source") != 0) {
+            aspen_parse_error(err, &pc, NULL,
+                              "First stage must be $source, found: %s", name);
+            goto fail;
+         }
+         snprintf(pc.path, sizeof pc.path, "pipeline[0]");
+         if (!parse_source(pl, &si, &pc, err)) {
+            goto fail;
+         }
+         idx++;
+         continue;
+      }
+      if (seen_sink) {
+         aspen_parse_error(err, &pc, NULL,
+                           "No stages are allowed after a $merge or $emit "
+                           "stage.");
+         goto fail;
+      }
+      bool is_sink = false;
+      aspen_stage_t *st = &pl->stages[pl->n_stages];
+      if (!parse_one_stage(pl, &it, &pc, st, &is_sink, err)) {
+         goto fail;
+      }
+      st->index = pl->n_stages; /* position in the chain, after $source */
+      if (is_sink) {
+         seen_sink = true;
+         pl->sink_kind = strcmp(name, "$merge") == 0 ? ASPEN_SINK_MERGE
+                                                     : ASPEN_SINK_EMIT;
+         /* The sink lives outside the stage chain. */
+         bson_destroy(&pl->sink_spec);
+         if (BSON_ITER_HOLDS_DOCUMENT(&si)) {
+            bson_iter_document(&si, &len, &data);
+            bson_t sink;
+            (void) bson_init_static(&sink, data, len);
+            bson_copy_to(&sink, &pl->sink_spec);
+         } else {
+            bson_init(&pl->sink_spec);
+         }
+         if (st->ops->destroy) {
+            st->ops->destroy(st);
+         }
+         memset(st, 0, sizeof *st);
+      } else {
+         if (strstr(name, "Window")) {
+            if (pl->has_window) {
+               aspen_parse_error(err, &pc, NULL,
+                                 "Only one window stage is allowed in a "
+                                 "pipeline.");
+               pl->n_stages++;
+               goto fail;
+            }
+            pl->has_window = true;
+         }
+         pl->n_stages++;
+      }
+      idx++;
+   }
+   if (!seen_sink && !ephemeral) {
+      snprintf(pc.path, sizeof pc.path, "pipeline[%d]", idx - 1);
+      aspen_parse_error(err, &pc, NULL,
+                        "The last stage in the pipeline must be $merge or "
+                        "$emit.");
+      goto fail;
+   }
+   return pl;
+
+fail:
+   aspen_pipeline_destroy(pl);
+   return NULL;
+}
+
+void
+aspen_pipeline_destroy(aspen_pipeline_t *pl)
+{
+   if (!pl) {
+      return;
+   }
+   for (int i = 0; i < pl->n_stages; i++) {
+      if (pl->stages[i].ops && pl->stages[i].ops->destroy) {
+         pl->stages[i].ops->destroy(&pl->stages[i]);
+      }
+   }
+   free(pl->stages);
+   aspen_expr_destroy(pl->source.time_field);
+   aspen_expr_destroy(pl->source.documents_expr);
+   bson_destroy(&pl->source.documents);
+   bson_destroy(&pl->source.spec);
+   bson_destroy(&pl->sink_spec);
+   bson_destroy(&pl->def);
+   free(pl);
+}
+
+/* ---- running ------------------------------------------------------------ */
+
+static void
+push_from(aspen_pipeline_t *pl, int idx, const aspen_sdoc_t *doc)
+{
+   if (idx >= pl->n_stages) {
+      pl->output(pl->hook_arg, doc);
+      return;
+   }
+   aspen_stage_t *st = &pl->stages[idx];
+   aspen_error_t err;
+   if (!st->ops->push(st, doc, &err)) {
+      char reason[ASPEN_ERROR_MSG_MAX + 128];
+      snprintf(reason, sizeof reason,
+               "Failed to process input document in %s with error: %s",
+               st->ops->operator_name, err.message);
+      pl->dlq(pl->hook_arg, doc, st->ops->operator_name, reason);
+   }
+}
+
+void
+aspen_pipeline_push(aspen_pipeline_t *pl, const aspen_sdoc_t *doc)
+{
+   push_from(pl, 0, doc);
+}
+
+void
+aspen_stage_emit(aspen_stage_t *st, const aspen_sdoc_t *out)
+{
+   push_from(st->pl, st->index + 1, out);
+}
+
+void
+aspen_stage_expr_ctx(const aspen_stage_t *st, const aspen_sdoc_t *in,
+                     aspen_expr_ctx_t *ctx)
+{
+   ctx->root = in->doc;
+   ctx->meta = in->meta;
+   ctx->now_ms = st->pl->now_ms;
+}

@@ -1,0 +1,942 @@
+/*
+ * stage_shape.c - the stages that reshape a document: $project (inclusion,
+ * exclusion, computed fields), $addFields / $set, $unset, $replaceRoot /
+ * $replaceWith, and $unwind. They share one field tree: a spec like
+ * {"a.b": 1, c: {d: 0}} becomes nodes per path component, each a leaf
+ * (include, exclude, expression) or a subtree. Documents are rebuilt in one
+ * pass over the input fields, so unchanged values are copied byte for byte
+ * and nothing is parsed twice.
+ */
+#include "engine_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the field tree ----------------------------------------------------- */
+
+typedef enum { N_INCLUDE, N_EXCLUDE, N_EXPR, N_SUB } node_kind_t;
+
+typedef struct node {
+   char *name;
+   node_kind_t kind;
+   aspen_expr_t *expr;
+   struct node *kids;
+   size_t n_kids;
+   bool has_expr; /* N_SUB: some descendant is an expression */
+} node_t;
+
+typedef struct {
+   node_t root;   /* N_SUB */
+   bool inclusion; /* $project: inclusion mode */
+   bool id_excluded;
+} tree_t;
+
+static void
+node_cleanup(node_t *n)
+{
+   for (size_t i = 0; i < n->n_kids; i++) {
+      node_cleanup(&n->kids[i]);
+   }
+   free(n->kids);
+   free(n->name);
+   aspen_expr_destroy(n->expr);
+   memset(n, 0, sizeof *n);
+}
+
+static node_t *
+node_child(node_t *parent, const char *name, size_t len, bool create)
+{
+   for (size_t i = 0; i < parent->n_kids; i++) {
+      if (strlen(parent->kids[i].name) == len &&
+          memcmp(parent->kids[i].name, name, len) == 0) {
+         return &parent->kids[i];
+      }
+   }
+   if (!create) {
+      return NULL;
+   }
+   parent->kids =
+      aspen_xrealloc(parent->kids, (parent->n_kids + 1) * sizeof *parent->kids);
+   node_t *n = &parent->kids[parent->n_kids++];
+   memset(n, 0, sizeof *n);
+   n->name = aspen_xmalloc(len + 1);
+   memcpy(n->name, name, len);
+   n->name[len] = '\0';
+   n->kind = N_SUB;
+   return n;
+}
+
+typedef enum { MODE_PROJECT, MODE_ADD_FIELDS, MODE_UNSET } tree_mode_t;
+
+static bool is_operator_object(const bson_iter_t *it);
+
+/* Adds the leaf for `path` (dotted) under `root`. */
+static bool
+tree_add(node_t *root, const char *path, node_kind_t kind, aspen_expr_t *expr,
+         aspen_error_t *err, const char *stage)
+{
+   node_t *cur = root;
+   const char *p = path;
+   if (*path == '\0' || path[strlen(path) - 1] == '.' || *path == '$') {
+      aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                      "Invalid %s :: caused by :: FieldPath field names may "
+                      "not start with '$' or be empty: '%s'",
+                      stage, path);
+      aspen_expr_destroy(expr);
+      return false;
+   }
+   for (;;) {
+      const char *dot = strchr(p, '.');
+      size_t len = dot ? (size_t) (dot - p) : strlen(p);
+      if (len == 0) {
+         aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                         "Invalid %s :: caused by :: FieldPath field names "
+                         "may not be empty strings: '%s'",
+                         stage, path);
+         aspen_expr_destroy(expr);
+         return false;
+      }
+      node_t *n = node_child(cur, p, len, true);
+      if (!dot) {
+         if (n->kind != N_SUB || n->n_kids > 0) {
+            aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                            "Invalid %s :: caused by :: Path collision at %s",
+                            stage, path);
+            aspen_expr_destroy(expr);
+            return false;
+         }
+         n->kind = kind;
+         n->expr = expr;
+         return true; /* tree_mark sets has_expr on the way up */
+      }
+      if (n->kind != N_SUB) {
+         aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                         "Invalid %s :: caused by :: Path collision at %s",
+                         stage, path);
+         aspen_expr_destroy(expr);
+         return false;
+      }
+      cur = n;
+      p = dot + 1;
+   }
+}
+
+/* Recomputes has_expr bottom-up. */
+static bool
+tree_mark(node_t *n)
+{
+   bool any = n->kind == N_EXPR;
+   for (size_t i = 0; i < n->n_kids; i++) {
+      if (tree_mark(&n->kids[i])) {
+         any = true;
+      }
+   }
+   if (n->kind == N_SUB) {
+      n->has_expr = any;
+   }
+   return any;
+}
+
+static bool
+is_operator_object(const bson_iter_t *it)
+{
+   if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
+      return false;
+   }
+   uint32_t len;
+   const uint8_t *data;
+   bson_t sub;
+   bson_iter_t si;
+   bson_iter_document(it, &len, &data);
+   (void) bson_init_static(&sub, data, len);
+   return bson_iter_init(&si, &sub) && bson_iter_next(&si) &&
+          bson_iter_key(&si)[0] == '$';
+}
+
+static bool
+tree_parse_obj(tree_t *t, node_t *root, const bson_t *spec, const char *prefix,
+               tree_mode_t mode, const char *stage, int *n_incl, int *n_excl,
+               const char **mixed_field, aspen_error_t *err)
+{
+   bson_iter_t it;
+   bson_iter_init(&it, spec);
+   while (bson_iter_next(&it)) {
+      char path[512];
+      snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "",
+               bson_iter_key(&it));
+      bool is_id = strcmp(path, "_id") == 0;
+      if (BSON_ITER_HOLDS_DOCUMENT(&it) && !is_operator_object(&it)) {
+         uint32_t len;
+         const uint8_t *data;
+         bson_t sub;
+         bson_iter_document(&it, &len, &data);
+         (void) bson_init_static(&sub, data, len);
+         if (bson_empty(&sub)) {
+            if (mode == MODE_ADD_FIELDS) {
+               aspen_expr_t *e;
+               if (!aspen_expr_parse(&it, NULL, &e, err) ||
+                   !tree_add(root, path, N_EXPR, e, err, stage)) {
+                  return false;
+               }
+               continue;
+            }
+            aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                            "Invalid %s :: caused by :: An empty "
+                            "sub-projection is not a valid value. Found empty "
+                            "object at path",
+                            stage);
+            return false;
+         }
+         if (!tree_parse_obj(t, root, &sub, path, mode, stage, n_incl, n_excl,
+                             mixed_field, err)) {
+            return false;
+         }
+         continue;
+      }
+      if (mode == MODE_PROJECT &&
+          (BSON_ITER_HOLDS_BOOL(&it) || BSON_ITER_HOLDS_INT32(&it) ||
+           BSON_ITER_HOLDS_INT64(&it) || BSON_ITER_HOLDS_DOUBLE(&it) ||
+           BSON_ITER_HOLDS_DECIMAL128(&it))) {
+         bool incl = bson_iter_as_bool(&it);
+         if (incl) {
+            (*n_incl)++;
+         } else if (is_id) {
+            t->id_excluded = true;
+         } else {
+            (*n_excl)++;
+         }
+         if (!incl && *n_incl > 0 && !is_id) {
+            *mixed_field = bson_iter_key(&it);
+         }
+         if (!tree_add(root, path, incl ? N_INCLUDE : N_EXCLUDE, NULL, err,
+                       stage)) {
+            return false;
+         }
+         continue;
+      }
+      aspen_expr_t *e;
+      if (!aspen_expr_parse(&it, NULL, &e, err)) {
+         return false;
+      }
+      if (mode == MODE_PROJECT) {
+         (*n_incl)++;
+      }
+      if (!tree_add(root, path, N_EXPR, e, err, stage)) {
+         return false;
+      }
+   }
+   return true;
+}
+
+/* ---- applying the tree -------------------------------------------------- */
+
+typedef struct {
+   const aspen_expr_ctx_t *ctx;
+   aspen_error_t *err;
+   bool failed;
+} apply_t;
+
+static void apply_node_value(apply_t *a, const node_t *n, tree_mode_t mode,
+                             bool inclusion, const bson_iter_t *it,
+                             bson_t *out);
+
+/* Builds `out` from `in` (may be NULL: an absent subdocument) for the
+ * children of `parent`. */
+static void
+apply_doc(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
+          const bson_t *in, bson_t *out)
+{
+   bool done_local[64];
+   bool *done = parent->n_kids <= 64
+                   ? done_local
+                   : aspen_xcalloc(parent->n_kids, sizeof *done);
+   memset(done, 0, parent->n_kids * sizeof *done);
+   bson_iter_t it;
+   if (in && bson_iter_init(&it, in)) {
+      while (bson_iter_next(&it) && !a->failed) {
+         const char *key = bson_iter_key(&it);
+         const node_t *n = NULL;
+         size_t idx = 0;
+         for (size_t i = 0; i < parent->n_kids; i++) {
+            if (strcmp(parent->kids[i].name, key) == 0) {
+               n = &parent->kids[i];
+               idx = i;
+               break;
+            }
+         }
+         if (!n) {
+            if (!inclusion) {
+               bson_append_iter(out, NULL, 0, &it);
+            }
+            continue;
+         }
+         switch (n->kind) {
+         case N_INCLUDE:
+            bson_append_iter(out, NULL, 0, &it);
+            done[idx] = true;
+            break;
+         case N_EXCLUDE:
+            done[idx] = true;
+            break;
+         case N_EXPR:
+            if (mode == MODE_ADD_FIELDS) {
+               /* Replaced in place. */
+               aspen_value_t v;
+               if (!aspen_expr_eval(n->expr, a->ctx, &v, a->err)) {
+                  a->failed = true;
+               } else {
+                  aspen_value_append(out, key, -1, &v);
+                  aspen_value_destroy(&v);
+               }
+               done[idx] = true;
+            }
+            /* $project: computed fields come after the included ones. */
+            break;
+         case N_SUB:
+            apply_node_value(a, n, mode, inclusion, &it, out);
+            done[idx] = true;
+            break;
+         }
+      }
+   }
+   /* Computed fields not placed yet, in spec order. */
+   for (size_t i = 0; i < parent->n_kids && !a->failed; i++) {
+      const node_t *n = &parent->kids[i];
+      if (done[i] && !(mode == MODE_PROJECT && n->kind == N_EXPR)) {
+         continue;
+      }
+      if (n->kind == N_EXPR) {
+         aspen_value_t v;
+         if (!aspen_expr_eval(n->expr, a->ctx, &v, a->err)) {
+            a->failed = true;
+         } else {
+            aspen_value_append(out, n->name, -1, &v);
+            aspen_value_destroy(&v);
+         }
+      } else if (n->kind == N_SUB && n->has_expr && !done[i]) {
+         bson_t sub;
+         bson_append_document_begin(out, n->name, -1, &sub);
+         apply_doc(a, n, mode, inclusion, NULL, &sub);
+         bson_append_document_end(out, &sub);
+      }
+   }
+   if (done != done_local) {
+      free(done);
+   }
+}
+
+static void
+apply_array(apply_t *a, const node_t *n, tree_mode_t mode, bool inclusion,
+            const bson_t *arr, bson_t *out)
+{
+   bson_iter_t it;
+   uint32_t idx = 0;
+   bson_iter_init(&it, arr);
+   while (bson_iter_next(&it) && !a->failed) {
+      char buf[16];
+      const char *key;
+      if (BSON_ITER_HOLDS_DOCUMENT(&it)) {
+         uint32_t len;
+         const uint8_t *data;
+         bson_t sub, outsub;
+         bson_iter_document(&it, &len, &data);
+         (void) bson_init_static(&sub, data, len);
+         bson_uint32_to_string(idx++, &key, buf, sizeof buf);
+         bson_append_document_begin(out, key, -1, &outsub);
+         apply_doc(a, n, mode, inclusion, &sub, &outsub);
+         bson_append_document_end(out, &outsub);
+      } else if (BSON_ITER_HOLDS_ARRAY(&it)) {
+         uint32_t len;
+         const uint8_t *data;
+         bson_t sub, outsub;
+         bson_iter_array(&it, &len, &data);
+         (void) bson_init_static(&sub, data, len);
+         bson_uint32_to_string(idx++, &key, buf, sizeof buf);
+         bson_append_array_begin(out, key, -1, &outsub);
+         apply_array(a, n, mode, inclusion, &sub, &outsub);
+         bson_append_array_end(out, &outsub);
+      } else if (!inclusion || mode == MODE_ADD_FIELDS) {
+         if (mode == MODE_ADD_FIELDS && n->has_expr) {
+            /* A scalar where fields are being added becomes a document. */
+            bson_t outsub;
+            bson_uint32_to_string(idx++, &key, buf, sizeof buf);
+            bson_append_document_begin(out, key, -1, &outsub);
+            apply_doc(a, n, mode, inclusion, NULL, &outsub);
+            bson_append_document_end(out, &outsub);
+         } else {
+            bson_uint32_to_string(idx++, &key, buf, sizeof buf);
+            bson_append_iter(out, key, -1, &it);
+         }
+      }
+      /* Inclusion projections drop scalars inside arrays, as MongoDB. */
+   }
+}
+
+static void
+apply_node_value(apply_t *a, const node_t *n, tree_mode_t mode,
+                 bool inclusion, const bson_iter_t *it, bson_t *out)
+{
+   const char *key = bson_iter_key(it);
+   if (BSON_ITER_HOLDS_DOCUMENT(it)) {
+      uint32_t len;
+      const uint8_t *data;
+      bson_t sub, outsub;
+      bson_iter_document(it, &len, &data);
+      (void) bson_init_static(&sub, data, len);
+      bson_append_document_begin(out, key, -1, &outsub);
+      apply_doc(a, n, mode, inclusion, &sub, &outsub);
+      bson_append_document_end(out, &outsub);
+   } else if (BSON_ITER_HOLDS_ARRAY(it)) {
+      uint32_t len;
+      const uint8_t *data;
+      bson_t sub, outsub;
+      bson_iter_array(it, &len, &data);
+      (void) bson_init_static(&sub, data, len);
+      bson_append_array_begin(out, key, -1, &outsub);
+      apply_array(a, n, mode, inclusion, &sub, &outsub);
+      bson_append_array_end(out, &outsub);
+   } else if (!inclusion) {
+      if (mode == MODE_ADD_FIELDS && n->has_expr) {
+         bson_t outsub;
+         bson_append_document_begin(out, key, -1, &outsub);
+         apply_doc(a, n, mode, inclusion, NULL, &outsub);
+         bson_append_document_end(out, &outsub);
+      } else {
+         bson_append_iter(out, NULL, 0, it);
+      }
+   } else if (n->has_expr) {
+      bson_t outsub;
+      bson_append_document_begin(out, key, -1, &outsub);
+      apply_doc(a, n, mode, inclusion, NULL, &outsub);
+      bson_append_document_end(out, &outsub);
+   }
+}
+
+/* ---- stage plumbing ----------------------------------------------------- */
+
+typedef struct {
+   tree_t tree;
+   tree_mode_t mode;
+} shape_t;
+
+static void
+shape_destroy(aspen_stage_t *st)
+{
+   shape_t *s = st->state;
+   if (s) {
+      node_cleanup(&s->tree.root);
+      free(s);
+      st->state = NULL;
+   }
+}
+
+static bool
+shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
+{
+   shape_t *s = st->state;
+   aspen_expr_ctx_t ctx;
+   aspen_stage_expr_ctx(st, in, &ctx);
+   apply_t a = {.ctx = &ctx, .err = err};
+   bson_t out;
+   bson_init(&out);
+   bool inclusion = s->mode == MODE_PROJECT && s->tree.inclusion;
+   apply_doc(&a, &s->tree.root, s->mode, inclusion, in->doc, &out);
+   if (a.failed) {
+      bson_destroy(&out);
+      return false;
+   }
+   aspen_sdoc_t next = *in;
+   next.doc = &out;
+   aspen_stage_emit(st, &next);
+   bson_destroy(&out);
+   return true;
+}
+
+static bool
+shape_parse_common(aspen_stage_t *st, const bson_t *spec, tree_mode_t mode,
+                   const char *stage, aspen_error_t *err)
+{
+   shape_t *s = aspen_xcalloc(1, sizeof *s);
+   s->mode = mode;
+   s->tree.root.kind = N_SUB;
+   st->state = s;
+   int n_incl = 0, n_excl = 0;
+   const char *mixed = NULL;
+   if (!tree_parse_obj(&s->tree, &s->tree.root, spec, "", mode, stage, &n_incl,
+                       &n_excl, &mixed, err)) {
+      shape_destroy(st);
+      return false;
+   }
+   if (mode == MODE_PROJECT) {
+      if (n_incl == 0 && n_excl == 0 && !s->tree.id_excluded) {
+         aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                         "Invalid $project :: caused by :: projection "
+                         "specification must have at least one field");
+         shape_destroy(st);
+         return false;
+      }
+      if (n_incl > 0 && n_excl > 0) {
+         aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                         "Invalid $project :: caused by :: Cannot do "
+                         "exclusion on field %s in inclusion projection",
+                         mixed ? mixed : "?");
+         shape_destroy(st);
+         return false;
+      }
+      s->tree.inclusion = n_incl > 0;
+      if (s->tree.inclusion && !s->tree.id_excluded &&
+          !node_child(&s->tree.root, "_id", 3, false)) {
+         /* _id is kept unless excluded; put it first like MongoDB. */
+         node_t *n = node_child(&s->tree.root, "_id", 3, true);
+         n->kind = N_INCLUDE;
+      }
+   }
+   tree_mark(&s->tree.root);
+   return true;
+}
+
+static bool
+arg_doc(const bson_iter_t *arg, bson_t *out)
+{
+   if (!BSON_ITER_HOLDS_DOCUMENT(arg)) {
+      return false;
+   }
+   uint32_t len;
+   const uint8_t *data;
+   bson_iter_document(arg, &len, &data);
+   return bson_init_static(out, data, len);
+}
+
+static bool
+project_parse(aspen_stage_t *st, const bson_iter_t *arg,
+              aspen_parse_ctx_t *pc, aspen_error_t *err)
+{
+   (void) pc;
+   bson_t spec;
+   if (!arg_doc(arg, &spec)) {
+      aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                      "$project specification must be an object");
+      return false;
+   }
+   return shape_parse_common(st, &spec, MODE_PROJECT, "$project", err);
+}
+
+static bool
+add_fields_parse(aspen_stage_t *st, const bson_iter_t *arg,
+                 aspen_parse_ctx_t *pc, aspen_error_t *err)
+{
+   (void) pc;
+   bson_t spec;
+   const char *name = st->ops->name;
+   if (!arg_doc(arg, &spec)) {
+      aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                      "%s specification stage must be an object, got %s", name,
+                      "a non-object");
+      return false;
+   }
+   return shape_parse_common(st, &spec, MODE_ADD_FIELDS, name, err);
+}
+
+static bool
+unset_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
+            aspen_error_t *err)
+{
+   (void) pc;
+   shape_t *s = aspen_xcalloc(1, sizeof *s);
+   s->mode = MODE_UNSET;
+   s->tree.root.kind = N_SUB;
+   st->state = s;
+   if (BSON_ITER_HOLDS_UTF8(arg)) {
+      if (!tree_add(&s->tree.root, bson_iter_utf8(arg, NULL), N_EXCLUDE, NULL,
+                    err, "$unset")) {
+         shape_destroy(st);
+         return false;
+      }
+      return true;
+   }
+   if (!BSON_ITER_HOLDS_ARRAY(arg)) {
+      aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                      "$unset specification must be a string or an array");
+      shape_destroy(st);
+      return false;
+   }
+   uint32_t len;
+   const uint8_t *data;
+   bson_t arr;
+   bson_iter_t it;
+   bson_iter_array(arg, &len, &data);
+   (void) bson_init_static(&arr, data, len);
+   bson_iter_init(&it, &arr);
+   int n = 0;
+   while (bson_iter_next(&it)) {
+      if (!BSON_ITER_HOLDS_UTF8(&it)) {
+         aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                         "$unset specification must be a string or an array "
+                         "containing only string values");
+         shape_destroy(st);
+         return false;
+      }
+      if (!tree_add(&s->tree.root, bson_iter_utf8(&it, NULL), N_EXCLUDE, NULL,
+                    err, "$unset")) {
+         shape_destroy(st);
+         return false;
+      }
+      n++;
+   }
+   if (n == 0) {
+      aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                      "$unset specification must be a string or an array "
+                      "with at least one field");
+      shape_destroy(st);
+      return false;
+   }
+   return true;
+}
+
+const aspen_stage_ops_t aspen_stage_project_ops = {
+   "$project", "ProjectOperator", project_parse, shape_push, shape_destroy};
+const aspen_stage_ops_t aspen_stage_add_fields_ops = {
+   "$addFields", "AddFieldsOperator", add_fields_parse, shape_push,
+   shape_destroy};
+const aspen_stage_ops_t aspen_stage_set_ops = {
+   "$set", "SetOperator", add_fields_parse, shape_push, shape_destroy};
+const aspen_stage_ops_t aspen_stage_unset_ops = {
+   "$unset", "ProjectOperator", unset_parse, shape_push, shape_destroy};
+
+/* ---- $replaceRoot / $replaceWith --------------------------------------- */
+
+typedef struct {
+   aspen_expr_t *expr;
+} replace_t;
+
+static void
+replace_destroy(aspen_stage_t *st)
+{
+   replace_t *r = st->state;
+   if (r) {
+      aspen_expr_destroy(r->expr);
+      free(r);
+      st->state = NULL;
+   }
+}
+
+static bool
+replace_root_parse(aspen_stage_t *st, const bson_iter_t *arg,
+                   aspen_parse_ctx_t *pc, aspen_error_t *err)
+{
+   (void) pc;
+   replace_t *r = aspen_xcalloc(1, sizeof *r);
+   st->state = r;
+   if (strcmp(st->ops->name, "$replaceWith") == 0) {
+      if (!aspen_expr_parse(arg, NULL, &r->expr, err)) {
+         replace_destroy(st);
+         return false;
+      }
+      return true;
+   }
+   bson_t spec;
+   if (!arg_doc(arg, &spec)) {
+      aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                      "$replaceRoot specification must be an object");
+      replace_destroy(st);
+      return false;
+   }
+   bson_iter_t it;
+   bson_iter_init(&it, &spec);
+   while (bson_iter_next(&it)) {
+      if (strcmp(bson_iter_key(&it), "newRoot") != 0) {
+         aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                         "BSON field '$replaceRoot.%s' is an unknown field.",
+                         bson_iter_key(&it));
+         replace_destroy(st);
+         return false;
+      }
+      if (!aspen_expr_parse(&it, NULL, &r->expr, err)) {
+         replace_destroy(st);
+         return false;
+      }
+   }
+   if (!r->expr) {
+      aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                      "BSON field '$replaceRoot.newRoot' is missing but a "
+                      "required field");
+      replace_destroy(st);
+      return false;
+   }
+   return true;
+}
+
+static bool
+replace_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
+{
+   replace_t *r = st->state;
+   aspen_expr_ctx_t ctx;
+   aspen_value_t v;
+   aspen_stage_expr_ctx(st, in, &ctx);
+   if (!aspen_expr_eval(r->expr, &ctx, &v, err)) {
+      return false;
+   }
+   if (v.v.value_type != BSON_TYPE_DOCUMENT) {
+      char *json = aspen_value_to_json(&v);
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "'newRoot' expression must evaluate to an object, but "
+                      "resulting value was: %s. Type of resulting value: "
+                      "'%s'.",
+                      json ? json : "MISSING", aspen_value_type_name(&v));
+      bson_free(json);
+      aspen_value_destroy(&v);
+      return false;
+   }
+   bson_t doc;
+   (void) bson_init_static(&doc, v.v.value.v_doc.data,
+                           v.v.value.v_doc.data_len);
+   aspen_sdoc_t next = *in;
+   next.doc = &doc;
+   aspen_stage_emit(st, &next);
+   aspen_value_destroy(&v);
+   return true;
+}
+
+const aspen_stage_ops_t aspen_stage_replace_root_ops = {
+   "$replaceRoot", "ReplaceRootOperator", replace_root_parse, replace_push,
+   replace_destroy};
+const aspen_stage_ops_t aspen_stage_replace_with_ops = {
+   "$replaceWith", "ReplaceRootOperator", replace_root_parse, replace_push,
+   replace_destroy};
+
+/* ---- $unwind ------------------------------------------------------------ */
+
+typedef struct {
+   char *path;       /* without the '$' */
+   char *index_field;
+   bool preserve;
+} unwind_t;
+
+static void
+unwind_destroy(aspen_stage_t *st)
+{
+   unwind_t *u = st->state;
+   if (u) {
+      free(u->path);
+      free(u->index_field);
+      free(u);
+      st->state = NULL;
+   }
+}
+
+static bool
+unwind_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
+             aspen_error_t *err)
+{
+   (void) pc;
+   unwind_t *u = aspen_xcalloc(1, sizeof *u);
+   st->state = u;
+   const char *path = NULL;
+   if (BSON_ITER_HOLDS_UTF8(arg)) {
+      path = bson_iter_utf8(arg, NULL);
+   } else if (BSON_ITER_HOLDS_DOCUMENT(arg)) {
+      bson_t spec;
+      bson_iter_t it;
+      arg_doc(arg, &spec);
+      bson_iter_init(&it, &spec);
+      while (bson_iter_next(&it)) {
+         const char *k = bson_iter_key(&it);
+         if (strcmp(k, "path") == 0) {
+            if (!BSON_ITER_HOLDS_UTF8(&it)) {
+               aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                               "expected a string as the path for $unwind "
+                               "stage, got %s",
+                               "a non-string");
+               unwind_destroy(st);
+               return false;
+            }
+            path = bson_iter_utf8(&it, NULL);
+         } else if (strcmp(k, "includeArrayIndex") == 0) {
+            if (!BSON_ITER_HOLDS_UTF8(&it)) {
+               aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                               "expected a non-empty string for the "
+                               "includeArrayIndex option to $unwind stage");
+               unwind_destroy(st);
+               return false;
+            }
+            const char *f = bson_iter_utf8(&it, NULL);
+            if (!*f || *f == '$') {
+               aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                               "includeArrayIndex option to $unwind stage "
+                               "should not be prefixed with a '$': %s",
+                               f);
+               unwind_destroy(st);
+               return false;
+            }
+            u->index_field = aspen_xstrdup(f);
+         } else if (strcmp(k, "preserveNullAndEmptyArrays") == 0) {
+            if (!BSON_ITER_HOLDS_BOOL(&it)) {
+               aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                               "expected a boolean for the "
+                               "preserveNullAndEmptyArrays option to $unwind "
+                               "stage");
+               unwind_destroy(st);
+               return false;
+            }
+            u->preserve = bson_iter_bool(&it);
+         } else {
+            aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                            "unrecognized option to $unwind stage: %s", k);
+            unwind_destroy(st);
+            return false;
+         }
+      }
+      if (!path) {
+         aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                         "no path specified to $unwind stage");
+         unwind_destroy(st);
+         return false;
+      }
+   } else {
+      aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                      "expected either a string or an object as "
+                      "specification for $unwind stage");
+      unwind_destroy(st);
+      return false;
+   }
+   if (path[0] != '$' || path[1] == '\0' || path[1] == '$') {
+      aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                      "path option to $unwind stage should be prefixed with a "
+                      "'$': %s",
+                      path);
+      unwind_destroy(st);
+      return false;
+   }
+   u->path = aspen_xstrdup(path + 1);
+   return true;
+}
+
+/* Copies `in` to `out`, replacing (or, with val MISSING, removing) the value
+ * at dotted `path` through subdocuments, and appending `extra` (may be NULL)
+ * at the top level. */
+static void
+set_path(const bson_t *in, const char *path, const aspen_value_t *val,
+         bson_t *out)
+{
+   const char *dot = strchr(path, '.');
+   size_t len = dot ? (size_t) (dot - path) : strlen(path);
+   bson_iter_t it;
+   bson_iter_init(&it, in);
+   while (bson_iter_next(&it)) {
+      const char *k = bson_iter_key(&it);
+      if (strlen(k) != len || memcmp(k, path, len) != 0) {
+         bson_append_iter(out, NULL, 0, &it);
+         continue;
+      }
+      if (!dot) {
+         aspen_value_append(out, k, -1, val);
+      } else if (BSON_ITER_HOLDS_DOCUMENT(&it)) {
+         uint32_t dlen;
+         const uint8_t *data;
+         bson_t sub, outsub;
+         bson_iter_document(&it, &dlen, &data);
+         (void) bson_init_static(&sub, data, dlen);
+         bson_append_document_begin(out, k, -1, &outsub);
+         set_path(&sub, dot + 1, val, &outsub);
+         bson_append_document_end(out, &outsub);
+      } else {
+         bson_append_iter(out, NULL, 0, &it);
+      }
+   }
+}
+
+/* The value at a dotted path through subdocuments only (no arrays). */
+static bool
+get_path(const bson_t *doc, const char *path, bson_iter_t *found)
+{
+   bson_iter_t it;
+   return bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, found);
+}
+
+static void
+unwind_emit(aspen_stage_t *st, const aspen_sdoc_t *in, const unwind_t *u,
+            const aspen_value_t *val, const aspen_value_t *index)
+{
+   bson_t out = BSON_INITIALIZER;
+   bson_t tmp = BSON_INITIALIZER;
+   set_path(in->doc, u->path, val, &tmp);
+   if (u->index_field) {
+      set_path(&tmp, u->index_field, index, &out);
+      if (!bson_has_field(&out, u->index_field)) {
+         aspen_value_append(&out, u->index_field, -1, index);
+      }
+   } else {
+      bson_steal(&out, &tmp);
+      bson_init(&tmp);
+   }
+   aspen_sdoc_t next = *in;
+   next.doc = &out;
+   aspen_stage_emit(st, &next);
+   bson_destroy(&out);
+   bson_destroy(&tmp);
+}
+
+static bool
+unwind_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
+{
+   (void) err;
+   unwind_t *u = st->state;
+   bson_iter_t found;
+   if (!get_path(in->doc, u->path, &found)) {
+      if (u->preserve) {
+         aspen_value_t missing = ASPEN_VALUE_MISSING;
+         aspen_value_t null_index = aspen_value_null();
+         /* A missing field stays missing. */
+         bson_t out = BSON_INITIALIZER;
+         bson_copy_to_excluding_noinit(in->doc, &out, "", NULL);
+         if (u->index_field) {
+            aspen_value_append(&out, u->index_field, -1, &null_index);
+         }
+         aspen_sdoc_t next = *in;
+         next.doc = &out;
+         aspen_stage_emit(st, &next);
+         bson_destroy(&out);
+         (void) missing;
+      }
+      return true;
+   }
+   if (BSON_ITER_HOLDS_ARRAY(&found)) {
+      uint32_t len;
+      const uint8_t *data;
+      bson_t arr;
+      bson_iter_t ai;
+      bson_iter_array(&found, &len, &data);
+      (void) bson_init_static(&arr, data, len);
+      int64_t i = 0;
+      bson_iter_init(&ai, &arr);
+      bool any = false;
+      while (bson_iter_next(&ai)) {
+         aspen_value_t v = aspen_value_borrow(&ai);
+         aspen_value_t idx = aspen_value_int64(i++);
+         unwind_emit(st, in, u, &v, &idx);
+         any = true;
+      }
+      if (!any && u->preserve) {
+         aspen_value_t missing = ASPEN_VALUE_MISSING;
+         aspen_value_t null_index = aspen_value_null();
+         unwind_emit(st, in, u, &missing, &null_index);
+      }
+      return true;
+   }
+   if (BSON_ITER_HOLDS_NULL(&found) || BSON_ITER_HOLDS_UNDEFINED(&found)) {
+      if (u->preserve) {
+         aspen_value_t v = aspen_value_borrow(&found);
+         aspen_value_t null_index = aspen_value_null();
+         unwind_emit(st, in, u, &v, &null_index);
+      }
+      return true;
+   }
+   /* A non-array value unwinds to itself. */
+   aspen_value_t v = aspen_value_borrow(&found);
+   aspen_value_t null_index = aspen_value_null();
+   unwind_emit(st, in, u, &v, &null_index);
+   return true;
+}
+
+const aspen_stage_ops_t aspen_stage_unwind_ops = {
+   "$unwind", "UnwindOperator", unwind_parse, unwind_push, unwind_destroy};

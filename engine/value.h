@@ -1,0 +1,78 @@
+/*
+ * value.h - BSON values as the engine evaluates them.
+ *
+ * An aspen_value_t wraps a bson_value_t and says whether it owns its heap
+ * parts. Values read from a document (a field path) or from a pipeline
+ * constant are borrowed views: no copy, valid as long as that document or
+ * pipeline lives. Computed values own their storage. Either way the holder
+ * calls aspen_value_destroy, which frees only what is owned.
+ *
+ * A MISSING value (type 0, BSON_TYPE_EOD) stands for an absent field; it is
+ * distinct from null, as in MongoDB.
+ *
+ * Thread-safety: pure functions, callable from any thread.
+ */
+#ifndef ASPEN_ENGINE_VALUE_H
+#define ASPEN_ENGINE_VALUE_H
+
+#include "wire.h"
+
+typedef struct {
+   bson_value_t v;
+   bool owned;
+} aspen_value_t;
+
+#define ASPEN_VALUE_MISSING ((aspen_value_t){.v = {.value_type = BSON_TYPE_EOD}, .owned = false})
+
+static inline bool
+aspen_value_is_missing(const aspen_value_t *val)
+{
+   return val->v.value_type == BSON_TYPE_EOD;
+}
+
+/* null, undefined or missing: what $ifNull and friends treat as "nullish". */
+bool aspen_value_is_nullish(const aspen_value_t *val);
+bool aspen_value_is_number(const aspen_value_t *val);
+
+/* Frees what the value owns and resets it to MISSING. */
+void aspen_value_destroy(aspen_value_t *val);
+/* A borrowed view of the iterator's current value (no copy). */
+aspen_value_t aspen_value_borrow(const bson_iter_t *it);
+/* An owned deep copy. */
+aspen_value_t aspen_value_copy(const aspen_value_t *val);
+/* Owned constructors. */
+aspen_value_t aspen_value_int32(int32_t i);
+aspen_value_t aspen_value_int64(int64_t i);
+aspen_value_t aspen_value_double(double d);
+aspen_value_t aspen_value_bool(bool b);
+aspen_value_t aspen_value_null(void);
+aspen_value_t aspen_value_date(int64_t ms);
+aspen_value_t aspen_value_utf8(const char *s, size_t len); /* copies */
+/* Takes ownership of `doc` (bson_destroy'd later) as a document/array value. */
+aspen_value_t aspen_value_take_doc(bson_t *doc, bool is_array);
+
+/* MongoDB's comparison: first by canonical type order (MinKey < null <
+ * numbers < string/symbol < object < array < binData < ObjectId < bool < date
+ * < timestamp < regex < MaxKey), then by value; numbers of different types
+ * compare numerically (int32/int64/double/decimal128). MISSING sorts as null
+ * unless the caller distinguishes it first. Returns <0, 0, >0. */
+int aspen_value_compare(const aspen_value_t *a, const aspen_value_t *b);
+bool aspen_value_equal(const aspen_value_t *a, const aspen_value_t *b);
+/* Truthiness for $cond/$and/$or/$not: false, null, undefined, missing and
+ * numeric zero are false; everything else is true. */
+bool aspen_value_truthy(const aspen_value_t *val);
+/* Numeric accessors; false if not a number. */
+bool aspen_value_as_double(const aspen_value_t *val, double *out);
+bool aspen_value_as_int64(const aspen_value_t *val, int64_t *out);
+/* MongoDB's type name ("double", "string", "object", "array", "binData",
+ * "objectId", "bool", "date", "null", "regex", "int", "timestamp", "long",
+ * "decimal", "minKey", "maxKey", "missing", ...). */
+const char *aspen_value_type_name(const aspen_value_t *val);
+/* Appends the value to `doc` under `key`; a MISSING value appends nothing. */
+void aspen_value_append(bson_t *doc, const char *key, int key_len,
+                        const aspen_value_t *val);
+/* A short relaxed-JSON rendering for error messages (caller frees with
+ * bson_free). */
+char *aspen_value_to_json(const aspen_value_t *val);
+
+#endif

@@ -1,0 +1,252 @@
+// The data-driven stage and pipeline cases (tests/cases/pipeline/*.json, the
+// same files tests/unit/test_pipeline.c runs through the engine directly),
+// sent to a running aspen with the wire commands mongosh's sp.process uses:
+//   {processStreamProcessor: [pipeline]}            -> {ok, name, cursorId}
+//   {getMoreSampleStreamProcessor: name, cursorId}  -> {ok, cursorId, messages}
+//   {dropStreamProcessor: name}
+// Run by tests/e2e/test_pipeline_cases.sh with db = admin and
+// ASPEN_CASES_DIR naming the folder of case files. Cases marked
+// "persistent" need a $merge target and are skipped here.
+//
+// A documents source never ends (it goes idle), so for each case the reader
+// drains the sample cursor until the processor's stats show every input
+// document ingested and every output and DLQ message delivered (twice in a
+// row), or until ~2 s pass without progress. Actual documents lose `_ts` and
+// `_stream_meta`, then are compared with the expected ones as canonical
+// Extended JSON (relaxed: false), so field order and BSON types both count.
+// Prints one line per failing case and a summary; throws if anything failed.
+'use strict';
+
+const fs = require('fs');
+const path = require('path');
+
+const DIR = process.env.ASPEN_CASES_DIR;
+if (!DIR) throw new Error('ASPEN_CASES_DIR is not set');
+const ONLY = process.env.ASPEN_CASE_FILTER ? new RegExp(process.env.ASPEN_CASE_FILTER) : null;
+
+const admin = db.getSiblingDB('admin');
+// Replies with BSON types intact (Int32, Double, Long objects rather than JS
+// numbers), so a double 2.0 is not mistaken for an int 2.
+const RAW = { promoteValues: false, promoteLongs: false };
+
+function canon(v) {
+  return EJSON.stringify(v, { relaxed: false });
+}
+
+function strip(doc) {
+  const out = {};
+  for (const k of Object.keys(doc)) {
+    if (k !== '_ts' && k !== '_stream_meta') out[k] = doc[k];
+  }
+  return out;
+}
+
+function str(v) {
+  // A string from a reply read with promoteValues: false.
+  return v === undefined || v === null ? '' : String(v);
+}
+
+function num(v) {
+  if (v === undefined || v === null) return 0;
+  if (typeof v === 'number') return v;
+  if (typeof v.toNumber === 'function') return v.toNumber();
+  if (typeof v.valueOf === 'function') return Number(v.valueOf());
+  return Number(v);
+}
+
+function contains(text, want, exact) {
+  const wants = Array.isArray(want) ? want : [want];
+  const missing = [];
+  for (const w of wants) {
+    const s = str(w);
+    if (exact && !Array.isArray(want) ? text !== s : !text.includes(s)) missing.push(s);
+  }
+  return missing;
+}
+
+function run(cmd) {
+  return admin.runCommand(cmd, RAW);
+}
+
+function sourceDocs(c) {
+  if (c.pipeline) {
+    const src = c.pipeline[0] && c.pipeline[0].$source;
+    return src && Array.isArray(src.documents) ? src.documents.length : 0;
+  }
+  return (c.input || []).length;
+}
+
+function pipelineOf(c) {
+  if (c.pipeline) return c.pipeline;
+  return [{ $source: { documents: c.input || [] } }].concat(c.stages || []);
+}
+
+// Drains the processor's sample cursor; returns the messages.
+function collect(name, cursorId, nInput) {
+  const msgs = [];
+  let idleSince = Date.now();
+  let settled = 0;
+  for (;;) {
+    const r = run({ getMoreSampleStreamProcessor: name, cursorId });
+    const batch = r.messages || [];
+    for (const m of batch) msgs.push(m);
+    cursorId = r.cursorId;
+    if (String(cursorId) === '0') break;
+    if (batch.length > 0) {
+      idleSince = Date.now();
+      settled = 0;
+      continue;
+    }
+    let done = false;
+    try {
+      const st = run({ getStreamProcessorStats: name });
+      const s = st.stats || st;
+      const delivered = num(s.outputMessageCount) + num(s.dlqMessageCount);
+      if (num(s.inputMessageCount) >= nInput && delivered <= msgs.length) {
+        settled++;
+        done = settled >= 2;
+      } else {
+        settled = 0;
+      }
+    } catch (e) {
+      settled = 0;
+    }
+    if (done || Date.now() - idleSince > 2000) break;
+    sleep(50);
+  }
+  return msgs;
+}
+
+function checkOutputs(c, outputs, dlqs, why) {
+  const want = c.output.map(canon);
+  const got = outputs.map((d) => canon(strip(d)));
+  if (want.length !== got.length || want.some((w, i) => w !== got[i])) {
+    why.push('outputs differ');
+    why.push('  expected (' + want.length + '):');
+    for (const w of want) why.push('    ' + w);
+    why.push('  actual (' + got.length + '):');
+    for (const g of got) why.push('    ' + g);
+  }
+  const wantDlq = c.dlq || [];
+  if (wantDlq.length !== dlqs.length) {
+    why.push('expected ' + wantDlq.length + ' DLQ entries, got ' + dlqs.length);
+    for (const d of dlqs) {
+      why.push('    ' + str(d.operatorName) + ': ' + str(d.errInfo && d.errInfo.reason) +
+               ' doc: ' + (d.doc ? canon(strip(d.doc)) : '(none)'));
+    }
+    return;
+  }
+  wantDlq.forEach((w, i) => {
+    const d = dlqs[i];
+    for (const k of ['_stream_meta', 'errInfo', 'operatorName', 'processorName', 'dlqTime']) {
+      if (!(k in d)) why.push('dlq[' + i + '] has no ' + k);
+    }
+    if (w.operatorName !== undefined && str(w.operatorName) !== str(d.operatorName)) {
+      why.push('dlq[' + i + '].operatorName: expected ' + str(w.operatorName) + ', got ' + str(d.operatorName));
+    }
+    const reason = str(d.errInfo && d.errInfo.reason);
+    if (w.reason !== undefined) {
+      const miss = contains(reason, w.reason, w.exactReason === true || String(w.exactReason) === 'true');
+      for (const m of miss) why.push('dlq[' + i + '].reason should contain "' + m + '", got "' + reason + '"');
+    }
+    if (w.doc !== undefined) {
+      const wd = canon(w.doc);
+      const gd = d.doc ? canon(strip(d.doc)) : '(none)';
+      if (wd !== gd) why.push('dlq[' + i + '].doc: expected ' + wd + ', got ' + gd);
+    }
+  });
+}
+
+function runCase(c) {
+  const why = [];
+  const pipeline = pipelineOf(c);
+  let reply;
+  try {
+    reply = run({ processStreamProcessor: pipeline });
+  } catch (e) {
+    if (c.error === undefined) {
+      why.push('processStreamProcessor failed: ' + (e.code !== undefined ? 'code ' + e.code + ': ' : '') + e.message);
+      return why;
+    }
+    const code = c.code === undefined ? 420 : num(c.code);
+    if (num(e.code) !== code) why.push('error code ' + e.code + ', expected ' + code + ' (' + e.message + ')');
+    const msg = str(e.errmsg !== undefined ? e.errmsg : e.message);
+    for (const m of contains(msg, c.error, false)) {
+      why.push('errmsg should contain "' + m + '", got "' + msg + '"');
+    }
+    return why;
+  }
+  const name = str(reply.name);
+  try {
+    if (c.error !== undefined) {
+      why.push('processStreamProcessor succeeded, but an error was expected: ' + canon(c.error));
+      return why;
+    }
+    const msgs = collect(name, reply.cursorId, sourceDocs(c));
+    const outputs = [];
+    const dlqs = [];
+    for (const m of msgs) {
+      if (m._dlqMessage !== undefined) dlqs.push(m._dlqMessage);
+      else outputs.push(m);
+    }
+    for (const o of outputs) {
+      if (!('_ts' in o)) why.push('an output has no _ts: ' + canon(o));
+      const meta = o._stream_meta;
+      if (!meta || !meta.source || str(meta.source.type) !== 'generated') {
+        why.push('an output has no _stream_meta.source.type "generated": ' + canon(o));
+      }
+    }
+    checkOutputs(c, outputs, dlqs, why);
+  } finally {
+    try {
+      run({ dropStreamProcessor: name });
+    } catch (e) {
+      why.push('dropStreamProcessor ' + name + ' failed: ' + e.message);
+    }
+  }
+  return why;
+}
+
+const files = fs.readdirSync(DIR).filter((f) => f.endsWith('.json')).sort();
+if (files.length === 0) throw new Error('no case files in ' + DIR);
+let total = 0;
+let passed = 0;
+let skipped = 0;
+const failures = [];
+for (const f of files) {
+  const cases = EJSON.parse(fs.readFileSync(path.join(DIR, f), 'utf8'), { relaxed: false });
+  let fPassed = 0;
+  let fFailed = 0;
+  let fSkipped = 0;
+  for (const c of cases) {
+    const label = f + ': ' + c.name;
+    if (ONLY && !ONLY.test(label)) continue;
+    if (c.persistent === true) {
+      fSkipped++;
+      continue;
+    }
+    total++;
+    let why;
+    try {
+      why = runCase(c);
+    } catch (e) {
+      why = ['threw: ' + (e.stack || e.message)];
+    }
+    if (why.length === 0) {
+      fPassed++;
+    } else {
+      fFailed++;
+      failures.push(label);
+      print('FAIL ' + label);
+      for (const w of why) print('    ' + w);
+    }
+  }
+  passed += fPassed;
+  skipped += fSkipped;
+  print('# ' + f + ': ' + fPassed + ' passed, ' + fFailed + ' failed, ' + fSkipped + ' skipped (persistent)');
+}
+print('# pipeline cases: ' + total + ' run, ' + passed + ' passed, ' + failures.length + ' failed, ' +
+      skipped + ' skipped (persistent)');
+if (failures.length > 0) {
+  throw new Error(failures.length + ' pipeline case(s) failed: ' + failures.join('; '));
+}

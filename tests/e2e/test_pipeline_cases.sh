@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2016 # JavaScript in single quotes, on purpose
+# e2e: the data-driven stage and pipeline cases (tests/cases/pipeline/*.json)
+# against a running aspen with no backend, through mongosh 2.12:
+#  1. js/pipeline_cases.js sends every non-persistent case with the wire
+#     commands of sp.process (processStreamProcessor, getMoreSample...,
+#     dropStreamProcessor) and compares outputs, DLQ entries and errors;
+#  2. the real sp.process helper runs seed listing 15.7 (a documents source,
+#     a $project and a $match): mongosh runs in the background until its
+#     output shows both documents with _stream_meta, then gets SIGINT (as a
+#     user's Ctrl-C), on which it drops the processor;
+#  3. aspen stops cleanly, with no sanitizer report in its log.
+# Prints TAP-style "ok N - ..." lines; exits non-zero if any check fails.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=peers.sh
+. "$HERE/peers.sh"
+
+JS=$HERE/js/pipeline_cases.js
+CASES=$PEERS_ROOT/tests/cases/pipeline
+N=0
+FAILED=0
+
+check() {
+    local name=$1
+    shift
+    N=$((N + 1))
+    if "$@"; then
+        echo "ok $N - $name"
+    else
+        echo "not ok $N - $name"
+        FAILED=$((FAILED + 1))
+    fi
+}
+
+must() {
+    local before=$FAILED
+    check "$@"
+    [[ $FAILED -eq $before ]] || { echo "# stopping: '$1' failed"; echo "1..$N"; exit 1; }
+}
+
+# The case files through the wire commands; the script's own summary lines
+# are shown as TAP comments.
+run_cases() {
+    local out=$ASPEN_RUN_DIR/pipeline_cases.out rc=0
+    ASPEN_CASES_DIR=$CASES mongosh_run "$URI" "$JS" >"$out" 2>&1 || rc=$?
+    sed 's/^/# /' "$out"
+    return "$rc"
+}
+
+# Seed listing 15.7 with the stock sp.process helper. A documents source
+# never ends, so mongosh is interrupted once the two documents are printed.
+SP_PROCESS_JS='
+let source = {
+  $source: {
+    documents: [
+      { sensor: "A", temp: 45 },  // HIGH warning
+      { sensor: "B", temp: 5 }    // LOW warning
+    ]
+  }
+};
+let project = {
+  $project: {
+    sensor: 1, temp: 1,
+    status: { $cond: [{ $gte: ["$temp", 40] }, "HIGH",
+                      { $cond: [{ $lte: ["$temp", 10] }, "LOW", "NORMAL"] }] }
+  }
+};
+let filter = { $match: { status: { $in: ["HIGH", "LOW"] } } };
+sp.process([source, project, filter]);
+'
+
+sp_process_seen() { # sp_process_seen FILE: both documents printed in full
+    local f=$1
+    grep -q "sensor: 'A'" "$f" && grep -q "sensor: 'B'" "$f" &&
+        grep -q "status: 'HIGH'" "$f" && grep -q "status: 'LOW'" "$f" &&
+        [[ $(grep -c "_stream_meta: { source: { type: 'generated' } }" "$f") -ge 2 ]]
+}
+
+sp_process_listing_15_7() {
+    local out=$ASPEN_RUN_DIR/sp_process.out home=$ASPEN_RUN_DIR/mongosh-home pid i rc=0
+    mkdir -p "$home"
+    : >"$out"
+    HOME=$home MONGOSH_FORCE_DISABLE_TELEMETRY_FOR_TESTING=1 \
+        "$PEERS_MONGOSH" --quiet --norc "$URI" --eval "$SP_PROCESS_JS" >"$out" 2>&1 </dev/null &
+    pid=$!
+    for (( i = 0; i < 150; i++ )); do
+        sp_process_seen "$out" && break
+        _peers_alive "$pid" || break
+        sleep 0.1
+    done
+    local seen=0
+    sp_process_seen "$out" && seen=1
+    if _peers_alive "$pid"; then
+        kill -INT "$pid" 2>/dev/null || true
+        # mongosh drops the processor, then exits.
+        _peers_wait_gone "$pid" 15 || { echo "# mongosh did not exit after SIGINT"; kill -KILL "$pid" 2>/dev/null || true; rc=1; }
+    else
+        echo "# mongosh exited before it was interrupted"
+        rc=1
+    fi
+    wait "$pid" 2>/dev/null || true
+    sed 's/^/#   /' "$out"
+    [[ $seen -eq 1 ]] || { echo "# the two documents with _stream_meta were not printed within 15 s"; rc=1; }
+    grep -q '_ts: ISODate(' "$out" || { echo "# no _ts date in the output"; rc=1; }
+    grep -q "status: 'NORMAL'" "$out" && { echo "# a filtered-out document was printed"; rc=1; }
+    if grep -Eq 'MongoServerError|Uncaught|TypeError' "$out"; then
+        echo "# mongosh reported an error"
+        rc=1
+    fi
+    return "$rc"
+}
+
+# After the interrupt, no temporary processor of sp.process is left over.
+no_processor_left() {
+    local out=$ASPEN_RUN_DIR/list.out i
+    for (( i = 0; i < 50; i++ )); do
+        mongosh_run "$URI" '
+          const r = db.getSiblingDB("admin").runCommand({listStreamProcessors: 1});
+          const left = r.streamProcessors.filter((p) => String(p.name).startsWith("__process_"));
+          print(left.length === 0 ? "none left" : "left: " + left.map((p) => p.name + " " + p.state).join(", "));
+        ' >"$out" 2>&1 || true
+        grep -q '^none left$' "$out" && return 0
+        sleep 0.2
+    done
+    sed 's/^/#   /' "$out"
+    return 1
+}
+
+must "aspen starts without a backend" start_aspen --bind 127.0.0.1 --port 0 \
+    --state-dir "$ASPEN_RUN_DIR/state-pipeline"
+URI="mongodb://127.0.0.1:$ASPEN_LISTEN_PORT/admin"
+check "pipeline case files through processStreamProcessor/getMore/drop" run_cases
+check "sp.process runs seed listing 15.7 until interrupted" sp_process_listing_15_7
+check "sp.process left no processor behind after the interrupt" no_processor_left
+check "aspen stops cleanly, no sanitizer report" stop_aspen
+
+echo "1..$N"
+if [[ $FAILED -ne 0 ]]; then
+    echo "# $FAILED of $N checks failed (logs in $ASPEN_RUN_DIR)"
+    exit 1
+fi
+echo "# all $N checks passed"

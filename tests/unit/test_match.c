@@ -1,0 +1,680 @@
+/*
+ * test_match.c - unit tests for engine/match.c and match_schema.c (the
+ * query language of $match and $validate).
+ *
+ * Data-driven: every .json file in tests/cases/match is one cmocka test. A file
+ * is a JSON array of cases, each either
+ *   {"name", "filter", "docs": [...], "matches": [true, false, ...]}
+ * (one entry per document; an entry may instead be a string, meaning the
+ * match must fail at run time with an error containing that text), or
+ *   {"name", "filter", "parseError": "<substring>", "code": <optional int>}.
+ * Cases are relaxed/canonical extended JSON. libbson's JSON reader would turn
+ * the query operators {"$regex": ..., "$options": ...} and {"$type": <n>}
+ * into legacy BSON regex/binary values, so the runner hides those three keys
+ * from the reader and restores them in the filter afterwards.
+ * A few behaviours that are not about filter semantics (NULL handling,
+ * default $expr context, concurrent use) are tested directly below.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "match.h"
+
+#include <dirent.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef ASPEN_CASES_DIR
+#error "ASPEN_CASES_DIR must point at tests/cases"
+#endif
+
+#define MATCH_CASES_DIR ASPEN_CASES_DIR "/match"
+
+/* Keys libbson's JSON reader would misread, and what stands in for them. */
+static const char *const hidden_keys[][2] = {
+   {"\"$regex\"", "\"__aspen_regex\""},
+   {"\"$options\"", "\"__aspen_options\""},
+   {"\"$type\"", "\"__aspen_type\""},
+};
+
+static char *
+read_file(const char *path)
+{
+   FILE *f = fopen(path, "rb");
+   if (!f) {
+      return NULL;
+   }
+   fseek(f, 0, SEEK_END);
+   long size = ftell(f);
+   fseek(f, 0, SEEK_SET);
+   char *buf = malloc((size_t) size + 1);
+   size_t got = fread(buf, 1, (size_t) size, f);
+   buf[got] = '\0';
+   fclose(f);
+   return buf;
+}
+
+/* Returns a malloc'd copy of `text` with every `from` replaced by `to`. */
+static char *
+replace_all(const char *text, const char *from, const char *to)
+{
+   size_t from_len = strlen(from);
+   size_t to_len = strlen(to);
+   size_t count = 0;
+   for (const char *p = strstr(text, from); p; p = strstr(p + from_len, from)) {
+      count++;
+   }
+   size_t out_len = strlen(text) + count * (to_len + 1);
+   char *out = malloc(out_len + 1);
+   char *w = out;
+   const char *r = text;
+   for (const char *p = strstr(r, from); p; p = strstr(r, from)) {
+      memcpy(w, r, (size_t) (p - r));
+      w += p - r;
+      memcpy(w, to, to_len);
+      w += to_len;
+      r = p + from_len;
+   }
+   size_t rest = strlen(r);
+   memcpy(w, r, rest + 1);
+   return out;
+}
+
+static const char *
+restore_key(const char *key)
+{
+   for (size_t i = 0; i < sizeof hidden_keys / sizeof hidden_keys[0]; i++) {
+      /* Compare without the quotes. */
+      const char *stand_in = hidden_keys[i][1] + 1;
+      size_t len = strlen(stand_in) - 1;
+      if (strlen(key) == len && strncmp(key, stand_in, len) == 0) {
+         static char restored[3][16];
+         size_t real_len = strlen(hidden_keys[i][0]) - 2;
+         memcpy(restored[i], hidden_keys[i][0] + 1, real_len);
+         restored[i][real_len] = '\0';
+         return restored[i];
+      }
+   }
+   return key;
+}
+
+/* Copies `src` into `dst`, restoring hidden keys at every depth. */
+static void
+copy_restored(bson_t *dst, const bson_t *src)
+{
+   bson_iter_t it;
+   ASPEN_ASSERT(bson_iter_init(&it, src));
+   while (bson_iter_next(&it)) {
+      const char *key = restore_key(bson_iter_key(&it));
+      if (BSON_ITER_HOLDS_DOCUMENT(&it) || BSON_ITER_HOLDS_ARRAY(&it)) {
+         uint32_t len;
+         const uint8_t *data;
+         bson_t sub_src;
+         bson_t sub_dst;
+         bool is_array = BSON_ITER_HOLDS_ARRAY(&it);
+         if (is_array) {
+            bson_iter_array(&it, &len, &data);
+            bson_append_array_begin(dst, key, -1, &sub_dst);
+         } else {
+            bson_iter_document(&it, &len, &data);
+            bson_append_document_begin(dst, key, -1, &sub_dst);
+         }
+         ASPEN_ASSERT(bson_init_static(&sub_src, data, len));
+         copy_restored(&sub_dst, &sub_src);
+         if (is_array) {
+            bson_append_array_end(dst, &sub_dst);
+         } else {
+            bson_append_document_end(dst, &sub_dst);
+         }
+      } else {
+         bson_append_value(dst, key, -1, bson_iter_value(&it));
+      }
+   }
+}
+
+static bool
+sub_doc(const bson_iter_t *it, bson_t *out)
+{
+   uint32_t len;
+   const uint8_t *data;
+   if (BSON_ITER_HOLDS_DOCUMENT(it)) {
+      bson_iter_document(it, &len, &data);
+   } else if (BSON_ITER_HOLDS_ARRAY(it)) {
+      bson_iter_array(it, &len, &data);
+   } else {
+      return false;
+   }
+   return bson_init_static(out, data, len);
+}
+
+/* Runs one case; returns the number of failures (printed). */
+static int
+run_case(const char *file, const bson_t *tc)
+{
+   bson_iter_t it;
+   const char *name = "?";
+   bson_t filter_raw;
+   bool have_filter = false;
+   bson_t docs;
+   bool have_docs = false;
+   bson_t matches;
+   bool have_matches = false;
+   const char *parse_error = NULL;
+   int32_t code = -1;
+
+   ASPEN_ASSERT(bson_iter_init(&it, tc));
+   while (bson_iter_next(&it)) {
+      const char *key = bson_iter_key(&it);
+      if (strcmp(key, "name") == 0) {
+         name = bson_iter_utf8(&it, NULL);
+      } else if (strcmp(key, "filter") == 0) {
+         have_filter = sub_doc(&it, &filter_raw);
+      } else if (strcmp(key, "docs") == 0) {
+         have_docs = sub_doc(&it, &docs);
+      } else if (strcmp(key, "matches") == 0) {
+         have_matches = sub_doc(&it, &matches);
+      } else if (strcmp(key, "parseError") == 0) {
+         parse_error = bson_iter_utf8(&it, NULL);
+      } else if (strcmp(key, "code") == 0) {
+         code = bson_iter_int32(&it);
+      } else if (strcmp(key, "comment") != 0) {
+         print_error("%s: %s: unknown case field '%s'\n", file, name, key);
+         return 1;
+      }
+   }
+   if (!have_filter || (!parse_error && (!have_docs || !have_matches))) {
+      print_error("%s: %s: malformed case\n", file, name);
+      return 1;
+   }
+
+   bson_t *filter = bson_new();
+   copy_restored(filter, &filter_raw);
+   aspen_matcher_t *m = NULL;
+   aspen_error_t err = {0};
+   bool ok = aspen_matcher_new(filter, &m, &err);
+   int failures = 0;
+   if (parse_error) {
+      if (ok) {
+         print_error("%s: %s: expected parse error '%s', filter compiled\n",
+                     file, name, parse_error);
+         failures++;
+      } else if (!strstr(err.message, parse_error)) {
+         print_error("%s: %s: expected parse error '%s', got '%s'\n", file,
+                     name, parse_error, err.message);
+         failures++;
+      } else if (code >= 0 && err.code != code) {
+         print_error("%s: %s: expected code %d, got %d\n", file, name, code,
+                     err.code);
+         failures++;
+      } else if (m != NULL) {
+         print_error("%s: %s: *out not NULL after failure\n", file, name);
+         failures++;
+      }
+      aspen_matcher_destroy(m);
+      bson_destroy(filter);
+      return failures;
+   }
+   if (!ok) {
+      print_error("%s: %s: unexpected parse error: %s\n", file, name,
+                  err.message);
+      bson_destroy(filter);
+      return 1;
+   }
+
+   bson_iter_t d;
+   bson_iter_t e;
+   ASPEN_ASSERT(bson_iter_init(&d, &docs) && bson_iter_init(&e, &matches));
+   int index = 0;
+   while (bson_iter_next(&d)) {
+      if (!bson_iter_next(&e)) {
+         print_error("%s: %s: fewer 'matches' than 'docs'\n", file, name);
+         failures++;
+         break;
+      }
+      bson_t doc;
+      ASPEN_ASSERT(sub_doc(&d, &doc));
+      bool matched = true;
+      aspen_error_t merr = {0};
+      bool run = aspen_matcher_match(m, &doc, NULL, &matched, &merr);
+      char *json = bson_as_relaxed_extended_json(&doc, NULL);
+      if (BSON_ITER_HOLDS_UTF8(&e)) {
+         const char *want = bson_iter_utf8(&e, NULL);
+         if (run || !strstr(merr.message, want)) {
+            print_error("%s: %s: doc %d %s: expected runtime error '%s', got "
+                        "%s '%s'\n",
+                        file, name, index, json, want,
+                        run ? "success" : "error", merr.message);
+            failures++;
+         } else if (matched) {
+            print_error("%s: %s: doc %d: *matched true after error\n", file,
+                        name, index);
+            failures++;
+         }
+      } else if (!run) {
+         print_error("%s: %s: doc %d %s: unexpected runtime error: %s\n",
+                     file, name, index, json, merr.message);
+         failures++;
+      } else if (matched != bson_iter_bool(&e)) {
+         print_error("%s: %s: doc %d %s: expected %s, got %s\n", file, name,
+                     index, json, bson_iter_bool(&e) ? "match" : "no match",
+                     matched ? "match" : "no match");
+         failures++;
+      }
+      bson_free(json);
+      index++;
+   }
+   if (bson_iter_next(&e)) {
+      print_error("%s: %s: more 'matches' than 'docs'\n", file, name);
+      failures++;
+   }
+   aspen_matcher_destroy(m);
+   bson_destroy(filter);
+   return failures;
+}
+
+static int cases_run;
+
+static void
+test_case_file(void **state)
+{
+   const char *path = *state;
+   char *text = read_file(path);
+   assert_non_null(text);
+   for (size_t i = 0; i < sizeof hidden_keys / sizeof hidden_keys[0]; i++) {
+      char *next = replace_all(text, hidden_keys[i][0], hidden_keys[i][1]);
+      free(text);
+      text = next;
+   }
+   bson_error_t berr;
+   bson_t *all = bson_new_from_json((const uint8_t *) text, -1, &berr);
+   free(text);
+   if (!all) {
+      fail_msg("%s: invalid JSON: %s", path, berr.message);
+   }
+   int failures = 0;
+   int count = 0;
+   bson_iter_t it;
+   ASPEN_ASSERT(bson_iter_init(&it, all));
+   while (bson_iter_next(&it)) {
+      bson_t tc;
+      if (!sub_doc(&it, &tc)) {
+         print_error("%s: case %d is not an object\n", path, count);
+         failures++;
+         continue;
+      }
+      failures += run_case(path, &tc);
+      count++;
+   }
+   bson_destroy(all);
+   cases_run += count;
+   if (count == 0) {
+      fail_msg("%s: no cases", path);
+   }
+   if (failures) {
+      fail_msg("%s: %d failure(s) in %d case(s)", path, failures, count);
+   }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Direct tests                                                              */
+/* ------------------------------------------------------------------------ */
+
+static void
+test_destroy_null(void **state)
+{
+   (void) state;
+   aspen_matcher_destroy(NULL);
+}
+
+static aspen_matcher_t *
+compile_json(const char *json, bson_t **keep)
+{
+   bson_error_t berr;
+   *keep = bson_new_from_json((const uint8_t *) json, -1, &berr);
+   assert_non_null(*keep);
+   aspen_matcher_t *m = NULL;
+   aspen_error_t err = {0};
+   if (!aspen_matcher_new(*keep, &m, &err)) {
+      fail_msg("compile %s: %s", json, err.message);
+   }
+   return m;
+}
+
+static bool
+match_json(const aspen_matcher_t *m, const char *json,
+           const aspen_expr_ctx_t *ctx)
+{
+   bson_error_t berr;
+   bson_t *doc = bson_new_from_json((const uint8_t *) json, -1, &berr);
+   assert_non_null(doc);
+   bool matched = false;
+   aspen_error_t err = {0};
+   assert_true(aspen_matcher_match(m, doc, ctx, &matched, &err));
+   bson_destroy(doc);
+   return matched;
+}
+
+/* $expr with an explicit context whose root is some other document: the
+ * matcher evaluates against the document it is given. */
+static void
+test_expr_context(void **state)
+{
+   (void) state;
+   bson_t *filter;
+   aspen_matcher_t *m = compile_json("{\"$expr\": {\"$gt\": [\"$a\", \"$b\"]}}",
+                                     &filter);
+   bson_t *other = BCON_NEW("a", BCON_INT32(0), "b", BCON_INT32(9));
+   aspen_expr_ctx_t ctx = {.root = other, .meta = NULL, .now_ms = 0};
+   assert_true(match_json(m, "{\"a\": 2, \"b\": 1}", &ctx));
+   assert_false(match_json(m, "{\"a\": 1, \"b\": 2}", &ctx));
+   assert_true(match_json(m, "{\"a\": 2, \"b\": 1}", NULL));
+   bson_destroy(other);
+   aspen_matcher_destroy(m);
+   bson_destroy(filter);
+}
+
+static void
+test_error_codes(void **state)
+{
+   (void) state;
+   static const struct {
+      const char *filter;
+      int32_t code;
+   } cases[] = {
+      {"{\"a\": {\"$foo\": 1}}", 2},
+      {"{\"$foo\": 1}", 2},
+      {"{\"$text\": {\"$search\": \"x\"}}", 2},
+      {"{\"$jsonSchema\": {\"format\": \"email\"}}", 9},
+      {"{\"$jsonSchema\": {\"properties\": 1}}", 14},
+      {"{\"$jsonSchema\": 1}", 14},
+      {"{\"a\": {\"$mod\": [0, 1]}}", 2},
+   };
+   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+      bson_error_t berr;
+      bson_t *f = bson_new_from_json((const uint8_t *) cases[i].filter, -1,
+                                     &berr);
+      assert_non_null(f);
+      aspen_matcher_t *m = (aspen_matcher_t *) 1;
+      aspen_error_t err = {0};
+      assert_false(aspen_matcher_new(f, &m, &err));
+      assert_null(m);
+      if (err.code != cases[i].code) {
+         fail_msg("%s: code %d, want %d (%s)", cases[i].filter, err.code,
+                  cases[i].code, err.message);
+      }
+      bson_destroy(f);
+   }
+}
+
+typedef struct {
+   const aspen_matcher_t *m;
+   int hits;
+} thread_arg_t;
+
+static void *
+regex_thread(void *p)
+{
+   thread_arg_t *arg = p;
+   bson_t *yes = BCON_NEW("s", BCON_UTF8("hello world"));
+   bson_t *no = BCON_NEW("s", BCON_UTF8("goodbye"));
+   for (int i = 0; i < 200; i++) {
+      bool matched = false;
+      aspen_error_t err;
+      ASPEN_ASSERT(aspen_matcher_match(arg->m, i % 2 ? yes : no, NULL,
+                                       &matched, &err));
+      arg->hits += matched;
+   }
+   bson_destroy(yes);
+   bson_destroy(no);
+   return NULL;
+}
+
+/* One matcher shared by threads: regex searches use per-thread match data,
+ * freed when each thread exits (checked by LeakSanitizer). */
+static void
+test_concurrent_regex(void **state)
+{
+   (void) state;
+   bson_t *filter;
+   aspen_matcher_t *m = compile_json(
+      "{\"s\": {\"$regularExpression\": {\"pattern\": \"^hel+o\", "
+      "\"options\": \"i\"}}}",
+      &filter);
+   pthread_t th[4];
+   thread_arg_t args[4];
+   for (int i = 0; i < 4; i++) {
+      args[i] = (thread_arg_t){.m = m, .hits = 0};
+      assert_int_equal(pthread_create(&th[i], NULL, regex_thread, &args[i]),
+                       0);
+   }
+   for (int i = 0; i < 4; i++) {
+      assert_int_equal(pthread_join(th[i], NULL), 0);
+      assert_int_equal(args[i].hits, 100);
+   }
+   aspen_matcher_destroy(m);
+   bson_destroy(filter);
+}
+
+/* The filter compiles once and can be evaluated many times; a large $in
+ * list takes the sorted path. */
+static void
+test_large_in(void **state)
+{
+   (void) state;
+   bson_t *filter = bson_new();
+   bson_t a, arr;
+   bson_append_document_begin(filter, "a", -1, &a);
+   bson_append_array_begin(&a, "$in", -1, &arr);
+   for (int i = 0; i < 100; i++) {
+      char key[16];
+      snprintf(key, sizeof key, "%d", i);
+      if (i % 3 == 0) {
+         bson_append_utf8(&arr, key, -1, key, -1);
+      } else {
+         bson_append_int64(&arr, key, -1, i * 2);
+      }
+   }
+   bson_append_null(&arr, "100", -1);
+   bson_append_array_end(&a, &arr);
+   bson_append_document_end(filter, &a);
+   aspen_matcher_t *m = NULL;
+   aspen_error_t err;
+   assert_true(aspen_matcher_new(filter, &m, &err));
+   for (int i = 0; i < 100; i++) {
+      bson_t *d1 = BCON_NEW("a", BCON_DOUBLE(i * 2.0));
+      char s[16];
+      snprintf(s, sizeof s, "%d", i);
+      bson_t *d2 = BCON_NEW("a", "[", BCON_INT32(-1), BCON_UTF8(s), "]");
+      bool m1, m2;
+      assert_true(aspen_matcher_match(m, d1, NULL, &m1, &err));
+      assert_true(aspen_matcher_match(m, d2, NULL, &m2, &err));
+      assert_int_equal(m1, i % 3 != 0);
+      assert_int_equal(m2, i % 3 == 0);
+      bson_destroy(d1);
+      bson_destroy(d2);
+   }
+   bson_t *missing = BCON_NEW("b", BCON_INT32(1));
+   bool mm;
+   assert_true(aspen_matcher_match(m, missing, NULL, &mm, &err));
+   assert_true(mm); /* null in the list matches a missing field */
+   bson_destroy(missing);
+   aspen_matcher_destroy(m);
+   bson_destroy(filter);
+}
+
+/* Builds {"$and": [{"$and": [ ... {"a": 1} ... ]}]} `depth` levels deep. */
+static char *
+nested_and(int depth)
+{
+   size_t cap = (size_t) depth * 16 + 32;
+   char *json = malloc(cap);
+   size_t n = 0;
+   for (int i = 0; i < depth; i++) {
+      n += (size_t) snprintf(json + n, cap - n, "{\"$and\": [");
+   }
+   n += (size_t) snprintf(json + n, cap - n, "{\"a\": 1}");
+   for (int i = 0; i < depth; i++) {
+      n += (size_t) snprintf(json + n, cap - n, "]}");
+   }
+   return json;
+}
+
+/* Builds a $jsonSchema with `depth` nested "properties". */
+static char *
+nested_schema(int depth)
+{
+   size_t cap = (size_t) depth * 24 + 64;
+   char *json = malloc(cap);
+   size_t n = (size_t) snprintf(json, cap, "{\"$jsonSchema\": ");
+   for (int i = 0; i < depth; i++) {
+      n += (size_t) snprintf(json + n, cap - n, "{\"properties\": {\"a\": ");
+   }
+   n += (size_t) snprintf(json + n, cap - n, "{}");
+   for (int i = 0; i < depth; i++) {
+      n += (size_t) snprintf(json + n, cap - n, "}}");
+   }
+   snprintf(json + n, cap - n, "}");
+   return json;
+}
+
+static bool
+compiles(const char *json, aspen_error_t *err)
+{
+   bson_error_t berr;
+   bson_t *filter = bson_new_from_json((const uint8_t *) json, -1, &berr);
+   if (!filter) {
+      fail_msg("bad JSON: %s", berr.message);
+   }
+   aspen_matcher_t *m = NULL;
+   bool ok = aspen_matcher_new(filter, &m, err);
+   aspen_matcher_destroy(m);
+   bson_destroy(filter);
+   return ok;
+}
+
+/* Nesting is bounded (mongod's query tree depth of 100), so a hostile
+ * pipeline cannot exhaust the stack. libbson's JSON reader stops at 100
+ * levels, hence the modest depths. */
+static void
+test_depth_limits(void **state)
+{
+   (void) state;
+   aspen_error_t err = {0};
+   char *json = nested_and(40);
+   assert_true(compiles(json, &err));
+   free(json);
+   json = nested_schema(30);
+   assert_true(compiles(json, &err));
+   free(json);
+
+   /* Deeper than the limit: build BSON directly. */
+   bson_t *filter = bson_new();
+   bson_t *levels[130];
+   bson_t arr[130];
+   bson_t docs[130];
+   bson_t *cur = filter;
+   for (int i = 0; i < 120; i++) {
+      bson_append_array_begin(cur, "$and", -1, &arr[i]);
+      bson_append_document_begin(&arr[i], "0", -1, &docs[i]);
+      levels[i] = cur;
+      cur = &docs[i];
+   }
+   BSON_APPEND_INT32(cur, "a", 1);
+   for (int i = 119; i >= 0; i--) {
+      bson_append_document_end(&arr[i], &docs[i]);
+      bson_append_array_end(levels[i], &arr[i]);
+   }
+   aspen_matcher_t *m = NULL;
+   assert_false(aspen_matcher_new(filter, &m, &err));
+   assert_non_null(strstr(err.message, "exceeded maximum query tree depth"));
+   assert_null(m);
+   bson_destroy(filter);
+
+   filter = bson_new();
+   bson_t schema;
+   bson_t props[130];
+   bson_t sub[130];
+   bson_append_document_begin(filter, "$jsonSchema", -1, &schema);
+   cur = &schema;
+   for (int i = 0; i < 120; i++) {
+      bson_append_document_begin(cur, "properties", -1, &props[i]);
+      bson_append_document_begin(&props[i], "a", -1, &sub[i]);
+      levels[i] = cur;
+      cur = &sub[i];
+   }
+   for (int i = 119; i >= 0; i--) {
+      bson_append_document_end(&props[i], &sub[i]);
+      bson_append_document_end(levels[i], &props[i]);
+   }
+   bson_append_document_end(filter, &schema);
+   assert_false(aspen_matcher_new(filter, &m, &err));
+   assert_non_null(strstr(err.message, "nested more than"));
+   assert_null(m);
+   bson_destroy(filter);
+}
+
+static int
+cmp_names(const void *a, const void *b)
+{
+   return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+int
+main(void)
+{
+   DIR *dir = opendir(MATCH_CASES_DIR);
+   if (!dir) {
+      fprintf(stderr, "cannot open %s\n", MATCH_CASES_DIR);
+      return 1;
+   }
+   char **paths = NULL;
+   size_t n = 0;
+   struct dirent *de;
+   while ((de = readdir(dir)) != NULL) {
+      size_t len = strlen(de->d_name);
+      if (len > 5 && strcmp(de->d_name + len - 5, ".json") == 0) {
+         paths = realloc(paths, (n + 1) * sizeof *paths);
+         size_t size = strlen(MATCH_CASES_DIR) + len + 2;
+         paths[n] = malloc(size);
+         snprintf(paths[n], size, "%s/%s", MATCH_CASES_DIR, de->d_name);
+         n++;
+      }
+   }
+   closedir(dir);
+   qsort(paths, n, sizeof *paths, cmp_names);
+
+   static const struct CMUnitTest direct[] = {
+      cmocka_unit_test(test_destroy_null),
+      cmocka_unit_test(test_expr_context),
+      cmocka_unit_test(test_error_codes),
+      cmocka_unit_test(test_concurrent_regex),
+      cmocka_unit_test(test_large_in),
+      cmocka_unit_test(test_depth_limits),
+   };
+   size_t n_direct = sizeof direct / sizeof direct[0];
+   struct CMUnitTest *tests = calloc(n + n_direct, sizeof *tests);
+   for (size_t i = 0; i < n_direct; i++) {
+      tests[i] = direct[i];
+   }
+   for (size_t i = 0; i < n; i++) {
+      tests[n_direct + i] = (struct CMUnitTest){
+         .name = strrchr(paths[i], '/') + 1,
+         .test_func = test_case_file,
+         .initial_state = paths[i],
+      };
+   }
+   int rc = _cmocka_run_group_tests("match", tests, n + n_direct, NULL, NULL);
+   printf("test_match: %d data-driven cases in %zu files\n", cases_run, n);
+   for (size_t i = 0; i < n; i++) {
+      free(paths[i]);
+   }
+   free(paths);
+   free(tests);
+   return n == 0 ? 1 : rc;
+}

@@ -1,0 +1,794 @@
+/*
+ * test_pipeline.c - the data-driven stage and pipeline cases in
+ * tests/cases/pipeline/ (*.json), run straight through the engine's pipeline
+ * (engine/pipeline.c and the stages), without threads, sinks or the wire.
+ *
+ * The same files drive tests/e2e/js/pipeline_cases.js, which sends each case
+ * to a running aspen with the real mongosh commands (libbson `bson_corpus`
+ * style: one corpus, two runners). tests/cases/README.md describes the case
+ * format. For each case this runner:
+ *   1. builds the pipeline: the case's "pipeline" as given, or
+ *      [{$source: {documents: input}}] + "stages" (+ a $merge into the
+ *      testAtlas connection when "persistent" is true);
+ *   2. parses it with aspen_pipeline_parse (ephemeral unless persistent);
+ *      an "error" case must fail here with that code and message;
+ *   3. pushes each document of the parsed $source, with a `_ts` Date
+ *      appended and stream metadata {source: {type: "generated"}}, as the
+ *      processor's ingest does (engine/processor.c);
+ *   4. compares what reaches the output and DLQ hooks with "output" and
+ *      "dlq", after dropping `_ts` and `_stream_meta` from actual documents.
+ * Documents are compared as canonical Extended JSON, so field order and BSON
+ * types both count.
+ *
+ * One cmocka test per case file; every case of a file runs, and each failing
+ * case prints the file, the case name and what differed.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_int.h"
+
+#ifndef ASPEN_CASES_DIR
+#error "ASPEN_CASES_DIR must name the tests/cases directory"
+#endif
+
+#define CASES_SUBDIR ASPEN_CASES_DIR "/pipeline"
+/* The fixed "now" of every run: 2024-01-01T00:00:00Z. */
+#define TEST_NOW_MS INT64_C(1704067200000)
+
+static aspen_conns_t g_conns;
+
+/* ======================================================================== */
+/* Small helpers                                                             */
+/* ======================================================================== */
+
+/* A growing text buffer for failure reports. */
+typedef struct {
+   char *s;
+   size_t len, cap;
+} sbuf_t;
+
+static void sbuf_printf(sbuf_t *b, const char *fmt, ...)
+   __attribute__((format(printf, 2, 3)));
+
+static void
+sbuf_printf(sbuf_t *b, const char *fmt, ...)
+{
+   va_list ap;
+   for (;;) {
+      size_t room = b->cap - b->len;
+      va_start(ap, fmt);
+      int n = vsnprintf(b->s ? b->s + b->len : NULL, room, fmt, ap);
+      va_end(ap);
+      if (n < 0) {
+         return;
+      }
+      if ((size_t) n < room) {
+         b->len += (size_t) n;
+         return;
+      }
+      b->cap = (b->cap + (size_t) n + 1) * 2;
+      b->s = aspen_xrealloc(b->s, b->cap);
+   }
+}
+
+static char *
+read_file(const char *path, size_t *len)
+{
+   FILE *f = fopen(path, "rb");
+   if (!f) {
+      return NULL;
+   }
+   size_t cap = 4096, n = 0;
+   char *buf = aspen_xmalloc(cap);
+   size_t got;
+   while ((got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+      n += got;
+      if (cap - n - 1 == 0) {
+         cap *= 2;
+         buf = aspen_xrealloc(buf, cap);
+      }
+   }
+   fclose(f);
+   buf[n] = '\0';
+   *len = n;
+   return buf;
+}
+
+/* Canonical Extended JSON of a document: what comparisons use. */
+static char *
+cjson(const bson_t *doc)
+{
+   return bson_as_canonical_extended_json(doc, NULL);
+}
+
+/* Copies `in` without the fields the runners ignore (`_ts`, `_stream_meta`). */
+static bson_t *
+strip_copy(const bson_t *in)
+{
+   bson_t *out = bson_new();
+   bson_copy_to_excluding_noinit(in, out, "_ts", "_stream_meta", NULL);
+   return out;
+}
+
+/* The document or array held by `it`, as a static bson_t. */
+static bool
+iter_sub(const bson_iter_t *it, bson_t *out)
+{
+   uint32_t len;
+   const uint8_t *data;
+   if (BSON_ITER_HOLDS_DOCUMENT(it)) {
+      bson_iter_document(it, &len, &data);
+   } else if (BSON_ITER_HOLDS_ARRAY(it)) {
+      bson_iter_array(it, &len, &data);
+   } else {
+      return false;
+   }
+   return bson_init_static(out, data, len);
+}
+
+/* ======================================================================== */
+/* The case-file lint: things libbson and mongosh's EJSON.parse would read   */
+/* differently, so the two runners would not test the same BSON.             */
+/* ======================================================================== */
+
+/* Integral numbers written with a '.' or an exponent ("2.0", "1e3") are
+ * doubles to libbson but Int32 to EJSON.parse; all-digit keys ("0", "12")
+ * are reordered by JavaScript objects. Returns false and reports the line. */
+static bool
+lint_case_text(const char *text, const char *file, sbuf_t *report)
+{
+   int line = 1;
+   bool ok = true;
+   for (const char *p = text; *p; p++) {
+      if (*p == '\n') {
+         line++;
+         continue;
+      }
+      if (*p == '"') {
+         const char *start = p + 1;
+         p++;
+         while (*p && *p != '"') {
+            if (*p == '\\' && p[1]) {
+               p++;
+            }
+            p++;
+         }
+         if (!*p) {
+            break;
+         }
+         size_t klen = (size_t) (p - start);
+         const char *q = p + 1;
+         while (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n') {
+            q++;
+         }
+         if (*q == ':' && klen > 0 && strspn(start, "0123456789") >= klen) {
+            sbuf_printf(report,
+                        "%s:%d: key \"%.*s\" is all digits (JavaScript "
+                        "reorders such keys)\n",
+                        file, line, (int) klen, start);
+            ok = false;
+         }
+         continue;
+      }
+      if ((*p == '-' || (*p >= '0' && *p <= '9')) &&
+          (p == text || strchr(" \t\r\n:,[", p[-1]))) {
+         size_t n = strspn(p, "-+0123456789.eE");
+         if (memchr(p, '.', n) || memchr(p, 'e', n) || memchr(p, 'E', n)) {
+            char num[64];
+            snprintf(num, sizeof num, "%.*s", (int) n, p);
+            double d = strtod(num, NULL);
+            if (isfinite(d) && d == floor(d)) {
+               sbuf_printf(report,
+                           "%s:%d: %s is an integral double: write "
+                           "{\"$numberDouble\": \"%s\"} so both runners "
+                           "read a double\n",
+                           file, line, num, num);
+               ok = false;
+            }
+         }
+         p += n - 1;
+      }
+   }
+   return ok;
+}
+
+/* ======================================================================== */
+/* What the pipeline produced                                                */
+/* ======================================================================== */
+
+typedef struct {
+   char *operator_name;
+   char *reason;
+   bson_t *doc; /* stripped copy, or NULL */
+} dlq_entry_t;
+
+typedef struct {
+   bson_t **out;
+   size_t n_out, cap_out;
+   dlq_entry_t *dlq;
+   size_t n_dlq, cap_dlq;
+} collector_t;
+
+static void
+on_output(void *arg, const aspen_sdoc_t *d)
+{
+   collector_t *c = arg;
+   if (c->n_out == c->cap_out) {
+      c->cap_out = c->cap_out ? c->cap_out * 2 : 8;
+      c->out = aspen_xrealloc(c->out, c->cap_out * sizeof *c->out);
+   }
+   c->out[c->n_out++] = strip_copy(d->doc);
+}
+
+static void
+on_dlq(void *arg, const aspen_sdoc_t *in, const char *operator_name,
+       const char *reason)
+{
+   collector_t *c = arg;
+   if (c->n_dlq == c->cap_dlq) {
+      c->cap_dlq = c->cap_dlq ? c->cap_dlq * 2 : 8;
+      c->dlq = aspen_xrealloc(c->dlq, c->cap_dlq * sizeof *c->dlq);
+   }
+   dlq_entry_t *e = &c->dlq[c->n_dlq++];
+   e->operator_name = aspen_xstrdup(operator_name ? operator_name : "");
+   e->reason = aspen_xstrdup(reason ? reason : "");
+   e->doc = in->doc ? strip_copy(in->doc) : NULL;
+}
+
+static void
+collector_cleanup(collector_t *c)
+{
+   for (size_t i = 0; i < c->n_out; i++) {
+      bson_destroy(c->out[i]);
+   }
+   for (size_t i = 0; i < c->n_dlq; i++) {
+      free(c->dlq[i].operator_name);
+      free(c->dlq[i].reason);
+      if (c->dlq[i].doc) {
+         bson_destroy(c->dlq[i].doc);
+      }
+   }
+   free(c->out);
+   free(c->dlq);
+   memset(c, 0, sizeof *c);
+}
+
+/* ======================================================================== */
+/* One case                                                                  */
+/* ======================================================================== */
+
+/* The fields a case may have; anything else is a typo in the case file. */
+static const char *const case_keys[] = {"name",   "comment", "stages",
+                                        "pipeline", "input",  "output",
+                                        "dlq",    "error",   "code",
+                                        "persistent", NULL};
+static const char *const dlq_keys[] = {"operatorName", "reason", "doc",
+                                       "exactReason", NULL};
+
+static bool
+key_allowed(const char *k, const char *const *keys)
+{
+   for (size_t i = 0; keys[i]; i++) {
+      if (strcmp(keys[i], k) == 0) {
+         return true;
+      }
+   }
+   return false;
+}
+
+/* Checks `text` against an expectation that is one substring or an array of
+ * substrings (all must appear). With `exact`, a single string must equal. */
+static bool
+text_matches(const char *text, const bson_iter_t *want, bool exact,
+             sbuf_t *why, const char *what)
+{
+   if (BSON_ITER_HOLDS_UTF8(want)) {
+      const char *s = bson_iter_utf8(want, NULL);
+      bool ok = exact ? strcmp(text, s) == 0 : strstr(text, s) != NULL;
+      if (!ok) {
+         sbuf_printf(why, "    %s %s \"%s\"\n      got: \"%s\"\n", what,
+                     exact ? "should be" : "should contain", s, text);
+      }
+      return ok;
+   }
+   bson_t arr;
+   if (!BSON_ITER_HOLDS_ARRAY(want) || !iter_sub(want, &arr)) {
+      sbuf_printf(why, "    bad expectation for %s: a string or an array "
+                       "of strings\n",
+                  what);
+      return false;
+   }
+   bool ok = true;
+   bson_iter_t it;
+   bson_iter_init(&it, &arr);
+   while (bson_iter_next(&it)) {
+      if (!BSON_ITER_HOLDS_UTF8(&it)) {
+         sbuf_printf(why, "    bad expectation for %s: not a string\n", what);
+         return false;
+      }
+      const char *s = bson_iter_utf8(&it, NULL);
+      if (!strstr(text, s)) {
+         sbuf_printf(why, "    %s should contain \"%s\"\n      got: \"%s\"\n",
+                     what, s, text);
+         ok = false;
+      }
+   }
+   return ok;
+}
+
+static void
+append_doc_list(sbuf_t *why, const char *label, bson_t **docs, size_t n)
+{
+   sbuf_printf(why, "    %s (%zu):\n", label, n);
+   for (size_t i = 0; i < n; i++) {
+      char *j = cjson(docs[i]);
+      sbuf_printf(why, "      %s\n", j);
+      bson_free(j);
+   }
+}
+
+/* Compares the collected outputs with the case's "output" array. */
+static bool
+check_outputs(const collector_t *c, const bson_t *want, sbuf_t *why)
+{
+   size_t n_want = bson_count_keys(want);
+   bool ok = n_want == c->n_out;
+   bson_iter_t it;
+   size_t i = 0;
+   bson_iter_init(&it, want);
+   while (ok && bson_iter_next(&it)) {
+      bson_t w;
+      if (!iter_sub(&it, &w)) {
+         sbuf_printf(why, "    output[%zu] in the case is not a document\n",
+                     i);
+         return false;
+      }
+      char *wj = cjson(&w), *gj = cjson(c->out[i]);
+      ok = strcmp(wj, gj) == 0;
+      bson_free(wj);
+      bson_free(gj);
+      i++;
+   }
+   if (!ok) {
+      bson_t **wl = aspen_xcalloc(n_want ? n_want : 1, sizeof *wl);
+      size_t k = 0;
+      bson_t tmp[64];
+      bson_iter_init(&it, want);
+      while (bson_iter_next(&it) && k < 64) {
+         if (iter_sub(&it, &tmp[k])) {
+            wl[k] = &tmp[k];
+            k++;
+         }
+      }
+      sbuf_printf(why, "    outputs differ\n");
+      append_doc_list(why, "expected", wl, k);
+      append_doc_list(why, "actual", c->out, c->n_out);
+      free(wl);
+   }
+   return ok;
+}
+
+/* Compares the collected DLQ entries with the case's "dlq" array (absent:
+ * none expected). */
+static bool
+check_dlq(const collector_t *c, const bson_t *want, sbuf_t *why)
+{
+   size_t n_want = want ? bson_count_keys(want) : 0;
+   bool ok = true;
+   if (n_want != c->n_dlq) {
+      sbuf_printf(why, "    expected %zu DLQ entries, got %zu\n", n_want,
+                  c->n_dlq);
+      for (size_t i = 0; i < c->n_dlq; i++) {
+         char *j = c->dlq[i].doc ? cjson(c->dlq[i].doc) : NULL;
+         sbuf_printf(why, "      %s: %s\n        doc: %s\n",
+                     c->dlq[i].operator_name, c->dlq[i].reason,
+                     j ? j : "(none)");
+         bson_free(j);
+      }
+      return false;
+   }
+   if (!want) {
+      return true;
+   }
+   bson_iter_t it;
+   size_t i = 0;
+   bson_iter_init(&it, want);
+   while (bson_iter_next(&it)) {
+      const dlq_entry_t *e = &c->dlq[i];
+      bson_t w;
+      bson_iter_t f;
+      char what[64];
+      if (!iter_sub(&it, &w)) {
+         sbuf_printf(why, "    dlq[%zu] in the case is not a document\n", i);
+         return false;
+      }
+      bson_iter_init(&f, &w);
+      while (bson_iter_next(&f)) {
+         if (!key_allowed(bson_iter_key(&f), dlq_keys)) {
+            sbuf_printf(why, "    dlq[%zu]: unknown key \"%s\"\n", i,
+                        bson_iter_key(&f));
+            ok = false;
+         }
+      }
+      if (bson_iter_init_find(&f, &w, "operatorName") &&
+          BSON_ITER_HOLDS_UTF8(&f) &&
+          strcmp(bson_iter_utf8(&f, NULL), e->operator_name) != 0) {
+         sbuf_printf(why, "    dlq[%zu].operatorName: expected %s, got %s\n",
+                     i, bson_iter_utf8(&f, NULL), e->operator_name);
+         ok = false;
+      }
+      bool exact = bson_iter_init_find(&f, &w, "exactReason") &&
+                   BSON_ITER_HOLDS_BOOL(&f) && bson_iter_bool(&f);
+      if (bson_iter_init_find(&f, &w, "reason")) {
+         snprintf(what, sizeof what, "dlq[%zu].reason", i);
+         ok = text_matches(e->reason, &f, exact, why, what) && ok;
+      }
+      if (bson_iter_init_find(&f, &w, "doc")) {
+         bson_t wd;
+         char *wj = iter_sub(&f, &wd) ? cjson(&wd) : NULL;
+         char *gj = e->doc ? cjson(e->doc) : NULL;
+         if (!wj || !gj || strcmp(wj, gj) != 0) {
+            sbuf_printf(why,
+                        "    dlq[%zu].doc differs\n      expected: %s\n"
+                        "      actual:   %s\n",
+                        i, wj ? wj : "(bad)", gj ? gj : "(none)");
+            ok = false;
+         }
+         bson_free(wj);
+         bson_free(gj);
+      }
+      i++;
+   }
+   return ok;
+}
+
+/* Builds the full pipeline of a case into `out` (initialised here). */
+static bool
+build_pipeline(const bson_t *c, bool persistent, bson_t *out, sbuf_t *why)
+{
+   bson_iter_t it;
+   bson_t sub;
+   bson_init(out);
+   if (bson_iter_init_find(&it, c, "pipeline")) {
+      if (!BSON_ITER_HOLDS_ARRAY(&it) || !iter_sub(&it, &sub)) {
+         sbuf_printf(why, "    \"pipeline\" must be an array\n");
+         return false;
+      }
+      bson_concat(out, &sub);
+      return true;
+   }
+   uint32_t idx = 0;
+   char buf[16];
+   const char *key;
+   bson_t stage, src, docs;
+
+   bson_uint32_to_string(idx++, &key, buf, sizeof buf);
+   bson_append_document_begin(out, key, -1, &stage);
+   bson_append_document_begin(&stage, "$source", -1, &src);
+   bson_append_array_begin(&src, "documents", -1, &docs);
+   if (bson_iter_init_find(&it, c, "input")) {
+      if (!BSON_ITER_HOLDS_ARRAY(&it) || !iter_sub(&it, &sub)) {
+         sbuf_printf(why, "    \"input\" must be an array\n");
+         bson_append_array_end(&src, &docs);
+         bson_append_document_end(&stage, &src);
+         bson_append_document_end(out, &stage);
+         return false;
+      }
+      bson_concat(&docs, &sub);
+   }
+   bson_append_array_end(&src, &docs);
+   bson_append_document_end(&stage, &src);
+   bson_append_document_end(out, &stage);
+
+   if (!bson_iter_init_find(&it, c, "stages") ||
+       !BSON_ITER_HOLDS_ARRAY(&it) || !iter_sub(&it, &sub)) {
+      sbuf_printf(why, "    a case needs \"stages\" (array) or "
+                       "\"pipeline\"\n");
+      return false;
+   }
+   bson_iter_t si;
+   bson_iter_init(&si, &sub);
+   while (bson_iter_next(&si)) {
+      bson_uint32_to_string(idx++, &key, buf, sizeof buf);
+      bson_append_iter(out, key, -1, &si);
+   }
+   if (persistent) {
+      bson_t merge, into;
+      bson_uint32_to_string(idx++, &key, buf, sizeof buf);
+      bson_append_document_begin(out, key, -1, &stage);
+      bson_append_document_begin(&stage, "$merge", -1, &merge);
+      bson_append_document_begin(&merge, "into", -1, &into);
+      BSON_APPEND_UTF8(&into, "connectionName", "testAtlas");
+      BSON_APPEND_UTF8(&into, "db", "t");
+      BSON_APPEND_UTF8(&into, "coll", "t");
+      bson_append_document_end(&merge, &into);
+      bson_append_document_end(&stage, &merge);
+      bson_append_document_end(out, &stage);
+   }
+   return true;
+}
+
+/* Feeds the parsed $source's documents through the pipeline as the
+ * processor's ingest does: `_ts` (the ingestion time) appended at the end,
+ * stream metadata {source: {type: "generated"}}. */
+static bool
+feed(aspen_pipeline_t *pl, sbuf_t *why)
+{
+   if (pl->source.kind != ASPEN_SOURCE_DOCUMENTS) {
+      sbuf_printf(why, "    only a documents $source can be run here\n");
+      return false;
+   }
+   if (pl->source.documents_expr || pl->source.time_field) {
+      sbuf_printf(why, "    this runner does not evaluate a documents "
+                       "expression or a timeField\n");
+      return false;
+   }
+   bson_t meta = BSON_INITIALIZER, src;
+   BSON_APPEND_DOCUMENT_BEGIN(&meta, "source", &src);
+   BSON_APPEND_UTF8(&src, "type", "generated");
+   bson_append_document_end(&meta, &src);
+
+   bson_iter_t it;
+   bson_iter_init(&it, &pl->source.documents);
+   int64_t ts = TEST_NOW_MS;
+   while (bson_iter_next(&it)) {
+      bson_t raw, doc = BSON_INITIALIZER;
+      if (!iter_sub(&it, &raw) || !BSON_ITER_HOLDS_DOCUMENT(&it)) {
+         sbuf_printf(why, "    a source document is not an object\n");
+         bson_destroy(&doc);
+         bson_destroy(&meta);
+         return false;
+      }
+      bson_copy_to_excluding_noinit(&raw, &doc, pl->source.ts_field, NULL);
+      BSON_APPEND_DATE_TIME(&doc, pl->source.ts_field, ts);
+      pl->now_ms = ts;
+      aspen_sdoc_t sdoc = {.doc = &doc, .meta = &meta, .ts_ms = ts};
+      aspen_pipeline_push(pl, &sdoc);
+      bson_destroy(&doc);
+      ts++;
+   }
+   bson_destroy(&meta);
+   return true;
+}
+
+/* Runs one case; on failure appends the reasons to `why`. */
+static bool
+run_case(const bson_t *c, sbuf_t *why)
+{
+   bson_iter_t it;
+   bool ok = true;
+
+   bson_iter_init(&it, c);
+   while (bson_iter_next(&it)) {
+      if (!key_allowed(bson_iter_key(&it), case_keys)) {
+         sbuf_printf(why, "    unknown key \"%s\" in the case\n",
+                     bson_iter_key(&it));
+         ok = false;
+      }
+   }
+   if (!ok) {
+      return false;
+   }
+   bool persistent = bson_iter_init_find(&it, c, "persistent") &&
+                     BSON_ITER_HOLDS_BOOL(&it) && bson_iter_bool(&it);
+   bool want_error = bson_iter_init_find(&it, c, "error");
+   bool has_output = bson_has_field(c, "output");
+   if (want_error == has_output) {
+      sbuf_printf(why, "    a case needs exactly one of \"output\" and "
+                       "\"error\"\n");
+      return false;
+   }
+
+   bson_t pipeline;
+   if (!build_pipeline(c, persistent, &pipeline, why)) {
+      bson_destroy(&pipeline);
+      return false;
+   }
+   aspen_error_t err;
+   memset(&err, 0, sizeof err);
+   aspen_pipeline_t *pl =
+      aspen_pipeline_parse(&pipeline, &g_conns, !persistent, false, &err);
+   bson_destroy(&pipeline);
+
+   if (want_error) {
+      int32_t code = 420;
+      bson_iter_t ci;
+      if (bson_iter_init_find(&ci, c, "code") && BSON_ITER_HOLDS_NUMBER(&ci)) {
+         code = (int32_t) bson_iter_as_int64(&ci);
+      }
+      if (pl) {
+         sbuf_printf(why, "    the pipeline parsed, but an error was "
+                          "expected\n");
+         aspen_pipeline_destroy(pl);
+         return false;
+      }
+      if (err.code != code) {
+         sbuf_printf(why, "    error code %d, expected %d (%s)\n",
+                     (int) err.code, (int) code, err.message);
+         ok = false;
+      }
+      bson_iter_init_find(&it, c, "error");
+      return text_matches(err.message, &it, false, why, "errmsg") && ok;
+   }
+
+   if (!pl) {
+      sbuf_printf(why, "    the pipeline did not parse: code %d: %s\n",
+                  (int) err.code, err.message);
+      return false;
+   }
+   collector_t col;
+   memset(&col, 0, sizeof col);
+   pl->output = on_output;
+   pl->dlq = on_dlq;
+   pl->hook_arg = &col;
+   if (!feed(pl, why)) {
+      aspen_pipeline_destroy(pl);
+      collector_cleanup(&col);
+      return false;
+   }
+   aspen_pipeline_destroy(pl);
+
+   bson_t want_out, want_dlq;
+   bson_iter_init_find(&it, c, "output");
+   if (!BSON_ITER_HOLDS_ARRAY(&it) || !iter_sub(&it, &want_out)) {
+      sbuf_printf(why, "    \"output\" must be an array\n");
+      collector_cleanup(&col);
+      return false;
+   }
+   ok = check_outputs(&col, &want_out, why);
+   const bson_t *dlq = NULL;
+   if (bson_iter_init_find(&it, c, "dlq")) {
+      if (!BSON_ITER_HOLDS_ARRAY(&it) || !iter_sub(&it, &want_dlq)) {
+         sbuf_printf(why, "    \"dlq\" must be an array\n");
+         collector_cleanup(&col);
+         return false;
+      }
+      dlq = &want_dlq;
+   }
+   ok = check_dlq(&col, dlq, why) && ok;
+   collector_cleanup(&col);
+   return ok;
+}
+
+/* ======================================================================== */
+/* One test per case file                                                    */
+/* ======================================================================== */
+
+static void
+run_file(void **state)
+{
+   const char *path = *state;
+   const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+   size_t len;
+   char *text = read_file(path, &len);
+   if (!text) {
+      fail_msg("cannot read %s: %s", path, strerror(errno));
+   }
+   sbuf_t report = {0};
+   if (!lint_case_text(text, base, &report)) {
+      print_error("%s", report.s);
+      free(report.s);
+      free(text);
+      fail_msg("%s: the case file does not pass the lint", base);
+   }
+   bson_error_t berr;
+   bson_t *cases = bson_new_from_json((const uint8_t *) text, (ssize_t) len,
+                                      &berr);
+   free(text);
+   if (!cases) {
+      fail_msg("%s: not valid (relaxed Extended) JSON: %s", base,
+               berr.message);
+   }
+   int n = 0, failed = 0;
+   bson_iter_t it;
+   bson_iter_init(&it, cases);
+   while (bson_iter_next(&it)) {
+      n++;
+      bson_t c;
+      sbuf_t why = {0};
+      const char *name = "(unnamed)";
+      bool ok;
+      if (!BSON_ITER_HOLDS_DOCUMENT(&it) || !iter_sub(&it, &c)) {
+         sbuf_printf(&why, "    case %d is not an object\n", n);
+         ok = false;
+      } else {
+         bson_iter_t ni;
+         if (bson_iter_init_find(&ni, &c, "name") &&
+             BSON_ITER_HOLDS_UTF8(&ni)) {
+            name = bson_iter_utf8(&ni, NULL);
+         }
+         ok = run_case(&c, &why);
+      }
+      if (!ok) {
+         failed++;
+         print_error("FAIL %s: case %d \"%s\"\n%s", base, n, name,
+                     why.s ? why.s : "");
+      }
+      free(why.s);
+   }
+   bson_destroy(cases);
+   print_message("%s: %d cases, %d passed, %d failed\n", base, n, n - failed,
+                 failed);
+   if (n == 0) {
+      fail_msg("%s holds no cases", base);
+   }
+   if (failed) {
+      fail_msg("%s: %d of %d cases failed", base, failed, n);
+   }
+}
+
+static int
+cmp_str(const void *a, const void *b)
+{
+   return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+int
+main(void)
+{
+   aspen_error_t err;
+   bson_error_t berr;
+   bson_t *list = bson_new_from_json(
+      (const uint8_t *) "[{\"name\": \"testAtlas\", \"type\": \"atlas\", "
+                        "\"uri\": \"mongodb://127.0.0.1:1\"}]",
+      -1, &berr);
+   if (!list || !aspen_conns_load(&g_conns, list, NULL, &err)) {
+      fprintf(stderr, "test_pipeline: cannot set up connections: %s\n",
+              list ? err.message : berr.message);
+      return 1;
+   }
+   bson_destroy(list);
+
+   DIR *dir = opendir(CASES_SUBDIR);
+   if (!dir) {
+      fprintf(stderr, "test_pipeline: cannot open %s: %s\n", CASES_SUBDIR,
+              strerror(errno));
+      return 1;
+   }
+   char **paths = NULL;
+   size_t n = 0;
+   struct dirent *de;
+   while ((de = readdir(dir))) {
+      size_t l = strlen(de->d_name);
+      if (l > 5 && strcmp(de->d_name + l - 5, ".json") == 0) {
+         paths = aspen_xrealloc(paths, (n + 1) * sizeof *paths);
+         size_t sz = strlen(CASES_SUBDIR) + l + 2;
+         paths[n] = aspen_xmalloc(sz);
+         snprintf(paths[n], sz, "%s/%s", CASES_SUBDIR, de->d_name);
+         n++;
+      }
+   }
+   closedir(dir);
+   if (n == 0) {
+      fprintf(stderr, "test_pipeline: no case files in %s\n", CASES_SUBDIR);
+      return 1;
+   }
+   qsort(paths, n, sizeof *paths, cmp_str);
+
+   struct CMUnitTest *tests = aspen_xcalloc(n, sizeof *tests);
+   for (size_t i = 0; i < n; i++) {
+      tests[i].name = strrchr(paths[i], '/') + 1;
+      tests[i].test_func = run_file;
+      tests[i].initial_state = paths[i];
+   }
+   int rc = _cmocka_run_group_tests("pipeline cases", tests, n, NULL, NULL);
+   free(tests);
+   for (size_t i = 0; i < n; i++) {
+      free(paths[i]);
+   }
+   free(paths);
+   aspen_conns_cleanup(&g_conns);
+   return rc;
+}
