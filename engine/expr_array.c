@@ -195,11 +195,12 @@ ASPEN__DECL_EVAL(aspen__eval_concat_arrays)
       }
       if (!aspen__is_array(&v)) {
          bson_destroy(&arr);
-         aspen_value_destroy(&v);
          *out = ASPEN_VALUE_MISSING;
-         return aspen__fail(st, 28664,
+         bool failed = aspen__fail(st, 28664,
                             "$concatArrays only supports arrays, not %s",
                             aspen_value_type_name(&v));
+         aspen_value_destroy(&v);
+         return failed;
       }
       bson_iter_t it;
       aspen__array_iter(&v, &it);
@@ -299,9 +300,10 @@ ASPEN__DECL_EVAL(aspen__eval_map)
       return true;
    }
    if (!aspen__is_array(&input)) {
-      aspen_value_destroy(&input);
-      return aspen__fail(st, 16883, "input to $map must be an array not %s",
+      bool failed = aspen__fail(st, 16883, "input to $map must be an array not %s",
                          aspen_value_type_name(&input));
+      aspen_value_destroy(&input);
+      return failed;
    }
    aspen_value_t *slot = &st->slots[e->binds[0]];
    bson_t arr = BSON_INITIALIZER;
@@ -389,9 +391,10 @@ ASPEN__DECL_EVAL(aspen__eval_filter)
       return true;
    }
    if (!aspen__is_array(&input)) {
-      aspen_value_destroy(&input);
-      return aspen__fail(st, 28651, "input to $filter must be an array not %s",
+      bool failed = aspen__fail(st, 28651, "input to $filter must be an array not %s",
                          aspen_value_type_name(&input));
+      aspen_value_destroy(&input);
+      return failed;
    }
    int64_t remaining = -1;
    if (e->args[2]) {
@@ -583,11 +586,12 @@ ASPEN__DECL_EVAL(aspen__eval_size)
       return false;
    }
    if (!aspen__is_array(&a)) {
-      aspen_value_destroy(&a);
-      return aspen__fail(st, 17124,
+      bool failed = aspen__fail(st, 17124,
                          "The argument to $size must be an array, but was of "
                          "type: %s",
                          aspen_value_type_name(&a));
+      aspen_value_destroy(&a);
+      return failed;
    }
    *out = aspen_value_int32((int32_t) aspen__array_len(&a));
    aspen_value_destroy(&a);
@@ -835,11 +839,12 @@ ASPEN__DECL_EVAL(aspen__eval_reverse_array)
       return true;
    }
    if (!aspen__is_array(&a)) {
-      aspen_value_destroy(&a);
-      return aspen__fail(st, 34435,
+      bool failed = aspen__fail(st, 34435,
                          "The argument to $reverseArray must be an array, but "
                          "was of type: %s",
                          aspen_value_type_name(&a));
+      aspen_value_destroy(&a);
+      return failed;
    }
    uint32_t n;
    aspen_value_t *items = aspen__array_items(&a, &n);
@@ -1321,11 +1326,12 @@ ASPEN__DECL_EVAL(aspen__eval_sort_array)
       return true;
    }
    if (!aspen__is_array(&a)) {
-      aspen_value_destroy(&a);
-      return aspen__fail(st, 2942504,
+      bool failed = aspen__fail(st, 2942504,
                          "The input argument to $sortArray must be an array, "
                          "but was of type: %s",
                          aspen_value_type_name(&a));
+      aspen_value_destroy(&a);
+      return failed;
    }
    uint32_t n;
    aspen_value_t *items = aspen__array_items(&a, &n);
@@ -1379,10 +1385,11 @@ ASPEN__DECL_EVAL(aspen__eval_array_to_object)
       return true;
    }
    if (!aspen__is_array(&a)) {
-      aspen_value_destroy(&a);
-      return aspen__fail(st, 40386,
+      bool failed = aspen__fail(st, 40386,
                          "$arrayToObject requires an array input, found: %s",
                          aspen_value_type_name(&a));
+      aspen_value_destroy(&a);
+      return failed;
    }
    uint32_t n;
    aspen_value_t *items = aspen__array_items(&a, &n);
@@ -1508,10 +1515,11 @@ ASPEN__DECL_EVAL(aspen__eval_object_to_array)
       return true;
    }
    if (!aspen__is_doc(&a)) {
-      aspen_value_destroy(&a);
-      return aspen__fail(st, 40390,
+      bool failed = aspen__fail(st, 40390,
                          "$objectToArray requires a document input, found: %s",
                          aspen_value_type_name(&a));
+      aspen_value_destroy(&a);
+      return failed;
    }
    bson_t arr = BSON_INITIALIZER;
    bson_iter_t it;
@@ -1822,10 +1830,11 @@ any_all(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out,
       return false;
    }
    if (!aspen__is_array(&a)) {
-      aspen_value_destroy(&a);
-      return aspen__fail(st, any ? 17041 : 17040,
+      bool failed = aspen__fail(st, any ? 17041 : 17040,
                          "%s's argument must be an array, but is %s",
                          e->op->name, aspen_value_type_name(&a));
+      aspen_value_destroy(&a);
+      return failed;
    }
    bool res = !any;
    bson_iter_t it;

@@ -382,7 +382,8 @@ date_iso(int64_t ms, char *buf, size_t cap)
 {
    size_t n;
    aspen_error_t err;
-   if (!aspen__date_format(ms, "%Y-%m-%dT%H:%M:%S.%LZ", 22, aspen__tz_utc(),
+   if (!aspen__date_format(ms, ASPEN__ISO_FORMAT, strlen(ASPEN__ISO_FORMAT),
+                           aspen__tz_utc(),
                            buf, cap, &n, &err)) {
       snprintf(buf, cap, "%s", err.message);
    }

@@ -1470,11 +1470,11 @@ ASPEN__DECL_EVAL(aspen__eval_date_to_string)
       f = fmt.v.value.v_utf8.str;
       flen = fmt.v.value.v_utf8.len;
    } else if (aspen__tz_is_utc(tz)) {
-      f = "%Y-%m-%dT%H:%M:%S.%LZ";
-      flen = 22;
+      f = ASPEN__ISO_FORMAT;
+      flen = strlen(f);
    } else {
-      f = "%Y-%m-%dT%H:%M:%S.%L";
-      flen = 21;
+      f = ASPEN__ISO_FORMAT_LOCAL;
+      flen = strlen(f);
    }
    /* Each specifier expands to at most 9 bytes. */
    size_t cap = flen * 9 + 1;

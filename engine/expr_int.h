@@ -107,7 +107,8 @@ bool aspen__value_is_view(const aspen_value_t *val);
 void aspen__value_own(aspen_value_t *val);
 /* Static bson_t over a document or array value (no copy). */
 bool aspen__value_as_bson(const aspen_value_t *val, bson_t *out);
-/* An owned string value built from two pieces (either may be empty). */
+/* An owned string value that takes `s` (bson_malloc'd, NUL-terminated,
+ * `len` bytes before the NUL). */
 aspen_value_t aspen__value_utf8_take(char *s, uint32_t len);
 /* An owned decimal128 value. */
 aspen_value_t aspen__value_decimal(bson_decimal128_t d);
@@ -343,8 +344,8 @@ aspen_value_t aspen__path_get(const uint8_t *doc, uint32_t len,
 
 /* Builds an array value from the values appended to `arr` (takes it). */
 aspen_value_t aspen__array_finish(bson_t *arr);
-/* Appends `val` at array index `i` (MISSING is appended as null when
- * `missing_as_null`, else skipped). */
+/* Appends `val` at array index `i` (MISSING is appended as null, as array
+ * expressions do). */
 void aspen__array_append(bson_t *arr, uint32_t i, const aspen_value_t *val);
 
 /* Array iteration helper over an array value. */
@@ -382,6 +383,10 @@ const aspen__tz_t *aspen__tz_parse(const char *name, size_t len,
                                    aspen_error_t *err);
 bool aspen__tz_is_utc(const aspen__tz_t *tz);
 
+/* $dateToString's default format (UTC), and without the Z for other zones. */
+#define ASPEN__ISO_FORMAT "%Y-%m-%dT%H:%M:%S.%LZ"
+#define ASPEN__ISO_FORMAT_LOCAL "%Y-%m-%dT%H:%M:%S.%L"
+
 /* Formats `ms` (UTC instant) with the $dateToString specifiers into `buf`;
  * false with err set on a bad format. */
 bool aspen__date_format(int64_t ms, const char *fmt, size_t fmt_len,
@@ -409,7 +414,16 @@ enum {
    ASPEN__DP_ISO_DAY_OF_WEEK,
 };
 
-/* Operator implementations, by file. */
+/* Operator implementations, by file. They share two contracts:
+ *  - aspen__eval_<op>(e, st, out): evaluates node `e`. On success returns
+ *    true and *out holds the result (owned, or a view into the input
+ *    document, the pipeline, or a variable slot that outlives the caller's
+ *    use); the caller destroys it with aspen_value_destroy. On a runtime
+ *    error returns false with st->err set and *out MISSING. Nodes are
+ *    read-only, so any thread may evaluate with its own aspen__eval_t.
+ *  - aspen__parse_<op>(ps, op, arg, e): compiles the operator's argument
+ *    `arg` into `e` (children in e->args, private data in e->aux). Returns
+ *    false with ps->err set; the caller destroys the partly built node. */
 #define ASPEN__DECL_EVAL(name)                                                 \
    bool name(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
 #define ASPEN__DECL_PARSE(name)                                                \

@@ -107,6 +107,7 @@ add_one(add_state_t *s, const aspen_value_t *v)
 ASPEN__DECL_EVAL(aspen__eval_add)
 {
    add_state_t s = {0};
+   s.dec = 0;
    for (uint32_t i = 0; i < e->n_args; i++) {
       aspen_value_t v;
       if (!arg(e, i, st, &v)) {
@@ -118,11 +119,12 @@ ASPEN__DECL_EVAL(aspen__eval_add)
       }
       bson_type_t t = aspen__vt(&v);
       if (!aspen__is_num(&v) && t != BSON_TYPE_DATE_TIME) {
-         aspen_value_destroy(&v);
          *out = ASPEN_VALUE_MISSING;
-         return aspen__fail(st, ASPEN_ERR_TypeMismatch,
+         bool failed = aspen__fail(st, ASPEN_ERR_TypeMismatch,
                             "$add only supports numeric or date types, not %s",
                             aspen_value_type_name(&v));
+         aspen_value_destroy(&v);
+         return failed;
       }
       if (t == BSON_TYPE_DATE_TIME && s.is_date) {
          *out = ASPEN_VALUE_MISSING;
@@ -245,11 +247,12 @@ ASPEN__DECL_EVAL(aspen__eval_multiply)
          return true;
       }
       if (!aspen__is_num(&v)) {
-         aspen_value_destroy(&v);
          *out = ASPEN_VALUE_MISSING;
-         return aspen__fail(st, ASPEN_ERR_TypeMismatch,
+         bool failed = aspen__fail(st, ASPEN_ERR_TypeMismatch,
                             "$multiply only supports numeric types, not %s",
                             aspen_value_type_name(&v));
+         aspen_value_destroy(&v);
+         return failed;
       }
       int old = type;
       int r = num_rank(&v);
@@ -505,19 +508,52 @@ dec_sqrt(aspen_dec_t x)
    for (int i = 0; i < 6; i++) {
       g = (g + x / g) / 2;
    }
+   /* An exact root takes IEEE 754's preferred exponent, floor(exp(x) / 2),
+    * as mongod's Decimal128::squareRoot does ("2.25" -> "1.5"). */
+   bson_decimal128_t bx = aspen__dec_to_bson(x);
+   int ex = (int) ((bx.high >> 49) & 0x3fff) - 6176;
+   int pref = ex >= 0 ? ex / 2 : -((-ex + 1) / 2);
+   aspen_dec_t q = aspen__dec_quantize(g, -pref, 0);
+   if (q * q == x) {
+      return q;
+   }
    return g;
 }
 
+/* long double -> decimal with the 19 significant digits long double holds,
+ * trailing zeros dropped ("1.000..." -> "1"). */
 static aspen_dec_t
 ld_to_dec(long double v)
 {
    char buf[64];
    bson_decimal128_t bd;
-   snprintf(buf, sizeof buf, "%.19Le", v);
    if (isnan(v)) {
       snprintf(buf, sizeof buf, "NaN");
    } else if (isinf(v)) {
       snprintf(buf, sizeof buf, v < 0 ? "-Infinity" : "Infinity");
+   } else {
+      char mant[40];
+      int exp10;
+      snprintf(buf, sizeof buf, "%.18Le", v);
+      char *e = strchr(buf, 'e');
+      exp10 = e ? atoi(e + 1) : 0;
+      size_t mlen = e ? (size_t) (e - buf) : strlen(buf);
+      if (mlen >= sizeof mant) {
+         mlen = sizeof mant - 1;
+      }
+      memcpy(mant, buf, mlen);
+      mant[mlen] = '\0';
+      char *dot = strchr(mant, '.');
+      if (dot) {
+         char *end = mant + strlen(mant) - 1;
+         while (end > dot && *end == '0') {
+            *end-- = '\0';
+         }
+         if (end == dot) {
+            *end = '\0';
+         }
+      }
+      snprintf(buf, sizeof buf, "%sE%d", mant, exp10);
    }
    bson_decimal128_from_string(buf, &bd);
    return aspen__dec_from_bson(&bd);
@@ -782,9 +818,10 @@ ASPEN__DECL_EVAL(aspen__eval_round)
       return true;
    }
    if (!aspen__is_num(&v)) {
-      aspen_value_destroy(&v);
-      return aspen__fail(st, 51081, "%s only supports numeric types, not %s",
+      bool failed = aspen__fail(st, 51081, "%s only supports numeric types, not %s",
                          e->op->name, aspen_value_type_name(&v));
+      aspen_value_destroy(&v);
+      return failed;
    }
    int64_t places = 0;
    if (e->n_args > 1) {
@@ -1012,6 +1049,7 @@ ASPEN__DECL_EVAL(aspen__eval_accum)
    int kind = e->op->sub;
    acc_t a;
    memset(&a, 0, sizeof a);
+   a.dec = 0; /* 0E0: all-zero bits would be 0E-6176 and skew exponents */
    uint32_t n = e->n_args;
    aspen_value_t stackv[8];
    aspen_value_t *vals = n <= 8 ? stackv : aspen_xmalloc(n * sizeof *vals);

@@ -140,8 +140,8 @@ coerce_to_string(aspen__eval_t *st, const aspen_value_t *v, char *buf,
       break;
    case BSON_TYPE_DATE_TIME: {
       size_t n;
-      if (!aspen__date_format(v->v.value.v_datetime, "%Y-%m-%dT%H:%M:%S.%LZ",
-                              22, aspen__tz_utc(), buf, cap, &n, st->err)) {
+      if (!aspen__date_format(v->v.value.v_datetime, ASPEN__ISO_FORMAT,
+                              strlen(ASPEN__ISO_FORMAT), aspen__tz_utc(), buf, cap, &n, st->err)) {
          return false;
       }
       break;
@@ -176,10 +176,11 @@ ASPEN__DECL_EVAL(aspen__eval_concat)
       }
       if (!aspen__is_str(&v)) {
          bson_free(b.p);
-         aspen_value_destroy(&v);
          *out = ASPEN_VALUE_MISSING;
-         return aspen__fail(st, 16702, "$concat only supports strings, not %s",
+         bool failed = aspen__fail(st, 16702, "$concat only supports strings, not %s",
                             aspen_value_type_name(&v));
+         aspen_value_destroy(&v);
+         return failed;
       }
       sb_add(&b, v.v.value.v_utf8.str, v.v.value.v_utf8.len);
       aspen_value_destroy(&v);
@@ -407,10 +408,11 @@ ASPEN__DECL_EVAL(aspen__eval_strlen_bytes)
       return false;
    }
    if (!aspen__is_str(&v)) {
-      aspen_value_destroy(&v);
-      return aspen__fail(st, 34473,
+      bool failed = aspen__fail(st, 34473,
                          "$strLenBytes requires a string argument, found: %s",
                          aspen_value_type_name(&v));
+      aspen_value_destroy(&v);
+      return failed;
    }
    *out = aspen_value_int32((int32_t) v.v.value.v_utf8.len);
    aspen_value_destroy(&v);
@@ -425,10 +427,11 @@ ASPEN__DECL_EVAL(aspen__eval_strlen_cp)
       return false;
    }
    if (!aspen__is_str(&v)) {
-      aspen_value_destroy(&v);
-      return aspen__fail(st, 34471,
+      bool failed = aspen__fail(st, 34471,
                          "$strLenCP requires a string argument, found: %s",
                          aspen_value_type_name(&v));
+      aspen_value_destroy(&v);
+      return failed;
    }
    *out = aspen_value_int32(
       (int32_t) cp_count(v.v.value.v_utf8.str, v.v.value.v_utf8.len));
@@ -772,11 +775,12 @@ index_of_common(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out,
       return true;
    }
    if (!aspen__is_str(&s)) {
-      aspen_value_destroy(&s);
-      return aspen__fail(st, cp ? 40093 : 40091,
+      bool failed = aspen__fail(st, cp ? 40093 : 40091,
                          "%s requires a string as the first argument, found: "
                          "%s",
                          e->op->name, aspen_value_type_name(&s));
+      aspen_value_destroy(&s);
+      return failed;
    }
    if (!aspen__eval_arg(e, 1, st, &t)) {
       aspen_value_destroy(&s);

@@ -44,6 +44,8 @@
 /* Types                                                                     */
 /* ------------------------------------------------------------------------ */
 
+/* mongod's canonical type class of `t` (see match_int.h). Pure; any
+ * thread. */
 int
 aspen__match_canonical(bson_type_t t)
 {
@@ -100,6 +102,7 @@ static const char *const type_names[] = {
    "javascriptWithScope", "int", "timestamp", "long", "decimal",
 };
 
+/* The type-set bit of `t`; 0 for EOD (a missing value has no type). */
 aspen__match_types_t
 aspen__match_type_bit(bson_type_t t)
 {
@@ -115,6 +118,8 @@ aspen__match_type_bit(bson_type_t t)
    return 0;
 }
 
+/* Resolves a $type alias into *bits (always set, 0 when unknown); returns
+ * false for an unknown name. */
 bool
 aspen__match_type_alias(const char *name, aspen__match_types_t *bits)
 {
@@ -140,6 +145,7 @@ aspen__match_type_alias(const char *name, aspen__match_types_t *bits)
    return false;
 }
 
+/* The alias naming `t`, static storage; "missing" for types without one. */
 const char *
 aspen__match_type_name(bson_type_t t)
 {
@@ -203,6 +209,10 @@ thread_match_data(void)
    return tls_match_data;
 }
 
+/* Compiles a regex (see match_int.h): the pattern is borrowed and must
+ * outlive the result, which the caller frees with aspen__match_regex_destroy.
+ * Returns false with err set (BadValue) and *out NULL on a bad pattern or
+ * flag. Any thread. */
 bool
 aspen__match_regex_new(const char *pattern, size_t len, const char *flags,
                        aspen__match_regex_t **out, aspen_error_t *err)
@@ -261,6 +271,7 @@ aspen__match_regex_new(const char *pattern, size_t len, const char *flags,
    return true;
 }
 
+/* Frees a compiled regex; NULL is a no-op. */
 void
 aspen__match_regex_destroy(aspen__match_regex_t *re)
 {
@@ -270,6 +281,8 @@ aspen__match_regex_destroy(aspen__match_regex_t *re)
    }
 }
 
+/* True if the regex matches somewhere in the `len` bytes at `s` (invalid
+ * UTF-8 never matches across the bad bytes). Any thread, concurrently. */
 bool
 aspen__match_regex_search(const aspen__match_regex_t *re, const char *s,
                           size_t len)
@@ -326,6 +339,9 @@ value_cmp(const bson_value_t *a, const bson_value_t *b)
    return aspen_value_compare(&va, &vb);
 }
 
+/* One comparison with mongod's ComparisonMatchExpression rules: different
+ * canonical types never match, except null against missing and MinKey/MaxKey
+ * bounds; NaN equals only NaN and orders with nothing. Pure; any thread. */
 bool
 aspen__match_compare(aspen__match_op_t op, const bson_value_t *val,
                      const bson_value_t *rhs)
@@ -396,6 +412,8 @@ aspen__match_compare(aspen__match_op_t op, const bson_value_t *val,
    return false;
 }
 
+/* Equality ignoring field order in documents (recursively), with numbers
+ * compared by value across types. Pure; any thread. */
 bool
 aspen__match_unordered_equal(const bson_value_t *a, const bson_value_t *b)
 {
@@ -517,6 +535,9 @@ parse_int64(const bson_iter_t *it, const char *what, int64_t *out,
    }
 }
 
+/* Reads a non-negative whole number (mongod's
+ * parseIntegerElementToNonNegativeLong); false with a FailedToParse error
+ * naming `what` otherwise. */
 bool
 aspen__match_parse_count(const bson_iter_t *it, const char *what,
                          int64_t *out, aspen_error_t *err)
@@ -1985,11 +2006,9 @@ parse_not(parse_t *ps, mpath_t *path, const bson_iter_t *it, bool sub,
       nlist_cleanup(&kids);
       return false;
    }
-   if (kids.n == 0) {
-      /* Only ignorable members (e.g. a lone $options was refused earlier,
-       * so this is unreachable in practice): NOT(true). */
-      nlist_push(&kids, node_new(N_TRUE, NULL));
-   }
+   /* Every member of a non-empty operator document either fails or adds a
+    * node ($options is skipped only next to a $regex, which adds one). */
+   ASPEN_ASSERT(kids.n > 0);
    nlist_push(out, node_not(node_and(&kids)));
    return true;
 }

@@ -14,6 +14,7 @@
 #include "engine_int.h"
 #include "processor.h"
 #include "sink.h"
+#include "source.h"
 
 #include <openssl/rand.h>
 #include <stdlib.h>
@@ -75,19 +76,22 @@ aspen_proc_set_state(aspen_proc_t *proc, aspen_proc_state_t st,
 
 /* ---- runtime state -------------------------------------------------------- */
 
-typedef struct {
+struct aspen_runtime {
    aspen_proc_t *proc;
-   aspen_coll_writer_t *sink;
+   const aspen_sink_ops_t *sink;
+   void *sink_state;
    aspen_coll_writer_t *dlq;
-   bson_t source_meta;  /* {source: {type: ...}} */
-   const char *source_operator;
+   bson_t source_meta;  /* {source: {type: ...}}: the default metadata */
+   const aspen_source_ops_t *source;
+   void *source_state;
    uint64_t rng;
    bool failed;
    int64_t max_ts;
-} runtime_t;
+};
+typedef aspen_runtime_t runtime_t;
 
-static uint64_t
-rng_next(runtime_t *rt)
+uint64_t
+aspen_rt_random(aspen_runtime_t *rt)
 {
    /* xorshift64*: plenty for sample data. */
    rt->rng ^= rt->rng >> 12;
@@ -96,15 +100,9 @@ rng_next(runtime_t *rt)
    return rt->rng * 2685821657736338717ull;
 }
 
-static int
-rng_range(runtime_t *rt, int lo, int hi)
-{
-   return lo + (int) (rng_next(rt) % (uint64_t) (hi - lo + 1));
-}
-
 /* Marks the processor FAILED from its own thread and stops it. */
-static void
-fail_from_thread(runtime_t *rt, const char *msg)
+void
+aspen_rt_fail(aspen_runtime_t *rt, const char *msg)
 {
    aspen_proc_t *proc = rt->proc;
    pthread_mutex_lock(&proc->mu);
@@ -241,16 +239,16 @@ on_dlq(void *arg, const aspen_sdoc_t *in, const char *operator_name,
                                  &err)) {
          char msg[ASPEN_ERROR_MSG_MAX + 64];
          snprintf(msg, sizeof msg, "DLQ write failed: %s", err.message);
-         fail_from_thread(rt, msg);
+         aspen_rt_fail(rt, msg);
       }
    }
    bson_destroy(&entry);
 }
 
-static void
-sink_write_failed(void *arg, const bson_t *doc, const char *reason)
+void
+aspen_rt_sink_failed(aspen_runtime_t *rt, const bson_t *doc,
+                     const char *reason)
 {
-   runtime_t *rt = arg;
    bson_t meta;
    bson_iter_t it;
    aspen_sdoc_t d = {.doc = doc, .meta = NULL};
@@ -263,7 +261,8 @@ sink_write_failed(void *arg, const bson_t *doc, const char *reason)
          d.meta = &meta;
       }
    }
-   on_dlq(rt, &d, "MergeOperator", reason);
+   on_dlq(rt, &d, rt->sink ? rt->sink->operator_name : "SinkOperator",
+          reason);
 }
 
 static void
@@ -280,9 +279,8 @@ on_output(void *arg, const aspen_sdoc_t *out)
    pthread_mutex_unlock(&proc->mu);
    if (rt->sink) {
       aspen_error_t err;
-      if (!aspen_coll_writer_add(rt->sink, &doc, sink_write_failed, rt,
-                                 &err)) {
-         fail_from_thread(rt, err.message);
+      if (!rt->sink->write(rt, rt->sink_state, &doc, &err)) {
+         aspen_rt_fail(rt, err.message);
       }
    }
    bson_destroy(&doc);
@@ -290,30 +288,31 @@ on_output(void *arg, const aspen_sdoc_t *out)
 
 /* ---- ingestion -------------------------------------------------------------- */
 
-/* Gives a source document its event time and sends it down the pipeline. */
-static void
-ingest(runtime_t *rt, const bson_t *raw)
+void
+aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
+                int64_t source_ts_ms)
 {
    aspen_proc_t *proc = rt->proc;
    aspen_pipeline_t *pl = proc->pl;
    int64_t now = aspen_proc_now_ms();
-   int64_t ts = now;
+   int64_t ts = source_ts_ms == INT64_MIN ? now : source_ts_ms;
+   if (!meta) {
+      meta = &rt->source_meta;
+   }
    atomic_fetch_add(&proc->stats.input_count, 1);
    atomic_fetch_add(&proc->stats.input_size, raw->len);
    pl->now_ms = now;
    if (pl->source.time_field) {
-      aspen_expr_ctx_t ctx = {.root = raw, .meta = &rt->source_meta,
-                              .now_ms = now};
+      aspen_expr_ctx_t ctx = {.root = raw, .meta = meta, .now_ms = now};
       aspen_value_t v;
       aspen_error_t err;
-      aspen_sdoc_t as_is = {.doc = raw, .meta = &rt->source_meta,
-                            .ts_ms = now};
+      aspen_sdoc_t as_is = {.doc = raw, .meta = meta, .ts_ms = now};
       if (!aspen_expr_eval(pl->source.time_field, &ctx, &v, &err)) {
          char reason[ASPEN_ERROR_MSG_MAX + 64];
          snprintf(reason, sizeof reason,
                   "Failed to extract timestamp from document: %s",
                   err.message);
-         on_dlq(rt, &as_is, rt->source_operator, reason);
+         on_dlq(rt, &as_is, rt->source->operator_name, reason);
          return;
       }
       if (v.v.value_type != BSON_TYPE_DATE_TIME) {
@@ -325,7 +324,7 @@ ingest(runtime_t *rt, const bson_t *raw)
                   json ? json : "missing");
          bson_free(json);
          aspen_value_destroy(&v);
-         on_dlq(rt, &as_is, rt->source_operator, reason);
+         on_dlq(rt, &as_is, rt->source->operator_name, reason);
          return;
       }
       ts = v.v.value.v_datetime;
@@ -338,7 +337,7 @@ ingest(runtime_t *rt, const bson_t *raw)
       rt->max_ts = ts;
       atomic_store(&proc->stats.watermark_ms, ts - 1);
    }
-   aspen_sdoc_t sdoc = {.doc = &doc, .meta = &rt->source_meta, .ts_ms = ts};
+   aspen_sdoc_t sdoc = {.doc = &doc, .meta = meta, .ts_ms = ts};
    aspen_pipeline_push(pl, &sdoc);
    bson_destroy(&doc);
 }
@@ -370,16 +369,15 @@ static bool
 flush_sinks(runtime_t *rt)
 {
    aspen_error_t err;
-   if (rt->sink &&
-       !aspen_coll_writer_flush(rt->sink, sink_write_failed, rt, &err)) {
-      fail_from_thread(rt, err.message);
+   if (rt->sink && !rt->sink->flush(rt, rt->sink_state, &err)) {
+      aspen_rt_fail(rt, err.message);
       return false;
    }
    if (rt->dlq && !aspen_coll_writer_flush(rt->dlq, dlq_write_failed, rt,
                                            &err)) {
       char msg[ASPEN_ERROR_MSG_MAX + 64];
       snprintf(msg, sizeof msg, "DLQ write failed: %s", err.message);
-      fail_from_thread(rt, msg);
+      aspen_rt_fail(rt, msg);
       return false;
    }
    return true;
@@ -399,123 +397,52 @@ expired(runtime_t *rt)
    return false;
 }
 
-/* Idles until stopped, flushing what the sinks hold now and then. */
-static void
-idle_until_stopped(runtime_t *rt)
+bool
+aspen_rt_stopping(aspen_runtime_t *rt)
 {
-   while (!wait_stop(rt->proc, IDLE_FLUSH_MS) && !rt->failed && !expired(rt)) {
-      flush_sinks(rt);
-   }
+   return atomic_load(&rt->proc->stop) || rt->failed;
 }
 
-static void
-run_documents(runtime_t *rt)
+bool
+aspen_rt_wait(aspen_runtime_t *rt, int64_t ms)
 {
-   aspen_pipeline_t *pl = rt->proc->pl;
-   rt->source_operator = "DocumentsDataSourceOperator";
-   aspen_value_t computed = ASPEN_VALUE_MISSING;
-   bson_t arr;
-   if (pl->source.documents_expr) {
-      aspen_expr_ctx_t ctx = {.root = NULL, .meta = NULL,
-                              .now_ms = aspen_proc_now_ms()};
-      bson_t empty = BSON_INITIALIZER;
-      aspen_error_t err;
-      ctx.root = &empty;
-      if (!aspen_expr_eval(pl->source.documents_expr, &ctx, &computed, &err) ||
-          computed.v.value_type != BSON_TYPE_ARRAY) {
-         fail_from_thread(rt, "The documents list expression does not "
-                              "evaluate to an array.");
-         aspen_value_destroy(&computed);
-         return;
-      }
-      (void) bson_init_static(&arr, computed.v.value.v_doc.data,
-                              computed.v.value.v_doc.data_len);
-   } else {
-      (void) bson_init_static(&arr, bson_get_data(&pl->source.documents),
-                              pl->source.documents.len);
-   }
-   bson_iter_t it;
-   bson_iter_init(&it, &arr);
-   while (bson_iter_next(&it) && !atomic_load(&rt->proc->stop)) {
-      if (!BSON_ITER_HOLDS_DOCUMENT(&it)) {
-         fail_from_thread(rt, "The documents list expression does not "
-                              "evaluate to an array of objects.");
-         break;
-      }
-      uint32_t len;
-      const uint8_t *data;
-      bson_t doc;
-      bson_iter_document(&it, &len, &data);
-      (void) bson_init_static(&doc, data, len);
-      ingest(rt, &doc);
-   }
-   aspen_value_destroy(&computed);
    flush_sinks(rt);
-   /* A documents source does not end the processor: it goes idle. */
-   idle_until_stopped(rt);
+   if (aspen_rt_stopping(rt) || expired(rt)) {
+      return true;
+   }
+   return wait_stop(rt->proc, ms) || rt->failed;
 }
 
-static void
-solar_doc(runtime_t *rt, int64_t now, bson_t *doc)
+void
+aspen_rt_dead_letter(aspen_runtime_t *rt, const bson_t *doc,
+                     const bson_t *meta, const char *reason)
 {
-   time_t secs = (time_t) (now / 1000);
-   struct tm tm;
-   char stamp[64], device[32];
-   gmtime_r(&secs, &tm);
-   size_t n = strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
-   snprintf(stamp + n, sizeof stamp - n, ".%03d+00:00", (int) (now % 1000));
-   snprintf(device, sizeof device, "device_%d", rng_range(rt, 0, 10));
-   bool afternoon = tm.tm_hour >= 12;
-   bool fault = rng_range(rt, 0, 199) == 0;
-   bson_init(doc);
-   BSON_APPEND_UTF8(doc, "device_id", device);
-   BSON_APPEND_INT32(doc, "group_id", rng_range(rt, 0, 10));
-   BSON_APPEND_UTF8(doc, "timestamp", stamp);
-   BSON_APPEND_INT32(doc, "max_watts", 450);
-   BSON_APPEND_INT32(doc, "event_type", fault ? 1 : 0);
-   if (fault) {
-      BSON_APPEND_UTF8(doc, "event_details", "Network error");
-   } else {
-      bson_t obs;
-      BSON_APPEND_DOCUMENT_BEGIN(doc, "obs", &obs);
-      BSON_APPEND_INT32(&obs, "watts", rng_range(rt, 0, afternoon ? 450 : 225));
-      BSON_APPEND_INT32(&obs, "temp", rng_range(rt, 5, afternoon ? 25 : 12));
-      bson_append_document_end(doc, &obs);
-   }
+   aspen_sdoc_t d = {.doc = doc, .meta = meta ? meta : &rt->source_meta};
+   on_dlq(rt, &d, rt->source->operator_name, reason);
 }
 
-static void
-run_solar(runtime_t *rt)
+const aspen_source_spec_t *
+aspen_rt_source_spec(const aspen_runtime_t *rt)
 {
-   rt->source_operator = "SampleDataSourceOperator";
-   while (!atomic_load(&rt->proc->stop) && !rt->failed && !expired(rt)) {
-      /* Two documents per round, one round a second, as ASP's generator. */
-      for (int i = 0; i < 2; i++) {
-         bson_t doc;
-         solar_doc(rt, aspen_proc_now_ms(), &doc);
-         ingest(rt, &doc);
-         bson_destroy(&doc);
-      }
-      flush_sinks(rt);
-      if (wait_stop(rt->proc, 1000)) {
-         break;
-      }
-   }
+   return &rt->proc->pl->source;
 }
 
-static const char *
-source_type(aspen_source_kind_t k)
+bool
+aspen_rt_is_ephemeral(const aspen_runtime_t *rt)
 {
-   switch (k) {
-   case ASPEN_SOURCE_KAFKA:
-      return "kafka";
-   case ASPEN_SOURCE_CHANGE_STREAM:
-      return "atlas";
-   case ASPEN_SOURCE_DOCUMENTS:
-   case ASPEN_SOURCE_SOLAR:
-   default:
-      return "generated";
-   }
+   return rt->proc->ephemeral;
+}
+
+const char *
+aspen_rt_processor_name(const aspen_runtime_t *rt)
+{
+   return rt->proc->name;
+}
+
+const aspen_conns_t *
+aspen_rt_conns(const aspen_runtime_t *rt)
+{
+   return aspen_engine_conns(rt->proc->eng);
 }
 
 /* Opens sink and DLQ; on failure reports the start as failed. */
@@ -558,27 +485,13 @@ open_outputs(runtime_t *rt, aspen_error_t *err)
          }
       }
    }
-   if (proc->pl->sink_kind == ASPEN_SINK_MERGE) {
-      rt->sink = aspen_coll_writer_new_merge(conns, &proc->pl->sink_spec, err);
-      if (!rt->sink) {
-         return false;
-      }
-   }
-   switch (proc->pl->source.kind) {
-   case ASPEN_SOURCE_DOCUMENTS:
-   case ASPEN_SOURCE_SOLAR:
-      break;
-   case ASPEN_SOURCE_CHANGE_STREAM:
-      aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
-                      "change stream $source (connection '%s') is not "
-                      "supported by this version of aspen yet",
-                      proc->pl->source.conn->name);
+   rt->sink = aspen_sink_ops_for(proc->pl->sink_kind);
+   if (rt->sink &&
+       !rt->sink->open(rt, &proc->pl->sink_spec, &rt->sink_state, err)) {
+      rt->sink = NULL;
       return false;
-   case ASPEN_SOURCE_KAFKA:
-      aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
-                      "Kafka $source (connection '%s') is not supported by "
-                      "this version of aspen yet",
-                      proc->pl->source.conn->name);
+   }
+   if (!rt->source->open(rt, &rt->source_state, err)) {
       return false;
    }
    return true;
@@ -598,7 +511,8 @@ proc_main(void *arg)
    bson_init(&rt.source_meta);
    bson_t src;
    BSON_APPEND_DOCUMENT_BEGIN(&rt.source_meta, "source", &src);
-   BSON_APPEND_UTF8(&src, "type", source_type(proc->pl->source.kind));
+   rt.source = aspen_source_ops_for(proc->pl->source.kind);
+   BSON_APPEND_UTF8(&src, "type", rt.source->type);
    bson_append_document_end(&rt.source_meta, &src);
    proc->pl->dlq = on_dlq;
    proc->pl->output = on_output;
@@ -618,21 +532,17 @@ proc_main(void *arg)
    pthread_mutex_unlock(&proc->mu);
 
    if (opened) {
-      switch (proc->pl->source.kind) {
-      case ASPEN_SOURCE_DOCUMENTS:
-         run_documents(&rt);
-         break;
-      case ASPEN_SOURCE_SOLAR:
-         run_solar(&rt);
-         break;
-      default:
-         break;
-      }
+      rt.source->run(&rt, rt.source_state);
       if (!rt.failed) {
          flush_sinks(&rt);
       }
    }
-   aspen_coll_writer_destroy(rt.sink);
+   if (rt.source_state) {
+      rt.source->close(rt.source_state);
+   }
+   if (rt.sink) {
+      rt.sink->close(rt.sink_state);
+   }
    aspen_coll_writer_destroy(rt.dlq);
    bson_destroy(&rt.source_meta);
    /* Wake a getMore or a shell push waiting on this processor. */

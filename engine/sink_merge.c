@@ -11,6 +11,7 @@
  */
 #include "engine_int.h"
 #include "sink.h"
+#include "source.h"
 
 #include <mongoc/mongoc.h>
 #include <stdlib.h>
@@ -582,3 +583,41 @@ aspen_coll_writer_flush(aspen_coll_writer_t *w,
    }
    return ok;
 }
+
+/* ---- $merge as a processor sink ----------------------------------------- */
+
+static void
+merge_refused(void *arg, const bson_t *doc, const char *reason)
+{
+   aspen_rt_sink_failed(arg, doc, reason);
+}
+
+static bool
+merge_open(aspen_runtime_t *rt, const bson_t *spec, void **state,
+           aspen_error_t *err)
+{
+   *state = aspen_coll_writer_new_merge(aspen_rt_conns(rt), spec, err);
+   return *state != NULL;
+}
+
+static bool
+merge_write(aspen_runtime_t *rt, void *state, const bson_t *doc,
+            aspen_error_t *err)
+{
+   return aspen_coll_writer_add(state, doc, merge_refused, rt, err);
+}
+
+static bool
+merge_flush(aspen_runtime_t *rt, void *state, aspen_error_t *err)
+{
+   return aspen_coll_writer_flush(state, merge_refused, rt, err);
+}
+
+static void
+merge_close(void *state)
+{
+   aspen_coll_writer_destroy(state);
+}
+
+const aspen_sink_ops_t aspen_sink_merge_ops = {
+   "MergeOperator", merge_open, merge_write, merge_flush, merge_close};

@@ -77,11 +77,18 @@ tree_add(node_t *root, const char *path, node_kind_t kind, aspen_expr_t *expr,
 {
    node_t *cur = root;
    const char *p = path;
-   if (*path == '\0' || path[strlen(path) - 1] == '.' || *path == '$') {
+   const char *why = NULL;
+   if (*path == '\0') {
+      why = "FieldPath cannot be constructed with empty string";
+   } else if (path[strlen(path) - 1] == '.') {
+      why = "FieldPath must not end with a '.'.";
+   } else if (*path == '$') {
+      why = "FieldPath field names may not start with '$'. Consider using "
+            "$getField or $setField.";
+   }
+   if (why) {
       aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                      "Invalid %s :: caused by :: FieldPath field names may "
-                      "not start with '$' or be empty: '%s'",
-                      stage, path);
+                      "Invalid %s :: caused by :: %s", stage, why);
       aspen_expr_destroy(expr);
       return false;
    }
@@ -91,8 +98,9 @@ tree_add(node_t *root, const char *path, node_kind_t kind, aspen_expr_t *expr,
       if (len == 0) {
          aspen_error_set(err, ASPEN_ERR_FailedToParse,
                          "Invalid %s :: caused by :: FieldPath field names "
-                         "may not be empty strings: '%s'",
-                         stage, path);
+                         "may not be empty strings.",
+                         stage);
+         (void) path;
          aspen_expr_destroy(expr);
          return false;
       }
@@ -156,7 +164,7 @@ is_operator_object(const bson_iter_t *it)
 static bool
 tree_parse_obj(tree_t *t, node_t *root, const bson_t *spec, const char *prefix,
                tree_mode_t mode, const char *stage, int *n_incl, int *n_excl,
-               const char **mixed_field, aspen_error_t *err)
+               aspen_error_t *err)
 {
    bson_iter_t it;
    bson_iter_init(&it, spec);
@@ -188,7 +196,7 @@ tree_parse_obj(tree_t *t, node_t *root, const bson_t *spec, const char *prefix,
             return false;
          }
          if (!tree_parse_obj(t, root, &sub, path, mode, stage, n_incl, n_excl,
-                             mixed_field, err)) {
+                             err)) {
             return false;
          }
          continue;
@@ -199,20 +207,38 @@ tree_parse_obj(tree_t *t, node_t *root, const bson_t *spec, const char *prefix,
            BSON_ITER_HOLDS_DECIMAL128(&it))) {
          bool incl = bson_iter_as_bool(&it);
          if (incl) {
+            if (*n_excl > 0) {
+               aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                               "Invalid $project :: caused by :: Cannot do "
+                               "inclusion on field %s in exclusion projection",
+                               path);
+               return false;
+            }
             (*n_incl)++;
          } else if (is_id) {
             t->id_excluded = true;
          } else {
+            if (*n_incl > 0) {
+               aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                               "Invalid $project :: caused by :: Cannot do "
+                               "exclusion on field %s in inclusion projection",
+                               path);
+               return false;
+            }
             (*n_excl)++;
-         }
-         if (!incl && *n_incl > 0 && !is_id) {
-            *mixed_field = bson_iter_key(&it);
          }
          if (!tree_add(root, path, incl ? N_INCLUDE : N_EXCLUDE, NULL, err,
                        stage)) {
             return false;
          }
          continue;
+      }
+      if (mode == MODE_PROJECT && *n_excl > 0) {
+         aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                         "Invalid $project :: caused by :: Cannot use "
+                         "expression other than $meta in exclusion "
+                         "projection");
+         return false;
       }
       aspen_expr_t *e;
       if (!aspen_expr_parse(&it, NULL, &e, err)) {
@@ -461,9 +487,8 @@ shape_parse_common(aspen_stage_t *st, const bson_t *spec, tree_mode_t mode,
    s->tree.root.kind = N_SUB;
    st->state = s;
    int n_incl = 0, n_excl = 0;
-   const char *mixed = NULL;
    if (!tree_parse_obj(&s->tree, &s->tree.root, spec, "", mode, stage, &n_incl,
-                       &n_excl, &mixed, err)) {
+                       &n_excl, err)) {
       shape_destroy(st);
       return false;
    }
@@ -472,14 +497,6 @@ shape_parse_common(aspen_stage_t *st, const bson_t *spec, tree_mode_t mode,
          aspen_error_set(err, ASPEN_ERR_FailedToParse,
                          "Invalid $project :: caused by :: projection "
                          "specification must have at least one field");
-         shape_destroy(st);
-         return false;
-      }
-      if (n_incl > 0 && n_excl > 0) {
-         aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                         "Invalid $project :: caused by :: Cannot do "
-                         "exclusion on field %s in inclusion projection",
-                         mixed ? mixed : "?");
          shape_destroy(st);
          return false;
       }
@@ -760,7 +777,14 @@ unwind_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
                return false;
             }
             const char *f = bson_iter_utf8(&it, NULL);
-            if (!*f || *f == '$') {
+            if (!*f) {
+               aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                               "expected a non-empty string for the "
+                               "includeArrayIndex option to $unwind stage");
+               unwind_destroy(st);
+               return false;
+            }
+            if (*f == '$') {
                aspen_error_set(err, ASPEN_ERR_FailedToParse,
                                "includeArrayIndex option to $unwind stage "
                                "should not be prefixed with a '$': %s",
@@ -812,8 +836,8 @@ unwind_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
 }
 
 /* Copies `in` to `out`, replacing (or, with val MISSING, removing) the value
- * at dotted `path` through subdocuments, and appending `extra` (may be NULL)
- * at the top level. */
+ * at dotted `path` through subdocuments; a field that is not there is
+ * created, with the documents on its path. */
 static void
 set_path(const bson_t *in, const char *path, const aspen_value_t *val,
          bson_t *out)
@@ -821,6 +845,7 @@ set_path(const bson_t *in, const char *path, const aspen_value_t *val,
    const char *dot = strchr(path, '.');
    size_t len = dot ? (size_t) (dot - path) : strlen(path);
    bson_iter_t it;
+   bool found = false;
    bson_iter_init(&it, in);
    while (bson_iter_next(&it)) {
       const char *k = bson_iter_key(&it);
@@ -828,6 +853,7 @@ set_path(const bson_t *in, const char *path, const aspen_value_t *val,
          bson_append_iter(out, NULL, 0, &it);
          continue;
       }
+      found = true;
       if (!dot) {
          aspen_value_append(out, k, -1, val);
       } else if (BSON_ITER_HOLDS_DOCUMENT(&it)) {
@@ -841,6 +867,17 @@ set_path(const bson_t *in, const char *path, const aspen_value_t *val,
          bson_append_document_end(out, &outsub);
       } else {
          bson_append_iter(out, NULL, 0, &it);
+      }
+   }
+   if (!found && !aspen_value_is_missing(val)) {
+      /* Create the field, and the documents on its path. */
+      if (!dot) {
+         aspen_value_append(out, path, (int) len, val);
+      } else {
+         bson_t empty = BSON_INITIALIZER, sub;
+         bson_append_document_begin(out, path, (int) len, &sub);
+         set_path(&empty, dot + 1, val, &sub);
+         bson_append_document_end(out, &sub);
       }
    }
 }
@@ -862,9 +899,6 @@ unwind_emit(aspen_stage_t *st, const aspen_sdoc_t *in, const unwind_t *u,
    set_path(in->doc, u->path, val, &tmp);
    if (u->index_field) {
       set_path(&tmp, u->index_field, index, &out);
-      if (!bson_has_field(&out, u->index_field)) {
-         aspen_value_append(&out, u->index_field, -1, index);
-      }
    } else {
       bson_steal(&out, &tmp);
       bson_init(&tmp);

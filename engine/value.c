@@ -65,8 +65,11 @@ aspen_value_borrow(const bson_iter_t *it)
 {
    aspen_value_t out;
    memset(&out, 0, sizeof out);
-   const bson_value_t *v = bson_iter_value((bson_iter_t *) it);
-   out.v = *v;
+   /* bson_iter_value writes into the iterator; work on a copy so a const
+    * iterator stays untouched. The value's pointers lead into the document,
+    * not into the iterator. */
+   bson_iter_t copy = *it;
+   out.v = *bson_iter_value(&copy);
    return out;
 }
 

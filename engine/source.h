@@ -1,0 +1,75 @@
+/*
+ * source.h - what a $source implementation provides and what the processor
+ * runtime offers it. Each source kind (documents, sample_stream_solar, Kafka,
+ * change streams) is one aspen_source_ops_t in its own source_<kind>.c,
+ * listed in sources.c. All of this runs on the processor's thread.
+ */
+#ifndef ASPEN_ENGINE_SOURCE_H
+#define ASPEN_ENGINE_SOURCE_H
+
+#include "engine_int.h"
+
+typedef struct aspen_runtime aspen_runtime_t;
+
+typedef struct {
+   const char *type;          /* _stream_meta.source.type */
+   const char *operator_name; /* names the source in DLQ entries */
+   /* Connects and checks what the source needs; false fails the start with
+    * err (the processor never reaches STARTED). *state may be set. */
+   bool (*open)(aspen_runtime_t *rt, void **state, aspen_error_t *err);
+   /* Produces documents with aspen_rt_ingest until aspen_rt_stopping();
+    * idles with aspen_rt_wait; a fatal error calls aspen_rt_fail. */
+   void (*run)(aspen_runtime_t *rt, void *state);
+   void (*close)(void *state);
+} aspen_source_ops_t;
+
+/* The implementation for a source kind (never NULL). */
+const aspen_source_ops_t *aspen_source_ops_for(aspen_source_kind_t kind);
+
+/* ---- the runtime, for sources ------------------------------------------- */
+
+/* Sends one document into the pipeline. `meta` is its stream metadata
+ * ({source: {type, topic, partition, ...}}), NULL for the source default.
+ * `source_ts_ms` is the source's own event time (Kafka timestamp, change
+ * wallTime) or INT64_MIN for "now"; the $source timeField, when set, wins. */
+void aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw,
+                     const bson_t *meta, int64_t source_ts_ms);
+/* Sends something the source could not turn into a document to the DLQ. */
+void aspen_rt_dead_letter(aspen_runtime_t *rt, const bson_t *doc,
+                          const bson_t *meta, const char *reason);
+/* True once the processor is stopping or failed. */
+bool aspen_rt_stopping(aspen_runtime_t *rt);
+/* Flushes the sinks and waits up to `ms` (less if stopped); true when the
+ * processor is stopping. Sources call it whenever they have nothing to do. */
+bool aspen_rt_wait(aspen_runtime_t *rt, int64_t ms);
+/* Fails the processor with `msg` (state FAILED, shown in stats/listings). */
+void aspen_rt_fail(aspen_runtime_t *rt, const char *msg);
+uint64_t aspen_rt_random(aspen_runtime_t *rt);
+const aspen_source_spec_t *aspen_rt_source_spec(const aspen_runtime_t *rt);
+bool aspen_rt_is_ephemeral(const aspen_runtime_t *rt);
+const char *aspen_rt_processor_name(const aspen_runtime_t *rt);
+const aspen_conns_t *aspen_rt_conns(const aspen_runtime_t *rt);
+
+/* ---- sinks ($merge, $emit) ------------------------------------------------ */
+
+typedef struct {
+   const char *operator_name; /* names the sink in DLQ entries */
+   /* Connects; false fails the start. `spec` is the stage's argument. */
+   bool (*open)(aspen_runtime_t *rt, const bson_t *spec, void **state,
+                aspen_error_t *err);
+   /* Takes one output document (with _stream_meta). A document the target
+    * refuses goes to aspen_rt_sink_failed; false (err set) is fatal. */
+   bool (*write)(aspen_runtime_t *rt, void *state, const bson_t *doc,
+                 aspen_error_t *err);
+   /* Makes everything written so far durable at the target. */
+   bool (*flush)(aspen_runtime_t *rt, void *state, aspen_error_t *err);
+   void (*close)(void *state);
+} aspen_sink_ops_t;
+
+/* The sink for a kind; NULL for ASPEN_SINK_NONE (the shell). */
+const aspen_sink_ops_t *aspen_sink_ops_for(aspen_sink_kind_t kind);
+/* A document the sink's target refused: to the DLQ with `reason`. */
+void aspen_rt_sink_failed(aspen_runtime_t *rt, const bson_t *doc,
+                          const char *reason);
+
+#endif
