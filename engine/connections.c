@@ -2,10 +2,12 @@
  * connections.c - the connection registry: what $source, $merge and the DLQ
  * name with connectionName. It comes from aspen's config file ("connections":
  * [{name, type, ...}]) plus the built-in sample_stream_solar. Listings never
- * show secrets: URIs are listed without their credentials.
+ * show secrets: URIs are listed without their credentials, and a Kafka
+ * connection without its password or secret-looking config keys.
  */
 #include "engine_int.h"
 
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,9 +48,195 @@ add(aspen_conns_t *conns, const char *name, aspen_conn_type_t type)
    c->name = aspen_xstrdup(name);
    c->type = type;
    bson_init(&c->doc);
+   bson_init(&c->kafka_conf);
    BSON_APPEND_UTF8(&c->doc, "name", name);
    BSON_APPEND_UTF8(&c->doc, "type", aspen_conn_type_name(type));
    return c;
+}
+
+/* ---- kafka connections ------------------------------------------------ */
+
+/* Config keys whose values are secrets: kept for the client, never listed. */
+static bool
+is_secret_key(const char *k)
+{
+   return strstr(k, "password") || strstr(k, "secret") ||
+          strstr(k, "sasl.jaas") || strstr(k, "ssl.key.pem") ||
+          strstr(k, "ssl_key") || strstr(k, "token");
+}
+
+static bool
+one_of(const char *v, const char *const *allowed)
+{
+   for (; *allowed; allowed++) {
+      if (strcmp(v, *allowed) == 0) {
+         return true;
+      }
+   }
+   return false;
+}
+
+/* Reads a kafka connection's bootstrapServers, security {protocol,
+ * mechanism, username, password, caFile} and config {librdkafka property:
+ * string | number | bool} into conn->kafka_conf (what the client gets) and
+ * conn->doc (what listings show: everything but the secrets). */
+static bool
+kafka_settings(aspen_conn_t *conn, const bson_t *c, const char *where,
+               aspen_error_t *err)
+{
+   static const char *const protocols[] = {"PLAINTEXT", "SSL",
+                                           "SASL_PLAINTEXT", "SASL_SSL",
+                                           NULL};
+   static const char *const mechanisms[] = {"PLAIN", "SCRAM-SHA-256",
+                                            "SCRAM-SHA-512", NULL};
+   bson_iter_t it;
+   if (!bson_iter_init_find(&it, c, "bootstrapServers") ||
+       !*bson_iter_utf8(&it, NULL)) {
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "config key '%s.bootstrapServers' is required for a "
+                      "kafka connection",
+                      where);
+      return false;
+   }
+   const char *bootstrap = bson_iter_utf8(&it, NULL);
+   BSON_APPEND_UTF8(&conn->kafka_conf, "bootstrap.servers", bootstrap);
+   BSON_APPEND_UTF8(&conn->doc, "bootstrapServers", bootstrap);
+
+   if (bson_iter_init_find(&it, c, "security")) {
+      if (!BSON_ITER_HOLDS_DOCUMENT(&it)) {
+         aspen_error_set(err, ASPEN_ERR_TypeMismatch,
+                         "config key '%s.security' must be an object", where);
+         return false;
+      }
+      const char *protocol = NULL, *mechanism = NULL, *user = NULL,
+                 *password = NULL, *ca = NULL;
+      bson_iter_t si;
+      bson_iter_recurse(&it, &si);
+      while (bson_iter_next(&si)) {
+         const char *k = bson_iter_key(&si);
+         const char **slot = strcmp(k, "protocol") == 0    ? &protocol
+                             : strcmp(k, "mechanism") == 0 ? &mechanism
+                             : strcmp(k, "username") == 0  ? &user
+                             : strcmp(k, "password") == 0  ? &password
+                             : strcmp(k, "caFile") == 0    ? &ca
+                                                           : NULL;
+         if (!slot) {
+            aspen_error_set(err, ASPEN_ERR_NoSuchKey,
+                            "unknown config key '%s.security.%s'", where, k);
+            return false;
+         }
+         if (!BSON_ITER_HOLDS_UTF8(&si)) {
+            aspen_error_set(err, ASPEN_ERR_TypeMismatch,
+                            "config key '%s.security.%s' must be a string",
+                            where, k);
+            return false;
+         }
+         *slot = bson_iter_utf8(&si, NULL);
+      }
+      if (protocol && !one_of(protocol, protocols)) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "config key '%s.security.protocol' must be "
+                         "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, not "
+                         "'%s'",
+                         where, protocol);
+         return false;
+      }
+      if (mechanism && !one_of(mechanism, mechanisms)) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "config key '%s.security.mechanism' must be PLAIN, "
+                         "SCRAM-SHA-256 or SCRAM-SHA-512, not '%s'",
+                         where, mechanism);
+         return false;
+      }
+      bool sasl = protocol && strncmp(protocol, "SASL_", 5) == 0;
+      if (sasl && (!mechanism || !user || !password)) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "config key '%s.security': protocol %s needs "
+                         "mechanism, username and password",
+                         where, protocol);
+         return false;
+      }
+      if (!sasl && (mechanism || user || password)) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "config key '%s.security': mechanism, username and "
+                         "password need protocol SASL_PLAINTEXT or SASL_SSL",
+                         where);
+         return false;
+      }
+      bson_t listed;
+      BSON_APPEND_DOCUMENT_BEGIN(&conn->doc, "security", &listed);
+      if (protocol) {
+         BSON_APPEND_UTF8(&conn->kafka_conf, "security.protocol", protocol);
+         BSON_APPEND_UTF8(&listed, "protocol", protocol);
+      }
+      if (mechanism) {
+         BSON_APPEND_UTF8(&conn->kafka_conf, "sasl.mechanism", mechanism);
+         BSON_APPEND_UTF8(&listed, "mechanism", mechanism);
+      }
+      if (user) {
+         BSON_APPEND_UTF8(&conn->kafka_conf, "sasl.username", user);
+         BSON_APPEND_UTF8(&listed, "username", user);
+      }
+      if (password) {
+         BSON_APPEND_UTF8(&conn->kafka_conf, "sasl.password", password);
+      }
+      if (ca) {
+         BSON_APPEND_UTF8(&conn->kafka_conf, "ssl.ca.location", ca);
+         BSON_APPEND_UTF8(&listed, "caFile", ca);
+      }
+      bson_append_document_end(&conn->doc, &listed);
+   }
+
+   if (bson_iter_init_find(&it, c, "config")) {
+      if (!BSON_ITER_HOLDS_DOCUMENT(&it)) {
+         aspen_error_set(err, ASPEN_ERR_TypeMismatch,
+                         "config key '%s.config' must be an object", where);
+         return false;
+      }
+      bson_t listed;
+      bson_iter_t ci;
+      BSON_APPEND_DOCUMENT_BEGIN(&conn->doc, "config", &listed);
+      bson_iter_recurse(&it, &ci);
+      while (bson_iter_next(&ci)) {
+         const char *k = bson_iter_key(&ci);
+         char num[64];
+         const char *v = NULL;
+         if (BSON_ITER_HOLDS_UTF8(&ci)) {
+            v = bson_iter_utf8(&ci, NULL);
+         } else if (BSON_ITER_HOLDS_BOOL(&ci)) {
+            v = bson_iter_bool(&ci) ? "true" : "false";
+         } else if (BSON_ITER_HOLDS_INT32(&ci) || BSON_ITER_HOLDS_INT64(&ci)) {
+            snprintf(num, sizeof num, "%" PRId64, bson_iter_as_int64(&ci));
+            v = num;
+         } else if (BSON_ITER_HOLDS_DOUBLE(&ci)) {
+            snprintf(num, sizeof num, "%.17g", bson_iter_double(&ci));
+            v = num;
+         }
+         if (!v) {
+            aspen_error_set(err, ASPEN_ERR_TypeMismatch,
+                            "config key '%s.config.%s' must be a string, a "
+                            "number or a boolean",
+                            where, k);
+            bson_append_document_end(&conn->doc, &listed);
+            return false;
+         }
+         bson_iter_t dup;
+         if (bson_iter_init_find(&dup, &conn->kafka_conf, k)) {
+            aspen_error_set(err, ASPEN_ERR_BadValue,
+                            "config key '%s.config.%s' is already set by "
+                            "bootstrapServers or security",
+                            where, k);
+            bson_append_document_end(&conn->doc, &listed);
+            return false;
+         }
+         BSON_APPEND_UTF8(&conn->kafka_conf, k, v);
+         if (!is_secret_key(k)) {
+            bson_append_iter(&listed, k, -1, &ci);
+         }
+      }
+      bson_append_document_end(&conn->doc, &listed);
+   }
+   return true;
 }
 
 bool
@@ -78,13 +266,22 @@ aspen_conns_load(aspen_conns_t *conns, const bson_t *list,
       bson_iter_document(&it, &len, &data);
       (void) bson_init_static(&c, data, len);
       const char *name = NULL, *type = NULL, *uri = NULL;
+      const char *bootstrap = NULL;
+      bool has_security = false, has_config = false;
       bson_iter_init(&ci, &c);
       while (bson_iter_next(&ci)) {
          const char *k = bson_iter_key(&ci);
+         if (strcmp(k, "security") == 0 || strcmp(k, "config") == 0) {
+            /* kafka: objects, read by kafka_settings below */
+            *(k[0] == 's' ? &has_security : &has_config) = true;
+            continue;
+         }
          const char **slot = strcmp(k, "name") == 0   ? &name
                              : strcmp(k, "type") == 0 ? &type
                              : strcmp(k, "uri") == 0  ? &uri
-                                                      : NULL;
+                             : strcmp(k, "bootstrapServers") == 0
+                                ? &bootstrap
+                                : NULL;
          if (!slot) {
             aspen_error_set(err, ASPEN_ERR_NoSuchKey,
                             "unknown config key '%s.%s'", where, k);
@@ -109,6 +306,14 @@ aspen_conns_load(aspen_conns_t *conns, const bson_t *list,
                          where, name);
          return false;
       }
+      if ((bootstrap || has_security || has_config) &&
+          (!type || strcmp(type, "kafka") != 0)) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "config key '%s': bootstrapServers, security and "
+                         "config are for kafka connections only",
+                         where);
+         return false;
+      }
       if (!type || strcmp(type, "atlas") == 0) {
          if (!uri) {
             uri = backend_uri;
@@ -126,8 +331,17 @@ aspen_conns_load(aspen_conns_t *conns, const bson_t *list,
          redact(uri, red, sizeof red);
          BSON_APPEND_UTF8(&conn->doc, "uri", red);
       } else if (strcmp(type, "kafka") == 0) {
+         if (uri) {
+            aspen_error_set(err, ASPEN_ERR_BadValue,
+                            "config key '%s.uri' is for atlas connections; "
+                            "a kafka connection has bootstrapServers",
+                            where);
+            return false;
+         }
          aspen_conn_t *conn = add(conns, name, ASPEN_CONN_KAFKA);
-         (void) conn;
+         if (!kafka_settings(conn, &c, where, err)) {
+            return false;
+         }
       } else {
          aspen_error_set(err, ASPEN_ERR_BadValue,
                          "config key '%s.type' must be 'atlas' or 'kafka', "
@@ -146,6 +360,7 @@ aspen_conns_cleanup(aspen_conns_t *conns)
       free(conns->items[i].name);
       free(conns->items[i].uri);
       bson_destroy(&conns->items[i].doc);
+      bson_destroy(&conns->items[i].kafka_conf);
    }
    free(conns->items);
    memset(conns, 0, sizeof *conns);

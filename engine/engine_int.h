@@ -35,6 +35,9 @@ typedef struct {
    aspen_conn_type_t type;
    char *uri;  /* atlas */
    bson_t doc; /* as configured, for listings (secrets removed) */
+   /* kafka: librdkafka properties (name -> string) from bootstrapServers,
+    * security and config; holds secrets, so never listed or logged. */
+   bson_t kafka_conf;
 } aspen_conn_t;
 
 typedef struct {
@@ -121,6 +124,9 @@ typedef struct {
    bson_t documents;            /* documents source: the literal array */
    aspen_expr_t *documents_expr;/* ... or an expression */
    bson_t spec;                 /* the whole $source argument */
+   /* kafka: partitionIdleTimeout in ms, 0 when disabled (the default). */
+   int64_t partition_idle_timeout_ms;
+   struct aspen_kafka_source_opts *kafka; /* kafka options (kafka_int.h) */
 } aspen_source_spec_t;
 
 typedef enum {

@@ -12,6 +12,7 @@
  * the pipeline it is ("(at pipeline[2].$merge.into)").
  */
 #include "engine_int.h"
+#include "kafka_int.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -200,10 +201,23 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
          }
          continue;
       }
+      if (src->kind == ASPEN_SOURCE_KAFKA) {
+         bool handled = false;
+         if (!aspen__kafka_source_parse_option(src, &it, pc, &handled, err)) {
+            return false;
+         }
+         if (handled) {
+            continue;
+         }
+      }
       /* Options aspen knows belong to sources it does not run yet are still
        * refused by name, so a typo is never silently accepted. */
       aspen_parse_error(err, pc, opt,
                         "BSON field '$source.%s' is an unknown field.", k);
+      return false;
+   }
+   if (src->kind == ASPEN_SOURCE_KAFKA &&
+       !aspen__kafka_source_parse_done(src, pc, err)) {
       return false;
    }
    return true;
@@ -441,6 +455,7 @@ aspen_pipeline_destroy(aspen_pipeline_t *pl)
    free(pl->stages);
    aspen_expr_destroy(pl->source.time_field);
    aspen_expr_destroy(pl->source.documents_expr);
+   aspen__kafka_source_opts_destroy(pl->source.kafka);
    bson_destroy(&pl->source.documents);
    bson_destroy(&pl->source.spec);
    bson_destroy(&pl->sink_spec);

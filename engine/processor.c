@@ -445,6 +445,18 @@ aspen_rt_conns(const aspen_runtime_t *rt)
    return aspen_engine_conns(rt->proc->eng);
 }
 
+const char *
+aspen_rt_processor_id(const aspen_runtime_t *rt)
+{
+   return rt->proc->id;
+}
+
+bool
+aspen_rt_flush(aspen_runtime_t *rt)
+{
+   return !rt->failed && flush_sinks(rt);
+}
+
 /* Opens sink and DLQ; on failure reports the start as failed. */
 static bool
 open_outputs(runtime_t *rt, aspen_error_t *err)

@@ -49,6 +49,12 @@ const aspen_source_spec_t *aspen_rt_source_spec(const aspen_runtime_t *rt);
 bool aspen_rt_is_ephemeral(const aspen_runtime_t *rt);
 const char *aspen_rt_processor_name(const aspen_runtime_t *rt);
 const aspen_conns_t *aspen_rt_conns(const aspen_runtime_t *rt);
+/* The processor's id (24 hex digits). */
+const char *aspen_rt_processor_id(const aspen_runtime_t *rt);
+/* Flushes the sink and the DLQ now. True when everything handed to them so
+ * far is durable at the target (what a source may then commit); false when
+ * the processor failed (now or before). */
+bool aspen_rt_flush(aspen_runtime_t *rt);
 
 /* ---- sinks ($merge, $emit) ------------------------------------------------ */
 

@@ -1,7 +1,7 @@
 /*
  * sources.c - the tables of $source and sink implementations by kind. Source
  * kinds whose implementation has not landed yet refuse to open with a
- * message saying so ($emit is refused earlier, when the pipeline is parsed).
+ * message saying so.
  */
 #include "source.h"
 
@@ -9,6 +9,7 @@
 
 extern const aspen_source_ops_t aspen_source_documents_ops;
 extern const aspen_source_ops_t aspen_source_solar_ops;
+extern const aspen_source_ops_t aspen_source_kafka_ops;
 
 static bool
 missing_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
@@ -36,8 +37,6 @@ missing_close(void *state)
    (void) state;
 }
 
-static const aspen_source_ops_t kafka_missing = {
-   "kafka", "KafkaConsumerOperator", missing_open, missing_run, missing_close};
 static const aspen_source_ops_t change_stream_missing = {
    "atlas", "ChangeStreamConsumerOperator", missing_open, missing_run,
    missing_close};
@@ -51,7 +50,7 @@ aspen_source_ops_for(aspen_source_kind_t kind)
    case ASPEN_SOURCE_SOLAR:
       return &aspen_source_solar_ops;
    case ASPEN_SOURCE_KAFKA:
-      return &kafka_missing;
+      return &aspen_source_kafka_ops;
    case ASPEN_SOURCE_CHANGE_STREAM:
       break;
    }
@@ -59,6 +58,7 @@ aspen_source_ops_for(aspen_source_kind_t kind)
 }
 
 extern const aspen_sink_ops_t aspen_sink_merge_ops;
+extern const aspen_sink_ops_t aspen_sink_emit_ops;
 
 const aspen_sink_ops_t *
 aspen_sink_ops_for(aspen_sink_kind_t kind)
@@ -67,6 +67,7 @@ aspen_sink_ops_for(aspen_sink_kind_t kind)
    case ASPEN_SINK_MERGE:
       return &aspen_sink_merge_ops;
    case ASPEN_SINK_EMIT:
+      return &aspen_sink_emit_ops;
    case ASPEN_SINK_NONE:
       break;
    }

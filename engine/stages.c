@@ -20,6 +20,7 @@ extern const aspen_stage_ops_t aspen_stage_replace_root_ops;
 extern const aspen_stage_ops_t aspen_stage_replace_with_ops;
 extern const aspen_stage_ops_t aspen_stage_unwind_ops;
 extern const aspen_stage_ops_t aspen_stage_merge_ops;
+extern const aspen_stage_ops_t aspen_stage_emit_ops;
 
 /* ---- $match ------------------------------------------------------------- */
 
@@ -415,7 +416,6 @@ NOT_YET(https_ops, "$https");
 NOT_YET(external_function_ops, "$externalFunction");
 NOT_YET(set_stream_meta_ops, "$setStreamMeta");
 NOT_YET(throttle_ops, "$throttle");
-NOT_YET(emit_ops, "$emit");
 
 /* ---- the table ---------------------------------------------------------- */
 
@@ -449,7 +449,7 @@ static const struct {
    {"$hoppingWindow", &hopping_ops, M},
    {"$sessionWindow", &session_ops, M},
    {"$merge", &aspen_stage_merge_ops, S},
-   {"$emit", &emit_ops, S},
+   {"$emit", &aspen_stage_emit_ops, S},
    {"$group", &group_ops, W},
    {"$sort", &sort_ops, W},
    {"$count", &count_ops, W},

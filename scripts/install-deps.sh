@@ -4,7 +4,9 @@
 #   - mongosh (npm) into .deps/node;
 #   - a Python venv with pymongo and pytest in .deps/venv;
 #   - the backing MongoDB-compatible server (mongo-java-server, Maven) as
-#     .deps/aspen-backing-server.jar.
+#     .deps/aspen-backing-server.jar;
+#   - Apache Kafka (broker and console tools, Maven Central) as jars in
+#     .deps/kafka/lib, for the Kafka e2e tests.
 # Idempotent: each step is skipped when its result is already there, so a
 # re-run takes a second or two. Run as root (or with sudo available for apt).
 set -euo pipefail
@@ -140,7 +142,30 @@ if [[ ! -f $BACKING_JAR || $(cat "$BACKING_JAR.stamp" 2>/dev/null) != "$stamp" ]
 fi
 step_done "backing server jar ok"
 
-# --- 5. .gitignore -------------------------------------------------------
+# --- 5. Apache Kafka jars ------------------------------------------------
+step_start
+# The broker (kafka.Kafka, KRaft) and console tools, run with
+# `java -cp '.deps/kafka/lib/*'` by tests/e2e/peers.sh. Refetched when the
+# pom changes; Maven's own cache makes a refetch quick.
+KAFKA_POM="$ROOT/tests/e2e/kafka/pom.xml"
+KAFKA_LIB="$DEPS/kafka/lib"
+stamp=$(sha256sum "$KAFKA_POM" | cut -d' ' -f1)
+if [[ ! -d $KAFKA_LIB || $(cat "$DEPS/kafka/lib.stamp" 2>/dev/null) != "$stamp" ]]; then
+    log "mvn dependency:copy-dependencies tests/e2e/kafka (Apache Kafka)"
+    mkdir -p "$DEPS/kafka"
+    rm -rf "$KAFKA_LIB.tmp"
+    if ! mvn -q -B -f "$KAFKA_POM" dependency:copy-dependencies \
+            -DoutputDirectory="$KAFKA_LIB.tmp" >"$DEPS/kafka/install.log" 2>&1; then
+        cat "$DEPS/kafka/install.log" >&2
+        die "fetching Apache Kafka failed"
+    fi
+    rm -rf "$KAFKA_LIB"
+    mv "$KAFKA_LIB.tmp" "$KAFKA_LIB"
+    echo "$stamp" >"$DEPS/kafka/lib.stamp"
+fi
+step_done "kafka jars ok ($(du -sh "$KAFKA_LIB" | cut -f1))"
+
+# --- 6. .gitignore -------------------------------------------------------
 touch "$ROOT/.gitignore"
 for pat in '.deps/' 'build*/'; do
     grep -qxF "$pat" "$ROOT/.gitignore" || echo "$pat" >>"$ROOT/.gitignore"

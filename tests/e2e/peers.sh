@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Real peers for aspen's e2e tests: the backing server (mongo-java-server),
-# aspen itself, and mongosh. Source this file from a bash test script:
+# Apache Kafka (start_kafka, kafka_produce, kafka_consume), aspen itself,
+# and mongosh. Source this file from a bash test script:
 #
 #   . "$(dirname "$0")/peers.sh"
 #   start_backing "$(free_port)"            # sets BACKING_PORT
@@ -239,6 +240,162 @@ kill_backing() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     _peers_wait_gone "$pid" 10
+}
+
+# --- Apache Kafka -------------------------------------------------------------
+
+PEERS_KAFKA_LIB=$PEERS_DEPS/kafka/lib
+PEERS_KAFKA_CONF=$PEERS_ROOT/tests/e2e/kafka
+
+_peers_kafka_tool() { # _peers_kafka_tool CLASS ARGS...: a Kafka CLI tool
+    java -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+        -Dlog4j2.configurationFile="$PEERS_KAFKA_CONF/log4j2-tools.properties" \
+        -cp "$PEERS_KAFKA_LIB/*" "$@"
+}
+
+# start_kafka: start a single-node Apache Kafka (KRaft, broker and controller
+# in one JVM) on two free ports and wait (60 s at most) for its "Kafka Server
+# started" line. Sets and exports KAFKA_PORT and KAFKA_BOOTSTRAP
+# (127.0.0.1:PORT). Data and server.properties live in $ASPEN_RUN_DIR/kafka,
+# the log is $ASPEN_RUN_DIR/kafka.log (appended). Calling it again after
+# stop_kafka/kill_kafka restarts the same broker on the same ports with its
+# data (a broker restart, as a client sees it); KAFKA_FRESH=1 starts over.
+start_kafka() {
+    local dir=$ASPEN_RUN_DIR/kafka log=$ASPEN_RUN_DIR/kafka.log pid mark=0
+    [[ -d $PEERS_KAFKA_LIB ]] || { peers_log "missing $PEERS_KAFKA_LIB: run scripts/install-deps.sh"; return 1; }
+    if [[ -f $ASPEN_RUN_DIR/kafka.pid ]] && _peers_alive "$(<"$ASPEN_RUN_DIR/kafka.pid")"; then
+        peers_log "a Kafka broker is already running (pid $(<"$ASPEN_RUN_DIR/kafka.pid"))"
+        return 1
+    fi
+    [[ ${KAFKA_FRESH:-0} == 1 ]] && rm -rf "$dir"
+    if [[ ! -f $dir/server.properties ]]; then
+        local port cport cluster
+        port=$(free_port) && cport=$(free_port) || return 1
+        mkdir -p "$dir"
+        cat >"$dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+EOF
+        echo "$port" >"$dir/port"
+        cluster=$("$PEERS_PYTHON" -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+        echo "=== kafka-storage format $(date -u +%FT%TZ)" >>"$log"
+        if ! _peers_kafka_tool kafka.tools.StorageTool format -t "$cluster" \
+                -c "$dir/server.properties" >>"$log" 2>&1 </dev/null; then
+            peers_log "formatting Kafka's storage failed; last lines of $log:"
+            tail -n 20 "$log" >&2
+            return 1
+        fi
+    fi
+    [[ -f $log ]] && mark=$(stat -c %s "$log")
+    echo "=== start_kafka $(date -u +%FT%TZ)" >>"$log"
+    java -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xms128m -Xmx512m \
+        -Dlog4j2.configurationFile="$PEERS_KAFKA_CONF/log4j2.properties" \
+        -cp "$PEERS_KAFKA_LIB/*" kafka.Kafka "$dir/server.properties" \
+        >>"$log" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$ASPEN_RUN_DIR/kafka.pid"
+    _PEERS_STARTED+=(kafka)
+    if _peers_wait_log_from "$pid" "$log" "$mark" 'Kafka Server started' 60; then
+        KAFKA_PORT=$(<"$dir/port")
+        KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+        export KAFKA_PORT KAFKA_BOOTSTRAP
+        peers_log "Kafka broker pid $pid listening on $KAFKA_PORT"
+        return 0
+    fi
+    peers_log "Kafka did not start; last lines of $log:"
+    tail -n 30 "$log" >&2
+    _peers_kill kafka
+    _peers_forget kafka
+    wait "$pid" 2>/dev/null || true
+    return 1
+}
+
+# stop_kafka: SIGTERM the broker (a clean shutdown) and wait for it.
+stop_kafka() {
+    local pidfile=$ASPEN_RUN_DIR/kafka.pid pid
+    [[ -f $pidfile ]] || { peers_log "stop_kafka: not running"; return 0; }
+    pid=$(<"$pidfile")
+    _peers_kill kafka
+    _peers_forget kafka
+    wait "$pid" 2>/dev/null || true
+    return 0
+}
+
+# kill_kafka: SIGKILL the broker (a crash, as clients see it).
+kill_kafka() {
+    local pidfile=$ASPEN_RUN_DIR/kafka.pid pid
+    [[ -f $pidfile ]] || { peers_log "kill_kafka: not running"; return 1; }
+    pid=$(<"$pidfile")
+    rm -f "$pidfile"
+    _peers_forget kafka
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    _peers_wait_gone "$pid" 10
+}
+
+# kafka_create_topic TOPIC [PARTITIONS]: create a topic on the test broker.
+kafka_create_topic() {
+    _peers_kafka_tool org.apache.kafka.tools.TopicCommand \
+        --bootstrap-server "$KAFKA_BOOTSTRAP" --create --topic "$1" \
+        --partitions "${2:-1}" --replication-factor 1 </dev/null >/dev/null
+}
+
+# kafka_delete_topic TOPIC
+kafka_delete_topic() {
+    _peers_kafka_tool org.apache.kafka.tools.TopicCommand \
+        --bootstrap-server "$KAFKA_BOOTSTRAP" --delete --topic "$1" </dev/null >/dev/null
+}
+
+# kafka_produce TOPIC [--keyed] [ARGS...]: send stdin to TOPIC, one message a
+# line, with Kafka's own console producer (Java, not librdkafka, so
+# independent of aspen's client). --keyed reads KEY<TAB>VALUE lines; other
+# ARGS go to the producer.
+kafka_produce() {
+    local topic=$1 args=()
+    shift
+    if [[ ${1:-} == --keyed ]]; then
+        args+=(--property parse.key=true --property $'key.separator=\t')
+        shift
+    fi
+    _peers_kafka_tool org.apache.kafka.tools.ConsoleProducer \
+        --bootstrap-server "$KAFKA_BOOTSTRAP" --topic "$topic" \
+        --producer-property acks=all ${args[@]+"${args[@]}"} "$@"
+}
+
+# kafka_consume TOPIC N [--keys] [--headers] [ARGS...]: print the first N
+# messages of TOPIC (from the beginning) with Kafka's console consumer;
+# fails if fewer than N arrive within 30 s. --keys prints KEY<TAB>VALUE,
+# --headers puts the headers first.
+kafka_consume() {
+    local topic=$1 n=$2 args=()
+    shift 2
+    while [[ $# -gt 0 ]]; do
+        case $1 in
+            --keys) args+=(--property print.key=true) ;;
+            --headers) args+=(--property print.headers=true) ;;
+            *) args+=("$1") ;;
+        esac
+        shift
+    done
+    _peers_kafka_tool org.apache.kafka.tools.consumer.ConsoleConsumer \
+        --bootstrap-server "$KAFKA_BOOTSTRAP" --topic "$topic" --from-beginning \
+        --max-messages "$n" --timeout-ms 30000 ${args[@]+"${args[@]}"} </dev/null
 }
 
 # --- aspen ------------------------------------------------------------------

@@ -1,0 +1,770 @@
+/*
+ * kafka.c - helpers the Kafka $source and $emit share (kafka_int.h): client
+ * configuration from a registry connection, Extended JSON for message
+ * values, ASP's key formats, and parsing the Kafka-only $source options
+ * (../shared/spec/asp-semantics.md §2.2, §5.1).
+ */
+#include "kafka_int.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define ASPEN_LOG_DOMAIN "kafka"
+
+/* The server's name for a BSON type ("string", "object", ...). */
+static const char *
+type_name(bson_type_t t)
+{
+   aspen_value_t v = ASPEN_VALUE_MISSING;
+   v.v.value_type = t;
+   return aspen_value_type_name(&v);
+}
+
+/* ---- key formats ---------------------------------------------------------- */
+
+static const char *const key_format_names[] = {
+   [ASPEN_KAFKA_KEY_BINDATA] = "binData", [ASPEN_KAFKA_KEY_STRING] = "string",
+   [ASPEN_KAFKA_KEY_JSON] = "json",       [ASPEN_KAFKA_KEY_INT] = "int",
+   [ASPEN_KAFKA_KEY_LONG] = "long",       [ASPEN_KAFKA_KEY_DOUBLE] = "double",
+};
+
+bool
+aspen__kafka_key_format_parse(const char *name, aspen_kafka_key_format_t *out)
+{
+   for (size_t i = 0; i < sizeof key_format_names / sizeof *key_format_names;
+        i++) {
+      if (strcmp(name, key_format_names[i]) == 0) {
+         *out = (aspen_kafka_key_format_t) i;
+         return true;
+      }
+   }
+   *out = ASPEN_KAFKA_KEY_BINDATA;
+   return false;
+}
+
+const char *
+aspen__kafka_key_format_name(aspen_kafka_key_format_t f)
+{
+   return (size_t) f < sizeof key_format_names / sizeof *key_format_names
+             ? key_format_names[f]
+             : "?";
+}
+
+static uint64_t
+be_read(const uint8_t *p, size_t n)
+{
+   uint64_t v = 0;
+   for (size_t i = 0; i < n; i++) {
+      v = (v << 8) | p[i];
+   }
+   return v;
+}
+
+static void
+be_write(uint8_t *p, uint64_t v, size_t n)
+{
+   for (size_t i = n; i-- > 0;) {
+      p[i] = (uint8_t) (v & 0xff);
+      v >>= 8;
+   }
+}
+
+/* Parses any JSON value (not only an object) by wrapping it in {"v": ...}. */
+static bool
+json_value_parse(const char *data, size_t len, bson_t *wrapper,
+                 aspen_error_t *err)
+{
+   static const char pre[] = "{\"v\":";
+   size_t n = sizeof pre - 1 + len + 1;
+   char *buf = aspen_xmalloc(n);
+   memcpy(buf, pre, sizeof pre - 1);
+   memcpy(buf + sizeof pre - 1, data, len);
+   buf[n - 1] = '}';
+   bson_error_t berr;
+   bool ok = bson_init_from_json(wrapper, buf, (ssize_t) n, &berr);
+   free(buf);
+   if (!ok) {
+      bson_init(wrapper);
+      aspen_error_set(err, ASPEN_ERR_BadValue, "%s", berr.message);
+   }
+   return ok;
+}
+
+bool
+aspen__kafka_key_decode(aspen_kafka_key_format_t f, const void *data,
+                        size_t len, bson_t *out, const char *field,
+                        aspen_error_t *err)
+{
+   const uint8_t *p = data;
+   switch (f) {
+   case ASPEN_KAFKA_KEY_BINDATA:
+      return bson_append_binary(out, field, -1, BSON_SUBTYPE_BINARY, p,
+                                (uint32_t) len);
+   case ASPEN_KAFKA_KEY_STRING:
+      if (!bson_utf8_validate((const char *) p, len, false)) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "the key is not valid UTF-8");
+         return false;
+      }
+      return bson_append_utf8(out, field, -1, (const char *) p, (int) len);
+   case ASPEN_KAFKA_KEY_JSON: {
+      bson_t wrapper;
+      bson_iter_t it;
+      if (!json_value_parse((const char *) p, len, &wrapper, err)) {
+         bson_destroy(&wrapper);
+         return false;
+      }
+      bool ok = bson_iter_init_find(&it, &wrapper, "v") &&
+                bson_append_iter(out, field, -1, &it);
+      bson_destroy(&wrapper);
+      if (!ok) {
+         aspen_error_set(err, ASPEN_ERR_BadValue, "the key is empty");
+      }
+      return ok;
+   }
+   case ASPEN_KAFKA_KEY_INT:
+      if (len != 4) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "an int key must be 4 bytes, not %zu", len);
+         return false;
+      }
+      return bson_append_int32(out, field, -1, (int32_t) be_read(p, 4));
+   case ASPEN_KAFKA_KEY_LONG:
+      if (len != 8) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "a long key must be 8 bytes, not %zu", len);
+         return false;
+      }
+      return bson_append_int64(out, field, -1, (int64_t) be_read(p, 8));
+   case ASPEN_KAFKA_KEY_DOUBLE: {
+      if (len != 8) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "a double key must be 8 bytes, not %zu", len);
+         return false;
+      }
+      uint64_t bits = be_read(p, 8);
+      double d;
+      memcpy(&d, &bits, sizeof d);
+      return bson_append_double(out, field, -1, d);
+   }
+   }
+   aspen_error_set(err, ASPEN_ERR_BadValue, "unknown key format");
+   return false;
+}
+
+static bool
+value_as_int64(const bson_value_t *v, int64_t *out)
+{
+   double d;
+   switch (v->value_type) {
+   case BSON_TYPE_INT32:
+      *out = v->value.v_int32;
+      return true;
+   case BSON_TYPE_INT64:
+      *out = v->value.v_int64;
+      return true;
+   case BSON_TYPE_DOUBLE:
+      d = v->value.v_double;
+      if (!isfinite(d) || d != floor(d) || d < -9223372036854775808.0 ||
+          d >= 9223372036854775808.0) {
+         return false;
+      }
+      *out = (int64_t) d;
+      return true;
+   default:
+      return false;
+   }
+}
+
+/* JSON text of one value (relaxed Extended JSON). */
+static char *
+value_json(const bson_value_t *v, size_t *len)
+{
+   bson_t wrap = BSON_INITIALIZER;
+   bson_append_value(&wrap, "v", 1, v);
+   size_t n = 0;
+   char *json = bson_as_relaxed_extended_json(&wrap, &n);
+   bson_destroy(&wrap);
+   /* { "v" : <value> } -> <value> */
+   const char *start = json ? strchr(json, ':') : NULL;
+   if (!start || n < 2 || json[n - 1] != '}') {
+      bson_free(json);
+      *len = 0;
+      return bson_strdup("");
+   }
+   start++;
+   while (*start == ' ') {
+      start++;
+   }
+   const char *end = json + n - 1; /* the closing brace */
+   while (end > start && end[-1] == ' ') {
+      end--;
+   }
+   char *out = bson_strndup(start, (size_t) (end - start));
+   *len = (size_t) (end - start);
+   bson_free(json);
+   return out;
+}
+
+bool
+aspen__kafka_key_encode(aspen_kafka_key_format_t f, const bson_value_t *v,
+                        uint8_t **out, size_t *out_len, aspen_error_t *err)
+{
+   *out = NULL;
+   *out_len = 0;
+   int64_t i;
+   switch (f) {
+   case ASPEN_KAFKA_KEY_BINDATA:
+      if (v->value_type == BSON_TYPE_BINARY) {
+         *out_len = v->value.v_binary.data_len;
+         *out = bson_malloc(*out_len ? *out_len : 1);
+         memcpy(*out, v->value.v_binary.data, *out_len);
+         return true;
+      }
+      if (v->value_type == BSON_TYPE_UTF8) {
+         *out_len = v->value.v_utf8.len;
+         *out = (uint8_t *) bson_strndup(v->value.v_utf8.str, *out_len);
+         return true;
+      }
+      break;
+   case ASPEN_KAFKA_KEY_STRING:
+      if (v->value_type == BSON_TYPE_UTF8) {
+         *out_len = v->value.v_utf8.len;
+         *out = (uint8_t *) bson_strndup(v->value.v_utf8.str, *out_len);
+         return true;
+      }
+      break;
+   case ASPEN_KAFKA_KEY_JSON:
+      if (v->value_type != BSON_TYPE_EOD) {
+         *out = (uint8_t *) value_json(v, out_len);
+         return true;
+      }
+      break;
+   case ASPEN_KAFKA_KEY_INT:
+      if (value_as_int64(v, &i) && i >= INT32_MIN && i <= INT32_MAX) {
+         *out = bson_malloc(4);
+         *out_len = 4;
+         be_write(*out, (uint64_t) (int64_t) (int32_t) i, 4);
+         return true;
+      }
+      break;
+   case ASPEN_KAFKA_KEY_LONG:
+      if (value_as_int64(v, &i)) {
+         *out = bson_malloc(8);
+         *out_len = 8;
+         be_write(*out, (uint64_t) i, 8);
+         return true;
+      }
+      break;
+   case ASPEN_KAFKA_KEY_DOUBLE:
+      if (v->value_type == BSON_TYPE_DOUBLE ||
+          v->value_type == BSON_TYPE_INT32 ||
+          v->value_type == BSON_TYPE_INT64) {
+         double d = v->value_type == BSON_TYPE_DOUBLE ? v->value.v_double
+                    : v->value_type == BSON_TYPE_INT32
+                       ? (double) v->value.v_int32
+                       : (double) v->value.v_int64;
+         uint64_t bits;
+         memcpy(&bits, &d, sizeof bits);
+         *out = bson_malloc(8);
+         *out_len = 8;
+         be_write(*out, bits, 8);
+         return true;
+      }
+      break;
+   }
+   aspen_error_set(err, ASPEN_ERR_BadValue,
+                   "Failed to serialize the key of type %s with keyFormat %s",
+                   v->value_type == BSON_TYPE_EOD
+                      ? "missing"
+                      : type_name(v->value_type),
+                   aspen__kafka_key_format_name(f));
+   return false;
+}
+
+/* ---- values ---------------------------------------------------------------- */
+
+bool
+aspen__kafka_json_decode(const void *data, size_t len, bson_t *doc,
+                         aspen_error_t *err)
+{
+   const char *p = data;
+   bson_error_t berr;
+   /* Schema Registry framing: magic byte 0 and a 4-byte schema id. */
+   if (len > 5 && p[0] == '\0') {
+      p += 5;
+      len -= 5;
+   }
+   size_t i = 0;
+   while (i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' ||
+                      p[i] == '\n')) {
+      i++;
+   }
+   if (i == len) {
+      bson_init(doc);
+      aspen_error_set(err, ASPEN_ERR_BadValue, "the message value is empty");
+      return false;
+   }
+   if (p[i] != '{') {
+      bson_init(doc);
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "the message value is not a JSON object");
+      return false;
+   }
+   if (!bson_init_from_json(doc, p + i, (ssize_t) (len - i), &berr)) {
+      bson_init(doc);
+      aspen_error_set(err, ASPEN_ERR_BadValue, "%s", berr.message);
+      return false;
+   }
+   return true;
+}
+
+static void
+iso_date(int64_t ms, char *buf, size_t size)
+{
+   time_t secs = (time_t) (ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
+   int millis = (int) (ms - (int64_t) secs * 1000);
+   struct tm tm;
+   gmtime_r(&secs, &tm);
+   size_t n = strftime(buf, size, "%Y-%m-%dT%H:%M:%S", &tm);
+   snprintf(buf + n, size - n, ".%03dZ", millis);
+}
+
+/* Copies `in` to `out` with every Date turned into an ISO-8601 string. */
+static void
+dates_to_iso(const bson_t *in, bson_t *out)
+{
+   bson_iter_t it;
+   bson_iter_init(&it, in);
+   while (bson_iter_next(&it)) {
+      const char *k = bson_iter_key(&it);
+      uint32_t len;
+      const uint8_t *data;
+      bson_t sub, child;
+      switch (bson_iter_type(&it)) {
+      case BSON_TYPE_DATE_TIME: {
+         char buf[64];
+         iso_date(bson_iter_date_time(&it), buf, sizeof buf);
+         bson_append_utf8(out, k, -1, buf, -1);
+         break;
+      }
+      case BSON_TYPE_DOCUMENT:
+         bson_iter_document(&it, &len, &data);
+         (void) bson_init_static(&sub, data, len);
+         bson_append_document_begin(out, k, -1, &child);
+         dates_to_iso(&sub, &child);
+         bson_append_document_end(out, &child);
+         break;
+      case BSON_TYPE_ARRAY:
+         bson_iter_array(&it, &len, &data);
+         (void) bson_init_static(&sub, data, len);
+         bson_append_array_begin(out, k, -1, &child);
+         dates_to_iso(&sub, &child);
+         bson_append_array_end(out, &child);
+         break;
+      default:
+         bson_append_iter(out, k, -1, &it);
+         break;
+      }
+   }
+}
+
+char *
+aspen__kafka_json_encode(const bson_t *doc,
+                         const aspen_kafka_json_opts_t *opts, size_t *len)
+{
+   bson_t iso;
+   const bson_t *src = doc;
+   if (opts->iso_dates) {
+      bson_init(&iso);
+      dates_to_iso(doc, &iso);
+      src = &iso;
+   }
+   size_t n = 0;
+   char *json = opts->canonical ? bson_as_canonical_extended_json(src, &n)
+                                : bson_as_relaxed_extended_json(src, &n);
+   if (opts->iso_dates) {
+      bson_destroy(&iso);
+   }
+   if (!json) {
+      json = bson_strdup("{}");
+      n = 2;
+   }
+   *len = n;
+   return json;
+}
+
+/* ---- client configuration --------------------------------------------------- */
+
+bool
+aspen__kafka_conf_set(rd_kafka_conf_t *conf, const char *name,
+                      const char *value, aspen_error_t *err)
+{
+   char errstr[512];
+   if (rd_kafka_conf_set(conf, name, value, errstr, sizeof errstr) !=
+       RD_KAFKA_CONF_OK) {
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorKafkaConnectionError,
+                      "invalid Kafka client setting '%s': %s", name, errstr);
+      return false;
+   }
+   return true;
+}
+
+/* librdkafka's log lines go to aspen's log, at a matching level, with the
+ * processor's name as context. Called from librdkafka's threads; aspen_log
+ * is thread-safe. */
+static void
+log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+   const aspen_kafka_client_hdr_t *hdr = rd_kafka_opaque(rk);
+   const char *ctx = hdr ? hdr->ctx : NULL;
+   aspen_log_level_t lv = level <= 3   ? ASPEN_LOG_ERROR
+                          : level <= 5 ? ASPEN_LOG_WARNING
+                          : level == 6 ? ASPEN_LOG_INFO
+                                       : ASPEN_LOG_DEBUG;
+   aspen_logf(lv, ASPEN_LOG_DOMAIN, ctx ? ctx : rd_kafka_name(rk), "%s: %s",
+              fac, buf);
+}
+
+rd_kafka_conf_t *
+aspen__kafka_conf_new(const aspen_conn_t *conn, aspen_kafka_client_hdr_t *hdr,
+                      aspen_error_t *err)
+{
+   rd_kafka_conf_t *conf = rd_kafka_conf_new();
+   if (!aspen__kafka_conf_set(conf, "client.id", "aspen", err)) {
+      rd_kafka_conf_destroy(conf);
+      return NULL;
+   }
+   bson_iter_t it;
+   bson_iter_init(&it, &conn->kafka_conf);
+   while (bson_iter_next(&it)) {
+      const char *v = BSON_ITER_HOLDS_UTF8(&it) ? bson_iter_utf8(&it, NULL)
+                                                : "";
+      if (!aspen__kafka_conf_set(conf, bson_iter_key(&it), v, err)) {
+         char msg[ASPEN_ERROR_MSG_MAX];
+         snprintf(msg, sizeof msg, "connection '%s': %s", conn->name,
+                  err->message);
+         aspen_error_set(err, err->code, "%s", msg);
+         rd_kafka_conf_destroy(conf);
+         return NULL;
+      }
+   }
+   rd_kafka_conf_set_log_cb(conf, log_cb);
+   rd_kafka_conf_set_opaque(conf, hdr);
+   return conf;
+}
+
+/* ---- $source options ------------------------------------------------------------ */
+
+void
+aspen__kafka_source_opts_destroy(aspen_kafka_source_opts_t *opts)
+{
+   if (!opts) {
+      return;
+   }
+   for (int i = 0; i < opts->n_topics; i++) {
+      free(opts->topics[i]);
+   }
+   free(opts->topics);
+   free(opts->group_id);
+   free(opts);
+}
+
+static aspen_kafka_source_opts_t *
+opts_of(aspen_source_spec_t *src)
+{
+   if (!src->kafka) {
+      src->kafka = aspen_xcalloc(1, sizeof *src->kafka);
+      src->kafka->enable_auto_commit = -1;
+   }
+   return src->kafka;
+}
+
+static bool
+parse_topic(aspen_kafka_source_opts_t *o, const bson_iter_t *it,
+            const aspen_parse_ctx_t *pc, aspen_error_t *err)
+{
+   if (BSON_ITER_HOLDS_UTF8(it)) {
+      const char *t = bson_iter_utf8(it, NULL);
+      if (!*t) {
+         aspen_parse_error(err, pc, "$source.topic",
+                           "$source.topic cannot be empty");
+         return false;
+      }
+      o->topics = aspen_xcalloc(1, sizeof *o->topics);
+      o->topics[0] = aspen_xstrdup(t);
+      o->n_topics = 1;
+      return true;
+   }
+   if (!BSON_ITER_HOLDS_ARRAY(it)) {
+      aspen_parse_error(err, pc, "$source.topic",
+                        "BSON field '$source.topic' is the wrong type "
+                        "'%s', expected types '[string, array]'",
+                        type_name(bson_iter_type(it)));
+      return false;
+   }
+   bson_iter_t ai;
+   bson_iter_recurse(it, &ai);
+   int n = 0;
+   while (bson_iter_next(&ai)) {
+      if (!BSON_ITER_HOLDS_UTF8(&ai) || !*bson_iter_utf8(&ai, NULL)) {
+         aspen_parse_error(err, pc, "$source.topic",
+                           "$source.topic must be a non-empty string or an "
+                           "array of non-empty strings");
+         return false;
+      }
+      n++;
+   }
+   if (n == 0) {
+      aspen_parse_error(err, pc, "$source.topic",
+                        "$source.topic must name at least one topic");
+      return false;
+   }
+   o->topics = aspen_xcalloc((size_t) n, sizeof *o->topics);
+   bson_iter_recurse(it, &ai);
+   while (bson_iter_next(&ai)) {
+      o->topics[o->n_topics++] = aspen_xstrdup(bson_iter_utf8(&ai, NULL));
+   }
+   return true;
+}
+
+/* {size: <int>, unit: "ms"|"second"|"minute"|"hour"|"day"} in ms. */
+static bool
+parse_idle_timeout(aspen_source_spec_t *src, const bson_iter_t *it,
+                   const aspen_parse_ctx_t *pc, aspen_error_t *err)
+{
+   static const struct {
+      const char *name;
+      int64_t ms;
+   } units[] = {{"ms", 1},           {"second", 1000}, {"minute", 60000},
+                {"hour", 3600000},   {"day", 86400000}};
+   const char *opt = "$source.partitionIdleTimeout";
+   if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
+      aspen_parse_error(err, pc, opt,
+                        "BSON field '%s' is the wrong type '%s', expected "
+                        "type 'object'",
+                        opt, type_name(bson_iter_type(it)));
+      return false;
+   }
+   bson_iter_t fi;
+   bson_iter_recurse(it, &fi);
+   int64_t size = -1, unit_ms = 0;
+   while (bson_iter_next(&fi)) {
+      const char *k = bson_iter_key(&fi);
+      if (strcmp(k, "size") == 0) {
+         int64_t v;
+         if (!value_as_int64(bson_iter_value(&fi), &v)) {
+            aspen_parse_error(err, pc, "$source.partitionIdleTimeout.size",
+                              "BSON field '%s.size' is the wrong type '%s', "
+                              "expected types '[long, int, decimal, "
+                              "double]'",
+                              opt, type_name(bson_iter_type(&fi)));
+            return false;
+         }
+         if (v < 0) {
+            aspen_parse_error(err, pc, "$source.partitionIdleTimeout.size",
+                              "partitionIdleTimeout.size must be a "
+                              "non-negative integer");
+            return false;
+         }
+         size = v;
+      } else if (strcmp(k, "unit") == 0) {
+         const char *u = BSON_ITER_HOLDS_UTF8(&fi)
+                            ? bson_iter_utf8(&fi, NULL)
+                            : "";
+         for (size_t i = 0; i < sizeof units / sizeof *units; i++) {
+            if (strcmp(u, units[i].name) == 0) {
+               unit_ms = units[i].ms;
+            }
+         }
+         if (!unit_ms) {
+            aspen_parse_error(err, pc, "$source.partitionIdleTimeout.unit",
+                              "Enumeration value '%s' for field "
+                              "'%s.unit' is not a valid value.",
+                              BSON_ITER_HOLDS_UTF8(&fi) ? u
+                                                        : "(not a string)",
+                              opt);
+            return false;
+         }
+      } else {
+         aspen_parse_error(err, pc, opt,
+                           "BSON field '%s.%s' is an unknown field.", opt, k);
+         return false;
+      }
+   }
+   if (size < 0) {
+      aspen_parse_error(err, pc, opt,
+                        "BSON field '%s.size' is missing but a required "
+                        "field",
+                        opt);
+      return false;
+   }
+   if (!unit_ms) {
+      aspen_parse_error(err, pc, opt,
+                        "BSON field '%s.unit' is missing but a required "
+                        "field",
+                        opt);
+      return false;
+   }
+   if (size > INT64_MAX / unit_ms) {
+      aspen_parse_error(err, pc, opt, "partitionIdleTimeout is too large");
+      return false;
+   }
+   src->partition_idle_timeout_ms = size * unit_ms;
+   return true;
+}
+
+static bool
+config_string(const bson_iter_t *it, const aspen_parse_ctx_t *pc,
+              const char *k, const char **out, aspen_error_t *err)
+{
+   if (!BSON_ITER_HOLDS_UTF8(it)) {
+      char opt[96];
+      snprintf(opt, sizeof opt, "$source.config.%s", k);
+      aspen_parse_error(err, pc, opt,
+                        "BSON field '%s' is the wrong type '%s', expected "
+                        "type 'string'",
+                        opt, type_name(bson_iter_type(it)));
+      return false;
+   }
+   *out = bson_iter_utf8(it, NULL);
+   return true;
+}
+
+static bool
+bad_enum(const aspen_parse_ctx_t *pc, const char *k, const char *v,
+         aspen_error_t *err)
+{
+   char opt[96];
+   snprintf(opt, sizeof opt, "$source.config.%s", k);
+   aspen_parse_error(err, pc, opt,
+                     "Enumeration value '%s' for field '%s' is not a valid "
+                     "value.",
+                     v, opt);
+   return false;
+}
+
+static bool
+parse_config(aspen_kafka_source_opts_t *o, const bson_iter_t *it,
+             const aspen_parse_ctx_t *pc, aspen_error_t *err)
+{
+   if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
+      aspen_parse_error(err, pc, "$source.config",
+                        "BSON field '$source.config' is the wrong type '%s', "
+                        "expected type 'object'",
+                        type_name(bson_iter_type(it)));
+      return false;
+   }
+   bson_iter_t ci;
+   bson_iter_recurse(it, &ci);
+   while (bson_iter_next(&ci)) {
+      const char *k = bson_iter_key(&ci);
+      const char *v = NULL;
+      if (strcmp(k, "auto_offset_reset") == 0) {
+         if (!config_string(&ci, pc, k, &v, err)) {
+            return false;
+         }
+         if (strcmp(v, "earliest") == 0 || strcmp(v, "beginning") == 0 ||
+             strcmp(v, "smallest") == 0) {
+            o->earliest = true;
+         } else if (strcmp(v, "latest") == 0 || strcmp(v, "end") == 0 ||
+                    strcmp(v, "largest") == 0) {
+            o->earliest = false;
+         } else {
+            return bad_enum(pc, k, v, err);
+         }
+      } else if (strcmp(k, "group_id") == 0) {
+         if (!config_string(&ci, pc, k, &v, err)) {
+            return false;
+         }
+         if (!*v) {
+            aspen_parse_error(err, pc, "$source.config.group_id",
+                              "$source.config.group_id cannot be empty");
+            return false;
+         }
+         free(o->group_id);
+         o->group_id = aspen_xstrdup(v);
+      } else if (strcmp(k, "enable_auto_commit") == 0) {
+         if (!BSON_ITER_HOLDS_BOOL(&ci)) {
+            aspen_parse_error(err, pc, "$source.config.enable_auto_commit",
+                              "BSON field '$source.config.enable_auto_commit' "
+                              "is the wrong type '%s', expected type 'bool'",
+                              type_name(bson_iter_type(&ci)));
+            return false;
+         }
+         o->enable_auto_commit = bson_iter_bool(&ci) ? 1 : 0;
+      } else if (strcmp(k, "keyFormat") == 0) {
+         if (!config_string(&ci, pc, k, &v, err)) {
+            return false;
+         }
+         if (!aspen__kafka_key_format_parse(v, &o->key_format)) {
+            return bad_enum(pc, k, v, err);
+         }
+      } else if (strcmp(k, "keyFormatError") == 0) {
+         if (!config_string(&ci, pc, k, &v, err)) {
+            return false;
+         }
+         if (strcmp(v, "dlq") == 0) {
+            o->key_error_pass_through = false;
+         } else if (strcmp(v, "passThrough") == 0) {
+            o->key_error_pass_through = true;
+         } else {
+            return bad_enum(pc, k, v, err);
+         }
+      } else {
+         char opt[96];
+         snprintf(opt, sizeof opt, "$source.config.%s", k);
+         aspen_parse_error(err, pc, opt,
+                           "BSON field '$source.config.%s' is an unknown "
+                           "field.",
+                           k);
+         return false;
+      }
+   }
+   return true;
+}
+
+bool
+aspen__kafka_source_parse_option(aspen_source_spec_t *src,
+                                 const bson_iter_t *it,
+                                 const aspen_parse_ctx_t *pc, bool *handled,
+                                 aspen_error_t *err)
+{
+   const char *k = bson_iter_key(it);
+   aspen_kafka_source_opts_t *o = opts_of(src);
+   *handled = true;
+   if (strcmp(k, "topic") == 0) {
+      if (o->n_topics) {
+         aspen_parse_error(err, pc, "$source.topic",
+                           "$source.topic is given twice");
+         return false;
+      }
+      return parse_topic(o, it, pc, err);
+   }
+   if (strcmp(k, "partitionIdleTimeout") == 0) {
+      return parse_idle_timeout(src, it, pc, err);
+   }
+   if (strcmp(k, "config") == 0) {
+      return parse_config(o, it, pc, err);
+   }
+   *handled = false;
+   return true;
+}
+
+bool
+aspen__kafka_source_parse_done(aspen_source_spec_t *src,
+                               const aspen_parse_ctx_t *pc,
+                               aspen_error_t *err)
+{
+   aspen_kafka_source_opts_t *o = opts_of(src);
+   if (o->n_topics == 0) {
+      aspen_parse_error(err, pc, "$source.topic",
+                        "BSON field '$source.topic' is missing but a "
+                        "required field");
+      return false;
+   }
+   return true;
+}

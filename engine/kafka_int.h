@@ -1,0 +1,113 @@
+/*
+ * kafka_int.h - what the Kafka $source (source_kafka.c) and the Kafka $emit
+ * sink (sink_emit.c) share, implemented in kafka.c: a librdkafka
+ * configuration built from a registry connection, the Extended JSON codecs
+ * for message values, the key formats ASP knows, and the parsing of the
+ * Kafka-only $source options (called from pipeline.c's parse_source).
+ *
+ * Everything here is engine-internal. Nothing blocks except where a
+ * function says it talks to a broker.
+ */
+#ifndef ASPEN_ENGINE_KAFKA_INT_H
+#define ASPEN_ENGINE_KAFKA_INT_H
+
+#include "engine_int.h"
+
+#include <librdkafka/rdkafka.h>
+
+/* ---- key formats (config.keyFormat of $source and $emit) ---------------- */
+
+typedef enum {
+   ASPEN_KAFKA_KEY_BINDATA, /* default: the bytes as BinData subtype 0 */
+   ASPEN_KAFKA_KEY_STRING,  /* UTF-8 */
+   ASPEN_KAFKA_KEY_JSON,    /* (Extended) JSON: any JSON value */
+   ASPEN_KAFKA_KEY_INT,     /* 4-byte big-endian, as Java's IntegerSerializer */
+   ASPEN_KAFKA_KEY_LONG,    /* 8-byte big-endian, as Java's LongSerializer */
+   ASPEN_KAFKA_KEY_DOUBLE,  /* 8-byte big-endian IEEE 754 */
+} aspen_kafka_key_format_t;
+
+/* Parses a keyFormat name; false when it is not one. */
+bool aspen__kafka_key_format_parse(const char *name,
+                                   aspen_kafka_key_format_t *out);
+const char *aspen__kafka_key_format_name(aspen_kafka_key_format_t f);
+
+/* Decodes a message key per `f` and appends it to `out` as field `field`.
+ * False (err set, `out` unchanged) when the bytes are not of that format. */
+bool aspen__kafka_key_decode(aspen_kafka_key_format_t f, const void *data,
+                             size_t len, bson_t *out, const char *field,
+                             aspen_error_t *err);
+/* Encodes `v` as a key of format `f` into a new buffer (*out, freed with
+ * bson_free; *out_len bytes). False (err set, *out NULL) when `v` cannot be
+ * serialised that way. */
+bool aspen__kafka_key_encode(aspen_kafka_key_format_t f, const bson_value_t *v,
+                             uint8_t **out, size_t *out_len,
+                             aspen_error_t *err);
+
+/* ---- message values ------------------------------------------------------ */
+
+/* Parses a message value: one JSON object in relaxed or canonical Extended
+ * JSON (surrounding whitespace allowed), optionally behind the 5-byte
+ * Schema Registry prefix (0x00 + schema id). `doc` is always initialised;
+ * false (err set with the parser's reason) when it is not such an object. */
+bool aspen__kafka_json_decode(const void *data, size_t len, bson_t *doc,
+                              aspen_error_t *err);
+
+typedef struct {
+   bool canonical; /* canonicalJson instead of relaxedJson */
+   bool iso_dates; /* dateFormat ISO8601: Dates as "YYYY-MM-DDTHH:mm:ss.sssZ" */
+} aspen_kafka_json_opts_t;
+
+/* Serialises `doc` as Extended JSON v2. Returns a string to bson_free and
+ * its length in *len; never NULL. */
+char *aspen__kafka_json_encode(const bson_t *doc,
+                               const aspen_kafka_json_opts_t *opts,
+                               size_t *len);
+
+/* ---- client configuration ---------------------------------------------- */
+
+/* Every aspen Kafka client's opaque (rd_kafka_opaque) starts with this, so
+ * the shared log callback can name the processor. */
+typedef struct {
+   const char *ctx; /* the processor's name, for log lines */
+} aspen_kafka_client_hdr_t;
+
+/* A new librdkafka configuration for connection `conn` (bootstrap servers,
+ * security, the connection's extra `config`), logging into aspen's log,
+ * with `hdr` (borrowed; it must outlive the client) as the client's opaque.
+ * NULL with err set (code 419) when librdkafka refuses a setting. The
+ * caller owns the result until rd_kafka_new takes it. */
+rd_kafka_conf_t *aspen__kafka_conf_new(const aspen_conn_t *conn,
+                                       aspen_kafka_client_hdr_t *hdr,
+                                       aspen_error_t *err);
+/* Sets one property; false with err set (code 419) if refused. */
+bool aspen__kafka_conf_set(rd_kafka_conf_t *conf, const char *name,
+                           const char *value, aspen_error_t *err);
+
+/* ---- $source options ------------------------------------------------------ */
+
+/* The Kafka-only part of a parsed $source (aspen_source_spec_t.kafka). */
+typedef struct aspen_kafka_source_opts {
+   char **topics;
+   int n_topics;
+   char *group_id;          /* config.group_id, or NULL for the default */
+   bool earliest;           /* auto_offset_reset earliest (default latest) */
+   int enable_auto_commit;  /* -1 unset, else 0/1 */
+   aspen_kafka_key_format_t key_format;
+   bool key_error_pass_through; /* keyFormatError passThrough (default dlq) */
+} aspen_kafka_source_opts_t;
+
+/* Parses one $source option of a Kafka source: topic, partitionIdleTimeout,
+ * config. *handled is false for options that are not Kafka's (the caller
+ * then refuses or handles them). False with a 420 error (ASP's wording) on
+ * a bad value. */
+bool aspen__kafka_source_parse_option(aspen_source_spec_t *src,
+                                      const bson_iter_t *it,
+                                      const aspen_parse_ctx_t *pc,
+                                      bool *handled, aspen_error_t *err);
+/* Checks what is required once all options are read (topic). */
+bool aspen__kafka_source_parse_done(aspen_source_spec_t *src,
+                                    const aspen_parse_ctx_t *pc,
+                                    aspen_error_t *err);
+void aspen__kafka_source_opts_destroy(aspen_kafka_source_opts_t *opts);
+
+#endif /* ASPEN_ENGINE_KAFKA_INT_H */

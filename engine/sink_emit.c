@@ -1,0 +1,776 @@
+/*
+ * sink_emit.c - $emit to Apache Kafka (../shared/spec/asp-semantics.md
+ * §5.1): option validation at create time (the stage table's parser) and,
+ * at run time, a librdkafka producer on the processor's thread.
+ *
+ * Each document becomes one message: the value is the document as Extended
+ * JSON v2 (relaxed unless config.outputFormat is canonicalJson; Dates as
+ * ISO-8601 strings with dateFormat ISO8601), the topic is `topic` (a name or
+ * an expression evaluated per document), the key is config.key serialised as
+ * config.keyFormat, the headers come from config.headers, and
+ * config.tombstoneWhen true sends a null value instead.
+ *
+ * Delivery: the producer is idempotent (with acks all, the default) and
+ * flush (called by the runtime before a source commits its offsets) waits
+ * for every delivery report, so "flushed" means acknowledged by the broker.
+ * A document Kafka refuses for itself (too large, invalid record) goes to the
+ * DLQ; any other delivery failure (timeout after 30 s, authorisation, a
+ * fatal idempotence error) fails the processor, whose source then does not
+ * commit the unacknowledged tail. When the producer's queue is full, write
+ * serves delivery reports and waits (back-pressure) instead of dropping.
+ */
+#include "kafka_int.h"
+#include "source.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ASPEN_LOG_DOMAIN "kafka"
+#define MAX_TOPICS 1000
+#define OPERATOR "KafkaEmitOperator"
+
+typedef struct {
+   aspen_kafka_client_hdr_t hdr; /* first: the producer's opaque */
+   const aspen_conn_t *conn;
+   aspen_expr_t *topic;
+   aspen_expr_t *key;
+   aspen_kafka_key_format_t key_format;
+   aspen_expr_t *headers;
+   aspen_expr_t *tombstone_when;
+   aspen_kafka_json_opts_t json;
+   char acks[8];
+   char compression[8];
+   /* Run time. */
+   aspen_runtime_t *rt;
+   rd_kafka_t *rk;
+   char **topics_seen;
+   int n_topics_seen;
+   bool closing;
+   char fatal[ASPEN_ERROR_MSG_MAX];
+   int32_t fatal_code;
+} emit_t;
+
+static void
+emit_free(emit_t *e)
+{
+   if (!e) {
+      return;
+   }
+   aspen_expr_destroy(e->topic);
+   aspen_expr_destroy(e->key);
+   aspen_expr_destroy(e->headers);
+   aspen_expr_destroy(e->tombstone_when);
+   for (int i = 0; i < e->n_topics_seen; i++) {
+      free(e->topics_seen[i]);
+   }
+   free(e->topics_seen);
+   free(e);
+}
+
+/* ---- options ---------------------------------------------------------------- */
+
+static bool
+enum_value(const bson_iter_t *it, const char *const *allowed,
+           const aspen_parse_ctx_t *pc, const char *opt, const char **out,
+           aspen_error_t *err)
+{
+   const char *v = BSON_ITER_HOLDS_UTF8(it) ? bson_iter_utf8(it, NULL) : NULL;
+   for (const char *const *a = allowed; v && *a; a++) {
+      if (strcmp(v, *a) == 0) {
+         *out = *a;
+         return true;
+      }
+   }
+   aspen_parse_error(err, pc, opt,
+                     "Enumeration value '%s' for field '%s' is not a valid "
+                     "value.",
+                     v ? v : "(not a string)", opt);
+   return false;
+}
+
+static bool
+compile_expr(const bson_iter_t *it, const aspen_parse_ctx_t *pc,
+             const char *opt, aspen_expr_t **out, aspen_error_t *err)
+{
+   if (!aspen_expr_parse(it, NULL, out, err)) {
+      char msg[ASPEN_ERROR_MSG_MAX];
+      snprintf(msg, sizeof msg, "%s", err->message);
+      aspen_parse_error(err, pc, opt, "%s", msg);
+      return false;
+   }
+   return true;
+}
+
+static bool
+parse_config(emit_t *e, const bson_iter_t *it, const aspen_parse_ctx_t *pc,
+             bool *has_key_format, aspen_error_t *err)
+{
+   static const char *const compressions[] = {"none", "gzip", "snappy", "lz4",
+                                              "zstd", NULL};
+   static const char *const date_formats[] = {"default", "ISO8601", NULL};
+   static const char *const output_formats[] = {"relaxedJson",
+                                                "canonicalJson", NULL};
+   static const char *const key_formats[] = {"binData", "string", "json",
+                                             "int",     "long",   "double",
+                                             NULL};
+   if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
+      aspen_parse_error(err, pc, "config",
+                        "BSON field '$emit.config' is the wrong type, "
+                        "expected type 'object'");
+      return false;
+   }
+   bson_iter_t ci;
+   bson_iter_recurse(it, &ci);
+   while (bson_iter_next(&ci)) {
+      const char *k = bson_iter_key(&ci);
+      char opt[96];
+      const char *v = NULL;
+      snprintf(opt, sizeof opt, "$emit.config.%s", k);
+      if (strcmp(k, "acks") == 0) {
+         if (BSON_ITER_HOLDS_INT32(&ci) || BSON_ITER_HOLDS_INT64(&ci)) {
+            int64_t n = bson_iter_as_int64(&ci);
+            if (n != -1 && n != 0 && n != 1) {
+               aspen_parse_error(err, pc, opt,
+                                 "config.acks must be \"all\", -1, 0 or 1");
+               return false;
+            }
+            snprintf(e->acks, sizeof e->acks, "%s",
+                     n == -1 ? "all" : n == 0 ? "0" : "1");
+         } else {
+            static const char *const acks[] = {"all", "-1", "0", "1", NULL};
+            if (!enum_value(&ci, acks, pc, opt, &v, err)) {
+               return false;
+            }
+            snprintf(e->acks, sizeof e->acks, "%s",
+                     strcmp(v, "-1") == 0 ? "all" : v);
+         }
+      } else if (strcmp(k, "compression_type") == 0) {
+         if (!enum_value(&ci, compressions, pc, opt, &v, err)) {
+            return false;
+         }
+         snprintf(e->compression, sizeof e->compression, "%s", v);
+      } else if (strcmp(k, "dateFormat") == 0) {
+         if (!enum_value(&ci, date_formats, pc, opt, &v, err)) {
+            return false;
+         }
+         e->json.iso_dates = strcmp(v, "ISO8601") == 0;
+      } else if (strcmp(k, "outputFormat") == 0) {
+         if (!enum_value(&ci, output_formats, pc, opt, &v, err)) {
+            return false;
+         }
+         e->json.canonical = strcmp(v, "canonicalJson") == 0;
+      } else if (strcmp(k, "keyFormat") == 0) {
+         if (!enum_value(&ci, key_formats, pc, opt, &v, err)) {
+            return false;
+         }
+         (void) aspen__kafka_key_format_parse(v, &e->key_format);
+         *has_key_format = true;
+      } else if (strcmp(k, "key") == 0) {
+         if (!compile_expr(&ci, pc, opt, &e->key, err)) {
+            return false;
+         }
+      } else if (strcmp(k, "headers") == 0) {
+         if (!compile_expr(&ci, pc, opt, &e->headers, err)) {
+            return false;
+         }
+      } else if (strcmp(k, "tombstoneWhen") == 0) {
+         if (!compile_expr(&ci, pc, opt, &e->tombstone_when, err)) {
+            return false;
+         }
+      } else {
+         aspen_parse_error(err, pc, opt,
+                           "BSON field '$emit.config.%s' is an unknown field.",
+                           k);
+         return false;
+      }
+   }
+   return true;
+}
+
+/* Validates an $emit argument and compiles it. The expressions borrow from
+ * `spec`, which must outlive the result. */
+static bool
+emit_compile(const bson_t *spec, const aspen_conns_t *conns,
+             const aspen_parse_ctx_t *pc, emit_t **out, aspen_error_t *err)
+{
+   *out = NULL;
+   emit_t *e = aspen_xcalloc(1, sizeof *e);
+   snprintf(e->acks, sizeof e->acks, "all");
+   snprintf(e->compression, sizeof e->compression, "none");
+   bool has_key_format = false, has_topic = false;
+   const char *conn_name = NULL;
+   bson_iter_t it;
+   bson_iter_init(&it, spec);
+   while (bson_iter_next(&it)) {
+      const char *k = bson_iter_key(&it);
+      if (strcmp(k, "connectionName") == 0) {
+         if (!BSON_ITER_HOLDS_UTF8(&it)) {
+            aspen_parse_error(err, pc, "connectionName",
+                              "connectionName must be a string");
+            goto fail;
+         }
+         conn_name = bson_iter_utf8(&it, NULL);
+      } else if (strcmp(k, "topic") == 0) {
+         if (!BSON_ITER_HOLDS_UTF8(&it) && !BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            aspen_parse_error(err, pc, "topic",
+                              "BSON field '$emit.topic' must be a string or "
+                              "an expression");
+            goto fail;
+         }
+         if (BSON_ITER_HOLDS_UTF8(&it) && !*bson_iter_utf8(&it, NULL)) {
+            aspen_parse_error(err, pc, "topic",
+                              "$emit.topic cannot be empty");
+            goto fail;
+         }
+         if (!compile_expr(&it, pc, "topic", &e->topic, err)) {
+            goto fail;
+         }
+         has_topic = true;
+      } else if (strcmp(k, "config") == 0) {
+         if (!parse_config(e, &it, pc, &has_key_format, err)) {
+            goto fail;
+         }
+      } else if (strcmp(k, "db") == 0 || strcmp(k, "coll") == 0 ||
+                 strcmp(k, "timeseries") == 0) {
+         aspen_parse_error(err, pc, k,
+                           "$emit to a time-series collection is not "
+                           "supported by this version of aspen yet");
+         goto fail;
+      } else {
+         aspen_parse_error(err, pc, k,
+                           "BSON field '$emit.%s' is an unknown field.", k);
+         goto fail;
+      }
+   }
+   if (!conn_name) {
+      aspen_parse_error(err, pc, "connectionName",
+                        "BSON field '$emit.connectionName' is missing but a "
+                        "required field");
+      goto fail;
+   }
+   e->conn = aspen_conns_find(conns, conn_name);
+   if (!e->conn) {
+      aspen_parse_error(err, pc, "connectionName",
+                        "Unknown connection name %s", conn_name);
+      goto fail;
+   }
+   if (e->conn->type == ASPEN_CONN_ATLAS) {
+      aspen_parse_error(err, pc, "connectionName",
+                        "$emit to a time-series collection is not supported "
+                        "by this version of aspen yet");
+      goto fail;
+   }
+   if (e->conn->type != ASPEN_CONN_KAFKA) {
+      aspen_parse_error(err, pc, "connectionName",
+                        "Expected Atlas connection for $emit, but connection "
+                        "'%s' is of type %s",
+                        conn_name, aspen_conn_type_name(e->conn->type));
+      goto fail;
+   }
+   if (!has_topic) {
+      aspen_parse_error(err, pc, "topic",
+                        "BSON field '$emit.topic' is missing but a required "
+                        "field");
+      goto fail;
+   }
+   if (e->key && !has_key_format) {
+      aspen_parse_error(err, pc, "config.key",
+                        "Expected config.keyFormat to be specified when "
+                        "config.key is specified");
+      goto fail;
+   }
+   *out = e;
+   return true;
+
+fail:
+   emit_free(e);
+   return false;
+}
+
+static bool
+emit_stage_parse(aspen_stage_t *st, const bson_iter_t *arg,
+                 aspen_parse_ctx_t *pc, aspen_error_t *err)
+{
+   st->state = NULL;
+   if (!BSON_ITER_HOLDS_DOCUMENT(arg)) {
+      aspen_parse_error(err, pc, NULL, "$emit must be an object");
+      return false;
+   }
+   uint32_t len;
+   const uint8_t *data;
+   bson_t spec;
+   bson_iter_document(arg, &len, &data);
+   (void) bson_init_static(&spec, data, len);
+   emit_t *e;
+   if (!emit_compile(&spec, pc->conns, pc, &e, err)) {
+      return false;
+   }
+   /* The sink compiles its own copy when the processor starts. */
+   emit_free(e);
+   return true;
+}
+
+const aspen_stage_ops_t aspen_stage_emit_ops = {
+   .name = "$emit",
+   .operator_name = OPERATOR,
+   .parse = emit_stage_parse,
+};
+
+/* ---- the producer ------------------------------------------------------------ */
+
+/* Delivery failures Kafka reports for one message only: that document goes
+ * to the DLQ. Everything else fails the processor. */
+static bool
+is_per_message(rd_kafka_resp_err_t e)
+{
+   switch (e) {
+   case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+   case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+   case RD_KAFKA_RESP_ERR_INVALID_MSG:
+   case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+   case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+   case RD_KAFKA_RESP_ERR_POLICY_VIOLATION:
+   case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+      return true;
+   default:
+      return false;
+   }
+}
+
+static void
+set_fatal(emit_t *e, const char *topic, rd_kafka_resp_err_t err,
+          const char *detail)
+{
+   if (!e->fatal[0]) {
+      snprintf(e->fatal, sizeof e->fatal,
+               "Kafka $emit%s%s%s (connection '%s') failed: %s",
+               topic ? " to topic '" : "", topic ? topic : "",
+               topic ? "'" : "", e->conn->name, detail);
+      e->fatal_code = ASPEN_ERR_StreamProcessorKafkaConnectionError;
+      (void) err;
+   }
+}
+
+/* Served from rd_kafka_poll/flush, so on the processor's thread. */
+static void
+dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+   emit_t *e = opaque;
+   bson_t *doc = m->_private;
+   (void) rk;
+   if (m->err && !e->closing) {
+      const char *topic = rd_kafka_topic_name(m->rkt);
+      if (is_per_message(m->err) && doc) {
+         char reason[ASPEN_ERROR_MSG_MAX];
+         snprintf(reason, sizeof reason,
+                  "Failed to emit the document to Kafka topic '%s': %s",
+                  topic, rd_kafka_err2str(m->err));
+         aspen_rt_sink_failed(e->rt, doc, reason);
+      } else {
+         set_fatal(e, topic, m->err, rd_kafka_err2str(m->err));
+      }
+   }
+   if (doc) {
+      bson_destroy(doc);
+   }
+}
+
+static void
+producer_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+   emit_t *e = opaque;
+   rd_kafka_resp_err_t code = (rd_kafka_resp_err_t) err;
+   if (code == RD_KAFKA_RESP_ERR__FATAL) {
+      char why[512];
+      rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, why, sizeof why);
+      set_fatal(e, NULL, orig, why);
+      return;
+   }
+   if (code == RD_KAFKA_RESP_ERR__AUTHENTICATION ||
+       code == RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED) {
+      set_fatal(e, NULL, code, reason);
+      return;
+   }
+   aspen_logf(ASPEN_LOG_WARNING, ASPEN_LOG_DOMAIN, e->hdr.ctx,
+              "Kafka producer error (%s), retrying: %s",
+              rd_kafka_err2name(code), reason);
+}
+
+static bool
+emit_open(aspen_runtime_t *rt, const bson_t *spec, void **state,
+          aspen_error_t *err)
+{
+   *state = NULL;
+   aspen_parse_ctx_t pc = {.conns = aspen_rt_conns(rt)};
+   snprintf(pc.path, sizeof pc.path, "$emit");
+   emit_t *e;
+   if (!emit_compile(spec, pc.conns, &pc, &e, err)) {
+      return false;
+   }
+   e->rt = rt;
+   e->hdr.ctx = aspen_rt_processor_name(rt);
+   rd_kafka_conf_t *conf = aspen__kafka_conf_new(e->conn, &e->hdr, err);
+   if (!conf) {
+      emit_free(e);
+      return false;
+   }
+   bool idempotent = strcmp(e->acks, "all") == 0;
+   if (!aspen__kafka_conf_set(conf, "enable.idempotence",
+                              idempotent ? "true" : "false", err) ||
+       !aspen__kafka_conf_set(conf, "acks", e->acks, err) ||
+       !aspen__kafka_conf_set(conf, "compression.type", e->compression,
+                              err) ||
+       !aspen__kafka_conf_set(conf, "linger.ms", "5", err) ||
+       !aspen__kafka_conf_set(conf, "message.timeout.ms", "30000", err)) {
+      rd_kafka_conf_destroy(conf);
+      emit_free(e);
+      return false;
+   }
+   rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
+   rd_kafka_conf_set_error_cb(conf, producer_error_cb);
+   char errstr[512];
+   e->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+   if (!e->rk) {
+      rd_kafka_conf_destroy(conf);
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorKafkaConnectionError,
+                      "cannot create a Kafka producer for connection '%s': %s",
+                      e->conn->name, errstr);
+      emit_free(e);
+      return false;
+   }
+   /* Reach the cluster now, so a wrong address fails the start. */
+   const struct rd_kafka_metadata *md = NULL;
+   rd_kafka_resp_err_t me = rd_kafka_metadata(e->rk, 0, NULL, &md, 10000);
+   if (me) {
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorKafkaConnectionError,
+                      "Kafka connection error on connection '%s' (bootstrap "
+                      "servers unreachable or refused): %s%s%s",
+                      e->conn->name, rd_kafka_err2str(me),
+                      e->fatal[0] ? "; " : "", e->fatal);
+      rd_kafka_destroy(e->rk);
+      emit_free(e);
+      return false;
+   }
+   rd_kafka_metadata_destroy(md);
+   *state = e;
+   return true;
+}
+
+/* The document's _stream_meta, as {$meta: ...} sees it. */
+static bool
+stream_meta(const bson_t *doc, bson_t *meta)
+{
+   bson_iter_t it;
+   uint32_t len;
+   const uint8_t *data;
+   if (bson_iter_init_find(&it, doc, "_stream_meta") &&
+       BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      bson_iter_document(&it, &len, &data);
+      return bson_init_static(meta, data, len);
+   }
+   return false;
+}
+
+/* Builds Kafka headers from an object {k: v} or an array [{k, v}]. */
+static bool
+add_header(rd_kafka_headers_t *hdrs, const char *name, const bson_iter_t *vi,
+           aspen_error_t *err)
+{
+   const bson_value_t *v = bson_iter_value((bson_iter_t *) vi);
+   uint8_t *buf = NULL;
+   size_t len = 0;
+   switch (v->value_type) {
+   case BSON_TYPE_NULL:
+      rd_kafka_header_add(hdrs, name, -1, NULL, 0);
+      return true;
+   case BSON_TYPE_BINARY:
+      rd_kafka_header_add(hdrs, name, -1, v->value.v_binary.data,
+                          v->value.v_binary.data_len);
+      return true;
+   case BSON_TYPE_UTF8:
+      rd_kafka_header_add(hdrs, name, -1, v->value.v_utf8.str,
+                          v->value.v_utf8.len);
+      return true;
+   case BSON_TYPE_DOCUMENT:
+      (void) aspen__kafka_key_encode(ASPEN_KAFKA_KEY_JSON, v, &buf, &len, err);
+      break;
+   case BSON_TYPE_INT32:
+      (void) aspen__kafka_key_encode(ASPEN_KAFKA_KEY_INT, v, &buf, &len, err);
+      break;
+   case BSON_TYPE_INT64:
+      (void) aspen__kafka_key_encode(ASPEN_KAFKA_KEY_LONG, v, &buf, &len, err);
+      break;
+   case BSON_TYPE_DOUBLE:
+      (void) aspen__kafka_key_encode(ASPEN_KAFKA_KEY_DOUBLE, v, &buf, &len,
+                                     err);
+      break;
+   default:
+      break;
+   }
+   if (!buf) {
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "header '%s' must be binData, string, object, int, "
+                      "long, double or null",
+                      name);
+      return false;
+   }
+   rd_kafka_header_add(hdrs, name, -1, buf, (ssize_t) len);
+   bson_free(buf);
+   return true;
+}
+
+static bool
+build_headers(const aspen_value_t *val, rd_kafka_headers_t **out,
+              aspen_error_t *err)
+{
+   *out = NULL;
+   if (aspen_value_is_nullish(val)) {
+      return true;
+   }
+   bool is_doc = val->v.value_type == BSON_TYPE_DOCUMENT;
+   if (!is_doc && val->v.value_type != BSON_TYPE_ARRAY) {
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "config.headers must evaluate to an object or an array "
+                      "of {k, v} objects");
+      return false;
+   }
+   bson_t b;
+   bson_iter_t it;
+   (void) bson_init_static(&b, val->v.value.v_doc.data,
+                           val->v.value.v_doc.data_len);
+   rd_kafka_headers_t *hdrs = rd_kafka_headers_new(8);
+   bson_iter_init(&it, &b);
+   while (bson_iter_next(&it)) {
+      if (is_doc) {
+         if (!add_header(hdrs, bson_iter_key(&it), &it, err)) {
+            goto fail;
+         }
+         continue;
+      }
+      bson_iter_t hi, ki, vi;
+      if (!BSON_ITER_HOLDS_DOCUMENT(&it) || !bson_iter_recurse(&it, &hi) ||
+          !bson_iter_find_w_len(&hi, "k", 1) || !BSON_ITER_HOLDS_UTF8(&hi)) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "each config.headers array element must be {k: "
+                         "<string>, v: <value>}");
+         goto fail;
+      }
+      ki = hi;
+      bson_iter_recurse(&it, &vi);
+      if (!bson_iter_find_w_len(&vi, "v", 1)) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "a config.headers array element has no 'v'");
+         goto fail;
+      }
+      if (!add_header(hdrs, bson_iter_utf8(&ki, NULL), &vi, err)) {
+         goto fail;
+      }
+   }
+   *out = hdrs;
+   return true;
+fail:
+   rd_kafka_headers_destroy(hdrs);
+   return false;
+}
+
+/* Remembers `topic`; false once more than MAX_TOPICS names were used. */
+static bool
+note_topic(emit_t *e, const char *topic, aspen_error_t *err)
+{
+   for (int i = 0; i < e->n_topics_seen; i++) {
+      if (strcmp(e->topics_seen[i], topic) == 0) {
+         return true;
+      }
+   }
+   if (e->n_topics_seen >= MAX_TOPICS) {
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorTooManyOutputTargets,
+                      "Too many unique topic names: %d",
+                      e->n_topics_seen + 1);
+      return false;
+   }
+   e->topics_seen = aspen_xrealloc(e->topics_seen, (size_t) (e->n_topics_seen +
+                                                             1) *
+                                                      sizeof *e->topics_seen);
+   e->topics_seen[e->n_topics_seen++] = aspen_xstrdup(topic);
+   return true;
+}
+
+static bool
+emit_write(aspen_runtime_t *rt, void *state, const bson_t *doc,
+           aspen_error_t *err)
+{
+   emit_t *e = state;
+   if (e->fatal[0]) {
+      aspen_error_set(err, e->fatal_code, "%s", e->fatal);
+      return false;
+   }
+   bson_t meta;
+   aspen_expr_ctx_t ctx = {.root = doc, .meta = NULL, .now_ms = 0};
+   if (stream_meta(doc, &meta)) {
+      ctx.meta = &meta;
+   }
+   char reason[ASPEN_ERROR_MSG_MAX + 96];
+   aspen_error_t xerr;
+   aspen_value_t topic = ASPEN_VALUE_MISSING, key = ASPEN_VALUE_MISSING,
+                 hv = ASPEN_VALUE_MISSING, tomb = ASPEN_VALUE_MISSING;
+   uint8_t *key_buf = NULL;
+   size_t key_len = 0;
+   rd_kafka_headers_t *hdrs = NULL;
+   char *value = NULL;
+   size_t value_len = 0;
+   bool ok = true;
+
+   if (!aspen_expr_eval(e->topic, &ctx, &topic, &xerr)) {
+      snprintf(reason, sizeof reason,
+               "Failed to evaluate the $emit topic: %s", xerr.message);
+      goto refuse;
+   }
+   if (topic.v.value_type != BSON_TYPE_UTF8 || !topic.v.value.v_utf8.len) {
+      snprintf(reason, sizeof reason,
+               "The $emit topic must evaluate to a non-empty string, not %s",
+               aspen_value_type_name(&topic));
+      goto refuse;
+   }
+   const char *topic_name = topic.v.value.v_utf8.str;
+   if (!note_topic(e, topic_name, err)) {
+      ok = false;
+      goto done;
+   }
+   bool tombstone = false;
+   if (e->tombstone_when) {
+      if (!aspen_expr_eval(e->tombstone_when, &ctx, &tomb, &xerr)) {
+         snprintf(reason, sizeof reason,
+                  "Failed to evaluate config.tombstoneWhen: %s", xerr.message);
+         goto refuse;
+      }
+      if (tomb.v.value_type != BSON_TYPE_BOOL) {
+         snprintf(reason, sizeof reason,
+                  "config.tombstoneWhen must evaluate to a boolean, not %s",
+                  aspen_value_type_name(&tomb));
+         goto refuse;
+      }
+      tombstone = tomb.v.value.v_bool;
+   }
+   if (e->key) {
+      if (!aspen_expr_eval(e->key, &ctx, &key, &xerr)) {
+         snprintf(reason, sizeof reason,
+                  "Failed to evaluate config.key: %s", xerr.message);
+         goto refuse;
+      }
+      if (!aspen__kafka_key_encode(e->key_format, &key.v, &key_buf, &key_len,
+                                   &xerr)) {
+         snprintf(reason, sizeof reason, "%s", xerr.message);
+         goto refuse;
+      }
+   }
+   if (e->headers) {
+      if (!aspen_expr_eval(e->headers, &ctx, &hv, &xerr)) {
+         snprintf(reason, sizeof reason,
+                  "Failed to evaluate config.headers: %s", xerr.message);
+         goto refuse;
+      }
+      if (!build_headers(&hv, &hdrs, &xerr)) {
+         snprintf(reason, sizeof reason, "%s", xerr.message);
+         goto refuse;
+      }
+   }
+   if (!tombstone) {
+      value = aspen__kafka_json_encode(doc, &e->json, &value_len);
+   }
+
+   bson_t *copy = bson_copy(doc); /* for the DLQ if delivery fails */
+   for (;;) {
+      rd_kafka_resp_err_t pe = rd_kafka_producev(
+         e->rk, RD_KAFKA_V_TOPIC(topic_name),
+         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+         RD_KAFKA_V_VALUE(value, value_len), RD_KAFKA_V_KEY(key_buf, key_len),
+         RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(copy), RD_KAFKA_V_END);
+      if (pe == RD_KAFKA_RESP_ERR_NO_ERROR) {
+         hdrs = NULL; /* the message owns them now */
+         break;
+      }
+      if (pe == RD_KAFKA_RESP_ERR__QUEUE_FULL && !e->fatal[0]) {
+         /* Back-pressure: wait for deliveries to make room. */
+         rd_kafka_poll(e->rk, 100);
+         continue;
+      }
+      bson_destroy(copy);
+      if (e->fatal[0]) {
+         aspen_error_set(err, e->fatal_code, "%s", e->fatal);
+         ok = false;
+         goto done;
+      }
+      if (pe == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE ||
+          pe == RD_KAFKA_RESP_ERR__INVALID_ARG) {
+         snprintf(reason, sizeof reason,
+                  "Failed to emit the document to Kafka topic '%s': %s",
+                  topic_name, rd_kafka_err2str(pe));
+         goto refuse;
+      }
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorKafkaConnectionError,
+                      "Kafka $emit to topic '%s' (connection '%s') failed: %s",
+                      topic_name, e->conn->name, rd_kafka_err2str(pe));
+      ok = false;
+      goto done;
+   }
+   rd_kafka_poll(e->rk, 0); /* serve delivery reports */
+   goto done;
+
+refuse:
+   aspen_rt_sink_failed(rt, doc, reason);
+done:
+   if (hdrs) {
+      rd_kafka_headers_destroy(hdrs);
+   }
+   bson_free(value);
+   bson_free(key_buf);
+   aspen_value_destroy(&topic);
+   aspen_value_destroy(&key);
+   aspen_value_destroy(&hv);
+   aspen_value_destroy(&tomb);
+   if (ok && e->fatal[0]) {
+      aspen_error_set(err, e->fatal_code, "%s", e->fatal);
+      ok = false;
+   }
+   return ok;
+}
+
+static bool
+emit_flush(aspen_runtime_t *rt, void *state, aspen_error_t *err)
+{
+   emit_t *e = state;
+   (void) rt;
+   /* Every message handed over is acknowledged (or failed) when this
+    * returns; message.timeout.ms bounds the wait. */
+   while (!e->fatal[0] &&
+          rd_kafka_flush(e->rk, 500) == RD_KAFKA_RESP_ERR__TIMED_OUT) {
+   }
+   if (e->fatal[0]) {
+      aspen_error_set(err, e->fatal_code, "%s", e->fatal);
+      return false;
+   }
+   return true;
+}
+
+static void
+emit_close(void *state)
+{
+   emit_t *e = state;
+   if (!e) {
+      return;
+   }
+   if (e->rk) {
+      /* Anything not delivered by now is dropped (the source has not
+       * committed it); purged messages still get their delivery reports,
+       * which free the documents they carry. */
+      e->closing = true;
+      rd_kafka_purge(e->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+      rd_kafka_flush(e->rk, 5000);
+      rd_kafka_destroy(e->rk);
+   }
+   emit_free(e);
+}
+
+const aspen_sink_ops_t aspen_sink_emit_ops = {
+   OPERATOR, emit_open, emit_write, emit_flush, emit_close};

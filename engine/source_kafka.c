@@ -1,0 +1,435 @@
+/*
+ * source_kafka.c - the Apache Kafka $source (../shared/spec/asp-semantics.md
+ * §2.2, §2.6): a librdkafka high-level consumer polled on the processor's
+ * thread.
+ *
+ * Each message value is parsed as relaxed or canonical Extended JSON; one
+ * that is not goes to the DLQ with its raw bytes and the parser's reason, and
+ * the processor carries on. The document gets `_stream_meta.source` = {type:
+ * "kafka", topic, partition, offset, key, headers} and, unless the $source
+ * has a timeField, the message timestamp as its event time.
+ *
+ * Offsets (at-least-once): auto-commit and the automatic offset store are
+ * off. After a message has gone through the pipeline its offset is stored
+ * (in the client); every ~200 ms, every 5000 messages and whenever the topic
+ * is idle the runtime flushes the sink and the DLQ (aspen_rt_wait), and only
+ * when that succeeded are the stored offsets committed to the group. So a
+ * committed offset never runs ahead of what the sink has durably accepted;
+ * after a crash the uncommitted tail is read again. On stop the sink is
+ * flushed once more and the final offsets are committed synchronously.
+ * Ephemeral processors (sp.process) without config.group_id read under a
+ * throw-away group and never commit.
+ */
+#include "kafka_int.h"
+#include "source.h"
+
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ASPEN_LOG_DOMAIN "kafka"
+#define POLL_MS 100
+#define FLUSH_EVERY_MS 200
+#define FLUSH_EVERY_MSGS 5000
+#define METADATA_TIMEOUT_MS 10000
+
+typedef struct {
+   aspen_kafka_client_hdr_t hdr; /* first: the client's opaque */
+   rd_kafka_t *rk;
+   const aspen_kafka_source_opts_t *opts;
+   const aspen_conn_t *conn;
+   bool commit; /* offsets are committed to a named group */
+   bool dirty;  /* offsets stored since the last commit */
+   /* A fatal client error seen by error_cb (librdkafka calls it from
+    * rd_kafka_consumer_poll, so on the processor's thread). */
+   char fatal[ASPEN_ERROR_MSG_MAX];
+} ksrc_t;
+
+/* Errors after which reading cannot go on: the processor fails. Transport
+ * errors (a broker restarting) are not among them: the client reconnects. */
+static bool
+is_fatal(rd_kafka_resp_err_t e)
+{
+   switch (e) {
+   case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+   case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+   case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+   case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+   case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
+   case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+   case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+   case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+   case RD_KAFKA_RESP_ERR__SSL:
+   case RD_KAFKA_RESP_ERR__FATAL:
+      return true;
+   default:
+      return false;
+   }
+}
+
+static void
+error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+   ksrc_t *ks = opaque;
+   (void) rk;
+   rd_kafka_resp_err_t e = (rd_kafka_resp_err_t) err;
+   if (is_fatal(e) && !ks->fatal[0]) {
+      snprintf(ks->fatal, sizeof ks->fatal,
+               "Kafka $source (connection '%s') failed: %s: %s",
+               ks->conn->name, rd_kafka_err2name(e), reason);
+      return;
+   }
+   aspen_logf(ASPEN_LOG_WARNING, ASPEN_LOG_DOMAIN, ks->hdr.ctx,
+              "Kafka consumer error (%s), retrying: %s", rd_kafka_err2name(e),
+              reason);
+}
+
+/* Checks every topic exists with at least one partition, which also proves
+ * the brokers are reachable and the credentials good. */
+static bool
+check_topics(ksrc_t *ks, aspen_error_t *err)
+{
+   for (int i = 0; i < ks->opts->n_topics; i++) {
+      const char *name = ks->opts->topics[i];
+      rd_kafka_topic_t *rkt = rd_kafka_topic_new(ks->rk, name, NULL);
+      const struct rd_kafka_metadata *md = NULL;
+      rd_kafka_resp_err_t e =
+         rd_kafka_metadata(ks->rk, 0, rkt, &md, METADATA_TIMEOUT_MS);
+      rd_kafka_topic_destroy(rkt);
+      if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+         aspen_error_set(err, ASPEN_ERR_StreamProcessorKafkaConnectionError,
+                         "Kafka connection error on connection '%s' "
+                         "(bootstrap servers unreachable or refused): %s%s%s",
+                         ks->conn->name, rd_kafka_err2str(e),
+                         ks->fatal[0] ? "; " : "", ks->fatal);
+         return false;
+      }
+      bool found = md->topic_cnt == 1 && md->topics[0].partition_cnt > 0 &&
+                   md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR;
+      rd_kafka_resp_err_t terr = md->topic_cnt == 1 ? md->topics[0].err
+                                                    : RD_KAFKA_RESP_ERR_NO_ERROR;
+      rd_kafka_metadata_destroy(md);
+      if (!found) {
+         aspen_error_set(err, ASPEN_ERR_StreamProcessorKafkaConnectionError,
+                         "Kafka $source topic '%s' on connection '%s': no "
+                         "partitions found (%s)",
+                         name, ks->conn->name,
+                         terr ? rd_kafka_err2str(terr)
+                              : "the topic does not exist");
+         return false;
+      }
+   }
+   return true;
+}
+
+static void
+ksrc_free(ksrc_t *ks)
+{
+   if (!ks) {
+      return;
+   }
+   if (ks->rk) {
+      rd_kafka_consumer_close(ks->rk);
+      rd_kafka_destroy(ks->rk);
+   }
+   free(ks);
+}
+
+static bool
+kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
+{
+   const aspen_source_spec_t *spec = aspen_rt_source_spec(rt);
+   *state = NULL;
+   ksrc_t *ks = aspen_xcalloc(1, sizeof *ks);
+   ks->hdr.ctx = aspen_rt_processor_name(rt);
+   ks->opts = spec->kafka;
+   ks->conn = spec->conn;
+   if (!ks->opts || !ks->conn) {
+      aspen_error_set(err, ASPEN_ERR_InternalError,
+                      "Kafka $source without options or connection");
+      free(ks);
+      return false;
+   }
+
+   /* The consumer group: config.group_id, else ASP's default for a named
+    * processor, else (sp.process) a group of its own that never commits. */
+   char group[128];
+   ks->commit = true;
+   if (ks->opts->group_id) {
+      snprintf(group, sizeof group, "%s", ks->opts->group_id);
+   } else if (!aspen_rt_is_ephemeral(rt)) {
+      snprintf(group, sizeof group, "asp-%s-consumer",
+               aspen_rt_processor_id(rt));
+   } else {
+      unsigned char rnd[8] = {0};
+      (void) RAND_bytes(rnd, sizeof rnd);
+      snprintf(group, sizeof group,
+               "asp-ephemeral-%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0],
+               rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
+      ks->commit = false;
+   }
+
+   rd_kafka_conf_t *conf = aspen__kafka_conf_new(ks->conn, &ks->hdr, err);
+   if (!conf) {
+      free(ks);
+      return false;
+   }
+   char errstr[512];
+   if (!aspen__kafka_conf_set(conf, "group.id", group, err) ||
+       !aspen__kafka_conf_set(conf, "enable.auto.commit", "false", err) ||
+       !aspen__kafka_conf_set(conf, "enable.auto.offset.store", "false",
+                              err) ||
+       !aspen__kafka_conf_set(conf, "auto.offset.reset",
+                              ks->opts->earliest ? "earliest" : "latest",
+                              err)) {
+      rd_kafka_conf_destroy(conf);
+      free(ks);
+      return false;
+   }
+   rd_kafka_conf_set_error_cb(conf, error_cb);
+   ks->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+   if (!ks->rk) {
+      rd_kafka_conf_destroy(conf); /* not taken on failure */
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorKafkaConnectionError,
+                      "cannot create a Kafka consumer for connection '%s': %s",
+                      ks->conn->name, errstr);
+      free(ks);
+      return false;
+   }
+   rd_kafka_poll_set_consumer(ks->rk);
+   if (!check_topics(ks, err)) {
+      rd_kafka_destroy(ks->rk);
+      free(ks);
+      return false;
+   }
+   rd_kafka_topic_partition_list_t *topics =
+      rd_kafka_topic_partition_list_new(ks->opts->n_topics);
+   for (int i = 0; i < ks->opts->n_topics; i++) {
+      rd_kafka_topic_partition_list_add(topics, ks->opts->topics[i],
+                                        RD_KAFKA_PARTITION_UA);
+   }
+   rd_kafka_resp_err_t e = rd_kafka_subscribe(ks->rk, topics);
+   rd_kafka_topic_partition_list_destroy(topics);
+   if (e) {
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorKafkaConnectionError,
+                      "cannot subscribe to the Kafka $source topics: %s",
+                      rd_kafka_err2str(e));
+      rd_kafka_destroy(ks->rk);
+      free(ks);
+      return false;
+   }
+   aspen_logf(ASPEN_LOG_INFO, ASPEN_LOG_DOMAIN, ks->hdr.ctx,
+              "Kafka $source subscribed to %d topic(s) on connection '%s' "
+              "with group '%s' (%s, start %s)",
+              ks->opts->n_topics, ks->conn->name, group,
+              ks->commit ? "offsets committed after each sink flush"
+                         : "offsets not committed",
+              ks->opts->earliest ? "earliest" : "latest");
+   *state = ks;
+   return true;
+}
+
+/* Appends the raw bytes as a string when they are UTF-8, else as BinData. */
+static void
+append_raw(bson_t *doc, const char *field, const void *data, size_t len)
+{
+   if (data && bson_utf8_validate(data, len, false)) {
+      bson_append_utf8(doc, field, -1, data, (int) len);
+   } else {
+      bson_append_binary(doc, field, -1, BSON_SUBTYPE_BINARY, data,
+                         (uint32_t) len);
+   }
+}
+
+/* Builds {source: {type, topic, partition, offset, key?, headers?}}. A key
+ * that does not decode is left out and *key_err says why. */
+static void
+build_meta(const ksrc_t *ks, const rd_kafka_message_t *m, bson_t *meta,
+           aspen_error_t *key_err, bool *key_failed)
+{
+   bson_t src;
+   bson_init(meta);
+   BSON_APPEND_DOCUMENT_BEGIN(meta, "source", &src);
+   BSON_APPEND_UTF8(&src, "type", "kafka");
+   BSON_APPEND_UTF8(&src, "topic", rd_kafka_topic_name(m->rkt));
+   BSON_APPEND_INT32(&src, "partition", m->partition);
+   BSON_APPEND_INT64(&src, "offset", m->offset);
+   *key_failed = false;
+   if (m->key && m->key_len > 0) {
+      if (!aspen__kafka_key_decode(ks->opts->key_format, m->key, m->key_len,
+                                   &src, "key", key_err)) {
+         *key_failed = true;
+      }
+   }
+   rd_kafka_headers_t *hdrs = NULL;
+   if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+       rd_kafka_header_cnt(hdrs) > 0) {
+      bson_t arr;
+      BSON_APPEND_ARRAY_BEGIN(&src, "headers", &arr);
+      const char *name;
+      const void *val;
+      size_t size;
+      for (size_t i = 0;
+           rd_kafka_header_get_all(hdrs, i, &name, &val, &size) ==
+           RD_KAFKA_RESP_ERR_NO_ERROR;
+           i++) {
+         char idx[16];
+         const char *key;
+         bson_t h;
+         bson_uint32_to_string((uint32_t) i, &key, idx, sizeof idx);
+         bson_append_document_begin(&arr, key, -1, &h);
+         BSON_APPEND_UTF8(&h, "k", name);
+         if (val) {
+            bson_append_binary(&h, "v", 1, BSON_SUBTYPE_BINARY, val,
+                               (uint32_t) size);
+         } else {
+            BSON_APPEND_NULL(&h, "v");
+         }
+         bson_append_document_end(&arr, &h);
+      }
+      bson_append_array_end(&src, &arr);
+   }
+   bson_append_document_end(meta, &src);
+}
+
+static void
+handle(aspen_runtime_t *rt, ksrc_t *ks, const rd_kafka_message_t *m)
+{
+   bson_t meta, doc;
+   aspen_error_t key_err, err;
+   bool key_failed;
+   build_meta(ks, m, &meta, &key_err, &key_failed);
+   if (!aspen__kafka_json_decode(m->payload, m->payload ? m->len : 0, &doc,
+                                 &err)) {
+      /* Not a document: the raw bytes go to the DLQ with the reason. */
+      bson_t raw = BSON_INITIALIZER;
+      append_raw(&raw, "value", m->payload, m->payload ? m->len : 0);
+      char reason[ASPEN_ERROR_MSG_MAX + 64];
+      snprintf(reason, sizeof reason,
+               "Failed to parse the Kafka message value as JSON: %s",
+               err.message);
+      aspen_rt_dead_letter(rt, &raw, &meta, reason);
+      bson_destroy(&raw);
+   } else if (key_failed && !ks->opts->key_error_pass_through) {
+      char reason[ASPEN_ERROR_MSG_MAX + 64];
+      snprintf(reason, sizeof reason,
+               "Failed to deserialize the Kafka message key with keyFormat "
+               "%s: %s",
+               aspen__kafka_key_format_name(ks->opts->key_format),
+               key_err.message);
+      aspen_rt_dead_letter(rt, &doc, &meta, reason);
+   } else {
+      rd_kafka_timestamp_type_t tstype;
+      int64_t ts = rd_kafka_message_timestamp(m, &tstype);
+      aspen_rt_ingest(rt, &doc, &meta,
+                      tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE || ts < 0
+                         ? INT64_MIN
+                         : ts);
+   }
+   bson_destroy(&doc);
+   bson_destroy(&meta);
+   if (ks->commit) {
+      /* Stored now, committed after the next successful flush. */
+      rd_kafka_resp_err_t e = rd_kafka_offset_store(m->rkt, m->partition,
+                                                    m->offset);
+      if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
+         ks->dirty = true;
+      }
+   }
+}
+
+/* Commits the stored offsets: only call after a successful flush. */
+static void
+commit(ksrc_t *ks, bool sync)
+{
+   if (!ks->commit || !ks->dirty) {
+      return;
+   }
+   rd_kafka_resp_err_t e = rd_kafka_commit(ks->rk, NULL, sync ? 0 : 1);
+   if (e && e != RD_KAFKA_RESP_ERR__NO_OFFSET) {
+      aspen_logf(ASPEN_LOG_WARNING, ASPEN_LOG_DOMAIN, ks->hdr.ctx,
+                 "committing Kafka offsets failed (they are committed with "
+                 "the next flush): %s",
+                 rd_kafka_err2str(e));
+      return;
+   }
+   ks->dirty = false;
+}
+
+static int64_t
+mono_ms(void)
+{
+   struct timespec ts;
+   clock_gettime(CLOCK_MONOTONIC, &ts);
+   return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void
+kafka_run(aspen_runtime_t *rt, void *state)
+{
+   ksrc_t *ks = state;
+   int64_t last_flush = mono_ms();
+   int since_flush = 0;
+   while (!aspen_rt_stopping(rt)) {
+      rd_kafka_message_t *m = rd_kafka_consumer_poll(ks->rk, POLL_MS);
+      if (ks->fatal[0]) {
+         if (m) {
+            rd_kafka_message_destroy(m);
+         }
+         aspen_rt_fail(rt, ks->fatal);
+         return;
+      }
+      if (m && m->err) {
+         if (is_fatal(m->err)) {
+            char msg[ASPEN_ERROR_MSG_MAX];
+            snprintf(msg, sizeof msg,
+                     "Kafka $source (connection '%s') failed: %s%s",
+                     ks->conn->name, rd_kafka_message_errstr(m),
+                     m->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+                           m->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC
+                        ? " (no partitions found)"
+                        : "");
+            rd_kafka_message_destroy(m);
+            aspen_rt_fail(rt, msg);
+            return;
+         }
+         if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            aspen_logf(ASPEN_LOG_WARNING, ASPEN_LOG_DOMAIN, ks->hdr.ctx,
+                       "Kafka consumer error (%s), retrying: %s",
+                       rd_kafka_err2name(m->err), rd_kafka_message_errstr(m));
+         }
+         rd_kafka_message_destroy(m);
+         m = NULL;
+      } else if (m) {
+         handle(rt, ks, m);
+         rd_kafka_message_destroy(m);
+         since_flush++;
+      }
+      int64_t now = mono_ms();
+      if (!m || since_flush >= FLUSH_EVERY_MSGS ||
+          now - last_flush >= FLUSH_EVERY_MS) {
+         /* Flushes sink and DLQ; false means they succeeded and we are
+          * still running, so what was stored may be committed. */
+         if (aspen_rt_wait(rt, 0)) {
+            break;
+         }
+         commit(ks, false);
+         since_flush = 0;
+         last_flush = now;
+      }
+   }
+   /* Stopping (not failed): make the tail durable, then commit it. */
+   if (aspen_rt_flush(rt)) {
+      commit(ks, true);
+   }
+}
+
+static void
+kafka_close(void *state)
+{
+   ksrc_free(state);
+}
+
+const aspen_source_ops_t aspen_source_kafka_ops = {
+   "kafka", "KafkaConsumerOperator", kafka_open, kafka_run, kafka_close};
