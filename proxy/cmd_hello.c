@@ -1,13 +1,13 @@
 /*
  * cmd_hello.c - the commands aspen answers itself while a driver connects
  * and mongosh draws its prompt: hello/isMaster, buildInfo, ping,
- * getParameter, atlasVersion, connectionStatus, getCmdLineOpts, getLog,
+ * getParameter, atlasVersion, getCmdLineOpts, getLog,
  * hostInfo, whatsmyuri, serverStatus, endSessions, refreshSessions and
  * listWorkspaceDefaults. Replies are shaped like a standalone mongod's (see
  * ../shared/spec/mongosh-sp-contract.md §3-4): no setName, no
  * topologyVersion, no compression, so drivers treat aspen as a standalone.
  */
-#include "proxy_int.h"
+#include "auth.h"
 
 #include <openssl/crypto.h>
 #include <openssl/opensslv.h>
@@ -46,6 +46,7 @@ aspen_cmd_hello(aspen_request_t *req, bson_t *reply)
    BSON_APPEND_INT32(reply, "minWireVersion", ASPEN_MIN_WIRE_VERSION);
    BSON_APPEND_INT32(reply, "maxWireVersion", ASPEN_MAX_WIRE_VERSION);
    BSON_APPEND_BOOL(reply, "readOnly", false);
+   aspen_auth_hello(req, reply); /* saslSupportedMechs, speculative auth */
    aspen_reply_ok(reply);
    return ASPEN_HANDLED_REPLY;
 }
@@ -166,27 +167,6 @@ aspen_cmd_atlas_version(aspen_request_t *req, bson_t *reply)
 {
    aspen_reply_error(reply, ASPEN_ERR_CommandNotFound,
                      "no such command: '%s'", req->name);
-   return ASPEN_HANDLED_REPLY;
-}
-
-aspen_handled_t
-aspen_cmd_connection_status(aspen_request_t *req, bson_t *reply)
-{
-   bson_t info, arr;
-   bson_iter_t it;
-   bool privs = bson_iter_init_find(&it, req->cmd, "showPrivileges") &&
-                bson_iter_as_bool(&it);
-   BSON_APPEND_DOCUMENT_BEGIN(reply, "authInfo", &info);
-   BSON_APPEND_ARRAY_BEGIN(&info, "authenticatedUsers", &arr);
-   bson_append_array_end(&info, &arr);
-   BSON_APPEND_ARRAY_BEGIN(&info, "authenticatedUserRoles", &arr);
-   bson_append_array_end(&info, &arr);
-   if (privs) {
-      BSON_APPEND_ARRAY_BEGIN(&info, "authenticatedUserPrivileges", &arr);
-      bson_append_array_end(&info, &arr);
-   }
-   bson_append_document_end(reply, &info);
-   aspen_reply_ok(reply);
    return ASPEN_HANDLED_REPLY;
 }
 
@@ -365,17 +345,5 @@ aspen_cmd_list_workspace_defaults(aspen_request_t *req, bson_t *reply)
    BSON_APPEND_UTF8(reply, "defaultTierSize", "SP10");
    BSON_APPEND_UTF8(reply, "maxTierSize", "SP50");
    aspen_reply_ok(reply);
-   return ASPEN_HANDLED_REPLY;
-}
-
-/* aspen has no user database yet, so no credentials can be checked; say so
- * instead of letting the backend authenticate a shared connection. */
-aspen_handled_t
-aspen_cmd_auth_unavailable(aspen_request_t *req, bson_t *reply)
-{
-   aspen_reply_error(reply, ASPEN_ERR_AuthenticationFailed,
-                     "Authentication failed: aspen has no users configured "
-                     "(connect without credentials; '%s' is not available)",
-                     req->name);
    return ASPEN_HANDLED_REPLY;
 }

@@ -15,7 +15,10 @@
  *     "stateDir": "./aspen-state",
  *     "connections": [ { "name": "myConn", "type": "atlas",
  *                        "uri": "mongodb://..." } ],
- *     "log": { "level": "info" } }
+ *     "log": { "level": "info" },
+ *     "security": { "authorization": "auto", "usersFile": "...",
+ *                   "roles": [ { "role": "...", "actions": [...] } ] } }
+ * (security.roles is checked by users.c.)
  */
 #include "proxy_int.h"
 
@@ -66,6 +69,10 @@ static const key_t_ keys[] = {
     "directory for aspen's state (default ./aspen-state)"},
    {"log.level", "--log-level", T_LOG_LEVEL, OFF(log_level), 0, 0,
     "error | warning | info | debug (default info)"},
+   {"security.authorization", "--auth", T_STRING, OFF(auth_mode), 0, 0,
+    "auto (on once a user exists) | enabled | disabled (default auto)"},
+   {"security.usersFile", "--users-file", T_STRING, OFF(users_file), 0, 0,
+    "users and their SCRAM keys (default <stateDir>/users.json)"},
 };
 
 #define N_KEYS (sizeof keys / sizeof keys[0])
@@ -84,6 +91,7 @@ aspen_config_init(aspen_config_t *cfg)
    cfg->log_level = ASPEN_LOG_INFO;
    bson_init(&cfg->parsed);
    bson_init(&cfg->connections);
+   bson_init(&cfg->roles);
 }
 
 void
@@ -98,6 +106,7 @@ aspen_config_cleanup(aspen_config_t *cfg)
    }
    bson_destroy(&cfg->parsed);
    bson_destroy(&cfg->connections);
+   bson_destroy(&cfg->roles);
 }
 
 static bool
@@ -207,11 +216,15 @@ load_doc(aspen_config_t *cfg, const bson_t *doc, const char *prefix,
       char path[256];
       snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "",
                bson_iter_key(&it));
-      if (strcmp(path, "connections") == 0) {
-         /* The connection registry: checked entry by entry by the engine. */
+      /* The connection registry (checked entry by entry by the engine)
+       * and the custom roles (checked by users.c) are kept as arrays. */
+      bson_t *array_key = strcmp(path, "connections") == 0 ? &cfg->connections
+                          : strcmp(path, "security.roles") == 0 ? &cfg->roles
+                                                                 : NULL;
+      if (array_key) {
          if (!BSON_ITER_HOLDS_ARRAY(&it)) {
             aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                            "config key 'connections' must be an array");
+                            "config key '%s' must be an array", path);
             return false;
          }
          uint32_t len;
@@ -219,8 +232,8 @@ load_doc(aspen_config_t *cfg, const bson_t *doc, const char *prefix,
          bson_t arr;
          bson_iter_array(&it, &len, &data);
          (void) bson_init_static(&arr, data, len);
-         bson_destroy(&cfg->connections);
-         bson_copy_to(&arr, &cfg->connections);
+         bson_destroy(array_key);
+         bson_copy_to(&arr, array_key);
          continue;
       }
       if (is_section(path)) {
@@ -417,7 +430,7 @@ aspen_config_finish(aspen_config_t *cfg)
       cfg->state_dir = aspen_xstrdup("./aspen-state");
    }
    bson_reinit(&cfg->parsed);
-   bson_t net, tls, backend, log;
+   bson_t net, tls, backend, log, security;
    BSON_APPEND_DOCUMENT_BEGIN(&cfg->parsed, "net", &net);
    BSON_APPEND_UTF8(&net, "bindIp", cfg->bind);
    BSON_APPEND_INT32(&net, "port", cfg->port);
@@ -452,4 +465,12 @@ aspen_config_finish(aspen_config_t *cfg)
    static const char *const names[] = {"error", "warning", "info", "debug"};
    BSON_APPEND_UTF8(&log, "level", names[cfg->log_level]);
    bson_append_document_end(&cfg->parsed, &log);
+   BSON_APPEND_DOCUMENT_BEGIN(&cfg->parsed, "security", &security);
+   BSON_APPEND_UTF8(&security, "authorization",
+                    cfg->auth_mode ? cfg->auth_mode : "auto");
+   if (cfg->users_file) {
+      BSON_APPEND_UTF8(&security, "usersFile", cfg->users_file);
+   }
+   BSON_APPEND_ARRAY(&security, "roles", &cfg->roles);
+   bson_append_document_end(&cfg->parsed, &security);
 }

@@ -2,8 +2,11 @@
  * main.c - aspen's entry point: reads the configuration (file, then flags),
  * sets up TLS and the backend forwarder, listens, and runs the libuv loop
  * until SIGINT or SIGTERM, then closes every handle and exits 0.
+ *
+ * `aspen --add-user NAME --password PW --roles R1,R2 [--state-dir DIR]
+ * [--config FILE]` instead writes the user to the users file and exits.
  */
-#include "proxy_int.h"
+#include "auth.h"
 
 #include <mongoc/mongoc.h>
 #include <signal.h>
@@ -61,6 +64,59 @@ find_config_arg(int argc, char **argv)
    return NULL;
 }
 
+/* The flags main handles itself, taken out of argv before the config parser
+ * sees it: --add-user/--password/--roles (user administration) and --no-auth
+ * (security.authorization "disabled"). */
+typedef struct {
+   const char *add_user;
+   const char *password;
+   const char *roles;
+   bool no_auth;
+   int argc;
+   char **argv; /* the other arguments */
+} own_flags_t;
+
+static bool
+take_own_flags(int argc, char **argv, own_flags_t *own, aspen_error_t *err)
+{
+   memset(own, 0, sizeof *own);
+   own->argv = aspen_xcalloc((size_t) argc + 1, sizeof *own->argv);
+   own->argv[own->argc++] = argv[0];
+   for (int i = 1; i < argc; i++) {
+      const char **slot = NULL;
+      if (strcmp(argv[i], "--add-user") == 0) {
+         slot = &own->add_user;
+      } else if (strcmp(argv[i], "--password") == 0) {
+         slot = &own->password;
+      } else if (strcmp(argv[i], "--roles") == 0) {
+         slot = &own->roles;
+      } else if (strcmp(argv[i], "--no-auth") == 0) {
+         own->no_auth = true;
+         continue;
+      } else {
+         own->argv[own->argc++] = argv[i];
+         continue;
+      }
+      if (i + 1 >= argc) {
+         aspen_error_set(err, ASPEN_ERR_BadValue, "%s needs a value", argv[i]);
+         return false;
+      }
+      *slot = argv[++i];
+   }
+   if ((own->password || own->roles) && !own->add_user) {
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "--password and --roles go with --add-user NAME");
+      return false;
+   }
+   if (own->add_user && (!own->password || !own->roles)) {
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "--add-user NAME needs --password PW (or - to read it "
+                      "from stdin) and --roles R1[,R2...]");
+      return false;
+   }
+   return true;
+}
+
 static int
 fail_start(const aspen_error_t *err)
 {
@@ -84,22 +140,43 @@ main(int argc, char **argv)
 
    signal(SIGPIPE, SIG_IGN);
    aspen_config_init(&cfg);
+   own_flags_t own;
+   if (!take_own_flags(argc, argv, &own, &err)) {
+      rc = fail_start(&err);
+      free(own.argv);
+      aspen_config_cleanup(&cfg);
+      return rc;
+   }
    const char *config_file = find_config_arg(argc, argv);
    if (config_file && !aspen_config_load_file(&cfg, config_file, &err)) {
       rc = fail_start(&err);
+      free(own.argv);
       aspen_config_cleanup(&cfg);
       return rc;
    }
-   if (!aspen_config_parse_args(&cfg, argc, argv, &exit_now, &err)) {
+   if (!aspen_config_parse_args(&cfg, own.argc, own.argv, &exit_now, &err)) {
       rc = fail_start(&err);
+      free(own.argv);
       aspen_config_cleanup(&cfg);
       return rc;
    }
+   free(own.argv);
+   cfg.argc = argc; /* getCmdLineOpts shows the command line as given */
+   cfg.argv = argv;
    if (exit_now) {
       aspen_config_cleanup(&cfg);
       return 0;
    }
+   if (own.no_auth) {
+      free(cfg.auth_mode);
+      cfg.auth_mode = aspen_xstrdup("disabled");
+   }
    aspen_config_finish(&cfg);
+   if (own.add_user) {
+      rc = aspen_users_cli_add(&cfg, own.add_user, own.password, own.roles);
+      aspen_config_cleanup(&cfg);
+      return rc;
+   }
    aspen_log_set_level(cfg.log_level);
 
    aspen_server_t srv;
@@ -124,6 +201,29 @@ main(int argc, char **argv)
          aspen_config_cleanup(&cfg);
          return rc;
       }
+   }
+
+   srv.users = aspen_users_new(&cfg, &err);
+   if (!srv.users) {
+      rc = fail_start(&err);
+      aspen_tls_ctx_destroy(srv.tls_ctx);
+      aspen_config_cleanup(&cfg);
+      return rc;
+   }
+   if (!aspen_users_auth_required(srv.users) && own.no_auth) {
+      aspen_logf(ASPEN_LOG_WARNING, "ACCESS", "main",
+                 "** WARNING: --no-auth: access control is disabled; every "
+                 "client can run every command. For local experiments "
+                 "only. **");
+   } else if (aspen_users_auth_required(srv.users)) {
+      aspen_logf(ASPEN_LOG_INFO, "ACCESS", "main",
+                 "access control is enabled: %zu users in %s",
+                 aspen_users_count(srv.users), aspen_users_path(srv.users));
+   } else {
+      aspen_logf(ASPEN_LOG_WARNING, "ACCESS", "main",
+                 "access control is off: no users in %s (add one with "
+                 "aspen --add-user NAME --password PW --roles atlasAdmin)",
+                 aspen_users_path(srv.users));
    }
 
    mongoc_init();
@@ -192,6 +292,7 @@ done:
                  "event loop closed with handles still open");
    }
    aspen_tls_ctx_destroy(srv.tls_ctx);
+   aspen_users_destroy(srv.users);
    mongoc_cleanup();
    if (rc == 0) {
       aspen_log(ASPEN_LOG_INFO, "CONTROL", 20565, "main", "Now exiting", NULL);

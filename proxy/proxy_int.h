@@ -35,6 +35,12 @@ typedef struct {
    size_t max_message_size;
    size_t output_high_water;
    aspen_log_level_t log_level;
+   /* Authentication (users.c): "auto" (default: on once a user exists),
+    * "enabled" or "disabled"; the users file (default <stateDir>/users.json);
+    * the custom roles (the "security.roles" array of the config file). */
+   char *auth_mode;
+   char *users_file;
+   bson_t roles;
    /* The command line as given, for getCmdLineOpts. */
    int argc;
    char **argv;
@@ -110,6 +116,8 @@ void aspen_bridge_connection_closed(aspen_bridge_t *br, uint64_t conn_id);
 /* ------------------------------------------------------------------------ */
 
 typedef struct aspen_session aspen_session_t;
+typedef struct aspen_users aspen_users_t;           /* auth.h */
+typedef struct aspen_auth_state aspen_auth_state_t; /* auth.h */
 
 typedef struct {
    uv_loop_t *loop;
@@ -120,6 +128,7 @@ typedef struct {
    aspen_backend_t *backend;
    aspen_engine_t *engine;
    aspen_bridge_t *bridge;
+   aspen_users_t *users;      /* users and roles; never NULL once listening */
    aspen_session_t *sessions; /* intrusive list of live sessions */
    int n_sessions;
    uint64_t next_conn_id;
@@ -188,6 +197,10 @@ uint64_t aspen_session_id(const aspen_session_t *sess);
 const char *aspen_session_peer(const aspen_session_t *sess);
 bool aspen_session_is_tls(const aspen_session_t *sess);
 void aspen_session_ref(aspen_session_t *sess);
+/* The session's authentication state (NULL until cmd_auth.c sets one);
+ * set_auth destroys the previous state and takes ownership of `st`. */
+aspen_auth_state_t *aspen_session_auth(const aspen_session_t *sess);
+void aspen_session_set_auth(aspen_session_t *sess, aspen_auth_state_t *st);
 void aspen_session_unref(aspen_session_t *sess);
 
 /* Reply helpers. */

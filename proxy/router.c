@@ -1,10 +1,11 @@
 /*
  * router.c - the command table (rows from commands.def) and dispatch: a
  * command aspen knows runs its local handler; any other command is forwarded
- * to the backing deployment. Authentication checks will hook in here, before
- * either path, using each row's flags.
+ * to the backing deployment. Before either path, aspen_auth_check
+ * (cmd_auth.c) refuses commands the session is not authenticated or
+ * authorized for; rows flagged NO_AUTH are always allowed.
  */
-#include "proxy_int.h"
+#include "auth.h"
 
 #include <string.h>
 
@@ -70,6 +71,9 @@ aspen_router_dispatch(aspen_request_t *req, bson_t *reply)
       aspen_logf(ASPEN_LOG_DEBUG, "COMMAND", NULL, "conn%llu %s %s.%s",
                  (unsigned long long) aspen_session_id(req->sess),
                  row ? "local" : "forward", req->db, req->name);
+   }
+   if (!aspen_auth_check(req, row, reply)) {
+      return ASPEN_HANDLED_REPLY;
    }
    if (row && (row->flags & ASPEN_CMD_LOCAL)) {
       return row->handler(req, reply);

@@ -11,7 +11,7 @@
  * and then closes only this connection. A session is freed in its close
  * callback and only once no backend job still refers to it.
  */
-#include "proxy_int.h"
+#include "auth.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +51,8 @@ struct aspen_session {
    bool inflight_more_to_come;
    int32_t next_request_id;
 
+   aspen_auth_state_t *auth; /* cmd_auth.c's; NULL until first used */
+
    aspen_session_t *prev, *next;
 };
 
@@ -88,10 +90,26 @@ aspen_session_ref(aspen_session_t *sess)
    sess->refs++;
 }
 
+aspen_auth_state_t *
+aspen_session_auth(const aspen_session_t *sess)
+{
+   return sess->auth;
+}
+
+void
+aspen_session_set_auth(aspen_session_t *sess, aspen_auth_state_t *st)
+{
+   if (sess->auth != st) {
+      aspen_auth_state_destroy(sess->auth);
+      sess->auth = st;
+   }
+}
+
 static void
 session_free(aspen_session_t *sess)
 {
    aspen_tls_conn_destroy(sess->tls);
+   aspen_auth_state_destroy(sess->auth);
    aspen_buf_cleanup(&sess->netbuf);
    aspen_buf_cleanup(&sess->rbuf);
    free(sess);

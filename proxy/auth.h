@@ -1,0 +1,135 @@
+/*
+ * auth.h - authentication and authorization inside proxy/: the user store
+ * and roles (users.c), the SASL commands, connectionStatus and the check the
+ * router runs before every command (cmd_auth.c). SCRAM itself is scram.h.
+ *
+ * Model: users live in one JSON file (security.usersFile, default
+ * <stateDir>/users.json) as SCRAM keys only. Auth is required when the file
+ * holds a user or security.authorization is "enabled"; then every command
+ * except the NO_AUTH rows needs an authenticated session, and each command
+ * needs the privilege actions its roles grant (ASP's stream-processing
+ * actions, MongoDB's database actions for forwarded commands).
+ *
+ * Threading: loop thread only, except aspen_users_cli_add (main, before the
+ * loop exists).
+ */
+#ifndef ASPEN_AUTH_H
+#define ASPEN_AUTH_H
+
+#include "proxy_int.h"
+#include "scram.h"
+
+/* ---- privilege actions ---------------------------------------------------- */
+
+/* X(name, kind): kind S = stream-processing workspace, D = database or
+ * collection, C = cluster, A = every action. */
+#define ASPEN_ACTIONS(X)                                                       \
+   X(createStreamProcessor, S)                                                 \
+   X(processStreamProcessor, S)                                                \
+   X(startStreamProcessor, S)                                                  \
+   X(stopStreamProcessor, S)                                                   \
+   X(dropStreamProcessor, S)                                                   \
+   X(modifyStreamProcessor, S)                                                 \
+   X(sampleStreamProcessor, S)                                                 \
+   X(streamProcessorStats, S)                                                  \
+   X(listStreamProcessors, S)                                                  \
+   X(getStreamProcessor, S)                                                    \
+   X(listStreamConnections, S)                                                 \
+   X(find, D)                                                                  \
+   X(insert, D)                                                                \
+   X(update, D)                                                                \
+   X(remove, D)                                                                \
+   X(createCollection, D)                                                      \
+   X(dropCollection, D)                                                        \
+   X(createIndex, D)                                                           \
+   X(dropIndex, D)                                                             \
+   X(listCollections, D)                                                       \
+   X(listIndexes, D)                                                           \
+   X(dbStats, D)                                                               \
+   X(collStats, D)                                                             \
+   X(dropDatabase, D)                                                          \
+   X(renameCollectionSameDB, D)                                                \
+   X(killCursors, D)                                                           \
+   X(changeStream, D)                                                          \
+   X(listDatabases, C)                                                         \
+   X(anyAction, A)
+
+typedef enum {
+#define ASPEN_ACTION_ENUM(n, k) ASPEN_ACTION_##n,
+   ASPEN_ACTIONS(ASPEN_ACTION_ENUM)
+#undef ASPEN_ACTION_ENUM
+      ASPEN_N_ACTIONS
+} aspen_action_t;
+
+const char *aspen_action_name(aspen_action_t a);
+/* Parses an action name (also ASP's older "listConnections"). */
+bool aspen_action_parse(const char *name, aspen_action_t *a);
+
+/* ---- the user store (users.c) --------------------------------------------- */
+
+/* What an authenticated session may do: a copy, independent of the store
+ * (so a reload of the users file never invalidates a session). */
+typedef struct aspen_principal aspen_principal_t;
+
+/* Loads roles from cfg (security.roles) and users from the users file (a
+ * missing file means no users). Returns NULL with err set on a malformed
+ * file, an unknown role or a bad security.authorization value. */
+aspen_users_t *aspen_users_new(const aspen_config_t *cfg, aspen_error_t *err);
+void aspen_users_destroy(aspen_users_t *users); /* NULL is a no-op */
+/* Re-reads the users file if its mtime or size changed (so `aspen
+ * --add-user` takes effect without a restart). A bad file is logged and the
+ * users loaded before are kept. */
+void aspen_users_refresh(aspen_users_t *users);
+/* True when commands need an authenticated session. */
+bool aspen_users_auth_required(const aspen_users_t *users);
+size_t aspen_users_count(const aspen_users_t *users);
+const char *aspen_users_path(const aspen_users_t *users);
+/* Copies user db.name's credential for `mech` into *cred; false (cred
+ * zeroed) when there is no such user. */
+bool aspen_users_get_cred(const aspen_users_t *users, const char *db,
+                          const char *name, aspen_scram_mech_t mech,
+                          aspen_scram_cred_t *cred);
+/* Resolves user db.name's roles into a new principal; NULL if unknown. */
+aspen_principal_t *aspen_users_principal_new(const aspen_users_t *users,
+                                             const char *db,
+                                             const char *name);
+void aspen_principal_destroy(aspen_principal_t *p); /* NULL is a no-op */
+const char *aspen_principal_user(const aspen_principal_t *p);
+const char *aspen_principal_db(const aspen_principal_t *p);
+/* Appends [{role, db}] and mongod-shaped [{resource, actions}] entries. */
+void aspen_principal_append_roles(const aspen_principal_t *p, bson_t *arr);
+void aspen_principal_append_privileges(const aspen_principal_t *p,
+                                       bson_t *arr);
+/* Checks that `p` may run `name` (the command `cmd` on database `db`;
+ * `forwarded` when it goes to the backend). Stream commands and forwarded
+ * commands need their privilege actions; aspen's other local commands need
+ * only an authenticated session; a forwarded command aspen has no mapping
+ * for needs anyAction (atlasAdmin), so no role gains more through aspen
+ * than it grants. Returns false with err = Unauthorized (13) "not
+ * authorized: missing privilege for action <action> on resource
+ * <resource>" otherwise. `p` NULL stands for "no privileges". */
+bool aspen_principal_may_run(const aspen_principal_t *p, const char *name,
+                             const bson_t *cmd, const char *db,
+                             bool forwarded, aspen_error_t *err);
+
+/* `aspen --add-user NAME --password PW --roles r1,r2`: adds or replaces the
+ * user in the users file (atomically: temp file, fsync, rename, fsync of the
+ * folder) with SCRAM-SHA-1 and SCRAM-SHA-256 keys. Roles are built-in or
+ * security.roles names, optionally "role@db". Prints one line; returns the
+ * process exit status. Main thread, before the loop. */
+int aspen_users_cli_add(const aspen_config_t *cfg, const char *name,
+                        const char *password, const char *roles);
+
+/* ---- per-session state and the router hook (cmd_auth.c) ------------------- */
+
+/* Ends a session's authentication state (conversation, principal). */
+void aspen_auth_state_destroy(aspen_auth_state_t *st); /* NULL is a no-op */
+/* The router's check before any handler or forward: true to go on; false
+ * with `reply` holding the refusal (code 13). */
+bool aspen_auth_check(aspen_request_t *req, const aspen_command_t *row,
+                      bson_t *reply);
+/* Adds saslSupportedMechs and speculativeAuthenticate to a hello reply when
+ * the request asks for them. */
+void aspen_auth_hello(aspen_request_t *req, bson_t *reply);
+
+#endif /* ASPEN_AUTH_H */

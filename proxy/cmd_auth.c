@@ -1,0 +1,523 @@
+/*
+ * cmd_auth.c - aspen's own authentication: saslStart / saslContinue (SCRAM
+ * per scram.c, with skipEmptyExchange), speculative authentication and
+ * saslSupportedMechs in hello, logout, connectionStatus, and the check the
+ * router runs before every command (authenticated? privileged?).
+ *
+ * Authentication never reaches the backend: forwarded commands run with
+ * aspen's own backend credentials, after this file has checked the user's
+ * privileges (see aspen_principal_may_run in users.c).
+ *
+ * Every refusal of a login is the same to the client ({ok:0, code:18,
+ * "Authentication failed."}) whatever went wrong, and is logged once with
+ * the client address and the reason (never a password, proof or key).
+ * Failed logins are rate-limited per client address. Loop thread only.
+ */
+#include "auth.h"
+
+#include <string.h>
+
+#define COMPONENT "ACCESS"
+/* Failed logins allowed per client address in one window before further
+ * attempts from that address are refused without being tried. */
+#define FAIL_LIMIT 10
+#define FAIL_WINDOW_MS 60000
+#define FAIL_SLOTS 64
+
+struct aspen_auth_state {
+   aspen_principal_t *principal; /* NULL: not authenticated */
+   aspen_scram_t *conv;          /* the SASL conversation in progress */
+   int32_t conv_id;
+   int32_t next_conv_id;
+   bool conv_skip_empty;     /* options.skipEmptyExchange */
+   bool conv_awaiting_empty; /* server-final sent with done:false */
+   bool conv_speculative;
+   char conv_db[64];
+};
+
+void
+aspen_auth_state_destroy(aspen_auth_state_t *st)
+{
+   if (st) {
+      aspen_principal_destroy(st->principal);
+      aspen_scram_destroy(st->conv);
+      free(st);
+   }
+}
+
+static aspen_auth_state_t *
+state_of(aspen_session_t *sess)
+{
+   aspen_auth_state_t *st = aspen_session_auth(sess);
+   if (!st) {
+      st = aspen_xcalloc(1, sizeof *st);
+      aspen_session_set_auth(sess, st);
+   }
+   return st;
+}
+
+static void
+end_conversation(aspen_auth_state_t *st)
+{
+   aspen_scram_destroy(st->conv);
+   st->conv = NULL;
+   st->conv_id = 0;
+   st->conv_awaiting_empty = false;
+}
+
+/* ---- per-address rate limit -------------------------------------------------- */
+
+typedef struct {
+   char host[64];
+   uint64_t window_start;
+   int failures;
+} fail_slot_t;
+
+static fail_slot_t fail_slots[FAIL_SLOTS];
+
+/* The address part of "host:port". */
+static void
+peer_host(aspen_session_t *sess, char *out, size_t size)
+{
+   const char *peer = aspen_session_peer(sess);
+   const char *colon = strrchr(peer, ':');
+   size_t n = colon ? (size_t) (colon - peer) : strlen(peer);
+   snprintf(out, size, "%.*s", (int) n, peer);
+}
+
+static fail_slot_t *
+fail_slot(aspen_session_t *sess, bool create)
+{
+   char host[64];
+   uint64_t now = aspen_now_ms();
+   fail_slot_t *oldest = &fail_slots[0];
+   peer_host(sess, host, sizeof host);
+   for (int i = 0; i < FAIL_SLOTS; i++) {
+      fail_slot_t *s = &fail_slots[i];
+      if (s->host[0] && strcmp(s->host, host) == 0) {
+         if (now - s->window_start > FAIL_WINDOW_MS) {
+            s->window_start = now;
+            s->failures = 0;
+         }
+         return s;
+      }
+      if (s->window_start < oldest->window_start) {
+         oldest = s;
+      }
+   }
+   if (!create) {
+      return NULL;
+   }
+   snprintf(oldest->host, sizeof oldest->host, "%s", host);
+   oldest->window_start = now;
+   oldest->failures = 0;
+   return oldest;
+}
+
+static bool
+rate_limited(aspen_session_t *sess)
+{
+   fail_slot_t *s = fail_slot(sess, false);
+   return s && s->failures >= FAIL_LIMIT;
+}
+
+/* ---- replies and logs ---------------------------------------------------------- */
+
+static void
+reply_auth_failed(bson_t *reply)
+{
+   bson_reinit(reply);
+   aspen_reply_error(reply, ASPEN_ERR_AuthenticationFailed,
+                     "Authentication failed.");
+}
+
+/* Logs a login's outcome once, with mongod's message and id ("Successfully
+ * authenticated" 5286306, "Authentication failed" 5286307). `why` is NULL
+ * on success. A failure counts against the client address; a success
+ * clears its count. */
+static void
+log_login(aspen_session_t *sess, const char *mech, const char *user,
+          const char *db, bool speculative, const char *why)
+{
+   fail_slot_t *s = fail_slot(sess, why != NULL);
+   if (s) {
+      s->failures = why ? s->failures + 1 : 0;
+   }
+   bson_t attr = BSON_INITIALIZER;
+   BSON_APPEND_UTF8(&attr, "mechanism", mech ? mech : "");
+   BSON_APPEND_BOOL(&attr, "speculative", speculative);
+   BSON_APPEND_UTF8(&attr, "principalName", user ? user : "");
+   BSON_APPEND_UTF8(&attr, "authenticationDatabase", db ? db : "");
+   BSON_APPEND_UTF8(&attr, "remote", aspen_session_peer(sess));
+   if (why) {
+      BSON_APPEND_UTF8(&attr, "error", why);
+   }
+   char ctx[32];
+   snprintf(ctx, sizeof ctx, "conn%llu",
+            (unsigned long long) aspen_session_id(sess));
+   aspen_log(why ? ASPEN_LOG_WARNING : ASPEN_LOG_INFO, COMPONENT,
+             why ? 5286307 : 5286306, ctx,
+             why ? "Authentication failed" : "Successfully authenticated",
+             &attr);
+   bson_destroy(&attr);
+}
+
+/* Reads a SASL payload: BinData (what drivers send) or a string. */
+static bool
+get_payload(const bson_t *doc, const uint8_t **data, uint32_t *len)
+{
+   bson_iter_t it;
+   *data = NULL;
+   *len = 0;
+   if (!bson_iter_init_find(&it, doc, "payload")) {
+      return false;
+   }
+   if (BSON_ITER_HOLDS_BINARY(&it)) {
+      bson_subtype_t sub;
+      bson_iter_binary(&it, &sub, len, data);
+      return true;
+   }
+   if (BSON_ITER_HOLDS_UTF8(&it)) {
+      *data = (const uint8_t *) bson_iter_utf8(&it, len);
+      return true;
+   }
+   return false;
+}
+
+static void
+append_payload(bson_t *out, const char *text, size_t len)
+{
+   bson_append_binary(out, "payload", 7, BSON_SUBTYPE_BINARY,
+                      (const uint8_t *) text, (uint32_t) len);
+}
+
+/* ---- saslStart ------------------------------------------------------------------ */
+
+/* Runs a saslStart (`args` is the command, or hello's speculativeAuthenticate
+ * document; `db` the authentication database). On success appends
+ * {conversationId, done, payload} to `out` and returns true. On failure
+ * logs it and returns false with `err` set to the client's error. */
+static bool
+sasl_start(aspen_request_t *req, const bson_t *args, const char *db,
+           bool speculative, bson_t *out, aspen_error_t *err)
+{
+   aspen_session_t *sess = req->sess;
+   aspen_users_t *users = req->srv->users;
+   bson_iter_t it, opt;
+   const char *mech_name = NULL;
+   aspen_scram_mech_t mech;
+   aspen_error_t why;
+   aspen_error_set(err, ASPEN_ERR_AuthenticationFailed,
+                   "Authentication failed.");
+
+   if (bson_iter_init_find(&it, args, "mechanism") &&
+       BSON_ITER_HOLDS_UTF8(&it)) {
+      mech_name = bson_iter_utf8(&it, NULL);
+   }
+   if (!mech_name || !aspen_scram_mech_parse(mech_name, &mech)) {
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "Received authentication for mechanism %s which is "
+                      "unknown or not enabled (aspen supports SCRAM-SHA-256 "
+                      "and SCRAM-SHA-1)",
+                      mech_name ? mech_name : "(none)");
+      log_login(sess, mech_name, NULL, db, speculative,
+                  "unsupported mechanism");
+      return false;
+   }
+   if (rate_limited(sess)) {
+      log_login(sess, mech_name, NULL, db, speculative,
+                  "too many failed logins from this address; try again in "
+                  "a minute");
+      return false;
+   }
+   aspen_users_refresh(users);
+
+   aspen_auth_state_t *st = state_of(sess);
+   end_conversation(st);
+   st->conv = aspen_scram_new(mech);
+   const uint8_t *payload;
+   uint32_t len;
+   bool have = get_payload(args, &payload, &len);
+   if (!have || !aspen_scram_server_start(st->conv, payload, len, &why)) {
+      log_login(sess, mech_name, NULL, db, speculative,
+                  have ? why.message : "saslStart has no payload");
+      end_conversation(st);
+      return false;
+   }
+   /* Users are in "admin" (the authenticationDatabase rule); a user
+    * looked up elsewhere does not exist, but the conversation goes on with
+    * made-up credentials so the reply does not tell. */
+   aspen_scram_cred_t cred;
+   bool found = aspen_users_get_cred(users, db, aspen_scram_user(st->conv),
+                                     mech, &cred);
+   char msg[ASPEN_SCRAM_MSG_MAX];
+   size_t n = aspen_scram_server_challenge(st->conv, found ? &cred : NULL, msg);
+   memset(&cred, 0, sizeof cred);
+
+   st->conv_id = ++st->next_conv_id;
+   st->conv_speculative = speculative;
+   st->conv_skip_empty = false;
+   if (bson_iter_init_find(&it, args, "options") &&
+       BSON_ITER_HOLDS_DOCUMENT(&it) && bson_iter_recurse(&it, &opt) &&
+       bson_iter_find(&opt, "skipEmptyExchange")) {
+      st->conv_skip_empty = bson_iter_as_bool(&opt);
+   }
+   snprintf(st->conv_db, sizeof st->conv_db, "%s", db);
+   BSON_APPEND_INT32(out, "conversationId", st->conv_id);
+   BSON_APPEND_BOOL(out, "done", false);
+   append_payload(out, msg, n);
+   return true;
+}
+
+aspen_handled_t
+aspen_cmd_sasl_start(aspen_request_t *req, bson_t *reply)
+{
+   aspen_error_t err;
+   if (!sasl_start(req, req->cmd, req->db, false, reply, &err)) {
+      bson_reinit(reply);
+      aspen_error_append_reply(reply, &err);
+      return ASPEN_HANDLED_REPLY;
+   }
+   aspen_reply_ok(reply);
+   return ASPEN_HANDLED_REPLY;
+}
+
+/* ---- saslContinue ---------------------------------------------------------------- */
+
+aspen_handled_t
+aspen_cmd_sasl_continue(aspen_request_t *req, bson_t *reply)
+{
+   aspen_session_t *sess = req->sess;
+   aspen_auth_state_t *st = aspen_session_auth(sess);
+   bson_iter_t it;
+   int32_t id = -1;
+   if (bson_iter_init_find(&it, req->cmd, "conversationId") &&
+       BSON_ITER_HOLDS_NUMBER(&it)) {
+      id = (int32_t) bson_iter_as_int64(&it);
+   }
+   if (!st || !st->conv || id != st->conv_id) {
+      aspen_reply_error(reply, ASPEN_ERR_ProtocolError,
+                        "No SASL session state found");
+      return ASPEN_HANDLED_REPLY;
+   }
+   const char *mech = aspen_scram_mech_name(aspen_scram_mech(st->conv));
+   const char *user = aspen_scram_user(st->conv);
+   const uint8_t *payload;
+   uint32_t len;
+   bool have = get_payload(req->cmd, &payload, &len);
+
+   if (st->conv_awaiting_empty) {
+      /* The extra round without skipEmptyExchange: the client sends an
+       * empty message after checking our signature. */
+      if (!have || len != 0) {
+         log_login(sess, mech, user, st->conv_db, st->conv_speculative,
+                     "expected an empty SASL message");
+         end_conversation(st);
+         reply_auth_failed(reply);
+         return ASPEN_HANDLED_REPLY;
+      }
+      BSON_APPEND_INT32(reply, "conversationId", st->conv_id);
+      BSON_APPEND_BOOL(reply, "done", true);
+      append_payload(reply, "", 0);
+      aspen_reply_ok(reply);
+      end_conversation(st);
+      return ASPEN_HANDLED_REPLY;
+   }
+
+   char out[ASPEN_SCRAM_MSG_MAX];
+   size_t out_len;
+   aspen_error_t err;
+   if (!have || !aspen_scram_server_finish(st->conv, payload, len, out,
+                                           &out_len, &err)) {
+      log_login(sess, mech, user, st->conv_db, st->conv_speculative,
+                  have ? err.message : "saslContinue has no payload");
+      end_conversation(st);
+      reply_auth_failed(reply);
+      return ASPEN_HANDLED_REPLY;
+   }
+   aspen_principal_t *p =
+      aspen_users_principal_new(req->srv->users, st->conv_db, user);
+   if (!p) { /* removed from the users file meanwhile */
+      log_login(sess, mech, user, st->conv_db, st->conv_speculative,
+                  "user no longer exists");
+      end_conversation(st);
+      reply_auth_failed(reply);
+      return ASPEN_HANDLED_REPLY;
+   }
+   aspen_principal_destroy(st->principal);
+   st->principal = p;
+   log_login(sess, mech, user, st->conv_db, st->conv_speculative, NULL);
+
+   BSON_APPEND_INT32(reply, "conversationId", st->conv_id);
+   BSON_APPEND_BOOL(reply, "done", st->conv_skip_empty);
+   append_payload(reply, out, out_len);
+   aspen_reply_ok(reply);
+   if (st->conv_skip_empty) {
+      end_conversation(st);
+   } else {
+      st->conv_awaiting_empty = true;
+   }
+   return ASPEN_HANDLED_REPLY;
+}
+
+/* ---- logout, authenticate, connectionStatus -------------------------------------- */
+
+aspen_handled_t
+aspen_cmd_logout(aspen_request_t *req, bson_t *reply)
+{
+   aspen_auth_state_t *st = aspen_session_auth(req->sess);
+   if (st) {
+      if (st->principal) {
+         aspen_logf(ASPEN_LOG_INFO, COMPONENT, NULL,
+                    "conn%llu: user %s@%s logged out",
+                    (unsigned long long) aspen_session_id(req->sess),
+                    aspen_principal_user(st->principal),
+                    aspen_principal_db(st->principal));
+      }
+      aspen_principal_destroy(st->principal);
+      st->principal = NULL;
+      end_conversation(st);
+   }
+   aspen_reply_ok(reply);
+   return ASPEN_HANDLED_REPLY;
+}
+
+/* MONGODB-CR (authenticate/getnonce) was removed from MongoDB; aspen offers
+ * SCRAM only. */
+aspen_handled_t
+aspen_cmd_authenticate(aspen_request_t *req, bson_t *reply)
+{
+   bson_iter_t it;
+   const char *mech = "MONGODB-CR";
+   if (strcmp(req->name, "authenticate") == 0 &&
+       bson_iter_init_find(&it, req->cmd, "mechanism") &&
+       BSON_ITER_HOLDS_UTF8(&it)) {
+      mech = bson_iter_utf8(&it, NULL);
+   }
+   aspen_reply_error(reply, ASPEN_ERR_BadValue,
+                     "Received authentication for mechanism %s which is "
+                     "unknown or not enabled (aspen supports SCRAM-SHA-256 "
+                     "and SCRAM-SHA-1 through saslStart)",
+                     mech);
+   return ASPEN_HANDLED_REPLY;
+}
+
+aspen_handled_t
+aspen_cmd_connection_status(aspen_request_t *req, bson_t *reply)
+{
+   bson_t info, arr, doc;
+   bson_iter_t it;
+   bool privs = bson_iter_init_find(&it, req->cmd, "showPrivileges") &&
+                bson_iter_as_bool(&it);
+   aspen_auth_state_t *st = aspen_session_auth(req->sess);
+   const aspen_principal_t *p = st ? st->principal : NULL;
+   BSON_APPEND_DOCUMENT_BEGIN(reply, "authInfo", &info);
+   BSON_APPEND_ARRAY_BEGIN(&info, "authenticatedUsers", &arr);
+   if (p) {
+      BSON_APPEND_DOCUMENT_BEGIN(&arr, "0", &doc);
+      BSON_APPEND_UTF8(&doc, "user", aspen_principal_user(p));
+      BSON_APPEND_UTF8(&doc, "db", aspen_principal_db(p));
+      bson_append_document_end(&arr, &doc);
+   }
+   bson_append_array_end(&info, &arr);
+   BSON_APPEND_ARRAY_BEGIN(&info, "authenticatedUserRoles", &arr);
+   if (p) {
+      aspen_principal_append_roles(p, &arr);
+   }
+   bson_append_array_end(&info, &arr);
+   if (privs) {
+      BSON_APPEND_ARRAY_BEGIN(&info, "authenticatedUserPrivileges", &arr);
+      if (p) {
+         aspen_principal_append_privileges(p, &arr);
+      }
+      bson_append_array_end(&info, &arr);
+   }
+   bson_append_document_end(reply, &info);
+   aspen_reply_ok(reply);
+   return ASPEN_HANDLED_REPLY;
+}
+
+/* ---- hello ----------------------------------------------------------------------- */
+
+void
+aspen_auth_hello(aspen_request_t *req, bson_t *reply)
+{
+   bson_iter_t it;
+   if (!req->srv->users) {
+      return;
+   }
+   /* Both mechanisms for every name, known or not: the list does not tell
+    * whether a user exists (every user has both credentials). */
+   if (bson_iter_init_find(&it, req->cmd, "saslSupportedMechs") &&
+       BSON_ITER_HOLDS_UTF8(&it)) {
+      bson_t arr;
+      BSON_APPEND_ARRAY_BEGIN(reply, "saslSupportedMechs", &arr);
+      BSON_APPEND_UTF8(&arr, "0", "SCRAM-SHA-1");
+      BSON_APPEND_UTF8(&arr, "1", "SCRAM-SHA-256");
+      bson_append_array_end(reply, &arr);
+   }
+   if (bson_iter_init_find(&it, req->cmd, "speculativeAuthenticate") &&
+       BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      uint32_t len;
+      const uint8_t *data;
+      bson_t spec, out;
+      bson_iter_t db_it;
+      bson_iter_document(&it, &len, &data);
+      if (!bson_init_static(&spec, data, len)) {
+         return;
+      }
+      const char *db = "admin";
+      if (bson_iter_init_find(&db_it, &spec, "db") &&
+          BSON_ITER_HOLDS_UTF8(&db_it)) {
+         db = bson_iter_utf8(&db_it, NULL);
+      }
+      /* A failed speculative start leaves the field out; the driver then
+       * sees its saslStart refused the ordinary way. */
+      aspen_error_t err;
+      bson_init(&out);
+      if (sasl_start(req, &spec, db, true, &out, &err)) {
+         BSON_APPEND_DOCUMENT(reply, "speculativeAuthenticate", &out);
+      }
+      bson_destroy(&out);
+   }
+}
+
+/* ---- the router's check ---------------------------------------------------------- */
+
+bool
+aspen_auth_check(aspen_request_t *req, const aspen_command_t *row,
+                 bson_t *reply)
+{
+   aspen_users_t *users = req->srv->users;
+   if (!users || (row && (row->flags & ASPEN_CMD_NO_AUTH)) ||
+       !aspen_users_auth_required(users)) {
+      return true;
+   }
+   aspen_auth_state_t *st = aspen_session_auth(req->sess);
+   const aspen_principal_t *p = st ? st->principal : NULL;
+   if (!p) {
+      aspen_reply_error(reply, ASPEN_ERR_Unauthorized,
+                        "command %s requires authentication", req->name);
+      return false;
+   }
+   aspen_error_t err;
+   bool forwarded = !row || !(row->flags & ASPEN_CMD_LOCAL);
+   if (aspen_principal_may_run(p, req->name, req->cmd, req->db, forwarded,
+                               &err)) {
+      return true;
+   }
+   bson_t attr = BSON_INITIALIZER;
+   BSON_APPEND_UTF8(&attr, "user", aspen_principal_user(p));
+   BSON_APPEND_UTF8(&attr, "db", aspen_principal_db(p));
+   BSON_APPEND_UTF8(&attr, "command", req->name);
+   BSON_APPEND_UTF8(&attr, "remote", aspen_session_peer(req->sess));
+   BSON_APPEND_UTF8(&attr, "error", err.message);
+   char ctx[32];
+   snprintf(ctx, sizeof ctx, "conn%llu",
+            (unsigned long long) aspen_session_id(req->sess));
+   aspen_log(ASPEN_LOG_WARNING, COMPONENT, 20436, ctx,
+             "Checking authorization failed", &attr);
+   bson_destroy(&attr);
+   aspen_error_append_reply(reply, &err);
+   return false;
+}
