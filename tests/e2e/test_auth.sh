@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# e2e: users and roles through stock mongosh. Users are added with
+# `aspen --add-user` (SCRAM keys only in the users file); then mongosh logs in
+# with --username/--password --authenticationDatabase admin (SCRAM-SHA-256,
+# and SCRAM-SHA-1 with --authenticationMechanism); wrong passwords and unknown
+# users get "Authentication failed."; an unauthenticated client can run only
+# the handshake commands; readAnyDatabase, atlasAdmin and custom-role users
+# get exactly their privileges (code 13 with ASP's message otherwise).
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=peers.sh
+. "$HERE/peers.sh"
+
+N=0
+FAILED=0
+check() {
+    local name=$1
+    shift
+    N=$((N + 1))
+    if "$@"; then
+        echo "ok $N - $name"
+    else
+        echo "not ok $N - $name"
+        FAILED=$((FAILED + 1))
+    fi
+}
+must() {
+    local before=$FAILED
+    check "$@"
+    [[ $FAILED -eq $before ]] || { echo "# stopping: '$1' failed"; echo "1..$N"; exit 1; }
+}
+
+STATE=$ASPEN_RUN_DIR/state
+CONFIG=$ASPEN_RUN_DIR/aspen.json
+LOG=$ASPEN_RUN_DIR/aspen.log
+BIN=$(_peers_aspen_bin)
+ADMIN_PW='adm1n pass!'
+rm -rf "$STATE"
+
+cat >"$CONFIG" <<JSON
+{ "connections": [ { "name": "atlas", "type": "atlas" } ],
+  "security": { "roles": [
+    { "role": "spRunner", "actions": ["processStreamProcessor", "sampleStreamProcessor"] },
+    { "role": "spProcessOnly", "actions": ["processStreamProcessor"] } ] } }
+JSON
+
+add_user() { # add_user NAME PASSWORD ROLES
+    "$BIN" --config "$CONFIG" --state-dir "$STATE" --add-user "$1" --password "$2" --roles "$3" >/dev/null
+}
+
+add_users() {
+    add_user admin "$ADMIN_PW" atlasAdmin &&
+        add_user reader readerpw readAnyDatabase &&
+        add_user runner runnerpw spRunner &&
+        # The password from stdin (kept out of ps).
+        printf 'procpw\n' | "$BIN" --config "$CONFIG" --state-dir "$STATE" \
+            --add-user proc --password - --roles spProcessOnly >/dev/null
+}
+
+users_file_has_keys_only() {
+    local f=$STATE/users.json
+    [[ $(stat -c %a "$f") == 600 ]] || { echo "# users.json mode $(stat -c %a "$f")"; return 1; }
+    grep -q '"SCRAM-SHA-256"' "$f" && grep -q '"SCRAM-SHA-1"' "$f" &&
+        grep -q '"storedKey"' "$f" && grep -q '"serverKey"' "$f" &&
+        grep -q '"iterationCount" : 15000' "$f" &&
+        ! grep -q -e 'adm1n' -e 'readerpw' -e 'runnerpw' -e 'procpw' "$f"
+}
+
+unknown_role_refused() {
+    ! "$BIN" --config "$CONFIG" --state-dir "$STATE" --add-user x --password y \
+        --roles noSuchRole 2>"$ASPEN_RUN_DIR/add.err" &&
+        grep -q "unknown role 'noSuchRole'" "$ASPEN_RUN_DIR/add.err"
+}
+
+start() {
+    start_aspen --config "$CONFIG" --bind 127.0.0.1 --port 0 \
+        --backend "$BACKING_URI" --state-dir "$STATE"
+    URI="mongodb://127.0.0.1:$ASPEN_LISTEN_PORT/"
+}
+
+login() { # login USER PASSWORD [mongosh args...]
+    local u=$1 p=$2
+    shift 2
+    mongosh_run "$URI" --username "$u" --password "$p" --authenticationDatabase admin "$@"
+}
+
+unauthenticated_only_handshake() {
+    mongosh_run "$URI" '
+      const a = db.getSiblingDB("admin");
+      function run(cmd) {
+        try { const r = a.runCommand(cmd); return r; } catch (e) { return {ok: 0, code: e.code, errmsg: e.message}; }
+      }
+      if (a.runCommand({ping: 1}).ok !== 1) throw new Error("ping refused");
+      if (a.runCommand({hello: 1}).ok !== 1) throw new Error("hello refused");
+      if (a.runCommand({buildInfo: 1}).ok !== 1) throw new Error("buildInfo refused");
+      const st = a.runCommand({connectionStatus: 1});
+      if (st.authInfo.authenticatedUsers.length !== 0) throw new Error("not anonymous");
+      for (const cmd of [{listDatabases: 1}, {listStreamProcessors: 1}, {find: "x"}]) {
+        const r = run(cmd);
+        const want = "command " + Object.keys(cmd)[0] + " requires authentication";
+        if (r.ok !== 0 || r.code !== 13 || r.errmsg !== want) throw new Error(JSON.stringify(r));
+      }'
+}
+
+# wrong_login WHAT ARGS...: mongosh must fail with "Authentication failed."
+wrong_login() {
+    local out=$ASPEN_RUN_DIR/wrong.out
+    shift
+    if login "$@" 'db.runCommand({ping: 1})' >"$out" 2>&1; then
+        echo "# login unexpectedly succeeded"; return 1
+    fi
+    grep -q "MongoServerError: Authentication failed\." "$out" ||
+        { sed 's/^/#   /' "$out" | head -20; return 1; }
+}
+
+sha1_login() {
+    login admin "$ADMIN_PW" --authenticationMechanism SCRAM-SHA-1 '
+      const st = db.getSiblingDB("admin").runCommand({connectionStatus: 1});
+      if (st.authInfo.authenticatedUsers[0].user !== "admin") throw new Error(JSON.stringify(st));
+      db.getSiblingDB("auth_e2e").docs.findOne();'
+}
+
+sha256_explicit_login() {
+    login reader readerpw --authenticationMechanism SCRAM-SHA-256 \
+        'db.getSiblingDB("auth_e2e").docs.findOne()'
+}
+
+failures_logged() {
+    # One "Authentication failed" line per failed login, with the client
+    # address, and no password anywhere in the log.
+    local n
+    n=$(grep -c '"msg":"Authentication failed"' "$LOG" || true)
+    [[ $n -ge 4 ]] || { echo "# $n failure lines"; return 1; }
+    grep '"msg":"Authentication failed"' "$LOG" | grep -q '"remote":"127.0.0.1:' &&
+        grep -q '"msg":"Successfully authenticated"' "$LOG" &&
+        ! grep -q -e 'adm1n pass' -e 'readerpw' -e 'wrongpw' "$LOG"
+}
+
+logout_works() {
+    login admin "$ADMIN_PW" '
+      const a = db.getSiblingDB("admin");
+      if (a.runCommand({logout: 1}).ok !== 1) throw new Error("logout");
+      let r;
+      try { r = a.runCommand({listDatabases: 1}); } catch (e) { r = {code: e.code}; }
+      if (r.code !== 13) throw new Error("still authenticated: " + JSON.stringify(r));'
+}
+
+must "backing server starts" start_backing
+must "aspen --add-user writes four users" add_users
+check "users file: mode 600, SCRAM keys only, no password" users_file_has_keys_only
+check "--add-user refuses an unknown role" unknown_role_refused
+must "aspen starts with users (auth on)" start
+check "unauthenticated: handshake only, everything else code 13" unauthenticated_only_handshake
+check "atlasAdmin (SCRAM-SHA-256, speculative): everything allowed" login admin "$ADMIN_PW" "$HERE/js/auth_admin.js"
+check "atlasAdmin with --authenticationMechanism SCRAM-SHA-1" sha1_login
+check "readAnyDatabase with --authenticationMechanism SCRAM-SHA-256" sha256_explicit_login
+check "readAnyDatabase: reads allowed, writes and sp changes refused" login reader readerpw "$HERE/js/auth_reader.js"
+check "custom role processStreamProcessor+sampleStreamProcessor" login runner runnerpw "$HERE/js/auth_runner.js"
+check "custom role processStreamProcessor alone: sp.process refused" login proc procpw "$HERE/js/auth_runner.js"
+check "wrong password (SCRAM-SHA-256) fails" wrong_login sha256 admin wrongpw
+check "wrong password (SCRAM-SHA-1) fails" wrong_login sha1 admin wrongpw --authenticationMechanism SCRAM-SHA-1
+check "unknown user fails the same way" wrong_login unknown nobody wrongpw
+check "user in the wrong authentication database fails" wrong_login db admin "$ADMIN_PW" --authenticationDatabase test
+check "failures logged once each with the address, no secrets" failures_logged
+check "logout ends the authentication" logout_works
+check "aspen stops cleanly, no sanitizer report" stop_aspen
+check "backing server stops" stop_backing
+
+echo "1..$N"
+if [[ $FAILED -ne 0 ]]; then
+    echo "# $FAILED of $N checks failed (logs in $ASPEN_RUN_DIR)"
+    exit 1
+fi
+echo "# all $N checks passed"
