@@ -7,6 +7,7 @@
  */
 #include "engine_int.h"
 
+#include <mongoc/mongoc.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -375,4 +376,47 @@ aspen_conns_find(const aspen_conns_t *conns, const char *name)
       }
    }
    return NULL;
+}
+
+mongoc_client_t *
+aspen__conn_client_new(const aspen_conn_t *conn, bool ping, aspen_error_t *err)
+{
+   bson_error_t berr;
+   mongoc_uri_t *uri = conn->uri ? mongoc_uri_new_with_error(conn->uri, &berr)
+                                 : NULL;
+   if (!uri) {
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorAtlasConnectionError,
+                      "connection '%s' has an invalid URI: %s", conn->name,
+                      conn->uri ? berr.message : "(none)");
+      return NULL;
+   }
+   if (!mongoc_uri_has_option(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS)) {
+      mongoc_uri_set_option_as_int32(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS,
+                                     5000);
+   }
+   mongoc_client_t *client = mongoc_client_new_from_uri(uri);
+   mongoc_uri_destroy(uri);
+   if (!client) {
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorAtlasConnectionError,
+                      "cannot create a client for connection '%s'",
+                      conn->name);
+      return NULL;
+   }
+   mongoc_client_set_error_api(client, MONGOC_ERROR_API_VERSION_2);
+   mongoc_client_set_appname(client, "aspen-processor");
+   if (ping) {
+      bson_t cmd = BSON_INITIALIZER;
+      BSON_APPEND_INT32(&cmd, "ping", 1);
+      bool ok = mongoc_client_command_simple(client, "admin", &cmd, NULL, NULL,
+                                             &berr);
+      bson_destroy(&cmd);
+      if (!ok) {
+         aspen_error_set(err, ASPEN_ERR_StreamProcessorAtlasConnectionError,
+                         "cannot reach connection '%s': %s", conn->name,
+                         berr.message);
+         mongoc_client_destroy(client);
+         return NULL;
+      }
+   }
+   return client;
 }

@@ -52,6 +52,17 @@ const aspen_conn_t *aspen_conns_find(const aspen_conns_t *conns,
                                      const char *name);
 const char *aspen_conn_type_name(aspen_conn_type_t t);
 
+/* A mongoc client for an atlas connection, for the one thread that calls
+ * it (processor thread: sources, $lookup, $merge, the DLQ). The URI's
+ * serverSelectionTimeoutMS defaults to 5 s. With `ping`, the server is
+ * pinged first, so an unreachable one fails here. NULL on failure, err set
+ * with code 421 StreamProcessorAtlasConnectionError. The caller owns the
+ * client (mongoc_client_destroy). Blocking; never on the event loop. */
+struct _mongoc_client_t;
+struct _mongoc_client_t *aspen__conn_client_new(const aspen_conn_t *conn,
+                                                bool ping,
+                                                aspen_error_t *err);
+
 /* ------------------------------------------------------------------------ */
 /* Stream documents                                                          */
 /* ------------------------------------------------------------------------ */
@@ -176,6 +187,15 @@ void aspen_stage_emit(aspen_stage_t *st, const aspen_sdoc_t *out);
 /* Fills an expression context for a document. */
 void aspen_stage_expr_ctx(const aspen_stage_t *st, const aspen_sdoc_t *in,
                           aspen_expr_ctx_t *ctx);
+
+/* Copies `in` (a pipeline, or part of one) to `out` with each reference to
+ * one of the `n` variables ("$$name", "$$name.a.b") replaced by its value as
+ * {$literal: <value>} ("$$REMOVE" when missing), leaving {$literal}
+ * arguments alone. How $lookup's `let` and $merge's `$$new` reach a server
+ * without sending `let` (which needs MongoDB 5.0). (stage_lookup.c) */
+void aspen__vars_substitute(const bson_t *in, bson_t *out,
+                            const char *const *names,
+                            const aspen_value_t *values, size_t n);
 
 /* The stage table (stages.c). */
 const aspen_stage_ops_t *aspen_stage_lookup(const char *name, unsigned *place);

@@ -13,6 +13,7 @@
  */
 #include "engine_int.h"
 #include "kafka_int.h"
+#include "source_change_stream.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -210,6 +211,10 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
             continue;
          }
       }
+      if (src->kind == ASPEN_SOURCE_CHANGE_STREAM &&
+          aspen__change_stream_is_option(k)) {
+         continue; /* checked as a whole below */
+      }
       /* Options aspen knows belong to sources it does not run yet are still
        * refused by name, so a typo is never silently accepted. */
       aspen_parse_error(err, pc, opt,
@@ -218,6 +223,10 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
    }
    if (src->kind == ASPEN_SOURCE_KAFKA &&
        !aspen__kafka_source_parse_done(src, pc, err)) {
+      return false;
+   }
+   if (src->kind == ASPEN_SOURCE_CHANGE_STREAM &&
+       !aspen__change_stream_check(src, pc, err)) {
       return false;
    }
    return true;

@@ -16,16 +16,64 @@
 #include <mongoc/mongoc.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define BATCH_DOCS 1000
 #define BATCH_BYTES (12u * 1024u * 1024u)
 
-typedef enum { WM_MERGE, WM_REPLACE, WM_KEEP, WM_DELETE } when_matched_t;
+typedef enum {
+   WM_MERGE,
+   WM_REPLACE,
+   WM_KEEP,
+   WM_DELETE,
+   WM_PIPELINE,
+} when_matched_t;
+
+/* ASP's cap on distinct databases, and on distinct collections, that
+ * dynamic into.db / into.coll expressions may reach. */
+#define ASPEN_MERGE_MAX_TARGETS 1000
+/* Attempts at writing a batch before a transient failure is fatal. */
+#define FLUSH_ATTEMPTS 4
 
 /* ---- option parsing ---------------------------------------------------- */
 
+/* A $merge.into.db / .coll: a non-empty literal name, or an expression
+ * ("$field", {$concat: ...}) evaluated per document. *literal says which. */
 static bool
-parse_into(const bson_iter_t *it, aspen_parse_ctx_t *pc, aspen_error_t *err)
+parse_target_name(const bson_iter_t *it, aspen_parse_ctx_t *pc,
+                  const char *opt, const char *k, bool *literal,
+                  aspen_error_t *err)
+{
+   *literal = false;
+   if (BSON_ITER_HOLDS_UTF8(it) && bson_iter_utf8(it, NULL)[0] != '$') {
+      if (!*bson_iter_utf8(it, NULL)) {
+         aspen_parse_error(err, pc, opt, "$merge.into.%s cannot be empty", k);
+         return false;
+      }
+      *literal = true;
+      return true;
+   }
+   if (!BSON_ITER_HOLDS_UTF8(it) && !BSON_ITER_HOLDS_DOCUMENT(it)) {
+      aspen_parse_error(err, pc, opt,
+                        "$merge.into.%s must be a string or an expression",
+                        k);
+      return false;
+   }
+   aspen_expr_t *e = NULL;
+   if (!aspen_expr_parse(it, NULL, &e, err)) {
+      char msg[ASPEN_ERROR_MSG_MAX];
+      snprintf(msg, sizeof msg, "%s", err->message);
+      aspen_parse_error(err, pc, opt, "invalid $merge.into.%s expression: %s",
+                        k, msg);
+      return false;
+   }
+   aspen_expr_destroy(e);
+   return true;
+}
+
+static bool
+parse_into(const bson_iter_t *it, aspen_parse_ctx_t *pc, bool *literal,
+           aspen_error_t *err)
 {
    if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
       aspen_parse_error(err, pc, "into",
@@ -40,7 +88,7 @@ parse_into(const bson_iter_t *it, aspen_parse_ctx_t *pc, aspen_error_t *err)
    bson_iter_document(it, &len, &data);
    (void) bson_init_static(&into, data, len);
    const char *conn = NULL;
-   bool db = false, coll = false;
+   bool db = false, coll = false, db_lit = false, coll_lit = false;
    bson_iter_init(&ii, &into);
    while (bson_iter_next(&ii)) {
       const char *k = bson_iter_key(&ii);
@@ -53,24 +101,12 @@ parse_into(const bson_iter_t *it, aspen_parse_ctx_t *pc, aspen_error_t *err)
          }
          conn = bson_iter_utf8(&ii, NULL);
       } else if (strcmp(k, "db") == 0 || strcmp(k, "coll") == 0) {
-         if (!BSON_ITER_HOLDS_UTF8(&ii)) {
-            aspen_parse_error(err, pc, opt,
-                              "$merge.into.%s must be a string (dynamic "
-                              "targets are not supported by this version of "
-                              "aspen yet)",
-                              k);
+         bool is_db = k[0] == 'd';
+         if (!parse_target_name(&ii, pc, opt, k, is_db ? &db_lit : &coll_lit,
+                                err)) {
             return false;
          }
-         const char *v = bson_iter_utf8(&ii, NULL);
-         if (!*v || v[0] == '$') {
-            aspen_parse_error(err, pc, opt,
-                              "$merge.into.%s must be a non-empty literal "
-                              "name (dynamic targets are not supported by "
-                              "this version of aspen yet)",
-                              k);
-            return false;
-         }
-         *(k[0] == 'd' ? &db : &coll) = true;
+         *(is_db ? &db : &coll) = true;
       } else {
          aspen_parse_error(err, pc, opt,
                            "BSON field '$merge.into.%s' is an unknown field.",
@@ -95,6 +131,64 @@ parse_into(const bson_iter_t *it, aspen_parse_ctx_t *pc, aspen_error_t *err)
                         "supported");
       return false;
    }
+   *literal = db_lit && coll_lit;
+   return true;
+}
+
+/* whenMatched as a pipeline: an array of update stages (the server checks
+ * which stages it allows). */
+static bool
+parse_when_matched_pipeline(const bson_iter_t *it, aspen_parse_ctx_t *pc,
+                            aspen_error_t *err)
+{
+   uint32_t len;
+   const uint8_t *data;
+   bson_t arr;
+   bson_iter_t ai;
+   bson_iter_array(it, &len, &data);
+   (void) bson_init_static(&arr, data, len);
+   bson_iter_init(&ai, &arr);
+   while (bson_iter_next(&ai)) {
+      if (!BSON_ITER_HOLDS_DOCUMENT(&ai)) {
+         aspen_parse_error(err, pc, "whenMatched",
+                           "Each element of the 'whenMatched' pipeline must "
+                           "be an object");
+         return false;
+      }
+   }
+   return true;
+}
+
+/* $merge.let: {name: <expression>}, evaluated against the incoming
+ * document; names follow MongoDB's variable rules. */
+static bool
+parse_let(const bson_iter_t *it, aspen_parse_ctx_t *pc, aspen_error_t *err)
+{
+   if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
+      aspen_parse_error(err, pc, "let", "$merge.let must be an object");
+      return false;
+   }
+   bson_iter_t li;
+   bson_iter_recurse(it, &li);
+   while (bson_iter_next(&li)) {
+      const char *name = bson_iter_key(&li);
+      if (!((name[0] >= 'a' && name[0] <= 'z') || (unsigned char) name[0] >= 0x80)) {
+         aspen_parse_error(err, pc, "let",
+                           "'%s' starts with an invalid character for a user "
+                           "variable name",
+                           name);
+         return false;
+      }
+      aspen_expr_t *e = NULL;
+      if (!aspen_expr_parse(&li, NULL, &e, err)) {
+         char msg[ASPEN_ERROR_MSG_MAX];
+         snprintf(msg, sizeof msg, "%s", err->message);
+         aspen_parse_error(err, pc, "let", "invalid $merge.let.%s: %s", name,
+                           msg);
+         return false;
+      }
+      aspen_expr_destroy(e);
+   }
    return true;
 }
 
@@ -113,12 +207,13 @@ merge_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
    bson_iter_t it;
    bson_iter_document(arg, &len, &data);
    (void) bson_init_static(&spec, data, len);
-   bool has_into = false;
+   bool has_into = false, literal = true, has_let = false, wm_pipeline = false;
+   int64_t parallelism = 1;
    bson_iter_init(&it, &spec);
    while (bson_iter_next(&it)) {
       const char *k = bson_iter_key(&it);
       if (strcmp(k, "into") == 0) {
-         if (!parse_into(&it, pc, err)) {
+         if (!parse_into(&it, pc, &literal, err)) {
             return false;
          }
          has_into = true;
@@ -169,10 +264,11 @@ merge_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
          const char *m = BSON_ITER_HOLDS_UTF8(&it) ? bson_iter_utf8(&it, NULL)
                                                    : NULL;
          if (BSON_ITER_HOLDS_ARRAY(&it)) {
-            aspen_parse_error(err, pc, "whenMatched",
-                              "a pipeline for $merge.whenMatched is not "
-                              "supported by this version of aspen yet");
-            return false;
+            if (!parse_when_matched_pipeline(&it, pc, err)) {
+               return false;
+            }
+            wm_pipeline = true;
+            continue;
          }
          if (!m || (strcmp(m, "merge") != 0 && strcmp(m, "replace") != 0 &&
                     strcmp(m, "keepExisting") != 0 &&
@@ -203,11 +299,12 @@ merge_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
                               "$merge.parallelism must be between 1 and 64");
             return false;
          }
+         parallelism = p;
       } else if (strcmp(k, "let") == 0) {
-         aspen_parse_error(err, pc, "let",
-                           "$merge.let is not supported by this version of "
-                           "aspen yet");
-         return false;
+         if (!parse_let(&it, pc, err)) {
+            return false;
+         }
+         has_let = true;
       } else {
          aspen_parse_error(err, pc, k,
                            "BSON field '$merge.%s' is an unknown field.", k);
@@ -220,6 +317,19 @@ merge_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
                         "field");
       return false;
    }
+   if (parallelism > 1 && !literal) {
+      aspen_parse_error(err, pc, "parallelism",
+                        "$merge.into.db and $merge.into.coll must be literals "
+                        "if $merge.parallelism is greater than 1");
+      return false;
+   }
+   if (has_let && !wm_pipeline) {
+      /* mongod: variables are only usable from a whenMatched pipeline. */
+      aspen_parse_error(err, pc, "let",
+                        "Cannot use 'let' variables with 'whenMatched' modes "
+                        "other than a pipeline");
+      return false;
+   }
    return true;
 }
 
@@ -228,122 +338,139 @@ const aspen_stage_ops_t aspen_stage_merge_ops = {
 
 /* ---- the collection writer --------------------------------------------- */
 
+/* One target collection and the writes queued for it. */
+typedef struct {
+   char *db, *coll;
+   mongoc_collection_t *mc;
+   bson_t **batch;
+   size_t n_batch, cap;
+} target_t;
+
 struct aspen_coll_writer {
    mongoc_client_t *client;
-   mongoc_collection_t *coll;
-   char ns[256];
+   char ns[256];           /* literal "db.coll", or a description */
+   /* into.db / into.coll: literal names, or expressions (NULL: literal). */
+   const char *db_lit, *coll_lit;
+   aspen_expr_t *db_expr, *coll_expr;
+   bson_t spec;            /* owned copy: expressions borrow from it */
+   target_t *targets;
+   size_t n_targets, cap_targets;
+   size_t n_dbs;           /* distinct databases among the targets */
    char *on[16];
    int n_on;
    when_matched_t when_matched;
    bool insert_unmatched;
-   bool plain_insert; /* DLQ: just insert */
-   bson_t **batch;
-   size_t n_batch;
-   size_t batch_bytes;
+   bool plain_insert;      /* DLQ: just insert */
+   /* whenMatched pipeline and its variables. */
+   bson_t wm_pipeline;
+   char **let_names;
+   aspen_expr_t **let_exprs;
+   size_t n_let;
+   bool let_has_new;
+   size_t n_queued;
+   size_t queued_bytes;
 };
 
-static void
-ping_error(aspen_error_t *err, int32_t code, const char *what,
-           const bson_error_t *berr)
+/* Error codes a retry can fix: the server was unreachable or lost. */
+static bool
+is_transient(const bson_error_t *berr)
 {
-   aspen_error_set(err, code, "%s: %s", what, berr->message);
+   return berr->domain == MONGOC_ERROR_STREAM ||
+          berr->domain == MONGOC_ERROR_SERVER_SELECTION;
 }
 
 static aspen_coll_writer_t *
-writer_new(const aspen_conn_t *conn, const char *db, const char *coll,
-           aspen_error_t *err)
+writer_new(const aspen_conn_t *conn, aspen_error_t *err)
 {
-   bson_error_t berr;
-   mongoc_uri_t *uri = mongoc_uri_new_with_error(conn->uri, &berr);
-   if (!uri) {
-      aspen_error_set(err, ASPEN_ERR_StreamProcessorAtlasConnectionError,
-                      "connection '%s' has an invalid URI: %s", conn->name,
-                      berr.message);
+   mongoc_client_t *client = aspen__conn_client_new(conn, true, err);
+   if (!client) {
       return NULL;
    }
-   if (!mongoc_uri_has_option(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS)) {
-      mongoc_uri_set_option_as_int32(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS,
-                                     5000);
-   }
-   aspen_coll_writer_t *w = aspen_xcalloc(1, sizeof *w);
-   w->client = mongoc_client_new_from_uri(uri);
-   mongoc_uri_destroy(uri);
-   if (!w->client) {
-      free(w);
-      aspen_error_set(err, ASPEN_ERR_StreamProcessorAtlasConnectionError,
-                      "cannot create a client for connection '%s'",
-                      conn->name);
-      return NULL;
-   }
-   mongoc_client_set_error_api(w->client, MONGOC_ERROR_API_VERSION_2);
-   mongoc_client_set_appname(w->client, "aspen-processor");
-   bson_t ping = BSON_INITIALIZER;
-   BSON_APPEND_INT32(&ping, "ping", 1);
-   bool ok = mongoc_client_command_simple(w->client, "admin", &ping, NULL,
-                                          NULL, &berr);
-   bson_destroy(&ping);
-   if (!ok) {
-      char what[300];
-      snprintf(what, sizeof what, "cannot reach connection '%s'", conn->name);
-      ping_error(err, ASPEN_ERR_StreamProcessorAtlasConnectionError, what,
-                 &berr);
-      mongoc_client_destroy(w->client);
-      free(w);
-      return NULL;
-   }
-   w->coll = mongoc_client_get_collection(w->client, db, coll);
-   snprintf(w->ns, sizeof w->ns, "%s.%s", db, coll);
-   w->batch = aspen_xcalloc(BATCH_DOCS, sizeof *w->batch);
+   /* bson_t members need libbson's 128-byte alignment. */
+   aspen_coll_writer_t *w = BSON_ALIGNED_ALLOC0(aspen_coll_writer_t);
+   w->client = client;
    w->insert_unmatched = true;
+   bson_init(&w->spec);
+   bson_init(&w->wm_pipeline);
    return w;
+}
+
+static target_t *
+target_add(aspen_coll_writer_t *w, const char *db, const char *coll)
+{
+   if (w->n_targets == w->cap_targets) {
+      w->cap_targets = w->cap_targets ? w->cap_targets * 2 : 4;
+      w->targets =
+         aspen_xrealloc(w->targets, w->cap_targets * sizeof *w->targets);
+   }
+   target_t *t = &w->targets[w->n_targets++];
+   memset(t, 0, sizeof *t);
+   t->db = aspen_xstrdup(db);
+   t->coll = aspen_xstrdup(coll);
+   t->mc = mongoc_client_get_collection(w->client, db, coll);
+   return t;
 }
 
 aspen_coll_writer_t *
 aspen_coll_writer_new_insert(const aspen_conn_t *conn, const char *db,
                              const char *coll, aspen_error_t *err)
 {
-   aspen_coll_writer_t *w = writer_new(conn, db, coll, err);
+   aspen_coll_writer_t *w = writer_new(conn, err);
    if (w) {
       w->plain_insert = true;
+      target_add(w, db, coll);
+      w->n_dbs = 1;
+      snprintf(w->ns, sizeof w->ns, "%s.%s", db, coll);
    }
    return w;
 }
 
-aspen_coll_writer_t *
-aspen_coll_writer_new_merge(const aspen_conns_t *conns, const bson_t *spec,
-                            aspen_error_t *err)
+/* Compiles into.db / into.coll: a literal name or an expression. */
+static bool
+target_name(const bson_iter_t *it, const char **lit, aspen_expr_t **expr,
+            aspen_error_t *err)
+{
+   if (BSON_ITER_HOLDS_UTF8(it) && bson_iter_utf8(it, NULL)[0] != '$') {
+      *lit = bson_iter_utf8(it, NULL);
+      return true;
+   }
+   return aspen_expr_parse(it, NULL, expr, err);
+}
+
+static bool
+writer_parse_spec(aspen_coll_writer_t *w, const aspen_conns_t *conns,
+                  const aspen_conn_t **conn, aspen_error_t *err)
 {
    bson_iter_t it;
-   const char *conn_name = NULL, *db = NULL, *coll = NULL;
-   if (bson_iter_init_find(&it, spec, "into") &&
+   const char *conn_name = NULL;
+   *conn = NULL;
+   if (bson_iter_init_find(&it, &w->spec, "into") &&
        BSON_ITER_HOLDS_DOCUMENT(&it)) {
       bson_iter_t ii;
       bson_iter_recurse(&it, &ii);
       while (bson_iter_next(&ii)) {
          const char *k = bson_iter_key(&ii);
-         const char *v = bson_iter_utf8(&ii, NULL);
-         if (strcmp(k, "connectionName") == 0) {
-            conn_name = v;
+         if (strcmp(k, "connectionName") == 0 && BSON_ITER_HOLDS_UTF8(&ii)) {
+            conn_name = bson_iter_utf8(&ii, NULL);
          } else if (strcmp(k, "db") == 0) {
-            db = v;
+            if (!target_name(&ii, &w->db_lit, &w->db_expr, err)) {
+               return false;
+            }
          } else if (strcmp(k, "coll") == 0) {
-            coll = v;
+            if (!target_name(&ii, &w->coll_lit, &w->coll_expr, err)) {
+               return false;
+            }
          }
       }
    }
-   const aspen_conn_t *conn = conn_name ? aspen_conns_find(conns, conn_name)
-                                        : NULL;
-   if (!conn || !db || !coll) {
+   *conn = conn_name ? aspen_conns_find(conns, conn_name) : NULL;
+   if (!*conn || (!w->db_lit && !w->db_expr) ||
+       (!w->coll_lit && !w->coll_expr)) {
       aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
                       "StreamProcessorInvalidOptions: invalid $merge.into");
-      return NULL;
+      return false;
    }
-   aspen_coll_writer_t *w = writer_new(conn, db, coll, err);
-   if (!w) {
-      return NULL;
-   }
-   w->when_matched = WM_MERGE;
-   if (bson_iter_init_find(&it, spec, "on")) {
+   if (bson_iter_init_find(&it, &w->spec, "on")) {
       if (BSON_ITER_HOLDS_UTF8(&it)) {
          w->on[w->n_on++] = aspen_xstrdup(bson_iter_utf8(&it, NULL));
       } else if (BSON_ITER_HOLDS_ARRAY(&it)) {
@@ -357,17 +484,78 @@ aspen_coll_writer_new_merge(const aspen_conns_t *conns, const bson_t *spec,
    if (w->n_on == 0) {
       w->on[w->n_on++] = aspen_xstrdup("_id");
    }
-   if (bson_iter_init_find(&it, spec, "whenMatched") &&
-       BSON_ITER_HOLDS_UTF8(&it)) {
-      const char *m = bson_iter_utf8(&it, NULL);
-      w->when_matched = strcmp(m, "replace") == 0        ? WM_REPLACE
-                        : strcmp(m, "keepExisting") == 0 ? WM_KEEP
-                        : strcmp(m, "delete") == 0       ? WM_DELETE
-                                                         : WM_MERGE;
+   w->when_matched = WM_MERGE;
+   if (bson_iter_init_find(&it, &w->spec, "whenMatched")) {
+      if (BSON_ITER_HOLDS_UTF8(&it)) {
+         const char *m = bson_iter_utf8(&it, NULL);
+         w->when_matched = strcmp(m, "replace") == 0        ? WM_REPLACE
+                           : strcmp(m, "keepExisting") == 0 ? WM_KEEP
+                           : strcmp(m, "delete") == 0       ? WM_DELETE
+                                                            : WM_MERGE;
+      } else if (BSON_ITER_HOLDS_ARRAY(&it)) {
+         uint32_t len;
+         const uint8_t *data;
+         bson_t arr;
+         bson_iter_array(&it, &len, &data);
+         (void) bson_init_static(&arr, data, len);
+         bson_destroy(&w->wm_pipeline);
+         bson_copy_to(&arr, &w->wm_pipeline);
+         w->when_matched = WM_PIPELINE;
+      }
    }
-   if (bson_iter_init_find(&it, spec, "whenNotMatched") &&
+   if (bson_iter_init_find(&it, &w->spec, "whenNotMatched") &&
        BSON_ITER_HOLDS_UTF8(&it)) {
       w->insert_unmatched = strcmp(bson_iter_utf8(&it, NULL), "insert") == 0;
+   }
+   if (bson_iter_init_find(&it, &w->spec, "let") &&
+       BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      bson_iter_t li;
+      size_t n = 0;
+      bson_iter_recurse(&it, &li);
+      while (bson_iter_next(&li)) {
+         n++;
+      }
+      w->let_names = aspen_xcalloc(n + 1, sizeof *w->let_names);
+      w->let_exprs = aspen_xcalloc(n + 1, sizeof *w->let_exprs);
+      bson_iter_recurse(&it, &li);
+      while (bson_iter_next(&li)) {
+         size_t i = w->n_let;
+         if (!aspen_expr_parse(&li, NULL, &w->let_exprs[i], err)) {
+            return false;
+         }
+         w->let_names[i] = aspen_xstrdup(bson_iter_key(&li));
+         w->let_has_new |= strcmp(w->let_names[i], "new") == 0;
+         w->n_let++;
+      }
+   }
+   return true;
+}
+
+aspen_coll_writer_t *
+aspen_coll_writer_new_merge(const aspen_conns_t *conns, const bson_t *spec,
+                            aspen_error_t *err)
+{
+   /* Parse first, so a bad spec fails before any connection attempt. The
+    * writer keeps its own copy of the spec: expressions borrow from it. */
+   /* bson_t members need libbson's 128-byte alignment. */
+   aspen_coll_writer_t *w = BSON_ALIGNED_ALLOC0(aspen_coll_writer_t);
+   bson_copy_to(spec, &w->spec);
+   bson_init(&w->wm_pipeline);
+   w->insert_unmatched = true;
+   const aspen_conn_t *conn = NULL;
+   if (!writer_parse_spec(w, conns, &conn, err) ||
+       !(w->client = aspen__conn_client_new(conn, true, err))) {
+      aspen_coll_writer_destroy(w);
+      return NULL;
+   }
+   if (w->db_lit && w->coll_lit) {
+      target_add(w, w->db_lit, w->coll_lit);
+      w->n_dbs = 1;
+      snprintf(w->ns, sizeof w->ns, "%s.%s", w->db_lit, w->coll_lit);
+   } else {
+      snprintf(w->ns, sizeof w->ns, "%s.%s",
+               w->db_lit ? w->db_lit : "<db expression>",
+               w->coll_lit ? w->coll_lit : "<coll expression>");
    }
    return w;
 }
@@ -384,16 +572,34 @@ aspen_coll_writer_destroy(aspen_coll_writer_t *w)
    if (!w) {
       return;
    }
-   for (size_t i = 0; i < w->n_batch; i++) {
-      bson_destroy(w->batch[i]);
+   for (size_t t = 0; t < w->n_targets; t++) {
+      target_t *tg = &w->targets[t];
+      for (size_t i = 0; i < tg->n_batch; i++) {
+         bson_destroy(tg->batch[i]);
+      }
+      free(tg->batch);
+      free(tg->db);
+      free(tg->coll);
+      mongoc_collection_destroy(tg->mc);
    }
-   free(w->batch);
+   free(w->targets);
    for (int i = 0; i < w->n_on; i++) {
       free(w->on[i]);
    }
-   mongoc_collection_destroy(w->coll);
-   mongoc_client_destroy(w->client);
-   free(w);
+   for (size_t i = 0; i < w->n_let; i++) {
+      free(w->let_names[i]);
+      aspen_expr_destroy(w->let_exprs[i]);
+   }
+   free(w->let_names);
+   free(w->let_exprs);
+   aspen_expr_destroy(w->db_expr);
+   aspen_expr_destroy(w->coll_expr);
+   bson_destroy(&w->wm_pipeline);
+   bson_destroy(&w->spec);
+   if (w->client) {
+      mongoc_client_destroy(w->client);
+   }
+   bson_free(w);
 }
 
 /* Builds the filter on the `on` fields; false if one is missing. */
@@ -413,14 +619,138 @@ on_filter(const aspen_coll_writer_t *w, const bson_t *doc, bson_t *filter,
    return true;
 }
 
+/* Evaluates a dynamic into.db / into.coll for `doc`; false with `why` set
+ * when it does not give a usable name (the document goes to the DLQ). */
+static bool
+eval_name(const aspen_expr_t *e, const bson_t *doc, const char *what,
+          char *out, size_t out_len, char *why, size_t why_len)
+{
+   bson_t meta;
+   bson_iter_t it;
+   aspen_expr_ctx_t ctx = {.root = doc, .meta = NULL, .now_ms = 0};
+   if (bson_iter_init_find(&it, doc, "_stream_meta") &&
+       BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      uint32_t len;
+      const uint8_t *data;
+      bson_iter_document(&it, &len, &data);
+      if (bson_init_static(&meta, data, len)) {
+         ctx.meta = &meta;
+      }
+   }
+   aspen_value_t v;
+   aspen_error_t err;
+   if (!aspen_expr_eval(e, &ctx, &v, &err)) {
+      snprintf(why, why_len,
+               "Failed to evaluate the $merge.into.%s expression: %s", what,
+               err.message);
+      return false;
+   }
+   bool ok = v.v.value_type == BSON_TYPE_UTF8 && v.v.value.v_utf8.len > 0 &&
+             v.v.value.v_utf8.len < out_len &&
+             strlen(v.v.value.v_utf8.str) == v.v.value.v_utf8.len;
+   if (ok) {
+      snprintf(out, out_len, "%s", v.v.value.v_utf8.str);
+   } else {
+      snprintf(why, why_len,
+               "$merge.into.%s must evaluate to a non-empty string, but it "
+               "gave a value of type %s",
+               what, aspen_value_type_name(&v));
+   }
+   aspen_value_destroy(&v);
+   return ok;
+}
+
+/* The target for `doc`: the literal one, or the one its expressions name.
+ * NULL with *fatal false: the document goes to the DLQ with `why`. NULL
+ * with *fatal true: too many targets, err set (the processor fails). */
+static target_t *
+target_for(aspen_coll_writer_t *w, const bson_t *doc, char *why,
+           size_t why_len, bool *fatal, aspen_error_t *err)
+{
+   *fatal = false;
+   if (!w->db_expr && !w->coll_expr) {
+      return &w->targets[0];
+   }
+   char db[256], coll[256];
+   if (w->db_expr) {
+      if (!eval_name(w->db_expr, doc, "db", db, sizeof db, why, why_len)) {
+         return NULL;
+      }
+   } else {
+      snprintf(db, sizeof db, "%s", w->db_lit);
+   }
+   if (w->coll_expr) {
+      if (!eval_name(w->coll_expr, doc, "coll", coll, sizeof coll, why,
+                     why_len)) {
+         return NULL;
+      }
+   } else {
+      snprintf(coll, sizeof coll, "%s", w->coll_lit);
+   }
+   bool db_known = false;
+   for (size_t i = 0; i < w->n_targets; i++) {
+      target_t *t = &w->targets[i];
+      if (strcmp(t->db, db) == 0) {
+         if (strcmp(t->coll, coll) == 0) {
+            return t;
+         }
+         db_known = true;
+      }
+   }
+   /* ASP's limits on dynamic targets, with its messages. */
+   if (!db_known && w->n_dbs >= ASPEN_MERGE_MAX_TARGETS) {
+      *fatal = true;
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorTooManyOutputTargets,
+                      "Too many unique databases: %zu", w->n_dbs);
+      return NULL;
+   }
+   if (w->n_targets >= ASPEN_MERGE_MAX_TARGETS) {
+      *fatal = true;
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorTooManyOutputTargets,
+                      "Too many unique collections: %zu", w->n_targets);
+      return NULL;
+   }
+   if (!db_known) {
+      w->n_dbs++;
+   }
+   return target_add(w, db, coll);
+}
+
 bool
 aspen_coll_writer_add(aspen_coll_writer_t *w, const bson_t *doc,
                       aspen_coll_writer_fail_fn on_fail, void *arg,
                       aspen_error_t *err)
 {
-   w->batch[w->n_batch++] = bson_copy(doc);
-   w->batch_bytes += doc->len;
-   if (w->n_batch >= BATCH_DOCS || w->batch_bytes >= BATCH_BYTES) {
+   char why[ASPEN_ERROR_MSG_MAX];
+   bool fatal;
+   target_t *t = target_for(w, doc, why, sizeof why, &fatal, err);
+   if (!t) {
+      if (fatal) {
+         return false;
+      }
+      on_fail(arg, doc, why);
+      return true;
+   }
+   if (t->n_batch == t->cap) {
+      t->cap = t->cap ? t->cap * 2 : 16;
+      t->batch = aspen_xrealloc(t->batch, t->cap * sizeof *t->batch);
+   }
+   bson_t *copy;
+   if (w->plain_insert && !bson_has_field(doc, "_id")) {
+      /* The _id is fixed before the first attempt, so a retried insert
+       * cannot write the same entry twice. */
+      bson_oid_t oid;
+      bson_oid_init(&oid, NULL);
+      copy = bson_new();
+      BSON_APPEND_OID(copy, "_id", &oid);
+      bson_concat(copy, doc);
+   } else {
+      copy = bson_copy(doc);
+   }
+   t->batch[t->n_batch++] = copy;
+   w->n_queued++;
+   w->queued_bytes += copy->len;
+   if (w->n_queued >= BATCH_DOCS || w->queued_bytes >= BATCH_BYTES) {
       return aspen_coll_writer_flush(w, on_fail, arg, err);
    }
    return true;
@@ -477,6 +807,7 @@ add_write(aspen_coll_writer_t *w, mongoc_bulk_operation_t *bulk,
       ok = mongoc_bulk_operation_remove_one_with_opts(bulk, &filter, NULL,
                                                       berr);
       break;
+   case WM_PIPELINE: /* written one by one: see write_with_pipeline */
    case WM_MERGE:
    default: {
       bson_t update = BSON_INITIALIZER;
@@ -492,29 +823,216 @@ add_write(aspen_coll_writer_t *w, mongoc_bulk_operation_t *bulk,
    return ok;
 }
 
-bool
-aspen_coll_writer_flush(aspen_coll_writer_t *w,
-                        aspen_coll_writer_fail_fn on_fail, void *arg,
-                        aspen_error_t *err)
+/* The DLQ reason for a document the server refused, in ASP's words. */
+static void
+write_error_reason(int32_t code, const char *msg, char *out, size_t len)
 {
-   if (w->n_batch == 0) {
+   const char *name = code == 11000 ? "DuplicateKey"
+                                    : aspen_error_code_name(code);
+   snprintf(out, len,
+            "Failed to process an input document in the current batch in "
+            "MergeOperator with error: code = %s, reason = %s",
+            name, msg);
+}
+
+/* ---- whenMatched pipelines ------------------------------------------------ */
+
+/* The whenMatched pipeline for `doc`, its variables bound: `new` is the
+ * incoming document (unless `let` defines it), and each `let` variable is
+ * evaluated against it. False with `why` set on an evaluation error. */
+static bool
+bind_pipeline(const aspen_coll_writer_t *w, const bson_t *doc, bson_t *out,
+              char *why, size_t why_len)
+{
+   size_t n = w->n_let + 1;
+   const char **names = aspen_xcalloc(n, sizeof *names);
+   aspen_value_t *values = aspen_xcalloc(n, sizeof *values);
+   aspen_expr_ctx_t ctx = {.root = doc, .meta = NULL, .now_ms = 0};
+   size_t k = 0;
+   bool ok = true;
+   for (size_t i = 0; i < w->n_let && ok; i++) {
+      aspen_error_t err;
+      names[k] = w->let_names[i];
+      if (!aspen_expr_eval(w->let_exprs[i], &ctx, &values[k], &err)) {
+         snprintf(why, why_len, "Failed to evaluate $merge.let.%s: %s",
+                  w->let_names[i], err.message);
+         ok = false;
+         break;
+      }
+      k++;
+   }
+   if (ok && !w->let_has_new) {
+      names[k] = "new";
+      values[k].v.value_type = BSON_TYPE_DOCUMENT;
+      values[k].v.value.v_doc.data = (uint8_t *) bson_get_data(doc);
+      values[k].v.value.v_doc.data_len = doc->len;
+      values[k].owned = false;
+      k++;
+   }
+   bson_init(out);
+   if (ok) {
+      aspen__vars_substitute(&w->wm_pipeline, out, names, values, k);
+   }
+   for (size_t i = 0; i < k; i++) {
+      aspen_value_destroy(&values[i]);
+   }
+   free(names);
+   free(values);
+   return ok;
+}
+
+/* Reads writeErrors[0] of a failed single write into a DLQ reason. */
+static bool
+single_write_error(const bson_t *reply, char *why, size_t why_len,
+                   int32_t *code_out)
+{
+   bson_iter_t it, ei, f;
+   if (!bson_iter_init_find(&it, reply, "writeErrors") ||
+       !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &ei) ||
+       !bson_iter_next(&ei) || !bson_iter_recurse(&ei, &f)) {
+      return false;
+   }
+   int32_t code = 0;
+   const char *msg = "";
+   while (bson_iter_next(&f)) {
+      if (strcmp(bson_iter_key(&f), "code") == 0) {
+         code = (int32_t) bson_iter_as_int64(&f);
+      } else if (strcmp(bson_iter_key(&f), "errmsg") == 0 &&
+                 BSON_ITER_HOLDS_UTF8(&f)) {
+         msg = bson_iter_utf8(&f, NULL);
+      }
+   }
+   *code_out = code;
+   write_error_reason(code, msg, why, why_len);
+   return true;
+}
+
+/* Writes one document with a whenMatched pipeline: an update with the
+ * bound pipeline on the `on` match (no upsert: an upsert would run the
+ * pipeline on an empty document), then, if nothing matched and
+ * whenNotMatched is insert, the document itself, as mongod's $merge does.
+ * A duplicate key on that insert means a concurrent writer inserted it
+ * first, so the update is tried once more. False (err set) only when the
+ * server cannot be reached. */
+static bool
+write_with_pipeline(aspen_coll_writer_t *w, target_t *t, const bson_t *doc,
+                    aspen_coll_writer_fail_fn on_fail, void *arg,
+                    bson_error_t *berr)
+{
+   char why[ASPEN_ERROR_MSG_MAX];
+   bson_t filter = BSON_INITIALIZER, pipeline;
+   const char *missing = NULL;
+   if (!on_filter(w, doc, &filter, &missing)) {
+      snprintf(why, sizeof why,
+               "$merge write error: 'on' field '%s' cannot be missing, null, "
+               "undefined or an array",
+               missing);
+      on_fail(arg, doc, why);
+      bson_destroy(&filter);
       return true;
+   }
+   if (!bind_pipeline(w, doc, &pipeline, why, sizeof why)) {
+      on_fail(arg, doc, why);
+      bson_destroy(&filter);
+      bson_destroy(&pipeline);
+      return true;
+   }
+   bool ok = true;
+   for (int attempt = 0; attempt < 2; attempt++) {
+      bson_t reply;
+      int32_t code = 0;
+      if (!mongoc_collection_update_one(t->mc, &filter, &pipeline, NULL,
+                                        &reply, berr)) {
+         if (single_write_error(&reply, why, sizeof why, &code)) {
+            on_fail(arg, doc, why);
+         } else if (is_transient(berr)) {
+            ok = false;
+         } else {
+            write_error_reason((int32_t) berr->code, berr->message, why,
+                               sizeof why);
+            on_fail(arg, doc, why);
+         }
+         bson_destroy(&reply);
+         break;
+      }
+      bson_iter_t it;
+      int64_t matched = 0;
+      if (bson_iter_init_find(&it, &reply, "matchedCount")) {
+         matched = bson_iter_as_int64(&it);
+      }
+      bson_destroy(&reply);
+      if (matched > 0 || !w->insert_unmatched) {
+         break;
+      }
+      if (mongoc_collection_insert_one(t->mc, doc, NULL, &reply, berr)) {
+         bson_destroy(&reply);
+         break;
+      }
+      bool dup = single_write_error(&reply, why, sizeof why, &code) &&
+                 code == 11000;
+      bson_destroy(&reply);
+      if (dup && attempt == 0) {
+         continue;
+      }
+      if (!dup && is_transient(berr)) {
+         ok = false;
+      } else {
+         if (code == 0) {
+            write_error_reason((int32_t) berr->code, berr->message, why,
+                               sizeof why);
+         }
+         on_fail(arg, doc, why);
+      }
+      break;
+   }
+   bson_destroy(&filter);
+   bson_destroy(&pipeline);
+   return ok;
+}
+
+/* Writes one target's queued documents. False (err set) when the server
+ * could not be reached: the batch is kept for the next attempt. Documents
+ * the server refused go to on_fail and leave the batch. */
+static bool
+flush_target(aspen_coll_writer_t *w, target_t *t,
+             aspen_coll_writer_fail_fn on_fail, void *arg, aspen_error_t *err)
+{
+   if (t->n_batch == 0) {
+      return true;
+   }
+   char ns[600];
+   snprintf(ns, sizeof ns, "%s.%s", t->db, t->coll);
+   if (w->when_matched == WM_PIPELINE && !w->plain_insert) {
+      size_t done = 0;
+      bool ok = true;
+      for (; done < t->n_batch; done++) {
+         bson_error_t berr;
+         if (!write_with_pipeline(w, t, t->batch[done], on_fail, arg, &berr)) {
+            aspen_error_set(err, ASPEN_ERR_StreamProcessorAtlasConnectionError,
+                            "$merge to %s failed: %s", ns, berr.message);
+            ok = false;
+            break;
+         }
+         bson_destroy(t->batch[done]);
+      }
+      /* Keep what was not written, in order. */
+      memmove(t->batch, t->batch + done, (t->n_batch - done) * sizeof *t->batch);
+      t->n_batch -= done;
+      return ok;
    }
    bson_t opts = BSON_INITIALIZER;
    BSON_APPEND_BOOL(&opts, "ordered", false);
    mongoc_bulk_operation_t *bulk =
-      mongoc_collection_create_bulk_operation_with_opts(w->coll, &opts);
+      mongoc_collection_create_bulk_operation_with_opts(t->mc, &opts);
    bson_destroy(&opts);
    /* index in the bulk -> index in the batch */
-   size_t *map = aspen_xcalloc(w->n_batch, sizeof *map);
+   size_t *map = aspen_xcalloc(t->n_batch, sizeof *map);
    size_t n_ops = 0;
-   for (size_t i = 0; i < w->n_batch; i++) {
+   for (size_t i = 0; i < t->n_batch; i++) {
       bson_error_t berr;
       char why[256] = "";
-      uint32_t before = n_ops;
-      (void) before;
-      if (!add_write(w, bulk, w->batch[i], &berr, why, sizeof why)) {
-         on_fail(arg, w->batch[i], *why ? why : berr.message);
+      if (!add_write(w, bulk, t->batch[i], &berr, why, sizeof why)) {
+         on_fail(arg, t->batch[i], *why ? why : berr.message);
          continue;
       }
       map[n_ops++] = i;
@@ -549,24 +1067,21 @@ aspen_coll_writer_flush(aspen_coll_writer_t *w,
                   }
                }
                any_write_errors = true;
+               /* A retried DLQ insert that had reached the server already:
+                * its fixed _id makes it a duplicate, and it is written. */
+               if (w->plain_insert && code == 11000) {
+                  continue;
+               }
                if (index >= 0 && (size_t) index < n_ops) {
                   char reason[1024];
-                  const char *name = aspen_error_code_name(code);
-                  if (code == 11000) {
-                     name = "DuplicateKey";
-                  }
-                  snprintf(reason, sizeof reason,
-                           "Failed to process an input document in the "
-                           "current batch in MergeOperator with error: code "
-                           "= %s, reason = %s",
-                           name, msg);
-                  on_fail(arg, w->batch[map[index]], reason);
+                  write_error_reason(code, msg, reason, sizeof reason);
+                  on_fail(arg, t->batch[map[index]], reason);
                }
             }
          }
          if (!any_write_errors) {
             aspen_error_set(err, ASPEN_ERR_StreamProcessorAtlasConnectionError,
-                            "$merge to %s failed: %s", w->ns, berr.message);
+                            "$merge to %s failed: %s", ns, berr.message);
             ok = false;
          }
       }
@@ -575,12 +1090,51 @@ aspen_coll_writer_flush(aspen_coll_writer_t *w,
    mongoc_bulk_operation_destroy(bulk);
    free(map);
    if (ok) {
-      for (size_t i = 0; i < w->n_batch; i++) {
-         bson_destroy(w->batch[i]);
+      for (size_t i = 0; i < t->n_batch; i++) {
+         bson_destroy(t->batch[i]);
       }
-      w->n_batch = 0;
-      w->batch_bytes = 0;
+      t->n_batch = 0;
    }
+   return ok;
+}
+
+bool
+aspen_coll_writer_flush(aspen_coll_writer_t *w,
+                        aspen_coll_writer_fail_fn on_fail, void *arg,
+                        aspen_error_t *err)
+{
+   bool ok = true;
+   for (size_t i = 0; i < w->n_targets; i++) {
+      /* A transient failure (the server restarting, a failover) is retried
+       * a few times before the caller fails the processor. */
+      for (int attempt = 0;; attempt++) {
+         if (flush_target(w, &w->targets[i], on_fail, arg, err)) {
+            break;
+         }
+         if (attempt + 1 >= FLUSH_ATTEMPTS) {
+            ok = false;
+            break;
+         }
+         aspen_logf(ASPEN_LOG_WARNING, "STREAMS", w->ns,
+                    "write to %s.%s failed (%s); retrying", w->targets[i].db,
+                    w->targets[i].coll, err->message);
+         struct timespec pause = {.tv_sec = 0,
+                                  .tv_nsec = 200000000L << attempt};
+         nanosleep(&pause, NULL);
+      }
+      if (!ok) {
+         break;
+      }
+   }
+   size_t queued = 0, bytes = 0;
+   for (size_t i = 0; i < w->n_targets; i++) {
+      for (size_t j = 0; j < w->targets[i].n_batch; j++) {
+         queued++;
+         bytes += w->targets[i].batch[j]->len;
+      }
+   }
+   w->n_queued = queued;
+   w->queued_bytes = bytes;
    return ok;
 }
 

@@ -20,6 +20,8 @@ extern const aspen_stage_ops_t aspen_stage_replace_root_ops;
 extern const aspen_stage_ops_t aspen_stage_replace_with_ops;
 extern const aspen_stage_ops_t aspen_stage_unwind_ops;
 extern const aspen_stage_ops_t aspen_stage_merge_ops;
+extern const aspen_stage_ops_t aspen_stage_lookup_ops;
+extern const aspen_stage_ops_t aspen_stage_cached_lookup_ops;
 extern const aspen_stage_ops_t aspen_stage_emit_ops;
 
 /* ---- $match ------------------------------------------------------------- */
@@ -36,7 +38,7 @@ match_destroy(aspen_stage_t *st)
    if (m) {
       aspen_matcher_destroy(m->m);
       bson_destroy(&m->filter);
-      free(m);
+      bson_free(m);
       st->state = NULL;
    }
 }
@@ -51,7 +53,7 @@ match_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
                       "the match filter must be an expression in an object");
       return false;
    }
-   match_t *m = aspen_xcalloc(1, sizeof *m);
+   match_t *m = BSON_ALIGNED_ALLOC0(match_t); /* bson_t: 128-aligned */
    uint32_t len;
    const uint8_t *data;
    bson_t f;
@@ -100,7 +102,7 @@ validate_destroy(aspen_stage_t *st)
    if (v) {
       aspen_matcher_destroy(v->m);
       bson_destroy(&v->validator);
-      free(v);
+      bson_free(v);
       st->state = NULL;
    }
 }
@@ -114,7 +116,7 @@ validate_parse(aspen_stage_t *st, const bson_iter_t *arg,
                       "$validate specification must be an object");
       return false;
    }
-   validate_t *v = aspen_xcalloc(1, sizeof *v);
+   validate_t *v = BSON_ALIGNED_ALLOC0(validate_t); /* bson_t: 128-aligned */
    bson_init(&v->validator);
    st->state = v;
    uint32_t len;
@@ -410,8 +412,6 @@ NOT_YET(group_ops, "$group");
 NOT_YET(sort_ops, "$sort");
 NOT_YET(limit_ops, "$limit");
 NOT_YET(count_ops, "$count");
-NOT_YET(lookup_ops, "$lookup");
-NOT_YET(cached_lookup_ops, "$cachedLookup");
 NOT_YET(https_ops, "$https");
 NOT_YET(external_function_ops, "$externalFunction");
 NOT_YET(set_stream_meta_ops, "$setStreamMeta");
@@ -439,10 +439,10 @@ static const struct {
    {"$unset", &aspen_stage_unset_ops, MW},
    {"$unwind", &aspen_stage_unwind_ops, MW},
    {"$validate", &validate_ops, MW},
-   {"$lookup", &lookup_ops, MW},
+   {"$lookup", &aspen_stage_lookup_ops, MW},
    {"$https", &https_ops, MW},
    {"$externalFunction", &external_function_ops, MW},
-   {"$cachedLookup", &cached_lookup_ops, M},
+   {"$cachedLookup", &aspen_stage_cached_lookup_ops, M},
    {"$setStreamMeta", &set_stream_meta_ops, M},
    {"$throttle", &throttle_ops, M},
    {"$tumblingWindow", &tumbling_ops, M},

@@ -1,0 +1,808 @@
+/*
+ * source_change_stream.c - the change-stream $source of an atlas
+ * connection (../shared/spec/asp-semantics.md §2.3): a mongoc watch on one
+ * collection, a list of collections (a database watch filtered on
+ * ns.coll), a whole database, or the whole deployment.
+ *
+ * Each change event becomes one stream document: the event itself, or only
+ * its fullDocument with `fullDocumentOnly`. Its event time is the event's
+ * wallTime, else its clusterTime seconds (the $source timeField, applied by
+ * the runtime, wins), and its metadata is {source: {type: "atlas",
+ * operationType, ns, documentKey}}.
+ *
+ * The last resume token seen is the source's position: checkpoints read it
+ * with aspen__change_stream_resume_token, and when the cursor fails with a
+ * resumable error (network, failover, a restarted server) the source opens
+ * a new watch with startAfter set to it, retrying with a capped backoff
+ * until it succeeds or the processor stops. Any other error fails the
+ * processor. Everything here runs on the processor's thread, except the
+ * token accessor.
+ */
+#include "source.h"
+#include "source_change_stream.h"
+
+#include <mongoc/mongoc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define ASPEN_LOG_DOMAIN "STREAMS"
+#define DEFAULT_MAX_AWAIT_MS 1000
+#define RETRY_FIRST_MS 250
+#define RETRY_MAX_MS 10000
+#define FLUSH_EVERY_MS 100
+
+/* ---- options ------------------------------------------------------------ */
+
+typedef struct {
+   const char *db;           /* NULL: the whole deployment */
+   const char *coll;         /* one collection, or NULL */
+   bson_t colls;             /* a list of collections (array), or empty */
+   bool has_coll_list;
+   bson_t start_after;       /* resume token given by the user, or empty */
+   bool has_start_after;
+   bool has_start_at;
+   uint32_t start_at_t, start_at_i;
+   const char *full_document;   /* "default", "updateLookup", ... */
+   bool full_document_only;
+   const char *before_change;   /* "off", "whenAvailable", "required" */
+   bson_t pipeline;             /* config.pipeline (array), or empty */
+   int32_t max_await_ms;
+   const char *read_preference; /* NULL: primary */
+} cs_opts_t;
+
+static const char *const top_options[] = {
+   "db", "coll", "config", "initialSync", "readPreference",
+   "readPreferenceTags", NULL};
+
+bool
+aspen__change_stream_is_option(const char *key)
+{
+   for (int i = 0; top_options[i]; i++) {
+      if (strcmp(top_options[i], key) == 0) {
+         return true;
+      }
+   }
+   return false;
+}
+
+static const char *
+type_name(const bson_iter_t *it)
+{
+   aspen_value_t v = aspen_value_borrow(it);
+   return aspen_value_type_name(&v);
+}
+
+static void
+wrong_type(aspen_error_t *err, aspen_parse_ctx_t *pc, const char *field,
+           const bson_iter_t *it, const char *want)
+{
+   aspen_parse_error(err, pc, field,
+                     "BSON field '%s' is the wrong type '%s', expected type "
+                     "'%s'",
+                     field, type_name(it), want);
+}
+
+static bool
+one_of(const char *s, const char *const *allowed)
+{
+   for (int i = 0; allowed[i]; i++) {
+      if (strcmp(s, allowed[i]) == 0) {
+         return true;
+      }
+   }
+   return false;
+}
+
+static bool
+parse_enum(const bson_iter_t *it, aspen_parse_ctx_t *pc, const char *field,
+           const char *const *allowed, const char **out, aspen_error_t *err)
+{
+   if (!BSON_ITER_HOLDS_UTF8(it)) {
+      wrong_type(err, pc, field, it, "string");
+      return false;
+   }
+   const char *s = bson_iter_utf8(it, NULL);
+   if (!one_of(s, allowed)) {
+      aspen_parse_error(err, pc, field,
+                        "Enumeration value '%s' for field '%s' is not a valid "
+                        "value.",
+                        s, field);
+      return false;
+   }
+   *out = s;
+   return true;
+}
+
+static void
+view_of(const bson_iter_t *it, bson_t *out)
+{
+   uint32_t len;
+   const uint8_t *data;
+   if (BSON_ITER_HOLDS_ARRAY(it)) {
+      bson_iter_array(it, &len, &data);
+   } else {
+      bson_iter_document(it, &len, &data);
+   }
+   (void) bson_init_static(out, data, len);
+}
+
+static bool
+parse_config(const bson_iter_t *cit, cs_opts_t *o, aspen_parse_ctx_t *pc,
+             aspen_error_t *err)
+{
+   static const char *const full_modes[] = {"default", "updateLookup",
+                                            "required", "whenAvailable", NULL};
+   static const char *const before_modes[] = {"off", "whenAvailable",
+                                              "required", NULL};
+   bson_t config;
+   bson_iter_t it;
+   view_of(cit, &config);
+   bson_iter_init(&it, &config);
+   while (bson_iter_next(&it)) {
+      const char *k = bson_iter_key(&it);
+      char field[96];
+      snprintf(field, sizeof field, "$source.config.%s", k);
+      if (strcmp(k, "startAfter") == 0 || strcmp(k, "resumeAfter") == 0) {
+         if (!BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            wrong_type(err, pc, field, &it, "object");
+            return false;
+         }
+         view_of(&it, &o->start_after);
+         o->has_start_after = true;
+      } else if (strcmp(k, "startAtOperationTime") == 0) {
+         if (BSON_ITER_HOLDS_TIMESTAMP(&it)) {
+            bson_iter_timestamp(&it, &o->start_at_t, &o->start_at_i);
+         } else if (BSON_ITER_HOLDS_DATE_TIME(&it)) {
+            /* ASP: a Date becomes a Timestamp of its whole seconds. */
+            int64_t ms = bson_iter_date_time(&it);
+            int64_t secs = ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000);
+            if (secs < 0 || secs > UINT32_MAX) {
+               aspen_parse_error(err, pc, field,
+                                 "'%s' is out of range for a Timestamp",
+                                 field);
+               return false;
+            }
+            o->start_at_t = (uint32_t) secs;
+            o->start_at_i = 0;
+         } else {
+            wrong_type(err, pc, field, &it, "[timestamp, date]");
+            return false;
+         }
+         o->has_start_at = true;
+      } else if (strcmp(k, "fullDocument") == 0) {
+         if (!parse_enum(&it, pc, field, full_modes, &o->full_document, err)) {
+            return false;
+         }
+      } else if (strcmp(k, "fullDocumentOnly") == 0) {
+         if (!BSON_ITER_HOLDS_BOOL(&it)) {
+            wrong_type(err, pc, field, &it, "bool");
+            return false;
+         }
+         o->full_document_only = bson_iter_bool(&it);
+      } else if (strcmp(k, "fullDocumentBeforeChange") == 0) {
+         if (!parse_enum(&it, pc, field, before_modes, &o->before_change,
+                         err)) {
+            return false;
+         }
+      } else if (strcmp(k, "pipeline") == 0) {
+         if (!BSON_ITER_HOLDS_ARRAY(&it)) {
+            wrong_type(err, pc, field, &it, "array");
+            return false;
+         }
+         bson_t arr;
+         bson_iter_t ai;
+         view_of(&it, &arr);
+         bson_iter_init(&ai, &arr);
+         while (bson_iter_next(&ai)) {
+            if (!BSON_ITER_HOLDS_DOCUMENT(&ai)) {
+               aspen_parse_error(err, pc, field,
+                                 "Each element of the 'pipeline' array must "
+                                 "be an object");
+               return false;
+            }
+         }
+         o->pipeline = arr;
+      } else if (strcmp(k, "maxAwaitTimeMS") == 0) {
+         if (!BSON_ITER_HOLDS_INT32(&it) && !BSON_ITER_HOLDS_INT64(&it) &&
+             !BSON_ITER_HOLDS_DOUBLE(&it)) {
+            wrong_type(err, pc, field, &it, "int");
+            return false;
+         }
+         int64_t ms = bson_iter_as_int64(&it);
+         if (ms < 1 || ms > INT32_MAX) {
+            aspen_parse_error(err, pc, field,
+                              "'%s' must be a positive number of "
+                              "milliseconds",
+                              field);
+            return false;
+         }
+         o->max_await_ms = (int32_t) ms;
+      } else {
+         aspen_parse_error(err, pc, field,
+                           "BSON field '%s' is an unknown field.", field);
+         return false;
+      }
+   }
+   return true;
+}
+
+/* Reads the change-stream options of a $source spec into `o` (views into
+ * `spec`). */
+static bool
+parse_opts(const bson_t *spec, cs_opts_t *o, aspen_parse_ctx_t *pc,
+           aspen_error_t *err)
+{
+   memset(o, 0, sizeof *o);
+   bson_init(&o->colls);
+   bson_init(&o->start_after);
+   bson_init(&o->pipeline);
+   o->full_document = "default";
+   o->before_change = "off";
+   o->max_await_ms = DEFAULT_MAX_AWAIT_MS;
+   bool has_coll = false;
+   bson_iter_t it;
+   bson_iter_init(&it, spec);
+   while (bson_iter_next(&it)) {
+      const char *k = bson_iter_key(&it);
+      char field[96];
+      snprintf(field, sizeof field, "$source.%s", k);
+      if (strcmp(k, "db") == 0) {
+         if (!BSON_ITER_HOLDS_UTF8(&it)) {
+            wrong_type(err, pc, field, &it, "string");
+            return false;
+         }
+         o->db = bson_iter_utf8(&it, NULL);
+         if (!*o->db) {
+            aspen_parse_error(err, pc, field,
+                              "Cannot specify an empty database name to "
+                              "$source when configuring a change stream");
+            return false;
+         }
+      } else if (strcmp(k, "coll") == 0) {
+         has_coll = true;
+         if (BSON_ITER_HOLDS_UTF8(&it)) {
+            o->coll = bson_iter_utf8(&it, NULL);
+            if (!*o->coll) {
+               aspen_parse_error(err, pc, field,
+                                 "Cannot specify an empty collection name to "
+                                 "$source when configuring a change stream");
+               return false;
+            }
+         } else if (BSON_ITER_HOLDS_ARRAY(&it)) {
+            bson_t arr;
+            bson_iter_t ai;
+            view_of(&it, &arr);
+            bson_iter_init(&ai, &arr);
+            int n = 0;
+            while (bson_iter_next(&ai)) {
+               if (!BSON_ITER_HOLDS_UTF8(&ai) ||
+                   !*bson_iter_utf8(&ai, NULL)) {
+                  aspen_parse_error(err, pc, field,
+                                    "Each element of '$source.coll' must be "
+                                    "a non-empty collection name");
+                  return false;
+               }
+               n++;
+            }
+            if (n == 0) {
+               aspen_parse_error(err, pc, field,
+                                 "'$source.coll' must name at least one "
+                                 "collection");
+               return false;
+            }
+            o->colls = arr;
+            o->has_coll_list = true;
+         } else {
+            wrong_type(err, pc, field, &it, "[string, array]");
+            return false;
+         }
+      } else if (strcmp(k, "config") == 0) {
+         if (!BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            wrong_type(err, pc, field, &it, "object");
+            return false;
+         }
+         if (!parse_config(&it, o, pc, err)) {
+            return false;
+         }
+      } else if (strcmp(k, "readPreference") == 0) {
+         static const char *const modes[] = {
+            "primary", "primaryPreferred", "secondary", "secondaryPreferred",
+            "nearest", NULL};
+         if (!parse_enum(&it, pc, field, modes, &o->read_preference, err)) {
+            return false;
+         }
+      } else if (strcmp(k, "readPreferenceTags") == 0) {
+         if (!BSON_ITER_HOLDS_ARRAY(&it)) {
+            wrong_type(err, pc, field, &it, "array");
+            return false;
+         }
+      } else if (strcmp(k, "initialSync") == 0) {
+         /* Refused by name rather than accepted and ignored: a processor
+          * that silently skipped the initial copy would lose data. */
+         aspen_parse_error(err, pc, field,
+                           "$source.initialSync is supported by Atlas Stream "
+                           "Processing but not yet by this version of aspen");
+         return false;
+      }
+   }
+   if (has_coll && !o->db) {
+      aspen_parse_error(err, pc, "$source.coll",
+                        "If coll is specified, db must be specified.");
+      return false;
+   }
+   if (o->has_start_after && o->has_start_at) {
+      aspen_parse_error(err, pc, "$source.config",
+                        "startAfter and startAtOperationTime cannot both be "
+                        "set");
+      return false;
+   }
+   /* ASP checks the mode whenever fullDocumentOnly is given; aspen only when
+    * it is true, since `false` asks for nothing the mode could contradict. */
+   if (o->full_document_only && strcmp(o->full_document, "updateLookup") != 0 &&
+       strcmp(o->full_document, "required") != 0) {
+      aspen_parse_error(err, pc, "$source.config.fullDocumentOnly",
+                        "fullDocumentOnly is set to true, fullDocument mode "
+                        "can either be updateLookup or required");
+      return false;
+   }
+   if (strcmp(o->before_change, "off") != 0 && o->full_document_only) {
+      aspen_parse_error(err, pc, "$source.config.fullDocumentBeforeChange",
+                        "fullDocumentBeforeChange is set, so fullDocumentOnly "
+                        "should not be set.");
+      return false;
+   }
+   return true;
+}
+
+bool
+aspen__change_stream_check(const aspen_source_spec_t *src,
+                           aspen_parse_ctx_t *pc, aspen_error_t *err)
+{
+   cs_opts_t o;
+   return parse_opts(&src->spec, &o, pc, err);
+}
+
+/* ---- the running source ---------------------------------------------------- */
+
+typedef struct {
+   cs_opts_t o;
+   const aspen_conn_t *conn;
+   mongoc_client_t *client;
+   mongoc_change_stream_t *stream;
+   char what[300]; /* "change stream on db.coll (connection 'x')" */
+   pthread_mutex_t mu; /* guards token */
+   bson_t token;
+   bool has_token;
+} cs_t;
+
+bool
+aspen__change_stream_resume_token(void *state, bson_t *out)
+{
+   cs_t *cs = state;
+   bson_init(out);
+   if (!cs) {
+      return false;
+   }
+   pthread_mutex_lock(&cs->mu);
+   bool has = cs->has_token;
+   if (has) {
+      bson_concat(out, &cs->token);
+   }
+   pthread_mutex_unlock(&cs->mu);
+   return has;
+}
+
+static void
+set_token(cs_t *cs, const bson_t *token)
+{
+   pthread_mutex_lock(&cs->mu);
+   bson_reinit(&cs->token);
+   bson_concat(&cs->token, token);
+   cs->has_token = true;
+   pthread_mutex_unlock(&cs->mu);
+}
+
+/* The watch's pipeline: {pipeline: [<ns.coll filter>?, ...config.pipeline]}. */
+static void
+build_pipeline(const cs_t *cs, bson_t *out)
+{
+   bson_t arr, stage, match, in;
+   bson_init(out);
+   BSON_APPEND_ARRAY_BEGIN(out, "pipeline", &arr);
+   uint32_t i = 0;
+   char key[16];
+   const char *k;
+   if (cs->o.has_coll_list) {
+      bson_uint32_to_string(i++, &k, key, sizeof key);
+      BSON_APPEND_DOCUMENT_BEGIN(&arr, k, &stage);
+      BSON_APPEND_DOCUMENT_BEGIN(&stage, "$match", &match);
+      BSON_APPEND_DOCUMENT_BEGIN(&match, "ns.coll", &in);
+      BSON_APPEND_ARRAY(&in, "$in", &cs->o.colls);
+      bson_append_document_end(&match, &in);
+      bson_append_document_end(&stage, &match);
+      bson_append_document_end(&arr, &stage);
+   }
+   bson_iter_t it;
+   bson_iter_init(&it, &cs->o.pipeline);
+   while (bson_iter_next(&it)) {
+      bson_uint32_to_string(i++, &k, key, sizeof key);
+      bson_append_iter(&arr, k, -1, &it);
+   }
+   bson_append_array_end(out, &arr);
+}
+
+static void
+build_opts(cs_t *cs, bson_t *out)
+{
+   bson_init(out);
+   if (strcmp(cs->o.full_document, "default") != 0) {
+      BSON_APPEND_UTF8(out, "fullDocument", cs->o.full_document);
+   }
+   if (strcmp(cs->o.before_change, "off") != 0) {
+      BSON_APPEND_UTF8(out, "fullDocumentBeforeChange", cs->o.before_change);
+   }
+   BSON_APPEND_INT64(out, "maxAwaitTimeMS", cs->o.max_await_ms);
+   bson_t token;
+   if (aspen__change_stream_resume_token(cs, &token)) {
+      /* startAfter, not resumeAfter: it also resumes after an invalidate. */
+      BSON_APPEND_DOCUMENT(out, "startAfter", &token);
+   } else if (cs->o.has_start_after) {
+      BSON_APPEND_DOCUMENT(out, "startAfter", &cs->o.start_after);
+   } else if (cs->o.has_start_at) {
+      BSON_APPEND_TIMESTAMP(out, "startAtOperationTime", cs->o.start_at_t,
+                            cs->o.start_at_i);
+   }
+   bson_destroy(&token);
+}
+
+/* Resumable as the change-stream spec defines it: network and server
+ * selection errors, the ResumableChangeStreamError label, or one of the
+ * codes older servers send without labels. */
+static bool
+is_resumable(const bson_error_t *berr, const bson_t *reply)
+{
+   static const uint32_t codes[] = {
+      6,     /* HostUnreachable */
+      7,     /* HostNotFound */
+      43,    /* CursorNotFound */
+      63,    /* StaleShardVersion */
+      89,    /* NetworkTimeout */
+      91,    /* ShutdownInProgress */
+      133,   /* FailedToSatisfyReadPreference */
+      150,   /* StaleEpoch */
+      189,   /* PrimarySteppedDown */
+      234,   /* RetryChangeStream */
+      262,   /* ExceededTimeLimit */
+      9001,  /* SocketException */
+      10107, /* NotWritablePrimary */
+      11600, /* InterruptedAtShutdown */
+      11602, /* InterruptedDueToReplStateChange */
+      13388, /* StaleConfig */
+      13435, /* NotPrimaryNoSecondaryOk */
+      13436, /* NotPrimaryOrSecondary */
+   };
+   if (berr->domain == MONGOC_ERROR_STREAM ||
+       berr->domain == MONGOC_ERROR_SERVER_SELECTION) {
+      return true;
+   }
+   bson_iter_t it, li;
+   if (reply && bson_iter_init_find(&it, reply, "errorLabels") &&
+       BSON_ITER_HOLDS_ARRAY(&it) && bson_iter_recurse(&it, &li)) {
+      while (bson_iter_next(&li)) {
+         if (BSON_ITER_HOLDS_UTF8(&li) &&
+             strcmp(bson_iter_utf8(&li, NULL), "ResumableChangeStreamError") ==
+                0) {
+            return true;
+         }
+      }
+   }
+   if (berr->domain == MONGOC_ERROR_SERVER ||
+       berr->domain == MONGOC_ERROR_QUERY) {
+      for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+         if (berr->code == codes[i]) {
+            return true;
+         }
+      }
+   }
+   return false;
+}
+
+/* Opens the watch; the first aggregate runs here, so errors surface now.
+ * On failure: false, *berr and *resumable set. */
+static bool
+open_stream(cs_t *cs, bson_error_t *berr, bool *resumable)
+{
+   bson_t pipeline, opts;
+   build_pipeline(cs, &pipeline);
+   build_opts(cs, &opts);
+   if (cs->o.db && cs->o.coll) {
+      mongoc_collection_t *coll =
+         mongoc_client_get_collection(cs->client, cs->o.db, cs->o.coll);
+      cs->stream = mongoc_collection_watch(coll, &pipeline, &opts);
+      mongoc_collection_destroy(coll);
+   } else if (cs->o.db) {
+      mongoc_database_t *db = mongoc_client_get_database(cs->client, cs->o.db);
+      cs->stream = mongoc_database_watch(db, &pipeline, &opts);
+      mongoc_database_destroy(db);
+   } else {
+      cs->stream = mongoc_client_watch(cs->client, &pipeline, &opts);
+   }
+   bson_destroy(&pipeline);
+   bson_destroy(&opts);
+   const bson_t *reply = NULL;
+   if (mongoc_change_stream_error_document(cs->stream, berr, &reply)) {
+      *resumable = is_resumable(berr, reply);
+      mongoc_change_stream_destroy(cs->stream);
+      cs->stream = NULL;
+      return false;
+   }
+   *resumable = false;
+   return true;
+}
+
+static void
+cs_destroy(cs_t *cs)
+{
+   if (!cs) {
+      return;
+   }
+   mongoc_change_stream_destroy(cs->stream);
+   mongoc_client_destroy(cs->client);
+   bson_destroy(&cs->token);
+   pthread_mutex_destroy(&cs->mu);
+   bson_free(cs);
+}
+
+static bool
+cs_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
+{
+   const aspen_source_spec_t *spec = aspen_rt_source_spec(rt);
+   *state = NULL;
+   /* bson_t members need libbson's 128-byte alignment. */
+   cs_t *cs = BSON_ALIGNED_ALLOC0(cs_t);
+   pthread_mutex_init(&cs->mu, NULL);
+   bson_init(&cs->token);
+   aspen_parse_ctx_t pc = {.conns = aspen_rt_conns(rt)};
+   snprintf(pc.path, sizeof pc.path, "pipeline[0]");
+   if (!parse_opts(&spec->spec, &cs->o, &pc, err)) {
+      cs_destroy(cs);
+      return false;
+   }
+   cs->conn = spec->conn;
+   snprintf(cs->what, sizeof cs->what, "change stream on %s%s%s (connection "
+            "'%s')",
+            cs->o.db ? cs->o.db : "the whole deployment",
+            cs->o.coll ? "." : "", cs->o.coll ? cs->o.coll : "",
+            cs->conn->name);
+   cs->client = aspen__conn_client_new(cs->conn, true, err);
+   if (!cs->client) {
+      cs_destroy(cs);
+      return false;
+   }
+   if (cs->o.read_preference) {
+      mongoc_read_prefs_t *rp = mongoc_read_prefs_new(MONGOC_READ_PRIMARY);
+      mongoc_read_prefs_set_mode(
+         rp, strcmp(cs->o.read_preference, "primaryPreferred") == 0
+                ? MONGOC_READ_PRIMARY_PREFERRED
+             : strcmp(cs->o.read_preference, "secondary") == 0
+                ? MONGOC_READ_SECONDARY
+             : strcmp(cs->o.read_preference, "secondaryPreferred") == 0
+                ? MONGOC_READ_SECONDARY_PREFERRED
+             : strcmp(cs->o.read_preference, "nearest") == 0
+                ? MONGOC_READ_NEAREST
+                : MONGOC_READ_PRIMARY);
+      bson_iter_t it;
+      if (bson_iter_init_find(&it, &spec->spec, "readPreferenceTags") &&
+          BSON_ITER_HOLDS_ARRAY(&it)) {
+         bson_t tags;
+         view_of(&it, &tags);
+         mongoc_read_prefs_set_tags(rp, &tags);
+      }
+      mongoc_client_set_read_prefs(cs->client, rp);
+      mongoc_read_prefs_destroy(rp);
+   }
+   bson_error_t berr;
+   bool resumable;
+   if (!open_stream(cs, &berr, &resumable)) {
+      aspen_error_set(err,
+                      resumable ? ASPEN_ERR_StreamProcessorAtlasConnectionError
+                                : ASPEN_ERR_StreamProcessorInvalidOptions,
+                      "cannot open the %s: %s", cs->what, berr.message);
+      cs_destroy(cs);
+      return false;
+   }
+   aspen_logf(ASPEN_LOG_INFO, ASPEN_LOG_DOMAIN, aspen_rt_processor_name(rt),
+              "opened the %s", cs->what);
+   *state = cs;
+   return true;
+}
+
+static int64_t
+event_time_ms(const bson_t *ev)
+{
+   bson_iter_t it;
+   if (bson_iter_init_find(&it, ev, "wallTime") &&
+       BSON_ITER_HOLDS_DATE_TIME(&it)) {
+      return bson_iter_date_time(&it);
+   }
+   if (bson_iter_init_find(&it, ev, "clusterTime") &&
+       BSON_ITER_HOLDS_TIMESTAMP(&it)) {
+      uint32_t t, i;
+      bson_iter_timestamp(&it, &t, &i);
+      return (int64_t) t * 1000;
+   }
+   return INT64_MIN;
+}
+
+/* Builds {source: {type: "atlas", operationType, ns, documentKey}}. */
+static void
+event_meta(const cs_t *cs, const bson_t *ev, const char *op, bson_t *meta)
+{
+   bson_t src;
+   bson_iter_t it;
+   bson_init(meta);
+   BSON_APPEND_DOCUMENT_BEGIN(meta, "source", &src);
+   BSON_APPEND_UTF8(&src, "type", "atlas");
+   if (op) {
+      BSON_APPEND_UTF8(&src, "operationType", op);
+   }
+   if (bson_iter_init_find(&it, ev, "ns") && BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      bson_append_iter(&src, "ns", 2, &it);
+   } else if (cs->o.db) {
+      /* Servers always send ns for data events; one that does not still
+       * gets what the watch itself names. */
+      bson_t ns;
+      BSON_APPEND_DOCUMENT_BEGIN(&src, "ns", &ns);
+      BSON_APPEND_UTF8(&ns, "db", cs->o.db);
+      if (cs->o.coll) {
+         BSON_APPEND_UTF8(&ns, "coll", cs->o.coll);
+      }
+      bson_append_document_end(&src, &ns);
+   }
+   if (bson_iter_init_find(&it, ev, "documentKey") &&
+       BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      bson_append_iter(&src, "documentKey", -1, &it);
+   }
+   bson_append_document_end(meta, &src);
+}
+
+/* One change event. Returns true when the stream was invalidated (the
+ * caller reopens it after the invalidate's token). */
+static bool
+on_event(aspen_runtime_t *rt, cs_t *cs, const bson_t *ev)
+{
+   bson_iter_t it;
+   const char *op = NULL;
+   if (bson_iter_init_find(&it, ev, "operationType") &&
+       BSON_ITER_HOLDS_UTF8(&it)) {
+      op = bson_iter_utf8(&it, NULL);
+   }
+   bool invalidated = op && strcmp(op, "invalidate") == 0;
+   if (!invalidated) {
+      bson_t meta;
+      event_meta(cs, ev, op, &meta);
+      int64_t ts = event_time_ms(ev);
+      if (!cs->o.full_document_only) {
+         aspen_rt_ingest(rt, ev, &meta, ts);
+      } else if (bson_iter_init_find(&it, ev, "fullDocument") &&
+                 BSON_ITER_HOLDS_DOCUMENT(&it)) {
+         bson_t full;
+         view_of(&it, &full);
+         aspen_rt_ingest(rt, &full, &meta, ts);
+      } else {
+         char reason[160];
+         snprintf(reason, sizeof reason,
+                  "fullDocumentOnly is set but the '%s' change event has no "
+                  "fullDocument",
+                  op ? op : "?");
+         aspen_rt_dead_letter(rt, ev, &meta, reason);
+      }
+      bson_destroy(&meta);
+   }
+   /* The position moves only once the event has gone down the pipeline. */
+   if (bson_iter_init_find(&it, ev, "_id") && BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      bson_t token;
+      view_of(&it, &token);
+      set_token(cs, &token);
+   }
+   return invalidated;
+}
+
+/* Reopens the watch after `why`, from the last token, until it works or
+ * the processor stops. False when it should not (stopped, or a
+ * non-resumable error, which has failed the processor). */
+static bool
+reopen(aspen_runtime_t *rt, cs_t *cs, const char *why)
+{
+   const char *name = aspen_rt_processor_name(rt);
+   int64_t backoff = RETRY_FIRST_MS;
+   mongoc_change_stream_destroy(cs->stream);
+   cs->stream = NULL;
+   aspen_logf(ASPEN_LOG_WARNING, ASPEN_LOG_DOMAIN, name,
+              "the %s was interrupted (%s); resuming it", cs->what, why);
+   for (int attempt = 1;; attempt++) {
+      if (aspen_rt_wait(rt, backoff)) {
+         return false;
+      }
+      bson_error_t berr;
+      bool resumable;
+      if (open_stream(cs, &berr, &resumable)) {
+         aspen_logf(ASPEN_LOG_INFO, ASPEN_LOG_DOMAIN, name,
+                    "resumed the %s after %d attempt(s)", cs->what, attempt);
+         return true;
+      }
+      if (!resumable) {
+         char msg[ASPEN_ERROR_MSG_MAX];
+         snprintf(msg, sizeof msg, "cannot resume the %s: %s", cs->what,
+                  berr.message);
+         aspen_rt_fail(rt, msg);
+         return false;
+      }
+      aspen_logf(ASPEN_LOG_WARNING, ASPEN_LOG_DOMAIN, name,
+                 "resuming the %s failed (attempt %d: %s); retrying in %lld "
+                 "ms",
+                 cs->what, attempt, berr.message, (long long) backoff);
+      backoff = backoff * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : backoff * 2;
+   }
+}
+
+static void
+cs_run(aspen_runtime_t *rt, void *state)
+{
+   cs_t *cs = state;
+   int64_t last_flush = 0;
+   while (!aspen_rt_stopping(rt)) {
+      const bson_t *ev = NULL;
+      bool got = mongoc_change_stream_next(cs->stream, &ev);
+      if (got) {
+         if (on_event(rt, cs, ev)) {
+            if (!reopen(rt, cs, "invalidated")) {
+               return;
+            }
+            continue;
+         }
+      } else {
+         /* An empty getMore still moves the position (post-batch token). */
+         const bson_t *pbrt = mongoc_change_stream_get_resume_token(cs->stream);
+         if (pbrt && !bson_empty(pbrt)) {
+            set_token(cs, pbrt);
+         }
+         bson_error_t berr;
+         const bson_t *reply = NULL;
+         if (mongoc_change_stream_error_document(cs->stream, &berr, &reply)) {
+            if (!is_resumable(&berr, reply)) {
+               char msg[ASPEN_ERROR_MSG_MAX];
+               snprintf(msg, sizeof msg, "the %s failed: %s", cs->what,
+                        berr.message);
+               aspen_rt_fail(rt, msg);
+               return;
+            }
+            if (!reopen(rt, cs, berr.message)) {
+               return;
+            }
+            continue;
+         }
+      }
+      /* Idle, or busy for a while: let the sinks flush. */
+      struct timespec now;
+      clock_gettime(CLOCK_MONOTONIC, &now);
+      int64_t now_ms = (int64_t) now.tv_sec * 1000 + now.tv_nsec / 1000000;
+      if (!got || now_ms - last_flush >= FLUSH_EVERY_MS) {
+         last_flush = now_ms;
+         if (aspen_rt_wait(rt, 0)) {
+            return;
+         }
+      }
+   }
+}
+
+static void
+cs_close(void *state)
+{
+   cs_destroy(state);
+}
+
+const aspen_source_ops_t aspen_source_change_stream_ops = {
+   "atlas", "ChangeStreamConsumerOperator", cs_open, cs_run, cs_close};

@@ -1,0 +1,301 @@
+// e2e: MongoDB connections through stock mongosh against aspen and the
+// backing server: change-stream $source (collection, fullDocumentOnly,
+// whole database), $lookup / $cachedLookup enrichment (seed listing 15.5),
+// $merge modes, dynamic targets, whenMatched pipelines, write errors in the
+// DLQ collection, option validation and an unreachable connection. Run by
+// test_mongodb.sh; throws (mongosh exits non-zero) on the first mismatch.
+// Results are read back through aspen, which forwards to the backing server.
+function assert(cond, msg) { if (!cond) throw new Error("assertion failed: " + msg); }
+function expectError(fn, code, re) {
+  try { fn(); } catch (e) {
+    assert(e.code === code, `want code ${code}, got ${e.code} (${e.message})`);
+    if (re) assert(re.test(e.message), `message ${JSON.stringify(e.message)} does not match ${re}`);
+    return e;
+  }
+  throw new Error(`expected error ${code} ${re || ""}`);
+}
+// Waits (bounded) until fn() is truthy; returns its last value.
+function waitFor(fn, what) {
+  let v;
+  for (let i = 0; i < 120; i++) { v = fn(); if (v) return v; sleep(250); }
+  throw new Error("timed out waiting for " + what);
+}
+function step(name) { print("# " + name); }
+// drop() that tolerates a missing collection (mongo-java-server answers
+// "ns not found" without a code, which mongosh's drop() throws on).
+function dropColl(c) { try { c.drop(); } catch (e) { if (!/ns not found/.test(e.message)) throw e; } }
+const atlas = "atlas";
+const d = db.getSiblingDB("mdb_e2e");
+const inv = db.getSiblingDB("inventoryDB");
+
+// ---- change stream on a collection -> $addFields -> $merge ----------------
+step("change stream on a collection");
+sp.createStreamProcessor("cs_coll", [
+  { $source: { connectionName: atlas, db: "mdb_e2e", coll: "people" } },
+  { $addFields: { seenBy: "aspen" } },
+  { $merge: { into: { connectionName: atlas, db: "mdb_e2e", coll: "people_events" } } },
+]);
+sp.cs_coll.start();
+d.people.insertOne({ _id: 1, name: "Ada", age: 36 });
+d.people.insertOne({ _id: 2, name: "Bob", age: 17 });
+d.people.updateOne({ _id: 1 }, { $set: { age: 37 } });
+waitFor(() => d.people_events.countDocuments({}) >= 3, "3 change events merged");
+const ins = d.people_events.findOne({ operationType: "insert", "fullDocument._id": 1 });
+assert(ins, "insert event merged");
+assert(ins.seenBy === "aspen", "$addFields applied");
+assert(ins._ts instanceof Date, "_ts is a Date");
+assert(ins._stream_meta.source.type === "atlas", "_stream_meta.source.type is atlas");
+assert(ins._stream_meta.source.operationType === "insert", "_stream_meta.source.operationType");
+assert(ins._stream_meta.source.ns.db === "mdb_e2e" && ins._stream_meta.source.ns.coll === "people",
+       "_stream_meta.source.ns");
+assert(d.people_events.countDocuments({ operationType: "update" }) === 1, "update event merged");
+let st = sp.cs_coll.stats();
+assert(st.state === "STARTED" && Number(st.stats.inputMessageCount) === 3, "3 events counted");
+sp.cs_coll.stop();
+
+// ---- listing 15.3: change stream -> $validate -> $merge, fullDocumentOnly -----
+step("listing 15.3 with fullDocumentOnly");
+sp.createStreamProcessor("validated", [
+  { $source: { connectionName: atlas, db: "myDB", coll: "myCollection",
+               config: { fullDocument: "updateLookup", fullDocumentOnly: true } } },
+  { $validate: { validator: { $and: [
+      { name: { $exists: true, $type: "string" } },
+      { age: { $exists: true, $type: "int", $gte: 18 } },
+      { email: { $exists: true, $regex: "^.+@.+\\..+$" } } ] },
+    validationAction: "discard" } },
+  { $merge: { into: { connectionName: atlas, db: "validatedDB", coll: "validatedCollection" } } },
+]);
+sp.validated.start();
+const my = db.getSiblingDB("myDB").myCollection;
+my.insertMany([
+  { _id: "p1", name: "Ann", age: NumberInt(30), email: "ann@example.com" },
+  { _id: "p2", name: "Kid", age: NumberInt(12), email: "kid@example.com" },
+  { _id: "p3", name: "NoMail", age: NumberInt(40) },
+  { _id: "p4", name: "Cy", age: NumberInt(50), email: "cy@example.org" },
+]);
+const vc = db.getSiblingDB("validatedDB").validatedCollection;
+waitFor(() => vc.countDocuments({}) >= 2, "valid people merged");
+sleep(1000);
+assert(vc.countDocuments({}) === 2, "only valid people arrive");
+const ann = vc.findOne({ _id: "p1" });
+assert(ann && ann.name === "Ann" && ann.operationType === undefined, "fullDocumentOnly: the document itself");
+assert(ann._stream_meta.source.operationType === "insert", "metadata kept with fullDocumentOnly");
+sp.validated.stop();
+
+// ---- dynamic $merge.into.coll ----------------------------------------------
+step("dynamic $merge target");
+sp.createStreamProcessor("dyn", [
+  { $source: { connectionName: atlas, db: "watchdb", coll: "a",
+               config: { fullDocument: "updateLookup", fullDocumentOnly: true } } },
+  { $merge: { into: { connectionName: atlas, db: "mdb_e2e", coll: { $concat: ["kind_", "$kind"] } } } },
+], { dlq: { connectionName: atlas, db: "mdb_e2e", coll: "dlq_dyn" } });
+sp.dyn.start();
+const wdb = db.getSiblingDB("watchdb");
+wdb.a.insertMany([{ _id: 1, kind: "x" }, { _id: 2, kind: "y" }, { _id: 3, kind: 42 }]);  // 42: DLQ
+waitFor(() => d.kind_x.countDocuments({}) === 1 && d.kind_y.countDocuments({}) === 1,
+        "documents in two targets");
+waitFor(() => d.dlq_dyn.countDocuments({}) === 1, "non-string target in the DLQ");
+const badTarget = d.dlq_dyn.findOne();
+assert(/\$merge.into.coll/.test(badTarget.errInfo.reason), "DLQ reason names into.coll: " + badTarget.errInfo.reason);
+sp.dyn.stop();
+
+// ---- whole-database watch (only where the server serves database-level
+// change streams: a real mongod does, mongo-java-server 1.47 does not) ------
+function serverWatchesDatabases() {
+  try {
+    const probe = db.getSiblingDB("probe_db_watch");
+    const c = probe.watch();
+    probe.p.insertOne({ x: 1 });
+    for (let i = 0; i < 8; i++) { if (c.tryNext()) { c.close(); return true; } sleep(250); }
+    c.close();
+  } catch (e) { print("# database watch probe: " + e.message); }
+  return false;
+}
+if (serverWatchesDatabases()) {
+  step("whole-database watch");
+  sp.createStreamProcessor("dbwatch", [
+    { $source: { connectionName: atlas, db: "watchdb2", config: { pipeline: [{ $match: { operationType: "insert" } }] } } },
+    { $merge: { into: { connectionName: atlas, db: "mdb_e2e", coll: "dbwatch" } } },
+  ]);
+  sp.dbwatch.start();
+  const w2 = db.getSiblingDB("watchdb2");
+  w2.a.insertOne({ _id: 1 });
+  w2.b.insertOne({ _id: 2 });
+  w2.b.deleteOne({ _id: 2 });   // filtered out by config.pipeline
+  waitFor(() => d.dbwatch.countDocuments({}) === 2, "events from two collections");
+  sleep(1000);
+  assert(d.dbwatch.countDocuments({ operationType: "delete" }) === 0, "config.pipeline filters at the source");
+  sp.dbwatch.stop();
+} else {
+  print("# skip: the backing server does not serve database-level change streams");
+}
+
+// ---- listing 15.5: $lookup into inventoryDB.products --------------------------
+step("listing 15.5 $lookup");
+inv.products.insertMany([
+  { _id: "sku1", name: "pen", price: 2 },
+  { _id: "sku2", name: "ink", price: 5 },
+  { _id: "sku3", name: "pad", price: 3 },
+]);
+sp.createStreamProcessor("enrich", [
+  { $source: { connectionName: atlas, db: "shop", coll: "orders",
+               config: { fullDocument: "updateLookup", fullDocumentOnly: true } } },
+  { $lookup: { from: { connectionName: atlas, db: "inventoryDB", coll: "products" },
+               localField: "productId", foreignField: "_id", as: "productDetails" } },
+  { $lookup: { from: { connectionName: atlas, db: "inventoryDB", coll: "products" },
+               localField: "productIds", foreignField: "_id", as: "many" } },
+  { $lookup: { from: { connectionName: atlas, db: "inventoryDB", coll: "products" },
+               let: { maxPrice: "$budget" },
+               pipeline: [{ $match: { $expr: { $lte: ["$price", "$$maxPrice"] } } },
+                          { $project: { _id: 1 } }],
+               as: "affordable" } },
+  { $cachedLookup: { from: { connectionName: atlas, db: "inventoryDB", coll: "products" },
+                     localField: "productId", foreignField: "_id", as: "cached",
+                     ttl: { size: 1, unit: "minute" }, maxMemUsageBytes: 1048576 } },
+  // Validate after the lookup that the enrichment worked.
+  { $validate: { validator: { productDetails: { $size: 1 } }, validationAction: "dlq" } },
+  { $merge: { into: { connectionName: atlas, db: "shop", coll: "enriched" } } },
+], { dlq: { connectionName: atlas, db: "shop", coll: "dlq" } });
+sp.enrich.start();
+const shop = db.getSiblingDB("shop");
+shop.orders.insertMany([
+  { _id: 1, productId: "sku1", productIds: ["sku2", "sku3", "nope"], budget: 2 },
+  { _id: 2, productId: "sku2", productIds: [], budget: 10 },
+  { _id: 3, productId: "missing", budget: 0 },
+  { _id: 4, productId: "sku1", budget: 3 },
+]);
+waitFor(() => shop.enriched.countDocuments({}) === 3, "3 enriched orders");
+waitFor(() => shop.dlq.countDocuments({}) === 1, "unmatched order in the DLQ");
+const o1 = shop.enriched.findOne({ _id: 1 });
+assert(o1.productDetails.length === 1 && o1.productDetails[0].name === "pen", "equality lookup");
+assert(o1.many.length === 2, "array localField matches any element: " + JSON.stringify(o1.many));
+assert(o1.affordable.length === 1 && o1.affordable[0]._id === "sku1", "let + pipeline: " + JSON.stringify(o1.affordable));
+assert(o1.cached.length === 1 && o1.cached[0].price === 2, "$cachedLookup");
+const o2 = shop.enriched.findOne({ _id: 2 });
+assert(o2.affordable.length === 3 && o2.many.length === 0, "pipeline with budget 10");
+assert(shop.enriched.findOne({ _id: 4 }).cached[0].name === "pen", "cached lookup hit");
+const dl = shop.dlq.findOne();
+assert(dl.doc._id === 3 && /invalid in \$validate/.test(dl.errInfo.reason), "DLQ entry for the unmatched order");
+sp.enrich.stop();
+
+// ---- $merge whenMatched / whenNotMatched --------------------------------------
+step("$merge modes");
+function mergeRun(name, target, mergeOpts, docs) {
+  sp.createStreamProcessor(name, [
+    { $source: { documents: docs } },
+    { $merge: Object.assign({ into: { connectionName: atlas, db: "mdb_e2e", coll: target } }, mergeOpts) },
+  ], { dlq: { connectionName: atlas, db: "mdb_e2e", coll: "dlq_" + name } });
+  sp[name].start();
+  return name;
+}
+function seed(coll) {
+  dropColl(d[coll]);
+  d[coll].insertMany([{ _id: 1, a: 1, keep: "old" }, { _id: 2, a: 2, keep: "old" }]);
+}
+const incoming = [{ _id: 1, a: 10 }, { _id: 3, a: 30 }];
+const modes = [
+  ["m_merge", { whenMatched: "merge", whenNotMatched: "insert" }, (c) => c.findOne({ _id: 1 }).keep === "old" && c.findOne({ _id: 1 }).a === 10 && c.countDocuments({}) === 3],
+  ["m_replace", { whenMatched: "replace" }, (c) => c.findOne({ _id: 1 }).keep === undefined && c.findOne({ _id: 1 }).a === 10 && c.countDocuments({}) === 3],
+  ["m_keep", { whenMatched: "keepExisting" }, (c) => c.findOne({ _id: 1 }).a === 1 && c.countDocuments({ _id: 3 }) === 1],
+  ["m_discard", { whenMatched: "merge", whenNotMatched: "discard" }, (c) => c.findOne({ _id: 1 }).a === 10 && c.countDocuments({ _id: 3 }) === 0],
+  ["m_delete", { whenMatched: "delete", whenNotMatched: "discard" }, (c) => c.countDocuments({ _id: 1 }) === 0 && c.countDocuments({}) === 1],
+];
+for (const [name, opts, ok] of modes) {
+  seed(name);
+  mergeRun(name, name, opts, incoming);
+  waitFor(() => ok(d[name]), name + " result " + JSON.stringify(d[name].find().toArray()));
+  sp[name].stop();
+}
+
+// whenMatched pipeline with let and $$new. mongo-java-server 1.47 cannot
+// run updates with a pipeline; there the server's error must reach the DLQ.
+step("whenMatched pipeline");
+function serverRunsPipelineUpdates() {
+  const c = d.probe_pipeline_update;
+  dropColl(c);
+  c.insertOne({ _id: 1, a: 1 });
+  try { c.updateOne({ _id: 1 }, [{ $set: { a: 2 } }]); } catch (e) { return false; }
+  return c.findOne({ _id: 1 }).a === 2;
+}
+seed("m_pipe");
+mergeRun("m_pipe", "m_pipe", { let: { inc: "$a" }, whenMatched: [{ $set: { a: { $add: ["$a", "$$inc"] }, last: "$$new.a" } }] }, incoming);
+if (serverRunsPipelineUpdates()) {
+  waitFor(() => { const c = d.m_pipe, one = c.findOne({ _id: 1 }), three = c.findOne({ _id: 3 });
+                  return one.a === 11 && one.last === 10 && one.keep === "old" && three && three.a === 30 && three.last === undefined; },
+          "pipeline result " + JSON.stringify(d.m_pipe.find().toArray()));
+} else {
+  print("# the backing server refuses pipeline updates: expecting the DLQ entry");
+  waitFor(() => d.dlq_m_pipe.countDocuments({}) === 2, "pipeline update errors in the DLQ");
+  const pe = d.dlq_m_pipe.findOne({ "doc._id": 1 });
+  assert(/Failed to process an input document in the current batch in MergeOperator/.test(pe.errInfo.reason),
+         "server's error in the DLQ: " + pe.errInfo.reason);
+  assert(d.m_pipe.findOne({ _id: 1 }).a === 1, "matched document untouched");
+}
+sp.m_pipe.stop();
+
+// Compound `on` with a unique index, replayed twice: idempotent.
+step("compound on, replay");
+dropColl(d.m_on);
+d.m_on.createIndex({ region: 1, sku: 1 }, { unique: true });
+const onDocs = [{ region: "eu", sku: "a", n: 1 }, { region: "us", sku: "a", n: 2 }];
+mergeRun("m_on", "m_on", { on: ["region", "sku"], whenMatched: "replace" }, onDocs);
+waitFor(() => d.m_on.countDocuments({}) === 2, "compound on inserted");
+sp.m_on.stop();
+sp.m_on.start();  // the documents source replays the same input
+sleep(1500);
+assert(d.m_on.countDocuments({}) === 2, "replay leaves the same collection");
+sp.m_on.stop();
+
+// A duplicate key write error lands in the DLQ with the server's error.
+step("duplicate key to the DLQ");
+dropColl(d.m_dup);
+d.m_dup.createIndex({ email: 1 }, { unique: true });
+d.m_dup.insertOne({ _id: 100, email: "taken@example.com" });
+mergeRun("m_dup", "m_dup", {}, [{ _id: 1, email: "free@example.com" }, { _id: 2, email: "taken@example.com" }]);
+waitFor(() => d.dlq_m_dup.countDocuments({}) === 1, "duplicate key in the DLQ");
+const dup = d.dlq_m_dup.findOne();
+assert(/DuplicateKey/.test(dup.errInfo.reason) && dup.doc._id === 2, "server's error in the DLQ: " + dup.errInfo.reason);
+assert(dup.operatorName === "MergeOperator" && dup.processorName === "m_dup", "DLQ entry shape");
+assert(d.m_dup.countDocuments({}) === 2, "the good document was written");
+sp.m_dup.stop();
+
+// ---- option validation --------------------------------------------------------
+step("validation");
+const sink = { $merge: { into: { connectionName: atlas, db: "x", coll: "y" } } };
+const badSources = [
+  [{ connectionName: atlas, coll: "c" }, /If coll is specified, db must be specified\./],
+  [{ connectionName: atlas, db: "" }, /Cannot specify an empty database name/],
+  [{ connectionName: atlas, db: "a", config: { startAfter: { _data: "00" }, startAtOperationTime: Timestamp(1, 0) } },
+   /startAfter and startAtOperationTime cannot both be set/],
+  [{ connectionName: atlas, db: "a", config: { fullDocumentOnly: true } },
+   /fullDocumentOnly is set to true, fullDocument mode can either be updateLookup or required/],
+  [{ connectionName: atlas, db: "a", config: { fullDocument: "required", fullDocumentOnly: true, fullDocumentBeforeChange: "required" } },
+   /fullDocumentBeforeChange is set, so fullDocumentOnly should not be set\./],
+  [{ connectionName: atlas, db: "a", config: { fullDocument: "sometimes" } }, /Enumeration value 'sometimes'/],
+  [{ connectionName: atlas, db: "a", config: { bogus: 1 } }, /unknown field/],
+  [{ connectionName: atlas, db: "a", topic: "t" }, /unknown field/],
+];
+for (const [src, re] of badSources) {
+  expectError(() => sp.createStreamProcessor("bad", [{ $source: src }, sink]), 420, re);
+}
+// Accepted: startAtOperationTime as a Date, collection lists.
+sp.createStreamProcessor("ok1", [{ $source: { connectionName: atlas, db: "a", coll: ["b", "c"],
+  config: { startAtOperationTime: new Date(), fullDocument: "whenAvailable", maxAwaitTimeMS: 500, pipeline: [{ $match: { operationType: "insert" } }] } } }, sink]);
+sp.ok1.drop();
+const docsSrc = { $source: { documents: [{ a: 1 }] } };
+expectError(() => sp.createStreamProcessor("bad", [docsSrc, { $merge: { into: { connectionName: atlas, db: "x", coll: "$c" }, parallelism: 2 } }]),
+            420, /must be literals if \$merge.parallelism is greater than 1/);
+expectError(() => sp.createStreamProcessor("bad", [docsSrc, { $lookup: { from: { connectionName: atlas, db: "x", coll: "y" }, localField: "a", foreignField: "b" } }, sink]),
+            420, /must specify 'as'/);
+expectError(() => sp.createStreamProcessor("bad", [docsSrc, { $lookup: { from: { connectionName: "sample_stream_solar", db: "x", coll: "y" }, localField: "a", foreignField: "b", as: "c" } }, sink]),
+            420, /Only atlas connection type is currently supported for \$lookup/);
+expectError(() => sp.createStreamProcessor("bad", [docsSrc, { $cachedLookup: { from: { connectionName: atlas, db: "x", coll: "y" }, localField: "a", foreignField: "b", as: "c" } }, sink]),
+            420, /ttl/);
+
+// ---- an unreachable server fails the start with 421 ----------------------------
+step("unreachable connection");
+sp.createStreamProcessor("down", [{ $source: { connectionName: "down", db: "a", coll: "b" } }, sink]);
+expectError(() => sp.down.start(), 421, /down/);
+assert(sp.listStreamProcessors({ name: "down" })[0].state !== "STARTED", "not started");
+sp.down.drop();
+print("mongodb e2e ok");
