@@ -39,11 +39,25 @@ redact(const char *uri, char *out, size_t size)
    }
 }
 
+/* The registry is one array, allocated once for `cap` connections and never
+ * moved: a bson_t that has grown onto the heap points into itself, so
+ * moving one (as realloc would) leaves it dangling. bson_t also wants
+ * 128-byte alignment. */
+static void
+reserve(aspen_conns_t *conns, size_t cap)
+{
+   size_t size = cap * sizeof *conns->items;
+   size = (size + 127) / 128 * 128;
+   conns->items = aligned_alloc(128, size);
+   if (!conns->items) {
+      abort();
+   }
+   memset(conns->items, 0, size);
+}
+
 static aspen_conn_t *
 add(aspen_conns_t *conns, const char *name, aspen_conn_type_t type)
 {
-   conns->items =
-      aspen_xrealloc(conns->items, (conns->n + 1) * sizeof *conns->items);
    aspen_conn_t *c = &conns->items[conns->n++];
    memset(c, 0, sizeof *c);
    c->name = aspen_xstrdup(name);
@@ -245,6 +259,7 @@ aspen_conns_load(aspen_conns_t *conns, const bson_t *list,
                  const char *backend_uri, aspen_error_t *err)
 {
    memset(conns, 0, sizeof *conns);
+   reserve(conns, 1 + (list ? bson_count_keys(list) : 0));
    add(conns, "sample_stream_solar", ASPEN_CONN_SAMPLE_SOLAR);
    if (!list) {
       return true;

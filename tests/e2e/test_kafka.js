@@ -1,0 +1,130 @@
+// e2e: Kafka $source and $emit through stock mongosh against aspen, a real
+// Apache Kafka broker and a real backing server. Run by test_kafka.sh, one
+// phase at a time (KT_PHASE); throws on the first mismatch.
+function assert(cond, msg) { if (!cond) throw new Error("assertion failed: " + msg); }
+function expectError(fn, code, re) {
+  try { fn(); } catch (e) {
+    assert(e.code === code, `want code ${code}, got ${e.code} (${e.message})`);
+    if (re) assert(re.test(e.message), `message ${JSON.stringify(e.message)} does not match ${re}`);
+    return e;
+  }
+  throw new Error(`expected error ${code} ${re || ""}`);
+}
+function waitFor(what, fn, ms) {
+  const end = Date.now() + (ms || 30000);
+  let last;
+  while (Date.now() < end) {
+    last = fn();
+    if (last) return last;
+    sleep(200);
+  }
+  throw new Error("timed out waiting for " + what);
+}
+const kt = db.getSiblingDB("kt");
+const dlq = { connectionName: "atlas", db: "kt", coll: "dlq" };
+const phase = process.env.KT_PHASE;
+
+if (phase === "read") {
+  // Connections: the kafka one is listed with its servers, never a secret.
+  const conns = sp.listConnections();
+  const k = conns.find(c => c.name === "kafka1");
+  assert(k && k.type === "kafka" && /^127\.0\.0\.1:\d+$/.test(k.bootstrapServers), "kafka connection listed");
+  const s = conns.find(c => c.name === "kafkaSasl");
+  assert(s && s.security.protocol === "SASL_PLAINTEXT" && s.security.username === "alice", "security listed");
+  assert(!JSON.stringify(conns).includes("hunter2"), "no password in listings: " + JSON.stringify(conns));
+
+  // Option validation with ASP's wording.
+  expectError(() => sp.createStreamProcessor("bad1", [
+    { $source: { connectionName: "kafka1", topic: "dailySales", nope: 1 } },
+    { $merge: { into: { connectionName: "atlas", db: "kt", coll: "x" } } }]), 420,
+    /BSON field '\$source.nope' is an unknown field/);
+  expectError(() => sp.createStreamProcessor("bad2", [
+    { $source: { connectionName: "kafka1" } },
+    { $merge: { into: { connectionName: "atlas", db: "kt", coll: "x" } } }]), 420,
+    /'\$source.topic' is missing/);
+  expectError(() => sp.createStreamProcessor("bad3", [
+    { $source: { connectionName: "kafka1", topic: "t", config: { auto_offset_reset: "middle" } } },
+    { $merge: { into: { connectionName: "atlas", db: "kt", coll: "x" } } }]), 420,
+    /Enumeration value 'middle'/);
+  expectError(() => sp.createStreamProcessor("bad4", [
+    { $source: { documents: [{ a: 1 }] } },
+    { $emit: { connectionName: "kafka1", topic: "t", config: { key: "$a" } } }]), 420,
+    /Expected config.keyFormat to be specified when config.key is specified/);
+  expectError(() => sp.createStreamProcessor("bad5", [
+    { $source: { connectionName: "kafka1", topic: "t", partitionIdleTimeout: { size: 1, unit: "week" } } },
+    { $merge: { into: { connectionName: "atlas", db: "kt", coll: "x" } } }]), 420,
+    /Enumeration value 'week'/);
+
+  // A missing topic fails the start with 419 and "no partitions found".
+  sp.createStreamProcessor("missing", [
+    { $source: { connectionName: "kafka1", topic: "noSuchTopic" } },
+    { $merge: { into: { connectionName: "atlas", db: "kt", coll: "x" } } }]);
+  expectError(() => sp.missing.start(), 419, /no partitions found/);
+  const m = sp.listStreamProcessors().find(p => p.name === "missing");
+  assert(m.state === "FAILED" && /no partitions found/.test(m.errorMsg), "missing topic: FAILED with the reason");
+  sp.missing.drop();
+
+  // dailySales (seeded by the test: 4 valid sales, 1 line that is not JSON)
+  // -> $match -> $merge; the bad line goes to the DLQ with its bytes.
+  sp.createStreamProcessor("sales", [
+    { $source: { connectionName: "kafka1", topic: "dailySales",
+                 config: { auto_offset_reset: "earliest", keyFormat: "string" } } },
+    { $match: { amount: { $gte: 10 } } },
+    { $merge: { into: { connectionName: "atlas", db: "kt", coll: "sales" } } }], { dlq });
+  sp.sales.start();
+  waitFor("3 sales in kt.sales", () => kt.sales.countDocuments() === 3);
+  waitFor("1 DLQ entry", () => kt.dlq.countDocuments() === 1);
+  const d = kt.dlq.findOne();
+  assert(d.doc.value === "this is not json", "DLQ keeps the raw bytes: " + JSON.stringify(d));
+  assert(/JSON/.test(d.errInfo.reason), "DLQ reason: " + d.errInfo.reason);
+  assert(d.operatorName === "KafkaConsumerOperator", "operatorName");
+  assert(d._stream_meta.source.topic === "dailySales", "DLQ entry has its source metadata");
+  const first = kt.sales.findOne({ item: "apple" });
+  const src = first._stream_meta.source;
+  assert(src.type === "kafka" && src.topic === "dailySales" && src.partition === 0, "source meta: " + JSON.stringify(src));
+  assert(src.offset instanceof Long && src.offset.toString() === "0", "offset is a Long: " + JSON.stringify(src));
+  assert(src.key === "k1", "string key: " + JSON.stringify(src));
+  assert(first._ts instanceof Date, "_ts is a Date (the Kafka timestamp)");
+  sp.sales.stop();
+  print("read phase ok");
+}
+
+if (phase === "resume") {
+  // Two more messages were produced while it was stopped: it continues
+  // from its committed offsets, with no gap and no duplicate.
+  sp.sales.start();
+  waitFor("5 sales after the restart", () => kt.sales.countDocuments() === 5);
+  sleep(1500);
+  assert(kt.sales.countDocuments() === 5, "no duplicates after the restart");
+  assert(kt.dlq.countDocuments() === 1, "no DLQ duplicates either");
+  sp.sales.stop();
+  print("resume phase ok");
+}
+
+if (phase === "emit") {
+  // documents -> $emit (dynamic topic, int key, headers) -> a Kafka $source
+  // reads them back with their metadata.
+  sp.createStreamProcessor("writer", [
+    { $source: { documents: [{ _id: 1, kind: "rt", n: "one" }, { _id: 2, kind: "rt", n: "two" }] } },
+    { $emit: { connectionName: "kafka1", topic: { $concat: ["round", "$kind"] },
+               config: { key: "$_id", keyFormat: "int", headers: { who: "$n" } } } }]);
+  sp.writer.start();
+  sp.createStreamProcessor("reader", [
+    { $source: { connectionName: "kafka1", topic: ["roundrt"],
+                 config: { auto_offset_reset: "earliest", keyFormat: "int" } } },
+    { $merge: { into: { connectionName: "atlas", db: "kt", coll: "roundtrip" } } }], { dlq });
+  waitFor("topic roundrt", () => {
+    try { sp.reader.start(); return true; } catch (e) { if (e.code !== 419) throw e; return false; }
+  });
+  waitFor("2 round-trip documents", () => kt.roundtrip.countDocuments() === 2);
+  const r = kt.roundtrip.findOne({ _id: 1 });
+  const src = r._stream_meta.source;
+  assert(r.n === "one", "value round-trips: " + JSON.stringify(r));
+  assert(src.topic === "roundrt" && src.partition === 0 && src.offset instanceof Long, "meta: " + JSON.stringify(src));
+  assert(src.key === 1, "int key round-trips: " + JSON.stringify(src));
+  assert(src.headers.length === 1 && src.headers[0].k === "who" &&
+         src.headers[0].v.toString("utf8") === "one" || src.headers[0].v.base64() === "b25l", "headers: " + JSON.stringify(src));
+  sp.writer.stop();
+  sp.reader.stop();
+  print("emit phase ok");
+}

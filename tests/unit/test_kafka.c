@@ -1,0 +1,547 @@
+/*
+ * test_kafka.c - unit tests for engine/kafka.c (Extended JSON codecs for
+ * message values, key formats), the Kafka $source and $emit option parsers
+ * (through aspen_pipeline_parse, as createStreamProcessor uses them), Kafka
+ * connections in the registry (secrets kept for the client, never listed),
+ * and a librdkafka client configured by aspen__kafka_conf_new producing to
+ * and consuming from librdkafka's mock cluster.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kafka_int.h"
+
+#include <librdkafka/rdkafka_mock.h>
+
+/* A bson_t from relaxed JSON (mongoc's tmp_bson); the test owns it. */
+static bson_t *
+tmp_bson(const char *json)
+{
+   bson_error_t berr;
+   bson_t *b = bson_new_from_json((const uint8_t *) json, -1, &berr);
+   if (!b) {
+      fail_msg("bad test JSON %s: %s", json, berr.message);
+   }
+   return b;
+}
+
+static void
+assert_canonical(const bson_t *doc, const char *want_json)
+{
+   bson_t *want = tmp_bson(want_json);
+   char *a = bson_as_canonical_extended_json(doc, NULL);
+   char *b = bson_as_canonical_extended_json(want, NULL);
+   if (strcmp(a, b) != 0) {
+      fail_msg("got %s\nwant %s", a, b);
+   }
+   bson_free(a);
+   bson_free(b);
+   bson_destroy(want);
+}
+
+/* ---- values ------------------------------------------------------------- */
+
+static void
+test_decode_relaxed_and_canonical(void **state)
+{
+   (void) state;
+   bson_t doc;
+   aspen_error_t err;
+   const char *relaxed = " {\"a\": 1, \"b\": {\"$date\": \"2024-05-01T00:00:00Z\"},"
+                         " \"c\": 2.5, \"d\": 5000000000}\n";
+   assert_true(aspen__kafka_json_decode(relaxed, strlen(relaxed), &doc, &err));
+   assert_canonical(&doc, "{\"a\": {\"$numberInt\": \"1\"}, \"b\": {\"$date\": "
+                          "{\"$numberLong\": \"1714521600000\"}}, \"c\": "
+                          "{\"$numberDouble\": \"2.5\"}, \"d\": {\"$numberLong\": "
+                          "\"5000000000\"}}");
+   bson_destroy(&doc);
+   const char *canonical = "{\"n\": {\"$numberLong\": \"7\"}, \"o\": {\"$oid\": "
+                           "\"0123456789abcdef01234567\"}}";
+   assert_true(aspen__kafka_json_decode(canonical, strlen(canonical), &doc, &err));
+   assert_canonical(&doc, canonical);
+   bson_destroy(&doc);
+}
+
+static void
+test_decode_refuses_non_documents(void **state)
+{
+   (void) state;
+   static const char *const bad[] = {"", "   ", "not json", "[1, 2]", "42",
+                                     "\"s\"", "{\"a\": ", "{\"a\": 1} x"};
+   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+      bson_t doc;
+      aspen_error_t err = {0};
+      bool ok = aspen__kafka_json_decode(bad[i], strlen(bad[i]), &doc, &err);
+      if (ok) {
+         fail_msg("'%s' was accepted", bad[i]);
+      }
+      assert_true(err.message[0] != '\0');
+      assert_true(bson_empty(&doc)); /* initialised even on failure */
+      bson_destroy(&doc);
+   }
+}
+
+static void
+test_decode_schema_registry_prefix(void **state)
+{
+   (void) state;
+   const char msg[] = "\0\0\0\0\x07{\"a\": true}";
+   bson_t doc;
+   aspen_error_t err;
+   assert_true(aspen__kafka_json_decode(msg, sizeof msg - 1, &doc, &err));
+   assert_canonical(&doc, "{\"a\": true}");
+   bson_destroy(&doc);
+}
+
+static void
+test_encode_formats(void **state)
+{
+   (void) state;
+   bson_t *doc = tmp_bson("{\"n\": {\"$numberLong\": \"5\"}, \"d\": {\"$date\": "
+                          "{\"$numberLong\": \"1500\"}}, \"a\": [{\"$date\": "
+                          "{\"$numberLong\": \"0\"}}]}");
+   aspen_kafka_json_opts_t relaxed = {0}, canonical = {.canonical = true},
+                           iso = {.iso_dates = true};
+   size_t len;
+   char *s = aspen__kafka_json_encode(doc, &relaxed, &len);
+   assert_int_equal(len, strlen(s));
+   assert_non_null(strstr(s, "\"n\" : 5"));
+   assert_non_null(strstr(s, "\"$date\" : \"1970-01-01T00:00:01.500Z\""));
+   bson_free(s);
+   s = aspen__kafka_json_encode(doc, &canonical, &len);
+   assert_non_null(strstr(s, "\"$numberLong\" : \"5\""));
+   bson_free(s);
+   s = aspen__kafka_json_encode(doc, &iso, &len);
+   assert_non_null(strstr(s, "\"d\" : \"1970-01-01T00:00:01.500Z\""));
+   assert_non_null(strstr(s, "[ \"1970-01-01T00:00:00.000Z\" ]"));
+   bson_free(s);
+   /* What $emit writes, a $source reads back unchanged. */
+   s = aspen__kafka_json_encode(doc, &canonical, &len);
+   bson_t back;
+   aspen_error_t err;
+   assert_true(aspen__kafka_json_decode(s, len, &back, &err));
+   assert_true(bson_equal(&back, doc));
+   bson_destroy(&back);
+   bson_free(s);
+   bson_destroy(doc);
+}
+
+/* ---- keys ------------------------------------------------------------------ */
+
+static void
+roundtrip_key(aspen_kafka_key_format_t f, const char *value_json,
+              const char *want_bytes, size_t want_len)
+{
+   bson_t *wrap = tmp_bson(value_json);
+   bson_iter_t it;
+   assert_true(bson_iter_init_find(&it, wrap, "v"));
+   uint8_t *buf;
+   size_t len;
+   aspen_error_t err;
+   assert_true(aspen__kafka_key_encode(f, bson_iter_value(&it), &buf, &len, &err));
+   if (want_bytes) {
+      assert_int_equal(len, want_len);
+      assert_memory_equal(buf, want_bytes, len);
+   }
+   bson_t out = BSON_INITIALIZER;
+   assert_true(aspen__kafka_key_decode(f, buf, len, &out, "v", &err));
+   bson_iter_t oi;
+   assert_true(bson_iter_init_find(&oi, &out, "v"));
+   bson_t want = BSON_INITIALIZER;
+   bson_append_iter(&want, "v", 1, &it);
+   if (!bson_equal(&want, &out)) {
+      char *a = bson_as_canonical_extended_json(&out, NULL);
+      fail_msg("key %s came back as %s", value_json, a);
+   }
+   bson_destroy(&want);
+   bson_destroy(&out);
+   bson_free(buf);
+   bson_destroy(wrap);
+}
+
+static void
+test_key_formats(void **state)
+{
+   (void) state;
+   roundtrip_key(ASPEN_KAFKA_KEY_INT, "{\"v\": 258}", "\0\0\x01\x02", 4);
+   roundtrip_key(ASPEN_KAFKA_KEY_INT, "{\"v\": -1}", "\xff\xff\xff\xff", 4);
+   roundtrip_key(ASPEN_KAFKA_KEY_LONG, "{\"v\": {\"$numberLong\": \"258\"}}",
+                 "\0\0\0\0\0\0\x01\x02", 8);
+   roundtrip_key(ASPEN_KAFKA_KEY_STRING, "{\"v\": \"k1\"}", "k1", 2);
+   roundtrip_key(ASPEN_KAFKA_KEY_JSON, "{\"v\": {\"a\": [1, \"x\"]}}", NULL, 0);
+   roundtrip_key(ASPEN_KAFKA_KEY_JSON, "{\"v\": \"plain\"}", "\"plain\"", 7);
+   roundtrip_key(ASPEN_KAFKA_KEY_DOUBLE, "{\"v\": 1.5}", NULL, 0);
+   roundtrip_key(ASPEN_KAFKA_KEY_BINDATA,
+                 "{\"v\": {\"$binary\": {\"base64\": \"AAEC\", \"subType\": \"00\"}}}",
+                 "\0\x01\x02", 3);
+
+   /* Keys that do not decode or encode in a format. */
+   bson_t out = BSON_INITIALIZER;
+   aspen_error_t err;
+   assert_false(aspen__kafka_key_decode(ASPEN_KAFKA_KEY_INT, "abc", 3, &out, "k", &err));
+   assert_false(aspen__kafka_key_decode(ASPEN_KAFKA_KEY_LONG, "abc", 3, &out, "k", &err));
+   assert_false(aspen__kafka_key_decode(ASPEN_KAFKA_KEY_STRING, "\xff\xfe", 2, &out, "k", &err));
+   assert_false(aspen__kafka_key_decode(ASPEN_KAFKA_KEY_JSON, "{oops", 5, &out, "k", &err));
+   assert_true(bson_empty(&out));
+   bson_destroy(&out);
+   bson_t *wrap = tmp_bson("{\"s\": \"x\", \"big\": {\"$numberLong\": \"5000000000\"}, \"f\": 1.5}");
+   bson_iter_t it;
+   uint8_t *buf;
+   size_t len;
+   bson_iter_init_find(&it, wrap, "s");
+   assert_false(aspen__kafka_key_encode(ASPEN_KAFKA_KEY_INT, bson_iter_value(&it), &buf, &len, &err));
+   assert_null(buf);
+   assert_non_null(strstr(err.message, "keyFormat int"));
+   bson_iter_init_find(&it, wrap, "big");
+   assert_false(aspen__kafka_key_encode(ASPEN_KAFKA_KEY_INT, bson_iter_value(&it), &buf, &len, &err));
+   bson_iter_init_find(&it, wrap, "f");
+   assert_false(aspen__kafka_key_encode(ASPEN_KAFKA_KEY_LONG, bson_iter_value(&it), &buf, &len, &err));
+   bson_destroy(wrap);
+}
+
+/* ---- connections and option validation ----------------------------------- */
+
+static const char *const conns_json =
+   "{\"c\": [{\"name\": \"atlas\", \"type\": \"atlas\"},"
+   " {\"name\": \"k\", \"type\": \"kafka\", \"bootstrapServers\": \"127.0.0.1:9\","
+   "  \"security\": {\"protocol\": \"SASL_SSL\", \"mechanism\": \"PLAIN\","
+   "                \"username\": \"u\", \"password\": \"pw-secret\", \"caFile\": \"/ca.pem\"},"
+   "  \"config\": {\"socket.timeout.ms\": 5000, \"ssl.key.password\": \"kp-secret\","
+   "              \"enable.ssl.certificate.verification\": false}}]}";
+
+static void
+load_conns(aspen_conns_t *conns)
+{
+   bson_t *cfg = tmp_bson(conns_json);
+   bson_iter_t it;
+   uint32_t len;
+   const uint8_t *data;
+   bson_t arr;
+   aspen_error_t err;
+   assert_true(bson_iter_init_find(&it, cfg, "c"));
+   bson_iter_array(&it, &len, &data);
+   assert_true(bson_init_static(&arr, data, len));
+   if (!aspen_conns_load(conns, &arr, "mongodb://127.0.0.1:1", &err)) {
+      fail_msg("%s", err.message);
+   }
+   bson_destroy(cfg);
+}
+
+static void
+test_connections(void **state)
+{
+   (void) state;
+   aspen_conns_t conns;
+   load_conns(&conns);
+   const aspen_conn_t *k = aspen_conns_find(&conns, "k");
+   assert_non_null(k);
+   assert_int_equal(k->type, ASPEN_CONN_KAFKA);
+   char *listed = bson_as_relaxed_extended_json(&k->doc, NULL);
+   assert_null(strstr(listed, "secret"));
+   assert_non_null(strstr(listed, "\"bootstrapServers\" : \"127.0.0.1:9\""));
+   assert_non_null(strstr(listed, "\"username\" : \"u\""));
+   assert_non_null(strstr(listed, "socket.timeout.ms"));
+   bson_free(listed);
+   bson_iter_t it;
+   assert_true(bson_iter_init_find(&it, &k->kafka_conf, "sasl.password"));
+   assert_string_equal(bson_iter_utf8(&it, NULL), "pw-secret");
+   assert_true(bson_iter_init_find(&it, &k->kafka_conf, "ssl.ca.location"));
+   assert_true(bson_iter_init_find(&it, &k->kafka_conf, "socket.timeout.ms"));
+   assert_string_equal(bson_iter_utf8(&it, NULL), "5000");
+   /* librdkafka accepts every setting. */
+   aspen_kafka_client_hdr_t hdr = {"test"};
+   aspen_error_t err;
+   rd_kafka_conf_t *conf = aspen__kafka_conf_new(k, &hdr, &err);
+   assert_non_null(conf);
+   rd_kafka_conf_destroy(conf);
+   aspen_conns_cleanup(&conns);
+
+   /* Bad connection entries. */
+   static const char *const bad[] = {
+      "{\"c\": [{\"name\": \"k\", \"type\": \"kafka\"}]}",
+      "{\"c\": [{\"name\": \"k\", \"type\": \"kafka\", \"bootstrapServers\": \"h:1\","
+      " \"security\": {\"protocol\": \"SASL_SSL\"}}]}",
+      "{\"c\": [{\"name\": \"k\", \"type\": \"kafka\", \"bootstrapServers\": \"h:1\","
+      " \"security\": {\"protocol\": \"TLS\"}}]}",
+      "{\"c\": [{\"name\": \"k\", \"type\": \"kafka\", \"bootstrapServers\": \"h:1\","
+      " \"config\": {\"bootstrap.servers\": \"x\"}}]}",
+      "{\"c\": [{\"name\": \"a\", \"type\": \"atlas\", \"bootstrapServers\": \"h:1\"}]}",
+   };
+   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+      bson_t *cfg = tmp_bson(bad[i]);
+      uint32_t len;
+      const uint8_t *data;
+      bson_t arr;
+      bson_iter_init_find(&it, cfg, "c");
+      bson_iter_array(&it, &len, &data);
+      assert_true(bson_init_static(&arr, data, len));
+      if (aspen_conns_load(&conns, &arr, "mongodb://127.0.0.1:1", &err)) {
+         fail_msg("accepted %s", bad[i]);
+      }
+      aspen_conns_cleanup(&conns);
+      bson_destroy(cfg);
+   }
+}
+
+/* Parses `pipeline_json` ({"p": [...]}) as a persistent processor with a
+ * DLQ; returns the error message ("" when it parsed). */
+static void
+parse_expect(const aspen_conns_t *conns, const char *pipeline_json,
+             const char *want_error)
+{
+   bson_t *wrap = tmp_bson(pipeline_json);
+   bson_iter_t it;
+   uint32_t len;
+   const uint8_t *data;
+   bson_t arr;
+   aspen_error_t err = {0};
+   bson_iter_init_find(&it, wrap, "p");
+   bson_iter_array(&it, &len, &data);
+   assert_true(bson_init_static(&arr, data, len));
+   aspen_pipeline_t *pl = aspen_pipeline_parse(&arr, conns, false, true, &err);
+   if (!want_error) {
+      if (!pl) {
+         fail_msg("%s: %s", pipeline_json, err.message);
+      }
+   } else if (pl || !strstr(err.message, want_error)) {
+      fail_msg("%s\n gave '%s'\n want '%s'", pipeline_json,
+               pl ? "(parsed)" : err.message, want_error);
+   } else {
+      assert_int_equal(err.code, 420);
+   }
+   if (pl && !want_error) {
+      assert_int_equal(pl->source.kind, ASPEN_SOURCE_KAFKA);
+   }
+   aspen_pipeline_destroy(pl);
+   bson_destroy(wrap);
+}
+
+#define MERGE "{\"$merge\": {\"into\": {\"connectionName\": \"atlas\", \"db\": \"d\", \"coll\": \"c\"}}}"
+#define EMIT(args) "{\"$emit\": {\"connectionName\": \"k\", \"topic\": \"t\"" args "}}"
+#define SRC(args) "{\"$source\": {\"connectionName\": \"k\"" args "}}"
+
+static void
+test_source_options(void **state)
+{
+   (void) state;
+   aspen_conns_t conns;
+   load_conns(&conns);
+   parse_expect(&conns, "{\"p\": [" SRC(", \"topic\": \"t\"") ", " MERGE "]}", NULL);
+   parse_expect(&conns,
+                "{\"p\": [" SRC(", \"topic\": [\"a\", \"b\"], \"tsFieldName\": \"t2\","
+                " \"timeField\": {\"$toDate\": \"$t\"},"
+                " \"partitionIdleTimeout\": {\"size\": 5, \"unit\": \"second\"},"
+                " \"config\": {\"auto_offset_reset\": \"smallest\", \"group_id\": \"g\","
+                " \"enable_auto_commit\": false, \"keyFormat\": \"long\","
+                " \"keyFormatError\": \"passThrough\"}") ", " MERGE "]}",
+                NULL);
+   parse_expect(&conns, "{\"p\": [" SRC("") ", " MERGE "]}",
+                "BSON field '$source.topic' is missing but a required field");
+   parse_expect(&conns, "{\"p\": [" SRC(", \"topic\": []") ", " MERGE "]}",
+                "must name at least one topic");
+   parse_expect(&conns, "{\"p\": [" SRC(", \"topic\": 5") ", " MERGE "]}",
+                "is the wrong type");
+   parse_expect(&conns, "{\"p\": [" SRC(", \"topic\": \"t\", \"x\": 1") ", " MERGE "]}",
+                "BSON field '$source.x' is an unknown field.");
+   parse_expect(&conns,
+                "{\"p\": [" SRC(", \"topic\": \"t\", \"config\": {\"y\": 1}") ", " MERGE "]}",
+                "BSON field '$source.config.y' is an unknown field.");
+   parse_expect(&conns,
+                "{\"p\": [" SRC(", \"topic\": \"t\", \"config\": {\"keyFormat\": \"avro\"}") ", " MERGE "]}",
+                "Enumeration value 'avro' for field '$source.config.keyFormat'");
+   parse_expect(&conns,
+                "{\"p\": [" SRC(", \"topic\": \"t\", \"config\": {\"keyFormatError\": \"discard\"}") ", " MERGE "]}",
+                "Enumeration value 'discard'");
+   parse_expect(&conns,
+                "{\"p\": [" SRC(", \"topic\": \"t\", \"partitionIdleTimeout\": {\"size\": 1}") ", " MERGE "]}",
+                "partitionIdleTimeout.unit' is missing");
+   parse_expect(&conns,
+                "{\"p\": [" SRC(", \"topic\": \"t\", \"partitionIdleTimeout\": {\"size\": -1, \"unit\": \"ms\"}") ", " MERGE "]}",
+                "non-negative");
+
+   /* The idle timeout is kept, in ms, for the watermark code. */
+   bson_t *wrap = tmp_bson("{\"p\": [" SRC(", \"topic\": \"t\", \"partitionIdleTimeout\": "
+                           "{\"size\": 2, \"unit\": \"minute\"}") ", " MERGE "]}");
+   bson_iter_t it;
+   uint32_t len;
+   const uint8_t *data;
+   bson_t arr;
+   aspen_error_t err;
+   bson_iter_init_find(&it, wrap, "p");
+   bson_iter_array(&it, &len, &data);
+   assert_true(bson_init_static(&arr, data, len));
+   aspen_pipeline_t *pl = aspen_pipeline_parse(&arr, &conns, false, true, &err);
+   assert_non_null(pl);
+   assert_int_equal(pl->source.partition_idle_timeout_ms, 120000);
+   assert_int_equal(pl->source.kafka->n_topics, 1);
+   assert_false(pl->source.kafka->earliest);
+   assert_int_equal(pl->source.kafka->key_format, ASPEN_KAFKA_KEY_BINDATA);
+   aspen_pipeline_destroy(pl);
+   bson_destroy(wrap);
+   aspen_conns_cleanup(&conns);
+}
+
+static void
+test_emit_options(void **state)
+{
+   (void) state;
+   aspen_conns_t conns;
+   load_conns(&conns);
+#define DOCS "{\"$source\": {\"documents\": [{\"a\": 1}]}}"
+   parse_expect(&conns, "{\"p\": [" SRC(", \"topic\": \"t\"") ", " EMIT("") "]}", NULL);
+   parse_expect(&conns,
+                "{\"p\": [" SRC(", \"topic\": \"t\"") ", " EMIT(", \"config\": {\"key\": \"$a\","
+                " \"keyFormat\": \"string\", \"headers\": {\"h\": \"$a\"}, \"acks\": 1,"
+                " \"compression_type\": \"zstd\", \"outputFormat\": \"canonicalJson\","
+                " \"dateFormat\": \"ISO8601\", \"tombstoneWhen\": {\"$eq\": [\"$a\", 0]}}") "]}",
+                NULL);
+   parse_expect(&conns,
+                "{\"p\": [" SRC(", \"topic\": \"t\"") ", " EMIT(", \"config\": {\"key\": \"$a\"}") "]}",
+                "Expected config.keyFormat to be specified when config.key is specified");
+   parse_expect(&conns,
+                "{\"p\": [" SRC(", \"topic\": \"t\"") ", " EMIT(", \"config\": {\"outputFormat\": \"xml\"}") "]}",
+                "Enumeration value 'xml' for field '$emit.config.outputFormat'");
+   parse_expect(&conns,
+                "{\"p\": [" SRC(", \"topic\": \"t\"") ", " EMIT(", \"config\": {\"acks\": 2}") "]}",
+                "config.acks must be");
+   parse_expect(&conns,
+                "{\"p\": [" SRC(", \"topic\": \"t\"") ", " EMIT(", \"config\": {\"linger\": 2}") "]}",
+                "BSON field '$emit.config.linger' is an unknown field.");
+   parse_expect(&conns,
+                "{\"p\": [" SRC(", \"topic\": \"t\"") ", {\"$emit\": {\"connectionName\": \"k\"}}]}",
+                "BSON field '$emit.topic' is missing");
+   parse_expect(&conns,
+                "{\"p\": [" SRC(", \"topic\": \"t\"") ", {\"$emit\": {\"connectionName\": \"nope\", \"topic\": \"t\"}}]}",
+                "Unknown connection name nope");
+   parse_expect(&conns,
+                "{\"p\": [" SRC(", \"topic\": \"t\"") ", {\"$emit\": {\"connectionName\": \"sample_stream_solar\", \"topic\": \"t\"}}]}",
+                "Expected Atlas connection for $emit");
+   aspen_conns_cleanup(&conns);
+}
+
+/* ---- a round trip through the mock cluster ------------------------------- */
+
+static void
+test_mock_cluster_roundtrip(void **state)
+{
+   (void) state;
+   char errstr[256];
+   rd_kafka_conf_t *mconf = rd_kafka_conf_new();
+   rd_kafka_conf_set(mconf, "log_level", "0", NULL, 0);
+   rd_kafka_t *mrk = rd_kafka_new(RD_KAFKA_PRODUCER, mconf, errstr, sizeof errstr);
+   assert_non_null(mrk);
+   rd_kafka_mock_cluster_t *mc = rd_kafka_mock_cluster_new(mrk, 1);
+   assert_non_null(mc);
+   assert_int_equal(rd_kafka_mock_topic_create(mc, "t", 1, 1), 0);
+
+   /* A connection to the mock cluster, as the config file would give it. */
+   char json[512];
+   snprintf(json, sizeof json,
+            "{\"c\": [{\"name\": \"k\", \"type\": \"kafka\", \"bootstrapServers\": \"%s\","
+            " \"config\": {\"socket.timeout.ms\": 10000}}]}",
+            rd_kafka_mock_cluster_bootstraps(mc));
+   bson_t *cfg = tmp_bson(json);
+   bson_iter_t it;
+   uint32_t len;
+   const uint8_t *data;
+   bson_t arr;
+   aspen_error_t err;
+   aspen_conns_t conns;
+   bson_iter_init_find(&it, cfg, "c");
+   bson_iter_array(&it, &len, &data);
+   assert_true(bson_init_static(&arr, data, len));
+   assert_true(aspen_conns_load(&conns, &arr, NULL, &err));
+   const aspen_conn_t *k = aspen_conns_find(&conns, "k");
+   aspen_kafka_client_hdr_t hdr = {"mock"};
+
+   /* Produce one encoded document with a long key. */
+   rd_kafka_conf_t *pconf = aspen__kafka_conf_new(k, &hdr, &err);
+   assert_non_null(pconf);
+   rd_kafka_t *prod = rd_kafka_new(RD_KAFKA_PRODUCER, pconf, errstr, sizeof errstr);
+   assert_non_null(prod);
+   bson_t *doc = tmp_bson("{\"x\": {\"$numberLong\": \"9\"}, \"s\": \"é\"}");
+   aspen_kafka_json_opts_t opts = {.canonical = true};
+   size_t vlen;
+   char *value = aspen__kafka_json_encode(doc, &opts, &vlen);
+   bson_t *kw = tmp_bson("{\"v\": {\"$numberLong\": \"42\"}}");
+   bson_iter_init_find(&it, kw, "v");
+   uint8_t *key;
+   size_t klen;
+   assert_true(aspen__kafka_key_encode(ASPEN_KAFKA_KEY_LONG, bson_iter_value(&it), &key, &klen, &err));
+   assert_int_equal(rd_kafka_producev(prod, RD_KAFKA_V_TOPIC("t"),
+                                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                      RD_KAFKA_V_VALUE(value, vlen),
+                                      RD_KAFKA_V_KEY(key, klen), RD_KAFKA_V_END),
+                    0);
+   assert_int_equal(rd_kafka_flush(prod, 10000), 0);
+   rd_kafka_destroy(prod);
+
+   /* Consume it back and decode. */
+   rd_kafka_conf_t *cconf = aspen__kafka_conf_new(k, &hdr, &err);
+   assert_true(aspen__kafka_conf_set(cconf, "group.id", "g", &err));
+   assert_true(aspen__kafka_conf_set(cconf, "session.timeout.ms", "6000", &err));
+   assert_true(aspen__kafka_conf_set(cconf, "auto.offset.reset", "earliest", &err));
+   assert_false(aspen__kafka_conf_set(cconf, "no.such.setting", "1", &err));
+   assert_int_equal(err.code, 419);
+   rd_kafka_t *cons = rd_kafka_new(RD_KAFKA_CONSUMER, cconf, errstr, sizeof errstr);
+   assert_non_null(cons);
+   rd_kafka_poll_set_consumer(cons);
+   rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
+   rd_kafka_topic_partition_list_add(topics, "t", RD_KAFKA_PARTITION_UA);
+   assert_int_equal(rd_kafka_subscribe(cons, topics), 0);
+   rd_kafka_topic_partition_list_destroy(topics);
+   rd_kafka_message_t *m = NULL;
+   for (int i = 0; i < 200 && !m; i++) {
+      m = rd_kafka_consumer_poll(cons, 100);
+      if (m && m->err) {
+         rd_kafka_message_destroy(m);
+         m = NULL;
+      }
+   }
+   assert_non_null(m);
+   bson_t back;
+   assert_true(aspen__kafka_json_decode(m->payload, m->len, &back, &err));
+   assert_true(bson_equal(&back, doc));
+   bson_t meta = BSON_INITIALIZER;
+   assert_true(aspen__kafka_key_decode(ASPEN_KAFKA_KEY_LONG, m->key, m->key_len, &meta, "key", &err));
+   assert_canonical(&meta, "{\"key\": {\"$numberLong\": \"42\"}}");
+   bson_destroy(&meta);
+   bson_destroy(&back);
+   rd_kafka_message_destroy(m);
+   rd_kafka_consumer_close(cons);
+   rd_kafka_destroy(cons);
+
+   bson_free(value);
+   bson_free(key);
+   bson_destroy(kw);
+   bson_destroy(doc);
+   bson_destroy(cfg);
+   aspen_conns_cleanup(&conns);
+   rd_kafka_mock_cluster_destroy(mc);
+   rd_kafka_destroy(mrk);
+}
+
+int
+main(void)
+{
+   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_decode_relaxed_and_canonical),
+      cmocka_unit_test(test_decode_refuses_non_documents),
+      cmocka_unit_test(test_decode_schema_registry_prefix),
+      cmocka_unit_test(test_encode_formats),
+      cmocka_unit_test(test_key_formats),
+      cmocka_unit_test(test_connections),
+      cmocka_unit_test(test_source_options),
+      cmocka_unit_test(test_emit_options),
+      cmocka_unit_test(test_mock_cluster_roundtrip),
+   };
+   return cmocka_run_group_tests_name("kafka", tests, NULL, NULL);
+}
