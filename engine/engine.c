@@ -559,6 +559,15 @@ check_options(aspen_engine_t *eng, const bson_t *options, bson_t *out,
             return false;
          }
          bson_append_iter(out, NULL, 0, &it);
+      } else if (strcmp(k, "virtualClock") == 0) {
+         /* aspen's own: windows on a clock driven by the input (README). */
+         if (!BSON_ITER_HOLDS_BOOL(&it)) {
+            reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
+                        "StreamProcessorInvalidOptions: options.virtualClock "
+                        "must be a boolean");
+            return false;
+         }
+         bson_append_iter(out, NULL, 0, &it);
       } else {
          reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
                      "StreamProcessorInvalidOptions: BSON field 'options.%s' "
@@ -977,8 +986,15 @@ cmd_stats(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
                      (int64_t) atomic_load(&p->stats.dlq_count));
    BSON_APPEND_INT64(&st, "dlqMessageSize",
                      (int64_t) atomic_load(&p->stats.dlq_size) / scale);
-   BSON_APPEND_INT64(&st, "stateSize", 0);
    int64_t wm = atomic_load(&p->stats.watermark_ms);
+   uint64_t state_size = 0;
+   if (p->pl && p->pl->window) {
+      /* With a window, the watermark is the window's (event time, per
+       * partition, never backwards) and state is its open windows. */
+      wm = atomic_load(&p->pl->watermark_ms);
+      state_size = atomic_load(&p->pl->state_size);
+   }
+   BSON_APPEND_INT64(&st, "stateSize", (int64_t) state_size / scale);
    if (wm != INT64_MIN) {
       BSON_APPEND_DATE_TIME(&st, "watermark", wm);
    }

@@ -104,13 +104,27 @@ typedef struct {
     * that only exist at parse time. */
    bool (*push)(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err);
    void (*destroy)(aspen_stage_t *st);
+   /* Window stages only (else NULL): time passes without input (`now_ms`
+    * on the processor's clock, `idle_ms` since the last input). */
+   void (*tick)(aspen_stage_t *st, int64_t now_ms, int64_t idle_ms);
 } aspen_stage_ops_t;
+
+/* A run of stages and where documents go after its last one. The main
+ * pipeline is one chain; a window's inner pipeline is cut into chains at its
+ * blocking stages ($group, $sort, $limit, $count). */
+typedef struct aspen_chain {
+   aspen_stage_t *stages;
+   int n;
+   void (*terminal)(void *arg, const aspen_sdoc_t *doc);
+   void *arg;
+} aspen_chain_t;
 
 struct aspen_stage {
    const aspen_stage_ops_t *ops;
    aspen_pipeline_t *pl;
-   int index;
-   void *state; /* the stage's own data */
+   aspen_chain_t *chain; /* the chain it belongs to */
+   int index;            /* its position in that chain */
+   void *state;          /* the stage's own data */
 };
 
 /* Where a stage placement is allowed. */
@@ -161,7 +175,14 @@ struct aspen_pipeline {
    aspen_sink_kind_t sink_kind;
    bson_t sink_spec;            /* the sink stage's argument */
    bool has_window;
+   aspen_chain_t main;          /* the stages above, ending at `output` */
+   aspen_stage_t *window;       /* the window stage, if any */
+   bool virtual_clock;          /* aspen extension: time from the input */
+   /* Published for stats (written by the processor thread). */
+   atomic_int_fast64_t watermark_ms;  /* INT64_MIN: none */
+   atomic_uint_fast64_t state_size;
    /* Run-time hooks. */
+   const bson_t *dlq_extra;     /* fields a stage adds to its next DLQ entry */
    aspen_dlq_fn dlq;
    aspen_output_fn output;
    void *hook_arg;
@@ -182,6 +203,12 @@ bool aspen_pipeline_parse_stages(aspen_pipeline_t *pl, const bson_t *arr,
                                  int *n_out, aspen_error_t *err);
 /* Sends a source document into the stage chain. */
 void aspen_pipeline_push(aspen_pipeline_t *pl, const aspen_sdoc_t *doc);
+/* Lets time pass without input (window idle timeouts, processing-time
+ * windows). */
+void aspen_pipeline_tick(aspen_pipeline_t *pl, int64_t now_ms,
+                         int64_t idle_ms);
+/* Pushes `doc` into `chain` at stage `idx` (its terminal when idx == n). */
+void aspen_chain_push(aspen_chain_t *chain, int idx, const aspen_sdoc_t *doc);
 /* Called by a stage for each output document. */
 void aspen_stage_emit(aspen_stage_t *st, const aspen_sdoc_t *out);
 /* Fills an expression context for a document. */

@@ -479,6 +479,35 @@ eval_root_path(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
    return true;
 }
 
+/* $$CURRENT (and plain "$field" paths): the document being looked at,
+ * which is $$ROOT except where a stage descends into it ($redact). */
+static const bson_t *
+current_doc(const aspen__eval_t *st)
+{
+   return st->ctx->current ? st->ctx->current : st->ctx->root;
+}
+
+static bool
+eval_current_path(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
+{
+   const bson_t *cur = current_doc(st);
+   if (!cur) {
+      *out = ASPEN_VALUE_MISSING;
+      return true;
+   }
+   *out = aspen__path_get(bson_get_data(cur), cur->len, e->parts, e->n_parts);
+   return true;
+}
+
+static bool
+eval_current(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
+{
+   (void) e;
+   const bson_t *cur = current_doc(st);
+   *out = cur ? aspen__value_doc_view(cur, false) : ASPEN_VALUE_MISSING;
+   return true;
+}
+
 static bool
 eval_root(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
 {
@@ -594,8 +623,9 @@ parse_field_path(aspen__parse_t *ps, const char *s, size_t len,
          e->aux = aspen_xstrdup("CURRENT");
          e->aux_free = free;
       } else {
+         /* "$a.b" is $$CURRENT.a.b. */
          e->var = ASPEN__VAR_ROOT;
-         e->eval = eval_root_path;
+         e->eval = eval_current_path;
       }
       return true;
    }
@@ -625,9 +655,14 @@ parse_field_path(aspen__parse_t *ps, const char *s, size_t len,
       return true;
    }
 #define IS_NAME(lit) (nlen == sizeof(lit) - 1 && memcmp(name, lit, nlen) == 0)
-   if (IS_NAME("ROOT") || IS_NAME("CURRENT")) {
+   if (IS_NAME("ROOT")) {
       e->var = ASPEN__VAR_ROOT;
       e->eval = e->n_parts ? eval_root_path : eval_root;
+      return true;
+   }
+   if (IS_NAME("CURRENT")) {
+      e->var = ASPEN__VAR_ROOT;
+      e->eval = e->n_parts ? eval_current_path : eval_current;
       return true;
    }
    if (IS_NAME("REMOVE")) {
@@ -1720,7 +1755,8 @@ check_const_field(aspen__parse_t *ps, const aspen__op_t *op,
 {
    if (!(field->flags & ASPEN__NODE_CONST) &&
        (field->eval == eval_root_path || field->eval == eval_var ||
-        field->eval == eval_root)) {
+        field->eval == eval_root || field->eval == eval_current_path ||
+        field->eval == eval_current)) {
       return aspen__pfail(ps, path_code,
                           "A field path reference which is not allowed in "
                           "this context. Did you mean {$literal: '...'}?");
@@ -1913,6 +1949,80 @@ eval_set_field(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Operators beyond expr.h's list that mongod has: $rand, $bsonSize,         */
+/* $tsSecond, $tsIncrement.                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* $rand: a double in [0, 1) from a per-thread xorshift generator seeded
+ * from OpenSSL's RNG. */
+static bool
+eval_rand(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
+{
+   (void) e;
+   (void) st;
+   static __thread uint64_t state;
+   if (state == 0) {
+      if (RAND_bytes((unsigned char *) &state, sizeof state) != 1 ||
+          state == 0) {
+         state = 0x9e3779b97f4a7c15ULL ^ (uint64_t) (uintptr_t) &state;
+      }
+   }
+   state ^= state << 13;
+   state ^= state >> 7;
+   state ^= state << 17;
+   *out = aspen_value_double((double) (state >> 11) * (1.0 / 9007199254740992.0));
+   return true;
+}
+
+static bool
+eval_bson_size(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
+{
+   aspen_value_t v;
+   if (!aspen__eval_node(e->args[0], st, &v)) {
+      *out = ASPEN_VALUE_MISSING;
+      return false;
+   }
+   bool ok = true;
+   if (aspen__is_nullish(&v)) {
+      *out = aspen_value_null();
+   } else if (!aspen__is_doc(&v)) {
+      *out = ASPEN_VALUE_MISSING;
+      ok = aspen__fail(st, 31393,
+                       "$bsonSize requires a document input, found: %s",
+                       aspen_value_type_name(&v));
+   } else {
+      *out = aspen_value_int32((int32_t) v.v.value.v_doc.data_len);
+   }
+   aspen_value_destroy(&v);
+   return ok;
+}
+
+/* $tsSecond (sub 0) / $tsIncrement (sub 1): parts of a Timestamp as longs. */
+static bool
+eval_ts_part(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
+{
+   aspen_value_t v;
+   if (!aspen__eval_node(e->args[0], st, &v)) {
+      *out = ASPEN_VALUE_MISSING;
+      return false;
+   }
+   bool ok = true;
+   if (aspen__is_nullish(&v)) {
+      *out = aspen_value_null();
+   } else if (aspen__vt(&v) != BSON_TYPE_TIMESTAMP) {
+      *out = ASPEN_VALUE_MISSING;
+      ok = aspen__fail(st, e->op->sub ? 5687302 : 5687301,
+                       "Argument to %s must be a timestamp, but is %s",
+                       e->op->name, aspen_value_type_name(&v));
+   } else {
+      *out = aspen_value_int64(e->op->sub ? v.v.value.v_timestamp.increment
+                                          : v.v.value.v_timestamp.timestamp);
+   }
+   aspen_value_destroy(&v);
+   return ok;
+}
+
+/* ------------------------------------------------------------------------ */
 /* The operator table                                                        */
 /* ------------------------------------------------------------------------ */
 
@@ -1920,6 +2030,8 @@ eval_set_field(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
 #define NARY aspen__parse_nary
 #define DATEPART(name, part)                                                   \
    {name, aspen__parse_date_part, aspen__eval_date_part, 0, 0, part, P}
+#define TRIG(name, fn)                                                         \
+   {name, NARY, aspen__eval_trig, 1, 1, ASPEN__TRIG_##fn, P}
 #define TO(name, type)                                                         \
    {name, aspen__parse_to_type, aspen__eval_to_type, 1, 1, type, P}
 
@@ -1928,14 +2040,26 @@ eval_set_field(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
  * ($meta, $currentDate, $createUUID) are never folded. */
 static const aspen__op_t ops[] = {
    {"$abs", NARY, aspen__eval_abs, 1, 1, 0, P},
+   TRIG("$acos", ACOS),
+   TRIG("$acosh", ACOSH),
    {"$add", NARY, aspen__eval_add, -1, -1, 0, P},
    {"$allElementsTrue", NARY, aspen__eval_all_elements_true, 1, 1, 0, P},
    {"$and", NARY, eval_and_or, -1, -1, 0, P},
    {"$anyElementTrue", NARY, aspen__eval_any_element_true, 1, 1, 0, P},
    {"$arrayElemAt", NARY, aspen__eval_array_elem_at, 2, 2, 0, P},
    {"$arrayToObject", NARY, aspen__eval_array_to_object, 1, 1, 0, P},
+   TRIG("$asin", ASIN),
+   TRIG("$asinh", ASINH),
+   TRIG("$atan", ATAN),
+   {"$atan2", NARY, aspen__eval_atan2, 2, 2, 0, P},
+   TRIG("$atanh", ATANH),
    {"$avg", aspen__parse_accum, aspen__eval_accum, -1, -1, 1, P},
    {"$binarySize", NARY, aspen__eval_binary_size, 1, 1, 0, P},
+   {"$bitAnd", NARY, aspen__eval_bit, -1, -1, 0, P},
+   {"$bitNot", NARY, aspen__eval_bit_not, 1, 1, 0, P},
+   {"$bitOr", NARY, aspen__eval_bit, -1, -1, 1, P},
+   {"$bitXor", NARY, aspen__eval_bit, -1, -1, 2, P},
+   {"$bsonSize", NARY, eval_bson_size, 1, 1, 0, P},
    {"$ceil", NARY, aspen__eval_ceil, 1, 1, 0, P},
    {"$cmp", NARY, eval_cmp, 2, 2, CMP_CMP, P},
    {"$concat", NARY, aspen__eval_concat, -1, -1, 0, P},
@@ -1943,6 +2067,8 @@ static const aspen__op_t ops[] = {
    {"$cond", parse_cond, eval_cond, 3, 3, 0, P},
    {"$const", parse_literal, eval_const, 0, 0, 0, 0},
    {"$convert", aspen__parse_convert, aspen__eval_convert, 0, 0, 0, P},
+   TRIG("$cos", COS),
+   TRIG("$cosh", COSH),
    {"$createUUID", parse_no_args, eval_create_uuid, 0, 0, 0, 0},
    {"$currentDate", parse_no_args, eval_current_date, 0, 0, 0, 0},
    {"$dateAdd", aspen__parse_date_add, aspen__eval_date_add, 0, 0, 0, P},
@@ -1960,6 +2086,7 @@ static const aspen__op_t ops[] = {
    DATEPART("$dayOfMonth", ASPEN__DP_DAY_OF_MONTH),
    DATEPART("$dayOfWeek", ASPEN__DP_DAY_OF_WEEK),
    DATEPART("$dayOfYear", ASPEN__DP_DAY_OF_YEAR),
+   TRIG("$degreesToRadians", DEG2RAD),
    {"$divide", NARY, aspen__eval_divide, 2, 2, 0, P},
    {"$eq", NARY, eval_cmp, 2, 2, CMP_EQ, P},
    {"$exp", NARY, aspen__eval_exp, 1, 1, 0, P},
@@ -2008,6 +2135,8 @@ static const aspen__op_t ops[] = {
    {"$objectToArray", NARY, aspen__eval_object_to_array, 1, 1, 0, P},
    {"$or", NARY, eval_and_or, -1, -1, 1, P},
    {"$pow", NARY, aspen__eval_pow, 2, 2, 0, P},
+   TRIG("$radiansToDegrees", RAD2DEG),
+   {"$rand", parse_no_args, eval_rand, 0, 0, 0, 0},
    {"$range", NARY, aspen__eval_range, 2, 3, 0, P},
    {"$reduce", aspen__parse_reduce, aspen__eval_reduce, 0, 0, 0, 0},
    {"$regexFind", aspen__parse_regex, aspen__eval_regex, 0, 0, 1, P},
@@ -2026,6 +2155,8 @@ static const aspen__op_t ops[] = {
    {"$setIntersection", NARY, aspen__eval_set_intersection, -1, -1, 0, P},
    {"$setIsSubset", NARY, aspen__eval_set_is_subset, 2, 2, 0, P},
    {"$setUnion", NARY, aspen__eval_set_union, -1, -1, 0, P},
+   TRIG("$sin", SIN),
+   TRIG("$sinh", SINH),
    {"$size", NARY, aspen__eval_size, 1, 1, 0, P},
    {"$slice", NARY, aspen__eval_slice, 2, 3, 0, P},
    {"$sortArray", aspen__parse_sort_array, aspen__eval_sort_array, 0, 0, 0, P},
@@ -2042,6 +2173,8 @@ static const aspen__op_t ops[] = {
    {"$subtract", NARY, aspen__eval_subtract, 2, 2, 0, P},
    {"$sum", aspen__parse_accum, aspen__eval_accum, -1, -1, 0, P},
    {"$switch", parse_switch, eval_switch, 0, 0, 0, P},
+   TRIG("$tan", TAN),
+   TRIG("$tanh", TANH),
    TO("$toBool", BSON_TYPE_BOOL),
    TO("$toDate", BSON_TYPE_DATE_TIME),
    TO("$toDecimal", BSON_TYPE_DECIMAL128),
@@ -2054,6 +2187,8 @@ static const aspen__op_t ops[] = {
    {"$toUpper", NARY, aspen__eval_case, 1, 1, 1, P},
    {"$trim", aspen__parse_trim, aspen__eval_trim, 0, 0, 0, P},
    {"$trunc", NARY, aspen__eval_round, 1, 2, 1, P},
+   {"$tsIncrement", NARY, eval_ts_part, 1, 1, 1, P},
+   {"$tsSecond", NARY, eval_ts_part, 1, 1, 0, P},
    {"$type", NARY, aspen__eval_type, 1, 1, 0, P},
    {"$unsetField", parse_set_field, eval_set_field, 0, 0, 1, P},
    DATEPART("$week", ASPEN__DP_WEEK),
@@ -2064,6 +2199,7 @@ static const aspen__op_t ops[] = {
 #undef P
 #undef NARY
 #undef DATEPART
+#undef TRIG
 #undef TO
 
 static const aspen__op_t *
@@ -2124,7 +2260,9 @@ declare_ext_vars(aspen__parse_t *ps, const char *const *vars,
    *names_out = names;
    *n_out = n;
    for (uint32_t i = 0; i < n; i++) {
-      if (!aspen__check_var_name(ps, names[i])) {
+      /* The caller's names may look like system variables (a stage can bind
+       * e.g. DESCEND itself), so only the read rules apply. */
+      if (!check_var_read(ps, names[i], strlen(names[i]))) {
          return false;
       }
       if (strcmp(names[i], "CURRENT") == 0) {

@@ -24,7 +24,12 @@
  * $millisecond $week $isoWeek $isoWeekYear $isoDayOfWeek); accumulator-style
  * array forms ($sum $avg $min $max $stdDevPop $stdDevSamp on arrays or
  * argument lists); ASP's own ($meta with a dotted "stream..." path,
- * $currentDate, $createUUID).
+ * $currentDate, $createUUID). Also mongod's $binarySize $bsonSize $rand
+ * $tsSecond $tsIncrement, the trigonometric operators ($sin ... $atanh,
+ * $atan2, $degreesToRadians, $radiansToDegrees) and $bitAnd $bitOr $bitXor
+ * $bitNot. $convert also does ASP's binData <-> int/long/double/string
+ * conversions (byteOrder, format). Timezones: "UTC"/"GMT", offsets and Olson
+ * names (read from /usr/share/zoneinfo).
  * Refused at parse time as ASP does: $$NOW, $$CLUSTER_TIME, $$USER_ROLES,
  * $$SEARCH_META, unknown operators ("Unrecognized expression '$foo'").
  *
@@ -48,6 +53,7 @@ typedef struct {
    const bson_t *root;
    const bson_t *meta;
    int64_t now_ms;
+   const bson_t *current; /* $$CURRENT and "$field" paths; NULL: root */
 } aspen_expr_ctx_t;
 
 /* Compiles the expression held by `it` (any BSON value: a string field path,

@@ -256,18 +256,79 @@ to_int64_checked(const aspen_value_t *in, int64_t *out, aspen_error_t *err)
    }
 }
 
+/* A double as mongod 8's $toString prints it (fmt::format("{}")): the
+ * shortest digits that read back to the same double, in fixed notation when
+ * the decimal exponent is in [-4, 16), else as d.ddde+XX. */
 static void
-format_double_g(double d, char *buf, size_t len)
+format_double_shortest(double d, char *buf, size_t len)
 {
    if (isinf(d)) {
       snprintf(buf, len, "%s", d < 0 ? "-Infinity" : "Infinity");
-   } else if (isnan(d)) {
-      snprintf(buf, len, "NaN");
-   } else if (d == 0 && signbit(d)) {
-      snprintf(buf, len, "-0");
-   } else {
-      snprintf(buf, len, "%g", d);
+      return;
    }
+   if (isnan(d)) {
+      snprintf(buf, len, "NaN");
+      return;
+   }
+   if (d == 0) {
+      snprintf(buf, len, "%s", signbit(d) ? "-0" : "0");
+      return;
+   }
+   char tmp[40];
+   for (int prec = 1; prec <= 17; prec++) {
+      snprintf(tmp, sizeof tmp, "%.*e", prec - 1, d);
+      if (strtod(tmp, NULL) == d) {
+         break;
+      }
+   }
+   /* tmp: [-]d[.ddd]e[+-]XX */
+   bool neg = tmp[0] == '-';
+   const char *p = tmp + (neg ? 1 : 0);
+   char digits[24];
+   size_t nd = 0;
+   while (*p && *p != 'e') {
+      if (*p != '.' && nd < sizeof digits - 1) {
+         digits[nd++] = *p;
+      }
+      p++;
+   }
+   digits[nd] = '\0';
+   int exp10 = *p == 'e' ? (int) strtol(p + 1, NULL, 10) : 0;
+   size_t n = 0;
+   char out[64];
+   if (neg) {
+      out[n++] = '-';
+   }
+   if (exp10 < -4 || exp10 >= 16) {
+      out[n++] = digits[0];
+      if (nd > 1) {
+         out[n++] = '.';
+         memcpy(out + n, digits + 1, nd - 1);
+         n += nd - 1;
+      }
+      snprintf(out + n, sizeof out - n, "e%c%02d", exp10 < 0 ? '-' : '+',
+               exp10 < 0 ? -exp10 : exp10);
+   } else if (exp10 >= 0) {
+      for (int i = 0; i <= exp10; i++) {
+         out[n++] = (size_t) i < nd ? digits[i] : '0';
+      }
+      if ((size_t) exp10 + 1 < nd) {
+         out[n++] = '.';
+         memcpy(out + n, digits + exp10 + 1, nd - (size_t) exp10 - 1);
+         n += nd - (size_t) exp10 - 1;
+      }
+      out[n] = '\0';
+   } else {
+      out[n++] = '0';
+      out[n++] = '.';
+      for (int i = 0; i < -exp10 - 1; i++) {
+         out[n++] = '0';
+      }
+      memcpy(out + n, digits, nd);
+      n += nd;
+      out[n] = '\0';
+   }
+   snprintf(buf, len, "%s", out);
 }
 
 static bool
@@ -767,7 +828,7 @@ convert(const aspen_value_t *in, const conv_opts_t *o, aspen_value_t *out,
       double d = in->v.value.v_double;
       switch (to) {
       case BSON_TYPE_UTF8:
-         format_double_g(d, buf, sizeof buf);
+         format_double_shortest(d, buf, sizeof buf);
          *out = aspen_value_utf8(buf, strlen(buf));
          return true;
       case BSON_TYPE_DATE_TIME: {
@@ -860,7 +921,7 @@ convert(const aspen_value_t *in, const conv_opts_t *o, aspen_value_t *out,
          *out = aspen_value_int64(b);
          return true;
       case BSON_TYPE_DECIMAL128:
-         *out = aspen__value_decimal(aspen__dec_to_bson(b ? 1 : 0));
+         *out = aspen__value_decimal(aspen__dec_from_int64(b));
          return true;
       default:
          break;
@@ -881,7 +942,7 @@ convert(const aspen_value_t *in, const conv_opts_t *o, aspen_value_t *out,
          *out = aspen_value_int64(ms);
          return true;
       case BSON_TYPE_DECIMAL128:
-         *out = aspen__value_decimal(aspen__dec_to_bson((aspen_dec_t) ms));
+         *out = aspen__value_decimal(aspen__dec_from_int64(ms));
          return true;
       default:
          break;
@@ -916,7 +977,7 @@ convert(const aspen_value_t *in, const conv_opts_t *o, aspen_value_t *out,
          *out = aspen_value_int64(l);
          return true;
       case BSON_TYPE_DECIMAL128:
-         *out = aspen__value_decimal(aspen__dec_to_bson((aspen_dec_t) l));
+         *out = aspen__value_decimal(aspen__dec_from_int64(l));
          return true;
       case BSON_TYPE_DATE_TIME:
          if (from == BSON_TYPE_INT64) {
@@ -935,7 +996,7 @@ convert(const aspen_value_t *in, const conv_opts_t *o, aspen_value_t *out,
       aspen_dec_t d = aspen__dec_from_bson(&in->v.value.v_decimal128);
       switch (to) {
       case BSON_TYPE_DOUBLE: {
-         double x = (double) d;
+         double x = aspen__dec_to_double(d);
          if (isinf(x) && !aspen__dec_is_inf(d)) {
             return overflow_fail(err, in);
          }
@@ -989,15 +1050,6 @@ convert(const aspen_value_t *in, const conv_opts_t *o, aspen_value_t *out,
       break;
    }
    return conv_fail_unsupported(err, from, to);
-}
-
-bool
-aspen__convert_value(const aspen_value_t *in, bson_type_t to,
-                     aspen_value_t *out, aspen_error_t *err)
-{
-   conv_opts_t o = {.to = to, .subtype = 0, .format = FMT_AUTO,
-                    .big_endian = false};
-   return convert(in, &o, out, err);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -35,10 +35,34 @@ floordiv(int64_t a, int64_t b)
    return q;
 }
 
+/* b > 0; never overflows, unlike a - floordiv(a, b) * b. */
 static int64_t
 floormod(int64_t a, int64_t b)
 {
-   return a - floordiv(a, b) * b;
+   int64_t r = a % b;
+   return r < 0 ? r + b : r;
+}
+
+/* Saturating arithmetic: dates at the ends of the int64 range must not
+ * overflow (signed overflow is undefined) when an offset is applied. */
+static int64_t
+sat_add(int64_t a, int64_t b)
+{
+   int64_t r;
+   if (__builtin_add_overflow(a, b, &r)) {
+      return b > 0 ? INT64_MAX : INT64_MIN;
+   }
+   return r;
+}
+
+static int64_t
+sat_sub(int64_t a, int64_t b)
+{
+   int64_t r;
+   if (__builtin_sub_overflow(a, b, &r)) {
+      return b < 0 ? INT64_MAX : INT64_MIN;
+   }
+   return r;
 }
 
 /* Days since 1970-01-01 of a proleptic Gregorian date (any month/day
@@ -100,7 +124,7 @@ static void
 split(int64_t local_ms, parts_t *p)
 {
    int64_t days = floordiv(local_ms, MS_PER_DAY);
-   int64_t rem = local_ms - days * MS_PER_DAY;
+   int64_t rem = floormod(local_ms, MS_PER_DAY);
    civil_from_days(days, &p->year, &p->month, &p->day);
    p->days = days;
    p->hour = (int) (rem / MS_PER_HOUR);
@@ -280,18 +304,25 @@ aspen__tz_offset(const aspen__tz_t *tz, int64_t ms)
    return t < tz->n_types ? (int64_t) tz->type_off[t] * 1000 : 0;
 }
 
+/* UTC instant -> local wall time. */
+static int64_t
+to_local(const aspen__tz_t *tz, int64_t ms)
+{
+   return sat_add(ms, aspen__tz_offset(tz, ms));
+}
+
 /* Local wall time -> UTC instant. */
 static int64_t
 local_to_utc(const aspen__tz_t *tz, int64_t local)
 {
    if (tz->fixed) {
-      return local - tz->fixed_ms;
+      return sat_sub(local, tz->fixed_ms);
    }
    int64_t off1 = aspen__tz_offset(tz, local);
-   int64_t utc = local - off1;
+   int64_t utc = sat_sub(local, off1);
    int64_t off2 = aspen__tz_offset(tz, utc);
    if (off2 != off1) {
-      int64_t utc2 = local - off2;
+      int64_t utc2 = sat_sub(local, off2);
       if (aspen__tz_offset(tz, utc2) == off2) {
          utc = utc2;
       }
@@ -665,7 +696,7 @@ aspen__date_format(int64_t ms, const char *fmt, size_t fmt_len,
 {
    int64_t off = aspen__tz_offset(tz, ms);
    parts_t p;
-   split(ms + off, &p);
+   split(sat_add(ms, off), &p);
    size_t n = 0;
    buf[0] = '\0';
    if (!validate_to_format(fmt, fmt_len, err)) {
@@ -1335,7 +1366,7 @@ ASPEN__DECL_EVAL(aspen__eval_date_part)
       return false;
    }
    parts_t p;
-   split(ms + aspen__tz_offset(tz, ms), &p);
+   split(to_local(tz, ms), &p);
    int64_t iy;
    int iw, iwd;
    int64_t res;
@@ -1846,7 +1877,7 @@ ASPEN__DECL_EVAL(aspen__eval_date_to_parts)
       goto done;
    }
    parts_t p;
-   split(ms + aspen__tz_offset(tz, ms), &p);
+   split(to_local(tz, ms), &p);
    bson_t doc = BSON_INITIALIZER;
    if (want_iso) {
       int64_t iy;
@@ -1989,26 +2020,49 @@ trunc_local(int64_t local, int unit, int64_t bin, int sow)
    case U_DAY: {
       static const int64_t unit_ms[] = {0, 0, 0, 0, MS_PER_DAY, MS_PER_HOUR,
                                         MS_PER_MIN, 1000, 1};
-      int64_t width = unit_ms[unit] * bin;
+      int64_t width;
+      if (__builtin_mul_overflow(unit_ms[unit], bin, &width)) {
+         width = INT64_MAX;
+      }
       int64_t ref = REF_DAYS * MS_PER_DAY;
-      return ref + floordiv(local - ref, width) * width;
+      int64_t x = sat_sub(local, ref);
+      return sat_add(ref, sat_sub(x, floormod(x, width)));
    }
    case U_WEEK: {
       /* First `sow` day on or after 2000-01-01 (a Saturday). */
       int64_t ref = REF_DAYS + (sow - 6 + 7) % 7;
       int64_t days = floordiv(local, MS_PER_DAY);
-      int64_t width = 7 * bin;
-      return (ref + floordiv(days - ref, width) * width) * MS_PER_DAY;
+      int64_t width;
+      if (__builtin_mul_overflow(bin, 7, &width)) {
+         width = INT64_MAX;
+      }
+      int64_t start = ref + ((days - ref) - floormod(days - ref, width));
+      int64_t res;
+      if (__builtin_mul_overflow(start, MS_PER_DAY, &res)) {
+         return start < 0 ? INT64_MIN : INT64_MAX;
+      }
+      return res;
    }
    default: {
       parts_t p;
       split(local, &p);
       int64_t months = (p.year - 2000) * 12 + (p.month - 1);
-      int64_t width = bin * (unit == U_YEAR ? 12 : unit == U_QUARTER ? 3 : 1);
-      int64_t start = floordiv(months, width) * width;
+      int64_t width;
+      if (__builtin_mul_overflow(bin,
+                                 (int64_t) (unit == U_YEAR      ? 12
+                                            : unit == U_QUARTER ? 3
+                                                                : 1),
+                                 &width)) {
+         width = INT64_MAX;
+      }
+      int64_t start = months - floormod(months, width);
       int64_t y = 2000 + floordiv(start, 12);
       int m = (int) floormod(start, 12) + 1;
-      return days_from_civil(y, m, 1) * MS_PER_DAY;
+      int64_t res;
+      if (__builtin_mul_overflow(days_from_civil(y, m, 1), MS_PER_DAY, &res)) {
+         return y < 2000 ? INT64_MIN : INT64_MAX;
+      }
+      return res;
    }
    }
 }
@@ -2088,7 +2142,7 @@ ASPEN__DECL_EVAL(aspen__eval_date_trunc)
    }
    {
       /* Bins are laid out in local wall time. */
-      int64_t local = ms + aspen__tz_offset(tz, ms);
+      int64_t local = to_local(tz, ms);
       *out = aspen_value_date(
          local_to_utc(tz, trunc_local(local, unit, bin, sow)));
    }
@@ -2163,9 +2217,11 @@ add_months(int64_t local, int64_t months, int64_t *res)
    if (d > month_days(y, m)) {
       d = month_days(y, m);
    }
-   int64_t tod = local - p.days * MS_PER_DAY;
-   *res = days_from_civil(y, m, d) * MS_PER_DAY + tod;
-   return true;
+   int64_t tod = floormod(local, MS_PER_DAY);
+   int64_t base;
+   return !__builtin_mul_overflow(days_from_civil(y, m, d), MS_PER_DAY,
+                                  &base) &&
+          !__builtin_add_overflow(base, tod, res);
 }
 
 ASPEN__DECL_EVAL(aspen__eval_date_add)
@@ -2235,7 +2291,7 @@ ASPEN__DECL_EVAL(aspen__eval_date_add)
    case U_MONTH: {
       int64_t months;
       int64_t mult = unit == U_YEAR ? 12 : unit == U_QUARTER ? 3 : 1;
-      int64_t local = ms + aspen__tz_offset(tz, ms);
+      int64_t local = to_local(tz, ms);
       fits = !__builtin_mul_overflow(amount, mult, &months) &&
              add_months(local, months, &res);
       if (fits) {
@@ -2246,7 +2302,7 @@ ASPEN__DECL_EVAL(aspen__eval_date_add)
    case U_WEEK:
    case U_DAY: {
       int64_t delta;
-      int64_t local = ms + aspen__tz_offset(tz, ms);
+      int64_t local = to_local(tz, ms);
       fits = !__builtin_mul_overflow(amount,
                                      (unit == U_WEEK ? 7 : 1) * MS_PER_DAY,
                                      &delta) &&
@@ -2365,7 +2421,7 @@ ASPEN__DECL_EVAL(aspen__eval_date_diff)
    if (is_week && e->args[4] && !check_dow(st, "$dateDiff", &v[4], &sow)) {
       goto done;
    }
-   int64_t la = a + aspen__tz_offset(tz, a), lb = b + aspen__tz_offset(tz, b);
+   int64_t la = to_local(tz, a), lb = to_local(tz, b);
    parts_t pa, pb;
    split(la, &pa);
    split(lb, &pb);
@@ -2397,7 +2453,10 @@ ASPEN__DECL_EVAL(aspen__eval_date_diff)
       res = floordiv(lb, 1000) - floordiv(la, 1000);
       break;
    default:
-      res = b - a;
+      if (__builtin_sub_overflow(b, a, &res)) {
+         aspen__fail(st, 45, "$dateDiff: date overflow");
+         goto done;
+      }
       break;
    }
    *out = aspen_value_int64(res);

@@ -105,8 +105,6 @@ bool aspen__value_is_view(const aspen_value_t *val);
 /* Makes `val` self-contained: a borrowed string/document/binary/... is
  * deep-copied; scalars and owned values are left alone. */
 void aspen__value_own(aspen_value_t *val);
-/* Static bson_t over a document or array value (no copy). */
-bool aspen__value_as_bson(const aspen_value_t *val, bson_t *out);
 /* An owned string value that takes `s` (bson_malloc'd, NUL-terminated,
  * `len` bytes before the NUL). */
 aspen_value_t aspen__value_utf8_take(char *s, uint32_t len);
@@ -129,40 +127,50 @@ int aspen__bson_cmp(const uint8_t *a, uint32_t alen, const uint8_t *b,
                     uint32_t blen, bool compare_names);
 
 /* ------------------------------------------------------------------------ */
-/* Decimal128 through GCC's _Decimal128 (BID encoding, same as BSON's)       */
+/* Decimal128 (IEEE 754-2008, BID encoding as in BSON): expr_decimal.c      */
 /* ------------------------------------------------------------------------ */
 
-typedef _Decimal128 aspen_dec_t;
+typedef bson_decimal128_t aspen_dec_t;
 
 static inline aspen_dec_t
 aspen__dec_from_bson(const bson_decimal128_t *d)
 {
-   aspen_dec_t out;
-   uint64_t w[2] = {d->low, d->high};
-   memcpy(&out, w, sizeof out);
-   return out;
+   return *d;
 }
 
 static inline bson_decimal128_t
 aspen__dec_to_bson(aspen_dec_t d)
 {
-   uint64_t w[2];
-   bson_decimal128_t out;
-   memcpy(w, &d, sizeof w);
-   out.low = w[0];
-   out.high = w[1];
-   return out;
+   return d;
 }
 
+aspen_dec_t aspen__dec_from_int64(int64_t v);
 bool aspen__dec_is_nan(aspen_dec_t d);
 bool aspen__dec_is_inf(aspen_dec_t d);
+bool aspen__dec_is_zero(aspen_dec_t d);
+/* True for values below zero (not -0, not NaN). */
+bool aspen__dec_is_neg(aspen_dec_t d);
+aspen_dec_t aspen__dec_abs(aspen_dec_t d);
+/* Arithmetic rounded half-even to 34 digits with IEEE's preferred
+ * exponents; NaN and infinities propagate. Division by zero gives an
+ * infinity (callers check for zero first, as mongod errors instead). */
+aspen_dec_t aspen__dec_add(aspen_dec_t a, aspen_dec_t b);
+aspen_dec_t aspen__dec_sub(aspen_dec_t a, aspen_dec_t b);
+aspen_dec_t aspen__dec_mul(aspen_dec_t a, aspen_dec_t b);
+aspen_dec_t aspen__dec_div(aspen_dec_t a, aspen_dec_t b);
+aspen_dec_t aspen__dec_sqrt(aspen_dec_t a);
+/* Numeric order; NaN sorts below everything and equals NaN. */
+int aspen__dec_cmp(aspen_dec_t a, aspen_dec_t b);
+double aspen__dec_to_double(aspen_dec_t d);
+long double aspen__dec_to_ld(aspen_dec_t d);
 /* Double -> decimal rounded to `digits` significant digits (15 as MongoDB's
  * default Decimal128(double), or 34). */
 aspen_dec_t aspen__dec_from_double(double d, int digits);
 /* Any numeric value -> decimal (doubles to 15 digits, as coerceToDecimal). */
 aspen_dec_t aspen__num_to_dec(const aspen_value_t *val);
 /* Rounds a decimal to `places` digits after the point (negative: before),
- * with mode 0 = half-even, 1 = toward zero, 2 = floor, 3 = ceiling. */
+ * with mode 0 = half-even, 1 = toward zero, 2 = floor, 3 = ceiling (IEEE
+ * quantize: pads with zeros, NaN when more than 34 digits would be needed). */
 aspen_dec_t aspen__dec_quantize(aspen_dec_t d, int places, int mode);
 /* Decimal -> int64 truncating toward zero; false on NaN/inf/overflow. */
 bool aspen__dec_to_int64(aspen_dec_t d, int64_t *out);
@@ -365,7 +373,6 @@ bool aspen__coerce_date(const aspen_value_t *val, int64_t *ms);
 
 /* UTF-8 helpers. */
 size_t aspen__utf8_cp_len(unsigned char lead);
-bool aspen__utf8_valid(const char *s, size_t len);
 
 /* Regular expressions (PCRE2), shared by the string operators. */
 void *aspen__regex_compile(const char *pattern, const char *options,
@@ -414,6 +421,24 @@ enum {
    ASPEN__DP_ISO_DAY_OF_WEEK,
 };
 
+/* Trigonometric operators, the `sub` of their table entries. */
+enum {
+   ASPEN__TRIG_SIN,
+   ASPEN__TRIG_COS,
+   ASPEN__TRIG_TAN,
+   ASPEN__TRIG_ASIN,
+   ASPEN__TRIG_ACOS,
+   ASPEN__TRIG_ATAN,
+   ASPEN__TRIG_SINH,
+   ASPEN__TRIG_COSH,
+   ASPEN__TRIG_TANH,
+   ASPEN__TRIG_ASINH,
+   ASPEN__TRIG_ACOSH,
+   ASPEN__TRIG_ATANH,
+   ASPEN__TRIG_DEG2RAD,
+   ASPEN__TRIG_RAD2DEG,
+};
+
 /* Operator implementations, by file. They share two contracts:
  *  - aspen__eval_<op>(e, st, out): evaluates node `e`. On success returns
  *    true and *out holds the result (owned, or a view into the input
@@ -448,6 +473,10 @@ ASPEN__DECL_EVAL(aspen__eval_log);
 ASPEN__DECL_EVAL(aspen__eval_log10);
 ASPEN__DECL_EVAL(aspen__eval_accum);
 ASPEN__DECL_PARSE(aspen__parse_accum);
+ASPEN__DECL_EVAL(aspen__eval_trig);
+ASPEN__DECL_EVAL(aspen__eval_atan2);
+ASPEN__DECL_EVAL(aspen__eval_bit);
+ASPEN__DECL_EVAL(aspen__eval_bit_not);
 
 /* expr_string.c */
 ASPEN__DECL_EVAL(aspen__eval_concat);
@@ -527,9 +556,5 @@ ASPEN__DECL_PARSE(aspen__parse_date_add);
 ASPEN__DECL_EVAL(aspen__eval_date_add);
 ASPEN__DECL_PARSE(aspen__parse_date_diff);
 ASPEN__DECL_EVAL(aspen__eval_date_diff);
-
-/* Convert helpers used by other files: $toString-style rendering. */
-bool aspen__convert_value(const aspen_value_t *in, bson_type_t to,
-                          aspen_value_t *out, aspen_error_t *err);
 
 #endif

@@ -4,9 +4,10 @@
  * $stdDevPop $stdDevSamp). Result types follow MongoDB: the narrowest of
  * int32 < int64 < double < decimal that holds the result, int overflow
  * widening to long and long overflow to double, $divide always double (or
- * decimal). Decimal arithmetic uses GCC's _Decimal128, whose BID encoding is
- * BSON's; transcendental functions on decimals are computed in long double
- * precision (about 19 digits) and rounded to decimal.
+ * decimal). Decimal arithmetic is expr_decimal.c's (exact IEEE decimal128);
+ * transcendental functions on decimals ($exp $ln $log $log10, $pow with a
+ * non-integral exponent) are computed in long double precision (about 19
+ * significant digits) and converted to decimal.
  */
 #include "expr_int.h"
 
@@ -73,7 +74,7 @@ add_one(add_state_t *s, const aspen_value_t *v)
          s->d = (double) s->l;
       } else if (s->widest == NT_DEC) {
          s->dec = old == NT_DOUBLE ? aspen__dec_from_double(s->d, 34)
-                                   : (aspen_dec_t) s->l;
+                                   : aspen__dec_from_int64(s->l);
       }
    }
    switch (s->widest) {
@@ -97,9 +98,10 @@ add_one(add_state_t *s, const aspen_value_t *v)
                  : aspen__num_to_double(v);
       break;
    default:
-      s->dec += aspen__vt(v) == BSON_TYPE_DATE_TIME
-                   ? (aspen_dec_t) v->v.value.v_datetime
-                   : aspen__num_to_dec(v);
+      s->dec = aspen__dec_add(s->dec,
+                              aspen__vt(v) == BSON_TYPE_DATE_TIME
+                                 ? aspen__dec_from_int64(v->v.value.v_datetime)
+                                 : aspen__num_to_dec(v));
       break;
    }
 }
@@ -107,7 +109,7 @@ add_one(add_state_t *s, const aspen_value_t *v)
 ASPEN__DECL_EVAL(aspen__eval_add)
 {
    add_state_t s = {0};
-   s.dec = 0;
+   s.dec = aspen__dec_from_int64(0);
    for (uint32_t i = 0; i < e->n_args; i++) {
       aspen_value_t v;
       if (!arg(e, i, st, &v)) {
@@ -190,7 +192,8 @@ ASPEN__DECL_EVAL(aspen__eval_subtract)
    if (aspen__is_num(&a) && aspen__is_num(&b)) {
       int w = num_rank(&a) > num_rank(&b) ? num_rank(&a) : num_rank(&b);
       if (w == NT_DEC) {
-         *out = dec_value(aspen__num_to_dec(&a) - aspen__num_to_dec(&b));
+         *out = dec_value(
+            aspen__dec_sub(aspen__num_to_dec(&a), aspen__num_to_dec(&b)));
       } else if (w == NT_DOUBLE) {
          *out = aspen_value_double(aspen__num_to_double(&a) -
                                    aspen__num_to_double(&b));
@@ -208,11 +211,21 @@ ASPEN__DECL_EVAL(aspen__eval_subtract)
    } else if (aspen__is_nullish(&a) || aspen__is_nullish(&b)) {
       *out = aspen_value_null();
    } else if (aspen__vt(&a) == BSON_TYPE_DATE_TIME) {
+      int64_t r;
       if (aspen__vt(&b) == BSON_TYPE_DATE_TIME) {
-         *out = aspen_value_int64(a.v.value.v_datetime - b.v.value.v_datetime);
+         if (__builtin_sub_overflow(a.v.value.v_datetime,
+                                    b.v.value.v_datetime, &r)) {
+            ok = aspen__fail(st, 45, "date overflow in $subtract");
+         } else {
+            *out = aspen_value_int64(r);
+         }
       } else if (aspen__is_num(&b)) {
-         *out = aspen_value_date(a.v.value.v_datetime -
-                                 aspen__num_to_int64(&b));
+         if (__builtin_sub_overflow(a.v.value.v_datetime,
+                                    aspen__num_to_int64(&b), &r)) {
+            ok = aspen__fail(st, 45, "date overflow in $subtract");
+         } else {
+            *out = aspen_value_date(r);
+         }
       } else {
          ok = aspen__fail(st, ASPEN_ERR_TypeMismatch,
                           "can't $subtract %s from Date",
@@ -235,7 +248,7 @@ ASPEN__DECL_EVAL(aspen__eval_multiply)
 {
    double dprod = 1;
    int64_t lprod = 1;
-   aspen_dec_t decprod = 1;
+   aspen_dec_t decprod = aspen__dec_from_int64(1);
    int type = NT_INT;
    for (uint32_t i = 0; i < e->n_args; i++) {
       aspen_value_t v;
@@ -262,9 +275,9 @@ ASPEN__DECL_EVAL(aspen__eval_multiply)
       if (type == NT_DEC) {
          if (old != NT_DEC) {
             decprod = old == NT_DOUBLE ? aspen__dec_from_double(dprod, 15)
-                                       : (aspen_dec_t) lprod;
+                                       : aspen__dec_from_int64(lprod);
          }
-         decprod *= aspen__num_to_dec(&v);
+         decprod = aspen__dec_mul(decprod, aspen__num_to_dec(&v));
       } else {
          double dv = aspen__num_to_double(&v);
          dprod *= dv;
@@ -325,10 +338,10 @@ ASPEN__DECL_EVAL(aspen__eval_divide)
    if (aspen__is_num(&a) && aspen__is_num(&b)) {
       if (num_rank(&a) == NT_DEC || num_rank(&b) == NT_DEC) {
          aspen_dec_t den = aspen__num_to_dec(&b);
-         if (den == 0) {
+         if (aspen__dec_is_zero(den)) {
             ok = aspen__fail(st, ASPEN_ERR_BadValue, "can't $divide by zero");
          } else {
-            *out = dec_value(aspen__num_to_dec(&a) / den);
+            *out = dec_value(aspen__dec_div(aspen__num_to_dec(&a), den));
          }
       } else {
          double den = aspen__num_to_double(&b);
@@ -362,11 +375,11 @@ ASPEN__DECL_EVAL(aspen__eval_mod)
       int ra = num_rank(&a), rb = num_rank(&b);
       if (ra == NT_DEC || rb == NT_DEC) {
          aspen_dec_t x = aspen__num_to_dec(&a), y = aspen__num_to_dec(&b);
-         if (y == 0) {
+         if (aspen__dec_is_zero(y)) {
             ok = aspen__fail(st, 5733415, "can't $mod by zero");
          } else {
-            aspen_dec_t q = aspen__dec_quantize(x / y, 0, 1);
-            *out = dec_value(x - y * q);
+            aspen_dec_t q = aspen__dec_quantize(aspen__dec_div(x, y), 0, 1);
+            *out = dec_value(aspen__dec_sub(x, aspen__dec_mul(y, q)));
          }
       } else {
          double y = aspen__num_to_double(&b);
@@ -436,10 +449,8 @@ ASPEN__DECL_EVAL(aspen__eval_abs)
       *out = aspen_value_double(fabs(v.v.value.v_double));
       break;
    case BSON_TYPE_DECIMAL128: {
-      aspen_dec_t d = aspen__dec_from_bson(&v.v.value.v_decimal128);
-      bson_decimal128_t bd = aspen__dec_to_bson(d);
-      bd.high &= ~(1ULL << 63);
-      *out = aspen__value_decimal(bd);
+      *out = dec_value(
+         aspen__dec_abs(aspen__dec_from_bson(&v.v.value.v_decimal128)));
       break;
    }
    case BSON_TYPE_INT32: {
@@ -494,32 +505,6 @@ ASPEN__DECL_EVAL(aspen__eval_floor)
    return ceil_floor(e, st, out, false);
 }
 
-/* Decimal square root: Newton's method from the double estimate. */
-static aspen_dec_t
-dec_sqrt(aspen_dec_t x)
-{
-   if (x == 0 || aspen__dec_is_nan(x) || aspen__dec_is_inf(x)) {
-      return x;
-   }
-   aspen_dec_t g = aspen__dec_from_double(sqrt((double) x), 17);
-   if (g == 0) {
-      g = 1e-3000DL;
-   }
-   for (int i = 0; i < 6; i++) {
-      g = (g + x / g) / 2;
-   }
-   /* An exact root takes IEEE 754's preferred exponent, floor(exp(x) / 2),
-    * as mongod's Decimal128::squareRoot does ("2.25" -> "1.5"). */
-   bson_decimal128_t bx = aspen__dec_to_bson(x);
-   int ex = (int) ((bx.high >> 49) & 0x3fff) - 6176;
-   int pref = ex >= 0 ? ex / 2 : -((-ex + 1) / 2);
-   aspen_dec_t q = aspen__dec_quantize(g, -pref, 0);
-   if (q * q == x) {
-      return q;
-   }
-   return g;
-}
-
 /* long double -> decimal with the 19 significant digits long double holds,
  * trailing zeros dropped ("1.000..." -> "1"). */
 static aspen_dec_t
@@ -536,7 +521,7 @@ ld_to_dec(long double v)
       int exp10;
       snprintf(buf, sizeof buf, "%.18Le", v);
       char *e = strchr(buf, 'e');
-      exp10 = e ? atoi(e + 1) : 0;
+      exp10 = e ? (int) strtol(e + 1, NULL, 10) : 0;
       size_t mlen = e ? (size_t) (e - buf) : strlen(buf);
       if (mlen >= sizeof mant) {
          mlen = sizeof mant - 1;
@@ -559,15 +544,6 @@ ld_to_dec(long double v)
    return aspen__dec_from_bson(&bd);
 }
 
-static long double
-dec_to_ld(aspen_dec_t d)
-{
-   char buf[BSON_DECIMAL128_STRING];
-   bson_decimal128_t bd = aspen__dec_to_bson(d);
-   bson_decimal128_to_string(&bd, buf);
-   return strtold(buf, NULL);
-}
-
 ASPEN__DECL_EVAL(aspen__eval_sqrt)
 {
    aspen_value_t v;
@@ -577,12 +553,12 @@ ASPEN__DECL_EVAL(aspen__eval_sqrt)
    }
    if (aspen__vt(&v) == BSON_TYPE_DECIMAL128) {
       aspen_dec_t d = aspen__dec_from_bson(&v.v.value.v_decimal128);
-      if (d < 0) {
+      if (aspen__dec_is_neg(d)) {
          return aspen__fail(st, 28714,
                             "$sqrt's argument must be greater than or equal "
                             "to 0");
       }
-      *out = dec_value(dec_sqrt(d));
+      *out = dec_value(aspen__dec_sqrt(d));
       return true;
    }
    double d = aspen__num_to_double(&v);
@@ -604,7 +580,7 @@ ASPEN__DECL_EVAL(aspen__eval_exp)
    }
    if (aspen__vt(&v) == BSON_TYPE_DECIMAL128) {
       aspen_dec_t d = aspen__dec_from_bson(&v.v.value.v_decimal128);
-      *out = dec_value(ld_to_dec(expl(dec_to_ld(d))));
+      *out = dec_value(ld_to_dec(expl(aspen__dec_to_ld(d))));
       return true;
    }
    *out = aspen_value_double(exp(aspen__num_to_double(&v)));
@@ -622,8 +598,9 @@ log_common(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out,
    }
    if (aspen__vt(&v) == BSON_TYPE_DECIMAL128) {
       aspen_dec_t d = aspen__dec_from_bson(&v.v.value.v_decimal128);
-      if (d > 0) {
-         long double x = dec_to_ld(d);
+      if (!aspen__dec_is_neg(d) && !aspen__dec_is_zero(d) &&
+          !aspen__dec_is_nan(d)) {
+         long double x = aspen__dec_to_ld(d);
          *out = dec_value(ld_to_dec(base10 ? log10l(x) : logl(x)));
          return true;
       }
@@ -674,9 +651,11 @@ ASPEN__DECL_EVAL(aspen__eval_log)
       bool done = false;
       if (num_rank(&a) == NT_DEC || num_rank(&b) == NT_DEC) {
          aspen_dec_t x = aspen__num_to_dec(&a), y = aspen__num_to_dec(&b);
-         if (x > 0 && y > 0 && y != 1) {
+         aspen_dec_t zero = aspen__dec_from_int64(0);
+         if (aspen__dec_cmp(x, zero) > 0 && aspen__dec_cmp(y, zero) > 0 &&
+             aspen__dec_cmp(y, aspen__dec_from_int64(1)) != 0) {
             *out = dec_value(
-               ld_to_dec(logl(dec_to_ld(x)) / logl(dec_to_ld(y))));
+               ld_to_dec(logl(aspen__dec_to_ld(x)) / logl(aspen__dec_to_ld(y))));
             done = true;
          }
       }
@@ -727,31 +706,34 @@ ASPEN__DECL_EVAL(aspen__eval_pow)
    int ra = num_rank(&a), rb = num_rank(&b);
    if (ra == NT_DEC || rb == NT_DEC) {
       aspen_dec_t x = aspen__num_to_dec(&a), y = aspen__num_to_dec(&b);
-      if (x == 0 && y < 0) {
+      if (aspen__dec_is_zero(x) && aspen__dec_is_neg(y)) {
          ok = aspen__fail(st, 28764,
                           "$pow cannot take a base of 0 and a negative "
                           "exponent");
          goto done;
       }
       aspen_dec_t yi = aspen__dec_quantize(y, 0, 1);
-      if (yi == y && y >= -1000 && y <= 1000) {
+      int64_t yl;
+      if (!aspen__dec_is_nan(yi) && aspen__dec_cmp(yi, y) == 0 &&
+          aspen__dec_to_int64(y, &yl) && yl >= -1000 && yl <= 1000) {
          /* Integral exponent: exact repeated squaring in decimal. */
-         int64_t n;
-         aspen__dec_to_int64(y, &n);
-         bool neg = n < 0;
-         uint64_t k = (uint64_t) (neg ? -n : n);
-         aspen_dec_t res = 1, base = x;
+         bool neg = yl < 0;
+         uint64_t k = (uint64_t) (neg ? -yl : yl);
+         aspen_dec_t res = aspen__dec_from_int64(1), base = x;
          while (k) {
             if (k & 1) {
-               res *= base;
+               res = aspen__dec_mul(res, base);
             }
-            base *= base;
             k >>= 1;
+            if (k) {
+               base = aspen__dec_mul(base, base);
+            }
          }
-         *out = dec_value(neg ? 1 / res : res);
+         *out = dec_value(neg ? aspen__dec_div(aspen__dec_from_int64(1), res)
+                              : res);
       } else {
          *out = dec_value(
-            ld_to_dec(powl(dec_to_ld(x), dec_to_ld(y))));
+            ld_to_dec(powl(aspen__dec_to_ld(x), aspen__dec_to_ld(y))));
       }
       goto done;
    }
@@ -866,7 +848,7 @@ ASPEN__DECL_EVAL(aspen__eval_round)
       }
       aspen_dec_t d = aspen__dec_from_double(x, 34);
       *out = aspen_value_double(
-         (double) aspen__dec_quantize(d, (int) places, mode));
+         aspen__dec_to_double(aspen__dec_quantize(d, (int) places, mode)));
       return true;
    }
    default: {
@@ -876,7 +858,8 @@ ASPEN__DECL_EVAL(aspen__eval_round)
       }
       int64_t x = aspen__num_to_int64(&v);
       int64_t r;
-      aspen_dec_t q = aspen__dec_quantize((aspen_dec_t) x, (int) places, mode);
+      aspen_dec_t q =
+         aspen__dec_quantize(aspen__dec_from_int64(x), (int) places, mode);
       if (!aspen__dec_to_int64(q, &r)) {
          return aspen__fail(st, 51080,
                             "invalid conversion from Decimal128 result in %s "
@@ -970,7 +953,8 @@ acc_process(acc_t *a, int kind, const aspen_value_t *v)
       neumaier(a, v->v.value.v_double);
       break;
    default:
-      a->dec += aspen__dec_from_bson(&v->v.value.v_decimal128);
+      a->dec = aspen__dec_add(a->dec,
+                              aspen__dec_from_bson(&v->v.value.v_decimal128));
       break;
    }
 }
@@ -988,13 +972,13 @@ acc_dec(const acc_t *a)
    aspen_dec_t d = a->dec;
    if (a->isum != 0) {
       if (a->isum >= INT64_MIN && a->isum <= INT64_MAX) {
-         d += (aspen_dec_t) (int64_t) a->isum;
+         d = aspen__dec_add(d, aspen__dec_from_int64((int64_t) a->isum));
       } else {
-         d += aspen__dec_from_double((double) a->isum, 34);
+         d = aspen__dec_add(d, aspen__dec_from_double((double) a->isum, 34));
       }
    }
    if (a->dsum != 0 || a->dcomp != 0) {
-      d += aspen__dec_from_double(a->dsum + a->dcomp, 34);
+      d = aspen__dec_add(d, aspen__dec_from_double(a->dsum + a->dcomp, 34));
    }
    return d;
 }
@@ -1025,7 +1009,8 @@ acc_result(const acc_t *a, int kind)
          return aspen_value_null();
       }
       if (a->type == NT_DEC) {
-         return dec_value(acc_dec(a) / (aspen_dec_t) a->count);
+         return dec_value(
+            aspen__dec_div(acc_dec(a), aspen__dec_from_int64(a->count)));
       }
       return aspen_value_double(acc_double(a) / (double) a->count);
    case ACC_MIN:
@@ -1049,7 +1034,8 @@ ASPEN__DECL_EVAL(aspen__eval_accum)
    int kind = e->op->sub;
    acc_t a;
    memset(&a, 0, sizeof a);
-   a.dec = 0; /* 0E0: all-zero bits would be 0E-6176 and skew exponents */
+   /* 0E0: all-zero bits would be 0E-6176 and skew the result's exponent. */
+   a.dec = aspen__dec_from_int64(0);
    uint32_t n = e->n_args;
    aspen_value_t stackv[8];
    aspen_value_t *vals = n <= 8 ? stackv : aspen_xmalloc(n * sizeof *vals);
@@ -1088,4 +1074,236 @@ ASPEN__DECL_EVAL(aspen__eval_accum)
       free(vals);
    }
    return ok;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Trigonometry (sub: which function); beyond expr.h's list, as mongod has  */
+/* them. Doubles in, doubles out; a decimal argument gives a decimal.        */
+/* ------------------------------------------------------------------------ */
+
+ASPEN__DECL_EVAL(aspen__eval_trig)
+{
+   aspen_value_t v;
+   int r = single_numeric(e, st, &v, out);
+   if (r <= 0) {
+      return r == 0;
+   }
+   bool is_dec = aspen__vt(&v) == BSON_TYPE_DECIMAL128;
+   long double x = is_dec ? aspen__dec_to_ld(v.v.value.v_decimal128)
+                          : (long double) aspen__num_to_double(&v);
+   const char *bounds = NULL;
+   switch (e->op->sub) {
+   case ASPEN__TRIG_SIN:
+   case ASPEN__TRIG_COS:
+   case ASPEN__TRIG_TAN:
+      if (isinf(x)) {
+         bounds = "(-inf,inf)";
+      }
+      break;
+   case ASPEN__TRIG_ASIN:
+   case ASPEN__TRIG_ACOS:
+   case ASPEN__TRIG_ATANH:
+      if (x < -1 || x > 1) {
+         bounds = "[-1,1]";
+      }
+      break;
+   case ASPEN__TRIG_ACOSH:
+      if (x < 1) {
+         bounds = "[1,inf]";
+      }
+      break;
+   default:
+      break;
+   }
+   if (bounds) {
+      char num[64];
+      aspen__num_to_text(&v, num, sizeof num);
+      return aspen__fail(st, 50989, "cannot apply %s to %s, value must be in %s",
+                         e->op->name, num, bounds);
+   }
+   long double res;
+   switch (e->op->sub) {
+   case ASPEN__TRIG_SIN:
+      res = sinl(x);
+      break;
+   case ASPEN__TRIG_COS:
+      res = cosl(x);
+      break;
+   case ASPEN__TRIG_TAN:
+      res = tanl(x);
+      break;
+   case ASPEN__TRIG_ASIN:
+      res = asinl(x);
+      break;
+   case ASPEN__TRIG_ACOS:
+      res = acosl(x);
+      break;
+   case ASPEN__TRIG_ATAN:
+      res = atanl(x);
+      break;
+   case ASPEN__TRIG_SINH:
+      res = sinhl(x);
+      break;
+   case ASPEN__TRIG_COSH:
+      res = coshl(x);
+      break;
+   case ASPEN__TRIG_TANH:
+      res = tanhl(x);
+      break;
+   case ASPEN__TRIG_ASINH:
+      res = asinhl(x);
+      break;
+   case ASPEN__TRIG_ACOSH:
+      res = acoshl(x);
+      break;
+   case ASPEN__TRIG_ATANH:
+      res = atanhl(x);
+      break;
+   case ASPEN__TRIG_DEG2RAD:
+      if (!is_dec) {
+         *out = aspen_value_double(aspen__num_to_double(&v) * (3.14159265358979323846 / 180.0));
+         return true;
+      }
+      res = x * (3.14159265358979323846264338327950288L / 180.0L);
+      break;
+   default:
+      if (!is_dec) {
+         *out = aspen_value_double(aspen__num_to_double(&v) * (180.0 / 3.14159265358979323846));
+         return true;
+      }
+      res = x * (180.0L / 3.14159265358979323846264338327950288L);
+      break;
+   }
+   if (is_dec) {
+      *out = dec_value(ld_to_dec(res));
+   } else {
+      /* Computed in double like mongod (std::sin etc. on doubles). */
+      double xd = aspen__num_to_double(&v);
+      double rd;
+      switch (e->op->sub) {
+      case ASPEN__TRIG_SIN:
+         rd = sin(xd);
+         break;
+      case ASPEN__TRIG_COS:
+         rd = cos(xd);
+         break;
+      case ASPEN__TRIG_TAN:
+         rd = tan(xd);
+         break;
+      case ASPEN__TRIG_ASIN:
+         rd = asin(xd);
+         break;
+      case ASPEN__TRIG_ACOS:
+         rd = acos(xd);
+         break;
+      case ASPEN__TRIG_ATAN:
+         rd = atan(xd);
+         break;
+      case ASPEN__TRIG_SINH:
+         rd = sinh(xd);
+         break;
+      case ASPEN__TRIG_COSH:
+         rd = cosh(xd);
+         break;
+      case ASPEN__TRIG_TANH:
+         rd = tanh(xd);
+         break;
+      case ASPEN__TRIG_ASINH:
+         rd = asinh(xd);
+         break;
+      case ASPEN__TRIG_ACOSH:
+         rd = acosh(xd);
+         break;
+      default:
+         rd = atanh(xd);
+         break;
+      }
+      *out = aspen_value_double(rd);
+   }
+   return true;
+}
+
+ASPEN__DECL_EVAL(aspen__eval_atan2)
+{
+   aspen_value_t a, b;
+   *out = ASPEN_VALUE_MISSING;
+   if (!eval_two(e, st, &a, &b)) {
+      return false;
+   }
+   bool ok = true;
+   if (aspen__is_nullish(&a) || aspen__is_nullish(&b)) {
+      *out = aspen_value_null();
+   } else if (!aspen__is_num(&a) || !aspen__is_num(&b)) {
+      ok = aspen__fail(st, 51044,
+                       "$atan2 only supports numeric types, not %s and %s",
+                       aspen_value_type_name(&a), aspen_value_type_name(&b));
+   } else if (num_rank(&a) == NT_DEC || num_rank(&b) == NT_DEC) {
+      *out = dec_value(ld_to_dec(atan2l(aspen__dec_to_ld(aspen__num_to_dec(&a)),
+                                        aspen__dec_to_ld(aspen__num_to_dec(&b)))));
+   } else {
+      *out = aspen_value_double(
+         atan2(aspen__num_to_double(&a), aspen__num_to_double(&b)));
+   }
+   aspen_value_destroy(&a);
+   aspen_value_destroy(&b);
+   return ok;
+}
+
+/* ------------------------------------------------------------------------ */
+/* $bitAnd $bitOr $bitXor (sub 0..2) and $bitNot                             */
+/* ------------------------------------------------------------------------ */
+
+ASPEN__DECL_EVAL(aspen__eval_bit)
+{
+   int kind = e->op->sub;
+   int64_t acc = kind == 0 ? -1 : 0;
+   bool any_long = false;
+   for (uint32_t i = 0; i < e->n_args; i++) {
+      aspen_value_t v;
+      if (!arg(e, i, st, &v)) {
+         return false;
+      }
+      if (aspen__is_nullish(&v)) {
+         *out = aspen_value_null();
+         return true;
+      }
+      bson_type_t t = aspen__vt(&v);
+      if (t != BSON_TYPE_INT32 && t != BSON_TYPE_INT64) {
+         *out = ASPEN_VALUE_MISSING;
+         bool failed = aspen__fail(st, ASPEN_ERR_TypeMismatch,
+                                   "All operands of %s must be ints or longs, "
+                                   "but got: %s",
+                                   e->op->name, aspen_value_type_name(&v));
+         aspen_value_destroy(&v);
+         return failed;
+      }
+      any_long |= t == BSON_TYPE_INT64;
+      int64_t x = aspen__num_to_int64(&v);
+      acc = kind == 0 ? (acc & x) : kind == 1 ? (acc | x) : (acc ^ x);
+   }
+   *out = any_long ? aspen_value_int64(acc) : aspen_value_int32((int32_t) acc);
+   return true;
+}
+
+ASPEN__DECL_EVAL(aspen__eval_bit_not)
+{
+   aspen_value_t v;
+   *out = ASPEN_VALUE_MISSING;
+   if (!arg(e, 0, st, &v)) {
+      return false;
+   }
+   if (aspen__is_nullish(&v)) {
+      *out = aspen_value_null();
+   } else if (aspen__vt(&v) == BSON_TYPE_INT32) {
+      *out = aspen_value_int32(~v.v.value.v_int32);
+   } else if (aspen__vt(&v) == BSON_TYPE_INT64) {
+      *out = aspen_value_int64(~v.v.value.v_int64);
+   } else {
+      bool failed = aspen__fail(st, ASPEN_ERR_TypeMismatch,
+                                "$bitNot only supports int and long, not: %s",
+                                aspen_value_type_name(&v));
+      aspen_value_destroy(&v);
+      return failed;
+   }
+   return true;
 }

@@ -43,12 +43,6 @@ is_cont(unsigned char c)
    return (c & 0xc0) == 0x80;
 }
 
-bool
-aspen__utf8_valid(const char *s, size_t len)
-{
-   return bson_utf8_validate(s, len, true);
-}
-
 static size_t
 cp_count(const char *s, size_t len)
 {
@@ -251,7 +245,7 @@ ASPEN__DECL_EVAL(aspen__eval_substr_bytes)
       goto done;
    }
    int64_t slen = aspen__num_to_int64(&v[2]);
-   size_t length = slen < 0 ? len : (size_t) slen;
+   size_t length = slen < 0 || (uint64_t) slen > len ? len : (size_t) slen;
    if ((size_t) lower < len && is_cont((unsigned char) s[lower])) {
       aspen__fail(st, 28656,
                   "%s:  Invalid range, starting index is a UTF-8 continuation "

@@ -22,6 +22,8 @@
 
 #define PREFIX "StreamProcessorInvalidOptions: "
 
+static void main_terminal(void *arg, const aspen_sdoc_t *doc);
+
 void
 aspen_parse_error(aspen_error_t *err, const aspen_parse_ctx_t *pc,
                   const char *option, const char *fmt, ...)
@@ -202,6 +204,10 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
          }
          continue;
       }
+      if (src->kind == ASPEN_SOURCE_CHANGE_STREAM &&
+          aspen__change_stream_is_option(k)) {
+         continue; /* checked as a whole below */
+      }
       if (src->kind == ASPEN_SOURCE_KAFKA) {
          bool handled = false;
          if (!aspen__kafka_source_parse_option(src, &it, pc, &handled, err)) {
@@ -211,22 +217,18 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
             continue;
          }
       }
-      if (src->kind == ASPEN_SOURCE_CHANGE_STREAM &&
-          aspen__change_stream_is_option(k)) {
-         continue; /* checked as a whole below */
-      }
       /* Options aspen knows belong to sources it does not run yet are still
        * refused by name, so a typo is never silently accepted. */
       aspen_parse_error(err, pc, opt,
                         "BSON field '$source.%s' is an unknown field.", k);
       return false;
    }
-   if (src->kind == ASPEN_SOURCE_KAFKA &&
-       !aspen__kafka_source_parse_done(src, pc, err)) {
-      return false;
-   }
    if (src->kind == ASPEN_SOURCE_CHANGE_STREAM &&
        !aspen__change_stream_check(src, pc, err)) {
+      return false;
+   }
+   if (src->kind == ASPEN_SOURCE_KAFKA &&
+       !aspen__kafka_source_parse_done(src, pc, err)) {
       return false;
    }
    return true;
@@ -335,6 +337,7 @@ aspen_pipeline_parse(const bson_t *pipeline, const aspen_conns_t *conns,
                      bool ephemeral, bool has_dlq, aspen_error_t *err)
 {
    aspen_pipeline_t *pl = aspen_xcalloc(1, sizeof *pl);
+   atomic_store(&pl->watermark_ms, INT64_MIN);
    bson_copy_to(pipeline, &pl->def);
    bson_init(&pl->sink_spec);
    bson_init(&pl->source.documents);
@@ -436,6 +439,17 @@ aspen_pipeline_parse(const bson_t *pipeline, const aspen_conns_t *conns,
       }
       idx++;
    }
+   pl->main.stages = pl->stages;
+   pl->main.n = pl->n_stages;
+   pl->main.terminal = main_terminal;
+   pl->main.arg = pl;
+   for (int i = 0; i < pl->n_stages; i++) {
+      pl->stages[i].chain = &pl->main;
+      pl->stages[i].index = i;
+      if (pl->stages[i].ops->tick) {
+         pl->window = &pl->stages[i];
+      }
+   }
    if (!seen_sink && !ephemeral) {
       snprintf(pc.path, sizeof pc.path, "pipeline[%d]", idx - 1);
       aspen_parse_error(err, &pc, NULL,
@@ -474,14 +488,15 @@ aspen_pipeline_destroy(aspen_pipeline_t *pl)
 
 /* ---- running ------------------------------------------------------------ */
 
-static void
-push_from(aspen_pipeline_t *pl, int idx, const aspen_sdoc_t *doc)
+void
+aspen_chain_push(aspen_chain_t *chain, int idx, const aspen_sdoc_t *doc)
 {
-   if (idx >= pl->n_stages) {
-      pl->output(pl->hook_arg, doc);
+   if (idx >= chain->n) {
+      chain->terminal(chain->arg, doc);
       return;
    }
-   aspen_stage_t *st = &pl->stages[idx];
+   aspen_stage_t *st = &chain->stages[idx];
+   aspen_pipeline_t *pl = st->pl;
    aspen_error_t err;
    if (!st->ops->push(st, doc, &err)) {
       char reason[ASPEN_ERROR_MSG_MAX + 128];
@@ -492,16 +507,31 @@ push_from(aspen_pipeline_t *pl, int idx, const aspen_sdoc_t *doc)
    }
 }
 
+static void
+main_terminal(void *arg, const aspen_sdoc_t *doc)
+{
+   aspen_pipeline_t *pl = arg;
+   pl->output(pl->hook_arg, doc);
+}
+
 void
 aspen_pipeline_push(aspen_pipeline_t *pl, const aspen_sdoc_t *doc)
 {
-   push_from(pl, 0, doc);
+   aspen_chain_push(&pl->main, 0, doc);
+}
+
+void
+aspen_pipeline_tick(aspen_pipeline_t *pl, int64_t now_ms, int64_t idle_ms)
+{
+   if (pl->window && pl->window->ops->tick) {
+      pl->window->ops->tick(pl->window, now_ms, idle_ms);
+   }
 }
 
 void
 aspen_stage_emit(aspen_stage_t *st, const aspen_sdoc_t *out)
 {
-   push_from(st->pl, st->index + 1, out);
+   aspen_chain_push(st->chain, st->index + 1, out);
 }
 
 void
@@ -511,4 +541,5 @@ aspen_stage_expr_ctx(const aspen_stage_t *st, const aspen_sdoc_t *in,
    ctx->root = in->doc;
    ctx->meta = in->meta;
    ctx->now_ms = st->pl->now_ms;
+   ctx->current = NULL;
 }

@@ -87,6 +87,7 @@ struct aspen_runtime {
    uint64_t rng;
    bool failed;
    int64_t max_ts;
+   int64_t last_input_ms; /* wall clock of the last ingested document */
 };
 typedef aspen_runtime_t runtime_t;
 
@@ -221,6 +222,9 @@ on_dlq(void *arg, const aspen_sdoc_t *in, const char *operator_name,
          BSON_APPEND_DOCUMENT(&entry, "doc", in->doc);
       }
    }
+   if (proc->pl && proc->pl->dlq_extra) {
+      bson_concat(&entry, proc->pl->dlq_extra);
+   }
    BSON_APPEND_UTF8(&entry, "processorName", proc->name);
    BSON_APPEND_DATE_TIME(&entry, "dlqTime", aspen_proc_now_ms());
    atomic_fetch_add(&proc->stats.dlq_count, 1);
@@ -295,6 +299,13 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
    aspen_proc_t *proc = rt->proc;
    aspen_pipeline_t *pl = proc->pl;
    int64_t now = aspen_proc_now_ms();
+   if (pl->virtual_clock) {
+      /* Time comes from the input: "now" is the latest event time seen. */
+      now = source_ts_ms != INT64_MIN
+               ? source_ts_ms
+               : (rt->max_ts == INT64_MIN ? 0 : rt->max_ts);
+   }
+   rt->last_input_ms = aspen_proc_now_ms();
    int64_t ts = source_ts_ms == INT64_MIN ? now : source_ts_ms;
    if (!meta) {
       meta = &rt->source_meta;
@@ -406,6 +417,21 @@ aspen_rt_stopping(aspen_runtime_t *rt)
 bool
 aspen_rt_wait(aspen_runtime_t *rt, int64_t ms)
 {
+   aspen_pipeline_t *pl = rt->proc->pl;
+   if (pl->window) {
+      int64_t wall = aspen_proc_now_ms();
+      if (pl->virtual_clock) {
+         /* The input is over for now: on the virtual clock, time jumps far
+          * ahead, so idle timeouts and processing-time windows fire at once
+          * and every run gives the same output. */
+         int64_t far = INT64_MAX / 4;
+         pl->now_ms = far;
+         aspen_pipeline_tick(pl, far, far);
+      } else {
+         pl->now_ms = wall;
+         aspen_pipeline_tick(pl, wall, wall - rt->last_input_ms);
+      }
+   }
    flush_sinks(rt);
    if (aspen_rt_stopping(rt) || expired(rt)) {
       return true;
@@ -517,6 +543,7 @@ proc_main(void *arg)
    memset(&rt, 0, sizeof rt);
    rt.proc = proc;
    rt.max_ts = INT64_MIN;
+   rt.last_input_ms = aspen_proc_now_ms();
    if (RAND_bytes((unsigned char *) &rt.rng, sizeof rt.rng) != 1 || !rt.rng) {
       rt.rng = (uint64_t) aspen_proc_now_ms() | 1;
    }
@@ -575,6 +602,10 @@ aspen_proc_run(aspen_proc_t *proc, aspen_error_t *err)
    if (!proc->pl) {
       return false;
    }
+   bson_iter_t vit;
+   proc->pl->virtual_clock = bson_iter_init_find(&vit, &proc->options,
+                                                 "virtualClock") &&
+                             bson_iter_as_bool(&vit);
    atomic_store(&proc->stop, false);
    proc->start_result = 0;
    proc->thread_done = false;

@@ -334,7 +334,7 @@ merge_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
 }
 
 const aspen_stage_ops_t aspen_stage_merge_ops = {
-   "$merge", "MergeOperator", merge_parse, NULL, NULL};
+   "$merge", "MergeOperator", merge_parse, NULL, NULL, NULL};
 
 /* ---- the collection writer --------------------------------------------- */
 

@@ -173,6 +173,13 @@ tree_parse_obj(tree_t *t, node_t *root, const bson_t *spec, const char *prefix,
       snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "",
                bson_iter_key(&it));
       bool is_id = strcmp(path, "_id") == 0;
+      if (*prefix && strchr(bson_iter_key(&it), '.')) {
+         aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                         "Invalid %s :: caused by :: dotted field names are "
+                         "only allowed at the top level: '%s'",
+                         stage, bson_iter_key(&it));
+         return false;
+      }
       if (BSON_ITER_HOLDS_DOCUMENT(&it) && !is_operator_object(&it)) {
          uint32_t len;
          const uint8_t *data;
@@ -611,14 +618,14 @@ unset_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
 }
 
 const aspen_stage_ops_t aspen_stage_project_ops = {
-   "$project", "ProjectOperator", project_parse, shape_push, shape_destroy};
+   "$project", "ProjectOperator", project_parse, shape_push, shape_destroy, NULL};
 const aspen_stage_ops_t aspen_stage_add_fields_ops = {
    "$addFields", "AddFieldsOperator", add_fields_parse, shape_push,
-   shape_destroy};
+   shape_destroy, NULL};
 const aspen_stage_ops_t aspen_stage_set_ops = {
-   "$set", "SetOperator", add_fields_parse, shape_push, shape_destroy};
+   "$set", "SetOperator", add_fields_parse, shape_push, shape_destroy, NULL};
 const aspen_stage_ops_t aspen_stage_unset_ops = {
-   "$unset", "ProjectOperator", unset_parse, shape_push, shape_destroy};
+   "$unset", "ProjectOperator", unset_parse, shape_push, shape_destroy, NULL};
 
 /* ---- $replaceRoot / $replaceWith --------------------------------------- */
 
@@ -716,10 +723,10 @@ replace_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 
 const aspen_stage_ops_t aspen_stage_replace_root_ops = {
    "$replaceRoot", "ReplaceRootOperator", replace_root_parse, replace_push,
-   replace_destroy};
+   replace_destroy, NULL};
 const aspen_stage_ops_t aspen_stage_replace_with_ops = {
    "$replaceWith", "ReplaceRootOperator", replace_root_parse, replace_push,
-   replace_destroy};
+   replace_destroy, NULL};
 
 /* ---- $unwind ------------------------------------------------------------ */
 
@@ -973,4 +980,4 @@ unwind_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 }
 
 const aspen_stage_ops_t aspen_stage_unwind_ops = {
-   "$unwind", "UnwindOperator", unwind_parse, unwind_push, unwind_destroy};
+   "$unwind", "UnwindOperator", unwind_parse, unwind_push, unwind_destroy, NULL};

@@ -20,9 +20,16 @@ extern const aspen_stage_ops_t aspen_stage_replace_root_ops;
 extern const aspen_stage_ops_t aspen_stage_replace_with_ops;
 extern const aspen_stage_ops_t aspen_stage_unwind_ops;
 extern const aspen_stage_ops_t aspen_stage_merge_ops;
+extern const aspen_stage_ops_t aspen_stage_emit_ops;
 extern const aspen_stage_ops_t aspen_stage_lookup_ops;
 extern const aspen_stage_ops_t aspen_stage_cached_lookup_ops;
-extern const aspen_stage_ops_t aspen_stage_emit_ops;
+extern const aspen_stage_ops_t aspen_stage_tumbling_ops;
+extern const aspen_stage_ops_t aspen_stage_hopping_ops;
+extern const aspen_stage_ops_t aspen_stage_session_ops;
+extern const aspen_stage_ops_t aspen_stage_group_ops;
+extern const aspen_stage_ops_t aspen_stage_sort_ops;
+extern const aspen_stage_ops_t aspen_stage_limit_ops;
+extern const aspen_stage_ops_t aspen_stage_count_ops;
 
 /* ---- $match ------------------------------------------------------------- */
 
@@ -85,7 +92,7 @@ match_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 }
 
 static const aspen_stage_ops_t match_ops = {
-   "$match", "MatchOperator", match_parse, match_push, match_destroy};
+   "$match", "MatchOperator", match_parse, match_push, match_destroy, NULL};
 
 /* ---- $validate ---------------------------------------------------------- */
 
@@ -188,6 +195,11 @@ validate_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
    bool ok = false;
    aspen_stage_expr_ctx(st, in, &ctx);
    if (!aspen_matcher_match(v->m, in->doc, &ctx, &ok, err)) {
+      /* A validator that throws is a failed validation: dropped with
+       * "discard", dead-lettered (with the error) with "dlq". */
+      if (!v->to_dlq) {
+         return true;
+      }
       char reason[ASPEN_ERROR_MSG_MAX + 96];
       snprintf(reason, sizeof reason,
                "Failed to process input document in $validate stage with "
@@ -207,15 +219,13 @@ validate_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 
 static const aspen_stage_ops_t validate_ops = {
    "$validate", "ValidateOperator", validate_parse, validate_push,
-   validate_destroy};
+   validate_destroy, NULL};
 
 /* ---- $redact ------------------------------------------------------------ */
 
 typedef struct {
    aspen_expr_t *expr;
 } redact_t;
-
-static const char *const redact_vars[] = {"DESCEND", "PRUNE", "KEEP", NULL};
 
 static void
 redact_destroy(aspen_stage_t *st)
@@ -235,7 +245,9 @@ redact_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
    (void) pc;
    redact_t *r = aspen_xcalloc(1, sizeof *r);
    st->state = r;
-   if (!aspen_expr_parse(arg, redact_vars, &r->expr, err)) {
+   /* $$DESCEND, $$PRUNE and $$KEEP are system variables of the expression
+    * language ("descend", "prune", "keep"). */
+   if (!aspen_expr_parse(arg, NULL, &r->expr, err)) {
       redact_destroy(st);
       return false;
    }
@@ -248,20 +260,15 @@ static bool
 redact_decide(const redact_t *r, const aspen_expr_ctx_t *ctx,
               redact_action_t *action, aspen_error_t *err)
 {
-   aspen_value_t vals[3] = {aspen_value_utf8("descend", 7),
-                            aspen_value_utf8("prune", 5),
-                            aspen_value_utf8("keep", 4)};
    aspen_value_t out;
-   bool ok = aspen_expr_eval_with_vars(r->expr, ctx, redact_vars, vals, 3,
-                                       &out, err);
-   for (int i = 0; i < 3; i++) {
-      aspen_value_destroy(&vals[i]);
-   }
-   if (!ok) {
+   if (!aspen_expr_eval(r->expr, ctx, &out, err)) {
       return false;
    }
-   const char *s =
-      out.v.value_type == BSON_TYPE_UTF8 ? out.v.value.v_utf8.str : "";
+   char s[16] = "";
+   if (out.v.value_type == BSON_TYPE_UTF8 && out.v.value.v_utf8.len < sizeof s) {
+      memcpy(s, out.v.value.v_utf8.str, out.v.value.v_utf8.len);
+      s[out.v.value.v_utf8.len] = '\0';
+   }
    if (strcmp(s, "descend") == 0) {
       *action = R_DESCEND;
    } else if (strcmp(s, "prune") == 0) {
@@ -340,7 +347,7 @@ redact_level(const redact_t *r, const bson_t *doc, const aspen_expr_ctx_t *ctx0,
              bson_t *out, bool *keep, aspen_error_t *err)
 {
    aspen_expr_ctx_t ctx = *ctx0;
-   ctx.root = doc;
+   ctx.current = doc; /* $$ROOT stays the whole document */
    redact_action_t action;
    if (!redact_decide(r, &ctx, &action, err)) {
       return false;
@@ -385,7 +392,7 @@ redact_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 }
 
 static const aspen_stage_ops_t redact_ops = {
-   "$redact", "RedactOperator", redact_parse, redact_push, redact_destroy};
+   "$redact", "RedactOperator", redact_parse, redact_push, redact_destroy, NULL};
 
 /* ---- stages aspen knows but does not run in this build ------------------ */
 
@@ -403,15 +410,9 @@ not_yet_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
 }
 
 #define NOT_YET(var, name)                                                     \
-   static const aspen_stage_ops_t var = {name, name, not_yet_parse, NULL, NULL}
+   static const aspen_stage_ops_t var = {name, name, not_yet_parse, NULL, NULL,  \
+                                         NULL}
 
-NOT_YET(tumbling_ops, "$tumblingWindow");
-NOT_YET(hopping_ops, "$hoppingWindow");
-NOT_YET(session_ops, "$sessionWindow");
-NOT_YET(group_ops, "$group");
-NOT_YET(sort_ops, "$sort");
-NOT_YET(limit_ops, "$limit");
-NOT_YET(count_ops, "$count");
 NOT_YET(https_ops, "$https");
 NOT_YET(external_function_ops, "$externalFunction");
 NOT_YET(set_stream_meta_ops, "$setStreamMeta");
@@ -445,15 +446,15 @@ static const struct {
    {"$cachedLookup", &aspen_stage_cached_lookup_ops, M},
    {"$setStreamMeta", &set_stream_meta_ops, M},
    {"$throttle", &throttle_ops, M},
-   {"$tumblingWindow", &tumbling_ops, M},
-   {"$hoppingWindow", &hopping_ops, M},
-   {"$sessionWindow", &session_ops, M},
+   {"$tumblingWindow", &aspen_stage_tumbling_ops, M},
+   {"$hoppingWindow", &aspen_stage_hopping_ops, M},
+   {"$sessionWindow", &aspen_stage_session_ops, M},
    {"$merge", &aspen_stage_merge_ops, S},
    {"$emit", &aspen_stage_emit_ops, S},
-   {"$group", &group_ops, W},
-   {"$sort", &sort_ops, W},
-   {"$count", &count_ops, W},
-   {"$limit", &limit_ops, W},
+   {"$group", &aspen_stage_group_ops, W},
+   {"$sort", &aspen_stage_sort_ops, W},
+   {"$count", &aspen_stage_count_ops, W},
+   {"$limit", &aspen_stage_limit_ops, W},
 };
 
 const aspen_stage_ops_t *

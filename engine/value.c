@@ -228,17 +228,6 @@ aspen_value_take_doc(bson_t *doc, bool is_array)
    return out;
 }
 
-bool
-aspen__value_as_bson(const aspen_value_t *val, bson_t *out)
-{
-   if (val->v.value_type != BSON_TYPE_DOCUMENT &&
-       val->v.value_type != BSON_TYPE_ARRAY) {
-      return false;
-   }
-   return bson_init_static(out, val->v.value.v_doc.data,
-                           val->v.value.v_doc.data_len);
-}
-
 /* ------------------------------------------------------------------------ */
 /* Numbers                                                                   */
 /* ------------------------------------------------------------------------ */
@@ -254,7 +243,7 @@ aspen__num_to_double(const aspen_value_t *val)
    case BSON_TYPE_DOUBLE:
       return val->v.value.v_double;
    case BSON_TYPE_DECIMAL128:
-      return (double) aspen__dec_from_bson(&val->v.value.v_decimal128);
+      return aspen__dec_to_double(val->v.value.v_decimal128);
    default:
       return 0.0;
    }
@@ -314,7 +303,8 @@ aspen__num_is_int64(const aspen_value_t *val, int64_t *out)
    case BSON_TYPE_DECIMAL128: {
       aspen_dec_t d = aspen__dec_from_bson(&val->v.value.v_decimal128);
       int64_t i;
-      if (!aspen__dec_to_int64(d, &i) || (aspen_dec_t) i != d) {
+      if (!aspen__dec_to_int64(d, &i) ||
+          aspen__dec_cmp(aspen__dec_from_int64(i), d) != 0) {
          return false;
       }
       *out = i;
@@ -414,20 +404,6 @@ aspen__num_to_text(const aspen_value_t *val, char *buf, size_t len)
 /* Decimal128                                                                */
 /* ------------------------------------------------------------------------ */
 
-bool
-aspen__dec_is_nan(aspen_dec_t d)
-{
-   bson_decimal128_t bd = aspen__dec_to_bson(d);
-   return ((bd.high >> 58) & 0x1f) == 0x1f;
-}
-
-bool
-aspen__dec_is_inf(aspen_dec_t d)
-{
-   bson_decimal128_t bd = aspen__dec_to_bson(d);
-   return ((bd.high >> 58) & 0x1f) == 0x1e;
-}
-
 aspen_dec_t
 aspen__dec_from_double(double d, int digits)
 {
@@ -451,15 +427,15 @@ aspen__num_to_dec(const aspen_value_t *val)
 {
    switch (val->v.value_type) {
    case BSON_TYPE_INT32:
-      return (aspen_dec_t) val->v.value.v_int32;
+      return aspen__dec_from_int64(val->v.value.v_int32);
    case BSON_TYPE_INT64:
-      return (aspen_dec_t) val->v.value.v_int64;
+      return aspen__dec_from_int64(val->v.value.v_int64);
    case BSON_TYPE_DOUBLE:
       return aspen__dec_from_double(val->v.value.v_double, 15);
    case BSON_TYPE_DECIMAL128:
       return aspen__dec_from_bson(&val->v.value.v_decimal128);
    default:
-      return 0;
+      return aspen__dec_from_int64(0);
    }
 }
 
@@ -728,11 +704,7 @@ cmp_numbers(const aspen_value_t *a, const aspen_value_t *b)
       } else {
          db = aspen__num_to_dec(b);
       }
-      bool na = aspen__dec_is_nan(da), nb = aspen__dec_is_nan(db);
-      if (na || nb) {
-         return na && nb ? 0 : na ? -1 : 1;
-      }
-      return da < db ? -1 : da > db ? 1 : 0;
+      return aspen__dec_cmp(da, db);
    }
    if (ta == BSON_TYPE_DOUBLE && tb == BSON_TYPE_DOUBLE) {
       return cmp_double(a->v.value.v_double, b->v.value.v_double);
@@ -940,7 +912,7 @@ aspen_value_truthy(const aspen_value_t *val)
       return val->v.value.v_double != 0.0;
    case BSON_TYPE_DECIMAL128: {
       aspen_dec_t d = aspen__dec_from_bson(&val->v.value.v_decimal128);
-      return aspen__dec_is_nan(d) || d != 0;
+      return aspen__dec_is_nan(d) || !aspen__dec_is_zero(d);
    }
    default:
       return true;

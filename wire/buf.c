@@ -6,6 +6,7 @@
  */
 #include "wire.h"
 
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,9 +25,32 @@ oom(size_t size)
    abort();
 }
 
+/*
+ * libbson declares bson_t with 128-byte alignment, and aspen embeds bson_t
+ * in many heap structures (processors, pipelines, jobs, connections). malloc
+ * only promises 16, which is undefined behaviour that UBSan reports. Every
+ * block big enough to hold a bson_t (128 bytes) is therefore allocated
+ * 128-byte aligned; smaller ones cannot contain one and use plain malloc.
+ */
+#define BSON_ALIGN 128
+
+static void *
+alloc_aligned(size_t size)
+{
+   void *p = NULL;
+   size_t rounded = (size + BSON_ALIGN - 1) & ~(size_t) (BSON_ALIGN - 1);
+   if (posix_memalign(&p, BSON_ALIGN, rounded) != 0) {
+      oom(size);
+   }
+   return p;
+}
+
 void *
 aspen_xmalloc(size_t size)
 {
+   if (size >= BSON_ALIGN) {
+      return alloc_aligned(size);
+   }
    void *p = malloc(size ? size : 1);
    if (!p) {
       oom(size);
@@ -37,9 +61,18 @@ aspen_xmalloc(size_t size)
 void *
 aspen_xcalloc(size_t n, size_t size)
 {
+   if (size && n > SIZE_MAX / size) {
+      oom(SIZE_MAX);
+   }
+   size_t total = n * size;
+   if (total >= BSON_ALIGN) {
+      void *p = alloc_aligned(total);
+      memset(p, 0, total);
+      return p;
+   }
    void *p = calloc(n ? n : 1, size ? size : 1);
    if (!p) {
-      oom(n * size);
+      oom(total);
    }
    return p;
 }
@@ -47,6 +80,15 @@ aspen_xcalloc(size_t n, size_t size)
 void *
 aspen_xrealloc(void *ptr, size_t size)
 {
+   if (size >= BSON_ALIGN) {
+      void *p = alloc_aligned(size);
+      if (ptr) {
+         size_t old = malloc_usable_size(ptr);
+         memcpy(p, ptr, old < size ? old : size);
+         free(ptr);
+      }
+      return p;
+   }
    void *p = realloc(ptr, size ? size : 1);
    if (!p) {
       oom(size);

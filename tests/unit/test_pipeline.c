@@ -12,9 +12,10 @@
  *      testAtlas connection when "persistent" is true);
  *   2. parses it with aspen_pipeline_parse (ephemeral unless persistent);
  *      an "error" case must fail here with that code and message;
- *   3. pushes each document of the parsed $source, with a `_ts` Date
- *      appended and stream metadata {source: {type: "generated"}}, as the
- *      processor's ingest does (engine/processor.c);
+ *   3. pushes each document of the parsed $source, with a `_ts` Date (the
+ *      timeField's value, or the ingestion time) appended and stream
+ *      metadata {source: {type: "generated"}}, as the processor's ingest
+ *      does (engine/processor.c);
  *   4. compares what reaches the output and DLQ hooks with "output" and
  *      "dlq", after dropping `_ts` and `_stream_meta` from actual documents.
  * Documents are compared as canonical Extended JSON, so field order and BSON
@@ -520,9 +521,50 @@ build_pipeline(const bson_t *c, bool persistent, bson_t *out, sbuf_t *why)
    return true;
 }
 
+/* The event time of a source document, as the processor's ingest computes
+ * it: the timeField's value, which must be a Date, or else the ingestion
+ * time. A timeField that fails or is not a Date sends the document to the
+ * DLQ as the source operator (same names and reasons as
+ * engine/processor.c) and returns false. */
+static bool
+event_time(aspen_pipeline_t *pl, const bson_t *raw, const bson_t *meta,
+           int64_t now, int64_t *ts)
+{
+   *ts = now;
+   if (!pl->source.time_field) {
+      return true;
+   }
+   aspen_expr_ctx_t ctx = {.root = raw, .meta = meta, .now_ms = now};
+   aspen_sdoc_t as_is = {.doc = raw, .meta = meta, .ts_ms = now};
+   aspen_value_t v;
+   aspen_error_t err;
+   char reason[ASPEN_ERROR_MSG_MAX + 128];
+   if (!aspen_expr_eval(pl->source.time_field, &ctx, &v, &err)) {
+      snprintf(reason, sizeof reason,
+               "Failed to extract timestamp from document: %s", err.message);
+      pl->dlq(pl->hook_arg, &as_is, "DocumentsDataSourceOperator", reason);
+      return false;
+   }
+   if (v.v.value_type != BSON_TYPE_DATE_TIME) {
+      char *json = aspen_value_to_json(&v);
+      snprintf(reason, sizeof reason,
+               "Failed to extract timestamp from document, extracted "
+               "timestampVal: %s",
+               json ? json : "missing");
+      bson_free(json);
+      aspen_value_destroy(&v);
+      pl->dlq(pl->hook_arg, &as_is, "DocumentsDataSourceOperator", reason);
+      return false;
+   }
+   *ts = v.v.value.v_datetime;
+   aspen_value_destroy(&v);
+   return true;
+}
+
 /* Feeds the parsed $source's documents through the pipeline as the
- * processor's ingest does: `_ts` (the ingestion time) appended at the end,
- * stream metadata {source: {type: "generated"}}. */
+ * processor's ingest does: the event time (see event_time) appended at the
+ * end as `_ts` (or the tsFieldName), stream metadata {source: {type:
+ * "generated"}}. */
 static bool
 feed(aspen_pipeline_t *pl, sbuf_t *why)
 {
@@ -530,9 +572,9 @@ feed(aspen_pipeline_t *pl, sbuf_t *why)
       sbuf_printf(why, "    only a documents $source can be run here\n");
       return false;
    }
-   if (pl->source.documents_expr || pl->source.time_field) {
+   if (pl->source.documents_expr) {
       sbuf_printf(why, "    this runner does not evaluate a documents "
-                       "expression or a timeField\n");
+                       "expression\n");
       return false;
    }
    bson_t meta = BSON_INITIALIZER, src;
@@ -542,7 +584,7 @@ feed(aspen_pipeline_t *pl, sbuf_t *why)
 
    bson_iter_t it;
    bson_iter_init(&it, &pl->source.documents);
-   int64_t ts = TEST_NOW_MS;
+   int64_t now = TEST_NOW_MS;
    while (bson_iter_next(&it)) {
       bson_t raw, doc = BSON_INITIALIZER;
       if (!iter_sub(&it, &raw) || !BSON_ITER_HOLDS_DOCUMENT(&it)) {
@@ -551,13 +593,16 @@ feed(aspen_pipeline_t *pl, sbuf_t *why)
          bson_destroy(&meta);
          return false;
       }
-      bson_copy_to_excluding_noinit(&raw, &doc, pl->source.ts_field, NULL);
-      BSON_APPEND_DATE_TIME(&doc, pl->source.ts_field, ts);
-      pl->now_ms = ts;
-      aspen_sdoc_t sdoc = {.doc = &doc, .meta = &meta, .ts_ms = ts};
-      aspen_pipeline_push(pl, &sdoc);
+      int64_t ts;
+      pl->now_ms = now;
+      if (event_time(pl, &raw, &meta, now, &ts)) {
+         bson_copy_to_excluding_noinit(&raw, &doc, pl->source.ts_field, NULL);
+         BSON_APPEND_DATE_TIME(&doc, pl->source.ts_field, ts);
+         aspen_sdoc_t sdoc = {.doc = &doc, .meta = &meta, .ts_ms = ts};
+         aspen_pipeline_push(pl, &sdoc);
+      }
       bson_destroy(&doc);
-      ts++;
+      now++;
    }
    bson_destroy(&meta);
    return true;
@@ -751,9 +796,15 @@ main(void)
    }
    bson_destroy(list);
 
-   DIR *dir = opendir(CASES_SUBDIR);
+   /* ASPEN_PIPELINE_CASES names another folder of case files (to try a new
+    * case file without rebuilding). */
+   const char *cases_dir = getenv("ASPEN_PIPELINE_CASES");
+   if (!cases_dir || !*cases_dir) {
+      cases_dir = CASES_SUBDIR;
+   }
+   DIR *dir = opendir(cases_dir);
    if (!dir) {
-      fprintf(stderr, "test_pipeline: cannot open %s: %s\n", CASES_SUBDIR,
+      fprintf(stderr, "test_pipeline: cannot open %s: %s\n", cases_dir,
               strerror(errno));
       return 1;
    }
@@ -764,15 +815,15 @@ main(void)
       size_t l = strlen(de->d_name);
       if (l > 5 && strcmp(de->d_name + l - 5, ".json") == 0) {
          paths = aspen_xrealloc(paths, (n + 1) * sizeof *paths);
-         size_t sz = strlen(CASES_SUBDIR) + l + 2;
+         size_t sz = strlen(cases_dir) + l + 2;
          paths[n] = aspen_xmalloc(sz);
-         snprintf(paths[n], sz, "%s/%s", CASES_SUBDIR, de->d_name);
+         snprintf(paths[n], sz, "%s/%s", cases_dir, de->d_name);
          n++;
       }
    }
    closedir(dir);
    if (n == 0) {
-      fprintf(stderr, "test_pipeline: no case files in %s\n", CASES_SUBDIR);
+      fprintf(stderr, "test_pipeline: no case files in %s\n", cases_dir);
       return 1;
    }
    qsort(paths, n, sizeof *paths, cmp_str);

@@ -5,8 +5,15 @@
 //   {getMoreSampleStreamProcessor: name, cursorId}  -> {ok, cursorId, messages}
 //   {dropStreamProcessor: name}
 // Run by tests/e2e/test_pipeline_cases.sh with db = admin and
-// ASPEN_CASES_DIR naming the folder of case files. Cases marked
-// "persistent" need a $merge target and are skipped here.
+// ASPEN_CASES_DIR naming the folder of case files.
+//
+// Cases marked "persistent" go to {createStreamProcessor: <name>, pipeline}
+// instead (with stages, a $merge into the testAtlas connection is appended,
+// as in the unit runner; aspen must be configured with that connection when
+// ASPEN_TEST_ATLAS=1, else they are skipped): an error case must fail at
+// create with its code and message, an output case must be created (its
+// output is not checked: that needs a reachable $merge target). Every
+// created processor is dropped.
 //
 // A documents source never ends (it goes idle), so for each case the reader
 // drains the sample cursor until the processor's stats show every input
@@ -23,6 +30,8 @@ const path = require('path');
 const DIR = process.env.ASPEN_CASES_DIR;
 if (!DIR) throw new Error('ASPEN_CASES_DIR is not set');
 const ONLY = process.env.ASPEN_CASE_FILTER ? new RegExp(process.env.ASPEN_CASE_FILTER) : null;
+const TEST_ATLAS = process.env.ASPEN_TEST_ATLAS === '1';
+const MAX_MESSAGES = 10000;
 
 const admin = db.getSiblingDB('admin');
 // Replies with BSON types intact (Int32, Double, Long objects rather than JS
@@ -64,6 +73,11 @@ function contains(text, want, exact) {
   return missing;
 }
 
+// aspen unreachable (crashed, or a network failure): not a case result.
+function isNetworkError(e) {
+  return /Network|ServerSelection|TopologyClosed/.test(String(e && e.name));
+}
+
 function run(cmd) {
   return admin.runCommand(cmd, RAW);
 }
@@ -78,7 +92,50 @@ function sourceDocs(c) {
 
 function pipelineOf(c) {
   if (c.pipeline) return c.pipeline;
-  return [{ $source: { documents: c.input || [] } }].concat(c.stages || []);
+  const p = [{ $source: { documents: c.input || [] } }].concat(c.stages || []);
+  if (c.persistent === true) {
+    p.push({ $merge: { into: { connectionName: 'testAtlas', db: 't', coll: 't' } } });
+  }
+  return p;
+}
+
+function checkError(c, e, why) {
+  const code = c.code === undefined ? 420 : num(c.code);
+  if (num(e.code) !== code) why.push('error code ' + e.code + ', expected ' + code + ' (' + e.message + ')');
+  const msg = str(e.errmsg !== undefined ? e.errmsg : e.message);
+  for (const m of contains(msg, c.error, false)) {
+    why.push('errmsg should contain "' + m + '", got "' + msg + '"');
+  }
+}
+
+// A persistent case: createStreamProcessor must refuse an error case and
+// accept an output case.
+let persistentSeq = 0;
+function runPersistentCase(c) {
+  const why = [];
+  const name = 'pipeline_case_' + (++persistentSeq);
+  let created = false;
+  try {
+    run({ createStreamProcessor: name, pipeline: pipelineOf(c) });
+    created = true;
+    if (c.error !== undefined) why.push('createStreamProcessor succeeded, but an error was expected: ' + canon(c.error));
+  } catch (e) {
+    if (isNetworkError(e)) throw e;
+    if (c.error === undefined) {
+      why.push('createStreamProcessor failed: ' + (e.code !== undefined ? 'code ' + e.code + ': ' : '') + e.message);
+    } else {
+      checkError(c, e, why);
+    }
+  }
+  if (created) {
+    try {
+      run({ dropStreamProcessor: name });
+    } catch (e) {
+      if (isNetworkError(e)) throw e;
+      why.push('dropStreamProcessor ' + name + ' failed: ' + e.message);
+    }
+  }
+  return why;
 }
 
 // Drains the processor's sample cursor; returns the messages.
@@ -91,7 +148,7 @@ function collect(name, cursorId, nInput) {
     const batch = r.messages || [];
     for (const m of batch) msgs.push(m);
     cursorId = r.cursorId;
-    if (String(cursorId) === '0') break;
+    if (String(cursorId) === '0' || msgs.length > MAX_MESSAGES) break;
     if (batch.length > 0) {
       idleSince = Date.now();
       settled = 0;
@@ -164,16 +221,12 @@ function runCase(c) {
   try {
     reply = run({ processStreamProcessor: pipeline });
   } catch (e) {
+    if (isNetworkError(e)) throw e;
     if (c.error === undefined) {
       why.push('processStreamProcessor failed: ' + (e.code !== undefined ? 'code ' + e.code + ': ' : '') + e.message);
       return why;
     }
-    const code = c.code === undefined ? 420 : num(c.code);
-    if (num(e.code) !== code) why.push('error code ' + e.code + ', expected ' + code + ' (' + e.message + ')');
-    const msg = str(e.errmsg !== undefined ? e.errmsg : e.message);
-    for (const m of contains(msg, c.error, false)) {
-      why.push('errmsg should contain "' + m + '", got "' + msg + '"');
-    }
+    checkError(c, e, why);
     return why;
   }
   const name = str(reply.name);
@@ -190,7 +243,9 @@ function runCase(c) {
       else outputs.push(m);
     }
     for (const o of outputs) {
-      if (!('_ts' in o)) why.push('an output has no _ts: ' + canon(o));
+      // _ts is a plain field from the source on: a stage may drop it
+      // ($project inclusion, $replaceRoot); where it is there, it is a Date.
+      if ('_ts' in o && !(o._ts instanceof Date)) why.push('_ts is not a Date: ' + canon(o));
       const meta = o._stream_meta;
       if (!meta || !meta.source || str(meta.source.type) !== 'generated') {
         why.push('an output has no _stream_meta.source.type "generated": ' + canon(o));
@@ -201,7 +256,7 @@ function runCase(c) {
     try {
       run({ dropStreamProcessor: name });
     } catch (e) {
-      why.push('dropStreamProcessor ' + name + ' failed: ' + e.message);
+      if (!isNetworkError(e)) why.push('dropStreamProcessor ' + name + ' failed: ' + e.message);
     }
   }
   return why;
@@ -221,15 +276,22 @@ for (const f of files) {
   for (const c of cases) {
     const label = f + ': ' + c.name;
     if (ONLY && !ONLY.test(label)) continue;
-    if (c.persistent === true) {
+    if (c.persistent === true && !TEST_ATLAS) {
       fSkipped++;
       continue;
     }
     total++;
     let why;
     try {
-      why = runCase(c);
+      why = c.persistent === true ? runPersistentCase(c) : runCase(c);
     } catch (e) {
+      // aspen gone (crashed): every later case would only wait for server
+      // selection, so stop here.
+      if (isNetworkError(e)) {
+        print('FAIL ' + label);
+        print('    aspen is unreachable (' + e.name + ': ' + e.message + '); stopping');
+        throw new Error('aspen became unreachable during "' + label + '"');
+      }
       why = ['threw: ' + (e.stack || e.message)];
     }
     if (why.length === 0) {
@@ -243,10 +305,11 @@ for (const f of files) {
   }
   passed += fPassed;
   skipped += fSkipped;
-  print('# ' + f + ': ' + fPassed + ' passed, ' + fFailed + ' failed, ' + fSkipped + ' skipped (persistent)');
+  print('# ' + f + ': ' + fPassed + ' passed, ' + fFailed + ' failed' +
+        (fSkipped ? ', ' + fSkipped + ' skipped (persistent)' : ''));
 }
-print('# pipeline cases: ' + total + ' run, ' + passed + ' passed, ' + failures.length + ' failed, ' +
-      skipped + ' skipped (persistent)');
+print('# pipeline cases: ' + total + ' run, ' + passed + ' passed, ' + failures.length + ' failed' +
+      (skipped ? ', ' + skipped + ' skipped (persistent)' : ''));
 if (failures.length > 0) {
   throw new Error(failures.length + ' pipeline case(s) failed: ' + failures.join('; '));
 }

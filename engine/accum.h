@@ -1,0 +1,56 @@
+/*
+ * accum.h - $group accumulators, as windows use them: parsed once from the
+ * $group spec, then one small state per (window, group key) that absorbs
+ * documents one at a time and yields the result when the window closes.
+ * States keep aggregates, not documents, except where the operator needs
+ * the values ($push, $addToSet, $median, $percentile, $firstN/$lastN,
+ * $topN/$bottomN, $minN/$maxN hold at most what they return).
+ *
+ * Operators: $sum $avg $min $max $first $last $push $addToSet $count
+ * $stdDevPop $stdDevSamp $median $percentile $top $bottom $topN $bottomN
+ * $firstN $lastN $maxN $minN $mergeObjects. Semantics as MongoDB's $group
+ * (e.g. $sum ignores non-numbers and gives int32/int64/double/decimal as
+ * MongoDB widens; $avg of no numbers is null; $min/$max ignore missing and
+ * null unless all are; $first/$last keep missing as null; $count is
+ * {$count: {}}; $median/$percentile take {input, method: "approximate"} and
+ * p: [numbers in 0..1]; $topN etc. take {n, sortBy, output}; n must be a
+ * positive integer constant).
+ *
+ * Thread-safety: a spec is immutable after parse; states belong to one
+ * thread.
+ */
+#ifndef ASPEN_ENGINE_ACCUM_H
+#define ASPEN_ENGINE_ACCUM_H
+
+#include "expr.h"
+
+typedef struct aspen_accum aspen_accum_t;         /* a parsed accumulator */
+typedef struct aspen_accum_state aspen_accum_state_t;
+
+/* Parses one accumulator field of $group: `it` points at the field's value,
+ * e.g. {$avg: "$obs.watts"}. Errors use mongod's messages ("unknown group
+ * operator '$foo'", code 15952; "The field 'x' must be an accumulator
+ * object", code 40234; ...). The bson `it` points into must outlive the
+ * accumulator. */
+bool aspen_accum_parse(const bson_iter_t *it, aspen_accum_t **out,
+                       aspen_error_t *err);
+void aspen_accum_destroy(aspen_accum_t *acc);
+/* The operator's name, e.g. "$avg". */
+const char *aspen_accum_name(const aspen_accum_t *acc);
+
+aspen_accum_state_t *aspen_accum_state_new(const aspen_accum_t *acc);
+void aspen_accum_state_destroy(const aspen_accum_t *acc,
+                               aspen_accum_state_t *st);
+/* Absorbs one document (ctx->root); false with err set when evaluating the
+ * argument fails (the caller dead-letters the document). */
+bool aspen_accum_add(const aspen_accum_t *acc, aspen_accum_state_t *st,
+                     const aspen_expr_ctx_t *ctx, aspen_error_t *err);
+/* Appends the result under `key` to `out`. */
+void aspen_accum_result(const aspen_accum_t *acc,
+                        const aspen_accum_state_t *st, bson_t *out,
+                        const char *key);
+/* Bytes the state holds (for stats' stateSize). */
+size_t aspen_accum_state_size(const aspen_accum_t *acc,
+                              const aspen_accum_state_t *st);
+
+#endif

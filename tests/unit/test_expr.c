@@ -1,0 +1,684 @@
+/*
+ * test_expr.c - cmocka unit tests for engine/expr*.c and engine/value.c.
+ *
+ * Most tests are data: every .json file in tests/cases/expr is an array of
+ * cases, each one cmocka test:
+ *   {"name": ..., "doc": {...}, "expr": <expression>, "result": <value>}
+ *   {"name": ..., "doc": {...}, "expr": <expression>, "error": "<substring>"}
+ *   {"name": ..., "expr": <expression>, "parseError": "<substring>"}
+ * with optional "meta" (the $meta "stream" document), "now" (a date, what
+ * $currentDate returns), "vars" (an object of caller variables bound with
+ * aspen_expr_eval_with_vars), "code" (the expected error code) and
+ * "missing": true (the result must be MISSING, e.g. $$REMOVE).
+ * Results are compared strictly: same BSON types (int vs long vs double),
+ * same field order, decimals by their text.
+ *
+ * The C tests at the end cover the API around the data: borrowing of plain
+ * field paths, constants, parse_object with dotted keys, variables from the
+ * caller, and the value helpers.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "expr.h"
+
+#ifndef ASPEN_CASES_DIR
+#error "ASPEN_CASES_DIR must be defined"
+#endif
+
+/* ======================================================================== */
+/* Strict comparison                                                         */
+/* ======================================================================== */
+
+static bool strict_equal(const bson_value_t *a, const bson_value_t *b);
+
+static bool
+strict_equal_docs(const uint8_t *a, uint32_t alen, const uint8_t *b,
+                  uint32_t blen)
+{
+   bson_iter_t ia, ib;
+   if (!bson_iter_init_from_data(&ia, a, alen) ||
+       !bson_iter_init_from_data(&ib, b, blen)) {
+      return false;
+   }
+   for (;;) {
+      bool na = bson_iter_next(&ia), nb = bson_iter_next(&ib);
+      if (!na || !nb) {
+         return na == nb;
+      }
+      if (strcmp(bson_iter_key(&ia), bson_iter_key(&ib)) != 0 ||
+          !strict_equal(bson_iter_value(&ia), bson_iter_value(&ib))) {
+         return false;
+      }
+   }
+}
+
+static bool
+strict_equal(const bson_value_t *a, const bson_value_t *b)
+{
+   if (a->value_type != b->value_type) {
+      return false;
+   }
+   switch (a->value_type) {
+   case BSON_TYPE_DOUBLE: {
+      double x = a->value.v_double, y = b->value.v_double;
+      if (isnan(x) || isnan(y)) {
+         return isnan(x) && isnan(y);
+      }
+      return x == y && signbit(x) == signbit(y);
+   }
+   case BSON_TYPE_DECIMAL128: {
+      char sa[BSON_DECIMAL128_STRING], sb[BSON_DECIMAL128_STRING];
+      bson_decimal128_to_string(&a->value.v_decimal128, sa);
+      bson_decimal128_to_string(&b->value.v_decimal128, sb);
+      return strcmp(sa, sb) == 0;
+   }
+   case BSON_TYPE_DOCUMENT:
+   case BSON_TYPE_ARRAY:
+      return strict_equal_docs(a->value.v_doc.data, a->value.v_doc.data_len,
+                               b->value.v_doc.data, b->value.v_doc.data_len);
+   default: {
+      /* Everything else: same bytes once appended. */
+      bson_t da = BSON_INITIALIZER, db = BSON_INITIALIZER;
+      bson_append_value(&da, "v", 1, a);
+      bson_append_value(&db, "v", 1, b);
+      bool eq = da.len == db.len &&
+                memcmp(bson_get_data(&da), bson_get_data(&db), da.len) == 0;
+      bson_destroy(&da);
+      bson_destroy(&db);
+      return eq;
+   }
+   }
+}
+
+static char *
+value_json(const bson_value_t *v)
+{
+   if (v->value_type == BSON_TYPE_EOD) {
+      return bson_strdup("<missing>");
+   }
+   bson_t tmp = BSON_INITIALIZER;
+   bson_append_value(&tmp, "v", 1, v);
+   char *json = bson_as_canonical_extended_json(&tmp, NULL);
+   bson_destroy(&tmp);
+   return json;
+}
+
+/* ======================================================================== */
+/* Data-driven cases                                                         */
+/* ======================================================================== */
+
+typedef struct {
+   char *file;
+   bson_t *spec; /* the case object, owned */
+   char *name;
+} expr_case_t;
+
+static expr_case_t *cases;
+static size_t n_cases, cap_cases;
+
+static char *
+read_file(const char *path, size_t *len)
+{
+   FILE *f = fopen(path, "rb");
+   if (!f) {
+      return NULL;
+   }
+   fseek(f, 0, SEEK_END);
+   long n = ftell(f);
+   fseek(f, 0, SEEK_SET);
+   char *buf = malloc((size_t) n + 1);
+   if (fread(buf, 1, (size_t) n, f) != (size_t) n) {
+      free(buf);
+      fclose(f);
+      return NULL;
+   }
+   buf[n] = '\0';
+   fclose(f);
+   *len = (size_t) n;
+   return buf;
+}
+
+static int
+cmp_names(const void *a, const void *b)
+{
+   return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/* Loads every case; a malformed file is a test failure reported up front. */
+static bool
+load_cases(void)
+{
+   const char *dir = ASPEN_CASES_DIR "/expr";
+   DIR *d = opendir(dir);
+   if (!d) {
+      fprintf(stderr, "cannot open %s\n", dir);
+      return false;
+   }
+   char **names = NULL;
+   size_t nn = 0;
+   struct dirent *de;
+   while ((de = readdir(d))) {
+      size_t l = strlen(de->d_name);
+      if (l > 5 && strcmp(de->d_name + l - 5, ".json") == 0) {
+         names = realloc(names, (nn + 1) * sizeof *names);
+         names[nn++] = strdup(de->d_name);
+      }
+   }
+   closedir(d);
+   qsort(names, nn, sizeof *names, cmp_names);
+   bool ok = true;
+   for (size_t k = 0; k < nn; k++) {
+      char path[1024];
+      snprintf(path, sizeof path, "%s/%s", dir, names[k]);
+      size_t len;
+      char *text = read_file(path, &len);
+      if (!text) {
+         fprintf(stderr, "cannot read %s\n", path);
+         ok = false;
+         continue;
+      }
+      /* Wrap the array so libbson can parse it as a document. */
+      size_t wlen = len + 16;
+      char *wrapped = malloc(wlen);
+      snprintf(wrapped, wlen, "{\"c\": %s}", text);
+      bson_error_t berr;
+      bson_t *all = bson_new_from_json((const uint8_t *) wrapped, -1, &berr);
+      free(wrapped);
+      free(text);
+      if (!all) {
+         fprintf(stderr, "%s: invalid JSON: %s\n", path, berr.message);
+         ok = false;
+         continue;
+      }
+      bson_iter_t it, arr;
+      if (bson_iter_init_find(&it, all, "c") && BSON_ITER_HOLDS_ARRAY(&it) &&
+          bson_iter_recurse(&it, &arr)) {
+         while (bson_iter_next(&arr)) {
+            if (!BSON_ITER_HOLDS_DOCUMENT(&arr)) {
+               continue;
+            }
+            uint32_t dlen;
+            const uint8_t *data;
+            bson_iter_document(&arr, &dlen, &data);
+            if (n_cases == cap_cases) {
+               cap_cases = cap_cases ? cap_cases * 2 : 256;
+               cases = realloc(cases, cap_cases * sizeof *cases);
+            }
+            expr_case_t *c = &cases[n_cases++];
+            c->file = strdup(names[k]);
+            c->spec = bson_new_from_data(data, dlen);
+            bson_iter_t ni;
+            char nbuf[600];
+            if (bson_iter_init_find(&ni, c->spec, "name") &&
+                BSON_ITER_HOLDS_UTF8(&ni)) {
+               snprintf(nbuf, sizeof nbuf, "%s: %s", names[k],
+                        bson_iter_utf8(&ni, NULL));
+            } else {
+               snprintf(nbuf, sizeof nbuf, "%s: #%zu", names[k], n_cases);
+            }
+            c->name = strdup(nbuf);
+         }
+      } else {
+         fprintf(stderr, "%s: expected a JSON array of cases\n", path);
+         ok = false;
+      }
+      bson_destroy(all);
+   }
+   for (size_t k = 0; k < nn; k++) {
+      free(names[k]);
+   }
+   free(names);
+   return ok;
+}
+
+static void
+free_cases(void)
+{
+   for (size_t i = 0; i < n_cases; i++) {
+      free(cases[i].file);
+      free(cases[i].name);
+      bson_destroy(cases[i].spec);
+   }
+   free(cases);
+}
+
+static void
+run_case(void **state)
+{
+   const expr_case_t *c = *state;
+   bson_iter_t it, expr_it;
+   bson_t doc = BSON_INITIALIZER, meta;
+   bool have_meta = false;
+   aspen_expr_ctx_t ctx = {.root = &doc, .meta = NULL, .now_ms = 0};
+   const char *names[32];
+   aspen_value_t values[32];
+   size_t n_vars = 0;
+   const char *var_decl[33];
+
+   if (bson_iter_init_find(&it, c->spec, "doc") &&
+       BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      uint32_t len;
+      const uint8_t *data;
+      bson_iter_document(&it, &len, &data);
+      bson_destroy(&doc);
+      bson_init_static(&doc, data, len);
+   }
+   if (bson_iter_init_find(&it, c->spec, "meta") &&
+       BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      uint32_t len;
+      const uint8_t *data;
+      bson_iter_document(&it, &len, &data);
+      bson_init_static(&meta, data, len);
+      ctx.meta = &meta;
+      have_meta = true;
+   }
+   (void) have_meta;
+   if (bson_iter_init_find(&it, c->spec, "now") &&
+       BSON_ITER_HOLDS_DATE_TIME(&it)) {
+      ctx.now_ms = bson_iter_date_time(&it);
+   }
+   if (bson_iter_init_find(&it, c->spec, "vars") &&
+       BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      bson_iter_t vi;
+      bson_iter_recurse(&it, &vi);
+      while (bson_iter_next(&vi) && n_vars < 32) {
+         names[n_vars] = bson_iter_key(&vi);
+         values[n_vars] = aspen_value_borrow(&vi);
+         var_decl[n_vars] = names[n_vars];
+         n_vars++;
+      }
+   }
+   var_decl[n_vars] = NULL;
+   if (!bson_iter_init_find(&expr_it, c->spec, "expr")) {
+      fail_msg("%s: no \"expr\"", c->name);
+   }
+
+   const char *want_parse_err = NULL, *want_err = NULL;
+   int32_t want_code = -1;
+   if (bson_iter_init_find(&it, c->spec, "parseError") &&
+       BSON_ITER_HOLDS_UTF8(&it)) {
+      want_parse_err = bson_iter_utf8(&it, NULL);
+   }
+   if (bson_iter_init_find(&it, c->spec, "error") &&
+       BSON_ITER_HOLDS_UTF8(&it)) {
+      want_err = bson_iter_utf8(&it, NULL);
+   }
+   if (bson_iter_init_find(&it, c->spec, "code") &&
+       BSON_ITER_HOLDS_INT32(&it)) {
+      want_code = bson_iter_int32(&it);
+   }
+
+   aspen_expr_t *e = NULL;
+   aspen_error_t err;
+   aspen_error_clear(&err);
+   bool parsed = aspen_expr_parse(&expr_it, n_vars ? var_decl : NULL, &e, &err);
+   if (want_parse_err) {
+      if (parsed) {
+         aspen_expr_destroy(e);
+         fail_msg("%s: expected parse error containing \"%s\", parse succeeded",
+                  c->name, want_parse_err);
+      }
+      if (!strstr(err.message, want_parse_err)) {
+         fail_msg("%s: parse error \"%s\" does not contain \"%s\"", c->name,
+                  err.message, want_parse_err);
+      }
+      if (want_code >= 0 && err.code != want_code) {
+         fail_msg("%s: parse error code %d, want %d", c->name, err.code,
+                  want_code);
+      }
+      return;
+   }
+   if (!parsed) {
+      fail_msg("%s: unexpected parse error %d: %s", c->name, err.code,
+               err.message);
+   }
+   aspen_value_t out;
+   bool ok = n_vars ? aspen_expr_eval_with_vars(e, &ctx, names, values, n_vars,
+                                                &out, &err)
+                    : aspen_expr_eval(e, &ctx, &out, &err);
+   if (want_err) {
+      if (ok) {
+         static char msg[4096];
+         char *got = value_json(&out.v);
+         snprintf(msg, sizeof msg, "%s: expected error containing \"%s\", got %s",
+                  c->name, want_err, got);
+         bson_free(got);
+         aspen_value_destroy(&out);
+         aspen_expr_destroy(e);
+         fail_msg("%s", msg);
+      }
+      aspen_expr_destroy(e);
+      if (!aspen_value_is_missing(&out)) {
+         fail_msg("%s: failed evaluation left a value", c->name);
+      }
+      if (!strstr(err.message, want_err)) {
+         fail_msg("%s: error \"%s\" does not contain \"%s\"", c->name,
+                  err.message, want_err);
+      }
+      if (want_code >= 0 && err.code != want_code) {
+         fail_msg("%s: error code %d, want %d (%s)", c->name, err.code,
+                  want_code, err.message);
+      }
+      return;
+   }
+   if (!ok) {
+      aspen_expr_destroy(e);
+      fail_msg("%s: unexpected error %d: %s", c->name, err.code, err.message);
+   }
+   bool want_missing = bson_iter_init_find(&it, c->spec, "missing") &&
+                       BSON_ITER_HOLDS_BOOL(&it) && bson_iter_bool(&it);
+   if (want_missing) {
+      bool missing = aspen_value_is_missing(&out);
+      static char msg[4096];
+      char *got = value_json(&out.v);
+      snprintf(msg, sizeof msg, "%s: expected MISSING, got %s", c->name, got);
+      bson_free(got);
+      aspen_value_destroy(&out);
+      aspen_expr_destroy(e);
+      if (!missing) {
+         fail_msg("%s", msg);
+      }
+      return;
+   }
+   if (!bson_iter_init_find(&it, c->spec, "result")) {
+      aspen_value_destroy(&out);
+      aspen_expr_destroy(e);
+      fail_msg("%s: case has no result/error/parseError", c->name);
+   }
+   const bson_value_t *want = bson_iter_value(&it);
+   if (!strict_equal(want, &out.v)) {
+      static char msg[4096];
+      char *w = value_json(want), *g = value_json(&out.v);
+      snprintf(msg, sizeof msg, "%s:\n   want %s\n   got  %s", c->name, w, g);
+      bson_free(w);
+      bson_free(g);
+      aspen_value_destroy(&out);
+      aspen_expr_destroy(e);
+      fail_msg("%s", msg);
+   }
+   aspen_value_destroy(&out);
+   aspen_expr_destroy(e);
+}
+
+/* ======================================================================== */
+/* API tests                                                                 */
+/* ======================================================================== */
+
+static bson_t *
+json(const char *s)
+{
+   bson_error_t berr;
+   char *dq = strdup(s);
+   for (char *p = dq; *p; p++) {
+      if (*p == '\'') {
+         *p = '"';
+      }
+   }
+   bson_t *b = bson_new_from_json((const uint8_t *) dq, -1, &berr);
+   free(dq);
+   if (!b) {
+      fail_msg("bad JSON %s: %s", s, berr.message);
+   }
+   return b;
+}
+
+static aspen_expr_t *
+compile(const bson_t *spec, const char *const *vars)
+{
+   bson_iter_t it;
+   aspen_expr_t *e = NULL;
+   aspen_error_t err;
+   assert_true(bson_iter_init_find(&it, spec, "e"));
+   if (!aspen_expr_parse(&it, vars, &e, &err)) {
+      fail_msg("parse: %s", err.message);
+   }
+   return e;
+}
+
+static void
+test_path_borrows(void **state)
+{
+   (void) state;
+   bson_t *doc = json("{'a': {'b': 'hello'}, 'n': 5}");
+   bson_t *spec = json("{'e': '$a.b'}");
+   aspen_expr_t *e = compile(spec, NULL);
+   aspen_expr_ctx_t ctx = {.root = doc};
+   aspen_value_t v;
+   aspen_error_t err;
+   assert_true(aspen_expr_eval(e, &ctx, &v, &err));
+   assert_int_equal(v.v.value_type, BSON_TYPE_UTF8);
+   assert_false(v.owned);
+   /* The string points into the document itself: no copy was made. */
+   const uint8_t *base = bson_get_data(doc);
+   assert_true((const uint8_t *) v.v.value.v_utf8.str > base &&
+               (const uint8_t *) v.v.value.v_utf8.str < base + doc->len);
+   aspen_value_destroy(&v);
+   aspen_expr_destroy(e);
+   bson_destroy(spec);
+   bson_destroy(doc);
+}
+
+static void
+test_get_path(void **state)
+{
+   (void) state;
+   bson_t *doc = json("{'a': [{'b': 1}, {'c': 2}, {'b': [3]}, 7], 'x': {'y': "
+                      "{'z': true}}}");
+   aspen_value_t v = aspen_expr_get_path(doc, "a.b");
+   char *s = aspen_value_to_json(&v);
+   assert_string_equal(s, "[ 1, [ 3 ] ]");
+   bson_free(s);
+   aspen_value_destroy(&v);
+   v = aspen_expr_get_path(doc, "x.y.z");
+   assert_int_equal(v.v.value_type, BSON_TYPE_BOOL);
+   assert_false(v.owned);
+   v = aspen_expr_get_path(doc, "x.nope.z");
+   assert_true(aspen_value_is_missing(&v));
+   bson_destroy(doc);
+}
+
+static void
+test_is_constant(void **state)
+{
+   (void) state;
+   bson_t *spec = json("{'e': {'$add': [1, {'$multiply': [2, 3]}]}}");
+   aspen_expr_t *e = compile(spec, NULL);
+   aspen_value_t v;
+   assert_true(aspen_expr_is_constant(e, &v));
+   assert_int_equal(v.v.value_type, BSON_TYPE_INT32);
+   assert_int_equal(v.v.value.v_int32, 7);
+   aspen_expr_destroy(e);
+   bson_destroy(spec);
+
+   spec = json("{'e': {'$add': [1, '$x']}}");
+   e = compile(spec, NULL);
+   assert_false(aspen_expr_is_constant(e, &v));
+   aspen_expr_destroy(e);
+   bson_destroy(spec);
+
+   spec = json("{'e': {'$currentDate': {}}}");
+   e = compile(spec, NULL);
+   assert_false(aspen_expr_is_constant(e, &v));
+   aspen_expr_destroy(e);
+   bson_destroy(spec);
+}
+
+static void
+test_parse_object_dotted(void **state)
+{
+   (void) state;
+   bson_t *obj = json("{'a.b': 1, 'a.c': '$x', 'd': {'$add': [1, 1]}}");
+   bson_t *doc = json("{'x': 'X'}");
+   aspen_expr_t *e = NULL;
+   aspen_error_t err;
+   assert_true(aspen_expr_parse_object(obj, NULL, &e, &err));
+   aspen_expr_ctx_t ctx = {.root = doc};
+   aspen_value_t v;
+   assert_true(aspen_expr_eval(e, &ctx, &v, &err));
+   char *s = aspen_value_to_json(&v);
+   assert_string_equal(s, "{ \"a\" : { \"b\" : 1, \"c\" : \"X\" }, \"d\" : 2 }");
+   bson_free(s);
+   aspen_value_destroy(&v);
+   aspen_expr_destroy(e);
+   bson_destroy(obj);
+
+   obj = json("{'a': 1, 'a.b': 2}");
+   assert_false(aspen_expr_parse_object(obj, NULL, &e, &err));
+   assert_non_null(strstr(err.message, "conflicting"));
+   assert_null(e);
+   bson_destroy(obj);
+
+   obj = json("{'$add': [1, 2]}");
+   assert_false(aspen_expr_parse_object(obj, NULL, &e, &err));
+   assert_non_null(strstr(err.message, "may not start with '$'"));
+   bson_destroy(obj);
+   bson_destroy(doc);
+}
+
+static void
+test_caller_vars(void **state)
+{
+   (void) state;
+   static const char *const vars[] = {"limit", "name", NULL};
+   bson_t *spec = json("{'e': {'$concat': ['$$name', '-', {'$toString': "
+                       "'$$limit'}]}}");
+   aspen_expr_t *e = compile(spec, vars);
+   aspen_value_t vals[2] = {aspen_value_int32(42),
+                            aspen_value_utf8("n", 1)};
+   const char *names[2] = {"limit", "name"};
+   aspen_value_t v;
+   aspen_error_t err;
+   assert_true(aspen_expr_eval_with_vars(e, NULL, names, vals, 2, &v, &err));
+   assert_string_equal(v.v.value.v_utf8.str, "n-42");
+   aspen_value_destroy(&v);
+   /* Without the variables bound, reading one is an error. */
+   assert_false(aspen_expr_eval(e, NULL, &v, &err));
+   assert_int_equal(err.code, 17276);
+   assert_true(aspen_value_is_missing(&v));
+   aspen_value_destroy(&vals[1]);
+   aspen_expr_destroy(e);
+   bson_destroy(spec);
+
+   /* A name not declared at parse time is a parse error. */
+   spec = json("{'e': '$$nope'}");
+   bson_iter_t it;
+   assert_true(bson_iter_init_find(&it, spec, "e"));
+   assert_false(aspen_expr_parse(&it, vars, &e, &err));
+   assert_int_equal(err.code, 17276);
+   bson_destroy(spec);
+}
+
+static void
+test_value_helpers(void **state)
+{
+   (void) state;
+   aspen_value_t a = aspen_value_int32(1), b = aspen_value_double(1.0);
+   assert_true(aspen_value_equal(&a, &b));
+   aspen_value_t n = aspen_value_null(), m = ASPEN_VALUE_MISSING;
+   /* The public comparison treats MISSING as null (as sorting does). */
+   assert_int_equal(aspen_value_compare(&n, &m), 0);
+   aspen_value_t s = aspen_value_utf8("abc", 3);
+   assert_true(aspen_value_compare(&a, &s) < 0);
+   assert_true(aspen_value_truthy(&s));
+   aspen_value_t z = aspen_value_double(0.0);
+   assert_false(aspen_value_truthy(&z));
+   assert_string_equal(aspen_value_type_name(&s), "string");
+   assert_string_equal(aspen_value_type_name(&m), "missing");
+   aspen_value_t c = aspen_value_copy(&s);
+   assert_true(c.owned);
+   assert_true(aspen_value_equal(&c, &s));
+   double d;
+   assert_true(aspen_value_as_double(&a, &d));
+   assert_true(d == 1.0);
+   int64_t i;
+   assert_false(aspen_value_as_int64(&s, &i));
+   bson_t doc = BSON_INITIALIZER;
+   aspen_value_append(&doc, "x", 1, &m);
+   aspen_value_append(&doc, "y", 1, &c);
+   assert_int_equal(bson_count_keys(&doc), 1);
+   bson_destroy(&doc);
+   aspen_value_destroy(&c);
+   aspen_value_destroy(&s);
+   aspen_value_destroy(NULL);
+   bson_t *arr = bson_new();
+   BSON_APPEND_INT32(arr, "0", 1);
+   aspen_value_t av = aspen_value_take_doc(arr, true);
+   assert_int_equal(av.v.value_type, BSON_TYPE_ARRAY);
+   char *j = aspen_value_to_json(&av);
+   assert_string_equal(j, "[ 1 ]");
+   bson_free(j);
+   aspen_value_destroy(&av);
+}
+
+/* The same compiled expression evaluated against many documents: each call
+ * must leave nothing behind (run under LeakSanitizer). */
+static void
+test_many_evals(void **state)
+{
+   (void) state;
+   bson_t *spec = json(
+      "{'e': {'$let': {'vars': {'t': {'$concat': ['$s', '!']}}, 'in': "
+      "{'$map': {'input': '$arr', 'as': 'x', 'in': {'$concat': ['$$t', "
+      "{'$toString': '$$x'}]}}}}}}");
+   aspen_expr_t *e = compile(spec, NULL);
+   for (int i = 0; i < 200; i++) {
+      bson_t doc = BSON_INITIALIZER;
+      BSON_APPEND_UTF8(&doc, "s", "v");
+      bson_t arr;
+      BSON_APPEND_ARRAY_BEGIN(&doc, "arr", &arr);
+      BSON_APPEND_INT32(&arr, "0", i);
+      BSON_APPEND_INT32(&arr, "1", i + 1);
+      bson_append_array_end(&doc, &arr);
+      aspen_expr_ctx_t ctx = {.root = &doc};
+      aspen_value_t v;
+      aspen_error_t err;
+      assert_true(aspen_expr_eval(e, &ctx, &v, &err));
+      assert_int_equal(v.v.value_type, BSON_TYPE_ARRAY);
+      aspen_value_destroy(&v);
+      bson_destroy(&doc);
+   }
+   aspen_expr_destroy(e);
+   bson_destroy(spec);
+}
+
+int
+main(void)
+{
+   if (!load_cases()) {
+      free_cases();
+      return 1;
+   }
+   static const struct CMUnitTest api_tests[] = {
+      cmocka_unit_test(test_path_borrows),
+      cmocka_unit_test(test_get_path),
+      cmocka_unit_test(test_is_constant),
+      cmocka_unit_test(test_parse_object_dotted),
+      cmocka_unit_test(test_caller_vars),
+      cmocka_unit_test(test_value_helpers),
+      cmocka_unit_test(test_many_evals),
+   };
+   size_t n_api = sizeof api_tests / sizeof api_tests[0];
+   struct CMUnitTest *tests = calloc(n_cases + n_api, sizeof *tests);
+   for (size_t i = 0; i < n_cases; i++) {
+      tests[i].name = cases[i].name;
+      tests[i].test_func = run_case;
+      tests[i].initial_state = &cases[i];
+   }
+   memcpy(tests + n_cases, api_tests, sizeof api_tests);
+   int rc = _cmocka_run_group_tests("expr", tests, n_cases + n_api, NULL,
+                                    NULL);
+   free(tests);
+   free_cases();
+   return rc;
+}
