@@ -446,6 +446,9 @@ aspen_auth_hello(aspen_request_t *req, bson_t *reply)
    if (!req->srv->users) {
       return;
    }
+   /* Every new connection says hello first: a user added by `aspen
+    * --add-user` while aspen runs turns authentication on from here. */
+   aspen_users_refresh(req->srv->users);
    /* Both mechanisms for every name, known or not: the list does not tell
     * whether a user exists (every user has both credentials). */
    if (bson_iter_init_find(&it, req->cmd, "saslSupportedMechs") &&

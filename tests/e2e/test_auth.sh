@@ -145,6 +145,26 @@ logout_works() {
       if (r.code !== 13) throw new Error("still authenticated: " + JSON.stringify(r));'
 }
 
+# A user added while aspen runs (with no users yet) turns auth on for the
+# next connection, without a restart.
+live_add_user() {
+    local st=$ASPEN_RUN_DIR/state-live uri rc=0
+    rm -rf "$st"
+    ASPEN_INSTANCE=live start_aspen --bind 127.0.0.1 --port 0 \
+        --backend "$BACKING_URI" --state-dir "$st" || return 1
+    uri="mongodb://127.0.0.1:$ASPEN_LISTEN_PORT/"
+    mongosh_run "$uri" 'db.getSiblingDB("admin").runCommand({listDatabases: 1})' >/dev/null || rc=1
+    "$BIN" --state-dir "$st" --add-user late --password latepw --roles readAnyDatabase >/dev/null || rc=1
+    mongosh_run "$uri" '
+      let r;
+      try { r = db.getSiblingDB("admin").runCommand({listDatabases: 1}); } catch (e) { r = {code: e.code}; }
+      if (r.code !== 13) throw new Error("auth is not on: " + JSON.stringify(r));' || rc=1
+    mongosh_run "$uri" --username late --password latepw --authenticationDatabase admin \
+        'db.getSiblingDB("admin").runCommand({listDatabases: 1})' >/dev/null || rc=1
+    ASPEN_INSTANCE=live stop_aspen || rc=1
+    return "$rc"
+}
+
 must "backing server starts" start_backing
 must "aspen --add-user writes four users" add_users
 check "users file: mode 600, SCRAM keys only, no password" users_file_has_keys_only
@@ -164,6 +184,7 @@ check "user in the wrong authentication database fails" wrong_login db admin "$A
 check "failures logged once each with the address, no secrets" failures_logged
 check "logout ends the authentication" logout_works
 check "aspen stops cleanly, no sanitizer report" stop_aspen
+check "a user added while aspen runs turns auth on without a restart" live_add_user
 check "backing server stops" stop_backing
 
 echo "1..$N"
