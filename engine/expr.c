@@ -2478,6 +2478,11 @@ eval_root_expr(const aspen_expr_t *e, const aspen_expr_ctx_t *ctx,
       .n_ext = e->n_ext,
       .err = err,
    };
+   /* A node that fails may return without writing *out (expr_int.h: its
+    * callers leave it MISSING), so start from MISSING: destroying what the
+    * caller passed in uninitialised freed a wild pointer (found by
+    * tests/fuzz/fuzz_expr under UBSan). */
+   *out = ASPEN_VALUE_MISSING;
    bool ok = aspen__eval_node(e, &st, out);
    if (!ok) {
       aspen_value_destroy(out);

@@ -93,6 +93,10 @@ static bool
 compile_expr(const bson_iter_t *it, const aspen_parse_ctx_t *pc,
              const char *opt, aspen_expr_t **out, aspen_error_t *err)
 {
+   /* A key given twice ({topic: "a", topic: "b"}) compiles again: the last
+    * one wins, and the first must not leak (found by fuzz_pipeline). */
+   aspen_expr_destroy(*out);
+   *out = NULL;
    if (!aspen_expr_parse(it, NULL, out, err)) {
       char msg[ASPEN_ERROR_MSG_MAX];
       snprintf(msg, sizeof msg, "%s", err->message);

@@ -203,6 +203,15 @@ is_section(const char *path)
    return false;
 }
 
+/* True when `d` is a whole number a long long holds. The range check comes
+ * first: converting 2e40 or NaN to long long is undefined (found by
+ * tests/fuzz/fuzz_config under UBSan). */
+static bool
+double_is_integer(double d)
+{
+   return d >= -9.2e18 && d <= 9.2e18 && d == (double) (long long) d;
+}
+
 static bool
 load_doc(aspen_config_t *cfg, const bson_t *doc, const char *prefix,
          aspen_error_t *err)
@@ -266,8 +275,7 @@ load_doc(aspen_config_t *cfg, const bson_t *doc, const char *prefix,
                      (long long) bson_iter_as_int64(&it));
             value = buf;
          } else if (BSON_ITER_HOLDS_DOUBLE(&it) &&
-                    bson_iter_double(&it) == (double) (long long)
-                                                bson_iter_double(&it)) {
+                    double_is_integer(bson_iter_double(&it))) {
             snprintf(buf, sizeof buf, "%lld",
                      (long long) bson_iter_double(&it));
             value = buf;

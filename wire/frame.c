@@ -35,6 +35,57 @@ aspen_frame_parse(const uint8_t *data, size_t len, size_t max_len,
    return ASPEN_PARSE_OK;
 }
 
+/* Deepest nesting of documents and arrays accepted in a message, as mongod's
+ * BSONDepth default (200 levels). */
+#define MAX_BSON_DEPTH 200
+
+/* Checks the structure of every embedded document and array: each must
+ * iterate to its end without error and end with its NUL byte. libbson 1.23's
+ * bson_validate accepts an embedded array whose last byte is not 0 (found by
+ * tests/fuzz/fuzz_frame), and code that then calls bson_init_static on it
+ * gets false and an uninitialised bson_t. Runs before bson_validate, whose
+ * own recursion is unbounded, so the depth limit protects it too. Returns
+ * false with *offset set to where the problem is (relative to `doc`). */
+static bool
+check_nesting(const bson_t *doc, const uint8_t *base, int depth,
+              size_t *offset, bool *too_deep)
+{
+   bson_iter_t it;
+   if (depth > MAX_BSON_DEPTH) {
+      *too_deep = true;
+      *offset = (size_t) (bson_get_data(doc) - base);
+      return false;
+   }
+   if (!bson_iter_init(&it, doc)) {
+      *offset = (size_t) (bson_get_data(doc) - base);
+      return false;
+   }
+   while (bson_iter_next(&it)) {
+      if (BSON_ITER_HOLDS_DOCUMENT(&it) || BSON_ITER_HOLDS_ARRAY(&it)) {
+         uint32_t len;
+         const uint8_t *data;
+         bson_t sub;
+         if (BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            bson_iter_document(&it, &len, &data);
+         } else {
+            bson_iter_array(&it, &len, &data);
+         }
+         if (!data || !bson_init_static(&sub, data, len)) {
+            *offset = (size_t) (bson_get_data(doc) - base) + it.off;
+            return false;
+         }
+         if (!check_nesting(&sub, base, depth + 1, offset, too_deep)) {
+            return false;
+         }
+      }
+   }
+   if (it.err_off != 0) {
+      *offset = (size_t) (bson_get_data(doc) - base) + it.err_off;
+      return false;
+   }
+   return true;
+}
+
 bool
 aspen__cursor_bson(aspen__cursor_t *c, size_t max_len, bson_t *doc,
                    const char *what, aspen_error_t *err)
@@ -56,11 +107,20 @@ aspen__cursor_bson(aspen__cursor_t *c, size_t max_len, bson_t *doc,
       return false;
    }
    size_t offset = 0;
+   bool too_deep = false;
    if (!bson_init_static(doc, c->p, dlen) ||
+       !check_nesting(doc, c->p, 0, &offset, &too_deep) ||
        !bson_validate(doc, BSON_VALIDATE_NONE, &offset)) {
-      aspen_error_set(err, ASPEN_ERR_InvalidBSON,
-                      "%s: invalid BSON document (error at byte %zu)", what,
-                      offset);
+      if (too_deep) {
+         aspen_error_set(err, ASPEN_ERR_InvalidBSON,
+                         "%s: BSON nesting deeper than %d levels (at byte "
+                         "%zu)",
+                         what, MAX_BSON_DEPTH, offset);
+      } else {
+         aspen_error_set(err, ASPEN_ERR_InvalidBSON,
+                         "%s: invalid BSON document (error at byte %zu)", what,
+                         offset);
+      }
       return false;
    }
    c->p += dlen;

@@ -93,6 +93,15 @@ aspen_op_msg_parse(const aspen_frame_t *frame, aspen_op_msg_t *msg,
                             "OP_MSG document sequence has no identifier");
             goto fail;
          }
+         /* The identifier becomes a key of the command document, which
+          * bson_validate would then refuse (found by tests/fuzz/fuzz_frame). */
+         if (!bson_utf8_validate(seq->identifier, strlen(seq->identifier),
+                                 false)) {
+            aspen_error_set(err, ASPEN_ERR_ProtocolError,
+                            "OP_MSG document sequence identifier is not valid "
+                            "UTF-8");
+            goto fail;
+         }
          seq->docs = sc.p;
          seq->len = (size_t) (sc.end - sc.p);
          while (sc.p < sc.end) {
