@@ -5,7 +5,7 @@
  * show secrets: URIs are listed without their credentials, and a Kafka
  * connection without its password or secret-looking config keys.
  */
-#include "engine_int.h"
+#include "kafka_int.h"
 
 #include <mongoc/mongoc.h>
 #include <inttypes.h>
@@ -94,10 +94,12 @@ one_of(const char *v, const char *const *allowed)
 /* Reads a kafka connection's bootstrapServers, security {protocol,
  * mechanism, username, password, caFile} and config {librdkafka property:
  * string | number | bool} into conn->kafka_conf (what the client gets) and
- * conn->doc (what listings show: everything but the secrets). */
+ * conn->doc (what listings show: everything but the secrets). With `local`
+ * it starts the broker aspen hosts for the connection instead, and its
+ * address is the bootstrapServers. */
 static bool
-kafka_settings(aspen_conn_t *conn, const bson_t *c, const char *where,
-               aspen_error_t *err)
+kafka_settings(aspen_conn_t *conn, const bson_t *c, bool local,
+               const char *where, aspen_error_t *err)
 {
    static const char *const protocols[] = {"PLAINTEXT", "SSL",
                                            "SASL_PLAINTEXT", "SASL_SSL",
@@ -105,17 +107,39 @@ kafka_settings(aspen_conn_t *conn, const bson_t *c, const char *where,
    static const char *const mechanisms[] = {"PLAIN", "SCRAM-SHA-256",
                                             "SCRAM-SHA-512", NULL};
    bson_iter_t it;
-   if (!bson_iter_init_find(&it, c, "bootstrapServers") ||
-       !*bson_iter_utf8(&it, NULL)) {
+   const char *bootstrap;
+   if (local) {
+      /* The mock broker speaks PLAINTEXT only, so security has no use. */
+      if (bson_has_field(c, "bootstrapServers") ||
+          bson_has_field(c, "security")) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "config key '%s.local': a local broker has no "
+                         "bootstrapServers or security (it is PLAINTEXT on "
+                         "127.0.0.1, at an address aspen picks)",
+                         where);
+         return false;
+      }
+      conn->kafka_local = aspen__kafka_local_new(conn->name, err);
+      if (!conn->kafka_local) {
+         return false;
+      }
+      bootstrap = aspen__kafka_local_bootstrap(conn->kafka_local);
+   } else if (!bson_iter_init_find(&it, c, "bootstrapServers") ||
+              !*bson_iter_utf8(&it, NULL)) {
       aspen_error_set(err, ASPEN_ERR_BadValue,
                       "config key '%s.bootstrapServers' is required for a "
-                      "kafka connection",
+                      "kafka connection (or \"local\": true for a broker "
+                      "aspen hosts)",
                       where);
       return false;
+   } else {
+      bootstrap = bson_iter_utf8(&it, NULL);
    }
-   const char *bootstrap = bson_iter_utf8(&it, NULL);
    BSON_APPEND_UTF8(&conn->kafka_conf, "bootstrap.servers", bootstrap);
    BSON_APPEND_UTF8(&conn->doc, "bootstrapServers", bootstrap);
+   if (local) {
+      BSON_APPEND_BOOL(&conn->doc, "local", true);
+   }
 
    if (bson_iter_init_find(&it, c, "security")) {
       if (!BSON_ITER_HOLDS_DOCUMENT(&it)) {
@@ -283,13 +307,23 @@ aspen_conns_load(aspen_conns_t *conns, const bson_t *list,
       (void) bson_init_static(&c, data, len);
       const char *name = NULL, *type = NULL, *uri = NULL;
       const char *bootstrap = NULL;
-      bool has_security = false, has_config = false;
+      bool has_security = false, has_config = false, local = false;
       bson_iter_init(&ci, &c);
       while (bson_iter_next(&ci)) {
          const char *k = bson_iter_key(&ci);
          if (strcmp(k, "security") == 0 || strcmp(k, "config") == 0) {
             /* kafka: objects, read by kafka_settings below */
             *(k[0] == 's' ? &has_security : &has_config) = true;
+            continue;
+         }
+         if (strcmp(k, "local") == 0) {
+            if (!BSON_ITER_HOLDS_BOOL(&ci)) {
+               aspen_error_set(err, ASPEN_ERR_TypeMismatch,
+                               "config key '%s.local' must be a boolean",
+                               where);
+               return false;
+            }
+            local = bson_iter_bool(&ci);
             continue;
          }
          const char **slot = strcmp(k, "name") == 0   ? &name
@@ -322,11 +356,11 @@ aspen_conns_load(aspen_conns_t *conns, const bson_t *list,
                          where, name);
          return false;
       }
-      if ((bootstrap || has_security || has_config) &&
+      if ((bootstrap || has_security || has_config || local) &&
           (!type || strcmp(type, "kafka") != 0)) {
          aspen_error_set(err, ASPEN_ERR_BadValue,
-                         "config key '%s': bootstrapServers, security and "
-                         "config are for kafka connections only",
+                         "config key '%s': bootstrapServers, security, "
+                         "config and local are for kafka connections only",
                          where);
          return false;
       }
@@ -355,7 +389,7 @@ aspen_conns_load(aspen_conns_t *conns, const bson_t *list,
             return false;
          }
          aspen_conn_t *conn = add(conns, name, ASPEN_CONN_KAFKA);
-         if (!kafka_settings(conn, &c, where, err)) {
+         if (!kafka_settings(conn, &c, local, where, err)) {
             return false;
          }
       } else {
@@ -377,6 +411,8 @@ aspen_conns_cleanup(aspen_conns_t *conns)
       free(conns->items[i].uri);
       bson_destroy(&conns->items[i].doc);
       bson_destroy(&conns->items[i].kafka_conf);
+      /* Last: processors (its clients) are gone by now. */
+      aspen__kafka_local_destroy(conns->items[i].kafka_local);
    }
    free(conns->items);
    memset(conns, 0, sizeof *conns);

@@ -38,6 +38,9 @@ typedef struct {
    /* kafka: librdkafka properties (name -> string) from bootstrapServers,
     * security and config; holds secrets, so never listed or logged. */
    bson_t kafka_conf;
+   /* kafka with "local": true: the broker aspen hosts for it (kafka.c),
+    * owned by the registry and destroyed with it. NULL otherwise. */
+   struct aspen_kafka_local *kafka_local;
 } aspen_conn_t;
 
 typedef struct {

@@ -83,6 +83,25 @@ rd_kafka_conf_t *aspen__kafka_conf_new(const aspen_conn_t *conn,
 bool aspen__kafka_conf_set(rd_kafka_conf_t *conf, const char *name,
                            const char *value, aspen_error_t *err);
 
+/* ---- the local broker ("local": true) ------------------------------------ */
+
+/* A Kafka broker hosted inside aspen for a connection that asks for one:
+ * librdkafka's mock cluster (one broker, in memory) on a loopback port that
+ * other clients can reach too. Test-grade: no transactions, no SASL/SSL, no
+ * persistence, each partition keeps only its newest ~5 MB / 100000 batches.
+ * It runs on librdkafka's own threads, so nothing here blocks for long. */
+typedef struct aspen_kafka_local aspen_kafka_local_t;
+
+/* Starts a local broker for connection `conn_name` (for log lines). NULL
+ * with err set (code 419) when librdkafka cannot start one. The caller
+ * owns the result (aspen__kafka_local_destroy). Any thread. */
+aspen_kafka_local_t *aspen__kafka_local_new(const char *conn_name,
+                                            aspen_error_t *err);
+/* The broker's "127.0.0.1:PORT", valid as long as `kl`. */
+const char *aspen__kafka_local_bootstrap(const aspen_kafka_local_t *kl);
+/* Stops the broker; every client of it must be gone. NULL is a no-op. */
+void aspen__kafka_local_destroy(aspen_kafka_local_t *kl);
+
 /* ---- $source options ------------------------------------------------------ */
 
 /* The Kafka-only part of a parsed $source (aspen_source_spec_t.kafka). */

@@ -263,6 +263,16 @@ merge_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
       } else if (strcmp(k, "whenMatched") == 0) {
          const char *m = BSON_ITER_HOLDS_UTF8(&it) ? bson_iter_utf8(&it, NULL)
                                                    : NULL;
+         if (BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            /* An expression that picks the mode per document. */
+            aspen_expr_t *e = NULL;
+            bool ok = aspen_expr_parse(&it, NULL, &e, err);
+            aspen_expr_destroy(e);
+            if (!ok) {
+               return false;
+            }
+            continue;
+         }
          if (BSON_ITER_HOLDS_ARRAY(&it)) {
             if (!parse_when_matched_pipeline(&it, pc, err)) {
                return false;
@@ -281,6 +291,15 @@ merge_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
       } else if (strcmp(k, "whenNotMatched") == 0) {
          const char *m = BSON_ITER_HOLDS_UTF8(&it) ? bson_iter_utf8(&it, NULL)
                                                    : NULL;
+         if (BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            aspen_expr_t *e = NULL;
+            bool ok = aspen_expr_parse(&it, NULL, &e, err);
+            aspen_expr_destroy(e);
+            if (!ok) {
+               return false;
+            }
+            continue;
+         }
          if (!m || (strcmp(m, "insert") != 0 && strcmp(m, "discard") != 0)) {
             aspen_parse_error(err, pc, "whenNotMatched",
                               "Unsupported whenNotMatched mode: %s",
@@ -360,6 +379,9 @@ struct aspen_coll_writer {
    int n_on;
    when_matched_t when_matched;
    bool insert_unmatched;
+   /* whenMatched / whenNotMatched given as expressions: evaluated per
+    * document to one of the mode strings (NULL: the fixed mode above). */
+   aspen_expr_t *wm_expr, *wnm_expr;
    bool plain_insert;      /* DLQ: just insert */
    /* whenMatched pipeline and its variables. */
    bson_t wm_pipeline;
@@ -501,11 +523,17 @@ writer_parse_spec(aspen_coll_writer_t *w, const aspen_conns_t *conns,
          bson_destroy(&w->wm_pipeline);
          bson_copy_to(&arr, &w->wm_pipeline);
          w->when_matched = WM_PIPELINE;
+      } else if (BSON_ITER_HOLDS_DOCUMENT(&it)) {
+         (void) aspen_expr_parse(&it, NULL, &w->wm_expr, err);
       }
    }
-   if (bson_iter_init_find(&it, &w->spec, "whenNotMatched") &&
-       BSON_ITER_HOLDS_UTF8(&it)) {
-      w->insert_unmatched = strcmp(bson_iter_utf8(&it, NULL), "insert") == 0;
+   if (bson_iter_init_find(&it, &w->spec, "whenNotMatched")) {
+      if (BSON_ITER_HOLDS_UTF8(&it)) {
+         w->insert_unmatched =
+            strcmp(bson_iter_utf8(&it, NULL), "insert") == 0;
+      } else if (BSON_ITER_HOLDS_DOCUMENT(&it)) {
+         (void) aspen_expr_parse(&it, NULL, &w->wnm_expr, err);
+      }
    }
    if (bson_iter_init_find(&it, &w->spec, "let") &&
        BSON_ITER_HOLDS_DOCUMENT(&it)) {
@@ -592,6 +620,8 @@ aspen_coll_writer_destroy(aspen_coll_writer_t *w)
    }
    free(w->let_names);
    free(w->let_exprs);
+   aspen_expr_destroy(w->wm_expr);
+   aspen_expr_destroy(w->wnm_expr);
    aspen_expr_destroy(w->db_expr);
    aspen_expr_destroy(w->coll_expr);
    bson_destroy(&w->wm_pipeline);
@@ -756,6 +786,60 @@ aspen_coll_writer_add(aspen_coll_writer_t *w, const bson_t *doc,
    return true;
 }
 
+/* Evaluates whenMatched / whenNotMatched expressions for `doc`; false (with
+ * `why`) when one does not give a mode, and the document is dead-lettered. */
+static bool
+modes_for(const aspen_coll_writer_t *w, const bson_t *doc,
+          when_matched_t *when_matched, bool *insert_unmatched, char *why,
+          size_t why_len)
+{
+   aspen_expr_ctx_t ctx = {.root = doc};
+   aspen_error_t err;
+   aspen_value_t v;
+   char mode[16];
+   const aspen_expr_t *exprs[2] = {w->wm_expr, w->wnm_expr};
+   for (int i = 0; i < 2; i++) {
+      if (!exprs[i]) {
+         continue;
+      }
+      const char *field = i == 0 ? "whenMatched" : "whenNotMatched";
+      if (!aspen_expr_eval(exprs[i], &ctx, &v, &err)) {
+         snprintf(why, why_len, "$merge.%s failed: %s", field, err.message);
+         return false;
+      }
+      mode[0] = '\0';
+      if (v.v.value_type == BSON_TYPE_UTF8 &&
+          v.v.value.v_utf8.len < sizeof mode) {
+         memcpy(mode, v.v.value.v_utf8.str, v.v.value.v_utf8.len);
+         mode[v.v.value.v_utf8.len] = '\0';
+      }
+      aspen_value_destroy(&v);
+      if (i == 0) {
+         if (strcmp(mode, "merge") == 0) {
+            *when_matched = WM_MERGE;
+         } else if (strcmp(mode, "replace") == 0) {
+            *when_matched = WM_REPLACE;
+         } else if (strcmp(mode, "keepExisting") == 0) {
+            *when_matched = WM_KEEP;
+         } else if (strcmp(mode, "delete") == 0) {
+            *when_matched = WM_DELETE;
+         } else {
+            snprintf(why, why_len, "Unsupported whenMatched mode: %s",
+                     mode[0] ? mode : "(not a string)");
+            return false;
+         }
+      } else if (strcmp(mode, "insert") == 0 ||
+                 strcmp(mode, "discard") == 0) {
+         *insert_unmatched = mode[0] == 'i';
+      } else {
+         snprintf(why, why_len, "Unsupported whenNotMatched mode: %s",
+                  mode[0] ? mode : "(not a string)");
+         return false;
+      }
+   }
+   return true;
+}
+
 /* Adds one document's write to the bulk operation. Returns false (and calls
  * on_fail) when the document cannot be written at all. */
 static bool
@@ -765,10 +849,16 @@ add_write(aspen_coll_writer_t *w, mongoc_bulk_operation_t *bulk,
    if (w->plain_insert) {
       return mongoc_bulk_operation_insert_with_opts(bulk, doc, NULL, berr);
    }
+   when_matched_t when_matched = w->when_matched;
+   bool insert_unmatched = w->insert_unmatched;
+   if ((w->wm_expr || w->wnm_expr) &&
+       !modes_for(w, doc, &when_matched, &insert_unmatched, why, why_len)) {
+      return false;
+   }
    bool id_only = w->n_on == 1 && strcmp(w->on[0], "_id") == 0;
    if (id_only && !bson_has_field(doc, "_id")) {
       /* No key: nothing can match, so this is an insert with a new _id. */
-      if (!w->insert_unmatched) {
+      if (!insert_unmatched) {
          return true;
       }
       return mongoc_bulk_operation_insert_with_opts(bulk, doc, NULL, berr);
@@ -784,9 +874,9 @@ add_write(aspen_coll_writer_t *w, mongoc_bulk_operation_t *bulk,
       return false;
    }
    bson_t opts = BSON_INITIALIZER;
-   BSON_APPEND_BOOL(&opts, "upsert", w->insert_unmatched);
+   BSON_APPEND_BOOL(&opts, "upsert", insert_unmatched);
    bool ok;
-   switch (w->when_matched) {
+   switch (when_matched) {
    case WM_REPLACE: {
       ok = mongoc_bulk_operation_replace_one_with_opts(bulk, &filter, doc,
                                                        &opts, berr);
@@ -795,7 +885,7 @@ add_write(aspen_coll_writer_t *w, mongoc_bulk_operation_t *bulk,
    case WM_KEEP: {
       bson_t update = BSON_INITIALIZER;
       BSON_APPEND_DOCUMENT(&update, "$setOnInsert", doc);
-      ok = w->insert_unmatched
+      ok = insert_unmatched
               ? mongoc_bulk_operation_update_one_with_opts(bulk, &filter,
                                                            &update, &opts,
                                                            berr)

@@ -5,7 +5,9 @@
 # topic failing with 419, dailySales -> $match -> $merge with the bad line in
 # the DLQ, stop/start resuming from committed offsets (no gap, no
 # duplicate), and documents -> $emit (topic expression, key, headers) read
-# back by a Kafka $source and by Kafka's own console consumer.
+# back by a Kafka $source and by Kafka's own console consumer; the broker
+# aspen hosts for a "local": true connection, written by $emit and read back
+# through sp.process's wire commands.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=peers.sh
@@ -46,6 +48,7 @@ write_config() {
   { "name": "atlas", "type": "atlas" },
   { "name": "kafka1", "type": "kafka", "bootstrapServers": "$KAFKA_BOOTSTRAP",
     "config": { "socket.timeout.ms": 10000 } },
+  { "name": "localKafka", "type": "kafka", "local": true },
   { "name": "kafkaSasl", "type": "kafka", "bootstrapServers": "127.0.0.1:1",
     "security": { "protocol": "SASL_PLAINTEXT", "mechanism": "SCRAM-SHA-256",
                   "username": "alice", "password": "hunter2" } } ] }
@@ -88,6 +91,7 @@ check "two more sales produced while stopped" more_sales
 check "restart resumes from the committed offsets" phase resume
 check "documents -> \$emit -> Kafka \$source round trip" phase emit
 check "Kafka's console consumer reads what \$emit wrote" console_consumer_sees_emit
+check "zero-setup broker (\"local\": true): documents -> \$emit -> sp.process" phase local
 check "aspen stops cleanly, no sanitizer report" stop_aspen
 check "Kafka broker stops" stop_kafka
 check "backing server stops" stop_backing

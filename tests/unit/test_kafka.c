@@ -4,7 +4,8 @@
  * (through aspen_pipeline_parse, as createStreamProcessor uses them), Kafka
  * connections in the registry (secrets kept for the client, never listed),
  * and a librdkafka client configured by aspen__kafka_conf_new producing to
- * and consuming from librdkafka's mock cluster.
+ * and consuming from librdkafka's mock cluster, and the broker aspen hosts
+ * for a connection with "local": true.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -217,22 +218,31 @@ static const char *const conns_json =
    "  \"config\": {\"socket.timeout.ms\": 5000, \"ssl.key.password\": \"kp-secret\","
    "              \"enable.ssl.certificate.verification\": false}}]}";
 
-static void
-load_conns(aspen_conns_t *conns)
+/* Loads the registry from {"c": [connections]} in relaxed JSON. */
+static bool
+conns_from_json(aspen_conns_t *conns, const char *json, const char *backend,
+                aspen_error_t *err)
 {
-   bson_t *cfg = tmp_bson(conns_json);
+   bson_t *cfg = tmp_bson(json);
    bson_iter_t it;
    uint32_t len;
    const uint8_t *data;
    bson_t arr;
-   aspen_error_t err;
    assert_true(bson_iter_init_find(&it, cfg, "c"));
    bson_iter_array(&it, &len, &data);
    assert_true(bson_init_static(&arr, data, len));
-   if (!aspen_conns_load(conns, &arr, "mongodb://127.0.0.1:1", &err)) {
+   bool ok = aspen_conns_load(conns, &arr, backend, err);
+   bson_destroy(cfg);
+   return ok;
+}
+
+static void
+load_conns(aspen_conns_t *conns)
+{
+   aspen_error_t err;
+   if (!conns_from_json(conns, conns_json, "mongodb://127.0.0.1:1", &err)) {
       fail_msg("%s", err.message);
    }
-   bson_destroy(cfg);
 }
 
 static void
@@ -276,18 +286,10 @@ test_connections(void **state)
       "{\"c\": [{\"name\": \"a\", \"type\": \"atlas\", \"bootstrapServers\": \"h:1\"}]}",
    };
    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-      bson_t *cfg = tmp_bson(bad[i]);
-      uint32_t len;
-      const uint8_t *data;
-      bson_t arr;
-      bson_iter_init_find(&it, cfg, "c");
-      bson_iter_array(&it, &len, &data);
-      assert_true(bson_init_static(&arr, data, len));
-      if (aspen_conns_load(&conns, &arr, "mongodb://127.0.0.1:1", &err)) {
+      if (conns_from_json(&conns, bad[i], "mongodb://127.0.0.1:1", &err)) {
          fail_msg("accepted %s", bad[i]);
       }
       aspen_conns_cleanup(&conns);
-      bson_destroy(cfg);
    }
 }
 
@@ -448,17 +450,10 @@ test_mock_cluster_roundtrip(void **state)
             "{\"c\": [{\"name\": \"k\", \"type\": \"kafka\", \"bootstrapServers\": \"%s\","
             " \"config\": {\"socket.timeout.ms\": 10000}}]}",
             rd_kafka_mock_cluster_bootstraps(mc));
-   bson_t *cfg = tmp_bson(json);
    bson_iter_t it;
-   uint32_t len;
-   const uint8_t *data;
-   bson_t arr;
    aspen_error_t err;
    aspen_conns_t conns;
-   bson_iter_init_find(&it, cfg, "c");
-   bson_iter_array(&it, &len, &data);
-   assert_true(bson_init_static(&arr, data, len));
-   assert_true(aspen_conns_load(&conns, &arr, NULL, &err));
+   assert_true(conns_from_json(&conns, json, NULL, &err));
    const aspen_conn_t *k = aspen_conns_find(&conns, "k");
    aspen_kafka_client_hdr_t hdr = {"mock"};
 
@@ -523,10 +518,113 @@ test_mock_cluster_roundtrip(void **state)
    bson_free(key);
    bson_destroy(kw);
    bson_destroy(doc);
-   bson_destroy(cfg);
    aspen_conns_cleanup(&conns);
    rd_kafka_mock_cluster_destroy(mc);
    rd_kafka_destroy(mrk);
+}
+
+/* ---- the local broker ("local": true) ------------------------------------ */
+
+/* A connection with "local": true gets a broker of its own, listed with its
+ * address; a client configured from the connection produces to a topic the
+ * broker creates on first use, and a consumer group reads it back. */
+static void
+test_local_broker(void **state)
+{
+   (void) state;
+   char errstr[256];
+   aspen_error_t err;
+   aspen_conns_t conns;
+   if (!conns_from_json(&conns,
+                        "{\"c\": [{\"name\": \"loc\", \"type\": \"kafka\", \"local\": true,"
+                        " \"config\": {\"socket.timeout.ms\": 10000}}]}",
+                        NULL, &err)) {
+      fail_msg("%s", err.message);
+   }
+   const aspen_conn_t *k = aspen_conns_find(&conns, "loc");
+   assert_non_null(k);
+   assert_non_null(k->kafka_local);
+   bson_iter_t it;
+   assert_true(bson_iter_init_find(&it, &k->doc, "bootstrapServers"));
+   const char *listed = bson_iter_utf8(&it, NULL);
+   assert_int_equal(strncmp(listed, "127.0.0.1:", 10), 0);
+   assert_string_equal(listed, aspen__kafka_local_bootstrap(k->kafka_local));
+   assert_true(bson_iter_init_find(&it, &k->doc, "local"));
+   assert_true(bson_iter_bool(&it));
+   assert_true(bson_iter_init_find(&it, &k->kafka_conf, "bootstrap.servers"));
+   assert_string_equal(bson_iter_utf8(&it, NULL), listed);
+
+   aspen_kafka_client_hdr_t hdr = {"local"};
+   rd_kafka_conf_t *pconf = aspen__kafka_conf_new(k, &hdr, &err);
+   assert_non_null(pconf);
+   assert_true(aspen__kafka_conf_set(pconf, "enable.idempotence", "true", &err));
+   rd_kafka_t *prod = rd_kafka_new(RD_KAFKA_PRODUCER, pconf, errstr, sizeof errstr);
+   assert_non_null(prod);
+   aspen_kafka_json_opts_t opts = {.canonical = false};
+   for (int i = 1; i <= 3; i++) {
+      bson_t doc = BSON_INITIALIZER;
+      BSON_APPEND_INT32(&doc, "i", i);
+      size_t vlen;
+      char *value = aspen__kafka_json_encode(&doc, &opts, &vlen);
+      assert_int_equal(rd_kafka_producev(prod, RD_KAFKA_V_TOPIC("fresh"),
+                                         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                         RD_KAFKA_V_VALUE(value, vlen), RD_KAFKA_V_END),
+                       0);
+      bson_free(value);
+      bson_destroy(&doc);
+   }
+   assert_int_equal(rd_kafka_flush(prod, 10000), 0);
+   assert_int_equal(rd_kafka_outq_len(prod), 0);
+   rd_kafka_destroy(prod);
+
+   rd_kafka_conf_t *cconf = aspen__kafka_conf_new(k, &hdr, &err);
+   assert_true(aspen__kafka_conf_set(cconf, "group.id", "g", &err));
+   assert_true(aspen__kafka_conf_set(cconf, "auto.offset.reset", "earliest", &err));
+   rd_kafka_t *cons = rd_kafka_new(RD_KAFKA_CONSUMER, cconf, errstr, sizeof errstr);
+   assert_non_null(cons);
+   rd_kafka_poll_set_consumer(cons);
+   rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
+   rd_kafka_topic_partition_list_add(topics, "fresh", RD_KAFKA_PARTITION_UA);
+   assert_int_equal(rd_kafka_subscribe(cons, topics), 0);
+   rd_kafka_topic_partition_list_destroy(topics);
+   int seen = 0, sum = 0;
+   for (int i = 0; i < 300 && seen < 3; i++) {
+      rd_kafka_message_t *m = rd_kafka_consumer_poll(cons, 100);
+      if (m && !m->err) {
+         bson_t back;
+         assert_true(aspen__kafka_json_decode(m->payload, m->len, &back, &err));
+         assert_true(bson_iter_init_find(&it, &back, "i"));
+         sum += bson_iter_int32(&it);
+         seen++;
+         bson_destroy(&back);
+      }
+      if (m) {
+         rd_kafka_message_destroy(m);
+      }
+   }
+   assert_int_equal(seen, 3);
+   assert_int_equal(sum, 6);
+   rd_kafka_consumer_close(cons);
+   rd_kafka_destroy(cons);
+   aspen_conns_cleanup(&conns);
+
+   /* A local broker has no address or security to configure. */
+   static const char *const bad[] = {
+      "{\"c\": [{\"name\": \"k\", \"type\": \"kafka\", \"local\": true,"
+      " \"bootstrapServers\": \"h:1\"}]}",
+      "{\"c\": [{\"name\": \"k\", \"type\": \"kafka\", \"local\": true,"
+      " \"security\": {\"protocol\": \"SSL\"}}]}",
+      "{\"c\": [{\"name\": \"k\", \"type\": \"kafka\", \"local\": 1}]}",
+      "{\"c\": [{\"name\": \"k\", \"type\": \"kafka\", \"local\": false}]}",
+      "{\"c\": [{\"name\": \"a\", \"type\": \"atlas\", \"uri\": \"mongodb://h\","
+      " \"local\": true}]}",
+   };
+   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+      if (conns_from_json(&conns, bad[i], NULL, &err)) {
+         fail_msg("accepted %s", bad[i]);
+      }
+      aspen_conns_cleanup(&conns);
+   }
 }
 
 int
@@ -542,6 +640,7 @@ main(void)
       cmocka_unit_test(test_source_options),
       cmocka_unit_test(test_emit_options),
       cmocka_unit_test(test_mock_cluster_roundtrip),
+      cmocka_unit_test(test_local_broker),
    };
    return cmocka_run_group_tests_name("kafka", tests, NULL, NULL);
 }

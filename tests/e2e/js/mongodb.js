@@ -199,6 +199,11 @@ const modes = [
   ["m_keep", { whenMatched: "keepExisting" }, (c) => c.findOne({ _id: 1 }).a === 1 && c.countDocuments({ _id: 3 }) === 1],
   ["m_discard", { whenMatched: "merge", whenNotMatched: "discard" }, (c) => c.findOne({ _id: 1 }).a === 10 && c.countDocuments({ _id: 3 }) === 0],
   ["m_delete", { whenMatched: "delete", whenNotMatched: "discard" }, (c) => c.countDocuments({ _id: 1 }) === 0 && c.countDocuments({}) === 1],
+  // Modes chosen per document by expressions: a >= 20 replaces, else keeps;
+  // only documents with a >= 20 are inserted.
+  ["m_expr", { whenMatched: { $cond: [{ $gte: ["$a", 20] }, "replace", "keepExisting"] },
+               whenNotMatched: { $cond: [{ $gte: ["$a", 20] }, "insert", "discard"] } },
+   (c) => c.findOne({ _id: 1 }).a === 1 && c.findOne({ _id: 1 }).keep === "old" && c.countDocuments({ _id: 3 }) === 1],
 ];
 for (const [name, opts, ok] of modes) {
   seed(name);
