@@ -1,0 +1,301 @@
+/*
+ * checkpoint.c - framing, atomic writing and loading of processor
+ * checkpoints (see checkpoint.h for the file format and the directory
+ * layout). What a checkpoint holds is the runtime's business
+ * (processor.c); this file only makes sure that what is read back is
+ * exactly what was written, or is refused.
+ */
+#include "checkpoint.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define ASPEN_LOG_DOMAIN "checkpoint"
+
+static const uint8_t magic[8] = {'A', 'S', 'P', 'N', 'C', 'K', 'P', 'T'};
+
+static void
+put_le32(uint8_t *p, uint32_t v)
+{
+   p[0] = (uint8_t) v;
+   p[1] = (uint8_t) (v >> 8);
+   p[2] = (uint8_t) (v >> 16);
+   p[3] = (uint8_t) (v >> 24);
+}
+
+static uint32_t
+get_le32(const uint8_t *p)
+{
+   return (uint32_t) p[0] | (uint32_t) p[1] << 8 | (uint32_t) p[2] << 16 |
+          (uint32_t) p[3] << 24;
+}
+
+uint8_t *
+aspen__checkpoint_encode(const bson_t *body, size_t *len)
+{
+   size_t n = ASPEN_CHECKPOINT_HEADER_LEN + body->len;
+   uint8_t *out = aspen_xmalloc(n);
+   memcpy(out, magic, sizeof magic);
+   put_le32(out + 8, ASPEN_CHECKPOINT_VERSION);
+   put_le32(out + 12, body->len);
+   put_le32(out + 16, aspen_crc32c(0, bson_get_data(body), body->len));
+   memcpy(out + ASPEN_CHECKPOINT_HEADER_LEN, bson_get_data(body), body->len);
+   *len = n;
+   return out;
+}
+
+bool
+aspen__checkpoint_decode(const uint8_t *data, size_t len,
+                         const char *processor_id, bson_t *body,
+                         aspen_error_t *err)
+{
+   bson_init(body);
+   if (len < ASPEN_CHECKPOINT_HEADER_LEN) {
+      aspen_error_set(err, ASPEN_ERR_InternalError,
+                      "truncated checkpoint: %zu bytes, shorter than its "
+                      "header",
+                      len);
+      return false;
+   }
+   if (memcmp(data, magic, sizeof magic) != 0) {
+      aspen_error_set(err, ASPEN_ERR_InternalError,
+                      "not a checkpoint (bad magic)");
+      return false;
+   }
+   uint32_t version = get_le32(data + 8);
+   if (version != ASPEN_CHECKPOINT_VERSION) {
+      aspen_error_set(err, ASPEN_ERR_InternalError,
+                      "checkpoint format version %u is not supported "
+                      "(expected %u)",
+                      version, ASPEN_CHECKPOINT_VERSION);
+      return false;
+   }
+   uint32_t body_len = get_le32(data + 12);
+   if (body_len > ASPEN_CHECKPOINT_MAX_BODY) {
+      aspen_error_set(err, ASPEN_ERR_InternalError,
+                      "checkpoint body length %u is over the limit", body_len);
+      return false;
+   }
+   if (len - ASPEN_CHECKPOINT_HEADER_LEN != body_len) {
+      aspen_error_set(err, ASPEN_ERR_InternalError,
+                      "truncated or padded checkpoint: body is %zu bytes, "
+                      "header says %u",
+                      len - ASPEN_CHECKPOINT_HEADER_LEN, body_len);
+      return false;
+   }
+   const uint8_t *b = data + ASPEN_CHECKPOINT_HEADER_LEN;
+   uint32_t crc = aspen_crc32c(0, b, body_len);
+   if (crc != get_le32(data + 16)) {
+      aspen_error_set(err, ASPEN_ERR_InternalError,
+                      "corrupted checkpoint: CRC-32C %08x, header says %08x",
+                      crc, get_le32(data + 16));
+      return false;
+   }
+   bson_t view;
+   size_t off;
+   if (!bson_init_static(&view, b, body_len) ||
+       !bson_validate(&view, BSON_VALIDATE_NONE, &off)) {
+      aspen_error_set(err, ASPEN_ERR_InternalError,
+                      "checkpoint body is not valid BSON");
+      return false;
+   }
+   if (processor_id) {
+      bson_iter_t it;
+      if (!bson_iter_init_find(&it, &view, "processorId") ||
+          !BSON_ITER_HOLDS_UTF8(&it) ||
+          strcmp(bson_iter_utf8(&it, NULL), processor_id) != 0) {
+         aspen_error_set(err, ASPEN_ERR_InternalError,
+                         "checkpoint belongs to another processor");
+         return false;
+      }
+   }
+   bson_destroy(body);
+   bson_copy_to(&view, body);
+   return true;
+}
+
+void
+aspen__checkpoint_dir(const char *state_dir, const char *processor_id,
+                      char *out, size_t n)
+{
+   snprintf(out, n, "%s/checkpoints/%s", state_dir, processor_id);
+}
+
+bool
+aspen__mkdirs(const char *dir)
+{
+   char path[4096];
+   snprintf(path, sizeof path, "%s", dir);
+   for (char *p = path + 1; *p; p++) {
+      if (*p == '/') {
+         *p = '\0';
+         if (mkdir(path, 0700) != 0 && errno != EEXIST) {
+            return false;
+         }
+         *p = '/';
+      }
+   }
+   return mkdir(path, 0700) == 0 || errno == EEXIST;
+}
+
+bool
+aspen__fsync_dir(const char *dir)
+{
+   int fd = open(dir, O_RDONLY | O_DIRECTORY);
+   if (fd < 0) {
+      return false;
+   }
+   bool ok = fsync(fd) == 0;
+   close(fd);
+   return ok;
+}
+
+static bool
+write_all(int fd, const uint8_t *p, size_t n)
+{
+   while (n > 0) {
+      ssize_t w = write(fd, p, n);
+      if (w < 0 && errno == EINTR) {
+         continue;
+      }
+      if (w <= 0) {
+         return false;
+      }
+      p += w;
+      n -= (size_t) w;
+   }
+   return true;
+}
+
+bool
+aspen__checkpoint_write(const char *dir, const bson_t *body,
+                        aspen_error_t *err)
+{
+   char tmp[4200], cur[4200], prev[4200];
+   snprintf(tmp, sizeof tmp, "%s/tmp", dir);
+   snprintf(cur, sizeof cur, "%s/current", dir);
+   snprintf(prev, sizeof prev, "%s/previous", dir);
+   const char *step = "create the directory";
+   size_t len;
+   uint8_t *data = aspen__checkpoint_encode(body, &len);
+   bool ok = aspen__mkdirs(dir);
+   int fd = -1;
+   if (ok) {
+      step = "write";
+      fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      ok = fd >= 0 && write_all(fd, data, len);
+   }
+   if (ok) {
+      step = "fsync";
+      ok = fsync(fd) == 0;
+   }
+   if (fd >= 0) {
+      ok = close(fd) == 0 && ok;
+   }
+   free(data);
+   if (ok) {
+      /* Keep the last good one. A crash between the two renames leaves
+       * only "previous" (and "tmp"), which load falls back to. */
+      step = "rename";
+      ok = (rename(cur, prev) == 0 || errno == ENOENT) &&
+           rename(tmp, cur) == 0;
+   }
+   if (ok) {
+      step = "fsync the directory of";
+      ok = aspen__fsync_dir(dir);
+   }
+   if (!ok) {
+      aspen_error_set(err, ASPEN_ERR_InternalError,
+                      "cannot %s checkpoint %s: %s", step, cur,
+                      strerror(errno));
+   }
+   return ok;
+}
+
+/* Reads a whole file; NULL when it does not exist or cannot be read. */
+static uint8_t *
+read_file(const char *path, size_t *len, bool *exists)
+{
+   *len = 0;
+   *exists = false;
+   int fd = open(path, O_RDONLY);
+   if (fd < 0) {
+      return NULL;
+   }
+   *exists = true;
+   struct stat sb;
+   if (fstat(fd, &sb) != 0 ||
+       (uint64_t) sb.st_size >
+          ASPEN_CHECKPOINT_MAX_BODY + ASPEN_CHECKPOINT_HEADER_LEN) {
+      close(fd);
+      return NULL;
+   }
+   size_t n = (size_t) sb.st_size;
+   uint8_t *buf = aspen_xmalloc(n ? n : 1);
+   size_t got = 0;
+   while (got < n) {
+      ssize_t r = read(fd, buf + got, n - got);
+      if (r < 0 && errno == EINTR) {
+         continue;
+      }
+      if (r <= 0) {
+         break;
+      }
+      got += (size_t) r;
+   }
+   close(fd);
+   *len = got;
+   return buf;
+}
+
+bool
+aspen__checkpoint_load(const char *dir, const char *processor_id,
+                       const char *ctx, bson_t *body, bool *used_previous)
+{
+   static const char *const names[] = {"current", "previous"};
+   *used_previous = false;
+   for (int i = 0; i < 2; i++) {
+      char path[4200];
+      snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+      size_t len;
+      bool exists;
+      uint8_t *data = read_file(path, &len, &exists);
+      if (!exists) {
+         continue;
+      }
+      aspen_error_t err;
+      bool ok = data && aspen__checkpoint_decode(data, len, processor_id,
+                                                 body, &err);
+      free(data);
+      if (ok) {
+         *used_previous = i == 1;
+         return true;
+      }
+      if (!data) {
+         aspen_error_set(&err, ASPEN_ERR_InternalError, "unreadable");
+      }
+      bson_destroy(body);
+      aspen_logf(ASPEN_LOG_ERROR, ASPEN_LOG_DOMAIN, ctx,
+                 "checkpoint %s is unusable (%s)%s", path, err.message,
+                 i == 0 ? "; trying the previous one" : "");
+   }
+   bson_init(body);
+   return false;
+}
+
+void
+aspen__checkpoint_remove(const char *dir)
+{
+   static const char *const names[] = {"current", "previous", "tmp"};
+   for (size_t i = 0; i < 3; i++) {
+      char path[4200];
+      snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+      (void) unlink(path);
+   }
+   (void) rmdir(dir);
+}
