@@ -171,3 +171,36 @@ if (phase === "local") {
   sp.localWriter.drop();
   print("local phase ok");
 }
+
+if (phase === "restart_begin") {
+  // A Kafka -> $merge processor that keeps running while the test kills
+  // the broker and starts it again (test_kafka.sh broker_restart).
+  sp.createStreamProcessor("survivor", [
+    { $source: { connectionName: "kafka1", topic: "restartIn",
+                 config: { auto_offset_reset: "earliest" } } },
+    { $merge: { into: { connectionName: "atlas", db: "kt", coll: "survived" }, on: "_id" } }], { dlq });
+  sp.survivor.start();
+  waitFor("the first messages in kt.survived", () => kt.survived.countDocuments() > 0);
+  print("restart_begin phase ok");
+}
+
+if (phase === "restart_check") {
+  // Every message produced before, during and after the broker restart is
+  // there exactly once (the merge is on _id, so a re-read tail would not
+  // add documents, and a lost message would leave a gap), and the processor
+  // is still running.
+  const want = Number(process.env.KT_RESTART_N);
+  waitFor(`${want} documents in kt.survived`, () => kt.survived.countDocuments() >= want, 120000);
+  sleep(1500);
+  assert(kt.survived.countDocuments() === want, "no extra documents: " + kt.survived.countDocuments());
+  assert(kt.survived.countDocuments({ _id: { $gte: 0, $lt: want } }) === want, "every _id in 0.." + (want - 1));
+  const n = kt.survived.aggregate([{ $group: { _id: null, s: { $sum: "$n" } } }]).toArray()[0].s;
+  assert(n === want * (want - 1) / 2, "each message's own payload: sum " + n);
+  assert(kt.dlq.countDocuments({ "_stream_meta.source.topic": "restartIn" }) === 0, "nothing in the DLQ");
+  const p = sp.listStreamProcessors().find(x => x.name === "survivor");
+  assert(p.state === "STARTED", "still running: " + p.state + " " + p.errorMsg);
+  const st = db.getSiblingDB("admin").runCommand({ getStreamProcessorStats: "survivor" }).stats;
+  assert(st.inputMessageCount >= want, "stats count every message read: " + JSON.stringify(st));
+  sp.survivor.stop();
+  print("restart_check phase ok");
+}

@@ -7,7 +7,8 @@
 # duplicate), and documents -> $emit (topic expression, key, headers) read
 # back by a Kafka $source and by Kafka's own console consumer; the broker
 # aspen hosts for a "local": true connection, written by $emit and read back
-# through sp.process's wire commands.
+# through sp.process's wire commands; a broker killed and restarted under
+# a running Kafka -> $merge processor, with nothing lost or doubled.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=peers.sh
@@ -72,6 +73,32 @@ more_sales() {
 
 phase() { KT_PHASE=$1 mongosh_run "$URI" "$HERE/test_kafka.js"; }
 
+# produce_range FROM TO [ARGS...]: {"_id": i, "n": i} for FROM <= i < TO to
+# topic restartIn; ARGS go to Kafka's console producer.
+produce_range() {
+    local from=$1 to=$2
+    shift 2
+    seq "$from" $((to - 1)) | awk '{ printf "{\"_id\": %d, \"n\": %d}\n", $1, $1 }' |
+        kafka_produce restartIn "$@" 2>>"$ASPEN_RUN_DIR/tools.log"
+}
+
+RESTART_N=900
+export KT_RESTART_N=$RESTART_N
+# broker_restart: with the survivor processor reading restartIn, SIGKILL the
+# broker, produce while it is down (the producer waits for it), start it
+# again on the same port with its data, and produce once more.
+broker_restart() {
+    local bg
+    produce_range 100 300 || return 1
+    kill_kafka || return 1
+    produce_range 300 600 --producer-property max.block.ms=180000 \
+        --producer-property delivery.timeout.ms=180000 &
+    bg=$!
+    timed_start_kafka || { wait "$bg"; return 1; }
+    wait "$bg" || return 1
+    produce_range 600 "$RESTART_N"
+}
+
 console_consumer_sees_emit() {
     local out
     out=$(kafka_consume roundrt 2 --headers 2>>"$ASPEN_RUN_DIR/tools.log") || return 1
@@ -92,6 +119,11 @@ check "restart resumes from the committed offsets" phase resume
 check "documents -> \$emit -> Kafka \$source round trip" phase emit
 check "Kafka's console consumer reads what \$emit wrote" console_consumer_sees_emit
 check "zero-setup broker (\"local\": true): documents -> \$emit -> sp.process" phase local
+check "topic restartIn: the first 100 messages" produce_range 0 100
+check "a Kafka -> \$merge processor is running" phase restart_begin
+check "broker killed and restarted, messages before, during and after" broker_restart
+check "every message merged exactly once, the processor still running" \
+    phase restart_check
 check "aspen stops cleanly, no sanitizer report" stop_aspen
 check "Kafka broker stops" stop_kafka
 check "backing server stops" stop_backing
