@@ -8,7 +8,8 @@
  * Config file shape (every key optional):
  *   { "net": { "bindIp": "127.0.0.1", "port": 27017, "maxConnections": 1000,
  *              "maxMessageSizeBytes": 48000000,
- *              "outputHighWaterMarkBytes": 16777216 },
+ *              "outputHighWaterMarkBytes": 16777216,
+ *              "idleTimeoutSecs": 0 },
  *     "tls": { "mode": "disabled", "certificateFile": "...", "keyFile": "...",
  *              "CAFile": "..." },
  *     "backend": { "uri": "mongodb://...", "lanes": 4 },
@@ -53,6 +54,10 @@ static const key_t_ keys[] = {
    {"net.outputHighWaterMarkBytes", NULL, T_SIZE, OFF(output_high_water),
     1024, 1LL << 31,
     "stop reading a connection while this much output is queued (16 MiB)"},
+   {"net.idleTimeoutSecs", "--idle-timeout-secs", T_INT,
+    OFF(idle_timeout_secs), 0, 7 * 24 * 3600,
+    "close a connection that completes no request and takes no reply for "
+    "this long (default 0: never, as mongod)"},
    {"tls.mode", "--tls-mode", T_TLS_MODE, OFF(tls_mode), 0, 0,
     "disabled | allowed | required (default disabled)"},
    {"tls.certificateFile", "--tls-cert", T_STRING, OFF(tls_cert), 0, 0,
@@ -447,6 +452,7 @@ aspen_config_finish(aspen_config_t *cfg)
                      (int64_t) cfg->max_message_size);
    BSON_APPEND_INT64(&net, "outputHighWaterMarkBytes",
                      (int64_t) cfg->output_high_water);
+   BSON_APPEND_INT32(&net, "idleTimeoutSecs", cfg->idle_timeout_secs);
    bson_append_document_end(&cfg->parsed, &net);
    BSON_APPEND_DOCUMENT_BEGIN(&cfg->parsed, "tls", &tls);
    BSON_APPEND_UTF8(&tls, "mode", aspen_tls_mode_name(cfg->tls_mode));

@@ -2,6 +2,7 @@
  * listener.c - the TCP listener: binds the configured address and port,
  * accepts connections into sessions, and logs mongod's "Waiting for
  * connections" line once it is listening (tests and tools wait for it).
+ * With net.idleTimeoutSecs it also runs the timer that closes idle sessions.
  */
 #include "proxy_int.h"
 
@@ -20,6 +21,17 @@ on_connection(uv_stream_t *server, int status)
       return;
    }
    aspen__session_accept(srv, server);
+}
+
+/* How often idle sessions are looked for: a connection is closed between
+ * idleTimeoutSecs and idleTimeoutSecs + this after its last activity. */
+#define IDLE_SWEEP_MS 500
+
+static void
+on_idle_timer(uv_timer_t *t)
+{
+   aspen_server_t *srv = t->data;
+   aspen__session_close_idle(srv, uv_now(srv->loop));
 }
 
 bool
@@ -67,6 +79,13 @@ aspen_listener_start(aspen_server_t *srv, aspen_error_t *err)
                                      ? "off"
                                      : "on");
    BSON_APPEND_UTF8(&attr, "tlsMode", aspen_tls_mode_name(srv->cfg->tls_mode));
+   if (srv->cfg->idle_timeout_secs > 0) {
+      uv_timer_init(srv->loop, &srv->idle_timer);
+      srv->idle_timer.data = srv;
+      uv_timer_start(&srv->idle_timer, on_idle_timer, IDLE_SWEEP_MS,
+                     IDLE_SWEEP_MS);
+      srv->idle_timer_on = true;
+   }
    aspen_log(ASPEN_LOG_INFO, "NETWORK", 23016, "listener",
              "Waiting for connections", &attr);
    bson_destroy(&attr);
@@ -79,5 +98,9 @@ aspen_listener_stop(aspen_server_t *srv)
    if (srv->listening) {
       srv->listening = false;
       uv_close((uv_handle_t *) &srv->listener, NULL);
+   }
+   if (srv->idle_timer_on) {
+      srv->idle_timer_on = false;
+      uv_close((uv_handle_t *) &srv->idle_timer, NULL);
    }
 }

@@ -34,6 +34,7 @@ typedef struct {
    int max_connections;
    size_t max_message_size;
    size_t output_high_water;
+   int idle_timeout_secs;  /* net.idleTimeoutSecs; 0: never idle out */
    aspen_log_level_t log_level;
    /* Authentication (users.c): "auto" (default: on once a user exists),
     * "enabled" or "disabled"; the users file (default <stateDir>/users.json);
@@ -134,6 +135,8 @@ typedef struct {
    uint64_t next_conn_id;
    uint64_t start_time_ms;
    bool shutting_down;
+   uv_timer_t idle_timer;     /* sweeps idle sessions (net.idleTimeoutSecs) */
+   bool idle_timer_on;
 } aspen_server_t;
 
 bool aspen_listener_start(aspen_server_t *srv, aspen_error_t *err);
@@ -146,6 +149,10 @@ void aspen__session_accept(aspen_server_t *srv, uv_stream_t *listener);
  * no backend job refers to it. */
 void aspen_session_close(aspen_session_t *sess, const char *why);
 void aspen_session_close_all(aspen_server_t *srv);
+/* Closes every session that has been idle for net.idleTimeoutSecs: no
+ * request completed and no reply bytes written for that long, and nothing
+ * in flight to the backend or the engine. Loop thread only. */
+void aspen__session_close_idle(aspen_server_t *srv, uint64_t now_ms);
 
 /* ------------------------------------------------------------------------ */
 /* Requests and the router (router.c, commands.def, cmd_*.c)                  */

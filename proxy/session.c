@@ -7,7 +7,12 @@
  * Requests are handled one at a time, as drivers send them: while one waits
  * for the backend the session stops reading, and it also stops while more
  * than the output high-water mark is queued for the socket, resuming once
- * that drains. A malformed frame gets an error reply when one can be framed
+ * that drains: a client that pipelines requests without reading replies
+ * holds at most about the high-water mark of output (plus one reply). With
+ * net.idleTimeoutSecs, a connection that completes no request and takes no
+ * reply bytes for that long is closed (listener.c's timer sweeps; this also
+ * ends a frame trickled a byte at a time and a stalled TLS handshake).
+ * A malformed frame gets an error reply when one can be framed
  * and then closes only this connection. A session is freed in its close
  * callback and only once no backend job still refers to it.
  */
@@ -46,6 +51,8 @@ struct aspen_session {
 
    size_t out_pending;      /* bytes handed to uv_write, not yet written */
    bool close_after_write;  /* close once out_pending reaches 0 */
+   bool hwm_logged;         /* the high-water pause was logged once */
+   uint64_t last_active_ms; /* uv_now of the last request or write done */
 
    int32_t inflight_request_id;
    bool inflight_more_to_come;
@@ -185,6 +192,24 @@ aspen_session_close(aspen_session_t *sess, const char *why)
 }
 
 void
+aspen__session_close_idle(aspen_server_t *srv, uint64_t now_ms)
+{
+   uint64_t limit = (uint64_t) srv->cfg->idle_timeout_secs * 1000u;
+   /* Closing only marks the session; on_close unlinks it later, so the
+    * list stays intact while this walks it. */
+   for (aspen_session_t *s = srv->sessions; s; s = s->next) {
+      if (s->state != SESS_READING || now_ms - s->last_active_ms < limit) {
+         continue;
+      }
+      aspen_logf(ASPEN_LOG_WARNING, COMPONENT, s->ctx,
+                 "closing idle connection from %s: no request or reply "
+                 "for %d s (net.idleTimeoutSecs)",
+                 s->peer, srv->cfg->idle_timeout_secs);
+      aspen_session_close(s, "idle timeout");
+   }
+}
+
+void
 aspen_session_close_all(aspen_server_t *srv)
 {
    for (aspen_session_t *s = srv->sessions; s; s = s->next) {
@@ -209,7 +234,10 @@ on_write(uv_write_t *req, int status)
    } else if (sess->close_after_write && sess->out_pending == 0) {
       aspen_session_close(sess, "error reply sent");
    } else {
-      update_reading(sess);
+      sess->last_active_ms = uv_now(sess->srv->loop);
+      /* Requests left in rbuf while output was above the high-water mark
+       * go on now that it drains (process_input re-arms reading). */
+      process_input(sess);
    }
    aspen_session_unref(sess);
 }
@@ -506,7 +534,9 @@ static void
 process_input(aspen_session_t *sess)
 {
    size_t max = sess->srv->cfg->max_message_size;
-   while (sess->state == SESS_READING && !sess->close_after_write) {
+   size_t high_water = sess->srv->cfg->output_high_water;
+   while (sess->state == SESS_READING && !sess->close_after_write &&
+          sess->out_pending < high_water) {
       aspen_frame_t f;
       aspen_error_t err;
       aspen_parse_result_t r = aspen_frame_parse(
@@ -519,6 +549,7 @@ process_input(aspen_session_t *sess)
          fail_connection(sess, f.request_id, &err);
          break;
       }
+      sess->last_active_ms = uv_now(sess->srv->loop);
       bool go_on = handle_frame(sess, &f);
       /* Handlers copy whatever outlives the call (forwarded commands). */
       if (sess->state != SESS_CLOSING) {
@@ -652,6 +683,16 @@ update_reading(aspen_session_t *sess)
                  aspen_buf_len(&sess->rbuf) < READ_PAUSE_BYTES)) &&
                !sess->close_after_write &&
                sess->out_pending < sess->srv->cfg->output_high_water;
+   if (!want && !sess->hwm_logged && sess->state != SESS_CLOSING &&
+       sess->out_pending >= sess->srv->cfg->output_high_water) {
+      /* Once per connection: a client that does not read its replies. */
+      sess->hwm_logged = true;
+      aspen_logf(ASPEN_LOG_WARNING, COMPONENT, sess->ctx,
+                 "pausing reads from %s: %zu bytes of replies not taken by "
+                 "the client (limit net.outputHighWaterMarkBytes = %zu)",
+                 sess->peer, sess->out_pending,
+                 sess->srv->cfg->output_high_water);
+   }
    if (want && !sess->reading) {
       if (uv_read_start((uv_stream_t *) &sess->tcp, on_alloc, on_read) == 0) {
          sess->reading = true;
@@ -694,6 +735,7 @@ aspen__session_accept(aspen_server_t *srv, uv_stream_t *listener)
    uv_tcp_nodelay(&sess->tcp, 1);
    aspen_buf_init(&sess->rbuf);
    aspen_buf_init(&sess->netbuf);
+   sess->last_active_ms = uv_now(srv->loop);
    sess->tls_decided = srv->cfg->tls_mode == ASPEN_TLS_DISABLED;
 
    sess->next = srv->sessions;
