@@ -19,6 +19,9 @@
 #include "proxy_int.h"
 #include "scram.h"
 
+/* The engine names sp.process's ephemeral processors "__process_<hex>". */
+#define ASPEN_EPHEMERAL_PREFIX "__process_"
+
 /* ---- privilege actions ---------------------------------------------------- */
 
 /* X(name, kind): kind S = stream-processing workspace, D = database or
@@ -107,7 +110,10 @@ void aspen_principal_append_privileges(const aspen_principal_t *p,
  * for needs anyAction (atlasAdmin), so no role gains more through aspen
  * than it grants. Returns false with err = Unauthorized (13) "not
  * authorized: missing privilege for action <action> on resource
- * <resource>" otherwise. `p` NULL stands for "no privileges". */
+ * <resource>" otherwise. One exception: dropStreamProcessor of an
+ * ephemeral sp.process processor (ASPEN_EPHEMERAL_PREFIX) needs only
+ * processStreamProcessor, as mongosh drops it when its sample loop ends.
+ * `p` NULL stands for "no privileges". */
 bool aspen_principal_may_run(const aspen_principal_t *p, const char *name,
                              const bson_t *cmd, const char *db,
                              bool forwarded, aspen_error_t *err);

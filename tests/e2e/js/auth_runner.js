@@ -1,6 +1,7 @@
 // e2e (test_auth.sh): a user whose custom role grants only
 // processStreamProcessor and sampleStreamProcessor can run sp.process's
-// commands but not create, start or drop; a role with processStreamProcessor
+// commands (dropping the ephemeral "__process_" processor included) but not
+// create, start or drop others; a role with processStreamProcessor
 // alone is refused sp.process for the missing sampleStreamProcessor.
 function assert(cond, msg) { if (!cond) throw new Error("assertion failed: " + msg); }
 // mongosh throws on {ok: 0}; turn the throw back into the reply's fields.
@@ -26,7 +27,11 @@ if (who === "runner") {
   assert(m.ok === 1, "getMoreSample allowed: " + JSON.stringify(m));
   refused(run(admin, { createStreamProcessor: "x", pipeline }), "createStreamProcessor");
   refused(run(admin, { startStreamProcessor: "x" }), "startStreamProcessor");
-  refused(run(admin, { dropStreamProcessor: r.name }), "dropStreamProcessor");
+  refused(run(admin, { dropStreamProcessor: "x" }), "dropStreamProcessor");
+  // ... but it may drop sp.process's ephemeral processor, as mongosh does
+  // when the sample loop ends or the user presses Ctrl+C.
+  const d = run(admin, { dropStreamProcessor: r.name });
+  assert(d.ok === 1, "dropping its own ephemeral processor: " + JSON.stringify(d));
   refused(run(admin, { listStreamProcessors: 1 }), "listStreamProcessors");
   const f = run(db.getSiblingDB("auth_e2e"), { find: "docs" });
   assert(f.code === 13 && f.errmsg === "not authorized: missing privilege for action find on resource <auth_e2e.docs>",
