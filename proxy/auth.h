@@ -1,7 +1,8 @@
 /*
  * auth.h - authentication and authorization inside proxy/: the user store
- * and roles (users.c), the SASL commands, connectionStatus and the check the
- * router runs before every command (cmd_auth.c). SCRAM itself is scram.h.
+ * and roles (users.c), the SASL and MONGODB-X509 commands, connectionStatus
+ * and the check the router runs before every command (cmd_auth.c). SCRAM
+ * itself is scram.h.
  *
  * Model: users live in one JSON file (security.usersFile, default
  * <stateDir>/users.json) as SCRAM keys only. Auth is required when the file
@@ -19,6 +20,8 @@
 #include "proxy_int.h"
 #include "scram.h"
 
+/* The authentication database of MONGODB-X509 users. */
+#define ASPEN_EXTERNAL_DB "$external"
 /* The engine names sp.process's ephemeral processors "__process_<hex>". */
 #define ASPEN_EPHEMERAL_PREFIX "__process_"
 
@@ -120,9 +123,11 @@ bool aspen_principal_may_run(const aspen_principal_t *p, const char *name,
 
 /* `aspen --add-user NAME --password PW --roles r1,r2`: adds or replaces the
  * user in the users file (atomically: temp file, fsync, rename, fsync of the
- * folder) with SCRAM-SHA-1 and SCRAM-SHA-256 keys. Roles are built-in or
- * security.roles names, optionally "role@db". Prints one line; returns the
- * process exit status. Main thread, before the loop. */
+ * folder) with SCRAM-SHA-1 and SCRAM-SHA-256 keys. With `password` NULL
+ * (--external) the user goes in "$external" with no credentials: NAME is a
+ * client certificate subject (RFC 2253) for MONGODB-X509. Roles are
+ * built-in or security.roles names, optionally "role@db". Prints one line;
+ * returns the process exit status. Main thread, before the loop. */
 int aspen_users_cli_add(const aspen_config_t *cfg, const char *name,
                         const char *password, const char *roles);
 

@@ -1,8 +1,10 @@
 /*
  * cmd_auth.c - aspen's own authentication: saslStart / saslContinue (SCRAM
- * per scram.c, with skipEmptyExchange), speculative authentication and
- * saslSupportedMechs in hello, logout, connectionStatus, and the check the
- * router runs before every command (authenticated? privileged?).
+ * per scram.c, with skipEmptyExchange), authenticate with MONGODB-X509 (the
+ * verified TLS client certificate's subject as a $external user),
+ * speculative authentication and saslSupportedMechs in hello, logout,
+ * connectionStatus, and the check the router runs before every command
+ * (authenticated? privileged?).
  *
  * Authentication never reaches the backend: forwarded commands run with
  * aspen's own backend credentials, after this file has checked the user's
@@ -136,9 +138,10 @@ reply_auth_failed(bson_t *reply)
  * on success. A failure counts against the client address; a success
  * clears its count. */
 static void
-log_login(aspen_session_t *sess, const char *mech, const char *user,
+log_login(aspen_request_t *req, const char *mech, const char *user,
           const char *db, bool speculative, const char *why)
 {
+   aspen_session_t *sess = req->sess;
    fail_slot_t *s = fail_slot(sess, why != NULL);
    if (s) {
       s->failures = why ? s->failures + 1 : 0;
@@ -220,12 +223,12 @@ sasl_start(aspen_request_t *req, const bson_t *args, const char *db,
                       "unknown or not enabled (aspen supports SCRAM-SHA-256 "
                       "and SCRAM-SHA-1)",
                       mech_name ? mech_name : "(none)");
-      log_login(sess, mech_name, NULL, db, speculative,
+      log_login(req, mech_name, NULL, db, speculative,
                   "unsupported mechanism");
       return false;
    }
    if (rate_limited(sess)) {
-      log_login(sess, mech_name, NULL, db, speculative,
+      log_login(req, mech_name, NULL, db, speculative,
                   "too many failed logins from this address; try again in "
                   "a minute");
       return false;
@@ -239,7 +242,7 @@ sasl_start(aspen_request_t *req, const bson_t *args, const char *db,
    uint32_t len;
    bool have = get_payload(args, &payload, &len);
    if (!have || !aspen_scram_server_start(st->conv, payload, len, &why)) {
-      log_login(sess, mech_name, NULL, db, speculative,
+      log_login(req, mech_name, NULL, db, speculative,
                   have ? why.message : "saslStart has no payload");
       end_conversation(st);
       return false;
@@ -310,7 +313,7 @@ aspen_cmd_sasl_continue(aspen_request_t *req, bson_t *reply)
       /* The extra round without skipEmptyExchange: the client sends an
        * empty message after checking our signature. */
       if (!have || len != 0) {
-         log_login(sess, mech, user, st->conv_db, st->conv_speculative,
+         log_login(req, mech, user, st->conv_db, st->conv_speculative,
                      "expected an empty SASL message");
          end_conversation(st);
          reply_auth_failed(reply);
@@ -329,7 +332,7 @@ aspen_cmd_sasl_continue(aspen_request_t *req, bson_t *reply)
    aspen_error_t err;
    if (!have || !aspen_scram_server_finish(st->conv, payload, len, out,
                                            &out_len, &err)) {
-      log_login(sess, mech, user, st->conv_db, st->conv_speculative,
+      log_login(req, mech, user, st->conv_db, st->conv_speculative,
                   have ? err.message : "saslContinue has no payload");
       end_conversation(st);
       reply_auth_failed(reply);
@@ -338,7 +341,7 @@ aspen_cmd_sasl_continue(aspen_request_t *req, bson_t *reply)
    aspen_principal_t *p =
       aspen_users_principal_new(req->srv->users, st->conv_db, user);
    if (!p) { /* removed from the users file meanwhile */
-      log_login(sess, mech, user, st->conv_db, st->conv_speculative,
+      log_login(req, mech, user, st->conv_db, st->conv_speculative,
                   "user no longer exists");
       end_conversation(st);
       reply_auth_failed(reply);
@@ -346,7 +349,7 @@ aspen_cmd_sasl_continue(aspen_request_t *req, bson_t *reply)
    }
    aspen_principal_destroy(st->principal);
    st->principal = p;
-   log_login(sess, mech, user, st->conv_db, st->conv_speculative, NULL);
+   log_login(req, mech, user, st->conv_db, st->conv_speculative, NULL);
 
    BSON_APPEND_INT32(reply, "conversationId", st->conv_id);
    BSON_APPEND_BOOL(reply, "done", st->conv_skip_empty);
@@ -382,22 +385,100 @@ aspen_cmd_logout(aspen_request_t *req, bson_t *reply)
    return ASPEN_HANDLED_REPLY;
 }
 
-/* MONGODB-CR (authenticate/getnonce) was removed from MongoDB; aspen offers
- * SCRAM only. */
+/* ---- MONGODB-X509 ---------------------------------------------------------------- */
+
+#define X509_MECH "MONGODB-X509"
+
+/* Runs a MONGODB-X509 login: `args` is {authenticate: 1, mechanism,
+ * user?} (the command, or hello's speculativeAuthenticate document), `db`
+ * the authentication database. The user is the subject of the client
+ * certificate TLS verified against tls.CAFile; it must be a "$external"
+ * user of the users file, and `user`, when given, must name that subject.
+ * On success sets the session's principal and appends mongod's {dbname,
+ * user} to `out`; on failure logs why and returns false (the client only
+ * ever sees "Authentication failed."). */
+static bool
+x509_auth(aspen_request_t *req, const bson_t *args, const char *db,
+          bool speculative, bson_t *out)
+{
+   aspen_session_t *sess = req->sess;
+   bson_iter_t it;
+   const char *user = NULL;
+   if (bson_iter_init_find(&it, args, "user") && BSON_ITER_HOLDS_UTF8(&it)) {
+      user = bson_iter_utf8(&it, NULL);
+   }
+   const char *subject = aspen_session_peer_subject(sess);
+   const char *why = NULL;
+   if (rate_limited(sess)) {
+      why = "too many failed logins from this address; try again in a "
+            "minute";
+   } else if (strcmp(db, ASPEN_EXTERNAL_DB) != 0) {
+      why = "MONGODB-X509 authentication must use the $external database";
+   } else if (!subject) {
+      why = "no verified client certificate on this connection (TLS with "
+            "a certificate signed by tls.CAFile is needed)";
+   } else if (user && strcmp(user, subject) != 0) {
+      why = "the user name is not the client certificate's subject";
+   }
+   aspen_principal_t *p = NULL;
+   if (!why) {
+      aspen_users_refresh(req->srv->users);
+      p = aspen_users_principal_new(req->srv->users, ASPEN_EXTERNAL_DB,
+                                    subject);
+      if (!p) {
+         why = "no $external user has the client certificate's subject";
+      }
+   }
+   const char *name = user ? user : subject; /* whom the client claims */
+   if (why) {
+      log_login(req, X509_MECH, name, db, speculative, why);
+      return false;
+   }
+   aspen_auth_state_t *st = state_of(sess);
+   end_conversation(st);
+   aspen_principal_destroy(st->principal);
+   st->principal = p;
+   log_login(req, X509_MECH, subject, db, speculative, NULL);
+   BSON_APPEND_UTF8(out, "dbname", ASPEN_EXTERNAL_DB);
+   BSON_APPEND_UTF8(out, "user", subject);
+   return true;
+}
+
+static bool
+is_x509(const bson_t *args)
+{
+   bson_iter_t it;
+   return bson_iter_init_find(&it, args, "mechanism") &&
+          BSON_ITER_HOLDS_UTF8(&it) &&
+          strcmp(bson_iter_utf8(&it, NULL), X509_MECH) == 0;
+}
+
+/* `authenticate` serves MONGODB-X509 (what drivers send for it, on
+ * $external). MONGODB-CR (authenticate/getnonce) was removed from MongoDB;
+ * passwords go through saslStart (SCRAM). */
 aspen_handled_t
 aspen_cmd_authenticate(aspen_request_t *req, bson_t *reply)
 {
    bson_iter_t it;
    const char *mech = "MONGODB-CR";
-   if (strcmp(req->name, "authenticate") == 0 &&
-       bson_iter_init_find(&it, req->cmd, "mechanism") &&
+   bool authenticate = strcmp(req->name, "authenticate") == 0;
+   if (authenticate && is_x509(req->cmd)) {
+      if (!x509_auth(req, req->cmd, req->db, false, reply)) {
+         reply_auth_failed(reply);
+         return ASPEN_HANDLED_REPLY;
+      }
+      aspen_reply_ok(reply);
+      return ASPEN_HANDLED_REPLY;
+   }
+   if (authenticate && bson_iter_init_find(&it, req->cmd, "mechanism") &&
        BSON_ITER_HOLDS_UTF8(&it)) {
       mech = bson_iter_utf8(&it, NULL);
    }
    aspen_reply_error(reply, ASPEN_ERR_BadValue,
                      "Received authentication for mechanism %s which is "
                      "unknown or not enabled (aspen supports SCRAM-SHA-256 "
-                     "and SCRAM-SHA-1 through saslStart)",
+                     "and SCRAM-SHA-1 through saslStart, and MONGODB-X509 "
+                     "through authenticate)",
                      mech);
    return ASPEN_HANDLED_REPLY;
 }
@@ -469,16 +550,20 @@ aspen_auth_hello(aspen_request_t *req, bson_t *reply)
       if (!bson_init_static(&spec, data, len)) {
          return;
       }
-      const char *db = "admin";
+      /* Drivers send MONGODB-X509 as {authenticate: 1, mechanism} with no
+       * db: it is always $external. */
+      bool x509 = is_x509(&spec);
+      const char *db = x509 ? ASPEN_EXTERNAL_DB : "admin";
       if (bson_iter_init_find(&db_it, &spec, "db") &&
           BSON_ITER_HOLDS_UTF8(&db_it)) {
          db = bson_iter_utf8(&db_it, NULL);
       }
       /* A failed speculative start leaves the field out; the driver then
-       * sees its saslStart refused the ordinary way. */
+       * sees its saslStart (or authenticate) refused the ordinary way. */
       aspen_error_t err;
       bson_init(&out);
-      if (sasl_start(req, &spec, db, true, &out, &err)) {
+      if (x509 ? x509_auth(req, &spec, db, true, &out)
+               : sasl_start(req, &spec, db, true, &out, &err)) {
          BSON_APPEND_DOCUMENT(reply, "speculativeAuthenticate", &out);
       }
       bson_destroy(&out);

@@ -4,7 +4,9 @@
  * until SIGINT or SIGTERM, then closes every handle and exits 0.
  *
  * `aspen --add-user NAME --password PW --roles R1,R2 [--state-dir DIR]
- * [--config FILE]` instead writes the user to the users file and exits.
+ * [--config FILE]` instead writes the user to the users file and exits;
+ * `aspen --add-user SUBJECT --external --roles R1` adds a MONGODB-X509 user
+ * (its name is the client certificate's RFC 2253 subject).
  */
 #include "auth.h"
 
@@ -65,12 +67,14 @@ find_config_arg(int argc, char **argv)
 }
 
 /* The flags main handles itself, taken out of argv before the config parser
- * sees it: --add-user/--password/--roles (user administration) and --no-auth
+ * sees it: --add-user/--password/--roles/--external (user administration)
+ * and --no-auth
  * (security.authorization "disabled"). */
 typedef struct {
    const char *add_user;
    const char *password;
    const char *roles;
+   bool external; /* --external: a $external (MONGODB-X509) user */
    bool no_auth;
    int argc;
    char **argv; /* the other arguments */
@@ -93,6 +97,9 @@ take_own_flags(int argc, char **argv, own_flags_t *own, aspen_error_t *err)
       } else if (strcmp(argv[i], "--no-auth") == 0) {
          own->no_auth = true;
          continue;
+      } else if (strcmp(argv[i], "--external") == 0) {
+         own->external = true;
+         continue;
       } else {
          own->argv[own->argc++] = argv[i];
          continue;
@@ -103,15 +110,28 @@ take_own_flags(int argc, char **argv, own_flags_t *own, aspen_error_t *err)
       }
       *slot = argv[++i];
    }
-   if ((own->password || own->roles) && !own->add_user) {
+   if ((own->password || own->roles || own->external) && !own->add_user) {
       aspen_error_set(err, ASPEN_ERR_BadValue,
-                      "--password and --roles go with --add-user NAME");
+                      "--password, --external and --roles go with "
+                      "--add-user NAME");
       return false;
    }
-   if (own->add_user && (!own->password || !own->roles)) {
+   if (own->external && own->password) {
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "--external users log in with a client certificate "
+                      "(MONGODB-X509) and have no --password");
+      return false;
+   }
+   if (own->add_user && !own->external && (!own->password || !own->roles)) {
       aspen_error_set(err, ASPEN_ERR_BadValue,
                       "--add-user NAME needs --password PW (or - to read it "
                       "from stdin) and --roles R1[,R2...]");
+      return false;
+   }
+   if (own->add_user && own->external && !own->roles) {
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "--add-user SUBJECT --external needs --roles "
+                      "R1[,R2...]");
       return false;
    }
    return true;

@@ -203,6 +203,9 @@ void aspen_session_reply(aspen_session_t *sess, const bson_t *reply);
 uint64_t aspen_session_id(const aspen_session_t *sess);
 const char *aspen_session_peer(const aspen_session_t *sess);
 bool aspen_session_is_tls(const aspen_session_t *sess);
+/* The verified TLS client certificate's subject (RFC 2253), or NULL: no
+ * TLS, no certificate, or no tls.CAFile to verify it against. */
+const char *aspen_session_peer_subject(aspen_session_t *sess);
 void aspen_session_ref(aspen_session_t *sess);
 /* The session's authentication state (NULL until cmd_auth.c sets one);
  * set_auth destroys the previous state and takes ownership of `st`. */

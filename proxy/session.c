@@ -91,6 +91,12 @@ aspen_session_is_tls(const aspen_session_t *sess)
    return sess->tls != NULL;
 }
 
+const char *
+aspen_session_peer_subject(aspen_session_t *sess)
+{
+   return sess->tls ? aspen_tls_conn_peer_subject(sess->tls) : NULL;
+}
+
 void
 aspen_session_ref(aspen_session_t *sess)
 {

@@ -1146,7 +1146,9 @@ append_cred(bson_t *creds, aspen_scram_mech_t mech,
    bson_append_document_end(creds, &doc);
 }
 
-/* Builds the user document for --add-user. */
+/* Builds the user document for --add-user: in "admin" with SCRAM keys, or
+ * (password NULL) in "$external" with no credentials at all, for a
+ * MONGODB-X509 user whose name is its certificate subject. */
 static bool
 make_user_doc(const aspen_users_t *users, const char *name,
               const char *password, const char *roles, bson_t *doc,
@@ -1154,7 +1156,7 @@ make_user_doc(const aspen_users_t *users, const char *name,
 {
    bson_t arr, creds;
    BSON_APPEND_UTF8(doc, "user", name);
-   BSON_APPEND_UTF8(doc, "db", "admin");
+   BSON_APPEND_UTF8(doc, "db", password ? "admin" : ASPEN_EXTERNAL_DB);
    BSON_APPEND_ARRAY_BEGIN(doc, "roles", &arr);
    char list[4096];
    snprintf(list, sizeof list, "%s", roles);
@@ -1198,6 +1200,9 @@ make_user_doc(const aspen_users_t *users, const char *name,
                       "--roles needs at least one role");
       return false;
    }
+   if (!password) {
+      return true; /* $external: the TLS layer proves who the user is */
+   }
    BSON_APPEND_DOCUMENT_BEGIN(doc, "credentials", &creds);
    for (int m = 0; m < ASPEN_SCRAM_N_MECHS; m++) {
       aspen_scram_cred_t cred;
@@ -1231,10 +1236,11 @@ add_user(const aspen_config_t *cfg, const char *name, const char *password,
          return false;
       }
    }
-   if (!*password) {
+   if (password && !*password) {
       aspen_error_set(err, ASPEN_ERR_BadValue, "password must not be empty");
       return false;
    }
+   const char *db = password ? "admin" : ASPEN_EXTERNAL_DB;
    aspen_users_t *users = users_new_roles(cfg, err);
    if (!users) {
       return false;
@@ -1249,7 +1255,8 @@ add_user(const aspen_config_t *cfg, const char *name, const char *password,
       aspen_users_destroy(users);
       return false;
    }
-   /* Keep every other user; replace this one in place. */
+   /* Keep every other user; replace this one (same name and database) in
+    * place. A user without "db" is in admin. */
    BSON_APPEND_ARRAY_BEGIN(&out, "users", &arr);
    bson_iter_t it, u;
    uint32_t n = 0;
@@ -1258,11 +1265,17 @@ add_user(const aspen_config_t *cfg, const char *name, const char *password,
    if (bson_iter_init_find(&it, &old, "users") && BSON_ITER_HOLDS_ARRAY(&it) &&
        bson_iter_recurse(&it, &u)) {
       while (bson_iter_next(&u)) {
-         bson_iter_t f;
+         bson_iter_t f, g;
          bool same = false;
          if (BSON_ITER_HOLDS_DOCUMENT(&u) && bson_iter_recurse(&u, &f) &&
-             bson_iter_find(&f, "user") && BSON_ITER_HOLDS_UTF8(&f)) {
-            same = strcmp(bson_iter_utf8(&f, NULL), name) == 0;
+             bson_iter_recurse(&u, &g) && bson_iter_find(&f, "user") &&
+             BSON_ITER_HOLDS_UTF8(&f)) {
+            const char *udb = "admin";
+            if (bson_iter_find(&g, "db") && BSON_ITER_HOLDS_UTF8(&g)) {
+               udb = bson_iter_utf8(&g, NULL);
+            }
+            same = strcmp(bson_iter_utf8(&f, NULL), name) == 0 &&
+                   strcmp(udb, db) == 0;
          }
          if (same) {
             *replaced = true;
@@ -1301,11 +1314,12 @@ int
 aspen_users_cli_add(const aspen_config_t *cfg, const char *name,
                     const char *password, const char *roles)
 {
+   const bool external = password == NULL;
    aspen_error_t err;
    bool replaced;
    char path[4096] = "";
    char line[1024];
-   if (strcmp(password, "-") == 0) {
+   if (password && strcmp(password, "-") == 0) {
       /* Read the password from stdin, so it stays out of `ps`. */
       if (!fgets(line, sizeof line, stdin)) {
          fprintf(stderr, "aspen: --password -: nothing on stdin\n");
@@ -1321,7 +1335,8 @@ aspen_users_cli_add(const aspen_config_t *cfg, const char *name,
       fprintf(stderr, "aspen: --add-user %s: %s\n", name, err.message);
       return 2;
    }
-   printf("aspen: %s user \"%s\" (roles %s) in %s\n",
-          replaced ? "updated" : "added", name, roles, path);
+   printf("aspen: %s user \"%s\"%s (roles %s) in %s\n",
+          replaced ? "updated" : "added", name,
+          external ? " in $external (MONGODB-X509)" : "", roles, path);
    return 0;
 }

@@ -5,7 +5,8 @@
 # and SCRAM-SHA-1 with --authenticationMechanism); wrong passwords and unknown
 # users get "Authentication failed."; an unauthenticated client can run only
 # the handshake commands; readAnyDatabase, atlasAdmin and custom-role users
-# get exactly their privileges (code 13 with ASP's message otherwise).
+# get exactly their privileges (code 13 with ASP's message otherwise). A
+# $external user logs in with its TLS client certificate (MONGODB-X509).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=peers.sh
@@ -35,6 +36,9 @@ CONFIG=$ASPEN_RUN_DIR/aspen.json
 LOG=$ASPEN_RUN_DIR/aspen.log
 BIN=$(_peers_aspen_bin)
 ADMIN_PW='adm1n pass!'
+CERTS=$ASPEN_RUN_DIR/certs
+CLIENT_PEM=$ASPEN_RUN_DIR/client-combined.pem
+SUBJECT='CN=aspen-client,OU=clients,O=aspen'
 rm -rf "$STATE"
 
 cat >"$CONFIG" <<JSON
@@ -54,7 +58,15 @@ add_users() {
         add_user runner runnerpw spRunner &&
         # The password from stdin (kept out of ps).
         printf 'procpw\n' | "$BIN" --config "$CONFIG" --state-dir "$STATE" \
-            --add-user proc --password - --roles spProcessOnly >/dev/null
+            --add-user proc --password - --roles spProcessOnly >/dev/null &&
+        # A MONGODB-X509 user: the client certificate's subject, in $external.
+        "$BIN" --config "$CONFIG" --state-dir "$STATE" --add-user "$SUBJECT" --external \
+            --roles readAnyDatabase >/dev/null
+}
+
+dev_certs() {
+    bash "$PEERS_ROOT/certs/gen-dev-certs.sh" "$CERTS" >/dev/null &&
+        cat "$CERTS/client.pem" "$CERTS/client-key.pem" >"$CLIENT_PEM"
 }
 
 users_file_has_keys_only() {
@@ -72,10 +84,30 @@ unknown_role_refused() {
         grep -q "unknown role 'noSuchRole'" "$ASPEN_RUN_DIR/add.err"
 }
 
+# TLS allowed (plain clients too), client certificates verified against the
+# dev CA.
 start() {
     start_aspen --config "$CONFIG" --bind 127.0.0.1 --port 0 \
-        --backend "$BACKING_URI" --state-dir "$STATE"
+        --backend "$BACKING_URI" --state-dir "$STATE" \
+        --tls-mode allowed --tls-cert "$CERTS/server.pem" --tls-key "$CERTS/server-key.pem" \
+        --tls-ca "$CERTS/ca.pem"
     URI="mongodb://127.0.0.1:$ASPEN_LISTEN_PORT/"
+}
+
+x509_login() { # x509_login [mongosh args...]
+    mongosh_run "$URI" --tls --tlsCAFile "$CERTS/ca.pem" --tlsCertificateKeyFile "$CLIENT_PEM" \
+        --authenticationMechanism MONGODB-X509 --authenticationDatabase '$external' "$@"
+}
+
+x509_without_cert_fails() {
+    local out=$ASPEN_RUN_DIR/x509.out
+    if mongosh_run "$URI" --tls --tlsCAFile "$CERTS/ca.pem" \
+        --authenticationMechanism MONGODB-X509 --authenticationDatabase '$external' \
+        'db.runCommand({ping: 1})' >"$out" 2>&1; then
+        echo "# login without a certificate unexpectedly succeeded"; return 1
+    fi
+    grep -q "MongoServerError: Authentication failed\." "$out" ||
+        { sed 's/^/#   /' "$out" | head -20; return 1; }
 }
 
 login() { # login USER PASSWORD [mongosh args...]
@@ -165,8 +197,9 @@ live_add_user() {
     return "$rc"
 }
 
+must "dev certificates" dev_certs
 must "backing server starts" start_backing
-must "aspen --add-user writes four users" add_users
+must "aspen --add-user writes five users" add_users
 check "users file: mode 600, SCRAM keys only, no password" users_file_has_keys_only
 check "--add-user refuses an unknown role" unknown_role_refused
 must "aspen starts with users (auth on)" start
@@ -183,6 +216,9 @@ check "unknown user fails the same way" wrong_login unknown nobody wrongpw
 check "user in the wrong authentication database fails" wrong_login db admin "$ADMIN_PW" --authenticationDatabase test
 check "failures logged once each with the address, no secrets" failures_logged
 check "logout ends the authentication" logout_works
+check "MONGODB-X509 (external user, client certificate): exactly its roles" \
+    x509_login "$HERE/js/auth_x509.js"
+check "MONGODB-X509 without a client certificate fails" x509_without_cert_fails
 check "aspen stops cleanly, no sanitizer report" stop_aspen
 check "a user added while aspen runs turns auth on without a restart" live_add_user
 check "backing server stops" stop_backing

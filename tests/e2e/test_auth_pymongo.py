@@ -26,6 +26,22 @@ def _bin():
     return b if os.path.isabs(b) else os.path.join(ROOT, b)
 
 
+X509_SUBJECT = "CN=aspen-client,OU=clients,O=aspen"
+
+
+def _certs(run_dir):
+    """The dev certificates (run-pytest.sh makes them; idempotent) and a
+    client certificate + key in one PEM, as pymongo wants it."""
+    certs = os.path.join(run_dir, "certs")
+    subprocess.run(["bash", os.path.join(ROOT, "certs", "gen-dev-certs.sh"), certs], check=True,
+                   stdout=subprocess.DEVNULL)
+    with open(os.path.join(run_dir, "client-combined-py.pem"), "w") as out:
+        for name in ("client.pem", "client-key.pem"):
+            with open(os.path.join(certs, name)) as f:
+                out.write(f.read())
+    return certs
+
+
 @pytest.fixture(scope="module")
 def aspen():
     backing = os.environ.get("BACKING_URI")
@@ -38,10 +54,17 @@ def aspen():
     for user, pw, roles in [("admin", "s3cret!", "atlasAdmin"), ("reader", "r3ad", "readAnyDatabase")]:
         subprocess.run([_bin(), "--state-dir", state, "--add-user", user, "--password", pw,
                         "--roles", roles], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([_bin(), "--state-dir", state, "--add-user", X509_SUBJECT, "--external",
+                    "--roles", "readAnyDatabase"], check=True, stdout=subprocess.DEVNULL)
+    certs = _certs(run_dir)
     log = open(log_path, "w")
+    # TLS allowed: plain clients for SCRAM, client certificates for X509.
     proc = subprocess.Popen([_bin(), "--bind", "127.0.0.1", "--port", "0", "--backend", backing,
-                             "--state-dir", state], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+                             "--state-dir", state, "--tls-mode", "allowed",
+                             "--tls-cert", os.path.join(certs, "server.pem"),
+                             "--tls-key", os.path.join(certs, "server-key.pem"),
+                             "--tls-ca", os.path.join(certs, "ca.pem")],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     port = None
     for _ in range(100):
         with open(log_path) as f:
@@ -131,5 +154,22 @@ def test_reader_privileges(aspen):
         assert e.value.details["errmsg"] == ("not authorized: missing privilege for action "
                                              "createStreamProcessor on resource "
                                              "<stream processing workspace>")
+    finally:
+        c.close()
+
+
+def test_x509(aspen):
+    run_dir = os.environ.get("ASPEN_RUN_DIR", os.path.join(ROOT, "build", "run"))
+    c = _client(aspen, tls=True, tlsCAFile=os.path.join(run_dir, "certs", "ca.pem"),
+                tlsCertificateKeyFile=os.path.join(run_dir, "client-combined-py.pem"),
+                authMechanism="MONGODB-X509")
+    try:
+        st = c.admin.command("connectionStatus")
+        assert st["authInfo"]["authenticatedUsers"] == [{"user": X509_SUBJECT, "db": "$external"}]
+        assert st["authInfo"]["authenticatedUserRoles"] == [{"role": "readAnyDatabase", "db": "admin"}]
+        assert c.admin.command("listStreamProcessors")["ok"] == 1
+        with pytest.raises(OperationFailure) as e:
+            c["auth_e2e_py"]["docs"].insert_one({"x": 1})
+        assert e.value.code == 13
     finally:
         c.close()
