@@ -1,8 +1,8 @@
 /*
  * auth.h - authentication and authorization inside proxy/: the user store
  * and roles (users.c), the SASL and MONGODB-X509 commands, connectionStatus
- * and the check the router runs before every command (cmd_auth.c). SCRAM
- * itself is scram.h.
+ * and the check the router runs before every command (cmd_auth.c), and the
+ * audit log (audit.c). SCRAM itself is scram.h.
  *
  * Model: users live in one JSON file (security.usersFile, default
  * <stateDir>/users.json) as SCRAM keys only. Auth is required when the file
@@ -12,7 +12,7 @@
  * actions, MongoDB's database actions for forwarded commands).
  *
  * Threading: loop thread only, except aspen_users_cli_add (main, before the
- * loop exists).
+ * loop exists) and the audit log's writer thread (audit.c).
  */
 #ifndef ASPEN_AUTH_H
 #define ASPEN_AUTH_H
@@ -142,5 +142,43 @@ bool aspen_auth_check(aspen_request_t *req, const aspen_command_t *row,
 /* Adds saslSupportedMechs and speculativeAuthenticate to a hello reply when
  * the request asks for them. */
 void aspen_auth_hello(aspen_request_t *req, bson_t *reply);
+
+/* The session's connection has closed: audits its end (with the user, if
+ * one was logged in). Loop thread, from the session's close callback. */
+void aspen_auth_session_closed(aspen_server_t *srv, aspen_session_t *sess);
+/* A stream-processor command `op` on processor `target` (may be NULL)
+ * finished with `reply`: audits create, process, start, stop, drop, modify
+ * and sample (other commands are not management events). Loop thread. */
+void aspen_auth_audit_sp(aspen_server_t *srv, aspen_session_t *sess,
+                         const char *op, const char *target,
+                         const bson_t *reply);
+
+/* ---- the audit log (audit.c) ----------------------------------------------- */
+
+/* One event; every string is borrowed, NULL ones are left out. Classes and
+ * activities follow OCSF: Authentication (3002) Logon 1 / Logoff 2; API
+ * Activity (6003) Create 1 / Read 2 / Update 3 / Delete 4 / Other 99. */
+typedef struct {
+   const char *class_name;
+   int class_uid;
+   const char *activity;
+   int activity_id;
+   const char *user; /* NULL: no authenticated user */
+   const char *db;
+   const char *peer; /* "host:port" */
+   const char *operation;
+   bool success;
+   const char *status_detail;
+   const bson_t *unmapped; /* aspen's extra fields, or NULL */
+} aspen_audit_event_t;
+
+/* Opens the audit file (append, 0600) and starts its writer thread; NULL
+ * with err set if the file cannot be opened. Main thread. */
+aspen_audit_t *aspen_audit_new(const char *path, aspen_error_t *err);
+/* Writes what is pending, joins the writer, closes. NULL is a no-op. Main
+ * thread, once the loop has stopped. */
+void aspen_audit_destroy(aspen_audit_t *audit);
+/* Queues one JSON line; never waits for the disk. NULL audit: no-op. */
+void aspen_audit_write(aspen_audit_t *audit, const aspen_audit_event_t *ev);
 
 #endif /* ASPEN_AUTH_H */

@@ -4,7 +4,8 @@
  * verified TLS client certificate's subject as a $external user),
  * speculative authentication and saslSupportedMechs in hello, logout,
  * connectionStatus, and the check the router runs before every command
- * (authenticated? privileged?).
+ * (authenticated? privileged?). It also feeds the audit log (audit.c):
+ * logins, logouts, connection ends, refusals, stream-processor management.
  *
  * Authentication never reaches the backend: forwarded commands run with
  * aspen's own backend credentials, after this file has checked the user's
@@ -133,6 +134,33 @@ reply_auth_failed(bson_t *reply)
                      "Authentication failed.");
 }
 
+/* Starts an audit event's `unmapped` document with the connection id. */
+static void
+audit_extra_init(aspen_session_t *sess, bson_t *extra)
+{
+   bson_init(extra);
+   BSON_APPEND_INT64(extra, "connectionId", (int64_t) aspen_session_id(sess));
+}
+
+/* Writes `ev` for this session: the client address, `extra` (destroyed
+ * here) as `unmapped`, and, unless ev->user is set, the session's user as
+ * the actor. */
+static void
+audit_session(aspen_server_t *srv, aspen_session_t *sess,
+              aspen_audit_event_t *ev, bson_t *extra)
+{
+   aspen_auth_state_t *st = aspen_session_auth(sess);
+   const aspen_principal_t *p = st ? st->principal : NULL;
+   if (!ev->user && p) {
+      ev->user = aspen_principal_user(p);
+      ev->db = aspen_principal_db(p);
+   }
+   ev->peer = aspen_session_peer(sess);
+   ev->unmapped = extra;
+   aspen_audit_write(srv->audit, ev);
+   bson_destroy(extra);
+}
+
 /* Logs a login's outcome once, with mongod's message and id ("Successfully
  * authenticated" 5286306, "Authentication failed" 5286307). `why` is NULL
  * on success. A failure counts against the client address; a success
@@ -163,6 +191,138 @@ log_login(aspen_request_t *req, const char *mech, const char *user,
              why ? "Authentication failed" : "Successfully authenticated",
              &attr);
    bson_destroy(&attr);
+   if (req->srv->audit) {
+      bson_t extra;
+      audit_extra_init(sess, &extra);
+      BSON_APPEND_UTF8(&extra, "mechanism", mech ? mech : "");
+      BSON_APPEND_BOOL(&extra, "speculative", speculative);
+      if (why) {
+         BSON_APPEND_UTF8(&extra, "reason", why);
+      }
+      /* The name the client claimed (it may not exist) is the actor. */
+      aspen_audit_event_t ev = {
+         .class_name = "Authentication",
+         .class_uid = 3002,
+         .activity = "Logon",
+         .activity_id = 1,
+         .user = user ? user : "",
+         .db = db,
+         .operation = req->name,
+         .success = why == NULL,
+         .status_detail = why ? "Authentication failed." : NULL,
+      };
+      audit_session(req->srv, sess, &ev, &extra);
+   }
+}
+
+/* Audits a logout (`op` "logout") or a connection's end ("endConnection")
+ * with the user logged in then, if any. */
+static void
+audit_logoff(aspen_server_t *srv, aspen_session_t *sess, const char *op)
+{
+   if (!srv->audit) {
+      return;
+   }
+   bson_t extra;
+   audit_extra_init(sess, &extra);
+   aspen_audit_event_t ev = {
+      .class_name = "Authentication",
+      .class_uid = 3002,
+      .activity = "Logoff",
+      .activity_id = 2,
+      .operation = op,
+      .success = true,
+   };
+   audit_session(srv, sess, &ev, &extra);
+}
+
+void
+aspen_auth_session_closed(aspen_server_t *srv, aspen_session_t *sess)
+{
+   audit_logoff(srv, sess, "endConnection");
+}
+
+/* The OCSF API Activity of a stream-processor command, or NULL when the
+ * command is not a management event. */
+static const char *
+sp_activity(const char *op, int *id)
+{
+   static const struct {
+      const char *op, *activity;
+      int id;
+   } rows[] = {
+      {"createStreamProcessor", "Create", 1},
+      {"processStreamProcessor", "Create", 1},
+      {"startStreamProcessor", "Update", 3},
+      {"stopStreamProcessor", "Update", 3},
+      {"modifyStreamProcessor", "Update", 3},
+      {"dropStreamProcessor", "Delete", 4},
+      {"startSampleStreamProcessor", "Read", 2},
+   };
+   for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+      if (strcmp(rows[i].op, op) == 0) {
+         *id = rows[i].id;
+         return rows[i].activity;
+      }
+   }
+   return NULL;
+}
+
+/* Audits command `op` of this session: refused by the authorization check
+ * (`refusal` set) or run with `reply`. */
+static void
+audit_api(aspen_server_t *srv, aspen_session_t *sess, const char *op,
+          const char *target, const bson_t *reply,
+          const aspen_error_t *refusal)
+{
+   int activity_id = 99;
+   const char *activity = sp_activity(op, &activity_id);
+   if (!srv->audit || (!activity && !refusal)) {
+      return;
+   }
+   bson_iter_t it;
+   bool ok = !refusal && reply && bson_iter_init_find(&it, reply, "ok") &&
+             bson_iter_as_double(&it) == 1.0;
+   bson_t extra;
+   audit_extra_init(sess, &extra);
+   if (!target && reply && bson_iter_init_find(&it, reply, "name") &&
+       BSON_ITER_HOLDS_UTF8(&it)) {
+      target = bson_iter_utf8(&it, NULL); /* sp.process's processor */
+   }
+   if (target) {
+      BSON_APPEND_UTF8(&extra, "processor", target);
+   }
+   const char *detail = NULL;
+   if (refusal) {
+      BSON_APPEND_INT32(&extra, "code", refusal->code);
+      detail = refusal->message;
+   } else if (!ok && reply) {
+      if (bson_iter_init_find(&it, reply, "code") &&
+          BSON_ITER_HOLDS_NUMBER(&it)) {
+         BSON_APPEND_INT32(&extra, "code", (int32_t) bson_iter_as_int64(&it));
+      }
+      if (bson_iter_init_find(&it, reply, "errmsg") &&
+          BSON_ITER_HOLDS_UTF8(&it)) {
+         detail = bson_iter_utf8(&it, NULL);
+      }
+   }
+   aspen_audit_event_t ev = {
+      .class_name = "API Activity",
+      .class_uid = 6003,
+      .activity = activity ? activity : "Other",
+      .activity_id = activity_id,
+      .operation = op,
+      .success = ok,
+      .status_detail = detail,
+   };
+   audit_session(srv, sess, &ev, &extra);
+}
+
+void
+aspen_auth_audit_sp(aspen_server_t *srv, aspen_session_t *sess,
+                    const char *op, const char *target, const bson_t *reply)
+{
+   audit_api(srv, sess, op, target, reply, NULL);
 }
 
 /* Reads a SASL payload: BinData (what drivers send) or a string. */
@@ -371,6 +531,7 @@ aspen_cmd_logout(aspen_request_t *req, bson_t *reply)
    aspen_auth_state_t *st = aspen_session_auth(req->sess);
    if (st) {
       if (st->principal) {
+         audit_logoff(req->srv, req->sess, "logout");
          aspen_logf(ASPEN_LOG_INFO, COMPONENT, NULL,
                     "conn%llu: user %s@%s logged out",
                     (unsigned long long) aspen_session_id(req->sess),
@@ -572,6 +733,19 @@ aspen_auth_hello(aspen_request_t *req, bson_t *reply)
 
 /* ---- the router's check ---------------------------------------------------------- */
 
+/* The command's first value when it is a string (a processor or collection
+ * name), for the audit log. */
+static const char *
+cmd_target(const bson_t *cmd)
+{
+   bson_iter_t it;
+   if (bson_iter_init(&it, cmd) && bson_iter_next(&it) &&
+       BSON_ITER_HOLDS_UTF8(&it)) {
+      return bson_iter_utf8(&it, NULL);
+   }
+   return NULL;
+}
+
 bool
 aspen_auth_check(aspen_request_t *req, const aspen_command_t *row,
                  bson_t *reply)
@@ -584,8 +758,12 @@ aspen_auth_check(aspen_request_t *req, const aspen_command_t *row,
    aspen_auth_state_t *st = aspen_session_auth(req->sess);
    const aspen_principal_t *p = st ? st->principal : NULL;
    if (!p) {
-      aspen_reply_error(reply, ASPEN_ERR_Unauthorized,
-                        "command %s requires authentication", req->name);
+      aspen_error_t err;
+      aspen_error_set(&err, ASPEN_ERR_Unauthorized,
+                      "command %s requires authentication", req->name);
+      audit_api(req->srv, req->sess, req->name, cmd_target(req->cmd), NULL,
+                &err);
+      aspen_error_append_reply(reply, &err);
       return false;
    }
    aspen_error_t err;
@@ -606,6 +784,8 @@ aspen_auth_check(aspen_request_t *req, const aspen_command_t *row,
    aspen_log(ASPEN_LOG_WARNING, COMPONENT, 20436, ctx,
              "Checking authorization failed", &attr);
    bson_destroy(&attr);
+   audit_api(req->srv, req->sess, req->name, cmd_target(req->cmd), NULL,
+             &err);
    aspen_error_append_reply(reply, &err);
    return false;
 }

@@ -18,7 +18,8 @@
  *                        "uri": "mongodb://..." } ],
  *     "log": { "level": "info" },
  *     "security": { "authorization": "auto", "usersFile": "...",
- *                   "roles": [ { "role": "...", "actions": [...] } ] } }
+ *                   "roles": [ { "role": "...", "actions": [...] } ],
+ *                   "auditLog": { "path": "..." } } }
  * (security.roles is checked by users.c.)
  */
 #include "proxy_int.h"
@@ -78,6 +79,8 @@ static const key_t_ keys[] = {
     "auto (on once a user exists) | enabled | disabled (default auto)"},
    {"security.usersFile", "--users-file", T_STRING, OFF(users_file), 0, 0,
     "users and their SCRAM keys (default <stateDir>/users.json)"},
+   {"security.auditLog.path", "--audit-log", T_STRING, OFF(audit_log_path), 0,
+    0, "audit log file, JSON lines (default: no audit log)"},
 };
 
 #define N_KEYS (sizeof keys / sizeof keys[0])
@@ -486,5 +489,11 @@ aspen_config_finish(aspen_config_t *cfg)
       BSON_APPEND_UTF8(&security, "usersFile", cfg->users_file);
    }
    BSON_APPEND_ARRAY(&security, "roles", &cfg->roles);
+   if (cfg->audit_log_path) {
+      bson_t audit;
+      BSON_APPEND_DOCUMENT_BEGIN(&security, "auditLog", &audit);
+      BSON_APPEND_UTF8(&audit, "path", cfg->audit_log_path);
+      bson_append_document_end(&security, &audit);
+   }
    bson_append_document_end(&cfg->parsed, &security);
 }

@@ -246,6 +246,17 @@ main(int argc, char **argv)
                  aspen_users_path(srv.users));
    }
 
+   if (cfg.audit_log_path) {
+      srv.audit = aspen_audit_new(cfg.audit_log_path, &err);
+      if (!srv.audit) {
+         rc = fail_start(&err);
+         aspen_users_destroy(srv.users);
+         aspen_tls_ctx_destroy(srv.tls_ctx);
+         aspen_config_cleanup(&cfg);
+         return rc;
+      }
+   }
+
    mongoc_init();
    uv_loop_t loop;
    uv_loop_init(&loop);
@@ -311,6 +322,7 @@ done:
       aspen_logf(ASPEN_LOG_WARNING, "CONTROL", "main",
                  "event loop closed with handles still open");
    }
+   aspen_audit_destroy(srv.audit); /* after the loop: no more events */
    aspen_tls_ctx_destroy(srv.tls_ctx);
    aspen_users_destroy(srv.users);
    mongoc_cleanup();

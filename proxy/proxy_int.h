@@ -42,6 +42,7 @@ typedef struct {
    char *auth_mode;
    char *users_file;
    bson_t roles;
+   char *audit_log_path; /* security.auditLog.path; NULL: no audit log */
    /* The command line as given, for getCmdLineOpts. */
    int argc;
    char **argv;
@@ -119,6 +120,7 @@ void aspen_bridge_connection_closed(aspen_bridge_t *br, uint64_t conn_id);
 typedef struct aspen_session aspen_session_t;
 typedef struct aspen_users aspen_users_t;           /* auth.h */
 typedef struct aspen_auth_state aspen_auth_state_t; /* auth.h */
+typedef struct aspen_audit aspen_audit_t;           /* auth.h */
 
 typedef struct {
    uv_loop_t *loop;
@@ -130,6 +132,7 @@ typedef struct {
    aspen_engine_t *engine;
    aspen_bridge_t *bridge;
    aspen_users_t *users;      /* users and roles; never NULL once listening */
+   aspen_audit_t *audit;      /* the audit log, or NULL when it is off */
    aspen_session_t *sessions; /* intrusive list of live sessions */
    int n_sessions;
    uint64_t next_conn_id;

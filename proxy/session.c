@@ -170,6 +170,7 @@ on_close(uv_handle_t *h)
    if (srv->bridge) {
       aspen_bridge_connection_closed(srv->bridge, sess->id);
    }
+   aspen_auth_session_closed(srv, sess);
    bson_t attr = BSON_INITIALIZER;
    BSON_APPEND_UTF8(&attr, "remote", sess->peer);
    BSON_APPEND_INT64(&attr, "connectionId", (int64_t) sess->id);

@@ -6,7 +6,9 @@
 # users get "Authentication failed."; an unauthenticated client can run only
 # the handshake commands; readAnyDatabase, atlasAdmin and custom-role users
 # get exactly their privileges (code 13 with ASP's message otherwise). A
-# $external user logs in with its TLS client certificate (MONGODB-X509).
+# $external user logs in with its TLS client certificate (MONGODB-X509), and
+# the audit log (--audit-log) records logins, failures, connection ends and
+# stream-processor management commands with the user and client address.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=peers.sh
@@ -39,7 +41,8 @@ ADMIN_PW='adm1n pass!'
 CERTS=$ASPEN_RUN_DIR/certs
 CLIENT_PEM=$ASPEN_RUN_DIR/client-combined.pem
 SUBJECT='CN=aspen-client,OU=clients,O=aspen'
-rm -rf "$STATE"
+AUDIT=$ASPEN_RUN_DIR/audit.log
+rm -rf "$STATE" "$AUDIT"
 
 cat >"$CONFIG" <<JSON
 { "connections": [ { "name": "atlas", "type": "atlas" } ],
@@ -85,10 +88,10 @@ unknown_role_refused() {
 }
 
 # TLS allowed (plain clients too), client certificates verified against the
-# dev CA.
+# dev CA, and the audit log on.
 start() {
     start_aspen --config "$CONFIG" --bind 127.0.0.1 --port 0 \
-        --backend "$BACKING_URI" --state-dir "$STATE" \
+        --backend "$BACKING_URI" --state-dir "$STATE" --audit-log "$AUDIT" \
         --tls-mode allowed --tls-cert "$CERTS/server.pem" --tls-key "$CERTS/server-key.pem" \
         --tls-ca "$CERTS/ca.pem"
     URI="mongodb://127.0.0.1:$ASPEN_LISTEN_PORT/"
@@ -108,6 +111,41 @@ x509_without_cert_fails() {
     fi
     grep -q "MongoServerError: Authentication failed\." "$out" ||
         { sed 's/^/#   /' "$out" | head -20; return 1; }
+}
+
+# audit_has DESCRIPTION JQ-FILTER: some line of the audit log matches.
+audit_has() {
+    local what=$1 filter=$2
+    jq -e -s "map(select($filter)) | length > 0" "$AUDIT" >/dev/null ||
+        { echo "# audit log has no $what"; return 1; }
+}
+
+# After the failed and successful logins and auth_admin.js's processor
+# commands above: each event with its user and the client address.
+audit_log_events() {
+    local from='.src_endpoint.ip == "127.0.0.1" and .src_endpoint.port > 0'
+    [[ $(stat -c %a "$AUDIT") == 600 ]] || { echo "# audit log mode $(stat -c %a "$AUDIT")"; return 1; }
+    jq -e -s 'length > 0' "$AUDIT" >/dev/null || { echo "# audit log is not JSON lines"; return 1; }
+    audit_has "failed login of admin" \
+        ".class == \"Authentication\" and .activity == \"Logon\" and .status == \"Failure\" and .actor.user == \"admin\" and .actor.db == \"admin\" and $from" &&
+    audit_has "failed login of an unknown user" \
+        ".activity == \"Logon\" and .status == \"Failure\" and .actor.user == \"nobody\"" &&
+    audit_has "successful SCRAM login of admin" \
+        ".class_uid == 3002 and .activity_id == 1 and .status == \"Success\" and .actor.user == \"admin\" and .unmapped.mechanism == \"SCRAM-SHA-256\" and $from" &&
+    audit_has "successful MONGODB-X509 login" \
+        ".activity == \"Logon\" and .status == \"Success\" and .actor.user == \"$SUBJECT\" and .actor.db == \"\$external\"" &&
+    audit_has "createStreamProcessor by admin" \
+        ".class == \"API Activity\" and .activity == \"Create\" and .api.operation == \"createStreamProcessor\" and .status == \"Success\" and .actor.user == \"admin\" and .unmapped.processor == \"authproc\" and $from" &&
+    audit_has "start, stop and drop by admin" \
+        "[.api.operation, .status, .actor.user] == [\"dropStreamProcessor\", \"Success\", \"admin\"]" &&
+    audit_has "sp.process by runner" \
+        ".api.operation == \"processStreamProcessor\" and .status == \"Success\" and .actor.user == \"runner\" and (.unmapped.processor | startswith(\"__process_\"))" &&
+    audit_has "refused createStreamProcessor (code 13)" \
+        ".api.operation == \"createStreamProcessor\" and .status == \"Failure\" and .unmapped.code == 13 and .actor.user == \"runner\"" &&
+    audit_has "connection end of an authenticated user" \
+        ".activity == \"Logoff\" and .api.operation == \"endConnection\" and .actor.user == \"admin\" and $from" &&
+    audit_has "logout" ".activity == \"Logoff\" and .api.operation == \"logout\"" &&
+    ! grep -q -e 'adm1n pass' -e 'readerpw' -e 'wrongpw' -e 'runnerpw' "$AUDIT"
 }
 
 login() { # login USER PASSWORD [mongosh args...]
@@ -220,6 +258,7 @@ check "MONGODB-X509 (external user, client certificate): exactly its roles" \
     x509_login "$HERE/js/auth_x509.js"
 check "MONGODB-X509 without a client certificate fails" x509_without_cert_fails
 check "aspen stops cleanly, no sanitizer report" stop_aspen
+check "audit log: logins, failures, connection ends, sp commands, no secrets" audit_log_events
 check "a user added while aspen runs turns auth on without a restart" live_add_user
 check "backing server stops" stop_backing
 
