@@ -4,7 +4,7 @@
 # seeded with the committed one (tests/fuzz/corpus/<target>/) and the
 # dictionary tests/fuzz/aspen.dict.
 #
-#   scripts/fuzz.sh [TARGET...]      targets: frame pipeline expr config kafka
+#   scripts/fuzz.sh [TARGET...]      targets: frame pipeline expr config kafka scram
 #
 # Environment:
 #   FUZZ_SECONDS  how long each target runs (default 60)
@@ -27,7 +27,7 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 
-ALL=(frame pipeline expr config kafka)
+ALL=(frame pipeline expr config kafka scram)
 TARGETS=("$@")
 [[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=("${ALL[@]}")
 SECONDS_EACH=${FUZZ_SECONDS:-60}
