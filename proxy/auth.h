@@ -113,10 +113,9 @@ void aspen_principal_append_privileges(const aspen_principal_t *p,
  * for needs anyAction (atlasAdmin), so no role gains more through aspen
  * than it grants. Returns false with err = Unauthorized (13) "not
  * authorized: missing privilege for action <action> on resource
- * <resource>" otherwise. One exception: dropStreamProcessor of an
- * ephemeral sp.process processor (ASPEN_EPHEMERAL_PREFIX) needs only
- * processStreamProcessor, as mongosh drops it when its sample loop ends.
- * `p` NULL stands for "no privileges". */
+ * <resource>" otherwise. `p` NULL stands for "no privileges". (The router's
+ * check, aspen_auth_check, adds one exception: a user may drop the
+ * ephemeral processors of its own sp.process.) */
 bool aspen_principal_may_run(const aspen_principal_t *p, const char *name,
                              const bson_t *cmd, const char *db,
                              bool forwarded, aspen_error_t *err);
@@ -136,7 +135,11 @@ int aspen_users_cli_add(const aspen_config_t *cfg, const char *name,
 /* Ends a session's authentication state (conversation, principal). */
 void aspen_auth_state_destroy(aspen_auth_state_t *st); /* NULL is a no-op */
 /* The router's check before any handler or forward: true to go on; false
- * with `reply` holding the refusal (code 13). */
+ * with `reply` holding the refusal (code 13). Besides its roles' actions, a
+ * user may always drop an ephemeral processor (ASPEN_EPHEMERAL_PREFIX) that
+ * its own sp.process started, as mongosh does when the sample loop ends or
+ * on Ctrl+C, so processStreamProcessor + sampleStreamProcessor suffice for
+ * sp.process. */
 bool aspen_auth_check(aspen_request_t *req, const aspen_command_t *row,
                       bson_t *reply);
 /* Adds saslSupportedMechs and speculativeAuthenticate to a hello reply when
@@ -148,10 +151,12 @@ void aspen_auth_hello(aspen_request_t *req, bson_t *reply);
 void aspen_auth_session_closed(aspen_server_t *srv, aspen_session_t *sess);
 /* A stream-processor command `op` on processor `target` (may be NULL)
  * finished with `reply`: audits create, process, start, stop, drop, modify
- * and sample (other commands are not management events). Loop thread. */
-void aspen_auth_audit_sp(aspen_server_t *srv, aspen_session_t *sess,
-                         const char *op, const char *target,
-                         const bson_t *reply);
+ * and sample (other commands are not management events), and remembers
+ * which user started each sp.process processor (see aspen_auth_check).
+ * Loop thread. */
+void aspen_auth_sp_done(aspen_server_t *srv, aspen_session_t *sess,
+                        const char *op, const char *target,
+                        const bson_t *reply);
 
 /* ---- the audit log (audit.c) ----------------------------------------------- */
 

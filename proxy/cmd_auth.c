@@ -318,11 +318,85 @@ audit_api(aspen_server_t *srv, aspen_session_t *sess, const char *op,
    audit_session(srv, sess, &ev, &extra);
 }
 
+/* ---- who started which sp.process processor ------------------------------------ */
+
+/* mongosh drops sp.process's ephemeral processor when its sample loop ends
+ * or on Ctrl+C, possibly over another pooled connection. A user granted
+ * processStreamProcessor + sampleStreamProcessor but not
+ * dropStreamProcessor must be able to, so aspen remembers who started each
+ * one (per server, by user, not connection) and lets that user drop it.
+ * The oldest entry is forgotten when the table is full: such a processor
+ * has long ended with its connection anyway. */
+#define OWNED_MAX 128
+
+typedef struct {
+   char name[64];   /* "__process_<hex>"; "" = free */
+   char owner[600]; /* "<db>.<user>" */
+} owned_t;
+
+static owned_t owned[OWNED_MAX];
+static unsigned owned_next;
+
+static void
+owner_key(const aspen_principal_t *p, char *out, size_t size)
+{
+   snprintf(out, size, "%s.%s", aspen_principal_db(p),
+            aspen_principal_user(p));
+}
+
+static owned_t *
+owned_find(const char *name)
+{
+   for (int i = 0; i < OWNED_MAX; i++) {
+      if (owned[i].name[0] && strcmp(owned[i].name, name) == 0) {
+         return &owned[i];
+      }
+   }
+   return NULL;
+}
+
+/* True when the session's user started ephemeral processor `name`. */
+static bool
+owns_ephemeral(const aspen_principal_t *p, const char *name)
+{
+   char key[sizeof owned[0].owner];
+   const owned_t *o = name ? owned_find(name) : NULL;
+   if (!p || !o) {
+      return false;
+   }
+   owner_key(p, key, sizeof key);
+   return strcmp(o->owner, key) == 0;
+}
+
 void
-aspen_auth_audit_sp(aspen_server_t *srv, aspen_session_t *sess,
-                    const char *op, const char *target, const bson_t *reply)
+aspen_auth_sp_done(aspen_server_t *srv, aspen_session_t *sess,
+                   const char *op, const char *target, const bson_t *reply)
 {
    audit_api(srv, sess, op, target, reply, NULL);
+   aspen_auth_state_t *st = aspen_session_auth(sess);
+   bson_iter_t it;
+   if (!bson_iter_init_find(&it, reply, "ok") ||
+       bson_iter_as_double(&it) != 1.0) {
+      return;
+   }
+   if (strcmp(op, "dropStreamProcessor") == 0 && target) {
+      owned_t *o = owned_find(target);
+      if (o) {
+         o->name[0] = '\0';
+      }
+   } else if (strcmp(op, "processStreamProcessor") == 0 && st &&
+              st->principal && bson_iter_init_find(&it, reply, "name") &&
+              BSON_ITER_HOLDS_UTF8(&it)) {
+      const char *name = bson_iter_utf8(&it, NULL);
+      if (strncmp(name, ASPEN_EPHEMERAL_PREFIX,
+                  strlen(ASPEN_EPHEMERAL_PREFIX)) != 0 ||
+          strlen(name) >= sizeof owned[0].name) {
+         return;
+      }
+      owned_t *o = &owned[owned_next++ % OWNED_MAX];
+      snprintf(o->name, sizeof o->name, "%s", name);
+      owner_key(st->principal, o->owner, sizeof o->owner);
+   }
 }
 
 /* Reads a SASL payload: BinData (what drivers send) or a string. */
@@ -771,6 +845,10 @@ aspen_auth_check(aspen_request_t *req, const aspen_command_t *row,
    if (aspen_principal_may_run(p, req->name, req->cmd, req->db, forwarded,
                                &err)) {
       return true;
+   }
+   if (strcmp(req->name, "dropStreamProcessor") == 0 &&
+       owns_ephemeral(p, cmd_target(req->cmd))) {
+      return true; /* its own sp.process's processor */
    }
    bson_t attr = BSON_INITIALIZER;
    BSON_APPEND_UTF8(&attr, "user", aspen_principal_user(p));

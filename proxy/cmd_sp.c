@@ -2,8 +2,9 @@
  * cmd_sp.c - the stream-processor commands mongosh's sp.* helpers send
  * (createStreamProcessor ... listStreamConnections). The proxy only routes
  * them: the engine does the work on the bridge thread, and the reply comes
- * back to this session asynchronously. Management commands are audited with
- * their outcome once the reply is back (cmd_auth.c).
+ * back to this session asynchronously. Once the reply is back, cmd_auth.c
+ * audits management commands with their outcome and notes who started each
+ * sp.process processor.
  */
 #include "auth.h"
 
@@ -20,7 +21,7 @@ static void
 sp_done(void *arg, const bson_t *reply)
 {
    sp_call_t *call = arg;
-   aspen_auth_audit_sp(call->srv, call->sess, call->op, call->target, reply);
+   aspen_auth_sp_done(call->srv, call->sess, call->op, call->target, reply);
    aspen_session_reply(call->sess, reply);
    aspen_session_unref(call->sess);
    free(call->target);

@@ -1014,20 +1014,6 @@ aspen_principal_may_run(const aspen_principal_t *p, const char *name,
       }
       break;
    }
-   /* sp.process's processor is ephemeral ("__process_<hex>"): when the
-    * cursor ends or the user presses Ctrl+C, mongosh drops it with
-    * dropStreamProcessor. Whoever may run sp.process may end one, or a user
-    * granted only processStreamProcessor + sampleStreamProcessor would get
-    * code 13 for cleaning up after itself. Such a processor has no state
-    * worth protecting: it ends with its connection anyway. */
-   if (strcmp(name, "dropStreamProcessor") == 0 &&
-       bson_iter_init(&it, cmd) && bson_iter_next(&it) &&
-       BSON_ITER_HOLDS_UTF8(&it) &&
-       strncmp(bson_iter_utf8(&it, NULL), ASPEN_EPHEMERAL_PREFIX,
-               strlen(ASPEN_EPHEMERAL_PREFIX)) == 0 &&
-       allows(p, ASPEN_ACTION_processStreamProcessor, db)) {
-      return true;
-   }
    for (int i = 0; i < need->n; i++) {
       if (!allows(p, need->a[i], db)) {
          return refuse(need->a[i], resource, err);

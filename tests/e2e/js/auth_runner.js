@@ -28,6 +28,9 @@ if (who === "runner") {
   refused(run(admin, { createStreamProcessor: "x", pipeline }), "createStreamProcessor");
   refused(run(admin, { startStreamProcessor: "x" }), "startStreamProcessor");
   refused(run(admin, { dropStreamProcessor: "x" }), "dropStreamProcessor");
+  // Only its own: an ephemeral-looking name it did not start is refused.
+  refused(run(admin, { dropStreamProcessor: "__process_000000000000000000000000" }),
+          "dropStreamProcessor");
   // ... but it may drop sp.process's ephemeral processor, as mongosh does
   // when the sample loop ends or the user presses Ctrl+C.
   const d = run(admin, { dropStreamProcessor: r.name });
