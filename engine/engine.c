@@ -16,6 +16,7 @@
  */
 #include "engine_int.h"
 #include "processor.h"
+#include "kafka_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1001,6 +1002,8 @@ cmd_stats(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    if (p->error_msg[0]) {
       BSON_APPEND_UTF8(&st, "error", p->error_msg);
    }
+   /* A running Kafka $source: partitions, offsets, lag, group (kafka.c). */
+   aspen__kafka_stats_append(p->id, &st);
    if (verbose) {
       BSON_APPEND_DATE_TIME(&st, "lastStateChange", p->state_changed_ms);
       BSON_APPEND_BOOL(&st, "ephemeral", p->ephemeral);

@@ -9,6 +9,7 @@
 #include <librdkafka/rdkafka_mock.h>
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -531,6 +532,74 @@ aspen__kafka_local_destroy(aspen_kafka_local_t *kl)
    }
    free(kl->name);
    free(kl);
+}
+
+/* ---- $source stats ------------------------------------------------------------ */
+
+/* A short list: one entry per running Kafka $source. */
+typedef struct kstats {
+   char *proc_id;
+   bson_t *fields;
+   struct kstats *next;
+} kstats_t;
+
+static pthread_mutex_t stats_mu = PTHREAD_MUTEX_INITIALIZER;
+static kstats_t *stats_head;
+
+static kstats_t **
+stats_find(const char *proc_id)
+{
+   kstats_t **pp = &stats_head;
+   while (*pp && strcmp((*pp)->proc_id, proc_id) != 0) {
+      pp = &(*pp)->next;
+   }
+   return pp;
+}
+
+void
+aspen__kafka_stats_publish(const char *proc_id, const bson_t *fields)
+{
+   bson_t *copy = bson_copy(fields);
+   pthread_mutex_lock(&stats_mu);
+   kstats_t **pp = stats_find(proc_id);
+   if (!*pp) {
+      *pp = aspen_xcalloc(1, sizeof **pp);
+      (*pp)->proc_id = aspen_xstrdup(proc_id);
+   }
+   bson_t *old = (*pp)->fields;
+   (*pp)->fields = copy;
+   pthread_mutex_unlock(&stats_mu);
+   bson_destroy(old);
+}
+
+void
+aspen__kafka_stats_clear(const char *proc_id)
+{
+   pthread_mutex_lock(&stats_mu);
+   kstats_t **pp = stats_find(proc_id);
+   kstats_t *ks = *pp;
+   if (ks) {
+      *pp = ks->next;
+   }
+   pthread_mutex_unlock(&stats_mu);
+   if (ks) {
+      bson_destroy(ks->fields);
+      free(ks->proc_id);
+      free(ks);
+   }
+}
+
+bool
+aspen__kafka_stats_append(const char *proc_id, bson_t *out)
+{
+   pthread_mutex_lock(&stats_mu);
+   kstats_t *ks = *stats_find(proc_id);
+   bool found = ks != NULL;
+   if (found) {
+      bson_concat(out, ks->fields);
+   }
+   pthread_mutex_unlock(&stats_mu);
+   return found;
 }
 
 /* ---- $source options ------------------------------------------------------------ */

@@ -102,6 +102,21 @@ const char *aspen__kafka_local_bootstrap(const aspen_kafka_local_t *kl);
 /* Stops the broker; every client of it must be gone. NULL is a no-op. */
 void aspen__kafka_local_destroy(aspen_kafka_local_t *kl);
 
+/* ---- $source stats ------------------------------------------------------ */
+
+/* The stats command runs on the loop thread while a Kafka $source lives
+ * (and is freed) on its processor's thread, so the source publishes a
+ * snapshot of its Kafka fields (kafkaPartitions, kafkaTotalOffsetLag,
+ * kafkaConsumerGroup) here, keyed by processor id, and the stats command
+ * copies it out. Any thread; a mutex guards the table. */
+
+/* Replaces the snapshot of processor `proc_id` with a copy of `fields`. */
+void aspen__kafka_stats_publish(const char *proc_id, const bson_t *fields);
+/* Drops the snapshot of `proc_id` (the source closed). */
+void aspen__kafka_stats_clear(const char *proc_id);
+/* Appends the snapshot's fields to `out`; false (out unchanged) if none. */
+bool aspen__kafka_stats_append(const char *proc_id, bson_t *out);
+
 /* ---- $source options ------------------------------------------------------ */
 
 /* The Kafka-only part of a parsed $source (aspen_source_spec_t.kafka). */

@@ -33,6 +33,7 @@
 #define FLUSH_EVERY_MS 200
 #define FLUSH_EVERY_MSGS 5000
 #define METADATA_TIMEOUT_MS 10000
+#define STATS_EVERY_MS 1000
 
 typedef struct {
    aspen_kafka_client_hdr_t hdr; /* first: the client's opaque */
@@ -44,6 +45,19 @@ typedef struct {
    /* A fatal client error seen by error_cb (librdkafka calls it from
     * rd_kafka_consumer_poll, so on the processor's thread). */
    char fatal[ASPEN_ERROR_MSG_MAX];
+   /* Stats (aspen__kafka_stats_publish): the group, and per assigned
+    * partition the last committed offset and when a message last came. */
+   char group[128];
+   struct kpart {
+      char *topic;
+      int32_t partition;
+      int64_t committed;   /* -1 until an offset commit succeeds */
+      int64_t last_msg_ms; /* monotonic; 0 for none yet */
+   } *parts;
+   int n_parts, cap_parts;
+   int64_t stats_ms; /* when the stats were last published */
+   const char *proc_id;      /* the stats table's key */
+   int64_t idle_timeout_ms;  /* partitionIdleTimeout, 0 for none */
 } ksrc_t;
 
 /* Errors after which reading cannot go on: the processor fails. Transport
@@ -83,6 +97,47 @@ error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
    aspen_logf(ASPEN_LOG_WARNING, ASPEN_LOG_DOMAIN, ks->hdr.ctx,
               "Kafka consumer error (%s), retrying: %s", rd_kafka_err2name(e),
               reason);
+}
+
+/* The stats entry of a partition, added on first sight. */
+static struct kpart *
+kpart_get(ksrc_t *ks, const char *topic, int32_t partition)
+{
+   for (int i = 0; i < ks->n_parts; i++) {
+      if (ks->parts[i].partition == partition &&
+          strcmp(ks->parts[i].topic, topic) == 0) {
+         return &ks->parts[i];
+      }
+   }
+   if (ks->n_parts == ks->cap_parts) {
+      ks->cap_parts = ks->cap_parts ? 2 * ks->cap_parts : 8;
+      ks->parts = aspen_xrealloc(ks->parts,
+                                 (size_t) ks->cap_parts * sizeof *ks->parts);
+   }
+   struct kpart *kp = &ks->parts[ks->n_parts++];
+   kp->topic = aspen_xstrdup(topic);
+   kp->partition = partition;
+   kp->committed = -1;
+   kp->last_msg_ms = 0;
+   return kp;
+}
+
+/* Offsets the group accepted: the stats' checkpointOffset. librdkafka calls
+ * this from rd_kafka_consumer_poll (or the commit call), on the processor's
+ * thread. */
+static void
+offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                 rd_kafka_topic_partition_list_t *offsets, void *opaque)
+{
+   ksrc_t *ks = opaque;
+   (void) rk;
+   (void) err; /* each partition carries its own */
+   for (int i = 0; offsets && i < offsets->cnt; i++) {
+      const rd_kafka_topic_partition_t *tp = &offsets->elems[i];
+      if (!tp->err && tp->offset >= 0) {
+         kpart_get(ks, tp->topic, tp->partition)->committed = tp->offset;
+      }
+   }
 }
 
 /* Checks every topic exists with at least one partition, which also proves
@@ -133,6 +188,13 @@ ksrc_free(ksrc_t *ks)
       rd_kafka_consumer_close(ks->rk);
       rd_kafka_destroy(ks->rk);
    }
+   if (ks->proc_id) {
+      aspen__kafka_stats_clear(ks->proc_id);
+   }
+   for (int i = 0; i < ks->n_parts; i++) {
+      free(ks->parts[i].topic);
+   }
+   free(ks->parts);
    free(ks);
 }
 
@@ -143,6 +205,8 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
    *state = NULL;
    ksrc_t *ks = aspen_xcalloc(1, sizeof *ks);
    ks->hdr.ctx = aspen_rt_processor_name(rt);
+   ks->proc_id = aspen_rt_processor_id(rt);
+   ks->idle_timeout_ms = spec->partition_idle_timeout_ms;
    ks->opts = spec->kafka;
    ks->conn = spec->conn;
    if (!ks->opts || !ks->conn) {
@@ -170,6 +234,7 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
       ks->commit = false;
    }
 
+   snprintf(ks->group, sizeof ks->group, "%s", group);
    rd_kafka_conf_t *conf = aspen__kafka_conf_new(ks->conn, &ks->hdr, err);
    if (!conf) {
       free(ks);
@@ -188,6 +253,7 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
       return false;
    }
    rd_kafka_conf_set_error_cb(conf, error_cb);
+   rd_kafka_conf_set_offset_commit_cb(conf, offset_commit_cb);
    ks->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
    if (!ks->rk) {
       rd_kafka_conf_destroy(conf); /* not taken on failure */
@@ -365,6 +431,58 @@ mono_ms(void)
    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Publishes kafkaConsumerGroup, kafkaPartitions [{partition, topic,
+ * currentOffset (the next offset to read, -1 before the first), checkpointOffset
+ * (the last committed, -1 for none), partitionOffsetLag, isIdle}] and
+ * kafkaTotalOffsetLag for the stats command. The high watermarks are the ones
+ * librdkafka learnt from its last fetch (no broker round trip). */
+static void
+publish_stats(ksrc_t *ks, int64_t now)
+{
+   rd_kafka_topic_partition_list_t *assigned = NULL;
+   if (rd_kafka_assignment(ks->rk, &assigned) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      return;
+   }
+   rd_kafka_position(ks->rk, assigned);
+   bson_t fields = BSON_INITIALIZER, arr;
+   int64_t total = 0;
+   BSON_APPEND_UTF8(&fields, "kafkaConsumerGroup", ks->group);
+   BSON_APPEND_ARRAY_BEGIN(&fields, "kafkaPartitions", &arr);
+   for (int i = 0; i < assigned->cnt; i++) {
+      const rd_kafka_topic_partition_t *tp = &assigned->elems[i];
+      struct kpart *kp = kpart_get(ks, tp->topic, tp->partition);
+      int64_t low = -1, high = -1;
+      rd_kafka_get_watermark_offsets(ks->rk, tp->topic, tp->partition, &low,
+                                     &high);
+      int64_t pos = tp->offset >= 0 ? tp->offset : -1;
+      int64_t from = pos >= 0 ? pos : kp->committed >= 0 ? kp->committed : low;
+      int64_t lag = high >= 0 && from >= 0 && high > from ? high - from : 0;
+      total += lag;
+      /* Idle as partitionIdleTimeout means it: nothing to read, and no
+       * message for that long. */
+      bool idle = lag == 0 && ks->idle_timeout_ms > 0 &&
+                  now - (kp->last_msg_ms ? kp->last_msg_ms : ks->stats_ms) >=
+                     ks->idle_timeout_ms;
+      char idx[16];
+      const char *key;
+      bson_t d;
+      bson_uint32_to_string((uint32_t) i, &key, idx, sizeof idx);
+      bson_append_document_begin(&arr, key, -1, &d);
+      BSON_APPEND_INT32(&d, "partition", tp->partition);
+      BSON_APPEND_INT64(&d, "currentOffset", pos);
+      BSON_APPEND_INT64(&d, "checkpointOffset", kp->committed);
+      BSON_APPEND_BOOL(&d, "isIdle", idle);
+      BSON_APPEND_UTF8(&d, "topic", tp->topic);
+      BSON_APPEND_INT64(&d, "partitionOffsetLag", lag);
+      bson_append_document_end(&arr, &d);
+   }
+   bson_append_array_end(&fields, &arr);
+   BSON_APPEND_INT64(&fields, "kafkaTotalOffsetLag", total);
+   rd_kafka_topic_partition_list_destroy(assigned);
+   aspen__kafka_stats_publish(ks->proc_id, &fields);
+   bson_destroy(&fields);
+}
+
 static void
 kafka_run(aspen_runtime_t *rt, void *state)
 {
@@ -402,6 +520,8 @@ kafka_run(aspen_runtime_t *rt, void *state)
          rd_kafka_message_destroy(m);
          m = NULL;
       } else if (m) {
+         kpart_get(ks, rd_kafka_topic_name(m->rkt), m->partition)
+            ->last_msg_ms = mono_ms();
          handle(rt, ks, m);
          rd_kafka_message_destroy(m);
          since_flush++;
@@ -417,6 +537,10 @@ kafka_run(aspen_runtime_t *rt, void *state)
          commit(ks, false);
          since_flush = 0;
          last_flush = now;
+         if (now - ks->stats_ms >= STATS_EVERY_MS) {
+            publish_stats(ks, now);
+            ks->stats_ms = now;
+         }
       }
    }
    /* Stopping (not failed): make the tail durable, then commit it. */

@@ -199,8 +199,21 @@ if (phase === "restart_check") {
   assert(kt.dlq.countDocuments({ "_stream_meta.source.topic": "restartIn" }) === 0, "nothing in the DLQ");
   const p = sp.listStreamProcessors().find(x => x.name === "survivor");
   assert(p.state === "STARTED", "still running: " + p.state + " " + p.errorMsg);
-  const st = db.getSiblingDB("admin").runCommand({ getStreamProcessorStats: "survivor" }).stats;
+  const stats = () => db.getSiblingDB("admin").runCommand({ getStreamProcessorStats: "survivor" }).stats;
+  const st = stats();
   assert(st.inputMessageCount >= want, "stats count every message read: " + JSON.stringify(st));
+  // The Kafka fields: the group, and the one partition read to its end
+  // with the end committed (published every second or so).
+  const k = waitFor("Kafka stats caught up", () => {
+    const s = stats();
+    const kp = s.kafkaPartitions || [];
+    return kp.length === 1 && Number(kp[0].checkpointOffset) === want &&
+           Number(kp[0].currentOffset) === want ? s : null;
+  });
+  assert(/^asp-[0-9a-f]{24}-consumer$/.test(k.kafkaConsumerGroup), "kafkaConsumerGroup: " + k.kafkaConsumerGroup);
+  const kp = k.kafkaPartitions[0];
+  assert(kp.topic === "restartIn" && kp.partition === 0 && Number(kp.partitionOffsetLag) === 0 &&
+         kp.isIdle === false && Number(k.kafkaTotalOffsetLag) === 0, "kafkaPartitions: " + JSON.stringify(k));
   sp.survivor.stop();
   print("restart_check phase ok");
 }

@@ -627,6 +627,33 @@ test_local_broker(void **state)
    }
 }
 
+/* ---- the stats snapshots --------------------------------------------------- */
+
+static void
+test_stats_table(void **state)
+{
+   (void) state;
+   bson_t out = BSON_INITIALIZER;
+   assert_false(aspen__kafka_stats_append("p1", &out));
+   bson_t *a = tmp_bson("{\"kafkaConsumerGroup\": \"g\", \"kafkaTotalOffsetLag\": 5}");
+   bson_t *b = tmp_bson("{\"kafkaConsumerGroup\": \"g\", \"kafkaTotalOffsetLag\": 0}");
+   aspen__kafka_stats_publish("p1", a);
+   aspen__kafka_stats_publish("p2", a);
+   aspen__kafka_stats_publish("p1", b); /* replaces p1's */
+   assert_true(aspen__kafka_stats_append("p1", &out));
+   assert_canonical(&out, "{\"kafkaConsumerGroup\": \"g\", \"kafkaTotalOffsetLag\": 0}");
+   aspen__kafka_stats_clear("p1");
+   aspen__kafka_stats_clear("p1"); /* twice is fine */
+   bson_reinit(&out);
+   assert_false(aspen__kafka_stats_append("p1", &out));
+   assert_true(bson_empty(&out));
+   assert_true(aspen__kafka_stats_append("p2", &out));
+   aspen__kafka_stats_clear("p2");
+   bson_destroy(&out);
+   bson_destroy(a);
+   bson_destroy(b);
+}
+
 int
 main(void)
 {
@@ -641,6 +668,7 @@ main(void)
       cmocka_unit_test(test_emit_options),
       cmocka_unit_test(test_mock_cluster_roundtrip),
       cmocka_unit_test(test_local_broker),
+      cmocka_unit_test(test_stats_table),
    };
    return cmocka_run_group_tests_name("kafka", tests, NULL, NULL);
 }
