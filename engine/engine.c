@@ -15,6 +15,7 @@
  * again when it comes back.
  */
 #include "engine_int.h"
+#include "checkpoint.h"
 #include "processor.h"
 #include "kafka_int.h"
 
@@ -28,8 +29,11 @@
 #define STATE_FILE "processors.json"
 #define STATE_VERSION 1
 
+#define DEFAULT_CHECKPOINT_INTERVAL_MS 5000
+
 struct aspen_engine {
    char *state_dir;
+   int64_t checkpoint_interval_ms;
    aspen_conns_t conns;
    aspen_proc_t *procs;
    int64_t next_cursor_id;
@@ -39,6 +43,28 @@ const aspen_conns_t *
 aspen_engine_conns(const aspen_engine_t *eng)
 {
    return &eng->conns;
+}
+
+const char *
+aspen__engine_state_dir(const aspen_engine_t *eng)
+{
+   return eng->state_dir;
+}
+
+int64_t
+aspen__engine_checkpoint_interval_ms(const aspen_engine_t *eng)
+{
+   return eng->checkpoint_interval_ms;
+}
+
+/* Deletes processor `p`'s checkpoints: it was dropped, or starts (or was
+ * modified to start) without resuming. */
+static void
+drop_checkpoints(aspen_engine_t *eng, const aspen_proc_t *p)
+{
+   char dir[4200];
+   aspen__checkpoint_dir(eng->state_dir, p->id, dir, sizeof dir);
+   aspen__checkpoint_remove(dir);
 }
 
 static const char *const commands[] = {
@@ -215,18 +241,6 @@ proc_to_bson(const aspen_proc_t *p, bson_t *out)
    BSON_APPEND_DATE_TIME(out, "lastStateChange", p->state_changed_ms);
 }
 
-static bool
-fsync_dir(const char *dir)
-{
-   int fd = open(dir, O_RDONLY | O_DIRECTORY);
-   if (fd < 0) {
-      return false;
-   }
-   bool ok = fsync(fd) == 0;
-   close(fd);
-   return ok;
-}
-
 /* Writes the state file atomically. Logs and returns false on I/O errors;
  * the in-memory state stays as it is. */
 static bool
@@ -272,7 +286,7 @@ persist(aspen_engine_t *eng, aspen_error_t *err)
       ok = close(fd) == 0 && ok;
    }
    ok = ok && rename(tmp, path) == 0;
-   ok = ok && fsync_dir(eng->state_dir);
+   ok = ok && aspen__fsync_dir(eng->state_dir);
    bson_free(json);
    if (!ok) {
       aspen_error_set(err, ASPEN_ERR_InternalError,
@@ -701,6 +715,8 @@ cmd_start(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
                   "the wrong type, expected type 'bool'");
       return;
    }
+   bool resume = !bson_iter_init_find(&it, cmd, "resumeFromCheckpoint") ||
+                 bson_iter_bool(&it);
    aspen_proc_t *p = find_or_error(eng, name, reply);
    if (!p) {
       return;
@@ -710,6 +726,12 @@ cmd_start(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
       reply_error(reply, ASPEN_ERR_IllegalOperation,
                   "stream processor '%s' is already started", name);
       return;
+   }
+   if (!resume) {
+      /* Start fresh: the checkpoint (positions, open windows) goes. */
+      drop_checkpoints(eng, p);
+      aspen_logf(ASPEN_LOG_INFO, "STREAMS", name,
+                 "starting without resuming: checkpoint removed");
    }
    aspen_error_t err;
    if (!aspen_proc_run(p, &err)) {
@@ -766,12 +788,133 @@ cmd_drop(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    unlink_proc(eng, p);
    bool ephemeral = p->ephemeral;
    aspen_logf(ASPEN_LOG_INFO, "STREAMS", name, "stream processor dropped");
+   if (!ephemeral) {
+      drop_checkpoints(eng, p);
+   }
    proc_free(p);
    if (!ephemeral) {
       aspen_error_t err;
       persist(eng, &err);
    }
    reply_ok(reply);
+}
+
+/* ---- modify and checkpoints ------------------------------------------------ */
+
+/* Finds the window stage of pipeline `pl`: its name ("$tumblingWindow")
+ * and a view of its argument. NULL when there is none. */
+static const char *
+window_of(const bson_t *pl, bson_t *spec)
+{
+   bson_iter_t it, st;
+   bson_iter_init(&it, pl);
+   while (bson_iter_next(&it)) {
+      if (!BSON_ITER_HOLDS_DOCUMENT(&it) || !bson_iter_recurse(&it, &st) ||
+          !bson_iter_next(&st)) {
+         continue;
+      }
+      const char *k = bson_iter_key(&st);
+      if ((strcmp(k, "$tumblingWindow") == 0 ||
+           strcmp(k, "$hoppingWindow") == 0 ||
+           strcmp(k, "$sessionWindow") == 0) &&
+          BSON_ITER_HOLDS_DOCUMENT(&st)) {
+         uint32_t len;
+         const uint8_t *data;
+         bson_iter_document(&st, &len, &data);
+         if (bson_init_static(spec, data, len)) {
+            return k;
+         }
+      }
+   }
+   return NULL;
+}
+
+/* True when field `key` has the same value (or is missing) in both. */
+static bool
+same_field(const bson_t *a, const bson_t *b, const char *key)
+{
+   bson_iter_t ia, ib;
+   bool ha = bson_iter_init_find(&ia, a, key);
+   bool hb = bson_iter_init_find(&ib, b, key);
+   if (!ha || !hb) {
+      return ha == hb;
+   }
+   const bson_value_t *va = bson_iter_value(&ia);
+   const bson_value_t *vb = bson_iter_value(&ib);
+   bson_t da = BSON_INITIALIZER, db = BSON_INITIALIZER;
+   bson_append_value(&da, "", 0, va);
+   bson_append_value(&db, "", 0, vb);
+   bool same = bson_equal(&da, &db);
+   bson_destroy(&da);
+   bson_destroy(&db);
+   return same;
+}
+
+/* True when a window's inner pipeline has a $group or a $sort. */
+static bool
+has_blocking_stage(const bson_t *spec)
+{
+   bson_iter_t it, arr, st;
+   if (!bson_iter_init_find(&it, spec, "pipeline") ||
+       !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &arr)) {
+      return false;
+   }
+   while (bson_iter_next(&arr)) {
+      if (BSON_ITER_HOLDS_DOCUMENT(&arr) && bson_iter_recurse(&arr, &st) &&
+          bson_iter_next(&st) &&
+          (strcmp(bson_iter_key(&st), "$group") == 0 ||
+           strcmp(bson_iter_key(&st), "$sort") == 0)) {
+         return true;
+      }
+   }
+   return false;
+}
+
+/* ASP's rules for modifying a processor's pipeline while keeping its
+ * checkpoint (../shared/spec/asp-semantics.md §8.1): the new pipeline must
+ * replay the old one's source positions into the same kind of windows.
+ * Returns the reason (the tail of ASP's message) when `new_pl` needs
+ * resumeFromCheckpoint: false, NULL when it does not. */
+static const char *
+modify_needs_fresh_start(const bson_t *old_pl, const bson_t *new_pl)
+{
+   if (bson_equal(old_pl, new_pl)) {
+      return NULL;
+   }
+   bson_iter_t oi, ni;
+   if (!bson_iter_init_find(&oi, old_pl, "0") ||
+       !bson_iter_init_find(&ni, new_pl, "0") || !same_field(old_pl, new_pl, "0")) {
+      return "modify a stream processor's $source stage";
+   }
+   bson_t ow, nw;
+   const char *okind = window_of(old_pl, &ow);
+   const char *nkind = window_of(new_pl, &nw);
+   if (!okind) {
+      return NULL;
+   }
+   if (!nkind) {
+      return "remove a window from a stream processor";
+   }
+   if (strcmp(okind, nkind) != 0) {
+      return "change a stream processor's window type";
+   }
+   if (strcmp(okind, "$sessionWindow") == 0) {
+      return "modify a processor with a window that is not a tumbling or "
+             "hopping window";
+   }
+   if (!same_field(&ow, &nw, "interval")) {
+      return "change a window stage's interval";
+   }
+   if (!same_field(&ow, &nw, "allowedLateness")) {
+      return "change a window stage's allowedLateness";
+   }
+   if (!same_field(&ow, &nw, "hopSize")) {
+      return "change a window stage's hopSize";
+   }
+   if (!has_blocking_stage(&ow) || !has_blocking_stage(&nw)) {
+      return "modify a processor that has a window without a blocking stage";
+   }
+   return NULL;
 }
 
 static void
@@ -811,6 +954,16 @@ cmd_modify(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
       reply_error(reply, ASPEN_ERR_TypeMismatch,
                   "BSON field 'modifyStreamProcessor.resumeFromCheckpoint' is "
                   "the wrong type, expected type 'bool'");
+      return;
+   }
+   bool resume = !bson_iter_init_find(&it, cmd, "resumeFromCheckpoint") ||
+                 bson_iter_bool(&it);
+   const char *why = new_pipeline && resume
+                        ? modify_needs_fresh_start(&p->pipeline, &pipeline)
+                        : NULL;
+   if (why) {
+      reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
+                  "resumeFromCheckpoint must be false to %s", why);
       return;
    }
    /* New options: the old ones, with dlq/tier replaced when given. */
@@ -893,6 +1046,10 @@ cmd_modify(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
       p->name = aspen_xstrdup(new_name);
    }
    p->modified_ms = aspen_proc_now_ms();
+   if (!resume) {
+      /* Only the summary stats survive; the next start reads afresh. */
+      drop_checkpoints(eng, p);
+   }
    if (!persist(eng, &err)) {
       reply_err(reply, &err);
       return;
@@ -1004,6 +1161,10 @@ cmd_stats(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    }
    /* A running Kafka $source: partitions, offsets, lag, group (kafka.c). */
    aspen__kafka_stats_append(p->id, &st);
+   int64_t ckpt = atomic_load(&p->last_checkpoint_ms);
+   if (ckpt > 0) {
+      BSON_APPEND_DATE_TIME(&st, "lastCheckpointTime", ckpt);
+   }
    if (verbose) {
       BSON_APPEND_DATE_TIME(&st, "lastStateChange", p->state_changed_ms);
       BSON_APPEND_BOOL(&st, "ephemeral", p->ephemeral);
@@ -1418,16 +1579,7 @@ aspen_engine_connection_closed(aspen_engine_t *eng, uint64_t conn_id)
 static bool
 mkdir_p(const char *dir, aspen_error_t *err)
 {
-   char tmp[4096];
-   snprintf(tmp, sizeof tmp, "%s", dir);
-   for (char *s = tmp + 1; *s; s++) {
-      if (*s == '/') {
-         *s = '\0';
-         mkdir(tmp, 0700);
-         *s = '/';
-      }
-   }
-   if (mkdir(tmp, 0700) != 0 && errno != EEXIST) {
+   if (!aspen__mkdirs(dir)) {
       aspen_error_set(err, ASPEN_ERR_BadValue,
                       "cannot create state directory %s: %s", dir,
                       strerror(errno));
@@ -1444,6 +1596,9 @@ aspen_engine_new(const aspen_engine_opts_t *opts, aspen_error_t *err)
    }
    aspen_engine_t *eng = aspen_xcalloc(1, sizeof *eng);
    eng->state_dir = aspen_xstrdup(opts->state_dir);
+   eng->checkpoint_interval_ms = opts->checkpoint_interval_ms > 0
+                                    ? opts->checkpoint_interval_ms
+                                    : DEFAULT_CHECKPOINT_INTERVAL_MS;
    if (!aspen_conns_load(&eng->conns, opts->connections, opts->backend_uri,
                          err) ||
        !load_state(eng, err)) {

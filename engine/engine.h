@@ -29,6 +29,9 @@ typedef struct {
    const bson_t *connections;
    /* URI of the proxy's backing deployment, or NULL. */
    const char *backend_uri;
+   /* How often a running processor takes a checkpoint (ms); 0 for the
+    * default, 5000. Checkpoints are also taken at start and on stop. */
+   int64_t checkpoint_interval_ms;
 } aspen_engine_opts_t;
 
 /* Loads the persisted processors and restarts those that were running.

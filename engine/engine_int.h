@@ -190,6 +190,10 @@ struct aspen_pipeline {
    aspen_output_fn output;
    void *hook_arg;
    int64_t now_ms;              /* wall clock for $currentDate */
+   /* Sequence number of the source input being pushed (aspen_rt_mark);
+    * windows remember the first one they saw, so checkpoints know where
+    * to replay from (processor.c). 0 when the source does not mark. */
+   uint64_t cur_seq;
 };
 
 /* Parses and validates a pipeline array (copied). Errors carry code 420 and
@@ -226,6 +230,22 @@ void aspen_stage_expr_ctx(const aspen_stage_t *st, const aspen_sdoc_t *in,
 void aspen__vars_substitute(const bson_t *in, bson_t *out,
                             const char *const *names,
                             const aspen_value_t *values, size_t n);
+
+/* Checkpoint support for the window stage `st` (window.c): the smallest
+ * cur_seq of the first input of any open window (UINT64_MAX when none is
+ * open), and the watermark to start from after a restore. Processor
+ * thread. */
+uint64_t aspen__window_min_seq(const aspen_stage_t *st);
+void aspen__window_restore_watermark(aspen_stage_t *st, int64_t wm);
+/* The per-partition watermarks (up to `max`: ids and watermarks), and
+ * restoring one (or, with wm INT64_MIN, declaring a partition before its
+ * first input), so a partition read first cannot move the watermark past
+ * one not read yet. */
+size_t aspen__window_partition_watermarks(const aspen_stage_t *st,
+                                          int64_t *ids, int64_t *wms,
+                                          size_t max);
+void aspen__window_restore_partition(aspen_stage_t *st, int64_t id,
+                                     int64_t wm);
 
 /* The stage table (stages.c). */
 const aspen_stage_ops_t *aspen_stage_lookup(const char *name, unsigned *place);
@@ -284,6 +304,8 @@ struct aspen_proc {
    void *dlq;           /* DLQ runtime state */
    uint64_t owner_conn; /* ephemeral: the connection reading it */
    int64_t started_ms;
+   /* Wall time of the last checkpoint written, 0 for none (stats). */
+   atomic_int_fast64_t last_checkpoint_ms;
    aspen_proc_t *next;
 };
 

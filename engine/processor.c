@@ -10,7 +10,27 @@
  * problems directly. Stopping sets a flag the thread checks between
  * documents and while idle, then joins it; the thread flushes its sink
  * before it exits.
+ *
+ * Checkpoints (checkpoint.h for the file): sources say where each input
+ * comes from (aspen_rt_mark: a partition and offset, or the resume token
+ * before it). A checkpoint stores, per partition, the *replay position* --
+ * the offset of the earliest input that still feeds an open window (the
+ * next unread one when no window is open) -- plus the window watermark and
+ * the counters. Window state itself is not serialised: a restore re-reads
+ * the source from the replay positions and so rebuilds the open windows
+ * from the same inputs, which then close with the same results as an
+ * uninterrupted run. During that replay the DLQ is not written again (those
+ * entries were written before the checkpoint), and the restored watermark
+ * makes replayed inputs of windows that had already closed late instead of
+ * reopening them. A checkpoint is written only after the sink and the DLQ
+ * flushed successfully (aspen_rt_wait, aspen_rt_flush), at start when
+ * nothing was restored, every checkpoint interval when the position moved,
+ * and on stop and graceful shutdown; a source commits positions to its
+ * broker only after that (Kafka). The guarantee is at-least-once: output
+ * produced after the last checkpoint is produced again after a crash, which
+ * $merge on `on` makes idempotent.
  */
+#include "checkpoint.h"
 #include "engine_int.h"
 #include "processor.h"
 #include "sink.h"
@@ -88,8 +108,35 @@ struct aspen_runtime {
    bool failed;
    int64_t max_ts;
    int64_t last_input_ms; /* wall clock of the last ingested document */
+
+   /* Positions (aspen_rt_mark) and checkpoints. */
+   uint64_t seq;           /* inputs marked so far */
+   aspen_rt_pos_t *parts;  /* per partition: replay (at last ckpt), high */
+   size_t n_parts, cap_parts;
+   struct pos_entry {
+      uint64_t seq;
+      int64_t part, offset;
+      bson_t *token_before; /* NULL for offset sources */
+   } *log;                 /* inputs that may still feed an open window */
+   size_t log_head, log_len, log_cap;
+   bson_t token_high;      /* resume token after the last input */
+   bool has_token;
+   bool restored;
+   bson_t restored_pos;    /* position from the checkpoint restored */
+   uint64_t replay_count;  /* inputs to replay after the restore */
+   aspen_rt_pos_t *restored_high; /* per partition: replays end there */
+   size_t n_restored_high;
+   bool replaying;         /* the current input is one of them */
+   char ckpt_dir[4096];
+   uint64_t ckpt_seq;      /* seq at the last checkpoint */
+   bool ckpt_token_moved;  /* token_high moved since the last checkpoint */
+   uint64_t ckpt_min_seq;  /* the open windows' min seq then */
+   int64_t ckpt_mono_ms;   /* when the last one was written */
+   uint64_t ckpt_gen;      /* checkpoints written by this run */
 };
 typedef aspen_runtime_t runtime_t;
+
+static void checkpoint_take(runtime_t *rt, bool force);
 
 uint64_t
 aspen_rt_random(aspen_runtime_t *rt)
@@ -207,6 +254,11 @@ on_dlq(void *arg, const aspen_sdoc_t *in, const char *operator_name,
 {
    runtime_t *rt = arg;
    aspen_proc_t *proc = rt->proc;
+   if (rt->replaying) {
+      /* Replaying inputs from before the checkpoint: their DLQ entries were
+       * written (and flushed) before it was taken. */
+      return;
+   }
    bson_t entry = BSON_INITIALIZER, info;
    if (in->meta) {
       BSON_APPEND_DOCUMENT(&entry, "_stream_meta", in->meta);
@@ -432,7 +484,9 @@ aspen_rt_wait(aspen_runtime_t *rt, int64_t ms)
          aspen_pipeline_tick(pl, wall, wall - rt->last_input_ms);
       }
    }
-   flush_sinks(rt);
+   if (flush_sinks(rt)) {
+      checkpoint_take(rt, false);
+   }
    if (aspen_rt_stopping(rt) || expired(rt)) {
       return true;
    }
@@ -480,7 +534,467 @@ aspen_rt_processor_id(const aspen_runtime_t *rt)
 bool
 aspen_rt_flush(aspen_runtime_t *rt)
 {
-   return !rt->failed && flush_sinks(rt);
+   if (rt->failed || !flush_sinks(rt)) {
+      return false;
+   }
+   checkpoint_take(rt, true);
+   return true;
+}
+
+/* ---- positions and checkpoints -------------------------------------------- */
+
+static int64_t
+mono_ms(void)
+{
+   struct timespec ts;
+   clock_gettime(CLOCK_MONOTONIC, &ts);
+   return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t
+get_i64(const bson_t *doc, const char *key, int64_t dflt)
+{
+   bson_iter_t it;
+   return bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_NUMBER(&it)
+             ? bson_iter_as_int64(&it)
+             : dflt;
+}
+
+static aspen_rt_pos_t *
+part_get(runtime_t *rt, int64_t part, int64_t start)
+{
+   for (size_t i = 0; i < rt->n_parts; i++) {
+      if (rt->parts[i].part == part) {
+         return &rt->parts[i];
+      }
+   }
+   if (rt->n_parts == rt->cap_parts) {
+      rt->cap_parts = rt->cap_parts ? rt->cap_parts * 2 : 8;
+      rt->parts = aspen_xrealloc(rt->parts, rt->cap_parts * sizeof *rt->parts);
+   }
+   aspen_rt_pos_t *p = &rt->parts[rt->n_parts++];
+   *p = (aspen_rt_pos_t){.part = part, .replay = start, .high = start};
+   return p;
+}
+
+static void
+log_pop(runtime_t *rt)
+{
+   struct pos_entry *e = &rt->log[rt->log_head];
+   if (e->token_before) {
+      bson_destroy(e->token_before);
+   }
+   rt->log_head = (rt->log_head + 1) % rt->log_cap;
+   rt->log_len--;
+}
+
+static void
+log_push(runtime_t *rt, const struct pos_entry *e)
+{
+   if (rt->log_len == rt->log_cap) {
+      size_t cap = rt->log_cap ? rt->log_cap * 2 : 1024;
+      struct pos_entry *n = aspen_xmalloc(cap * sizeof *n);
+      for (size_t i = 0; i < rt->log_len; i++) {
+         n[i] = rt->log[(rt->log_head + i) % rt->log_cap];
+      }
+      free(rt->log);
+      rt->log = n;
+      rt->log_cap = cap;
+      rt->log_head = 0;
+   }
+   rt->log[(rt->log_head + rt->log_len) % rt->log_cap] = *e;
+   rt->log_len++;
+}
+
+void
+aspen_rt_mark(aspen_runtime_t *rt, int64_t part, int64_t offset,
+              const bson_t *token_before)
+{
+   aspen_pipeline_t *pl = rt->proc->pl;
+   rt->seq++;
+   pl->cur_seq = rt->seq;
+   /* A replay: offsets below the checkpoint's high mark of the partition
+    * (partitions interleave differently the second time); for token
+    * sources, the first replayCount inputs. */
+   rt->replaying = rt->seq <= rt->replay_count;
+   if (offset >= 0) {
+      rt->replaying = false;
+      for (size_t i = 0; i < rt->n_restored_high; i++) {
+         if (rt->restored_high[i].part == part) {
+            rt->replaying = offset < rt->restored_high[i].high;
+            break;
+         }
+      }
+   }
+   if (offset >= 0) {
+      part_get(rt, part, offset)->high = offset + 1;
+   }
+   if (pl->window && !rt->proc->ephemeral) {
+      /* Kept until no open window started at or before this input. */
+      struct pos_entry e = {.seq = rt->seq, .part = part, .offset = offset,
+                            .token_before = token_before
+                                               ? bson_copy(token_before)
+                                               : NULL};
+      log_push(rt, &e);
+   }
+}
+
+void
+aspen_rt_partition_assigned(aspen_runtime_t *rt, int64_t partition)
+{
+   aspen_pipeline_t *pl = rt->proc->pl;
+   if (pl->window) {
+      aspen__window_restore_partition(pl->window, partition, INT64_MIN);
+   }
+}
+
+void
+aspen_rt_mark_token(aspen_runtime_t *rt, const bson_t *token)
+{
+   bson_reinit(&rt->token_high);
+   bson_concat(&rt->token_high, token);
+   rt->has_token = true;
+   rt->ckpt_token_moved = true;
+}
+
+const bson_t *
+aspen_rt_restored_position(const aspen_runtime_t *rt)
+{
+   return rt->restored ? &rt->restored_pos : NULL;
+}
+
+bool
+aspen_rt_restored_offset(const aspen_runtime_t *rt, int64_t part,
+                         int64_t *offset)
+{
+   bson_iter_t it, ai;
+   *offset = -1;
+   if (!rt->restored || !bson_iter_init_find(&it, &rt->restored_pos, "parts") ||
+       !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &ai)) {
+      return false;
+   }
+   while (bson_iter_next(&ai)) {
+      uint32_t len;
+      const uint8_t *data;
+      bson_t p;
+      if (!BSON_ITER_HOLDS_DOCUMENT(&ai)) {
+         continue;
+      }
+      bson_iter_document(&ai, &len, &data);
+      if (bson_init_static(&p, data, len) && get_i64(&p, "p", -1) == part) {
+         *offset = get_i64(&p, "replay", -1);
+         return *offset >= 0;
+      }
+   }
+   return false;
+}
+
+const aspen_rt_pos_t *
+aspen_rt_checkpointed(const aspen_runtime_t *rt, size_t *n, uint64_t *gen)
+{
+   *n = rt->n_parts;
+   *gen = rt->ckpt_gen;
+   return rt->parts;
+}
+
+/* Builds the checkpoint body for the current state; moves each partition's
+ * replay position to the earliest input an open window still needs. */
+static void
+checkpoint_body(runtime_t *rt, uint64_t min_seq, bson_t *body)
+{
+   aspen_proc_t *proc = rt->proc;
+   aspen_pipeline_t *pl = proc->pl;
+   while (rt->log_len > 0 && rt->log[rt->log_head].seq < min_seq) {
+      log_pop(rt);
+   }
+   bool *found = aspen_xcalloc(rt->n_parts + 1, sizeof *found);
+   for (size_t i = 0; i < rt->n_parts; i++) {
+      rt->parts[i].replay = rt->parts[i].high;
+   }
+   for (size_t k = 0; k < rt->log_len; k++) {
+      const struct pos_entry *e = &rt->log[(rt->log_head + k) % rt->log_cap];
+      if (e->offset < 0) {
+         continue;
+      }
+      for (size_t i = 0; i < rt->n_parts; i++) {
+         if (rt->parts[i].part == e->part && !found[i]) {
+            found[i] = true;
+            rt->parts[i].replay = e->offset;
+         }
+      }
+   }
+   free(found);
+
+   bson_init(body);
+   BSON_APPEND_UTF8(body, "processorId", proc->id);
+   BSON_APPEND_UTF8(body, "processorName", proc->name);
+   BSON_APPEND_DATE_TIME(body, "takenAt", aspen_proc_now_ms());
+   BSON_APPEND_UTF8(body, "sourceOperator", rt->source->operator_name);
+   bson_t pos, arr;
+   BSON_APPEND_DOCUMENT_BEGIN(body, "position", &pos);
+   BSON_APPEND_ARRAY_BEGIN(&pos, "parts", &arr);
+   for (size_t i = 0; i < rt->n_parts; i++) {
+      char buf[16];
+      const char *key;
+      bson_t p;
+      bson_uint32_to_string((uint32_t) i, &key, buf, sizeof buf);
+      BSON_APPEND_DOCUMENT_BEGIN(&arr, key, &p);
+      BSON_APPEND_INT64(&p, "p", rt->parts[i].part);
+      BSON_APPEND_INT64(&p, "replay", rt->parts[i].replay);
+      BSON_APPEND_INT64(&p, "high", rt->parts[i].high);
+      bson_append_document_end(&arr, &p);
+   }
+   bson_append_array_end(&pos, &arr);
+   const bson_t *token = NULL;
+   if (rt->log_len > 0) {
+      token = rt->log[rt->log_head].token_before;
+   } else if (rt->has_token) {
+      token = &rt->token_high;
+   }
+   if (token) {
+      BSON_APPEND_DOCUMENT(&pos, "token", token);
+   }
+   bson_append_document_end(body, &pos);
+   BSON_APPEND_INT64(body, "replayCount", (int64_t) rt->log_len);
+   int64_t wm = pl->window ? atomic_load(&pl->watermark_ms)
+                           : atomic_load(&proc->stats.watermark_ms);
+   if (wm != INT64_MIN) {
+      BSON_APPEND_INT64(body, "watermark", wm);
+   }
+   if (pl->window) {
+      int64_t ids[256], wms[256];
+      size_t n = aspen__window_partition_watermarks(pl->window, ids, wms, 256);
+      bson_t pw;
+      BSON_APPEND_ARRAY_BEGIN(body, "partitionWatermarks", &pw);
+      for (size_t i = 0; i < n; i++) {
+         char buf[16];
+         const char *key;
+         bson_t e;
+         bson_uint32_to_string((uint32_t) i, &key, buf, sizeof buf);
+         BSON_APPEND_DOCUMENT_BEGIN(&pw, key, &e);
+         BSON_APPEND_INT64(&e, "p", ids[i]);
+         BSON_APPEND_INT64(&e, "wm", wms[i]);
+         bson_append_document_end(&pw, &e);
+      }
+      bson_append_array_end(body, &pw);
+   }
+   bson_t c;
+   BSON_APPEND_DOCUMENT_BEGIN(body, "counters", &c);
+   BSON_APPEND_INT64(&c, "inputMessageCount",
+                     (int64_t) atomic_load(&proc->stats.input_count));
+   BSON_APPEND_INT64(&c, "inputMessageSize",
+                     (int64_t) atomic_load(&proc->stats.input_size));
+   BSON_APPEND_INT64(&c, "outputMessageCount",
+                     (int64_t) atomic_load(&proc->stats.output_count));
+   BSON_APPEND_INT64(&c, "outputMessageSize",
+                     (int64_t) atomic_load(&proc->stats.output_size));
+   BSON_APPEND_INT64(&c, "dlqMessageCount",
+                     (int64_t) atomic_load(&proc->stats.dlq_count));
+   BSON_APPEND_INT64(&c, "dlqMessageSize",
+                     (int64_t) atomic_load(&proc->stats.dlq_size));
+   bson_append_document_end(body, &c);
+}
+
+/* Writes a checkpoint: only call right after the sink and the DLQ flushed
+ * successfully. Unless `force`, only once the interval has passed; either
+ * way only when the position moved (or this run has none yet). A write
+ * error is logged and the previous checkpoint stays the one to resume
+ * from; the processor carries on. */
+static void
+checkpoint_take(runtime_t *rt, bool force)
+{
+   aspen_proc_t *proc = rt->proc;
+   if (!rt->ckpt_dir[0] || rt->failed) {
+      return;
+   }
+   aspen_pipeline_t *pl = proc->pl;
+   uint64_t min_seq =
+      pl->window ? aspen__window_min_seq(pl->window) : UINT64_MAX;
+   bool moved = rt->seq != rt->ckpt_seq || rt->ckpt_token_moved ||
+                min_seq != rt->ckpt_min_seq;
+   if (!moved && (rt->ckpt_gen > 0 || rt->restored)) {
+      return;
+   }
+   int64_t now = mono_ms();
+   if (!force &&
+       now - rt->ckpt_mono_ms < aspen__engine_checkpoint_interval_ms(proc->eng)) {
+      return;
+   }
+   bson_t body;
+   checkpoint_body(rt, min_seq, &body);
+   aspen_error_t err;
+   if (!aspen__checkpoint_write(rt->ckpt_dir, &body, &err)) {
+      aspen_logf(ASPEN_LOG_ERROR, "STREAMS", proc->name,
+                 "checkpoint not written (the previous one stays): %s",
+                 err.message);
+      rt->ckpt_mono_ms = now;
+      bson_destroy(&body);
+      return;
+   }
+   bson_destroy(&body);
+   rt->ckpt_seq = rt->seq;
+   rt->ckpt_token_moved = false;
+   rt->ckpt_min_seq = min_seq;
+   rt->ckpt_mono_ms = now;
+   rt->ckpt_gen++;
+   atomic_store(&proc->last_checkpoint_ms, aspen_proc_now_ms());
+}
+
+/* Loads the processor's last good checkpoint, if any, before its source
+ * opens: positions, replay count, window watermark, counters. */
+static void
+checkpoint_restore(runtime_t *rt)
+{
+   aspen_proc_t *proc = rt->proc;
+   bson_init(&rt->token_high);
+   bson_init(&rt->restored_pos);
+   rt->ckpt_min_seq = UINT64_MAX;
+   if (proc->ephemeral) {
+      return;
+   }
+   aspen__checkpoint_dir(aspen__engine_state_dir(proc->eng), proc->id,
+                         rt->ckpt_dir, sizeof rt->ckpt_dir);
+   bson_t body;
+   bool used_previous;
+   if (!aspen__checkpoint_load(rt->ckpt_dir, proc->id, proc->name, &body,
+                               &used_previous)) {
+      bson_destroy(&body);
+      return;
+   }
+   bson_iter_t it, ai;
+   if (bson_iter_init_find(&it, &body, "position") &&
+       BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      uint32_t len;
+      const uint8_t *data;
+      bson_iter_document(&it, &len, &data);
+      bson_destroy(&rt->restored_pos);
+      bson_init_static(&rt->restored_pos, data, len);
+      bson_t copy;
+      bson_copy_to(&rt->restored_pos, &copy);
+      bson_steal(&rt->restored_pos, &copy);
+   }
+   if (bson_iter_init_find(&it, &rt->restored_pos, "parts") &&
+       BSON_ITER_HOLDS_ARRAY(&it) && bson_iter_recurse(&it, &ai)) {
+      while (bson_iter_next(&ai)) {
+         if (!BSON_ITER_HOLDS_DOCUMENT(&ai)) {
+            continue;
+         }
+         uint32_t len;
+         const uint8_t *data;
+         bson_t p;
+         bson_iter_document(&ai, &len, &data);
+         if (bson_init_static(&p, data, len)) {
+            /* Reading restarts at the replay position. */
+            int64_t replay = get_i64(&p, "replay", 0);
+            int64_t high = get_i64(&p, "high", replay);
+            part_get(rt, get_i64(&p, "p", 0), replay);
+            if (high > replay) {
+               rt->restored_high = aspen_xrealloc(
+                  rt->restored_high,
+                  (rt->n_restored_high + 1) * sizeof *rt->restored_high);
+               rt->restored_high[rt->n_restored_high++] = (aspen_rt_pos_t){
+                  .part = get_i64(&p, "p", 0), .replay = replay, .high = high};
+            }
+         }
+      }
+   }
+   if (bson_iter_init_find(&it, &rt->restored_pos, "token") &&
+       BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      uint32_t len;
+      const uint8_t *data;
+      bson_t tok;
+      bson_iter_document(&it, &len, &data);
+      if (bson_init_static(&tok, data, len)) {
+         bson_concat(&rt->token_high, &tok);
+         rt->has_token = true;
+      }
+   }
+   rt->replay_count = (uint64_t) get_i64(&body, "replayCount", 0);
+   int64_t wm = get_i64(&body, "watermark", INT64_MIN);
+   if (proc->pl->window) {
+      aspen__window_restore_watermark(proc->pl->window, wm);
+      if (bson_iter_init_find(&it, &body, "partitionWatermarks") &&
+          BSON_ITER_HOLDS_ARRAY(&it) && bson_iter_recurse(&it, &ai)) {
+         while (bson_iter_next(&ai)) {
+            uint32_t len;
+            const uint8_t *data;
+            bson_t e;
+            if (!BSON_ITER_HOLDS_DOCUMENT(&ai)) {
+               continue;
+            }
+            bson_iter_document(&ai, &len, &data);
+            if (!bson_init_static(&e, data, len)) {
+               continue;
+            }
+            /* A partition that is replayed sends older inputs again: its
+             * watermark starts over (holding the window's back until the
+             * replay passes it), else windows would close before its
+             * replayed inputs arrive. Token sources replay their only
+             * partition when replayCount > 0. */
+            int64_t id = get_i64(&e, "p", 0);
+            bool replayed = rt->n_parts == 0 && rt->replay_count > 0;
+            for (size_t i = 0; i < rt->n_restored_high; i++) {
+               if ((rt->restored_high[i].part & 0xffffffff) == id) {
+                  replayed = true;
+               }
+            }
+            aspen__window_restore_partition(
+               proc->pl->window, id,
+               replayed ? INT64_MIN : get_i64(&e, "wm", INT64_MIN));
+         }
+      }
+   }
+   if (bson_iter_init_find(&it, &body, "counters") &&
+       BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      uint32_t len;
+      const uint8_t *data;
+      bson_t c;
+      bson_iter_document(&it, &len, &data);
+      if (bson_init_static(&c, data, len)) {
+         /* Replayed inputs are counted again as they arrive. */
+         int64_t in = get_i64(&c, "inputMessageCount", 0) -
+                      (int64_t) rt->replay_count;
+         atomic_store(&proc->stats.input_count,
+                      (uint64_t) (in > 0 ? in : 0));
+         atomic_store(&proc->stats.input_size,
+                      (uint64_t) get_i64(&c, "inputMessageSize", 0));
+         atomic_store(&proc->stats.output_count,
+                      (uint64_t) get_i64(&c, "outputMessageCount", 0));
+         atomic_store(&proc->stats.output_size,
+                      (uint64_t) get_i64(&c, "outputMessageSize", 0));
+         atomic_store(&proc->stats.dlq_count,
+                      (uint64_t) get_i64(&c, "dlqMessageCount", 0));
+         atomic_store(&proc->stats.dlq_size,
+                      (uint64_t) get_i64(&c, "dlqMessageSize", 0));
+      }
+   }
+   int64_t taken = get_i64(&body, "takenAt", 0);
+   if (bson_iter_init_find(&it, &body, "takenAt") &&
+       BSON_ITER_HOLDS_DATE_TIME(&it)) {
+      taken = bson_iter_date_time(&it);
+   }
+   atomic_store(&proc->last_checkpoint_ms, taken);
+   rt->restored = true;
+   aspen_logf(ASPEN_LOG_INFO, "STREAMS", proc->name,
+              "resuming from the %s checkpoint (%zu partition position(s)%s, "
+              "replaying %llu input(s) for open windows)",
+              used_previous ? "previous" : "last", rt->n_parts,
+              rt->has_token ? ", a resume token" : "",
+              (unsigned long long) rt->replay_count);
+   bson_destroy(&body);
+}
+
+static void
+checkpoint_state_free(runtime_t *rt)
+{
+   while (rt->log_len > 0) {
+      log_pop(rt);
+   }
+   free(rt->log);
+   free(rt->parts);
+   free(rt->restored_high);
+   bson_destroy(&rt->token_high);
+   bson_destroy(&rt->restored_pos);
 }
 
 /* Opens sink and DLQ; on failure reports the start as failed. */
@@ -556,6 +1070,7 @@ proc_main(void *arg)
    proc->pl->dlq = on_dlq;
    proc->pl->output = on_output;
    proc->pl->hook_arg = &rt;
+   checkpoint_restore(&rt);
 
    aspen_error_t err;
    bool opened = open_outputs(&rt, &err);
@@ -571,9 +1086,13 @@ proc_main(void *arg)
    pthread_mutex_unlock(&proc->mu);
 
    if (opened) {
+      if (!rt.restored) {
+         checkpoint_take(&rt, true); /* the first one, at start */
+      }
       rt.source->run(&rt, rt.source_state);
-      if (!rt.failed) {
-         flush_sinks(&rt);
+      /* Stopping: the final checkpoint, after the final flush. */
+      if (!rt.failed && flush_sinks(&rt)) {
+         checkpoint_take(&rt, true);
       }
    }
    if (rt.source_state) {
@@ -584,6 +1103,7 @@ proc_main(void *arg)
    }
    aspen_coll_writer_destroy(rt.dlq);
    bson_destroy(&rt.source_meta);
+   checkpoint_state_free(&rt);
    /* Wake a getMore or a shell push waiting on this processor. */
    pthread_mutex_lock(&proc->mu);
    proc->thread_done = true;

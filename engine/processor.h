@@ -26,5 +26,9 @@ void aspen_cursor_destroy_locked(aspen_cursor_t *c);
 
 /* The engine's connection registry. */
 const aspen_conns_t *aspen_engine_conns(const aspen_engine_t *eng);
+/* The state directory and the checkpoint interval (ms) the engine was
+ * opened with; any thread (they never change). */
+const char *aspen__engine_state_dir(const aspen_engine_t *eng);
+int64_t aspen__engine_checkpoint_interval_ms(const aspen_engine_t *eng);
 
 #endif

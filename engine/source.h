@@ -56,6 +56,45 @@ const char *aspen_rt_processor_id(const aspen_runtime_t *rt);
  * the processor failed (now or before). */
 bool aspen_rt_flush(aspen_runtime_t *rt);
 
+/* ---- positions and checkpoints ------------------------------------------- */
+
+/* A source position per partition. `part` is the source's own key (Kafka:
+ * topic index << 32 | partition; documents: 0). `replay` is where a
+ * restart reads from as of the last checkpoint; `high` is one past the
+ * last offset marked. */
+typedef struct {
+   int64_t part, replay, high;
+} aspen_rt_pos_t;
+
+/* Says where the next input comes from, just before the source ingests or
+ * dead-letters it: offset `offset` of partition `part`, or, for a source
+ * positioned by resume tokens, `token_before` (the token to resume from so
+ * that this input is read again; NULL if none yet) with offset -1. A source
+ * that never marks (solar) has nothing to resume. */
+void aspen_rt_mark(aspen_runtime_t *rt, int64_t part, int64_t offset,
+                   const bson_t *token_before);
+/* The source reads partition `partition` (Kafka: on assignment): until it
+ * sends an input (or goes idle, partitionIdleTimeout), the window's
+ * watermark waits for it, so a partition consumed first cannot make the
+ * other partitions' inputs late. */
+void aspen_rt_partition_assigned(aspen_runtime_t *rt, int64_t partition);
+/* A token source's position moved: `token` resumes after everything the
+ * source has handed over (an event's _id, a post-batch token). */
+void aspen_rt_mark_token(aspen_runtime_t *rt, const bson_t *token);
+/* The {parts: [{p, replay, high}], token} position of the checkpoint this
+ * run resumed from, or NULL when it started fresh. Valid while running. */
+const bson_t *aspen_rt_restored_position(const aspen_runtime_t *rt);
+/* The offset to resume partition `part` from, per the restored checkpoint;
+ * false when there is none (fresh start, or a partition it did not know). */
+bool aspen_rt_restored_offset(const aspen_runtime_t *rt, int64_t part,
+                              int64_t *offset);
+/* The replay positions of the last checkpoint written by this run (*n of
+ * them; valid until the next aspen_rt_wait) and how many checkpoints this
+ * run has written, so a source commits to its broker only what a
+ * checkpoint holds, and only when it changed. */
+const aspen_rt_pos_t *aspen_rt_checkpointed(const aspen_runtime_t *rt,
+                                            size_t *n, uint64_t *gen);
+
 /* ---- sinks ($merge, $emit) ------------------------------------------------ */
 
 typedef struct {

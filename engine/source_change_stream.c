@@ -10,8 +10,14 @@
  * the runtime, wins), and its metadata is {source: {type: "atlas",
  * operationType, ns, documentKey}}.
  *
- * The last resume token seen is the source's position: checkpoints read it
- * with aspen__change_stream_resume_token, and when the cursor fails with a
+ * The last resume token seen is the source's position. Before each event
+ * goes down the pipeline the runtime is told the token before it
+ * (aspen_rt_mark), and after it the event's own token (aspen_rt_mark_token),
+ * so a checkpoint holds the token to resume from: the one before the
+ * earliest event an open window still needs, else the latest. A processor
+ * resumed from a checkpoint opens its watch with startAfter that token
+ * (instead of the $source's startAfter/startAtOperationTime). When the
+ * cursor fails with a
  * resumable error (network, failover, a restarted server) the source opens
  * a new watch with startAfter set to it, retrying with a capped backoff
  * until it succeeds or the processor stops. Any other error fails the
@@ -603,6 +609,16 @@ cs_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
       mongoc_client_set_read_prefs(cs->client, rp);
       mongoc_read_prefs_destroy(rp);
    }
+   const bson_t *pos = aspen_rt_restored_position(rt);
+   bson_iter_t tit;
+   if (pos && bson_iter_init_find(&tit, pos, "token") &&
+       BSON_ITER_HOLDS_DOCUMENT(&tit)) {
+      /* Resuming from a checkpoint: its token wins over the $source's
+       * startAfter/startAtOperationTime. */
+      bson_t token;
+      view_of(&tit, &token);
+      set_token(cs, &token);
+   }
    bson_error_t berr;
    bool resumable;
    if (!open_stream(cs, &berr, &resumable)) {
@@ -614,7 +630,17 @@ cs_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
       return false;
    }
    aspen_logf(ASPEN_LOG_INFO, ASPEN_LOG_DOMAIN, aspen_rt_processor_name(rt),
-              "opened the %s", cs->what);
+              "opened the %s%s", cs->what,
+              cs->has_token ? " from the checkpoint's resume token" : "");
+   if (!cs->has_token) {
+      /* The initial post-batch token: the position before the first event,
+       * so even the first checkpoint can resume without a gap. */
+      const bson_t *pbrt = mongoc_change_stream_get_resume_token(cs->stream);
+      if (pbrt && !bson_empty(pbrt)) {
+         set_token(cs, pbrt);
+         aspen_rt_mark_token(rt, pbrt);
+      }
+   }
    *state = cs;
    return true;
 }
@@ -682,6 +708,7 @@ on_event(aspen_runtime_t *rt, cs_t *cs, const bson_t *ev)
    bool invalidated = op && strcmp(op, "invalidate") == 0;
    if (!invalidated) {
       bson_t meta;
+      aspen_rt_mark(rt, 0, -1, cs->has_token ? &cs->token : NULL);
       event_meta(cs, ev, op, &meta);
       int64_t ts = event_time_ms(ev);
       if (!cs->o.full_document_only) {
@@ -706,6 +733,7 @@ on_event(aspen_runtime_t *rt, cs_t *cs, const bson_t *ev)
       bson_t token;
       view_of(&it, &token);
       set_token(cs, &token);
+      aspen_rt_mark_token(rt, &token);
    }
    return invalidated;
 }
@@ -768,6 +796,7 @@ cs_run(aspen_runtime_t *rt, void *state)
          const bson_t *pbrt = mongoc_change_stream_get_resume_token(cs->stream);
          if (pbrt && !bson_empty(pbrt)) {
             set_token(cs, pbrt);
+            aspen_rt_mark_token(rt, pbrt);
          }
          bson_error_t berr;
          const bson_t *reply = NULL;

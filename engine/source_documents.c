@@ -1,7 +1,9 @@
 /*
  * source_documents.c - the `documents` $source: a literal array of documents
  * (or an expression evaluated once to one), emitted in order. Afterwards the
- * source idles; as in ASP it does not end the processor.
+ * source idles; as in ASP it does not end the processor. Its position is
+ * the index of a document (partition 0): a processor resumed from a
+ * checkpoint starts at the index the checkpoint says.
  */
 #include "source.h"
 
@@ -40,7 +42,14 @@ docs_run(aspen_runtime_t *rt, void *state)
    }
    bson_iter_t it;
    bson_iter_init(&it, &arr);
+   int64_t idx = -1, start = 0;
+   if (!aspen_rt_restored_offset(rt, 0, &start)) {
+      start = 0;
+   }
    while (bson_iter_next(&it) && !aspen_rt_stopping(rt)) {
+      if (++idx < start) {
+         continue;
+      }
       if (!BSON_ITER_HOLDS_DOCUMENT(&it)) {
          aspen_rt_fail(rt, "The documents list expression does not evaluate "
                            "to an array of objects.");
@@ -51,6 +60,7 @@ docs_run(aspen_runtime_t *rt, void *state)
       bson_t doc;
       bson_iter_document(&it, &len, &data);
       (void) bson_init_static(&doc, data, len);
+      aspen_rt_mark(rt, 0, idx, NULL);
       aspen_rt_ingest(rt, &doc, NULL, INT64_MIN);
    }
    aspen_value_destroy(&computed);

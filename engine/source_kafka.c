@@ -10,13 +10,20 @@
  * has a timeField, the message timestamp as its event time.
  *
  * Offsets (at-least-once): auto-commit and the automatic offset store are
- * off. After a message has gone through the pipeline its offset is stored
- * (in the client); every ~200 ms, every 5000 messages and whenever the topic
- * is idle the runtime flushes the sink and the DLQ (aspen_rt_wait), and only
- * when that succeeded are the stored offsets committed to the group. So a
- * committed offset never runs ahead of what the sink has durably accepted;
- * after a crash the uncommitted tail is read again. On stop the sink is
- * flushed once more and the final offsets are committed synchronously.
+ * off. Each message is marked with the runtime (aspen_rt_mark: partition
+ * key topic index << 32 | partition, and its offset) before it goes down
+ * the pipeline. Every ~200 ms, every 5000 messages and whenever the topic
+ * is idle the runtime flushes the sink and the DLQ (aspen_rt_wait) and,
+ * when that succeeded, may write a checkpoint holding each partition's
+ * replay offset: the earliest message an open window still needs, or the
+ * next unread one. Only offsets a checkpoint holds are committed to the
+ * group, so a committed offset never runs ahead of what the sink has
+ * durably accepted nor of the open windows. A processor resumed from a
+ * checkpoint is assigned its partitions at the checkpoint's offsets (the
+ * rebalance callback); the group's committed offsets only matter without
+ * one. After a crash everything after the checkpoint is read again. On
+ * stop the sink is flushed once more, the final checkpoint written and its
+ * offsets committed synchronously.
  * Ephemeral processors (sp.process) without config.group_id read under a
  * throw-away group and never commit.
  */
@@ -41,7 +48,9 @@ typedef struct {
    const aspen_kafka_source_opts_t *opts;
    const aspen_conn_t *conn;
    bool commit; /* offsets are committed to a named group */
-   bool dirty;  /* offsets stored since the last commit */
+   aspen_runtime_t *rt;
+   uint64_t committed_gen; /* the runtime's checkpoint count committed */
+   bool assigned_once;     /* checkpoint offsets used for one assignment */
    /* A fatal client error seen by error_cb (librdkafka calls it from
     * rd_kafka_consumer_poll, so on the processor's thread). */
    char fatal[ASPEN_ERROR_MSG_MAX];
@@ -140,6 +149,77 @@ offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
    }
 }
 
+/* The partition key used with aspen_rt_mark: topic index and partition. */
+static int64_t
+part_key(const ksrc_t *ks, const char *topic, int32_t partition)
+{
+   int64_t idx = 0;
+   for (int i = 0; i < ks->opts->n_topics; i++) {
+      if (strcmp(ks->opts->topics[i], topic) == 0) {
+         idx = i;
+         break;
+      }
+   }
+   return idx << 32 | (int64_t) (uint32_t) partition;
+}
+
+/* Partitions assigned: each is declared to the window (its watermark waits
+ * for every partition); the first time, each starts at the offset the
+ * restored checkpoint has for it (others at the group's committed offset,
+ * else auto.offset.reset). Later assignments (a rebalance) start at the
+ * committed offsets. librdkafka calls this from rd_kafka_consumer_poll, on
+ * the processor's thread. */
+static void
+rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+             rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+   ksrc_t *ks = opaque;
+   bool cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") ==
+                      0;
+   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+      int restored = 0;
+      for (int i = 0; i < parts->cnt; i++) {
+         aspen_rt_partition_assigned(ks->rt, parts->elems[i].partition);
+      }
+      for (int i = 0; i < parts->cnt && !ks->assigned_once; i++) {
+         int64_t off;
+         rd_kafka_topic_partition_t *tp = &parts->elems[i];
+         if (aspen_rt_restored_offset(
+                ks->rt, part_key(ks, tp->topic, tp->partition), &off)) {
+            tp->offset = off;
+            restored++;
+         }
+      }
+      if (!ks->assigned_once && parts->cnt > 0 &&
+          aspen_rt_restored_position(ks->rt)) {
+         aspen_logf(ASPEN_LOG_INFO, ASPEN_LOG_DOMAIN, ks->hdr.ctx,
+                    "%d of %d assigned partition(s) resume from the "
+                    "checkpoint's offsets",
+                    restored, parts->cnt);
+      }
+      if (parts->cnt > 0) {
+         /* An empty assignment (the group still lists a dead member of a
+          * crashed run) does not use up the checkpoint's offsets. */
+         ks->assigned_once = true;
+      }
+      if (cooperative) {
+         rd_kafka_error_t *e = rd_kafka_incremental_assign(rk, parts);
+         if (e) {
+            rd_kafka_error_destroy(e);
+         }
+      } else {
+         rd_kafka_assign(rk, parts);
+      }
+   } else if (cooperative) {
+      rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
+      if (e) {
+         rd_kafka_error_destroy(e);
+      }
+   } else {
+      rd_kafka_assign(rk, NULL);
+   }
+}
+
 /* Checks every topic exists with at least one partition, which also proves
  * the brokers are reachable and the credentials good. */
 static bool
@@ -207,6 +287,7 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
    ks->hdr.ctx = aspen_rt_processor_name(rt);
    ks->proc_id = aspen_rt_processor_id(rt);
    ks->idle_timeout_ms = spec->partition_idle_timeout_ms;
+   ks->rt = rt;
    ks->opts = spec->kafka;
    ks->conn = spec->conn;
    if (!ks->opts || !ks->conn) {
@@ -252,8 +333,22 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
       free(ks);
       return false;
    }
+   if (ks->commit && !ks->opts->group_id) {
+      /* Static membership for the processor's own group: after a crash
+       * the restarted consumer takes its partitions back at once, instead
+       * of waiting for the dead member's session to time out (45 s). */
+      char instance[64];
+      snprintf(instance, sizeof instance, "aspen-%s",
+               aspen_rt_processor_id(rt));
+      if (!aspen__kafka_conf_set(conf, "group.instance.id", instance, err)) {
+         rd_kafka_conf_destroy(conf);
+         free(ks);
+         return false;
+      }
+   }
    rd_kafka_conf_set_error_cb(conf, error_cb);
    rd_kafka_conf_set_offset_commit_cb(conf, offset_commit_cb);
+   rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
    ks->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
    if (!ks->rk) {
       rd_kafka_conf_destroy(conf); /* not taken on failure */
@@ -365,6 +460,8 @@ handle(aspen_runtime_t *rt, ksrc_t *ks, const rd_kafka_message_t *m)
    bson_t meta, doc;
    aspen_error_t key_err, err;
    bool key_failed;
+   aspen_rt_mark(rt, part_key(ks, rd_kafka_topic_name(m->rkt), m->partition),
+                 m->offset, NULL);
    build_meta(ks, m, &meta, &key_err, &key_failed);
    if (!aspen__kafka_json_decode(m->payload, m->payload ? m->len : 0, &doc,
                                  &err)) {
@@ -395,32 +492,42 @@ handle(aspen_runtime_t *rt, ksrc_t *ks, const rd_kafka_message_t *m)
    }
    bson_destroy(&doc);
    bson_destroy(&meta);
-   if (ks->commit) {
-      /* Stored now, committed after the next successful flush. */
-      rd_kafka_resp_err_t e = rd_kafka_offset_store(m->rkt, m->partition,
-                                                    m->offset);
-      if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
-         ks->dirty = true;
-      }
-   }
 }
 
-/* Commits the stored offsets: only call after a successful flush. */
+/* Commits the replay offsets of the runtime's last checkpoint, if it wrote
+ * a new one since the last commit: only call after a successful flush. */
 static void
 commit(ksrc_t *ks, bool sync)
 {
-   if (!ks->commit || !ks->dirty) {
+   size_t n;
+   uint64_t gen;
+   const aspen_rt_pos_t *pos = aspen_rt_checkpointed(ks->rt, &n, &gen);
+   if (!ks->commit || gen == ks->committed_gen || n == 0) {
       return;
    }
-   rd_kafka_resp_err_t e = rd_kafka_commit(ks->rk, NULL, sync ? 0 : 1);
+   rd_kafka_topic_partition_list_t *list =
+      rd_kafka_topic_partition_list_new((int) n);
+   for (size_t i = 0; i < n; i++) {
+      int64_t idx = pos[i].part >> 32;
+      if (idx < 0 || idx >= ks->opts->n_topics || pos[i].replay < 0) {
+         continue;
+      }
+      rd_kafka_topic_partition_list_add(list, ks->opts->topics[idx],
+                                        (int32_t) (pos[i].part & 0xffffffff))
+         ->offset = pos[i].replay;
+   }
+   rd_kafka_resp_err_t e = list->cnt > 0
+                              ? rd_kafka_commit(ks->rk, list, sync ? 0 : 1)
+                              : RD_KAFKA_RESP_ERR_NO_ERROR;
+   rd_kafka_topic_partition_list_destroy(list);
    if (e && e != RD_KAFKA_RESP_ERR__NO_OFFSET) {
       aspen_logf(ASPEN_LOG_WARNING, ASPEN_LOG_DOMAIN, ks->hdr.ctx,
                  "committing Kafka offsets failed (they are committed with "
-                 "the next flush): %s",
+                 "the next checkpoint): %s",
                  rd_kafka_err2str(e));
       return;
    }
-   ks->dirty = false;
+   ks->committed_gen = gen;
 }
 
 static int64_t

@@ -287,6 +287,7 @@ main(int argc, char **argv)
       .state_dir = cfg.state_dir,
       .connections = &cfg.connections,
       .backend_uri = cfg.backend_uri,
+      .checkpoint_interval_ms = cfg.checkpoint_interval_ms,
    };
    srv.engine = aspen_engine_new(&eopts, &err);
    if (!srv.engine) {

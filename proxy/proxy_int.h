@@ -26,6 +26,7 @@ typedef struct {
    char *backend_uri;      /* NULL: no backend, forwarded commands fail */
    int backend_lanes;      /* worker threads talking to the backend */
    char *state_dir;        /* NULL: "./aspen-state" */
+   int checkpoint_interval_ms; /* streams.checkpointIntervalMs; 0: engine's */
    bson_t connections;     /* the "connections" array of the config file */
    aspen_tls_mode_t tls_mode;
    char *tls_cert;
