@@ -82,8 +82,12 @@ parse_duration(const bson_iter_t *it, const char *what, bool zero_ok,
    while (bson_iter_next(&di)) {
       const char *k = bson_iter_key(&di);
       if (strcmp(k, "size") == 0) {
+         /* The range check before the cast: converting 1e40 to int64_t
+          * is undefined (found by tests/fuzz/fuzz_pipeline). */
          if (!BSON_ITER_HOLDS_INT32(&di) && !BSON_ITER_HOLDS_INT64(&di) &&
              !(BSON_ITER_HOLDS_DOUBLE(&di) &&
+               bson_iter_double(&di) >= -9.2e18 &&
+               bson_iter_double(&di) <= 9.2e18 &&
                bson_iter_double(&di) == (double) (int64_t) bson_iter_double(&di))) {
             aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
                             "%s.size must be an integer", what);
@@ -114,6 +118,13 @@ parse_duration(const bson_iter_t *it, const char *what, bool zero_ok,
                       "Enumeration value '%s' for field '%s.unit' is not a "
                       "valid value.",
                       unit, what);
+      return false;
+   }
+   /* Durations are milliseconds in an int64_t: refuse what overflows it. */
+   if (size > INT64_MAX / ms || size < INT64_MIN / ms) {
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
+                      "%s.size %lld %s is too large", what, (long long) size,
+                      unit);
       return false;
    }
    *out = size * ms;
