@@ -61,7 +61,7 @@ typedef struct {
       char *topic;
       int32_t partition;
       int64_t committed;   /* -1 until an offset commit succeeds */
-      int64_t last_msg_ms; /* monotonic; 0 for none yet */
+      int64_t last_msg_ms; /* monotonic: last message, or first seen */
    } *parts;
    int n_parts, cap_parts;
    int64_t stats_ms; /* when the stats were last published */
@@ -567,9 +567,11 @@ publish_stats(ksrc_t *ks, int64_t now)
       total += lag;
       /* Idle as partitionIdleTimeout means it: nothing to read, and no
        * message for that long. */
+      if (!kp->last_msg_ms) {
+         kp->last_msg_ms = now; /* idle time counts from here */
+      }
       bool idle = lag == 0 && ks->idle_timeout_ms > 0 &&
-                  now - (kp->last_msg_ms ? kp->last_msg_ms : ks->stats_ms) >=
-                     ks->idle_timeout_ms;
+                  now - kp->last_msg_ms >= ks->idle_timeout_ms;
       char idx[16];
       const char *key;
       bson_t d;
