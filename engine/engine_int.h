@@ -180,6 +180,9 @@ struct aspen_pipeline {
    bool has_window;
    aspen_chain_t main;          /* the stages above, ending at `output` */
    aspen_stage_t *window;       /* the window stage, if any */
+   /* Sees every source document before the stages do (the window stage's
+    * watermark is the source's, not just of what reaches the window). */
+   void (*observe)(aspen_stage_t *st, const aspen_sdoc_t *doc);
    bool virtual_clock;          /* aspen extension: time from the input */
    /* Published for stats (written by the processor thread). */
    atomic_int_fast64_t watermark_ms;  /* INT64_MIN: none */

@@ -517,6 +517,9 @@ main_terminal(void *arg, const aspen_sdoc_t *doc)
 void
 aspen_pipeline_push(aspen_pipeline_t *pl, const aspen_sdoc_t *doc)
 {
+   if (pl->observe) {
+      pl->observe(pl->window, doc);
+   }
    aspen_chain_push(&pl->main, 0, doc);
 }
 

@@ -400,6 +400,10 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
       rt->max_ts = ts;
       atomic_store(&proc->stats.watermark_ms, ts - 1);
    }
+   if (pl->virtual_clock) {
+      /* This document's own time counts: "now" is the latest event time. */
+      pl->now_ms = rt->max_ts;
+   }
    aspen_sdoc_t sdoc = {.doc = &doc, .meta = meta, .ts_ms = ts};
    aspen_pipeline_push(pl, &sdoc);
    bson_destroy(&doc);

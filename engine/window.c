@@ -745,7 +745,10 @@ prefix_terminal(void *arg, const aspen_sdoc_t *doc)
    block_spec_t *b = first_block_spec(w);
    aspen_pipeline_t *pl = w->self->pl;
    size_t before = win->bytes;
-   if (!b) {
+   if (!b || w->kind == W_SESSION) {
+      /* Sessions keep their documents: an out-of-order document can join
+       * two sessions into one, and lists merge where aggregates cannot. The
+       * first blocking stage then runs over them at close. */
       doclist_add(&win->block.docs, doc->doc);
       win->bytes += doc->doc->len;
    } else {
@@ -870,11 +873,15 @@ close_window(window_t *w, win_t *win)
    doclist_t l;
    memset(&l, 0, sizeof l);
    block_spec_t *b = first_block_spec(w);
-   if (!b) {
+   if (!b || w->kind == W_SESSION) {
       l = win->block.docs;
       memset(&win->block.docs, 0, sizeof win->block.docs);
-   } else {
-      switch (b->kind) {
+   }
+   if (b && w->kind == W_SESSION) {
+      batch_block(w, b, &meta, &l);
+   }
+   if (b) {
+      switch (w->kind == W_SESSION ? (block_kind_t) -1 : b->kind) {
       case B_GROUP:
          group_results(&win->block.groups, b, &l);
          break;
@@ -895,6 +902,8 @@ close_window(window_t *w, win_t *win)
             bson_destroy(&doc);
          }
          break;
+      default:
+         break; /* sessions: done above */
       }
       /* The rest of the inner pipeline, segment by segment. */
       int seg = 0;
@@ -1212,12 +1221,34 @@ push_session(window_t *w, const aspen_sdoc_t *in, int64_t t,
          target = win;
          continue;
       }
-      /* Out-of-order event bridging two sessions: fold `win` into target
-       * by replaying nothing (states cannot be merged in general), so keep
-       * them apart but extend the bounds; documented limitation. */
+      /* An out-of-order event bridging two sessions joins them: the later
+       * one's documents move into the earlier one. */
+      doclist_t *from = &win->block.docs, *into = &target->block.docs;
+      for (size_t j = 0; j < from->n; j++) {
+         if (into->n == into->cap) {
+            into->cap = into->cap ? into->cap * 2 : 8;
+            into->docs = aspen_xrealloc(into->docs,
+                                       into->cap * sizeof *into->docs);
+         }
+         into->docs[into->n++] = from->docs[j];
+      }
+      from->n = 0;
+      target->bytes += win->bytes;
+      if (win->start < target->start) {
+         target->start = win->start;
+      }
+      if (win->last_ts > target->last_ts) {
+         target->last_ts = win->last_ts;
+      }
+      target->end = target->last_ts + w->gap_ms;
+      win_free(w, win);
+      memmove(&w->wins[i], &w->wins[i + 1],
+              (w->n_wins - i - 1) * sizeof *w->wins);
+      w->n_wins--;
+      i--;
    }
    int64_t threshold = w->watermark == INT64_MIN ? INT64_MIN
-                                                 : w->watermark - w->lateness_ms;
+                                                : w->watermark - w->lateness_ms;
    if (!target) {
       if (threshold != INT64_MIN && t + w->gap_ms <= threshold) {
          int64_t missed = t;
@@ -1255,25 +1286,41 @@ window_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
    int64_t t = w->processing_time ? pl->now_ms : in->ts_ms;
    bool ok = w->kind == W_SESSION ? push_session(w, in, t, err)
                                   : push_fixed(w, in, t);
+
    if (!ok) {
       return false;
    }
+   /* The watermark moved when the source handed the document over
+    * (window_observe), and ready windows closed there. */
    if (w->processing_time) {
-      advance_watermark(w, t);
       close_where(w, ready_by_clock, pl->now_ms);
-   } else {
-      struct timespec ts;
-      clock_gettime(CLOCK_MONOTONIC, &ts);
-      int64_t wall = (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-      observe_partition(w, partition_of(in), t, wall);
-      int64_t pwm = partitions_watermark(w, wall);
-      if (pwm != INT64_MIN) {
-         advance_watermark(w, pwm + 1);
-      }
-      close_where(w, ready_by_watermark, w->watermark);
    }
    atomic_store(&pl->state_size, w->state_bytes);
    return true;
+}
+
+/* Every source document moves the watermark, whether or not it reaches the
+ * window (a $match before the window may drop it). Windows the new
+ * watermark closes are closed before the document is assigned. */
+static void
+window_observe(aspen_stage_t *st, const aspen_sdoc_t *in)
+{
+   window_t *w = st->state;
+   aspen_pipeline_t *pl = st->pl;
+   if (w->processing_time) {
+      advance_watermark(w, pl->now_ms);
+      close_where(w, ready_by_clock, pl->now_ms);
+      return;
+   }
+   observe_partition(w, partition_of(in), in->ts_ms, pl->now_ms);
+   int64_t pwm = partitions_watermark(w, pl->now_ms);
+   if (pwm == INT64_MIN) {
+      return;
+   }
+   /* Closing now cannot close this document's own windows: they end after
+    * its event time, and the new watermark is at most that time - 1. */
+   advance_watermark(w, pwm + 1);
+   close_where(w, ready_by_watermark, w->watermark);
 }
 
 static void
@@ -1289,10 +1336,7 @@ window_tick(aspen_stage_t *st, int64_t now_ms, int64_t idle_ms)
    }
    if (w->n_parts > 1 && w->self->pl->source.partition_idle_timeout_ms > 0) {
       /* An idle partition stops holding the watermark back. */
-      struct timespec ts;
-      clock_gettime(CLOCK_MONOTONIC, &ts);
-      int64_t wall = (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-      int64_t pwm = partitions_watermark(w, wall);
+      int64_t pwm = partitions_watermark(w, now_ms);
       if (pwm != INT64_MIN) {
          advance_watermark(w, pwm + 1);
          close_where(w, ready_by_watermark, w->watermark);
@@ -1513,9 +1557,15 @@ window_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
                          "BSON field '$hoppingWindow.hopSize' is missing but "
                          "a required field");
    }
-   if (w->kind == W_SESSION && (!has_gap || !w->partition_by)) {
+   if (w->kind == W_SESSION && !w->partition_by) {
       return window_fail(st, err,
-                         "$sessionWindow requires partitionBy and gap");
+                         "BSON field '$sessionWindow.partitionBy' is missing "
+                         "but a required field");
+   }
+   if (w->kind == W_SESSION && !has_gap) {
+      return window_fail(st, err,
+                         "BSON field '$sessionWindow.gap' is missing but a "
+                         "required field");
    }
    if (!has_pipeline) {
       return window_fail(st, err,
@@ -1595,6 +1645,7 @@ window_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
       }
       i = j;
    }
+   st->pl->observe = window_observe;
    return true;
 }
 

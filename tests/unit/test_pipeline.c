@@ -18,6 +18,15 @@
  *      does (engine/processor.c);
  *   4. compares what reaches the output and DLQ hooks with "output" and
  *      "dlq", after dropping `_ts` and `_stream_meta` from actual documents.
+ * Window cases: "source" adds options (timeField, ...) to the $source; an
+ * expected output's "_window" is checked against the actual
+ * `_stream_meta.window`; a DLQ entry's "missedWindowStartTimes" against the
+ * stage's extra DLQ fields; "virtualClock" runs the input on the virtual
+ * clock as README.md describes it ("now" is the latest event time seen, and
+ * once the input is over time jumps far ahead through aspen_pipeline_tick,
+ * as engine/processor.c's aspen_rt_wait does); "partitioned" (with
+ * "unitOnly") makes each input a {doc, partition} wrapper whose partition
+ * goes into `_stream_meta.source.partition`, as a Kafka source sets it.
  * Documents are compared as canonical Extended JSON, so field order and BSON
  * types both count.
  *
@@ -212,14 +221,17 @@ lint_case_text(const char *text, const char *file, sbuf_t *report)
 typedef struct {
    char *operator_name;
    char *reason;
-   bson_t *doc; /* stripped copy, or NULL */
+   bson_t *doc;   /* stripped copy, or NULL */
+   bson_t *extra; /* the stage's extra DLQ fields (pl->dlq_extra), or NULL */
 } dlq_entry_t;
 
 typedef struct {
    bson_t **out;
+   bson_t **out_window; /* each output's _stream_meta.window, or NULL */
    size_t n_out, cap_out;
    dlq_entry_t *dlq;
    size_t n_dlq, cap_dlq;
+   const aspen_pipeline_t *pl;
 } collector_t;
 
 static void
@@ -229,7 +241,17 @@ on_output(void *arg, const aspen_sdoc_t *d)
    if (c->n_out == c->cap_out) {
       c->cap_out = c->cap_out ? c->cap_out * 2 : 8;
       c->out = aspen_xrealloc(c->out, c->cap_out * sizeof *c->out);
+      c->out_window = aspen_xrealloc(c->out_window,
+                                     c->cap_out * sizeof *c->out_window);
    }
+   bson_t *window = NULL;
+   bson_iter_t it;
+   bson_t sub;
+   if (d->meta && bson_iter_init_find(&it, d->meta, "window") &&
+       BSON_ITER_HOLDS_DOCUMENT(&it) && iter_sub(&it, &sub)) {
+      window = bson_copy(&sub);
+   }
+   c->out_window[c->n_out] = window;
    c->out[c->n_out++] = strip_copy(d->doc);
 }
 
@@ -246,6 +268,7 @@ on_dlq(void *arg, const aspen_sdoc_t *in, const char *operator_name,
    e->operator_name = aspen_xstrdup(operator_name ? operator_name : "");
    e->reason = aspen_xstrdup(reason ? reason : "");
    e->doc = in->doc ? strip_copy(in->doc) : NULL;
+   e->extra = c->pl && c->pl->dlq_extra ? bson_copy(c->pl->dlq_extra) : NULL;
 }
 
 static void
@@ -253,6 +276,9 @@ collector_cleanup(collector_t *c)
 {
    for (size_t i = 0; i < c->n_out; i++) {
       bson_destroy(c->out[i]);
+      if (c->out_window[i]) {
+         bson_destroy(c->out_window[i]);
+      }
    }
    for (size_t i = 0; i < c->n_dlq; i++) {
       free(c->dlq[i].operator_name);
@@ -260,8 +286,12 @@ collector_cleanup(collector_t *c)
       if (c->dlq[i].doc) {
          bson_destroy(c->dlq[i].doc);
       }
+      if (c->dlq[i].extra) {
+         bson_destroy(c->dlq[i].extra);
+      }
    }
    free(c->out);
+   free(c->out_window);
    free(c->dlq);
    memset(c, 0, sizeof *c);
 }
@@ -271,12 +301,13 @@ collector_cleanup(collector_t *c)
 /* ======================================================================== */
 
 /* The fields a case may have; anything else is a typo in the case file. */
-static const char *const case_keys[] = {"name",   "comment", "stages",
-                                        "pipeline", "input",  "output",
-                                        "dlq",    "error",   "code",
-                                        "persistent", NULL};
+static const char *const case_keys[] = {
+   "name",   "comment",    "stages",       "pipeline",    "input",
+   "output", "dlq",        "error",        "code",        "persistent",
+   "source", "virtualClock", "unitOnly",   "partitioned", NULL};
 static const char *const dlq_keys[] = {"operatorName", "reason", "doc",
-                                       "exactReason", NULL};
+                                       "exactReason",
+                                       "missedWindowStartTimes", NULL};
 
 static bool
 key_allowed(const char *k, const char *const *keys)
@@ -330,13 +361,17 @@ text_matches(const char *text, const bson_iter_t *want, bool exact,
 }
 
 static void
-append_doc_list(sbuf_t *why, const char *label, bson_t **docs, size_t n)
+append_doc_list(sbuf_t *why, const char *label, bson_t **docs,
+                bson_t **windows, size_t n)
 {
    sbuf_printf(why, "    %s (%zu):\n", label, n);
    for (size_t i = 0; i < n; i++) {
       char *j = cjson(docs[i]);
-      sbuf_printf(why, "      %s\n", j);
+      char *wj = windows && windows[i] ? cjson(windows[i]) : NULL;
+      sbuf_printf(why, "      %s%s%s\n", j, wj ? "  window: " : "",
+                  wj ? wj : "");
       bson_free(j);
+      bson_free(wj);
    }
 }
 
@@ -356,10 +391,38 @@ check_outputs(const collector_t *c, const bson_t *want, sbuf_t *why)
                      i);
          return false;
       }
-      char *wj = cjson(&w), *gj = cjson(c->out[i]);
+      /* "_window": the expected _stream_meta.window of that output. */
+      bson_t plain = BSON_INITIALIZER;
+      bson_iter_t wi;
+      bson_copy_to_excluding_noinit(&w, &plain, "_window", NULL);
+      char *wj = cjson(&plain), *gj = cjson(c->out[i]);
       ok = strcmp(wj, gj) == 0;
       bson_free(wj);
       bson_free(gj);
+      bson_destroy(&plain);
+      bson_t ww;
+      if (ok && bson_iter_init_find(&wi, &w, "_window")) {
+         if (!iter_sub(&wi, &ww) || !BSON_ITER_HOLDS_DOCUMENT(&wi)) {
+            sbuf_printf(why, "    output[%zu]._window in the case is not a "
+                             "document\n",
+                        i);
+            return false;
+         }
+         char *ej = cjson(&ww);
+         char *aj = c->out_window[i] ? cjson(c->out_window[i]) : NULL;
+         if (!aj || strcmp(ej, aj) != 0) {
+            sbuf_printf(why,
+                        "    output[%zu]: _stream_meta.window differs\n"
+                        "      expected: %s\n      actual:   %s\n",
+                        i, ej, aj ? aj : "(none)");
+            ok = false;
+         }
+         bson_free(ej);
+         bson_free(aj);
+         if (!ok) {
+            return false;
+         }
+      }
       i++;
    }
    if (!ok) {
@@ -374,8 +437,8 @@ check_outputs(const collector_t *c, const bson_t *want, sbuf_t *why)
          }
       }
       sbuf_printf(why, "    outputs differ\n");
-      append_doc_list(why, "expected", wl, k);
-      append_doc_list(why, "actual", c->out, c->n_out);
+      append_doc_list(why, "expected", wl, NULL, k);
+      append_doc_list(why, "actual", c->out, c->out_window, c->n_out);
       free(wl);
    }
    return ok;
@@ -450,6 +513,26 @@ check_dlq(const collector_t *c, const bson_t *want, sbuf_t *why)
          bson_free(wj);
          bson_free(gj);
       }
+      if (bson_iter_init_find(&f, &w, "missedWindowStartTimes")) {
+         bson_t wa, ga;
+         bson_iter_t gi;
+         char *wj = iter_sub(&f, &wa) ? cjson(&wa) : NULL;
+         char *gj = e->extra &&
+                          bson_iter_init_find(&gi, e->extra,
+                                              "missedWindowStartTimes") &&
+                          iter_sub(&gi, &ga)
+                       ? cjson(&ga)
+                       : NULL;
+         if (!wj || !gj || strcmp(wj, gj) != 0) {
+            sbuf_printf(why,
+                        "    dlq[%zu].missedWindowStartTimes differs\n"
+                        "      expected: %s\n      actual:   %s\n",
+                        i, wj ? wj : "(bad)", gj ? gj : "(none)");
+            ok = false;
+         }
+         bson_free(wj);
+         bson_free(gj);
+      }
       i++;
    }
    return ok;
@@ -457,12 +540,18 @@ check_dlq(const collector_t *c, const bson_t *want, sbuf_t *why)
 
 /* Builds the full pipeline of a case into `out` (initialised here). */
 static bool
-build_pipeline(const bson_t *c, bool persistent, bson_t *out, sbuf_t *why)
+build_pipeline(const bson_t *c, bool persistent, bool partitioned,
+               bson_t *out, sbuf_t *why)
 {
    bson_iter_t it;
    bson_t sub;
    bson_init(out);
    if (bson_iter_init_find(&it, c, "pipeline")) {
+      if (partitioned || bson_has_field(c, "source")) {
+         sbuf_printf(why, "    \"partitioned\" and \"source\" go with "
+                          "\"stages\", not \"pipeline\"\n");
+         return false;
+      }
       if (!BSON_ITER_HOLDS_ARRAY(&it) || !iter_sub(&it, &sub)) {
          sbuf_printf(why, "    \"pipeline\" must be an array\n");
          return false;
@@ -487,9 +576,43 @@ build_pipeline(const bson_t *c, bool persistent, bson_t *out, sbuf_t *why)
          bson_append_document_end(out, &stage);
          return false;
       }
-      bson_concat(&docs, &sub);
+      if (partitioned) {
+         /* {doc, partition} wrappers: the $source gets the documents. */
+         bson_iter_t wi, di;
+         uint32_t n = 0;
+         bson_iter_init(&wi, &sub);
+         while (bson_iter_next(&wi)) {
+            bson_t wrap;
+            char nbuf[16];
+            const char *nkey;
+            if (!iter_sub(&wi, &wrap) ||
+                !bson_iter_init_find(&di, &wrap, "doc") ||
+                !BSON_ITER_HOLDS_DOCUMENT(&di)) {
+               sbuf_printf(why, "    \"partitioned\": each input must be "
+                                "{\"doc\": {...}, \"partition\": n}\n");
+               bson_append_array_end(&src, &docs);
+               bson_append_document_end(&stage, &src);
+               bson_append_document_end(out, &stage);
+               return false;
+            }
+            bson_uint32_to_string(n++, &nkey, nbuf, sizeof nbuf);
+            bson_append_iter(&docs, nkey, -1, &di);
+         }
+      } else {
+         bson_concat(&docs, &sub);
+      }
    }
    bson_append_array_end(&src, &docs);
+   /* "source": more $source options (timeField, tsFieldName, ...). */
+   if (bson_iter_init_find(&it, c, "source")) {
+      if (!BSON_ITER_HOLDS_DOCUMENT(&it) || !iter_sub(&it, &sub)) {
+         sbuf_printf(why, "    \"source\" must be an object\n");
+         bson_append_document_end(&stage, &src);
+         bson_append_document_end(out, &stage);
+         return false;
+      }
+      bson_concat(&src, &sub);
+   }
    bson_append_document_end(&stage, &src);
    bson_append_document_end(out, &stage);
 
@@ -561,12 +684,35 @@ event_time(aspen_pipeline_t *pl, const bson_t *raw, const bson_t *meta,
    return true;
 }
 
+/* The stream metadata of a source document: {source: {type: "generated"}},
+ * plus the partition when there is one (partition < 0: none). */
+static void
+source_meta(bson_t *meta, int64_t partition)
+{
+   bson_t src;
+   bson_init(meta);
+   BSON_APPEND_DOCUMENT_BEGIN(meta, "source", &src);
+   BSON_APPEND_UTF8(&src, "type", "generated");
+   if (partition >= 0) {
+      BSON_APPEND_INT32(&src, "partition", (int32_t) partition);
+   }
+   bson_append_document_end(meta, &src);
+}
+
 /* Feeds the parsed $source's documents through the pipeline as the
  * processor's ingest does: the event time (see event_time) appended at the
  * end as `_ts` (or the tsFieldName), stream metadata {source: {type:
- * "generated"}}. */
+ * "generated"}} (plus the wrapper's partition when `partitions` is given:
+ * the case's "input" of {doc, partition} wrappers).
+ *
+ * On the virtual clock (`virtual_clock`), "now" is the latest event time
+ * seen, this document's included (0 before any), and once the input is over
+ * time jumps to INT64_MAX / 4 through aspen_pipeline_tick, as
+ * engine/processor.c's aspen_rt_wait does when the source has nothing more.
+ * Otherwise "now" is TEST_NOW_MS plus 1 ms per document. */
 static bool
-feed(aspen_pipeline_t *pl, sbuf_t *why)
+feed(aspen_pipeline_t *pl, const bson_t *partitions, bool virtual_clock,
+     sbuf_t *why)
 {
    if (pl->source.kind != ASPEN_SOURCE_DOCUMENTS) {
       sbuf_printf(why, "    only a documents $source can be run here\n");
@@ -577,16 +723,30 @@ feed(aspen_pipeline_t *pl, sbuf_t *why)
                        "expression\n");
       return false;
    }
-   bson_t meta = BSON_INITIALIZER, src;
-   BSON_APPEND_DOCUMENT_BEGIN(&meta, "source", &src);
-   BSON_APPEND_UTF8(&src, "type", "generated");
-   bson_append_document_end(&meta, &src);
-
-   bson_iter_t it;
+   bson_iter_t it, pit;
    bson_iter_init(&it, &pl->source.documents);
+   if (partitions) {
+      bson_iter_init(&pit, partitions);
+   }
    int64_t now = TEST_NOW_MS;
+   int64_t max_ts = INT64_MIN;
    while (bson_iter_next(&it)) {
-      bson_t raw, doc = BSON_INITIALIZER;
+      bson_t raw, doc = BSON_INITIALIZER, meta;
+      int64_t partition = -1;
+      if (partitions) {
+         bson_t wrap;
+         bson_iter_t pi;
+         if (!bson_iter_next(&pit) || !iter_sub(&pit, &wrap) ||
+             !bson_iter_init_find(&pi, &wrap, "partition") ||
+             !BSON_ITER_HOLDS_NUMBER(&pi)) {
+            sbuf_printf(why, "    \"partitioned\": an input has no numeric "
+                             "\"partition\"\n");
+            bson_destroy(&doc);
+            return false;
+         }
+         partition = bson_iter_as_int64(&pi);
+      }
+      source_meta(&meta, partition);
       if (!iter_sub(&it, &raw) || !BSON_ITER_HOLDS_DOCUMENT(&it)) {
          sbuf_printf(why, "    a source document is not an object\n");
          bson_destroy(&doc);
@@ -594,17 +754,33 @@ feed(aspen_pipeline_t *pl, sbuf_t *why)
          return false;
       }
       int64_t ts;
+      if (virtual_clock) {
+         now = max_ts == INT64_MIN ? 0 : max_ts;
+      }
       pl->now_ms = now;
       if (event_time(pl, &raw, &meta, now, &ts)) {
+         if (ts > max_ts) {
+            max_ts = ts;
+         }
+         if (virtual_clock) {
+            pl->now_ms = max_ts;
+         }
          bson_copy_to_excluding_noinit(&raw, &doc, pl->source.ts_field, NULL);
          BSON_APPEND_DATE_TIME(&doc, pl->source.ts_field, ts);
          aspen_sdoc_t sdoc = {.doc = &doc, .meta = &meta, .ts_ms = ts};
          aspen_pipeline_push(pl, &sdoc);
       }
       bson_destroy(&doc);
-      now++;
+      bson_destroy(&meta);
+      if (!virtual_clock) {
+         now++;
+      }
    }
-   bson_destroy(&meta);
+   if (virtual_clock) {
+      int64_t far = INT64_MAX / 4;
+      pl->now_ms = far;
+      aspen_pipeline_tick(pl, far, far);
+   }
    return true;
 }
 
@@ -628,6 +804,17 @@ run_case(const bson_t *c, sbuf_t *why)
    }
    bool persistent = bson_iter_init_find(&it, c, "persistent") &&
                      BSON_ITER_HOLDS_BOOL(&it) && bson_iter_bool(&it);
+   bool partitioned = bson_iter_init_find(&it, c, "partitioned") &&
+                      BSON_ITER_HOLDS_BOOL(&it) && bson_iter_bool(&it);
+   bool unit_only = bson_iter_init_find(&it, c, "unitOnly") &&
+                    BSON_ITER_HOLDS_BOOL(&it) && bson_iter_bool(&it);
+   bool virtual_clock = bson_iter_init_find(&it, c, "virtualClock") &&
+                        BSON_ITER_HOLDS_BOOL(&it) && bson_iter_bool(&it);
+   if (partitioned && !unit_only) {
+      sbuf_printf(why, "    \"partitioned\" needs \"unitOnly\": true (the "
+                       "e2e runner has no partitions)\n");
+      return false;
+   }
    bool want_error = bson_iter_init_find(&it, c, "error");
    bool has_output = bson_has_field(c, "output");
    if (want_error == has_output) {
@@ -637,7 +824,7 @@ run_case(const bson_t *c, sbuf_t *why)
    }
 
    bson_t pipeline;
-   if (!build_pipeline(c, persistent, &pipeline, why)) {
+   if (!build_pipeline(c, persistent, partitioned, &pipeline, why)) {
       bson_destroy(&pipeline);
       return false;
    }
@@ -678,7 +865,15 @@ run_case(const bson_t *c, sbuf_t *why)
    pl->output = on_output;
    pl->dlq = on_dlq;
    pl->hook_arg = &col;
-   if (!feed(pl, why)) {
+   col.pl = pl;
+   pl->virtual_clock = virtual_clock;
+   bson_t wrappers;
+   const bson_t *partitions = NULL;
+   if (partitioned && bson_iter_init_find(&it, c, "input") &&
+       iter_sub(&it, &wrappers)) {
+      partitions = &wrappers;
+   }
+   if (!feed(pl, partitions, virtual_clock, why)) {
       aspen_pipeline_destroy(pl);
       collector_cleanup(&col);
       return false;

@@ -21,6 +21,11 @@
 // row), or until ~2 s pass without progress. Actual documents lose `_ts` and
 // `_stream_meta`, then are compared with the expected ones as canonical
 // Extended JSON (relaxed: false), so field order and BSON types both count.
+// Window cases: "source" adds options (timeField, ...) to the $source; an
+// expected output's "_window" must equal the actual `_stream_meta.window`; a
+// DLQ entry's "missedWindowStartTimes" must equal the entry's; "virtualClock"
+// sends options {virtualClock: true}; "unitOnly" cases (Kafka partitions
+// emulated by the unit runner) are skipped here.
 // Prints one line per failing case and a summary; throws if anything failed.
 'use strict';
 
@@ -92,7 +97,7 @@ function sourceDocs(c) {
 
 function pipelineOf(c) {
   if (c.pipeline) return c.pipeline;
-  const p = [{ $source: { documents: c.input || [] } }].concat(c.stages || []);
+  const p = [{ $source: Object.assign({ documents: c.input || [] }, c.source || {}) }].concat(c.stages || []);
   if (c.persistent === true) {
     p.push({ $merge: { into: { connectionName: 'testAtlas', db: 't', coll: 't' } } });
   }
@@ -174,15 +179,36 @@ function collect(name, cursorId, nInput) {
   return msgs;
 }
 
+// An expected output without its "_window" (the expected
+// _stream_meta.window, checked apart).
+function withoutWindow(d) {
+  const out = {};
+  for (const k of Object.keys(d)) {
+    if (k !== '_window') out[k] = d[k];
+  }
+  return out;
+}
+
+function windowOf(d) {
+  return d._stream_meta && d._stream_meta.window !== undefined ? canon(d._stream_meta.window) : '(none)';
+}
+
 function checkOutputs(c, outputs, dlqs, why) {
-  const want = c.output.map(canon);
+  const want = c.output.map((d) => canon(withoutWindow(d)));
   const got = outputs.map((d) => canon(strip(d)));
   if (want.length !== got.length || want.some((w, i) => w !== got[i])) {
     why.push('outputs differ');
     why.push('  expected (' + want.length + '):');
     for (const w of want) why.push('    ' + w);
     why.push('  actual (' + got.length + '):');
-    for (const g of got) why.push('    ' + g);
+    outputs.forEach((d, i) => why.push('    ' + got[i] + (d._stream_meta && d._stream_meta.window ? '  window: ' + windowOf(d) : '')));
+  } else {
+    c.output.forEach((w, i) => {
+      if (w._window === undefined) return;
+      const ww = canon(w._window);
+      const gw = windowOf(outputs[i]);
+      if (ww !== gw) why.push('output[' + i + ']: _stream_meta.window: expected ' + ww + ', got ' + gw);
+    });
   }
   const wantDlq = c.dlq || [];
   if (wantDlq.length !== dlqs.length) {
@@ -211,6 +237,11 @@ function checkOutputs(c, outputs, dlqs, why) {
       const gd = d.doc ? canon(strip(d.doc)) : '(none)';
       if (wd !== gd) why.push('dlq[' + i + '].doc: expected ' + wd + ', got ' + gd);
     }
+    if (w.missedWindowStartTimes !== undefined) {
+      const wm = canon(w.missedWindowStartTimes);
+      const gm = d.missedWindowStartTimes !== undefined ? canon(d.missedWindowStartTimes) : '(none)';
+      if (wm !== gm) why.push('dlq[' + i + '].missedWindowStartTimes: expected ' + wm + ', got ' + gm);
+    }
   });
 }
 
@@ -218,8 +249,10 @@ function runCase(c) {
   const why = [];
   const pipeline = pipelineOf(c);
   let reply;
+  const cmd = { processStreamProcessor: pipeline };
+  if (c.virtualClock === true) cmd.options = { virtualClock: true };
   try {
-    reply = run({ processStreamProcessor: pipeline });
+    reply = run(cmd);
   } catch (e) {
     if (isNetworkError(e)) throw e;
     if (c.error === undefined) {
@@ -276,7 +309,7 @@ for (const f of files) {
   for (const c of cases) {
     const label = f + ': ' + c.name;
     if (ONLY && !ONLY.test(label)) continue;
-    if (c.persistent === true && !TEST_ATLAS) {
+    if ((c.persistent === true && !TEST_ATLAS) || c.unitOnly === true) {
       fSkipped++;
       continue;
     }
@@ -306,10 +339,10 @@ for (const f of files) {
   passed += fPassed;
   skipped += fSkipped;
   print('# ' + f + ': ' + fPassed + ' passed, ' + fFailed + ' failed' +
-        (fSkipped ? ', ' + fSkipped + ' skipped (persistent)' : ''));
+        (fSkipped ? ', ' + fSkipped + ' skipped (persistent or unitOnly)' : ''));
 }
 print('# pipeline cases: ' + total + ' run, ' + passed + ' passed, ' + failures.length + ' failed' +
-      (skipped ? ', ' + skipped + ' skipped (persistent)' : ''));
+      (skipped ? ', ' + skipped + ' skipped (persistent or unitOnly)' : ''));
 if (failures.length > 0) {
   throw new Error(failures.length + ' pipeline case(s) failed: ' + failures.join('; '));
 }
