@@ -8,7 +8,9 @@
 # restart the processor resumes from its checkpoint; at the end ck.out is
 # identical to ck.ref, every input is counted exactly once, and the DLQ holds
 # nothing (replays of inputs from before a checkpoint do not reach it).
-# Then modify() with resumeFromCheckpoint true refuses ASP's list of changes.
+# Then a change stream -> $merge processor is SIGKILLed between two batches
+# of inserts and must merge both (the second made while aspen was down), and
+# modify() with resumeFromCheckpoint true refuses ASP's list of changes.
 # Bounded: each wait has a timeout; the whole test takes about 1-2 minutes.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -118,6 +120,15 @@ for k in $(seq 1 "$CK_KILLS"); do
     phase progress || true
 done
 check "crash run: identical results, each input once, empty DLQ" phase compare
+cs_insert() { CK_PHASE=cs_insert CK_FROM=$1 CK_TO=$2 mongosh_run "$BACKING_URI" "$HERE/js/checkpoint_crash.js"; }
+cs_check() { CK_PHASE=cs_check CK_TO=$1 mongosh_run "$URI" "$HERE/js/checkpoint_crash.js"; }
+check "change stream -> \$merge processor starts" phase cs_start
+check "1000 inserts while it runs" cs_insert 0 1000
+sleep 1
+check "SIGKILL during the change stream" crash cs
+check "1000 inserts while aspen is down" cs_insert 1000 2000
+check "aspen restarts" start
+check "the change stream resumes from the checkpoint's token: all 2000 merged" cs_check 2000
 check "modify() refuses, with ASP's messages, what needs resumeFromCheckpoint: false" phase modify
 check "aspen stops cleanly, no sanitizer report" stop_aspen
 check "Kafka broker stops" stop_kafka

@@ -118,3 +118,31 @@ if (phase === "modify") {
   sp.mod.drop();
   print("modify rules ok");
 }
+
+// Change stream -> $merge across a SIGKILL: inserts made while aspen is
+// down are read after the restart from the checkpoint's resume token.
+if (phase === "cs_start") {
+  sp.createStreamProcessor("csp", [
+    { $source: { connectionName: "atlas", db: "ck", coll: "src",
+                 config: { fullDocument: "updateLookup", fullDocumentOnly: true } } },
+    { $merge: { into: { connectionName: "atlas", db: "ck", coll: "csout" } } }]);
+  sp.csp.start();
+  print("csp: started");
+}
+if (phase === "cs_insert") {
+  // Run against the backing server directly (aspen may be down).
+  const from = Number(process.env.CK_FROM), to = Number(process.env.CK_TO);
+  const docs = [];
+  for (let i = from; i < to; i++) { docs.push({ _id: i, v: i * 2 }); }
+  ck.src.insertMany(docs);
+  print("inserted " + (to - from));
+}
+if (phase === "cs_check") {
+  const total = Number(process.env.CK_TO);
+  waitFor(total + " documents in ck.csout", () => ck.csout.countDocuments() === total, 60000);
+  for (const d of ck.csout.find().toArray()) {
+    assert(d.v === d._id * 2, "document intact: " + EJSON.stringify(d));
+  }
+  sp.csp.stop();
+  print("cs: all " + total + " inserts reached ck.csout, including those made while aspen was down");
+}
