@@ -10,7 +10,8 @@
 # single-node Apache Kafka (tests/e2e/peers.sh start_kafka, a fresh one in
 # build-bench/run-kafka) and aspen without a backing server, writes N JSON
 # events to topic benchIn with Kafka's console producer, and times:
-#   1. ConsumerPerformance (Kafka's Java consumer) reading all N events;
+#   1. ConsumerPerformance (Kafka's Java consumer) and kcat (librdkafka's
+#      client, installed from Debian if missing) reading all N events;
 #   2. aspen's processor reading them all, keeping half ($match on k < 50)
 #      and emitting those to benchOut; the clock runs from the first event
 #      aspen reads (so the consumer-group join is not counted) to the last,
@@ -79,6 +80,22 @@ perf=$(_peers_kafka_tool org.apache.kafka.tools.ConsumerPerformance \
 # nMsg.sec, rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec
 raw_rate=$(awk -F', *' '{ printf "%.0f", $10 }' <<<"$perf")
 
+# kcat (librdkafka's command-line client, from Debian) is the other ceiling:
+# the same client library aspen uses, consuming without any processing.
+if ! command -v kcat >/dev/null 2>&1; then
+    log "installing kcat (Debian package) for the raw consume ceiling"
+    (apt-get install -y -qq kcat >/dev/null 2>&1 ||
+        { apt-get update -qq && apt-get install -y -qq kcat >/dev/null 2>&1; }) || true
+fi
+kcat_rate=n/a
+if command -v kcat >/dev/null 2>&1; then
+    log "raw consume with kcat"
+    t0=$(now_ms)
+    kcat -C -b "$KAFKA_BOOTSTRAP" -t benchIn -o beginning -e -q -c "$EVENTS" >/dev/null 2>>"$ASPEN_RUN_DIR/tools.log" || true
+    kcat_ms=$(($(now_ms) - t0))
+    [[ $kcat_ms -gt 0 ]] && kcat_rate=$((EVENTS * 1000 / kcat_ms))
+fi
+
 cat >"$ASPEN_RUN_DIR/aspen.json" <<JSON
 { "connections": [
   { "name": "kafka1", "type": "kafka", "bootstrapServers": "$KAFKA_BOOTSTRAP" } ] }
@@ -133,9 +150,11 @@ printf 'host: %s, %s CPUs; aspen %s (Release, pid %s); broker: Apache Kafka (KRa
 printf '%-52s %12s\n' "events in benchIn" "$EVENTS"
 printf '%-52s %12s\n' "console producer, events/s" "$((EVENTS * 1000 / (produce_ms > 0 ? produce_ms : 1)))"
 printf '%-52s %12s\n' "Kafka ConsumerPerformance (raw consume), events/s" "$raw_rate"
+printf '%-52s %12s\n' "kcat (raw consume, librdkafka), events/s" "$kcat_rate"
 printf '%-52s %12s\n' "aspen \$source -> \$match -> \$emit, events/s" "$aspen_rate"
 printf '%-52s %12s\n' "  events emitted to benchOut" "$emitted"
 printf '%-52s %12s\n' "aspen / raw consume" "$(awk -v a="$aspen_rate" -v r="$raw_rate" 'BEGIN { printf (r > 0 ? "%.2f" : "n/a"), (r > 0 ? a / r : 0) }')"
+printf '%-52s %12s\n' "aspen / kcat" "$(awk -v a="$aspen_rate" -v r="$kcat_rate" 'BEGIN { printf (r > 0 ? "%.2f" : "n/a"), (r > 0 ? a / r : 0) }')"
 printf '%-52s %9s MB\n' "aspen peak RSS (VmHWM)" "$((rss_kb / 1024))"
 
 rc=0

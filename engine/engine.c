@@ -1159,12 +1159,12 @@ cmd_stats(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    if (p->error_msg[0]) {
       BSON_APPEND_UTF8(&st, "error", p->error_msg);
    }
-   /* A running Kafka $source: partitions, offsets, lag, group (kafka.c). */
-   aspen__kafka_stats_append(p->id, &st);
    int64_t ckpt = atomic_load(&p->last_checkpoint_ms);
    if (ckpt > 0) {
       BSON_APPEND_DATE_TIME(&st, "lastCheckpointTime", ckpt);
    }
+   /* A running Kafka $source: partitions, offsets, lag, group (kafka.c). */
+   aspen__kafka_stats_append(p->id, &st);
    if (verbose) {
       BSON_APPEND_DATE_TIME(&st, "lastStateChange", p->state_changed_ms);
       BSON_APPEND_BOOL(&st, "ephemeral", p->ephemeral);

@@ -101,6 +101,59 @@ if (phase === "resume") {
   print("resume phase ok");
 }
 
+if (phase === "validate") {
+  // Seed listing 15.4's shape: dailySales -> $validate (dlq) -> $emit to
+  // another topic. Valid sales reach validSales; the short sale and the line
+  // that is not JSON go to the DLQ.
+  const dlq15 = { connectionName: "atlas", db: "kt", coll: "dlq15" };
+  sp.createStreamProcessor("salesDataProcessor", [
+    { $source: { connectionName: "kafka1", topic: "dailySales",
+                 config: { auto_offset_reset: "earliest", group_id: "kt-validate" } } },
+    { $validate: { validator: { $and: [{ item: { $exists: true, $type: "string" } },
+                                       { amount: { $exists: true, $gte: 10 } }] },
+                   validationAction: "dlq" } },
+    { $emit: { connectionName: "kafka1", topic: "validSales" } }], { dlq: dlq15 });
+  sp.salesDataProcessor.start();
+  sp.createStreamProcessor("validReader", [
+    { $source: { connectionName: "kafka1", topic: "validSales",
+                 config: { auto_offset_reset: "earliest", group_id: "kt-valid-reader" } } },
+    { $merge: { into: { connectionName: "atlas", db: "kt", coll: "valid" } } }]);
+  waitFor("topic validSales", () => {
+    try { sp.validReader.start(); return true; } catch (e) { if (e.code !== 419) throw e; return false; }
+  });
+  // 7 sales so far: apple 12, pear 3, (not JSON), plum 40, fig 10.5, kiwi 11, lime 99.
+  waitFor("5 valid sales emitted and read back", () => kt.valid.countDocuments() === 5);
+  waitFor("2 DLQ entries", () => kt.dlq15.countDocuments() === 2);
+  assert(kt.valid.countDocuments({ item: "pear" }) === 0, "the short sale was not emitted");
+  assert(kt.dlq15.countDocuments({ "errInfo.reason": "Input document found to be invalid in $validate stage" }) === 1,
+         "the invalid sale is in the DLQ with $validate's reason");
+
+  // auto_offset_reset latest: a new group sees only what arrives after it
+  // started; earliest (above) saw everything.
+  sp.createStreamProcessor("latecomer", [
+    { $source: { connectionName: "kafka1", topic: "dailySales",
+                 config: { auto_offset_reset: "latest", group_id: "kt-latest" } } },
+    { $merge: { into: { connectionName: "atlas", db: "kt", coll: "latest" } } }]);
+  sp.latecomer.start();
+  // Its group must own the partition (and have resolved "latest") before
+  // the new sale is produced.
+  waitFor("latecomer assigned its partition", () => {
+    const st = sp.latecomer.stats().stats;
+    return st.kafkaPartitions && st.kafkaPartitions.length === 1;
+  });
+  sleep(3000);
+  sp.createStreamProcessor("lateWriter", [
+    { $source: { documents: [{ item: "late", amount: 50 }] } },
+    { $emit: { connectionName: "kafka1", topic: "dailySales" } }]);
+  sp.lateWriter.start();
+  waitFor("the new sale", () => kt.latest.countDocuments() === 1);
+  sleep(1000);
+  assert(kt.latest.countDocuments() === 1 && kt.latest.findOne().item === "late",
+         "latest: only the sale produced after the start");
+  for (const n of ["salesDataProcessor", "validReader", "latecomer", "lateWriter"]) sp[n].drop();
+  print("validate phase ok");
+}
+
 if (phase === "emit") {
   // documents -> $emit (dynamic topic, int key, headers) -> a Kafka $source
   // reads them back with their metadata.

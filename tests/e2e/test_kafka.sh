@@ -116,6 +116,7 @@ URI="mongodb://127.0.0.1:$ASPEN_LISTEN_PORT/"
 check "listing, option errors, missing topic, dailySales -> \$merge + DLQ" phase read
 check "two more sales produced while stopped" more_sales
 check "restart resumes from the committed offsets" phase resume
+check "listing 15.4: \$validate -> \$emit, invalid to the DLQ; latest vs earliest" phase validate
 check "documents -> \$emit -> Kafka \$source round trip" phase emit
 check "Kafka's console consumer reads what \$emit wrote" console_consumer_sees_emit
 check "zero-setup broker (\"local\": true): documents -> \$emit -> sp.process" phase local
