@@ -528,3 +528,37 @@ mongosh_raw() {
     HOME=$home MONGOSH_FORCE_DISABLE_TELEMETRY_FOR_TESTING=1 \
         timeout -k 5 "${MONGOSH_TIMEOUT:-120}" "$PEERS_MONGOSH" "$@" </dev/null
 }
+
+# --- TAP checks shared by the e2e scripts -------------------------------------
+
+# check NAME CMD...: run one check and print its TAP line.
+N=0
+FAILED=0
+check() {
+    local name=$1
+    shift
+    N=$((N + 1))
+    if "$@"; then
+        echo "ok $N - $name"
+    else
+        echo "not ok $N - $name"
+        FAILED=$((FAILED + 1))
+    fi
+}
+
+# must NAME CMD...: a check without which the rest cannot run.
+must() {
+    local before=$FAILED
+    check "$@"
+    [[ $FAILED -eq $before ]] || { echo "# stopping: '$1' failed"; echo "1..$N"; exit 1; }
+}
+
+# checks_done: the TAP plan and the exit status (non-zero if any failed).
+checks_done() {
+    echo "1..$N"
+    if [[ $FAILED -ne 0 ]]; then
+        echo "# $FAILED of $N checks failed (logs in $ASPEN_RUN_DIR)"
+        exit 1
+    fi
+    echo "# all $N checks passed"
+}
