@@ -216,6 +216,19 @@ find_or_error(aspen_engine_t *eng, const char *name, bson_t *reply)
    return p;
 }
 
+/* The processor a command names in its first field, after checking the
+ * command's other fields; NULL (reply filled) on any problem. */
+static aspen_proc_t *
+proc_arg(aspen_engine_t *eng, const bson_t *cmd, const char *cmdname,
+         const char *const *allowed, bson_t *reply)
+{
+   const char *name = cmd_name_arg(cmd, cmdname, reply);
+   if (!name || !check_fields(cmd, cmdname, allowed, reply)) {
+      return NULL;
+   }
+   return find_or_error(eng, name, reply);
+}
+
 /* A thread that failed by itself is still to be joined. */
 static void
 reap_failed(aspen_proc_t *proc)
@@ -370,13 +383,13 @@ load_state(aspen_engine_t *eng, aspen_error_t *err)
    }
    aspen_buf_t buf;
    aspen_buf_init(&buf);
-   size_t n;
-   do {
-      uint8_t *p = aspen_buf_reserve(&buf, 65536);
-      n = fread(p, 1, 65536, f);
-      aspen_buf_commit(&buf, n);
-   } while (n > 0);
+   bool read_ok = aspen_buf_read_file(&buf, f, SIZE_MAX / 2);
    fclose(f);
+   if (!read_ok) {
+      aspen_buf_cleanup(&buf);
+      aspen_error_set(err, ASPEN_ERR_InternalError, "cannot read %s", path);
+      return false;
+   }
    bson_error_t berr;
    bson_t doc;
    bool ok = bson_init_from_json(&doc, (const char *) aspen_buf_data(&buf),
@@ -749,14 +762,11 @@ static void
 cmd_stop(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
 {
    static const char *const allowed[] = {"force", "options", NULL};
-   const char *name = cmd_name_arg(cmd, "stopStreamProcessor", reply);
-   if (!name || !check_fields(cmd, "stopStreamProcessor", allowed, reply)) {
-      return;
-   }
-   aspen_proc_t *p = find_or_error(eng, name, reply);
+   aspen_proc_t *p = proc_arg(eng, cmd, "stopStreamProcessor", allowed, reply);
    if (!p) {
       return;
    }
+   const char *name = p->name;
    reap_failed(p);
    if (p->state != ASPEN_PROC_STARTED) {
       reply_error(reply, ASPEN_ERR_IllegalOperation,
@@ -775,14 +785,11 @@ static void
 cmd_drop(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
 {
    static const char *const allowed[] = {"force", "ttl", "options", NULL};
-   const char *name = cmd_name_arg(cmd, "dropStreamProcessor", reply);
-   if (!name || !check_fields(cmd, "dropStreamProcessor", allowed, reply)) {
-      return;
-   }
-   aspen_proc_t *p = find_or_error(eng, name, reply);
+   aspen_proc_t *p = proc_arg(eng, cmd, "dropStreamProcessor", allowed, reply);
    if (!p) {
       return;
    }
+   const char *name = p->name;
    /* A running processor is stopped first, as ASP does. */
    aspen_proc_halt(p);
    unlink_proc(eng, p);
@@ -923,14 +930,11 @@ cmd_modify(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    static const char *const allowed[] = {"pipeline", "resumeFromCheckpoint",
                                          "dlq", "name", "tier", "options",
                                          NULL};
-   const char *name = cmd_name_arg(cmd, "modifyStreamProcessor", reply);
-   if (!name || !check_fields(cmd, "modifyStreamProcessor", allowed, reply)) {
-      return;
-   }
-   aspen_proc_t *p = find_or_error(eng, name, reply);
+   aspen_proc_t *p = proc_arg(eng, cmd, "modifyStreamProcessor", allowed, reply);
    if (!p) {
       return;
    }
+   const char *name = p->name;
    reap_failed(p);
    if (p->state == ASPEN_PROC_STARTED) {
       reply_error(reply, ASPEN_ERR_IllegalOperation,
@@ -1077,11 +1081,7 @@ static void
 cmd_stats(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
 {
    static const char *const allowed[] = {"scale", "verbose", "options", NULL};
-   const char *name = cmd_name_arg(cmd, "getStreamProcessorStats", reply);
-   if (!name || !check_fields(cmd, "getStreamProcessorStats", allowed, reply)) {
-      return;
-   }
-   aspen_proc_t *p = find_or_error(eng, name, reply);
+   aspen_proc_t *p = proc_arg(eng, cmd, "getStreamProcessorStats", allowed, reply);
    if (!p) {
       return;
    }
@@ -1497,11 +1497,7 @@ cmd_list_connections(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
 static void
 cmd_get(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
 {
-   const char *name = cmd_name_arg(cmd, "getStreamProcessor", reply);
-   if (!name || !check_fields(cmd, "getStreamProcessor", NULL, reply)) {
-      return;
-   }
-   aspen_proc_t *p = find_or_error(eng, name, reply);
+   aspen_proc_t *p = proc_arg(eng, cmd, "getStreamProcessor", NULL, reply);
    if (!p) {
       return;
    }

@@ -327,13 +327,16 @@ aspen_config_load_file(aspen_config_t *cfg, const char *path,
    }
    aspen_buf_t buf;
    aspen_buf_init(&buf);
-   size_t n;
-   do {
-      uint8_t *p = aspen_buf_reserve(&buf, 65536);
-      n = fread(p, 1, 65536, f);
-      aspen_buf_commit(&buf, n);
-   } while (n > 0 && aspen_buf_len(&buf) < 16u * 1024u * 1024u);
+   bool read_ok = aspen_buf_read_file(&buf, f, 16u * 1024u * 1024u);
    fclose(f);
+   if (!read_ok) {
+      aspen_buf_cleanup(&buf);
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "cannot read config file %s (larger than 16 MiB, or "
+                      "a read error)",
+                      path);
+      return false;
+   }
    bool ok = bson_init_from_json(&doc, (const char *) aspen_buf_data(&buf),
                                  (ssize_t) aspen_buf_len(&buf), &berr);
    aspen_buf_cleanup(&buf);

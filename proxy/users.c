@@ -340,13 +340,16 @@ read_file(const char *path, bson_t *doc, bool *missing, aspen_error_t *err)
    }
    aspen_buf_t buf;
    aspen_buf_init(&buf);
-   size_t n;
-   do {
-      uint8_t *p = aspen_buf_reserve(&buf, 65536);
-      n = fread(p, 1, 65536, f);
-      aspen_buf_commit(&buf, n);
-   } while (n > 0 && aspen_buf_len(&buf) < MAX_FILE);
+   bool read_ok = aspen_buf_read_file(&buf, f, MAX_FILE);
    fclose(f);
+   if (!read_ok) {
+      aspen_buf_cleanup(&buf);
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "cannot read users file %s (too large, or a read "
+                      "error)",
+                      path);
+      return false;
+   }
    bson_error_t berr;
    bson_destroy(doc);
    bool ok = aspen_buf_len(&buf) > 0 &&

@@ -203,3 +203,21 @@ aspen_buf_steal(aspen_buf_t *buf, size_t *len)
    }
    return out;
 }
+
+bool
+aspen_buf_read_file(aspen_buf_t *buf, FILE *f, size_t max)
+{
+   size_t start = aspen_buf_len(buf);
+   for (;;) {
+      size_t room = 65536;
+      uint8_t *p = aspen_buf_reserve(buf, room);
+      size_t n = fread(p, 1, room, f);
+      aspen_buf_commit(buf, n);
+      if (aspen_buf_len(buf) - start > max) {
+         return false;
+      }
+      if (n < room) {
+         return !ferror(f);
+      }
+   }
+}

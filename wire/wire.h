@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* ------------------------------------------------------------------------ */
 /* Memory                                                                    */
@@ -72,6 +73,10 @@ void aspen_buf_append(aspen_buf_t *buf, const void *data, size_t n);
  * become invalid. */
 void aspen_buf_consume(aspen_buf_t *buf, size_t n);
 void aspen_buf_clear(aspen_buf_t *buf);
+/* Appends what is left of `f` (read to EOF, closed by the caller), stopping
+ * after at most `max` bytes. Returns false if the file was longer than that
+ * or a read failed. */
+bool aspen_buf_read_file(aspen_buf_t *buf, FILE *f, size_t max);
 /* Detaches the unconsumed bytes as a malloc'd block the caller owns; the
  * buffer is left empty and reusable. Returns NULL when empty. */
 uint8_t *aspen_buf_steal(aspen_buf_t *buf, size_t *len);
