@@ -135,6 +135,9 @@ enum {
    ASPEN_PLACE_MAIN = 1u << 0,
    ASPEN_PLACE_WINDOW = 1u << 1,
    ASPEN_PLACE_SINK = 1u << 2, /* terminal only */
+   /* Not a placement: the stage's argument is an options object (parsed by
+    * IDL in ASP), so a field given twice is refused rather than read twice. */
+   ASPEN_SPEC_OPTIONS = 1u << 3,
 };
 
 typedef enum {
@@ -254,6 +257,13 @@ void aspen__window_restore_partition(aspen_stage_t *st, int64_t id,
 const aspen_stage_ops_t *aspen_stage_lookup(const char *name, unsigned *place);
 
 /* Helpers for option parsing with exact, path-carrying messages. */
+
+/* When the document `doc` (an iterator on a document field) has a key twice,
+ * sets IDL's "BSON field '<path>.<key>' is a duplicate field" and returns
+ * false. */
+bool aspen_parse_no_duplicates(const bson_iter_t *doc,
+                               const aspen_parse_ctx_t *pc, const char *path,
+                               aspen_error_t *err);
 void aspen_parse_error(aspen_error_t *err, const aspen_parse_ctx_t *pc,
                        const char *option, const char *fmt, ...)
    __attribute__((format(printf, 4, 5)));

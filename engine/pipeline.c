@@ -42,6 +42,32 @@ aspen_parse_error(aspen_error_t *err, const aspen_parse_ctx_t *pc,
    }
 }
 
+bool
+aspen_parse_no_duplicates(const bson_iter_t *doc, const aspen_parse_ctx_t *pc,
+                          const char *path, aspen_error_t *err)
+{
+   if (!BSON_ITER_HOLDS_DOCUMENT(doc)) {
+      return true;
+   }
+   bson_iter_t a;
+   if (!bson_iter_recurse(doc, &a)) {
+      return true;
+   }
+   /* Options objects are small: a quadratic scan beats building a set. */
+   while (bson_iter_next(&a)) {
+      bson_iter_t b = a;
+      while (bson_iter_next(&b)) {
+         if (strcmp(bson_iter_key(&a), bson_iter_key(&b)) == 0) {
+            aspen_parse_error(err, pc, NULL,
+                              "BSON field '%s.%s' is a duplicate field", path,
+                              bson_iter_key(&a));
+            return false;
+         }
+      }
+   }
+   return true;
+}
+
 /* Re-raises an error from an expression/matcher parser as a pipeline error,
  * keeping its text. */
 static void
@@ -93,6 +119,9 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
    bson_init(&src->spec);
    if (!BSON_ITER_HOLDS_DOCUMENT(arg)) {
       aspen_parse_error(err, pc, "$source", "$source must be an object");
+      return false;
+   }
+   if (!aspen_parse_no_duplicates(arg, pc, "$source", err)) {
       return false;
    }
    uint32_t len;
@@ -280,6 +309,10 @@ parse_one_stage(aspen_pipeline_t *pl, const bson_iter_t *stage_it,
                         "%s stage is only permitted in the inner pipeline of a "
                         "window stage",
                         name);
+      return false;
+   }
+   if ((place & ASPEN_SPEC_OPTIONS) &&
+       !aspen_parse_no_duplicates(&it, pc, name, err)) {
       return false;
    }
    *is_sink = (place & ASPEN_PLACE_SINK) != 0;

@@ -232,6 +232,21 @@ typedef struct {
    mongoc_collection_t *mc;
 } lookup_t;
 
+/* Frees the let variables (a second 'let' replaces the first, as in mongod). */
+static void
+let_clear(lookup_t *lk)
+{
+   for (size_t i = 0; i < lk->n_let; i++) {
+      free(lk->let_names[i]);
+      aspen_expr_destroy(lk->let_exprs[i]);
+   }
+   free(lk->let_names);
+   free(lk->let_exprs);
+   lk->let_names = NULL;
+   lk->let_exprs = NULL;
+   lk->n_let = 0;
+}
+
 static void
 lookup_destroy(aspen_stage_t *st)
 {
@@ -239,12 +254,7 @@ lookup_destroy(aspen_stage_t *st)
    if (!lk) {
       return;
    }
-   for (size_t i = 0; i < lk->n_let; i++) {
-      free(lk->let_names[i]);
-      aspen_expr_destroy(lk->let_exprs[i]);
-   }
-   free(lk->let_names);
-   free(lk->let_exprs);
+   let_clear(lk);
    cache_destroy(lk->cache);
    if (lk->mc) {
       mongoc_collection_destroy(lk->mc);
@@ -317,6 +327,7 @@ parse_let(lookup_t *lk, const bson_iter_t *it, aspen_parse_ctx_t *pc,
       aspen_parse_error(err, pc, "let", "$lookup.let must be an object");
       return false;
    }
+   let_clear(lk);
    bson_iter_t li;
    size_t n = 0;
    bson_iter_recurse(it, &li);

@@ -424,6 +424,7 @@ NOT_YET(throttle_ops, "$throttle");
 #define M ASPEN_PLACE_MAIN
 #define W ASPEN_PLACE_WINDOW
 #define S ASPEN_PLACE_SINK
+#define O ASPEN_SPEC_OPTIONS
 
 static const struct {
    const char *name;
@@ -432,25 +433,25 @@ static const struct {
 } table[] = {
    {"$addFields", &aspen_stage_add_fields_ops, MW},
    {"$project", &aspen_stage_project_ops, MW},
-   {"$replaceRoot", &aspen_stage_replace_root_ops, MW},
+   {"$replaceRoot", &aspen_stage_replace_root_ops, MW | O},
    {"$set", &aspen_stage_set_ops, MW},
    {"$redact", &redact_ops, MW},
    {"$match", &match_ops, MW},
    {"$replaceWith", &aspen_stage_replace_with_ops, MW},
    {"$unset", &aspen_stage_unset_ops, MW},
    {"$unwind", &aspen_stage_unwind_ops, MW},
-   {"$validate", &validate_ops, MW},
+   {"$validate", &validate_ops, MW | O},
    {"$lookup", &aspen_stage_lookup_ops, MW},
    {"$https", &https_ops, MW},
    {"$externalFunction", &external_function_ops, MW},
-   {"$cachedLookup", &aspen_stage_cached_lookup_ops, M},
+   {"$cachedLookup", &aspen_stage_cached_lookup_ops, M | O},
    {"$setStreamMeta", &set_stream_meta_ops, M},
    {"$throttle", &throttle_ops, M},
-   {"$tumblingWindow", &aspen_stage_tumbling_ops, M},
-   {"$hoppingWindow", &aspen_stage_hopping_ops, M},
-   {"$sessionWindow", &aspen_stage_session_ops, M},
-   {"$merge", &aspen_stage_merge_ops, S},
-   {"$emit", &aspen_stage_emit_ops, S},
+   {"$tumblingWindow", &aspen_stage_tumbling_ops, M | O},
+   {"$hoppingWindow", &aspen_stage_hopping_ops, M | O},
+   {"$sessionWindow", &aspen_stage_session_ops, M | O},
+   {"$merge", &aspen_stage_merge_ops, S | O},
+   {"$emit", &aspen_stage_emit_ops, S | O},
    {"$group", &aspen_stage_group_ops, W},
    {"$sort", &aspen_stage_sort_ops, W},
    {"$count", &aspen_stage_count_ops, W},

@@ -219,6 +219,12 @@ group_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
    while (bson_iter_next(&it)) {
       const char *k = bson_iter_key(&it);
       if (strcmp(k, "_id") == 0) {
+         if (has_id) {
+            aspen_error_set(err, ASPEN_ERR_Location15948,
+                            "a group's _id may only be specified once");
+            blocking_destroy(st);
+            return false;
+         }
          if (!aspen_expr_parse(&it, NULL, &b->group.id, err)) {
             blocking_destroy(st);
             return false;

@@ -153,6 +153,7 @@ aspen_buf_len(const aspen_buf_t *buf)
    /* Location codes raised by aggregation expressions (engine/expr*.c);     */\
    /* mongod reports their codeName as "Location<code>".                     */\
    X(10065, Location10065)                                                     \
+   X(15948, Location15948)                                                     \
    X(15983, Location15983)                                                     \
    X(15998, Location15998)                                                     \
    X(16006, Location16006)                                                     \
