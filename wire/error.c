@@ -18,8 +18,14 @@ aspen_error_code_name(int32_t code)
       ASPEN_ERROR_CODES(ASPEN_ERROR_CASE)
 #undef ASPEN_ERROR_CASE
    default:
+      break;
+   }
+   if (code < 10000) { /* a named error code aspen does not know */
       return "UnknownError";
    }
+   static __thread char location[24];
+   snprintf(location, sizeof location, "Location%d", (int) code);
+   return location;
 }
 
 void

@@ -446,7 +446,10 @@ typedef struct {
    char message[ASPEN_ERROR_MSG_MAX];
 } aspen_error_t;
 
-/* The codeName for a server code, or "UnknownError" for a code aspen does
+/* The codeName for a server code. A code of 10000 or more that is not
+ * in the table above is an assertion location, which mongod names
+ * "Location<code>" (the text lives in a thread-local buffer, valid until the
+ * next call on the same thread); "UnknownError" for a smaller code aspen does
  * not know. Never NULL. */
 const char *aspen_error_code_name(int32_t code);
 void aspen_error_set(aspen_error_t *err, int32_t code, const char *fmt, ...)

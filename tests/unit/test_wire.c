@@ -1071,7 +1071,10 @@ test_error_code_names(void **state)
                        "BSONObjectTooLarge");
    assert_string_equal(aspen_error_code_name(3), "UnknownError");
    assert_string_equal(aspen_error_code_name(-1), "UnknownError");
-   assert_string_equal(aspen_error_code_name(99999), "UnknownError");
+   assert_string_equal(aspen_error_code_name(9999), "UnknownError");
+   /* An assertion location mongod has no name for (e.g. $topN's 5787903). */
+   assert_string_equal(aspen_error_code_name(5787903), "Location5787903");
+   assert_string_equal(aspen_error_code_name(99999), "Location99999");
    assert_int_equal(ASPEN_ERR_CommandNotFound, 59);
 }
 
