@@ -76,6 +76,9 @@ struct acc_op {
    /* Optional: bytes held beyond `size`; frees what the state holds. */
    size_t (*heap_size)(const aspen_accum_t *acc, const void *st);
    void (*cleanup)(const aspen_accum_t *acc, void *st);
+   /* Optional: refuses a value `add` cannot take, before any state of the
+    * document's group has changed; `add` itself never fails. */
+   bool (*check)(const aspen_value_t *val, aspen_error_t *err);
 };
 
 /* ======================================================================== */
@@ -677,21 +680,27 @@ merge_set(vals_t *vs, const char *key, uint32_t key_len, aspen_value_t *val)
 }
 
 static bool
-merge_add(const add_call_t *call, void *st, aspen_value_t *val)
+merge_check(const aspen_value_t *val, aspen_error_t *err)
 {
-   aspen_error_t *err = call->err;
-   vals_t *vs = st;
-   if (aspen__is_nullish(val)) {
+   if (aspen__is_nullish(val) || aspen__is_doc(val)) {
       return true;
    }
-   if (!aspen__is_doc(val)) {
-      char *json = aspen_value_to_json(val);
-      aspen_error_set(err, 40400,
-                      "$mergeObjects requires object inputs, but input %s is "
-                      "of type %s",
-                      json, aspen_value_type_name(val));
-      bson_free(json);
-      return false;
+   char *json = aspen_value_to_json(val);
+   aspen_error_set(err, 40400,
+                   "$mergeObjects requires object inputs, but input %s is "
+                   "of type %s",
+                   json, aspen_value_type_name(val));
+   bson_free(json);
+   return false;
+}
+
+static bool
+merge_add(const add_call_t *call, void *st, aspen_value_t *val)
+{
+   (void) call;
+   vals_t *vs = st;
+   if (!aspen__is_doc(val)) { /* null or missing: merge_check let it by */
+      return true;
    }
    bson_iter_t it;
    if (!bson_iter_init_from_data(&it, val->v.value.v_doc.data,
@@ -1404,18 +1413,19 @@ parse_quantile(aspen_accum_t *acc, const bson_iter_t *spec,
 /* ======================================================================== */
 
 #define SUM_OPS                                                                \
-   sizeof(sum_state_t), sum_init, NULL, sum_add, sum_result, NULL, NULL
+   sizeof(sum_state_t), sum_init, NULL, sum_add, sum_result, NULL, NULL, NULL
 #define STDDEV_OPS                                                             \
-   sizeof(stddev_state_t), NULL, NULL, stddev_add, stddev_result, NULL, NULL
+   sizeof(stddev_state_t), NULL, NULL, stddev_add, stddev_result, NULL, NULL,    \
+      NULL
 #define VALS_OPS(add)                                                          \
    sizeof(vals_t), NULL, vals_is_done, add, vals_result, vals_heap_size,       \
-      vals_cleanup
+      vals_cleanup, NULL
 #define QUANTILE_OPS                                                           \
    sizeof(quantile_state_t), NULL, NULL, quantile_add, quantile_result,        \
-      quantile_heap_size, quantile_cleanup
+      quantile_heap_size, quantile_cleanup, NULL
 #define TOPN_OPS                                                               \
    sizeof(topn_state_t), NULL, NULL, topn_add, topn_result, topn_heap_size,    \
-      topn_cleanup
+      topn_cleanup, NULL
 
 /* Sorted by name for bsearch. */
 static const acc_op_t acc_ops[] = {
@@ -1432,7 +1442,8 @@ static const acc_op_t acc_ops[] = {
    {"$maxN", V_MAX_N, parse_input_n, VALS_OPS(extreme_add)},
    {"$median", 1, parse_quantile, QUANTILE_OPS},
    {"$mergeObjects", V_MERGE, parse_unary, sizeof(vals_t), NULL, NULL,
-    merge_add, merge_result, vals_heap_size, vals_cleanup},
+    merge_add, merge_result, vals_heap_size, vals_cleanup,
+    merge_check},
    {"$min", V_MIN, parse_unary, VALS_OPS(one_add)},
    {"$minN", V_MIN_N, parse_input_n, VALS_OPS(extreme_add)},
    {"$percentile", 0, parse_quantile, QUANTILE_OPS},
@@ -1575,22 +1586,59 @@ aspen_accum_state_destroy(const aspen_accum_t *acc, aspen_accum_state_t *st)
  * ($mergeObjects of a non-object); the state is then unchanged, and the
  * caller dead-letters the document. The state's thread only. */
 bool
+aspen_accum_prepare(const aspen_accum_t *acc, const aspen_accum_state_t *st,
+                    const aspen_expr_ctx_t *ctx, aspen_accum_input_t *in,
+                    aspen_error_t *err)
+{
+   in->skip = st && acc->op->is_done && acc->op->is_done(acc, st);
+   in->val = ASPEN_VALUE_MISSING;
+   if (in->skip) {
+      return true;
+   }
+   if (!acc->arg) {
+      in->val = aspen_value_int32(1); /* $count is $sum: 1 */
+      return true;
+   }
+   if (!aspen_expr_eval(acc->arg, ctx, &in->val, err)) {
+      return false;
+   }
+   if (acc->op->check && !acc->op->check(&in->val, err)) {
+      aspen_accum_input_discard(in);
+      return false;
+   }
+   return true;
+}
+
+void
+aspen_accum_commit(const aspen_accum_t *acc, aspen_accum_state_t *st,
+                   const aspen_expr_ctx_t *ctx, aspen_accum_input_t *in)
+{
+   if (!in->skip && !(acc->op->is_done && acc->op->is_done(acc, st))) {
+      aspen_error_t err;
+      aspen_error_clear(&err);
+      add_call_t call = {acc, ctx, &err};
+      bool ok = acc->op->add(&call, st, &in->val);
+      ASPEN_ASSERT(ok); /* failures are caught by check, in prepare */
+   }
+   aspen_accum_input_discard(in);
+}
+
+void
+aspen_accum_input_discard(aspen_accum_input_t *in)
+{
+   aspen_value_destroy(&in->val); /* leaves it MISSING */
+}
+
+bool
 aspen_accum_add(const aspen_accum_t *acc, aspen_accum_state_t *st,
                 const aspen_expr_ctx_t *ctx, aspen_error_t *err)
 {
-   if (acc->op->is_done && acc->op->is_done(acc, st)) {
-      return true;
-   }
-   aspen_value_t val;
-   if (!acc->arg) {
-      val = aspen_value_int32(1); /* $count is $sum: 1 */
-   } else if (!aspen_expr_eval(acc->arg, ctx, &val, err)) {
+   aspen_accum_input_t in;
+   if (!aspen_accum_prepare(acc, st, ctx, &in, err)) {
       return false;
    }
-   add_call_t call = {acc, ctx, err};
-   bool ok = acc->op->add(&call, st, &val);
-   aspen_value_destroy(&val);
-   return ok;
+   aspen_accum_commit(acc, st, ctx, &in);
+   return true;
 }
 
 /* Appends the result under `key`; the state is unchanged, so a result can

@@ -41,8 +41,27 @@ const char *aspen_accum_name(const aspen_accum_t *acc);
 aspen_accum_state_t *aspen_accum_state_new(const aspen_accum_t *acc);
 void aspen_accum_state_destroy(const aspen_accum_t *acc,
                                aspen_accum_state_t *st);
-/* Absorbs one document (ctx->root); false with err set when evaluating the
- * argument fails (the caller dead-letters the document). */
+/* One document's input to one accumulator, evaluated but not yet absorbed,
+ * so a $group can refuse a document before any of its states change. */
+typedef struct {
+   aspen_value_t val;
+   bool skip; /* the state takes no more input ($first, a full $firstN) */
+} aspen_accum_input_t;
+
+/* Evaluates the argument for ctx->root and checks it can be absorbed; false
+ * with err set when it cannot (the caller dead-letters the document). `st`
+ * may be NULL (a group not created yet). On success the caller must commit
+ * or discard `in`. */
+bool aspen_accum_prepare(const aspen_accum_t *acc,
+                         const aspen_accum_state_t *st,
+                         const aspen_expr_ctx_t *ctx, aspen_accum_input_t *in,
+                         aspen_error_t *err);
+/* Absorbs a prepared input (never fails) and releases it. */
+void aspen_accum_commit(const aspen_accum_t *acc, aspen_accum_state_t *st,
+                        const aspen_expr_ctx_t *ctx, aspen_accum_input_t *in);
+void aspen_accum_input_discard(aspen_accum_input_t *in);
+/* prepare + commit: absorbs one document (ctx->root); false with err set
+ * when evaluating the argument fails. */
 bool aspen_accum_add(const aspen_accum_t *acc, aspen_accum_state_t *st,
                      const aspen_expr_ctx_t *ctx, aspen_error_t *err);
 /* Appends the result under `key` to `out`. */

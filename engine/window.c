@@ -579,6 +579,8 @@ win_free(window_t *w, win_t *win)
 
 /* ---- groups ------------------------------------------------------------------- */
 
+/* The group for `idv`; when it does not exist yet, NULL if `added_bytes` is
+ * NULL, else a new one (its bytes added there). */
 static group_t *
 group_get(group_map_t *m, const block_spec_t *b, const aspen_value_t *idv,
           size_t *added_bytes)
@@ -608,6 +610,11 @@ group_get(group_map_t *m, const block_spec_t *b, const aspen_value_t *idv,
       }
    }
    /* A new group. */
+   if (!added_bytes) {
+      bson_destroy(&tmp);
+      bson_destroy(&key);
+      return NULL;
+   }
    if ((m->n + 1) * 2 > m->index_size) {
       size_t size = m->index_size ? m->index_size * 2 : 16;
       uint32_t *index = aspen_xcalloc(size, sizeof *index);
@@ -657,14 +664,37 @@ group_add(group_map_t *m, const block_spec_t *b, const aspen_sdoc_t *in,
    if (!aspen_expr_eval(b->group.id, &ctx, &idv, err)) {
       return false;
    }
-   group_t *g = group_get(m, b, &idv, added_bytes);
-   aspen_value_destroy(&idv);
-   for (size_t f = 0; f < b->group.n_fields; f++) {
-      if (!aspen_accum_add(b->group.fields[f].acc, g->states[f], &ctx, err)) {
-         return false;
+   /* Every accumulator's input first, so a document refused by one of them
+    * leaves no trace (not in the others, no empty new group). */
+   group_t *g = group_get(m, b, &idv, NULL);
+   size_t n = b->group.n_fields;
+   aspen_accum_input_t stack_ins[16];
+   aspen_accum_input_t *ins =
+      n <= 16 ? stack_ins : aspen_xmalloc(n * sizeof *ins);
+   bool ok = true;
+   size_t f = 0;
+   for (; f < n && ok; f++) {
+      ok = aspen_accum_prepare(b->group.fields[f].acc, g ? g->states[f] : NULL,
+                               &ctx, &ins[f], err);
+   }
+   if (ok) {
+      if (!g) {
+         g = group_get(m, b, &idv, added_bytes);
+      }
+      for (f = 0; f < n; f++) {
+         aspen_accum_commit(b->group.fields[f].acc, g->states[f], &ctx,
+                            &ins[f]);
+      }
+   } else {
+      for (size_t j = 0; j + 1 < f; j++) {
+         aspen_accum_input_discard(&ins[j]);
       }
    }
-   return true;
+   aspen_value_destroy(&idv);
+   if (ins != stack_ins) {
+      free(ins);
+   }
+   return ok;
 }
 
 static void
