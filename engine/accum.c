@@ -680,26 +680,11 @@ merge_set(vals_t *vs, const char *key, uint32_t key_len, aspen_value_t *val)
 }
 
 static bool
-merge_check(const aspen_value_t *val, aspen_error_t *err)
-{
-   if (aspen__is_nullish(val) || aspen__is_doc(val)) {
-      return true;
-   }
-   char *json = aspen_value_to_json(val);
-   aspen_error_set(err, 40400,
-                   "$mergeObjects requires object inputs, but input %s is "
-                   "of type %s",
-                   json, aspen_value_type_name(val));
-   bson_free(json);
-   return false;
-}
-
-static bool
 merge_add(const add_call_t *call, void *st, aspen_value_t *val)
 {
    (void) call;
    vals_t *vs = st;
-   if (!aspen__is_doc(val)) { /* null or missing: merge_check let it by */
+   if (!aspen__is_doc(val)) { /* null or missing: the check let it by */
       return true;
    }
    bson_iter_t it;
@@ -1443,7 +1428,7 @@ static const acc_op_t acc_ops[] = {
    {"$median", 1, parse_quantile, QUANTILE_OPS},
    {"$mergeObjects", V_MERGE, parse_unary, sizeof(vals_t), NULL, NULL,
     merge_add, merge_result, vals_heap_size, vals_cleanup,
-    merge_check},
+    aspen__merge_objects_input_ok},
    {"$min", V_MIN, parse_unary, VALS_OPS(one_add)},
    {"$minN", V_MIN_N, parse_input_n, VALS_OPS(extreme_add)},
    {"$percentile", 0, parse_quantile, QUANTILE_OPS},

@@ -1647,21 +1647,32 @@ typedef struct {
    aspen_value_t val;
 } kv_t;
 
+bool
+aspen__merge_objects_input_ok(const aspen_value_t *v, aspen_error_t *err)
+{
+   if (aspen__is_nullish(v) || aspen__is_doc(v)) {
+      return true;
+   }
+   if (err) {
+      char *json = aspen_value_to_json(v);
+      aspen_error_set(err, 40400,
+                      "$mergeObjects requires object inputs, but input %s is "
+                      "of type %s",
+                      json, aspen_value_type_name(v));
+      bson_free(json);
+   }
+   return false;
+}
+
 static bool
 merge_one(aspen__eval_t *st, const aspen_value_t *v, kv_t **kvs, uint32_t *n,
           uint32_t *cap)
 {
+   if (!aspen__merge_objects_input_ok(v, st->err)) {
+      return false;
+   }
    if (aspen__is_nullish(v)) {
       return true;
-   }
-   if (!aspen__is_doc(v)) {
-      char *json = aspen_value_to_json(v);
-      aspen__fail(st, 40400,
-                  "$mergeObjects requires object inputs, but input %s is of "
-                  "type %s",
-                  json, aspen_value_type_name(v));
-      bson_free(json);
-      return false;
    }
    bson_iter_t it;
    if (!aspen__array_iter(v, &it)) {

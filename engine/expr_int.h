@@ -60,6 +60,10 @@ aspen__is_doc(const aspen_value_t *val)
    return val->v.value_type == BSON_TYPE_DOCUMENT;
 }
 
+/* $mergeObjects' input rule (objects, null or missing), shared by the
+ * expression and the accumulator; sets err (code 40400) when broken. */
+bool aspen__merge_objects_input_ok(const aspen_value_t *v, aspen_error_t *err);
+
 static inline bool
 aspen__is_str(const aspen_value_t *val)
 {
