@@ -26,19 +26,6 @@ aspen_conn_type_name(aspen_conn_type_t t)
    return "unknown";
 }
 
-static void
-redact(const char *uri, char *out, size_t size)
-{
-   const char *scheme = strstr(uri, "://");
-   const char *at = scheme ? strchr(scheme + 3, '@') : NULL;
-   const char *slash = scheme ? strchr(scheme + 3, '/') : NULL;
-   if (at && (!slash || at < slash)) {
-      snprintf(out, size, "%.*s%s", (int) (scheme + 3 - uri), uri, at + 1);
-   } else {
-      snprintf(out, size, "%s", uri);
-   }
-}
-
 /* The registry is one array, allocated once for `cap` connections and never
  * moved: a bson_t that has grown onto the heap points into itself, so
  * moving one (as realloc would) leaves it dangling. bson_t also wants
@@ -378,7 +365,7 @@ aspen_conns_load(aspen_conns_t *conns, const bson_t *list,
          aspen_conn_t *conn = add(conns, name, ASPEN_CONN_ATLAS);
          conn->uri = aspen_xstrdup(uri);
          char red[1024];
-         redact(uri, red, sizeof red);
+         aspen_uri_redact(uri, "", red, sizeof red);
          BSON_APPEND_UTF8(&conn->doc, "uri", red);
       } else if (strcmp(type, "kafka") == 0) {
          if (uri) {

@@ -430,21 +430,6 @@ aspen_config_parse_args(aspen_config_t *cfg, int argc, char **argv,
    return true;
 }
 
-/* The URI without credentials, for logs and getCmdLineOpts. */
-static void
-redact_uri(const char *uri, char *out, size_t size)
-{
-   const char *scheme = strstr(uri, "://");
-   const char *at = scheme ? strchr(scheme + 3, '@') : NULL;
-   const char *slash = scheme ? strchr(scheme + 3, '/') : NULL;
-   if (at && (!slash || at < slash)) {
-      snprintf(out, size, "%.*s<credentials>%s", (int) (scheme + 3 - uri), uri,
-               at);
-   } else {
-      snprintf(out, size, "%s", uri);
-   }
-}
-
 void
 aspen_config_finish(aspen_config_t *cfg)
 {
@@ -478,7 +463,7 @@ aspen_config_finish(aspen_config_t *cfg)
    BSON_APPEND_DOCUMENT_BEGIN(&cfg->parsed, "backend", &backend);
    if (cfg->backend_uri) {
       char red[1024];
-      redact_uri(cfg->backend_uri, red, sizeof red);
+      aspen_uri_redact(cfg->backend_uri, "<credentials>@", red, sizeof red);
       BSON_APPEND_UTF8(&backend, "uri", red);
    }
    BSON_APPEND_INT32(&backend, "lanes", cfg->backend_lanes);

@@ -494,6 +494,11 @@ void aspen_logf(aspen_log_level_t level, const char *component,
                 const char *ctx, const char *fmt, ...)
    __attribute__((format(printf, 4, 5)));
 
+/* A connection URI fit for logs and listings: the "user:password@" part,
+ * when there is one, is replaced by `mask` ("" drops it). */
+void aspen_uri_redact(const char *uri, const char *mask, char *out,
+                      size_t size);
+
 /* ------------------------------------------------------------------------ */
 /* Wire protocol                                                             */
 /* ------------------------------------------------------------------------ */

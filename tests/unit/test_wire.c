@@ -1058,6 +1058,23 @@ test_buf_asserts(void **state)
 /* ======================================================================== */
 
 static void
+test_uri_redact(void **state)
+{
+   (void) state;
+   char out[128];
+   aspen_uri_redact("mongodb://u:p%40ss@h:1/db?x=1", "", out, sizeof out);
+   assert_string_equal(out, "mongodb://h:1/db?x=1");
+   aspen_uri_redact("mongodb://u:pw@h1,h2/", "<credentials>@", out,
+                    sizeof out);
+   assert_string_equal(out, "mongodb://<credentials>@h1,h2/");
+   /* An '@' after the host part is not a credential separator. */
+   aspen_uri_redact("mongodb://h/db?appName=a@b", "", out, sizeof out);
+   assert_string_equal(out, "mongodb://h/db?appName=a@b");
+   aspen_uri_redact("not a uri u:p@h", "", out, sizeof out);
+   assert_string_equal(out, "not a uri u:p@h");
+}
+
+static void
 test_error_code_names(void **state)
 {
    (void) state;
@@ -2357,6 +2374,7 @@ main(void)
       T(test_buf_large_growth),
       T(test_buf_steal),
       T(test_buf_asserts),
+      T(test_uri_redact),
       T(test_error_code_names),
       T(test_error_set_clear),
       T(test_error_from_bson_error),
