@@ -21,8 +21,11 @@
  * resumable error (network, failover, a restarted server) the source opens
  * a new watch with startAfter set to it, retrying with a capped backoff
  * until it succeeds or the processor stops. Any other error fails the
- * processor. Everything here runs on the processor's thread, except the
- * token accessor.
+ * processor. A server that no longer has the token in its oplog
+ * (ChangeStreamHistoryLost) cannot be resumed from it (asp-semantics.md
+ * §8.1): the processor fails with StreamProcessorCannotResumeFromSource and
+ * says to start it with resumeFromCheckpoint: false. Everything here runs
+ * on the processor's thread, except the token accessor.
  */
 #include "source.h"
 #include "source_change_stream.h"
@@ -515,6 +518,44 @@ is_resumable(const bson_error_t *berr, const bson_t *reply)
    return false;
 }
 
+/* The server's oplog no longer holds the point a watch was asked to resume
+ * from: ChangeStreamHistoryLost, or (older servers) ChangeStreamFatalError
+ * for a resume token it cannot find. */
+static bool
+history_lost(const cs_t *cs, const bson_error_t *berr)
+{
+   if (berr->domain != MONGOC_ERROR_SERVER &&
+       berr->domain != MONGOC_ERROR_QUERY) {
+      return false;
+   }
+   bool resuming = cs->has_token || cs->o.has_start_after;
+   return berr->code == 286 || (berr->code == 280 && resuming);
+}
+
+/* Describes a change-stream error that stops the source in msg; returns
+ * the code to report when the processor starts. `doing` names what failed
+ * ("cannot open", "cannot resume", ...). */
+static int32_t
+describe_failure(const cs_t *cs, const char *doing, const bson_error_t *berr,
+                 bool resumable, char *msg, size_t size)
+{
+   if (history_lost(cs, berr)) {
+      snprintf(msg, size,
+               "%s: cannot resume the %s: its resume point is no longer in "
+               "the server's oplog (%s, code %u: %s); start the processor "
+               "with resumeFromCheckpoint: false to continue from now",
+               aspen_error_code_name(
+                  ASPEN_ERR_StreamProcessorCannotResumeFromSource),
+               cs->what, berr->code == 286 ? "ChangeStreamHistoryLost"
+                                           : "ChangeStreamFatalError",
+               berr->code, berr->message);
+      return ASPEN_ERR_StreamProcessorCannotResumeFromSource;
+   }
+   snprintf(msg, size, "%s the %s: %s", doing, cs->what, berr->message);
+   return resumable ? ASPEN_ERR_StreamProcessorAtlasConnectionError
+                    : ASPEN_ERR_StreamProcessorInvalidOptions;
+}
+
 /* Opens the watch; the first aggregate runs here, so errors surface now.
  * On failure: false, *berr and *resumable set. */
 static bool
@@ -622,10 +663,10 @@ cs_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
    bson_error_t berr;
    bool resumable;
    if (!open_stream(cs, &berr, &resumable)) {
-      aspen_error_set(err,
-                      resumable ? ASPEN_ERR_StreamProcessorAtlasConnectionError
-                                : ASPEN_ERR_StreamProcessorInvalidOptions,
-                      "cannot open the %s: %s", cs->what, berr.message);
+      char msg[ASPEN_ERROR_MSG_MAX];
+      int32_t code = describe_failure(cs, "cannot open", &berr, resumable, msg,
+                                      sizeof msg);
+      aspen_error_set(err, code, "%s", msg);
       cs_destroy(cs);
       return false;
    }
@@ -763,8 +804,7 @@ reopen(aspen_runtime_t *rt, cs_t *cs, const char *why)
       }
       if (!resumable) {
          char msg[ASPEN_ERROR_MSG_MAX];
-         snprintf(msg, sizeof msg, "cannot resume the %s: %s", cs->what,
-                  berr.message);
+         describe_failure(cs, "cannot resume", &berr, false, msg, sizeof msg);
          aspen_rt_fail(rt, msg);
          return false;
       }
@@ -803,8 +843,8 @@ cs_run(aspen_runtime_t *rt, void *state)
          if (mongoc_change_stream_error_document(cs->stream, &berr, &reply)) {
             if (!is_resumable(&berr, reply)) {
                char msg[ASPEN_ERROR_MSG_MAX];
-               snprintf(msg, sizeof msg, "the %s failed: %s", cs->what,
-                        berr.message);
+               describe_failure(cs, "error reading", &berr, false, msg,
+                                sizeof msg);
                aspen_rt_fail(rt, msg);
                return;
             }

@@ -29,7 +29,8 @@ mkdir -p "$ASPEN_RUN_DIR"
 export ASPEN_RUN_DIR
 
 PEERS_DEPS=$PEERS_ROOT/.deps
-PEERS_JAR=$PEERS_DEPS/aspen-backing-server.jar
+# ASPEN_BACKING_JAR: another build of the backing server (default: .deps').
+PEERS_JAR=${ASPEN_BACKING_JAR:-$PEERS_DEPS/aspen-backing-server.jar}
 PEERS_MONGOSH=$PEERS_DEPS/node/node_modules/.bin/mongosh
 PEERS_PYTHON=$PEERS_DEPS/venv/bin/python
 [[ -x $PEERS_PYTHON ]] || PEERS_PYTHON=python3
@@ -70,6 +71,17 @@ _peers_kill() {
     kill -TERM "$pid" 2>/dev/null || return 0
     _peers_wait_gone "$pid" 10 || kill -KILL "$pid" 2>/dev/null || true
     return 0
+}
+
+# _peers_stop NAME: SIGTERM (then SIGKILL) NAME and reap it; 1 if it was
+# not running.
+_peers_stop() {
+    local pidfile=$ASPEN_RUN_DIR/$1.pid pid
+    [[ -f $pidfile ]] || { peers_log "stop $1: not running"; return 1; }
+    pid=$(<"$pidfile")
+    _peers_kill "$1"
+    _peers_forget "$1"
+    wait "$pid" 2>/dev/null || true
 }
 
 # Names of processes started by this shell and not stopped yet.
@@ -242,6 +254,36 @@ kill_backing() {
     _peers_wait_gone "$pid" 10
 }
 
+# --- a TCP relay (the network between aspen and a peer) ----------------------
+
+# start_relay PORT TARGET_PORT: relay 127.0.0.1:PORT to 127.0.0.1:TARGET_PORT
+# (tcp_relay.py). stop_relay cuts every connection through it, as a network
+# outage would; start_relay on the same PORT brings the network back.
+start_relay() {
+    local port=$1 target=$2 log=$ASPEN_RUN_DIR/relay.log mark=0 pid attempt
+    for attempt in 1 2 3 4 5; do
+        [[ -f $log ]] && mark=$(stat -c %s "$log")
+        "$PEERS_PYTHON" "$PEERS_ROOT/tests/e2e/tcp_relay.py" "$port" "127.0.0.1:$target" \
+            >>"$log" 2>&1 </dev/null &
+        pid=$!
+        echo "$pid" >"$ASPEN_RUN_DIR/relay.pid"
+        _PEERS_STARTED+=(relay)
+        if _peers_wait_log_from "$pid" "$log" "$mark" "^RELAYING $port\$" 10; then
+            peers_log "relay pid $pid: 127.0.0.1:$port -> $target (attempt $attempt)"
+            return 0
+        fi
+        _peers_kill relay
+        _peers_forget relay
+        wait "$pid" 2>/dev/null || true
+        sleep 1
+    done
+    peers_log "the relay did not start; last lines of $log:"
+    tail -n 5 "$log" >&2
+    return 1
+}
+
+stop_relay() { _peers_stop relay; }
+
 # --- Apache Kafka -------------------------------------------------------------
 
 PEERS_KAFKA_LIB=$PEERS_DEPS/kafka/lib
@@ -327,15 +369,7 @@ EOF
 }
 
 # stop_kafka: SIGTERM the broker (a clean shutdown) and wait for it.
-stop_kafka() {
-    local pidfile=$ASPEN_RUN_DIR/kafka.pid pid
-    [[ -f $pidfile ]] || { peers_log "stop_kafka: not running"; return 0; }
-    pid=$(<"$pidfile")
-    _peers_kill kafka
-    _peers_forget kafka
-    wait "$pid" 2>/dev/null || true
-    return 0
-}
+stop_kafka() { _peers_stop kafka || true; }
 
 # kill_kafka: SIGKILL the broker (a crash, as clients see it).
 kill_kafka() {

@@ -3,7 +3,12 @@
 # the backing server (mongo-java-server with its oplog): change-stream
 # $source, $lookup/$cachedLookup, $merge modes and dynamic targets, the DLQ
 # collection, validation, and a connection to a server that is not there.
-# The checks themselves are in js/mongodb.js.
+# Then resuming: a change-stream processor stopped and started while
+# documents are inserted misses and repeats none; a network outage between
+# aspen and the server (a relay cut and restored) is survived with nothing
+# lost, without spinning; a restarted (in-memory) server no longer has the
+# resume token, which fails the processor with a clear error.
+# The checks themselves are in js/mongodb.js (PHASE=... for the resume ones).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=peers.sh
@@ -14,18 +19,72 @@ CONFIG=$ASPEN_RUN_DIR/aspen-mongodb.json
 rm -rf "$STATE"
 
 must "backing server starts" start_backing
+RELAY_PORT=$(free_port)
+must "relay to the backing server starts" start_relay "$RELAY_PORT" "$BACKING_PORT"
 # "down": a port nothing listens on (the discard port), found unreachable fast.
 cat >"$CONFIG" <<JSON
 { "connections": [
     { "name": "atlas", "type": "atlas" },
     { "name": "down", "type": "atlas",
-      "uri": "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=1000" } ] }
+      "uri": "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=1000" },
+    { "name": "flaky", "type": "atlas",
+      "uri": "mongodb://127.0.0.1:$RELAY_PORT/?serverSelectionTimeoutMS=2000" } ] }
 JSON
 must "aspen starts" start_aspen --config "$CONFIG" --bind 127.0.0.1 --port 0 \
     --backend "$BACKING_URI" --state-dir "$STATE"
 URI="mongodb://127.0.0.1:$ASPEN_LISTEN_PORT/"
 check "change streams, \$lookup, \$merge, DLQ, validation" mongosh_run "$URI" "$HERE/js/mongodb.js"
+
+phase() { PHASE=$1 mongosh_run "$URI" "$HERE/js/mongodb.js"; }
+
+# Stop/start while a feeder inserts, directly into the backing server.
+stop_start() {
+    local feeder rc=0
+    phase ss_setup || return 1
+    PHASE=ss_feed mongosh_run "$URI" "$HERE/js/mongodb.js" &
+    feeder=$!
+    phase ss_bounce || rc=1
+    wait "$feeder" || rc=1
+    [[ $rc -eq 0 ]] && phase ss_check
+}
+check "stop/start while inserting: every event once" stop_start
+
+# CPU seconds aspen used so far (user + system).
+aspen_cpu() {
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' \
+        "/proc/$(<"$ASPEN_RUN_DIR/aspen.pid")/stat"
+}
+network_outage() {
+    local t0 c0 c1 secs
+    phase net_setup || return 1
+    t0=$(date +%s.%N)
+    c0=$(aspen_cpu)
+    stop_relay || return 1
+    phase net_down || return 1
+    c1=$(aspen_cpu)
+    secs=$(echo "$(date +%s.%N) - $t0" | bc)
+    echo "# network down ${secs}s: aspen used $(echo "$c1 - $c0" | bc)s of CPU"
+    # A source spinning on the dead connection would use about all of it.
+    [[ $(echo "($c1 - $c0) < $secs / 2" | bc) -eq 1 ]] || { echo "# aspen spun"; return 1; }
+    grep -q 'change stream on mdb_resume.net_src .* was interrupted' "$ASPEN_RUN_DIR/aspen.log" ||
+        { echo "# the outage was not noticed"; return 1; }
+    start_relay "$RELAY_PORT" "$BACKING_PORT" || return 1
+    phase net_up || return 1
+    grep -q 'resumed the change stream on mdb_resume.net_src' "$ASPEN_RUN_DIR/aspen.log"
+}
+check "network outage: resumed with the token, every event once, no spinning" network_outage
+
+# The backing server restarted: its in-memory oplog is gone.
+server_restart() {
+    phase lost_setup || return 1
+    kill_backing || return 1
+    sleep 2
+    start_backing "$BACKING_PORT" || return 1
+    phase lost_after
+}
+check "restarted server without the resume token: FAILED with 425, restart from now" server_restart
 check "aspen stops cleanly, no sanitizer report" stop_aspen
+check "relay stops" stop_relay
 check "backing server stops" stop_backing
 
 checks_done

@@ -5,6 +5,9 @@
 // DLQ collection, option validation and an unreachable connection. Run by
 // test_mongodb.sh; throws (mongosh exits non-zero) on the first mismatch.
 // Results are read back through aspen, which forwards to the backing server.
+// With PHASE set, runs only that phase of the resume tests (stop/start, a
+// network outage, a restarted backing server: see the end of this file),
+// which read back directly from the backing server ($BACKING_URI).
 function assert(cond, msg) { if (!cond) throw new Error("assertion failed: " + msg); }
 function expectError(fn, code, re) {
   try { fn(); } catch (e) {
@@ -25,6 +28,10 @@ function step(name) { print("# " + name); }
 // "ns not found" without a code, which mongosh's drop() throws on).
 function dropColl(c) { try { c.drop(); } catch (e) { if (!/ns not found/.test(e.message)) throw e; } }
 const atlas = "atlas";
+if (process.env.PHASE) {
+  resumePhase(process.env.PHASE);
+  quit(0);
+}
 const d = db.getSiblingDB("mdb_e2e");
 const inv = db.getSiblingDB("inventoryDB");
 
@@ -304,3 +311,128 @@ expectError(() => sp.down.start(), 421, /down/);
 assert(sp.listStreamProcessors({ name: "down" })[0].state !== "STARTED", "not started");
 sp.down.drop();
 print("mongodb e2e ok");
+
+// ---- resume tests, one phase per mongosh run (test_mongodb.sh runs them in
+// order and cuts the network or restarts the server in between) ---------------
+//
+// Every processor here writes one NEW document per event it processes
+// ({_id: $createUUID, seq: <source _id>}), so an event processed twice
+// leaves two documents with its seq: a repeat is visible as an extra
+// document, a miss as an absent seq. Reads go directly to the backing
+// server, not through aspen.
+function resumePhase(phase) {
+  const direct = new Mongo(process.env.BACKING_URI).getDB("mdb_resume");
+  const dlq = (name) => ({ dlq: { connectionName: atlas, db: "mdb_resume", coll: "dlq_" + name } });
+  const create = (name, conn) => sp.createStreamProcessor(name, [
+    { $source: { connectionName: conn, db: "mdb_resume", coll: name + "_src",
+                 config: { fullDocument: "updateLookup", fullDocumentOnly: true } } },
+    { $project: { _id: { $createUUID: {} }, seq: "$_id" } },
+    { $merge: { into: { connectionName: atlas, db: "mdb_resume", coll: name + "_out" } } },
+  ], dlq(name));
+  const insertSeqs = (name, from, to, pauseMs) => {
+    for (let i = from; i < to; i++) {
+      direct[name + "_src"].insertOne({ _id: i });
+      if (pauseMs) sleep(pauseMs);
+    }
+  };
+  // Every document of name_src arrived in name_out exactly once.
+  const exactlyOnce = (name) => {
+    const want = direct[name + "_src"].countDocuments({});
+    waitFor(() => direct[name + "_out"].countDocuments({}) >= want,
+            `${want} events of ${name} merged (have ${direct[name + "_out"].countDocuments({})})`);
+    sleep(1500);  // anything repeated late would show up now
+    const seqs = direct[name + "_out"].find({}, { seq: 1 }).toArray().map((x) => x.seq);
+    const seen = new Map();
+    for (const q of seqs) seen.set(q, (seen.get(q) || 0) + 1);
+    const repeated = [...seen].filter(([, n]) => n > 1).map(([q]) => q);
+    const missing = direct[name + "_src"].find({}, { _id: 1 }).toArray().map((x) => x._id).filter((q) => !seen.has(q));
+    assert(repeated.length === 0, `${name}: repeated events for ${JSON.stringify(repeated.slice(0, 10))}`);
+    assert(missing.length === 0, `${name}: missed events for ${JSON.stringify(missing.slice(0, 10))}`);
+    assert(seqs.length === want, `${name}: ${seqs.length} documents for ${want} events`);
+    assert(direct["dlq_" + name].countDocuments({}) === 0, `${name}: DLQ is empty`);
+    print(`# ${name}: ${want} events, each merged exactly once`);
+  };
+  switch (phase) {
+    // stop/start: "ss" runs while a feeder (phase ss_feed, in the
+    // background) inserts; ss_bounce stops it, inserts, starts it again.
+    case "ss_setup":
+      create("ss", atlas);
+      sp.ss.start();
+      break;
+    case "ss_feed":
+      insertSeqs("ss", 0, 1500, 5);
+      break;
+    case "ss_bounce": {
+      waitFor(() => direct.ss_out.countDocuments({}) >= 20, "ss running");
+      sp.ss.stop();
+      const atStop = direct.ss_src.countDocuments({});
+      insertSeqs("ss", 100000, 100050);  // certainly while stopped
+      sleep(1000);
+      const atStart = direct.ss_src.countDocuments({});
+      assert(atStart - atStop > 50, `the feeder inserted while stopped (${atStart - atStop - 50} documents)`);
+      sp.ss.start();
+      break;
+    }
+    case "ss_check": {
+      insertSeqs("ss", 200000, 200050);
+      exactlyOnce("ss");
+      // The detector detects: an event whose document is written twice.
+      direct.ss_out.insertOne({ _id: "probe", seq: 300000 });
+      insertSeqs("ss", 300000, 300001);
+      waitFor(() => direct.ss_out.countDocuments({ seq: 300000 }) === 2, "the probe counted twice");
+      sp.ss.stop();
+      break;
+    }
+    // A network outage between aspen and the server: "net" reads through
+    // the relay (connection "flaky"), which test_mongodb.sh stops and
+    // starts; the server itself keeps its oplog.
+    case "net_setup":
+      create("net", "flaky");
+      sp.net.start();
+      insertSeqs("net", 0, 50);
+      waitFor(() => direct.net_out.countDocuments({}) === 50, "net running");
+      break;
+    case "net_down":
+      insertSeqs("net", 50, 100);
+      sleep(6000);
+      assert(sp.listStreamProcessors({ name: "net" })[0].state === "STARTED", "net keeps running while the network is down");
+      break;
+    case "net_up":
+      insertSeqs("net", 100, 150);
+      exactlyOnce("net");
+      assert(Number(sp.net.stats().stats.inputMessageCount) === 150, "net counted 150 events");
+      sp.net.stop();
+      break;
+    // The backing server restarted: mongo-java-server keeps its oplog in
+    // memory, so the processor's resume token is no longer there.
+    case "lost_setup":
+      create("lost", atlas);
+      sp.lost.start();
+      insertSeqs("lost", 0, 10);
+      waitFor(() => direct.lost_out.countDocuments({}) === 10, "lost running");
+      // A checkpoint with the token of the last event (the one taken at
+      // stop): the position a later start resumes from.
+      sp.lost.stop();
+      sp.lost.start();
+      insertSeqs("lost", 10, 15);
+      waitFor(() => direct.lost_out.countDocuments({}) === 15, "lost running again");
+      break;
+    case "lost_after": {
+      const entry = waitFor(() => { const e = sp.listStreamProcessors({ name: "lost" })[0]; return e.state === "FAILED" && e; },
+                            "lost FAILED");
+      for (const re of [/StreamProcessorCannotResumeFromSource/, /ChangeStreamHistoryLost, code 286/, /resumeFromCheckpoint: false/])
+        assert(re.test(entry.errorMsg), `errorMsg ${JSON.stringify(entry.errorMsg)} matches ${re}`);
+      assert(sp.lost.stats().stats.error === entry.errorMsg, "stats() shows the error");
+      // Its checkpoint holds the lost token: starting from it fails the same way.
+      expectError(() => sp.lost.start(), 425, /ChangeStreamHistoryLost/);
+      sp.lost.start({ resumeFromCheckpoint: false });
+      insertSeqs("lost", 100, 110);
+      exactlyOnce("lost");
+      sp.lost.stop();
+      break;
+    }
+    default:
+      throw new Error("unknown PHASE " + phase);
+  }
+  print(`# phase ${phase} ok`);
+}

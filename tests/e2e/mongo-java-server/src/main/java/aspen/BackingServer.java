@@ -8,6 +8,9 @@ import java.util.concurrent.CountDownLatch;
 import de.bwaldvogel.mongo.MongoServer;
 import de.bwaldvogel.mongo.MongoVersion;
 import de.bwaldvogel.mongo.backend.memory.MemoryBackend;
+import de.bwaldvogel.mongo.bson.Document;
+import de.bwaldvogel.mongo.exception.MongoServerError;
+import io.netty.channel.Channel;
 
 /**
  * The backing MongoDB-compatible server for aspen's e2e tests.
@@ -22,6 +25,12 @@ import de.bwaldvogel.mongo.backend.memory.MemoryBackend;
  * (mongosh 2.12) refuses (it needs 9, MongoDB 4.4), so the version is our own: by default
  * "5.0.0" with wire version 13, the real 5.0 value. The version only changes the
  * {@code hello}/{@code buildInfo} replies.
+ *
+ * <p>The oplog lives in memory, so a restarted server has no history before its start. A real
+ * mongod refuses to resume a change stream from a point its oplog no longer holds
+ * (ChangeStreamHistoryLost, code 286); mongo-java-server's tokens are bare timestamps that it
+ * compares, so it would silently resume from an unknown token. This server refuses a
+ * {@code resumeAfter}/{@code startAfter} token older than its own start, as mongod would.
  */
 public final class BackingServer {
     private BackingServer() {
@@ -51,6 +60,52 @@ public final class BackingServer {
                 return wire;
             }
         };
+    }
+
+    /** The memory backend, refusing change-stream resume tokens from before this server. */
+    private static final class HistoryCheckingBackend extends MemoryBackend {
+        /** Resume tokens are Timestamp values: seconds in the high 32 bits. */
+        private final long oplogStart = getClock().instant().getEpochSecond() << 32;
+
+        @Override
+        public Document handleCommand(Channel channel, String databaseName, String command,
+                Document query) {
+            if ("aggregate".equalsIgnoreCase(command)) {
+                checkResumeToken(query);
+            }
+            return super.handleCommand(channel, databaseName, command, query);
+        }
+
+        private void checkResumeToken(Document query) {
+            if (!(query.get("pipeline") instanceof List)) {
+                return;
+            }
+            List<?> pipeline = (List<?>) query.get("pipeline");
+            if (pipeline.isEmpty() || !(pipeline.get(0) instanceof Document)) {
+                return;
+            }
+            Object spec = ((Document) pipeline.get(0)).get("$changeStream");
+            if (!(spec instanceof Document)) {
+                return;
+            }
+            for (String key : new String[] {"resumeAfter", "startAfter"}) {
+                Object token = ((Document) spec).get(key);
+                if (!(token instanceof Document) || !(((Document) token).get("_data") instanceof String)) {
+                    continue;
+                }
+                long value;
+                try {
+                    value = Long.parseUnsignedLong((String) ((Document) token).get("_data"), 16);
+                } catch (NumberFormatException e) {
+                    continue; // not one of ours: the backend answers as it does
+                }
+                if (Long.compareUnsigned(value, oplogStart) < 0) {
+                    throw new MongoServerError(286, "ChangeStreamHistoryLost",
+                            "Resume of change stream was not possible, as the resume point may no"
+                                    + " longer be in the oplog.");
+                }
+            }
+        }
     }
 
     public static void main(String[] args) throws Exception {
@@ -105,7 +160,7 @@ public final class BackingServer {
         System.setProperty("org.slf4j.simpleLogger.logFile", "System.err");
         System.setProperty("org.slf4j.simpleLogger.showDateTime", "true");
 
-        MemoryBackend backend = new MemoryBackend();
+        MemoryBackend backend = new HistoryCheckingBackend();
         backend.version(version(serverVersion, wireVersion));
         MongoServer server = new MongoServer(backend);
         server.enableOplog();

@@ -1,0 +1,55 @@
+"""A TCP relay for e2e tests: the network between aspen and a peer.
+
+Usage: python tcp_relay.py LISTEN_PORT TARGET_HOST:TARGET_PORT
+
+Forwards every connection made to 127.0.0.1:LISTEN_PORT to the target and
+prints "RELAYING <port>" once it listens. SIGTERM ends it at once, cutting
+every open connection, which is what the client sees when the network goes
+away; started again on the same port, it lets clients reconnect. Used by
+tests/e2e/peers.sh (start_relay / stop_relay).
+"""
+import asyncio
+import os
+import signal
+import sys
+
+
+async def pump(reader, writer):
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+async def main():
+    listen_port = int(sys.argv[1])
+    host, port = sys.argv[2].rsplit(":", 1)
+
+    async def on_client(c_reader, c_writer):
+        try:
+            t_reader, t_writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            c_writer.close()
+            return
+        await asyncio.gather(pump(c_reader, t_writer), pump(t_reader, c_writer))
+
+    server = await asyncio.start_server(on_client, "127.0.0.1", listen_port,
+                                        reuse_address=True)
+    print(f"RELAYING {listen_port}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    try:
+        asyncio.run(main())
+    except OSError as e:
+        sys.exit(f"tcp_relay: {e}")
