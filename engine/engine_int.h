@@ -222,8 +222,19 @@ void aspen_pipeline_tick(aspen_pipeline_t *pl, int64_t now_ms,
                          int64_t idle_ms);
 /* Pushes `doc` into `chain` at stage `idx` (its terminal when idx == n). */
 void aspen_chain_push(aspen_chain_t *chain, int idx, const aspen_sdoc_t *doc);
+/* Emits every document a stage of the main chain holds back (a batched
+ * $lookup: aspen__lookup_flush, stage_lookup.c), stage by stage in order.
+ * The processor calls it before the sinks flush, so a checkpoint never
+ * covers a held document. */
+void aspen_pipeline_flush(aspen_pipeline_t *pl);
+void aspen__lookup_flush(aspen_stage_t *st);
+extern const aspen_stage_ops_t aspen_stage_lookup_ops;
 /* Called by a stage for each output document. */
 void aspen_stage_emit(aspen_stage_t *st, const aspen_sdoc_t *out);
+/* Sends `in` to the DLQ as failed in stage `st` with `err` (what a push
+ * returning false does). */
+void aspen_stage_dead_letter(aspen_stage_t *st, const aspen_sdoc_t *in,
+                             const aspen_error_t *err);
 /* Fills an expression context for a document. */
 void aspen_stage_expr_ctx(const aspen_stage_t *st, const aspen_sdoc_t *in,
                           aspen_expr_ctx_t *ctx);

@@ -529,14 +529,32 @@ aspen_chain_push(aspen_chain_t *chain, int idx, const aspen_sdoc_t *doc)
       return;
    }
    aspen_stage_t *st = &chain->stages[idx];
-   aspen_pipeline_t *pl = st->pl;
    aspen_error_t err;
    if (!st->ops->push(st, doc, &err)) {
-      char reason[ASPEN_ERROR_MSG_MAX + 128];
-      snprintf(reason, sizeof reason,
-               "Failed to process input document in %s with error: %s",
-               st->ops->operator_name, err.message);
-      pl->dlq(pl->hook_arg, doc, st->ops->operator_name, reason);
+      aspen_stage_dead_letter(st, doc, &err);
+   }
+}
+
+void
+aspen_stage_dead_letter(aspen_stage_t *st, const aspen_sdoc_t *in,
+                        const aspen_error_t *err)
+{
+   aspen_pipeline_t *pl = st->pl;
+   char reason[ASPEN_ERROR_MSG_MAX + 128];
+   snprintf(reason, sizeof reason,
+            "Failed to process input document in %s with error: %s",
+            st->ops->operator_name, err->message);
+   pl->dlq(pl->hook_arg, in, st->ops->operator_name, reason);
+}
+
+void
+aspen_pipeline_flush(aspen_pipeline_t *pl)
+{
+   for (int i = 0; i < pl->main.n; i++) {
+      aspen_stage_t *st = &pl->main.stages[i];
+      if (st->ops == &aspen_stage_lookup_ops) {
+         aspen__lookup_flush(st);
+      }
    }
 }
 

@@ -436,6 +436,7 @@ static bool
 flush_sinks(runtime_t *rt)
 {
    aspen_error_t err;
+   aspen_pipeline_flush(rt->proc->pl);
    if (rt->sink && !rt->sink->flush(rt, rt->sink_state, &err)) {
       aspen_rt_fail(rt, err.message);
       return false;

@@ -2,11 +2,22 @@
  * stage_lookup.c - $lookup and $cachedLookup against a collection of an
  * atlas connection (../shared/spec/asp-semantics.md §6).
  *
- * Each document runs one query on the processor's thread (never the event
- * loop) through a mongoc client the stage opens on first use:
+ * Queries run on the processor's thread (never the event loop) through a
+ * mongoc client the stage opens on first use:
  *   - localField/foreignField: find({foreignField: <local value>}) with
  *     MongoDB's array semantics (an array local value matches any of its
- *     elements, a missing one matches null or missing);
+ *     elements, a missing one matches null or missing). A $lookup of this
+ *     form in the main pipeline with no window after it holds up to
+ *     BATCH_MAX_DOCS documents back and runs one find({foreignField: {$in:
+ *     <every local value>}}) for them all; each document then gets the
+ *     results its own condition matches (aspen's matcher, same semantics),
+ *     in the server's order, and the documents go on in their input order.
+ *     The batch also goes out whenever the processor flushes its sinks
+ *     (aspen_pipeline_flush), so a checkpoint never covers a held
+ *     document; if the batched query fails, each document runs its own,
+ *     exactly as unbatched. A window downstream sees every source document
+ *     before the stages do, so there holding back would make them late:
+ *     there, as inside windows, each document runs its own query;
  *   - let + pipeline: aggregate(pipeline), the `let` variables evaluated
  *     against the document and substituted into the pipeline as literals
  *     (aspen__vars_substitute), so it runs on servers without the
@@ -20,6 +31,7 @@
  * live `ttl` and the oldest go first once `maxMemUsageBytes` is reached.
  */
 #include "engine_int.h"
+#include "match.h"
 
 #include <mongoc/mongoc.h>
 #include <stdlib.h>
@@ -28,6 +40,8 @@
 
 #define CACHE_BUCKETS 4096
 #define CACHE_DEFAULT_MAX_BYTES (64 * 1024 * 1024)
+#define BATCH_MAX_DOCS 256
+#define BATCH_MAX_BYTES (4 * 1024 * 1024) /* of held documents */
 
 /* ---- variable substitution (shared with $merge's whenMatched) ------------- */
 
@@ -230,6 +244,14 @@ typedef struct {
    cache_t *cache;           /* $cachedLookup only */
    mongoc_client_t *client;  /* opened on first use, processor thread */
    mongoc_collection_t *mc;
+   /* Batching (the equality form, see the top): decided at the first
+    * document; the documents held back, copied. */
+   int batching;             /* 0 undecided, 1 yes, -1 no */
+   struct held {
+      bson_t *doc, *meta;
+      int64_t ts_ms;
+   } *held;
+   size_t n_held, held_cap, held_bytes;
 } lookup_t;
 
 /* Frees the let variables (a second 'let' replaces the first, as in mongod). */
@@ -248,6 +270,19 @@ let_clear(lookup_t *lk)
 }
 
 static void
+held_clear(lookup_t *lk)
+{
+   for (size_t i = 0; i < lk->n_held; i++) {
+      bson_destroy(lk->held[i].doc);
+      if (lk->held[i].meta) {
+         bson_destroy(lk->held[i].meta);
+      }
+   }
+   lk->n_held = 0;
+   lk->held_bytes = 0;
+}
+
+static void
 lookup_destroy(aspen_stage_t *st)
 {
    lookup_t *lk = st->state;
@@ -255,6 +290,8 @@ lookup_destroy(aspen_stage_t *st)
       return;
    }
    let_clear(lk);
+   held_clear(lk);
+   free(lk->held);
    cache_destroy(lk->cache);
    if (lk->mc) {
       mongoc_collection_destroy(lk->mc);
@@ -622,13 +659,9 @@ build_pipeline(const lookup_t *lk, const bson_t *doc, const aspen_stage_t *st,
    return ok;
 }
 
-/* Runs the query for one document; *results is an array (initialized by
- * the call). False with err set when the query failed. */
 static bool
-run_query(lookup_t *lk, const aspen_stage_t *st, const aspen_sdoc_t *in,
-          bson_t *results, aspen_error_t *err)
+open_client(lookup_t *lk, aspen_error_t *err)
 {
-   bson_init(results);
    if (!lk->client) {
       lk->client = aspen__conn_client_new(lk->conn, false, err);
       if (!lk->client) {
@@ -636,22 +669,14 @@ run_query(lookup_t *lk, const aspen_stage_t *st, const aspen_sdoc_t *in,
       }
       lk->mc = mongoc_client_get_collection(lk->client, lk->db, lk->coll);
    }
-   mongoc_cursor_t *cur;
-   if (lk->has_pipeline) {
-      bson_t pipeline;
-      if (!build_pipeline(lk, in->doc, st, in, &pipeline, err)) {
-         bson_destroy(&pipeline);
-         return false;
-      }
-      cur = mongoc_collection_aggregate(lk->mc, MONGOC_QUERY_NONE, &pipeline,
-                                        NULL, NULL);
-      bson_destroy(&pipeline);
-   } else {
-      bson_t filter;
-      equality_filter(lk, in->doc, &filter);
-      cur = mongoc_collection_find_with_opts(lk->mc, &filter, NULL, NULL);
-      bson_destroy(&filter);
-   }
+   return true;
+}
+
+/* Reads every document of `cur` into the array `results` and destroys the
+ * cursor. False with err set when the query failed. */
+static bool
+drain(lookup_t *lk, mongoc_cursor_t *cur, bson_t *results, aspen_error_t *err)
+{
    const bson_t *doc;
    uint32_t i = 0;
    char key[16];
@@ -671,6 +696,35 @@ run_query(lookup_t *lk, const aspen_stage_t *st, const aspen_sdoc_t *in,
    }
    mongoc_cursor_destroy(cur);
    return ok;
+}
+
+/* Runs the query for one document; *results is an array (initialized by
+ * the call). False with err set when the query failed. */
+static bool
+run_query(lookup_t *lk, const aspen_stage_t *st, const aspen_sdoc_t *in,
+          bson_t *results, aspen_error_t *err)
+{
+   bson_init(results);
+   if (!open_client(lk, err)) {
+      return false;
+   }
+   mongoc_cursor_t *cur;
+   if (lk->has_pipeline) {
+      bson_t pipeline;
+      if (!build_pipeline(lk, in->doc, st, in, &pipeline, err)) {
+         bson_destroy(&pipeline);
+         return false;
+      }
+      cur = mongoc_collection_aggregate(lk->mc, MONGOC_QUERY_NONE, &pipeline,
+                                        NULL, NULL);
+      bson_destroy(&pipeline);
+   } else {
+      bson_t filter;
+      equality_filter(lk, in->doc, &filter);
+      cur = mongoc_collection_find_with_opts(lk->mc, &filter, NULL, NULL);
+      bson_destroy(&filter);
+   }
+   return drain(lk, cur, results, err);
 }
 
 /* Copies `doc` with `path` (possibly dotted) set to the array `value`. */
@@ -719,10 +773,176 @@ set_path(const bson_t *doc, const char *path, const bson_t *value,
    }
 }
 
+/* Emits `in` with `as` set to `results`. */
+static void
+emit_with(aspen_stage_t *st, const aspen_sdoc_t *in, const bson_t *results)
+{
+   lookup_t *lk = st->state;
+   bson_t out = BSON_INITIALIZER;
+   set_path(in->doc, lk->as, results, &out);
+   aspen_sdoc_t next = *in;
+   next.doc = &out;
+   aspen_stage_emit(st, &next);
+   bson_destroy(&out);
+}
+
+/* Whether this stage batches (see the top): the equality form, not cached,
+ * in the main chain, with no window after it. */
+static bool
+batches(const aspen_stage_t *st)
+{
+   const lookup_t *lk = st->state;
+   const aspen_pipeline_t *pl = st->pl;
+   return !lk->has_pipeline && !lk->cache && st->chain == &pl->main &&
+          (!pl->window || pl->window < st);
+}
+
+/* Appends the values a document's condition can match to the $in array
+ * `in` (numbered from *n): its local value, each element of an array one,
+ * null for a missing one. */
+static void
+append_local_values(const lookup_t *lk, const bson_t *doc, bson_t *in,
+                    uint32_t *n)
+{
+   aspen_value_t local = aspen_expr_get_path(doc, lk->local_field);
+   char key[16];
+   const char *k;
+   if (aspen_value_is_missing(&local)) {
+      bson_uint32_to_string((*n)++, &k, key, sizeof key);
+      BSON_APPEND_NULL(in, k);
+   } else if (local.v.value_type == BSON_TYPE_ARRAY) {
+      bson_t arr;
+      bson_iter_t it;
+      (void) bson_init_static(&arr, local.v.value.v_doc.data,
+                              local.v.value.v_doc.data_len);
+      bson_iter_init(&it, &arr);
+      while (bson_iter_next(&it)) {
+         bson_uint32_to_string((*n)++, &k, key, sizeof key);
+         bson_append_iter(in, k, -1, &it);
+      }
+   } else {
+      bson_uint32_to_string((*n)++, &k, key, sizeof key);
+      aspen_value_append(in, k, -1, &local);
+   }
+   aspen_value_destroy(&local);
+}
+
+/* The documents of `all` (an array) that a document's own condition
+ * matches, in order, into the array `results` (initialized here). False
+ * when the condition cannot be evaluated here. */
+static bool
+select_results(const lookup_t *lk, const bson_t *doc, const bson_t *all,
+               bson_t *results)
+{
+   bson_t filter;
+   aspen_matcher_t *m = NULL;
+   aspen_error_t err;
+   bson_init(results);
+   equality_filter(lk, doc, &filter);
+   bool ok = aspen_matcher_new(&filter, &m, &err);
+   bson_iter_t it;
+   uint32_t n = 0;
+   char key[16];
+   const char *k;
+   bson_iter_init(&it, all);
+   while (ok && bson_iter_next(&it)) {
+      uint32_t len;
+      const uint8_t *data;
+      bson_t one;
+      bool matched = false;
+      bson_iter_document(&it, &len, &data);
+      (void) bson_init_static(&one, data, len);
+      ok = aspen_matcher_match(m, &one, NULL, &matched, &err);
+      if (ok && matched) {
+         bson_uint32_to_string(n++, &k, key, sizeof key);
+         BSON_APPEND_DOCUMENT(results, k, &one);
+      }
+   }
+   aspen_matcher_destroy(m);
+   bson_destroy(&filter);
+   return ok;
+}
+
+/* One query for every held document, then each goes on with its results;
+ * any that cannot be served from it runs its own query. */
+void
+aspen__lookup_flush(aspen_stage_t *st)
+{
+   lookup_t *lk = st->state;
+   if (!lk || lk->n_held == 0) {
+      return;
+   }
+   bson_t all, filter = BSON_INITIALIZER, cond, in;
+   aspen_error_t err;
+   uint32_t n = 0;
+   BSON_APPEND_DOCUMENT_BEGIN(&filter, lk->foreign_field, &cond);
+   BSON_APPEND_ARRAY_BEGIN(&cond, "$in", &in);
+   for (size_t i = 0; i < lk->n_held; i++) {
+      append_local_values(lk, lk->held[i].doc, &in, &n);
+   }
+   bson_append_array_end(&cond, &in);
+   bson_append_document_end(&filter, &cond);
+   bool batch_ok = false;
+   bson_init(&all);
+   if (open_client(lk, &err)) {
+      mongoc_cursor_t *cur =
+         mongoc_collection_find_with_opts(lk->mc, &filter, NULL, NULL);
+      batch_ok = drain(lk, cur, &all, &err);
+   }
+   bson_destroy(&filter);
+   /* Emitting never comes back into this stage (chains do not loop), so
+    * the held documents stay where they are until cleared. */
+   for (size_t i = 0; i < lk->n_held; i++) {
+      struct held *h = &lk->held[i];
+      aspen_sdoc_t one = {.doc = h->doc, .meta = h->meta, .ts_ms = h->ts_ms};
+      bson_t results;
+      if (!(batch_ok && select_results(lk, one.doc, &all, &results))) {
+         if (batch_ok) {
+            bson_destroy(&results);
+         }
+         if (!run_query(lk, st, &one, &results, &err)) {
+            bson_destroy(&results);
+            aspen_stage_dead_letter(st, &one, &err);
+            continue;
+         }
+      }
+      emit_with(st, &one, &results);
+      bson_destroy(&results);
+   }
+   bson_destroy(&all);
+   held_clear(lk);
+}
+
+/* Holds `in` back for the next batch, which goes out once full. */
+static void
+hold(aspen_stage_t *st, const aspen_sdoc_t *in)
+{
+   lookup_t *lk = st->state;
+   if (lk->n_held == lk->held_cap) {
+      lk->held_cap = lk->held_cap ? lk->held_cap * 2 : 16;
+      lk->held = aspen_xrealloc(lk->held, lk->held_cap * sizeof *lk->held);
+   }
+   struct held *h = &lk->held[lk->n_held++];
+   h->doc = bson_copy(in->doc);
+   h->meta = in->meta ? bson_copy(in->meta) : NULL;
+   h->ts_ms = in->ts_ms;
+   lk->held_bytes += in->doc->len + (in->meta ? in->meta->len : 0);
+   if (lk->n_held >= BATCH_MAX_DOCS || lk->held_bytes >= BATCH_MAX_BYTES) {
+      aspen__lookup_flush(st);
+   }
+}
+
 static bool
 lookup_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 {
    lookup_t *lk = st->state;
+   if (lk->batching == 0) {
+      lk->batching = batches(st) ? 1 : -1;
+   }
+   if (lk->batching > 0) {
+      hold(st, in);
+      return true;
+   }
    bson_t results, key;
    bool have = false;
    int64_t now = 0;
@@ -748,12 +968,7 @@ lookup_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
          cache_put(lk->cache, &key, &results, now);
       }
    }
-   bson_t out = BSON_INITIALIZER;
-   set_path(in->doc, lk->as, &results, &out);
-   aspen_sdoc_t next = *in;
-   next.doc = &out;
-   aspen_stage_emit(st, &next);
-   bson_destroy(&out);
+   emit_with(st, in, &results);
    bson_destroy(&results);
    bson_destroy(&key);
    return true;

@@ -21,7 +21,6 @@ extern const aspen_stage_ops_t aspen_stage_replace_with_ops;
 extern const aspen_stage_ops_t aspen_stage_unwind_ops;
 extern const aspen_stage_ops_t aspen_stage_merge_ops;
 extern const aspen_stage_ops_t aspen_stage_emit_ops;
-extern const aspen_stage_ops_t aspen_stage_lookup_ops;
 extern const aspen_stage_ops_t aspen_stage_cached_lookup_ops;
 extern const aspen_stage_ops_t aspen_stage_tumbling_ops;
 extern const aspen_stage_ops_t aspen_stage_hopping_ops;

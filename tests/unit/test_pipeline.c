@@ -776,6 +776,7 @@ feed(aspen_pipeline_t *pl, const bson_t *partitions, bool virtual_clock,
          now++;
       }
    }
+   aspen_pipeline_flush(pl); /* as the processor does before its sinks flush */
    if (virtual_clock) {
       int64_t far = INT64_MAX / 4;
       pl->now_ms = far;
