@@ -460,6 +460,124 @@ aspen__kafka_conf_new(const aspen_conn_t *conn, aspen_kafka_client_hdr_t *hdr,
    return conf;
 }
 
+rd_kafka_resp_err_t
+aspen__kafka_metadata(rd_kafka_t *rk, rd_kafka_topic_t *rkt,
+                      const struct rd_kafka_metadata **md, int timeout_ms,
+                      const char *fatal)
+{
+   const int slice_ms = 500;
+   rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__TIMED_OUT;
+   *md = NULL;
+   for (int waited = 0; waited < timeout_ms; waited += slice_ms) {
+      int t = timeout_ms - waited < slice_ms ? timeout_ms - waited : slice_ms;
+      e = rd_kafka_metadata(rk, 0, rkt, md, t);
+      if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
+         return e;
+      }
+      rd_kafka_poll(rk, 0); /* serves the error callback */
+      if (fatal[0]) {
+         return RD_KAFKA_RESP_ERR__FATAL;
+      }
+      if (e != RD_KAFKA_RESP_ERR__TIMED_OUT &&
+          e != RD_KAFKA_RESP_ERR__TRANSPORT) {
+         return e;
+      }
+      if (e == RD_KAFKA_RESP_ERR__TRANSPORT) {
+         /* Every broker is down (refused, or just dropped us): wait out the
+          * rest of the slice before asking again. */
+         rd_kafka_poll(rk, t);
+         if (fatal[0]) {
+            return RD_KAFKA_RESP_ERR__FATAL;
+         }
+      }
+   }
+   return e;
+}
+
+/* A client being shut down off the caller's thread. */
+typedef struct {
+   pthread_mutex_t mu;
+   pthread_cond_t cv;
+   bool done, abandoned;
+   rd_kafka_t *rk;
+   bool consumer;
+   void (*free_fn)(void *);
+   void *arg;
+} closer_t;
+
+static void
+closer_free(closer_t *c)
+{
+   c->free_fn(c->arg);
+   pthread_cond_destroy(&c->cv);
+   pthread_mutex_destroy(&c->mu);
+   free(c);
+}
+
+static void *
+closer_main(void *p)
+{
+   closer_t *c = p;
+   if (c->consumer) {
+      rd_kafka_consumer_close(c->rk);
+   }
+   rd_kafka_destroy(c->rk);
+   pthread_mutex_lock(&c->mu);
+   c->done = true;
+   bool abandoned = c->abandoned;
+   pthread_cond_signal(&c->cv);
+   pthread_mutex_unlock(&c->mu);
+   if (abandoned) {
+      closer_free(c); /* nobody waits any more: the last owner frees */
+   }
+   return NULL;
+}
+
+void
+aspen__kafka_client_destroy(rd_kafka_t *rk, bool consumer,
+                            void (*free_fn)(void *), void *arg,
+                            const char *ctx, int wait_ms)
+{
+   closer_t *c = aspen_xcalloc(1, sizeof *c);
+   pthread_mutex_init(&c->mu, NULL);
+   pthread_cond_init(&c->cv, NULL);
+   c->rk = rk;
+   c->consumer = consumer;
+   c->free_fn = free_fn;
+   c->arg = arg;
+   pthread_t th;
+   if (pthread_create(&th, NULL, closer_main, c) != 0) {
+      closer_main(c); /* no thread to spare: shut down here */
+      closer_free(c);
+      return;
+   }
+   pthread_detach(th);
+   struct timespec ts;
+   clock_gettime(CLOCK_REALTIME, &ts);
+   ts.tv_sec += wait_ms / 1000;
+   ts.tv_nsec += (long) (wait_ms % 1000) * 1000000;
+   if (ts.tv_nsec >= 1000000000) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000;
+   }
+   pthread_mutex_lock(&c->mu);
+   while (!c->done &&
+          pthread_cond_timedwait(&c->cv, &c->mu, &ts) == 0) {
+   }
+   bool done = c->done;
+   c->abandoned = !done;
+   pthread_mutex_unlock(&c->mu);
+   if (done) {
+      closer_free(c);
+      return;
+   }
+   aspen_logf(ASPEN_LOG_ERROR, ASPEN_LOG_DOMAIN, ctx,
+              "the Kafka %s did not shut down within %d ms (librdkafka "
+              "can hang after a topic it used was deleted); it is "
+              "abandoned and freed if it ever finishes",
+              consumer ? "consumer" : "producer", wait_ms);
+}
+
 /* ---- the local broker --------------------------------------------------------- */
 
 /* The mock cluster needs a client handle of its own: it lives in that

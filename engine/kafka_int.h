@@ -83,6 +83,34 @@ rd_kafka_conf_t *aspen__kafka_conf_new(const aspen_conn_t *conn,
 bool aspen__kafka_conf_set(rd_kafka_conf_t *conf, const char *name,
                            const char *value, aspen_error_t *err);
 
+/* Asks the cluster for metadata (of `rkt` only, or NULL for all topics) as
+ * rd_kafka_metadata does, waiting at most `timeout_ms`, but in short slices
+ * with the client's error callbacks served in between (rd_kafka_poll), so
+ * an error that callback records as fatal -- a SASL authentication failure
+ * never answers, it only closes the connection -- ends the wait at once:
+ * `fatal` is the client's fatal-error buffer, checked after each slice.
+ * For a consumer, call this before rd_kafka_poll_set_consumer. Returns
+ * librdkafka's error (RD_KAFKA_RESP_ERR__FATAL when `fatal` was set), and
+ * *md to free with rd_kafka_metadata_destroy on success. Blocks; the
+ * client's own thread. */
+rd_kafka_resp_err_t aspen__kafka_metadata(rd_kafka_t *rk, rd_kafka_topic_t *rkt,
+                                          const struct rd_kafka_metadata **md,
+                                          int timeout_ms, const char *fatal);
+
+/* Closes (a consumer) and destroys client `rk`, then calls free_fn(arg) to
+ * free what the client's callbacks use (its opaque). Takes ownership of
+ * both. librdkafka 2.0 can hang for ever in that shutdown after a topic the
+ * client used was deleted (librdkafka issue 4362), and a processor's
+ * shutdown must not hang the engine's command thread that joins it, so the
+ * shutdown runs on a thread of its own and this waits `wait_ms` at most;
+ * after that the client is abandoned (logged, with `ctx` naming the
+ * processor) and its thread frees everything if it ever finishes. The
+ * caller must not use `rk` or `arg` after this call, and the callbacks
+ * must not touch anything but `arg` once it is made. */
+void aspen__kafka_client_destroy(rd_kafka_t *rk, bool consumer,
+                                 void (*free_fn)(void *), void *arg,
+                                 const char *ctx, int wait_ms);
+
 /* ---- the local broker ("local": true) ------------------------------------ */
 
 /* A Kafka broker hosted inside aspen for a connection that asks for one:

@@ -14,10 +14,13 @@
  * flush (called by the runtime before a source commits its offsets) waits
  * for every delivery report, so "flushed" means acknowledged by the broker.
  * A document Kafka refuses for itself (too large, invalid record) goes to the
- * DLQ; any other delivery failure (timeout after 30 s, authorisation, a
- * fatal idempotence error) fails the processor, whose source then does not
- * commit the unacknowledged tail. When the producer's queue is full, write
- * serves delivery reports and waits (back-pressure) instead of dropping.
+ * DLQ (counted in dlqMessageCount); the broker judges max.message.bytes per
+ * batch, so documents refused as too large are first sent again one at a
+ * time. Any other delivery failure (timeout after 30 s, authentication or
+ * authorisation, a deleted topic that is not auto-created, a fatal
+ * idempotence error) fails the processor, whose source then does not commit
+ * the unacknowledged tail. When the producer's queue is full, write serves
+ * delivery reports and waits (back-pressure) instead of dropping.
  */
 #include "kafka_int.h"
 #include "source.h"
@@ -29,6 +32,7 @@
 #define ASPEN_LOG_DOMAIN "kafka"
 #define MAX_TOPICS 1000
 #define OPERATOR "KafkaEmitOperator"
+#define CLOSE_WAIT_MS 5000
 
 typedef struct {
    aspen_kafka_client_hdr_t hdr; /* first: the producer's opaque */
@@ -44,12 +48,50 @@ typedef struct {
    /* Run time. */
    aspen_runtime_t *rt;
    rd_kafka_t *rk;
+   char *name; /* hdr.ctx: the processor's name, a copy */
    char **topics_seen;
    int n_topics_seen;
    bool closing;
+   /* Documents whose batch the broker refused as too large, to send again
+    * one at a time (emit_flush); `resending` while that runs. */
+   bson_t **resend;
+   int n_resend, cap_resend;
+   bool resending;
    char fatal[ASPEN_ERROR_MSG_MAX];
    int32_t fatal_code;
 } emit_t;
+
+/* Frees what only the processor's thread uses (the expressions borrow
+ * from the pipeline's spec); the struct itself may outlive it (emit_close). */
+static void
+emit_free_compiled(emit_t *e)
+{
+   aspen_expr_destroy(e->topic);
+   aspen_expr_destroy(e->key);
+   aspen_expr_destroy(e->headers);
+   aspen_expr_destroy(e->tombstone_when);
+   e->topic = e->key = e->headers = e->tombstone_when = NULL;
+   for (int i = 0; i < e->n_topics_seen; i++) {
+      free(e->topics_seen[i]);
+   }
+   free(e->topics_seen);
+   e->topics_seen = NULL;
+   e->n_topics_seen = 0;
+   for (int i = 0; i < e->n_resend; i++) {
+      bson_destroy(e->resend[i]);
+   }
+   free(e->resend);
+   e->resend = NULL;
+   e->n_resend = e->cap_resend = 0;
+}
+
+static void
+emit_free_mem(void *p)
+{
+   emit_t *e = p;
+   free(e->name);
+   free(e);
+}
 
 static void
 emit_free(emit_t *e)
@@ -57,15 +99,8 @@ emit_free(emit_t *e)
    if (!e) {
       return;
    }
-   aspen_expr_destroy(e->topic);
-   aspen_expr_destroy(e->key);
-   aspen_expr_destroy(e->headers);
-   aspen_expr_destroy(e->tombstone_when);
-   for (int i = 0; i < e->n_topics_seen; i++) {
-      free(e->topics_seen[i]);
-   }
-   free(e->topics_seen);
-   free(e);
+   emit_free_compiled(e);
+   emit_free_mem(e);
 }
 
 /* ---- options ---------------------------------------------------------------- */
@@ -347,16 +382,40 @@ set_fatal(emit_t *e, const char *topic, rd_kafka_resp_err_t err,
           const char *detail)
 {
    if (!e->fatal[0]) {
+      /* Name the two causes a user can act on. */
+      const char *why =
+         err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
+               err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+               err == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION
+            ? "the topic does not exist (deleted, and topics are not "
+              "auto-created): "
+         : err == RD_KAFKA_RESP_ERR__AUTHENTICATION ||
+               err == RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED
+            ? "authentication failed: "
+            : "";
       snprintf(e->fatal, sizeof e->fatal,
-               "Kafka $emit%s%s%s (connection '%s') failed: %s",
+               "Kafka $emit%s%s%s (connection '%s') failed: %s%s",
                topic ? " to topic '" : "", topic ? topic : "",
-               topic ? "'" : "", e->conn->name, detail);
+               topic ? "'" : "", e->conn->name, why, detail);
       e->fatal_code = ASPEN_ERR_StreamProcessorKafkaConnectionError;
-      (void) err;
    }
 }
 
-/* Served from rd_kafka_poll/flush, so on the processor's thread. */
+/* The broker checks a topic's max.message.bytes against a whole batch, so
+ * one large document refuses the small ones batched with it, and a batch
+ * of small ones can be refused too when the topic's limit is below the
+ * producer's. Such documents are sent again alone before they are judged
+ * (as Kafka's Java producer splits such a batch). */
+static bool
+is_batch_size_error(rd_kafka_resp_err_t e)
+{
+   return e == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE ||
+          e == RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE;
+}
+
+/* Served from rd_kafka_poll/flush, so on the processor's thread. A failed
+ * document is never dropped: it goes to the DLQ (counted in the stats'
+ * dlqMessageCount), is sent again, or fails the processor. */
 static void
 dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
@@ -365,6 +424,15 @@ dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
    (void) rk;
    if (m->err && !e->closing) {
       const char *topic = rd_kafka_topic_name(m->rkt);
+      if (is_batch_size_error(m->err) && doc && !e->resending) {
+         if (e->n_resend == e->cap_resend) {
+            e->cap_resend = e->cap_resend ? 2 * e->cap_resend : 16;
+            e->resend = aspen_xrealloc(
+               e->resend, (size_t) e->cap_resend * sizeof *e->resend);
+         }
+         e->resend[e->n_resend++] = doc; /* the list owns it now */
+         return;
+      }
       if (is_per_message(m->err) && doc) {
          char reason[ASPEN_ERROR_MSG_MAX];
          snprintf(reason, sizeof reason,
@@ -413,7 +481,8 @@ emit_open(aspen_runtime_t *rt, const bson_t *spec, void **state,
       return false;
    }
    e->rt = rt;
-   e->hdr.ctx = aspen_rt_processor_name(rt);
+   e->name = aspen_xstrdup(aspen_rt_processor_name(rt));
+   e->hdr.ctx = e->name;
    rd_kafka_conf_t *conf = aspen__kafka_conf_new(e->conn, &e->hdr, err);
    if (!conf) {
       emit_free(e);
@@ -443,15 +512,20 @@ emit_open(aspen_runtime_t *rt, const bson_t *spec, void **state,
       emit_free(e);
       return false;
    }
-   /* Reach the cluster now, so a wrong address fails the start. */
+   /* Reach the cluster now, so a wrong address or wrong credentials fail
+    * the start. */
    const struct rd_kafka_metadata *md = NULL;
-   rd_kafka_resp_err_t me = rd_kafka_metadata(e->rk, 0, NULL, &md, 10000);
+   rd_kafka_resp_err_t me =
+      aspen__kafka_metadata(e->rk, NULL, &md, 10000, e->fatal);
    if (me) {
-      aspen_error_set(err, ASPEN_ERR_StreamProcessorKafkaConnectionError,
-                      "Kafka connection error on connection '%s' (bootstrap "
-                      "servers unreachable or refused): %s%s%s",
-                      e->conn->name, rd_kafka_err2str(me),
-                      e->fatal[0] ? "; " : "", e->fatal);
+      if (me == RD_KAFKA_RESP_ERR__FATAL) {
+         aspen_error_set(err, e->fatal_code, "%s", e->fatal);
+      } else {
+         aspen_error_set(err, ASPEN_ERR_StreamProcessorKafkaConnectionError,
+                         "Kafka connection error on connection '%s' "
+                         "(bootstrap servers unreachable or refused): %s",
+                         e->conn->name, rd_kafka_err2str(me));
+      }
       rd_kafka_destroy(e->rk);
       emit_free(e);
       return false;
@@ -712,9 +786,8 @@ emit_write(aspen_runtime_t *rt, void *state, const bson_t *doc,
                   topic_name, rd_kafka_err2str(pe));
          goto refuse;
       }
-      aspen_error_set(err, ASPEN_ERR_StreamProcessorKafkaConnectionError,
-                      "Kafka $emit to topic '%s' (connection '%s') failed: %s",
-                      topic_name, e->conn->name, rd_kafka_err2str(pe));
+      set_fatal(e, topic_name, pe, rd_kafka_err2str(pe));
+      aspen_error_set(err, e->fatal_code, "%s", e->fatal);
       ok = false;
       goto done;
    }
@@ -744,11 +817,36 @@ static bool
 emit_flush(aspen_runtime_t *rt, void *state, aspen_error_t *err)
 {
    emit_t *e = state;
-   (void) rt;
    /* Every message handed over is acknowledged (or failed) when this
     * returns; message.timeout.ms bounds the wait. */
    while (!e->fatal[0] &&
           rd_kafka_flush(e->rk, 500) == RD_KAFKA_RESP_ERR__TIMED_OUT) {
+   }
+   /* Documents of refused batches go again, each alone (nothing else is in
+    * flight now, and each is acknowledged before the next is sent): one
+    * the broker still refuses goes to the DLQ. They come after documents
+    * emitted later; nothing is committed before they are settled. */
+   if (e->n_resend > 0 && !e->fatal[0]) {
+      bson_t **docs = e->resend;
+      int n = e->n_resend;
+      e->resend = NULL;
+      e->n_resend = e->cap_resend = 0;
+      bool ok = true;
+      e->resending = true;
+      for (int i = 0; i < n; i++) {
+         if (ok && !e->fatal[0]) {
+            ok = emit_write(rt, e, docs[i], err); /* err set if false */
+            while (ok && !e->fatal[0] && rd_kafka_flush(e->rk, 500) ==
+                                            RD_KAFKA_RESP_ERR__TIMED_OUT) {
+            }
+         }
+         bson_destroy(docs[i]);
+      }
+      free(docs);
+      e->resending = false;
+      if (!ok) {
+         return false;
+      }
    }
    if (e->fatal[0]) {
       aspen_error_set(err, e->fatal_code, "%s", e->fatal);
@@ -771,7 +869,10 @@ emit_close(void *state)
       e->closing = true;
       rd_kafka_purge(e->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
       rd_kafka_flush(e->rk, 5000);
-      rd_kafka_destroy(e->rk);
+      emit_free_compiled(e);
+      aspen__kafka_client_destroy(e->rk, false, emit_free_mem, e, e->name,
+                                  CLOSE_WAIT_MS);
+      return;
    }
    emit_free(e);
 }

@@ -41,6 +41,7 @@
 #define FLUSH_EVERY_MSGS 5000
 #define METADATA_TIMEOUT_MS 10000
 #define STATS_EVERY_MS 1000
+#define CLOSE_WAIT_MS 5000
 
 typedef struct {
    aspen_kafka_client_hdr_t hdr; /* first: the client's opaque */
@@ -48,7 +49,10 @@ typedef struct {
    const aspen_kafka_source_opts_t *opts;
    const aspen_conn_t *conn;
    bool commit; /* offsets are committed to a named group */
+   /* The runtime and the options it owns; NULL once the source is being
+    * shut down, which may outlive the processor (ksrc_free). */
    aspen_runtime_t *rt;
+   char *name; /* hdr.ctx: the processor's name, a copy */
    uint64_t committed_gen; /* the runtime's checkpoint count committed */
    bool assigned_once;     /* checkpoint offsets used for one assignment */
    /* A fatal client error seen by error_cb (librdkafka calls it from
@@ -91,16 +95,42 @@ is_fatal(rd_kafka_resp_err_t e)
    }
 }
 
+static bool
+is_topic_gone(rd_kafka_resp_err_t e)
+{
+   return e == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+          e == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
+          e == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION;
+}
+
+/* The processor's error for fatal error `e`: a topic that went away says
+ * so with ASP's "no partitions found", an authentication failure says it
+ * is one. */
+static void
+fatal_message(const ksrc_t *ks, rd_kafka_resp_err_t e, const char *reason,
+              char *out, size_t len)
+{
+   const char *what = is_topic_gone(e)
+                         ? "a $source topic was deleted or is no longer "
+                           "available (no partitions found)"
+                      : e == RD_KAFKA_RESP_ERR__AUTHENTICATION ||
+                            e == RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED
+                         ? "authentication failed"
+                         : rd_kafka_err2name(e);
+   snprintf(out, len, "Kafka $source (connection '%s') failed: %s: %s",
+            ks->conn->name, what, reason);
+}
+
 static void
 error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
    ksrc_t *ks = opaque;
    (void) rk;
    rd_kafka_resp_err_t e = (rd_kafka_resp_err_t) err;
-   if (is_fatal(e) && !ks->fatal[0]) {
-      snprintf(ks->fatal, sizeof ks->fatal,
-               "Kafka $source (connection '%s') failed: %s: %s",
-               ks->conn->name, rd_kafka_err2name(e), reason);
+   if (is_fatal(e)) {
+      if (!ks->fatal[0]) {
+         fatal_message(ks, e, reason, ks->fatal, sizeof ks->fatal);
+      }
       return;
    }
    aspen_logf(ASPEN_LOG_WARNING, ASPEN_LOG_DOMAIN, ks->hdr.ctx,
@@ -176,7 +206,10 @@ rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
    ksrc_t *ks = opaque;
    bool cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") ==
                       0;
-   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS && !ks->rt) {
+      /* Shutting down: take nothing new. */
+      rd_kafka_assign(rk, NULL);
+   } else if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
       int restored = 0;
       for (int i = 0; i < parts->cnt; i++) {
          aspen_rt_partition_assigned(ks->rt, parts->elems[i].partition);
@@ -229,15 +262,19 @@ check_topics(ksrc_t *ks, aspen_error_t *err)
       const char *name = ks->opts->topics[i];
       rd_kafka_topic_t *rkt = rd_kafka_topic_new(ks->rk, name, NULL);
       const struct rd_kafka_metadata *md = NULL;
-      rd_kafka_resp_err_t e =
-         rd_kafka_metadata(ks->rk, 0, rkt, &md, METADATA_TIMEOUT_MS);
+      rd_kafka_resp_err_t e = aspen__kafka_metadata(
+         ks->rk, rkt, &md, METADATA_TIMEOUT_MS, ks->fatal);
       rd_kafka_topic_destroy(rkt);
+      if (e == RD_KAFKA_RESP_ERR__FATAL) {
+         aspen_error_set(err, ASPEN_ERR_StreamProcessorKafkaConnectionError,
+                         "%s", ks->fatal);
+         return false;
+      }
       if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
          aspen_error_set(err, ASPEN_ERR_StreamProcessorKafkaConnectionError,
                          "Kafka connection error on connection '%s' "
-                         "(bootstrap servers unreachable or refused): %s%s%s",
-                         ks->conn->name, rd_kafka_err2str(e),
-                         ks->fatal[0] ? "; " : "", ks->fatal);
+                         "(bootstrap servers unreachable or refused): %s",
+                         ks->conn->name, rd_kafka_err2str(e));
          return false;
       }
       bool found = md->topic_cnt == 1 && md->topics[0].partition_cnt > 0 &&
@@ -259,23 +296,40 @@ check_topics(ksrc_t *ks, aspen_error_t *err)
 }
 
 static void
+ksrc_free_mem(void *p)
+{
+   ksrc_t *ks = p;
+   for (int i = 0; i < ks->n_parts; i++) {
+      free(ks->parts[i].topic);
+   }
+   free(ks->parts);
+   free(ks->name);
+   free(ks);
+}
+
+/* Drops the stats, then closes the consumer, without waiting for ever
+ * (aspen__kafka_client_destroy); `ks` is gone afterwards. */
+static void
 ksrc_free(ksrc_t *ks)
 {
    if (!ks) {
       return;
    }
-   if (ks->rk) {
-      rd_kafka_consumer_close(ks->rk);
-      rd_kafka_destroy(ks->rk);
-   }
    if (ks->proc_id) {
       aspen__kafka_stats_clear(ks->proc_id);
    }
-   for (int i = 0; i < ks->n_parts; i++) {
-      free(ks->parts[i].topic);
+   /* From here on the callbacks see only `ks` itself: the runtime, the
+    * options and proc_id belong to the processor, which may be freed
+    * before an abandoned consumer finishes. */
+   ks->rt = NULL;
+   ks->opts = NULL;
+   ks->proc_id = NULL;
+   if (ks->rk) {
+      aspen__kafka_client_destroy(ks->rk, true, ksrc_free_mem, ks, ks->name,
+                                  CLOSE_WAIT_MS);
+   } else {
+      ksrc_free_mem(ks);
    }
-   free(ks->parts);
-   free(ks);
 }
 
 static bool
@@ -284,7 +338,8 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
    const aspen_source_spec_t *spec = aspen_rt_source_spec(rt);
    *state = NULL;
    ksrc_t *ks = aspen_xcalloc(1, sizeof *ks);
-   ks->hdr.ctx = aspen_rt_processor_name(rt);
+   ks->name = aspen_xstrdup(aspen_rt_processor_name(rt));
+   ks->hdr.ctx = ks->name;
    ks->proc_id = aspen_rt_processor_id(rt);
    ks->idle_timeout_ms = spec->partition_idle_timeout_ms;
    ks->rt = rt;
@@ -293,7 +348,7 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
    if (!ks->opts || !ks->conn) {
       aspen_error_set(err, ASPEN_ERR_InternalError,
                       "Kafka $source without options or connection");
-      free(ks);
+      ksrc_free_mem(ks);
       return false;
    }
 
@@ -318,7 +373,7 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
    snprintf(ks->group, sizeof ks->group, "%s", group);
    rd_kafka_conf_t *conf = aspen__kafka_conf_new(ks->conn, &ks->hdr, err);
    if (!conf) {
-      free(ks);
+      ksrc_free_mem(ks);
       return false;
    }
    char errstr[512];
@@ -330,7 +385,7 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
                               ks->opts->earliest ? "earliest" : "latest",
                               err)) {
       rd_kafka_conf_destroy(conf);
-      free(ks);
+      ksrc_free_mem(ks);
       return false;
    }
    if (ks->commit && !ks->opts->group_id) {
@@ -342,7 +397,7 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
                aspen_rt_processor_id(rt));
       if (!aspen__kafka_conf_set(conf, "group.instance.id", instance, err)) {
          rd_kafka_conf_destroy(conf);
-         free(ks);
+         ksrc_free_mem(ks);
          return false;
       }
    }
@@ -355,15 +410,17 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
       aspen_error_set(err, ASPEN_ERR_StreamProcessorKafkaConnectionError,
                       "cannot create a Kafka consumer for connection '%s': %s",
                       ks->conn->name, errstr);
-      free(ks);
+      ksrc_free_mem(ks);
+      return false;
+   }
+   /* Before poll_set_consumer: check_topics serves error callbacks with
+    * rd_kafka_poll. */
+   if (!check_topics(ks, err)) {
+      rd_kafka_destroy(ks->rk);
+      ksrc_free_mem(ks);
       return false;
    }
    rd_kafka_poll_set_consumer(ks->rk);
-   if (!check_topics(ks, err)) {
-      rd_kafka_destroy(ks->rk);
-      free(ks);
-      return false;
-   }
    rd_kafka_topic_partition_list_t *topics =
       rd_kafka_topic_partition_list_new(ks->opts->n_topics);
    for (int i = 0; i < ks->opts->n_topics; i++) {
@@ -377,7 +434,7 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
                       "cannot subscribe to the Kafka $source topics: %s",
                       rd_kafka_err2str(e));
       rd_kafka_destroy(ks->rk);
-      free(ks);
+      ksrc_free_mem(ks);
       return false;
    }
    aspen_logf(ASPEN_LOG_INFO, ASPEN_LOG_DOMAIN, ks->hdr.ctx,
@@ -610,13 +667,8 @@ kafka_run(aspen_runtime_t *rt, void *state)
       if (m && m->err) {
          if (is_fatal(m->err)) {
             char msg[ASPEN_ERROR_MSG_MAX];
-            snprintf(msg, sizeof msg,
-                     "Kafka $source (connection '%s') failed: %s%s",
-                     ks->conn->name, rd_kafka_message_errstr(m),
-                     m->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
-                           m->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC
-                        ? " (no partitions found)"
-                        : "");
+            fatal_message(ks, m->err, rd_kafka_message_errstr(m), msg,
+                          sizeof msg);
             rd_kafka_message_destroy(m);
             aspen_rt_fail(rt, msg);
             return;

@@ -432,6 +432,12 @@ test_emit_options(void **state)
 /* ---- a round trip through the mock cluster ------------------------------- */
 
 static void
+set_flag(void *arg)
+{
+   *(bool *) arg = true;
+}
+
+static void
 test_mock_cluster_roundtrip(void **state)
 {
    (void) state;
@@ -462,6 +468,12 @@ test_mock_cluster_roundtrip(void **state)
    assert_non_null(pconf);
    rd_kafka_t *prod = rd_kafka_new(RD_KAFKA_PRODUCER, pconf, errstr, sizeof errstr);
    assert_non_null(prod);
+   /* The cluster answers a metadata request; a fatal error a callback had
+    * recorded would end the wait with _FATAL instead. */
+   const struct rd_kafka_metadata *md;
+   assert_int_equal(aspen__kafka_metadata(prod, NULL, &md, 10000, ""), 0);
+   assert_true(md->broker_cnt == 1);
+   rd_kafka_metadata_destroy(md);
    bson_t *doc = tmp_bson("{\"x\": {\"$numberLong\": \"9\"}, \"s\": \"é\"}");
    aspen_kafka_json_opts_t opts = {.canonical = true};
    size_t vlen;
@@ -511,8 +523,11 @@ test_mock_cluster_roundtrip(void **state)
    bson_destroy(&meta);
    bson_destroy(&back);
    rd_kafka_message_destroy(m);
-   rd_kafka_consumer_close(cons);
-   rd_kafka_destroy(cons);
+   /* A consumer that shuts down normally is closed, destroyed and its
+    * opaque freed before aspen__kafka_client_destroy returns. */
+   bool freed = false;
+   aspen__kafka_client_destroy(cons, true, set_flag, &freed, "mock", 30000);
+   assert_true(freed);
 
    bson_free(value);
    bson_free(key);
@@ -521,6 +536,32 @@ test_mock_cluster_roundtrip(void **state)
    aspen_conns_cleanup(&conns);
    rd_kafka_mock_cluster_destroy(mc);
    rd_kafka_destroy(mrk);
+}
+
+/* Nothing listens on port 1: the metadata wait gives up after its timeout
+ * with librdkafka's error (not a fatal one), and a fatal error recorded by
+ * the client's error callback (here, set beforehand) ends it at once. */
+static void
+test_metadata_unreachable(void **state)
+{
+   (void) state;
+   char errstr[256];
+   rd_kafka_conf_t *conf = rd_kafka_conf_new();
+   rd_kafka_conf_set(conf, "bootstrap.servers", "127.0.0.1:1", NULL, 0);
+   rd_kafka_conf_set(conf, "log_level", "0", NULL, 0);
+   rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+   assert_non_null(rk);
+   const struct rd_kafka_metadata *md = (void *) 1;
+   rd_kafka_resp_err_t e = aspen__kafka_metadata(rk, NULL, &md, 1500, "");
+   assert_true(e == RD_KAFKA_RESP_ERR__TRANSPORT ||
+               e == RD_KAFKA_RESP_ERR__TIMED_OUT);
+   assert_null(md);
+   assert_int_equal(aspen__kafka_metadata(rk, NULL, &md, 60000,
+                                          "authentication failed"),
+                    RD_KAFKA_RESP_ERR__FATAL);
+   bool freed = false;
+   aspen__kafka_client_destroy(rk, false, set_flag, &freed, "t", 30000);
+   assert_true(freed);
 }
 
 /* ---- the local broker ("local": true) ------------------------------------ */
@@ -667,6 +708,7 @@ main(void)
       cmocka_unit_test(test_source_options),
       cmocka_unit_test(test_emit_options),
       cmocka_unit_test(test_mock_cluster_roundtrip),
+      cmocka_unit_test(test_metadata_unreachable),
       cmocka_unit_test(test_local_broker),
       cmocka_unit_test(test_stats_table),
    };
