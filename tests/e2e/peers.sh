@@ -288,6 +288,10 @@ stop_relay() { _peers_stop relay; }
 
 PEERS_KAFKA_LIB=$PEERS_DEPS/kafka/lib
 PEERS_KAFKA_CONF=$PEERS_ROOT/tests/e2e/kafka
+# The one user of the broker's SASL_PLAINTEXT listener (test-only secret).
+KAFKA_SASL_USER=aspen
+KAFKA_SASL_PASSWORD=aspen-test-secret
+export KAFKA_SASL_USER KAFKA_SASL_PASSWORD
 
 _peers_kafka_tool() { # _peers_kafka_tool CLASS ARGS...: a Kafka CLI tool
     java -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
@@ -298,7 +302,9 @@ _peers_kafka_tool() { # _peers_kafka_tool CLASS ARGS...: a Kafka CLI tool
 # start_kafka: start a single-node Apache Kafka (KRaft, broker and controller
 # in one JVM) on two free ports and wait (60 s at most) for its "Kafka Server
 # started" line. Sets and exports KAFKA_PORT and KAFKA_BOOTSTRAP
-# (127.0.0.1:PORT). Data and server.properties live in $ASPEN_RUN_DIR/kafka,
+# (127.0.0.1:PORT), and KAFKA_SASL_BOOTSTRAP: a second listener, SASL_PLAINTEXT
+# with mechanism PLAIN and one user, KAFKA_SASL_USER / KAFKA_SASL_PASSWORD
+# (for authentication tests). Data and server.properties live in $ASPEN_RUN_DIR/kafka,
 # the log is $ASPEN_RUN_DIR/kafka.log (appended). Calling it again after
 # stop_kafka/kill_kafka restarts the same broker on the same ports with its
 # data (a broker restart, as a client sees it); KAFKA_FRESH=1 starts over.
@@ -311,18 +317,20 @@ start_kafka() {
     fi
     [[ ${KAFKA_FRESH:-0} == 1 ]] && rm -rf "$dir"
     if [[ ! -f $dir/server.properties ]]; then
-        local port cport cluster
-        port=$(free_port) && cport=$(free_port) || return 1
+        local port cport sport cluster
+        port=$(free_port) && cport=$(free_port) && sport=$(free_port) || return 1
         mkdir -p "$dir"
         cat >"$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sport
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SASL_USER="$KAFKA_SASL_PASSWORD";
 log.dirs=$dir/data
 num.partitions=1
 auto.create.topics.enable=true
@@ -335,6 +343,7 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 EOF
         echo "$port" >"$dir/port"
+        echo "$sport" >"$dir/sasl_port"
         cluster=$("$PEERS_PYTHON" -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
         echo "=== kafka-storage format $(date -u +%FT%TZ)" >>"$log"
         if ! _peers_kafka_tool kafka.tools.StorageTool format -t "$cluster" \
@@ -356,7 +365,8 @@ EOF
     if _peers_wait_log_from "$pid" "$log" "$mark" 'Kafka Server started' 60; then
         KAFKA_PORT=$(<"$dir/port")
         KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
-        export KAFKA_PORT KAFKA_BOOTSTRAP
+        KAFKA_SASL_BOOTSTRAP=127.0.0.1:$(<"$dir/sasl_port")
+        export KAFKA_PORT KAFKA_BOOTSTRAP KAFKA_SASL_BOOTSTRAP
         peers_log "Kafka broker pid $pid listening on $KAFKA_PORT"
         return 0
     fi
@@ -383,11 +393,14 @@ kill_kafka() {
     _peers_wait_gone "$pid" 10
 }
 
-# kafka_create_topic TOPIC [PARTITIONS]: create a topic on the test broker.
+# kafka_create_topic TOPIC [PARTITIONS [ARGS...]]: create a topic on the test
+# broker; ARGS go to Kafka's topic tool (e.g. --config max.message.bytes=N).
 kafka_create_topic() {
+    local topic=$1 parts=${2:-1}
+    shift $(( $# < 2 ? $# : 2 ))
     _peers_kafka_tool org.apache.kafka.tools.TopicCommand \
-        --bootstrap-server "$KAFKA_BOOTSTRAP" --create --topic "$1" \
-        --partitions "${2:-1}" --replication-factor 1 </dev/null >/dev/null
+        --bootstrap-server "$KAFKA_BOOTSTRAP" --create --topic "$topic" \
+        --partitions "$parts" --replication-factor 1 "$@" </dev/null >/dev/null
 }
 
 # kafka_delete_topic TOPIC

@@ -272,3 +272,127 @@ if (phase === "restart_check") {
   sp.survivor.stop();
   print("restart_check phase ok");
 }
+
+// ---- faults: delivery errors, deleted topics, authentication ----------------
+
+// The processor `name` as sp.listStreamProcessors() and sp.<name>.stats()
+// show it once it has FAILED; both carry the same error message.
+function failedWith(name, re) {
+  const p = waitFor(`${name} FAILED`, () => {
+    const x = sp.listStreamProcessors().find(q => q.name === name);
+    return x && x.state === "FAILED" ? x : null;
+  }, 90000);
+  assert(re.test(p.errorMsg), `${name}: errorMsg ${JSON.stringify(p.errorMsg)} does not match ${re}`);
+  const s = db.getSiblingDB("admin").runCommand({ getStreamProcessorStats: name });
+  assert(s.ok === 1 && s.state === "FAILED" && s.stats.status === "error" && s.stats.error === p.errorMsg,
+         `${name}: stats show the failure: ${JSON.stringify(s)}`);
+  return p;
+}
+
+if (phase === "too_large") {
+  // Topic tinyTopic takes records of at most 1024 bytes (max.message.bytes,
+  // set by test_kafka.sh). One document of ~3 KB among 29 small ones: the
+  // broker refuses whole batches, so the small ones batched with the big
+  // one must be sent again, not dead-lettered; only the big one goes to the
+  // DLQ, is counted in the stats, and the processor keeps running.
+  const docs = [{ _id: 1, s: "a" }, { _id: 2, s: "x".repeat(3000) }, { _id: 3, s: "c" }];
+  for (let i = 4; i <= 30; i++) docs.push({ _id: i, s: "y".repeat(100) });
+  const dlqBig = { connectionName: "atlas", db: "kt", coll: "dlqBig" };
+  sp.createStreamProcessor("bigWriter", [
+    { $source: { documents: docs } },
+    { $emit: { connectionName: "kafka1", topic: "tinyTopic" } }], { dlq: dlqBig });
+  sp.bigWriter.start();
+  waitFor("the oversized document in the DLQ", () => kt.dlqBig.countDocuments() === 1);
+  const d = kt.dlqBig.findOne();
+  assert(d.doc._id === 2 && d.operatorName === "KafkaEmitOperator", "DLQ entry: " + JSON.stringify(d).slice(0, 300));
+  assert(/tinyTopic.*too large/i.test(d.errInfo.reason), "reason: " + d.errInfo.reason);
+  const st = waitFor("stats count the delivery error", () => {
+    const s = sp.bigWriter.stats().stats;
+    return Number(s.dlqMessageCount) === 1 && Number(s.outputMessageCount) === 30 ? s : null;
+  });
+  assert(st.status === "running" && Number(st.dlqMessageSize) > 3000, "stats: " + JSON.stringify(st));
+  sleep(1000);
+  assert(kt.dlqBig.countDocuments() === 1, "only the oversized document is dead-lettered");
+  assert(sp.listStreamProcessors().find(p => p.name === "bigWriter").state === "STARTED", "still running");
+  sp.bigWriter.drop();
+  print("too_large phase ok");
+}
+
+if (phase === "delete_begin") {
+  // doomedIn -> $merge, and feedIn -> $emit to doomedOut through a
+  // connection that does not auto-create topics; test_kafka.sh deletes
+  // doomedIn and doomedOut while both run.
+  sp.createStreamProcessor("doomedSource", [
+    { $source: { connectionName: "kafka1", topic: "doomedIn", config: { auto_offset_reset: "earliest" } } },
+    { $merge: { into: { connectionName: "atlas", db: "kt", coll: "doomed" } } }]);
+  sp.doomedSource.start();
+  sp.createStreamProcessor("doomedSink", [
+    { $source: { connectionName: "kafka1", topic: "feedIn", config: { auto_offset_reset: "earliest" } } },
+    { $emit: { connectionName: "kafkaNoCreate", topic: "doomedOut" } }], { dlq });
+  sp.doomedSink.start();
+  waitFor("3 documents from doomedIn", () => kt.doomed.countDocuments() === 3);
+  waitFor("3 documents emitted to doomedOut", () => {
+    const s = sp.doomedSink.stats().stats;
+    return Number(s.outputMessageCount) === 3 && s.kafkaPartitions &&
+           Number(s.kafkaPartitions[0].checkpointOffset) === 3;
+  });
+  print("delete_begin phase ok");
+}
+
+if (phase === "delete_check") {
+  // Both processors FAILED with a clear reason instead of hanging, and the
+  // commands that list them keep answering.
+  failedWith("doomedSource", /\$source .*deleted or is no longer available \(no partitions found\).*doomedIn/);
+  failedWith("doomedSink", /\$emit to topic 'doomedOut' .*the topic does not exist/);
+  assert(kt.dlq.countDocuments({ "_stream_meta.source.topic": "feedIn" }) === 0,
+         "the undelivered documents are not dead-lettered (the processor failed instead)");
+  print("delete_check phase ok");
+}
+
+if (phase === "delete_resume") {
+  // doomedOut exists again (test_kafka.sh): the failed processor starts
+  // again from its committed offsets, which never passed the documents it
+  // could not deliver, so exactly those (4, 5, 6) are emitted now.
+  sp.doomedSink.start();
+  sp.createStreamProcessor("doomedReader", [
+    { $source: { connectionName: "kafka1", topic: "doomedOut", config: { auto_offset_reset: "earliest" } } },
+    { $merge: { into: { connectionName: "atlas", db: "kt", coll: "redelivered" } } }]);
+  sp.doomedReader.start();
+  waitFor("3 redelivered documents", () => kt.redelivered.countDocuments() === 3, 60000);
+  sleep(1500);
+  const ids = kt.redelivered.find().toArray().map(d => d._id).sort();
+  assert(JSON.stringify(ids) === "[4,5,6]", "redelivered exactly 4, 5, 6: " + JSON.stringify(ids));
+  for (const n of ["doomedSource", "doomedSink", "doomedReader"]) sp[n].drop();
+  print("delete_resume phase ok");
+}
+
+if (phase === "sasl") {
+  // The broker's SASL_PLAINTEXT listener: the right password works, a
+  // wrong one fails the start with 419 and says authentication failed,
+  // for $emit and for $source alike, and FAILED shows that reason.
+  sp.createStreamProcessor("saslWriter", [
+    { $source: { documents: [{ _id: 1, via: "sasl" }] } },
+    { $emit: { connectionName: "kafkaSaslOk", topic: "saslTopic" } }]);
+  sp.saslWriter.start();
+  sp.createStreamProcessor("saslReader", [
+    { $source: { connectionName: "kafkaSaslOk", topic: "saslTopic", config: { auto_offset_reset: "earliest" } } },
+    { $merge: { into: { connectionName: "atlas", db: "kt", coll: "viaSasl" } } }]);
+  waitFor("topic saslTopic", () => {
+    try { sp.saslReader.start(); return true; } catch (e) { if (e.code !== 419) throw e; return false; }
+  });
+  waitFor("a document through the SASL listener", () => kt.viaSasl.countDocuments() === 1);
+  const bad = /authentication failed.*SASL authentication error/;
+  sp.createStreamProcessor("badAuthEmit", [
+    { $source: { documents: [{ _id: 1 }] } },
+    { $emit: { connectionName: "kafkaBadAuth", topic: "saslTopic" } }]);
+  expectError(() => sp.badAuthEmit.start(), 419, bad);
+  failedWith("badAuthEmit", bad);
+  sp.createStreamProcessor("badAuthSource", [
+    { $source: { connectionName: "kafkaBadAuth", topic: "saslTopic" } },
+    { $merge: { into: { connectionName: "atlas", db: "kt", coll: "never" } } }]);
+  expectError(() => sp.badAuthSource.start(), 419, bad);
+  failedWith("badAuthSource", bad);
+  assert(!JSON.stringify(sp.listConnections()).includes(process.env.KAFKA_SASL_PASSWORD), "no password listed");
+  for (const n of ["saslWriter", "saslReader", "badAuthEmit", "badAuthSource"]) sp[n].drop();
+  print("sasl phase ok");
+}

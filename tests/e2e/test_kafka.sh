@@ -9,6 +9,12 @@
 # aspen hosts for a "local": true connection, written by $emit and read back
 # through sp.process's wire commands; a broker killed and restarted under
 # a running Kafka -> $merge processor, with nothing lost or doubled.
+# Faults: a document larger than its topic's max.message.bytes goes to the
+# DLQ and is counted while the documents batched with it are delivered; a
+# $source topic and an $emit topic deleted under running processors fail
+# them with a clear error (and the $emit one, restarted once its topic is
+# back, emits exactly what it could not deliver); wrong SASL credentials
+# fail the start with "authentication failed", right ones work.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=peers.sh
@@ -31,6 +37,14 @@ write_config() {
   { "name": "kafka1", "type": "kafka", "bootstrapServers": "$KAFKA_BOOTSTRAP",
     "config": { "socket.timeout.ms": 10000 } },
   { "name": "localKafka", "type": "kafka", "local": true },
+  { "name": "kafkaNoCreate", "type": "kafka", "bootstrapServers": "$KAFKA_BOOTSTRAP",
+    "config": { "allow.auto.create.topics": false } },
+  { "name": "kafkaSaslOk", "type": "kafka", "bootstrapServers": "$KAFKA_SASL_BOOTSTRAP",
+    "security": { "protocol": "SASL_PLAINTEXT", "mechanism": "PLAIN",
+                  "username": "$KAFKA_SASL_USER", "password": "$KAFKA_SASL_PASSWORD" } },
+  { "name": "kafkaBadAuth", "type": "kafka", "bootstrapServers": "$KAFKA_SASL_BOOTSTRAP",
+    "security": { "protocol": "SASL_PLAINTEXT", "mechanism": "PLAIN",
+                  "username": "$KAFKA_SASL_USER", "password": "not-the-password" } },
   { "name": "kafkaSasl", "type": "kafka", "bootstrapServers": "127.0.0.1:1",
     "security": { "protocol": "SASL_PLAINTEXT", "mechanism": "SCRAM-SHA-256",
                   "username": "alice", "password": "hunter2" } } ] }
@@ -80,6 +94,34 @@ broker_restart() {
     produce_range 600 "$RESTART_N"
 }
 
+# ids N...: {"_id": N} lines
+ids() { printf '{"_id": %d}\n' "$@"; }
+
+tiny_topic() {
+    kafka_create_topic tinyTopic 1 --config max.message.bytes=1024 2>>"$ASPEN_RUN_DIR/tools.log"
+}
+
+# Kafka's console consumer reads the 29 small documents from tinyTopic and
+# not the oversized one.
+tiny_topic_has_the_rest() {
+    local out n
+    out=$(kafka_consume tinyTopic 29 2>>"$ASPEN_RUN_DIR/tools.log") || return 1
+    n=$(grep -c '"_id"' <<<"$out")
+    [[ $n -eq 29 ]] && ! grep -q '"_id" : 2,' <<<"$out" ||
+        { echo "# tinyTopic holds $n documents: ${out:0:300}"; return 1; }
+}
+
+doomed_topics() {
+    kafka_create_topic doomedIn && kafka_create_topic doomedOut && kafka_create_topic feedIn &&
+        ids 1 2 3 | kafka_produce doomedIn && ids 1 2 3 | kafka_produce feedIn
+} 2>>"$ASPEN_RUN_DIR/tools.log"
+
+recreate_doomed_out() { kafka_create_topic doomedOut 2>>"$ASPEN_RUN_DIR/tools.log"; }
+
+delete_topics() {
+    kafka_delete_topic doomedIn && kafka_delete_topic doomedOut && ids 4 5 6 | kafka_produce feedIn
+} 2>>"$ASPEN_RUN_DIR/tools.log"
+
 console_consumer_sees_emit() {
     local out
     out=$(kafka_consume roundrt 2 --headers 2>>"$ASPEN_RUN_DIR/tools.log") || return 1
@@ -101,6 +143,16 @@ check "listing 15.4: \$validate -> \$emit, invalid to the DLQ; latest vs earlies
 check "documents -> \$emit -> Kafka \$source round trip" phase emit
 check "Kafka's console consumer reads what \$emit wrote" console_consumer_sees_emit
 check "zero-setup broker (\"local\": true): documents -> \$emit -> sp.process" phase local
+check "topic tinyTopic with max.message.bytes=1024" tiny_topic
+check "\$emit: the oversized document to the DLQ and counted, the rest delivered" phase too_large
+check "Kafka's console consumer reads the 29 others from tinyTopic" tiny_topic_has_the_rest
+check "topics doomedIn, doomedOut, feedIn with 3 messages each" doomed_topics
+check "Kafka \$source and \$emit processors on them running" phase delete_begin
+check "doomedIn and doomedOut deleted, 3 more messages to feedIn" delete_topics
+check "both processors FAILED with a clear error in listings and stats" phase delete_check
+check "doomedOut created again" recreate_doomed_out
+check "the \$emit processor restarted emits exactly the undelivered 3" phase delete_resume
+check "SASL: right credentials work, wrong ones fail with 'authentication failed'" phase sasl
 check "topic restartIn: the first 100 messages" produce_range 0 100
 check "a Kafka -> \$merge processor is running" phase restart_begin
 check "broker killed and restarted, messages before, during and after" broker_restart
