@@ -1218,8 +1218,13 @@ ASPEN__DECL_EVAL(aspen__eval_regex)
    uint32_t cp_pos = 0; /* code points before `pos` */
    bson_t arr = BSON_INITIALIZER;
    uint32_t n_found = 0;
+   /* The subject's UTF-8 is checked by the first match only: checking it
+    * again at every match made $regexFindAll quadratic (found by fuzzing). */
+   uint32_t match_opts = 0;
    for (;;) {
-      int rc = pcre2_match(re, (PCRE2_SPTR) in, len, pos, 0, md, NULL);
+      int rc = pcre2_match(re, (PCRE2_SPTR) in, len, pos, match_opts, md,
+                           NULL);
+      match_opts = PCRE2_NO_UTF_CHECK;
       if (rc == PCRE2_ERROR_NOMATCH) {
          break;
       }
