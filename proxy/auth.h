@@ -142,6 +142,11 @@ void aspen_auth_state_destroy(aspen_auth_state_t *st); /* NULL is a no-op */
  * sp.process. */
 bool aspen_auth_check(aspen_request_t *req, const aspen_command_t *row,
                       bson_t *reply);
+/* Logs `sess` in as user db.name (of srv->users) as a successful SASL
+ * conversation would, without one: for tests and fuzz targets, which
+ * cannot compute a client proof. False when there is no such user. */
+bool aspen__auth_login(aspen_server_t *srv, aspen_session_t *sess,
+                       const char *db, const char *name);
 /* Adds saslSupportedMechs and speculativeAuthenticate to a hello reply when
  * the request asks for them. */
 void aspen_auth_hello(aspen_request_t *req, bson_t *reply);

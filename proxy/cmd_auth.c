@@ -597,6 +597,20 @@ aspen_cmd_sasl_continue(aspen_request_t *req, bson_t *reply)
    return ASPEN_HANDLED_REPLY;
 }
 
+bool
+aspen__auth_login(aspen_server_t *srv, aspen_session_t *sess, const char *db,
+                  const char *name)
+{
+   aspen_principal_t *p = aspen_users_principal_new(srv->users, db, name);
+   if (!p) {
+      return false;
+   }
+   aspen_auth_state_t *st = state_of(sess);
+   aspen_principal_destroy(st->principal);
+   st->principal = p;
+   return true;
+}
+
 /* ---- logout, authenticate, connectionStatus -------------------------------------- */
 
 aspen_handled_t

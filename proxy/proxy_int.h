@@ -200,6 +200,24 @@ const aspen_command_t *aspen_router_find(const char *name);
 /* Runs a request through the table: local handler, or forward. */
 aspen_handled_t aspen_router_dispatch(aspen_request_t *req, bson_t *reply);
 
+/* A session without a socket, for tests and fuzz targets: the bytes given
+ * to aspen__session_feed are read as if from a client (plaintext; TLS must
+ * be disabled), and every reply's wire bytes go to `out_fn` (synchronously,
+ * on the loop thread; the callee copies what it keeps). The caller holds a
+ * reference: aspen_session_close then aspen_session_unref it, and run the
+ * loop until the close callback has run. */
+typedef void (*aspen_session_out_fn)(void *arg, const uint8_t *data,
+                                     size_t len);
+aspen_session_t *aspen__session_new_detached(aspen_server_t *srv,
+                                             const char *peer,
+                                             aspen_session_out_fn out_fn,
+                                             void *out_arg);
+void aspen__session_feed(aspen_session_t *sess, const uint8_t *data,
+                         size_t len);
+/* True while a request waits for the engine or the backend (its reply
+ * comes when the loop runs). */
+bool aspen__session_waiting(const aspen_session_t *sess);
+
 /* Sends the reply of the request in flight (for ASYNC handlers) and resumes
  * reading. Loop thread only. */
 void aspen_session_reply(aspen_session_t *sess, const bson_t *reply);

@@ -15,6 +15,12 @@
  * A malformed frame gets an error reply when one can be framed
  * and then closes only this connection. A session is freed in its close
  * callback and only once no backend job still refers to it.
+ *
+ * A detached session (aspen__session_new_detached) is the same state
+ * machine without a socket: bytes come in through aspen__session_feed and
+ * replies go to a callback, so tests and the command fuzz target
+ * (tests/fuzz/fuzz_command.c) run requests through the real decode,
+ * router, auth and engine paths.
  */
 #include "auth.h"
 
@@ -59,6 +65,12 @@ struct aspen_session {
    int32_t next_request_id;
 
    aspen_auth_state_t *auth; /* cmd_auth.c's; NULL until first used */
+
+   /* A detached session (aspen__session_new_detached) has no socket: its
+    * output goes here instead, and its input comes from
+    * aspen__session_feed. NULL for client connections. */
+   aspen_session_out_fn out_fn;
+   void *out_arg;
 
    aspen_session_t *prev, *next;
 };
@@ -255,6 +267,12 @@ write_owned(aspen_session_t *sess, uint8_t *data, size_t len)
 {
    if (sess->state == SESS_CLOSING || len == 0) {
       free(data);
+      return;
+   }
+   if (sess->out_fn) {
+      sess->out_fn(sess->out_arg, data, len);
+      free(data);
+      sess->last_active_ms = uv_now(sess->srv->loop);
       return;
    }
    write_req_t *w = aspen_xmalloc(sizeof *w);
@@ -700,6 +718,9 @@ update_reading(aspen_session_t *sess)
                  sess->peer, sess->out_pending,
                  sess->srv->cfg->output_high_water);
    }
+   if (sess->out_fn) {
+      return; /* detached: no socket, input comes from aspen__session_feed */
+   }
    if (want && !sess->reading) {
       if (uv_read_start((uv_stream_t *) &sess->tcp, on_alloc, on_read) == 0) {
          sess->reading = true;
@@ -710,36 +731,27 @@ update_reading(aspen_session_t *sess)
    }
 }
 
-void
-aspen__session_accept(aspen_server_t *srv, uv_stream_t *listener)
+/* A new session whose handle is initialised but not yet connected. */
+static aspen_session_t *
+session_alloc(aspen_server_t *srv)
 {
    aspen_session_t *sess = aspen_xcalloc(1, sizeof *sess);
    sess->srv = srv;
    sess->refs = 1; /* the handle's */
    uv_tcp_init(srv->loop, &sess->tcp);
    sess->tcp.data = sess;
-   if (uv_accept(listener, (uv_stream_t *) &sess->tcp) != 0) {
-      uv_close((uv_handle_t *) &sess->tcp, (uv_close_cb) free);
-      return;
-   }
+   return sess;
+}
+
+/* Gives `sess` (named `peer`) its id, links it into the server and starts
+ * reading, unless net.maxConnections sessions are open already. */
+static void
+session_open(aspen_server_t *srv, aspen_session_t *sess, const char *peer)
+{
    sess->id = ++srv->next_conn_id;
    snprintf(sess->ctx, sizeof sess->ctx, "conn%llu",
             (unsigned long long) sess->id);
-   struct sockaddr_storage ss;
-   int sslen = sizeof ss;
-   char host[INET6_ADDRSTRLEN] = "?";
-   int port = 0;
-   if (uv_tcp_getpeername(&sess->tcp, (struct sockaddr *) &ss, &sslen) == 0) {
-      if (ss.ss_family == AF_INET6) {
-         uv_ip6_name((struct sockaddr_in6 *) &ss, host, sizeof host);
-         port = ntohs(((struct sockaddr_in6 *) &ss)->sin6_port);
-      } else {
-         uv_ip4_name((struct sockaddr_in *) &ss, host, sizeof host);
-         port = ntohs(((struct sockaddr_in *) &ss)->sin_port);
-      }
-   }
-   snprintf(sess->peer, sizeof sess->peer, "%s:%d", host, port);
-   uv_tcp_nodelay(&sess->tcp, 1);
+   snprintf(sess->peer, sizeof sess->peer, "%s", peer);
    aspen_buf_init(&sess->rbuf);
    aspen_buf_init(&sess->netbuf);
    sess->last_active_ms = uv_now(srv->loop);
@@ -770,4 +782,59 @@ aspen__session_accept(aspen_server_t *srv, uv_stream_t *listener)
    }
    set_state(sess, SESS_READING);
    update_reading(sess);
+}
+
+void
+aspen__session_accept(aspen_server_t *srv, uv_stream_t *listener)
+{
+   aspen_session_t *sess = session_alloc(srv);
+   if (uv_accept(listener, (uv_stream_t *) &sess->tcp) != 0) {
+      uv_close((uv_handle_t *) &sess->tcp, (uv_close_cb) free);
+      return;
+   }
+   struct sockaddr_storage ss;
+   int sslen = sizeof ss;
+   char host[INET6_ADDRSTRLEN] = "?";
+   int port = 0;
+   if (uv_tcp_getpeername(&sess->tcp, (struct sockaddr *) &ss, &sslen) == 0) {
+      if (ss.ss_family == AF_INET6) {
+         uv_ip6_name((struct sockaddr_in6 *) &ss, host, sizeof host);
+         port = ntohs(((struct sockaddr_in6 *) &ss)->sin6_port);
+      } else {
+         uv_ip4_name((struct sockaddr_in *) &ss, host, sizeof host);
+         port = ntohs(((struct sockaddr_in *) &ss)->sin_port);
+      }
+   }
+   char peer[sizeof sess->peer];
+   snprintf(peer, sizeof peer, "%s:%d", host, port);
+   uv_tcp_nodelay(&sess->tcp, 1);
+   session_open(srv, sess, peer);
+}
+
+aspen_session_t *
+aspen__session_new_detached(aspen_server_t *srv, const char *peer,
+                            aspen_session_out_fn out_fn, void *out_arg)
+{
+   aspen_session_t *sess = session_alloc(srv);
+   sess->out_fn = out_fn;
+   sess->out_arg = out_arg;
+   aspen_session_ref(sess); /* the caller's */
+   session_open(srv, sess, peer);
+   return sess;
+}
+
+void
+aspen__session_feed(aspen_session_t *sess, const uint8_t *data, size_t len)
+{
+   if (sess->state == SESS_CLOSING) {
+      return;
+   }
+   aspen_buf_append(&sess->rbuf, data, len);
+   process_input(sess);
+}
+
+bool
+aspen__session_waiting(const aspen_session_t *sess)
+{
+   return sess->state == SESS_WAITING;
 }

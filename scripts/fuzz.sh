@@ -5,6 +5,7 @@
 # dictionary tests/fuzz/aspen.dict.
 #
 #   scripts/fuzz.sh [TARGET...]      targets: frame pipeline expr config kafka scram
+#                                    command
 #
 # Environment:
 #   FUZZ_SECONDS  how long each target runs (default 60)
@@ -27,7 +28,7 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 
-ALL=(frame pipeline expr config kafka scram)
+ALL=(frame pipeline expr config kafka scram command)
 TARGETS=("$@")
 [[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=("${ALL[@]}")
 SECONDS_EACH=${FUZZ_SECONDS:-60}
