@@ -11,10 +11,13 @@
  *
  * Every input runs twice: once on a session that is not logged in while
  * access control is on (most commands are refused there, the NO_AUTH ones
- * run), then on one of three sessions picked by a hash of the input: access
- * control off, logged in as an atlasAdmin, or logged in as a user with a
- * custom role that grants only some stream actions. Forwarded commands fail
- * fast: there is no backend (the router answers without network I/O).
+ * run; for a quarter of the inputs, by a hash of the input, the commands go
+ * as legacy OP_QUERY on admin.$cmd instead, as old drivers send hello),
+ * then on one of three sessions picked by the same hash: access control
+ * off, logged in as an atlasAdmin, or logged in as a user with a custom role
+ * that grants only some stream actions. Forwarded commands fail fast: there
+ * is no backend (the router answers without network I/O). Audit events are
+ * written to /dev/null.
  *
  * In a sequence, the string "$cursor" as a top-level value is replaced by
  * the last cursorId a reply carried, and "$name" by the last processor name
@@ -127,6 +130,9 @@ setup(void)
    g_srv.loop = &g_loop;
    g_srv.cfg = &g_cfg;
    g_srv.start_time_ms = aspen_now_ms();
+   /* Audit events are formatted and written, to nowhere. */
+   g_srv.audit = aspen_audit_new("/dev/null", &err);
+   ASPEN_ASSERT(g_srv.audit != NULL);
    aspen_engine_opts_t eopts = {
       .state_dir = g_cfg.state_dir,
       .connections = &g_cfg.connections,
@@ -149,7 +155,16 @@ on_reply(void *arg, const uint8_t *data, size_t len)
    ASPEN_ASSERT((size_t) f.message_length == len);
    ASPEN_ASSERT(f.op_code == ASPEN_OP_MSG || f.op_code == ASPEN_OP_REPLY);
    r->replies++;
-   if (f.op_code != ASPEN_OP_MSG) {
+   if (f.op_code == ASPEN_OP_REPLY) {
+      /* responseFlags, cursorID, startingFrom, numberReturned = 1, a doc */
+      bson_t doc;
+      int32_t n;
+      ASPEN_ASSERT(f.body_len > 20);
+      memcpy(&n, f.body + 16, sizeof n);
+      ASPEN_ASSERT(n == 1);
+      ASPEN_ASSERT(bson_init_static(&doc, f.body + 20, f.body_len - 20) &&
+                   bson_validate(&doc, BSON_VALIDATE_NONE, NULL) &&
+                   bson_has_field(&doc, "ok"));
       return;
    }
    aspen_op_msg_t msg;
@@ -206,21 +221,35 @@ prepare(const bson_t *cmd, const replies_t *r, bson_t *out)
    }
 }
 
-/* Sends `cmd` on `sess` as an OP_MSG and runs the loop until it is
+/* The frame for `doc`: an OP_MSG, or with `legacy` an OP_QUERY on
+ * "admin.$cmd" as old drivers send hello. */
+static void
+frame_command(aspen_buf_t *frame, const bson_t *doc, bool legacy)
+{
+   static const uint8_t msg_head[5] = {0, 0, 0, 0, 0}; /* flags, kind 0 */
+   /* flags, "admin.$cmd", numberToSkip 0, numberToReturn -1 */
+   static const uint8_t query_head[] = {
+      0, 0, 0, 0, 'a', 'd', 'm', 'i', 'n', '.', '$', 'c', 'm', 'd', 0,
+      0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff};
+   const uint8_t *head = legacy ? query_head : msg_head;
+   size_t head_len = legacy ? sizeof query_head : sizeof msg_head;
+   int32_t header[4] = {(int32_t) (16 + head_len + doc->len), ++g_request_id,
+                        0, legacy ? ASPEN_OP_QUERY : ASPEN_OP_MSG};
+   aspen_buf_append(frame, (const uint8_t *) header, sizeof header);
+   aspen_buf_append(frame, head, head_len);
+   aspen_buf_append(frame, bson_get_data(doc), doc->len);
+}
+
+/* Sends `cmd` on `sess` (see frame_command) and runs the loop until it is
  * answered; exactly one reply must come. */
 static void
-run_one(aspen_session_t *sess, const bson_t *cmd, replies_t *r)
+run_one(aspen_session_t *sess, const bson_t *cmd, bool legacy, replies_t *r)
 {
    bson_t doc;
    prepare(cmd, r, &doc);
    aspen_buf_t frame;
    aspen_buf_init(&frame);
-   int32_t header[4] = {(int32_t) (16 + 5 + doc.len), ++g_request_id, 0,
-                        ASPEN_OP_MSG};
-   aspen_buf_append(&frame, (const uint8_t *) header, sizeof header);
-   static const uint8_t flags_and_kind[5] = {0, 0, 0, 0, 0};
-   aspen_buf_append(&frame, flags_and_kind, sizeof flags_and_kind);
-   aspen_buf_append(&frame, bson_get_data(&doc), doc.len);
+   frame_command(&frame, legacy ? cmd : &doc, legacy);
    bson_destroy(&doc);
    int before = r->replies;
    aspen__session_feed(sess, aspen_buf_data(&frame), aspen_buf_len(&frame));
@@ -265,7 +294,7 @@ run_json(aspen_session_t *sess, replies_t *r, const char *json)
 {
    bson_t cmd;
    fuzz_fixed_doc(&cmd, json);
-   run_one(sess, &cmd, r);
+   run_one(sess, &cmd, false, r);
    bson_destroy(&cmd);
 }
 
@@ -293,7 +322,7 @@ reset_engine(void)
          bson_t drop = BSON_INITIALIZER;
          BSON_APPEND_UTF8(&drop, "dropStreamProcessor",
                           bson_iter_utf8(&entry, NULL));
-         run_one(sess, &drop, &r);
+         run_one(sess, &drop, false, &r);
          bson_destroy(&drop);
          ASPEN_ASSERT(bson_iter_init_find(&it, &r.last, "ok") &&
                       bson_iter_as_double(&it) == 1.0);
@@ -307,10 +336,10 @@ reset_engine(void)
 }
 
 /* Runs the input's commands on a new session: logged in as `user` (NULL:
- * not logged in) with `users` as the user store. */
+ * not logged in) with `users` as the user store; `legacy`: as OP_QUERY. */
 static void
 run_session(const bson_t *cmds, bool is_list, aspen_users_t *users,
-            const char *user)
+            const char *user, bool legacy)
 {
    replies_t r;
    g_srv.users = users;
@@ -319,7 +348,7 @@ run_session(const bson_t *cmds, bool is_list, aspen_users_t *users,
       ASPEN_ASSERT(aspen__auth_login(&g_srv, sess, "admin", user));
    }
    if (!is_list) {
-      run_one(sess, cmds, &r);
+      run_one(sess, cmds, legacy, &r);
    } else {
       bson_iter_t it;
       int n = 0;
@@ -327,7 +356,7 @@ run_session(const bson_t *cmds, bool is_list, aspen_users_t *users,
       while (bson_iter_next(&it) && n < MAX_CMDS) {
          bson_t cmd;
          if (BSON_ITER_HOLDS_DOCUMENT(&it) && fuzz_iter_sub(&it, &cmd)) {
-            run_one(sess, &cmd, &r);
+            run_one(sess, &cmd, legacy, &r);
             n++;
          }
       }
@@ -352,20 +381,20 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
    bool is_list = bson_iter_init(&it, &doc) && bson_iter_next(&it) &&
                   strcmp(bson_iter_key(&it), "0") == 0 &&
                   BSON_ITER_HOLDS_DOCUMENT(&it);
-   uint32_t h = 2166136261u; /* FNV-1a picks the second session's kind */
+   uint32_t h = 2166136261u; /* FNV-1a picks the sessions' kinds */
    for (size_t i = 0; i < size; i++) {
       h = (h ^ data[i]) * 16777619u;
    }
-   run_session(&doc, is_list, g_users_on, NULL);
+   run_session(&doc, is_list, g_users_on, NULL, (h / 3) % 4 == 0);
    switch (h % 3) {
    case 0:
-      run_session(&doc, is_list, g_users_off, NULL);
+      run_session(&doc, is_list, g_users_off, NULL, false);
       break;
    case 1:
-      run_session(&doc, is_list, g_users_on, "admin");
+      run_session(&doc, is_list, g_users_on, "admin", false);
       break;
    default:
-      run_session(&doc, is_list, g_users_on, "runner");
+      run_session(&doc, is_list, g_users_on, "runner", false);
       break;
    }
    reset_engine();
