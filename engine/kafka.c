@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -607,7 +608,14 @@ aspen__kafka_local_new(const char *conn_name, aspen_error_t *err)
       rd_kafka_conf_destroy(conf); /* not taken on failure */
       goto fail;
    }
+   /* The broker's thread must never take a signal: an interrupted poll()
+    * ends librdkafka's mock cluster for good. Threads inherit the mask of
+    * the thread that creates them, so every signal is blocked meanwhile. */
+   sigset_t all, old;
+   sigfillset(&all);
+   pthread_sigmask(SIG_SETMASK, &all, &old);
    kl->mc = rd_kafka_mock_cluster_new(kl->rk, 1);
+   pthread_sigmask(SIG_SETMASK, &old, NULL);
    if (!kl->mc) {
       snprintf(errstr, sizeof errstr, "the mock cluster did not start");
       goto fail;

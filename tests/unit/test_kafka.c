@@ -7,7 +7,9 @@
  * and consuming from librdkafka's mock cluster, and the broker aspen hosts
  * for a connection with "local": true.
  */
+#include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -17,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kafka_int.h"
 
@@ -566,6 +569,64 @@ test_metadata_unreachable(void **state)
 
 /* ---- the local broker ("local": true) ------------------------------------ */
 
+static void
+on_sigusr1(int sig)
+{
+   (void) sig;
+}
+
+/* Found by fuzz_command: a signal the process gets may be delivered to the
+ * local broker's thread, and an interrupted poll() ended librdkafka's mock
+ * cluster for good (every later client saw "connection refused"). Here the
+ * broker is made by a thread that takes SIGUSR1, which then blocks it, so
+ * only a broker thread could take one; after a burst of them the broker
+ * must still take a produce. */
+static void
+test_local_broker_survives_signals(void **state)
+{
+   (void) state;
+   char errstr[256];
+   aspen_error_t err;
+   struct sigaction sa, old_sa;
+   memset(&sa, 0, sizeof sa);
+   sa.sa_handler = on_sigusr1; /* no SA_RESTART: poll() sees EINTR */
+   sigemptyset(&sa.sa_mask);
+   assert_int_equal(sigaction(SIGUSR1, &sa, &old_sa), 0);
+   /* Made while this thread takes SIGUSR1 (threads inherit the mask)... */
+   aspen_kafka_local_t *kl = aspen__kafka_local_new("sig", &err);
+   assert_non_null(kl);
+   /* ... then this thread stops taking it. */
+   sigset_t usr1, old_mask;
+   sigemptyset(&usr1);
+   sigaddset(&usr1, SIGUSR1);
+   assert_int_equal(pthread_sigmask(SIG_BLOCK, &usr1, &old_mask), 0);
+   for (int i = 0; i < 50; i++) {
+      kill(getpid(), SIGUSR1);
+      usleep(2000);
+   }
+   rd_kafka_conf_t *conf = rd_kafka_conf_new();
+   assert_int_equal(rd_kafka_conf_set(conf, "bootstrap.servers",
+                                      aspen__kafka_local_bootstrap(kl),
+                                      errstr, sizeof errstr),
+                    RD_KAFKA_CONF_OK);
+   rd_kafka_t *prod = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr,
+                                   sizeof errstr);
+   assert_non_null(prod);
+   assert_int_equal(rd_kafka_producev(prod, RD_KAFKA_V_TOPIC("sig"),
+                                      RD_KAFKA_V_VALUE("{}", 2),
+                                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                      RD_KAFKA_V_END),
+                    0);
+   assert_int_equal(rd_kafka_flush(prod, 5000), 0);
+   assert_int_equal(rd_kafka_outq_len(prod), 0);
+   rd_kafka_destroy(prod);
+   aspen__kafka_local_destroy(kl);
+
+   /* The SIGUSR1 still pending (nobody took it) runs the no-op handler. */
+   assert_int_equal(pthread_sigmask(SIG_SETMASK, &old_mask, NULL), 0);
+   assert_int_equal(sigaction(SIGUSR1, &old_sa, NULL), 0);
+}
+
 /* A connection with "local": true gets a broker of its own, listed with its
  * address; a client configured from the connection produces to a topic the
  * broker creates on first use, and a consumer group reads it back. */
@@ -710,6 +771,7 @@ main(void)
       cmocka_unit_test(test_mock_cluster_roundtrip),
       cmocka_unit_test(test_metadata_unreachable),
       cmocka_unit_test(test_local_broker),
+      cmocka_unit_test(test_local_broker_survives_signals),
       cmocka_unit_test(test_stats_table),
    };
    return cmocka_run_group_tests_name("kafka", tests, NULL, NULL);
