@@ -254,38 +254,109 @@ read_file(const char *path, size_t *len, bool *exists)
 }
 
 bool
+aspen__checkpoint_load_file(const char *dir, const char *name,
+                            const char *processor_id, const char *ctx,
+                            bson_t *body)
+{
+   char path[4200];
+   snprintf(path, sizeof path, "%s/%s", dir, name);
+   size_t len;
+   bool exists;
+   uint8_t *data = read_file(path, &len, &exists);
+   if (!exists) {
+      bson_init(body);
+      return false;
+   }
+   aspen_error_t err;
+   bool ok = data &&
+             aspen__checkpoint_decode(data, len, processor_id, body, &err);
+   free(data);
+   if (ok) {
+      return true;
+   }
+   if (!data) {
+      aspen_error_set(&err, ASPEN_ERR_InternalError, "unreadable");
+      bson_init(body);
+   }
+   aspen_logf(ASPEN_LOG_ERROR, ASPEN_LOG_DOMAIN, ctx,
+              "checkpoint %s is unusable (%s)", path, err.message);
+   return false;
+}
+
+bool
 aspen__checkpoint_load(const char *dir, const char *processor_id,
                        const char *ctx, bson_t *body, bool *used_previous)
 {
-   static const char *const names[] = {"current", "previous"};
    *used_previous = false;
-   for (int i = 0; i < 2; i++) {
-      char path[4200];
-      snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-      size_t len;
-      bool exists;
-      uint8_t *data = read_file(path, &len, &exists);
-      if (!exists) {
-         continue;
-      }
-      aspen_error_t err;
-      bool ok = data && aspen__checkpoint_decode(data, len, processor_id,
-                                                 body, &err);
-      free(data);
-      if (ok) {
-         *used_previous = i == 1;
+   if (aspen__checkpoint_load_file(dir, "current", processor_id, ctx, body)) {
+      return true;
+   }
+   bson_destroy(body);
+   if (aspen__checkpoint_load_file(dir, "previous", processor_id, ctx,
+                                   body)) {
+      *used_previous = true;
+      return true;
+   }
+   return false;
+}
+
+/* True when `body` holds at least one partition position. */
+static bool
+has_positions(const bson_t *body)
+{
+   bson_iter_t it, found;
+   return bson_iter_init(&it, body) &&
+          bson_iter_find_descendant(&it, "position.parts.0", &found);
+}
+
+/* True when `body`'s checkpointId is one of the strings in `ids`. */
+static bool
+id_in(const bson_t *body, const bson_t *ids)
+{
+   bson_iter_t it, ii;
+   if (!bson_iter_init_find(&it, body, "checkpointId") ||
+       !BSON_ITER_HOLDS_UTF8(&it) || !bson_iter_init(&ii, ids)) {
+      return false;
+   }
+   const char *id = bson_iter_utf8(&it, NULL);
+   while (bson_iter_next(&ii)) {
+      if (BSON_ITER_HOLDS_UTF8(&ii) &&
+          strcmp(bson_iter_utf8(&ii, NULL), id) == 0) {
          return true;
       }
-      if (!data) {
-         aspen_error_set(&err, ASPEN_ERR_InternalError, "unreadable");
-      }
-      bson_destroy(body);
-      aspen_logf(ASPEN_LOG_ERROR, ASPEN_LOG_DOMAIN, ctx,
-                 "checkpoint %s is unusable (%s)%s", path, err.message,
-                 i == 0 ? "; trying the previous one" : "");
    }
-   bson_init(body);
    return false;
+}
+
+int
+aspen__checkpoint_pick_committed(const bson_t *current,
+                                 const bson_t *previous,
+                                 const bson_t *committed_ids)
+{
+   if (current && id_in(current, committed_ids)) {
+      return 0;
+   }
+   if (previous && id_in(previous, committed_ids)) {
+      return 1;
+   }
+   /* No transaction committed positions yet: a checkpoint without any is
+    * consistent with that (the first one, taken before any input). */
+   if (current && !has_positions(current)) {
+      return 0;
+   }
+   if (previous && !has_positions(previous)) {
+      return 1;
+   }
+   return -1;
+}
+
+void
+aspen__checkpoint_discard_current(const char *dir)
+{
+   char path[4200];
+   snprintf(path, sizeof path, "%s/current", dir);
+   (void) unlink(path);
+   (void) aspen__fsync_dir(dir);
 }
 
 void

@@ -64,10 +64,35 @@ bool aspen__checkpoint_load(const char *dir, const char *processor_id,
                             const char *ctx, bson_t *body,
                             bool *used_previous);
 
+/* Loads and checks one checkpoint file, `name` ("current" or "previous")
+ * in `dir`. True with `body` initialised when it decodes; false with `body`
+ * empty when it is missing or unusable (the latter reported in the log with
+ * `ctx`, the processor's name). */
+bool aspen__checkpoint_load_file(const char *dir, const char *name,
+                                 const char *processor_id, const char *ctx,
+                                 bson_t *body);
+
+/* Exactly-once restore (processor.c): which checkpoint matches what the
+ * sink's transactions committed. `current` and `previous` are the two
+ * bodies (NULL when missing or unusable), `committed_ids` an array of the
+ * checkpointId strings the broker holds with the committed positions.
+ * Returns 0 for current, 1 for previous, -1 when neither matches. A
+ * checkpoint whose id was committed wins, current first; when no id
+ * matches, one that holds no positions (taken before any input) is
+ * consistent with nothing committed. Pure: no I/O. */
+int aspen__checkpoint_pick_committed(const bson_t *current,
+                                     const bson_t *previous,
+                                     const bson_t *committed_ids);
+
 /* Creates `dir` and its parents (mode 0700); true when it exists. */
 bool aspen__mkdirs(const char *dir);
 /* fsyncs a directory, making renames in it durable. */
 bool aspen__fsync_dir(const char *dir);
+
+/* Deletes "current" in `dir` (exactly-once: its transaction never
+ * committed and "previous" was restored), so that the next write keeps
+ * "previous" as the fallback. */
+void aspen__checkpoint_discard_current(const char *dir);
 
 /* Removes the checkpoints in `dir` (a processor dropped or started fresh).
  * Missing files are fine. */

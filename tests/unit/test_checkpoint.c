@@ -2,7 +2,8 @@
  * test_checkpoint.c - checkpoint files (engine/checkpoint.c): a round trip,
  * every truncation and every single-bit flip of an encoded checkpoint is
  * refused, a foreign processor id is refused, and loading falls back to
- * the previous checkpoint when the current one is damaged or missing.
+ * the previous checkpoint when the current one is damaged or missing, and
+ * the exactly-once restore picks the checkpoint the broker committed.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -235,6 +236,61 @@ test_write_and_fallback(void **state)
    rm_dir(root);
 }
 
+/* A body with checkpointId `id` and, unless `empty`, one position. */
+static void
+make_ided(bson_t *b, const char *id, bool empty)
+{
+   if (empty) {
+      bson_init(b);
+      BSON_APPEND_UTF8(b, "processorId", PID);
+      bson_t pos, parts;
+      BSON_APPEND_DOCUMENT_BEGIN(b, "position", &pos);
+      BSON_APPEND_ARRAY_BEGIN(&pos, "parts", &parts);
+      bson_append_array_end(&pos, &parts);
+      bson_append_document_end(b, &pos);
+   } else {
+      make_body(b, 1);
+   }
+   BSON_APPEND_UTF8(b, "checkpointId", id);
+}
+
+/* Exactly-once restore: the checkpoint whose id the broker committed. */
+static void
+test_pick_committed(void **state)
+{
+   (void) state;
+   bson_t cur, prev, cur_empty, prev_empty;
+   make_ided(&cur, "r-2", false);
+   make_ided(&prev, "r-1", false);
+   make_ided(&cur_empty, "r-2", true);
+   make_ided(&prev_empty, "r-1", true);
+   bson_t *none = bson_new();
+   bson_t *c2 = BCON_NEW("0", "r-2");
+   bson_t *c1 = BCON_NEW("0", "old-9", "1", "r-1");
+   bson_t *other = BCON_NEW("0", "old-9");
+   /* The current one committed; or it did not and the previous one did
+    * (aspen died between writing the checkpoint and committing). */
+   assert_int_equal(aspen__checkpoint_pick_committed(&cur, &prev, c2), 0);
+   assert_int_equal(aspen__checkpoint_pick_committed(&cur, &prev, c1), 1);
+   assert_int_equal(aspen__checkpoint_pick_committed(NULL, &prev, c1), 1);
+   assert_int_equal(aspen__checkpoint_pick_committed(&cur, NULL, c2), 0);
+   /* Nothing committed yet: only a checkpoint without positions fits. */
+   assert_int_equal(aspen__checkpoint_pick_committed(&cur_empty, NULL, none), 0);
+   assert_int_equal(aspen__checkpoint_pick_committed(&cur, &prev_empty, none), 1);
+   assert_int_equal(aspen__checkpoint_pick_committed(&cur, &prev, none), -1);
+   /* Ids of another chain (a fresh start) match neither. */
+   assert_int_equal(aspen__checkpoint_pick_committed(&cur, &prev, other), -1);
+   assert_int_equal(aspen__checkpoint_pick_committed(NULL, NULL, c2), -1);
+   bson_destroy(&cur);
+   bson_destroy(&prev);
+   bson_destroy(&cur_empty);
+   bson_destroy(&prev_empty);
+   bson_destroy(none);
+   bson_destroy(c2);
+   bson_destroy(c1);
+   bson_destroy(other);
+}
+
 int
 main(void)
 {
@@ -243,6 +299,7 @@ main(void)
       cmocka_unit_test(test_truncation),
       cmocka_unit_test(test_bit_flips),
       cmocka_unit_test(test_write_and_fallback),
+      cmocka_unit_test(test_pick_committed),
    };
    return cmocka_run_group_tests_name("checkpoint", tests, NULL, NULL);
 }
