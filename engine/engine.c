@@ -587,12 +587,16 @@ check_options(aspen_engine_t *eng, const bson_t *options, bson_t *out,
             return false;
          }
          bson_append_iter(out, NULL, 0, &it);
-      } else if (strcmp(k, "virtualClock") == 0) {
-         /* aspen's own: windows on a clock driven by the input (README). */
+      } else if (strcmp(k, "virtualClock") == 0 ||
+                 strcmp(k, "exactlyOnce") == 0) {
+         /* aspen's own (README): virtualClock, windows on a clock driven
+          * by the input; exactlyOnce, Kafka transactions for Kafka ->
+          * $emit (checked against the pipeline by pipeline_options_ok). */
          if (!BSON_ITER_HOLDS_BOOL(&it)) {
             reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
-                        "StreamProcessorInvalidOptions: options.virtualClock "
-                        "must be a boolean");
+                        "StreamProcessorInvalidOptions: options.%s must be "
+                        "a boolean",
+                        k);
             return false;
          }
          bson_append_iter(out, NULL, 0, &it);
@@ -603,6 +607,19 @@ check_options(aspen_engine_t *eng, const bson_t *options, bson_t *out,
                      k);
          return false;
       }
+   }
+   return true;
+}
+
+/* Checks the options that depend on the parsed pipeline (exactlyOnce). */
+static bool
+pipeline_options_ok(aspen_engine_t *eng, const aspen_pipeline_t *pl,
+                    const bson_t *options, aspen_error_t *err)
+{
+   bson_iter_t it;
+   if (bson_iter_init_find(&it, options, "exactlyOnce") &&
+       bson_iter_as_bool(&it)) {
+      return aspen__kafka_txn_check(pl, &eng->conns, false, err);
    }
    return true;
 }
@@ -687,12 +704,13 @@ cmd_create(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    aspen_error_t err;
    aspen_pipeline_t *pl = aspen_pipeline_parse(
       &pipeline, &eng->conns, false, bson_has_field(&accepted, "dlq"), &err);
-   if (!pl) {
+   bool ok = pl && pipeline_options_ok(eng, pl, &accepted, &err);
+   aspen_pipeline_destroy(pl);
+   if (!ok) {
       reply_err(reply, &err);
       bson_destroy(&accepted);
       return;
    }
-   aspen_pipeline_destroy(pl);
    aspen_proc_t *p = proc_new(eng, name, &pipeline, &accepted);
    bson_destroy(&accepted);
    link_proc(eng, p);
@@ -927,9 +945,12 @@ modify_needs_fresh_start(const bson_t *old_pl, const bson_t *new_pl)
 static void
 cmd_modify(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
 {
-   static const char *const allowed[] = {"pipeline", "resumeFromCheckpoint",
-                                         "dlq", "name", "tier", "options",
-                                         NULL};
+   /* mongosh spreads modify's options into the command, so the options
+    * (ASP's dlq and tier, aspen's virtualClock and exactlyOnce) come at
+    * the top level as well as under `options`. */
+   static const char *const allowed[] = {
+      "pipeline", "resumeFromCheckpoint", "dlq", "name", "tier",
+      "virtualClock", "exactlyOnce", "options", NULL};
    aspen_proc_t *p = proc_arg(eng, cmd, "modifyStreamProcessor", allowed, reply);
    if (!p) {
       return;
@@ -986,8 +1007,12 @@ cmd_modify(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    if (bson_iter_init_find(&it, cmd, "dlq")) {
       bson_append_iter(&given, NULL, 0, &it);
    }
-   if (bson_iter_init_find(&it, cmd, "tier")) {
-      bson_append_iter(&given, NULL, 0, &it);
+   static const char *const top_level[] = {"tier", "virtualClock",
+                                           "exactlyOnce"};
+   for (size_t i = 0; i < sizeof top_level / sizeof *top_level; i++) {
+      if (bson_iter_init_find(&it, cmd, top_level[i])) {
+         bson_append_iter(&given, NULL, 0, &it);
+      }
    }
    bson_t accepted = BSON_INITIALIZER;
    if (!check_options(eng, &given, &accepted, reply)) {
@@ -1006,7 +1031,17 @@ cmd_modify(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
        bson_iter_init_find(&oi, &p->options, "tier")) {
       bson_append_iter(&opts, NULL, 0, &oi);
    }
-   bson_concat(&opts, &accepted);
+   /* Given aspen options (virtualClock, exactlyOnce) replace the old. */
+   bson_t kept = BSON_INITIALIZER;
+   bson_iter_init(&oi, &opts);
+   while (bson_iter_next(&oi)) {
+      if (!bson_has_field(&accepted, bson_iter_key(&oi))) {
+         bson_append_iter(&kept, NULL, 0, &oi);
+      }
+   }
+   bson_concat(&kept, &accepted);
+   bson_destroy(&opts);
+   bson_steal(&opts, &kept);
    bson_destroy(&given);
    bson_destroy(&accepted);
 
@@ -1031,12 +1066,13 @@ cmd_modify(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    const bson_t *pl_def = new_pipeline ? &pipeline : &p->pipeline;
    aspen_pipeline_t *pl = aspen_pipeline_parse(
       pl_def, &eng->conns, false, bson_has_field(&opts, "dlq"), &err);
-   if (!pl) {
+   bool ok = pl && pipeline_options_ok(eng, pl, &opts, &err);
+   aspen_pipeline_destroy(pl);
+   if (!ok) {
       reply_err(reply, &err);
       bson_destroy(&opts);
       return;
    }
-   aspen_pipeline_destroy(pl);
    if (new_pipeline) {
       bson_t copy;
       bson_copy_to(&pipeline, &copy);

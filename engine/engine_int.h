@@ -187,6 +187,7 @@ struct aspen_pipeline {
     * watermark is the source's, not just of what reaches the window). */
    void (*observe)(aspen_stage_t *st, const aspen_sdoc_t *doc);
    bool virtual_clock;          /* aspen extension: time from the input */
+   bool exactly_once;           /* aspen extension: Kafka transactions */
    /* Published for stats (written by the processor thread). */
    atomic_int_fast64_t watermark_ms;  /* INT64_MIN: none */
    atomic_uint_fast64_t state_size;
@@ -210,6 +211,13 @@ aspen_pipeline_t *aspen_pipeline_parse(const bson_t *pipeline,
                                        bool ephemeral, bool has_dlq,
                                        aspen_error_t *err);
 void aspen_pipeline_destroy(aspen_pipeline_t *pl);
+/* Whether a parsed pipeline may run with the processor option exactlyOnce
+ * (kafka_txn.c): a named processor, a Kafka $source, $emit to Kafka on the
+ * same cluster (bootstrapServers), and no connection that is aspen's local
+ * (mock) broker. False with a 420 error saying which. No I/O. */
+bool aspen__kafka_txn_check(const aspen_pipeline_t *pl,
+                            const aspen_conns_t *conns, bool ephemeral,
+                            aspen_error_t *err);
 /* Parses an inner pipeline (window stages). */
 bool aspen_pipeline_parse_stages(aspen_pipeline_t *pl, const bson_t *arr,
                                  aspen_parse_ctx_t *pc, aspen_stage_t **out,

@@ -12,6 +12,7 @@
 #define ASPEN_ENGINE_KAFKA_INT_H
 
 #include "engine_int.h"
+#include "source.h"
 
 #include <librdkafka/rdkafka.h>
 
@@ -171,5 +172,35 @@ bool aspen__kafka_source_parse_done(aspen_source_spec_t *src,
                                     const aspen_parse_ctx_t *pc,
                                     aspen_error_t *err);
 void aspen__kafka_source_opts_destroy(aspen_kafka_source_opts_t *opts);
+
+/* ---- exactly-once (options.exactlyOnce; kafka_txn.c) ---------------------- */
+
+/* The consumer group of a named processor's Kafka $source: config.group_id,
+ * else ASP's default "asp-<processorId>-consumer". */
+void aspen__kafka_group_id(const aspen_kafka_source_opts_t *opts,
+                           const char *proc_id, char *out, size_t n);
+/* Makes a producer configuration transactional: transactional.id
+ * "aspen-<processorId>" (stable, so a restart fences the old producer) and
+ * a transaction timeout above the checkpoint interval. */
+bool aspen__kafka_txn_conf(rd_kafka_conf_t *conf, const aspen_runtime_t *rt,
+                           aspen_error_t *err);
+/* init_transactions (fencing an older producer with the same id and
+ * aborting its open transaction), then begins the first transaction.
+ * Blocking, up to 30 s; false with err set (419). */
+bool aspen__kafka_txn_init(rd_kafka_t *rk, aspen_error_t *err);
+/* Commits the open transaction with the $source's replay offsets `pos`
+ * (for its consumer group, each tagged with `checkpoint_id`), then begins
+ * the next. Blocking. False with err set when it could not commit (the
+ * transaction is then aborted, or the producer is fenced). */
+bool aspen__kafka_txn_commit(rd_kafka_t *rk, const aspen_runtime_t *rt,
+                             const aspen_rt_pos_t *pos, size_t n,
+                             const char *checkpoint_id, aspen_error_t *err);
+/* Aborts the open transaction, if any (errors ignored: closing). */
+void aspen__kafka_txn_abort(rd_kafka_t *rk);
+/* Appends to the array `ids` the checkpoint ids committed with the
+ * $source's consumer group offsets (stable offsets only). Blocking; false
+ * with err set (419) when the broker cannot be asked. */
+bool aspen__kafka_txn_committed_ids(const aspen_runtime_t *rt, bson_t *ids,
+                                    aspen_error_t *err);
 
 #endif /* ASPEN_ENGINE_KAFKA_INT_H */

@@ -29,6 +29,15 @@
  * broker only after that (Kafka). The guarantee is at-least-once: output
  * produced after the last checkpoint is produced again after a crash, which
  * $merge on `on` makes idempotent.
+ *
+ * Exactly-once (option exactlyOnce, Kafka -> $emit; kafka_txn.c): the sink
+ * is transactional and each checkpoint, once written, is committed by the
+ * sink together with its positions (sink->commit); the source commits
+ * nothing itself. Each checkpoint carries an id that the commit stores with
+ * the offsets, and a restore takes the checkpoint whose id the broker holds
+ * (sink->committed), which is the previous one when aspen died between
+ * writing the checkpoint and committing its transaction. So the sink opens
+ * before the checkpoint is restored, and the source after.
  */
 #include "checkpoint.h"
 #include "engine_int.h"
@@ -133,6 +142,11 @@ struct aspen_runtime {
    uint64_t ckpt_min_seq;  /* the open windows' min seq then */
    int64_t ckpt_mono_ms;   /* when the last one was written */
    uint64_t ckpt_gen;      /* checkpoints written by this run */
+   /* Exactly-once: output went to the sink since the last commit; the
+    * run's random prefix of checkpoint ids. */
+   bool exactly_once;
+   bool out_since_ckpt;
+   uint64_t ckpt_run_id;
 };
 typedef aspen_runtime_t runtime_t;
 
@@ -338,6 +352,7 @@ on_output(void *arg, const aspen_sdoc_t *out)
       if (!rt->sink->write(rt, rt->sink_state, &doc, &err)) {
          aspen_rt_fail(rt, err.message);
       }
+      rt->out_since_ckpt = true;
    }
    bson_destroy(&doc);
 }
@@ -537,6 +552,18 @@ aspen_rt_processor_id(const aspen_runtime_t *rt)
 }
 
 bool
+aspen_rt_exactly_once(const aspen_runtime_t *rt)
+{
+   return rt->exactly_once;
+}
+
+int64_t
+aspen_rt_checkpoint_interval_ms(const aspen_runtime_t *rt)
+{
+   return aspen__engine_checkpoint_interval_ms(rt->proc->eng);
+}
+
+bool
 aspen_rt_flush(aspen_runtime_t *rt)
 {
    if (rt->failed || !flush_sinks(rt)) {
@@ -705,7 +732,7 @@ aspen_rt_checkpointed(const aspen_runtime_t *rt, size_t *n, uint64_t *gen)
 /* Builds the checkpoint body for the current state; moves each partition's
  * replay position to the earliest input an open window still needs. */
 static void
-checkpoint_body(runtime_t *rt, uint64_t min_seq, bson_t *body)
+checkpoint_body(runtime_t *rt, uint64_t min_seq, const char *id, bson_t *body)
 {
    aspen_proc_t *proc = rt->proc;
    aspen_pipeline_t *pl = proc->pl;
@@ -734,6 +761,7 @@ checkpoint_body(runtime_t *rt, uint64_t min_seq, bson_t *body)
    BSON_APPEND_UTF8(body, "processorId", proc->id);
    BSON_APPEND_UTF8(body, "processorName", proc->name);
    BSON_APPEND_DATE_TIME(body, "takenAt", aspen_proc_now_ms());
+   BSON_APPEND_UTF8(body, "checkpointId", id);
    BSON_APPEND_UTF8(body, "sourceOperator", rt->source->operator_name);
    bson_t pos, arr;
    BSON_APPEND_DOCUMENT_BEGIN(body, "position", &pos);
@@ -816,7 +844,8 @@ checkpoint_take(runtime_t *rt, bool force)
    uint64_t min_seq =
       pl->window ? aspen__window_min_seq(pl->window) : UINT64_MAX;
    bool moved = rt->seq != rt->ckpt_seq || rt->ckpt_token_moved ||
-                min_seq != rt->ckpt_min_seq;
+                min_seq != rt->ckpt_min_seq ||
+                (rt->exactly_once && rt->out_since_ckpt);
    if (!moved && (rt->ckpt_gen > 0 || rt->restored)) {
       return;
    }
@@ -826,9 +855,14 @@ checkpoint_take(runtime_t *rt, bool force)
       return;
    }
    bson_t body;
-   checkpoint_body(rt, min_seq, &body);
+   char id[48];
+   snprintf(id, sizeof id, "%016llx-%llu", (unsigned long long) rt->ckpt_run_id,
+            (unsigned long long) rt->ckpt_gen + 1);
+   checkpoint_body(rt, min_seq, id, &body);
    aspen_error_t err;
    if (!aspen__checkpoint_write(rt->ckpt_dir, &body, &err)) {
+      /* Exactly-once: the transaction stays open until a checkpoint for
+       * it is on disk. */
       aspen_logf(ASPEN_LOG_ERROR, "STREAMS", proc->name,
                  "checkpoint not written (the previous one stays): %s",
                  err.message);
@@ -837,6 +871,16 @@ checkpoint_take(runtime_t *rt, bool force)
       return;
    }
    bson_destroy(&body);
+   if (rt->exactly_once && rt->sink && rt->sink->commit) {
+      if (!rt->sink->commit(rt, rt->sink_state, rt->parts, rt->n_parts, id,
+                            &err)) {
+         /* The checkpoint just written is not committed: a restart takes
+          * the previous one (load_committed). */
+         aspen_rt_fail(rt, err.message);
+         return;
+      }
+      rt->out_since_ckpt = false;
+   }
    rt->ckpt_seq = rt->seq;
    rt->ckpt_token_moved = false;
    rt->ckpt_min_seq = min_seq;
@@ -845,26 +889,80 @@ checkpoint_take(runtime_t *rt, bool force)
    atomic_store(&proc->last_checkpoint_ms, aspen_proc_now_ms());
 }
 
-/* Loads the processor's last good checkpoint, if any, before its source
- * opens: positions, replay count, window watermark, counters. */
-static void
-checkpoint_restore(runtime_t *rt)
+/* Exactly-once: of "current" and "previous", loads the checkpoint whose
+ * transaction committed (the sink knows which ids it committed). When that
+ * is "previous", "current" is deleted, so that the next write keeps the
+ * committed one as the fallback. True with `body` set when one was loaded;
+ * false with `body` empty when there is none, or (err set) when the sink
+ * could not say. */
+static bool
+load_committed(runtime_t *rt, bson_t *body, bool *used_previous,
+               aspen_error_t *err)
 {
    aspen_proc_t *proc = rt->proc;
-   bson_init(&rt->token_high);
-   bson_init(&rt->restored_pos);
-   rt->ckpt_min_seq = UINT64_MAX;
+   bson_t cur, prev, ids = BSON_INITIALIZER;
+   bool has_cur = aspen__checkpoint_load_file(rt->ckpt_dir, "current",
+                                              proc->id, proc->name, &cur);
+   bool has_prev = aspen__checkpoint_load_file(rt->ckpt_dir, "previous",
+                                               proc->id, proc->name, &prev);
+   bool ok = true;
+   int pick = -1;
+   *used_previous = false;
+   bson_init(body);
+   if (has_cur || has_prev) {
+      ok = rt->sink->committed(rt, rt->sink_state, &ids, err);
+   }
+   if (ok && (has_cur || has_prev)) {
+      pick = aspen__checkpoint_pick_committed(has_cur ? &cur : NULL,
+                                              has_prev ? &prev : NULL, &ids);
+      if (pick < 0) {
+         char *json = bson_as_relaxed_extended_json(&ids, NULL);
+         aspen_logf(ASPEN_LOG_ERROR, "STREAMS", proc->name,
+                    "exactly-once: no checkpoint on disk matches the one "
+                    "committed with the Kafka offsets (%s); resuming from "
+                    "the newest: results after it may repeat",
+                    json ? json : "?");
+         bson_free(json);
+         pick = has_cur ? 0 : 1;
+      } else if (pick == 1 && has_cur) {
+         aspen_logf(ASPEN_LOG_INFO, "STREAMS", proc->name,
+                    "exactly-once: the last checkpoint's transaction did "
+                    "not commit; resuming from the previous checkpoint");
+         aspen__checkpoint_discard_current(rt->ckpt_dir);
+      }
+      bson_destroy(body);
+      bson_copy_to(pick == 0 ? &cur : &prev, body);
+      *used_previous = pick == 1;
+   }
+   bson_destroy(&cur);
+   bson_destroy(&prev);
+   bson_destroy(&ids);
+   return ok && pick >= 0;
+}
+
+/* Loads the processor's last good checkpoint, if any, after its sink and
+ * before its source opens: positions, replay count, window watermark,
+ * counters. False (err set) only when an exactly-once sink cannot say
+ * which checkpoint it committed. */
+static bool
+checkpoint_restore(runtime_t *rt, aspen_error_t *err)
+{
+   aspen_proc_t *proc = rt->proc;
    if (proc->ephemeral) {
-      return;
+      return true;
    }
    aspen__checkpoint_dir(aspen__engine_state_dir(proc->eng), proc->id,
                          rt->ckpt_dir, sizeof rt->ckpt_dir);
    bson_t body;
    bool used_previous;
-   if (!aspen__checkpoint_load(rt->ckpt_dir, proc->id, proc->name, &body,
-                               &used_previous)) {
+   err->code = 0;
+   bool found = rt->exactly_once
+                   ? load_committed(rt, &body, &used_previous, err)
+                   : aspen__checkpoint_load(rt->ckpt_dir, proc->id,
+                                            proc->name, &body, &used_previous);
+   if (!found) {
       bson_destroy(&body);
-      return;
+      return err->code == 0;
    }
    bson_iter_t it, ai;
    if (bson_iter_init_find(&it, &body, "position") &&
@@ -987,6 +1085,7 @@ checkpoint_restore(runtime_t *rt)
               rt->has_token ? ", a resume token" : "",
               (unsigned long long) rt->replay_count);
    bson_destroy(&body);
+   return true;
 }
 
 static void
@@ -1002,7 +1101,7 @@ checkpoint_state_free(runtime_t *rt)
    bson_destroy(&rt->restored_pos);
 }
 
-/* Opens sink and DLQ; on failure reports the start as failed. */
+/* Opens DLQ and sink; on failure reports the start as failed. */
 static bool
 open_outputs(runtime_t *rt, aspen_error_t *err)
 {
@@ -1048,7 +1147,9 @@ open_outputs(runtime_t *rt, aspen_error_t *err)
       rt->sink = NULL;
       return false;
    }
-   if (!rt->source->open(rt, &rt->source_state, err)) {
+   if (rt->exactly_once && (!rt->sink || !rt->sink->commit)) {
+      aspen_error_set(err, ASPEN_ERR_InternalError,
+                      "exactly-once without a transactional sink");
       return false;
    }
    return true;
@@ -1075,10 +1176,17 @@ proc_main(void *arg)
    proc->pl->dlq = on_dlq;
    proc->pl->output = on_output;
    proc->pl->hook_arg = &rt;
-   checkpoint_restore(&rt);
+   rt.exactly_once = proc->pl->exactly_once;
+   rt.ckpt_run_id = aspen_rt_random(&rt);
+   bson_init(&rt.token_high);
+   bson_init(&rt.restored_pos);
+   rt.ckpt_min_seq = UINT64_MAX;
 
+   /* Sink first: an exactly-once sink says which checkpoint it committed,
+    * and the source opens at the restored positions. */
    aspen_error_t err;
-   bool opened = open_outputs(&rt, &err);
+   bool opened = open_outputs(&rt, &err) && checkpoint_restore(&rt, &err) &&
+                 rt.source->open(&rt, &rt.source_state, &err);
    pthread_mutex_lock(&proc->mu);
    if (!opened) {
       snprintf(proc->error_msg, sizeof proc->error_msg, "%s", err.message);
@@ -1131,6 +1239,16 @@ aspen_proc_run(aspen_proc_t *proc, aspen_error_t *err)
    proc->pl->virtual_clock = bson_iter_init_find(&vit, &proc->options,
                                                  "virtualClock") &&
                              bson_iter_as_bool(&vit);
+   proc->pl->exactly_once = bson_iter_init_find(&vit, &proc->options,
+                                                "exactlyOnce") &&
+                            bson_iter_as_bool(&vit);
+   /* Checked again here: the connections may have changed since create. */
+   if (proc->pl->exactly_once &&
+       !aspen__kafka_txn_check(proc->pl, conns, proc->ephemeral, err)) {
+      aspen_pipeline_destroy(proc->pl);
+      proc->pl = NULL;
+      return false;
+   }
    atomic_store(&proc->stop, false);
    proc->start_result = 0;
    proc->thread_done = false;

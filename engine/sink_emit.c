@@ -21,6 +21,12 @@
  * idempotence error) fails the processor, whose source then does not commit
  * the unacknowledged tail. When the producer's queue is full, write serves
  * delivery reports and waits (back-pressure) instead of dropping.
+ *
+ * With the processor option exactlyOnce the producer is transactional
+ * (kafka_txn.c): the runtime's checkpoints commit each transaction together
+ * with the $source offsets (emit_commit), and a message the broker refuses
+ * fails the processor instead of going to the DLQ, since the transaction
+ * cannot commit without it.
  */
 #include "kafka_int.h"
 #include "source.h"
@@ -57,6 +63,7 @@ typedef struct {
    bson_t **resend;
    int n_resend, cap_resend;
    bool resending;
+   bool txn; /* exactly-once: a transactional producer */
    char fatal[ASPEN_ERROR_MSG_MAX];
    int32_t fatal_code;
 } emit_t;
@@ -424,7 +431,9 @@ dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
    (void) rk;
    if (m->err && !e->closing) {
       const char *topic = rd_kafka_topic_name(m->rkt);
-      if (is_batch_size_error(m->err) && doc && !e->resending) {
+      /* Exactly-once: a refused message makes the transaction abortable,
+       * so resending or dead-lettering cannot help; it fails (below). */
+      if (is_batch_size_error(m->err) && doc && !e->resending && !e->txn) {
          if (e->n_resend == e->cap_resend) {
             e->cap_resend = e->cap_resend ? 2 * e->cap_resend : 16;
             e->resend = aspen_xrealloc(
@@ -433,7 +442,7 @@ dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
          e->resend[e->n_resend++] = doc; /* the list owns it now */
          return;
       }
-      if (is_per_message(m->err) && doc) {
+      if (is_per_message(m->err) && doc && !e->txn) {
          char reason[ASPEN_ERROR_MSG_MAX];
          snprintf(reason, sizeof reason,
                   "Failed to emit the document to Kafka topic '%s': %s",
@@ -500,6 +509,17 @@ emit_open(aspen_runtime_t *rt, const bson_t *spec, void **state,
       emit_free(e);
       return false;
    }
+   e->txn = aspen_rt_exactly_once(rt);
+   if (e->txn && (!idempotent || !aspen__kafka_txn_conf(conf, rt, err))) {
+      if (!idempotent) {
+         aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
+                         "StreamProcessorInvalidOptions: options.exactlyOnce "
+                         "needs $emit's config.acks to be \"all\"");
+      }
+      rd_kafka_conf_destroy(conf);
+      emit_free(e);
+      return false;
+   }
    rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
    rd_kafka_conf_set_error_cb(conf, producer_error_cb);
    char errstr[512];
@@ -531,6 +551,11 @@ emit_open(aspen_runtime_t *rt, const bson_t *spec, void **state,
       return false;
    }
    rd_kafka_metadata_destroy(md);
+   if (e->txn && !aspen__kafka_txn_init(e->rk, err)) {
+      rd_kafka_destroy(e->rk);
+      emit_free(e);
+      return false;
+   }
    *state = e;
    return true;
 }
@@ -867,6 +892,10 @@ emit_close(void *state)
        * committed it); purged messages still get their delivery reports,
        * which free the documents they carry. */
       e->closing = true;
+      if (e->txn) {
+         /* Whatever the last commit did not take is dropped with it. */
+         aspen__kafka_txn_abort(e->rk);
+      }
       rd_kafka_purge(e->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
       rd_kafka_flush(e->rk, 5000);
       emit_free_compiled(e);
@@ -877,5 +906,33 @@ emit_close(void *state)
    emit_free(e);
 }
 
+/* Exactly-once: the checkpoint's positions commit with the transaction. */
+static bool
+emit_commit(aspen_runtime_t *rt, void *state, const aspen_rt_pos_t *pos,
+            size_t n, const char *checkpoint_id, aspen_error_t *err)
+{
+   emit_t *e = state;
+   if (e->fatal[0]) {
+      aspen_error_set(err, e->fatal_code, "%s", e->fatal);
+      return false;
+   }
+   return aspen__kafka_txn_commit(e->rk, rt, pos, n, checkpoint_id, err);
+}
+
+static bool
+emit_committed(aspen_runtime_t *rt, void *state, bson_t *ids,
+               aspen_error_t *err)
+{
+   (void) state;
+   return aspen__kafka_txn_committed_ids(rt, ids, err);
+}
+
 const aspen_sink_ops_t aspen_sink_emit_ops = {
-   OPERATOR, emit_open, emit_write, emit_flush, emit_close};
+   .operator_name = OPERATOR,
+   .open = emit_open,
+   .write = emit_write,
+   .flush = emit_flush,
+   .close = emit_close,
+   .commit = emit_commit,
+   .committed = emit_committed,
+};

@@ -1264,4 +1264,9 @@ merge_close(void *state)
 }
 
 const aspen_sink_ops_t aspen_sink_merge_ops = {
-   "MergeOperator", merge_open, merge_write, merge_flush, merge_close};
+   .operator_name = "MergeOperator",
+   .open = merge_open,
+   .write = merge_write,
+   .flush = merge_flush,
+   .close = merge_close,
+};

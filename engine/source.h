@@ -51,6 +51,12 @@ const char *aspen_rt_processor_name(const aspen_runtime_t *rt);
 const aspen_conns_t *aspen_rt_conns(const aspen_runtime_t *rt);
 /* The processor's id (24 hex digits). */
 const char *aspen_rt_processor_id(const aspen_runtime_t *rt);
+/* True when the processor runs with options.exactlyOnce: its sink commits
+ * the source positions in its transactions, so the source must not commit
+ * them itself. */
+bool aspen_rt_exactly_once(const aspen_runtime_t *rt);
+/* The engine's checkpoint interval (streams.checkpointIntervalMs). */
+int64_t aspen_rt_checkpoint_interval_ms(const aspen_runtime_t *rt);
 /* Flushes the sink and the DLQ now. True when everything handed to them so
  * far is durable at the target (what a source may then commit); false when
  * the processor failed (now or before). */
@@ -109,6 +115,21 @@ typedef struct {
    /* Makes everything written so far durable at the target. */
    bool (*flush)(aspen_runtime_t *rt, void *state, aspen_error_t *err);
    void (*close)(void *state);
+   /* Exactly-once sinks only (options.exactlyOnce; NULL otherwise).
+    * commit: makes everything written since the last commit visible
+    * atomically with the source positions `pos` (the replay offsets of the
+    * n partitions) tagged with `checkpoint_id`, then opens the next
+    * transaction. Called right after a successful flush and after the
+    * checkpoint `checkpoint_id` was written. False (err set) is fatal and
+    * leaves nothing of the transaction visible. */
+   bool (*commit)(aspen_runtime_t *rt, void *state, const aspen_rt_pos_t *pos,
+                  size_t n, const char *checkpoint_id, aspen_error_t *err);
+   /* committed: appends to the array `ids` the checkpoint ids the target
+    * holds with its committed positions (none before the first commit).
+    * Called after open, before the checkpoint is restored; false (err
+    * set) fails the start. */
+   bool (*committed)(aspen_runtime_t *rt, void *state, bson_t *ids,
+                     aspen_error_t *err);
 } aspen_sink_ops_t;
 
 /* The sink for a kind; NULL for ASPEN_SINK_NONE (the shell). */

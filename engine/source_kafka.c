@@ -23,7 +23,9 @@
  * rebalance callback); the group's committed offsets only matter without
  * one. After a crash everything after the checkpoint is read again. On
  * stop the sink is flushed once more, the final checkpoint written and its
- * offsets committed synchronously.
+ * offsets committed synchronously. With exactlyOnce the $emit sink commits
+ * the checkpoint's offsets inside its Kafka transaction (kafka_txn.c) and
+ * this source commits nothing itself.
  * Ephemeral processors (sp.process) without config.group_id read under a
  * throw-away group and never commit.
  */
@@ -356,11 +358,9 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
     * processor, else (sp.process) a group of its own that never commits. */
    char group[128];
    ks->commit = true;
-   if (ks->opts->group_id) {
-      snprintf(group, sizeof group, "%s", ks->opts->group_id);
-   } else if (!aspen_rt_is_ephemeral(rt)) {
-      snprintf(group, sizeof group, "asp-%s-consumer",
-               aspen_rt_processor_id(rt));
+   if (ks->opts->group_id || !aspen_rt_is_ephemeral(rt)) {
+      aspen__kafka_group_id(ks->opts, aspen_rt_processor_id(rt), group,
+                            sizeof group);
    } else {
       unsigned char rnd[8] = {0};
       (void) RAND_bytes(rnd, sizeof rnd);
@@ -441,8 +441,10 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
               "Kafka $source subscribed to %d topic(s) on connection '%s' "
               "with group '%s' (%s, start %s)",
               ks->opts->n_topics, ks->conn->name, group,
-              ks->commit ? "offsets committed after each sink flush"
-                         : "offsets not committed",
+              !ks->commit ? "offsets not committed"
+              : aspen_rt_exactly_once(rt)
+                 ? "offsets committed in $emit's transactions"
+                 : "offsets committed after each sink flush",
               ks->opts->earliest ? "earliest" : "latest");
    *state = ks;
    return true;
@@ -560,6 +562,20 @@ commit(ksrc_t *ks, bool sync)
    uint64_t gen;
    const aspen_rt_pos_t *pos = aspen_rt_checkpointed(ks->rt, &n, &gen);
    if (!ks->commit || gen == ks->committed_gen || n == 0) {
+      return;
+   }
+   if (aspen_rt_exactly_once(ks->rt)) {
+      /* Committed in the sink's transaction with the checkpoint: only the
+       * stats' checkpointOffset to update. */
+      for (size_t i = 0; i < n; i++) {
+         int64_t idx = pos[i].part >> 32;
+         if (idx >= 0 && idx < ks->opts->n_topics && pos[i].replay >= 0) {
+            kpart_get(ks, ks->opts->topics[idx],
+                      (int32_t) (pos[i].part & 0xffffffff))
+               ->committed = pos[i].replay;
+         }
+      }
+      ks->committed_gen = gen;
       return;
    }
    rd_kafka_topic_partition_list_t *list =

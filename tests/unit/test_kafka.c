@@ -1,7 +1,8 @@
 /*
  * test_kafka.c - unit tests for engine/kafka.c (Extended JSON codecs for
  * message values, key formats), the Kafka $source and $emit option parsers
- * (through aspen_pipeline_parse, as createStreamProcessor uses them), Kafka
+ * (through aspen_pipeline_parse, as createStreamProcessor uses them), which
+ * pipelines may run exactly-once (options.exactlyOnce), Kafka
  * connections in the registry (secrets kept for the client, never listed),
  * and a librdkafka client configured by aspen__kafka_conf_new producing to
  * and consuming from librdkafka's mock cluster, and the broker aspen hosts
@@ -221,19 +222,27 @@ static const char *const conns_json =
    "  \"config\": {\"socket.timeout.ms\": 5000, \"ssl.key.password\": \"kp-secret\","
    "              \"enable.ssl.certificate.verification\": false}}]}";
 
+/* A static view of the array `key` of `doc` (which must have it). */
+static void
+array_field(const bson_t *doc, const char *key, bson_t *arr)
+{
+   bson_iter_t it;
+   uint32_t len;
+   const uint8_t *data;
+   assert_true(bson_iter_init_find(&it, doc, key));
+   assert_true(BSON_ITER_HOLDS_ARRAY(&it));
+   bson_iter_array(&it, &len, &data);
+   assert_true(bson_init_static(arr, data, len));
+}
+
 /* Loads the registry from {"c": [connections]} in relaxed JSON. */
 static bool
 conns_from_json(aspen_conns_t *conns, const char *json, const char *backend,
                 aspen_error_t *err)
 {
    bson_t *cfg = tmp_bson(json);
-   bson_iter_t it;
-   uint32_t len;
-   const uint8_t *data;
    bson_t arr;
-   assert_true(bson_iter_init_find(&it, cfg, "c"));
-   bson_iter_array(&it, &len, &data);
-   assert_true(bson_init_static(&arr, data, len));
+   array_field(cfg, "c", &arr);
    bool ok = aspen_conns_load(conns, &arr, backend, err);
    bson_destroy(cfg);
    return ok;
@@ -296,6 +305,17 @@ test_connections(void **state)
    }
 }
 
+/* Parses the pipeline array "p" of `wrap` (as sp.process when `ephemeral`,
+ * else as a persistent processor; with a DLQ when `has_dlq`). */
+static aspen_pipeline_t *
+parse_p(const bson_t *wrap, const aspen_conns_t *conns, bool ephemeral,
+        bool has_dlq, aspen_error_t *err)
+{
+   bson_t arr;
+   array_field(wrap, "p", &arr);
+   return aspen_pipeline_parse(&arr, conns, ephemeral, has_dlq, err);
+}
+
 /* Parses `pipeline_json` ({"p": [...]}) as a persistent processor with a
  * DLQ; returns the error message ("" when it parsed). */
 static void
@@ -303,15 +323,8 @@ parse_expect(const aspen_conns_t *conns, const char *pipeline_json,
              const char *want_error)
 {
    bson_t *wrap = tmp_bson(pipeline_json);
-   bson_iter_t it;
-   uint32_t len;
-   const uint8_t *data;
-   bson_t arr;
    aspen_error_t err = {0};
-   bson_iter_init_find(&it, wrap, "p");
-   bson_iter_array(&it, &len, &data);
-   assert_true(bson_init_static(&arr, data, len));
-   aspen_pipeline_t *pl = aspen_pipeline_parse(&arr, conns, false, true, &err);
+   aspen_pipeline_t *pl = parse_p(wrap, conns, false, true, &err);
    if (!want_error) {
       if (!pl) {
          fail_msg("%s: %s", pipeline_json, err.message);
@@ -429,6 +442,84 @@ test_emit_options(void **state)
    parse_expect(&conns,
                 "{\"p\": [" SRC(", \"topic\": \"t\"") ", {\"$emit\": {\"connectionName\": \"sample_stream_solar\", \"topic\": \"t\"}}]}",
                 "Expected Atlas connection for $emit");
+   aspen_conns_cleanup(&conns);
+}
+
+/* ---- exactly-once: which pipelines may use Kafka transactions ------------ */
+
+/* Parses `pipeline_json` ({"p": [...]}) and checks it for options.exactlyOnce:
+ * NULL `want_error` expects it accepted, else refused with that text. */
+static void
+txn_expect(const aspen_conns_t *conns, const char *pipeline_json,
+           bool ephemeral, const char *want_error)
+{
+   bson_t *wrap = tmp_bson(pipeline_json);
+   aspen_error_t err = {0};
+   aspen_pipeline_t *pl = parse_p(wrap, conns, ephemeral, false, &err);
+   if (!pl) {
+      fail_msg("%s: %s", pipeline_json, err.message);
+   }
+   bool ok = aspen__kafka_txn_check(pl, conns, ephemeral, &err);
+   if (!want_error && !ok) {
+      fail_msg("%s refused: %s", pipeline_json, err.message);
+   }
+   if (want_error) {
+      if (ok || !strstr(err.message, want_error)) {
+         fail_msg("%s\n gave '%s'\n want '%s'", pipeline_json,
+                  ok ? "(accepted)" : err.message, want_error);
+      }
+      assert_int_equal(err.code, 420);
+      assert_non_null(strstr(err.message, "StreamProcessorInvalidOptions: "
+                                          "options.exactlyOnce: "));
+   }
+   aspen_pipeline_destroy(pl);
+   bson_destroy(wrap);
+}
+
+static void
+test_exactly_once_check(void **state)
+{
+   (void) state;
+   aspen_conns_t conns;
+   aspen_error_t err;
+   if (!conns_from_json(
+          &conns,
+          "{\"c\": [{\"name\": \"atlas\", \"type\": \"atlas\"},"
+          " {\"name\": \"k\", \"type\": \"kafka\", \"bootstrapServers\": \"127.0.0.1:9\"},"
+          " {\"name\": \"k_same\", \"type\": \"kafka\", \"bootstrapServers\": \"127.0.0.1:9\"},"
+          " {\"name\": \"k2\", \"type\": \"kafka\", \"bootstrapServers\": \"127.0.0.1:10\"},"
+          " {\"name\": \"loc\", \"type\": \"kafka\", \"local\": true}]}",
+          "mongodb://127.0.0.1:1", &err)) {
+      fail_msg("%s", err.message);
+   }
+#define KSRC(conn) "{\"$source\": {\"connectionName\": \"" conn "\", \"topic\": \"t\"}}"
+#define KEMIT(conn) "{\"$emit\": {\"connectionName\": \"" conn "\", \"topic\": \"o\"}}"
+#define WIN "{\"$tumblingWindow\": {\"interval\": {\"size\": 1, \"unit\": \"second\"}," \
+            " \"pipeline\": [{\"$group\": {\"_id\": null, \"n\": {\"$sum\": 1}}}]}}"
+   /* Accepted: Kafka -> stateless stages or a window -> $emit, also through
+    * another connection name for the same cluster. */
+   txn_expect(&conns, "{\"p\": [" KSRC("k") ", {\"$match\": {\"a\": 1}}, " KEMIT("k") "]}",
+              false, NULL);
+   txn_expect(&conns, "{\"p\": [" KSRC("k") ", " WIN ", " KEMIT("k_same") "]}", false, NULL);
+   /* Refused. */
+   txn_expect(&conns, "{\"p\": [" KSRC("k") ", " KEMIT("k") "]}", true,
+              "sp.process() keeps no checkpoints");
+   txn_expect(&conns, "{\"p\": [{\"$source\": {\"documents\": [{\"a\": 1}]}}, " KEMIT("k") "]}",
+              false, "needs a Kafka $source");
+   txn_expect(&conns, "{\"p\": [{\"$source\": {\"connectionName\": \"atlas\", \"db\": \"d\","
+              " \"coll\": \"c\"}}, " KEMIT("k") "]}",
+              false, "a change stream $source cannot take part");
+   txn_expect(&conns, "{\"p\": [" KSRC("k") ", " MERGE "]}", false,
+              "needs $emit to Kafka as the sink");
+   txn_expect(&conns, "{\"p\": [" KSRC("loc") ", " KEMIT("loc") "]}", false,
+              "connection 'loc' is aspen's local broker");
+   txn_expect(&conns, "{\"p\": [" KSRC("k") ", " KEMIT("loc") "]}", false,
+              "connection 'loc' is aspen's local broker");
+   txn_expect(&conns, "{\"p\": [" KSRC("k") ", " KEMIT("k2") "]}", false,
+              "must use the same Kafka cluster");
+#undef KSRC
+#undef KEMIT
+#undef WIN
    aspen_conns_cleanup(&conns);
 }
 
@@ -768,6 +859,7 @@ main(void)
       cmocka_unit_test(test_connections),
       cmocka_unit_test(test_source_options),
       cmocka_unit_test(test_emit_options),
+      cmocka_unit_test(test_exactly_once_check),
       cmocka_unit_test(test_mock_cluster_roundtrip),
       cmocka_unit_test(test_metadata_unreachable),
       cmocka_unit_test(test_local_broker),
