@@ -146,3 +146,129 @@ if (phase === "cs_check") {
   sp.csp.stop();
   print("cs: all " + total + " inserts reached ck.csout, including those made while aspen was down");
 }
+
+// Exactly-once $emit (options.exactlyOnce, an aspen extension): Kafka ->
+// stateless stages -> $emit in Kafka transactions committed with the
+// source offsets. The shell script SIGKILLs aspen while it runs, then reads
+// the output topic with a read_committed consumer.
+function eosPipeline(out) {
+  return [
+    { $source: { connectionName: "kafka1", topic: process.env.CK_EOS_IN,
+                 config: { auto_offset_reset: "earliest", keyFormat: "string" } } },
+    { $match: { $expr: { $and: [{ $gte: ["$i", 0] }, { $ne: [{ $mod: ["$i", 10] }, 7] }] } } },
+    { $project: { i: 1, twice: { $multiply: ["$i", 2] } } },
+    { $emit: { connectionName: "kafka1", topic: out,
+               config: { key: "$i", keyFormat: "long" } } }];
+}
+// The same input through a 1 s tumbling window (event time: the inputs' t,
+// 100 a second), also exactly-once: each window's result once.
+function eosWinPipeline(out) {
+  const p = eosPipeline(out);
+  p[0].$source.timeField = "$t";
+  p[2] = { $tumblingWindow: { interval: { size: 1, unit: "second" }, allowedLateness: 0,
+    pipeline: [{ $group: { _id: { w: { $meta: "stream.window.start" } },
+                           n: { $sum: 1 }, s: { $sum: "$i" } } }] } };
+  p[3].$emit.config = { key: "$n", keyFormat: "long" };
+  return p;
+}
+if (phase === "eos_refuse") {
+  // Refused where transactions cannot hold, with a 420 error naming why.
+  function eosRefused(pl, opts, re) {
+    let err = null;
+    try {
+      sp.createStreamProcessor("eosbad", pl, opts);
+    } catch (e) {
+      err = e;
+    }
+    assert(err !== null && err.code === 420 && re.test(err.message),
+           "expected 420 " + re + ", got " + (err && (err.code + " " + err.message)));
+    assert(!sp.listStreamProcessors().some((p) => p.name === "eosbad"), "not created");
+  }
+  const emit = { $emit: { connectionName: "kafka1", topic: "x" } };
+  eosRefused([{ $source: { documents: [{ a: 1 }] } }, emit], { exactlyOnce: true },
+          /exactlyOnce: needs a Kafka \$source.*a documents \$source/);
+  eosRefused([{ $source: { connectionName: "atlas", db: "ck", coll: "src" } }, emit], { exactlyOnce: true },
+          /exactlyOnce: needs a Kafka \$source.*a change stream \$source/);
+  eosRefused([eosPipeline("x")[0], { $merge: { into: { connectionName: "atlas", db: "ck", coll: "m" } } }],
+          { exactlyOnce: true }, /exactlyOnce: needs \$emit to Kafka as the sink/);
+  eosRefused([{ $source: { connectionName: "kafkalocal", topic: "t" } },
+           { $emit: { connectionName: "kafkalocal", topic: "x" } }], { exactlyOnce: true },
+          /exactlyOnce: connection 'kafkalocal' is aspen's local broker/);
+  eosRefused([eosPipeline("x")[0], { $emit: { connectionName: "kafkalocal", topic: "x" } }],
+          { exactlyOnce: true }, /connection 'kafkalocal' is aspen's local broker/);
+  eosRefused(eosPipeline("x"), { exactlyOnce: 1 }, /options.exactlyOnce must be a boolean/);
+  // $emit itself takes no such option: ASP's own fields only.
+  let err = null;
+  try {
+    sp.createStreamProcessor("eosbad", [eosPipeline("x")[0],
+      { $emit: { connectionName: "kafka1", topic: "x", exactlyOnce: true } }]);
+  } catch (e) {
+    err = e;
+  }
+  assert(err && /\$emit.exactlyOnce' is an unknown field/.test(err.message), "$emit.exactlyOnce refused: " + err);
+  // modify() checks it too, and exactlyOnce: false turns it off.
+  sp.createStreamProcessor("eosmod", [{ $source: { documents: [{ a: 1 }] } }, emit]);
+  err = null;
+  try {
+    sp.eosmod.modify({ exactlyOnce: true });
+  } catch (e) {
+    err = e;
+  }
+  assert(err && err.code === 420 && /needs a Kafka \$source/.test(err.message), "modify refused: " + err);
+  sp.eosmod.drop();
+  print("exactlyOnce refusals ok");
+}
+if (phase === "eos_start") {
+  sp.createStreamProcessor("eos", eosPipeline(process.env.CK_EOS_OUT), { exactlyOnce: true });
+  sp.eos.start();
+  sp.createStreamProcessor("eoswin", eosWinPipeline(process.env.CK_EOS_WIN_OUT), { exactlyOnce: true });
+  sp.eoswin.start();
+  print("eos, eoswin: started");
+}
+if (phase === "eos_progress") {
+  for (const name of ["eos", "eoswin"]) {
+    const st = stats(name);
+    print(name + ": state " + st.status + ", inputs " + st.inputMessageCount + ", outputs " + st.outputMessageCount);
+  }
+}
+if (phase === "eos_finish") {
+  // Every input read (the 8 closing inputs too), then stop: the final commit.
+  for (const name of ["eos", "eoswin"]) {
+    waitFor((N + 8) + " inputs read by " + name, () => {
+      const st = stats(name);
+      assert(st.status !== "error" && st.status !== "failed", name + " failed: " + EJSON.stringify(st));
+      return st.inputMessageCount >= N + 8;
+    });
+    sp[name].stop();
+    const st = stats(name);
+    print(name + ": stopped after " + st.inputMessageCount + " inputs, " + st.outputMessageCount + " outputs");
+  }
+}
+
+// Change stream -> $emit (at-least-once) across a SIGKILL.
+if (phase === "cse_start") {
+  sp.createStreamProcessor("cse", [
+    { $source: { connectionName: "atlas", db: "ck", coll: "src2",
+                 config: { fullDocument: "updateLookup", fullDocumentOnly: true } } },
+    { $emit: { connectionName: "kafka1", topic: process.env.CK_CS_OUT } }]);
+  sp.cse.start();
+  print("cse: started");
+}
+if (phase === "cse_insert") {
+  // Against the backing server directly, in batches of 100 so that a kill
+  // lands in the middle.
+  const from = Number(process.env.CK_FROM), to = Number(process.env.CK_TO);
+  for (let b = from; b < to; b += 100) {
+    const docs = [];
+    for (let i = b; i < Math.min(b + 100, to); i++) { docs.push({ _id: i, v: i * 2 }); }
+    db.getSiblingDB("ck").src2.insertMany(docs);
+    print("batch " + ((b - from) / 100 + 1) + " in");
+    if (process.env.CK_THROTTLE) { sleep(Number(process.env.CK_THROTTLE)); }
+  }
+  print("cse: inserted " + (to - from));
+}
+if (phase === "cse_stop") {
+  sp.cse.stop();
+  const st = stats("cse");
+  print("cse: stopped after " + st.inputMessageCount + " inputs, " + st.outputMessageCount + " outputs");
+}
