@@ -273,7 +273,8 @@ if want cs_emit; then
     random_pause 0.2 1.5
     check "change stream -> \$emit: SIGKILL while inserts run" crash cse
     check "the inserts made while aspen ran finish" wait "$ins"
-    check "inserts while aspen is down" cse_insert "$half" "$CSE_N" >>"$ASPEN_RUN_DIR/cse-insert.log" 2>&1
+    cse_insert_logged() { cse_insert "$@" >>"$ASPEN_RUN_DIR/cse-insert.log" 2>&1; }
+    check "inserts while aspen is down" cse_insert_logged "$half" "$CSE_N"
     check "aspen restarts" start
     cse_complete() {
         local end=$((SECONDS + 90))
