@@ -799,6 +799,7 @@ unwind_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
                unwind_destroy(st);
                return false;
             }
+            free(u->index_field); /* given twice: the last wins, as in mongod */
             u->index_field = aspen_xstrdup(f);
          } else if (strcmp(k, "preserveNullAndEmptyArrays") == 0) {
             if (!BSON_ITER_HOLDS_BOOL(&it)) {
