@@ -1444,46 +1444,69 @@ ASPEN__DECL_PARSE(aspen__parse_date_to_string)
    return pre_resolve_tz(ps, e, 2);
 }
 
-ASPEN__DECL_EVAL(aspen__eval_date_to_string)
+/* The start $dateToString and $dateFromString share (args: the input, format,
+ * timezone, onNull). Evaluates the input into *in, the format into *fmt
+ * (nullish, or a string `validate` accepts, else error `fmt_code`) and the
+ * timezone (*tz_r as eval_tz returns it). Returns -1 on error, 0 when the
+ * result is decided (a nullish input: onNull or null, in *out), 1 to go on.
+ * The caller destroys *in and *fmt in every case. */
+static int
+date_string_prologue(const aspen_expr_t *e, aspen__eval_t *st,
+                     int32_t fmt_code,
+                     bool (*validate)(const char *, size_t, aspen_error_t *),
+                     aspen_value_t *in, aspen_value_t *fmt,
+                     const aspen__tz_t **tz, int *tz_r, aspen_value_t *out)
 {
-   aspen_value_t date, fmt = ASPEN_VALUE_MISSING;
-   const aspen__tz_t *tz = &tz_utc;
-   bool ok = false;
+   *in = ASPEN_VALUE_MISSING;
+   *fmt = ASPEN_VALUE_MISSING;
    *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &date)) {
-      return false;
+   if (!aspen__eval_arg(e, 0, st, in)) {
+      return -1;
    }
    if (e->args[1]) {
-      if (!aspen__eval_node(e->args[1], st, &fmt)) {
-         goto done;
+      if (!aspen__eval_node(e->args[1], st, fmt)) {
+         return -1;
       }
-      if (!aspen__is_nullish(&fmt)) {
-         if (!aspen__is_str(&fmt)) {
-            char *json = aspen_value_to_json(&fmt);
-            aspen__fail(st, 18533,
-                        "$dateToString requires that 'format' be a string, "
-                        "found: %s with value %s",
-                        aspen_value_type_name(&fmt), json);
+      if (!aspen__is_nullish(fmt)) {
+         if (!aspen__is_str(fmt)) {
+            char *json = aspen_value_to_json(fmt);
+            aspen__fail(st, fmt_code,
+                        "%s requires that 'format' be a string, found: %s "
+                        "with value %s",
+                        e->op->name, aspen_value_type_name(fmt), json);
             bson_free(json);
-            goto done;
+            return -1;
          }
-         if (!validate_to_format(fmt.v.value.v_utf8.str,
-                                 fmt.v.value.v_utf8.len, st->err)) {
-            goto done;
+         if (!validate(fmt->v.value.v_utf8.str, fmt->v.value.v_utf8.len,
+                       st->err)) {
+            return -1;
          }
       }
    }
-   int r = eval_tz(e, 2, st, &tz);
-   if (r < 0) {
-      goto done;
+   *tz_r = eval_tz(e, 2, st, tz);
+   if (*tz_r < 0) {
+      return -1;
    }
-   if (aspen__is_nullish(&date)) {
-      if (e->args[3]) {
-         ok = aspen__eval_node(e->args[3], st, out);
-      } else {
-         *out = aspen_value_null();
-         ok = true;
-      }
+   if (!aspen__is_nullish(in)) {
+      return 1;
+   }
+   if (e->args[3]) {
+      return aspen__eval_node(e->args[3], st, out) ? 0 : -1;
+   }
+   *out = aspen_value_null();
+   return 0;
+}
+
+ASPEN__DECL_EVAL(aspen__eval_date_to_string)
+{
+   aspen_value_t date, fmt;
+   const aspen__tz_t *tz = &tz_utc;
+   int r = 0;
+   bool ok = false;
+   int p = date_string_prologue(e, st, 18533, validate_to_format, &date, &fmt,
+                                &tz, &r, out);
+   if (p <= 0) {
+      ok = p == 0;
       goto done;
    }
    if (r == 0 || (e->args[1] && aspen__is_nullish(&fmt))) {
@@ -1561,44 +1584,14 @@ ASPEN__DECL_PARSE(aspen__parse_date_from_string)
 
 ASPEN__DECL_EVAL(aspen__eval_date_from_string)
 {
-   aspen_value_t ds, fmt = ASPEN_VALUE_MISSING;
-   const aspen__tz_t *tz;
+   aspen_value_t ds, fmt;
+   const aspen__tz_t *tz = &tz_utc;
+   int r = 0;
    bool ok = false;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &ds)) {
-      return false;
-   }
-   if (e->args[1]) {
-      if (!aspen__eval_node(e->args[1], st, &fmt)) {
-         goto done;
-      }
-      if (!aspen__is_nullish(&fmt)) {
-         if (!aspen__is_str(&fmt)) {
-            char *json = aspen_value_to_json(&fmt);
-            aspen__fail(st, 40684,
-                        "$dateFromString requires that 'format' be a string, "
-                        "found: %s with value %s",
-                        aspen_value_type_name(&fmt), json);
-            bson_free(json);
-            goto done;
-         }
-         if (!validate_from_format(fmt.v.value.v_utf8.str,
-                                   fmt.v.value.v_utf8.len, st->err)) {
-            goto done;
-         }
-      }
-   }
-   int r = eval_tz(e, 2, st, &tz);
-   if (r < 0) {
-      goto done;
-   }
-   if (aspen__is_nullish(&ds)) {
-      if (e->args[3]) {
-         ok = aspen__eval_node(e->args[3], st, out);
-      } else {
-         *out = aspen_value_null();
-         ok = true;
-      }
+   int p = date_string_prologue(e, st, 40684, validate_from_format, &ds, &fmt,
+                                &tz, &r, out);
+   if (p <= 0) {
+      ok = p == 0;
       goto done;
    }
    aspen_error_t perr;
