@@ -212,7 +212,9 @@ parse_config(const bson_iter_t *cit, cs_opts_t *o, aspen_parse_ctx_t *pc,
                return false;
             }
          }
-         o->pipeline = arr;
+         /* In place: a static bson_t points into itself, so a copy of one
+          * would dangle once `arr` goes out of scope. */
+         view_of(&it, &o->pipeline);
       } else if (strcmp(k, "maxAwaitTimeMS") == 0) {
          if (!BSON_ITER_HOLDS_INT32(&it) && !BSON_ITER_HOLDS_INT64(&it) &&
              !BSON_ITER_HOLDS_DOUBLE(&it)) {
@@ -301,7 +303,7 @@ parse_opts(const bson_t *spec, cs_opts_t *o, aspen_parse_ctx_t *pc,
                                  "collection");
                return false;
             }
-            o->colls = arr;
+            view_of(&it, &o->colls); /* in place, as config.pipeline */
             o->has_coll_list = true;
          } else {
             wrong_type(err, pc, field, &it, "[string, array]");
