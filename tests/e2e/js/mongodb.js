@@ -107,7 +107,8 @@ assert(/\$merge.into.coll/.test(badTarget.errInfo.reason), "DLQ reason names int
 sp.dyn.stop();
 
 // ---- whole-database watch (only where the server serves database-level
-// change streams: a real mongod does, mongo-java-server 1.47 does not) ------
+// change streams: a real mongod does, and our BackingServer adds them to
+// mongo-java-server 1.47, which serves collection-level ones only) ------
 function serverWatchesDatabases() {
   try {
     const probe = db.getSiblingDB("probe_db_watch");
@@ -130,9 +131,42 @@ if (serverWatchesDatabases()) {
   w2.b.insertOne({ _id: 2 });
   w2.b.deleteOne({ _id: 2 });   // filtered out by config.pipeline
   waitFor(() => d.dbwatch.countDocuments({}) === 2, "events from two collections");
+  assert(d.dbwatch.countDocuments({ "ns.db": "watchdb2", "ns.coll": "a", "documentKey._id": 1 }) === 1 &&
+         d.dbwatch.countDocuments({ "ns.db": "watchdb2", "ns.coll": "b", "documentKey._id": 2 }) === 1,
+         "each event names its collection: " + JSON.stringify(d.dbwatch.find({}, { ns: 1 }).toArray()));
   sleep(1000);
   assert(d.dbwatch.countDocuments({ operationType: "delete" }) === 0, "config.pipeline filters at the source");
+  // Stopped and started again, it resumes after the last event it saw.
   sp.dbwatch.stop();
+  w2.c.insertOne({ _id: 3 });
+  sp.dbwatch.start();
+  w2.a.insertOne({ _id: 4 });
+  waitFor(() => d.dbwatch.countDocuments({}) === 4, "events while stopped and after the restart");
+  assert(d.dbwatch.countDocuments({ "ns.coll": "c", "documentKey._id": 3 }) === 1, "the insert made while stopped");
+  sp.dbwatch.stop();
+
+  step("collection list (a database watch filtered on ns.coll)");
+  sp.createStreamProcessor("colllist", [
+    { $source: { connectionName: atlas, db: "watchdb3", coll: ["a", "c"],
+                 config: { pipeline: [{ $match: { operationType: "insert" } }] } } },
+    { $merge: { into: { connectionName: atlas, db: "mdb_e2e", coll: "colllist" } } },
+  ]);
+  sp.colllist.start();
+  const w3 = db.getSiblingDB("watchdb3");
+  w3.b.insertOne({ _id: 1 });   // not in the list
+  w3.a.insertOne({ _id: 2 });
+  w3.c.insertOne({ _id: 3 });
+  w3.c.updateOne({ _id: 3 }, { $set: { u: 1 } });   // filtered out by config.pipeline
+  waitFor(() => d.colllist.countDocuments({}) === 2, "events from the listed collections");
+  sp.colllist.stop();
+  w3.b.insertOne({ _id: 4 });
+  w3.c.insertOne({ _id: 5 });
+  sp.colllist.start();   // reopens with the same filter and pipeline
+  waitFor(() => d.colllist.countDocuments({}) === 3, "the listed collection's insert made while stopped");
+  sleep(1000);
+  assert(d.colllist.countDocuments({ "ns.coll": "b" }) === 0 && d.colllist.countDocuments({ operationType: { $ne: "insert" } }) === 0,
+         "only the listed collections' inserts: " + JSON.stringify(d.colllist.find({}, { ns: 1, operationType: 1 }).toArray()));
+  sp.colllist.stop();
 } else {
   print("# skip: the backing server does not serve database-level change streams");
 }
@@ -364,7 +398,10 @@ function resumePhase(phase) {
   const dlq = (name) => ({ dlq: { connectionName: atlas, db: "mdb_resume", coll: "dlq_" + name } });
   const create = (name, conn) => sp.createStreamProcessor(name, [
     { $source: { connectionName: conn, db: "mdb_resume", coll: name + "_src",
-                 config: { fullDocument: "updateLookup", fullDocumentOnly: true } } },
+                 // config.pipeline (only inserts happen): a stream reopened
+                 // after an outage must still send it.
+                 config: { fullDocument: "updateLookup", fullDocumentOnly: true,
+                           pipeline: [{ $match: { operationType: "insert" } }] } } },
     { $project: { _id: { $createUUID: {} }, seq: "$_id" } },
     { $merge: { into: { connectionName: atlas, db: "mdb_resume", coll: name + "_out" } } },
   ], dlq(name));

@@ -31,6 +31,9 @@ import io.netty.channel.Channel;
  * (ChangeStreamHistoryLost, code 286); mongo-java-server's tokens are bare timestamps that it
  * compares, so it would silently resume from an unknown token. This server refuses a
  * {@code resumeAfter}/{@code startAfter} token older than its own start, as mongod would.
+ *
+ * <p>mongo-java-server serves change streams on collections only; {@link WideChangeStreams}
+ * adds database-level and deployment-level ones from the same oplog.
  */
 public final class BackingServer {
     private BackingServer() {
@@ -72,24 +75,22 @@ public final class BackingServer {
                 Document query) {
             if ("aggregate".equalsIgnoreCase(command)) {
                 checkResumeToken(query);
+                Document wide = new WideChangeStreams(getCursorRegistry(), this::resolveDatabase, oplog)
+                        .handle(databaseName, query);
+                if (wide != null) {
+                    return wide;
+                }
             }
             return super.handleCommand(channel, databaseName, command, query);
         }
 
         private void checkResumeToken(Document query) {
-            if (!(query.get("pipeline") instanceof List)) {
-                return;
-            }
-            List<?> pipeline = (List<?>) query.get("pipeline");
-            if (pipeline.isEmpty() || !(pipeline.get(0) instanceof Document)) {
-                return;
-            }
-            Object spec = ((Document) pipeline.get(0)).get("$changeStream");
-            if (!(spec instanceof Document)) {
+            Document spec = WideChangeStreams.changeStreamSpec(query);
+            if (spec == null) {
                 return;
             }
             for (String key : new String[] {"resumeAfter", "startAfter"}) {
-                Object token = ((Document) spec).get(key);
+                Object token = spec.get(key);
                 if (!(token instanceof Document) || !(((Document) token).get("_data") instanceof String)) {
                     continue;
                 }
