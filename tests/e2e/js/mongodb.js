@@ -1,6 +1,6 @@
 // e2e: MongoDB connections through stock mongosh against aspen and the
 // backing server: change-stream $source (collection, fullDocumentOnly,
-// whole database), $lookup / $cachedLookup enrichment (seed listing 15.5),
+// whole database, whole deployment), $lookup / $cachedLookup enrichment (seed listing 15.5),
 // $merge modes, dynamic targets, whenMatched pipelines, write errors in the
 // DLQ collection, option validation and an unreachable connection. Run by
 // test_mongodb.sh; throws (mongosh exits non-zero) on the first mismatch.
@@ -167,6 +167,21 @@ if (serverWatchesDatabases()) {
   assert(d.colllist.countDocuments({ "ns.coll": "b" }) === 0 && d.colllist.countDocuments({ operationType: { $ne: "insert" } }) === 0,
          "only the listed collections' inserts: " + JSON.stringify(d.colllist.find({}, { ns: 1, operationType: 1 }).toArray()));
   sp.colllist.stop();
+
+  step("whole-deployment watch");
+  sp.createStreamProcessor("clusterwatch", [
+    { $source: { connectionName: atlas,
+                 config: { pipeline: [{ $match: { "ns.db": { $in: ["watchdb4", "watchdb5"] } } }] } } },
+    { $merge: { into: { connectionName: atlas, db: "mdb_e2e", coll: "clusterwatch" } } },
+  ]);
+  sp.clusterwatch.start();
+  db.getSiblingDB("watchdb4").a.insertOne({ _id: 1 });
+  db.getSiblingDB("watchdb5").b.insertOne({ _id: 2 });
+  waitFor(() => d.clusterwatch.countDocuments({}) === 2, "events from two databases");
+  assert(d.clusterwatch.countDocuments({ "ns.db": "watchdb4", "ns.coll": "a" }) === 1 &&
+         d.clusterwatch.countDocuments({ "ns.db": "watchdb5", "ns.coll": "b" }) === 1,
+         "each event names its database: " + JSON.stringify(d.clusterwatch.find({}, { ns: 1 }).toArray()));
+  sp.clusterwatch.stop();
 } else {
   print("# skip: the backing server does not serve database-level change streams");
 }
