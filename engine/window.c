@@ -1027,10 +1027,19 @@ floor_div(int64_t a, int64_t b)
 static win_t *
 find_or_open(window_t *w, int64_t start, int64_t end)
 {
-   size_t i = 0;
-   while (i < w->n_wins && w->wins[i]->start < start) {
-      i++;
+   /* Binary search: with a hop much smaller than the interval an event
+    * belongs to thousands of open windows (a linear scan made that
+    * quadratic per event; found by fuzzing). */
+   size_t lo = 0, hi = w->n_wins;
+   while (lo < hi) {
+      size_t mid = lo + (hi - lo) / 2;
+      if (w->wins[mid]->start < start) {
+         lo = mid + 1;
+      } else {
+         hi = mid;
+      }
    }
+   size_t i = lo;
    if (i < w->n_wins && w->wins[i]->start == start) {
       return w->wins[i];
    }
