@@ -39,21 +39,9 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-
-# --- build ----------------------------------------------------------------
-log "building Release aspen in $BUILD"
-cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DASPEN_TESTS=OFF >/dev/null
-cmake --build "$BUILD" -j"$(nproc)" --target aspen >/dev/null
-
-# --- peers ----------------------------------------------------------------
-export ASPEN_RUN_DIR=$BUILD/run-kafka
-export ASPEN_BIN=$BUILD/proxy/aspen
-rm -rf "$ASPEN_RUN_DIR"
-mkdir -p "$ASPEN_RUN_DIR"
-# shellcheck source=SCRIPTDIR/../tests/e2e/peers.sh
-. "$ROOT/tests/e2e/peers.sh"   # installs the EXIT trap that stops them
-peers_reap_stale
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_setup kafka
 
 start_kafka
 kafka_create_topic benchIn "$PARTITIONS"

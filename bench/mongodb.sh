@@ -25,19 +25,9 @@ while [[ $# -gt 0 ]]; do
         *) echo "mongodb.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-log() { printf '[bench] %s\n' "$*" >&2; }
-
-log "building Release aspen in $BUILD"
-cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DASPEN_TESTS=OFF >/dev/null
-cmake --build "$BUILD" -j"$(nproc)" --target aspen >/dev/null
-
-export ASPEN_RUN_DIR=$BUILD/run-mongodb
-export ASPEN_BIN=$BUILD/proxy/aspen
-rm -rf "$ASPEN_RUN_DIR"
-mkdir -p "$ASPEN_RUN_DIR"
-# shellcheck source=SCRIPTDIR/../tests/e2e/peers.sh
-. "$ROOT/tests/e2e/peers.sh"   # installs the EXIT trap that stops them
-peers_reap_stale
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_setup mongodb
 
 start_backing
 cat >"$ASPEN_RUN_DIR/aspen.json" <<JSON

@@ -1,0 +1,21 @@
+# bench/lib.sh - sourced by the benchmark scripts that need peers: log(), and
+# bench_setup NAME, which builds a Release aspen in $BUILD and sources
+# tests/e2e/peers.sh with its run directory $BUILD/run-NAME (fresh), so the
+# script can start the peers it needs. Expects ROOT and BUILD to be set.
+# shellcheck shell=bash
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+bench_setup() {
+    log "building Release aspen in $BUILD"
+    cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DASPEN_TESTS=OFF >/dev/null
+    cmake --build "$BUILD" -j"$(nproc)" --target aspen >/dev/null
+
+    export ASPEN_RUN_DIR=$BUILD/run-$1
+    export ASPEN_BIN=$BUILD/proxy/aspen
+    rm -rf "$ASPEN_RUN_DIR"
+    mkdir -p "$ASPEN_RUN_DIR"
+    # shellcheck source=SCRIPTDIR/../tests/e2e/peers.sh
+    . "$ROOT/tests/e2e/peers.sh"   # installs the EXIT trap that stops them
+    peers_reap_stale
+}
