@@ -76,10 +76,14 @@ have_mongosh_version() {
     node -e 'process.stdout.write(require(process.argv[1]).version)' "$MONGOSH_PKG" 2>/dev/null
 }
 if [[ $(have_mongosh_version || true) != "$MONGOSH_VERSION" ]]; then
-    log "npm install mongosh@$MONGOSH_VERSION into .deps/node"
+    # npm ci from the committed lockfile: a plain `npm install` resolves
+    # mongosh's ranges afresh and fails whenever the registry serves a
+    # package whose own dependency range it does not (yet) serve.
+    log "npm ci mongosh@$MONGOSH_VERSION into .deps/node (scripts/node lockfile)"
     mkdir -p "$DEPS/node"
-    npm install --prefix "$DEPS/node" --no-audit --no-fund --loglevel=error \
-        "mongosh@$MONGOSH_VERSION"
+    cp "$ROOT/scripts/node/package.json" "$ROOT/scripts/node/package-lock.json" \
+        "$DEPS/node/"
+    npm ci --prefix "$DEPS/node" --no-audit --no-fund --loglevel=error
     [[ $(have_mongosh_version || true) == "$MONGOSH_VERSION" ]] ||
         die "mongosh $MONGOSH_VERSION did not install into $DEPS/node"
 fi
@@ -113,9 +117,9 @@ if ! venv_ok; then
             /usr/bin/python3 -m venv "$VENV"
         fi
     fi
-    log "pip install pymongo>=$PYMONGO_MIN pytest"
+    log "pip install -r scripts/python/requirements.txt (pymongo, pytest)"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-        "pymongo>=$PYMONGO_MIN" pytest
+        -r "$ROOT/scripts/python/requirements.txt"
     venv_ok || die "pymongo>=$PYMONGO_MIN / pytest not importable from $VENV"
 fi
 step_done "venv ok ($("$VENV/bin/python" -c 'import pymongo; print("pymongo", pymongo.version)'))"
