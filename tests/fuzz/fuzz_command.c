@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #define MAX_CMDS 8
+#define SLOW_COMMAND_SECS 2.0
 
 static aspen_config_t g_cfg;
 static aspen_server_t g_srv;
@@ -252,12 +253,24 @@ run_one(aspen_session_t *sess, const bson_t *cmd, bool legacy, replies_t *r)
    frame_command(&frame, legacy ? cmd : &doc, legacy);
    bson_destroy(&doc);
    int before = r->replies;
+   uint64_t t0 = uv_hrtime();
    aspen__session_feed(sess, aspen_buf_data(&frame), aspen_buf_len(&frame));
    aspen_buf_cleanup(&frame);
    while (aspen__session_waiting(sess)) {
       uv_run(&g_loop, UV_RUN_ONCE);
    }
    ASPEN_ASSERT(r->replies == before + 1);
+   double secs = (double) (uv_hrtime() - t0) / 1e9;
+   if (secs > SLOW_COMMAND_SECS) {
+      /* Bounded waits on peers (a Kafka metadata request: 10 s) are
+       * allowed but worth seeing in the fuzz log, with what they answered. */
+      char *in = bson_as_relaxed_extended_json(cmd, NULL);
+      char *out = bson_as_relaxed_extended_json(&r->last, NULL);
+      fprintf(stderr, "fuzz_command: slow command (%.1f s): %.300s -> %.300s\n",
+              secs, in ? in : "?", out ? out : "?");
+      bson_free(in);
+      bson_free(out);
+   }
 }
 
 /* A detached session with a peer address of its own (failed logins are
