@@ -315,6 +315,15 @@ on_dlq(void *arg, const aspen_sdoc_t *in, const char *operator_name,
    bson_destroy(&entry);
 }
 
+/* *c -= v, stopping at 0. */
+static void
+counter_sub(atomic_uint_fast64_t *c, uint_fast64_t v)
+{
+   uint_fast64_t n = atomic_load(c);
+   while (n > 0 && !atomic_compare_exchange_weak(c, &n, n > v ? n - v : 0)) {
+   }
+}
+
 void
 aspen_rt_sink_failed(aspen_runtime_t *rt, const bson_t *doc,
                      const char *reason)
@@ -331,6 +340,10 @@ aspen_rt_sink_failed(aspen_runtime_t *rt, const bson_t *doc,
          d.meta = &meta;
       }
    }
+   /* on_output counted it; ASP's output counters count only documents
+    * that made it through the whole pipeline, the sink included. */
+   counter_sub(&rt->proc->stats.output_count, 1);
+   counter_sub(&rt->proc->stats.output_size, doc->len);
    on_dlq(rt, &d, rt->sink ? rt->sink->operator_name : "SinkOperator",
           reason);
 }

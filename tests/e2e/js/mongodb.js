@@ -357,6 +357,11 @@ const dup = d.dlq_m_dup.findOne();
 assert(/DuplicateKey/.test(dup.errInfo.reason) && dup.doc._id === 2, "server's error in the DLQ: " + dup.errInfo.reason);
 assert(dup.operatorName === "MergeOperator" && dup.processorName === "m_dup", "DLQ entry shape");
 assert(d.m_dup.countDocuments({}) === 2, "the good document was written");
+// The refused document counts as dead-lettered, not as output.
+waitFor(() => {
+  const s = sp.m_dup.stats().stats;
+  return Number(s.outputMessageCount) === 1 && Number(s.dlqMessageCount) === 1;
+}, "stats: 1 output, 1 dead-lettered");
 sp.m_dup.stop();
 
 // ---- option validation --------------------------------------------------------
