@@ -33,7 +33,9 @@ import io.netty.channel.Channel;
  * {@code resumeAfter}/{@code startAfter} token older than its own start, as mongod would.
  *
  * <p>mongo-java-server serves change streams on collections only; {@link WideChangeStreams}
- * adds database-level and deployment-level ones from the same oplog.
+ * adds database-level and deployment-level ones from the same oplog. It has no time-series
+ * collections either; {@link TimeSeriesCollections} adds their creation options, listing and
+ * insert checks.
  */
 public final class BackingServer {
     private BackingServer() {
@@ -69,6 +71,7 @@ public final class BackingServer {
     private static final class HistoryCheckingBackend extends MemoryBackend {
         /** Resume tokens are Timestamp values: seconds in the high 32 bits. */
         private final long oplogStart = getClock().instant().getEpochSecond() << 32;
+        private final TimeSeriesCollections timeSeries = new TimeSeriesCollections();
 
         @Override
         public Document handleCommand(Channel channel, String databaseName, String command,
@@ -79,6 +82,13 @@ public final class BackingServer {
                         .handle(databaseName, query);
                 if (wide != null) {
                     return wide;
+                }
+            }
+            if (!"admin".equals(databaseName)) {
+                Document ts = timeSeries.handle(databaseName, command, query,
+                        q -> super.handleCommand(channel, databaseName, command, q));
+                if (ts != null) {
+                    return ts;
                 }
             }
             return super.handleCommand(channel, databaseName, command, query);
