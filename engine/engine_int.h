@@ -163,8 +163,19 @@ typedef struct {
 typedef enum {
    ASPEN_SINK_NONE,  /* ephemeral: the shell */
    ASPEN_SINK_MERGE,
-   ASPEN_SINK_EMIT,
+   ASPEN_SINK_EMIT,       /* $emit to Kafka */
+   ASPEN_SINK_TIMESERIES, /* $emit to a time-series collection */
 } aspen_sink_kind_t;
+
+/* Which sink an $emit argument (already validated) is: a Kafka topic, or a
+ * time-series collection when its connection is an Atlas one. */
+aspen_sink_kind_t aspen__emit_sink_kind(const bson_t *spec,
+                                        const aspen_conns_t *conns);
+/* Validates the time-series form of $emit (its connection already known to
+ * be an Atlas one): db, coll and the `timeseries` options with mongod's
+ * rules. False with a 420 parse error. (sink_timeseries.c) */
+bool aspen__emit_ts_parse(const bson_t *spec, aspen_parse_ctx_t *pc,
+                          aspen_error_t *err);
 
 /* The DLQ side of a pipeline: where failed documents go. Set by the
  * processor before it runs. */

@@ -86,6 +86,12 @@ aspen__kafka_txn_check(const aspen_pipeline_t *pl, const aspen_conns_t *conns,
                       source_kind_name(pl->source.kind));
       return false;
    }
+   if (pl->sink_kind == ASPEN_SINK_TIMESERIES) {
+      aspen_error_set(err, code,
+                      PREFIX "needs $emit to Kafka as the sink; $emit to a "
+                             "time-series collection is at-least-once");
+      return false;
+   }
    if (pl->sink_kind != ASPEN_SINK_EMIT) {
       aspen_error_set(err, code,
                       PREFIX "needs $emit to Kafka as the sink; $merge is "

@@ -441,8 +441,6 @@ aspen_pipeline_parse(const bson_t *pipeline, const aspen_conns_t *conns,
       st->index = pl->n_stages; /* position in the chain, after $source */
       if (is_sink) {
          seen_sink = true;
-         pl->sink_kind = strcmp(name, "$merge") == 0 ? ASPEN_SINK_MERGE
-                                                     : ASPEN_SINK_EMIT;
          /* The sink lives outside the stage chain. */
          bson_destroy(&pl->sink_spec);
          if (BSON_ITER_HOLDS_DOCUMENT(&si)) {
@@ -453,6 +451,9 @@ aspen_pipeline_parse(const bson_t *pipeline, const aspen_conns_t *conns,
          } else {
             bson_init(&pl->sink_spec);
          }
+         pl->sink_kind = strcmp(name, "$merge") == 0
+                            ? ASPEN_SINK_MERGE
+                            : aspen__emit_sink_kind(&pl->sink_spec, conns);
          if (st->ops->destroy) {
             st->ops->destroy(st);
          }

@@ -1,7 +1,7 @@
 /*
  * sink.h - writers a processor's thread uses to put documents into MongoDB
- * collections ($merge and the dead-letter queue). Blocking; processor thread
- * only.
+ * collections ($merge, $emit to a time-series collection and the dead-letter
+ * queue). Blocking; processor thread only.
  */
 #ifndef ASPEN_ENGINE_SINK_H
 #define ASPEN_ENGINE_SINK_H
@@ -19,6 +19,20 @@ typedef void (*aspen_coll_writer_fail_fn)(void *arg, const bson_t *doc,
 aspen_coll_writer_t *aspen_coll_writer_new_merge(const aspen_conns_t *conns,
                                                  const bson_t *spec,
                                                  aspen_error_t *err);
+/* The operator name of a time-series $emit in DLQ entries and stats, and
+ * the largest document it writes (ASP: 4 MB; larger ones go to the DLQ). */
+#define ASPEN_EMIT_TS_OPERATOR "TimeseriesEmitOperator"
+#define ASPEN_EMIT_TS_MAX_DOC_BYTES ((size_t) 4 * 1024 * 1024)
+
+/* A writer for a time-series $emit spec ({connectionName, db, coll,
+ * timeseries}, validated by the stage parser): inserts only, into targets
+ * that are literal or evaluated per document; each target is created with
+ * the spec's `timeseries` options before its first write (a literal one
+ * here, so a server that refuses it fails the start), an existing
+ * time-series collection being fine. NULL with err set (421 for a server
+ * that cannot be reached or refuses the collection). */
+aspen_coll_writer_t *aspen_coll_writer_new_timeseries(
+   const aspen_conns_t *conns, const bson_t *spec, aspen_error_t *err);
 /* A writer that only inserts (the DLQ). */
 aspen_coll_writer_t *aspen_coll_writer_new_insert(const aspen_conn_t *conn,
                                                   const char *db,
@@ -34,5 +48,14 @@ bool aspen_coll_writer_add(aspen_coll_writer_t *w, const bson_t *doc,
 bool aspen_coll_writer_flush(aspen_coll_writer_t *w,
                              aspen_coll_writer_fail_fn on_fail, void *arg,
                              aspen_error_t *err);
+
+/* Validates a target name option ($merge.into.db, $emit.coll, ...): a
+ * non-empty literal or an expression; *literal says which. `opt` is the
+ * option's path for the error position, `label` its name in messages.
+ * False with a 420 parse error. */
+bool aspen__sink_parse_target_name(const bson_iter_t *it,
+                                   aspen_parse_ctx_t *pc, const char *opt,
+                                   const char *label, bool *literal,
+                                   aspen_error_t *err);
 
 #endif

@@ -1,7 +1,9 @@
 /*
  * sink_emit.c - $emit to Apache Kafka (../shared/spec/asp-semantics.md
  * §5.1): option validation at create time (the stage table's parser) and,
- * at run time, a librdkafka producer on the processor's thread.
+ * at run time, a librdkafka producer on the processor's thread. An $emit
+ * whose connection is an Atlas one writes to a time-series collection
+ * instead (§5.2): the parser hands it to sink_timeseries.c.
  *
  * Each document becomes one message: the value is the document as Extended
  * JSON v2 (relaxed unless config.outputFormat is canonicalJson; Dates as
@@ -245,7 +247,7 @@ emit_compile(const bson_t *spec, const aspen_conns_t *conns,
    snprintf(e->acks, sizeof e->acks, "all");
    snprintf(e->compression, sizeof e->compression, "none");
    bool has_key_format = false, has_topic = false;
-   const char *conn_name = NULL;
+   const char *conn_name = NULL, *ts_field = NULL;
    bson_iter_t it;
    bson_iter_init(&it, spec);
    while (bson_iter_next(&it)) {
@@ -279,10 +281,11 @@ emit_compile(const bson_t *spec, const aspen_conns_t *conns,
          }
       } else if (strcmp(k, "db") == 0 || strcmp(k, "coll") == 0 ||
                  strcmp(k, "timeseries") == 0) {
-         aspen_parse_error(err, pc, k,
-                           "$emit to a time-series collection is not "
-                           "supported by this version of aspen yet");
-         goto fail;
+         /* The time-series form's options: refused below, once the
+          * connection says which form this is. */
+         if (!ts_field) {
+            ts_field = k;
+         }
       } else {
          aspen_parse_error(err, pc, k,
                            "BSON field '$emit.%s' is an unknown field.", k);
@@ -301,17 +304,20 @@ emit_compile(const bson_t *spec, const aspen_conns_t *conns,
                         "Unknown connection name %s", conn_name);
       goto fail;
    }
-   if (e->conn->type == ASPEN_CONN_ATLAS) {
-      aspen_parse_error(err, pc, "connectionName",
-                        "$emit to a time-series collection is not supported "
-                        "by this version of aspen yet");
-      goto fail;
-   }
    if (e->conn->type != ASPEN_CONN_KAFKA) {
       aspen_parse_error(err, pc, "connectionName",
                         "Expected Atlas connection for $emit, but connection "
                         "'%s' is of type %s",
                         conn_name, aspen_conn_type_name(e->conn->type));
+      goto fail;
+   }
+   if (ts_field) {
+      aspen_parse_error(err, pc, ts_field,
+                        "BSON field '$emit.%s' is an unknown field. (%s is "
+                        "an option of $emit to a time-series collection, "
+                        "whose connection is an Atlas one; connection '%s' "
+                        "is a Kafka one)",
+                        ts_field, ts_field, conn_name);
       goto fail;
    }
    if (!has_topic) {
@@ -348,6 +354,9 @@ emit_stage_parse(aspen_stage_t *st, const bson_iter_t *arg,
    bson_t spec;
    bson_iter_document(arg, &len, &data);
    (void) bson_init_static(&spec, data, len);
+   if (aspen__emit_sink_kind(&spec, pc->conns) == ASPEN_SINK_TIMESERIES) {
+      return aspen__emit_ts_parse(&spec, pc, err);
+   }
    emit_t *e;
    if (!emit_compile(&spec, pc->conns, pc, &e, err)) {
       return false;
@@ -355,6 +364,19 @@ emit_stage_parse(aspen_stage_t *st, const bson_iter_t *arg,
    /* The sink compiles its own copy when the processor starts. */
    emit_free(e);
    return true;
+}
+
+aspen_sink_kind_t
+aspen__emit_sink_kind(const bson_t *spec, const aspen_conns_t *conns)
+{
+   bson_iter_t it;
+   const aspen_conn_t *conn = NULL;
+   if (bson_iter_init_find(&it, spec, "connectionName") &&
+       BSON_ITER_HOLDS_UTF8(&it)) {
+      conn = aspen_conns_find(conns, bson_iter_utf8(&it, NULL));
+   }
+   return conn && conn->type == ASPEN_CONN_ATLAS ? ASPEN_SINK_TIMESERIES
+                                                 : ASPEN_SINK_EMIT;
 }
 
 const aspen_stage_ops_t aspen_stage_emit_ops = {

@@ -1,7 +1,8 @@
 /*
  * sink_merge.c - $merge: validating its options at create time, and writing
  * a processor's output to a MongoDB collection at run time, plus the
- * collection writer the dead-letter queue shares.
+ * collection writer the dead-letter queue and the time-series $emit
+ * (sink_timeseries.c) share.
  *
  * Writes are batched into unordered bulk operations keyed on the `on` fields
  * (default _id), so replaying the same input leaves the same collection. A
@@ -13,6 +14,7 @@
 #include "sink.h"
 #include "source.h"
 
+#include <inttypes.h>
 #include <mongoc/mongoc.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,34 +39,34 @@ typedef enum {
 
 /* ---- option parsing ---------------------------------------------------- */
 
-/* A $merge.into.db / .coll: a non-empty literal name, or an expression
- * ("$field", {$concat: ...}) evaluated per document. *literal says which. */
-static bool
-parse_target_name(const bson_iter_t *it, aspen_parse_ctx_t *pc,
-                  const char *opt, const char *k, bool *literal,
-                  aspen_error_t *err)
+/* A target database or collection name ($merge.into.db / .coll, $emit.db /
+ * .coll): a non-empty literal name, or an expression ("$field", {$concat:
+ * ...}) evaluated per document. *literal says which; `label` names the
+ * option in messages ("$merge.into.db"). */
+bool
+aspen__sink_parse_target_name(const bson_iter_t *it, aspen_parse_ctx_t *pc,
+                              const char *opt, const char *label,
+                              bool *literal, aspen_error_t *err)
 {
    *literal = false;
    if (BSON_ITER_HOLDS_UTF8(it) && bson_iter_utf8(it, NULL)[0] != '$') {
       if (!*bson_iter_utf8(it, NULL)) {
-         aspen_parse_error(err, pc, opt, "$merge.into.%s cannot be empty", k);
+         aspen_parse_error(err, pc, opt, "%s cannot be empty", label);
          return false;
       }
       *literal = true;
       return true;
    }
    if (!BSON_ITER_HOLDS_UTF8(it) && !BSON_ITER_HOLDS_DOCUMENT(it)) {
-      aspen_parse_error(err, pc, opt,
-                        "$merge.into.%s must be a string or an expression",
-                        k);
+      aspen_parse_error(err, pc, opt, "%s must be a string or an expression",
+                        label);
       return false;
    }
    aspen_expr_t *e = NULL;
    if (!aspen_expr_parse(it, NULL, &e, err)) {
       char msg[ASPEN_ERROR_MSG_MAX];
       snprintf(msg, sizeof msg, "%s", err->message);
-      aspen_parse_error(err, pc, opt, "invalid $merge.into.%s expression: %s",
-                        k, msg);
+      aspen_parse_error(err, pc, opt, "invalid %s expression: %s", label, msg);
       return false;
    }
    aspen_expr_destroy(e);
@@ -102,8 +104,11 @@ parse_into(const bson_iter_t *it, aspen_parse_ctx_t *pc, bool *literal,
          conn = bson_iter_utf8(&ii, NULL);
       } else if (strcmp(k, "db") == 0 || strcmp(k, "coll") == 0) {
          bool is_db = k[0] == 'd';
-         if (!parse_target_name(&ii, pc, opt, k, is_db ? &db_lit : &coll_lit,
-                                err)) {
+         char label[32];
+         snprintf(label, sizeof label, "$merge.into.%s", k);
+         if (!aspen__sink_parse_target_name(&ii, pc, opt, label,
+                                            is_db ? &db_lit : &coll_lit,
+                                            err)) {
             return false;
          }
          *(is_db ? &db : &coll) = true;
@@ -363,6 +368,7 @@ typedef struct {
    mongoc_collection_t *mc;
    bson_t **batch;
    size_t n_batch, cap;
+   bool ready; /* time-series: the collection is known to exist as one */
 } target_t;
 
 struct aspen_coll_writer {
@@ -382,7 +388,17 @@ struct aspen_coll_writer {
    /* whenMatched / whenNotMatched given as expressions: evaluated per
     * document to one of the mode strings (NULL: the fixed mode above). */
    aspen_expr_t *wm_expr, *wnm_expr;
-   bool plain_insert;      /* DLQ: just insert */
+   bool plain_insert;      /* DLQ, time-series $emit: just insert */
+   /* Names for messages: the operator in DLQ reasons ("MergeOperator") and
+    * the db/coll options ("$merge.into" -> "$merge.into.coll"). */
+   const char *op_name;
+   const char *label;
+   /* Time-series $emit: each target is created with these options before
+    * its first write (ts_opts: the `timeseries` document), and documents
+    * larger than max_doc_bytes (0: no limit) go to the DLQ. */
+   bool timeseries;
+   bson_t ts_opts;
+   size_t max_doc_bytes;
    /* whenMatched pipeline and its variables. */
    bson_t wm_pipeline;
    char **let_names;
@@ -412,8 +428,11 @@ writer_new(const aspen_conn_t *conn, aspen_error_t *err)
    aspen_coll_writer_t *w = BSON_ALIGNED_ALLOC0(aspen_coll_writer_t);
    w->client = client;
    w->insert_unmatched = true;
+   w->op_name = "MergeOperator";
+   w->label = "$merge.into";
    bson_init(&w->spec);
    bson_init(&w->wm_pipeline);
+   bson_init(&w->ts_opts);
    return w;
 }
 
@@ -457,6 +476,24 @@ target_name(const bson_iter_t *it, const char **lit, aspen_expr_t **expr,
       return true;
    }
    return aspen_expr_parse(it, NULL, expr, err);
+}
+
+/* Replaces *dst (an initialised bson_t) with a copy of the document or
+ * array `it` holds. */
+static void
+copy_sub(const bson_iter_t *it, bson_t *dst)
+{
+   uint32_t len;
+   const uint8_t *data;
+   bson_t sub;
+   if (BSON_ITER_HOLDS_ARRAY(it)) {
+      bson_iter_array(it, &len, &data);
+   } else {
+      bson_iter_document(it, &len, &data);
+   }
+   (void) bson_init_static(&sub, data, len);
+   bson_destroy(dst);
+   bson_copy_to(&sub, dst);
 }
 
 static bool
@@ -515,13 +552,7 @@ writer_parse_spec(aspen_coll_writer_t *w, const aspen_conns_t *conns,
                            : strcmp(m, "delete") == 0       ? WM_DELETE
                                                             : WM_MERGE;
       } else if (BSON_ITER_HOLDS_ARRAY(&it)) {
-         uint32_t len;
-         const uint8_t *data;
-         bson_t arr;
-         bson_iter_array(&it, &len, &data);
-         (void) bson_init_static(&arr, data, len);
-         bson_destroy(&w->wm_pipeline);
-         bson_copy_to(&arr, &w->wm_pipeline);
+         copy_sub(&it, &w->wm_pipeline);
          w->when_matched = WM_PIPELINE;
       } else if (BSON_ITER_HOLDS_DOCUMENT(&it)) {
          (void) aspen_expr_parse(&it, NULL, &w->wm_expr, err);
@@ -569,7 +600,10 @@ aspen_coll_writer_new_merge(const aspen_conns_t *conns, const bson_t *spec,
    aspen_coll_writer_t *w = BSON_ALIGNED_ALLOC0(aspen_coll_writer_t);
    bson_copy_to(spec, &w->spec);
    bson_init(&w->wm_pipeline);
+   bson_init(&w->ts_opts);
    w->insert_unmatched = true;
+   w->op_name = "MergeOperator";
+   w->label = "$merge.into";
    const aspen_conn_t *conn = NULL;
    if (!writer_parse_spec(w, conns, &conn, err) ||
        !(w->client = aspen__conn_client_new(conn, true, err))) {
@@ -625,6 +659,7 @@ aspen_coll_writer_destroy(aspen_coll_writer_t *w)
    aspen_expr_destroy(w->db_expr);
    aspen_expr_destroy(w->coll_expr);
    bson_destroy(&w->wm_pipeline);
+   bson_destroy(&w->ts_opts);
    bson_destroy(&w->spec);
    if (w->client) {
       mongoc_client_destroy(w->client);
@@ -652,8 +687,9 @@ on_filter(const aspen_coll_writer_t *w, const bson_t *doc, bson_t *filter,
 /* Evaluates a dynamic into.db / into.coll for `doc`; false with `why` set
  * when it does not give a usable name (the document goes to the DLQ). */
 static bool
-eval_name(const aspen_expr_t *e, const bson_t *doc, const char *what,
-          char *out, size_t out_len, char *why, size_t why_len)
+eval_name(const aspen_coll_writer_t *w, const aspen_expr_t *e,
+          const bson_t *doc, const char *what, char *out, size_t out_len,
+          char *why, size_t why_len)
 {
    bson_t meta;
    bson_iter_t it;
@@ -671,7 +707,7 @@ eval_name(const aspen_expr_t *e, const bson_t *doc, const char *what,
    aspen_error_t err;
    if (!aspen_expr_eval(e, &ctx, &v, &err)) {
       snprintf(why, why_len,
-               "Failed to evaluate the $merge.into.%s expression: %s", what,
+               "Failed to evaluate the %s.%s expression: %s", w->label, what,
                err.message);
       return false;
    }
@@ -682,9 +718,9 @@ eval_name(const aspen_expr_t *e, const bson_t *doc, const char *what,
       snprintf(out, out_len, "%s", v.v.value.v_utf8.str);
    } else {
       snprintf(why, why_len,
-               "$merge.into.%s must evaluate to a non-empty string, but it "
-               "gave a value of type %s",
-               what, aspen_value_type_name(&v));
+               "%s.%s must evaluate to a non-empty string, but it gave a "
+               "value of type %s",
+               w->label, what, aspen_value_type_name(&v));
    }
    aspen_value_destroy(&v);
    return ok;
@@ -703,14 +739,15 @@ target_for(aspen_coll_writer_t *w, const bson_t *doc, char *why,
    }
    char db[256], coll[256];
    if (w->db_expr) {
-      if (!eval_name(w->db_expr, doc, "db", db, sizeof db, why, why_len)) {
+      if (!eval_name(w, w->db_expr, doc, "db", db, sizeof db, why,
+                     why_len)) {
          return NULL;
       }
    } else {
       snprintf(db, sizeof db, "%s", w->db_lit);
    }
    if (w->coll_expr) {
-      if (!eval_name(w->coll_expr, doc, "coll", coll, sizeof coll, why,
+      if (!eval_name(w, w->coll_expr, doc, "coll", coll, sizeof coll, why,
                      why_len)) {
          return NULL;
       }
@@ -758,6 +795,15 @@ aspen_coll_writer_add(aspen_coll_writer_t *w, const bson_t *doc,
       if (fatal) {
          return false;
       }
+      on_fail(arg, doc, why);
+      return true;
+   }
+   if (w->max_doc_bytes && doc->len > w->max_doc_bytes) {
+      snprintf(why, sizeof why,
+               "Failed to process an input document in %s: the document is "
+               "%" PRIu32 " bytes, more than the %zu bytes (4 MB) a "
+               "time-series $emit writes",
+               w->op_name, doc->len, w->max_doc_bytes);
       on_fail(arg, doc, why);
       return true;
    }
@@ -915,14 +961,15 @@ add_write(aspen_coll_writer_t *w, mongoc_bulk_operation_t *bulk,
 
 /* The DLQ reason for a document the server refused, in ASP's words. */
 static void
-write_error_reason(int32_t code, const char *msg, char *out, size_t len)
+write_error_reason(const aspen_coll_writer_t *w, int32_t code,
+                   const char *msg, char *out, size_t len)
 {
    const char *name = code == 11000 ? "DuplicateKey"
                                     : aspen_error_code_name(code);
    snprintf(out, len,
             "Failed to process an input document in the current batch in "
-            "MergeOperator with error: code = %s, reason = %s",
-            name, msg);
+            "%s with error: code = %s, reason = %s",
+            w->op_name, name, msg);
 }
 
 /* ---- whenMatched pipelines ------------------------------------------------ */
@@ -973,8 +1020,8 @@ bind_pipeline(const aspen_coll_writer_t *w, const bson_t *doc, bson_t *out,
 
 /* Reads writeErrors[0] of a failed single write into a DLQ reason. */
 static bool
-single_write_error(const bson_t *reply, char *why, size_t why_len,
-                   int32_t *code_out)
+single_write_error(const aspen_coll_writer_t *w, const bson_t *reply,
+                   char *why, size_t why_len, int32_t *code_out)
 {
    bson_iter_t it, ei, f;
    if (!bson_iter_init_find(&it, reply, "writeErrors") ||
@@ -993,7 +1040,7 @@ single_write_error(const bson_t *reply, char *why, size_t why_len,
       }
    }
    *code_out = code;
-   write_error_reason(code, msg, why, why_len);
+   write_error_reason(w, code, msg, why, why_len);
    return true;
 }
 
@@ -1033,12 +1080,12 @@ write_with_pipeline(aspen_coll_writer_t *w, target_t *t, const bson_t *doc,
       int32_t code = 0;
       if (!mongoc_collection_update_one(t->mc, &filter, &pipeline, NULL,
                                         &reply, berr)) {
-         if (single_write_error(&reply, why, sizeof why, &code)) {
+         if (single_write_error(w, &reply, why, sizeof why, &code)) {
             on_fail(arg, doc, why);
          } else if (is_transient(berr)) {
             ok = false;
          } else {
-            write_error_reason((int32_t) berr->code, berr->message, why,
+            write_error_reason(w, (int32_t) berr->code, berr->message, why,
                                sizeof why);
             on_fail(arg, doc, why);
          }
@@ -1058,7 +1105,7 @@ write_with_pipeline(aspen_coll_writer_t *w, target_t *t, const bson_t *doc,
          bson_destroy(&reply);
          break;
       }
-      bool dup = single_write_error(&reply, why, sizeof why, &code) &&
+      bool dup = single_write_error(w, &reply, why, sizeof why, &code) &&
                  code == 11000;
       bson_destroy(&reply);
       if (dup && attempt == 0) {
@@ -1068,7 +1115,7 @@ write_with_pipeline(aspen_coll_writer_t *w, target_t *t, const bson_t *doc,
          ok = false;
       } else {
          if (code == 0) {
-            write_error_reason((int32_t) berr->code, berr->message, why,
+            write_error_reason(w, (int32_t) berr->code, berr->message, why,
                                sizeof why);
          }
          on_fail(arg, doc, why);
@@ -1078,6 +1125,156 @@ write_with_pipeline(aspen_coll_writer_t *w, target_t *t, const bson_t *doc,
    bson_destroy(&filter);
    bson_destroy(&pipeline);
    return ok;
+}
+
+/* The sink's name in fatal errors, as ASP words them. */
+static const char *
+sink_name(const aspen_coll_writer_t *w)
+{
+   return w->timeseries ? "Time series $emit" : "$merge";
+}
+
+/* Whether db.coll exists as a time-series collection (false: it exists as
+ * something else). False with err set when the listing fails. */
+static bool
+is_timeseries_coll(aspen_coll_writer_t *w, const target_t *t, bool *is_ts,
+                   aspen_error_t *err)
+{
+   *is_ts = false;
+   mongoc_database_t *mdb = mongoc_client_get_database(w->client, t->db);
+   bson_t opts = BSON_INITIALIZER, filter;
+   BSON_APPEND_DOCUMENT_BEGIN(&opts, "filter", &filter);
+   BSON_APPEND_UTF8(&filter, "name", t->coll);
+   bson_append_document_end(&opts, &filter);
+   mongoc_cursor_t *cur = mongoc_database_find_collections_with_opts(mdb, &opts);
+   const bson_t *info;
+   bson_error_t berr;
+   while (mongoc_cursor_next(cur, &info)) {
+      bson_iter_t it;
+      /* Servers that ignore the filter list every collection. */
+      if (!bson_iter_init_find(&it, info, "name") ||
+          !BSON_ITER_HOLDS_UTF8(&it) ||
+          strcmp(bson_iter_utf8(&it, NULL), t->coll) != 0) {
+         continue;
+      }
+      *is_ts = bson_iter_init_find(&it, info, "type") &&
+               BSON_ITER_HOLDS_UTF8(&it) &&
+               strcmp(bson_iter_utf8(&it, NULL), "timeseries") == 0;
+   }
+   bool ok = !mongoc_cursor_error(cur, &berr);
+   if (!ok) {
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorAtlasConnectionError,
+                      "Time series $emit to %s.%s failed: %s", t->db, t->coll,
+                      berr.message);
+   }
+   mongoc_cursor_destroy(cur);
+   bson_destroy(&opts);
+   mongoc_database_destroy(mdb);
+   return ok;
+}
+
+/* Time-series $emit: before a target's first write, creates it with the
+ * `timeseries` options. A collection already there (NamespaceExists, 48:
+ * created earlier, by another processor, or with other options) is fine if
+ * it is a time-series collection; anything else there, or a create the
+ * server refuses, is an error (err set): the processor fails with the
+ * server's reason, as does an unreachable server once the flush gives up. */
+static bool
+ensure_timeseries(aspen_coll_writer_t *w, target_t *t, aspen_error_t *err)
+{
+   if (!w->timeseries || t->ready) {
+      return true;
+   }
+   bson_t cmd = BSON_INITIALIZER, reply;
+   BSON_APPEND_UTF8(&cmd, "create", t->coll);
+   BSON_APPEND_DOCUMENT(&cmd, "timeseries", &w->ts_opts);
+   bson_error_t berr;
+   bool ok = mongoc_client_write_command_with_opts(w->client, t->db, &cmd,
+                                                   NULL, &reply, &berr);
+   bson_destroy(&cmd);
+   bson_destroy(&reply);
+   if (ok) {
+      aspen_logf(ASPEN_LOG_INFO, "STREAMS", w->ns,
+                 "created the time-series collection %s.%s", t->db, t->coll);
+      t->ready = true;
+      return true;
+   }
+   if (berr.domain == MONGOC_ERROR_SERVER && berr.code == 48) {
+      bool is_ts;
+      if (!is_timeseries_coll(w, t, &is_ts, err)) {
+         return false;
+      }
+      if (!is_ts) {
+         aspen_error_set(err, ASPEN_ERR_StreamProcessorAtlasConnectionError,
+                         "Time series $emit to %s.%s failed: the collection "
+                         "exists and is not a time-series collection",
+                         t->db, t->coll);
+         return false;
+      }
+      t->ready = true;
+      return true;
+   }
+   aspen_error_set(err, ASPEN_ERR_StreamProcessorAtlasConnectionError,
+                   "Time series $emit to %s.%s failed: %s", t->db, t->coll,
+                   berr.message);
+   return false;
+}
+
+aspen_coll_writer_t *
+aspen_coll_writer_new_timeseries(const aspen_conns_t *conns,
+                                 const bson_t *spec, aspen_error_t *err)
+{
+   aspen_coll_writer_t *w = BSON_ALIGNED_ALLOC0(aspen_coll_writer_t);
+   bson_copy_to(spec, &w->spec);
+   bson_init(&w->wm_pipeline);
+   bson_init(&w->ts_opts);
+   w->plain_insert = true;
+   w->timeseries = true;
+   w->max_doc_bytes = ASPEN_EMIT_TS_MAX_DOC_BYTES;
+   w->op_name = ASPEN_EMIT_TS_OPERATOR;
+   w->label = "$emit";
+   const aspen_conn_t *conn = NULL;
+   bson_iter_t it;
+   bson_iter_init(&it, &w->spec);
+   bool ok = true;
+   while (ok && bson_iter_next(&it)) {
+      const char *k = bson_iter_key(&it);
+      if (strcmp(k, "connectionName") == 0 && BSON_ITER_HOLDS_UTF8(&it)) {
+         conn = aspen_conns_find(conns, bson_iter_utf8(&it, NULL));
+      } else if (strcmp(k, "db") == 0) {
+         ok = target_name(&it, &w->db_lit, &w->db_expr, err);
+      } else if (strcmp(k, "coll") == 0) {
+         ok = target_name(&it, &w->coll_lit, &w->coll_expr, err);
+      } else if (strcmp(k, "timeseries") == 0 &&
+                 BSON_ITER_HOLDS_DOCUMENT(&it)) {
+         copy_sub(&it, &w->ts_opts);
+      }
+   }
+   if (ok && (!conn || (!w->db_lit && !w->db_expr) ||
+              (!w->coll_lit && !w->coll_expr) || bson_empty(&w->ts_opts))) {
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
+                      "StreamProcessorInvalidOptions: invalid time-series "
+                      "$emit");
+      ok = false;
+   }
+   if (!ok || !(w->client = aspen__conn_client_new(conn, true, err))) {
+      aspen_coll_writer_destroy(w);
+      return NULL;
+   }
+   snprintf(w->ns, sizeof w->ns, "%s.%s",
+            w->db_lit ? w->db_lit : "<db expression>",
+            w->coll_lit ? w->coll_lit : "<coll expression>");
+   if (w->db_lit && w->coll_lit) {
+      /* A literal target is created now, so a refused one fails the
+       * start, as in ASP. */
+      target_t *t = target_add(w, w->db_lit, w->coll_lit);
+      w->n_dbs = 1;
+      if (!ensure_timeseries(w, t, err)) {
+         aspen_coll_writer_destroy(w);
+         return NULL;
+      }
+   }
+   return w;
 }
 
 /* Writes one target's queued documents. False (err set) when the server
@@ -1092,6 +1289,9 @@ flush_target(aspen_coll_writer_t *w, target_t *t,
    }
    char ns[600];
    snprintf(ns, sizeof ns, "%s.%s", t->db, t->coll);
+   if (!ensure_timeseries(w, t, err)) {
+      return false;
+   }
    if (w->when_matched == WM_PIPELINE && !w->plain_insert) {
       size_t done = 0;
       bool ok = true;
@@ -1099,7 +1299,8 @@ flush_target(aspen_coll_writer_t *w, target_t *t,
          bson_error_t berr;
          if (!write_with_pipeline(w, t, t->batch[done], on_fail, arg, &berr)) {
             aspen_error_set(err, ASPEN_ERR_StreamProcessorAtlasConnectionError,
-                            "$merge to %s failed: %s", ns, berr.message);
+                            "%s to %s failed: %s", sink_name(w), ns,
+                            berr.message);
             ok = false;
             break;
          }
@@ -1164,14 +1365,15 @@ flush_target(aspen_coll_writer_t *w, target_t *t,
                }
                if (index >= 0 && (size_t) index < n_ops) {
                   char reason[1024];
-                  write_error_reason(code, msg, reason, sizeof reason);
+                  write_error_reason(w, code, msg, reason, sizeof reason);
                   on_fail(arg, t->batch[map[index]], reason);
                }
             }
          }
          if (!any_write_errors) {
             aspen_error_set(err, ASPEN_ERR_StreamProcessorAtlasConnectionError,
-                            "$merge to %s failed: %s", ns, berr.message);
+                            "%s to %s failed: %s", sink_name(w), ns,
+                            berr.message);
             ok = false;
          }
       }
@@ -1266,6 +1468,25 @@ merge_close(void *state)
 const aspen_sink_ops_t aspen_sink_merge_ops = {
    .operator_name = "MergeOperator",
    .open = merge_open,
+   .write = merge_write,
+   .flush = merge_flush,
+   .close = merge_close,
+};
+
+/* ---- $emit to a time-series collection (options: sink_timeseries.c) ---- */
+
+static bool
+timeseries_open(aspen_runtime_t *rt, const bson_t *spec, void **state,
+                aspen_error_t *err)
+{
+   *state = aspen_coll_writer_new_timeseries(aspen_rt_conns(rt), spec, err);
+   return *state != NULL;
+}
+
+/* The rest is $merge's: the writer knows which mode it is in. */
+const aspen_sink_ops_t aspen_sink_timeseries_ops = {
+   .operator_name = ASPEN_EMIT_TS_OPERATOR,
+   .open = timeseries_open,
    .write = merge_write,
    .flush = merge_flush,
    .close = merge_close,

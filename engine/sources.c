@@ -26,6 +26,7 @@ aspen_source_ops_for(aspen_source_kind_t kind)
 
 extern const aspen_sink_ops_t aspen_sink_merge_ops;
 extern const aspen_sink_ops_t aspen_sink_emit_ops;
+extern const aspen_sink_ops_t aspen_sink_timeseries_ops;
 
 const aspen_sink_ops_t *
 aspen_sink_ops_for(aspen_sink_kind_t kind)
@@ -35,6 +36,8 @@ aspen_sink_ops_for(aspen_sink_kind_t kind)
       return &aspen_sink_merge_ops;
    case ASPEN_SINK_EMIT:
       return &aspen_sink_emit_ops;
+   case ASPEN_SINK_TIMESERIES:
+      return &aspen_sink_timeseries_ops;
    case ASPEN_SINK_NONE:
       break;
    }

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # e2e: MongoDB connections (issue 6) through stock mongosh against aspen and
 # the backing server (mongo-java-server with its oplog): change-stream
-# $source, $lookup/$cachedLookup, $merge modes and dynamic targets, the DLQ
-# collection, validation, and a connection to a server that is not there.
+# $source, $lookup/$cachedLookup, $merge modes and dynamic targets, $emit to
+# time-series collections (created with their options, documents routed by
+# a coll expression, refused ones in the DLQ with the server's error), the
+# DLQ collection, validation, and a connection to a server that is not there.
 # Then resuming: a change-stream processor stopped and started while
 # documents are inserted misses and repeats none; a network outage between
 # aspen and the server (a relay cut and restored) is survived with nothing
@@ -33,7 +35,15 @@ JSON
 must "aspen starts" start_aspen --config "$CONFIG" --bind 127.0.0.1 --port 0 \
     --backend "$BACKING_URI" --state-dir "$STATE"
 URI="mongodb://127.0.0.1:$ASPEN_LISTEN_PORT/"
-check "change streams, \$lookup, \$merge, DLQ, validation" mongosh_run "$URI" "$HERE/js/mongodb.js"
+# The jar must have the time-series collections js/mongodb.js uses: an older
+# one would fail its checks with less clear messages.
+jar_has() { [[ $(unzip -l "$PEERS_JAR") == *"$1"* ]]; }
+main_checks() {
+    jar_has 'aspen/TimeSeriesCollections' ||
+        { echo "# $PEERS_JAR predates tests/e2e/mongo-java-server (no time-series collections): run scripts/install-deps.sh"; return 1; }
+    mongosh_run "$URI" "$HERE/js/mongodb.js"
+}
+check "change streams, \$lookup, \$merge, \$emit to time-series collections, DLQ, validation" main_checks
 
 phase() { PHASE=$1 mongosh_run "$URI" "$HERE/js/mongodb.js"; }
 
@@ -77,7 +87,7 @@ check "network outage: resumed with the token, every event once, no spinning" ne
 # The backing server restarted: its in-memory oplog is gone.
 server_restart() {
     # An older jar resumes from any token: say so instead of timing out.
-    [[ $(unzip -l "$PEERS_JAR") == *'BackingServer$HistoryCheckingBackend'* ]] ||
+    jar_has 'BackingServer$HistoryCheckingBackend' ||
         { echo "# $PEERS_JAR predates tests/e2e/mongo-java-server: run scripts/install-deps.sh"; return 1; }
     phase lost_setup || return 1
     kill_backing || return 1

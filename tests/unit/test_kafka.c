@@ -442,6 +442,10 @@ test_emit_options(void **state)
    parse_expect(&conns,
                 "{\"p\": [" SRC(", \"topic\": \"t\"") ", {\"$emit\": {\"connectionName\": \"sample_stream_solar\", \"topic\": \"t\"}}]}",
                 "Expected Atlas connection for $emit");
+   /* The time-series form's options with a Kafka connection. */
+   parse_expect(&conns,
+                "{\"p\": [" SRC(", \"topic\": \"t\"") ", " EMIT(", \"db\": \"d\", \"coll\": \"c\"") "]}",
+                "BSON field '$emit.db' is an unknown field. (db is an option of $emit to a time-series collection");
    aspen_conns_cleanup(&conns);
 }
 
@@ -511,6 +515,9 @@ test_exactly_once_check(void **state)
               false, "a change stream $source cannot take part");
    txn_expect(&conns, "{\"p\": [" KSRC("k") ", " MERGE "]}", false,
               "needs $emit to Kafka as the sink");
+   txn_expect(&conns, "{\"p\": [" KSRC("k") ", {\"$emit\": {\"connectionName\": \"atlas\","
+              " \"db\": \"d\", \"coll\": \"c\", \"timeseries\": {\"timeField\": \"_ts\"}}}]}",
+              false, "$emit to a time-series collection is at-least-once");
    txn_expect(&conns, "{\"p\": [" KSRC("loc") ", " KEMIT("loc") "]}", false,
               "connection 'loc' is aspen's local broker");
    txn_expect(&conns, "{\"p\": [" KSRC("k") ", " KEMIT("loc") "]}", false,

@@ -2,7 +2,8 @@
 // backing server: change-stream $source (collection, fullDocumentOnly,
 // whole database, whole deployment), $lookup / $cachedLookup enrichment (seed listing 15.5),
 // $merge modes, dynamic targets, whenMatched pipelines, write errors in the
-// DLQ collection, option validation and an unreachable connection. Run by
+// DLQ collection, $emit to time-series collections, option validation and an
+// unreachable connection. Run by
 // test_mongodb.sh; throws (mongosh exits non-zero) on the first mismatch.
 // Results are read back through aspen, which forwards to the backing server.
 // With PHASE set, runs only that phase of the resume tests (stop/start, a
@@ -363,6 +364,85 @@ waitFor(() => {
   return Number(s.outputMessageCount) === 1 && Number(s.dlqMessageCount) === 1;
 }, "stats: 1 output, 1 dead-lettered");
 sp.m_dup.stop();
+
+// ---- $emit to a time-series collection ------------------------------------------
+// Collections and DLQ entries are read directly from the backing server
+// (listCollections included), not through aspen.
+step("$emit to time-series collections");
+const tsDirect = new Mongo(process.env.BACKING_URI).getDB("mdb_ts");
+const tsInfo = (name) => tsDirect.getCollectionInfos().find((c) => c.name === name);
+const at = (s) => new Date("2024-05-01T10:00:" + s + "Z");
+const tsDocs = [
+  { _id: 1, t: at("01"), sensor: { id: "a" }, kind: "x", v: 1 },
+  { _id: 2, t: at("02"), sensor: { id: "b" }, kind: "y", v: 2 },
+  { _id: 3, sensor: { id: "a" }, kind: "x", v: 3 },                 // no timeField: DLQ
+  { _id: 4, t: "2024-05-01T10:00:04Z", sensor: { id: "b" }, kind: "y", v: 4 },  // a string: DLQ
+  { _id: 5, t: at("05"), sensor: { id: "a" }, kind: "x", v: 5 },
+  { _id: 6, t: at("06"), sensor: { id: "a" }, kind: "x", big: "z".repeat(4 * 1024 * 1024) },  // > 4 MB: DLQ
+];
+sp.createStreamProcessor("ts_emit", [
+  { $source: { documents: tsDocs } },
+  { $emit: { connectionName: atlas, db: "mdb_ts", coll: { $concat: ["readings_", "$kind"] },
+             timeseries: { timeField: "t", metaField: "sensor", granularity: "minutes" } } },
+], { dlq: { connectionName: atlas, db: "mdb_ts", coll: "dlq" } });
+sp.ts_emit.start();
+waitFor(() => tsDirect.readings_x.countDocuments({}) === 2 && tsDirect.readings_y.countDocuments({}) === 1,
+        "documents routed to readings_x (2) and readings_y (1)");
+waitFor(() => tsDirect.dlq.countDocuments({}) === 3, "3 refused documents in the DLQ");
+for (const name of ["readings_x", "readings_y"]) {
+  const info = tsInfo(name);
+  assert(info && info.type === "timeseries", name + " is a time-series collection: " + JSON.stringify(info));
+  const o = info.options.timeseries;
+  assert(o.timeField === "t" && o.metaField === "sensor" && o.granularity === "minutes",
+         name + " has the $emit's options: " + JSON.stringify(o));
+}
+const r1 = tsDirect.readings_x.findOne({ _id: 1 });
+assert(r1.t instanceof Date && r1.t.getTime() === at("01").getTime(), "timeField written as a Date: " + JSON.stringify(r1));
+assert(r1.sensor.id === "a" && r1.v === 1, "metaField and measurements written");
+assert(tsDirect.readings_y.findOne({ _id: 2 }).sensor.id === "b", "the y document in readings_y");
+assert(tsDirect.readings_x.countDocuments({ _id: { $in: [3, 4, 6] } }) === 0 &&
+       tsDirect.readings_y.countDocuments({ _id: { $in: [3, 4, 6] } }) === 0, "refused documents not written");
+for (const id of [3, 4]) {
+  const e = tsDirect.dlq.findOne({ "doc._id": id });
+  assert(e && e.operatorName === "TimeseriesEmitOperator" && e.processorName === "ts_emit",
+         "DLQ entry shape: " + JSON.stringify(e));
+  assert(/code = BadValue, reason = 't' must be present and contain a valid BSON UTC datetime value/.test(e.errInfo.reason),
+         "the server's error in the DLQ: " + e.errInfo.reason);
+}
+const big = tsDirect.dlq.findOne({ "doc._id": 6 }, { "doc.big": 0 });
+assert(big && /4 MB/.test(big.errInfo.reason), "the > 4 MB document in the DLQ: " + JSON.stringify(big && big.errInfo));
+waitFor(() => {
+  const s = sp.ts_emit.stats().stats;
+  return Number(s.inputMessageCount) === 6 && Number(s.outputMessageCount) === 3 && Number(s.dlqMessageCount) === 3;
+}, "stats: 6 in, 3 written, 3 dead-lettered " + JSON.stringify(sp.ts_emit.stats().stats));
+sp.ts_emit.stop();
+
+// A literal target: created at start; one that already exists as a
+// time-series collection (created here with other options) is written to;
+// one that exists as a plain collection fails the start.
+step("$emit to an existing time-series collection, and to a plain one");
+dropColl(tsDirect.pre);
+tsDirect.createCollection("pre", { timeseries: { timeField: "t", granularity: "hours" } });
+sp.createStreamProcessor("ts_pre", [
+  { $source: { documents: [{ _id: 1, t: at("10"), v: 1 }] } },
+  { $emit: { connectionName: atlas, db: "mdb_ts", coll: "pre", timeseries: { timeField: "t" } } },
+]);
+sp.ts_pre.start();
+waitFor(() => tsDirect.pre.countDocuments({}) === 1, "written to the existing time-series collection");
+assert(tsInfo("pre").options.timeseries.granularity === "hours", "its options are left as they were");
+sp.ts_pre.stop();
+dropColl(tsDirect.plain);
+tsDirect.plain.insertOne({ _id: 0 });
+sp.createStreamProcessor("ts_plain", [
+  { $source: { documents: [{ _id: 1, t: at("10") }] } },
+  { $emit: { connectionName: atlas, db: "mdb_ts", coll: "plain", timeseries: { timeField: "t" } } },
+]);
+expectError(() => sp.ts_plain.start(), 421, /Time series \$emit to mdb_ts.plain failed: the collection exists and is not a time-series collection/);
+assert(tsDirect.plain.countDocuments({}) === 1, "nothing written to the plain collection");
+sp.ts_plain.drop();
+expectError(() => sp.createStreamProcessor("bad", [{ $source: { documents: [{ a: 1 }] } },
+            { $emit: { connectionName: atlas, db: "d", coll: "c", timeseries: { timeField: "t", metaField: "t" } } }]),
+            420, /'metaField' cannot be the same as 'timeField'/);
 
 // ---- option validation --------------------------------------------------------
 step("validation");
