@@ -273,6 +273,10 @@ void aspen__vars_substitute(const bson_t *in, bson_t *out,
  * thread. */
 uint64_t aspen__window_min_seq(const aspen_stage_t *st);
 void aspen__window_restore_watermark(aspen_stage_t *st, int64_t wm);
+/* How many windows one event belongs to: ceil(interval / hopSize) for an
+ * overlapping $hoppingWindow, else 1. Each costs a window per event, so the
+ * work per event grows with it. Any thread, after parsing. */
+int64_t aspen__window_fanout(const aspen_stage_t *st);
 /* The per-partition watermarks (up to `max`: ids and watermarks), and
  * restoring one (or, with wm INT64_MIN, declaring a partition before its
  * first input), so a partition read first cannot move the watermark past

@@ -1694,6 +1694,16 @@ window_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
    return true;
 }
 
+int64_t
+aspen__window_fanout(const aspen_stage_t *st)
+{
+   const window_t *w = st->state;
+   if (w->kind != W_HOPPING || w->hop_ms >= w->size_ms) {
+      return 1;
+   }
+   return (w->size_ms + w->hop_ms - 1) / w->hop_ms;
+}
+
 /* ---- checkpoints ------------------------------------------------------------------ */
 
 /* Open windows are not serialised: a checkpoint stores the position of the

@@ -907,6 +907,49 @@ run_case(const bson_t *c, sbuf_t *why)
 /* One test per case file                                                    */
 /* ======================================================================== */
 
+/* aspen__window_fanout: how many windows one event joins. */
+static void
+window_fanout(void **state)
+{
+   (void) state;
+   static const struct {
+      const char *window;
+      int64_t fanout;
+   } cases[] = {
+      {"{\"$tumblingWindow\": {\"interval\": {\"size\": 10, \"unit\": "
+       "\"second\"}, \"pipeline\": []}}", 1},
+      {"{\"$hoppingWindow\": {\"interval\": {\"size\": 10, \"unit\": "
+       "\"second\"}, \"hopSize\": {\"size\": 2, \"unit\": \"second\"}, "
+       "\"pipeline\": []}}", 5},
+      {"{\"$hoppingWindow\": {\"interval\": {\"size\": 10, \"unit\": "
+       "\"second\"}, \"hopSize\": {\"size\": 3, \"unit\": \"second\"}, "
+       "\"pipeline\": []}}", 4},
+      {"{\"$hoppingWindow\": {\"interval\": {\"size\": 1, \"unit\": "
+       "\"minute\"}, \"hopSize\": {\"size\": 2, \"unit\": \"minute\"}, "
+       "\"pipeline\": []}}", 1},
+      {"{\"$hoppingWindow\": {\"interval\": {\"size\": 86, \"unit\": "
+       "\"minute\"}, \"hopSize\": {\"size\": 1, \"unit\": \"second\"}, "
+       "\"pipeline\": []}}", 5160},
+   };
+   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+      char json[512];
+      snprintf(json, sizeof json,
+               "{\"0\": {\"$source\": {\"documents\": []}}, \"1\": %s}",
+               cases[i].window);
+      bson_error_t berr;
+      bson_t *pipeline = bson_new_from_json((const uint8_t *) json, -1, &berr);
+      assert_non_null(pipeline);
+      aspen_error_t err;
+      aspen_pipeline_t *pl =
+         aspen_pipeline_parse(pipeline, &g_conns, true, false, &err);
+      assert_non_null(pl);
+      assert_non_null(pl->window);
+      assert_int_equal(aspen__window_fanout(pl->window), cases[i].fanout);
+      aspen_pipeline_destroy(pl);
+      bson_destroy(pipeline);
+   }
+}
+
 static void
 run_file(void **state)
 {
@@ -1024,13 +1067,15 @@ main(void)
    }
    qsort(paths, n, sizeof *paths, cmp_str);
 
-   struct CMUnitTest *tests = aspen_xcalloc(n, sizeof *tests);
+   struct CMUnitTest *tests = aspen_xcalloc(n + 1, sizeof *tests);
    for (size_t i = 0; i < n; i++) {
       tests[i].name = strrchr(paths[i], '/') + 1;
       tests[i].test_func = run_file;
       tests[i].initial_state = paths[i];
    }
-   int rc = _cmocka_run_group_tests("pipeline cases", tests, n, NULL, NULL);
+   tests[n].name = "window_fanout";
+   tests[n].test_func = window_fanout;
+   int rc = _cmocka_run_group_tests("pipeline cases", tests, n + 1, NULL, NULL);
    free(tests);
    for (size_t i = 0; i < n; i++) {
       free(paths[i]);
