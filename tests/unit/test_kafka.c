@@ -572,7 +572,7 @@ test_mock_cluster_roundtrip(void **state)
    /* The cluster answers a metadata request; a fatal error a callback had
     * recorded would end the wait with _FATAL instead. */
    const struct rd_kafka_metadata *md;
-   assert_int_equal(aspen__kafka_metadata(prod, NULL, &md, 10000, ""), 0);
+   assert_int_equal(aspen__kafka_metadata(prod, NULL, &md, 10000, "", NULL), 0);
    assert_true(md->broker_cnt == 1);
    rd_kafka_metadata_destroy(md);
    bson_t *doc = tmp_bson("{\"x\": {\"$numberLong\": \"9\"}, \"s\": \"é\"}");
@@ -653,12 +653,12 @@ test_metadata_unreachable(void **state)
    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
    assert_non_null(rk);
    const struct rd_kafka_metadata *md = (void *) 1;
-   rd_kafka_resp_err_t e = aspen__kafka_metadata(rk, NULL, &md, 1500, "");
+   rd_kafka_resp_err_t e = aspen__kafka_metadata(rk, NULL, &md, 1500, "", NULL);
    assert_true(e == RD_KAFKA_RESP_ERR__TRANSPORT ||
                e == RD_KAFKA_RESP_ERR__TIMED_OUT);
    assert_null(md);
    assert_int_equal(aspen__kafka_metadata(rk, NULL, &md, 60000,
-                                          "authentication failed"),
+                                          "authentication failed", NULL),
                     RD_KAFKA_RESP_ERR__FATAL);
    bool freed = false;
    aspen__kafka_client_destroy(rk, false, set_flag, &freed, "t", 30000);
