@@ -13,6 +13,13 @@
  * rename, directory fsync, so a crash leaves the old or the new file, never
  * half of one. Processors that were running when aspen stopped are started
  * again when it comes back.
+ *
+ * A start launches the processor's thread and, with the caller's hooks set
+ * (engine.h), returns without its reply: the processor is PROVISIONING
+ * (saved as STARTED) until its thread reports whether its source and sinks
+ * opened, and aspen_engine_poll then finishes the start on the command
+ * thread (start_finish) and hands the reply to the caller. A stop, a drop
+ * or the owning connection closing meanwhile ends the start (start_abort).
  */
 #include "engine_int.h"
 #include "checkpoint.h"
@@ -37,6 +44,10 @@ struct aspen_engine {
    aspen_conns_t conns;
    aspen_proc_t *procs;
    int64_t next_cursor_id;
+   /* How deferred start replies go back (aspen_engine_set_hooks). Set and
+    * read under hooks_mu: processor threads call the wake hook. */
+   pthread_mutex_t hooks_mu;
+   aspen_engine_hooks_t hooks;
 };
 
 const aspen_conns_t *
@@ -123,6 +134,41 @@ static void
 reply_ok(bson_t *reply)
 {
    BSON_APPEND_DOUBLE(reply, "ok", 1.0);
+}
+
+/* ---- hooks: deferred start replies ----------------------------------------- */
+
+void
+aspen_engine_set_hooks(aspen_engine_t *eng, const aspen_engine_hooks_t *hooks)
+{
+   pthread_mutex_lock(&eng->hooks_mu);
+   if (hooks) {
+      eng->hooks = *hooks;
+   } else {
+      memset(&eng->hooks, 0, sizeof eng->hooks);
+   }
+   pthread_mutex_unlock(&eng->hooks_mu);
+}
+
+static aspen_engine_hooks_t
+hooks_get(aspen_engine_t *eng)
+{
+   pthread_mutex_lock(&eng->hooks_mu);
+   aspen_engine_hooks_t h = eng->hooks;
+   pthread_mutex_unlock(&eng->hooks_mu);
+   return h;
+}
+
+void
+aspen__engine_start_reported(aspen_engine_t *eng)
+{
+   /* Called under hooks_mu, so that once aspen_engine_set_hooks(NULL)
+    * returns, no processor thread is still inside the caller's hook. */
+   pthread_mutex_lock(&eng->hooks_mu);
+   if (eng->hooks.wake) {
+      eng->hooks.wake(eng->hooks.arg);
+   }
+   pthread_mutex_unlock(&eng->hooks_mu);
 }
 
 /* Fields any driver may add to a command; never options. */
@@ -233,9 +279,19 @@ proc_arg(aspen_engine_t *eng, const bson_t *cmd, const char *cmdname,
 static void
 reap_failed(aspen_proc_t *proc)
 {
-   if (proc->thread_running && proc->state != ASPEN_PROC_STARTED) {
+   if (proc->thread_running && proc->state != ASPEN_PROC_STARTED &&
+       proc->state != ASPEN_PROC_PROVISIONING) {
       aspen_proc_halt(proc);
    }
+}
+
+/* True while a start is under way (or running): what stop and drop end,
+ * and what start and modify refuse. */
+static bool
+is_running(const aspen_proc_t *proc)
+{
+   return proc->state == ASPEN_PROC_STARTED ||
+          proc->state == ASPEN_PROC_PROVISIONING;
 }
 
 /* ---- persistence -------------------------------------------------------- */
@@ -247,7 +303,12 @@ proc_to_bson(const aspen_proc_t *p, bson_t *out)
    BSON_APPEND_UTF8(out, "id", p->id);
    BSON_APPEND_ARRAY(out, "pipeline", &p->pipeline);
    BSON_APPEND_DOCUMENT(out, "options", &p->options);
-   BSON_APPEND_UTF8(out, "state", aspen_proc_state_name(p->state));
+   /* A processor still starting is saved as STARTED, what the user asked
+    * for: after a crash it is started again, as a running one is. */
+   BSON_APPEND_UTF8(out, "state",
+                    aspen_proc_state_name(p->state == ASPEN_PROC_PROVISIONING
+                                             ? ASPEN_PROC_STARTED
+                                             : p->state));
    BSON_APPEND_UTF8(out, "errorMsg", p->error_msg);
    BSON_APPEND_DATE_TIME(out, "created", p->created_ms);
    BSON_APPEND_DATE_TIME(out, "lastModified", p->modified_ms);
@@ -333,10 +394,16 @@ proc_new(aspen_engine_t *eng, const char *name, const bson_t *pipeline,
    return p;
 }
 
+static void start_abort(aspen_engine_t *eng, aspen_proc_t *p, int32_t code,
+                        const char *why);
+
 static void
 proc_free(aspen_proc_t *p)
 {
-   aspen_proc_halt(p);
+   /* Never a start left without its reply (aspen_engine_cancel_starts
+    * answers them at shutdown; this is the backstop). */
+   start_abort(p->eng, p, ASPEN_ERR_StreamProcessorWorkerShuttingDown,
+               "was freed before it finished starting");
    aspen_cursor_t *c = p->cursors;
    while (c) {
       aspen_cursor_t *next = c->next;
@@ -674,6 +741,135 @@ get_options_doc(const bson_t *cmd, const char *cmdname, bson_t *out,
    return bson_init_static(out, data, len);
 }
 
+/* ---- starts: launch, finish, abort ------------------------------------------ */
+
+/* Hands a deferred reply to the caller's reply hook. Command thread. */
+static void
+deliver(aspen_engine_t *eng, void *ticket, const bson_t *reply)
+{
+   aspen_engine_hooks_t h = hooks_get(eng);
+   if (h.reply) {
+      h.reply(h.arg, ticket, reply);
+   }
+}
+
+/* Finishes the start of `p` (PROVISIONING) once its thread has reported,
+ * waiting for that if need be: sets the state (STARTED, or FAILED with the
+ * reason), saves it, and fills `reply` as a start's reply. A failed
+ * sp.process processor is unlinked and freed. */
+static void
+start_finish(aspen_engine_t *eng, aspen_proc_t *p, bson_t *reply)
+{
+   aspen_error_t err, perr;
+   if (!aspen_proc_finish_start(p, &err)) {
+      if (p->ephemeral) {
+         unlink_proc(eng, p);
+         proc_free(p);
+      } else {
+         aspen_proc_set_state(p, ASPEN_PROC_FAILED, err.message);
+         persist(eng, &perr);
+      }
+      reply_err(reply, &err);
+      return;
+   }
+   pthread_mutex_lock(&p->mu);
+   if (p->run_failed) {
+      /* It opened, then failed before this took the result: the start
+       * itself succeeded, the processor did not last (as when it fails
+       * just after a start's reply). */
+      char msg[ASPEN_ERROR_MSG_MAX];
+      snprintf(msg, sizeof msg, "%s", p->error_msg);
+      aspen_proc_set_state(p, ASPEN_PROC_FAILED, msg);
+   } else {
+      aspen_proc_set_state(p, ASPEN_PROC_STARTED, NULL);
+   }
+   pthread_mutex_unlock(&p->mu);
+   if (!p->ephemeral) {
+      persist(eng, &perr);
+   }
+   reply_ok(reply);
+   if (p->ephemeral) {
+      BSON_APPEND_UTF8(reply, "name", p->name);
+      BSON_APPEND_INT64(reply, "cursorId", p->start_cursor_id);
+   }
+}
+
+/* `p` was launched (aspen_proc_launch): PROVISIONING until its thread
+ * reports. Without hooks, waits for that and fills `reply` (true). With
+ * hooks, keeps `ticket` and returns false: aspen_engine_poll replies once
+ * the thread has reported, and other commands run meanwhile. */
+static bool
+start_wait(aspen_engine_t *eng, aspen_proc_t *p, void *ticket, bson_t *reply)
+{
+   aspen_error_t perr;
+   if (!p->ephemeral) {
+      persist(eng, &perr); /* as STARTED: see proc_to_bson */
+   }
+   if (!hooks_get(eng).reply) {
+      start_finish(eng, p, reply);
+      return true;
+   }
+   p->start_pending = true;
+   p->start_ticket = ticket;
+   return false;
+}
+
+/* Ends `p`'s start if one is under way: stops and joins its thread (a
+ * Kafka metadata wait notices within half a second) and answers the
+ * pending start with error `code`, "stream processor '<name>' <why>".
+ * Also just halts a running processor. The caller sets the state. */
+static void
+start_abort(aspen_engine_t *eng, aspen_proc_t *p, int32_t code,
+            const char *why)
+{
+   aspen_proc_halt(p);
+   if (!p->start_pending) {
+      return;
+   }
+   void *ticket = p->start_ticket;
+   p->start_pending = false;
+   p->start_ticket = NULL;
+   aspen_logf(ASPEN_LOG_INFO, "STREAMS", p->name,
+              "the pending start ends: the processor %s", why);
+   bson_t r = BSON_INITIALIZER;
+   reply_error(&r, code, "stream processor '%s' %s", p->name, why);
+   deliver(eng, ticket, &r);
+   bson_destroy(&r);
+}
+
+void
+aspen_engine_poll(aspen_engine_t *eng)
+{
+   aspen_proc_t *p = eng->procs;
+   while (p) {
+      aspen_proc_t *next = p->next; /* start_finish may free p */
+      if (p->start_pending && aspen_proc_start_reported(p)) {
+         void *ticket = p->start_ticket;
+         p->start_pending = false;
+         p->start_ticket = NULL;
+         bson_t r = BSON_INITIALIZER;
+         start_finish(eng, p, &r);
+         deliver(eng, ticket, &r);
+         bson_destroy(&r);
+      }
+      p = next;
+   }
+}
+
+void
+aspen_engine_cancel_starts(aspen_engine_t *eng)
+{
+   aspen_engine_poll(eng); /* those that have finished reply as usual */
+   for (aspen_proc_t *p = eng->procs; p; p = p->next) {
+      /* The state file already says STARTED: such a processor starts
+       * again with aspen, like a running one. */
+      if (p->start_pending) {
+         start_abort(eng, p, ASPEN_ERR_StreamProcessorWorkerShuttingDown,
+                     "did not finish starting: aspen is shutting down");
+      }
+   }
+}
+
 /* ---- commands ----------------------------------------------------------- */
 
 static void
@@ -724,39 +920,47 @@ cmd_create(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    reply_ok(reply);
 }
 
-static void
-cmd_start(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
+static bool
+cmd_start(aspen_engine_t *eng, const bson_t *cmd, void *ticket,
+          bson_t *reply)
 {
    static const char *const allowed[] = {
       "tier", "resumeFromCheckpoint", "startAfter", "startAtOperationTime",
       "workers", "options", NULL};
    const char *name = cmd_name_arg(cmd, "startStreamProcessor", reply);
    if (!name || !check_fields(cmd, "startStreamProcessor", allowed, reply)) {
-      return;
+      return true;
    }
    bson_iter_t it;
    if (bson_iter_init_find(&it, cmd, "tier") &&
        !check_tier(&it, "startStreamProcessor.tier", reply)) {
-      return;
+      return true;
    }
    if (bson_iter_init_find(&it, cmd, "resumeFromCheckpoint") &&
        !BSON_ITER_HOLDS_BOOL(&it)) {
       reply_error(reply, ASPEN_ERR_TypeMismatch,
                   "BSON field 'startStreamProcessor.resumeFromCheckpoint' is "
                   "the wrong type, expected type 'bool'");
-      return;
+      return true;
    }
    bool resume = !bson_iter_init_find(&it, cmd, "resumeFromCheckpoint") ||
                  bson_iter_bool(&it);
    aspen_proc_t *p = find_or_error(eng, name, reply);
    if (!p) {
-      return;
+      return true;
    }
    reap_failed(p);
    if (p->state == ASPEN_PROC_STARTED) {
       reply_error(reply, ASPEN_ERR_IllegalOperation,
                   "stream processor '%s' is already started", name);
-      return;
+      return true;
+   }
+   if (p->state == ASPEN_PROC_PROVISIONING) {
+      reply_error(reply, ASPEN_ERR_IllegalOperation,
+                  "stream processor '%s' is already started (it is still "
+                  "starting: state PROVISIONING)",
+                  name);
+      return true;
    }
    if (!resume) {
       /* Start fresh: the checkpoint (positions, open windows) goes. */
@@ -764,16 +968,14 @@ cmd_start(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
       aspen_logf(ASPEN_LOG_INFO, "STREAMS", name,
                  "starting without resuming: checkpoint removed");
    }
-   aspen_error_t err;
-   if (!aspen_proc_run(p, &err)) {
+   aspen_error_t err, perr;
+   if (!aspen_proc_launch(p, &err)) {
       aspen_proc_set_state(p, ASPEN_PROC_FAILED, err.message);
-      persist(eng, &err);
+      persist(eng, &perr);
       reply_err(reply, &err);
-      return;
+      return true;
    }
-   aspen_proc_set_state(p, ASPEN_PROC_STARTED, NULL);
-   persist(eng, &err);
-   reply_ok(reply);
+   return start_wait(eng, p, ticket, reply);
 }
 
 static void
@@ -786,13 +988,15 @@ cmd_stop(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    }
    const char *name = p->name;
    reap_failed(p);
-   if (p->state != ASPEN_PROC_STARTED) {
+   if (!is_running(p)) {
       reply_error(reply, ASPEN_ERR_IllegalOperation,
                   "stream processor '%s' is not running (state %s)", name,
                   aspen_proc_state_name(p->state));
       return;
    }
-   aspen_proc_halt(p);
+   /* Still starting (PROVISIONING): the start ends with an error. */
+   start_abort(eng, p, ASPEN_ERR_Interrupted,
+               "was stopped before it finished starting");
    aspen_proc_set_state(p, ASPEN_PROC_STOPPED, NULL);
    aspen_error_t err;
    persist(eng, &err);
@@ -808,8 +1012,10 @@ cmd_drop(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
       return;
    }
    const char *name = p->name;
-   /* A running processor is stopped first, as ASP does. */
-   aspen_proc_halt(p);
+   /* A running processor is stopped first, as ASP does; one still
+    * starting ends its start with an error. */
+   start_abort(eng, p, ASPEN_ERR_Interrupted,
+               "was dropped before it finished starting");
    unlink_proc(eng, p);
    bool ephemeral = p->ephemeral;
    aspen_logf(ASPEN_LOG_INFO, "STREAMS", name, "stream processor dropped");
@@ -957,7 +1163,7 @@ cmd_modify(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    }
    const char *name = p->name;
    reap_failed(p);
-   if (p->state == ASPEN_PROC_STARTED) {
+   if (is_running(p)) {
       reply_error(reply, ASPEN_ERR_IllegalOperation,
                   "stream processor '%s' must be stopped before it is "
                   "modified",
@@ -1107,6 +1313,8 @@ status_name(const aspen_proc_t *p)
       return "error";
    case ASPEN_PROC_STOPPED:
       return "stopped";
+   case ASPEN_PROC_PROVISIONING:
+      return "provisioning";
    case ASPEN_PROC_CREATED:
    default:
       return "created";
@@ -1234,9 +1442,9 @@ start_cursor(aspen_engine_t *eng, aspen_proc_t *p, uint64_t conn_id,
    BSON_APPEND_INT64(reply, "cursorId", id);
 }
 
-static void
+static bool
 cmd_process(aspen_engine_t *eng, const bson_t *cmd, uint64_t conn_id,
-            bson_t *reply)
+            void *ticket, bson_t *reply)
 {
    static const char *const allowed[] = {"options", NULL};
    bson_t pipeline, options, accepted = BSON_INITIALIZER;
@@ -1249,7 +1457,7 @@ cmd_process(aspen_engine_t *eng, const bson_t *cmd, uint64_t conn_id,
                   "BSON field 'processStreamProcessor' is the wrong type, "
                   "expected type 'array'");
       bson_destroy(&accepted);
-      return;
+      return true;
    }
    uint32_t len;
    const uint8_t *data;
@@ -1260,7 +1468,7 @@ cmd_process(aspen_engine_t *eng, const bson_t *cmd, uint64_t conn_id,
                         reply) ||
        !check_options(eng, &options, &accepted, reply)) {
       bson_destroy(&accepted);
-      return;
+      return true;
    }
    char name[64];
    bson_oid_t oid;
@@ -1276,16 +1484,16 @@ cmd_process(aspen_engine_t *eng, const bson_t *cmd, uint64_t conn_id,
    /* The shell cursor exists before the first document can be produced. */
    int64_t id = ++eng->next_cursor_id;
    aspen_cursor_new(p, id, conn_id, true, 0);
-   if (!aspen_proc_run(p, &err)) {
+   p->start_cursor_id = id;
+   if (!aspen_proc_launch(p, &err)) {
       proc_free(p);
       reply_err(reply, &err);
-      return;
+      return true;
    }
-   aspen_proc_set_state(p, ASPEN_PROC_STARTED, NULL);
+   /* Linked while it starts: its connection may close meanwhile, and
+    * shutdown must find it. Never listed nor saved (ephemeral). */
    link_proc(eng, p);
-   reply_ok(reply);
-   BSON_APPEND_UTF8(reply, "name", name);
-   BSON_APPEND_INT64(reply, "cursorId", id);
+   return start_wait(eng, p, ticket, reply);
 }
 
 static void
@@ -1381,7 +1589,7 @@ cmd_get_more(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
       c->len--;
       c->delivered++;
    }
-   bool running = p->state == ASPEN_PROC_STARTED && !p->thread_done;
+   bool running = is_running(p) && !p->thread_done;
    bool done = (c->limit > 0 && c->delivered >= c->limit) ||
                (!running && c->len == 0);
    pthread_cond_broadcast(&p->cv); /* room for a waiting shell push */
@@ -1542,16 +1750,18 @@ cmd_get(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    proc_entry(p, reply);
 }
 
-void
+bool
 aspen_engine_command(aspen_engine_t *eng, const char *name, const bson_t *cmd,
-                     uint64_t conn_id, bson_t *reply)
+                     uint64_t conn_id, void *ticket, bson_t *reply)
 {
+   if (strcmp(name, "processStreamProcessor") == 0) {
+      return cmd_process(eng, cmd, conn_id, ticket, reply);
+   }
+   if (strcmp(name, "startStreamProcessor") == 0) {
+      return cmd_start(eng, cmd, ticket, reply);
+   }
    if (strcmp(name, "createStreamProcessor") == 0) {
       cmd_create(eng, cmd, reply);
-   } else if (strcmp(name, "processStreamProcessor") == 0) {
-      cmd_process(eng, cmd, conn_id, reply);
-   } else if (strcmp(name, "startStreamProcessor") == 0) {
-      cmd_start(eng, cmd, reply);
    } else if (strcmp(name, "stopStreamProcessor") == 0) {
       cmd_stop(eng, cmd, reply);
    } else if (strcmp(name, "dropStreamProcessor") == 0) {
@@ -1574,6 +1784,7 @@ aspen_engine_command(aspen_engine_t *eng, const char *name, const bson_t *cmd,
       reply_error(reply, ASPEN_ERR_CommandNotFound, "no such command: '%s'",
                   name);
    }
+   return true;
 }
 
 void
@@ -1586,6 +1797,9 @@ aspen_engine_connection_closed(aspen_engine_t *eng, uint64_t conn_id)
          aspen_logf(ASPEN_LOG_INFO, "STREAMS", p->name,
                     "the shell reading this ephemeral processor went away; "
                     "dropping it");
+         start_abort(eng, p, ASPEN_ERR_Interrupted,
+                     "was dropped before it finished starting: the "
+                     "connection that started it closed");
          unlink_proc(eng, p);
          proc_free(p);
          p = next;
@@ -1627,6 +1841,7 @@ aspen_engine_new(const aspen_engine_opts_t *opts, aspen_error_t *err)
       return NULL;
    }
    aspen_engine_t *eng = aspen_xcalloc(1, sizeof *eng);
+   pthread_mutex_init(&eng->hooks_mu, NULL);
    eng->state_dir = aspen_xstrdup(opts->state_dir);
    eng->checkpoint_interval_ms = opts->checkpoint_interval_ms > 0
                                     ? opts->checkpoint_interval_ms
@@ -1642,10 +1857,16 @@ aspen_engine_new(const aspen_engine_opts_t *opts, aspen_error_t *err)
       if (p->state != ASPEN_PROC_STARTED) {
          continue;
       }
+      /* Synchronously: nobody waits for a reply yet. */
       aspen_error_t serr;
-      if (aspen_proc_run(p, &serr)) {
-         aspen_logf(ASPEN_LOG_INFO, "STREAMS", p->name,
-                    "stream processor restarted");
+      if (aspen_proc_launch(p, &serr)) {
+         bson_t scratch = BSON_INITIALIZER;
+         start_finish(eng, p, &scratch);
+         bson_destroy(&scratch);
+         if (p->state == ASPEN_PROC_STARTED) {
+            aspen_logf(ASPEN_LOG_INFO, "STREAMS", p->name,
+                       "stream processor restarted");
+         }
       } else {
          aspen_proc_set_state(p, ASPEN_PROC_FAILED, serr.message);
       }
@@ -1668,6 +1889,7 @@ aspen_engine_destroy(aspen_engine_t *eng)
       p = next;
    }
    aspen_conns_cleanup(&eng->conns);
+   pthread_mutex_destroy(&eng->hooks_mu);
    free(eng->state_dir);
    free(eng);
 }

@@ -11,7 +11,16 @@
  * Threading: aspen_engine_command may block (it writes the state file with
  * fsync, starts and joins processor threads), so the proxy calls it from a
  * worker thread, never from the event loop; calls must not overlap (the
- * proxy serialises them). Every processor runs on its own thread.
+ * proxy serialises them: "the command thread" below is whichever thread
+ * makes the current call). Every processor runs on its own thread.
+ *
+ * Starts do not hold up other commands: a processor's thread may need
+ * seconds to open its source and sinks (an unreachable Kafka cluster: 10 s)
+ * and the start's reply waits for that, so with hooks set
+ * (aspen_engine_set_hooks) startStreamProcessor and processStreamProcessor
+ * return at once, the processor PROVISIONING, and reply later through the
+ * reply hook, from aspen_engine_poll (which the wake hook asks for) or from
+ * a command that ends the start (stop, drop, the connection closing).
  */
 #ifndef ASPEN_ENGINE_H
 #define ASPEN_ENGINE_H
@@ -47,13 +56,48 @@ void aspen_engine_destroy(aspen_engine_t *eng);
 bool aspen_engine_is_command(const char *name);
 
 /* Runs one command. `conn_id` identifies the client connection (sample
- * cursors belong to it). `reply` is an initialised, empty document that gets
- * either the success reply or {ok: 0, errmsg, code, codeName}. */
-void aspen_engine_command(aspen_engine_t *eng, const char *name,
-                          const bson_t *cmd, uint64_t conn_id, bson_t *reply);
+ * cursors belong to it). `reply` is an initialised, empty document. Returns
+ * true when `reply` holds the reply: the success reply or {ok: 0, errmsg,
+ * code, codeName}. Returns false (reply left empty) when the reply is
+ * deferred, which only a start does and only with hooks set: the engine
+ * keeps `ticket`, borrowed, and hands it back with the reply, exactly once,
+ * through the reply hook. */
+bool aspen_engine_command(aspen_engine_t *eng, const char *name,
+                          const bson_t *cmd, uint64_t conn_id, void *ticket,
+                          bson_t *reply);
+
+/* Where deferred replies go. `wake(arg)` is called from a processor's
+ * thread, with no engine state held but a lock that also guards the hooks
+ * themselves (so it must not call back into the engine), when a start has
+ * finished provisioning: the caller then calls aspen_engine_poll on its
+ * command thread, soon. `reply(arg, ticket, reply)` is called on the
+ * command thread with a deferred command's ticket and its reply
+ * (borrowed). */
+typedef struct {
+   void (*wake)(void *arg);
+   void (*reply)(void *arg, void *ticket, const bson_t *reply);
+   void *arg;
+} aspen_engine_hooks_t;
+
+/* Sets the hooks (copied), or with NULL removes them; any thread. Once it
+ * returns, no processor thread is inside the old wake hook. Remove them
+ * only with no start pending (aspen_engine_cancel_starts). */
+void aspen_engine_set_hooks(aspen_engine_t *eng,
+                            const aspen_engine_hooks_t *hooks);
+
+/* Finishes the starts whose processor threads have reported: sets their
+ * state (STARTED, or FAILED with the reason; a failed sp.process processor
+ * goes), saves it, and replies through the reply hook. Command thread. */
+void aspen_engine_poll(aspen_engine_t *eng);
+
+/* For shutdown: finishes the starts that have reported, and ends every
+ * other pending one (its thread joined, error 417 replied); the state file
+ * keeps those STARTED, so they start again with aspen. Command thread. */
+void aspen_engine_cancel_starts(aspen_engine_t *eng);
 
 /* The client connection `conn_id` closed: its sample cursors end, and the
- * ephemeral processors they were reading (sp.process) are dropped. */
+ * ephemeral processors they were reading (sp.process) are dropped; one
+ * still starting has its pending start answered with an error first. */
 void aspen_engine_connection_closed(aspen_engine_t *eng, uint64_t conn_id);
 
 #endif /* ASPEN_ENGINE_H */

@@ -311,6 +311,10 @@ typedef enum {
    ASPEN_PROC_STARTED,
    ASPEN_PROC_STOPPED,
    ASPEN_PROC_FAILED,
+   /* Started, its thread still opening its source and sinks; the start's
+    * reply waits for that. Never persisted (the state file says STARTED:
+    * what the user asked for). Only the command thread leaves it. */
+   ASPEN_PROC_PROVISIONING,
 } aspen_proc_state_t;
 
 const char *aspen_proc_state_name(aspen_proc_state_t s);
@@ -344,6 +348,14 @@ struct aspen_proc {
    pthread_cond_t cv;
    int start_result;    /* 0 pending, 1 ok, -1 failed */
    int32_t start_code;  /* error code when start_result is -1 */
+   /* The thread failed after a good start, before the command thread took
+    * the result (PROVISIONING); error_msg says why. */
+   bool run_failed;
+   /* A start whose reply waits for the thread (engine.c): the caller's
+    * ticket, and the shell cursor of sp.process (0 for a named start). */
+   bool start_pending;
+   void *start_ticket;
+   int64_t start_cursor_id;
    bool thread_done;    /* the thread has finished its work */
    aspen_cursor_t *cursors;
    aspen_pipeline_t *pl;

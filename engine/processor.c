@@ -5,11 +5,15 @@
  * the pipeline (the $merge sink, the shell, sample cursors) or fail in it
  * (the dead-letter queue).
  *
- * The command thread starts a processor and waits until its thread has
- * opened its sink and DLQ (or failed to), so `start` reports connection
- * problems directly. Stopping sets a flag the thread checks between
- * documents and while idle, then joins it; the thread flushes its sink
- * before it exits.
+ * The command thread launches a processor (aspen_proc_launch) and does not
+ * wait: the processor's thread opens its sink, DLQ and source, which can
+ * take seconds against an unreachable peer, then reports the result
+ * (start_result) and tells the engine (aspen__engine_start_reported), which
+ * has the command thread finish the start (aspen_proc_finish_start), so
+ * `start` still reports connection problems directly, without holding up
+ * other commands meanwhile. Stopping sets a flag the thread checks between
+ * documents, while idle and while waiting for a Kafka cluster to answer,
+ * then joins it; the thread flushes its sink before it exits.
  *
  * Checkpoints (checkpoint.h for the file): sources say where each input
  * comes from (aspen_rt_mark: a partition and offset, or the resume token
@@ -75,6 +79,8 @@ aspen_proc_state_name(aspen_proc_state_t s)
       return "STOPPED";
    case ASPEN_PROC_FAILED:
       return "FAILED";
+   case ASPEN_PROC_PROVISIONING:
+      return "PROVISIONING";
    }
    return "UNKNOWN";
 }
@@ -162,7 +168,9 @@ aspen_rt_random(aspen_runtime_t *rt)
    return rt->rng * 2685821657736338717ull;
 }
 
-/* Marks the processor FAILED from its own thread and stops it. */
+/* Marks the processor FAILED from its own thread and stops it. While the
+ * command thread has not yet taken the start's result (PROVISIONING, which
+ * only the command thread leaves), the failure is noted for it instead. */
 void
 aspen_rt_fail(aspen_runtime_t *rt, const char *msg)
 {
@@ -170,6 +178,9 @@ aspen_rt_fail(aspen_runtime_t *rt, const char *msg)
    pthread_mutex_lock(&proc->mu);
    if (proc->state == ASPEN_PROC_STARTED) {
       aspen_proc_set_state(proc, ASPEN_PROC_FAILED, msg);
+   } else if (proc->state == ASPEN_PROC_PROVISIONING && !proc->run_failed) {
+      proc->run_failed = true;
+      snprintf(proc->error_msg, sizeof proc->error_msg, "%s", msg);
    }
    atomic_store(&proc->stop, true);
    pthread_cond_broadcast(&proc->cv);
@@ -1210,6 +1221,9 @@ proc_main(void *arg)
    }
    pthread_cond_broadcast(&proc->cv);
    pthread_mutex_unlock(&proc->mu);
+   /* The command thread may not be waiting: tell the engine (which asks
+    * its caller to finish the start on the command thread). */
+   aspen__engine_start_reported(proc->eng);
 
    if (opened) {
       if (!rt.restored) {
@@ -1239,7 +1253,7 @@ proc_main(void *arg)
 }
 
 bool
-aspen_proc_run(aspen_proc_t *proc, aspen_error_t *err)
+aspen_proc_launch(aspen_proc_t *proc, aspen_error_t *err)
 {
    const aspen_conns_t *conns = aspen_engine_conns(proc->eng);
    bool has_dlq = bson_has_field(&proc->options, "dlq");
@@ -1264,9 +1278,13 @@ aspen_proc_run(aspen_proc_t *proc, aspen_error_t *err)
    }
    atomic_store(&proc->stop, false);
    proc->start_result = 0;
+   proc->run_failed = false;
    proc->thread_done = false;
    proc->started_ms = aspen_proc_now_ms();
    atomic_store(&proc->stats.watermark_ms, INT64_MIN);
+   /* Before the thread exists, so a failure it reports finds the state it
+    * expects (aspen_rt_fail). */
+   aspen_proc_set_state(proc, ASPEN_PROC_PROVISIONING, NULL);
    if (pthread_create(&proc->thread, NULL, proc_main, proc) != 0) {
       aspen_error_set(err, ASPEN_ERR_InternalError,
                       "cannot start a thread for the processor");
@@ -1275,6 +1293,21 @@ aspen_proc_run(aspen_proc_t *proc, aspen_error_t *err)
       return false;
    }
    proc->thread_running = true;
+   return true;
+}
+
+bool
+aspen_proc_start_reported(aspen_proc_t *proc)
+{
+   pthread_mutex_lock(&proc->mu);
+   bool reported = proc->start_result != 0;
+   pthread_mutex_unlock(&proc->mu);
+   return reported;
+}
+
+bool
+aspen_proc_finish_start(aspen_proc_t *proc, aspen_error_t *err)
+{
    pthread_mutex_lock(&proc->mu);
    while (proc->start_result == 0) {
       pthread_cond_wait(&proc->cv, &proc->mu);

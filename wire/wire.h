@@ -150,6 +150,7 @@ aspen_buf_len(const aspen_buf_t *buf)
    X(425, StreamProcessorCannotResumeFromSource)                               \
    X(448, StreamProcessorInvalidNamespace)                                     \
    X(10334, BSONObjectTooLarge)                                                \
+   X(11601, Interrupted)                                                       \
    /* Location codes raised by aggregation expressions (engine/expr*.c);     */\
    /* mongod reports their codeName as "Location<code>".                     */\
    X(10065, Location10065)                                                     \
