@@ -126,16 +126,17 @@ bridge_main(void *arg)
       }
       job->next = NULL;
       pthread_mutex_unlock(&br->mu);
-      bool replied = true;
-      if (job->kind == JOB_COMMAND) {
-         /* false: deferred, on_engine_reply queues the job later */
+      bool is_command = job->kind == JOB_COMMAND, replied = true;
+      if (is_command) {
+         /* false: deferred; the engine owns the job until on_engine_reply
+          * queues it, and this thread must not touch it any more */
          replied = aspen_engine_command(br->eng, job->name, &job->cmd,
                                         job->conn_id, job, &job->reply);
       } else {
          aspen_engine_connection_closed(br->eng, job->conn_id);
       }
       pthread_mutex_lock(&br->mu);
-      if (job->kind != JOB_COMMAND) {
+      if (!is_command) {
          job_free(job);
       } else if (replied) {
          done_push_locked(br, job);

@@ -103,11 +103,16 @@ void aspen_backend_end_sessions(aspen_backend_t *be, const bson_t *ids);
 typedef struct aspen_bridge aspen_bridge_t;
 typedef void (*aspen_bridge_cb)(void *arg, const bson_t *reply);
 
-/* Starts the bridge thread that runs engine commands. Loop thread only. */
+/* Starts the bridge thread that runs engine commands and sets the engine's
+ * hooks (deferred start replies come back through it). Loop thread only. */
 aspen_bridge_t *aspen_bridge_new(uv_loop_t *loop, aspen_engine_t *eng);
-/* Finishes queued work, joins the thread, closes the async handle. */
+/* Finishes queued work, joins the thread, ends the starts still pending
+ * (each still gets its reply, an error), unhooks from the engine, closes
+ * the async handle. Call before aspen_engine_destroy. */
 void aspen_bridge_destroy(aspen_bridge_t *br);
-/* Queues an engine command (copied); cb runs on the loop thread. */
+/* Queues an engine command (copied); cb runs on the loop thread, exactly
+ * once, when the reply is there (for a start, once the processor has
+ * opened its peers or failed to). */
 void aspen_bridge_submit(aspen_bridge_t *br, const char *name,
                          const bson_t *cmd, uint64_t conn_id,
                          aspen_bridge_cb cb, void *arg);
