@@ -41,6 +41,7 @@
 struct aspen_engine {
    char *state_dir;
    int64_t checkpoint_interval_ms;
+   uint64_t memory_limit_bytes; /* 0: the tier's */
    aspen_conns_t conns;
    aspen_proc_t *procs;
    int64_t next_cursor_id;
@@ -66,6 +67,12 @@ int64_t
 aspen__engine_checkpoint_interval_ms(const aspen_engine_t *eng)
 {
    return eng->checkpoint_interval_ms;
+}
+
+uint64_t
+aspen__engine_memory_limit_bytes(const aspen_engine_t *eng)
+{
+   return eng->memory_limit_bytes;
 }
 
 /* Deletes processor `p`'s checkpoints: it was dropped, or starts (or was
@@ -932,9 +939,12 @@ cmd_start(aspen_engine_t *eng, const bson_t *cmd, void *ticket,
       return true;
    }
    bson_iter_t it;
-   if (bson_iter_init_find(&it, cmd, "tier") &&
-       !check_tier(&it, "startStreamProcessor.tier", reply)) {
-      return true;
+   char tier[8] = "";
+   if (bson_iter_init_find(&it, cmd, "tier")) {
+      if (!check_tier(&it, "startStreamProcessor.tier", reply)) {
+         return true;
+      }
+      snprintf(tier, sizeof tier, "%s", bson_iter_utf8(&it, NULL));
    }
    if (bson_iter_init_find(&it, cmd, "resumeFromCheckpoint") &&
        !BSON_ITER_HOLDS_BOOL(&it)) {
@@ -969,6 +979,7 @@ cmd_start(aspen_engine_t *eng, const bson_t *cmd, void *ticket,
                  "starting without resuming: checkpoint removed");
    }
    aspen_error_t err, perr;
+   memcpy(p->start_tier, tier, sizeof tier);
    if (!aspen_proc_launch(p, &err)) {
       aspen_proc_set_state(p, ASPEN_PROC_FAILED, err.message);
       persist(eng, &perr);
@@ -1392,8 +1403,11 @@ cmd_stats(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    uint64_t state_size = 0;
    if (p->pl && p->pl->window) {
       /* With a window, the watermark is the window's (event time, per
-       * partition, never backwards) and state is its open windows. */
+       * partition, never backwards). */
       wm = atomic_load(&p->pl->watermark_ms);
+   }
+   if (p->pl) {
+      /* State: open windows and $cachedLookup caches. */
       state_size = atomic_load(&p->pl->state_size);
    }
    BSON_APPEND_INT64(&st, "stateSize", (int64_t) state_size / scale);
@@ -1846,6 +1860,7 @@ aspen_engine_new(const aspen_engine_opts_t *opts, aspen_error_t *err)
    eng->checkpoint_interval_ms = opts->checkpoint_interval_ms > 0
                                     ? opts->checkpoint_interval_ms
                                     : DEFAULT_CHECKPOINT_INTERVAL_MS;
+   eng->memory_limit_bytes = opts->memory_limit_bytes;
    if (!aspen_conns_load(&eng->conns, opts->connections, opts->backend_uri,
                          err) ||
        !load_state(eng, err)) {

@@ -41,6 +41,10 @@ typedef struct {
    /* How often a running processor takes a checkpoint (ms); 0 for the
     * default, 5000. Checkpoints are also taken at start and on stop. */
    int64_t checkpoint_interval_ms;
+   /* The state limit of every processor (bytes); 0 for ASP's: 80 % of the
+    * processor's tier's RAM (SP10 when it names none). Past it a processor
+    * fails with 418 "Worker out of memory". */
+   uint64_t memory_limit_bytes;
 } aspen_engine_opts_t;
 
 /* Loads the persisted processors and restarts those that were running.

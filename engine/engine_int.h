@@ -202,6 +202,17 @@ struct aspen_pipeline {
    /* Published for stats (written by the processor thread). */
    atomic_int_fast64_t watermark_ms;  /* INT64_MIN: none */
    atomic_uint_fast64_t state_size;
+   /* The state limit (ASP: 80 % of the tier's RAM, aspen__tier_state_limit,
+    * or aspen's streams.memoryLimitBytes), set by the processor before it
+    * runs; 0: none. Window state (window_bytes) and $cachedLookup caches
+    * (cache_bytes) count against it, on the processor thread
+    * (aspen__pipeline_state_update). Reaching it sets fatal_code 418 and
+    * fatal, which the processor fails with after the push. */
+   uint64_t state_limit;
+   char state_limit_what[64];   /* "80% of SP10's 2 GB", for the message */
+   size_t window_bytes, cache_bytes;
+   int32_t fatal_code;          /* 0: none */
+   char fatal[ASPEN_ERROR_MSG_MAX];
    /* Run-time hooks. */
    const bson_t *dlq_extra;     /* fields a stage adds to its next DLQ entry */
    aspen_dlq_fn dlq;
@@ -233,6 +244,18 @@ bool aspen__kafka_txn_check(const aspen_pipeline_t *pl,
 bool aspen_pipeline_parse_stages(aspen_pipeline_t *pl, const bson_t *arr,
                                  aspen_parse_ctx_t *pc, aspen_stage_t **out,
                                  int *n_out, aspen_error_t *err);
+/* Publishes window_bytes + cache_bytes as state_size and checks them
+ * against state_limit (see above). */
+void aspen__pipeline_state_update(aspen_pipeline_t *pl);
+/* The state limit of tier `tier` ("SP2".."SP50"): 80 % of its RAM in
+ * decimal gigabytes (SP10: 0.8 x 2,000,000,000 bytes), with its RAM
+ * written into `what` (e.g. "80% of SP10's 2 GB"); 0 for an unknown
+ * tier. */
+uint64_t aspen__tier_state_limit(const char *tier, char *what,
+                                 size_t what_len);
+/* Frees every open window of the window stage `st` (its state counted
+ * out): what a processor that ran out of memory lets go of. */
+void aspen__window_drop_state(aspen_stage_t *st);
 /* Sends a source document into the stage chain. */
 void aspen_pipeline_push(aspen_pipeline_t *pl, const aspen_sdoc_t *doc);
 /* Lets time pass without input (window idle timeouts, processing-time
@@ -335,6 +358,9 @@ struct aspen_proc {
    bool ephemeral;
    bson_t pipeline;    /* definition as given */
    bson_t options;     /* {dlq, tier, ...} as given (validated) */
+   /* The tier the last start named ("" when none: options.tier, else
+    * SP10); its state limit applies to that run. */
+   char start_tier[8];
    aspen_proc_state_t state;
    char error_msg[ASPEN_ERROR_MSG_MAX];
    int64_t created_ms, modified_ms, state_changed_ms;

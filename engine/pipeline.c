@@ -576,6 +576,45 @@ aspen_pipeline_push(aspen_pipeline_t *pl, const aspen_sdoc_t *doc)
 }
 
 void
+aspen__pipeline_state_update(aspen_pipeline_t *pl)
+{
+   uint64_t total = (uint64_t) pl->window_bytes + pl->cache_bytes;
+   atomic_store(&pl->state_size, total);
+   if (pl->state_limit == 0 || total < pl->state_limit || pl->fatal_code) {
+      return;
+   }
+   pl->fatal_code = ASPEN_ERR_StreamProcessorWorkerOutOfMemory;
+   snprintf(pl->fatal, sizeof pl->fatal,
+            "Worker out of memory: the processor's state (stateSize %llu "
+            "bytes) reached its limit of %llu bytes (%s)",
+            (unsigned long long) total,
+            (unsigned long long) pl->state_limit, pl->state_limit_what);
+}
+
+uint64_t
+aspen__tier_state_limit(const char *tier, char *what, size_t what_len)
+{
+   /* The tiers' RAM in decimal megabytes, as ASP states it (0.5 GB ...
+    * 32 GB); "80 %" of 8 GB is the 6.4 GB the docs give for SP30. */
+   static const struct {
+      const char *name;
+      uint64_t ram_mb;
+      const char *ram;
+   } tiers[] = {
+      {"SP2", 500, "0.5 GB"}, {"SP5", 1000, "1 GB"},   {"SP10", 2000, "2 GB"},
+      {"SP30", 8000, "8 GB"}, {"SP50", 32000, "32 GB"},
+   };
+   for (size_t i = 0; tier && i < sizeof tiers / sizeof tiers[0]; i++) {
+      if (strcmp(tier, tiers[i].name) == 0) {
+         snprintf(what, what_len, "80%% of %s's %s", tiers[i].name,
+                  tiers[i].ram);
+         return tiers[i].ram_mb * 1000000u / 10u * 8u;
+      }
+   }
+   return 0;
+}
+
+void
 aspen_pipeline_tick(aspen_pipeline_t *pl, int64_t now_ms, int64_t idle_ms)
 {
    if (pl->window && pl->window->ops->tick) {

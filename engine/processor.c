@@ -188,6 +188,23 @@ aspen_rt_fail(aspen_runtime_t *rt, const char *msg)
    rt->failed = true;
 }
 
+/* Fails the processor when its pipeline noted a fatal error (its state
+ * reached the limit: 418, "Worker out of memory"). True when it did. */
+static bool
+fail_if_fatal(aspen_runtime_t *rt)
+{
+   const aspen_pipeline_t *pl = rt->proc->pl;
+   if (!pl->fatal_code) {
+      return false;
+   }
+   if (!rt->failed) {
+      aspen_logf(ASPEN_LOG_ERROR, "STREAMS", rt->proc->name, "%s (code %d)",
+                 pl->fatal, (int) pl->fatal_code);
+      aspen_rt_fail(rt, pl->fatal);
+   }
+   return true;
+}
+
 /* ---- cursors ------------------------------------------------------------ */
 
 /* Appends a copy of `doc` to every cursor; proc->mu held. The shell cursor
@@ -446,6 +463,7 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
    aspen_sdoc_t sdoc = {.doc = &doc, .meta = meta, .ts_ms = ts};
    aspen_pipeline_push(pl, &sdoc);
    bson_destroy(&doc);
+   fail_if_fatal(rt);
 }
 
 /* Waits up to `ms` or until stopped; true when stopped. */
@@ -527,6 +545,9 @@ aspen_rt_wait(aspen_runtime_t *rt, int64_t ms)
          pl->now_ms = wall;
          aspen_pipeline_tick(pl, wall, wall - rt->last_input_ms);
       }
+   }
+   if (fail_if_fatal(rt)) {
+      return true;
    }
    if (flush_sinks(rt)) {
       checkpoint_take(rt, false);
@@ -1235,6 +1256,11 @@ proc_main(void *arg)
          checkpoint_take(&rt, true);
       }
    }
+   if (proc->pl->fatal_code && proc->pl->window) {
+      /* Out of memory: let the windows go now, not when the processor is
+       * next started or dropped. */
+      aspen__window_drop_state(proc->pl->window);
+   }
    if (rt.source_state) {
       rt.source->close(rt.source_state);
    }
@@ -1252,6 +1278,31 @@ proc_main(void *arg)
    return NULL;
 }
 
+/* The state limit of this run: aspen's override when configured, else
+ * 80 % of the tier's RAM (the start's tier, options.tier, else SP10, the
+ * workspace default). */
+static void
+set_state_limit(aspen_proc_t *proc)
+{
+   aspen_pipeline_t *pl = proc->pl;
+   const char *tier = "SP10";
+   bson_iter_t it;
+   if (proc->start_tier[0]) {
+      tier = proc->start_tier;
+   } else if (bson_iter_init_find(&it, &proc->options, "tier") &&
+              BSON_ITER_HOLDS_UTF8(&it)) {
+      tier = bson_iter_utf8(&it, NULL);
+   }
+   uint64_t override = aspen__engine_memory_limit_bytes(proc->eng);
+   pl->state_limit = aspen__tier_state_limit(tier, pl->state_limit_what,
+                                             sizeof pl->state_limit_what);
+   if (override > 0) {
+      pl->state_limit = override;
+      snprintf(pl->state_limit_what, sizeof pl->state_limit_what,
+               "tier %s; aspen's streams.memoryLimitBytes", tier);
+   }
+}
+
 bool
 aspen_proc_launch(aspen_proc_t *proc, aspen_error_t *err)
 {
@@ -1262,6 +1313,7 @@ aspen_proc_launch(aspen_proc_t *proc, aspen_error_t *err)
    if (!proc->pl) {
       return false;
    }
+   set_state_limit(proc);
    bson_iter_t vit;
    proc->pl->virtual_clock = bson_iter_init_find(&vit, &proc->options,
                                                  "virtualClock") &&

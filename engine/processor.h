@@ -41,6 +41,8 @@ const aspen_conns_t *aspen_engine_conns(const aspen_engine_t *eng);
  * opened with; any thread (they never change). */
 const char *aspen__engine_state_dir(const aspen_engine_t *eng);
 int64_t aspen__engine_checkpoint_interval_ms(const aspen_engine_t *eng);
+/* aspen's state limit override (streams.memoryLimitBytes); 0: none. */
+uint64_t aspen__engine_memory_limit_bytes(const aspen_engine_t *eng);
 /* Called by a processor's thread once it has set its start_result: asks
  * the engine's user (aspen_engine_set_hooks) to call aspen_engine_poll on
  * the command thread, which finishes the start. Any thread; a no-op

@@ -219,6 +219,21 @@ cache_put(cache_t *c, const bson_t *key, const bson_t *results, int64_t now)
    c->bytes += e->bytes;
 }
 
+/* The cache of stage `st` went from `before` to `after` bytes: the
+ * processor's state (stateSize and its limit) follows. */
+static void
+cache_counted(aspen_stage_t *st, size_t before, size_t after)
+{
+   if (before == after) {
+      return;
+   }
+   aspen_pipeline_t *pl = st->pl;
+   pl->cache_bytes = pl->cache_bytes + after >= before
+                        ? pl->cache_bytes + after - before
+                        : 0;
+   aspen__pipeline_state_update(pl);
+}
+
 static void
 cache_destroy(cache_t *c)
 {
@@ -952,11 +967,13 @@ lookup_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
       aspen_value_append(&key, "k", 1, &local);
       aspen_value_destroy(&local);
       now = now_ms();
+      size_t before = lk->cache->bytes;
       entry_t *e = cache_find(lk->cache, &key, now);
       if (e) {
          bson_copy_to(e->results, &results);
          have = true;
       }
+      cache_counted(st, before, lk->cache->bytes);
    }
    if (!have) {
       if (!run_query(lk, st, in, &results, err)) {
@@ -965,7 +982,9 @@ lookup_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
          return false;
       }
       if (lk->cache) {
+         size_t before = lk->cache->bytes;
          cache_put(lk->cache, &key, &results, now);
+         cache_counted(st, before, lk->cache->bytes);
       }
    }
    emit_with(st, in, &results);

@@ -650,7 +650,7 @@ group_get(group_map_t *m, const block_spec_t *b, const aspen_value_t *idv,
    m->index[i] = (uint32_t) (m->n + 1);
    m->n++;
    *added_bytes += sizeof *g + g->key.len + g->id.len +
-                   b->group.n_fields * 32;
+                   b->group.n_fields * sizeof *g->states;
    return g;
 }
 
@@ -681,9 +681,14 @@ group_add(group_map_t *m, const block_spec_t *b, const aspen_sdoc_t *in,
       if (!g) {
          g = group_get(m, b, &idv, added_bytes);
       }
+      /* What the accumulators keep counts too ($push of $$ROOT grows by
+       * the document); their size estimates are O(1). */
       for (f = 0; f < n; f++) {
-         aspen_accum_commit(b->group.fields[f].acc, g->states[f], &ctx,
-                            &ins[f]);
+         const aspen_accum_t *acc = b->group.fields[f].acc;
+         size_t before = aspen_accum_state_size(acc, g->states[f]);
+         aspen_accum_commit(acc, g->states[f], &ctx, &ins[f]);
+         size_t after = aspen_accum_state_size(acc, g->states[f]);
+         *added_bytes += after >= before ? after - before : 0;
       }
    } else {
       for (size_t j = 0; j + 1 < f; j++) {
@@ -993,7 +998,8 @@ close_where(window_t *w, bool (*ready)(const window_t *, const win_t *,
       }
    }
    w->n_wins = kept;
-   atomic_store(&w->self->pl->state_size, w->state_bytes);
+   w->self->pl->window_bytes = w->state_bytes;
+   aspen__pipeline_state_update(w->self->pl);
 }
 
 static bool
@@ -1340,7 +1346,8 @@ window_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
    if (w->processing_time) {
       close_where(w, ready_by_clock, pl->now_ms);
    }
-   atomic_store(&pl->state_size, w->state_bytes);
+   pl->window_bytes = w->state_bytes;
+   aspen__pipeline_state_update(pl);
    return true;
 }
 
@@ -1402,6 +1409,19 @@ window_tick(aspen_stage_t *st, int64_t now_ms, int64_t idle_ms)
          advance_watermark(w, max_end + w->lateness_ms + 1);
       }
    }
+}
+
+void
+aspen__window_drop_state(aspen_stage_t *st)
+{
+   window_t *w = st->state;
+   for (size_t i = 0; i < w->n_wins; i++) {
+      win_free(w, w->wins[i]);
+   }
+   w->n_wins = 0;
+   w->state_bytes = 0;
+   st->pl->window_bytes = 0;
+   aspen__pipeline_state_update(st->pl);
 }
 
 static void

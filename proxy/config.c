@@ -76,6 +76,10 @@ static const key_t_ keys[] = {
    {"streams.checkpointIntervalMs", "--checkpoint-interval-ms", T_INT,
     OFF(checkpoint_interval_ms), 10, 24 * 3600 * 1000,
     "how often running processors take a checkpoint (default 5000)"},
+   {"streams.memoryLimitBytes", "--memory-limit-bytes", T_SIZE,
+    OFF(memory_limit_bytes), 0, 1LL << 45,
+    "state a processor may hold before it fails with 418 Worker out of "
+    "memory (default 0: ASP's, 80% of its tier's RAM)"},
    {"log.level", "--log-level", T_LOG_LEVEL, OFF(log_level), 0, 0,
     "error | warning | info | debug (default info)"},
    {"security.authorization", "--auth", T_STRING, OFF(auth_mode), 0, 0,

@@ -288,6 +288,7 @@ main(int argc, char **argv)
       .connections = &cfg.connections,
       .backend_uri = cfg.backend_uri,
       .checkpoint_interval_ms = cfg.checkpoint_interval_ms,
+      .memory_limit_bytes = cfg.memory_limit_bytes,
    };
    srv.engine = aspen_engine_new(&eopts, &err);
    if (!srv.engine) {
