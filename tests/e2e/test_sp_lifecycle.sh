@@ -2,7 +2,8 @@
 # e2e: stream processors through stock mongosh against aspen and a real
 # backing server: the named-processor lifecycle (create, list, start, sample,
 # stats, stop, modify, drop), ASP's errors, definitions surviving a SIGKILL of
-# aspen, and sp.process on sample_stream_solar interrupted with Ctrl+C.
+# aspen, sp.process on sample_stream_solar interrupted with Ctrl+C, and a
+# processor past aspen's state limit failing with 418 Worker out of memory.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=peers.sh
@@ -76,6 +77,14 @@ must "aspen killed with SIGKILL (no sanitizer report)" kill_aspen_hard
 must "aspen restarts on the same state directory" start
 check "definitions and running state survived the kill" mongosh_run "$URI" "$HERE/js/sp_lifecycle_after_restart.js"
 check "aspen stops cleanly, no sanitizer report" stop_aspen
+# A small state limit (streams.memoryLimitBytes): 418 "Worker out of memory".
+must "aspen starts with --memory-limit-bytes 200000" start_aspen --config "$CONFIG" \
+    --bind 127.0.0.1 --port 0 --backend "$BACKING_URI" \
+    --state-dir "$ASPEN_RUN_DIR/state-memlimit" --memory-limit-bytes 200000
+URI="mongodb://127.0.0.1:$ASPEN_LISTEN_PORT/"
+check "a processor past the state limit fails with Worker out of memory, another keeps running" \
+    mongosh_run "$URI" "$HERE/js/sp_memlimit.js"
+check "aspen (memory limit) stops cleanly, no sanitizer report" stop_aspen
 check "backing server stops" stop_backing
 
 checks_done

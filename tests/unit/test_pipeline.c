@@ -271,6 +271,17 @@ on_dlq(void *arg, const aspen_sdoc_t *in, const char *operator_name,
    e->extra = c->pl && c->pl->dlq_extra ? bson_copy(c->pl->dlq_extra) : NULL;
 }
 
+/* An empty collector `c` takes `pl`'s output and DLQ. */
+static void
+collector_attach(collector_t *c, aspen_pipeline_t *pl)
+{
+   memset(c, 0, sizeof *c);
+   pl->output = on_output;
+   pl->dlq = on_dlq;
+   pl->hook_arg = c;
+   c->pl = pl;
+}
+
 static void
 collector_cleanup(collector_t *c)
 {
@@ -862,11 +873,7 @@ run_case(const bson_t *c, sbuf_t *why)
       return false;
    }
    collector_t col;
-   memset(&col, 0, sizeof col);
-   pl->output = on_output;
-   pl->dlq = on_dlq;
-   pl->hook_arg = &col;
-   col.pl = pl;
+   collector_attach(&col, pl);
    pl->virtual_clock = virtual_clock;
    bson_t wrappers;
    const bson_t *partitions = NULL;
@@ -948,6 +955,118 @@ window_fanout(void **state)
       aspen_pipeline_destroy(pl);
       bson_destroy(pipeline);
    }
+}
+
+/* aspen__tier_state_limit: 80 % of each tier's RAM, decimal gigabytes. */
+static void
+tier_state_limit(void **state)
+{
+   (void) state;
+   static const struct {
+      const char *tier;
+      uint64_t limit;
+      const char *what;
+   } cases[] = {
+      {"SP2", 400000000u, "80% of SP2's 0.5 GB"},
+      {"SP5", 800000000u, "80% of SP5's 1 GB"},
+      {"SP10", 1600000000u, "80% of SP10's 2 GB"},
+      {"SP30", 6400000000u, "80% of SP30's 8 GB"},
+      {"SP50", 25600000000u, "80% of SP50's 32 GB"},
+      {"SP1", 0, ""},
+      {"sp10", 0, ""},
+   };
+   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+      char what[64] = "";
+      assert_int_equal(aspen__tier_state_limit(cases[i].tier, what,
+                                               sizeof what),
+                       cases[i].limit);
+      assert_string_equal(what, cases[i].what);
+   }
+   char what[64] = "";
+   assert_int_equal(aspen__tier_state_limit(NULL, what, sizeof what), 0);
+}
+
+/* Pushes `n` documents of about 1 KB (event times 1 ms apart from
+ * `first_ms`) into `pl`, stopping at the first fatal error (as the
+ * processor does). Returns how many went in. */
+static int
+push_big_docs(aspen_pipeline_t *pl, int n, int64_t first_ms)
+{
+   char pad[1000];
+   memset(pad, 'x', sizeof pad - 1);
+   pad[sizeof pad - 1] = '\0';
+   bson_t meta;
+   source_meta(&meta, -1);
+   int i;
+   for (i = 0; i < n && !pl->fatal_code; i++) {
+      bson_t doc = BSON_INITIALIZER;
+      BSON_APPEND_INT32(&doc, "i", i);
+      BSON_APPEND_UTF8(&doc, "pad", pad);
+      aspen_sdoc_t d = {.doc = &doc, .meta = &meta, .ts_ms = first_ms + i};
+      pl->now_ms = first_ms + i;
+      aspen_pipeline_push(pl, &d);
+      bson_destroy(&doc);
+   }
+   bson_destroy(&meta);
+   return i;
+}
+
+/* A window's state counts against pl->state_limit: reaching it notes 418
+ * "Worker out of memory" with the numbers; aspen__window_drop_state lets the
+ * state go. With no limit the same input is fine. */
+static void
+window_state_limit(void **state)
+{
+   (void) state;
+   const char *json =
+      "{\"0\": {\"$source\": {\"documents\": []}}, \"1\": "
+      "{\"$tumblingWindow\": {\"interval\": {\"size\": 1, \"unit\": "
+      "\"hour\"}, \"pipeline\": [{\"$group\": {\"_id\": null, "
+      "\"all\": {\"$push\": \"$$ROOT\"}}}]}}}";
+   bson_error_t berr;
+   bson_t *pipeline = bson_new_from_json((const uint8_t *) json, -1, &berr);
+   assert_non_null(pipeline);
+   for (int limited = 0; limited < 2; limited++) {
+      aspen_error_t err;
+      aspen_pipeline_t *pl =
+         aspen_pipeline_parse(pipeline, &g_conns, true, false, &err);
+      assert_non_null(pl);
+      collector_t col;
+      collector_attach(&col, pl);
+      if (limited) {
+         pl->state_limit = 50000;
+         snprintf(pl->state_limit_what, sizeof pl->state_limit_what,
+                  "test limit");
+      }
+      int pushed = push_big_docs(pl, 200, TEST_NOW_MS);
+      uint64_t size = atomic_load(&pl->state_size);
+      if (limited) {
+         /* ~1 KB a document: over 50,000 bytes within about 50 of them. */
+         assert_true(pushed > 10 && pushed < 100);
+         assert_true(size >= 50000);
+         assert_int_equal(pl->fatal_code, 418);
+         char want[160];
+         snprintf(want, sizeof want,
+                  "Worker out of memory: the processor's state (stateSize "
+                  "%llu bytes) reached its limit of 50000 bytes (test "
+                  "limit)",
+                  (unsigned long long) size);
+         assert_string_equal(pl->fatal, want);
+         aspen__window_drop_state(pl->window);
+         assert_int_equal(atomic_load(&pl->state_size), 0);
+      } else {
+         assert_int_equal(pushed, 200);
+         assert_true(size > 200000);
+         assert_int_equal(pl->fatal_code, 0);
+         assert_string_equal(pl->fatal, "");
+      }
+      /* Nothing was emitted: the hour-long window never closed. */
+      assert_int_equal(col.n_out, 0);
+      assert_int_equal(col.n_dlq, 0);
+      aspen_pipeline_destroy(pl);
+      collector_cleanup(&col);
+   }
+   bson_destroy(pipeline);
 }
 
 static void
@@ -1067,7 +1186,7 @@ main(void)
    }
    qsort(paths, n, sizeof *paths, cmp_str);
 
-   struct CMUnitTest *tests = aspen_xcalloc(n + 1, sizeof *tests);
+   struct CMUnitTest *tests = aspen_xcalloc(n + 3, sizeof *tests);
    for (size_t i = 0; i < n; i++) {
       tests[i].name = strrchr(paths[i], '/') + 1;
       tests[i].test_func = run_file;
@@ -1075,7 +1194,11 @@ main(void)
    }
    tests[n].name = "window_fanout";
    tests[n].test_func = window_fanout;
-   int rc = _cmocka_run_group_tests("pipeline cases", tests, n + 1, NULL, NULL);
+   tests[n + 1].name = "tier_state_limit";
+   tests[n + 1].test_func = tier_state_limit;
+   tests[n + 2].name = "window_state_limit";
+   tests[n + 2].test_func = window_state_limit;
+   int rc = _cmocka_run_group_tests("pipeline cases", tests, n + 3, NULL, NULL);
    free(tests);
    for (size_t i = 0; i < n; i++) {
       free(paths[i]);
