@@ -914,6 +914,22 @@ run_case(const bson_t *c, sbuf_t *why)
 /* One test per case file                                                    */
 /* ======================================================================== */
 
+/* Parses the pipeline given as relaxed Extended JSON (an array written as a
+ * document with keys "0", "1", ...) as an ephemeral one; it must parse. */
+static aspen_pipeline_t *
+parse_json_pipeline(const char *json)
+{
+   bson_error_t berr;
+   bson_t *pipeline = bson_new_from_json((const uint8_t *) json, -1, &berr);
+   assert_non_null(pipeline);
+   aspen_error_t err;
+   aspen_pipeline_t *pl =
+      aspen_pipeline_parse(pipeline, &g_conns, true, false, &err);
+   bson_destroy(pipeline);
+   assert_non_null(pl);
+   return pl;
+}
+
 /* aspen__window_fanout: how many windows one event joins. */
 static void
 window_fanout(void **state)
@@ -943,17 +959,10 @@ window_fanout(void **state)
       snprintf(json, sizeof json,
                "{\"0\": {\"$source\": {\"documents\": []}}, \"1\": %s}",
                cases[i].window);
-      bson_error_t berr;
-      bson_t *pipeline = bson_new_from_json((const uint8_t *) json, -1, &berr);
-      assert_non_null(pipeline);
-      aspen_error_t err;
-      aspen_pipeline_t *pl =
-         aspen_pipeline_parse(pipeline, &g_conns, true, false, &err);
-      assert_non_null(pl);
+      aspen_pipeline_t *pl = parse_json_pipeline(json);
       assert_non_null(pl->window);
       assert_int_equal(aspen__window_fanout(pl->window), cases[i].fanout);
       aspen_pipeline_destroy(pl);
-      bson_destroy(pipeline);
    }
 }
 
@@ -1023,14 +1032,8 @@ window_state_limit(void **state)
       "{\"$tumblingWindow\": {\"interval\": {\"size\": 1, \"unit\": "
       "\"hour\"}, \"pipeline\": [{\"$group\": {\"_id\": null, "
       "\"all\": {\"$push\": \"$$ROOT\"}}}]}}}";
-   bson_error_t berr;
-   bson_t *pipeline = bson_new_from_json((const uint8_t *) json, -1, &berr);
-   assert_non_null(pipeline);
    for (int limited = 0; limited < 2; limited++) {
-      aspen_error_t err;
-      aspen_pipeline_t *pl =
-         aspen_pipeline_parse(pipeline, &g_conns, true, false, &err);
-      assert_non_null(pl);
+      aspen_pipeline_t *pl = parse_json_pipeline(json);
       collector_t col;
       collector_attach(&col, pl);
       if (limited) {
@@ -1066,7 +1069,6 @@ window_state_limit(void **state)
       aspen_pipeline_destroy(pl);
       collector_cleanup(&col);
    }
-   bson_destroy(pipeline);
 }
 
 static void
@@ -1186,19 +1188,22 @@ main(void)
    }
    qsort(paths, n, sizeof *paths, cmp_str);
 
-   struct CMUnitTest *tests = aspen_xcalloc(n + 3, sizeof *tests);
+   /* After the case files, the tests that drive the engine directly. */
+   static const struct CMUnitTest direct[] = {
+      cmocka_unit_test(window_fanout),
+      cmocka_unit_test(tier_state_limit),
+      cmocka_unit_test(window_state_limit),
+   };
+   const size_t n_direct = sizeof direct / sizeof direct[0];
+   struct CMUnitTest *tests = aspen_xcalloc(n + n_direct, sizeof *tests);
    for (size_t i = 0; i < n; i++) {
       tests[i].name = strrchr(paths[i], '/') + 1;
       tests[i].test_func = run_file;
       tests[i].initial_state = paths[i];
    }
-   tests[n].name = "window_fanout";
-   tests[n].test_func = window_fanout;
-   tests[n + 1].name = "tier_state_limit";
-   tests[n + 1].test_func = tier_state_limit;
-   tests[n + 2].name = "window_state_limit";
-   tests[n + 2].test_func = window_state_limit;
-   int rc = _cmocka_run_group_tests("pipeline cases", tests, n + 3, NULL, NULL);
+   memcpy(tests + n, direct, sizeof direct);
+   int rc = _cmocka_run_group_tests("pipeline cases", tests, n + n_direct,
+                                    NULL, NULL);
    free(tests);
    for (size_t i = 0; i < n; i++) {
       free(paths[i]);
