@@ -188,7 +188,11 @@ failures_logged() {
 }
 
 logout_works() {
-    login admin "$ADMIN_PW" '
+    # logout is per connection: with one pooled connection the command after
+    # it surely goes on the connection that logged out (the driver may
+    # otherwise open a second one, authenticated anew).
+    mongosh_run "${URI}?maxPoolSize=1" --username admin --password "$ADMIN_PW" \
+        --authenticationDatabase admin '
       const a = db.getSiblingDB("admin");
       if (a.runCommand({logout: 1}).ok !== 1) throw new Error("logout");
       let r;
