@@ -459,8 +459,15 @@ void aspen_error_clear(aspen_error_t *err);
 /* Converters from the dependencies' error shapes. */
 void aspen_error_from_bson_error(aspen_error_t *err,
                                  const bson_error_t *berr);
-/* Appends {ok: 0.0, errmsg, code, codeName} to `doc`. */
+/* Appends {ok: 0.0, errmsg, code, codeName} to `doc`. The message goes
+ * through aspen_utf8_scrub first, so a reply never carries invalid UTF-8
+ * (a message cut at ASPEN_ERROR_MSG_MAX may end inside a character). */
 void aspen_error_append_reply(bson_t *doc, const aspen_error_t *err);
+/* Makes the NUL-terminated `s` valid UTF-8 in place: each byte that does not
+ * start a well-formed sequence (overlong forms, surrogates and code points
+ * past U+10FFFF included) becomes '?'. Returns true when it changed
+ * anything. Any thread. */
+bool aspen_utf8_scrub(char *s);
 
 /* ------------------------------------------------------------------------ */
 /* Logging: mongod's structured JSON line format, one line per event         */
