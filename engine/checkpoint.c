@@ -119,10 +119,28 @@ aspen__checkpoint_decode(const uint8_t *data, size_t len,
    return true;
 }
 
+bool
+aspen__proc_id_is_valid(const char *id, size_t len)
+{
+   if (len != 24 || strlen(id) != 24) {
+      return false;
+   }
+   for (size_t i = 0; i < 24; i++) {
+      char c = id[i];
+      if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+         return false;
+      }
+   }
+   return true;
+}
+
 void
 aspen__checkpoint_dir(const char *state_dir, const char *processor_id,
                       char *out, size_t n)
 {
+   /* Ids are checked where they come in (the state files): one that could
+    * name another directory ("../x") never gets here. */
+   ASPEN_ASSERT(aspen__proc_id_is_valid(processor_id, strlen(processor_id)));
    snprintf(out, n, "%s/checkpoints/%s", state_dir, processor_id);
 }
 
@@ -172,6 +190,53 @@ write_all(int fd, const uint8_t *p, size_t n)
    return true;
 }
 
+/* Writes `len` bytes to `tmp` (created 0600, truncated), fsyncs and closes
+ * it; `*step` names what failed. */
+static bool
+write_tmp(const char *tmp, const void *data, size_t len, const char **step)
+{
+   *step = "write";
+   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+   bool ok = fd >= 0 && write_all(fd, data, len);
+   if (ok) {
+      *step = "fsync";
+      ok = fsync(fd) == 0;
+   }
+   if (fd >= 0) {
+      int saved = errno;
+      ok = close(fd) == 0 && ok;
+      if (!ok && saved) {
+         errno = saved;
+      }
+   }
+   return ok;
+}
+
+bool
+aspen__file_write_atomic(const char *dir, const char *name, const void *data,
+                         size_t len, aspen_error_t *err)
+{
+   char path[4200], tmp[4300];
+   snprintf(path, sizeof path, "%s/%s", dir, name);
+   snprintf(tmp, sizeof tmp, "%s.tmp", path);
+   const char *step = "create the directory of";
+   bool ok = aspen__mkdirs(dir) && write_tmp(tmp, data, len, &step);
+   if (ok) {
+      step = "rename";
+      ok = rename(tmp, path) == 0;
+   }
+   if (ok) {
+      step = "fsync the directory of";
+      ok = aspen__fsync_dir(dir);
+   }
+   if (!ok) {
+      aspen_error_set(err, ASPEN_ERR_InternalError, "cannot %s %s: %s", step,
+                      path, strerror(errno));
+      (void) unlink(tmp);
+   }
+   return ok;
+}
+
 bool
 aspen__checkpoint_write(const char *dir, const bson_t *body,
                         aspen_error_t *err)
@@ -180,23 +245,19 @@ aspen__checkpoint_write(const char *dir, const bson_t *body,
    snprintf(tmp, sizeof tmp, "%s/tmp", dir);
    snprintf(cur, sizeof cur, "%s/current", dir);
    snprintf(prev, sizeof prev, "%s/previous", dir);
+   if (body->len > ASPEN_CHECKPOINT_MAX_BODY) {
+      /* Loading would refuse it: keep the good checkpoints on disk. */
+      aspen_error_set(err, ASPEN_ERR_BSONObjectTooLarge,
+                      "cannot write checkpoint %s: its body is %u bytes, "
+                      "more than the %u a checkpoint may hold",
+                      cur, (unsigned) body->len,
+                      (unsigned) ASPEN_CHECKPOINT_MAX_BODY);
+      return false;
+   }
    const char *step = "create the directory";
    size_t len;
    uint8_t *data = aspen__checkpoint_encode(body, &len);
-   bool ok = aspen__mkdirs(dir);
-   int fd = -1;
-   if (ok) {
-      step = "write";
-      fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-      ok = fd >= 0 && write_all(fd, data, len);
-   }
-   if (ok) {
-      step = "fsync";
-      ok = fsync(fd) == 0;
-   }
-   if (fd >= 0) {
-      ok = close(fd) == 0 && ok;
-   }
+   bool ok = aspen__mkdirs(dir) && write_tmp(tmp, data, len, &step);
    free(data);
    if (ok) {
       /* Keep the last good one. A crash between the two renames leaves

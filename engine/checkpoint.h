@@ -45,7 +45,12 @@ bool aspen__checkpoint_decode(const uint8_t *data, size_t len,
                               const char *processor_id, bson_t *body,
                               aspen_error_t *err);
 
-/* The directory of processor `processor_id`'s checkpoints (no I/O). */
+/* True when `id` (`len` bytes) is a processor id as aspen makes them: an
+ * ObjectId's 24 lowercase hex digits, so it is safe in a file name. */
+bool aspen__proc_id_is_valid(const char *id, size_t len);
+
+/* The directory of processor `processor_id`'s checkpoints (no I/O); the id
+ * must be valid (aspen__proc_id_is_valid). */
 void aspen__checkpoint_dir(const char *state_dir, const char *processor_id,
                            char *out, size_t n);
 
@@ -83,6 +88,14 @@ bool aspen__checkpoint_load_file(const char *dir, const char *name,
 int aspen__checkpoint_pick_committed(const bson_t *current,
                                      const bson_t *previous,
                                      const bson_t *committed_ids);
+
+/* Writes `len` bytes as the file `name` in `dir` (created with its
+ * parents if missing) atomically: "<name>.tmp" written and fsynced, renamed
+ * over `name`, the directory fsynced. A crash leaves the old file or the new
+ * one. False with err set on any I/O error, the old file untouched. */
+bool aspen__file_write_atomic(const char *dir, const char *name,
+                              const void *data, size_t len,
+                              aspen_error_t *err);
 
 /* Creates `dir` and its parents (mode 0700); true when it exists. */
 bool aspen__mkdirs(const char *dir);

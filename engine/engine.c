@@ -1,6 +1,6 @@
 /*
  * engine.c - the stream-processor commands behind mongosh's sp.* helpers
- * and the registry of processors, persisted in <stateDir>/processors.json.
+ * and the registry of processors, persisted in <stateDir>/processors/.
  *
  * Commands and replies follow ../shared/spec/mongosh-sp-contract.md §2 and
  * asp-semantics.md §7: create, process (ephemeral), start, stop, drop,
@@ -9,10 +9,25 @@
  * ignoring only what drivers add ($db, lsid, $clusterTime, ...), so a typo
  * in an option is an error, as with ASP's strict option parsing.
  *
- * The state file is rewritten whole on every change: temp file, fsync,
- * rename, directory fsync, so a crash leaves the old or the new file, never
- * half of one. Processors that were running when aspen stopped are started
- * again when it comes back.
+ * Each processor is saved in its own file, <stateDir>/processors/<id>.json
+ * (canonical Extended JSON), written atomically (temp file, fsync, rename,
+ * directory fsync) when that processor changes, so a save costs what one
+ * processor's definition does, whatever the number of processors, and a
+ * crash leaves the old or the new file, never half of one. A save that
+ * cannot be encoded or written leaves the old file and fails the command
+ * that asked for it. The state files are checked strictly when aspen
+ * starts: a corrupt or wrong-shaped one (an unknown key, a wrong type, an
+ * id that is not aspen's) stops aspen with a message naming it, and nothing
+ * is ever rewritten from a file that was not understood. An older aspen's
+ * single <stateDir>/processors.json is read the same way and migrated
+ * (renamed processors.json.migrated once every processor has its file).
+ * Processors that were running when aspen stopped are started again when
+ * it comes back.
+ *
+ * Every command's strings (field names included) must be valid UTF-8, as
+ * the saved state and every reply must be; processor names follow aspen's
+ * rules (check_new_name; README "Limits"), and there are at most
+ * `max_processors` processors (streams.maxProcessors).
  *
  * A start launches the processor's thread and, with the caller's hooks set
  * (engine.h), returns without its reply: the processor is PROVISIONING
@@ -26,6 +41,7 @@
 #include "processor.h"
 #include "kafka_int.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -33,15 +49,28 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define STATE_FILE "processors.json"
-#define STATE_VERSION 1
+/* An older aspen's single state file: read once, then migrated. */
+#define LEGACY_STATE_FILE "processors.json"
+#define LEGACY_STATE_VERSION 1
+/* One file per processor in this directory of the state directory. */
+#define PROCS_DIR "processors"
+#define PROC_FILE_VERSION 1
 
 #define DEFAULT_CHECKPOINT_INTERVAL_MS 5000
+#define DEFAULT_MAX_PROCESSORS 10000
+/* Processor names: at most this many bytes (README "Limits"). */
+#define NAME_MAX_LEN 64
+/* Commands nested deeper than this are refused (the wire layer's own
+ * limit is lower; this only bounds the UTF-8 walk). */
+#define MAX_CMD_DEPTH 200
 
 struct aspen_engine {
    char *state_dir;
+   char *procs_dir; /* <state_dir>/processors */
    int64_t checkpoint_interval_ms;
    uint64_t memory_limit_bytes; /* 0: the tier's */
+   size_t max_processors;
+   size_t n_procs; /* linked, ephemeral ones included */
    aspen_conns_t conns;
    aspen_proc_t *procs;
    int64_t next_cursor_id;
@@ -238,13 +267,60 @@ cmd_name_arg(const bson_t *cmd, const char *cmdname, bson_t *reply)
                   cmdname, BSON_ITER_HOLDS_NULL(&it) ? "null" : "non-string");
       return NULL;
    }
-   const char *name = bson_iter_utf8(&it, NULL);
-   if (!*name) {
+   uint32_t len;
+   const char *name = bson_iter_utf8(&it, &len);
+   if (len == 0) {
       reply_error(reply, ASPEN_ERR_BadValue,
                   "stream processor name must not be empty");
       return NULL;
    }
+   if (strlen(name) != len) {
+      /* Names are compared as C strings: "a\0b" must not reach "a". */
+      reply_error(reply, ASPEN_ERR_BadValue,
+                  "stream processor name must not contain a NUL character");
+      return NULL;
+   }
    return name;
+}
+
+/* aspen's rules for a new processor name (create, a rename through
+ * modify): 1 to NAME_MAX_LEN bytes of ASCII letters, digits, '_', '-' and
+ * '.', and no "..". ASP documents names with '-' and '.' (addressed as
+ * sp["my-proc"]) and recommends alphanumeric ones; '/', control characters
+ * and the like never reach a name. `field` is the command field, for the
+ * message. */
+static bool
+check_new_name(const char *name, const char *field, bson_t *reply)
+{
+   size_t len = strlen(name);
+   if (len > NAME_MAX_LEN) {
+      reply_error(reply, ASPEN_ERR_BadValue,
+                  "BSON field '%s' is invalid: a stream processor name may "
+                  "be at most %d characters long, this one has %zu",
+                  field, NAME_MAX_LEN, len);
+      return false;
+   }
+   for (size_t i = 0; i < len; i++) {
+      char c = name[i];
+      bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.';
+      if (!ok) {
+         reply_error(reply, ASPEN_ERR_BadValue,
+                     "BSON field '%s' is invalid: a stream processor name "
+                     "may contain only ASCII letters, digits, '_', '-' and "
+                     "'.', found byte 0x%02x at offset %zu",
+                     field, (unsigned) (unsigned char) c, i);
+         return false;
+      }
+   }
+   if (strstr(name, "..")) {
+      reply_error(reply, ASPEN_ERR_BadValue,
+                  "BSON field '%s' is invalid: a stream processor name must "
+                  "not contain \"..\"",
+                  field);
+      return false;
+   }
+   return true;
 }
 
 static aspen_proc_t *
@@ -269,6 +345,21 @@ find_or_error(aspen_engine_t *eng, const char *name, bson_t *reply)
    return p;
 }
 
+/* True when one more processor fits under the limit (streams.
+ * maxProcessors); otherwise fills `reply` with the refusal. */
+static bool
+room_for_one(const aspen_engine_t *eng, bson_t *reply)
+{
+   if (eng->n_procs < eng->max_processors) {
+      return true;
+   }
+   reply_error(reply, ASPEN_ERR_IllegalOperation,
+               "cannot create another stream processor: the workspace has "
+               "%zu, aspen's limit (streams.maxProcessors); drop one first",
+               eng->n_procs);
+   return false;
+}
+
 /* The processor a command names in its first field, after checking the
  * command's other fields; NULL (reply filled) on any problem. */
 static aspen_proc_t *
@@ -282,13 +373,19 @@ proc_arg(aspen_engine_t *eng, const bson_t *cmd, const char *cmdname,
    return find_or_error(eng, name, reply);
 }
 
-/* A thread that failed by itself is still to be joined. */
+static bool save_proc(aspen_engine_t *eng, const aspen_proc_t *p,
+                      aspen_error_t *err);
+
+/* A thread that failed by itself is still to be joined; its FAILED state
+ * is saved then. */
 static void
 reap_failed(aspen_proc_t *proc)
 {
    if (proc->thread_running && proc->state != ASPEN_PROC_STARTED &&
        proc->state != ASPEN_PROC_PROVISIONING) {
       aspen_proc_halt(proc);
+      aspen_error_t err;
+      (void) save_proc(proc->eng, proc, &err); /* logged when it fails */
    }
 }
 
@@ -303,78 +400,102 @@ is_running(const aspen_proc_t *proc)
 
 /* ---- persistence -------------------------------------------------------- */
 
+/* The saved form of `p` with state `st` (PROVISIONING is saved as STARTED,
+ * what the user asked for: after a crash it is started again, as a running
+ * one is). */
 static void
-proc_to_bson(const aspen_proc_t *p, bson_t *out)
+proc_to_bson(const aspen_proc_t *p, aspen_proc_state_t st, bson_t *out)
 {
    BSON_APPEND_UTF8(out, "name", p->name);
    BSON_APPEND_UTF8(out, "id", p->id);
    BSON_APPEND_ARRAY(out, "pipeline", &p->pipeline);
    BSON_APPEND_DOCUMENT(out, "options", &p->options);
-   /* A processor still starting is saved as STARTED, what the user asked
-    * for: after a crash it is started again, as a running one is. */
    BSON_APPEND_UTF8(out, "state",
-                    aspen_proc_state_name(p->state == ASPEN_PROC_PROVISIONING
+                    aspen_proc_state_name(st == ASPEN_PROC_PROVISIONING
                                              ? ASPEN_PROC_STARTED
-                                             : p->state));
+                                             : st));
    BSON_APPEND_UTF8(out, "errorMsg", p->error_msg);
    BSON_APPEND_DATE_TIME(out, "created", p->created_ms);
    BSON_APPEND_DATE_TIME(out, "lastModified", p->modified_ms);
    BSON_APPEND_DATE_TIME(out, "lastStateChange", p->state_changed_ms);
 }
 
-/* Writes the state file atomically. Logs and returns false on I/O errors;
- * the in-memory state stays as it is. */
+/* Encodes `doc` as canonical Extended JSON (bson_free *json) and checks
+ * that it reads back: libbson gives NULL for a string that is not UTF-8,
+ * and such a file must never replace a good one. */
 static bool
-persist(aspen_engine_t *eng, aspen_error_t *err)
+encode_json(const bson_t *doc, const char *what, char **json, size_t *len,
+            aspen_error_t *err)
 {
-   bson_t doc = BSON_INITIALIZER, arr;
-   BSON_APPEND_INT32(&doc, "version", STATE_VERSION);
-   BSON_APPEND_ARRAY_BEGIN(&doc, "processors", &arr);
-   uint32_t i = 0;
-   for (aspen_proc_t *p = eng->procs; p; p = p->next) {
-      if (p->ephemeral) {
-         continue;
-      }
-      char buf[16];
-      const char *key;
-      bson_t entry;
-      bson_uint32_to_string(i++, &key, buf, sizeof buf);
-      BSON_APPEND_DOCUMENT_BEGIN(&arr, key, &entry);
-      proc_to_bson(p, &entry);
-      bson_append_document_end(&arr, &entry);
+   *json = bson_as_canonical_extended_json(doc, len);
+   bson_t back;
+   bson_error_t berr;
+   if (*json && bson_init_from_json(&back, *json, (ssize_t) *len, &berr)) {
+      bson_destroy(&back);
+      return true;
    }
-   bson_append_array_end(&doc, &arr);
-   size_t len;
-   char *json = bson_as_canonical_extended_json(&doc, &len);
-   bson_destroy(&doc);
+   bson_free(*json);
+   *json = NULL;
+   aspen_error_set(err, ASPEN_ERR_InternalError,
+                   "cannot save %s: it does not encode as JSON (a string "
+                   "that is not valid UTF-8?); the saved state is left as "
+                   "it was",
+                   what);
+   return false;
+}
 
-   char path[4096], tmp[4200];
-   snprintf(path, sizeof path, "%s/%s", eng->state_dir, STATE_FILE);
-   snprintf(tmp, sizeof tmp, "%s.tmp", path);
-   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-   bool ok = fd >= 0;
-   if (ok) {
-      size_t off = 0;
-      while (ok && off < len) {
-         ssize_t n = write(fd, json + off, len - off);
-         if (n < 0 && errno == EINTR) {
-            continue;
-         }
-         ok = n > 0;
-         off += ok ? (size_t) n : 0;
-      }
-      ok = ok && fsync(fd) == 0;
-      ok = close(fd) == 0 && ok;
+/* Saves processor `p` (ephemeral ones are never saved) as state `st` in its
+ * own file. False with err set (and logged) when it cannot be encoded or
+ * written; the file on disk is then the old one. Command thread. */
+static bool
+save_proc_as(aspen_engine_t *eng, const aspen_proc_t *p,
+             aspen_proc_state_t st, aspen_error_t *err)
+{
+   if (p->ephemeral) {
+      return true;
    }
-   ok = ok && rename(tmp, path) == 0;
-   ok = ok && aspen__fsync_dir(eng->state_dir);
+   bson_t doc = BSON_INITIALIZER;
+   BSON_APPEND_INT32(&doc, "version", PROC_FILE_VERSION);
+   proc_to_bson(p, st, &doc);
+   char what[160], file[40];
+   snprintf(what, sizeof what, "stream processor '%s'", p->name);
+   snprintf(file, sizeof file, "%s.json", p->id);
+   char *json = NULL;
+   size_t len = 0;
+   bool ok = encode_json(&doc, what, &json, &len, err) &&
+             aspen__file_write_atomic(eng->procs_dir, file, json, len, err);
    bson_free(json);
+   bson_destroy(&doc);
    if (!ok) {
-      aspen_error_set(err, ASPEN_ERR_InternalError,
-                      "cannot write %s: %s", path, strerror(errno));
       aspen_logf(ASPEN_LOG_ERROR, "STREAMS", "engine", "%s", err->message);
    }
    return ok;
+}
+
+static bool
+save_proc(aspen_engine_t *eng, const aspen_proc_t *p, aspen_error_t *err)
+{
+   return save_proc_as(eng, p, p->state, err);
+}
+
+/* Deletes processor `p`'s file (it was dropped). False with err set (and
+ * logged) when it is still there. */
+static bool
+unsave_proc(aspen_engine_t *eng, const aspen_proc_t *p, aspen_error_t *err)
+{
+   if (p->ephemeral) {
+      return true;
+   }
+   char path[4200];
+   snprintf(path, sizeof path, "%s/%s.json", eng->procs_dir, p->id);
+   if ((unlink(path) != 0 && errno != ENOENT) ||
+       !aspen__fsync_dir(eng->procs_dir)) {
+      aspen_error_set(err, ASPEN_ERR_InternalError, "cannot remove %s: %s",
+                      path, strerror(errno));
+      aspen_logf(ASPEN_LOG_ERROR, "STREAMS", "engine", "%s", err->message);
+      return false;
+   }
+   return true;
 }
 
 static aspen_proc_t *
@@ -433,6 +554,7 @@ link_proc(aspen_engine_t *eng, aspen_proc_t *p)
       pp = &(*pp)->next;
    }
    *pp = p;
+   eng->n_procs++;
 }
 
 static void
@@ -441,116 +563,476 @@ unlink_proc(aspen_engine_t *eng, aspen_proc_t *p)
    for (aspen_proc_t **pp = &eng->procs; *pp; pp = &(*pp)->next) {
       if (*pp == p) {
          *pp = p->next;
+         eng->n_procs--;
          return;
       }
    }
 }
 
-static bool
-load_state(aspen_engine_t *eng, aspen_error_t *err)
+/* ---- loading the saved state ---------------------------------------------- */
+
+/* One saved processor, as read from a state file (views into it). */
+typedef struct {
+   const char *name, *id, *state, *error_msg;
+   bson_t pipeline, options; /* static views; empty when absent */
+   int64_t created, modified, changed;
+} saved_proc_t;
+
+/* Reads a whole file into a NUL-terminated buffer (free()); NULL with err
+ * set when it cannot be read. *missing says it does not exist. */
+static char *
+read_state_file(const char *path, size_t *len, bool *missing,
+                aspen_error_t *err)
 {
-   char path[4096];
-   snprintf(path, sizeof path, "%s/%s", eng->state_dir, STATE_FILE);
+   *missing = false;
    FILE *f = fopen(path, "rb");
    if (!f) {
-      return true; /* first run */
+      *missing = errno == ENOENT;
+      aspen_error_set(err, ASPEN_ERR_InternalError, "cannot read %s: %s",
+                      path, strerror(errno));
+      return NULL;
    }
    aspen_buf_t buf;
    aspen_buf_init(&buf);
-   bool read_ok = aspen_buf_read_file(&buf, f, SIZE_MAX / 2);
+   bool ok = aspen_buf_read_file(&buf, f, SIZE_MAX / 2);
    fclose(f);
-   if (!read_ok) {
+   if (!ok) {
       aspen_buf_cleanup(&buf);
       aspen_error_set(err, ASPEN_ERR_InternalError, "cannot read %s", path);
-      return false;
+      return NULL;
    }
-   bson_error_t berr;
-   bson_t doc;
-   bool ok = bson_init_from_json(&doc, (const char *) aspen_buf_data(&buf),
-                                 (ssize_t) aspen_buf_len(&buf), &berr);
+   *len = aspen_buf_len(&buf);
+   char *out = aspen_xmalloc(*len + 1);
+   memcpy(out, aspen_buf_data(&buf), *len);
+   out[*len] = '\0';
    aspen_buf_cleanup(&buf);
-   if (!ok) {
+   return out;
+}
+
+/* Parses a state file's JSON into `doc`; a corrupt file (or one holding a
+ * string that is not UTF-8) is an error that says how to start without it. */
+static bool
+parse_state_json(const char *path, const char *json, size_t len, bson_t *doc,
+                 aspen_error_t *err)
+{
+   bson_error_t berr;
+   if (!bson_init_from_json(doc, json, (ssize_t) len, &berr)) {
       aspen_error_set(err, ASPEN_ERR_FailedToParse,
                       "%s is corrupt (%s); move it away to start without "
                       "the saved processors",
                       path, berr.message);
       return false;
    }
+   if (!bson_validate(doc, BSON_VALIDATE_UTF8 | BSON_VALIDATE_UTF8_ALLOW_NULL,
+                      NULL)) {
+      bson_destroy(doc);
+      aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                      "%s is corrupt (a string is not valid UTF-8); move it "
+                      "away to start without the saved processors",
+                      path);
+      return false;
+   }
+   return true;
+}
+
+static bool
+shape_error(aspen_error_t *err, const char *path, const char *where,
+            const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* Sets the error for a state file that parses but is not what aspen
+ * writes; aspen stops rather than lose or rewrite the definitions. */
+static bool
+shape_error(aspen_error_t *err, const char *path, const char *where,
+            const char *fmt, ...)
+{
+   char what[300];
+   va_list ap;
+   va_start(ap, fmt);
+   vsnprintf(what, sizeof what, fmt, ap);
+   va_end(ap);
+   aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                   "%s is not a state file aspen can read: %s%s%s; fix it, "
+                   "or move it away to start without the saved processors",
+                   path, where, *where ? ": " : "", what);
+   return false;
+}
+
+/* Checks one saved processor `entry` (at `where` in `path`) field by
+ * field and fills `out` with views into it. A "version" field is allowed
+ * only in a per-processor file (`own_file`). */
+static bool
+parse_saved_proc(const bson_t *entry, const char *path, const char *where,
+                 bool own_file, saved_proc_t *out, aspen_error_t *err)
+{
+   static const char *const states[] = {"CREATED", "STARTED", "STOPPED",
+                                        "FAILED", NULL};
+   memset(out, 0, sizeof *out);
+   bson_init(&out->pipeline);
+   bson_init(&out->options);
+   bson_iter_t it;
+   bson_iter_init(&it, entry);
+   while (bson_iter_next(&it)) {
+      const char *k = bson_iter_key(&it);
+      bson_type_t t = bson_iter_type(&it);
+      uint32_t len;
+      const uint8_t *data;
+      if (strcmp(k, "version") == 0 && own_file) {
+         if (!BSON_ITER_HOLDS_NUMBER(&it) ||
+             bson_iter_as_int64(&it) != PROC_FILE_VERSION) {
+            return shape_error(err, path, where,
+                               "'version' must be %d (a newer aspen may "
+                               "have written it)",
+                               PROC_FILE_VERSION);
+         }
+      } else if (strcmp(k, "name") == 0 || strcmp(k, "id") == 0 ||
+                 strcmp(k, "state") == 0 || strcmp(k, "errorMsg") == 0) {
+         if (t != BSON_TYPE_UTF8) {
+            return shape_error(err, path, where, "'%s' must be a string", k);
+         }
+         const char *v = bson_iter_utf8(&it, &len);
+         if (strlen(v) != len) {
+            return shape_error(err, path, where,
+                               "'%s' holds a NUL character", k);
+         }
+         if (k[0] == 'n') {
+            out->name = v;
+         } else if (k[0] == 'i') {
+            if (!aspen__proc_id_is_valid(v, len)) {
+               return shape_error(err, path, where,
+                                  "'id' must be 24 lowercase hex digits "
+                                  "(aspen's processor ids), found \"%.40s\"",
+                                  v);
+            }
+            out->id = v;
+         } else if (k[0] == 's') {
+            bool known = false;
+            for (int i = 0; states[i]; i++) {
+               known = known || strcmp(states[i], v) == 0;
+            }
+            if (!known) {
+               return shape_error(err, path, where,
+                                  "'state' must be CREATED, STARTED, "
+                                  "STOPPED or FAILED, found \"%.40s\"",
+                                  v);
+            }
+            out->state = v;
+         } else {
+            out->error_msg = v;
+         }
+      } else if (strcmp(k, "pipeline") == 0) {
+         if (t != BSON_TYPE_ARRAY) {
+            return shape_error(err, path, where,
+                               "'pipeline' must be an array");
+         }
+         bson_iter_array(&it, &len, &data);
+         (void) bson_init_static(&out->pipeline, data, len);
+      } else if (strcmp(k, "options") == 0) {
+         if (t != BSON_TYPE_DOCUMENT) {
+            return shape_error(err, path, where,
+                               "'options' must be an object");
+         }
+         bson_iter_document(&it, &len, &data);
+         (void) bson_init_static(&out->options, data, len);
+      } else if (strcmp(k, "created") == 0 ||
+                 strcmp(k, "lastModified") == 0 ||
+                 strcmp(k, "lastStateChange") == 0) {
+         if (t != BSON_TYPE_DATE_TIME) {
+            return shape_error(err, path, where, "'%s' must be a date", k);
+         }
+         int64_t v = bson_iter_date_time(&it);
+         *(k[0] == 'c'   ? &out->created
+           : k[4] == 'M' ? &out->modified
+                         : &out->changed) = v;
+      } else {
+         return shape_error(err, path, where, "unknown field '%.60s'", k);
+      }
+   }
+   if (!out->name || !*out->name) {
+      return shape_error(err, path, where, "'name' is missing or empty");
+   }
+   if (!out->id) {
+      return shape_error(err, path, where, "'id' is missing");
+   }
+   if (bson_empty(&out->pipeline) &&
+       !bson_has_field(entry, "pipeline")) {
+      return shape_error(err, path, where, "'pipeline' is missing");
+   }
+   return true;
+}
+
+/* Makes the processor a checked saved entry describes and links it,
+ * refusing a second processor with the same name or id. */
+static bool
+link_saved(aspen_engine_t *eng, const saved_proc_t *sp, const char *path,
+           const char *where, aspen_error_t *err)
+{
+   for (aspen_proc_t *q = eng->procs; q; q = q->next) {
+      if (strcmp(q->name, sp->name) == 0 || strcmp(q->id, sp->id) == 0) {
+         return shape_error(err, path, where,
+                            "a second processor named '%.64s' or with id "
+                            "%s",
+                            sp->name, sp->id);
+      }
+   }
+   aspen_proc_t *p = proc_new(eng, sp->name, &sp->pipeline, &sp->options);
+   memcpy(p->id, sp->id, sizeof p->id);
+   p->created_ms = sp->created;
+   p->modified_ms = sp->modified;
+   p->state_changed_ms = sp->changed;
+   const char *st = sp->state ? sp->state : "CREATED";
+   p->state = strcmp(st, "STARTED") == 0   ? ASPEN_PROC_STARTED
+              : strcmp(st, "STOPPED") == 0 ? ASPEN_PROC_STOPPED
+              : strcmp(st, "FAILED") == 0  ? ASPEN_PROC_FAILED
+                                           : ASPEN_PROC_CREATED;
+   if (sp->error_msg) {
+      snprintf(p->error_msg, sizeof p->error_msg, "%s", sp->error_msg);
+      aspen_utf8_scrub(p->error_msg);
+   }
+   char rules[ASPEN_ERROR_MSG_MAX];
+   bson_t scratch = BSON_INITIALIZER;
+   if (!check_new_name(p->name, "name", &scratch)) {
+      /* Kept (it can be renamed or dropped): an older aspen took it. */
+      bson_iter_t m;
+      snprintf(rules, sizeof rules, "%s",
+               bson_iter_init_find(&m, &scratch, "errmsg")
+                  ? bson_iter_utf8(&m, NULL)
+                  : "");
+      aspen_logf(ASPEN_LOG_WARNING, "STREAMS", "engine",
+                 "the saved processor %s breaks today's name rules (%s); "
+                 "rename it with modify",
+                 p->id, rules);
+   }
+   bson_destroy(&scratch);
+   link_proc(eng, p);
+   return true;
+}
+
+/* Loads an older aspen's processors.json: {version: 1, processors: [...]},
+ * nothing else. */
+static bool
+load_legacy(aspen_engine_t *eng, const char *path, const char *json,
+            size_t len, aspen_error_t *err)
+{
+   bson_t doc;
+   if (!parse_state_json(path, json, len, &doc, err)) {
+      return false;
+   }
+   bool ok = true, have_list = false;
    bson_iter_t it, pi;
-   if (bson_iter_init_find(&it, &doc, "processors") &&
-       BSON_ITER_HOLDS_ARRAY(&it) && bson_iter_recurse(&it, &pi)) {
-      while (bson_iter_next(&pi)) {
-         bson_t entry, pipeline, options;
-         uint32_t len;
+   bson_iter_init(&it, &doc);
+   while (ok && bson_iter_next(&it)) {
+      const char *k = bson_iter_key(&it);
+      if (strcmp(k, "version") == 0) {
+         if (!BSON_ITER_HOLDS_NUMBER(&it) ||
+             bson_iter_as_int64(&it) != LEGACY_STATE_VERSION) {
+            ok = shape_error(err, path, "", "'version' must be %d",
+                             LEGACY_STATE_VERSION);
+         }
+      } else if (strcmp(k, "processors") == 0) {
+         if (!BSON_ITER_HOLDS_ARRAY(&it)) {
+            ok = shape_error(err, path, "",
+                             "'processors' must be an array of processor "
+                             "definitions");
+         } else {
+            have_list = true;
+            pi = it;
+         }
+      } else {
+         ok = shape_error(err, path, "", "unknown field '%.60s'", k);
+      }
+   }
+   if (ok && !have_list) {
+      ok = shape_error(err, path, "", "'processors' is missing");
+   }
+   if (ok) {
+      bson_iter_t ei;
+      uint32_t n = 0;
+      bson_iter_recurse(&pi, &ei);
+      while (ok && bson_iter_next(&ei)) {
+         char where[48];
+         snprintf(where, sizeof where, "processors[%u]", n++);
+         if (!BSON_ITER_HOLDS_DOCUMENT(&ei)) {
+            ok = shape_error(err, path, where, "not an object");
+            break;
+         }
+         uint32_t elen;
          const uint8_t *data;
-         if (!BSON_ITER_HOLDS_DOCUMENT(&pi)) {
-            continue;
-         }
-         bson_iter_document(&pi, &len, &data);
-         (void) bson_init_static(&entry, data, len);
-         bson_iter_t f2;
-         const char *name = NULL, *id = NULL, *state = NULL, *emsg = NULL;
-         bson_init(&pipeline);
-         bson_init(&options);
-         int64_t created = 0, modified = 0, changed = 0;
-         bson_iter_init(&f2, &entry);
-         while (bson_iter_next(&f2)) {
-            const char *k = bson_iter_key(&f2);
-            if (strcmp(k, "name") == 0 && BSON_ITER_HOLDS_UTF8(&f2)) {
-               name = bson_iter_utf8(&f2, NULL);
-            } else if (strcmp(k, "id") == 0 && BSON_ITER_HOLDS_UTF8(&f2)) {
-               id = bson_iter_utf8(&f2, NULL);
-            } else if (strcmp(k, "state") == 0 && BSON_ITER_HOLDS_UTF8(&f2)) {
-               state = bson_iter_utf8(&f2, NULL);
-            } else if (strcmp(k, "errorMsg") == 0 &&
-                       BSON_ITER_HOLDS_UTF8(&f2)) {
-               emsg = bson_iter_utf8(&f2, NULL);
-            } else if (strcmp(k, "pipeline") == 0 &&
-                       BSON_ITER_HOLDS_ARRAY(&f2)) {
-               bson_t tmp;
-               bson_iter_array(&f2, &len, &data);
-               (void) bson_init_static(&tmp, data, len);
-               bson_destroy(&pipeline);
-               bson_copy_to(&tmp, &pipeline);
-            } else if (strcmp(k, "options") == 0 &&
-                       BSON_ITER_HOLDS_DOCUMENT(&f2)) {
-               bson_t tmp;
-               bson_iter_document(&f2, &len, &data);
-               (void) bson_init_static(&tmp, data, len);
-               bson_destroy(&options);
-               bson_copy_to(&tmp, &options);
-            } else if (strcmp(k, "created") == 0) {
-               created = bson_iter_date_time(&f2);
-            } else if (strcmp(k, "lastModified") == 0) {
-               modified = bson_iter_date_time(&f2);
-            } else if (strcmp(k, "lastStateChange") == 0) {
-               changed = bson_iter_date_time(&f2);
-            }
-         }
-         if (name && !find_proc(eng, name)) {
-            aspen_proc_t *p = proc_new(eng, name, &pipeline, &options);
-            if (id && strlen(id) == 24) {
-               memcpy(p->id, id, 25);
-            }
-            p->created_ms = created;
-            p->modified_ms = modified;
-            p->state_changed_ms = changed;
-            p->state = !state                       ? ASPEN_PROC_CREATED
-                       : strcmp(state, "STARTED") == 0 ? ASPEN_PROC_STARTED
-                       : strcmp(state, "STOPPED") == 0 ? ASPEN_PROC_STOPPED
-                       : strcmp(state, "FAILED") == 0  ? ASPEN_PROC_FAILED
-                                                       : ASPEN_PROC_CREATED;
-            if (emsg) {
-               snprintf(p->error_msg, sizeof p->error_msg, "%s", emsg);
-            }
-            link_proc(eng, p);
-         }
-         bson_destroy(&pipeline);
-         bson_destroy(&options);
+         bson_t entry;
+         bson_iter_document(&ei, &elen, &data);
+         (void) bson_init_static(&entry, data, elen);
+         saved_proc_t sp;
+         ok = parse_saved_proc(&entry, path, where, false, &sp, err) &&
+              link_saved(eng, &sp, path, where, err);
       }
    }
    bson_destroy(&doc);
-   return true;
+   return ok;
+}
+
+/* Loads one per-processor file, <procs_dir>/<id>.json. */
+static bool
+load_proc_file(aspen_engine_t *eng, const char *path, const char *file_id,
+               aspen_error_t *err)
+{
+   size_t len;
+   bool missing;
+   char *json = read_state_file(path, &len, &missing, err);
+   if (!json) {
+      return false;
+   }
+   bson_t doc;
+   bool ok = parse_state_json(path, json, len, &doc, err);
+   free(json);
+   if (!ok) {
+      return false;
+   }
+   saved_proc_t sp;
+   ok = parse_saved_proc(&doc, path, "", true, &sp, err);
+   if (ok && strcmp(sp.id, file_id) != 0) {
+      ok = shape_error(err, path, "",
+                       "its 'id' %s is not the one its name says", sp.id);
+   }
+   ok = ok && link_saved(eng, &sp, path, "", err);
+   bson_destroy(&doc);
+   return ok;
+}
+
+static int
+cmp_proc_order(const void *a, const void *b)
+{
+   const aspen_proc_t *x = *(aspen_proc_t *const *) a;
+   const aspen_proc_t *y = *(aspen_proc_t *const *) b;
+   if (x->created_ms != y->created_ms) {
+      return x->created_ms < y->created_ms ? -1 : 1;
+   }
+   return strcmp(x->id, y->id);
+}
+
+/* Orders the loaded processors as they were created (a directory lists
+ * its files in no particular order). */
+static void
+sort_procs(aspen_engine_t *eng)
+{
+   size_t n = eng->n_procs;
+   if (n < 2) {
+      return;
+   }
+   aspen_proc_t **v = aspen_xcalloc(n, sizeof *v);
+   size_t i = 0;
+   for (aspen_proc_t *p = eng->procs; p; p = p->next) {
+      v[i++] = p;
+   }
+   qsort(v, n, sizeof *v, cmp_proc_order);
+   for (i = 0; i + 1 < n; i++) {
+      v[i]->next = v[i + 1];
+   }
+   v[n - 1]->next = NULL;
+   eng->procs = v[0];
+   free(v);
+}
+
+/* True when `file` is "<valid id>.json"; copies the id to `id`. */
+static bool
+is_proc_file(const char *file, char id[25])
+{
+   size_t n = strlen(file);
+   if (n != 24 + 5 || strcmp(file + 24, ".json") != 0) {
+      return false;
+   }
+   memcpy(id, file, 24);
+   id[24] = '\0';
+   return aspen__proc_id_is_valid(id, 24);
+}
+
+/* Loads every <procs_dir>/<id>.json; leftover "*.tmp" files (a crash during
+ * a save) are removed, anything else is left alone with a warning. When
+ * `migrating` (the legacy file, already loaded, is the truth) the
+ * processor files there are removed instead: each loaded processor then
+ * writes its own. */
+static bool
+load_procs_dir(aspen_engine_t *eng, bool migrating, aspen_error_t *err)
+{
+   DIR *d = opendir(eng->procs_dir);
+   if (!d) {
+      if (errno == ENOENT) {
+         return true;
+      }
+      aspen_error_set(err, ASPEN_ERR_InternalError, "cannot read %s: %s",
+                      eng->procs_dir, strerror(errno));
+      return false;
+   }
+   bool ok = true;
+   struct dirent *de;
+   while (ok && (de = readdir(d))) {
+      const char *f = de->d_name;
+      char path[4400], id[25];
+      snprintf(path, sizeof path, "%s/%s", eng->procs_dir, f);
+      size_t n = strlen(f);
+      if (strcmp(f, ".") == 0 || strcmp(f, "..") == 0) {
+         continue;
+      }
+      if (n > 4 && strcmp(f + n - 4, ".tmp") == 0) {
+         (void) unlink(path); /* a save that never finished */
+      } else if (!is_proc_file(f, id)) {
+         aspen_logf(ASPEN_LOG_WARNING, "STREAMS", "engine",
+                    "ignoring %s: not a processor file (<id>.json)", path);
+      } else if (migrating) {
+         (void) unlink(path); /* the legacy file says what exists */
+      } else {
+         ok = load_proc_file(eng, path, id, err);
+      }
+   }
+   closedir(d);
+   return ok;
+}
+
+/* Loads the saved processors: an older aspen's processors.json when there
+ * is one (then migrated to one file per processor, and renamed
+ * processors.json.migrated), else the files in processors/. Any file that
+ * is not understood stops aspen (err set) with nothing rewritten. */
+static bool
+load_state(aspen_engine_t *eng, aspen_error_t *err)
+{
+   char legacy[4096];
+   snprintf(legacy, sizeof legacy, "%s/%s", eng->state_dir,
+            LEGACY_STATE_FILE);
+   size_t len;
+   bool missing;
+   char *json = read_state_file(legacy, &len, &missing, err);
+   if (!json && !missing) {
+      return false;
+   }
+   if (!json) {
+      bool ok = load_procs_dir(eng, false, err);
+      sort_procs(eng);
+      return ok;
+   }
+   bool ok = load_legacy(eng, legacy, json, len, err);
+   free(json);
+   if (!ok) {
+      return false;
+   }
+   /* Migrate: every processor gets its file, stale ones go (an earlier
+    * migration that did not finish), then the old file is renamed. */
+   ok = load_procs_dir(eng, true, err);
+   for (aspen_proc_t *p = eng->procs; ok && p; p = p->next) {
+      ok = save_proc(eng, p, err);
+   }
+   char done[4200];
+   snprintf(done, sizeof done, "%s.migrated", legacy);
+   if (ok && (rename(legacy, done) != 0 ||
+              !aspen__fsync_dir(eng->state_dir))) {
+      aspen_error_set(err, ASPEN_ERR_InternalError, "cannot rename %s: %s",
+                      legacy, strerror(errno));
+      ok = false;
+   }
+   if (ok) {
+      aspen_logf(ASPEN_LOG_INFO, "STREAMS", "engine",
+                 "migrated %zu processor(s) from %s to %s (one file each); "
+                 "the old file is now %s",
+                 eng->n_procs, legacy, eng->procs_dir, done);
+   }
+   return ok;
 }
 
 /* ---- options ------------------------------------------------------------ */
@@ -774,7 +1256,7 @@ start_finish(aspen_engine_t *eng, aspen_proc_t *p, bson_t *reply)
          proc_free(p);
       } else {
          aspen_proc_set_state(p, ASPEN_PROC_FAILED, err.message);
-         persist(eng, &perr);
+         (void) save_proc(eng, p, &perr); /* logged when it fails */
       }
       reply_err(reply, &err);
       return;
@@ -791,9 +1273,7 @@ start_finish(aspen_engine_t *eng, aspen_proc_t *p, bson_t *reply)
       aspen_proc_set_state(p, ASPEN_PROC_STARTED, NULL);
    }
    pthread_mutex_unlock(&p->mu);
-   if (!p->ephemeral) {
-      persist(eng, &perr);
-   }
+   (void) save_proc(eng, p, &perr); /* logged when it fails */
    reply_ok(reply);
    if (p->ephemeral) {
       BSON_APPEND_UTF8(reply, "name", p->name);
@@ -808,10 +1288,6 @@ start_finish(aspen_engine_t *eng, aspen_proc_t *p, bson_t *reply)
 static bool
 start_wait(aspen_engine_t *eng, aspen_proc_t *p, void *ticket, bson_t *reply)
 {
-   aspen_error_t perr;
-   if (!p->ephemeral) {
-      persist(eng, &perr); /* as STARTED: see proc_to_bson */
-   }
    if (!hooks_get(eng).reply) {
       start_finish(eng, p, reply);
       return true;
@@ -894,13 +1370,18 @@ cmd_create(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
       bson_destroy(&accepted);
       return;
    }
+   if (!check_new_name(name, "createStreamProcessor", reply)) {
+      bson_destroy(&accepted);
+      return;
+   }
    if (find_proc(eng, name)) {
       reply_error(reply, ASPEN_ERR_StreamProcessorAlreadyExists,
                   "stream processor '%s' already exists", name);
       bson_destroy(&accepted);
       return;
    }
-   if (!check_options(eng, &options, &accepted, reply)) {
+   if (!room_for_one(eng, reply) ||
+       !check_options(eng, &options, &accepted, reply)) {
       bson_destroy(&accepted);
       return;
    }
@@ -916,13 +1397,12 @@ cmd_create(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    }
    aspen_proc_t *p = proc_new(eng, name, &pipeline, &accepted);
    bson_destroy(&accepted);
-   link_proc(eng, p);
-   if (!persist(eng, &err)) {
-      unlink_proc(eng, p);
+   if (!save_proc(eng, p, &err)) {
       proc_free(p);
       reply_err(reply, &err);
       return;
    }
+   link_proc(eng, p);
    aspen_logf(ASPEN_LOG_INFO, "STREAMS", name, "stream processor created");
    reply_ok(reply);
 }
@@ -972,17 +1452,23 @@ cmd_start(aspen_engine_t *eng, const bson_t *cmd, void *ticket,
                   name);
       return true;
    }
+   aspen_error_t err, perr;
+   /* Saved as STARTED before it launches: a start that cannot be saved
+    * does not happen (and after a crash a saved one starts again). */
+   if (!save_proc_as(eng, p, ASPEN_PROC_STARTED, &err)) {
+      reply_err(reply, &err);
+      return true;
+   }
    if (!resume) {
       /* Start fresh: the checkpoint (positions, open windows) goes. */
       drop_checkpoints(eng, p);
       aspen_logf(ASPEN_LOG_INFO, "STREAMS", name,
                  "starting without resuming: checkpoint removed");
    }
-   aspen_error_t err, perr;
    memcpy(p->start_tier, tier, sizeof tier);
    if (!aspen_proc_launch(p, &err)) {
       aspen_proc_set_state(p, ASPEN_PROC_FAILED, err.message);
-      persist(eng, &perr);
+      (void) save_proc(eng, p, &perr); /* logged when it fails */
       reply_err(reply, &err);
       return true;
    }
@@ -1005,12 +1491,17 @@ cmd_stop(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
                   aspen_proc_state_name(p->state));
       return;
    }
+   /* Saved first: a stop that cannot be saved is refused, the processor
+    * left running (it would start again with aspen otherwise). */
+   aspen_error_t err;
+   if (!save_proc_as(eng, p, ASPEN_PROC_STOPPED, &err)) {
+      reply_err(reply, &err);
+      return;
+   }
    /* Still starting (PROVISIONING): the start ends with an error. */
    start_abort(eng, p, ASPEN_ERR_Interrupted,
                "was stopped before it finished starting");
    aspen_proc_set_state(p, ASPEN_PROC_STOPPED, NULL);
-   aspen_error_t err;
-   persist(eng, &err);
    reply_ok(reply);
 }
 
@@ -1023,21 +1514,22 @@ cmd_drop(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
       return;
    }
    const char *name = p->name;
+   /* Its file goes first: a drop that cannot be saved is refused. */
+   aspen_error_t err;
+   if (!unsave_proc(eng, p, &err)) {
+      reply_err(reply, &err);
+      return;
+   }
    /* A running processor is stopped first, as ASP does; one still
     * starting ends its start with an error. */
    start_abort(eng, p, ASPEN_ERR_Interrupted,
                "was dropped before it finished starting");
    unlink_proc(eng, p);
-   bool ephemeral = p->ephemeral;
    aspen_logf(ASPEN_LOG_INFO, "STREAMS", name, "stream processor dropped");
-   if (!ephemeral) {
+   if (!p->ephemeral) {
       drop_checkpoints(eng, p);
    }
    proc_free(p);
-   if (!ephemeral) {
-      aspen_error_t err;
-      persist(eng, &err);
-   }
    reply_ok(reply);
 }
 
@@ -1271,7 +1763,20 @@ cmd_modify(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
          bson_destroy(&opts);
          return;
       }
-      new_name = bson_iter_utf8(&it, NULL);
+      uint32_t nlen;
+      new_name = bson_iter_utf8(&it, &nlen);
+      if (strlen(new_name) != nlen) {
+         reply_error(reply, ASPEN_ERR_BadValue,
+                     "stream processor name must not contain a NUL "
+                     "character");
+         bson_destroy(&opts);
+         return;
+      }
+      if (strcmp(new_name, name) != 0 &&
+          !check_new_name(new_name, "modifyStreamProcessor.name", reply)) {
+         bson_destroy(&opts);
+         return;
+      }
       if (strcmp(new_name, name) != 0 && find_proc(eng, new_name)) {
          reply_error(reply, ASPEN_ERR_StreamProcessorAlreadyExists,
                      "stream processor '%s' already exists", new_name);
@@ -1290,26 +1795,39 @@ cmd_modify(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
       bson_destroy(&opts);
       return;
    }
-   if (new_pipeline) {
-      bson_t copy;
-      bson_copy_to(&pipeline, &copy);
-      bson_destroy(&p->pipeline);
-      bson_steal(&p->pipeline, &copy);
-   }
-   bson_destroy(&p->options);
+   /* The new definition replaces the old one only once it is saved. */
+   bson_t old_pipeline, old_options;
+   char *old_name = p->name;
+   int64_t old_modified = p->modified_ms;
+   bson_steal(&old_pipeline, &p->pipeline);
+   bson_steal(&old_options, &p->options);
+   bson_copy_to(new_pipeline ? &pipeline : &old_pipeline, &p->pipeline);
    bson_steal(&p->options, &opts);
    if (new_name) {
-      free(p->name);
       p->name = aspen_xstrdup(new_name);
    }
    p->modified_ms = aspen_proc_now_ms();
+   if (!save_proc(eng, p, &err)) {
+      bson_destroy(&p->pipeline);
+      bson_destroy(&p->options);
+      bson_steal(&p->pipeline, &old_pipeline);
+      bson_steal(&p->options, &old_options);
+      if (p->name != old_name) {
+         free(p->name);
+         p->name = old_name;
+      }
+      p->modified_ms = old_modified;
+      reply_err(reply, &err);
+      return;
+   }
+   bson_destroy(&old_pipeline);
+   bson_destroy(&old_options);
+   if (p->name != old_name) {
+      free(old_name);
+   }
    if (!resume) {
       /* Only the summary stats survive; the next start reads afresh. */
       drop_checkpoints(eng, p);
-   }
-   if (!persist(eng, &err)) {
-      reply_err(reply, &err);
-      return;
    }
    reply_ok(reply);
 }
@@ -1481,6 +1999,10 @@ cmd_process(aspen_engine_t *eng, const bson_t *cmd, uint64_t conn_id,
        !get_options_doc(cmd, "processStreamProcessor", &options, &has_opts,
                         reply) ||
        !check_options(eng, &options, &accepted, reply)) {
+      bson_destroy(&accepted);
+      return true;
+   }
+   if (!room_for_one(eng, reply)) {
       bson_destroy(&accepted);
       return true;
    }
@@ -1764,10 +2286,142 @@ cmd_get(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    proc_entry(p, reply);
 }
 
+/* Appends ".<key>" (or the key alone at the top) to the dotted `path`,
+ * cut to its buffer on a character boundary (the key is valid UTF-8). */
+static void
+path_push(char *path, size_t cap, const char *key)
+{
+   size_t used = strlen(path);
+   snprintf(path + used, cap - used, "%s%s", used ? "." : "", key);
+   aspen_utf8_scrub(path);
+}
+
+static bool
+utf8_ok(const char *s, size_t len, bool allow_nul)
+{
+   return bson_utf8_validate(s, len, allow_nul);
+}
+
+typedef enum { BAD_STRING, BAD_KEY, BAD_DEPTH } bad_utf8_t;
+
+/* Walks `doc` for a field name or string (string values, symbols, code,
+ * regular expressions, DBPointer namespaces) that is not valid UTF-8.
+ * False with `path` naming where and *why what when one is found, or when
+ * the nesting passes MAX_CMD_DEPTH. */
+static bool
+find_bad_utf8(const bson_t *doc, int depth, char *path, size_t cap,
+              bad_utf8_t *why)
+{
+   bson_iter_t it;
+   *why = BAD_DEPTH;
+   if (depth > MAX_CMD_DEPTH || !bson_iter_init(&it, doc)) {
+      return false;
+   }
+   size_t mark = strlen(path);
+   while (bson_iter_next(&it)) {
+      const char *key = bson_iter_key(&it);
+      path[mark] = '\0';
+      if (!utf8_ok(key, strlen(key), false)) {
+         *why = BAD_KEY;
+         return false;
+      }
+      path_push(path, cap, key);
+      uint32_t len = 0;
+      bool ok = true;
+      switch (bson_iter_type(&it)) {
+      case BSON_TYPE_UTF8: {
+         const char *v = bson_iter_utf8(&it, &len);
+         ok = utf8_ok(v, len, true);
+         break;
+      }
+      case BSON_TYPE_SYMBOL: {
+         const char *v = bson_iter_symbol(&it, &len);
+         ok = utf8_ok(v, len, true);
+         break;
+      }
+      case BSON_TYPE_CODE: {
+         const char *v = bson_iter_code(&it, &len);
+         ok = utf8_ok(v, len, true);
+         break;
+      }
+      case BSON_TYPE_CODEWSCOPE: {
+         uint32_t slen;
+         const uint8_t *sdata;
+         const char *v = bson_iter_codewscope(&it, &len, &slen, &sdata);
+         bson_t scope;
+         ok = utf8_ok(v, len, true);
+         if (ok && bson_init_static(&scope, sdata, slen)) {
+            if (!find_bad_utf8(&scope, depth + 1, path, cap, why)) {
+               return false;
+            }
+         }
+         break;
+      }
+      case BSON_TYPE_REGEX: {
+         const char *opts;
+         const char *v = bson_iter_regex(&it, &opts);
+         ok = utf8_ok(v, strlen(v), false) && utf8_ok(opts, strlen(opts), false);
+         break;
+      }
+      case BSON_TYPE_DBPOINTER: {
+         const char *coll;
+         const bson_oid_t *oid;
+         bson_iter_dbpointer(&it, &len, &coll, &oid);
+         ok = utf8_ok(coll, len, false);
+         break;
+      }
+      case BSON_TYPE_DOCUMENT:
+      case BSON_TYPE_ARRAY: {
+         const uint8_t *data;
+         bson_t sub;
+         if (bson_iter_type(&it) == BSON_TYPE_DOCUMENT) {
+            bson_iter_document(&it, &len, &data);
+         } else {
+            bson_iter_array(&it, &len, &data);
+         }
+         if (bson_init_static(&sub, data, len) &&
+             !find_bad_utf8(&sub, depth + 1, path, cap, why)) {
+            return false;
+         }
+         break;
+      }
+      default:
+         break;
+      }
+      if (!ok) {
+         *why = BAD_STRING;
+         return false;
+      }
+   }
+   path[mark] = '\0';
+   return true;
+}
+
 bool
 aspen_engine_command(aspen_engine_t *eng, const char *name, const bson_t *cmd,
                      uint64_t conn_id, void *ticket, bson_t *reply)
 {
+   /* Names, pipelines and options are saved and sent back in replies:
+    * text that is not UTF-8 is refused here, before anything keeps it. */
+   char path[256] = "";
+   bad_utf8_t why;
+   if (!find_bad_utf8(cmd, 0, path, sizeof path, &why)) {
+      if (why == BAD_KEY) {
+         reply_error(reply, ASPEN_ERR_InvalidBSON,
+                     "%s: a field name%s%s is not valid UTF-8", name,
+                     *path ? " under " : "", path);
+      } else if (why == BAD_STRING) {
+         reply_error(reply, ASPEN_ERR_InvalidBSON,
+                     "%s: BSON field '%s' holds a string that is not valid "
+                     "UTF-8",
+                     name, path);
+      } else {
+         reply_error(reply, ASPEN_ERR_InvalidBSON,
+                     "%s: the command is nested more than %d levels deep",
+                     name, MAX_CMD_DEPTH);
+      }
+      return true;
+   }
    if (strcmp(name, "processStreamProcessor") == 0) {
       return cmd_process(eng, cmd, conn_id, ticket, reply);
    }
@@ -1857,6 +2511,11 @@ aspen_engine_new(const aspen_engine_opts_t *opts, aspen_error_t *err)
    aspen_engine_t *eng = aspen_xcalloc(1, sizeof *eng);
    pthread_mutex_init(&eng->hooks_mu, NULL);
    eng->state_dir = aspen_xstrdup(opts->state_dir);
+   size_t dlen = strlen(opts->state_dir) + sizeof "/" PROCS_DIR;
+   eng->procs_dir = aspen_xmalloc(dlen);
+   snprintf(eng->procs_dir, dlen, "%s/%s", opts->state_dir, PROCS_DIR);
+   eng->max_processors = opts->max_processors > 0 ? opts->max_processors
+                                                  : DEFAULT_MAX_PROCESSORS;
    eng->checkpoint_interval_ms = opts->checkpoint_interval_ms > 0
                                     ? opts->checkpoint_interval_ms
                                     : DEFAULT_CHECKPOINT_INTERVAL_MS;
@@ -1884,10 +2543,9 @@ aspen_engine_new(const aspen_engine_opts_t *opts, aspen_error_t *err)
          }
       } else {
          aspen_proc_set_state(p, ASPEN_PROC_FAILED, serr.message);
+         (void) save_proc(eng, p, &serr); /* logged when it fails */
       }
    }
-   aspen_error_t perr;
-   persist(eng, &perr);
    return eng;
 }
 
@@ -1906,5 +2564,6 @@ aspen_engine_destroy(aspen_engine_t *eng)
    aspen_conns_cleanup(&eng->conns);
    pthread_mutex_destroy(&eng->hooks_mu);
    free(eng->state_dir);
+   free(eng->procs_dir);
    free(eng);
 }

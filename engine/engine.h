@@ -30,7 +30,8 @@
 typedef struct aspen_engine aspen_engine_t;
 
 typedef struct {
-   /* Directory for processors.json and checkpoints; created if missing. */
+   /* Directory for the processors' files (processors/<id>.json) and
+    * checkpoints; created if missing. */
    const char *state_dir;
    /* The configured connections: an array of {name, type, ...} documents,
     * or NULL. Types: "atlas" {uri} (uri defaults to backend_uri), "kafka"
@@ -45,6 +46,9 @@ typedef struct {
     * processor's tier's RAM (SP10 when it names none). Past it a processor
     * fails with 418 "Worker out of memory". */
    uint64_t memory_limit_bytes;
+   /* The most processors (named and sp.process ones) at once; 0 for the
+    * default, 10000. A create past it is refused. */
+   size_t max_processors;
 } aspen_engine_opts_t;
 
 /* Loads the persisted processors and restarts those that were running.

@@ -94,6 +94,7 @@ aspen_proc_set_state(aspen_proc_t *proc, aspen_proc_state_t st,
    proc->state_changed_ms = aspen_proc_now_ms();
    if (error) {
       snprintf(proc->error_msg, sizeof proc->error_msg, "%s", error);
+      aspen_utf8_scrub(proc->error_msg); /* it may have been cut mid-character */
    } else if (st != ASPEN_PROC_FAILED) {
       proc->error_msg[0] = '\0';
    }
@@ -181,6 +182,7 @@ aspen_rt_fail(aspen_runtime_t *rt, const char *msg)
    } else if (proc->state == ASPEN_PROC_PROVISIONING && !proc->run_failed) {
       proc->run_failed = true;
       snprintf(proc->error_msg, sizeof proc->error_msg, "%s", msg);
+      aspen_utf8_scrub(proc->error_msg);
    }
    atomic_store(&proc->stop, true);
    pthread_cond_broadcast(&proc->cv);
@@ -305,8 +307,12 @@ on_dlq(void *arg, const aspen_sdoc_t *in, const char *operator_name,
    if (in->meta) {
       BSON_APPEND_DOCUMENT(&entry, "_stream_meta", in->meta);
    }
+   /* A reason cut to its buffer may end inside a character. */
+   char why[2048];
+   snprintf(why, sizeof why, "%s", reason);
+   aspen_utf8_scrub(why);
    BSON_APPEND_DOCUMENT_BEGIN(&entry, "errInfo", &info);
-   BSON_APPEND_UTF8(&info, "reason", reason);
+   BSON_APPEND_UTF8(&info, "reason", why);
    bson_append_document_end(&entry, &info);
    BSON_APPEND_UTF8(&entry, "operatorName", operator_name);
    if (in->doc) {
@@ -1235,6 +1241,7 @@ proc_main(void *arg)
    pthread_mutex_lock(&proc->mu);
    if (!opened) {
       snprintf(proc->error_msg, sizeof proc->error_msg, "%s", err.message);
+      aspen_utf8_scrub(proc->error_msg);
       proc->start_result = -1;
       proc->start_code = err.code;
    } else {

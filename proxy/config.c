@@ -80,6 +80,10 @@ static const key_t_ keys[] = {
     OFF(memory_limit_bytes), 0, 1LL << 45,
     "state a processor may hold before it fails with 418 Worker out of "
     "memory (default 0: ASP's, 80% of its tier's RAM)"},
+   {"streams.maxProcessors", NULL, T_SIZE, OFF(max_processors), 1,
+    1000000,
+    "most stream processors at once, sp.process ones included (default "
+    "10000)"},
    {"log.level", "--log-level", T_LOG_LEVEL, OFF(log_level), 0, 0,
     "error | warning | info | debug (default info)"},
    {"security.authorization", "--auth", T_STRING, OFF(auth_mode), 0, 0,

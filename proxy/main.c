@@ -289,6 +289,7 @@ main(int argc, char **argv)
       .backend_uri = cfg.backend_uri,
       .checkpoint_interval_ms = cfg.checkpoint_interval_ms,
       .memory_limit_bytes = cfg.memory_limit_bytes,
+      .max_processors = cfg.max_processors,
    };
    srv.engine = aspen_engine_new(&eopts, &err);
    if (!srv.engine) {

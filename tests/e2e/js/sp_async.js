@@ -18,7 +18,16 @@
 // (never timings). Throws (mongosh exits non-zero) on any mismatch.
 const fs = require("fs");
 const MARK = process.env.ASYNC_MARK;
-const STATE_FILE = process.env.ASYNC_STATE_DIR + "/processors.json";
+// One file per processor: <stateDir>/processors/<id>.json.
+const PROCS_DIR = process.env.ASYNC_STATE_DIR + "/processors";
+function savedProcessor(name) {
+  for (const f of fs.readdirSync(PROCS_DIR)) {
+    if (!f.endsWith(".json")) continue;
+    const p = JSON.parse(fs.readFileSync(PROCS_DIR + "/" + f, "utf8"));
+    if (p.name === name) return p;
+  }
+  return undefined;
+}
 const ROLE = process.env.ASYNC_ROLE;
 const admin = db.getSiblingDB("admin");
 
@@ -86,7 +95,7 @@ if (ROLE === "slowStarter") {
   assert(st.ok === 1 && st.state === "PROVISIONING" && st.stats.status === "provisioning",
          "stats while provisioning: " + EJSON.stringify(st.stats));
   note("bystander stats: PROVISIONING");
-  const saved = JSON.parse(fs.readFileSync(STATE_FILE, "utf8")).processors.find(x => x.name === "slow");
+  const saved = savedProcessor("slow");
   assert(saved && saved.state === "STARTED", "the state file says STARTED: " + JSON.stringify(saved));
   expectOutcome("start while PROVISIONING", () => sp.slow.start(),
                 /^20 IllegalOperation .*already started.*PROVISIONING/);
