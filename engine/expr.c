@@ -708,6 +708,11 @@ eval_object(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
       }
       aspen_value_append(&doc, e->keys[i], -1, &v);
       aspen_value_destroy(&v);
+      if (!aspen__eval_size_ok(st, doc.len, false)) {
+         bson_destroy(&doc);
+         *out = ASPEN_VALUE_MISSING;
+         return false;
+      }
    }
    *out = aspen_value_take_doc(&doc, false);
    return true;
@@ -777,6 +782,11 @@ eval_array(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
       }
       aspen__array_append(&arr, i, &v); /* missing becomes null */
       aspen_value_destroy(&v);
+      if (!aspen__eval_size_ok(st, arr.len, false)) {
+         bson_destroy(&arr);
+         *out = ASPEN_VALUE_MISSING;
+         return false;
+      }
    }
    *out = aspen__array_finish(&arr);
    return true;
@@ -2506,6 +2516,93 @@ eval_root_expr(const aspen_expr_t *e, const aspen_expr_ctx_t *ctx,
       free(unbound);
    }
    return ok;
+}
+
+/* ---- limits of one evaluation (expr_int.h) -------------------------------- */
+
+static _Thread_local const atomic_bool *tl_interrupt;
+static _Thread_local bool tl_interrupted;
+
+void
+aspen_expr_set_interrupt(const atomic_bool *flag)
+{
+   tl_interrupt = flag;
+   tl_interrupted = false;
+}
+
+bool
+aspen_expr_interrupted(void)
+{
+   return tl_interrupted;
+}
+
+bool
+aspen__eval_check_slow(aspen__eval_t *st)
+{
+   if (tl_interrupt && atomic_load_explicit(tl_interrupt,
+                                            memory_order_relaxed)) {
+      tl_interrupted = true;
+      return aspen__fail(st, ASPEN_ERR_Interrupted,
+                         "operation was interrupted");
+   }
+   if (st->steps > ASPEN__EVAL_MAX_STEPS) {
+      return aspen__fail(st, ASPEN_ERR_ExceededTimeLimit,
+                         "expression evaluation exceeded aspen's limit of "
+                         "%llu operator evaluations for one document",
+                         (unsigned long long) ASPEN__EVAL_MAX_STEPS);
+   }
+   return true;
+}
+
+bool
+aspen__eval_size_ok(aspen__eval_t *st, size_t len, bool is_string)
+{
+   if (is_string && len >= ASPEN__MAX_STRING_LEN) {
+      return aspen__fail(st, 16493, "Tried to create string longer than "
+                                    "16MB");
+   }
+   if (!is_string && len > ASPEN__MAX_OBJECT_LEN) {
+      return aspen__fail(st, ASPEN_ERR_BSONObjectTooLarge,
+                         "BSONObj size: %zu (0x%zX) is invalid. Size must "
+                         "be between 0 and %u(16MB)",
+                         len, len, (unsigned) ASPEN__MAX_OBJECT_LEN);
+   }
+   return true;
+}
+
+bool
+aspen__eval_charge(aspen__eval_t *st, const aspen_value_t *val)
+{
+   size_t len = 0;
+   bool is_string = false;
+   switch (val->v.value_type) {
+   case BSON_TYPE_UTF8:
+      len = val->v.value.v_utf8.len;
+      is_string = true;
+      break;
+   case BSON_TYPE_DOCUMENT:
+   case BSON_TYPE_ARRAY:
+      len = val->v.value.v_doc.data_len;
+      break;
+   case BSON_TYPE_BINARY:
+      len = val->v.value.v_binary.data_len;
+      break;
+   default:
+      return true; /* scalars: nothing worth counting */
+   }
+   if (!aspen__eval_size_ok(st, len, is_string)) {
+      return false;
+   }
+   st->made += len;
+   if (st->made > ASPEN__EVAL_MAX_MADE) {
+      return aspen__fail(st, ASPEN_ERR_ExceededMemoryLimit,
+                         "expression evaluation would use too much memory "
+                         "(%llu bytes of values made) and cannot spill to "
+                         "disk. Memory limit: %llu bytes",
+                         (unsigned long long) st->made,
+                         (unsigned long long) ASPEN__EVAL_MAX_MADE);
+   }
+   return true;
 }
 
 bool

@@ -44,7 +44,14 @@
 
 #include "value.h"
 
+#include <stdatomic.h>
+
 typedef struct aspen_expr aspen_expr_t;
+
+/* mongod's BSONObjMaxInternalSize, 16 MB + 16 KB: the largest document or
+ * array an evaluation makes, and the largest document a stage hands on
+ * (10334 BSONObjectTooLarge past it). */
+#define ASPEN_MAX_OBJECT_LEN (16u * 1024 * 1024 + 16 * 1024)
 
 /* Evaluation context. `root` is $$ROOT (and $$CURRENT); `meta` is the stream
  * metadata document that {$meta: "stream..."} reads ({source: {...}, window:
@@ -83,6 +90,16 @@ bool aspen_expr_eval_with_vars(const aspen_expr_t *e,
                                const char *const *names,
                                const aspen_value_t *values, size_t n_vars,
                                aspen_value_t *out, aspen_error_t *err);
+
+/* From now on, evaluations on the calling thread stop with 11601
+ * Interrupted soon after `*flag` becomes true (checked every 1024 nodes);
+ * NULL: never. A processor's thread sets its stop flag, so that a stop, a
+ * drop or shutdown never waits for one long evaluation. Also clears the
+ * flag aspen_expr_interrupted reports. */
+void aspen_expr_set_interrupt(const atomic_bool *flag);
+/* True once an evaluation on this thread was interrupted (since the last
+ * aspen_expr_set_interrupt): the document it was for did not finish. */
+bool aspen_expr_interrupted(void);
 
 /* Field-path lookup as expressions do it: "a.b" on {a: [{b:1},{b:2}]} gives
  * [1, 2]. Borrowed when possible. */

@@ -209,6 +209,11 @@ ASPEN__DECL_EVAL(aspen__eval_concat_arrays)
          aspen__array_append(&arr, k++, &el);
       }
       aspen_value_destroy(&v);
+      if (!aspen__eval_size_ok(st, arr.len, false)) {
+         bson_destroy(&arr);
+         *out = ASPEN_VALUE_MISSING;
+         return false;
+      }
    }
    *out = aspen__array_finish(&arr);
    return true;
@@ -320,6 +325,10 @@ ASPEN__DECL_EVAL(aspen__eval_map)
       }
       aspen__array_append(&arr, k++, &v);
       aspen_value_destroy(&v);
+      if (!aspen__eval_size_ok(st, arr.len, false)) {
+         ok = false;
+         break;
+      }
    }
    *slot = ASPEN_VALUE_MISSING;
    if (ok) {
@@ -1130,6 +1139,13 @@ ASPEN__DECL_EVAL(aspen__eval_zip)
             aspen__array_append(&sub, col, v);
          }
          bson_append_array_end(&arr, &sub);
+         if (!aspen__eval_size_ok(st, arr.len, false)) {
+            break;
+         }
+      }
+      if (arr.len > ASPEN__MAX_OBJECT_LEN) {
+         bson_destroy(&arr); /* st->err says why */
+         goto cleanup;
       }
       *out = aspen__array_finish(&arr);
    }

@@ -259,7 +259,36 @@ struct aspen__eval {
    const bool *ext_unbound; /* per caller variable; NULL when all bound */
    uint32_t n_ext;
    aspen_error_t *err;
+   /* What this evaluation has spent (see the limits below). */
+   uint64_t steps; /* nodes evaluated */
+   uint64_t made;  /* bytes of the values nodes made (owned results) */
 };
+
+/* Limits of one evaluation (README "Limits"), so that no expression can
+ * take unbounded memory or time:
+ *  - a string value shorter than 16 MB, as mongod (16493 "Tried to create
+ *    string longer than 16MB");
+ *  - a document or array value of at most BSONObjMaxInternalSize, 16 MB +
+ *    16 KB, as mongod when it serialises one (10334 BSONObjectTooLarge);
+ *  - at most ASPEN__EVAL_MAX_MADE bytes of values made in all (every owned
+ *    result of every node counts, freed or not: this bounds the copying
+ *    of a $reduce that grows its value too), 146 ExceededMemoryLimit;
+ *  - at most ASPEN__EVAL_MAX_STEPS nodes evaluated, 262 ExceededTimeLimit;
+ *  - and it stops with 11601 Interrupted when the thread's interrupt flag
+ *    is set (aspen_expr_set_interrupt: a processor being stopped). */
+#define ASPEN__MAX_STRING_LEN (16u * 1024 * 1024)
+#define ASPEN__MAX_OBJECT_LEN ASPEN_MAX_OBJECT_LEN
+#define ASPEN__EVAL_MAX_MADE (512ull * 1024 * 1024)
+#define ASPEN__EVAL_MAX_STEPS 100000000ull
+
+/* Every 1024 steps: the step limit and the interrupt flag. */
+bool aspen__eval_check_slow(aspen__eval_t *st);
+/* Counts an owned result against the limits; false with st->err set. */
+bool aspen__eval_charge(aspen__eval_t *st, const aspen_value_t *val);
+/* For operators that build a value piece by piece: false with st->err set
+ * once `len` bytes passes the limit of a string (`is_string`) or of a
+ * document/array, so a loop stops before it holds more. */
+bool aspen__eval_size_ok(aspen__eval_t *st, size_t len, bool is_string);
 
 #define ASPEN__MAX_DEPTH 150
 
@@ -277,7 +306,18 @@ struct aspen__parse {
 static inline bool
 aspen__eval_node(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
 {
-   return e->eval(e, st, out);
+   if ((++st->steps & 1023u) == 0 && !aspen__eval_check_slow(st)) {
+      *out = ASPEN_VALUE_MISSING;
+      return false;
+   }
+   if (!e->eval(e, st, out)) {
+      return false;
+   }
+   if (out->owned && !aspen__eval_charge(st, out)) {
+      aspen_value_destroy(out);
+      return false;
+   }
+   return true;
 }
 
 /* Sets st->err and returns false; *out is left MISSING by the callers. */

@@ -178,6 +178,11 @@ ASPEN__DECL_EVAL(aspen__eval_concat)
       }
       sb_add(&b, v.v.value.v_utf8.str, v.v.value.v_utf8.len);
       aspen_value_destroy(&v);
+      if (!aspen__eval_size_ok(st, b.len, true)) {
+         bson_free(b.p);
+         *out = ASPEN_VALUE_MISSING;
+         return false;
+      }
    }
    *out = sb_finish(&b);
    return true;
@@ -538,12 +543,20 @@ ASPEN__DECL_EVAL(aspen__eval_split)
          aspen_value_t piece =
             aspen__value_str_view(p, (uint32_t) (stop - p));
          aspen__array_append(&arr, i++, &piece);
+         if (!aspen__eval_size_ok(st, arr.len, false)) {
+            ok = false;
+            break;
+         }
          if (!hit) {
             break;
          }
          p = hit + slen;
       }
-      *out = aspen__array_finish(&arr);
+      if (ok) {
+         *out = aspen__array_finish(&arr);
+      } else {
+         bson_destroy(&arr);
+      }
    }
    aspen_value_destroy(&a);
    aspen_value_destroy(&b);
@@ -941,6 +954,10 @@ ASPEN__DECL_EVAL(aspen__eval_replace)
          for (size_t i = 0; i < len; i++) {
             sb_add(&b, rep, rlen);
             sb_add(&b, in + i, 1);
+            if (!aspen__eval_size_ok(st, b.len, true)) {
+               bson_free(b.p);
+               goto done;
+            }
          }
          sb_add(&b, rep, rlen);
          *out = sb_finish(&b);
@@ -955,6 +972,10 @@ ASPEN__DECL_EVAL(aspen__eval_replace)
             sb_add(&b, p, (size_t) (hit - p));
             sb_add(&b, rep, rlen);
             p = hit + flen;
+            if (!aspen__eval_size_ok(st, b.len, true)) {
+               bson_free(b.p);
+               goto done;
+            }
          }
          *out = sb_finish(&b);
       }
@@ -1255,6 +1276,10 @@ ASPEN__DECL_EVAL(aspen__eval_regex)
       }
       aspen__array_append(&arr, n_found++, &m);
       aspen_value_destroy(&m);
+      if (!aspen__eval_size_ok(st, arr.len, false)) {
+         bson_destroy(&arr);
+         goto done;
+      }
       if (ov[1] == ov[0]) {
          /* Empty match: move on by one code point. */
          cp_pos = idx + 1;

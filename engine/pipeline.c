@@ -525,6 +525,19 @@ aspen_pipeline_destroy(aspen_pipeline_t *pl)
 void
 aspen_chain_push(aspen_chain_t *chain, int idx, const aspen_sdoc_t *doc)
 {
+   if (idx > 0 && doc->doc && doc->doc->len > ASPEN_MAX_OBJECT_LEN) {
+      /* A stage made a document past mongod's limit: it goes no further
+       * (each stage adding up to 16 MB would otherwise grow it without
+       * bound). */
+      aspen_error_t err;
+      aspen_error_set(&err, ASPEN_ERR_BSONObjectTooLarge,
+                      "BSONObj size: %u (0x%X) is invalid. Size must be "
+                      "between 0 and %u(16MB)",
+                      (unsigned) doc->doc->len, (unsigned) doc->doc->len,
+                      (unsigned) ASPEN_MAX_OBJECT_LEN);
+      aspen_stage_dead_letter(&chain->stages[idx - 1], doc, &err);
+      return;
+   }
    if (idx >= chain->n) {
       chain->terminal(chain->arg, doc);
       return;

@@ -298,9 +298,11 @@ on_dlq(void *arg, const aspen_sdoc_t *in, const char *operator_name,
 {
    runtime_t *rt = arg;
    aspen_proc_t *proc = rt->proc;
-   if (rt->replaying) {
+   if (rt->replaying || aspen_expr_interrupted()) {
       /* Replaying inputs from before the checkpoint: their DLQ entries were
-       * written (and flushed) before it was taken. */
+       * written (and flushed) before it was taken. Or the processor is
+       * stopping and an evaluation was cut short: that document is not
+       * bad, it is read again from the last checkpoint. */
       return;
    }
    bson_t entry = BSON_INITIALIZER, info;
@@ -888,7 +890,10 @@ static void
 checkpoint_take(runtime_t *rt, bool force)
 {
    aspen_proc_t *proc = rt->proc;
-   if (!rt->ckpt_dir[0] || rt->failed) {
+   if (!rt->ckpt_dir[0] || rt->failed || aspen_expr_interrupted()) {
+      /* After an interrupted evaluation (the processor is stopping) a
+       * document did not finish: the last checkpoint stays the one to
+       * resume from, so it is read again (at least once). */
       return;
    }
    aspen_pipeline_t *pl = proc->pl;
@@ -1210,6 +1215,9 @@ static void *
 proc_main(void *arg)
 {
    aspen_proc_t *proc = arg;
+   /* A stop (or drop, or shutdown) interrupts a long evaluation on this
+    * thread, so the command thread joining it never waits for one. */
+   aspen_expr_set_interrupt(&proc->stop);
    runtime_t rt;
    memset(&rt, 0, sizeof rt);
    rt.proc = proc;
@@ -1274,6 +1282,12 @@ proc_main(void *arg)
    if (rt.sink) {
       rt.sink->close(rt.sink_state);
    }
+   if (aspen_expr_interrupted()) {
+      aspen_logf(ASPEN_LOG_INFO, "STREAMS", proc->name,
+                 "the stop interrupted an expression evaluation; the "
+                 "document it was for is read again from the last "
+                 "checkpoint");
+   }
    aspen_coll_writer_destroy(rt.dlq);
    bson_destroy(&rt.source_meta);
    checkpoint_state_free(&rt);
@@ -1282,6 +1296,7 @@ proc_main(void *arg)
    proc->thread_done = true;
    pthread_cond_broadcast(&proc->cv);
    pthread_mutex_unlock(&proc->mu);
+   aspen_expr_set_interrupt(NULL);
    return NULL;
 }
 

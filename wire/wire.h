@@ -135,6 +135,7 @@ aspen_buf_len(const aspen_buf_t *buf)
    X(168, InvalidPipelineOperator)                                             \
    X(202, NetworkInterfaceExceededTimeLimit)                                   \
    X(241, ConversionFailure)                                                   \
+   X(262, ExceededTimeLimit)                                                   \
    X(334, TooManyLogicalSessions)                                              \
    X(352, UnsupportedOpQueryCommand)                                           \
    X(415, StreamProcessorDoesNotExist)                                         \
