@@ -155,12 +155,25 @@ def slow_pipeline():
             {"$project": {"x": outer}}]
 
 
+def wait_computing(admin, name, limit_s=60):
+    """Until the processor has taken its first document (so it is in the
+    middle of that document's evaluation)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        st = admin.command({"getStreamProcessorStats": name})["stats"]
+        if st.get("inputMessageCount", 0) >= 1:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def scenario_slow(args):
     c1 = client(args.port)
     r = c1.admin.command({"processStreamProcessor": slow_pipeline()})
     c1.admin.command({"getMoreSampleStreamProcessor": r["name"], "cursorId": r["cursorId"]})
-    # It is computing its first document now. Another client:
     admin = client(args.port).admin
+    check("the slow processor takes its first document", wait_computing(admin, r["name"]))
+    # It is computing its first document now. Another client:
     d = outcome(admin, {"dropStreamProcessor": r["name"]})
     check("dropping a processor in the middle of a long evaluation answers", d.get("ok") == 1,
           repr(d))
@@ -174,6 +187,7 @@ def scenario_slow(args):
     c2 = client(args.port)
     r = c2.admin.command({"processStreamProcessor": slow_pipeline()})
     c2.admin.command({"getMoreSampleStreamProcessor": r["name"], "cursorId": r["cursorId"]})
+    check("a second one takes its first document", wait_computing(admin, r["name"]))
     print(f"# {r['name']} computes; leaving it for SIGTERM", flush=True)
     # Keep the connection open: the shell test sends SIGTERM now.
     if args.ready_file:
