@@ -628,6 +628,14 @@ void aspen_reply_op_reply(aspen_buf_t *out, int32_t request_id,
                           int32_t response_to, int32_t response_flags,
                           const bson_t *doc);
 
+/* A borrowed view of the document or array `it` is on (a static bson_t,
+ * valid while the bytes it points into are): true, or false (out
+ * untouched) when it holds something else. */
+bool aspen_bson_view(const bson_iter_t *it, bson_t *out);
+/* The string value of field `key` of `doc` (borrowed), or NULL when there
+ * is none or it is not a string. */
+const char *aspen_bson_utf8(const bson_t *doc, const char *key);
+
 /* CRC-32C (Castagnoli), as used by OP_MSG checksums. */
 uint32_t aspen_crc32c(uint32_t crc, const uint8_t *data, size_t len);
 

@@ -368,7 +368,7 @@ run_session(const bson_t *cmds, bool is_list, aspen_users_t *users,
       bson_iter_init(&it, cmds);
       while (bson_iter_next(&it) && n < MAX_CMDS) {
          bson_t cmd;
-         if (BSON_ITER_HOLDS_DOCUMENT(&it) && fuzz_iter_sub(&it, &cmd)) {
+         if (BSON_ITER_HOLDS_DOCUMENT(&it) && aspen_bson_view(&it, &cmd)) {
             run_one(sess, &cmd, legacy, &r);
             n++;
          }

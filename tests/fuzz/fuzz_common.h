@@ -77,21 +77,6 @@ fuzz_doc_from_bytes(const uint8_t *data, size_t size, bson_t *doc)
    return ok;
 }
 
-/* The document or array `it` points at, as a static bson_t over its bytes.
- * False (and `sub` unusable) for any other type or a malformed one. */
-static inline bool
-fuzz_iter_sub(const bson_iter_t *it, bson_t *sub)
-{
-   uint32_t len = 0;
-   const uint8_t *data = NULL;
-   if (BSON_ITER_HOLDS_DOCUMENT(it)) {
-      bson_iter_document(it, &len, &data);
-   } else if (BSON_ITER_HOLDS_ARRAY(it)) {
-      bson_iter_array(it, &len, &data);
-   }
-   return data && bson_init_static(sub, data, len);
-}
-
 /* A fixed document for a target's setup, from relaxed Extended JSON that is
  * known to be valid (aborts otherwise). */
 static inline void

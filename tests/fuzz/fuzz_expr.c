@@ -81,7 +81,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
    bson_t d;
    bson_iter_t it;
    if (bson_iter_init_find(&it, &doc, "d") && BSON_ITER_HOLDS_DOCUMENT(&it) &&
-       fuzz_iter_sub(&it, &d)) {
+       aspen_bson_view(&it, &d)) {
       root = &d;
    }
    bool any = false;
@@ -100,7 +100,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
    bson_t o;
    if (bson_iter_init_find(&it, &doc, "o") && BSON_ITER_HOLDS_DOCUMENT(&it)) {
       any = true;
-      if (fuzz_iter_sub(&it, &o)) {
+      if (aspen_bson_view(&it, &o)) {
          obj = &o;
       }
    }

@@ -74,7 +74,7 @@ has_io_stage(const bson_t *doc, int depth)
          return true;
       }
       bson_t sub;
-      if (fuzz_iter_sub(&it, &sub) && has_io_stage(&sub, depth + 1)) {
+      if (aspen_bson_view(&it, &sub) && has_io_stage(&sub, depth + 1)) {
          return true;
       }
    }
@@ -146,7 +146,7 @@ run_pipeline(const bson_t *input)
       if (bson_iter_init(&it, &pl->source.documents)) {
          for (int n = 0; n < 64 && bson_iter_next(&it); n++) {
             bson_t d;
-            if (BSON_ITER_HOLDS_DOCUMENT(&it) && fuzz_iter_sub(&it, &d)) {
+            if (BSON_ITER_HOLDS_DOCUMENT(&it) && aspen_bson_view(&it, &d)) {
                push_one(pl, &d, ts += 1000);
             }
          }
@@ -191,13 +191,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
       bson_iter_init(&it, &doc);
       while (bson_iter_next(&it)) {
          bson_t sub;
-         if (!BSON_ITER_HOLDS_DOCUMENT(&it) || !fuzz_iter_sub(&it, &sub)) {
+         if (!BSON_ITER_HOLDS_DOCUMENT(&it) || !aspen_bson_view(&it, &sub)) {
             continue;
          }
          /* A {$match: {...}} stage: its filter, else the element. */
          bson_iter_t mi;
          if (bson_iter_init_find(&mi, &sub, "$match") &&
-             BSON_ITER_HOLDS_DOCUMENT(&mi) && !fuzz_iter_sub(&mi, &sub)) {
+             BSON_ITER_HOLDS_DOCUMENT(&mi) && !aspen_bson_view(&mi, &sub)) {
             continue;
          }
          run_filter(&sub);

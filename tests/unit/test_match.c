@@ -138,21 +138,6 @@ copy_restored(bson_t *dst, const bson_t *src)
    }
 }
 
-static bool
-sub_doc(const bson_iter_t *it, bson_t *out)
-{
-   uint32_t len;
-   const uint8_t *data;
-   if (BSON_ITER_HOLDS_DOCUMENT(it)) {
-      bson_iter_document(it, &len, &data);
-   } else if (BSON_ITER_HOLDS_ARRAY(it)) {
-      bson_iter_array(it, &len, &data);
-   } else {
-      return false;
-   }
-   return bson_init_static(out, data, len);
-}
-
 /* Runs one case; returns the number of failures (printed). */
 static int
 run_case(const char *file, const bson_t *tc)
@@ -174,11 +159,11 @@ run_case(const char *file, const bson_t *tc)
       if (strcmp(key, "name") == 0) {
          name = bson_iter_utf8(&it, NULL);
       } else if (strcmp(key, "filter") == 0) {
-         have_filter = sub_doc(&it, &filter_raw);
+         have_filter = aspen_bson_view(&it, &filter_raw);
       } else if (strcmp(key, "docs") == 0) {
-         have_docs = sub_doc(&it, &docs);
+         have_docs = aspen_bson_view(&it, &docs);
       } else if (strcmp(key, "matches") == 0) {
-         have_matches = sub_doc(&it, &matches);
+         have_matches = aspen_bson_view(&it, &matches);
       } else if (strcmp(key, "parseError") == 0) {
          parse_error = bson_iter_utf8(&it, NULL);
       } else if (strcmp(key, "code") == 0) {
@@ -238,7 +223,7 @@ run_case(const char *file, const bson_t *tc)
          break;
       }
       bson_t doc;
-      ASPEN_ASSERT(sub_doc(&d, &doc));
+      ASPEN_ASSERT(aspen_bson_view(&d, &doc));
       bool matched = true;
       aspen_error_t merr = {0};
       bool run = aspen_matcher_match(m, &doc, NULL, &matched, &merr);
@@ -303,7 +288,7 @@ test_case_file(void **state)
    ASPEN_ASSERT(bson_iter_init(&it, all));
    while (bson_iter_next(&it)) {
       bson_t tc;
-      if (!sub_doc(&it, &tc)) {
+      if (!aspen_bson_view(&it, &tc)) {
          print_error("%s: case %d is not an object\n", path, count);
          failures++;
          continue;

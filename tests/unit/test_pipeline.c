@@ -132,22 +132,6 @@ strip_copy(const bson_t *in)
    return out;
 }
 
-/* The document or array held by `it`, as a static bson_t. */
-static bool
-iter_sub(const bson_iter_t *it, bson_t *out)
-{
-   uint32_t len;
-   const uint8_t *data;
-   if (BSON_ITER_HOLDS_DOCUMENT(it)) {
-      bson_iter_document(it, &len, &data);
-   } else if (BSON_ITER_HOLDS_ARRAY(it)) {
-      bson_iter_array(it, &len, &data);
-   } else {
-      return false;
-   }
-   return bson_init_static(out, data, len);
-}
-
 /* ======================================================================== */
 /* The case-file lint: things libbson and mongosh's EJSON.parse would read   */
 /* differently, so the two runners would not test the same BSON.             */
@@ -248,7 +232,7 @@ on_output(void *arg, const aspen_sdoc_t *d)
    bson_iter_t it;
    bson_t sub;
    if (d->meta && bson_iter_init_find(&it, d->meta, "window") &&
-       BSON_ITER_HOLDS_DOCUMENT(&it) && iter_sub(&it, &sub)) {
+       BSON_ITER_HOLDS_DOCUMENT(&it) && aspen_bson_view(&it, &sub)) {
       window = bson_copy(&sub);
    }
    c->out_window[c->n_out] = window;
@@ -347,7 +331,7 @@ text_matches(const char *text, const bson_iter_t *want, bool exact,
       return ok;
    }
    bson_t arr;
-   if (!BSON_ITER_HOLDS_ARRAY(want) || !iter_sub(want, &arr)) {
+   if (!BSON_ITER_HOLDS_ARRAY(want) || !aspen_bson_view(want, &arr)) {
       sbuf_printf(why, "    bad expectation for %s: a string or an array "
                        "of strings\n",
                   what);
@@ -397,7 +381,7 @@ check_outputs(const collector_t *c, const bson_t *want, sbuf_t *why)
    bson_iter_init(&it, want);
    while (ok && bson_iter_next(&it)) {
       bson_t w;
-      if (!iter_sub(&it, &w)) {
+      if (!aspen_bson_view(&it, &w)) {
          sbuf_printf(why, "    output[%zu] in the case is not a document\n",
                      i);
          return false;
@@ -413,7 +397,7 @@ check_outputs(const collector_t *c, const bson_t *want, sbuf_t *why)
       bson_destroy(&plain);
       bson_t ww;
       if (ok && bson_iter_init_find(&wi, &w, "_window")) {
-         if (!iter_sub(&wi, &ww) || !BSON_ITER_HOLDS_DOCUMENT(&wi)) {
+         if (!aspen_bson_view(&wi, &ww) || !BSON_ITER_HOLDS_DOCUMENT(&wi)) {
             sbuf_printf(why, "    output[%zu]._window in the case is not a "
                              "document\n",
                         i);
@@ -442,7 +426,7 @@ check_outputs(const collector_t *c, const bson_t *want, sbuf_t *why)
       bson_t tmp[64];
       bson_iter_init(&it, want);
       while (bson_iter_next(&it) && k < 64) {
-         if (iter_sub(&it, &tmp[k])) {
+         if (aspen_bson_view(&it, &tmp[k])) {
             wl[k] = &tmp[k];
             k++;
          }
@@ -485,7 +469,7 @@ check_dlq(const collector_t *c, const bson_t *want, sbuf_t *why)
       bson_t w;
       bson_iter_t f;
       char what[64];
-      if (!iter_sub(&it, &w)) {
+      if (!aspen_bson_view(&it, &w)) {
          sbuf_printf(why, "    dlq[%zu] in the case is not a document\n", i);
          return false;
       }
@@ -512,7 +496,7 @@ check_dlq(const collector_t *c, const bson_t *want, sbuf_t *why)
       }
       if (bson_iter_init_find(&f, &w, "doc")) {
          bson_t wd;
-         char *wj = iter_sub(&f, &wd) ? cjson(&wd) : NULL;
+         char *wj = aspen_bson_view(&f, &wd) ? cjson(&wd) : NULL;
          char *gj = e->doc ? cjson(e->doc) : NULL;
          if (!wj || !gj || strcmp(wj, gj) != 0) {
             sbuf_printf(why,
@@ -527,11 +511,11 @@ check_dlq(const collector_t *c, const bson_t *want, sbuf_t *why)
       if (bson_iter_init_find(&f, &w, "missedWindowStartTimes")) {
          bson_t wa, ga;
          bson_iter_t gi;
-         char *wj = iter_sub(&f, &wa) ? cjson(&wa) : NULL;
+         char *wj = aspen_bson_view(&f, &wa) ? cjson(&wa) : NULL;
          char *gj = e->extra &&
                           bson_iter_init_find(&gi, e->extra,
                                               "missedWindowStartTimes") &&
-                          iter_sub(&gi, &ga)
+                          aspen_bson_view(&gi, &ga)
                        ? cjson(&ga)
                        : NULL;
          if (!wj || !gj || strcmp(wj, gj) != 0) {
@@ -563,7 +547,7 @@ build_pipeline(const bson_t *c, bool persistent, bool partitioned,
                           "\"stages\", not \"pipeline\"\n");
          return false;
       }
-      if (!BSON_ITER_HOLDS_ARRAY(&it) || !iter_sub(&it, &sub)) {
+      if (!BSON_ITER_HOLDS_ARRAY(&it) || !aspen_bson_view(&it, &sub)) {
          sbuf_printf(why, "    \"pipeline\" must be an array\n");
          return false;
       }
@@ -580,7 +564,7 @@ build_pipeline(const bson_t *c, bool persistent, bool partitioned,
    bson_append_document_begin(&stage, "$source", -1, &src);
    bson_append_array_begin(&src, "documents", -1, &docs);
    if (bson_iter_init_find(&it, c, "input")) {
-      if (!BSON_ITER_HOLDS_ARRAY(&it) || !iter_sub(&it, &sub)) {
+      if (!BSON_ITER_HOLDS_ARRAY(&it) || !aspen_bson_view(&it, &sub)) {
          sbuf_printf(why, "    \"input\" must be an array\n");
          bson_append_array_end(&src, &docs);
          bson_append_document_end(&stage, &src);
@@ -596,7 +580,7 @@ build_pipeline(const bson_t *c, bool persistent, bool partitioned,
             bson_t wrap;
             char nbuf[16];
             const char *nkey;
-            if (!iter_sub(&wi, &wrap) ||
+            if (!aspen_bson_view(&wi, &wrap) ||
                 !bson_iter_init_find(&di, &wrap, "doc") ||
                 !BSON_ITER_HOLDS_DOCUMENT(&di)) {
                sbuf_printf(why, "    \"partitioned\": each input must be "
@@ -616,7 +600,7 @@ build_pipeline(const bson_t *c, bool persistent, bool partitioned,
    bson_append_array_end(&src, &docs);
    /* "source": more $source options (timeField, tsFieldName, ...). */
    if (bson_iter_init_find(&it, c, "source")) {
-      if (!BSON_ITER_HOLDS_DOCUMENT(&it) || !iter_sub(&it, &sub)) {
+      if (!BSON_ITER_HOLDS_DOCUMENT(&it) || !aspen_bson_view(&it, &sub)) {
          sbuf_printf(why, "    \"source\" must be an object\n");
          bson_append_document_end(&stage, &src);
          bson_append_document_end(out, &stage);
@@ -628,7 +612,7 @@ build_pipeline(const bson_t *c, bool persistent, bool partitioned,
    bson_append_document_end(out, &stage);
 
    if (!bson_iter_init_find(&it, c, "stages") ||
-       !BSON_ITER_HOLDS_ARRAY(&it) || !iter_sub(&it, &sub)) {
+       !BSON_ITER_HOLDS_ARRAY(&it) || !aspen_bson_view(&it, &sub)) {
       sbuf_printf(why, "    a case needs \"stages\" (array) or "
                        "\"pipeline\"\n");
       return false;
@@ -747,7 +731,7 @@ feed(aspen_pipeline_t *pl, const bson_t *partitions, bool virtual_clock,
       if (partitions) {
          bson_t wrap;
          bson_iter_t pi;
-         if (!bson_iter_next(&pit) || !iter_sub(&pit, &wrap) ||
+         if (!bson_iter_next(&pit) || !aspen_bson_view(&pit, &wrap) ||
              !bson_iter_init_find(&pi, &wrap, "partition") ||
              !BSON_ITER_HOLDS_NUMBER(&pi)) {
             sbuf_printf(why, "    \"partitioned\": an input has no numeric "
@@ -758,7 +742,7 @@ feed(aspen_pipeline_t *pl, const bson_t *partitions, bool virtual_clock,
          partition = bson_iter_as_int64(&pi);
       }
       source_meta(&meta, partition);
-      if (!iter_sub(&it, &raw) || !BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      if (!aspen_bson_view(&it, &raw) || !BSON_ITER_HOLDS_DOCUMENT(&it)) {
          sbuf_printf(why, "    a source document is not an object\n");
          bson_destroy(&doc);
          bson_destroy(&meta);
@@ -878,7 +862,7 @@ run_case(const bson_t *c, sbuf_t *why)
    bson_t wrappers;
    const bson_t *partitions = NULL;
    if (partitioned && bson_iter_init_find(&it, c, "input") &&
-       iter_sub(&it, &wrappers)) {
+       aspen_bson_view(&it, &wrappers)) {
       partitions = &wrappers;
    }
    if (!feed(pl, partitions, virtual_clock, why)) {
@@ -890,7 +874,7 @@ run_case(const bson_t *c, sbuf_t *why)
 
    bson_t want_out, want_dlq;
    bson_iter_init_find(&it, c, "output");
-   if (!BSON_ITER_HOLDS_ARRAY(&it) || !iter_sub(&it, &want_out)) {
+   if (!BSON_ITER_HOLDS_ARRAY(&it) || !aspen_bson_view(&it, &want_out)) {
       sbuf_printf(why, "    \"output\" must be an array\n");
       collector_cleanup(&col);
       return false;
@@ -898,7 +882,7 @@ run_case(const bson_t *c, sbuf_t *why)
    ok = check_outputs(&col, &want_out, why);
    const bson_t *dlq = NULL;
    if (bson_iter_init_find(&it, c, "dlq")) {
-      if (!BSON_ITER_HOLDS_ARRAY(&it) || !iter_sub(&it, &want_dlq)) {
+      if (!BSON_ITER_HOLDS_ARRAY(&it) || !aspen_bson_view(&it, &want_dlq)) {
          sbuf_printf(why, "    \"dlq\" must be an array\n");
          collector_cleanup(&col);
          return false;
@@ -1105,7 +1089,7 @@ run_file(void **state)
       sbuf_t why = {0};
       const char *name = "(unnamed)";
       bool ok;
-      if (!BSON_ITER_HOLDS_DOCUMENT(&it) || !iter_sub(&it, &c)) {
+      if (!BSON_ITER_HOLDS_DOCUMENT(&it) || !aspen_bson_view(&it, &c)) {
          sbuf_printf(&why, "    case %d is not an object\n", n);
          ok = false;
       } else {
