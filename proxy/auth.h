@@ -12,7 +12,9 @@
  * actions, MongoDB's database actions for forwarded commands).
  *
  * Threading: loop thread only, except aspen_users_cli_add (main, before the
- * loop exists) and the audit log's writer thread (audit.c).
+ * loop exists), the audit log's writer thread (audit.c), and principals:
+ * immutable copies, whose checks (aspen_principal_may_run) run on any
+ * thread.
  */
 #ifndef ASPEN_AUTH_H
 #define ASPEN_AUTH_H
@@ -28,7 +30,8 @@
 /* ---- privilege actions ---------------------------------------------------- */
 
 /* X(name, kind): kind S = stream-processing workspace, D = database or
- * collection, C = cluster, A = every action. */
+ * collection, C = cluster, A = every action (on whatever resource the
+ * privilege names). */
 #define ASPEN_ACTIONS(X)                                                       \
    X(createStreamProcessor, S)                                                 \
    X(processStreamProcessor, S)                                                \
@@ -57,7 +60,16 @@
    X(renameCollectionSameDB, D)                                                \
    X(killCursors, D)                                                           \
    X(changeStream, D)                                                          \
+   X(convertToCapped, D)                                                       \
+   X(indexStats, D)                                                            \
+   X(bypassDocumentValidation, D)                                              \
    X(listDatabases, C)                                                         \
+   X(serverStatus, C)                                                          \
+   X(getCmdLineOpts, C)                                                        \
+   X(getLog, C)                                                                \
+   X(hostInfo, C)                                                              \
+   X(inprog, C)                                                                \
+   X(listSessions, C)                                                          \
    X(anyAction, A)
 
 typedef enum {
@@ -108,18 +120,24 @@ void aspen_principal_append_privileges(const aspen_principal_t *p,
                                        bson_t *arr);
 /* Checks that `p` may run `name` (the command `cmd` on database `db`;
  * `forwarded` when it goes to the backend). Stream commands and forwarded
- * commands need their privilege actions; aspen's other local commands need
- * only an authenticated session; a forwarded command aspen has no mapping
- * for needs anyAction (atlasAdmin), so no role gains more through aspen
- * than it grants. Returns false with err = Unauthorized (13) "not
- * authorized: missing privilege for action <action> on resource
- * <resource>" otherwise. `p` NULL stands for "no privileges". (The router's
- * check, aspen_auth_check, adds one exception: a user may drop the
- * ephemeral processors of its own sp.process.) */
+ * commands need their privilege actions, on every namespace they touch
+ * (a $merge or $out target, a $lookup's `from`, both sides of a rename, a
+ * view's source, ...); aspen's diagnostics (getCmdLineOpts, getLog,
+ * hostInfo, serverStatus) their cluster actions; aspen's other local
+ * commands need only an authenticated session; a forwarded command aspen
+ * has no mapping for needs anyAction (atlasAdmin), so no role gains more
+ * through aspen than it grants. Returns false with err = Unauthorized (13)
+ * otherwise: for stream commands ASP's "not authorized: missing privilege
+ * for action <action> on resource <resource>", for the others mongod's
+ * "not authorized on <db> to execute command { ... }"; `why` (may be NULL)
+ * then gets the missing privilege ("missing privilege for action ... on
+ * resource ..."), for the log. `p` NULL stands for "no privileges". (The
+ * router's check, aspen_auth_check, adds one exception: a user may drop
+ * the ephemeral processors of its own sp.process.) Any thread. */
 bool aspen_principal_may_run(const aspen_principal_t *p, const char *name,
                              const bson_t *cmd, const char *db,
-                             bool forwarded, aspen_error_t *err);
-
+                             bool forwarded, aspen_error_t *err, char *why,
+                             size_t why_len);
 /* `aspen --add-user NAME --password PW --roles r1,r2`: adds or replaces the
  * user in the users file (atomically: temp file, fsync, rename, fsync of the
  * folder) with SCRAM-SHA-1 and SCRAM-SHA-256 keys. With `password` NULL
@@ -162,6 +180,11 @@ void aspen_auth_session_closed(aspen_server_t *srv, aspen_session_t *sess);
 void aspen_auth_sp_done(aspen_server_t *srv, aspen_session_t *sess,
                         const char *op, const char *target,
                         const bson_t *reply);
+
+/* mongod's authorization refusal of `cmd` on `db` (code 13, "not
+ * authorized on <db> to execute command { ... }"). */
+void aspen__auth_refuse_command(const bson_t *cmd, const char *db,
+                                aspen_error_t *err);
 
 /* ---- the audit log (audit.c) ----------------------------------------------- */
 

@@ -834,6 +834,30 @@ cmd_target(const bson_t *cmd)
    return NULL;
 }
 
+/* Refuses the request: logs the authorization failure (`why`: what was
+ * missing), audits it and puts `err` in the reply. */
+static bool
+refuse(aspen_request_t *req, const aspen_principal_t *p,
+       const aspen_error_t *err, const char *why, bson_t *reply)
+{
+   bson_t attr = BSON_INITIALIZER;
+   BSON_APPEND_UTF8(&attr, "user", aspen_principal_user(p));
+   BSON_APPEND_UTF8(&attr, "db", aspen_principal_db(p));
+   BSON_APPEND_UTF8(&attr, "command", req->name);
+   BSON_APPEND_UTF8(&attr, "remote", aspen_session_peer(req->sess));
+   BSON_APPEND_UTF8(&attr, "error", why && *why ? why : err->message);
+   char ctx[32];
+   snprintf(ctx, sizeof ctx, "conn%llu",
+            (unsigned long long) aspen_session_id(req->sess));
+   aspen_log(ASPEN_LOG_WARNING, COMPONENT, 20436, ctx,
+             "Checking authorization failed", &attr);
+   bson_destroy(&attr);
+   audit_api(req->srv, req->sess, req->name, cmd_target(req->cmd), NULL,
+             err);
+   aspen_error_append_reply(reply, err);
+   return false;
+}
+
 bool
 aspen_auth_check(aspen_request_t *req, const aspen_command_t *row,
                  bson_t *reply)
@@ -855,29 +879,15 @@ aspen_auth_check(aspen_request_t *req, const aspen_command_t *row,
       return false;
    }
    aspen_error_t err;
+   char why[ASPEN_ERROR_MSG_MAX];
    bool forwarded = !row || !(row->flags & ASPEN_CMD_LOCAL);
-   if (aspen_principal_may_run(p, req->name, req->cmd, req->db, forwarded,
-                               &err)) {
-      return true;
+   if (!aspen_principal_may_run(p, req->name, req->cmd, req->db, forwarded,
+                                &err, why, sizeof why)) {
+      if (strcmp(req->name, "dropStreamProcessor") == 0 &&
+          owns_ephemeral(p, cmd_target(req->cmd))) {
+         return true; /* its own sp.process's processor */
+      }
+      return refuse(req, p, &err, why, reply);
    }
-   if (strcmp(req->name, "dropStreamProcessor") == 0 &&
-       owns_ephemeral(p, cmd_target(req->cmd))) {
-      return true; /* its own sp.process's processor */
-   }
-   bson_t attr = BSON_INITIALIZER;
-   BSON_APPEND_UTF8(&attr, "user", aspen_principal_user(p));
-   BSON_APPEND_UTF8(&attr, "db", aspen_principal_db(p));
-   BSON_APPEND_UTF8(&attr, "command", req->name);
-   BSON_APPEND_UTF8(&attr, "remote", aspen_session_peer(req->sess));
-   BSON_APPEND_UTF8(&attr, "error", err.message);
-   char ctx[32];
-   snprintf(ctx, sizeof ctx, "conn%llu",
-            (unsigned long long) aspen_session_id(req->sess));
-   aspen_log(ASPEN_LOG_WARNING, COMPONENT, 20436, ctx,
-             "Checking authorization failed", &attr);
-   bson_destroy(&attr);
-   audit_api(req->srv, req->sess, req->name, cmd_target(req->cmd), NULL,
-             &err);
-   aspen_error_append_reply(reply, &err);
-   return false;
+   return true;
 }

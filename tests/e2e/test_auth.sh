@@ -5,7 +5,8 @@
 # and SCRAM-SHA-1 with --authenticationMechanism); wrong passwords and unknown
 # users get "Authentication failed."; an unauthenticated client can run only
 # the handshake commands; readAnyDatabase, atlasAdmin and custom-role users
-# get exactly their privileges (code 13 with ASP's message otherwise). A
+# get exactly their privileges (code 13 otherwise, with ASP's message for
+# stream commands, mongod's for database commands). A
 # $external user logs in with its TLS client certificate (MONGODB-X509), and
 # the audit log (--audit-log) records logins, failures, connection ends and
 # stream-processor management commands with the user and client address.

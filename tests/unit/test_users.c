@@ -1,0 +1,519 @@
+/*
+ * test_users.c - proxy/users.c's privilege evaluation: custom roles are
+ * parsed strictly (a misspelled key, a wrong type, an unknown action stop
+ * aspen naming the role and key) and their resources matched as mongod
+ * matches them ({db, collection}, "" for any, {cluster: true},
+ * {anyResource: true}); a command needs its actions on every namespace it
+ * touches ($merge / $out targets, $lookup / $unionWith / $graphLookup
+ * sources, nested pipelines, mapReduce output, both sides of a rename, a
+ * view's source, ...), refused with mongod's "not authorized on <db> to
+ * execute command { ... }"; aspen's diagnostics need cluster-monitor
+ * privileges.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include "auth.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char users_path[256];
+
+/* Users of the fixture (no credentials: the checks do not need them). */
+static const char *const USERS_JSON =
+   "{\"users\": ["
+   " {\"user\": \"rwA\", \"db\": \"admin\","
+   "  \"roles\": [{\"role\": \"readWrite\", \"db\": \"a\"}]},"
+   " {\"user\": \"readA\", \"db\": \"admin\","
+   "  \"roles\": [{\"role\": \"read\", \"db\": \"a\"}]},"
+   " {\"user\": \"rwAny\", \"db\": \"admin\","
+   "  \"roles\": [{\"role\": \"readWriteAnyDatabase\", \"db\": \"admin\"}]},"
+   " {\"user\": \"rAny\", \"db\": \"admin\","
+   "  \"roles\": [{\"role\": \"readAnyDatabase\", \"db\": \"admin\"}]},"
+   " {\"user\": \"admin\", \"db\": \"admin\","
+   "  \"roles\": [{\"role\": \"atlasAdmin\", \"db\": \"admin\"}]},"
+   " {\"user\": \"monitor\", \"db\": \"admin\","
+   "  \"roles\": [{\"role\": \"clusterMonitor\", \"db\": \"admin\"}]},"
+   " {\"user\": \"orders\", \"db\": \"admin\","
+   "  \"roles\": [{\"role\": \"ordersOnly\", \"db\": \"admin\"}]},"
+   " {\"user\": \"anycoll\", \"db\": \"admin\","
+   "  \"roles\": [{\"role\": \"logsEverywhere\", \"db\": \"admin\"}]},"
+   " {\"user\": \"status\", \"db\": \"admin\","
+   "  \"roles\": [{\"role\": \"statusOnly\", \"db\": \"admin\"}]},"
+   " {\"user\": \"salesAll\", \"db\": \"admin\","
+   "  \"roles\": [{\"role\": \"salesAnyAction\", \"db\": \"admin\"}]},"
+   " {\"user\": \"updater\", \"db\": \"admin\","
+   "  \"roles\": [{\"role\": \"updateOnly\", \"db\": \"admin\"}]}"
+   "]}";
+
+/* The custom roles of the fixture. */
+static const char *const ROLES_JSON =
+   "["
+   " {\"role\": \"ordersOnly\", \"privileges\": ["
+   "   {\"resource\": {\"db\": \"sales\", \"collection\": \"orders\"},"
+   "    \"actions\": [\"find\", \"insert\"]}]},"
+   " {\"role\": \"logsEverywhere\", \"privileges\": ["
+   "   {\"resource\": {\"db\": \"\", \"collection\": \"logs\"},"
+   "    \"actions\": [\"find\"]}]},"
+   " {\"role\": \"statusOnly\", \"privileges\": ["
+   "   {\"resource\": {\"cluster\": true}, \"actions\": [\"serverStatus\"]}]},"
+   " {\"role\": \"salesAnyAction\", \"privileges\": ["
+   "   {\"resource\": {\"db\": \"sales\"}, \"actions\": [\"anyAction\"]}]},"
+   " {\"role\": \"updateOnly\", \"privileges\": ["
+   "   {\"resource\": {\"db\": \"a\", \"collection\": \"\"},"
+   "    \"actions\": [\"update\"]}]}"
+   "]";
+
+static void
+json_doc(const char *json, bson_t *out)
+{
+   bson_error_t berr;
+   if (!bson_init_from_json(out, json, -1, &berr)) {
+      fail_msg("bad test JSON (%s): %s", berr.message, json);
+   }
+}
+
+/* Loads the users and roles; NULL with err set when refused. */
+static aspen_users_t *
+load(const char *roles_json, aspen_error_t *err)
+{
+   aspen_config_t cfg;
+   aspen_config_init(&cfg);
+   cfg.users_file = aspen_xstrdup(users_path);
+   bson_destroy(&cfg.roles);
+   json_doc(roles_json, &cfg.roles);
+   aspen_users_t *users = aspen_users_new(&cfg, err);
+   aspen_config_cleanup(&cfg);
+   return users;
+}
+
+static aspen_users_t *g_users;
+
+static int
+setup(void **state)
+{
+   (void) state;
+   snprintf(users_path, sizeof users_path, "/tmp/aspen-test-users-%d.json",
+            (int) getpid());
+   FILE *f = fopen(users_path, "w");
+   assert_non_null(f);
+   fputs(USERS_JSON, f);
+   fclose(f);
+   aspen_error_t err;
+   g_users = load(ROLES_JSON, &err);
+   if (!g_users) {
+      fail_msg("fixture refused: %s", err.message);
+   }
+   return 0;
+}
+
+static int
+teardown(void **state)
+{
+   (void) state;
+   aspen_users_destroy(g_users);
+   unlink(users_path);
+   return 0;
+}
+
+/* Whether `user` may run the command `json` on `db` (forwarded); on a
+ * refusal `msg` gets the client's message. */
+static bool
+may(const char *user, const char *db, const char *json, char *msg,
+    size_t msg_len)
+{
+   bson_t cmd;
+   json_doc(json, &cmd);
+   aspen_principal_t *p = aspen_users_principal_new(g_users, "admin", user);
+   assert_non_null(p);
+   bson_iter_t it;
+   assert_true(bson_iter_init(&it, &cmd) && bson_iter_next(&it));
+   aspen_error_t err;
+   char why[ASPEN_ERROR_MSG_MAX];
+   bool ok = aspen_principal_may_run(p, bson_iter_key(&it), &cmd, db, true,
+                                     &err, why, sizeof why);
+   if (!ok) {
+      assert_int_equal(err.code, ASPEN_ERR_Unauthorized);
+      assert_true(strncmp(why, "missing privilege for action ", 29) == 0);
+      if (msg) {
+         snprintf(msg, msg_len, "%s", err.message);
+      }
+   }
+   aspen_principal_destroy(p);
+   bson_destroy(&cmd);
+   return ok;
+}
+
+#define ALLOWED(user, db, json) assert_true(may(user, db, json, NULL, 0))
+#define REFUSED(user, db, json) assert_false(may(user, db, json, NULL, 0))
+
+/* ---- custom roles: strict parsing -------------------------------------- */
+
+/* A role document that must stop aspen, with a message holding `want`. */
+static void
+refused_role(const char *roles_json, const char *want)
+{
+   aspen_error_t err;
+   aspen_users_t *u = load(roles_json, &err);
+   if (u) {
+      aspen_users_destroy(u);
+      fail_msg("accepted: %s", roles_json);
+   }
+   if (!strstr(err.message, want)) {
+      fail_msg("message '%s' lacks '%s'", err.message, want);
+   }
+}
+
+static void
+test_roles_strict(void **state)
+{
+   (void) state;
+   /* The issue's misspelling once granted find on every database. */
+   refused_role("[{\"role\": \"r\", \"privileges\": [{\"resourse\": {\"db\": "
+                "\"sales\"}, \"actions\": [\"find\"]}]}]",
+                "security.roles[0] (role 'r').privileges[0] has an unknown "
+                "key 'resourse'");
+   refused_role("[{\"role\": \"r\", \"privileges\": [{\"resource\": {\"db\": "
+                "5}, \"actions\": [\"find\"]}]}]",
+                "security.roles[0] (role 'r').privileges[0].resource.db must "
+                "be a string");
+   refused_role("[{\"role\": \"ok\", \"actions\": []}, {\"role\": \"r\", "
+                "\"privileges\": [{\"resource\": {\"db\": \"s\", \"colection\":"
+                " \"x\"}, \"actions\": [\"find\"]}]}]",
+                "security.roles[1] (role 'r').privileges[0].resource has an "
+                "unknown key 'colection'");
+   refused_role("[{\"role\": \"r\", \"privileges\": [{\"resource\": {\"db\": "
+                "\"s\"}, \"actions\": [\"fnd\"]}]}]",
+                "unknown privilege action 'fnd'");
+   refused_role("[{\"role\": \"r\", \"privileges\": [{\"resource\": {\"db\": "
+                "\"s\"}}]}]",
+                "(role 'r').privileges[0] needs \"actions\"");
+   refused_role("[{\"role\": \"r\", \"privileges\": [{\"actions\": "
+                "[\"find\"]}]}]",
+                "(role 'r').privileges[0] needs a \"resource\"");
+   refused_role("[{\"role\": \"r\", \"privileges\": [{\"resource\": {}, "
+                "\"actions\": [\"find\"]}]}]",
+                "must be exactly one of");
+   refused_role("[{\"role\": \"r\", \"privileges\": [{\"resource\": "
+                "{\"cluster\": false}, \"actions\": [\"serverStatus\"]}]}]",
+                "resource.cluster must be true");
+   refused_role("[{\"role\": \"r\", \"privileges\": [{\"resource\": "
+                "{\"cluster\": true, \"db\": \"x\"}, \"actions\": "
+                "[\"serverStatus\"]}]}]",
+                "must be exactly one of");
+   refused_role("[{\"role\": \"r\", \"privileges\": [{\"resource\": {\"db\": "
+                "\"x\"}, \"actions\": [\"serverStatus\"]}]}]",
+                "action serverStatus applies to the cluster");
+   refused_role("[{\"role\": \"r\", \"privileges\": [{\"resource\": "
+                "{\"cluster\": true}, \"actions\": [\"find\"]}]}]",
+                "action find applies to databases and collections");
+   refused_role("[{\"role\": \"r\", \"privileges\": {\"resource\": {}}}]",
+                "(role 'r').privileges must be an array");
+   refused_role("[{\"role\": \"r\", \"privileges\": [], \"note\": 1}]",
+                "security.roles[0] (role 'r') has an unknown key 'note'");
+   refused_role("[{\"role\": \"r\", \"roles\": \"readAnyDatabase\"}]",
+                "(role 'r').roles must be an array");
+   refused_role("[{\"role\": \"r\", \"roles\": [\"read\"]}]",
+                "may inherit only the any-database built-in roles");
+   refused_role("[{\"privileges\": []}]",
+                "security.roles[0] needs a \"role\" name");
+   refused_role("[{\"role\": \"readWrite\"}]", "is a built-in role name");
+   refused_role("[{\"role\": \"r\"}, {\"role\": \"r\", \"actions\": []}]",
+                "security.roles[1]: role 'r' is defined twice");
+}
+
+/* ---- custom roles: what they grant ------------------------------------- */
+
+static void
+test_collection_scope(void **state)
+{
+   (void) state;
+   /* {db: "sales", collection: "orders"} grants that collection only. */
+   ALLOWED("orders", "sales", "{\"find\": \"orders\"}");
+   ALLOWED("orders", "sales", "{\"insert\": \"orders\", \"documents\": []}");
+   REFUSED("orders", "sales", "{\"find\": \"customers\"}");
+   REFUSED("orders", "sales", "{\"listCollections\": 1}");
+   REFUSED("orders", "other", "{\"find\": \"orders\"}");
+   REFUSED("orders", "sales", "{\"delete\": \"orders\", \"deletes\": []}");
+   REFUSED("orders", "sales", "{\"aggregate\": 1, \"pipeline\": "
+                              "[{\"$changeStream\": {}}], \"cursor\": {}}");
+   /* {db: "", collection: "logs"}: logs in every database, nothing else. */
+   ALLOWED("anycoll", "x", "{\"find\": \"logs\"}");
+   ALLOWED("anycoll", "y", "{\"count\": \"logs\"}");
+   REFUSED("anycoll", "x", "{\"find\": \"other\"}");
+   REFUSED("anycoll", "x", "{\"dbStats\": 1}");
+   /* anyAction on one database is every action there, and nothing more. */
+   ALLOWED("salesAll", "sales", "{\"drop\": \"orders\"}");
+   REFUSED("salesAll", "other", "{\"find\": \"x\"}");
+   REFUSED("salesAll", "admin", "{\"listDatabases\": 1}");
+   REFUSED("salesAll", "admin", "{\"createStreamProcessor\": \"p\", "
+                                "\"pipeline\": []}");
+   REFUSED("salesAll", "sales", "{\"replSetGetStatus\": 1}");
+   /* connectionStatus shows the resources as mongod does. */
+   aspen_principal_t *p = aspen_users_principal_new(g_users, "admin",
+                                                    "orders");
+   bson_t arr = BSON_INITIALIZER;
+   aspen_principal_append_privileges(p, &arr);
+   char *json = bson_as_relaxed_extended_json(&arr, NULL);
+   assert_non_null(strstr(json, "{ \"db\" : \"sales\", \"collection\" : "
+                                "\"orders\" }"));
+   bson_free(json);
+   bson_destroy(&arr);
+   aspen_principal_destroy(p);
+}
+
+/* ---- commands touching several namespaces ------------------------------- */
+
+static void
+test_cross_namespace(void **state)
+{
+   (void) state;
+   char msg[ASPEN_ERROR_MSG_MAX];
+   /* The issue's scenario, with mongod's message. */
+   assert_false(may("rwA", "a",
+                    "{\"aggregate\": \"x\", \"pipeline\": [{\"$merge\": "
+                    "{\"into\": {\"db\": \"b\", \"coll\": \"c\"}}}], "
+                    "\"cursor\": {}, \"$db\": \"a\"}",
+                    msg, sizeof msg));
+   assert_string_equal(msg,
+                       "not authorized on a to execute command { aggregate: "
+                       "\"x\", pipeline: [ { $merge: { into: { db: \"b\", "
+                       "coll: \"c\" } } } ], cursor: {}, $db: \"a\" }");
+   ALLOWED("rwA", "a", "{\"aggregate\": \"x\", \"pipeline\": [{\"$merge\": "
+                       "{\"into\": {\"db\": \"a\", \"coll\": \"c\"}}}]}");
+   ALLOWED("rwA", "a", "{\"aggregate\": \"x\", \"pipeline\": [{\"$merge\": "
+                       "{\"into\": \"c\"}}]}");
+   ALLOWED("rwAny", "a", "{\"aggregate\": \"x\", \"pipeline\": [{\"$merge\": "
+                         "{\"into\": {\"db\": \"b\", \"coll\": \"c\"}}}]}");
+   /* A read-only user merges nowhere, its own database included. */
+   REFUSED("readA", "a", "{\"aggregate\": \"x\", \"pipeline\": [{\"$merge\": "
+                         "{\"into\": \"c\"}}]}");
+   /* $out: a name, or {db, coll}. */
+   REFUSED("rwA", "a", "{\"aggregate\": \"x\", \"pipeline\": [{\"$out\": "
+                       "{\"db\": \"b\", \"coll\": \"c\"}}]}");
+   ALLOWED("rwA", "a", "{\"aggregate\": \"x\", \"pipeline\": [{\"$out\": "
+                       "\"c\"}]}");
+   /* Reads of other namespaces: $lookup, $graphLookup, $unionWith, also
+    * nested in $facet and in sub-pipelines. */
+   REFUSED("rwA", "a", "{\"aggregate\": \"x\", \"pipeline\": [{\"$lookup\": "
+                       "{\"from\": {\"db\": \"b\", \"coll\": \"s\"}, "
+                       "\"as\": \"j\", \"pipeline\": []}}]}");
+   ALLOWED("rwA", "a", "{\"aggregate\": \"x\", \"pipeline\": [{\"$lookup\": "
+                       "{\"from\": \"y\", \"localField\": \"k\", "
+                       "\"foreignField\": \"k\", \"as\": \"j\"}}]}");
+   REFUSED("anycoll", "x", "{\"aggregate\": \"logs\", \"pipeline\": "
+                           "[{\"$lookup\": {\"from\": \"secret\", "
+                           "\"localField\": \"k\", \"foreignField\": \"k\", "
+                           "\"as\": \"j\"}}]}");
+   REFUSED("anycoll", "x", "{\"aggregate\": \"logs\", \"pipeline\": "
+                           "[{\"$graphLookup\": {\"from\": \"secret\", "
+                           "\"startWith\": \"$a\", \"connectFromField\": "
+                           "\"a\", \"connectToField\": \"b\", \"as\": "
+                           "\"j\"}}]}");
+   REFUSED("anycoll", "x", "{\"aggregate\": \"logs\", \"pipeline\": "
+                           "[{\"$unionWith\": \"secret\"}]}");
+   REFUSED("anycoll", "x", "{\"aggregate\": \"logs\", \"pipeline\": "
+                           "[{\"$unionWith\": {\"coll\": \"logs\", "
+                           "\"pipeline\": [{\"$lookup\": {\"from\": "
+                           "\"secret\", \"as\": \"s\", \"pipeline\": []}}]}}]}");
+   ALLOWED("anycoll", "x", "{\"aggregate\": \"logs\", \"pipeline\": "
+                           "[{\"$unionWith\": {\"coll\": \"logs\"}}]}");
+   REFUSED("rwA", "a", "{\"aggregate\": \"x\", \"pipeline\": [{\"$facet\": "
+                       "{\"f\": [{\"$lookup\": {\"from\": {\"db\": \"b\", "
+                       "\"coll\": \"s\"}, \"as\": \"j\", \"pipeline\": "
+                       "[]}}]}}]}");
+   REFUSED("rwA", "a", "{\"aggregate\": \"x\", \"pipeline\": [{\"$lookup\": "
+                       "{\"from\": \"y\", \"as\": \"j\", \"pipeline\": "
+                       "[{\"$out\": {\"db\": \"b\", \"coll\": \"z\"}}]}}]}");
+   /* A collectionless $documents pipeline reads nothing, but still
+    * writes somewhere. */
+   ALLOWED("updater", "a", "{\"aggregate\": 1, \"pipeline\": "
+                           "[{\"$documents\": [{}]}, {\"$merge\": {\"into\": "
+                           "\"c\", \"whenNotMatched\": \"discard\"}}]}");
+   REFUSED("updater", "a", "{\"aggregate\": 1, \"pipeline\": "
+                           "[{\"$documents\": [{}]}, {\"$merge\": {\"into\": "
+                           "\"c\"}}]}");
+   /* Change streams: the collection, the database, the deployment. */
+   ALLOWED("readA", "a", "{\"aggregate\": 1, \"pipeline\": "
+                         "[{\"$changeStream\": {}}]}");
+   REFUSED("readA", "admin", "{\"aggregate\": 1, \"pipeline\": "
+                             "[{\"$changeStream\": {\"allChangesForCluster\":"
+                             " true}}]}");
+   ALLOWED("rAny", "admin", "{\"aggregate\": 1, \"pipeline\": "
+                            "[{\"$changeStream\": {\"allChangesForCluster\":"
+                            " true}}]}");
+   /* Seeing everyone's operations and sessions. */
+   REFUSED("rAny", "admin", "{\"aggregate\": 1, \"pipeline\": "
+                            "[{\"$currentOp\": {}}]}");
+   ALLOWED("monitor", "admin", "{\"aggregate\": 1, \"pipeline\": "
+                               "[{\"$currentOp\": {\"allUsers\": true}}]}");
+   /* mapReduce output. */
+   REFUSED("rwA", "a", "{\"mapReduce\": \"x\", \"map\": \"\", \"reduce\": "
+                       "\"\", \"out\": {\"replace\": \"o\", \"db\": \"b\"}}");
+   ALLOWED("rwA", "a", "{\"mapReduce\": \"x\", \"map\": \"\", \"reduce\": "
+                       "\"\", \"out\": {\"merge\": \"o\"}}");
+   ALLOWED("readA", "a", "{\"mapReduce\": \"x\", \"map\": \"\", \"reduce\": "
+                         "\"\", \"out\": {\"inline\": 1}}");
+   REFUSED("readA", "a", "{\"mapreduce\": \"x\", \"map\": \"\", \"reduce\": "
+                         "\"\", \"out\": \"o\"}");
+   /* renameCollection, run on admin: both sides count. */
+   ALLOWED("rwA", "admin", "{\"renameCollection\": \"a.x\", \"to\": \"a.y\"}");
+   REFUSED("rwA", "admin", "{\"renameCollection\": \"a.x\", \"to\": \"b.y\"}");
+   REFUSED("rwA", "admin", "{\"renameCollection\": \"b.x\", \"to\": \"a.y\"}");
+   ALLOWED("rwAny", "admin", "{\"renameCollection\": \"a.x\", \"to\": "
+                             "\"b.y\", \"dropTarget\": true}");
+   REFUSED("rwA", "admin", "{\"renameCollection\": \"nodot\", \"to\": "
+                           "\"a.y\"}");
+   /* cloneCollectionAsCapped writes its copy. */
+   ALLOWED("rwA", "a", "{\"cloneCollectionAsCapped\": \"x\", "
+                       "\"toCollection\": \"y\", \"size\": 1000}");
+   REFUSED("readA", "a", "{\"cloneCollectionAsCapped\": \"x\", "
+                         "\"toCollection\": \"y\", \"size\": 1000}");
+   /* A view needs what its pipeline reads. */
+   ALLOWED("rwA", "a", "{\"create\": \"v\", \"viewOn\": \"x\", \"pipeline\": "
+                       "[]}");
+   REFUSED("rwA", "a", "{\"create\": \"v\", \"viewOn\": \"x\", \"pipeline\": "
+                       "[{\"$lookup\": {\"from\": {\"db\": \"b\", \"coll\": "
+                       "\"s\"}, \"as\": \"j\", \"pipeline\": []}}]}");
+   /* Hidden writes: an upsert inserts, findAndModify's remove removes. */
+   ALLOWED("updater", "a", "{\"update\": \"x\", \"updates\": [{\"q\": {}, "
+                           "\"u\": {}}]}");
+   REFUSED("updater", "a", "{\"update\": \"x\", \"updates\": [{\"q\": {}, "
+                           "\"u\": {}, \"upsert\": true}]}");
+   REFUSED("rwA", "a", "{\"insert\": \"x\", \"documents\": [], "
+                       "\"bypassDocumentValidation\": true}");
+   /* explain needs what the explained command needs. */
+   assert_false(may("rwA", "a",
+                    "{\"explain\": {\"aggregate\": \"x\", \"pipeline\": "
+                    "[{\"$out\": {\"db\": \"b\", \"coll\": \"c\"}}]}}",
+                    msg, sizeof msg));
+   assert_true(strncmp(msg, "not authorized on a to execute command { "
+                            "explain: { aggregate: ", 60) == 0);
+   /* Pipelines nested deeper than mongod allows are refused. */
+   char deep[4096];
+   size_t n = (size_t) snprintf(deep, sizeof deep,
+                                "{\"aggregate\": \"x\", \"pipeline\": ");
+   for (int i = 0; i < 25; i++) {
+      n += (size_t) snprintf(deep + n, sizeof deep - n,
+                             "[{\"$facet\": {\"f\": ");
+   }
+   n += (size_t) snprintf(deep + n, sizeof deep - n, "[]");
+   for (int i = 0; i < 25; i++) {
+      n += (size_t) snprintf(deep + n, sizeof deep - n, "}}]");
+   }
+   snprintf(deep + n, sizeof deep - n, "}");
+   REFUSED("rwA", "a", deep);
+   /* ... within the limit, they are checked level by level. */
+   ALLOWED("rwA", "a", "{\"aggregate\": \"x\", \"pipeline\": [{\"$facet\": "
+                       "{\"f\": [{\"$facet\": {\"g\": []}}]}}]}");
+}
+
+static void
+test_message_shape(void **state)
+{
+   (void) state;
+   char msg[ASPEN_ERROR_MSG_MAX];
+   assert_false(may("readA", "a",
+                    "{\"insert\": \"docs\", \"ordered\": true, \"lsid\": "
+                    "{\"id\": {\"$binary\": {\"base64\": "
+                    "\"AAECAwQFBgcICQoLDA0ODw==\", \"subType\": \"04\"}}}, "
+                    "\"n\": {\"$numberLong\": \"7\"}, \"d\": 1.0, \"f\": 2.5, "
+                    "\"$db\": \"a\"}",
+                    msg, sizeof msg));
+   assert_string_equal(msg,
+                       "not authorized on a to execute command { insert: "
+                       "\"docs\", ordered: true, lsid: { id: UUID(\"00010203-"
+                       "0405-0607-0809-0a0b0c0d0e0f\") }, n: 7, d: 1.0, f: 2.5, "
+                       "$db: \"a\" }");
+   /* A password never appears; a long command is cut to fit. */
+   assert_false(may("readA", "admin",
+                    "{\"createUser\": \"u\", \"pwd\": \"hunter2\", \"roles\": "
+                    "[]}",
+                    msg, sizeof msg));
+   assert_null(strstr(msg, "hunter2"));
+   assert_non_null(strstr(msg, "pwd: \"xxx\""));
+   char big[2048];
+   snprintf(big, sizeof big, "{\"insert\": \"docs\", \"documents\": [{\"s\": "
+                             "\"%0900d\"}]}", 0);
+   assert_false(may("readA", "a", big, msg, sizeof msg));
+   assert_int_equal(strlen(msg), ASPEN_ERROR_MSG_MAX - 1);
+   assert_string_equal(msg + strlen(msg) - 3, "...");
+   /* The message stays valid UTF-8: a cut never splits a character, and
+    * bytes that are not UTF-8 are escaped. */
+   for (int pad = 0; pad < 4; pad++) {
+      size_t n = (size_t) snprintf(big, sizeof big,
+                                   "{\"insert\": \"docs\", \"p\": \"%.*s\", "
+                                   "\"documents\": [{\"s\": \"",
+                                   pad, "xxxx");
+      for (int i = 0; i < 300; i++) {
+         n += (size_t) snprintf(big + n, sizeof big - n, "\u00e9");
+      }
+      snprintf(big + n, sizeof big - n, "\"}]}");
+      assert_false(may("readA", "a", big, msg, sizeof msg));
+      assert_true(bson_utf8_validate(msg, strlen(msg), false));
+      assert_string_equal(msg + strlen(msg) - 3, "...");
+   }
+   bson_t raw = BSON_INITIALIZER;
+   BSON_APPEND_UTF8(&raw, "insert", "docs");
+   bson_append_utf8(&raw, "k\xff", 2, "v\xc3\x28", 3);
+   aspen_principal_t *p = aspen_users_principal_new(g_users, "admin", "readA");
+   aspen_error_t err;
+   assert_false(aspen_principal_may_run(p, "insert", &raw, "a\xfe", true, &err,
+                                        NULL, 0));
+   assert_true(bson_utf8_validate(err.message, strlen(err.message), false));
+   assert_string_equal(err.message, "not authorized on a\\xfe to execute "
+                                    "command { insert: \"docs\", k\\xff: "
+                                    "\"v\\xc3(\" }");
+   aspen_principal_destroy(p);
+   bson_destroy(&raw);
+   /* Stream commands keep ASP's message. */
+   assert_false(may("readA", "admin",
+                    "{\"createStreamProcessor\": \"p\", \"pipeline\": []}", msg,
+                    sizeof msg));
+   assert_string_equal(msg, "not authorized: missing privilege for action "
+                            "createStreamProcessor on resource <stream "
+                            "processing workspace>");
+}
+
+/* ---- aspen's diagnostics need cluster-monitor privileges ---------------- */
+
+static void
+test_cluster_monitor(void **state)
+{
+   (void) state;
+   static const char *const cmds[] = {
+      "{\"getCmdLineOpts\": 1}", "{\"getLog\": \"startupWarnings\"}",
+      "{\"hostInfo\": 1}", "{\"serverStatus\": 1}"};
+   for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+      char msg[ASPEN_ERROR_MSG_MAX];
+      assert_false(may("rAny", "admin", cmds[i], msg, sizeof msg));
+      assert_true(strncmp(msg, "not authorized on admin to execute command {",
+                          44) == 0);
+      REFUSED("rwAny", "admin", cmds[i]);
+      REFUSED("salesAll", "admin", cmds[i]);
+      ALLOWED("monitor", "admin", cmds[i]);
+      ALLOWED("admin", "admin", cmds[i]);
+   }
+   ALLOWED("status", "admin", "{\"serverStatus\": 1}");
+   REFUSED("status", "admin", "{\"getLog\": \"global\"}");
+}
+
+int
+main(void)
+{
+   aspen_log_set_level(ASPEN_LOG_ERROR);
+   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_roles_strict),
+      cmocka_unit_test(test_collection_scope),
+      cmocka_unit_test(test_cross_namespace),
+      cmocka_unit_test(test_message_shape),
+      cmocka_unit_test(test_cluster_monitor),
+   };
+   return cmocka_run_group_tests(tests, setup, teardown);
+}
