@@ -114,6 +114,10 @@ aspen_principal_t *aspen_users_principal_new(const aspen_users_t *users,
 void aspen_principal_destroy(aspen_principal_t *p); /* NULL is a no-op */
 const char *aspen_principal_user(const aspen_principal_t *p);
 const char *aspen_principal_db(const aspen_principal_t *p);
+/* mongod's user digest: SHA-256 of "user@db" (ASPEN_USER_DIGEST_LEN
+ * bytes), what it tells users apart by in cursors and sessions. */
+#define ASPEN_USER_DIGEST_LEN 32
+const uint8_t *aspen_principal_uid(const aspen_principal_t *p);
 /* Appends [{role, db}] and mongod-shaped [{resource, actions}] entries. */
 void aspen_principal_append_roles(const aspen_principal_t *p, bson_t *arr);
 void aspen_principal_append_privileges(const aspen_principal_t *p,
@@ -181,6 +185,53 @@ void aspen_auth_sp_done(aspen_server_t *srv, aspen_session_t *sess,
                         const char *op, const char *target,
                         const bson_t *reply);
 
+/* ---- forwarded cursors (cursor_owners.c) --------------------------------- */
+
+/* Who a forwarded command runs for, captured when it is sent: a cursor its
+ * reply opens belongs to them. */
+typedef struct {
+   bool track; /* access control is on and a user is logged in */
+   uint8_t uid[ASPEN_USER_DIGEST_LEN];
+   bool has_lsid; /* lsid.id, when the command has one (a 16-byte UUID) */
+   uint8_t lsid[16];
+   int64_t get_more_id; /* the cursor a getMore continues; 0 otherwise */
+} aspen_cursor_owner_t;
+
+/* Fills `o` for command `name` (`cmd`) sent by `p` (NULL: nobody logged in
+ * or access control off: nothing is tracked). */
+void aspen_cursor_owner_init(aspen_cursor_owner_t *o,
+                             const aspen_principal_t *p, const char *name,
+                             const bson_t *cmd);
+/* Checks a getMore or killCursors (any other command passes) against the
+ * owners of the cursors it names. False with err set: CursorNotFound (43)
+ * for a cursor aspen does not know; Unauthorized (13) for a getMore of a
+ * cursor opened by another user, in another session or on another
+ * namespace (mongod's messages); for a killCursors naming another user's
+ * cursor *foreign is set and err is left for the caller (mongod refuses
+ * it as an authorization failure: "not authorized on ..."). Loop thread. */
+bool aspen_cursors_check(const aspen_cursor_owner_t *o, const char *name,
+                         const bson_t *cmd, const char *db, bool *foreign,
+                         aspen_error_t *err);
+/* A forwarded command's reply: remembers the cursor it opened, forgets
+ * those it says ended. Loop thread. */
+void aspen_cursors_note_reply(const aspen_cursor_owner_t *o,
+                              const bson_t *reply);
+/* How many cursors are remembered (tests). */
+size_t aspen__cursors_count(void);
+/* Fills `o` for the request about to be forwarded (see
+ * aspen_cursor_owner_init): its session's user when access control is
+ * on. */
+void aspen_auth_cursor_owner(aspen_request_t *req, aspen_cursor_owner_t *o);
+/* The key of the backend session a client lsid maps to (backend.c): with
+ * access control on, the lsid plus the user's digest, as mongod's session
+ * ids are, so users never share a backend session (its cursors and
+ * transactions) by sending the same lsid. True with `out` initialised; false
+ * (out untouched) when the lsid is the key as it is. _keys does the same
+ * for each {id} of an endSessions array. Loop thread. */
+bool aspen_auth_session_key(aspen_request_t *req, const bson_t *lsid,
+                            bson_t *out);
+bool aspen_auth_session_keys(aspen_request_t *req, const bson_t *ids,
+                             bson_t *out);
 /* mongod's authorization refusal of `cmd` on `db` (code 13, "not
  * authorized on <db> to execute command { ... }"). */
 void aspen__auth_refuse_command(const bson_t *cmd, const char *db,

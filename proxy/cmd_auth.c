@@ -11,6 +11,10 @@
  * aspen's own backend credentials, after this file has checked the user's
  * privileges (see aspen_principal_may_run in users.c).
  *
+ * With access control on, each backend session is keyed by the client's
+ * lsid and the user (aspen_auth_session_key), as mongod's session ids are,
+ * and forwarded cursors are tracked to their opener (cursor_owners.c).
+ *
  * Every refusal of a login is the same to the client ({ok:0, code:18,
  * "Authentication failed."}) whatever went wrong, and is logged once with
  * the client address and the reason (never a password, proof or key).
@@ -834,6 +838,68 @@ cmd_target(const bson_t *cmd)
    return NULL;
 }
 
+/* The session's user when access control is on, else NULL. */
+static const aspen_principal_t *
+checked_principal(aspen_request_t *req)
+{
+   aspen_users_t *users = req->srv->users;
+   if (!users || !aspen_users_auth_required(users)) {
+      return NULL;
+   }
+   aspen_auth_state_t *st = aspen_session_auth(req->sess);
+   return st ? st->principal : NULL;
+}
+
+void
+aspen_auth_cursor_owner(aspen_request_t *req, aspen_cursor_owner_t *o)
+{
+   aspen_cursor_owner_init(o, checked_principal(req), req->name, req->cmd);
+}
+
+/* mongod's session id is the client's lsid plus the user's digest (uid),
+ * so two users sending the same lsid are in two sessions. */
+static void
+append_session_key(const aspen_principal_t *p, const bson_t *lsid,
+                   bson_t *out)
+{
+   bson_concat(out, lsid);
+   bson_append_binary(out, "uid", 3, BSON_SUBTYPE_BINARY,
+                      aspen_principal_uid(p), ASPEN_USER_DIGEST_LEN);
+}
+
+bool
+aspen_auth_session_key(aspen_request_t *req, const bson_t *lsid, bson_t *out)
+{
+   const aspen_principal_t *p = checked_principal(req);
+   if (!p) {
+      return false;
+   }
+   bson_init(out);
+   append_session_key(p, lsid, out);
+   return true;
+}
+
+bool
+aspen_auth_session_keys(aspen_request_t *req, const bson_t *ids, bson_t *out)
+{
+   const aspen_principal_t *p = checked_principal(req);
+   bson_iter_t it;
+   if (!p || !bson_iter_init(&it, ids)) {
+      return false;
+   }
+   bson_init(out);
+   while (bson_iter_next(&it)) {
+      bson_t id, key;
+      if (!BSON_ITER_HOLDS_DOCUMENT(&it) || !aspen_bson_view(&it, &id)) {
+         continue;
+      }
+      BSON_APPEND_DOCUMENT_BEGIN(out, bson_iter_key(&it), &key);
+      append_session_key(p, &id, &key);
+      bson_append_document_end(out, &key);
+   }
+   return true;
+}
+
 /* Refuses the request: logs the authorization failure (`why`: what was
  * missing), audits it and puts `err` in the reply. */
 static bool
@@ -888,6 +954,24 @@ aspen_auth_check(aspen_request_t *req, const aspen_command_t *row,
          return true; /* its own sp.process's processor */
       }
       return refuse(req, p, &err, why, reply);
+   }
+   /* A forwarded cursor is its opener's (cursor_owners.c). */
+   aspen_cursor_owner_t owner;
+   bool foreign;
+   aspen_cursor_owner_init(&owner, p, req->name, req->cmd);
+   if (!aspen_cursors_check(&owner, req->name, req->cmd, req->db, &foreign,
+                            &err)) {
+      if (foreign) {
+         aspen__auth_refuse_command(req->cmd, req->db, &err);
+         return refuse(req, p, &err,
+                       "killCursors names a cursor another user opened",
+                       reply);
+      }
+      if (err.code == ASPEN_ERR_Unauthorized) {
+         return refuse(req, p, &err, NULL, reply);
+      }
+      aspen_error_append_reply(reply, &err); /* CursorNotFound */
+      return false;
    }
    return true;
 }

@@ -318,10 +318,16 @@ aspen_cmd_end_sessions(aspen_request_t *req, bson_t *reply)
    if (req->srv->backend) {
       uint32_t len;
       const uint8_t *data;
-      bson_t ids;
+      bson_t ids, keyed;
       bson_iter_array(&it, &len, &data);
       if (bson_init_static(&ids, data, len)) {
-         aspen_backend_end_sessions(req->srv->backend, &ids);
+         /* The caller's own sessions only (cmd_auth.c keys them). */
+         bool is_keyed = aspen_auth_session_keys(req, &ids, &keyed);
+         aspen_backend_end_sessions(req->srv->backend,
+                                    is_keyed ? &keyed : &ids);
+         if (is_keyed) {
+            bson_destroy(&keyed);
+         }
       }
    }
    aspen_reply_ok(reply);

@@ -3,10 +3,13 @@
  * command aspen knows runs its local handler; any other command is forwarded
  * to the backing deployment. Before either path, aspen_auth_check
  * (cmd_auth.c) refuses commands the session is not authenticated or
- * authorized for; rows flagged NO_AUTH are always allowed.
+ * authorized for; rows flagged NO_AUTH are always allowed. A forwarded
+ * command's reply goes past cursor_owners.c, which remembers whose each
+ * cursor is.
  */
 #include "auth.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static const aspen_command_t commands[] = {
@@ -26,12 +29,21 @@ aspen_router_find(const char *name)
    return NULL;
 }
 
+/* A command on its way to the backend: its session, and who sent it (the
+ * cursor its reply may open is theirs: cursor_owners.c). */
+typedef struct {
+   aspen_session_t *sess;
+   aspen_cursor_owner_t owner;
+} forward_t;
+
 static void
 forward_done(void *arg, const bson_t *reply)
 {
-   aspen_session_t *sess = arg;
-   aspen_session_reply(sess, reply);
-   aspen_session_unref(sess);
+   forward_t *f = arg;
+   aspen_cursors_note_reply(&f->owner, reply);
+   aspen_session_reply(f->sess, reply);
+   aspen_session_unref(f->sess);
+   free(f);
 }
 
 static aspen_handled_t
@@ -57,9 +69,19 @@ forward(aspen_request_t *req, bson_t *reply)
          lsid_ptr = &lsid;
       }
    }
+   /* One user's lsid never reaches another's backend session. */
+   bson_t keyed;
+   bool is_keyed = lsid_ptr && aspen_auth_session_key(req, lsid_ptr, &keyed);
+   forward_t *f = aspen_xcalloc(1, sizeof *f);
+   f->sess = req->sess;
+   aspen_auth_cursor_owner(req, &f->owner);
    aspen_session_ref(req->sess);
-   aspen_backend_submit(req->srv->backend, req->db, req->cmd, lsid_ptr,
-                        aspen_session_id(req->sess), forward_done, req->sess);
+   aspen_backend_submit(req->srv->backend, req->db, req->cmd,
+                        is_keyed ? &keyed : lsid_ptr,
+                        aspen_session_id(req->sess), forward_done, f);
+   if (is_keyed) {
+      bson_destroy(&keyed);
+   }
    return ASPEN_HANDLED_ASYNC;
 }
 

@@ -45,6 +45,7 @@
 #include <stdarg.h>
 #include <fcntl.h>
 #include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -911,6 +912,7 @@ aspen_users_get_cred(const aspen_users_t *users, const char *db,
 struct aspen_principal {
    char user[MAX_NAME];
    char db[MAX_NAME];
+   uint8_t uid[ASPEN_USER_DIGEST_LEN]; /* SHA-256 of "user@db" */
    role_ref_t roles[MAX_ROLES];
    size_t n_roles;
    priv_t *privs;
@@ -947,6 +949,9 @@ aspen_users_principal_new(const aspen_users_t *users, const char *db,
    aspen_principal_t *p = aspen_xcalloc(1, sizeof *p);
    snprintf(p->user, sizeof p->user, "%s", u->name);
    snprintf(p->db, sizeof p->db, "%s", u->db);
+   char key[2 * MAX_NAME + 2];
+   int n = snprintf(key, sizeof key, "%s@%s", p->user, p->db);
+   SHA256((const uint8_t *) key, (size_t) n, p->uid);
    memcpy(p->roles, u->roles, sizeof p->roles);
    p->n_roles = u->n_roles;
    for (size_t i = 0; i < u->n_roles; i++) {
@@ -974,6 +979,12 @@ const char *
 aspen_principal_db(const aspen_principal_t *p)
 {
    return p->db;
+}
+
+const uint8_t *
+aspen_principal_uid(const aspen_principal_t *p)
+{
+   return p->uid;
 }
 
 static const char *
@@ -1653,7 +1664,9 @@ static const need_t needs[] = {
    {"distinct", 'C', {A(find)}, 1, NULL},
    {"aggregate", 'C', {0}, 0, check_aggregate},
    {"getMore", 'N', {0}, 0, check_get_more},
-   {"killCursors", 'C', {A(killCursors)}, 1, NULL},
+   /* A user kills its own cursors with no privilege (cmd_auth.c refuses
+    * another user's), as on mongod. */
+   {"killCursors", 'N', {0}, 0, NULL},
    {"insert", 'C', {A(insert)}, 1, check_bypass},
    {"update", 'C', {A(update)}, 1, check_update},
    {"delete", 'C', {A(remove)}, 1, NULL},

@@ -8,7 +8,9 @@
  * sources, nested pipelines, mapReduce output, both sides of a rename, a
  * view's source, ...), refused with mongod's "not authorized on <db> to
  * execute command { ... }"; aspen's diagnostics need cluster-monitor
- * privileges.
+ * privileges. Also proxy/cursor_owners.c: a
+ * forwarded cursor may be continued or killed only by the user (and in
+ * the session) that opened it, with mongod's messages.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -504,6 +506,292 @@ test_cluster_monitor(void **state)
    REFUSED("status", "admin", "{\"getLog\": \"global\"}");
 }
 
+/* ---- forwarded cursors belong to who opened them (cursor_owners.c) ----- */
+
+/* The owner of `json` (a command) sent by `user` (NULL: nobody). */
+static void
+owner_of(const char *user, const char *json, aspen_cursor_owner_t *o)
+{
+   bson_t cmd;
+   json_doc(json, &cmd);
+   aspen_principal_t *p =
+      user ? aspen_users_principal_new(g_users, "admin", user) : NULL;
+   bson_iter_t it;
+   assert_true(bson_iter_init(&it, &cmd) && bson_iter_next(&it));
+   aspen_cursor_owner_init(o, p, bson_iter_key(&it), &cmd);
+   aspen_principal_destroy(p);
+   bson_destroy(&cmd);
+}
+
+static void
+reply_to(const aspen_cursor_owner_t *o, const char *json)
+{
+   bson_t reply;
+   json_doc(json, &reply);
+   aspen_cursors_note_reply(o, &reply);
+   bson_destroy(&reply);
+}
+
+/* Checks `json` sent by `user` on db "a": 0 when it may go on, else the
+ * error code (-1: killCursors of another user's cursor), `msg` the
+ * message. */
+static int
+cursor_check(const char *user, const char *json, char *msg, size_t len)
+{
+   aspen_cursor_owner_t o;
+   aspen_error_t err;
+   bool foreign;
+   bson_t cmd;
+   owner_of(user, json, &o);
+   json_doc(json, &cmd);
+   bson_iter_t it;
+   assert_true(bson_iter_init(&it, &cmd) && bson_iter_next(&it));
+   bool ok = aspen_cursors_check(&o, bson_iter_key(&it), &cmd, "a", &foreign,
+                                 &err);
+   bson_destroy(&cmd);
+   if (ok) {
+      return 0;
+   }
+   if (foreign) {
+      return -1;
+   }
+   snprintf(msg, len, "%s", err.message);
+   return err.code;
+}
+
+#define LSID1                                                                  \
+   "\"lsid\": {\"id\": {\"$binary\": {\"base64\": "                            \
+   "\"AAECAwQFBgcICQoLDA0ODw==\", \"subType\": \"04\"}}}"
+#define LSID2                                                                  \
+   "\"lsid\": {\"id\": {\"$binary\": {\"base64\": "                            \
+   "\"/wECAwQFBgcICQoLDA0ODw==\", \"subType\": \"04\"}}}"
+
+static void
+test_cursor_owners(void **state)
+{
+   (void) state;
+   char msg[ASPEN_ERROR_MSG_MAX], want[ASPEN_ERROR_MSG_MAX];
+   aspen_cursor_owner_t o;
+   size_t before = aspen__cursors_count();
+
+   /* rwA opens cursor 42 in session LSID1, cursor 43 with no session. */
+   owner_of("rwA", "{\"find\": \"x\", " LSID1 "}", &o);
+   reply_to(&o, "{\"cursor\": {\"firstBatch\": [], \"id\": "
+                "{\"$numberLong\": \"42\"}, \"ns\": \"a.x\"}, \"ok\": 1}");
+   owner_of("rwA", "{\"find\": \"x\"}", &o);
+   reply_to(&o, "{\"cursor\": {\"firstBatch\": [], \"id\": "
+                "{\"$numberLong\": \"43\"}, \"ns\": \"a.x\"}, \"ok\": 1}");
+   assert_int_equal(aspen__cursors_count(), before + 2);
+
+   /* Its owner goes on, in its session. */
+   assert_int_equal(cursor_check("rwA", "{\"getMore\": {\"$numberLong\": "
+                                        "\"42\"}, \"collection\": \"x\", "
+                                        LSID1 "}",
+                                 msg, sizeof msg),
+                    0);
+   assert_int_equal(cursor_check("rwA", "{\"getMore\": {\"$numberLong\": "
+                                        "\"43\"}, \"collection\": \"x\"}",
+                                 msg, sizeof msg),
+                    0);
+   /* Another user: mongod's messages (the session includes the user). */
+   assert_int_equal(cursor_check("readA", "{\"getMore\": {\"$numberLong\": "
+                                          "\"43\"}, \"collection\": \"x\"}",
+                                 msg, sizeof msg),
+                    ASPEN_ERR_Unauthorized);
+   assert_string_equal(msg, "cursor id 43 was not created by the "
+                            "authenticated user");
+   assert_int_equal(cursor_check("readA", "{\"getMore\": {\"$numberLong\": "
+                                          "\"42\"}, \"collection\": \"x\", "
+                                          LSID1 "}",
+                                 msg, sizeof msg),
+                    ASPEN_ERR_Unauthorized);
+   /* base64 of SHA-256("rwA@admin") and ("readA@admin"), as mongod's
+    * user digests print. */
+   aspen_principal_t *p1 = aspen_users_principal_new(g_users, "admin", "rwA");
+   aspen_principal_t *p2 =
+      aspen_users_principal_new(g_users, "admin", "readA");
+   char b1[64], b2[64];
+   aspen_scram_b64_encode(aspen_principal_uid(p1), ASPEN_USER_DIGEST_LEN, b1,
+                          sizeof b1);
+   aspen_scram_b64_encode(aspen_principal_uid(p2), ASPEN_USER_DIGEST_LEN, b2,
+                          sizeof b2);
+   aspen_principal_destroy(p1);
+   aspen_principal_destroy(p2);
+   snprintf(want, sizeof want,
+            "Cursor session id (00010203-0405-0607-0809-0a0b0c0d0e0f - %s -  "
+            "- ) is not the same as the operation context's session id "
+            "(00010203-0405-0607-0809-0a0b0c0d0e0f - %s -  - )",
+            b1, b2);
+   assert_string_equal(msg, want);
+   /* The owner, in another session or none. */
+   assert_int_equal(cursor_check("rwA", "{\"getMore\": {\"$numberLong\": "
+                                        "\"42\"}, \"collection\": \"x\", "
+                                        LSID2 "}",
+                                 msg, sizeof msg),
+                    ASPEN_ERR_Unauthorized);
+   assert_int_equal(cursor_check("rwA", "{\"getMore\": {\"$numberLong\": "
+                                        "\"42\"}, \"collection\": \"x\"}",
+                                 msg, sizeof msg),
+                    ASPEN_ERR_Unauthorized);
+   snprintf(want, sizeof want,
+            "Cursor session id (00010203-0405-0607-0809-0a0b0c0d0e0f - %s -  "
+            "- ) is not the same as the operation context's session id "
+            "(none)",
+            b1);
+   assert_string_equal(msg, want);
+   /* Another namespace. */
+   assert_int_equal(cursor_check("rwA", "{\"getMore\": {\"$numberLong\": "
+                                        "\"43\"}, \"collection\": \"y\"}",
+                                 msg, sizeof msg),
+                    ASPEN_ERR_Unauthorized);
+   assert_string_equal(msg, "Requested getMore on namespace 'a.y', but "
+                            "cursor belongs to a different namespace a.x");
+   /* A cursor aspen never saw. */
+   assert_int_equal(cursor_check("rwA", "{\"getMore\": {\"$numberLong\": "
+                                        "\"99\"}, \"collection\": \"x\"}",
+                                 msg, sizeof msg),
+                    ASPEN_ERR_CursorNotFound);
+   assert_string_equal(msg, "cursor id 99 not found");
+   /* killCursors: another user's is refused whole. */
+   assert_int_equal(cursor_check("readA", "{\"killCursors\": \"x\", "
+                                          "\"cursors\": [{\"$numberLong\": "
+                                          "\"43\"}]}",
+                                 msg, sizeof msg),
+                    -1);
+   assert_int_equal(cursor_check("rwA", "{\"killCursors\": \"x\", "
+                                        "\"cursors\": [{\"$numberLong\": "
+                                        "\"43\"}, {\"$numberLong\": \"7\"}]}",
+                                 msg, sizeof msg),
+                    ASPEN_ERR_CursorNotFound);
+   assert_int_equal(cursor_check("rwA", "{\"killCursors\": \"x\", "
+                                        "\"cursors\": [{\"$numberLong\": "
+                                        "\"43\"}]}",
+                                 msg, sizeof msg),
+                    0);
+   /* Without access control nothing is tracked or checked. */
+   assert_int_equal(cursor_check(NULL, "{\"getMore\": {\"$numberLong\": "
+                                       "\"43\"}, \"collection\": \"x\"}",
+                                 msg, sizeof msg),
+                    0);
+   owner_of(NULL, "{\"find\": \"x\"}", &o);
+   reply_to(&o, "{\"cursor\": {\"firstBatch\": [], \"id\": "
+                "{\"$numberLong\": \"44\"}, \"ns\": \"a.x\"}, \"ok\": 1}");
+   assert_int_equal(aspen__cursors_count(), before + 2);
+
+   /* Forgotten when killed, exhausted, or not found by the backend. */
+   owner_of("rwA", "{\"killCursors\": \"x\", \"cursors\": [43]}", &o);
+   reply_to(&o, "{\"cursorsKilled\": [{\"$numberLong\": \"43\"}], "
+                "\"cursorsNotFound\": [], \"ok\": 1}");
+   owner_of("rwA", "{\"getMore\": {\"$numberLong\": \"42\"}, "
+                   "\"collection\": \"x\", " LSID1 "}",
+            &o);
+   reply_to(&o, "{\"cursor\": {\"nextBatch\": [], \"id\": "
+                "{\"$numberLong\": \"0\"}, \"ns\": \"a.x\"}, \"ok\": 1}");
+   assert_int_equal(aspen__cursors_count(), before);
+   owner_of("rwA", "{\"find\": \"x\"}", &o);
+   reply_to(&o, "{\"cursor\": {\"firstBatch\": [], \"id\": 45, "
+                "\"ns\": \"a.x\"}, \"ok\": 1}");
+   owner_of("rwA", "{\"getMore\": 45, \"collection\": \"x\"}", &o);
+   reply_to(&o, "{\"ok\": 0, \"code\": 43, \"errmsg\": \"cursor id 45 not "
+                "found\"}");
+   assert_int_equal(aspen__cursors_count(), before);
+
+   /* Bounded: past the limit the least recently used goes. */
+   for (int64_t id = 1000; id < 1000 + 65536 + 10; id++) {
+      char r[160];
+      snprintf(r, sizeof r,
+               "{\"cursor\": {\"firstBatch\": [], \"id\": "
+               "{\"$numberLong\": \"%lld\"}, \"ns\": \"a.x\"}, \"ok\": 1}",
+               (long long) id);
+      reply_to(&o, r);
+   }
+   assert_int_equal(aspen__cursors_count(), 65536);
+   assert_int_equal(cursor_check("rwA", "{\"getMore\": 1000, "
+                                        "\"collection\": \"x\"}",
+                                 msg, sizeof msg),
+                    ASPEN_ERR_CursorNotFound);
+   assert_int_equal(cursor_check("rwA", "{\"getMore\": 66545, "
+                                        "\"collection\": \"x\"}",
+                                 msg, sizeof msg),
+                    0);
+}
+
+/* ---- backend sessions are per user (cmd_auth.c) -------------------------- */
+
+static void
+discard_output(void *arg, const uint8_t *data, size_t len)
+{
+   (void) arg;
+   (void) data;
+   (void) len;
+}
+
+static void
+test_session_keys(void **state)
+{
+   (void) state;
+   uv_loop_t loop;
+   aspen_config_t cfg;
+   aspen_server_t srv;
+   uv_loop_init(&loop);
+   aspen_config_init(&cfg);
+   memset(&srv, 0, sizeof srv);
+   srv.loop = &loop;
+   srv.cfg = &cfg;
+   srv.users = g_users;
+   aspen_session_t *s1 =
+      aspen__session_new_detached(&srv, "127.0.0.1:1", discard_output, NULL);
+   aspen_session_t *s2 =
+      aspen__session_new_detached(&srv, "127.0.0.1:2", discard_output, NULL);
+   bson_t lsid, cmd = BSON_INITIALIZER, k1, k2, k1b;
+   json_doc("{\"id\": {\"$binary\": {\"base64\": \"AAECAwQFBgcICQoLDA0ODw==\", "
+            "\"subType\": \"04\"}}}",
+            &lsid);
+   aspen_request_t r1 = {.sess = s1, .srv = &srv, .name = "find", .db = "a",
+                         .cmd = &cmd};
+   aspen_request_t r2 = r1;
+   r2.sess = s2;
+   /* Nobody logged in: the lsid is the key as it is. */
+   assert_false(aspen_auth_session_key(&r1, &lsid, &k1));
+   /* Two users sending the same lsid get two backend sessions; one user
+    * gets the same one each time. */
+   assert_true(aspen__auth_login(&srv, s1, "admin", "rwA"));
+   assert_true(aspen__auth_login(&srv, s2, "admin", "readA"));
+   assert_true(aspen_auth_session_key(&r1, &lsid, &k1));
+   assert_true(aspen_auth_session_key(&r2, &lsid, &k2));
+   assert_true(aspen_auth_session_key(&r1, &lsid, &k1b));
+   assert_false(bson_equal(&k1, &k2));
+   assert_true(bson_equal(&k1, &k1b));
+   /* endSessions ends the caller's sessions only. */
+   bson_t ids = BSON_INITIALIZER, keyed;
+   BSON_APPEND_DOCUMENT(&ids, "0", &lsid);
+   assert_true(aspen_auth_session_keys(&r2, &ids, &keyed));
+   bson_iter_t it;
+   assert_true(bson_iter_init_find(&it, &keyed, "0"));
+   bson_t one;
+   uint32_t len;
+   const uint8_t *data;
+   bson_iter_document(&it, &len, &data);
+   assert_true(bson_init_static(&one, data, len));
+   assert_true(bson_equal(&one, &k2));
+   bson_destroy(&keyed);
+   bson_destroy(&ids);
+   bson_destroy(&k1);
+   bson_destroy(&k2);
+   bson_destroy(&k1b);
+   bson_destroy(&lsid);
+   bson_destroy(&cmd);
+   aspen_session_close(s1, "done");
+   aspen_session_unref(s1);
+   aspen_session_close(s2, "done");
+   aspen_session_unref(s2);
+   while (srv.n_sessions > 0) {
+      uv_run(&loop, UV_RUN_ONCE);
+   }
+   assert_int_equal(uv_loop_close(&loop), 0);
+   aspen_config_cleanup(&cfg);
+}
+
 int
 main(void)
 {
@@ -514,6 +802,8 @@ main(void)
       cmocka_unit_test(test_cross_namespace),
       cmocka_unit_test(test_message_shape),
       cmocka_unit_test(test_cluster_monitor),
+      cmocka_unit_test(test_cursor_owners),
+      cmocka_unit_test(test_session_keys),
    };
    return cmocka_run_group_tests(tests, setup, teardown);
 }
