@@ -3,7 +3,9 @@
  * name with connectionName. It comes from aspen's config file ("connections":
  * [{name, type, ...}]) plus the built-in sample_stream_solar. Listings never
  * show secrets: URIs are listed without their credentials, and a Kafka
- * connection without its password or secret-looking config keys.
+ * connection without its password or secret-looking config keys. An
+ * atlas connection lists the role its database access runs as
+ * (dbRoleToExecute; authz.c enforces it).
  */
 #include "kafka_int.h"
 
@@ -265,9 +267,92 @@ kafka_settings(aspen_conn_t *conn, const bson_t *c, bool local,
    return true;
 }
 
+/* ---- atlas connections' roles ------------------------------------------ */
+
+/* ASP's default execution role: read and write on any database, so a
+ * connection configured without dbRoleToExecute reaches what it did
+ * before aspen had the option. */
+#define DEFAULT_ROLE "readWriteAnyDatabase"
+
+/* Reads an atlas connection's dbRoleToExecute ({role, type: "BUILT_IN" |
+ * "CUSTOM"}; `it` NULL when the config has none: the default), resolves it
+ * through the hook and lists it. */
+static bool
+atlas_role(aspen_conn_t *conn, const bson_iter_t *it,
+           const aspen_engine_authz_t *authz, const char *where,
+           aspen_error_t *err)
+{
+   const char *role = DEFAULT_ROLE, *type = "BUILT_IN";
+   if (it) {
+      bson_iter_t ri;
+      if (!BSON_ITER_HOLDS_DOCUMENT(it) || !bson_iter_recurse(it, &ri)) {
+         aspen_error_set(err, ASPEN_ERR_TypeMismatch,
+                         "config key '%s.dbRoleToExecute' must be an object "
+                         "{role, type}",
+                         where);
+         return false;
+      }
+      role = NULL;
+      while (bson_iter_next(&ri)) {
+         const char *k = bson_iter_key(&ri);
+         const char **slot = strcmp(k, "role") == 0   ? &role
+                             : strcmp(k, "type") == 0 ? &type
+                                                      : NULL;
+         if (!slot) {
+            aspen_error_set(err, ASPEN_ERR_NoSuchKey,
+                            "unknown config key '%s.dbRoleToExecute.%s' (it "
+                            "has role and type)",
+                            where, k);
+            return false;
+         }
+         if (!BSON_ITER_HOLDS_UTF8(&ri) || !*bson_iter_utf8(&ri, NULL)) {
+            aspen_error_set(err, ASPEN_ERR_TypeMismatch,
+                            "config key '%s.dbRoleToExecute.%s' must be a "
+                            "non-empty string",
+                            where, k);
+            return false;
+         }
+         *slot = bson_iter_utf8(&ri, NULL);
+      }
+      if (!role) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "config key '%s.dbRoleToExecute.role' is required",
+                         where);
+         return false;
+      }
+      if (strcmp(type, "BUILT_IN") != 0 && strcmp(type, "CUSTOM") != 0) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "config key '%s.dbRoleToExecute.type' must be "
+                         "BUILT_IN or CUSTOM, not '%s'",
+                         where, type);
+         return false;
+      }
+   }
+   conn->role = aspen_xstrdup(role);
+   conn->role_custom = strcmp(type, "CUSTOM") == 0;
+   if (authz) {
+      conn->authz = *authz;
+      aspen_error_t why;
+      conn->grant = authz->grant_new(authz->arg, role, conn->role_custom, &why);
+      if (!conn->grant) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "config key '%s.dbRoleToExecute': %s", where,
+                         why.message);
+         return false;
+      }
+   }
+   bson_t listed;
+   BSON_APPEND_DOCUMENT_BEGIN(&conn->doc, "dbRoleToExecute", &listed);
+   BSON_APPEND_UTF8(&listed, "role", role);
+   BSON_APPEND_UTF8(&listed, "type", type);
+   bson_append_document_end(&conn->doc, &listed);
+   return true;
+}
+
 bool
 aspen_conns_load(aspen_conns_t *conns, const bson_t *list,
-                 const char *backend_uri, aspen_error_t *err)
+                 const char *backend_uri, const aspen_engine_authz_t *authz,
+                 aspen_error_t *err)
 {
    memset(conns, 0, sizeof *conns);
    reserve(conns, 1 + (list ? bson_count_keys(list) : 0));
@@ -295,9 +380,17 @@ aspen_conns_load(aspen_conns_t *conns, const bson_t *list,
       const char *name = NULL, *type = NULL, *uri = NULL;
       const char *bootstrap = NULL;
       bool has_security = false, has_config = false, local = false;
+      bool has_role = false;
+      bson_iter_t role_it;
       bson_iter_init(&ci, &c);
       while (bson_iter_next(&ci)) {
          const char *k = bson_iter_key(&ci);
+         if (strcmp(k, "dbRoleToExecute") == 0) {
+            /* atlas: an object, read by atlas_role below */
+            role_it = ci;
+            has_role = true;
+            continue;
+         }
          if (strcmp(k, "security") == 0 || strcmp(k, "config") == 0) {
             /* kafka: objects, read by kafka_settings below */
             *(k[0] == 's' ? &has_security : &has_config) = true;
@@ -367,6 +460,16 @@ aspen_conns_load(aspen_conns_t *conns, const bson_t *list,
          char red[1024];
          aspen_uri_redact(uri, "", red, sizeof red);
          BSON_APPEND_UTF8(&conn->doc, "uri", red);
+         if (!atlas_role(conn, has_role ? &role_it : NULL, authz, where,
+                         err)) {
+            return false;
+         }
+      } else if (has_role) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "config key '%s.dbRoleToExecute' is for atlas "
+                         "connections only",
+                         where);
+         return false;
       } else if (strcmp(type, "kafka") == 0) {
          if (uri) {
             aspen_error_set(err, ASPEN_ERR_BadValue,
@@ -396,6 +499,10 @@ aspen_conns_cleanup(aspen_conns_t *conns)
    for (size_t i = 0; i < conns->n; i++) {
       free(conns->items[i].name);
       free(conns->items[i].uri);
+      free(conns->items[i].role);
+      if (conns->items[i].grant) {
+         conns->items[i].authz.grant_destroy(conns->items[i].grant);
+      }
       bson_destroy(&conns->items[i].doc);
       bson_destroy(&conns->items[i].kafka_conf);
       /* Last: processors (its clients) are gone by now. */

@@ -1167,12 +1167,16 @@ check_options(aspen_engine_t *eng, const bson_t *options, bson_t *out,
    return true;
 }
 
-/* Checks the options that depend on the parsed pipeline (exactlyOnce). */
+/* Checks what depends on the parsed pipeline: the namespaces it reaches
+ * through Atlas connections (their dbRoleToExecute), and exactlyOnce. */
 static bool
 pipeline_options_ok(aspen_engine_t *eng, const aspen_pipeline_t *pl,
                     const bson_t *options, aspen_error_t *err)
 {
    bson_iter_t it;
+   if (!aspen__pipeline_authorize(pl, options, &eng->conns, err)) {
+      return false;
+   }
    if (bson_iter_init_find(&it, options, "exactlyOnce") &&
        bson_iter_as_bool(&it)) {
       return aspen__kafka_txn_check(pl, &eng->conns, false, err);
@@ -2521,7 +2525,7 @@ aspen_engine_new(const aspen_engine_opts_t *opts, aspen_error_t *err)
                                     : DEFAULT_CHECKPOINT_INTERVAL_MS;
    eng->memory_limit_bytes = opts->memory_limit_bytes;
    if (!aspen_conns_load(&eng->conns, opts->connections, opts->backend_uri,
-                         err) ||
+                         opts->authz, err) ||
        !load_state(eng, err)) {
       aspen_engine_destroy(eng);
       return NULL;

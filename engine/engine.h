@@ -29,6 +29,51 @@
 
 typedef struct aspen_engine aspen_engine_t;
 
+/* Database actions a processor takes through an Atlas connection, checked
+ * against the connection's dbRoleToExecute: a change-stream $source
+ * watches (find + changeStream), $lookup and $cachedLookup read (find),
+ * $merge writes (insert, update; remove for whenMatched "delete"), a
+ * time-series $emit creates its collections and inserts, the DLQ inserts. */
+enum {
+   ASPEN_ENGINE_ACT_FIND = 1u << 0,
+   ASPEN_ENGINE_ACT_CHANGE_STREAM = 1u << 1,
+   ASPEN_ENGINE_ACT_INSERT = 1u << 2,
+   ASPEN_ENGINE_ACT_UPDATE = 1u << 3,
+   ASPEN_ENGINE_ACT_REMOVE = 1u << 4,
+   ASPEN_ENGINE_ACT_CREATE_COLLECTION = 1u << 5,
+};
+
+/* The authorization hook: how the engine learns what an Atlas connection's
+ * role (its dbRoleToExecute) allows, without knowing about users or roles
+ * (the proxy implements it: aspen_users_engine_authz).
+ *
+ * - grant_new(arg, role, custom, err): resolves a role name ("BUILT_IN",
+ *   or "CUSTOM" with `custom`) into an opaque grant the engine keeps for
+ *   the connection's lifetime; NULL with err set when there is no such
+ *   role. Called while the connections load (aspen_engine_new).
+ * - allows(grant, acts, db, coll, missing): true when the grant allows
+ *   every ASPEN_ENGINE_ACT_* in `acts` on collection db.coll (coll NULL:
+ *   the database itself; db NULL: every database, as a whole-deployment
+ *   change stream); false with *missing set to the first action's name
+ *   that it lacks. Any thread, concurrently (grants are immutable).
+ * - allows_stages(grant, db, pipeline, why, why_len): true when the grant
+ *   allows what the stages of the aggregation pipeline `pipeline` (an
+ *   array, run on a collection of database `db`) reach besides their
+ *   input: nested $lookup / $unionWith / $graphLookup collections, $out and
+ *   $merge targets. False with `why` set to what is missing ("find on
+ *   b.c"). Any thread.
+ * - grant_destroy(grant): frees it (registry cleanup). */
+typedef struct {
+   void *(*grant_new)(void *arg, const char *role, bool custom,
+                      aspen_error_t *err);
+   bool (*allows)(const void *grant, unsigned acts, const char *db,
+                  const char *coll, const char **missing);
+   bool (*allows_stages)(const void *grant, const char *db,
+                         const bson_t *pipeline, char *why, size_t why_len);
+   void (*grant_destroy)(void *grant);
+   void *arg;
+} aspen_engine_authz_t;
+
 typedef struct {
    /* Directory for the processors' files (processors/<id>.json) and
     * checkpoints; created if missing. */
@@ -49,6 +94,10 @@ typedef struct {
    /* The most processors (named and sp.process ones) at once; 0 for the
     * default, 10000. A create past it is refused. */
    size_t max_processors;
+   /* How Atlas connections' dbRoleToExecute roles are resolved and
+    * checked (copied), or NULL: roles are listed but not enforced, every
+    * namespace is reachable (tests and fuzz targets without users). */
+   const aspen_engine_authz_t *authz;
 } aspen_engine_opts_t;
 
 /* Loads the persisted processors and restarts those that were running.

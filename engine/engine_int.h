@@ -41,6 +41,14 @@ typedef struct {
    /* kafka with "local": true: the broker aspen hosts for it (kafka.c),
     * owned by the registry and destroyed with it. NULL otherwise. */
    struct aspen_kafka_local *kafka_local;
+   /* atlas: the role every database access through it runs as (ASP's
+    * dbRoleToExecute; readWriteAnyDatabase, BUILT_IN, when the config
+    * names none), its grant from the authorization hook, and the hook
+    * (a copy; grant NULL and no checks when the engine has none). */
+   char *role;
+   bool role_custom;
+   void *grant;
+   aspen_engine_authz_t authz;
 } aspen_conn_t;
 
 typedef struct {
@@ -48,8 +56,13 @@ typedef struct {
    size_t n;
 } aspen_conns_t;
 
+/* Loads the registry from the config's "connections" array (NULL: only
+ * sample_stream_solar). Atlas connections' dbRoleToExecute roles are
+ * resolved through `authz` (NULL: listed, not enforced). False with err
+ * naming the config key on anything invalid, an unknown role included. */
 bool aspen_conns_load(aspen_conns_t *conns, const bson_t *list,
-                      const char *backend_uri, aspen_error_t *err);
+                      const char *backend_uri,
+                      const aspen_engine_authz_t *authz, aspen_error_t *err);
 void aspen_conns_cleanup(aspen_conns_t *conns);
 const aspen_conn_t *aspen_conns_find(const aspen_conns_t *conns,
                                      const char *name);
@@ -65,6 +78,42 @@ struct _mongoc_client_t;
 struct _mongoc_client_t *aspen__conn_client_new(const aspen_conn_t *conn,
                                                 bool ping,
                                                 aspen_error_t *err);
+
+/* ------------------------------------------------------------------------ */
+/* What processors reach through Atlas connections (authz.c)                 */
+/* ------------------------------------------------------------------------ */
+
+/* True when `conn`'s dbRoleToExecute allows every ASPEN_ENGINE_ACT_* in
+ * `acts` on db.coll (coll NULL: the database; db NULL: every database), or
+ * when `conn` has no grant (no hook). Otherwise false with err = 422
+ * StreamProcessorAtlasUnauthorizedError naming the connection, its role,
+ * the action and the namespace. Any thread. */
+bool aspen__conn_authorize(const aspen_conn_t *conn, unsigned acts,
+                           const char *db, const char *coll,
+                           aspen_error_t *err);
+/* The same for what the stages of `pipeline` (an array the engine sends to
+ * `conn`'s server to run on a collection of database `db`: $lookup's
+ * pipeline, a change stream's config.pipeline) reach besides their input:
+ * a nested $lookup's or $unionWith's collection, an $out or $merge target.
+ * Any thread. */
+bool aspen__conn_authorize_stages(const aspen_conn_t *conn, const char *db,
+                                  const bson_t *pipeline, aspen_error_t *err);
+/* What a $merge (its argument `spec`) does to its target: insert and
+ * update (upserts), plus remove when whenMatched is "delete" or an
+ * expression that may say so. */
+unsigned aspen__merge_required_acts(const bson_t *spec);
+struct aspen_pipeline;
+/* Checks every literal namespace the parsed pipeline `pl` reaches through
+ * an Atlas connection (the change-stream $source, $lookup and
+ * $cachedLookup, $merge, a time-series $emit), and options.dlq, against
+ * the connections' roles: false with the first refusal (as
+ * aspen__conn_authorize, followed by where: "(at pipeline[2].$merge)").
+ * Namespaces given as expressions are checked per document by the sinks.
+ * Create, modify and start call it (command thread). */
+bool aspen__pipeline_authorize(const struct aspen_pipeline *pl,
+                               const bson_t *options,
+                               const aspen_conns_t *conns,
+                               aspen_error_t *err);
 
 /* ------------------------------------------------------------------------ */
 /* Stream documents                                                          */

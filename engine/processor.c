@@ -1335,6 +1335,13 @@ aspen_proc_launch(aspen_proc_t *proc, aspen_error_t *err)
    if (!proc->pl) {
       return false;
    }
+   /* Checked again at every start: the connections' roles may have
+    * changed since create. */
+   if (!aspen__pipeline_authorize(proc->pl, &proc->options, conns, err)) {
+      aspen_pipeline_destroy(proc->pl);
+      proc->pl = NULL;
+      return false;
+   }
    set_state_limit(proc);
    bson_iter_t vit;
    proc->pl->virtual_clock = bson_iter_init_find(&vit, &proc->options,

@@ -373,6 +373,10 @@ typedef struct {
 
 struct aspen_coll_writer {
    mongoc_client_t *client;
+   /* The connection and what the writer does through it (authz.c):
+    * checked for each target before its first write. */
+   const aspen_conn_t *conn;
+   unsigned acts;
    char ns[256];           /* literal "db.coll", or a description */
    /* into.db / into.coll: literal names, or expressions (NULL: literal). */
    const char *db_lit, *coll_lit;
@@ -436,6 +440,18 @@ writer_new(const aspen_conn_t *conn, aspen_error_t *err)
    return w;
 }
 
+static void write_error_reason(const aspen_coll_writer_t *w, int32_t code,
+                               const char *msg, char *out, size_t len);
+
+/* Whether the connection's dbRoleToExecute lets the writer write to
+ * db.coll; false with err set (422) when it does not. */
+static bool
+target_allowed(const aspen_coll_writer_t *w, const char *db,
+               const char *coll, aspen_error_t *err)
+{
+   return !w->conn || aspen__conn_authorize(w->conn, w->acts, db, coll, err);
+}
+
 static target_t *
 target_add(aspen_coll_writer_t *w, const char *db, const char *coll)
 {
@@ -458,6 +474,12 @@ aspen_coll_writer_new_insert(const aspen_conn_t *conn, const char *db,
 {
    aspen_coll_writer_t *w = writer_new(conn, err);
    if (w) {
+      w->conn = conn;
+      w->acts = ASPEN_ENGINE_ACT_INSERT;
+      if (!target_allowed(w, db, coll, err)) {
+         aspen_coll_writer_destroy(w);
+         return NULL;
+      }
       w->plain_insert = true;
       target_add(w, db, coll);
       w->n_dbs = 1;
@@ -605,7 +627,14 @@ aspen_coll_writer_new_merge(const aspen_conns_t *conns, const bson_t *spec,
    w->op_name = "MergeOperator";
    w->label = "$merge.into";
    const aspen_conn_t *conn = NULL;
-   if (!writer_parse_spec(w, conns, &conn, err) ||
+   if (!writer_parse_spec(w, conns, &conn, err)) {
+      aspen_coll_writer_destroy(w);
+      return NULL;
+   }
+   w->conn = conn;
+   w->acts = aspen__merge_required_acts(&w->spec);
+   if ((w->db_lit && w->coll_lit &&
+        !target_allowed(w, w->db_lit, w->coll_lit, err)) ||
        !(w->client = aspen__conn_client_new(conn, true, err))) {
       aspen_coll_writer_destroy(w);
       return NULL;
@@ -763,6 +792,15 @@ target_for(aspen_coll_writer_t *w, const bson_t *doc, char *why,
          }
          db_known = true;
       }
+   }
+   /* A new target: the connection's role must cover it. A refused one is
+    * never added (each of its documents is checked again), and its
+    * documents go to the DLQ like writes the server refuses. */
+   aspen_error_t refusal;
+   if (!target_allowed(w, db, coll, &refusal)) {
+      write_error_reason(w, ASPEN_ERR_Unauthorized, refusal.message, why,
+                         why_len);
+      return NULL;
    }
    /* ASP's limits on dynamic targets, with its messages. */
    if (!db_known && w->n_dbs >= ASPEN_MERGE_MAX_TARGETS) {
@@ -1257,7 +1295,12 @@ aspen_coll_writer_new_timeseries(const aspen_conns_t *conns,
                       "$emit");
       ok = false;
    }
-   if (!ok || !(w->client = aspen__conn_client_new(conn, true, err))) {
+   w->conn = conn;
+   w->acts = ASPEN_ENGINE_ACT_INSERT | ASPEN_ENGINE_ACT_CREATE_COLLECTION;
+   if (!ok ||
+       (w->db_lit && w->coll_lit &&
+        !target_allowed(w, w->db_lit, w->coll_lit, err)) ||
+       !(w->client = aspen__conn_client_new(conn, true, err))) {
       aspen_coll_writer_destroy(w);
       return NULL;
    }

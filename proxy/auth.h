@@ -13,8 +13,8 @@
  *
  * Threading: loop thread only, except aspen_users_cli_add (main, before the
  * loop exists), the audit log's writer thread (audit.c), and principals:
- * immutable copies, whose checks (aspen_principal_may_run) run on any
- * thread.
+ * immutable copies, whose checks (aspen_principal_may_run, the engine's
+ * connection grants) run on any thread.
  */
 #ifndef ASPEN_AUTH_H
 #define ASPEN_AUTH_H
@@ -142,6 +142,21 @@ bool aspen_principal_may_run(const aspen_principal_t *p, const char *name,
                              const bson_t *cmd, const char *db,
                              bool forwarded, aspen_error_t *err, char *why,
                              size_t why_len);
+/* The privileges of one role as a principal, for an Atlas connection's
+ * dbRoleToExecute: a built-in role ("readWriteAnyDatabase", "read@sales")
+ * or, with `custom`, a security.roles one. NULL with err set (BadValue)
+ * when there is no such role. */
+aspen_principal_t *aspen_users_role_principal_new(const aspen_users_t *users,
+                                                  const char *role,
+                                                  bool custom,
+                                                  aspen_error_t *err);
+/* Fills `out` with the engine's authorization hook (engine.h): connection
+ * roles resolved by aspen_users_role_principal_new, namespaces checked as
+ * for a user. `users` must outlive the grants' resolution (aspen_engine_new);
+ * the grants themselves are independent copies. */
+void aspen_users_engine_authz(aspen_users_t *users,
+                              aspen_engine_authz_t *out);
+
 /* `aspen --add-user NAME --password PW --roles r1,r2`: adds or replaces the
  * user in the users file (atomically: temp file, fsync, rename, fsync of the
  * folder) with SCRAM-SHA-1 and SCRAM-SHA-256 keys. With `password` NULL

@@ -283,6 +283,10 @@ main(int argc, char **argv)
                  "other than aspen's own will fail");
    }
 
+   /* Atlas connections run as their dbRoleToExecute, checked with the
+    * same rules as users' roles (users.c). */
+   aspen_engine_authz_t authz;
+   aspen_users_engine_authz(srv.users, &authz);
    aspen_engine_opts_t eopts = {
       .state_dir = cfg.state_dir,
       .connections = &cfg.connections,
@@ -290,6 +294,7 @@ main(int argc, char **argv)
       .checkpoint_interval_ms = cfg.checkpoint_interval_ms,
       .memory_limit_bytes = cfg.memory_limit_bytes,
       .max_processors = cfg.max_processors,
+      .authz = &authz,
    };
    srv.engine = aspen_engine_new(&eopts, &err);
    if (!srv.engine) {

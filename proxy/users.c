@@ -35,8 +35,8 @@
  * way mongod derives them.
  *
  * Roles are read once, at start; principals are copies, so the privilege
- * checks (aspen_principal_may_run) read nothing shared and may run on any
- * thread.
+ * checks (aspen_principal_may_run, the engine's connection grants) read
+ * nothing shared and may run on any thread.
  */
 #include "auth.h"
 
@@ -960,6 +960,54 @@ aspen_users_principal_new(const aspen_users_t *users, const char *db,
    return p;
 }
 
+aspen_principal_t *
+aspen_users_role_principal_new(const aspen_users_t *users, const char *role,
+                               bool custom, aspen_error_t *err)
+{
+   char name[MAX_NAME];
+   const char *role_db = "";
+   if (strlen(role) >= sizeof name) {
+      aspen_error_set(err, ASPEN_ERR_BadValue, "role name too long");
+      return NULL;
+   }
+   snprintf(name, sizeof name, "%s", role);
+   if (custom) {
+      if (!find_custom(users, name)) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "no custom role '%s' in security.roles", name);
+         return NULL;
+      }
+   } else {
+      char *at = strchr(name, '@');
+      if (at) {
+         *at = '\0';
+         role_db = at + 1;
+      }
+      int b = find_builtin(name);
+      if (b < 0) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "'%s' is not a built-in role (" BUILTIN_NAMES
+                         "; a security.roles role has type CUSTOM)",
+                         role);
+         return NULL;
+      }
+      if (builtins[b].role_db ? !*role_db : at != NULL) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         builtins[b].role_db
+                            ? "built-in role '%s' is granted on one database: "
+                              "write it %s@<db>"
+                            : "built-in role '%s' covers every database: "
+                              "write it without @<db> (%s)",
+                         role, name);
+         return NULL;
+      }
+   }
+   aspen_principal_t *p = aspen_xcalloc(1, sizeof *p);
+   snprintf(p->user, sizeof p->user, "%s", role);
+   (void) principal_add_role(p, users, name, role_db);
+   return p;
+}
+
 void
 aspen_principal_destroy(aspen_principal_t *p)
 {
@@ -1125,10 +1173,13 @@ describe_resource(const res_t *r, aspen_action_t a, char *out, size_t size)
    }
 }
 
-/* One check in progress: whose privileges, and the first one missing. */
+/* One check in progress: whose privileges, and the first one missing:
+ * mongod's wording for the log, and "<action> on <namespace>" for the
+ * engine's messages. */
 typedef struct {
    const aspen_principal_t *p;
    char missing[ASPEN_ERROR_MSG_MAX]; /* "missing privilege for ..." */
+   char missing_short[ASPEN_ERROR_MSG_MAX]; /* "find on b.c" */
 } authz_t;
 
 static bool
@@ -1144,6 +1195,17 @@ need(authz_t *az, aspen_action_t a, res_kind_t kind, const char *db,
    snprintf(az->missing, sizeof az->missing,
             "missing privilege for action %s on resource %s",
             aspen_action_name(a), res);
+   if (kind == RES_NS && r.db[0]) {
+      snprintf(az->missing_short, sizeof az->missing_short, "%s on %s%s%s%s",
+               aspen_action_name(a), r.coll[0] ? "" : "database ", r.db,
+               r.coll[0] ? "." : "", r.coll);
+   } else {
+      snprintf(az->missing_short, sizeof az->missing_short, "%s on %s",
+               aspen_action_name(a),
+               kind == RES_NS        ? "every database"
+               : kind == RES_CLUSTER ? "the cluster"
+                                     : "every resource");
+   }
    return false;
 }
 
@@ -1988,6 +2050,68 @@ aspen_principal_may_run(const aspen_principal_t *p, const char *name,
       aspen__auth_refuse_command(cmd, db, err);
    }
    return false;
+}
+
+/* ---- the engine's connection roles (dbRoleToExecute) -------------------- */
+
+static void *
+engine_grant_new(void *arg, const char *role, bool custom, aspen_error_t *err)
+{
+   return aspen_users_role_principal_new(arg, role, custom, err);
+}
+
+static bool
+engine_allows(const void *grant, unsigned acts, const char *db,
+              const char *coll, const char **missing)
+{
+   static const struct {
+      unsigned bit;
+      aspen_action_t a;
+   } map[] = {
+      {ASPEN_ENGINE_ACT_FIND, ASPEN_ACTION_find},
+      {ASPEN_ENGINE_ACT_CHANGE_STREAM, ASPEN_ACTION_changeStream},
+      {ASPEN_ENGINE_ACT_INSERT, ASPEN_ACTION_insert},
+      {ASPEN_ENGINE_ACT_UPDATE, ASPEN_ACTION_update},
+      {ASPEN_ENGINE_ACT_REMOVE, ASPEN_ACTION_remove},
+      {ASPEN_ENGINE_ACT_CREATE_COLLECTION, ASPEN_ACTION_createCollection},
+   };
+   authz_t az = {.p = grant};
+   for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
+      if ((acts & map[i].bit) && !need(&az, map[i].a, RES_NS, db, coll)) {
+         *missing = aspen_action_name(map[i].a);
+         return false;
+      }
+   }
+   *missing = NULL;
+   return true;
+}
+
+static bool
+engine_allows_stages(const void *grant, const char *db, const bson_t *pipeline,
+                     char *why, size_t why_len)
+{
+   authz_t az = {.p = grant};
+   if (check_stage_list(&az, pipeline, db, false, 0)) {
+      return true;
+   }
+   snprintf(why, why_len, "%s", az.missing_short);
+   return false;
+}
+
+static void
+engine_grant_destroy(void *grant)
+{
+   aspen_principal_destroy(grant);
+}
+
+void
+aspen_users_engine_authz(aspen_users_t *users, aspen_engine_authz_t *out)
+{
+   out->grant_new = engine_grant_new;
+   out->allows = engine_allows;
+   out->allows_stages = engine_allows_stages;
+   out->grant_destroy = engine_grant_destroy;
+   out->arg = users;
 }
 
 /* ---- aspen --add-user ------------------------------------------------------- */

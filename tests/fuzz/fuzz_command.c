@@ -17,7 +17,8 @@
  * off, logged in as an atlasAdmin, or logged in as a user with a custom role
  * that grants only some stream actions. Forwarded commands fail fast: there
  * is no backend (the router answers without network I/O). Audit events are
- * written to /dev/null.
+ * written to /dev/null. The engine resolves its Atlas connections' roles
+ * (one runs as readWrite@sales) through the users' hook, as in aspen.
  *
  * In a sequence, the string "$cursor" as a top-level value is replaced by
  * the last cursorId a reply carried, and "$name" by the last processor name
@@ -104,6 +105,10 @@ setup(void)
       "[{\"name\": \"atlas\", \"type\": \"atlas\", \"uri\": "
       "\"mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=1&"
       "connectTimeoutMS=1\"},"
+      " {\"name\": \"atlasSales\", \"type\": \"atlas\", \"uri\": "
+      "\"mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=1&"
+      "connectTimeoutMS=1\", \"dbRoleToExecute\": {\"role\": "
+      "\"readWrite@sales\", \"type\": \"BUILT_IN\"}},"
       " {\"name\": \"kafka\", \"type\": \"kafka\", \"local\": true}]");
    bson_destroy(&g_cfg.roles);
    fuzz_fixed_doc(&g_cfg.roles,
@@ -134,9 +139,13 @@ setup(void)
    /* Audit events are formatted and written, to nowhere. */
    g_srv.audit = aspen_audit_new("/dev/null", &err);
    ASPEN_ASSERT(g_srv.audit != NULL);
+   /* Connections run as their dbRoleToExecute, as in aspen. */
+   aspen_engine_authz_t authz;
+   aspen_users_engine_authz(g_users_on, &authz);
    aspen_engine_opts_t eopts = {
       .state_dir = g_cfg.state_dir,
       .connections = &g_cfg.connections,
+      .authz = &authz,
    };
    g_srv.engine = aspen_engine_new(&eopts, &err);
    ASPEN_ASSERT(g_srv.engine != NULL);

@@ -29,7 +29,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
    if (load_doc(&cfg, &doc, "", &err)) {
       aspen_config_finish(&cfg);
       aspen_conns_t conns;
-      if (aspen_conns_load(&conns, &cfg.connections, cfg.backend_uri, &err)) {
+      if (aspen_conns_load(&conns, &cfg.connections, cfg.backend_uri, NULL,
+                           &err)) {
          for (size_t i = 0; i < conns.n; i++) {
             (void) aspen_conns_find(&conns, conns.items[i].name);
          }

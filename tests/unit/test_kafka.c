@@ -243,7 +243,7 @@ conns_from_json(aspen_conns_t *conns, const char *json, const char *backend,
    bson_t *cfg = tmp_bson(json);
    bson_t arr;
    array_field(cfg, "c", &arr);
-   bool ok = aspen_conns_load(conns, &arr, backend, err);
+   bool ok = aspen_conns_load(conns, &arr, backend, NULL, err);
    bson_destroy(cfg);
    return ok;
 }

@@ -1133,7 +1133,7 @@ main(void)
       (const uint8_t *) "[{\"name\": \"testAtlas\", \"type\": \"atlas\", "
                         "\"uri\": \"mongodb://127.0.0.1:1\"}]",
       -1, &berr);
-   if (!list || !aspen_conns_load(&g_conns, list, NULL, &err)) {
+   if (!list || !aspen_conns_load(&g_conns, list, NULL, NULL, &err)) {
       fprintf(stderr, "test_pipeline: cannot set up connections: %s\n",
               list ? err.message : berr.message);
       return 1;

@@ -8,7 +8,8 @@
  * sources, nested pipelines, mapReduce output, both sides of a rename, a
  * view's source, ...), refused with mongod's "not authorized on <db> to
  * execute command { ... }"; aspen's diagnostics need cluster-monitor
- * privileges. Also proxy/cursor_owners.c: a
+ * privileges; and the engine's hook resolves a connection's
+ * dbRoleToExecute into the same checks. Also proxy/cursor_owners.c: a
  * forwarded cursor may be continued or killed only by the user (and in
  * the session) that opened it, with mongod's messages.
  */
@@ -506,6 +507,66 @@ test_cluster_monitor(void **state)
    REFUSED("status", "admin", "{\"getLog\": \"global\"}");
 }
 
+/* ---- the engine's hook: connections' roles ------------------------------ */
+
+static void
+test_engine_grants(void **state)
+{
+   (void) state;
+   aspen_engine_authz_t az;
+   aspen_error_t err;
+   const char *missing;
+   aspen_users_engine_authz(g_users, &az);
+
+   void *ro = az.grant_new(az.arg, "readAnyDatabase", false, &err);
+   assert_non_null(ro);
+   assert_true(az.allows(ro, ASPEN_ENGINE_ACT_FIND |
+                                ASPEN_ENGINE_ACT_CHANGE_STREAM,
+                         "b", "c", &missing));
+   assert_true(az.allows(ro, ASPEN_ENGINE_ACT_FIND, NULL, NULL, &missing));
+   assert_false(az.allows(ro, ASPEN_ENGINE_ACT_FIND | ASPEN_ENGINE_ACT_INSERT,
+                          "b", "c", &missing));
+   assert_string_equal(missing, "insert");
+   az.grant_destroy(ro);
+
+   void *ra = az.grant_new(az.arg, "readWrite@a", false, &err);
+   assert_non_null(ra);
+   assert_true(az.allows(ra, ASPEN_ENGINE_ACT_INSERT | ASPEN_ENGINE_ACT_UPDATE,
+                         "a", "c", &missing));
+   assert_false(az.allows(ra, ASPEN_ENGINE_ACT_FIND, "b", "c", &missing));
+   assert_false(az.allows(ra, ASPEN_ENGINE_ACT_FIND, NULL, NULL, &missing));
+   /* What a $lookup's pipeline reaches. */
+   char why[ASPEN_ERROR_MSG_MAX];
+   bson_t pl;
+   json_doc("[{\"$match\": {}}, {\"$lookup\": {\"from\": \"y\", \"as\": "
+            "\"j\", \"pipeline\": []}}]",
+            &pl);
+   assert_true(az.allows_stages(ra, "a", &pl, why, sizeof why));
+   bson_destroy(&pl);
+   json_doc("[{\"$unionWith\": {\"coll\": \"s\", \"db\": \"b\"}}]", &pl);
+   assert_false(az.allows_stages(ra, "a", &pl, why, sizeof why));
+   assert_string_equal(why, "find on b.s");
+   bson_destroy(&pl);
+   az.grant_destroy(ra);
+
+   void *custom = az.grant_new(az.arg, "ordersOnly", true, &err);
+   assert_non_null(custom);
+   assert_true(az.allows(custom, ASPEN_ENGINE_ACT_INSERT, "sales", "orders",
+                         &missing));
+   assert_false(az.allows(custom, ASPEN_ENGINE_ACT_INSERT, "sales", "x",
+                          &missing));
+   az.grant_destroy(custom);
+
+   assert_null(az.grant_new(az.arg, "nope", true, &err));
+   assert_non_null(strstr(err.message, "no custom role 'nope'"));
+   assert_null(az.grant_new(az.arg, "ordersOnly", false, &err));
+   assert_non_null(strstr(err.message, "is not a built-in role"));
+   assert_null(az.grant_new(az.arg, "readWrite", false, &err));
+   assert_non_null(strstr(err.message, "write it readWrite@<db>"));
+   assert_null(az.grant_new(az.arg, "readAnyDatabase@a", false, &err));
+   assert_non_null(strstr(err.message, "covers every database"));
+}
+
 /* ---- forwarded cursors belong to who opened them (cursor_owners.c) ----- */
 
 /* The owner of `json` (a command) sent by `user` (NULL: nobody). */
@@ -802,6 +863,7 @@ main(void)
       cmocka_unit_test(test_cross_namespace),
       cmocka_unit_test(test_message_shape),
       cmocka_unit_test(test_cluster_monitor),
+      cmocka_unit_test(test_engine_grants),
       cmocka_unit_test(test_cursor_owners),
       cmocka_unit_test(test_session_keys),
    };
