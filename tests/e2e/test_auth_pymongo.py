@@ -9,23 +9,15 @@ at the end and fails on a bad exit status or a sanitizer report.
 
 import os
 import re
-import signal
 import subprocess
-import time
 
 import pytest
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SANITIZER_RE = re.compile(r"AddressSanitizer|LeakSanitizer|runtime error:")
+import aspen_proc
 
-
-def _bin():
-    b = os.environ.get("ASPEN_BIN", "build/proxy/aspen")
-    return b if os.path.isabs(b) else os.path.join(ROOT, b)
-
-
+ROOT = aspen_proc.ROOT
 X509_SUBJECT = "CN=aspen-client,OU=clients,O=aspen"
 
 
@@ -44,50 +36,23 @@ def _certs(run_dir):
 
 @pytest.fixture(scope="module")
 def aspen():
-    backing = os.environ.get("BACKING_URI")
-    if not backing:
-        pytest.fail("BACKING_URI is not set: run this through tests/e2e/run-pytest.sh")
-    run_dir = os.environ.get("ASPEN_RUN_DIR", os.path.join(ROOT, "build", "run"))
+    backing = aspen_proc.backing_uri()
+    run_dir = aspen_proc.run_dir()
     state = os.path.join(run_dir, "state-auth-py")
-    log_path = os.path.join(run_dir, "aspen-auth-py.log")
-    subprocess.run(["rm", "-rf", state], check=True)
-    for user, pw, roles in [("admin", "s3cret!", "atlasAdmin"), ("reader", "r3ad", "readAnyDatabase")]:
-        subprocess.run([_bin(), "--state-dir", state, "--add-user", user, "--password", pw,
-                        "--roles", roles], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([_bin(), "--state-dir", state, "--add-user", X509_SUBJECT, "--external",
-                    "--roles", "readAnyDatabase"], check=True, stdout=subprocess.DEVNULL)
+    aspen_proc.add_users(state, [("admin", "s3cret!", "atlasAdmin"),
+                                 ("reader", "r3ad", "readAnyDatabase")])
+    subprocess.run([aspen_proc.aspen_bin(), "--state-dir", state, "--add-user", X509_SUBJECT,
+                    "--external", "--roles", "readAnyDatabase"], check=True,
+                   stdout=subprocess.DEVNULL)
     certs = _certs(run_dir)
-    log = open(log_path, "w")
     # TLS allowed: plain clients for SCRAM, client certificates for X509.
-    proc = subprocess.Popen([_bin(), "--bind", "127.0.0.1", "--port", "0", "--backend", backing,
-                             "--state-dir", state, "--tls-mode", "allowed",
-                             "--tls-cert", os.path.join(certs, "server.pem"),
-                             "--tls-key", os.path.join(certs, "server-key.pem"),
-                             "--tls-ca", os.path.join(certs, "ca.pem")],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    port = None
-    for _ in range(100):
-        with open(log_path) as f:
-            m = re.search(r'"msg":\s*"Waiting for connections".*?"port":\s*(\d+)', f.read())
-        if m:
-            port = int(m.group(1))
-            break
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    if port is None:
-        proc.kill()
-        proc.wait()
-        with open(log_path) as f:
-            pytest.fail("aspen did not start:\n" + f.read()[-3000:])
-    yield port
-    proc.send_signal(signal.SIGTERM)
-    rc = proc.wait(timeout=15)
-    log.close()
-    with open(log_path) as f:
-        text = f.read()
-    assert not SANITIZER_RE.search(text), text[-3000:]
-    assert rc == 0, f"aspen exited with {rc}"
+    a = aspen_proc.start("auth-py", ["--backend", backing, "--state-dir", state,
+                                     "--tls-mode", "allowed",
+                                     "--tls-cert", os.path.join(certs, "server.pem"),
+                                     "--tls-key", os.path.join(certs, "server-key.pem"),
+                                     "--tls-ca", os.path.join(certs, "ca.pem")])
+    yield a.port
+    aspen_proc.stop(a)
 
 
 def _client(port, **kw):
@@ -160,7 +125,7 @@ def test_reader_privileges(aspen):
 
 
 def test_x509(aspen):
-    run_dir = os.environ.get("ASPEN_RUN_DIR", os.path.join(ROOT, "build", "run"))
+    run_dir = aspen_proc.run_dir()
     c = _client(aspen, tls=True, tlsCAFile=os.path.join(run_dir, "certs", "ca.pem"),
                 tlsCertificateKeyFile=os.path.join(run_dir, "client-combined-py.pem"),
                 authMechanism="MONGODB-X509")
