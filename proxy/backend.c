@@ -1,7 +1,18 @@
 /*
  * backend.c - forwarding commands to the backing MongoDB deployment.
  *
- * mongoc is blocking, so it never runs on the loop thread. A fixed set of
+ * Two ways, chosen once at start from the backend URI (aspen_backend_new):
+ *
+ * The relay (upstream.h, the default): aspen's own non-blocking
+ * connections on the loop thread carry the client's OP_MSG and bring the
+ * reply bytes back, with no thread hop per command. It serves every URI
+ * whose login it implements (none, SCRAM-SHA-1, SCRAM-SHA-256) and its TLS
+ * options.
+ *
+ * The lanes (this file), for the rest (MONGODB-X509, MONGODB-AWS, OIDC,
+ * PLAIN and GSSAPI logins to the backend, load-balanced mode) or when the
+ * config asks for them (backend.forwarding "lanes"): mongoc is blocking,
+ * so it never runs on the loop thread. A fixed set of
  * lanes (worker threads) each own one client popped from a mongoc client
  * pool, which shares one topology and its background monitoring. The loop
  * queues a job on a lane and returns; the lane runs the command and puts the
@@ -18,7 +29,7 @@
  * the same backend session id reaches the server each time. Commands without
  * an lsid use mongoc's implicit sessions.
  */
-#include "proxy_int.h"
+#include "upstream.h"
 
 #include <mongoc/mongoc.h>
 #include <pthread.h>
@@ -70,6 +81,7 @@ typedef struct {
 struct aspen_backend {
    uv_loop_t *loop;
    mongoc_uri_t *uri;
+   aspen_upstream_t *up; /* the relay; NULL when the lanes forward */
    mongoc_client_pool_t *pool;
    int n_lanes;
    lane_t *lanes;
@@ -328,10 +340,18 @@ mongoc_log_to_aspen(mongoc_log_level_t level, const char *domain,
 }
 
 aspen_backend_t *
-aspen_backend_new(uv_loop_t *loop, const char *uri_str, int lanes,
-                  aspen_error_t *err)
+aspen_backend_new(uv_loop_t *loop, const char *uri_str, const char *forwarding,
+                  int lanes, aspen_error_t *err)
 {
    bson_error_t berr;
+   bool want_relay = !forwarding || strcmp(forwarding, "relay") == 0;
+   if (!want_relay && strcmp(forwarding, "lanes") != 0) {
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "backend.forwarding must be \"relay\" or \"lanes\", "
+                      "not \"%s\"",
+                      forwarding);
+      return NULL;
+   }
    mongoc_log_set_handler(mongoc_log_to_aspen, NULL);
    mongoc_uri_t *uri = mongoc_uri_new_with_error(uri_str, &berr);
    if (!uri) {
@@ -351,6 +371,30 @@ aspen_backend_new(uv_loop_t *loop, const char *uri_str, int lanes,
    aspen_backend_t *be = aspen_xcalloc(1, sizeof *be);
    be->loop = loop;
    be->uri = uri;
+   const mongoc_host_list_t *hosts = mongoc_uri_get_hosts(uri);
+   char why[256] = "backend.forwarding is \"lanes\"";
+   if (want_relay && aspen_upstream_supports(uri, why, sizeof why)) {
+      be->up = aspen_upstream_new(loop, uri, err);
+      if (!be->up) {
+         mongoc_uri_destroy(uri);
+         free(be);
+         return NULL;
+      }
+      bson_t attr = BSON_INITIALIZER;
+      BSON_APPEND_UTF8(&attr, "host",
+                       hosts ? hosts->host_and_port : "(srv)");
+      BSON_APPEND_UTF8(&attr, "forwarding", "relay");
+      aspen_log(ASPEN_LOG_INFO, COMPONENT, 0, "main",
+                "Forwarding to the backing deployment", &attr);
+      bson_destroy(&attr);
+      return be;
+   }
+   if (want_relay) {
+      aspen_logf(ASPEN_LOG_INFO, COMPONENT, "main",
+                 "the backend URI has %s, which aspen's relay does not "
+                 "implement: forwarding through mongoc lanes instead",
+                 why);
+   }
    be->pool = mongoc_client_pool_new(uri);
    if (!be->pool) {
       aspen_error_set(err, ASPEN_ERR_BadValue,
@@ -375,9 +419,9 @@ aspen_backend_new(uv_loop_t *loop, const char *uri_str, int lanes,
       pthread_create(&lane->thread, NULL, lane_main, lane);
    }
    bson_t attr = BSON_INITIALIZER;
-   const mongoc_host_list_t *hosts = mongoc_uri_get_hosts(uri);
    BSON_APPEND_UTF8(&attr, "host",
                     hosts ? hosts->host_and_port : "(srv)");
+   BSON_APPEND_UTF8(&attr, "forwarding", "lanes");
    BSON_APPEND_INT32(&attr, "lanes", be->n_lanes);
    aspen_log(ASPEN_LOG_INFO, COMPONENT, 0, "main",
              "Forwarding to the backing deployment", &attr);
@@ -407,10 +451,10 @@ lane_for_lsid(aspen_backend_t *be, const bson_t *lsid)
                  (uint64_t) be->n_lanes);
 }
 
-void
-aspen_backend_submit(aspen_backend_t *be, const char *db, const bson_t *cmd,
-                     const bson_t *lsid, uint64_t conn_key,
-                     aspen_backend_cb cb, void *arg)
+static void
+lanes_submit(aspen_backend_t *be, const char *db, const bson_t *cmd,
+             const bson_t *lsid, uint64_t conn_key, aspen_backend_cb cb,
+             void *arg)
 {
    aspen_backend_job_t *job = aspen_xcalloc(1, sizeof *job);
    job->kind = JOB_COMMAND;
@@ -434,10 +478,48 @@ aspen_backend_submit(aspen_backend_t *be, const char *db, const bson_t *cmd,
    enqueue(be, idx, job);
 }
 
+bool
+aspen_backend_is_relay(const aspen_backend_t *be)
+{
+   return be->up != NULL;
+}
+
+void
+aspen_backend_forward(aspen_backend_t *be, const aspen_request_t *req,
+                      const bson_t *lsid_key, aspen_backend_cb cb, void *arg)
+{
+   if (be->up) {
+      aspen_op_msg_t one = {0};
+      const aspen_op_msg_t *msg = req->msg;
+      if (!msg) {
+         /* Not an OP_MSG (only the handshake comes as OP_QUERY, and it is
+          * aspen's): send the command as the body. */
+         (void) bson_init_static(&one.body, bson_get_data(req->cmd),
+                                 req->cmd->len);
+         msg = &one;
+      }
+      aspen_upstream_forward(be->up, msg, req->name, cb, arg);
+      return;
+   }
+   lanes_submit(be, req->db, req->cmd, lsid_key, aspen_session_id(req->sess),
+                cb, arg);
+}
+
 void
 aspen_backend_end_sessions(aspen_backend_t *be, const bson_t *ids)
 {
    bson_iter_t it;
+   if (be->up) {
+      /* The client's lsids are the backend's: let it end them. */
+      aspen_op_msg_t msg = {0};
+      bson_t cmd = BSON_INITIALIZER;
+      BSON_APPEND_ARRAY(&cmd, "endSessions", ids);
+      BSON_APPEND_UTF8(&cmd, "$db", "admin");
+      (void) bson_init_static(&msg.body, bson_get_data(&cmd), cmd.len);
+      aspen_upstream_forward(be->up, &msg, "endSessions", NULL, NULL);
+      bson_destroy(&cmd);
+      return;
+   }
    if (!bson_iter_init(&it, ids)) {
       return;
    }
@@ -472,6 +554,12 @@ void
 aspen_backend_destroy(aspen_backend_t *be)
 {
    if (!be) {
+      return;
+   }
+   if (be->up) {
+      aspen_upstream_destroy(be->up);
+      mongoc_uri_destroy(be->uri);
+      free(be);
       return;
    }
    for (int i = 0; i < be->n_lanes; i++) {

@@ -12,7 +12,8 @@
  *              "idleTimeoutSecs": 0 },
  *     "tls": { "mode": "disabled", "certificateFile": "...", "keyFile": "...",
  *              "CAFile": "..." },
- *     "backend": { "uri": "mongodb://...", "lanes": 4 },
+ *     "backend": { "uri": "mongodb://...", "forwarding": "relay",
+ *                  "lanes": 4 },
  *     "stateDir": "./aspen-state",
  *     "connections": [ { "name": "myConn", "type": "atlas",
  *                        "uri": "mongodb://..." } ],
@@ -69,8 +70,12 @@ static const key_t_ keys[] = {
     "CA for client certificates (PEM)"},
    {"backend.uri", "--backend", T_STRING, OFF(backend_uri), 0, 0,
     "MongoDB URI of the backing deployment for forwarded commands"},
+   {"backend.forwarding", "--backend-forwarding", T_STRING,
+    OFF(backend_forwarding), 0, 0,
+    "relay (default: aspen's own connections, on the event loop, when the "
+    "URI allows) | lanes (mongoc on worker threads)"},
    {"backend.lanes", "--backend-lanes", T_INT, OFF(backend_lanes), 1, 64,
-    "worker threads forwarding to the backend (default 4)"},
+    "worker threads forwarding to the backend in lanes mode (default 4)"},
    {"stateDir", "--state-dir", T_STRING, OFF(state_dir), 0, 0,
     "directory for aspen's state (default ./aspen-state)"},
    {"streams.checkpointIntervalMs", "--checkpoint-interval-ms", T_INT,
@@ -474,6 +479,9 @@ aspen_config_finish(aspen_config_t *cfg)
       aspen_uri_redact(cfg->backend_uri, "<credentials>@", red, sizeof red);
       BSON_APPEND_UTF8(&backend, "uri", red);
    }
+   BSON_APPEND_UTF8(&backend, "forwarding",
+                    cfg->backend_forwarding ? cfg->backend_forwarding
+                                            : "relay");
    BSON_APPEND_INT32(&backend, "lanes", cfg->backend_lanes);
    bson_append_document_end(&cfg->parsed, &backend);
    BSON_APPEND_UTF8(&cfg->parsed, "stateDir", cfg->state_dir);

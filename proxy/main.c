@@ -272,6 +272,7 @@ main(int argc, char **argv)
 
    if (cfg.backend_uri) {
       srv.backend = aspen_backend_new(&loop, cfg.backend_uri,
+                                      cfg.backend_forwarding,
                                       cfg.backend_lanes, &err);
       if (!srv.backend) {
          rc = fail_start(&err);

@@ -4,8 +4,9 @@
  * router and the backend forwarder. Nothing outside proxy/ includes this.
  *
  * Threading: everything here runs on the loop thread except the backend
- * lanes (backend.c), which own their mongoc clients and talk to the loop only
- * through job queues and a uv_async_t.
+ * lanes (backend.c, when the relay cannot serve the backend URI), which own
+ * their mongoc clients and talk to the loop only through job queues and a
+ * uv_async_t, and mongoc's topology monitor (upstream_topo.c).
  */
 #ifndef ASPEN_PROXY_INT_H
 #define ASPEN_PROXY_INT_H
@@ -24,6 +25,7 @@ typedef struct {
    char *bind;             /* "127.0.0.1" */
    int port;               /* 27017 */
    char *backend_uri;      /* NULL: no backend, forwarded commands fail */
+   char *backend_forwarding; /* "relay" (NULL: the default) or "lanes" */
    int backend_lanes;      /* worker threads talking to the backend */
    char *state_dir;        /* NULL: "./aspen-state" */
    int checkpoint_interval_ms; /* streams.checkpointIntervalMs; 0: engine's */
@@ -77,25 +79,37 @@ typedef struct aspen_backend_job aspen_backend_job_t;
  * callee may keep it only by copying. */
 typedef void (*aspen_backend_cb)(void *arg, const bson_t *reply);
 
-/* Starts `lanes` worker threads with clients from a mongoc pool on `uri`.
- * Returns NULL with err set when the URI is invalid. Loop thread only. */
+/* The forwarder for `uri`. `forwarding` is "relay" (or NULL): aspen's own
+ * connections on the loop thread (upstream.h) when the relay supports the
+ * URI, else (an auth mechanism other than SCRAM, load-balanced mode, ...)
+ * `lanes` worker threads with clients from a mongoc pool, which is also
+ * what "lanes" asks for. Returns NULL with err set when the URI or the
+ * mode is invalid or a TLS file cannot be loaded. Loop thread only. */
 aspen_backend_t *aspen_backend_new(uv_loop_t *loop, const char *uri,
-                                   int lanes, aspen_error_t *err);
-/* Stops the lanes (waiting for in-flight commands), ends every session and
- * closes the async handle; callbacks of unfinished jobs are not called. */
+                                   const char *forwarding, int lanes,
+                                   aspen_error_t *err);
+/* Stops forwarding: every command still owed a reply gets its callback
+ * (a shutdown error for those that did not finish), the lanes are joined,
+ * connections and handles closed. Loop thread only. */
 void aspen_backend_destroy(aspen_backend_t *be);
+/* True when the relay (not the lanes) forwards. */
+bool aspen_backend_is_relay(const aspen_backend_t *be);
 
-/* Queues `cmd` (the client's command; aspen strips $db, lsid, $clusterTime
- * and $readPreference) for database `db`. `lsid` is the client's session id
- * document or NULL; commands with the same lsid run on the same lane and in
- * the same backend session, which keeps cursors and transactions coherent.
- * `conn_key` picks the lane when there is no lsid. The callback runs on the
- * loop thread exactly once unless the backend is destroyed first. */
-void aspen_backend_submit(aspen_backend_t *be, const char *db,
-                          const bson_t *cmd, const bson_t *lsid,
-                          uint64_t conn_key, aspen_backend_cb cb, void *arg);
-/* Ends the backend sessions mapped to the given client lsids (an array of
- * {id: UUID} documents, as in endSessions). Fire and forget. */
+typedef struct aspen_request aspen_request_t;
+/* Forwards the request's command (its OP_MSG as the client sent it, with
+ * the rewrites upstream.c lists; the lanes send it through mongoc with
+ * $db, lsid, $clusterTime and $readPreference stripped). `lsid_key` is the
+ * key of the client's backend session (the router's: the lsid, or the lsid
+ * plus the user's digest with access control on) or NULL: the lanes map it
+ * to a mongoc session of one lane. `cb` runs on the loop thread exactly
+ * once, never from inside this call. */
+void aspen_backend_forward(aspen_backend_t *be, const aspen_request_t *req,
+                           const bson_t *lsid_key, aspen_backend_cb cb,
+                           void *arg);
+/* Ends the backend sessions of the given client lsids (an array of
+ * {id: UUID} documents, as in endSessions): the relay sends endSessions to
+ * the backend, the lanes end the mongoc sessions they mapped. Fire and
+ * forget. */
 void aspen_backend_end_sessions(aspen_backend_t *be, const bson_t *ids);
 
 /* ------------------------------------------------------------------------ */
@@ -170,7 +184,7 @@ void aspen__session_close_idle(aspen_server_t *srv, uint64_t now_ms);
 /* ------------------------------------------------------------------------ */
 
 /* One decoded command, valid for the duration of a handler call. */
-typedef struct {
+struct aspen_request {
    aspen_session_t *sess;
    aspen_server_t *srv;
    const char *name;  /* first key of cmd */
@@ -178,7 +192,8 @@ typedef struct {
    const bson_t *cmd; /* the whole command document */
    bool legacy;       /* arrived as OP_QUERY */
    bool more_to_come; /* the client wants no reply */
-} aspen_request_t;
+   const aspen_op_msg_t *msg; /* the OP_MSG as sent (NULL for OP_QUERY) */
+};
 
 /* How a handler finished. */
 typedef enum {

@@ -76,9 +76,8 @@ forward(aspen_request_t *req, bson_t *reply)
    f->sess = req->sess;
    aspen_auth_cursor_owner(req, &f->owner);
    aspen_session_ref(req->sess);
-   aspen_backend_submit(req->srv->backend, req->db, req->cmd,
-                        is_keyed ? &keyed : lsid_ptr,
-                        aspen_session_id(req->sess), forward_done, f);
+   aspen_backend_forward(req->srv->backend, req, is_keyed ? &keyed : lsid_ptr,
+                         forward_done, f);
    if (is_keyed) {
       bson_destroy(&keyed);
    }

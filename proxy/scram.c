@@ -205,6 +205,28 @@ aspen_scram_prepare_password(aspen_scram_mech_t mech, const char *user,
    return true;
 }
 
+/* SaltedPassword = PBKDF2(prepared, salt, i); ClientKey and ServerKey are
+ * its HMACs of "Client Key" and "Server Key" (RFC 5802 section 3). Shared by
+ * the stored credentials (server side) and the client side. */
+static bool
+salted_keys(aspen_scram_mech_t mech, const char *prepared, const uint8_t *salt,
+            size_t salt_len, int iterations, uint8_t *client_key,
+            uint8_t *server_key, aspen_error_t *err)
+{
+   size_t hl = aspen_scram_hash_len(mech);
+   uint8_t salted[ASPEN_SCRAM_MAX_HASH];
+   if (PKCS5_PBKDF2_HMAC(prepared, (int) strlen(prepared), salt,
+                         (int) salt_len, iterations, md_of(mech), (int) hl,
+                         salted) != 1) {
+      aspen_error_set(err, ASPEN_ERR_InternalError, "PBKDF2 failed");
+      return false;
+   }
+   aspen_scram_hmac(mech, salted, hl, "Client Key", 10, client_key);
+   aspen_scram_hmac(mech, salted, hl, "Server Key", 10, server_key);
+   OPENSSL_cleanse(salted, sizeof salted);
+   return true;
+}
+
 bool
 aspen_scram_cred_derive(aspen_scram_mech_t mech, const char *prepared,
                         const uint8_t *salt, size_t salt_len, int iterations,
@@ -220,17 +242,12 @@ aspen_scram_cred_derive(aspen_scram_mech_t mech, const char *prepared,
       return false;
    }
    size_t hl = aspen_scram_hash_len(mech);
-   uint8_t salted[ASPEN_SCRAM_MAX_HASH], client_key[ASPEN_SCRAM_MAX_HASH];
-   if (PKCS5_PBKDF2_HMAC(prepared, (int) strlen(prepared), salt,
-                         (int) salt_len, iterations, md_of(mech), (int) hl,
-                         salted) != 1) {
-      aspen_error_set(err, ASPEN_ERR_InternalError, "PBKDF2 failed");
+   uint8_t client_key[ASPEN_SCRAM_MAX_HASH];
+   if (!salted_keys(mech, prepared, salt, salt_len, iterations, client_key,
+                    cred->server_key, err)) {
       return false;
    }
-   aspen_scram_hmac(mech, salted, hl, "Client Key", 10, client_key);
    aspen_scram_hash(mech, client_key, hl, cred->stored_key);
-   aspen_scram_hmac(mech, salted, hl, "Server Key", 10, cred->server_key);
-   OPENSSL_cleanse(salted, sizeof salted);
    OPENSSL_cleanse(client_key, sizeof client_key);
    memcpy(cred->salt, salt, salt_len);
    cred->salt_len = salt_len;
@@ -602,4 +619,240 @@ aspen_scram_server_finish(aspen_scram_t *sc, const uint8_t *msg, size_t len,
    *out_len = (size_t) n;
    sc->state = SC_DONE;
    return true;
+}
+
+/* ---- the client side ------------------------------------------------------ */
+
+struct aspen_scram_client {
+   aspen_scram_mech_t mech;
+   int state; /* 0 new, 1 first sent, 2 challenged, 3 final sent, 4 done */
+   char bare[ASPEN_SCRAM_MSG_MAX + 1]; /* client-first-message-bare */
+   char cnonce[64];
+   char nonce[2 * MAX_NONCE + 1]; /* the combined nonce of server-first */
+   char server_first[ASPEN_SCRAM_MSG_MAX + 1];
+   char auth[3 * ASPEN_SCRAM_MSG_MAX + 8]; /* AuthMessage */
+   uint8_t server_key[ASPEN_SCRAM_MAX_HASH];
+};
+
+aspen_scram_client_t *
+aspen_scram_client_new(aspen_scram_mech_t mech)
+{
+   aspen_scram_client_t *c = aspen_xcalloc(1, sizeof *c);
+   c->mech = mech;
+   return c;
+}
+
+void
+aspen_scram_client_destroy(aspen_scram_client_t *c)
+{
+   if (c) {
+      OPENSSL_cleanse(c, sizeof *c);
+      free(c);
+   }
+}
+
+/* Encodes a user name as a saslname ("," -> "=2C", "=" -> "=3D"). */
+static bool
+encode_saslname(const char *user, char *out, size_t size)
+{
+   size_t o = 0;
+   for (const char *p = user; *p; p++) {
+      const char *rep = *p == ',' ? "=2C" : *p == '=' ? "=3D" : NULL;
+      size_t n = rep ? 3 : 1;
+      if (o + n + 1 > size) {
+         return false;
+      }
+      if (rep) {
+         memcpy(out + o, rep, 3);
+      } else {
+         out[o] = *p;
+      }
+      o += n;
+   }
+   out[o] = '\0';
+   return o > 0;
+}
+
+size_t
+aspen_scram_client_first(aspen_scram_client_t *c, const char *user, char *out,
+                         aspen_error_t *err)
+{
+   char name[3 * MAX_USER + 1];
+   uint8_t raw[24];
+   ASPEN_ASSERT(c->state == 0);
+   if (strlen(user) > MAX_USER ||
+       !encode_saslname(user, name, sizeof name)) {
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "SCRAM user name is empty or longer than %d bytes",
+                      MAX_USER);
+      return 0;
+   }
+   if (RAND_bytes(raw, sizeof raw) != 1 ||
+       aspen_scram_b64_encode(raw, sizeof raw, c->cnonce, sizeof c->cnonce) ==
+          0) {
+      aspen_error_set(err, ASPEN_ERR_InternalError,
+                      "RAND_bytes failed: no randomness for the nonce");
+      return 0;
+   }
+   snprintf(c->bare, sizeof c->bare, "n=%s,r=%s", name, c->cnonce);
+   int n = snprintf(out, ASPEN_SCRAM_MSG_MAX, "n,,%s", c->bare);
+   c->state = 1;
+   return (size_t) n;
+}
+
+bool
+aspen_scram_client_challenge(aspen_scram_client_t *c, const uint8_t *msg,
+                             size_t len, uint8_t *salt, size_t *salt_len,
+                             int *iterations, aspen_error_t *err)
+{
+   *salt_len = 0;
+   *iterations = 0;
+   if (c->state != 1) {
+      aspen_error_set(err, ASPEN_ERR_AuthenticationFailed,
+                      "SCRAM server-first message out of order");
+      return false;
+   }
+   c->state = 5; /* failed, unless everything below holds */
+   if (!as_text(msg, len, c->server_first)) {
+      aspen_error_set(err, ASPEN_ERR_AuthenticationFailed,
+                      "SCRAM server-first message is too long or binary");
+      return false;
+   }
+   /* "r=" nonce ",s=" salt ",i=" count ["," ext]* */
+   const char *t = c->server_first;
+   if (strncmp(t, "m=", 2) == 0) {
+      aspen_error_set(err, ASPEN_ERR_AuthenticationFailed,
+                      "SCRAM mandatory extensions are not supported");
+      return false;
+   }
+   const char *s = strstr(t, ",s=");
+   const char *i = strstr(t, ",i=");
+   size_t cn = strlen(c->cnonce);
+   if (strncmp(t, "r=", 2) != 0 || !s || !i || i < s) {
+      aspen_error_set(err, ASPEN_ERR_AuthenticationFailed,
+                      "SCRAM server-first message is malformed");
+      return false;
+   }
+   size_t nonce_len = (size_t) (s - (t + 2));
+   if (nonce_len <= cn || !valid_nonce(t + 2, nonce_len) ||
+       memcmp(t + 2, c->cnonce, cn) != 0) {
+      aspen_error_set(err, ASPEN_ERR_AuthenticationFailed,
+                      "SCRAM server nonce does not extend the client's");
+      return false;
+   }
+   memcpy(c->nonce, t + 2, nonce_len);
+   c->nonce[nonce_len] = '\0';
+   if (!aspen_scram_b64_decode(s + 3, (size_t) (i - (s + 3)), salt,
+                               ASPEN_SCRAM_MAX_SALT, salt_len) ||
+       *salt_len == 0) {
+      aspen_error_set(err, ASPEN_ERR_AuthenticationFailed,
+                      "SCRAM salt is malformed");
+      return false;
+   }
+   char *end = NULL;
+   long it = strtol(i + 3, &end, 10);
+   if (end == i + 3 || (*end != '\0' && *end != ',') ||
+       it < ASPEN_SCRAM_MIN_ITERATIONS || it > 10000000) {
+      aspen_error_set(err, ASPEN_ERR_AuthenticationFailed,
+                      "SCRAM iteration count is missing or below %d",
+                      ASPEN_SCRAM_MIN_ITERATIONS);
+      *salt_len = 0;
+      return false;
+   }
+   *iterations = (int) it;
+   c->state = 2;
+   return true;
+}
+
+bool
+aspen_scram_keys_derive(aspen_scram_mech_t mech, const char *user,
+                        const char *password, const uint8_t *salt,
+                        size_t salt_len, int iterations,
+                        aspen_scram_keys_t *keys, aspen_error_t *err)
+{
+   char prepared[1024];
+   memset(keys, 0, sizeof *keys);
+   if (!aspen_scram_prepare_password(mech, user, password, prepared,
+                                     sizeof prepared, err)) {
+      return false;
+   }
+   bool ok = salted_keys(mech, prepared, salt, salt_len, iterations,
+                         keys->client_key, keys->server_key, err);
+   OPENSSL_cleanse(prepared, sizeof prepared);
+   return ok;
+}
+
+size_t
+aspen_scram_client_final(aspen_scram_client_t *c,
+                         const aspen_scram_keys_t *keys, char *out)
+{
+   ASPEN_ASSERT(c->state == 2);
+   size_t hl = aspen_scram_hash_len(c->mech);
+   /* c=biws is base64("n,,"): no channel binding, no authzid. */
+   char without_proof[2 * MAX_NONCE + 16];
+   snprintf(without_proof, sizeof without_proof, "c=biws,r=%s", c->nonce);
+   int an = snprintf(c->auth, sizeof c->auth, "%s,%s,%s", c->bare,
+                     c->server_first, without_proof);
+   ASPEN_ASSERT(an > 0 && (size_t) an < sizeof c->auth);
+   uint8_t stored[ASPEN_SCRAM_MAX_HASH], sig[ASPEN_SCRAM_MAX_HASH];
+   uint8_t proof[ASPEN_SCRAM_MAX_HASH];
+   aspen_scram_hash(c->mech, keys->client_key, hl, stored);
+   aspen_scram_hmac(c->mech, stored, hl, c->auth, (size_t) an, sig);
+   for (size_t i = 0; i < hl; i++) {
+      proof[i] = keys->client_key[i] ^ sig[i];
+   }
+   memcpy(c->server_key, keys->server_key, hl);
+   char b64[64];
+   aspen_scram_b64_encode(proof, hl, b64, sizeof b64);
+   OPENSSL_cleanse(proof, sizeof proof);
+   int n = snprintf(out, ASPEN_SCRAM_MSG_MAX, "%s,p=%s", without_proof, b64);
+   c->state = 3;
+   return (size_t) n;
+}
+
+bool
+aspen_scram_client_verify(aspen_scram_client_t *c, const uint8_t *msg,
+                          size_t len, aspen_error_t *err)
+{
+   char text[ASPEN_SCRAM_MSG_MAX + 1];
+   if (c->state != 3) {
+      aspen_error_set(err, ASPEN_ERR_AuthenticationFailed,
+                      "SCRAM server-final message out of order");
+      return false;
+   }
+   c->state = 5;
+   if (!as_text(msg, len, text)) {
+      aspen_error_set(err, ASPEN_ERR_AuthenticationFailed,
+                      "SCRAM server-final message is too long or binary");
+      return false;
+   }
+   if (strncmp(text, "e=", 2) == 0) {
+      aspen_error_set(err, ASPEN_ERR_AuthenticationFailed,
+                      "the server refused the SCRAM proof: %.100s", text + 2);
+      return false;
+   }
+   size_t hl = aspen_scram_hash_len(c->mech);
+   uint8_t want[ASPEN_SCRAM_MAX_HASH], got[ASPEN_SCRAM_MAX_HASH + 3];
+   size_t got_len = 0;
+   const char *v = text + 2;
+   const char *end = strchr(v, ',');
+   size_t vlen = end ? (size_t) (end - v) : strlen(v);
+   aspen_scram_hmac(c->mech, c->server_key, hl, c->auth, strlen(c->auth),
+                    want);
+   if (strncmp(text, "v=", 2) != 0 ||
+       !aspen_scram_b64_decode(v, vlen, got, sizeof got, &got_len) ||
+       got_len != hl || CRYPTO_memcmp(want, got, hl) != 0) {
+      aspen_error_set(err, ASPEN_ERR_AuthenticationFailed,
+                      "the server's SCRAM signature does not match: it does "
+                      "not know this user's keys");
+      return false;
+   }
+   c->state = 4;
+   return true;
+}
+
+bool
+aspen_scram_client_is_done(const aspen_scram_client_t *c)
+{
+   return c->state == 4;
 }

@@ -128,4 +128,51 @@ bool aspen_scram_server_finish(aspen_scram_t *sc, const uint8_t *msg,
 /* True once step 3 succeeded. */
 bool aspen_scram_is_done(const aspen_scram_t *sc);
 
+/* ---- the client side of one conversation --------------------------------- */
+
+/* aspen logging in to its backing deployment (upstream.c). The slow step,
+ * PBKDF2, is a separate function so the caller can run it off the loop
+ * thread and reuse its result for every connection with the same salt. */
+typedef struct aspen_scram_client aspen_scram_client_t;
+
+/* ClientKey and ServerKey of a password for one salt and iteration count. */
+typedef struct {
+   uint8_t client_key[ASPEN_SCRAM_MAX_HASH];
+   uint8_t server_key[ASPEN_SCRAM_MAX_HASH];
+} aspen_scram_keys_t;
+
+aspen_scram_client_t *aspen_scram_client_new(aspen_scram_mech_t mech);
+void aspen_scram_client_destroy(aspen_scram_client_t *c); /* NULL: no-op */
+
+/* Step 1: writes the client-first message ("n,,n=<user>,r=<nonce>") into
+ * `out` (ASPEN_SCRAM_MSG_MAX bytes) and returns its length; 0 with err set
+ * when the user name cannot be sent (empty, too long) or there is no
+ * randomness. */
+size_t aspen_scram_client_first(aspen_scram_client_t *c, const char *user,
+                                char *out, aspen_error_t *err);
+/* Step 2: parses the server-first message: the nonce must extend ours, the
+ * salt be base64 of at most ASPEN_SCRAM_MAX_SALT bytes, the iteration count
+ * at least ASPEN_SCRAM_MIN_ITERATIONS. Gives the salt (into `salt`, of
+ * ASPEN_SCRAM_MAX_SALT bytes) and the count for aspen_scram_keys_derive. */
+bool aspen_scram_client_challenge(aspen_scram_client_t *c, const uint8_t *msg,
+                                  size_t len, uint8_t *salt, size_t *salt_len,
+                                  int *iterations, aspen_error_t *err);
+/* PBKDF2 and the two HMACs, from the password as given (MongoDB's digest
+ * for SCRAM-SHA-1, SASLprep for SCRAM-SHA-256 are applied here). Slow by
+ * design; any thread. */
+bool aspen_scram_keys_derive(aspen_scram_mech_t mech, const char *user,
+                             const char *password, const uint8_t *salt,
+                             size_t salt_len, int iterations,
+                             aspen_scram_keys_t *keys, aspen_error_t *err);
+/* Step 3: writes the client-final message with its proof into `out`
+ * (ASPEN_SCRAM_MSG_MAX bytes) and returns its length. */
+size_t aspen_scram_client_final(aspen_scram_client_t *c,
+                                const aspen_scram_keys_t *keys, char *out);
+/* Step 4: checks the server-final message ("v=" the server signature);
+ * false with err set for "e=..." or a signature that does not match (the
+ * server does not hold this password's keys). */
+bool aspen_scram_client_verify(aspen_scram_client_t *c, const uint8_t *msg,
+                               size_t len, aspen_error_t *err);
+bool aspen_scram_client_is_done(const aspen_scram_client_t *c);
+
 #endif /* ASPEN_SCRAM_H */

@@ -400,7 +400,8 @@ aspen_reply_ok(bson_t *reply)
  * the next request right away. */
 static bool
 run_command(aspen_session_t *sess, int32_t request_id, const bson_t *cmd,
-            const char *db, bool legacy, bool more_to_come)
+            const char *db, bool legacy, bool more_to_come,
+            const aspen_op_msg_t *msg)
 {
    bson_iter_t it;
    bson_t reply = BSON_INITIALIZER;
@@ -411,6 +412,7 @@ run_command(aspen_session_t *sess, int32_t request_id, const bson_t *cmd,
       .cmd = cmd,
       .legacy = legacy,
       .more_to_come = more_to_come,
+      .msg = msg,
    };
    if (!bson_iter_init(&it, cmd) || !bson_iter_next(&it)) {
       aspen_reply_error(&reply, ASPEN_ERR_FailedToParse,
@@ -463,7 +465,8 @@ handle_op_msg(aspen_session_t *sess, const aspen_frame_t *f)
       db = bson_iter_utf8(&it, NULL);
    }
    bool go_on = run_command(sess, f->request_id, &cmd, db, false,
-                            (msg.flags & ASPEN_OP_MSG_MORE_TO_COME) != 0);
+                            (msg.flags & ASPEN_OP_MSG_MORE_TO_COME) != 0,
+                            &msg);
    if (owned) {
       bson_destroy(&cmd);
    }
@@ -523,7 +526,7 @@ handle_op_query(aspen_session_t *sess, const aspen_frame_t *f)
       bson_destroy(&reply);
       return true;
    }
-   return run_command(sess, f->request_id, &cmd, db, true, false);
+   return run_command(sess, f->request_id, &cmd, db, true, false, NULL);
 }
 
 /* Handles one complete frame; returns true to go on with the next. */

@@ -43,6 +43,22 @@ aspen_tls_ctx_t *aspen_tls_ctx_new_server(const char *cert_file,
  * verification). Used by tests and by nothing in production yet. */
 aspen_tls_ctx_t *aspen_tls_ctx_new_client(const char *ca_file,
                                           aspen_error_t *err);
+/* What a client context for a backend connection checks and presents
+ * (the tls* options of a MongoDB URI). */
+typedef struct {
+   const char *ca_file;       /* tlsCAFile; NULL: the system's trust store */
+   const char *cert_key_file; /* tlsCertificateKeyFile (certificate and key
+                                 in one unencrypted PEM), or NULL */
+   bool allow_invalid_certificates; /* tlsAllowInvalidCertificates: no check */
+   bool allow_invalid_hostnames;    /* tlsAllowInvalidHostnames: the chain is
+                                       checked, the name is not */
+} aspen_tls_client_opts_t;
+
+/* A client context for connecting to a server with `opts`. Returns NULL
+ * with err (InvalidOptions and OpenSSL's reason) when a file cannot be
+ * loaded. Startup thread (reads files). */
+aspen_tls_ctx_t *aspen_tls_ctx_new_client_opts(
+   const aspen_tls_client_opts_t *opts, aspen_error_t *err);
 void aspen_tls_ctx_destroy(aspen_tls_ctx_t *ctx);
 
 /* A connection in the server or client role. The context must outlive it.

@@ -214,7 +214,7 @@ conn_set_peer_name(aspen_tls_conn_t *conn, const char *host)
    if (!is_ip && SSL_set_tlsext_host_name(conn->ssl, host) != 1) {
       return false;
    }
-   if (!conn->ctx->verify_peer) {
+   if (!conn->ctx->verify_peer || conn->ctx->skip_hostname) {
       return true;
    }
    if (is_ip) {

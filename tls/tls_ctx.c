@@ -276,6 +276,55 @@ aspen_tls_ctx_new_client(const char *ca_file, aspen_error_t *err)
 }
 
 /*
+ * Creates a client context from a URI's TLS options (see tls.h): the peer is
+ * verified against opts->ca_file, or the system's default trust store when
+ * it is NULL, unless allow_invalid_certificates; the host name is checked
+ * unless allow_invalid_hostnames (aspen_tls_conn_new's sni_host); a client
+ * certificate is presented when cert_key_file is given. Returns NULL with err
+ * (InvalidOptions) set if a file cannot be read or the key does not match.
+ * The caller owns the result. Any thread (reads files).
+ */
+aspen_tls_ctx_t *
+aspen_tls_ctx_new_client_opts(const aspen_tls_client_opts_t *opts,
+                              aspen_error_t *err)
+{
+   aspen_tls_ctx_t *ctx = ctx_new(false, err);
+
+   if (!ctx) {
+      return NULL;
+   }
+   if (opts->cert_key_file &&
+       !aspen__tls_ctx_use_cert(ctx, opts->cert_key_file, opts->cert_key_file,
+                                err)) {
+      aspen_tls_ctx_destroy(ctx);
+      return NULL;
+   }
+   if (opts->allow_invalid_certificates) {
+      SSL_CTX_set_verify(ctx->ssl_ctx, SSL_VERIFY_NONE, NULL);
+      return ctx;
+   }
+   if (opts->ca_file) {
+      if (!ctx_load_ca(ctx, opts->ca_file, err)) {
+         aspen_tls_ctx_destroy(ctx);
+         return NULL;
+      }
+   } else {
+      ERR_clear_error();
+      if (SSL_CTX_set_default_verify_paths(ctx->ssl_ctx) != 1) {
+         aspen__tls_error_from_queue(err, ASPEN_ERR_InvalidOptions,
+                                     "cannot load the system's trusted CA "
+                                     "certificates");
+         aspen_tls_ctx_destroy(ctx);
+         return NULL;
+      }
+      ctx->verify_peer = true;
+   }
+   ctx->skip_hostname = opts->allow_invalid_hostnames;
+   SSL_CTX_set_verify(ctx->ssl_ctx, SSL_VERIFY_PEER, NULL);
+   return ctx;
+}
+
+/*
  * Frees a context; NULL is a no-op. Connections made from it must have been
  * destroyed first. Thread that owns the context.
  */

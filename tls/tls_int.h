@@ -18,6 +18,7 @@ struct aspen_tls_ctx {
    SSL_CTX *ssl_ctx;
    bool is_server;
    bool verify_peer; /* a CA was given: peer certificates are checked */
+   bool skip_hostname; /* client: the chain is checked, the name is not */
 };
 
 /* Fills `err` with `code` and "<what>: <reason>; <reason>..." built from
