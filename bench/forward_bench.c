@@ -1,28 +1,32 @@
 /*
  * forward_bench.c - a benchmark (not a test) of aspen's forwarding path.
  *
- * For two targets, the backing server directly and the same server through
- * aspen, it measures two workloads, each with 1 client thread and with 4:
+ * For three targets, the backing server directly, the same server through a
+ * plain TCP relay (socat: the cost of one more hop and nothing else) and
+ * through aspen, it measures two workloads, each with 1 client thread and
+ * with 4:
  *
  *   insert_one  insert of a small document (into a fresh collection)
  *   find_one    find by _id of an existing small document (limit 1,
  *               singleBatch, so no getMore or killCursors follows)
  *
- * and prints ops/s, p50 and p99 latency (microseconds) per target, with the
- * ratio aspen/direct for ops/s and p50, and, given --aspen-pid, aspen's RSS
+ * and prints ops/s, p50 and p99 latency (microseconds) per target, the
+ * ratios to direct, and for aspen the two figures of issue 19 against the
+ * relay: its throughput over the relay's, and its added p50 (over direct)
+ * over the relay's added p50. Given --aspen-pid, it also prints aspen's RSS
  * before and after and its CPU time and context switches per measured op
- * (all from /proc). Nothing here passes or fails on a
- * timing; the exit status is non-zero only if the setup or an operation
- * failed.
+ * (all from /proc). Nothing here passes or fails on a timing; the exit
+ * status is non-zero only if the setup or an operation failed. Without
+ * --relay the relay rows and columns are left out.
  *
  * Each thread has its own client popped from a mongoc client pool (one pool
  * per target). Before each measurement every thread runs some warm-up
  * operations on its own client, then all threads start together; the clock
  * runs from that start until the last thread finishes. Measurements
- * alternate direct / aspen, after a global warm-up of both (the backing
- * server is a JVM and needs JIT warm-up).
+ * alternate direct / relay / aspen, after a global warm-up of all (the
+ * backing server is a JVM and needs JIT warm-up).
  *
- * usage: forward_bench --direct URI --aspen URI [--ops N (20000)]
+ * usage: forward_bench --direct URI --aspen URI [--relay URI] [--ops N (20000)]
  *                      [--warmup N (10000)] [--threads T (4)] [--aspen-pid PID]
  *
  * Build: gcc -O2 forward_bench.c $(pkg-config --cflags --libs libmongoc-1.0)
@@ -435,20 +439,22 @@ int_arg(const char *s, const char *name, int min)
 int
 main(int argc, char **argv)
 {
-   const char *direct_uri = NULL, *aspen_uri = NULL;
+   const char *direct_uri = NULL, *aspen_uri = NULL, *relay_uri = NULL;
    int ops = 20000, warmup = 10000, max_threads = 4;
    long aspen_pid = 0;
    for (int i = 1; i < argc; i++) {
       const char *a = argv[i];
       const char *v = i + 1 < argc ? argv[i + 1] : NULL;
       if (!v) {
-         die("usage: forward_bench --direct URI --aspen URI [--ops N] "
-             "[--warmup N] [--threads T] [--aspen-pid PID]");
+         die("usage: forward_bench --direct URI --aspen URI [--relay URI] "
+             "[--ops N] [--warmup N] [--threads T] [--aspen-pid PID]");
       }
       if (strcmp(a, "--direct") == 0) {
          direct_uri = v;
       } else if (strcmp(a, "--aspen") == 0) {
          aspen_uri = v;
+      } else if (strcmp(a, "--relay") == 0) {
+         relay_uri = v;
       } else if (strcmp(a, "--ops") == 0) {
          ops = int_arg(v, "--ops", 1);
       } else if (strcmp(a, "--warmup") == 0) {
@@ -467,8 +473,15 @@ main(int argc, char **argv)
    }
 
    mongoc_init();
-   target_t targets[2] = {{"direct", make_pool(direct_uri, "direct")},
-                          {"aspen", make_pool(aspen_uri, "aspen")}};
+   /* direct, [relay,] aspen: aspen is always the last. */
+   target_t targets[3];
+   int n_t = 0;
+   targets[n_t++] = (target_t){"direct", make_pool(direct_uri, "direct")};
+   if (relay_uri) {
+      targets[n_t++] = (target_t){"relay", make_pool(relay_uri, "relay")};
+   }
+   targets[n_t++] = (target_t){"aspen", make_pool(aspen_uri, "aspen")};
+   const int ia = n_t - 1, ir = relay_uri ? 1 : -1;
    prepare(targets[0].pool);
    print_rss(aspen_pid, "before (idle, connected)");
 
@@ -480,7 +493,7 @@ main(int argc, char **argv)
    uint64_t tw = now_ns();
    int total_errors = 0;
    for (int w = 0; w < 2 && warmup > 0; w++) {
-      for (int t = 0; t < 2; t++) {
+      for (int t = 0; t < n_t; t++) {
          result_t r = run(&targets[t], (workload_t) w, w == W_INSERT ? "warmup" : FIND_COLL,
                           max_threads, warmup, 0, 0);
          total_errors += r.errors;
@@ -493,26 +506,30 @@ main(int argc, char **argv)
 
    printf("\n%d measured ops per row (spread over the threads); latency per "
           "op in microseconds.\n"
-          "ratio columns are aspen/direct: ops/s < 1 and p50 > 1 mean aspen "
-          "is slower.\n"
-          "aspen cpu/op: aspen's CPU time (all threads) per op in "
-          "microseconds; csw/op: its\n"
-          "context switches (all threads) per op. Both from /proc, over the "
-          "measured ops only.\n\n",
+          "ratio columns are target/direct: ops/s < 1 and p50 > 1 mean the "
+          "target is slower.\n"
+          "+p50: p50 added over direct. cpu/op: aspen's CPU time (all "
+          "threads) per op in\n"
+          "microseconds; csw/op: its context switches (all threads) per op. "
+          "Both from /proc,\nover the measured ops only.\n\n",
           ops);
-   printf("%-10s %7s %-7s %10s %9s %9s %11s %9s %9s %6s %6s\n", "workload",
-          "threads", "target", "ops/s", "p50 us", "p99 us", "ops/s ratio",
-          "p50 ratio", "cpu/op", "csw/op", "errors");
-   printf("%-10s %7s %-7s %10s %9s %9s %11s %9s %9s %6s %6s\n", "----------",
+   printf("%-10s %7s %-7s %10s %9s %9s %8s %11s %9s %9s %6s %6s\n", "workload",
+          "threads", "target", "ops/s", "p50 us", "p99 us", "+p50 us",
+          "ops/s ratio", "p50 ratio", "cpu/op", "csw/op", "errors");
+   printf("%-10s %7s %-7s %10s %9s %9s %8s %11s %9s %9s %6s %6s\n", "----------",
           "-------", "-------", "----------", "---------", "---------",
-          "-----------", "---------", "---------", "------", "------");
+          "--------", "-----------", "---------", "---------", "------",
+          "------");
+   /* aspen against the relay, per row, for the summary. */
+   char summary[4][160];
+   int n_summary = 0;
    fflush(stdout);
    uint64_t tm = now_ns();
    for (int tc = 0; tc < n_tc; tc++) {
       int threads = thread_counts[tc];
       for (int w = 0; w < 2; w++) {
-         result_t res[2];
-         for (int t = 0; t < 2; t++) {
+         result_t res[3];
+         for (int t = 0; t < n_t; t++) {
             char coll[64];
             const char *cname = FIND_COLL;
             if (w == W_INSERT) {
@@ -523,16 +540,17 @@ main(int argc, char **argv)
             int per_thread = ops / threads;
             int warm = per_thread / 10 < 200 ? 200 : per_thread / 10;
             res[t] = run(&targets[t], (workload_t) w, cname, threads, ops, warm,
-                         t == 1 ? aspen_pid : 0);
+                         t == ia ? aspen_pid : 0);
             total_errors += res[t].errors;
             printf("%-10s %7d %-7s %10.0f %9.1f %9.1f", workload_names[w],
                    threads, targets[t].name, res[t].ops_per_s, res[t].p50_us,
                    res[t].p99_us);
-            if (t == 1) {
-               printf(" %11.2f %9.2f", res[1].ops_per_s / res[0].ops_per_s,
-                      res[1].p50_us / res[0].p50_us);
+            if (t > 0) {
+               printf(" %8.1f %11.2f %9.2f", res[t].p50_us - res[0].p50_us,
+                      res[t].ops_per_s / res[0].ops_per_s,
+                      res[t].p50_us / res[0].p50_us);
             } else {
-               printf(" %11s %9s", "", "");
+               printf(" %8s %11s %9s", "", "", "");
             }
             if (res[t].cpu_us_per_op >= 0) {
                printf(" %9.1f %6.1f", res[t].cpu_us_per_op, res[t].csw_per_op);
@@ -542,6 +560,36 @@ main(int argc, char **argv)
             printf(" %6d\n", res[t].errors);
             fflush(stdout);
          }
+         if (ir >= 0 && n_summary < 4) {
+            double added_a = res[ia].p50_us - res[0].p50_us;
+            double added_r = res[ir].p50_us - res[0].p50_us;
+            double tput = res[ia].ops_per_s / res[ir].ops_per_s;
+            /* A relay adding (almost) nothing makes the ratio meaningless:
+             * say so instead of dividing by noise. */
+            char lat[64];
+            if (added_r >= 1.0) {
+               snprintf(lat, sizeof lat, "%5.2f", added_a / added_r);
+            } else {
+               snprintf(lat, sizeof lat, "  n/a");
+            }
+            snprintf(summary[n_summary++], sizeof summary[0],
+                     "%-10s %7d   %10.1f %10.1f   %s %s     %5.2f %s   %6.1f %6.1f",
+                     workload_names[w], threads, added_r, added_a, lat,
+                     added_r >= 1.0 && added_a / added_r <= 1.5 ? "ok " : "NO ",
+                     tput, tput >= 0.9 ? "ok " : "NO ",
+                     res[ia].cpu_us_per_op, res[ia].csw_per_op);
+         }
+      }
+   }
+   if (n_summary > 0) {
+      printf("\naspen against the plain TCP relay (issue 19's targets: added "
+             "p50 <= 1.5 x the relay's,\nthroughput >= 0.9 x the relay's; "
+             "else <= 2 context switches per op):\n\n");
+      printf("%-10s %7s   %10s %10s   %-9s   %-11s   %6s %6s\n", "workload",
+             "threads", "relay +p50", "aspen +p50", "ratio", "ops/s ratio",
+             "cpu/op", "csw/op");
+      for (int i = 0; i < n_summary; i++) {
+         printf("%s\n", summary[i]);
       }
    }
    printf("\nmeasured in %.1f s\n", (double) (now_ns() - tm) / 1e9);
@@ -555,7 +603,7 @@ main(int argc, char **argv)
    mongoc_database_destroy(db);
    mongoc_client_pool_push(targets[0].pool, c);
 
-   for (int t = 0; t < 2; t++) {
+   for (int t = 0; t < n_t; t++) {
       mongoc_client_pool_destroy(targets[t].pool);
    }
    mongoc_cleanup();

@@ -275,11 +275,30 @@ write_owned(aspen_session_t *sess, uint8_t *data, size_t len)
       sess->last_active_ms = uv_now(sess->srv->loop);
       return;
    }
+   uv_buf_t b = uv_buf_init((char *) data, (unsigned) len);
+   if (sess->out_pending == 0) {
+      /* Nothing queued: try the socket now. A reply that fits needs no
+       * write request, no callback and no extra loop iteration. */
+      int n = uv_try_write((uv_stream_t *) &sess->tcp, &b, 1);
+      if (n == (int) len) {
+         free(data);
+         sess->last_active_ms = uv_now(sess->srv->loop);
+         return;
+      }
+      if (n > 0) {
+         memmove(data, data + n, len - (size_t) n);
+         len -= (size_t) n;
+         b = uv_buf_init((char *) data, (unsigned) len);
+      } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
+         free(data);
+         aspen_session_close(sess, "write failed");
+         return;
+      }
+   }
    write_req_t *w = aspen_xmalloc(sizeof *w);
    w->sess = sess;
    w->data = data;
    w->len = len;
-   uv_buf_t b = uv_buf_init((char *) data, (unsigned) len);
    int rc = uv_write(&w->req, (uv_stream_t *) &sess->tcp, &b, 1, on_write);
    if (rc < 0) {
       free(data);

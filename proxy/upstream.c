@@ -588,10 +588,27 @@ on_write(uv_write_t *req, int status)
 static bool
 conn_write_raw(up_conn_t *conn, uint8_t *data, size_t len)
 {
+   /* Most commands fit in the socket buffer at once: then no write request,
+    * no callback and no extra loop iteration for it. */
+   uv_buf_t b = uv_buf_init((char *) data, (unsigned) len);
+   int n = uv_try_write((uv_stream_t *) &conn->tcp, &b, 1);
+   if (n == (int) len) {
+      free(data);
+      return true;
+   }
+   if (n > 0) {
+      memmove(data, data + n, len - (size_t) n);
+      len -= (size_t) n;
+   } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
+      free(data);
+      conn_fail(conn, ASPEN_ERR_HostUnreachable, "write failed: %s",
+                uv_strerror(n));
+      return false;
+   }
    write_req_t *w = aspen_xmalloc(sizeof *w);
    w->conn = conn;
    w->data = data;
-   uv_buf_t b = uv_buf_init((char *) data, (unsigned) len);
+   b = uv_buf_init((char *) data, (unsigned) len);
    int rc = uv_write(&w->req, (uv_stream_t *) &conn->tcp, &b, 1, on_write);
    if (rc < 0) {
       free(data);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything aspen's build and tests need on a Debian 12 machine:
-#   - Debian packages for the C build (skipped when all are installed);
+#   - Debian packages for the C build and socat (bench/forward.sh's reference
+#     relay), skipped when all are installed;
 #   - mongosh (npm) into .deps/node;
 #   - a Python venv with pymongo and pytest in .deps/venv;
 #   - the backing MongoDB-compatible server (mongo-java-server, Maven) as
@@ -19,7 +20,8 @@ BACKING_SRC="$ROOT/tests/e2e/mongo-java-server"
 BACKING_JAR="$DEPS/aspen-backing-server.jar"
 
 APT_PACKAGES=(build-essential cmake pkg-config libmongoc-dev libbson-dev
-              librdkafka-dev libuv1-dev libssl-dev libcmocka-dev libpcre2-dev openssl clang)
+              librdkafka-dev libuv1-dev libssl-dev libcmocka-dev libpcre2-dev openssl clang
+              socat)
 
 log() { printf 'install-deps: %s\n' "$*"; }
 die() { printf 'install-deps: error: %s\n' "$*" >&2; exit 1; }
