@@ -466,6 +466,108 @@ test_cred_limits(void **state)
    assert_false(aspen_scram_mech_parse("PLAIN", &m));
 }
 
+
+/* The client side against RFC 7677's SCRAM-SHA-256 example (user "user",
+ * password "pencil"), with the client nonce fixed as in the RFC. */
+static void
+test_client_rfc7677(void **state)
+{
+   (void) state;
+   aspen_scram_client_t *c = aspen_scram_client_new(ASPEN_SCRAM_SHA_256);
+   aspen_error_t err;
+   char out[ASPEN_SCRAM_MSG_MAX];
+   assert_true(aspen_scram_client_first(c, "user", out, &err) > 0);
+   /* Replace the random nonce with the RFC's. */
+   snprintf(c->cnonce, sizeof c->cnonce, "rOprNGfwEbeRWgbNEkqO");
+   snprintf(c->bare, sizeof c->bare, "n=user,r=rOprNGfwEbeRWgbNEkqO");
+   const char *server_first =
+      "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+      "s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+   uint8_t salt[ASPEN_SCRAM_MAX_SALT];
+   size_t salt_len;
+   int iterations;
+   assert_true(aspen_scram_client_challenge(
+      c, (const uint8_t *) server_first, strlen(server_first), salt,
+      &salt_len, &iterations, &err));
+   assert_int_equal(iterations, 4096);
+   aspen_scram_keys_t keys;
+   assert_true(aspen_scram_keys_derive(ASPEN_SCRAM_SHA_256, "user", "pencil",
+                                       salt, salt_len, iterations, &keys,
+                                       &err));
+   size_t n = aspen_scram_client_final(c, &keys, out);
+   assert_string_equal(
+      out, "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+           "p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
+   assert_int_equal(n, strlen(out));
+   const char *bad = "v=7rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
+   const char *good = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
+   assert_false(aspen_scram_client_verify(c, (const uint8_t *) bad,
+                                          strlen(bad), &err));
+   assert_false(aspen_scram_client_is_done(c));
+   aspen_scram_client_destroy(c);
+
+   /* Again, with the right server signature. */
+   c = aspen_scram_client_new(ASPEN_SCRAM_SHA_256);
+   assert_true(aspen_scram_client_first(c, "user", out, &err) > 0);
+   snprintf(c->cnonce, sizeof c->cnonce, "rOprNGfwEbeRWgbNEkqO");
+   snprintf(c->bare, sizeof c->bare, "n=user,r=rOprNGfwEbeRWgbNEkqO");
+   assert_true(aspen_scram_client_challenge(
+      c, (const uint8_t *) server_first, strlen(server_first), salt,
+      &salt_len, &iterations, &err));
+   aspen_scram_client_final(c, &keys, out);
+   assert_true(aspen_scram_client_verify(c, (const uint8_t *) good,
+                                         strlen(good), &err));
+   assert_true(aspen_scram_client_is_done(c));
+   aspen_scram_client_destroy(c);
+}
+
+/* Server-first messages the client must refuse: a nonce that does not
+ * extend ours, too few iterations, a bad salt, an error, out of order. */
+static void
+test_client_refuses(void **state)
+{
+   (void) state;
+   const char *bad[] = {
+      "r=someoneelse,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+      "r=%s,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096", /* no server part */
+      "r=%sXYZ,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=100",
+      "r=%sXYZ,s=!!!,i=4096",
+      "r=%sXYZ,i=4096",
+      "m=ext,r=%sXYZ,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+      "e=other-error",
+   };
+   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+      aspen_scram_client_t *c = aspen_scram_client_new(ASPEN_SCRAM_SHA_1);
+      aspen_error_t err;
+      char out[ASPEN_SCRAM_MSG_MAX], msg[512];
+      assert_true(aspen_scram_client_first(c, "a,b=c", out, &err) > 0);
+      assert_non_null(strstr(out, "n=a=2Cb=3Dc,")); /* saslname escapes */
+      const char *pct = strstr(bad[i], "%s");
+      if (pct) {
+         snprintf(msg, sizeof msg, "%.*s%s%s", (int) (pct - bad[i]), bad[i],
+                  c->cnonce, pct + 2);
+      } else {
+         snprintf(msg, sizeof msg, "%s", bad[i]);
+      }
+      uint8_t salt[ASPEN_SCRAM_MAX_SALT];
+      size_t salt_len;
+      int iterations;
+      assert_false(aspen_scram_client_challenge(c, (const uint8_t *) msg,
+                                                strlen(msg), salt, &salt_len,
+                                                &iterations, &err));
+      assert_int_equal(err.code, ASPEN_ERR_AuthenticationFailed);
+      /* Nothing goes on after a refusal. */
+      assert_false(aspen_scram_client_verify(c, (const uint8_t *) "v=x", 3,
+                                             &err));
+      aspen_scram_client_destroy(c);
+   }
+   aspen_scram_client_t *c = aspen_scram_client_new(ASPEN_SCRAM_SHA_1);
+   aspen_error_t err;
+   char out[ASPEN_SCRAM_MSG_MAX];
+   assert_int_equal(aspen_scram_client_first(c, "", out, &err), 0);
+   aspen_scram_client_destroy(c);
+}
+
 int
 main(void)
 {
@@ -481,6 +583,8 @@ main(void)
       cmocka_unit_test(test_malformed_client_first),
       cmocka_unit_test(test_malformed_client_final),
       cmocka_unit_test(test_cred_limits),
+      cmocka_unit_test(test_client_rfc7677),
+      cmocka_unit_test(test_client_refuses),
    };
    return cmocka_run_group_tests_name("scram", tests, NULL, NULL);
 }
