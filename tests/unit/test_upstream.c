@@ -681,7 +681,51 @@ test_relay_roundtrip(void **state)
    assert_int_equal(rig.fake.conns_total, 1);
    assert_int_equal(rig.fake.hellos, 1);
    bson_destroy(&r.reply);
+   /* Fire and forget (endSessions): sent, its reply dropped. */
+   bson_t body = BSON_INITIALIZER;
+   BSON_APPEND_INT32(&body, "endSessions", 1);
+   BSON_APPEND_UTF8(&body, "$db", "admin");
+   aspen_op_msg_t msg = {0};
+   (void) bson_init_static(&msg.body, bson_get_data(&body), body.len);
+   aspen_upstream_forward(rig.up, &msg, "endSessions", NULL, NULL);
+   bson_destroy(&body);
+   for (int i = 0; i < 100000 && rig.fake.commands < 3; i++) {
+      uv_run(&rig.loop, UV_RUN_ONCE);
+   }
+   assert_int_equal(rig.fake.commands, 3);
+   assert_string_equal(reply_str(&rig.fake.last_cmd, "$db"), "admin");
    rig_stop(&rig);
+}
+
+/* backend.c picks the relay or the lanes from the URI and the mode. */
+static void
+test_backend_mode(void **state)
+{
+   (void) state;
+   uv_loop_t loop;
+   aspen_error_t err;
+   uv_loop_init(&loop);
+   aspen_backend_t *be =
+      aspen_backend_new(&loop, "mongodb://127.0.0.1:1/", "bogus", 1, &err);
+   assert_null(be);
+   assert_non_null(strstr(err.message, "backend.forwarding"));
+   be = aspen_backend_new(&loop, "mongodb://127.0.0.1:1/", NULL, 1, &err);
+   assert_non_null(be);
+   assert_true(aspen_backend_is_relay(be));
+   aspen_backend_destroy(be);
+   be = aspen_backend_new(&loop, "mongodb://127.0.0.1:1/", "lanes", 1, &err);
+   assert_non_null(be);
+   assert_false(aspen_backend_is_relay(be));
+   aspen_backend_destroy(be);
+   /* A login the relay does not implement: the lanes forward. */
+   be = aspen_backend_new(&loop,
+                          "mongodb://u:p@127.0.0.1:1/?authMechanism=PLAIN",
+                          "relay", 1, &err);
+   assert_non_null(be);
+   assert_false(aspen_backend_is_relay(be));
+   aspen_backend_destroy(be);
+   uv_run(&loop, UV_RUN_DEFAULT);
+   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
 static void
@@ -898,6 +942,7 @@ main(void)
       cmocka_unit_test(test_encode_strips_and_keeps),
       cmocka_unit_test(test_topo_select),
       cmocka_unit_test(test_supports),
+      cmocka_unit_test(test_backend_mode),
       cmocka_unit_test(test_relay_roundtrip),
       cmocka_unit_test(test_relay_scram),
       cmocka_unit_test(test_relay_scram_wrong_password),
