@@ -286,9 +286,10 @@ write_owned(aspen_session_t *sess, uint8_t *data, size_t len)
          return;
       }
       if (n > 0) {
-         memmove(data, data + n, len - (size_t) n);
+         /* The rest goes from where the socket stopped; on_write frees
+          * the whole block and counts what was queued. */
+         b = uv_buf_init((char *) data + n, (unsigned) (len - (size_t) n));
          len -= (size_t) n;
-         b = uv_buf_init((char *) data, (unsigned) len);
       } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
          free(data);
          aspen_session_close(sess, "write failed");

@@ -596,9 +596,9 @@ conn_write_raw(up_conn_t *conn, uint8_t *data, size_t len)
       free(data);
       return true;
    }
+   size_t done = 0;
    if (n > 0) {
-      memmove(data, data + n, len - (size_t) n);
-      len -= (size_t) n;
+      done = (size_t) n;
    } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
       free(data);
       conn_fail(conn, ASPEN_ERR_HostUnreachable, "write failed: %s",
@@ -607,8 +607,8 @@ conn_write_raw(up_conn_t *conn, uint8_t *data, size_t len)
    }
    write_req_t *w = aspen_xmalloc(sizeof *w);
    w->conn = conn;
-   w->data = data;
-   b = uv_buf_init((char *) data, (unsigned) len);
+   w->data = data; /* freed whole in on_write */
+   b = uv_buf_init((char *) data + done, (unsigned) (len - done));
    int rc = uv_write(&w->req, (uv_stream_t *) &conn->tcp, &b, 1, on_write);
    if (rc < 0) {
       free(data);
