@@ -862,7 +862,7 @@ inspect_reply(up_conn_t *conn, const up_request_t *req, const bson_t *body)
          cursor_id = bson_iter_as_int64(&sub);
       }
    }
-   if (is_state_change_code(code)) {
+   if (is_state_change_code(code) && !up->single) {
       aspen_logf(ASPEN_LOG_INFO, COMPONENT, conn->ctx,
                  "%s answered '%s' with code %d: choosing the primary again",
                  conn->srv->name, req->name, code);

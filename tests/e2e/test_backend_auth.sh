@@ -13,7 +13,10 @@
 #     aspen cannot log in, and aspen keeps answering its own commands;
 #  4. a CA that did not sign the backend's certificate: HostUnreachable with
 #     the TLS verification failure;
-#  5. the same deployment through the mongoc lanes (--backend-forwarding
+#  5. a client certificate (tlsCertificateKeyFile) is presented: the
+#     backend, which checks certificates that clients offer, takes one
+#     from its CA and refuses one from another;
+#  6. the same deployment through the mongoc lanes (--backend-forwarding
 #     lanes), which serve the logins the relay does not implement.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -29,6 +32,8 @@ rm -rf "$BACK_STATE"
 setup() {
     bash "$PEERS_ROOT/certs/gen-dev-certs.sh" "$CERTS" >/dev/null &&
         bash "$PEERS_ROOT/certs/gen-dev-certs.sh" "$OTHER" >/dev/null &&
+        cat "$CERTS/client.pem" "$CERTS/client-key.pem" >"$CERTS/client-combined.pem" &&
+        cat "$OTHER/client.pem" "$OTHER/client-key.pem" >"$OTHER/client-combined.pem" &&
         "$BIN" --state-dir "$BACK_STATE" --add-user app --password 'app s3cret' \
             --roles atlasAdmin >/dev/null
 }
@@ -36,7 +41,8 @@ setup() {
 start_back() {
     ASPEN_INSTANCE=back start_aspen --bind 127.0.0.1 --port 0 --backend "$BACKING_URI" \
         --state-dir "$BACK_STATE" --tls-mode required \
-        --tls-cert "$CERTS/server.pem" --tls-key "$CERTS/server-key.pem" &&
+        --tls-cert "$CERTS/server.pem" --tls-key "$CERTS/server-key.pem" \
+        --tls-ca "$CERTS/ca.pem" &&
         BACK_PORT=$ASPEN_LISTEN_PORT
 }
 
@@ -112,11 +118,19 @@ must "front: relay trusting another CA starts" \
 check "untrusted backend certificate: HostUnreachable with the TLS failure" \
     fails_with_login_error "certificate verify"
 
+must "front: relay with a client certificate from the backend's CA starts" \
+    front cert "$(back_uri 'app:app%20s3cret' "$CERTS/ca.pem" "&tlsCertificateKeyFile=$CERTS/client-combined.pem")"
+check "relay: CRUD with a client certificate the backend accepts" crud_works
+must "front: relay with a client certificate from another CA starts" \
+    front badcert "$(back_uri 'app:app%20s3cret' "$CERTS/ca.pem" "&tlsCertificateKeyFile=$OTHER/client-combined.pem")"
+check "a client certificate the backend refuses: HostUnreachable with the TLS failure" \
+    fails_with_login_error "TLS"
+
 must "front: lanes (mongoc) to the same backend starts" \
     front lanes "$(back_uri 'app:app%20s3cret' "$CERTS/ca.pem")" lanes
 check "lanes: CRUD and cursors through TLS + SCRAM" crud_works
 
-for n in sha1 badpw badca lanes; do
+for n in sha1 badpw badca cert badcert lanes; do
     check "front ($n) stops cleanly, no sanitizer report" stop_inst "front-$n"
 done
 check "the backend aspen stops cleanly" stop_inst back

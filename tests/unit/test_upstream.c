@@ -908,6 +908,35 @@ test_relay_not_primary_passes_through(void **state)
 }
 
 static void
+test_relay_idle_connections_close(void **state)
+{
+   (void) state;
+   rig_t rig;
+   result_t r;
+   rig_start(&rig, FAKE_ECHO, false,
+             "mongodb://127.0.0.1:%d/?maxIdleTimeMS=200");
+   forward(&rig, "ping", 0, &r);
+   run_until(&rig, &r.done, 1);
+   bson_destroy(&r.reply);
+   assert_int_equal(rig.fake.conns_open, 1);
+   /* The sweep closes the idle connection; the fake sees it go. */
+   for (int i = 0; i < 100000 && rig.fake.conns_open > 0; i++) {
+      uv_run(&rig.loop, UV_RUN_ONCE);
+   }
+   assert_int_equal(rig.fake.conns_open, 0);
+   aspen_upstream_stats_t st;
+   aspen_upstream_stats(rig.up, &st);
+   assert_int_equal(st.open_now, 0);
+   /* The next command opens a new one. */
+   forward(&rig, "ping", 0, &r);
+   run_until(&rig, &r.done, 1);
+   assert_int_equal(reply_int(&r.reply, "ok"), 1);
+   assert_int_equal(rig.fake.conns_total, 2);
+   bson_destroy(&r.reply);
+   rig_stop(&rig);
+}
+
+static void
 test_relay_shutdown_answers_everyone(void **state)
 {
    (void) state;
@@ -951,6 +980,7 @@ main(void)
       cmocka_unit_test(test_relay_timeout_and_wrong_reply),
       cmocka_unit_test(test_relay_pool_cap),
       cmocka_unit_test(test_relay_not_primary_passes_through),
+      cmocka_unit_test(test_relay_idle_connections_close),
       cmocka_unit_test(test_relay_shutdown_answers_everyone),
    };
    int rc = cmocka_run_group_tests_name("upstream", tests, NULL, NULL);
