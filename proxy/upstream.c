@@ -1747,6 +1747,16 @@ aspen_upstream_supports(const mongoc_uri_t *uri, char *why, size_t why_size)
       snprintf(why, why_size, "a user name without a password");
       return false;
    }
+   /* aspen's SASLprep covers printable ASCII (scram.h); mongoc's covers
+    * more, so a password beyond it goes through the lanes. */
+   const char *pw = mongoc_uri_get_password(uri);
+   for (const unsigned char *p = (const unsigned char *) pw; p && *p; p++) {
+      if (*p < 0x20 || *p >= 0x7f) {
+         snprintf(why, why_size,
+                  "a password with characters other than printable ASCII");
+         return false;
+      }
+   }
    return true;
 }
 

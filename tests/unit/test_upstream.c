@@ -201,6 +201,7 @@ test_supports(void **state)
       "mongodb://u:p@h:1/?authMechanism=PLAIN",
       "mongodb://h:1/?loadBalanced=true",
       "mongodb://h:1/?tls=true&tlsCertificateKeyFilePassword=x",
+      "mongodb://u:p%C3%A4ss@h:1/", /* beyond aspen's SASLprep */
    };
    char why[128];
    for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
