@@ -43,6 +43,15 @@
  * with its server, and getMore / killCursors for it go there whatever is
  * primary now. With one server there is nothing to remember.
  *
+ * Transactions and retryable writes need nothing more with one server or a
+ * replica set: txnNumber, startTransaction, autocommit and recoveryToken go
+ * through with the lsid, and every command goes to the primary, where the
+ * server keeps the transaction. What a mongos-style front (issue 22) would
+ * add here: pinning an lsid with an open transaction to one mongos of a
+ * sharded backend (as cursors are pinned, keyed by lsid), and handing the
+ * backend's hello facts (handle_hello sees setName,
+ * logicalSessionTimeoutMinutes, maxWireVersion) to cmd_hello.c.
+ *
  * Errors: a server that cannot be reached, a connection that breaks or
  * times out, a failed login: the command gets HostUnreachable (6) or
  * NetworkTimeout (89) with the reason, never one of the codes that make a
