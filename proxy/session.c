@@ -56,6 +56,7 @@ struct aspen_session {
    bool reading;
 
    size_t out_pending;      /* bytes handed to uv_write, not yet written */
+   size_t in_frame_len;     /* the frame being handled, still in rbuf */
    bool close_after_write;  /* close once out_pending reaches 0 */
    bool hwm_logged;         /* the high-water pause was logged once */
    uint64_t last_active_ms; /* uv_now of the last request or write done */
@@ -276,9 +277,14 @@ write_owned(aspen_session_t *sess, uint8_t *data, size_t len)
       return;
    }
    uv_buf_t b = uv_buf_init((char *) data, (unsigned) len);
-   if (sess->out_pending == 0) {
-      /* Nothing queued: try the socket now. A reply that fits needs no
-       * write request, no callback and no extra loop iteration. */
+   if (sess->out_pending == 0 &&
+       aspen_buf_len(&sess->rbuf) <= sess->in_frame_len) {
+      /* Nothing queued and no further request waiting: try the socket
+       * now. A reply that fits needs no write request, no callback and no
+       * extra loop iteration. A client pipelining requests goes through
+       * uv_write, whose bytes count against the output high-water mark
+       * until their callbacks run, so it is paused after about that much
+       * output whatever the socket buffers hold. */
       int n = uv_try_write((uv_stream_t *) &sess->tcp, &b, 1);
       if (n == (int) len) {
          free(data);
@@ -598,7 +604,9 @@ process_input(aspen_session_t *sess)
          break;
       }
       sess->last_active_ms = uv_now(sess->srv->loop);
+      sess->in_frame_len = (size_t) f.message_length;
       bool go_on = handle_frame(sess, &f);
+      sess->in_frame_len = 0;
       /* Handlers copy whatever outlives the call (forwarded commands). */
       if (sess->state != SESS_CLOSING) {
          aspen_buf_consume(&sess->rbuf, (size_t) f.message_length);
