@@ -498,7 +498,7 @@ aspen_backend_forward(aspen_backend_t *be, const aspen_request_t *req,
                                  req->cmd->len);
          msg = &one;
       }
-      aspen_upstream_forward(be->up, msg, req->name, cb, arg);
+      aspen_upstream_forward(be->up, msg, req->name, lsid_key, cb, arg);
       return;
    }
    lanes_submit(be, req->db, req->cmd, lsid_key, aspen_session_id(req->sess),
@@ -510,13 +510,25 @@ aspen_backend_end_sessions(aspen_backend_t *be, const bson_t *ids)
 {
    bson_iter_t it;
    if (be->up) {
-      /* The client's lsids are the backend's: let it end them. */
+      /* The backend ends them: as the lsids it was sent (each key made
+       * the backend's, as aspen_upstream_forward does). */
       aspen_op_msg_t msg = {0};
-      bson_t cmd = BSON_INITIALIZER;
-      BSON_APPEND_ARRAY(&cmd, "endSessions", ids);
+      bson_t cmd = BSON_INITIALIZER, arr;
+      BSON_APPEND_ARRAY_BEGIN(&cmd, "endSessions", &arr);
+      if (bson_iter_init(&it, ids)) {
+         while (bson_iter_next(&it)) {
+            bson_t key, lsid;
+            if (BSON_ITER_HOLDS_DOCUMENT(&it) && aspen_bson_view(&it, &key)) {
+               aspen_upstream_backend_lsid(&key, &lsid);
+               BSON_APPEND_DOCUMENT(&arr, bson_iter_key(&it), &lsid);
+               bson_destroy(&lsid);
+            }
+         }
+      }
+      bson_append_array_end(&cmd, &arr);
       BSON_APPEND_UTF8(&cmd, "$db", "admin");
       (void) bson_init_static(&msg.body, bson_get_data(&cmd), cmd.len);
-      aspen_upstream_forward(be->up, &msg, "endSessions", NULL, NULL);
+      aspen_upstream_forward(be->up, &msg, "endSessions", NULL, NULL, NULL);
       bson_destroy(&cmd);
       return;
    }

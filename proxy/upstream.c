@@ -35,6 +35,10 @@
  * lsid goes through unchanged, as through a mongos: every connection logs
  * in as the same backend user, so the server ties the session, its cursors
  * and transactions to (lsid, that user) whichever connection carries them.
+ * With access control on, aspen's users all share that backend user, so
+ * the lsid is replaced by one derived from it and the aspen user
+ * (aspen_upstream_backend_lsid): one user's lsid never reaches another's
+ * backend session, as mongod keys sessions by (lsid, user).
  * The reply's body is handed to the session as a view of the receive
  * buffer; the session frames it for the client with one copy.
  *
@@ -1623,7 +1627,8 @@ on_sweep(uv_timer_t *t)
 
 void
 aspen_upstream_encode(aspen_buf_t *out, int32_t request_id,
-                      const aspen_op_msg_t *msg, const char *const *strip)
+                      const aspen_op_msg_t *msg, const char *const *strip,
+                      const bson_t *lsid)
 {
    size_t start = aspen_buf_len(out);
    uint8_t hdr[ASPEN_WIRE_HEADER_LEN + 5] = {0};
@@ -1636,7 +1641,7 @@ aspen_upstream_encode(aspen_buf_t *out, int32_t request_id,
       size_t run_start = 4, run_end = 4; /* a run of kept elements */
       while (bson_iter_next(&it)) {
          const char *k = bson_iter_key(&it);
-         bool drop = false;
+         bool drop = false, swap = false;
          if (k[0] == '$' && strip) {
             for (const char *const *s = strip; *s; s++) {
                if (strcmp(k, *s) == 0) {
@@ -1644,10 +1649,18 @@ aspen_upstream_encode(aspen_buf_t *out, int32_t request_id,
                   break;
                }
             }
+         } else if (lsid && strcmp(k, "lsid") == 0) {
+            swap = true;
          }
-         if (drop) {
+         if (drop || swap) {
             aspen_buf_append(out, raw + run_start, run_end - run_start);
             run_start = it.next_off;
+         }
+         if (swap) {
+            static const uint8_t head[] = {BSON_TYPE_DOCUMENT, 'l', 's', 'i',
+                                           'd', 0};
+            aspen_buf_append(out, head, sizeof head);
+            aspen_buf_append(out, bson_get_data(lsid), lsid->len);
          }
          run_end = it.next_off;
       }
@@ -1676,8 +1689,24 @@ aspen_upstream_encode(aspen_buf_t *out, int32_t request_id,
 }
 
 void
+aspen_upstream_backend_lsid(const bson_t *key, bson_t *out)
+{
+   if (!bson_has_field(key, "uid")) {
+      bson_copy_to(key, out);
+      return;
+   }
+   uint8_t digest[ASPEN_SCRAM_MAX_HASH];
+   aspen_scram_hash(ASPEN_SCRAM_SHA_256, bson_get_data(key), key->len, digest);
+   digest[6] = (uint8_t) ((digest[6] & 0x0f) | 0x40); /* version 4 */
+   digest[8] = (uint8_t) ((digest[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+   bson_init(out);
+   bson_append_binary(out, "id", 2, BSON_SUBTYPE_UUID, digest, 16);
+}
+
+void
 aspen_upstream_forward(aspen_upstream_t *up, const aspen_op_msg_t *msg,
-                       const char *name, aspen_upstream_cb cb, void *arg)
+                       const char *name, const bson_t *lsid_key,
+                       aspen_upstream_cb cb, void *arg)
 {
    static const char *const strip_all[] = {"$clusterTime", "$readPreference",
                                            NULL};
@@ -1689,8 +1718,17 @@ aspen_upstream_forward(aspen_upstream_t *up, const aspen_op_msg_t *msg,
    bson_init(&req->error);
    snprintf(req->name, sizeof req->name, "%s", name);
    aspen_buf_init(&buf);
+   bson_t lsid;
+   bool swap = lsid_key && bson_has_field(lsid_key, "uid");
+   if (swap) {
+      aspen_upstream_backend_lsid(lsid_key, &lsid);
+   }
    aspen_upstream_encode(&buf, 0, msg,
-                         up->backend_is_mongos ? strip_mongos : strip_all);
+                         up->backend_is_mongos ? strip_mongos : strip_all,
+                         swap ? &lsid : NULL);
+   if (swap) {
+      bson_destroy(&lsid);
+   }
    req->frame = aspen_buf_steal(&buf, &req->len);
    aspen_buf_cleanup(&buf);
    if (up->destroying) {

@@ -136,21 +136,33 @@ typedef void (*aspen_upstream_cb)(void *arg, const bson_t *reply);
 /* Sends the client's OP_MSG (`msg`: body and document sequences, views;
  * copied before this returns) to the server the command belongs on: the
  * server a cursor came from for getMore/killCursors, else the selected
- * primary. `cb` runs exactly once (with a shutdown error if the relay is
- * destroyed first); `cb` NULL sends the command and ignores its reply. */
+ * primary. `lsid_key` (NULL: none) is the router's key of the client's
+ * backend session: when it carries a user digest ("uid", access control
+ * on) the backend gets aspen_upstream_backend_lsid of it as the lsid, so
+ * two users sending the same lsid never share a backend session. `cb` runs
+ * exactly once (with a shutdown error if the relay is destroyed first);
+ * `cb` NULL sends the command and ignores its reply. */
 void aspen_upstream_forward(aspen_upstream_t *up, const aspen_op_msg_t *msg,
-                            const char *name, aspen_upstream_cb cb,
-                            void *arg);
+                            const char *name, const bson_t *lsid_key,
+                            aspen_upstream_cb cb, void *arg);
+
+/* The lsid the backend gets for a session key: the key itself when it has
+ * no "uid", else {id: UUID} where the UUID (version 4 bits set) is the
+ * first 16 bytes of SHA-256 over the key's bytes: the same client lsid and
+ * user always give the same backend session, different users different
+ * ones. `out` is initialised by the callee. Pure. */
+void aspen_upstream_backend_lsid(const bson_t *key, bson_t *out);
 
 /* Appends to `out` the OP_MSG aspen sends for a client's `msg`: request id
  * `request_id`, no flag bits (moreToCome and exhaustAllowed are the client
  * connection's business: aspen always waits for one reply; a checksum would
  * no longer match), the body without the top-level fields in `strip`
- * (NULL-terminated), and the document sequences byte for byte. Pure; for
- * the unit tests too. */
+ * (NULL-terminated) and with a top-level "lsid" replaced by `lsid` when it
+ * is not NULL, and the document sequences byte for byte. Pure; for the unit
+ * tests too. */
 void aspen_upstream_encode(aspen_buf_t *out, int32_t request_id,
                            const aspen_op_msg_t *msg,
-                           const char *const *strip);
+                           const char *const *strip, const bson_t *lsid);
 
 /* Counters for tests and serverStatus-like output. */
 typedef struct {

@@ -56,7 +56,7 @@ test_encode_strips_and_keeps(void **state)
    static const char *const strip[] = {"$clusterTime", "$readPreference", NULL};
    aspen_buf_t out;
    aspen_buf_init(&out);
-   aspen_upstream_encode(&out, 42, &msg, strip);
+   aspen_upstream_encode(&out, 42, &msg, strip, NULL);
 
    aspen_frame_t f;
    aspen_error_t err;
@@ -93,7 +93,7 @@ test_encode_strips_and_keeps(void **state)
 
    /* With nothing to strip the body goes through byte for byte. */
    aspen_buf_clear(&out);
-   aspen_upstream_encode(&out, 1, &msg, NULL);
+   aspen_upstream_encode(&out, 1, &msg, NULL, NULL);
    assert_int_equal(aspen_frame_parse(aspen_buf_data(&out), aspen_buf_len(&out),
                                       ASPEN_WIRE_MAX_MESSAGE_LEN, &f, &err),
                     ASPEN_PARSE_OK);
@@ -104,6 +104,80 @@ test_encode_strips_and_keeps(void **state)
    aspen_buf_cleanup(&out);
    bson_destroy(&body);
    bson_destroy(&docs_doc);
+}
+
+/* With access control on the backend gets a per-user lsid: same client
+ * lsid and user, same backend lsid; another user, another one; without a
+ * user digest the key goes as it is. The swap keeps the other fields. */
+static void
+test_backend_lsid(void **state)
+{
+   (void) state;
+   uint8_t id[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+   uint8_t alice[32] = {0xa1}, bob[32] = {0xb0};
+   bson_t plain = BSON_INITIALIZER, ka = BSON_INITIALIZER, kb = BSON_INITIALIZER;
+   bson_append_binary(&plain, "id", 2, BSON_SUBTYPE_UUID, id, 16);
+   bson_copy_to_excluding_noinit(&plain, &ka, "", NULL);
+   bson_append_binary(&ka, "uid", 3, BSON_SUBTYPE_BINARY, alice, 32);
+   bson_copy_to_excluding_noinit(&plain, &kb, "", NULL);
+   bson_append_binary(&kb, "uid", 3, BSON_SUBTYPE_BINARY, bob, 32);
+   bson_t l0, la, la2, lb;
+   aspen_upstream_backend_lsid(&plain, &l0);
+   aspen_upstream_backend_lsid(&ka, &la);
+   aspen_upstream_backend_lsid(&ka, &la2);
+   aspen_upstream_backend_lsid(&kb, &lb);
+   assert_true(bson_equal(&l0, &plain));
+   assert_true(bson_equal(&la, &la2));
+   assert_false(bson_equal(&la, &lb));
+   assert_false(bson_equal(&la, &plain));
+   assert_false(bson_has_field(&la, "uid"));
+   bson_iter_t it;
+   bson_subtype_t st;
+   uint32_t len;
+   const uint8_t *bin;
+   assert_true(bson_iter_init_find(&it, &la, "id"));
+   bson_iter_binary(&it, &st, &len, &bin);
+   assert_int_equal(st, BSON_SUBTYPE_UUID);
+   assert_int_equal(len, 16);
+   assert_int_equal(bin[6] >> 4, 4);
+
+   /* In the message: lsid replaced in place, every other field kept. */
+   bson_t body = BSON_INITIALIZER;
+   BSON_APPEND_UTF8(&body, "find", "c");
+   BSON_APPEND_DOCUMENT(&body, "lsid", &plain);
+   BSON_APPEND_INT32(&body, "batchSize", 2);
+   BSON_APPEND_UTF8(&body, "$db", "d");
+   aspen_op_msg_t msg = {0};
+   (void) bson_init_static(&msg.body, bson_get_data(&body), body.len);
+   aspen_buf_t out;
+   aspen_buf_init(&out);
+   aspen_upstream_encode(&out, 7, &msg, NULL, &la);
+   aspen_frame_t f;
+   aspen_op_msg_t back;
+   aspen_error_t err;
+   assert_int_equal(aspen_frame_parse(aspen_buf_data(&out), aspen_buf_len(&out),
+                                      ASPEN_WIRE_MAX_MESSAGE_LEN, &f, &err),
+                    ASPEN_PARSE_OK);
+   assert_true(aspen_op_msg_parse(&f, &back, &err));
+   bson_t sent;
+   assert_true(bson_iter_init_find(&it, &back.body, "lsid"));
+   assert_true(aspen_bson_view(&it, &sent));
+   assert_true(bson_equal(&sent, &la));
+   assert_true(bson_iter_init(&it, &back.body));
+   const char *want[] = {"find", "lsid", "batchSize", "$db"};
+   for (size_t i = 0; i < 4; i++) {
+      assert_true(bson_iter_next(&it));
+      assert_string_equal(bson_iter_key(&it), want[i]);
+   }
+   aspen_buf_cleanup(&out);
+   bson_destroy(&body);
+   bson_destroy(&l0);
+   bson_destroy(&la);
+   bson_destroy(&la2);
+   bson_destroy(&lb);
+   bson_destroy(&plain);
+   bson_destroy(&ka);
+   bson_destroy(&kb);
 }
 
 /* ---- aspen_topo_select ------------------------------------------------------- */
@@ -571,6 +645,7 @@ typedef struct {
    uv_loop_t loop;
    fake_t fake;
    aspen_upstream_t *up;
+   const bson_t *lsid_key; /* what the router passes; NULL: none */
 } rig_t;
 
 static void
@@ -579,6 +654,7 @@ rig_start(rig_t *rig, fake_mode_t mode, bool auth, const char *uri_fmt)
    aspen_error_t err;
    char uri_str[256];
    uv_loop_init(&rig->loop);
+   rig->lsid_key = NULL;
    fake_start(&rig->fake, &rig->loop, mode, auth);
    /* uri_fmt holds one "%d", the fake server's port. */
    const char *pct = strstr(uri_fmt, "%d");
@@ -610,7 +686,7 @@ forward(rig_t *rig, const char *name, uint32_t flags, result_t *r)
    (void) bson_init_static(&msg.body, bson_get_data(&body), body.len);
    bson_init(&r->reply);
    r->done = 0;
-   aspen_upstream_forward(rig->up, &msg, name, on_reply, r);
+   aspen_upstream_forward(rig->up, &msg, name, rig->lsid_key, on_reply, r);
    assert_int_equal(r->done, 0); /* never from inside forward */
    bson_destroy(&body);
 }
@@ -682,18 +758,36 @@ test_relay_roundtrip(void **state)
    assert_int_equal(rig.fake.conns_total, 1);
    assert_int_equal(rig.fake.hellos, 1);
    bson_destroy(&r.reply);
+   /* With a user's session key the backend sees the derived lsid. */
+   uint8_t id[16] = {9}, uid[32] = {7};
+   bson_t key = BSON_INITIALIZER, want;
+   bson_append_binary(&key, "id", 2, BSON_SUBTYPE_UUID, id, 16);
+   bson_append_binary(&key, "uid", 3, BSON_SUBTYPE_BINARY, uid, 32);
+   aspen_upstream_backend_lsid(&key, &want);
+   rig.lsid_key = &key;
+   forward(&rig, "find", 0, &r);
+   run_until(&rig, &r.done, 1);
+   bson_destroy(&r.reply);
+   bson_iter_t it;
+   bson_t seen;
+   assert_true(bson_iter_init_find(&it, &rig.fake.last_cmd, "lsid"));
+   assert_true(aspen_bson_view(&it, &seen));
+   assert_true(bson_equal(&seen, &want));
+   rig.lsid_key = NULL;
+   bson_destroy(&key);
+   bson_destroy(&want);
    /* Fire and forget (endSessions): sent, its reply dropped. */
    bson_t body = BSON_INITIALIZER;
    BSON_APPEND_INT32(&body, "endSessions", 1);
    BSON_APPEND_UTF8(&body, "$db", "admin");
    aspen_op_msg_t msg = {0};
    (void) bson_init_static(&msg.body, bson_get_data(&body), body.len);
-   aspen_upstream_forward(rig.up, &msg, "endSessions", NULL, NULL);
+   aspen_upstream_forward(rig.up, &msg, "endSessions", NULL, NULL, NULL);
    bson_destroy(&body);
-   for (int i = 0; i < 100000 && rig.fake.commands < 3; i++) {
+   for (int i = 0; i < 100000 && rig.fake.commands < 4; i++) {
       uv_run(&rig.loop, UV_RUN_ONCE);
    }
-   assert_int_equal(rig.fake.commands, 3);
+   assert_int_equal(rig.fake.commands, 4);
    assert_string_equal(reply_str(&rig.fake.last_cmd, "$db"), "admin");
    rig_stop(&rig);
 }
@@ -970,6 +1064,7 @@ main(void)
    aspen_log_set_level(ASPEN_LOG_ERROR);
    const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_encode_strips_and_keeps),
+      cmocka_unit_test(test_backend_lsid),
       cmocka_unit_test(test_topo_select),
       cmocka_unit_test(test_supports),
       cmocka_unit_test(test_backend_mode),
