@@ -1,0 +1,66 @@
+/*
+ * stage_match.c - the $match stage: a query filter (lang/match.c) applied
+ * to each document, which passes on unchanged (no copy) or is dropped.
+ */
+#include "engine_int.h"
+
+typedef struct {
+   bson_t filter; /* owned: the matcher keeps views into it */
+   aspen_matcher_t *m;
+} match_t;
+
+static void
+match_destroy(aspen_stage_t *st)
+{
+   match_t *m = st->state;
+   if (m) {
+      aspen_matcher_destroy(m->m);
+      bson_destroy(&m->filter);
+      bson_free(m);
+      st->state = NULL;
+   }
+}
+
+static bool
+match_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
+            aspen_error_t *err)
+{
+   (void) pc;
+   if (!BSON_ITER_HOLDS_DOCUMENT(arg)) {
+      aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                      "the match filter must be an expression in an object");
+      return false;
+   }
+   match_t *m = BSON_ALIGNED_ALLOC0(match_t); /* bson_t: 128-aligned */
+   uint32_t len;
+   const uint8_t *data;
+   bson_t f;
+   bson_iter_document(arg, &len, &data);
+   (void) bson_init_static(&f, data, len);
+   bson_copy_to(&f, &m->filter);
+   st->state = m;
+   if (!aspen_matcher_new(&m->filter, &m->m, err)) {
+      match_destroy(st);
+      return false;
+   }
+   return true;
+}
+
+static bool
+match_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
+{
+   match_t *m = st->state;
+   aspen_expr_ctx_t ctx;
+   bool matched = false;
+   aspen_stage_expr_ctx(st, in, &ctx);
+   if (!aspen_matcher_match(m->m, in->doc, &ctx, &matched, err)) {
+      return false;
+   }
+   if (matched) {
+      aspen_stage_emit(st, in); /* the same document: no copy */
+   }
+   return true;
+}
+
+const aspen_stage_ops_t aspen_stage_match_ops = {
+   "$match", "MatchOperator", match_parse, match_push, match_destroy, NULL};
