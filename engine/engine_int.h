@@ -13,6 +13,7 @@
 #ifndef ASPEN_ENGINE_INT_H
 #define ASPEN_ENGINE_INT_H
 
+#include "base/parse.h"
 #include "engine.h"
 #include "expr.h"
 #include "match.h"
@@ -51,10 +52,10 @@ typedef struct {
    aspen_engine_authz_t authz;
 } aspen_conn_t;
 
-typedef struct {
+struct aspen_conns {
    aspen_conn_t *items;
    size_t n;
-} aspen_conns_t;
+};
 
 /* Loads the registry from the config's "connections" array (NULL: only
  * sample_stream_solar). Atlas connections' dbRoleToExecute roles are
@@ -134,16 +135,6 @@ typedef struct {
 typedef struct aspen_pipeline aspen_pipeline_t;
 typedef struct aspen_stage aspen_stage_t;
 typedef struct aspen_proc aspen_proc_t;
-
-/* What a stage parser may need to know about where it stands. */
-typedef struct {
-   const aspen_conns_t *conns;
-   bool in_window;  /* inside a window's inner pipeline */
-   bool ephemeral;  /* sp.process: no sink required */
-   bool has_dlq;    /* the processor has a DLQ configured */
-   int index;       /* stage index in its pipeline */
-   char path[128];  /* "pipeline[2]" or "pipeline[2].$tumblingWindow.pipeline[0]" */
-} aspen_parse_ctx_t;
 
 typedef struct {
    const char *name;          /* "$match" */
@@ -361,18 +352,6 @@ void aspen__window_restore_partition(aspen_stage_t *st, int64_t id,
 
 /* The stage table (stages.c). */
 const aspen_stage_ops_t *aspen_stage_lookup(const char *name, unsigned *place);
-
-/* Helpers for option parsing with exact, path-carrying messages. */
-
-/* When the document `doc` (an iterator on a document field) has a key twice,
- * sets IDL's "BSON field '<path>.<key>' is a duplicate field" and returns
- * false. */
-bool aspen_parse_no_duplicates(const bson_iter_t *doc,
-                               const aspen_parse_ctx_t *pc, const char *path,
-                               aspen_error_t *err);
-void aspen_parse_error(aspen_error_t *err, const aspen_parse_ctx_t *pc,
-                       const char *option, const char *fmt, ...)
-   __attribute__((format(printf, 4, 5)));
 
 /* ------------------------------------------------------------------------ */
 /* Processors (processor.c)                                                  */

@@ -15,71 +15,11 @@
 #include "kafka_int.h"
 #include "source_change_stream.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define PREFIX "StreamProcessorInvalidOptions: "
-
 static void main_terminal(void *arg, const aspen_sdoc_t *doc);
-
-void
-aspen_parse_error(aspen_error_t *err, const aspen_parse_ctx_t *pc,
-                  const char *option, const char *fmt, ...)
-{
-   char reason[ASPEN_ERROR_MSG_MAX];
-   va_list ap;
-   va_start(ap, fmt);
-   vsnprintf(reason, sizeof reason, fmt, ap);
-   va_end(ap);
-   if (option && *option) {
-      aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
-                      PREFIX "%s (at %s.%s)", reason, pc->path, option);
-   } else {
-      aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
-                      PREFIX "%s (at %s)", reason, pc->path);
-   }
-}
-
-bool
-aspen_parse_no_duplicates(const bson_iter_t *doc, const aspen_parse_ctx_t *pc,
-                          const char *path, aspen_error_t *err)
-{
-   if (!BSON_ITER_HOLDS_DOCUMENT(doc)) {
-      return true;
-   }
-   bson_iter_t a;
-   if (!bson_iter_recurse(doc, &a)) {
-      return true;
-   }
-   /* Options objects are small: a quadratic scan beats building a set. */
-   while (bson_iter_next(&a)) {
-      bson_iter_t b = a;
-      while (bson_iter_next(&b)) {
-         if (strcmp(bson_iter_key(&a), bson_iter_key(&b)) == 0) {
-            aspen_parse_error(err, pc, NULL,
-                              "BSON field '%s.%s' is a duplicate field", path,
-                              bson_iter_key(&a));
-            return false;
-         }
-      }
-   }
-   return true;
-}
-
-/* Re-raises an error from an expression/matcher parser as a pipeline error,
- * keeping its text. */
-static void
-wrap_error(aspen_error_t *err, const aspen_parse_ctx_t *pc)
-{
-   if (strncmp(err->message, PREFIX, strlen(PREFIX)) == 0) {
-      return;
-   }
-   char reason[ASPEN_ERROR_MSG_MAX];
-   snprintf(reason, sizeof reason, "%s", err->message);
-   aspen_parse_error(err, pc, NULL, "%s", reason);
-}
 
 /* ---- $source ------------------------------------------------------------ */
 
@@ -195,7 +135,7 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
       }
       if (strcmp(k, "timeField") == 0) {
          if (!aspen_expr_parse(&it, NULL, &src->time_field, err)) {
-            wrap_error(err, pc);
+            aspen_parse_wrap_error(err, pc);
             return false;
          }
          continue;
@@ -227,7 +167,7 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
             bson_copy_to(&arr, &src->documents);
          } else {
             if (!aspen_expr_parse(&it, NULL, &src->documents_expr, err)) {
-               wrap_error(err, pc);
+               aspen_parse_wrap_error(err, pc);
                return false;
             }
          }
@@ -326,7 +266,7 @@ parse_one_stage(aspen_pipeline_t *pl, const bson_iter_t *stage_it,
    bool ok = ops->parse(st, &it, pc, err);
    snprintf(pc->path, sizeof pc->path, "%s", base);
    if (!ok) {
-      wrap_error(err, pc);
+      aspen_parse_wrap_error(err, pc);
    }
    return ok;
 }
@@ -381,7 +321,8 @@ aspen_pipeline_parse(const bson_t *pipeline, const aspen_conns_t *conns,
    int n = (int) bson_count_keys(&pl->def);
    if (n == 0) {
       aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
-                      PREFIX "Pipeline must have at least one stage");
+                      ASPEN_PARSE_PREFIX
+                      "Pipeline must have at least one stage");
       goto fail;
    }
    pl->stages = aspen_xcalloc((size_t) n, sizeof *pl->stages);
