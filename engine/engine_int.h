@@ -321,15 +321,6 @@ void aspen_stage_dead_letter(aspen_stage_t *st, const aspen_sdoc_t *in,
 void aspen_stage_expr_ctx(const aspen_stage_t *st, const aspen_sdoc_t *in,
                           aspen_expr_ctx_t *ctx);
 
-/* Copies `in` (a pipeline, or part of one) to `out` with each reference to
- * one of the `n` variables ("$$name", "$$name.a.b") replaced by its value as
- * {$literal: <value>} ("$$REMOVE" when missing), leaving {$literal}
- * arguments alone. How $lookup's `let` and $merge's `$$new` reach a server
- * without sending `let` (which needs MongoDB 5.0). (stage_lookup.c) */
-void aspen__vars_substitute(const bson_t *in, bson_t *out,
-                            const char *const *names,
-                            const aspen_value_t *values, size_t n);
-
 /* Checkpoint support for the window stage `st` (window.c): the smallest
  * cur_seq of the first input of any open window (UINT64_MAX when none is
  * open), and the watermark to start from after a restore. Processor

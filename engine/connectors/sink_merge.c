@@ -11,6 +11,7 @@
  * mongoc calls block there, never on the event loop.
  */
 #include "engine_int.h"
+#include "lang/vars.h"
 #include "sink.h"
 #include "source.h"
 
@@ -1046,7 +1047,7 @@ bind_pipeline(const aspen_coll_writer_t *w, const bson_t *doc, bson_t *out,
    }
    bson_init(out);
    if (ok) {
-      aspen__vars_substitute(&w->wm_pipeline, out, names, values, k);
+      aspen_vars_substitute(&w->wm_pipeline, out, names, values, k);
    }
    for (size_t i = 0; i < k; i++) {
       aspen_value_destroy(&values[i]);

@@ -20,7 +20,7 @@
  *     there, as inside windows, each document runs its own query;
  *   - let + pipeline: aggregate(pipeline), the `let` variables evaluated
  *     against the document and substituted into the pipeline as literals
- *     (aspen__vars_substitute), so it runs on servers without the
+ *     (aspen_vars_substitute), so it runs on servers without the
  *     aggregate command's own `let` (5.0+);
  *   - both: aggregate([{$match: <equality>}, ...pipeline]).
  * The results become the array `as`. A failed query (server unreachable,
@@ -31,6 +31,7 @@
  * live `ttl` and the oldest go first once `maxMemUsageBytes` is reached.
  */
 #include "engine_int.h"
+#include "lang/vars.h"
 #include "match.h"
 
 #include <mongoc/mongoc.h>
@@ -42,78 +43,6 @@
 #define CACHE_DEFAULT_MAX_BYTES (64 * 1024 * 1024)
 #define BATCH_MAX_DOCS 256
 #define BATCH_MAX_BYTES (4 * 1024 * 1024) /* of held documents */
-
-/* ---- variable substitution (shared with $merge's whenMatched) ------------- */
-
-void
-aspen__vars_substitute(const bson_t *in, bson_t *out, const char *const *names,
-                       const aspen_value_t *values, size_t n)
-{
-   bson_iter_t it;
-   bson_iter_init(&it, in);
-   while (bson_iter_next(&it)) {
-      const char *key = bson_iter_key(&it);
-      if (BSON_ITER_HOLDS_UTF8(&it) &&
-          strncmp(bson_iter_utf8(&it, NULL), "$$", 2) == 0) {
-         const char *ref = bson_iter_utf8(&it, NULL) + 2;
-         size_t nlen = strcspn(ref, ".");
-         size_t i;
-         for (i = 0; i < n; i++) {
-            if (strlen(names[i]) == nlen && strncmp(names[i], ref, nlen) == 0) {
-               break;
-            }
-         }
-         if (i < n) {
-            aspen_value_t v = ASPEN_VALUE_MISSING;
-            bool owned = false;
-            if (ref[nlen] != '.') {
-               v = values[i];
-            } else if (values[i].v.value_type == BSON_TYPE_DOCUMENT) {
-               bson_t sub;
-               (void) bson_init_static(&sub, values[i].v.value.v_doc.data,
-                                       values[i].v.value.v_doc.data_len);
-               v = aspen_expr_get_path(&sub, ref + nlen + 1);
-               owned = true;
-            }
-            if (aspen_value_is_missing(&v)) {
-               BSON_APPEND_UTF8(out, key, "$$REMOVE");
-            } else {
-               bson_t lit;
-               bson_append_document_begin(out, key, -1, &lit);
-               aspen_value_append(&lit, "$literal", 8, &v);
-               bson_append_document_end(out, &lit);
-            }
-            if (owned) {
-               aspen_value_destroy(&v);
-            }
-            continue;
-         }
-      }
-      if ((BSON_ITER_HOLDS_DOCUMENT(&it) || BSON_ITER_HOLDS_ARRAY(&it)) &&
-          strcmp(key, "$literal") != 0) {
-         uint32_t len;
-         const uint8_t *data;
-         bson_t sub, outsub;
-         bool arr = BSON_ITER_HOLDS_ARRAY(&it);
-         if (arr) {
-            bson_iter_array(&it, &len, &data);
-            bson_append_array_begin(out, key, -1, &outsub);
-         } else {
-            bson_iter_document(&it, &len, &data);
-            bson_append_document_begin(out, key, -1, &outsub);
-         }
-         (void) bson_init_static(&sub, data, len);
-         aspen__vars_substitute(&sub, &outsub, names, values, n);
-         if (arr) {
-            bson_append_array_end(out, &outsub);
-         } else {
-            bson_append_document_end(out, &outsub);
-         }
-         continue;
-      }
-      bson_append_iter(out, key, -1, &it);
-   }
-}
 
 /* ---- the result cache ($cachedLookup) -------------------------------------- */
 
@@ -656,8 +585,8 @@ build_pipeline(const lookup_t *lk, const bson_t *doc, const aspen_stage_t *st,
    }
    if (ok) {
       bson_t bound = BSON_INITIALIZER;
-      aspen__vars_substitute(&lk->pipeline, &bound,
-                             (const char *const *) lk->let_names, values, n);
+      aspen_vars_substitute(&lk->pipeline, &bound,
+                            (const char *const *) lk->let_names, values, n);
       bson_iter_t it;
       bson_iter_init(&it, &bound);
       while (bson_iter_next(&it)) {

@@ -15,7 +15,7 @@
  *
  * The C tests at the end cover the API around the data: borrowing of plain
  * field paths, constants, parse_object with dotted keys, variables from the
- * caller, and the value helpers.
+ * caller, the value helpers, and variable substitution (lang/vars.c).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "expr.h"
+#include "lang/vars.h"
 
 #ifndef ASPEN_CASES_DIR
 #error "ASPEN_CASES_DIR must be defined"
@@ -652,6 +653,41 @@ test_many_evals(void **state)
    bson_destroy(spec);
 }
 
+/* aspen_vars_substitute (lang/vars.c): references to the given variables
+ * become literals, at any depth, dotted ones read into a document value;
+ * what is missing becomes $$REMOVE; other variables and $literal arguments
+ * are left alone. */
+static void
+test_vars_substitute(void **state)
+{
+   (void) state;
+   bson_t *in = json(
+      "{'p': [{'$match': {'$expr': {'$eq': ['$a', '$$x']}}}, {'$project': "
+      "{'y': '$$obj.k', 'm': '$$obj.nope', 'n': '$$x.k', 'o': '$$other', "
+      "'l': {'$literal': ['$$x']}, 'xs': ['$$x', 1]}}]}");
+   bson_t *want = json(
+      "{'p': [{'$match': {'$expr': {'$eq': ['$a', {'$literal': 5}]}}}, "
+      "{'$project': {'y': {'$literal': 'v'}, 'm': '$$REMOVE', 'n': "
+      "'$$REMOVE', 'o': '$$other', 'l': {'$literal': ['$$x']}, 'xs': "
+      "[{'$literal': 5}, 1]}}]}");
+   bson_t *obj = json("{'k': 'v'}");
+   const char *names[] = {"x", "obj"};
+   aspen_value_t values[2] = {aspen_value_int32(5),
+                              aspen_value_take_doc(obj, false)};
+   bson_t out = BSON_INITIALIZER;
+   aspen_vars_substitute(in, &out, names, values, 2);
+   char *got_json = bson_as_relaxed_extended_json(&out, NULL);
+   char *want_json = bson_as_relaxed_extended_json(want, NULL);
+   assert_string_equal(got_json, want_json);
+   bson_free(got_json);
+   bson_free(want_json);
+   bson_destroy(&out);
+   aspen_value_destroy(&values[0]);
+   aspen_value_destroy(&values[1]);
+   bson_destroy(want);
+   bson_destroy(in);
+}
+
 int
 main(void)
 {
@@ -667,6 +703,7 @@ main(void)
       cmocka_unit_test(test_caller_vars),
       cmocka_unit_test(test_value_helpers),
       cmocka_unit_test(test_many_evals),
+      cmocka_unit_test(test_vars_substitute),
    };
    size_t n_api = sizeof api_tests / sizeof api_tests[0];
    struct CMUnitTest *tests = calloc(n_cases + n_api, sizeof *tests);
