@@ -211,12 +211,6 @@ typedef enum {
  * time-series collection when its connection is an Atlas one. */
 aspen_sink_kind_t aspen__emit_sink_kind(const bson_t *spec,
                                         const aspen_conns_t *conns);
-/* Validates the time-series form of $emit (its connection already known to
- * be an Atlas one): db, coll and the `timeseries` options with mongod's
- * rules. False with a 420 parse error. (sink_timeseries.c) */
-bool aspen__emit_ts_parse(const bson_t *spec, aspen_parse_ctx_t *pc,
-                          aspen_error_t *err);
-
 /* The DLQ side of a pipeline: where failed documents go. Set by the
  * processor before it runs. */
 typedef void (*aspen_dlq_fn)(void *arg, const aspen_sdoc_t *in,

@@ -30,6 +30,7 @@
  * fails the processor instead of going to the DLQ, since the transaction
  * cannot commit without it.
  */
+#include "connectors/sink_int.h"
 #include "kafka_int.h"
 #include "source.h"
 

@@ -22,7 +22,8 @@
  * queued batches, so checkpoints never run ahead of the collection
  * (at-least-once, as $merge).
  */
-#include "sink.h"
+#include "connectors/coll_writer.h"
+#include "connectors/sink_int.h"
 
 #include <inttypes.h>
 #include <stdio.h>

@@ -46,7 +46,7 @@
 #include "checkpoint.h"
 #include "engine_int.h"
 #include "processor.h"
-#include "sink.h"
+#include "connectors/coll_writer.h"
 #include "source.h"
 
 #include <openssl/rand.h>

@@ -1,10 +1,11 @@
 /*
- * sink.h - writers a processor's thread uses to put documents into MongoDB
- * collections ($merge, $emit to a time-series collection and the dead-letter
- * queue). Blocking; processor thread only.
+ * coll_writer.h - writers a processor's thread uses to put documents into
+ * MongoDB collections ($merge, $emit to a time-series collection and the
+ * dead-letter queue), implemented in coll_writer.c. Blocking; processor
+ * thread only.
  */
-#ifndef ASPEN_ENGINE_SINK_H
-#define ASPEN_ENGINE_SINK_H
+#ifndef ASPEN_ENGINE_CONNECTORS_COLL_WRITER_H
+#define ASPEN_ENGINE_CONNECTORS_COLL_WRITER_H
 
 #include "engine_int.h"
 
@@ -49,13 +50,4 @@ bool aspen_coll_writer_flush(aspen_coll_writer_t *w,
                              aspen_coll_writer_fail_fn on_fail, void *arg,
                              aspen_error_t *err);
 
-/* Validates a target name option ($merge.into.db, $emit.coll, ...): a
- * non-empty literal or an expression; *literal says which. `opt` is the
- * option's path for the error position, `label` its name in messages.
- * False with a 420 parse error. */
-bool aspen__sink_parse_target_name(const bson_iter_t *it,
-                                   aspen_parse_ctx_t *pc, const char *opt,
-                                   const char *label, bool *literal,
-                                   aspen_error_t *err);
-
-#endif
+#endif /* ASPEN_ENGINE_CONNECTORS_COLL_WRITER_H */

@@ -1,0 +1,27 @@
+/*
+ * sink_int.h - what the sink files of connectors/ share: the target-name
+ * option of $merge and the time-series $emit (sink_merge.c), and the
+ * time-series form of $emit's options (sink_timeseries.c). Pure parsing:
+ * no I/O, any thread.
+ */
+#ifndef ASPEN_ENGINE_CONNECTORS_SINK_INT_H
+#define ASPEN_ENGINE_CONNECTORS_SINK_INT_H
+
+#include "base/parse.h"
+
+/* Validates a target name option ($merge.into.db, $emit.coll, ...): a
+ * non-empty literal or an expression; *literal says which. `opt` is the
+ * option's path for the error position, `label` its name in messages.
+ * False with a 420 parse error. */
+bool aspen__sink_parse_target_name(const bson_iter_t *it,
+                                   aspen_parse_ctx_t *pc, const char *opt,
+                                   const char *label, bool *literal,
+                                   aspen_error_t *err);
+
+/* Validates the time-series form of $emit (its connection already known to
+ * be an Atlas one): db, coll and the `timeseries` options with mongod's
+ * rules. False with a 420 parse error. (sink_timeseries.c) */
+bool aspen__emit_ts_parse(const bson_t *spec, aspen_parse_ctx_t *pc,
+                          aspen_error_t *err);
+
+#endif /* ASPEN_ENGINE_CONNECTORS_SINK_INT_H */
