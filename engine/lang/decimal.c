@@ -1,7 +1,8 @@
 /*
- * expr_decimal.c - IEEE 754-2008 decimal128 arithmetic on BSON's BID
- * encoding, for the expression operators ($add, $subtract, $multiply,
- * $divide, comparisons, ...). Written out in portable C (unsigned __int128
+ * decimal.c - IEEE 754-2008 decimal128 arithmetic on BSON's BID encoding
+ * (lang/decimal.h), for values (comparison) and the expression operators
+ * and accumulators ($add, $subtract, $multiply, $divide, $round, $sum, ...),
+ * and conversions to and from double, int64 and text. Written out in portable C (unsigned __int128
  * and a small 256-bit helper) rather than with GCC's _Decimal128, which clang
  * does not support, so every build of aspen (gcc, clang, libFuzzer) computes
  * the same results.
@@ -12,7 +13,7 @@
  * is what mongod's Decimal128 (Intel's library underneath) produces.
  * Pure functions; any thread.
  */
-#include "expr_int.h"
+#include "lang/decimal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -588,4 +589,164 @@ aspen__dec_sqrt(aspen_dec_t a)
       return q;
    }
    return g;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Conversions and quantize                                                  */
+/* ------------------------------------------------------------------------ */
+
+aspen_dec_t
+aspen__dec_from_double(double d, int digits)
+{
+   char buf[64];
+   bson_decimal128_t bd;
+   if (isnan(d)) {
+      bson_decimal128_from_string("NaN", &bd);
+   } else if (isinf(d)) {
+      bson_decimal128_from_string(d < 0 ? "-Infinity" : "Infinity", &bd);
+   } else {
+      snprintf(buf, sizeof buf, "%.*e", digits - 1, d);
+      if (!bson_decimal128_from_string(buf, &bd)) {
+         bson_decimal128_from_string("NaN", &bd);
+      }
+   }
+   return aspen__dec_from_bson(&bd);
+}
+
+void
+aspen__dec_to_string(aspen_dec_t d, char *buf, size_t len)
+{
+   char tmp[BSON_DECIMAL128_STRING];
+   bson_decimal128_t bd = aspen__dec_to_bson(d);
+   bson_decimal128_to_string(&bd, tmp);
+   snprintf(buf, len, "%s", tmp);
+}
+
+/* BID decoding of a finite decimal: sign, 113-bit coefficient, exponent. */
+static bool
+dec_decode(aspen_dec_t d, bool *neg, unsigned __int128 *coef, int *exp)
+{
+   bson_decimal128_t bd = aspen__dec_to_bson(d);
+   uint64_t hi = bd.high, lo = bd.low;
+   *neg = (hi >> 63) != 0;
+   if (((hi >> 58) & 0x1f) == 0x1f || ((hi >> 58) & 0x1f) == 0x1e) {
+      return false; /* NaN or infinity */
+   }
+   if (((hi >> 61) & 0x3) == 0x3) {
+      /* Coefficient would exceed 34 digits: non-canonical, reads as 0. */
+      *exp = (int) ((hi >> 47) & 0x3fff) - 6176;
+      *coef = 0;
+      return true;
+   }
+   *exp = (int) ((hi >> 49) & 0x3fff) - 6176;
+   *coef = ((unsigned __int128) (hi & 0x1ffffffffffffULL) << 64) | lo;
+   return true;
+}
+
+static const unsigned __int128 DEC_MAX_COEF =
+   (unsigned __int128) 10000000000000000ULL * 10000000000000000ULL * 100ULL;
+
+/* IEEE 754 quantize to exponent -places: rounds when digits are dropped,
+ * pads with zeros when the exponent grows smaller, NaN when the result would
+ * need more than 34 digits. */
+aspen_dec_t
+aspen__dec_quantize(aspen_dec_t d, int places, int mode)
+{
+   bool neg;
+   unsigned __int128 coef;
+   int exp;
+   if (!dec_decode(d, &neg, &coef, &exp)) {
+      return d;
+   }
+   int target = -places;
+   if (exp == target) {
+      return d;
+   }
+   if (exp > target) {
+      int shift = exp - target;
+      for (int i = 0; i < shift; i++) {
+         coef *= 10;
+         if (coef >= DEC_MAX_COEF) {
+            return coef == 0 ? pack_raw(neg, 0, target) : nan_value();
+         }
+      }
+      return pack_raw(neg, coef, target);
+   }
+   int shift = target - exp;
+   unsigned __int128 q, r;
+   bool below_half = true, exactly_half = false;
+   if (shift > 36) {
+      q = 0;
+      r = coef;
+      /* coef < 10^34 <= 10^shift / 100: strictly below half. */
+   } else {
+      unsigned __int128 p = 1;
+      for (int i = 0; i < shift; i++) {
+         p *= 10;
+      }
+      q = coef / p;
+      r = coef % p;
+      below_half = r < p / 2;
+      exactly_half = r == p / 2;
+   }
+   bool up = false;
+   if (r != 0) {
+      switch (mode) {
+      case 0:
+         up = !below_half && !(exactly_half && !(q & 1));
+         break;
+      case 1:
+         up = false;
+         break;
+      case 2:
+         up = neg;
+         break;
+      default:
+         up = !neg;
+         break;
+      }
+   }
+   if (up) {
+      q++;
+   }
+   if (q >= DEC_MAX_COEF) {
+      return nan_value();
+   }
+   return pack_raw(neg, q, target);
+}
+
+bool
+aspen__dec_to_int64(aspen_dec_t d, int64_t *out)
+{
+   bool neg;
+   unsigned __int128 coef;
+   int exp;
+   *out = 0;
+   if (!dec_decode(d, &neg, &coef, &exp)) {
+      return false;
+   }
+   if (exp >= 0) {
+      for (int i = 0; i < exp && coef != 0; i++) {
+         coef *= 10;
+         if (coef > ((unsigned __int128) 1 << 64)) {
+            return false;
+         }
+      }
+   } else {
+      for (int i = 0; i < -exp && coef != 0; i++) {
+         coef /= 10;
+      }
+   }
+   if (neg) {
+      if (coef > (unsigned __int128) INT64_MAX + 1) {
+         return false;
+      }
+      *out = (int64_t) (0 - (uint64_t) coef);
+   } else {
+      if (coef > (unsigned __int128) INT64_MAX) {
+         return false;
+      }
+      *out = (int64_t) coef;
+   }
+   return true;
 }
