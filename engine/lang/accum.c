@@ -236,7 +236,7 @@ static void
 sum_init(void *st)
 {
    sum_state_t *s = st;
-   s->dec = aspen__dec_from_int64(0);
+   s->dec = aspen__decimal_from_int64(0);
 }
 
 static bool
@@ -259,7 +259,7 @@ sum_add(const add_call_t *call, void *st, aspen_value_t *val)
       wide = WIDE_DOUBLE;
       break;
    case BSON_TYPE_DECIMAL128:
-      s->dec = aspen__dec_add(s->dec, val->v.value.v_decimal128);
+      s->dec = aspen__decimal_add(s->dec, val->v.value.v_decimal128);
       wide = WIDE_DEC;
       break;
    default:
@@ -301,21 +301,22 @@ sum_decimal(const sum_state_t *s)
        * does for any sum of fewer than 10^18 inputs). */
       const int64_t half = 1000000000000000000; /* 10^18 */
       __int128 high = s->ints / half;
-      aspen_dec_t low = aspen__dec_from_int64((int64_t) (s->ints % half));
+      aspen_dec_t low = aspen__decimal_from_int64((int64_t) (s->ints % half));
       aspen_dec_t whole =
-         high == 0 ? low
-                   : aspen__dec_add(
-                        aspen__dec_mul(aspen__dec_from_int64((int64_t) high),
-                                       aspen__dec_from_int64(half)),
-                        low);
-      d = aspen__dec_add(d, whole);
+         high == 0
+            ? low
+            : aspen__decimal_add(
+                 aspen__decimal_mul(aspen__decimal_from_int64((int64_t) high),
+                                    aspen__decimal_from_int64(half)),
+                 low);
+      d = aspen__decimal_add(d, whole);
    }
    if (!isfinite(s->dbl.hi)) {
-      d = aspen__dec_add(d, aspen__dec_from_double(s->dbl.plain, 34));
+      d = aspen__decimal_add(d, aspen__decimal_from_double(s->dbl.plain, 34));
    } else if (s->dbl.hi != 0 || s->dbl.lo != 0) {
-      d = aspen__dec_add(d, aspen__dec_from_double(s->dbl.hi, 34));
+      d = aspen__decimal_add(d, aspen__decimal_from_double(s->dbl.hi, 34));
       if (s->dbl.lo != 0) {
-         d = aspen__dec_add(d, aspen__dec_from_double(s->dbl.lo, 34));
+         d = aspen__decimal_add(d, aspen__decimal_from_double(s->dbl.lo, 34));
       }
    }
    return d;
@@ -330,8 +331,8 @@ sum_result(const aspen_accum_t *acc, const void *st, bson_t *out,
       if (s->count == 0) {
          bson_append_null(out, key, -1);
       } else if (s->wide == WIDE_DEC) {
-         bson_decimal128_t q = aspen__dec_div(
-            sum_decimal(s), aspen__dec_from_int64(s->count));
+         bson_decimal128_t q = aspen__decimal_div(
+            sum_decimal(s), aspen__decimal_from_int64(s->count));
          bson_append_decimal128(out, key, -1, &q);
       } else {
          bson_append_double(out, key, -1, sum_double(s) / (double) s->count);

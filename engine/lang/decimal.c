@@ -243,47 +243,47 @@ nan_value(void)
 /* ------------------------------------------------------------------------ */
 
 aspen_dec_t
-aspen__dec_from_int64(int64_t v)
+aspen__decimal_from_int64(int64_t v)
 {
    u128 c = v < 0 ? (u128) (-(v + 1)) + 1 : (u128) v;
    return pack_raw(v < 0, c, 0);
 }
 
 bool
-aspen__dec_is_nan(aspen_dec_t d)
+aspen__decimal_is_nan(aspen_dec_t d)
 {
    return unpack(d).kind == D_NAN;
 }
 
 bool
-aspen__dec_is_inf(aspen_dec_t d)
+aspen__decimal_is_inf(aspen_dec_t d)
 {
    return unpack(d).kind == D_INF;
 }
 
 bool
-aspen__dec_is_zero(aspen_dec_t d)
+aspen__decimal_is_zero(aspen_dec_t d)
 {
    dnum x = unpack(d);
    return x.kind == D_FINITE && x.coef == 0;
 }
 
 bool
-aspen__dec_is_neg(aspen_dec_t d)
+aspen__decimal_is_neg(aspen_dec_t d)
 {
    dnum x = unpack(d);
    return x.kind != D_NAN && x.neg && !(x.kind == D_FINITE && x.coef == 0);
 }
 
 aspen_dec_t
-aspen__dec_abs(aspen_dec_t d)
+aspen__decimal_abs(aspen_dec_t d)
 {
    d.high &= ~(1ULL << 63);
    return d;
 }
 
 double
-aspen__dec_to_double(aspen_dec_t d)
+aspen__decimal_to_double(aspen_dec_t d)
 {
    char buf[BSON_DECIMAL128_STRING];
    bson_decimal128_to_string(&d, buf);
@@ -300,7 +300,7 @@ aspen__dec_to_double(aspen_dec_t d)
 }
 
 long double
-aspen__dec_to_ld(aspen_dec_t d)
+aspen__decimal_to_ld(aspen_dec_t d)
 {
    char buf[BSON_DECIMAL128_STRING];
    bson_decimal128_to_string(&d, buf);
@@ -311,7 +311,7 @@ aspen__dec_to_ld(aspen_dec_t d)
 }
 
 int
-aspen__dec_cmp(aspen_dec_t a, aspen_dec_t b)
+aspen__decimal_cmp(aspen_dec_t a, aspen_dec_t b)
 {
    dnum x = unpack(a), y = unpack(b);
    if (x.kind == D_NAN || y.kind == D_NAN) {
@@ -446,13 +446,13 @@ add_signed(dnum x, dnum y)
 }
 
 aspen_dec_t
-aspen__dec_add(aspen_dec_t a, aspen_dec_t b)
+aspen__decimal_add(aspen_dec_t a, aspen_dec_t b)
 {
    return add_signed(unpack(a), unpack(b));
 }
 
 aspen_dec_t
-aspen__dec_sub(aspen_dec_t a, aspen_dec_t b)
+aspen__decimal_sub(aspen_dec_t a, aspen_dec_t b)
 {
    dnum y = unpack(b);
    if (y.kind != D_NAN) {
@@ -462,7 +462,7 @@ aspen__dec_sub(aspen_dec_t a, aspen_dec_t b)
 }
 
 aspen_dec_t
-aspen__dec_mul(aspen_dec_t a, aspen_dec_t b)
+aspen__decimal_mul(aspen_dec_t a, aspen_dec_t b)
 {
    dnum x = unpack(a), y = unpack(b);
    bool neg = x.neg != y.neg;
@@ -508,7 +508,7 @@ u256_div_u128(u256 n, u128 d, bool *rem_nonzero)
 }
 
 aspen_dec_t
-aspen__dec_div(aspen_dec_t a, aspen_dec_t b)
+aspen__decimal_div(aspen_dec_t a, aspen_dec_t b)
 {
    dnum x = unpack(a), y = unpack(b);
    bool neg = x.neg != y.neg;
@@ -562,30 +562,32 @@ aspen__dec_div(aspen_dec_t a, aspen_dec_t b)
 /* Square root: Newton's iteration in decimal from the double estimate; an
  * exact root takes the preferred exponent floor(exp / 2). */
 aspen_dec_t
-aspen__dec_sqrt(aspen_dec_t a)
+aspen__decimal_sqrt(aspen_dec_t a)
 {
    dnum x = unpack(a);
    if (x.kind != D_FINITE || x.coef == 0) {
       return a;
    }
-   aspen_dec_t g = aspen__dec_from_double(sqrt(aspen__dec_to_double(a)), 17);
-   if (aspen__dec_is_zero(g) || aspen__dec_is_inf(g)) {
+   aspen_dec_t g =
+      aspen__decimal_from_double(sqrt(aspen__decimal_to_double(a)), 17);
+   if (aspen__decimal_is_zero(g) || aspen__decimal_is_inf(g)) {
       /* Out of double range: start from 10^(adjusted exponent / 2). */
       int adj = x.exp + digits_u128(x.coef) - 1;
       g = pack_raw(false, 1, adj / 2);
    }
-   aspen_dec_t two = aspen__dec_from_int64(2);
+   aspen_dec_t two = aspen__decimal_from_int64(2);
    for (int i = 0; i < 12; i++) {
-      aspen_dec_t next = aspen__dec_div(aspen__dec_add(g, aspen__dec_div(a, g)),
-                                        two);
-      if (aspen__dec_cmp(next, g) == 0) {
+      aspen_dec_t next = aspen__decimal_div(
+         aspen__decimal_add(g, aspen__decimal_div(a, g)), two);
+      if (aspen__decimal_cmp(next, g) == 0) {
          break;
       }
       g = next;
    }
    int pref = x.exp >= 0 ? x.exp / 2 : -((-x.exp + 1) / 2);
-   aspen_dec_t q = aspen__dec_quantize(g, -pref, 0);
-   if (!aspen__dec_is_nan(q) && aspen__dec_cmp(aspen__dec_mul(q, q), a) == 0) {
+   aspen_dec_t q = aspen__decimal_quantize(g, -pref, 0);
+   if (!aspen__decimal_is_nan(q) &&
+       aspen__decimal_cmp(aspen__decimal_mul(q, q), a) == 0) {
       return q;
    }
    return g;
@@ -596,7 +598,7 @@ aspen__dec_sqrt(aspen_dec_t a)
 /* ------------------------------------------------------------------------ */
 
 aspen_dec_t
-aspen__dec_from_double(double d, int digits)
+aspen__decimal_from_double(double d, int digits)
 {
    char buf[64];
    bson_decimal128_t bd;
@@ -610,14 +612,14 @@ aspen__dec_from_double(double d, int digits)
          bson_decimal128_from_string("NaN", &bd);
       }
    }
-   return aspen__dec_from_bson(&bd);
+   return aspen__decimal_from_bson(&bd);
 }
 
 void
-aspen__dec_to_string(aspen_dec_t d, char *buf, size_t len)
+aspen__decimal_to_string(aspen_dec_t d, char *buf, size_t len)
 {
    char tmp[BSON_DECIMAL128_STRING];
-   bson_decimal128_t bd = aspen__dec_to_bson(d);
+   bson_decimal128_t bd = aspen__decimal_to_bson(d);
    bson_decimal128_to_string(&bd, tmp);
    snprintf(buf, len, "%s", tmp);
 }
@@ -626,7 +628,7 @@ aspen__dec_to_string(aspen_dec_t d, char *buf, size_t len)
 static bool
 dec_decode(aspen_dec_t d, bool *neg, unsigned __int128 *coef, int *exp)
 {
-   bson_decimal128_t bd = aspen__dec_to_bson(d);
+   bson_decimal128_t bd = aspen__decimal_to_bson(d);
    uint64_t hi = bd.high, lo = bd.low;
    *neg = (hi >> 63) != 0;
    if (((hi >> 58) & 0x1f) == 0x1f || ((hi >> 58) & 0x1f) == 0x1e) {
@@ -650,7 +652,7 @@ static const unsigned __int128 DEC_MAX_COEF =
  * pads with zeros when the exponent grows smaller, NaN when the result would
  * need more than 34 digits. */
 aspen_dec_t
-aspen__dec_quantize(aspen_dec_t d, int places, int mode)
+aspen__decimal_quantize(aspen_dec_t d, int places, int mode)
 {
    bool neg;
    unsigned __int128 coef;
@@ -716,7 +718,7 @@ aspen__dec_quantize(aspen_dec_t d, int places, int mode)
 }
 
 bool
-aspen__dec_to_int64(aspen_dec_t d, int64_t *out)
+aspen__decimal_to_int64(aspen_dec_t d, int64_t *out)
 {
    bool neg;
    unsigned __int128 coef;

@@ -241,14 +241,14 @@ to_int64_checked(const aspen_value_t *in, int64_t *out, aspen_error_t *err)
       return true;
    }
    default: {
-      aspen_dec_t d = aspen__dec_from_bson(&in->v.value.v_decimal128);
-      if (aspen__dec_is_nan(d)) {
+      aspen_dec_t d = aspen__decimal_from_bson(&in->v.value.v_decimal128);
+      if (aspen__decimal_is_nan(d)) {
          return double_finite(err, NAN);
       }
-      if (aspen__dec_is_inf(d)) {
+      if (aspen__decimal_is_inf(d)) {
          return double_finite(err, INFINITY);
       }
-      if (!aspen__dec_to_int64(d, out)) {
+      if (!aspen__decimal_to_int64(d, out)) {
          return overflow_fail(err, in);
       }
       return true;
@@ -858,7 +858,7 @@ convert(const aspen_value_t *in, const conv_opts_t *o, aspen_value_t *out,
       }
       case BSON_TYPE_DECIMAL128:
          *out = aspen__value_decimal(
-            aspen__dec_to_bson(aspen__dec_from_double(d, 15)));
+            aspen__decimal_to_bson(aspen__decimal_from_double(d, 15)));
          return true;
       case BSON_TYPE_BINARY:
          return num_to_bin(in, o, out, err);
@@ -921,7 +921,7 @@ convert(const aspen_value_t *in, const conv_opts_t *o, aspen_value_t *out,
          *out = aspen_value_int64(b);
          return true;
       case BSON_TYPE_DECIMAL128:
-         *out = aspen__value_decimal(aspen__dec_from_int64(b));
+         *out = aspen__value_decimal(aspen__decimal_from_int64(b));
          return true;
       default:
          break;
@@ -942,7 +942,7 @@ convert(const aspen_value_t *in, const conv_opts_t *o, aspen_value_t *out,
          *out = aspen_value_int64(ms);
          return true;
       case BSON_TYPE_DECIMAL128:
-         *out = aspen__value_decimal(aspen__dec_from_int64(ms));
+         *out = aspen__value_decimal(aspen__decimal_from_int64(ms));
          return true;
       default:
          break;
@@ -977,7 +977,7 @@ convert(const aspen_value_t *in, const conv_opts_t *o, aspen_value_t *out,
          *out = aspen_value_int64(l);
          return true;
       case BSON_TYPE_DECIMAL128:
-         *out = aspen__value_decimal(aspen__dec_from_int64(l));
+         *out = aspen__value_decimal(aspen__decimal_from_int64(l));
          return true;
       case BSON_TYPE_DATE_TIME:
          if (from == BSON_TYPE_INT64) {
@@ -993,18 +993,18 @@ convert(const aspen_value_t *in, const conv_opts_t *o, aspen_value_t *out,
       break;
    }
    case BSON_TYPE_DECIMAL128: {
-      aspen_dec_t d = aspen__dec_from_bson(&in->v.value.v_decimal128);
+      aspen_dec_t d = aspen__decimal_from_bson(&in->v.value.v_decimal128);
       switch (to) {
       case BSON_TYPE_DOUBLE: {
-         double x = aspen__dec_to_double(d);
-         if (isinf(x) && !aspen__dec_is_inf(d)) {
+         double x = aspen__decimal_to_double(d);
+         if (isinf(x) && !aspen__decimal_is_inf(d)) {
             return overflow_fail(err, in);
          }
          *out = aspen_value_double(x);
          return true;
       }
       case BSON_TYPE_UTF8:
-         aspen__dec_to_string(d, buf, sizeof buf);
+         aspen__decimal_to_string(d, buf, sizeof buf);
          *out = aspen_value_utf8(buf, strlen(buf));
          return true;
       case BSON_TYPE_DATE_TIME:

@@ -36,7 +36,7 @@ num_rank(const aspen_value_t *val)
 static aspen_value_t
 dec_value(aspen_dec_t d)
 {
-   return aspen__value_decimal(aspen__dec_to_bson(d));
+   return aspen__value_decimal(aspen__decimal_to_bson(d));
 }
 
 /* Evaluates child i; on failure *out is MISSING. */
@@ -73,8 +73,8 @@ add_one(add_state_t *s, const aspen_value_t *v)
       if (s->widest == NT_DOUBLE) {
          s->d = (double) s->l;
       } else if (s->widest == NT_DEC) {
-         s->dec = old == NT_DOUBLE ? aspen__dec_from_double(s->d, 34)
-                                   : aspen__dec_from_int64(s->l);
+         s->dec = old == NT_DOUBLE ? aspen__decimal_from_double(s->d, 34)
+                                   : aspen__decimal_from_int64(s->l);
       }
    }
    switch (s->widest) {
@@ -98,10 +98,10 @@ add_one(add_state_t *s, const aspen_value_t *v)
                  : aspen__num_to_double(v);
       break;
    default:
-      s->dec = aspen__dec_add(s->dec,
-                              aspen__vt(v) == BSON_TYPE_DATE_TIME
-                                 ? aspen__dec_from_int64(v->v.value.v_datetime)
-                                 : aspen__num_to_dec(v));
+      s->dec = aspen__decimal_add(
+         s->dec, aspen__vt(v) == BSON_TYPE_DATE_TIME
+                    ? aspen__decimal_from_int64(v->v.value.v_datetime)
+                    : aspen__num_to_dec(v));
       break;
    }
 }
@@ -109,7 +109,7 @@ add_one(add_state_t *s, const aspen_value_t *v)
 ASPEN__DECL_EVAL(aspen__eval_add)
 {
    add_state_t s = {0};
-   s.dec = aspen__dec_from_int64(0);
+   s.dec = aspen__decimal_from_int64(0);
    for (uint32_t i = 0; i < e->n_args; i++) {
       aspen_value_t v;
       if (!arg(e, i, st, &v)) {
@@ -150,7 +150,7 @@ ASPEN__DECL_EVAL(aspen__eval_add)
          return true;
       default: {
          int64_t ms = 0;
-         aspen__dec_to_int64(aspen__dec_quantize(s.dec, 0, 0), &ms);
+         aspen__decimal_to_int64(aspen__decimal_quantize(s.dec, 0, 0), &ms);
          *out = aspen_value_date(ms);
          return true;
       }
@@ -193,7 +193,7 @@ ASPEN__DECL_EVAL(aspen__eval_subtract)
       int w = num_rank(&a) > num_rank(&b) ? num_rank(&a) : num_rank(&b);
       if (w == NT_DEC) {
          *out = dec_value(
-            aspen__dec_sub(aspen__num_to_dec(&a), aspen__num_to_dec(&b)));
+            aspen__decimal_sub(aspen__num_to_dec(&a), aspen__num_to_dec(&b)));
       } else if (w == NT_DOUBLE) {
          *out = aspen_value_double(aspen__num_to_double(&a) -
                                    aspen__num_to_double(&b));
@@ -248,7 +248,7 @@ ASPEN__DECL_EVAL(aspen__eval_multiply)
 {
    double dprod = 1;
    int64_t lprod = 1;
-   aspen_dec_t decprod = aspen__dec_from_int64(1);
+   aspen_dec_t decprod = aspen__decimal_from_int64(1);
    int type = NT_INT;
    for (uint32_t i = 0; i < e->n_args; i++) {
       aspen_value_t v;
@@ -274,10 +274,10 @@ ASPEN__DECL_EVAL(aspen__eval_multiply)
       }
       if (type == NT_DEC) {
          if (old != NT_DEC) {
-            decprod = old == NT_DOUBLE ? aspen__dec_from_double(dprod, 15)
-                                       : aspen__dec_from_int64(lprod);
+            decprod = old == NT_DOUBLE ? aspen__decimal_from_double(dprod, 15)
+                                       : aspen__decimal_from_int64(lprod);
          }
-         decprod = aspen__dec_mul(decprod, aspen__num_to_dec(&v));
+         decprod = aspen__decimal_mul(decprod, aspen__num_to_dec(&v));
       } else {
          double dv = aspen__num_to_double(&v);
          dprod *= dv;
@@ -338,10 +338,10 @@ ASPEN__DECL_EVAL(aspen__eval_divide)
    if (aspen__is_num(&a) && aspen__is_num(&b)) {
       if (num_rank(&a) == NT_DEC || num_rank(&b) == NT_DEC) {
          aspen_dec_t den = aspen__num_to_dec(&b);
-         if (aspen__dec_is_zero(den)) {
+         if (aspen__decimal_is_zero(den)) {
             ok = aspen__fail(st, ASPEN_ERR_BadValue, "can't $divide by zero");
          } else {
-            *out = dec_value(aspen__dec_div(aspen__num_to_dec(&a), den));
+            *out = dec_value(aspen__decimal_div(aspen__num_to_dec(&a), den));
          }
       } else {
          double den = aspen__num_to_double(&b);
@@ -375,11 +375,12 @@ ASPEN__DECL_EVAL(aspen__eval_mod)
       int ra = num_rank(&a), rb = num_rank(&b);
       if (ra == NT_DEC || rb == NT_DEC) {
          aspen_dec_t x = aspen__num_to_dec(&a), y = aspen__num_to_dec(&b);
-         if (aspen__dec_is_zero(y)) {
+         if (aspen__decimal_is_zero(y)) {
             ok = aspen__fail(st, 5733415, "can't $mod by zero");
          } else {
-            aspen_dec_t q = aspen__dec_quantize(aspen__dec_div(x, y), 0, 1);
-            *out = dec_value(aspen__dec_sub(x, aspen__dec_mul(y, q)));
+            aspen_dec_t q =
+               aspen__decimal_quantize(aspen__decimal_div(x, y), 0, 1);
+            *out = dec_value(aspen__decimal_sub(x, aspen__decimal_mul(y, q)));
          }
       } else {
          double y = aspen__num_to_double(&b);
@@ -450,7 +451,7 @@ ASPEN__DECL_EVAL(aspen__eval_abs)
       break;
    case BSON_TYPE_DECIMAL128: {
       *out = dec_value(
-         aspen__dec_abs(aspen__dec_from_bson(&v.v.value.v_decimal128)));
+         aspen__decimal_abs(aspen__decimal_from_bson(&v.v.value.v_decimal128)));
       break;
    }
    case BSON_TYPE_INT32: {
@@ -485,8 +486,9 @@ ceil_floor(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out,
                                         : floor(v.v.value.v_double));
       break;
    case BSON_TYPE_DECIMAL128:
-      *out = dec_value(aspen__dec_quantize(
-         aspen__dec_from_bson(&v.v.value.v_decimal128), 0, is_ceil ? 3 : 2));
+      *out = dec_value(aspen__decimal_quantize(
+         aspen__decimal_from_bson(&v.v.value.v_decimal128), 0,
+         is_ceil ? 3 : 2));
       break;
    default:
       *out = v;
@@ -541,7 +543,7 @@ ld_to_dec(long double v)
       snprintf(buf, sizeof buf, "%sE%d", mant, exp10);
    }
    bson_decimal128_from_string(buf, &bd);
-   return aspen__dec_from_bson(&bd);
+   return aspen__decimal_from_bson(&bd);
 }
 
 ASPEN__DECL_EVAL(aspen__eval_sqrt)
@@ -552,13 +554,13 @@ ASPEN__DECL_EVAL(aspen__eval_sqrt)
       return r == 0;
    }
    if (aspen__vt(&v) == BSON_TYPE_DECIMAL128) {
-      aspen_dec_t d = aspen__dec_from_bson(&v.v.value.v_decimal128);
-      if (aspen__dec_is_neg(d)) {
+      aspen_dec_t d = aspen__decimal_from_bson(&v.v.value.v_decimal128);
+      if (aspen__decimal_is_neg(d)) {
          return aspen__fail(st, 28714,
                             "$sqrt's argument must be greater than or equal "
                             "to 0");
       }
-      *out = dec_value(aspen__dec_sqrt(d));
+      *out = dec_value(aspen__decimal_sqrt(d));
       return true;
    }
    double d = aspen__num_to_double(&v);
@@ -579,8 +581,8 @@ ASPEN__DECL_EVAL(aspen__eval_exp)
       return r == 0;
    }
    if (aspen__vt(&v) == BSON_TYPE_DECIMAL128) {
-      aspen_dec_t d = aspen__dec_from_bson(&v.v.value.v_decimal128);
-      *out = dec_value(ld_to_dec(expl(aspen__dec_to_ld(d))));
+      aspen_dec_t d = aspen__decimal_from_bson(&v.v.value.v_decimal128);
+      *out = dec_value(ld_to_dec(expl(aspen__decimal_to_ld(d))));
       return true;
    }
    *out = aspen_value_double(exp(aspen__num_to_double(&v)));
@@ -597,10 +599,10 @@ log_common(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out,
       return r == 0;
    }
    if (aspen__vt(&v) == BSON_TYPE_DECIMAL128) {
-      aspen_dec_t d = aspen__dec_from_bson(&v.v.value.v_decimal128);
-      if (!aspen__dec_is_neg(d) && !aspen__dec_is_zero(d) &&
-          !aspen__dec_is_nan(d)) {
-         long double x = aspen__dec_to_ld(d);
+      aspen_dec_t d = aspen__decimal_from_bson(&v.v.value.v_decimal128);
+      if (!aspen__decimal_is_neg(d) && !aspen__decimal_is_zero(d) &&
+          !aspen__decimal_is_nan(d)) {
+         long double x = aspen__decimal_to_ld(d);
          *out = dec_value(ld_to_dec(base10 ? log10l(x) : logl(x)));
          return true;
       }
@@ -651,11 +653,12 @@ ASPEN__DECL_EVAL(aspen__eval_log)
       bool done = false;
       if (num_rank(&a) == NT_DEC || num_rank(&b) == NT_DEC) {
          aspen_dec_t x = aspen__num_to_dec(&a), y = aspen__num_to_dec(&b);
-         aspen_dec_t zero = aspen__dec_from_int64(0);
-         if (aspen__dec_cmp(x, zero) > 0 && aspen__dec_cmp(y, zero) > 0 &&
-             aspen__dec_cmp(y, aspen__dec_from_int64(1)) != 0) {
-            *out = dec_value(
-               ld_to_dec(logl(aspen__dec_to_ld(x)) / logl(aspen__dec_to_ld(y))));
+         aspen_dec_t zero = aspen__decimal_from_int64(0);
+         if (aspen__decimal_cmp(x, zero) > 0 &&
+             aspen__decimal_cmp(y, zero) > 0 &&
+             aspen__decimal_cmp(y, aspen__decimal_from_int64(1)) != 0) {
+            *out = dec_value(ld_to_dec(logl(aspen__decimal_to_ld(x)) /
+                                       logl(aspen__decimal_to_ld(y))));
             done = true;
          }
       }
@@ -706,34 +709,34 @@ ASPEN__DECL_EVAL(aspen__eval_pow)
    int ra = num_rank(&a), rb = num_rank(&b);
    if (ra == NT_DEC || rb == NT_DEC) {
       aspen_dec_t x = aspen__num_to_dec(&a), y = aspen__num_to_dec(&b);
-      if (aspen__dec_is_zero(x) && aspen__dec_is_neg(y)) {
+      if (aspen__decimal_is_zero(x) && aspen__decimal_is_neg(y)) {
          ok = aspen__fail(st, 28764,
                           "$pow cannot take a base of 0 and a negative "
                           "exponent");
          goto done;
       }
-      aspen_dec_t yi = aspen__dec_quantize(y, 0, 1);
+      aspen_dec_t yi = aspen__decimal_quantize(y, 0, 1);
       int64_t yl;
-      if (!aspen__dec_is_nan(yi) && aspen__dec_cmp(yi, y) == 0 &&
-          aspen__dec_to_int64(y, &yl) && yl >= -1000 && yl <= 1000) {
+      if (!aspen__decimal_is_nan(yi) && aspen__decimal_cmp(yi, y) == 0 &&
+          aspen__decimal_to_int64(y, &yl) && yl >= -1000 && yl <= 1000) {
          /* Integral exponent: exact repeated squaring in decimal. */
          bool neg = yl < 0;
          uint64_t k = (uint64_t) (neg ? -yl : yl);
-         aspen_dec_t res = aspen__dec_from_int64(1), base = x;
+         aspen_dec_t res = aspen__decimal_from_int64(1), base = x;
          while (k) {
             if (k & 1) {
-               res = aspen__dec_mul(res, base);
+               res = aspen__decimal_mul(res, base);
             }
             k >>= 1;
             if (k) {
-               base = aspen__dec_mul(base, base);
+               base = aspen__decimal_mul(base, base);
             }
          }
-         *out = dec_value(neg ? aspen__dec_div(aspen__dec_from_int64(1), res)
-                              : res);
+         *out = dec_value(
+            neg ? aspen__decimal_div(aspen__decimal_from_int64(1), res) : res);
       } else {
          *out = dec_value(
-            ld_to_dec(powl(aspen__dec_to_ld(x), aspen__dec_to_ld(y))));
+            ld_to_dec(powl(aspen__decimal_to_ld(x), aspen__decimal_to_ld(y))));
       }
       goto done;
    }
@@ -832,11 +835,11 @@ ASPEN__DECL_EVAL(aspen__eval_round)
    }
    switch (aspen__vt(&v)) {
    case BSON_TYPE_DECIMAL128: {
-      aspen_dec_t d = aspen__dec_from_bson(&v.v.value.v_decimal128);
-      if (aspen__dec_is_inf(d)) {
+      aspen_dec_t d = aspen__decimal_from_bson(&v.v.value.v_decimal128);
+      if (aspen__decimal_is_inf(d)) {
          *out = v;
       } else {
-         *out = dec_value(aspen__dec_quantize(d, (int) places, mode));
+         *out = dec_value(aspen__decimal_quantize(d, (int) places, mode));
       }
       return true;
    }
@@ -846,9 +849,9 @@ ASPEN__DECL_EVAL(aspen__eval_round)
          *out = v;
          return true;
       }
-      aspen_dec_t d = aspen__dec_from_double(x, 34);
-      *out = aspen_value_double(
-         aspen__dec_to_double(aspen__dec_quantize(d, (int) places, mode)));
+      aspen_dec_t d = aspen__decimal_from_double(x, 34);
+      *out = aspen_value_double(aspen__decimal_to_double(
+         aspen__decimal_quantize(d, (int) places, mode)));
       return true;
    }
    default: {
@@ -858,9 +861,9 @@ ASPEN__DECL_EVAL(aspen__eval_round)
       }
       int64_t x = aspen__num_to_int64(&v);
       int64_t r;
-      aspen_dec_t q =
-         aspen__dec_quantize(aspen__dec_from_int64(x), (int) places, mode);
-      if (!aspen__dec_to_int64(q, &r)) {
+      aspen_dec_t q = aspen__decimal_quantize(aspen__decimal_from_int64(x),
+                                              (int) places, mode);
+      if (!aspen__decimal_to_int64(q, &r)) {
          return aspen__fail(st, 51080,
                             "invalid conversion from Decimal128 result in %s "
                             "resulting from arguments: [%" PRId64 ", %" PRId64
@@ -953,8 +956,8 @@ acc_process(acc_t *a, int kind, const aspen_value_t *v)
       neumaier(a, v->v.value.v_double);
       break;
    default:
-      a->dec = aspen__dec_add(a->dec,
-                              aspen__dec_from_bson(&v->v.value.v_decimal128));
+      a->dec = aspen__decimal_add(
+         a->dec, aspen__decimal_from_bson(&v->v.value.v_decimal128));
       break;
    }
 }
@@ -972,13 +975,16 @@ acc_dec(const acc_t *a)
    aspen_dec_t d = a->dec;
    if (a->isum != 0) {
       if (a->isum >= INT64_MIN && a->isum <= INT64_MAX) {
-         d = aspen__dec_add(d, aspen__dec_from_int64((int64_t) a->isum));
+         d = aspen__decimal_add(d,
+                                aspen__decimal_from_int64((int64_t) a->isum));
       } else {
-         d = aspen__dec_add(d, aspen__dec_from_double((double) a->isum, 34));
+         d = aspen__decimal_add(
+            d, aspen__decimal_from_double((double) a->isum, 34));
       }
    }
    if (a->dsum != 0 || a->dcomp != 0) {
-      d = aspen__dec_add(d, aspen__dec_from_double(a->dsum + a->dcomp, 34));
+      d = aspen__decimal_add(
+         d, aspen__decimal_from_double(a->dsum + a->dcomp, 34));
    }
    return d;
 }
@@ -1009,8 +1015,8 @@ acc_result(const acc_t *a, int kind)
          return aspen_value_null();
       }
       if (a->type == NT_DEC) {
-         return dec_value(
-            aspen__dec_div(acc_dec(a), aspen__dec_from_int64(a->count)));
+         return dec_value(aspen__decimal_div(
+            acc_dec(a), aspen__decimal_from_int64(a->count)));
       }
       return aspen_value_double(acc_double(a) / (double) a->count);
    case ACC_MIN:
@@ -1035,7 +1041,7 @@ ASPEN__DECL_EVAL(aspen__eval_accum)
    acc_t a;
    memset(&a, 0, sizeof a);
    /* 0E0: all-zero bits would be 0E-6176 and skew the result's exponent. */
-   a.dec = aspen__dec_from_int64(0);
+   a.dec = aspen__decimal_from_int64(0);
    uint32_t n = e->n_args;
    aspen_value_t stackv[8];
    aspen_value_t *vals = n <= 8 ? stackv : aspen_xmalloc(n * sizeof *vals);
@@ -1089,7 +1095,7 @@ ASPEN__DECL_EVAL(aspen__eval_trig)
       return r == 0;
    }
    bool is_dec = aspen__vt(&v) == BSON_TYPE_DECIMAL128;
-   long double x = is_dec ? aspen__dec_to_ld(v.v.value.v_decimal128)
+   long double x = is_dec ? aspen__decimal_to_ld(v.v.value.v_decimal128)
                           : (long double) aspen__num_to_double(&v);
    const char *bounds = NULL;
    switch (e->op->sub) {
@@ -1238,8 +1244,9 @@ ASPEN__DECL_EVAL(aspen__eval_atan2)
                        "$atan2 only supports numeric types, not %s and %s",
                        aspen_value_type_name(&a), aspen_value_type_name(&b));
    } else if (num_rank(&a) == NT_DEC || num_rank(&b) == NT_DEC) {
-      *out = dec_value(ld_to_dec(atan2l(aspen__dec_to_ld(aspen__num_to_dec(&a)),
-                                        aspen__dec_to_ld(aspen__num_to_dec(&b)))));
+      *out = dec_value(
+         ld_to_dec(atan2l(aspen__decimal_to_ld(aspen__num_to_dec(&a)),
+                          aspen__decimal_to_ld(aspen__num_to_dec(&b)))));
    } else {
       *out = aspen_value_double(
          atan2(aspen__num_to_double(&a), aspen__num_to_double(&b)));

@@ -124,8 +124,8 @@ coerce_to_string(aspen__eval_t *st, const aspen_value_t *v, char *buf,
       snprintf(buf, cap, "%g", v->v.value.v_double);
       break;
    case BSON_TYPE_DECIMAL128:
-      aspen__dec_to_string(aspen__dec_from_bson(&v->v.value.v_decimal128),
-                           buf, cap);
+      aspen__decimal_to_string(
+         aspen__decimal_from_bson(&v->v.value.v_decimal128), buf, cap);
       break;
    case BSON_TYPE_TIMESTAMP:
       snprintf(buf, cap, "Timestamp(%" PRIu32 ", %" PRIu32 ")",

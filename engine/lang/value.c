@@ -243,7 +243,7 @@ aspen__num_to_double(const aspen_value_t *val)
    case BSON_TYPE_DOUBLE:
       return val->v.value.v_double;
    case BSON_TYPE_DECIMAL128:
-      return aspen__dec_to_double(val->v.value.v_decimal128);
+      return aspen__decimal_to_double(val->v.value.v_decimal128);
    default:
       return 0.0;
    }
@@ -272,8 +272,8 @@ aspen__num_to_int64(const aspen_value_t *val)
    }
    case BSON_TYPE_DECIMAL128: {
       int64_t out = 0;
-      aspen__dec_to_int64(aspen__dec_from_bson(&val->v.value.v_decimal128),
-                          &out);
+      aspen__decimal_to_int64(
+         aspen__decimal_from_bson(&val->v.value.v_decimal128), &out);
       return out;
    }
    default:
@@ -301,10 +301,10 @@ aspen__num_is_int64(const aspen_value_t *val, int64_t *out)
       return true;
    }
    case BSON_TYPE_DECIMAL128: {
-      aspen_dec_t d = aspen__dec_from_bson(&val->v.value.v_decimal128);
+      aspen_dec_t d = aspen__decimal_from_bson(&val->v.value.v_decimal128);
       int64_t i;
-      if (!aspen__dec_to_int64(d, &i) ||
-          aspen__dec_cmp(aspen__dec_from_int64(i), d) != 0) {
+      if (!aspen__decimal_to_int64(d, &i) ||
+          aspen__decimal_cmp(aspen__decimal_from_int64(i), d) != 0) {
          return false;
       }
       *out = i;
@@ -392,8 +392,8 @@ aspen__num_to_text(const aspen_value_t *val, char *buf, size_t len)
       format_double(val->v.value.v_double, buf, len);
       break;
    case BSON_TYPE_DECIMAL128:
-      aspen__dec_to_string(aspen__dec_from_bson(&val->v.value.v_decimal128),
-                           buf, len);
+      aspen__decimal_to_string(
+         aspen__decimal_from_bson(&val->v.value.v_decimal128), buf, len);
       break;
    default:
       snprintf(buf, len, "?");
@@ -409,15 +409,15 @@ aspen__num_to_dec(const aspen_value_t *val)
 {
    switch (val->v.value_type) {
    case BSON_TYPE_INT32:
-      return aspen__dec_from_int64(val->v.value.v_int32);
+      return aspen__decimal_from_int64(val->v.value.v_int32);
    case BSON_TYPE_INT64:
-      return aspen__dec_from_int64(val->v.value.v_int64);
+      return aspen__decimal_from_int64(val->v.value.v_int64);
    case BSON_TYPE_DOUBLE:
-      return aspen__dec_from_double(val->v.value.v_double, 15);
+      return aspen__decimal_from_double(val->v.value.v_double, 15);
    case BSON_TYPE_DECIMAL128:
-      return aspen__dec_from_bson(&val->v.value.v_decimal128);
+      return aspen__decimal_from_bson(&val->v.value.v_decimal128);
    default:
-      return aspen__dec_from_int64(0);
+      return aspen__decimal_from_int64(0);
    }
 }
 
@@ -521,16 +521,16 @@ cmp_numbers(const aspen_value_t *a, const aspen_value_t *b)
    if (ta == BSON_TYPE_DECIMAL128 || tb == BSON_TYPE_DECIMAL128) {
       aspen_dec_t da, db;
       if (ta == BSON_TYPE_DOUBLE) {
-         da = aspen__dec_from_double(a->v.value.v_double, 34);
+         da = aspen__decimal_from_double(a->v.value.v_double, 34);
       } else {
          da = aspen__num_to_dec(a);
       }
       if (tb == BSON_TYPE_DOUBLE) {
-         db = aspen__dec_from_double(b->v.value.v_double, 34);
+         db = aspen__decimal_from_double(b->v.value.v_double, 34);
       } else {
          db = aspen__num_to_dec(b);
       }
-      return aspen__dec_cmp(da, db);
+      return aspen__decimal_cmp(da, db);
    }
    if (ta == BSON_TYPE_DOUBLE && tb == BSON_TYPE_DOUBLE) {
       return cmp_double(a->v.value.v_double, b->v.value.v_double);
@@ -737,8 +737,8 @@ aspen_value_truthy(const aspen_value_t *val)
    case BSON_TYPE_DOUBLE:
       return val->v.value.v_double != 0.0;
    case BSON_TYPE_DECIMAL128: {
-      aspen_dec_t d = aspen__dec_from_bson(&val->v.value.v_decimal128);
-      return aspen__dec_is_nan(d) || !aspen__dec_is_zero(d);
+      aspen_dec_t d = aspen__decimal_from_bson(&val->v.value.v_decimal128);
+      return aspen__decimal_is_nan(d) || !aspen__decimal_is_zero(d);
    }
    default:
       return true;
