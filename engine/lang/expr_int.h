@@ -119,11 +119,7 @@ aspen_value_t aspen__value_decimal(bson_decimal128_t d);
 aspen_value_t aspen__value_binary(bson_subtype_t sub, const uint8_t *data,
                                   uint32_t len);
 
-/* MongoDB's canonical type rank (used for cross-type ordering). When
- * `missing_low` is set, MISSING and undefined rank below null, as in
- * aggregation's Value comparison; otherwise MISSING ranks as null. */
-int aspen__canonical_rank(bson_type_t t, bool missing_low);
-/* Full comparison; `missing_low` as above. */
+/* Full comparison; `missing_low` as in aspen__value_type_rank (value.h). */
 int aspen__value_cmp(const aspen_value_t *a, const aspen_value_t *b,
                      bool missing_low);
 /* Compares two BSON documents (or arrays) element by element as MongoDB's

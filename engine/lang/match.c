@@ -44,56 +44,6 @@
 /* Types                                                                     */
 /* ------------------------------------------------------------------------ */
 
-/* mongod's canonical type class of `t` (see match_int.h). Pure; any
- * thread. */
-int
-aspen__match_canonical(bson_type_t t)
-{
-   switch (t) {
-   case BSON_TYPE_MINKEY:
-      return -1;
-   case BSON_TYPE_EOD:
-   case BSON_TYPE_UNDEFINED:
-      return 0;
-   case BSON_TYPE_NULL:
-      return 5;
-   case BSON_TYPE_DOUBLE:
-   case BSON_TYPE_INT32:
-   case BSON_TYPE_INT64:
-   case BSON_TYPE_DECIMAL128:
-      return 10;
-   case BSON_TYPE_UTF8:
-   case BSON_TYPE_SYMBOL:
-      return 15;
-   case BSON_TYPE_DOCUMENT:
-      return 20;
-   case BSON_TYPE_ARRAY:
-      return 25;
-   case BSON_TYPE_BINARY:
-      return 30;
-   case BSON_TYPE_OID:
-      return 35;
-   case BSON_TYPE_BOOL:
-      return 40;
-   case BSON_TYPE_DATE_TIME:
-      return 45;
-   case BSON_TYPE_TIMESTAMP:
-      return 47;
-   case BSON_TYPE_REGEX:
-      return 50;
-   case BSON_TYPE_DBPOINTER:
-      return 55;
-   case BSON_TYPE_CODE:
-      return 60;
-   case BSON_TYPE_CODEWSCOPE:
-      return 65;
-   case BSON_TYPE_MAXKEY:
-      return 127;
-   default:
-      return 200;
-   }
-}
-
 /* $type aliases, indexed by type code 1..19. */
 static const char *const type_names[] = {
    NULL,       "double",    "string",   "object", "array",
@@ -346,8 +296,8 @@ bool
 aspen__match_compare(aspen__match_op_t op, const bson_value_t *val,
                      const bson_value_t *rhs)
 {
-   int cv = aspen__match_canonical(val->value_type);
-   int cr = aspen__match_canonical(rhs->value_type);
+   int cv = aspen__value_type_rank(val->value_type, true);
+   int cr = aspen__value_type_rank(rhs->value_type, true);
    if (cv != cr) {
       /* {a: null} also matches a missing field (but, since MongoDB 8.0, not
        * undefined). */
@@ -417,8 +367,8 @@ aspen__match_compare(aspen__match_op_t op, const bson_value_t *val,
 bool
 aspen__match_unordered_equal(const bson_value_t *a, const bson_value_t *b)
 {
-   if (aspen__match_canonical(a->value_type) !=
-       aspen__match_canonical(b->value_type)) {
+   if (aspen__value_type_rank(a->value_type, true) !=
+       aspen__value_type_rank(b->value_type, true)) {
       return false;
    }
    if (a->value_type == BSON_TYPE_DOCUMENT) {
@@ -979,8 +929,8 @@ cmp_in_sorted(const void *a, const void *b)
 {
    const bson_value_t *x = a;
    const bson_value_t *y = b;
-   int cx = aspen__match_canonical(x->value_type);
-   int cy = aspen__match_canonical(y->value_type);
+   int cx = aspen__value_type_rank(x->value_type, true);
+   int cy = aspen__value_type_rank(y->value_type, true);
    if (cx != cy) {
       return cx < cy ? -1 : 1;
    }

@@ -27,11 +27,6 @@ typedef enum {
    ASPEN__MATCH_GTE,
 } aspen__match_op_t;
 
-/* MongoDB's canonical type class of a BSON type (MinKey -1, missing and
- * undefined 0, null 5, numbers 10, string/symbol 15, object 20, array 25,
- * ... MaxKey 127): only values of one class compare with each other. */
-int aspen__match_canonical(bson_type_t t);
-
 /* One comparison predicate ($eq/$lt/$lte/$gt/$gte) applied to a single value
  * `val` (which may be BSON_TYPE_EOD for a missing field) against the filter's
  * constant `rhs`, with mongod's type bracketing, MinKey/MaxKey, null-matches-

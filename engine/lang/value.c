@@ -426,7 +426,7 @@ aspen__num_to_dec(const aspen_value_t *val)
 /* ------------------------------------------------------------------------ */
 
 int
-aspen__canonical_rank(bson_type_t t, bool missing_low)
+aspen__value_type_rank(bson_type_t t, bool missing_low)
 {
    switch (t) {
    case BSON_TYPE_MINKEY:
@@ -572,8 +572,8 @@ aspen__bson_cmp(const uint8_t *a, uint32_t alen, const uint8_t *b,
       }
       aspen_value_t va = aspen_value_borrow(&ia);
       aspen_value_t vb = aspen_value_borrow(&ib);
-      int ra = aspen__canonical_rank(va.v.value_type, true);
-      int rb = aspen__canonical_rank(vb.v.value_type, true);
+      int ra = aspen__value_type_rank(va.v.value_type, true);
+      int rb = aspen__value_type_rank(vb.v.value_type, true);
       if (ra != rb) {
          return ra < rb ? -1 : 1;
       }
@@ -595,8 +595,8 @@ aspen__value_cmp(const aspen_value_t *a, const aspen_value_t *b,
                  bool missing_low)
 {
    bson_type_t ta = a->v.value_type, tb = b->v.value_type;
-   int ra = aspen__canonical_rank(ta, missing_low);
-   int rb = aspen__canonical_rank(tb, missing_low);
+   int ra = aspen__value_type_rank(ta, missing_low);
+   int rb = aspen__value_type_rank(tb, missing_low);
    if (ra != rb) {
       return ra < rb ? -1 : 1;
    }

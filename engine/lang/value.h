@@ -58,6 +58,17 @@ aspen_value_t aspen_value_take_doc(bson_t *doc, bool is_array);
  * unless the caller distinguishes it first. Returns <0, 0, >0. */
 int aspen_value_compare(const aspen_value_t *a, const aspen_value_t *b);
 bool aspen_value_equal(const aspen_value_t *a, const aspen_value_t *b);
+/* mongod's canonical rank of a BSON type, the one cross-type order of the
+ * aggregation language and the query matcher: MinKey -1 < null 5 < numbers
+ * 10 (all four alike) < string and symbol 15 < object 20 < array 25 <
+ * binData 30 < ObjectId 35 < bool 40 < date 45 < timestamp 47 < regex 50 <
+ * DBPointer 55 < code 60 < code with scope 65 < MaxKey 127. With
+ * `missing_low`, MISSING (BSON_TYPE_EOD) and undefined rank 0, below null,
+ * as in mongod's comparisons and query matching; without, they rank as null
+ * (5), as sorting treats a missing field. A type byte BSON does not define
+ * (never read from a valid document) ranks 126, so MaxKey stays above
+ * everything. Inside lang/ only. */
+int aspen__value_type_rank(bson_type_t t, bool missing_low);
 /* Truthiness for $cond/$and/$or/$not: false, null, undefined, missing and
  * numeric zero are false; everything else is true. */
 bool aspen_value_truthy(const aspen_value_t *val);

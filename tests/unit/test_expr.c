@@ -15,7 +15,8 @@
  *
  * The C tests at the end cover the API around the data: borrowing of plain
  * field paths, constants, parse_object with dotted keys, variables from the
- * caller, the value helpers, and variable substitution (lang/vars.c).
+ * caller, the value helpers, the BSON type rank, and variable substitution
+ * (lang/vars.c).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -688,6 +689,66 @@ test_vars_substitute(void **state)
    bson_destroy(in);
 }
 
+/* The one BSON type rank (lang/value.c) against mongod's documented
+ * comparison order ("Comparison/Sort Order" in the MongoDB manual): MinKey,
+ * null, numbers, symbol and string, object, array, binData, ObjectId, bool,
+ * date, timestamp, regex, (DBPointer,) code, code with scope, MaxKey. The
+ * query matcher and the expression language both use it. */
+static void
+test_type_rank(void **state)
+{
+   (void) state;
+   static const bson_type_t order[][4] = {
+      {BSON_TYPE_MINKEY},
+      {BSON_TYPE_NULL},
+      {BSON_TYPE_INT32, BSON_TYPE_INT64, BSON_TYPE_DOUBLE,
+       BSON_TYPE_DECIMAL128},
+      {BSON_TYPE_SYMBOL, BSON_TYPE_UTF8},
+      {BSON_TYPE_DOCUMENT},
+      {BSON_TYPE_ARRAY},
+      {BSON_TYPE_BINARY},
+      {BSON_TYPE_OID},
+      {BSON_TYPE_BOOL},
+      {BSON_TYPE_DATE_TIME},
+      {BSON_TYPE_TIMESTAMP},
+      {BSON_TYPE_REGEX},
+      {BSON_TYPE_DBPOINTER},
+      {BSON_TYPE_CODE},
+      {BSON_TYPE_CODEWSCOPE},
+      {BSON_TYPE_MAXKEY},
+   };
+   size_t n = sizeof order / sizeof order[0];
+   for (int low = 0; low < 2; low++) {
+      int prev = INT32_MIN;
+      for (size_t i = 0; i < n; i++) {
+         int r = aspen__value_type_rank(order[i][0], low);
+         /* Types of one class rank alike ... */
+         for (size_t j = 1; j < 4 && order[i][j]; j++) {
+            assert_int_equal(aspen__value_type_rank(order[i][j], low), r);
+         }
+         /* ... and each class above the one before. */
+         assert_true(r > prev);
+         prev = r;
+      }
+   }
+   int minkey = aspen__value_type_rank(BSON_TYPE_MINKEY, true);
+   int null = aspen__value_type_rank(BSON_TYPE_NULL, true);
+   /* Missing and undefined: between MinKey and null where they are told
+    * apart from null (comparisons, query matching), null's rank where a
+    * missing field sorts as null. */
+   static const bson_type_t nullish[] = {BSON_TYPE_EOD, BSON_TYPE_UNDEFINED};
+   for (size_t i = 0; i < 2; i++) {
+      int r = aspen__value_type_rank(nullish[i], true);
+      assert_true(r > minkey && r < null);
+      assert_int_equal(aspen__value_type_rank(nullish[i], false), null);
+   }
+   /* A type byte BSON does not define never ranks above MaxKey. */
+   int maxkey = aspen__value_type_rank(BSON_TYPE_MAXKEY, true);
+   assert_true(aspen__value_type_rank((bson_type_t) 0x20, true) < maxkey);
+   assert_true(aspen__value_type_rank((bson_type_t) 0x20, true) >
+               aspen__value_type_rank(BSON_TYPE_CODEWSCOPE, true));
+}
+
 int
 main(void)
 {
@@ -704,6 +765,7 @@ main(void)
       cmocka_unit_test(test_value_helpers),
       cmocka_unit_test(test_many_evals),
       cmocka_unit_test(test_vars_substitute),
+      cmocka_unit_test(test_type_rank),
    };
    size_t n_api = sizeof api_tests / sizeof api_tests[0];
    struct CMUnitTest *tests = calloc(n_cases + n_api, sizeof *tests);
