@@ -6,7 +6,8 @@
  *
  *   engine_bench [N]      (default 1000000)
  */
-#include "engine_int.h"
+#include "connectors/connections.h"
+#include "runtime/pipeline.h"
 
 #include <stdio.h>
 #include <stdlib.h>

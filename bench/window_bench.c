@@ -7,7 +7,8 @@
  *
  *   window_bench [N] [keys]      (defaults 1000000, 10000)
  */
-#include "engine_int.h"
+#include "connectors/connections.h"
+#include "runtime/pipeline.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -23,7 +23,7 @@
  * into a grant and answers "does this grant allow these actions on this
  * namespace". Without a hook nothing is checked.
  */
-#include "engine_int.h"
+#include "connectors/authz.h"
 
 #include <string.h>
 

@@ -36,10 +36,13 @@
  * thread (start_finish) and hands the reply to the caller. A stop, a drop
  * or the owning connection closing meanwhile ends the start (start_abort).
  */
-#include "engine_int.h"
-#include "checkpoint.h"
-#include "processor.h"
-#include "kafka_int.h"
+#include "connectors/authz.h"
+#include "connectors/connections.h"
+#include "connectors/kafka_int.h"
+#include "lang/match.h"
+#include "runtime/checkpoint.h"
+#include "runtime/pipeline.h"
+#include "runtime/processor.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -6,8 +6,9 @@
  * literal or per-document targets, time-series collections created before
  * their first write. Blocking; processor thread only.
  */
+#include "connectors/authz.h"
 #include "connectors/coll_writer.h"
-#include "engine_int.h"
+#include "connectors/connections.h"
 #include "lang/vars.h"
 
 #include <inttypes.h>

@@ -7,7 +7,7 @@
 #ifndef ASPEN_ENGINE_CONNECTORS_COLL_WRITER_H
 #define ASPEN_ENGINE_CONNECTORS_COLL_WRITER_H
 
-#include "engine_int.h"
+#include "connectors/connections.h"
 
 typedef struct aspen_coll_writer aspen_coll_writer_t;
 

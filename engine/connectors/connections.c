@@ -7,7 +7,7 @@
  * atlas connection lists the role its database access runs as
  * (dbRoleToExecute; authz.c enforces it).
  */
-#include "kafka_int.h"
+#include "connectors/kafka_int.h"
 
 #include <mongoc/mongoc.h>
 #include <inttypes.h>

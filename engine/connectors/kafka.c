@@ -4,7 +4,7 @@
  * values, ASP's key formats, and parsing the Kafka-only $source options
  * (../shared/spec/asp-semantics.md §2.2, §5.1).
  */
-#include "kafka_int.h"
+#include "connectors/kafka_int.h"
 
 #include <librdkafka/rdkafka_mock.h>
 

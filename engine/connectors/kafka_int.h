@@ -1,6 +1,6 @@
 /*
  * kafka_int.h - what the Kafka $source (source_kafka.c) and the Kafka $emit
- * sink (sink_emit.c) share, implemented in kafka.c: a librdkafka
+ * sink (sink_emit_kafka.c) share, implemented in kafka.c: a librdkafka
  * configuration built from a registry connection, the Extended JSON codecs
  * for message values, the key formats ASP knows, and the parsing of the
  * Kafka-only $source options (called from pipeline.c's parse_source).
@@ -8,11 +8,12 @@
  * Everything here is engine-internal. Nothing blocks except where a
  * function says it talks to a broker.
  */
-#ifndef ASPEN_ENGINE_KAFKA_INT_H
-#define ASPEN_ENGINE_KAFKA_INT_H
+#ifndef ASPEN_ENGINE_CONNECTORS_KAFKA_INT_H
+#define ASPEN_ENGINE_CONNECTORS_KAFKA_INT_H
 
-#include "engine_int.h"
-#include "source.h"
+#include "connectors/connections.h"
+#include "runtime/pipeline.h"
+#include "runtime/source.h"
 
 #include <librdkafka/rdkafka.h>
 
@@ -180,6 +181,14 @@ void aspen__kafka_source_opts_destroy(aspen_kafka_source_opts_t *opts);
 
 /* ---- exactly-once (options.exactlyOnce; kafka_txn.c) ---------------------- */
 
+/* Whether a parsed pipeline may run with the processor option exactlyOnce
+ * (kafka_txn.c): a named processor, a Kafka $source, $emit to Kafka on the
+ * same cluster (bootstrapServers), and no connection that is aspen's local
+ * (mock) broker. False with a 420 error saying which. No I/O. */
+bool aspen__kafka_txn_check(const aspen_pipeline_t *pl,
+                            const aspen_conns_t *conns, bool ephemeral,
+                            aspen_error_t *err);
+
 /* The consumer group of a named processor's Kafka $source: config.group_id,
  * else ASP's default "asp-<processorId>-consumer". */
 void aspen__kafka_group_id(const aspen_kafka_source_opts_t *opts,
@@ -208,4 +217,4 @@ void aspen__kafka_txn_abort(rd_kafka_t *rk);
 bool aspen__kafka_txn_committed_ids(const aspen_runtime_t *rt, bson_t *ids,
                                     aspen_error_t *err);
 
-#endif /* ASPEN_ENGINE_KAFKA_INT_H */
+#endif /* ASPEN_ENGINE_CONNECTORS_KAFKA_INT_H */

@@ -2,7 +2,7 @@
  * kafka_txn.c - the exactly-once mode of a Kafka $source -> $emit processor
  * (processor option exactlyOnce, an aspen extension; README "Checkpoints and
  * delivery guarantees"): which pipelines may use it, and the Kafka
- * transactions the $emit producer (sink_emit.c) runs for the runtime
+ * transactions the $emit producer (sink_emit_kafka.c) runs for the runtime
  * (processor.c).
  *
  * The producer has a transactional.id stable per processor, so the
@@ -25,7 +25,7 @@
  * (blocking, bounded by timeouts), except aspen__kafka_txn_check (parse
  * time, no I/O).
  */
-#include "kafka_int.h"
+#include "connectors/kafka_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 /*
- * sink_emit.c - $emit to Apache Kafka (../shared/spec/asp-semantics.md
+ * sink_emit_kafka.c - $emit to Apache Kafka (../shared/spec/asp-semantics.md
  * §5.1): option validation at create time (the stage table's parser) and,
  * at run time, a librdkafka producer on the processor's thread. An $emit
  * whose connection is an Atlas one writes to a time-series collection
@@ -30,9 +30,9 @@
  * fails the processor instead of going to the DLQ, since the transaction
  * cannot commit without it.
  */
+#include "connectors/kafka_int.h"
 #include "connectors/sink_int.h"
-#include "kafka_int.h"
-#include "source.h"
+#include "runtime/sink.h"
 
 #include <stdio.h>
 #include <stdlib.h>

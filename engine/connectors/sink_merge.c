@@ -10,9 +10,9 @@
  * mongoc calls block there, never on the event loop.
  */
 #include "connectors/coll_writer.h"
+#include "connectors/connections.h"
 #include "connectors/sink_int.h"
-#include "engine_int.h"
-#include "source.h"
+#include "runtime/sink.h"
 
 #include <string.h>
 /* ---- option parsing ---------------------------------------------------- */

@@ -8,11 +8,12 @@
  *            timeseries: {timeField, metaField, granularity,
  *                         bucketMaxSpanSeconds, bucketRoundingSeconds}}}
  *
- * At create time the stage parser (sink_emit.c hands the Atlas form over to
- * aspen__emit_ts_parse) checks the options with mongod's rules for the
- * `timeseries` option of `create`, so a processor that could never write is
- * refused with a 420 error. At run time the sink (aspen_sink_timeseries_ops,
- * in sink_merge.c) is the collection writer in its time-series mode: batched unordered inserts (a
+ * At create time the stage parser (sink_emit_kafka.c hands the Atlas form
+ * over to aspen__emit_ts_parse) checks the options with mongod's rules for
+ * the `timeseries` option of `create`, so a processor that could never
+ * write is refused with a 420 error. At run time the sink
+ * (aspen_sink_timeseries_ops, in sink_merge.c) is the collection writer
+ * (coll_writer.c) in its time-series mode: batched unordered inserts (a
  * time-series collection takes inserts, not upserts), each target created
  * with the `timeseries` options before its first write, targets evaluated
  * per document when db/coll are expressions. Documents the server refuses

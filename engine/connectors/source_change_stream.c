@@ -27,10 +27,12 @@
  * says to start it with resumeFromCheckpoint: false. Everything here runs
  * on the processor's thread, except the token accessor.
  */
-#include "source.h"
-#include "source_change_stream.h"
+#include "connectors/connections.h"
+#include "connectors/source_change_stream.h"
+#include "runtime/source.h"
 
 #include <mongoc/mongoc.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

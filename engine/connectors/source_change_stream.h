@@ -5,10 +5,10 @@
  * aspen_source_change_stream_ops (source_change_stream.c), listed in
  * sources.c.
  */
-#ifndef ASPEN_ENGINE_SOURCE_CHANGE_STREAM_H
-#define ASPEN_ENGINE_SOURCE_CHANGE_STREAM_H
+#ifndef ASPEN_ENGINE_CONNECTORS_SOURCE_CHANGE_STREAM_H
+#define ASPEN_ENGINE_CONNECTORS_SOURCE_CHANGE_STREAM_H
 
-#include "engine_int.h"
+#include "runtime/pipeline.h"
 
 /* True if `key` is a top-level $source option of a change-stream source
  * (db, coll, config, readPreference, ...). Any thread. */
@@ -27,4 +27,4 @@ bool aspen__change_stream_check(const aspen_source_spec_t *src,
  * the token is guarded by the source's own lock. */
 bool aspen__change_stream_resume_token(void *state, bson_t *out);
 
-#endif
+#endif /* ASPEN_ENGINE_CONNECTORS_SOURCE_CHANGE_STREAM_H */

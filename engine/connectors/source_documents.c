@@ -5,7 +5,7 @@
  * the index of a document (partition 0): a processor resumed from a
  * checkpoint starts at the index the checkpoint says.
  */
-#include "source.h"
+#include "runtime/source.h"
 
 static bool
 docs_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)

@@ -29,8 +29,8 @@
  * Ephemeral processors (sp.process) without config.group_id read under a
  * throw-away group and never commit.
  */
-#include "kafka_int.h"
-#include "source.h"
+#include "connectors/kafka_int.h"
+#include "runtime/source.h"
 
 #include <openssl/rand.h>
 #include <stdio.h>

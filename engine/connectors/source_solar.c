@@ -3,7 +3,7 @@
  * readings of ASP's shape (../shared/spec/asp-semantics.md §2.5), two per
  * round, one round a second. `timestamp` is a string, as in ASP.
  */
-#include "source.h"
+#include "runtime/source.h"
 
 #include <stdio.h>
 #include <string.h>

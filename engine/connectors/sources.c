@@ -1,7 +1,7 @@
 /*
  * sources.c - the tables of $source and sink implementations by kind.
  */
-#include "source.h"
+#include "runtime/sink.h"
 
 extern const aspen_source_ops_t aspen_source_documents_ops;
 extern const aspen_source_ops_t aspen_source_solar_ops;

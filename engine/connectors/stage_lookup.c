@@ -30,9 +30,11 @@
  * $cachedLookup is the equality form with a per-key result cache: entries
  * live `ttl` and the oldest go first once `maxMemUsageBytes` is reached.
  */
-#include "engine_int.h"
+#include "connectors/connections.h"
+#include "connectors/stage_lookup.h"
+#include "lang/match.h"
 #include "lang/vars.h"
-#include "match.h"
+#include "runtime/pipeline.h"
 
 #include <mongoc/mongoc.h>
 #include <stdlib.h>

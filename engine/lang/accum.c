@@ -20,9 +20,9 @@
  * Thread-safety: a parsed aspen_accum_t is immutable and may be shared by
  * threads; a state belongs to the thread that feeds it.
  */
-#include "accum.h"
+#include "lang/accum.h"
 
-#include "expr_int.h"
+#include "lang/expr_int.h"
 
 #include <inttypes.h>
 #include <math.h>

@@ -19,10 +19,10 @@
  * Thread-safety: a spec is immutable after parse; states belong to one
  * thread.
  */
-#ifndef ASPEN_ENGINE_ACCUM_H
-#define ASPEN_ENGINE_ACCUM_H
+#ifndef ASPEN_ENGINE_LANG_ACCUM_H
+#define ASPEN_ENGINE_LANG_ACCUM_H
 
-#include "expr.h"
+#include "lang/expr.h"
 
 typedef struct aspen_accum aspen_accum_t;         /* a parsed accumulator */
 typedef struct aspen_accum_state aspen_accum_state_t;
@@ -72,4 +72,4 @@ void aspen_accum_result(const aspen_accum_t *acc,
 size_t aspen_accum_state_size(const aspen_accum_t *acc,
                               const aspen_accum_state_t *st);
 
-#endif
+#endif /* ASPEN_ENGINE_LANG_ACCUM_H */

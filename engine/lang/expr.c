@@ -15,7 +15,7 @@
  * Compiled expressions are immutable: any number of threads may evaluate one
  * at the same time, each with its own context.
  */
-#include "expr_int.h"
+#include "lang/expr_int.h"
 
 #include <openssl/rand.h>
 #include <stdarg.h>

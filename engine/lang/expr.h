@@ -39,10 +39,10 @@
  * Evaluation errors (e.g. "can't $divide by zero", a failed $convert) return
  * false with err set; the caller sends the document to the DLQ.
  */
-#ifndef ASPEN_ENGINE_EXPR_H
-#define ASPEN_ENGINE_EXPR_H
+#ifndef ASPEN_ENGINE_LANG_EXPR_H
+#define ASPEN_ENGINE_LANG_EXPR_H
 
-#include "value.h"
+#include "lang/value.h"
 
 #include <stdatomic.h>
 
@@ -109,4 +109,4 @@ aspen_value_t aspen_expr_get_path(const bson_t *doc, const char *path);
  * time-dependent operators); then *out (borrowed) is its value. */
 bool aspen_expr_is_constant(const aspen_expr_t *e, aspen_value_t *out);
 
-#endif
+#endif /* ASPEN_ENGINE_LANG_EXPR_H */

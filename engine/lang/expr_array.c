@@ -7,7 +7,7 @@
  * value sets are) and $maxN/$minN/$firstN/$lastN. Elements are read as
  * borrowed views of the input array; results are built as new BSON arrays.
  */
-#include "expr_int.h"
+#include "lang/expr_int.h"
 
 #include <inttypes.h>
 #include <stdio.h>

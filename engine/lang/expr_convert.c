@@ -7,7 +7,7 @@
  * (format base64, base64url, hex, uuid, utf8) and back. A failed conversion
  * is a ConversionFailure (241), which `onError` catches.
  */
-#include "expr_int.h"
+#include "lang/expr_int.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -13,7 +13,7 @@
  * process; the cache is guarded by a mutex, lookups happen at most once per
  * evaluation (constant timezones are resolved at compile time).
  */
-#include "expr_int.h"
+#include "lang/expr_int.h"
 
 #include <inttypes.h>
 #include <pthread.h>

@@ -16,11 +16,11 @@
  * when computed. A node that destroys a value its result might borrow from
  * first makes the result owned (aspen__value_own).
  */
-#ifndef ASPEN_ENGINE_EXPR_INT_H
-#define ASPEN_ENGINE_EXPR_INT_H
+#ifndef ASPEN_ENGINE_LANG_EXPR_INT_H
+#define ASPEN_ENGINE_LANG_EXPR_INT_H
 
-#include "expr.h"
 #include "lang/decimal.h"
+#include "lang/expr.h"
 
 #include <string.h>
 
@@ -549,4 +549,4 @@ ASPEN__DECL_EVAL(aspen__eval_date_add);
 ASPEN__DECL_PARSE(aspen__parse_date_diff);
 ASPEN__DECL_EVAL(aspen__eval_date_diff);
 
-#endif
+#endif /* ASPEN_ENGINE_LANG_EXPR_INT_H */

@@ -4,12 +4,12 @@
  * $stdDevPop $stdDevSamp). Result types follow MongoDB: the narrowest of
  * int32 < int64 < double < decimal that holds the result, int overflow
  * widening to long and long overflow to double, $divide always double (or
- * decimal). Decimal arithmetic is expr_decimal.c's (exact IEEE decimal128);
+ * decimal). Decimal arithmetic is decimal.c's (exact IEEE decimal128);
  * transcendental functions on decimals ($exp $ln $log $log10, $pow with a
  * non-integral exponent) are computed in long double precision (about 19
  * significant digits) and converted to decimal.
  */
-#include "expr_int.h"
+#include "lang/expr_int.h"
 
 #include <inttypes.h>
 #include <math.h>

@@ -8,7 +8,7 @@
  * several threads may share it.
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
-#include "expr_int.h"
+#include "lang/expr_int.h"
 
 #include <inttypes.h>
 #include <pcre2.h>

@@ -29,7 +29,7 @@
  * Thread-safety: a compiled matcher is immutable; aspen_matcher_match may be
  * called from any thread, concurrently.
  */
-#include "match_int.h"
+#include "lang/match_int.h"
 
 #include <math.h>
 #include <pthread.h>

@@ -19,10 +19,10 @@
  * BadValue), and malformed arguments with mongod's messages where known
  * (e.g. "$in needs an array").
  */
-#ifndef ASPEN_ENGINE_MATCH_H
-#define ASPEN_ENGINE_MATCH_H
+#ifndef ASPEN_ENGINE_LANG_MATCH_H
+#define ASPEN_ENGINE_LANG_MATCH_H
 
-#include "expr.h"
+#include "lang/expr.h"
 
 typedef struct aspen_matcher aspen_matcher_t;
 
@@ -37,4 +37,4 @@ bool aspen_matcher_match(const aspen_matcher_t *m, const bson_t *doc,
                          const aspen_expr_ctx_t *ctx, bool *matched,
                          aspen_error_t *err);
 
-#endif
+#endif /* ASPEN_ENGINE_LANG_MATCH_H */

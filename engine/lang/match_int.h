@@ -10,10 +10,10 @@
  * one value directly (JSON Schema applies to literal values: no implicit
  * array traversal, keywords only restrict values of their own type).
  */
-#ifndef ASPEN_ENGINE_MATCH_INT_H
-#define ASPEN_ENGINE_MATCH_INT_H
+#ifndef ASPEN_ENGINE_LANG_MATCH_INT_H
+#define ASPEN_ENGINE_LANG_MATCH_INT_H
 
-#include "match.h"
+#include "lang/match.h"
 
 /* ------------------------------------------------------------------------ */
 /* Comparisons                                                               */
@@ -108,4 +108,4 @@ void aspen__match_schema_destroy(aspen__match_schema_t *schema);
 bool aspen__match_schema_validate_doc(const aspen__match_schema_t *schema,
                                       const uint8_t *data, uint32_t len);
 
-#endif
+#endif /* ASPEN_ENGINE_LANG_MATCH_INT_H */

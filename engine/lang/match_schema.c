@@ -25,7 +25,7 @@
  * Thread-safety: a compiled schema is immutable; validation may run on any
  * thread.
  */
-#include "match_int.h"
+#include "lang/match_int.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -12,8 +12,8 @@
  *
  * Thread-safety: pure functions, callable from any thread.
  */
-#ifndef ASPEN_ENGINE_VALUE_H
-#define ASPEN_ENGINE_VALUE_H
+#ifndef ASPEN_ENGINE_LANG_VALUE_H
+#define ASPEN_ENGINE_LANG_VALUE_H
 
 #include "wire.h"
 
@@ -86,4 +86,4 @@ void aspen_value_append(bson_t *doc, const char *key, int key_len,
  * bson_free). */
 char *aspen_value_to_json(const aspen_value_t *val);
 
-#endif
+#endif /* ASPEN_ENGINE_LANG_VALUE_H */

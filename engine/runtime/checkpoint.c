@@ -5,7 +5,7 @@
  * (processor.c); this file only makes sure that what is read back is
  * exactly what was written, or is refused.
  */
-#include "checkpoint.h"
+#include "runtime/checkpoint.h"
 
 #include <errno.h>
 #include <fcntl.h>

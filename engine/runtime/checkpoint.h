@@ -22,10 +22,10 @@
  * Everything here is blocking file I/O: processor and command threads only,
  * never the event loop.
  */
-#ifndef ASPEN_ENGINE_CHECKPOINT_H
-#define ASPEN_ENGINE_CHECKPOINT_H
+#ifndef ASPEN_ENGINE_RUNTIME_CHECKPOINT_H
+#define ASPEN_ENGINE_RUNTIME_CHECKPOINT_H
 
-#include "engine_int.h"
+#include "wire.h"
 
 #define ASPEN_CHECKPOINT_VERSION 1u
 #define ASPEN_CHECKPOINT_HEADER_LEN 20u
@@ -111,4 +111,4 @@ void aspen__checkpoint_discard_current(const char *dir);
  * Missing files are fine. */
 void aspen__checkpoint_remove(const char *dir);
 
-#endif /* ASPEN_ENGINE_CHECKPOINT_H */
+#endif /* ASPEN_ENGINE_RUNTIME_CHECKPOINT_H */

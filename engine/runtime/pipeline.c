@@ -11,9 +11,13 @@
  * StreamProcessorInvalidOptions with ASP's reason, and aspen adds where in
  * the pipeline it is ("(at pipeline[2].$merge.into)").
  */
-#include "engine_int.h"
-#include "kafka_int.h"
-#include "source_change_stream.h"
+#include "connectors/connections.h"
+#include "connectors/kafka_int.h"
+#include "connectors/sink_int.h"
+#include "connectors/source_change_stream.h"
+#include "connectors/stage_lookup.h"
+#include "runtime/pipeline.h"
+#include "stages/stages.h"
 
 #include <stdio.h>
 #include <stdlib.h>

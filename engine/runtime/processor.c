@@ -43,11 +43,14 @@
  * writing the checkpoint and committing its transaction. So the sink opens
  * before the checkpoint is restored, and the source after.
  */
-#include "checkpoint.h"
-#include "engine_int.h"
-#include "processor.h"
+#include "connectors/authz.h"
 #include "connectors/coll_writer.h"
-#include "source.h"
+#include "connectors/connections.h"
+#include "connectors/kafka_int.h"
+#include "runtime/checkpoint.h"
+#include "runtime/processor.h"
+#include "runtime/sink.h"
+#include "stages/window.h"
 
 #include <openssl/rand.h>
 #include <stdlib.h>

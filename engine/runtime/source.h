@@ -1,13 +1,14 @@
 /*
  * source.h - what a $source implementation provides and what the processor
- * runtime offers it. Each source kind (documents, sample_stream_solar, Kafka,
- * change streams) is one aspen_source_ops_t in its own source_<kind>.c,
- * listed in sources.c. All of this runs on the processor's thread.
+ * runtime (processor.c) offers it. Each source kind (documents,
+ * sample_stream_solar, Kafka, change streams) is one aspen_source_ops_t in
+ * its own connectors/source_<kind>.c, listed in connectors/sources.c. All of
+ * this runs on the processor's thread.
  */
-#ifndef ASPEN_ENGINE_SOURCE_H
-#define ASPEN_ENGINE_SOURCE_H
+#ifndef ASPEN_ENGINE_RUNTIME_SOURCE_H
+#define ASPEN_ENGINE_RUNTIME_SOURCE_H
 
-#include "engine_int.h"
+#include "runtime/pipeline.h"
 
 typedef struct aspen_runtime aspen_runtime_t;
 
@@ -23,7 +24,7 @@ typedef struct {
    void (*close)(void *state);
 } aspen_source_ops_t;
 
-/* The implementation for a source kind (never NULL). */
+/* The implementation for a source kind (never NULL; connectors/sources.c). */
 const aspen_source_ops_t *aspen_source_ops_for(aspen_source_kind_t kind);
 
 /* ---- the runtime, for sources ------------------------------------------- */
@@ -101,41 +102,4 @@ bool aspen_rt_restored_offset(const aspen_runtime_t *rt, int64_t part,
 const aspen_rt_pos_t *aspen_rt_checkpointed(const aspen_runtime_t *rt,
                                             size_t *n, uint64_t *gen);
 
-/* ---- sinks ($merge, $emit) ------------------------------------------------ */
-
-typedef struct {
-   const char *operator_name; /* names the sink in DLQ entries */
-   /* Connects; false fails the start. `spec` is the stage's argument. */
-   bool (*open)(aspen_runtime_t *rt, const bson_t *spec, void **state,
-                aspen_error_t *err);
-   /* Takes one output document (with _stream_meta). A document the target
-    * refuses goes to aspen_rt_sink_failed; false (err set) is fatal. */
-   bool (*write)(aspen_runtime_t *rt, void *state, const bson_t *doc,
-                 aspen_error_t *err);
-   /* Makes everything written so far durable at the target. */
-   bool (*flush)(aspen_runtime_t *rt, void *state, aspen_error_t *err);
-   void (*close)(void *state);
-   /* Exactly-once sinks only (options.exactlyOnce; NULL otherwise).
-    * commit: makes everything written since the last commit visible
-    * atomically with the source positions `pos` (the replay offsets of the
-    * n partitions) tagged with `checkpoint_id`, then opens the next
-    * transaction. Called right after a successful flush and after the
-    * checkpoint `checkpoint_id` was written. False (err set) is fatal and
-    * leaves nothing of the transaction visible. */
-   bool (*commit)(aspen_runtime_t *rt, void *state, const aspen_rt_pos_t *pos,
-                  size_t n, const char *checkpoint_id, aspen_error_t *err);
-   /* committed: appends to the array `ids` the checkpoint ids the target
-    * holds with its committed positions (none before the first commit).
-    * Called after open, before the checkpoint is restored; false (err
-    * set) fails the start. */
-   bool (*committed)(aspen_runtime_t *rt, void *state, bson_t *ids,
-                     aspen_error_t *err);
-} aspen_sink_ops_t;
-
-/* The sink for a kind; NULL for ASPEN_SINK_NONE (the shell). */
-const aspen_sink_ops_t *aspen_sink_ops_for(aspen_sink_kind_t kind);
-/* A document the sink's target refused: to the DLQ with `reason`. */
-void aspen_rt_sink_failed(aspen_runtime_t *rt, const bson_t *doc,
-                          const char *reason);
-
-#endif
+#endif /* ASPEN_ENGINE_RUNTIME_SOURCE_H */

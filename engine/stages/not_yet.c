@@ -3,7 +3,7 @@
  * yet. Each is in the stage table with a parser that refuses it by name, so
  * a pipeline is never accepted here and then silently does something else.
  */
-#include "engine_int.h"
+#include "runtime/pipeline.h"
 
 static bool
 not_yet_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,

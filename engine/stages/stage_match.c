@@ -2,7 +2,8 @@
  * stage_match.c - the $match stage: a query filter (lang/match.c) applied
  * to each document, which passes on unchanged (no copy) or is dropped.
  */
-#include "engine_int.h"
+#include "lang/match.h"
+#include "runtime/pipeline.h"
 
 typedef struct {
    bson_t filter; /* owned: the matcher keeps views into it */

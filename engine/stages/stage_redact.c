@@ -3,7 +3,7 @@
  * the document whether to keep it ($$KEEP), drop it ($$PRUNE) or look into
  * its fields ($$DESCEND).
  */
-#include "engine_int.h"
+#include "runtime/pipeline.h"
 
 #include <stdlib.h>
 #include <string.h>

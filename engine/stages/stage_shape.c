@@ -7,7 +7,7 @@
  * pass over the input fields, so unchanged values are copied byte for byte
  * and nothing is parsed twice.
  */
-#include "engine_int.h"
+#include "runtime/pipeline.h"
 
 #include <stdlib.h>
 #include <string.h>

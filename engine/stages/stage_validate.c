@@ -3,7 +3,8 @@
  * with $jsonSchema) that passes valid documents on and drops or
  * dead-letters the others (validationAction "discard" or "dlq").
  */
-#include "engine_int.h"
+#include "lang/match.h"
+#include "runtime/pipeline.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -6,7 +6,7 @@
  *
  * Placement follows ASP's table (../shared/spec/asp-semantics.md §1.3).
  */
-#include "engine_int.h"
+#include "stages/stages.h"
 
 #include <string.h>
 
@@ -30,6 +30,7 @@ extern const aspen_stage_ops_t aspen_stage_count_ops;
 extern const aspen_stage_ops_t aspen_stage_match_ops;
 extern const aspen_stage_ops_t aspen_stage_validate_ops;
 extern const aspen_stage_ops_t aspen_stage_redact_ops;
+extern const aspen_stage_ops_t aspen_stage_lookup_ops;
 extern const aspen_stage_ops_t aspen_stage_https_ops;
 extern const aspen_stage_ops_t aspen_stage_external_function_ops;
 extern const aspen_stage_ops_t aspen_stage_set_stream_meta_ops;

@@ -19,8 +19,9 @@
  * per key, not the documents; $sort and $limit keep documents); at close the
  * rest of the inner pipeline runs over that stage's output.
  */
-#include "accum.h"
-#include "engine_int.h"
+#include "lang/accum.h"
+#include "runtime/pipeline.h"
+#include "stages/window.h"
 
 #include <stdarg.h>
 #include <stdio.h>

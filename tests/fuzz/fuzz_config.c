@@ -8,7 +8,7 @@
  */
 #include "../../proxy/config.c"
 
-#include "engine_int.h"
+#include "connectors/connections.h"
 #include "fuzz_common.h"
 
 int

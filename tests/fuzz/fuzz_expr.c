@@ -8,7 +8,7 @@
  * document) as $$ROOT, and again with "x" bound to `d`'s first value. When
  * neither `e` nor `o` is there, the whole input is the object expression.
  */
-#include "expr.h"
+#include "lang/expr.h"
 #include "fuzz_common.h"
 #include "wire.h"
 

@@ -7,7 +7,7 @@
  * and a re-encoded value must decode again.
  */
 #include "fuzz_common.h"
-#include "kafka_int.h"
+#include "connectors/kafka_int.h"
 
 #include <stdlib.h>
 

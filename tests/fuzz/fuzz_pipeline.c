@@ -11,7 +11,10 @@
  * Stages that talk to a server when a document arrives ($lookup,
  * $cachedLookup) are parsed but not run: a fuzz iteration must not block.
  */
-#include "engine_int.h"
+#include "connectors/connections.h"
+#include "lang/match.h"
+#include "runtime/pipeline.h"
+#include "stages/window.h"
 #include "fuzz_common.h"
 
 #include <stdlib.h>

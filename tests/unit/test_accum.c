@@ -1,5 +1,5 @@
 /*
- * test_accum.c - cmocka unit tests for engine/accum.c, the $group
+ * test_accum.c - cmocka unit tests for engine/lang/accum.c, the $group
  * accumulators windows use.
  *
  * Most tests are data: every .json file in tests/cases/accum is an array of
@@ -31,7 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "accum.h"
+#include "lang/accum.h"
 
 #ifndef ASPEN_CASES_DIR
 #error "ASPEN_CASES_DIR must be defined"

@@ -1,9 +1,10 @@
 /*
- * test_checkpoint.c - checkpoint files (engine/checkpoint.c): a round trip,
- * every truncation and every single-bit flip of an encoded checkpoint is
- * refused, a foreign processor id is refused, and loading falls back to
- * the previous checkpoint when the current one is damaged or missing, and
- * the exactly-once restore picks the checkpoint the broker committed.
+ * test_checkpoint.c - checkpoint files (engine/runtime/checkpoint.c): a
+ * round trip, every truncation and every single-bit flip of an encoded
+ * checkpoint is refused, a foreign processor id is refused, and loading
+ * falls back to the previous checkpoint when the current one is damaged or
+ * missing, and the exactly-once restore picks the checkpoint the broker
+ * committed.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,7 +12,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "checkpoint.h"
+#include "runtime/checkpoint.h"
 
 #include <fcntl.h>
 #include <stdio.h>

@@ -1,5 +1,6 @@
 /*
- * test_expr.c - cmocka unit tests for engine/expr*.c and engine/value.c.
+ * test_expr.c - cmocka unit tests for engine/lang/ (expr*.c, value.c,
+ * vars.c).
  *
  * Most tests are data: every .json file in tests/cases/expr is an array of
  * cases, each one cmocka test:
@@ -31,7 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "expr.h"
+#include "lang/expr.h"
 #include "lang/vars.h"
 
 #ifndef ASPEN_CASES_DIR

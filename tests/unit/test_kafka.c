@@ -1,12 +1,12 @@
 /*
- * test_kafka.c - unit tests for engine/kafka.c (Extended JSON codecs for
- * message values, key formats), the Kafka $source and $emit option parsers
- * (through aspen_pipeline_parse, as createStreamProcessor uses them), which
- * pipelines may run exactly-once (options.exactlyOnce), Kafka
- * connections in the registry (secrets kept for the client, never listed),
- * and a librdkafka client configured by aspen__kafka_conf_new producing to
- * and consuming from librdkafka's mock cluster, and the broker aspen hosts
- * for a connection with "local": true.
+ * test_kafka.c - unit tests for engine/connectors/kafka.c (Extended JSON
+ * codecs for message values, key formats), the Kafka $source and $emit
+ * option parsers (through aspen_pipeline_parse, as createStreamProcessor
+ * uses them), which pipelines may run exactly-once (options.exactlyOnce),
+ * Kafka connections in the registry (secrets kept for the client, never
+ * listed), and a librdkafka client configured by aspen__kafka_conf_new
+ * producing to and consuming from librdkafka's mock cluster, and the broker
+ * aspen hosts for a connection with "local": true.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -22,7 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "kafka_int.h"
+#include "connectors/kafka_int.h"
 
 #include <librdkafka/rdkafka_mock.h>
 

@@ -1,5 +1,5 @@
 /*
- * test_match.c - unit tests for engine/match.c and match_schema.c (the
+ * test_match.c - unit tests for engine/lang/match.c and match_schema.c (the
  * query language of $match and $validate).
  *
  * Data-driven: every .json file in tests/cases/match is one cmocka test. A file
@@ -22,7 +22,7 @@
 
 #include <cmocka.h>
 
-#include "match.h"
+#include "lang/match.h"
 
 #include <dirent.h>
 #include <pthread.h>

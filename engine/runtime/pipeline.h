@@ -1,0 +1,208 @@
+/*
+ * pipeline.h - a processor's parsed pipeline and its stages (pipeline.c):
+ * the types stages implement and the calls they make, the source and sink
+ * specifications the runtime opens, and the pipeline API the processor
+ * drives.
+ *
+ * Data flow: a source thread (one per running processor) produces stream
+ * documents; each passes down the stage chain by aspen_pipeline_push, where
+ * every stage either drops it, hands it on unchanged (a borrowed view, no
+ * copy), or builds a new document for the next stage. What leaves the last
+ * stage goes to the sink and to any sample cursors. A stage that fails on a
+ * document sends that document to the dead-letter queue and the processor
+ * carries on.
+ */
+#ifndef ASPEN_ENGINE_RUNTIME_PIPELINE_H
+#define ASPEN_ENGINE_RUNTIME_PIPELINE_H
+
+#include "base/parse.h"
+#include "lang/expr.h"
+
+#include <stdatomic.h>
+
+/* A connection of the registry (connectors/connections.h). */
+typedef struct aspen_conn aspen_conn_t;
+
+/* ------------------------------------------------------------------------ */
+/* Stream documents                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* A document in flight: the user-visible fields plus its stream metadata
+ * (the value of _stream_meta / {$meta: "stream"}), both borrowed. */
+typedef struct {
+   const bson_t *doc;
+   const bson_t *meta;
+   int64_t ts_ms; /* event time */
+} aspen_sdoc_t;
+
+/* ------------------------------------------------------------------------ */
+/* Pipelines and stages (pipeline.c; the stages in stages/, connectors/)     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct aspen_pipeline aspen_pipeline_t;
+typedef struct aspen_stage aspen_stage_t;
+
+typedef struct {
+   const char *name;          /* "$match" */
+   const char *operator_name; /* for DLQ entries: "MatchOperator" */
+   /* Parses the stage's argument (the value of its only key). */
+   bool (*parse)(aspen_stage_t *st, const bson_iter_t *arg,
+                 aspen_parse_ctx_t *pc, aspen_error_t *err);
+   /* Processes one document: calls aspen_stage_emit for each output. Returns
+    * false with err set to send `in` to the DLQ. May be NULL for stages
+    * that only exist at parse time. */
+   bool (*push)(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err);
+   void (*destroy)(aspen_stage_t *st);
+   /* Window stages only (else NULL): time passes without input (`now_ms`
+    * on the processor's clock, `idle_ms` since the last input). */
+   void (*tick)(aspen_stage_t *st, int64_t now_ms, int64_t idle_ms);
+} aspen_stage_ops_t;
+
+/* A run of stages and where documents go after its last one. The main
+ * pipeline is one chain; a window's inner pipeline is cut into chains at its
+ * blocking stages ($group, $sort, $limit, $count). */
+typedef struct aspen_chain {
+   aspen_stage_t *stages;
+   int n;
+   void (*terminal)(void *arg, const aspen_sdoc_t *doc);
+   void *arg;
+} aspen_chain_t;
+
+struct aspen_stage {
+   const aspen_stage_ops_t *ops;
+   aspen_pipeline_t *pl;
+   aspen_chain_t *chain; /* the chain it belongs to */
+   int index;            /* its position in that chain */
+   void *state;          /* the stage's own data */
+};
+
+/* Where a stage placement is allowed. */
+enum {
+   ASPEN_PLACE_MAIN = 1u << 0,
+   ASPEN_PLACE_WINDOW = 1u << 1,
+   ASPEN_PLACE_SINK = 1u << 2, /* terminal only */
+   /* Not a placement: the stage's argument is an options object (parsed by
+    * IDL in ASP), so a field given twice is refused rather than read twice. */
+   ASPEN_SPEC_OPTIONS = 1u << 3,
+};
+
+typedef enum {
+   ASPEN_SOURCE_DOCUMENTS,
+   ASPEN_SOURCE_SOLAR,
+   ASPEN_SOURCE_CHANGE_STREAM,
+   ASPEN_SOURCE_KAFKA,
+} aspen_source_kind_t;
+
+typedef struct {
+   aspen_source_kind_t kind;
+   const aspen_conn_t *conn;    /* NULL for documents */
+   aspen_expr_t *time_field;    /* NULL: default event time */
+   char ts_field[64];           /* default "_ts" */
+   bson_t documents;            /* documents source: the literal array */
+   aspen_expr_t *documents_expr;/* ... or an expression */
+   bson_t spec;                 /* the whole $source argument */
+   /* kafka: partitionIdleTimeout in ms, 0 when disabled (the default). */
+   int64_t partition_idle_timeout_ms;
+   struct aspen_kafka_source_opts *kafka; /* kafka options (kafka_int.h) */
+} aspen_source_spec_t;
+
+typedef enum {
+   ASPEN_SINK_NONE,  /* ephemeral: the shell */
+   ASPEN_SINK_MERGE,
+   ASPEN_SINK_EMIT,       /* $emit to Kafka */
+   ASPEN_SINK_TIMESERIES, /* $emit to a time-series collection */
+} aspen_sink_kind_t;
+
+/* The DLQ side of a pipeline: where failed documents go. Set by the
+ * processor before it runs. */
+typedef void (*aspen_dlq_fn)(void *arg, const aspen_sdoc_t *in,
+                             const char *operator_name, const char *reason);
+/* The output side: documents leaving the last stage. */
+typedef void (*aspen_output_fn)(void *arg, const aspen_sdoc_t *out);
+
+struct aspen_pipeline {
+   bson_t def;                  /* owned copy of the pipeline array */
+   aspen_source_spec_t source;
+   aspen_stage_t *stages;       /* between source and sink */
+   int n_stages;
+   aspen_sink_kind_t sink_kind;
+   bson_t sink_spec;            /* the sink stage's argument */
+   bool has_window;
+   aspen_chain_t main;          /* the stages above, ending at `output` */
+   aspen_stage_t *window;       /* the window stage, if any */
+   /* Sees every source document before the stages do (the window stage's
+    * watermark is the source's, not just of what reaches the window). */
+   void (*observe)(aspen_stage_t *st, const aspen_sdoc_t *doc);
+   bool virtual_clock;          /* aspen extension: time from the input */
+   bool exactly_once;           /* aspen extension: Kafka transactions */
+   /* Published for stats (written by the processor thread). */
+   atomic_int_fast64_t watermark_ms;  /* INT64_MIN: none */
+   atomic_uint_fast64_t state_size;
+   /* The state limit (ASP: 80 % of the tier's RAM, aspen__tier_state_limit,
+    * or aspen's streams.memoryLimitBytes), set by the processor before it
+    * runs; 0: none. Window state (window_bytes) and $cachedLookup caches
+    * (cache_bytes) count against it, on the processor thread
+    * (aspen__pipeline_state_update). Reaching it sets fatal_code 418 and
+    * fatal, which the processor fails with after the push. */
+   uint64_t state_limit;
+   char state_limit_what[64];   /* "80% of SP10's 2 GB", for the message */
+   size_t window_bytes, cache_bytes;
+   int32_t fatal_code;          /* 0: none */
+   char fatal[ASPEN_ERROR_MSG_MAX];
+   /* Run-time hooks. */
+   const bson_t *dlq_extra;     /* fields a stage adds to its next DLQ entry */
+   aspen_dlq_fn dlq;
+   aspen_output_fn output;
+   void *hook_arg;
+   int64_t now_ms;              /* wall clock for $currentDate */
+   /* Sequence number of the source input being pushed (aspen_rt_mark);
+    * windows remember the first one they saw, so checkpoints know where
+    * to replay from (processor.c). 0 when the source does not mark. */
+   uint64_t cur_seq;
+};
+
+/* Parses and validates a pipeline array (copied). Errors carry code 420 and
+ * ASP's wording, prefixed "StreamProcessorInvalidOptions: " and followed by
+ * where the problem is ("(at pipeline[1].$merge.into)"). */
+aspen_pipeline_t *aspen_pipeline_parse(const bson_t *pipeline,
+                                       const aspen_conns_t *conns,
+                                       bool ephemeral, bool has_dlq,
+                                       aspen_error_t *err);
+void aspen_pipeline_destroy(aspen_pipeline_t *pl);
+/* Parses an inner pipeline (window stages). */
+bool aspen_pipeline_parse_stages(aspen_pipeline_t *pl, const bson_t *arr,
+                                 aspen_parse_ctx_t *pc, aspen_stage_t **out,
+                                 int *n_out, aspen_error_t *err);
+/* Publishes window_bytes + cache_bytes as state_size and checks them
+ * against state_limit (see above). */
+void aspen__pipeline_state_update(aspen_pipeline_t *pl);
+/* The state limit of tier `tier` ("SP2".."SP50"): 80 % of its RAM in
+ * decimal gigabytes (SP10: 0.8 x 2,000,000,000 bytes), with its RAM
+ * written into `what` (e.g. "80% of SP10's 2 GB"); 0 for an unknown
+ * tier. */
+uint64_t aspen__tier_state_limit(const char *tier, char *what,
+                                 size_t what_len);
+/* Sends a source document into the stage chain. */
+void aspen_pipeline_push(aspen_pipeline_t *pl, const aspen_sdoc_t *doc);
+/* Lets time pass without input (window idle timeouts, processing-time
+ * windows). */
+void aspen_pipeline_tick(aspen_pipeline_t *pl, int64_t now_ms,
+                         int64_t idle_ms);
+/* Pushes `doc` into `chain` at stage `idx` (its terminal when idx == n). */
+void aspen_chain_push(aspen_chain_t *chain, int idx, const aspen_sdoc_t *doc);
+/* Emits every document a stage of the main chain holds back (a batched
+ * $lookup: aspen__lookup_flush, stage_lookup.c), stage by stage in order.
+ * The processor calls it before the sinks flush, so a checkpoint never
+ * covers a held document. */
+void aspen_pipeline_flush(aspen_pipeline_t *pl);
+/* Called by a stage for each output document. */
+void aspen_stage_emit(aspen_stage_t *st, const aspen_sdoc_t *out);
+/* Sends `in` to the DLQ as failed in stage `st` with `err` (what a push
+ * returning false does). */
+void aspen_stage_dead_letter(aspen_stage_t *st, const aspen_sdoc_t *in,
+                             const aspen_error_t *err);
+/* Fills an expression context for a document. */
+void aspen_stage_expr_ctx(const aspen_stage_t *st, const aspen_sdoc_t *in,
+                          aspen_expr_ctx_t *ctx);
+
+#endif /* ASPEN_ENGINE_RUNTIME_PIPELINE_H */
