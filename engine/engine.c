@@ -519,7 +519,7 @@ proc_new(aspen_engine_t *eng, const char *name, const bson_t *pipeline,
    }
    pthread_mutex_init(&p->mu, NULL);
    pthread_cond_init(&p->cv, NULL);
-   p->created_ms = p->modified_ms = p->state_changed_ms = aspen_proc_now_ms();
+   p->created_ms = p->modified_ms = p->state_changed_ms = aspen_clock_now_ms();
    p->state = ASPEN_PROC_CREATED;
    atomic_store(&p->stats.watermark_ms, INT64_MIN);
    return p;
@@ -1813,7 +1813,7 @@ cmd_modify(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    if (new_name) {
       p->name = aspen_xstrdup(new_name);
    }
-   p->modified_ms = aspen_proc_now_ms();
+   p->modified_ms = aspen_clock_now_ms();
    if (!save_proc(eng, p, &err)) {
       bson_destroy(&p->pipeline);
       bson_destroy(&p->options);
@@ -2209,7 +2209,7 @@ passes(aspen_matcher_t *m, const bson_t *doc)
    bool matched = false;
    aspen_error_t err;
    aspen_expr_ctx_t ctx = {.root = doc, .meta = NULL,
-                           .now_ms = aspen_proc_now_ms()};
+                           .now_ms = aspen_clock_now_ms()};
    return aspen_matcher_match(m, doc, &ctx, &matched, &err) && matched;
 }
 

@@ -145,10 +145,10 @@ session_get(lane_t *lane, const bson_t *lsid)
    bool found;
    mapped_session_t **pp = session_slot(lane, lsid, &found);
    if (found) {
-      (*pp)->last_used_ms = aspen_now_ms();
+      (*pp)->last_used_ms = aspen_clock_now_ms();
       return (*pp)->cs;
    }
-   uint64_t now = aspen_now_ms();
+   uint64_t now = aspen_clock_now_ms();
    if (now < lane->no_sessions_until_ms) {
       return NULL;
    }
@@ -172,7 +172,7 @@ session_get(lane_t *lane, const bson_t *lsid)
    memcpy(ms->key, bson_get_data(lsid), lsid->len);
    ms->key_len = lsid->len;
    ms->cs = cs;
-   ms->last_used_ms = aspen_now_ms();
+   ms->last_used_ms = aspen_clock_now_ms();
    *pp = ms;
    return cs;
 }
@@ -180,7 +180,7 @@ session_get(lane_t *lane, const bson_t *lsid)
 static void
 sessions_reap(lane_t *lane, bool all)
 {
-   uint64_t now = aspen_now_ms();
+   uint64_t now = aspen_clock_now_ms();
    if (!all && now - lane->last_reap_ms < 60000) {
       return;
    }

@@ -96,7 +96,7 @@ static fail_slot_t *
 fail_slot(aspen_session_t *sess, bool create)
 {
    char host[64];
-   uint64_t now = aspen_now_ms();
+   uint64_t now = aspen_clock_now_ms();
    fail_slot_t *oldest = &fail_slots[0];
    peer_host(sess, host, sizeof host);
    for (int i = 0; i < FAIL_SLOTS; i++) {

@@ -16,14 +16,6 @@
 #include <time.h>
 #include <unistd.h>
 
-uint64_t
-aspen_now_ms(void)
-{
-   struct timespec ts;
-   clock_gettime(CLOCK_REALTIME, &ts);
-   return (uint64_t) ts.tv_sec * 1000u + (uint64_t) ts.tv_nsec / 1000000u;
-}
-
 aspen_handled_t
 aspen_cmd_hello(aspen_request_t *req, bson_t *reply)
 {
@@ -39,7 +31,7 @@ aspen_cmd_hello(aspen_request_t *req, bson_t *reply)
    BSON_APPEND_INT32(reply, "maxMessageSizeBytes",
                      (int32_t) req->srv->cfg->max_message_size);
    BSON_APPEND_INT32(reply, "maxWriteBatchSize", 100000);
-   BSON_APPEND_DATE_TIME(reply, "localTime", (int64_t) aspen_now_ms());
+   BSON_APPEND_DATE_TIME(reply, "localTime", aspen_clock_now_ms());
    BSON_APPEND_INT32(reply, "logicalSessionTimeoutMinutes", 30);
    BSON_APPEND_INT64(reply, "connectionId",
                      (int64_t) aspen_session_id(req->sess));
@@ -250,7 +242,7 @@ aspen_cmd_host_info(aspen_request_t *req, bson_t *reply)
    long page_size = sysconf(_SC_PAGESIZE);
    long cores = sysconf(_SC_NPROCESSORS_ONLN);
    BSON_APPEND_DOCUMENT_BEGIN(reply, "system", &sys);
-   BSON_APPEND_DATE_TIME(&sys, "currentTime", (int64_t) aspen_now_ms());
+   BSON_APPEND_DATE_TIME(&sys, "currentTime", aspen_clock_now_ms());
    BSON_APPEND_UTF8(&sys, "hostname", host);
    BSON_APPEND_INT32(&sys, "cpuAddrSize", (int32_t) (sizeof(void *) * 8));
    BSON_APPEND_INT64(&sys, "memSizeMB",
@@ -286,7 +278,7 @@ aspen_cmd_server_status(aspen_request_t *req, bson_t *reply)
    aspen_server_t *srv = req->srv;
    char host[256] = "localhost";
    bson_t conns;
-   uint64_t now = aspen_now_ms();
+   uint64_t now = aspen_clock_now_ms();
    gethostname(host, sizeof host - 1);
    BSON_APPEND_UTF8(reply, "host", host);
    BSON_APPEND_UTF8(reply, "version", ASPEN_SERVER_VERSION);

@@ -202,7 +202,7 @@ main(int argc, char **argv)
    aspen_server_t srv;
    memset(&srv, 0, sizeof srv);
    srv.cfg = &cfg;
-   srv.start_time_ms = aspen_now_ms();
+   srv.start_time_ms = aspen_clock_now_ms();
 
    if (cfg.tls_mode != ASPEN_TLS_DISABLED) {
       if (!cfg.tls_cert || !cfg.tls_key) {

@@ -276,6 +276,4 @@ void aspen_reply_ok(bson_t *reply);
 #define ASPEN_SERVER_VERSION "7.0.0"
 #define ASPEN_VERSION "0.1.0"
 
-uint64_t aspen_now_ms(void);
-
 #endif /* ASPEN_PROXY_INT_H */

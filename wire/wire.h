@@ -43,6 +43,18 @@ void aspen_assert_fail(const char *what, const char *file, int line)
    __attribute__((noreturn));
 
 /* ------------------------------------------------------------------------ */
+/* Clocks (clock.c)                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* Wall-clock time in milliseconds since the Unix epoch (CLOCK_REALTIME):
+ * for what users see (dates, listings, stats, event times). */
+int64_t aspen_clock_now_ms(void);
+/* Monotonic time in milliseconds (CLOCK_MONOTONIC), from an arbitrary
+ * start: for intervals and timeouts, which a step of the wall clock must
+ * not stretch or cut short. */
+int64_t aspen_clock_mono_ms(void);
+
+/* ------------------------------------------------------------------------ */
 /* Slices and buffers                                                        */
 /* ------------------------------------------------------------------------ */
 

@@ -36,7 +36,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define ASPEN_LOG_DOMAIN "STREAMS"
 #define DEFAULT_MAX_AWAIT_MS 1000
@@ -859,9 +858,7 @@ cs_run(aspen_runtime_t *rt, void *state)
          }
       }
       /* Idle, or busy for a while: let the sinks flush. */
-      struct timespec now;
-      clock_gettime(CLOCK_MONOTONIC, &now);
-      int64_t now_ms = (int64_t) now.tv_sec * 1000 + now.tv_nsec / 1000000;
+      int64_t now_ms = aspen_clock_mono_ms();
       if (!got || now_ms - last_flush >= FLUSH_EVERY_MS) {
          last_flush = now_ms;
          if (aspen_rt_wait(rt, 0)) {

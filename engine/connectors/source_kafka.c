@@ -603,14 +603,6 @@ commit(ksrc_t *ks, bool sync)
    ks->committed_gen = gen;
 }
 
-static int64_t
-mono_ms(void)
-{
-   struct timespec ts;
-   clock_gettime(CLOCK_MONOTONIC, &ts);
-   return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Publishes kafkaConsumerGroup, kafkaPartitions [{partition, topic,
  * currentOffset (the next offset to read, -1 before the first), checkpointOffset
  * (the last committed, -1 for none), partitionOffsetLag, isIdle}] and
@@ -669,7 +661,7 @@ static void
 kafka_run(aspen_runtime_t *rt, void *state)
 {
    ksrc_t *ks = state;
-   int64_t last_flush = mono_ms();
+   int64_t last_flush = aspen_clock_mono_ms();
    int since_flush = 0;
    while (!aspen_rt_stopping(rt)) {
       rd_kafka_message_t *m = rd_kafka_consumer_poll(ks->rk, POLL_MS);
@@ -698,12 +690,12 @@ kafka_run(aspen_runtime_t *rt, void *state)
          m = NULL;
       } else if (m) {
          kpart_get(ks, rd_kafka_topic_name(m->rkt), m->partition)
-            ->last_msg_ms = mono_ms();
+            ->last_msg_ms = aspen_clock_mono_ms();
          handle(rt, ks, m);
          rd_kafka_message_destroy(m);
          since_flush++;
       }
-      int64_t now = mono_ms();
+      int64_t now = aspen_clock_mono_ms();
       if (!m || since_flush >= FLUSH_EVERY_MSGS ||
           now - last_flush >= FLUSH_EVERY_MS) {
          /* Flushes sink and DLQ; false means they succeeded and we are

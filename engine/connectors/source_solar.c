@@ -60,9 +60,7 @@ solar_run(aspen_runtime_t *rt, void *state)
    (void) state;
    do {
       for (int i = 0; i < 2 && !aspen_rt_stopping(rt); i++) {
-         struct timespec ts;
-         clock_gettime(CLOCK_REALTIME, &ts);
-         int64_t now = (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+         int64_t now = aspen_clock_now_ms();
          bson_t doc;
          solar_doc(rt, now, &doc);
          /* _ts is the generation time, equal to `timestamp` to the ms. */

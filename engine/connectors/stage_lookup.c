@@ -39,7 +39,6 @@
 #include <mongoc/mongoc.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define CACHE_BUCKETS 4096
 #define CACHE_DEFAULT_MAX_BYTES (64 * 1024 * 1024)
@@ -524,14 +523,6 @@ cached_lookup_parse(aspen_stage_t *st, const bson_iter_t *arg,
 
 /* ---- running ------------------------------------------------------------- */
 
-static int64_t
-now_ms(void)
-{
-   struct timespec ts;
-   clock_gettime(CLOCK_MONOTONIC, &ts);
-   return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The equality condition on foreignField for the document's localField:
  * MongoDB's $lookup semantics (arrays match any element; missing or null
  * matches null and missing). */
@@ -897,7 +888,7 @@ lookup_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
       aspen_value_t local = aspen_expr_get_path(in->doc, lk->local_field);
       aspen_value_append(&key, "k", 1, &local);
       aspen_value_destroy(&local);
-      now = now_ms();
+      now = aspen_clock_mono_ms();
       size_t before = lk->cache->bytes;
       entry_t *e = cache_find(lk->cache, &key, now);
       if (e) {

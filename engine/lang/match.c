@@ -35,7 +35,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -2326,9 +2325,7 @@ aspen_matcher_match(const aspen_matcher_t *m, const bson_t *doc,
          local = *ctx;
          local.root = doc;
       } else {
-         struct timespec ts;
-         clock_gettime(CLOCK_REALTIME, &ts);
-         local.now_ms = (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+         local.now_ms = aspen_clock_now_ms();
       }
    }
    eval_t ev = {.ctx = &local, .err = err};

@@ -62,14 +62,6 @@
 #define EPHEMERAL_MAX_MS (10 * 60 * 1000)
 #define IDLE_FLUSH_MS 100
 
-int64_t
-aspen_proc_now_ms(void)
-{
-   struct timespec ts;
-   clock_gettime(CLOCK_REALTIME, &ts);
-   return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 const char *
 aspen_proc_state_name(aspen_proc_state_t s)
 {
@@ -94,7 +86,7 @@ aspen_proc_set_state(aspen_proc_t *proc, aspen_proc_state_t st,
 {
    aspen_proc_state_t old = proc->state;
    proc->state = st;
-   proc->state_changed_ms = aspen_proc_now_ms();
+   proc->state_changed_ms = aspen_clock_now_ms();
    if (error) {
       snprintf(proc->error_msg, sizeof proc->error_msg, "%s", error);
       aspen_utf8_scrub(proc->error_msg); /* it may have been cut mid-character */
@@ -331,7 +323,7 @@ on_dlq(void *arg, const aspen_sdoc_t *in, const char *operator_name,
       bson_concat(&entry, proc->pl->dlq_extra);
    }
    BSON_APPEND_UTF8(&entry, "processorName", proc->name);
-   BSON_APPEND_DATE_TIME(&entry, "dlqTime", aspen_proc_now_ms());
+   BSON_APPEND_DATE_TIME(&entry, "dlqTime", aspen_clock_now_ms());
    atomic_fetch_add(&proc->stats.dlq_count, 1);
    atomic_fetch_add(&proc->stats.dlq_size, entry.len);
 
@@ -417,14 +409,14 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
 {
    aspen_proc_t *proc = rt->proc;
    aspen_pipeline_t *pl = proc->pl;
-   int64_t now = aspen_proc_now_ms();
+   int64_t now = aspen_clock_now_ms();
    if (pl->virtual_clock) {
       /* Time comes from the input: "now" is the latest event time seen. */
       now = source_ts_ms != INT64_MIN
                ? source_ts_ms
                : (rt->max_ts == INT64_MIN ? 0 : rt->max_ts);
    }
-   rt->last_input_ms = aspen_proc_now_ms();
+   rt->last_input_ms = aspen_clock_now_ms();
    int64_t ts = source_ts_ms == INT64_MIN ? now : source_ts_ms;
    if (!meta) {
       meta = &rt->source_meta;
@@ -524,7 +516,7 @@ expired(runtime_t *rt)
 {
    aspen_proc_t *proc = rt->proc;
    if (proc->ephemeral &&
-       aspen_proc_now_ms() - proc->started_ms > EPHEMERAL_MAX_MS) {
+       aspen_clock_now_ms() - proc->started_ms > EPHEMERAL_MAX_MS) {
       aspen_logf(ASPEN_LOG_INFO, "STREAMS", proc->name,
                  "ephemeral processor reached its 10 minute limit");
       atomic_store(&proc->stop, true);
@@ -544,7 +536,7 @@ aspen_rt_wait(aspen_runtime_t *rt, int64_t ms)
 {
    aspen_pipeline_t *pl = rt->proc->pl;
    if (pl->window) {
-      int64_t wall = aspen_proc_now_ms();
+      int64_t wall = aspen_clock_now_ms();
       if (pl->virtual_clock) {
          /* The input is over for now: on the virtual clock, time jumps far
           * ahead, so idle timeouts and processing-time windows fire at once
@@ -630,14 +622,6 @@ aspen_rt_flush(aspen_runtime_t *rt)
 }
 
 /* ---- positions and checkpoints -------------------------------------------- */
-
-static int64_t
-mono_ms(void)
-{
-   struct timespec ts;
-   clock_gettime(CLOCK_MONOTONIC, &ts);
-   return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static int64_t
 get_i64(const bson_t *doc, const char *key, int64_t dflt)
@@ -816,7 +800,7 @@ checkpoint_body(runtime_t *rt, uint64_t min_seq, const char *id, bson_t *body)
    bson_init(body);
    BSON_APPEND_UTF8(body, "processorId", proc->id);
    BSON_APPEND_UTF8(body, "processorName", proc->name);
-   BSON_APPEND_DATE_TIME(body, "takenAt", aspen_proc_now_ms());
+   BSON_APPEND_DATE_TIME(body, "takenAt", aspen_clock_now_ms());
    BSON_APPEND_UTF8(body, "checkpointId", id);
    BSON_APPEND_UTF8(body, "sourceOperator", rt->source->operator_name);
    bson_t pos, arr;
@@ -908,7 +892,7 @@ checkpoint_take(runtime_t *rt, bool force)
    if (!moved && (rt->ckpt_gen > 0 || rt->restored)) {
       return;
    }
-   int64_t now = mono_ms();
+   int64_t now = aspen_clock_mono_ms();
    if (!force &&
        now - rt->ckpt_mono_ms < aspen__engine_checkpoint_interval_ms(proc->eng)) {
       return;
@@ -945,7 +929,7 @@ checkpoint_take(runtime_t *rt, bool force)
    rt->ckpt_min_seq = min_seq;
    rt->ckpt_mono_ms = now;
    rt->ckpt_gen++;
-   atomic_store(&proc->last_checkpoint_ms, aspen_proc_now_ms());
+   atomic_store(&proc->last_checkpoint_ms, aspen_clock_now_ms());
 }
 
 /* Exactly-once: of "current" and "previous", loads the checkpoint whose
@@ -1225,9 +1209,9 @@ proc_main(void *arg)
    memset(&rt, 0, sizeof rt);
    rt.proc = proc;
    rt.max_ts = INT64_MIN;
-   rt.last_input_ms = aspen_proc_now_ms();
+   rt.last_input_ms = aspen_clock_now_ms();
    if (RAND_bytes((unsigned char *) &rt.rng, sizeof rt.rng) != 1 || !rt.rng) {
-      rt.rng = (uint64_t) aspen_proc_now_ms() | 1;
+      rt.rng = (uint64_t) aspen_clock_now_ms() | 1;
    }
    bson_init(&rt.source_meta);
    bson_t src;
@@ -1364,7 +1348,7 @@ aspen_proc_launch(aspen_proc_t *proc, aspen_error_t *err)
    proc->start_result = 0;
    proc->run_failed = false;
    proc->thread_done = false;
-   proc->started_ms = aspen_proc_now_ms();
+   proc->started_ms = aspen_clock_now_ms();
    atomic_store(&proc->stats.watermark_ms, INT64_MIN);
    /* Before the thread exists, so a failure it reports finds the state it
     * expects (aspen_rt_fail). */

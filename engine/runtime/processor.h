@@ -100,7 +100,6 @@ struct aspen_cursor {
    aspen_cursor_t *next;       /* in proc->cursors */
 };
 
-int64_t aspen_proc_now_ms(void);
 /* Changes state, logs the transition; proc->mu need not be held by the
  * command thread when the processor thread is not running. */
 void aspen_proc_set_state(aspen_proc_t *proc, aspen_proc_state_t st,

@@ -27,7 +27,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define MS_PER_SECOND 1000LL
 #define MAX_LATENESS_MS (30LL * 60 * 1000)
@@ -1762,9 +1761,7 @@ aspen__window_restore_partition(aspen_stage_t *st, int64_t id, int64_t wm)
 {
    window_t *w = st->state;
    /* Partition clocks are on the pipeline's clock (epoch ms). */
-   struct timespec ts;
-   clock_gettime(CLOCK_REALTIME, &ts);
-   int64_t wall = (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+   int64_t wall = aspen_clock_now_ms();
    size_t i = 0;
    while (i < w->n_parts && w->parts[i].id != id) {
       i++;

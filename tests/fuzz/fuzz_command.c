@@ -135,7 +135,7 @@ setup(void)
    memset(&g_srv, 0, sizeof g_srv);
    g_srv.loop = &g_loop;
    g_srv.cfg = &g_cfg;
-   g_srv.start_time_ms = aspen_now_ms();
+   g_srv.start_time_ms = aspen_clock_now_ms();
    /* Audit events are formatted and written, to nowhere. */
    g_srv.audit = aspen_audit_new("/dev/null", &err);
    ASPEN_ASSERT(g_srv.audit != NULL);

@@ -1,7 +1,7 @@
 /*
  * test_wire.c - cmocka unit tests for wire/, aspen's foundation library: the
- * byte buffer, errors, logging, CRC-32C, framing, OP_MSG / OP_QUERY decoding
- * and the reply encoders.
+ * byte buffer, errors, logging, CRC-32C, framing, OP_MSG / OP_QUERY decoding,
+ * the reply encoders and the clocks.
  *
  * The parser tests follow picohttpparser's test.c: a small independent
  * encoder in this file builds valid messages, and each one is fed to the
@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "wire.h"
@@ -2359,6 +2360,25 @@ test_reply_op_reply(void **state)
    aspen_buf_cleanup(&out);
 }
 
+/* The clocks (clock.c): the wall clock agrees with time() read around it,
+ * and the monotonic clock never goes back. */
+static void
+test_clocks(void **state)
+{
+   (void) state;
+   time_t before = time(NULL);
+   int64_t now = aspen_clock_now_ms();
+   time_t after = time(NULL);
+   assert_true(now >= (int64_t) before * 1000);
+   assert_true(now < ((int64_t) after + 1) * 1000);
+   int64_t prev = aspen_clock_mono_ms();
+   for (int i = 0; i < 1000; i++) {
+      int64_t mono = aspen_clock_mono_ms();
+      assert_true(mono >= prev);
+      prev = mono;
+   }
+}
+
 /* ======================================================================== */
 
 #define T(fn) cmocka_unit_test_teardown(fn, tmp_teardown)
@@ -2402,6 +2422,7 @@ main(void)
       T(test_op_query_shapes),
       T(test_reply_op_msg),
       T(test_reply_op_reply),
+      T(test_clocks),
    };
    return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
 }
