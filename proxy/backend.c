@@ -29,6 +29,7 @@
  * the same backend session id reaches the server each time. Commands without
  * an lsid use mongoc's implicit sessions.
  */
+#include "hash.h"
 #include "upstream.h"
 
 #include <mongoc/mongoc.h>
@@ -90,16 +91,6 @@ struct aspen_backend {
    aspen_backend_job_t *done_head, *done_tail;
 };
 
-static uint64_t
-hash_bytes(const uint8_t *p, size_t n)
-{
-   uint64_t h = 1469598103934665603ull;
-   for (size_t i = 0; i < n; i++) {
-      h = (h ^ p[i]) * 1099511628211ull;
-   }
-   return h;
-}
-
 static void
 job_free(aspen_backend_job_t *job)
 {
@@ -115,7 +106,7 @@ job_free(aspen_backend_job_t *job)
 static mapped_session_t **
 session_slot(lane_t *lane, const bson_t *lsid, bool *found)
 {
-   uint64_t h = hash_bytes(bson_get_data(lsid), lsid->len);
+   uint64_t h = aspen_hash_fnv1a(bson_get_data(lsid), lsid->len);
    mapped_session_t **pp = &lane->buckets[h % SESSION_BUCKETS];
    while (*pp) {
       if ((*pp)->key_len == lsid->len &&
@@ -447,7 +438,7 @@ enqueue(aspen_backend_t *be, int lane_idx, aspen_backend_job_t *job)
 static int
 lane_for_lsid(aspen_backend_t *be, const bson_t *lsid)
 {
-   return (int) (hash_bytes(bson_get_data(lsid), lsid->len) %
+   return (int) (aspen_hash_fnv1a(bson_get_data(lsid), lsid->len) %
                  (uint64_t) be->n_lanes);
 }
 

@@ -32,6 +32,7 @@
  */
 #include "connectors/connections.h"
 #include "connectors/stage_lookup.h"
+#include "hash.h"
 #include "lang/match.h"
 #include "lang/vars.h"
 #include "runtime/pipeline.h"
@@ -65,16 +66,6 @@ typedef struct {
    int64_t ttl_ms;
 } cache_t;
 
-static uint64_t
-fnv1a(const uint8_t *p, size_t n)
-{
-   uint64_t h = 1469598103934665603ull;
-   for (size_t i = 0; i < n; i++) {
-      h = (h ^ p[i]) * 1099511628211ull;
-   }
-   return h;
-}
-
 static void
 cache_unlink(cache_t *c, entry_t *e)
 {
@@ -102,7 +93,7 @@ cache_unlink(cache_t *c, entry_t *e)
 static entry_t *
 cache_find(cache_t *c, const bson_t *key, int64_t now)
 {
-   uint64_t h = fnv1a(bson_get_data(key), key->len);
+   uint64_t h = aspen_hash_fnv1a(bson_get_data(key), key->len);
    for (entry_t *e = c->buckets[h % CACHE_BUCKETS]; e; e = e->next) {
       if (e->hash == h && e->key_len == key->len &&
           memcmp(e->key, bson_get_data(key), key->len) == 0) {
@@ -123,7 +114,7 @@ cache_put(cache_t *c, const bson_t *key, const bson_t *results, int64_t now)
    e->key_len = key->len;
    e->key = aspen_xmalloc(key->len);
    memcpy(e->key, bson_get_data(key), key->len);
-   e->hash = fnv1a(e->key, e->key_len);
+   e->hash = aspen_hash_fnv1a(e->key, e->key_len);
    e->results = bson_copy(results);
    e->expires_ms = now + c->ttl_ms;
    e->bytes = sizeof *e + key->len + results->len;

@@ -19,6 +19,7 @@
  * per key, not the documents; $sort and $limit keep documents); at close the
  * rest of the inner pipeline runs over that stage's output.
  */
+#include "hash.h"
 #include "lang/accum.h"
 #include "runtime/pipeline.h"
 #include "stages/window.h"
@@ -475,16 +476,6 @@ typedef struct {
    size_t index_size; /* a power of two */
 } group_map_t;
 
-static uint64_t
-hash_bytes(const uint8_t *p, size_t n)
-{
-   uint64_t h = 1469598103934665603ull;
-   for (size_t i = 0; i < n; i++) {
-      h = (h ^ p[i]) * 1099511628211ull;
-   }
-   return h;
-}
-
 /* ---- window instances ------------------------------------------------------------ */
 
 /* The state of one open window's first blocking stage. */
@@ -595,7 +586,7 @@ group_get(group_map_t *m, const block_spec_t *b, const aspen_value_t *idv,
    bson_iter_init(&it, &tmp);
    bson_iter_next(&it);
    append_normalized(&key, "", &it);
-   uint64_t h = hash_bytes(bson_get_data(&key), key.len);
+   uint64_t h = aspen_hash_fnv1a(bson_get_data(&key), key.len);
    if (m->index_size) {
       size_t mask = m->index_size - 1;
       for (size_t i = h & mask; m->index[i]; i = (i + 1) & mask) {

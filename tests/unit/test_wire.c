@@ -1,7 +1,7 @@
 /*
  * test_wire.c - cmocka unit tests for wire/, aspen's foundation library: the
  * byte buffer, errors, logging, CRC-32C, framing, OP_MSG / OP_QUERY decoding,
- * the reply encoders and the clocks.
+ * the reply encoders, the clocks and the hash.
  *
  * The parser tests follow picohttpparser's test.c: a small independent
  * encoder in this file builds valid messages, and each one is fed to the
@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hash.h"
 #include "wire.h"
 
 /* ======================================================================== */
@@ -2379,6 +2380,19 @@ test_clocks(void **state)
    }
 }
 
+/* FNV-1a (hash.h) against the published 64-bit test vectors. */
+static void
+test_hash_fnv1a(void **state)
+{
+   (void) state;
+   assert_true(aspen_hash_fnv1a("", 0) == 0xcbf29ce484222325ull);
+   assert_true(aspen_hash_fnv1a("a", 1) == 0xaf63dc4c8601ec8cull);
+   assert_true(aspen_hash_fnv1a("foobar", 6) == 0x85944171f73967e8ull);
+   /* Only the bytes given count. */
+   assert_true(aspen_hash_fnv1a("foobarbaz", 6) ==
+               aspen_hash_fnv1a("foobar", 6));
+}
+
 /* ======================================================================== */
 
 #define T(fn) cmocka_unit_test_teardown(fn, tmp_teardown)
@@ -2423,6 +2437,7 @@ main(void)
       T(test_reply_op_msg),
       T(test_reply_op_reply),
       T(test_clocks),
+      T(test_hash_fnv1a),
    };
    return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
 }
