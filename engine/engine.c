@@ -141,22 +141,6 @@ aspen_engine_is_command(const char *name)
 /* ---- small helpers ------------------------------------------------------ */
 
 static void
-reply_error(bson_t *reply, int32_t code, const char *fmt, ...)
-   __attribute__((format(printf, 3, 4)));
-
-static void
-reply_error(bson_t *reply, int32_t code, const char *fmt, ...)
-{
-   aspen_error_t err;
-   va_list ap;
-   err.code = code;
-   va_start(ap, fmt);
-   vsnprintf(err.message, sizeof err.message, fmt, ap);
-   va_end(ap);
-   aspen_error_append_reply(reply, &err);
-}
-
-static void
 reply_err(bson_t *reply, const aspen_error_t *err)
 {
    aspen_error_append_reply(reply, err);
@@ -167,12 +151,6 @@ reply_err(bson_t *reply, const aspen_error_t *err)
       BSON_APPEND_UTF8(&labels, "0", "StreamProcessorUserError");
       bson_append_array_end(reply, &labels);
    }
-}
-
-static void
-reply_ok(bson_t *reply)
-{
-   BSON_APPEND_DOUBLE(reply, "ok", 1.0);
 }
 
 /* ---- hooks: deferred start replies ----------------------------------------- */
@@ -248,8 +226,8 @@ check_fields(const bson_t *cmd, const char *name, const char *const *allowed,
          }
       }
       if (!ok) {
-         reply_error(reply, ASPEN_ERR_Location40415,
-                     "BSON field '%s.%s' is an unknown field.", name, k);
+         aspen_reply_error(reply, ASPEN_ERR_Location40415,
+                           "BSON field '%s.%s' is an unknown field.", name, k);
          return false;
       }
    }
@@ -264,23 +242,25 @@ cmd_name_arg(const bson_t *cmd, const char *cmdname, bson_t *reply)
    bson_iter_init(&it, cmd);
    bson_iter_next(&it);
    if (!BSON_ITER_HOLDS_UTF8(&it)) {
-      reply_error(reply, ASPEN_ERR_TypeMismatch,
-                  "BSON field '%s' is the wrong type '%s', expected type "
-                  "'string'",
-                  cmdname, BSON_ITER_HOLDS_NULL(&it) ? "null" : "non-string");
+      aspen_reply_error(reply, ASPEN_ERR_TypeMismatch,
+                        "BSON field '%s' is the wrong type '%s', expected "
+                        "type 'string'",
+                        cmdname,
+                        BSON_ITER_HOLDS_NULL(&it) ? "null" : "non-string");
       return NULL;
    }
    uint32_t len;
    const char *name = bson_iter_utf8(&it, &len);
    if (len == 0) {
-      reply_error(reply, ASPEN_ERR_BadValue,
-                  "stream processor name must not be empty");
+      aspen_reply_error(reply, ASPEN_ERR_BadValue,
+                        "stream processor name must not be empty");
       return NULL;
    }
    if (strlen(name) != len) {
       /* Names are compared as C strings: "a\0b" must not reach "a". */
-      reply_error(reply, ASPEN_ERR_BadValue,
-                  "stream processor name must not contain a NUL character");
+      aspen_reply_error(reply, ASPEN_ERR_BadValue,
+                        "stream processor name must not contain a NUL "
+                        "character");
       return NULL;
    }
    return name;
@@ -297,10 +277,10 @@ check_new_name(const char *name, const char *field, bson_t *reply)
 {
    size_t len = strlen(name);
    if (len > NAME_MAX_LEN) {
-      reply_error(reply, ASPEN_ERR_BadValue,
-                  "BSON field '%s' is invalid: a stream processor name may "
-                  "be at most %d characters long, this one has %zu",
-                  field, NAME_MAX_LEN, len);
+      aspen_reply_error(reply, ASPEN_ERR_BadValue,
+                        "BSON field '%s' is invalid: a stream processor name "
+                        "may be at most %d characters long, this one has %zu",
+                        field, NAME_MAX_LEN, len);
       return false;
    }
    for (size_t i = 0; i < len; i++) {
@@ -308,19 +288,19 @@ check_new_name(const char *name, const char *field, bson_t *reply)
       bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
                 (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.';
       if (!ok) {
-         reply_error(reply, ASPEN_ERR_BadValue,
-                     "BSON field '%s' is invalid: a stream processor name "
-                     "may contain only ASCII letters, digits, '_', '-' and "
-                     "'.', found byte 0x%02x at offset %zu",
-                     field, (unsigned) (unsigned char) c, i);
+         aspen_reply_error(reply, ASPEN_ERR_BadValue,
+                           "BSON field '%s' is invalid: a stream processor "
+                           "name may contain only ASCII letters, digits, '_', "
+                           "'-' and '.', found byte 0x%02x at offset %zu",
+                           field, (unsigned) (unsigned char) c, i);
          return false;
       }
    }
    if (strstr(name, "..")) {
-      reply_error(reply, ASPEN_ERR_BadValue,
-                  "BSON field '%s' is invalid: a stream processor name must "
-                  "not contain \"..\"",
-                  field);
+      aspen_reply_error(reply, ASPEN_ERR_BadValue,
+                        "BSON field '%s' is invalid: a stream processor name "
+                        "must not contain \"..\"",
+                        field);
       return false;
    }
    return true;
@@ -342,8 +322,8 @@ find_or_error(aspen_engine_t *eng, const char *name, bson_t *reply)
 {
    aspen_proc_t *p = find_proc(eng, name);
    if (!p) {
-      reply_error(reply, ASPEN_ERR_StreamProcessorDoesNotExist,
-                  "stream processor '%s' does not exist", name);
+      aspen_reply_error(reply, ASPEN_ERR_StreamProcessorDoesNotExist,
+                        "stream processor '%s' does not exist", name);
    }
    return p;
 }
@@ -356,10 +336,11 @@ room_for_one(const aspen_engine_t *eng, bson_t *reply)
    if (eng->n_procs < eng->max_processors) {
       return true;
    }
-   reply_error(reply, ASPEN_ERR_IllegalOperation,
-               "cannot create another stream processor: the workspace has "
-               "%zu, aspen's limit (streams.maxProcessors); drop one first",
-               eng->n_procs);
+   aspen_reply_error(reply, ASPEN_ERR_IllegalOperation,
+                     "cannot create another stream processor: the workspace "
+                     "has %zu, aspen's limit (streams.maxProcessors); drop "
+                     "one first",
+                     eng->n_procs);
    return false;
 }
 
@@ -1046,9 +1027,9 @@ static bool
 check_dlq(aspen_engine_t *eng, const bson_iter_t *it, bson_t *reply)
 {
    if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
-      reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
-                  "StreamProcessorInvalidOptions: options.dlq must be an "
-                  "object {connectionName, db, coll}");
+      aspen_reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
+                        "StreamProcessorInvalidOptions: options.dlq must be an "
+                        "object {connectionName, db, coll}");
       return false;
    }
    bson_iter_t di;
@@ -1060,17 +1041,17 @@ check_dlq(aspen_engine_t *eng, const bson_iter_t *it, bson_t *reply)
       n++;
       if (strcmp(k, "connectionName") != 0 && strcmp(k, "db") != 0 &&
           strcmp(k, "coll") != 0) {
-         reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
-                     "StreamProcessorInvalidOptions: BSON field "
-                     "'options.dlq.%s' is an unknown field.",
-                     k);
+         aspen_reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
+                           "StreamProcessorInvalidOptions: BSON field "
+                           "'options.dlq.%s' is an unknown field.",
+                           k);
          return false;
       }
       if (!BSON_ITER_HOLDS_UTF8(&di) || !*bson_iter_utf8(&di, NULL)) {
-         reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
-                     "StreamProcessorInvalidOptions: options.dlq.%s must be "
-                     "a non-empty string",
-                     k);
+         aspen_reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
+                           "StreamProcessorInvalidOptions: options.dlq.%s "
+                           "must be a non-empty string",
+                           k);
          return false;
       }
       if (strcmp(k, "connectionName") == 0) {
@@ -1082,24 +1063,24 @@ check_dlq(aspen_engine_t *eng, const bson_iter_t *it, bson_t *reply)
       return true; /* {} removes the DLQ (modify) */
    }
    if (have != 3 || !cn) {
-      reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
-                  "StreamProcessorInvalidOptions: options.dlq needs "
-                  "connectionName, db and coll");
+      aspen_reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
+                        "StreamProcessorInvalidOptions: options.dlq needs "
+                        "connectionName, db and coll");
       return false;
    }
    const aspen_conn_t *conn = aspen_conns_find(&eng->conns, cn);
    if (!conn) {
-      reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
-                  "StreamProcessorInvalidOptions: Unknown connection name %s "
-                  "(at options.dlq.connectionName)",
-                  cn);
+      aspen_reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
+                        "StreamProcessorInvalidOptions: Unknown connection "
+                        "name %s (at options.dlq.connectionName)",
+                        cn);
       return false;
    }
    if (conn->type != ASPEN_CONN_ATLAS) {
-      reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
-                  "StreamProcessorInvalidOptions: the DLQ must use an atlas "
-                  "connection, '%s' is %s",
-                  cn, aspen_conn_type_name(conn->type));
+      aspen_reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
+                        "StreamProcessorInvalidOptions: the DLQ must use an "
+                        "atlas connection, '%s' is %s",
+                        cn, aspen_conn_type_name(conn->type));
       return false;
    }
    return true;
@@ -1116,10 +1097,10 @@ check_tier(const bson_iter_t *it, const char *where, bson_t *reply)
          return true;
       }
    }
-   reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
-               "StreamProcessorInvalidOptions: invalid tier '%s' for %s "
-               "(expected SP2, SP5, SP10, SP30 or SP50)",
-               t ? t : "(not a string)", where);
+   aspen_reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
+                     "StreamProcessorInvalidOptions: invalid tier '%s' for %s "
+                     "(expected SP2, SP5, SP10, SP30 or SP50)",
+                     t ? t : "(not a string)", where);
    return false;
 }
 
@@ -1152,18 +1133,18 @@ check_options(aspen_engine_t *eng, const bson_t *options, bson_t *out,
           * by the input; exactlyOnce, Kafka transactions for Kafka ->
           * $emit (checked against the pipeline by pipeline_options_ok). */
          if (!BSON_ITER_HOLDS_BOOL(&it)) {
-            reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
-                        "StreamProcessorInvalidOptions: options.%s must be "
-                        "a boolean",
-                        k);
+            aspen_reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
+                              "StreamProcessorInvalidOptions: options.%s must "
+                              "be a boolean",
+                              k);
             return false;
          }
          bson_append_iter(out, NULL, 0, &it);
       } else {
-         reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
-                     "StreamProcessorInvalidOptions: BSON field 'options.%s' "
-                     "is an unknown field.",
-                     k);
+         aspen_reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
+                           "StreamProcessorInvalidOptions: BSON field "
+                           "'options.%s' is an unknown field.",
+                           k);
          return false;
       }
    }
@@ -1194,17 +1175,17 @@ get_array(const bson_t *cmd, const char *key, bson_t *out, bool required,
    bson_iter_t it;
    if (!bson_iter_init_find(&it, cmd, key)) {
       if (required) {
-         reply_error(reply, ASPEN_ERR_FailedToParse,
-                     "BSON field '%s.%s' is missing but a required field",
-                     cmdname, key);
+         aspen_reply_error(reply, ASPEN_ERR_FailedToParse,
+                           "BSON field '%s.%s' is missing but a required field",
+                           cmdname, key);
       }
       return false;
    }
    if (!BSON_ITER_HOLDS_ARRAY(&it)) {
-      reply_error(reply, ASPEN_ERR_TypeMismatch,
-                  "BSON field '%s.%s' is the wrong type, expected type "
-                  "'array'",
-                  cmdname, key);
+      aspen_reply_error(reply, ASPEN_ERR_TypeMismatch,
+                        "BSON field '%s.%s' is the wrong type, expected type "
+                        "'array'",
+                        cmdname, key);
       return false;
    }
    uint32_t len;
@@ -1224,10 +1205,10 @@ get_options_doc(const bson_t *cmd, const char *cmdname, bson_t *out,
       return true;
    }
    if (!BSON_ITER_HOLDS_DOCUMENT(&it)) {
-      reply_error(reply, ASPEN_ERR_TypeMismatch,
-                  "BSON field '%s.options' is the wrong type, expected type "
-                  "'object'",
-                  cmdname);
+      aspen_reply_error(reply, ASPEN_ERR_TypeMismatch,
+                        "BSON field '%s.options' is the wrong type, expected "
+                        "type 'object'",
+                        cmdname);
       return false;
    }
    uint32_t len;
@@ -1281,7 +1262,7 @@ start_finish(aspen_engine_t *eng, aspen_proc_t *p, bson_t *reply)
    }
    pthread_mutex_unlock(&p->mu);
    (void) save_proc(eng, p, &perr); /* logged when it fails */
-   reply_ok(reply);
+   aspen_reply_ok(reply);
    if (p->ephemeral) {
       BSON_APPEND_UTF8(reply, "name", p->name);
       BSON_APPEND_INT64(reply, "cursorId", p->start_cursor_id);
@@ -1322,7 +1303,7 @@ start_abort(aspen_engine_t *eng, aspen_proc_t *p, int32_t code,
    aspen_logf(ASPEN_LOG_INFO, "STREAMS", p->name,
               "the pending start ends: the processor %s", why);
    bson_t r = BSON_INITIALIZER;
-   reply_error(&r, code, "stream processor '%s' %s", p->name, why);
+   aspen_reply_error(&r, code, "stream processor '%s' %s", p->name, why);
    deliver(eng, ticket, &r);
    bson_destroy(&r);
 }
@@ -1382,8 +1363,8 @@ cmd_create(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
       return;
    }
    if (find_proc(eng, name)) {
-      reply_error(reply, ASPEN_ERR_StreamProcessorAlreadyExists,
-                  "stream processor '%s' already exists", name);
+      aspen_reply_error(reply, ASPEN_ERR_StreamProcessorAlreadyExists,
+                        "stream processor '%s' already exists", name);
       bson_destroy(&accepted);
       return;
    }
@@ -1411,7 +1392,7 @@ cmd_create(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    }
    link_proc(eng, p);
    aspen_logf(ASPEN_LOG_INFO, "STREAMS", name, "stream processor created");
-   reply_ok(reply);
+   aspen_reply_ok(reply);
 }
 
 static bool
@@ -1435,9 +1416,10 @@ cmd_start(aspen_engine_t *eng, const bson_t *cmd, void *ticket,
    }
    if (bson_iter_init_find(&it, cmd, "resumeFromCheckpoint") &&
        !BSON_ITER_HOLDS_BOOL(&it)) {
-      reply_error(reply, ASPEN_ERR_TypeMismatch,
-                  "BSON field 'startStreamProcessor.resumeFromCheckpoint' is "
-                  "the wrong type, expected type 'bool'");
+      aspen_reply_error(reply, ASPEN_ERR_TypeMismatch,
+                        "BSON field "
+                        "'startStreamProcessor.resumeFromCheckpoint' is the "
+                        "wrong type, expected type 'bool'");
       return true;
    }
    bool resume = !bson_iter_init_find(&it, cmd, "resumeFromCheckpoint") ||
@@ -1448,15 +1430,15 @@ cmd_start(aspen_engine_t *eng, const bson_t *cmd, void *ticket,
    }
    reap_failed(p);
    if (p->state == ASPEN_PROC_STARTED) {
-      reply_error(reply, ASPEN_ERR_IllegalOperation,
-                  "stream processor '%s' is already started", name);
+      aspen_reply_error(reply, ASPEN_ERR_IllegalOperation,
+                        "stream processor '%s' is already started", name);
       return true;
    }
    if (p->state == ASPEN_PROC_PROVISIONING) {
-      reply_error(reply, ASPEN_ERR_IllegalOperation,
-                  "stream processor '%s' is already started (it is still "
-                  "starting: state PROVISIONING)",
-                  name);
+      aspen_reply_error(reply, ASPEN_ERR_IllegalOperation,
+                        "stream processor '%s' is already started (it is still "
+                        "starting: state PROVISIONING)",
+                        name);
       return true;
    }
    aspen_error_t err, perr;
@@ -1493,9 +1475,9 @@ cmd_stop(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    const char *name = p->name;
    reap_failed(p);
    if (!is_running(p)) {
-      reply_error(reply, ASPEN_ERR_IllegalOperation,
-                  "stream processor '%s' is not running (state %s)", name,
-                  aspen_proc_state_name(p->state));
+      aspen_reply_error(reply, ASPEN_ERR_IllegalOperation,
+                        "stream processor '%s' is not running (state %s)", name,
+                        aspen_proc_state_name(p->state));
       return;
    }
    /* Saved first: a stop that cannot be saved is refused, the processor
@@ -1509,7 +1491,7 @@ cmd_stop(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    start_abort(eng, p, ASPEN_ERR_Interrupted,
                "was stopped before it finished starting");
    aspen_proc_set_state(p, ASPEN_PROC_STOPPED, NULL);
-   reply_ok(reply);
+   aspen_reply_ok(reply);
 }
 
 static void
@@ -1537,7 +1519,7 @@ cmd_drop(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
       drop_checkpoints(eng, p);
    }
    proc_free(p);
-   reply_ok(reply);
+   aspen_reply_ok(reply);
 }
 
 /* ---- modify and checkpoints ------------------------------------------------ */
@@ -1674,10 +1656,10 @@ cmd_modify(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    const char *name = p->name;
    reap_failed(p);
    if (is_running(p)) {
-      reply_error(reply, ASPEN_ERR_IllegalOperation,
-                  "stream processor '%s' must be stopped before it is "
-                  "modified",
-                  name);
+      aspen_reply_error(reply, ASPEN_ERR_IllegalOperation,
+                        "stream processor '%s' must be stopped before it is "
+                        "modified",
+                        name);
       return;
    }
    bson_iter_t it;
@@ -1692,9 +1674,10 @@ cmd_modify(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    }
    if (bson_iter_init_find(&it, cmd, "resumeFromCheckpoint") &&
        !BSON_ITER_HOLDS_BOOL(&it)) {
-      reply_error(reply, ASPEN_ERR_TypeMismatch,
-                  "BSON field 'modifyStreamProcessor.resumeFromCheckpoint' is "
-                  "the wrong type, expected type 'bool'");
+      aspen_reply_error(reply, ASPEN_ERR_TypeMismatch,
+                        "BSON field "
+                        "'modifyStreamProcessor.resumeFromCheckpoint' is the "
+                        "wrong type, expected type 'bool'");
       return;
    }
    bool resume = !bson_iter_init_find(&it, cmd, "resumeFromCheckpoint") ||
@@ -1703,8 +1686,8 @@ cmd_modify(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
                         ? modify_needs_fresh_start(&p->pipeline, &pipeline)
                         : NULL;
    if (why) {
-      reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
-                  "resumeFromCheckpoint must be false to %s", why);
+      aspen_reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
+                        "resumeFromCheckpoint must be false to %s", why);
       return;
    }
    /* New options: the old ones, with dlq/tier replaced when given. */
@@ -1764,18 +1747,18 @@ cmd_modify(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    const char *new_name = NULL;
    if (bson_iter_init_find(&it, cmd, "name")) {
       if (!BSON_ITER_HOLDS_UTF8(&it) || !*bson_iter_utf8(&it, NULL)) {
-         reply_error(reply, ASPEN_ERR_TypeMismatch,
-                     "BSON field 'modifyStreamProcessor.name' must be a "
-                     "non-empty string");
+         aspen_reply_error(reply, ASPEN_ERR_TypeMismatch,
+                           "BSON field 'modifyStreamProcessor.name' must be a "
+                           "non-empty string");
          bson_destroy(&opts);
          return;
       }
       uint32_t nlen;
       new_name = bson_iter_utf8(&it, &nlen);
       if (strlen(new_name) != nlen) {
-         reply_error(reply, ASPEN_ERR_BadValue,
-                     "stream processor name must not contain a NUL "
-                     "character");
+         aspen_reply_error(reply, ASPEN_ERR_BadValue,
+                           "stream processor name must not contain a NUL "
+                           "character");
          bson_destroy(&opts);
          return;
       }
@@ -1785,8 +1768,8 @@ cmd_modify(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
          return;
       }
       if (strcmp(new_name, name) != 0 && find_proc(eng, new_name)) {
-         reply_error(reply, ASPEN_ERR_StreamProcessorAlreadyExists,
-                     "stream processor '%s' already exists", new_name);
+         aspen_reply_error(reply, ASPEN_ERR_StreamProcessorAlreadyExists,
+                           "stream processor '%s' already exists", new_name);
          bson_destroy(&opts);
          return;
       }
@@ -1836,7 +1819,7 @@ cmd_modify(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
       /* Only the summary stats survive; the next start reads afresh. */
       drop_checkpoints(eng, p);
    }
-   reply_ok(reply);
+   aspen_reply_ok(reply);
 }
 
 static const char *
@@ -1883,16 +1866,16 @@ cmd_stats(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
       }
       if (bson_iter_init_find(&it, srcs[i], "scale")) {
          if (!BSON_ITER_HOLDS_NUMBER(&it) || bson_iter_as_int64(&it) < 1) {
-            reply_error(reply, ASPEN_ERR_BadValue,
-                        "scale must be a positive number");
+            aspen_reply_error(reply, ASPEN_ERR_BadValue,
+                              "scale must be a positive number");
             return;
          }
          scale = bson_iter_as_int64(&it);
       }
       if (bson_iter_init_find(&it, srcs[i], "verbose")) {
          if (!BSON_ITER_HOLDS_BOOL(&it)) {
-            reply_error(reply, ASPEN_ERR_TypeMismatch,
-                        "verbose must be a boolean");
+            aspen_reply_error(reply, ASPEN_ERR_TypeMismatch,
+                              "verbose must be a boolean");
             return;
          }
          verbose = bson_iter_bool(&it);
@@ -1977,7 +1960,7 @@ start_cursor(aspen_engine_t *eng, aspen_proc_t *p, uint64_t conn_id,
 {
    int64_t id = ++eng->next_cursor_id;
    aspen_cursor_new(p, id, conn_id, is_shell, limit);
-   reply_ok(reply);
+   aspen_reply_ok(reply);
    BSON_APPEND_INT64(reply, "cursorId", id);
 }
 
@@ -1992,9 +1975,9 @@ cmd_process(aspen_engine_t *eng, const bson_t *cmd, uint64_t conn_id,
    bson_iter_init(&it, cmd);
    bson_iter_next(&it);
    if (!BSON_ITER_HOLDS_ARRAY(&it)) {
-      reply_error(reply, ASPEN_ERR_TypeMismatch,
-                  "BSON field 'processStreamProcessor' is the wrong type, "
-                  "expected type 'array'");
+      aspen_reply_error(reply, ASPEN_ERR_TypeMismatch,
+                        "BSON field 'processStreamProcessor' is the wrong "
+                        "type, expected type 'array'");
       bson_destroy(&accepted);
       return true;
    }
@@ -2053,8 +2036,8 @@ cmd_start_sample(aspen_engine_t *eng, const bson_t *cmd, uint64_t conn_id,
    bson_iter_t it;
    if (bson_iter_init_find(&it, cmd, "limit")) {
       if (!BSON_ITER_HOLDS_NUMBER(&it) || bson_iter_as_int64(&it) < 1) {
-         reply_error(reply, ASPEN_ERR_BadValue,
-                     "limit must be a positive integer");
+         aspen_reply_error(reply, ASPEN_ERR_BadValue,
+                           "limit must be a positive integer");
          return;
       }
       limit = bson_iter_as_int64(&it);
@@ -2065,10 +2048,10 @@ cmd_start_sample(aspen_engine_t *eng, const bson_t *cmd, uint64_t conn_id,
    }
    reap_failed(p);
    if (p->state != ASPEN_PROC_STARTED) {
-      reply_error(reply, ASPEN_ERR_IllegalOperation,
-                  "stream processor '%s' is not running (state %s): only a "
-                  "running processor can be sampled",
-                  name, aspen_proc_state_name(p->state));
+      aspen_reply_error(reply, ASPEN_ERR_IllegalOperation,
+                        "stream processor '%s' is not running (state %s): "
+                        "only a running processor can be sampled",
+                        name, aspen_proc_state_name(p->state));
       return;
    }
    start_cursor(eng, p, conn_id, false, limit, reply);
@@ -2087,8 +2070,9 @@ cmd_get_more(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    bool ok;
    int64_t id = cursor_id_arg(cmd, &ok);
    if (!ok) {
-      reply_error(reply, ASPEN_ERR_TypeMismatch,
-                  "getMoreSampleStreamProcessor needs a numeric cursorId");
+      aspen_reply_error(reply, ASPEN_ERR_TypeMismatch,
+                        "getMoreSampleStreamProcessor needs a numeric "
+                        "cursorId");
       return;
    }
    aspen_proc_t *p = find_or_error(eng, name, reply);
@@ -2102,9 +2086,9 @@ cmd_get_more(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    }
    if (!c) {
       pthread_mutex_unlock(&p->mu);
-      reply_error(reply, ASPEN_ERR_CursorNotFound,
-                  "cursor id %lld not found for stream processor '%s'",
-                  (long long) id, name);
+      aspen_reply_error(reply, ASPEN_ERR_CursorNotFound,
+                        "cursor id %lld not found for stream processor '%s'",
+                        (long long) id, name);
       return;
    }
    int64_t batch = c->is_shell ? 1000 : 5;
@@ -2114,7 +2098,7 @@ cmd_get_more(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
       batch = bson_iter_as_int64(&it);
    }
    bson_t msgs;
-   reply_ok(reply);
+   aspen_reply_ok(reply);
    /* cursorId is appended after messages are known; build messages first
     * into a temporary array. */
    bson_t arr = BSON_INITIALIZER;
@@ -2178,10 +2162,10 @@ filter_arg(const bson_t *cmd, const char *cmdname, bson_t *filter,
       return true;
    }
    if (!BSON_ITER_HOLDS_DOCUMENT(&it)) {
-      reply_error(reply, ASPEN_ERR_TypeMismatch,
-                  "BSON field '%s.filter' is the wrong type, expected type "
-                  "'object'",
-                  cmdname);
+      aspen_reply_error(reply, ASPEN_ERR_TypeMismatch,
+                        "BSON field '%s.filter' is the wrong type, expected "
+                        "type 'object'",
+                        cmdname);
       return false;
    }
    uint32_t len;
@@ -2193,8 +2177,8 @@ filter_arg(const bson_t *cmd, const char *cmdname, bson_t *filter,
    bson_copy_to(&f, filter);
    aspen_error_t err;
    if (!aspen_matcher_new(filter, m, &err)) {
-      reply_error(reply, err.code ? err.code : ASPEN_ERR_BadValue, "%s",
-                  err.message);
+      aspen_reply_error(reply, err.code ? err.code : ASPEN_ERR_BadValue, "%s",
+                        err.message);
       return false;
    }
    return true;
@@ -2226,7 +2210,7 @@ cmd_list(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
       bson_destroy(&filter);
       return;
    }
-   reply_ok(reply);
+   aspen_reply_ok(reply);
    bson_t arr;
    uint32_t i = 0;
    BSON_APPEND_ARRAY_BEGIN(reply, "streamProcessors", &arr);
@@ -2263,7 +2247,7 @@ cmd_list_connections(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
       bson_destroy(&filter);
       return;
    }
-   reply_ok(reply);
+   aspen_reply_ok(reply);
    bson_t arr;
    uint32_t i = 0;
    BSON_APPEND_ARRAY_BEGIN(reply, "connections", &arr);
@@ -2289,7 +2273,7 @@ cmd_get(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
       return;
    }
    reap_failed(p);
-   reply_ok(reply);
+   aspen_reply_ok(reply);
    proc_entry(p, reply);
 }
 
@@ -2414,18 +2398,18 @@ aspen_engine_command(aspen_engine_t *eng, const char *name, const bson_t *cmd,
    bad_utf8_t why;
    if (!find_bad_utf8(cmd, 0, path, sizeof path, &why)) {
       if (why == BAD_KEY) {
-         reply_error(reply, ASPEN_ERR_InvalidBSON,
-                     "%s: a field name%s%s is not valid UTF-8", name,
-                     *path ? " under " : "", path);
+         aspen_reply_error(reply, ASPEN_ERR_InvalidBSON,
+                           "%s: a field name%s%s is not valid UTF-8", name,
+                           *path ? " under " : "", path);
       } else if (why == BAD_STRING) {
-         reply_error(reply, ASPEN_ERR_InvalidBSON,
-                     "%s: BSON field '%s' holds a string that is not valid "
-                     "UTF-8",
-                     name, path);
+         aspen_reply_error(reply, ASPEN_ERR_InvalidBSON,
+                           "%s: BSON field '%s' holds a string that is not "
+                           "valid UTF-8",
+                           name, path);
       } else {
-         reply_error(reply, ASPEN_ERR_InvalidBSON,
-                     "%s: the command is nested more than %d levels deep",
-                     name, MAX_CMD_DEPTH);
+         aspen_reply_error(reply, ASPEN_ERR_InvalidBSON,
+                           "%s: the command is nested more than %d levels deep",
+                           name, MAX_CMD_DEPTH);
       }
       return true;
    }
@@ -2456,8 +2440,9 @@ aspen_engine_command(aspen_engine_t *eng, const char *name, const bson_t *cmd,
    } else if (strcmp(name, "getStreamProcessor") == 0) {
       cmd_get(eng, cmd, reply);
    } else {
-      reply_error(reply, ASPEN_ERR_CommandNotFound, "no such command: '%s'",
-                  name);
+      aspen_reply_error(reply, ASPEN_ERR_CommandNotFound,
+                        "no such command: '%s'",
+                        name);
    }
    return true;
 }

@@ -257,11 +257,6 @@ aspen_auth_state_t *aspen_session_auth(const aspen_session_t *sess);
 void aspen_session_set_auth(aspen_session_t *sess, aspen_auth_state_t *st);
 void aspen_session_unref(aspen_session_t *sess);
 
-/* Reply helpers. */
-void aspen_reply_error(bson_t *reply, int32_t code, const char *fmt, ...)
-   __attribute__((format(printf, 3, 4)));
-void aspen_reply_ok(bson_t *reply);
-
 /* Command handlers (cmd_hello.c). */
 #define ASPEN_DECLARE_HANDLER(fn)                                              \
    aspen_handled_t fn(aspen_request_t *req, bson_t *reply);

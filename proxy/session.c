@@ -404,24 +404,6 @@ aspen_session_reply(aspen_session_t *sess, const bson_t *reply)
 
 /* ---- input -------------------------------------------------------------- */
 
-void
-aspen_reply_error(bson_t *reply, int32_t code, const char *fmt, ...)
-{
-   aspen_error_t err;
-   va_list ap;
-   err.code = code;
-   va_start(ap, fmt);
-   vsnprintf(err.message, sizeof err.message, fmt, ap);
-   va_end(ap);
-   aspen_error_append_reply(reply, &err);
-}
-
-void
-aspen_reply_ok(bson_t *reply)
-{
-   BSON_APPEND_DOUBLE(reply, "ok", 1.0);
-}
-
 /* Runs one decoded command; returns true when the session may go on reading
  * the next request right away. */
 static bool

@@ -1,9 +1,32 @@
 /*
  * reply.c - encoding of the two reply shapes aspen sends: OP_MSG with flag
  * bits 0 and one kind-0 section (every reply after the handshake), and
- * OP_REPLY with one document (the answer to a legacy OP_QUERY hello).
+ * OP_REPLY with one document (the answer to a legacy OP_QUERY hello); and
+ * the command replies' bodies every command handler builds, the proxy's
+ * and the engine's: {ok: 1} and {ok: 0, errmsg, code, codeName}.
  */
 #include "wire_int.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+void
+aspen_reply_error(bson_t *reply, int32_t code, const char *fmt, ...)
+{
+   aspen_error_t err;
+   va_list ap;
+   err.code = code;
+   va_start(ap, fmt);
+   vsnprintf(err.message, sizeof err.message, fmt, ap);
+   va_end(ap);
+   aspen_error_append_reply(reply, &err);
+}
+
+void
+aspen_reply_ok(bson_t *reply)
+{
+   BSON_APPEND_DOUBLE(reply, "ok", 1.0);
+}
 
 void
 aspen_reply_op_msg(aspen_buf_t *out, int32_t request_id, int32_t response_to,

@@ -640,6 +640,13 @@ void aspen_reply_op_reply(aspen_buf_t *out, int32_t request_id,
                           int32_t response_to, int32_t response_flags,
                           const bson_t *doc);
 
+/* Command reply bodies. aspen_reply_error appends {ok: 0.0, errmsg (from
+ * `fmt`), code, codeName} to `reply`, as aspen_error_append_reply does for
+ * an aspen_error_t; aspen_reply_ok appends {ok: 1.0}. */
+void aspen_reply_error(bson_t *reply, int32_t code, const char *fmt, ...)
+   __attribute__((format(printf, 3, 4)));
+void aspen_reply_ok(bson_t *reply);
+
 /* A borrowed view of the document or array `it` is on (a static bson_t,
  * valid while the bytes it points into are): true, or false (out
  * untouched) when it holds something else. */

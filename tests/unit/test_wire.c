@@ -2361,6 +2361,29 @@ test_reply_op_reply(void **state)
    aspen_buf_cleanup(&out);
 }
 
+/* The command reply bodies (reply.c): the error one formats its message
+ * and has the same shape as aspen_error_append_reply's; the ok one is
+ * {ok: 1.0}. */
+static void
+test_reply_bodies(void **state)
+{
+   (void) state;
+   bson_t doc = BSON_INITIALIZER;
+   aspen_reply_error(&doc, ASPEN_ERR_CommandNotFound, "no such command: %s",
+                     "x");
+   assert_bson_equal(&doc,
+                     tmp_bson("{'ok': 0.0, 'errmsg': 'no such command: x', "
+                              "'code': 59, 'codeName': 'CommandNotFound'}"));
+   bson_reinit(&doc);
+   aspen_reply_ok(&doc);
+   bson_iter_t it;
+   assert_true(bson_iter_init_find(&it, &doc, "ok"));
+   assert_int_equal(bson_iter_type(&it), BSON_TYPE_DOUBLE);
+   assert_true(bson_iter_double(&it) == 1.0);
+   assert_int_equal(bson_count_keys(&doc), 1);
+   bson_destroy(&doc);
+}
+
 /* The clocks (clock.c): the wall clock agrees with time() read around it,
  * and the monotonic clock never goes back. */
 static void
@@ -2436,6 +2459,7 @@ main(void)
       T(test_op_query_shapes),
       T(test_reply_op_msg),
       T(test_reply_op_reply),
+      T(test_reply_bodies),
       T(test_clocks),
       T(test_hash_fnv1a),
    };
