@@ -5,16 +5,21 @@
  * one at a time, in arrival order; a uv_async_t brings each finished reply
  * back to the loop, where the session sends it.
  *
+ * The queue and the hand-back are workq.c's: jobs wait in an aspen_workq_t
+ * that drains on stop (every command queued before shutdown still runs),
+ * and go back to the loop through an aspen_workq_handback_t.
+ *
  * A start does not keep the bridge thread: the engine defers its reply
  * (aspen_engine_command returns false and keeps the job as its ticket)
  * while the processor's thread opens its peers. When that thread reports,
- * the engine's wake hook flags a poll; the bridge thread runs
- * aspen_engine_poll between jobs, and the engine's reply hook puts the
- * job, now with its reply, on the done list like any other. So the engine
- * is only ever called from one thread at a time, and each command gets
- * exactly one reply.
+ * the engine's wake hook wakes the queue; the bridge thread runs
+ * aspen_engine_poll between jobs, and the engine's reply hook hands the
+ * job, now with its reply, back like any other. So the engine is only ever
+ * called from one thread at a time, and each command gets exactly one
+ * reply.
  */
 #include "proxy_int.h"
+#include "workq.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -23,7 +28,7 @@
 typedef enum { JOB_COMMAND, JOB_CONN_CLOSED } job_kind_t;
 
 typedef struct job {
-   struct job *next;
+   aspen_workq_item_t link; /* in the queue, then in the hand-back */
    job_kind_t kind;
    char *name;
    bson_t cmd;
@@ -36,14 +41,13 @@ typedef struct job {
 struct aspen_bridge {
    aspen_engine_t *eng;
    pthread_t thread;
-   pthread_mutex_t mu;
-   pthread_cond_t cv;
-   job_t *head, *tail;
-   job_t *done_head, *done_tail;
-   bool poll; /* a processor reported its start: aspen_engine_poll */
-   bool stop;
-   uv_async_t async;
+   /* Jobs for the bridge thread; a wake means a processor reported its
+    * start: aspen_engine_poll. */
+   aspen_workq_t queue;
+   aspen_workq_handback_t done; /* answered jobs, back to the loop */
 };
+
+#define JOB(item) ASPEN_WORKQ_ENTRY(item, job_t, link)
 
 static void
 job_free(job_t *job)
@@ -52,27 +56,6 @@ job_free(job_t *job)
    bson_destroy(&job->cmd);
    bson_destroy(&job->reply);
    free(job);
-}
-
-/* Appends `job` to the list head..tail. */
-static void
-job_append(job_t **head, job_t **tail, job_t *job)
-{
-   job->next = NULL;
-   if (*tail) {
-      (*tail)->next = job;
-   } else {
-      *head = job;
-   }
-   *tail = job;
-}
-
-/* Queues an answered job for the loop; br->mu held. */
-static void
-done_push_locked(aspen_bridge_t *br, job_t *job)
-{
-   job_append(&br->done_head, &br->done_tail, job);
-   uv_async_send(&br->async);
 }
 
 /* The engine's reply hook: a deferred reply (the ticket is its job). Called
@@ -84,9 +67,7 @@ on_engine_reply(void *arg, void *ticket, const bson_t *reply)
    job_t *job = ticket;
    bson_destroy(&job->reply);
    bson_copy_to(reply, &job->reply);
-   pthread_mutex_lock(&br->mu);
-   done_push_locked(br, job);
-   pthread_mutex_unlock(&br->mu);
+   aspen_workq_handback_push(&br->done, &job->link);
 }
 
 /* The engine's wake hook, on a processor's thread: a start has finished. */
@@ -94,38 +75,24 @@ static void
 on_engine_wake(void *arg)
 {
    aspen_bridge_t *br = arg;
-   pthread_mutex_lock(&br->mu);
-   br->poll = true;
-   pthread_cond_signal(&br->cv);
-   pthread_mutex_unlock(&br->mu);
+   aspen_workq_wake(&br->queue);
 }
 
 static void *
 bridge_main(void *arg)
 {
    aspen_bridge_t *br = arg;
-   pthread_mutex_lock(&br->mu);
    for (;;) {
-      while (!br->head && !br->poll && !br->stop) {
-         pthread_cond_wait(&br->cv, &br->mu);
-      }
-      if (br->poll) {
-         br->poll = false;
-         pthread_mutex_unlock(&br->mu);
+      bool woken;
+      aspen_workq_item_t *item = aspen_workq_pop(&br->queue, &woken);
+      if (woken) {
          aspen_engine_poll(br->eng);
-         pthread_mutex_lock(&br->mu);
          continue;
       }
-      if (!br->head) {
+      if (!item) {
          break; /* stopping, queue drained */
       }
-      job_t *job = br->head;
-      br->head = job->next;
-      if (!br->head) {
-         br->tail = NULL;
-      }
-      job->next = NULL;
-      pthread_mutex_unlock(&br->mu);
+      job_t *job = JOB(item);
       bool is_command = job->kind == JOB_COMMAND, replied = true;
       if (is_command) {
          /* false: deferred; the engine owns the job until on_engine_reply
@@ -135,31 +102,23 @@ bridge_main(void *arg)
       } else {
          aspen_engine_connection_closed(br->eng, job->conn_id);
       }
-      pthread_mutex_lock(&br->mu);
       if (!is_command) {
          job_free(job);
       } else if (replied) {
-         done_push_locked(br, job);
+         aspen_workq_handback_push(&br->done, &job->link);
       }
    }
-   pthread_mutex_unlock(&br->mu);
    return NULL;
 }
 
+/* An answered job, on the loop thread: its reply goes to the session. */
 static void
-on_async(uv_async_t *h)
+on_done(void *arg, aspen_workq_item_t *item)
 {
-   aspen_bridge_t *br = h->data;
-   pthread_mutex_lock(&br->mu);
-   job_t *job = br->done_head;
-   br->done_head = br->done_tail = NULL;
-   pthread_mutex_unlock(&br->mu);
-   while (job) {
-      job_t *next = job->next;
-      job->cb(job->arg, &job->reply);
-      job_free(job);
-      job = next;
-   }
+   (void) arg;
+   job_t *job = JOB(item);
+   job->cb(job->arg, &job->reply);
+   job_free(job);
 }
 
 aspen_bridge_t *
@@ -167,24 +126,13 @@ aspen_bridge_new(uv_loop_t *loop, aspen_engine_t *eng)
 {
    aspen_bridge_t *br = aspen_xcalloc(1, sizeof *br);
    br->eng = eng;
-   pthread_mutex_init(&br->mu, NULL);
-   pthread_cond_init(&br->cv, NULL);
-   uv_async_init(loop, &br->async, on_async);
-   br->async.data = br;
+   aspen_workq_init(&br->queue, true);
+   aspen_workq_handback_init(&br->done, loop, on_done, br);
    aspen_engine_hooks_t hooks = {
       .wake = on_engine_wake, .reply = on_engine_reply, .arg = br};
    aspen_engine_set_hooks(eng, &hooks);
    pthread_create(&br->thread, NULL, bridge_main, br);
    return br;
-}
-
-static void
-enqueue(aspen_bridge_t *br, job_t *job)
-{
-   pthread_mutex_lock(&br->mu);
-   job_append(&br->head, &br->tail, job);
-   pthread_cond_signal(&br->cv);
-   pthread_mutex_unlock(&br->mu);
 }
 
 void
@@ -199,7 +147,7 @@ aspen_bridge_submit(aspen_bridge_t *br, const char *name, const bson_t *cmd,
    job->conn_id = conn_id;
    job->cb = cb;
    job->arg = arg;
-   enqueue(br, job);
+   aspen_workq_push(&br->queue, &job->link);
 }
 
 void
@@ -210,15 +158,14 @@ aspen_bridge_connection_closed(aspen_bridge_t *br, uint64_t conn_id)
    bson_init(&job->cmd);
    bson_init(&job->reply);
    job->conn_id = conn_id;
-   enqueue(br, job);
+   aspen_workq_push(&br->queue, &job->link);
 }
 
 static void
-on_async_closed(uv_handle_t *h)
+on_closed(void *arg)
 {
-   aspen_bridge_t *br = h->data;
-   pthread_mutex_destroy(&br->mu);
-   pthread_cond_destroy(&br->cv);
+   aspen_bridge_t *br = arg;
+   aspen_workq_cleanup(&br->queue);
    free(br);
 }
 
@@ -228,16 +175,13 @@ aspen_bridge_destroy(aspen_bridge_t *br)
    if (!br) {
       return;
    }
-   pthread_mutex_lock(&br->mu);
-   br->stop = true;
-   pthread_cond_signal(&br->cv);
-   pthread_mutex_unlock(&br->mu);
+   aspen_workq_stop(&br->queue);
    pthread_join(br->thread, NULL);
    /* The bridge thread is gone, so this thread may call the engine: starts
-    * still waiting for their processors end now (their replies join the
-    * done list), and then no processor thread may wake us any more. */
+    * still waiting for their processors end now (their replies are handed
+    * back), and then no processor thread may wake us any more. */
    aspen_engine_cancel_starts(br->eng);
    aspen_engine_set_hooks(br->eng, NULL);
-   on_async(&br->async); /* replies still owed (to closing sessions) */
-   uv_close((uv_handle_t *) &br->async, on_async_closed);
+   aspen_workq_handback_run(&br->done); /* replies owed to closing sessions */
+   aspen_workq_handback_close(&br->done, on_closed);
 }
