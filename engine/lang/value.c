@@ -9,7 +9,7 @@
  * Owned payloads are allocated with bson_malloc because they are released
  * with bson_value_destroy (which frees with bson_free).
  */
-#include "lang/expr_int.h"
+#include "lang/value_int.h"
 
 #include <inttypes.h>
 #include <math.h>
