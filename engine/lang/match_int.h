@@ -1,11 +1,11 @@
 /*
- * match_int.h - internals shared by the query matcher (match.c) and its
- * $jsonSchema compiler (match_schema.c). Nothing outside engine/match*.c
- * includes it.
+ * match_int.h - internals shared by the query matcher (matcher.c) and its
+ * $jsonSchema compiler (match_schema.c). Nothing outside lang/ includes it.
  *
- * match.c owns the pieces both halves need: MongoDB's canonical type classes,
- * the comparison predicate with type bracketing, BSON type sets ($type and
- * bsonType share their names), and compiled regular expressions (PCRE2).
+ * match.c owns the pieces both halves need, below them both: the
+ * comparison predicate with type bracketing (on value.c's canonical type
+ * rank), BSON type sets ($type and bsonType share their names), compiled
+ * regular expressions (PCRE2) and integer arguments.
  * match_schema.c compiles a $jsonSchema object into a tree that validates
  * one value directly (JSON Schema applies to literal values: no implicit
  * array traversal, keywords only restrict values of their own type).
@@ -38,6 +38,14 @@ bool aspen__match_compare(aspen__match_op_t op, const bson_value_t *val,
  * value across types, and embedded documents compare field-by-field ignoring
  * field order. Pure; any thread. */
 bool aspen__match_unordered_equal(const bson_value_t *a, const bson_value_t *b);
+/* MongoDB's order of two values (aspen_value_compare on borrowed views). */
+int aspen__match_value_cmp(const bson_value_t *a, const bson_value_t *b);
+/* True for a double or decimal128 NaN. */
+bool aspen__match_value_is_nan(const bson_value_t *v);
+/* True for the four numeric types. */
+bool aspen__match_is_number_type(bson_type_t t);
+/* A number as a double (decimal128 through value.c); 0 for a non-number. */
+double aspen__match_number_as_double(const bson_value_t *v);
 
 /* ------------------------------------------------------------------------ */
 /* Type sets ($type, bsonType, type)                                         */
@@ -80,11 +88,23 @@ void aspen__match_regex_destroy(aspen__match_regex_t *re);
  * call on a thread (the match block is cached per thread). */
 bool aspen__match_regex_search(const aspen__match_regex_t *re, const char *s,
                                size_t len);
+/* mongod's RegexMatchExpression on one value: strings and symbols are
+ * searched; a regex value matches only the identical regex. */
+bool aspen__match_regex_matches_value(const aspen__match_regex_t *re,
+                                      const bson_value_t *v);
 
 /* ------------------------------------------------------------------------ */
 /* Integer arguments                                                         */
 /* ------------------------------------------------------------------------ */
 
+/* "<what>: <value as JSON>" into `buf`, as mongod prints an element in
+ * messages. */
+void aspen__match_describe(const bson_iter_t *it, const char *what, char *buf,
+                           size_t size);
+/* mongod's parseIntegerElementToLong: a whole number representable as
+ * int64. `what` names the argument in messages; FailedToParse errors. */
+bool aspen__match_parse_int64(const bson_iter_t *it, const char *what,
+                              int64_t *out, aspen_error_t *err);
 /* mongod's parseIntegerElementToNonNegativeLong: the iterator's value must be
  * a whole number, representable as int64, >= 0. `what` names the keyword in
  * messages ("minLength"). Sets FailedToParse errors on failure. */

@@ -1,4 +1,4 @@
-# Unit tests for engine/lang/match.c and match_schema.c: included from
+# Unit tests for engine/lang/match*.c (the query matcher): included from
 # tests/unit/CMakeLists.txt. Cases live in tests/cases/match/*.json. They link
 # the pure aspen_engine_lang alone.
 add_executable(test_match ${CMAKE_CURRENT_LIST_DIR}/test_match.c)

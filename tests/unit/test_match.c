@@ -1,6 +1,6 @@
 /*
- * test_match.c - unit tests for engine/lang/match.c and match_schema.c (the
- * query language of $match and $validate).
+ * test_match.c - unit tests for engine/lang/matcher.c, match.c and
+ * match_schema.c (the query language of $match and $validate).
  *
  * Data-driven: every .json file in tests/cases/match is one cmocka test. A file
  * is a JSON array of cases, each either
