@@ -64,7 +64,7 @@ main(int argc, char **argv)
    }
    aspen_conns_t conns;
    aspen_error_t err;
-   aspen_conns_load(&conns, NULL, NULL, &err);
+   aspen_conns_load(&conns, NULL, NULL, NULL, &err);
    aspen_pipeline_t *pl = aspen_pipeline_parse(def, &conns, true, false, &err);
    if (!pl) {
       fprintf(stderr, "pipeline: %s\n", err.message);
