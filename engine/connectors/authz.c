@@ -16,7 +16,7 @@
  * started (aspen__pipeline_authorize): a refusal is error 422
  * StreamProcessorAtlasUnauthorizedError. Namespaces a $merge or $emit
  * computes per document are checked per document by the collection writer
- * (sink_merge.c), which dead-letters a refused one and carries on.
+ * (coll_writer.c), which dead-letters a refused one and carries on.
  *
  * The engine does not know users or roles: the proxy hands it an
  * authorization hook (engine.h, aspen_engine_authz_t) that resolves a role

@@ -1,5 +1,5 @@
 /*
- * stage_match.c - the $match stage: a query filter (lang/match.c) applied
+ * stage_match.c - the $match stage: a query filter (lang/matcher.c) applied
  * to each document, which passes on unchanged (no copy) or is dropped.
  */
 #include "lang/match.h"

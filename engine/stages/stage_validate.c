@@ -1,5 +1,5 @@
 /*
- * stage_validate.c - the $validate stage: a query validator (lang/match.c,
+ * stage_validate.c - the $validate stage: a query validator (lang/matcher.c,
  * with $jsonSchema) that passes valid documents on and drops or
  * dead-letters the others (validationAction "discard" or "dlq").
  */
