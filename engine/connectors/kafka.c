@@ -518,11 +518,48 @@ closer_free(closer_t *c)
    free(c);
 }
 
+/* How long a closing consumer waits for its group leave to be sent, and
+ * the poll slice meanwhile: well inside the caller's close wait. */
+#define LEAVE_WAIT_MS 2000
+#define LEAVE_POLL_MS 50
+
+/* Makes consumer `rk` leave its group before it closes, so the group does
+ * not wait for it: a processor started again (or another member) is
+ * assigned the partitions at once. rd_kafka_consumer_close alone sends no
+ * LeaveGroup for a static member (group.instance.id; KIP-345 expects it
+ * back), and the group then keeps it, and its partitions, for the whole
+ * session timeout (45 s). Unsubscribing does send one, once the revoked
+ * partitions are handed back through the rebalance callback: this serves
+ * that callback until the member id is gone, which is when librdkafka has
+ * sent the leave (the close then waits for its answer), at most
+ * LEAVE_WAIT_MS. Messages still fetched are dropped unread: never
+ * committed, they are read again by the next start. The closer's thread. */
+static void
+consumer_leave(rd_kafka_t *rk)
+{
+   if (rd_kafka_unsubscribe(rk) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      return;
+   }
+   for (int waited = 0; waited < LEAVE_WAIT_MS; waited += LEAVE_POLL_MS) {
+      char *id = rd_kafka_memberid(rk);
+      bool member = id && *id;
+      rd_kafka_mem_free(rk, id);
+      if (!member) {
+         return;
+      }
+      rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, LEAVE_POLL_MS);
+      if (m) {
+         rd_kafka_message_destroy(m);
+      }
+   }
+}
+
 static void *
 closer_main(void *p)
 {
    closer_t *c = p;
    if (c->consumer) {
+      consumer_leave(c->rk);
       rd_kafka_consumer_close(c->rk);
    }
    rd_kafka_destroy(c->rk);

@@ -104,16 +104,18 @@ rd_kafka_resp_err_t aspen__kafka_metadata(rd_kafka_t *rk, rd_kafka_topic_t *rkt,
                                           int timeout_ms, const char *fatal,
                                           aspen_runtime_t *rt);
 
-/* Closes (a consumer) and destroys client `rk`, then calls free_fn(arg) to
- * free what the client's callbacks use (its opaque). Takes ownership of
- * both. librdkafka 2.0 can hang for ever in that shutdown after a topic the
- * client used was deleted (librdkafka issue 4362), and a processor's
- * shutdown must not hang the engine's command thread that joins it, so the
- * shutdown runs on a thread of its own and this waits `wait_ms` at most;
- * after that the client is abandoned (logged, with `ctx` naming the
- * processor) and its thread frees everything if it ever finishes. The
- * caller must not use `rk` or `arg` after this call, and the callbacks
- * must not touch anything but `arg` once it is made. */
+/* Closes (a consumer, after it left its group, even as a static member:
+ * its rebalance callback is served meanwhile) and destroys client `rk`,
+ * then calls free_fn(arg) to free what the client's callbacks use (its
+ * opaque). Takes ownership of both. librdkafka 2.0 can hang for ever in
+ * that shutdown after a topic the client used was deleted (librdkafka
+ * issue 4362), and a processor's shutdown must not hang the engine's
+ * command thread that joins it, so the shutdown runs on a thread of its
+ * own and this waits `wait_ms` at most; after that the client is
+ * abandoned (logged, with `ctx` naming the processor) and its thread frees
+ * everything if it ever finishes. The caller must not use `rk` or `arg`
+ * after this call, and the callbacks must not touch anything but `arg`
+ * once it is made. */
 void aspen__kafka_client_destroy(rd_kafka_t *rk, bool consumer,
                                  void (*free_fn)(void *), void *arg,
                                  const char *ctx, int wait_ms);

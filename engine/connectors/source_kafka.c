@@ -23,9 +23,10 @@
  * rebalance callback); the group's committed offsets only matter without
  * one. After a crash everything after the checkpoint is read again. On
  * stop the sink is flushed once more, the final checkpoint written and its
- * offsets committed synchronously. With exactlyOnce the $emit sink commits
- * the checkpoint's offsets inside its Kafka transaction (kafka_txn.c) and
- * this source commits nothing itself.
+ * offsets committed synchronously; then the consumer leaves its group, so
+ * that the next start is assigned the partitions at once. With exactlyOnce
+ * the $emit sink commits the checkpoint's offsets inside its Kafka
+ * transaction (kafka_txn.c) and this source commits nothing itself.
  * Ephemeral processors (sp.process) without config.group_id read under a
  * throw-away group and never commit.
  */
@@ -334,6 +335,39 @@ ksrc_free(ksrc_t *ks)
    }
 }
 
+/* The local broker is librdkafka 2.0's mock cluster. When a member joins
+ * or leaves a group whose partitions are assigned, its coordinator waits
+ * the group's session timeout less 1 s for members to (re)join before it
+ * assigns anything, even when the group is left with no member; a group
+ * with no member waits a fixed 3 s (as a broker's
+ * group.initial.rebalance.delay.ms). With librdkafka's default
+ * session.timeout.ms, 45 s, a processor stopped and started again was
+ * assigned its partitions after 44 s. The coordinator takes the session
+ * timeout from the consumers' joins, so those of a local connection ask
+ * for a short one, with heartbeats to match (unless the connection's
+ * config sets them): a start right after a stop is then assigned within
+ * 2 s, a later one within the 3 s of a new group. Real brokers keep
+ * librdkafka's defaults (they refuse sessions under their
+ * group.min.session.timeout.ms, 6 s by default). */
+#define LOCAL_SESSION_TIMEOUT_MS "3000"
+#define LOCAL_HEARTBEAT_INTERVAL_MS "1000"
+
+static bool
+group_timing(const ksrc_t *ks, rd_kafka_conf_t *conf, aspen_error_t *err)
+{
+   if (!ks->conn->kafka_local) {
+      return true;
+   }
+   if (!bson_has_field(&ks->conn->kafka_conf, "session.timeout.ms") &&
+       !aspen__kafka_conf_set(conf, "session.timeout.ms",
+                              LOCAL_SESSION_TIMEOUT_MS, err)) {
+      return false;
+   }
+   return bson_has_field(&ks->conn->kafka_conf, "heartbeat.interval.ms") ||
+          aspen__kafka_conf_set(conf, "heartbeat.interval.ms",
+                                LOCAL_HEARTBEAT_INTERVAL_MS, err);
+}
+
 static bool
 kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
 {
@@ -388,10 +422,19 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
       ksrc_free_mem(ks);
       return false;
    }
-   if (ks->commit && !ks->opts->group_id) {
+   if (!group_timing(ks, conf, err)) {
+      rd_kafka_conf_destroy(conf);
+      ksrc_free_mem(ks);
+      return false;
+   }
+   if (ks->commit && !ks->opts->group_id && !ks->conn->kafka_local) {
       /* Static membership for the processor's own group: after a crash
        * the restarted consumer takes its partitions back at once, instead
-       * of waiting for the dead member's session to time out (45 s). */
+       * of waiting for the dead member's session to time out (45 s). A
+       * clean stop leaves the group all the same (kafka.c's closer). Not
+       * on the local broker: librdkafka 2.0's mock cluster knows members
+       * by member id only and ignores group.instance.id, and a crash
+       * takes that broker with it anyway. */
       char instance[64];
       snprintf(instance, sizeof instance, "aspen-%s",
                aspen_rt_processor_id(rt));
