@@ -534,6 +534,20 @@ stop_aspen() {
     return "$rc"
 }
 
+# kill_aspen: SIGKILL aspen (a crash: no flush, no final checkpoint, no
+# Kafka consumer close), reap it, and fail if its log has a sanitizer report.
+kill_aspen() {
+    local name=${ASPEN_INSTANCE:-aspen}
+    local pidfile=$ASPEN_RUN_DIR/$name.pid pid
+    [[ -f $pidfile ]] || { peers_log "kill_aspen: $name is not running"; return 1; }
+    pid=$(<"$pidfile")
+    rm -f "$pidfile"
+    _peers_forget "$name"
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    check_aspen_log "$name"
+}
+
 # --- mongosh ----------------------------------------------------------------
 
 # mongosh_run URI ARGS...: run mongosh 2.12 (--quiet --norc) against URI and

@@ -75,13 +75,7 @@ start() {
 
 # SIGKILL aspen (no final checkpoint, no flush), keeping its log.
 crash() {
-    local pidfile=$ASPEN_RUN_DIR/aspen.pid pid
-    pid=$(<"$pidfile")
-    kill -KILL "$pid"
-    wait "$pid" 2>/dev/null || true
-    rm -f "$pidfile"
-    _peers_forget aspen
-    check_aspen_log || return 1
+    kill_aspen || return 1
     cp "$ASPEN_RUN_DIR/aspen.log" "$ASPEN_RUN_DIR/aspen-crash-$1.log"
 }
 
