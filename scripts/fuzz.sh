@@ -5,7 +5,11 @@
 # dictionary tests/fuzz/aspen.dict.
 #
 #   scripts/fuzz.sh [TARGET...]      targets: frame pipeline expr config kafka scram
-#                                    command
+#                                    command (default: all)
+#   scripts/fuzz.sh --help           this text
+#
+# Needs clang and its libFuzzer runtime (Debian: libclang-rt-<major>-dev),
+# both installed by scripts/install-deps.sh.
 #
 # Environment:
 #   FUZZ_SECONDS  how long each target runs (default 60)
@@ -29,14 +33,34 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 
 ALL=(frame pipeline expr config kafka scram command)
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    # The comment block at the top of this file is the usage.
+    sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+    exit 0
+fi
 TARGETS=("$@")
 [[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=("${ALL[@]}")
+for t in "${TARGETS[@]}"; do
+    [[ " ${ALL[*]} " == *" $t "* ]] ||
+        { echo "fuzz.sh: unknown target '$t' (targets: ${ALL[*]})" >&2; exit 2; }
+done
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 JOBS=${FUZZ_JOBS:-1}
 WORK=${FUZZ_WORK:-$ROOT/build-fuzz/work}
 CC_FUZZ=${CC_FUZZ:-clang}
 
 command -v "$CC_FUZZ" >/dev/null || { echo "fuzz.sh: $CC_FUZZ not found (apt-get install clang)" >&2; exit 2; }
+# -fsanitize=fuzzer links clang's libFuzzer runtime, a package of its own on
+# Debian (libclang-rt-<major>-dev; scripts/install-deps.sh installs it).
+# Without it the link fails late with "cannot find ...libclang_rt.fuzzer":
+# say what is missing before building.
+FUZZ_RT=$("$CC_FUZZ" -print-runtime-dir)/libclang_rt.fuzzer-$(uname -m).a
+[[ -f $FUZZ_RT ]] || {
+    major=$("$CC_FUZZ" -dumpversion | cut -d. -f1)
+    echo "fuzz.sh: libFuzzer runtime $FUZZ_RT not found: run scripts/install-deps.sh" \
+        "(or apt-get install libclang-rt-$major-dev)" >&2
+    exit 2
+}
 
 echo "==== build build-fuzz ($CC_FUZZ)"
 cmake -S . -B build-fuzz -DCMAKE_C_COMPILER="$CC_FUZZ" -DCMAKE_BUILD_TYPE=Debug \

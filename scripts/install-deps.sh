@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything aspen's build and tests need on a Debian 12 machine:
 #   - Debian packages for the C build and socat (bench/forward.sh's reference
-#     relay), skipped when all are installed;
+#     relay), skipped when all are installed, with clang's compiler runtime
+#     (libFuzzer, for scripts/fuzz.sh);
 #   - mongosh (npm) into .deps/node;
 #   - a Python venv with pymongo and pytest in .deps/venv;
 #   - the backing MongoDB-compatible server (mongo-java-server, Maven) as
@@ -68,6 +69,12 @@ command -v mvn >/dev/null 2>&1 || extra+=(maven)
 command -v npm >/dev/null 2>&1 || extra+=(nodejs npm)
 command -v flock >/dev/null 2>&1 || extra+=(util-linux)
 apt_install "${APT_PACKAGES[@]}" "${extra[@]}"
+# libFuzzer and clang's sanitizer runtimes (scripts/fuzz.sh links with
+# -fsanitize=fuzzer) are in libclang-rt-<major>-dev, which clang only
+# recommends (Debian 12: clang 14, libclang-rt-14-dev), and recommends are
+# not installed here.
+CLANG_MAJOR=$(clang -dumpversion | cut -d. -f1)
+apt_install "libclang-rt-$CLANG_MAJOR-dev"
 step_done "apt packages ok"
 
 # --- 2. mongosh ----------------------------------------------------------
