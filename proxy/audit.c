@@ -15,6 +15,9 @@
  *    "unmapped": {"connectionId": 7, "mechanism": "SCRAM-SHA-256", ...}}
  *
  * Never a password, proof or key: callers pass only names and outcomes.
+ * Lines are written by the log's JSON writer (aspen_json_append_doc), so a
+ * name that is not valid UTF-8 is written with U+FFFD in place of its bad
+ * bytes rather than losing the event.
  *
  * The loop thread formats a line and appends it to a pending buffer under a
  * mutex; a writer thread of its own takes the whole buffer and write(2)s it
@@ -223,20 +226,21 @@ aspen_audit_write(aspen_audit_t *audit, const aspen_audit_event_t *ev)
    if (ev->unmapped) {
       BSON_APPEND_DOCUMENT(&doc, "unmapped", ev->unmapped);
    }
-   size_t len;
-   char *json = bson_as_relaxed_extended_json(&doc, &len);
+   /* The log's JSON writer, not libbson's: names come from clients and may
+    * be invalid UTF-8 (a login as "root\xc3\x28"), which libbson refuses
+    * to encode; this one writes such bytes as \ufffd, so no event is lost. */
+   bson_string_t *line = bson_string_new(NULL);
+   aspen_json_append_doc(line, &doc);
+   bson_string_append_c(line, '\n');
    bson_destroy(&doc);
-   if (!json) {
-      return;
-   }
    uv_mutex_lock(&audit->mu);
-   if (aspen_buf_len(&audit->pending) + len + 1 > MAX_PENDING) {
+   if (aspen_buf_len(&audit->pending) + line->len > MAX_PENDING) {
       audit->dropped++;
    } else {
-      aspen_buf_append(&audit->pending, (const uint8_t *) json, len);
-      aspen_buf_append(&audit->pending, (const uint8_t *) "\n", 1);
+      aspen_buf_append(&audit->pending, (const uint8_t *) line->str,
+                       line->len);
       uv_cond_signal(&audit->cond);
    }
    uv_mutex_unlock(&audit->mu);
-   bson_free(json);
+   bson_string_free(line, true);
 }

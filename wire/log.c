@@ -43,12 +43,70 @@ aspen_log_enabled(aspen_log_level_t level)
    return level <= log_level;
 }
 
+size_t
+aspen_utf8_char_len(const uint8_t *s, size_t len)
+{
+   if (len == 0) {
+      return 0;
+   }
+   uint8_t c = s[0];
+   size_t n;
+   uint8_t lo = 0x80, hi = 0xBF; /* the allowed range of the 2nd byte */
+   if (c < 0x80) {
+      return 1;
+   } else if (c >= 0xC2 && c <= 0xDF) {
+      n = 2;
+   } else if (c >= 0xE0 && c <= 0xEF) {
+      n = 3;
+      if (c == 0xE0) {
+         lo = 0xA0; /* overlong below U+0800 */
+      } else if (c == 0xED) {
+         hi = 0x9F; /* surrogates U+D800..U+DFFF */
+      }
+   } else if (c >= 0xF0 && c <= 0xF4) {
+      n = 4;
+      if (c == 0xF0) {
+         lo = 0x90; /* overlong below U+10000 */
+      } else if (c == 0xF4) {
+         hi = 0x8F; /* above U+10FFFF */
+      }
+   } else {
+      return 0; /* a continuation byte, C0/C1 (overlong) or F5..FF */
+   }
+   if (len < n || s[1] < lo || s[1] > hi) {
+      return 0;
+   }
+   for (size_t i = 2; i < n; i++) {
+      if (s[i] < 0x80 || s[i] > 0xBF) {
+         return 0;
+      }
+   }
+   return n;
+}
+
+/* Writes `s` as a JSON string. Control characters are escaped; so is each
+ * byte that does not start a well-formed UTF-8 character (a user name or a
+ * processor name a client sent may hold anything), as U+FFFD, so every
+ * line is valid UTF-8 JSON whatever the input and no event is lost to an
+ * encoding error. */
 static void
 put_json_string(bson_string_t *out, const char *s, size_t len)
 {
    bson_string_append_c(out, '"');
    for (size_t i = 0; i < len; i++) {
       unsigned char c = (unsigned char) s[i];
+      if (c >= 0x80) {
+         size_t n = aspen_utf8_char_len((const uint8_t *) s + i, len - i);
+         if (n == 0) {
+            bson_string_append(out, "\\ufffd");
+         } else {
+            char ch[5] = {0};
+            memcpy(ch, s + i, n);
+            bson_string_append(out, ch);
+            i += n - 1;
+         }
+         continue;
+      }
       switch (c) {
       case '"':
          bson_string_append(out, "\\\"");
@@ -175,6 +233,12 @@ put_json_doc(bson_string_t *out, const bson_t *doc, bool array)
       }
    }
    bson_string_append_c(out, array ? ']' : '}');
+}
+
+void
+aspen_json_append_doc(bson_string_t *out, const bson_t *doc)
+{
+   put_json_doc(out, doc, false);
 }
 
 static const char *

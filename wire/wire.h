@@ -515,6 +515,19 @@ void aspen_logf(aspen_log_level_t level, const char *component,
                 const char *ctx, const char *fmt, ...)
    __attribute__((format(printf, 4, 5)));
 
+/* The length (1 to 4) of the well-formed UTF-8 character at the start of
+ * the `len` bytes at `s`, or 0 when they do not start with one (a stray
+ * continuation byte, an overlong form, a surrogate, a code point above
+ * U+10FFFF, a truncated sequence) or `len` is 0. */
+size_t aspen_utf8_char_len(const uint8_t *s, size_t len);
+
+/* Appends `doc` to `out` as one line of compact JSON, as log lines' attr
+ * are written: JSON literals for strings, numbers, booleans, null,
+ * documents and arrays, relaxed Extended JSON for other types, and each
+ * byte of a string or key that is not well-formed UTF-8 as \ufffd. Never
+ * fails, so whatever a client put in a name reaches the log. */
+void aspen_json_append_doc(bson_string_t *out, const bson_t *doc);
+
 /* A connection URI fit for logs and listings: the "user:password@" part,
  * when there is one, is replaced by `mask` ("" drops it). */
 void aspen_uri_redact(const char *uri, const char *mask, char *out,

@@ -167,6 +167,63 @@ test_event_types(void **state)
    }
 }
 
+/* Names a client sent may be anything: a failed login as "root\xc3\x28"
+ * and a refused create of a processor whose name is not UTF-8 are still
+ * written (bad bytes as U+FFFD), as valid UTF-8 lines. */
+static void
+test_invalid_utf8_kept(void **state)
+{
+   (void) state;
+   aspen_error_t err;
+   aspen_audit_t *audit = aspen_audit_new(tmp_path, &err);
+   assert_non_null(audit);
+   bson_t extra = BSON_INITIALIZER;
+   BSON_APPEND_UTF8(&extra, "mechanism", "SCRAM-SHA-256");
+   BSON_APPEND_UTF8(&extra, "reason", "no such user root\xc3\x28");
+   aspen_audit_event_t logon = {
+      .class_name = "Authentication", .class_uid = 3002,
+      .activity = "Logon", .activity_id = 1,
+      .user = "root\xc3\x28", .db = "admin", .peer = "127.0.0.1:50123",
+      .operation = "saslStart", .success = false,
+      .status_detail = "Authentication failed.", .unmapped = &extra,
+   };
+   aspen_audit_write(audit, &logon);
+   bson_t extra2 = BSON_INITIALIZER;
+   BSON_APPEND_UTF8(&extra2, "processor", "p\xff");
+   BSON_APPEND_INT32(&extra2, "code", 13);
+   aspen_audit_event_t refused = {
+      .class_name = "API Activity", .class_uid = 6003,
+      .activity = "Create", .activity_id = 1,
+      .user = "bob", .db = "admin", .peer = "127.0.0.1:50124",
+      .operation = "createStreamProcessor", .success = false,
+      .status_detail = "not authorized on p\xff", .unmapped = &extra2,
+   };
+   aspen_audit_write(audit, &refused);
+   bson_destroy(&extra);
+   bson_destroy(&extra2);
+   aspen_audit_destroy(audit);
+
+   FILE *f = fopen(tmp_path, "r");
+   assert_non_null(f);
+   char text[8192];
+   size_t n = fread(text, 1, sizeof text - 1, f);
+   fclose(f);
+   text[n] = '\0';
+   assert_true(bson_utf8_validate(text, n, false));
+   bson_t docs[4];
+   assert_int_equal(read_lines(docs, 4), 2);
+   assert_string_equal(str(&docs[0], "actor.user"), "root\xef\xbf\xbd(");
+   assert_string_equal(str(&docs[0], "unmapped.reason"),
+                       "no such user root\xef\xbf\xbd(");
+   assert_string_equal(str(&docs[0], "status"), "Failure");
+   assert_string_equal(str(&docs[1], "unmapped.processor"), "p\xef\xbf\xbd");
+   assert_int_equal(num(&docs[1], "unmapped.code"), 13);
+   assert_string_equal(str(&docs[1], "status_detail"),
+                       "not authorized on p\xef\xbf\xbd");
+   bson_destroy(&docs[0]);
+   bson_destroy(&docs[1]);
+}
+
 #define N_THREADS 4
 #define PER_THREAD 500
 
@@ -228,6 +285,8 @@ main(void)
       cmocka_unit_test_setup_teardown(test_threads_whole_lines, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_bad_path, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_invalid_utf8_kept, setup,
+                                      teardown),
    };
    return cmocka_run_group_tests_name("audit", tests, NULL, NULL);
 }

@@ -1346,6 +1346,88 @@ test_log_exotic_types(void **state)
 }
 
 static void
+test_utf8_char_len(void **state)
+{
+   (void) state;
+   static const struct {
+      const char *bytes;
+      size_t len, want;
+   } cases[] = {
+      {"a", 1, 1},
+      {"\xc3\xa9", 2, 2},             /* U+00E9 */
+      {"\xe2\x82\xac", 3, 3},         /* U+20AC */
+      {"\xf0\x9f\x98\x80", 4, 4},     /* U+1F600 */
+      {"\xf4\x8f\xbf\xbf", 4, 4},     /* U+10FFFF */
+      {"\xee\x80\x80", 3, 3},         /* U+E000, after the surrogates */
+      {"\xc3\x28", 2, 0},             /* second byte not a continuation */
+      {"\x80", 1, 0},                 /* a stray continuation byte */
+      {"\xc0\x80", 2, 0},             /* overlong NUL */
+      {"\xc1\xbf", 2, 0},             /* overlong */
+      {"\xe0\x80\x80", 3, 0},         /* overlong */
+      {"\xed\xa0\x80", 3, 0},         /* U+D800, a surrogate */
+      {"\xf0\x80\x80\x80", 4, 0},     /* overlong */
+      {"\xf4\x90\x80\x80", 4, 0},     /* above U+10FFFF */
+      {"\xf5\x80\x80\x80", 4, 0},
+      {"\xff", 1, 0},
+      {"\xe2\x82", 2, 0},             /* truncated */
+      {"", 0, 0},
+   };
+   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+      assert_int_equal(aspen_utf8_char_len((const uint8_t *) cases[i].bytes,
+                                           cases[i].len),
+                       cases[i].want);
+   }
+}
+
+static void
+log_bad_utf8(void)
+{
+   /* A failed login as "root\xc3\x28": message, key and value carry bytes
+    * that are not UTF-8, next to good multi-byte characters. */
+   bson_t attr = BSON_INITIALIZER;
+   BSON_APPEND_UTF8(&attr, "principalName", "root\xc3\x28");
+   BSON_APPEND_UTF8(&attr, "k\xff", "caf\xc3\xa9 \xe2\x82\xac \xed\xa0\x80!");
+   bson_t sub;
+   BSON_APPEND_ARRAY_BEGIN(&attr, "list", &sub);
+   BSON_APPEND_UTF8(&sub, "0", "\xf0\x9f\x98\x80\x80");
+   bson_append_array_end(&attr, &sub);
+   aspen_log(ASPEN_LOG_WARNING, "ACCESS", 5286307, "conn\xfe",
+             "Authentication failed for \xc3", &attr);
+   bson_destroy(&attr);
+}
+
+static void
+test_log_invalid_utf8(void **state)
+{
+   (void) state;
+   char *line = capture_log(log_bad_utf8);
+   /* The whole line is valid UTF-8 JSON ... */
+   assert_true(bson_utf8_validate(line, strlen(line), false));
+   bson_t *doc = parse_log_line(line);
+   bson_iter_t it;
+   /* ... with U+FFFD for each bad byte and the good characters kept. */
+   assert_true(bson_iter_init_find(&it, doc, "ctx"));
+   assert_string_equal(bson_iter_utf8(&it, NULL), "conn\xef\xbf\xbd");
+   assert_true(bson_iter_init_find(&it, doc, "msg"));
+   assert_string_equal(bson_iter_utf8(&it, NULL),
+                       "Authentication failed for \xef\xbf\xbd");
+   assert_true(bson_iter_init(&it, doc));
+   assert_true(bson_iter_find_descendant(&it, "attr.principalName", &it));
+   assert_string_equal(bson_iter_utf8(&it, NULL), "root\xef\xbf\xbd(");
+   assert_true(bson_iter_init(&it, doc));
+   assert_true(bson_iter_find_descendant(&it, "attr.k\xef\xbf\xbd", &it));
+   assert_string_equal(bson_iter_utf8(&it, NULL),
+                       "caf\xc3\xa9 \xe2\x82\xac "
+                       "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd!");
+   assert_true(bson_iter_init(&it, doc));
+   assert_true(bson_iter_find_descendant(&it, "attr.list.0", &it));
+   assert_string_equal(bson_iter_utf8(&it, NULL),
+                       "\xf0\x9f\x98\x80\xef\xbf\xbd");
+   bson_destroy(doc);
+   free(line);
+}
+
+static void
 test_log_level_filter(void **state)
 {
    (void) state;
@@ -2438,6 +2520,8 @@ main(void)
       T(test_error_append_reply),
       T(test_log_line_format),
       T(test_log_exotic_types),
+      T(test_utf8_char_len),
+      T(test_log_invalid_utf8),
       T(test_log_level_filter),
       T(test_crc32c),
       V(test_frame_prefixes),
