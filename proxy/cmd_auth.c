@@ -18,18 +18,20 @@
  * Every refusal of a login is the same to the client ({ok:0, code:18,
  * "Authentication failed."}) whatever went wrong, and is logged once with
  * the client address and the reason (never a password, proof or key).
- * Failed logins are rate-limited per client address. Loop thread only.
+ * Failed logins are rate-limited per (client address, user). Loop thread
+ * only.
  */
 #include "auth.h"
 
 #include <string.h>
 
 #define COMPONENT "ACCESS"
-/* Failed logins allowed per client address in one window before further
- * attempts from that address are refused without being tried. */
+/* Failed logins allowed per (client address, user) in one window before
+ * further attempts at that user from that address are refused without
+ * being tried. */
 #define FAIL_LIMIT 10
 #define FAIL_WINDOW_MS 60000
-#define FAIL_SLOTS 64
+#define FAIL_SLOTS 1024
 
 struct aspen_auth_state {
    aspen_principal_t *principal; /* NULL: not authenticated */
@@ -72,10 +74,21 @@ end_conversation(aspen_auth_state_t *st)
    st->conv_awaiting_empty = false;
 }
 
-/* ---- per-address rate limit -------------------------------------------------- */
+/* ---- per-(address, user) rate limit ------------------------------------------ */
 
+/* Failures are counted per client address and user (with its
+ * authentication database): guessing one user's password is throttled, a
+ * success clears only that user's count, and one user's failures never
+ * lock out another user on the same address (a shared NAT, a CI box).
+ * Attempts that name no user (an unsupported mechanism, a malformed
+ * payload) count under the empty user. The table is fixed; when it is full
+ * the slot with the fewest failures (the oldest among those) is reused, so
+ * an attacker failing with many made-up names evicts its own one-failure
+ * slots before a throttled user's. A user name longer than the slot keeps
+ * its prefix: such users share a count, which errs on the strict side. */
 typedef struct {
    char host[64];
+   char user[256]; /* "<db>.<user>" */
    uint64_t window_start;
    int failures;
 } fail_slot_t;
@@ -92,41 +105,65 @@ peer_host(aspen_session_t *sess, char *out, size_t size)
    snprintf(out, size, "%.*s", (int) n, peer);
 }
 
-static fail_slot_t *
-fail_slot(aspen_session_t *sess, bool create)
+/* How worth keeping a slot is: -1 when free or its window has run out,
+ * else its failure count. */
+static int
+slot_rank(const fail_slot_t *s, uint64_t now)
 {
-   char host[64];
+   return !s->host[0] || now - s->window_start > FAIL_WINDOW_MS
+             ? -1
+             : s->failures;
+}
+
+/* The slot of (this session's address, db.user), its window restarted if
+ * it has run out; NULL when there is none and `create` is false. */
+static fail_slot_t *
+fail_slot(aspen_session_t *sess, const char *db, const char *user,
+          bool create)
+{
+   char host[sizeof fail_slots[0].host];
+   char key[sizeof fail_slots[0].user];
    uint64_t now = aspen_clock_now_ms();
-   fail_slot_t *oldest = &fail_slots[0];
+   fail_slot_t *victim = NULL;
    peer_host(sess, host, sizeof host);
+   snprintf(key, sizeof key, "%s.%s", db ? db : "", user ? user : "");
    for (int i = 0; i < FAIL_SLOTS; i++) {
       fail_slot_t *s = &fail_slots[i];
-      if (s->host[0] && strcmp(s->host, host) == 0) {
+      if (s->host[0] && strcmp(s->host, host) == 0 &&
+          strcmp(s->user, key) == 0) {
          if (now - s->window_start > FAIL_WINDOW_MS) {
             s->window_start = now;
             s->failures = 0;
          }
          return s;
       }
-      if (s->window_start < oldest->window_start) {
-         oldest = s;
+      /* Free or expired slots first, then the fewest failures, oldest. */
+      if (!victim || slot_rank(s, now) < slot_rank(victim, now) ||
+          (slot_rank(s, now) == slot_rank(victim, now) &&
+           s->window_start < victim->window_start)) {
+         victim = s;
       }
    }
    if (!create) {
       return NULL;
    }
-   snprintf(oldest->host, sizeof oldest->host, "%s", host);
-   oldest->window_start = now;
-   oldest->failures = 0;
-   return oldest;
+   snprintf(victim->host, sizeof victim->host, "%s", host);
+   snprintf(victim->user, sizeof victim->user, "%s", key);
+   victim->window_start = now;
+   victim->failures = 0;
+   return victim;
 }
 
 static bool
-rate_limited(aspen_session_t *sess)
+rate_limited(aspen_session_t *sess, const char *db, const char *user)
 {
-   fail_slot_t *s = fail_slot(sess, false);
+   fail_slot_t *s = fail_slot(sess, db, user, false);
    return s && s->failures >= FAIL_LIMIT;
 }
+
+#define THROTTLED                                                              \
+   "too many failed logins for this user from this address; try again in "     \
+   "a minute"
 
 /* ---- replies and logs ---------------------------------------------------------- */
 
@@ -167,14 +204,14 @@ audit_session(aspen_server_t *srv, aspen_session_t *sess,
 
 /* Logs a login's outcome once, with mongod's message and id ("Successfully
  * authenticated" 5286306, "Authentication failed" 5286307). `why` is NULL
- * on success. A failure counts against the client address; a success
- * clears its count. */
+ * on success. A failure counts against (client address, db.user); a
+ * success clears that count only. */
 static void
 log_login(aspen_request_t *req, const char *mech, const char *user,
           const char *db, bool speculative, const char *why)
 {
    aspen_session_t *sess = req->sess;
-   fail_slot_t *s = fail_slot(sess, why != NULL);
+   fail_slot_t *s = fail_slot(sess, db, user, why != NULL);
    if (s) {
       s->failures = why ? s->failures + 1 : 0;
    }
@@ -465,14 +502,6 @@ sasl_start(aspen_request_t *req, const bson_t *args, const char *db,
                   "unsupported mechanism");
       return false;
    }
-   if (rate_limited(sess)) {
-      log_login(req, mech_name, NULL, db, speculative,
-                  "too many failed logins from this address; try again in "
-                  "a minute");
-      return false;
-   }
-   aspen_users_refresh(users);
-
    aspen_auth_state_t *st = state_of(sess);
    end_conversation(st);
    st->conv = aspen_scram_new(mech);
@@ -485,6 +514,15 @@ sasl_start(aspen_request_t *req, const bson_t *args, const char *db,
       end_conversation(st);
       return false;
    }
+   /* The client-first message names the user: throttle that user only. */
+   if (rate_limited(sess, db, aspen_scram_user(st->conv))) {
+      log_login(req, mech_name, aspen_scram_user(st->conv), db, speculative,
+                THROTTLED);
+      end_conversation(st);
+      return false;
+   }
+   aspen_users_refresh(users);
+
    /* Users are in "admin" (the authenticationDatabase rule); a user
     * looked up elsewhere does not exist, but the conversation goes on with
     * made-up credentials so the reply does not tell. */
@@ -661,10 +699,10 @@ x509_auth(aspen_request_t *req, const bson_t *args, const char *db,
       user = bson_iter_utf8(&it, NULL);
    }
    const char *subject = aspen_session_peer_subject(sess);
+   const char *name = user ? user : subject; /* whom the client claims */
    const char *why = NULL;
-   if (rate_limited(sess)) {
-      why = "too many failed logins from this address; try again in a "
-            "minute";
+   if (rate_limited(sess, db, name)) {
+      why = THROTTLED;
    } else if (strcmp(db, ASPEN_EXTERNAL_DB) != 0) {
       why = "MONGODB-X509 authentication must use the $external database";
    } else if (!subject) {
@@ -682,7 +720,6 @@ x509_auth(aspen_request_t *req, const bson_t *args, const char *db,
          why = "no $external user has the client certificate's subject";
       }
    }
-   const char *name = user ? user : subject; /* whom the client claims */
    if (why) {
       log_login(req, X509_MECH, name, db, speculative, why);
       return false;
