@@ -90,13 +90,19 @@ bool aspen_action_parse(const char *name, aspen_action_t *a);
 typedef struct aspen_principal aspen_principal_t;
 
 /* Loads roles from cfg (security.roles) and users from the users file (a
- * missing file means no users). Returns NULL with err set on a malformed
- * file, an unknown role or a bad security.authorization value. */
+ * missing file means no users). Returns NULL with err set on a malformed,
+ * empty or unreadable file, one whose permissions give group or others any
+ * access (as mongod refuses such a keyfile), an unknown role or a bad
+ * security.authorization value. */
 aspen_users_t *aspen_users_new(const aspen_config_t *cfg, aspen_error_t *err);
 void aspen_users_destroy(aspen_users_t *users); /* NULL is a no-op */
-/* Re-reads the users file if its mtime or size changed (so `aspen
- * --add-user` takes effect without a restart). A bad file is logged and the
- * users loaded before are kept. */
+/* Re-reads the users file if it changed (mtime, size, inode or mode; so
+ * `aspen --add-user` takes effect without a restart). A file that cannot be
+ * used (gone, empty, unreadable, not JSON, malformed, too open) is logged
+ * as an error and the users loaded before are kept; it is tried again when
+ * it changes. Once users have been loaded, authentication stays required
+ * (in "auto" mode) even if the file later lists none: turning it off takes
+ * security.authorization "disabled" and a restart. */
 void aspen_users_refresh(aspen_users_t *users);
 /* True when commands need an authenticated session. */
 bool aspen_users_auth_required(const aspen_users_t *users);
@@ -159,7 +165,9 @@ void aspen_users_engine_authz(aspen_users_t *users,
 
 /* `aspen --add-user NAME --password PW --roles r1,r2`: adds or replaces the
  * user in the users file (atomically: temp file, fsync, rename, fsync of the
- * folder) with SCRAM-SHA-1 and SCRAM-SHA-256 keys. With `password` NULL
+ * folder) with SCRAM-SHA-1 and SCRAM-SHA-256 keys. The read-modify-write
+ * holds an exclusive flock on "<users file>.lock", so concurrent runs all
+ * land; a users file with group/other permissions is refused. With `password` NULL
  * (--external) the user goes in "$external" with no credentials: NAME is a
  * client certificate subject (RFC 2253) for MONGODB-X509. Roles are
  * built-in or security.roles names, optionally "role@db". Prints one line;

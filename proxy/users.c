@@ -50,6 +50,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -487,6 +488,10 @@ struct aspen_users {
    size_t n_users;
    struct stat st; /* the users file as last read */
    bool st_valid;
+   /* Users were loaded once: from then on authentication stays required
+    * (in "auto" mode) whatever later happens to the file; only an explicit
+    * security.authorization "disabled" and a restart turn it off. */
+   bool had_users;
 };
 
 static const role_t *
@@ -506,6 +511,14 @@ role_exists(const aspen_users_t *users, const char *name)
    return find_builtin(name) >= 0 || find_custom(users, name) != NULL;
 }
 
+/* Reads the users file at `path` into `doc`. A file that does not exist
+ * is no error: *missing is set and `doc` is empty. Refused (false, err
+ * set): a file that cannot be read, is empty or is not (Extended) JSON, and
+ * one whose permissions give its group or others any access. The file
+ * holds SCRAM keys (a stolen StoredKey/ServerKey pair allows offline
+ * guessing and impersonating aspen), and one others may write could give
+ * anyone a user, so aspen treats it as mongod treats its keyfile: mode
+ * 0600 or stricter, or it is not used. */
 static bool
 read_file(const char *path, bson_t *doc, bool *missing, aspen_error_t *err)
 {
@@ -521,6 +534,22 @@ read_file(const char *path, bson_t *doc, bool *missing, aspen_error_t *err)
                       path, strerror(errno));
       return false;
    }
+   struct stat st;
+   if (fstat(fileno(f), &st) != 0) {
+      aspen_error_set(err, ASPEN_ERR_BadValue, "cannot stat users file %s: %s",
+                      path, strerror(errno));
+      fclose(f);
+      return false;
+   }
+   if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "permissions on users file %s are too open (mode "
+                      "%04o): it holds SCRAM keys and must be readable and "
+                      "writable by aspen's user only (chmod 600 %s)",
+                      path, (unsigned) (st.st_mode & 07777), path);
+      fclose(f);
+      return false;
+   }
    aspen_buf_t buf;
    aspen_buf_init(&buf);
    bool read_ok = aspen_buf_read_file(&buf, f, MAX_FILE);
@@ -533,10 +562,15 @@ read_file(const char *path, bson_t *doc, bool *missing, aspen_error_t *err)
                       path);
       return false;
    }
+   if (aspen_buf_len(&buf) == 0) {
+      aspen_buf_cleanup(&buf);
+      aspen_error_set(err, ASPEN_ERR_FailedToParse, "users file %s is empty",
+                      path);
+      return false;
+   }
    bson_error_t berr;
    bson_destroy(doc);
-   bool ok = aspen_buf_len(&buf) > 0 &&
-             bson_init_from_json(doc, (const char *) aspen_buf_data(&buf),
+   bool ok = bson_init_from_json(doc, (const char *) aspen_buf_data(&buf),
                                  (ssize_t) aspen_buf_len(&buf), &berr);
    aspen_buf_cleanup(&buf);
    if (!ok) {
@@ -808,6 +842,7 @@ aspen_users_new(const aspen_config_t *cfg, aspen_error_t *err)
       return NULL;
    }
    users->st_valid = stat(users->path, &users->st) == 0;
+   users->had_users = users->n_users > 0;
    return users;
 }
 
@@ -835,29 +870,51 @@ aspen_users_refresh(aspen_users_t *users)
        (!exists || (st.st_mtim.tv_sec == users->st.st_mtim.tv_sec &&
                     st.st_mtim.tv_nsec == users->st.st_mtim.tv_nsec &&
                     st.st_size == users->st.st_size &&
-                    st.st_ino == users->st.st_ino))) {
+                    st.st_ino == users->st.st_ino &&
+                    st.st_mode == users->st.st_mode))) {
       return;
    }
    user_t *list;
    size_t n;
    aspen_error_t err;
+   /* Remembered before loading: a file that cannot be used now is tried
+    * again when it changes (or reappears), not on every hello. */
    users->st_valid = exists;
    if (exists) {
       users->st = st;
    }
-   if (!load_users(users, &list, &n, &err)) {
-      aspen_logf(ASPEN_LOG_WARNING, COMPONENT, "users",
-                 "users file changed but cannot be read; keeping the %zu "
-                 "users loaded before: %s",
-                 users->n_users, err.message);
+   bool ok = load_users(users, &list, &n, &err);
+   if (ok && !exists && users->had_users) {
+      /* A file that vanishes (moved, deleted, a volume unmounted) is not
+       * "no users": that would switch authentication off for everyone. */
+      ok = false;
+      aspen_error_set(&err, ASPEN_ERR_BadValue,
+                      "users file %s no longer exists", users->path);
+   }
+   if (!ok) {
+      aspen_logf(ASPEN_LOG_ERROR, COMPONENT, "users",
+                 "users file changed but cannot be used; keeping the %zu "
+                 "users loaded before (authentication stays %s), and "
+                 "trying again when the file changes: %s",
+                 users->n_users,
+                 aspen_users_auth_required(users) ? "on" : "off",
+                 err.message);
       return;
    }
    aspen_logf(ASPEN_LOG_INFO, COMPONENT, "users",
               "users file %s reloaded: %zu users (was %zu)", users->path, n,
               users->n_users);
+   if (n == 0 && users->had_users && !users->mode_disabled) {
+      aspen_logf(ASPEN_LOG_WARNING, COMPONENT, "users",
+                 "users file %s lists no users: nobody can log in, and "
+                 "authentication stays on (security.authorization "
+                 "\"disabled\" and a restart turn it off)",
+                 users->path);
+   }
    free(users->users);
    users->users = list;
    users->n_users = n;
+   users->had_users = users->had_users || n > 0;
 }
 
 bool
@@ -866,7 +923,7 @@ aspen_users_auth_required(const aspen_users_t *users)
    if (users->mode_disabled) {
       return false;
    }
-   return users->mode_enabled || users->n_users > 0;
+   return users->mode_enabled || users->n_users > 0 || users->had_users;
 }
 
 size_t
@@ -2274,6 +2331,42 @@ make_user_doc(const aspen_users_t *users, const char *name,
    return true;
 }
 
+/* Opens "<path>.lock" (created 0600) and waits for an exclusive flock on
+ * it: --add-user runs take it around their read-modify-write of the users
+ * file. (aspen itself only reads the file, which is always replaced by a
+ * rename, so it never needs the lock.) Returns the descriptor, or -1 with
+ * err set. */
+static int
+lock_users_file(const char *path, aspen_error_t *err)
+{
+   char lock[4200];
+   snprintf(lock, sizeof lock, "%s.lock", path);
+   int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+   if (fd < 0) {
+      aspen_error_set(err, ASPEN_ERR_BadValue, "cannot open %s: %s", lock,
+                      strerror(errno));
+      return -1;
+   }
+   while (flock(fd, LOCK_EX) != 0) {
+      if (errno != EINTR) {
+         aspen_error_set(err, ASPEN_ERR_BadValue, "cannot lock %s: %s", lock,
+                         strerror(errno));
+         close(fd);
+         return -1;
+      }
+   }
+   return fd;
+}
+
+/* Releases lock_users_file's lock; -1 is a no-op. */
+static void
+unlock_users_file(int fd)
+{
+   if (fd >= 0) {
+      close(fd); /* closing the descriptor releases the flock */
+   }
+}
+
 static bool
 add_user(const aspen_config_t *cfg, const char *name, const char *password,
          const char *roles, bool *replaced, char *path_out, size_t path_size,
@@ -2293,6 +2386,11 @@ add_user(const aspen_config_t *cfg, const char *name, const char *password,
          return false;
       }
    }
+   if (!bson_utf8_validate(name, nlen, false)) {
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "user name must be valid UTF-8");
+      return false;
+   }
    if (password && !*password) {
       aspen_error_set(err, ASPEN_ERR_BadValue, "password must not be empty");
       return false;
@@ -2304,10 +2402,22 @@ add_user(const aspen_config_t *cfg, const char *name, const char *password,
    }
    snprintf(path_out, path_size, "%s", users->path);
    bson_t user = BSON_INITIALIZER, old, out = BSON_INITIALIZER, arr;
-   bool missing = false, ok = make_user_doc(users, name, password, roles,
-                                            &user, err) &&
-                              read_file(users->path, &old, &missing, err);
+   /* The keys are derived (slow on purpose) before taking the lock; from
+    * reading the file to renaming the new one over it, other --add-user
+    * runs wait, so none of their users is lost. */
+   int lock_fd = -1;
+   bool missing = false,
+        ok = make_user_doc(users, name, password, roles, &user, err) &&
+             mkdir_parents(users->path, err) &&
+             (lock_fd = lock_users_file(users->path, err)) >= 0;
+   if (ok) {
+      ok = read_file(users->path, &old, &missing, err);
+   } else {
+      bson_init(&old);
+   }
    if (!ok) {
+      unlock_users_file(lock_fd);
+      bson_destroy(&old);
       bson_destroy(&user);
       aspen_users_destroy(users);
       return false;
@@ -2350,15 +2460,23 @@ add_user(const aspen_config_t *cfg, const char *name, const char *password,
       BSON_APPEND_DOCUMENT(&arr, key, &user);
    }
    bson_append_array_end(&out, &arr);
-   size_t len;
+   size_t len = 0;
    char *json = bson_as_relaxed_extended_json(&out, &len);
-   ok = mkdir_parents(users->path, err);
-   if (ok) {
+   if (!json) {
+      /* A string in another user's entry is not UTF-8 (a hand-edited
+       * file): never replace the file with a failed encoding. */
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "users file %s holds a string that is not valid "
+                      "UTF-8; it was left unchanged",
+                      users->path);
+      ok = false;
+   } else {
       char *text = aspen_xmalloc(len + 2);
       snprintf(text, len + 2, "%s\n", json);
       ok = write_atomically(users->path, text, err);
       free(text);
    }
+   unlock_users_file(lock_fd);
    bson_free(json);
    bson_destroy(&out);
    bson_destroy(&old);

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char users_path[256];
@@ -108,6 +109,8 @@ setup(void **state)
    assert_non_null(f);
    fputs(USERS_JSON, f);
    fclose(f);
+   /* aspen refuses a users file its group or others may access. */
+   assert_int_equal(chmod(users_path, 0600), 0);
    aspen_error_t err;
    g_users = load(ROLES_JSON, &err);
    if (!g_users) {
