@@ -168,12 +168,7 @@ aspen_cmd_get_cmd_line_opts(aspen_request_t *req, bson_t *reply)
    aspen_config_t *cfg = req->srv->cfg;
    bson_t arr;
    BSON_APPEND_ARRAY_BEGIN(reply, "argv", &arr);
-   for (int i = 0; i < cfg->argc; i++) {
-      char buf[16];
-      const char *key;
-      bson_uint32_to_string((uint32_t) i, &key, buf, sizeof buf);
-      BSON_APPEND_UTF8(&arr, key, cfg->argv[i]);
-   }
+   aspen_config_append_argv(cfg, &arr);
    bson_append_array_end(reply, &arr);
    BSON_APPEND_DOCUMENT(reply, "parsed", &cfg->parsed);
    aspen_reply_ok(reply);

@@ -476,7 +476,7 @@ aspen_config_finish(aspen_config_t *cfg)
    BSON_APPEND_DOCUMENT_BEGIN(&cfg->parsed, "backend", &backend);
    if (cfg->backend_uri) {
       char red[1024];
-      aspen_uri_redact(cfg->backend_uri, "<credentials>@", red, sizeof red);
+      aspen_uri_redact(cfg->backend_uri, red, sizeof red);
       BSON_APPEND_UTF8(&backend, "uri", red);
    }
    BSON_APPEND_UTF8(&backend, "forwarding",
@@ -503,4 +503,32 @@ aspen_config_finish(aspen_config_t *cfg)
       bson_append_document_end(&security, &audit);
    }
    bson_append_document_end(&cfg->parsed, &security);
+}
+
+void
+aspen_config_append_argv(const aspen_config_t *cfg, bson_t *arr)
+{
+   bool secret_next = false;
+   for (int i = 0; i < cfg->argc; i++) {
+      const char *arg = cfg->argv[i];
+      char red[4096], buf[16];
+      const char *key;
+      const char *eq = strchr(arg, '=');
+      bool flag = strncmp(arg, "--", 2) == 0;
+      char name[64] = "";
+      if (flag) {
+         size_t n = eq ? (size_t) (eq - arg) : strlen(arg);
+         snprintf(name, sizeof name, "%.*s", (int) n, arg);
+      }
+      if (secret_next && !flag) {
+         snprintf(red, sizeof red, "%s", ASPEN_REDACTED);
+      } else if (flag && eq && aspen_secret_name(name + 2)) {
+         snprintf(red, sizeof red, "%s=%s", name, ASPEN_REDACTED);
+      } else {
+         aspen_uri_redact(arg, red, sizeof red);
+      }
+      secret_next = flag && !eq && aspen_secret_name(name + 2);
+      bson_uint32_to_string((uint32_t) i, &key, buf, sizeof buf);
+      BSON_APPEND_UTF8(arr, key, red);
+   }
 }

@@ -64,8 +64,13 @@ bool aspen_config_load_file(aspen_config_t *cfg, const char *path,
  * err set on a bad flag; sets *exit_now for --help / --version. */
 bool aspen_config_parse_args(aspen_config_t *cfg, int argc, char **argv,
                              bool *exit_now, aspen_error_t *err);
-/* Fills cfg->parsed from the effective settings. */
+/* Fills cfg->parsed from the effective settings (the backend URI
+ * redacted: aspen_uri_redact). */
 void aspen_config_finish(aspen_config_t *cfg);
+/* Appends the command line to the array `arr` as getCmdLineOpts shows it:
+ * URIs redacted (aspen_uri_redact), and the value of a flag whose name is
+ * a secret's (aspen_secret_name) replaced. */
+void aspen_config_append_argv(const aspen_config_t *cfg, bson_t *arr);
 
 /* ------------------------------------------------------------------------ */
 /* Backend forwarding (backend.c)                                            */

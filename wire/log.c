@@ -338,17 +338,3 @@ aspen_log_recent_free(char **lines, size_t n)
    }
    free(lines);
 }
-
-void
-aspen_uri_redact(const char *uri, const char *mask, char *out, size_t size)
-{
-   const char *scheme = strstr(uri, "://");
-   const char *at = scheme ? strchr(scheme + 3, '@') : NULL;
-   const char *slash = scheme ? strchr(scheme + 3, '/') : NULL;
-   if (at && (!slash || at < slash)) {
-      snprintf(out, size, "%.*s%s%s", (int) (scheme + 3 - uri), uri, mask,
-               at + 1);
-   } else {
-      snprintf(out, size, "%s", uri);
-   }
-}

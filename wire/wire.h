@@ -528,10 +528,27 @@ size_t aspen_utf8_char_len(const uint8_t *s, size_t len);
  * fails, so whatever a client put in a name reaches the log. */
 void aspen_json_append_doc(bson_string_t *out, const bson_t *doc);
 
-/* A connection URI fit for logs and listings: the "user:password@" part,
- * when there is one, is replaced by `mask` ("" drops it). */
-void aspen_uri_redact(const char *uri, const char *mask, char *out,
-                      size_t size);
+/* ---- secrets (redact.c) --------------------------------------------------- */
+
+/* What a secret's value is replaced by wherever aspen shows settings. */
+#define ASPEN_REDACTED "<redacted>"
+
+/* True when a MongoDB URI option or a librdkafka property called `name`
+ * (case-insensitive) holds a secret: the clients' own lists of sensitive
+ * settings (tlsCertificateKeyFilePassword, proxyPassword, sasl.password,
+ * sasl.oauthbearer.config, ssl.key.pem, ...) and any name holding
+ * "password", "passphrase", "secret", "token", "credential", "private" or
+ * "jaas". */
+bool aspen_secret_name(const char *name);
+
+/* Writes `uri` fit for logs and listings into `out` (at most size - 1
+ * bytes, always NUL-terminated): the userinfo ("user:password@") becomes
+ * "<redacted>@", the value of each secret query option (aspen_secret_name)
+ * becomes "<redacted>", and in authMechanismProperties every property but
+ * the plain settings (SERVICE_NAME, ENVIRONMENT, ...) has its value
+ * replaced, e.g. AWS_SESSION_TOKEN:<redacted>. A string without "://" is
+ * copied as it is. Any thread. */
+void aspen_uri_redact(const char *uri, char *out, size_t size);
 
 /* ------------------------------------------------------------------------ */
 /* Wire protocol                                                             */

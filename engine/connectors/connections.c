@@ -2,8 +2,9 @@
  * connections.c - the connection registry: what $source, $merge and the DLQ
  * name with connectionName. It comes from aspen's config file ("connections":
  * [{name, type, ...}]) plus the built-in sample_stream_solar. Listings never
- * show secrets: URIs are listed without their credentials, and a Kafka
- * connection without its password or secret-looking config keys. An
+ * show secrets (wire/redact.c decides what is one): URIs are listed with
+ * their credentials and secret options redacted, and a Kafka connection
+ * without its password and with its secret config properties redacted. An
  * atlas connection lists the role its database access runs as
  * (dbRoleToExecute; authz.c enforces it).
  */
@@ -59,15 +60,6 @@ add(aspen_conns_t *conns, const char *name, aspen_conn_type_t type)
 }
 
 /* ---- kafka connections ------------------------------------------------ */
-
-/* Config keys whose values are secrets: kept for the client, never listed. */
-static bool
-is_secret_key(const char *k)
-{
-   return strstr(k, "password") || strstr(k, "secret") ||
-          strstr(k, "sasl.jaas") || strstr(k, "ssl.key.pem") ||
-          strstr(k, "ssl_key") || strstr(k, "token");
-}
 
 static bool
 one_of(const char *v, const char *const *allowed)
@@ -258,7 +250,11 @@ kafka_settings(aspen_conn_t *conn, const bson_t *c, bool local,
             return false;
          }
          BSON_APPEND_UTF8(&conn->kafka_conf, k, v);
-         if (!is_secret_key(k)) {
+         /* A secret property is given to the client, and listed only as
+          * set. */
+         if (aspen_secret_name(k)) {
+            BSON_APPEND_UTF8(&listed, k, ASPEN_REDACTED);
+         } else {
             bson_append_iter(&listed, k, -1, &ci);
          }
       }
@@ -458,7 +454,7 @@ aspen_conns_load(aspen_conns_t *conns, const bson_t *list,
          aspen_conn_t *conn = add(conns, name, ASPEN_CONN_ATLAS);
          conn->uri = aspen_xstrdup(uri);
          char red[1024];
-         aspen_uri_redact(uri, "", red, sizeof red);
+         aspen_uri_redact(uri, red, sizeof red);
          BSON_APPEND_UTF8(&conn->doc, "uri", red);
          if (!atlas_role(conn, has_role ? &role_it : NULL, authz, where,
                          err)) {

@@ -1063,17 +1063,78 @@ static void
 test_uri_redact(void **state)
 {
    (void) state;
-   char out[128];
-   aspen_uri_redact("mongodb://u:p%40ss@h:1/db?x=1", "", out, sizeof out);
-   assert_string_equal(out, "mongodb://h:1/db?x=1");
-   aspen_uri_redact("mongodb://u:pw@h1,h2/", "<credentials>@", out,
-                    sizeof out);
-   assert_string_equal(out, "mongodb://<credentials>@h1,h2/");
-   /* An '@' after the host part is not a credential separator. */
-   aspen_uri_redact("mongodb://h/db?appName=a@b", "", out, sizeof out);
-   assert_string_equal(out, "mongodb://h/db?appName=a@b");
-   aspen_uri_redact("not a uri u:p@h", "", out, sizeof out);
-   assert_string_equal(out, "not a uri u:p@h");
+   static const struct {
+      const char *in, *want;
+   } cases[] = {
+      /* userinfo */
+      {"mongodb://u:p%40ss@h:1/db?x=1", "mongodb://<redacted>@h:1/db?x=1"},
+      {"mongodb://u:pw@h1,h2/", "mongodb://<redacted>@h1,h2/"},
+      {"mongodb+srv://u:p@ss@c.example.net/", /* a stray '@': all hidden */
+       "mongodb+srv://<redacted>@c.example.net/"},
+      /* An '@' after the host part is not a credential separator. */
+      {"mongodb://h/db?appName=a@b", "mongodb://h/db?appName=a@b"},
+      {"not a uri u:p@h", "not a uri u:p@h"},
+      /* secret query options, whatever their case, '&' or ';' */
+      {"mongodb://h/?tls=true&tlsCertificateKeyFilePassword=kp&appName=x",
+       "mongodb://h/?tls=true&tlsCertificateKeyFilePassword=<redacted>"
+       "&appName=x"},
+      {"mongodb://h/?sslclientcertificatekeypassword=kp;w=1",
+       "mongodb://h/?sslclientcertificatekeypassword=<redacted>;w=1"},
+      {"mongodb://h/?proxyHost=p&proxyUsername=pu&proxyPassword=pp",
+       "mongodb://h/?proxyHost=p&proxyUsername=pu&proxyPassword=<redacted>"},
+      {"mongodb://u:p@h?password=x", "mongodb://<redacted>@h?password=<redacted>"},
+      /* authMechanismProperties: plain settings kept, the rest hidden,
+       * percent-encoded or not */
+      {"mongodb://h/?authMechanism=MONGODB-AWS&authMechanismProperties="
+       "AWS_SESSION_TOKEN:FQoGZXIvYXdzE",
+       "mongodb://h/?authMechanism=MONGODB-AWS&authMechanismProperties="
+       "AWS_SESSION_TOKEN:<redacted>"},
+      {"mongodb://h/?authMechanismProperties=SERVICE_NAME%3Amongodb%2C"
+       "AWS_SESSION_TOKEN%3Atok%2CCANONICALIZE_HOST_NAME%3Atrue",
+       "mongodb://h/?authMechanismProperties=SERVICE_NAME:mongodb,"
+       "AWS_SESSION_TOKEN:<redacted>,CANONICALIZE_HOST_NAME:true"},
+      {"mongodb://h/?authMechanismProperties=NEW_THING:s3cr3t",
+       "mongodb://h/?authMechanismProperties=NEW_THING:<redacted>"},
+      /* flags-like strings that hold a URI (getCmdLineOpts' argv) */
+      {"--backend=mongodb://u:p@h/?tlsCertificateKeyFilePassword=kp",
+       "--backend=mongodb://<redacted>@h/?tlsCertificateKeyFilePassword="
+       "<redacted>"},
+   };
+   char out[256];
+   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+      aspen_uri_redact(cases[i].in, out, sizeof out);
+      assert_string_equal(out, cases[i].want);
+   }
+   /* Truncation cuts the end, never uncovers a secret. */
+   char small[24];
+   aspen_uri_redact("mongodb://user:hunter2@host/", small, sizeof small);
+   assert_string_equal(small, "mongodb://<redacted>@ho");
+}
+
+static void
+test_secret_names(void **state)
+{
+   (void) state;
+   /* librdkafka's sensitive properties, and MongoDB's secret options. */
+   static const char *const secret[] = {
+      "sasl.password", "sasl.username", "sasl.oauthbearer.config",
+      "sasl.oauthbearer.client.secret", "ssl.key.password", "ssl.key.pem",
+      "ssl_key", "ssl.key.location", "ssl.ca.pem", "ssl.keystore.password",
+      "sasl.oauthbearer.assertion.private.key.passphrase",
+      "sasl.jaas.config", "tlsCertificateKeyFilePassword",
+      "TLSCERTIFICATEKEYFILEPASSWORD", "sslClientCertificateKeyPassword",
+      "sslPEMKeyPassword", "proxyPassword", "password"};
+   static const char *const plain[] = {
+      "bootstrap.servers", "security.protocol", "sasl.mechanism",
+      "ssl.ca.location", "ssl.certificate.location", "socket.timeout.ms",
+      "group.id", "tls", "tlsCAFile", "tlsCertificateKeyFile", "appName",
+      "authSource", "proxyUsername"};
+   for (size_t i = 0; i < sizeof secret / sizeof secret[0]; i++) {
+      assert_true(aspen_secret_name(secret[i]));
+   }
+   for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++) {
+      assert_false(aspen_secret_name(plain[i]));
+   }
 }
 
 static void
@@ -2514,6 +2575,7 @@ main(void)
       T(test_buf_steal),
       T(test_buf_asserts),
       T(test_uri_redact),
+      T(test_secret_names),
       T(test_error_code_names),
       T(test_error_set_clear),
       T(test_error_from_bson_error),
