@@ -177,6 +177,20 @@ int aspen_users_cli_add(const aspen_config_t *cfg, const char *name,
 
 /* ---- per-session state and the router hook (cmd_auth.c) ------------------- */
 
+/* The largest message a client may send while authentication is required
+ * and it has not logged in. What a handshake needs is far less: hello with
+ * the driver's client metadata (at most 512 bytes by the drivers' handshake
+ * spec, as mongod enforces), saslSupportedMechs and a speculativeAuthenticate
+ * SCRAM client-first message or MONGODB-X509 document (user names are at
+ * most 255 bytes), then saslStart/saslContinue (a few hundred bytes). A
+ * limit this low keeps unauthenticated clients from each holding a
+ * maxMessageSizeBytes buffer (48 MB by default). */
+#define ASPEN_PREAUTH_MAX_MESSAGE 16384
+
+/* The largest frame `sess` may send now: ASPEN_PREAUTH_MAX_MESSAGE while
+ * authentication is required and no user is logged in on it, else
+ * net.maxMessageSizeBytes. Loop thread. */
+size_t aspen_auth_max_message(aspen_server_t *srv, aspen_session_t *sess);
 /* Ends a session's authentication state (conversation, principal). */
 void aspen_auth_state_destroy(aspen_auth_state_t *st); /* NULL is a no-op */
 /* The router's check before any handler or forward: true to go on; false

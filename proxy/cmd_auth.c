@@ -54,6 +54,18 @@ aspen_auth_state_destroy(aspen_auth_state_t *st)
    }
 }
 
+size_t
+aspen_auth_max_message(aspen_server_t *srv, aspen_session_t *sess)
+{
+   size_t max = srv->cfg->max_message_size;
+   const aspen_auth_state_t *st = aspen_session_auth(sess);
+   if (srv->users && aspen_users_auth_required(srv->users) &&
+       !(st && st->principal) && max > ASPEN_PREAUTH_MAX_MESSAGE) {
+      max = ASPEN_PREAUTH_MAX_MESSAGE;
+   }
+   return max;
+}
+
 static aspen_auth_state_t *
 state_of(aspen_session_t *sess)
 {

@@ -13,7 +13,9 @@
  * reply bytes for that long is closed (listener.c's timer sweeps; this also
  * ends a frame trickled a byte at a time and a stalled TLS handshake).
  * A malformed frame gets an error reply when one can be framed
- * and then closes only this connection. A session is freed in its close
+ * and then closes only this connection. Frames are limited to
+ * net.maxMessageSizeBytes, and to ASPEN_PREAUTH_MAX_MESSAGE (auth.h) while
+ * authentication is on and no user is logged in on the connection. A session is freed in its close
  * callback and only once no backend job still refers to it.
  *
  * A detached session (aspen__session_new_detached) is the same state
@@ -569,12 +571,14 @@ handle_frame(aspen_session_t *sess, const aspen_frame_t *f)
 static void
 process_input(aspen_session_t *sess)
 {
-   size_t max = sess->srv->cfg->max_message_size;
    size_t high_water = sess->srv->cfg->output_high_water;
    while (sess->state == SESS_READING && !sess->close_after_write &&
           sess->out_pending < high_water) {
       aspen_frame_t f;
       aspen_error_t err;
+      /* Per frame: a login earlier in a pipelined batch lifts the
+       * pre-authentication limit for the frames after it. */
+      size_t max = aspen_auth_max_message(sess->srv, sess);
       aspen_parse_result_t r = aspen_frame_parse(
          aspen_buf_data(&sess->rbuf), aspen_buf_len(&sess->rbuf), max, &f,
          &err);
@@ -582,6 +586,15 @@ process_input(aspen_session_t *sess)
          break;
       }
       if (r == ASPEN_PARSE_ERROR) {
+         if (max < sess->srv->cfg->max_message_size &&
+             f.message_length > (int32_t) max &&
+             (size_t) f.message_length <= sess->srv->cfg->max_message_size) {
+            aspen_error_set(&err, ASPEN_ERR_ProtocolError,
+                            "message of %d bytes before authentication: "
+                            "until a client logs in, aspen accepts messages "
+                            "of at most %zu bytes",
+                            f.message_length, max);
+         }
          fail_connection(sess, f.request_id, &err);
          break;
       }
