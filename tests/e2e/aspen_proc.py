@@ -46,6 +46,16 @@ def add_users(state, users, config=None):
                        stdout=subprocess.DEVNULL)
 
 
+def add_user(state, user, password, roles):
+    """One `aspen --add-user` into `state` as it is (password None: an
+    --external user); returns the CompletedProcess, output captured, for
+    the caller to check (a refusal is what some tests want)."""
+    args = ["--password", password] if password is not None else ["--external"]
+    return subprocess.run([aspen_bin(), "--state-dir", state, "--add-user", user, *args,
+                           "--roles", roles], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+
+
 class Aspen:
     """A running aspen: .port, .log_path."""
 
