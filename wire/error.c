@@ -63,35 +63,41 @@ aspen_error_from_bson_error(aspen_error_t *err, const bson_error_t *berr)
    aspen_error_set(err, code, "%s", berr->message);
 }
 
-/* The length of the well-formed UTF-8 sequence at `p` (RFC 3629's table),
- * or 0 when there is none. */
-static size_t
-utf8_seq_len(const unsigned char *p)
+size_t
+aspen_utf8_char_len(const uint8_t *s, size_t len)
 {
-   unsigned char c = p[0];
+   if (len == 0) {
+      return 0;
+   }
+   uint8_t c = s[0];
+   size_t n;
+   uint8_t lo = 0x80, hi = 0xBF; /* the allowed range of the 2nd byte */
    if (c < 0x80) {
       return 1;
-   }
-   size_t n;
-   unsigned char lo = 0x80, hi = 0xBF; /* the second byte's range */
-   if (c >= 0xC2 && c <= 0xDF) {
+   } else if (c >= 0xC2 && c <= 0xDF) {
       n = 2;
    } else if (c >= 0xE0 && c <= 0xEF) {
       n = 3;
-      lo = c == 0xE0 ? 0xA0 : 0x80; /* no overlong forms */
-      hi = c == 0xED ? 0x9F : 0xBF; /* no surrogates */
+      if (c == 0xE0) {
+         lo = 0xA0; /* overlong below U+0800 */
+      } else if (c == 0xED) {
+         hi = 0x9F; /* surrogates U+D800..U+DFFF */
+      }
    } else if (c >= 0xF0 && c <= 0xF4) {
       n = 4;
-      lo = c == 0xF0 ? 0x90 : 0x80;
-      hi = c == 0xF4 ? 0x8F : 0xBF; /* nothing past U+10FFFF */
+      if (c == 0xF0) {
+         lo = 0x90; /* overlong below U+10000 */
+      } else if (c == 0xF4) {
+         hi = 0x8F; /* above U+10FFFF */
+      }
    } else {
-      return 0;
+      return 0; /* a continuation byte, C0/C1 (overlong) or F5..FF */
    }
-   if (p[1] < lo || p[1] > hi) {
+   if (len < n || s[1] < lo || s[1] > hi) {
       return 0;
    }
    for (size_t i = 2; i < n; i++) {
-      if (p[i] < 0x80 || p[i] > 0xBF) { /* the NUL ends it too */
+      if (s[i] < 0x80 || s[i] > 0xBF) {
          return 0;
       }
    }
@@ -103,8 +109,11 @@ aspen_utf8_scrub(char *s)
 {
    bool changed = false;
    unsigned char *p = (unsigned char *) s;
+   size_t left = strlen(s);
    while (*p) {
-      size_t n = utf8_seq_len(p);
+      /* The NUL ends a sequence too: it is no continuation byte. */
+      size_t n = aspen_utf8_char_len(p, left);
+      left -= n ? n : 1;
       if (n == 0) {
          *p++ = '?';
          changed = true;

@@ -43,47 +43,6 @@ aspen_log_enabled(aspen_log_level_t level)
    return level <= log_level;
 }
 
-size_t
-aspen_utf8_char_len(const uint8_t *s, size_t len)
-{
-   if (len == 0) {
-      return 0;
-   }
-   uint8_t c = s[0];
-   size_t n;
-   uint8_t lo = 0x80, hi = 0xBF; /* the allowed range of the 2nd byte */
-   if (c < 0x80) {
-      return 1;
-   } else if (c >= 0xC2 && c <= 0xDF) {
-      n = 2;
-   } else if (c >= 0xE0 && c <= 0xEF) {
-      n = 3;
-      if (c == 0xE0) {
-         lo = 0xA0; /* overlong below U+0800 */
-      } else if (c == 0xED) {
-         hi = 0x9F; /* surrogates U+D800..U+DFFF */
-      }
-   } else if (c >= 0xF0 && c <= 0xF4) {
-      n = 4;
-      if (c == 0xF0) {
-         lo = 0x90; /* overlong below U+10000 */
-      } else if (c == 0xF4) {
-         hi = 0x8F; /* above U+10FFFF */
-      }
-   } else {
-      return 0; /* a continuation byte, C0/C1 (overlong) or F5..FF */
-   }
-   if (len < n || s[1] < lo || s[1] > hi) {
-      return 0;
-   }
-   for (size_t i = 2; i < n; i++) {
-      if (s[i] < 0x80 || s[i] > 0xBF) {
-         return 0;
-      }
-   }
-   return n;
-}
-
 /* Writes `s` as a JSON string. Control characters are escaped; so is each
  * byte that does not start a well-formed UTF-8 character (a user name or a
  * processor name a client sent may hold anything), as U+FFFD, so every

@@ -481,6 +481,11 @@ void aspen_error_append_reply(bson_t *doc, const aspen_error_t *err);
  * past U+10FFFF included) becomes '?'. Returns true when it changed
  * anything. Any thread. */
 bool aspen_utf8_scrub(char *s);
+/* The length (1 to 4) of the well-formed UTF-8 character at the start of
+ * the `len` bytes at `s`, or 0 when they do not start with one (a stray
+ * continuation byte, an overlong form, a surrogate, a code point above
+ * U+10FFFF, a truncated sequence) or `len` is 0. */
+size_t aspen_utf8_char_len(const uint8_t *s, size_t len);
 
 /* ------------------------------------------------------------------------ */
 /* Logging: mongod's structured JSON line format, one line per event         */
@@ -514,12 +519,6 @@ void aspen_log_recent_free(char **lines, size_t n);
 void aspen_logf(aspen_log_level_t level, const char *component,
                 const char *ctx, const char *fmt, ...)
    __attribute__((format(printf, 4, 5)));
-
-/* The length (1 to 4) of the well-formed UTF-8 character at the start of
- * the `len` bytes at `s`, or 0 when they do not start with one (a stray
- * continuation byte, an overlong form, a surrogate, a code point above
- * U+10FFFF, a truncated sequence) or `len` is 0. */
-size_t aspen_utf8_char_len(const uint8_t *s, size_t len);
 
 /* Appends `doc` to `out` as one line of compact JSON, as log lines' attr
  * are written: JSON literals for strings, numbers, booleans, null,

@@ -1438,6 +1438,14 @@ test_utf8_char_len(void **state)
                                            cases[i].len),
                        cases[i].want);
    }
+   /* aspen_utf8_scrub reads characters the same way: each bad byte
+    * becomes '?', a character cut by the NUL too. */
+   char bad[] = "caf\xc3\xa9 \xc3\x28 \xed\xa0\x80 \xf0\x9f\x98\x80 \xe2\x82";
+   assert_true(aspen_utf8_scrub(bad));
+   assert_string_equal(bad, "caf\xc3\xa9 ?( ??? \xf0\x9f\x98\x80 ??");
+   char good[] = "\xe2\x82\xac ok";
+   assert_false(aspen_utf8_scrub(good));
+   assert_string_equal(good, "\xe2\x82\xac ok");
 }
 
 static void
