@@ -344,7 +344,14 @@ group.initial.rebalance.delay.ms=0
 EOF
         echo "$port" >"$dir/port"
         echo "$sport" >"$dir/sasl_port"
-        cluster=$("$PEERS_PYTHON" -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+        # Kafka's own Uuid.randomUuid() never hands out an id starting with
+        # '-' (kafka-storage's -t would read it as an option): nor do we.
+        cluster=$("$PEERS_PYTHON" -c 'import base64, uuid
+while True:
+    c = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not c.startswith("-"):
+        print(c)
+        break')
         echo "=== kafka-storage format $(date -u +%FT%TZ)" >>"$log"
         if ! _peers_kafka_tool kafka.tools.StorageTool format -t "$cluster" \
                 -c "$dir/server.properties" >>"$log" 2>&1 </dev/null; then
