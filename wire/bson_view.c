@@ -1,6 +1,7 @@
 /*
  * bson_view.c - reading nested BSON without copying it: a static bson_t
- * over the sub-document or array an iterator is on, a field's string.
+ * over the sub-document or array an iterator is on, a field's string or
+ * number.
  */
 #include "wire_int.h"
 
@@ -27,4 +28,14 @@ aspen_bson_utf8(const bson_t *doc, const char *key)
       return bson_iter_utf8(&it, NULL);
    }
    return NULL;
+}
+
+int64_t
+aspen_bson_int64(const bson_t *doc, const char *key, int64_t dflt)
+{
+   bson_iter_t it;
+   if (bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_NUMBER(&it)) {
+      return bson_iter_as_int64(&it);
+   }
+   return dflt;
 }

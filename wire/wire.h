@@ -683,6 +683,9 @@ bool aspen_bson_view(const bson_iter_t *it, bson_t *out);
 /* The string value of field `key` of `doc` (borrowed), or NULL when there
  * is none or it is not a string. */
 const char *aspen_bson_utf8(const bson_t *doc, const char *key);
+/* The number in field `key` of `doc` as an int64 (bson_iter_as_int64), or
+ * `dflt` when there is none or it is not a number. */
+int64_t aspen_bson_int64(const bson_t *doc, const char *key, int64_t dflt);
 
 /* CRC-32C (Castagnoli), as used by OP_MSG checksums. */
 uint32_t aspen_crc32c(uint32_t crc, const uint8_t *data, size_t len);

@@ -336,7 +336,10 @@ merge_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
 }
 
 const aspen_stage_ops_t aspen_stage_merge_ops = {
-   "$merge", "MergeOperator", merge_parse, NULL, NULL, NULL};
+   .name = "$merge",
+   .operator_name = "MergeOperator",
+   .parse = merge_parse,
+};
 
 /* ---- $merge as a processor sink ----------------------------------------- */
 

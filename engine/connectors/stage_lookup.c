@@ -31,7 +31,6 @@
  * live `ttl` and the oldest go first once `maxMemUsageBytes` is reached.
  */
 #include "connectors/connections.h"
-#include "connectors/stage_lookup.h"
 #include "hash.h"
 #include "lang/match.h"
 #include "lang/vars.h"
@@ -793,8 +792,8 @@ select_results(const lookup_t *lk, const bson_t *doc, const bson_t *all,
 
 /* One query for every held document, then each goes on with its results;
  * any that cannot be served from it runs its own query. */
-void
-aspen__lookup_flush(aspen_stage_t *st)
+static void
+lookup_flush(aspen_stage_t *st)
 {
    lookup_t *lk = st->state;
    if (!lk || lk->n_held == 0) {
@@ -856,7 +855,7 @@ hold(aspen_stage_t *st, const aspen_sdoc_t *in)
    h->ts_ms = in->ts_ms;
    lk->held_bytes += in->doc->len + (in->meta ? in->meta->len : 0);
    if (lk->n_held >= BATCH_MAX_DOCS || lk->held_bytes >= BATCH_MAX_BYTES) {
-      aspen__lookup_flush(st);
+      lookup_flush(st);
    }
 }
 
@@ -912,6 +911,7 @@ const aspen_stage_ops_t aspen_stage_lookup_ops = {
    .parse = lookup_parse,
    .push = lookup_push,
    .destroy = lookup_destroy,
+   .flush = lookup_flush,
 };
 
 const aspen_stage_ops_t aspen_stage_cached_lookup_ops = {

@@ -15,7 +15,6 @@
 #include "connectors/kafka_int.h"
 #include "connectors/sink_int.h"
 #include "connectors/source_change_stream.h"
-#include "connectors/stage_lookup.h"
 #include "runtime/pipeline.h"
 #include "stages/stages.h"
 
@@ -511,8 +510,67 @@ aspen_pipeline_flush(aspen_pipeline_t *pl)
 {
    for (int i = 0; i < pl->main.n; i++) {
       aspen_stage_t *st = &pl->main.stages[i];
-      if (st->ops == &aspen_stage_lookup_ops) {
-         aspen__lookup_flush(st);
+      if (st->ops->flush) {
+         st->ops->flush(st);
+      }
+   }
+}
+
+uint64_t
+aspen_pipeline_replay_seq(const aspen_pipeline_t *pl)
+{
+   uint64_t min = UINT64_MAX;
+   for (int i = 0; i < pl->main.n; i++) {
+      const aspen_stage_t *st = &pl->main.stages[i];
+      if (st->ops->replay_seq) {
+         uint64_t seq = st->ops->replay_seq(st);
+         min = seq < min ? seq : min;
+      }
+   }
+   return min;
+}
+
+void
+aspen_pipeline_checkpoint_save(const aspen_pipeline_t *pl, bson_t *body)
+{
+   for (int i = 0; i < pl->main.n; i++) {
+      const aspen_stage_t *st = &pl->main.stages[i];
+      if (st->ops->checkpoint_save) {
+         st->ops->checkpoint_save(st, body);
+      }
+   }
+}
+
+void
+aspen_pipeline_checkpoint_restore(aspen_pipeline_t *pl, const bson_t *body,
+                                  const aspen_replay_t *replay)
+{
+   for (int i = 0; i < pl->main.n; i++) {
+      aspen_stage_t *st = &pl->main.stages[i];
+      if (st->ops->checkpoint_restore) {
+         st->ops->checkpoint_restore(st, body, replay);
+      }
+   }
+}
+
+void
+aspen_pipeline_partition_assigned(aspen_pipeline_t *pl, int64_t part)
+{
+   for (int i = 0; i < pl->main.n; i++) {
+      aspen_stage_t *st = &pl->main.stages[i];
+      if (st->ops->partition_assigned) {
+         st->ops->partition_assigned(st, part);
+      }
+   }
+}
+
+void
+aspen_pipeline_drop_state(aspen_pipeline_t *pl)
+{
+   for (int i = 0; i < pl->main.n; i++) {
+      aspen_stage_t *st = &pl->main.stages[i];
+      if (st->ops->drop_state) {
+         st->ops->drop_state(st);
       }
    }
 }

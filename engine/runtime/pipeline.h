@@ -42,6 +42,16 @@ typedef struct {
 typedef struct aspen_pipeline aspen_pipeline_t;
 typedef struct aspen_stage aspen_stage_t;
 
+/* What a checkpoint restore replays (the processor's checkpointing.c): the
+ * source partitions read again from before the checkpoint's high mark, by
+ * their number (Kafka: the partition within its topic), or every one
+ * (`all`: a source positioned by resume tokens that replays inputs). */
+typedef struct aspen_replay {
+   bool all;
+   const int64_t *parts;
+   size_t n;
+} aspen_replay_t;
+
 typedef struct {
    const char *name;          /* "$match" */
    const char *operator_name; /* for DLQ entries: "MatchOperator" */
@@ -56,6 +66,32 @@ typedef struct {
    /* Window stages only (else NULL): time passes without input (`now_ms`
     * on the processor's clock, `idle_ms` since the last input). */
    void (*tick)(aspen_stage_t *st, int64_t now_ms, int64_t idle_ms);
+   /* Emits every document the stage holds back (a batched $lookup); the
+    * processor calls it (aspen_pipeline_flush) before its sinks flush, so
+    * a checkpoint never covers a held document. NULL: holds none. */
+   void (*flush)(aspen_stage_t *st);
+
+   /* Checkpoints and memory (processor thread; each NULL for a stage that
+    * keeps no state across documents).
+    * - replay_seq: the smallest cur_seq of an input the stage still needs
+    *   (the first input of its oldest open window), UINT64_MAX for none:
+    *   a restore replays the source from there and the stage rebuilds
+    *   its state from the same inputs.
+    * - checkpoint_save: appends what the stage needs back after a restore
+    *   (a window: its per-partition watermarks) to the checkpoint `body`.
+    * - checkpoint_restore: reads that back from `body` before the source
+    *   opens; `replay` says which partitions are read again from before
+    *   the checkpoint (their clocks start over).
+    * - partition_assigned: the source reads partition `part` now; until
+    *   it sends an input, the stage's event time waits for it.
+    * - drop_state: lets every kept document go (the state limit was
+    *   reached: the processor fails). */
+   uint64_t (*replay_seq)(const aspen_stage_t *st);
+   void (*checkpoint_save)(const aspen_stage_t *st, bson_t *body);
+   void (*checkpoint_restore)(aspen_stage_t *st, const bson_t *body,
+                              const aspen_replay_t *replay);
+   void (*partition_assigned)(aspen_stage_t *st, int64_t part);
+   void (*drop_state)(aspen_stage_t *st);
 } aspen_stage_ops_t;
 
 /* A run of stages and where documents go after its last one. The main
@@ -190,11 +226,22 @@ void aspen_pipeline_tick(aspen_pipeline_t *pl, int64_t now_ms,
                          int64_t idle_ms);
 /* Pushes `doc` into `chain` at stage `idx` (its terminal when idx == n). */
 void aspen_chain_push(aspen_chain_t *chain, int idx, const aspen_sdoc_t *doc);
-/* Emits every document a stage of the main chain holds back (a batched
- * $lookup: aspen__lookup_flush, stage_lookup.c), stage by stage in order.
- * The processor calls it before the sinks flush, so a checkpoint never
- * covers a held document. */
+/* Emits every document a stage of the main chain holds back (its ops'
+ * flush), stage by stage in order. The processor calls it before the
+ * sinks flush, so a checkpoint never covers a held document. */
 void aspen_pipeline_flush(aspen_pipeline_t *pl);
+/* The stages' checkpoint hooks over the main chain (aspen_stage_ops_t):
+ * the smallest replay_seq (UINT64_MAX when no stage needs an input
+ * again), each stage's checkpoint_save / checkpoint_restore in order, a
+ * partition the source was assigned, and drop_state (the state limit was
+ * reached). Processor thread. */
+uint64_t aspen_pipeline_replay_seq(const aspen_pipeline_t *pl);
+void aspen_pipeline_checkpoint_save(const aspen_pipeline_t *pl, bson_t *body);
+void aspen_pipeline_checkpoint_restore(aspen_pipeline_t *pl,
+                                       const bson_t *body,
+                                       const aspen_replay_t *replay);
+void aspen_pipeline_partition_assigned(aspen_pipeline_t *pl, int64_t part);
+void aspen_pipeline_drop_state(aspen_pipeline_t *pl);
 /* Called by a stage for each output document. */
 void aspen_stage_emit(aspen_stage_t *st, const aspen_sdoc_t *out);
 /* Sends `in` to the DLQ as failed in stage `st` with `err` (what a push

@@ -50,7 +50,6 @@
 #include "runtime/checkpoint.h"
 #include "runtime/processor.h"
 #include "runtime/sink.h"
-#include "stages/window.h"
 
 #include <openssl/rand.h>
 #include <stdlib.h>
@@ -623,15 +622,6 @@ aspen_rt_flush(aspen_runtime_t *rt)
 
 /* ---- positions and checkpoints -------------------------------------------- */
 
-static int64_t
-get_i64(const bson_t *doc, const char *key, int64_t dflt)
-{
-   bson_iter_t it;
-   return bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_NUMBER(&it)
-             ? bson_iter_as_int64(&it)
-             : dflt;
-}
-
 static aspen_rt_pos_t *
 part_get(runtime_t *rt, int64_t part, int64_t start)
 {
@@ -714,10 +704,7 @@ aspen_rt_mark(aspen_runtime_t *rt, int64_t part, int64_t offset,
 void
 aspen_rt_partition_assigned(aspen_runtime_t *rt, int64_t partition)
 {
-   aspen_pipeline_t *pl = rt->proc->pl;
-   if (pl->window) {
-      aspen__window_restore_partition(pl->window, partition, INT64_MIN);
-   }
+   aspen_pipeline_partition_assigned(rt->proc->pl, partition);
 }
 
 void
@@ -753,8 +740,9 @@ aspen_rt_restored_offset(const aspen_runtime_t *rt, int64_t part,
          continue;
       }
       bson_iter_document(&ai, &len, &data);
-      if (bson_init_static(&p, data, len) && get_i64(&p, "p", -1) == part) {
-         *offset = get_i64(&p, "replay", -1);
+      if (bson_init_static(&p, data, len) &&
+          aspen_bson_int64(&p, "p", -1) == part) {
+         *offset = aspen_bson_int64(&p, "replay", -1);
          return *offset >= 0;
       }
    }
@@ -834,23 +822,8 @@ checkpoint_body(runtime_t *rt, uint64_t min_seq, const char *id, bson_t *body)
    if (wm != INT64_MIN) {
       BSON_APPEND_INT64(body, "watermark", wm);
    }
-   if (pl->window) {
-      int64_t ids[256], wms[256];
-      size_t n = aspen__window_partition_watermarks(pl->window, ids, wms, 256);
-      bson_t pw;
-      BSON_APPEND_ARRAY_BEGIN(body, "partitionWatermarks", &pw);
-      for (size_t i = 0; i < n; i++) {
-         char buf[16];
-         const char *key;
-         bson_t e;
-         bson_uint32_to_string((uint32_t) i, &key, buf, sizeof buf);
-         BSON_APPEND_DOCUMENT_BEGIN(&pw, key, &e);
-         BSON_APPEND_INT64(&e, "p", ids[i]);
-         BSON_APPEND_INT64(&e, "wm", wms[i]);
-         bson_append_document_end(&pw, &e);
-      }
-      bson_append_array_end(body, &pw);
-   }
+   /* What the stages need back (a window: per-partition watermarks). */
+   aspen_pipeline_checkpoint_save(pl, body);
    bson_t c;
    BSON_APPEND_DOCUMENT_BEGIN(body, "counters", &c);
    BSON_APPEND_INT64(&c, "inputMessageCount",
@@ -884,8 +857,7 @@ checkpoint_take(runtime_t *rt, bool force)
       return;
    }
    aspen_pipeline_t *pl = proc->pl;
-   uint64_t min_seq =
-      pl->window ? aspen__window_min_seq(pl->window) : UINT64_MAX;
+   uint64_t min_seq = aspen_pipeline_replay_seq(pl);
    bool moved = rt->seq != rt->ckpt_seq || rt->ckpt_token_moved ||
                 min_seq != rt->ckpt_min_seq ||
                 (rt->exactly_once && rt->out_since_ckpt);
@@ -1031,15 +1003,15 @@ checkpoint_restore(runtime_t *rt, aspen_error_t *err)
          bson_iter_document(&ai, &len, &data);
          if (bson_init_static(&p, data, len)) {
             /* Reading restarts at the replay position. */
-            int64_t replay = get_i64(&p, "replay", 0);
-            int64_t high = get_i64(&p, "high", replay);
-            part_get(rt, get_i64(&p, "p", 0), replay);
+            int64_t replay = aspen_bson_int64(&p, "replay", 0);
+            int64_t high = aspen_bson_int64(&p, "high", replay);
+            part_get(rt, aspen_bson_int64(&p, "p", 0), replay);
             if (high > replay) {
                rt->restored_high = aspen_xrealloc(
                   rt->restored_high,
                   (rt->n_restored_high + 1) * sizeof *rt->restored_high);
                rt->restored_high[rt->n_restored_high++] = (aspen_rt_pos_t){
-                  .part = get_i64(&p, "p", 0), .replay = replay, .high = high};
+                  .part = aspen_bson_int64(&p, "p", 0), .replay = replay, .high = high};
             }
          }
       }
@@ -1055,41 +1027,21 @@ checkpoint_restore(runtime_t *rt, aspen_error_t *err)
          rt->has_token = true;
       }
    }
-   rt->replay_count = (uint64_t) get_i64(&body, "replayCount", 0);
-   int64_t wm = get_i64(&body, "watermark", INT64_MIN);
-   if (proc->pl->window) {
-      aspen__window_restore_watermark(proc->pl->window, wm);
-      if (bson_iter_init_find(&it, &body, "partitionWatermarks") &&
-          BSON_ITER_HOLDS_ARRAY(&it) && bson_iter_recurse(&it, &ai)) {
-         while (bson_iter_next(&ai)) {
-            uint32_t len;
-            const uint8_t *data;
-            bson_t e;
-            if (!BSON_ITER_HOLDS_DOCUMENT(&ai)) {
-               continue;
-            }
-            bson_iter_document(&ai, &len, &data);
-            if (!bson_init_static(&e, data, len)) {
-               continue;
-            }
-            /* A partition that is replayed sends older inputs again: its
-             * watermark starts over (holding the window's back until the
-             * replay passes it), else windows would close before its
-             * replayed inputs arrive. Token sources replay their only
-             * partition when replayCount > 0. */
-            int64_t id = get_i64(&e, "p", 0);
-            bool replayed = rt->n_parts == 0 && rt->replay_count > 0;
-            for (size_t i = 0; i < rt->n_restored_high; i++) {
-               if ((rt->restored_high[i].part & 0xffffffff) == id) {
-                  replayed = true;
-               }
-            }
-            aspen__window_restore_partition(
-               proc->pl->window, id,
-               replayed ? INT64_MIN : get_i64(&e, "wm", INT64_MIN));
-         }
-      }
+   rt->replay_count = (uint64_t) aspen_bson_int64(&body, "replayCount", 0);
+   /* The stages take back what they saved (a window: its watermarks). A
+    * partition that is replayed sends older inputs again, so the stages
+    * hear which: those read again from before their checkpointed high
+    * mark, or, for a token source with inputs to replay, its only one. */
+   int64_t *replayed = aspen_xcalloc(rt->n_restored_high + 1,
+                                     sizeof *replayed);
+   for (size_t i = 0; i < rt->n_restored_high; i++) {
+      replayed[i] = rt->restored_high[i].part & 0xffffffff;
    }
+   aspen_replay_t replay = {.all = rt->n_parts == 0 && rt->replay_count > 0,
+                            .parts = replayed,
+                            .n = rt->n_restored_high};
+   aspen_pipeline_checkpoint_restore(proc->pl, &body, &replay);
+   free(replayed);
    if (bson_iter_init_find(&it, &body, "counters") &&
        BSON_ITER_HOLDS_DOCUMENT(&it)) {
       uint32_t len;
@@ -1098,23 +1050,23 @@ checkpoint_restore(runtime_t *rt, aspen_error_t *err)
       bson_iter_document(&it, &len, &data);
       if (bson_init_static(&c, data, len)) {
          /* Replayed inputs are counted again as they arrive. */
-         int64_t in = get_i64(&c, "inputMessageCount", 0) -
+         int64_t in = aspen_bson_int64(&c, "inputMessageCount", 0) -
                       (int64_t) rt->replay_count;
          atomic_store(&proc->stats.input_count,
                       (uint64_t) (in > 0 ? in : 0));
          atomic_store(&proc->stats.input_size,
-                      (uint64_t) get_i64(&c, "inputMessageSize", 0));
+                      (uint64_t) aspen_bson_int64(&c, "inputMessageSize", 0));
          atomic_store(&proc->stats.output_count,
-                      (uint64_t) get_i64(&c, "outputMessageCount", 0));
+                      (uint64_t) aspen_bson_int64(&c, "outputMessageCount", 0));
          atomic_store(&proc->stats.output_size,
-                      (uint64_t) get_i64(&c, "outputMessageSize", 0));
+                      (uint64_t) aspen_bson_int64(&c, "outputMessageSize", 0));
          atomic_store(&proc->stats.dlq_count,
-                      (uint64_t) get_i64(&c, "dlqMessageCount", 0));
+                      (uint64_t) aspen_bson_int64(&c, "dlqMessageCount", 0));
          atomic_store(&proc->stats.dlq_size,
-                      (uint64_t) get_i64(&c, "dlqMessageSize", 0));
+                      (uint64_t) aspen_bson_int64(&c, "dlqMessageSize", 0));
       }
    }
-   int64_t taken = get_i64(&body, "takenAt", 0);
+   int64_t taken = aspen_bson_int64(&body, "takenAt", 0);
    if (bson_iter_init_find(&it, &body, "takenAt") &&
        BSON_ITER_HOLDS_DATE_TIME(&it)) {
       taken = bson_iter_date_time(&it);
@@ -1258,10 +1210,10 @@ proc_main(void *arg)
          checkpoint_take(&rt, true);
       }
    }
-   if (proc->pl->fatal_code && proc->pl->window) {
-      /* Out of memory: let the windows go now, not when the processor is
-       * next started or dropped. */
-      aspen__window_drop_state(proc->pl->window);
+   if (proc->pl->fatal_code) {
+      /* Out of memory: let the stages' state go now, not when the
+       * processor is next started or dropped. */
+      aspen_pipeline_drop_state(proc->pl);
    }
    if (rt.source_state) {
       rt.source->close(rt.source_state);

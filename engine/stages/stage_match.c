@@ -64,4 +64,9 @@ match_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 }
 
 const aspen_stage_ops_t aspen_stage_match_ops = {
-   "$match", "MatchOperator", match_parse, match_push, match_destroy, NULL};
+   .name = "$match",
+   .operator_name = "MatchOperator",
+   .parse = match_parse,
+   .push = match_push,
+   .destroy = match_destroy,
+};

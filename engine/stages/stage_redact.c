@@ -177,4 +177,9 @@ redact_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 }
 
 const aspen_stage_ops_t aspen_stage_redact_ops = {
-   "$redact", "RedactOperator", redact_parse, redact_push, redact_destroy, NULL};
+   .name = "$redact",
+   .operator_name = "RedactOperator",
+   .parse = redact_parse,
+   .push = redact_push,
+   .destroy = redact_destroy,
+};

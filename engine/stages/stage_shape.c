@@ -618,14 +618,33 @@ unset_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
 }
 
 const aspen_stage_ops_t aspen_stage_project_ops = {
-   "$project", "ProjectOperator", project_parse, shape_push, shape_destroy, NULL};
+   .name = "$project",
+   .operator_name = "ProjectOperator",
+   .parse = project_parse,
+   .push = shape_push,
+   .destroy = shape_destroy,
+};
 const aspen_stage_ops_t aspen_stage_add_fields_ops = {
-   "$addFields", "AddFieldsOperator", add_fields_parse, shape_push,
-   shape_destroy, NULL};
+   .name = "$addFields",
+   .operator_name = "AddFieldsOperator",
+   .parse = add_fields_parse,
+   .push = shape_push,
+   .destroy = shape_destroy,
+};
 const aspen_stage_ops_t aspen_stage_set_ops = {
-   "$set", "SetOperator", add_fields_parse, shape_push, shape_destroy, NULL};
+   .name = "$set",
+   .operator_name = "SetOperator",
+   .parse = add_fields_parse,
+   .push = shape_push,
+   .destroy = shape_destroy,
+};
 const aspen_stage_ops_t aspen_stage_unset_ops = {
-   "$unset", "ProjectOperator", unset_parse, shape_push, shape_destroy, NULL};
+   .name = "$unset",
+   .operator_name = "ProjectOperator",
+   .parse = unset_parse,
+   .push = shape_push,
+   .destroy = shape_destroy,
+};
 
 /* ---- $replaceRoot / $replaceWith --------------------------------------- */
 
@@ -722,11 +741,19 @@ replace_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 }
 
 const aspen_stage_ops_t aspen_stage_replace_root_ops = {
-   "$replaceRoot", "ReplaceRootOperator", replace_root_parse, replace_push,
-   replace_destroy, NULL};
+   .name = "$replaceRoot",
+   .operator_name = "ReplaceRootOperator",
+   .parse = replace_root_parse,
+   .push = replace_push,
+   .destroy = replace_destroy,
+};
 const aspen_stage_ops_t aspen_stage_replace_with_ops = {
-   "$replaceWith", "ReplaceRootOperator", replace_root_parse, replace_push,
-   replace_destroy, NULL};
+   .name = "$replaceWith",
+   .operator_name = "ReplaceRootOperator",
+   .parse = replace_root_parse,
+   .push = replace_push,
+   .destroy = replace_destroy,
+};
 
 /* ---- $unwind ------------------------------------------------------------ */
 
@@ -981,4 +1008,9 @@ unwind_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 }
 
 const aspen_stage_ops_t aspen_stage_unwind_ops = {
-   "$unwind", "UnwindOperator", unwind_parse, unwind_push, unwind_destroy, NULL};
+   .name = "$unwind",
+   .operator_name = "UnwindOperator",
+   .parse = unwind_parse,
+   .push = unwind_push,
+   .destroy = unwind_destroy,
+};

@@ -131,5 +131,9 @@ validate_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 }
 
 const aspen_stage_ops_t aspen_stage_validate_ops = {
-   "$validate", "ValidateOperator", validate_parse, validate_push,
-   validate_destroy, NULL};
+   .name = "$validate",
+   .operator_name = "ValidateOperator",
+   .parse = validate_parse,
+   .push = validate_push,
+   .destroy = validate_destroy,
+};

@@ -368,13 +368,29 @@ count_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
 }
 
 const aspen_stage_ops_t aspen_stage_group_ops = {
-   "$group", "GroupOperator", group_parse, NULL, blocking_destroy, NULL};
+   .name = "$group",
+   .operator_name = "GroupOperator",
+   .parse = group_parse,
+   .destroy = blocking_destroy,
+};
 const aspen_stage_ops_t aspen_stage_sort_ops = {
-   "$sort", "SortOperator", sort_parse, NULL, blocking_destroy, NULL};
+   .name = "$sort",
+   .operator_name = "SortOperator",
+   .parse = sort_parse,
+   .destroy = blocking_destroy,
+};
 const aspen_stage_ops_t aspen_stage_limit_ops = {
-   "$limit", "LimitOperator", limit_parse, NULL, blocking_destroy, NULL};
+   .name = "$limit",
+   .operator_name = "LimitOperator",
+   .parse = limit_parse,
+   .destroy = blocking_destroy,
+};
 const aspen_stage_ops_t aspen_stage_count_ops = {
-   "$count", "GroupOperator", count_parse, NULL, blocking_destroy, NULL};
+   .name = "$count",
+   .operator_name = "GroupOperator",
+   .parse = count_parse,
+   .destroy = blocking_destroy,
+};
 
 static bool
 is_blocking(const aspen_stage_t *st)
@@ -1719,10 +1735,11 @@ aspen__window_fanout(const aspen_stage_t *st)
 
 /* Open windows are not serialised: a checkpoint stores the position of the
  * earliest input that still feeds one (this sequence number, mapped to a
- * source position by processor.c), and a restore replays the source from
- * there, rebuilding every open window from the same inputs. */
-uint64_t
-aspen__window_min_seq(const aspen_stage_t *st)
+ * source position by the processor's checkpointing), and a restore replays
+ * the source from there, rebuilding every open window from the same
+ * inputs. */
+static uint64_t
+window_replay_seq(const aspen_stage_t *st)
 {
    const window_t *w = st->state;
    uint64_t min = UINT64_MAX;
@@ -1734,23 +1751,12 @@ aspen__window_min_seq(const aspen_stage_t *st)
    return min;
 }
 
-size_t
-aspen__window_partition_watermarks(const aspen_stage_t *st, int64_t *ids,
-                                   int64_t *wms, size_t max)
+/* Declares partition `id` with watermark `wm`, or (INT64_MIN) before its
+ * first input, so a partition read first cannot move the watermark past
+ * one not read yet; a known partition's watermark only moves forward. */
+static void
+restore_partition(window_t *w, int64_t id, int64_t wm)
 {
-   const window_t *w = st->state;
-   size_t n = 0;
-   for (size_t i = 0; w && i < w->n_parts && n < max; i++) {
-      ids[n] = w->parts[i].id;
-      wms[n++] = w->parts[i].wm;
-   }
-   return n;
-}
-
-void
-aspen__window_restore_partition(aspen_stage_t *st, int64_t id, int64_t wm)
-{
-   window_t *w = st->state;
    /* Partition clocks are on the pipeline's clock (epoch ms). */
    int64_t wall = aspen_clock_now_ms();
    size_t i = 0;
@@ -1771,26 +1777,89 @@ aspen__window_restore_partition(aspen_stage_t *st, int64_t id, int64_t wm)
    }
 }
 
+static void
+window_partition_assigned(aspen_stage_t *st, int64_t part)
+{
+   restore_partition(st->state, part, INT64_MIN);
+}
+
+/* The per-partition watermarks, {partitionWatermarks: [{p, wm}]} (at most
+ * 256, as ever). The stage's own watermark is the checkpoint's
+ * "watermark", which the processor writes for every pipeline. */
+static void
+window_checkpoint_save(const aspen_stage_t *st, bson_t *body)
+{
+   const window_t *w = st->state;
+   bson_t pw;
+   BSON_APPEND_ARRAY_BEGIN(body, "partitionWatermarks", &pw);
+   for (size_t i = 0; w && i < w->n_parts && i < 256; i++) {
+      char buf[16];
+      const char *key;
+      bson_t e;
+      bson_uint32_to_string((uint32_t) i, &key, buf, sizeof buf);
+      BSON_APPEND_DOCUMENT_BEGIN(&pw, key, &e);
+      BSON_APPEND_INT64(&e, "p", w->parts[i].id);
+      BSON_APPEND_INT64(&e, "wm", w->parts[i].wm);
+      bson_append_document_end(&pw, &e);
+   }
+   bson_append_array_end(body, &pw);
+}
+
 /* The watermark never moves back, so replayed inputs of windows that had
  * closed before the checkpoint count as late again instead of reopening
  * those windows with partial contents (which would overwrite a complete
- * $merge result). */
-void
-aspen__window_restore_watermark(aspen_stage_t *st, int64_t wm)
+ * $merge result). A partition that is replayed sends older inputs again:
+ * its watermark starts over (holding the window's back until the replay
+ * passes it), else windows would close before its replayed inputs
+ * arrive. */
+static void
+window_checkpoint_restore(aspen_stage_t *st, const bson_t *body,
+                          const aspen_replay_t *replay)
 {
    window_t *w = st->state;
+   int64_t wm = aspen_bson_int64(body, "watermark", INT64_MIN);
    if (wm != INT64_MIN && (w->watermark == INT64_MIN || wm > w->watermark)) {
       w->watermark = wm;
       atomic_store(&st->pl->watermark_ms, wm);
    }
+   bson_iter_t it, ai;
+   if (!bson_iter_init_find(&it, body, "partitionWatermarks") ||
+       !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &ai)) {
+      return;
+   }
+   while (bson_iter_next(&ai)) {
+      uint32_t len;
+      const uint8_t *data;
+      bson_t e;
+      if (!BSON_ITER_HOLDS_DOCUMENT(&ai)) {
+         continue;
+      }
+      bson_iter_document(&ai, &len, &data);
+      if (!bson_init_static(&e, data, len)) {
+         continue;
+      }
+      int64_t id = aspen_bson_int64(&e, "p", 0);
+      bool replayed = replay->all;
+      for (size_t i = 0; i < replay->n; i++) {
+         replayed = replayed || replay->parts[i] == id;
+      }
+      restore_partition(w, id,
+                        replayed ? INT64_MIN : aspen_bson_int64(&e, "wm", INT64_MIN));
+   }
 }
 
+#define WINDOW_OPS(stage)                                                      \
+   .name = stage, .operator_name = "WindowOperator", .parse = window_parse,    \
+   .push = window_push, .destroy = window_destroy, .tick = window_tick,        \
+   .replay_seq = window_replay_seq,                                            \
+   .checkpoint_save = window_checkpoint_save,                                  \
+   .checkpoint_restore = window_checkpoint_restore,                            \
+   .partition_assigned = window_partition_assigned,                            \
+   .drop_state = aspen__window_drop_state
+
 const aspen_stage_ops_t aspen_stage_tumbling_ops = {
-   "$tumblingWindow", "WindowOperator", window_parse, window_push,
-   window_destroy, window_tick};
+   WINDOW_OPS("$tumblingWindow")};
 const aspen_stage_ops_t aspen_stage_hopping_ops = {
-   "$hoppingWindow", "WindowOperator", window_parse, window_push,
-   window_destroy, window_tick};
+   WINDOW_OPS("$hoppingWindow")};
 const aspen_stage_ops_t aspen_stage_session_ops = {
-   "$sessionWindow", "WindowOperator", window_parse, window_push,
-   window_destroy, window_tick};
+   WINDOW_OPS("$sessionWindow")};
