@@ -37,12 +37,13 @@
  * or the owning connection closing meanwhile ends the start (start_abort).
  */
 #include "connectors/authz.h"
+#include "connectors/coll_writer.h"
 #include "connectors/connections.h"
 #include "connectors/kafka_int.h"
 #include "lang/match.h"
 #include "runtime/checkpoint.h"
 #include "runtime/pipeline.h"
-#include "runtime/processor.h"
+#include "runtime/runtime_int.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -77,35 +78,13 @@ struct aspen_engine {
    aspen_conns_t conns;
    aspen_proc_t *procs;
    int64_t next_cursor_id;
+   /* What every processor is handed when it launches. */
+   aspen_proc_env_t env;
    /* How deferred start replies go back (aspen_engine_set_hooks). Set and
     * read under hooks_mu: processor threads call the wake hook. */
    pthread_mutex_t hooks_mu;
    aspen_engine_hooks_t hooks;
 };
-
-const aspen_conns_t *
-aspen_engine_conns(const aspen_engine_t *eng)
-{
-   return &eng->conns;
-}
-
-const char *
-aspen__engine_state_dir(const aspen_engine_t *eng)
-{
-   return eng->state_dir;
-}
-
-int64_t
-aspen__engine_checkpoint_interval_ms(const aspen_engine_t *eng)
-{
-   return eng->checkpoint_interval_ms;
-}
-
-uint64_t
-aspen__engine_memory_limit_bytes(const aspen_engine_t *eng)
-{
-   return eng->memory_limit_bytes;
-}
 
 /* Deletes processor `p`'s checkpoints: it was dropped, or starts (or was
  * modified to start) without resuming. */
@@ -176,9 +155,13 @@ hooks_get(aspen_engine_t *eng)
    return h;
 }
 
-void
-aspen__engine_start_reported(aspen_engine_t *eng)
+/* The processors' start_reported (aspen_proc_env_t): a processor's thread
+ * has its start's result; the caller's wake hook has the command thread
+ * finish it. */
+static void
+start_reported(void *arg)
 {
+   aspen_engine_t *eng = arg;
    /* Called under hooks_mu, so that once aspen_engine_set_hooks(NULL)
     * returns, no processor thread is still inside the caller's hook. */
    pthread_mutex_lock(&eng->hooks_mu);
@@ -365,9 +348,7 @@ static bool save_proc(aspen_engine_t *eng, const aspen_proc_t *p,
 static void
 reap_failed(aspen_proc_t *proc)
 {
-   if (proc->thread_running && proc->state != ASPEN_PROC_STARTED &&
-       proc->state != ASPEN_PROC_PROVISIONING) {
-      aspen_proc_halt(proc);
+   if (aspen_proc_reap(proc)) {
       aspen_error_t err;
       (void) save_proc(proc->eng, proc, &err); /* logged when it fails */
    }
@@ -516,12 +497,8 @@ proc_free(aspen_proc_t *p)
     * answers them at shutdown; this is the backstop). */
    start_abort(p->eng, p, ASPEN_ERR_StreamProcessorWorkerShuttingDown,
                "was freed before it finished starting");
-   aspen_cursor_t *c = p->cursors;
-   while (c) {
-      aspen_cursor_t *next = c->next;
-      aspen_cursor_destroy_locked(c);
-      c = next;
-   }
+   aspen_proc_halt(p);
+   aspen__cursor_free_all(p);
    bson_destroy(&p->pipeline);
    bson_destroy(&p->options);
    pthread_mutex_destroy(&p->mu);
@@ -1154,16 +1131,17 @@ check_options(aspen_engine_t *eng, const bson_t *options, bson_t *out,
 /* Checks what depends on the parsed pipeline: the namespaces it reaches
  * through Atlas connections (their dbRoleToExecute), and exactlyOnce. */
 static bool
-pipeline_options_ok(aspen_engine_t *eng, const aspen_pipeline_t *pl,
-                    const bson_t *options, aspen_error_t *err)
+pipeline_options_ok(void *arg, const aspen_pipeline_t *pl,
+                    const bson_t *options, bool ephemeral, aspen_error_t *err)
 {
+   aspen_engine_t *eng = arg;
    bson_iter_t it;
    if (!aspen__pipeline_authorize(pl, options, &eng->conns, err)) {
       return false;
    }
    if (bson_iter_init_find(&it, options, "exactlyOnce") &&
        bson_iter_as_bool(&it)) {
-      return aspen__kafka_txn_check(pl, &eng->conns, false, err);
+      return aspen__kafka_txn_check(pl, &eng->conns, ephemeral, err);
    }
    return true;
 }
@@ -1249,18 +1227,6 @@ start_finish(aspen_engine_t *eng, aspen_proc_t *p, bson_t *reply)
       reply_err(reply, &err);
       return;
    }
-   pthread_mutex_lock(&p->mu);
-   if (p->run_failed) {
-      /* It opened, then failed before this took the result: the start
-       * itself succeeded, the processor did not last (as when it fails
-       * just after a start's reply). */
-      char msg[ASPEN_ERROR_MSG_MAX];
-      snprintf(msg, sizeof msg, "%s", p->error_msg);
-      aspen_proc_set_state(p, ASPEN_PROC_FAILED, msg);
-   } else {
-      aspen_proc_set_state(p, ASPEN_PROC_STARTED, NULL);
-   }
-   pthread_mutex_unlock(&p->mu);
    (void) save_proc(eng, p, &perr); /* logged when it fails */
    aspen_reply_ok(reply);
    if (p->ephemeral) {
@@ -1376,7 +1342,7 @@ cmd_create(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    aspen_error_t err;
    aspen_pipeline_t *pl = aspen_pipeline_parse(
       &pipeline, &eng->conns, false, bson_has_field(&accepted, "dlq"), &err);
-   bool ok = pl && pipeline_options_ok(eng, pl, &accepted, &err);
+   bool ok = pl && pipeline_options_ok(eng, pl, &accepted, false, &err);
    aspen_pipeline_destroy(pl);
    if (!ok) {
       reply_err(reply, &err);
@@ -1454,8 +1420,7 @@ cmd_start(aspen_engine_t *eng, const bson_t *cmd, void *ticket,
       aspen_logf(ASPEN_LOG_INFO, "STREAMS", name,
                  "starting without resuming: checkpoint removed");
    }
-   memcpy(p->start_tier, tier, sizeof tier);
-   if (!aspen_proc_launch(p, &err)) {
+   if (!aspen_proc_launch(p, &eng->env, tier, &err)) {
       aspen_proc_set_state(p, ASPEN_PROC_FAILED, err.message);
       (void) save_proc(eng, p, &perr); /* logged when it fails */
       reply_err(reply, &err);
@@ -1778,7 +1743,7 @@ cmd_modify(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    const bson_t *pl_def = new_pipeline ? &pipeline : &p->pipeline;
    aspen_pipeline_t *pl = aspen_pipeline_parse(
       pl_def, &eng->conns, false, bson_has_field(&opts, "dlq"), &err);
-   bool ok = pl && pipeline_options_ok(eng, pl, &opts, &err);
+   bool ok = pl && pipeline_options_ok(eng, pl, &opts, false, &err);
    aspen_pipeline_destroy(pl);
    if (!ok) {
       reply_err(reply, &err);
@@ -1893,41 +1858,25 @@ cmd_stats(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    BSON_APPEND_UTF8(&st, "processorId", p->id);
    BSON_APPEND_UTF8(&st, "status", status_name(p));
    BSON_APPEND_INT64(&st, "scaleFactor", scale);
-   BSON_APPEND_INT64(&st, "inputMessageCount",
-                     (int64_t) atomic_load(&p->stats.input_count));
+   aspen_proc_stats_t ps;
+   aspen_proc_stats(p, &ps);
+   BSON_APPEND_INT64(&st, "inputMessageCount", (int64_t) ps.input_count);
    BSON_APPEND_DOUBLE(&st, "inputMessageSize",
-                      (double) atomic_load(&p->stats.input_size) /
-                         (double) scale);
-   BSON_APPEND_INT64(&st, "outputMessageCount",
-                     (int64_t) atomic_load(&p->stats.output_count));
+                      (double) ps.input_size / (double) scale);
+   BSON_APPEND_INT64(&st, "outputMessageCount", (int64_t) ps.output_count);
    BSON_APPEND_DOUBLE(&st, "outputMessageSize",
-                      (double) atomic_load(&p->stats.output_size) /
-                         (double) scale);
-   BSON_APPEND_INT64(&st, "dlqMessageCount",
-                     (int64_t) atomic_load(&p->stats.dlq_count));
-   BSON_APPEND_INT64(&st, "dlqMessageSize",
-                     (int64_t) atomic_load(&p->stats.dlq_size) / scale);
-   int64_t wm = atomic_load(&p->stats.watermark_ms);
-   uint64_t state_size = 0;
-   if (p->pl && p->pl->window) {
-      /* With a window, the watermark is the window's (event time, per
-       * partition, never backwards). */
-      wm = atomic_load(&p->pl->watermark_ms);
-   }
-   if (p->pl) {
-      /* State: open windows and $cachedLookup caches. */
-      state_size = atomic_load(&p->pl->state_size);
-   }
-   BSON_APPEND_INT64(&st, "stateSize", (int64_t) state_size / scale);
-   if (wm != INT64_MIN) {
-      BSON_APPEND_DATE_TIME(&st, "watermark", wm);
+                      (double) ps.output_size / (double) scale);
+   BSON_APPEND_INT64(&st, "dlqMessageCount", (int64_t) ps.dlq_count);
+   BSON_APPEND_INT64(&st, "dlqMessageSize", (int64_t) ps.dlq_size / scale);
+   BSON_APPEND_INT64(&st, "stateSize", (int64_t) ps.state_size / scale);
+   if (ps.watermark_ms != INT64_MIN) {
+      BSON_APPEND_DATE_TIME(&st, "watermark", ps.watermark_ms);
    }
    if (p->error_msg[0]) {
       BSON_APPEND_UTF8(&st, "error", p->error_msg);
    }
-   int64_t ckpt = atomic_load(&p->last_checkpoint_ms);
-   if (ckpt > 0) {
-      BSON_APPEND_DATE_TIME(&st, "lastCheckpointTime", ckpt);
+   if (ps.last_checkpoint_ms > 0) {
+      BSON_APPEND_DATE_TIME(&st, "lastCheckpointTime", ps.last_checkpoint_ms);
    }
    /* A running Kafka $source: partitions, offsets, lag, group (kafka.c). */
    aspen__kafka_stats_append(p->id, &st);
@@ -1959,7 +1908,7 @@ start_cursor(aspen_engine_t *eng, aspen_proc_t *p, uint64_t conn_id,
              bool is_shell, int64_t limit, bson_t *reply)
 {
    int64_t id = ++eng->next_cursor_id;
-   aspen_cursor_new(p, id, conn_id, is_shell, limit);
+   aspen_cursor_open(p, id, conn_id, is_shell, limit);
    aspen_reply_ok(reply);
    BSON_APPEND_INT64(reply, "cursorId", id);
 }
@@ -2009,9 +1958,9 @@ cmd_process(aspen_engine_t *eng, const bson_t *cmd, uint64_t conn_id,
    aspen_error_t err;
    /* The shell cursor exists before the first document can be produced. */
    int64_t id = ++eng->next_cursor_id;
-   aspen_cursor_new(p, id, conn_id, true, 0);
+   aspen_cursor_open(p, id, conn_id, true, 0);
    p->start_cursor_id = id;
-   if (!aspen_proc_launch(p, &err)) {
+   if (!aspen_proc_launch(p, &eng->env, "", &err)) {
       proc_free(p);
       reply_err(reply, &err);
       return true;
@@ -2079,48 +2028,24 @@ cmd_get_more(aspen_engine_t *eng, const bson_t *cmd, bson_t *reply)
    if (!p) {
       return;
    }
-   pthread_mutex_lock(&p->mu);
-   aspen_cursor_t *c = p->cursors;
-   while (c && c->id != id) {
-      c = c->next;
-   }
-   if (!c) {
-      pthread_mutex_unlock(&p->mu);
-      aspen_reply_error(reply, ASPEN_ERR_CursorNotFound,
-                        "cursor id %lld not found for stream processor '%s'",
-                        (long long) id, name);
-      return;
-   }
-   int64_t batch = c->is_shell ? 1000 : 5;
+   int64_t batch = 0;
    bson_iter_t it;
    if (bson_iter_init_find(&it, cmd, "batchSize") &&
        BSON_ITER_HOLDS_NUMBER(&it) && bson_iter_as_int64(&it) > 0) {
       batch = bson_iter_as_int64(&it);
    }
-   bson_t msgs;
-   aspen_reply_ok(reply);
-   /* cursorId is appended after messages are known; build messages first
-    * into a temporary array. */
-   bson_t arr = BSON_INITIALIZER;
-   uint32_t n = 0;
-   size_t bytes = 0;
-   while (c->len > 0 && (int64_t) n < batch && bytes < 8u * 1024u * 1024u) {
-      bson_t *d = c->docs[c->head];
-      char buf[16];
-      const char *key;
-      bson_uint32_to_string(n++, &key, buf, sizeof buf);
-      BSON_APPEND_DOCUMENT(&arr, key, d);
-      bytes += d->len;
-      bson_destroy(d);
-      c->head = (c->head + 1) % c->cap;
-      c->len--;
-      c->delivered++;
+   /* cursorId comes before messages in the reply, and whether the
+    * cursor is done is known once they are taken. */
+   bson_t arr = BSON_INITIALIZER, msgs;
+   bool done;
+   if (!aspen_cursor_fetch(p, id, batch, &arr, &done)) {
+      bson_destroy(&arr);
+      aspen_reply_error(reply, ASPEN_ERR_CursorNotFound,
+                        "cursor id %lld not found for stream processor '%s'",
+                        (long long) id, name);
+      return;
    }
-   bool running = is_running(p) && !p->thread_done;
-   bool done = (c->limit > 0 && c->delivered >= c->limit) ||
-               (!running && c->len == 0);
-   pthread_cond_broadcast(&p->cv); /* room for a waiting shell push */
-   pthread_mutex_unlock(&p->mu);
+   aspen_reply_ok(reply);
    BSON_APPEND_INT64(reply, "cursorId", done ? 0 : id);
    BSON_APPEND_ARRAY_BEGIN(reply, "messages", &msgs);
    bson_concat(&msgs, &arr);
@@ -2465,19 +2390,7 @@ aspen_engine_connection_closed(aspen_engine_t *eng, uint64_t conn_id)
          p = next;
          continue;
       }
-      pthread_mutex_lock(&p->mu);
-      aspen_cursor_t **cp = &p->cursors;
-      while (*cp) {
-         if ((*cp)->conn_id == conn_id && !(*cp)->is_shell) {
-            aspen_cursor_t *c = *cp;
-            *cp = c->next;
-            aspen_cursor_destroy_locked(c);
-         } else {
-            cp = &(*cp)->next;
-         }
-      }
-      pthread_cond_broadcast(&p->cv);
-      pthread_mutex_unlock(&p->mu);
+      aspen_cursor_close_conn(p, conn_id);
       p = next;
    }
 }
@@ -2512,6 +2425,16 @@ aspen_engine_new(const aspen_engine_opts_t *opts, aspen_error_t *err)
                                     ? opts->checkpoint_interval_ms
                                     : DEFAULT_CHECKPOINT_INTERVAL_MS;
    eng->memory_limit_bytes = opts->memory_limit_bytes;
+   eng->env = (aspen_proc_env_t){
+      .state_dir = eng->state_dir,
+      .checkpoint_interval_ms = eng->checkpoint_interval_ms,
+      .memory_limit_bytes = eng->memory_limit_bytes,
+      .conns = &eng->conns,
+      .dlq = &aspen_coll_writer_dlq_ops,
+      .check = pipeline_options_ok,
+      .start_reported = start_reported,
+      .arg = eng,
+   };
    if (!aspen_conns_load(&eng->conns, opts->connections, opts->backend_uri,
                          opts->authz, err) ||
        !load_state(eng, err)) {
@@ -2525,7 +2448,7 @@ aspen_engine_new(const aspen_engine_opts_t *opts, aspen_error_t *err)
       }
       /* Synchronously: nobody waits for a reply yet. */
       aspen_error_t serr;
-      if (aspen_proc_launch(p, &serr)) {
+      if (aspen_proc_launch(p, &eng->env, "", &serr)) {
          bson_t scratch = BSON_INITIALIZER;
          start_finish(eng, p, &scratch);
          bson_destroy(&scratch);

@@ -1144,3 +1144,50 @@ aspen_coll_writer_flush(aspen_coll_writer_t *w,
    w->queued_bytes = bytes;
    return ok;
 }
+
+/* ---- the dead-letter queue's writer ---------------------------------------- */
+
+static void *
+dlq_open(const aspen_conns_t *conns, const char *conn_name, const char *db,
+         const char *coll, aspen_error_t *err)
+{
+   const aspen_conn_t *conn = aspen_conns_find(conns, conn_name);
+   if (!conn) {
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
+                      "Unknown connection name %s (options.dlq)", conn_name);
+      return NULL;
+   }
+   aspen_coll_writer_t *w = aspen_coll_writer_new_insert(conn, db, coll, err);
+   if (!w) {
+      char msg[ASPEN_ERROR_MSG_MAX];
+      snprintf(msg, sizeof msg, "cannot open the DLQ: %s", err->message);
+      aspen_error_set(err, err->code, "%s", msg);
+   }
+   return w;
+}
+
+static bool
+dlq_add(void *w, const bson_t *doc, aspen_dlq_refused_fn refused, void *arg,
+        aspen_error_t *err)
+{
+   return aspen_coll_writer_add(w, doc, refused, arg, err);
+}
+
+static bool
+dlq_flush(void *w, aspen_dlq_refused_fn refused, void *arg, aspen_error_t *err)
+{
+   return aspen_coll_writer_flush(w, refused, arg, err);
+}
+
+static void
+dlq_close(void *w)
+{
+   aspen_coll_writer_destroy(w);
+}
+
+const aspen_dlq_ops_t aspen_coll_writer_dlq_ops = {
+   .open = dlq_open,
+   .add = dlq_add,
+   .flush = dlq_flush,
+   .close = dlq_close,
+};

@@ -8,6 +8,7 @@
 #define ASPEN_ENGINE_CONNECTORS_COLL_WRITER_H
 
 #include "connectors/connections.h"
+#include "runtime/sink.h"
 
 typedef struct aspen_coll_writer aspen_coll_writer_t;
 
@@ -49,5 +50,9 @@ bool aspen_coll_writer_add(aspen_coll_writer_t *w, const bson_t *doc,
 bool aspen_coll_writer_flush(aspen_coll_writer_t *w,
                              aspen_coll_writer_fail_fn on_fail, void *arg,
                              aspen_error_t *err);
+
+/* The dead-letter queue's writer as processors use it (runtime/sink.h):
+ * an insert-only writer to an Atlas connection's collection. */
+extern const aspen_dlq_ops_t aspen_coll_writer_dlq_ops;
 
 #endif /* ASPEN_ENGINE_CONNECTORS_COLL_WRITER_H */

@@ -38,6 +38,29 @@ typedef struct {
                      aspen_error_t *err);
 } aspen_sink_ops_t;
 
+/* Called for each entry the DLQ's target refused. */
+typedef void (*aspen_dlq_refused_fn)(void *arg, const bson_t *doc,
+                                     const char *reason);
+
+/* The dead-letter queue's writer (options.dlq: a collection of an Atlas
+ * connection): connectors/coll_writer.c implements it, engine.c hands it
+ * to every processor (aspen_proc_env_t), dlq.c uses it. Processor
+ * thread. */
+typedef struct {
+   /* Connects to collection db.coll of connection `conn_name`; NULL with
+    * err set (the whole message: the start fails with it). */
+   void *(*open)(const aspen_conns_t *conns, const char *conn_name,
+                 const char *db, const char *coll, aspen_error_t *err);
+   /* Queues a copy of `doc`; writes when the batch is full. False (err
+    * set) when a write could not reach the server. */
+   bool (*add)(void *w, const bson_t *doc, aspen_dlq_refused_fn refused,
+               void *arg, aspen_error_t *err);
+   /* Writes what is queued. */
+   bool (*flush)(void *w, aspen_dlq_refused_fn refused, void *arg,
+                 aspen_error_t *err);
+   void (*close)(void *w);
+} aspen_dlq_ops_t;
+
 /* The sink for a kind; NULL for ASPEN_SINK_NONE (the shell)
  * (connectors/sources.c). */
 const aspen_sink_ops_t *aspen_sink_ops_for(aspen_sink_kind_t kind);

@@ -1,0 +1,344 @@
+/*
+ * rt.c - the runtime API a processor's source and sink call (source.h,
+ * sink.h), on the processor's thread: documents come in
+ * (aspen_rt_ingest: their event time, then the pipeline), leave the last
+ * stage (to the sample cursors and the sink), or fail (the DLQ, dlq.c);
+ * the source idles (aspen_rt_wait: time passes for the windows, the sinks
+ * flush, a checkpoint may be taken) and stops when asked or failed.
+ */
+#include "runtime/runtime_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* An ephemeral (sp.process) processor stops after this long. */
+#define EPHEMERAL_MAX_MS (10 * 60 * 1000)
+
+uint64_t
+aspen_rt_random(aspen_runtime_t *rt)
+{
+   /* xorshift64*: plenty for sample data. */
+   rt->rng ^= rt->rng >> 12;
+   rt->rng ^= rt->rng << 25;
+   rt->rng ^= rt->rng >> 27;
+   return rt->rng * 2685821657736338717ull;
+}
+
+/* Marks the processor FAILED from its own thread and stops it. While the
+ * command thread has not yet taken the start's result (PROVISIONING, which
+ * only the command thread leaves), the failure is noted for it instead. */
+void
+aspen_rt_fail(aspen_runtime_t *rt, const char *msg)
+{
+   aspen_proc_t *proc = rt->proc;
+   pthread_mutex_lock(&proc->mu);
+   if (proc->state == ASPEN_PROC_STARTED) {
+      aspen_proc_set_state(proc, ASPEN_PROC_FAILED, msg);
+   } else if (proc->state == ASPEN_PROC_PROVISIONING && !proc->run_failed) {
+      proc->run_failed = true;
+      snprintf(proc->error_msg, sizeof proc->error_msg, "%s", msg);
+      aspen_utf8_scrub(proc->error_msg);
+   }
+   atomic_store(&proc->stop, true);
+   pthread_cond_broadcast(&proc->cv);
+   pthread_mutex_unlock(&proc->mu);
+   rt->failed = true;
+}
+
+/* Fails the processor when its pipeline noted a fatal error (its state
+ * reached the limit: 418, "Worker out of memory"). True when it did. */
+static bool
+fail_if_fatal(aspen_runtime_t *rt)
+{
+   const aspen_pipeline_t *pl = rt->proc->pl;
+   if (!pl->fatal_code) {
+      return false;
+   }
+   if (!rt->failed) {
+      aspen_logf(ASPEN_LOG_ERROR, "STREAMS", rt->proc->name, "%s (code %d)",
+                 pl->fatal, (int) pl->fatal_code);
+      aspen_rt_fail(rt, pl->fatal);
+   }
+   return true;
+}
+
+static void
+with_meta(const aspen_sdoc_t *d, bson_t *out)
+{
+   bson_init(out);
+   bson_copy_to_excluding_noinit(d->doc, out, "_stream_meta", NULL);
+   if (d->meta && !bson_empty(d->meta)) {
+      BSON_APPEND_DOCUMENT(out, "_stream_meta", d->meta);
+   }
+}
+
+/* *c -= v, stopping at 0. */
+static void
+counter_sub(atomic_uint_fast64_t *c, uint_fast64_t v)
+{
+   uint_fast64_t n = atomic_load(c);
+   while (n > 0 && !atomic_compare_exchange_weak(c, &n, n > v ? n - v : 0)) {
+   }
+}
+
+void
+aspen_rt_sink_failed(aspen_runtime_t *rt, const bson_t *doc,
+                     const char *reason)
+{
+   bson_t meta;
+   bson_iter_t it;
+   aspen_sdoc_t d = {.doc = doc, .meta = NULL};
+   if (bson_iter_init_find(&it, doc, "_stream_meta") &&
+       BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      uint32_t len;
+      const uint8_t *data;
+      bson_iter_document(&it, &len, &data);
+      if (bson_init_static(&meta, data, len)) {
+         d.meta = &meta;
+      }
+   }
+   /* on_output counted it; ASP's output counters count only documents
+    * that made it through the whole pipeline, the sink included. */
+   counter_sub(&rt->proc->stats.output_count, 1);
+   counter_sub(&rt->proc->stats.output_size, doc->len);
+   aspen__dlq_send(rt, &d,
+                   rt->sink ? rt->sink->operator_name : "SinkOperator",
+                   reason);
+}
+
+void
+aspen__rt_on_output(void *arg, const aspen_sdoc_t *out)
+{
+   aspen_runtime_t *rt = arg;
+   aspen_proc_t *proc = rt->proc;
+   bson_t doc;
+   with_meta(out, &doc);
+   atomic_fetch_add(&proc->stats.output_count, 1);
+   atomic_fetch_add(&proc->stats.output_size, doc.len);
+   pthread_mutex_lock(&proc->mu);
+   aspen__cursor_push_all(proc, &doc);
+   pthread_mutex_unlock(&proc->mu);
+   if (rt->sink) {
+      aspen_error_t err;
+      if (!rt->sink->write(rt, rt->sink_state, &doc, &err)) {
+         aspen_rt_fail(rt, err.message);
+      }
+      rt->out_since_ckpt = true;
+   }
+   bson_destroy(&doc);
+}
+
+/* ---- ingestion -------------------------------------------------------------- */
+
+void
+aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
+                int64_t source_ts_ms)
+{
+   aspen_proc_t *proc = rt->proc;
+   aspen_pipeline_t *pl = proc->pl;
+   int64_t now = aspen_clock_now_ms();
+   if (pl->virtual_clock) {
+      /* Time comes from the input: "now" is the latest event time seen. */
+      now = source_ts_ms != INT64_MIN
+               ? source_ts_ms
+               : (rt->max_ts == INT64_MIN ? 0 : rt->max_ts);
+   }
+   rt->last_input_ms = aspen_clock_now_ms();
+   int64_t ts = source_ts_ms == INT64_MIN ? now : source_ts_ms;
+   if (!meta) {
+      meta = &rt->source_meta;
+   }
+   atomic_fetch_add(&proc->stats.input_count, 1);
+   atomic_fetch_add(&proc->stats.input_size, raw->len);
+   pl->now_ms = now;
+   if (pl->source.time_field) {
+      aspen_expr_ctx_t ctx = {.root = raw, .meta = meta, .now_ms = now};
+      aspen_value_t v;
+      aspen_error_t err;
+      aspen_sdoc_t as_is = {.doc = raw, .meta = meta, .ts_ms = now};
+      if (!aspen_expr_eval(pl->source.time_field, &ctx, &v, &err)) {
+         char reason[ASPEN_ERROR_MSG_MAX + 64];
+         snprintf(reason, sizeof reason,
+                  "Failed to extract timestamp from document: %s",
+                  err.message);
+         aspen__dlq_send(rt, &as_is, rt->source->operator_name, reason);
+         return;
+      }
+      if (v.v.value_type != BSON_TYPE_DATE_TIME) {
+         char *json = aspen_value_to_json(&v);
+         char reason[ASPEN_ERROR_MSG_MAX];
+         snprintf(reason, sizeof reason,
+                  "Failed to extract timestamp from document, extracted "
+                  "timestampVal: %s",
+                  json ? json : "missing");
+         bson_free(json);
+         aspen_value_destroy(&v);
+         aspen__dlq_send(rt, &as_is, rt->source->operator_name, reason);
+         return;
+      }
+      ts = v.v.value.v_datetime;
+      aspen_value_destroy(&v);
+   }
+   bson_t doc = BSON_INITIALIZER;
+   bson_copy_to_excluding_noinit(raw, &doc, pl->source.ts_field, NULL);
+   BSON_APPEND_DATE_TIME(&doc, pl->source.ts_field, ts);
+   if (ts > rt->max_ts) {
+      rt->max_ts = ts;
+      atomic_store(&proc->stats.watermark_ms, ts - 1);
+   }
+   if (pl->virtual_clock) {
+      /* This document's own time counts: "now" is the latest event time. */
+      pl->now_ms = rt->max_ts;
+   }
+   aspen_sdoc_t sdoc = {.doc = &doc, .meta = meta, .ts_ms = ts};
+   aspen_pipeline_push(pl, &sdoc);
+   bson_destroy(&doc);
+   fail_if_fatal(rt);
+}
+
+/* Waits up to `ms` or until stopped; true when stopped. */
+static bool
+wait_stop(aspen_proc_t *proc, int64_t ms)
+{
+   struct timespec ts;
+   clock_gettime(CLOCK_REALTIME, &ts);
+   ts.tv_sec += ms / 1000;
+   ts.tv_nsec += (ms % 1000) * 1000000;
+   if (ts.tv_nsec >= 1000000000) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000;
+   }
+   pthread_mutex_lock(&proc->mu);
+   while (!atomic_load(&proc->stop)) {
+      if (pthread_cond_timedwait(&proc->cv, &proc->mu, &ts) != 0) {
+         break;
+      }
+   }
+   bool stopped = atomic_load(&proc->stop);
+   pthread_mutex_unlock(&proc->mu);
+   return stopped;
+}
+
+bool
+aspen__rt_flush_sinks(aspen_runtime_t *rt)
+{
+   aspen_error_t err;
+   aspen_pipeline_flush(rt->proc->pl);
+   if (rt->sink && !rt->sink->flush(rt, rt->sink_state, &err)) {
+      aspen_rt_fail(rt, err.message);
+      return false;
+   }
+   return aspen__dlq_flush(rt);
+}
+
+static bool
+expired(aspen_runtime_t *rt)
+{
+   aspen_proc_t *proc = rt->proc;
+   if (proc->ephemeral &&
+       aspen_clock_now_ms() - proc->started_ms > EPHEMERAL_MAX_MS) {
+      aspen_logf(ASPEN_LOG_INFO, "STREAMS", proc->name,
+                 "ephemeral processor reached its 10 minute limit");
+      atomic_store(&proc->stop, true);
+      return true;
+   }
+   return false;
+}
+
+bool
+aspen_rt_stopping(aspen_runtime_t *rt)
+{
+   return atomic_load(&rt->proc->stop) || rt->failed;
+}
+
+bool
+aspen_rt_wait(aspen_runtime_t *rt, int64_t ms)
+{
+   aspen_pipeline_t *pl = rt->proc->pl;
+   if (pl->window) {
+      int64_t wall = aspen_clock_now_ms();
+      if (pl->virtual_clock) {
+         /* The input is over for now: on the virtual clock, time jumps far
+          * ahead, so idle timeouts and processing-time windows fire at once
+          * and every run gives the same output. */
+         int64_t far = INT64_MAX / 4;
+         pl->now_ms = far;
+         aspen_pipeline_tick(pl, far, far);
+      } else {
+         pl->now_ms = wall;
+         aspen_pipeline_tick(pl, wall, wall - rt->last_input_ms);
+      }
+   }
+   if (fail_if_fatal(rt)) {
+      return true;
+   }
+   if (aspen__rt_flush_sinks(rt)) {
+      aspen__checkpointing_take(rt, false);
+   }
+   if (aspen_rt_stopping(rt) || expired(rt)) {
+      return true;
+   }
+   return wait_stop(rt->proc, ms) || rt->failed;
+}
+
+void
+aspen_rt_dead_letter(aspen_runtime_t *rt, const bson_t *doc,
+                     const bson_t *meta, const char *reason)
+{
+   aspen_sdoc_t d = {.doc = doc, .meta = meta ? meta : &rt->source_meta};
+   aspen__dlq_send(rt, &d, rt->source->operator_name, reason);
+}
+
+const aspen_source_spec_t *
+aspen_rt_source_spec(const aspen_runtime_t *rt)
+{
+   return &rt->proc->pl->source;
+}
+
+bool
+aspen_rt_is_ephemeral(const aspen_runtime_t *rt)
+{
+   return rt->proc->ephemeral;
+}
+
+const char *
+aspen_rt_processor_name(const aspen_runtime_t *rt)
+{
+   return rt->proc->name;
+}
+
+const aspen_conns_t *
+aspen_rt_conns(const aspen_runtime_t *rt)
+{
+   return rt->proc->env->conns;
+}
+
+const char *
+aspen_rt_processor_id(const aspen_runtime_t *rt)
+{
+   return rt->proc->id;
+}
+
+bool
+aspen_rt_exactly_once(const aspen_runtime_t *rt)
+{
+   return rt->exactly_once;
+}
+
+int64_t
+aspen_rt_checkpoint_interval_ms(const aspen_runtime_t *rt)
+{
+   return rt->proc->env->checkpoint_interval_ms;
+}
+
+bool
+aspen_rt_flush(aspen_runtime_t *rt)
+{
+   if (rt->failed || !aspen__rt_flush_sinks(rt)) {
+      return false;
+   }
+   aspen__checkpointing_take(rt, true);
+   return true;
+}
+

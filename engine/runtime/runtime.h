@@ -1,0 +1,141 @@
+/*
+ * runtime.h - the processor runtime as the sp commands (commands/) and the
+ * composition root (engine.c) drive it: what a processor is handed when it
+ * launches (aspen_proc_env_t), processors and their states, stats and
+ * sample cursors (processor.c, cursor.c). aspen_proc_t is opaque here: its struct lives in
+ * runtime_int.h. Command thread only, except where noted.
+ */
+#ifndef ASPEN_ENGINE_RUNTIME_RUNTIME_H
+#define ASPEN_ENGINE_RUNTIME_RUNTIME_H
+
+#include "runtime/sink.h"
+
+typedef struct aspen_proc aspen_proc_t;
+typedef struct aspen_cursor aspen_cursor_t;
+
+/* ------------------------------------------------------------------------ */
+/* What a processor is handed at launch                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+   /* The state directory: checkpoints go to <state_dir>/checkpoints/<id>. */
+   const char *state_dir;
+   /* How often a running processor takes a checkpoint (ms). */
+   int64_t checkpoint_interval_ms;
+   /* aspen's state limit override (streams.memoryLimitBytes); 0: the
+    * tier's (aspen__tier_state_limit). */
+   uint64_t memory_limit_bytes;
+   /* The connection registry the pipeline is parsed against. */
+   const aspen_conns_t *conns;
+   /* The dead-letter queue's writer (options.dlq). */
+   const aspen_dlq_ops_t *dlq;
+   /* The authorization hook, called at every launch once the pipeline
+    * parsed: true when the namespaces it reaches through Atlas
+    * connections are allowed (their dbRoleToExecute) and what options
+    * ask of it holds (exactlyOnce); false with err set refuses the
+    * launch. Command thread. */
+   bool (*check)(void *arg, const aspen_pipeline_t *pl, const bson_t *options,
+                 bool ephemeral, aspen_error_t *err);
+   /* Called by a processor's thread once it has reported its start's
+    * result: the command thread should then finish the start
+    * (aspen_proc_finish_start) soon. Any thread; may be NULL. */
+   void (*start_reported)(void *arg);
+   void *arg;
+} aspen_proc_env_t;
+
+/* ------------------------------------------------------------------------ */
+/* Processors (processor.c)                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef enum {
+   ASPEN_PROC_CREATED,
+   ASPEN_PROC_STARTED,
+   ASPEN_PROC_STOPPED,
+   ASPEN_PROC_FAILED,
+   /* Started, its thread still opening its source and sinks; the start's
+    * reply waits for that. Never persisted (the state file says STARTED:
+    * what the user asked for). Only the command thread leaves it. */
+   ASPEN_PROC_PROVISIONING,
+} aspen_proc_state_t;
+
+const char *aspen_proc_state_name(aspen_proc_state_t s);
+
+/* What a processor is (borrowed; valid until it changes or goes). */
+const char *aspen_proc_name(const aspen_proc_t *proc);
+const char *aspen_proc_id(const aspen_proc_t *proc);
+bool aspen_proc_is_ephemeral(const aspen_proc_t *proc);
+const bson_t *aspen_proc_pipeline(const aspen_proc_t *proc);
+const bson_t *aspen_proc_options(const aspen_proc_t *proc);
+aspen_proc_state_t aspen_proc_state(const aspen_proc_t *proc);
+/* The last failure's message ("" when none). */
+const char *aspen_proc_error(const aspen_proc_t *proc);
+int64_t aspen_proc_state_changed_ms(const aspen_proc_t *proc);
+/* The connection an ephemeral (sp.process) processor belongs to. */
+uint64_t aspen_proc_owner_conn(const aspen_proc_t *proc);
+/* True while a start is under way or the processor runs (STARTED or
+ * PROVISIONING): what stop and drop end, and what start and modify
+ * refuse. */
+bool aspen_proc_is_running(const aspen_proc_t *proc);
+
+/* A processor's figures for getStreamProcessorStats; any thread. */
+typedef struct {
+   uint64_t input_count, input_size;
+   uint64_t output_count, output_size;
+   uint64_t dlq_count, dlq_size;
+   int64_t watermark_ms;       /* INT64_MIN: none yet */
+   uint64_t state_size;        /* open windows, $cachedLookup caches */
+   int64_t last_checkpoint_ms; /* 0: none written */
+} aspen_proc_stats_t;
+
+void aspen_proc_stats(const aspen_proc_t *proc, aspen_proc_stats_t *out);
+
+/* Changes state, logs the transition; the processor's thread must not be
+ * running, or the caller holds the start's result (PROVISIONING). */
+void aspen_proc_set_state(aspen_proc_t *proc, aspen_proc_state_t st,
+                          const char *error);
+/* Parses the pipeline, checks it (env->check) and starts the thread,
+ * which opens the sink, DLQ and source and then reports the start's
+ * result (env->start_reported, from the processor's thread). Does not
+ * wait for that. The state is PROVISIONING from then on (the caller
+ * leaves it). `tier` is the start's tier ("" when it names none:
+ * options.tier, else SP10), whose state limit applies to this run; `env`
+ * is borrowed for as long as the processor runs. False with err set (and
+ * no thread) when the pipeline does not parse or is refused, or no thread
+ * can be made. */
+bool aspen_proc_launch(aspen_proc_t *proc, const aspen_proc_env_t *env,
+                       const char *tier, aspen_error_t *err);
+/* True once the launched thread has reported its start's result; any
+ * thread. */
+bool aspen_proc_start_reported(aspen_proc_t *proc);
+/* Waits (if need be) for the launched thread's start result. True when the
+ * source and sinks opened: the state is then STARTED, or FAILED when the
+ * processor failed since (before anyone took the result). False with err
+ * set (the thread joined, nothing left, the state unchanged) when it
+ * could not open its peers. */
+bool aspen_proc_finish_start(aspen_proc_t *proc, aspen_error_t *err);
+/* Stops and joins the thread if there is one. */
+void aspen_proc_halt(aspen_proc_t *proc);
+/* True (and the thread joined) when the processor's thread failed by
+ * itself and was still to be joined: its FAILED state is then the
+ * caller's to save. */
+bool aspen_proc_reap(aspen_proc_t *proc);
+
+/* ------------------------------------------------------------------------ */
+/* Sample cursors (cursor.c)                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Opens cursor `id` of connection `conn_id` on `proc`'s output: the shell
+ * cursor of sp.process (`is_shell`: the processor's sink, lossless) or a
+ * sample cursor (keeps the newest documents; `limit` 0: unlimited). */
+void aspen_cursor_open(aspen_proc_t *proc, int64_t id, uint64_t conn_id,
+                       bool is_shell, int64_t limit);
+/* Moves up to `batch` documents (a default one when 0 or less) of cursor
+ * `id` to the array `messages`. False when `proc` has no such cursor.
+ * *exhausted says the cursor is done (its limit reached, or the processor
+ * no longer runs and nothing is left). */
+bool aspen_cursor_fetch(aspen_proc_t *proc, int64_t id, int64_t batch,
+                        bson_t *messages, bool *exhausted);
+/* Ends the sample cursors (not the shell's) of connection `conn_id`. */
+void aspen_cursor_close_conn(aspen_proc_t *proc, uint64_t conn_id);
+
+#endif /* ASPEN_ENGINE_RUNTIME_RUNTIME_H */
