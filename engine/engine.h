@@ -109,8 +109,31 @@ aspen_engine_t *aspen_engine_new(const aspen_engine_opts_t *opts,
  * changing their persisted state, so they start again with aspen. */
 void aspen_engine_destroy(aspen_engine_t *eng);
 
-/* True for the command names the engine answers. */
-bool aspen_engine_is_command(const char *name);
+/* The sp commands (engine/commands/commands.def), as the proxy routes,
+ * authorizes and audits them. */
+enum {
+   /* What the command does to a processor (the audit log's activity):
+    * creates one, changes one (start, stop, modify), deletes one, or
+    * reads its output (a sample). None of these: it only looks. */
+   ASPEN_ENGINE_CMD_CREATES = 1u << 0,
+   ASPEN_ENGINE_CMD_UPDATES = 1u << 1,
+   ASPEN_ENGINE_CMD_DELETES = 1u << 2,
+   ASPEN_ENGINE_CMD_READS = 1u << 3,
+   /* It also reads what the processor produces (sp.process opens its
+    * shell cursor): it needs sampleStreamProcessor as well as its own
+    * action. */
+   ASPEN_ENGINE_CMD_SAMPLES = 1u << 4,
+};
+
+typedef struct {
+   const char *name;   /* "createStreamProcessor" */
+   const char *action; /* the ASP privilege action it needs */
+   unsigned flags;     /* ASPEN_ENGINE_CMD_* */
+} aspen_engine_command_t;
+
+/* The sp command named `name` (exact match), or NULL when the engine does
+ * not answer it. Any thread (the table is constant). */
+const aspen_engine_command_t *aspen_engine_command_find(const char *name);
 
 /* Runs one command. `conn_id` identifies the client connection (sample
  * cursors belong to it). `reply` is an initialised, empty document. Returns

@@ -295,25 +295,25 @@ aspen_auth_session_closed(aspen_server_t *srv, aspen_session_t *sess)
    audit_logoff(srv, sess, "endConnection");
 }
 
-/* The OCSF API Activity of a stream-processor command, or NULL when the
- * command is not a management event. */
+/* The OCSF API Activity of a stream-processor command (what it does to a
+ * processor: the engine's command table says), or NULL when the command
+ * is not a management event. */
 static const char *
 sp_activity(const char *op, int *id)
 {
    static const struct {
-      const char *op, *activity;
+      unsigned flag;
+      const char *activity;
       int id;
    } rows[] = {
-      {"createStreamProcessor", "Create", 1},
-      {"processStreamProcessor", "Create", 1},
-      {"startStreamProcessor", "Update", 3},
-      {"stopStreamProcessor", "Update", 3},
-      {"modifyStreamProcessor", "Update", 3},
-      {"dropStreamProcessor", "Delete", 4},
-      {"startSampleStreamProcessor", "Read", 2},
+      {ASPEN_ENGINE_CMD_CREATES, "Create", 1},
+      {ASPEN_ENGINE_CMD_UPDATES, "Update", 3},
+      {ASPEN_ENGINE_CMD_DELETES, "Delete", 4},
+      {ASPEN_ENGINE_CMD_READS, "Read", 2},
    };
-   for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-      if (strcmp(rows[i].op, op) == 0) {
+   const aspen_engine_command_t *c = aspen_engine_command_find(op);
+   for (size_t i = 0; c && i < sizeof rows / sizeof rows[0]; i++) {
+      if (c->flags & rows[i].flag) {
          *id = rows[i].id;
          return rows[i].activity;
       }

@@ -269,6 +269,9 @@ void aspen_session_unref(aspen_session_t *sess);
 #include "commands.def"
 #undef ASPEN_COMMAND
 #undef ASPEN_DECLARE_HANDLER
+/* Every sp command (aspen_engine_command_find): the engine runs it
+ * (cmd_sp.c). */
+aspen_handled_t aspen_cmd_sp(aspen_request_t *req, bson_t *reply);
 
 /* Wire constants aspen announces in hello. */
 #define ASPEN_MIN_WIRE_VERSION 0

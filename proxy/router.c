@@ -1,11 +1,11 @@
 /*
- * router.c - the command table (rows from commands.def) and dispatch: a
- * command aspen knows runs its local handler; any other command is forwarded
- * to the backing deployment. Before either path, aspen_auth_check
- * (cmd_auth.c) refuses commands the session is not authenticated or
- * authorized for; rows flagged NO_AUTH are always allowed. A forwarded
- * command's reply goes past cursor_owners.c, which remembers whose each
- * cursor is.
+ * router.c - the command table (rows from commands.def, and the engine's
+ * sp commands) and dispatch: a command aspen knows runs its local handler;
+ * any other command is forwarded to the backing deployment. Before either
+ * path, aspen_auth_check (cmd_auth.c) refuses commands the session is not
+ * authenticated or authorized for; rows flagged NO_AUTH are always
+ * allowed. A forwarded command's reply goes past cursor_owners.c, which
+ * remembers whose each cursor is.
  */
 #include "auth.h"
 
@@ -18,6 +18,11 @@ static const aspen_command_t commands[] = {
 #undef ASPEN_COMMAND
 };
 
+/* Every sp command the engine answers (aspen_engine_command_find) runs
+ * there, through cmd_sp.c. */
+static const aspen_command_t sp_row = {"(an sp command)", aspen_cmd_sp,
+                                       ASPEN_CMD_LOCAL};
+
 const aspen_command_t *
 aspen_router_find(const char *name)
 {
@@ -26,7 +31,7 @@ aspen_router_find(const char *name)
          return &commands[i];
       }
    }
-   return NULL;
+   return aspen_engine_command_find(name) ? &sp_row : NULL;
 }
 
 /* A command on its way to the backend: its session, and who sent it (the

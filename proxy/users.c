@@ -1762,21 +1762,7 @@ typedef struct {
 
 #define A(x) ASPEN_ACTION_##x
 static const need_t needs[] = {
-   /* ASP's stream commands (spec §9.1). */
-   {"createStreamProcessor", 'S', {A(createStreamProcessor)}, 1, NULL},
-   {"processStreamProcessor", 'S',
-    {A(processStreamProcessor), A(sampleStreamProcessor)}, 2, NULL},
-   {"startStreamProcessor", 'S', {A(startStreamProcessor)}, 1, NULL},
-   {"stopStreamProcessor", 'S', {A(stopStreamProcessor)}, 1, NULL},
-   {"dropStreamProcessor", 'S', {A(dropStreamProcessor)}, 1, NULL},
-   {"modifyStreamProcessor", 'S', {A(modifyStreamProcessor)}, 1, NULL},
-   {"getStreamProcessorStats", 'S', {A(streamProcessorStats)}, 1, NULL},
-   {"startSampleStreamProcessor", 'S', {A(sampleStreamProcessor)}, 1, NULL},
-   {"getMoreSampleStreamProcessor", 'S', {A(sampleStreamProcessor)}, 1,
-    NULL},
-   {"listStreamProcessors", 'S', {A(listStreamProcessors)}, 1, NULL},
-   {"listStreamConnections", 'S', {A(listStreamConnections)}, 1, NULL},
-   {"getStreamProcessor", 'S', {A(getStreamProcessor)}, 1, NULL},
+   /* ASP's stream commands (spec §9.1) are the engine's: sp_need. */
    /* Forwarded CRUD and catalog commands. */
    {"find", 'C', {A(find)}, 1, NULL},
    {"count", 'C', {A(find)}, 1, NULL},
@@ -1820,6 +1806,28 @@ static const need_t needs[] = {
    {"resetError", 'N', {0}, 0, NULL},
    {"listCommands", 'N', {0}, 0, NULL},
 };
+
+/* What an sp command needs (spec §9.1), from the engine's command table:
+ * its privilege action, and sampleStreamProcessor too when it reads the
+ * processor's output (sp.process). An action aspen does not know needs
+ * everything (never nothing). NULL when `name` is no sp command. */
+static const need_t *
+sp_need(const char *name, need_t *out)
+{
+   const aspen_engine_command_t *c = aspen_engine_command_find(name);
+   if (!c) {
+      return NULL;
+   }
+   *out = (need_t){.name = c->name, .scope = 'S'};
+   if (!aspen_action_parse(c->action, &out->a[0])) {
+      out->a[0] = A(anyAction);
+   }
+   out->n = 1;
+   if (c->flags & ASPEN_ENGINE_CMD_SAMPLES) {
+      out->a[out->n++] = A(sampleStreamProcessor);
+   }
+   return out;
+}
 #undef A
 
 /* ---- mongod's refusal message ------------------------------------------ */
@@ -2061,8 +2069,9 @@ aspen_principal_may_run(const aspen_principal_t *p, const char *name,
          return false;
       }
    }
-   const need_t *need_row = NULL;
-   for (size_t i = 0; i < sizeof needs / sizeof needs[0]; i++) {
+   need_t sp;
+   const need_t *need_row = sp_need(name, &sp);
+   for (size_t i = 0; !need_row && i < sizeof needs / sizeof needs[0]; i++) {
       if (strcmp(needs[i].name, name) == 0) {
          need_row = &needs[i];
          break;

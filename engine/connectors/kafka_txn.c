@@ -3,7 +3,7 @@
  * (processor option exactlyOnce, an aspen extension; README "Checkpoints and
  * delivery guarantees"): which pipelines may use it, and the Kafka
  * transactions the $emit producer (sink_emit_kafka.c) runs for the runtime
- * (processor.c).
+ * (checkpointing.c).
  *
  * The producer has a transactional.id stable per processor, so the
  * init_transactions of a restarted aspen fences a producer left from the

@@ -2,7 +2,7 @@
  * checkpoint.c - framing, atomic writing and loading of processor
  * checkpoints (see checkpoint.h for the file format and the directory
  * layout). What a checkpoint holds is the runtime's business
- * (processor.c); this file only makes sure that what is read back is
+ * (checkpointing.c); this file only makes sure that what is read back is
  * exactly what was written, or is refused.
  */
 #include "runtime/checkpoint.h"

@@ -4,7 +4,7 @@
  * atomic writes that keep the previous good checkpoint.
  *
  * A checkpoint file is a 20-byte header followed by one BSON document (the
- * body, built and read by the runtime in processor.c):
+ * body, built and read by the runtime in checkpointing.c):
  *
  *    0  8  magic "ASPNCKPT"
  *    8  4  format version (little-endian), ASPEN_CHECKPOINT_VERSION
@@ -77,7 +77,7 @@ bool aspen__checkpoint_load_file(const char *dir, const char *name,
                                  const char *processor_id, const char *ctx,
                                  bson_t *body);
 
-/* Exactly-once restore (processor.c): which checkpoint matches what the
+/* Exactly-once restore (checkpointing.c): which checkpoint matches what the
  * sink's transactions committed. `current` and `previous` are the two
  * bodies (NULL when missing or unusable), `committed_ids` an array of the
  * checkpointId strings the broker holds with the committed positions.

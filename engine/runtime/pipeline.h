@@ -193,7 +193,7 @@ struct aspen_pipeline {
    int64_t now_ms;              /* wall clock for $currentDate */
    /* Sequence number of the source input being pushed (aspen_rt_mark);
     * windows remember the first one they saw, so checkpoints know where
-    * to replay from (processor.c). 0 when the source does not mark. */
+    * to replay from (checkpointing.c). 0 when the source does not mark. */
    uint64_t cur_seq;
 };
 

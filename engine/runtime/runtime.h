@@ -2,8 +2,9 @@
  * runtime.h - the processor runtime as the sp commands (commands/) and the
  * composition root (engine.c) drive it: what a processor is handed when it
  * launches (aspen_proc_env_t), processors and their states, stats and
- * sample cursors (processor.c, cursor.c). aspen_proc_t is opaque here: its struct lives in
- * runtime_int.h. Command thread only, except where noted.
+ * sample cursors (processor.c, cursor.c), and the registry that stores
+ * them (registry.c). aspen_proc_t is opaque here: its struct lives in
+ * runtime_int.h, which only runtime/ includes. Command thread only, except where noted.
  */
 #ifndef ASPEN_ENGINE_RUNTIME_RUNTIME_H
 #define ASPEN_ENGINE_RUNTIME_RUNTIME_H
@@ -137,5 +138,79 @@ bool aspen_cursor_fetch(aspen_proc_t *proc, int64_t id, int64_t batch,
                         bson_t *messages, bool *exhausted);
 /* Ends the sample cursors (not the shell's) of connection `conn_id`. */
 void aspen_cursor_close_conn(aspen_proc_t *proc, uint64_t conn_id);
+
+/* ------------------------------------------------------------------------ */
+/* The registry: the processors store (registry.c)                          */
+/* ------------------------------------------------------------------------ */
+
+typedef struct aspen_registry aspen_registry_t;
+
+/* Opens the store of the processors saved in <state_dir>/processors/ (one
+ * file each; an older aspen's processors.json is migrated), at most `max`
+ * at once. Nothing is started. NULL with err set when a state file is not
+ * understood (nothing is rewritten then). */
+aspen_registry_t *aspen_registry_open(const char *state_dir, size_t max,
+                                      aspen_error_t *err);
+/* Frees every processor (halting its thread: its saved state stays as it
+ * is, so it starts again with aspen) and the store; NULL: nothing. */
+void aspen_registry_destroy(aspen_registry_t *reg);
+
+/* aspen's rules for a new processor name (create, a rename through
+ * modify): 1 to 64 bytes of ASCII letters, digits, '_', '-' and '.', and
+ * no "..". False with err set (BadValue, naming the command field
+ * `field`) when `name` breaks them. */
+bool aspen_registry_check_name(const char *name, const char *field,
+                               aspen_error_t *err);
+
+/* The processor named `name`, or NULL. */
+aspen_proc_t *aspen_registry_find(const aspen_registry_t *reg,
+                                  const char *name);
+/* The processors in the order they were created: the first, the one
+ * after `proc`; NULL at the end. */
+aspen_proc_t *aspen_registry_first(const aspen_registry_t *reg);
+aspen_proc_t *aspen_registry_next(const aspen_proc_t *proc);
+/* How many are linked (sp.process ones included), and whether that is the
+ * limit (streams.maxProcessors). */
+size_t aspen_registry_count(const aspen_registry_t *reg);
+bool aspen_registry_is_full(const aspen_registry_t *reg);
+
+/* A new processor, CREATED, with a fresh id, neither linked nor saved;
+ * `pipeline` and `options` (NULL: none) are copied. An ephemeral one
+ * (sp.process) belongs to connection `owner_conn` and is never saved. */
+aspen_proc_t *aspen_registry_proc_new(const char *name, const bson_t *pipeline,
+                                      const bson_t *options, bool ephemeral,
+                                      uint64_t owner_conn);
+/* Halts an unlinked processor's thread and frees it; NULL: nothing. */
+void aspen_registry_proc_free(aspen_proc_t *proc);
+void aspen_registry_link(aspen_registry_t *reg, aspen_proc_t *proc);
+void aspen_registry_unlink(aspen_registry_t *reg, aspen_proc_t *proc);
+
+/* Saves `proc` in its own file, <stateDir>/processors/<id>.json, as its
+ * state or as `st` (PROVISIONING is saved as STARTED); ephemeral ones are
+ * never saved. False with err set (and logged) when it cannot be encoded
+ * or written: the file on disk is then the old one. */
+bool aspen_registry_save(aspen_registry_t *reg, const aspen_proc_t *proc,
+                         aspen_error_t *err);
+bool aspen_registry_save_as(aspen_registry_t *reg, const aspen_proc_t *proc,
+                            aspen_proc_state_t st, aspen_error_t *err);
+/* Deletes `proc`'s file (it is being dropped). False with err set (and
+ * logged) when it is still there. */
+bool aspen_registry_unsave(aspen_registry_t *reg, const aspen_proc_t *proc,
+                           aspen_error_t *err);
+/* Gives a stopped `proc` a new definition (modify): `new_name` (NULL:
+ * the same), `pipeline` (NULL: the same, else copied) and `options`
+ * (taken, on every path), and saves it. False with err set when the save
+ * fails: the old definition is back, in memory as on disk. */
+bool aspen_registry_redefine(aspen_registry_t *reg, aspen_proc_t *proc,
+                             const char *new_name, const bson_t *pipeline,
+                             bson_t *options, aspen_error_t *err);
+/* Deletes `proc`'s checkpoints: it was dropped, or starts (or was
+ * modified to start) without resuming. */
+void aspen_registry_drop_checkpoints(const aspen_registry_t *reg,
+                                     const aspen_proc_t *proc);
+/* Appends `proc`'s listing entry ({id, name, state, pipeline, tier,
+ * options, errorMsg, lastModified, lastStateChange}: listStreamProcessors'
+ * and getStreamProcessor's) to `out`. */
+void aspen_registry_entry(const aspen_proc_t *proc, bson_t *out);
 
 #endif /* ASPEN_ENGINE_RUNTIME_RUNTIME_H */

@@ -11,11 +11,11 @@
  *                     body: take, restore
  *    dlq.c            the dead-letter queue
  *    cursor.c         sample cursors and the shell's
+ *    registry.c       the processors store and its files
  */
 #ifndef ASPEN_ENGINE_RUNTIME_RUNTIME_INT_H
 #define ASPEN_ENGINE_RUNTIME_RUNTIME_INT_H
 
-#include "engine.h"
 #include "runtime/runtime.h"
 #include "runtime/sink.h"
 
@@ -30,12 +30,6 @@ typedef struct {
 } aspen_stats_t;
 
 struct aspen_proc {
-   /* engine.c's, until its command layer keeps them itself. */
-   aspen_engine_t *eng;
-   bool start_pending;
-   void *start_ticket;
-   int64_t start_cursor_id;
-
    char *name;
    char id[25];        /* ObjectId hex */
    bool ephemeral;

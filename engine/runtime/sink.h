@@ -1,6 +1,6 @@
 /*
  * sink.h - what a processor sink ($merge, $emit) provides and what the
- * processor runtime (processor.c) offers it beyond source.h. Each sink kind
+ * processor runtime (rt.c) offers it beyond source.h. Each sink kind
  * is one aspen_sink_ops_t in connectors/ (sink_merge.c, sink_emit_kafka.c),
  * listed in connectors/sources.c. Processor thread.
  */

@@ -1,6 +1,6 @@
 /*
  * source.h - what a $source implementation provides and what the processor
- * runtime (processor.c) offers it. Each source kind (documents,
+ * runtime (rt.c, checkpointing.c) offers it. Each source kind (documents,
  * sample_stream_solar, Kafka, change streams) is one aspen_source_ops_t in
  * its own connectors/source_<kind>.c, listed in connectors/sources.c. All of
  * this runs on the processor's thread.

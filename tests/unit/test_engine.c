@@ -1,7 +1,8 @@
 /*
  * test_engine.c - the engine's command layer and saved state (engine/
- * engine.c, included here to reach its static helpers), driven through
- * aspen_engine_command as the proxy drives it:
+ * engine.c and the registry, engine/runtime/registry.c, included here to
+ * reach their static helpers), driven through aspen_engine_command as the
+ * proxy drives it:
  *  - strings that are not UTF-8 are refused at the command boundary, and
  *    no reply (an error cut mid-character included) carries invalid UTF-8;
  *  - a save that cannot be encoded or written never replaces a good file,
@@ -24,6 +25,7 @@
 #include <cmocka.h>
 
 #include "../../engine/engine.c"
+#include "../../engine/runtime/registry.c"
 
 #include <ftw.h>
 #include <stdio.h>
@@ -177,7 +179,7 @@ list_names(aspen_engine_t *eng, char *out, size_t cap)
    bson_destroy(&reply);
 }
 
-/* A whole file (free()), NULL when missing: engine.c's own reader. */
+/* A whole file (free()), NULL when missing: the registry's own reader. */
 static char *
 slurp(const char *path, size_t *len)
 {
@@ -314,7 +316,7 @@ test_failed_save_keeps_good_file(void **state)
 
    /* A definition that does not encode (as one holding "\xc3\x28" did
     * before commands were checked): the save fails, the file stays. */
-   aspen_proc_t *p = find_proc(eng, "keep");
+   aspen_proc_t *p = aspen_registry_find(eng->ctx.reg, "keep");
    assert_non_null(p);
    bson_t bad = BSON_INITIALIZER, stage;
    BSON_APPEND_DOCUMENT_BEGIN(&bad, "0", &stage);
@@ -324,7 +326,7 @@ test_failed_save_keeps_good_file(void **state)
    bson_steal(&saved, &p->pipeline);
    bson_steal(&p->pipeline, &bad);
    aspen_error_t err;
-   assert_false(save_proc(eng, p, &err));
+   assert_false(aspen_registry_save(eng->ctx.reg, p, &err));
    assert_non_null(strstr(err.message, "does not encode"));
    bson_destroy(&p->pipeline);
    bson_steal(&p->pipeline, &saved);
@@ -510,7 +512,7 @@ test_names(void **state)
    char names[512];
    list_names(eng, names, sizeof names);
    assert_non_null(strstr(names, "nul"));
-   assert_int_equal(eng->n_procs, 3);
+   assert_int_equal(aspen_registry_count(eng->ctx.reg), 3);
    aspen_engine_destroy(eng);
 }
 
@@ -575,7 +577,7 @@ test_many_creates(void **state)
    /* All of them load again. */
    eng = open_engine(N, &err);
    assert_non_null(eng);
-   assert_int_equal(eng->n_procs, N);
+   assert_int_equal(aspen_registry_count(eng->ctx.reg), N);
    aspen_engine_destroy(eng);
 }
 

@@ -16,7 +16,7 @@
  *   3. pushes each document of the parsed $source, with a `_ts` Date (the
  *      timeField's value, or the ingestion time) appended and stream
  *      metadata {source: {type: "generated"}}, as the processor's ingest
- *      does (engine/runtime/processor.c);
+ *      does (engine/runtime/rt.c);
  *   4. compares what reaches the output and DLQ hooks with "output" and
  *      "dlq", after dropping `_ts` and `_stream_meta` from actual documents.
  * Window cases: "source" adds options (timeField, ...) to the $source; an
@@ -25,7 +25,7 @@
  * stage's extra DLQ fields; "virtualClock" runs the input on the virtual
  * clock as README.md describes it ("now" is the latest event time seen, and
  * once the input is over time jumps far ahead through aspen_pipeline_tick,
- * as engine/runtime/processor.c's aspen_rt_wait does); "partitioned" (with
+ * as engine/runtime/rt.c's aspen_rt_wait does); "partitioned" (with
  * "unitOnly") makes each input a {doc, partition} wrapper whose partition
  * goes into `_stream_meta.source.partition`, as a Kafka source sets it.
  * Documents are compared as canonical Extended JSON, so field order and BSON
@@ -646,7 +646,7 @@ build_pipeline(const bson_t *c, bool persistent, bool partitioned,
  * it: the timeField's value, which must be a Date, or else the ingestion
  * time. A timeField that fails or is not a Date sends the document to the
  * DLQ as the source operator (same names and reasons as
- * engine/runtime/processor.c) and returns false. */
+ * engine/runtime/rt.c) and returns false. */
 static bool
 event_time(aspen_pipeline_t *pl, const bson_t *raw, const bson_t *meta,
            int64_t now, int64_t *ts)
@@ -706,7 +706,7 @@ source_meta(bson_t *meta, int64_t partition)
  * On the virtual clock (`virtual_clock`), "now" is the latest event time
  * seen, this document's included (0 before any), and once the input is over
  * time jumps to INT64_MAX / 4 through aspen_pipeline_tick, as
- * engine/runtime/processor.c's aspen_rt_wait does when the source has
+ * engine/runtime/rt.c's aspen_rt_wait does when the source has
  * nothing more.
  * Otherwise "now" is TEST_NOW_MS plus 1 ms per document. */
 static bool
