@@ -53,7 +53,13 @@ static const char *const USERS_JSON =
    " {\"user\": \"salesAll\", \"db\": \"admin\","
    "  \"roles\": [{\"role\": \"salesAnyAction\", \"db\": \"admin\"}]},"
    " {\"user\": \"updater\", \"db\": \"admin\","
-   "  \"roles\": [{\"role\": \"updateOnly\", \"db\": \"admin\"}]}"
+   "  \"roles\": [{\"role\": \"updateOnly\", \"db\": \"admin\"}]},"
+   " {\"user\": \"spProc\", \"db\": \"admin\","
+   "  \"roles\": [{\"role\": \"spProcessOnly\", \"db\": \"admin\"}]},"
+   " {\"user\": \"spRunner\", \"db\": \"admin\","
+   "  \"roles\": [{\"role\": \"spRunner\", \"db\": \"admin\"}]},"
+   " {\"user\": \"spSampler\", \"db\": \"admin\","
+   "  \"roles\": [{\"role\": \"spSampler\", \"db\": \"admin\"}]}"
    "]}";
 
 /* The custom roles of the fixture. */
@@ -71,7 +77,11 @@ static const char *const ROLES_JSON =
    "   {\"resource\": {\"db\": \"sales\"}, \"actions\": [\"anyAction\"]}]},"
    " {\"role\": \"updateOnly\", \"privileges\": ["
    "   {\"resource\": {\"db\": \"a\", \"collection\": \"\"},"
-   "    \"actions\": [\"update\"]}]}"
+   "    \"actions\": [\"update\"]}]},"
+   " {\"role\": \"spProcessOnly\", \"actions\": [\"processStreamProcessor\"]},"
+   " {\"role\": \"spRunner\", \"actions\": [\"processStreamProcessor\","
+   "   \"sampleStreamProcessor\"]},"
+   " {\"role\": \"spSampler\", \"actions\": [\"sampleStreamProcessor\"]}"
    "]";
 
 static void
@@ -487,6 +497,44 @@ test_message_shape(void **state)
                             "processing workspace>");
 }
 
+/* ---- the sp commands: privileges from the engine's command table ---------- */
+
+/* What each sp command needs is its row of engine/commands/commands.def
+ * (aspen_engine_command_find): the action named there, every one of them
+ * an action aspen knows, and sampleStreamProcessor as well for sp.process,
+ * which reads its processor's output. */
+static void
+test_sp_command_actions(void **state)
+{
+   (void) state;
+   static const char *const names[] = {
+      "createStreamProcessor",      "processStreamProcessor",
+      "startStreamProcessor",       "stopStreamProcessor",
+      "dropStreamProcessor",        "modifyStreamProcessor",
+      "getStreamProcessorStats",    "startSampleStreamProcessor",
+      "getMoreSampleStreamProcessor", "listStreamProcessors",
+      "listStreamConnections",      "getStreamProcessor"};
+   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+      const aspen_engine_command_t *c = aspen_engine_command_find(names[i]);
+      assert_non_null(c);
+      aspen_action_t a;
+      assert_true(aspen_action_parse(c->action, &a));
+      assert_string_equal(aspen_action_name(a), c->action);
+   }
+   REFUSED("spProc", "admin", "{\"processStreamProcessor\": []}");
+   ALLOWED("spRunner", "admin", "{\"processStreamProcessor\": []}");
+   REFUSED("spRunner", "admin",
+           "{\"createStreamProcessor\": \"p\", \"pipeline\": []}");
+   ALLOWED("spSampler", "admin", "{\"startSampleStreamProcessor\": \"p\"}");
+   ALLOWED("spSampler", "admin",
+           "{\"getMoreSampleStreamProcessor\": \"p\", \"cursorId\": 1}");
+   REFUSED("spSampler", "admin", "{\"getStreamProcessorStats\": \"p\"}");
+   ALLOWED("rAny", "admin", "{\"getStreamProcessorStats\": \"p\"}");
+   ALLOWED("rAny", "admin", "{\"listStreamConnections\": 1}");
+   REFUSED("rAny", "admin", "{\"dropStreamProcessor\": \"p\"}");
+   ALLOWED("admin", "admin", "{\"dropStreamProcessor\": \"p\"}");
+}
+
 /* ---- aspen's diagnostics need cluster-monitor privileges ---------------- */
 
 static void
@@ -865,6 +913,7 @@ main(void)
       cmocka_unit_test(test_collection_scope),
       cmocka_unit_test(test_cross_namespace),
       cmocka_unit_test(test_message_shape),
+      cmocka_unit_test(test_sp_command_actions),
       cmocka_unit_test(test_cluster_monitor),
       cmocka_unit_test(test_engine_grants),
       cmocka_unit_test(test_cursor_owners),
