@@ -1,6 +1,7 @@
 /*
- * window.c - $tumblingWindow, $hoppingWindow and $sessionWindow, and the
- * window-only stages $group, $sort, $limit and $count.
+ * window.c - $tumblingWindow, $hoppingWindow and $sessionWindow; the
+ * window-only stages $group, $sort, $limit and $count they run are in
+ * window_block.c.
  *
  * Event time and watermarks (../shared/spec/asp-semantics.md §4.5): each
  * document carries its event time; the watermark of a source partition is
@@ -20,750 +21,43 @@
  * rest of the inner pipeline runs over that stage's output.
  */
 #include "hash.h"
-#include "lang/accum.h"
-#include "runtime/pipeline.h"
 #include "stages/window.h"
+#include "stages/window_int.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MS_PER_SECOND 1000LL
-#define MAX_LATENESS_MS (30LL * 60 * 1000)
-
-/* ---- durations ------------------------------------------------------------ */
-
-static bool
-unit_ms(const char *unit, int64_t *ms)
-{
-   static const struct {
-      const char *name;
-      int64_t ms;
-   } units[] = {{"ms", 1},
-                {"second", 1000},
-                {"minute", 60 * 1000},
-                {"hour", 60 * 60 * 1000},
-                {"day", 24 * 60 * 60 * 1000}};
-   for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
-      if (strcmp(units[i].name, unit) == 0) {
-         *ms = units[i].ms;
-         return true;
-      }
-   }
-   return false;
-}
-
-/* Parses {size, unit} (or, when zero_ok, the integer 0) into ms. `what` is
- * the option's name for messages ("interval", "allowedLateness"). */
-static bool
-parse_duration(const bson_iter_t *it, const char *what, bool zero_ok,
-               const char *nonzero_msg, int64_t *out, aspen_error_t *err)
-{
-   if (zero_ok && (BSON_ITER_HOLDS_INT32(it) || BSON_ITER_HOLDS_INT64(it) ||
-                   BSON_ITER_HOLDS_DOUBLE(it))) {
-      if (bson_iter_as_int64(it) != 0) {
-         aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions, "%s",
-                         nonzero_msg);
-         return false;
-      }
-      *out = 0;
-      return true;
-   }
-   if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
-      aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
-                      "%s must be an object {size, unit}", what);
-      return false;
-   }
-   bson_iter_t di;
-   bson_iter_recurse(it, &di);
-   bool has_size = false;
-   int64_t size = 0, ms = 0;
-   const char *unit = NULL;
-   while (bson_iter_next(&di)) {
-      const char *k = bson_iter_key(&di);
-      if (strcmp(k, "size") == 0) {
-         /* The range check before the cast: converting 1e40 to int64_t
-          * is undefined (found by tests/fuzz/fuzz_pipeline). */
-         if (!BSON_ITER_HOLDS_INT32(&di) && !BSON_ITER_HOLDS_INT64(&di) &&
-             !(BSON_ITER_HOLDS_DOUBLE(&di) &&
-               bson_iter_double(&di) >= -9.2e18 &&
-               bson_iter_double(&di) <= 9.2e18 &&
-               bson_iter_double(&di) == (double) (int64_t) bson_iter_double(&di))) {
-            aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
-                            "%s.size must be an integer", what);
-            return false;
-         }
-         size = bson_iter_as_int64(&di);
-         has_size = true;
-      } else if (strcmp(k, "unit") == 0) {
-         if (!BSON_ITER_HOLDS_UTF8(&di)) {
-            aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
-                            "%s.unit must be a string", what);
-            return false;
-         }
-         unit = bson_iter_utf8(&di, NULL);
-      } else {
-         aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
-                         "BSON field '%s.%s' is an unknown field.", what, k);
-         return false;
-      }
-   }
-   if (!has_size || !unit) {
-      aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
-                      "%s requires both size and unit", what);
-      return false;
-   }
-   if (!unit_ms(unit, &ms)) {
-      aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
-                      "Enumeration value '%s' for field '%s.unit' is not a "
-                      "valid value.",
-                      unit, what);
-      return false;
-   }
-   /* Durations are milliseconds in an int64_t: refuse what overflows it. */
-   if (size > INT64_MAX / ms || size < INT64_MIN / ms) {
-      aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
-                      "%s.size %lld %s is too large", what, (long long) size,
-                      unit);
-      return false;
-   }
-   *out = size * ms;
-   return true;
-}
-
-/* ---- window-only stages (parsed here, run by the window) ----------------- */
-
-typedef enum { B_GROUP, B_SORT, B_LIMIT, B_COUNT } block_kind_t;
-
-typedef struct {
-   char *name;
-   aspen_accum_t *acc;
-} group_field_t;
-
-typedef struct {
-   bson_t spec;          /* owned copy: expressions keep views into it */
-   aspen_expr_t *id;
-   group_field_t *fields;
-   size_t n_fields;
-} group_spec_t;
-
-typedef struct {
-   char **paths;
-   int *dirs;
-   size_t n;
-} sort_spec_t;
-
-typedef struct {
-   block_kind_t kind;
-   group_spec_t group;
-   sort_spec_t sort;
-   int64_t limit;
-   char *count_field;
-} block_spec_t;
-
-static void
-block_spec_destroy(block_spec_t *b)
-{
-   if (!b) {
-      return;
-   }
-   aspen_expr_destroy(b->group.id);
-   for (size_t i = 0; i < b->group.n_fields; i++) {
-      free(b->group.fields[i].name);
-      aspen_accum_destroy(b->group.fields[i].acc);
-   }
-   free(b->group.fields);
-   if (b->kind == B_GROUP) {
-      bson_destroy(&b->group.spec);
-   }
-   for (size_t i = 0; i < b->sort.n; i++) {
-      free(b->sort.paths[i]);
-   }
-   free(b->sort.paths);
-   free(b->sort.dirs);
-   free(b->count_field);
-   free(b);
-}
-
-static void
-blocking_destroy(aspen_stage_t *st)
-{
-   block_spec_destroy(st->state);
-   st->state = NULL;
-}
-
-static bool
-group_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
-            aspen_error_t *err)
-{
-   (void) pc;
-   if (!BSON_ITER_HOLDS_DOCUMENT(arg)) {
-      aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                      "a group's fields must be specified in an object");
-      return false;
-   }
-   block_spec_t *b = aspen_xcalloc(1, sizeof *b);
-   b->kind = B_GROUP;
-   st->state = b;
-   uint32_t len;
-   const uint8_t *data;
-   bson_t tmp;
-   bson_iter_document(arg, &len, &data);
-   (void) bson_init_static(&tmp, data, len);
-   bson_copy_to(&tmp, &b->group.spec);
-   bson_iter_t it;
-   bson_iter_init(&it, &b->group.spec);
-   size_t n = bson_count_keys(&b->group.spec);
-   b->group.fields = aspen_xcalloc(n ? n : 1, sizeof *b->group.fields);
-   bool has_id = false;
-   while (bson_iter_next(&it)) {
-      const char *k = bson_iter_key(&it);
-      if (strcmp(k, "_id") == 0) {
-         if (has_id) {
-            aspen_error_set(err, ASPEN_ERR_Location15948,
-                            "a group's _id may only be specified once");
-            blocking_destroy(st);
-            return false;
-         }
-         if (!aspen_expr_parse(&it, NULL, &b->group.id, err)) {
-            blocking_destroy(st);
-            return false;
-         }
-         has_id = true;
-         continue;
-      }
-      if (strchr(k, '.')) {
-         aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                         "the group aggregate field name '%s' cannot be used "
-                         "because $group's field names cannot contain '.'",
-                         k);
-         blocking_destroy(st);
-         return false;
-      }
-      group_field_t *f = &b->group.fields[b->group.n_fields];
-      if (!aspen_accum_parse(&it, &f->acc, err)) {
-         blocking_destroy(st);
-         return false;
-      }
-      f->name = aspen_xstrdup(k);
-      b->group.n_fields++;
-   }
-   if (!has_id) {
-      aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                      "a group specification must include an _id");
-      blocking_destroy(st);
-      return false;
-   }
-   return true;
-}
-
-static bool
-sort_parse_spec(const bson_iter_t *arg, sort_spec_t *s, aspen_error_t *err)
-{
-   if (!BSON_ITER_HOLDS_DOCUMENT(arg)) {
-      aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                      "the $sort key specification must be an object");
-      return false;
-   }
-   bson_iter_t it;
-   bson_iter_recurse(arg, &it);
-   while (bson_iter_next(&it)) {
-      int dir;
-      if ((BSON_ITER_HOLDS_INT32(&it) || BSON_ITER_HOLDS_INT64(&it) ||
-           BSON_ITER_HOLDS_DOUBLE(&it)) &&
-          (bson_iter_as_int64(&it) == 1 || bson_iter_as_int64(&it) == -1)) {
-         dir = (int) bson_iter_as_int64(&it);
-      } else {
-         aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                         "$sort key ordering must be 1 (for ascending) or -1 "
-                         "(for descending)");
-         return false;
-      }
-      s->paths = aspen_xrealloc(s->paths, (s->n + 1) * sizeof *s->paths);
-      s->dirs = aspen_xrealloc(s->dirs, (s->n + 1) * sizeof *s->dirs);
-      s->paths[s->n] = aspen_xstrdup(bson_iter_key(&it));
-      s->dirs[s->n] = dir;
-      s->n++;
-   }
-   if (s->n == 0) {
-      aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                      "$sort stage must have at least one sort key");
-      return false;
-   }
-   return true;
-}
-
-static bool
-sort_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
-           aspen_error_t *err)
-{
-   (void) pc;
-   block_spec_t *b = aspen_xcalloc(1, sizeof *b);
-   b->kind = B_SORT;
-   st->state = b;
-   if (!sort_parse_spec(arg, &b->sort, err)) {
-      blocking_destroy(st);
-      return false;
-   }
-   return true;
-}
-
-static bool
-limit_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
-            aspen_error_t *err)
-{
-   (void) pc;
-   if (!BSON_ITER_HOLDS_NUMBER(arg) ||
-       (BSON_ITER_HOLDS_DOUBLE(arg) &&
-        bson_iter_double(arg) != (double) bson_iter_as_int64(arg))) {
-      aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                      "invalid argument to $limit stage: Expected an integer");
-      return false;
-   }
-   if (bson_iter_as_int64(arg) <= 0) {
-      aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                      "invalid argument to $limit stage: Expected a positive "
-                      "number");
-      return false;
-   }
-   block_spec_t *b = aspen_xcalloc(1, sizeof *b);
-   b->kind = B_LIMIT;
-   b->limit = bson_iter_as_int64(arg);
-   st->state = b;
-   return true;
-}
-
-static bool
-count_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
-            aspen_error_t *err)
-{
-   (void) pc;
-   const char *f = BSON_ITER_HOLDS_UTF8(arg) ? bson_iter_utf8(arg, NULL) : NULL;
-   if (!f) {
-      aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                      "the count field must be a non-empty string");
-      return false;
-   }
-   if (!*f) {
-      aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                      "the count field must be a non-empty string");
-      return false;
-   }
-   if (*f == '$') {
-      aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                      "the count field cannot be a $-prefixed path");
-      return false;
-   }
-   if (strchr(f, '.')) {
-      aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                      "the count field cannot contain '.'");
-      return false;
-   }
-   block_spec_t *b = aspen_xcalloc(1, sizeof *b);
-   b->kind = B_COUNT;
-   b->count_field = aspen_xstrdup(f);
-   st->state = b;
-   return true;
-}
-
-const aspen_stage_ops_t aspen_stage_group_ops = {
-   .name = "$group",
-   .operator_name = "GroupOperator",
-   .parse = group_parse,
-   .destroy = blocking_destroy,
-};
-const aspen_stage_ops_t aspen_stage_sort_ops = {
-   .name = "$sort",
-   .operator_name = "SortOperator",
-   .parse = sort_parse,
-   .destroy = blocking_destroy,
-};
-const aspen_stage_ops_t aspen_stage_limit_ops = {
-   .name = "$limit",
-   .operator_name = "LimitOperator",
-   .parse = limit_parse,
-   .destroy = blocking_destroy,
-};
-const aspen_stage_ops_t aspen_stage_count_ops = {
-   .name = "$count",
-   .operator_name = "GroupOperator",
-   .parse = count_parse,
-   .destroy = blocking_destroy,
-};
-
-static bool
-is_blocking(const aspen_stage_t *st)
-{
-   return st->ops == &aspen_stage_group_ops || st->ops == &aspen_stage_sort_ops ||
-          st->ops == &aspen_stage_limit_ops || st->ops == &aspen_stage_count_ops;
-}
-
-/* ---- documents lists -------------------------------------------------------- */
-
-typedef struct {
-   bson_t **docs;
-   size_t n, cap;
-} doclist_t;
-
-static void
-doclist_add(doclist_t *l, const bson_t *doc)
-{
-   if (l->n == l->cap) {
-      l->cap = l->cap ? l->cap * 2 : 8;
-      l->docs = aspen_xrealloc(l->docs, l->cap * sizeof *l->docs);
-   }
-   l->docs[l->n++] = bson_copy(doc);
-}
-
-static void
-doclist_clear(doclist_t *l)
-{
-   for (size_t i = 0; i < l->n; i++) {
-      bson_destroy(l->docs[i]);
-   }
-   free(l->docs);
-   memset(l, 0, sizeof *l);
-}
-
-/* ---- group keys ----------------------------------------------------------------- */
-
-/* Appends `v` with numbers made canonical, so that 1, 1.0 and NumberLong(1)
- * fall in the same group, as in MongoDB. */
-static void
-append_normalized(bson_t *out, const char *key, const bson_iter_t *it)
-{
-   switch (bson_iter_type(it)) {
-   case BSON_TYPE_INT32:
-   case BSON_TYPE_INT64:
-      bson_append_int64(out, key, -1, bson_iter_as_int64(it));
-      return;
-   case BSON_TYPE_DOUBLE: {
-      double d = bson_iter_double(it);
-      if (d >= -9.2e18 && d <= 9.2e18 && d == (double) (int64_t) d) {
-         bson_append_int64(out, key, -1, (int64_t) d);
-      } else {
-         bson_append_double(out, key, -1, d);
-      }
-      return;
-   }
-   case BSON_TYPE_UNDEFINED:
-      bson_append_null(out, key, -1);
-      return;
-   case BSON_TYPE_DOCUMENT:
-   case BSON_TYPE_ARRAY: {
-      bson_t sub;
-      bson_iter_t si;
-      bool arr = BSON_ITER_HOLDS_ARRAY(it);
-      if (arr) {
-         bson_append_array_begin(out, key, -1, &sub);
-      } else {
-         bson_append_document_begin(out, key, -1, &sub);
-      }
-      bson_iter_recurse(it, &si);
-      while (bson_iter_next(&si)) {
-         append_normalized(&sub, bson_iter_key(&si), &si);
-      }
-      if (arr) {
-         bson_append_array_end(out, &sub);
-      } else {
-         bson_append_document_end(out, &sub);
-      }
-      return;
-   }
-   default:
-      bson_append_iter(out, key, -1, it);
-   }
-}
-
-typedef struct {
-   uint64_t hash;
-   bson_t key;   /* {"": normalized _id} */
-   bson_t id;    /* {"": _id as first seen} */
-   aspen_accum_state_t **states;
-} group_t;
-
-/* Groups in insertion order, indexed by an open-addressing table of
- * positions + 1 (0 = empty). */
-typedef struct {
-   group_t **items;
-   size_t n, cap;
-   uint32_t *index;
-   size_t index_size; /* a power of two */
-} group_map_t;
-
 /* ---- window instances ------------------------------------------------------------ */
 
-/* The state of one open window's first blocking stage. */
-typedef struct {
-   group_map_t groups; /* B_GROUP */
-   doclist_t docs;     /* B_SORT, B_LIMIT, and no blocking stage at all */
-   int64_t count;      /* B_COUNT */
-} block_state_t;
-
-typedef struct {
-   int64_t start, end;
-   bson_t part_key;     /* session windows: {"": partition value} */
-   int64_t last_ts;     /* session windows: latest event time */
-   uint64_t first_seq;  /* pl->cur_seq of its first input (checkpoints) */
-   block_state_t block;
-   size_t bytes;        /* estimate for stateSize */
-} win_t;
-
-typedef enum { W_TUMBLING, W_HOPPING, W_SESSION } win_kind_t;
-
-typedef struct {
-   win_kind_t kind;
-   int64_t size_ms, hop_ms, offset_ms, gap_ms;
-   int64_t lateness_ms, idle_timeout_ms;
-   bool processing_time;
-   aspen_expr_t *partition_by;
-   bson_t spec;              /* owned copy of the stage argument */
-
-   aspen_stage_t *inner;     /* parsed inner stages */
-   int n_inner;
-   int first_block;          /* index of the first blocking stage or n */
-   aspen_chain_t prefix;     /* inner[0 .. first_block) */
-   aspen_chain_t *segments;  /* one per blocking stage: the stateless run after it */
-
-   /* Run time. */
-   win_t **wins;             /* open windows, sorted by (start, key) */
-   size_t n_wins, cap_wins;
-   int64_t watermark;        /* INT64_MIN until the first event */
-   struct {
-      int64_t id, wm, last_seen_ms;
-   } *parts;                 /* per source partition (Kafka), else one */
-   size_t n_parts;
-   char source_type[32];
-   win_t *feeding;           /* target of the prefix chain's terminal */
-   aspen_stage_t *self;
-   size_t state_bytes;
-   bool collecting;          /* batch runs: terminal collects */
-   doclist_t *collect;
-} window_t;
-
-static block_spec_t *
-first_block_spec(const window_t *w)
+static aspen_block_spec_t *
+first_block_spec(const aspen_window_t *w)
 {
    return w->first_block < w->n_inner ? w->inner[w->first_block].state : NULL;
 }
 
 static void
-group_map_clear(group_map_t *m, const block_spec_t *b)
+win_block_destroy(aspen_window_t *w, aspen_win_t *win)
 {
-   for (size_t i = 0; i < m->n; i++) {
-      group_t *g = m->items[i];
-      for (size_t f = 0; f < b->group.n_fields; f++) {
-         aspen_accum_state_destroy(b->group.fields[f].acc, g->states[f]);
-      }
-      free(g->states);
-      bson_destroy(&g->key);
-      bson_destroy(&g->id);
-      free(g);
-   }
-   free(m->items);
-   free(m->index);
-   memset(m, 0, sizeof *m);
-}
-
-static void
-win_block_destroy(window_t *w, win_t *win)
-{
-   block_spec_t *b = first_block_spec(w);
+   aspen_block_spec_t *b = first_block_spec(w);
    if (b && b->kind == B_GROUP) {
-      group_map_clear(&win->block.groups, b);
+      aspen__window_block_groups_clear(&win->block.groups, b);
    }
-   doclist_clear(&win->block.docs);
+   aspen__window_block_list_clear(&win->block.docs);
 }
 
 static void
-win_free(window_t *w, win_t *win)
+win_free(aspen_window_t *w, aspen_win_t *win)
 {
    win_block_destroy(w, win);
    bson_destroy(&win->part_key);
    free(win);
 }
 
-/* ---- groups ------------------------------------------------------------------- */
-
-/* The group for `idv`; when it does not exist yet, NULL if `added_bytes` is
- * NULL, else a new one (its bytes added there). */
-static group_t *
-group_get(group_map_t *m, const block_spec_t *b, const aspen_value_t *idv,
-          size_t *added_bytes)
-{
-   bson_t tmp = BSON_INITIALIZER, key = BSON_INITIALIZER;
-   bson_iter_t it;
-   aspen_value_t id = *idv;
-   if (aspen_value_is_missing(&id)) {
-      id = aspen_value_null(); /* a missing _id groups as null */
-   }
-   aspen_value_append(&tmp, "", 0, &id);
-   bson_iter_init(&it, &tmp);
-   bson_iter_next(&it);
-   append_normalized(&key, "", &it);
-   uint64_t h = aspen_hash_fnv1a(bson_get_data(&key), key.len);
-   if (m->index_size) {
-      size_t mask = m->index_size - 1;
-      for (size_t i = h & mask; m->index[i]; i = (i + 1) & mask) {
-         group_t *g = m->items[m->index[i] - 1];
-         if (g->hash == h && g->key.len == key.len &&
-             memcmp(bson_get_data(&g->key), bson_get_data(&key), key.len) ==
-                0) {
-            bson_destroy(&tmp);
-            bson_destroy(&key);
-            return g;
-         }
-      }
-   }
-   /* A new group. */
-   if (!added_bytes) {
-      bson_destroy(&tmp);
-      bson_destroy(&key);
-      return NULL;
-   }
-   if ((m->n + 1) * 2 > m->index_size) {
-      size_t size = m->index_size ? m->index_size * 2 : 16;
-      uint32_t *index = aspen_xcalloc(size, sizeof *index);
-      for (size_t j = 0; j < m->n; j++) {
-         size_t i = m->items[j]->hash & (size - 1);
-         while (index[i]) {
-            i = (i + 1) & (size - 1);
-         }
-         index[i] = (uint32_t) (j + 1);
-      }
-      free(m->index);
-      m->index = index;
-      m->index_size = size;
-   }
-   if (m->n == m->cap) {
-      m->cap = m->cap ? m->cap * 2 : 8;
-      m->items = aspen_xrealloc(m->items, m->cap * sizeof *m->items);
-   }
-   group_t *g = aspen_xcalloc(1, sizeof *g);
-   g->hash = h;
-   bson_steal(&g->key, &key);
-   bson_steal(&g->id, &tmp);
-   g->states = aspen_xcalloc(b->group.n_fields ? b->group.n_fields : 1,
-                             sizeof *g->states);
-   for (size_t f = 0; f < b->group.n_fields; f++) {
-      g->states[f] = aspen_accum_state_new(b->group.fields[f].acc);
-   }
-   m->items[m->n] = g;
-   size_t i = h & (m->index_size - 1);
-   while (m->index[i]) {
-      i = (i + 1) & (m->index_size - 1);
-   }
-   m->index[i] = (uint32_t) (m->n + 1);
-   m->n++;
-   *added_bytes += sizeof *g + g->key.len + g->id.len +
-                   b->group.n_fields * sizeof *g->states;
-   return g;
-}
-
-/* Absorbs one document into a group map; false with err to DLQ it. */
-static bool
-group_add(group_map_t *m, const block_spec_t *b, const aspen_sdoc_t *in,
-          int64_t now_ms, size_t *added_bytes, aspen_error_t *err)
-{
-   aspen_expr_ctx_t ctx = {.root = in->doc, .meta = in->meta, .now_ms = now_ms};
-   aspen_value_t idv;
-   if (!aspen_expr_eval(b->group.id, &ctx, &idv, err)) {
-      return false;
-   }
-   /* Every accumulator's input first, so a document refused by one of them
-    * leaves no trace (not in the others, no empty new group). */
-   group_t *g = group_get(m, b, &idv, NULL);
-   size_t n = b->group.n_fields;
-   aspen_accum_input_t stack_ins[16];
-   aspen_accum_input_t *ins =
-      n <= 16 ? stack_ins : aspen_xmalloc(n * sizeof *ins);
-   bool ok = true;
-   size_t f = 0;
-   for (; f < n && ok; f++) {
-      ok = aspen_accum_prepare(b->group.fields[f].acc, g ? g->states[f] : NULL,
-                               &ctx, &ins[f], err);
-   }
-   if (ok) {
-      if (!g) {
-         g = group_get(m, b, &idv, added_bytes);
-      }
-      /* What the accumulators keep counts too ($push of $$ROOT grows by
-       * the document); their size estimates are O(1). */
-      for (f = 0; f < n; f++) {
-         const aspen_accum_t *acc = b->group.fields[f].acc;
-         size_t before = aspen_accum_state_size(acc, g->states[f]);
-         aspen_accum_commit(acc, g->states[f], &ctx, &ins[f]);
-         size_t after = aspen_accum_state_size(acc, g->states[f]);
-         *added_bytes += after >= before ? after - before : 0;
-      }
-   } else {
-      for (size_t j = 0; j + 1 < f; j++) {
-         aspen_accum_input_discard(&ins[j]);
-      }
-   }
-   aspen_value_destroy(&idv);
-   if (ins != stack_ins) {
-      free(ins);
-   }
-   return ok;
-}
-
-static void
-group_results(const group_map_t *m, const block_spec_t *b, doclist_t *out)
-{
-   for (size_t i = 0; i < m->n; i++) {
-      const group_t *g = m->items[i];
-      bson_t doc = BSON_INITIALIZER;
-      bson_iter_t it;
-      bson_iter_init(&it, &g->id);
-      bson_iter_next(&it);
-      bson_append_iter(&doc, "_id", 3, &it);
-      for (size_t f = 0; f < b->group.n_fields; f++) {
-         aspen_accum_result(b->group.fields[f].acc, g->states[f], &doc,
-                            b->group.fields[f].name);
-      }
-      doclist_add(out, &doc);
-      bson_destroy(&doc);
-   }
-}
-
-/* ---- sorting ------------------------------------------------------------------ */
-
-static __thread const sort_spec_t *sort_current;
-
-static int
-sort_cmp(const void *pa, const void *pb)
-{
-   const bson_t *a = *(bson_t *const *) pa, *b = *(bson_t *const *) pb;
-   for (size_t i = 0; i < sort_current->n; i++) {
-      aspen_value_t va = aspen_expr_get_path(a, sort_current->paths[i]);
-      aspen_value_t vb = aspen_expr_get_path(b, sort_current->paths[i]);
-      int c = aspen_value_compare(&va, &vb);
-      aspen_value_destroy(&va);
-      aspen_value_destroy(&vb);
-      if (c != 0) {
-         return c * sort_current->dirs[i];
-      }
-   }
-   return 0;
-}
-
-static void
-sort_list(const sort_spec_t *s, doclist_t *l)
-{
-   /* qsort is not stable; ties keep no particular order, as in MongoDB. */
-   sort_current = s;
-   if (l->n > 1) {
-      qsort(l->docs, l->n, sizeof *l->docs, sort_cmp);
-   }
-   sort_current = NULL;
-}
-
 /* ---- window metadata ---------------------------------------------------------- */
 
 static void
-window_meta(const window_t *w, const win_t *win, bson_t *meta)
+window_meta(const aspen_window_t *w, const aspen_win_t *win, bson_t *meta)
 {
    bson_t src, wd;
    bson_init(meta);
@@ -788,24 +82,24 @@ window_meta(const window_t *w, const win_t *win, bson_t *meta)
 static void
 prefix_terminal(void *arg, const aspen_sdoc_t *doc)
 {
-   window_t *w = arg;
-   win_t *win = w->feeding;
-   block_spec_t *b = first_block_spec(w);
+   aspen_window_t *w = arg;
+   aspen_win_t *win = w->feeding;
+   aspen_block_spec_t *b = first_block_spec(w);
    aspen_pipeline_t *pl = w->self->pl;
    size_t before = win->bytes;
    if (!b || w->kind == W_SESSION) {
       /* Sessions keep their documents: an out-of-order document can join
        * two sessions into one, and lists merge where aggregates cannot. The
        * first blocking stage then runs over them at close. */
-      doclist_add(&win->block.docs, doc->doc);
+      aspen__window_block_list_add(&win->block.docs, doc->doc);
       win->bytes += doc->doc->len;
    } else {
       switch (b->kind) {
       case B_GROUP: {
          aspen_error_t err;
          size_t added = 0;
-         if (!group_add(&win->block.groups, b, doc, pl->now_ms, &added,
-                        &err)) {
+         if (!aspen__window_block_group_add(&win->block.groups, b, doc,
+                                            pl->now_ms, &added, &err)) {
             char reason[ASPEN_ERROR_MSG_MAX + 64];
             snprintf(reason, sizeof reason,
                      "Failed to process input document in GroupOperator "
@@ -817,12 +111,12 @@ prefix_terminal(void *arg, const aspen_sdoc_t *doc)
          break;
       }
       case B_SORT:
-         doclist_add(&win->block.docs, doc->doc);
+         aspen__window_block_list_add(&win->block.docs, doc->doc);
          win->bytes += doc->doc->len;
          break;
       case B_LIMIT:
          if ((int64_t) win->block.docs.n < b->limit) {
-            doclist_add(&win->block.docs, doc->doc);
+            aspen__window_block_list_add(&win->block.docs, doc->doc);
             win->bytes += doc->doc->len;
          }
          break;
@@ -837,12 +131,12 @@ prefix_terminal(void *arg, const aspen_sdoc_t *doc)
 static void
 collect_terminal(void *arg, const aspen_sdoc_t *doc)
 {
-   window_t *w = arg;
-   doclist_add(w->collect, doc->doc);
+   aspen_window_t *w = arg;
+   aspen__window_block_list_add(w->collect, doc->doc);
 }
 
 static void
-feed(window_t *w, win_t *win, const aspen_sdoc_t *in)
+feed(aspen_window_t *w, aspen_win_t *win, const aspen_sdoc_t *in)
 {
    bson_t meta;
    window_meta(w, win, &meta);
@@ -858,21 +152,22 @@ feed(window_t *w, win_t *win, const aspen_sdoc_t *in)
 
 /* Applies blocking stage `b` to a list in batch (after the first one). */
 static void
-batch_block(window_t *w, const block_spec_t *b, const bson_t *meta,
-            doclist_t *l)
+batch_block(aspen_window_t *w, const aspen_block_spec_t *b, const bson_t *meta,
+            aspen_doclist_t *l)
 {
    aspen_pipeline_t *pl = w->self->pl;
    switch (b->kind) {
    case B_GROUP: {
-      group_map_t m;
-      doclist_t out;
+      aspen_group_map_t m;
+      aspen_doclist_t out;
       size_t added = 0;
       memset(&m, 0, sizeof m);
       memset(&out, 0, sizeof out);
       for (size_t i = 0; i < l->n; i++) {
          aspen_error_t err;
          aspen_sdoc_t d = {.doc = l->docs[i], .meta = meta};
-         if (!group_add(&m, b, &d, pl->now_ms, &added, &err)) {
+         if (!aspen__window_block_group_add(&m, b, &d, pl->now_ms, &added,
+                                            &err)) {
             char reason[ASPEN_ERROR_MSG_MAX + 64];
             snprintf(reason, sizeof reason,
                      "Failed to process input document in GroupOperator "
@@ -881,14 +176,14 @@ batch_block(window_t *w, const block_spec_t *b, const bson_t *meta,
             pl->dlq(pl->hook_arg, &d, "GroupOperator", reason);
          }
       }
-      group_results(&m, b, &out);
-      group_map_clear(&m, b);
-      doclist_clear(l);
+      aspen__window_block_group_results(&m, b, &out);
+      aspen__window_block_groups_clear(&m, b);
+      aspen__window_block_list_clear(l);
       *l = out;
       break;
    }
    case B_SORT:
-      sort_list(&b->sort, l);
+      aspen__window_block_sort(&b->sort, l);
       break;
    case B_LIMIT:
       while ((int64_t) l->n > b->limit) {
@@ -897,7 +192,7 @@ batch_block(window_t *w, const block_spec_t *b, const bson_t *meta,
       break;
    case B_COUNT: {
       int64_t n = (int64_t) l->n;
-      doclist_clear(l);
+      aspen__window_block_list_clear(l);
       if (n > 0) {
          bson_t doc = BSON_INITIALIZER;
          if (n <= INT32_MAX) {
@@ -905,7 +200,7 @@ batch_block(window_t *w, const block_spec_t *b, const bson_t *meta,
          } else {
             BSON_APPEND_INT64(&doc, b->count_field, n);
          }
-         doclist_add(l, &doc);
+         aspen__window_block_list_add(l, &doc);
          bson_destroy(&doc);
       }
       break;
@@ -914,13 +209,13 @@ batch_block(window_t *w, const block_spec_t *b, const bson_t *meta,
 }
 
 static void
-close_window(window_t *w, win_t *win)
+close_window(aspen_window_t *w, aspen_win_t *win)
 {
    bson_t meta;
    window_meta(w, win, &meta);
-   doclist_t l;
+   aspen_doclist_t l;
    memset(&l, 0, sizeof l);
-   block_spec_t *b = first_block_spec(w);
+   aspen_block_spec_t *b = first_block_spec(w);
    if (!b || w->kind == W_SESSION) {
       l = win->block.docs;
       memset(&win->block.docs, 0, sizeof win->block.docs);
@@ -929,14 +224,14 @@ close_window(window_t *w, win_t *win)
       batch_block(w, b, &meta, &l);
    }
    if (b) {
-      switch (w->kind == W_SESSION ? (block_kind_t) -1 : b->kind) {
+      switch (w->kind == W_SESSION ? (aspen_block_kind_t) -1 : b->kind) {
       case B_GROUP:
-         group_results(&win->block.groups, b, &l);
+         aspen__window_block_group_results(&win->block.groups, b, &l);
          break;
       case B_SORT:
          l = win->block.docs;
          memset(&win->block.docs, 0, sizeof win->block.docs);
-         sort_list(&b->sort, &l);
+         aspen__window_block_sort(&b->sort, &l);
          break;
       case B_LIMIT:
          l = win->block.docs;
@@ -946,7 +241,7 @@ close_window(window_t *w, win_t *win)
          if (win->block.count > 0) {
             bson_t doc = BSON_INITIALIZER;
             BSON_APPEND_INT32(&doc, b->count_field, (int32_t) win->block.count);
-            doclist_add(&l, &doc);
+            aspen__window_block_list_add(&l, &doc);
             bson_destroy(&doc);
          }
          break;
@@ -958,7 +253,7 @@ close_window(window_t *w, win_t *win)
       for (int i = w->first_block; i < w->n_inner; seg++) {
          aspen_chain_t *chain = &w->segments[seg];
          if (chain->n > 0) {
-            doclist_t next;
+            aspen_doclist_t next;
             memset(&next, 0, sizeof next);
             w->collect = &next;
             for (size_t j = 0; j < l.n; j++) {
@@ -967,7 +262,7 @@ close_window(window_t *w, win_t *win)
                aspen_chain_push(chain, 0, &d);
             }
             w->collect = NULL;
-            doclist_clear(&l);
+            aspen__window_block_list_clear(&l);
             l = next;
          }
          i += 1 + chain->n;
@@ -981,22 +276,22 @@ close_window(window_t *w, win_t *win)
                         .ts_ms = win->end - 1};
       aspen_stage_emit(w->self, &d);
    }
-   doclist_clear(&l);
+   aspen__window_block_list_clear(&l);
    bson_destroy(&meta);
    w->state_bytes -= win->bytes < w->state_bytes ? win->bytes : w->state_bytes;
 }
 
 /* Closes, in start order, every window for which `ready` holds. */
 static void
-close_where(window_t *w, bool (*ready)(const window_t *, const win_t *,
-                                       int64_t),
+close_where(aspen_window_t *w,
+            bool (*ready)(const aspen_window_t *, const aspen_win_t *, int64_t),
             int64_t arg)
 {
    size_t kept = 0;
    /* Close first (in order), then compact: closing emits downstream, which
     * never re-enters this window stage. */
    for (size_t i = 0; i < w->n_wins; i++) {
-      win_t *win = w->wins[i];
+      aspen_win_t *win = w->wins[i];
       if (ready(w, win, arg)) {
          close_window(w, win);
          win_free(w, win);
@@ -1010,20 +305,20 @@ close_where(window_t *w, bool (*ready)(const window_t *, const win_t *,
 }
 
 static bool
-ready_by_watermark(const window_t *w, const win_t *win, int64_t wm)
+ready_by_watermark(const aspen_window_t *w, const aspen_win_t *win, int64_t wm)
 {
    return wm != INT64_MIN && wm - w->lateness_ms >= win->end;
 }
 
 static bool
-ready_by_clock(const window_t *w, const win_t *win, int64_t now)
+ready_by_clock(const aspen_window_t *w, const aspen_win_t *win, int64_t now)
 {
    (void) w;
    return now >= win->end;
 }
 
 static bool
-ready_by_idle(const window_t *w, const win_t *win, int64_t idle)
+ready_by_idle(const aspen_window_t *w, const aspen_win_t *win, int64_t idle)
 {
    return w->watermark == INT64_MIN || win->end - w->watermark <= idle;
 }
@@ -1037,8 +332,8 @@ floor_div(int64_t a, int64_t b)
    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
-static win_t *
-find_or_open(window_t *w, int64_t start, int64_t end)
+static aspen_win_t *
+find_or_open(aspen_window_t *w, int64_t start, int64_t end)
 {
    /* Binary search: with a hop much smaller than the interval an event
     * belongs to thousands of open windows (a linear scan made that
@@ -1061,7 +356,7 @@ find_or_open(window_t *w, int64_t start, int64_t end)
       w->wins = aspen_xrealloc(w->wins, w->cap_wins * sizeof *w->wins);
    }
    memmove(&w->wins[i + 1], &w->wins[i], (w->n_wins - i) * sizeof *w->wins);
-   win_t *win = aspen_xcalloc(1, sizeof *win);
+   aspen_win_t *win = aspen_xcalloc(1, sizeof *win);
    win->start = start;
    win->end = end;
    win->first_seq = w->self->pl->cur_seq;
@@ -1073,8 +368,8 @@ find_or_open(window_t *w, int64_t start, int64_t end)
 
 /* A new session window (sessions of different partitions may share a
  * start, so no lookup by start). */
-static win_t *
-open_session(window_t *w, int64_t start, int64_t end)
+static aspen_win_t *
+open_session(aspen_window_t *w, int64_t start, int64_t end)
 {
    if (w->n_wins == w->cap_wins) {
       w->cap_wins = w->cap_wins ? w->cap_wins * 2 : 8;
@@ -1085,7 +380,7 @@ open_session(window_t *w, int64_t start, int64_t end)
       w->wins[i] = w->wins[i - 1];
       i--;
    }
-   win_t *win = aspen_xcalloc(1, sizeof *win);
+   aspen_win_t *win = aspen_xcalloc(1, sizeof *win);
    win->start = start;
    win->end = end;
    win->first_seq = w->self->pl->cur_seq;
@@ -1096,7 +391,7 @@ open_session(window_t *w, int64_t start, int64_t end)
 }
 
 static void
-dlq_late(window_t *w, const aspen_sdoc_t *in, const int64_t *missed,
+dlq_late(aspen_window_t *w, const aspen_sdoc_t *in, const int64_t *missed,
          size_t n_missed)
 {
    aspen_pipeline_t *pl = w->self->pl;
@@ -1117,7 +412,7 @@ dlq_late(window_t *w, const aspen_sdoc_t *in, const int64_t *missed,
 }
 
 static void
-remember_source_type(window_t *w, const aspen_sdoc_t *in)
+remember_source_type(aspen_window_t *w, const aspen_sdoc_t *in)
 {
    if (w->source_type[0] || !in->meta) {
       return;
@@ -1148,7 +443,7 @@ partition_of(const aspen_sdoc_t *in)
  * minus 1 ms; the window's moves to the minimum over partitions that are
  * not idle (partitionIdleTimeout), and never back. */
 static void
-observe_partition(window_t *w, int64_t part, int64_t t, int64_t wall_ms)
+observe_partition(aspen_window_t *w, int64_t part, int64_t t, int64_t wall_ms)
 {
    size_t i = 0;
    while (i < w->n_parts && w->parts[i].id != part) {
@@ -1167,7 +462,7 @@ observe_partition(window_t *w, int64_t part, int64_t t, int64_t wall_ms)
 }
 
 static int64_t
-partitions_watermark(const window_t *w, int64_t wall_ms)
+partitions_watermark(const aspen_window_t *w, int64_t wall_ms)
 {
    int64_t idle_ms = w->self->pl->source.partition_idle_timeout_ms;
    int64_t min = INT64_MIN;
@@ -1186,7 +481,7 @@ partitions_watermark(const window_t *w, int64_t wall_ms)
 }
 
 static void
-advance_watermark(window_t *w, int64_t t)
+advance_watermark(aspen_window_t *w, int64_t t)
 {
    if (w->watermark == INT64_MIN || t - 1 > w->watermark) {
       w->watermark = t - 1;
@@ -1195,7 +490,7 @@ advance_watermark(window_t *w, int64_t t)
 }
 
 static bool
-push_fixed(window_t *w, const aspen_sdoc_t *in, int64_t t)
+push_fixed(aspen_window_t *w, const aspen_sdoc_t *in, int64_t t)
 {
    int64_t threshold = w->processing_time || w->watermark == INT64_MIN
                           ? INT64_MIN
@@ -1209,10 +504,10 @@ push_fixed(window_t *w, const aspen_sdoc_t *in, int64_t t)
    }
    size_t max = (size_t) ((last - first) / step) + 1;
    int64_t missed_local[64];
-   win_t *targets_local[64];
+   aspen_win_t *targets_local[64];
    int64_t *missed = max <= 64 ? missed_local
                                : aspen_xmalloc(max * sizeof *missed);
-   win_t **targets = max <= 64 ? targets_local
+   aspen_win_t **targets = max <= 64 ? targets_local
                                : aspen_xmalloc(max * sizeof *targets);
    size_t n_missed = 0;
    size_t n_targets = 0;
@@ -1241,7 +536,7 @@ push_fixed(window_t *w, const aspen_sdoc_t *in, int64_t t)
 }
 
 static bool
-push_session(window_t *w, const aspen_sdoc_t *in, int64_t t,
+push_session(aspen_window_t *w, const aspen_sdoc_t *in, int64_t t,
              aspen_error_t *err)
 {
    aspen_pipeline_t *pl = w->self->pl;
@@ -1258,17 +553,17 @@ push_session(window_t *w, const aspen_sdoc_t *in, int64_t t,
    bson_iter_t it;
    bson_iter_init(&it, &key);
    bson_iter_next(&it);
-   append_normalized(&norm, "", &it);
+   aspen__window_block_append_normalized(&norm, "", &it);
    /* Sessions of this partition that the event touches: [start - gap,
     * last + gap). Merge them all into one. */
-   win_t *target = NULL;
+   aspen_win_t *target = NULL;
    for (size_t i = 0; i < w->n_wins; i++) {
-      win_t *win = w->wins[i];
+      aspen_win_t *win = w->wins[i];
       bson_t wn = BSON_INITIALIZER;
       bson_iter_t wi;
       bson_iter_init(&wi, &win->part_key);
       bson_iter_next(&wi);
-      append_normalized(&wn, "", &wi);
+      aspen__window_block_append_normalized(&wn, "", &wi);
       bool same = wn.len == norm.len &&
                   memcmp(bson_get_data(&wn), bson_get_data(&norm), wn.len) == 0;
       bson_destroy(&wn);
@@ -1281,7 +576,7 @@ push_session(window_t *w, const aspen_sdoc_t *in, int64_t t,
       }
       /* An out-of-order event bridging two sessions joins them: the later
        * one's documents move into the earlier one. */
-      doclist_t *from = &win->block.docs, *into = &target->block.docs;
+      aspen_doclist_t *from = &win->block.docs, *into = &target->block.docs;
       for (size_t j = 0; j < from->n; j++) {
          if (into->n == into->cap) {
             into->cap = into->cap ? into->cap * 2 : 8;
@@ -1338,7 +633,7 @@ push_session(window_t *w, const aspen_sdoc_t *in, int64_t t,
 static bool
 window_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 {
-   window_t *w = st->state;
+   aspen_window_t *w = st->state;
    aspen_pipeline_t *pl = st->pl;
    remember_source_type(w, in);
    int64_t t = w->processing_time ? pl->now_ms : in->ts_ms;
@@ -1364,7 +659,7 @@ window_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 static void
 window_observe(aspen_stage_t *st, const aspen_sdoc_t *in)
 {
-   window_t *w = st->state;
+   aspen_window_t *w = st->state;
    aspen_pipeline_t *pl = st->pl;
    if (w->processing_time) {
       advance_watermark(w, pl->now_ms);
@@ -1385,7 +680,7 @@ window_observe(aspen_stage_t *st, const aspen_sdoc_t *in)
 static void
 window_tick(aspen_stage_t *st, int64_t now_ms, int64_t idle_ms)
 {
-   window_t *w = st->state;
+   aspen_window_t *w = st->state;
    if (w->n_wins == 0) {
       return;
    }
@@ -1421,7 +716,7 @@ window_tick(aspen_stage_t *st, int64_t now_ms, int64_t idle_ms)
 void
 aspen__window_drop_state(aspen_stage_t *st)
 {
-   window_t *w = st->state;
+   aspen_window_t *w = st->state;
    for (size_t i = 0; i < w->n_wins; i++) {
       win_free(w, w->wins[i]);
    }
@@ -1431,10 +726,10 @@ aspen__window_drop_state(aspen_stage_t *st)
    aspen__pipeline_state_update(st->pl);
 }
 
-static void
-window_destroy(aspen_stage_t *st)
+void
+aspen__window_destroy(aspen_stage_t *st)
 {
-   window_t *w = st->state;
+   aspen_window_t *w = st->state;
    if (!w) {
       return;
    }
@@ -1456,244 +751,21 @@ window_destroy(aspen_stage_t *st)
    st->state = NULL;
 }
 
-static bool
-window_fail(aspen_stage_t *st, aspen_error_t *err, const char *fmt, ...)
-   __attribute__((format(printf, 3, 4)));
-
-static bool
-window_fail(aspen_stage_t *st, aspen_error_t *err, const char *fmt, ...)
-{
-   char msg[ASPEN_ERROR_MSG_MAX];
-   va_list ap;
-   va_start(ap, fmt);
-   vsnprintf(msg, sizeof msg, fmt, ap);
-   va_end(ap);
-   aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions, "%s", msg);
-   window_destroy(st);
-   return false;
-}
-
+/* Parses the stage's argument (window_parse.c), then chains its inner
+ * stages: the prefix, then one stateless run after each blocking stage. */
 static bool
 window_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
              aspen_error_t *err)
 {
-   const char *name = st->ops->name;
-   if (!BSON_ITER_HOLDS_DOCUMENT(arg)) {
-      aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
-                      "%s must be an object", name);
+   if (!aspen__window_parse_args(st, arg, pc, err)) {
+      aspen__window_destroy(st);
       return false;
    }
-   window_t *w = aspen_xcalloc(1, sizeof *w);
-   st->state = w;
-   w->self = st;
-   w->watermark = INT64_MIN;
-   w->kind = strcmp(name, "$hoppingWindow") == 0   ? W_HOPPING
-             : strcmp(name, "$sessionWindow") == 0 ? W_SESSION
-                                                    : W_TUMBLING;
-   w->lateness_ms = 3 * MS_PER_SECOND; /* ASP's default */
-   uint32_t len;
-   const uint8_t *data;
-   bson_t tmp;
-   bson_iter_document(arg, &len, &data);
-   (void) bson_init_static(&tmp, data, len);
-   bson_copy_to(&tmp, &w->spec);
-
-   bool has_interval = false, has_hop = false, has_gap = false;
-   bool has_lateness = false, has_idle = false, has_pipeline = false;
-   bson_iter_t it, pipeline_it;
-   bson_iter_init(&it, &w->spec);
-   while (bson_iter_next(&it)) {
-      const char *k = bson_iter_key(&it);
-      if (strcmp(k, "interval") == 0 && w->kind != W_SESSION) {
-         if (!parse_duration(&it, "interval", false, NULL, &w->size_ms, err)) {
-            window_destroy(st);
-            return false;
-         }
-         if (w->size_ms <= 0) {
-            return window_fail(st, err,
-                               "Window interval size must be greater than 0.");
-         }
-         has_interval = true;
-      } else if (strcmp(k, "hopSize") == 0 && w->kind == W_HOPPING) {
-         if (!parse_duration(&it, "hopSize", false, NULL, &w->hop_ms, err)) {
-            window_destroy(st);
-            return false;
-         }
-         if (w->hop_ms <= 0) {
-            return window_fail(st, err,
-                               "Window hopSize size must be greater than 0.");
-         }
-         has_hop = true;
-      } else if (strcmp(k, "gap") == 0 && w->kind == W_SESSION) {
-         if (!parse_duration(&it, "gap", false, NULL, &w->gap_ms, err)) {
-            window_destroy(st);
-            return false;
-         }
-         if (w->gap_ms <= 0) {
-            return window_fail(st, err,
-                               "Window gap size must be greater than 0.");
-         }
-         has_gap = true;
-      } else if (strcmp(k, "partitionBy") == 0 && w->kind == W_SESSION) {
-         if (!aspen_expr_parse(&it, NULL, &w->partition_by, err)) {
-            window_destroy(st);
-            return false;
-         }
-      } else if (strcmp(k, "offset") == 0 && w->kind != W_SESSION) {
-         if (!BSON_ITER_HOLDS_DOCUMENT(&it)) {
-            return window_fail(st, err,
-                               "offset must be an object {offsetFromUtc, "
-                               "unit}");
-         }
-         bson_iter_t oi;
-         int64_t amount = 0, ms = 0;
-         const char *unit = NULL;
-         bool has_amount = false;
-         bson_iter_recurse(&it, &oi);
-         while (bson_iter_next(&oi)) {
-            const char *ok = bson_iter_key(&oi);
-            if (strcmp(ok, "offsetFromUtc") == 0 && BSON_ITER_HOLDS_NUMBER(&oi)) {
-               amount = bson_iter_as_int64(&oi);
-               has_amount = true;
-            } else if (strcmp(ok, "unit") == 0 && BSON_ITER_HOLDS_UTF8(&oi)) {
-               unit = bson_iter_utf8(&oi, NULL);
-            } else {
-               return window_fail(st, err,
-                                  "BSON field 'offset.%s' is an unknown "
-                                  "field or has the wrong type.",
-                                  ok);
-            }
-         }
-         if (!has_amount || !unit || !unit_ms(unit, &ms) ||
-             strcmp(unit, "day") == 0) {
-            return window_fail(st, err,
-                               "offset requires offsetFromUtc and a unit of "
-                               "ms, second, minute or hour");
-         }
-         w->offset_ms = amount * ms;
-      } else if (strcmp(k, "allowedLateness") == 0) {
-         if (!parse_duration(&it, "allowedLateness", true,
-                             "Must specify unit and size for non-zero allowed "
-                             "lateness values",
-                             &w->lateness_ms, err)) {
-            window_destroy(st);
-            return false;
-         }
-         if (w->lateness_ms > MAX_LATENESS_MS) {
-            return window_fail(st, err, "Maximum allowedLateness is 30 minutes");
-         }
-         if (w->lateness_ms < 0) {
-            return window_fail(st, err,
-                               "allowedLateness must not be negative");
-         }
-         has_lateness = true;
-      } else if (strcmp(k, "idleTimeout") == 0 && w->kind != W_SESSION) {
-         if (!parse_duration(&it, "idleTimeout", true,
-                             "Must specify unit and size for non-zero idle "
-                             "timeout values",
-                             &w->idle_timeout_ms, err)) {
-            window_destroy(st);
-            return false;
-         }
-         has_idle = true;
-      } else if (strcmp(k, "boundary") == 0) {
-         const char *b = BSON_ITER_HOLDS_UTF8(&it) ? bson_iter_utf8(&it, NULL)
-                                                   : "";
-         if (strcmp(b, "processingTime") == 0) {
-            w->processing_time = true;
-         } else if (strcmp(b, "eventTime") != 0) {
-            return window_fail(st, err,
-                               "Enumeration value '%s' for field 'boundary' "
-                               "is not a valid value.",
-                               b);
-         }
-      } else if (strcmp(k, "pipeline") == 0) {
-         if (!BSON_ITER_HOLDS_ARRAY(&it)) {
-            return window_fail(st, err, "%s.pipeline must be an array", name);
-         }
-         pipeline_it = it;
-         has_pipeline = true;
-      } else {
-         return window_fail(st, err, "BSON field '%s.%s' is an unknown field.",
-                            name, k);
-      }
-   }
-   if (w->kind != W_SESSION && !has_interval) {
-      return window_fail(st, err,
-                         "BSON field '%s.interval' is missing but a required "
-                         "field",
-                         name);
-   }
-   if (w->kind == W_HOPPING && !has_hop) {
-      return window_fail(st, err,
-                         "BSON field '$hoppingWindow.hopSize' is missing but "
-                         "a required field");
-   }
-   if (w->kind == W_SESSION && !w->partition_by) {
-      return window_fail(st, err,
-                         "BSON field '$sessionWindow.partitionBy' is missing "
-                         "but a required field");
-   }
-   if (w->kind == W_SESSION && !has_gap) {
-      return window_fail(st, err,
-                         "BSON field '$sessionWindow.gap' is missing but a "
-                         "required field");
-   }
-   if (!has_pipeline) {
-      return window_fail(st, err,
-                         "BSON field '%s.pipeline' is missing but a required "
-                         "field",
-                         name);
-   }
-   if (w->processing_time && (has_lateness || has_idle)) {
-      return window_fail(st, err,
-                         "idleTimeout and allowedLateness are not allowed "
-                         "with boundary: processingTime");
-   }
-   if (w->processing_time) {
-      w->lateness_ms = 0;
-   }
-   /* The inner pipeline. */
-   bson_t inner;
-   bson_iter_array(&pipeline_it, &len, &data);
-   (void) bson_init_static(&inner, data, len);
-   aspen_parse_ctx_t ipc = *pc;
-   ipc.in_window = true;
-   if (!aspen_pipeline_parse_stages(st->pl, &inner, &ipc, &w->inner,
-                                    &w->n_inner, err)) {
-      window_destroy(st);
-      return false;
-   }
-   w->first_block = w->n_inner;
+   aspen_window_t *w = st->state;
    int n_blocks = 0;
    for (int i = 0; i < w->n_inner; i++) {
-      if (is_blocking(&w->inner[i])) {
-         if (w->first_block == w->n_inner) {
-            w->first_block = i;
-         }
-         n_blocks++;
-      }
+      n_blocks += aspen__window_block_is(&w->inner[i]);
    }
-   if (w->kind == W_SESSION) {
-      bool has_group_or_sort = false;
-      for (int i = 0; i < w->n_inner; i++) {
-         if (w->inner[i].ops == &aspen_stage_group_ops ||
-             w->inner[i].ops == &aspen_stage_sort_ops) {
-            has_group_or_sort = true;
-         } else if (w->inner[i].ops == &aspen_stage_limit_ops &&
-                    !has_group_or_sort) {
-            return window_fail(st, err,
-                               "The $sessionWindow.pipeline isn't supported, "
-                               "$limit may not come before $group or $sort");
-         }
-      }
-      if (!has_group_or_sort) {
-         return window_fail(st, err,
-                            "The $sessionWindow.pipeline isn't supported, it "
-                            "must contain a $group or $sort stage");
-      }
-   }
-   /* Chains: the prefix, then one stateless run after each blocking stage. */
    w->prefix = (aspen_chain_t){.stages = w->inner, .n = w->first_block,
                                .terminal = prefix_terminal, .arg = w};
    w->segments = aspen_xcalloc((size_t) (n_blocks ? n_blocks : 1),
@@ -1705,7 +777,7 @@ window_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
    int seg = 0;
    for (int i = w->first_block; i < w->n_inner;) {
       int j = i + 1;
-      while (j < w->n_inner && !is_blocking(&w->inner[j])) {
+      while (j < w->n_inner && !aspen__window_block_is(&w->inner[j])) {
          j++;
       }
       aspen_chain_t *c = &w->segments[seg++];
@@ -1721,16 +793,6 @@ window_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
    return true;
 }
 
-int64_t
-aspen__window_fanout(const aspen_stage_t *st)
-{
-   const window_t *w = st->state;
-   if (w->kind != W_HOPPING || w->hop_ms >= w->size_ms) {
-      return 1;
-   }
-   return (w->size_ms + w->hop_ms - 1) / w->hop_ms;
-}
-
 /* ---- checkpoints ------------------------------------------------------------------ */
 
 /* Open windows are not serialised: a checkpoint stores the position of the
@@ -1741,7 +803,7 @@ aspen__window_fanout(const aspen_stage_t *st)
 static uint64_t
 window_replay_seq(const aspen_stage_t *st)
 {
-   const window_t *w = st->state;
+   const aspen_window_t *w = st->state;
    uint64_t min = UINT64_MAX;
    for (size_t i = 0; w && i < w->n_wins; i++) {
       if (w->wins[i]->first_seq < min) {
@@ -1755,7 +817,7 @@ window_replay_seq(const aspen_stage_t *st)
  * first input, so a partition read first cannot move the watermark past
  * one not read yet; a known partition's watermark only moves forward. */
 static void
-restore_partition(window_t *w, int64_t id, int64_t wm)
+restore_partition(aspen_window_t *w, int64_t id, int64_t wm)
 {
    /* Partition clocks are on the pipeline's clock (epoch ms). */
    int64_t wall = aspen_clock_now_ms();
@@ -1789,7 +851,7 @@ window_partition_assigned(aspen_stage_t *st, int64_t part)
 static void
 window_checkpoint_save(const aspen_stage_t *st, bson_t *body)
 {
-   const window_t *w = st->state;
+   const aspen_window_t *w = st->state;
    bson_t pw;
    BSON_APPEND_ARRAY_BEGIN(body, "partitionWatermarks", &pw);
    for (size_t i = 0; w && i < w->n_parts && i < 256; i++) {
@@ -1816,7 +878,7 @@ static void
 window_checkpoint_restore(aspen_stage_t *st, const bson_t *body,
                           const aspen_replay_t *replay)
 {
-   window_t *w = st->state;
+   aspen_window_t *w = st->state;
    int64_t wm = aspen_bson_int64(body, "watermark", INT64_MIN);
    if (wm != INT64_MIN && (w->watermark == INT64_MIN || wm > w->watermark)) {
       w->watermark = wm;
@@ -1844,13 +906,15 @@ window_checkpoint_restore(aspen_stage_t *st, const bson_t *body,
          replayed = replayed || replay->parts[i] == id;
       }
       restore_partition(w, id,
-                        replayed ? INT64_MIN : aspen_bson_int64(&e, "wm", INT64_MIN));
+                        replayed ? INT64_MIN
+                                 : aspen_bson_int64(&e, "wm", INT64_MIN));
    }
 }
 
 #define WINDOW_OPS(stage)                                                      \
    .name = stage, .operator_name = "WindowOperator", .parse = window_parse,    \
-   .push = window_push, .destroy = window_destroy, .tick = window_tick,        \
+   .push = window_push, .destroy = aspen__window_destroy,                      \
+   .tick = window_tick,                                                        \
    .replay_seq = window_replay_seq,                                            \
    .checkpoint_save = window_checkpoint_save,                                  \
    .checkpoint_restore = window_checkpoint_restore,                            \
