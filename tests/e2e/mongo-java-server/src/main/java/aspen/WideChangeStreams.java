@@ -132,6 +132,16 @@ final class WideChangeStreams {
         return collection == null ? Stream.empty() : collection.queryAllAsStream();
     }
 
+    /** The timestamp of the oplog's latest entry (0 when it is empty). */
+    @SuppressWarnings("unchecked")
+    static BsonTimestamp lastOplogTimestamp(DatabaseResolver databases) {
+        MongoCollection<Document> collection = (MongoCollection<Document>) databases.resolve("local")
+                .resolveCollection("oplog.rs", false);
+        return (collection == null ? Stream.<Document>empty() : collection.queryAllAsStream())
+                .map(WideChangeStreams::timestamp).max(BsonTimestamp::compareTo)
+                .orElse(new BsonTimestamp(0));
+    }
+
     private static BsonTimestamp timestamp(Document entry) {
         return (BsonTimestamp) entry.get("ts");
     }
