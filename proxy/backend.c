@@ -83,6 +83,13 @@ struct aspen_backend {
    uv_loop_t *loop;
    mongoc_uri_t *uri;
    aspen_upstream_t *up; /* the relay; NULL when the lanes forward */
+   /* What the backend says about itself (aspen_backend_probe). */
+   aspen_backend_facts_t facts;
+   uint64_t facts_at_ms; /* when the last probe ended */
+   bool probing;
+   bool destroying;
+   aspen_backend_facts_cb facts_cb;
+   void *facts_arg;
    mongoc_client_pool_t *pool;
    int n_lanes;
    lane_t *lanes;
@@ -547,6 +554,105 @@ aspen_backend_end_sessions(aspen_backend_t *be, const bson_t *ids)
    }
 }
 
+/* ---- what the backend is (topology.c presents aspen accordingly) ---- */
+
+void
+aspen_backend_facts(const aspen_backend_t *be, aspen_backend_facts_t *out)
+{
+   *out = be->facts;
+}
+
+void
+aspen_backend_set_facts_hook(aspen_backend_t *be, aspen_backend_facts_cb cb,
+                             void *arg)
+{
+   be->facts_cb = cb;
+   be->facts_arg = arg;
+}
+
+/* Reads the facts aspen presents from an isMaster reply. A replica-set
+ * member (setName) or a mongos (msg "isdbgrid") that has
+ * logicalSessionTimeoutMinutes supports sessions, retryable writes and
+ * transactions; a standalone supports none of them. */
+static void
+facts_parse(const bson_t *reply, aspen_backend_facts_t *f)
+{
+   bson_iter_t it;
+   bool ok = false, rs_or_mongos = false;
+   f->session_timeout_minutes = -1;
+   f->max_wire_version = 0;
+   if (bson_iter_init(&it, reply)) {
+      while (bson_iter_next(&it)) {
+         const char *k = bson_iter_key(&it);
+         if (strcmp(k, "ok") == 0) {
+            ok = bson_iter_as_double(&it) == 1.0;
+         } else if (strcmp(k, "setName") == 0 && BSON_ITER_HOLDS_UTF8(&it)) {
+            rs_or_mongos = true;
+         } else if (strcmp(k, "msg") == 0 && BSON_ITER_HOLDS_UTF8(&it) &&
+                    strcmp(bson_iter_utf8(&it, NULL), "isdbgrid") == 0) {
+            rs_or_mongos = true;
+         } else if (strcmp(k, "logicalSessionTimeoutMinutes") == 0 &&
+                    BSON_ITER_HOLDS_NUMBER(&it)) {
+            int64_t v = bson_iter_as_int64(&it);
+            f->session_timeout_minutes =
+               v < 0 ? -1 : v > INT32_MAX ? INT32_MAX : (int32_t) v;
+         } else if (strcmp(k, "maxWireVersion") == 0 &&
+                    BSON_ITER_HOLDS_NUMBER(&it)) {
+            int64_t v = bson_iter_as_int64(&it);
+            f->max_wire_version =
+               v < 0 ? 0 : v > INT32_MAX ? INT32_MAX : (int32_t) v;
+         }
+      }
+   }
+   f->known = ok;
+   f->transactions = ok && rs_or_mongos && f->session_timeout_minutes >= 0;
+}
+
+static void
+probe_done(void *arg, const bson_t *reply)
+{
+   aspen_backend_t *be = arg;
+   aspen_backend_facts_t f;
+   memset(&f, 0, sizeof f);
+   facts_parse(reply, &f);
+   be->probing = false;
+   be->facts_at_ms = uv_now(be->loop);
+   if (f.known) {
+      be->facts = f;
+   } else if (!be->facts.known) {
+      /* Not reachable: what a driver would make of it, a standalone; asked
+       * again at the next hello. */
+      be->facts.session_timeout_minutes = -1;
+      be->facts_at_ms = 0;
+   }
+   be->facts.probed = true;
+   if (be->facts_cb && !be->destroying) {
+      be->facts_cb(be->facts_arg, &be->facts);
+   }
+}
+
+void
+aspen_backend_probe(aspen_backend_t *be, uint64_t max_age_ms)
+{
+   if (be->probing || be->destroying ||
+       (be->facts.probed && be->facts_at_ms != 0 &&
+        uv_now(be->loop) - be->facts_at_ms < max_age_ms)) {
+      return;
+   }
+   be->probing = true;
+   bson_t cmd = BSON_INITIALIZER;
+   BSON_APPEND_INT32(&cmd, "isMaster", 1);
+   BSON_APPEND_UTF8(&cmd, "$db", "admin");
+   if (be->up) {
+      aspen_op_msg_t msg = {0};
+      (void) bson_init_static(&msg.body, bson_get_data(&cmd), cmd.len);
+      aspen_upstream_forward(be->up, &msg, "isMaster", NULL, probe_done, be);
+   } else {
+      lanes_submit(be, "admin", &cmd, NULL, 0, probe_done, be);
+   }
+   bson_destroy(&cmd);
+}
+
 static void
 on_async_closed(uv_handle_t *h)
 {
@@ -559,6 +665,7 @@ aspen_backend_destroy(aspen_backend_t *be)
    if (!be) {
       return;
    }
+   be->destroying = true;
    if (be->up) {
       aspen_upstream_destroy(be->up);
       mongoc_uri_destroy(be->uri);

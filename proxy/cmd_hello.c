@@ -3,9 +3,10 @@
  * and mongosh draws its prompt: hello/isMaster, buildInfo, ping,
  * getParameter, atlasVersion, getCmdLineOpts, getLog,
  * hostInfo, whatsmyuri, serverStatus, endSessions, refreshSessions and
- * listWorkspaceDefaults. Replies are shaped like a standalone mongod's (see
- * ../shared/spec/mongosh-sp-contract.md §3-4): no setName, no
- * topologyVersion, no compression, so drivers treat aspen as a standalone.
+ * listWorkspaceDefaults. Replies are shaped like mongod's (see
+ * ../shared/spec/mongosh-sp-contract.md §3-4); hello itself is answered by
+ * topology.c, standalone-style or mongos-style after the backing
+ * deployment. No compression is offered.
  */
 #include "auth.h"
 
@@ -16,31 +17,12 @@
 #include <time.h>
 #include <unistd.h>
 
+/* What hello says, and when, is topology.c's business: the topology aspen
+ * presents depends on the backing deployment. */
 aspen_handled_t
 aspen_cmd_hello(aspen_request_t *req, bson_t *reply)
 {
-   bool legacy_name = strcmp(req->name, "hello") != 0;
-   bson_iter_t it;
-   if (bson_iter_init_find(&it, req->cmd, "helloOk") ||
-       !legacy_name) {
-      BSON_APPEND_BOOL(reply, "helloOk", true);
-   }
-   BSON_APPEND_BOOL(reply, legacy_name ? "ismaster" : "isWritablePrimary",
-                    true);
-   BSON_APPEND_INT32(reply, "maxBsonObjectSize", ASPEN_WIRE_MAX_BSON_LEN);
-   BSON_APPEND_INT32(reply, "maxMessageSizeBytes",
-                     (int32_t) req->srv->cfg->max_message_size);
-   BSON_APPEND_INT32(reply, "maxWriteBatchSize", 100000);
-   BSON_APPEND_DATE_TIME(reply, "localTime", aspen_clock_now_ms());
-   BSON_APPEND_INT32(reply, "logicalSessionTimeoutMinutes", 30);
-   BSON_APPEND_INT64(reply, "connectionId",
-                     (int64_t) aspen_session_id(req->sess));
-   BSON_APPEND_INT32(reply, "minWireVersion", ASPEN_MIN_WIRE_VERSION);
-   BSON_APPEND_INT32(reply, "maxWireVersion", ASPEN_MAX_WIRE_VERSION);
-   BSON_APPEND_BOOL(reply, "readOnly", false);
-   aspen_auth_hello(req, reply); /* saslSupportedMechs, speculative auth */
-   aspen_reply_ok(reply);
-   return ASPEN_HANDLED_REPLY;
+   return aspen_topology_hello(req, reply);
 }
 
 aspen_handled_t

@@ -9,7 +9,7 @@
  *   { "net": { "bindIp": "127.0.0.1", "port": 27017, "maxConnections": 1000,
  *              "maxMessageSizeBytes": 48000000,
  *              "outputHighWaterMarkBytes": 16777216,
- *              "idleTimeoutSecs": 0 },
+ *              "idleTimeoutSecs": 0, "loadBalanced": false },
  *     "tls": { "mode": "disabled", "certificateFile": "...", "keyFile": "...",
  *              "CAFile": "..." },
  *     "backend": { "uri": "mongodb://...", "forwarding": "relay",
@@ -31,7 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { T_STRING, T_INT, T_SIZE, T_TLS_MODE, T_LOG_LEVEL } key_type_t;
+typedef enum { T_STRING, T_INT, T_SIZE, T_TLS_MODE, T_LOG_LEVEL, T_BOOL } key_type_t;
 
 typedef struct {
    const char *path; /* dotted path in the config file */
@@ -60,6 +60,9 @@ static const key_t_ keys[] = {
     OFF(idle_timeout_secs), 0, 7 * 24 * 3600,
     "close a connection that completes no request and takes no reply for "
     "this long (default 0: never, as mongod)"},
+   {"net.loadBalanced", "--load-balanced", T_BOOL, OFF(load_balanced), 0, 0,
+    "true: answer drivers connecting with loadBalanced=true as a mongos "
+    "behind a load balancer does (serviceId; default false)"},
    {"tls.mode", "--tls-mode", T_TLS_MODE, OFF(tls_mode), 0, 0,
     "disabled | allowed | required (default disabled)"},
    {"tls.certificateFile", "--tls-cert", T_STRING, OFF(tls_cert), 0, 0,
@@ -190,6 +193,14 @@ set_from_string(aspen_config_t *cfg, const key_t_ *k, const char *value,
          return false;
       }
       return true;
+   case T_BOOL:
+      if (strcmp(value, "true") != 0 && strcmp(value, "false") != 0) {
+         aspen_error_set(err, ASPEN_ERR_BadValue,
+                         "%s must be true or false, not '%s'", where, value);
+         return false;
+      }
+      *(bool *) field = strcmp(value, "true") == 0;
+      return true;
    case T_LOG_LEVEL:
       if (!parse_log_level(value, (aspen_log_level_t *) field)) {
          aspen_error_set(err, ASPEN_ERR_BadValue,
@@ -293,7 +304,14 @@ load_doc(aspen_config_t *cfg, const bson_t *doc, const char *prefix,
       }
       char buf[64];
       const char *value = NULL;
-      if (k->type == T_INT || k->type == T_SIZE) {
+      if (k->type == T_BOOL) {
+         if (!BSON_ITER_HOLDS_BOOL(&it)) {
+            aspen_error_set(err, ASPEN_ERR_TypeMismatch,
+                            "config key '%s' must be a boolean", path);
+            return false;
+         }
+         value = bson_iter_bool(&it) ? "true" : "false";
+      } else if (k->type == T_INT || k->type == T_SIZE) {
          if (BSON_ITER_HOLDS_INT32(&it) || BSON_ITER_HOLDS_INT64(&it)) {
             snprintf(buf, sizeof buf, "%lld",
                      (long long) bson_iter_as_int64(&it));
@@ -460,6 +478,7 @@ aspen_config_finish(aspen_config_t *cfg)
    BSON_APPEND_INT64(&net, "outputHighWaterMarkBytes",
                      (int64_t) cfg->output_high_water);
    BSON_APPEND_INT32(&net, "idleTimeoutSecs", cfg->idle_timeout_secs);
+   BSON_APPEND_BOOL(&net, "loadBalanced", cfg->load_balanced);
    bson_append_document_end(&cfg->parsed, &net);
    BSON_APPEND_DOCUMENT_BEGIN(&cfg->parsed, "tls", &tls);
    BSON_APPEND_UTF8(&tls, "mode", aspen_tls_mode_name(cfg->tls_mode));

@@ -34,6 +34,7 @@ shutdown_server(app_t *app, const char *why)
    bson_destroy(&attr);
    aspen_listener_stop(srv);
    aspen_session_close_all(srv);
+   aspen_topology_shutdown(srv);
    aspen_bridge_destroy(srv->bridge);
    srv->bridge = NULL;
    aspen_engine_destroy(srv->engine);
@@ -278,6 +279,10 @@ main(int argc, char **argv)
          rc = fail_start(&err);
          goto done;
       }
+      /* What the backend is decides what aspen presents in hello
+       * (topology.c): ask now, so the first client's view is right. */
+      aspen_backend_set_facts_hook(srv.backend, aspen_topology_on_facts, &srv);
+      aspen_backend_probe(srv.backend, 0);
    } else {
       aspen_logf(ASPEN_LOG_WARNING, "CONTROL", "main",
                  "no backend configured (--backend / backend.uri): commands "

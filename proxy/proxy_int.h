@@ -40,6 +40,7 @@ typedef struct {
    size_t max_message_size;
    size_t output_high_water;
    int idle_timeout_secs;  /* net.idleTimeoutSecs; 0: never idle out */
+   bool load_balanced;     /* net.loadBalanced: answer loadBalanced hellos */
    aspen_log_level_t log_level;
    /* Authentication (users.c): "auto" (default: on once a user exists),
     * "enabled" or "disabled"; the users file (default <stateDir>/users.json);
@@ -111,6 +112,28 @@ typedef struct aspen_request aspen_request_t;
 void aspen_backend_forward(aspen_backend_t *be, const aspen_request_t *req,
                            const bson_t *lsid_key, aspen_backend_cb cb,
                            void *arg);
+/* What the backing deployment says about itself in its isMaster reply,
+ * which decides the topology aspen presents (topology.c). */
+typedef struct {
+   bool known;        /* the backend answered a probe at least once */
+   bool probed;       /* a probe finished (answered or failed) at least once */
+   bool transactions; /* a replica-set member or a mongos with sessions */
+   int32_t session_timeout_minutes; /* logicalSessionTimeoutMinutes; -1: none */
+   int32_t max_wire_version;
+} aspen_backend_facts_t;
+typedef void (*aspen_backend_facts_cb)(void *arg,
+                                       const aspen_backend_facts_t *facts);
+
+/* The latest facts (all false / -1 before the first answer). Loop thread. */
+void aspen_backend_facts(const aspen_backend_t *be, aspen_backend_facts_t *out);
+/* Sends the backend an isMaster, unless one is on its way or the facts are
+ * younger than `max_age_ms` (0: always ask). When it ends (answered or
+ * not) the hook set by aspen_backend_set_facts_hook runs with the facts.
+ * Loop thread; the hook never runs from inside this call. */
+void aspen_backend_probe(aspen_backend_t *be, uint64_t max_age_ms);
+void aspen_backend_set_facts_hook(aspen_backend_t *be, aspen_backend_facts_cb cb,
+                                  void *arg);
+
 /* Ends the backend sessions of the given client lsids (an array of
  * {id: UUID} documents, as in endSessions): the relay sends endSessions to
  * the backend, the lanes end the mongoc sessions they mapped. Fire and
@@ -167,6 +190,7 @@ typedef struct {
    bool shutting_down;
    uv_timer_t idle_timer;     /* sweeps idle sessions (net.idleTimeoutSecs) */
    bool idle_timer_on;
+   struct aspen_topology *topology; /* topology.c's; NULL until needed */
 } aspen_server_t;
 
 bool aspen_listener_start(aspen_server_t *srv, aspen_error_t *err);
@@ -248,6 +272,12 @@ bool aspen__session_waiting(const aspen_session_t *sess);
 /* Sends the reply of the request in flight (for ASYNC handlers) and resumes
  * reading. Loop thread only. */
 void aspen_session_reply(aspen_session_t *sess, const bson_t *reply);
+/* Sends `reply` to the request in flight as one reply of an exhaust
+ * stream (OP_MSG flag moreToCome): the session keeps waiting, and the next
+ * reply (this function again, or aspen_session_reply to end the stream)
+ * answers this one, as mongod's streamed hello replies do. False when the
+ * session is no longer waiting (closed meanwhile). Loop thread only. */
+bool aspen_session_reply_more(aspen_session_t *sess, const bson_t *reply);
 /* Session accessors for handlers. */
 uint64_t aspen_session_id(const aspen_session_t *sess);
 const char *aspen_session_peer(const aspen_session_t *sess);
@@ -278,5 +308,25 @@ aspen_handled_t aspen_cmd_sp(aspen_request_t *req, bson_t *reply);
 #define ASPEN_MAX_WIRE_VERSION 21
 #define ASPEN_SERVER_VERSION "7.0.0"
 #define ASPEN_VERSION "0.1.0"
+
+/* ------------------------------------------------------------------------ */
+/* The topology aspen presents in hello (topology.c)                         */
+/* ------------------------------------------------------------------------ */
+
+typedef struct aspen_topology aspen_topology_t;
+
+/* Answers hello/isMaster (cmd_hello.c's handler): standalone-style, or
+ * mongos-style when the backing deployment has sessions and transactions,
+ * with serviceId for a loadBalanced hello; an awaitable hello (topologyVersion
+ * + maxAwaitTimeMS) waits, and with exhaustAllowed streams its replies. */
+aspen_handled_t aspen_topology_hello(aspen_request_t *req, bson_t *reply);
+/* The backend facts hook (aspen_backend_set_facts_hook): answers hellos
+ * waiting for the first facts, and wakes awaitable ones when they changed.
+ * `arg` is the aspen_server_t. Loop thread. */
+void aspen_topology_on_facts(void *arg, const aspen_backend_facts_t *facts);
+/* Ends every waiting hello (their sessions are closing) and frees the
+ * topology once its timer is closed. Loop thread; srv->topology is NULL
+ * after it. */
+void aspen_topology_shutdown(aspen_server_t *srv);
 
 #endif /* ASPEN_PROXY_INT_H */

@@ -65,6 +65,7 @@ struct aspen_session {
 
    int32_t inflight_request_id;
    bool inflight_more_to_come;
+   bool inflight_legacy; /* arrived as OP_QUERY: the reply is an OP_REPLY */
    int32_t next_request_id;
 
    aspen_auth_state_t *auth; /* cmd_auth.c's; NULL until first used */
@@ -397,11 +398,34 @@ aspen_session_reply(aspen_session_t *sess, const bson_t *reply)
    if (sess->state != SESS_WAITING) {
       return;
    }
-   if (!sess->inflight_more_to_come) {
+   if (sess->inflight_legacy) {
+      send_op_reply(sess, sess->inflight_request_id, reply);
+   } else if (!sess->inflight_more_to_come) {
       send_op_msg(sess, sess->inflight_request_id, reply);
    }
    set_state(sess, SESS_READING);
    process_input(sess);
+}
+
+bool
+aspen_session_reply_more(aspen_session_t *sess, const bson_t *reply)
+{
+   if (sess->state != SESS_WAITING || sess->inflight_more_to_come ||
+       sess->inflight_legacy) {
+      return false;
+   }
+   aspen_buf_t out;
+   aspen_buf_init(&out);
+   int32_t id = ++sess->next_request_id;
+   aspen_reply_op_msg(&out, id, sess->inflight_request_id, reply);
+   /* flagBits, after the 16-byte header: moreToCome. */
+   uint8_t *flags = (uint8_t *) aspen_buf_data(&out) + ASPEN_WIRE_HEADER_LEN;
+   flags[0] |= (uint8_t) ASPEN_OP_MSG_MORE_TO_COME;
+   send_buf(sess, &out);
+   aspen_buf_cleanup(&out);
+   /* The next reply of the stream answers this one. */
+   sess->inflight_request_id = id;
+   return true;
 }
 
 /* ---- input -------------------------------------------------------------- */
@@ -434,6 +458,7 @@ run_command(aspen_session_t *sess, int32_t request_id, const bson_t *cmd,
       req.name = bson_iter_key(&it);
       sess->inflight_request_id = request_id;
       sess->inflight_more_to_come = more_to_come;
+      sess->inflight_legacy = legacy;
       if (aspen_router_dispatch(&req, &reply) == ASPEN_HANDLED_ASYNC) {
          bson_destroy(&reply);
          if (sess->state != SESS_CLOSING) {

@@ -150,6 +150,7 @@ aspen_buf_len(const aspen_buf_t *buf)
    X(262, ExceededTimeLimit)                                                   \
    X(334, TooManyLogicalSessions)                                              \
    X(352, UnsupportedOpQueryCommand)                                           \
+   X(354, LoadBalancerSupportMismatch)                                         \
    X(415, StreamProcessorDoesNotExist)                                         \
    X(416, StreamProcessorAlreadyExists)                                        \
    X(417, StreamProcessorWorkerShuttingDown)                                   \
