@@ -8,6 +8,7 @@
  * remembers whose each cursor is.
  */
 #include "auth.h"
+#include "upstream.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,7 @@ aspen_router_find(const char *name)
 typedef struct {
    aspen_session_t *sess;
    aspen_cursor_owner_t owner;
+   unsigned txn_kind; /* aspen_upstream_txn_kind */
 } forward_t;
 
 static void
@@ -46,7 +48,15 @@ forward_done(void *arg, const bson_t *reply)
 {
    forward_t *f = arg;
    aspen_cursors_note_reply(&f->owner, reply);
-   aspen_session_reply(f->sess, reply);
+   /* aspen's own error for a lost backend connection gets a mongos's
+    * labels, so the driver retries the write or the transaction. */
+   bson_t labeled;
+   if (aspen_upstream_error_labels(reply, f->txn_kind, &labeled)) {
+      aspen_session_reply(f->sess, &labeled);
+      bson_destroy(&labeled);
+   } else {
+      aspen_session_reply(f->sess, reply);
+   }
    aspen_session_unref(f->sess);
    free(f);
 }
@@ -79,6 +89,7 @@ forward(aspen_request_t *req, bson_t *reply)
    bool is_keyed = lsid_ptr && aspen_auth_session_key(req, lsid_ptr, &keyed);
    forward_t *f = aspen_xcalloc(1, sizeof *f);
    f->sess = req->sess;
+   f->txn_kind = aspen_upstream_txn_kind(req->cmd, req->name);
    aspen_auth_cursor_owner(req, &f->owner);
    aspen_session_ref(req->sess);
    aspen_backend_forward(req->srv->backend, req, is_keyed ? &keyed : lsid_ptr,

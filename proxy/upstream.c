@@ -26,9 +26,11 @@
  *     another deployment (aspen restarted on another backend while the
  *     client kept its connection): its signature would then fail the
  *     server's check (KeyNotFound) for the backend user, who may not hold
- *     advanceClusterTime. Causal consistency needs none of it: afterClusterTime
- *     in readConcern passes through, and within one replica set every
- *     cluster time comes from that set.
+ *     advanceClusterTime. In its place goes the latest $clusterTime the
+ *     deployment itself sent (signed by it), as a mongos gossips its own:
+ *     a server that is behind (another mongos, a new primary) learns the
+ *     time the client may have seen. afterClusterTime in readConcern
+ *     passes through.
  *   - $readPreference, unless the backend is a mongos: aspen always sends
  *     to the primary (or the one server), as the mongoc lanes did.
  * and with no flag bits (upstream.h: aspen_upstream_encode). The client's
@@ -47,14 +49,16 @@
  * with its server, and getMore / killCursors for it go there whatever is
  * primary now. With one server there is nothing to remember.
  *
- * Transactions and retryable writes need nothing more with one server or a
- * replica set: txnNumber, startTransaction, autocommit and recoveryToken go
- * through with the lsid, and every command goes to the primary, where the
- * server keeps the transaction. What a mongos-style front (issue 22) would
- * add here: pinning an lsid with an open transaction to one mongos of a
- * sharded backend (as cursors are pinned, keyed by lsid), and handing the
- * backend's hello facts (handle_hello sees setName,
- * logicalSessionTimeoutMinutes, maxWireVersion) to cmd_hello.c.
+ * Transactions and retryable writes: aspen presents itself as a mongos when
+ * the deployment has them (topology.c), so drivers send txnNumber,
+ * startTransaction, autocommit, commitTransaction/abortTransaction and
+ * recoveryToken; they go through with the lsid, and every command goes to
+ * the primary (or the one server), where the server keeps the transaction
+ * and its retryable-write record under (lsid, backend user) whichever pooled
+ * connection carries them. Error labels (TransientTransactionError,
+ * UnknownTransactionCommitResult, RetryableWriteError) in the server's
+ * replies go back unchanged; aspen's own errors for a lost connection get
+ * the labels a mongos would give them (router.c, aspen_upstream_error_labels).
  *
  * Errors: a server that cannot be reached, a connection that breaks or
  * times out, a failed login: the command gets HostUnreachable (6) or
@@ -193,6 +197,11 @@ struct aspen_upstream {
    req_queue_t deferred; /* failed commands whose callbacks are due */
    aspen_tls_ctx_t *tls_ctx;
    bool backend_is_mongos;
+   /* The latest $clusterTime the deployment sent (gossiped back to it in
+    * place of the client's, as a mongos does). */
+   bson_t cluster_time;
+   bool has_cluster_time;
+   uint32_t cluster_t, cluster_i;
    /* credentials (NULL user: none) */
    char *user;
    char *password;
@@ -291,6 +300,9 @@ maybe_free_up(aspen_upstream_t *up)
          }
       }
       aspen_tls_ctx_destroy(up->tls_ctx);
+      if (up->has_cluster_time) {
+         bson_destroy(&up->cluster_time);
+      }
       mongoc_uri_destroy(up->uri);
       free(up->user);
       if (up->password) {
@@ -843,6 +855,37 @@ is_state_change_code(int32_t code)
    }
 }
 
+/* Keeps a reply's $clusterTime when it is later than the one held: the
+ * next forwarded command carries it, so every server of the deployment
+ * (several mongos, a new primary) learns the latest time a client may have
+ * seen, as mongos gossips it. */
+static void
+note_cluster_time(aspen_upstream_t *up, const bson_iter_t *it)
+{
+   bson_iter_t sub;
+   uint32_t t = 0, i = 0;
+   if (!bson_iter_recurse(it, &sub) || !bson_iter_find(&sub, "clusterTime") ||
+       !BSON_ITER_HOLDS_TIMESTAMP(&sub)) {
+      return;
+   }
+   bson_iter_timestamp(&sub, &t, &i);
+   if (up->has_cluster_time &&
+       (t < up->cluster_t || (t == up->cluster_t && i <= up->cluster_i))) {
+      return;
+   }
+   bson_t doc;
+   if (!aspen_bson_view(it, &doc)) {
+      return;
+   }
+   if (up->has_cluster_time) {
+      bson_destroy(&up->cluster_time);
+   }
+   bson_copy_to(&doc, &up->cluster_time);
+   up->has_cluster_time = true;
+   up->cluster_t = t;
+   up->cluster_i = i;
+}
+
 /* Looks at what a reply says about the server and the cursors. */
 static void
 inspect_reply(up_conn_t *conn, const up_request_t *req, const bson_t *body)
@@ -868,6 +911,9 @@ inspect_reply(up_conn_t *conn, const up_request_t *req, const bson_t *body)
                  BSON_ITER_HOLDS_NUMBER(&sub) &&
                  is_state_change_code((int32_t) bson_iter_as_int64(&sub))) {
          code = (int32_t) bson_iter_as_int64(&sub);
+      } else if (k[0] == '$' && strcmp(k, "$clusterTime") == 0 &&
+                 BSON_ITER_HOLDS_DOCUMENT(&it)) {
+         note_cluster_time(up, &it);
       } else if (!up->single && strcmp(k, "cursor") == 0 &&
                  BSON_ITER_HOLDS_DOCUMENT(&it) &&
                  bson_iter_recurse(&it, &sub) && bson_iter_find(&sub, "id") &&
@@ -1628,7 +1674,7 @@ on_sweep(uv_timer_t *t)
 void
 aspen_upstream_encode(aspen_buf_t *out, int32_t request_id,
                       const aspen_op_msg_t *msg, const char *const *strip,
-                      const bson_t *lsid)
+                      const bson_t *lsid, const bson_t *cluster_time)
 {
    size_t start = aspen_buf_len(out);
    uint8_t hdr[ASPEN_WIRE_HEADER_LEN + 5] = {0};
@@ -1666,6 +1712,13 @@ aspen_upstream_encode(aspen_buf_t *out, int32_t request_id,
       }
       aspen_buf_append(out, raw + run_start, run_end - run_start);
    }
+   if (cluster_time) {
+      static const uint8_t head[] = {BSON_TYPE_DOCUMENT, '$', 'c', 'l', 'u',
+                                     's', 't', 'e', 'r', 'T', 'i', 'm', 'e',
+                                     0};
+      aspen_buf_append(out, head, sizeof head);
+      aspen_buf_append(out, bson_get_data(cluster_time), cluster_time->len);
+   }
    uint8_t zero = 0;
    aspen_buf_append(out, &zero, 1);
    uint8_t *base = (uint8_t *) aspen_buf_data(out);
@@ -1686,6 +1739,86 @@ aspen_upstream_encode(aspen_buf_t *out, int32_t request_id,
    put_le32(base + 4, (uint32_t) request_id);
    put_le32(base + 8, 0);
    put_le32(base + 12, ASPEN_OP_MSG);
+}
+
+unsigned
+aspen_upstream_txn_kind(const bson_t *cmd, const char *name)
+{
+   bson_iter_t it;
+   bool txn_number = false, in_txn = false;
+   if (bson_iter_init(&it, cmd)) {
+      while (bson_iter_next(&it)) {
+         const char *k = bson_iter_key(&it);
+         if (strcmp(k, "txnNumber") == 0) {
+            txn_number = BSON_ITER_HOLDS_NUMBER(&it);
+         } else if (strcmp(k, "autocommit") == 0) {
+            in_txn = BSON_ITER_HOLDS_BOOL(&it) && !bson_iter_bool(&it);
+         }
+      }
+   }
+   if (!txn_number) {
+      return ASPEN_TXN_NONE;
+   }
+   if (in_txn) {
+      if (strcmp(name, "commitTransaction") == 0) {
+         return ASPEN_TXN_COMMIT;
+      }
+      if (strcmp(name, "abortTransaction") == 0) {
+         return ASPEN_TXN_ABORT;
+      }
+      return ASPEN_TXN_STATEMENT;
+   }
+   static const char *const writes[] = {"insert", "update", "delete",
+                                        "findAndModify", "findandmodify",
+                                        "bulkWrite", NULL};
+   for (const char *const *w = writes; *w; w++) {
+      if (strcmp(name, *w) == 0) {
+         return ASPEN_TXN_RETRYABLE_WRITE;
+      }
+   }
+   return ASPEN_TXN_NONE;
+}
+
+bool
+aspen_upstream_error_labels(const bson_t *reply, unsigned kind, bson_t *out)
+{
+   bson_iter_t it;
+   bool ok = true;
+   int32_t code = 0;
+   if (kind == ASPEN_TXN_NONE || !bson_iter_init(&it, reply)) {
+      return false;
+   }
+   while (bson_iter_next(&it)) {
+      const char *k = bson_iter_key(&it);
+      if (strcmp(k, "errorLabels") == 0) {
+         return false; /* the server's labels stand */
+      } else if (strcmp(k, "ok") == 0) {
+         ok = bson_iter_as_double(&it) == 1.0;
+      } else if (strcmp(k, "code") == 0 && BSON_ITER_HOLDS_NUMBER(&it)) {
+         code = (int32_t) bson_iter_as_int64(&it);
+      }
+   }
+   if (ok || (code != ASPEN_ERR_HostUnreachable &&
+              code != ASPEN_ERR_NetworkTimeout)) {
+      return false;
+   }
+   bson_t arr;
+   bson_copy_to(reply, out);
+   BSON_APPEND_ARRAY_BEGIN(out, "errorLabels", &arr);
+   switch (kind) {
+   case ASPEN_TXN_STATEMENT:
+      BSON_APPEND_UTF8(&arr, "0", "TransientTransactionError");
+      break;
+   case ASPEN_TXN_COMMIT:
+      BSON_APPEND_UTF8(&arr, "0", "RetryableWriteError");
+      BSON_APPEND_UTF8(&arr, "1", "UnknownTransactionCommitResult");
+      break;
+   default: /* a retryable write, abortTransaction */
+      BSON_APPEND_UTF8(&arr, "0", "RetryableWriteError");
+      break;
+   }
+   bson_append_array_end(out, &arr);
+   return true;
 }
 
 void
@@ -1725,7 +1858,8 @@ aspen_upstream_forward(aspen_upstream_t *up, const aspen_op_msg_t *msg,
    }
    aspen_upstream_encode(&buf, 0, msg,
                          up->backend_is_mongos ? strip_mongos : strip_all,
-                         swap ? &lsid : NULL);
+                         swap ? &lsid : NULL,
+                         up->has_cluster_time ? &up->cluster_time : NULL);
    if (swap) {
       bson_destroy(&lsid);
    }

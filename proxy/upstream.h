@@ -157,12 +157,39 @@ void aspen_upstream_backend_lsid(const bson_t *key, bson_t *out);
  * `request_id`, no flag bits (moreToCome and exhaustAllowed are the client
  * connection's business: aspen always waits for one reply; a checksum would
  * no longer match), the body without the top-level fields in `strip`
- * (NULL-terminated) and with a top-level "lsid" replaced by `lsid` when it
- * is not NULL, and the document sequences byte for byte. Pure; for the unit
- * tests too. */
+ * (NULL-terminated), with a top-level "lsid" replaced by `lsid` when it
+ * is not NULL and `cluster_time` (NULL: none) appended as "$clusterTime",
+ * and the document sequences byte for byte. Pure; for the unit tests too. */
 void aspen_upstream_encode(aspen_buf_t *out, int32_t request_id,
                            const aspen_op_msg_t *msg,
-                           const char *const *strip, const bson_t *lsid);
+                           const char *const *strip, const bson_t *lsid,
+                           const bson_t *cluster_time);
+
+/* What a forwarded command is to the retryable-writes and transactions
+ * specs, from its fields: a statement of a transaction (txnNumber and
+ * autocommit: false), its commitTransaction or abortTransaction, a
+ * retryable write (txnNumber on insert/update/delete/findAndModify/
+ * bulkWrite), or none of them. Pure. */
+enum {
+   ASPEN_TXN_NONE = 0,
+   ASPEN_TXN_STATEMENT,
+   ASPEN_TXN_COMMIT,
+   ASPEN_TXN_ABORT,
+   ASPEN_TXN_RETRYABLE_WRITE,
+};
+unsigned aspen_upstream_txn_kind(const bson_t *cmd, const char *name);
+/* When `reply` is aspen's own error for a command of `kind` that did not
+ * get the server's answer (HostUnreachable, NetworkTimeout: the connection
+ * was lost or never made) and carries no errorLabels, makes `out` (the
+ * callee initialises it) the reply with the labels a mongos gives such an
+ * error: TransientTransactionError for a statement of a transaction,
+ * RetryableWriteError and UnknownTransactionCommitResult for
+ * commitTransaction, RetryableWriteError for a retryable write and
+ * abortTransaction, so the driver retries or restarts the transaction as
+ * the specs say. False (out untouched) otherwise: the server's own replies
+ * and labels go back unchanged. Pure. */
+bool aspen_upstream_error_labels(const bson_t *reply, unsigned kind,
+                                 bson_t *out);
 
 /* Counters for tests and serverStatus-like output. */
 typedef struct {

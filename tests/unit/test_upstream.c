@@ -56,7 +56,7 @@ test_encode_strips_and_keeps(void **state)
    static const char *const strip[] = {"$clusterTime", "$readPreference", NULL};
    aspen_buf_t out;
    aspen_buf_init(&out);
-   aspen_upstream_encode(&out, 42, &msg, strip, NULL);
+   aspen_upstream_encode(&out, 42, &msg, strip, NULL, NULL);
 
    aspen_frame_t f;
    aspen_error_t err;
@@ -93,7 +93,7 @@ test_encode_strips_and_keeps(void **state)
 
    /* With nothing to strip the body goes through byte for byte. */
    aspen_buf_clear(&out);
-   aspen_upstream_encode(&out, 1, &msg, NULL, NULL);
+   aspen_upstream_encode(&out, 1, &msg, NULL, NULL, NULL);
    assert_int_equal(aspen_frame_parse(aspen_buf_data(&out), aspen_buf_len(&out),
                                       ASPEN_WIRE_MAX_MESSAGE_LEN, &f, &err),
                     ASPEN_PARSE_OK);
@@ -151,7 +151,7 @@ test_backend_lsid(void **state)
    (void) bson_init_static(&msg.body, bson_get_data(&body), body.len);
    aspen_buf_t out;
    aspen_buf_init(&out);
-   aspen_upstream_encode(&out, 7, &msg, NULL, &la);
+   aspen_upstream_encode(&out, 7, &msg, NULL, &la, NULL);
    aspen_frame_t f;
    aspen_op_msg_t back;
    aspen_error_t err;
@@ -326,6 +326,7 @@ struct fake {
    int conns_open, conns_max, conns_total;
    int hellos, sasl_starts, commands;
    int release; /* FAKE_HOLD */
+   uint32_t cluster_time; /* echo replies carry $clusterTime Timestamp(this, 1) when not 0 */
    fake_conn_t *held[16];
    int n_held;
    bson_t last_cmd; /* the last forwarded command as received */
@@ -372,6 +373,13 @@ fake_reply_echo(fake_conn_t *fc, int32_t id, const bson_t *cmd,
    BSON_APPEND_DOUBLE(&r, "ok", 1.0);
    BSON_APPEND_UTF8(&r, "cmd", name);
    BSON_APPEND_DOCUMENT(&r, "seen", cmd);
+   if (fc->fake->cluster_time) {
+      bson_t ct;
+      BSON_APPEND_DOCUMENT_BEGIN(&r, "$clusterTime", &ct);
+      BSON_APPEND_TIMESTAMP(&ct, "clusterTime", fc->fake->cluster_time, 1);
+      BSON_APPEND_INT32(&ct, "signature", (int32_t) fc->fake->cluster_time);
+      bson_append_document_end(&r, &ct);
+   }
    fake_send(fc, id, &r);
    bson_destroy(&r);
 }
@@ -792,6 +800,125 @@ test_relay_roundtrip(void **state)
    rig_stop(&rig);
 }
 
+/* The client's $clusterTime never reaches the backend; the latest one the
+ * backend sent goes in its place (mongos's gossip), never an older one. */
+static void
+test_relay_gossips_cluster_time(void **state)
+{
+   (void) state;
+   rig_t rig;
+   result_t r;
+   bson_iter_t it, sub;
+   uint32_t t, i;
+   rig_start(&rig, FAKE_ECHO, false, "mongodb://127.0.0.1:%d/");
+   rig.fake.cluster_time = 100;
+   forward(&rig, "find", 0, &r);
+   run_until(&rig, &r.done, 1);
+   bson_destroy(&r.reply);
+   assert_false(bson_has_field(&rig.fake.last_cmd, "$clusterTime"));
+   forward(&rig, "find", 0, &r);
+   run_until(&rig, &r.done, 1);
+   bson_destroy(&r.reply);
+   assert_true(bson_iter_init_find(&it, &rig.fake.last_cmd, "$clusterTime"));
+   assert_true(bson_iter_recurse(&it, &sub) && bson_iter_find(&sub, "clusterTime"));
+   bson_iter_timestamp(&sub, &t, &i);
+   assert_int_equal(t, 100);
+   assert_int_equal(i, 1);
+   assert_string_equal(reply_str(&rig.fake.last_cmd, "$db"), "d");
+   /* An older time in a reply does not replace it; a newer one does. */
+   rig.fake.cluster_time = 50;
+   forward(&rig, "find", 0, &r);
+   run_until(&rig, &r.done, 1);
+   bson_destroy(&r.reply);
+   forward(&rig, "find", 0, &r);
+   run_until(&rig, &r.done, 1);
+   bson_destroy(&r.reply);
+   assert_true(bson_iter_init_find(&it, &rig.fake.last_cmd, "$clusterTime"));
+   assert_true(bson_iter_recurse(&it, &sub) && bson_iter_find(&sub, "clusterTime"));
+   bson_iter_timestamp(&sub, &t, &i);
+   assert_int_equal(t, 100);
+   rig.fake.cluster_time = 200;
+   forward(&rig, "find", 0, &r);
+   run_until(&rig, &r.done, 1);
+   bson_destroy(&r.reply);
+   forward(&rig, "find", 0, &r);
+   run_until(&rig, &r.done, 1);
+   bson_destroy(&r.reply);
+   assert_true(bson_iter_init_find(&it, &rig.fake.last_cmd, "$clusterTime"));
+   assert_true(bson_iter_recurse(&it, &sub) && bson_iter_find(&sub, "signature"));
+   assert_int_equal(bson_iter_as_int64(&sub), 200); /* the whole document */
+   rig_stop(&rig);
+}
+
+/* Which commands the retryable-writes and transactions specs cover, and
+ * the labels aspen's own errors get (as a mongos gives them). */
+static void
+test_txn_kind_and_labels(void **state)
+{
+   (void) state;
+   bson_t *cmd = BCON_NEW("insert", "c", "txnNumber", BCON_INT64(3));
+   assert_int_equal(aspen_upstream_txn_kind(cmd, "insert"),
+                    ASPEN_TXN_RETRYABLE_WRITE);
+   assert_int_equal(aspen_upstream_txn_kind(cmd, "find"), ASPEN_TXN_NONE);
+   bson_destroy(cmd);
+   cmd = BCON_NEW("find", "c", "txnNumber", BCON_INT64(3), "autocommit",
+                  BCON_BOOL(false), "startTransaction", BCON_BOOL(true));
+   assert_int_equal(aspen_upstream_txn_kind(cmd, "find"), ASPEN_TXN_STATEMENT);
+   assert_int_equal(aspen_upstream_txn_kind(cmd, "commitTransaction"),
+                    ASPEN_TXN_COMMIT);
+   assert_int_equal(aspen_upstream_txn_kind(cmd, "abortTransaction"),
+                    ASPEN_TXN_ABORT);
+   bson_destroy(cmd);
+   cmd = BCON_NEW("insert", "c");
+   assert_int_equal(aspen_upstream_txn_kind(cmd, "insert"), ASPEN_TXN_NONE);
+   bson_destroy(cmd);
+
+   static const struct {
+      unsigned kind;
+      const char *labels[2];
+   } cases[] = {
+      {ASPEN_TXN_STATEMENT, {"TransientTransactionError", NULL}},
+      {ASPEN_TXN_COMMIT, {"RetryableWriteError", "UnknownTransactionCommitResult"}},
+      {ASPEN_TXN_ABORT, {"RetryableWriteError", NULL}},
+      {ASPEN_TXN_RETRYABLE_WRITE, {"RetryableWriteError", NULL}},
+   };
+   for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+      for (int code = 6; code <= 89; code += 83) { /* HostUnreachable, NetworkTimeout */
+         bson_t err = BSON_INITIALIZER, out;
+         aspen_reply_error(&err, code, "lost");
+         assert_true(aspen_upstream_error_labels(&err, cases[c].kind, &out));
+         assert_int_equal(reply_int(&out, "code"), code);
+         bson_iter_t it, arr;
+         assert_true(bson_iter_init_find(&it, &out, "errorLabels") &&
+                     bson_iter_recurse(&it, &arr));
+         for (int l = 0; l < 2 && cases[c].labels[l]; l++) {
+            assert_true(bson_iter_next(&arr));
+            assert_string_equal(bson_iter_utf8(&arr, NULL), cases[c].labels[l]);
+         }
+         assert_false(bson_iter_next(&arr));
+         bson_destroy(&out);
+         bson_destroy(&err);
+      }
+   }
+   /* Not for commands outside the specs, the server's own labels, other
+    * codes or a success. */
+   bson_t err = BSON_INITIALIZER, out, arr;
+   aspen_reply_error(&err, 6, "lost");
+   assert_false(aspen_upstream_error_labels(&err, ASPEN_TXN_NONE, &out));
+   bson_reinit(&err);
+   aspen_reply_error(&err, 11000, "duplicate key");
+   assert_false(aspen_upstream_error_labels(&err, ASPEN_TXN_RETRYABLE_WRITE, &out));
+   bson_reinit(&err);
+   aspen_reply_error(&err, 6, "a mongos's own");
+   BSON_APPEND_ARRAY_BEGIN(&err, "errorLabels", &arr);
+   bson_append_array_end(&err, &arr);
+   assert_false(aspen_upstream_error_labels(&err, ASPEN_TXN_STATEMENT, &out));
+   bson_reinit(&err);
+   BSON_APPEND_DOUBLE(&err, "ok", 1.0);
+   assert_false(aspen_upstream_error_labels(&err, ASPEN_TXN_COMMIT, &out));
+   bson_destroy(&err);
+}
+
 /* backend.c picks the relay or the lanes from the URI and the mode. */
 static void
 test_backend_mode(void **state)
@@ -1069,6 +1196,8 @@ main(void)
       cmocka_unit_test(test_supports),
       cmocka_unit_test(test_backend_mode),
       cmocka_unit_test(test_relay_roundtrip),
+      cmocka_unit_test(test_relay_gossips_cluster_time),
+      cmocka_unit_test(test_txn_kind_and_labels),
       cmocka_unit_test(test_relay_scram),
       cmocka_unit_test(test_relay_scram_wrong_password),
       cmocka_unit_test(test_relay_server_down),
