@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -109,3 +110,72 @@ def refused_start(name, args):
     assert out.returncode != 0, f"aspen ({name}) started:\n{out.stdout[-2000:]}"
     assert not SANITIZER_RE.search(out.stdout), out.stdout[-3000:]
     return out.stdout
+
+
+class Peer:
+    """A backing server or TCP relay a module started: .port, .proc."""
+
+    def __init__(self, proc, log, log_path, port):
+        self.proc, self._log, self.log_path, self.port = proc, log, log_path, port
+
+    def cut_next_reply(self):
+        """A relay only: the next reply through it is dropped and its
+        connection closed (tcp_relay.py, SIGUSR1)."""
+        self.proc.send_signal(signal.SIGUSR1)
+
+    def cuts(self):
+        """A relay only: how many cuts it made so far."""
+        with open(self.log_path) as f:
+            return sum(1 for line in f if line.strip() == "CUT")
+
+
+def _start_peer(name, argv, ready_re):
+    log_path = os.path.join(run_dir(), f"{name}.log")
+    log = open(log_path, "w")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    for _ in range(300):
+        with open(log_path) as f:
+            m = re.search(ready_re, f.read())
+        if m:
+            return Peer(proc, log, log_path, int(m.group(1)))
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    log.close()
+    with open(log_path) as f:
+        pytest.fail(f"{name} did not start:\n" + f.read()[-3000:])
+
+
+def start_backing(name, args=()):
+    """A backing server of the module's own (`args`: e.g. ["--replset",
+    "rs0"]) on a free port; waits for its LISTENING line."""
+    jar = os.environ.get("ASPEN_BACKING_JAR",
+                         os.path.join(ROOT, ".deps", "aspen-backing-server.jar"))
+    return _start_peer(name, ["java", "-XX:+UseSerialGC", "-Xmx512m", "-jar", jar,
+                              "--host", "127.0.0.1", "--port", "0", *args],
+                       r"(?m)^LISTENING (\d+)$")
+
+
+def start_relay(name, target_port):
+    """tests/e2e/tcp_relay.py from a free port to 127.0.0.1:target_port."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return _start_peer(name, [sys.executable, os.path.join(ROOT, "tests", "e2e", "tcp_relay.py"),
+                              str(port), f"127.0.0.1:{target_port}"],
+                       r"(?m)^RELAYING (\d+)$")
+
+
+def stop_peer(peer):
+    """SIGTERM and a bounded wait."""
+    peer.proc.send_signal(signal.SIGTERM)
+    try:
+        peer.proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        peer.proc.kill()
+        peer.proc.wait()
+    peer._log.close()

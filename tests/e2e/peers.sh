@@ -177,7 +177,8 @@ _peers_wait_log() {
 # start_backing [PORT]: start the backing server on PORT (default: a free
 # one) and wait for it to listen. Sets and exports BACKING_PORT and
 # BACKING_URI. Logs go to $ASPEN_RUN_DIR/backing.log (appended, so a restart
-# on the same port keeps the earlier log).
+# on the same port keeps the earlier log). BACKING_ARGS adds arguments (e.g.
+# "--replset rs0": a one-member replica set with sessions and transactions).
 start_backing() {
     local port=${1:-}
     [[ -n $port && $port != 0 ]] || port=$(free_port) || return 1
@@ -192,8 +193,9 @@ start_backing() {
         local mark=0
         [[ -f $log ]] && mark=$(stat -c %s "$log")
         echo "=== start_backing --port $port (attempt $attempt) $(date -u +%FT%TZ)" >>"$log"
+        # shellcheck disable=SC2086 # BACKING_ARGS: extra words, e.g. --replset rs0
         java -XX:+UseSerialGC -Xmx1g -jar "$PEERS_JAR" --host 127.0.0.1 --port "$port" \
-            >>"$log" 2>&1 </dev/null &
+            ${BACKING_ARGS:-} >>"$log" 2>&1 </dev/null &
         pid=$!
         echo "$pid" >"$ASPEN_RUN_DIR/backing.pid"
         _PEERS_STARTED+=(backing)
@@ -259,6 +261,8 @@ kill_backing() {
 # start_relay PORT TARGET_PORT: relay 127.0.0.1:PORT to 127.0.0.1:TARGET_PORT
 # (tcp_relay.py). stop_relay cuts every connection through it, as a network
 # outage would; start_relay on the same PORT brings the network back.
+# relay_cut_next_reply drops the next reply through it and closes that
+# connection (the request reached the target, its answer never came back).
 start_relay() {
     local port=$1 target=$2 log=$ASPEN_RUN_DIR/relay.log mark=0 pid attempt
     for attempt in 1 2 3 4 5; do
@@ -283,6 +287,7 @@ start_relay() {
 }
 
 stop_relay() { _peers_stop relay; }
+relay_cut_next_reply() { kill -USR1 "$(<"$ASPEN_RUN_DIR/relay.pid")"; }
 
 # --- Apache Kafka -------------------------------------------------------------
 

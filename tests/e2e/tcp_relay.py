@@ -7,6 +7,11 @@ prints "RELAYING <port>" once it listens. SIGTERM ends it at once, cutting
 every open connection, which is what the client sees when the network goes
 away; started again on the same port, it lets clients reconnect. Used by
 tests/e2e/peers.sh (start_relay / stop_relay).
+
+SIGUSR1 arms a one-shot cut: the next bytes the target sends (a reply) are
+dropped and that connection is closed on both sides, as when the network
+fails after a request reached the server but before its reply came back
+(the case retryable writes exist for). It prints "CUT" when it did.
 """
 import asyncio
 import os
@@ -14,11 +19,21 @@ import signal
 import sys
 
 
-async def pump(reader, writer):
+ARMED = {"cut": False}
+
+
+async def pump(reader, writer, target_writer=None):
+    """Copies reader to writer; `target_writer` is set on the target ->
+    client direction (the one an armed cut drops)."""
     try:
         while True:
             data = await reader.read(65536)
             if not data:
+                break
+            if target_writer is not None and ARMED["cut"]:
+                ARMED["cut"] = False
+                target_writer.close()
+                print("CUT", flush=True)
                 break
             writer.write(data)
             await writer.drain()
@@ -38,8 +53,11 @@ async def main():
         except OSError:
             c_writer.close()
             return
-        await asyncio.gather(pump(c_reader, t_writer), pump(t_reader, c_writer))
+        await asyncio.gather(pump(c_reader, t_writer),
+                             pump(t_reader, c_writer, target_writer=t_writer))
 
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGUSR1, lambda: ARMED.update(cut=True))
     server = await asyncio.start_server(on_client, "127.0.0.1", listen_port,
                                         reuse_address=True)
     print(f"RELAYING {listen_port}", flush=True)
