@@ -27,13 +27,16 @@
  * and ended by the client's endSessions (or after 30 idle minutes), and every
  * command with that lsid runs on the same lane (the lsid's hash picks it), so
  * the same backend session id reaches the server each time. Commands without
- * an lsid use mongoc's implicit sessions.
+ * an lsid use mongoc's implicit sessions. A client's txnNumber (retryable
+ * writes, transactions) is moved by a base of its mapping's own, since
+ * mongoc may hand a later mapping a backend lsid an earlier client used.
  */
 #include "hash.h"
 #include "upstream.h"
 
 #include <mongoc/mongoc.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -62,6 +65,8 @@ typedef struct mapped_session {
    size_t key_len;
    mongoc_client_session_t *cs;
    uint64_t last_used_ms;
+   /* Added to the client's txnNumber (see txn_base_next). */
+   int64_t txn_base;
 } mapped_session_t;
 
 typedef struct {
@@ -94,6 +99,11 @@ struct aspen_backend {
    int n_lanes;
    lane_t *lanes;
    uv_async_t async;
+   /* mongoc pools server sessions: a mapping made after another one ended
+    * may get the same backend lsid, on which the server has seen that
+    * client's txnNumbers. Each mapping adds its own base, larger than any
+    * before it, so the numbers a backend lsid sees only grow. */
+   _Atomic int64_t txn_base_next;
    pthread_mutex_t done_mu;
    aspen_backend_job_t *done_head, *done_tail;
 };
@@ -137,14 +147,14 @@ session_drop(mapped_session_t **pp)
    free(ms);
 }
 
-static mongoc_client_session_t *
+static mapped_session_t *
 session_get(lane_t *lane, const bson_t *lsid)
 {
    bool found;
    mapped_session_t **pp = session_slot(lane, lsid, &found);
    if (found) {
       (*pp)->last_used_ms = aspen_clock_now_ms();
-      return (*pp)->cs;
+      return *pp;
    }
    uint64_t now = aspen_clock_now_ms();
    if (now < lane->no_sessions_until_ms) {
@@ -171,8 +181,32 @@ session_get(lane_t *lane, const bson_t *lsid)
    ms->key_len = lsid->len;
    ms->cs = cs;
    ms->last_used_ms = aspen_clock_now_ms();
+   ms->txn_base = atomic_fetch_add(&lane->be->txn_base_next, (int64_t) 1 << 32);
    *pp = ms;
-   return cs;
+   return ms;
+}
+
+/* The command with its txnNumber moved by the mapping's base (`out` is
+ * initialised); false when it has none. */
+static bool
+shift_txn_number(const bson_t *cmd, int64_t base, bson_t *out)
+{
+   bson_iter_t it;
+   if (!bson_iter_init_find(&it, cmd, "txnNumber") ||
+       !BSON_ITER_HOLDS_NUMBER(&it)) {
+      return false;
+   }
+   int64_t n = bson_iter_as_int64(&it);
+   bson_init(out);
+   bson_iter_init(&it, cmd);
+   while (bson_iter_next(&it)) {
+      if (strcmp(bson_iter_key(&it), "txnNumber") == 0) {
+         BSON_APPEND_INT64(out, "txnNumber", base + n);
+      } else {
+         bson_append_iter(out, NULL, 0, &it);
+      }
+   }
+   return true;
 }
 
 static void
@@ -201,15 +235,22 @@ run_command(lane_t *lane, aspen_backend_job_t *job)
    bson_t opts = BSON_INITIALIZER;
    bson_error_t berr;
    mongoc_client_session_t *cs = NULL;
-   if (job->has_lsid) {
-      cs = session_get(lane, &job->lsid);
+   mapped_session_t *ms = NULL;
+   if (job->has_lsid && (ms = session_get(lane, &job->lsid))) {
+      cs = ms->cs;
    }
    if (cs && !mongoc_client_session_append(cs, &opts, &berr)) {
       cs = NULL;
    }
+   bson_t shifted;
+   bool is_shifted = cs && shift_txn_number(&job->cmd, ms->txn_base, &shifted);
    bson_t reply;
-   bool ok = mongoc_client_command_with_opts(lane->client, job->db, &job->cmd,
+   bool ok = mongoc_client_command_with_opts(lane->client, job->db,
+                                             is_shifted ? &shifted : &job->cmd,
                                              NULL, &opts, &reply, &berr);
+   if (is_shifted) {
+      bson_destroy(&shifted);
+   }
    bson_destroy(&opts);
    bson_destroy(&job->reply);
    if (!ok && !bson_has_field(&reply, "ok")) {
