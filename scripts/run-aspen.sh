@@ -5,7 +5,9 @@
 # 2. builds a Release aspen into build-release/;
 # 3. unless you pass --backend or set ASPEN_BACKEND, starts the bundled
 #    in-memory MongoDB-compatible server (mongo-java-server) on 127.0.0.1:27018
-#    as the backing deployment, and registers it as the connection "atlas";
+#    as the backing deployment (a one-member replica set, --replset rs0, so
+#    drivers get retryable writes and transactions through aspen), and
+#    registers it as the connection "atlas";
 # 4. runs aspen on 127.0.0.1:27017 (override with --port) until Ctrl+C.
 # Then, in another terminal:  .deps/node/node_modules/.bin/mongosh
 set -euo pipefail
@@ -32,7 +34,7 @@ if [[ $have_backend -eq 0 ]]; then
     if [[ -z $backend ]]; then
         echo "run-aspen: starting the bundled backing server on 127.0.0.1:27018"
         java -jar .deps/aspen-backing-server.jar --host 127.0.0.1 --port 27018 \
-            > build-release/backing.log 2>&1 &
+            --replset rs0 > build-release/backing.log 2>&1 &
         BACKING_PID=$!
         for _ in $(seq 100); do
             grep -q LISTENING build-release/backing.log 2>/dev/null && break

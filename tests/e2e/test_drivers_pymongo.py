@@ -8,7 +8,8 @@ test-grade transactions, see tests/e2e/mongo-java-server Sessions.java), a
 TCP relay between aspen and it and another between the client and aspen
 (tcp_relay.py: a cut drops the next reply and closes that connection, as a
 network failure after the request arrived), an aspen in front of it, one with
-access control, and one with net.loadBalanced. run-pytest.sh's aspen
+access control, one forwarding through the mongoc lanes, and one with
+net.loadBalanced. run-pytest.sh's aspen
 (ASPEN_PORT, in front of a standalone backing server) shows the
 standalone-style answer and PyMongo's plain watch().
 
@@ -72,14 +73,17 @@ def peers():
     lb = aspen_proc.start("lb", ["--backend", f"mongodb://127.0.0.1:{rs.port}/",
                                  "--load-balanced", "true",
                                  "--state-dir", os.path.join(run, "state-lb")])
+    lanes = aspen_proc.start("txn-lanes", ["--backend", f"mongodb://127.0.0.1:{rs.port}/",
+                                           "--backend-forwarding", "lanes",
+                                           "--state-dir", os.path.join(run, "state-txn-lanes")])
     state_auth = os.path.join(run, "state-txn-auth")
     aspen_proc.add_users(state_auth, [("alice", "alice-pw", "readWriteAnyDatabase"),
                                       ("bob", "bob-pw", "readWriteAnyDatabase")])
     auth = aspen_proc.start("txn-auth", ["--backend", f"mongodb://127.0.0.1:{rs.port}/",
                                          "--state-dir", state_auth])
     yield {"rs": rs, "to_backend": to_backend, "txn": txn, "to_aspen": to_aspen,
-           "lb": lb, "auth": auth}
-    for a in (auth, lb, txn):
+           "lb": lb, "auth": auth, "lanes": lanes}
+    for a in (auth, lanes, lb, txn):
         aspen_proc.stop(a)
     for p in (to_aspen, to_backend, rs):
         aspen_proc.stop_peer(p)
@@ -215,10 +219,11 @@ def test_retryable_writes_with_access_control(peers):
 # ---- transactions ----------------------------------------------------------------
 
 
-def test_transaction_commit_spans_commands_and_a_getmore(peers):
+@pytest.mark.parametrize("way", ["txn", "lanes"])
+def test_transaction_commit_spans_commands_and_a_getmore(peers, way):
     lst = Listener()
-    with client(peers["txn"].port, lst) as c:
-        coll = fresh(c, "commit")
+    with client(peers[way].port, lst) as c:
+        coll = fresh(c, f"commit_{way}")
         coll.insert_many([{"_id": i, "n": i} for i in range(5)])
         with c.start_session() as s:
             with s.start_transaction():
@@ -237,9 +242,10 @@ def test_transaction_commit_spans_commands_and_a_getmore(peers):
         assert len({bson.encode(cmd["lsid"]) for cmd in txn_cmds}) == 1
 
 
-def test_transaction_abort_undoes_its_writes(peers):
-    with client(peers["txn"].port) as c:
-        coll = fresh(c, "abort")
+@pytest.mark.parametrize("way", ["txn", "lanes"])
+def test_transaction_abort_undoes_its_writes(peers, way):
+    with client(peers[way].port) as c:
+        coll = fresh(c, f"abort_{way}")
         coll.insert_many([{"_id": 1, "v": "old"}, {"_id": 2}])
         with c.start_session() as s:
             s.start_transaction()
