@@ -661,10 +661,11 @@ probe_done(void *arg, const bson_t *reply)
    if (f.known) {
       be->facts = f;
    } else if (!be->facts.known) {
-      /* Not reachable: what a driver would make of it, a standalone; asked
-       * again at the next hello. */
+      /* Not reachable (or its login refused): what a driver would make of
+       * it, a standalone, until a hello at least FACTS max age later asks
+       * again; not at every hello, which would turn each client's
+       * handshake into a login attempt the backend may throttle. */
       be->facts.session_timeout_minutes = -1;
-      be->facts_at_ms = 0;
    }
    be->facts.probed = true;
    if (be->facts_cb && !be->destroying) {
