@@ -4,18 +4,21 @@
  * aspen_expr_parse turns a BSON expression into a tree of aspen_expr_t
  * nodes: constants (borrowed from the pipeline), field paths split once into
  * components, variables resolved to slots, object/array literals, and
- * operator nodes whose evaluation function comes from the operator table at
- * the bottom of this file. Operators whose arguments are all constant are
- * folded at compile time. This file also holds the operators that are about
- * variables, control flow, comparison, objects and ASP's own ($meta,
- * $currentDate, $createUUID); the arithmetic, string, array, conversion and
- * date operators live in expr_num.c, expr_string.c, expr_array.c,
- * expr_convert.c and expr_date.c.
+ * operator nodes whose evaluation function comes from an operator table:
+ * each operator file ends with the table of its operators, this one's
+ * included, and find_op looks a name up in all of them. Operators whose
+ * arguments are all constant are folded at compile time. This file also
+ * holds the operators that are about variables, control flow, comparison,
+ * objects and ASP's own ($meta, $currentDate, $createUUID); the
+ * arithmetic, string, array, conversion and date operators live in
+ * expr_num.c, expr_string.c, expr_array.c, expr_convert.c and expr_date.c.
+ * What an operator's arguments must be is declared beside it as a table
+ * (expr_args.h); the named-argument parser here reads tables too.
  *
  * Compiled expressions are immutable: any number of threads may evaluate one
  * at the same time, each with its own context.
  */
-#include "lang/expr_int.h"
+#include "lang/expr_args.h"
 
 #include <openssl/rand.h>
 #include <stdarg.h>
@@ -26,29 +29,37 @@
 /* Errors                                                                    */
 /* ------------------------------------------------------------------------ */
 
+static bool
+vfail(aspen_error_t *err, int32_t code, const char *fmt, va_list ap)
+   __attribute__((format(printf, 3, 0)));
+
+static bool
+vfail(aspen_error_t *err, int32_t code, const char *fmt, va_list ap)
+{
+   if (err) {
+      err->code = code;
+      vsnprintf(err->message, sizeof err->message, fmt, ap);
+   }
+   return false;
+}
+
 bool
 aspen__fail(aspen__eval_t *st, int32_t code, const char *fmt, ...)
 {
-   if (st->err) {
-      va_list ap;
-      st->err->code = code;
-      va_start(ap, fmt);
-      vsnprintf(st->err->message, sizeof st->err->message, fmt, ap);
-      va_end(ap);
-   }
+   va_list ap;
+   va_start(ap, fmt);
+   vfail(st->err, code, fmt, ap);
+   va_end(ap);
    return false;
 }
 
 bool
 aspen__pfail(aspen__parse_t *ps, int32_t code, const char *fmt, ...)
 {
-   if (ps->err) {
-      va_list ap;
-      ps->err->code = code;
-      va_start(ap, fmt);
-      vsnprintf(ps->err->message, sizeof ps->err->message, fmt, ap);
-      va_end(ap);
-   }
+   va_list ap;
+   va_start(ap, fmt);
+   vfail(ps->err, code, fmt, ap);
+   va_end(ap);
    return false;
 }
 
@@ -800,12 +811,7 @@ parse_array_literal(aspen__parse_t *ps, const bson_iter_t *it,
                     aspen_expr_t *e)
 {
    bson_iter_t child;
-   uint32_t n = 0;
-   bson_iter_recurse(it, &child);
-   while (bson_iter_next(&child)) {
-      n++;
-   }
-   aspen__node_args(e, n);
+   aspen__node_args(e, aspen__value_child_count(it));
    e->eval = eval_array;
    bson_iter_recurse(it, &child);
    for (uint32_t i = 0; bson_iter_next(&child); i++) {
@@ -826,11 +832,7 @@ parse_object_literal(aspen__parse_t *ps, const bson_iter_t *it,
                      aspen_expr_t *e)
 {
    bson_iter_t child;
-   uint32_t n = 0;
-   bson_iter_recurse(it, &child);
-   while (bson_iter_next(&child)) {
-      n++;
-   }
+   uint32_t n = aspen__value_child_count(it);
    aspen__node_args(e, n);
    e->keys = aspen_xcalloc(n ? n : 1, sizeof *e->keys);
    e->eval = eval_object;
@@ -878,17 +880,6 @@ parse_object_literal(aspen__parse_t *ps, const bson_iter_t *it,
 
 static const aspen__op_t *find_op(const char *name);
 
-bool
-aspen__eval_arg(const aspen_expr_t *e, uint32_t i, aspen__eval_t *st,
-                aspen_value_t *out)
-{
-   if (i >= e->n_args || !e->args[i]) {
-      *out = ASPEN_VALUE_MISSING;
-      return true;
-   }
-   return aspen__eval_node(e->args[i], st, out);
-}
-
 static bool
 all_args_const(const aspen_expr_t *e)
 {
@@ -935,16 +926,9 @@ bool
 aspen__parse_nary(aspen__parse_t *ps, const aspen__op_t *op,
                   const bson_iter_t *arg, aspen_expr_t *e)
 {
-   uint32_t n = 1;
    bool is_array = bson_iter_type(arg) == BSON_TYPE_ARRAY;
+   uint32_t n = is_array ? aspen__value_child_count(arg) : 1;
    bson_iter_t child;
-   if (is_array) {
-      n = 0;
-      bson_iter_recurse(arg, &child);
-      while (bson_iter_next(&child)) {
-         n++;
-      }
-   }
    if (op->min_args >= 0 && op->max_args >= 0 &&
        op->min_args == op->max_args && (int) n != op->min_args) {
       return aspen__pfail(ps, 16020,
@@ -978,68 +962,80 @@ aspen__parse_nary(aspen__parse_t *ps, const aspen__op_t *op,
    return true;
 }
 
-bool
-aspen__parse_named(aspen__parse_t *ps, const aspen__op_t *op,
-                   const bson_iter_t *arg, aspen_expr_t *e,
-                   const aspen__named_spec_t *spec)
+/* The named-argument parsers' shared steps (aspen__named_spec_t). */
+static bool
+named_object(aspen__parse_t *ps, const aspen__op_t *op, const bson_iter_t *arg,
+             const aspen__named_spec_t *spec, uint32_t *n)
 {
-   uint32_t n = 0;
-   while (spec->names[n]) {
-      n++;
+   *n = 0;
+   while (spec->args[*n].name) {
+      (*n)++;
    }
-   if (bson_iter_type(arg) != BSON_TYPE_DOCUMENT) {
-      const char *tn = iter_type_name(arg);
-      int32_t code = spec->not_object_code;
-      switch (spec->not_object_style) {
-      case ASPEN__NOTOBJ_ONLY_OBJECT_FOUND:
-         return aspen__pfail(ps, code,
-                             "%s only supports an object as an argument, "
-                             "found %s",
-                             op->name, tn);
-      case ASPEN__NOTOBJ_REQUIRES_OBJECT:
-         return aspen__pfail(ps, code,
-                             "%s requires an object as an argument, found: %s",
-                             op->name, tn);
-      case ASPEN__NOTOBJ_EXPECTS_NAMED:
-         return aspen__pfail(ps, code,
-                             "%s expects an object of named arguments but "
-                             "found: %s",
-                             op->name, tn);
-      case ASPEN__NOTOBJ_SPECIFICATION:
-         return aspen__pfail(ps, code,
-                             "specification of %s must be an object, found: "
-                             "%s",
-                             op->name, tn);
-      default:
-         return aspen__pfail(ps, code,
-                             "%s only supports an object as its argument",
-                             op->name);
+   if (bson_iter_type(arg) == BSON_TYPE_DOCUMENT) {
+      return true;
+   }
+   aspen_value_t v = aspen_value_borrow(arg);
+   aspen__msg_t m = {.op = op->name, .val = &v};
+   return aspen__msg_fail(ps->err, spec->not_object_code, spec->not_object_msg,
+                          &m);
+}
+
+static bool
+named_index(aspen__parse_t *ps, const aspen__op_t *op,
+            const aspen__named_spec_t *spec, uint32_t n, const char *key,
+            uint32_t *i)
+{
+   for (*i = 0; *i < n; (*i)++) {
+      if (strcmp(spec->args[*i].name, key) == 0) {
+         return true;
       }
    }
-   aspen__node_args(e, n);
+   aspen__msg_t m = {.op = op->name, .key = key};
+   return aspen__msg_fail(ps->err, spec->unknown_code, spec->unknown_msg, &m);
+}
+
+/* The first required name (in row order) that is not in `present`. */
+static bool
+named_required(aspen__parse_t *ps, const aspen__op_t *op,
+               const aspen__named_spec_t *spec, uint32_t n, uint32_t present)
+{
+   for (uint32_t i = 0; i < n; i++) {
+      if (!((present >> i) & 1u) && spec->args[i].missing_code) {
+         aspen__msg_t m = {.op = op->name};
+         return aspen__msg_fail(ps->err, spec->args[i].missing_code,
+                                spec->args[i].missing_msg, &m);
+      }
+   }
+   return true;
+}
+
+/* Reads an object of named arguments: each is compiled into e->args as it
+ * comes (e not NULL) or its place kept in its[] (its not NULL); *found
+ * gets bit i for each name present. */
+static bool
+named_read(aspen__parse_t *ps, const aspen__op_t *op, const bson_iter_t *arg,
+           const aspen__named_spec_t *spec, aspen_expr_t *e,
+           aspen__named_it_t *its, uint32_t *found)
+{
+   uint32_t n;
+   *found = 0;
+   if (!named_object(ps, op, arg, spec, &n)) {
+      return false;
+   }
+   if (e) {
+      aspen__node_args(e, n);
+   }
    bson_iter_t child;
    bson_iter_recurse(arg, &child);
    while (bson_iter_next(&child)) {
-      const char *key = bson_iter_key(&child);
       uint32_t i;
-      for (i = 0; i < n; i++) {
-         if (strcmp(spec->names[i], key) == 0) {
-            break;
-         }
+      if (!named_index(ps, op, spec, n, bson_iter_key(&child), &i)) {
+         return false;
       }
-      if (i == n) {
-         int32_t code = spec->unknown_code;
-         switch (spec->unknown_style) {
-         case ASPEN__UNKNOWN_FOUND:
-            return aspen__pfail(ps, code, "%s found an unknown argument: %s",
-                                op->name, key);
-         case ASPEN__UNKNOWN_UNRECOGNIZED:
-            return aspen__pfail(ps, code, "Unrecognized argument to %s: %s",
-                                op->name, key);
-         default:
-            return aspen__pfail(ps, code, "Unknown argument to %s '%s'",
-                                op->name, key);
-         }
+      *found |= 1u << i;
+      if (its) {
+         its[i].it = child;
+         continue;
       }
       aspen_expr_destroy(e->args[i]);
       e->args[i] = NULL;
@@ -1047,29 +1043,31 @@ aspen__parse_named(aspen__parse_t *ps, const aspen__op_t *op,
          return false;
       }
    }
-   return true;
+   return named_required(ps, op, spec, n, *found);
 }
 
 bool
-aspen__require(aspen__parse_t *ps, const aspen_expr_t *e, uint32_t i,
-               int32_t code, const char *msg)
+aspen__parse_named(aspen__parse_t *ps, const aspen__op_t *op,
+                   const bson_iter_t *arg, aspen_expr_t *e,
+                   const aspen__named_spec_t *spec)
 {
-   if (!e->args[i]) {
-      return aspen__pfail(ps, code, "%s", msg);
-   }
-   return true;
+   uint32_t found;
+   return named_read(ps, op, arg, spec, e, NULL, &found);
+}
+
+bool
+aspen__named_find(aspen__parse_t *ps, const aspen__op_t *op,
+                  const bson_iter_t *arg, const aspen__named_spec_t *spec,
+                  aspen__named_it_t *its, uint32_t *found)
+{
+   return named_read(ps, op, arg, spec, NULL, its, found);
 }
 
 static bool
 parse_operator(aspen__parse_t *ps, const bson_iter_t *it, aspen_expr_t *e)
 {
    bson_iter_t child;
-   uint32_t n = 0;
-   bson_iter_recurse(it, &child);
-   while (bson_iter_next(&child)) {
-      n++;
-   }
-   if (n != 1) {
+   if (aspen__value_child_count(it) != 1) {
       bson_t obj;
       uint32_t len;
       const uint8_t *data;
@@ -1167,51 +1165,35 @@ parse_literal(aspen__parse_t *ps, const aspen__op_t *op,
 }
 
 /* $let */
+static const aspen__named_arg_t let_names[] = {
+   {"vars", 16876, "Missing 'vars' parameter to $let"},
+   {"in", 16877, "Missing 'in' parameter to $let"},
+   {NULL, 0, NULL}};
+static const aspen__named_spec_t let_spec = {
+   let_names, 16874, "$let only supports an object as its argument", 16875,
+   "Unrecognized parameter to $let: {key}"};
+
 static bool
 parse_let(aspen__parse_t *ps, const aspen__op_t *op, const bson_iter_t *arg,
           aspen_expr_t *e)
 {
-   (void) op;
-   if (bson_iter_type(arg) != BSON_TYPE_DOCUMENT) {
-      return aspen__pfail(ps, 16874,
-                          "$let only supports an object as its argument");
+   aspen__named_it_t its[2];
+   bson_iter_t child;
+   uint32_t found;
+   if (!aspen__named_find(ps, op, arg, &let_spec, its, &found)) {
+      return false;
    }
-   bson_iter_t child, vars_it, in_it;
-   bool have_vars = false, have_in = false;
-   bson_iter_recurse(arg, &child);
-   while (bson_iter_next(&child)) {
-      const char *key = bson_iter_key(&child);
-      if (strcmp(key, "vars") == 0) {
-         vars_it = child;
-         have_vars = true;
-      } else if (strcmp(key, "in") == 0) {
-         in_it = child;
-         have_in = true;
-      } else {
-         return aspen__pfail(ps, 16875, "Unrecognized parameter to $let: %s",
-                             key);
-      }
-   }
-   if (!have_vars) {
-      return aspen__pfail(ps, 16876, "Missing 'vars' parameter to $let");
-   }
-   if (!have_in) {
-      return aspen__pfail(ps, 16877, "Missing 'in' parameter to $let");
-   }
-   if (bson_iter_type(&vars_it) != BSON_TYPE_DOCUMENT) {
+   const bson_iter_t *vars_it = &its[0].it, *in_it = &its[1].it;
+   if (bson_iter_type(vars_it) != BSON_TYPE_DOCUMENT) {
       return aspen__pfail(ps, 10065,
                           "invalid parameter: expected an object (vars)");
    }
-   uint32_t n = 0;
-   bson_iter_recurse(&vars_it, &child);
-   while (bson_iter_next(&child)) {
-      n++;
-   }
+   uint32_t n = aspen__value_child_count(vars_it);
    /* args[0..n-1]: the variables' expressions (outer scope); args[n]: in. */
    aspen__node_args(e, n + 1);
    e->n_binds = n;
    e->binds = aspen_xcalloc(n ? n : 1, sizeof *e->binds);
-   bson_iter_recurse(&vars_it, &child);
+   bson_iter_recurse(vars_it, &child);
    for (uint32_t i = 0; bson_iter_next(&child); i++) {
       if (!aspen__parse_operand(ps, &child, &e->args[i])) {
          return false;
@@ -1219,7 +1201,7 @@ parse_let(aspen__parse_t *ps, const aspen__op_t *op, const bson_iter_t *arg,
    }
    uint32_t mark = aspen__scope_mark(ps);
    bool current_before = ps->current_rebound;
-   bson_iter_recurse(&vars_it, &child);
+   bson_iter_recurse(vars_it, &child);
    for (uint32_t i = 0; bson_iter_next(&child); i++) {
       const char *name = bson_iter_key(&child);
       if (!aspen__check_var_name(ps, name)) {
@@ -1231,7 +1213,7 @@ parse_let(aspen__parse_t *ps, const aspen__op_t *op, const bson_iter_t *arg,
       }
       e->binds[i] = aspen__scope_push(ps, name);
    }
-   bool ok = aspen__parse_operand(ps, &in_it, &e->args[n]);
+   bool ok = aspen__parse_operand(ps, in_it, &e->args[n]);
    aspen__scope_pop(ps, mark);
    ps->current_rebound = current_before;
    return ok;
@@ -1273,7 +1255,15 @@ eval_let(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
    return ok;
 }
 
-/* $cond */
+/* $cond: [if, then, else] or {if, then, else}. */
+static const aspen__named_arg_t cond_names[] = {
+   {"if", 17080, "Missing 'if' parameter to $cond"},
+   {"then", 17081, "Missing 'then' parameter to $cond"},
+   {"else", 17082, "Missing 'else' parameter to $cond"},
+   {NULL, 0, NULL}};
+static const aspen__named_spec_t cond_spec = {
+   cond_names, 0, NULL, 17083, "Unrecognized parameter to $cond: {key}"};
+
 static bool
 parse_cond(aspen__parse_t *ps, const aspen__op_t *op, const bson_iter_t *arg,
            aspen_expr_t *e)
@@ -1281,29 +1271,7 @@ parse_cond(aspen__parse_t *ps, const aspen__op_t *op, const bson_iter_t *arg,
    if (bson_iter_type(arg) != BSON_TYPE_DOCUMENT) {
       return aspen__parse_nary(ps, op, arg, e);
    }
-   aspen__node_args(e, 3);
-   bson_iter_t child;
-   bson_iter_recurse(arg, &child);
-   while (bson_iter_next(&child)) {
-      const char *key = bson_iter_key(&child);
-      uint32_t i = strcmp(key, "if") == 0     ? 0
-                   : strcmp(key, "then") == 0 ? 1
-                   : strcmp(key, "else") == 0 ? 2
-                                              : 3;
-      if (i == 3) {
-         return aspen__pfail(ps, 17083, "Unrecognized parameter to $cond: %s",
-                             key);
-      }
-      aspen_expr_destroy(e->args[i]);
-      e->args[i] = NULL;
-      if (!aspen__parse_operand(ps, &child, &e->args[i])) {
-         return false;
-      }
-   }
-   return aspen__require(ps, e, 0, 17080, "Missing 'if' parameter to $cond") &&
-          aspen__require(ps, e, 1, 17081,
-                         "Missing 'then' parameter to $cond") &&
-          aspen__require(ps, e, 2, 17082, "Missing 'else' parameter to $cond");
+   return aspen__parse_named(ps, op, arg, e, &cond_spec);
 }
 
 static bool
@@ -1386,13 +1354,7 @@ parse_switch(aspen__parse_t *ps, const aspen__op_t *op,
                              key);
       }
    }
-   uint32_t nb = 0;
-   if (have_branches) {
-      bson_iter_recurse(&branches, &child);
-      while (bson_iter_next(&child)) {
-         nb++;
-      }
-   }
+   uint32_t nb = have_branches ? aspen__value_child_count(&branches) : 0;
    aspen__node_args(e, nb * 2 + 1);
    if (have_branches) {
       bson_iter_recurse(&branches, &child);
@@ -1493,38 +1455,27 @@ eval_and_or(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
    return true;
 }
 
-static bool
-eval_not(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
+/* No checks beyond arity: the operator sees its arguments as they are. */
+static const aspen__args_t any1_args = {.n = 1};
+static const aspen__args_t any2_args = {.n = 2};
+
+static ASPEN__DECL_COMPUTE(compute_not)
 {
-   aspen_value_t v;
-   if (!aspen__eval_node(e->args[0], st, &v)) {
-      *out = ASPEN_VALUE_MISSING;
-      return false;
-   }
-   *out = aspen_value_bool(!aspen_value_truthy(&v));
-   aspen_value_destroy(&v);
+   (void) e;
+   (void) st;
+   *out = aspen_value_bool(!aspen_value_truthy(&v[0]));
    return true;
 }
+
+ASPEN__ARGS_EVAL(eval_not, any1_args, compute_not)
 
 /* $cmp $eq $ne $gt $gte $lt $lte (sub: 0..6) */
 enum { CMP_CMP, CMP_EQ, CMP_NE, CMP_GT, CMP_GTE, CMP_LT, CMP_LTE };
 
-static bool
-eval_cmp(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
+static ASPEN__DECL_COMPUTE(compute_cmp)
 {
-   aspen_value_t a, b;
-   if (!aspen__eval_node(e->args[0], st, &a)) {
-      *out = ASPEN_VALUE_MISSING;
-      return false;
-   }
-   if (!aspen__eval_node(e->args[1], st, &b)) {
-      aspen_value_destroy(&a);
-      *out = ASPEN_VALUE_MISSING;
-      return false;
-   }
-   int c = aspen__value_cmp(&a, &b, true);
-   aspen_value_destroy(&a);
-   aspen_value_destroy(&b);
+   (void) st;
+   int c = aspen__value_cmp(&v[0], &v[1], true);
    switch (e->op->sub) {
    case CMP_CMP:
       *out = aspen_value_int32(c < 0 ? -1 : c > 0 ? 1 : 0);
@@ -1550,6 +1501,8 @@ eval_cmp(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
    }
    return true;
 }
+
+ASPEN__ARGS_EVAL(eval_cmp, any2_args, compute_cmp)
 
 /* $meta: {$meta: "stream"} or a dotted path under it. */
 static bool
@@ -1797,11 +1750,18 @@ check_const_field(aspen__parse_t *ps, const aspen__op_t *op,
    return true;
 }
 
+static const aspen__named_arg_t get_field_names[] = {
+   {"field", 3041702, "$getField requires 'field' to be specified"},
+   {"input", 3041703, "$getField requires 'input' to be specified"},
+   {NULL, 0, NULL}};
+static const aspen__named_spec_t get_field_spec = {
+   get_field_names, 0, NULL, 3041701,
+   "$getField found an unknown argument: {key}"};
+
 static bool
 parse_get_field(aspen__parse_t *ps, const aspen__op_t *op,
                 const bson_iter_t *arg, aspen_expr_t *e)
 {
-   aspen__node_args(e, 2);
    bool named = false;
    if (bson_iter_type(arg) == BSON_TYPE_DOCUMENT) {
       bson_iter_t child;
@@ -1811,30 +1771,11 @@ parse_get_field(aspen__parse_t *ps, const aspen__op_t *op,
       }
    }
    if (named) {
-      bson_iter_t child;
-      bson_iter_recurse(arg, &child);
-      while (bson_iter_next(&child)) {
-         const char *key = bson_iter_key(&child);
-         uint32_t i = strcmp(key, "field") == 0   ? 0
-                      : strcmp(key, "input") == 0 ? 1
-                                                  : 2;
-         if (i == 2) {
-            return aspen__pfail(ps, 3041701,
-                                "$getField found an unknown argument: %s", key);
-         }
-         aspen_expr_destroy(e->args[i]);
-         e->args[i] = NULL;
-         if (!aspen__parse_operand(ps, &child, &e->args[i])) {
-            return false;
-         }
-      }
-      if (!aspen__require(ps, e, 0, 3041702,
-                          "$getField requires 'field' to be specified") ||
-          !aspen__require(ps, e, 1, 3041703,
-                          "$getField requires 'input' to be specified")) {
+      if (!aspen__parse_named(ps, op, arg, e, &get_field_spec)) {
          return false;
       }
    } else {
+      aspen__node_args(e, 2);
       if (!aspen__parse_operand(ps, arg, &e->args[0]) ||
           !make_current(ps, &e->args[1])) {
          return false;
@@ -1853,59 +1794,51 @@ doc_get(const aspen_value_t *doc, const char *key)
    return ASPEN_VALUE_MISSING;
 }
 
-static bool
-eval_get_field(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
+/* args: field (a constant, read at parse time), input. */
+static const aspen__args_t get_field_args = {
+   .n = 2, .arg = {{.flags = ASPEN__ARG_LAZY}, {0}}};
+
+static ASPEN__DECL_COMPUTE(compute_get_field)
 {
-   aspen_value_t input;
-   if (!aspen__eval_node(e->args[1], st, &input)) {
-      *out = ASPEN_VALUE_MISSING;
-      return false;
-   }
-   if (aspen__vt(&input) == BSON_TYPE_NULL ||
-       aspen__vt(&input) == BSON_TYPE_UNDEFINED) {
+   (void) st;
+   const aspen_value_t *input = &v[1];
+   if (aspen__vt(input) == BSON_TYPE_NULL ||
+       aspen__vt(input) == BSON_TYPE_UNDEFINED) {
       *out = aspen_value_null();
-   } else if (!aspen__is_doc(&input)) {
-      *out = ASPEN_VALUE_MISSING;
-   } else {
-      *out = doc_get(&input, e->args[0]->cval.v.value.v_utf8.str);
-      if (input.owned) {
+   } else if (aspen__is_doc(input)) {
+      *out = doc_get(input, e->args[0]->cval.v.value.v_utf8.str);
+      if (input->owned) {
          aspen__value_own(out);
       }
    }
-   aspen_value_destroy(&input);
    return true;
 }
 
+ASPEN__ARGS_EVAL(eval_get_field, get_field_args, compute_get_field)
+
 /* $setField / $unsetField: args = field, input, value (NULL: remove). */
+static const aspen__named_arg_t set_field_names[] = {
+   {"field", 0, NULL}, {"input", 0, NULL}, {"value", 0, NULL},
+   {NULL, 0, NULL}};
+static const aspen__named_spec_t set_field_spec = {
+   set_field_names, 4161100, "{op} only supports an object as its argument",
+   4161101, "{op} found an unknown argument: {key}"};
+static const aspen__named_arg_t unset_field_names[] = {
+   {"field", 0, NULL}, {"input", 0, NULL}, {NULL, 0, NULL}};
+static const aspen__named_spec_t unset_field_spec = {
+   unset_field_names, 4161100, "{op} only supports an object as its argument",
+   4161101, "{op} found an unknown argument: {key}"};
+
 static bool
 parse_set_field(aspen__parse_t *ps, const aspen__op_t *op,
                 const bson_iter_t *arg, aspen_expr_t *e)
 {
    bool unset = op->sub != 0;
-   if (bson_iter_type(arg) != BSON_TYPE_DOCUMENT) {
-      return aspen__pfail(ps, 4161100,
-                          "%s only supports an object as its argument",
-                          op->name);
+   if (!aspen__parse_named(ps, op, arg, e,
+                           unset ? &unset_field_spec : &set_field_spec)) {
+      return false;
    }
-   aspen__node_args(e, 3);
-   bson_iter_t child;
-   bson_iter_recurse(arg, &child);
-   while (bson_iter_next(&child)) {
-      const char *key = bson_iter_key(&child);
-      uint32_t i = strcmp(key, "field") == 0   ? 0
-                   : strcmp(key, "input") == 0 ? 1
-                   : (!unset && strcmp(key, "value") == 0) ? 2
-                                                             : 3;
-      if (i == 3) {
-         return aspen__pfail(ps, 4161101, "%s found an unknown argument: %s",
-                             op->name, key);
-      }
-      aspen_expr_destroy(e->args[i]);
-      e->args[i] = NULL;
-      if (!aspen__parse_operand(ps, &child, &e->args[i])) {
-         return false;
-      }
-   }
+   /* mongod asks for field, value, then input. */
    if (!e->args[0]) {
       return aspen__pfail(ps, 4161102, "%s requires 'field' to be specified",
                           op->name);
@@ -1921,38 +1854,26 @@ parse_set_field(aspen__parse_t *ps, const aspen__op_t *op,
    return check_const_field(ps, op, e->args[0], 4161108, 4161106, 4161107);
 }
 
-static bool
-eval_set_field(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
+static const aspen__args_t set_field_args = {
+   .n = 3,
+   .arg = {{.flags = ASPEN__ARG_LAZY},
+           {.types = ASPEN__T_OBJECT, .flags = ASPEN__ARG_NULL, .code = 4161105,
+            .msg = "{op} requires 'input' to evaluate to type Object"},
+           {0}}};
+
+static ASPEN__DECL_COMPUTE(compute_set_field)
 {
-   aspen_value_t input, value = ASPEN_VALUE_MISSING;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_node(e->args[1], st, &input)) {
-      return false;
-   }
-   if (aspen__is_nullish(&input)) {
-      aspen_value_destroy(&input);
-      *out = aspen_value_null();
-      return true;
-   }
-   if (!aspen__is_doc(&input)) {
-      aspen_value_destroy(&input);
-      return aspen__fail(st, 4161105,
-                         "%s requires 'input' to evaluate to type Object",
-                         e->op->name);
-   }
-   if (!aspen__eval_arg(e, 2, st, &value)) {
-      aspen_value_destroy(&input);
-      return false;
-   }
+   (void) st;
    const char *field = e->args[0]->cval.v.value.v_utf8.str;
+   const aspen_value_t *value = e->n_args > 2 ? &v[2] : &ASPEN_VALUE_MISSING;
    bson_t doc = BSON_INITIALIZER;
    bson_iter_t it;
    bool replaced = false;
-   if (aspen__array_iter(&input, &it)) {
+   if (aspen__array_iter(&v[1], &it)) {
       while (bson_iter_next(&it)) {
          if (strcmp(bson_iter_key(&it), field) == 0) {
             if (!replaced) {
-               aspen_value_append(&doc, field, -1, &value);
+               aspen_value_append(&doc, field, -1, value);
                replaced = true;
             }
             continue;
@@ -1961,13 +1882,13 @@ eval_set_field(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
       }
    }
    if (!replaced) {
-      aspen_value_append(&doc, field, -1, &value);
+      aspen_value_append(&doc, field, -1, value);
    }
    *out = aspen_value_take_doc(&doc, false);
-   aspen_value_destroy(&value);
-   aspen_value_destroy(&input);
    return true;
 }
+
+ASPEN__ARGS_EVAL(eval_set_field, set_field_args, compute_set_field)
 
 /* ------------------------------------------------------------------------ */
 /* Operators beyond expr.h's list that mongod has: $rand, $bsonSize,         */
@@ -1995,249 +1916,114 @@ eval_rand(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
    return true;
 }
 
-static bool
-eval_bson_size(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
+static const aspen__args_t bson_size_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_OBJECT, .flags = ASPEN__ARG_NULL, .code = 31393,
+            .msg = "$bsonSize requires a document input, found: {type}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_bson_size)
 {
-   aspen_value_t v;
-   if (!aspen__eval_node(e->args[0], st, &v)) {
-      *out = ASPEN_VALUE_MISSING;
-      return false;
-   }
-   bool ok = true;
-   if (aspen__is_nullish(&v)) {
-      *out = aspen_value_null();
-   } else if (!aspen__is_doc(&v)) {
-      *out = ASPEN_VALUE_MISSING;
-      ok = aspen__fail(st, 31393,
-                       "$bsonSize requires a document input, found: %s",
-                       aspen_value_type_name(&v));
-   } else {
-      *out = aspen_value_int32((int32_t) v.v.value.v_doc.data_len);
-   }
-   aspen_value_destroy(&v);
-   return ok;
+   (void) e;
+   (void) st;
+   *out = aspen_value_int32((int32_t) v[0].v.value.v_doc.data_len);
+   return true;
 }
+
+ASPEN__ARGS_EVAL(eval_bson_size, bson_size_args, compute_bson_size)
 
 /* $tsSecond (sub 0) / $tsIncrement (sub 1): parts of a Timestamp as longs. */
-static bool
-eval_ts_part(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
+#define TS_ARGS(err_code)                                                      \
+   {.n = 1,                                                                    \
+    .arg = {{.types = ASPEN__T(BSON_TYPE_TIMESTAMP),                           \
+             .flags = ASPEN__ARG_NULL,                                         \
+             .code = (err_code),                                               \
+             .msg = "Argument to {op} must be a timestamp, but is {type}"}}}
+static const aspen__args_t ts_second_args = TS_ARGS(5687301);
+static const aspen__args_t ts_increment_args = TS_ARGS(5687302);
+#undef TS_ARGS
+
+static ASPEN__DECL_COMPUTE(compute_ts_part)
 {
-   aspen_value_t v;
-   if (!aspen__eval_node(e->args[0], st, &v)) {
-      *out = ASPEN_VALUE_MISSING;
-      return false;
-   }
-   bool ok = true;
-   if (aspen__is_nullish(&v)) {
-      *out = aspen_value_null();
-   } else if (aspen__vt(&v) != BSON_TYPE_TIMESTAMP) {
-      *out = ASPEN_VALUE_MISSING;
-      ok = aspen__fail(st, e->op->sub ? 5687302 : 5687301,
-                       "Argument to %s must be a timestamp, but is %s",
-                       e->op->name, aspen_value_type_name(&v));
-   } else {
-      *out = aspen_value_int64(e->op->sub ? v.v.value.v_timestamp.increment
-                                          : v.v.value.v_timestamp.timestamp);
-   }
-   aspen_value_destroy(&v);
-   return ok;
+   (void) st;
+   *out = aspen_value_int64(e->op->sub ? v[0].v.value.v_timestamp.increment
+                                       : v[0].v.value.v_timestamp.timestamp);
+   return true;
 }
 
+ASPEN__ARGS_EVAL(eval_ts_second, ts_second_args, compute_ts_part)
+ASPEN__ARGS_EVAL(eval_ts_increment, ts_increment_args, compute_ts_part)
+
 /* ------------------------------------------------------------------------ */
-/* The operator table                                                        */
+/* The operator tables                                                       */
 /* ------------------------------------------------------------------------ */
 
 #define P ASPEN__OP_PURE
 #define NARY aspen__parse_nary
-#define DATEPART(name, part)                                                   \
-   {name, aspen__parse_date_part, aspen__eval_date_part, 0, 0, part, P}
-#define TRIG(name, fn)                                                         \
-   {name, NARY, aspen__eval_trig, 1, 1, ASPEN__TRIG_##fn, P}
-#define TO(name, type)                                                         \
-   {name, aspen__parse_to_type, aspen__eval_to_type, 1, 1, type, P}
 
-/* name, parse, eval, min args, max args, variant, flags. Operators that bind
- * variables ($let, $map, $filter, $reduce) and the ones that read the context
- * ($meta, $currentDate, $createUUID) are never folded. */
-static const aspen__op_t ops[] = {
-   {"$abs", NARY, aspen__eval_abs, 1, 1, 0, P},
-   TRIG("$acos", ACOS),
-   TRIG("$acosh", ACOSH),
-   {"$add", NARY, aspen__eval_add, -1, -1, 0, P},
-   {"$allElementsTrue", NARY, aspen__eval_all_elements_true, 1, 1, 0, P},
-   {"$and", NARY, eval_and_or, -1, -1, 0, P},
-   {"$anyElementTrue", NARY, aspen__eval_any_element_true, 1, 1, 0, P},
-   {"$arrayElemAt", NARY, aspen__eval_array_elem_at, 2, 2, 0, P},
-   {"$arrayToObject", NARY, aspen__eval_array_to_object, 1, 1, 0, P},
-   TRIG("$asin", ASIN),
-   TRIG("$asinh", ASINH),
-   TRIG("$atan", ATAN),
-   {"$atan2", NARY, aspen__eval_atan2, 2, 2, 0, P},
-   TRIG("$atanh", ATANH),
-   {"$avg", aspen__parse_accum, aspen__eval_accum, -1, -1, 1, P},
-   {"$binarySize", NARY, aspen__eval_binary_size, 1, 1, 0, P},
-   {"$bitAnd", NARY, aspen__eval_bit, -1, -1, 0, P},
-   {"$bitNot", NARY, aspen__eval_bit_not, 1, 1, 0, P},
-   {"$bitOr", NARY, aspen__eval_bit, -1, -1, 1, P},
-   {"$bitXor", NARY, aspen__eval_bit, -1, -1, 2, P},
-   {"$bsonSize", NARY, eval_bson_size, 1, 1, 0, P},
-   {"$ceil", NARY, aspen__eval_ceil, 1, 1, 0, P},
-   {"$cmp", NARY, eval_cmp, 2, 2, CMP_CMP, P},
-   {"$concat", NARY, aspen__eval_concat, -1, -1, 0, P},
-   {"$concatArrays", NARY, aspen__eval_concat_arrays, -1, -1, 0, P},
-   {"$cond", parse_cond, eval_cond, 3, 3, 0, P},
-   {"$const", parse_literal, eval_const, 0, 0, 0, 0},
-   {"$convert", aspen__parse_convert, aspen__eval_convert, 0, 0, 0, P},
-   TRIG("$cos", COS),
-   TRIG("$cosh", COSH),
-   {"$createUUID", parse_no_args, eval_create_uuid, 0, 0, 0, 0},
-   {"$currentDate", parse_no_args, eval_current_date, 0, 0, 0, 0},
-   {"$dateAdd", aspen__parse_date_add, aspen__eval_date_add, 0, 0, 0, P},
-   {"$dateDiff", aspen__parse_date_diff, aspen__eval_date_diff, 0, 0, 0, P},
-   {"$dateFromParts", aspen__parse_date_from_parts,
-    aspen__eval_date_from_parts, 0, 0, 0, P},
-   {"$dateFromString", aspen__parse_date_from_string,
-    aspen__eval_date_from_string, 0, 0, 0, P},
-   {"$dateSubtract", aspen__parse_date_add, aspen__eval_date_add, 0, 0, 1, P},
-   {"$dateToParts", aspen__parse_date_to_parts, aspen__eval_date_to_parts, 0,
-    0, 0, P},
-   {"$dateToString", aspen__parse_date_to_string, aspen__eval_date_to_string,
-    0, 0, 0, P},
-   {"$dateTrunc", aspen__parse_date_trunc, aspen__eval_date_trunc, 0, 0, 0, P},
-   DATEPART("$dayOfMonth", ASPEN__DP_DAY_OF_MONTH),
-   DATEPART("$dayOfWeek", ASPEN__DP_DAY_OF_WEEK),
-   DATEPART("$dayOfYear", ASPEN__DP_DAY_OF_YEAR),
-   TRIG("$degreesToRadians", DEG2RAD),
-   {"$divide", NARY, aspen__eval_divide, 2, 2, 0, P},
-   {"$eq", NARY, eval_cmp, 2, 2, CMP_EQ, P},
-   {"$exp", NARY, aspen__eval_exp, 1, 1, 0, P},
-   {"$filter", aspen__parse_filter, aspen__eval_filter, 0, 0, 0, 0},
-   {"$first", NARY, aspen__eval_first_last, 1, 1, 0, P},
-   {"$firstN", aspen__parse_n_array, aspen__eval_n_array, 0, 0, 2, P},
-   {"$floor", NARY, aspen__eval_floor, 1, 1, 0, P},
-   {"$getField", parse_get_field, eval_get_field, 0, 0, 0, P},
-   {"$gt", NARY, eval_cmp, 2, 2, CMP_GT, P},
-   {"$gte", NARY, eval_cmp, 2, 2, CMP_GTE, P},
-   DATEPART("$hour", ASPEN__DP_HOUR),
-   {"$ifNull", parse_if_null, eval_if_null, -1, -1, 0, P},
-   {"$in", NARY, aspen__eval_in, 2, 2, 0, P},
-   {"$indexOfArray", NARY, aspen__eval_index_of_array, 2, 4, 0, P},
-   {"$indexOfBytes", NARY, aspen__eval_index_of_bytes, 2, 4, 0, P},
-   {"$indexOfCP", NARY, aspen__eval_index_of_cp, 2, 4, 0, P},
-   {"$isArray", NARY, aspen__eval_is_array, 1, 1, 0, P},
-   {"$isNumber", NARY, aspen__eval_is_number, 1, 1, 0, P},
-   DATEPART("$isoDayOfWeek", ASPEN__DP_ISO_DAY_OF_WEEK),
-   DATEPART("$isoWeek", ASPEN__DP_ISO_WEEK),
-   DATEPART("$isoWeekYear", ASPEN__DP_ISO_WEEK_YEAR),
-   {"$last", NARY, aspen__eval_first_last, 1, 1, 1, P},
-   {"$lastN", aspen__parse_n_array, aspen__eval_n_array, 0, 0, 3, P},
-   {"$let", parse_let, eval_let, 0, 0, 0, 0},
-   {"$literal", parse_literal, eval_const, 0, 0, 0, 0},
-   {"$ln", NARY, aspen__eval_ln, 1, 1, 0, P},
-   {"$log", NARY, aspen__eval_log, 2, 2, 0, P},
-   {"$log10", NARY, aspen__eval_log10, 1, 1, 0, P},
-   {"$lt", NARY, eval_cmp, 2, 2, CMP_LT, P},
-   {"$lte", NARY, eval_cmp, 2, 2, CMP_LTE, P},
-   {"$ltrim", aspen__parse_trim, aspen__eval_trim, 0, 0, 1, P},
-   {"$map", aspen__parse_map, aspen__eval_map, 0, 0, 0, 0},
-   {"$max", aspen__parse_accum, aspen__eval_accum, -1, -1, 3, P},
-   {"$maxN", aspen__parse_n_array, aspen__eval_n_array, 0, 0, 0, P},
-   {"$mergeObjects", NARY, eval_merge_objects, -1, -1, 0, P},
-   {"$meta", parse_meta, eval_meta, 0, 0, 0, 0},
-   DATEPART("$millisecond", ASPEN__DP_MILLISECOND),
-   {"$min", aspen__parse_accum, aspen__eval_accum, -1, -1, 2, P},
-   {"$minN", aspen__parse_n_array, aspen__eval_n_array, 0, 0, 1, P},
-   DATEPART("$minute", ASPEN__DP_MINUTE),
-   {"$mod", NARY, aspen__eval_mod, 2, 2, 0, P},
-   DATEPART("$month", ASPEN__DP_MONTH),
-   {"$multiply", NARY, aspen__eval_multiply, -1, -1, 0, P},
-   {"$ne", NARY, eval_cmp, 2, 2, CMP_NE, P},
-   {"$not", NARY, eval_not, 1, 1, 0, P},
-   {"$objectToArray", NARY, aspen__eval_object_to_array, 1, 1, 0, P},
-   {"$or", NARY, eval_and_or, -1, -1, 1, P},
-   {"$pow", NARY, aspen__eval_pow, 2, 2, 0, P},
-   TRIG("$radiansToDegrees", RAD2DEG),
-   {"$rand", parse_no_args, eval_rand, 0, 0, 0, 0},
-   {"$range", NARY, aspen__eval_range, 2, 3, 0, P},
-   {"$reduce", aspen__parse_reduce, aspen__eval_reduce, 0, 0, 0, 0},
-   {"$regexFind", aspen__parse_regex, aspen__eval_regex, 0, 0, 1, P},
-   {"$regexFindAll", aspen__parse_regex, aspen__eval_regex, 0, 0, 2, P},
-   {"$regexMatch", aspen__parse_regex, aspen__eval_regex, 0, 0, 0, P},
-   {"$replaceAll", aspen__parse_replace, aspen__eval_replace, 0, 0, 1, P},
-   {"$replaceOne", aspen__parse_replace, aspen__eval_replace, 0, 0, 0, P},
-   {"$reverseArray", NARY, aspen__eval_reverse_array, 1, 1, 0, P},
-   {"$round", NARY, aspen__eval_round, 1, 2, 0, P},
-   {"$rtrim", aspen__parse_trim, aspen__eval_trim, 0, 0, 2, P},
-   DATEPART("$second", ASPEN__DP_SECOND),
-   {"$setDifference", NARY, aspen__eval_set_difference, 2, 2, 0, P},
-   {"$setEquals", aspen__parse_set_equals, aspen__eval_set_equals, -1, -1, 0,
-    P},
-   {"$setField", parse_set_field, eval_set_field, 0, 0, 0, P},
-   {"$setIntersection", NARY, aspen__eval_set_intersection, -1, -1, 0, P},
-   {"$setIsSubset", NARY, aspen__eval_set_is_subset, 2, 2, 0, P},
-   {"$setUnion", NARY, aspen__eval_set_union, -1, -1, 0, P},
-   TRIG("$sin", SIN),
-   TRIG("$sinh", SINH),
-   {"$size", NARY, aspen__eval_size, 1, 1, 0, P},
-   {"$slice", NARY, aspen__eval_slice, 2, 3, 0, P},
-   {"$sortArray", aspen__parse_sort_array, aspen__eval_sort_array, 0, 0, 0, P},
-   {"$split", NARY, aspen__eval_split, 2, 2, 0, P},
-   {"$sqrt", NARY, aspen__eval_sqrt, 1, 1, 0, P},
-   {"$stdDevPop", aspen__parse_accum, aspen__eval_accum, -1, -1, 4, P},
-   {"$stdDevSamp", aspen__parse_accum, aspen__eval_accum, -1, -1, 5, P},
-   {"$strLenBytes", NARY, aspen__eval_strlen_bytes, 1, 1, 0, P},
-   {"$strLenCP", NARY, aspen__eval_strlen_cp, 1, 1, 0, P},
-   {"$strcasecmp", NARY, aspen__eval_strcasecmp, 2, 2, 0, P},
-   {"$substr", NARY, aspen__eval_substr_bytes, 3, 3, 0, P},
-   {"$substrBytes", NARY, aspen__eval_substr_bytes, 3, 3, 0, P},
-   {"$substrCP", NARY, aspen__eval_substr_cp, 3, 3, 0, P},
-   {"$subtract", NARY, aspen__eval_subtract, 2, 2, 0, P},
-   {"$sum", aspen__parse_accum, aspen__eval_accum, -1, -1, 0, P},
-   {"$switch", parse_switch, eval_switch, 0, 0, 0, P},
-   TRIG("$tan", TAN),
-   TRIG("$tanh", TANH),
-   TO("$toBool", BSON_TYPE_BOOL),
-   TO("$toDate", BSON_TYPE_DATE_TIME),
-   TO("$toDecimal", BSON_TYPE_DECIMAL128),
-   TO("$toDouble", BSON_TYPE_DOUBLE),
-   TO("$toInt", BSON_TYPE_INT32),
-   TO("$toLong", BSON_TYPE_INT64),
-   {"$toLower", NARY, aspen__eval_case, 1, 1, 0, P},
-   TO("$toObjectId", BSON_TYPE_OID),
-   TO("$toString", BSON_TYPE_UTF8),
-   {"$toUpper", NARY, aspen__eval_case, 1, 1, 1, P},
-   {"$trim", aspen__parse_trim, aspen__eval_trim, 0, 0, 0, P},
-   {"$trunc", NARY, aspen__eval_round, 1, 2, 1, P},
-   {"$tsIncrement", NARY, eval_ts_part, 1, 1, 1, P},
-   {"$tsSecond", NARY, eval_ts_part, 1, 1, 0, P},
-   {"$type", NARY, aspen__eval_type, 1, 1, 0, P},
-   {"$unsetField", parse_set_field, eval_set_field, 0, 0, 1, P},
-   DATEPART("$week", ASPEN__DP_WEEK),
-   DATEPART("$year", ASPEN__DP_YEAR),
-   {"$zip", aspen__parse_zip, aspen__eval_zip, 0, 0, 0, P},
+/* name, parse, eval, min args, max args, variant, flags, arguments,
+ * compute. Operators that bind variables ($let, $map, $filter, $reduce) and
+ * the ones that read the context ($meta, $currentDate, $createUUID) are
+ * never folded. */
+static const aspen__op_t core_ops[] = {
+   {"$and", NARY, eval_and_or, -1, -1, 0, P, NULL},
+   {"$bsonSize", NARY, eval_bson_size, 1, 1, 0, P, &bson_size_args},
+   {"$cmp", NARY, eval_cmp, 2, 2, CMP_CMP, P, &any2_args},
+   {"$cond", parse_cond, eval_cond, 3, 3, 0, P, NULL},
+   {"$const", parse_literal, eval_const, 0, 0, 0, 0, NULL},
+   {"$createUUID", parse_no_args, eval_create_uuid, 0, 0, 0, 0, NULL},
+   {"$currentDate", parse_no_args, eval_current_date, 0, 0, 0, 0, NULL},
+   {"$eq", NARY, eval_cmp, 2, 2, CMP_EQ, P, &any2_args},
+   {"$getField", parse_get_field, eval_get_field, 0, 0, 0, P, &get_field_args},
+   {"$gt", NARY, eval_cmp, 2, 2, CMP_GT, P, &any2_args},
+   {"$gte", NARY, eval_cmp, 2, 2, CMP_GTE, P, &any2_args},
+   {"$ifNull", parse_if_null, eval_if_null, -1, -1, 0, P, NULL},
+   {"$let", parse_let, eval_let, 0, 0, 0, 0, NULL},
+   {"$literal", parse_literal, eval_const, 0, 0, 0, 0, NULL},
+   {"$lt", NARY, eval_cmp, 2, 2, CMP_LT, P, &any2_args},
+   {"$lte", NARY, eval_cmp, 2, 2, CMP_LTE, P, &any2_args},
+   {"$mergeObjects", NARY, eval_merge_objects, -1, -1, 0, P, NULL},
+   {"$meta", parse_meta, eval_meta, 0, 0, 0, 0, NULL},
+   {"$ne", NARY, eval_cmp, 2, 2, CMP_NE, P, &any2_args},
+   {"$not", NARY, eval_not, 1, 1, 0, P, &any1_args},
+   {"$or", NARY, eval_and_or, -1, -1, 1, P, NULL},
+   {"$rand", parse_no_args, eval_rand, 0, 0, 0, 0, NULL},
+   {"$setField", parse_set_field, eval_set_field, 0, 0, 0, P, &set_field_args},
+   {"$switch", parse_switch, eval_switch, 0, 0, 0, P, NULL},
+   {"$tsIncrement", NARY, eval_ts_increment, 1, 1, 1, P, &ts_increment_args},
+   {"$tsSecond", NARY, eval_ts_second, 1, 1, 0, P, &ts_second_args},
+   {"$unsetField", parse_set_field, eval_set_field, 0, 0, 1, P,
+    &set_field_args},
 };
 
 #undef P
 #undef NARY
-#undef DATEPART
-#undef TRIG
-#undef TO
+
+const aspen__op_table_t aspen__expr_core_ops = {
+   core_ops, sizeof core_ops / sizeof core_ops[0]};
+
+static const aspen__op_table_t *const op_tables[] = {
+   &aspen__expr_core_ops,   &aspen__expr_num_ops,  &aspen__expr_string_ops,
+   &aspen__expr_array_ops,  &aspen__expr_convert_ops, &aspen__expr_date_ops,
+};
 
 static const aspen__op_t *
 find_op(const char *name)
 {
-   /* The table is sorted by name (strcmp order): binary search. */
-   size_t lo = 0, hi = sizeof ops / sizeof ops[0];
-   while (lo < hi) {
-      size_t mid = (lo + hi) / 2;
-      int c = strcmp(name, ops[mid].name);
-      if (c == 0) {
-         return &ops[mid];
-      }
-      if (c < 0) {
-         hi = mid;
-      } else {
-         lo = mid + 1;
+   /* Each table is sorted by name (strcmp order): binary search. */
+   for (size_t t = 0; t < sizeof op_tables / sizeof op_tables[0]; t++) {
+      const aspen__op_t *ops = op_tables[t]->ops;
+      size_t lo = 0, hi = op_tables[t]->n;
+      while (lo < hi) {
+         size_t mid = (lo + hi) / 2;
+         int c = strcmp(name, ops[mid].name);
+         if (c == 0) {
+            return &ops[mid];
+         }
+         if (c < 0) {
+            hi = mid;
+         } else {
+            lo = mid + 1;
+         }
       }
    }
    return NULL;

@@ -7,7 +7,7 @@
  * value sets are) and $maxN/$minN/$firstN/$lastN. Elements are read as
  * borrowed views of the input array; results are built as new BSON arrays.
  */
-#include "lang/expr_int.h"
+#include "lang/expr_args.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -92,42 +92,18 @@ cmp_plain(const aspen_value_t *a, const aspen_value_t *b, const void *ctx)
 /* $arrayElemAt, $first, $last                                               */
 /* ------------------------------------------------------------------------ */
 
-static bool
-elem_at(aspen__eval_t *st, const char *opname, bool unary,
-        const aspen_value_t *arr, const aspen_value_t *idx, aspen_value_t *out)
+/* The element at index i of an array (negative: from the end) into *out;
+ * MISSING past either end. */
+static void
+elem_at(const aspen_value_t *arr, int32_t i, aspen_value_t *out)
 {
-   *out = ASPEN_VALUE_MISSING;
-   if (aspen__is_nullish(arr) || aspen__is_nullish(idx)) {
-      *out = aspen_value_null();
-      return true;
-   }
-   if (!aspen__is_array(arr)) {
-      return aspen__fail(st, 28689, "%s's %s must be an array, but is %s",
-                         opname, unary ? "argument" : "first argument",
-                         aspen_value_type_name(arr));
-   }
-   if (!aspen__is_num(idx)) {
-      return aspen__fail(st, 28690,
-                         "%s's second argument must be a numeric value, but "
-                         "is %s",
-                         opname, aspen_value_type_name(idx));
-   }
-   int32_t i;
-   if (!aspen__num_is_int32(idx, &i)) {
-      char num[64];
-      aspen__num_to_text(idx, num, sizeof num);
-      return aspen__fail(st, 28691,
-                         "%s's second argument must be representable as a "
-                         "32-bit integer: %s",
-                         opname, num);
-   }
    uint32_t n = aspen__array_len(arr);
    int64_t pos = i;
    if (pos < 0) {
       pos += n;
    }
    if (pos < 0 || pos >= (int64_t) n) {
-      return true;
+      return;
    }
    bson_iter_t it;
    aspen__array_iter(arr, &it);
@@ -137,70 +113,67 @@ elem_at(aspen__eval_t *st, const char *opname, bool unary,
          if (arr->owned) {
             aspen__value_own(out);
          }
-         break;
+         return;
       }
    }
+}
+
+static const aspen__args_t array_elem_at_args = {
+   .n = 2, .together = 2,
+   .arg = {{.types = ASPEN__T_ARRAY, .flags = ASPEN__ARG_NULL, .code = 28689,
+            .msg = "{op}'s first argument must be an array, but is {type}"},
+           {.types = ASPEN__T_NUMBER,
+            .flags = ASPEN__ARG_NULL | ASPEN__ARG_INT32, .code = 28690,
+            .msg = "{op}'s second argument must be a numeric value, but is "
+                   "{type}",
+            .int_code = 28691,
+            .int_msg = "{op}'s second argument must be representable as a "
+                       "32-bit integer: {num}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_array_elem_at)
+{
+   (void) e;
+   (void) st;
+   elem_at(&v[0], (int32_t) aspen__arg_int(&v[1]), out);
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_array_elem_at)
+ASPEN__ARGS_EVAL(eval_array_elem_at, array_elem_at_args, compute_array_elem_at)
+
+static const aspen__args_t first_last_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_ARRAY, .flags = ASPEN__ARG_NULL, .code = 28689,
+            .msg = "{op}'s argument must be an array, but is {type}"}}};
+
+/* $first (sub 0) / $last (sub 1). */
+static ASPEN__DECL_COMPUTE(compute_first_last)
 {
-   aspen_value_t a, b;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &a)) {
-      return false;
-   }
-   if (!aspen__eval_arg(e, 1, st, &b)) {
-      aspen_value_destroy(&a);
-      return false;
-   }
-   bool ok = elem_at(st, "$arrayElemAt", false, &a, &b, out);
-   aspen_value_destroy(&a);
-   aspen_value_destroy(&b);
-   return ok;
+   (void) st;
+   elem_at(&v[0], e->op->sub ? -1 : 0, out);
+   return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_first_last)
-{
-   aspen_value_t a;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &a)) {
-      return false;
-   }
-   aspen_value_t idx = aspen_value_int32(e->op->sub ? -1 : 0);
-   bool ok = elem_at(st, e->op->name, true, &a, &idx, out);
-   aspen_value_destroy(&a);
-   return ok;
-}
+ASPEN__ARGS_EVAL(eval_first_last, first_last_args, compute_first_last)
 
 /* ------------------------------------------------------------------------ */
 /* $concatArrays                                                             */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_EVAL(aspen__eval_concat_arrays)
+static const aspen__args_t concat_arrays_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_ARRAY, .flags = ASPEN__ARG_NULL, .code = 28664,
+            .msg = "$concatArrays only supports arrays, not {type}"}}};
+
+static ASPEN__DECL_EVAL(eval_concat_arrays)
 {
    bson_t arr = BSON_INITIALIZER;
    uint32_t k = 0;
    for (uint32_t i = 0; i < e->n_args; i++) {
       aspen_value_t v;
-      if (!aspen__eval_arg(e, i, st, &v)) {
+      int r = aspen__args_eval_arg(e, st, &concat_arrays_args, i, &v, out);
+      if (r <= 0) {
          bson_destroy(&arr);
-         *out = ASPEN_VALUE_MISSING;
-         return false;
-      }
-      if (aspen__is_nullish(&v)) {
-         bson_destroy(&arr);
-         *out = aspen_value_null();
-         return true;
-      }
-      if (!aspen__is_array(&v)) {
-         bson_destroy(&arr);
-         *out = ASPEN_VALUE_MISSING;
-         bool failed = aspen__fail(st, 28664,
-                            "$concatArrays only supports arrays, not %s",
-                            aspen_value_type_name(&v));
-         aspen_value_destroy(&v);
-         return failed;
+         return r == 0;
       }
       bson_iter_t it;
       aspen__array_iter(&v, &it);
@@ -252,79 +225,51 @@ parse_with_var(aspen__parse_t *ps, aspen_expr_t *e, const bson_iter_t *as_it,
    return ok;
 }
 
-/* args: input, in */
-ASPEN__DECL_PARSE(aspen__parse_map)
+/* args: input, in. */
+static const aspen__named_arg_t map_names[] = {
+   {"input", 16880, "Missing 'input' parameter to $map"},
+   {"as", 0, NULL},
+   {"in", 16882, "Missing 'in' parameter to $map"},
+   {NULL, 0, NULL}};
+static const aspen__named_spec_t map_spec = {
+   map_names, 16878, "$map only supports an object as its argument", 16879,
+   "Unrecognized parameter to $map: {key}"};
+
+static ASPEN__DECL_PARSE(parse_map)
 {
-   (void) op;
-   if (bson_iter_type(arg) != BSON_TYPE_DOCUMENT) {
-      return aspen__pfail(ps, 16878,
-                          "$map only supports an object as its argument");
-   }
-   bson_iter_t child, input_it, as_it, in_it;
-   bool have_input = false, have_as = false, have_in = false;
-   bson_iter_recurse(arg, &child);
-   while (bson_iter_next(&child)) {
-      const char *key = bson_iter_key(&child);
-      if (strcmp(key, "input") == 0) {
-         input_it = child;
-         have_input = true;
-      } else if (strcmp(key, "as") == 0) {
-         as_it = child;
-         have_as = true;
-      } else if (strcmp(key, "in") == 0) {
-         in_it = child;
-         have_in = true;
-      } else {
-         return aspen__pfail(ps, 16879, "Unrecognized parameter to $map: %s",
-                             key);
-      }
-   }
-   if (!have_input) {
-      return aspen__pfail(ps, 16880, "Missing 'input' parameter to $map");
-   }
-   if (!have_in) {
-      return aspen__pfail(ps, 16882, "Missing 'in' parameter to $map");
+   aspen__named_it_t its[3];
+   uint32_t found;
+   if (!aspen__named_find(ps, op, arg, &map_spec, its, &found)) {
+      return false;
    }
    aspen__node_args(e, 2);
-   if (!aspen__parse_operand(ps, &input_it, &e->args[0])) {
-      return false;
-   }
-   return parse_with_var(ps, e, &as_it, have_as, &in_it, 1);
+   return aspen__parse_operand(ps, &its[0].it, &e->args[0]) &&
+          parse_with_var(ps, e, &its[1].it, (found & 2u) != 0, &its[2].it, 1);
 }
 
-ASPEN__DECL_EVAL(aspen__eval_map)
+static const aspen__args_t map_args = {
+   .n = 2,
+   .arg = {{.types = ASPEN__T_ARRAY, .flags = ASPEN__ARG_NULL, .code = 16883,
+            .msg = "input to $map must be an array not {type}"},
+           {.flags = ASPEN__ARG_LAZY}}};
+
+static ASPEN__DECL_COMPUTE(compute_map)
 {
-   aspen_value_t input;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &input)) {
-      return false;
-   }
-   if (aspen__is_nullish(&input)) {
-      aspen_value_destroy(&input);
-      *out = aspen_value_null();
-      return true;
-   }
-   if (!aspen__is_array(&input)) {
-      bool failed = aspen__fail(st, 16883, "input to $map must be an array not %s",
-                         aspen_value_type_name(&input));
-      aspen_value_destroy(&input);
-      return failed;
-   }
    aspen_value_t *slot = &st->slots[e->binds[0]];
    bson_t arr = BSON_INITIALIZER;
    bson_iter_t it;
    uint32_t k = 0;
    bool ok = true;
-   aspen__array_iter(&input, &it);
+   aspen__array_iter(&v[0], &it);
    while (bson_iter_next(&it)) {
       *slot = aspen_value_borrow(&it);
-      aspen_value_t v;
-      if (!aspen__eval_node(e->args[1], st, &v)) {
+      aspen_value_t r;
+      if (!aspen__eval_node(e->args[1], st, &r)) {
          ok = false;
          break;
       }
-      aspen__array_append(&arr, k++, &v);
-      aspen_value_destroy(&v);
+      aspen__array_append(&arr, k++, &r);
+      aspen_value_destroy(&r);
       if (!aspen__eval_size_ok(st, arr.len, false)) {
          ok = false;
          break;
@@ -336,112 +281,64 @@ ASPEN__DECL_EVAL(aspen__eval_map)
    } else {
       bson_destroy(&arr);
    }
-   aspen_value_destroy(&input);
    return ok;
 }
 
-/* args: input, cond, limit */
-ASPEN__DECL_PARSE(aspen__parse_filter)
+ASPEN__ARGS_EVAL(eval_map, map_args, compute_map)
+
+/* args: input, cond, limit. */
+static const aspen__named_arg_t filter_names[] = {
+   {"input", 28648, "Missing 'input' parameter to $filter"},
+   {"as", 0, NULL},
+   {"cond", 28650, "Missing 'cond' parameter to $filter"},
+   {"limit", 0, NULL},
+   {NULL, 0, NULL}};
+static const aspen__named_spec_t filter_spec = {
+   filter_names, 28646, "$filter only supports an object as its argument",
+   28647, "Unrecognized parameter to $filter: {key}"};
+
+static ASPEN__DECL_PARSE(parse_filter)
 {
-   (void) op;
-   if (bson_iter_type(arg) != BSON_TYPE_DOCUMENT) {
-      return aspen__pfail(ps, 28646,
-                          "$filter only supports an object as its argument");
-   }
-   bson_iter_t child, input_it, as_it, cond_it, limit_it;
-   bool have_input = false, have_as = false, have_cond = false,
-        have_limit = false;
-   bson_iter_recurse(arg, &child);
-   while (bson_iter_next(&child)) {
-      const char *key = bson_iter_key(&child);
-      if (strcmp(key, "input") == 0) {
-         input_it = child;
-         have_input = true;
-      } else if (strcmp(key, "as") == 0) {
-         as_it = child;
-         have_as = true;
-      } else if (strcmp(key, "cond") == 0) {
-         cond_it = child;
-         have_cond = true;
-      } else if (strcmp(key, "limit") == 0) {
-         limit_it = child;
-         have_limit = true;
-      } else {
-         return aspen__pfail(ps, 28647,
-                             "Unrecognized parameter to $filter: %s", key);
-      }
-   }
-   if (!have_input) {
-      return aspen__pfail(ps, 28648, "Missing 'input' parameter to $filter");
-   }
-   if (!have_cond) {
-      return aspen__pfail(ps, 28650, "Missing 'cond' parameter to $filter");
+   aspen__named_it_t its[4];
+   uint32_t found;
+   if (!aspen__named_find(ps, op, arg, &filter_spec, its, &found)) {
+      return false;
    }
    aspen__node_args(e, 3);
-   if (!aspen__parse_operand(ps, &input_it, &e->args[0])) {
+   if (!aspen__parse_operand(ps, &its[0].it, &e->args[0])) {
       return false;
    }
-   if (have_limit && !aspen__parse_operand(ps, &limit_it, &e->args[2])) {
+   if ((found & 8u) && !aspen__parse_operand(ps, &its[3].it, &e->args[2])) {
       return false;
    }
-   return parse_with_var(ps, e, &as_it, have_as, &cond_it, 1);
+   return parse_with_var(ps, e, &its[1].it, (found & 2u) != 0, &its[2].it, 1);
 }
 
-ASPEN__DECL_EVAL(aspen__eval_filter)
+static const aspen__args_t filter_args = {
+   .n = 3,
+   .arg = {{.types = ASPEN__T_ARRAY, .flags = ASPEN__ARG_NULL, .code = 28651,
+            .msg = "input to $filter must be an array not {type}"},
+           {.flags = ASPEN__ARG_LAZY},
+           {.types = ASPEN__T_NUMBER | ASPEN__T_NULLISH,
+            .flags = ASPEN__ARG_INT32 | ASPEN__ARG_RANGE,
+            .code = 327391,
+            .msg = "$filter: limit must be represented as a 32-bit integral "
+                   "value: {value}",
+            .range_code = 327392,
+            .range_msg = "$filter: limit must be greater than 0: {value}",
+            .min = 1,
+            .max = INT32_MAX}}};
+
+/* args: input, cond, limit (null or absent: none). */
+static ASPEN__DECL_COMPUTE(compute_filter)
 {
-   aspen_value_t input;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &input)) {
-      return false;
-   }
-   if (aspen__is_nullish(&input)) {
-      aspen_value_destroy(&input);
-      *out = aspen_value_null();
-      return true;
-   }
-   if (!aspen__is_array(&input)) {
-      bool failed = aspen__fail(st, 28651, "input to $filter must be an array not %s",
-                         aspen_value_type_name(&input));
-      aspen_value_destroy(&input);
-      return failed;
-   }
-   int64_t remaining = -1;
-   if (e->args[2]) {
-      aspen_value_t lim;
-      if (!aspen__eval_node(e->args[2], st, &lim)) {
-         aspen_value_destroy(&input);
-         return false;
-      }
-      if (!aspen__is_nullish(&lim)) {
-         int32_t l;
-         char *json = aspen_value_to_json(&lim);
-         bool bad_type = !aspen__is_num(&lim) || !aspen__num_is_int32(&lim, &l);
-         if (bad_type || l <= 0) {
-            if (bad_type) {
-               aspen__fail(st, 327391,
-                           "$filter: limit must be represented as a 32-bit "
-                           "integral value: %s",
-                           json);
-            } else {
-               aspen__fail(st, 327392,
-                           "$filter: limit must be greater than 0: %s", json);
-            }
-            bson_free(json);
-            aspen_value_destroy(&lim);
-            aspen_value_destroy(&input);
-            return false;
-         }
-         bson_free(json);
-         remaining = l;
-      }
-      aspen_value_destroy(&lim);
-   }
+   int64_t remaining = aspen__is_num(&v[2]) ? aspen__arg_int(&v[2]) : -1;
    aspen_value_t *slot = &st->slots[e->binds[0]];
    bson_t arr = BSON_INITIALIZER;
    bson_iter_t it;
    uint32_t k = 0;
    bool ok = true;
-   aspen__array_iter(&input, &it);
+   aspen__array_iter(&v[0], &it);
    while (remaining != 0 && bson_iter_next(&it)) {
       aspen_value_t el = aspen_value_borrow(&it);
       *slot = el;
@@ -464,12 +361,13 @@ ASPEN__DECL_EVAL(aspen__eval_filter)
    } else {
       bson_destroy(&arr);
    }
-   aspen_value_destroy(&input);
    return ok;
 }
 
+ASPEN__ARGS_EVAL(eval_filter, filter_args, compute_filter)
+
 /* args: input, initialValue, in; binds: this, value */
-ASPEN__DECL_PARSE(aspen__parse_reduce)
+static ASPEN__DECL_PARSE(parse_reduce)
 {
    (void) op;
    if (bson_iter_type(arg) != BSON_TYPE_DOCUMENT) {
@@ -525,35 +423,22 @@ ASPEN__DECL_PARSE(aspen__parse_reduce)
    return ok;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_reduce)
+static const aspen__args_t reduce_args = {
+   .n = 3,
+   .arg = {{.types = ASPEN__T_ARRAY, .flags = ASPEN__ARG_NULL, .code = 40080,
+            .msg = "$reduce requires that 'input' be an array, found: {value}"},
+           {0},
+           {.flags = ASPEN__ARG_LAZY}}};
+
+/* args: input, initialValue, in. */
+static ASPEN__DECL_COMPUTE(compute_reduce)
 {
-   aspen_value_t input, acc;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &input)) {
-      return false;
-   }
-   if (aspen__is_nullish(&input)) {
-      aspen_value_destroy(&input);
-      *out = aspen_value_null();
-      return true;
-   }
-   if (!aspen__is_array(&input)) {
-      char *json = aspen_value_to_json(&input);
-      aspen__fail(st, 40080,
-                  "$reduce requires that 'input' be an array, found: %s", json);
-      bson_free(json);
-      aspen_value_destroy(&input);
-      return false;
-   }
-   if (!aspen__eval_arg(e, 1, st, &acc)) {
-      aspen_value_destroy(&input);
-      return false;
-   }
+   aspen_value_t acc = aspen__value_move(&v[1]);
    aspen_value_t *this_slot = &st->slots[e->binds[0]];
    aspen_value_t *value_slot = &st->slots[e->binds[1]];
    bson_iter_t it;
    bool ok = true;
-   aspen__array_iter(&input, &it);
+   aspen__array_iter(&v[0], &it);
    while (bson_iter_next(&it)) {
       *this_slot = aspen_value_borrow(&it);
       *value_slot = aspen__value_view(&acc);
@@ -572,168 +457,114 @@ ASPEN__DECL_EVAL(aspen__eval_reduce)
    *this_slot = ASPEN_VALUE_MISSING;
    *value_slot = ASPEN_VALUE_MISSING;
    if (ok) {
-      if (input.owned) {
+      if (v[0].owned) {
          aspen__value_own(&acc);
       }
       *out = acc;
    } else {
       aspen_value_destroy(&acc);
    }
-   aspen_value_destroy(&input);
    return ok;
 }
+
+ASPEN__ARGS_EVAL(eval_reduce, reduce_args, compute_reduce)
 
 /* ------------------------------------------------------------------------ */
 /* $size, $in, $indexOfArray, $isArray                                       */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_EVAL(aspen__eval_size)
+static const aspen__args_t size_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_ARRAY, .code = 17124,
+            .msg = "The argument to $size must be an array, but was of type: "
+                   "{type}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_size)
 {
-   aspen_value_t a;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &a)) {
-      return false;
-   }
-   if (!aspen__is_array(&a)) {
-      bool failed = aspen__fail(st, 17124,
-                         "The argument to $size must be an array, but was of "
-                         "type: %s",
-                         aspen_value_type_name(&a));
-      aspen_value_destroy(&a);
-      return failed;
-   }
-   *out = aspen_value_int32((int32_t) aspen__array_len(&a));
-   aspen_value_destroy(&a);
+   (void) e;
+   (void) st;
+   *out = aspen_value_int32((int32_t) aspen__array_len(&v[0]));
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_in)
-{
-   aspen_value_t x, a;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &x)) {
-      return false;
-   }
-   if (!aspen__eval_arg(e, 1, st, &a)) {
-      aspen_value_destroy(&x);
-      return false;
-   }
-   bool ok = true;
-   if (!aspen__is_array(&a)) {
-      ok = aspen__fail(st, 40081,
-                       "$in requires an array as a second argument, found: %s",
-                       aspen_value_type_name(&a));
-   } else {
-      bool found = false;
-      bson_iter_t it;
-      aspen__array_iter(&a, &it);
-      while (!found && bson_iter_next(&it)) {
-         aspen_value_t el = aspen_value_borrow(&it);
-         found = aspen__value_cmp(&x, &el, true) == 0;
-      }
-      *out = aspen_value_bool(found);
-   }
-   aspen_value_destroy(&x);
-   aspen_value_destroy(&a);
-   return ok;
-}
+ASPEN__ARGS_EVAL(eval_size, size_args, compute_size)
 
-static bool
-int_index_arg(const aspen_expr_t *e, uint32_t i, aspen__eval_t *st,
-              const char *what, int32_t *out_idx)
+static const aspen__args_t in_args = {
+   .n = 2, .together = 2,
+   .arg = {{0},
+           {.types = ASPEN__T_ARRAY, .code = 40081,
+            .msg = "$in requires an array as a second argument, found: "
+                   "{type}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_in)
 {
-   aspen_value_t v;
-   if (!aspen__eval_arg(e, i, st, &v)) {
-      return false;
+   (void) e;
+   (void) st;
+   bool found = false;
+   bson_iter_t it;
+   aspen__array_iter(&v[1], &it);
+   while (!found && bson_iter_next(&it)) {
+      aspen_value_t el = aspen_value_borrow(&it);
+      found = aspen__value_cmp(&v[0], &el, true) == 0;
    }
-   int32_t idx;
-   if (!aspen__is_num(&v) || !aspen__num_is_int32(&v, &idx)) {
-      char *json = aspen_value_to_json(&v);
-      aspen__fail(st, 40096,
-                  "%srequires an integral %s, found a value of type: %s, with "
-                  "value: %s",
-                  e->op->name, what, aspen_value_type_name(&v), json);
-      bson_free(json);
-      aspen_value_destroy(&v);
-      return false;
-   }
-   aspen_value_destroy(&v);
-   if (idx < 0) {
-      return aspen__fail(st, 40097, "%s requires a nonnegative %s, found: %d",
-                         e->op->name, what, idx);
-   }
-   *out_idx = idx;
+   *out = aspen_value_bool(found);
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_index_of_array)
+ASPEN__ARGS_EVAL(eval_in, in_args, compute_in)
+
+/* args: array, value (evaluated after the indexes, as in mongod), start,
+ * end. */
+static const aspen__args_t index_of_array_args = {
+   .n = 4,
+   .arg = {{.types = ASPEN__T_ARRAY, .flags = ASPEN__ARG_NULL, .code = 40090,
+            .msg = "$indexOfArray requires an array as a first argument, "
+                   "found: {type}"},
+           {.flags = ASPEN__ARG_LAZY},
+           ASPEN__ARG_INDEX("starting index"),
+           ASPEN__ARG_INDEX("ending index")}};
+
+static ASPEN__DECL_COMPUTE(compute_index_of_array)
 {
-   aspen_value_t a, x = ASPEN_VALUE_MISSING;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &a)) {
+   uint32_t n = aspen__array_len(&v[0]);
+   int32_t start = e->n_args > 2 ? (int32_t) aspen__arg_int(&v[2]) : 0;
+   int32_t end = (int32_t) n;
+   if (e->n_args > 3 && aspen__arg_int(&v[3]) < end) {
+      end = (int32_t) aspen__arg_int(&v[3]);
+   }
+   if (!aspen__eval_arg(e, 1, st, &v[1])) {
       return false;
-   }
-   bool ok = false;
-   if (aspen__is_nullish(&a)) {
-      *out = aspen_value_null();
-      ok = true;
-      goto done;
-   }
-   if (!aspen__is_array(&a)) {
-      aspen__fail(st, 40090,
-                  "$indexOfArray requires an array as a first argument, "
-                  "found: %s",
-                  aspen_value_type_name(&a));
-      goto done;
-   }
-   uint32_t n = aspen__array_len(&a);
-   int32_t start = 0, end = (int32_t) n;
-   if (e->n_args > 2 && !int_index_arg(e, 2, st, "starting index", &start)) {
-      goto done;
-   }
-   if (e->n_args > 3) {
-      int32_t endi;
-      if (!int_index_arg(e, 3, st, "ending index", &endi)) {
-         goto done;
-      }
-      if (endi < end) {
-         end = endi;
-      }
-   }
-   if (!aspen__eval_arg(e, 1, st, &x)) {
-      goto done;
    }
    *out = aspen_value_int32(-1);
    bson_iter_t it;
-   aspen__array_iter(&a, &it);
+   aspen__array_iter(&v[0], &it);
    for (int32_t i = 0; i < end && bson_iter_next(&it); i++) {
       if (i < start) {
          continue;
       }
       aspen_value_t el = aspen_value_borrow(&it);
-      if (aspen__value_cmp(&el, &x, true) == 0) {
+      if (aspen__value_cmp(&el, &v[1], true) == 0) {
          *out = aspen_value_int32(i);
          break;
       }
    }
-   ok = true;
-done:
-   aspen_value_destroy(&a);
-   aspen_value_destroy(&x);
-   return ok;
-}
-
-ASPEN__DECL_EVAL(aspen__eval_is_array)
-{
-   aspen_value_t a;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &a)) {
-      return false;
-   }
-   *out = aspen_value_bool(aspen__is_array(&a));
-   aspen_value_destroy(&a);
    return true;
 }
+
+ASPEN__ARGS_EVAL(eval_index_of_array, index_of_array_args,
+                 compute_index_of_array)
+
+static const aspen__args_t plain_args = {.n = 1};
+
+static ASPEN__DECL_COMPUTE(compute_is_array)
+{
+   (void) e;
+   (void) st;
+   *out = aspen_value_bool(aspen__is_array(&v[0]));
+   return true;
+}
+
+ASPEN__ARGS_EVAL(eval_is_array, plain_args, compute_is_array)
 
 /* ------------------------------------------------------------------------ */
 /* $range, $reverseArray, $slice                                             */
@@ -741,122 +572,79 @@ ASPEN__DECL_EVAL(aspen__eval_is_array)
 
 #define RANGE_MEM_LIMIT (64 * 1024 * 1024)
 
-ASPEN__DECL_EVAL(aspen__eval_range)
+static const aspen__args_t range_args = {
+   .n = 3, .together = 3,
+   .arg = {{.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_INT32,
+            .code = 34443,
+            .msg = "$range requires a numeric starting value, found value of "
+                   "type: {type}",
+            .int_code = 34444,
+            .int_msg = "$range requires a starting value that can be "
+                       "represented as a 32-bit integer, found value: {num}"},
+           {.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_INT32,
+            .code = 34445,
+            .msg = "$range requires a numeric ending value, found value of "
+                   "type: {type}",
+            .int_code = 34446,
+            .int_msg = "$range requires an ending value that can be "
+                       "represented as a 32-bit integer, found value: {num}"},
+           {.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_INT32,
+            .code = 34447,
+            .msg = "$range requires a numeric step value, found value of "
+                   "type:{type}",
+            .int_code = 34448,
+            .int_msg = "$range requires a step value that can be represented "
+                       "as a 32-bit integer, found value: {num}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_range)
 {
-   aspen_value_t v[3] = {ASPEN_VALUE_MISSING, ASPEN_VALUE_MISSING,
-                         ASPEN_VALUE_MISSING};
-   bool ok = false;
-   char num[64];
-   *out = ASPEN_VALUE_MISSING;
-   for (uint32_t i = 0; i < e->n_args; i++) {
-      if (!aspen__eval_arg(e, i, st, &v[i])) {
-         destroy_n(v, i);
-         return false;
-      }
-   }
-   int32_t start, end, step = 1;
-   if (!aspen__is_num(&v[0])) {
-      aspen__fail(st, 34443,
-                  "$range requires a numeric starting value, found value of "
-                  "type: %s",
-                  aspen_value_type_name(&v[0]));
-      goto done;
-   }
-   if (!aspen__num_is_int32(&v[0], &start)) {
-      aspen__num_to_text(&v[0], num, sizeof num);
-      aspen__fail(st, 34444,
-                  "$range requires a starting value that can be represented "
-                  "as a 32-bit integer, found value: %s",
-                  num);
-      goto done;
-   }
-   if (!aspen__is_num(&v[1])) {
-      aspen__fail(st, 34445,
-                  "$range requires a numeric ending value, found value of "
-                  "type: %s",
-                  aspen_value_type_name(&v[1]));
-      goto done;
-   }
-   if (!aspen__num_is_int32(&v[1], &end)) {
-      aspen__num_to_text(&v[1], num, sizeof num);
-      aspen__fail(st, 34446,
-                  "$range requires an ending value that can be represented as "
-                  "a 32-bit integer, found value: %s",
-                  num);
-      goto done;
-   }
+   int32_t start = (int32_t) aspen__arg_int(&v[0]);
+   int32_t end = (int32_t) aspen__arg_int(&v[1]);
+   int32_t step = 1;
    if (e->n_args == 3) {
-      if (!aspen__is_num(&v[2])) {
-         aspen__fail(st, 34447,
-                     "$range requires a numeric step value, found value of "
-                     "type:%s",
-                     aspen_value_type_name(&v[2]));
-         goto done;
-      }
-      if (!aspen__num_is_int32(&v[2], &step)) {
-         aspen__num_to_text(&v[2], num, sizeof num);
-         aspen__fail(st, 34448,
-                     "$range requires a step value that can be represented as "
-                     "a 32-bit integer, found value: %s",
-                     num);
-         goto done;
-      }
+      step = (int32_t) aspen__arg_int(&v[2]);
       if (step == 0) {
-         aspen__fail(st, 34449, "$range requires a non-zero step value");
-         goto done;
+         return aspen__fail(st, 34449, "$range requires a non-zero step value");
       }
    }
-   {
-      int64_t cur = start, stop = end;
-      int64_t steps = (stop - cur) / step;
-      int64_t length = steps >= 0 ? 1 + steps : 0;
-      int64_t mem = 24 + length * 16;
-      if (mem >= RANGE_MEM_LIMIT) {
-         aspen__fail(st, 146,
-                     "$range would use too much memory (%" PRId64
-                     " bytes) and cannot spill to disk. Memory limit: %d bytes",
-                     mem, RANGE_MEM_LIMIT);
-         goto done;
-      }
-      bson_t arr = BSON_INITIALIZER;
-      uint32_t k = 0;
-      while (step > 0 ? cur < stop : cur > stop) {
-         char buf[16];
-         const char *key;
-         size_t klen = bson_uint32_to_string(k++, &key, buf, sizeof buf);
-         bson_append_int32(&arr, key, (int) klen, (int32_t) cur);
-         cur += step;
-      }
-      *out = aspen__array_finish(&arr);
+   int64_t cur = start, stop = end;
+   int64_t steps = (stop - cur) / step;
+   int64_t length = steps >= 0 ? 1 + steps : 0;
+   int64_t mem = 24 + length * 16;
+   if (mem >= RANGE_MEM_LIMIT) {
+      return aspen__fail(st, 146,
+                         "$range would use too much memory (%" PRId64
+                         " bytes) and cannot spill to disk. Memory limit: %d "
+                         "bytes",
+                         mem, RANGE_MEM_LIMIT);
    }
-   ok = true;
-done:
-   destroy_n(v, 3);
-   return ok;
+   bson_t arr = BSON_INITIALIZER;
+   uint32_t k = 0;
+   while (step > 0 ? cur < stop : cur > stop) {
+      char buf[16];
+      const char *key;
+      size_t klen = bson_uint32_to_string(k++, &key, buf, sizeof buf);
+      bson_append_int32(&arr, key, (int) klen, (int32_t) cur);
+      cur += step;
+   }
+   *out = aspen__array_finish(&arr);
+   return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_reverse_array)
+ASPEN__ARGS_EVAL(eval_range, range_args, compute_range)
+
+static const aspen__args_t reverse_array_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_ARRAY, .flags = ASPEN__ARG_NULL, .code = 34435,
+            .msg = "The argument to $reverseArray must be an array, but was "
+                   "of type: {type}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_reverse_array)
 {
-   aspen_value_t a;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &a)) {
-      return false;
-   }
-   if (aspen__is_nullish(&a)) {
-      aspen_value_destroy(&a);
-      *out = aspen_value_null();
-      return true;
-   }
-   if (!aspen__is_array(&a)) {
-      bool failed = aspen__fail(st, 34435,
-                         "The argument to $reverseArray must be an array, but "
-                         "was of type: %s",
-                         aspen_value_type_name(&a));
-      aspen_value_destroy(&a);
-      return failed;
-   }
+   (void) e;
+   (void) st;
    uint32_t n;
-   aspen_value_t *items = aspen__array_items(&a, &n);
+   aspen_value_t *items = aspen__array_items(&v[0], &n);
    for (uint32_t i = 0; i < n / 2; i++) {
       aspen_value_t t = items[i];
       items[i] = items[n - 1 - i];
@@ -864,53 +652,44 @@ ASPEN__DECL_EVAL(aspen__eval_reverse_array)
    }
    *out = array_of(items, n);
    free(items);
-   aspen_value_destroy(&a);
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_slice)
+ASPEN__ARGS_EVAL(eval_reverse_array, reverse_array_args, compute_reverse_array)
+
+/* args: array, position or count, count (after the first two are
+ * checked). */
+static const aspen__args_t slice_args = {
+   .n = 3, .together = 2,
+   .arg = {{.types = ASPEN__T_ARRAY, .flags = ASPEN__ARG_NULL, .code = 28724,
+            .msg = "First argument to $slice must be an array, but is of "
+                   "type: {type}"},
+           {.types = ASPEN__T_NUMBER,
+            .flags = ASPEN__ARG_NULL | ASPEN__ARG_INT32, .code = 28725,
+            .msg = "Second argument to $slice must be a numeric value, but is "
+                   "of type: {type}",
+            .int_code = 28726,
+            .int_msg = "Second argument to $slice can't be represented as a "
+                       "32-bit integer: {num}"},
+           {.types = ASPEN__T_NUMBER,
+            .flags = ASPEN__ARG_NULL | ASPEN__ARG_INT32 | ASPEN__ARG_RANGE,
+            .code = 28727,
+            .msg = "Third argument to $slice must be numeric, but is of type: "
+                   "{type}",
+            .int_code = 28728,
+            .int_msg = "Third argument to $slice can't be represented as a "
+                       "32-bit integer: {num}",
+            .range_code = 28729,
+            .range_msg = "Third argument to $slice must be positive: {int}",
+            .min = 1,
+            .max = INT32_MAX}}};
+
+static ASPEN__DECL_COMPUTE(compute_slice)
 {
-   aspen_value_t a, b, c = ASPEN_VALUE_MISSING;
-   char num[64];
-   bool ok = false;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &a)) {
-      return false;
-   }
-   if (!aspen__eval_arg(e, 1, st, &b)) {
-      aspen_value_destroy(&a);
-      return false;
-   }
-   if (aspen__is_nullish(&a) || aspen__is_nullish(&b)) {
-      *out = aspen_value_null();
-      ok = true;
-      goto done;
-   }
-   if (!aspen__is_array(&a)) {
-      aspen__fail(st, 28724,
-                  "First argument to $slice must be an array, but is of type: "
-                  "%s",
-                  aspen_value_type_name(&a));
-      goto done;
-   }
-   if (!aspen__is_num(&b)) {
-      aspen__fail(st, 28725,
-                  "Second argument to $slice must be a numeric value, but is "
-                  "of type: %s",
-                  aspen_value_type_name(&b));
-      goto done;
-   }
-   int32_t second;
-   if (!aspen__num_is_int32(&b, &second)) {
-      aspen__num_to_text(&b, num, sizeof num);
-      aspen__fail(st, 28726,
-                  "Second argument to $slice can't be represented as a 32-bit "
-                  "integer: %s",
-                  num);
-      goto done;
-   }
+   (void) st;
+   int32_t second = (int32_t) aspen__arg_int(&v[1]);
    uint32_t n;
-   aspen_value_t *items = aspen__array_items(&a, &n);
+   aspen_value_t *items = aspen__array_items(&v[0], &n);
    int64_t start, end;
    if (e->n_args == 2) {
       start = 0;
@@ -932,58 +711,22 @@ ASPEN__DECL_EVAL(aspen__eval_slice)
       } else {
          start = second < (int64_t) n ? (int64_t) second : (int64_t) n;
       }
-      if (!aspen__eval_arg(e, 2, st, &c)) {
-         free(items);
-         goto done;
-      }
-      if (aspen__is_nullish(&c)) {
-         free(items);
-         *out = aspen_value_null();
-         ok = true;
-         goto done;
-      }
-      int32_t count;
-      if (!aspen__is_num(&c)) {
-         free(items);
-         aspen__fail(st, 28727,
-                     "Third argument to $slice must be numeric, but is of "
-                     "type: %s",
-                     aspen_value_type_name(&c));
-         goto done;
-      }
-      if (!aspen__num_is_int32(&c, &count)) {
-         free(items);
-         aspen__num_to_text(&c, num, sizeof num);
-         aspen__fail(st, 28728,
-                     "Third argument to $slice can't be represented as a "
-                     "32-bit integer: %s",
-                     num);
-         goto done;
-      }
-      if (count <= 0) {
-         free(items);
-         aspen__fail(st, 28729, "Third argument to $slice must be positive: %d",
-                     count);
-         goto done;
-      }
+      int32_t count = (int32_t) aspen__arg_int(&v[2]);
       end = start + count < (int64_t) n ? start + count : n;
    }
    *out = array_of(items + start, (uint32_t) (end - start));
    free(items);
-   ok = true;
-done:
-   aspen_value_destroy(&a);
-   aspen_value_destroy(&b);
-   aspen_value_destroy(&c);
-   return ok;
+   return true;
 }
+
+ASPEN__ARGS_EVAL(eval_slice, slice_args, compute_slice)
 
 /* ------------------------------------------------------------------------ */
 /* $zip: args = inputs..., defaults...; ival = number of inputs, flags in   */
 /* n_binds (1 = useLongestLength).                                           */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_PARSE(aspen__parse_zip)
+static ASPEN__DECL_PARSE(parse_zip)
 {
    (void) op;
    if (bson_iter_type(arg) != BSON_TYPE_DOCUMENT) {
@@ -1029,20 +772,9 @@ ASPEN__DECL_PARSE(aspen__parse_zip)
                              key);
       }
    }
-   uint32_t ni = 0, nd = 0;
+   uint32_t ni = have_inputs ? aspen__value_child_count(&inputs_it) : 0;
+   uint32_t nd = have_defaults ? aspen__value_child_count(&defaults_it) : 0;
    bson_iter_t it;
-   if (have_inputs) {
-      bson_iter_recurse(&inputs_it, &it);
-      while (bson_iter_next(&it)) {
-         ni++;
-      }
-   }
-   if (have_defaults) {
-      bson_iter_recurse(&defaults_it, &it);
-      while (bson_iter_next(&it)) {
-         nd++;
-      }
-   }
    if (ni == 0) {
       return aspen__pfail(ps, 34465, "$zip requires at least one input array");
    }
@@ -1076,7 +808,13 @@ ASPEN__DECL_PARSE(aspen__parse_zip)
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_zip)
+/* args 0..ni-1: the inputs (this row), then the defaults. */
+static const aspen__args_t zip_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_ARRAY, .flags = ASPEN__ARG_NULL, .code = 34468,
+            .msg = "$zip found a non-array expression in input: {value}"}}};
+
+static ASPEN__DECL_EVAL(eval_zip)
 {
    uint32_t ni = (uint32_t) (e->ival & 0xffffffff);
    bool longest = ((e->ival >> 32) & 1) != 0;
@@ -1089,21 +827,9 @@ ASPEN__DECL_EVAL(aspen__eval_zip)
    *out = ASPEN_VALUE_MISSING;
    uint32_t minlen = 0, maxlen = 0;
    for (; done < ni; done++) {
-      if (!aspen__eval_node(e->args[done], st, &vals[done])) {
-         goto cleanup;
-      }
-      if (aspen__is_nullish(&vals[done])) {
-         done++;
-         *out = aspen_value_null();
-         ok = true;
-         goto cleanup;
-      }
-      if (!aspen__is_array(&vals[done])) {
-         char *json = aspen_value_to_json(&vals[done]);
-         aspen__fail(st, 34468, "$zip found a non-array expression in input: %s",
-                     json);
-         bson_free(json);
-         done++;
+      int r = aspen__args_eval_arg(e, st, &zip_args, done, &vals[done], out);
+      if (r <= 0) {
+         ok = r == 0;
          goto cleanup;
       }
       items[done] = aspen__array_items(&vals[done], &lens[done]);
@@ -1205,7 +931,7 @@ sort_dir(const aspen_value_t *v, int *dir)
    return true;
 }
 
-ASPEN__DECL_PARSE(aspen__parse_sort_array)
+static ASPEN__DECL_PARSE(parse_sort_array)
 {
    (void) op;
    if (bson_iter_type(arg) != BSON_TYPE_DOCUMENT) {
@@ -1234,12 +960,8 @@ ASPEN__DECL_PARSE(aspen__parse_sort_array)
          aspen_value_t v = aspen_value_borrow(&child);
          have_sort = true;
          if (aspen__is_doc(&v)) {
-            uint32_t n = 0;
+            uint32_t n = aspen__value_child_count(&child);
             bson_iter_t si;
-            bson_iter_recurse(&child, &si);
-            while (bson_iter_next(&si)) {
-               n++;
-            }
             if (n == 0) {
                return aspen__pfail(ps, 2942505,
                                    "$sort stage must have at least one sort "
@@ -1329,34 +1051,25 @@ cmp_by_spec(const aspen_value_t *a, const aspen_value_t *b, const void *ctx)
    return 0;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_sort_array)
+static const aspen__args_t sort_array_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_ARRAY, .flags = ASPEN__ARG_NULL,
+            .code = 2942504,
+            .msg = "The input argument to $sortArray must be an array, but "
+                   "was of type: {type}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_sort_array)
 {
-   aspen_value_t a;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &a)) {
-      return false;
-   }
-   if (aspen__is_nullish(&a)) {
-      aspen_value_destroy(&a);
-      *out = aspen_value_null();
-      return true;
-   }
-   if (!aspen__is_array(&a)) {
-      bool failed = aspen__fail(st, 2942504,
-                         "The input argument to $sortArray must be an array, "
-                         "but was of type: %s",
-                         aspen_value_type_name(&a));
-      aspen_value_destroy(&a);
-      return failed;
-   }
+   (void) st;
    uint32_t n;
-   aspen_value_t *items = aspen__array_items(&a, &n);
+   aspen_value_t *items = aspen__array_items(&v[0], &n);
    sort_values(items, n, cmp_by_spec, e->aux);
    *out = array_of(items, n);
    free(items);
-   aspen_value_destroy(&a);
    return true;
 }
+
+ASPEN__ARGS_EVAL(eval_sort_array, sort_array_args, compute_sort_array)
 
 /* ------------------------------------------------------------------------ */
 /* $arrayToObject / $objectToArray                                           */
@@ -1388,27 +1101,16 @@ kv_set(kv_t **kvs, uint32_t *n, uint32_t *cap, const char *key, uint32_t klen,
    (*n)++;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_array_to_object)
+static const aspen__args_t array_to_object_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_ARRAY, .flags = ASPEN__ARG_NULL, .code = 40386,
+            .msg = "$arrayToObject requires an array input, found: {type}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_array_to_object)
 {
-   aspen_value_t a;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &a)) {
-      return false;
-   }
-   if (aspen__is_nullish(&a)) {
-      aspen_value_destroy(&a);
-      *out = aspen_value_null();
-      return true;
-   }
-   if (!aspen__is_array(&a)) {
-      bool failed = aspen__fail(st, 40386,
-                         "$arrayToObject requires an array input, found: %s",
-                         aspen_value_type_name(&a));
-      aspen_value_destroy(&a);
-      return failed;
-   }
+   (void) e;
    uint32_t n;
-   aspen_value_t *items = aspen__array_items(&a, &n);
+   aspen_value_t *items = aspen__array_items(&v[0], &n);
    kv_t *kvs = NULL;
    uint32_t nk = 0, cap = 0;
    bool ok = true;
@@ -1514,33 +1216,26 @@ ASPEN__DECL_EVAL(aspen__eval_array_to_object)
    }
    free(kvs);
    free(items);
-   aspen_value_destroy(&a);
    return ok;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_object_to_array)
+ASPEN__ARGS_EVAL(eval_array_to_object, array_to_object_args,
+                 compute_array_to_object)
+
+static const aspen__args_t object_to_array_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_OBJECT, .flags = ASPEN__ARG_NULL, .code = 40390,
+            .msg = "$objectToArray requires a document input, found: "
+                   "{type}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_object_to_array)
 {
-   aspen_value_t a;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &a)) {
-      return false;
-   }
-   if (aspen__is_nullish(&a)) {
-      aspen_value_destroy(&a);
-      *out = aspen_value_null();
-      return true;
-   }
-   if (!aspen__is_doc(&a)) {
-      bool failed = aspen__fail(st, 40390,
-                         "$objectToArray requires a document input, found: %s",
-                         aspen_value_type_name(&a));
-      aspen_value_destroy(&a);
-      return failed;
-   }
+   (void) e;
+   (void) st;
    bson_t arr = BSON_INITIALIZER;
    bson_iter_t it;
    uint32_t k = 0;
-   aspen__array_iter(&a, &it);
+   aspen__array_iter(&v[0], &it);
    while (bson_iter_next(&it)) {
       char buf[16];
       const char *key;
@@ -1553,9 +1248,11 @@ ASPEN__DECL_EVAL(aspen__eval_object_to_array)
       bson_append_document_end(&arr, &kv);
    }
    *out = aspen__array_finish(&arr);
-   aspen_value_destroy(&a);
    return true;
 }
+
+ASPEN__ARGS_EVAL(eval_object_to_array, object_to_array_args,
+                 compute_object_to_array)
 
 /* ------------------------------------------------------------------------ */
 /* Set operators                                                             */
@@ -1597,167 +1294,115 @@ set_contains(const aspen_value_t *set, uint32_t n, const aspen_value_t *v)
    return false;
 }
 
-/* Evaluates all arguments; nullish -> null result (when null_ok), non-array
- * -> error. Returns 1 ok, 0 null result set, -1 error. */
-static int
-eval_arrays(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *vals,
-            uint32_t *done, bool null_ok, int32_t code)
+#define SET_ARGS(err_code)                                                     \
+   {.n = 1,                                                                    \
+    .arg = {{.types = ASPEN__T_ARRAY, .flags = ASPEN__ARG_NULL,                \
+             .code = (err_code),                                               \
+             .msg = "All operands of {op} must be arrays. One argument is of " \
+                    "type: {type}"}}}
+static const aspen__args_t set_union_args = SET_ARGS(17043);
+static const aspen__args_t set_intersection_args = SET_ARGS(17047);
+#undef SET_ARGS
+
+static ASPEN__DECL_COMPUTE(compute_set_union)
 {
-   for (*done = 0; *done < e->n_args; (*done)++) {
-      aspen_value_t *v = &vals[*done];
-      if (!aspen__eval_node(e->args[*done], st, v)) {
-         return -1;
-      }
-      if (null_ok && aspen__is_nullish(v)) {
-         (*done)++;
-         return 0;
-      }
-      if (!aspen__is_array(v)) {
-         const char *tn = aspen_value_type_name(v);
-         if (code == 17044) {
-            aspen__fail(st, code,
-                        "All operands of $setEquals must be arrays. %u-th "
-                        "argument is of type: %s",
-                        *done + 1, tn);
-         } else {
-            aspen__fail(st, code,
-                        "All operands of %s must be arrays. One argument is "
-                        "of type: %s",
-                        e->op->name, tn);
-         }
-         (*done)++;
-         return -1;
+   (void) st;
+   uint32_t total = 0, k = 0;
+   for (uint32_t i = 0; i < e->n_args; i++) {
+      total += aspen__array_len(&v[i]);
+   }
+   aspen_value_t *all = aspen_xmalloc((total ? total : 1) * sizeof *all);
+   for (uint32_t i = 0; i < e->n_args; i++) {
+      bson_iter_t it;
+      aspen__array_iter(&v[i], &it);
+      while (bson_iter_next(&it)) {
+         all[k++] = aspen_value_borrow(&it);
       }
    }
-   return 1;
+   sort_values(all, k, cmp_plain, NULL);
+   uint32_t m = 0;
+   for (uint32_t i = 0; i < k; i++) {
+      if (m == 0 || aspen__value_cmp(&all[m - 1], &all[i], true) != 0) {
+         all[m++] = all[i];
+      }
+   }
+   *out = array_of(all, m);
+   free(all);
+   return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_set_union)
-{
-   aspen_value_t *vals = aspen_xcalloc(e->n_args ? e->n_args : 1,
-                                       sizeof *vals);
-   uint32_t done;
-   *out = ASPEN_VALUE_MISSING;
-   int r = eval_arrays(e, st, vals, &done, true, 17043);
-   if (r == 0) {
-      *out = aspen_value_null();
-   } else if (r > 0) {
-      uint32_t total = 0, k = 0;
-      for (uint32_t i = 0; i < e->n_args; i++) {
-         total += aspen__array_len(&vals[i]);
-      }
-      aspen_value_t *all = aspen_xmalloc((total ? total : 1) * sizeof *all);
-      for (uint32_t i = 0; i < e->n_args; i++) {
-         bson_iter_t it;
-         aspen__array_iter(&vals[i], &it);
-         while (bson_iter_next(&it)) {
-            all[k++] = aspen_value_borrow(&it);
-         }
-      }
-      sort_values(all, k, cmp_plain, NULL);
-      uint32_t m = 0;
-      for (uint32_t i = 0; i < k; i++) {
-         if (m == 0 || aspen__value_cmp(&all[m - 1], &all[i], true) != 0) {
-            all[m++] = all[i];
-         }
-      }
-      *out = array_of(all, m);
-      free(all);
-   }
-   destroy_n(vals, done);
-   free(vals);
-   return r >= 0;
-}
+ASPEN__ARGS_EVAL(eval_set_union, set_union_args, compute_set_union)
 
-ASPEN__DECL_EVAL(aspen__eval_set_intersection)
+static ASPEN__DECL_COMPUTE(compute_set_intersection)
 {
-   aspen_value_t *vals = aspen_xcalloc(e->n_args ? e->n_args : 1,
-                                       sizeof *vals);
-   uint32_t done;
-   *out = ASPEN_VALUE_MISSING;
-   int r = eval_arrays(e, st, vals, &done, true, 17047);
-   if (r == 0) {
-      *out = aspen_value_null();
-   } else if (r > 0) {
-      if (e->n_args == 0) {
-         *out = empty_array();
-      } else {
-         uint32_t n;
-         aspen_value_t *cur = set_of(&vals[0], &n);
-         for (uint32_t i = 1; i < e->n_args && n > 0; i++) {
-            uint32_t m;
-            aspen_value_t *other = set_of(&vals[i], &m);
-            uint32_t k = 0;
-            for (uint32_t j = 0; j < n; j++) {
-               if (set_contains(other, m, &cur[j])) {
-                  cur[k++] = cur[j];
-               }
-            }
-            n = k;
-            free(other);
-         }
-         *out = array_of(cur, n);
-         free(cur);
-      }
+   (void) st;
+   if (e->n_args == 0) {
+      *out = empty_array();
+      return true;
    }
-   destroy_n(vals, done);
-   free(vals);
-   return r >= 0;
-}
-
-ASPEN__DECL_EVAL(aspen__eval_set_difference)
-{
-   aspen_value_t a, b;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &a)) {
-      return false;
-   }
-   if (!aspen__eval_arg(e, 1, st, &b)) {
-      aspen_value_destroy(&a);
-      return false;
-   }
-   bool ok = true;
-   if (aspen__is_nullish(&a) || aspen__is_nullish(&b)) {
-      *out = aspen_value_null();
-   } else if (!aspen__is_array(&a)) {
-      ok = aspen__fail(st, 17048,
-                       "both operands of $setDifference must be arrays. First "
-                       "argument is of type: %s",
-                       aspen_value_type_name(&a));
-   } else if (!aspen__is_array(&b)) {
-      ok = aspen__fail(st, 17049,
-                       "both operands of $setDifference must be arrays. Second "
-                       "argument is of type: %s",
-                       aspen_value_type_name(&b));
-   } else {
-      uint32_t nb, na;
-      aspen_value_t *rhs = set_of(&b, &nb);
-      aspen_value_t *lhs = aspen__array_items(&a, &na);
-      aspen_value_t *res = aspen_xmalloc((na ? na : 1) * sizeof *res);
+   uint32_t n;
+   aspen_value_t *cur = set_of(&v[0], &n);
+   for (uint32_t i = 1; i < e->n_args && n > 0; i++) {
+      uint32_t m;
+      aspen_value_t *other = set_of(&v[i], &m);
       uint32_t k = 0;
-      for (uint32_t i = 0; i < na; i++) {
-         if (set_contains(rhs, nb, &lhs[i])) {
-            continue;
-         }
-         bool dup = false;
-         for (uint32_t j = 0; j < k && !dup; j++) {
-            dup = aspen__value_cmp(&res[j], &lhs[i], true) == 0;
-         }
-         if (!dup) {
-            res[k++] = lhs[i];
+      for (uint32_t j = 0; j < n; j++) {
+         if (set_contains(other, m, &cur[j])) {
+            cur[k++] = cur[j];
          }
       }
-      *out = array_of(res, k);
-      free(res);
-      free(lhs);
-      free(rhs);
+      n = k;
+      free(other);
    }
-   aspen_value_destroy(&a);
-   aspen_value_destroy(&b);
-   return ok;
+   *out = array_of(cur, n);
+   free(cur);
+   return true;
 }
 
-ASPEN__DECL_PARSE(aspen__parse_set_equals)
+ASPEN__ARGS_EVAL(eval_set_intersection, set_intersection_args,
+                 compute_set_intersection)
+
+static const aspen__args_t set_difference_args = {
+   .n = 2, .together = 2,
+   .arg = {{.types = ASPEN__T_ARRAY, .flags = ASPEN__ARG_NULL, .code = 17048,
+            .msg = "both operands of $setDifference must be arrays. First "
+                   "argument is of type: {type}"},
+           {.types = ASPEN__T_ARRAY, .flags = ASPEN__ARG_NULL, .code = 17049,
+            .msg = "both operands of $setDifference must be arrays. Second "
+                   "argument is of type: {type}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_set_difference)
+{
+   (void) e;
+   (void) st;
+   uint32_t nb, na;
+   aspen_value_t *rhs = set_of(&v[1], &nb);
+   aspen_value_t *lhs = aspen__array_items(&v[0], &na);
+   aspen_value_t *res = aspen_xmalloc((na ? na : 1) * sizeof *res);
+   uint32_t k = 0;
+   for (uint32_t i = 0; i < na; i++) {
+      if (set_contains(rhs, nb, &lhs[i])) {
+         continue;
+      }
+      bool dup = false;
+      for (uint32_t j = 0; j < k && !dup; j++) {
+         dup = aspen__value_cmp(&res[j], &lhs[i], true) == 0;
+      }
+      if (!dup) {
+         res[k++] = lhs[i];
+      }
+   }
+   *out = array_of(res, k);
+   free(res);
+   free(lhs);
+   free(rhs);
+   return true;
+}
+
+ASPEN__ARGS_EVAL(eval_set_difference, set_difference_args,
+                 compute_set_difference)
+
+static ASPEN__DECL_PARSE(parse_set_equals)
 {
    if (!aspen__parse_nary(ps, op, arg, e)) {
       return false;
@@ -1770,91 +1415,78 @@ ASPEN__DECL_PARSE(aspen__parse_set_equals)
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_set_equals)
+static const aspen__args_t set_equals_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_ARRAY, .code = 17044,
+            .msg = "All operands of $setEquals must be arrays. {nth}-th "
+                   "argument is of type: {type}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_set_equals)
 {
-   aspen_value_t *vals = aspen_xcalloc(e->n_args, sizeof *vals);
-   uint32_t done;
-   *out = ASPEN_VALUE_MISSING;
-   int r = eval_arrays(e, st, vals, &done, false, 17044);
-   if (r > 0) {
-      uint32_t n0;
-      aspen_value_t *first = set_of(&vals[0], &n0);
-      bool eq = true;
-      for (uint32_t i = 1; eq && i < e->n_args; i++) {
-         uint32_t m;
-         aspen_value_t *other = set_of(&vals[i], &m);
-         eq = m == n0;
-         for (uint32_t j = 0; eq && j < m; j++) {
-            eq = aspen__value_cmp(&first[j], &other[j], true) == 0;
-         }
-         free(other);
+   (void) st;
+   uint32_t n0;
+   aspen_value_t *first = set_of(&v[0], &n0);
+   bool eq = true;
+   for (uint32_t i = 1; eq && i < e->n_args; i++) {
+      uint32_t m;
+      aspen_value_t *other = set_of(&v[i], &m);
+      eq = m == n0;
+      for (uint32_t j = 0; eq && j < m; j++) {
+         eq = aspen__value_cmp(&first[j], &other[j], true) == 0;
       }
-      free(first);
-      *out = aspen_value_bool(eq);
+      free(other);
    }
-   destroy_n(vals, done);
-   free(vals);
-   return r > 0;
+   free(first);
+   *out = aspen_value_bool(eq);
+   return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_set_is_subset)
+ASPEN__ARGS_EVAL(eval_set_equals, set_equals_args, compute_set_equals)
+
+static const aspen__args_t set_is_subset_args = {
+   .n = 2, .together = 2,
+   .arg = {{.types = ASPEN__T_ARRAY, .code = 17046,
+            .msg = "both operands of $setIsSubset must be arrays. First "
+                   "argument is of type: {type}"},
+           {.types = ASPEN__T_ARRAY, .code = 17042,
+            .msg = "both operands of $setIsSubset must be arrays. Second "
+                   "argument is of type: {type}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_set_is_subset)
 {
-   aspen_value_t a, b;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &a)) {
-      return false;
+   (void) e;
+   (void) st;
+   uint32_t nb, na;
+   aspen_value_t *rhs = set_of(&v[1], &nb);
+   aspen_value_t *lhs = aspen__array_items(&v[0], &na);
+   bool sub = true;
+   for (uint32_t i = 0; sub && i < na; i++) {
+      sub = set_contains(rhs, nb, &lhs[i]);
    }
-   if (!aspen__eval_arg(e, 1, st, &b)) {
-      aspen_value_destroy(&a);
-      return false;
-   }
-   bool ok = true;
-   if (!aspen__is_array(&a)) {
-      ok = aspen__fail(st, 17046,
-                       "both operands of $setIsSubset must be arrays. First "
-                       "argument is of type: %s",
-                       aspen_value_type_name(&a));
-   } else if (!aspen__is_array(&b)) {
-      ok = aspen__fail(st, 17042,
-                       "both operands of $setIsSubset must be arrays. Second "
-                       "argument is of type: %s",
-                       aspen_value_type_name(&b));
-   } else {
-      uint32_t nb, na;
-      aspen_value_t *rhs = set_of(&b, &nb);
-      aspen_value_t *lhs = aspen__array_items(&a, &na);
-      bool sub = true;
-      for (uint32_t i = 0; sub && i < na; i++) {
-         sub = set_contains(rhs, nb, &lhs[i]);
-      }
-      *out = aspen_value_bool(sub);
-      free(lhs);
-      free(rhs);
-   }
-   aspen_value_destroy(&a);
-   aspen_value_destroy(&b);
-   return ok;
+   *out = aspen_value_bool(sub);
+   free(lhs);
+   free(rhs);
+   return true;
 }
 
-static bool
-any_all(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out,
-        bool any)
+ASPEN__ARGS_EVAL(eval_set_is_subset, set_is_subset_args, compute_set_is_subset)
+
+#define ANY_ALL_ARGS(err_code)                                                 \
+   {.n = 1,                                                                    \
+    .arg = {{.types = ASPEN__T_ARRAY, .code = (err_code),                      \
+             .msg = "{op}'s argument must be an array, but is {type}"}}}
+static const aspen__args_t any_element_true_args = ANY_ALL_ARGS(17041);
+static const aspen__args_t all_elements_true_args = ANY_ALL_ARGS(17040);
+#undef ANY_ALL_ARGS
+
+/* $anyElementTrue (sub 1) / $allElementsTrue (sub 0). */
+static ASPEN__DECL_COMPUTE(compute_any_all)
 {
-   aspen_value_t a;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &a)) {
-      return false;
-   }
-   if (!aspen__is_array(&a)) {
-      bool failed = aspen__fail(st, any ? 17041 : 17040,
-                         "%s's argument must be an array, but is %s",
-                         e->op->name, aspen_value_type_name(&a));
-      aspen_value_destroy(&a);
-      return failed;
-   }
+   (void) st;
+   bool any = e->op->sub != 0;
    bool res = !any;
    bson_iter_t it;
-   aspen__array_iter(&a, &it);
+   aspen__array_iter(&v[0], &it);
    while (bson_iter_next(&it)) {
       aspen_value_t el = aspen_value_borrow(&it);
       if (aspen_value_truthy(&el) == any) {
@@ -1863,40 +1495,29 @@ any_all(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out,
       }
    }
    *out = aspen_value_bool(res);
-   aspen_value_destroy(&a);
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_any_element_true)
-{
-   return any_all(e, st, out, true);
-}
-
-ASPEN__DECL_EVAL(aspen__eval_all_elements_true)
-{
-   return any_all(e, st, out, false);
-}
+ASPEN__ARGS_EVAL(eval_any_element_true, any_element_true_args, compute_any_all)
+ASPEN__ARGS_EVAL(eval_all_elements_true, all_elements_true_args,
+                 compute_any_all)
 
 /* ------------------------------------------------------------------------ */
 /* $maxN $minN $firstN $lastN (sub 0..3): args = n, input                    */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_PARSE(aspen__parse_n_array)
+static const aspen__named_arg_t n_array_names[] = {
+   {"n", 5787906, "Missing value for 'n'"},
+   {"input", 5787907, "Missing value for 'input'"},
+   {NULL, 0, NULL}};
+static const aspen__named_spec_t n_array_spec = {
+   n_array_names, 5787900, "specification of {op} must be an object, found: "
+                           "{type}",
+   5787901, "Unknown argument to {op} '{key}'"};
+
+static ASPEN__DECL_PARSE(parse_n_array)
 {
-   static const char *const names[] = {"n", "input", NULL};
-   static const aspen__named_spec_t spec = {
-      names, 5787900, ASPEN__NOTOBJ_SPECIFICATION, 5787901,
-      ASPEN__UNKNOWN_ARGUMENT_TO};
-   if (!aspen__parse_named(ps, op, arg, e, &spec)) {
-      return false;
-   }
-   if (!e->args[0]) {
-      return aspen__pfail(ps, 5787906, "Missing value for 'n'");
-   }
-   if (!e->args[1]) {
-      return aspen__pfail(ps, 5787907, "Missing value for 'input'");
-   }
-   return true;
+   return aspen__parse_named(ps, op, arg, e, &n_array_spec);
 }
 
 static int
@@ -1906,60 +1527,99 @@ cmp_desc(const aspen_value_t *a, const aspen_value_t *b, const void *ctx)
    return -aspen__value_cmp(a, b, true);
 }
 
-ASPEN__DECL_EVAL(aspen__eval_n_array)
+static const aspen__args_t n_array_args = {
+   .n = 2,
+   .arg = {{.types = ASPEN__T_NUMBER,
+            .flags = ASPEN__ARG_INT64 | ASPEN__ARG_RANGE, .code = 5787902,
+            .msg = "Value for 'n' must be of integral type, but found {value}",
+            .range_code = 5787908,
+            .range_msg = "'n' must be greater than 0, found {value}",
+            .min = 1,
+            .max = INT64_MAX},
+           {.types = ASPEN__T_ARRAY, .code = 5788200,
+            .msg = "Input to {op} must be an array, but found {value}"}}};
+
+/* $maxN $minN $firstN $lastN (sub 0..3). */
+static ASPEN__DECL_COMPUTE(compute_n_array)
 {
+   (void) st;
    int kind = e->op->sub;
-   aspen_value_t nv, in = ASPEN_VALUE_MISSING;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &nv)) {
-      return false;
-   }
-   bool ok = false;
-   int64_t n;
-   char *json = NULL;
-   if (!aspen__is_num(&nv) || !aspen__num_is_int64(&nv, &n)) {
-      json = aspen_value_to_json(&nv);
-      aspen__fail(st, 5787902,
-                  "Value for 'n' must be of integral type, but found %s", json);
-      goto done;
-   }
-   if (n <= 0) {
-      json = aspen_value_to_json(&nv);
-      aspen__fail(st, 5787908, "'n' must be greater than 0, found %s", json);
-      goto done;
-   }
-   if (!aspen__eval_arg(e, 1, st, &in)) {
-      goto done;
-   }
-   if (!aspen__is_array(&in)) {
-      json = aspen_value_to_json(&in);
-      aspen__fail(st, 5788200, "Input to %s must be an array, but found %s",
-                  e->op->name, json);
-      goto done;
-   }
-   {
-      uint32_t cnt;
-      aspen_value_t *items = aspen__array_items(&in, &cnt);
-      uint32_t k = 0, start = 0;
-      if (kind <= 1) {
-         for (uint32_t i = 0; i < cnt; i++) {
-            if (!aspen__is_nullish(&items[i])) {
-               items[k++] = items[i];
-            }
+   int64_t n = aspen__arg_int(&v[0]);
+   uint32_t cnt;
+   aspen_value_t *items = aspen__array_items(&v[1], &cnt);
+   uint32_t k = 0, start = 0;
+   if (kind <= 1) {
+      for (uint32_t i = 0; i < cnt; i++) {
+         if (!aspen__is_nullish(&items[i])) {
+            items[k++] = items[i];
          }
-         cnt = k;
-         sort_values(items, cnt, kind == 0 ? cmp_desc : cmp_plain, NULL);
-      } else if (kind == 3 && (int64_t) cnt > n) {
-         start = cnt - (uint32_t) n;
       }
-      uint32_t take = (int64_t) (cnt - start) < n ? cnt - start : (uint32_t) n;
-      *out = array_of(items + start, take);
-      free(items);
+      cnt = k;
+      sort_values(items, cnt, kind == 0 ? cmp_desc : cmp_plain, NULL);
+   } else if (kind == 3 && (int64_t) cnt > n) {
+      start = cnt - (uint32_t) n;
    }
-   ok = true;
-done:
-   bson_free(json);
-   aspen_value_destroy(&nv);
-   aspen_value_destroy(&in);
-   return ok;
+   uint32_t take = (int64_t) (cnt - start) < n ? cnt - start : (uint32_t) n;
+   *out = array_of(items + start, take);
+   free(items);
+   return true;
 }
+
+ASPEN__ARGS_EVAL(eval_n_array, n_array_args, compute_n_array)
+
+/* ------------------------------------------------------------------------ */
+/* The operator table (expr_int.h, aspen__op_t)                              */
+/* ------------------------------------------------------------------------ */
+
+#define P ASPEN__OP_PURE
+#define NARY aspen__parse_nary
+
+/* Operators that bind variables ($map, $filter, $reduce) are never
+ * folded. */
+static const aspen__op_t ops[] = {
+   {"$allElementsTrue", NARY, eval_all_elements_true, 1, 1, 0, P,
+    &all_elements_true_args},
+   {"$anyElementTrue", NARY, eval_any_element_true, 1, 1, 1, P,
+    &any_element_true_args},
+   {"$arrayElemAt", NARY, eval_array_elem_at, 2, 2, 0, P, &array_elem_at_args},
+   {"$arrayToObject", NARY, eval_array_to_object, 1, 1, 0, P,
+    &array_to_object_args},
+   {"$concatArrays", NARY, eval_concat_arrays, -1, -1, 0, P,
+    &concat_arrays_args},
+   {"$filter", parse_filter, eval_filter, 0, 0, 0, 0, &filter_args},
+   {"$first", NARY, eval_first_last, 1, 1, 0, P, &first_last_args},
+   {"$firstN", parse_n_array, eval_n_array, 0, 0, 2, P, &n_array_args},
+   {"$in", NARY, eval_in, 2, 2, 0, P, &in_args},
+   {"$indexOfArray", NARY, eval_index_of_array, 2, 4, 0, P,
+    &index_of_array_args},
+   {"$isArray", NARY, eval_is_array, 1, 1, 0, P, &plain_args},
+   {"$last", NARY, eval_first_last, 1, 1, 1, P, &first_last_args},
+   {"$lastN", parse_n_array, eval_n_array, 0, 0, 3, P, &n_array_args},
+   {"$map", parse_map, eval_map, 0, 0, 0, 0, &map_args},
+   {"$maxN", parse_n_array, eval_n_array, 0, 0, 0, P, &n_array_args},
+   {"$minN", parse_n_array, eval_n_array, 0, 0, 1, P, &n_array_args},
+   {"$objectToArray", NARY, eval_object_to_array, 1, 1, 0, P,
+    &object_to_array_args},
+   {"$range", NARY, eval_range, 2, 3, 0, P, &range_args},
+   {"$reduce", parse_reduce, eval_reduce, 0, 0, 0, 0, &reduce_args},
+   {"$reverseArray", NARY, eval_reverse_array, 1, 1, 0, P, &reverse_array_args},
+   {"$setDifference", NARY, eval_set_difference, 2, 2, 0, P,
+    &set_difference_args},
+   {"$setEquals", parse_set_equals, eval_set_equals, -1, -1, 0, P,
+    &set_equals_args},
+   {"$setIntersection", NARY, eval_set_intersection, -1, -1, 0, P,
+    &set_intersection_args},
+   {"$setIsSubset", NARY, eval_set_is_subset, 2, 2, 0, P, &set_is_subset_args},
+   {"$setUnion", NARY, eval_set_union, -1, -1, 0, P, &set_union_args},
+   {"$size", NARY, eval_size, 1, 1, 0, P, &size_args},
+   {"$slice", NARY, eval_slice, 2, 3, 0, P, &slice_args},
+   {"$sortArray", parse_sort_array, eval_sort_array, 0, 0, 0, P,
+    &sort_array_args},
+   {"$zip", parse_zip, eval_zip, 0, 0, 0, P, &zip_args},
+};
+
+#undef P
+#undef NARY
+
+const aspen__op_table_t aspen__expr_array_ops = {
+   ops, sizeof ops / sizeof ops[0]};

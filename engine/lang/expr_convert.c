@@ -7,7 +7,7 @@
  * (format base64, base64url, hex, uuid, utf8) and back. A failed conversion
  * is a ConversionFailure (241), which `onError` catches.
  */
-#include "lang/expr_int.h"
+#include "lang/expr_args.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -15,30 +15,29 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-ASPEN__DECL_EVAL(aspen__eval_type)
+/* $type and $isNumber take any value. */
+static const aspen__args_t any1_args = {.n = 1};
+
+static ASPEN__DECL_COMPUTE(compute_type)
 {
-   aspen_value_t v;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &v)) {
-      return false;
-   }
-   const char *name = aspen_value_type_name(&v);
+   (void) e;
+   (void) st;
+   const char *name = aspen_value_type_name(&v[0]);
    *out = aspen__value_str_view(name, (uint32_t) strlen(name));
-   aspen_value_destroy(&v);
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_is_number)
+ASPEN__ARGS_EVAL(eval_type, any1_args, compute_type)
+
+static ASPEN__DECL_COMPUTE(compute_is_number)
 {
-   aspen_value_t v;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &v)) {
-      return false;
-   }
-   *out = aspen_value_bool(aspen__is_num(&v));
-   aspen_value_destroy(&v);
+   (void) e;
+   (void) st;
+   *out = aspen_value_bool(aspen__is_num(&v[0]));
    return true;
 }
+
+ASPEN__ARGS_EVAL(eval_is_number, any1_args, compute_is_number)
 
 /* ------------------------------------------------------------------------ */
 /* Type names and conversion options                                         */
@@ -1056,49 +1055,22 @@ convert(const aspen_value_t *in, const conv_opts_t *o, aspen_value_t *out,
 /* $convert: args = input, to, onError, onNull, format, byteOrder            */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_PARSE(aspen__parse_convert)
+static const aspen__named_arg_t convert_names[] = {
+   {"input", ASPEN_ERR_FailedToParse, "Missing 'input' parameter to $convert"},
+   {"to", ASPEN_ERR_FailedToParse, "Missing 'to' parameter to $convert"},
+   {"onError", 0, NULL},
+   {"onNull", 0, NULL},
+   {"format", 0, NULL},
+   {"byteOrder", 0, NULL},
+   {NULL, 0, NULL}};
+static const aspen__named_spec_t convert_spec = {
+   convert_names, ASPEN_ERR_FailedToParse,
+   "$convert expects an object of named arguments but found: {type}",
+   ASPEN_ERR_FailedToParse, "$convert found an unknown argument: {key}"};
+
+static ASPEN__DECL_PARSE(parse_convert)
 {
-   (void) op;
-   static const char *const names[] = {"input",  "to",     "onError",
-                                       "onNull", "format", "byteOrder",
-                                       NULL};
-   if (bson_iter_type(arg) != BSON_TYPE_DOCUMENT) {
-      aspen_value_t v = aspen_value_borrow(arg);
-      return aspen__pfail(ps, ASPEN_ERR_FailedToParse,
-                          "$convert expects an object of named arguments but "
-                          "found: %s",
-                          aspen_value_type_name(&v));
-   }
-   aspen__node_args(e, 6);
-   bson_iter_t child;
-   bson_iter_recurse(arg, &child);
-   while (bson_iter_next(&child)) {
-      const char *key = bson_iter_key(&child);
-      uint32_t i;
-      for (i = 0; names[i]; i++) {
-         if (strcmp(names[i], key) == 0) {
-            break;
-         }
-      }
-      if (!names[i]) {
-         return aspen__pfail(ps, ASPEN_ERR_FailedToParse,
-                             "$convert found an unknown argument: %s", key);
-      }
-      aspen_expr_destroy(e->args[i]);
-      e->args[i] = NULL;
-      if (!aspen__parse_operand(ps, &child, &e->args[i])) {
-         return false;
-      }
-   }
-   if (!e->args[0]) {
-      return aspen__pfail(ps, ASPEN_ERR_FailedToParse,
-                          "Missing 'input' parameter to $convert");
-   }
-   if (!e->args[1]) {
-      return aspen__pfail(ps, ASPEN_ERR_FailedToParse,
-                          "Missing 'to' parameter to $convert");
-   }
-   return true;
+   return aspen__parse_named(ps, op, arg, e, &convert_spec);
 }
 
 static bool
@@ -1154,7 +1126,7 @@ parse_byte_order(aspen__eval_t *st, const aspen_value_t *v, bool *big)
    return false;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_convert)
+static ASPEN__DECL_EVAL(eval_convert)
 {
    aspen_value_t v[6];
    uint32_t done;
@@ -1214,7 +1186,7 @@ done:
 }
 
 /* $toInt etc.: one argument (or an array of one). sub = target type. */
-ASPEN__DECL_PARSE(aspen__parse_to_type)
+static ASPEN__DECL_PARSE(parse_to_type)
 {
    aspen__op_t any = *op;
    any.min_args = -1;
@@ -1229,29 +1201,54 @@ ASPEN__DECL_PARSE(aspen__parse_to_type)
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_to_type)
+static const aspen__args_t to_type_args = {
+   .n = 1, .arg = {{.flags = ASPEN__ARG_NULL}}};
+
+static ASPEN__DECL_COMPUTE(compute_to_type)
 {
-   aspen_value_t v;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &v)) {
-      return false;
-   }
-   if (aspen__is_nullish(&v)) {
-      aspen_value_destroy(&v);
-      *out = aspen_value_null();
-      return true;
-   }
    conv_opts_t o = {.to = (bson_type_t) e->op->sub, .subtype = 0,
                     .format = FMT_AUTO, .big_endian = false};
    aspen_error_t cerr;
-   bool ok = convert(&v, &o, out, &cerr);
-   if (ok) {
-      if (v.owned) {
-         aspen__value_own(out);
+   if (!convert(&v[0], &o, out, &cerr)) {
+      if (st->err) {
+         *st->err = cerr;
       }
-   } else if (st->err) {
-      *st->err = cerr;
+      return false;
    }
-   aspen_value_destroy(&v);
-   return ok;
+   if (v[0].owned) {
+      aspen__value_own(out);
+   }
+   return true;
 }
+
+ASPEN__ARGS_EVAL(eval_to_type, to_type_args, compute_to_type)
+
+/* ------------------------------------------------------------------------ */
+/* The operator table (expr_int.h, aspen__op_t)                              */
+/* ------------------------------------------------------------------------ */
+
+#define P ASPEN__OP_PURE
+#define NARY aspen__parse_nary
+#define TO(name, type)                                                         \
+   {name, parse_to_type, eval_to_type, 1, 1, type, P, &to_type_args}
+
+static const aspen__op_t ops[] = {
+   {"$convert", parse_convert, eval_convert, 0, 0, 0, P, NULL},
+   {"$isNumber", NARY, eval_is_number, 1, 1, 0, P, &any1_args},
+   TO("$toBool", BSON_TYPE_BOOL),
+   TO("$toDate", BSON_TYPE_DATE_TIME),
+   TO("$toDecimal", BSON_TYPE_DECIMAL128),
+   TO("$toDouble", BSON_TYPE_DOUBLE),
+   TO("$toInt", BSON_TYPE_INT32),
+   TO("$toLong", BSON_TYPE_INT64),
+   TO("$toObjectId", BSON_TYPE_OID),
+   TO("$toString", BSON_TYPE_UTF8),
+   {"$type", NARY, eval_type, 1, 1, 0, P, &any1_args},
+};
+
+#undef P
+#undef NARY
+#undef TO
+
+const aspen__op_table_t aspen__expr_convert_ops = {
+   ops, sizeof ops / sizeof ops[0]};

@@ -13,7 +13,7 @@
  * process; the cache is guarded by a mutex, lookups happen at most once per
  * evaluation (constant timezones are resolved at compile time).
  */
-#include "lang/expr_int.h"
+#include "lang/expr_args.h"
 
 #include <inttypes.h>
 #include <pthread.h>
@@ -654,9 +654,10 @@ static const char *const month_full[] = {
    "January", "February", "March",     "April",   "May",      "June",
    "July",    "August",   "September", "October", "November", "December"};
 
-/* Checks the specifiers of a $dateToString format. */
+/* Checks that every specifier of a format is one of `allowed`. */
 static bool
-validate_to_format(const char *fmt, size_t len, aspen_error_t *err)
+validate_format(const char *fmt, size_t len, const char *allowed,
+                aspen_error_t *err)
 {
    for (size_t i = 0; i < len; i++) {
       if (fmt[i] != '%') {
@@ -667,7 +668,7 @@ validate_to_format(const char *fmt, size_t len, aspen_error_t *err)
          return false;
       }
       char c = fmt[++i];
-      if (!strchr("bBdGHjLmMSuUVwYzZ%", c) || c == '\0') {
+      if (!strchr(allowed, c) || c == '\0') {
          aspen_error_set(err, 18536,
                          "Invalid format character '%%%c' in format string",
                          c);
@@ -675,6 +676,13 @@ validate_to_format(const char *fmt, size_t len, aspen_error_t *err)
       }
    }
    return true;
+}
+
+/* The specifiers of a $dateToString format. */
+static bool
+validate_to_format(const char *fmt, size_t len, aspen_error_t *err)
+{
+   return validate_format(fmt, len, "bBdGHjLmMSuUVwYzZ%", err);
 }
 
 static bool
@@ -1037,26 +1045,11 @@ parse_default(dparse_t *d, fields_t *f, aspen_error_t *err)
    return true;
 }
 
+/* The specifiers $dateFromString can parse. */
 static bool
 validate_from_format(const char *fmt, size_t len, aspen_error_t *err)
 {
-   for (size_t i = 0; i < len; i++) {
-      if (fmt[i] != '%') {
-         continue;
-      }
-      if (i + 1 == len) {
-         aspen_error_set(err, 18535, "Unmatched '%%' at end of format string");
-         return false;
-      }
-      char c = fmt[++i];
-      if (!strchr("dGHjLmMSuVYzZ%", c) || c == '\0') {
-         aspen_error_set(err, 18536,
-                         "Invalid format character '%%%c' in format string",
-                         c);
-         return false;
-      }
-   }
-   return true;
+   return validate_format(fmt, len, "dGHjLmMSuVYzZ%", err);
 }
 
 static bool
@@ -1240,11 +1233,11 @@ pre_resolve_tz(aspen__parse_t *ps, aspen_expr_t *e, uint32_t tz_arg)
    return true;
 }
 
-/* Resolves the timezone argument: 1 = *tz set, 0 = nullish (result null),
- * -1 = error. */
+/* Resolves the timezone argument (as aspen__args_eval_arg returns): 1 with
+ * *tz set, 0 when it is null (*out is null then), -1 on error. */
 static int
 eval_tz(const aspen_expr_t *e, uint32_t tz_arg, aspen__eval_t *st,
-        const aspen__tz_t **tz)
+        const aspen__tz_t **tz, aspen_value_t *out)
 {
    *tz = &tz_utc;
    if (tz_arg >= e->n_args || !e->args[tz_arg]) {
@@ -1260,6 +1253,7 @@ eval_tz(const aspen_expr_t *e, uint32_t tz_arg, aspen__eval_t *st,
    }
    int r = 1;
    if (aspen__is_nullish(&v)) {
+      *out = aspen_value_null();
       r = 0;
    } else if (!aspen__is_str(&v)) {
       aspen__fail(st, 40517, "timezone must evaluate to a string, found %s",
@@ -1286,48 +1280,50 @@ date_arg(aspen__eval_t *st, const aspen_value_t *v, int64_t *ms)
    return true;
 }
 
+/* The date argument as calendar parts in tz: 1 with *p set, 0 when it is
+ * null (*out is null then), -1 on error. */
+static int
+date_parts(aspen__eval_t *st, const aspen_value_t *v, const aspen__tz_t *tz,
+           parts_t *p, aspen_value_t *out)
+{
+   int64_t ms;
+   if (aspen__is_nullish(v)) {
+      *out = aspen_value_null();
+      return 0;
+   }
+   if (!date_arg(st, v, &ms)) {
+      return -1;
+   }
+   split(to_local(tz, ms), p);
+   return 1;
+}
+
 /* ------------------------------------------------------------------------ */
 /* $year ... $isoDayOfWeek: args = date, timezone                            */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_PARSE(aspen__parse_date_part)
+static const aspen__named_arg_t date_part_names[] = {
+   {"date", 40539, "missing 'date' argument to {op}"},
+   {"timezone", 0, NULL},
+   {NULL, 0, NULL}};
+static const aspen__named_spec_t date_part_spec = {
+   date_part_names, 0, NULL, 40535, "unrecognized option to {op}: \"{key}\""};
+
+/* {date, timezone}, [date] or date. */
+static ASPEN__DECL_PARSE(parse_date_part)
 {
-   aspen__node_args(e, 2);
    if (bson_iter_type(arg) == BSON_TYPE_DOCUMENT) {
       bson_iter_t child;
       bson_iter_recurse(arg, &child);
       if (bson_iter_next(&child) && bson_iter_key(&child)[0] != '$') {
-         bson_iter_recurse(arg, &child);
-         while (bson_iter_next(&child)) {
-            const char *key = bson_iter_key(&child);
-            uint32_t i = strcmp(key, "date") == 0       ? 0
-                         : strcmp(key, "timezone") == 0 ? 1
-                                                        : 2;
-            if (i == 2) {
-               return aspen__pfail(ps, 40535,
-                                   "unrecognized option to %s: \"%s\"",
-                                   op->name, key);
-            }
-            aspen_expr_destroy(e->args[i]);
-            e->args[i] = NULL;
-            if (!aspen__parse_operand(ps, &child, &e->args[i])) {
-               return false;
-            }
-         }
-         if (!e->args[0]) {
-            return aspen__pfail(ps, 40539, "missing 'date' argument to %s",
-                                op->name);
-         }
-         return pre_resolve_tz(ps, e, 1);
+         return aspen__parse_named(ps, op, arg, e, &date_part_spec) &&
+                pre_resolve_tz(ps, e, 1);
       }
    }
+   aspen__node_args(e, 2);
    if (bson_iter_type(arg) == BSON_TYPE_ARRAY) {
       bson_iter_t child;
-      uint32_t n = 0;
-      bson_iter_recurse(arg, &child);
-      while (bson_iter_next(&child)) {
-         n++;
-      }
+      uint32_t n = aspen__value_child_count(arg);
       if (n != 1) {
          return aspen__pfail(ps, 40536,
                              "%s accepts exactly one argument if given an "
@@ -1341,71 +1337,78 @@ ASPEN__DECL_PARSE(aspen__parse_date_part)
    return aspen__parse_operand(ps, arg, &e->args[0]);
 }
 
-ASPEN__DECL_EVAL(aspen__eval_date_part)
+/* The date parts, the `sub` of their table rows. */
+enum {
+   DP_YEAR,
+   DP_MONTH,
+   DP_DAY_OF_MONTH,
+   DP_HOUR,
+   DP_MINUTE,
+   DP_SECOND,
+   DP_MILLISECOND,
+   DP_DAY_OF_YEAR,
+   DP_DAY_OF_WEEK,
+   DP_WEEK,
+   DP_ISO_WEEK_YEAR,
+   DP_ISO_WEEK,
+   DP_ISO_DAY_OF_WEEK,
+};
+
+/* args: date, timezone (resolved after the date is evaluated, before it is
+ * checked). */
+static const aspen__args_t date_tz_args = {
+   .n = 2, .arg = {{0}, {.flags = ASPEN__ARG_LAZY}}};
+
+static ASPEN__DECL_COMPUTE(compute_date_part)
 {
-   aspen_value_t v;
    const aspen__tz_t *tz;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &v)) {
-      return false;
-   }
-   int r = eval_tz(e, 1, st, &tz);
-   if (r < 0) {
-      aspen_value_destroy(&v);
-      return false;
-   }
-   if (r == 0 || aspen__is_nullish(&v)) {
-      aspen_value_destroy(&v);
-      *out = aspen_value_null();
-      return true;
-   }
-   int64_t ms;
-   bool ok = date_arg(st, &v, &ms);
-   aspen_value_destroy(&v);
-   if (!ok) {
-      return false;
-   }
    parts_t p;
-   split(to_local(tz, ms), &p);
+   int r = eval_tz(e, 1, st, &tz, out);
+   if (r > 0) {
+      r = date_parts(st, &v[0], tz, &p, out);
+   }
+   if (r <= 0) {
+      return r == 0;
+   }
    int64_t iy;
    int iw, iwd;
    int64_t res;
    switch (e->op->sub) {
-   case ASPEN__DP_YEAR:
+   case DP_YEAR:
       res = p.year;
       break;
-   case ASPEN__DP_MONTH:
+   case DP_MONTH:
       res = p.month;
       break;
-   case ASPEN__DP_DAY_OF_MONTH:
+   case DP_DAY_OF_MONTH:
       res = p.day;
       break;
-   case ASPEN__DP_HOUR:
+   case DP_HOUR:
       res = p.hour;
       break;
-   case ASPEN__DP_MINUTE:
+   case DP_MINUTE:
       res = p.minute;
       break;
-   case ASPEN__DP_SECOND:
+   case DP_SECOND:
       res = p.second;
       break;
-   case ASPEN__DP_MILLISECOND:
+   case DP_MILLISECOND:
       res = p.ms;
       break;
-   case ASPEN__DP_DAY_OF_YEAR:
+   case DP_DAY_OF_YEAR:
       res = p.yday;
       break;
-   case ASPEN__DP_DAY_OF_WEEK:
+   case DP_DAY_OF_WEEK:
       res = p.wday + 1;
       break;
-   case ASPEN__DP_WEEK:
+   case DP_WEEK:
       res = (p.yday - 1 + 7 - p.wday) / 7;
       break;
-   case ASPEN__DP_ISO_WEEK_YEAR:
+   case DP_ISO_WEEK_YEAR:
       iso_week(&p, &iy, &iw, &iwd);
       res = iy;
       break;
-   case ASPEN__DP_ISO_WEEK:
+   case DP_ISO_WEEK:
       iso_week(&p, &iy, &iw, &iwd);
       res = iw;
       break;
@@ -1418,22 +1421,26 @@ ASPEN__DECL_EVAL(aspen__eval_date_part)
    return true;
 }
 
+ASPEN__ARGS_EVAL(eval_date_part, date_tz_args, compute_date_part)
+
 /* ------------------------------------------------------------------------ */
 /* $dateToString: args = date, format, timezone, onNull                      */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_PARSE(aspen__parse_date_to_string)
+static const aspen__named_arg_t date_to_string_names[] = {
+   {"date", 18628, "Missing 'date' parameter to $dateToString"},
+   {"format", 0, NULL},
+   {"timezone", 0, NULL},
+   {"onNull", 0, NULL},
+   {NULL, 0, NULL}};
+static const aspen__named_spec_t date_to_string_spec = {
+   date_to_string_names, 18629, "{op} only supports an object as its argument",
+   18534, "Unrecognized argument to {op}: {key}"};
+
+static ASPEN__DECL_PARSE(parse_date_to_string)
 {
-   static const char *const names[] = {"date", "format", "timezone", "onNull",
-                                       NULL};
-   static const aspen__named_spec_t spec = {
-      names, 18629, ASPEN__NOTOBJ_ONLY_OBJECT_ITS, 18534,
-      ASPEN__UNKNOWN_UNRECOGNIZED};
-   if (!aspen__parse_named(ps, op, arg, e, &spec)) {
+   if (!aspen__parse_named(ps, op, arg, e, &date_to_string_spec)) {
       return false;
-   }
-   if (!e->args[0]) {
-      return aspen__pfail(ps, 18628, "Missing 'date' parameter to $dateToString");
    }
    aspen_expr_t *f = e->args[1];
    if (f && (f->flags & ASPEN__NODE_CONST) && aspen__is_str(&f->cval) &&
@@ -1444,50 +1451,42 @@ ASPEN__DECL_PARSE(aspen__parse_date_to_string)
    return pre_resolve_tz(ps, e, 2);
 }
 
-/* The start $dateToString and $dateFromString share (args: the input, format,
- * timezone, onNull). Evaluates the input into *in, the format into *fmt
- * (nullish, or a string `validate` accepts, else error `fmt_code`) and the
- * timezone (*tz_r as eval_tz returns it). Returns -1 on error, 0 when the
- * result is decided (a nullish input: onNull or null, in *out), 1 to go on.
- * The caller destroys *in and *fmt in every case. */
+/* $dateToString and $dateFromString: args = the input, format (a string,
+ * or null), timezone, onNull (and onError). */
+#define DATE_STRING_FORMAT_ARG(err_code)                                       \
+   {.types = ASPEN__T_STRING | ASPEN__T_NULLISH, .code = (err_code),           \
+    .msg = "{op} requires that 'format' be a string, found: {type} with "      \
+           "value {value}"}
+static const aspen__args_t date_to_string_args = {
+   .n = 4,
+   .arg = {{0}, DATE_STRING_FORMAT_ARG(18533), {.flags = ASPEN__ARG_LAZY},
+           {.flags = ASPEN__ARG_LAZY}}};
+static const aspen__args_t date_from_string_args = {
+   .n = 5,
+   .arg = {{0}, DATE_STRING_FORMAT_ARG(40684), {.flags = ASPEN__ARG_LAZY},
+           {.flags = ASPEN__ARG_LAZY}, {.flags = ASPEN__ARG_LAZY}}};
+#undef DATE_STRING_FORMAT_ARG
+
+/* What the two share after their arguments are checked: the format must
+ * pass `validate`, then the timezone (*tz_r as eval_tz returns it); a null
+ * input gives onNull or null. Returns -1 on error, 0 when the result is
+ * decided (in *out), 1 to go on. */
 static int
-date_string_prologue(const aspen_expr_t *e, aspen__eval_t *st,
-                     int32_t fmt_code,
-                     bool (*validate)(const char *, size_t, aspen_error_t *),
-                     aspen_value_t *in, aspen_value_t *fmt,
-                     const aspen__tz_t **tz, int *tz_r, aspen_value_t *out)
+date_string_start(const aspen_expr_t *e, aspen__eval_t *st,
+                  const aspen_value_t *v,
+                  bool (*validate)(const char *, size_t, aspen_error_t *),
+                  const aspen__tz_t **tz, int *tz_r, aspen_value_t *out)
 {
-   *in = ASPEN_VALUE_MISSING;
-   *fmt = ASPEN_VALUE_MISSING;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, in)) {
+   if (aspen__is_str(&v[1]) &&
+       !validate(v[1].v.value.v_utf8.str, v[1].v.value.v_utf8.len, st->err)) {
       return -1;
    }
-   if (e->args[1]) {
-      if (!aspen__eval_node(e->args[1], st, fmt)) {
-         return -1;
-      }
-      if (!aspen__is_nullish(fmt)) {
-         if (!aspen__is_str(fmt)) {
-            char *json = aspen_value_to_json(fmt);
-            aspen__fail(st, fmt_code,
-                        "%s requires that 'format' be a string, found: %s "
-                        "with value %s",
-                        e->op->name, aspen_value_type_name(fmt), json);
-            bson_free(json);
-            return -1;
-         }
-         if (!validate(fmt->v.value.v_utf8.str, fmt->v.value.v_utf8.len,
-                       st->err)) {
-            return -1;
-         }
-      }
-   }
-   *tz_r = eval_tz(e, 2, st, tz);
+   aspen_value_t tz_null;
+   *tz_r = eval_tz(e, 2, st, tz, &tz_null);
    if (*tz_r < 0) {
       return -1;
    }
-   if (!aspen__is_nullish(in)) {
+   if (!aspen__is_nullish(&v[0])) {
       return 1;
    }
    if (e->args[3]) {
@@ -1497,32 +1496,27 @@ date_string_prologue(const aspen_expr_t *e, aspen__eval_t *st,
    return 0;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_date_to_string)
+static ASPEN__DECL_COMPUTE(compute_date_to_string)
 {
-   aspen_value_t date, fmt;
    const aspen__tz_t *tz = &tz_utc;
    int r = 0;
-   bool ok = false;
-   int p = date_string_prologue(e, st, 18533, validate_to_format, &date, &fmt,
-                                &tz, &r, out);
+   int p = date_string_start(e, st, v, validate_to_format, &tz, &r, out);
    if (p <= 0) {
-      ok = p == 0;
-      goto done;
+      return p == 0;
    }
-   if (r == 0 || (e->args[1] && aspen__is_nullish(&fmt))) {
+   if (r == 0 || (e->args[1] && aspen__is_nullish(&v[1]))) {
       *out = aspen_value_null();
-      ok = true;
-      goto done;
+      return true;
    }
    int64_t ms;
-   if (!date_arg(st, &date, &ms)) {
-      goto done;
+   if (!date_arg(st, &v[0], &ms)) {
+      return false;
    }
    const char *f;
    size_t flen;
    if (e->args[1]) {
-      f = fmt.v.value.v_utf8.str;
-      flen = fmt.v.value.v_utf8.len;
+      f = v[1].v.value.v_utf8.str;
+      flen = v[1].v.value.v_utf8.len;
    } else if (aspen__tz_is_utc(tz)) {
       f = ASPEN__ISO_FORMAT;
       flen = strlen(f);
@@ -1535,43 +1529,39 @@ ASPEN__DECL_EVAL(aspen__eval_date_to_string)
    char stackbuf[256];
    char *buf = cap <= sizeof stackbuf ? stackbuf : aspen_xmalloc(cap);
    size_t len;
-   if (aspen__date_format(ms, f, flen, tz, buf, cap, &len, st->err)) {
+   bool ok = aspen__date_format(ms, f, flen, tz, buf, cap, &len, st->err);
+   if (ok) {
       *out = aspen_value_utf8(buf, len);
-      ok = true;
    }
    if (buf != stackbuf) {
       free(buf);
    }
-done:
-   aspen_value_destroy(&date);
-   aspen_value_destroy(&fmt);
    return ok;
 }
+
+ASPEN__ARGS_EVAL(eval_date_to_string, date_to_string_args,
+                 compute_date_to_string)
 
 /* ------------------------------------------------------------------------ */
 /* $dateFromString: args = dateString, format, timezone, onNull, onError     */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_PARSE(aspen__parse_date_from_string)
+static const aspen__named_arg_t date_from_string_names[] = {
+   {"dateString", 40542, "Missing 'dateString' parameter to $dateFromString"},
+   {"format", 0, NULL},
+   {"timezone", 0, NULL},
+   {"onNull", 0, NULL},
+   {"onError", 0, NULL},
+   {NULL, 0, NULL}};
+static const aspen__named_spec_t date_from_string_spec = {
+   date_from_string_names, 40540,
+   "$dateFromString only supports an object as an argument, found: {type}",
+   40541, "Unrecognized argument to {op}: {key}"};
+
+static ASPEN__DECL_PARSE(parse_date_from_string)
 {
-   static const char *const names[] = {"dateString", "format", "timezone",
-                                       "onNull",     "onError", NULL};
-   if (bson_iter_type(arg) != BSON_TYPE_DOCUMENT) {
-      aspen_value_t v = aspen_value_borrow(arg);
-      return aspen__pfail(ps, 40540,
-                          "$dateFromString only supports an object as an "
-                          "argument, found: %s",
-                          aspen_value_type_name(&v));
-   }
-   static const aspen__named_spec_t spec = {
-      names, 40540, ASPEN__NOTOBJ_ONLY_OBJECT_ITS, 40541,
-      ASPEN__UNKNOWN_UNRECOGNIZED};
-   if (!aspen__parse_named(ps, op, arg, e, &spec)) {
+   if (!aspen__parse_named(ps, op, arg, e, &date_from_string_spec)) {
       return false;
-   }
-   if (!e->args[0]) {
-      return aspen__pfail(ps, 40542,
-                          "Missing 'dateString' parameter to $dateFromString");
    }
    aspen_expr_t *f = e->args[1];
    if (f && (f->flags & ASPEN__NODE_CONST) && aspen__is_str(&f->cval) &&
@@ -1582,52 +1572,50 @@ ASPEN__DECL_PARSE(aspen__parse_date_from_string)
    return pre_resolve_tz(ps, e, 2);
 }
 
-ASPEN__DECL_EVAL(aspen__eval_date_from_string)
+static ASPEN__DECL_COMPUTE(compute_date_from_string)
 {
-   aspen_value_t ds, fmt;
    const aspen__tz_t *tz = &tz_utc;
    int r = 0;
-   bool ok = false;
-   int p = date_string_prologue(e, st, 40684, validate_from_format, &ds, &fmt,
-                                &tz, &r, out);
+   int p = date_string_start(e, st, v, validate_from_format, &tz, &r, out);
    if (p <= 0) {
-      ok = p == 0;
-      goto done;
+      return p == 0;
    }
+   const aspen_value_t *ds = &v[0], *fmt = &v[1];
    aspen_error_t perr;
    bool parsed = false;
    int64_t ms = 0;
-   if (!aspen__is_str(&ds)) {
-      char *json = aspen_value_to_json(&ds);
+   if (!aspen__is_str(ds)) {
+      char *json = aspen_value_to_json(ds);
       aspen_error_set(&perr, ASPEN_ERR_ConversionFailure,
                       "$dateFromString requires that 'dateString' be a "
                       "string, found: %s with value %s",
-                      aspen_value_type_name(&ds), json);
+                      aspen_value_type_name(ds), json);
       bson_free(json);
-   } else if (r == 0 || (e->args[1] && aspen__is_nullish(&fmt))) {
+   } else if (r == 0 || (e->args[1] && aspen__is_nullish(fmt))) {
       *out = aspen_value_null();
-      ok = true;
-      goto done;
+      return true;
    } else {
       parsed = aspen__date_parse(
-         ds.v.value.v_utf8.str, ds.v.value.v_utf8.len,
-         e->args[1] ? fmt.v.value.v_utf8.str : NULL,
-         e->args[1] ? fmt.v.value.v_utf8.len : 0, tz, e->args[2] != NULL, &ms,
+         ds->v.value.v_utf8.str, ds->v.value.v_utf8.len,
+         e->args[1] ? fmt->v.value.v_utf8.str : NULL,
+         e->args[1] ? fmt->v.value.v_utf8.len : 0, tz, e->args[2] != NULL, &ms,
          &perr);
    }
    if (parsed) {
       *out = aspen_value_date(ms);
-      ok = true;
-   } else if (perr.code == ASPEN_ERR_ConversionFailure && e->args[4]) {
-      ok = aspen__eval_node(e->args[4], st, out);
-   } else if (st->err) {
+      return true;
+   }
+   if (perr.code == ASPEN_ERR_ConversionFailure && e->args[4]) {
+      return aspen__eval_node(e->args[4], st, out);
+   }
+   if (st->err) {
       *st->err = perr;
    }
-done:
-   aspen_value_destroy(&ds);
-   aspen_value_destroy(&fmt);
-   return ok;
+   return false;
 }
+
+ASPEN__ARGS_EVAL(eval_date_from_string, date_from_string_args,
+                 compute_date_from_string)
 
 /* ------------------------------------------------------------------------ */
 /* $dateFromParts: args = year month day hour minute second millisecond     */
@@ -1649,17 +1637,19 @@ enum {
    FP_N
 };
 
-static const char *const fp_names[] = {
-   "year",        "month",       "day",     "hour",
-   "minute",      "second",      "millisecond", "isoWeekYear",
-   "isoWeek",     "isoDayOfWeek", "timezone", NULL};
+static const aspen__named_arg_t fp_names[] = {
+   {"year", 0, NULL},        {"month", 0, NULL},   {"day", 0, NULL},
+   {"hour", 0, NULL},        {"minute", 0, NULL},  {"second", 0, NULL},
+   {"millisecond", 0, NULL}, {"isoWeekYear", 0, NULL},
+   {"isoWeek", 0, NULL},     {"isoDayOfWeek", 0, NULL},
+   {"timezone", 0, NULL},    {NULL, 0, NULL}};
+static const aspen__named_spec_t fp_spec = {
+   fp_names, 40519, "{op} only supports an object as its argument", 40518,
+   "Unrecognized argument to {op}: {key}"};
 
-ASPEN__DECL_PARSE(aspen__parse_date_from_parts)
+static ASPEN__DECL_PARSE(parse_date_from_parts)
 {
-   static const aspen__named_spec_t spec = {
-      fp_names, 40519, ASPEN__NOTOBJ_ONLY_OBJECT_ITS, 40518,
-      ASPEN__UNKNOWN_UNRECOGNIZED};
-   if (!aspen__parse_named(ps, op, arg, e, &spec)) {
+   if (!aspen__parse_named(ps, op, arg, e, &fp_spec)) {
       return false;
    }
    if (!e->args[FP_YEAR] && !e->args[FP_ISO_YEAR]) {
@@ -1682,57 +1672,61 @@ ASPEN__DECL_PARSE(aspen__parse_date_from_parts)
    return pre_resolve_tz(ps, e, FP_TZ);
 }
 
-/* 1: *v set, 0: nullish, -1: error. */
+/* Every part is an integer (null: the result is null); some are bounded.
+ * All are evaluated in eval_date_from_parts' order, by part_value. */
+#define FP_ARG(name)                                                           \
+   {.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_LAZY | ASPEN__ARG_NULL |     \
+                                       ASPEN__ARG_INT64,                       \
+    .code = 40515,                                                             \
+    .msg = "'" name "' must evaluate to an integer, found {type} with value "  \
+           "{value}"}
+#define FP_BOUNDED_ARG(name)                                                   \
+   {.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_LAZY | ASPEN__ARG_NULL |     \
+                                       ASPEN__ARG_INT64 | ASPEN__ARG_RANGE,    \
+    .code = 40515,                                                             \
+    .msg = "'" name "' must evaluate to an integer, found {type} with value "  \
+           "{value}",                                                          \
+    .range_code = 31034,                                                       \
+    .range_msg = "'" name "' must evaluate to a value in the range [-32768, "  \
+                 "32767]; value {int} is not in range",                        \
+    .min = -32768,                                                             \
+    .max = 32767}
+static const aspen__args_t date_from_parts_args = {
+   .n = FP_N,
+   .arg = {FP_ARG("year"), FP_BOUNDED_ARG("month"), FP_BOUNDED_ARG("day"),
+           FP_BOUNDED_ARG("hour"), FP_BOUNDED_ARG("minute"),
+           FP_ARG("second"), FP_ARG("millisecond"), FP_ARG("isoWeekYear"),
+           FP_BOUNDED_ARG("isoWeek"), FP_BOUNDED_ARG("isoDayOfWeek"),
+           {.flags = ASPEN__ARG_LAZY}}};
+#undef FP_ARG
+#undef FP_BOUNDED_ARG
+
+/* Part i into *n (def when absent); as aspen__args_eval_arg returns. */
 static int
 part_value(const aspen_expr_t *e, uint32_t i, aspen__eval_t *st, int64_t def,
-           bool bounded, int64_t *v)
+           int64_t *n, aspen_value_t *out)
 {
-   *v = def;
-   if (!e->args[i]) {
-      return 1;
-   }
    aspen_value_t x;
-   if (!aspen__eval_node(e->args[i], st, &x)) {
-      return -1;
-   }
-   if (aspen__is_nullish(&x)) {
-      aspen_value_destroy(&x);
-      return 0;
-   }
-   if (!aspen__is_num(&x) || !aspen__num_is_int64(&x, v)) {
-      char *json = aspen_value_to_json(&x);
-      aspen__fail(st, 40515,
-                  "'%s' must evaluate to an integer, found %s with value %s",
-                  fp_names[i], aspen_value_type_name(&x), json);
-      bson_free(json);
-      aspen_value_destroy(&x);
-      return -1;
+   *n = def;
+   int r = aspen__args_eval_arg(e, st, &date_from_parts_args, i, &x, out);
+   if (r > 0 && !aspen_value_is_missing(&x)) {
+      *n = aspen__arg_int(&x);
    }
    aspen_value_destroy(&x);
-   if (bounded && (*v < -32768 || *v > 32767)) {
-      aspen__fail(st, 31034,
-                  "'%s' must evaluate to a value in the range [-32768, "
-                  "32767]; value %" PRId64 " is not in range",
-                  fp_names[i], *v);
-      return -1;
-   }
-   return 1;
+   return r;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_date_from_parts)
+static ASPEN__DECL_EVAL(eval_date_from_parts)
 {
    int64_t v[FP_N];
    static const int64_t defs[] = {1970, 1, 1, 0, 0, 0, 0, 1970, 1, 1};
-   static const bool bounded[] = {false, true, true, true, true,
-                                  false, false, false, true, true};
    *out = ASPEN_VALUE_MISSING;
    bool null_result = false;
-   /* Time parts first, then the timezone, then the date parts (mongod's
-    * order, which decides which error wins). */
-   static const int order[] = {FP_HOUR, FP_MINUTE, FP_SECOND, FP_MS};
-   for (int k = 0; k < 4; k++) {
-      int i = order[k];
-      int r = part_value(e, (uint32_t) i, st, defs[i], bounded[i], &v[i]);
+   /* Time parts first (all of them), then the timezone, then the date parts
+    * (mongod's order, which decides which error wins). */
+   for (int i = FP_HOUR; i <= FP_MS; i++) {
+      aspen_value_t null_part;
+      int r = part_value(e, (uint32_t) i, st, defs[i], &v[i], &null_part);
       if (r < 0) {
          return false;
       }
@@ -1743,24 +1737,16 @@ ASPEN__DECL_EVAL(aspen__eval_date_from_parts)
       return true;
    }
    const aspen__tz_t *tz;
-   int r = eval_tz(e, FP_TZ, st, &tz);
-   if (r < 0) {
-      return false;
-   }
-   if (r == 0) {
-      *out = aspen_value_null();
-      return true;
+   int r = eval_tz(e, FP_TZ, st, &tz, out);
+   if (r <= 0) {
+      return r == 0;
    }
    int64_t days;
    if (e->args[FP_YEAR]) {
       for (int i = FP_YEAR; i <= FP_DAY; i++) {
-         int rr = part_value(e, (uint32_t) i, st, defs[i], bounded[i], &v[i]);
-         if (rr < 0) {
-            return false;
-         }
-         if (rr == 0) {
-            *out = aspen_value_null();
-            return true;
+         int rr = part_value(e, (uint32_t) i, st, defs[i], &v[i], out);
+         if (rr <= 0) {
+            return rr == 0;
          }
       }
       if (v[FP_YEAR] < 1 || v[FP_YEAR] > 9999) {
@@ -1775,13 +1761,9 @@ ASPEN__DECL_EVAL(aspen__eval_date_from_parts)
       days = days_from_civil(y, m, 1) + v[FP_DAY] - 1;
    } else {
       for (int i = FP_ISO_YEAR; i <= FP_ISO_DOW; i++) {
-         int rr = part_value(e, (uint32_t) i, st, defs[i], bounded[i], &v[i]);
-         if (rr < 0) {
-            return false;
-         }
-         if (rr == 0) {
-            *out = aspen_value_null();
-            return true;
+         int rr = part_value(e, (uint32_t) i, st, defs[i], &v[i], out);
+         if (rr <= 0) {
+            return rr == 0;
          }
       }
       if (v[FP_ISO_YEAR] < 1 || v[FP_ISO_YEAR] > 9999) {
@@ -1810,67 +1792,47 @@ ASPEN__DECL_EVAL(aspen__eval_date_from_parts)
 /* $dateToParts: args = date, timezone, iso8601                              */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_PARSE(aspen__parse_date_to_parts)
+static const aspen__named_arg_t date_to_parts_names[] = {
+   {"date", 40522, "Missing 'date' parameter to $dateToParts"},
+   {"timezone", 0, NULL},
+   {"iso8601", 0, NULL},
+   {NULL, 0, NULL}};
+static const aspen__named_spec_t date_to_parts_spec = {
+   date_to_parts_names, 40524, "{op} only supports an object as its argument",
+   40520, "Unrecognized argument to {op}: {key}"};
+
+static ASPEN__DECL_PARSE(parse_date_to_parts)
 {
-   static const char *const names[] = {"date", "timezone", "iso8601", NULL};
-   static const aspen__named_spec_t spec = {
-      names, 40524, ASPEN__NOTOBJ_ONLY_OBJECT_ITS, 40520,
-      ASPEN__UNKNOWN_UNRECOGNIZED};
-   if (!aspen__parse_named(ps, op, arg, e, &spec)) {
-      return false;
-   }
-   if (!e->args[0]) {
-      return aspen__pfail(ps, 40522, "Missing 'date' parameter to $dateToParts");
-   }
-   return pre_resolve_tz(ps, e, 1);
+   return aspen__parse_named(ps, op, arg, e, &date_to_parts_spec) &&
+          pre_resolve_tz(ps, e, 1);
 }
 
-ASPEN__DECL_EVAL(aspen__eval_date_to_parts)
+/* args: date, timezone and iso8601 (both after the date is evaluated). */
+static const aspen__args_t date_to_parts_args = {
+   .n = 3,
+   .arg = {{0},
+           {.flags = ASPEN__ARG_LAZY},
+           {.types = ASPEN__T_BOOL, .flags = ASPEN__ARG_LAZY | ASPEN__ARG_NULL,
+            .code = 40521, .msg = "iso8601 must evaluate to a bool, found "
+                                  "{type}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_date_to_parts)
 {
-   aspen_value_t date, iso = ASPEN_VALUE_MISSING;
    const aspen__tz_t *tz;
-   bool ok = false;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &date)) {
-      return false;
+   int r = eval_tz(e, 1, st, &tz, out);
+   if (r <= 0) {
+      return r == 0;
    }
-   int r = eval_tz(e, 1, st, &tz);
-   if (r < 0) {
-      goto done;
+   r = aspen__args_eval_arg(e, st, &date_to_parts_args, 2, &v[2], out);
+   if (r <= 0) {
+      return r == 0;
    }
-   if (r == 0) {
-      *out = aspen_value_null();
-      ok = true;
-      goto done;
-   }
-   bool want_iso = false;
-   if (e->args[2]) {
-      if (!aspen__eval_node(e->args[2], st, &iso)) {
-         goto done;
-      }
-      if (aspen__is_nullish(&iso)) {
-         *out = aspen_value_null();
-         ok = true;
-         goto done;
-      }
-      if (aspen__vt(&iso) != BSON_TYPE_BOOL) {
-         aspen__fail(st, 40521, "iso8601 must evaluate to a bool, found %s",
-                     aspen_value_type_name(&iso));
-         goto done;
-      }
-      want_iso = iso.v.value.v_bool;
-   }
-   if (aspen__is_nullish(&date)) {
-      *out = aspen_value_null();
-      ok = true;
-      goto done;
-   }
-   int64_t ms;
-   if (!date_arg(st, &date, &ms)) {
-      goto done;
-   }
+   bool want_iso = aspen__vt(&v[2]) == BSON_TYPE_BOOL && v[2].v.value.v_bool;
    parts_t p;
-   split(to_local(tz, ms), &p);
+   r = date_parts(st, &v[0], tz, &p, out);
+   if (r <= 0) {
+      return r == 0;
+   }
    bson_t doc = BSON_INITIALIZER;
    if (want_iso) {
       int64_t iy;
@@ -1889,12 +1851,10 @@ ASPEN__DECL_EVAL(aspen__eval_date_to_parts)
    BSON_APPEND_INT32(&doc, "second", p.second);
    BSON_APPEND_INT32(&doc, "millisecond", p.ms);
    *out = aspen_value_take_doc(&doc, false);
-   ok = true;
-done:
-   aspen_value_destroy(&date);
-   aspen_value_destroy(&iso);
-   return ok;
+   return true;
 }
+
+ASPEN__ARGS_EVAL(eval_date_to_parts, date_to_parts_args, compute_date_to_parts)
 
 /* ------------------------------------------------------------------------ */
 /* Units and days of the week                                                */
@@ -1980,23 +1940,21 @@ check_dow(aspen__eval_t *st, const char *opname, const aspen_value_t *v,
 /* $dateTrunc: args = date, unit, binSize, timezone, startOfWeek             */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_PARSE(aspen__parse_date_trunc)
+static const aspen__named_arg_t date_trunc_names[] = {
+   {"date", 5439009, "Missing 'date' parameter to $dateTrunc"},
+   {"unit", 5439010, "Missing 'unit' parameter to $dateTrunc"},
+   {"binSize", 0, NULL},
+   {"timezone", 0, NULL},
+   {"startOfWeek", 0, NULL},
+   {NULL, 0, NULL}};
+static const aspen__named_spec_t date_trunc_spec = {
+   date_trunc_names, 5439007, "{op} only supports an object as its argument",
+   5439008, "Unrecognized argument to {op}: {key}"};
+
+static ASPEN__DECL_PARSE(parse_date_trunc)
 {
-   static const char *const names[] = {"date", "unit", "binSize", "timezone",
-                                       "startOfWeek", NULL};
-   static const aspen__named_spec_t spec = {
-      names, 5439007, ASPEN__NOTOBJ_ONLY_OBJECT_ITS, 5439008,
-      ASPEN__UNKNOWN_UNRECOGNIZED};
-   if (!aspen__parse_named(ps, op, arg, e, &spec)) {
-      return false;
-   }
-   if (!e->args[0]) {
-      return aspen__pfail(ps, 5439009, "Missing 'date' parameter to $dateTrunc");
-   }
-   if (!e->args[1]) {
-      return aspen__pfail(ps, 5439010, "Missing 'unit' parameter to $dateTrunc");
-   }
-   return pre_resolve_tz(ps, e, 3);
+   return aspen__parse_named(ps, op, arg, e, &date_trunc_spec) &&
+          pre_resolve_tz(ps, e, 3);
 }
 
 /* Reference instant for bins: 2000-01-01 in local time (days since epoch). */
@@ -2060,55 +2018,50 @@ trunc_local(int64_t local, int unit, int64_t bin, int sow)
    }
 }
 
-ASPEN__DECL_EVAL(aspen__eval_date_trunc)
+/* $dateTrunc and $dateDiff: three arguments where null gives null, then
+ * the timezone, then startOfWeek (null gives null too), evaluated when the
+ * unit is a week. */
+static const aspen__args_t date_unit_args = {
+   .n = 5,
+   .arg = {{.flags = ASPEN__ARG_NULL},
+           {.flags = ASPEN__ARG_NULL},
+           {.flags = ASPEN__ARG_NULL},
+           {.flags = ASPEN__ARG_LAZY},
+           {.flags = ASPEN__ARG_LAZY | ASPEN__ARG_NULL}}};
+
+/* The start $dateTrunc and $dateDiff share once their first three arguments
+ * are in: startOfWeek (when `unit` is a week), then the timezone. Returns
+ * as aspen__args_eval_arg does. */
+static int
+unit_start(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *v,
+           const aspen_value_t *unit, const aspen__tz_t **tz,
+           aspen_value_t *out)
 {
-   aspen_value_t v[5];
-   for (int i = 0; i < 5; i++) {
-      v[i] = ASPEN_VALUE_MISSING;
-   }
-   bool ok = false;
-   *out = ASPEN_VALUE_MISSING;
-   for (uint32_t i = 0; i < 3; i++) {
-      if (!aspen__eval_arg(e, i, st, &v[i])) {
-         goto done;
-      }
-      if (e->args[i] && aspen__is_nullish(&v[i])) {
-         *out = aspen_value_null();
-         ok = true;
-         goto done;
+   if (unit_of(unit) == U_WEEK) {
+      int r = aspen__args_eval_arg(e, st, &date_unit_args, 4, &v[4], out);
+      if (r <= 0) {
+         return r;
       }
    }
-   bool is_week = unit_of(&v[1]) == U_WEEK;
-   if (is_week && e->args[4]) {
-      if (!aspen__eval_node(e->args[4], st, &v[4])) {
-         goto done;
-      }
-      if (aspen__is_nullish(&v[4])) {
-         *out = aspen_value_null();
-         ok = true;
-         goto done;
-      }
-   }
+   return eval_tz(e, 3, st, tz, out);
+}
+
+static ASPEN__DECL_COMPUTE(compute_date_trunc)
+{
    const aspen__tz_t *tz;
-   int r = eval_tz(e, 3, st, &tz);
-   if (r < 0) {
-      goto done;
-   }
-   if (r == 0) {
-      *out = aspen_value_null();
-      ok = true;
-      goto done;
+   int r = unit_start(e, st, v, &v[1], &tz, out);
+   if (r <= 0) {
+      return r == 0;
    }
    int64_t ms;
    if (!aspen__coerce_date(&v[0], &ms)) {
-      aspen__fail(st, 5439012,
-                  "$dateTrunc requires 'date' to be a date, but got %s",
-                  aspen_value_type_name(&v[0]));
-      goto done;
+      return aspen__fail(st, 5439012,
+                         "$dateTrunc requires 'date' to be a date, but got %s",
+                         aspen_value_type_name(&v[0]));
    }
    int unit;
    if (!check_unit(st, "$dateTrunc", &v[1], &unit)) {
-      goto done;
+      return false;
    }
    int64_t bin = 1;
    if (e->args[2]) {
@@ -2119,77 +2072,51 @@ ASPEN__DECL_EVAL(aspen__eval_date_trunc)
                      "but got value '%s' of type %s",
                      json, aspen_value_type_name(&v[2]));
          bson_free(json);
-         goto done;
+         return false;
       }
       if (bin <= 0) {
-         aspen__fail(st, 5439018,
-                     "$dateTrunc requires 'binSize' to be greater than 0, but "
-                     "got value %" PRId64,
-                     bin);
-         goto done;
+         return aspen__fail(st, 5439018,
+                            "$dateTrunc requires 'binSize' to be greater than "
+                            "0, but got value %" PRId64,
+                            bin);
       }
    }
    int sow = 0;
-   if (is_week && e->args[4] && !check_dow(st, "$dateTrunc", &v[4], &sow)) {
-      goto done;
+   if (unit == U_WEEK && e->args[4] &&
+       !check_dow(st, "$dateTrunc", &v[4], &sow)) {
+      return false;
    }
-   {
-      /* Bins are laid out in local wall time. */
-      int64_t local = to_local(tz, ms);
-      *out = aspen_value_date(
-         local_to_utc(tz, trunc_local(local, unit, bin, sow)));
-   }
-   ok = true;
-done:
-   for (int i = 0; i < 5; i++) {
-      aspen_value_destroy(&v[i]);
-   }
-   return ok;
+   /* Bins are laid out in local wall time. */
+   int64_t local = to_local(tz, ms);
+   *out =
+      aspen_value_date(local_to_utc(tz, trunc_local(local, unit, bin, sow)));
+   return true;
 }
+
+ASPEN__ARGS_EVAL(eval_date_trunc, date_unit_args, compute_date_trunc)
 
 /* ------------------------------------------------------------------------ */
 /* $dateAdd / $dateSubtract: args = startDate, unit, amount, timezone        */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_PARSE(aspen__parse_date_add)
+#define DATE_ADD_NEEDED                                                        \
+   "{op} requires startDate, unit, and amount to be present"
+static const aspen__named_arg_t date_add_names[] = {
+   {"startDate", 5166402, DATE_ADD_NEEDED},
+   {"unit", 5166402, DATE_ADD_NEEDED},
+   {"amount", 5166402, DATE_ADD_NEEDED},
+   {"timezone", 0, NULL},
+   {NULL, 0, NULL}};
+#undef DATE_ADD_NEEDED
+static const aspen__named_spec_t date_add_spec = {
+   date_add_names, 5166400, "{op} expects an object as its argument", 5166401,
+   "Unrecognized argument to {op}: {key}. Expected arguments are startDate, "
+   "unit, amount, and optionally timezone."};
+
+static ASPEN__DECL_PARSE(parse_date_add)
 {
-   static const char *const names[] = {"startDate", "unit", "amount",
-                                       "timezone", NULL};
-   if (bson_iter_type(arg) != BSON_TYPE_DOCUMENT) {
-      return aspen__pfail(ps, 5166400, "%s expects an object as its argument",
-                          op->name);
-   }
-   aspen__node_args(e, 4);
-   bson_iter_t child;
-   bson_iter_recurse(arg, &child);
-   while (bson_iter_next(&child)) {
-      const char *key = bson_iter_key(&child);
-      uint32_t i;
-      for (i = 0; names[i]; i++) {
-         if (strcmp(names[i], key) == 0) {
-            break;
-         }
-      }
-      if (!names[i]) {
-         return aspen__pfail(ps, 5166401,
-                             "Unrecognized argument to %s: %s. Expected "
-                             "arguments are startDate, unit, amount, and "
-                             "optionally timezone.",
-                             op->name, key);
-      }
-      aspen_expr_destroy(e->args[i]);
-      e->args[i] = NULL;
-      if (!aspen__parse_operand(ps, &child, &e->args[i])) {
-         return false;
-      }
-   }
-   if (!e->args[0] || !e->args[1] || !e->args[2]) {
-      return aspen__pfail(ps, 5166402,
-                          "%s requires startDate, unit, and amount to be "
-                          "present",
-                          op->name);
-   }
-   return pre_resolve_tz(ps, e, 3);
+   return aspen__parse_named(ps, op, arg, e, &date_add_spec) &&
+          pre_resolve_tz(ps, e, 3);
 }
 
 static bool
@@ -2217,62 +2144,48 @@ add_months(int64_t local, int64_t months, int64_t *res)
           !__builtin_add_overflow(base, tod, res);
 }
 
-ASPEN__DECL_EVAL(aspen__eval_date_add)
+/* args: startDate, unit, amount (null gives null), timezone; their types
+ * are checked after the timezone, as in mongod. */
+static const aspen__args_t date_add_args = {
+   .n = 4,
+   .arg = {{.flags = ASPEN__ARG_NULL},
+           {.flags = ASPEN__ARG_NULL},
+           {.flags = ASPEN__ARG_NULL},
+           {.flags = ASPEN__ARG_LAZY}}};
+
+static ASPEN__DECL_COMPUTE(compute_date_add)
 {
-   aspen_value_t v[3];
-   bool ok = false;
    const char *opname = e->op->name;
-   *out = ASPEN_VALUE_MISSING;
-   for (uint32_t i = 0; i < 3; i++) {
-      v[i] = ASPEN_VALUE_MISSING;
-   }
-   for (uint32_t i = 0; i < 3; i++) {
-      if (!aspen__eval_arg(e, i, st, &v[i])) {
-         goto done;
-      }
-      if (aspen__is_nullish(&v[i])) {
-         *out = aspen_value_null();
-         ok = true;
-         goto done;
-      }
-   }
    const aspen__tz_t *tz;
-   int r = eval_tz(e, 3, st, &tz);
-   if (r < 0) {
-      goto done;
-   }
-   if (r == 0) {
-      *out = aspen_value_null();
-      ok = true;
-      goto done;
+   int r = eval_tz(e, 3, st, &tz, out);
+   if (r <= 0) {
+      return r == 0;
    }
    int64_t ms;
    if (!aspen__coerce_date(&v[0], &ms)) {
-      aspen__fail(st, 5166403, "%s requires startDate to be convertible to a date",
-                  opname);
-      goto done;
+      return aspen__fail(st, 5166403,
+                         "%s requires startDate to be convertible to a date",
+                         opname);
    }
    if (!aspen__is_str(&v[1])) {
-      aspen__fail(st, 5166404, "%s expects string defining the time unit",
-                  opname);
-      goto done;
+      return aspen__fail(st, 5166404,
+                         "%s expects string defining the time unit", opname);
    }
    int unit;
    if (!check_unit(st, opname, &v[1], &unit)) {
-      goto done;
+      return false;
    }
    int64_t amount;
    if (!aspen__is_num(&v[2]) || !aspen__num_is_int64(&v[2], &amount)) {
-      aspen__fail(st, 5166405, "%s expects integer amount of time units",
-                  opname);
-      goto done;
+      return aspen__fail(st, 5166405,
+                         "%s expects integer amount of time units", opname);
    }
    if (e->op->sub == 1) {
       if (amount == INT64_MIN) {
-         aspen__fail(st, 6045000,
-                     "invalid $dateSubtract 'amount' parameter value: %" PRId64,
-                     amount);
-         goto done;
+         return aspen__fail(st, 6045000,
+                            "invalid $dateSubtract 'amount' parameter value: "
+                            "%" PRId64,
+                            amount);
       }
       amount = -amount;
    }
@@ -2315,104 +2228,63 @@ ASPEN__DECL_EVAL(aspen__eval_date_add)
    }
    }
    if (!fits) {
-      aspen__fail(st, 5976500, "%s overflowed", opname);
-      goto done;
+      return aspen__fail(st, 5976500, "%s overflowed", opname);
    }
    *out = aspen_value_date(res);
-   ok = true;
-done:
-   for (uint32_t i = 0; i < 3; i++) {
-      aspen_value_destroy(&v[i]);
-   }
-   return ok;
+   return true;
 }
+
+ASPEN__ARGS_EVAL(eval_date_add, date_add_args, compute_date_add)
 
 /* ------------------------------------------------------------------------ */
 /* $dateDiff: args = startDate, endDate, unit, timezone, startOfWeek         */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_PARSE(aspen__parse_date_diff)
+static const aspen__named_arg_t date_diff_names[] = {
+   {"startDate", 5166303, "Missing 'startDate' parameter to $dateDiff"},
+   {"endDate", 5166304, "Missing 'endDate' parameter to $dateDiff"},
+   {"unit", 5166305, "Missing 'unit' parameter to $dateDiff"},
+   {"timezone", 0, NULL},
+   {"startOfWeek", 0, NULL},
+   {NULL, 0, NULL}};
+static const aspen__named_spec_t date_diff_spec = {
+   date_diff_names, 5166301, "{op} only supports an object as its argument",
+   5166302, "Unrecognized argument to {op}: {key}"};
+
+static ASPEN__DECL_PARSE(parse_date_diff)
 {
-   static const char *const names[] = {"startDate", "endDate", "unit",
-                                       "timezone", "startOfWeek", NULL};
-   static const aspen__named_spec_t spec = {
-      names, 5166301, ASPEN__NOTOBJ_ONLY_OBJECT_ITS, 5166302,
-      ASPEN__UNKNOWN_UNRECOGNIZED};
-   if (!aspen__parse_named(ps, op, arg, e, &spec)) {
-      return false;
-   }
-   if (!e->args[0]) {
-      return aspen__pfail(ps, 5166303,
-                          "Missing 'startDate' parameter to $dateDiff");
-   }
-   if (!e->args[1]) {
-      return aspen__pfail(ps, 5166304, "Missing 'endDate' parameter to $dateDiff");
-   }
-   if (!e->args[2]) {
-      return aspen__pfail(ps, 5166305, "Missing 'unit' parameter to $dateDiff");
-   }
-   return pre_resolve_tz(ps, e, 3);
+   return aspen__parse_named(ps, op, arg, e, &date_diff_spec) &&
+          pre_resolve_tz(ps, e, 3);
 }
 
-ASPEN__DECL_EVAL(aspen__eval_date_diff)
+static ASPEN__DECL_COMPUTE(compute_date_diff)
 {
-   aspen_value_t v[5];
-   bool ok = false;
-   *out = ASPEN_VALUE_MISSING;
-   for (int i = 0; i < 5; i++) {
-      v[i] = ASPEN_VALUE_MISSING;
-   }
-   for (uint32_t i = 0; i < 3; i++) {
-      if (!aspen__eval_arg(e, i, st, &v[i])) {
-         goto done;
-      }
-      if (aspen__is_nullish(&v[i])) {
-         *out = aspen_value_null();
-         ok = true;
-         goto done;
-      }
-   }
-   bool is_week = unit_of(&v[2]) == U_WEEK;
-   if (is_week && e->args[4]) {
-      if (!aspen__eval_node(e->args[4], st, &v[4])) {
-         goto done;
-      }
-      if (aspen__is_nullish(&v[4])) {
-         *out = aspen_value_null();
-         ok = true;
-         goto done;
-      }
-   }
    const aspen__tz_t *tz;
-   int r = eval_tz(e, 3, st, &tz);
-   if (r < 0) {
-      goto done;
-   }
-   if (r == 0) {
-      *out = aspen_value_null();
-      ok = true;
-      goto done;
+   int r = unit_start(e, st, v, &v[2], &tz, out);
+   if (r <= 0) {
+      return r == 0;
    }
    int64_t a, b;
    if (!aspen__coerce_date(&v[0], &a)) {
-      aspen__fail(st, 5166307,
-                  "$dateDiff requires 'startDate' to be a date, but got %s",
-                  aspen_value_type_name(&v[0]));
-      goto done;
+      return aspen__fail(st, 5166307,
+                         "$dateDiff requires 'startDate' to be a date, but got "
+                         "%s",
+                         aspen_value_type_name(&v[0]));
    }
    if (!aspen__coerce_date(&v[1], &b)) {
-      aspen__fail(st, 5166307,
-                  "$dateDiff requires 'endDate' to be a date, but got %s",
-                  aspen_value_type_name(&v[1]));
-      goto done;
+      return aspen__fail(st, 5166307,
+                         "$dateDiff requires 'endDate' to be a date, but got "
+                         "%s",
+                         aspen_value_type_name(&v[1]));
    }
    int unit;
    if (!check_unit(st, "$dateDiff", &v[2], &unit)) {
-      goto done;
+      return false;
    }
    int sow = 0;
-   if (is_week && e->args[4] && !check_dow(st, "$dateDiff", &v[4], &sow)) {
-      goto done;
+   if (unit == U_WEEK && e->args[4] &&
+       !check_dow(st, "$dateDiff", &v[4], &sow)) {
+      return false;
    }
    int64_t la = to_local(tz, a), lb = to_local(tz, b);
    parts_t pa, pb;
@@ -2447,16 +2319,55 @@ ASPEN__DECL_EVAL(aspen__eval_date_diff)
       break;
    default:
       if (__builtin_sub_overflow(b, a, &res)) {
-         aspen__fail(st, 45, "$dateDiff: date overflow");
-         goto done;
+         return aspen__fail(st, 45, "$dateDiff: date overflow");
       }
       break;
    }
    *out = aspen_value_int64(res);
-   ok = true;
-done:
-   for (int i = 0; i < 5; i++) {
-      aspen_value_destroy(&v[i]);
-   }
-   return ok;
+   return true;
 }
+
+ASPEN__ARGS_EVAL(eval_date_diff, date_unit_args, compute_date_diff)
+
+/* ------------------------------------------------------------------------ */
+/* The operator table (expr_int.h, aspen__op_t)                              */
+/* ------------------------------------------------------------------------ */
+
+#define P ASPEN__OP_PURE
+#define DATEPART(name, part)                                                   \
+   {name, parse_date_part, eval_date_part, 0, 0, part, P, &date_tz_args}
+
+static const aspen__op_t ops[] = {
+   {"$dateAdd", parse_date_add, eval_date_add, 0, 0, 0, P, &date_add_args},
+   {"$dateDiff", parse_date_diff, eval_date_diff, 0, 0, 0, P, &date_unit_args},
+   {"$dateFromParts", parse_date_from_parts, eval_date_from_parts, 0, 0, 0, P,
+    &date_from_parts_args},
+   {"$dateFromString", parse_date_from_string, eval_date_from_string, 0, 0, 0,
+    P, &date_from_string_args},
+   {"$dateSubtract", parse_date_add, eval_date_add, 0, 0, 1, P, &date_add_args},
+   {"$dateToParts", parse_date_to_parts, eval_date_to_parts, 0, 0, 0, P,
+    &date_to_parts_args},
+   {"$dateToString", parse_date_to_string, eval_date_to_string, 0, 0, 0, P,
+    &date_to_string_args},
+   {"$dateTrunc", parse_date_trunc, eval_date_trunc, 0, 0, 0, P,
+    &date_unit_args},
+   DATEPART("$dayOfMonth", DP_DAY_OF_MONTH),
+   DATEPART("$dayOfWeek", DP_DAY_OF_WEEK),
+   DATEPART("$dayOfYear", DP_DAY_OF_YEAR),
+   DATEPART("$hour", DP_HOUR),
+   DATEPART("$isoDayOfWeek", DP_ISO_DAY_OF_WEEK),
+   DATEPART("$isoWeek", DP_ISO_WEEK),
+   DATEPART("$isoWeekYear", DP_ISO_WEEK_YEAR),
+   DATEPART("$millisecond", DP_MILLISECOND),
+   DATEPART("$minute", DP_MINUTE),
+   DATEPART("$month", DP_MONTH),
+   DATEPART("$second", DP_SECOND),
+   DATEPART("$week", DP_WEEK),
+   DATEPART("$year", DP_YEAR),
+};
+
+#undef P
+#undef DATEPART
+
+const aspen__op_table_t aspen__expr_date_ops = {
+   ops, sizeof ops / sizeof ops[0]};

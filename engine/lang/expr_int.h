@@ -39,13 +39,17 @@ bool aspen__merge_objects_input_ok(const aspen_value_t *v, aspen_error_t *err);
 typedef struct aspen__eval aspen__eval_t;
 typedef struct aspen__parse aspen__parse_t;
 typedef struct aspen__op aspen__op_t;
+typedef struct aspen__args aspen__args_t;
 
 typedef bool (*aspen__eval_fn)(const aspen_expr_t *e, aspen__eval_t *st,
                                aspen_value_t *out);
 typedef bool (*aspen__parse_fn)(aspen__parse_t *ps, const aspen__op_t *op,
                                 const bson_iter_t *arg, aspen_expr_t *e);
-
-/* An operator: name, how its argument is compiled, how it is evaluated. */
+/* An operator: name, how its argument is compiled, how it is evaluated.
+ * `args`, when not NULL, says what its arguments must be (expr_args.h):
+ * the operators whose arguments follow the common shape (evaluate, null or
+ * missing gives null, a wrong type is an error) declare it there instead of
+ * writing it out. */
 struct aspen__op {
    const char *name;
    aspen__parse_fn parse;
@@ -54,7 +58,22 @@ struct aspen__op {
    int16_t max_args;
    int32_t sub;      /* operator variant (comparison kind, date part...) */
    uint32_t flags;
+   const aspen__args_t *args;
 };
+
+/* Each operator file's table, sorted by name (strcmp order) so that
+ * expr.c's lookup can binary-search it; no name is in two tables. */
+typedef struct {
+   const aspen__op_t *ops;
+   size_t n;
+} aspen__op_table_t;
+
+extern const aspen__op_table_t aspen__expr_core_ops;    /* expr.c */
+extern const aspen__op_table_t aspen__expr_num_ops;     /* expr_num.c */
+extern const aspen__op_table_t aspen__expr_string_ops;  /* expr_string.c */
+extern const aspen__op_table_t aspen__expr_array_ops;   /* expr_array.c */
+extern const aspen__op_table_t aspen__expr_convert_ops; /* expr_convert.c */
+extern const aspen__op_table_t aspen__expr_date_ops;    /* expr_date.c */
 
 /* Operator flags. */
 #define ASPEN__OP_PURE 0x1u     /* same inputs, same output: foldable */
@@ -185,48 +204,84 @@ void aspen__scope_pop(aspen__parse_t *ps, uint32_t mark);
 /* Validates a user variable name being defined ($let vars, `as`). */
 bool aspen__check_var_name(aspen__parse_t *ps, const char *name);
 
-/* Generic parsers used by the operator table. */
+/* Generic parsers used by the operator tables. */
 bool aspen__parse_nary(aspen__parse_t *ps, const aspen__op_t *op,
                        const bson_iter_t *arg, aspen_expr_t *e);
-/* Named-argument parsing: fills e->args (n_names of them, NULL when absent)
- * from an object argument. `what` selects the messages. Returns false with
- * the error already set. */
-typedef enum {
-   ASPEN__NOTOBJ_ONLY_OBJECT_FOUND,   /* "%s only supports an object as an
-                                         argument, found %s" */
-   ASPEN__NOTOBJ_REQUIRES_OBJECT,     /* "%s requires an object as an
-                                         argument, found: %s" */
-   ASPEN__NOTOBJ_EXPECTS_NAMED,       /* "%s expects an object of named
-                                         arguments but found: %s" */
-   ASPEN__NOTOBJ_SPECIFICATION,       /* "specification of %s must be an
-                                         object, found: %s" */
-   ASPEN__NOTOBJ_ONLY_OBJECT_ITS,     /* "%s only supports an object as its
-                                         argument" */
-} aspen__notobj_style_t;
 
-typedef enum {
-   ASPEN__UNKNOWN_FOUND,        /* "%s found an unknown argument: %s" */
-   ASPEN__UNKNOWN_UNRECOGNIZED, /* "Unrecognized argument to %s: %s" */
-   ASPEN__UNKNOWN_ARGUMENT_TO,  /* "Unknown argument to %s '%s'" */
-} aspen__unknown_style_t;
-
+/* Named-argument parsing ({input: ..., chars: ...}): one row per name, in
+ * the order of e->args. A row with a missing_code is required: after all
+ * names are read, the first absent one (in row order) fails with its
+ * message. */
 typedef struct {
-   const char *const *names; /* NULL-terminated */
+   const char *name;
+   int32_t missing_code; /* 0: optional */
+   const char *missing_msg;
+} aspen__named_arg_t;
+
+/* The names (ending with a {NULL} row) and the errors for an argument that
+ * is not an object (template with {op} and {type}) and for an unknown name
+ * ({op} and {key}). Message templates: see aspen__msg_format. */
+typedef struct {
+   const aspen__named_arg_t *args;
    int32_t not_object_code;
-   aspen__notobj_style_t not_object_style;
+   const char *not_object_msg;
    int32_t unknown_code;
-   aspen__unknown_style_t unknown_style;
+   const char *unknown_msg;
 } aspen__named_spec_t;
+
+/* Fills e->args (one per name, NULL when absent) from an object argument,
+ * compiling each as it comes. Returns false with ps->err set. */
 bool aspen__parse_named(aspen__parse_t *ps, const aspen__op_t *op,
                         const bson_iter_t *arg, aspen_expr_t *e,
                         const aspen__named_spec_t *spec);
-/* Missing required named argument (args[i] == NULL) -> error. */
-bool aspen__require(aspen__parse_t *ps, const aspen_expr_t *e, uint32_t i,
-                    int32_t code, const char *msg);
+/* An iterator in an array element (bson_iter_t alone is over-aligned for
+ * arrays). */
+typedef struct {
+   bson_iter_t it;
+} aspen__named_it_t;
+/* The same checks for an operator that compiles its named arguments itself
+ * (a variable's name, a body in a scope of its own): its[i] is where
+ * spec->args[i] is, when bit i of *found is set. */
+bool aspen__named_find(aspen__parse_t *ps, const aspen__op_t *op,
+                       const bson_iter_t *arg, const aspen__named_spec_t *spec,
+                       aspen__named_it_t *its, uint32_t *found);
+
+/* ------------------------------------------------------------------------ */
+/* Error message templates (expr_args.c)                                     */
+/* ------------------------------------------------------------------------ */
+
+/* What a message template can name: {op}, {key}, {type} (of val), {value}
+ * (val as JSON), {num} (val as a number's text), {int} (ival), {nth}
+ * (pos + 1), {type0} and {type1} (of vals[0] and vals[1]). */
+typedef struct {
+   const char *op;
+   const char *key;
+   const aspen_value_t *val;
+   const aspen_value_t *vals;
+   uint32_t pos;
+   int64_t ival;
+} aspen__msg_t;
+
+/* Expands `tmpl` into buf (cap bytes, always NUL-terminated, cut to fit as
+ * snprintf does). A brace that does not open a known name stays as is. */
+void aspen__msg_format(char *buf, size_t cap, const char *tmpl,
+                       const aspen__msg_t *m);
+/* Sets err (when not NULL) to code and the expanded template; returns
+ * false. */
+bool aspen__msg_fail(aspen_error_t *err, int32_t code, const char *tmpl,
+                     const aspen__msg_t *m);
 
 /* Evaluates child i (MISSING when the child is absent). */
-bool aspen__eval_arg(const aspen_expr_t *e, uint32_t i, aspen__eval_t *st,
-                     aspen_value_t *out);
+static inline bool
+aspen__eval_arg(const aspen_expr_t *e, uint32_t i, aspen__eval_t *st,
+                aspen_value_t *out)
+{
+   if (i >= e->n_args || !e->args[i]) {
+      *out = ASPEN_VALUE_MISSING;
+      return true;
+   }
+   return aspen__eval_node(e->args[i], st, out);
+}
 
 /* Looks up `path` (pre-split) in a document value. Arrays along the way are
  * traversed as MongoDB's field paths do. Borrowed when the result is a plain
@@ -288,157 +343,23 @@ bool aspen__date_parse(const char *s, size_t len, const char *fmt,
                        size_t fmt_len, const aspen__tz_t *tz, bool tz_given,
                        int64_t *ms, aspen_error_t *err);
 
-/* Date parts ($year ... $isoDayOfWeek), the `sub` of their table entries. */
-enum {
-   ASPEN__DP_YEAR,
-   ASPEN__DP_MONTH,
-   ASPEN__DP_DAY_OF_MONTH,
-   ASPEN__DP_HOUR,
-   ASPEN__DP_MINUTE,
-   ASPEN__DP_SECOND,
-   ASPEN__DP_MILLISECOND,
-   ASPEN__DP_DAY_OF_YEAR,
-   ASPEN__DP_DAY_OF_WEEK,
-   ASPEN__DP_WEEK,
-   ASPEN__DP_ISO_WEEK_YEAR,
-   ASPEN__DP_ISO_WEEK,
-   ASPEN__DP_ISO_DAY_OF_WEEK,
-};
-
-/* Trigonometric operators, the `sub` of their table entries. */
-enum {
-   ASPEN__TRIG_SIN,
-   ASPEN__TRIG_COS,
-   ASPEN__TRIG_TAN,
-   ASPEN__TRIG_ASIN,
-   ASPEN__TRIG_ACOS,
-   ASPEN__TRIG_ATAN,
-   ASPEN__TRIG_SINH,
-   ASPEN__TRIG_COSH,
-   ASPEN__TRIG_TANH,
-   ASPEN__TRIG_ASINH,
-   ASPEN__TRIG_ACOSH,
-   ASPEN__TRIG_ATANH,
-   ASPEN__TRIG_DEG2RAD,
-   ASPEN__TRIG_RAD2DEG,
-};
-
-/* Operator implementations, by file. They share two contracts:
- *  - aspen__eval_<op>(e, st, out): evaluates node `e`. On success returns
- *    true and *out holds the result (owned, or a view into the input
- *    document, the pipeline, or a variable slot that outlives the caller's
- *    use); the caller destroys it with aspen_value_destroy. On a runtime
- *    error returns false with st->err set and *out MISSING. Nodes are
- *    read-only, so any thread may evaluate with its own aspen__eval_t.
- *  - aspen__parse_<op>(ps, op, arg, e): compiles the operator's argument
- *    `arg` into `e` (children in e->args, private data in e->aux). Returns
- *    false with ps->err set; the caller destroys the partly built node. */
+/* Operator implementations live in their files, static, reached through
+ * the tables. They share two contracts:
+ *  - eval(e, st, out): evaluates node `e`. On success returns true and *out
+ *    holds the result (owned, or a view into the input document, the
+ *    pipeline, or a variable slot that outlives the caller's use); the
+ *    caller destroys it with aspen_value_destroy. On a runtime error
+ *    returns false with st->err set and *out MISSING. Nodes are read-only,
+ *    so any thread may evaluate with its own aspen__eval_t.
+ *  - parse(ps, op, arg, e): compiles the operator's argument `arg` into `e`
+ *    (children in e->args, private data in e->aux). Returns false with
+ *    ps->err set; the caller destroys the partly built node.
+ * Most evals are made by ASPEN__ARGS_EVAL (expr_args.h) from a table of
+ * what the arguments must be and a compute function. */
 #define ASPEN__DECL_EVAL(name)                                                 \
    bool name(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
 #define ASPEN__DECL_PARSE(name)                                                \
    bool name(aspen__parse_t *ps, const aspen__op_t *op,                        \
              const bson_iter_t *arg, aspen_expr_t *e)
-
-/* expr_num.c */
-ASPEN__DECL_EVAL(aspen__eval_add);
-ASPEN__DECL_EVAL(aspen__eval_subtract);
-ASPEN__DECL_EVAL(aspen__eval_multiply);
-ASPEN__DECL_EVAL(aspen__eval_divide);
-ASPEN__DECL_EVAL(aspen__eval_mod);
-ASPEN__DECL_EVAL(aspen__eval_abs);
-ASPEN__DECL_EVAL(aspen__eval_ceil);
-ASPEN__DECL_EVAL(aspen__eval_floor);
-ASPEN__DECL_EVAL(aspen__eval_round);
-ASPEN__DECL_EVAL(aspen__eval_sqrt);
-ASPEN__DECL_EVAL(aspen__eval_pow);
-ASPEN__DECL_EVAL(aspen__eval_exp);
-ASPEN__DECL_EVAL(aspen__eval_ln);
-ASPEN__DECL_EVAL(aspen__eval_log);
-ASPEN__DECL_EVAL(aspen__eval_log10);
-ASPEN__DECL_EVAL(aspen__eval_accum);
-ASPEN__DECL_PARSE(aspen__parse_accum);
-ASPEN__DECL_EVAL(aspen__eval_trig);
-ASPEN__DECL_EVAL(aspen__eval_atan2);
-ASPEN__DECL_EVAL(aspen__eval_bit);
-ASPEN__DECL_EVAL(aspen__eval_bit_not);
-
-/* expr_string.c */
-ASPEN__DECL_EVAL(aspen__eval_concat);
-ASPEN__DECL_EVAL(aspen__eval_substr_bytes);
-ASPEN__DECL_EVAL(aspen__eval_substr_cp);
-ASPEN__DECL_EVAL(aspen__eval_case);
-ASPEN__DECL_EVAL(aspen__eval_strlen_bytes);
-ASPEN__DECL_EVAL(aspen__eval_strlen_cp);
-ASPEN__DECL_EVAL(aspen__eval_split);
-ASPEN__DECL_PARSE(aspen__parse_trim);
-ASPEN__DECL_EVAL(aspen__eval_trim);
-ASPEN__DECL_EVAL(aspen__eval_index_of_bytes);
-ASPEN__DECL_EVAL(aspen__eval_index_of_cp);
-ASPEN__DECL_EVAL(aspen__eval_strcasecmp);
-ASPEN__DECL_PARSE(aspen__parse_regex);
-ASPEN__DECL_EVAL(aspen__eval_regex);
-ASPEN__DECL_PARSE(aspen__parse_replace);
-ASPEN__DECL_EVAL(aspen__eval_replace);
-ASPEN__DECL_EVAL(aspen__eval_binary_size);
-
-/* expr_array.c */
-ASPEN__DECL_EVAL(aspen__eval_array_elem_at);
-ASPEN__DECL_EVAL(aspen__eval_first_last);
-ASPEN__DECL_EVAL(aspen__eval_concat_arrays);
-ASPEN__DECL_PARSE(aspen__parse_filter);
-ASPEN__DECL_EVAL(aspen__eval_filter);
-ASPEN__DECL_PARSE(aspen__parse_map);
-ASPEN__DECL_EVAL(aspen__eval_map);
-ASPEN__DECL_PARSE(aspen__parse_reduce);
-ASPEN__DECL_EVAL(aspen__eval_reduce);
-ASPEN__DECL_EVAL(aspen__eval_size);
-ASPEN__DECL_EVAL(aspen__eval_in);
-ASPEN__DECL_EVAL(aspen__eval_index_of_array);
-ASPEN__DECL_EVAL(aspen__eval_is_array);
-ASPEN__DECL_EVAL(aspen__eval_range);
-ASPEN__DECL_EVAL(aspen__eval_reverse_array);
-ASPEN__DECL_EVAL(aspen__eval_slice);
-ASPEN__DECL_PARSE(aspen__parse_zip);
-ASPEN__DECL_EVAL(aspen__eval_zip);
-ASPEN__DECL_PARSE(aspen__parse_sort_array);
-ASPEN__DECL_EVAL(aspen__eval_sort_array);
-ASPEN__DECL_EVAL(aspen__eval_array_to_object);
-ASPEN__DECL_EVAL(aspen__eval_object_to_array);
-ASPEN__DECL_EVAL(aspen__eval_set_union);
-ASPEN__DECL_EVAL(aspen__eval_set_intersection);
-ASPEN__DECL_EVAL(aspen__eval_set_difference);
-ASPEN__DECL_PARSE(aspen__parse_set_equals);
-ASPEN__DECL_EVAL(aspen__eval_set_equals);
-ASPEN__DECL_EVAL(aspen__eval_set_is_subset);
-ASPEN__DECL_EVAL(aspen__eval_any_element_true);
-ASPEN__DECL_EVAL(aspen__eval_all_elements_true);
-ASPEN__DECL_PARSE(aspen__parse_n_array);
-ASPEN__DECL_EVAL(aspen__eval_n_array);
-
-/* expr_convert.c */
-ASPEN__DECL_EVAL(aspen__eval_type);
-ASPEN__DECL_EVAL(aspen__eval_is_number);
-ASPEN__DECL_PARSE(aspen__parse_convert);
-ASPEN__DECL_EVAL(aspen__eval_convert);
-ASPEN__DECL_PARSE(aspen__parse_to_type);
-ASPEN__DECL_EVAL(aspen__eval_to_type);
-
-/* expr_date.c */
-ASPEN__DECL_PARSE(aspen__parse_date_part);
-ASPEN__DECL_EVAL(aspen__eval_date_part);
-ASPEN__DECL_PARSE(aspen__parse_date_to_string);
-ASPEN__DECL_EVAL(aspen__eval_date_to_string);
-ASPEN__DECL_PARSE(aspen__parse_date_from_string);
-ASPEN__DECL_EVAL(aspen__eval_date_from_string);
-ASPEN__DECL_PARSE(aspen__parse_date_from_parts);
-ASPEN__DECL_EVAL(aspen__eval_date_from_parts);
-ASPEN__DECL_PARSE(aspen__parse_date_to_parts);
-ASPEN__DECL_EVAL(aspen__eval_date_to_parts);
-ASPEN__DECL_PARSE(aspen__parse_date_trunc);
-ASPEN__DECL_EVAL(aspen__eval_date_trunc);
-ASPEN__DECL_PARSE(aspen__parse_date_add);
-ASPEN__DECL_EVAL(aspen__eval_date_add);
-ASPEN__DECL_PARSE(aspen__parse_date_diff);
-ASPEN__DECL_EVAL(aspen__eval_date_diff);
 
 #endif /* ASPEN_ENGINE_LANG_EXPR_INT_H */

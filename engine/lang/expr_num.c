@@ -9,7 +9,7 @@
  * non-integral exponent) are computed in long double precision (about 19
  * significant digits) and converted to decimal.
  */
-#include "lang/expr_int.h"
+#include "lang/expr_args.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -39,11 +39,21 @@ dec_value(aspen_dec_t d)
    return aspen__value_decimal(aspen__decimal_to_bson(d));
 }
 
-/* Evaluates child i; on failure *out is MISSING. */
-static bool
-arg(const aspen_expr_t *e, uint32_t i, aspen__eval_t *st, aspen_value_t *out)
+/* The result of a sum or product, of the widest type its inputs had: the
+ * value held for that type. */
+static aspen_value_t
+num_value(int widest, int64_t l, double d, aspen_dec_t dec)
 {
-   return aspen__eval_arg(e, i, st, out);
+   switch (widest) {
+   case NT_INT:
+      return aspen__value_int_or_long(l);
+   case NT_LONG:
+      return aspen_value_int64(l);
+   case NT_DOUBLE:
+      return aspen_value_double(d);
+   default:
+      return dec_value(dec);
+   }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -106,29 +116,26 @@ add_one(add_state_t *s, const aspen_value_t *v)
    }
 }
 
-ASPEN__DECL_EVAL(aspen__eval_add)
+static const aspen__args_t add_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_NUMBER | ASPEN__T(BSON_TYPE_DATE_TIME),
+            .flags = ASPEN__ARG_NULL,
+            .code = ASPEN_ERR_TypeMismatch,
+            .msg = "$add only supports numeric or date types, not {type}"}}};
+
+/* Adds as it goes: a second date is an error before the arguments after it
+ * are evaluated, as in mongod. */
+static ASPEN__DECL_EVAL(eval_add)
 {
    add_state_t s = {0};
    s.dec = aspen__decimal_from_int64(0);
    for (uint32_t i = 0; i < e->n_args; i++) {
       aspen_value_t v;
-      if (!arg(e, i, st, &v)) {
-         return false;
+      int r = aspen__args_eval_arg(e, st, &add_args, i, &v, out);
+      if (r <= 0) {
+         return r == 0;
       }
-      if (aspen__is_nullish(&v)) {
-         *out = aspen_value_null();
-         return true;
-      }
-      bson_type_t t = aspen__vt(&v);
-      if (!aspen__is_num(&v) && t != BSON_TYPE_DATE_TIME) {
-         *out = ASPEN_VALUE_MISSING;
-         bool failed = aspen__fail(st, ASPEN_ERR_TypeMismatch,
-                            "$add only supports numeric or date types, not %s",
-                            aspen_value_type_name(&v));
-         aspen_value_destroy(&v);
-         return failed;
-      }
-      if (t == BSON_TYPE_DATE_TIME && s.is_date) {
+      if (aspen__vt(&v) == BSON_TYPE_DATE_TIME && s.is_date) {
          *out = ASPEN_VALUE_MISSING;
          return aspen__fail(st, 16612,
                             "only one date allowed in an $add expression");
@@ -156,20 +163,7 @@ ASPEN__DECL_EVAL(aspen__eval_add)
       }
       }
    }
-   switch (s.widest) {
-   case NT_INT:
-      *out = aspen__value_int_or_long(s.l);
-      break;
-   case NT_LONG:
-      *out = aspen_value_int64(s.l);
-      break;
-   case NT_DOUBLE:
-      *out = aspen_value_double(s.d);
-      break;
-   default:
-      *out = dec_value(s.dec);
-      break;
-   }
+   *out = num_value(s.widest, s.l, s.d, s.dec);
    return true;
 }
 
@@ -177,17 +171,15 @@ ASPEN__DECL_EVAL(aspen__eval_add)
 /* $subtract                                                                 */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_EVAL(aspen__eval_subtract)
+/* Null first, then the types (numbers and dates, in compute_subtract). */
+static const aspen__args_t null2_args = {
+   .n = 2, .together = 2,
+   .arg = {{.flags = ASPEN__ARG_NULL}, {.flags = ASPEN__ARG_NULL}}};
+
+static ASPEN__DECL_COMPUTE(compute_subtract)
 {
-   aspen_value_t a, b;
-   *out = ASPEN_VALUE_MISSING;
-   if (!arg(e, 0, st, &a)) {
-      return false;
-   }
-   if (!arg(e, 1, st, &b)) {
-      aspen_value_destroy(&a);
-      return false;
-   }
+   (void) e;
+   const aspen_value_t a = v[0], b = v[1];
    bool ok = true;
    if (aspen__is_num(&a) && aspen__is_num(&b)) {
       int w = num_rank(&a) > num_rank(&b) ? num_rank(&a) : num_rank(&b);
@@ -208,8 +200,6 @@ ASPEN__DECL_EVAL(aspen__eval_subtract)
                                 : aspen__value_int_or_long(r);
          }
       }
-   } else if (aspen__is_nullish(&a) || aspen__is_nullish(&b)) {
-      *out = aspen_value_null();
    } else if (aspen__vt(&a) == BSON_TYPE_DATE_TIME) {
       int64_t r;
       if (aspen__vt(&b) == BSON_TYPE_DATE_TIME) {
@@ -235,16 +225,22 @@ ASPEN__DECL_EVAL(aspen__eval_subtract)
       ok = aspen__fail(st, ASPEN_ERR_TypeMismatch, "can't $subtract %s from %s",
                        aspen_value_type_name(&b), aspen_value_type_name(&a));
    }
-   aspen_value_destroy(&a);
-   aspen_value_destroy(&b);
    return ok;
 }
+
+ASPEN__ARGS_EVAL(eval_subtract, null2_args, compute_subtract)
 
 /* ------------------------------------------------------------------------ */
 /* $multiply                                                                 */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_EVAL(aspen__eval_multiply)
+static const aspen__args_t multiply_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_NULL,
+            .code = ASPEN_ERR_TypeMismatch,
+            .msg = "$multiply only supports numeric types, not {type}"}}};
+
+static ASPEN__DECL_EVAL(eval_multiply)
 {
    double dprod = 1;
    int64_t lprod = 1;
@@ -252,20 +248,9 @@ ASPEN__DECL_EVAL(aspen__eval_multiply)
    int type = NT_INT;
    for (uint32_t i = 0; i < e->n_args; i++) {
       aspen_value_t v;
-      if (!arg(e, i, st, &v)) {
-         return false;
-      }
-      if (aspen__is_nullish(&v)) {
-         *out = aspen_value_null();
-         return true;
-      }
-      if (!aspen__is_num(&v)) {
-         *out = ASPEN_VALUE_MISSING;
-         bool failed = aspen__fail(st, ASPEN_ERR_TypeMismatch,
-                            "$multiply only supports numeric types, not %s",
-                            aspen_value_type_name(&v));
-         aspen_value_destroy(&v);
-         return failed;
+      int ar = aspen__args_eval_arg(e, st, &multiply_args, i, &v, out);
+      if (ar <= 0) {
+         return ar == 0;
       }
       int old = type;
       int r = num_rank(&v);
@@ -292,20 +277,7 @@ ASPEN__DECL_EVAL(aspen__eval_multiply)
          }
       }
    }
-   switch (type) {
-   case NT_INT:
-      *out = aspen__value_int_or_long(lprod);
-      break;
-   case NT_LONG:
-      *out = aspen_value_int64(lprod);
-      break;
-   case NT_DOUBLE:
-      *out = aspen_value_double(dprod);
-      break;
-   default:
-      *out = dec_value(decprod);
-      break;
-   }
+   *out = num_value(type, lprod, dprod, decprod);
    return true;
 }
 
@@ -313,154 +285,112 @@ ASPEN__DECL_EVAL(aspen__eval_multiply)
 /* $divide, $mod                                                             */
 /* ------------------------------------------------------------------------ */
 
-static bool
-eval_two(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *a,
-         aspen_value_t *b)
+static const aspen__args_t divide_args = {
+   .n = 2, .together = 2,
+   .arg = {{.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_NULL,
+            .code = ASPEN_ERR_TypeMismatch,
+            .msg = "$divide only supports numeric types, not {type0} and "
+                   "{type1}"},
+           {.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_NULL,
+            .code = ASPEN_ERR_TypeMismatch,
+            .msg = "$divide only supports numeric types, not {type0} and "
+                   "{type1}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_divide)
 {
-   if (!arg(e, 0, st, a)) {
-      return false;
+   (void) e;
+   const aspen_value_t *a = &v[0], *b = &v[1];
+   if (num_rank(a) == NT_DEC || num_rank(b) == NT_DEC) {
+      aspen_dec_t den = aspen__num_to_dec(b);
+      if (aspen__decimal_is_zero(den)) {
+         return aspen__fail(st, ASPEN_ERR_BadValue, "can't $divide by zero");
+      }
+      *out = dec_value(aspen__decimal_div(aspen__num_to_dec(a), den));
+      return true;
    }
-   if (!arg(e, 1, st, b)) {
-      aspen_value_destroy(a);
-      return false;
+   double den = aspen__num_to_double(b);
+   if (den == 0.0) {
+      return aspen__fail(st, ASPEN_ERR_BadValue, "can't $divide by zero");
+   }
+   *out = aspen_value_double(aspen__num_to_double(a) / den);
+   return true;
+}
+
+ASPEN__ARGS_EVAL(eval_divide, divide_args, compute_divide)
+
+static const aspen__args_t mod_args = {
+   .n = 2, .together = 2,
+   .arg = {{.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_NULL, .code = 16611,
+            .msg = "$mod only supports numeric types, not {type0} and "
+                   "{type1}"},
+           {.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_NULL, .code = 16611,
+            .msg = "$mod only supports numeric types, not {type0} and "
+                   "{type1}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_mod)
+{
+   (void) e;
+   const aspen_value_t *a = &v[0], *b = &v[1];
+   int ra = num_rank(a), rb = num_rank(b);
+   if (ra == NT_DEC || rb == NT_DEC) {
+      aspen_dec_t x = aspen__num_to_dec(a), y = aspen__num_to_dec(b);
+      if (aspen__decimal_is_zero(y)) {
+         return aspen__fail(st, 5733415, "can't $mod by zero");
+      }
+      aspen_dec_t q = aspen__decimal_quantize(aspen__decimal_div(x, y), 0, 1);
+      *out = dec_value(aspen__decimal_sub(x, aspen__decimal_mul(y, q)));
+      return true;
+   }
+   double y = aspen__num_to_double(b);
+   int64_t yl;
+   bool y_integral = aspen__num_is_int64(b, &yl);
+   if (y == 0) {
+      return aspen__fail(st, 16610, "can't $mod by zero");
+   }
+   if (ra == NT_DOUBLE || (rb == NT_DOUBLE && !y_integral)) {
+      *out = aspen_value_double(fmod(aspen__num_to_double(a), y));
+   } else if (ra == NT_LONG || rb == NT_LONG) {
+      int64_t x = aspen__num_to_int64(a);
+      *out = aspen_value_int64(yl == -1 ? 0 : x % yl);
+   } else {
+      int32_t x = (int32_t) aspen__num_to_int64(a);
+      int32_t yi = (int32_t) yl;
+      *out = aspen_value_int32(yi == -1 ? 0 : x % yi);
    }
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_divide)
-{
-   aspen_value_t a, b;
-   *out = ASPEN_VALUE_MISSING;
-   if (!eval_two(e, st, &a, &b)) {
-      return false;
-   }
-   bool ok = true;
-   if (aspen__is_num(&a) && aspen__is_num(&b)) {
-      if (num_rank(&a) == NT_DEC || num_rank(&b) == NT_DEC) {
-         aspen_dec_t den = aspen__num_to_dec(&b);
-         if (aspen__decimal_is_zero(den)) {
-            ok = aspen__fail(st, ASPEN_ERR_BadValue, "can't $divide by zero");
-         } else {
-            *out = dec_value(aspen__decimal_div(aspen__num_to_dec(&a), den));
-         }
-      } else {
-         double den = aspen__num_to_double(&b);
-         if (den == 0.0) {
-            ok = aspen__fail(st, ASPEN_ERR_BadValue, "can't $divide by zero");
-         } else {
-            *out = aspen_value_double(aspen__num_to_double(&a) / den);
-         }
-      }
-   } else if (aspen__is_nullish(&a) || aspen__is_nullish(&b)) {
-      *out = aspen_value_null();
-   } else {
-      ok = aspen__fail(st, ASPEN_ERR_TypeMismatch,
-                       "$divide only supports numeric types, not %s and %s",
-                       aspen_value_type_name(&a), aspen_value_type_name(&b));
-   }
-   aspen_value_destroy(&a);
-   aspen_value_destroy(&b);
-   return ok;
-}
-
-ASPEN__DECL_EVAL(aspen__eval_mod)
-{
-   aspen_value_t a, b;
-   *out = ASPEN_VALUE_MISSING;
-   if (!eval_two(e, st, &a, &b)) {
-      return false;
-   }
-   bool ok = true;
-   if (aspen__is_num(&a) && aspen__is_num(&b)) {
-      int ra = num_rank(&a), rb = num_rank(&b);
-      if (ra == NT_DEC || rb == NT_DEC) {
-         aspen_dec_t x = aspen__num_to_dec(&a), y = aspen__num_to_dec(&b);
-         if (aspen__decimal_is_zero(y)) {
-            ok = aspen__fail(st, 5733415, "can't $mod by zero");
-         } else {
-            aspen_dec_t q =
-               aspen__decimal_quantize(aspen__decimal_div(x, y), 0, 1);
-            *out = dec_value(aspen__decimal_sub(x, aspen__decimal_mul(y, q)));
-         }
-      } else {
-         double y = aspen__num_to_double(&b);
-         int64_t yl;
-         bool y_integral = aspen__num_is_int64(&b, &yl);
-         if (y == 0) {
-            ok = aspen__fail(st, 16610, "can't $mod by zero");
-         } else if (ra == NT_DOUBLE || (rb == NT_DOUBLE && !y_integral)) {
-            *out = aspen_value_double(fmod(aspen__num_to_double(&a), y));
-         } else if (ra == NT_LONG || rb == NT_LONG) {
-            int64_t x = aspen__num_to_int64(&a);
-            *out = aspen_value_int64(yl == -1 ? 0 : x % yl);
-         } else {
-            int32_t x = (int32_t) aspen__num_to_int64(&a);
-            int32_t yi = (int32_t) yl;
-            *out = aspen_value_int32(yi == -1 ? 0 : x % yi);
-         }
-      }
-   } else if (aspen__is_nullish(&a) || aspen__is_nullish(&b)) {
-      *out = aspen_value_null();
-   } else {
-      ok = aspen__fail(st, 16611,
-                       "$mod only supports numeric types, not %s and %s",
-                       aspen_value_type_name(&a), aspen_value_type_name(&b));
-   }
-   aspen_value_destroy(&a);
-   aspen_value_destroy(&b);
-   return ok;
-}
+ASPEN__ARGS_EVAL(eval_mod, mod_args, compute_mod)
 
 /* ------------------------------------------------------------------------ */
 /* Single numeric argument: $abs $ceil $floor $sqrt $exp $ln $log10          */
 /* ------------------------------------------------------------------------ */
 
-/* Evaluates the argument; returns 1 when it is a number (in *v), 0 when the
- * result is already in *out (null), -1 on error. */
-static int
-single_numeric(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *v,
-               aspen_value_t *out)
-{
-   *out = ASPEN_VALUE_MISSING;
-   if (!arg(e, 0, st, v)) {
-      return -1;
-   }
-   if (aspen__is_nullish(v)) {
-      *out = aspen_value_null();
-      return 0;
-   }
-   if (!aspen__is_num(v)) {
-      aspen__fail(st, 28765, "%s only supports numeric types, not %s",
-                  e->op->name, aspen_value_type_name(v));
-      aspen_value_destroy(v);
-      return -1;
-   }
-   return 1;
-}
+/* One number; null gives null. */
+static const aspen__args_t numeric1_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_NULL, .code = 28765,
+            .msg = "{op} only supports numeric types, not {type}"}}};
 
-ASPEN__DECL_EVAL(aspen__eval_abs)
+static ASPEN__DECL_COMPUTE(compute_abs)
 {
-   aspen_value_t v;
-   int r = single_numeric(e, st, &v, out);
-   if (r <= 0) {
-      return r == 0;
-   }
-   switch (aspen__vt(&v)) {
+   (void) e;
+   switch (aspen__vt(&v[0])) {
    case BSON_TYPE_DOUBLE:
-      *out = aspen_value_double(fabs(v.v.value.v_double));
+      *out = aspen_value_double(fabs(v[0].v.value.v_double));
       break;
    case BSON_TYPE_DECIMAL128: {
-      *out = dec_value(
-         aspen__decimal_abs(aspen__decimal_from_bson(&v.v.value.v_decimal128)));
+      *out = dec_value(aspen__decimal_abs(
+         aspen__decimal_from_bson(&v[0].v.value.v_decimal128)));
       break;
    }
    case BSON_TYPE_INT32: {
-      int64_t x = v.v.value.v_int32;
+      int64_t x = v[0].v.value.v_int32;
       *out = aspen__value_int_or_long(x < 0 ? -x : x);
       break;
    }
    default: {
-      int64_t x = v.v.value.v_int64;
+      int64_t x = v[0].v.value.v_int64;
       if (x == INT64_MIN) {
          return aspen__fail(st, 28680, "can't take $abs of long long min");
       }
@@ -471,41 +401,45 @@ ASPEN__DECL_EVAL(aspen__eval_abs)
    return true;
 }
 
+ASPEN__ARGS_EVAL(eval_abs, numeric1_args, compute_abs)
+
 static bool
-ceil_floor(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out,
-           bool is_ceil)
+ceil_floor(aspen_value_t *v, aspen_value_t *out, bool is_ceil)
 {
-   aspen_value_t v;
-   int r = single_numeric(e, st, &v, out);
-   if (r <= 0) {
-      return r == 0;
-   }
-   switch (aspen__vt(&v)) {
+   switch (aspen__vt(&v[0])) {
    case BSON_TYPE_DOUBLE:
-      *out = aspen_value_double(is_ceil ? ceil(v.v.value.v_double)
-                                        : floor(v.v.value.v_double));
+      *out = aspen_value_double(is_ceil ? ceil(v[0].v.value.v_double)
+                                        : floor(v[0].v.value.v_double));
       break;
    case BSON_TYPE_DECIMAL128:
       *out = dec_value(aspen__decimal_quantize(
-         aspen__decimal_from_bson(&v.v.value.v_decimal128), 0,
+         aspen__decimal_from_bson(&v[0].v.value.v_decimal128), 0,
          is_ceil ? 3 : 2));
       break;
    default:
-      *out = v;
+      *out = aspen__value_move(&v[0]);
       break;
    }
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_ceil)
+static ASPEN__DECL_COMPUTE(compute_ceil)
 {
-   return ceil_floor(e, st, out, true);
+   (void) e;
+   (void) st;
+   return ceil_floor(v, out, true);
 }
 
-ASPEN__DECL_EVAL(aspen__eval_floor)
+ASPEN__ARGS_EVAL(eval_ceil, numeric1_args, compute_ceil)
+
+static ASPEN__DECL_COMPUTE(compute_floor)
 {
-   return ceil_floor(e, st, out, false);
+   (void) e;
+   (void) st;
+   return ceil_floor(v, out, false);
 }
+
+ASPEN__ARGS_EVAL(eval_floor, numeric1_args, compute_floor)
 
 /* long double -> decimal with the 19 significant digits long double holds,
  * trailing zeros dropped ("1.000..." -> "1"). */
@@ -546,15 +480,11 @@ ld_to_dec(long double v)
    return aspen__decimal_from_bson(&bd);
 }
 
-ASPEN__DECL_EVAL(aspen__eval_sqrt)
+static ASPEN__DECL_COMPUTE(compute_sqrt)
 {
-   aspen_value_t v;
-   int r = single_numeric(e, st, &v, out);
-   if (r <= 0) {
-      return r == 0;
-   }
-   if (aspen__vt(&v) == BSON_TYPE_DECIMAL128) {
-      aspen_dec_t d = aspen__decimal_from_bson(&v.v.value.v_decimal128);
+   (void) e;
+   if (aspen__vt(&v[0]) == BSON_TYPE_DECIMAL128) {
+      aspen_dec_t d = aspen__decimal_from_bson(&v[0].v.value.v_decimal128);
       if (aspen__decimal_is_neg(d)) {
          return aspen__fail(st, 28714,
                             "$sqrt's argument must be greater than or equal "
@@ -563,7 +493,7 @@ ASPEN__DECL_EVAL(aspen__eval_sqrt)
       *out = dec_value(aspen__decimal_sqrt(d));
       return true;
    }
-   double d = aspen__num_to_double(&v);
+   double d = aspen__num_to_double(&v[0]);
    if (d < 0) {
       return aspen__fail(st, 28714,
                          "$sqrt's argument must be greater than or equal to "
@@ -573,33 +503,29 @@ ASPEN__DECL_EVAL(aspen__eval_sqrt)
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_exp)
+ASPEN__ARGS_EVAL(eval_sqrt, numeric1_args, compute_sqrt)
+
+static ASPEN__DECL_COMPUTE(compute_exp)
 {
-   aspen_value_t v;
-   int r = single_numeric(e, st, &v, out);
-   if (r <= 0) {
-      return r == 0;
-   }
-   if (aspen__vt(&v) == BSON_TYPE_DECIMAL128) {
-      aspen_dec_t d = aspen__decimal_from_bson(&v.v.value.v_decimal128);
+   (void) e;
+   (void) st;
+   if (aspen__vt(&v[0]) == BSON_TYPE_DECIMAL128) {
+      aspen_dec_t d = aspen__decimal_from_bson(&v[0].v.value.v_decimal128);
       *out = dec_value(ld_to_dec(expl(aspen__decimal_to_ld(d))));
       return true;
    }
-   *out = aspen_value_double(exp(aspen__num_to_double(&v)));
+   *out = aspen_value_double(exp(aspen__num_to_double(&v[0])));
    return true;
 }
 
+ASPEN__ARGS_EVAL(eval_exp, numeric1_args, compute_exp)
+
 static bool
-log_common(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out,
+log_common(aspen__eval_t *st, const aspen_value_t *v, aspen_value_t *out,
            bool base10)
 {
-   aspen_value_t v;
-   int r = single_numeric(e, st, &v, out);
-   if (r <= 0) {
-      return r == 0;
-   }
-   if (aspen__vt(&v) == BSON_TYPE_DECIMAL128) {
-      aspen_dec_t d = aspen__decimal_from_bson(&v.v.value.v_decimal128);
+   if (aspen__vt(&v[0]) == BSON_TYPE_DECIMAL128) {
+      aspen_dec_t d = aspen__decimal_from_bson(&v[0].v.value.v_decimal128);
       if (!aspen__decimal_is_neg(d) && !aspen__decimal_is_zero(d) &&
           !aspen__decimal_is_nan(d)) {
          long double x = aspen__decimal_to_ld(d);
@@ -607,7 +533,7 @@ log_common(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out,
          return true;
       }
    }
-   double d = aspen__num_to_double(&v);
+   double d = aspen__num_to_double(&v[0]);
    if (!(d > 0 || isnan(d))) {
       if (base10) {
          return aspen__fail(st, 28761,
@@ -623,97 +549,80 @@ log_common(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out,
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_ln)
+static ASPEN__DECL_COMPUTE(compute_ln)
 {
-   return log_common(e, st, out, false);
+   (void) e;
+   return log_common(st, v, out, false);
 }
 
-ASPEN__DECL_EVAL(aspen__eval_log10)
+ASPEN__ARGS_EVAL(eval_ln, numeric1_args, compute_ln)
+
+static ASPEN__DECL_COMPUTE(compute_log10)
 {
-   return log_common(e, st, out, true);
+   (void) e;
+   return log_common(st, v, out, true);
 }
 
-ASPEN__DECL_EVAL(aspen__eval_log)
+ASPEN__ARGS_EVAL(eval_log10, numeric1_args, compute_log10)
+
+static const aspen__args_t log_args = {
+   .n = 2, .together = 2,
+   .arg = {{.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_NULL, .code = 28756,
+            .msg = "$log's argument must be numeric, not {type}"},
+           {.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_NULL, .code = 28757,
+            .msg = "$log's base must be numeric, not {type}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_log)
 {
-   aspen_value_t a, b;
-   *out = ASPEN_VALUE_MISSING;
-   if (!eval_two(e, st, &a, &b)) {
-      return false;
-   }
-   bool ok = true;
-   if (aspen__is_nullish(&a) || aspen__is_nullish(&b)) {
-      *out = aspen_value_null();
-   } else if (!aspen__is_num(&a)) {
-      ok = aspen__fail(st, 28756, "$log's argument must be numeric, not %s",
-                       aspen_value_type_name(&a));
-   } else if (!aspen__is_num(&b)) {
-      ok = aspen__fail(st, 28757, "$log's base must be numeric, not %s",
-                       aspen_value_type_name(&b));
-   } else {
-      bool done = false;
-      if (num_rank(&a) == NT_DEC || num_rank(&b) == NT_DEC) {
-         aspen_dec_t x = aspen__num_to_dec(&a), y = aspen__num_to_dec(&b);
-         aspen_dec_t zero = aspen__decimal_from_int64(0);
-         if (aspen__decimal_cmp(x, zero) > 0 &&
-             aspen__decimal_cmp(y, zero) > 0 &&
-             aspen__decimal_cmp(y, aspen__decimal_from_int64(1)) != 0) {
-            *out = dec_value(ld_to_dec(logl(aspen__decimal_to_ld(x)) /
-                                       logl(aspen__decimal_to_ld(y))));
-            done = true;
-         }
-      }
-      if (!done) {
-         double x = aspen__num_to_double(&a), y = aspen__num_to_double(&b);
-         if (!(x > 0 || isnan(x))) {
-            ok = aspen__fail(st, 28758,
-                             "$log's argument must be a positive number, but "
-                             "is %g",
-                             x);
-         } else if (!((y > 0 && y != 1) || isnan(y))) {
-            ok = aspen__fail(st, 28759,
-                             "$log's base must be a positive number not equal "
-                             "to 1, but is %g",
-                             y);
-         } else {
-            *out = aspen_value_double(log(x) / log(y));
-         }
+   (void) e;
+   const aspen_value_t *a = &v[0], *b = &v[1];
+   if (num_rank(a) == NT_DEC || num_rank(b) == NT_DEC) {
+      aspen_dec_t x = aspen__num_to_dec(a), y = aspen__num_to_dec(b);
+      aspen_dec_t zero = aspen__decimal_from_int64(0);
+      if (aspen__decimal_cmp(x, zero) > 0 && aspen__decimal_cmp(y, zero) > 0 &&
+          aspen__decimal_cmp(y, aspen__decimal_from_int64(1)) != 0) {
+         *out = dec_value(ld_to_dec(logl(aspen__decimal_to_ld(x)) /
+                                    logl(aspen__decimal_to_ld(y))));
+         return true;
       }
    }
-   aspen_value_destroy(&a);
-   aspen_value_destroy(&b);
-   return ok;
+   double x = aspen__num_to_double(a), y = aspen__num_to_double(b);
+   if (!(x > 0 || isnan(x))) {
+      return aspen__fail(st, 28758,
+                         "$log's argument must be a positive number, but is "
+                         "%g",
+                         x);
+   }
+   if (!((y > 0 && y != 1) || isnan(y))) {
+      return aspen__fail(st, 28759,
+                         "$log's base must be a positive number not equal to "
+                         "1, but is %g",
+                         y);
+   }
+   *out = aspen_value_double(log(x) / log(y));
+   return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_pow)
+ASPEN__ARGS_EVAL(eval_log, log_args, compute_log)
+
+static const aspen__args_t pow_args = {
+   .n = 2, .together = 2,
+   .arg = {{.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_NULL, .code = 28762,
+            .msg = "$pow's base must be numeric, not {type}"},
+           {.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_NULL, .code = 28763,
+            .msg = "$pow's exponent must be numeric, not {type}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_pow)
 {
-   aspen_value_t a, b;
-   *out = ASPEN_VALUE_MISSING;
-   if (!eval_two(e, st, &a, &b)) {
-      return false;
-   }
-   bool ok = true;
-   if (aspen__is_nullish(&a) || aspen__is_nullish(&b)) {
-      *out = aspen_value_null();
-      goto done;
-   }
-   if (!aspen__is_num(&a)) {
-      ok = aspen__fail(st, 28762, "$pow's base must be numeric, not %s",
-                       aspen_value_type_name(&a));
-      goto done;
-   }
-   if (!aspen__is_num(&b)) {
-      ok = aspen__fail(st, 28763, "$pow's exponent must be numeric, not %s",
-                       aspen_value_type_name(&b));
-      goto done;
-   }
-   int ra = num_rank(&a), rb = num_rank(&b);
+   (void) e;
+   const aspen_value_t *a = &v[0], *b = &v[1];
+   int ra = num_rank(a), rb = num_rank(b);
    if (ra == NT_DEC || rb == NT_DEC) {
-      aspen_dec_t x = aspen__num_to_dec(&a), y = aspen__num_to_dec(&b);
+      aspen_dec_t x = aspen__num_to_dec(a), y = aspen__num_to_dec(b);
       if (aspen__decimal_is_zero(x) && aspen__decimal_is_neg(y)) {
-         ok = aspen__fail(st, 28764,
-                          "$pow cannot take a base of 0 and a negative "
-                          "exponent");
-         goto done;
+         return aspen__fail(st, 28764,
+                            "$pow cannot take a base of 0 and a negative "
+                            "exponent");
       }
       aspen_dec_t yi = aspen__decimal_quantize(y, 0, 1);
       int64_t yl;
@@ -738,21 +647,21 @@ ASPEN__DECL_EVAL(aspen__eval_pow)
          *out = dec_value(
             ld_to_dec(powl(aspen__decimal_to_ld(x), aspen__decimal_to_ld(y))));
       }
-      goto done;
+      return true;
    }
-   double x = aspen__num_to_double(&a), y = aspen__num_to_double(&b);
+   double x = aspen__num_to_double(a), y = aspen__num_to_double(b);
    if (x == 0 && y < 0) {
-      ok = aspen__fail(st, 28764,
-                       "$pow cannot take a base of 0 and a negative exponent");
-      goto done;
+      return aspen__fail(st, 28764,
+                         "$pow cannot take a base of 0 and a negative "
+                         "exponent");
    }
    if (ra == NT_DOUBLE || rb == NT_DOUBLE) {
       *out = aspen_value_double(pow(x, y));
-      goto done;
+      return true;
    }
    {
       bool want_long = ra == NT_LONG || rb == NT_LONG;
-      int64_t base = aspen__num_to_int64(&a), ex = aspen__num_to_int64(&b);
+      int64_t base = aspen__num_to_int64(a), ex = aspen__num_to_int64(b);
       int64_t res;
       if (base == 0) {
          res = ex == 0 ? 1 : 0;
@@ -762,7 +671,7 @@ ASPEN__DECL_EVAL(aspen__eval_pow)
          res = ex % 2 == 0 ? 1 : -1;
       } else if (ex < 0 || ex > 63) {
          *out = aspen_value_double(pow((double) base, (double) ex));
-         goto done;
+         return true;
       } else {
          res = 1;
          bool overflow = false;
@@ -774,79 +683,51 @@ ASPEN__DECL_EVAL(aspen__eval_pow)
          }
          if (overflow) {
             *out = aspen_value_double(pow((double) base, (double) ex));
-            goto done;
+            return true;
          }
       }
       *out = want_long ? aspen_value_int64(res) : aspen__value_int_or_long(res);
    }
-done:
-   aspen_value_destroy(&a);
-   aspen_value_destroy(&b);
-   return ok;
+   return true;
 }
+
+ASPEN__ARGS_EVAL(eval_pow, pow_args, compute_pow)
 
 /* ------------------------------------------------------------------------ */
 /* $round / $trunc (sub 0: round half to even, 1: truncate)                 */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_EVAL(aspen__eval_round)
+static const aspen__args_t round_args = {
+   .n = 2,
+   .arg = {{.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_NULL, .code = 51081,
+            .msg = "{op} only supports numeric types, not {type}"},
+           {.types = ASPEN__T_NUMBER,
+            .flags = ASPEN__ARG_NULL | ASPEN__ARG_INT64 | ASPEN__ARG_RANGE,
+            .code = 51082,
+            .msg = "precision argument to  {op} must be a integral value",
+            .range_code = 51083,
+            .range_msg = "cannot apply {op} with precision value {int} value "
+                         "must be in [-20, 100]",
+            .min = -20, .max = 100}}};
+
+static ASPEN__DECL_COMPUTE(compute_round)
 {
-   bool trunc_mode = e->op->sub == 1;
-   int mode = trunc_mode ? 1 : 0;
-   aspen_value_t v, p = ASPEN_VALUE_MISSING;
-   *out = ASPEN_VALUE_MISSING;
-   if (!arg(e, 0, st, &v)) {
-      return false;
-   }
-   if (aspen__is_nullish(&v)) {
-      *out = aspen_value_null();
-      return true;
-   }
-   if (!aspen__is_num(&v)) {
-      bool failed = aspen__fail(st, 51081, "%s only supports numeric types, not %s",
-                         e->op->name, aspen_value_type_name(&v));
-      aspen_value_destroy(&v);
-      return failed;
-   }
-   int64_t places = 0;
-   if (e->n_args > 1) {
-      if (!arg(e, 1, st, &p)) {
-         return false;
-      }
-      if (aspen__is_nullish(&p)) {
-         aspen_value_destroy(&p);
-         *out = aspen_value_null();
-         return true;
-      }
-      if (!aspen__is_num(&p) || !aspen__num_is_int64(&p, &places)) {
-         aspen_value_destroy(&p);
-         return aspen__fail(st, 51082,
-                            "precision argument to  %s must be a integral "
-                            "value",
-                            e->op->name);
-      }
-      aspen_value_destroy(&p);
-      if (places < -20 || places > 100) {
-         return aspen__fail(st, 51083,
-                            "cannot apply %s with precision value %" PRId64
-                            " value must be in [-20, 100]",
-                            e->op->name, places);
-      }
-   }
-   switch (aspen__vt(&v)) {
+   int mode = e->op->sub == 1 ? 1 : 0;
+   int64_t places = e->n_args > 1 ? aspen__arg_int(&v[1]) : 0;
+   switch (aspen__vt(&v[0])) {
    case BSON_TYPE_DECIMAL128: {
-      aspen_dec_t d = aspen__decimal_from_bson(&v.v.value.v_decimal128);
+      aspen_dec_t d = aspen__decimal_from_bson(&v[0].v.value.v_decimal128);
       if (aspen__decimal_is_inf(d)) {
-         *out = v;
+         *out = aspen__value_move(&v[0]);
       } else {
          *out = dec_value(aspen__decimal_quantize(d, (int) places, mode));
       }
       return true;
    }
    case BSON_TYPE_DOUBLE: {
-      double x = v.v.value.v_double;
+      double x = v[0].v.value.v_double;
       if (isinf(x)) {
-         *out = v;
+         *out = aspen__value_move(&v[0]);
          return true;
       }
       aspen_dec_t d = aspen__decimal_from_double(x, 34);
@@ -856,10 +737,10 @@ ASPEN__DECL_EVAL(aspen__eval_round)
    }
    default: {
       if (places >= 0) {
-         *out = v;
+         *out = aspen__value_move(&v[0]);
          return true;
       }
-      int64_t x = aspen__num_to_int64(&v);
+      int64_t x = aspen__num_to_int64(&v[0]);
       int64_t r;
       aspen_dec_t q = aspen__decimal_quantize(aspen__decimal_from_int64(x),
                                               (int) places, mode);
@@ -870,24 +751,20 @@ ASPEN__DECL_EVAL(aspen__eval_round)
                             "]",
                             e->op->name, x, places);
       }
-      *out = aspen__vt(&v) == BSON_TYPE_INT64 ? aspen_value_int64(r)
-                                               : aspen__value_int_or_long(r);
+      *out = aspen__vt(&v[0]) == BSON_TYPE_INT64 ? aspen_value_int64(r)
+                                                  : aspen__value_int_or_long(r);
       return true;
    }
    }
 }
+
+ASPEN__ARGS_EVAL(eval_round, round_args, compute_round)
 
 /* ------------------------------------------------------------------------ */
 /* Accumulator-style operators on arrays or argument lists                   */
 /* ------------------------------------------------------------------------ */
 
 enum { ACC_SUM, ACC_AVG, ACC_MIN, ACC_MAX, ACC_STDPOP, ACC_STDSAMP };
-
-ASPEN__DECL_PARSE(aspen__parse_accum)
-{
-   /* {$sum: [a, b]} sums the arguments; {$sum: "$arr"} sums the array. */
-   return aspen__parse_nary(ps, op, arg, e);
-}
 
 typedef struct {
    int type;
@@ -1035,85 +912,84 @@ acc_result(const acc_t *a, int kind)
    }
 }
 
-ASPEN__DECL_EVAL(aspen__eval_accum)
+/* No checks: the accumulator forms skip what is not a number. */
+static const aspen__args_t plain_args = {.n = 1};
+
+/* {$sum: [a, b]} sums the arguments; {$sum: "$arr"} sums the array. */
+static ASPEN__DECL_COMPUTE(compute_accum)
 {
+   (void) st;
    int kind = e->op->sub;
    acc_t a;
    memset(&a, 0, sizeof a);
    /* 0E0: all-zero bits would be 0E-6176 and skew the result's exponent. */
    a.dec = aspen__decimal_from_int64(0);
-   uint32_t n = e->n_args;
-   aspen_value_t stackv[8];
-   aspen_value_t *vals = n <= 8 ? stackv : aspen_xmalloc(n * sizeof *vals);
-   uint32_t done;
-   bool ok = true;
-   for (done = 0; done < n; done++) {
-      if (!arg(e, done, st, &vals[done])) {
-         ok = false;
-         break;
-      }
-   }
-   if (ok) {
-      if (n == 1 && aspen__is_array(&vals[0])) {
-         bson_iter_t it;
-         if (aspen__array_iter(&vals[0], &it)) {
-            while (bson_iter_next(&it)) {
-               aspen_value_t v = aspen_value_borrow(&it);
-               acc_process(&a, kind, &v);
-            }
-         }
-      } else {
-         for (uint32_t i = 0; i < n; i++) {
-            acc_process(&a, kind, &vals[i]);
+   if (e->n_args == 1 && aspen__is_array(&v[0])) {
+      bson_iter_t it;
+      if (aspen__array_iter(&v[0], &it)) {
+         while (bson_iter_next(&it)) {
+            aspen_value_t el = aspen_value_borrow(&it);
+            acc_process(&a, kind, &el);
          }
       }
-      *out = acc_result(&a, kind);
-      /* $min/$max return a view into one of the inputs. */
-      aspen__value_own(out);
    } else {
-      *out = ASPEN_VALUE_MISSING;
+      for (uint32_t i = 0; i < e->n_args; i++) {
+         acc_process(&a, kind, &v[i]);
+      }
    }
-   for (uint32_t i = 0; i < done; i++) {
-      aspen_value_destroy(&vals[i]);
-   }
-   if (vals != stackv) {
-      free(vals);
-   }
-   return ok;
+   *out = acc_result(&a, kind);
+   /* $min/$max return a view into one of the inputs. */
+   aspen__value_own(out);
+   return true;
 }
+
+ASPEN__ARGS_EVAL(eval_accum, plain_args, compute_accum)
 
 /* ------------------------------------------------------------------------ */
 /* Trigonometry (sub: which function); beyond expr.h's list, as mongod has  */
 /* them. Doubles in, doubles out; a decimal argument gives a decimal.        */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_EVAL(aspen__eval_trig)
+/* The trigonometric operators, the `sub` of their table rows. */
+enum {
+   TRIG_SIN,
+   TRIG_COS,
+   TRIG_TAN,
+   TRIG_ASIN,
+   TRIG_ACOS,
+   TRIG_ATAN,
+   TRIG_SINH,
+   TRIG_COSH,
+   TRIG_TANH,
+   TRIG_ASINH,
+   TRIG_ACOSH,
+   TRIG_ATANH,
+   TRIG_DEG2RAD,
+   TRIG_RAD2DEG,
+};
+
+static ASPEN__DECL_COMPUTE(compute_trig)
 {
-   aspen_value_t v;
-   int r = single_numeric(e, st, &v, out);
-   if (r <= 0) {
-      return r == 0;
-   }
-   bool is_dec = aspen__vt(&v) == BSON_TYPE_DECIMAL128;
-   long double x = is_dec ? aspen__decimal_to_ld(v.v.value.v_decimal128)
-                          : (long double) aspen__num_to_double(&v);
+   bool is_dec = aspen__vt(&v[0]) == BSON_TYPE_DECIMAL128;
+   long double x = is_dec ? aspen__decimal_to_ld(v[0].v.value.v_decimal128)
+                          : (long double) aspen__num_to_double(&v[0]);
    const char *bounds = NULL;
    switch (e->op->sub) {
-   case ASPEN__TRIG_SIN:
-   case ASPEN__TRIG_COS:
-   case ASPEN__TRIG_TAN:
+   case TRIG_SIN:
+   case TRIG_COS:
+   case TRIG_TAN:
       if (isinf(x)) {
          bounds = "(-inf,inf)";
       }
       break;
-   case ASPEN__TRIG_ASIN:
-   case ASPEN__TRIG_ACOS:
-   case ASPEN__TRIG_ATANH:
+   case TRIG_ASIN:
+   case TRIG_ACOS:
+   case TRIG_ATANH:
       if (x < -1 || x > 1) {
          bounds = "[-1,1]";
       }
       break;
-   case ASPEN__TRIG_ACOSH:
+   case TRIG_ACOSH:
       if (x < 1) {
          bounds = "[1,inf]";
       }
@@ -1123,58 +999,60 @@ ASPEN__DECL_EVAL(aspen__eval_trig)
    }
    if (bounds) {
       char num[64];
-      aspen__num_to_text(&v, num, sizeof num);
+      aspen__num_to_text(&v[0], num, sizeof num);
       return aspen__fail(st, 50989, "cannot apply %s to %s, value must be in %s",
                          e->op->name, num, bounds);
    }
    long double res;
    switch (e->op->sub) {
-   case ASPEN__TRIG_SIN:
+   case TRIG_SIN:
       res = sinl(x);
       break;
-   case ASPEN__TRIG_COS:
+   case TRIG_COS:
       res = cosl(x);
       break;
-   case ASPEN__TRIG_TAN:
+   case TRIG_TAN:
       res = tanl(x);
       break;
-   case ASPEN__TRIG_ASIN:
+   case TRIG_ASIN:
       res = asinl(x);
       break;
-   case ASPEN__TRIG_ACOS:
+   case TRIG_ACOS:
       res = acosl(x);
       break;
-   case ASPEN__TRIG_ATAN:
+   case TRIG_ATAN:
       res = atanl(x);
       break;
-   case ASPEN__TRIG_SINH:
+   case TRIG_SINH:
       res = sinhl(x);
       break;
-   case ASPEN__TRIG_COSH:
+   case TRIG_COSH:
       res = coshl(x);
       break;
-   case ASPEN__TRIG_TANH:
+   case TRIG_TANH:
       res = tanhl(x);
       break;
-   case ASPEN__TRIG_ASINH:
+   case TRIG_ASINH:
       res = asinhl(x);
       break;
-   case ASPEN__TRIG_ACOSH:
+   case TRIG_ACOSH:
       res = acoshl(x);
       break;
-   case ASPEN__TRIG_ATANH:
+   case TRIG_ATANH:
       res = atanhl(x);
       break;
-   case ASPEN__TRIG_DEG2RAD:
+   case TRIG_DEG2RAD:
       if (!is_dec) {
-         *out = aspen_value_double(aspen__num_to_double(&v) * (3.14159265358979323846 / 180.0));
+         *out = aspen_value_double(aspen__num_to_double(&v[0]) *
+                                   (3.14159265358979323846 / 180.0));
          return true;
       }
       res = x * (3.14159265358979323846264338327950288L / 180.0L);
       break;
    default:
       if (!is_dec) {
-         *out = aspen_value_double(aspen__num_to_double(&v) * (180.0 / 3.14159265358979323846));
+         *out = aspen_value_double(aspen__num_to_double(&v[0]) *
+                                   (180.0 / 3.14159265358979323846));
          return true;
       }
       res = x * (180.0L / 3.14159265358979323846264338327950288L);
@@ -1184,40 +1062,40 @@ ASPEN__DECL_EVAL(aspen__eval_trig)
       *out = dec_value(ld_to_dec(res));
    } else {
       /* Computed in double like mongod (std::sin etc. on doubles). */
-      double xd = aspen__num_to_double(&v);
+      double xd = aspen__num_to_double(&v[0]);
       double rd;
       switch (e->op->sub) {
-      case ASPEN__TRIG_SIN:
+      case TRIG_SIN:
          rd = sin(xd);
          break;
-      case ASPEN__TRIG_COS:
+      case TRIG_COS:
          rd = cos(xd);
          break;
-      case ASPEN__TRIG_TAN:
+      case TRIG_TAN:
          rd = tan(xd);
          break;
-      case ASPEN__TRIG_ASIN:
+      case TRIG_ASIN:
          rd = asin(xd);
          break;
-      case ASPEN__TRIG_ACOS:
+      case TRIG_ACOS:
          rd = acos(xd);
          break;
-      case ASPEN__TRIG_ATAN:
+      case TRIG_ATAN:
          rd = atan(xd);
          break;
-      case ASPEN__TRIG_SINH:
+      case TRIG_SINH:
          rd = sinh(xd);
          break;
-      case ASPEN__TRIG_COSH:
+      case TRIG_COSH:
          rd = cosh(xd);
          break;
-      case ASPEN__TRIG_TANH:
+      case TRIG_TANH:
          rd = tanh(xd);
          break;
-      case ASPEN__TRIG_ASINH:
+      case TRIG_ASINH:
          rd = asinh(xd);
          break;
-      case ASPEN__TRIG_ACOSH:
+      case TRIG_ACOSH:
          rd = acosh(xd);
          break;
       default:
@@ -1229,62 +1107,58 @@ ASPEN__DECL_EVAL(aspen__eval_trig)
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_atan2)
+ASPEN__ARGS_EVAL(eval_trig, numeric1_args, compute_trig)
+
+static const aspen__args_t atan2_args = {
+   .n = 2, .together = 2,
+   .arg = {{.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_NULL, .code = 51044,
+            .msg = "$atan2 only supports numeric types, not {type0} and "
+                   "{type1}"},
+           {.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_NULL, .code = 51044,
+            .msg = "$atan2 only supports numeric types, not {type0} and "
+                   "{type1}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_atan2)
 {
-   aspen_value_t a, b;
-   *out = ASPEN_VALUE_MISSING;
-   if (!eval_two(e, st, &a, &b)) {
-      return false;
-   }
-   bool ok = true;
-   if (aspen__is_nullish(&a) || aspen__is_nullish(&b)) {
-      *out = aspen_value_null();
-   } else if (!aspen__is_num(&a) || !aspen__is_num(&b)) {
-      ok = aspen__fail(st, 51044,
-                       "$atan2 only supports numeric types, not %s and %s",
-                       aspen_value_type_name(&a), aspen_value_type_name(&b));
-   } else if (num_rank(&a) == NT_DEC || num_rank(&b) == NT_DEC) {
+   (void) e;
+   (void) st;
+   const aspen_value_t *a = &v[0], *b = &v[1];
+   if (num_rank(a) == NT_DEC || num_rank(b) == NT_DEC) {
       *out = dec_value(
-         ld_to_dec(atan2l(aspen__decimal_to_ld(aspen__num_to_dec(&a)),
-                          aspen__decimal_to_ld(aspen__num_to_dec(&b)))));
+         ld_to_dec(atan2l(aspen__decimal_to_ld(aspen__num_to_dec(a)),
+                          aspen__decimal_to_ld(aspen__num_to_dec(b)))));
    } else {
       *out = aspen_value_double(
-         atan2(aspen__num_to_double(&a), aspen__num_to_double(&b)));
+         atan2(aspen__num_to_double(a), aspen__num_to_double(b)));
    }
-   aspen_value_destroy(&a);
-   aspen_value_destroy(&b);
-   return ok;
+   return true;
 }
+
+ASPEN__ARGS_EVAL(eval_atan2, atan2_args, compute_atan2)
 
 /* ------------------------------------------------------------------------ */
 /* $bitAnd $bitOr $bitXor (sub 0..2) and $bitNot                             */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_EVAL(aspen__eval_bit)
+static const aspen__args_t bit_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_INTEGER, .flags = ASPEN__ARG_NULL,
+            .code = ASPEN_ERR_TypeMismatch,
+            .msg = "All operands of {op} must be ints or longs, but got: "
+                   "{type}"}}};
+
+static ASPEN__DECL_EVAL(eval_bit)
 {
    int kind = e->op->sub;
    int64_t acc = kind == 0 ? -1 : 0;
    bool any_long = false;
    for (uint32_t i = 0; i < e->n_args; i++) {
       aspen_value_t v;
-      if (!arg(e, i, st, &v)) {
-         return false;
+      int r = aspen__args_eval_arg(e, st, &bit_args, i, &v, out);
+      if (r <= 0) {
+         return r == 0;
       }
-      if (aspen__is_nullish(&v)) {
-         *out = aspen_value_null();
-         return true;
-      }
-      bson_type_t t = aspen__vt(&v);
-      if (t != BSON_TYPE_INT32 && t != BSON_TYPE_INT64) {
-         *out = ASPEN_VALUE_MISSING;
-         bool failed = aspen__fail(st, ASPEN_ERR_TypeMismatch,
-                                   "All operands of %s must be ints or longs, "
-                                   "but got: %s",
-                                   e->op->name, aspen_value_type_name(&v));
-         aspen_value_destroy(&v);
-         return failed;
-      }
-      any_long |= t == BSON_TYPE_INT64;
+      any_long |= aspen__vt(&v) == BSON_TYPE_INT64;
       int64_t x = aspen__num_to_int64(&v);
       acc = kind == 0 ? (acc & x) : kind == 1 ? (acc | x) : (acc ^ x);
    }
@@ -1292,25 +1166,85 @@ ASPEN__DECL_EVAL(aspen__eval_bit)
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_bit_not)
+static const aspen__args_t bit_not_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_INTEGER, .flags = ASPEN__ARG_NULL,
+            .code = ASPEN_ERR_TypeMismatch,
+            .msg = "$bitNot only supports int and long, not: {type}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_bit_not)
 {
-   aspen_value_t v;
-   *out = ASPEN_VALUE_MISSING;
-   if (!arg(e, 0, st, &v)) {
-      return false;
-   }
-   if (aspen__is_nullish(&v)) {
-      *out = aspen_value_null();
-   } else if (aspen__vt(&v) == BSON_TYPE_INT32) {
-      *out = aspen_value_int32(~v.v.value.v_int32);
-   } else if (aspen__vt(&v) == BSON_TYPE_INT64) {
-      *out = aspen_value_int64(~v.v.value.v_int64);
-   } else {
-      bool failed = aspen__fail(st, ASPEN_ERR_TypeMismatch,
-                                "$bitNot only supports int and long, not: %s",
-                                aspen_value_type_name(&v));
-      aspen_value_destroy(&v);
-      return failed;
-   }
+   (void) e;
+   (void) st;
+   *out = aspen__vt(&v[0]) == BSON_TYPE_INT32
+             ? aspen_value_int32(~v[0].v.value.v_int32)
+             : aspen_value_int64(~v[0].v.value.v_int64);
    return true;
 }
+
+ASPEN__ARGS_EVAL(eval_bit_not, bit_not_args, compute_bit_not)
+
+/* ------------------------------------------------------------------------ */
+/* The operator table (expr_int.h, aspen__op_t)                              */
+/* ------------------------------------------------------------------------ */
+
+#define P ASPEN__OP_PURE
+#define NARY aspen__parse_nary
+#define NUMERIC1(name, eval)                                                   \
+   {name, NARY, eval, 1, 1, 0, P, &numeric1_args}
+#define TRIG(name, fn)                                                         \
+   {name, NARY, eval_trig, 1, 1, TRIG_##fn, P, &numeric1_args}
+#define ACCUM(name, kind)                                                      \
+   {name, NARY, eval_accum, -1, -1, kind, P, &plain_args}
+
+static const aspen__op_t ops[] = {
+   NUMERIC1("$abs", eval_abs),
+   TRIG("$acos", ACOS),
+   TRIG("$acosh", ACOSH),
+   {"$add", NARY, eval_add, -1, -1, 0, P, &add_args},
+   TRIG("$asin", ASIN),
+   TRIG("$asinh", ASINH),
+   TRIG("$atan", ATAN),
+   {"$atan2", NARY, eval_atan2, 2, 2, 0, P, &atan2_args},
+   TRIG("$atanh", ATANH),
+   ACCUM("$avg", ACC_AVG),
+   {"$bitAnd", NARY, eval_bit, -1, -1, 0, P, &bit_args},
+   {"$bitNot", NARY, eval_bit_not, 1, 1, 0, P, &bit_not_args},
+   {"$bitOr", NARY, eval_bit, -1, -1, 1, P, &bit_args},
+   {"$bitXor", NARY, eval_bit, -1, -1, 2, P, &bit_args},
+   NUMERIC1("$ceil", eval_ceil),
+   TRIG("$cos", COS),
+   TRIG("$cosh", COSH),
+   TRIG("$degreesToRadians", DEG2RAD),
+   {"$divide", NARY, eval_divide, 2, 2, 0, P, &divide_args},
+   NUMERIC1("$exp", eval_exp),
+   NUMERIC1("$floor", eval_floor),
+   NUMERIC1("$ln", eval_ln),
+   {"$log", NARY, eval_log, 2, 2, 0, P, &log_args},
+   NUMERIC1("$log10", eval_log10),
+   ACCUM("$max", ACC_MAX),
+   ACCUM("$min", ACC_MIN),
+   {"$mod", NARY, eval_mod, 2, 2, 0, P, &mod_args},
+   {"$multiply", NARY, eval_multiply, -1, -1, 0, P, &multiply_args},
+   {"$pow", NARY, eval_pow, 2, 2, 0, P, &pow_args},
+   TRIG("$radiansToDegrees", RAD2DEG),
+   {"$round", NARY, eval_round, 1, 2, 0, P, &round_args},
+   TRIG("$sin", SIN),
+   TRIG("$sinh", SINH),
+   NUMERIC1("$sqrt", eval_sqrt),
+   ACCUM("$stdDevPop", ACC_STDPOP),
+   ACCUM("$stdDevSamp", ACC_STDSAMP),
+   {"$subtract", NARY, eval_subtract, 2, 2, 0, P, &null2_args},
+   ACCUM("$sum", ACC_SUM),
+   TRIG("$tan", TAN),
+   TRIG("$tanh", TANH),
+   {"$trunc", NARY, eval_round, 1, 2, 1, P, &round_args},
+};
+
+#undef P
+#undef NARY
+#undef NUMERIC1
+#undef TRIG
+#undef ACCUM
+
+const aspen__op_table_t aspen__expr_num_ops = {ops, sizeof ops / sizeof ops[0]};

@@ -8,7 +8,7 @@
  * several threads may share it.
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
-#include "lang/expr_int.h"
+#include "lang/expr_args.h"
 
 #include <inttypes.h>
 #include <pcre2.h>
@@ -88,93 +88,24 @@ sb_finish(sbuf_t *b)
    return aspen__value_utf8_take(b->p, (uint32_t) b->len);
 }
 
-/* Value::coerceToString: strings as they are, numbers printed, dates in ISO
- * format, nullish as "". Writes into `buf` (cap bytes) when the text must be
- * made; s and len receive the result. */
-static bool
-coerce_to_string(aspen__eval_t *st, const aspen_value_t *v, char *buf,
-                 size_t cap, const char **s, size_t *len)
-{
-   switch (aspen__vt(v)) {
-   case BSON_TYPE_UTF8:
-      *s = v->v.value.v_utf8.str;
-      *len = v->v.value.v_utf8.len;
-      return true;
-   case BSON_TYPE_SYMBOL:
-      *s = v->v.value.v_symbol.symbol;
-      *len = v->v.value.v_symbol.len;
-      return true;
-   case BSON_TYPE_CODE:
-      *s = v->v.value.v_code.code;
-      *len = v->v.value.v_code.code_len;
-      return true;
-   case BSON_TYPE_EOD:
-   case BSON_TYPE_NULL:
-   case BSON_TYPE_UNDEFINED:
-      *s = "";
-      *len = 0;
-      return true;
-   case BSON_TYPE_INT32:
-      snprintf(buf, cap, "%" PRId32, v->v.value.v_int32);
-      break;
-   case BSON_TYPE_INT64:
-      snprintf(buf, cap, "%" PRId64, v->v.value.v_int64);
-      break;
-   case BSON_TYPE_DOUBLE:
-      snprintf(buf, cap, "%g", v->v.value.v_double);
-      break;
-   case BSON_TYPE_DECIMAL128:
-      aspen__decimal_to_string(
-         aspen__decimal_from_bson(&v->v.value.v_decimal128), buf, cap);
-      break;
-   case BSON_TYPE_TIMESTAMP:
-      snprintf(buf, cap, "Timestamp(%" PRIu32 ", %" PRIu32 ")",
-               v->v.value.v_timestamp.timestamp,
-               v->v.value.v_timestamp.increment);
-      break;
-   case BSON_TYPE_DATE_TIME: {
-      size_t n;
-      if (!aspen__date_format(v->v.value.v_datetime, ASPEN__ISO_FORMAT,
-                              strlen(ASPEN__ISO_FORMAT), aspen__tz_utc(), buf, cap, &n, st->err)) {
-         return false;
-      }
-      break;
-   }
-   default:
-      return aspen__fail(st, 16007, "can't convert from BSON type %s to String",
-                         aspen_value_type_name(v));
-   }
-   *s = buf;
-   *len = strlen(buf);
-   return true;
-}
-
 /* ------------------------------------------------------------------------ */
 /* $concat                                                                   */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_EVAL(aspen__eval_concat)
+static const aspen__args_t concat_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_STRING, .flags = ASPEN__ARG_NULL, .code = 16702,
+            .msg = "$concat only supports strings, not {type}"}}};
+
+static ASPEN__DECL_EVAL(eval_concat)
 {
    sbuf_t b = {0};
    for (uint32_t i = 0; i < e->n_args; i++) {
       aspen_value_t v;
-      if (!aspen__eval_arg(e, i, st, &v)) {
+      int r = aspen__args_eval_arg(e, st, &concat_args, i, &v, out);
+      if (r <= 0) {
          bson_free(b.p);
-         *out = ASPEN_VALUE_MISSING;
-         return false;
-      }
-      if (aspen__is_nullish(&v)) {
-         bson_free(b.p);
-         *out = aspen_value_null();
-         return true;
-      }
-      if (!aspen__is_str(&v)) {
-         bson_free(b.p);
-         *out = ASPEN_VALUE_MISSING;
-         bool failed = aspen__fail(st, 16702, "$concat only supports strings, not %s",
-                            aspen_value_type_name(&v));
-         aspen_value_destroy(&v);
-         return failed;
+         return r == 0;
       }
       sb_add(&b, v.v.value.v_utf8.str, v.v.value.v_utf8.len);
       aspen_value_destroy(&v);
@@ -192,79 +123,48 @@ ASPEN__DECL_EVAL(aspen__eval_concat)
 /* $substrBytes / $substr / $substrCP                                        */
 /* ------------------------------------------------------------------------ */
 
-static bool
-eval3(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t v[3])
-{
-   for (uint32_t i = 0; i < 3; i++) {
-      if (!aspen__eval_arg(e, i, st, &v[i])) {
-         for (uint32_t k = 0; k < i; k++) {
-            aspen_value_destroy(&v[k]);
-         }
-         return false;
-      }
-   }
-   return true;
-}
+/* Value::coerceToString's argument: a string, or what becomes one. */
+#define TO_STRING_ARG                                                          \
+   {.types = ASPEN__T_STRINGABLE, .flags = ASPEN__ARG_TO_STRING,               \
+    .code = 16007, .msg = "can't convert from BSON type {type} to String"}
 
-static void
-destroy_n(aspen_value_t *v, uint32_t n)
-{
-   for (uint32_t i = 0; i < n; i++) {
-      aspen_value_destroy(&v[i]);
-   }
-}
+static const aspen__args_t substr_bytes_args = {
+   .n = 3, .together = 3,
+   .arg = {TO_STRING_ARG,
+           {.types = ASPEN__T_NUMBER, .code = 16034,
+            .msg = "$substrBytes:  starting index must be a numeric type (is "
+                   "BSON type {type})"},
+           {.types = ASPEN__T_NUMBER, .code = 16035,
+            .msg = "$substrBytes:  length must be a numeric type (is BSON "
+                   "type {type})"}}};
 
-ASPEN__DECL_EVAL(aspen__eval_substr_bytes)
+static ASPEN__DECL_COMPUTE(compute_substr_bytes)
 {
-   aspen_value_t v[3];
-   char buf[128];
-   const char *s;
-   size_t len;
-   bool ok = false;
-   *out = ASPEN_VALUE_MISSING;
-   if (!eval3(e, st, v)) {
-      return false;
-   }
+   (void) e;
    const char *name = "$substrBytes";
-   if (!coerce_to_string(st, &v[0], buf, sizeof buf, &s, &len)) {
-      goto done;
-   }
-   if (!aspen__is_num(&v[1])) {
-      aspen__fail(st, 16034,
-                  "%s:  starting index must be a numeric type (is BSON type "
-                  "%s)",
-                  name, aspen_value_type_name(&v[1]));
-      goto done;
-   }
-   if (!aspen__is_num(&v[2])) {
-      aspen__fail(st, 16035,
-                  "%s:  length must be a numeric type (is BSON type %s)", name,
-                  aspen_value_type_name(&v[2]));
-      goto done;
-   }
+   const char *s = v[0].v.value.v_utf8.str;
+   size_t len = v[0].v.value.v_utf8.len;
    int64_t lower = aspen__num_to_int64(&v[1]);
    if (lower < 0) {
-      aspen__fail(st, 50752,
-                  "%s:  starting index must be non-negative (got: %" PRId64 ")",
-                  name, lower);
-      goto done;
+      return aspen__fail(st, 50752,
+                         "%s:  starting index must be non-negative (got: "
+                         "%" PRId64 ")",
+                         name, lower);
    }
    int64_t slen = aspen__num_to_int64(&v[2]);
    size_t length = slen < 0 || (uint64_t) slen > len ? len : (size_t) slen;
    if ((size_t) lower < len && is_cont((unsigned char) s[lower])) {
-      aspen__fail(st, 28656,
-                  "%s:  Invalid range, starting index is a UTF-8 continuation "
-                  "byte.",
-                  name);
-      goto done;
+      return aspen__fail(st, 28656,
+                         "%s:  Invalid range, starting index is a UTF-8 "
+                         "continuation byte.",
+                         name);
    }
    if ((size_t) lower + length < len &&
        is_cont((unsigned char) s[(size_t) lower + length])) {
-      aspen__fail(st, 28657,
-                  "%s:  Invalid range, ending index is in the middle of a "
-                  "UTF-8 character.",
-                  name);
-      goto done;
+      return aspen__fail(st, 28657,
+                         "%s:  Invalid range, ending index is in the middle "
+                         "of a UTF-8 character.",
+                         name);
    }
    if ((size_t) lower >= len) {
       *out = aspen_value_utf8("", 0);
@@ -272,84 +172,61 @@ ASPEN__DECL_EVAL(aspen__eval_substr_bytes)
       size_t avail = len - (size_t) lower;
       *out = aspen_value_utf8(s + lower, length < avail ? length : avail);
    }
-   ok = true;
-done:
-   destroy_n(v, 3);
-   return ok;
+   return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_substr_cp)
+ASPEN__ARGS_EVAL(eval_substr_bytes, substr_bytes_args, compute_substr_bytes)
+
+static const aspen__args_t substr_cp_args = {
+   .n = 3, .together = 3,
+   .arg = {TO_STRING_ARG,
+           {.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_INT32,
+            .code = 34450,
+            .msg = "$substrCP: starting index must be a numeric type (is BSON "
+                   "type {type})",
+            .int_code = 34451,
+            .int_msg = "$substrCP: starting index cannot be represented as a "
+                       "32-bit integral value: {num}"},
+           {.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_INT32,
+            .code = 34452,
+            .msg = "$substrCP: length must be a numeric type (is BSON type "
+                   "{type})",
+            .int_code = 34453,
+            .int_msg = "$substrCP: length cannot be represented as a 32-bit "
+                       "integral value: {num}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_substr_cp)
 {
-   aspen_value_t v[3];
-   char buf[128];
-   const char *s;
-   size_t len;
-   bool ok = false;
-   int32_t start, count;
-   char num[64];
+   (void) e;
    const char *name = "$substrCP";
-   *out = ASPEN_VALUE_MISSING;
-   if (!eval3(e, st, v)) {
-      return false;
-   }
-   if (!coerce_to_string(st, &v[0], buf, sizeof buf, &s, &len)) {
-      goto done;
-   }
-   if (!aspen__is_num(&v[1])) {
-      aspen__fail(st, 34450,
-                  "%s: starting index must be a numeric type (is BSON type %s)",
-                  name, aspen_value_type_name(&v[1]));
-      goto done;
-   }
-   if (!aspen__num_is_int32(&v[1], &start)) {
-      aspen__num_to_text(&v[1], num, sizeof num);
-      aspen__fail(st, 34451,
-                  "%s: starting index cannot be represented as a 32-bit "
-                  "integral value: %s",
-                  name, num);
-      goto done;
-   }
-   if (!aspen__is_num(&v[2])) {
-      aspen__fail(st, 34452,
-                  "%s: length must be a numeric type (is BSON type %s)", name,
-                  aspen_value_type_name(&v[2]));
-      goto done;
-   }
-   if (!aspen__num_is_int32(&v[2], &count)) {
-      aspen__num_to_text(&v[2], num, sizeof num);
-      aspen__fail(st, 34453,
-                  "%s: length cannot be represented as a 32-bit integral "
-                  "value: %s",
-                  name, num);
-      goto done;
-   }
+   const char *s = v[0].v.value.v_utf8.str;
+   size_t len = v[0].v.value.v_utf8.len;
+   int32_t start = (int32_t) aspen__arg_int(&v[1]);
+   int32_t count = (int32_t) aspen__arg_int(&v[2]);
    if (count < 0) {
-      aspen__fail(st, 34454, "%s: length must be a nonnegative integer.", name);
-      goto done;
+      return aspen__fail(st, 34454, "%s: length must be a nonnegative integer.",
+                         name);
    }
    if (start < 0) {
-      aspen__fail(st, 34455,
-                  "%s: the starting index must be nonnegative integer.", name);
-      goto done;
+      return aspen__fail(st, 34455,
+                         "%s: the starting index must be nonnegative integer.",
+                         name);
    }
    size_t b0 = 0;
    for (int32_t i = 0; i < start; i++) {
       if (b0 >= len) {
          *out = aspen_value_utf8("", 0);
-         ok = true;
-         goto done;
+         return true;
       }
       if (is_cont((unsigned char) s[b0])) {
-         aspen__fail(st, 34456, "%s: invalid UTF-8 string", name);
-         goto done;
+         return aspen__fail(st, 34456, "%s: invalid UTF-8 string", name);
       }
       b0 += aspen__utf8_cp_len((unsigned char) s[b0]);
    }
    size_t b1 = b0;
    for (int32_t i = 0; i < count && b1 < len; i++) {
       if (is_cont((unsigned char) s[b1])) {
-         aspen__fail(st, 34458, "%s: invalid UTF-8 string", name);
-         goto done;
+         return aspen__fail(st, 34458, "%s: invalid UTF-8 string", name);
       }
       b1 += aspen__utf8_cp_len((unsigned char) s[b1]);
    }
@@ -360,32 +237,27 @@ ASPEN__DECL_EVAL(aspen__eval_substr_cp)
       b1 = len;
    }
    *out = aspen_value_utf8(s + b0, b1 - b0);
-   ok = true;
-done:
-   destroy_n(v, 3);
-   return ok;
+   return true;
 }
+
+ASPEN__ARGS_EVAL(eval_substr_cp, substr_cp_args, compute_substr_cp)
 
 /* ------------------------------------------------------------------------ */
 /* $toLower / $toUpper, $strLenBytes / $strLenCP, $strcasecmp               */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_EVAL(aspen__eval_case)
+static const aspen__args_t to_string_args = {.n = 1, .arg = {TO_STRING_ARG}};
+
+/* ASCII only, as mongod. */
+static ASPEN__DECL_COMPUTE(compute_case)
 {
-   aspen_value_t v;
-   char buf[128];
-   const char *s;
-   size_t len;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &v)) {
-      return false;
-   }
-   if (!coerce_to_string(st, &v, buf, sizeof buf, &s, &len)) {
-      aspen_value_destroy(&v);
-      return false;
-   }
-   *out = aspen_value_utf8(s, len);
+   (void) st;
+   /* A string made for the argument is this operator's to change. */
+   *out = v[0].owned ? aspen__value_move(&v[0])
+                     : aspen_value_utf8(v[0].v.value.v_utf8.str,
+                                        v[0].v.value.v_utf8.len);
    char *p = out->v.value.v_utf8.str;
+   size_t len = out->v.value.v_utf8.len;
    bool upper = e->op->sub != 0;
    for (size_t i = 0; i < len; i++) {
       char c = p[i];
@@ -395,87 +267,71 @@ ASPEN__DECL_EVAL(aspen__eval_case)
          p[i] = (char) (c - 'A' + 'a');
       }
    }
-   aspen_value_destroy(&v);
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_strlen_bytes)
+ASPEN__ARGS_EVAL(eval_case, to_string_args, compute_case)
+
+static const aspen__args_t strlen_bytes_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_STRING, .code = 34473,
+            .msg = "$strLenBytes requires a string argument, found: {type}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_strlen_bytes)
 {
-   aspen_value_t v;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &v)) {
-      return false;
-   }
-   if (!aspen__is_str(&v)) {
-      bool failed = aspen__fail(st, 34473,
-                         "$strLenBytes requires a string argument, found: %s",
-                         aspen_value_type_name(&v));
-      aspen_value_destroy(&v);
-      return failed;
-   }
-   *out = aspen_value_int32((int32_t) v.v.value.v_utf8.len);
-   aspen_value_destroy(&v);
+   (void) e;
+   (void) st;
+   *out = aspen_value_int32((int32_t) v[0].v.value.v_utf8.len);
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_strlen_cp)
+ASPEN__ARGS_EVAL(eval_strlen_bytes, strlen_bytes_args, compute_strlen_bytes)
+
+static const aspen__args_t strlen_cp_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_STRING, .code = 34471,
+            .msg = "$strLenCP requires a string argument, found: {type}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_strlen_cp)
 {
-   aspen_value_t v;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &v)) {
-      return false;
-   }
-   if (!aspen__is_str(&v)) {
-      bool failed = aspen__fail(st, 34471,
-                         "$strLenCP requires a string argument, found: %s",
-                         aspen_value_type_name(&v));
-      aspen_value_destroy(&v);
-      return failed;
-   }
+   (void) e;
+   (void) st;
    *out = aspen_value_int32(
-      (int32_t) cp_count(v.v.value.v_utf8.str, v.v.value.v_utf8.len));
-   aspen_value_destroy(&v);
+      (int32_t) cp_count(v[0].v.value.v_utf8.str, v[0].v.value.v_utf8.len));
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_strcasecmp)
+ASPEN__ARGS_EVAL(eval_strlen_cp, strlen_cp_args, compute_strlen_cp)
+
+static const aspen__args_t strcasecmp_args = {
+   .n = 2, .together = 2, .arg = {TO_STRING_ARG, TO_STRING_ARG}};
+
+static ASPEN__DECL_COMPUTE(compute_strcasecmp)
 {
-   aspen_value_t a, b;
-   char ba[128], bb[128];
-   const char *sa, *sb;
-   size_t la, lb;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &a)) {
-      return false;
-   }
-   if (!aspen__eval_arg(e, 1, st, &b)) {
-      aspen_value_destroy(&a);
-      return false;
-   }
-   bool ok = coerce_to_string(st, &a, ba, sizeof ba, &sa, &la) &&
-             coerce_to_string(st, &b, bb, sizeof bb, &sb, &lb);
-   if (ok) {
-      int c = 0;
-      size_t n = la < lb ? la : lb;
-      for (size_t i = 0; i < n && c == 0; i++) {
-         unsigned char x = (unsigned char) sa[i], y = (unsigned char) sb[i];
-         if (x >= 'a' && x <= 'z') {
-            x = (unsigned char) (x - 'a' + 'A');
-         }
-         if (y >= 'a' && y <= 'z') {
-            y = (unsigned char) (y - 'a' + 'A');
-         }
-         c = x < y ? -1 : x > y ? 1 : 0;
+   (void) e;
+   (void) st;
+   const char *sa = v[0].v.value.v_utf8.str, *sb = v[1].v.value.v_utf8.str;
+   size_t la = v[0].v.value.v_utf8.len, lb = v[1].v.value.v_utf8.len;
+   int c = 0;
+   size_t n = la < lb ? la : lb;
+   for (size_t i = 0; i < n && c == 0; i++) {
+      unsigned char x = (unsigned char) sa[i], y = (unsigned char) sb[i];
+      if (x >= 'a' && x <= 'z') {
+         x = (unsigned char) (x - 'a' + 'A');
       }
-      if (c == 0) {
-         c = la < lb ? -1 : la > lb ? 1 : 0;
+      if (y >= 'a' && y <= 'z') {
+         y = (unsigned char) (y - 'a' + 'A');
       }
-      *out = aspen_value_int32(c);
+      c = x < y ? -1 : x > y ? 1 : 0;
    }
-   aspen_value_destroy(&a);
-   aspen_value_destroy(&b);
-   return ok;
+   if (c == 0) {
+      c = la < lb ? -1 : la > lb ? 1 : 0;
+   }
+   *out = aspen_value_int32(c);
+   return true;
 }
+
+ASPEN__ARGS_EVAL(eval_strcasecmp, strcasecmp_args, compute_strcasecmp)
 
 /* ------------------------------------------------------------------------ */
 /* $split                                                                    */
@@ -503,83 +359,64 @@ find_bytes(const char *hay, size_t hlen, const char *needle, size_t nlen)
    return NULL;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_split)
+static const aspen__args_t split_args = {
+   .n = 2, .together = 2,
+   .arg = {{.types = ASPEN__T_STRING, .flags = ASPEN__ARG_NULL, .code = 40085,
+            .msg = "$split requires an expression that evaluates to a string "
+                   "as a first argument, found: {type}"},
+           {.types = ASPEN__T_STRING, .flags = ASPEN__ARG_NULL, .code = 40086,
+            .msg = "$split requires an expression that evaluates to a string "
+                   "as a second argument, found: {type}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_split)
 {
-   aspen_value_t a, b;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &a)) {
-      return false;
+   (void) e;
+   if (v[1].v.value.v_utf8.len == 0) {
+      return aspen__fail(st, 40087, "$split requires a non-empty separator");
    }
-   if (!aspen__eval_arg(e, 1, st, &b)) {
-      aspen_value_destroy(&a);
-      return false;
-   }
-   bool ok = true;
-   if (aspen__is_nullish(&a) || aspen__is_nullish(&b)) {
-      *out = aspen_value_null();
-   } else if (!aspen__is_str(&a)) {
-      ok = aspen__fail(st, 40085,
-                       "$split requires an expression that evaluates to a "
-                       "string as a first argument, found: %s",
-                       aspen_value_type_name(&a));
-   } else if (!aspen__is_str(&b)) {
-      ok = aspen__fail(st, 40086,
-                       "$split requires an expression that evaluates to a "
-                       "string as a second argument, found: %s",
-                       aspen_value_type_name(&b));
-   } else if (b.v.value.v_utf8.len == 0) {
-      ok = aspen__fail(st, 40087, "$split requires a non-empty separator");
-   } else {
-      const char *s = a.v.value.v_utf8.str;
-      size_t len = a.v.value.v_utf8.len;
-      const char *sep = b.v.value.v_utf8.str;
-      size_t slen = b.v.value.v_utf8.len;
-      bson_t arr = BSON_INITIALIZER;
-      uint32_t i = 0;
-      const char *p = s, *end = s + len;
-      for (;;) {
-         const char *hit = find_bytes(p, (size_t) (end - p), sep, slen);
-         const char *stop = hit ? hit : end;
-         aspen_value_t piece =
-            aspen__value_str_view(p, (uint32_t) (stop - p));
-         aspen__array_append(&arr, i++, &piece);
-         if (!aspen__eval_size_ok(st, arr.len, false)) {
-            ok = false;
-            break;
-         }
-         if (!hit) {
-            break;
-         }
-         p = hit + slen;
-      }
-      if (ok) {
-         *out = aspen__array_finish(&arr);
-      } else {
+   const char *s = v[0].v.value.v_utf8.str;
+   size_t len = v[0].v.value.v_utf8.len;
+   const char *sep = v[1].v.value.v_utf8.str;
+   size_t slen = v[1].v.value.v_utf8.len;
+   bson_t arr = BSON_INITIALIZER;
+   uint32_t i = 0;
+   const char *p = s, *end = s + len;
+   for (;;) {
+      const char *hit = find_bytes(p, (size_t) (end - p), sep, slen);
+      const char *stop = hit ? hit : end;
+      aspen_value_t piece = aspen__value_str_view(p, (uint32_t) (stop - p));
+      aspen__array_append(&arr, i++, &piece);
+      if (!aspen__eval_size_ok(st, arr.len, false)) {
          bson_destroy(&arr);
+         return false;
       }
+      if (!hit) {
+         break;
+      }
+      p = hit + slen;
    }
-   aspen_value_destroy(&a);
-   aspen_value_destroy(&b);
-   return ok;
+   *out = aspen__array_finish(&arr);
+   return true;
 }
+
+ASPEN__ARGS_EVAL(eval_split, split_args, compute_split)
 
 /* ------------------------------------------------------------------------ */
 /* $trim / $ltrim / $rtrim (sub: 0 both, 1 left, 2 right)                    */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_PARSE(aspen__parse_trim)
+static const aspen__named_arg_t trim_names[] = {
+   {"input", 50695, "{op} requires an 'input' field"},
+   {"chars", 0, NULL},
+   {NULL, 0, NULL}};
+static const aspen__named_spec_t trim_spec = {
+   trim_names, 50696,
+   "{op} only supports an object as an argument, found {type}", 50694,
+   "{op} found an unknown argument: {key}"};
+
+static ASPEN__DECL_PARSE(parse_trim)
 {
-   static const char *const names[] = {"input", "chars", NULL};
-   static const aspen__named_spec_t spec = {
-      names, 50696, ASPEN__NOTOBJ_ONLY_OBJECT_FOUND, 50694,
-      ASPEN__UNKNOWN_FOUND};
-   if (!aspen__parse_named(ps, op, arg, e, &spec)) {
-      return false;
-   }
-   if (!e->args[0]) {
-      return aspen__pfail(ps, 50695, "%s requires an 'input' field", op->name);
-   }
-   return true;
+   return aspen__parse_named(ps, op, arg, e, &trim_spec);
 }
 
 /* Code points trimmed by default (mongod's list). */
@@ -619,52 +456,25 @@ match_any_right(const char *s, size_t len, const cp_t *cps, size_t n)
    return 0;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_trim)
+static const aspen__args_t trim_args = {
+   .n = 2,
+   .arg = {{.types = ASPEN__T_STRING, .flags = ASPEN__ARG_NULL, .code = 50699,
+            .msg = "{op} requires its input to be a string, got {value} (of "
+                   "type {type}) instead."},
+           {.types = ASPEN__T_STRING, .flags = ASPEN__ARG_NULL, .code = 50700,
+            .msg = "{op} requires 'chars' to be a string, got {value} (of type "
+                   "{type}) instead."}}};
+
+static ASPEN__DECL_COMPUTE(compute_trim)
 {
-   aspen_value_t in, chars = ASPEN_VALUE_MISSING;
+   const aspen_value_t *in = &v[0], *chars = &v[1];
    cp_t stack_cps[32];
    cp_t *cps = stack_cps;
    size_t n_cps = 0;
    bool ok = true;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &in)) {
-      return false;
-   }
-   if (aspen__is_nullish(&in)) {
-      *out = aspen_value_null();
-      aspen_value_destroy(&in);
-      return true;
-   }
-   if (!aspen__is_str(&in)) {
-      char *json = aspen_value_to_json(&in);
-      aspen__fail(st, 50699,
-                  "%s requires its input to be a string, got %s (of type %s) "
-                  "instead.",
-                  e->op->name, json, aspen_value_type_name(&in));
-      bson_free(json);
-      aspen_value_destroy(&in);
-      return false;
-   }
    if (e->args[1]) {
-      if (!aspen__eval_arg(e, 1, st, &chars)) {
-         aspen_value_destroy(&in);
-         return false;
-      }
-      if (aspen__is_nullish(&chars)) {
-         *out = aspen_value_null();
-         goto done;
-      }
-      if (!aspen__is_str(&chars)) {
-         char *json = aspen_value_to_json(&chars);
-         ok = aspen__fail(st, 50700,
-                          "%s requires 'chars' to be a string, got %s (of "
-                          "type %s) instead.",
-                          e->op->name, json, aspen_value_type_name(&chars));
-         bson_free(json);
-         goto done;
-      }
-      const char *c = chars.v.value.v_utf8.str;
-      size_t clen = chars.v.value.v_utf8.len;
+      const char *c = chars->v.value.v_utf8.str;
+      size_t clen = chars->v.value.v_utf8.len;
       size_t cap = 32;
       for (size_t i = 0; i < clen;) {
          if (is_cont((unsigned char) c[i])) {
@@ -707,8 +517,8 @@ ASPEN__DECL_EVAL(aspen__eval_trim)
       }
    }
    {
-      const char *s = in.v.value.v_utf8.str;
-      size_t len = in.v.value.v_utf8.len;
+      const char *s = in->v.value.v_utf8.str;
+      size_t len = in->v.value.v_utf8.len;
       int mode = e->op->sub;
       if (mode != 2) {
          size_t l;
@@ -729,88 +539,41 @@ done:
    if (cps != stack_cps) {
       free(cps);
    }
-   aspen_value_destroy(&in);
-   aspen_value_destroy(&chars);
    return ok;
 }
+
+ASPEN__ARGS_EVAL(eval_trim, trim_args, compute_trim)
 
 /* ------------------------------------------------------------------------ */
 /* $indexOfBytes / $indexOfCP                                                */
 /* ------------------------------------------------------------------------ */
 
-/* Optional index argument i: integral, non-negative. */
-static bool
-index_arg(const aspen_expr_t *e, uint32_t i, aspen__eval_t *st,
-          const char *what, int32_t *out_idx)
-{
-   aspen_value_t v;
-   if (!aspen__eval_arg(e, i, st, &v)) {
-      return false;
-   }
-   int32_t idx;
-   if (!aspen__is_num(&v) || !aspen__num_is_int32(&v, &idx)) {
-      char *json = aspen_value_to_json(&v);
-      aspen__fail(st, 40096,
-                  "%srequires an integral %s, found a value of type: %s, with "
-                  "value: %s",
-                  e->op->name, what, aspen_value_type_name(&v), json);
-      bson_free(json);
-      aspen_value_destroy(&v);
-      return false;
-   }
-   aspen_value_destroy(&v);
-   if (idx < 0) {
-      return aspen__fail(st, 40097, "%s requires a nonnegative %s, found: %d",
-                         e->op->name, what, idx);
-   }
-   *out_idx = idx;
-   return true;
-}
+/* args: string, token, optional start and end (integral, >= 0). */
+#define INDEX_OF_ARGS(code1, code2)                                            \
+   {.n = 4,                                                                    \
+    .arg = {{.types = ASPEN__T_STRING, .flags = ASPEN__ARG_NULL,               \
+             .code = (code1),                                                  \
+             .msg = "{op} requires a string as the first argument, found: "    \
+                    "{type}"},                                                 \
+            {.types = ASPEN__T_STRING, .code = (code2),                        \
+             .msg = "{op} requires a string as the second argument, found: "   \
+                    "{type}"},                                                 \
+            ASPEN__ARG_INDEX("starting index"),                                \
+            ASPEN__ARG_INDEX("ending index")}}
+static const aspen__args_t index_of_bytes_args = INDEX_OF_ARGS(40091, 40092);
+static const aspen__args_t index_of_cp_args = INDEX_OF_ARGS(40093, 40094);
+#undef INDEX_OF_ARGS
 
 static bool
-index_of_common(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out,
-                bool cp)
+index_of_common(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *v,
+                aspen_value_t *out, bool cp)
 {
-   aspen_value_t s, t;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &s)) {
-      return false;
-   }
-   if (aspen__is_nullish(&s)) {
-      aspen_value_destroy(&s);
-      *out = aspen_value_null();
-      return true;
-   }
-   if (!aspen__is_str(&s)) {
-      bool failed = aspen__fail(st, cp ? 40093 : 40091,
-                         "%s requires a string as the first argument, found: "
-                         "%s",
-                         e->op->name, aspen_value_type_name(&s));
-      aspen_value_destroy(&s);
-      return failed;
-   }
-   if (!aspen__eval_arg(e, 1, st, &t)) {
-      aspen_value_destroy(&s);
-      return false;
-   }
-   bool ok = false;
-   if (!aspen__is_str(&t)) {
-      aspen__fail(st, cp ? 40094 : 40092,
-                  "%s requires a string as the second argument, found: %s",
-                  e->op->name, aspen_value_type_name(&t));
-      goto done;
-   }
-   const char *in = s.v.value.v_utf8.str;
-   size_t len = s.v.value.v_utf8.len;
-   const char *tok = t.v.value.v_utf8.str;
-   size_t tlen = t.v.value.v_utf8.len;
-   int32_t start = 0, endi = -1;
-   if (e->n_args > 2 && !index_arg(e, 2, st, "starting index", &start)) {
-      goto done;
-   }
-   if (e->n_args > 3 && !index_arg(e, 3, st, "ending index", &endi)) {
-      goto done;
-   }
+   const char *in = v[0].v.value.v_utf8.str;
+   size_t len = v[0].v.value.v_utf8.len;
+   const char *tok = v[1].v.value.v_utf8.str;
+   size_t tlen = v[1].v.value.v_utf8.len;
+   int32_t start = e->n_args > 2 ? (int32_t) aspen__arg_int(&v[2]) : 0;
+   int32_t endi = e->n_args > 3 ? (int32_t) aspen__arg_int(&v[3]) : -1;
    if (!cp) {
       size_t end = len;
       if (endi >= 0 && (size_t) endi < end) {
@@ -823,8 +586,7 @@ index_of_common(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out,
             find_bytes(in + start, end - (size_t) start, tok, tlen);
          *out = aspen_value_int32(hit ? (int32_t) (hit - in) : -1);
       }
-      ok = true;
-      goto done;
+      return true;
    }
    /* Code points: find the byte offset of `start`, count the length. */
    size_t ncp = 0, start_byte = 0;
@@ -833,8 +595,8 @@ index_of_common(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out,
          start_byte = b;
       }
       if (is_cont((unsigned char) in[b])) {
-         aspen__fail(st, 40095, "$indexOfCP found bad UTF-8 in the input");
-         goto done;
+         return aspen__fail(st, 40095,
+                            "$indexOfCP found bad UTF-8 in the input");
       }
       b += aspen__utf8_cp_len((unsigned char) in[b]);
    }
@@ -844,13 +606,11 @@ index_of_common(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out,
    }
    if (end_cp < (size_t) start) {
       *out = aspen_value_int32(-1);
-      ok = true;
-      goto done;
+      return true;
    }
    if (start_byte == 0 && len == 0 && tlen == 0) {
       *out = aspen_value_int32(0);
-      ok = true;
-      goto done;
+      return true;
    }
    *out = aspen_value_int32(-1);
    size_t b = start_byte;
@@ -861,158 +621,128 @@ index_of_common(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out,
       }
       b += aspen__utf8_cp_len((unsigned char) in[b]);
    }
-   ok = true;
-done:
-   aspen_value_destroy(&s);
-   aspen_value_destroy(&t);
-   return ok;
+   return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_index_of_bytes)
+static ASPEN__DECL_COMPUTE(compute_index_of_bytes)
 {
-   return index_of_common(e, st, out, false);
+   return index_of_common(e, st, v, out, false);
 }
 
-ASPEN__DECL_EVAL(aspen__eval_index_of_cp)
+ASPEN__ARGS_EVAL(eval_index_of_bytes, index_of_bytes_args,
+                 compute_index_of_bytes)
+
+static ASPEN__DECL_COMPUTE(compute_index_of_cp)
 {
-   return index_of_common(e, st, out, true);
+   return index_of_common(e, st, v, out, true);
 }
+
+ASPEN__ARGS_EVAL(eval_index_of_cp, index_of_cp_args, compute_index_of_cp)
 
 /* ------------------------------------------------------------------------ */
 /* $replaceOne / $replaceAll (sub: 0 one, 1 all)                             */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_PARSE(aspen__parse_replace)
+static const aspen__named_arg_t replace_names[] = {
+   {"input", 51749, "{op} requires 'input' to be specified"},
+   {"find", 51748, "{op} requires 'find' to be specified"},
+   {"replacement", 51747, "{op} requires 'replacement' to be specified"},
+   {NULL, 0, NULL}};
+static const aspen__named_spec_t replace_spec = {
+   replace_names, 51751,
+   "{op} requires an object as an argument, found: {type}", 51750,
+   "{op} found an unknown argument: {key}"};
+
+static ASPEN__DECL_PARSE(parse_replace)
 {
-   static const char *const names[] = {"input", "find", "replacement", NULL};
-   static const aspen__named_spec_t spec = {
-      names, 51751, ASPEN__NOTOBJ_REQUIRES_OBJECT, 51750,
-      ASPEN__UNKNOWN_FOUND};
-   if (!aspen__parse_named(ps, op, arg, e, &spec)) {
-      return false;
-   }
-   if (!e->args[0]) {
-      return aspen__pfail(ps, 51749, "%s requires 'input' to be specified",
-                          op->name);
-   }
-   if (!e->args[1]) {
-      return aspen__pfail(ps, 51748, "%s requires 'find' to be specified",
-                          op->name);
-   }
-   if (!e->args[2]) {
-      return aspen__pfail(ps, 51747,
-                          "%s requires 'replacement' to be specified",
-                          op->name);
+   return aspen__parse_named(ps, op, arg, e, &replace_spec);
+}
+
+/* All three strings (null passes) before a null gives null. */
+#define REPLACE_ARG(what, err_code)                                            \
+   {.types = ASPEN__T_STRING, .flags = ASPEN__ARG_NULL, .code = (err_code),    \
+    .msg = "{op} requires that '" what "' be a string, found: {value}"}
+static const aspen__args_t replace_args = {
+   .n = 3, .together = 3, .flags = ASPEN__ARGS_TYPES_FIRST,
+   .arg = {REPLACE_ARG("input", 51746), REPLACE_ARG("find", 51745),
+           REPLACE_ARG("replacement", 51744)}};
+#undef REPLACE_ARG
+
+static ASPEN__DECL_COMPUTE(compute_replace)
+{
+   const char *in = v[0].v.value.v_utf8.str;
+   size_t len = v[0].v.value.v_utf8.len;
+   const char *find = v[1].v.value.v_utf8.str;
+   size_t flen = v[1].v.value.v_utf8.len;
+   const char *rep = v[2].v.value.v_utf8.str;
+   size_t rlen = v[2].v.value.v_utf8.len;
+   sbuf_t b = {0};
+   if (e->op->sub == 0) {
+      const char *hit = find_bytes(in, len, find, flen);
+      if (!hit) {
+         *out = aspen_value_utf8(in, len);
+      } else {
+         sb_add(&b, in, (size_t) (hit - in));
+         sb_add(&b, rep, rlen);
+         sb_add(&b, hit + flen, len - (size_t) (hit - in) - flen);
+         *out = sb_finish(&b);
+      }
+   } else if (flen == 0) {
+      for (size_t i = 0; i < len; i++) {
+         sb_add(&b, rep, rlen);
+         sb_add(&b, in + i, 1);
+         if (!aspen__eval_size_ok(st, b.len, true)) {
+            bson_free(b.p);
+            return false;
+         }
+      }
+      sb_add(&b, rep, rlen);
+      *out = sb_finish(&b);
+   } else {
+      const char *p = in, *end = in + len;
+      for (;;) {
+         const char *hit = find_bytes(p, (size_t) (end - p), find, flen);
+         if (!hit) {
+            sb_add(&b, p, (size_t) (end - p));
+            break;
+         }
+         sb_add(&b, p, (size_t) (hit - p));
+         sb_add(&b, rep, rlen);
+         p = hit + flen;
+         if (!aspen__eval_size_ok(st, b.len, true)) {
+            bson_free(b.p);
+            return false;
+         }
+      }
+      *out = sb_finish(&b);
    }
    return true;
 }
 
-ASPEN__DECL_EVAL(aspen__eval_replace)
-{
-   aspen_value_t v[3];
-   static const char *const what[] = {"input", "find", "replacement"};
-   static const int32_t codes[] = {51746, 51745, 51744};
-   bool ok = false;
-   *out = ASPEN_VALUE_MISSING;
-   if (!eval3(e, st, v)) {
-      return false;
-   }
-   for (int i = 0; i < 3; i++) {
-      if (!aspen__is_str(&v[i]) && !aspen__is_nullish(&v[i])) {
-         char *json = aspen_value_to_json(&v[i]);
-         aspen__fail(st, codes[i], "%s requires that '%s' be a string, found: %s",
-                     e->op->name, what[i], json);
-         bson_free(json);
-         goto done;
-      }
-   }
-   if (aspen__is_nullish(&v[0]) || aspen__is_nullish(&v[1]) ||
-       aspen__is_nullish(&v[2])) {
-      *out = aspen_value_null();
-      ok = true;
-      goto done;
-   }
-   {
-      const char *in = v[0].v.value.v_utf8.str;
-      size_t len = v[0].v.value.v_utf8.len;
-      const char *find = v[1].v.value.v_utf8.str;
-      size_t flen = v[1].v.value.v_utf8.len;
-      const char *rep = v[2].v.value.v_utf8.str;
-      size_t rlen = v[2].v.value.v_utf8.len;
-      sbuf_t b = {0};
-      if (e->op->sub == 0) {
-         const char *hit = find_bytes(in, len, find, flen);
-         if (!hit) {
-            *out = aspen_value_utf8(in, len);
-         } else {
-            sb_add(&b, in, (size_t) (hit - in));
-            sb_add(&b, rep, rlen);
-            sb_add(&b, hit + flen, len - (size_t) (hit - in) - flen);
-            *out = sb_finish(&b);
-         }
-      } else if (flen == 0) {
-         for (size_t i = 0; i < len; i++) {
-            sb_add(&b, rep, rlen);
-            sb_add(&b, in + i, 1);
-            if (!aspen__eval_size_ok(st, b.len, true)) {
-               bson_free(b.p);
-               goto done;
-            }
-         }
-         sb_add(&b, rep, rlen);
-         *out = sb_finish(&b);
-      } else {
-         const char *p = in, *end = in + len;
-         for (;;) {
-            const char *hit = find_bytes(p, (size_t) (end - p), find, flen);
-            if (!hit) {
-               sb_add(&b, p, (size_t) (end - p));
-               break;
-            }
-            sb_add(&b, p, (size_t) (hit - p));
-            sb_add(&b, rep, rlen);
-            p = hit + flen;
-            if (!aspen__eval_size_ok(st, b.len, true)) {
-               bson_free(b.p);
-               goto done;
-            }
-         }
-         *out = sb_finish(&b);
-      }
-   }
-   ok = true;
-done:
-   destroy_n(v, 3);
-   return ok;
-}
+ASPEN__ARGS_EVAL(eval_replace, replace_args, compute_replace)
 
 /* ------------------------------------------------------------------------ */
 /* $binarySize                                                               */
 /* ------------------------------------------------------------------------ */
 
-ASPEN__DECL_EVAL(aspen__eval_binary_size)
+static const aspen__args_t binary_size_args = {
+   .n = 1,
+   .arg = {{.types = ASPEN__T_STRING | ASPEN__T(BSON_TYPE_BINARY),
+            .flags = ASPEN__ARG_NULL, .code = 51276,
+            .msg = "$binarySize requires a string or BinData argument, found: "
+                   "{type}"}}};
+
+static ASPEN__DECL_COMPUTE(compute_binary_size)
 {
-   aspen_value_t v;
-   *out = ASPEN_VALUE_MISSING;
-   if (!aspen__eval_arg(e, 0, st, &v)) {
-      return false;
-   }
-   bool ok = true;
-   if (aspen__is_nullish(&v)) {
-      *out = aspen_value_null();
-   } else if (aspen__is_str(&v)) {
-      *out = aspen_value_int32((int32_t) v.v.value.v_utf8.len);
-   } else if (aspen__vt(&v) == BSON_TYPE_BINARY) {
-      *out = aspen_value_int32((int32_t) v.v.value.v_binary.data_len);
-   } else {
-      ok = aspen__fail(st, 51276,
-                       "$binarySize requires a string or BinData argument, "
-                       "found: %s",
-                       aspen_value_type_name(&v));
-   }
-   aspen_value_destroy(&v);
-   return ok;
+   (void) e;
+   (void) st;
+   *out = aspen_value_int32((int32_t) (aspen__is_str(&v[0])
+                                          ? v[0].v.value.v_utf8.len
+                                          : v[0].v.value.v_binary.data_len));
+   return true;
 }
+
+ASPEN__ARGS_EVAL(eval_binary_size, binary_size_args, compute_binary_size)
 
 /* ------------------------------------------------------------------------ */
 /* Regular expressions                                                       */
@@ -1123,20 +853,20 @@ regex_source(aspen__eval_t *st, const char *opname, const aspen_value_t *re,
 
 /* args: input, regex, options. aux: the compiled pattern when regex and
  * options are constants (compiled once; errors are parse errors then). */
-ASPEN__DECL_PARSE(aspen__parse_regex)
+static const aspen__named_arg_t regex_names[] = {
+   {"input", 31022, "{op} requires 'input' parameter"},
+   {"regex", 31023, "{op} requires 'regex' parameter"},
+   {"options", 0, NULL},
+   {NULL, 0, NULL}};
+static const aspen__named_spec_t regex_spec = {
+   regex_names, 51103,
+   "{op} expects an object of named arguments but found: {type}", 31024,
+   "{op} found an unknown argument: {key}"};
+
+static ASPEN__DECL_PARSE(parse_regex)
 {
-   static const char *const names[] = {"input", "regex", "options", NULL};
-   static const aspen__named_spec_t spec = {
-      names, 51103, ASPEN__NOTOBJ_EXPECTS_NAMED, 31024,
-      ASPEN__UNKNOWN_FOUND};
-   if (!aspen__parse_named(ps, op, arg, e, &spec)) {
+   if (!aspen__parse_named(ps, op, arg, e, &regex_spec)) {
       return false;
-   }
-   if (!e->args[0]) {
-      return aspen__pfail(ps, 31022, "%s requires 'input' parameter", op->name);
-   }
-   if (!e->args[1]) {
-      return aspen__pfail(ps, 31023, "%s requires 'regex' parameter", op->name);
    }
    if (!(e->args[1]->flags & ASPEN__NODE_CONST) ||
        (e->args[2] && !(e->args[2]->flags & ASPEN__NODE_CONST))) {
@@ -1187,26 +917,21 @@ match_doc(pcre2_code *re, pcre2_match_data *md, const char *in, uint32_t cp_idx)
    return aspen_value_take_doc(&doc, false);
 }
 
-ASPEN__DECL_EVAL(aspen__eval_regex)
+/* args: input (a string, or null), regex, options (regex_source checks
+ * those two, at parse time when they are constant). */
+static const aspen__args_t regex_args = {
+   .n = 3, .together = 3,
+   .arg = {{.types = ASPEN__T_STRING | ASPEN__T_NULLISH, .code = 51104,
+            .msg = "{op} needs 'input' to be of type string"},
+           {0},
+           {0}}};
+
+static ASPEN__DECL_COMPUTE(compute_regex)
 {
    int mode = e->op->sub; /* 0 match, 1 find, 2 findAll */
-   aspen_value_t v[3] = {ASPEN_VALUE_MISSING, ASPEN_VALUE_MISSING,
-                         ASPEN_VALUE_MISSING};
    pcre2_code *re = NULL;
    pcre2_match_data *md = NULL;
    bool ok = false;
-   *out = ASPEN_VALUE_MISSING;
-   for (uint32_t i = 0; i < 3; i++) {
-      if (!aspen__eval_arg(e, i, st, &v[i])) {
-         destroy_n(v, i);
-         return false;
-      }
-   }
-   if (!aspen__is_nullish(&v[0]) && !aspen__is_str(&v[0])) {
-      aspen__fail(st, 51104, "%s needs 'input' to be of type string",
-                  e->op->name);
-      goto done;
-   }
    const char *pattern = NULL, *options = "";
    int r = 1;
    if (!e->aux) {
@@ -1309,6 +1034,45 @@ done:
    if (re && re != e->aux) {
       pcre2_code_free(re);
    }
-   destroy_n(v, 3);
    return ok;
 }
+
+ASPEN__ARGS_EVAL(eval_regex, regex_args, compute_regex)
+
+/* ------------------------------------------------------------------------ */
+/* The operator table (expr_int.h, aspen__op_t)                              */
+/* ------------------------------------------------------------------------ */
+
+#define P ASPEN__OP_PURE
+#define NARY aspen__parse_nary
+
+static const aspen__op_t ops[] = {
+   {"$binarySize", NARY, eval_binary_size, 1, 1, 0, P, &binary_size_args},
+   {"$concat", NARY, eval_concat, -1, -1, 0, P, &concat_args},
+   {"$indexOfBytes", NARY, eval_index_of_bytes, 2, 4, 0, P,
+    &index_of_bytes_args},
+   {"$indexOfCP", NARY, eval_index_of_cp, 2, 4, 0, P, &index_of_cp_args},
+   {"$ltrim", parse_trim, eval_trim, 0, 0, 1, P, &trim_args},
+   {"$regexFind", parse_regex, eval_regex, 0, 0, 1, P, &regex_args},
+   {"$regexFindAll", parse_regex, eval_regex, 0, 0, 2, P, &regex_args},
+   {"$regexMatch", parse_regex, eval_regex, 0, 0, 0, P, &regex_args},
+   {"$replaceAll", parse_replace, eval_replace, 0, 0, 1, P, &replace_args},
+   {"$replaceOne", parse_replace, eval_replace, 0, 0, 0, P, &replace_args},
+   {"$rtrim", parse_trim, eval_trim, 0, 0, 2, P, &trim_args},
+   {"$split", NARY, eval_split, 2, 2, 0, P, &split_args},
+   {"$strLenBytes", NARY, eval_strlen_bytes, 1, 1, 0, P, &strlen_bytes_args},
+   {"$strLenCP", NARY, eval_strlen_cp, 1, 1, 0, P, &strlen_cp_args},
+   {"$strcasecmp", NARY, eval_strcasecmp, 2, 2, 0, P, &strcasecmp_args},
+   {"$substr", NARY, eval_substr_bytes, 3, 3, 0, P, &substr_bytes_args},
+   {"$substrBytes", NARY, eval_substr_bytes, 3, 3, 0, P, &substr_bytes_args},
+   {"$substrCP", NARY, eval_substr_cp, 3, 3, 0, P, &substr_cp_args},
+   {"$toLower", NARY, eval_case, 1, 1, 0, P, &to_string_args},
+   {"$toUpper", NARY, eval_case, 1, 1, 1, P, &to_string_args},
+   {"$trim", parse_trim, eval_trim, 0, 0, 0, P, &trim_args},
+};
+
+#undef P
+#undef NARY
+
+const aspen__op_table_t aspen__expr_string_ops = {
+   ops, sizeof ops / sizeof ops[0]};

@@ -90,6 +90,19 @@ aspen_value_copy(const aspen_value_t *val)
    return out;
 }
 
+uint32_t
+aspen__value_child_count(const bson_iter_t *it)
+{
+   bson_iter_t child;
+   uint32_t n = 0;
+   if (bson_iter_recurse(it, &child)) {
+      while (bson_iter_next(&child)) {
+         n++;
+      }
+   }
+   return n;
+}
+
 bool
 aspen__value_is_view(const aspen_value_t *val)
 {

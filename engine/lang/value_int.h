@@ -84,6 +84,9 @@ aspen__value_doc_view(const bson_t *doc, bool is_array)
    return out;
 }
 
+/* The number of elements of the document or array the iterator is on (0
+ * for any other value). */
+uint32_t aspen__value_child_count(const bson_iter_t *it);
 /* True when the value is borrowed and of a type with heap parts (so it
  * points into storage someone else owns). */
 bool aspen__value_is_view(const aspen_value_t *val);

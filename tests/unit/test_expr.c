@@ -16,8 +16,9 @@
  *
  * The C tests at the end cover the API around the data: borrowing of plain
  * field paths, constants, parse_object with dotted keys, variables from the
- * caller, the value helpers, the BSON type rank, and variable substitution
- * (lang/vars.c).
+ * caller, the value helpers, the BSON type rank, variable substitution
+ * (lang/vars.c), and the operator tables with their argument rows and
+ * message templates (expr_int.h, expr_args.h).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -33,6 +34,7 @@
 #include <string.h>
 
 #include "lang/expr.h"
+#include "lang/expr_args.h"
 #include "lang/vars.h"
 
 #ifndef ASPEN_CASES_DIR
@@ -750,6 +752,126 @@ test_type_rank(void **state)
                aspen__value_type_rank(BSON_TYPE_CODEWSCOPE, true));
 }
 
+/* The operator tables: expr.c's lookup binary-searches each one, so each
+ * must be sorted, and a name may be in one table only; every argument row
+ * must carry the errors its checks can raise, in templates that name only
+ * what aspen__msg_format knows. */
+static const aspen__op_table_t *const op_tables[] = {
+   &aspen__expr_core_ops,   &aspen__expr_num_ops,     &aspen__expr_string_ops,
+   &aspen__expr_array_ops,  &aspen__expr_convert_ops, &aspen__expr_date_ops,
+};
+
+static void
+check_template(const char *op, const char *tmpl)
+{
+   aspen_value_t vals[2] = {aspen_value_int32(1), aspen_value_double(2.5)};
+   aspen__msg_t m = {.op = op, .key = "k", .val = &vals[1], .vals = vals,
+                     .pos = 1, .ival = -3};
+   char buf[512];
+   assert_non_null(tmpl);
+   aspen__msg_format(buf, sizeof buf, tmpl, &m);
+   if (strchr(buf, '{') || strchr(buf, '}')) {
+      fail_msg("%s: template \"%s\" names something unknown: %s", op, tmpl,
+               buf);
+   }
+}
+
+static void
+check_arg_row(const char *op, const aspen__arg_t *a)
+{
+   if (a->types) {
+      assert_int_not_equal(a->code, 0);
+      check_template(op, a->msg);
+   }
+   if (a->flags & (ASPEN__ARG_INT32 | ASPEN__ARG_INT64)) {
+      assert_true(a->types & ASPEN__T_NUMBER);
+      check_template(op, a->int_msg ? a->int_msg : a->msg);
+   }
+   if (a->flags & ASPEN__ARG_RANGE) {
+      assert_true(a->flags & (ASPEN__ARG_INT32 | ASPEN__ARG_INT64));
+      assert_int_not_equal(a->range_code, 0);
+      assert_true(a->min <= a->max);
+      check_template(op, a->range_msg);
+   }
+   if (a->flags & ASPEN__ARG_TO_STRING) {
+      assert_int_equal(a->types, ASPEN__T_STRINGABLE);
+   }
+}
+
+static void
+test_op_tables(void **state)
+{
+   (void) state;
+   size_t n_tables = sizeof op_tables / sizeof op_tables[0];
+   size_t total = 0;
+   for (size_t t = 0; t < n_tables; t++) {
+      const aspen__op_table_t *tab = op_tables[t];
+      assert_true(tab->n > 0);
+      for (size_t i = 0; i < tab->n; i++) {
+         const aspen__op_t *op = &tab->ops[i];
+         total++;
+         assert_non_null(op->parse);
+         assert_non_null(op->eval);
+         if (i > 0 && strcmp(tab->ops[i - 1].name, op->name) >= 0) {
+            fail_msg("table %zu is not sorted at %s", t, op->name);
+         }
+         for (size_t u = t + 1; u < n_tables; u++) {
+            for (size_t j = 0; j < op_tables[u]->n; j++) {
+               if (strcmp(op_tables[u]->ops[j].name, op->name) == 0) {
+                  fail_msg("%s is in two tables", op->name);
+               }
+            }
+         }
+         const aspen__args_t *args = op->args;
+         if (!args) {
+            continue;
+         }
+         assert_true(args->n >= 1 && args->n <= ASPEN__ARGS_MAX);
+         assert_true(args->together <= args->n);
+         for (uint8_t k = 0; k < args->n; k++) {
+            check_arg_row(op->name, &args->arg[k]);
+         }
+      }
+   }
+   /* The 150 operators of expr.h, each in one table. */
+   assert_int_equal(total, 150);
+}
+
+/* The message templates argument rows and named-argument tables use. */
+static void
+test_msg_format(void **state)
+{
+   (void) state;
+   aspen_value_t vals[2] = {aspen_value_utf8("x\"y", 3),
+                            aspen_value_int64(7)};
+   aspen__msg_t m = {.op = "$op", .key = "bad", .val = &vals[0],
+                     .vals = vals, .pos = 1, .ival = -42};
+   char buf[256];
+   aspen__msg_format(buf, sizeof buf,
+                     "{op} {key} {type} {value} {int} {nth} {type0} "
+                     "{type1}",
+                     &m);
+   assert_string_equal(buf, "$op bad string \"x\\\"y\" -42 2 string long");
+   m.val = &vals[1];
+   aspen__msg_format(buf, sizeof buf, "{num}: {value}", &m);
+   assert_string_equal(buf, "7: 7");
+   /* What is not a known name stays as it is. */
+   aspen__msg_format(buf, sizeof buf, "{$literal: 1} {x} {op", &m);
+   assert_string_equal(buf, "{$literal: 1} {x} {op");
+   /* Cut to fit, as snprintf does. */
+   aspen__msg_format(buf, 6, "{op} is long", &m);
+   assert_string_equal(buf, "$op i");
+   /* An error set from a template. */
+   aspen_error_t err;
+   assert_false(aspen__msg_fail(&err, 51081, "{op} only supports numeric "
+                                             "types, not {type}",
+                                &m));
+   assert_int_equal(err.code, 51081);
+   assert_string_equal(err.message, "$op only supports numeric types, not long");
+   assert_false(aspen__msg_fail(NULL, 1, "{op}", &m));
+   aspen_value_destroy(&vals[0]);
+}
+
 int
 main(void)
 {
@@ -767,6 +889,8 @@ main(void)
       cmocka_unit_test(test_many_evals),
       cmocka_unit_test(test_vars_substitute),
       cmocka_unit_test(test_type_rank),
+      cmocka_unit_test(test_op_tables),
+      cmocka_unit_test(test_msg_format),
    };
    size_t n_api = sizeof api_tests / sizeof api_tests[0];
    struct CMUnitTest *tests = calloc(n_cases + n_api, sizeof *tests);
