@@ -26,57 +26,85 @@
  * thread.
  */
 #include "lang/match_int.h"
+#include "lang/value_int.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Keywords, in the order mongod's keyword table lists them. */
+/* Keywords, in the order mongod's keyword table lists them, each with the
+ * BSON types its value may have (0: its parser checks) and how the
+ * TypeMismatch error for another type goes on after "$jsonSchema keyword
+ * '<name>' " (TYPED: the value's type name ends it). */
+#define T(t) (1u << BSON_TYPE_##t)
+#define NUMBER (T(INT32) | T(INT64) | T(DOUBLE) | T(DECIMAL128))
+#define TYPED true
 #define SCHEMA_KEYWORDS(X)                                                     \
-   X(ADDITIONAL_ITEMS, "additionalItems")                                      \
-   X(ADDITIONAL_PROPERTIES, "additionalProperties")                            \
-   X(ALL_OF, "allOf")                                                          \
-   X(ANY_OF, "anyOf")                                                          \
-   X(BSON_TYPE, "bsonType")                                                    \
-   X(DEPENDENCIES, "dependencies")                                             \
-   X(DESCRIPTION, "description")                                               \
-   X(ENCRYPT, "encrypt")                                                       \
-   X(ENCRYPT_METADATA, "encryptMetadata")                                      \
-   X(ENUM, "enum")                                                             \
-   X(EXCLUSIVE_MAXIMUM, "exclusiveMaximum")                                    \
-   X(EXCLUSIVE_MINIMUM, "exclusiveMinimum")                                    \
-   X(ITEMS, "items")                                                           \
-   X(MAX_ITEMS, "maxItems")                                                    \
-   X(MAX_LENGTH, "maxLength")                                                  \
-   X(MAX_PROPERTIES, "maxProperties")                                          \
-   X(MAXIMUM, "maximum")                                                       \
-   X(MIN_ITEMS, "minItems")                                                    \
-   X(MIN_LENGTH, "minLength")                                                  \
-   X(MIN_PROPERTIES, "minProperties")                                          \
-   X(MINIMUM, "minimum")                                                       \
-   X(MULTIPLE_OF, "multipleOf")                                                \
-   X(NOT, "not")                                                               \
-   X(ONE_OF, "oneOf")                                                          \
-   X(PATTERN, "pattern")                                                       \
-   X(PATTERN_PROPERTIES, "patternProperties")                                  \
-   X(PROPERTIES, "properties")                                                 \
-   X(REQUIRED, "required")                                                     \
-   X(TITLE, "title")                                                           \
-   X(TYPE, "type")                                                             \
-   X(UNIQUE_ITEMS, "uniqueItems")
+   X(ADDITIONAL_ITEMS, "additionalItems", T(BOOL) | T(DOCUMENT),              \
+     "must be either an object or a boolean, but got a ", TYPED)               \
+   X(ADDITIONAL_PROPERTIES, "additionalProperties", T(BOOL) | T(DOCUMENT),    \
+     "must be an object or a boolean", false)                                  \
+   X(ALL_OF, "allOf", T(ARRAY), "must be an array", false)                     \
+   X(ANY_OF, "anyOf", T(ARRAY), "must be an array", false)                     \
+   X(BSON_TYPE, "bsonType", T(UTF8) | T(ARRAY),                               \
+     "must be either a string or an array of strings", false)                 \
+   X(DEPENDENCIES, "dependencies", T(DOCUMENT), "must be an object", false)    \
+   X(DESCRIPTION, "description", T(UTF8), "must be of type string", false)     \
+   X(ENCRYPT, "encrypt", T(DOCUMENT), "must be an object ", false)             \
+   X(ENCRYPT_METADATA, "encryptMetadata", T(DOCUMENT), "must be an object ",   \
+     false)                                                                    \
+   X(ENUM, "enum", T(ARRAY), "must be an array, but found an element of type ", \
+     TYPED)                                                                    \
+   X(EXCLUSIVE_MAXIMUM, "exclusiveMaximum", T(BOOL), "must be a boolean",      \
+     false)                                                                    \
+   X(EXCLUSIVE_MINIMUM, "exclusiveMinimum", T(BOOL), "must be a boolean",      \
+     false)                                                                    \
+   X(ITEMS, "items", T(ARRAY) | T(DOCUMENT),                                  \
+     "must be an array or an object, not ", TYPED)                             \
+   X(MAX_ITEMS, "maxItems", 0, NULL, false)                                    \
+   X(MAX_LENGTH, "maxLength", 0, NULL, false)                                  \
+   X(MAX_PROPERTIES, "maxProperties", 0, NULL, false)                          \
+   X(MAXIMUM, "maximum", NUMBER, "must be a number", false)                    \
+   X(MIN_ITEMS, "minItems", 0, NULL, false)                                    \
+   X(MIN_LENGTH, "minLength", 0, NULL, false)                                  \
+   X(MIN_PROPERTIES, "minProperties", 0, NULL, false)                          \
+   X(MINIMUM, "minimum", NUMBER, "must be a number", false)                    \
+   X(MULTIPLE_OF, "multipleOf", NUMBER, "must be a number", false)             \
+   X(NOT, "not", T(DOCUMENT),                                                 \
+     "must be an object, but found an element of type ", TYPED)                \
+   X(ONE_OF, "oneOf", T(ARRAY), "must be an array", false)                     \
+   X(PATTERN, "pattern", T(UTF8), "must be a string", false)                   \
+   X(PATTERN_PROPERTIES, "patternProperties", T(DOCUMENT),                    \
+     "must be an object", false)                                               \
+   X(PROPERTIES, "properties", T(DOCUMENT), "must be an object", false)        \
+   X(REQUIRED, "required", T(ARRAY),                                          \
+     "must be an array, but found an element of type ", TYPED)                 \
+   X(TITLE, "title", T(UTF8), "must be of type string", false)                 \
+   X(TYPE, "type", T(UTF8) | T(ARRAY),                                        \
+     "must be either a string or an array of strings", false)                 \
+   X(UNIQUE_ITEMS, "uniqueItems", T(BOOL), "must be a boolean", false)
 
 typedef enum {
-#define KW_ENUM(id, name) KW_##id,
+#define KW_ENUM(id, name, types, must, typed) KW_##id,
    SCHEMA_KEYWORDS(KW_ENUM)
 #undef KW_ENUM
       KW_COUNT
 } keyword_t;
 
-static const char *const keyword_names[] = {
-#define KW_NAME(id, name) name,
-   SCHEMA_KEYWORDS(KW_NAME)
-#undef KW_NAME
+static const struct {
+   const char *name;
+   uint32_t types;
+   const char *must; /* the rest of the error, after the keyword's name */
+   bool typed;       /* the value's type name follows `must` */
+} keywords[] = {
+#define KW_ROW(id, name, types, must, typed) {name, types, must, typed},
+   SCHEMA_KEYWORDS(KW_ROW)
+#undef KW_ROW
 };
+
+#undef T
+#undef NUMBER
+#undef TYPED
 
 typedef aspen__match_schema_t schema_t;
 
@@ -88,17 +116,25 @@ typedef struct {
    bool has[KW_COUNT];
 } kwmap_t;
 
-static bson_iter_t *
-kw_get(const kwmap_t *km, keyword_t k, bson_iter_t *it)
+/* Finds keyword k's value (present: the caller checked km->has[k]) and
+ * checks its BSON type against the keyword table: false with err set
+ * (TypeMismatch, mongod's message) when the table refuses it. */
+static bool
+kw_arg(const kwmap_t *km, keyword_t k, bson_iter_t *it, aspen_error_t *err)
 {
    ASPEN_ASSERT(km->has[k]);
    bson_iter_init_from_data(it, km->data, km->len);
-   bson_iter_find(it, keyword_names[k]);
-   return it;
+   bson_iter_find(it, keywords[k].name);
+   uint32_t types = keywords[k].types;
+   bson_type_t t = bson_iter_type(it);
+   if (!types || ((int) t < 32 && (types & (1u << (int) t)))) {
+      return true;
+   }
+   aspen_error_set(err, ASPEN_ERR_TypeMismatch, "$jsonSchema keyword '%s' %s%s",
+                   keywords[k].name, keywords[k].must,
+                   keywords[k].typed ? aspen__match_type_name(t) : "");
+   return false;
 }
-
-/* The iterator of a present keyword, valid to the end of the block. */
-#define KW(k) kw_get(km, (k), &(bson_iter_t){0})
 
 typedef struct {
    const char *name; /* view into the filter */
@@ -122,8 +158,27 @@ typedef struct {
    size_t n_names;
 } dep_t;
 
-/* Additional items / properties: absent or true, false, or a schema. */
-typedef enum { ADD_ANY, ADD_NONE, ADD_SCHEMA } add_t;
+/* additionalItems / additionalProperties: absent or true, false, or a
+ * schema. */
+typedef enum { ADD_ANY, ADD_NONE, ADD_SCHEMA } add_kind_t;
+
+typedef struct {
+   add_kind_t kind;
+   schema_t *schema;
+} additional_t;
+
+/* minimum or maximum: the bound, exclusive or not. */
+typedef struct {
+   bool has;
+   bool exclusive;
+   bson_value_t value; /* a view into the filter */
+} bound_t;
+
+/* The limits of a count (a string's length, an array's items, an
+ * object's properties): -1 where absent. */
+typedef struct {
+   int64_t min, max;
+} limits_t;
 
 typedef struct {
    schema_t **v;
@@ -141,29 +196,22 @@ struct aspen__match_schema {
    bool encrypt; /* value must be BinData subtype 6 */
 
    /* numbers */
-   bool has_minimum;
-   bool exclusive_minimum;
-   bson_value_t minimum;
-   bool has_maximum;
-   bool exclusive_maximum;
-   bson_value_t maximum;
+   bound_t minimum;
+   bound_t maximum;
    bool has_multiple_of;
    bson_value_t multiple_of;
 
    /* strings */
-   int64_t min_length; /* -1: absent */
-   int64_t max_length;
+   limits_t length;
    aspen__match_regex_t *pattern;
 
    /* arrays */
-   int64_t min_items;
-   int64_t max_items;
+   limits_t item_count;
    bool unique_items;
    schema_t *items; /* items: {schema} */
    bool has_tuple;  /* items: [schemas] */
    schema_list_t tuple;
-   add_t additional_items;
-   schema_t *additional_items_schema;
+   additional_t additional_items;
 
    /* objects */
    prop_t *props;
@@ -173,10 +221,8 @@ struct aspen__match_schema {
    bool has_allowed; /* patternProperties or additionalProperties */
    pattern_prop_t *pattern_props;
    size_t n_pattern_props;
-   add_t additional_props;
-   schema_t *additional_props_schema;
-   int64_t min_props;
-   int64_t max_props;
+   additional_t additional_props;
+   limits_t prop_count;
    dep_t *deps;
    size_t n_deps;
 
@@ -212,7 +258,7 @@ aspen__match_schema_destroy(aspen__match_schema_t *s)
    aspen__match_regex_destroy(s->pattern);
    aspen__match_schema_destroy(s->items);
    list_cleanup(&s->tuple);
-   aspen__match_schema_destroy(s->additional_items_schema);
+   aspen__match_schema_destroy(s->additional_items.schema);
    for (size_t i = 0; i < s->n_props; i++) {
       aspen__match_schema_destroy(s->props[i].schema);
    }
@@ -223,7 +269,7 @@ aspen__match_schema_destroy(aspen__match_schema_t *s)
       aspen__match_schema_destroy(s->pattern_props[i].schema);
    }
    free(s->pattern_props);
-   aspen__match_schema_destroy(s->additional_props_schema);
+   aspen__match_schema_destroy(s->additional_props.schema);
    for (size_t i = 0; i < s->n_deps; i++) {
       aspen__match_schema_destroy(s->deps[i].schema);
       free(s->deps[i].names);
@@ -302,8 +348,7 @@ json_type_alias(const char *name, aspen__match_types_t *bits)
 }
 
 static bool
-parse_one_type_name(const char *kw, const char *name, bool json,
-                    aspen__match_types_t *bits, aspen_error_t *err)
+not_integer(const char *name, aspen_error_t *err)
 {
    if (strcmp(name, "integer") == 0) {
       aspen_error_set(err, ASPEN_ERR_FailedToParse,
@@ -311,10 +356,19 @@ parse_one_type_name(const char *kw, const char *name, bool json,
                       "supported.");
       return false;
    }
+   return true;
+}
+
+static bool
+parse_one_type_name(const char *name, bool json, aspen__match_types_t *bits,
+                    aspen_error_t *err)
+{
+   if (!not_integer(name, err)) {
+      return false;
+   }
    bool ok = json ? json_type_alias(name, bits)
                   : aspen__match_type_alias(name, bits);
    if (!ok) {
-      (void) kw;
       aspen_error_set(err, ASPEN_ERR_BadValue, "Unknown type name alias: %s",
                       name);
       return false;
@@ -322,7 +376,8 @@ parse_one_type_name(const char *kw, const char *name, bool json,
    return true;
 }
 
-/* `type` or `bsonType`: a name or an array of distinct names. */
+/* `type` or `bsonType` (the keyword table checked it is a string or an
+ * array): a name or an array of distinct names. */
 static bool
 parse_types(const bson_iter_t *it, bool json, aspen__match_types_t *out,
             aspen_error_t *err)
@@ -330,15 +385,7 @@ parse_types(const bson_iter_t *it, bool json, aspen__match_types_t *out,
    const char *kw = bson_iter_key(it);
    *out = 0;
    if (BSON_ITER_HOLDS_UTF8(it)) {
-      return parse_one_type_name(kw, bson_iter_utf8(it, NULL), json, out,
-                                 err);
-   }
-   if (!BSON_ITER_HOLDS_ARRAY(it)) {
-      aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                      "$jsonSchema keyword '%s' must be either a string or an "
-                      "array of strings",
-                      kw);
-      return false;
+      return parse_one_type_name(bson_iter_utf8(it, NULL), json, out, err);
    }
    bson_iter_t el;
    bson_iter_recurse(it, &el);
@@ -352,10 +399,7 @@ parse_types(const bson_iter_t *it, bool json, aspen__match_types_t *out,
          return false;
       }
       const char *name = bson_iter_utf8(&el, NULL);
-      if (strcmp(name, "integer") == 0) {
-         aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                         "$jsonSchema type 'integer' is not currently "
-                         "supported.");
+      if (!not_integer(name, err)) {
          return false;
       }
       /* Duplicates are checked by name, before aliases resolve. */
@@ -374,8 +418,7 @@ parse_types(const bson_iter_t *it, bool json, aspen__match_types_t *out,
    bson_iter_recurse(it, &el);
    while (bson_iter_next(&el)) {
       aspen__match_types_t bits;
-      if (!parse_one_type_name(kw, bson_iter_utf8(&el, NULL), json, &bits,
-                               err)) {
+      if (!parse_one_type_name(bson_iter_utf8(&el, NULL), json, &bits, err)) {
          return false;
       }
       *out |= bits;
@@ -389,56 +432,82 @@ parse_types(const bson_iter_t *it, bool json, aspen__match_types_t *out,
    return true;
 }
 
+/* A count keyword (minLength, maxItems, ...): a whole number >= 0. */
 static bool
-parse_number_kw(const bson_iter_t *it, bson_value_t *out, aspen_error_t *err)
+parse_count(const kwmap_t *km, keyword_t k, int64_t *out, aspen_error_t *err)
 {
-   if (!is_number(bson_iter_type(it))) {
-      aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                      "$jsonSchema keyword '%s' must be a number",
-                      bson_iter_key(it));
+   bson_iter_t it;
+   return !km->has[k] ||
+          (kw_arg(km, k, &it, err) &&
+           aspen__match_parse_count(&it, keywords[k].name, out, err));
+}
+
+/* maximum (with exclusiveMaximum) or minimum (with exclusiveMinimum): the
+ * exclusive flag is read first, and needs its bound. */
+static bool
+parse_bound(const kwmap_t *km, keyword_t k, keyword_t exclusive_k,
+            bound_t *b, aspen_error_t *err)
+{
+   bson_iter_t it;
+   if (!km->has[k]) {
+      if (km->has[exclusive_k]) {
+         aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                         "$jsonSchema keyword '%s' must be a present if %s "
+                         "is present",
+                         keywords[k].name, keywords[exclusive_k].name);
+         return false;
+      }
+      return true;
+   }
+   if (km->has[exclusive_k]) {
+      if (!kw_arg(km, exclusive_k, &it, err)) {
+         return false;
+      }
+      b->exclusive = bson_iter_bool(&it);
+   }
+   if (!kw_arg(km, k, &it, err)) {
       return false;
    }
-   *out = *bson_iter_value((bson_iter_t *) it);
+   b->value = *bson_iter_value(&it);
+   b->has = true;
    return true;
 }
 
+/* additionalItems or additionalProperties: a boolean or a schema. */
 static bool
-parse_bool_kw(const bson_iter_t *it, bool *out, aspen_error_t *err)
+parse_additional(const kwmap_t *km, keyword_t k, int depth, additional_t *a,
+                 aspen_error_t *err)
 {
-   if (!BSON_ITER_HOLDS_BOOL(it)) {
-      aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                      "$jsonSchema keyword '%s' must be a boolean",
-                      bson_iter_key(it));
+   bson_iter_t it;
+   if (!km->has[k]) {
+      return true;
+   }
+   if (!kw_arg(km, k, &it, err)) {
       return false;
    }
-   *out = bson_iter_bool(it);
-   return true;
+   if (BSON_ITER_HOLDS_BOOL(&it)) {
+      a->kind = bson_iter_bool(&it) ? ADD_ANY : ADD_NONE;
+      return true;
+   }
+   a->kind = ADD_SCHEMA;
+   return parse_nested(&it, depth, &a->schema, err);
 }
 
-/* A non-empty array of schemas (allOf, anyOf, oneOf) or the tuple form of
- * items. */
+/* The array at `it` of schemas (allOf, anyOf, oneOf: not empty) or the
+ * tuple form of items. */
 static bool
 parse_schema_array(const bson_iter_t *it, bool is_items, int depth,
                    schema_list_t *out, aspen_error_t *err)
 {
    const char *kw = bson_iter_key(it);
-   if (!BSON_ITER_HOLDS_ARRAY(it)) {
-      aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                      "$jsonSchema keyword '%s' must be an array", kw);
-      return false;
-   }
-   bson_iter_t el;
-   bson_iter_recurse(it, &el);
-   size_t count = 0;
-   while (bson_iter_next(&el)) {
-      count++;
-   }
+   size_t count = aspen__value_child_count(it);
    if (count == 0 && !is_items) {
       aspen_error_set(err, ASPEN_ERR_BadValue,
                       "$jsonSchema keyword '%s' must be a non-empty array", kw);
       return false;
    }
    out->v = aspen_xcalloc(count ? count : 1, sizeof *out->v);
+   bson_iter_t el;
    bson_iter_recurse(it, &el);
    while (bson_iter_next(&el)) {
       if (!BSON_ITER_HOLDS_DOCUMENT(&el)) {
@@ -464,39 +533,41 @@ parse_schema_array(const bson_iter_t *it, bool is_items, int depth,
    return true;
 }
 
+/* allOf, anyOf or oneOf. */
 static bool
-parse_scalar_keywords(schema_t *s, kwmap_t *km, aspen_error_t *err)
+parse_logical(const kwmap_t *km, keyword_t k, int depth, schema_list_t *out,
+              aspen_error_t *err)
 {
+   bson_iter_t it;
+   return !km->has[k] || (kw_arg(km, k, &it, err) &&
+                          parse_schema_array(&it, false, depth, out, err));
+}
+
+static bool
+parse_scalar_keywords(schema_t *s, const kwmap_t *km, aspen_error_t *err)
+{
+   bson_iter_t it;
    if (km->has[KW_PATTERN]) {
-      bson_iter_t *pat = KW(KW_PATTERN);
-      if (!BSON_ITER_HOLDS_UTF8(pat)) {
-         aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                         "$jsonSchema keyword 'pattern' must be a string");
+      if (!kw_arg(km, KW_PATTERN, &it, err)) {
          return false;
       }
       uint32_t len;
-      const char *p = bson_iter_utf8(pat, &len);
+      const char *p = bson_iter_utf8(&it, &len);
       /* JSON Schema patterns take no flags. */
       if (!aspen__match_regex_new(p, len, "", &s->pattern, err)) {
          return false;
       }
    }
-   if (km->has[KW_MAX_LENGTH] &&
-       !aspen__match_parse_count(KW(KW_MAX_LENGTH), "maxLength",
-                                 &s->max_length, err)) {
-      return false;
-   }
-   if (km->has[KW_MIN_LENGTH] &&
-       !aspen__match_parse_count(KW(KW_MIN_LENGTH), "minLength",
-                                 &s->min_length, err)) {
+   if (!parse_count(km, KW_MAX_LENGTH, &s->length.max, err) ||
+       !parse_count(km, KW_MIN_LENGTH, &s->length.min, err)) {
       return false;
    }
    if (km->has[KW_MULTIPLE_OF]) {
-      if (!parse_number_kw(KW(KW_MULTIPLE_OF), &s->multiple_of, err)) {
+      if (!kw_arg(km, KW_MULTIPLE_OF, &it, err)) {
          return false;
       }
-      double d = as_double(&s->multiple_of);
-      if (!(d > 0)) {
+      s->multiple_of = *bson_iter_value(&it);
+      if (!(as_double(&s->multiple_of) > 0)) {
          aspen_error_set(err, ASPEN_ERR_FailedToParse,
                          "$jsonSchema keyword 'multipleOf' must have a "
                          "positive value");
@@ -504,102 +575,46 @@ parse_scalar_keywords(schema_t *s, kwmap_t *km, aspen_error_t *err)
       }
       s->has_multiple_of = true;
    }
-   if (km->has[KW_MAXIMUM]) {
-      if (km->has[KW_EXCLUSIVE_MAXIMUM] &&
-          !parse_bool_kw(KW(KW_EXCLUSIVE_MAXIMUM), &s->exclusive_maximum,
-                         err)) {
-         return false;
-      }
-      if (!parse_number_kw(KW(KW_MAXIMUM), &s->maximum, err)) {
-         return false;
-      }
-      s->has_maximum = true;
-   } else if (km->has[KW_EXCLUSIVE_MAXIMUM]) {
-      aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                      "$jsonSchema keyword 'maximum' must be a present if "
-                      "exclusiveMaximum is present");
-      return false;
-   }
-   if (km->has[KW_MINIMUM]) {
-      if (km->has[KW_EXCLUSIVE_MINIMUM] &&
-          !parse_bool_kw(KW(KW_EXCLUSIVE_MINIMUM), &s->exclusive_minimum,
-                         err)) {
-         return false;
-      }
-      if (!parse_number_kw(KW(KW_MINIMUM), &s->minimum, err)) {
-         return false;
-      }
-      s->has_minimum = true;
-   } else if (km->has[KW_EXCLUSIVE_MINIMUM]) {
-      aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                      "$jsonSchema keyword 'minimum' must be a present if "
-                      "exclusiveMinimum is present");
-      return false;
-   }
-   return true;
+   return parse_bound(km, KW_MAXIMUM, KW_EXCLUSIVE_MAXIMUM, &s->maximum,
+                      err) &&
+          parse_bound(km, KW_MINIMUM, KW_EXCLUSIVE_MINIMUM, &s->minimum, err);
 }
 
 static bool
-parse_array_keywords(schema_t *s, kwmap_t *km, aspen_error_t *err)
+parse_array_keywords(schema_t *s, const kwmap_t *km, aspen_error_t *err)
 {
-   if (km->has[KW_MIN_ITEMS] &&
-       !aspen__match_parse_count(KW(KW_MIN_ITEMS), "minItems", &s->min_items,
-                                 err)) {
+   bson_iter_t it;
+   if (!parse_count(km, KW_MIN_ITEMS, &s->item_count.min, err) ||
+       !parse_count(km, KW_MAX_ITEMS, &s->item_count.max, err)) {
       return false;
    }
-   if (km->has[KW_MAX_ITEMS] &&
-       !aspen__match_parse_count(KW(KW_MAX_ITEMS), "maxItems", &s->max_items,
-                                 err)) {
-      return false;
-   }
-   if (km->has[KW_UNIQUE_ITEMS] &&
-       !parse_bool_kw(KW(KW_UNIQUE_ITEMS), &s->unique_items, err)) {
-      return false;
+   if (km->has[KW_UNIQUE_ITEMS]) {
+      if (!kw_arg(km, KW_UNIQUE_ITEMS, &it, err)) {
+         return false;
+      }
+      s->unique_items = bson_iter_bool(&it);
    }
    if (km->has[KW_ITEMS]) {
-      bson_iter_t *items = KW(KW_ITEMS);
-      if (BSON_ITER_HOLDS_ARRAY(items)) {
-         if (!parse_schema_array(items, true, s->depth + 1, &s->tuple,
-                                 err)) {
+      if (!kw_arg(km, KW_ITEMS, &it, err)) {
+         return false;
+      }
+      if (BSON_ITER_HOLDS_ARRAY(&it)) {
+         if (!parse_schema_array(&it, true, s->depth + 1, &s->tuple, err)) {
             return false;
          }
          s->has_tuple = true;
-      } else if (BSON_ITER_HOLDS_DOCUMENT(items)) {
-         if (!parse_nested(items, s->depth + 1, &s->items, err)) {
-            return false;
-         }
-      } else {
-         aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                         "$jsonSchema keyword 'items' must be an array or an "
-                         "object, not %s",
-                         iter_type_name(items));
+      } else if (!parse_nested(&it, s->depth + 1, &s->items, err)) {
          return false;
       }
    }
-   if (km->has[KW_ADDITIONAL_ITEMS]) {
-      bson_iter_t *add = KW(KW_ADDITIONAL_ITEMS);
-      if (BSON_ITER_HOLDS_BOOL(add)) {
-         s->additional_items = bson_iter_bool(add) ? ADD_ANY : ADD_NONE;
-      } else if (BSON_ITER_HOLDS_DOCUMENT(add)) {
-         if (!parse_nested(add, s->depth + 1, &s->additional_items_schema,
-                           err)) {
-            return false;
-         }
-         s->additional_items = ADD_SCHEMA;
-      } else {
-         aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                         "$jsonSchema keyword 'additionalItems' must be "
-                         "either an object or a boolean, but got a %s",
-                         iter_type_name(add));
-         return false;
-      }
-   }
-   return true;
+   return parse_additional(km, KW_ADDITIONAL_ITEMS, s->depth + 1,
+                           &s->additional_items, err);
 }
 
 static bool
-parse_encrypt_keywords(schema_t *s, kwmap_t *km, aspen_error_t *err)
+parse_encrypt_keywords(schema_t *s, const kwmap_t *km, aspen_error_t *err)
 {
+   bson_iter_t it;
    if (km->has[KW_ENCRYPT] && km->has[KW_ENCRYPT_METADATA]) {
       aspen_error_set(err, ASPEN_ERR_FailedToParse,
                       "Cannot specify both $jsonSchema keywords 'encrypt' and "
@@ -607,17 +622,10 @@ parse_encrypt_keywords(schema_t *s, kwmap_t *km, aspen_error_t *err)
       return false;
    }
    if (km->has[KW_ENCRYPT_METADATA]) {
-      bson_iter_t *md = KW(KW_ENCRYPT_METADATA);
-      if (!BSON_ITER_HOLDS_DOCUMENT(md)) {
-         aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                         "$jsonSchema keyword 'encryptMetadata' must be an "
-                         "object ");
+      if (!kw_arg(km, KW_ENCRYPT_METADATA, &it, err)) {
          return false;
       }
-      uint32_t len;
-      const uint8_t *data;
-      bson_iter_document(md, &len, &data);
-      if (len <= 5) {
+      if (aspen__value_child_count(&it) == 0) {
          aspen_error_set(err, ASPEN_ERR_FailedToParse,
                          "$jsonSchema keyword 'encryptMetadata' cannot be an "
                          "empty object ");
@@ -625,9 +633,7 @@ parse_encrypt_keywords(schema_t *s, kwmap_t *km, aspen_error_t *err)
       }
    }
    if (km->has[KW_ENCRYPT]) {
-      if (!BSON_ITER_HOLDS_DOCUMENT(KW(KW_ENCRYPT))) {
-         aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                         "$jsonSchema keyword 'encrypt' must be an object ");
+      if (!kw_arg(km, KW_ENCRYPT, &it, err)) {
          return false;
       }
       /* The encryption options (keyId, algorithm, bsonType) describe the
@@ -652,13 +658,6 @@ names_contain(const name_t *names, size_t n, const char *name, uint32_t len)
 static bool
 parse_required(schema_t *s, const bson_iter_t *it, aspen_error_t *err)
 {
-   if (!BSON_ITER_HOLDS_ARRAY(it)) {
-      aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                      "$jsonSchema keyword 'required' must be an array, but "
-                      "found an element of type %s",
-                      iter_type_name(it));
-      return false;
-   }
    bson_iter_t el;
    bson_iter_recurse(it, &el);
    size_t count = 0;
@@ -697,18 +696,9 @@ parse_required(schema_t *s, const bson_iter_t *it, aspen_error_t *err)
 static bool
 parse_properties(schema_t *s, const bson_iter_t *it, aspen_error_t *err)
 {
-   if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
-      aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                      "$jsonSchema keyword 'properties' must be an object");
-      return false;
-   }
-   bson_iter_t el;
-   bson_iter_recurse(it, &el);
-   size_t count = 0;
-   while (bson_iter_next(&el)) {
-      count++;
-   }
+   size_t count = aspen__value_child_count(it);
    s->props = aspen_xcalloc(count ? count : 1, sizeof *s->props);
+   bson_iter_t el;
    bson_iter_recurse(it, &el);
    while (bson_iter_next(&el)) {
       if (!BSON_ITER_HOLDS_DOCUMENT(&el)) {
@@ -732,20 +722,10 @@ static bool
 parse_pattern_properties(schema_t *s, const bson_iter_t *it,
                          aspen_error_t *err)
 {
-   if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
-      aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                      "$jsonSchema keyword 'patternProperties' must be an "
-                      "object");
-      return false;
-   }
-   bson_iter_t el;
-   bson_iter_recurse(it, &el);
-   size_t count = 0;
-   while (bson_iter_next(&el)) {
-      count++;
-   }
+   size_t count = aspen__value_child_count(it);
    s->pattern_props =
       aspen_xcalloc(count ? count : 1, sizeof *s->pattern_props);
+   bson_iter_t el;
    bson_iter_recurse(it, &el);
    while (bson_iter_next(&el)) {
       if (!BSON_ITER_HOLDS_DOCUMENT(&el)) {
@@ -786,12 +766,7 @@ parse_dependency(dep_t *d, const bson_iter_t *it, int depth,
                       name);
       return false;
    }
-   bson_iter_t el;
-   bson_iter_recurse(it, &el);
-   size_t count = 0;
-   while (bson_iter_next(&el)) {
-      count++;
-   }
+   size_t count = aspen__value_child_count(it);
    if (count == 0) {
       aspen_error_set(err, ASPEN_ERR_FailedToParse,
                       "property '%s' in $jsonSchema keyword 'dependencies' "
@@ -800,6 +775,7 @@ parse_dependency(dep_t *d, const bson_iter_t *it, int depth,
       return false;
    }
    d->names = aspen_xcalloc(count, sizeof *d->names);
+   bson_iter_t el;
    bson_iter_recurse(it, &el);
    while (bson_iter_next(&el)) {
       if (!BSON_ITER_HOLDS_UTF8(&el)) {
@@ -825,153 +801,104 @@ parse_dependency(dep_t *d, const bson_iter_t *it, int depth,
 }
 
 static bool
-parse_object_keywords(schema_t *s, kwmap_t *km, aspen_error_t *err)
+parse_dependencies(schema_t *s, const bson_iter_t *it, aspen_error_t *err)
 {
-   if (km->has[KW_REQUIRED] && !parse_required(s, KW(KW_REQUIRED), err)) {
-      return false;
-   }
-   if (km->has[KW_PROPERTIES] &&
-       !parse_properties(s, KW(KW_PROPERTIES), err)) {
-      return false;
-   }
-   if (km->has[KW_PATTERN_PROPERTIES] || km->has[KW_ADDITIONAL_PROPERTIES]) {
-      s->has_allowed = true;
-      if (km->has[KW_PATTERN_PROPERTIES] &&
-          !parse_pattern_properties(s, KW(KW_PATTERN_PROPERTIES), err)) {
+   size_t count = aspen__value_child_count(it);
+   s->deps = aspen_xcalloc(count ? count : 1, sizeof *s->deps);
+   bson_iter_t el;
+   bson_iter_recurse(it, &el);
+   while (bson_iter_next(&el)) {
+      /* Counted first so a half-parsed entry is freed with the rest. */
+      s->n_deps++;
+      if (!parse_dependency(&s->deps[s->n_deps - 1], &el, s->depth + 1,
+                            err)) {
          return false;
-      }
-      if (km->has[KW_ADDITIONAL_PROPERTIES]) {
-         bson_iter_t *add = KW(KW_ADDITIONAL_PROPERTIES);
-         if (BSON_ITER_HOLDS_BOOL(add)) {
-            s->additional_props = bson_iter_bool(add) ? ADD_ANY : ADD_NONE;
-         } else if (BSON_ITER_HOLDS_DOCUMENT(add)) {
-            if (!parse_nested(add, s->depth + 1,
-                              &s->additional_props_schema, err)) {
-               return false;
-            }
-            s->additional_props = ADD_SCHEMA;
-         } else {
-            aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                            "$jsonSchema keyword 'additionalProperties' must "
-                            "be an object or a boolean");
-            return false;
-         }
-      }
-   }
-   if (km->has[KW_MIN_PROPERTIES] &&
-       !aspen__match_parse_count(KW(KW_MIN_PROPERTIES), "minProperties",
-                                 &s->min_props, err)) {
-      return false;
-   }
-   if (km->has[KW_MAX_PROPERTIES] &&
-       !aspen__match_parse_count(KW(KW_MAX_PROPERTIES), "maxProperties",
-                                 &s->max_props, err)) {
-      return false;
-   }
-   if (km->has[KW_DEPENDENCIES]) {
-      bson_iter_t *deps = KW(KW_DEPENDENCIES);
-      if (!BSON_ITER_HOLDS_DOCUMENT(deps)) {
-         aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                         "$jsonSchema keyword 'dependencies' must be an "
-                         "object");
-         return false;
-      }
-      bson_iter_t el;
-      bson_iter_recurse(deps, &el);
-      size_t count = 0;
-      while (bson_iter_next(&el)) {
-         count++;
-      }
-      s->deps = aspen_xcalloc(count ? count : 1, sizeof *s->deps);
-      bson_iter_recurse(deps, &el);
-      while (bson_iter_next(&el)) {
-         /* Counted first so a half-parsed entry is freed with the rest. */
-         s->n_deps++;
-         if (!parse_dependency(&s->deps[s->n_deps - 1], &el, s->depth + 1,
-                               err)) {
-            return false;
-         }
       }
    }
    return true;
 }
 
 static bool
-parse_logical_keywords(schema_t *s, kwmap_t *km, aspen_error_t *err)
+parse_object_keywords(schema_t *s, const kwmap_t *km, aspen_error_t *err)
 {
-   if (km->has[KW_ALL_OF] &&
-       !parse_schema_array(KW(KW_ALL_OF), false, s->depth + 1,
-                           &s->all_of, err)) {
+   bson_iter_t it;
+   if (km->has[KW_REQUIRED] && (!kw_arg(km, KW_REQUIRED, &it, err) ||
+                                !parse_required(s, &it, err))) {
       return false;
    }
-   if (km->has[KW_ANY_OF] &&
-       !parse_schema_array(KW(KW_ANY_OF), false, s->depth + 1,
-                           &s->any_of, err)) {
+   if (km->has[KW_PROPERTIES] && (!kw_arg(km, KW_PROPERTIES, &it, err) ||
+                                  !parse_properties(s, &it, err))) {
       return false;
    }
-   if (km->has[KW_ONE_OF] &&
-       !parse_schema_array(KW(KW_ONE_OF), false, s->depth + 1,
-                           &s->one_of, err)) {
+   s->has_allowed =
+      km->has[KW_PATTERN_PROPERTIES] || km->has[KW_ADDITIONAL_PROPERTIES];
+   if (km->has[KW_PATTERN_PROPERTIES] &&
+       (!kw_arg(km, KW_PATTERN_PROPERTIES, &it, err) ||
+        !parse_pattern_properties(s, &it, err))) {
       return false;
    }
-   if (km->has[KW_NOT]) {
-      bson_iter_t *not_it = KW(KW_NOT);
-      if (!BSON_ITER_HOLDS_DOCUMENT(not_it)) {
-         aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                         "$jsonSchema keyword 'not' must be an object, but "
-                         "found an element of type %s",
-                         iter_type_name(not_it));
-         return false;
-      }
-      if (!parse_nested(not_it, s->depth + 1, &s->not_schema, err)) {
-         return false;
-      }
+   if (!parse_additional(km, KW_ADDITIONAL_PROPERTIES, s->depth + 1,
+                         &s->additional_props, err) ||
+       !parse_count(km, KW_MIN_PROPERTIES, &s->prop_count.min, err) ||
+       !parse_count(km, KW_MAX_PROPERTIES, &s->prop_count.max, err)) {
+      return false;
    }
-   if (km->has[KW_ENUM]) {
-      bson_iter_t *en = KW(KW_ENUM);
-      if (!BSON_ITER_HOLDS_ARRAY(en)) {
-         aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                         "$jsonSchema keyword 'enum' must be an array, but "
-                         "found an element of type %s",
-                         iter_type_name(en));
-         return false;
-      }
-      bson_iter_t el;
-      bson_iter_recurse(en, &el);
-      size_t count = 0;
-      while (bson_iter_next(&el)) {
-         count++;
-      }
-      if (count == 0) {
-         aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                         "$jsonSchema keyword 'enum' cannot be an empty "
-                         "array");
-         return false;
-      }
-      s->enum_vals = aspen_xcalloc(count, sizeof *s->enum_vals);
-      bson_iter_recurse(en, &el);
-      while (bson_iter_next(&el)) {
-         const bson_value_t *v = bson_iter_value(&el);
-         for (size_t i = 0; i < s->n_enum; i++) {
-            if (aspen__match_unordered_equal(&s->enum_vals[i], v)) {
-               aspen_error_set(err, ASPEN_ERR_FailedToParse,
-                               "$jsonSchema keyword 'enum' array cannot "
-                               "contain duplicate values.");
-               return false;
-            }
+   return !km->has[KW_DEPENDENCIES] ||
+          (kw_arg(km, KW_DEPENDENCIES, &it, err) &&
+           parse_dependencies(s, &it, err));
+}
+
+static bool
+parse_enum(schema_t *s, const bson_iter_t *it, aspen_error_t *err)
+{
+   size_t count = aspen__value_child_count(it);
+   if (count == 0) {
+      aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                      "$jsonSchema keyword 'enum' cannot be an empty array");
+      return false;
+   }
+   s->enum_vals = aspen_xcalloc(count, sizeof *s->enum_vals);
+   bson_iter_t el;
+   bson_iter_recurse(it, &el);
+   while (bson_iter_next(&el)) {
+      const bson_value_t *v = bson_iter_value(&el);
+      for (size_t i = 0; i < s->n_enum; i++) {
+         if (aspen__match_unordered_equal(&s->enum_vals[i], v)) {
+            aspen_error_set(err, ASPEN_ERR_FailedToParse,
+                            "$jsonSchema keyword 'enum' array cannot "
+                            "contain duplicate values.");
+            return false;
          }
-         s->enum_vals[s->n_enum++] = *v;
       }
+      s->enum_vals[s->n_enum++] = *v;
    }
    return true;
 }
 
 static bool
-parse_schema_into(schema_t *s, const uint8_t *data, uint32_t len,
-                  aspen_error_t *err)
+parse_logical_keywords(schema_t *s, const kwmap_t *km, aspen_error_t *err)
 {
-   kwmap_t map;
-   kwmap_t *km = &map;
+   bson_iter_t it;
+   if (!parse_logical(km, KW_ALL_OF, s->depth + 1, &s->all_of, err) ||
+       !parse_logical(km, KW_ANY_OF, s->depth + 1, &s->any_of, err) ||
+       !parse_logical(km, KW_ONE_OF, s->depth + 1, &s->one_of, err)) {
+      return false;
+   }
+   if (km->has[KW_NOT] &&
+       (!kw_arg(km, KW_NOT, &it, err) ||
+        !parse_nested(&it, s->depth + 1, &s->not_schema, err))) {
+      return false;
+   }
+   return !km->has[KW_ENUM] ||
+          (kw_arg(km, KW_ENUM, &it, err) && parse_enum(s, &it, err));
+}
+
+/* Which keywords the schema object has; unknown, unsupported and repeated
+ * ones are refused. */
+static bool
+map_keywords(kwmap_t *km, const uint8_t *data, uint32_t len,
+             aspen_error_t *err)
+{
    memset(km, 0, sizeof *km);
    km->data = data;
    km->len = len;
@@ -984,7 +911,7 @@ parse_schema_into(schema_t *s, const uint8_t *data, uint32_t len,
       const char *key = bson_iter_key(&it);
       int found = -1;
       for (int i = 0; i < KW_COUNT; i++) {
-         if (strcmp(key, keyword_names[i]) == 0) {
+         if (strcmp(key, keywords[i].name) == 0) {
             found = i;
             break;
          }
@@ -1013,28 +940,32 @@ parse_schema_into(schema_t *s, const uint8_t *data, uint32_t len,
       }
       km->has[found] = true;
    }
+   return true;
+}
 
-   if (km->has[KW_DESCRIPTION] && !BSON_ITER_HOLDS_UTF8(KW(KW_DESCRIPTION))) {
-      aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                      "$jsonSchema keyword 'description' must be of type "
-                      "string");
+static bool
+parse_schema_into(schema_t *s, const uint8_t *data, uint32_t len,
+                  aspen_error_t *err)
+{
+   kwmap_t km;
+   bson_iter_t it;
+   if (!map_keywords(&km, data, len, err)) {
       return false;
    }
-   if (km->has[KW_TITLE] && !BSON_ITER_HOLDS_UTF8(KW(KW_TITLE))) {
-      aspen_error_set(err, ASPEN_ERR_TypeMismatch,
-                      "$jsonSchema keyword 'title' must be of type string");
+   /* description and title are only checked. */
+   if ((km.has[KW_DESCRIPTION] && !kw_arg(&km, KW_DESCRIPTION, &it, err)) ||
+       (km.has[KW_TITLE] && !kw_arg(&km, KW_TITLE, &it, err))) {
       return false;
    }
-
-   bool has_type = km->has[KW_TYPE];
-   bool has_bson_type = km->has[KW_BSON_TYPE];
+   bool has_type = km.has[KW_TYPE];
+   bool has_bson_type = km.has[KW_BSON_TYPE];
    if (has_type && has_bson_type) {
       aspen_error_set(err, ASPEN_ERR_FailedToParse,
                       "Cannot specify both $jsonSchema keywords 'type' and "
                       "'bsonType'");
       return false;
    }
-   if ((has_type || has_bson_type) && km->has[KW_ENCRYPT]) {
+   if ((has_type || has_bson_type) && km.has[KW_ENCRYPT]) {
       aspen_error_set(err, ASPEN_ERR_FailedToParse,
                       "$jsonSchema keyword 'encrypt' cannot be used in "
                       "conjunction with '%s', 'encrypt' implies type "
@@ -1043,17 +974,17 @@ parse_schema_into(schema_t *s, const uint8_t *data, uint32_t len,
       return false;
    }
    if (has_type || has_bson_type) {
-      if (!parse_types(KW(has_type ? KW_TYPE : KW_BSON_TYPE), has_type,
-                       &s->types, err)) {
+      if (!kw_arg(&km, has_type ? KW_TYPE : KW_BSON_TYPE, &it, err) ||
+          !parse_types(&it, has_type, &s->types, err)) {
          return false;
       }
       s->has_types = true;
    }
-   return parse_scalar_keywords(s, km, err) &&
-          parse_array_keywords(s, km, err) &&
-          parse_encrypt_keywords(s, km, err) &&
-          parse_object_keywords(s, km, err) &&
-          parse_logical_keywords(s, km, err);
+   return parse_scalar_keywords(s, &km, err) &&
+          parse_array_keywords(s, &km, err) &&
+          parse_encrypt_keywords(s, &km, err) &&
+          parse_object_keywords(s, &km, err) &&
+          parse_logical_keywords(s, &km, err);
 }
 
 static bool
@@ -1069,9 +1000,7 @@ parse_schema(const uint8_t *data, uint32_t len, int depth, schema_t **out,
    }
    schema_t *s = aspen_xcalloc(1, sizeof *s);
    s->depth = depth;
-   s->min_length = s->max_length = -1;
-   s->min_items = s->max_items = -1;
-   s->min_props = s->max_props = -1;
+   s->length = s->item_count = s->prop_count = (limits_t){-1, -1};
    if (!parse_schema_into(s, data, len, err)) {
       aspen__match_schema_destroy(s);
       *out = NULL;
@@ -1150,6 +1079,31 @@ doc_find(const bson_value_t *doc, const char *name, uint32_t len,
           bson_iter_find_w_len(out, name, (int) len);
 }
 
+/* A count within its limits (-1: none). */
+static bool
+within(int64_t n, const limits_t *l)
+{
+   return (l->min < 0 || n >= l->min) && (l->max < 0 || n <= l->max);
+}
+
+/* A number on the right side of a bound. */
+static bool
+bound_ok(const bson_value_t *v, const bound_t *b, aspen__match_op_t exclusive,
+         aspen__match_op_t inclusive)
+{
+   return !b->has ||
+          aspen__match_compare(b->exclusive ? exclusive : inclusive, v,
+                               &b->value);
+}
+
+/* An item or property that no other keyword covers. */
+static bool
+additional_ok(const additional_t *a, const bson_value_t *v)
+{
+   return a->kind == ADD_ANY ||
+          (a->kind == ADD_SCHEMA && validate(a->schema, v));
+}
+
 static bool
 validate_array(const schema_t *s, const bson_value_t *v)
 {
@@ -1169,18 +1123,13 @@ validate_array(const schema_t *s, const bson_value_t *v)
             if (!validate(s->tuple.v[count], e)) {
                return false;
             }
-         } else if (s->additional_items == ADD_NONE ||
-                    (s->additional_items == ADD_SCHEMA &&
-                     !validate(s->additional_items_schema, e))) {
+         } else if (!additional_ok(&s->additional_items, e)) {
             return false;
          }
       }
       count++;
    }
-   if (s->min_items >= 0 && count < s->min_items) {
-      return false;
-   }
-   if (s->max_items >= 0 && count > s->max_items) {
+   if (!within(count, &s->item_count)) {
       return false;
    }
    if (s->unique_items) {
@@ -1242,17 +1191,12 @@ validate_object(const schema_t *s, const bson_value_t *v)
                       memcmp(s->props[i].name.name, key, key_len) == 0);
          }
       }
-      if (other && (s->additional_props == ADD_NONE ||
-                    (s->additional_props == ADD_SCHEMA &&
-                     !validate(s->additional_props_schema,
-                               bson_iter_value(&it))))) {
+      if (other &&
+          !additional_ok(&s->additional_props, bson_iter_value(&it))) {
          return false;
       }
    }
-   if (s->min_props >= 0 && count < s->min_props) {
-      return false;
-   }
-   if (s->max_props >= 0 && count > s->max_props) {
+   if (!within(count, &s->prop_count)) {
       return false;
    }
    for (size_t i = 0; i < s->n_deps; i++) {
@@ -1284,28 +1228,18 @@ validate(const schema_t *s, const bson_value_t *v)
       return false;
    }
    if (is_number(t)) {
-      if (s->has_minimum &&
-          !aspen__match_compare(s->exclusive_minimum ? ASPEN__MATCH_GT
-                                                     : ASPEN__MATCH_GTE,
-                                v, &s->minimum)) {
-         return false;
-      }
-      if (s->has_maximum &&
-          !aspen__match_compare(s->exclusive_maximum ? ASPEN__MATCH_LT
-                                                     : ASPEN__MATCH_LTE,
-                                v, &s->maximum)) {
+      if (!bound_ok(v, &s->minimum, ASPEN__MATCH_GT, ASPEN__MATCH_GTE) ||
+          !bound_ok(v, &s->maximum, ASPEN__MATCH_LT, ASPEN__MATCH_LTE)) {
          return false;
       }
       if (s->has_multiple_of && !multiple_of(v, &s->multiple_of)) {
          return false;
       }
    } else if (t == BSON_TYPE_UTF8) {
-      if (s->min_length >= 0 || s->max_length >= 0) {
-         int64_t n = utf8_length(v->value.v_utf8.str, v->value.v_utf8.len);
-         if ((s->min_length >= 0 && n < s->min_length) ||
-             (s->max_length >= 0 && n > s->max_length)) {
-            return false;
-         }
+      if ((s->length.min >= 0 || s->length.max >= 0) &&
+          !within(utf8_length(v->value.v_utf8.str, v->value.v_utf8.len),
+                  &s->length)) {
+         return false;
       }
       if (s->pattern &&
           !aspen__match_regex_search(s->pattern, v->value.v_utf8.str,
