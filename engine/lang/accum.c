@@ -1167,11 +1167,7 @@ parse_sort_by(aspen_accum_t *acc, const bson_iter_t *sort_it,
               aspen_error_t *err)
 {
    bson_iter_t it;
-   bson_iter_recurse(sort_it, &it);
-   uint32_t n = 0;
-   while (bson_iter_next(&it)) {
-      n++;
-   }
+   uint32_t n = aspen__value_child_count(sort_it);
    if (n == 0) {
       aspen_error_set(err, 9657900,
                       "'sortBy' of %s must have at least one sort key",

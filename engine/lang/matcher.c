@@ -32,6 +32,7 @@
  * called from any thread, concurrently.
  */
 #include "lang/match_int.h"
+#include "lang/value_int.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -1002,11 +1003,7 @@ parse_in(parse_t *ps, mpath_t *path, const bson_iter_t *it, bool negate,
       return false;
    }
    bson_iter_t el;
-   bson_iter_recurse(it, &el);
-   size_t count = 0;
-   while (bson_iter_next(&el)) {
-      count++;
-   }
+   size_t count = aspen__value_child_count(it);
    mnode_t *n = node_new(N_IN, path);
    n->u.in.vals = aspen_xcalloc(count ? count : 1, sizeof *n->u.in.vals);
    bson_iter_recurse(it, &el);
