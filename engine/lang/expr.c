@@ -962,6 +962,19 @@ aspen__parse_nary(aspen__parse_t *ps, const aspen__op_t *op,
    return true;
 }
 
+bool
+aspen__parse_object_arg(aspen__parse_t *ps, const aspen__op_t *op,
+                        const bson_iter_t *arg, int32_t code,
+                        const char *tmpl)
+{
+   if (bson_iter_type(arg) == BSON_TYPE_DOCUMENT) {
+      return true;
+   }
+   aspen_value_t v = aspen_value_borrow(arg);
+   aspen__msg_t m = {.op = op->name, .val = &v};
+   return aspen__msg_fail(ps->err, code, tmpl, &m);
+}
+
 /* The named-argument parsers' shared steps (aspen__named_spec_t). */
 static bool
 named_object(aspen__parse_t *ps, const aspen__op_t *op, const bson_iter_t *arg,
@@ -971,13 +984,8 @@ named_object(aspen__parse_t *ps, const aspen__op_t *op, const bson_iter_t *arg,
    while (spec->args[*n].name) {
       (*n)++;
    }
-   if (bson_iter_type(arg) == BSON_TYPE_DOCUMENT) {
-      return true;
-   }
-   aspen_value_t v = aspen_value_borrow(arg);
-   aspen__msg_t m = {.op = op->name, .val = &v};
-   return aspen__msg_fail(ps->err, spec->not_object_code, spec->not_object_msg,
-                          &m);
+   return aspen__parse_object_arg(ps, op, arg, spec->not_object_code,
+                                  spec->not_object_msg);
 }
 
 static bool
@@ -1324,12 +1332,10 @@ static bool
 parse_switch(aspen__parse_t *ps, const aspen__op_t *op,
              const bson_iter_t *arg, aspen_expr_t *e)
 {
-   (void) op;
-   if (bson_iter_type(arg) != BSON_TYPE_DOCUMENT) {
-      return aspen__pfail(ps, 40060,
-                          "$switch requires an object as an argument, found: "
-                          "%s",
-                          iter_type_name(arg));
+   if (!aspen__parse_object_arg(ps, op, arg, 40060,
+                                "$switch requires an object as an argument, "
+                                "found: {type}")) {
+      return false;
    }
    bson_iter_t child, branches;
    bool have_branches = false, have_default = false;

@@ -369,13 +369,10 @@ ASPEN__ARGS_EVAL(eval_filter, filter_args, compute_filter)
 /* args: input, initialValue, in; binds: this, value */
 static ASPEN__DECL_PARSE(parse_reduce)
 {
-   (void) op;
-   if (bson_iter_type(arg) != BSON_TYPE_DOCUMENT) {
-      aspen_value_t v = aspen_value_borrow(arg);
-      return aspen__pfail(ps, 40075,
-                          "$reduce requires an object as an argument, found: "
-                          "%s",
-                          aspen_value_type_name(&v));
+   if (!aspen__parse_object_arg(ps, op, arg, 40075,
+                                "$reduce requires an object as an argument, "
+                                "found: {type}")) {
+      return false;
    }
    bson_iter_t child, in_it;
    bool have_in = false;
@@ -728,13 +725,10 @@ ASPEN__ARGS_EVAL(eval_slice, slice_args, compute_slice)
 
 static ASPEN__DECL_PARSE(parse_zip)
 {
-   (void) op;
-   if (bson_iter_type(arg) != BSON_TYPE_DOCUMENT) {
-      aspen_value_t v = aspen_value_borrow(arg);
-      return aspen__pfail(ps, 34460,
-                          "$zip only supports an object as an argument, found "
-                          "%s",
-                          aspen_value_type_name(&v));
+   if (!aspen__parse_object_arg(ps, op, arg, 34460,
+                                "$zip only supports an object as an argument, "
+                                "found {type}")) {
+      return false;
    }
    bson_iter_t child, inputs_it, defaults_it;
    bool have_inputs = false, have_defaults = false, longest = false;
@@ -933,13 +927,10 @@ sort_dir(const aspen_value_t *v, int *dir)
 
 static ASPEN__DECL_PARSE(parse_sort_array)
 {
-   (void) op;
-   if (bson_iter_type(arg) != BSON_TYPE_DOCUMENT) {
-      aspen_value_t v = aspen_value_borrow(arg);
-      return aspen__pfail(ps, 2942500,
-                          "$sortArray requires an object as an argument, "
-                          "found: %s",
-                          aspen_value_type_name(&v));
+   if (!aspen__parse_object_arg(ps, op, arg, 2942500,
+                                "$sortArray requires an object as an "
+                                "argument, found: {type}")) {
+      return false;
    }
    aspen__node_args(e, 1);
    sort_spec_t *spec = aspen_xcalloc(1, sizeof *spec);

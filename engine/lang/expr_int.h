@@ -229,6 +229,11 @@ typedef struct {
    const char *unknown_msg;
 } aspen__named_spec_t;
 
+/* True when the operator's argument is an object; else false with ps->err
+ * set to code and the template (with {op} and {type}). */
+bool aspen__parse_object_arg(aspen__parse_t *ps, const aspen__op_t *op,
+                             const bson_iter_t *arg, int32_t code,
+                             const char *tmpl);
 /* Fills e->args (one per name, NULL when absent) from an object argument,
  * compiling each as it comes. Returns false with ps->err set. */
 bool aspen__parse_named(aspen__parse_t *ps, const aspen__op_t *op,
