@@ -76,7 +76,7 @@
 #define DB_WRITE                                                               \
    (BIT(insert) | BIT(update) | BIT(remove) | BIT(createCollection) |          \
     BIT(dropCollection) | BIT(createIndex) | BIT(dropIndex) |                  \
-    BIT(dropDatabase) | BIT(renameCollectionSameDB) | BIT(convertToCapped))
+    BIT(renameCollectionSameDB) | BIT(convertToCapped))
 
 /* ---- actions ---------------------------------------------------------------- */
 

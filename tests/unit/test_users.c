@@ -537,6 +537,20 @@ test_sp_command_actions(void **state)
 
 /* ---- aspen's diagnostics need cluster-monitor privileges ---------------- */
 
+/* dropDatabase is dbAdmin's (and dbOwner's), not readWrite's: mongod's
+ * readWrite and readWriteAnyDatabase drop collections but never a whole
+ * database; atlasAdmin may. */
+static void
+test_drop_database(void **state)
+{
+   (void) state;
+   REFUSED("rwA", "a", "{\"dropDatabase\": 1, \"$db\": \"a\"}");
+   REFUSED("rwAny", "a", "{\"dropDatabase\": 1, \"$db\": \"a\"}");
+   ALLOWED("rwA", "a", "{\"drop\": \"x\", \"$db\": \"a\"}");
+   ALLOWED("rwAny", "b", "{\"drop\": \"x\", \"$db\": \"b\"}");
+   ALLOWED("admin", "a", "{\"dropDatabase\": 1, \"$db\": \"a\"}");
+}
+
 static void
 test_cluster_monitor(void **state)
 {
@@ -915,6 +929,7 @@ main(void)
       cmocka_unit_test(test_message_shape),
       cmocka_unit_test(test_sp_command_actions),
       cmocka_unit_test(test_cluster_monitor),
+      cmocka_unit_test(test_drop_database),
       cmocka_unit_test(test_engine_grants),
       cmocka_unit_test(test_cursor_owners),
       cmocka_unit_test(test_session_keys),
