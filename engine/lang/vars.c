@@ -16,6 +16,10 @@ aspen_vars_substitute(const bson_t *in, bson_t *out, const char *const *names,
    bson_iter_init(&it, in);
    while (bson_iter_next(&it)) {
       const char *key = bson_iter_key(&it);
+      if (strcmp(key, "$literal") == 0) { /* its argument is never read */
+         bson_append_iter(out, key, -1, &it);
+         continue;
+      }
       if (BSON_ITER_HOLDS_UTF8(&it) &&
           strncmp(bson_iter_utf8(&it, NULL), "$$", 2) == 0) {
          const char *ref = bson_iter_utf8(&it, NULL) + 2;
@@ -52,8 +56,7 @@ aspen_vars_substitute(const bson_t *in, bson_t *out, const char *const *names,
             continue;
          }
       }
-      if ((BSON_ITER_HOLDS_DOCUMENT(&it) || BSON_ITER_HOLDS_ARRAY(&it)) &&
-          strcmp(key, "$literal") != 0) {
+      if (BSON_ITER_HOLDS_DOCUMENT(&it) || BSON_ITER_HOLDS_ARRAY(&it)) {
          uint32_t len;
          const uint8_t *data;
          bson_t sub, outsub;

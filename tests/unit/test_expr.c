@@ -668,12 +668,13 @@ test_vars_substitute(void **state)
    bson_t *in = json(
       "{'p': [{'$match': {'$expr': {'$eq': ['$a', '$$x']}}}, {'$project': "
       "{'y': '$$obj.k', 'm': '$$obj.nope', 'n': '$$x.k', 'o': '$$other', "
-      "'l': {'$literal': ['$$x']}, 'xs': ['$$x', 1]}}]}");
+      "'l': {'$literal': ['$$x']}, 's': {'$literal': '$$x'}, 'xs': ['$$x', "
+      "1]}}]}");
    bson_t *want = json(
       "{'p': [{'$match': {'$expr': {'$eq': ['$a', {'$literal': 5}]}}}, "
       "{'$project': {'y': {'$literal': 'v'}, 'm': '$$REMOVE', 'n': "
-      "'$$REMOVE', 'o': '$$other', 'l': {'$literal': ['$$x']}, 'xs': "
-      "[{'$literal': 5}, 1]}}]}");
+      "'$$REMOVE', 'o': '$$other', 'l': {'$literal': ['$$x']}, 's': "
+      "{'$literal': '$$x'}, 'xs': [{'$literal': 5}, 1]}}]}");
    bson_t *obj = json("{'k': 'v'}");
    const char *names[] = {"x", "obj"};
    aspen_value_t values[2] = {aspen_value_int32(5),
