@@ -363,7 +363,7 @@ test_malformed_client_first(void **state)
       "n,,m=ext,n=user,r=abc",
       "n,a=eve,n=user,r=abc",
       "n,a=user",
-      "n,,n=user,r=ab\x01" "c",
+      "n,,n=user,r=ab\001c", /* octal: \x01c would be one byte */
    };
    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
       aspen_scram_t *sc = aspen_scram_new(ASPEN_SCRAM_SHA_256);
