@@ -464,13 +464,14 @@ aspen__kafka_conf_new(const aspen_conn_t *conn, aspen_kafka_client_hdr_t *hdr,
 rd_kafka_resp_err_t
 aspen__kafka_metadata(rd_kafka_t *rk, rd_kafka_topic_t *rkt,
                       const struct rd_kafka_metadata **md, int timeout_ms,
-                      const char *fatal, aspen_runtime_t *rt)
+                      const char *fatal, bool (*stopping)(void *arg),
+                      void *arg)
 {
    const int slice_ms = 500;
    rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__TIMED_OUT;
    *md = NULL;
    for (int waited = 0; waited < timeout_ms; waited += slice_ms) {
-      if (rt && aspen_rt_stopping(rt)) {
+      if (stopping && stopping(arg)) {
          return RD_KAFKA_RESP_ERR__INTR; /* stopped or dropped meanwhile */
       }
       int t = timeout_ms - waited < slice_ms ? timeout_ms - waited : slice_ms;

@@ -93,16 +93,24 @@ bool aspen__kafka_conf_set(rd_kafka_conf_t *conf, const char *name,
  * `fatal` is the client's fatal-error buffer, checked after each slice.
  * For a consumer, call this before rd_kafka_poll_set_consumer. Returns
  * librdkafka's error (RD_KAFKA_RESP_ERR__FATAL when `fatal` was set), and
- * *md to free with rd_kafka_metadata_destroy on success. With `rt` (the
- * processor whose thread asks; may be NULL) the wait also ends, with
- * RD_KAFKA_RESP_ERR__INTR, once that processor is stopping: a stop or drop
- * of a processor that is still starting (PROVISIONING) joins its thread
- * within a slice instead of the whole timeout. Blocks; the client's own
- * thread. */
+ * *md to free with rd_kafka_metadata_destroy on success. With a `stopping`
+ * predicate (may be NULL), asked with `arg` before each slice, the wait
+ * also ends, with RD_KAFKA_RESP_ERR__INTR, once it says true: a stop or
+ * drop of a processor that is still starting (PROVISIONING) joins its
+ * thread within a slice instead of the whole timeout. Blocks; the client's
+ * own thread. */
 rd_kafka_resp_err_t aspen__kafka_metadata(rd_kafka_t *rk, rd_kafka_topic_t *rkt,
                                           const struct rd_kafka_metadata **md,
                                           int timeout_ms, const char *fatal,
-                                          aspen_runtime_t *rt);
+                                          bool (*stopping)(void *arg),
+                                          void *arg);
+/* The `stopping` predicate of a processor's source or sink: `rt` (its
+ * aspen_runtime_t) is stopping (aspen_rt_stopping). Processor thread. */
+static inline bool
+aspen__kafka_rt_stopping(void *rt)
+{
+   return aspen_rt_stopping(rt);
+}
 
 /* Closes (a consumer, after it left its group, even as a static member:
  * its rebalance callback is served meanwhile) and destroys client `rk`,

@@ -559,7 +559,8 @@ emit_open(aspen_runtime_t *rt, const bson_t *spec, void **state,
     * the start. */
    const struct rd_kafka_metadata *md = NULL;
    rd_kafka_resp_err_t me =
-      aspen__kafka_metadata(e->rk, NULL, &md, 10000, e->fatal, e->rt);
+      aspen__kafka_metadata(e->rk, NULL, &md, 10000, e->fatal,
+                            aspen__kafka_rt_stopping, e->rt);
    if (me) {
       if (me == RD_KAFKA_RESP_ERR__FATAL) {
          aspen_error_set(err, e->fatal_code, "%s", e->fatal);

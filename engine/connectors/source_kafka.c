@@ -266,7 +266,8 @@ check_topics(ksrc_t *ks, aspen_error_t *err)
       rd_kafka_topic_t *rkt = rd_kafka_topic_new(ks->rk, name, NULL);
       const struct rd_kafka_metadata *md = NULL;
       rd_kafka_resp_err_t e = aspen__kafka_metadata(
-         ks->rk, rkt, &md, METADATA_TIMEOUT_MS, ks->fatal, ks->rt);
+         ks->rk, rkt, &md, METADATA_TIMEOUT_MS, ks->fatal,
+         aspen__kafka_rt_stopping, ks->rt);
       rd_kafka_topic_destroy(rkt);
       if (e == RD_KAFKA_RESP_ERR__FATAL) {
          aspen_error_set(err, ASPEN_ERR_StreamProcessorKafkaConnectionError,

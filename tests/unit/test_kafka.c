@@ -572,7 +572,7 @@ test_mock_cluster_roundtrip(void **state)
    /* The cluster answers a metadata request; a fatal error a callback had
     * recorded would end the wait with _FATAL instead. */
    const struct rd_kafka_metadata *md;
-   assert_int_equal(aspen__kafka_metadata(prod, NULL, &md, 10000, "", NULL), 0);
+   assert_int_equal(aspen__kafka_metadata(prod, NULL, &md, 10000, "", NULL, NULL), 0);
    assert_true(md->broker_cnt == 1);
    rd_kafka_metadata_destroy(md);
    bson_t *doc = tmp_bson("{\"x\": {\"$numberLong\": \"9\"}, \"s\": \"é\"}");
@@ -639,9 +639,19 @@ test_mock_cluster_roundtrip(void **state)
    rd_kafka_destroy(mrk);
 }
 
+/* A stop predicate that says "stop" at once, counting how often it was
+ * asked in *(int *) arg. */
+static bool
+count_and_stop(void *arg)
+{
+   ++*(int *) arg;
+   return true;
+}
+
 /* Nothing listens on port 1: the metadata wait gives up after its timeout
  * with librdkafka's error (not a fatal one), and a fatal error recorded by
- * the client's error callback (here, set beforehand) ends it at once. */
+ * the client's error callback (here, set beforehand) or the caller's stop
+ * predicate ends it at once. */
 static void
 test_metadata_unreachable(void **state)
 {
@@ -653,13 +663,23 @@ test_metadata_unreachable(void **state)
    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
    assert_non_null(rk);
    const struct rd_kafka_metadata *md = (void *) 1;
-   rd_kafka_resp_err_t e = aspen__kafka_metadata(rk, NULL, &md, 1500, "", NULL);
+   rd_kafka_resp_err_t e = aspen__kafka_metadata(rk, NULL, &md, 1500, "", NULL, NULL);
    assert_true(e == RD_KAFKA_RESP_ERR__TRANSPORT ||
                e == RD_KAFKA_RESP_ERR__TIMED_OUT);
    assert_null(md);
    assert_int_equal(aspen__kafka_metadata(rk, NULL, &md, 60000,
-                                          "authentication failed", NULL),
+                                          "authentication failed", NULL,
+                                          NULL),
                     RD_KAFKA_RESP_ERR__FATAL);
+   /* The caller's stop predicate ends the wait before the first slice: a
+    * processor stopped while it starts does not wait out the timeout. The
+    * predicate is asked with the caller's argument. */
+   int asked = 0;
+   assert_int_equal(aspen__kafka_metadata(rk, NULL, &md, 60000, "",
+                                          count_and_stop, &asked),
+                    RD_KAFKA_RESP_ERR__INTR);
+   assert_int_equal(asked, 1);
+   assert_null(md);
    bool freed = false;
    aspen__kafka_client_destroy(rk, false, set_flag, &freed, "t", 30000);
    assert_true(freed);
