@@ -6,6 +6,7 @@
  *
  *   engine_bench [N]      (default 1000000)
  */
+#include "builtins.h"
 #include "connectors/connections.h"
 #include "runtime/pipeline.h"
 
@@ -65,7 +66,8 @@ main(int argc, char **argv)
    aspen_conns_t conns;
    aspen_error_t err;
    aspen_conns_load(&conns, NULL, NULL, NULL, &err);
-   aspen_pipeline_t *pl = aspen_pipeline_parse(def, &conns, true, false, &err);
+   aspen_pipeline_t *pl = aspen_pipeline_parse(def, aspen_builtins_catalog(),
+                                               &conns, true, false, &err);
    if (!pl) {
       fprintf(stderr, "pipeline: %s\n", err.message);
       return 1;

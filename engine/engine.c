@@ -13,6 +13,7 @@
  * any handler runs. Processors that were running when aspen stopped are
  * started again when it comes back.
  */
+#include "builtins.h"
 #include "commands/commands.h"
 #include "connectors/coll_writer.h"
 #include "connectors/connections.h"
@@ -140,6 +141,7 @@ aspen_engine_new(const aspen_engine_opts_t *opts, aspen_error_t *err)
                                    ? opts->checkpoint_interval_ms
                                    : DEFAULT_CHECKPOINT_INTERVAL_MS,
       .memory_limit_bytes = opts->memory_limit_bytes,
+      .catalog = aspen_builtins_catalog(),
       .conns = &eng->conns,
       .dlq = &aspen_coll_writer_dlq_ops,
       .check = aspen__cmd_pipeline_ok,

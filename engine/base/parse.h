@@ -15,11 +15,14 @@
 /* The prefix of every pipeline error message. */
 #define ASPEN_PARSE_PREFIX "StreamProcessorInvalidOptions: "
 
-/* The engine's connection registry (connectors/), opaque here. */
+/* The engine's connection registry and the catalog of the stage and
+ * connector kinds (runtime/catalog.h), opaque here. */
 typedef struct aspen_conns aspen_conns_t;
+typedef struct aspen_catalog aspen_catalog_t;
 
 /* What a stage parser may need to know about where it stands. */
 typedef struct {
+   const aspen_catalog_t *catalog; /* the stages and connectors there are */
    const aspen_conns_t *conns;
    bool in_window;  /* inside a window's inner pipeline */
    bool ephemeral;  /* sp.process: no sink required */

@@ -30,8 +30,9 @@ aspen__cmd_pipeline_check(aspen_cmd_ctx_t *ctx, const bson_t *pipeline,
                           const bson_t *options, bson_t *reply)
 {
    aspen_error_t err;
-   aspen_pipeline_t *pl = aspen_pipeline_parse(
-      pipeline, ctx->conns, false, bson_has_field(options, "dlq"), &err);
+   aspen_pipeline_t *pl =
+      aspen_pipeline_parse(pipeline, ctx->env->catalog, ctx->conns, false,
+                           bson_has_field(options, "dlq"), &err);
    bool ok = pl && aspen__cmd_pipeline_ok(ctx, pl, options, false, &err);
    aspen_pipeline_destroy(pl);
    if (!ok) {

@@ -15,8 +15,8 @@
 #include "connectors/kafka_int.h"
 #include "connectors/sink_int.h"
 #include "connectors/source_change_stream.h"
+#include "runtime/catalog.h"
 #include "runtime/pipeline.h"
-#include "stages/stages.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -234,12 +234,13 @@ parse_one_stage(aspen_pipeline_t *pl, const bson_iter_t *stage_it,
    bson_iter_init(&it, &stage);
    bson_iter_next(&it);
    const char *name = bson_iter_key(&it);
-   unsigned place = 0;
-   const aspen_stage_ops_t *ops = aspen_stage_lookup(name, &place);
-   if (!ops) {
+   const aspen_stage_def_t *def = aspen_catalog_stage(pc->catalog, name);
+   if (!def) {
       aspen_parse_error(err, pc, NULL, "Unsupported stage: %s", name);
       return false;
    }
+   const aspen_stage_ops_t *ops = def->ops;
+   unsigned place = def->place;
    if (pc->in_window && !(place & ASPEN_PLACE_WINDOW)) {
       aspen_parse_error(err, pc, NULL,
                         "%s stage is not permitted in the inner pipeline of a "
@@ -309,8 +310,9 @@ aspen_pipeline_parse_stages(aspen_pipeline_t *pl, const bson_t *arr,
 }
 
 aspen_pipeline_t *
-aspen_pipeline_parse(const bson_t *pipeline, const aspen_conns_t *conns,
-                     bool ephemeral, bool has_dlq, aspen_error_t *err)
+aspen_pipeline_parse(const bson_t *pipeline, const aspen_catalog_t *catalog,
+                     const aspen_conns_t *conns, bool ephemeral, bool has_dlq,
+                     aspen_error_t *err)
 {
    aspen_pipeline_t *pl = aspen_xcalloc(1, sizeof *pl);
    atomic_store(&pl->watermark_ms, INT64_MIN);
@@ -318,8 +320,10 @@ aspen_pipeline_parse(const bson_t *pipeline, const aspen_conns_t *conns,
    bson_init(&pl->sink_spec);
    bson_init(&pl->source.documents);
    bson_init(&pl->source.spec);
-   aspen_parse_ctx_t pc = {
-      .conns = conns, .ephemeral = ephemeral, .has_dlq = has_dlq};
+   aspen_parse_ctx_t pc = {.catalog = catalog,
+                           .conns = conns,
+                           .ephemeral = ephemeral,
+                           .has_dlq = has_dlq};
 
    int n = (int) bson_count_keys(&pl->def);
    if (n == 0) {

@@ -197,10 +197,13 @@ struct aspen_pipeline {
    uint64_t cur_seq;
 };
 
-/* Parses and validates a pipeline array (copied). Errors carry code 420 and
- * ASP's wording, prefixed "StreamProcessorInvalidOptions: " and followed by
- * where the problem is ("(at pipeline[1].$merge.into)"). */
+/* Parses and validates a pipeline array (copied), its stages found in
+ * `catalog` (runtime/catalog.h) and its connections in `conns`. Errors
+ * carry code 420 and ASP's wording, prefixed
+ * "StreamProcessorInvalidOptions: " and followed by where the problem is
+ * ("(at pipeline[1].$merge.into)"). */
 aspen_pipeline_t *aspen_pipeline_parse(const bson_t *pipeline,
+                                       const aspen_catalog_t *catalog,
                                        const aspen_conns_t *conns,
                                        bool ephemeral, bool has_dlq,
                                        aspen_error_t *err);

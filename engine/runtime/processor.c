@@ -213,7 +213,7 @@ aspen_proc_launch(aspen_proc_t *proc, const aspen_proc_env_t *env,
 {
    bool has_dlq = bson_has_field(&proc->options, "dlq");
    proc->env = env;
-   proc->pl = aspen_pipeline_parse(&proc->pipeline, env->conns,
+   proc->pl = aspen_pipeline_parse(&proc->pipeline, env->catalog, env->conns,
                                    proc->ephemeral, has_dlq, err);
    if (!proc->pl) {
       return false;

@@ -26,7 +26,9 @@ typedef struct {
    /* aspen's state limit override (streams.memoryLimitBytes); 0: the
     * tier's (aspen__tier_state_limit). */
    uint64_t memory_limit_bytes;
-   /* The connection registry the pipeline is parsed against. */
+   /* The stages and connectors there are (runtime/catalog.h), and the
+    * connection registry: what the pipeline is parsed against. */
+   const aspen_catalog_t *catalog;
    const aspen_conns_t *conns;
    /* The dead-letter queue's writer (options.dlq). */
    const aspen_dlq_ops_t *dlq;

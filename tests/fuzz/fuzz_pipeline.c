@@ -11,6 +11,7 @@
  * Stages that talk to a server when a document arrives ($lookup,
  * $cachedLookup) are parsed but not run: a fuzz iteration must not block.
  */
+#include "builtins.h"
 #include "connectors/connections.h"
 #include "lang/match.h"
 #include "runtime/pipeline.h"
@@ -117,7 +118,8 @@ run_pipeline(const bson_t *input)
 {
    aspen_error_t err;
    aspen_pipeline_t *pl =
-      aspen_pipeline_parse(input, &g_conns, true, false, &err);
+      aspen_pipeline_parse(input, aspen_builtins_catalog(), &g_conns, true,
+                           false, &err);
    if (!pl) {
       ASPEN_ASSERT(err.code != 0);
       return;

@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "builtins.h"
 #include "commands/commands.h"
 #include "connectors/coll_writer.h"
 #include "connectors/connections.h"
@@ -89,6 +90,7 @@ setup(void **state)
    f->env = (aspen_proc_env_t){
       .state_dir = f->dir,
       .checkpoint_interval_ms = 5000,
+      .catalog = aspen_builtins_catalog(),
       .conns = &f->conns,
       .dlq = &aspen_coll_writer_dlq_ops,
       .check = aspen__cmd_pipeline_ok,

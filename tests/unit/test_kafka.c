@@ -22,6 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "builtins.h"
 #include "connectors/kafka_int.h"
 
 #include <librdkafka/rdkafka_mock.h>
@@ -313,7 +314,8 @@ parse_p(const bson_t *wrap, const aspen_conns_t *conns, bool ephemeral,
 {
    bson_t arr;
    array_field(wrap, "p", &arr);
-   return aspen_pipeline_parse(&arr, conns, ephemeral, has_dlq, err);
+   return aspen_pipeline_parse(&arr, aspen_builtins_catalog(), conns,
+                               ephemeral, has_dlq, err);
 }
 
 /* Parses `pipeline_json` ({"p": [...]}) as a persistent processor with a
@@ -396,7 +398,8 @@ test_source_options(void **state)
    bson_iter_init_find(&it, wrap, "p");
    bson_iter_array(&it, &len, &data);
    assert_true(bson_init_static(&arr, data, len));
-   aspen_pipeline_t *pl = aspen_pipeline_parse(&arr, &conns, false, true, &err);
+   aspen_pipeline_t *pl = aspen_pipeline_parse(&arr, aspen_builtins_catalog(),
+                                               &conns, false, true, &err);
    assert_non_null(pl);
    assert_int_equal(pl->source.partition_idle_timeout_ms, 120000);
    assert_int_equal(pl->source.kafka->n_topics, 1);

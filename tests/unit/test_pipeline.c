@@ -48,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "builtins.h"
 #include "connectors/connections.h"
 #include "runtime/pipeline.h"
 #include "stages/window.h"
@@ -831,7 +832,8 @@ run_case(const bson_t *c, sbuf_t *why)
    aspen_error_t err;
    memset(&err, 0, sizeof err);
    aspen_pipeline_t *pl =
-      aspen_pipeline_parse(&pipeline, &g_conns, !persistent, false, &err);
+      aspen_pipeline_parse(&pipeline, aspen_builtins_catalog(), &g_conns,
+                           !persistent, false, &err);
    bson_destroy(&pipeline);
 
    if (want_error) {
@@ -912,7 +914,8 @@ parse_json_pipeline(const char *json)
    assert_non_null(pipeline);
    aspen_error_t err;
    aspen_pipeline_t *pl =
-      aspen_pipeline_parse(pipeline, &g_conns, true, false, &err);
+      aspen_pipeline_parse(pipeline, aspen_builtins_catalog(), &g_conns,
+                           true, false, &err);
    bson_destroy(pipeline);
    assert_non_null(pl);
    return pl;

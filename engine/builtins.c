@@ -1,0 +1,39 @@
+/*
+ * builtins.c - the catalog aspen ships, built from the tables' rows: the
+ * stages of stages/stages.def. Only the engine's top (engine.c, and the
+ * tests and benchmarks that stand in for it) asks for it; everything below
+ * is handed it.
+ */
+#include "builtins.h"
+
+/* Each row's ops, defined in the stage's own file. */
+#define ASPEN_STAGE(name, ops, placement) extern const aspen_stage_ops_t ops;
+#include "stages/stages.def"
+#undef ASPEN_STAGE
+
+#define MAIN ASPEN_PLACE_MAIN
+#define WINDOW ASPEN_PLACE_WINDOW
+#define SINK ASPEN_PLACE_SINK
+#define OPTIONS ASPEN_SPEC_OPTIONS
+
+static const aspen_stage_def_t stages[] = {
+#define ASPEN_STAGE(name, ops, placement) {name, &ops, placement},
+#include "stages/stages.def"
+#undef ASPEN_STAGE
+};
+
+#undef MAIN
+#undef WINDOW
+#undef SINK
+#undef OPTIONS
+
+static const aspen_catalog_t catalog = {
+   .stages = stages,
+   .n_stages = sizeof stages / sizeof stages[0],
+};
+
+const aspen_catalog_t *
+aspen_builtins_catalog(void)
+{
+   return &catalog;
+}
