@@ -65,7 +65,8 @@ main(int argc, char **argv)
    }
    aspen_conns_t conns;
    aspen_error_t err;
-   aspen_conns_load(&conns, NULL, NULL, NULL, &err);
+   aspen_conns_load(&conns, aspen_builtins_catalog(), NULL, NULL, NULL,
+                    &err);
    aspen_pipeline_t *pl = aspen_pipeline_parse(def, aspen_builtins_catalog(),
                                                &conns, true, false, &err);
    if (!pl) {

@@ -59,7 +59,8 @@ main(int argc, char **argv)
    bson_t *def = bson_new_from_json((const uint8_t *) json, -1, &berr);
    aspen_conns_t conns;
    aspen_error_t err;
-   aspen_conns_load(&conns, NULL, NULL, NULL, &err);
+   aspen_conns_load(&conns, aspen_builtins_catalog(), NULL, NULL, NULL,
+                    &err);
    aspen_pipeline_t *pl = aspen_pipeline_parse(def, aspen_builtins_catalog(),
                                                &conns, true, false, &err);
    if (!pl) {

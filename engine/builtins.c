@@ -1,10 +1,12 @@
 /*
  * builtins.c - the catalog aspen ships, built from the tables' rows: the
- * stages of stages/stages.def. Only the engine's top (engine.c, and the
+ * stages of stages/stages.def and the connection types of
+ * connectors/connectors.def. Only the engine's top (engine.c, and the
  * tests and benchmarks that stand in for it) asks for it; everything below
  * is handed it.
  */
 #include "builtins.h"
+#include "connectors/connectors.h"
 
 /* Each row's ops, defined in the stage's own file. */
 #define ASPEN_STAGE(name, ops, placement) extern const aspen_stage_ops_t ops;
@@ -27,9 +29,19 @@ static const aspen_stage_def_t stages[] = {
 #undef SINK
 #undef OPTIONS
 
+static const aspen_connector_t connectors[] = {
+#define ASPEN_CONNECTOR(type_name, conn, source, emit, merge) \
+   {type_name, conn, source, emit, merge},
+#include "connectors/connectors.def"
+#undef ASPEN_CONNECTOR
+};
+
 static const aspen_catalog_t catalog = {
    .stages = stages,
    .n_stages = sizeof stages / sizeof stages[0],
+   .connectors = connectors,
+   .n_connectors = sizeof connectors / sizeof connectors[0],
+   .documents = &aspen_source_documents_ops,
 };
 
 const aspen_catalog_t *

@@ -1,8 +1,10 @@
 /*
  * builtins.h - the catalog aspen ships (builtins.c): every stage of
- * stages/stages.def. The engine builds it here, at its top, and hands it
- * down (the pipeline parser gets it in its parse context), so nothing
- * below engine.c looks a stage up by name in a table of its own.
+ * stages/stages.def and every connection type of
+ * connectors/connectors.def. The engine builds it here, at its top, and
+ * hands it down (the registry of connections loads through it, the
+ * pipeline parser gets it in its parse context), so nothing below engine.c
+ * looks a stage or a connector up in a table of its own.
  */
 #ifndef ASPEN_ENGINE_BUILTINS_H
 #define ASPEN_ENGINE_BUILTINS_H

@@ -129,8 +129,9 @@ aspen_engine_new(const aspen_engine_opts_t *opts, aspen_error_t *err)
    eng->state_dir = aspen_xstrdup(opts->state_dir);
    size_t max = opts->max_processors > 0 ? opts->max_processors
                                          : DEFAULT_MAX_PROCESSORS;
-   if (!aspen_conns_load(&eng->conns, opts->connections, opts->backend_uri,
-                         opts->authz, err) ||
+   const aspen_catalog_t *catalog = aspen_builtins_catalog();
+   if (!aspen_conns_load(&eng->conns, catalog, opts->connections,
+                         opts->backend_uri, opts->authz, err) ||
        !(ctx->reg = aspen_registry_open(eng->state_dir, max, err))) {
       aspen_engine_destroy(eng);
       return NULL;
@@ -141,7 +142,7 @@ aspen_engine_new(const aspen_engine_opts_t *opts, aspen_error_t *err)
                                    ? opts->checkpoint_interval_ms
                                    : DEFAULT_CHECKPOINT_INTERVAL_MS,
       .memory_limit_bytes = opts->memory_limit_bytes,
-      .catalog = aspen_builtins_catalog(),
+      .catalog = catalog,
       .conns = &eng->conns,
       .dlq = &aspen_coll_writer_dlq_ops,
       .check = aspen__cmd_pipeline_ok,

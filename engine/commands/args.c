@@ -6,7 +6,7 @@
  * reply with ASP's labels.
  */
 #include "commands/commands.h"
-#include "connectors/connections.h"
+#include "connectors/conn_atlas.h"
 
 #include <string.h>
 
@@ -205,11 +205,11 @@ check_dlq(aspen_cmd_ctx_t *ctx, const bson_iter_t *it, bson_t *reply)
                         cn);
       return false;
    }
-   if (conn->type != ASPEN_CONN_ATLAS) {
+   if (!aspen__conn_atlas(conn)) {
       aspen_reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
                         "StreamProcessorInvalidOptions: the DLQ must use an "
                         "atlas connection, '%s' is %s",
-                        cn, aspen_conn_type_name(conn->type));
+                        cn, conn->kind->type_name);
       return false;
    }
    return true;

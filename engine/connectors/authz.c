@@ -4,7 +4,7 @@
  * Every database access of a processor goes through an Atlas connection,
  * with the credentials of that connection's URI (for the backing
  * deployment: aspen's own). As in ASP, each connection runs as one
- * database role, its dbRoleToExecute (connections.c reads it; the
+ * database role, its dbRoleToExecute (conn_atlas.c reads it; the
  * default is readWriteAnyDatabase), and this file holds the processors to
  * that role: a change-stream $source needs find and changeStream on what
  * it watches, $lookup and $cachedLookup find on their collection (and
@@ -24,6 +24,8 @@
  * namespace". Without a hook nothing is checked.
  */
 #include "connectors/authz.h"
+#include "connectors/conn_atlas.h"
+#include "connectors/connectors.h"
 
 #include <string.h>
 
@@ -39,9 +41,9 @@ bool
 aspen__conn_authorize(const aspen_conn_t *conn, unsigned acts,
                       const char *db, const char *coll, aspen_error_t *err)
 {
+   const aspen_conn_atlas_t *a = aspen__conn_atlas(conn);
    const char *missing = NULL;
-   if (!conn->grant ||
-       conn->authz.allows(conn->grant, acts, db, coll, &missing)) {
+   if (!a || !a->grant || a->authz.allows(a->grant, acts, db, coll, &missing)) {
       return true;
    }
    char ns[600];
@@ -55,7 +57,7 @@ aspen__conn_authorize(const aspen_conn_t *conn, unsigned acts,
    aspen_error_set(err, ASPEN_ERR_StreamProcessorAtlasUnauthorizedError,
                    "connection '%s' is not authorized to %s %s: its "
                    "dbRoleToExecute (%s) does not grant %s there",
-                   conn->name, act_verb(acts), ns, conn->role,
+                   conn->name, act_verb(acts), ns, a->role,
                    missing ? missing : "it");
    return false;
 }
@@ -64,16 +66,17 @@ bool
 aspen__conn_authorize_stages(const aspen_conn_t *conn, const char *db,
                              const bson_t *pipeline, aspen_error_t *err)
 {
+   const aspen_conn_atlas_t *a = aspen__conn_atlas(conn);
    char why[ASPEN_ERROR_MSG_MAX];
-   if (!conn->grant || !conn->authz.allows_stages ||
-       conn->authz.allows_stages(conn->grant, db, pipeline, why, sizeof why)) {
+   if (!a || !a->grant || !a->authz.allows_stages ||
+       a->authz.allows_stages(a->grant, db, pipeline, why, sizeof why)) {
       return true;
    }
    aspen_error_set(err, ASPEN_ERR_StreamProcessorAtlasUnauthorizedError,
                    "connection '%s' is not authorized to run the pipeline "
                    "it is given on database %s: its dbRoleToExecute (%s) does "
                    "not grant %s",
-                   conn->name, db, conn->role, why);
+                   conn->name, db, a->role, why);
    return false;
 }
 
@@ -95,7 +98,7 @@ atlas_conn(const bson_t *spec, const aspen_conns_t *conns)
 {
    const char *name = aspen_bson_utf8(spec, "connectionName");
    const aspen_conn_t *c = name ? aspen_conns_find(conns, name) : NULL;
-   return c && c->type == ASPEN_CONN_ATLAS ? c : NULL;
+   return c && aspen__conn_atlas(c) ? c : NULL;
 }
 
 /* A literal name: a string that is not an expression ("$field"). */
@@ -128,7 +131,7 @@ check_source(const aspen_pipeline_t *pl, aspen_error_t *err)
    const bson_t *spec = &pl->source.spec;
    const aspen_conn_t *c = pl->source.conn;
    const unsigned acts = ASPEN_ENGINE_ACT_FIND | ASPEN_ENGINE_ACT_CHANGE_STREAM;
-   if (pl->source.kind != ASPEN_SOURCE_CHANGE_STREAM || !c) {
+   if (pl->source.ops != &aspen_source_change_stream_ops || !c) {
       return true;
    }
    const char *db = aspen_bson_utf8(spec, "db");

@@ -8,7 +8,7 @@
  */
 #include "connectors/authz.h"
 #include "connectors/coll_writer.h"
-#include "connectors/connections.h"
+#include "connectors/conn_atlas.h"
 #include "lang/vars.h"
 
 #include <inttypes.h>
@@ -96,7 +96,7 @@ is_transient(const bson_error_t *berr)
 static aspen_coll_writer_t *
 writer_new(const aspen_conn_t *conn, aspen_error_t *err)
 {
-   mongoc_client_t *client = aspen__conn_client_new(conn, true, err);
+   mongoc_client_t *client = aspen__conn_atlas_client_new(conn, true, err);
    if (!client) {
       return NULL;
    }
@@ -307,7 +307,7 @@ aspen_coll_writer_new_merge(const aspen_conns_t *conns, const bson_t *spec,
    w->acts = aspen__merge_required_acts(&w->spec);
    if ((w->db_lit && w->coll_lit &&
         !target_allowed(w, w->db_lit, w->coll_lit, err)) ||
-       !(w->client = aspen__conn_client_new(conn, true, err))) {
+       !(w->client = aspen__conn_atlas_client_new(conn, true, err))) {
       aspen_coll_writer_destroy(w);
       return NULL;
    }
@@ -972,7 +972,7 @@ aspen_coll_writer_new_timeseries(const aspen_conns_t *conns,
    if (!ok ||
        (w->db_lit && w->coll_lit &&
         !target_allowed(w, w->db_lit, w->coll_lit, err)) ||
-       !(w->client = aspen__conn_client_new(conn, true, err))) {
+       !(w->client = aspen__conn_atlas_client_new(conn, true, err))) {
       aspen_coll_writer_destroy(w);
       return NULL;
    }

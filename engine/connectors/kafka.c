@@ -442,8 +442,16 @@ aspen__kafka_conf_new(const aspen_conn_t *conn, aspen_kafka_client_hdr_t *hdr,
       rd_kafka_conf_destroy(conf);
       return NULL;
    }
+   const bson_t *props = aspen__conn_kafka_conf(conn);
+   if (!props) {
+      aspen_error_set(err, ASPEN_ERR_InternalError,
+                      "connection '%s' is not a Kafka connection",
+                      conn->name);
+      rd_kafka_conf_destroy(conf);
+      return NULL;
+   }
    bson_iter_t it;
-   bson_iter_init(&it, &conn->kafka_conf);
+   bson_iter_init(&it, props);
    while (bson_iter_next(&it)) {
       const char *v = BSON_ITER_HOLDS_UTF8(&it) ? bson_iter_utf8(&it, NULL)
                                                 : "";

@@ -147,6 +147,16 @@ const char *aspen__kafka_local_bootstrap(const aspen_kafka_local_t *kl);
 /* Stops the broker; every client of it must be gone. NULL is a no-op. */
 void aspen__kafka_local_destroy(aspen_kafka_local_t *kl);
 
+/* ---- Kafka connections (conn_kafka.c) ------------------------------------ */
+
+/* The librdkafka properties of Kafka connection `conn` (name -> string:
+ * bootstrap servers, security, its config; secrets included, so never
+ * listed or logged), or NULL when it is of another kind. Any thread. */
+const bson_t *aspen__conn_kafka_conf(const aspen_conn_t *conn);
+/* The broker aspen hosts for `conn` ("local": true), owned by the
+ * connection; NULL for any other connection. Any thread. */
+aspen_kafka_local_t *aspen__conn_kafka_local(const aspen_conn_t *conn);
+
 /* ---- $source stats ------------------------------------------------------ */
 
 /* The stats command runs on the loop thread while a Kafka $source lives

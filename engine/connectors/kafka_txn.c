@@ -25,6 +25,7 @@
  * (blocking, bounded by timeouts), except aspen__kafka_txn_check (parse
  * time, no I/O).
  */
+#include "connectors/connectors.h"
 #include "connectors/kafka_int.h"
 
 #include <stdio.h>
@@ -41,30 +42,16 @@
 
 #define PREFIX "StreamProcessorInvalidOptions: options.exactlyOnce: "
 
+/* A Kafka connection's bootstrap servers ("" if none). */
 static const char *
 bootstrap_of(const aspen_conn_t *conn)
 {
    bson_iter_t it;
-   return bson_iter_init_find(&it, &conn->kafka_conf, "bootstrap.servers") &&
+   return bson_iter_init_find(&it, aspen__conn_kafka_conf(conn),
+                              "bootstrap.servers") &&
                 BSON_ITER_HOLDS_UTF8(&it)
              ? bson_iter_utf8(&it, NULL)
              : "";
-}
-
-static const char *
-source_kind_name(aspen_source_kind_t k)
-{
-   switch (k) {
-   case ASPEN_SOURCE_DOCUMENTS:
-      return "a documents $source";
-   case ASPEN_SOURCE_SOLAR:
-      return "sample_stream_solar";
-   case ASPEN_SOURCE_CHANGE_STREAM:
-      return "a change stream $source";
-   case ASPEN_SOURCE_KAFKA:
-      return "a Kafka $source";
-   }
-   return "this $source";
 }
 
 bool
@@ -78,12 +65,12 @@ aspen__kafka_txn_check(const aspen_pipeline_t *pl, const aspen_conns_t *conns,
                              "processor (sp.createStreamProcessor)");
       return false;
    }
-   if (pl->source.kind != ASPEN_SOURCE_KAFKA || !pl->source.conn) {
+   if (pl->source.ops != &aspen_source_kafka_ops || !pl->source.conn) {
       aspen_error_set(err, code,
                       PREFIX "needs a Kafka $source, whose consumer offsets "
                              "commit in the same transaction as the output; "
                              "%s cannot take part in a Kafka transaction",
-                      source_kind_name(pl->source.kind));
+                      pl->source.ops->what);
       return false;
    }
    if (pl->sink_kind == ASPEN_SINK_TIMESERIES) {
@@ -105,13 +92,13 @@ aspen__kafka_txn_check(const aspen_pipeline_t *pl, const aspen_conns_t *conns,
        BSON_ITER_HOLDS_UTF8(&it)) {
       sink = aspen_conns_find(conns, bson_iter_utf8(&it, NULL));
    }
-   if (!sink || sink->type != ASPEN_CONN_KAFKA) {
+   if (!sink || !aspen__conn_kafka_conf(sink)) {
       aspen_error_set(err, code, PREFIX "needs $emit to a Kafka connection");
       return false;
    }
    const aspen_conn_t *both[] = {pl->source.conn, sink};
    for (int i = 0; i < 2; i++) {
-      if (both[i]->kafka_local) {
+      if (aspen__conn_kafka_local(both[i])) {
          aspen_error_set(
             err, code,
             PREFIX "connection '%s' is aspen's local broker (\"local\": "

@@ -30,6 +30,7 @@
  * fails the processor instead of going to the DLQ, since the transaction
  * cannot commit without it.
  */
+#include "connectors/connectors.h"
 #include "connectors/kafka_int.h"
 #include "connectors/sink_int.h"
 #include "runtime/sink.h"
@@ -305,11 +306,11 @@ emit_compile(const bson_t *spec, const aspen_conns_t *conns,
                         "Unknown connection name %s", conn_name);
       goto fail;
    }
-   if (e->conn->type != ASPEN_CONN_KAFKA) {
+   if (e->conn->kind->emit != &aspen_sink_emit_ops) {
       aspen_parse_error(err, pc, "connectionName",
                         "Expected Atlas connection for $emit, but connection "
                         "'%s' is of type %s",
-                        conn_name, aspen_conn_type_name(e->conn->type));
+                        conn_name, e->conn->kind->type_name);
       goto fail;
    }
    if (ts_field) {
@@ -376,8 +377,9 @@ aspen__emit_sink_kind(const bson_t *spec, const aspen_conns_t *conns)
        BSON_ITER_HOLDS_UTF8(&it)) {
       conn = aspen_conns_find(conns, bson_iter_utf8(&it, NULL));
    }
-   return conn && conn->type == ASPEN_CONN_ATLAS ? ASPEN_SINK_TIMESERIES
-                                                 : ASPEN_SINK_EMIT;
+   return conn && conn->kind->emit == &aspen_sink_timeseries_ops
+             ? ASPEN_SINK_TIMESERIES
+             : ASPEN_SINK_EMIT;
 }
 
 const aspen_stage_ops_t aspen_stage_emit_ops = {

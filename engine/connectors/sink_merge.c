@@ -10,7 +10,7 @@
  * mongoc calls block there, never on the event loop.
  */
 #include "connectors/coll_writer.h"
-#include "connectors/connections.h"
+#include "connectors/connectors.h"
 #include "connectors/sink_int.h"
 #include "runtime/sink.h"
 
@@ -108,7 +108,7 @@ parse_into(const bson_iter_t *it, aspen_parse_ctx_t *pc, bool *literal,
                         "Unknown connection name %s", conn);
       return false;
    }
-   if (c->type != ASPEN_CONN_ATLAS) {
+   if (c->kind->merge != &aspen_sink_merge_ops) {
       aspen_parse_error(err, pc, "into.connectionName",
                         "Only atlas merge connection type is currently "
                         "supported");

@@ -27,7 +27,7 @@
  * says to start it with resumeFromCheckpoint: false. Everything here runs
  * on the processor's thread, except the token accessor.
  */
-#include "connectors/connections.h"
+#include "connectors/conn_atlas.h"
 #include "connectors/source_change_stream.h"
 #include "runtime/source.h"
 
@@ -626,7 +626,7 @@ cs_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
             cs->o.db ? cs->o.db : "the whole deployment",
             cs->o.coll ? "." : "", cs->o.coll ? cs->o.coll : "",
             cs->conn->name);
-   cs->client = aspen__conn_client_new(cs->conn, true, err);
+   cs->client = aspen__conn_atlas_client_new(cs->conn, true, err);
    if (!cs->client) {
       cs_destroy(cs);
       return false;
@@ -875,4 +875,10 @@ cs_close(void *state)
 }
 
 const aspen_source_ops_t aspen_source_change_stream_ops = {
-   "atlas", "ChangeStreamConsumerOperator", cs_open, cs_run, cs_close};
+   .type = "atlas",
+   .operator_name = "ChangeStreamConsumerOperator",
+   .what = "a change stream $source",
+   .open = cs_open,
+   .run = cs_run,
+   .close = cs_close,
+};

@@ -75,5 +75,10 @@ docs_close(void *state)
 }
 
 const aspen_source_ops_t aspen_source_documents_ops = {
-   "generated", "DocumentsDataSourceOperator", docs_open, docs_run,
-   docs_close};
+   .type = "generated",
+   .operator_name = "DocumentsDataSourceOperator",
+   .what = "a documents $source",
+   .open = docs_open,
+   .run = docs_run,
+   .close = docs_close,
+};

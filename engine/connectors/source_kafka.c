@@ -356,15 +356,16 @@ ksrc_free(ksrc_t *ks)
 static bool
 group_timing(const ksrc_t *ks, rd_kafka_conf_t *conf, aspen_error_t *err)
 {
-   if (!ks->conn->kafka_local) {
+   if (!aspen__conn_kafka_local(ks->conn)) {
       return true;
    }
-   if (!bson_has_field(&ks->conn->kafka_conf, "session.timeout.ms") &&
+   const bson_t *props = aspen__conn_kafka_conf(ks->conn);
+   if (!bson_has_field(props, "session.timeout.ms") &&
        !aspen__kafka_conf_set(conf, "session.timeout.ms",
                               LOCAL_SESSION_TIMEOUT_MS, err)) {
       return false;
    }
-   return bson_has_field(&ks->conn->kafka_conf, "heartbeat.interval.ms") ||
+   return bson_has_field(props, "heartbeat.interval.ms") ||
           aspen__kafka_conf_set(conf, "heartbeat.interval.ms",
                                 LOCAL_HEARTBEAT_INTERVAL_MS, err);
 }
@@ -428,7 +429,8 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
       ksrc_free_mem(ks);
       return false;
    }
-   if (ks->commit && !ks->opts->group_id && !ks->conn->kafka_local) {
+   if (ks->commit && !ks->opts->group_id &&
+       !aspen__conn_kafka_local(ks->conn)) {
       /* Static membership for the processor's own group: after a crash
        * the restarted consumer takes its partitions back at once, instead
        * of waiting for the dead member's session to time out (45 s). A
@@ -769,4 +771,10 @@ kafka_close(void *state)
 }
 
 const aspen_source_ops_t aspen_source_kafka_ops = {
-   "kafka", "KafkaConsumerOperator", kafka_open, kafka_run, kafka_close};
+   .type = "kafka",
+   .operator_name = "KafkaConsumerOperator",
+   .what = "a Kafka $source",
+   .open = kafka_open,
+   .run = kafka_run,
+   .close = kafka_close,
+};

@@ -3,7 +3,7 @@
  * readings of ASP's shape (../shared/spec/asp-semantics.md §2.5), two per
  * round, one round a second. `timestamp` is a string, as in ASP.
  */
-#include "runtime/source.h"
+#include "connectors/connectors.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -77,5 +77,16 @@ solar_close(void *state)
 }
 
 const aspen_source_ops_t aspen_source_solar_ops = {
-   "generated", "SampleDataSourceOperator", solar_open, solar_run,
-   solar_close};
+   .type = "generated",
+   .operator_name = "SampleDataSourceOperator",
+   .what = "sample_stream_solar",
+   .open = solar_open,
+   .run = solar_run,
+   .close = solar_close,
+};
+
+/* The sample_stream_solar connection: built into every registry, never
+ * configured, listed with its name and type only. */
+const aspen_conn_ops_t aspen_conn_solar_ops = {
+   .builtin = "sample_stream_solar",
+};

@@ -30,7 +30,7 @@
  * $cachedLookup is the equality form with a per-key result cache: entries
  * live `ttl` and the oldest go first once `maxMemUsageBytes` is reached.
  */
-#include "connectors/connections.h"
+#include "connectors/conn_atlas.h"
 #include "hash.h"
 #include "lang/match.h"
 #include "lang/vars.h"
@@ -282,7 +282,7 @@ parse_from(lookup_t *lk, const bson_iter_t *it, aspen_parse_ctx_t *pc,
                         "Unknown connection name %s", conn);
       return false;
    }
-   if (lk->conn->type != ASPEN_CONN_ATLAS) {
+   if (!aspen__conn_atlas(lk->conn)) {
       aspen_parse_error(err, pc, "from.connectionName",
                         "Only atlas connection type is currently supported "
                         "for $lookup");
@@ -590,7 +590,7 @@ static bool
 open_client(lookup_t *lk, aspen_error_t *err)
 {
    if (!lk->client) {
-      lk->client = aspen__conn_client_new(lk->conn, false, err);
+      lk->client = aspen__conn_atlas_client_new(lk->conn, false, err);
       if (!lk->client) {
          return false;
       }

@@ -1,6 +1,6 @@
 /*
- * catalog.c - looking kinds up in the catalog the runtime is handed
- * (catalog.h).
+ * catalog.c - looking things up in what the runtime is handed (catalog.h):
+ * a stage in the catalog's stage table, a connection in the registry.
  */
 #include "runtime/catalog.h"
 
@@ -12,6 +12,17 @@ aspen_catalog_stage(const aspen_catalog_t *cat, const char *name)
    for (size_t i = 0; i < cat->n_stages; i++) {
       if (strcmp(cat->stages[i].name, name) == 0) {
          return &cat->stages[i];
+      }
+   }
+   return NULL;
+}
+
+const aspen_conn_t *
+aspen_conns_find(const aspen_conns_t *conns, const char *name)
+{
+   for (size_t i = 0; i < conns->n; i++) {
+      if (strcmp(conns->items[i].name, name) == 0) {
+         return &conns->items[i];
       }
    }
    return NULL;

@@ -11,7 +11,7 @@
  * StreamProcessorInvalidOptions with ASP's reason, and aspen adds where in
  * the pipeline it is ("(at pipeline[2].$merge.into)").
  */
-#include "connectors/connections.h"
+#include "connectors/connectors.h"
 #include "connectors/kafka_int.h"
 #include "connectors/sink_int.h"
 #include "connectors/source_change_stream.h"
@@ -112,19 +112,15 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
                            "Unknown connection name %s", conn_name);
          return false;
       }
-      switch (src->conn->type) {
-      case ASPEN_CONN_SAMPLE_SOLAR:
-         src->kind = ASPEN_SOURCE_SOLAR;
-         break;
-      case ASPEN_CONN_ATLAS:
-         src->kind = ASPEN_SOURCE_CHANGE_STREAM;
-         break;
-      case ASPEN_CONN_KAFKA:
-         src->kind = ASPEN_SOURCE_KAFKA;
-         break;
+      src->ops = src->conn->kind->source;
+      if (!src->ops) {
+         aspen_parse_error(err, pc, "$source.connectionName",
+                           "Connection %s of type %s cannot be a $source",
+                           conn_name, src->conn->kind->type_name);
+         return false;
       }
    } else {
-      src->kind = ASPEN_SOURCE_DOCUMENTS;
+      src->ops = pc->catalog->documents;
    }
 
    /* Second pass: options, strictly per source kind. */
@@ -149,7 +145,7 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
          }
          continue;
       }
-      if (src->kind == ASPEN_SOURCE_DOCUMENTS && strcmp(k, "documents") == 0) {
+      if (src->ops == pc->catalog->documents && strcmp(k, "documents") == 0) {
          if (BSON_ITER_HOLDS_ARRAY(&it)) {
             uint32_t alen;
             const uint8_t *adata;
@@ -176,11 +172,11 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
          }
          continue;
       }
-      if (src->kind == ASPEN_SOURCE_CHANGE_STREAM &&
+      if (src->ops == &aspen_source_change_stream_ops &&
           aspen__change_stream_is_option(k)) {
          continue; /* checked as a whole below */
       }
-      if (src->kind == ASPEN_SOURCE_KAFKA) {
+      if (src->ops == &aspen_source_kafka_ops) {
          bool handled = false;
          if (!aspen__kafka_source_parse_option(src, &it, pc, &handled, err)) {
             return false;
@@ -195,11 +191,11 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
                         "BSON field '$source.%s' is an unknown field.", k);
       return false;
    }
-   if (src->kind == ASPEN_SOURCE_CHANGE_STREAM &&
+   if (src->ops == &aspen_source_change_stream_ops &&
        !aspen__change_stream_check(src, pc, err)) {
       return false;
    }
-   if (src->kind == ASPEN_SOURCE_KAFKA &&
+   if (src->ops == &aspen_source_kafka_ops &&
        !aspen__kafka_source_parse_done(src, pc, err)) {
       return false;
    }

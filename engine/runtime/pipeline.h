@@ -122,15 +122,13 @@ enum {
    ASPEN_SPEC_OPTIONS = 1u << 3,
 };
 
-typedef enum {
-   ASPEN_SOURCE_DOCUMENTS,
-   ASPEN_SOURCE_SOLAR,
-   ASPEN_SOURCE_CHANGE_STREAM,
-   ASPEN_SOURCE_KAFKA,
-} aspen_source_kind_t;
+/* A $source kind (runtime/source.h). */
+typedef struct aspen_source_ops aspen_source_ops_t;
 
 typedef struct {
-   aspen_source_kind_t kind;
+   /* Its kind: the source of its connection's kind, or the catalog's
+    * source without a connection (documents). */
+   const aspen_source_ops_t *ops;
    const aspen_conn_t *conn;    /* NULL for documents */
    aspen_expr_t *time_field;    /* NULL: default event time */
    char ts_field[64];           /* default "_ts" */

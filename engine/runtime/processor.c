@@ -111,7 +111,7 @@ proc_main(void *arg)
    bson_init(&rt.source_meta);
    bson_t src;
    BSON_APPEND_DOCUMENT_BEGIN(&rt.source_meta, "source", &src);
-   rt.source = aspen_source_ops_for(proc->pl->source.kind);
+   rt.source = proc->pl->source.ops;
    BSON_APPEND_UTF8(&src, "type", rt.source->type);
    bson_append_document_end(&rt.source_meta, &src);
    proc->pl->dlq = aspen__dlq_send;

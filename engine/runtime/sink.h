@@ -9,7 +9,7 @@
 
 #include "runtime/source.h"
 
-typedef struct {
+typedef struct aspen_sink_ops {
    const char *operator_name; /* names the sink in DLQ entries */
    /* Connects; false fails the start. `spec` is the stage's argument. */
    bool (*open)(aspen_runtime_t *rt, const bson_t *spec, void **state,

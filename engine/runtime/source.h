@@ -2,8 +2,10 @@
  * source.h - what a $source implementation provides and what the processor
  * runtime (rt.c, checkpointing.c) offers it. Each source kind (documents,
  * sample_stream_solar, Kafka, change streams) is one aspen_source_ops_t in
- * its own connectors/source_<kind>.c, listed in connectors/sources.c. All of
- * this runs on the processor's thread.
+ * its own connectors/source_<kind>.c, the source of a connection type's row
+ * of connectors/connectors.def (documents: the catalog's source without a
+ * connection). Parsing runs on the command thread, the rest on the
+ * processor's thread.
  */
 #ifndef ASPEN_ENGINE_RUNTIME_SOURCE_H
 #define ASPEN_ENGINE_RUNTIME_SOURCE_H
@@ -12,9 +14,10 @@
 
 typedef struct aspen_runtime aspen_runtime_t;
 
-typedef struct {
+struct aspen_source_ops {
    const char *type;          /* _stream_meta.source.type */
    const char *operator_name; /* names the source in DLQ entries */
+   const char *what;          /* names it in messages: "a Kafka $source" */
    /* Connects and checks what the source needs; false fails the start with
     * err (the processor never reaches STARTED). *state may be set. */
    bool (*open)(aspen_runtime_t *rt, void **state, aspen_error_t *err);
@@ -22,10 +25,7 @@ typedef struct {
     * idles with aspen_rt_wait; a fatal error calls aspen_rt_fail. */
    void (*run)(aspen_runtime_t *rt, void *state);
    void (*close)(void *state);
-} aspen_source_ops_t;
-
-/* The implementation for a source kind (never NULL; connectors/sources.c). */
-const aspen_source_ops_t *aspen_source_ops_for(aspen_source_kind_t kind);
+};
 
 /* ---- the runtime, for sources ------------------------------------------- */
 

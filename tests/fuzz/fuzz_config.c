@@ -8,6 +8,7 @@
  */
 #include "../../proxy/config.c"
 
+#include "builtins.h"
 #include "connectors/connections.h"
 #include "fuzz_common.h"
 
@@ -29,8 +30,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
    if (load_doc(&cfg, &doc, "", &err)) {
       aspen_config_finish(&cfg);
       aspen_conns_t conns;
-      if (aspen_conns_load(&conns, &cfg.connections, cfg.backend_uri, NULL,
-                           &err)) {
+      if (aspen_conns_load(&conns, aspen_builtins_catalog(), &cfg.connections,
+                           cfg.backend_uri, NULL, &err)) {
          for (size_t i = 0; i < conns.n; i++) {
             (void) aspen_conns_find(&conns, conns.items[i].name);
          }

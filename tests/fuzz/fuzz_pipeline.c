@@ -45,7 +45,8 @@ init_once(void)
       "\"mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=1\"},"
       " {\"name\": \"kafka\", \"type\": \"kafka\", \"bootstrapServers\": "
       "\"127.0.0.1:1\"}]");
-   ASPEN_ASSERT(aspen_conns_load(&g_conns, &list, NULL, NULL, &err));
+   ASPEN_ASSERT(aspen_conns_load(&g_conns, aspen_builtins_catalog(), &list,
+                                 NULL, NULL, &err));
    bson_destroy(&list);
    static const char *const docs[] = {
       "{\"_id\": 1, \"a\": 5, \"b\": \"x\", \"c\": [1, 2, {\"d\": null}],"

@@ -84,7 +84,8 @@ setup(void **state)
       -1, &berr);
    assert_non_null(conns);
    aspen_error_t err;
-   assert_true(aspen_conns_load(&f->conns, conns, NULL, NULL, &err));
+   assert_true(aspen_conns_load(&f->conns, aspen_builtins_catalog(), conns,
+                                NULL, NULL, &err));
    bson_destroy(conns);
    pthread_mutex_init(&f->ctx.hooks_mu, NULL);
    f->env = (aspen_proc_env_t){

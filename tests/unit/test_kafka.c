@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "builtins.h"
+#include "connectors/connectors.h"
 #include "connectors/kafka_int.h"
 
 #include <librdkafka/rdkafka_mock.h>
@@ -244,7 +245,8 @@ conns_from_json(aspen_conns_t *conns, const char *json, const char *backend,
    bson_t *cfg = tmp_bson(json);
    bson_t arr;
    array_field(cfg, "c", &arr);
-   bool ok = aspen_conns_load(conns, &arr, backend, NULL, err);
+   bool ok = aspen_conns_load(conns, aspen_builtins_catalog(), &arr, backend,
+                              NULL, err);
    bson_destroy(cfg);
    return ok;
 }
@@ -266,7 +268,7 @@ test_connections(void **state)
    load_conns(&conns);
    const aspen_conn_t *k = aspen_conns_find(&conns, "k");
    assert_non_null(k);
-   assert_int_equal(k->type, ASPEN_CONN_KAFKA);
+   assert_string_equal(k->kind->type_name, "kafka");
    char *listed = bson_as_relaxed_extended_json(&k->doc, NULL);
    assert_null(strstr(listed, "secret"));
    assert_non_null(strstr(listed, "\"bootstrapServers\" : \"127.0.0.1:9\""));
@@ -274,10 +276,12 @@ test_connections(void **state)
    assert_non_null(strstr(listed, "socket.timeout.ms"));
    bson_free(listed);
    bson_iter_t it;
-   assert_true(bson_iter_init_find(&it, &k->kafka_conf, "sasl.password"));
+   const bson_t *props = aspen__conn_kafka_conf(k);
+   assert_non_null(props);
+   assert_true(bson_iter_init_find(&it, props, "sasl.password"));
    assert_string_equal(bson_iter_utf8(&it, NULL), "pw-secret");
-   assert_true(bson_iter_init_find(&it, &k->kafka_conf, "ssl.ca.location"));
-   assert_true(bson_iter_init_find(&it, &k->kafka_conf, "socket.timeout.ms"));
+   assert_true(bson_iter_init_find(&it, props, "ssl.ca.location"));
+   assert_true(bson_iter_init_find(&it, props, "socket.timeout.ms"));
    assert_string_equal(bson_iter_utf8(&it, NULL), "5000");
    /* librdkafka accepts every setting. */
    aspen_kafka_client_hdr_t hdr = {"test"};
@@ -338,7 +342,7 @@ parse_expect(const aspen_conns_t *conns, const char *pipeline_json,
       assert_int_equal(err.code, 420);
    }
    if (pl && !want_error) {
-      assert_int_equal(pl->source.kind, ASPEN_SOURCE_KAFKA);
+      assert_ptr_equal(pl->source.ops, &aspen_source_kafka_ops);
    }
    aspen_pipeline_destroy(pl);
    bson_destroy(wrap);
@@ -766,15 +770,17 @@ test_local_broker(void **state)
    }
    const aspen_conn_t *k = aspen_conns_find(&conns, "loc");
    assert_non_null(k);
-   assert_non_null(k->kafka_local);
+   aspen_kafka_local_t *kl = aspen__conn_kafka_local(k);
+   assert_non_null(kl);
    bson_iter_t it;
    assert_true(bson_iter_init_find(&it, &k->doc, "bootstrapServers"));
    const char *listed = bson_iter_utf8(&it, NULL);
    assert_int_equal(strncmp(listed, "127.0.0.1:", 10), 0);
-   assert_string_equal(listed, aspen__kafka_local_bootstrap(k->kafka_local));
+   assert_string_equal(listed, aspen__kafka_local_bootstrap(kl));
    assert_true(bson_iter_init_find(&it, &k->doc, "local"));
    assert_true(bson_iter_bool(&it));
-   assert_true(bson_iter_init_find(&it, &k->kafka_conf, "bootstrap.servers"));
+   assert_true(bson_iter_init_find(&it, aspen__conn_kafka_conf(k),
+                                   "bootstrap.servers"));
    assert_string_equal(bson_iter_utf8(&it, NULL), listed);
 
    aspen_kafka_client_hdr_t hdr = {"local"};

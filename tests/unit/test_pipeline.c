@@ -49,7 +49,7 @@
 #include <string.h>
 
 #include "builtins.h"
-#include "connectors/connections.h"
+#include "connectors/connectors.h"
 #include "runtime/pipeline.h"
 #include "stages/window.h"
 
@@ -714,7 +714,7 @@ static bool
 feed(aspen_pipeline_t *pl, const bson_t *partitions, bool virtual_clock,
      sbuf_t *why)
 {
-   if (pl->source.kind != ASPEN_SOURCE_DOCUMENTS) {
+   if (pl->source.ops != &aspen_source_documents_ops) {
       sbuf_printf(why, "    only a documents $source can be run here\n");
       return false;
    }
@@ -1140,7 +1140,8 @@ main(void)
       (const uint8_t *) "[{\"name\": \"testAtlas\", \"type\": \"atlas\", "
                         "\"uri\": \"mongodb://127.0.0.1:1\"}]",
       -1, &berr);
-   if (!list || !aspen_conns_load(&g_conns, list, NULL, NULL, &err)) {
+   if (!list || !aspen_conns_load(&g_conns, aspen_builtins_catalog(), list,
+                                  NULL, NULL, &err)) {
       fprintf(stderr, "test_pipeline: cannot set up connections: %s\n",
               list ? err.message : berr.message);
       return 1;

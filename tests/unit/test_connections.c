@@ -1,0 +1,309 @@
+/*
+ * test_connections.c - the connection registry driven through the
+ * connector table (engine/connectors/connections.c, connectors.def):
+ *  - the built-in catalog's kinds: sample_stream_solar built in, each
+ *    configured entry parsed by its type's kind, listings without secrets;
+ *  - what the registry itself refuses (name, type, keys of no kind or of
+ *    another kind) and what each kind refuses, with aspen's messages;
+ *  - a kind that exists only as a row of this test's own catalog is
+ *    configured, listed and freed like the built-in ones: adding a
+ *    connection type is its file plus its row.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "builtins.h"
+#include "connectors/connections.h"
+
+/* Loads `conns` from the relaxed-JSON array `json` through `cat`. */
+static bool
+load(aspen_conns_t *conns, const aspen_catalog_t *cat, const char *json,
+     const char *backend, aspen_error_t *err)
+{
+   bson_error_t berr;
+   char *wrapped = bson_strdup_printf("{\"c\": %s}", json);
+   bson_t *doc = bson_new_from_json((const uint8_t *) wrapped, -1, &berr);
+   bson_free(wrapped);
+   if (!doc) {
+      fail_msg("bad test JSON %s: %s", json, berr.message);
+   }
+   bson_iter_t it;
+   bson_t arr;
+   assert_true(bson_iter_init_find(&it, doc, "c"));
+   assert_true(aspen_bson_view(&it, &arr));
+   memset(err, 0, sizeof *err);
+   bool ok = aspen_conns_load(conns, cat, &arr, backend, NULL, err);
+   bson_destroy(doc);
+   return ok;
+}
+
+/* Fails unless connection `name`'s listing is `want` (relaxed JSON, in
+ * field order). */
+static void
+assert_listed(const aspen_conns_t *conns, const char *name, const char *want)
+{
+   const aspen_conn_t *c = aspen_conns_find(conns, name);
+   assert_non_null(c);
+   bson_error_t berr;
+   bson_t *w = bson_new_from_json((const uint8_t *) want, -1, &berr);
+   assert_non_null(w);
+   if (!bson_equal(w, &c->doc)) {
+      char *got = bson_as_relaxed_extended_json(&c->doc, NULL);
+      fail_msg("%s is listed as %s\n want %s", name, got, want);
+   }
+   bson_destroy(w);
+}
+
+/* Fails unless loading `json` is refused with exactly `want`. */
+static void
+assert_refused(const aspen_catalog_t *cat, const char *json, const char *want)
+{
+   aspen_conns_t conns;
+   aspen_error_t err;
+   if (load(&conns, cat, json, "mongodb://127.0.0.1:1", &err)) {
+      fail_msg("accepted %s", json);
+   }
+   if (strcmp(err.message, want) != 0) {
+      fail_msg("%s\n gave '%s'\n want '%s'", json, err.message, want);
+   }
+   assert_true(err.code != 0);
+   aspen_conns_cleanup(&conns);
+}
+
+static void
+test_builtin_kinds(void **state)
+{
+   (void) state;
+   const aspen_catalog_t *cat = aspen_builtins_catalog();
+   aspen_conns_t conns;
+   aspen_error_t err;
+   if (!load(&conns, cat,
+             "[{\"name\": \"a\", \"type\": \"atlas\","
+             "  \"uri\": \"mongodb://user:pw@h:1/db\","
+             "  \"dbRoleToExecute\": {\"role\": \"r\", \"type\": \"CUSTOM\"}},"
+             " {\"name\": \"b\"},"
+             " {\"name\": \"k\", \"type\": \"kafka\", \"bootstrapServers\": \"h:2\","
+             "  \"security\": {\"protocol\": \"SASL_SSL\", \"mechanism\": \"PLAIN\","
+             "                \"username\": \"u\", \"password\": \"pw\"},"
+             "  \"config\": {\"linger.ms\": 5, \"sasl.oauthbearer.token\": \"t\"}}]",
+             "mongodb://backend:3", &err)) {
+      fail_msg("%s", err.message);
+   }
+   /* The built-in connection first, then the config's in order. */
+   assert_int_equal(conns.n, 4);
+   assert_string_equal(conns.items[0].name, "sample_stream_solar");
+   assert_string_equal(conns.items[0].kind->type_name, "sample_solar");
+   assert_null(conns.items[0].opts);
+   assert_string_equal(conns.items[1].name, "a");
+   assert_string_equal(conns.items[3].kind->type_name, "kafka");
+   assert_listed(&conns, "sample_stream_solar",
+                 "{\"name\": \"sample_stream_solar\", \"type\": \"sample_solar\"}");
+   assert_listed(&conns, "a",
+                 "{\"name\": \"a\", \"type\": \"atlas\","
+                 " \"uri\": \"mongodb://<redacted>@h:1/db\","
+                 " \"dbRoleToExecute\": {\"role\": \"r\", \"type\": \"CUSTOM\"}}");
+   /* No type: atlas, at the backend, as readWriteAnyDatabase. */
+   assert_listed(&conns, "b",
+                 "{\"name\": \"b\", \"type\": \"atlas\", \"uri\": \"mongodb://backend:3\","
+                 " \"dbRoleToExecute\": {\"role\": \"readWriteAnyDatabase\","
+                 " \"type\": \"BUILT_IN\"}}");
+   assert_listed(&conns, "k",
+                 "{\"name\": \"k\", \"type\": \"kafka\", \"bootstrapServers\": \"h:2\","
+                 " \"security\": {\"protocol\": \"SASL_SSL\", \"mechanism\": \"PLAIN\","
+                 " \"username\": \"u\"}, \"config\": {\"linger.ms\": 5,"
+                 " \"sasl.oauthbearer.token\": \"<redacted>\"}}");
+   /* Each connection's kind is its row of the catalog's table. */
+   for (size_t i = 0; i < conns.n; i++) {
+      const aspen_connector_t *kind = conns.items[i].kind;
+      assert_true(kind >= cat->connectors &&
+                  kind < cat->connectors + cat->n_connectors);
+   }
+   assert_null(aspen_conns_find(&conns, "nope"));
+   aspen_conns_cleanup(&conns);
+
+   /* Without a config: the built-in connections only. */
+   assert_true(aspen_conns_load(&conns, cat, NULL, NULL, NULL, &err));
+   assert_int_equal(conns.n, 1);
+   aspen_conns_cleanup(&conns);
+}
+
+static void
+test_refused(void **state)
+{
+   (void) state;
+   const aspen_catalog_t *cat = aspen_builtins_catalog();
+   /* The registry's own checks. */
+   assert_refused(cat, "[5]", "config key 'connections[0]' must be an object");
+   assert_refused(cat, "[{\"type\": \"atlas\"}]",
+                  "config key 'connections[0].name' is required");
+   assert_refused(cat, "[{\"name\": 1}]",
+                  "config key 'connections[0].name' must be a string");
+   assert_refused(cat, "[{\"name\": \"a\", \"type\": 1}]",
+                  "config key 'connections[0].type' must be a string");
+   assert_refused(cat, "[{\"name\": \"a\", \"colour\": \"red\"}]",
+                  "unknown config key 'connections[0].colour'");
+   assert_refused(cat, "[{\"name\": \"a\"}, {\"name\": \"a\"}]",
+                  "config key 'connections[1].name': connection 'a' is "
+                  "defined twice");
+   assert_refused(cat, "[{\"name\": \"sample_stream_solar\"}]",
+                  "config key 'connections[0].name': connection "
+                  "'sample_stream_solar' is defined twice");
+   /* Only configurable kinds are types; the message lists them. */
+   assert_refused(cat, "[{\"name\": \"a\", \"type\": \"s3\"}]",
+                  "config key 'connections[0].type' must be 'atlas' or "
+                  "'kafka', not 's3'");
+   assert_refused(cat, "[{\"name\": \"a\", \"type\": \"sample_solar\"}]",
+                  "config key 'connections[0].type' must be 'atlas' or "
+                  "'kafka', not 'sample_solar'");
+   /* A key of another kind. */
+   assert_refused(cat,
+                  "[{\"name\": \"a\", \"bootstrapServers\": \"h:1\"}]",
+                  "config key 'connections[0].bootstrapServers' is for "
+                  "kafka connections only");
+   assert_refused(cat,
+                  "[{\"name\": \"k\", \"type\": \"kafka\", \"local\": true,"
+                  " \"dbRoleToExecute\": {\"role\": \"r\"}}]",
+                  "config key 'connections[0].dbRoleToExecute' is for "
+                  "atlas connections only");
+   /* The kinds' own checks. */
+   assert_refused(cat, "[{\"name\": \"a\", \"uri\": 7}]",
+                  "config key 'connections[0].uri' must be a string");
+   assert_refused(cat,
+                  "[{\"name\": \"a\", \"dbRoleToExecute\": {\"role\": \"r\","
+                  " \"type\": \"OWN\"}}]",
+                  "config key 'connections[0].dbRoleToExecute.type' must be "
+                  "BUILT_IN or CUSTOM, not 'OWN'");
+   assert_refused(cat, "[{\"name\": \"k\", \"type\": \"kafka\"}]",
+                  "config key 'connections[0].bootstrapServers' is required "
+                  "for a kafka connection (or \"local\": true for a broker "
+                  "aspen hosts)");
+   assert_refused(cat,
+                  "[{\"name\": \"k\", \"type\": \"kafka\", \"local\": 1}]",
+                  "config key 'connections[0].local' must be a boolean");
+}
+
+/* ---- a kind that is only a row of this test's catalog --------------------- */
+
+static int g_fake_freed;
+
+static bool
+fake_parse(const aspen_conn_cfg_t *cfg, const bson_t *entry, void **opts,
+           aspen_error_t *err)
+{
+   *opts = NULL;
+   const char *path = aspen_bson_utf8(entry, "path");
+   if (!path) {
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "config key '%s.path' is required for a fake "
+                      "connection",
+                      cfg->where);
+      return false;
+   }
+   *opts = bson_strdup(path);
+   return true;
+}
+
+static void
+fake_list(const void *opts, bson_t *doc)
+{
+   BSON_APPEND_UTF8(doc, "path", opts ? (const char *) opts : "(built in)");
+}
+
+static void
+fake_destroy(void *opts)
+{
+   g_fake_freed += opts != NULL;
+   bson_free(opts);
+}
+
+static const char *const fake_keys[] = {"path", NULL};
+
+static const aspen_conn_ops_t fake_conn_ops = {
+   .builtin = "fake_builtin",
+   .keys = fake_keys,
+   .parse = fake_parse,
+   .list = fake_list,
+   .destroy = fake_destroy,
+};
+
+/* The built-in catalog with one more row: {"fake", fake_conn_ops}. */
+static aspen_connector_t g_rows[16];
+static aspen_catalog_t g_cat;
+
+static const aspen_catalog_t *
+fake_catalog(void)
+{
+   const aspen_catalog_t *base = aspen_builtins_catalog();
+   assert_true(base->n_connectors < sizeof g_rows / sizeof g_rows[0]);
+   g_cat = *base;
+   memcpy(g_rows, base->connectors, base->n_connectors * sizeof g_rows[0]);
+   g_rows[base->n_connectors] =
+      (aspen_connector_t){.type_name = "fake", .conn = &fake_conn_ops};
+   g_cat.connectors = g_rows;
+   g_cat.n_connectors = base->n_connectors + 1;
+   return &g_cat;
+}
+
+static void
+test_new_kind(void **state)
+{
+   (void) state;
+   const aspen_catalog_t *cat = fake_catalog();
+   aspen_conns_t conns;
+   aspen_error_t err;
+   g_fake_freed = 0;
+   if (!load(&conns, cat,
+             "[{\"name\": \"f\", \"type\": \"fake\", \"path\": \"/x\"},"
+             " {\"name\": \"a\"}]",
+             "mongodb://backend:3", &err)) {
+      fail_msg("%s", err.message);
+   }
+   /* Its built-in connection, after the other kinds' (table order). */
+   assert_int_equal(conns.n, 4);
+   assert_string_equal(conns.items[1].name, "fake_builtin");
+   assert_listed(&conns, "fake_builtin",
+                 "{\"name\": \"fake_builtin\", \"type\": \"fake\","
+                 " \"path\": \"(built in)\"}");
+   assert_listed(&conns, "f",
+                 "{\"name\": \"f\", \"type\": \"fake\", \"path\": \"/x\"}");
+   assert_ptr_equal(aspen_conns_find(&conns, "f")->kind, &g_rows[3]);
+   aspen_conns_cleanup(&conns);
+   assert_int_equal(g_fake_freed, 1);
+
+   assert_refused(cat, "[{\"name\": \"f\", \"type\": \"nope\"}]",
+                  "config key 'connections[0].type' must be 'atlas', "
+                  "'kafka' or 'fake', not 'nope'");
+   assert_refused(cat, "[{\"name\": \"f\", \"type\": \"fake\"}]",
+                  "config key 'connections[0].path' is required for a fake "
+                  "connection");
+   assert_refused(cat, "[{\"name\": \"a\", \"path\": \"/x\"}]",
+                  "config key 'connections[0].path' is for fake connections "
+                  "only");
+   assert_refused(cat,
+                  "[{\"name\": \"f\", \"type\": \"fake\", \"path\": \"/x\","
+                  " \"uri\": \"mongodb://h\"}]",
+                  "config key 'connections[0].uri' is for atlas connections "
+                  "only");
+   /* Nothing was parsed into a connection, so nothing more to free. */
+   assert_int_equal(g_fake_freed, 1);
+}
+
+int
+main(void)
+{
+   aspen_log_set_level(ASPEN_LOG_ERROR);
+   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_builtin_kinds),
+      cmocka_unit_test(test_refused),
+      cmocka_unit_test(test_new_kind),
+   };
+   return cmocka_run_group_tests_name("connections", tests, NULL, NULL);
+}
