@@ -1,8 +1,8 @@
 /*
  * kafka.c - helpers the Kafka $source and $emit share (kafka_int.h): client
  * configuration from a registry connection, Extended JSON for message
- * values, ASP's key formats, and parsing the Kafka-only $source options
- * (../shared/spec/asp-semantics.md §2.2, §5.1).
+ * values, ASP's key formats, and parsing the Kafka $source's options (its
+ * parse hooks; ../shared/spec/asp-semantics.md §2.2, §5.1).
  */
 #include "connectors/kafka_int.h"
 
@@ -780,8 +780,9 @@ aspen__kafka_stats_append(const char *proc_id, bson_t *out)
 /* ---- $source options ------------------------------------------------------------ */
 
 void
-aspen__kafka_source_opts_destroy(aspen_kafka_source_opts_t *opts)
+aspen__kafka_source_opts_destroy(void *p)
 {
+   aspen_kafka_source_opts_t *opts = p;
    if (!opts) {
       return;
    }
@@ -796,11 +797,12 @@ aspen__kafka_source_opts_destroy(aspen_kafka_source_opts_t *opts)
 static aspen_kafka_source_opts_t *
 opts_of(aspen_source_spec_t *src)
 {
-   if (!src->kafka) {
-      src->kafka = aspen_xcalloc(1, sizeof *src->kafka);
-      src->kafka->enable_auto_commit = -1;
+   if (!src->opts) {
+      aspen_kafka_source_opts_t *o = aspen_xcalloc(1, sizeof *o);
+      o->enable_auto_commit = -1;
+      src->opts = o;
    }
-   return src->kafka;
+   return src->opts;
 }
 
 static bool
@@ -1049,9 +1051,8 @@ parse_config(aspen_kafka_source_opts_t *o, const bson_iter_t *it,
 
 bool
 aspen__kafka_source_parse_option(aspen_source_spec_t *src,
-                                 const bson_iter_t *it,
-                                 const aspen_parse_ctx_t *pc, bool *handled,
-                                 aspen_error_t *err)
+                                 const bson_iter_t *it, aspen_parse_ctx_t *pc,
+                                 bool *handled, aspen_error_t *err)
 {
    const char *k = bson_iter_key(it);
    aspen_kafka_source_opts_t *o = opts_of(src);
@@ -1076,8 +1077,7 @@ aspen__kafka_source_parse_option(aspen_source_spec_t *src,
 
 bool
 aspen__kafka_source_parse_done(aspen_source_spec_t *src,
-                               const aspen_parse_ctx_t *pc,
-                               aspen_error_t *err)
+                               aspen_parse_ctx_t *pc, aspen_error_t *err)
 {
    aspen_kafka_source_opts_t *o = opts_of(src);
    if (o->n_topics == 0) {

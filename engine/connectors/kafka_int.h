@@ -3,7 +3,8 @@
  * sink (sink_emit_kafka.c) share, implemented in kafka.c: a librdkafka
  * configuration built from a registry connection, the Extended JSON codecs
  * for message values, the key formats ASP knows, and the parsing of the
- * Kafka-only $source options (called from pipeline.c's parse_source).
+ * Kafka $source's options (its parse hooks, which the pipeline parser
+ * calls through the source's ops).
  *
  * Everything here is engine-internal. Nothing blocks except where a
  * function says it talks to a broker.
@@ -174,7 +175,8 @@ bool aspen__kafka_stats_append(const char *proc_id, bson_t *out);
 
 /* ---- $source options ------------------------------------------------------ */
 
-/* The Kafka-only part of a parsed $source (aspen_source_spec_t.kafka). */
+/* The Kafka options of a parsed $source (aspen_source_spec_t.opts of the
+ * Kafka $source). */
 typedef struct aspen_kafka_source_opts {
    char **topics;
    int n_topics;
@@ -185,19 +187,20 @@ typedef struct aspen_kafka_source_opts {
    bool key_error_pass_through; /* keyFormatError passThrough (default dlq) */
 } aspen_kafka_source_opts_t;
 
-/* Parses one $source option of a Kafka source: topic, partitionIdleTimeout,
- * config. *handled is false for options that are not Kafka's (the caller
- * then refuses or handles them). False with a 420 error (ASP's wording) on
- * a bad value. */
+/* The Kafka $source's parse hooks (runtime/source.h). parse_option: one
+ * $source option, topic, partitionIdleTimeout or config, into src->opts;
+ * *handled is false for options that are not Kafka's (the runtime then
+ * refuses them). False with a 420 error (ASP's wording) on a bad value. */
 bool aspen__kafka_source_parse_option(aspen_source_spec_t *src,
                                       const bson_iter_t *it,
-                                      const aspen_parse_ctx_t *pc,
-                                      bool *handled, aspen_error_t *err);
+                                      aspen_parse_ctx_t *pc, bool *handled,
+                                      aspen_error_t *err);
 /* Checks what is required once all options are read (topic). */
 bool aspen__kafka_source_parse_done(aspen_source_spec_t *src,
-                                    const aspen_parse_ctx_t *pc,
+                                    aspen_parse_ctx_t *pc,
                                     aspen_error_t *err);
-void aspen__kafka_source_opts_destroy(aspen_kafka_source_opts_t *opts);
+/* Frees an aspen_kafka_source_opts_t (NULL is a no-op). */
+void aspen__kafka_source_opts_destroy(void *opts);
 
 /* ---- exactly-once (options.exactlyOnce; kafka_txn.c) ---------------------- */
 

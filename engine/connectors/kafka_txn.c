@@ -218,7 +218,7 @@ aspen__kafka_txn_commit(rd_kafka_t *rk, const aspen_runtime_t *rt,
                         const aspen_rt_pos_t *pos, size_t n,
                         const char *checkpoint_id, aspen_error_t *err)
 {
-   const aspen_kafka_source_opts_t *opts = aspen_rt_source_spec(rt)->kafka;
+   const aspen_kafka_source_opts_t *opts = aspen_rt_source_spec(rt)->opts;
    rd_kafka_error_t *e = NULL;
    const char *what = "sending the $source offsets to the transaction";
    rd_kafka_topic_partition_list_t *list =
@@ -296,7 +296,7 @@ aspen__kafka_txn_committed_ids(const aspen_runtime_t *rt, bson_t *ids,
                                aspen_error_t *err)
 {
    const aspen_source_spec_t *spec = aspen_rt_source_spec(rt);
-   const aspen_kafka_source_opts_t *opts = spec->kafka;
+   const aspen_kafka_source_opts_t *opts = spec->opts;
    aspen_kafka_client_hdr_t hdr = {.ctx = aspen_rt_processor_name(rt)};
    char group[256], errstr[512];
    aspen__kafka_group_id(opts, aspen_rt_processor_id(rt), group, sizeof group);

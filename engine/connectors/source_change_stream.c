@@ -66,15 +66,22 @@ static const char *const top_options[] = {
    "db", "coll", "config", "initialSync", "readPreference",
    "readPreferenceTags", NULL};
 
-bool
-aspen__change_stream_is_option(const char *key)
+/* The runtime asks about each $source option it does not read itself:
+ * the change stream's are taken here and checked as a whole once all are
+ * known (cs_parse_done). */
+static bool
+cs_parse_option(aspen_source_spec_t *spec, const bson_iter_t *it,
+                aspen_parse_ctx_t *pc, bool *handled, aspen_error_t *err)
 {
+   (void) spec;
+   (void) pc;
+   (void) err;
+   const char *key = bson_iter_key(it);
+   *handled = false;
    for (int i = 0; top_options[i]; i++) {
-      if (strcmp(top_options[i], key) == 0) {
-         return true;
-      }
+      *handled = *handled || strcmp(top_options[i], key) == 0;
    }
-   return false;
+   return true;
 }
 
 static const char *
@@ -368,12 +375,14 @@ parse_opts(const bson_t *spec, cs_opts_t *o, aspen_parse_ctx_t *pc,
    return true;
 }
 
-bool
-aspen__change_stream_check(const aspen_source_spec_t *src,
-                           aspen_parse_ctx_t *pc, aspen_error_t *err)
+/* Validates the change-stream options of the whole $source argument with
+ * ASP's messages; the source parses them again when it opens. */
+static bool
+cs_parse_done(aspen_source_spec_t *spec, aspen_parse_ctx_t *pc,
+              aspen_error_t *err)
 {
    cs_opts_t o;
-   return parse_opts(&src->spec, &o, pc, err);
+   return parse_opts(&spec->spec, &o, pc, err);
 }
 
 /* ---- the running source ---------------------------------------------------- */
@@ -878,6 +887,8 @@ const aspen_source_ops_t aspen_source_change_stream_ops = {
    .type = "atlas",
    .operator_name = "ChangeStreamConsumerOperator",
    .what = "a change stream $source",
+   .parse_option = cs_parse_option,
+   .parse_done = cs_parse_done,
    .open = cs_open,
    .run = cs_run,
    .close = cs_close,

@@ -381,7 +381,7 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
    ks->proc_id = aspen_rt_processor_id(rt);
    ks->idle_timeout_ms = spec->partition_idle_timeout_ms;
    ks->rt = rt;
-   ks->opts = spec->kafka;
+   ks->opts = spec->opts;
    ks->conn = spec->conn;
    if (!ks->opts || !ks->conn) {
       aspen_error_set(err, ASPEN_ERR_InternalError,
@@ -774,6 +774,9 @@ const aspen_source_ops_t aspen_source_kafka_ops = {
    .type = "kafka",
    .operator_name = "KafkaConsumerOperator",
    .what = "a Kafka $source",
+   .parse_option = aspen__kafka_source_parse_option,
+   .parse_done = aspen__kafka_source_parse_done,
+   .spec_destroy = aspen__kafka_source_opts_destroy,
    .open = kafka_open,
    .run = kafka_run,
    .close = kafka_close,

@@ -11,10 +11,7 @@
  * StreamProcessorInvalidOptions with ASP's reason, and aspen adds where in
  * the pipeline it is ("(at pipeline[2].$merge.into)").
  */
-#include "connectors/connectors.h"
-#include "connectors/kafka_int.h"
 #include "connectors/sink_int.h"
-#include "connectors/source_change_stream.h"
 #include "runtime/catalog.h"
 #include "runtime/pipeline.h"
 
@@ -58,7 +55,6 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
 {
    aspen_source_spec_t *src = &pl->source;
    snprintf(src->ts_field, sizeof src->ts_field, "_ts");
-   bson_init(&src->documents);
    bson_init(&src->spec);
    if (!BSON_ITER_HOLDS_DOCUMENT(arg)) {
       aspen_parse_error(err, pc, "$source", "$source must be an object");
@@ -123,7 +119,7 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
       src->ops = pc->catalog->documents;
    }
 
-   /* Second pass: options, strictly per source kind. */
+   /* Second pass: options, strictly per source kind (its parse hooks). */
    bson_iter_init(&it, &src->spec);
    while (bson_iter_next(&it)) {
       const char *k = bson_iter_key(&it);
@@ -145,40 +141,9 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
          }
          continue;
       }
-      if (src->ops == pc->catalog->documents && strcmp(k, "documents") == 0) {
-         if (BSON_ITER_HOLDS_ARRAY(&it)) {
-            uint32_t alen;
-            const uint8_t *adata;
-            bson_t arr;
-            bson_iter_array(&it, &alen, &adata);
-            (void) bson_init_static(&arr, adata, alen);
-            bson_iter_t ai;
-            bson_iter_init(&ai, &arr);
-            while (bson_iter_next(&ai)) {
-               if (!BSON_ITER_HOLDS_DOCUMENT(&ai)) {
-                  aspen_parse_error(err, pc, "$source.documents",
-                                    "The documents list expression does not "
-                                    "evaluate to an array of objects.");
-                  return false;
-               }
-            }
-            bson_destroy(&src->documents);
-            bson_copy_to(&arr, &src->documents);
-         } else {
-            if (!aspen_expr_parse(&it, NULL, &src->documents_expr, err)) {
-               aspen_parse_wrap_error(err, pc);
-               return false;
-            }
-         }
-         continue;
-      }
-      if (src->ops == &aspen_source_change_stream_ops &&
-          aspen__change_stream_is_option(k)) {
-         continue; /* checked as a whole below */
-      }
-      if (src->ops == &aspen_source_kafka_ops) {
+      if (src->ops->parse_option) {
          bool handled = false;
-         if (!aspen__kafka_source_parse_option(src, &it, pc, &handled, err)) {
+         if (!src->ops->parse_option(src, &it, pc, &handled, err)) {
             return false;
          }
          if (handled) {
@@ -191,15 +156,7 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
                         "BSON field '$source.%s' is an unknown field.", k);
       return false;
    }
-   if (src->ops == &aspen_source_change_stream_ops &&
-       !aspen__change_stream_check(src, pc, err)) {
-      return false;
-   }
-   if (src->ops == &aspen_source_kafka_ops &&
-       !aspen__kafka_source_parse_done(src, pc, err)) {
-      return false;
-   }
-   return true;
+   return !src->ops->parse_done || src->ops->parse_done(src, pc, err);
 }
 
 /* ---- stages ------------------------------------------------------------- */
@@ -314,7 +271,6 @@ aspen_pipeline_parse(const bson_t *pipeline, const aspen_catalog_t *catalog,
    atomic_store(&pl->watermark_ms, INT64_MIN);
    bson_copy_to(pipeline, &pl->def);
    bson_init(&pl->sink_spec);
-   bson_init(&pl->source.documents);
    bson_init(&pl->source.spec);
    aspen_parse_ctx_t pc = {.catalog = catalog,
                            .conns = conns,
@@ -455,9 +411,9 @@ aspen_pipeline_destroy(aspen_pipeline_t *pl)
    }
    free(pl->stages);
    aspen_expr_destroy(pl->source.time_field);
-   aspen_expr_destroy(pl->source.documents_expr);
-   aspen__kafka_source_opts_destroy(pl->source.kafka);
-   bson_destroy(&pl->source.documents);
+   if (pl->source.ops && pl->source.ops->spec_destroy) {
+      pl->source.ops->spec_destroy(pl->source.opts);
+   }
    bson_destroy(&pl->source.spec);
    bson_destroy(&pl->sink_spec);
    bson_destroy(&pl->def);

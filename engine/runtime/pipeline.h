@@ -132,12 +132,13 @@ typedef struct {
    const aspen_conn_t *conn;    /* NULL for documents */
    aspen_expr_t *time_field;    /* NULL: default event time */
    char ts_field[64];           /* default "_ts" */
-   bson_t documents;            /* documents source: the literal array */
-   aspen_expr_t *documents_expr;/* ... or an expression */
    bson_t spec;                 /* the whole $source argument */
-   /* kafka: partitionIdleTimeout in ms, 0 when disabled (the default). */
+   /* partitionIdleTimeout in ms (a partitioned source's option), 0 when
+    * disabled (the default). */
    int64_t partition_idle_timeout_ms;
-   struct aspen_kafka_source_opts *kafka; /* kafka options (kafka_int.h) */
+   /* The kind's own options, from its parse_option; freed by its
+    * spec_destroy. */
+   void *opts;
 } aspen_source_spec_t;
 
 typedef enum {

@@ -18,6 +18,22 @@ struct aspen_source_ops {
    const char *type;          /* _stream_meta.source.type */
    const char *operator_name; /* names the source in DLQ entries */
    const char *what;          /* names it in messages: "a Kafka $source" */
+   /* Parsing, when a processor is created or started (no I/O, any
+    * thread). parse_option: one option of the $source argument that the
+    * runtime does not read itself (connectionName, documents' presence,
+    * timeField, tsFieldName, tsFieldOverride), into spec->opts, the
+    * kind's own (NULL until it sets it). *handled false: not this kind's
+    * option, which the runtime refuses by name. False with a 420 error
+    * (ASP's wording) on a bad value. NULL: a kind without options. */
+   bool (*parse_option)(aspen_source_spec_t *spec, const bson_iter_t *it,
+                        aspen_parse_ctx_t *pc, bool *handled,
+                        aspen_error_t *err);
+   /* Once every option is read: what is required or goes together. NULL:
+    * nothing to check. */
+   bool (*parse_done)(aspen_source_spec_t *spec, aspen_parse_ctx_t *pc,
+                      aspen_error_t *err);
+   /* Frees spec->opts (NULL too). NULL: the kind keeps none. */
+   void (*spec_destroy)(void *opts);
    /* Connects and checks what the source needs; false fails the start with
     * err (the processor never reaches STARTED). *state may be set. */
    bool (*open)(aspen_runtime_t *rt, void **state, aspen_error_t *err);

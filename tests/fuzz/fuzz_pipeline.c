@@ -13,6 +13,7 @@
  */
 #include "builtins.h"
 #include "connectors/connections.h"
+#include "connectors/source_documents.h"
 #include "lang/match.h"
 #include "runtime/pipeline.h"
 #include "stages/window.h"
@@ -132,7 +133,8 @@ run_pipeline(const bson_t *input)
     * made it slow is fixed; corpus: hopping-many-windows-per-event). */
    bson_iter_t it;
    int64_t n_inputs = 4;
-   if (bson_iter_init(&it, &pl->source.documents)) {
+   const bson_t *docs = aspen__source_documents_array(&pl->source);
+   if (docs && bson_iter_init(&it, docs)) {
       while (n_inputs < 4 + 64 && bson_iter_next(&it)) {
          n_inputs++;
       }
@@ -149,7 +151,7 @@ run_pipeline(const bson_t *input)
          push_one(pl, &g_docs[i], t0 + i * 2500);
       }
       int64_t ts = t0 + 10000;
-      if (bson_iter_init(&it, &pl->source.documents)) {
+      if (docs && bson_iter_init(&it, docs)) {
          for (int n = 0; n < 64 && bson_iter_next(&it); n++) {
             bson_t d;
             if (BSON_ITER_HOLDS_DOCUMENT(&it) && aspen_bson_view(&it, &d)) {

@@ -406,9 +406,10 @@ test_source_options(void **state)
                                                &conns, false, true, &err);
    assert_non_null(pl);
    assert_int_equal(pl->source.partition_idle_timeout_ms, 120000);
-   assert_int_equal(pl->source.kafka->n_topics, 1);
-   assert_false(pl->source.kafka->earliest);
-   assert_int_equal(pl->source.kafka->key_format, ASPEN_KAFKA_KEY_BINDATA);
+   const aspen_kafka_source_opts_t *opts = pl->source.opts;
+   assert_int_equal(opts->n_topics, 1);
+   assert_false(opts->earliest);
+   assert_int_equal(opts->key_format, ASPEN_KAFKA_KEY_BINDATA);
    aspen_pipeline_destroy(pl);
    bson_destroy(wrap);
    aspen_conns_cleanup(&conns);

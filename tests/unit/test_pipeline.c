@@ -50,6 +50,7 @@
 
 #include "builtins.h"
 #include "connectors/connectors.h"
+#include "connectors/source_documents.h"
 #include "runtime/pipeline.h"
 #include "stages/window.h"
 
@@ -718,13 +719,14 @@ feed(aspen_pipeline_t *pl, const bson_t *partitions, bool virtual_clock,
       sbuf_printf(why, "    only a documents $source can be run here\n");
       return false;
    }
-   if (pl->source.documents_expr) {
+   const bson_t *docs = aspen__source_documents_array(&pl->source);
+   if (!docs) {
       sbuf_printf(why, "    this runner does not evaluate a documents "
                        "expression\n");
       return false;
    }
    bson_iter_t it, pit;
-   bson_iter_init(&it, &pl->source.documents);
+   bson_iter_init(&it, docs);
    if (partitions) {
       bson_iter_init(&pit, partitions);
    }

@@ -1,13 +1,17 @@
 /*
- * test_connections.c - the connection registry driven through the
- * connector table (engine/connectors/connections.c, connectors.def):
- *  - the built-in catalog's kinds: sample_stream_solar built in, each
- *    configured entry parsed by its type's kind, listings without secrets;
+ * test_connectors.c - the connector kinds driven through the connector
+ * table (engine/connectors/connectors.def) and the catalog that hands it
+ * down:
+ *  - the registry (connections.c) with the built-in catalog's kinds:
+ *    sample_stream_solar built in, each configured entry parsed by its
+ *    type's kind, listings without secrets;
  *  - what the registry itself refuses (name, type, keys of no kind or of
  *    another kind) and what each kind refuses, with aspen's messages;
  *  - a kind that exists only as a row of this test's own catalog is
- *    configured, listed and freed like the built-in ones: adding a
- *    connection type is its file plus its row.
+ *    configured, listed and freed like the built-in ones, and the pipeline
+ *    parser reaches its $source, the source's options and the catalog's
+ *    source without a connection only through the catalog: adding a
+ *    connector is its file plus its row.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,6 +26,7 @@
 
 #include "builtins.h"
 #include "connectors/connections.h"
+#include "runtime/catalog.h"
 
 /* Loads `conns` from the relaxed-JSON array `json` through `cat`. */
 static bool
@@ -234,7 +239,96 @@ static const aspen_conn_ops_t fake_conn_ops = {
    .destroy = fake_destroy,
 };
 
-/* The built-in catalog with one more row: {"fake", fake_conn_ops}. */
+/* A second kind of the same shape, without a built-in connection or a
+ * $source. */
+static const aspen_conn_ops_t mute_conn_ops = {
+   .keys = fake_keys,
+   .parse = fake_parse,
+   .list = fake_list,
+   .destroy = fake_destroy,
+};
+
+/* The fake kind's $source: one option, depth (a positive int), required. */
+typedef struct {
+   int32_t depth;
+} fake_opts_t;
+
+static int g_fake_specs_freed;
+
+static bool
+fake_parse_option(aspen_source_spec_t *spec, const bson_iter_t *it,
+                  aspen_parse_ctx_t *pc, bool *handled, aspen_error_t *err)
+{
+   *handled = strcmp(bson_iter_key(it), "depth") == 0;
+   if (!*handled) {
+      return true;
+   }
+   if (!BSON_ITER_HOLDS_INT32(it) || bson_iter_int32(it) < 1) {
+      aspen_parse_error(err, pc, "$source.depth",
+                        "$source.depth must be a positive int");
+      return false;
+   }
+   fake_opts_t *o = spec->opts;
+   if (!o) {
+      spec->opts = o = aspen_xcalloc(1, sizeof *o);
+   }
+   o->depth = bson_iter_int32(it);
+   return true;
+}
+
+static bool
+fake_parse_done(aspen_source_spec_t *spec, aspen_parse_ctx_t *pc,
+                aspen_error_t *err)
+{
+   if (!spec->opts) {
+      aspen_parse_error(err, pc, "$source.depth",
+                        "BSON field '$source.depth' is missing but a "
+                        "required field");
+      return false;
+   }
+   return true;
+}
+
+static void
+fake_spec_destroy(void *opts)
+{
+   g_fake_specs_freed += opts != NULL;
+   free(opts);
+}
+
+static const aspen_source_ops_t fake_source_ops = {
+   .type = "fake",
+   .operator_name = "FakeSourceOperator",
+   .what = "a fake $source",
+   .parse_option = fake_parse_option,
+   .parse_done = fake_parse_done,
+   .spec_destroy = fake_spec_destroy,
+};
+
+/* The catalog's $source without a connection, in place of documents: it
+ * takes `documents` and anything else. */
+static bool
+any_parse_option(aspen_source_spec_t *spec, const bson_iter_t *it,
+                 aspen_parse_ctx_t *pc, bool *handled, aspen_error_t *err)
+{
+   (void) spec;
+   (void) it;
+   (void) pc;
+   (void) err;
+   *handled = true;
+   return true;
+}
+
+static const aspen_source_ops_t fake_documents_ops = {
+   .type = "generated",
+   .operator_name = "FakeDocumentsOperator",
+   .what = "a fake documents $source",
+   .parse_option = any_parse_option,
+};
+
+/* The built-in catalog with two more rows, {"fake", fake_conn_ops,
+ * fake_source_ops} and {"mute", mute_conn_ops}, and fake_documents_ops as
+ * its $source without a connection. */
 static aspen_connector_t g_rows[16];
 static aspen_catalog_t g_cat;
 
@@ -242,14 +336,57 @@ static const aspen_catalog_t *
 fake_catalog(void)
 {
    const aspen_catalog_t *base = aspen_builtins_catalog();
-   assert_true(base->n_connectors < sizeof g_rows / sizeof g_rows[0]);
+   size_t n = base->n_connectors;
+   assert_true(n + 2 <= sizeof g_rows / sizeof g_rows[0]);
    g_cat = *base;
-   memcpy(g_rows, base->connectors, base->n_connectors * sizeof g_rows[0]);
-   g_rows[base->n_connectors] =
-      (aspen_connector_t){.type_name = "fake", .conn = &fake_conn_ops};
+   memcpy(g_rows, base->connectors, n * sizeof g_rows[0]);
+   g_rows[n] = (aspen_connector_t){.type_name = "fake",
+                                   .conn = &fake_conn_ops,
+                                   .source = &fake_source_ops};
+   g_rows[n + 1] =
+      (aspen_connector_t){.type_name = "mute", .conn = &mute_conn_ops};
    g_cat.connectors = g_rows;
-   g_cat.n_connectors = base->n_connectors + 1;
+   g_cat.n_connectors = n + 2;
+   g_cat.documents = &fake_documents_ops;
    return &g_cat;
+}
+
+/* Parses the pipeline `json` (an array) as sp.process would. */
+static aspen_pipeline_t *
+parse(const aspen_catalog_t *cat, const aspen_conns_t *conns,
+      const char *json, aspen_error_t *err)
+{
+   bson_error_t berr;
+   char *wrapped = bson_strdup_printf("{\"p\": %s}", json);
+   bson_t *doc = bson_new_from_json((const uint8_t *) wrapped, -1, &berr);
+   bson_free(wrapped);
+   if (!doc) {
+      fail_msg("bad test JSON %s: %s", json, berr.message);
+   }
+   bson_iter_t it;
+   bson_t arr;
+   assert_true(bson_iter_init_find(&it, doc, "p"));
+   assert_true(aspen_bson_view(&it, &arr));
+   memset(err, 0, sizeof *err);
+   aspen_pipeline_t *pl = aspen_pipeline_parse(&arr, cat, conns, true, false,
+                                               err);
+   bson_destroy(doc);
+   return pl;
+}
+
+/* Fails unless parsing `json` is refused with a message containing
+ * `want`. */
+static void
+assert_parse_refused(const aspen_catalog_t *cat, const aspen_conns_t *conns,
+                     const char *json, const char *want)
+{
+   aspen_error_t err;
+   aspen_pipeline_t *pl = parse(cat, conns, json, &err);
+   if (pl || !strstr(err.message, want)) {
+      fail_msg("%s\n gave '%s'\n want '%s'", json,
+               pl ? "(parsed)" : err.message, want);
+   }
+   assert_int_equal(err.code, 420);
 }
 
 static void
@@ -268,6 +405,7 @@ test_new_kind(void **state)
    }
    /* Its built-in connection, after the other kinds' (table order). */
    assert_int_equal(conns.n, 4);
+   assert_string_equal(conns.items[0].name, "sample_stream_solar");
    assert_string_equal(conns.items[1].name, "fake_builtin");
    assert_listed(&conns, "fake_builtin",
                  "{\"name\": \"fake_builtin\", \"type\": \"fake\","
@@ -280,7 +418,7 @@ test_new_kind(void **state)
 
    assert_refused(cat, "[{\"name\": \"f\", \"type\": \"nope\"}]",
                   "config key 'connections[0].type' must be 'atlas', "
-                  "'kafka' or 'fake', not 'nope'");
+                  "'kafka', 'fake' or 'mute', not 'nope'");
    assert_refused(cat, "[{\"name\": \"f\", \"type\": \"fake\"}]",
                   "config key 'connections[0].path' is required for a fake "
                   "connection");
@@ -296,6 +434,76 @@ test_new_kind(void **state)
    assert_int_equal(g_fake_freed, 1);
 }
 
+/* The pipeline parser gets a $source, and its options, from the row of
+ * the connection it names, and the $source without a connection from the
+ * catalog: it names no source kind of its own. */
+static void
+test_source_through_kind(void **state)
+{
+   (void) state;
+   const aspen_catalog_t *cat = fake_catalog();
+   aspen_conns_t conns;
+   aspen_error_t err;
+   if (!load(&conns, cat,
+             "[{\"name\": \"f\", \"type\": \"fake\", \"path\": \"/x\"},"
+             " {\"name\": \"m\", \"type\": \"mute\", \"path\": \"/y\"}]",
+             NULL, &err)) {
+      fail_msg("%s", err.message);
+   }
+   g_fake_specs_freed = 0;
+   aspen_pipeline_t *pl =
+      parse(cat, &conns,
+            "[{\"$source\": {\"connectionName\": \"f\", \"depth\": 3,"
+            " \"tsFieldName\": \"t\"}}, {\"$match\": {}}]",
+            &err);
+   if (!pl) {
+      fail_msg("%s", err.message);
+   }
+   assert_ptr_equal(pl->source.ops, &fake_source_ops);
+   assert_ptr_equal(pl->source.conn, aspen_conns_find(&conns, "f"));
+   assert_int_equal(((const fake_opts_t *) pl->source.opts)->depth, 3);
+   assert_string_equal(pl->source.ts_field, "t"); /* the runtime's own */
+   aspen_pipeline_destroy(pl);
+   assert_int_equal(g_fake_specs_freed, 1);
+
+   /* The kind's hooks refuse what they refuse... */
+   assert_parse_refused(cat, &conns,
+                        "[{\"$source\": {\"connectionName\": \"f\"}}]",
+                        "BSON field '$source.depth' is missing but a "
+                        "required field (at pipeline[0].$source.depth)");
+   assert_parse_refused(cat, &conns,
+                        "[{\"$source\": {\"connectionName\": \"f\","
+                        " \"depth\": 0}}]",
+                        "$source.depth must be a positive int");
+   /* ...the runtime an option no hook takes, and a kind without a
+    * $source. */
+   assert_parse_refused(cat, &conns,
+                        "[{\"$source\": {\"connectionName\": \"f\","
+                        " \"depth\": 1, \"topic\": \"t\"}}]",
+                        "BSON field '$source.topic' is an unknown field.");
+   assert_parse_refused(cat, &conns,
+                        "[{\"$source\": {\"connectionName\": \"m\"}}]",
+                        "Connection m of type mute cannot be a $source");
+   /* Options the kind parsed before a refusal (the $source.topic one
+    * above, and this) are freed with the pipeline that never was. */
+   assert_parse_refused(cat, &conns,
+                        "[{\"$source\": {\"connectionName\": \"f\","
+                        " \"depth\": 1, \"x\": 1}}]",
+                        "BSON field '$source.x' is an unknown field.");
+   assert_int_equal(g_fake_specs_freed, 3);
+
+   /* {documents: ...} is the catalog's source without a connection. */
+   pl = parse(cat, &conns,
+              "[{\"$source\": {\"documents\": 5, \"anything\": 1}}]", &err);
+   if (!pl) {
+      fail_msg("%s", err.message);
+   }
+   assert_ptr_equal(pl->source.ops, &fake_documents_ops);
+   assert_null(pl->source.conn);
+   aspen_pipeline_destroy(pl);
+   aspen_conns_cleanup(&conns);
+}
+
 int
 main(void)
 {
@@ -304,6 +512,7 @@ main(void)
       cmocka_unit_test(test_builtin_kinds),
       cmocka_unit_test(test_refused),
       cmocka_unit_test(test_new_kind),
+      cmocka_unit_test(test_source_through_kind),
    };
-   return cmocka_run_group_tests_name("connections", tests, NULL, NULL);
+   return cmocka_run_group_tests_name("connectors", tests, NULL, NULL);
 }
