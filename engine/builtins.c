@@ -6,7 +6,9 @@
  * is handed it.
  */
 #include "builtins.h"
+#include "connectors/authz.h"
 #include "connectors/connectors.h"
+#include "connectors/kafka_int.h"
 
 /* Each row's ops, defined in the stage's own file. */
 #define ASPEN_STAGE(name, ops, placement) extern const aspen_stage_ops_t ops;
@@ -36,12 +38,30 @@ static const aspen_connector_t connectors[] = {
 #undef ASPEN_CONNECTOR
 };
 
+/* The catalog's check: the Atlas connections' roles (authz.c), then
+ * exactlyOnce's Kafka transactions (kafka_txn.c). */
+static bool
+check_pipeline(const aspen_pipeline_t *pl, const bson_t *options,
+               const aspen_conns_t *conns, bool ephemeral, aspen_error_t *err)
+{
+   bson_iter_t it;
+   if (!aspen__pipeline_authorize(pl, options, conns, err)) {
+      return false;
+   }
+   if (options && bson_iter_init_find(&it, options, "exactlyOnce") &&
+       bson_iter_as_bool(&it)) {
+      return aspen__kafka_txn_check(pl, conns, ephemeral, err);
+   }
+   return true;
+}
+
 static const aspen_catalog_t catalog = {
    .stages = stages,
    .n_stages = sizeof stages / sizeof stages[0],
    .connectors = connectors,
    .n_connectors = sizeof connectors / sizeof connectors[0],
    .documents = &aspen_source_documents_ops,
+   .check = check_pipeline,
 };
 
 const aspen_catalog_t *

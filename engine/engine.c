@@ -1,10 +1,12 @@
 /*
- * engine.c - the stream engine's composition root (engine.h): it opens
- * the connection registry (connectors/connections.c) and the processors
- * store (runtime/registry.c), hands the runtime what every processor needs
- * when it launches (aspen_proc_env_t: the state directory, checkpoint
- * interval, memory limit, connections, the DLQ writer, the authorization
- * hook and the "start reported" callback), and dispatches the sp commands
+ * engine.c - the stream engine's composition root (engine.h): it takes
+ * the built-in catalog of stages and connectors (builtins.c), opens the
+ * connection registry through it (connectors/connections.c) and the
+ * processors store (runtime/registry.c), hands the runtime what every
+ * processor needs when it launches (aspen_proc_env_t: the state
+ * directory, checkpoint interval, memory limit, the catalog, the
+ * connections, the DLQ writer and the "start reported" callback), and
+ * dispatches the sp commands
  * through the one command table (commands/commands.def) to their handlers
  * in commands/.
  *
@@ -145,7 +147,6 @@ aspen_engine_new(const aspen_engine_opts_t *opts, aspen_error_t *err)
       .catalog = catalog,
       .conns = &eng->conns,
       .dlq = &aspen_coll_writer_dlq_ops,
-      .check = aspen__cmd_pipeline_ok,
       .start_reported = aspen__cmd_start_reported,
       .arg = ctx,
    };

@@ -108,15 +108,11 @@ bool aspen__cmd_resume_arg(const bson_t *cmd, const char *cmdname,
 
 /* ---- create.c ------------------------------------------------------------------ */
 
-/* The processors' authorization hook (aspen_proc_env_t.check; `arg` is
- * the ctx), also what create and modify check: the namespaces a parsed
- * pipeline reaches through Atlas connections are allowed (their
- * dbRoleToExecute), and options.exactlyOnce holds. */
-bool aspen__cmd_pipeline_ok(void *arg, const aspen_pipeline_t *pl,
-                            const bson_t *options, bool ephemeral,
-                            aspen_error_t *err);
 /* Parses `pipeline` for a processor with `options` (already accepted)
- * and checks it (aspen__cmd_pipeline_ok); false with `reply` filled. */
+ * against the env's catalog and connections, and checks it with the
+ * catalog's check (the namespaces it reaches through Atlas connections
+ * are allowed by their dbRoleToExecute, options.exactlyOnce holds), as
+ * every launch does again; false with `reply` filled. */
 bool aspen__cmd_pipeline_check(aspen_cmd_ctx_t *ctx, const bson_t *pipeline,
                                const bson_t *options, bson_t *reply);
 

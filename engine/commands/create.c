@@ -1,39 +1,23 @@
 /*
  * create.c - createStreamProcessor: a named processor from a pipeline and
  * options, checked (its name, its options, the pipeline parsed and
- * authorized) before it is saved; and the pipeline check that create,
- * modify and every launch share.
+ * authorized) before it is saved; and the pipeline check that create and
+ * modify share (every launch makes the same one).
  */
 #include "commands/commands.h"
-#include "connectors/authz.h"
-#include "connectors/kafka_int.h"
-
-bool
-aspen__cmd_pipeline_ok(void *arg, const aspen_pipeline_t *pl,
-                       const bson_t *options, bool ephemeral,
-                       aspen_error_t *err)
-{
-   aspen_cmd_ctx_t *ctx = arg;
-   bson_iter_t it;
-   if (!aspen__pipeline_authorize(pl, options, ctx->conns, err)) {
-      return false;
-   }
-   if (bson_iter_init_find(&it, options, "exactlyOnce") &&
-       bson_iter_as_bool(&it)) {
-      return aspen__kafka_txn_check(pl, ctx->conns, ephemeral, err);
-   }
-   return true;
-}
+#include "runtime/catalog.h"
 
 bool
 aspen__cmd_pipeline_check(aspen_cmd_ctx_t *ctx, const bson_t *pipeline,
                           const bson_t *options, bson_t *reply)
 {
+   const aspen_catalog_t *cat = ctx->env->catalog;
    aspen_error_t err;
    aspen_pipeline_t *pl =
-      aspen_pipeline_parse(pipeline, ctx->env->catalog, ctx->conns, false,
+      aspen_pipeline_parse(pipeline, cat, ctx->conns, false,
                            bson_has_field(options, "dlq"), &err);
-   bool ok = pl && aspen__cmd_pipeline_ok(ctx, pl, options, false, &err);
+   bool ok = pl && aspen_catalog_check(cat, pl, options, ctx->conns, false,
+                                       &err);
    aspen_pipeline_destroy(pl);
    if (!ok) {
       aspen__cmd_reply_err(reply, &err);

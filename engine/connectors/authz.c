@@ -249,7 +249,7 @@ aspen__pipeline_authorize(const aspen_pipeline_t *pl, const bson_t *options,
    char where[64];
    bson_iter_t it;
    bson_t into, dlq;
-   if (pl->sink_kind == ASPEN_SINK_MERGE &&
+   if (pl->sink == &aspen_sink_merge_ops &&
        bson_iter_init_find(&it, &pl->sink_spec, "into") &&
        aspen_bson_view(&it, &into)) {
       snprintf(where, sizeof where, "pipeline[%d].$merge", last);
@@ -257,7 +257,7 @@ aspen__pipeline_authorize(const aspen_pipeline_t *pl, const bson_t *options,
                        where, err)) {
          return false;
       }
-   } else if (pl->sink_kind == ASPEN_SINK_TIMESERIES) {
+   } else if (pl->sink == &aspen_sink_timeseries_ops) {
       snprintf(where, sizeof where, "pipeline[%d].$emit", last);
       if (!check_write(&pl->sink_spec, conns,
                        ASPEN_ENGINE_ACT_INSERT |

@@ -73,13 +73,13 @@ aspen__kafka_txn_check(const aspen_pipeline_t *pl, const aspen_conns_t *conns,
                       pl->source.ops->what);
       return false;
    }
-   if (pl->sink_kind == ASPEN_SINK_TIMESERIES) {
+   if (pl->sink == &aspen_sink_timeseries_ops) {
       aspen_error_set(err, code,
                       PREFIX "needs $emit to Kafka as the sink; $emit to a "
                              "time-series collection is at-least-once");
       return false;
    }
-   if (pl->sink_kind != ASPEN_SINK_EMIT) {
+   if (pl->sink != &aspen_sink_emit_ops) {
       aspen_error_set(err, code,
                       PREFIX "needs $emit to Kafka as the sink; $merge is "
                              "at-least-once (and idempotent when keyed on "

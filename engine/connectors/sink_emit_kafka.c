@@ -1,9 +1,11 @@
 /*
  * sink_emit_kafka.c - $emit to Apache Kafka (../shared/spec/asp-semantics.md
- * §5.1): option validation at create time (the stage table's parser) and,
- * at run time, a librdkafka producer on the processor's thread. An $emit
- * whose connection is an Atlas one writes to a time-series collection
- * instead (§5.2): the parser hands it to sink_timeseries.c.
+ * §5.1), the $emit sink of the kafka row of connectors.def: option
+ * validation at create time (its parse) and, at run time, a librdkafka
+ * producer on the processor's thread. An $emit whose connection is an
+ * Atlas one is that row's sink instead, a time-series collection (§5.2,
+ * sink_timeseries.c); an $emit whose connection has no $emit sink is
+ * reported here (sink_stages.c).
  *
  * Each document becomes one message: the value is the document as Extended
  * JSON v2 (relaxed unless config.outputFormat is canonicalJson; Dates as
@@ -342,51 +344,18 @@ fail:
    return false;
 }
 
+/* Validates an $emit argument (the sink's parse). */
 static bool
-emit_stage_parse(aspen_stage_t *st, const bson_iter_t *arg,
-                 aspen_parse_ctx_t *pc, aspen_error_t *err)
+emit_parse(const bson_t *spec, aspen_parse_ctx_t *pc, aspen_error_t *err)
 {
-   st->state = NULL;
-   if (!BSON_ITER_HOLDS_DOCUMENT(arg)) {
-      aspen_parse_error(err, pc, NULL, "$emit must be an object");
-      return false;
-   }
-   uint32_t len;
-   const uint8_t *data;
-   bson_t spec;
-   bson_iter_document(arg, &len, &data);
-   (void) bson_init_static(&spec, data, len);
-   if (aspen__emit_sink_kind(&spec, pc->conns) == ASPEN_SINK_TIMESERIES) {
-      return aspen__emit_ts_parse(&spec, pc, err);
-   }
    emit_t *e;
-   if (!emit_compile(&spec, pc->conns, pc, &e, err)) {
+   if (!emit_compile(spec, pc->conns, pc, &e, err)) {
       return false;
    }
    /* The sink compiles its own copy when the processor starts. */
    emit_free(e);
    return true;
 }
-
-aspen_sink_kind_t
-aspen__emit_sink_kind(const bson_t *spec, const aspen_conns_t *conns)
-{
-   bson_iter_t it;
-   const aspen_conn_t *conn = NULL;
-   if (bson_iter_init_find(&it, spec, "connectionName") &&
-       BSON_ITER_HOLDS_UTF8(&it)) {
-      conn = aspen_conns_find(conns, bson_iter_utf8(&it, NULL));
-   }
-   return conn && conn->kind->emit == &aspen_sink_timeseries_ops
-             ? ASPEN_SINK_TIMESERIES
-             : ASPEN_SINK_EMIT;
-}
-
-const aspen_stage_ops_t aspen_stage_emit_ops = {
-   .name = "$emit",
-   .operator_name = OPERATOR,
-   .parse = emit_stage_parse,
-};
 
 /* ---- the producer ------------------------------------------------------------ */
 
@@ -955,6 +924,7 @@ emit_committed(aspen_runtime_t *rt, void *state, bson_t *ids,
 
 const aspen_sink_ops_t aspen_sink_emit_ops = {
    .operator_name = OPERATOR,
+   .parse = emit_parse,
    .open = emit_open,
    .write = emit_write,
    .flush = emit_flush,

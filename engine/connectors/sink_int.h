@@ -1,9 +1,8 @@
 /*
  * sink_int.h - what the sink files of connectors/ share: the target-name
- * option of $merge and the time-series $emit (sink_merge.c), the
- * time-series form of $emit's options (sink_timeseries.c), and which sink
- * an $emit is (sink_emit_kafka.c; the pipeline parser asks). Pure parsing:
- * no I/O, any thread.
+ * option of $merge and the time-series $emit (sink_merge.c) and the
+ * time-series form of $emit's options (sink_timeseries.c), the parse of
+ * aspen_sink_timeseries_ops. Pure parsing: no I/O, any thread.
  */
 #ifndef ASPEN_ENGINE_CONNECTORS_SINK_INT_H
 #define ASPEN_ENGINE_CONNECTORS_SINK_INT_H
@@ -24,10 +23,5 @@ bool aspen__sink_parse_target_name(const bson_iter_t *it,
  * rules. False with a 420 parse error. (sink_timeseries.c) */
 bool aspen__emit_ts_parse(const bson_t *spec, aspen_parse_ctx_t *pc,
                           aspen_error_t *err);
-
-/* Which sink an $emit argument (already validated) is: a Kafka topic, or a
- * time-series collection when its connection is an Atlas one. */
-aspen_sink_kind_t aspen__emit_sink_kind(const bson_t *spec,
-                                        const aspen_conns_t *conns);
 
 #endif /* ASPEN_ENGINE_CONNECTORS_SINK_INT_H */

@@ -175,24 +175,16 @@ parse_let(const bson_iter_t *it, aspen_parse_ctx_t *pc, aspen_error_t *err)
    return true;
 }
 
+/* Validates a $merge argument (the sink's parse). */
 static bool
-merge_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
-            aspen_error_t *err)
+merge_parse(const bson_t *spec, aspen_parse_ctx_t *pc, aspen_error_t *err)
 {
-   (void) st;
-   if (!BSON_ITER_HOLDS_DOCUMENT(arg)) {
-      aspen_parse_error(err, pc, NULL, "$merge must be an object");
-      return false;
-   }
    uint32_t len;
    const uint8_t *data;
-   bson_t spec;
    bson_iter_t it;
-   bson_iter_document(arg, &len, &data);
-   (void) bson_init_static(&spec, data, len);
    bool has_into = false, literal = true, has_let = false, wm_pipeline = false;
    int64_t parallelism = 1;
-   bson_iter_init(&it, &spec);
+   bson_iter_init(&it, spec);
    while (bson_iter_next(&it)) {
       const char *k = bson_iter_key(&it);
       if (strcmp(k, "into") == 0) {
@@ -335,12 +327,6 @@ merge_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
    return true;
 }
 
-const aspen_stage_ops_t aspen_stage_merge_ops = {
-   .name = "$merge",
-   .operator_name = "MergeOperator",
-   .parse = merge_parse,
-};
-
 /* ---- $merge as a processor sink ----------------------------------------- */
 
 static void
@@ -378,6 +364,7 @@ merge_close(void *state)
 
 const aspen_sink_ops_t aspen_sink_merge_ops = {
    .operator_name = "MergeOperator",
+   .parse = merge_parse,
    .open = merge_open,
    .write = merge_write,
    .flush = merge_flush,
@@ -397,6 +384,7 @@ timeseries_open(aspen_runtime_t *rt, const bson_t *spec, void **state,
 /* The rest is $merge's: the writer knows which mode it is in. */
 const aspen_sink_ops_t aspen_sink_timeseries_ops = {
    .operator_name = ASPEN_EMIT_TS_OPERATOR,
+   .parse = aspen__emit_ts_parse,
    .open = timeseries_open,
    .write = merge_write,
    .flush = merge_flush,

@@ -8,8 +8,8 @@
  *            timeseries: {timeField, metaField, granularity,
  *                         bucketMaxSpanSeconds, bucketRoundingSeconds}}}
  *
- * At create time the stage parser (sink_emit_kafka.c hands the Atlas form
- * over to aspen__emit_ts_parse) checks the options with mongod's rules for
+ * At create time the sink's parse (aspen__emit_ts_parse, chosen by
+ * sink_stages.c for the atlas row) checks the options with mongod's rules for
  * the `timeseries` option of `create`, so a processor that could never
  * write is refused with a 420 error. At run time the sink
  * (aspen_sink_timeseries_ops, in sink_merge.c) is the collection writer

@@ -17,6 +17,14 @@ aspen_catalog_stage(const aspen_catalog_t *cat, const char *name)
    return NULL;
 }
 
+bool
+aspen_catalog_check(const aspen_catalog_t *cat, const aspen_pipeline_t *pl,
+                    const bson_t *options, const aspen_conns_t *conns,
+                    bool ephemeral, aspen_error_t *err)
+{
+   return !cat->check || cat->check(pl, options, conns, ephemeral, err);
+}
+
 const aspen_conn_t *
 aspen_conns_find(const aspen_conns_t *conns, const char *name)
 {

@@ -45,12 +45,28 @@ struct aspen_catalog {
    size_t n_connectors;
    /* The $source that names no connection ({documents: [...]}). */
    const aspen_source_ops_t *documents;
+   /* What the connectors require of a parsed pipeline `pl` and the
+    * processor's `options` beyond its stages' arguments: the namespaces
+    * its Atlas connections' roles allow, and what options.exactlyOnce
+    * needs (`ephemeral`: sp.process). Called when a processor is created
+    * or modified and at every start (command thread), through
+    * aspen_catalog_check; false with the error to give. NULL: nothing
+    * more is required. */
+   bool (*check)(const aspen_pipeline_t *pl, const bson_t *options,
+                 const aspen_conns_t *conns, bool ephemeral,
+                 aspen_error_t *err);
 };
 
 /* The stage table's row for `name` ("$match"); NULL for a name that is no
  * stage. Any thread. */
 const aspen_stage_def_t *aspen_catalog_stage(const aspen_catalog_t *cat,
                                              const char *name);
+
+/* The catalog's check of a parsed pipeline (aspen_catalog_t.check): true
+ * when it has none or it passes; false with err set. Command thread. */
+bool aspen_catalog_check(const aspen_catalog_t *cat, const aspen_pipeline_t *pl,
+                         const bson_t *options, const aspen_conns_t *conns,
+                         bool ephemeral, aspen_error_t *err);
 
 /* ---- the registry of configured connections ------------------------------ */
 

@@ -11,7 +11,6 @@
  * StreamProcessorInvalidOptions with ASP's reason, and aspen adds where in
  * the pipeline it is ("(at pipeline[2].$merge.into)").
  */
-#include "connectors/sink_int.h"
 #include "runtime/catalog.h"
 #include "runtime/pipeline.h"
 
@@ -351,9 +350,6 @@ aspen_pipeline_parse(const bson_t *pipeline, const aspen_catalog_t *catalog,
          } else {
             bson_init(&pl->sink_spec);
          }
-         pl->sink_kind = strcmp(name, "$merge") == 0
-                            ? ASPEN_SINK_MERGE
-                            : aspen__emit_sink_kind(&pl->sink_spec, conns);
          if (st->ops->destroy) {
             st->ops->destroy(st);
          }

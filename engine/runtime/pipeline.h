@@ -141,12 +141,8 @@ typedef struct {
    void *opts;
 } aspen_source_spec_t;
 
-typedef enum {
-   ASPEN_SINK_NONE,  /* ephemeral: the shell */
-   ASPEN_SINK_MERGE,
-   ASPEN_SINK_EMIT,       /* $emit to Kafka */
-   ASPEN_SINK_TIMESERIES, /* $emit to a time-series collection */
-} aspen_sink_kind_t;
+/* A processor sink (runtime/sink.h). */
+typedef struct aspen_sink_ops aspen_sink_ops_t;
 
 /* The DLQ side of a pipeline: where failed documents go. Set by the
  * processor before it runs. */
@@ -160,7 +156,9 @@ struct aspen_pipeline {
    aspen_source_spec_t source;
    aspen_stage_t *stages;       /* between source and sink */
    int n_stages;
-   aspen_sink_kind_t sink_kind;
+   /* The sink: set by the sink stage's parser (the $merge or $emit sink
+    * of its connection's kind); NULL for the shell (sp.process). */
+   const aspen_sink_ops_t *sink;
    bson_t sink_spec;            /* the sink stage's argument */
    bool has_window;
    aspen_chain_t main;          /* the stages above, ending at `output` */

@@ -4,25 +4,26 @@
  *
  * The command thread launches a processor (aspen_proc_launch) with what it
  * needs (aspen_proc_env_t: the state directory, checkpoint interval,
- * memory limit, connections, DLQ writer, the authorization hook and the
- * "start reported" callback) and does not wait: the processor's thread
- * opens its sink, DLQ and source, which can take seconds against an
- * unreachable peer, then reports the result (start_result) and calls the
- * env's start_reported, upon which the command thread finishes the start
- * (aspen_proc_finish_start), so `start` still reports connection problems
- * directly without holding up other commands meanwhile. The thread then
- * runs the source (rt.c is the API the source and sink call), taking
- * checkpoints (checkpointing.c) and writing failed documents to the DLQ
- * (dlq.c). Stopping sets a flag the thread checks between documents,
- * while idle and while waiting for a Kafka cluster to answer, then joins
- * it; the thread flushes its sink and takes a last checkpoint before it
- * exits.
+ * memory limit, the catalog of stages and connectors with its check, the
+ * connections, the DLQ writer and the "start reported" callback) and does
+ * not wait: the processor's thread opens its sink, DLQ and source, which
+ * can take seconds against an unreachable peer, then reports the result
+ * (start_result) and calls the env's start_reported, upon which the
+ * command thread finishes the start (aspen_proc_finish_start), so `start`
+ * still reports connection problems directly without holding up other
+ * commands meanwhile. The thread then runs the source (rt.c is the API the
+ * source and sink call), taking checkpoints (checkpointing.c) and writing
+ * failed documents to the DLQ (dlq.c). Stopping sets a flag the thread
+ * checks between documents, while idle and while waiting for a Kafka
+ * cluster to answer, then joins it; the thread flushes its sink and takes
+ * a last checkpoint before it exits.
  *
  * The sink opens first: an exactly-once sink says which checkpoint it
  * committed (checkpointing.c), and the source opens at the restored
  * positions.
  */
 #include "runtime/runtime_int.h"
+#include "runtime/catalog.h"
 
 #include <openssl/rand.h>
 #include <stdlib.h>
@@ -79,7 +80,7 @@ open_outputs(aspen_runtime_t *rt, aspen_error_t *err)
    if (!aspen__dlq_open(rt, err)) {
       return false;
    }
-   rt->sink = aspen_sink_ops_for(proc->pl->sink_kind);
+   rt->sink = proc->pl->sink;
    if (rt->sink &&
        !rt->sink->open(rt, &proc->pl->sink_spec, &rt->sink_state, err)) {
       rt->sink = NULL;
@@ -218,10 +219,10 @@ aspen_proc_launch(aspen_proc_t *proc, const aspen_proc_env_t *env,
    if (!proc->pl) {
       return false;
    }
-   /* Checked again at every start: the connections' roles (and the
-    * connections) may have changed since create. */
-   if (env->check &&
-       !env->check(env->arg, proc->pl, &proc->options, proc->ephemeral, err)) {
+   /* Checked again at every start (the Atlas connections' roles, what
+    * exactlyOnce needs): the connections may have changed since create. */
+   if (!aspen_catalog_check(env->catalog, proc->pl, &proc->options,
+                            env->conns, proc->ephemeral, err)) {
       aspen_pipeline_destroy(proc->pl);
       proc->pl = NULL;
       return false;

@@ -32,13 +32,6 @@ typedef struct {
    const aspen_conns_t *conns;
    /* The dead-letter queue's writer (options.dlq). */
    const aspen_dlq_ops_t *dlq;
-   /* The authorization hook, called at every launch once the pipeline
-    * parsed: true when the namespaces it reaches through Atlas
-    * connections are allowed (their dbRoleToExecute) and what options
-    * ask of it holds (exactlyOnce); false with err set refuses the
-    * launch. Command thread. */
-   bool (*check)(void *arg, const aspen_pipeline_t *pl, const bson_t *options,
-                 bool ephemeral, aspen_error_t *err);
    /* Called by a processor's thread once it has reported its start's
     * result: the command thread should then finish the start
     * (aspen_proc_finish_start) soon. Any thread; may be NULL. */
@@ -96,9 +89,10 @@ void aspen_proc_stats(const aspen_proc_t *proc, aspen_proc_stats_t *out);
  * running, or the caller holds the start's result (PROVISIONING). */
 void aspen_proc_set_state(aspen_proc_t *proc, aspen_proc_state_t st,
                           const char *error);
-/* Parses the pipeline, checks it (env->check) and starts the thread,
- * which opens the sink, DLQ and source and then reports the start's
- * result (env->start_reported, from the processor's thread). Does not
+/* Parses the pipeline against env's catalog and connections, checks it
+ * (aspen_catalog_check) and starts the thread, which opens the sink, DLQ
+ * and source and then reports the start's result (env->start_reported,
+ * from the processor's thread). Does not
  * wait for that. The state is PROVISIONING from then on (the caller
  * leaves it). `tier` is the start's tier ("" when it names none:
  * options.tier, else SP10), whose state limit applies to this run; `env`

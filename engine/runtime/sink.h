@@ -2,15 +2,23 @@
  * sink.h - what a processor sink ($merge, $emit) provides and what the
  * processor runtime (rt.c) offers it beyond source.h. Each sink kind
  * is one aspen_sink_ops_t in connectors/ (sink_merge.c, sink_emit_kafka.c),
- * listed in connectors/sources.c. Processor thread.
+ * the $merge or $emit sink of a connection type's row of
+ * connectors/connectors.def; the stage parser picks it through the
+ * connection (sink_stages.c) and the pipeline keeps it (pl->sink).
+ * Processor thread, except parse.
  */
 #ifndef ASPEN_ENGINE_RUNTIME_SINK_H
 #define ASPEN_ENGINE_RUNTIME_SINK_H
 
 #include "runtime/source.h"
 
-typedef struct aspen_sink_ops {
+struct aspen_sink_ops {
    const char *operator_name; /* names the sink in DLQ entries */
+   /* Validates the sink stage's argument `spec` when a processor is
+    * created or started (no I/O, any thread): false with a 420 error in
+    * ASP's wording, positioned by `pc`. */
+   bool (*parse)(const bson_t *spec, aspen_parse_ctx_t *pc,
+                 aspen_error_t *err);
    /* Connects; false fails the start. `spec` is the stage's argument. */
    bool (*open)(aspen_runtime_t *rt, const bson_t *spec, void **state,
                 aspen_error_t *err);
@@ -36,7 +44,7 @@ typedef struct aspen_sink_ops {
     * set) fails the start. */
    bool (*committed)(aspen_runtime_t *rt, void *state, bson_t *ids,
                      aspen_error_t *err);
-} aspen_sink_ops_t;
+};
 
 /* Called for each entry the DLQ's target refused. */
 typedef void (*aspen_dlq_refused_fn)(void *arg, const bson_t *doc,
@@ -61,9 +69,6 @@ typedef struct {
    void (*close)(void *w);
 } aspen_dlq_ops_t;
 
-/* The sink for a kind; NULL for ASPEN_SINK_NONE (the shell)
- * (connectors/sources.c). */
-const aspen_sink_ops_t *aspen_sink_ops_for(aspen_sink_kind_t kind);
 /* A document the sink's target refused: to the DLQ with `reason`. */
 void aspen_rt_sink_failed(aspen_runtime_t *rt, const bson_t *doc,
                           const char *reason);

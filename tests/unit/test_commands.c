@@ -94,7 +94,6 @@ setup(void **state)
       .catalog = aspen_builtins_catalog(),
       .conns = &f->conns,
       .dlq = &aspen_coll_writer_dlq_ops,
-      .check = aspen__cmd_pipeline_ok,
       .start_reported = aspen__cmd_start_reported,
       .arg = &f->ctx,
    };

@@ -9,9 +9,11 @@
  *    another kind) and what each kind refuses, with aspen's messages;
  *  - a kind that exists only as a row of this test's own catalog is
  *    configured, listed and freed like the built-in ones, and the pipeline
- *    parser reaches its $source, the source's options and the catalog's
- *    source without a connection only through the catalog: adding a
- *    connector is its file plus its row.
+ *    parser reaches its $source, the source's options, its $emit sink and
+ *    the catalog's source without a connection only through the catalog:
+ *    adding a connector is its file plus its row;
+ *  - a pipeline's sink is the $merge or $emit sink of its connection's
+ *    row, and a connection without one gets the messages it always got.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -25,7 +27,7 @@
 #include <string.h>
 
 #include "builtins.h"
-#include "connectors/connections.h"
+#include "connectors/connectors.h"
 #include "runtime/catalog.h"
 
 /* Loads `conns` from the relaxed-JSON array `json` through `cat`. */
@@ -326,9 +328,25 @@ static const aspen_source_ops_t fake_documents_ops = {
    .parse_option = any_parse_option,
 };
 
+/* The fake kind's $emit sink: its argument needs `lines`, a string. */
+static bool
+fake_emit_parse(const bson_t *spec, aspen_parse_ctx_t *pc, aspen_error_t *err)
+{
+   if (!aspen_bson_utf8(spec, "lines")) {
+      aspen_parse_error(err, pc, "lines", "$emit.lines must be a string");
+      return false;
+   }
+   return true;
+}
+
+static const aspen_sink_ops_t fake_emit_ops = {
+   .operator_name = "FakeEmitOperator",
+   .parse = fake_emit_parse,
+};
+
 /* The built-in catalog with two more rows, {"fake", fake_conn_ops,
- * fake_source_ops} and {"mute", mute_conn_ops}, and fake_documents_ops as
- * its $source without a connection. */
+ * fake_source_ops, fake_emit_ops} and {"mute", mute_conn_ops}, and
+ * fake_documents_ops as its $source without a connection. */
 static aspen_connector_t g_rows[16];
 static aspen_catalog_t g_cat;
 
@@ -342,7 +360,8 @@ fake_catalog(void)
    memcpy(g_rows, base->connectors, n * sizeof g_rows[0]);
    g_rows[n] = (aspen_connector_t){.type_name = "fake",
                                    .conn = &fake_conn_ops,
-                                   .source = &fake_source_ops};
+                                   .source = &fake_source_ops,
+                                   .emit = &fake_emit_ops};
    g_rows[n + 1] =
       (aspen_connector_t){.type_name = "mute", .conn = &mute_conn_ops};
    g_cat.connectors = g_rows;
@@ -351,10 +370,11 @@ fake_catalog(void)
    return &g_cat;
 }
 
-/* Parses the pipeline `json` (an array) as sp.process would. */
+/* Parses the pipeline `json` (an array) as sp.process would
+ * (`ephemeral`), or as a processor's. */
 static aspen_pipeline_t *
-parse(const aspen_catalog_t *cat, const aspen_conns_t *conns,
-      const char *json, aspen_error_t *err)
+parse_as(const aspen_catalog_t *cat, const aspen_conns_t *conns,
+         const char *json, bool ephemeral, aspen_error_t *err)
 {
    bson_error_t berr;
    char *wrapped = bson_strdup_printf("{\"p\": %s}", json);
@@ -368,10 +388,17 @@ parse(const aspen_catalog_t *cat, const aspen_conns_t *conns,
    assert_true(bson_iter_init_find(&it, doc, "p"));
    assert_true(aspen_bson_view(&it, &arr));
    memset(err, 0, sizeof *err);
-   aspen_pipeline_t *pl = aspen_pipeline_parse(&arr, cat, conns, true, false,
-                                               err);
+   aspen_pipeline_t *pl = aspen_pipeline_parse(&arr, cat, conns, ephemeral,
+                                               false, err);
    bson_destroy(doc);
    return pl;
+}
+
+static aspen_pipeline_t *
+parse(const aspen_catalog_t *cat, const aspen_conns_t *conns,
+      const char *json, aspen_error_t *err)
+{
+   return parse_as(cat, conns, json, true, err);
 }
 
 /* Fails unless parsing `json` is refused with a message containing
@@ -504,6 +531,102 @@ test_source_through_kind(void **state)
    aspen_conns_cleanup(&conns);
 }
 
+/* The pipeline's sink is the $merge or $emit sink of the row of the
+ * connection the stage names; a connection without one is reported as
+ * before, by the Atlas $merge or the Kafka $emit. */
+static void
+test_sink_through_kind(void **state)
+{
+   (void) state;
+   /* The built-in rows. */
+   const aspen_catalog_t *cat = aspen_builtins_catalog();
+   aspen_conns_t conns;
+   aspen_error_t err;
+   if (!load(&conns, cat,
+             "[{\"name\": \"a\", \"uri\": \"mongodb://h\"},"
+             " {\"name\": \"k\", \"type\": \"kafka\", \"bootstrapServers\": \"h:1\"}]",
+             NULL, &err)) {
+      fail_msg("%s", err.message);
+   }
+   static const struct {
+      const char *sink;
+      const aspen_sink_ops_t *ops;
+   } sinks[] = {
+      {"{\"$merge\": {\"into\": {\"connectionName\": \"a\", \"db\": \"d\","
+       " \"coll\": \"c\"}}}",
+       &aspen_sink_merge_ops},
+      {"{\"$emit\": {\"connectionName\": \"a\", \"db\": \"d\", \"coll\": \"c\","
+       " \"timeseries\": {\"timeField\": \"t\"}}}",
+       &aspen_sink_timeseries_ops},
+      {"{\"$emit\": {\"connectionName\": \"k\", \"topic\": \"t\"}}",
+       &aspen_sink_emit_ops},
+   };
+   for (size_t i = 0; i < sizeof sinks / sizeof sinks[0]; i++) {
+      char *json = bson_strdup_printf(
+         "[{\"$source\": {\"documents\": []}}, %s]", sinks[i].sink);
+      aspen_pipeline_t *pl = parse_as(cat, &conns, json, false, &err);
+      if (!pl) {
+         fail_msg("%s: %s", json, err.message);
+      }
+      assert_ptr_equal(pl->sink, sinks[i].ops);
+      aspen_pipeline_destroy(pl);
+      bson_free(json);
+   }
+   /* sp.process without a sink: the shell. */
+   aspen_pipeline_t *pl =
+      parse(cat, &conns, "[{\"$source\": {\"documents\": []}}]", &err);
+   assert_non_null(pl);
+   assert_null(pl->sink);
+   aspen_pipeline_destroy(pl);
+   aspen_conns_cleanup(&conns);
+
+   /* A row of the test's own catalog. */
+   cat = fake_catalog();
+   if (!load(&conns, cat,
+             "[{\"name\": \"f\", \"type\": \"fake\", \"path\": \"/x\"},"
+             " {\"name\": \"m\", \"type\": \"mute\", \"path\": \"/y\"}]",
+             "mongodb://h", &err)) {
+      fail_msg("%s", err.message);
+   }
+   pl = parse_as(cat, &conns,
+                 "[{\"$source\": {\"documents\": []}},"
+                 " {\"$emit\": {\"connectionName\": \"f\", \"lines\": \"l\"}}]",
+                 false, &err);
+   if (!pl) {
+      fail_msg("%s", err.message);
+   }
+   assert_ptr_equal(pl->sink, &fake_emit_ops);
+   assert_int_equal(pl->n_stages, 0); /* the sink is no stage of the chain */
+   aspen_pipeline_destroy(pl);
+   /* Its parse refuses what it refuses, at the stage's position. */
+   assert_parse_refused(cat, &conns,
+                        "[{\"$source\": {\"documents\": []}},"
+                        " {\"$emit\": {\"connectionName\": \"f\"}}]",
+                        "$emit.lines must be a string (at "
+                        "pipeline[1].$emit.lines)");
+   /* A kind without a $merge sink, or without an $emit sink. */
+   assert_parse_refused(cat, &conns,
+                        "[{\"$source\": {\"documents\": []}},"
+                        " {\"$merge\": {\"into\": {\"connectionName\": \"f\","
+                        " \"db\": \"d\", \"coll\": \"c\"}}}]",
+                        "Only atlas merge connection type is currently "
+                        "supported");
+   assert_parse_refused(cat, &conns,
+                        "[{\"$source\": {\"documents\": []}},"
+                        " {\"$emit\": {\"connectionName\": \"m\", \"topic\": \"t\"}}]",
+                        "Expected Atlas connection for $emit, but connection "
+                        "'m' is of type mute");
+   /* No such connection. */
+   assert_parse_refused(cat, &conns,
+                        "[{\"$source\": {\"documents\": []}},"
+                        " {\"$emit\": {\"connectionName\": \"x\", \"topic\": \"t\"}}]",
+                        "Unknown connection name x");
+   assert_parse_refused(cat, &conns,
+                        "[{\"$source\": {\"documents\": []}}, {\"$emit\": 1}]",
+                        "$emit must be an object");
+   aspen_conns_cleanup(&conns);
+}
+
 int
 main(void)
 {
@@ -513,6 +636,7 @@ main(void)
       cmocka_unit_test(test_refused),
       cmocka_unit_test(test_new_kind),
       cmocka_unit_test(test_source_through_kind),
+      cmocka_unit_test(test_sink_through_kind),
    };
    return cmocka_run_group_tests_name("connectors", tests, NULL, NULL);
 }
