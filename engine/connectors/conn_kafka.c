@@ -304,6 +304,21 @@ aspen__conn_kafka_conf(const aspen_conn_t *conn)
    return k ? k->conf : NULL;
 }
 
+rd_kafka_conf_t *
+aspen__conn_kafka_client_conf(const aspen_conn_t *conn,
+                              aspen_kafka_client_hdr_t *hdr,
+                              aspen_error_t *err)
+{
+   const aspen_conn_kafka_t *k = kafka_of(conn);
+   if (!k) {
+      aspen_error_set(err, ASPEN_ERR_InternalError,
+                      "connection '%s' is not a Kafka connection",
+                      conn->name);
+      return NULL;
+   }
+   return aspen__kafka_conf_new(conn->name, k->conf, hdr, err);
+}
+
 aspen_kafka_local_t *
 aspen__conn_kafka_local(const aspen_conn_t *conn)
 {

@@ -434,19 +434,11 @@ log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 }
 
 rd_kafka_conf_t *
-aspen__kafka_conf_new(const aspen_conn_t *conn, aspen_kafka_client_hdr_t *hdr,
-                      aspen_error_t *err)
+aspen__kafka_conf_new(const char *conn_name, const bson_t *props,
+                      aspen_kafka_client_hdr_t *hdr, aspen_error_t *err)
 {
    rd_kafka_conf_t *conf = rd_kafka_conf_new();
    if (!aspen__kafka_conf_set(conf, "client.id", "aspen", err)) {
-      rd_kafka_conf_destroy(conf);
-      return NULL;
-   }
-   const bson_t *props = aspen__conn_kafka_conf(conn);
-   if (!props) {
-      aspen_error_set(err, ASPEN_ERR_InternalError,
-                      "connection '%s' is not a Kafka connection",
-                      conn->name);
       rd_kafka_conf_destroy(conf);
       return NULL;
    }
@@ -457,7 +449,7 @@ aspen__kafka_conf_new(const aspen_conn_t *conn, aspen_kafka_client_hdr_t *hdr,
                                                 : "";
       if (!aspen__kafka_conf_set(conf, bson_iter_key(&it), v, err)) {
          char msg[ASPEN_ERROR_MSG_MAX];
-         snprintf(msg, sizeof msg, "connection '%s': %s", conn->name,
+         snprintf(msg, sizeof msg, "connection '%s': %s", conn_name,
                   err->message);
          aspen_error_set(err, err->code, "%s", msg);
          rd_kafka_conf_destroy(conf);

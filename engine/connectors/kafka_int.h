@@ -74,12 +74,13 @@ typedef struct {
    const char *ctx; /* the processor's name, for log lines */
 } aspen_kafka_client_hdr_t;
 
-/* A new librdkafka configuration for connection `conn` (bootstrap servers,
- * security, the connection's extra `config`), logging into aspen's log,
- * with `hdr` (borrowed; it must outlive the client) as the client's opaque.
- * NULL with err set (code 419) when librdkafka refuses a setting. The
- * caller owns the result until rd_kafka_new takes it. */
-rd_kafka_conf_t *aspen__kafka_conf_new(const aspen_conn_t *conn,
+/* A new librdkafka configuration with the properties `props` (name ->
+ * string) of connection `conn_name`, logging into aspen's log, with `hdr`
+ * (borrowed; it must outlive the client) as the client's opaque. NULL with
+ * err set (code 419) when librdkafka refuses a setting. The caller owns the
+ * result until rd_kafka_new takes it. */
+rd_kafka_conf_t *aspen__kafka_conf_new(const char *conn_name,
+                                       const bson_t *props,
                                        aspen_kafka_client_hdr_t *hdr,
                                        aspen_error_t *err);
 /* Sets one property; false with err set (code 419) if refused. */
@@ -154,6 +155,12 @@ void aspen__kafka_local_destroy(aspen_kafka_local_t *kl);
  * bootstrap servers, security, its config; secrets included, so never
  * listed or logged), or NULL when it is of another kind. Any thread. */
 const bson_t *aspen__conn_kafka_conf(const aspen_conn_t *conn);
+/* A new librdkafka configuration for Kafka connection `conn`
+ * (aspen__kafka_conf_new with its properties); NULL with err set when
+ * librdkafka refuses a setting (419) or `conn` is of another kind. */
+rd_kafka_conf_t *aspen__conn_kafka_client_conf(const aspen_conn_t *conn,
+                                               aspen_kafka_client_hdr_t *hdr,
+                                               aspen_error_t *err);
 /* The broker aspen hosts for `conn` ("local": true), owned by the
  * connection; NULL for any other connection. Any thread. */
 aspen_kafka_local_t *aspen__conn_kafka_local(const aspen_conn_t *conn);

@@ -300,7 +300,8 @@ aspen__kafka_txn_committed_ids(const aspen_runtime_t *rt, bson_t *ids,
    aspen_kafka_client_hdr_t hdr = {.ctx = aspen_rt_processor_name(rt)};
    char group[256], errstr[512];
    aspen__kafka_group_id(opts, aspen_rt_processor_id(rt), group, sizeof group);
-   rd_kafka_conf_t *conf = aspen__kafka_conf_new(spec->conn, &hdr, err);
+   rd_kafka_conf_t *conf =
+      aspen__conn_kafka_client_conf(spec->conn, &hdr, err);
    if (!conf) {
       return false;
    }

@@ -486,7 +486,8 @@ emit_open(aspen_runtime_t *rt, const bson_t *spec, void **state,
    e->rt = rt;
    e->name = aspen_xstrdup(aspen_rt_processor_name(rt));
    e->hdr.ctx = e->name;
-   rd_kafka_conf_t *conf = aspen__kafka_conf_new(e->conn, &e->hdr, err);
+   rd_kafka_conf_t *conf =
+      aspen__conn_kafka_client_conf(e->conn, &e->hdr, err);
    if (!conf) {
       emit_free(e);
       return false;

@@ -407,7 +407,8 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
    }
 
    snprintf(ks->group, sizeof ks->group, "%s", group);
-   rd_kafka_conf_t *conf = aspen__kafka_conf_new(ks->conn, &ks->hdr, err);
+   rd_kafka_conf_t *conf =
+      aspen__conn_kafka_client_conf(ks->conn, &ks->hdr, err);
    if (!conf) {
       ksrc_free_mem(ks);
       return false;

@@ -4,9 +4,10 @@
  * option parsers (through aspen_pipeline_parse, as createStreamProcessor
  * uses them), which pipelines may run exactly-once (options.exactlyOnce),
  * Kafka connections in the registry (secrets kept for the client, never
- * listed), and a librdkafka client configured by aspen__kafka_conf_new
- * producing to and consuming from librdkafka's mock cluster, and the broker
- * aspen hosts for a connection with "local": true.
+ * listed), and a librdkafka client configured by
+ * aspen__conn_kafka_client_conf producing to and consuming from
+ * librdkafka's mock cluster, and the broker aspen hosts for a connection
+ * with "local": true.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -286,7 +287,7 @@ test_connections(void **state)
    /* librdkafka accepts every setting. */
    aspen_kafka_client_hdr_t hdr = {"test"};
    aspen_error_t err;
-   rd_kafka_conf_t *conf = aspen__kafka_conf_new(k, &hdr, &err);
+   rd_kafka_conf_t *conf = aspen__conn_kafka_client_conf(k, &hdr, &err);
    assert_non_null(conf);
    rd_kafka_conf_destroy(conf);
    aspen_conns_cleanup(&conns);
@@ -573,7 +574,7 @@ test_mock_cluster_roundtrip(void **state)
    aspen_kafka_client_hdr_t hdr = {"mock"};
 
    /* Produce one encoded document with a long key. */
-   rd_kafka_conf_t *pconf = aspen__kafka_conf_new(k, &hdr, &err);
+   rd_kafka_conf_t *pconf = aspen__conn_kafka_client_conf(k, &hdr, &err);
    assert_non_null(pconf);
    rd_kafka_t *prod = rd_kafka_new(RD_KAFKA_PRODUCER, pconf, errstr, sizeof errstr);
    assert_non_null(prod);
@@ -601,7 +602,7 @@ test_mock_cluster_roundtrip(void **state)
    rd_kafka_destroy(prod);
 
    /* Consume it back and decode. */
-   rd_kafka_conf_t *cconf = aspen__kafka_conf_new(k, &hdr, &err);
+   rd_kafka_conf_t *cconf = aspen__conn_kafka_client_conf(k, &hdr, &err);
    assert_true(aspen__kafka_conf_set(cconf, "group.id", "g", &err));
    assert_true(aspen__kafka_conf_set(cconf, "session.timeout.ms", "6000", &err));
    assert_true(aspen__kafka_conf_set(cconf, "auto.offset.reset", "earliest", &err));
@@ -785,7 +786,7 @@ test_local_broker(void **state)
    assert_string_equal(bson_iter_utf8(&it, NULL), listed);
 
    aspen_kafka_client_hdr_t hdr = {"local"};
-   rd_kafka_conf_t *pconf = aspen__kafka_conf_new(k, &hdr, &err);
+   rd_kafka_conf_t *pconf = aspen__conn_kafka_client_conf(k, &hdr, &err);
    assert_non_null(pconf);
    assert_true(aspen__kafka_conf_set(pconf, "enable.idempotence", "true", &err));
    rd_kafka_t *prod = rd_kafka_new(RD_KAFKA_PRODUCER, pconf, errstr, sizeof errstr);
@@ -807,7 +808,7 @@ test_local_broker(void **state)
    assert_int_equal(rd_kafka_outq_len(prod), 0);
    rd_kafka_destroy(prod);
 
-   rd_kafka_conf_t *cconf = aspen__kafka_conf_new(k, &hdr, &err);
+   rd_kafka_conf_t *cconf = aspen__conn_kafka_client_conf(k, &hdr, &err);
    assert_true(aspen__kafka_conf_set(cconf, "group.id", "g", &err));
    assert_true(aspen__kafka_conf_set(cconf, "auto.offset.reset", "earliest", &err));
    rd_kafka_t *cons = rd_kafka_new(RD_KAFKA_CONSUMER, cconf, errstr, sizeof errstr);
