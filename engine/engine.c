@@ -1,14 +1,13 @@
 /*
- * engine.c - the stream engine's composition root (engine.h): it takes
- * the built-in catalog of stages and connectors (builtins.c), opens the
+ * engine.c - the stream engine's composition root (engine.h): it takes the
+ * built-in catalog of stages and connectors (builtins.c), opens the
  * connection registry through it (connectors/connections.c) and the
  * processors store (runtime/registry.c), hands the runtime what every
- * processor needs when it launches (aspen_proc_env_t: the state
- * directory, checkpoint interval, memory limit, the catalog, the
- * connections, the DLQ writer and the "start reported" callback), and
- * dispatches the sp commands
- * through the one command table (commands/commands.def) to their handlers
- * in commands/.
+ * processor needs when it launches (aspen_proc_env_t: the state directory,
+ * checkpoint interval, memory limit, the catalog, the connections, the DLQ
+ * writer and the "start reported" callback), and dispatches the sp
+ * commands through the one command table (commands/commands.def) to their
+ * handlers in commands/.
  *
  * Every command's strings (field names included) must be valid UTF-8, as
  * the saved state and every reply must be: that is checked here, before

@@ -10,6 +10,11 @@
  * else is an unsupported stage. Every error is code 420
  * StreamProcessorInvalidOptions with ASP's reason, and aspen adds where in
  * the pipeline it is ("(at pipeline[2].$merge.into)").
+ *
+ * Stages, sources and sinks come from the catalog in the parse context
+ * (runtime/catalog.h): a stage by its name, a $source through the row of
+ * the connection it names (its options through that source's hooks), the
+ * sink through the $merge or $emit stage's parser. Nothing here names one.
  */
 #include "runtime/catalog.h"
 #include "runtime/pipeline.h"

@@ -20,7 +20,7 @@
 
 #include <stdatomic.h>
 
-/* A connection of the registry (connectors/connections.h). */
+/* A connection of the registry (runtime/catalog.h). */
 typedef struct aspen_conn aspen_conn_t;
 
 /* ------------------------------------------------------------------------ */
