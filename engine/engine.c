@@ -14,6 +14,7 @@
  * any handler runs. Processors that were running when aspen stopped are
  * started again when it comes back.
  */
+#include "engine.h"
 #include "builtins.h"
 #include "commands/commands.h"
 #include "connectors/coll_writer.h"

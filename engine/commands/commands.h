@@ -13,7 +13,7 @@
 #ifndef ASPEN_ENGINE_COMMANDS_COMMANDS_H
 #define ASPEN_ENGINE_COMMANDS_COMMANDS_H
 
-#include "engine.h"
+#include "engine_types.h"
 #include "runtime/runtime.h"
 
 #include <pthread.h>

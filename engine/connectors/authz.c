@@ -19,9 +19,9 @@
  * (coll_writer.c), which dead-letters a refused one and carries on.
  *
  * The engine does not know users or roles: the proxy hands it an
- * authorization hook (engine.h, aspen_engine_authz_t) that resolves a role
- * into a grant and answers "does this grant allow these actions on this
- * namespace". Without a hook nothing is checked.
+ * authorization hook (engine_types.h, aspen_engine_authz_t) that resolves
+ * a role into a grant and answers "does this grant allow these actions on
+ * this namespace". Without a hook nothing is checked.
  */
 #include "connectors/authz.h"
 #include "connectors/conn_atlas.h"

@@ -9,7 +9,7 @@
 #ifndef ASPEN_ENGINE_CONNECTORS_CONNECTIONS_H
 #define ASPEN_ENGINE_CONNECTORS_CONNECTIONS_H
 
-#include "engine.h"
+#include "engine_types.h"
 #include "runtime/catalog.h"
 
 /* What a kind's parser is told about the config entry it parses. */

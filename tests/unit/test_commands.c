@@ -24,6 +24,7 @@
 #include <cmocka.h>
 
 #include "builtins.h"
+#include "engine.h"
 #include "commands/commands.h"
 #include "connectors/coll_writer.h"
 #include "connectors/connections.h"
