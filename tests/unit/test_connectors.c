@@ -30,22 +30,31 @@
 #include "connectors/connectors.h"
 #include "runtime/catalog.h"
 
-/* Loads `conns` from the relaxed-JSON array `json` through `cat`. */
-static bool
-load(aspen_conns_t *conns, const aspen_catalog_t *cat, const char *json,
-     const char *backend, aspen_error_t *err)
+/* The relaxed-JSON array `json` as a document `arr` views; the caller
+ * destroys what is returned (what `arr` borrows from). */
+static bson_t *
+json_array(const char *json, bson_t *arr)
 {
    bson_error_t berr;
-   char *wrapped = bson_strdup_printf("{\"c\": %s}", json);
+   char *wrapped = bson_strdup_printf("{\"a\": %s}", json);
    bson_t *doc = bson_new_from_json((const uint8_t *) wrapped, -1, &berr);
    bson_free(wrapped);
    if (!doc) {
       fail_msg("bad test JSON %s: %s", json, berr.message);
    }
    bson_iter_t it;
+   assert_true(bson_iter_init_find(&it, doc, "a"));
+   assert_true(aspen_bson_view(&it, arr));
+   return doc;
+}
+
+/* Loads `conns` from the relaxed-JSON array `json` through `cat`. */
+static bool
+load(aspen_conns_t *conns, const aspen_catalog_t *cat, const char *json,
+     const char *backend, aspen_error_t *err)
+{
    bson_t arr;
-   assert_true(bson_iter_init_find(&it, doc, "c"));
-   assert_true(aspen_bson_view(&it, &arr));
+   bson_t *doc = json_array(json, &arr);
    memset(err, 0, sizeof *err);
    bool ok = aspen_conns_load(conns, cat, &arr, backend, NULL, err);
    bson_destroy(doc);
@@ -376,17 +385,8 @@ static aspen_pipeline_t *
 parse_as(const aspen_catalog_t *cat, const aspen_conns_t *conns,
          const char *json, bool ephemeral, aspen_error_t *err)
 {
-   bson_error_t berr;
-   char *wrapped = bson_strdup_printf("{\"p\": %s}", json);
-   bson_t *doc = bson_new_from_json((const uint8_t *) wrapped, -1, &berr);
-   bson_free(wrapped);
-   if (!doc) {
-      fail_msg("bad test JSON %s: %s", json, berr.message);
-   }
-   bson_iter_t it;
    bson_t arr;
-   assert_true(bson_iter_init_find(&it, doc, "p"));
-   assert_true(aspen_bson_view(&it, &arr));
+   bson_t *doc = json_array(json, &arr);
    memset(err, 0, sizeof *err);
    aspen_pipeline_t *pl = aspen_pipeline_parse(&arr, cat, conns, ephemeral,
                                                false, err);
