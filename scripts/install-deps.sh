@@ -22,7 +22,7 @@ BACKING_JAR="$DEPS/aspen-backing-server.jar"
 
 APT_PACKAGES=(build-essential cmake pkg-config libmongoc-dev libbson-dev
               librdkafka-dev libuv1-dev libssl-dev libcmocka-dev libpcre2-dev openssl clang
-              socat)
+              socat libavro-dev libcurl4-openssl-dev)
 
 log() { printf 'install-deps: %s\n' "$*"; }
 die() { printf 'install-deps: error: %s\n' "$*" >&2; exit 1; }
@@ -106,6 +106,7 @@ venv_ok() {
     "$VENV/bin/python" - "$PYMONGO_MIN" <<'EOF' 2>/dev/null
 import sys, ssl  # ssl: the TLS tests need it
 import pymongo, pytest
+import confluent_kafka, fastavro  # the Avro tests' independent client
 want = tuple(int(x) for x in sys.argv[1].split("."))
 have = tuple(int(x) for x in pymongo.version_tuple[:2])
 sys.exit(0 if have >= want else 1)
@@ -178,7 +179,32 @@ if [[ ! -d $KAFKA_LIB || $(cat "$DEPS/kafka/lib.stamp" 2>/dev/null) != "$stamp" 
 fi
 step_done "kafka jars ok ($(du -sh "$KAFKA_LIB" | cut -f1))"
 
-# --- 6. .gitignore -------------------------------------------------------
+# --- 6. Schema Registry (Apicurio Registry) --------------------------------
+step_start
+# A Confluent-compatible registry for the Avro tests (tests/e2e/apicurio:
+# the app re-packaged as a runnable Quarkus jar, with its libraries in
+# lib/ beside it), started by peers.sh's start_registry. Rebuilt when the
+# pom or its application.properties change.
+REGISTRY_SRC="$ROOT/tests/e2e/apicurio"
+REGISTRY_DIR="$DEPS/apicurio"
+stamp=$(cd "$REGISTRY_SRC" && find pom.xml src -type f -print0 | sort -z |
+        xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+if [[ ! -f $REGISTRY_DIR/aspen-test-registry-1-runner.jar ||
+      $(cat "$REGISTRY_DIR.stamp" 2>/dev/null) != "$stamp" ]]; then
+    log "mvn package tests/e2e/apicurio (Apicurio Registry)"
+    rm -rf "$REGISTRY_DIR.tmp"
+    if ! mvn -q -B -f "$REGISTRY_SRC/pom.xml" -DaspenBuildDir="$REGISTRY_DIR.tmp" \
+            package >"$DEPS/apicurio-build.log" 2>&1; then
+        cat "$DEPS/apicurio-build.log" >&2
+        die "building the schema registry failed"
+    fi
+    rm -rf "$REGISTRY_DIR"
+    mv "$REGISTRY_DIR.tmp" "$REGISTRY_DIR"
+    echo "$stamp" >"$REGISTRY_DIR.stamp"
+fi
+step_done "schema registry ok"
+
+# --- 7. .gitignore -------------------------------------------------------
 touch "$ROOT/.gitignore"
 for pat in '.deps/' 'build*/'; do
     grep -qxF "$pat" "$ROOT/.gitignore" || echo "$pat" >>"$ROOT/.gitignore"

@@ -5,6 +5,7 @@
  * parse hooks; ../shared/spec/asp-semantics.md §2.2, §5.1).
  */
 #include "connectors/kafka_int.h"
+#include "connectors/schema_registry.h"
 
 #include <librdkafka/rdkafka_mock.h>
 
@@ -1041,6 +1042,47 @@ parse_config(aspen_kafka_source_opts_t *o, const bson_iter_t *it,
    return true;
 }
 
+/* $source.schemaRegistry: {connectionName} (ASP documents no other
+ * field). */
+static bool
+parse_schema_registry(aspen_kafka_source_opts_t *o, const bson_iter_t *it,
+                      const aspen_parse_ctx_t *pc, aspen_error_t *err)
+{
+   if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
+      aspen_parse_error(err, pc, "$source.schemaRegistry",
+                        "BSON field '$source.schemaRegistry' is the wrong "
+                        "type '%s', expected type 'object'",
+                        type_name(bson_iter_type(it)));
+      return false;
+   }
+   bson_iter_t ci;
+   bool named = false;
+   bson_iter_recurse(it, &ci);
+   while (bson_iter_next(&ci)) {
+      const char *k = bson_iter_key(&ci);
+      if (strcmp(k, "connectionName") == 0) {
+         if (!aspen__sr_conn_resolve(&ci, pc, "$source.schemaRegistry",
+                                     &o->schema_registry, err)) {
+            return false;
+         }
+         named = true;
+      } else {
+         char opt[96];
+         snprintf(opt, sizeof opt, "$source.schemaRegistry.%s", k);
+         aspen_parse_error(err, pc, opt,
+                           "BSON field '%s' is an unknown field.", opt);
+         return false;
+      }
+   }
+   if (!named) {
+      aspen_parse_error(err, pc, "$source.schemaRegistry.connectionName",
+                        "BSON field '$source.schemaRegistry.connectionName' "
+                        "is missing but a required field");
+      return false;
+   }
+   return true;
+}
+
 bool
 aspen__kafka_source_parse_option(aspen_source_spec_t *src,
                                  const bson_iter_t *it, aspen_parse_ctx_t *pc,
@@ -1062,6 +1104,9 @@ aspen__kafka_source_parse_option(aspen_source_spec_t *src,
    }
    if (strcmp(k, "config") == 0) {
       return parse_config(o, it, pc, err);
+   }
+   if (strcmp(k, "schemaRegistry") == 0) {
+      return parse_schema_registry(o, it, pc, err);
    }
    *handled = false;
    return true;

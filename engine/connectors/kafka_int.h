@@ -192,6 +192,9 @@ typedef struct aspen_kafka_source_opts {
    int enable_auto_commit;  /* -1 unset, else 0/1 */
    aspen_kafka_key_format_t key_format;
    bool key_error_pass_through; /* keyFormatError passThrough (default dlq) */
+   /* schemaRegistry.connectionName's connection: values are Avro in the
+    * registry's wire format (schema_registry.h). NULL: JSON. */
+   const aspen_conn_t *schema_registry;
 } aspen_kafka_source_opts_t;
 
 /* The Kafka $source's parse hooks (runtime/source.h). parse_option: one

@@ -34,12 +34,14 @@
  */
 #include "connectors/connectors.h"
 #include "connectors/kafka_int.h"
+#include "connectors/schema_registry.h"
 #include "connectors/sink_int.h"
 #include "runtime/sink.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define ASPEN_LOG_DOMAIN "kafka"
 #define MAX_TOPICS 1000
@@ -57,6 +59,14 @@ typedef struct {
    aspen_kafka_json_opts_t json;
    char acks[8];
    char compression[8];
+   /* schemaRegistry: values are Avro of `avro` (its JSON `schema_json`),
+    * registered (or looked up) under the subject `strategy` names. */
+   const aspen_conn_t *sr_conn;
+   char *schema_json;
+   aspen_avro_schema_t *avro;
+   enum { SUBJECT_TOPIC, SUBJECT_RECORD, SUBJECT_TOPIC_RECORD } strategy;
+   bool auto_register;
+   aspen_sr_t *sr; /* run time */
    /* Run time. */
    aspen_runtime_t *rt;
    rd_kafka_t *rk;
@@ -84,6 +94,12 @@ emit_free_compiled(emit_t *e)
    aspen_expr_destroy(e->headers);
    aspen_expr_destroy(e->tombstone_when);
    e->topic = e->key = e->headers = e->tombstone_when = NULL;
+   bson_free(e->schema_json);
+   e->schema_json = NULL;
+   aspen__avro_schema_destroy(e->avro);
+   e->avro = NULL;
+   aspen__sr_destroy(e->sr);
+   e->sr = NULL;
    for (int i = 0; i < e->n_topics_seen; i++) {
       free(e->topics_seen[i]);
    }
@@ -242,6 +258,179 @@ parse_config(emit_t *e, const bson_iter_t *it, const aspen_parse_ctx_t *pc,
 
 /* Validates an $emit argument and compiles it. The expressions borrow from
  * `spec`, which must outlive the result. */
+/* $emit.schemaRegistry: {connectionName, valueSchema: {type: "avro",
+ * schema: <Avro schema>, options: {autoRegisterSchemas, subjectNameStrategy}}}
+ * (ASP's fields; valueSchema as an expression is not supported yet). */
+static bool
+parse_schema_registry(emit_t *e, const bson_iter_t *it,
+                      const aspen_parse_ctx_t *pc, aspen_error_t *err)
+{
+   if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
+      aspen_parse_error(err, pc, "schemaRegistry",
+                        "BSON field '$emit.schemaRegistry' must be an object");
+      return false;
+   }
+   bson_iter_t ri, vi;
+   bool has_conn = false, has_value = false, has_strategy = false;
+   e->auto_register = true;
+   bson_iter_recurse(it, &ri);
+   while (bson_iter_next(&ri)) {
+      const char *k = bson_iter_key(&ri);
+      if (strcmp(k, "connectionName") == 0) {
+         if (!aspen__sr_conn_resolve(&ri, pc, "$emit.schemaRegistry",
+                                     &e->sr_conn, err)) {
+            return false;
+         }
+         has_conn = true;
+      } else if (strcmp(k, "valueSchema") == 0) {
+         if (!BSON_ITER_HOLDS_DOCUMENT(&ri)) {
+            aspen_parse_error(err, pc, "schemaRegistry.valueSchema",
+                              "BSON field '$emit.schemaRegistry.valueSchema' "
+                              "must be an object");
+            return false;
+         }
+         vi = ri;
+         has_value = true;
+      } else {
+         char opt[96];
+         snprintf(opt, sizeof opt, "schemaRegistry.%s", k);
+         aspen_parse_error(err, pc, opt,
+                           "BSON field '$emit.schemaRegistry.%s' is an "
+                           "unknown field.",
+                           k);
+         return false;
+      }
+   }
+   if (!has_conn || !has_value) {
+      const char *f = has_conn ? "valueSchema" : "connectionName";
+      char opt[96];
+      snprintf(opt, sizeof opt, "schemaRegistry.%s", f);
+      aspen_parse_error(err, pc, opt,
+                        "BSON field '$emit.schemaRegistry.%s' is missing but "
+                        "a required field",
+                        f);
+      return false;
+   }
+   bson_iter_t fi;
+   const char *type = NULL;
+   bool has_schema = false;
+   bson_iter_recurse(&vi, &fi);
+   while (bson_iter_next(&fi)) {
+      const char *k = bson_iter_key(&fi);
+      if (k[0] == '$') {
+         aspen_parse_error(err, pc, "schemaRegistry.valueSchema",
+                           "$emit.schemaRegistry.valueSchema as an "
+                           "expression is supported by Atlas Stream "
+                           "Processing but not yet by this version of aspen");
+         return false;
+      }
+      if (strcmp(k, "type") == 0 && BSON_ITER_HOLDS_UTF8(&fi)) {
+         type = bson_iter_utf8(&fi, NULL);
+      } else if (strcmp(k, "schema") == 0 && BSON_ITER_HOLDS_DOCUMENT(&fi)) {
+         bson_t sd;
+         aspen_bson_view(&fi, &sd);
+         e->schema_json = bson_as_relaxed_extended_json(&sd, NULL);
+         has_schema = true;
+      } else if (strcmp(k, "options") == 0 && BSON_ITER_HOLDS_DOCUMENT(&fi)) {
+         bson_iter_t oi;
+         bson_iter_recurse(&fi, &oi);
+         while (bson_iter_next(&oi)) {
+            const char *ok = bson_iter_key(&oi);
+            if (strcmp(ok, "autoRegisterSchemas") == 0 &&
+                BSON_ITER_HOLDS_BOOL(&oi)) {
+               e->auto_register = bson_iter_bool(&oi);
+            } else if (strcmp(ok, "subjectNameStrategy") == 0 &&
+                       BSON_ITER_HOLDS_UTF8(&oi)) {
+               const char *s = bson_iter_utf8(&oi, NULL);
+               has_strategy = true;
+               if (strcmp(s, "TopicNameStrategy") == 0) {
+                  e->strategy = SUBJECT_TOPIC;
+               } else if (strcmp(s, "RecordNameStrategy") == 0) {
+                  e->strategy = SUBJECT_RECORD;
+               } else if (strcmp(s, "TopicRecordNameStrategy") == 0) {
+                  e->strategy = SUBJECT_TOPIC_RECORD;
+               } else {
+                  aspen_parse_error(
+                     err, pc,
+                     "schemaRegistry.valueSchema.options.subjectNameStrategy",
+                     "Enumeration value '%s' for field "
+                     "'$emit.schemaRegistry.valueSchema.options."
+                     "subjectNameStrategy' is not a valid value.",
+                     s);
+                  return false;
+               }
+            } else {
+               char opt[128];
+               snprintf(opt, sizeof opt,
+                        "schemaRegistry.valueSchema.options.%s", ok);
+               aspen_parse_error(err, pc, opt,
+                                 "BSON field '$emit.%s' is an unknown field "
+                                 "or has the wrong type.",
+                                 opt);
+               return false;
+            }
+         }
+      } else {
+         char opt[96];
+         snprintf(opt, sizeof opt, "schemaRegistry.valueSchema.%s", k);
+         aspen_parse_error(err, pc, opt,
+                           "BSON field '$emit.%s' is an unknown field or has "
+                           "the wrong type.",
+                           opt);
+         return false;
+      }
+   }
+   if (!type || !has_schema) {
+      const char *f = type ? "schema" : "type";
+      char opt[96];
+      snprintf(opt, sizeof opt, "schemaRegistry.valueSchema.%s", f);
+      aspen_parse_error(err, pc, opt,
+                        "BSON field '$emit.%s' is missing but a required "
+                        "field",
+                        opt);
+      return false;
+   }
+   if (strcasecmp(type, "avro") != 0) {
+      /* ASP documents Avro as the only serialization through a schema
+       * registry (JSON Schema and Protobuf subjects are not written). */
+      aspen_parse_error(err, pc, "schemaRegistry.valueSchema.type",
+                        "Enumeration value '%s' for field "
+                        "'$emit.schemaRegistry.valueSchema.type' is not a "
+                        "valid value: Atlas Stream Processing supports only "
+                        "\"avro\" serialization through a Schema Registry "
+                        "connection",
+                        type);
+      return false;
+   }
+   if (has_strategy && !e->auto_register) {
+      aspen_parse_error(err, pc,
+                        "schemaRegistry.valueSchema.options.subjectNameStrategy",
+                        "subjectNameStrategy can be set only if "
+                        "autoRegisterSchemas is true");
+      return false;
+   }
+   aspen_error_t serr;
+   e->avro = aspen__avro_schema_new(e->schema_json, strlen(e->schema_json),
+                                    &serr);
+   if (!e->avro) {
+      aspen_parse_error(err, pc, "schemaRegistry.valueSchema.schema",
+                        "$emit.schemaRegistry.valueSchema.schema is not a "
+                        "valid Avro schema: %s",
+                        serr.message);
+      return false;
+   }
+   if (e->strategy != SUBJECT_TOPIC && !aspen__avro_schema_fullname(e->avro)) {
+      aspen_parse_error(err, pc,
+                        "schemaRegistry.valueSchema.options.subjectNameStrategy",
+                        "%s needs a named schema (a record)",
+                        e->strategy == SUBJECT_RECORD
+                           ? "RecordNameStrategy"
+                           : "TopicRecordNameStrategy");
+      return false;
+   }
+   return true;
+}
+
 static bool
 emit_compile(const bson_t *spec, const aspen_conns_t *conns,
              const aspen_parse_ctx_t *pc, emit_t **out, aspen_error_t *err)
@@ -281,6 +470,10 @@ emit_compile(const bson_t *spec, const aspen_conns_t *conns,
          has_topic = true;
       } else if (strcmp(k, "config") == 0) {
          if (!parse_config(e, &it, pc, &has_key_format, err)) {
+            goto fail;
+         }
+      } else if (strcmp(k, "schemaRegistry") == 0) {
+         if (!parse_schema_registry(e, &it, pc, err)) {
             goto fail;
          }
       } else if (strcmp(k, "db") == 0 || strcmp(k, "coll") == 0 ||
@@ -486,6 +679,9 @@ emit_open(aspen_runtime_t *rt, const bson_t *spec, void **state,
    e->rt = rt;
    e->name = aspen_xstrdup(aspen_rt_processor_name(rt));
    e->hdr.ctx = e->name;
+   if (e->sr_conn) {
+      e->sr = aspen__sr_new(aspen__conn_schema_registry(e->sr_conn), e->name);
+   }
    rd_kafka_conf_t *conf =
       aspen__conn_kafka_client_conf(e->conn, &e->hdr, err);
    if (!conf) {
@@ -774,7 +970,39 @@ emit_write(aspen_runtime_t *rt, void *state, const bson_t *doc,
          goto refuse;
       }
    }
-   if (!tombstone) {
+   if (!tombstone && e->avro) {
+      uint32_t id;
+      char subject[1024];
+      const char *rec = aspen__avro_schema_fullname(e->avro);
+      if (e->strategy == SUBJECT_RECORD) {
+         snprintf(subject, sizeof subject, "%s", rec);
+      } else if (e->strategy == SUBJECT_TOPIC_RECORD) {
+         snprintf(subject, sizeof subject, "%s-%s", topic_name, rec);
+      } else {
+         snprintf(subject, sizeof subject, "%s-value", topic_name);
+      }
+      if (!aspen__sr_subject_id(e->sr, subject, e->schema_json,
+                                e->auto_register, &id, &xerr)) {
+         snprintf(reason, sizeof reason,
+                  "Failed to get the Avro schema's id from the schema "
+                  "registry: %s",
+                  xerr.message);
+         goto refuse;
+      }
+      uint8_t *buf;
+      if (!aspen__avro_encode(e->avro, doc, 5, &buf, &value_len, &xerr)) {
+         snprintf(reason, sizeof reason,
+                  "Failed to serialize the document as Avro: %s",
+                  xerr.message);
+         goto refuse;
+      }
+      buf[0] = 0;
+      buf[1] = (uint8_t) (id >> 24);
+      buf[2] = (uint8_t) (id >> 16);
+      buf[3] = (uint8_t) (id >> 8);
+      buf[4] = (uint8_t) id;
+      value = (char *) buf;
+   } else if (!tombstone) {
       value = aspen__kafka_json_encode(doc, &e->json, &value_len);
    }
 

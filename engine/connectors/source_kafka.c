@@ -31,6 +31,7 @@
  * throw-away group and never commit.
  */
 #include "connectors/kafka_int.h"
+#include "connectors/schema_registry.h"
 #include "runtime/source.h"
 
 #include <openssl/rand.h>
@@ -73,6 +74,7 @@ typedef struct {
    int n_parts, cap_parts;
    int64_t stats_ms; /* when the stats were last published */
    const char *proc_id;      /* the stats table's key */
+   aspen_sr_t *sr; /* with $source.schemaRegistry: values are Avro */
    int64_t idle_timeout_ms;  /* partitionIdleTimeout, 0 for none */
 } ksrc_t;
 
@@ -308,6 +310,7 @@ ksrc_free_mem(void *p)
    }
    free(ks->parts);
    free(ks->name);
+   aspen__sr_destroy(ks->sr); /* NULL unless open failed */
    free(ks);
 }
 
@@ -328,6 +331,8 @@ ksrc_free(ksrc_t *ks)
    ks->rt = NULL;
    ks->opts = NULL;
    ks->proc_id = NULL;
+   aspen__sr_destroy(ks->sr);
+   ks->sr = NULL;
    if (ks->rk) {
       aspen__kafka_client_destroy(ks->rk, true, ksrc_free_mem, ks, ks->name,
                                   CLOSE_WAIT_MS);
@@ -388,6 +393,10 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
                       "Kafka $source without options or connection");
       ksrc_free_mem(ks);
       return false;
+   }
+   if (ks->opts->schema_registry) {
+      ks->sr = aspen__sr_new(
+         aspen__conn_schema_registry(ks->opts->schema_registry), ks->name);
    }
 
    /* The consumer group: config.group_id, else ASP's default for a named
@@ -569,14 +578,20 @@ handle(aspen_runtime_t *rt, ksrc_t *ks, const rd_kafka_message_t *m)
    aspen_rt_mark(rt, part_key(ks, rd_kafka_topic_name(m->rkt), m->partition),
                  m->offset, NULL);
    build_meta(ks, m, &meta, &key_err, &key_failed);
-   if (!aspen__kafka_json_decode(m->payload, m->payload ? m->len : 0, &doc,
-                                 &err)) {
+   bool decoded =
+      ks->sr ? aspen__sr_decode(ks->sr, m->payload, m->payload ? m->len : 0,
+                                &doc, &err)
+             : aspen__kafka_json_decode(m->payload, m->payload ? m->len : 0,
+                                        &doc, &err);
+   if (!decoded) {
       /* Not a document: the raw bytes go to the DLQ with the reason. */
       bson_t raw = BSON_INITIALIZER;
       append_raw(&raw, "value", m->payload, m->payload ? m->len : 0);
       char reason[ASPEN_ERROR_MSG_MAX + 64];
       snprintf(reason, sizeof reason,
-               "Failed to parse the Kafka message value as JSON: %s",
+               ks->sr ? "Failed to deserialize the Kafka message value as "
+                        "Avro: %s"
+                      : "Failed to parse the Kafka message value as JSON: %s",
                err.message);
       aspen_rt_dead_letter(rt, &raw, &meta, reason);
       bson_destroy(&raw);

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# e2e: Avro through a Schema Registry (issue 15), with stock mongosh against
+# the real Apache Kafka broker and a real Confluent-compatible registry
+# (Apicurio Registry). The independent client (avro_client.py: confluent-kafka
+# + fastavro) writes Avro records with every Avro type and logical type,
+# plus an undecodable message and one with an unknown schema id, to
+# avro_in. Then (js/avro.js):
+#   - avro_in -> $validate -> $emit Avro to avro_out: the client reads
+#     avro_out back and every field of every valid record is what it wrote;
+#     the undecodable messages and $validate's refusals are in the DLQ;
+#   - avro_in -> $tumblingWindow -> $merge: the window's results are right;
+#   - the refusals of bad schemaRegistry options, and the connection's listing.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=peers.sh
+. "$HERE/peers.sh"
+
+CONFIG=$ASPEN_RUN_DIR/aspen-avro.json
+STATE=$ASPEN_RUN_DIR/state-avro
+rm -rf "$STATE"
+COUNT=20
+CLIENT=("$PEERS_PYTHON" "$HERE/avro_client.py")
+
+must "backing server starts" start_backing
+KAFKA_FRESH=1
+must "Kafka broker starts" start_kafka
+must "schema registry starts" start_registry
+must "topics avro_in, avro_out" kafka_create_topic avro_in 1 2>>"$ASPEN_RUN_DIR/tools.log"
+kafka_create_topic avro_out 1 2>>"$ASPEN_RUN_DIR/tools.log"
+cat >"$CONFIG" <<JSON
+{ "connections": [
+  { "name": "atlas", "type": "atlas" },
+  { "name": "kafka1", "type": "kafka", "bootstrapServers": "$KAFKA_BOOTSTRAP" },
+  { "name": "registry", "type": "schemaRegistry", "provider": "CONFLUENT",
+    "schemaRegistryUrls": ["$REGISTRY_URL"],
+    "schemaRegistryAuthentication": { "type": "USER_INFO", "username": "reader",
+                                      "password": "s3cret" } } ] }
+JSON
+PORT=$(free_port)
+URI="mongodb://127.0.0.1:$PORT/"
+must "aspen starts" start_aspen --config "$CONFIG" --bind 127.0.0.1 --port "$PORT" \
+    --backend "$BACKING_URI" --state-dir "$STATE"
+export AV_N=$COUNT
+AV_SCHEMA=$("$PEERS_PYTHON" -c 'import json, sys; sys.path.insert(0, sys.argv[1]); import avro_client; print(json.dumps(avro_client.SCHEMA))' "$HERE")
+export AV_SCHEMA
+phase() { AV_PHASE=$1 mongosh_run "$URI" "$HERE/js/avro.js"; }
+
+must "the independent client writes Avro records" \
+    "${CLIENT[@]}" produce "$KAFKA_BOOTSTRAP" "$REGISTRY_URL" avro_in "$COUNT"
+must "processors start (Avro \$source, \$validate, Avro \$emit; window, \$merge)" phase start
+skip=()
+for (( i = 0; i < COUNT; i++ )); do (( i % 5 == 4 )) && skip+=("$i"); done
+check "the independent client reads avro_out: every field and logical type round-tripped" \
+    "${CLIENT[@]}" consume "$KAFKA_BOOTSTRAP" "$REGISTRY_URL" avro_out $((COUNT - ${#skip[@]})) "${skip[@]}"
+check "undecodable messages and \$validate's refusals are in the DLQs" phase check
+check "a record two hours later" \
+    "${CLIENT[@]}" produce_one "$KAFKA_BOOTSTRAP" "$REGISTRY_URL" avro_in 7200
+check "the window's results are merged" phase window
+check "bad schemaRegistry options are refused; the connection is listed without its password" \
+    phase refusals
+check "aspen stops cleanly, no sanitizer report" stop_aspen
+check "registry stops" stop_registry
+check "Kafka broker stops" stop_kafka
+check "backing server stops" stop_backing
+checks_done
