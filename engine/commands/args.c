@@ -5,6 +5,7 @@
  * virtualClock, exactlyOnce}) and the usual typed fields; and the error
  * reply with ASP's labels.
  */
+#include "base/not_yet.h"
 #include "commands/commands.h"
 #include "connectors/conn_atlas.h"
 
@@ -61,6 +62,13 @@ aspen__cmd_check_fields(const bson_t *cmd, const char *name,
          if (strcmp(allowed[i], k) == 0) {
             ok = true;
          }
+      }
+      aspen_error_t ny;
+      char subject[128];
+      snprintf(subject, sizeof subject, "%s.%s", name, k);
+      if (!ok && aspen_not_yet_error(name, k, subject, 0, &ny)) {
+         aspen_reply_error(reply, ny.code, "%s", ny.message);
+         return false;
       }
       if (!ok) {
          aspen_reply_error(reply, ASPEN_ERR_Location40415,

@@ -8,6 +8,7 @@
  * that each other key is one of its kind's; the kind parses the rest and
  * says what listings show, never a secret.
  */
+#include "base/not_yet.h"
 #include "connectors/connections.h"
 
 #include <stdlib.h>
@@ -112,6 +113,19 @@ load_one(aspen_conns_t *conns, const aspen_catalog_t *cat, const bson_t *c,
 {
    const char *name = NULL, *type = NULL;
    bson_iter_t ci;
+   /* A type ASP has and aspen not yet: said so before its keys are
+    * judged (they are no kind's here). */
+   if (bson_iter_init_find(&ci, c, "type") && BSON_ITER_HOLDS_UTF8(&ci)) {
+      char names[256], subject[160];
+      const char *t = bson_iter_utf8(&ci, NULL);
+      snprintf(subject, sizeof subject,
+               "config key '%s.type': connection type '%s'", where, t);
+      if (!kind_of(cat, t, names, sizeof names) &&
+          aspen_not_yet_error("connectionType", t, subject,
+                              ASPEN_ERR_BadValue, err)) {
+         return false;
+      }
+   }
    bson_iter_init(&ci, c);
    while (bson_iter_next(&ci)) {
       const char *k = bson_iter_key(&ci);

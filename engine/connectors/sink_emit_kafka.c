@@ -32,6 +32,7 @@
  * fails the processor instead of going to the DLQ, since the transaction
  * cannot commit without it.
  */
+#include "base/not_yet.h"
 #include "connectors/connectors.h"
 #include "connectors/kafka_int.h"
 #include "connectors/schema_registry.h"
@@ -484,6 +485,13 @@ emit_compile(const bson_t *spec, const aspen_conns_t *conns,
             ts_field = k;
          }
       } else {
+         char subject[128];
+         aspen_error_t ny;
+         snprintf(subject, sizeof subject, "$emit.%s", k);
+         if (aspen_not_yet_error("$emit", k, subject, 0, &ny)) {
+            aspen_parse_error(err, pc, k, "%s", ny.message);
+            goto fail;
+         }
          aspen_parse_error(err, pc, k,
                            "BSON field '$emit.%s' is an unknown field.", k);
          goto fail;

@@ -16,6 +16,7 @@
  * the connection it names (its options through that source's hooks), the
  * sink through the $merge or $emit stage's parser. Nothing here names one.
  */
+#include "base/not_yet.h"
 #include "runtime/catalog.h"
 #include "runtime/pipeline.h"
 
@@ -156,6 +157,13 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
       }
       /* Options aspen knows belong to sources it does not run yet are still
        * refused by name, so a typo is never silently accepted. */
+      char subject[128];
+      aspen_error_t ny;
+      snprintf(subject, sizeof subject, "$source.%s", k);
+      if (aspen_not_yet_error("$source", k, subject, 0, &ny)) {
+         aspen_parse_error(err, pc, opt, "%s", ny.message);
+         return false;
+      }
       aspen_parse_error(err, pc, opt,
                         "BSON field '$source.%s' is an unknown field.", k);
       return false;
@@ -192,6 +200,11 @@ parse_one_stage(aspen_pipeline_t *pl, const bson_iter_t *stage_it,
    bson_iter_next(&it);
    const char *name = bson_iter_key(&it);
    const aspen_stage_def_t *def = aspen_catalog_stage(pc->catalog, name);
+   aspen_error_t ny;
+   if (!def && aspen_not_yet_error("stage", name, name, 0, &ny)) {
+      aspen_parse_error(err, pc, NULL, "%s", ny.message);
+      return false;
+   }
    if (!def) {
       aspen_parse_error(err, pc, NULL, "Unsupported stage: %s", name);
       return false;

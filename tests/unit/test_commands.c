@@ -283,6 +283,11 @@ test_lifecycle_and_codes(void **state)
    assert_string_equal(str_at(&reply, "ns"), "aspen.local.p1");
    bson_destroy(&reply);
 
+   /* ASP's autoscaling: on the not-yet list, not an unknown field. */
+   expect(f, aspen__cmd_modify,
+          "{\"modifyStreamProcessor\": \"p1\", \"autoscaling\": "
+          "{\"enabled\": true}}",
+          ASPEN_ERR_StreamProcessorInvalidOptions);
    /* Modify: checked, renamed, saved. */
    expect(f, aspen__cmd_modify,
           "{\"modifyStreamProcessor\": \"p1\", \"resumeFromCheckpoint\": 1}",

@@ -10,7 +10,8 @@
  * format. For each case this runner:
  *   1. builds the pipeline: the case's "pipeline" as given, or
  *      [{$source: {documents: input}}] + "stages" (+ a $merge into the
- *      testAtlas connection when "persistent" is true);
+ *      testAtlas connection when "persistent" is true; testKafka is a
+ *      Kafka connection for option checks);
  *   2. parses it with aspen_pipeline_parse (ephemeral unless persistent);
  *      an "error" case must fail here with that code and message;
  *   3. pushes each document of the parsed $source, with a `_ts` Date (the
@@ -1140,7 +1141,9 @@ main(void)
    bson_error_t berr;
    bson_t *list = bson_new_from_json(
       (const uint8_t *) "[{\"name\": \"testAtlas\", \"type\": \"atlas\", "
-                        "\"uri\": \"mongodb://127.0.0.1:1\"}]",
+                        "\"uri\": \"mongodb://127.0.0.1:1\"}, "
+                        "{\"name\": \"testKafka\", \"type\": \"kafka\", "
+                        "\"bootstrapServers\": \"127.0.0.1:1\"}]",
       -1, &berr);
    if (!list || !aspen_conns_load(&g_conns, aspen_builtins_catalog(), list,
                                   NULL, NULL, &err)) {

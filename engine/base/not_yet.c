@@ -1,0 +1,46 @@
+/*
+ * not_yet.c - lookups in the "not yet" list (not_yet.def).
+ */
+#include "base/not_yet.h"
+
+#include <string.h>
+#include <strings.h>
+
+static const struct {
+   const char *scope, *name, *what;
+} rows[] = {
+#define ASPEN_NOT_YET(scope, name, what) {scope, name, what},
+#include "base/not_yet.def"
+#undef ASPEN_NOT_YET
+};
+
+bool
+aspen_not_yet_find(const char *scope, const char *name, const char **what)
+{
+   bool nocase = strcmp(scope, "connectionType") == 0;
+   for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+      if (strcmp(rows[i].scope, scope) == 0 &&
+          (nocase ? strcasecmp(rows[i].name, name)
+                  : strcmp(rows[i].name, name)) == 0) {
+         *what = rows[i].what;
+         return true;
+      }
+   }
+   *what = NULL;
+   return false;
+}
+
+bool
+aspen_not_yet_error(const char *scope, const char *name, const char *subject,
+                    int code, aspen_error_t *err)
+{
+   const char *what;
+   if (!aspen_not_yet_find(scope, name, &what)) {
+      return false;
+   }
+   aspen_error_set(err, code ? code : ASPEN_ERR_StreamProcessorInvalidOptions,
+                   "%s is supported by Atlas Stream Processing but not yet "
+                   "by this version of aspen%s%s%s",
+                   subject, what ? " (" : "", what ? what : "", what ? ")" : "");
+   return true;
+}
