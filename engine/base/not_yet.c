@@ -3,6 +3,7 @@
  */
 #include "base/not_yet.h"
 
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -42,5 +43,20 @@ aspen_not_yet_error(const char *scope, const char *name, const char *subject,
                    "%s is supported by Atlas Stream Processing but not yet "
                    "by this version of aspen%s%s%s",
                    subject, what ? " (" : "", what ? what : "", what ? ")" : "");
+   return true;
+}
+
+bool
+aspen_not_yet_parse_error(const char *scope, const char *key,
+                          const aspen_parse_ctx_t *pc, const char *option,
+                          aspen_error_t *err)
+{
+   char subject[128];
+   aspen_error_t ny;
+   snprintf(subject, sizeof subject, "%s.%s", scope, key);
+   if (!aspen_not_yet_error(scope, key, subject, 0, &ny)) {
+      return false;
+   }
+   aspen_parse_error(err, pc, option, "%s", ny.message);
    return true;
 }

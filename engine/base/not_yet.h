@@ -6,6 +6,7 @@
 #ifndef ASPEN_ENGINE_BASE_NOT_YET_H
 #define ASPEN_ENGINE_BASE_NOT_YET_H
 
+#include "base/parse.h"
 #include "wire.h"
 
 #include <stdbool.h>
@@ -21,5 +22,14 @@ bool aspen_not_yet_find(const char *scope, const char *name,
  * of `scope` is on the list; false (err untouched) when it is not. */
 bool aspen_not_yet_error(const char *scope, const char *name,
                          const char *subject, int code, aspen_error_t *err);
+
+/* For a parser's unknown option `key` of `scope` ("$source", "$emit"):
+ * when the pair is on the list, sets err to the pipeline error (code 420,
+ * at pc's position and `option`) saying "<scope>.<key> is supported by
+ * Atlas Stream Processing but not yet ..." and returns true; false (err
+ * untouched) when it is not, and the caller says "unknown field". */
+bool aspen_not_yet_parse_error(const char *scope, const char *key,
+                               const aspen_parse_ctx_t *pc,
+                               const char *option, aspen_error_t *err);
 
 #endif /* ASPEN_ENGINE_BASE_NOT_YET_H */

@@ -485,11 +485,7 @@ emit_compile(const bson_t *spec, const aspen_conns_t *conns,
             ts_field = k;
          }
       } else {
-         char subject[128];
-         aspen_error_t ny;
-         snprintf(subject, sizeof subject, "$emit.%s", k);
-         if (aspen_not_yet_error("$emit", k, subject, 0, &ny)) {
-            aspen_parse_error(err, pc, k, "%s", ny.message);
+         if (aspen_not_yet_parse_error("$emit", k, pc, k, err)) {
             goto fail;
          }
          aspen_parse_error(err, pc, k,

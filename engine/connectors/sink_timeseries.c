@@ -23,6 +23,7 @@
  * queued batches, so checkpoints never run ahead of the collection
  * (at-least-once, as $merge).
  */
+#include "base/not_yet.h"
 #include "connectors/coll_writer.h"
 #include "connectors/sink_int.h"
 
@@ -240,7 +241,11 @@ aspen__emit_ts_parse(const bson_t *spec, aspen_parse_ctx_t *pc,
          }
          has_ts = true;
       } else {
-         /* topic, config: the Kafka form's options. */
+         /* topic, config: the Kafka form's options; bucket, stream, ...:
+          * ASP's $emit to S3 or Kinesis, not yet aspen's. */
+         if (aspen_not_yet_parse_error("$emit", k, pc, k, err)) {
+            return false;
+         }
          aspen_parse_error(err, pc, k,
                            "BSON field '$emit.%s' is an unknown field.", k);
          return false;

@@ -157,11 +157,7 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
       }
       /* Options aspen knows belong to sources it does not run yet are still
        * refused by name, so a typo is never silently accepted. */
-      char subject[128];
-      aspen_error_t ny;
-      snprintf(subject, sizeof subject, "$source.%s", k);
-      if (aspen_not_yet_error("$source", k, subject, 0, &ny)) {
-         aspen_parse_error(err, pc, opt, "%s", ny.message);
+      if (aspen_not_yet_parse_error("$source", k, pc, opt, err)) {
          return false;
       }
       aspen_parse_error(err, pc, opt,
