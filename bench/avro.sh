@@ -10,7 +10,10 @@
 # and Apicurio Registry (tests/e2e/peers.sh), writes N events to jsonIn and
 # avroIn with confluent-kafka + fastavro (bench/avro_produce.py), then runs
 # each processor alone and times it from the first event it reads to the
-# last (getStreamProcessorStats every 100 ms), as bench/kafka.sh does.
+# last (getStreamProcessorStats every 100 ms), as bench/kafka.sh does, and
+# counts aspen's CPU time (user + system, /proc/PID/stat) over each run per
+# event read: on a shared, busy machine the CPU per event is the steadier
+# of the two.
 # Timings never fail the run; the exit status is non-zero only if something
 # broke.
 #
@@ -86,26 +89,34 @@ print(JSON.stringify({ ms: t1 - t0, counted: n - c0, emitted: s.emitted, dlq: s.
 sp[name].stop();
 JS
 
-run() { # run json|avro: prints "events/s emitted dlq"
-    local out res
+cpu_ticks() { # aspen's user + system CPU time so far, in clock ticks
+    awk '{ print $14 + $15 }' "/proc/$aspen_pid/stat"
+}
+run() { # run json|avro: prints "events/s emitted dlq cpu-µs/event"
+    local out res c0 c1
+    c0=$(cpu_ticks)
     out=$(BENCH_FORMAT=$1 BENCH_EVENTS=$EVENTS BENCH_SCHEMA=$schema MONGOSH_TIMEOUT=900 \
         mongosh_run "$URI" "$ASPEN_RUN_DIR/bench_avro.js")
+    c1=$(cpu_ticks)
     res=$(tail -n 1 <<<"$out")
-    "$PEERS_PYTHON" -c 'import json,sys; r=json.loads(sys.argv[1]); print(r["counted"]*1000//max(r["ms"],1), r["emitted"], r["dlq"])' "$res"
+    "$PEERS_PYTHON" -c 'import json,sys; r=json.loads(sys.argv[1]); n=int(sys.argv[2]); cpu_us=int(sys.argv[3])*1e6/int(sys.argv[4]); print(r["counted"]*1000//max(r["ms"],1), r["emitted"], r["dlq"], "%.1f" % (cpu_us/n))' \
+        "$res" "$EVENTS" "$((c1 - c0))" "$(getconf CLK_TCK)"
 }
 log "running JSON \$source -> \$match -> \$emit"
-read -r json_rate json_emitted json_dlq < <(run json)
+read -r json_rate json_emitted json_dlq json_cpu < <(run json)
 log "running Avro \$source -> \$match -> Avro \$emit"
-read -r avro_rate avro_emitted avro_dlq < <(run avro)
+read -r avro_rate avro_emitted avro_dlq avro_cpu < <(run avro)
 rss_kb=$(awk '/^VmHWM/ { print $2 }' "/proc/$aspen_pid/status")
 
 printf 'aspen Avro benchmark  %s\n' "$(date -u +%FT%TZ)"
+printf 'load average at the end: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 printf 'host: %s, %s CPUs; aspen %s (Release); Apache Kafka (KRaft, 1 node), Apicurio Registry\n' \
     "$(uname -m)" "$(nproc)" "$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')"
 printf '%-52s %12s\n' "events per topic" "$EVENTS"
 printf '%-52s %12s\n' "JSON \$source -> \$match -> \$emit, events/s" "$json_rate"
 printf '%-52s %12s\n' "Avro \$source -> \$match -> Avro \$emit, events/s" "$avro_rate"
 printf '%-52s %12s\n' "Avro / JSON" "$(awk -v a="$avro_rate" -v j="$json_rate" 'BEGIN { printf (j > 0 ? "%.2f" : "n/a"), (j > 0 ? a / j : 0) }')"
+printf '%-52s %12s\n' "aspen CPU per event read, µs (JSON, Avro)" "$json_cpu, $avro_cpu"
 printf '%-52s %12s\n' "  emitted (JSON, Avro)" "$json_emitted, $avro_emitted"
 printf '%-52s %12s\n' "  DLQ (JSON, Avro)" "$json_dlq, $avro_dlq"
 printf '%-52s %9s MB\n' "aspen peak RSS (VmHWM)" "$((rss_kb / 1024))"
