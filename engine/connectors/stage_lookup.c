@@ -659,45 +659,10 @@ static void
 set_path(const bson_t *doc, const char *path, const bson_t *value,
          bson_t *out)
 {
-   size_t head = strcspn(path, ".");
-   bool found = false;
-   bson_iter_t it;
-   bson_iter_init(&it, doc);
-   while (bson_iter_next(&it)) {
-      const char *k = bson_iter_key(&it);
-      if (strlen(k) != head || strncmp(k, path, head) != 0) {
-         bson_append_iter(out, k, -1, &it);
-         continue;
-      }
-      found = true;
-      if (path[head] == '\0') {
-         bson_append_array(out, k, -1, value);
-      } else {
-         bson_t sub = BSON_INITIALIZER, child;
-         if (BSON_ITER_HOLDS_DOCUMENT(&it)) {
-            uint32_t len;
-            const uint8_t *data;
-            bson_iter_document(&it, &len, &data);
-            bson_destroy(&sub);
-            (void) bson_init_static(&sub, data, len);
-         }
-         bson_append_document_begin(out, k, -1, &child);
-         set_path(&sub, path + head + 1, value, &child);
-         bson_append_document_end(out, &child);
-         bson_destroy(&sub);
-      }
-   }
-   if (!found) {
-      if (path[head] == '\0') {
-         bson_append_array(out, path, (int) head, value);
-      } else {
-         bson_t empty = BSON_INITIALIZER, child;
-         bson_append_document_begin(out, path, (int) head, &child);
-         set_path(&empty, path + head + 1, value, &child);
-         bson_append_document_end(out, &child);
-         bson_destroy(&empty);
-      }
-   }
+   aspen_value_t v = {.v = {.value_type = BSON_TYPE_ARRAY}};
+   v.v.value.v_doc.data = (uint8_t *) bson_get_data(value);
+   v.v.value.v_doc.data_len = value->len;
+   aspen_doc_set_path(doc, path, &v, out);
 }
 
 /* Emits `in` with `as` set to `results`. */

@@ -821,6 +821,50 @@ aspen_value_append(bson_t *doc, const char *key, int key_len,
    bson_append_value(doc, key, key_len, &val->v);
 }
 
+void
+aspen_doc_set_path(const bson_t *doc, const char *path,
+                   const aspen_value_t *val, bson_t *out)
+{
+   size_t head = strcspn(path, ".");
+   bool found = false;
+   bson_iter_t it;
+   if (doc && bson_iter_init(&it, doc)) {
+      while (bson_iter_next(&it)) {
+         const char *k = bson_iter_key(&it);
+         if (strlen(k) != head || strncmp(k, path, head) != 0) {
+            bson_append_iter(out, k, -1, &it);
+            continue;
+         }
+         found = true;
+         if (path[head] == '\0') {
+            aspen_value_append(out, k, -1, val);
+            continue;
+         }
+         bson_t sub, child;
+         bool have = false;
+         if (BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            uint32_t len;
+            const uint8_t *data;
+            bson_iter_document(&it, &len, &data);
+            have = bson_init_static(&sub, data, len);
+         }
+         bson_append_document_begin(out, k, -1, &child);
+         aspen_doc_set_path(have ? &sub : NULL, path + head + 1, val, &child);
+         bson_append_document_end(out, &child);
+      }
+   }
+   if (!found && val->v.value_type != BSON_TYPE_EOD) {
+      if (path[head] == '\0') {
+         aspen_value_append(out, path, (int) head, val);
+      } else {
+         bson_t child;
+         bson_append_document_begin(out, path, (int) head, &child);
+         aspen_doc_set_path(NULL, path + head + 1, val, &child);
+         bson_append_document_end(out, &child);
+      }
+   }
+}
+
 char *
 aspen_value_to_json(const aspen_value_t *val)
 {

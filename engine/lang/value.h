@@ -82,6 +82,12 @@ const char *aspen_value_type_name(const aspen_value_t *val);
 /* Appends the value to `doc` under `key`; a MISSING value appends nothing. */
 void aspen_value_append(bson_t *doc, const char *key, int key_len,
                         const aspen_value_t *val);
+/* Copies `doc` into `out` (initialized, appended to) with the field at the
+ * dotted `path` set to `val`, in place when it exists, else at the end
+ * (a missing parent, or one that is not a document, becomes a document);
+ * a MISSING `val` leaves the field out. */
+void aspen_doc_set_path(const bson_t *doc, const char *path,
+                        const aspen_value_t *val, bson_t *out);
 /* A short relaxed-JSON rendering for error messages (caller frees with
  * bson_free). */
 char *aspen_value_to_json(const aspen_value_t *val);

@@ -131,6 +131,53 @@ aspen__rt_on_output(void *arg, const aspen_sdoc_t *out)
 
 /* ---- ingestion -------------------------------------------------------------- */
 
+/* out = `meta` with `source.ts` = `ingest_ms` after `source.type`: ASP's
+ * {$meta: "stream.source.ts"}, "date and time of the record at the point
+ * of ingestion" (sp-agg-meta), which every source has. */
+static void
+meta_with_ingest_ts(const bson_t *meta, int64_t ingest_ms, bson_t *out)
+{
+   bson_iter_t it;
+   bool seen = false;
+   bson_init(out);
+   if (bson_iter_init(&it, meta)) {
+      while (bson_iter_next(&it)) {
+         const char *k = bson_iter_key(&it);
+         if (strcmp(k, "source") != 0 || !BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            bson_append_iter(out, k, -1, &it);
+            continue;
+         }
+         bson_iter_t src;
+         bson_t child;
+         bool placed = false;
+         seen = true;
+         bson_iter_recurse(&it, &src);
+         BSON_APPEND_DOCUMENT_BEGIN(out, "source", &child);
+         while (bson_iter_next(&src)) {
+            const char *sk = bson_iter_key(&src);
+            if (strcmp(sk, "ts") == 0) {
+               continue;
+            }
+            bson_append_iter(&child, sk, -1, &src);
+            if (!placed && strcmp(sk, "type") == 0) {
+               BSON_APPEND_DATE_TIME(&child, "ts", ingest_ms);
+               placed = true;
+            }
+         }
+         if (!placed) {
+            BSON_APPEND_DATE_TIME(&child, "ts", ingest_ms);
+         }
+         bson_append_document_end(out, &child);
+      }
+   }
+   if (!seen) {
+      bson_t child;
+      BSON_APPEND_DOCUMENT_BEGIN(out, "source", &child);
+      BSON_APPEND_DATE_TIME(&child, "ts", ingest_ms);
+      bson_append_document_end(out, &child);
+   }
+}
+
 void
 aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
                 int64_t source_ts_ms)
@@ -146,9 +193,10 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
    }
    rt->last_input_ms = aspen_clock_now_ms();
    int64_t ts = source_ts_ms == INT64_MIN ? now : source_ts_ms;
-   if (!meta) {
-      meta = &rt->source_meta;
-   }
+   bson_t meta_ts;
+   meta_with_ingest_ts(meta ? meta : &rt->source_meta, rt->last_input_ms,
+                       &meta_ts);
+   meta = &meta_ts;
    atomic_fetch_add(&proc->stats.input_count, 1);
    atomic_fetch_add(&proc->stats.input_size, raw->len);
    pl->now_ms = now;
@@ -163,6 +211,7 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
                   "Failed to extract timestamp from document: %s",
                   err.message);
          aspen__dlq_send(rt, &as_is, rt->source->operator_name, reason);
+         bson_destroy(&meta_ts);
          return;
       }
       if (v.v.value_type != BSON_TYPE_DATE_TIME) {
@@ -175,6 +224,7 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
          bson_free(json);
          aspen_value_destroy(&v);
          aspen__dlq_send(rt, &as_is, rt->source->operator_name, reason);
+         bson_destroy(&meta_ts);
          return;
       }
       ts = v.v.value.v_datetime;
@@ -194,6 +244,7 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
    aspen_sdoc_t sdoc = {.doc = &doc, .meta = meta, .ts_ms = ts};
    aspen_pipeline_push(pl, &sdoc);
    bson_destroy(&doc);
+   bson_destroy(&meta_ts);
    fail_if_fatal(rt);
 }
 

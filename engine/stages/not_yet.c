@@ -24,5 +24,4 @@ not_yet_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
 
 NOT_YET(aspen_stage_https_ops, "$https");
 NOT_YET(aspen_stage_external_function_ops, "$externalFunction");
-NOT_YET(aspen_stage_set_stream_meta_ops, "$setStreamMeta");
 NOT_YET(aspen_stage_throttle_ops, "$throttle");

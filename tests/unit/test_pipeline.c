@@ -16,7 +16,7 @@
  *      an "error" case must fail here with that code and message;
  *   3. pushes each document of the parsed $source, with a `_ts` Date (the
  *      timeField's value, or the ingestion time) appended and stream
- *      metadata {source: {type: "generated"}}, as the processor's ingest
+ *      metadata {source: {type: "generated", ts}}, as the processor's ingest
  *      does (engine/runtime/rt.c);
  *   4. compares what reaches the output and DLQ hooks with "output" and
  *      "dlq", after dropping `_ts` and `_stream_meta` from actual documents.
@@ -694,6 +694,8 @@ source_meta(bson_t *meta, int64_t partition)
    bson_init(meta);
    BSON_APPEND_DOCUMENT_BEGIN(meta, "source", &src);
    BSON_APPEND_UTF8(&src, "type", "generated");
+   /* rt.c adds the ingestion time to every source's metadata. */
+   BSON_APPEND_DATE_TIME(&src, "ts", aspen_clock_now_ms());
    if (partition >= 0) {
       BSON_APPEND_INT32(&src, "partition", (int32_t) partition);
    }
