@@ -18,6 +18,7 @@
 #define MAIN ASPEN_PLACE_MAIN
 #define WINDOW ASPEN_PLACE_WINDOW
 #define SINK ASPEN_PLACE_SINK
+#define TERMINAL ASPEN_PLACE_TERMINAL
 #define OPTIONS ASPEN_SPEC_OPTIONS
 
 static const aspen_stage_def_t stages[] = {
@@ -29,6 +30,7 @@ static const aspen_stage_def_t stages[] = {
 #undef MAIN
 #undef WINDOW
 #undef SINK
+#undef TERMINAL
 #undef OPTIONS
 
 static const aspen_connector_t connectors[] = {

@@ -2328,6 +2328,19 @@ aspen_expr_interrupted(void)
    return tl_interrupted;
 }
 
+void
+aspen_expr_note_interrupted(void)
+{
+   tl_interrupted = true;
+}
+
+bool
+aspen_expr_stop_requested(void)
+{
+   return tl_interrupt &&
+          atomic_load_explicit(tl_interrupt, memory_order_relaxed);
+}
+
 bool
 aspen__eval_check_slow(aspen__eval_t *st)
 {

@@ -100,6 +100,13 @@ void aspen_expr_set_interrupt(const atomic_bool *flag);
 /* True once an evaluation on this thread was interrupted (since the last
  * aspen_expr_set_interrupt): the document it was for did not finish. */
 bool aspen_expr_interrupted(void);
+/* True when this thread's interrupt flag (aspen_expr_set_interrupt) is set
+ * now: a stage waiting on a peer checks it to stop waiting promptly. */
+bool aspen_expr_stop_requested(void);
+/* Says that a stage of this thread gave documents up because of the stop
+ * (a request in flight): aspen_expr_interrupted is true from now, so no
+ * final checkpoint covers them and a restart reads them again. */
+void aspen_expr_note_interrupted(void);
 
 /* Field-path lookup as expressions do it: "a.b" on {a: [{b:1},{b:2}]} gives
  * [1, 2]. Borrowed when possible. */

@@ -394,7 +394,12 @@ aspen_pipeline_parse(const bson_t *pipeline, const aspen_catalog_t *catalog,
          pl->window = &pl->stages[i];
       }
    }
-   if (!seen_sink && !ephemeral) {
+   const aspen_stage_def_t *last =
+      pl->n_stages > 0
+         ? aspen_catalog_stage(catalog, pl->stages[pl->n_stages - 1].ops->name)
+         : NULL;
+   if (!seen_sink && !ephemeral &&
+       !(last && (last->place & ASPEN_PLACE_TERMINAL))) {
       snprintf(pc.path, sizeof pc.path, "pipeline[%d]", idx - 1);
       aspen_parse_error(err, &pc, NULL,
                         "The last stage in the pipeline must be $merge or "

@@ -120,6 +120,9 @@ enum {
    /* Not a placement: the stage's argument is an options object (parsed by
     * IDL in ASP), so a field given twice is refused rather than read twice. */
    ASPEN_SPEC_OPTIONS = 1u << 3,
+   /* May also end a persistent processor's pipeline while staying in the
+    * chain (it delivers its documents itself: $https). */
+   ASPEN_PLACE_TERMINAL = 1u << 4,
 };
 
 /* A $source kind (runtime/source.h). */

@@ -276,6 +276,11 @@ aspen__rt_flush_sinks(aspen_runtime_t *rt)
 {
    aspen_error_t err;
    aspen_pipeline_flush(rt->proc->pl);
+   /* A stage that held documents back may have failed the processor
+    * while letting them go ($https with a fatal answer). */
+   if (fail_if_fatal(rt)) {
+      return false;
+   }
    if (rt->sink && !rt->sink->flush(rt, rt->sink_state, &err)) {
       aspen_rt_fail(rt, err.message);
       return false;

@@ -289,6 +289,26 @@ start_relay() {
 stop_relay() { _peers_stop relay; }
 relay_cut_next_reply() { kill -USR1 "$(<"$ASPEN_RUN_DIR/relay.pid")"; }
 
+# --- an HTTP(S) peer ($https) -------------------------------------------------
+
+# start_http_peer NAME PORT [--tls CERT KEY]: http_peer.py on 127.0.0.1:PORT
+# (what it answers: its header), logs to $ASPEN_RUN_DIR/NAME.log; stop_http_peer NAME.
+start_http_peer() {
+    local name=$1 port=$2 log=$ASPEN_RUN_DIR/$1.log pid
+    shift 2
+    : >"$log"
+    "$PEERS_PYTHON" "$PEERS_ROOT/tests/e2e/http_peer.py" "$port" "$@" >>"$log" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$ASPEN_RUN_DIR/$name.pid"
+    _PEERS_STARTED+=("$name")
+    _peers_wait_log "$pid" "$log" "^HTTP_PEER $port\$" 10 && return 0
+    peers_log "$name did not start; its log:"
+    tail -n 5 "$log" >&2
+    return 1
+}
+
+stop_http_peer() { _peers_stop "$1"; }
+
 # --- Apache Kafka -------------------------------------------------------------
 
 PEERS_KAFKA_LIB=$PEERS_DEPS/kafka/lib

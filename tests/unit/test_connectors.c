@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "builtins.h"
+#include "connectors/conn_https.h"
 #include "connectors/connectors.h"
 #include "runtime/catalog.h"
 
@@ -151,6 +152,78 @@ test_builtin_kinds(void **state)
    aspen_conns_cleanup(&conns);
 }
 
+/* The https kind: URL, headers, auth and CA file; listings show the URL
+ * without credentials and only the header names and the auth kind. */
+static void
+test_https_kind(void **state)
+{
+   (void) state;
+   const aspen_catalog_t *cat = aspen_builtins_catalog();
+   aspen_conns_t conns;
+   aspen_error_t err;
+   if (!load(&conns, cat,
+             "[{\"name\": \"h\", \"type\": \"https\","
+             "  \"url\": \"https://u:secret@api.example.com/v1\","
+             "  \"headers\": {\"X-Api-Key\": \"k123\"},"
+             "  \"auth\": {\"bearerToken\": \"tok\"},"
+             "  \"tlsCAFile\": \"/ca.pem\", \"maxInFlight\": 4},"
+             " {\"name\": \"b\", \"type\": \"https\", \"url\": \"http://127.0.0.1:1\","
+             "  \"auth\": {\"username\": \"Aladdin\", \"password\": \"open sesame\"}}]",
+             "mongodb://backend:3", &err)) {
+      fail_msg("%s", err.message);
+   }
+   assert_listed(&conns, "h",
+                 "{\"name\": \"h\", \"type\": \"https\","
+                 " \"url\": \"https://<redacted>@api.example.com/v1\","
+                 " \"headers\": [\"X-Api-Key\"], \"auth\": \"bearer\","
+                 " \"tlsCAFile\": \"/ca.pem\", \"maxInFlight\": 4}");
+   assert_listed(&conns, "b",
+                 "{\"name\": \"b\", \"type\": \"https\","
+                 " \"url\": \"http://127.0.0.1:1\", \"auth\": \"basic\","
+                 " \"maxInFlight\": 16}");
+   const aspen_conn_https_t *h = aspen__conn_https(aspen_conns_find(&conns, "h"));
+   assert_non_null(h);
+   assert_int_equal(h->n_headers, 2);
+   assert_string_equal(h->headers[0], "X-Api-Key: k123");
+   assert_string_equal(h->headers[1], "Authorization: Bearer tok");
+   const aspen_conn_https_t *b = aspen__conn_https(aspen_conns_find(&conns, "b"));
+   /* RFC 7617's example. */
+   assert_string_equal(b->headers[0],
+                       "Authorization: Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+   assert_null(aspen__conn_https(aspen_conns_find(&conns, "sample_stream_solar")));
+   aspen_conns_cleanup(&conns);
+
+   assert_refused(cat, "[{\"name\": \"h\", \"type\": \"https\"}]",
+                  "config key 'connections[0].url' is required for an https "
+                  "connection: a string starting with https:// (or http://)");
+   assert_refused(cat,
+                  "[{\"name\": \"h\", \"type\": \"https\", \"url\": \"ftp://x\"}]",
+                  "config key 'connections[0].url' is required for an https "
+                  "connection: a string starting with https:// (or http://)");
+   assert_refused(cat,
+                  "[{\"name\": \"h\", \"type\": \"https\", \"url\": \"http://x\","
+                  "  \"headers\": {\"Bad Name\": \"v\"}}]",
+                  "config key 'connections[0].headers.Bad Name' must be a "
+                  "valid HTTP header: a token name and a string value on one "
+                  "line");
+   assert_refused(cat,
+                  "[{\"name\": \"h\", \"type\": \"https\", \"url\": \"http://x\","
+                  "  \"auth\": {\"bearerToken\": \"t\", \"username\": \"u\"}}]",
+                  "config key 'connections[0].auth' must be {bearerToken} or "
+                  "{username, password}");
+   assert_refused(cat,
+                  "[{\"name\": \"h\", \"type\": \"https\", \"url\": \"http://x\","
+                  "  \"maxInFlight\": 0}]",
+                  "config key 'connections[0].maxInFlight' must be an integer "
+                  "from 1 to 1024");
+   /* A key of another kind. */
+   assert_refused(cat,
+                  "[{\"name\": \"h\", \"type\": \"https\", \"url\": \"http://x\","
+                  "  \"uri\": \"mongodb://h\"}]",
+                  "config key 'connections[0].uri' is for atlas connections "
+                  "only");
+}
+
 static void
 test_refused(void **state)
 {
@@ -175,10 +248,11 @@ test_refused(void **state)
    /* Only configurable kinds are types; the message lists them. */
    assert_refused(cat, "[{\"name\": \"a\", \"type\": \"sample_solar\"}]",
                   "config key 'connections[0].type' must be 'atlas', "
-                  "'kafka' or 'schemaRegistry', not 'sample_solar'");
+                  "'kafka', 'schemaRegistry' or 'https', not "
+                  "'sample_solar'");
    assert_refused(cat, "[{\"name\": \"a\", \"type\": \"nosuch\"}]",
                   "config key 'connections[0].type' must be 'atlas', "
-                  "'kafka' or 'schemaRegistry', not 'nosuch'");
+                  "'kafka', 'schemaRegistry' or 'https', not 'nosuch'");
    /* A type ASP has and aspen not yet (the not-yet list): said so, not
     * called unknown. */
    assert_refused(cat, "[{\"name\": \"a\", \"type\": \"s3\"}]",
@@ -465,7 +539,8 @@ test_new_kind(void **state)
 
    assert_refused(cat, "[{\"name\": \"f\", \"type\": \"nope\"}]",
                   "config key 'connections[0].type' must be 'atlas', "
-                  "'kafka', 'schemaRegistry', 'fake' or 'mute', not 'nope'");
+                  "'kafka', 'schemaRegistry', 'https', 'fake' or 'mute', "
+                  "not 'nope'");
    assert_refused(cat, "[{\"name\": \"f\", \"type\": \"fake\"}]",
                   "config key 'connections[0].path' is required for a fake "
                   "connection");
@@ -654,6 +729,7 @@ main(void)
    const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_builtin_kinds),
       cmocka_unit_test(test_refused),
+      cmocka_unit_test(test_https_kind),
       cmocka_unit_test(test_new_kind),
       cmocka_unit_test(test_source_through_kind),
       cmocka_unit_test(test_sink_through_kind),

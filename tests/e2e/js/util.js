@@ -12,3 +12,13 @@ function waitFor(what, fn, ms, everyMs) {
   }
   throw new Error(`timed out after ${limit} ms waiting for ${what}`);
 }
+// Calls fn, which must throw error `code` (with a message matching the
+// regex `re`, if given); returns the error.
+function expectError(fn, code, re) {
+  try { fn(); } catch (e) {
+    assert(e.code === code, `want code ${code}, got ${e.code} (${e.message})`);
+    if (re) assert(re.test(e.message), `message ${JSON.stringify(e.message)} does not match ${re}`);
+    return e;
+  }
+  throw new Error(`expected error ${code} ${re || ""}`);
+}
