@@ -4,7 +4,7 @@
 #     relay), skipped when all are installed, with clang's compiler runtime
 #     (libFuzzer, for scripts/fuzz.sh);
 #   - mongosh (npm) into .deps/node;
-#   - a Python venv with pymongo and pytest in .deps/venv;
+#   - a Python venv with pymongo, pytest and moto in .deps/venv;
 #   - the backing MongoDB-compatible server (mongo-java-server, Maven) as
 #     .deps/aspen-backing-server.jar;
 #   - Apache Kafka (broker and console tools, Maven Central) as jars in
@@ -107,6 +107,7 @@ venv_ok() {
 import sys, ssl  # ssl: the TLS tests need it
 import pymongo, pytest
 import confluent_kafka, fastavro  # the Avro tests' independent client
+import moto  # the Lambda peer of test_https.sh
 want = tuple(int(x) for x in sys.argv[1].split("."))
 have = tuple(int(x) for x in pymongo.version_tuple[:2])
 sys.exit(0 if have >= want else 1)
@@ -127,7 +128,7 @@ if ! venv_ok; then
             /usr/bin/python3 -m venv "$VENV"
         fi
     fi
-    log "pip install -r scripts/python/requirements.txt (pymongo, pytest)"
+    log "pip install -r scripts/python/requirements.txt (pymongo, pytest, moto)"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
         -r "$ROOT/scripts/python/requirements.txt"
     venv_ok || die "pymongo>=$PYMONGO_MIN / pytest not importable from $VENV"

@@ -18,6 +18,7 @@ extern const aspen_conn_ops_t aspen_conn_atlas_ops;
 extern const aspen_conn_ops_t aspen_conn_kafka_ops;
 extern const aspen_conn_ops_t aspen_conn_schema_registry_ops;
 extern const aspen_conn_ops_t aspen_conn_https_ops;
+extern const aspen_conn_ops_t aspen_conn_lambda_ops;
 
 /* Sources. */
 extern const aspen_source_ops_t aspen_source_documents_ops;

@@ -43,64 +43,13 @@
  * pipeline each request is drained before push returns, since the window's
  * later stages need its result at once.
  */
-#include "connectors/conn_https.h"
 #include "connectors/connectors.h"
+#include "connectors/http_call.h"
 #include "lang/value.h"
-#include "runtime/pipeline.h"
 
-#include <curl/curl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* The largest response body kept (a BSON document's limit). */
-#define MAX_BODY (16u * 1024 * 1024)
-
-enum { ON_ERROR_DLQ, ON_ERROR_IGNORE, ON_ERROR_FAIL };
-
-/* A request in flight, with the document it is for (copied). */
-typedef struct {
-   CURL *easy;
-   bool done;
-   bson_t *doc, *meta;
-   int64_t ts_ms;
-   char *url;
-   char *body;
-   struct curl_slist *hdrs;
-   char *resp;
-   size_t resp_len, resp_cap;
-   bool too_big;
-   CURLcode rc;
-   char errbuf[CURL_ERROR_SIZE];
-} req_t;
-
-typedef struct {
-   char *name;
-   aspen_expr_t *expr;
-} kv_t;
-
-typedef struct {
-   const aspen_conn_https_t *conn;
-   char *path;                /* a constant path, or NULL */
-   aspen_expr_t *path_expr;   /* or an expression */
-   kv_t *params, *headers;
-   int n_params, n_headers;
-   char method[8];
-   char *as;
-   int on_error;
-   long connect_timeout_s, request_timeout_s;
-   bool parse_json_strings;
-   /* The payload pipeline and what its last stage gave. */
-   aspen_stage_t *payload;
-   int n_payload;
-   aspen_chain_t payload_chain;
-   bson_t *payload_out;
-   /* The requests: a ring of `cap` slots, `count` from `head`. */
-   CURLM *multi;
-   req_t *ring;
-   int cap, head, count;
-   bool failed;
-} https_t;
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 
@@ -113,7 +62,7 @@ curl_init_once(void)
 /* ---- requests -------------------------------------------------------------- */
 
 static void
-req_clear(https_t *h, req_t *r)
+req_clear(aspen_http_call_t *h, aspen_http_req_t *r)
 {
    if (r->easy) {
       if (!r->done && h->multi) {
@@ -137,9 +86,9 @@ req_clear(https_t *h, req_t *r)
 static size_t
 on_body(char *data, size_t size, size_t nmemb, void *arg)
 {
-   req_t *r = arg;
+   aspen_http_req_t *r = arg;
    size_t n = size * nmemb;
-   if (r->resp_len + n > MAX_BODY) {
+   if (r->resp_len + n > ASPEN_HTTP_MAX_BODY) {
       r->too_big = true;
       return 0; /* CURLE_WRITE_ERROR */
    }
@@ -154,6 +103,35 @@ on_body(char *data, size_t size, size_t nmemb, void *arg)
    memcpy(r->resp + r->resp_len, data, n);
    r->resp_len += n;
    r->resp[r->resp_len] = '\0';
+   return n;
+}
+
+/* Keeps Lambda's X-Amz-Function-Error header (a function error). */
+static size_t
+on_header(char *data, size_t size, size_t nmemb, void *arg)
+{
+   aspen_http_req_t *r = arg;
+   size_t n = size * nmemb;
+   static const char name[] = "x-amz-function-error:";
+   if (n > sizeof name - 1 && strncasecmp(data, name, sizeof name - 1) == 0) {
+      const char *v = data + sizeof name - 1;
+      size_t vlen = n - (sizeof name - 1);
+      while (vlen > 0 && (*v == ' ' || *v == '\t')) {
+         v++;
+         vlen--;
+      }
+      while (vlen > 0 && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n' ||
+                          v[vlen - 1] == ' ')) {
+         vlen--;
+      }
+      snprintf(r->fn_error, sizeof r->fn_error, "%.*s",
+               (int) (vlen < sizeof r->fn_error ? vlen
+                                                : sizeof r->fn_error - 1),
+               v);
+      if (!r->fn_error[0]) {
+         snprintf(r->fn_error, sizeof r->fn_error, "error");
+      }
+   }
    return n;
 }
 
@@ -225,12 +203,15 @@ append_parsed(bson_t *out, const char *key, const bson_iter_t *it)
 /* The body as a value in `holder` ({v: ...}); false with `why` set when it
  * is not acceptable. An empty body is a missing value (no `as`). */
 static bool
-body_value(const https_t *h, req_t *r, const char *ctype, bson_t *holder,
+body_value(const aspen_http_call_t *h, aspen_http_req_t *r, const char *ctype, bson_t *holder,
            char *why, size_t why_len)
 {
    bson_init(holder);
    if (r->resp_len == 0) {
       return true;
+   }
+   if (h->lambda) {
+      ctype = NULL; /* a function's result is JSON whatever the type */
    }
    if (ctype && strncasecmp(ctype, "text/plain", 10) == 0) {
       if (!bson_utf8_validate(r->resp, r->resp_len, false)) {
@@ -274,9 +255,9 @@ status_follows_on_error(long status)
 /* Sends the finished request's document on, to the DLQ, or fails the
  * processor, as its answer and onError say. */
 static void
-finish(aspen_stage_t *st, req_t *r)
+finish(aspen_stage_t *st, aspen_http_req_t *r)
 {
-   https_t *h = st->state;
+   aspen_http_call_t *h = st->state;
    long status = 0;
    curl_off_t total_us = 0;
    const char *ctype = NULL;
@@ -284,17 +265,22 @@ finish(aspen_stage_t *st, req_t *r)
    curl_easy_getinfo(r->easy, CURLINFO_TOTAL_TIME_T, &total_us);
    curl_easy_getinfo(r->easy, CURLINFO_CONTENT_TYPE, &ctype);
 
-   /* The metadata: what came in plus https. */
+   /* The metadata: what came in, plus https for $https (ASP documents
+    * none for $externalFunction). */
    bson_t meta = BSON_INITIALIZER, hm;
-   bson_copy_to_excluding_noinit(r->meta, &meta, "https", NULL);
-   BSON_APPEND_DOCUMENT_BEGIN(&meta, "https", &hm);
-   BSON_APPEND_UTF8(&hm, "url", r->url);
-   BSON_APPEND_UTF8(&hm, "method", h->method);
-   if (r->rc == CURLE_OK) {
-      BSON_APPEND_INT32(&hm, "httpStatusCode", (int32_t) status);
+   if (h->lambda) {
+      bson_concat(&meta, r->meta);
+   } else {
+      bson_copy_to_excluding_noinit(r->meta, &meta, "https", NULL);
+      BSON_APPEND_DOCUMENT_BEGIN(&meta, "https", &hm);
+      BSON_APPEND_UTF8(&hm, "url", r->url);
+      BSON_APPEND_UTF8(&hm, "method", h->method);
+      if (r->rc == CURLE_OK) {
+         BSON_APPEND_INT32(&hm, "httpStatusCode", (int32_t) status);
+      }
+      BSON_APPEND_INT64(&hm, "responseTimeMs", (int64_t) (total_us / 1000));
+      bson_append_document_end(&meta, &hm);
    }
-   BSON_APPEND_INT64(&hm, "responseTimeMs", (int64_t) (total_us / 1000));
-   bson_append_document_end(&meta, &hm);
 
    aspen_sdoc_t in = {.doc = r->doc, .meta = &meta, .ts_ms = r->ts_ms};
    char why[ASPEN_ERROR_MSG_MAX];
@@ -306,11 +292,23 @@ finish(aspen_stage_t *st, req_t *r)
          snprintf(why, sizeof why,
                   "Request to %.300s failed: the response is larger than %u "
                   "bytes",
-                  r->url, MAX_BODY);
+                  r->url, ASPEN_HTTP_MAX_BODY);
       } else {
          snprintf(why, sizeof why, "Request to %.300s failed: %s", r->url,
                   r->errbuf[0] ? r->errbuf : curl_easy_strerror(r->rc));
       }
+   } else if (h->lambda && (status < 200 || status > 299)) {
+      /* Every API error of the Invoke call follows onError. */
+      snprintf(why, sizeof why,
+               "Invoking %.200s failed with HTTP status code %ld: %.200s",
+               h->function, status, r->resp ? r->resp : "");
+   } else if (h->lambda && !h->async && r->fn_error[0]) {
+      /* The function itself failed (a synchronous call's payload is its
+       * error). */
+      snprintf(why, sizeof why, "Function %.200s returned an error (%s): %.300s",
+               h->function, r->fn_error, r->resp ? r->resp : "");
+   } else if (h->lambda && (h->async || !h->as)) {
+      /* Nothing of the answer is kept. */
    } else if (status < 200 || status > 299) {
       snprintf(why, sizeof why,
                "Request to %.300s failed with HTTP status code %ld", r->url,
@@ -331,18 +329,22 @@ finish(aspen_stage_t *st, req_t *r)
          v = aspen_value_borrow(&vi);
       }
       bson_t out = BSON_INITIALIZER;
-      aspen_doc_set_path(r->doc, h->as, &v, &out);
+      if (h->as) {
+         aspen_doc_set_path(r->doc, h->as, &v, &out);
+      } else {
+         bson_concat(&out, r->doc);
+      }
       aspen_sdoc_t o = {.doc = &out, .meta = &meta, .ts_ms = r->ts_ms};
       aspen_stage_emit(st, &o);
       bson_destroy(&out);
-   } else if (fatal || h->on_error == ON_ERROR_FAIL) {
+   } else if (fatal || h->on_error == ASPEN_HTTP_ON_ERROR_FAIL) {
       aspen_pipeline_t *pl = st->pl;
       if (!pl->fatal_code) {
          pl->fatal_code = ASPEN_ERR_OperationFailed;
-         snprintf(pl->fatal, sizeof pl->fatal, "$https: %s", why);
+         snprintf(pl->fatal, sizeof pl->fatal, "%s: %s", st->ops->name, why);
       }
       h->failed = true;
-   } else if (h->on_error == ON_ERROR_DLQ) {
+   } else if (h->on_error == ASPEN_HTTP_ON_ERROR_DLQ) {
       aspen_error_t err;
       aspen_error_set(&err, ASPEN_ERR_OperationFailed, "%s", why);
       aspen_stage_dead_letter(st, &in, &err);
@@ -359,7 +361,7 @@ finish(aspen_stage_t *st, req_t *r)
 static void
 harvest(aspen_stage_t *st)
 {
-   https_t *h = st->state;
+   aspen_http_call_t *h = st->state;
    int running = 0, left = 0;
    CURLMsg *msg;
    curl_multi_perform(h->multi, &running);
@@ -367,14 +369,14 @@ harvest(aspen_stage_t *st)
       if (msg->msg != CURLMSG_DONE) {
          continue;
       }
-      req_t *r = NULL;
+      aspen_http_req_t *r = NULL;
       curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &r);
       r->rc = msg->data.result;
       r->done = true;
       curl_multi_remove_handle(h->multi, msg->easy_handle);
    }
    while (h->count > 0 && h->ring[h->head].done) {
-      req_t *r = &h->ring[h->head];
+      aspen_http_req_t *r = &h->ring[h->head];
       if (!h->failed) {
          finish(st, r);
       }
@@ -386,7 +388,7 @@ harvest(aspen_stage_t *st)
 
 /* Drops every request still in flight (stopped, or failed). */
 static void
-abandon(https_t *h)
+abandon(aspen_http_call_t *h)
 {
    while (h->count > 0) {
       req_clear(h, &h->ring[h->head]);
@@ -400,7 +402,7 @@ abandon(https_t *h)
 static bool
 wait_until(aspen_stage_t *st, int max)
 {
-   https_t *h = st->state;
+   aspen_http_call_t *h = st->state;
    harvest(st);
    while (h->count > max) {
       if (aspen_expr_stop_requested()) {
@@ -453,13 +455,32 @@ url_append(char **url, size_t *len, const char *s)
 /* Builds the URL, headers and body of the request for `in` into `r`;
  * false with err set (the document goes to the DLQ). */
 static bool
-build(aspen_stage_t *st, const aspen_sdoc_t *in, req_t *r, aspen_error_t *err)
+build(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_http_req_t *r, aspen_error_t *err)
 {
-   https_t *h = st->state;
+   aspen_http_call_t *h = st->state;
    aspen_expr_ctx_t ctx;
    aspen_stage_expr_ctx(st, in, &ctx);
    size_t len = 0;
    char *url = NULL;
+   if (h->lambda) {
+      /* The Lambda Invoke API: POST /2015-03-31/functions/NAME/invocations,
+       * InvocationType in a header. */
+      char *fn = curl_easy_escape(NULL, h->function, 0);
+      url_append(&url, &len, h->lambda->endpoint);
+      while (len > 0 && url[len - 1] == '/') {
+         url[--len] = '\0';
+      }
+      url_append(&url, &len, "/2015-03-31/functions/");
+      url_append(&url, &len, fn);
+      url_append(&url, &len, "/invocations");
+      curl_free(fn);
+      r->url = url;
+      r->hdrs = curl_slist_append(r->hdrs,
+                                  h->async ? "X-Amz-Invocation-Type: Event"
+                                           : "X-Amz-Invocation-Type: "
+                                             "RequestResponse");
+      goto body;
+   }
    url_append(&url, &len, h->conn->url);
 
    /* path */
@@ -552,7 +573,7 @@ build(aspen_stage_t *st, const aspen_sdoc_t *in, req_t *r, aspen_error_t *err)
       aspen_value_destroy(&v);
    }
 
-   /* body */
+body:
    if (strcmp(h->method, "POST") == 0 || strcmp(h->method, "PUT") == 0 ||
        strcmp(h->method, "PATCH") == 0) {
       const bson_t *body = in->doc;
@@ -581,7 +602,7 @@ build(aspen_stage_t *st, const aspen_sdoc_t *in, req_t *r, aspen_error_t *err)
 static void
 payload_terminal(void *arg, const aspen_sdoc_t *doc)
 {
-   https_t *h = arg;
+   aspen_http_call_t *h = arg;
    if (!h->payload_out) {
       h->payload_out = bson_copy(doc->doc);
    }
@@ -589,10 +610,10 @@ payload_terminal(void *arg, const aspen_sdoc_t *doc)
 
 /* ---- the stage ------------------------------------------------------------- */
 
-static bool
-https_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
+bool
+aspen__http_call_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 {
-   https_t *h = st->state;
+   aspen_http_call_t *h = st->state;
    if (h->failed) {
       return true;
    }
@@ -601,7 +622,7 @@ https_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
       h->multi = curl_multi_init();
       ASPEN_ASSERT(h->multi);
    }
-   req_t tmp;
+   aspen_http_req_t tmp;
    memset(&tmp, 0, sizeof tmp);
    if (!build(st, in, &tmp, err)) {
       req_clear(h, &tmp);
@@ -615,7 +636,7 @@ https_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
       req_clear(h, &tmp);
       return true;
    }
-   req_t *r = &h->ring[(h->head + h->count) % h->cap];
+   aspen_http_req_t *r = &h->ring[(h->head + h->count) % h->cap];
    *r = tmp;
    r->doc = bson_copy(in->doc);
    r->meta = in->meta ? bson_copy(in->meta) : bson_new();
@@ -635,8 +656,13 @@ https_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, h->connect_timeout_s);
    curl_easy_setopt(e, CURLOPT_TIMEOUT,
                     h->connect_timeout_s + h->request_timeout_s);
-   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) MAX_BODY);
-   if (h->conn->ca_file) {
+   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) ASPEN_HTTP_MAX_BODY);
+   if (h->lambda) {
+      curl_easy_setopt(e, CURLOPT_AWS_SIGV4, h->lambda->sigv4);
+      curl_easy_setopt(e, CURLOPT_USERPWD, h->lambda->userpwd);
+      curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+      curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+   } else if (h->conn->ca_file) {
       curl_easy_setopt(e, CURLOPT_CAINFO, h->conn->ca_file);
    }
    if (strcmp(h->method, "GET") != 0) {
@@ -653,17 +679,17 @@ https_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
    return true;
 }
 
-static void
-https_flush(aspen_stage_t *st)
+void
+aspen__http_call_flush(aspen_stage_t *st)
 {
-   https_t *h = st->state;
+   aspen_http_call_t *h = st->state;
    if (h->multi) {
       wait_until(st, 0);
    }
 }
 
 static void
-kv_free(kv_t *kv, int n)
+kv_free(aspen_http_kv_t *kv, int n)
 {
    for (int i = 0; i < n; i++) {
       free(kv[i].name);
@@ -672,10 +698,10 @@ kv_free(kv_t *kv, int n)
    free(kv);
 }
 
-static void
-https_destroy(aspen_stage_t *st)
+void
+aspen__http_call_destroy(aspen_stage_t *st)
 {
-   https_t *h = st->state;
+   aspen_http_call_t *h = st->state;
    if (!h) {
       return;
    }
@@ -696,28 +722,127 @@ https_destroy(aspen_stage_t *st)
    kv_free(h->headers, h->n_headers);
    aspen_expr_destroy(h->path_expr);
    free(h->path);
+   free(h->function);
+   free(h->conn_name);
    free(h->as);
    free(h);
    st->state = NULL;
 }
 
+void
+aspen__http_call_ready(aspen_http_call_t *h, int cap)
+{
+   h->cap = cap;
+   h->ring = aspen_xcalloc((size_t) cap, sizeof *h->ring);
+}
+
 /* ---- parsing --------------------------------------------------------------- */
+
+bool
+aspen__http_call_wrong_type(aspen_error_t *err, aspen_parse_ctx_t *pc,
+                            const char *stage, const char *field,
+                            const bson_iter_t *it, const char *expected)
+{
+   aspen_value_t v = aspen_value_borrow(it);
+   aspen_parse_error(err, pc, NULL,
+                     "BSON field '%s.%s' is the wrong type '%s', expected "
+                     "type '%s'",
+                     stage, field, aspen_value_type_name(&v), expected);
+   return false;
+}
 
 static bool
 wrong_type(aspen_error_t *err, aspen_parse_ctx_t *pc, const char *field,
            const bson_iter_t *it, const char *expected)
 {
-   aspen_value_t v = aspen_value_borrow(it);
-   aspen_parse_error(err, pc, NULL,
-                     "BSON field '$https.%s' is the wrong type '%s', expected "
-                     "type '%s'",
-                     field, aspen_value_type_name(&v), expected);
-   return false;
+   return aspen__http_call_wrong_type(err, pc, "$https", field, it, expected);
+}
+
+aspen_http_call_t *
+aspen__http_call_new(aspen_stage_t *st, const char *stage,
+                     const bson_iter_t *arg, aspen_parse_ctx_t *pc,
+                     aspen_error_t *err)
+{
+   if (!BSON_ITER_HOLDS_DOCUMENT(arg)) {
+      aspen_parse_error(err, pc, NULL, "%s specification must be an object",
+                        stage);
+      return NULL;
+   }
+   aspen_http_call_t *h = aspen_xcalloc(1, sizeof *h);
+   st->state = h;
+   h->on_error = ASPEN_HTTP_ON_ERROR_DLQ;
+   return h;
+}
+
+int
+aspen__http_call_parse_shared(aspen_stage_t *st, aspen_http_call_t *h,
+                              const char *stage, const bson_iter_t *it,
+                              aspen_parse_ctx_t *pc, aspen_error_t *err)
+{
+   const char *k = bson_iter_key(it);
+   if (strcmp(k, "payload") == 0) {
+      return aspen__http_call_parse_payload(st, h, stage, it, pc, err) ? 1
+                                                                       : -1;
+   }
+   if (strcmp(k, "connectionName") != 0 && strcmp(k, "as") != 0 &&
+       strcmp(k, "onError") != 0) {
+      return 0;
+   }
+   if (!BSON_ITER_HOLDS_UTF8(it)) {
+      aspen__http_call_wrong_type(err, pc, stage, k, it, "string");
+      return -1;
+   }
+   const char *v = bson_iter_utf8(it, NULL);
+   if (strcmp(k, "connectionName") == 0) {
+      free(h->conn_name);
+      h->conn_name = aspen_xstrdup(v);
+   } else if (strcmp(k, "as") == 0) {
+      if (!*v || *v == '$' || strstr(v, "..") || v[0] == '.' ||
+          v[strlen(v) - 1] == '.') {
+         aspen_parse_error(err, pc, NULL, "%s.as must be a field name, not '%s'",
+                           stage, v);
+         return -1;
+      }
+      free(h->as);
+      h->as = aspen_xstrdup(v);
+   } else if (strcasecmp(v, "dlq") == 0) {
+      h->on_error = ASPEN_HTTP_ON_ERROR_DLQ;
+   } else if (strcasecmp(v, "ignore") == 0) {
+      h->on_error = ASPEN_HTTP_ON_ERROR_IGNORE;
+   } else if (strcasecmp(v, "fail") == 0) {
+      h->on_error = ASPEN_HTTP_ON_ERROR_FAIL;
+   } else {
+      aspen_parse_error(err, pc, NULL,
+                        "Enumeration value '%s' for field '%s.onError' is "
+                        "not a valid value.",
+                        v, stage);
+      return -1;
+   }
+   return 1;
+}
+
+const aspen_conn_t *
+aspen__http_call_conn(const aspen_http_call_t *h, const char *stage,
+                      aspen_parse_ctx_t *pc, aspen_error_t *err)
+{
+   if (!h->conn_name) {
+      aspen_parse_error(err, pc, NULL,
+                        "BSON field '%s.connectionName' is missing but a "
+                        "required field",
+                        stage);
+      return NULL;
+   }
+   const aspen_conn_t *conn = aspen_conns_find(pc->conns, h->conn_name);
+   if (!conn) {
+      aspen_parse_error(err, pc, "connectionName",
+                        "Unknown connection name %s", h->conn_name);
+   }
+   return conn;
 }
 
 static bool
 parse_kv(const bson_iter_t *it, aspen_parse_ctx_t *pc, const char *field,
-         kv_t **out, int *n, aspen_error_t *err)
+         aspen_http_kv_t **out, int *n, aspen_error_t *err)
 {
    if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
       return wrong_type(err, pc, field, it, "object");
@@ -730,7 +855,7 @@ parse_kv(const bson_iter_t *it, aspen_parse_ctx_t *pc, const char *field,
          cap = cap ? cap * 2 : 4;
          *out = aspen_xrealloc(*out, (size_t) cap * sizeof **out);
       }
-      kv_t *kv = &(*out)[*n];
+      aspen_http_kv_t *kv = &(*out)[*n];
       kv->name = aspen_xstrdup(bson_iter_key(&ki));
       kv->expr = NULL;
       (*n)++;
@@ -768,7 +893,7 @@ parse_int_sec(const bson_iter_t *it, aspen_parse_ctx_t *pc, const char *field,
 }
 
 static bool
-parse_config(https_t *h, const bson_iter_t *it, aspen_parse_ctx_t *pc,
+parse_config(aspen_http_call_t *h, const bson_iter_t *it, aspen_parse_ctx_t *pc,
              aspen_error_t *err)
 {
    if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
@@ -805,15 +930,20 @@ parse_config(https_t *h, const bson_iter_t *it, aspen_parse_ctx_t *pc,
    return true;
 }
 
-/* The payload: only $project, $addFields, $replaceRoot and $set. */
-static bool
-parse_payload(aspen_stage_t *st, https_t *h, const bson_iter_t *it,
-              aspen_parse_ctx_t *pc, aspen_error_t *err)
+bool
+aspen__http_call_parse_payload(aspen_stage_t *st, aspen_http_call_t *h,
+                               const char *stage, const bson_iter_t *it,
+                               aspen_parse_ctx_t *pc, aspen_error_t *err)
 {
    static const char *const allowed[] = {"$project", "$addFields",
                                          "$replaceRoot", "$set", NULL};
    if (!BSON_ITER_HOLDS_ARRAY(it)) {
-      return wrong_type(err, pc, "payload", it, "array");
+      aspen_value_t v = aspen_value_borrow(it);
+      aspen_parse_error(err, pc, NULL,
+                        "BSON field '%s.payload' is the wrong type '%s', "
+                        "expected type 'array'",
+                        stage, aspen_value_type_name(&v));
+      return false;
    }
    uint32_t len;
    const uint8_t *data;
@@ -834,8 +964,10 @@ parse_payload(aspen_stage_t *st, https_t *h, const bson_iter_t *it,
          if (!ok) {
             aspen_parse_error(err, pc, "payload",
                               "%s stage is not permitted in the payload "
-                              "(inner pipeline) of an https stage",
-                              name);
+                              "(inner pipeline) of an %s stage",
+                              name, strcmp(stage, "$https") == 0
+                                       ? "https"
+                                       : "external function");
             return false;
          }
       }
@@ -861,29 +993,19 @@ static bool
 https_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
             aspen_error_t *err)
 {
-   if (!BSON_ITER_HOLDS_DOCUMENT(arg)) {
-      aspen_parse_error(err, pc, NULL,
-                        "$https specification must be an object");
+   aspen_http_call_t *h = aspen__http_call_new(st, "$https", arg, pc, err);
+   if (!h) {
       return false;
    }
-   https_t *h = aspen_xcalloc(1, sizeof *h);
-   st->state = h;
    snprintf(h->method, sizeof h->method, "GET");
-   h->on_error = ON_ERROR_DLQ;
    h->connect_timeout_s = 30;
    h->request_timeout_s = 60;
-   const char *conn_name = NULL;
+   int shared;
    bson_iter_t it;
    bson_iter_recurse(arg, &it);
    while (bson_iter_next(&it)) {
       const char *k = bson_iter_key(&it);
-      if (strcmp(k, "connectionName") == 0) {
-         if (!BSON_ITER_HOLDS_UTF8(&it)) {
-            wrong_type(err, pc, k, &it, "string");
-            goto fail;
-         }
-         conn_name = bson_iter_utf8(&it, NULL);
-      } else if (strcmp(k, "path") == 0) {
+      if (strcmp(k, "path") == 0) {
          free(h->path);
          h->path = NULL;
          aspen_expr_destroy(h->path_expr);
@@ -922,42 +1044,9 @@ https_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
             goto fail;
          }
          snprintf(h->method, sizeof h->method, "%s", *p);
-      } else if (strcmp(k, "as") == 0) {
-         if (!BSON_ITER_HOLDS_UTF8(&it)) {
-            wrong_type(err, pc, k, &it, "string");
-            goto fail;
-         }
-         const char *as = bson_iter_utf8(&it, NULL);
-         if (!*as || *as == '$' || strstr(as, "..") || as[0] == '.' ||
-             as[strlen(as) - 1] == '.') {
-            aspen_parse_error(err, pc, NULL,
-                              "$https.as must be a field name, not '%s'", as);
-            goto fail;
-         }
-         free(h->as);
-         h->as = aspen_xstrdup(as);
-      } else if (strcmp(k, "onError") == 0) {
-         const char *o = BSON_ITER_HOLDS_UTF8(&it) ? bson_iter_utf8(&it, NULL)
-                                                   : NULL;
-         if (!o) {
-            wrong_type(err, pc, k, &it, "string");
-            goto fail;
-         }
-         if (strcasecmp(o, "dlq") == 0) {
-            h->on_error = ON_ERROR_DLQ;
-         } else if (strcasecmp(o, "ignore") == 0) {
-            h->on_error = ON_ERROR_IGNORE;
-         } else if (strcasecmp(o, "fail") == 0) {
-            h->on_error = ON_ERROR_FAIL;
-         } else {
-            aspen_parse_error(err, pc, NULL,
-                              "Enumeration value '%s' for field "
-                              "'$https.onError' is not a valid value.",
-                              o);
-            goto fail;
-         }
-      } else if (strcmp(k, "payload") == 0) {
-         if (!parse_payload(st, h, &it, pc, err)) {
+      } else if ((shared = aspen__http_call_parse_shared(st, h, "$https", &it,
+                                                         pc, err)) != 0) {
+         if (shared < 0) {
             goto fail;
          }
       } else if (strcmp(k, "config") == 0) {
@@ -970,22 +1059,15 @@ https_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
          goto fail;
       }
    }
-   if (!conn_name) {
-      aspen_parse_error(err, pc, NULL,
-                        "BSON field '$https.connectionName' is missing but a "
-                        "required field");
-      goto fail;
-   }
    if (!h->as) {
       aspen_parse_error(err, pc, NULL,
                         "BSON field '$https.as' is missing but a required "
                         "field");
       goto fail;
    }
-   const aspen_conn_t *conn = aspen_conns_find(pc->conns, conn_name);
+   const aspen_conn_t *conn =
+      aspen__http_call_conn(h, "$https", pc, err);
    if (!conn) {
-      aspen_parse_error(err, pc, "connectionName",
-                        "Unknown connection name %s", conn_name);
       goto fail;
    }
    h->conn = aspen__conn_https(conn);
@@ -993,15 +1075,14 @@ https_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
       aspen_parse_error(err, pc, "connectionName",
                         "$https requires a connection of type https; '%s' "
                         "is of type %s",
-                        conn_name, conn->kind->type_name);
+                        h->conn_name, conn->kind->type_name);
       goto fail;
    }
-   h->cap = h->conn->max_in_flight;
-   h->ring = aspen_xcalloc((size_t) h->cap, sizeof *h->ring);
+   aspen__http_call_ready(h, h->conn->max_in_flight);
    return true;
 
 fail:
-   https_destroy(st);
+   aspen__http_call_destroy(st);
    return false;
 }
 
@@ -1009,7 +1090,7 @@ const aspen_stage_ops_t aspen_stage_https_ops = {
    .name = "$https",
    .operator_name = "HttpsOperator",
    .parse = https_parse,
-   .push = https_push,
-   .destroy = https_destroy,
-   .flush = https_flush,
+   .push = aspen__http_call_push,
+   .destroy = aspen__http_call_destroy,
+   .flush = aspen__http_call_flush,
 };

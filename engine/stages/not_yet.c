@@ -22,5 +22,4 @@ not_yet_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
    const aspen_stage_ops_t var = {                                            \
       .name = stage, .operator_name = stage, .parse = not_yet_parse}
 
-NOT_YET(aspen_stage_external_function_ops, "$externalFunction");
 NOT_YET(aspen_stage_throttle_ops, "$throttle");

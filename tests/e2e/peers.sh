@@ -289,25 +289,39 @@ start_relay() {
 stop_relay() { _peers_stop relay; }
 relay_cut_next_reply() { kill -USR1 "$(<"$ASPEN_RUN_DIR/relay.pid")"; }
 
-# --- an HTTP(S) peer ($https) -------------------------------------------------
+# --- an HTTP(S) peer ($https) and moto (AWS Lambda) --------------------------
 
-# start_http_peer NAME PORT [--tls CERT KEY]: http_peer.py on 127.0.0.1:PORT
-# (what it answers: its header), logs to $ASPEN_RUN_DIR/NAME.log; stop_http_peer NAME.
-start_http_peer() {
-    local name=$1 port=$2 log=$ASPEN_RUN_DIR/$1.log pid
-    shift 2
+# _peers_start_logged NAME REGEX SECONDS CMD...: run CMD in the background,
+# output to $ASPEN_RUN_DIR/NAME.log, until the log matches REGEX.
+_peers_start_logged() {
+    local name=$1 re=$2 secs=$3 log=$ASPEN_RUN_DIR/$1.log pid
+    shift 3
     : >"$log"
-    "$PEERS_PYTHON" "$PEERS_ROOT/tests/e2e/http_peer.py" "$port" "$@" >>"$log" 2>&1 </dev/null &
+    "$@" >>"$log" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$ASPEN_RUN_DIR/$name.pid"
     _PEERS_STARTED+=("$name")
-    _peers_wait_log "$pid" "$log" "^HTTP_PEER $port\$" 10 && return 0
+    _peers_wait_log "$pid" "$log" "$re" "$secs" && return 0
     peers_log "$name did not start; its log:"
     tail -n 5 "$log" >&2
     return 1
 }
 
+# start_http_peer NAME PORT [--tls CERT KEY]: http_peer.py on 127.0.0.1:PORT
+# (what it answers: its header); stop_http_peer NAME.
+start_http_peer() {
+    _peers_start_logged "$1" "^HTTP_PEER $2\$" 10 \
+        "$PEERS_PYTHON" "$PEERS_ROOT/tests/e2e/http_peer.py" "${@:2}"
+}
+
 stop_http_peer() { _peers_stop "$1"; }
+
+# start_moto NAME PORT: moto's server (the AWS APIs, here Lambda's Invoke)
+# on 127.0.0.1:PORT; stop with stop_http_peer NAME.
+start_moto() {
+    _peers_start_logged "$1" "Running on http://127.0.0.1:$2" 30 \
+        "$(dirname "$PEERS_PYTHON")/moto_server" -H 127.0.0.1 -p "$2"
+}
 
 # --- Apache Kafka -------------------------------------------------------------
 

@@ -12,7 +12,11 @@
 # stage delivering every document once per run (the peer counts them); a
 # processor whose peer stalls reads no further than its window while
 # another processor keeps working, aspen's memory stays bounded, and a stop
-# interrupts the wait.
+# interrupts the wait. $externalFunction against moto's Lambda Invoke API
+# (no Docker: an invoke echoes its payload): sync with the result in `as`,
+# async, an API error (404: moto without Docker echoes for any function
+# name, so the connection's endpoint has a wrong path) per onError, as the last stage, its option
+# errors, and the aws-lambda connection listed without its keys.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=peers.sh
@@ -26,6 +30,7 @@ rm -rf "$STATE"
 HTTP_PORT=$(free_port)
 HTTPS_PORT=$(free_port)
 DOWN_PORT=$(free_port)
+MOTO_PORT=$(free_port)
 
 write_config() {
     cat >"$CONFIG" <<JSON
@@ -37,7 +42,12 @@ write_config() {
     "tlsCAFile": "$CERTS/ca.pem" },
   { "name": "webstall", "type": "https", "url": "http://127.0.0.1:$HTTP_PORT", "maxInFlight": 4 },
   { "name": "webdown", "type": "https", "url": "http://127.0.0.1:$DOWN_PORT",
-    "maxInFlight": 1 } ] }
+    "maxInFlight": 1 },
+  { "name": "lambda", "type": "aws-lambda", "aws": { "roleArn": "arn:aws:iam::123456789012:role/asp-invoker" },
+    "region": "us-east-1", "endpoint": "http://127.0.0.1:$MOTO_PORT",
+    "credentials": { "accessKeyId": "AKIDASPEN", "secretAccessKey": "lambda-s3cr3t" } },
+  { "name": "lambdaWrongPath", "type": "aws-lambda", "endpoint": "http://127.0.0.1:$MOTO_PORT/wrong",
+    "credentials": { "accessKeyId": "AKIDASPEN", "secretAccessKey": "lambda-s3cr3t" } } ] }
 JSON
 }
 
@@ -74,6 +84,8 @@ must "dev certificates" bash "$PEERS_ROOT/certs/gen-dev-certs.sh" "$CERTS"
 must "backing server starts" start_backing
 must "HTTP peer starts" start_http_peer http_peer "$HTTP_PORT"
 must "HTTPS peer starts" start_http_peer https_peer "$HTTPS_PORT" --tls "$CERTS/server.pem" "$CERTS/server-key.pem"
+must "moto (Lambda) starts" start_moto moto "$MOTO_PORT"
+must "Lambda function echoFn created in moto" "$PEERS_PYTHON" "$HERE/lambda_peer.py" "$MOTO_PORT" echoFn
 write_config
 must "aspen starts" start_aspen --config "$CONFIG" --bind 127.0.0.1 --port 0 \
     --backend "$BACKING_URI" --state-dir "$STATE"
@@ -82,11 +94,13 @@ check "listing, errors, enrichment, answers and onError, TLS, routing, final sta
 check "the final \$https delivered 5 documents, each once" received run1 5
 check "second run of the final-stage processor" phase hook2
 check "over both runs 7 documents, each once" received run1 7
+check "\$externalFunction sync, async, errors and as the last stage against moto" phase lambda
 check "a stalled peer: back-pressure, aspen's memory bounded" stall_memory_bounded
 check "others keep working; a stop interrupts the wait" phase stall_check
 check "aspen stops cleanly, no sanitizer report" stop_aspen
 stop_http_peer http_peer
 stop_http_peer https_peer
+stop_http_peer moto
 stop_backing
 
 checks_done

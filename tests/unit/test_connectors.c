@@ -28,6 +28,7 @@
 
 #include "builtins.h"
 #include "connectors/conn_https.h"
+#include "connectors/conn_lambda.h"
 #include "connectors/connectors.h"
 #include "runtime/catalog.h"
 
@@ -224,6 +225,50 @@ test_https_kind(void **state)
                   "only");
 }
 
+/* The aws-lambda kind: ASP's aws.roleArn plus aspen's region, endpoint and
+ * keys; listings show no key. */
+static void
+test_lambda_kind(void **state)
+{
+   (void) state;
+   const aspen_catalog_t *cat = aspen_builtins_catalog();
+   aspen_conns_t conns;
+   aspen_error_t err;
+   if (!load(&conns, cat,
+             "[{\"name\": \"l\", \"type\": \"aws-lambda\","
+             "  \"aws\": {\"roleArn\": \"arn:aws:iam::1:role/r\"},"
+             "  \"region\": \"eu-west-1\","
+             "  \"credentials\": {\"accessKeyId\": \"AK\", \"secretAccessKey\": \"SK\"}},"
+             " {\"name\": \"m\", \"type\": \"aws-lambda\", \"endpoint\": \"http://127.0.0.1:5\","
+             "  \"credentials\": {\"accessKeyId\": \"AK\", \"secretAccessKey\": \"SK\"}}]",
+             "mongodb://backend:3", &err)) {
+      fail_msg("%s", err.message);
+   }
+   assert_listed(&conns, "l",
+                 "{\"name\": \"l\", \"type\": \"aws-lambda\","
+                 " \"aws\": {\"roleArn\": \"arn:aws:iam::1:role/r\"},"
+                 " \"region\": \"eu-west-1\","
+                 " \"endpoint\": \"https://lambda.eu-west-1.amazonaws.com\"}");
+   assert_listed(&conns, "m",
+                 "{\"name\": \"m\", \"type\": \"aws-lambda\","
+                 " \"region\": \"us-east-1\", \"endpoint\": \"http://127.0.0.1:5\"}");
+   const aspen_conn_lambda_t *l = aspen__conn_lambda(aspen_conns_find(&conns, "l"));
+   assert_non_null(l);
+   assert_string_equal(l->sigv4, "aws:amz:eu-west-1:lambda");
+   assert_string_equal(l->userpwd, "AK:SK");
+   assert_null(aspen__conn_lambda(aspen_conns_find(&conns, "sample_stream_solar")));
+   aspen_conns_cleanup(&conns);
+   assert_refused(cat,
+                  "[{\"name\": \"l\", \"type\": \"aws-lambda\","
+                  "  \"aws\": {\"roleArn\": \"r\", \"externalId\": \"x\"}}]",
+                  "unknown config key 'connections[0].aws.externalId'");
+   assert_refused(cat,
+                  "[{\"name\": \"l\", \"type\": \"aws-lambda\", \"endpoint\": \"ftp://x\","
+                  "  \"credentials\": {\"accessKeyId\": \"AK\", \"secretAccessKey\": \"SK\"}}]",
+                  "config key 'connections[0].endpoint' must start with https:// or "
+                  "http://");
+}
+
 static void
 test_refused(void **state)
 {
@@ -248,11 +293,12 @@ test_refused(void **state)
    /* Only configurable kinds are types; the message lists them. */
    assert_refused(cat, "[{\"name\": \"a\", \"type\": \"sample_solar\"}]",
                   "config key 'connections[0].type' must be 'atlas', "
-                  "'kafka', 'schemaRegistry' or 'https', not "
-                  "'sample_solar'");
+                  "'kafka', 'schemaRegistry', 'https' or 'aws-lambda', "
+                  "not 'sample_solar'");
    assert_refused(cat, "[{\"name\": \"a\", \"type\": \"nosuch\"}]",
                   "config key 'connections[0].type' must be 'atlas', "
-                  "'kafka', 'schemaRegistry' or 'https', not 'nosuch'");
+                  "'kafka', 'schemaRegistry', 'https' or 'aws-lambda', "
+                  "not 'nosuch'");
    /* A type ASP has and aspen not yet (the not-yet list): said so, not
     * called unknown. */
    assert_refused(cat, "[{\"name\": \"a\", \"type\": \"s3\"}]",
@@ -539,8 +585,8 @@ test_new_kind(void **state)
 
    assert_refused(cat, "[{\"name\": \"f\", \"type\": \"nope\"}]",
                   "config key 'connections[0].type' must be 'atlas', "
-                  "'kafka', 'schemaRegistry', 'https', 'fake' or 'mute', "
-                  "not 'nope'");
+                  "'kafka', 'schemaRegistry', 'https', 'aws-lambda', "
+                  "'fake' or 'mute', not 'nope'");
    assert_refused(cat, "[{\"name\": \"f\", \"type\": \"fake\"}]",
                   "config key 'connections[0].path' is required for a fake "
                   "connection");
@@ -730,6 +776,7 @@ main(void)
       cmocka_unit_test(test_builtin_kinds),
       cmocka_unit_test(test_refused),
       cmocka_unit_test(test_https_kind),
+      cmocka_unit_test(test_lambda_kind),
       cmocka_unit_test(test_new_kind),
       cmocka_unit_test(test_source_through_kind),
       cmocka_unit_test(test_sink_through_kind),

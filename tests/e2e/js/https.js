@@ -179,6 +179,64 @@ if (phase === "main") {
   startAndWait("hook");
   waitFor("7 delivered over both runs", () => Number(stats("hook").outputMessageCount) === 7);
   sp.hook.stop();
+} else if (phase === "lambda") {
+  const lc = sp.listConnections().find(c => c.name === "lambda");
+  assert(lc && lc.type === "aws-lambda" && lc.aws.roleArn.endsWith("role/asp-invoker") && lc.region === "us-east-1",
+         "lambda listed: " + tojson(lc));
+  assert(!tojson(sp.listConnections()).includes("lambda-s3cr3t"), "no secret key listed");
+  const bad = (stage, re, last) => expectError(
+    () => sp.createStreamProcessor("bad", [src("x"), stage].concat(last ? [] : [merge("y")])), 420, re);
+  bad({ $externalFunction: { connectionName: "lambda", functionName: "f", execution: "async", as: "r" } },
+      /as cannot be set when execution is async/);
+  bad({ $externalFunction: { connectionName: "lambda", functionName: "f" } }, /as is required when execution is sync/);
+  bad({ $externalFunction: { connectionName: "lambda", functionName: "f", execution: "async", parallelism: 2 } },
+      /parallelism above 1 requires execution sync/);
+  bad({ $externalFunction: { connectionName: "lambda", functionName: "f", as: "r", partitionBy: "$k" } },
+      /partitionBy requires execution sync and parallelism above 1/);
+  bad({ $externalFunction: { connectionName: "web", functionName: "f", as: "r" } }, /requires a connection of type aws-lambda/);
+  bad({ $externalFunction: { connectionName: "lambda", as: "r" } }, /'\$externalFunction.functionName' is missing/);
+  bad({ $externalFunction: { connectionName: "lambda", functionName: "f", as: "r", retries: 1 } },
+      /'\$externalFunction.retries' is an unknown field/);
+  bad({ $externalFunction: { connectionName: "lambda", functionName: "f", as: "r", payload: [{ $unwind: "$a" }] } },
+      /\$unwind stage is not permitted in the payload \(inner pipeline\) of an external function stage/);
+
+  // sync: the function's result in `as` (moto echoes the payload).
+  sp.createStreamProcessor("fnSync", [src("fnIn"),
+    { $externalFunction: { connectionName: "lambda", functionName: "echoFn", as: "fn",
+                           parallelism: 4, partitionBy: "$k", payload: [{ $project: { _id: 1, n: 1 } }] } },
+    merge("fnOut")], DLQ);
+  startAndWait("fnSync");
+  t.fnIn.insertMany([1, 2, 3].map(i => ({ _id: i, n: i * 10, k: i % 2, other: "x" })));
+  waitFor("3 results merged", () => t.fnOut.countDocuments() === 3);
+  for (const d of t.fnOut.find().toArray()) {
+    assert(tojson(d.fn) === tojson({ _id: d._id, n: d.n }), "the function's result: " + tojson(d));
+  }
+  // async: the pipeline goes on without the result; a full ARN works too.
+  sp.createStreamProcessor("fnAsync", [src("fnAIn"),
+    { $externalFunction: { connectionName: "lambda", execution: "async",
+                           functionName: "arn:aws:lambda:us-east-1:123456789012:function:echoFn" } },
+    merge("fnAOut")], DLQ);
+  startAndWait("fnAsync");
+  t.fnAIn.insertMany([{ _id: 1 }, { _id: 2 }]);
+  waitFor("async documents merged", () => t.fnAOut.countDocuments() === 2);
+  assert(!("fn" in t.fnAOut.findOne()), "no result with async");
+  // An Invoke API error (a 404 from an endpoint with a wrong path) follows
+  // onError (dlq).
+  sp.createStreamProcessor("fnMissing", [src("fnMIn"),
+    { $externalFunction: { connectionName: "lambdaWrongPath", functionName: "echoFn", as: "fn" } }, merge("fnMOut")], DLQ);
+  startAndWait("fnMissing");
+  t.fnMIn.insertOne({ _id: "m1" });
+  waitFor("the failed call dead-lettered", () => t.dlq.countDocuments({ "doc._id": "m1" }) === 1);
+  const e = t.dlq.findOne({ "doc._id": "m1" });
+  assert(e.operatorName === "ExternalFunctionOperator" && /status code 404/.test(e.errInfo.reason),
+         "DLQ entry: " + tojson(e));
+  // As the last stage (a sink), sync without `as`.
+  sp.createStreamProcessor("fnSink", [src("fnSIn"),
+    { $externalFunction: { connectionName: "lambda", functionName: "echoFn" } }], DLQ);
+  startAndWait("fnSink");
+  t.fnSIn.insertMany([{ _id: 1 }, { _id: 2 }, { _id: 3 }]);
+  waitFor("3 invoked by the final stage", () => Number(stats("fnSink").outputMessageCount) === 3);
+  for (const n of ["fnSync", "fnAsync", "fnMissing", "fnSink"]) sp[n].stop();
 } else if (phase === "stall_start") {
   // A processor whose peer never answers, next to one that works.
   sp.createStreamProcessor("stalled", [src("stallIn"),
