@@ -621,6 +621,8 @@ aspen__http_call_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *
       pthread_once(&curl_once, curl_init_once);
       h->multi = curl_multi_init();
       ASPEN_ASSERT(h->multi);
+      /* Keep a connection per request in flight for reuse. */
+      curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, (long) h->cap);
    }
    aspen_http_req_t tmp;
    memset(&tmp, 0, sizeof tmp);
