@@ -30,6 +30,7 @@ typedef struct {
    bool done;
    bson_t *doc, *meta;
    int64_t ts_ms;
+   uint64_t seq;      /* the source input it came from (pl->cur_seq) */
    char *url;
    char *body;
    struct curl_slist *hdrs;

@@ -378,7 +378,12 @@ harvest(aspen_stage_t *st)
    while (h->count > 0 && h->ring[h->head].done) {
       aspen_http_req_t *r = &h->ring[h->head];
       if (!h->failed) {
+         /* Later stages see the input this document came from (a window
+          * keeps the first one it saw as where a restore replays from). */
+         uint64_t seq = st->pl->cur_seq;
+         st->pl->cur_seq = r->seq;
          finish(st, r);
+         st->pl->cur_seq = seq;
       }
       req_clear(h, r);
       h->head = (h->head + 1) % h->cap;
@@ -643,6 +648,7 @@ aspen__http_call_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *
    r->doc = bson_copy(in->doc);
    r->meta = in->meta ? bson_copy(in->meta) : bson_new();
    r->ts_ms = in->ts_ms;
+   r->seq = st->pl->cur_seq;
    r->easy = curl_easy_init();
    ASPEN_ASSERT(r->easy);
    h->count++;
