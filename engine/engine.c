@@ -19,7 +19,7 @@
 #include "commands/commands.h"
 #include "connectors/coll_writer.h"
 #include "connectors/connections.h"
-#include "runtime/checkpoint.h"
+#include "file.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -119,7 +119,7 @@ aspen_engine_connection_closed(aspen_engine_t *eng, uint64_t conn_id)
 aspen_engine_t *
 aspen_engine_new(const aspen_engine_opts_t *opts, aspen_error_t *err)
 {
-   if (!aspen__mkdirs(opts->state_dir)) {
+   if (!aspen_file_mkdirs(opts->state_dir)) {
       aspen_error_set(err, ASPEN_ERR_BadValue,
                       "cannot create state directory %s: %s",
                       opts->state_dir, strerror(errno));

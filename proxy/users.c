@@ -39,6 +39,7 @@
  * nothing shared and may run on any thread.
  */
 #include "auth.h"
+#include "file.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -2182,68 +2183,14 @@ aspen_users_engine_authz(aspen_users_t *users, aspen_engine_authz_t *out)
 
 /* ---- aspen --add-user ------------------------------------------------------- */
 
-static bool
-write_atomically(const char *path, const char *text, aspen_error_t *err)
-{
-   char tmp[4200];
-   snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int) getpid());
-   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-   if (fd < 0) {
-      aspen_error_set(err, ASPEN_ERR_BadValue, "cannot create %s: %s", tmp,
-                      strerror(errno));
-      return false;
-   }
-   size_t len = strlen(text), off = 0;
-   while (off < len) {
-      ssize_t n = write(fd, text + off, len - off);
-      if (n < 0 && errno == EINTR) {
-         continue;
-      }
-      if (n <= 0) {
-         aspen_error_set(err, ASPEN_ERR_BadValue, "cannot write %s: %s", tmp,
-                         strerror(errno));
-         close(fd);
-         unlink(tmp);
-         return false;
-      }
-      off += (size_t) n;
-   }
-   if (fsync(fd) != 0 || close(fd) != 0) {
-      aspen_error_set(err, ASPEN_ERR_BadValue, "cannot sync %s: %s", tmp,
-                      strerror(errno));
-      unlink(tmp);
-      return false;
-   }
-   if (rename(tmp, path) != 0) {
-      aspen_error_set(err, ASPEN_ERR_BadValue, "cannot rename %s to %s: %s",
-                      tmp, path, strerror(errno));
-      unlink(tmp);
-      return false;
-   }
-   char dir[4096];
-   snprintf(dir, sizeof dir, "%s", path);
-   int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY);
-   if (dfd >= 0) {
-      (void) fsync(dfd);
-      close(dfd);
-   }
-   return true;
-}
-
+/* Creates the folder of `path` and its parents (mode 0700). */
 static bool
 mkdir_parents(const char *path, aspen_error_t *err)
 {
    char dir[4096];
    snprintf(dir, sizeof dir, "%s", path);
-   char *d = dirname(dir);
-   for (char *p = d + 1; *p; p++) {
-      if (*p == '/') {
-         *p = '\0';
-         (void) mkdir(d, 0700);
-         *p = '/';
-      }
-   }
-   if (mkdir(d, 0700) != 0 && errno != EEXIST) {
+   const char *d = dirname(dir);
+   if (!aspen_file_mkdirs(d)) {
       aspen_error_set(err, ASPEN_ERR_BadValue, "cannot create %s: %s", d,
                       strerror(errno));
       return false;
@@ -2480,9 +2427,12 @@ add_user(const aspen_config_t *cfg, const char *name, const char *password,
                       users->path);
       ok = false;
    } else {
+      /* The temp file is per process: the lock aside, two runs never
+       * write into one. */
       char *text = aspen_xmalloc(len + 2);
       snprintf(text, len + 2, "%s\n", json);
-      ok = write_atomically(users->path, text, err);
+      ok = aspen_file_write_atomic(users->path, text, len + 1, 0600,
+                                   ASPEN_FILE_TMP_PER_PROCESS, err);
       free(text);
    }
    unlock_users_file(lock_fd);

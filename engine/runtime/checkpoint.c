@@ -6,6 +6,8 @@
  * exactly what was written, or is refused.
  */
 #include "runtime/checkpoint.h"
+#include "bytes.h"
+#include "file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -19,31 +21,16 @@
 
 static const uint8_t magic[8] = {'A', 'S', 'P', 'N', 'C', 'K', 'P', 'T'};
 
-static void
-put_le32(uint8_t *p, uint32_t v)
-{
-   p[0] = (uint8_t) v;
-   p[1] = (uint8_t) (v >> 8);
-   p[2] = (uint8_t) (v >> 16);
-   p[3] = (uint8_t) (v >> 24);
-}
-
-static uint32_t
-get_le32(const uint8_t *p)
-{
-   return (uint32_t) p[0] | (uint32_t) p[1] << 8 | (uint32_t) p[2] << 16 |
-          (uint32_t) p[3] << 24;
-}
-
 uint8_t *
 aspen__checkpoint_encode(const bson_t *body, size_t *len)
 {
    size_t n = ASPEN_CHECKPOINT_HEADER_LEN + body->len;
    uint8_t *out = aspen_xmalloc(n);
    memcpy(out, magic, sizeof magic);
-   put_le32(out + 8, ASPEN_CHECKPOINT_VERSION);
-   put_le32(out + 12, body->len);
-   put_le32(out + 16, aspen_crc32c(0, bson_get_data(body), body->len));
+   aspen_bytes_put_le32(out + 8, ASPEN_CHECKPOINT_VERSION);
+   aspen_bytes_put_le32(out + 12, body->len);
+   aspen_bytes_put_le32(out + 16,
+                        aspen_crc32c(0, bson_get_data(body), body->len));
    memcpy(out + ASPEN_CHECKPOINT_HEADER_LEN, bson_get_data(body), body->len);
    *len = n;
    return out;
@@ -67,7 +54,7 @@ aspen__checkpoint_decode(const uint8_t *data, size_t len,
                       "not a checkpoint (bad magic)");
       return false;
    }
-   uint32_t version = get_le32(data + 8);
+   uint32_t version = aspen_bytes_get_le32(data + 8);
    if (version != ASPEN_CHECKPOINT_VERSION) {
       aspen_error_set(err, ASPEN_ERR_InternalError,
                       "checkpoint format version %u is not supported "
@@ -75,7 +62,7 @@ aspen__checkpoint_decode(const uint8_t *data, size_t len,
                       version, ASPEN_CHECKPOINT_VERSION);
       return false;
    }
-   uint32_t body_len = get_le32(data + 12);
+   uint32_t body_len = aspen_bytes_get_le32(data + 12);
    if (body_len > ASPEN_CHECKPOINT_MAX_BODY) {
       aspen_error_set(err, ASPEN_ERR_InternalError,
                       "checkpoint body length %u is over the limit", body_len);
@@ -90,10 +77,10 @@ aspen__checkpoint_decode(const uint8_t *data, size_t len,
    }
    const uint8_t *b = data + ASPEN_CHECKPOINT_HEADER_LEN;
    uint32_t crc = aspen_crc32c(0, b, body_len);
-   if (crc != get_le32(data + 16)) {
+   if (crc != aspen_bytes_get_le32(data + 16)) {
       aspen_error_set(err, ASPEN_ERR_InternalError,
                       "corrupted checkpoint: CRC-32C %08x, header says %08x",
-                      crc, get_le32(data + 16));
+                      crc, aspen_bytes_get_le32(data + 16));
       return false;
    }
    bson_t view;
@@ -145,99 +132,6 @@ aspen__checkpoint_dir(const char *state_dir, const char *processor_id,
 }
 
 bool
-aspen__mkdirs(const char *dir)
-{
-   char path[4096];
-   snprintf(path, sizeof path, "%s", dir);
-   for (char *p = path + 1; *p; p++) {
-      if (*p == '/') {
-         *p = '\0';
-         if (mkdir(path, 0700) != 0 && errno != EEXIST) {
-            return false;
-         }
-         *p = '/';
-      }
-   }
-   return mkdir(path, 0700) == 0 || errno == EEXIST;
-}
-
-bool
-aspen__fsync_dir(const char *dir)
-{
-   int fd = open(dir, O_RDONLY | O_DIRECTORY);
-   if (fd < 0) {
-      return false;
-   }
-   bool ok = fsync(fd) == 0;
-   close(fd);
-   return ok;
-}
-
-static bool
-write_all(int fd, const uint8_t *p, size_t n)
-{
-   while (n > 0) {
-      ssize_t w = write(fd, p, n);
-      if (w < 0 && errno == EINTR) {
-         continue;
-      }
-      if (w <= 0) {
-         return false;
-      }
-      p += w;
-      n -= (size_t) w;
-   }
-   return true;
-}
-
-/* Writes `len` bytes to `tmp` (created 0600, truncated), fsyncs and closes
- * it; `*step` names what failed. */
-static bool
-write_tmp(const char *tmp, const void *data, size_t len, const char **step)
-{
-   *step = "write";
-   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-   bool ok = fd >= 0 && write_all(fd, data, len);
-   if (ok) {
-      *step = "fsync";
-      ok = fsync(fd) == 0;
-   }
-   if (fd >= 0) {
-      int saved = errno;
-      ok = close(fd) == 0 && ok;
-      if (!ok && saved) {
-         errno = saved;
-      }
-   }
-   return ok;
-}
-
-bool
-aspen__file_write_atomic(const char *dir, const char *name, const void *data,
-                         size_t len, aspen_error_t *err)
-{
-   char path[4200], tmp[4300];
-   snprintf(path, sizeof path, "%s/%s", dir, name);
-   snprintf(tmp, sizeof tmp, "%s.tmp", path);
-   const char *step = "create the directory of";
-   bool ok = aspen__mkdirs(dir) && write_tmp(tmp, data, len, &step);
-   if (ok) {
-      step = "rename";
-      ok = rename(tmp, path) == 0;
-   }
-   if (ok) {
-      step = "fsync the directory of";
-      ok = aspen__fsync_dir(dir);
-   }
-   if (!ok) {
-      aspen_error_set(err, ASPEN_ERR_InternalError, "cannot %s %s: %s", step,
-                      path, strerror(errno));
-      (void) unlink(tmp);
-   }
-   return ok;
-}
-
-bool
 aspen__checkpoint_write(const char *dir, const bson_t *body,
                         aspen_error_t *err)
 {
@@ -257,7 +151,8 @@ aspen__checkpoint_write(const char *dir, const bson_t *body,
    const char *step = "create the directory";
    size_t len;
    uint8_t *data = aspen__checkpoint_encode(body, &len);
-   bool ok = aspen__mkdirs(dir) && write_tmp(tmp, data, len, &step);
+   bool ok = aspen_file_mkdirs(dir) &&
+             aspen_file_write_synced(tmp, data, len, 0600, &step);
    free(data);
    if (ok) {
       /* Keep the last good one. A crash between the two renames leaves
@@ -268,7 +163,7 @@ aspen__checkpoint_write(const char *dir, const bson_t *body,
    }
    if (ok) {
       step = "fsync the directory of";
-      ok = aspen__fsync_dir(dir);
+      ok = aspen_file_fsync_dir(dir);
    }
    if (!ok) {
       aspen_error_set(err, ASPEN_ERR_InternalError,
@@ -417,7 +312,7 @@ aspen__checkpoint_discard_current(const char *dir)
    char path[4200];
    snprintf(path, sizeof path, "%s/current", dir);
    (void) unlink(path);
-   (void) aspen__fsync_dir(dir);
+   (void) aspen_file_fsync_dir(dir);
 }
 
 void

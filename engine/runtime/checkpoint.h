@@ -89,19 +89,6 @@ int aspen__checkpoint_pick_committed(const bson_t *current,
                                      const bson_t *previous,
                                      const bson_t *committed_ids);
 
-/* Writes `len` bytes as the file `name` in `dir` (created with its
- * parents if missing) atomically: "<name>.tmp" written and fsynced, renamed
- * over `name`, the directory fsynced. A crash leaves the old file or the new
- * one. False with err set on any I/O error, the old file untouched. */
-bool aspen__file_write_atomic(const char *dir, const char *name,
-                              const void *data, size_t len,
-                              aspen_error_t *err);
-
-/* Creates `dir` and its parents (mode 0700); true when it exists. */
-bool aspen__mkdirs(const char *dir);
-/* fsyncs a directory, making renames in it durable. */
-bool aspen__fsync_dir(const char *dir);
-
 /* Deletes "current" in `dir` (exactly-once: its transaction never
  * committed and "previous" was restored), so that the next write keeps
  * "previous" as the fallback. */

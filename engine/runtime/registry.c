@@ -22,6 +22,7 @@
  */
 #include "runtime/runtime_int.h"
 #include "runtime/checkpoint.h"
+#include "file.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -184,13 +185,13 @@ aspen_registry_save_as(aspen_registry_t *reg, const aspen_proc_t *p,
    bson_t doc = BSON_INITIALIZER;
    BSON_APPEND_INT32(&doc, "version", PROC_FILE_VERSION);
    proc_to_bson(p, st, &doc);
-   char what[160], file[40];
+   char what[160], path[4200];
    snprintf(what, sizeof what, "stream processor '%s'", p->name);
-   snprintf(file, sizeof file, "%s.json", p->id);
+   snprintf(path, sizeof path, "%s/%s.json", reg->procs_dir, p->id);
    char *json = NULL;
    size_t len = 0;
    bool ok = encode_json(&doc, what, &json, &len, err) &&
-             aspen__file_write_atomic(reg->procs_dir, file, json, len, err);
+             aspen_file_write_atomic(path, json, len, 0600, 0, err);
    bson_free(json);
    bson_destroy(&doc);
    if (!ok) {
@@ -216,7 +217,7 @@ aspen_registry_unsave(aspen_registry_t *reg, const aspen_proc_t *p,
    char path[4200];
    snprintf(path, sizeof path, "%s/%s.json", reg->procs_dir, p->id);
    if ((unlink(path) != 0 && errno != ENOENT) ||
-       !aspen__fsync_dir(reg->procs_dir)) {
+       !aspen_file_fsync_dir(reg->procs_dir)) {
       aspen_error_set(err, ASPEN_ERR_InternalError, "cannot remove %s: %s",
                       path, strerror(errno));
       aspen_logf(ASPEN_LOG_ERROR, "STREAMS", "engine", "%s", err->message);
@@ -739,7 +740,7 @@ load_state(aspen_registry_t *reg, aspen_error_t *err)
    char done[4200];
    snprintf(done, sizeof done, "%s.migrated", legacy);
    if (ok && (rename(legacy, done) != 0 ||
-              !aspen__fsync_dir(reg->state_dir))) {
+              !aspen_file_fsync_dir(reg->state_dir))) {
       aspen_error_set(err, ASPEN_ERR_InternalError, "cannot rename %s: %s",
                       legacy, strerror(errno));
       ok = false;

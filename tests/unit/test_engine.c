@@ -375,7 +375,7 @@ expect_refused(const char *file, const char *text, const char *needle)
    snprintf(path, sizeof path, "%s/%s", g_dir, file);
    char *slash = strrchr(path, '/');
    *slash = '\0';
-   (void) aspen__mkdirs(path);
+   (void) aspen_file_mkdirs(path);
    *slash = '/';
    spit(path, text);
    aspen_error_t err;

@@ -1,7 +1,8 @@
 /*
  * test_wire.c - cmocka unit tests for wire/, aspen's foundation library: the
  * byte buffer, errors, logging, CRC-32C, framing, OP_MSG / OP_QUERY decoding,
- * the reply encoders, the clocks and the hash.
+ * the reply encoders, the clocks, the hash, little-endian bytes and the
+ * atomic file write.
  *
  * The parser tests follow picohttpparser's test.c: a small independent
  * encoder in this file builds valid messages, and each one is fed to the
@@ -24,10 +25,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "bytes.h"
+#include "file.h"
 #include "hash.h"
 #include "wire.h"
 
@@ -2567,6 +2571,92 @@ test_hash_fnv1a(void **state)
                aspen_hash_fnv1a("foobar", 6));
 }
 
+
+/* bytes.h: little-endian, whatever the host's order. */
+static void
+test_bytes_le32(void **state)
+{
+   (void) state;
+   uint8_t b[4];
+   aspen_bytes_put_le32(b, 0x11223344u);
+   assert_int_equal(b[0], 0x44);
+   assert_int_equal(b[3], 0x11);
+   assert_int_equal(aspen_bytes_get_le32(b), 0x11223344u);
+   aspen_bytes_put_le32(b, 0xffffffffu);
+   assert_int_equal(aspen_bytes_get_le32(b), 0xffffffffu);
+}
+
+static char *
+slurp_small(const char *path)
+{
+   FILE *f = fopen(path, "rb");
+   if (!f) {
+      return NULL;
+   }
+   char *text = calloc(1, 256);
+   size_t n = fread(text, 1, 255, f);
+   text[n] = '\0';
+   fclose(f);
+   return text;
+}
+
+/* file.c: the atomic replace creates the folder, writes the mode asked
+ * for, names its temp file per process when asked, and on a failure
+ * leaves the old file whole and no temp file behind. */
+static void
+test_file_write_atomic(void **state)
+{
+   (void) state;
+   char dir[] = "/tmp/aspen-test-file-XXXXXX";
+   assert_non_null(mkdtemp(dir));
+   char path[256], tmp[300], sub[256];
+   snprintf(sub, sizeof sub, "%s/a/b", dir);
+   snprintf(path, sizeof path, "%s/f.json", sub);
+   aspen_error_t err;
+   assert_true(aspen_file_write_atomic(path, "one", 3, 0600, 0, &err));
+   char *text = slurp_small(path);
+   assert_string_equal(text, "one");
+   free(text);
+   struct stat st;
+   assert_int_equal(stat(path, &st), 0);
+   assert_int_equal(st.st_mode & 0777, 0600);
+   assert_int_equal(stat(sub, &st), 0);
+   assert_int_equal(st.st_mode & 0777, 0700);
+   /* "<path>.tmp" taken by a folder: refused, old file kept. */
+   snprintf(tmp, sizeof tmp, "%s.tmp", path);
+   assert_int_equal(mkdir(tmp, 0700), 0);
+   assert_false(aspen_file_write_atomic(path, "two", 3, 0600, 0, &err));
+   assert_int_equal(err.code, ASPEN_ERR_InternalError);
+   assert_non_null(strstr(err.message, "cannot write"));
+   text = slurp_small(path);
+   assert_string_equal(text, "one");
+   free(text);
+   /* Per process: "<path>.tmp.<pid>", so the folder is no obstacle. */
+   assert_true(aspen_file_write_atomic(path, "three", 5, 0600,
+                                       ASPEN_FILE_TMP_PER_PROCESS, &err));
+   text = slurp_small(path);
+   assert_string_equal(text, "three");
+   free(text);
+   char ptmp[320];
+   snprintf(ptmp, sizeof ptmp, "%s.tmp.%d", path, (int) getpid());
+   assert_int_equal(stat(ptmp, &st), -1);
+   assert_int_equal(mkdir(ptmp, 0700), 0);
+   assert_false(aspen_file_write_atomic(path, "four", 4, 0600,
+                                        ASPEN_FILE_TMP_PER_PROCESS, &err));
+   text = slurp_small(path);
+   assert_string_equal(text, "three");
+   free(text);
+   assert_int_equal(rmdir(ptmp), 0);
+   assert_int_equal(rmdir(tmp), 0);
+   assert_int_equal(unlink(path), 0);
+   assert_true(aspen_file_fsync_dir(sub));
+   assert_false(aspen_file_fsync_dir(path));
+   assert_int_equal(rmdir(sub), 0);
+   snprintf(sub, sizeof sub, "%s/a", dir);
+   assert_int_equal(rmdir(sub), 0);
+   assert_int_equal(rmdir(dir), 0);
+}
+
 /* ======================================================================== */
 
 #define T(fn) cmocka_unit_test_teardown(fn, tmp_teardown)
@@ -2616,6 +2706,8 @@ main(void)
       T(test_reply_bodies),
       T(test_clocks),
       T(test_hash_fnv1a),
+      T(test_bytes_le32),
+      T(test_file_write_atomic),
    };
    return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
 }

@@ -1,0 +1,31 @@
+/*
+ * bytes.h - little-endian integers in byte arrays, as the wire protocol's
+ * headers and lengths (proxy/upstream_*.c) and the checkpoint file's header
+ * (engine/runtime/checkpoint.c) store them. wire/'s own decoders read
+ * through the bounds-checked cursor of wire_int.h instead. Header only;
+ * pure, any thread.
+ */
+#ifndef ASPEN_WIRE_BYTES_H
+#define ASPEN_WIRE_BYTES_H
+
+#include <stdint.h>
+
+/* Stores `v` at p[0..3], least significant byte first. */
+static inline void
+aspen_bytes_put_le32(uint8_t *p, uint32_t v)
+{
+   p[0] = (uint8_t) v;
+   p[1] = (uint8_t) (v >> 8);
+   p[2] = (uint8_t) (v >> 16);
+   p[3] = (uint8_t) (v >> 24);
+}
+
+/* The value stored at p[0..3], least significant byte first. */
+static inline uint32_t
+aspen_bytes_get_le32(const uint8_t *p)
+{
+   return (uint32_t) p[0] | (uint32_t) p[1] << 8 | (uint32_t) p[2] << 16 |
+          (uint32_t) p[3] << 24;
+}
+
+#endif /* ASPEN_WIRE_BYTES_H */
