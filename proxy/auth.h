@@ -1,8 +1,11 @@
 /*
- * auth.h - authentication and authorization inside proxy/: the user store
- * and roles (users.c), the SASL and MONGODB-X509 commands, connectionStatus
- * and the check the router runs before every command (cmd_auth.c), and the
- * audit log (audit.c). SCRAM itself is scram.h.
+ * auth.h - authentication and authorization inside proxy/: the privilege
+ * actions (action.c), the user store (users.c; `aspen --add-user`,
+ * users_cli.c) with the roles it resolves (roles.c, roles.h), principals and
+ * the privileges each command needs (principal.c), mongod's refusal
+ * message (auth_refuse.c), the SASL and MONGODB-X509 commands,
+ * connectionStatus and the check the router runs before every command
+ * (cmd_auth.c), and the audit log (audit.c). SCRAM itself is scram.h.
  *
  * Model: users live in one JSON file (security.usersFile, default
  * <stateDir>/users.json) as SCRAM keys only. Auth is required when the file
@@ -27,7 +30,7 @@
 /* The engine names sp.process's ephemeral processors "__process_<hex>". */
 #define ASPEN_EPHEMERAL_PREFIX "__process_"
 
-/* ---- privilege actions ---------------------------------------------------- */
+/* ---- privilege actions (action.c) ----------------------------------------- */
 
 /* X(name, kind): kind S = stream-processing workspace, D = database or
  * collection, C = cluster, A = every action (on whatever resource the
@@ -82,8 +85,12 @@ typedef enum {
 const char *aspen_action_name(aspen_action_t a);
 /* Parses an action name (also ASP's older "listConnections"). */
 bool aspen_action_parse(const char *name, aspen_action_t *a);
+/* The kind of `a` (ASPEN_ACTIONS): 'S', 'D', 'C' or 'A'. */
+char aspen__action_kind(aspen_action_t a);
+/* The action's bit in a mask of actions (a privilege's, a role's). */
+#define ASPEN_ACTION_BIT(a) (UINT64_C(1) << ASPEN_ACTION_##a)
 
-/* ---- the user store (users.c) --------------------------------------------- */
+/* ---- the user store (users.c), principals (principal.c) ------------------- */
 
 /* What an authenticated session may do: a copy, independent of the store
  * (so a reload of the users file never invalidates a session). */
@@ -163,12 +170,12 @@ aspen_principal_t *aspen_users_role_principal_new(const aspen_users_t *users,
 void aspen_users_engine_authz(aspen_users_t *users,
                               aspen_engine_authz_t *out);
 
-/* `aspen --add-user NAME --password PW --roles r1,r2`: adds or replaces the
- * user in the users file (atomically: temp file, fsync, rename, fsync of the
- * folder) with SCRAM-SHA-1 and SCRAM-SHA-256 keys. The read-modify-write
- * holds an exclusive flock on "<users file>.lock", so concurrent runs all
- * land; a users file with group/other permissions is refused. With `password` NULL
- * (--external) the user goes in "$external" with no credentials: NAME is a
+/* `aspen --add-user NAME --password PW --roles r1,r2` (users_cli.c): adds
+ * or replaces the user in the users file (atomically: temp file, fsync,
+ * rename, fsync of the folder) with SCRAM-SHA-1 and SCRAM-SHA-256 keys. The
+ * read-modify-write holds an exclusive flock on "<users file>.lock", so
+ * concurrent runs all land; a users file with group/other permissions is
+ * refused. With `password` NULL (--external) the user goes in "$external" with no credentials: NAME is a
  * client certificate subject (RFC 2253) for MONGODB-X509. Roles are
  * built-in or security.roles names, optionally "role@db". Prints one line;
  * returns the process exit status. Main thread, before the loop. */
@@ -270,7 +277,7 @@ bool aspen_auth_session_key(aspen_request_t *req, const bson_t *lsid,
 bool aspen_auth_session_keys(aspen_request_t *req, const bson_t *ids,
                              bson_t *out);
 /* mongod's authorization refusal of `cmd` on `db` (code 13, "not
- * authorized on <db> to execute command { ... }"). */
+ * authorized on <db> to execute command { ... }"; auth_refuse.c). */
 void aspen__auth_refuse_command(const bson_t *cmd, const char *db,
                                 aspen_error_t *err);
 

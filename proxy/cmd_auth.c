@@ -9,7 +9,7 @@
  *
  * Authentication never reaches the backend: forwarded commands run with
  * aspen's own backend credentials, after this file has checked the user's
- * privileges (see aspen_principal_may_run in users.c).
+ * privileges (see aspen_principal_may_run in principal.c).
  *
  * With access control on, each backend session is keyed by the client's
  * lsid and the user (aspen_auth_session_key), as mongod's session ids are,

@@ -21,7 +21,7 @@
  *     "security": { "authorization": "auto", "usersFile": "...",
  *                   "roles": [ { "role": "...", "actions": [...] } ],
  *                   "auditLog": { "path": "..." } } }
- * (security.roles is checked by users.c.)
+ * (security.roles is checked by roles.c.)
  */
 #include "proxy_int.h"
 
@@ -261,7 +261,7 @@ load_doc(aspen_config_t *cfg, const bson_t *doc, const char *prefix,
       snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "",
                bson_iter_key(&it));
       /* The connection registry (checked entry by entry by the engine)
-       * and the custom roles (checked by users.c) are kept as arrays. */
+       * and the custom roles (checked by roles.c) are kept as arrays. */
       bson_t *array_key = strcmp(path, "connections") == 0 ? &cfg->connections
                           : strcmp(path, "security.roles") == 0 ? &cfg->roles
                                                                  : NULL;

@@ -290,7 +290,7 @@ main(int argc, char **argv)
    }
 
    /* Atlas connections run as their dbRoleToExecute, checked with the
-    * same rules as users' roles (users.c). */
+    * same rules as users' roles (principal.c). */
    aspen_engine_authz_t authz;
    aspen_users_engine_authz(srv.users, &authz);
    aspen_engine_opts_t eopts = {

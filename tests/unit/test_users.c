@@ -1,5 +1,5 @@
 /*
- * test_users.c - proxy/users.c's privilege evaluation: custom roles are
+ * test_users.c - proxy/principal.c's privilege evaluation: custom roles are
  * parsed strictly (a misspelled key, a wrong type, an unknown action stop
  * aspen naming the role and key) and their resources matched as mongod
  * matches them ({db, collection}, "" for any, {cluster: true},
