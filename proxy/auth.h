@@ -175,10 +175,11 @@ void aspen_users_engine_authz(aspen_users_t *users,
  * rename, fsync of the folder) with SCRAM-SHA-1 and SCRAM-SHA-256 keys. The
  * read-modify-write holds an exclusive flock on "<users file>.lock", so
  * concurrent runs all land; a users file with group/other permissions is
- * refused. With `password` NULL (--external) the user goes in "$external" with no credentials: NAME is a
- * client certificate subject (RFC 2253) for MONGODB-X509. Roles are
- * built-in or security.roles names, optionally "role@db". Prints one line;
- * returns the process exit status. Main thread, before the loop. */
+ * refused. With `password` NULL (--external) the user goes in "$external"
+ * with no credentials: NAME is a client certificate subject (RFC 2253) for
+ * MONGODB-X509. Roles are built-in or security.roles names, optionally
+ * "role@db". Prints one line; returns the process exit status. Main
+ * thread, before the loop. */
 int aspen_users_cli_add(const aspen_config_t *cfg, const char *name,
                         const char *password, const char *roles);
 

@@ -42,9 +42,10 @@ typedef struct {
    int idle_timeout_secs;  /* net.idleTimeoutSecs; 0: never idle out */
    bool load_balanced;     /* net.loadBalanced: answer loadBalanced hellos */
    aspen_log_level_t log_level;
-   /* Authentication (users.c, roles.c): "auto" (default: on once a user exists),
-    * "enabled" or "disabled"; the users file (default <stateDir>/users.json);
-    * the custom roles (the "security.roles" array of the config file). */
+   /* Authentication (users.c, roles.c): "auto" (default: on once a user
+    * exists), "enabled" or "disabled"; the users file (default
+    * <stateDir>/users.json); the custom roles (the "security.roles" array
+    * of the config file). */
    char *auth_mode;
    char *users_file;
    bson_t roles;

@@ -130,9 +130,10 @@ bool aspen_scram_is_done(const aspen_scram_t *sc);
 
 /* ---- the client side of one conversation --------------------------------- */
 
-/* aspen logging in to its backing deployment (upstream.c). The slow step,
- * PBKDF2, is a separate function so the caller can run it off the loop
- * thread and reuse its result for every connection with the same salt. */
+/* aspen logging in to its backing deployment (upstream_login.c). The slow
+ * step, PBKDF2, is a separate function so the caller can run it off the
+ * loop thread and reuse its result for every connection with the same
+ * salt. */
 typedef struct aspen_scram_client aspen_scram_client_t;
 
 /* ClientKey and ServerKey of a password for one salt and iteration count. */

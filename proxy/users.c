@@ -60,10 +60,10 @@ struct aspen_users {
    bool had_users;
 };
 
-/* The users file holds SCRAM keys (a stolen StoredKey/ServerKey pair allows offline
- * guessing and impersonating aspen), and one others may write could give
- * anyone a user, so aspen treats it as mongod treats its keyfile: mode
- * 0600 or stricter, or it is not used. */
+/* The users file holds SCRAM keys (a stolen StoredKey/ServerKey pair
+ * allows offline guessing and impersonating aspen), and one others may
+ * write could give anyone a user, so aspen treats it as mongod treats its
+ * keyfile: mode 0600 or stricter, or it is not used. */
 bool
 aspen__users_read_file(const char *path, bson_t *doc, bool *missing,
                        aspen_error_t *err)

@@ -1,4 +1,4 @@
-# test_upstream: the forwarding relay (proxy/upstream.c, upstream_topo.c)
+# test_upstream: the forwarding relay (proxy/upstream*.c, upstream_topo.c)
 # against a scripted backend peer on the same libuv loop, plus the pure
 # parts: the OP_MSG rewrite and the primary / mongos choice.
 add_executable(test_upstream ${CMAKE_CURRENT_LIST_DIR}/test_upstream.c)
