@@ -493,3 +493,27 @@ aspen__cmd_check_utf8(const char *name, const bson_t *cmd, bson_t *reply)
    }
    return true;
 }
+
+int64_t
+aspen__cmd_added_parallelism(const bson_t *pipeline)
+{
+   bson_iter_t it, st, arg;
+   int64_t added = 0;
+   if (!bson_iter_init(&it, pipeline)) {
+      return 0;
+   }
+   while (bson_iter_next(&it)) {
+      if (!BSON_ITER_HOLDS_DOCUMENT(&it) || !bson_iter_recurse(&it, &st) ||
+          !bson_iter_next(&st) || !BSON_ITER_HOLDS_DOCUMENT(&st) ||
+          !bson_iter_recurse(&st, &arg) ||
+          !bson_iter_find(&arg, "parallelism") ||
+          !BSON_ITER_HOLDS_NUMBER(&arg)) {
+         continue;
+      }
+      int64_t p = bson_iter_as_int64(&arg);
+      if (p > 1) {
+         added += p - 1;
+      }
+   }
+   return added;
+}

@@ -52,6 +52,11 @@ typedef bool (*aspen_cmd_fn)(aspen_cmd_ctx_t *ctx, const bson_t *cmd,
 
 /* ---- args.c: checking a command's fields ----------------------------------- */
 
+/* The parallelism a pipeline adds to its tier's: the sum over its stages
+ * of each `parallelism` above 1, less one each (asp-semantics.md §8.3);
+ * 0 when none has one. */
+int64_t aspen__cmd_added_parallelism(const bson_t *pipeline);
+
 /* Refuses a string that is not valid UTF-8 anywhere in `cmd` (names,
  * pipelines and options are saved and sent back in replies), or nesting
  * past what aspen walks: false with `reply` filled (InvalidBSON) naming

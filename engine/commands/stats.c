@@ -2,11 +2,24 @@
  * stats.c - getStreamProcessorStats: a processor's state and figures in
  * ASP's shape ({ns, name, state, stats: {..., inputMessageCount,
  * watermark, stateSize, lastCheckpointTime, ...}, pipeline}), scaled, and
- * a running Kafka $source's partitions, offsets and lag.
+ * a running Kafka $source's partitions, offsets and lag; with verbose,
+ * the latency of the last 30 s, each operator's figures (operatorStats)
+ * and the open windows' start times (asp-semantics.md §7.4).
+ *
+ * Sizes are divided by `scale` with the same rounding everywhere (down,
+ * as mongod's collStats does), keeping ASP's types: inputMessageSize and
+ * outputMessageSize are doubles, the others Longs.
  */
 #include "commands/commands.h"
 #include "connectors/kafka_int.h"
 
+#include <string.h>
+
+/* ASP's engine statuses are created, running, error and stopping
+ * (asp-semantics.md §7.3, [E7]); a stopped processor is, for the engine,
+ * one that exists and does not run: "created" (the top-level `state`
+ * says STOPPED). A start under way keeps aspen's "provisioning" (ASP's
+ * PROVISIONING state; ASP's engine has no processor yet then). */
 static const char *
 status_name(const aspen_proc_t *p)
 {
@@ -15,14 +28,150 @@ status_name(const aspen_proc_t *p)
       return "running";
    case ASPEN_PROC_FAILED:
       return "error";
-   case ASPEN_PROC_STOPPED:
-      return "stopped";
    case ASPEN_PROC_PROVISIONING:
       return "provisioning";
+   case ASPEN_PROC_STOPPED:
    case ASPEN_PROC_CREATED:
    default:
       return "created";
    }
+}
+
+static int64_t
+scaled(uint64_t bytes, int64_t scale)
+{
+   return (int64_t) (bytes / (uint64_t) scale);
+}
+
+/* latency: {p50, p99, start, end, unit, count, sum} of `h`. */
+static void
+append_latency(bson_t *into, const char *key, const aspen_hist_t *h,
+               int64_t start_ms, int64_t end_ms)
+{
+   bson_t lat;
+   BSON_APPEND_DOCUMENT_BEGIN(into, key, &lat);
+   BSON_APPEND_INT64(&lat, "p50", (int64_t) aspen_hist_quantile(h, 0.50));
+   BSON_APPEND_INT64(&lat, "p99", (int64_t) aspen_hist_quantile(h, 0.99));
+   BSON_APPEND_DATE_TIME(&lat, "start", start_ms ? start_ms : end_ms);
+   BSON_APPEND_DATE_TIME(&lat, "end", end_ms);
+   BSON_APPEND_UTF8(&lat, "unit", "microseconds");
+   BSON_APPEND_INT64(&lat, "count", (int64_t) h->count);
+   BSON_APPEND_INT64(&lat, "sum", (int64_t) h->sum);
+   bson_append_document_end(into, &lat);
+}
+
+/* The sink's target when its stage names it literally: {db, coll} for a
+ * $merge (or a time-series $emit), {topic} for a Kafka $emit. False for
+ * a computed one (its per-target figures are not kept). */
+static bool
+literal_target(const bson_t *pipeline, bson_t *target)
+{
+   bson_iter_t it, st, arg;
+   bson_init(target);
+   const char *stage = NULL;
+   bson_iter_t last;
+   bool any = false;
+   if (!bson_iter_init(&it, pipeline)) {
+      return false;
+   }
+   while (bson_iter_next(&it)) {
+      last = it;
+      any = true;
+   }
+   if (!any || !BSON_ITER_HOLDS_DOCUMENT(&last) ||
+       !bson_iter_recurse(&last, &st) || !bson_iter_next(&st) ||
+       !BSON_ITER_HOLDS_DOCUMENT(&st)) {
+      return false;
+   }
+   stage = bson_iter_key(&st);
+   const char *keys[2] = {"db", "coll"};
+   bson_iter_t spec;
+   if (strcmp(stage, "$merge") == 0) {
+      if (!bson_iter_recurse(&st, &arg) || !bson_iter_find(&arg, "into") ||
+          !BSON_ITER_HOLDS_DOCUMENT(&arg)) {
+         return false;
+      }
+      bson_iter_recurse(&arg, &spec);
+   } else if (strcmp(stage, "$emit") == 0) {
+      bson_iter_recurse(&st, &spec);
+      bson_iter_t t = spec;
+      if (bson_iter_find(&t, "topic")) {
+         if (!BSON_ITER_HOLDS_UTF8(&t)) {
+            return false;
+         }
+         BSON_APPEND_UTF8(target, "topic", bson_iter_utf8(&t, NULL));
+         return true;
+      }
+   } else {
+      return false;
+   }
+   for (int i = 0; i < 2; i++) {
+      bson_iter_t f = spec;
+      if (!bson_iter_find(&f, keys[i]) || !BSON_ITER_HOLDS_UTF8(&f)) {
+         bson_reinit(target);
+         return false;
+      }
+      BSON_APPEND_UTF8(target, keys[i], bson_iter_utf8(&f, NULL));
+   }
+   return true;
+}
+
+/* The counts every operator and target shows, scaled. */
+static void
+append_counts(bson_t *into, const aspen_op_counts_t *c, int64_t scale)
+{
+   BSON_APPEND_INT64(into, "inputMessageCount", (int64_t) c->in_count);
+   BSON_APPEND_INT64(into, "inputMessageSize", scaled(c->in_size, scale));
+   BSON_APPEND_INT64(into, "outputMessageCount", (int64_t) c->out_count);
+   BSON_APPEND_INT64(into, "outputMessageSize", scaled(c->out_size, scale));
+   BSON_APPEND_INT64(into, "dlqMessageCount", (int64_t) c->dlq_count);
+   BSON_APPEND_INT64(into, "dlqMessageSize", scaled(c->dlq_size, scale));
+}
+
+/* operatorStats: one entry per operator, source to sink. */
+static void
+append_operators(bson_t *st, const aspen_proc_t *p,
+                 const aspen_proc_figures_t *f, int64_t scale, int64_t now)
+{
+   bson_t arr;
+   BSON_APPEND_ARRAY_BEGIN(st, "operatorStats", &arr);
+   bson_t target;
+   bool has_target = literal_target(aspen_proc_pipeline(p), &target);
+   for (size_t i = 0; i < f->n_ops; i++) {
+      const aspen_proc_op_t *op = &f->ops[i];
+      char key[16];
+      const char *k;
+      bson_uint32_to_string((uint32_t) i, &k, key, sizeof key);
+      bson_t o;
+      BSON_APPEND_DOCUMENT_BEGIN(&arr, k, &o);
+      BSON_APPEND_UTF8(&o, "name", op->name);
+      append_counts(&o, &op->c, scale);
+      BSON_APPEND_INT64(&o, "stateSize", scaled(op->state_size, scale));
+      BSON_APPEND_INT64(&o, "maxMemoryUsage", scaled(op->max_state, scale));
+      BSON_APPEND_INT64(&o, "executionTimeMillis",
+                        (int64_t) (op->c.exec_ns / 1000000u));
+      bool is_sink = f->has_sink && i == f->n_ops - 1;
+      if (is_sink) {
+         /* End to end: the documents' latency is the sink's. */
+         append_latency(&o, "latency", &f->recent, f->recent_start_ms, now);
+      }
+      if (op->is_window && f->open_min_ms != INT64_MIN) {
+         BSON_APPEND_DATE_TIME(&o, "minOpenWindowStartTime", f->open_min_ms);
+         BSON_APPEND_DATE_TIME(&o, "maxOpenWindowStartTime", f->open_max_ms);
+      }
+      if (is_sink && has_target) {
+         bson_t ts, t0;
+         BSON_APPEND_ARRAY_BEGIN(&o, "targetStats", &ts);
+         BSON_APPEND_DOCUMENT_BEGIN(&ts, "0", &t0);
+         bson_concat(&t0, &target);
+         append_counts(&t0, &op->c, scale);
+         bson_append_document_end(&ts, &t0);
+         bson_append_array_end(&o, &ts);
+      }
+      bson_append_document_end(&arr, &o);
+   }
+   bson_append_array_end(st, &arr);
+   bson_destroy(&target);
 }
 
 bool
@@ -86,13 +235,13 @@ aspen__cmd_stats(aspen_cmd_ctx_t *ctx, const bson_t *cmd, uint64_t conn_id,
    aspen_proc_stats(p, &ps);
    BSON_APPEND_INT64(&st, "inputMessageCount", (int64_t) ps.input_count);
    BSON_APPEND_DOUBLE(&st, "inputMessageSize",
-                      (double) ps.input_size / (double) scale);
+                      (double) scaled(ps.input_size, scale));
    BSON_APPEND_INT64(&st, "outputMessageCount", (int64_t) ps.output_count);
    BSON_APPEND_DOUBLE(&st, "outputMessageSize",
-                      (double) ps.output_size / (double) scale);
+                      (double) scaled(ps.output_size, scale));
    BSON_APPEND_INT64(&st, "dlqMessageCount", (int64_t) ps.dlq_count);
-   BSON_APPEND_INT64(&st, "dlqMessageSize", (int64_t) ps.dlq_size / scale);
-   BSON_APPEND_INT64(&st, "stateSize", (int64_t) ps.state_size / scale);
+   BSON_APPEND_INT64(&st, "dlqMessageSize", scaled(ps.dlq_size, scale));
+   BSON_APPEND_INT64(&st, "stateSize", scaled(ps.state_size, scale));
    if (ps.watermark_ms != INT64_MIN) {
       BSON_APPEND_DATE_TIME(&st, "watermark", ps.watermark_ms);
    }
@@ -104,7 +253,37 @@ aspen__cmd_stats(aspen_cmd_ctx_t *ctx, const bson_t *cmd, uint64_t conn_id,
    }
    /* A running Kafka $source: partitions, offsets, lag, group (kafka.c). */
    aspen__kafka_stats_append(aspen_proc_id(p), &st);
+   /* A running change stream $source: its resume token and lag. */
+   bson_t token;
+   int64_t lag_ms;
+   if (aspen_proc_source_position(p, &token, &lag_ms)) {
+      if (!bson_empty(&token)) {
+         BSON_APPEND_DOCUMENT(&st, "changeStreamState", &token);
+      }
+      if (lag_ms != INT64_MIN) {
+         BSON_APPEND_INT64(&st, "changeStreamTimeDifferenceSecs",
+                           lag_ms / 1000);
+      }
+   }
+   bson_destroy(&token);
+   /* The memory the processor's state holds (windows, caches): what
+    * aspen's tracker counts against the tier's limit. Never scaled. */
+   BSON_APPEND_INT64(&st, "memoryTrackerBytes", (int64_t) ps.state_size);
+   int64_t added = aspen__cmd_added_parallelism(aspen_proc_pipeline(p));
+   if (added > 0) {
+      BSON_APPEND_INT64(&st, "addedParallelism", added);
+   }
    if (verbose) {
+      int64_t now = aspen_clock_now_ms();
+      aspen_proc_figures_t f;
+      aspen_proc_figures(p, &f);
+      append_latency(&st, "latency", &f.recent, f.recent_start_ms, now);
+      if (f.open_min_ms != INT64_MIN) {
+         BSON_APPEND_DATE_TIME(&st, "minOpenWindowStartTime", f.open_min_ms);
+         BSON_APPEND_DATE_TIME(&st, "maxOpenWindowStartTime", f.open_max_ms);
+      }
+      append_operators(&st, p, &f, scale, now);
+      aspen_proc_figures_cleanup(&f);
       BSON_APPEND_DATE_TIME(&st, "lastStateChange",
                             aspen_proc_state_changed_ms(p));
       BSON_APPEND_BOOL(&st, "ephemeral", aspen_proc_is_ephemeral(p));

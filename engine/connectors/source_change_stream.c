@@ -698,6 +698,20 @@ cs_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
    return true;
 }
 
+/* The event's clusterTime in ms, INT64_MIN when it has none. */
+static int64_t
+cluster_time_ms(const bson_t *ev)
+{
+   bson_iter_t it;
+   if (bson_iter_init_find(&it, ev, "clusterTime") &&
+       BSON_ITER_HOLDS_TIMESTAMP(&it)) {
+      uint32_t t, i;
+      bson_iter_timestamp(&it, &t, &i);
+      return (int64_t) t * 1000;
+   }
+   return INT64_MIN;
+}
+
 static int64_t
 event_time_ms(const bson_t *ev)
 {
@@ -706,13 +720,7 @@ event_time_ms(const bson_t *ev)
        BSON_ITER_HOLDS_DATE_TIME(&it)) {
       return bson_iter_date_time(&it);
    }
-   if (bson_iter_init_find(&it, ev, "clusterTime") &&
-       BSON_ITER_HOLDS_TIMESTAMP(&it)) {
-      uint32_t t, i;
-      bson_iter_timestamp(&it, &t, &i);
-      return (int64_t) t * 1000;
-   }
-   return INT64_MIN;
+   return cluster_time_ms(ev);
 }
 
 /* Builds {source: {type: "atlas", operationType, ns, documentKey}}. */
@@ -764,6 +772,10 @@ on_event(aspen_runtime_t *rt, cs_t *cs, const bson_t *ev)
       aspen_rt_mark(rt, 0, -1, cs->has_token ? &cs->token : NULL);
       event_meta(cs, ev, op, &meta);
       int64_t ts = event_time_ms(ev);
+      int64_t ct = cluster_time_ms(ev);
+      if (ct != INT64_MIN) {
+         aspen_rt_source_lag(rt, aspen_clock_now_ms() - ct);
+      }
       if (!cs->o.full_document_only) {
          aspen_rt_ingest(rt, ev, &meta, ts);
       } else if (bson_iter_init_find(&it, ev, "fullDocument") &&
@@ -850,6 +862,7 @@ cs_run(aspen_runtime_t *rt, void *state)
             set_token(cs, pbrt);
             aspen_rt_mark_token(rt, pbrt);
          }
+         aspen_rt_source_lag(rt, 0); /* caught up */
          bson_error_t berr;
          const bson_t *reply = NULL;
          if (mongoc_change_stream_error_document(cs->stream, &berr, &reply)) {

@@ -23,8 +23,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static void main_terminal(void *arg, const aspen_sdoc_t *doc);
+
+static uint64_t
+clock_ns(void)
+{
+   struct timespec ts;
+   clock_gettime(CLOCK_MONOTONIC, &ts);
+   return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
+}
 
 /* ---- $source ------------------------------------------------------------ */
 
@@ -282,6 +291,9 @@ aspen_pipeline_parse(const bson_t *pipeline, const aspen_catalog_t *catalog,
 {
    aspen_pipeline_t *pl = aspen_xcalloc(1, sizeof *pl);
    atomic_store(&pl->watermark_ms, INT64_MIN);
+   atomic_store(&pl->open_min_ms, INT64_MIN);
+   atomic_store(&pl->open_max_ms, INT64_MIN);
+   pthread_mutex_init(&pl->pub_mu, NULL);
    bson_copy_to(pipeline, &pl->def);
    bson_init(&pl->sink_spec);
    bson_init(&pl->source.spec);
@@ -406,6 +418,7 @@ aspen_pipeline_parse(const bson_t *pipeline, const aspen_catalog_t *catalog,
                         "$emit.");
       goto fail;
    }
+   pl->pub = aspen_xcalloc((size_t) pl->n_stages + 2, sizeof *pl->pub);
    return pl;
 
 fail:
@@ -432,6 +445,8 @@ aspen_pipeline_destroy(aspen_pipeline_t *pl)
    bson_destroy(&pl->source.spec);
    bson_destroy(&pl->sink_spec);
    bson_destroy(&pl->def);
+   free(pl->pub);
+   pthread_mutex_destroy(&pl->pub_mu);
    free(pl);
 }
 
@@ -440,7 +455,12 @@ aspen_pipeline_destroy(aspen_pipeline_t *pl)
 void
 aspen_chain_push(aspen_chain_t *chain, int idx, const aspen_sdoc_t *doc)
 {
-   if (idx > 0 && doc->doc && doc->doc->len > ASPEN_MAX_OBJECT_LEN) {
+   /* Only the main chain counts per stage (a window's inner stages are
+    * its window's figures). */
+   aspen_pipeline_t *pl =
+      chain->terminal == main_terminal ? (aspen_pipeline_t *) chain->arg : NULL;
+   uint32_t len = doc->doc ? doc->doc->len : 0;
+   if (idx > 0 && len > ASPEN_MAX_OBJECT_LEN) {
       /* A stage made a document past mongod's limit: it goes no further
        * (each stage adding up to 16 MB would otherwise grow it without
        * bound). */
@@ -448,10 +468,15 @@ aspen_chain_push(aspen_chain_t *chain, int idx, const aspen_sdoc_t *doc)
       aspen_error_set(&err, ASPEN_ERR_BSONObjectTooLarge,
                       "BSONObj size: %u (0x%X) is invalid. Size must be "
                       "between 0 and %u(16MB)",
-                      (unsigned) doc->doc->len, (unsigned) doc->doc->len,
+                      (unsigned) len, (unsigned) len,
                       (unsigned) ASPEN_MAX_OBJECT_LEN);
       aspen_stage_dead_letter(&chain->stages[idx - 1], doc, &err);
       return;
+   }
+   if (pl && idx > 0) {
+      aspen_op_counts_t *from = &chain->stages[idx - 1].counts;
+      from->out_count++;
+      from->out_size += len;
    }
    if (idx >= chain->n) {
       chain->terminal(chain->arg, doc);
@@ -459,7 +484,26 @@ aspen_chain_push(aspen_chain_t *chain, int idx, const aspen_sdoc_t *doc)
    }
    aspen_stage_t *st = &chain->stages[idx];
    aspen_error_t err;
-   if (!st->ops->push(st, doc, &err)) {
+   bool ok;
+   if (pl) {
+      st->counts.in_count++;
+      st->counts.in_size += len;
+   }
+   if (pl && pl->timing) {
+      /* A sampled input: this stage's own time is its time less that of
+       * the stages (and the sink) it handed documents to. */
+      uint64_t outer = pl->child_ns;
+      pl->child_ns = 0;
+      uint64_t t0 = clock_ns();
+      ok = st->ops->push(st, doc, &err);
+      uint64_t incl = clock_ns() - t0;
+      uint64_t own = incl > pl->child_ns ? incl - pl->child_ns : 0;
+      st->counts.exec_ns += own * ASPEN_PIPELINE_TIMING_EVERY;
+      pl->child_ns = outer + incl;
+   } else {
+      ok = st->ops->push(st, doc, &err);
+   }
+   if (!ok) {
       aspen_stage_dead_letter(st, doc, &err);
    }
 }
@@ -469,6 +513,12 @@ aspen_stage_dead_letter(aspen_stage_t *st, const aspen_sdoc_t *in,
                         const aspen_error_t *err)
 {
    aspen_pipeline_t *pl = st->pl;
+   /* A window's inner stage counts in its window. */
+   aspen_stage_t *counted = st->chain == &pl->main ? st : pl->window;
+   if (counted) {
+      counted->counts.dlq_count++;
+      counted->counts.dlq_size += in->doc ? in->doc->len : 0;
+   }
    char reason[ASPEN_ERROR_MSG_MAX + 128];
    snprintf(reason, sizeof reason,
             "Failed to process input document in %s with error: %s",
@@ -613,6 +663,92 @@ void
 aspen_stage_emit(aspen_stage_t *st, const aspen_sdoc_t *out)
 {
    aspen_chain_push(st->chain, st->index + 1, out);
+}
+
+uint64_t
+aspen_pipeline_clock_ns(void)
+{
+   return clock_ns();
+}
+
+void
+aspen__pipeline_publish(aspen_pipeline_t *pl)
+{
+   int64_t sec = aspen_clock_now_ms() / 1000;
+   pthread_mutex_lock(&pl->pub_mu);
+   pl->pub[0] = pl->src_counts;
+   bool cache_given = false;
+   for (int i = 0; i < pl->n_stages; i++) {
+      aspen_stage_t *st = &pl->stages[i];
+      /* The state is the window's or the caches' (all $cachedLookup
+       * caches count in the first one's figures). */
+      if (st == pl->window) {
+         st->counts.state_size = pl->window_bytes;
+      } else if (!cache_given && st->ops->name &&
+                 strcmp(st->ops->name, "$cachedLookup") == 0) {
+         st->counts.state_size = pl->cache_bytes;
+         cache_given = true;
+      }
+      if (st->counts.state_size > st->counts.max_state) {
+         st->counts.max_state = st->counts.state_size;
+      }
+      pl->pub[1 + i] = st->counts;
+   }
+   pl->pub[1 + pl->n_stages] = pl->sink_counts;
+   if (pl->lat.count) {
+      aspen_hist_merge(&pl->lat_total, &pl->lat);
+      __typeof__(pl->lat_ring[0]) *slot =
+         &pl->lat_ring[sec % ASPEN_PIPELINE_LATENCY_SECS];
+      if (slot->sec != sec) {
+         memset(&slot->h, 0, sizeof slot->h);
+         slot->sec = sec;
+      }
+      aspen_hist_merge(&slot->h, &pl->lat);
+   }
+   pthread_mutex_unlock(&pl->pub_mu);
+   if (pl->lat.count) {
+      memset(&pl->lat, 0, sizeof pl->lat);
+   }
+}
+
+size_t
+aspen_pipeline_op_count(const aspen_pipeline_t *pl)
+{
+   return (size_t) pl->n_stages + 1 + (pl->sink ? 1 : 0);
+}
+
+void
+aspen_pipeline_snapshot(aspen_pipeline_t *pl, aspen_op_counts_t *ops,
+                        aspen_hist_t *recent, int64_t *recent_start_ms,
+                        aspen_hist_t *total)
+{
+   int64_t now_sec = aspen_clock_now_ms() / 1000;
+   int64_t oldest = INT64_MAX;
+   if (recent) {
+      memset(recent, 0, sizeof *recent);
+   }
+   pthread_mutex_lock(&pl->pub_mu);
+   if (ops) {
+      memcpy(ops, pl->pub, sizeof *ops * (size_t) (pl->n_stages + 1));
+      if (pl->sink) {
+         ops[pl->n_stages + 1] = pl->pub[pl->n_stages + 1];
+      }
+   }
+   for (int i = 0; recent && i < ASPEN_PIPELINE_LATENCY_SECS; i++) {
+      int64_t s = pl->lat_ring[i].sec;
+      if (pl->lat_ring[i].h.count &&
+          s > now_sec - ASPEN_PIPELINE_LATENCY_SECS && s <= now_sec) {
+         aspen_hist_merge(recent, &pl->lat_ring[i].h);
+         oldest = s < oldest ? s : oldest;
+      }
+   }
+   if (total) {
+      *total = pl->lat_total;
+   }
+   pthread_mutex_unlock(&pl->pub_mu);
+   if (recent_start_ms) {
+      *recent_start_ms = oldest == INT64_MAX ? 0 : oldest * 1000;
+   }
 }
 
 void

@@ -15,9 +15,11 @@
 #ifndef ASPEN_ENGINE_RUNTIME_PIPELINE_H
 #define ASPEN_ENGINE_RUNTIME_PIPELINE_H
 
+#include "base/hist.h"
 #include "base/parse.h"
 #include "lang/expr.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 
 /* A connection of the registry (runtime/catalog.h). */
@@ -41,6 +43,23 @@ typedef struct {
 
 typedef struct aspen_pipeline aspen_pipeline_t;
 typedef struct aspen_stage aspen_stage_t;
+
+/* Verbose stats' latency covers the last 30 s, as ASP's. */
+#define ASPEN_PIPELINE_LATENCY_SECS 30
+/* One input in this many has its stages timed. */
+#define ASPEN_PIPELINE_TIMING_EVERY 16
+
+/* One operator's figures (verbose stats' operatorStats, the Prometheus
+ * endpoint): documents and bytes in, out and to the DLQ, and the time
+ * spent in it (sampled: see aspen_pipeline_t.timing). Counted in plain
+ * integers on the processor thread, published per batch. */
+typedef struct {
+   uint64_t in_count, in_size, out_count, out_size, dlq_count, dlq_size;
+   uint64_t exec_ns;
+   /* Filled when published: the state it holds (a window's open
+    * windows, a $cachedLookup's cache) and the most it held. */
+   uint64_t state_size, max_state;
+} aspen_op_counts_t;
 
 /* What a checkpoint restore replays (the processor's checkpointing.c): the
  * source partitions read again from before the checkpoint's high mark, by
@@ -110,6 +129,9 @@ struct aspen_stage {
    aspen_chain_t *chain; /* the chain it belongs to */
    int index;            /* its position in that chain */
    void *state;          /* the stage's own data */
+   /* Main-chain stages: its figures (a window's inner stages count in
+    * their window's). Processor thread. */
+   aspen_op_counts_t counts;
 };
 
 /* Where a stage placement is allowed. */
@@ -195,6 +217,37 @@ struct aspen_pipeline {
     * windows remember the first one they saw, so checkpoints know where
     * to replay from (checkpointing.c). 0 when the source does not mark. */
    uint64_t cur_seq;
+
+   /* Figures (verbose stats, Prometheus). The processor thread counts in
+    * plain integers (each main-chain stage's `counts`, the source's and
+    * the sink's here, `lat`: latencies since the last publish) and
+    * publishes them every batch of inputs and whenever the source idles
+    * (aspen__pipeline_publish), under pub_mu, where the command thread
+    * reads them (aspen_pipeline_snapshot). Nothing per document crosses
+    * threads.
+    * - origin_ns: monotonic time (aspen_pipeline_clock_ns) the input being pushed was ingested, or,
+    *   while a window emits, when the window's first input was: a
+    *   document's latency is from there to the sink (window time
+    *   included, as ASP's).
+    * - timing: the stages' times are taken for this input (one in
+    *   ASPEN_PIPELINE_TIMING_EVERY, counted that many times over), so the
+    *   clock is read twice per stage only for a sample; child_ns is the
+    *   time of the stages downstream of the one being timed. */
+   aspen_op_counts_t src_counts, sink_counts;
+   uint64_t origin_ns;
+   bool timing;
+   uint64_t child_ns;
+   aspen_hist_t lat;             /* microseconds */
+   pthread_mutex_t pub_mu;
+   aspen_op_counts_t *pub;       /* source, the n_stages stages, sink */
+   aspen_hist_t lat_total;       /* every latency since the run began */
+   struct {
+      int64_t sec;               /* wall-clock second it covers */
+      aspen_hist_t h;
+   } lat_ring[ASPEN_PIPELINE_LATENCY_SECS];
+   /* The open windows' smallest and largest start, INT64_MIN for none
+    * (the window stage publishes them). */
+   atomic_int_fast64_t open_min_ms, open_max_ms;
 };
 
 /* Parses and validates a pipeline array (copied), its stages found in
@@ -251,6 +304,21 @@ void aspen_stage_emit(aspen_stage_t *st, const aspen_sdoc_t *out);
  * returning false does). */
 void aspen_stage_dead_letter(aspen_stage_t *st, const aspen_sdoc_t *in,
                              const aspen_error_t *err);
+/* Publishes the figures counted since the last call (see
+ * aspen_pipeline_t); processor thread, once per batch. */
+void aspen__pipeline_publish(aspen_pipeline_t *pl);
+/* The figures published last: `ops` gets the source's, each main-chain
+ * stage's and the sink's (aspen_pipeline_op_count of them), `recent` the
+ * latencies of the last ASPEN_PIPELINE_LATENCY_SECS seconds with the
+ * wall-clock ms the oldest second with any began at (*recent_start_ms,
+ * 0 when none), `total` every latency of this run. Any may be NULL.
+ * Any thread while the pipeline lives. */
+size_t aspen_pipeline_op_count(const aspen_pipeline_t *pl);
+void aspen_pipeline_snapshot(aspen_pipeline_t *pl, aspen_op_counts_t *ops,
+                             aspen_hist_t *recent, int64_t *recent_start_ms,
+                             aspen_hist_t *total);
+/* A monotonic clock in nanoseconds. */
+uint64_t aspen_pipeline_clock_ns(void);
 /* Fills an expression context for a document. */
 void aspen_stage_expr_ctx(const aspen_stage_t *st, const aspen_sdoc_t *in,
                           aspen_expr_ctx_t *ctx);

@@ -105,6 +105,7 @@ proc_main(void *arg)
    memset(&rt, 0, sizeof rt);
    rt.proc = proc;
    rt.max_ts = INT64_MIN;
+   rt.source_lag_ms = INT64_MIN;
    rt.last_input_ms = aspen_clock_now_ms();
    if (RAND_bytes((unsigned char *) &rt.rng, sizeof rt.rng) != 1 || !rt.rng) {
       rt.rng = (uint64_t) aspen_clock_now_ms() | 1;
@@ -153,6 +154,7 @@ proc_main(void *arg)
       if (!rt.failed && aspen__rt_flush_sinks(&rt)) {
          aspen__checkpointing_take(&rt, true);
       }
+      aspen__rt_publish(&rt);
    }
    if (proc->pl->fatal_code) {
       /* Out of memory: let the stages' state go now, not when the
@@ -241,6 +243,9 @@ aspen_proc_launch(aspen_proc_t *proc, const aspen_proc_env_t *env,
    proc->thread_done = false;
    proc->started_ms = aspen_clock_now_ms();
    atomic_store(&proc->stats.watermark_ms, INT64_MIN);
+   pthread_mutex_lock(&proc->mu);
+   proc->has_source_pos = false;
+   pthread_mutex_unlock(&proc->mu);
    /* Before the thread exists, so a failure it reports finds the state it
     * expects (aspen_rt_fail). */
    aspen_proc_set_state(proc, ASPEN_PROC_PROVISIONING, NULL);
@@ -410,4 +415,62 @@ aspen_proc_stats(const aspen_proc_t *proc, aspen_proc_stats_t *out)
    /* State: open windows and $cachedLookup caches. */
    out->state_size = p->pl ? atomic_load(&p->pl->state_size) : 0;
    out->last_checkpoint_ms = atomic_load(&p->last_checkpoint_ms);
+}
+
+bool
+aspen_proc_figures(const aspen_proc_t *proc, aspen_proc_figures_t *out)
+{
+   memset(out, 0, sizeof *out);
+   out->open_min_ms = out->open_max_ms = INT64_MIN;
+   aspen_pipeline_t *pl = proc->pl;
+   if (!proc->thread_running || !pl) {
+      return false;
+   }
+   size_t n = aspen_pipeline_op_count(pl);
+   aspen_op_counts_t *c = aspen_xcalloc(n, sizeof *c);
+   aspen_pipeline_snapshot(pl, c, &out->recent, &out->recent_start_ms,
+                           &out->total);
+   out->ops = aspen_xcalloc(n, sizeof *out->ops);
+   out->n_ops = n;
+   for (size_t i = 0; i < n; i++) {
+      out->ops[i].c = c[i];
+      out->ops[i].state_size = c[i].state_size;
+      out->ops[i].max_state = c[i].max_state;
+   }
+   free(c);
+   out->ops[0].name = pl->source.ops->operator_name;
+   for (int i = 0; i < pl->n_stages; i++) {
+      out->ops[1 + i].name = pl->stages[i].ops->operator_name;
+      out->ops[1 + i].is_window = &pl->stages[i] == pl->window;
+   }
+   if (pl->sink) {
+      out->ops[n - 1].name = pl->sink->operator_name;
+      out->has_sink = true;
+   }
+   out->open_min_ms = atomic_load(&pl->open_min_ms);
+   out->open_max_ms = atomic_load(&pl->open_max_ms);
+   return true;
+}
+
+void
+aspen_proc_figures_cleanup(aspen_proc_figures_t *f)
+{
+   free(f->ops);
+   f->ops = NULL;
+   f->n_ops = 0;
+}
+
+bool
+aspen_proc_source_position(aspen_proc_t *proc, bson_t *token, int64_t *lag_ms)
+{
+   pthread_mutex_lock(&proc->mu);
+   bool has = proc->has_source_pos && proc->thread_running;
+   bson_init(token);
+   *lag_ms = INT64_MIN;
+   if (has) {
+      bson_concat(token, &proc->source_token);
+      *lag_ms = proc->source_lag_ms;
+   }
+   pthread_mutex_unlock(&proc->mu);
+   return has;
 }

@@ -14,6 +14,9 @@
 
 /* An ephemeral (sp.process) processor stops after this long. */
 #define EPHEMERAL_MAX_MS (10 * 60 * 1000)
+/* The figures (pipeline.h) are published every this many inputs, and
+ * whenever the source idles. */
+#define PUBLISH_EVERY 64
 
 uint64_t
 aspen_rt_random(aspen_runtime_t *rt)
@@ -102,6 +105,11 @@ aspen_rt_sink_failed(aspen_runtime_t *rt, const bson_t *doc,
     * that made it through the whole pipeline, the sink included. */
    counter_sub(&rt->proc->stats.output_count, 1);
    counter_sub(&rt->proc->stats.output_size, doc->len);
+   aspen_op_counts_t *sc = &rt->proc->pl->sink_counts;
+   sc->out_count -= sc->out_count ? 1 : 0;
+   sc->out_size -= sc->out_size >= doc->len ? doc->len : sc->out_size;
+   sc->dlq_count++;
+   sc->dlq_size += doc->len;
    aspen__dlq_send(rt, &d,
                    rt->sink ? rt->sink->operator_name : "SinkOperator",
                    reason);
@@ -119,12 +127,31 @@ aspen__rt_on_output(void *arg, const aspen_sdoc_t *out)
    pthread_mutex_lock(&proc->mu);
    aspen__cursor_push_all(proc, &doc);
    pthread_mutex_unlock(&proc->mu);
+   aspen_pipeline_t *pl = proc->pl;
+   uint64_t t0 = pl->timing ? aspen_pipeline_clock_ns() : 0;
    if (rt->sink) {
       aspen_error_t err;
+      /* In: what the last stage handed over; out: what was written
+       * (with its _stream_meta), as the processor's output counts it. */
+      pl->sink_counts.in_count++;
+      pl->sink_counts.in_size += out->doc->len;
+      pl->sink_counts.out_count++;
+      pl->sink_counts.out_size += doc.len;
       if (!rt->sink->write(rt, rt->sink_state, &doc, &err)) {
          aspen_rt_fail(rt, err.message);
       }
       rt->out_since_ckpt = true;
+   }
+   /* Latency: from when the input came in (or its window's first one) to
+    * here, in microseconds. */
+   uint64_t now = aspen_pipeline_clock_ns();
+   if (pl->origin_ns && now >= pl->origin_ns) {
+      aspen_hist_add(&pl->lat, (now - pl->origin_ns) / 1000u);
+   }
+   if (pl->timing) {
+      uint64_t spent = now - t0;
+      pl->sink_counts.exec_ns += spent * ASPEN_PIPELINE_TIMING_EVERY;
+      pl->child_ns += spent; /* not the last stage's own time */
    }
    bson_destroy(&doc);
 }
@@ -178,6 +205,16 @@ meta_with_ingest_ts(const bson_t *meta, int64_t ingest_ms, bson_t *out)
    }
 }
 
+/* A document the source itself fails (its event time). */
+static void
+source_dead_letter(aspen_runtime_t *rt, const aspen_sdoc_t *d,
+                   const char *reason)
+{
+   rt->proc->pl->src_counts.dlq_count++;
+   rt->proc->pl->src_counts.dlq_size += d->doc->len;
+   aspen__dlq_send(rt, d, rt->source->operator_name, reason);
+}
+
 void
 aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
                 int64_t source_ts_ms)
@@ -199,6 +236,13 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
    meta = &meta_ts;
    atomic_fetch_add(&proc->stats.input_count, 1);
    atomic_fetch_add(&proc->stats.input_size, raw->len);
+   pl->src_counts.in_count++;
+   pl->src_counts.in_size += raw->len;
+   pl->origin_ns = aspen_pipeline_clock_ns();
+   pl->timing = rt->ingested++ % ASPEN_PIPELINE_TIMING_EVERY == 0;
+   if (rt->ingested % PUBLISH_EVERY == 0) {
+      aspen__pipeline_publish(pl); /* the previous batch's figures */
+   }
    pl->now_ms = now;
    if (pl->source.time_field) {
       aspen_expr_ctx_t ctx = {.root = raw, .meta = meta, .now_ms = now};
@@ -210,7 +254,7 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
          snprintf(reason, sizeof reason,
                   "Failed to extract timestamp from document: %s",
                   err.message);
-         aspen__dlq_send(rt, &as_is, rt->source->operator_name, reason);
+         source_dead_letter(rt, &as_is, reason);
          bson_destroy(&meta_ts);
          return;
       }
@@ -223,7 +267,7 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
                   json ? json : "missing");
          bson_free(json);
          aspen_value_destroy(&v);
-         aspen__dlq_send(rt, &as_is, rt->source->operator_name, reason);
+         source_dead_letter(rt, &as_is, reason);
          bson_destroy(&meta_ts);
          return;
       }
@@ -242,10 +286,36 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
       pl->now_ms = rt->max_ts;
    }
    aspen_sdoc_t sdoc = {.doc = &doc, .meta = meta, .ts_ms = ts};
+   pl->src_counts.out_count++;
+   pl->src_counts.out_size += doc.len;
    aspen_pipeline_push(pl, &sdoc);
    bson_destroy(&doc);
    bson_destroy(&meta_ts);
    fail_if_fatal(rt);
+}
+
+void
+aspen_rt_source_lag(aspen_runtime_t *rt, int64_t lag_ms)
+{
+   rt->source_lag_ms = lag_ms < 0 ? 0 : lag_ms;
+}
+
+void
+aspen__rt_publish(aspen_runtime_t *rt)
+{
+   aspen_proc_t *proc = rt->proc;
+   aspen__pipeline_publish(proc->pl);
+   if (!rt->has_token && rt->source_lag_ms == INT64_MIN) {
+      return;
+   }
+   pthread_mutex_lock(&proc->mu);
+   bson_reinit(&proc->source_token);
+   if (rt->has_token) {
+      bson_concat(&proc->source_token, &rt->token_high);
+   }
+   proc->source_lag_ms = rt->source_lag_ms;
+   proc->has_source_pos = true;
+   pthread_mutex_unlock(&proc->mu);
 }
 
 /* Waits up to `ms` or until stopped; true when stopped. */
@@ -326,6 +396,7 @@ aspen_rt_wait(aspen_runtime_t *rt, int64_t ms)
          aspen_pipeline_tick(pl, wall, wall - rt->last_input_ms);
       }
    }
+   aspen__rt_publish(rt);
    if (fail_if_fatal(rt)) {
       return true;
    }
@@ -343,6 +414,8 @@ aspen_rt_dead_letter(aspen_runtime_t *rt, const bson_t *doc,
                      const bson_t *meta, const char *reason)
 {
    aspen_sdoc_t d = {.doc = doc, .meta = meta ? meta : &rt->source_meta};
+   rt->proc->pl->src_counts.dlq_count++;
+   rt->proc->pl->src_counts.dlq_size += doc->len;
    aspen__dlq_send(rt, &d, rt->source->operator_name, reason);
 }
 

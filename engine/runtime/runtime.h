@@ -85,6 +85,38 @@ typedef struct {
 
 void aspen_proc_stats(const aspen_proc_t *proc, aspen_proc_stats_t *out);
 
+/* A running processor's verbose figures (operatorStats, latency, open
+ * windows), as its thread published them last (pipeline.h). */
+typedef struct {
+   const char *name;       /* the operator's: "KafkaConsumerOperator" */
+   aspen_op_counts_t c;
+   uint64_t state_size;    /* what it holds now (windows, caches) */
+   uint64_t max_state;     /* the most it held this run */
+   bool is_window;         /* the window stage */
+} aspen_proc_op_t;
+
+typedef struct {
+   aspen_proc_op_t *ops;   /* source, stages, sink; owned */
+   size_t n_ops;
+   bool has_sink;          /* the last of ops is a sink (not sp.process) */
+   aspen_hist_t recent;    /* latencies (µs) of the last 30 s */
+   int64_t recent_start_ms;/* when the oldest of those came, 0: none */
+   aspen_hist_t total;     /* every latency of this run */
+   int64_t open_min_ms, open_max_ms; /* INT64_MIN: no open window */
+} aspen_proc_figures_t;
+
+/* Fills `out` for a processor whose thread runs (true), else leaves it
+ * empty (false); aspen_proc_figures_cleanup frees it either way. Command
+ * thread. */
+bool aspen_proc_figures(const aspen_proc_t *proc, aspen_proc_figures_t *out);
+void aspen_proc_figures_cleanup(aspen_proc_figures_t *f);
+/* A running processor's token-positioned source (a change stream): its
+ * last resume token (`token`, initialized on every path; empty before the
+ * first) and lag in ms (INT64_MIN: not known). False when it has none to
+ * show. Command thread. */
+bool aspen_proc_source_position(aspen_proc_t *proc, bson_t *token,
+                                int64_t *lag_ms);
+
 /* Changes state, logs the transition; the processor's thread must not be
  * running, or the caller holds the start's result (PROVISIONING). */
 void aspen_proc_set_state(aspen_proc_t *proc, aspen_proc_state_t st,

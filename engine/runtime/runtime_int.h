@@ -59,6 +59,12 @@ struct aspen_proc {
    int64_t started_ms;
    /* Wall time of the last checkpoint written, 0 for none (stats). */
    atomic_int_fast64_t last_checkpoint_ms;
+   /* A token-positioned source's last resume token and lag (stats'
+    * changeStreamState, changeStreamTimeDifferenceSecs), published when
+    * the source idles; under mu. has_source_pos: they are set. */
+   bool has_source_pos;
+   bson_t source_token;
+   int64_t source_lag_ms;
    aspen_proc_t *next;  /* in the registry */
 };
 
@@ -88,6 +94,8 @@ struct aspen_runtime {
    bool failed;
    int64_t max_ts;
    int64_t last_input_ms; /* wall clock of the last ingested document */
+   uint64_t ingested;     /* inputs of this run (figures' batches) */
+   int64_t source_lag_ms; /* aspen_rt_source_lag, INT64_MIN: none */
 
    /* Positions (aspen_rt_mark) and checkpoints (checkpointing.c). */
    uint64_t seq;           /* inputs marked so far */
@@ -132,6 +140,9 @@ int64_t aspen__processor_watermark(const aspen_proc_t *proc);
 /* The pipeline's output hook: a document left the last stage (to the
  * cursors and the sink). */
 void aspen__rt_on_output(void *arg, const aspen_sdoc_t *out);
+/* Publishes the run's figures for stats: the pipeline's (pipeline.h)
+ * and the source's position (resume token, lag). */
+void aspen__rt_publish(aspen_runtime_t *rt);
 /* Flushes the held documents, the sink and the DLQ; false (the processor
  * failed) when one of them could not. */
 bool aspen__rt_flush_sinks(aspen_runtime_t *rt);

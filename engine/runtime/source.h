@@ -104,6 +104,12 @@ void aspen_rt_partition_assigned(aspen_runtime_t *rt, int64_t partition);
 /* A token source's position moved: `token` resumes after everything the
  * source has handed over (an event's _id, a post-batch token). */
 void aspen_rt_mark_token(aspen_runtime_t *rt, const bson_t *token);
+/* How far behind its stream the source is, in ms: a change stream's
+ * wall clock less the last event's cluster time, 0 once it is caught up
+ * (an empty batch). Shown by stats (changeStreamTimeDifferenceSecs) with
+ * the resume token of aspen_rt_mark_token (changeStreamState); published
+ * when the source idles. */
+void aspen_rt_source_lag(aspen_runtime_t *rt, int64_t lag_ms);
 /* The {parts: [{p, replay, high}], token} position of the checkpoint this
  * run resumed from, or NULL when it started fresh. Valid while running. */
 const bson_t *aspen_rt_restored_position(const aspen_runtime_t *rt);

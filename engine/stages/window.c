@@ -271,14 +271,40 @@ close_window(aspen_window_t *w, aspen_win_t *win)
          }
       }
    }
+   /* Its results' latency counts from the window's first input. */
+   aspen_pipeline_t *pl = w->self->pl;
+   uint64_t origin = pl->origin_ns;
+   pl->origin_ns = win->first_ns;
    for (size_t j = 0; j < l.n; j++) {
       aspen_sdoc_t d = {.doc = l.docs[j], .meta = &meta,
                         .ts_ms = win->end - 1};
       aspen_stage_emit(w->self, &d);
    }
+   pl->origin_ns = origin;
    aspen__window_block_list_clear(&l);
    bson_destroy(&meta);
    w->state_bytes -= win->bytes < w->state_bytes ? win->bytes : w->state_bytes;
+}
+
+/* Publishes the open windows' smallest and largest start (stats'
+ * min/maxOpenWindowStartTime). Fixed windows are kept in start order;
+ * sessions may be merged, so their starts are looked through. */
+static void
+publish_open(aspen_window_t *w)
+{
+   aspen_pipeline_t *pl = w->self->pl;
+   int64_t lo = INT64_MIN, hi = INT64_MIN;
+   if (w->n_wins > 0 && w->kind != W_SESSION) {
+      lo = w->wins[0]->start;
+      hi = w->wins[w->n_wins - 1]->start;
+   }
+   for (size_t i = 0; w->kind == W_SESSION && i < w->n_wins; i++) {
+      int64_t s = w->wins[i]->start;
+      lo = lo == INT64_MIN || s < lo ? s : lo;
+      hi = hi == INT64_MIN || s > hi ? s : hi;
+   }
+   atomic_store_explicit(&pl->open_min_ms, lo, memory_order_relaxed);
+   atomic_store_explicit(&pl->open_max_ms, hi, memory_order_relaxed);
 }
 
 /* Closes, in start order, every window for which `ready` holds. */
@@ -300,6 +326,7 @@ close_where(aspen_window_t *w,
       }
    }
    w->n_wins = kept;
+   publish_open(w);
    w->self->pl->window_bytes = w->state_bytes;
    aspen__pipeline_state_update(w->self->pl);
 }
@@ -360,6 +387,7 @@ find_or_open(aspen_window_t *w, int64_t start, int64_t end)
    win->start = start;
    win->end = end;
    win->first_seq = w->self->pl->cur_seq;
+   win->first_ns = w->self->pl->origin_ns;
    bson_init(&win->part_key);
    w->wins[i] = win;
    w->n_wins++;
@@ -384,6 +412,7 @@ open_session(aspen_window_t *w, int64_t start, int64_t end)
    win->start = start;
    win->end = end;
    win->first_seq = w->self->pl->cur_seq;
+   win->first_ns = w->self->pl->origin_ns;
    bson_init(&win->part_key);
    w->wins[i] = win;
    w->n_wins++;
@@ -648,6 +677,7 @@ window_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
    if (w->processing_time) {
       close_where(w, ready_by_clock, pl->now_ms);
    }
+   publish_open(w);
    pl->window_bytes = w->state_bytes;
    aspen__pipeline_state_update(pl);
    return true;
@@ -722,6 +752,7 @@ aspen__window_drop_state(aspen_stage_t *st)
    }
    w->n_wins = 0;
    w->state_bytes = 0;
+   publish_open(w);
    st->pl->window_bytes = 0;
    aspen__pipeline_state_update(st->pl);
 }

@@ -76,6 +76,7 @@ typedef struct {
    bson_t part_key;     /* session windows: {"": partition value} */
    int64_t last_ts;     /* session windows: latest event time */
    uint64_t first_seq;  /* pl->cur_seq of its first input (checkpoints) */
+   uint64_t first_ns;   /* pl->origin_ns of its first input (latency) */
    aspen_block_state_t block;
    size_t bytes;        /* estimate for stateSize */
 } aspen_win_t;
