@@ -227,18 +227,110 @@ bool
 aspen__cmd_check_tier(const bson_iter_t *it, const char *where,
                       bson_t *reply)
 {
-   static const char *const tiers[] = {"SP2", "SP5", "SP10", "SP30", "SP50",
-                                       NULL};
    const char *t = BSON_ITER_HOLDS_UTF8(it) ? bson_iter_utf8(it, NULL) : NULL;
-   for (int i = 0; t && tiers[i]; i++) {
-      if (strcmp(t, tiers[i]) == 0) {
-         return true;
-      }
+   if (aspen_tier_find(t)) {
+      return true;
+   }
+   char names[64] = "";
+   size_t used = 0;
+   int n = aspen_tier_count();
+   for (int i = 0; i < n; i++) {
+      used += (size_t) snprintf(names + used, sizeof names - used, "%s%s",
+                                i == 0 ? "" : i == n - 1 ? " or " : ", ",
+                                aspen_tier_at(i)->name);
    }
    aspen_reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
                      "StreamProcessorInvalidOptions: invalid tier '%s' for %s "
-                     "(expected SP2, SP5, SP10, SP30 or SP50)",
-                     t ? t : "(not a string)", where);
+                     "(expected %s)",
+                     t ? t : "(not a string)", where, names);
+   return false;
+}
+
+bool
+aspen__cmd_check_autoscaling(const bson_iter_t *it, const char *where,
+                             bson_t *reply)
+{
+   if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
+      aspen_reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
+                        "StreamProcessorInvalidOptions: %s must be an object",
+                        where);
+      return false;
+   }
+   bson_iter_t f;
+   bson_iter_recurse(it, &f);
+   bool has_enabled = false;
+   int lo = -1, hi = -1;
+   while (bson_iter_next(&f)) {
+      const char *k = bson_iter_key(&f);
+      char sub[96];
+      snprintf(sub, sizeof sub, "%s.%s", where, k);
+      if (strcmp(k, "enabled") == 0) {
+         if (!BSON_ITER_HOLDS_BOOL(&f)) {
+            aspen_reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
+                              "StreamProcessorInvalidOptions: %s must be a "
+                              "boolean",
+                              sub);
+            return false;
+         }
+         has_enabled = true;
+      } else if (strcmp(k, "minTier") == 0 || strcmp(k, "maxTier") == 0) {
+         if (!aspen__cmd_check_tier(&f, sub, reply)) {
+            return false;
+         }
+         int r = aspen_tier_rank(bson_iter_utf8(&f, NULL));
+         *(k[1] == 'i' ? &lo : &hi) = r;
+      } else {
+         aspen_reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
+                           "StreamProcessorInvalidOptions: BSON field '%s' is "
+                           "an unknown field.",
+                           sub);
+         return false;
+      }
+   }
+   if (!has_enabled) {
+      aspen_reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
+                        "StreamProcessorInvalidOptions: BSON field "
+                        "'%s.enabled' is missing but a required field",
+                        where);
+      return false;
+   }
+   if (lo >= 0 && hi >= 0 && lo > hi) {
+      aspen_reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
+                        "StreamProcessorInvalidOptions: %s.minTier (%s) must "
+                        "not be above %s.maxTier (%s)",
+                        where, aspen_tier_at(lo)->name, where,
+                        aspen_tier_at(hi)->name);
+      return false;
+   }
+   return true;
+}
+
+bool
+aspen__cmd_check_parallelism(const bson_t *pipeline, const bson_t *options,
+                             bson_t *reply)
+{
+   int64_t total = 1 + aspen__cmd_added_parallelism(pipeline);
+   aspen_tier_plan_t plan;
+   aspen_tier_plan(options, &plan);
+   const aspen_tier_t *t = aspen_tier_at(plan.rank);
+   if (total <= t->max_parallelism) {
+      return true;
+   }
+   const aspen_tier_t *need = aspen_tier_for_parallelism(total);
+   char advice[96];
+   if (need) {
+      snprintf(advice, sizeof advice, "use tier %s or higher", need->name);
+   } else {
+      snprintf(advice, sizeof advice, "no tier allows more than %lld",
+               (long long) aspen_tier_at(aspen_tier_count() - 1)
+                  ->max_parallelism);
+   }
+   aspen_reply_error(reply, ASPEN_ERR_StreamProcessorInvalidOptions,
+                     "StreamProcessorInvalidOptions: the pipeline's "
+                     "cumulative parallelism of %lld exceeds the maximum of "
+                     "%lld for tier %s: %s",
+                     (long long) total, (long long) t->max_parallelism,
+                     t->name, advice);
    return false;
 }
 
@@ -261,6 +353,12 @@ aspen__cmd_check_options(aspen_cmd_ctx_t *ctx, const bson_t *options,
          }
       } else if (strcmp(k, "tier") == 0) {
          if (!aspen__cmd_check_tier(&it, "options.tier", reply)) {
+            return false;
+         }
+         bson_append_iter(out, NULL, 0, &it);
+      } else if (strcmp(k, "autoscaling") == 0) {
+         if (!aspen__cmd_check_autoscaling(&it, "options.autoscaling",
+                                           reply)) {
             return false;
          }
          bson_append_iter(out, NULL, 0, &it);

@@ -13,6 +13,7 @@
 #ifndef ASPEN_ENGINE_COMMANDS_COMMANDS_H
 #define ASPEN_ENGINE_COMMANDS_COMMANDS_H
 
+#include "base/tier.h"
 #include "engine_types.h"
 #include "runtime/runtime.h"
 
@@ -56,6 +57,16 @@ typedef bool (*aspen_cmd_fn)(aspen_cmd_ctx_t *ctx, const bson_t *cmd,
  * of each `parallelism` above 1, less one each (asp-semantics.md §8.3);
  * 0 when none has one. */
 int64_t aspen__cmd_added_parallelism(const bson_t *pipeline);
+/* Checks an autoscaling option ({enabled (required), minTier, maxTier},
+ * minTier not above maxTier) at `where` ("options.autoscaling"): false
+ * with `reply` filled (420) when it is not one. */
+bool aspen__cmd_check_autoscaling(const bson_iter_t *it, const char *where,
+                                  bson_t *reply);
+/* Refuses (420, naming the smallest tier that allows it) a pipeline whose
+ * cumulative parallelism (1 + aspen__cmd_added_parallelism) exceeds what
+ * the tier it would run on with `options` allows (base/tier.h). */
+bool aspen__cmd_check_parallelism(const bson_t *pipeline,
+                                  const bson_t *options, bson_t *reply);
 
 /* Refuses a string that is not valid UTF-8 anywhere in `cmd` (names,
  * pipelines and options are saved and sent back in replies), or nesting

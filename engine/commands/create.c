@@ -21,8 +21,9 @@ aspen__cmd_pipeline_check(aspen_cmd_ctx_t *ctx, const bson_t *pipeline,
    aspen_pipeline_destroy(pl);
    if (!ok) {
       aspen__cmd_reply_err(reply, &err);
+      return false;
    }
-   return ok;
+   return aspen__cmd_check_parallelism(pipeline, options, reply);
 }
 
 bool

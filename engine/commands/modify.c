@@ -136,7 +136,7 @@ aspen__cmd_modify(aspen_cmd_ctx_t *ctx, const bson_t *cmd, uint64_t conn_id,
     * the top level as well as under `options`. */
    static const char *const allowed[] = {
       "pipeline", "resumeFromCheckpoint", "dlq", "name", "tier",
-      "virtualClock", "exactlyOnce", "options", NULL};
+      "autoscaling", "virtualClock", "exactlyOnce", "options", NULL};
    aspen_proc_t *p =
       aspen__cmd_proc_arg(ctx, cmd, "modifyStreamProcessor", allowed, reply);
    if (!p) {
@@ -175,9 +175,11 @@ aspen__cmd_modify(aspen_cmd_ctx_t *ctx, const bson_t *cmd, uint64_t conn_id,
                         "resumeFromCheckpoint must be false to %s", why);
       return true;
    }
-   /* New options: the old ones, with dlq/tier replaced when given. */
+   /* New options: the old ones, with dlq/tier/autoscaling replaced when
+    * given. */
    bson_t opts = BSON_INITIALIZER;
-   bson_copy_to_excluding_noinit(old_options, &opts, "dlq", "tier", NULL);
+   bson_copy_to_excluding_noinit(old_options, &opts, "dlq", "tier",
+                                 "autoscaling", NULL);
    bson_t given = BSON_INITIALIZER;
    bool has_opts_doc;
    bson_t options_doc;
@@ -191,8 +193,8 @@ aspen__cmd_modify(aspen_cmd_ctx_t *ctx, const bson_t *cmd, uint64_t conn_id,
    if (bson_iter_init_find(&it, cmd, "dlq")) {
       bson_append_iter(&given, NULL, 0, &it);
    }
-   static const char *const top_level[] = {"tier", "virtualClock",
-                                           "exactlyOnce"};
+   static const char *const top_level[] = {"tier", "autoscaling",
+                                           "virtualClock", "exactlyOnce"};
    for (size_t i = 0; i < sizeof top_level / sizeof *top_level; i++) {
       if (bson_iter_init_find(&it, cmd, top_level[i])) {
          bson_append_iter(&given, NULL, 0, &it);
@@ -211,9 +213,13 @@ aspen__cmd_modify(aspen_cmd_ctx_t *ctx, const bson_t *cmd, uint64_t conn_id,
        bson_iter_init_find(&oi, old_options, "dlq")) {
       bson_append_iter(&opts, NULL, 0, &oi);
    }
-   if (!bson_has_field(&given, "tier") &&
-       bson_iter_init_find(&oi, old_options, "tier")) {
-      bson_append_iter(&opts, NULL, 0, &oi);
+   static const char *const kept_unless_given[] = {"tier", "autoscaling"};
+   for (size_t i = 0; i < 2; i++) {
+      const char *k = kept_unless_given[i];
+      if (!bson_has_field(&given, k) &&
+          bson_iter_init_find(&oi, old_options, k)) {
+         bson_append_iter(&opts, NULL, 0, &oi);
+      }
    }
    /* Given aspen options (virtualClock, exactlyOnce) replace the old. */
    bson_t kept = BSON_INITIALIZER;

@@ -78,7 +78,7 @@ aspen__cmd_process(aspen_cmd_ctx_t *ctx, const bson_t *cmd, uint64_t conn_id,
    /* The shell cursor exists before the first document can be produced. */
    int64_t id = ++ctx->next_cursor_id;
    aspen_cursor_open(p, id, conn_id, true, 0);
-   if (!aspen_proc_launch(p, ctx->env, "", &err)) {
+   if (!aspen_proc_launch(p, ctx->env, &err)) {
       aspen_registry_proc_free(p);
       aspen__cmd_reply_err(reply, &err);
       return true;

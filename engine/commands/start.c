@@ -216,7 +216,7 @@ aspen__cmd_restart_saved(aspen_cmd_ctx_t *ctx)
       }
       /* Synchronously: nobody waits for a reply yet. */
       aspen_error_t serr;
-      if (aspen_proc_launch(p, ctx->env, "", &serr)) {
+      if (aspen_proc_launch(p, ctx->env, &serr)) {
          bson_t scratch = BSON_INITIALIZER;
          start_finish(ctx, p, 0, &scratch);
          bson_destroy(&scratch);
@@ -237,33 +237,47 @@ aspen__cmd_start(aspen_cmd_ctx_t *ctx, const bson_t *cmd, uint64_t conn_id,
 {
    (void) conn_id;
    static const char *const allowed[] = {
-      "tier", "resumeFromCheckpoint", "startAfter", "startAtOperationTime",
-      "workers", "options", NULL};
+      "tier", "autoscaling", "resumeFromCheckpoint", "startAfter",
+      "startAtOperationTime", "workers", "options", NULL};
    const char *name = aspen__cmd_name_arg(cmd, "startStreamProcessor", reply);
    if (!name ||
        !aspen__cmd_check_fields(cmd, "startStreamProcessor", allowed, reply)) {
       return true;
    }
    bson_iter_t it;
-   char tier[8] = "";
+   /* The start's tier and autoscaling replace the processor's own: saved
+    * with it, they are what listings, stats and a restart see. */
+   bson_t given = BSON_INITIALIZER;
    if (bson_iter_init_find(&it, cmd, "tier")) {
       if (!aspen__cmd_check_tier(&it, "startStreamProcessor.tier", reply)) {
+         bson_destroy(&given);
          return true;
       }
-      snprintf(tier, sizeof tier, "%s", bson_iter_utf8(&it, NULL));
+      bson_append_iter(&given, NULL, 0, &it);
+   }
+   if (bson_iter_init_find(&it, cmd, "autoscaling")) {
+      if (!aspen__cmd_check_autoscaling(&it, "startStreamProcessor.autoscaling",
+                                        reply)) {
+         bson_destroy(&given);
+         return true;
+      }
+      bson_append_iter(&given, NULL, 0, &it);
    }
    bool resume;
    if (!aspen__cmd_resume_arg(cmd, "startStreamProcessor", &resume, reply)) {
+      bson_destroy(&given);
       return true;
    }
    aspen_proc_t *p = aspen__cmd_find(ctx, name, reply);
    if (!p) {
+      bson_destroy(&given);
       return true;
    }
    aspen__cmd_reap(ctx, p);
    if (aspen_proc_state(p) == ASPEN_PROC_STARTED) {
       aspen_reply_error(reply, ASPEN_ERR_IllegalOperation,
                         "stream processor '%s' is already started", name);
+      bson_destroy(&given);
       return true;
    }
    if (aspen_proc_state(p) == ASPEN_PROC_PROVISIONING) {
@@ -271,9 +285,33 @@ aspen__cmd_start(aspen_cmd_ctx_t *ctx, const bson_t *cmd, uint64_t conn_id,
                         "stream processor '%s' is already started (it is still "
                         "starting: state PROVISIONING)",
                         name);
+      bson_destroy(&given);
+      return true;
+   }
+   bson_t merged = BSON_INITIALIZER;
+   bson_iter_t oi;
+   bson_iter_init(&oi, aspen_proc_options(p));
+   while (bson_iter_next(&oi)) {
+      if (!bson_has_field(&given, bson_iter_key(&oi))) {
+         bson_append_iter(&merged, NULL, 0, &oi);
+      }
+   }
+   bson_concat(&merged, &given);
+   bool changed = !bson_empty(&given) &&
+                  !bson_equal(&merged, aspen_proc_options(p));
+   bson_destroy(&given);
+   if (!aspen__cmd_check_parallelism(aspen_proc_pipeline(p), &merged, reply)) {
+      bson_destroy(&merged);
       return true;
    }
    aspen_error_t err, perr;
+   if (!changed) {
+      bson_destroy(&merged);
+   } else if (!aspen_registry_redefine(ctx->reg, p, NULL, NULL, &merged,
+                                       &err)) { /* takes merged */
+      aspen__cmd_reply_err(reply, &err);
+      return true;
+   }
    /* Saved as STARTED before it launches: a start that cannot be saved
     * does not happen (and after a crash a saved one starts again). */
    if (!aspen_registry_save_as(ctx->reg, p, ASPEN_PROC_STARTED, &err)) {
@@ -286,7 +324,7 @@ aspen__cmd_start(aspen_cmd_ctx_t *ctx, const bson_t *cmd, uint64_t conn_id,
       aspen_logf(ASPEN_LOG_INFO, "STREAMS", name,
                  "starting without resuming: checkpoint removed");
    }
-   if (!aspen_proc_launch(p, ctx->env, tier, &err)) {
+   if (!aspen_proc_launch(p, ctx->env, &err)) {
       aspen_proc_set_state(p, ASPEN_PROC_FAILED, err.message);
       (void) aspen_registry_save(ctx->reg, p, &perr); /* logged */
       aspen__cmd_reply_err(reply, &err);

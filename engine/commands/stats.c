@@ -225,6 +225,17 @@ aspen__cmd_stats(aspen_cmd_ctx_t *ctx, const bson_t *cmd, uint64_t conn_id,
    BSON_APPEND_UTF8(reply, "ns", ns);
    BSON_APPEND_UTF8(reply, "name", aspen_proc_name(p));
    BSON_APPEND_UTF8(reply, "state", aspen_proc_state_name(aspen_proc_state(p)));
+   /* The tier asked for, the one it runs on (autoscaling may have moved
+    * it) and the autoscaling settings, next to name and state. */
+   aspen_tier_plan_t plan;
+   aspen_tier_plan(aspen_proc_options(p), &plan);
+   BSON_APPEND_UTF8(reply, "tier", aspen_tier_at(plan.asked_rank)->name);
+   BSON_APPEND_UTF8(reply, "effectiveTier",
+                    aspen_tier_at(aspen_proc_effective_tier(p))->name);
+   bson_iter_t ai;
+   if (bson_iter_init_find(&ai, aspen_proc_options(p), "autoscaling")) {
+      bson_append_iter(reply, "autoscaling", -1, &ai);
+   }
    bson_t st;
    BSON_APPEND_DOCUMENT_BEGIN(reply, "stats", &st);
    BSON_APPEND_UTF8(&st, "name", aspen_proc_name(p));

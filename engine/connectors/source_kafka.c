@@ -30,6 +30,7 @@
  * Ephemeral processors (sp.process) without config.group_id read under a
  * throw-away group and never commit.
  */
+#include "base/tier.h"
 #include "connectors/kafka_int.h"
 #include "connectors/schema_registry.h"
 #include "runtime/source.h"
@@ -263,6 +264,7 @@ rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 static bool
 check_topics(ksrc_t *ks, aspen_error_t *err)
 {
+   int64_t partitions = 0;
    for (int i = 0; i < ks->opts->n_topics; i++) {
       const char *name = ks->opts->topics[i];
       rd_kafka_topic_t *rkt = rd_kafka_topic_new(ks->rk, name, NULL);
@@ -285,6 +287,7 @@ check_topics(ksrc_t *ks, aspen_error_t *err)
       }
       bool found = md->topic_cnt == 1 && md->topics[0].partition_cnt > 0 &&
                    md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR;
+      partitions += found ? md->topics[0].partition_cnt : 0;
       rd_kafka_resp_err_t terr = md->topic_cnt == 1 ? md->topics[0].err
                                                     : RD_KAFKA_RESP_ERR_NO_ERROR;
       rd_kafka_metadata_destroy(md);
@@ -297,6 +300,20 @@ check_topics(ksrc_t *ks, aspen_error_t *err)
                               : "the topic does not exist");
          return false;
       }
+   }
+   /* ASP's tiers limit the partitions a Kafka $source reads (SP2: 32,
+    * SP5: 64). */
+   const char *tier;
+   int64_t limit = aspen_rt_tier_kafka_partitions(ks->rt, &tier);
+   if (limit > 0 && partitions > limit) {
+      const aspen_tier_t *need = aspen_tier_for_partitions(partitions);
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
+                      "StreamProcessorInvalidOptions: the Kafka $source "
+                      "reads %lld partitions, more than the %lld tier %s "
+                      "allows: use tier %s or higher",
+                      (long long) partitions, (long long) limit, tier,
+                      need ? need->name : ASPEN_TIER_MAX);
+      return false;
    }
    return true;
 }

@@ -17,6 +17,7 @@
  * sink through the $merge or $emit stage's parser. Nothing here names one.
  */
 #include "base/not_yet.h"
+#include "base/tier.h"
 #include "runtime/catalog.h"
 #include "runtime/pipeline.h"
 
@@ -617,6 +618,20 @@ aspen__pipeline_state_update(aspen_pipeline_t *pl)
 {
    uint64_t total = (uint64_t) pl->window_bytes + pl->cache_bytes;
    atomic_store(&pl->state_size, total);
+   /* With autoscaling, a processor out of memory moves up a tier while
+    * its maxTier allows, rather than fail (ASP's autoscaling page). */
+   while (pl->state_limit != 0 && total >= pl->state_limit &&
+          !pl->fatal_code && pl->tier_rank < pl->tier_max_rank) {
+      int from = pl->tier_rank++;
+      const char *to = aspen_tier_at(pl->tier_rank)->name;
+      pl->state_limit = aspen__tier_state_limit(to, pl->state_limit_what,
+                                                sizeof pl->state_limit_what);
+      atomic_store(&pl->effective_tier, pl->tier_rank);
+      aspen_logf(ASPEN_LOG_INFO, "STREAMS", "autoscaling",
+                 "a processor's state of %llu bytes reached %s's limit: "
+                 "scaled up to %s",
+                 (unsigned long long) total, aspen_tier_at(from)->name, to);
+   }
    if (pl->state_limit == 0 || total < pl->state_limit || pl->fatal_code) {
       return;
    }
@@ -633,22 +648,12 @@ aspen__tier_state_limit(const char *tier, char *what, size_t what_len)
 {
    /* The tiers' RAM in decimal megabytes, as ASP states it (0.5 GB ...
     * 32 GB); "80 %" of 8 GB is the 6.4 GB the docs give for SP30. */
-   static const struct {
-      const char *name;
-      uint64_t ram_mb;
-      const char *ram;
-   } tiers[] = {
-      {"SP2", 500, "0.5 GB"}, {"SP5", 1000, "1 GB"},   {"SP10", 2000, "2 GB"},
-      {"SP30", 8000, "8 GB"}, {"SP50", 32000, "32 GB"},
-   };
-   for (size_t i = 0; tier && i < sizeof tiers / sizeof tiers[0]; i++) {
-      if (strcmp(tier, tiers[i].name) == 0) {
-         snprintf(what, what_len, "80%% of %s's %s", tiers[i].name,
-                  tiers[i].ram);
-         return tiers[i].ram_mb * 1000000u / 10u * 8u;
-      }
+   const aspen_tier_t *t = aspen_tier_find(tier);
+   if (!t) {
+      return 0;
    }
-   return 0;
+   snprintf(what, what_len, "80%% of %s's %s", t->name, t->ram);
+   return t->ram_mb * 1000000u / 10u * 8u;
 }
 
 void

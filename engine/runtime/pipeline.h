@@ -204,6 +204,12 @@ struct aspen_pipeline {
     * fatal, which the processor fails with after the push. */
    uint64_t state_limit;
    char state_limit_what[64];   /* "80% of SP10's 2 GB", for the message */
+   /* The tier it runs on (base/tier.h's rank; stats' effectiveTier) and,
+    * with autoscaling, the highest it may move to when the state reaches
+    * the limit (else the same); set by the processor before it runs,
+    * -1 when the limit is aspen's streams.memoryLimitBytes. */
+   int tier_rank, tier_max_rank;
+   atomic_int effective_tier;
    size_t window_bytes, cache_bytes;
    int32_t fatal_code;          /* 0: none */
    char fatal[ASPEN_ERROR_MSG_MAX];

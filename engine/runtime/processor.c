@@ -23,6 +23,7 @@
  * positions.
  */
 #include "runtime/runtime_int.h"
+#include "base/tier.h"
 #include "runtime/catalog.h"
 
 #include <openssl/rand.h>
@@ -185,26 +186,26 @@ proc_main(void *arg)
    return NULL;
 }
 
-/* The state limit of this run: aspen's override when configured, else
- * 80 % of the tier's RAM (the start's tier, options.tier, else SP10, the
- * workspace default). */
+/* The tier of this run and its state limit: 80 % of the tier's RAM (the
+ * tier of base/tier.h's plan for the options, which a start's tier and
+ * autoscaling are saved into), or aspen's override when configured (no
+ * autoscaling then: the override is the limit). */
 static void
-set_state_limit(aspen_proc_t *proc, const char *start_tier)
+set_state_limit(aspen_proc_t *proc)
 {
    aspen_pipeline_t *pl = proc->pl;
-   const char *tier = "SP10";
-   bson_iter_t it;
-   if (start_tier && start_tier[0]) {
-      tier = start_tier;
-   } else if (bson_iter_init_find(&it, &proc->options, "tier") &&
-              BSON_ITER_HOLDS_UTF8(&it)) {
-      tier = bson_iter_utf8(&it, NULL);
-   }
+   aspen_tier_plan_t plan;
+   aspen_tier_plan(&proc->options, &plan);
+   const char *tier = aspen_tier_at(plan.rank)->name;
+   pl->tier_rank = plan.rank;
+   pl->tier_max_rank = plan.max_rank;
+   atomic_store(&pl->effective_tier, plan.rank);
    uint64_t override = proc->env->memory_limit_bytes;
    pl->state_limit = aspen__tier_state_limit(tier, pl->state_limit_what,
                                              sizeof pl->state_limit_what);
    if (override > 0) {
       pl->state_limit = override;
+      pl->tier_max_rank = plan.rank;
       snprintf(pl->state_limit_what, sizeof pl->state_limit_what,
                "tier %s; aspen's streams.memoryLimitBytes", tier);
    }
@@ -212,7 +213,7 @@ set_state_limit(aspen_proc_t *proc, const char *start_tier)
 
 bool
 aspen_proc_launch(aspen_proc_t *proc, const aspen_proc_env_t *env,
-                  const char *tier, aspen_error_t *err)
+                  aspen_error_t *err)
 {
    bool has_dlq = bson_has_field(&proc->options, "dlq");
    proc->env = env;
@@ -229,7 +230,7 @@ aspen_proc_launch(aspen_proc_t *proc, const aspen_proc_env_t *env,
       proc->pl = NULL;
       return false;
    }
-   set_state_limit(proc, tier);
+   set_state_limit(proc);
    bson_iter_t vit;
    proc->pl->virtual_clock = bson_iter_init_find(&vit, &proc->options,
                                                  "virtualClock") &&
@@ -473,4 +474,15 @@ aspen_proc_source_position(aspen_proc_t *proc, bson_t *token, int64_t *lag_ms)
    }
    pthread_mutex_unlock(&proc->mu);
    return has;
+}
+
+int
+aspen_proc_effective_tier(const aspen_proc_t *proc)
+{
+   if (proc->thread_running && proc->pl) {
+      return atomic_load(&proc->pl->effective_tier);
+   }
+   aspen_tier_plan_t plan;
+   aspen_tier_plan(&proc->options, &plan);
+   return plan.rank;
 }

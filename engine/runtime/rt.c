@@ -7,6 +7,7 @@
  * flush, a checkpoint may be taken) and stops when asked or failed.
  */
 #include "runtime/runtime_int.h"
+#include "base/tier.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -298,6 +299,18 @@ void
 aspen_rt_source_lag(aspen_runtime_t *rt, int64_t lag_ms)
 {
    rt->source_lag_ms = lag_ms < 0 ? 0 : lag_ms;
+}
+
+int64_t
+aspen_rt_tier_kafka_partitions(const aspen_runtime_t *rt, const char **tier)
+{
+   const aspen_tier_t *t = aspen_tier_at(rt->proc->pl->tier_max_rank);
+   if (!t) {
+      *tier = "";
+      return 0;
+   }
+   *tier = t->name;
+   return t->kafka_partitions;
 }
 
 void

@@ -110,6 +110,10 @@ typedef struct {
  * thread. */
 bool aspen_proc_figures(const aspen_proc_t *proc, aspen_proc_figures_t *out);
 void aspen_proc_figures_cleanup(aspen_proc_figures_t *f);
+/* The tier (base/tier.h's rank) the processor runs on, or would start on
+ * when it does not run: its options' tier brought into its autoscaling
+ * range, moved up since by autoscaling. Command thread. */
+int aspen_proc_effective_tier(const aspen_proc_t *proc);
 /* A running processor's token-positioned source (a change stream): its
  * last resume token (`token`, initialized on every path; empty before the
  * first) and lag in ms (INT64_MIN: not known). False when it has none to
@@ -126,13 +130,14 @@ void aspen_proc_set_state(aspen_proc_t *proc, aspen_proc_state_t st,
  * and source and then reports the start's result (env->start_reported,
  * from the processor's thread). Does not
  * wait for that. The state is PROVISIONING from then on (the caller
- * leaves it). `tier` is the start's tier ("" when it names none:
- * options.tier, else SP10), whose state limit applies to this run; `env`
+ * leaves it). The run's tier and its state limit come from the options
+ * (their tier and autoscaling, which a start saves there first:
+ * base/tier.h's aspen_tier_plan). `env`
  * is borrowed for as long as the processor runs. False with err set (and
  * no thread) when the pipeline does not parse or is refused, or no thread
  * can be made. */
 bool aspen_proc_launch(aspen_proc_t *proc, const aspen_proc_env_t *env,
-                       const char *tier, aspen_error_t *err);
+                       aspen_error_t *err);
 /* True once the launched thread has reported its start's result; any
  * thread. */
 bool aspen_proc_start_reported(aspen_proc_t *proc);

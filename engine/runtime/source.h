@@ -110,6 +110,11 @@ void aspen_rt_mark_token(aspen_runtime_t *rt, const bson_t *token);
  * the resume token of aspen_rt_mark_token (changeStreamState); published
  * when the source idles. */
 void aspen_rt_source_lag(aspen_runtime_t *rt, int64_t lag_ms);
+/* The most partitions a Kafka $source may read on the processor's tier
+ * (the highest its autoscaling allows), 0 for no limit; `tier` gets the
+ * tier's name. */
+int64_t aspen_rt_tier_kafka_partitions(const aspen_runtime_t *rt,
+                                       const char **tier);
 /* The {parts: [{p, replay, high}], token} position of the checkpoint this
  * run resumed from, or NULL when it started fresh. Valid while running. */
 const bson_t *aspen_rt_restored_position(const aspen_runtime_t *rt);

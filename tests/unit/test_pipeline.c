@@ -1016,6 +1016,13 @@ push_big_docs(aspen_pipeline_t *pl, int n, int64_t first_ms)
    return i;
 }
 
+/* An hour-long window keeping every document it is given. */
+#define HOUR_WINDOW_PUSH_ALL                                                   \
+   "{\"0\": {\"$source\": {\"documents\": []}}, \"1\": "                    \
+   "{\"$tumblingWindow\": {\"interval\": {\"size\": 1, \"unit\": "          \
+   "\"hour\"}, \"pipeline\": [{\"$group\": {\"_id\": null, "               \
+   "\"all\": {\"$push\": \"$$ROOT\"}}}]}}}"
+
 /* A window's state counts against pl->state_limit: reaching it notes 418
  * "Worker out of memory" with the numbers; aspen__window_drop_state lets the
  * state go. With no limit the same input is fine. */
@@ -1023,11 +1030,7 @@ static void
 window_state_limit(void **state)
 {
    (void) state;
-   const char *json =
-      "{\"0\": {\"$source\": {\"documents\": []}}, \"1\": "
-      "{\"$tumblingWindow\": {\"interval\": {\"size\": 1, \"unit\": "
-      "\"hour\"}, \"pipeline\": [{\"$group\": {\"_id\": null, "
-      "\"all\": {\"$push\": \"$$ROOT\"}}}]}}}";
+   const char *json = HOUR_WINDOW_PUSH_ALL;
    for (int limited = 0; limited < 2; limited++) {
       aspen_pipeline_t *pl = parse_json_pipeline(json);
       collector_t col;
@@ -1065,6 +1068,89 @@ window_state_limit(void **state)
       aspen_pipeline_destroy(pl);
       collector_cleanup(&col);
    }
+}
+
+/* With autoscaling (tier_max_rank above tier_rank), reaching the state
+ * limit moves the processor up a tier and raises the limit to that
+ * tier's, instead of failing it; past its maxTier it fails as ever. */
+static void
+window_state_autoscales(void **state)
+{
+   (void) state;
+   const char *json = HOUR_WINDOW_PUSH_ALL;
+   aspen_pipeline_t *pl = parse_json_pipeline(json);
+   collector_t col;
+   collector_attach(&col, pl);
+   pl->state_limit = 50000;
+   pl->tier_rank = 0; /* SP2 */
+   pl->tier_max_rank = 1; /* up to SP5 */
+   int pushed = push_big_docs(pl, 200, TEST_NOW_MS);
+   assert_int_equal(pushed, 200);
+   assert_int_equal(pl->fatal_code, 0);
+   assert_int_equal(pl->tier_rank, 1);
+   assert_int_equal(atomic_load(&pl->effective_tier), 1);
+   char what[64];
+   assert_int_equal(pl->state_limit,
+                    aspen__tier_state_limit("SP5", what, sizeof what));
+   assert_string_equal(pl->state_limit_what, "80% of SP5's 1 GB");
+   /* At its maxTier it fails as without autoscaling. */
+   pl->state_limit = atomic_load(&pl->state_size) + 2000;
+   push_big_docs(pl, 100, TEST_NOW_MS + 1000);
+   assert_int_equal(pl->fatal_code, 418);
+   assert_int_equal(pl->tier_rank, 1);
+   aspen__window_drop_state(pl->window);
+   aspen_pipeline_destroy(pl);
+   collector_cleanup(&col);
+}
+
+/* Each main-chain stage counts what came in, went out and went to the
+ * DLQ (plain integers), and aspen__pipeline_publish makes them what
+ * aspen_pipeline_snapshot reads, with the source's and sink's. */
+static void
+operator_counts(void **state)
+{
+   (void) state;
+   const char *json =
+      "{\"0\": {\"$source\": {\"documents\": []}}, "
+      "\"1\": {\"$match\": {\"a\": {\"$gte\": 0}}}, "
+      "\"2\": {\"$addFields\": {\"b\": {\"$divide\": [1, \"$a\"]}}}}";
+   aspen_pipeline_t *pl = parse_json_pipeline(json);
+   collector_t col;
+   collector_attach(&col, pl);
+   bson_t meta;
+   source_meta(&meta, -1);
+   /* a = 0 .. 3 pass the $match, "x" does not; $divide fails on 0. */
+   for (int i = 0; i < 5; i++) {
+      bson_t doc = BSON_INITIALIZER;
+      if (i < 4) {
+         BSON_APPEND_INT32(&doc, "a", i);
+      } else {
+         BSON_APPEND_UTF8(&doc, "a", "x");
+      }
+      aspen_sdoc_t d = {.doc = &doc, .meta = &meta, .ts_ms = TEST_NOW_MS};
+      aspen_pipeline_push(pl, &d);
+      bson_destroy(&doc);
+   }
+   bson_destroy(&meta);
+   assert_int_equal(aspen_pipeline_op_count(pl), 3); /* no sink */
+   aspen_op_counts_t ops[4];
+   memset(ops, 0xff, sizeof ops);
+   aspen_pipeline_snapshot(pl, ops, NULL, NULL, NULL);
+   assert_int_equal(ops[1].in_count, 0); /* nothing published yet */
+   aspen__pipeline_publish(pl);
+   aspen_pipeline_snapshot(pl, ops, NULL, NULL, NULL);
+   assert_int_equal(ops[1].in_count, 5);
+   assert_int_equal(ops[1].out_count, 4);
+   assert_int_equal(ops[1].dlq_count, 0);
+   /* $addFields: 4 in, 3 out, 1 to the DLQ. */
+   assert_int_equal(ops[2].in_count, 4);
+   assert_int_equal(ops[2].out_count, 3);
+   assert_int_equal(ops[2].dlq_count, 1);
+   assert_true(ops[2].dlq_size > 0);
+   assert_int_equal(ops[1].out_size, ops[2].in_size);
+   assert_int_equal(col.n_out, 3);
+   aspen_pipeline_destroy(pl);
+   collector_cleanup(&col);
 }
 
 static void
@@ -1192,6 +1278,8 @@ main(void)
       cmocka_unit_test(window_fanout),
       cmocka_unit_test(tier_state_limit),
       cmocka_unit_test(window_state_limit),
+      cmocka_unit_test(window_state_autoscales),
+      cmocka_unit_test(operator_counts),
    };
    const size_t n_direct = sizeof direct / sizeof direct[0];
    struct CMUnitTest *tests = aspen_xcalloc(n + n_direct, sizeof *tests);
