@@ -25,6 +25,7 @@ atlas_destroy(void *opts)
       return;
    }
    free(a->uri);
+   free(a->cluster);
    free(a->role);
    if (a->grant) {
       a->authz.grant_destroy(a->grant);
@@ -102,6 +103,26 @@ atlas_role(aspen_conn_atlas_t *a, const bson_iter_t *it,
    return true;
 }
 
+/* The hosts of `uri` joined by commas ("" when it does not parse). */
+static char *
+uri_hosts(const char *uri)
+{
+   mongoc_uri_t *u = mongoc_uri_new_with_error(uri, NULL);
+   char out[1024] = "";
+   size_t used = 0;
+   for (const mongoc_host_list_t *h = u ? mongoc_uri_get_hosts(u) : NULL; h;
+        h = h->next) {
+      int n = snprintf(out + used, sizeof out - used, "%s%s",
+                       used ? "," : "", h->host_and_port);
+      if (n < 0 || (size_t) n >= sizeof out - used) {
+         break;
+      }
+      used += (size_t) n;
+   }
+   mongoc_uri_destroy(u);
+   return aspen_xstrdup(out);
+}
+
 static bool
 atlas_parse(const aspen_conn_cfg_t *cfg, const bson_t *entry, void **opts,
             aspen_error_t *err)
@@ -129,6 +150,18 @@ atlas_parse(const aspen_conn_cfg_t *cfg, const bson_t *entry, void **opts,
    }
    aspen_conn_atlas_t *a = aspen_xcalloc(1, sizeof *a);
    a->uri = aspen_xstrdup(uri);
+   if (bson_iter_init_find(&it, entry, "clusterName")) {
+      if (!BSON_ITER_HOLDS_UTF8(&it)) {
+         aspen_error_set(err, ASPEN_ERR_TypeMismatch,
+                         "config key '%s.clusterName' must be a string",
+                         cfg->where);
+         atlas_destroy(a);
+         return false;
+      }
+      a->cluster = aspen_xstrdup(bson_iter_utf8(&it, NULL));
+   } else {
+      a->cluster = uri_hosts(uri);
+   }
    bool has_role = bson_iter_init_find(&role_it, entry, "dbRoleToExecute");
    if (!atlas_role(a, has_role ? &role_it : NULL, cfg->authz, cfg->where,
                    err)) {
@@ -145,6 +178,8 @@ atlas_list(const void *opts, bson_t *doc)
    const aspen_conn_atlas_t *a = opts;
    char red[1024];
    aspen_uri_redact(a->uri, red, sizeof red);
+   /* ASP lists the cluster; aspen also shows its (redacted) URI. */
+   BSON_APPEND_UTF8(doc, "cluster", a->cluster);
    BSON_APPEND_UTF8(doc, "uri", red);
    bson_t listed;
    BSON_APPEND_DOCUMENT_BEGIN(doc, "dbRoleToExecute", &listed);
@@ -153,7 +188,8 @@ atlas_list(const void *opts, bson_t *doc)
    bson_append_document_end(doc, &listed);
 }
 
-static const char *const atlas_keys[] = {"uri", "dbRoleToExecute", NULL};
+static const char *const atlas_keys[] = {"uri", "clusterName",
+                                         "dbRoleToExecute", NULL};
 
 const aspen_conn_ops_t aspen_conn_atlas_ops = {
    .keys = atlas_keys,

@@ -12,6 +12,9 @@
 /* What an Atlas connection holds (aspen_conn_t.opts of its kind). */
 typedef struct {
    char *uri; /* with its credentials: never listed or logged */
+   /* What listings show as ASP's `cluster`: the config's clusterName,
+    * else the URI's hosts ("127.0.0.1:27017,h2:27017"). */
+   char *cluster;
    /* The role every database access through it runs as (ASP's
     * dbRoleToExecute; readWriteAnyDatabase, BUILT_IN, when the config
     * names none), its grant from the authorization hook, and the hook (a

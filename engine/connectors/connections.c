@@ -46,7 +46,9 @@ add(aspen_conns_t *conns, const char *name, const aspen_connector_t *kind,
    c->opts = opts;
    bson_init(&c->doc);
    BSON_APPEND_UTF8(&c->doc, "name", name);
-   BSON_APPEND_UTF8(&c->doc, "type", kind->type_name);
+   BSON_APPEND_UTF8(&c->doc, "type",
+                    kind->conn->listed_type ? kind->conn->listed_type
+                                            : kind->type_name);
    if (kind->conn->list) {
       kind->conn->list(opts, &c->doc);
    }

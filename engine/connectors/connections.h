@@ -25,6 +25,9 @@ struct aspen_conn_ops {
    /* The name of the one connection of this kind every registry has
     * ("sample_stream_solar"), or NULL. */
    const char *builtin;
+   /* The `type` listings show, when it is not the config's type name
+    * (the sample's: ASP lists it as "inmemory"); NULL: the type name. */
+   const char *listed_type;
    /* The config keys of this kind besides name and type (NULL-terminated;
     * NULL with `parse` NULL: a kind that is not configured). The registry
     * refuses a key no kind has, and a key of another kind. */

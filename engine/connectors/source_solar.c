@@ -89,4 +89,5 @@ const aspen_source_ops_t aspen_source_solar_ops = {
  * configured, listed with its name and type only. */
 const aspen_conn_ops_t aspen_conn_solar_ops = {
    .builtin = "sample_stream_solar",
+   .listed_type = "inmemory", /* ASP's listing of its sample */
 };

@@ -107,7 +107,7 @@ test_builtin_kinds(void **state)
              "[{\"name\": \"a\", \"type\": \"atlas\","
              "  \"uri\": \"mongodb://user:pw@h:1/db\","
              "  \"dbRoleToExecute\": {\"role\": \"r\", \"type\": \"CUSTOM\"}},"
-             " {\"name\": \"b\"},"
+             " {\"name\": \"b\", \"clusterName\": \"Cluster0\"},"
              " {\"name\": \"k\", \"type\": \"kafka\", \"bootstrapServers\": \"h:2\","
              "  \"security\": {\"protocol\": \"SASL_SSL\", \"mechanism\": \"PLAIN\","
              "                \"username\": \"u\", \"password\": \"pw\"},"
@@ -122,15 +122,19 @@ test_builtin_kinds(void **state)
    assert_null(conns.items[0].opts);
    assert_string_equal(conns.items[1].name, "a");
    assert_string_equal(conns.items[3].kind->type_name, "kafka");
+   /* As ASP lists them: the sample "inmemory", an atlas connection's
+    * cluster (its clusterName, else its URI's hosts). */
    assert_listed(&conns, "sample_stream_solar",
-                 "{\"name\": \"sample_stream_solar\", \"type\": \"sample_solar\"}");
+                 "{\"name\": \"sample_stream_solar\", \"type\": \"inmemory\"}");
    assert_listed(&conns, "a",
-                 "{\"name\": \"a\", \"type\": \"atlas\","
+                 "{\"name\": \"a\", \"type\": \"atlas\", \"cluster\": \"h:1\","
                  " \"uri\": \"mongodb://<redacted>@h:1/db\","
                  " \"dbRoleToExecute\": {\"role\": \"r\", \"type\": \"CUSTOM\"}}");
-   /* No type: atlas, at the backend, as readWriteAnyDatabase. */
+   /* No type: atlas, at the backend, as readWriteAnyDatabase; its
+    * clusterName listed as its cluster. */
    assert_listed(&conns, "b",
-                 "{\"name\": \"b\", \"type\": \"atlas\", \"uri\": \"mongodb://backend:3\","
+                 "{\"name\": \"b\", \"type\": \"atlas\","
+                 " \"cluster\": \"Cluster0\", \"uri\": \"mongodb://backend:3\","
                  " \"dbRoleToExecute\": {\"role\": \"readWriteAnyDatabase\","
                  " \"type\": \"BUILT_IN\"}}");
    assert_listed(&conns, "k",

@@ -16,8 +16,10 @@ const out = db.getSiblingDB("sp_e2e");
 // Connections: the built-in solar sample and the configured atlas one.
 const conns = sp.listConnections();
 assert(Array.isArray(conns), "listConnections returns an array");
-assert(conns.some(c => c.name === "sample_stream_solar"), "sample_stream_solar listed");
-assert(conns.some(c => c.name === "atlas" && c.type === "atlas"), "atlas connection listed");
+assert(conns.some(c => c.name === "sample_stream_solar" && c.type === "inmemory"),
+       "sample_stream_solar listed as ASP lists it (type inmemory): " + JSON.stringify(conns));
+assert(conns.some(c => c.name === "atlas" && c.type === "atlas" && /^127\.0\.0\.1:\d+$/.test(c.cluster)),
+       "atlas connection listed with its cluster (the backend's host): " + JSON.stringify(conns));
 assert(!JSON.stringify(conns).includes("secret"), "no secrets in listings");
 
 // Create.
