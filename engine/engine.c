@@ -116,6 +116,12 @@ aspen_engine_connection_closed(aspen_engine_t *eng, uint64_t conn_id)
    aspen__cmd_connection_closed(&eng->ctx, conn_id);
 }
 
+char *
+aspen_engine_metrics(aspen_engine_t *eng)
+{
+   return aspen__cmd_metrics(&eng->ctx);
+}
+
 aspen_engine_t *
 aspen_engine_new(const aspen_engine_opts_t *opts, aspen_error_t *err)
 {

@@ -122,5 +122,10 @@ void aspen_engine_cancel_starts(aspen_engine_t *eng);
  * ephemeral processors they were reading (sp.process) are dropped; one
  * still starting has its pending start answered with an error first. */
 void aspen_engine_connection_closed(aspen_engine_t *eng, uint64_t conn_id);
+/* The processors' figures in Prometheus' text exposition format (state,
+ * input/output/DLQ counters, state size, Kafka lag, latency histograms),
+ * for aspen's opt-in metrics endpoint; free with bson_free. Command
+ * thread. */
+char *aspen_engine_metrics(aspen_engine_t *eng);
 
 #endif /* ASPEN_ENGINE_H */

@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { JOB_COMMAND, JOB_CONN_CLOSED } job_kind_t;
+typedef enum { JOB_COMMAND, JOB_CONN_CLOSED, JOB_METRICS } job_kind_t;
 
 typedef struct job {
    aspen_workq_item_t link; /* in the queue, then in the hand-back */
@@ -93,6 +93,13 @@ bridge_main(void *arg)
          break; /* stopping, queue drained */
       }
       job_t *job = JOB(item);
+      if (job->kind == JOB_METRICS) {
+         char *text = aspen_engine_metrics(br->eng);
+         BSON_APPEND_UTF8(&job->reply, "text", text);
+         bson_free(text);
+         aspen_workq_handback_push(&br->done, &job->link);
+         continue;
+      }
       bool is_command = job->kind == JOB_COMMAND, replied = true;
       if (is_command) {
          /* false: deferred; the engine owns the job until on_engine_reply
@@ -158,6 +165,18 @@ aspen_bridge_connection_closed(aspen_bridge_t *br, uint64_t conn_id)
    bson_init(&job->cmd);
    bson_init(&job->reply);
    job->conn_id = conn_id;
+   aspen_workq_push(&br->queue, &job->link);
+}
+
+void
+aspen_bridge_metrics(aspen_bridge_t *br, aspen_bridge_cb cb, void *arg)
+{
+   job_t *job = aspen_xcalloc(1, sizeof *job);
+   job->kind = JOB_METRICS;
+   bson_init(&job->cmd);
+   bson_init(&job->reply);
+   job->cb = cb;
+   job->arg = arg;
    aspen_workq_push(&br->queue, &job->link);
 }
 

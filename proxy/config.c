@@ -18,6 +18,7 @@
  *     "connections": [ { "name": "myConn", "type": "atlas",
  *                        "uri": "mongodb://..." } ],
  *     "log": { "level": "info" },
+ *     "metrics": { "port": 9216 },
  *     "security": { "authorization": "auto", "usersFile": "...",
  *                   "roles": [ { "role": "...", "actions": [...] } ],
  *                   "auditLog": { "path": "..." } } }
@@ -63,6 +64,9 @@ static const key_t_ keys[] = {
    {"net.loadBalanced", "--load-balanced", T_BOOL, OFF(load_balanced), 0, 0,
     "true: answer drivers connecting with loadBalanced=true as a mongos "
     "behind a load balancer does (serviceId; default false)"},
+   {"metrics.port", "--metrics-port", T_INT, OFF(metrics_port), -1, 65535,
+    "serve Prometheus metrics at http://<net.bindIp>:PORT/metrics (default "
+    "-1: off; 0 picks a free port)"},
    {"tls.mode", "--tls-mode", T_TLS_MODE, OFF(tls_mode), 0, 0,
     "disabled | allowed | required (default disabled)"},
    {"tls.certificateFile", "--tls-cert", T_STRING, OFF(tls_cert), 0, 0,
@@ -110,6 +114,7 @@ aspen_config_init(aspen_config_t *cfg)
    memset(cfg, 0, sizeof *cfg);
    cfg->bind = aspen_xstrdup("127.0.0.1");
    cfg->port = 27017;
+   cfg->metrics_port = -1;
    cfg->backend_lanes = 4;
    cfg->tls_mode = ASPEN_TLS_DISABLED;
    cfg->max_connections = 1000;
@@ -480,6 +485,12 @@ aspen_config_finish(aspen_config_t *cfg)
    BSON_APPEND_INT32(&net, "idleTimeoutSecs", cfg->idle_timeout_secs);
    BSON_APPEND_BOOL(&net, "loadBalanced", cfg->load_balanced);
    bson_append_document_end(&cfg->parsed, &net);
+   if (cfg->metrics_port >= 0) {
+      bson_t metrics;
+      BSON_APPEND_DOCUMENT_BEGIN(&cfg->parsed, "metrics", &metrics);
+      BSON_APPEND_INT32(&metrics, "port", cfg->metrics_port);
+      bson_append_document_end(&cfg->parsed, &metrics);
+   }
    BSON_APPEND_DOCUMENT_BEGIN(&cfg->parsed, "tls", &tls);
    BSON_APPEND_UTF8(&tls, "mode", aspen_tls_mode_name(cfg->tls_mode));
    if (cfg->tls_cert) {

@@ -33,6 +33,7 @@ shutdown_server(app_t *app, const char *why)
    aspen_log(ASPEN_LOG_INFO, "CONTROL", 23377, "main", "Shutting down", &attr);
    bson_destroy(&attr);
    aspen_listener_stop(srv);
+   aspen_metrics_stop(srv);
    aspen_session_close_all(srv);
    aspen_topology_shutdown(srv);
    aspen_bridge_destroy(srv->bridge);
@@ -311,13 +312,15 @@ main(int argc, char **argv)
    }
    srv.bridge = aspen_bridge_new(&loop, srv.engine);
 
-   if (!aspen_listener_start(&srv, &err)) {
+   if (!aspen_listener_start(&srv, &err) || !aspen_metrics_start(&srv, &err)) {
       rc = fail_start(&err);
+      aspen_listener_stop(&srv);
+      aspen_metrics_stop(&srv);
       aspen_bridge_destroy(srv.bridge);
+      srv.bridge = NULL;
       aspen_engine_destroy(srv.engine);
       aspen_backend_destroy(srv.backend);
       srv.backend = NULL;
-      aspen_listener_stop(&srv);
       goto done;
    }
 
@@ -337,6 +340,7 @@ done:
                  "event loop closed with handles still open");
    }
    aspen_audit_destroy(srv.audit); /* after the loop: no more events */
+   aspen_metrics_cleanup(&srv);
    aspen_tls_ctx_destroy(srv.tls_ctx);
    aspen_users_destroy(srv.users);
    mongoc_cleanup();

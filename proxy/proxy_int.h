@@ -41,6 +41,7 @@ typedef struct {
    size_t output_high_water;
    int idle_timeout_secs;  /* net.idleTimeoutSecs; 0: never idle out */
    bool load_balanced;     /* net.loadBalanced: answer loadBalanced hellos */
+   int metrics_port;       /* metrics.port; -1 (default): no endpoint */
    aspen_log_level_t log_level;
    /* Authentication (users.c, roles.c): "auto" (default: on once a user
     * exists), "enabled" or "disabled"; the users file (default
@@ -163,6 +164,10 @@ void aspen_bridge_submit(aspen_bridge_t *br, const char *name,
                          aspen_bridge_cb cb, void *arg);
 /* Tells the engine a client connection closed (its cursors end). */
 void aspen_bridge_connection_closed(aspen_bridge_t *br, uint64_t conn_id);
+/* Queues a request for the engine's Prometheus text
+ * (aspen_engine_metrics); cb runs on the loop thread, exactly once, with
+ * {text: "..."}. */
+void aspen_bridge_metrics(aspen_bridge_t *br, aspen_bridge_cb cb, void *arg);
 
 /* ------------------------------------------------------------------------ */
 /* Server and sessions (listener.c, session.c)                               */
@@ -172,6 +177,7 @@ typedef struct aspen_session aspen_session_t;
 typedef struct aspen_users aspen_users_t;           /* auth.h */
 typedef struct aspen_auth_state aspen_auth_state_t; /* auth.h */
 typedef struct aspen_audit aspen_audit_t;           /* auth.h */
+typedef struct aspen_cmd_counts aspen_cmd_counts_t; /* metrics.c */
 
 typedef struct {
    uv_loop_t *loop;
@@ -192,10 +198,28 @@ typedef struct {
    uv_timer_t idle_timer;     /* sweeps idle sessions (net.idleTimeoutSecs) */
    bool idle_timer_on;
    struct aspen_topology *topology; /* topology.c's; NULL until needed */
+   /* The Prometheus endpoint (metrics.c), with metrics.port only. */
+   uv_tcp_t metrics_listener;
+   bool metrics_on;
+   aspen_cmd_counts_t *cmd_counts; /* NULL: off */
+   struct mconn *metrics_conns;    /* its open connections */
 } aspen_server_t;
 
 bool aspen_listener_start(aspen_server_t *srv, aspen_error_t *err);
 void aspen_listener_stop(aspen_server_t *srv);
+
+/* The opt-in Prometheus endpoint (metrics.c): listens on net.bindIp at
+ * metrics.port when it is set (0: a free port; the log says which), and
+ * counts commands by name from then on. Stop closes the listener (a
+ * connection waiting for the engine still gets its reply); cleanup, after
+ * the loop, frees the counters. Loop thread. */
+bool aspen_metrics_start(aspen_server_t *srv, aspen_error_t *err);
+void aspen_metrics_stop(aspen_server_t *srv);
+void aspen_metrics_cleanup(aspen_server_t *srv);
+/* Counts a command (local: answered by aspen; else forwarded); nothing
+ * when the endpoint is off. */
+void aspen_metrics_count_command(aspen_server_t *srv, const char *name,
+                                 bool local);
 
 /* Accepts one pending connection on `listener` into a new session, or
  * refuses it when net.maxConnections sessions are open. */

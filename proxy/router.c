@@ -109,6 +109,8 @@ aspen_router_dispatch(aspen_request_t *req, bson_t *reply)
                  (unsigned long long) aspen_session_id(req->sess),
                  row ? "local" : "forward", req->db, req->name);
    }
+   aspen_metrics_count_command(req->srv, req->name,
+                               row && (row->flags & ASPEN_CMD_LOCAL));
    if (!aspen_auth_check(req, row, reply)) {
       return ASPEN_HANDLED_REPLY;
    }

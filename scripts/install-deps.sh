@@ -98,7 +98,7 @@ if [[ $(have_mongosh_version || true) != "$MONGOSH_VERSION" ]]; then
 fi
 step_done "mongosh $MONGOSH_VERSION ok"
 
-# --- 3. Python venv with pymongo and pytest ------------------------------
+# --- 3. Python venv with pymongo, pytest and prometheus_client -------------
 step_start
 VENV="$DEPS/venv"
 venv_ok() {
@@ -108,6 +108,7 @@ import sys, ssl  # ssl: the TLS tests need it
 import pymongo, pytest
 import confluent_kafka, fastavro  # the Avro tests' independent client
 import moto  # the Lambda peer of test_https.sh
+import prometheus_client  # the metrics test
 want = tuple(int(x) for x in sys.argv[1].split("."))
 have = tuple(int(x) for x in pymongo.version_tuple[:2])
 sys.exit(0 if have >= want else 1)
@@ -128,10 +129,10 @@ if ! venv_ok; then
             /usr/bin/python3 -m venv "$VENV"
         fi
     fi
-    log "pip install -r scripts/python/requirements.txt (pymongo, pytest, moto)"
+    log "pip install -r scripts/python/requirements.txt (pymongo, pytest, moto, prometheus_client, ...)"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
         -r "$ROOT/scripts/python/requirements.txt"
-    venv_ok || die "pymongo>=$PYMONGO_MIN / pytest not importable from $VENV"
+    venv_ok || die "pymongo>=$PYMONGO_MIN / pytest / prometheus_client not importable from $VENV"
 fi
 step_done "venv ok ($("$VENV/bin/python" -c 'import pymongo; print("pymongo", pymongo.version)'))"
 

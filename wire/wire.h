@@ -550,6 +550,10 @@ bool aspen_secret_name(const char *name);
  * copied as it is. Any thread. */
 void aspen_uri_redact(const char *uri, char *out, size_t size);
 
+/* Appends `s` to `out` as a Prometheus label value: backslash, double
+ * quote and newline escaped (prom.c). Any thread. */
+void aspen_prom_label_value(bson_string_t *out, const char *s);
+
 /* ------------------------------------------------------------------------ */
 /* Wire protocol                                                             */
 /* ------------------------------------------------------------------------ */

@@ -51,6 +51,12 @@ typedef bool (*aspen_cmd_fn)(aspen_cmd_ctx_t *ctx, const bson_t *cmd,
 #include "commands/commands.def"
 #undef ASPEN_SP_COMMAND
 
+/* ---- metrics.c ------------------------------------------------------------- */
+
+/* The processors' figures in Prometheus' text format (aspen_engine_metrics),
+ * to free with bson_free. */
+char *aspen__cmd_metrics(aspen_cmd_ctx_t *ctx);
+
 /* ---- args.c: checking a command's fields ----------------------------------- */
 
 /* The parallelism a pipeline adds to its tier's: the sum over its stages
