@@ -137,7 +137,7 @@ emit_free(emit_t *e)
 
 static bool
 enum_value(const bson_iter_t *it, const char *const *allowed,
-           const aspen_parse_ctx_t *pc, const char *opt, const char **out,
+           const aspen_parse_ctx_t *pc, const char *pos, const char **out,
            aspen_error_t *err)
 {
    const char *v = BSON_ITER_HOLDS_UTF8(it) ? bson_iter_utf8(it, NULL) : NULL;
@@ -147,10 +147,10 @@ enum_value(const bson_iter_t *it, const char *const *allowed,
          return true;
       }
    }
-   aspen_parse_error(err, pc, opt,
-                     "Enumeration value '%s' for field '%s' is not a valid "
-                     "value.",
-                     v ? v : "(not a string)", opt);
+   aspen_parse_error(err, pc, pos,
+                     "Enumeration value '%s' for field '$emit.%s' is not a "
+                     "valid value.",
+                     v ? v : "(not a string)", pos);
    return false;
 }
 
@@ -193,9 +193,10 @@ parse_config(emit_t *e, const bson_iter_t *it, const aspen_parse_ctx_t *pc,
    bson_iter_recurse(it, &ci);
    while (bson_iter_next(&ci)) {
       const char *k = bson_iter_key(&ci);
+      /* Where it is, after the stage's own position ("pipeline[2].$emit"). */
       char opt[96];
       const char *v = NULL;
-      snprintf(opt, sizeof opt, "$emit.config.%s", k);
+      snprintf(opt, sizeof opt, "config.%s", k);
       if (strcmp(k, "acks") == 0) {
          if (BSON_ITER_HOLDS_INT32(&ci) || BSON_ITER_HOLDS_INT64(&ci)) {
             int64_t n = bson_iter_as_int64(&ci);

@@ -435,13 +435,15 @@ test_emit_options(void **state)
                 "Expected config.keyFormat to be specified when config.key is specified");
    parse_expect(&conns,
                 "{\"p\": [" SRC(", \"topic\": \"t\"") ", " EMIT(", \"config\": {\"outputFormat\": \"xml\"}") "]}",
-                "Enumeration value 'xml' for field '$emit.config.outputFormat'");
+                "Enumeration value 'xml' for field '$emit.config.outputFormat' is not "
+                "a valid value. (at pipeline[1].$emit.config.outputFormat)");
    parse_expect(&conns,
                 "{\"p\": [" SRC(", \"topic\": \"t\"") ", " EMIT(", \"config\": {\"acks\": 2}") "]}",
                 "config.acks must be");
    parse_expect(&conns,
                 "{\"p\": [" SRC(", \"topic\": \"t\"") ", " EMIT(", \"config\": {\"linger\": 2}") "]}",
-                "BSON field '$emit.config.linger' is an unknown field.");
+                "BSON field '$emit.config.linger' is an unknown field. "
+                "(at pipeline[1].$emit.config.linger)");
    parse_expect(&conns,
                 "{\"p\": [" SRC(", \"topic\": \"t\"") ", {\"$emit\": {\"connectionName\": \"k\"}}]}",
                 "BSON field '$emit.topic' is missing");
