@@ -107,12 +107,14 @@ respond(mconn_t *c, const char *status, const char *extra_headers,
 #define CMD_SLOTS 512
 #define CMD_NAMES_MAX 256
 
+typedef struct {
+   char name[48];
+   bool local;
+   uint64_t n; /* 0: a free slot */
+} cmd_slot_t;
+
 struct aspen_cmd_counts {
-   struct {
-      char name[48];
-      bool local;
-      uint64_t n;
-   } slot[CMD_SLOTS];
+   cmd_slot_t slot[CMD_SLOTS];
    size_t used;
    uint64_t other;
 };
@@ -131,7 +133,7 @@ aspen_metrics_count_command(aspen_server_t *srv, const char *name,
    }
    h ^= local;
    for (uint32_t i = 0; i < CMD_SLOTS; i++) {
-      __typeof__(t->slot[0]) *s = &t->slot[(h + i) % CMD_SLOTS];
+      cmd_slot_t *s = &t->slot[(h + i) % CMD_SLOTS];
       if (s->n == 0) {
          if (t->used >= CMD_NAMES_MAX || strlen(name) >= sizeof s->name) {
             break;

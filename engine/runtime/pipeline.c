@@ -702,7 +702,7 @@ aspen__pipeline_publish(aspen_pipeline_t *pl)
    pl->pub[1 + pl->n_stages] = pl->sink_counts;
    if (pl->lat.count) {
       aspen_hist_merge(&pl->lat_total, &pl->lat);
-      __typeof__(pl->lat_ring[0]) *slot =
+      aspen_lat_slot_t *slot =
          &pl->lat_ring[sec % ASPEN_PIPELINE_LATENCY_SECS];
       if (slot->sec != sec) {
          memset(&slot->h, 0, sizeof slot->h);

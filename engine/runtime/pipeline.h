@@ -46,6 +46,12 @@ typedef struct aspen_stage aspen_stage_t;
 
 /* Verbose stats' latency covers the last 30 s, as ASP's. */
 #define ASPEN_PIPELINE_LATENCY_SECS 30
+/* The latencies of one wall-clock second (a pipeline keeps the last
+ * ASPEN_PIPELINE_LATENCY_SECS of them). */
+typedef struct {
+   int64_t sec;
+   aspen_hist_t h;
+} aspen_lat_slot_t;
 /* One input in this many has its stages timed. */
 #define ASPEN_PIPELINE_TIMING_EVERY 16
 
@@ -247,10 +253,7 @@ struct aspen_pipeline {
    pthread_mutex_t pub_mu;
    aspen_op_counts_t *pub;       /* source, the n_stages stages, sink */
    aspen_hist_t lat_total;       /* every latency since the run began */
-   struct {
-      int64_t sec;               /* wall-clock second it covers */
-      aspen_hist_t h;
-   } lat_ring[ASPEN_PIPELINE_LATENCY_SECS];
+   aspen_lat_slot_t lat_ring[ASPEN_PIPELINE_LATENCY_SECS];
    /* The open windows' smallest and largest start, INT64_MIN for none
     * (the window stage publishes them). */
    atomic_int_fast64_t open_min_ms, open_max_ms;
