@@ -618,10 +618,12 @@ aspen__pipeline_state_update(aspen_pipeline_t *pl)
 {
    uint64_t total = (uint64_t) pl->window_bytes + pl->cache_bytes;
    atomic_store(&pl->state_size, total);
+   if (pl->state_limit == 0 || total < pl->state_limit || pl->fatal_code) {
+      return;
+   }
    /* With autoscaling, a processor out of memory moves up a tier while
     * its maxTier allows, rather than fail (ASP's autoscaling page). */
-   while (pl->state_limit != 0 && total >= pl->state_limit &&
-          !pl->fatal_code && pl->tier_rank < pl->tier_max_rank) {
+   while (total >= pl->state_limit && pl->tier_rank < pl->tier_max_rank) {
       int from = pl->tier_rank++;
       const char *to = aspen_tier_at(pl->tier_rank)->name;
       pl->state_limit = aspen__tier_state_limit(to, pl->state_limit_what,
@@ -632,7 +634,7 @@ aspen__pipeline_state_update(aspen_pipeline_t *pl)
                  "scaled up to %s",
                  (unsigned long long) total, aspen_tier_at(from)->name, to);
    }
-   if (pl->state_limit == 0 || total < pl->state_limit || pl->fatal_code) {
+   if (total < pl->state_limit) {
       return;
    }
    pl->fatal_code = ASPEN_ERR_StreamProcessorWorkerOutOfMemory;

@@ -287,8 +287,10 @@ close_window(aspen_window_t *w, aspen_win_t *win)
 }
 
 /* Publishes the open windows' smallest and largest start (stats'
- * min/maxOpenWindowStartTime). Fixed windows are kept in start order;
- * sessions may be merged, so their starts are looked through. */
+ * min/maxOpenWindowStartTime): called when a window opens or closes, and
+ * after each session input (sessions merge and start earlier in place).
+ * Fixed windows are kept in start order; sessions' starts are looked
+ * through. */
 static void
 publish_open(aspen_window_t *w)
 {
@@ -325,8 +327,10 @@ close_where(aspen_window_t *w,
          w->wins[kept++] = win;
       }
    }
-   w->n_wins = kept;
-   publish_open(w);
+   if (kept != w->n_wins) {
+      w->n_wins = kept;
+      publish_open(w);
+   }
    w->self->pl->window_bytes = w->state_bytes;
    aspen__pipeline_state_update(w->self->pl);
 }
@@ -391,6 +395,7 @@ find_or_open(aspen_window_t *w, int64_t start, int64_t end)
    bson_init(&win->part_key);
    w->wins[i] = win;
    w->n_wins++;
+   publish_open(w);
    return win;
 }
 
@@ -416,6 +421,7 @@ open_session(aspen_window_t *w, int64_t start, int64_t end)
    bson_init(&win->part_key);
    w->wins[i] = win;
    w->n_wins++;
+   publish_open(w);
    return win;
 }
 
@@ -654,6 +660,7 @@ push_session(aspen_window_t *w, const aspen_sdoc_t *in, int64_t t,
    feed(w, target, in);
    bson_destroy(&key);
    bson_destroy(&norm);
+   publish_open(w); /* sessions merge and start earlier in place */
    return true;
 }
 
@@ -677,7 +684,6 @@ window_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
    if (w->processing_time) {
       close_where(w, ready_by_clock, pl->now_ms);
    }
-   publish_open(w);
    pl->window_bytes = w->state_bytes;
    aspen__pipeline_state_update(pl);
    return true;
