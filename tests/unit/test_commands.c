@@ -283,11 +283,11 @@ test_lifecycle_and_codes(void **state)
    assert_string_equal(str_at(&reply, "ns"), "aspen.local.p1");
    bson_destroy(&reply);
 
-   /* ASP's autoscaling: on the not-yet list, not an unknown field. */
+   /* ASP's autoscaling (issue 17): accepted on modify. */
    expect(f, aspen__cmd_modify,
           "{\"modifyStreamProcessor\": \"p1\", \"autoscaling\": "
           "{\"enabled\": true}}",
-          ASPEN_ERR_StreamProcessorInvalidOptions);
+          0);
    /* Modify: checked, renamed, saved. */
    expect(f, aspen__cmd_modify,
           "{\"modifyStreamProcessor\": \"p1\", \"resumeFromCheckpoint\": 1}",
