@@ -629,6 +629,7 @@ struct aspen_kafka_local {
    rd_kafka_t *rk;
    rd_kafka_mock_cluster_t *mc;
    char *name;
+   char epoch[25]; /* an ObjectId's hex: this broker, not another's */
 };
 
 aspen_kafka_local_t *
@@ -638,6 +639,9 @@ aspen__kafka_local_new(const char *conn_name, aspen_error_t *err)
    rd_kafka_conf_t *conf = rd_kafka_conf_new();
    aspen_kafka_local_t *kl = aspen_xcalloc(1, sizeof *kl);
    kl->name = aspen_xstrdup(conn_name);
+   bson_oid_t oid; /* time, a per-process random and a counter */
+   bson_oid_init(&oid, NULL);
+   bson_oid_to_string(&oid, kl->epoch);
    if (rd_kafka_conf_set(conf, "client.id", "aspen-local-broker", errstr,
                          sizeof errstr) != RD_KAFKA_CONF_OK) {
       rd_kafka_conf_destroy(conf);
@@ -682,6 +686,12 @@ const char *
 aspen__kafka_local_bootstrap(const aspen_kafka_local_t *kl)
 {
    return rd_kafka_mock_cluster_bootstraps(kl->mc);
+}
+
+const char *
+aspen__kafka_local_epoch(const aspen_kafka_local_t *kl)
+{
+   return kl->epoch;
 }
 
 void

@@ -146,6 +146,9 @@ aspen_kafka_local_t *aspen__kafka_local_new(const char *conn_name,
                                             aspen_error_t *err);
 /* The broker's "127.0.0.1:PORT", valid as long as `kl`. */
 const char *aspen__kafka_local_bootstrap(const aspen_kafka_local_t *kl);
+/* Tells this broker from any other (earlier aspen processes' included):
+ * 24 hex digits, valid as long as `kl`. */
+const char *aspen__kafka_local_epoch(const aspen_kafka_local_t *kl);
 /* Stops the broker; every client of it must be gone. NULL is a no-op. */
 void aspen__kafka_local_destroy(aspen_kafka_local_t *kl);
 

@@ -803,6 +803,15 @@ kafka_close(void *state)
    ksrc_free(state);
 }
 
+/* A local connection's broker is new in each aspen process: positions in
+ * it are only valid for that broker (aspen_source_ops_t.epoch). */
+static const char *
+kafka_epoch(const aspen_source_spec_t *spec)
+{
+   const aspen_kafka_local_t *kl = aspen__conn_kafka_local(spec->conn);
+   return kl ? aspen__kafka_local_epoch(kl) : NULL;
+}
+
 const aspen_source_ops_t aspen_source_kafka_ops = {
    .type = "kafka",
    .operator_name = "KafkaConsumerOperator",
@@ -813,4 +822,5 @@ const aspen_source_ops_t aspen_source_kafka_ops = {
    .open = kafka_open,
    .run = kafka_run,
    .close = kafka_close,
+   .epoch = kafka_epoch,
 };

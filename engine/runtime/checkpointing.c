@@ -141,6 +141,14 @@ aspen_rt_mark_token(aspen_runtime_t *rt, const bson_t *token)
    rt->ckpt_token_moved = true;
 }
 
+/* The source's epoch now (aspen_source_ops_t.epoch), NULL if it has none. */
+static const char *
+source_epoch(const aspen_runtime_t *rt)
+{
+   const aspen_source_spec_t *spec = &rt->proc->pl->source;
+   return spec->ops->epoch ? spec->ops->epoch(spec) : NULL;
+}
+
 const bson_t *
 aspen_rt_restored_position(const aspen_runtime_t *rt)
 {
@@ -153,6 +161,10 @@ aspen_rt_restored_offset(const aspen_runtime_t *rt, int64_t part,
 {
    bson_iter_t it, ai;
    *offset = -1;
+   if (rt->restored && rt->epoch_changed) {
+      *offset = 0;
+      return true;
+   }
    if (!rt->restored || !bson_iter_init_find(&it, &rt->restored_pos, "parts") ||
        !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &ai)) {
       return false;
@@ -231,6 +243,10 @@ checkpoint_body(aspen_runtime_t *rt, uint64_t min_seq, const char *id, bson_t *b
       bson_append_document_end(&arr, &p);
    }
    bson_append_array_end(&pos, &arr);
+   const char *epoch = source_epoch(rt);
+   if (epoch) {
+      BSON_APPEND_UTF8(&pos, "epoch", epoch);
+   }
    const bson_t *token = NULL;
    if (rt->log_len > 0) {
       token = rt->log[rt->log_head].token_before;
@@ -410,7 +426,23 @@ aspen__checkpointing_restore(aspen_runtime_t *rt, aspen_error_t *err)
       bson_copy_to(&rt->restored_pos, &copy);
       bson_steal(&rt->restored_pos, &copy);
    }
-   if (bson_iter_init_find(&it, &rt->restored_pos, "parts") &&
+   const char *epoch = source_epoch(rt);
+   const char *saved = NULL;
+   if (bson_iter_init_find(&it, &rt->restored_pos, "epoch") &&
+       BSON_ITER_HOLDS_UTF8(&it)) {
+      saved = bson_iter_utf8(&it, NULL);
+   }
+   rt->epoch_changed = epoch && (!saved || strcmp(saved, epoch) != 0);
+   if (rt->epoch_changed) {
+      aspen_logf(ASPEN_LOG_INFO, "STREAMS", proc->name,
+                 "the checkpoint's positions were saved against an earlier "
+                 "copy of what %s reads (the broker aspen hosts for a local "
+                 "connection starts empty in each aspen process): every "
+                 "partition is read from its start",
+                 rt->source->what);
+   }
+   if (!rt->epoch_changed &&
+       bson_iter_init_find(&it, &rt->restored_pos, "parts") &&
        BSON_ITER_HOLDS_ARRAY(&it) && bson_iter_recurse(&it, &ai)) {
       while (bson_iter_next(&ai)) {
          if (!BSON_ITER_HOLDS_DOCUMENT(&ai)) {

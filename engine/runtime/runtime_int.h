@@ -111,6 +111,7 @@ struct aspen_runtime {
    bool has_token;
    bool restored;
    bson_t restored_pos;    /* position from the checkpoint restored */
+   bool epoch_changed;     /* ... saved under another source epoch */
    uint64_t replay_count;  /* inputs to replay after the restore */
    aspen_rt_pos_t *restored_high; /* per partition: replays end there */
    size_t n_restored_high;

@@ -41,6 +41,14 @@ struct aspen_source_ops {
     * idles with aspen_rt_wait; a fatal error calls aspen_rt_fail. */
    void (*run)(aspen_runtime_t *rt, void *state);
    void (*close)(void *state);
+   /* What the source reads from, when that can be replaced under the same
+    * connection: the broker aspen hosts for a "local" Kafka connection
+    * lives in aspen's memory and starts empty in each aspen process.
+    * Checkpoints save it with their positions; positions saved under
+    * another epoch are void, and every partition is read from its start
+    * (all it holds came after that checkpoint). NULL (the op or its
+    * result): positions are always valid. Command or processor thread. */
+   const char *(*epoch)(const aspen_source_spec_t *spec);
 };
 
 /* ---- the runtime, for sources ------------------------------------------- */
@@ -119,7 +127,9 @@ int64_t aspen_rt_tier_kafka_partitions(const aspen_runtime_t *rt,
  * run resumed from, or NULL when it started fresh. Valid while running. */
 const bson_t *aspen_rt_restored_position(const aspen_runtime_t *rt);
 /* The offset to resume partition `part` from, per the restored checkpoint;
- * false when there is none (fresh start, or a partition it did not know). */
+ * false when there is none (fresh start, or a partition it did not know).
+ * 0 for every partition when the checkpoint was saved under another epoch
+ * (aspen_source_ops_t.epoch). */
 bool aspen_rt_restored_offset(const aspen_runtime_t *rt, int64_t part,
                               int64_t *offset);
 /* The replay positions of the last checkpoint written by this run (*n of
