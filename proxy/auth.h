@@ -70,6 +70,7 @@
    X(serverStatus, C)                                                          \
    X(getCmdLineOpts, C)                                                        \
    X(getLog, C)                                                                \
+   X(getParameter, C)                                                          \
    X(hostInfo, C)                                                              \
    X(inprog, C)                                                                \
    X(listSessions, C)                                                          \

@@ -796,6 +796,7 @@ static const need_t needs[] = {
    /* aspen's own diagnostics, cluster-monitor privileges as on mongod. */
    {"getCmdLineOpts", 'X', {A(getCmdLineOpts)}, 1, NULL},
    {"getLog", 'X', {A(getLog)}, 1, NULL},
+   {"getParameter", 'X', {A(getParameter)}, 1, NULL},
    {"hostInfo", 'X', {A(hostInfo)}, 1, NULL},
    {"serverStatus", 'X', {A(serverStatus)}, 1, NULL},
    /* Commands mongod runs for any authenticated user. */

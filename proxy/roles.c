@@ -3,9 +3,9 @@
  * everything; readWriteAnyDatabase every stream action, read and write on
  * every database; readAnyDatabase the read-only stream actions and read on
  * every database; streamProcessingOwner every stream action, no database
- * access; clusterMonitor serverStatus, getCmdLineOpts, getLog, hostInfo,
- * listDatabases and the like; the per-database read and readWrite) and the
- * custom roles of the config's security.roles:
+ * access; clusterMonitor serverStatus, getCmdLineOpts, getLog,
+ * getParameter, hostInfo, listDatabases and the like; the per-database
+ * read and readWrite) and the custom roles of the config's security.roles:
  *
  *   [ { "role": "spRunner", "actions": ["processStreamProcessor", ...],
  *       "privileges": [ { "resource": { "db": "sales", "collection": "" },
@@ -58,7 +58,8 @@ struct aspen_roles {
 
 #define CLUSTER_MONITOR                                                        \
    (BIT(listDatabases) | BIT(serverStatus) | BIT(getCmdLineOpts) |             \
-    BIT(getLog) | BIT(hostInfo) | BIT(inprog) | BIT(listSessions))
+    BIT(getLog) | BIT(getParameter) | BIT(hostInfo) | BIT(inprog) |            \
+    BIT(listSessions))
 
 /* Each built-in role's privileges: on every resource, on every database
  * and collection, on the cluster, and on the database the role is granted

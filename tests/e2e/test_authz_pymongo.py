@@ -19,7 +19,7 @@ run as different dbRoleToExecute roles, and checks:
   dbRoleToExecute (shown by sp.listConnections()): a literal namespace the
   role does not cover refuses the create (422), a computed $merge target it
   does not cover sends that document to the DLQ and the rest carries on;
-- getCmdLineOpts, getLog, hostInfo, serverStatus need cluster-monitor
+- getCmdLineOpts, getLog, getParameter, hostInfo, serverStatus need cluster-monitor
   privileges.
 """
 
@@ -382,7 +382,8 @@ def test_connection_role_dead_letters_computed_target(root, login):
 # ---- item 8: aspen's diagnostics need cluster-monitor privileges ------------
 
 @pytest.mark.parametrize("cmd", [{"getCmdLineOpts": 1}, {"getLog": "startupWarnings"},
-                                 {"hostInfo": 1}, {"serverStatus": 1}])
+                                 {"hostInfo": 1}, {"serverStatus": 1},
+                                 {"getParameter": 1, "featureCompatibilityVersion": 1}])
 def test_diagnostics_need_cluster_monitor(login, cmd):
     for user in ("reader", "rwA", "streamer"):
         _not_authorized(lambda: login(user).admin.command(cmd), "admin")

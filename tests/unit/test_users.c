@@ -557,7 +557,8 @@ test_cluster_monitor(void **state)
    (void) state;
    static const char *const cmds[] = {
       "{\"getCmdLineOpts\": 1}", "{\"getLog\": \"startupWarnings\"}",
-      "{\"hostInfo\": 1}", "{\"serverStatus\": 1}"};
+      "{\"hostInfo\": 1}", "{\"serverStatus\": 1}",
+      "{\"getParameter\": 1, \"featureCompatibilityVersion\": 1}"};
    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
       char msg[ASPEN_ERROR_MSG_MAX];
       assert_false(may("rAny", "admin", cmds[i], msg, sizeof msg));
