@@ -69,6 +69,32 @@ unknown_role_refused() {
         grep -q "unknown role 'noSuchRole'" "$ASPEN_RUN_DIR/add.err"
 }
 
+# --add-user where the users file cannot be written: exit status 2, the
+# reason on stderr, and the users file as it was. (That the write itself
+# failing keeps the old file is test_wire's atomic-write test.)
+add_user_write_fails() {
+    local st=$ASPEN_RUN_DIR/state-wf err=$ASPEN_RUN_DIR/wf.err before rc
+    rm -rf "$st" && mkdir -p "$st" || return 1
+    "$BIN" --state-dir "$st" --add-user one --password onepw --roles readAnyDatabase >/dev/null || return 1
+    before=$(sha256sum <"$st/users.json")
+    # The users file's folder is a regular file.
+    : >"$st/plain"
+    printf '{ "security": { "usersFile": "%s/plain/users.json" } }\n' "$st" >"$st/c.json"
+    rc=0; "$BIN" --config "$st/c.json" --state-dir "$st" --add-user two --password x \
+        --roles readAnyDatabase >/dev/null 2>"$err" || rc=$?
+    [[ $rc == 2 ]] && grep -q "^aspen: --add-user two: cannot open $st/plain/users.json.lock: Not a directory" "$err" ||
+        { echo "# rc=$rc: $(cat "$err")"; return 1; }
+    # Its lock cannot be taken (a folder in its place).
+    rm -f "$st/users.json.lock" && mkdir "$st/users.json.lock" || return 1
+    rc=0; "$BIN" --state-dir "$st" --add-user two --password x --roles readAnyDatabase >/dev/null 2>"$err" || rc=$?
+    [[ $rc == 2 ]] && grep -q "cannot open $st/users.json.lock" "$err" ||
+        { echo "# rc=$rc: $(cat "$err")"; return 1; }
+    [[ $(sha256sum <"$st/users.json") == "$before" ]] || { echo "# users file changed"; return 1; }
+    rmdir "$st/users.json.lock"
+    "$BIN" --state-dir "$st" --add-user two --password x --roles readAnyDatabase >/dev/null &&
+        grep -q '"two"' "$st/users.json"
+}
+
 # TLS allowed (plain clients too), client certificates verified against the
 # dev CA, and the audit log on.
 start() {
@@ -226,6 +252,7 @@ must "backing server starts" start_backing
 must "aspen --add-user writes five users" add_users
 check "users file: mode 600, SCRAM keys only, no password" users_file_has_keys_only
 check "--add-user refuses an unknown role" unknown_role_refused
+check "--add-user where the users file cannot be written: status 2, reason, file kept" add_user_write_fails
 must "aspen starts with users (auth on)" start
 check "unauthenticated: handshake only, everything else code 13" unauthenticated_only_handshake
 check "atlasAdmin (SCRAM-SHA-256, speculative): everything allowed" login admin "$ADMIN_PW" "$HERE/js/auth_admin.js"
