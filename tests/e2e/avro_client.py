@@ -7,6 +7,8 @@ Avro path (Apache Avro C, libcurl) is on this side.
       registers SCHEMA under TOPIC-value, sends records 0..N-1 in the
       registry's wire format, then one message that is not in the wire
       format and one with a schema id the registry does not have.
+  avro_client.py produce BOOTSTRAP REGISTRY TOPIC N FIRST ""
+      sends records FIRST..FIRST+N-1 and nothing else.
   avro_client.py produce_one BOOTSTRAP REGISTRY TOPIC I
       sends record I alone (its ts is I seconds after record 0's).
   avro_client.py consume BOOTSTRAP REGISTRY TOPIC N SKIP...
@@ -161,8 +163,8 @@ def consume(bootstrap, registry, topic, n, skip):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    if cmd == "produce":
-        produce(*args)
+    if cmd == "produce":  # BOOTSTRAP REGISTRY TOPIC N [FIRST [EXTRAS]]
+        produce(*args[:5], extras=len(args) < 6 or bool(args[5]))
     elif cmd == "produce_one":  # BOOTSTRAP REGISTRY TOPIC I: record I only
         produce(args[0], args[1], args[2], 1, int(args[3]), False)
     elif cmd == "consume":

@@ -496,13 +496,15 @@ kafka_consume() {
 # start_registry: run Apicurio Registry (built by scripts/install-deps.sh into
 # .deps/apicurio; in-memory storage) on a free port and wait (90 s at most)
 # for /health/ready. Sets and exports REGISTRY_URL, its Confluent-compatible
-# API (http://127.0.0.1:PORT/apis/ccompat/v7). Log: $ASPEN_RUN_DIR/registry.log.
-# stop_registry stops it (its schemas are lost: in-memory).
+# API (http://127.0.0.1:PORT/apis/ccompat/v7), and REGISTRY_PORT. Log:
+# $ASPEN_RUN_DIR/registry.log. start_registry PORT starts it on that port
+# (again after stop_registry, for an outage). stop_registry stops it (its
+# schemas are lost: in-memory).
 start_registry() {
     local jar=$PEERS_DEPS/apicurio/aspen-test-registry-1-runner.jar
-    local log=$ASPEN_RUN_DIR/registry.log port pid i
+    local log=$ASPEN_RUN_DIR/registry.log port=${1-} pid i
     [[ -f $jar ]] || { peers_log "missing $jar: run scripts/install-deps.sh"; return 1; }
-    port=$(free_port) || return 1
+    [[ -n $port ]] || port=$(free_port) || return 1
     java -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xmx256m \
         -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$port" \
         -jar "$jar" >>"$log" 2>&1 </dev/null &
@@ -511,7 +513,7 @@ start_registry() {
     _PEERS_STARTED+=(registry)
     for (( i = 0; i < 900; i++ )); do
         if curl -sf -o /dev/null "http://127.0.0.1:$port/health/ready"; then
-            export REGISTRY_URL=http://127.0.0.1:$port/apis/ccompat/v7
+            export REGISTRY_URL=http://127.0.0.1:$port/apis/ccompat/v7 REGISTRY_PORT=$port
             peers_log "registry pid $pid: $REGISTRY_URL"
             return 0
         fi

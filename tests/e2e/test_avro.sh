@@ -9,7 +9,9 @@
 #     avro_out back and every field of every valid record is what it wrote;
 #     the undecodable messages and $validate's refusals are in the DLQ;
 #   - avro_in -> $tumblingWindow -> $merge: the window's results are right;
-#   - the refusals of bad schemaRegistry options, and the connection's listing.
+#   - the refusals of bad schemaRegistry options, and the connection's listing;
+#   - a registry outage: what cannot be decoded goes to the DLQ, the
+#     processor runs on and decodes again once the registry is back.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=peers.sh
@@ -58,6 +60,16 @@ check "a record two hours later" \
 check "the window's results are merged" phase window
 check "bad schemaRegistry options are refused; the connection is listed without its password" \
     phase refusals
+# A registry outage: a processor that has no schema cached yet sends what
+# it cannot decode to its DLQ with the reason and keeps running; once the
+# registry is back (same port, empty: in-memory), new records are decoded.
+check "registry stops (an outage)" stop_registry
+check "during the outage: every message in the DLQ as 'unreachable', the processor running" \
+    phase outage
+must "registry starts again on its port" start_registry "$REGISTRY_PORT"
+check "after the outage: new records decoded" \
+    "${CLIENT[@]}" produce "$KAFKA_BOOTSTRAP" "$REGISTRY_URL" avro_in 3 100 ""
+check "after the outage: the new records merged" phase recovered
 check "aspen stops cleanly, no sanitizer report" stop_aspen
 check "registry stops" stop_registry
 check "Kafka broker stops" stop_kafka

@@ -68,6 +68,34 @@ if (phase === "start") {
     assert(d.first instanceof Date, "a timestamp-millis is a Date: " + EJSON.stringify(d));
   }
   print("window ok");
+} else if (phase === "outage") {
+  // The registry is down. "late" starts now, with no schema cached: each
+  // message of avro_in (AV_N records, the two bad ones, the one two hours
+  // later) goes to its DLQ, and it keeps running.
+  sp.createStreamProcessor("late", [
+    { $source: src },
+    { $merge: { into: { connectionName: "atlas", db: "av", coll: "late" } } }],
+    dlq("late_dlq"));
+  sp.late.start();
+  waitFor("late's DLQ entries", () => av.late_dlq.countDocuments() === n + 3, 60000);
+  const reasons = av.late_dlq.find().toArray().map(d => d.errInfo.reason);
+  const down = reasons.filter(r => /schema registry is unreachable/.test(r));
+  assert(down.length === n + 2, "unreachable: " + EJSON.stringify(reasons));
+  assert(av.late.countDocuments() === 0, "nothing merged");
+  sleep(1500);
+  const st = sp.late.stats().stats;
+  assert(sp.listStreamProcessors().find(p => p.name === "late").state === "STARTED",
+         "late still running");
+  assert(Number(st.dlqMessageCount) === n + 3, "late's dlqMessageCount: " + EJSON.stringify(st));
+  print("outage ok");
+} else if (phase === "recovered") {
+  // The registry is back: records 100..102, written after, are merged.
+  waitFor("records 100..102 in av.late",
+          () => av.late.countDocuments({ id: { $in: [100, 101, 102] } }) === 3, 60000);
+  assert(av.late_dlq.countDocuments() === n + 3, "no new DLQ entries");
+  sp.late.stop();
+  sp.late.drop();
+  print("recovered ok");
 } else if (phase === "refusals") {
   const bad = (stage, re) => {
     let msg = "";
