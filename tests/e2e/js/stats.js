@@ -107,6 +107,7 @@ assert(same(merge.targetStats.map(t => [t.db, t.coll, num(t.inputMessageCount), 
             [["stats", "winOut", 1, 1]]), "targetStats: " + j(merge.targetStats));
 // One result left the window: its latency counts from its first input.
 assert(num(w.latency.count) === 1 && num(merge.latency.count) === 1, "one latency: " + j(w.latency));
+const firstSeen = Date.now(); // the first result's latency was counted by now
 assert(num(w.latency.sum) >= num(w.latency.p50) / 1.25, "sum vs p50: " + j(w.latency));
 assert(!("changeStreamState" in w), "no changeStreamState on a Kafka source");
 // A third window's document closes the second: both open-window times move.
@@ -114,7 +115,12 @@ sdb.feed.insertOne({ _id: 9, t: T0 + 25000, v: 10 });
 const w2 = waitStats("statsWin", "the second window closed", s => num(s.outputMessageCount) === 2);
 assert(w2.minOpenWindowStartTime.getTime() === T0 + 20000 && w2.maxOpenWindowStartTime.getTime() === T0 + 20000,
        "open window moved: " + j([w2.minOpenWindowStartTime, w2.maxOpenWindowStartTime]));
-assert(num(w2.latency.count) === 2 && num(w2.latency.p50) <= num(w2.latency.p99), "two latencies: " + j(w2.latency));
+// latency covers the last 30 s (as ASP's): on a loaded machine the first
+// result's may have left it by now, and only then.
+const lat2 = num(w2.latency.count);
+assert(lat2 === 2 || (lat2 === 1 && Date.now() - firstSeen >= 20000),
+       `two latencies (${Date.now() - firstSeen} ms after the first): ` + j(w2.latency));
+assert(num(w2.latency.p50) <= num(w2.latency.p99), "p50 <= p99: " + j(w2.latency));
 
 // Scaling: every size divided the same way (down).
 const raw = stats("statsWin"), kib = stats("statsWin", { scale: 1024 });
