@@ -20,6 +20,7 @@
 #include "connectors/coll_writer.h"
 #include "connectors/connections.h"
 #include "file.h"
+#include "lang/expr.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -144,6 +145,8 @@ aspen_engine_new(const aspen_engine_opts_t *opts, aspen_error_t *err)
       aspen_engine_destroy(eng);
       return NULL;
    }
+   aspen_expr_function_set_limits(opts->function_time_limit_ms,
+                                  opts->function_memory_limit_bytes);
    eng->env = (aspen_proc_env_t){
       .state_dir = eng->state_dir,
       .checkpoint_interval_ms = opts->checkpoint_interval_ms > 0

@@ -49,6 +49,11 @@ typedef struct {
    /* The most processors (named and sp.process ones) at once; 0 for the
     * default, 10000. A create past it is refused. */
    size_t max_processors;
+   /* The $function expression's limits: one call's time (ms) and one
+    * $function's JavaScript heap (bytes); 0 for the defaults, 60 s and
+    * 64 MB. A call past either fails its document. */
+   uint64_t function_time_limit_ms;
+   uint64_t function_memory_limit_bytes;
    /* How Atlas connections' dbRoleToExecute roles are resolved and
     * checked (copied), or NULL: roles are listed but not enforced, every
     * namespace is reachable (tests and fuzz targets without users). */

@@ -92,6 +92,13 @@ static const key_t_ keys[] = {
     OFF(memory_limit_bytes), 0, 1LL << 45,
     "state a processor may hold before it fails with 418 Worker out of "
     "memory (default 0: ASP's, 80% of its tier's RAM)"},
+   {"streams.functionTimeLimitMillis", NULL, T_SIZE,
+    OFF(function_time_limit_ms), 1, 3600 * 1000,
+    "time one $function call may take before its document fails (default "
+    "60000)"},
+   {"streams.functionMemoryLimitBytes", NULL, T_SIZE,
+    OFF(function_memory_limit_bytes), 1 << 20, 1LL << 34,
+    "memory each $function's JavaScript heap may hold (default 64 MB)"},
    {"streams.maxProcessors", NULL, T_SIZE, OFF(max_processors), 1,
     1000000,
     "most stream processors at once, sp.process ones included (default "

@@ -301,6 +301,8 @@ main(int argc, char **argv)
       .checkpoint_interval_ms = cfg.checkpoint_interval_ms,
       .memory_limit_bytes = cfg.memory_limit_bytes,
       .max_processors = cfg.max_processors,
+      .function_time_limit_ms = cfg.function_time_limit_ms,
+      .function_memory_limit_bytes = cfg.function_memory_limit_bytes,
       .authz = &authz,
    };
    srv.engine = aspen_engine_new(&eopts, &err);

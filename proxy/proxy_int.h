@@ -31,6 +31,8 @@ typedef struct {
    int checkpoint_interval_ms; /* streams.checkpointIntervalMs; 0: engine's */
    size_t memory_limit_bytes;  /* streams.memoryLimitBytes; 0: the tier's */
    size_t max_processors;      /* streams.maxProcessors; 0: 10000 */
+   size_t function_time_limit_ms;      /* streams.functionTimeLimitMillis */
+   size_t function_memory_limit_bytes; /* streams.functionMemoryLimitBytes */
    bson_t connections;     /* the "connections" array of the config file */
    aspen_tls_mode_t tls_mode;
    char *tls_cert;

@@ -22,7 +22,7 @@ BACKING_JAR="$DEPS/aspen-backing-server.jar"
 
 APT_PACKAGES=(build-essential cmake pkg-config libmongoc-dev libbson-dev
               librdkafka-dev libuv1-dev libssl-dev libcmocka-dev libpcre2-dev openssl clang
-              socat libavro-dev libcurl4-openssl-dev)
+              socat libavro-dev libcurl4-openssl-dev duktape-dev)
 
 log() { printf 'install-deps: %s\n' "$*"; }
 die() { printf 'install-deps: error: %s\n' "$*" >&2; exit 1; }

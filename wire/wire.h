@@ -142,6 +142,7 @@ aspen_buf_len(const aspen_buf_t *buf)
    X(115, CommandNotSupported)                                                 \
    X(125, CommandFailed)                                                       \
    X(133, FailedToSatisfyReadPreference)                                       \
+   X(139, JSInterpreterFailure)                                                \
    X(141, SSLHandshakeFailed)                                                  \
    X(146, ExceededMemoryLimit)                                                 \
    X(168, InvalidPipelineOperator)                                             \

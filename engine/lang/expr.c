@@ -11,7 +11,8 @@
  * holds the operators that are about variables, control flow, comparison,
  * objects and ASP's own ($meta, $currentDate, $createUUID); the
  * arithmetic, string, array, conversion and date operators live in
- * expr_num.c, expr_string.c, expr_array.c, expr_convert.c and expr_date.c.
+ * expr_num.c, expr_string.c, expr_array.c, expr_convert.c and expr_date.c,
+ * and $function (JavaScript) in expr_function.c.
  * What an operator's arguments must be is declared beside it as a table
  * (expr_args.h); the named-argument parser here reads tables too.
  *
@@ -2010,6 +2011,7 @@ const aspen__op_table_t aspen__expr_core_ops = {
 static const aspen__op_table_t *const op_tables[] = {
    &aspen__expr_core_ops,   &aspen__expr_num_ops,  &aspen__expr_string_ops,
    &aspen__expr_array_ops,  &aspen__expr_convert_ops, &aspen__expr_date_ops,
+   &aspen__expr_function_ops,
 };
 
 static const aspen__op_t *

@@ -108,6 +108,18 @@ bool aspen_expr_stop_requested(void);
  * final checkpoint covers them and a restart reads them again. */
 void aspen_expr_note_interrupted(void);
 
+/* The $function expression's limits (expr_function.c): each call's
+ * wall-clock time (its document fails with 262 ExceededTimeLimit past it)
+ * and each $function's JavaScript heap (146 ExceededMemoryLimit). The
+ * engine's, set when it opens (streams.functionTimeLimitMillis,
+ * streams.functionMemoryLimitBytes); 0 restores the default. Any thread. */
+#define ASPEN_EXPR_FUNCTION_TIME_LIMIT_MS 60000u
+#define ASPEN_EXPR_FUNCTION_MEMORY_LIMIT (64u * 1024 * 1024)
+void aspen_expr_function_set_limits(uint64_t time_ms, uint64_t memory_bytes);
+/* False when aspen was built without a JavaScript engine (ASPEN_JS=OFF):
+ * $function is then refused as "not yet". */
+bool aspen_expr_function_available(void);
+
 /* Field-path lookup as expressions do it: "a.b" on {a: [{b:1},{b:2}]} gives
  * [1, 2]. Borrowed when possible. */
 aspen_value_t aspen_expr_get_path(const bson_t *doc, const char *path);

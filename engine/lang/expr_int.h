@@ -74,6 +74,7 @@ extern const aspen__op_table_t aspen__expr_string_ops;  /* expr_string.c */
 extern const aspen__op_table_t aspen__expr_array_ops;   /* expr_array.c */
 extern const aspen__op_table_t aspen__expr_convert_ops; /* expr_convert.c */
 extern const aspen__op_table_t aspen__expr_date_ops;    /* expr_date.c */
+extern const aspen__op_table_t aspen__expr_function_ops; /* expr_function.c */
 
 /* Operator flags. */
 #define ASPEN__OP_PURE 0x1u     /* same inputs, same output: foldable */

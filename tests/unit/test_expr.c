@@ -10,7 +10,8 @@
  * with optional "meta" (the $meta "stream" document), "now" (a date, what
  * $currentDate returns), "vars" (an object of caller variables bound with
  * aspen_expr_eval_with_vars), "code" (the expected error code) and
- * "missing": true (the result must be MISSING, e.g. $$REMOVE).
+ * "missing": true (the result must be MISSING, e.g. $$REMOVE), and "js": true
+ * (a $function case: skipped when aspen is built without JavaScript).
  * Results are compared strictly: same BSON types (int vs long vs double),
  * same field order, decimals by their text.
  *
@@ -271,6 +272,11 @@ run_case(void **state)
    size_t n_vars = 0;
    const char *var_decl[33];
 
+   /* "js": true: a $function case, which needs the JavaScript engine. */
+   if (bson_iter_init_find(&it, c->spec, "js") && BSON_ITER_HOLDS_BOOL(&it) &&
+       bson_iter_bool(&it) && !aspen_expr_function_available()) {
+      skip();
+   }
    if (bson_iter_init_find(&it, c->spec, "doc") &&
        BSON_ITER_HOLDS_DOCUMENT(&it)) {
       uint32_t len;
@@ -901,6 +907,8 @@ main(void)
       tests[i].initial_state = &cases[i];
    }
    memcpy(tests + n_cases, api_tests, sizeof api_tests);
+   /* $function's limits, small so that the runaway cases end soon. */
+   aspen_expr_function_set_limits(200, 16u * 1024 * 1024);
    int rc = _cmocka_run_group_tests("expr", tests, n_cases + n_api, NULL,
                                     NULL);
    free(tests);
