@@ -9,6 +9,7 @@
 #include "connectors/authz.h"
 #include "connectors/connectors.h"
 #include "connectors/kafka_int.h"
+#include "connectors/source_change_stream.h"
 
 /* Each row's ops, defined in the stage's own file. */
 #define ASPEN_STAGE(name, ops, placement) extern const aspen_stage_ops_t ops;
@@ -40,14 +41,16 @@ static const aspen_connector_t connectors[] = {
 #undef ASPEN_CONNECTOR
 };
 
-/* The catalog's check: the Atlas connections' roles (authz.c), then
- * exactlyOnce's Kafka transactions (kafka_txn.c). */
+/* The catalog's check: the Atlas connections' roles (authz.c), an
+ * initialSync's rules (source_change_stream.c), then exactlyOnce's Kafka
+ * transactions (kafka_txn.c). */
 static bool
 check_pipeline(const aspen_pipeline_t *pl, const bson_t *options,
                const aspen_conns_t *conns, bool ephemeral, aspen_error_t *err)
 {
    bson_iter_t it;
-   if (!aspen__pipeline_authorize(pl, options, conns, err)) {
+   if (!aspen__pipeline_authorize(pl, options, conns, err) ||
+       !aspen__change_stream_check(pl, err)) {
       return false;
    }
    if (options && bson_iter_init_find(&it, options, "exactlyOnce") &&

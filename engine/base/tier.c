@@ -7,11 +7,11 @@
 #include <string.h>
 
 static const aspen_tier_t tiers[] = {
-   {"SP2", 500, "0.5 GB", 1, 32},
-   {"SP5", 1000, "1 GB", 2, 64},
-   {"SP10", 2000, "2 GB", 8, 0},
-   {"SP30", 8000, "8 GB", 16, 0},
-   {"SP50", 32000, "32 GB", 64, 0},
+   {"SP2", 500, "0.5 GB", 1, 32, 1},
+   {"SP5", 1000, "1 GB", 2, 64, 1},
+   {"SP10", 2000, "2 GB", 8, 0, 5},
+   {"SP30", 8000, "8 GB", 16, 0, 10},
+   {"SP50", 32000, "32 GB", 64, 0, 50},
 };
 
 #define N_TIERS ((int) (sizeof tiers / sizeof tiers[0]))
@@ -62,6 +62,17 @@ aspen_tier_for_partitions(int64_t partitions)
    for (int i = 0; i < N_TIERS; i++) {
       if (tiers[i].kafka_partitions == 0 ||
           tiers[i].kafka_partitions >= partitions) {
+         return &tiers[i];
+      }
+   }
+   return NULL;
+}
+
+const aspen_tier_t *
+aspen_tier_for_initial_sync(int64_t colls)
+{
+   for (int i = 0; i < N_TIERS; i++) {
+      if (tiers[i].initial_sync_colls >= colls) {
          return &tiers[i];
       }
    }

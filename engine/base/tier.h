@@ -19,6 +19,7 @@ typedef struct {
    const char *ram;      /* "2 GB", for messages */
    int64_t max_parallelism;  /* a pipeline's cumulative parallelism */
    int64_t kafka_partitions; /* a Kafka $source's partitions; 0: no limit */
+   int64_t initial_sync_colls; /* collections one initialSync copies */
 } aspen_tier_t;
 
 /* The workspace's default tier and its largest (listWorkspaceDefaults). */
@@ -36,6 +37,8 @@ int aspen_tier_rank(const char *name);
 const aspen_tier_t *aspen_tier_for_parallelism(int64_t parallelism);
 /* The smallest tier that reads `partitions` Kafka partitions. */
 const aspen_tier_t *aspen_tier_for_partitions(int64_t partitions);
+/* The smallest tier whose initial sync copies `colls` collections. */
+const aspen_tier_t *aspen_tier_for_initial_sync(int64_t colls);
 
 /* Where a processor with `options` ({tier, autoscaling: {enabled,
  * minTier, maxTier}}, already checked) runs: its tier (options.tier, else

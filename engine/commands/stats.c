@@ -12,6 +12,7 @@
  */
 #include "commands/commands.h"
 #include "connectors/kafka_int.h"
+#include "connectors/source_change_stream.h"
 
 #include <string.h>
 
@@ -268,9 +269,7 @@ aspen__cmd_stats(aspen_cmd_ctx_t *ctx, const bson_t *cmd, uint64_t conn_id,
    bson_t token;
    int64_t lag_ms;
    if (aspen_proc_source_position(p, &token, &lag_ms)) {
-      if (!bson_empty(&token)) {
-         BSON_APPEND_DOCUMENT(&st, "changeStreamState", &token);
-      }
+      aspen__change_stream_stats_append(aspen_proc_pipeline(p), &token, &st);
       if (lag_ms != INT64_MIN) {
          BSON_APPEND_INT64(&st, "changeStreamTimeDifferenceSecs",
                            lag_ms / 1000);

@@ -25,9 +25,19 @@
  * (ChangeStreamHistoryLost) cannot be resumed from it (asp-semantics.md
  * §8.1): the processor fails with StreamProcessorCannotResumeFromSource and
  * says to start it with resumeFromCheckpoint: false. Everything here runs
- * on the processor's thread, except the token accessor.
+ * on the processor's thread, except the token accessor, the stats and the
+ * catalog's check.
+ *
+ * With initialSync (README "MongoDB connections"), the source first takes
+ * the watch's resume token, then copies the collections as insert events
+ * in _id order, its position meanwhile a sync token ({aspenInitialSync:
+ * {startAt, colls, i, lastId, synced}}) that checkpoints keep where a
+ * resume token would be, so a restart resumes the copy; then it opens the
+ * change stream at that first token.
  */
+#include "base/tier.h"
 #include "connectors/conn_atlas.h"
+#include "connectors/connectors.h"
 #include "connectors/source_change_stream.h"
 #include "runtime/source.h"
 
@@ -60,6 +70,9 @@ typedef struct {
    bson_t pipeline;             /* config.pipeline (array), or empty */
    int32_t max_await_ms;
    const char *read_preference; /* NULL: primary */
+   bool initial_sync;           /* initialSync.enable */
+   int32_t sync_parallelism;    /* initialSync.parallelism (accepted; the
+                                 * copy reads one collection at a time) */
 } cs_opts_t;
 
 static const char *const top_options[] = {
@@ -247,6 +260,58 @@ parse_config(const bson_iter_t *cit, cs_opts_t *o, aspen_parse_ctx_t *pc,
    return true;
 }
 
+/* initialSync: {enable: <bool, required>, parallelism: <int >= 1>}. */
+static bool
+parse_initial_sync(const bson_iter_t *sit, cs_opts_t *o, aspen_parse_ctx_t *pc,
+                   aspen_error_t *err)
+{
+   bson_t sync;
+   bson_iter_t it;
+   bool has_enable = false;
+   view_of(sit, &sync);
+   bson_iter_init(&it, &sync);
+   o->sync_parallelism = 1;
+   while (bson_iter_next(&it)) {
+      const char *k = bson_iter_key(&it);
+      char field[96];
+      snprintf(field, sizeof field, "$source.initialSync.%s", k);
+      if (strcmp(k, "enable") == 0) {
+         if (!BSON_ITER_HOLDS_BOOL(&it)) {
+            wrong_type(err, pc, field, &it, "bool");
+            return false;
+         }
+         o->initial_sync = bson_iter_bool(&it);
+         has_enable = true;
+      } else if (strcmp(k, "parallelism") == 0) {
+         if (!BSON_ITER_HOLDS_INT32(&it) && !BSON_ITER_HOLDS_INT64(&it) &&
+             !BSON_ITER_HOLDS_DOUBLE(&it)) {
+            wrong_type(err, pc, field, &it, "int");
+            return false;
+         }
+         int64_t n = bson_iter_as_int64(&it);
+         if (n < 1 || n > 64 ||
+             (BSON_ITER_HOLDS_DOUBLE(&it) && (double) n != bson_iter_double(&it))) {
+            aspen_parse_error(err, pc, field,
+                              "'%s' must be a whole number from 1 to 64",
+                              field);
+            return false;
+         }
+         o->sync_parallelism = (int32_t) n;
+      } else {
+         aspen_parse_error(err, pc, field,
+                           "BSON field '%s' is an unknown field.", field);
+         return false;
+      }
+   }
+   if (!has_enable) {
+      aspen_parse_error(err, pc, "$source.initialSync.enable",
+                        "BSON field '$source.initialSync.enable' is missing "
+                        "but a required field");
+      return false;
+   }
+   return true;
+}
+
 /* Reads the change-stream options of a $source spec into `o` (views into
  * `spec`). */
 static bool
@@ -338,13 +403,28 @@ parse_opts(const bson_t *spec, cs_opts_t *o, aspen_parse_ctx_t *pc,
             return false;
          }
       } else if (strcmp(k, "initialSync") == 0) {
-         /* Refused by name rather than accepted and ignored: a processor
-          * that silently skipped the initial copy would lose data. */
-         aspen_parse_error(err, pc, field,
-                           "$source.initialSync is supported by Atlas Stream "
-                           "Processing but not yet by this version of aspen");
-         return false;
+         if (!BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            wrong_type(err, pc, field, &it, "object");
+            return false;
+         }
+         if (!parse_initial_sync(&it, o, pc, err)) {
+            return false;
+         }
       }
+   }
+   if (o->initial_sync && !o->db) {
+      aspen_parse_error(err, pc, "$source.initialSync",
+                        "$source.initialSync needs $source.db: an initial "
+                        "sync copies collections of one database");
+      return false;
+   }
+   if (o->initial_sync && (o->has_start_after || o->has_start_at)) {
+      aspen_parse_error(err, pc, "$source.initialSync",
+                        "$source.initialSync cannot be combined with "
+                        "config.startAfter or config.startAtOperationTime: "
+                        "the change stream starts where the initial sync "
+                        "began");
+      return false;
    }
    if (has_coll && !o->db) {
       aspen_parse_error(err, pc, "$source.coll",
@@ -396,6 +476,17 @@ typedef struct {
    pthread_mutex_t mu; /* guards token */
    bson_t token;
    bool has_token;
+   /* The initial sync (initialSync.enable): while `syncing`, the source
+    * copies sync_colls[sync_i..] in _id order, resuming after last_id, and
+    * its position is the sync token (sync_token_build), not a resume
+    * token; then it opens the change stream at start_at, the resume token
+    * taken before the copy began. */
+   bool syncing;
+   bson_t sync_colls; /* array of collection names, fixed at the start */
+   int n_sync, sync_i;
+   bson_t start_at;
+   bson_t last_id; /* {"_id": <the last copied document's _id>} or empty */
+   int64_t synced; /* documents copied (this sync, all runs) */
 } cs_t;
 
 bool
@@ -601,6 +692,12 @@ open_stream(cs_t *cs, bson_error_t *berr, bool *resumable)
    return true;
 }
 
+static bool sync_restore(cs_t *cs, const bson_t *token, bool *is_sync,
+                         aspen_error_t *err);
+static bool sync_start(aspen_runtime_t *rt, cs_t *cs, bool resumed,
+                       aspen_error_t *err);
+static void append_phase(bson_t *src, bool syncing);
+
 static void
 cs_destroy(cs_t *cs)
 {
@@ -610,6 +707,9 @@ cs_destroy(cs_t *cs)
    mongoc_change_stream_destroy(cs->stream);
    mongoc_client_destroy(cs->client);
    bson_destroy(&cs->token);
+   bson_destroy(&cs->sync_colls);
+   bson_destroy(&cs->start_at);
+   bson_destroy(&cs->last_id);
    pthread_mutex_destroy(&cs->mu);
    bson_free(cs);
 }
@@ -623,6 +723,9 @@ cs_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
    cs_t *cs = BSON_ALIGNED_ALLOC0(cs_t);
    pthread_mutex_init(&cs->mu, NULL);
    bson_init(&cs->token);
+   bson_init(&cs->sync_colls);
+   bson_init(&cs->start_at);
+   bson_init(&cs->last_id);
    aspen_parse_ctx_t pc = {.conns = aspen_rt_conns(rt)};
    snprintf(pc.path, sizeof pc.path, "pipeline[0]");
    if (!parse_opts(&spec->spec, &cs->o, &pc, err)) {
@@ -664,16 +767,34 @@ cs_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
    }
    const bson_t *pos = aspen_rt_restored_position(rt);
    bson_iter_t tit;
+   bool restored_sync = false;
    if (pos && bson_iter_init_find(&tit, pos, "token") &&
        BSON_ITER_HOLDS_DOCUMENT(&tit)) {
       /* Resuming from a checkpoint: its token wins over the $source's
-       * startAfter/startAtOperationTime. */
+       * startAfter/startAtOperationTime. A sync token resumes the initial
+       * sync where it was. */
       bson_t token;
       view_of(&tit, &token);
-      set_token(cs, &token);
+      if (!sync_restore(cs, &token, &restored_sync, err)) {
+         cs_destroy(cs);
+         return false;
+      }
+      if (!restored_sync) {
+         set_token(cs, &token);
+      }
    }
    bson_error_t berr;
    bool resumable;
+   if (cs->o.initial_sync && !cs->has_token) {
+      /* An initial sync, new or resumed: the change stream opens after the
+       * copy (sync_run). */
+      if (!sync_start(rt, cs, restored_sync, err)) {
+         cs_destroy(cs);
+         return false;
+      }
+      *state = cs;
+      return true;
+   }
    if (!open_stream(cs, &berr, &resumable)) {
       char msg[ASPEN_ERROR_MSG_MAX];
       int32_t code = describe_failure(cs, "cannot open", &berr, resumable, msg,
@@ -751,6 +872,9 @@ event_meta(const cs_t *cs, const bson_t *ev, const char *op, bson_t *meta)
    if (bson_iter_init_find(&it, ev, "documentKey") &&
        BSON_ITER_HOLDS_DOCUMENT(&it)) {
       bson_append_iter(&src, "documentKey", -1, &it);
+   }
+   if (cs->o.initial_sync) {
+      append_phase(&src, cs->syncing);
    }
    bson_append_document_end(meta, &src);
 }
@@ -840,11 +964,447 @@ reopen(aspen_runtime_t *rt, cs_t *cs, const char *why)
    }
 }
 
+/* ---- the initial sync ------------------------------------------------------ */
+
+#define SYNC_KEY "aspenInitialSync"
+#define SYNC_BATCH 1000
+
+/* {initialSync: {phase}} in a document's _stream_meta.source: "initialSync"
+ * while the collections are copied, "changeStream" after. */
+static void
+append_phase(bson_t *src, bool syncing)
+{
+   bson_t is;
+   BSON_APPEND_DOCUMENT_BEGIN(src, "initialSync", &is);
+   BSON_APPEND_UTF8(&is, "phase", syncing ? "initialSync" : "changeStream");
+   bson_append_document_end(src, &is);
+}
+
+/* The source's position while it copies: the checkpoint keeps it where a
+ * change stream's resume token would be, so a restart resumes the copy
+ * after the last document a checkpoint covers (and stats show it). */
+static void
+sync_token_build(const cs_t *cs, bson_t *out)
+{
+   bson_t s;
+   bson_init(out);
+   BSON_APPEND_DOCUMENT_BEGIN(out, SYNC_KEY, &s);
+   BSON_APPEND_DOCUMENT(&s, "startAt", &cs->start_at);
+   BSON_APPEND_ARRAY(&s, "colls", &cs->sync_colls);
+   BSON_APPEND_INT32(&s, "i", cs->sync_i);
+   bson_iter_t it;
+   if (bson_iter_init_find(&it, &cs->last_id, "_id")) {
+      bson_append_iter(&s, "lastId", -1, &it);
+   }
+   BSON_APPEND_INT64(&s, "synced", cs->synced);
+   bson_append_document_end(out, &s);
+}
+
+/* A checkpoint's token: a sync token (the copy was under way) sets the
+ * sync state and *is_sync; a resume token is left to the caller. */
+static bool
+sync_restore(cs_t *cs, const bson_t *token, bool *is_sync, aspen_error_t *err)
+{
+   bson_iter_t it, s;
+   *is_sync = false;
+   if (!bson_iter_init_find(&it, token, SYNC_KEY)) {
+      return true;
+   }
+   *is_sync = true;
+   bool ok = BSON_ITER_HOLDS_DOCUMENT(&it) && bson_iter_recurse(&it, &s);
+   bool has_start = false, has_colls = false;
+   while (ok && bson_iter_next(&s)) {
+      const char *k = bson_iter_key(&s);
+      if (strcmp(k, "startAt") == 0 && BSON_ITER_HOLDS_DOCUMENT(&s)) {
+         bson_t v;
+         view_of(&s, &v);
+         bson_reinit(&cs->start_at);
+         bson_concat(&cs->start_at, &v);
+         has_start = true;
+      } else if (strcmp(k, "colls") == 0 && BSON_ITER_HOLDS_ARRAY(&s)) {
+         bson_t v;
+         view_of(&s, &v);
+         bson_reinit(&cs->sync_colls);
+         bson_concat(&cs->sync_colls, &v);
+         cs->n_sync = (int) bson_count_keys(&cs->sync_colls);
+         has_colls = true;
+      } else if (strcmp(k, "i") == 0 && BSON_ITER_HOLDS_INT32(&s)) {
+         cs->sync_i = bson_iter_int32(&s);
+      } else if (strcmp(k, "lastId") == 0) {
+         bson_reinit(&cs->last_id);
+         bson_append_iter(&cs->last_id, "_id", 3, &s);
+      } else if (strcmp(k, "synced") == 0 && BSON_ITER_HOLDS_INT64(&s)) {
+         cs->synced = bson_iter_int64(&s);
+      }
+   }
+   if (!ok || !has_start || !has_colls || cs->sync_i < 0 ||
+       cs->sync_i > cs->n_sync) {
+      aspen_error_set(err, ASPEN_ERR_StreamProcessorCannotResumeFromSource,
+                      "the checkpoint's initial-sync position is not one "
+                      "aspen wrote; start the processor with "
+                      "resumeFromCheckpoint: false");
+      return false;
+   }
+   return true;
+}
+
+/* The collections to copy: the $source's coll (one or a list), else every
+ * collection of its database as it is now (the set is fixed then, as in
+ * ASP: later collections are not copied). */
+static bool
+sync_list_colls(cs_t *cs, aspen_error_t *err)
+{
+   bson_reinit(&cs->sync_colls);
+   int n = 0;
+   char key[16];
+   const char *k;
+   if (cs->o.coll) {
+      BSON_APPEND_UTF8(&cs->sync_colls, "0", cs->o.coll);
+      n = 1;
+   } else if (cs->o.has_coll_list) {
+      bson_concat(&cs->sync_colls, &cs->o.colls);
+      n = (int) bson_count_keys(&cs->o.colls);
+   } else {
+      mongoc_database_t *db = mongoc_client_get_database(cs->client, cs->o.db);
+      bson_t opts = BSON_INITIALIZER, filter;
+      BSON_APPEND_DOCUMENT_BEGIN(&opts, "filter", &filter);
+      BSON_APPEND_UTF8(&filter, "type", "collection");
+      bson_append_document_end(&opts, &filter);
+      mongoc_cursor_t *cur = mongoc_database_find_collections_with_opts(db, &opts);
+      const bson_t *doc;
+      bson_iter_t it;
+      while (mongoc_cursor_next(cur, &doc)) {
+         if (bson_iter_init_find(&it, doc, "type") && BSON_ITER_HOLDS_UTF8(&it) &&
+             strcmp(bson_iter_utf8(&it, NULL), "collection") != 0) {
+            continue; /* a view or a time-series collection */
+         }
+         if (!bson_iter_init_find(&it, doc, "name") || !BSON_ITER_HOLDS_UTF8(&it) ||
+             strncmp(bson_iter_utf8(&it, NULL), "system.", 7) == 0) {
+            continue;
+         }
+         bson_uint32_to_string((uint32_t) n++, &k, key, sizeof key);
+         BSON_APPEND_UTF8(&cs->sync_colls, k, bson_iter_utf8(&it, NULL));
+      }
+      bson_error_t berr;
+      bool failed = mongoc_cursor_error(cur, &berr);
+      mongoc_cursor_destroy(cur);
+      bson_destroy(&opts);
+      mongoc_database_destroy(db);
+      if (failed) {
+         aspen_error_set(err, ASPEN_ERR_StreamProcessorAtlasConnectionError,
+                         "cannot list the collections of %s for the initial "
+                         "sync (connection '%s'): %s",
+                         cs->o.db, cs->conn->name, berr.message);
+         return false;
+      }
+   }
+   cs->n_sync = n;
+   return true;
+}
+
+/* Opens the initial sync: a new one lists its collections, checks them
+ * against the tier (ASP: SP2 and SP5 sync 1 collection, SP10 5, SP30 10,
+ * SP50 50) and takes the change stream's resume token before copying
+ * anything, so that nothing written meanwhile is missed; a resumed one
+ * has all that from its checkpoint. */
+static bool
+sync_start(aspen_runtime_t *rt, cs_t *cs, bool resumed, aspen_error_t *err)
+{
+   const char *name = aspen_rt_processor_name(rt);
+   if (!resumed) {
+      if (!sync_list_colls(cs, err)) {
+         return false;
+      }
+      const char *tier;
+      int64_t limit = aspen_rt_tier_initial_sync_colls(rt, &tier);
+      if (limit > 0 && cs->n_sync > limit) {
+         const aspen_tier_t *need = aspen_tier_for_initial_sync(cs->n_sync);
+         aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
+                         "StreamProcessorInvalidOptions: the initial sync "
+                         "copies %d collections, more than the %lld tier %s "
+                         "allows: use tier %s or higher",
+                         cs->n_sync, (long long) limit, tier,
+                         need ? need->name : ASPEN_TIER_MAX);
+         return false;
+      }
+      bson_error_t berr;
+      bool resumable;
+      if (!open_stream(cs, &berr, &resumable)) {
+         char msg[ASPEN_ERROR_MSG_MAX];
+         int32_t code = describe_failure(cs, "cannot open", &berr, resumable,
+                                         msg, sizeof msg);
+         aspen_error_set(err, code, "%s", msg);
+         return false;
+      }
+      const bson_t *pbrt = mongoc_change_stream_get_resume_token(cs->stream);
+      if (!pbrt || bson_empty(pbrt)) {
+         aspen_error_set(err, ASPEN_ERR_StreamProcessorAtlasConnectionError,
+                         "cannot start the initial sync: the server gave no "
+                         "resume token for the %s",
+                         cs->what);
+         return false;
+      }
+      bson_reinit(&cs->start_at);
+      bson_concat(&cs->start_at, pbrt);
+      mongoc_change_stream_destroy(cs->stream);
+      cs->stream = NULL;
+   }
+   cs->syncing = cs->sync_i < cs->n_sync;
+   bson_t tok;
+   sync_token_build(cs, &tok);
+   aspen_rt_mark_token(rt, &tok);
+   bson_destroy(&tok);
+   aspen_logf(ASPEN_LOG_INFO, ASPEN_LOG_DOMAIN, name,
+              "%s the initial sync of %d collection(s) of %s (at collection "
+              "%d, %lld document(s) copied), then the %s",
+              resumed ? "resuming" : "starting", cs->n_sync, cs->o.db,
+              cs->sync_i, (long long) cs->synced, cs->what);
+   return true;
+}
+
+/* One copied document, as an insert change event (or only the document,
+ * with fullDocumentOnly). */
+static void
+sync_ingest(aspen_runtime_t *rt, cs_t *cs, const char *coll, const bson_t *doc)
+{
+   bson_t before, ev, meta, src, ns, key;
+   bson_iter_t it;
+   bool has_id = bson_iter_init_find(&it, doc, "_id");
+   sync_token_build(cs, &before);
+   aspen_rt_mark(rt, 0, -1, &before);
+   bson_destroy(&before);
+
+   bson_init(&meta);
+   BSON_APPEND_DOCUMENT_BEGIN(&meta, "source", &src);
+   BSON_APPEND_UTF8(&src, "type", "atlas");
+   BSON_APPEND_UTF8(&src, "operationType", "insert");
+   BSON_APPEND_DOCUMENT_BEGIN(&src, "ns", &ns);
+   BSON_APPEND_UTF8(&ns, "db", cs->o.db);
+   BSON_APPEND_UTF8(&ns, "coll", coll);
+   bson_append_document_end(&src, &ns);
+   BSON_APPEND_DOCUMENT_BEGIN(&src, "documentKey", &key);
+   if (has_id) {
+      bson_append_iter(&key, "_id", 3, &it);
+   }
+   bson_append_document_end(&src, &key);
+   append_phase(&src, true);
+   bson_append_document_end(&meta, &src);
+
+   if (cs->o.full_document_only) {
+      aspen_rt_ingest(rt, doc, &meta, INT64_MIN);
+   } else {
+      bson_init(&ev);
+      BSON_APPEND_UTF8(&ev, "operationType", "insert");
+      BSON_APPEND_DOCUMENT(&ev, "fullDocument", doc);
+      BSON_APPEND_DOCUMENT_BEGIN(&ev, "ns", &ns);
+      BSON_APPEND_UTF8(&ns, "db", cs->o.db);
+      BSON_APPEND_UTF8(&ns, "coll", coll);
+      bson_append_document_end(&ev, &ns);
+      BSON_APPEND_DOCUMENT_BEGIN(&ev, "documentKey", &key);
+      if (has_id) {
+         bson_append_iter(&key, "_id", 3, &it);
+      }
+      bson_append_document_end(&ev, &key);
+      aspen_rt_ingest(rt, &ev, &meta, INT64_MIN);
+      bson_destroy(&ev);
+   }
+   bson_destroy(&meta);
+
+   bson_reinit(&cs->last_id);
+   if (has_id) {
+      bson_append_iter(&cs->last_id, "_id", 3, &it);
+   }
+   cs->synced++;
+   bson_t after;
+   sync_token_build(cs, &after);
+   aspen_rt_mark_token(rt, &after);
+   bson_destroy(&after);
+}
+
+/* Copies one collection from after last_id, in _id order. False when the
+ * processor stops or fails (a read error fails it, as in ASP: one
+ * collection that cannot be synced fails the processor). */
+static bool
+sync_one(aspen_runtime_t *rt, cs_t *cs, const char *coll, int64_t *last_flush)
+{
+   mongoc_collection_t *c =
+      mongoc_client_get_collection(cs->client, cs->o.db, coll);
+   bson_t filter = BSON_INITIALIZER, gt, opts = BSON_INITIALIZER, sort;
+   bson_iter_t it;
+   if (bson_iter_init_find(&it, &cs->last_id, "_id")) {
+      BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &gt);
+      bson_append_iter(&gt, "$gt", 3, &it);
+      bson_append_document_end(&filter, &gt);
+   }
+   BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
+   BSON_APPEND_INT32(&sort, "_id", 1);
+   bson_append_document_end(&opts, &sort);
+   BSON_APPEND_INT32(&opts, "batchSize", SYNC_BATCH);
+   mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c, &filter, &opts,
+                                                           NULL);
+   const bson_t *doc;
+   bool ok = true;
+   while (!aspen_rt_stopping(rt) && mongoc_cursor_next(cur, &doc)) {
+      sync_ingest(rt, cs, coll, doc);
+      int64_t now_ms = aspen_clock_mono_ms();
+      if (now_ms - *last_flush >= FLUSH_EVERY_MS) {
+         *last_flush = now_ms;
+         if (aspen_rt_wait(rt, 0)) {
+            ok = false;
+            break;
+         }
+      }
+   }
+   bson_error_t berr;
+   if (ok && !aspen_rt_stopping(rt) && mongoc_cursor_error(cur, &berr)) {
+      char msg[ASPEN_ERROR_MSG_MAX];
+      snprintf(msg, sizeof msg,
+               "the initial sync cannot read %s.%s (connection '%s'): %s",
+               cs->o.db, coll, cs->conn->name, berr.message);
+      aspen_rt_fail(rt, msg);
+      ok = false;
+   }
+   ok = ok && !aspen_rt_stopping(rt);
+   mongoc_cursor_destroy(cur);
+   bson_destroy(&filter);
+   bson_destroy(&opts);
+   mongoc_collection_destroy(c);
+   return ok;
+}
+
+/* The copy, then the change stream opened at start_at. False when the
+ * processor stops or fails meanwhile. */
+static bool
+sync_run(aspen_runtime_t *rt, cs_t *cs)
+{
+   int64_t last_flush = aspen_clock_mono_ms();
+   while (cs->sync_i < cs->n_sync) {
+      bson_iter_t it;
+      char key[16];
+      const char *k;
+      bson_uint32_to_string((uint32_t) cs->sync_i, &k, key, sizeof key);
+      if (!bson_iter_init_find(&it, &cs->sync_colls, k) ||
+          !BSON_ITER_HOLDS_UTF8(&it)) {
+         aspen_rt_fail(rt, "the initial sync's collection list is broken");
+         return false;
+      }
+      if (!sync_one(rt, cs, bson_iter_utf8(&it, NULL), &last_flush)) {
+         return false;
+      }
+      cs->sync_i++;
+      bson_reinit(&cs->last_id);
+      bson_t tok;
+      sync_token_build(cs, &tok);
+      aspen_rt_mark_token(rt, &tok);
+      bson_destroy(&tok);
+   }
+   cs->syncing = false;
+   aspen_logf(ASPEN_LOG_INFO, ASPEN_LOG_DOMAIN, aspen_rt_processor_name(rt),
+              "the initial sync copied %lld document(s) of %d collection(s); "
+              "opening the %s where the sync began",
+              (long long) cs->synced, cs->n_sync, cs->what);
+   set_token(cs, &cs->start_at);
+   aspen_rt_mark_token(rt, &cs->start_at);
+   bson_error_t berr;
+   bool resumable;
+   if (open_stream(cs, &berr, &resumable)) {
+      return true;
+   }
+   if (!resumable) {
+      char msg[ASPEN_ERROR_MSG_MAX];
+      describe_failure(cs, "cannot open", &berr, false, msg, sizeof msg);
+      aspen_rt_fail(rt, msg);
+      return false;
+   }
+   return reopen(rt, cs, berr.message);
+}
+
+/* Stats of a change-stream $source (commands/stats.c): a sync token
+ * becomes {initialSync: {phase: "initialSync", ...}} (with no
+ * changeStreamState, which has no resume token yet); after the sync,
+ * changeStreamState and {initialSync: {phase: "changeStream"}}. */
+void
+aspen__change_stream_stats_append(const bson_t *pipeline, const bson_t *token,
+                                  bson_t *st)
+{
+   bson_iter_t it, s;
+   bson_t is;
+   if (token && bson_iter_init_find(&it, token, SYNC_KEY) &&
+       BSON_ITER_HOLDS_DOCUMENT(&it) && bson_iter_recurse(&it, &s)) {
+      int32_t i = 0, n = 0;
+      int64_t synced = 0;
+      const char *current = NULL;
+      bson_iter_t colls;
+      while (bson_iter_next(&s)) {
+         const char *k = bson_iter_key(&s);
+         if (strcmp(k, "i") == 0 && BSON_ITER_HOLDS_INT32(&s)) {
+            i = bson_iter_int32(&s);
+         } else if (strcmp(k, "synced") == 0 && BSON_ITER_HOLDS_INT64(&s)) {
+            synced = bson_iter_int64(&s);
+         } else if (strcmp(k, "colls") == 0 && BSON_ITER_HOLDS_ARRAY(&s) &&
+                    bson_iter_recurse(&s, &colls)) {
+            while (bson_iter_next(&colls)) {
+               if (n++ == i && BSON_ITER_HOLDS_UTF8(&colls)) {
+                  current = bson_iter_utf8(&colls, NULL);
+               }
+            }
+         }
+      }
+      BSON_APPEND_DOCUMENT_BEGIN(st, "initialSync", &is);
+      BSON_APPEND_UTF8(&is, "phase", "initialSync");
+      BSON_APPEND_INT32(&is, "collectionsTotal", n);
+      BSON_APPEND_INT32(&is, "collectionsSynced", i);
+      if (current) {
+         BSON_APPEND_UTF8(&is, "collection", current);
+      }
+      BSON_APPEND_INT64(&is, "documentsSynced", synced);
+      bson_append_document_end(st, &is);
+      return;
+   }
+   if (token && !bson_empty(token)) {
+      BSON_APPEND_DOCUMENT(st, "changeStreamState", token);
+   }
+   /* The definition's first stage: {$source: {..., initialSync: {enable:
+    * true}}}. */
+   bson_iter_t p0, src, en;
+   if (pipeline && bson_iter_init(&p0, pipeline) && bson_iter_next(&p0) &&
+       BSON_ITER_HOLDS_DOCUMENT(&p0) && bson_iter_recurse(&p0, &src) &&
+       bson_iter_find(&src, "$source") && BSON_ITER_HOLDS_DOCUMENT(&src) &&
+       bson_iter_recurse(&src, &en) &&
+       bson_iter_find_descendant(&en, "initialSync.enable", &s) &&
+       BSON_ITER_HOLDS_BOOL(&s) && bson_iter_bool(&s)) {
+      BSON_APPEND_DOCUMENT_BEGIN(st, "initialSync", &is);
+      BSON_APPEND_UTF8(&is, "phase", "changeStream");
+      bson_append_document_end(st, &is);
+   }
+}
+
+/* The catalog's check (builtins.c): ASP runs no window stage after an
+ * initial sync's $source. */
+bool
+aspen__change_stream_check(const aspen_pipeline_t *pl, aspen_error_t *err)
+{
+   cs_opts_t o;
+   aspen_parse_ctx_t pc = {0};
+   if (!pl || pl->source.ops != &aspen_source_change_stream_ops ||
+       !parse_opts(&pl->source.spec, &o, &pc, err) || !o.initial_sync ||
+       !pl->has_window) {
+      return true;
+   }
+   aspen_error_set(err, ASPEN_ERR_StreamProcessorInvalidOptions,
+                   "a window stage cannot follow a $source with "
+                   "initialSync enabled");
+   return false;
+}
+
 static void
 cs_run(aspen_runtime_t *rt, void *state)
 {
    cs_t *cs = state;
    int64_t last_flush = 0;
+   if (cs->syncing && !sync_run(rt, cs)) {
+      return;
+   }
    while (!aspen_rt_stopping(rt)) {
       const bson_t *ev = NULL;
       bool got = mongoc_change_stream_next(cs->stream, &ev);

@@ -17,4 +17,15 @@
  * the token is guarded by the source's own lock. */
 bool aspen__change_stream_resume_token(void *state, bson_t *out);
 
+/* What stats show of a change stream $source's published position
+ * `token` (NULL or empty: none), in a processor whose pipeline definition
+ * is `pipeline`: changeStreamState, and with initialSync its phase
+ * ({initialSync: {phase, ...}}). Command thread. */
+void aspen__change_stream_stats_append(const bson_t *pipeline,
+                                       const bson_t *token, bson_t *st);
+/* The catalog's check of a whole pipeline: no window stage after a
+ * $source with initialSync enabled. */
+bool aspen__change_stream_check(const aspen_pipeline_t *pl,
+                                aspen_error_t *err);
+
 #endif /* ASPEN_ENGINE_CONNECTORS_SOURCE_CHANGE_STREAM_H */

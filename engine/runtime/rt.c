@@ -301,16 +301,28 @@ aspen_rt_source_lag(aspen_runtime_t *rt, int64_t lag_ms)
    rt->source_lag_ms = lag_ms < 0 ? 0 : lag_ms;
 }
 
+/* The highest tier the processor may run on (its autoscaling's), and its
+ * name in *tier ("" when none). */
+static const aspen_tier_t *
+tier_max(const aspen_runtime_t *rt, const char **tier)
+{
+   const aspen_tier_t *t = aspen_tier_at(rt->proc->pl->tier_max_rank);
+   *tier = t ? t->name : "";
+   return t;
+}
+
 int64_t
 aspen_rt_tier_kafka_partitions(const aspen_runtime_t *rt, const char **tier)
 {
-   const aspen_tier_t *t = aspen_tier_at(rt->proc->pl->tier_max_rank);
-   if (!t) {
-      *tier = "";
-      return 0;
-   }
-   *tier = t->name;
-   return t->kafka_partitions;
+   const aspen_tier_t *t = tier_max(rt, tier);
+   return t ? t->kafka_partitions : 0;
+}
+
+int64_t
+aspen_rt_tier_initial_sync_colls(const aspen_runtime_t *rt, const char **tier)
+{
+   const aspen_tier_t *t = tier_max(rt, tier);
+   return t ? t->initial_sync_colls : 0;
 }
 
 void

@@ -123,6 +123,11 @@ void aspen_rt_source_lag(aspen_runtime_t *rt, int64_t lag_ms);
  * tier's name. */
 int64_t aspen_rt_tier_kafka_partitions(const aspen_runtime_t *rt,
                                        const char **tier);
+/* The most collections a change stream $source's initialSync may copy on
+ * the processor's tier (the highest its autoscaling allows); `tier` gets
+ * the tier's name. */
+int64_t aspen_rt_tier_initial_sync_colls(const aspen_runtime_t *rt,
+                                         const char **tier);
 /* The {parts: [{p, replay, high}], token} position of the checkpoint this
  * run resumed from, or NULL when it started fresh. Valid while running. */
 const bson_t *aspen_rt_restored_position(const aspen_runtime_t *rt);

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# e2e: change-stream initialSync against the backing server with stock
+# mongosh (js/initial_sync.js): a collection with existing documents is
+# copied as insert events, inserts and updates arrive during the copy,
+# aspen is SIGKILLed in the middle of the copy (after a checkpoint),
+# more writes land while it is down, and after the restart the copy
+# resumes where its checkpoint was (aspen's log says so) and the change
+# stream continues from where the copy began: every document is in the
+# $merge target exactly once with its latest state, the phases show in
+# stats and in each document's {$meta: "stream.source.initialSync.phase"},
+# the DLQ is empty. Then ASP's refusals: a tier's collection limit, a
+# window after initialSync.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=peers.sh
+. "$HERE/peers.sh"
+
+JS=$HERE/js/initial_sync.js
+STATE=$ASPEN_RUN_DIR/state-initial-sync
+rm -rf "$STATE"
+must "backing server starts" start_backing "$(free_port)"
+CONFIG=$ASPEN_RUN_DIR/initial-sync.conf.json
+cat >"$CONFIG" <<'JSON'
+{ "streams": { "checkpointIntervalMs": 200 },
+  "connections": [ { "name": "atlas", "type": "atlas" } ] }
+JSON
+start() {
+    start_aspen --config "$CONFIG" --port 0 --backend "$BACKING_URI" --state-dir "$STATE" &&
+        URI="mongodb://127.0.0.1:$ASPEN_LISTEN_PORT/admin?serverSelectionTimeoutMS=5000"
+}
+run_js() { # run_js URI MODE WANT
+    local out=$ASPEN_RUN_DIR/initial-sync-$2.out rc=0
+    IS_MODE=$2 mongosh_run "$1" "$JS" >"$out" 2>&1 || rc=$?
+    sed 's/^/# /' "$out"
+    [[ $rc -eq 0 ]] && grep -q "$3" "$out"
+}
+resumed_copy() { # the restarted processor resumed the copy, not from 0
+    grep -E '"resuming the initial sync of 1 collection\(s\) of isdb \(at collection 0, [1-9][0-9]* document' \
+        "$ASPEN_RUN_DIR/aspen.log" >/dev/null
+}
+
+must "aspen starts" start
+check "the copy runs with writes arriving; stats show the initialSync phase" run_js "$URI" run SYNCING
+check "SIGKILL in the middle of the copy" kill_aspen
+check "writes while aspen is down" run_js "$BACKING_URI/admin" down "DOWN OK"
+must "aspen restarts" start
+check "every document once with its latest state, the changeStream phase after" run_js "$URI" check "CHECK OK"
+check "the restart resumed the copy from its checkpoint" resumed_copy
+check "ASP's refusals: the tier's collection limit, a window after initialSync" grep -q "RULES OK" "$ASPEN_RUN_DIR/initial-sync-check.out"
+check "aspen stops cleanly" stop_aspen
+checks_done
