@@ -160,13 +160,14 @@ def start_backing(name, args=()):
 
 
 def start_relay(name, target_port):
-    """tests/e2e/tcp_relay.py from a free port to 127.0.0.1:target_port."""
+    """tests/e2e/tcp_relay.py from a free port to 127.0.0.1:target_port; an
+    armed cut never takes a reply to hello (the drivers' monitoring)."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return _start_peer(name, [sys.executable, os.path.join(ROOT, "tests", "e2e", "tcp_relay.py"),
-                              str(port), f"127.0.0.1:{target_port}"],
+                              str(port), f"127.0.0.1:{target_port}", "--spare-hello"],
                        r"(?m)^RELAYING (\d+)$")
 
 
