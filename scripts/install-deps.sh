@@ -22,7 +22,7 @@ BACKING_JAR="$DEPS/aspen-backing-server.jar"
 
 APT_PACKAGES=(build-essential cmake pkg-config libmongoc-dev libbson-dev
               librdkafka-dev libuv1-dev libssl-dev libcmocka-dev libpcre2-dev openssl clang
-              socat libavro-dev libcurl4-openssl-dev duktape-dev)
+              socat libavro-dev libcurl4-openssl-dev duktape-dev zlib1g-dev libsnappy-dev)
 
 log() { printf 'install-deps: %s\n' "$*"; }
 die() { printf 'install-deps: error: %s\n' "$*" >&2; exit 1; }
@@ -107,7 +107,8 @@ venv_ok() {
 import sys, ssl  # ssl: the TLS tests need it
 import pymongo, pytest
 import confluent_kafka, fastavro  # the Avro tests' independent client
-import moto  # the Lambda peer of test_https.sh
+import moto  # the Lambda and S3 peer of test_https.sh, test_object_stores.sh
+import boto3, azure.storage.blob  # the object stores' independent clients
 import prometheus_client  # the metrics test
 want = tuple(int(x) for x in sys.argv[1].split("."))
 have = tuple(int(x) for x in pymongo.version_tuple[:2])
@@ -129,7 +130,7 @@ if ! venv_ok; then
             /usr/bin/python3 -m venv "$VENV"
         fi
     fi
-    log "pip install -r scripts/python/requirements.txt (pymongo, pytest, moto, prometheus_client, ...)"
+    log "pip install -r scripts/python/requirements.txt (pymongo, pytest, moto, boto3, azure-storage-blob, prometheus_client, ...)"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
         -r "$ROOT/scripts/python/requirements.txt"
     venv_ok || die "pymongo>=$PYMONGO_MIN / pytest / prometheus_client not importable from $VENV"
@@ -206,7 +207,30 @@ if [[ ! -f $REGISTRY_DIR/aspen-test-registry-1-runner.jar ||
 fi
 step_done "schema registry ok"
 
-# --- 7. .gitignore -------------------------------------------------------
+# --- 7. Azurite (the Azure Blob Storage emulator) -------------------------
+step_start
+# Azurite (npm, scripts/node-azurite's lockfile) into .deps/azurite, redone
+# when its pins change. Its clients (boto3, azure-storage-blob) and moto's S3
+# server come with step 3's requirements.txt.
+# Its real path: npm ci mistakes a path through a symlink (a worktree's
+# .deps) for another project.
+AZURITE_DIR="$(cd "$DEPS" && pwd -P)/azurite"
+stamp=$(cat "$ROOT/scripts/node-azurite/package.json" "$ROOT/scripts/node-azurite/package-lock.json" |
+        sha256sum | cut -d' ' -f1)
+if [[ ! -x $AZURITE_DIR/node_modules/.bin/azurite-blob ||
+      $(cat "$AZURITE_DIR/stamp" 2>/dev/null) != "$stamp" ]]; then
+    log "npm ci azurite into .deps/azurite (scripts/node-azurite lockfile)"
+    # A tree npm ci did not make (or an older one) confuses it: start afresh.
+    rm -rf "$AZURITE_DIR"
+    mkdir -p "$AZURITE_DIR"
+    cp "$ROOT/scripts/node-azurite/package.json" "$ROOT/scripts/node-azurite/package-lock.json" \
+        "$AZURITE_DIR/"
+    npm ci --prefix "$AZURITE_DIR" --no-audit --no-fund --loglevel=error
+    echo "$stamp" >"$AZURITE_DIR/stamp"
+fi
+step_done "Azurite ok"
+
+# --- 8. .gitignore -------------------------------------------------------
 touch "$ROOT/.gitignore"
 for pat in '.deps/' 'build*/'; do
     grep -qxF "$pat" "$ROOT/.gitignore" || echo "$pat" >>"$ROOT/.gitignore"

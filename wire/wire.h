@@ -163,6 +163,8 @@ aspen_buf_len(const aspen_buf_t *buf)
    X(423, StreamProcessorSourceDocTooLarge)                                    \
    X(424, StreamProcessorTooManyOutputTargets)                                 \
    X(425, StreamProcessorCannotResumeFromSource)                               \
+   X(443, StreamProcessorS3ConnectionError)                                    \
+   X(444, StreamProcessorS3Error)                                              \
    X(448, StreamProcessorInvalidNamespace)                                     \
    X(10334, BSONObjectTooLarge)                                                \
    X(11601, Interrupted)                                                       \

@@ -65,16 +65,39 @@ has_key(const aspen_connector_t *kind, const char *k)
    return false;
 }
 
-/* The kind that has config key `k`, or NULL. */
-static const aspen_connector_t *
-owner_of(const aspen_catalog_t *cat, const char *k)
+/* `types[0..n)` quoted and joined for a message: "'a', 'b' or 'c'". */
+static void
+join_types(const char *const *types, size_t n, bool quote, char *names,
+           size_t size)
 {
+   const char *q = quote ? "'" : "";
+   size_t len = 0;
+   names[0] = '\0';
+   for (size_t i = 0; i < n && len < size; i++) {
+      const char *sep = i == 0 ? "" : i + 1 == n ? " or " : ", ";
+      int w = snprintf(names + len, size - len, "%s%s%s%s", sep, q, types[i],
+                       q);
+      len += w > 0 ? (size_t) w : 0;
+   }
+}
+
+/* Whether some kind has config key `k`; `names` (if not NULL) gets every
+ * such kind for a message ("aws-lambda or s3"). */
+static bool
+owners_of(const aspen_catalog_t *cat, const char *k, char *names, size_t size)
+{
+   const char *types[16];
+   size_t n = 0;
    for (size_t i = 0; i < cat->n_connectors; i++) {
-      if (has_key(&cat->connectors[i], k)) {
-         return &cat->connectors[i];
+      if (has_key(&cat->connectors[i], k) &&
+          n < sizeof types / sizeof types[0]) {
+         types[n++] = cat->connectors[i].type_name;
       }
    }
-   return NULL;
+   if (names) {
+      join_types(types, n, false, names, size);
+   }
+   return n > 0;
 }
 
 /* The configurable kind of type `type`, or NULL; `names` gets the
@@ -98,13 +121,7 @@ kind_of(const aspen_catalog_t *cat, const char *type, char *names,
          types[n++] = kind->type_name;
       }
    }
-   size_t len = 0;
-   names[0] = '\0';
-   for (size_t i = 0; i < n && len < size; i++) {
-      const char *sep = i == 0 ? "" : i + 1 == n ? " or " : ", ";
-      int w = snprintf(names + len, size - len, "%s'%s'", sep, types[i]);
-      len += w > 0 ? (size_t) w : 0;
-   }
+   join_types(types, n, true, names, size);
    return found;
 }
 
@@ -135,7 +152,7 @@ load_one(aspen_conns_t *conns, const aspen_catalog_t *cat, const bson_t *c,
                           : strcmp(k, "type") == 0 ? &type
                                                    : NULL;
       if (!slot) {
-         if (!owner_of(cat, k)) {
+         if (!owners_of(cat, k, NULL, 0)) {
             aspen_error_set(err, ASPEN_ERR_NoSuchKey,
                             "unknown config key '%s.%s'", where, k);
             return false;
@@ -175,9 +192,11 @@ load_one(aspen_conns_t *conns, const aspen_catalog_t *cat, const bson_t *c,
       const char *k = bson_iter_key(&ci);
       if (strcmp(k, "name") != 0 && strcmp(k, "type") != 0 &&
           !has_key(kind, k)) {
+         char owners[256];
+         (void) owners_of(cat, k, owners, sizeof owners);
          aspen_error_set(err, ASPEN_ERR_BadValue,
                          "config key '%s.%s' is for %s connections only",
-                         where, k, owner_of(cat, k)->type_name);
+                         where, k, owners);
          return false;
       }
    }
@@ -246,4 +265,40 @@ aspen_conns_cleanup(aspen_conns_t *conns)
    }
    free(conns->items);
    memset(conns, 0, sizeof *conns);
+}
+
+bool
+aspen__conn_parse_string(const bson_iter_t *it, const char *where,
+                         const char *key, char **out, aspen_error_t *err)
+{
+   if (!BSON_ITER_HOLDS_UTF8(it) || !*bson_iter_utf8(it, NULL)) {
+      aspen_error_set(err, ASPEN_ERR_TypeMismatch,
+                      "config key '%s.%s' must be a non-empty string", where,
+                      key);
+      return false;
+   }
+   free(*out);
+   *out = aspen_xstrdup(bson_iter_utf8(it, NULL));
+   return true;
+}
+
+bool
+aspen__conn_parse_url(const bson_iter_t *it, const char *where,
+                      const char *key, char **out, aspen_error_t *err)
+{
+   if (!aspen__conn_parse_string(it, where, key, out, err)) {
+      return false;
+   }
+   if (strncmp(*out, "http://", 7) != 0 && strncmp(*out, "https://", 8) != 0) {
+      aspen_error_set(err, ASPEN_ERR_BadValue,
+                      "config key '%s.%s' must be an http:// or https:// URL, "
+                      "not '%s'",
+                      where, key, *out);
+      return false;
+   }
+   size_t n = strlen(*out);
+   while (n > 0 && (*out)[n - 1] == '/') {
+      (*out)[--n] = '\0';
+   }
+   return true;
 }

@@ -47,6 +47,16 @@ struct aspen_conn_ops {
    void (*destroy)(void *opts);
 };
 
+/* For kinds' parsers: reads config key `key` of entry `where` (iterator
+ * `it`) as a non-empty string into *out (a copy; a previous *out is
+ * freed). False with err naming the key. */
+bool aspen__conn_parse_string(const bson_iter_t *it, const char *where,
+                              const char *key, char **out,
+                              aspen_error_t *err);
+/* The same for an http:// or https:// URL, kept without trailing '/'. */
+bool aspen__conn_parse_url(const bson_iter_t *it, const char *where,
+                           const char *key, char **out, aspen_error_t *err);
+
 /* Loads the registry from the config's "connections" array (NULL: the
  * built-in ones only), each entry parsed by its type's kind in `catalog`
  * (no type: atlas). Atlas connections' dbRoleToExecute roles are resolved

@@ -19,6 +19,8 @@ extern const aspen_conn_ops_t aspen_conn_kafka_ops;
 extern const aspen_conn_ops_t aspen_conn_schema_registry_ops;
 extern const aspen_conn_ops_t aspen_conn_https_ops;
 extern const aspen_conn_ops_t aspen_conn_lambda_ops;
+extern const aspen_conn_ops_t aspen_conn_s3_ops;
+extern const aspen_conn_ops_t aspen_conn_azure_blob_ops;
 
 /* Sources. */
 extern const aspen_source_ops_t aspen_source_documents_ops;
@@ -30,5 +32,7 @@ extern const aspen_source_ops_t aspen_source_kafka_ops;
 extern const aspen_sink_ops_t aspen_sink_merge_ops;
 extern const aspen_sink_ops_t aspen_sink_timeseries_ops;
 extern const aspen_sink_ops_t aspen_sink_emit_ops;
+extern const aspen_sink_ops_t aspen_sink_s3_ops;
+extern const aspen_sink_ops_t aspen_sink_azure_blob_ops;
 
 #endif /* ASPEN_ENGINE_CONNECTORS_CONNECTORS_H */

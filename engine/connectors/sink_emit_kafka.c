@@ -136,25 +136,6 @@ emit_free(emit_t *e)
 /* ---- options ---------------------------------------------------------------- */
 
 static bool
-enum_value(const bson_iter_t *it, const char *const *allowed,
-           const aspen_parse_ctx_t *pc, const char *pos, const char **out,
-           aspen_error_t *err)
-{
-   const char *v = BSON_ITER_HOLDS_UTF8(it) ? bson_iter_utf8(it, NULL) : NULL;
-   for (const char *const *a = allowed; v && *a; a++) {
-      if (strcmp(v, *a) == 0) {
-         *out = *a;
-         return true;
-      }
-   }
-   aspen_parse_error(err, pc, pos,
-                     "Enumeration value '%s' for field '$emit.%s' is not a "
-                     "valid value.",
-                     v ? v : "(not a string)", pos);
-   return false;
-}
-
-static bool
 compile_expr(const bson_iter_t *it, const aspen_parse_ctx_t *pc,
              const char *opt, aspen_expr_t **out, aspen_error_t *err)
 {
@@ -209,29 +190,29 @@ parse_config(emit_t *e, const bson_iter_t *it, const aspen_parse_ctx_t *pc,
                      n == -1 ? "all" : n == 0 ? "0" : "1");
          } else {
             static const char *const acks[] = {"all", "-1", "0", "1", NULL};
-            if (!enum_value(&ci, acks, pc, opt, &v, err)) {
+            if (!aspen__sink_enum_value(&ci, acks, pc, opt, &v, err)) {
                return false;
             }
             snprintf(e->acks, sizeof e->acks, "%s",
                      strcmp(v, "-1") == 0 ? "all" : v);
          }
       } else if (strcmp(k, "compression_type") == 0) {
-         if (!enum_value(&ci, compressions, pc, opt, &v, err)) {
+         if (!aspen__sink_enum_value(&ci, compressions, pc, opt, &v, err)) {
             return false;
          }
          snprintf(e->compression, sizeof e->compression, "%s", v);
       } else if (strcmp(k, "dateFormat") == 0) {
-         if (!enum_value(&ci, date_formats, pc, opt, &v, err)) {
+         if (!aspen__sink_enum_value(&ci, date_formats, pc, opt, &v, err)) {
             return false;
          }
          e->json.iso_dates = strcmp(v, "ISO8601") == 0;
       } else if (strcmp(k, "outputFormat") == 0) {
-         if (!enum_value(&ci, output_formats, pc, opt, &v, err)) {
+         if (!aspen__sink_enum_value(&ci, output_formats, pc, opt, &v, err)) {
             return false;
          }
          e->json.canonical = strcmp(v, "canonicalJson") == 0;
       } else if (strcmp(k, "keyFormat") == 0) {
-         if (!enum_value(&ci, key_formats, pc, opt, &v, err)) {
+         if (!aspen__sink_enum_value(&ci, key_formats, pc, opt, &v, err)) {
             return false;
          }
          (void) aspen__kafka_key_format_parse(v, &e->key_format);
@@ -757,21 +738,6 @@ emit_open(aspen_runtime_t *rt, const bson_t *spec, void **state,
    return true;
 }
 
-/* The document's _stream_meta, as {$meta: ...} sees it. */
-static bool
-stream_meta(const bson_t *doc, bson_t *meta)
-{
-   bson_iter_t it;
-   uint32_t len;
-   const uint8_t *data;
-   if (bson_iter_init_find(&it, doc, "_stream_meta") &&
-       BSON_ITER_HOLDS_DOCUMENT(&it)) {
-      bson_iter_document(&it, &len, &data);
-      return bson_init_static(meta, data, len);
-   }
-   return false;
-}
-
 /* Builds Kafka headers from an object {k: v} or an array [{k, v}]. */
 static bool
 add_header(rd_kafka_headers_t *hdrs, const char *name, const bson_iter_t *vi,
@@ -907,7 +873,7 @@ emit_write(aspen_runtime_t *rt, void *state, const bson_t *doc,
    }
    bson_t meta;
    aspen_expr_ctx_t ctx = {.root = doc, .meta = NULL, .now_ms = 0};
-   if (stream_meta(doc, &meta)) {
+   if (aspen__sink_stream_meta(doc, &meta)) {
       ctx.meta = &meta;
    }
    char reason[ASPEN_ERROR_MSG_MAX + 96];

@@ -283,6 +283,19 @@ checkpoint_body(aspen_runtime_t *rt, uint64_t min_seq, const char *id, bson_t *b
 
 /* A write error is logged and the previous checkpoint stays the one to
  * resume from; the processor carries on. */
+bool
+aspen_rt_checkpoint_due(const aspen_runtime_t *rt)
+{
+   if (rt->flush_all) {
+      return true;
+   }
+   /* What aspen__checkpointing_take(rt, false) needs besides a moved
+    * position: a superset of the checkpoints it takes. */
+   return rt->ckpt_dir[0] &&
+          aspen_clock_mono_ms() - rt->ckpt_mono_ms >=
+             rt->proc->env->checkpoint_interval_ms;
+}
+
 void
 aspen__checkpointing_take(aspen_runtime_t *rt, bool force)
 {

@@ -152,7 +152,7 @@ proc_main(void *arg)
       }
       rt.source->run(&rt, rt.source_state);
       /* Stopping: the final checkpoint, after the final flush. */
-      if (!rt.failed && aspen__rt_flush_sinks(&rt)) {
+      if (!rt.failed && aspen__rt_flush_sinks(&rt, true)) {
          aspen__checkpointing_take(&rt, true);
       }
       aspen__rt_publish(&rt);

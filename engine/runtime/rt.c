@@ -367,7 +367,7 @@ wait_stop(aspen_proc_t *proc, int64_t ms)
 }
 
 bool
-aspen__rt_flush_sinks(aspen_runtime_t *rt)
+aspen__rt_flush_sinks(aspen_runtime_t *rt, bool all)
 {
    aspen_error_t err;
    aspen_pipeline_flush(rt->proc->pl);
@@ -376,7 +376,10 @@ aspen__rt_flush_sinks(aspen_runtime_t *rt)
    if (fail_if_fatal(rt)) {
       return false;
    }
-   if (rt->sink && !rt->sink->flush(rt, rt->sink_state, &err)) {
+   rt->flush_all = all;
+   bool ok = !rt->sink || rt->sink->flush(rt, rt->sink_state, &err);
+   rt->flush_all = false;
+   if (!ok) {
       aspen_rt_fail(rt, err.message);
       return false;
    }
@@ -425,7 +428,7 @@ aspen_rt_wait(aspen_runtime_t *rt, int64_t ms)
    if (fail_if_fatal(rt)) {
       return true;
    }
-   if (aspen__rt_flush_sinks(rt)) {
+   if (aspen__rt_flush_sinks(rt, false)) {
       aspen__checkpointing_take(rt, false);
    }
    if (aspen_rt_stopping(rt) || expired(rt)) {
@@ -489,7 +492,7 @@ aspen_rt_checkpoint_interval_ms(const aspen_runtime_t *rt)
 bool
 aspen_rt_flush(aspen_runtime_t *rt)
 {
-   if (rt->failed || !aspen__rt_flush_sinks(rt)) {
+   if (rt->failed || !aspen__rt_flush_sinks(rt, true)) {
       return false;
    }
    aspen__checkpointing_take(rt, true);

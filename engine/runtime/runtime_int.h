@@ -92,6 +92,7 @@ struct aspen_runtime {
    void *source_state;
    uint64_t rng;
    bool failed;
+   bool flush_all; /* in aspen__rt_flush_sinks(rt, true) */
    int64_t max_ts;
    int64_t last_input_ms; /* wall clock of the last ingested document */
    uint64_t ingested;     /* inputs of this run (figures' batches) */
@@ -146,7 +147,10 @@ void aspen__rt_on_output(void *arg, const aspen_sdoc_t *out);
 void aspen__rt_publish(aspen_runtime_t *rt);
 /* Flushes the held documents, the sink and the DLQ; false (the processor
  * failed) when one of them could not. */
-bool aspen__rt_flush_sinks(aspen_runtime_t *rt);
+/* Flushes the sink and the DLQ. `all`: a checkpoint may follow whatever its
+ * interval (a forced one, the final one), so a sink that holds output back
+ * until a checkpoint is due (aspen_rt_checkpoint_due) writes it all now. */
+bool aspen__rt_flush_sinks(aspen_runtime_t *rt, bool all);
 
 /* ---- checkpointing.c -------------------------------------------------------- */
 

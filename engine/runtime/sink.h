@@ -69,6 +69,14 @@ typedef struct {
    void (*close)(void *w);
 } aspen_dlq_ops_t;
 
+/* True when the flush being made may be followed by a checkpoint: the
+ * checkpoint interval has passed, or the flush is forced (a source's
+ * commit, the final flush). A sink that batches output into larger units
+ * than a flush (files of $emit to S3) may keep a partial unit open in a
+ * flush when this is false, and must write it when it is true: the
+ * checkpoint records its inputs as done. Processor thread, in flush. */
+bool aspen_rt_checkpoint_due(const aspen_runtime_t *rt);
+
 /* A document the sink's target refused: to the DLQ with `reason`. */
 void aspen_rt_sink_failed(aspen_runtime_t *rt, const bson_t *doc,
                           const char *reason);

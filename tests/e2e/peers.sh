@@ -289,7 +289,7 @@ start_relay() {
 stop_relay() { _peers_stop relay; }
 relay_cut_next_reply() { kill -USR1 "$(<"$ASPEN_RUN_DIR/relay.pid")"; }
 
-# --- an HTTP(S) peer ($https) and moto (AWS Lambda) --------------------------
+# --- an HTTP(S) peer ($https), moto (AWS Lambda, S3), Azurite (Azure Blob) ---
 
 # _peers_start_logged NAME REGEX SECONDS CMD...: run CMD in the background,
 # output to $ASPEN_RUN_DIR/NAME.log, until the log matches REGEX.
@@ -316,12 +316,62 @@ start_http_peer() {
 
 stop_http_peer() { _peers_stop "$1"; }
 
-# start_moto NAME PORT: moto's server (the AWS APIs, here Lambda's Invoke)
-# on 127.0.0.1:PORT; stop with stop_http_peer NAME.
-start_moto() {
-    _peers_start_logged "$1" "Running on http://127.0.0.1:$2" 30 \
-        "$(dirname "$PEERS_PYTHON")/moto_server" -H 127.0.0.1 -p "$2"
+# _peers_wait_port PID PORT SECONDS: wait until 127.0.0.1:PORT accepts.
+_peers_wait_port() {
+    local pid=$1 port=$2 i n=$(( $3 * 10 ))
+    for (( i = 0; i < n; i++ )); do
+        _peers_alive "$pid" || return 1
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
 }
+
+# _peers_start_server NAME PORT CMD...: start CMD (which listens on PORT)
+# as NAME, logging to $ASPEN_RUN_DIR/NAME.log, and wait 30 s for the port.
+_peers_start_server() {
+    local name=$1 port=$2 log=$ASPEN_RUN_DIR/$1.log pid
+    shift 2
+    echo "=== start $name on $port $(date -u +%FT%TZ)" >>"$log"
+    "$@" >>"$log" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$ASPEN_RUN_DIR/$name.pid"
+    _PEERS_STARTED+=("$name")
+    if _peers_wait_port "$pid" "$port" 30; then
+        peers_log "$name pid $pid listening on $port"
+        return 0
+    fi
+    peers_log "$name did not start; last lines of $log:"
+    tail -n 20 "$log" >&2
+    _peers_kill "$name"
+    _peers_forget "$name"
+    return 1
+}
+
+# start_moto NAME PORT: moto's server (the AWS APIs: Lambda's Invoke, S3, ...;
+# in memory) as NAME on 127.0.0.1:PORT; stop_moto NAME. Extra environment
+# (MOTO_ENV="K=V ...") goes to it.
+start_moto() {
+    local bin=$PEERS_DEPS/venv/bin/moto_server
+    [[ -x $bin ]] || { peers_log "missing $bin: run scripts/install-deps.sh"; return 1; }
+    # shellcheck disable=SC2086
+    _peers_start_server "$1" "$2" env ${MOTO_ENV:-} "$bin" -H 127.0.0.1 -p "$2"
+}
+stop_moto() { _peers_stop "$1" || true; }
+
+# start_azurite PORT DIR: Azurite's blob service on PORT, data in DIR, with
+# the well-known development account devstoreaccount1.
+start_azurite() {
+    local bin=$PEERS_DEPS/azurite/node_modules/.bin/azurite-blob
+    [[ -x $bin ]] || { peers_log "missing $bin: run scripts/install-deps.sh"; return 1; }
+    mkdir -p "$2"
+    _peers_start_server azurite "$1" "$bin" --blobHost 127.0.0.1 --blobPort "$1" \
+        --location "$2" --silent --skipApiVersionCheck --disableTelemetry
+}
+stop_azurite() { _peers_stop azurite || true; }
+# The development account's well-known key (Azurite's, public).
+AZURITE_ACCOUNT=devstoreaccount1
+AZURITE_KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
 
 # --- Apache Kafka -------------------------------------------------------------
 

@@ -100,7 +100,7 @@ check "others keep working; a stop interrupts the wait" phase stall_check
 check "aspen stops cleanly, no sanitizer report" stop_aspen
 stop_http_peer http_peer
 stop_http_peer https_peer
-stop_http_peer moto
+stop_moto moto
 stop_backing
 
 checks_done

@@ -218,10 +218,10 @@ test_connection_refusals(void **state)
        "\"username\": \"u\"}}]",
        "needs username and password"},
       /* The not-yet list: a type ASP has, said so before its keys. */
-      {"[{\"name\": \"lake\", \"type\": \"S3\", \"aws\": {}}]",
-       "config key 'connections[0].type': connection type 'S3' is "
+      {"[{\"name\": \"feed\", \"type\": \"PubSub\", \"gcp\": {}}]",
+       "config key 'connections[0].type': connection type 'PubSub' is "
        "supported by Atlas Stream Processing but not yet by this version "
-       "of aspen (AWS S3)"},
+       "of aspen (Google Cloud Pub/Sub)"},
       {"[{\"name\": \"x\", \"type\": \"nosuch\"}]",
        "config key 'connections[0].type' must be"},
    };

@@ -30,6 +30,7 @@
 #include "connectors/conn_https.h"
 #include "connectors/conn_lambda.h"
 #include "connectors/connectors.h"
+#include "connectors/objstore.h"
 #include "runtime/catalog.h"
 
 /* The relaxed-JSON array `json` as a document `arr` views; the caller
@@ -297,18 +298,22 @@ test_refused(void **state)
    /* Only configurable kinds are types; the message lists them. */
    assert_refused(cat, "[{\"name\": \"a\", \"type\": \"sample_solar\"}]",
                   "config key 'connections[0].type' must be 'atlas', "
-                  "'kafka', 'schemaRegistry', 'https' or 'aws-lambda', "
-                  "not 'sample_solar'");
+                  "'kafka', 'schemaRegistry', 'https', 'aws-lambda', 's3' "
+                  "or 'azure-blob', not 'sample_solar'");
    assert_refused(cat, "[{\"name\": \"a\", \"type\": \"nosuch\"}]",
                   "config key 'connections[0].type' must be 'atlas', "
-                  "'kafka', 'schemaRegistry', 'https' or 'aws-lambda', "
-                  "not 'nosuch'");
+                  "'kafka', 'schemaRegistry', 'https', 'aws-lambda', 's3' "
+                  "or 'azure-blob', not 'nosuch'");
+   assert_refused(cat, "[{\"name\": \"a\", \"type\": \"gcs\"}]",
+                  "config key 'connections[0].type' must be 'atlas', "
+                  "'kafka', 'schemaRegistry', 'https', 'aws-lambda', 's3' "
+                  "or 'azure-blob', not 'gcs'");
    /* A type ASP has and aspen not yet (the not-yet list): said so, not
     * called unknown. */
-   assert_refused(cat, "[{\"name\": \"a\", \"type\": \"s3\"}]",
-                  "config key 'connections[0].type': connection type 's3' "
-                  "is supported by Atlas Stream Processing but not yet by "
-                  "this version of aspen (AWS S3)");
+   assert_refused(cat, "[{\"name\": \"a\", \"type\": \"pubsub\"}]",
+                  "config key 'connections[0].type': connection type "
+                  "'pubsub' is supported by Atlas Stream Processing but not "
+                  "yet by this version of aspen (Google Cloud Pub/Sub)");
    /* A key of another kind. */
    assert_refused(cat,
                   "[{\"name\": \"a\", \"bootstrapServers\": \"h:1\"}]",
@@ -334,6 +339,82 @@ test_refused(void **state)
    assert_refused(cat,
                   "[{\"name\": \"k\", \"type\": \"kafka\", \"local\": 1}]",
                   "config key 'connections[0].local' must be a boolean");
+}
+
+/* The object-store kinds: ASP's fields listed, aspen's secrets never. */
+static void
+test_cloud_kinds(void **state)
+{
+   (void) state;
+   const aspen_catalog_t *cat = aspen_builtins_catalog();
+   aspen_conns_t conns;
+   aspen_error_t err;
+   if (!load(&conns, cat,
+             "[{\"name\": \"s\", \"type\": \"s3\","
+             "  \"aws\": {\"roleArn\": \"arn:aws:iam::1:role/r\", \"testBucket\": \"b\"},"
+             "  \"region\": \"eu-west-1\", \"endpoint\": \"http://127.0.0.1:5000/\","
+             "  \"credentials\": {\"accessKeyId\": \"AKID\","
+             "                   \"secretAccessKey\": \"SECRET\", \"sessionToken\": \"TOK\"}},"
+             " {\"name\": \"z\", \"type\": \"azure-blob\","
+             "  \"azure\": {\"storageAccountName\": \"acct\", \"servicePrincipalId\": \"sp\"},"
+             "  \"accountKey\": \"a2V5\"},"
+             " {\"name\": \"z2\", \"type\": \"azure-blob\","
+             "  \"azure\": {\"storageAccountName\": \"dev\"},"
+             "  \"endpoint\": \"http://127.0.0.1:10000/dev\"}]",
+             NULL, &err)) {
+      fail_msg("%s", err.message);
+   }
+   assert_listed(&conns, "s",
+                 "{\"name\": \"s\", \"type\": \"s3\", \"aws\": {\"roleArn\":"
+                 " \"arn:aws:iam::1:role/r\", \"testBucket\": \"b\"}, \"region\":"
+                 " \"eu-west-1\", \"endpoint\": \"http://127.0.0.1:5000\","
+                 " \"credentials\": {\"accessKeyId\": \"AKID\"}}");
+   assert_listed(&conns, "z",
+                 "{\"name\": \"z\", \"type\": \"azure-blob\", \"azure\":"
+                 " {\"storageAccountName\": \"acct\", \"servicePrincipalId\": \"sp\"},"
+                 " \"endpoint\": \"https://acct.blob.core.windows.net\"}");
+   const aspen_aws_t *aws = aspen__conn_s3_aws(aspen_conns_find(&conns, "s"));
+   assert_non_null(aws);
+   assert_string_equal(aws->secret_key, "SECRET");
+   assert_string_equal(aws->session_token, "TOK");
+   const aspen_azure_blob_t *az =
+      aspen__conn_azure_blob(aspen_conns_find(&conns, "z"));
+   assert_non_null(az);
+   assert_int_equal(az->key_len, 3);
+   assert_memory_equal(az->key, "key", 3);
+   assert_int_equal(aspen__conn_azure_blob(aspen_conns_find(&conns, "z2"))
+                       ->key_len,
+                    0);
+   assert_null(aspen__conn_s3_aws(aspen_conns_find(&conns, "z")));
+   aspen_conns_cleanup(&conns);
+
+   assert_refused(cat,
+                  "[{\"name\": \"s\", \"type\": \"s3\", \"aws\": {\"role\": \"x\"}}]",
+                  "unknown config key 'connections[0].aws.role'");
+   assert_refused(cat,
+                  "[{\"name\": \"s\", \"type\": \"s3\", \"endpoint\": \"ftp://h\"}]",
+                  "config key 'connections[0].endpoint' must be an http:// "
+                  "or https:// URL, not 'ftp://h'");
+   assert_refused(cat,
+                  "[{\"name\": \"s\", \"type\": \"s3\","
+                  " \"credentials\": {\"accessKeyId\": \"a\"}}]",
+                  "config key 'connections[0].credentials' needs accessKeyId "
+                  "and secretAccessKey");
+   assert_refused(cat, "[{\"name\": \"z\", \"type\": \"azure-blob\"}]",
+                  "config key 'connections[0].azure.storageAccountName' is "
+                  "required for an azure-blob connection");
+   assert_refused(cat,
+                  "[{\"name\": \"z\", \"type\": \"azure-blob\","
+                  " \"azure\": {\"storageAccountName\": \"a\"},"
+                  " \"accountKey\": \"not base64!\"}]",
+                  "config key 'connections[0].accountKey' must be the storage "
+                  "account's key in base64");
+   assert_refused(cat,
+                  "[{\"name\": \"z\", \"type\": \"azure-blob\","
+                  " \"azure\": {\"storageAccountName\": \"a\"},"
+                  " \"credentials\": {}}]",
+                  "config key 'connections[0].credentials' is for "
+                  "aws-lambda or s3 connections only");
 }
 
 /* ---- a kind that is only a row of this test's catalog --------------------- */
@@ -589,14 +670,14 @@ test_new_kind(void **state)
 
    assert_refused(cat, "[{\"name\": \"f\", \"type\": \"nope\"}]",
                   "config key 'connections[0].type' must be 'atlas', "
-                  "'kafka', 'schemaRegistry', 'https', 'aws-lambda', "
-                  "'fake' or 'mute', not 'nope'");
+                  "'kafka', 'schemaRegistry', 'https', 'aws-lambda', 's3', "
+                  "'azure-blob', 'fake' or 'mute', not 'nope'");
    assert_refused(cat, "[{\"name\": \"f\", \"type\": \"fake\"}]",
                   "config key 'connections[0].path' is required for a fake "
                   "connection");
    assert_refused(cat, "[{\"name\": \"a\", \"path\": \"/x\"}]",
-                  "config key 'connections[0].path' is for fake connections "
-                  "only");
+                  "config key 'connections[0].path' is for fake or mute "
+                  "connections only");
    assert_refused(cat,
                   "[{\"name\": \"f\", \"type\": \"fake\", \"path\": \"/x\","
                   " \"uri\": \"mongodb://h\"}]",
@@ -781,6 +862,7 @@ main(void)
       cmocka_unit_test(test_refused),
       cmocka_unit_test(test_https_kind),
       cmocka_unit_test(test_lambda_kind),
+      cmocka_unit_test(test_cloud_kinds),
       cmocka_unit_test(test_new_kind),
       cmocka_unit_test(test_source_through_kind),
       cmocka_unit_test(test_sink_through_kind),

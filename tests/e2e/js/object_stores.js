@@ -1,0 +1,137 @@
+// e2e: $emit to S3 (moto) and Azure Blob Storage (Azurite), driven by
+// test_object_stores.sh one phase at a time (OS_PHASE). What reaches the
+// stores is read back by objstore_check.py (boto3, azure-storage-blob).
+const phase = process.env.OS_PHASE;
+const os = db.getSiblingDB("os");
+function assert(c, msg) { if (!c) { throw new Error("assertion failed: " + msg); } }
+function stats(name) { const r = sp[name].stats(); return r.stats || r; }
+function waitFor(what, fn, ms) {
+  const end = Date.now() + (ms || 60000);
+  while (Date.now() < end) { if (fn()) { return; } sleep(200); }
+  throw new Error("timed out waiting for " + what);
+}
+function docs(n, extra) {
+  const out = [];
+  for (let i = 0; i < n; i++) { out.push(Object.assign({ i: i, g: i % 3 }, extra || {})); }
+  return out;
+}
+function refused(pipeline, re) {
+  let err = null;
+  try { sp.createStreamProcessor("bad", pipeline); } catch (e) { err = e; }
+  if (!err) { sp.bad.drop(); }
+  assert(err && re.test(err.message), "refused with " + re + ": " + (err && err.message));
+}
+// Runs a {documents} -> $emit processor until its input is all out, then
+// stops it (the final flush writes the last file).
+function runDocs(name, input, emit) {
+  sp.createStreamProcessor(name, [{ $source: { documents: input } }, { $emit: emit }]);
+  sp[name].start();
+  waitFor(name + " output", () => Number(stats(name).outputMessageCount) === input.length);
+  sp[name].stop();
+  sp[name].drop();
+}
+const cs = (coll) => ({ $source: { connectionName: "atlas", db: "os", coll: coll } });
+
+if (phase === "connections") {
+  const list = sp.listConnections();
+  const lake = list.find((c) => c.name === "lake");
+  const blob = list.find((c) => c.name === "blob");
+  assert(lake && lake.type === "s3" && lake.aws.roleArn.startsWith("arn:aws:iam::"),
+         "lake listed as s3 with its roleArn: " + EJSON.stringify(lake));
+  assert(lake.credentials.accessKeyId === "test" && !("secretAccessKey" in lake.credentials),
+         "lake lists its key id, not its secret: " + EJSON.stringify(lake));
+  assert(blob && blob.type === "azure-blob" && blob.azure.storageAccountName === "devstoreaccount1",
+         "blob listed as azure-blob: " + EJSON.stringify(blob));
+  const all = EJSON.stringify(list);
+  assert(!all.includes("s3-secret") && !all.includes("Eby8vdM02x"), "no secret listed: " + all);
+}
+
+if (phase === "parse") {
+  const src = { $source: { documents: docs(1) } };
+  refused([src, { $emit: { connectionName: "lake", bucket: "b", nope: 1 } }],
+          /BSON field '\$emit.nope' is an unknown field/);
+  refused([src, { $emit: { connectionName: "lake", path: "p" } }],
+          /'\$emit.bucket' is missing but a required field/);
+  refused([src, { $emit: { connectionName: "blob", bucket: "b" } }],
+          /'\$emit.bucket' is an unknown field/);
+  refused([src, { $emit: { connectionName: "lake", bucket: "b", config: { outputFormat: "xml" } } }],
+          /Enumeration value 'xml' for field '\$emit.config.outputFormat'/);
+  refused([src, { $emit: { connectionName: "lake", bucket: "b", config: { compression: "zstd" } } }],
+          /Enumeration value 'zstd'/);
+  refused([src, { $emit: { connectionName: "lake", bucket: "b", config: { writeOptions: { count: 0 } } } }],
+          /writeOptions.count' must be a positive integer/);
+  refused([src, { $emit: { connectionName: "lake", bucket: "b", config: { writeOptions: { rows: 1 } } } }],
+          /writeOptions.rows' is an unknown field/);
+}
+
+if (phase === "files") {
+  runDocs("count", docs(35), { connectionName: "lake", bucket: "lake", path: "count",
+                               config: { writeOptions: { count: 10 } } });
+  runDocs("bytes", docs(40), { connectionName: "lake", bucket: "lake", path: "bytes/",
+                               config: { writeOptions: { bytes: 300 } } });
+  runDocs("paths", docs(30), { connectionName: "lake", bucket: "lake",
+                               path: { $concat: ["grp/", { $toString: "$g" }] } });
+  runDocs("gzip", docs(25, { o: ObjectId(), d: new Date(), n: NumberDecimal("1.5") }),
+          { connectionName: "lake", bucket: "lake", region: "us-east-1", path: "gzip",
+            config: { compression: "gzip", outputFormat: "basicJson", delimiter: "\n" } });
+  runDocs("canon", docs(5), { connectionName: "lake", bucket: "lake", path: "canon",
+                              config: { outputFormat: "canonicalJson", delimiter: "|" } });
+  runDocs("azure", docs(35), { connectionName: "blob", container: "blobs", path: "az",
+                               config: { writeOptions: { count: 10 }, compression: "gzip" } });
+}
+
+if (phase === "faults") {
+  sp.createStreamProcessor("nobucket", [cs("nb"), { $emit: { connectionName: "lake", bucket: "nosuch" } }]);
+  let err = null;
+  try { sp.nobucket.start(); } catch (e) { err = e; }
+  assert(err && /S3 \$emit to bucket 'nosuch' \(connection 'lake'\) failed: not found: HTTP 404 NoSuchBucket/.test(err.message),
+         "a missing bucket fails the start: " + (err && err.message));
+  sp.nobucket.drop();
+  sp.createStreamProcessor("badkey", [cs("bk"), { $emit: { connectionName: "blobbadkey", container: "blobs" } }]);
+  err = null;
+  try { sp.badkey.start(); } catch (e) { err = e; }
+  assert(err && /Azure Blob \$emit .* failed: authentication failed .*HTTP 403/.test(err.message),
+         "a wrong account key fails the start: " + (err && err.message));
+  sp.badkey.drop();
+}
+
+// A change stream -> $emit S3 cut by count while it runs.
+if (phase === "cs_start") {
+  sp.createStreamProcessor("cs", [cs("csin"), { $project: { _id: 0, i: "$fullDocument.i" } },
+    { $emit: { connectionName: "lake", bucket: "lake", path: "cs", config: { writeOptions: { count: 5 } } } }]);
+  sp.cs.start();
+  // Cut by interval (500 ms) while it runs: no checkpoint is due (its
+  // interval is 10 minutes) and nothing else would cut these files.
+  sp.createStreamProcessor("iv", [cs("ivin"), { $project: { _id: 0, i: "$fullDocument.i" } },
+    { $emit: { connectionName: "lake", bucket: "lake", path: "iv", config: { writeOptions: { interval: 500, count: 1000 } } } }]);
+  sp.iv.start();
+  // Uploads through a relay the test cuts: retried until it is back.
+  sp.createStreamProcessor("down", [cs("downin"), { $project: { _id: 0, i: "$fullDocument.i" } },
+    { $emit: { connectionName: "lakerelay", bucket: "lake", path: "down", config: { writeOptions: { count: 1 } } } }]);
+  sp.down.start();
+}
+if (phase === "cs_insert") {
+  const [coll, from, to] = process.env.OS_ARGS.split(" ");
+  for (let i = Number(from); i < Number(to); i++) { os[coll].insertOne({ i: i }); }
+}
+if (phase === "cs_started") {
+  for (const n of ["cs", "iv", "down"]) {
+    assert(stats(n).status === "running" || stats(n).state === "STARTED", n + " still runs: " + EJSON.stringify(stats(n)));
+  }
+}
+if (phase === "cs_stop") {
+  for (const n of ["cs", "iv", "down"]) { sp[n].stop(); sp[n].drop(); }
+}
+
+// SIGKILL: a change stream -> $emit S3 with short checkpoints.
+if (phase === "kill_start") {
+  sp.createStreamProcessor("kill", [cs("killin"), { $project: { _id: 0, i: "$fullDocument.i" } },
+    { $emit: { connectionName: "lake", bucket: "lake", path: "kill", config: { writeOptions: { count: 40, interval: 300 } } } }]);
+  sp.kill.start();
+}
+if (phase === "kill_wait") {
+  const n = Number(process.env.OS_ARGS);
+  waitFor("kill's input", () => stats("kill").inputMessageCount >= 1 && os.killin.countDocuments() === n, 120000);
+  sleep(2000);
+  sp.kill.stop();
+}
