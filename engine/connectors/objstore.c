@@ -44,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <zlib.h>
 
@@ -57,6 +58,9 @@
 #define DEFAULT_BYTES (16 * 1024 * 1024)
 #define DEFAULT_INTERVAL_MS 60000
 #define RESP_MAX 2048
+/* A file larger than this goes up in parts of this size (S3's smallest
+ * part is 5 MiB). */
+#define PART_SIZE (8 * 1024 * 1024)
 
 typedef enum { FMT_RELAXED, FMT_CANONICAL, FMT_BASIC } fmt_t;
 typedef enum { COMP_NONE, COMP_GZIP, COMP_SNAPPY } comp_t;
@@ -70,12 +74,20 @@ typedef struct {
    int64_t first_ms; /* monotonic time of its first document */
 } file_t;
 
-/* An object to upload, and its request while one is in flight. */
+/* An object to upload, and its request while one is in flight. A large
+ * one goes up in n_parts parts: MP_BEGIN (where the store has it), each
+ * MP_PART, then MP_COMMIT; `step` is the request to make next. */
 typedef struct upload {
    struct upload *next;
    char *key;
    char *body;
    size_t len;
+   aspen_objreq_kind_t step;
+   int part, n_parts;
+   char *upload_id;
+   char **etags;  /* per part, from its answer */
+   char *commit;  /* MP_COMMIT's body */
+   char etag[256]; /* the ETag header of the answer being read */
    int attempts;
    int64_t not_before_ms; /* monotonic: the next attempt's time */
    CURL *h;               /* while in flight */
@@ -503,9 +515,37 @@ on_body(char *ptr, size_t size, size_t n, void *arg)
    return len;
 }
 
+static size_t
+on_header(char *ptr, size_t size, size_t n, void *arg)
+{
+   upload_t *u = arg;
+   size_t len = size * n;
+   if (len > 5 && strncasecmp(ptr, "etag:", 5) == 0) {
+      const char *v = ptr + 5;
+      size_t vlen = len - 5;
+      while (vlen > 0 && (*v == ' ' || *v == '\t')) {
+         v++;
+         vlen--;
+      }
+      while (vlen > 0 && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n')) {
+         vlen--;
+      }
+      vlen = vlen < sizeof u->etag - 1 ? vlen : sizeof u->etag - 1;
+      memcpy(u->etag, v, vlen);
+      u->etag[vlen] = '\0';
+   }
+   return len;
+}
+
 static void
 upload_free(upload_t *u)
 {
+   for (int i = 0; u->etags && i < u->n_parts; i++) {
+      free(u->etags[i]);
+   }
+   free(u->etags);
+   free(u->upload_id);
+   free(u->commit);
    free(u->key);
    free(u->body);
    free(u);
@@ -532,9 +572,9 @@ set_fatal(objstore_t *s, int32_t code, const char *fmt, ...)
    s->fatal_code = code;
 }
 
-/* The text between <tag> and </tag> in an XML error body, into out. */
-static void
-xml_field(const char *xml, const char *tag, char *out, size_t size)
+void
+aspen__objstore_xml_field(const char *xml, const char *tag, char *out,
+                          size_t size)
 {
    char open[48], close[48];
    snprintf(open, sizeof open, "<%s>", tag);
@@ -556,8 +596,8 @@ static void
 refusal(long status, const char *body, char *out, size_t size)
 {
    char code[128], msg[512];
-   xml_field(body, "Code", code, sizeof code);
-   xml_field(body, "Message", msg, sizeof msg);
+   aspen__objstore_xml_field(body, "Code", code, sizeof code);
+   aspen__objstore_xml_field(body, "Message", msg, sizeof msg);
    const char *why = status == 401 || status == 403 ? "authentication failed "
                                                       "(check the "
                                                       "connection's "
@@ -586,8 +626,24 @@ start_request(objstore_t *s, upload_t *u)
    curl_easy_setopt(u->h, CURLOPT_WRITEFUNCTION, on_body);
    curl_easy_setopt(u->h, CURLOPT_WRITEDATA, u);
    curl_easy_setopt(u->h, CURLOPT_PRIVATE, u);
-   if (!s->be->request(s->conn, s->region, s->bucket, u->key, u->body, u->len,
-                       u->h, &u->hdrs, &err)) {
+   curl_easy_setopt(u->h, CURLOPT_HEADERFUNCTION, on_header);
+   curl_easy_setopt(u->h, CURLOPT_HEADERDATA, u);
+   u->etag[0] = '\0';
+   aspen_objreq_t req = {.kind = u->step, .key = u->key,
+                         .upload_id = u->upload_id, .part = u->part};
+   if (u->step == ASPEN_OBJ_PUT) {
+      req.body = u->body;
+      req.len = u->len;
+   } else if (u->step == ASPEN_OBJ_MP_PART) {
+      size_t off = (size_t) (u->part - 1) * PART_SIZE;
+      req.body = u->body + off;
+      req.len = u->len - off < PART_SIZE ? u->len - off : PART_SIZE;
+   } else if (u->step == ASPEN_OBJ_MP_COMMIT) {
+      req.body = u->commit;
+      req.len = strlen(u->commit);
+   }
+   if (!s->be->request(s->conn, s->region, s->bucket, &req, u->h, &u->hdrs,
+                       &err)) {
       set_fatal(s, err.code, "%s", err.message);
       curl_easy_cleanup(u->h);
       curl_slist_free_all(u->hdrs);
@@ -625,6 +681,39 @@ unlink_upload(objstore_t *s, upload_t *u)
    upload_free(u);
 }
 
+/* After a successful request: the upload's next one, or done. */
+static void
+next_step(objstore_t *s, upload_t *u)
+{
+   u->attempts = 0;
+   u->not_before_ms = 0;
+   switch (u->step) {
+   case ASPEN_OBJ_MP_BEGIN:
+      u->upload_id = s->be->upload_id(u->resp);
+      if (!u->upload_id) {
+         set_fatal(s, s->be->code,
+                   "the store's answer to starting a multipart upload of "
+                   "'%s' has no upload id",
+                   u->key);
+         return;
+      }
+      u->step = ASPEN_OBJ_MP_PART;
+      u->part = 1;
+      return;
+   case ASPEN_OBJ_MP_PART:
+      u->etags[u->part - 1] = aspen_xstrdup(u->etag);
+      if (++u->part <= u->n_parts) {
+         return;
+      }
+      u->commit = s->be->commit_body(u->n_parts, u->etags);
+      u->step = ASPEN_OBJ_MP_COMMIT;
+      return;
+   default:
+      unlink_upload(s, u); /* the object is there, whole */
+      return;
+   }
+}
+
 /* A finished request: done, retried later, or fatal. */
 static void
 finished(objstore_t *s, upload_t *u, CURLcode rc)
@@ -635,7 +724,10 @@ finished(objstore_t *s, upload_t *u, CURLcode rc)
    snprintf(curl_msg, sizeof curl_msg, "%s", curl_easy_strerror(rc));
    end_request(s, u);
    int64_t now = aspen_clock_mono_ms();
-   if (rc == CURLE_OK && status >= 200 && status < 300) {
+   /* S3 may answer a CompleteMultipartUpload with 200 and an error in the
+    * body; it asks for the request again. */
+   bool body_error = u->step == ASPEN_OBJ_MP_COMMIT && strstr(u->resp, "<Error>");
+   if (rc == CURLE_OK && status >= 200 && status < 300 && !body_error) {
       if (s->down_since_ms) {
          aspen_logf(ASPEN_LOG_INFO, "STREAMS",
                     aspen_rt_processor_name(s->rt),
@@ -643,11 +735,11 @@ finished(objstore_t *s, upload_t *u, CURLcode rc)
                     s->be->label);
          s->down_since_ms = 0;
       }
-      unlink_upload(s, u);
+      next_step(s, u);
       return;
    }
    bool transient = rc != CURLE_OK || status >= 500 || status == 429 ||
-                    status == 408;
+                    status == 408 || body_error;
    if (!transient) {
       char why[ASPEN_ERROR_MSG_MAX];
       refusal(status, u->resp, why, sizeof why);
@@ -791,6 +883,13 @@ cut(objstore_t *s, file_t *f, aspen_error_t *err)
    }
    f->len = 0;
    f->count = 0;
+   u->step = ASPEN_OBJ_PUT;
+   if (u->len > PART_SIZE) {
+      u->n_parts = (int) ((u->len + PART_SIZE - 1) / PART_SIZE);
+      u->etags = aspen_xcalloc((size_t) u->n_parts, sizeof *u->etags);
+      u->step = s->be->mp_begin ? ASPEN_OBJ_MP_BEGIN : ASPEN_OBJ_MP_PART;
+      u->part = 1;
+   }
    upload_t **tail = &s->queue;
    while (*tail) {
       tail = &(*tail)->next;
@@ -896,8 +995,9 @@ aspen__objstore_open(const aspen_objstore_backend_t *be, aspen_runtime_t *rt,
    upload_t probe = {0};
    CURL *h = curl_easy_init();
    struct curl_slist *hdrs = NULL;
-   bool ok = h && be->request(s->conn, s->region, s->bucket, NULL, NULL, 0, h,
-                              &hdrs, err);
+   aspen_objreq_t req = {.kind = ASPEN_OBJ_PROBE};
+   bool ok = h && be->request(s->conn, s->region, s->bucket, &req, h, &hdrs,
+                              err);
    if (ok) {
       curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
       curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);

@@ -17,6 +17,26 @@
 
 #include <curl/curl.h>
 
+/* One request of an upload: the probe at start, a whole object, or a step
+ * of a multipart one (a file of more than one part: begin, each part,
+ * then commit, which makes the object appear whole). */
+typedef enum {
+   ASPEN_OBJ_PROBE,     /* the bucket itself: it exists, credentials work */
+   ASPEN_OBJ_PUT,       /* object `key` is `body` */
+   ASPEN_OBJ_MP_BEGIN,  /* start a multipart upload of `key` */
+   ASPEN_OBJ_MP_PART,   /* part `part` (1-based) is `body` */
+   ASPEN_OBJ_MP_COMMIT, /* `body` (commit_body's) completes the upload */
+} aspen_objreq_kind_t;
+
+typedef struct {
+   aspen_objreq_kind_t kind;
+   const char *key;
+   const void *body;
+   size_t len;
+   int part;
+   const char *upload_id; /* what MP_BEGIN's answer named, or NULL */
+} aspen_objreq_t;
+
 /* What one object store provides to the core. */
 typedef struct {
    const char *label;         /* "S3": in messages */
@@ -26,16 +46,25 @@ typedef struct {
    const aspen_conn_ops_t *kind; /* the connection kind it writes through */
    int32_t conn_code;         /* the error code of an unreachable store */
    int32_t code;              /* the error code of a refused request */
-   /* Sets `h` up for one request on the connection `conn`: the bucket
-    * itself (`key` NULL: a probe that it exists and the credentials are
-    * accepted) or a PUT of `len` bytes at `body` as object `key`. The URL,
-    * method, body and headers (into *hdrs, freed by the caller) and the
-    * signature. False (err set) when it cannot be made. */
+   bool mp_begin;             /* multipart uploads start with MP_BEGIN */
+   /* Sets `h` up for request `req` on the connection `conn` to `bucket`:
+    * the URL, method, body and headers (into *hdrs, freed by the caller)
+    * and the signature. False (err set) when it cannot be made. */
    bool (*request)(const aspen_conn_t *conn, const char *region,
-                   const char *bucket, const char *key, const void *body,
-                   size_t len, CURL *h, struct curl_slist **hdrs,
-                   aspen_error_t *err);
+                   const char *bucket, const aspen_objreq_t *req, CURL *h,
+                   struct curl_slist **hdrs, aspen_error_t *err);
+   /* The body of MP_COMMIT for parts 1..n, whose answers gave `etags`
+    * (their ETag headers, as sent), into a new string. */
+   char *(*commit_body)(int n, char *const *etags);
+   /* The upload id in MP_BEGIN's answer `resp`, into a new string, or
+    * NULL when it has none. */
+   char *(*upload_id)(const char *resp);
 } aspen_objstore_backend_t;
+
+/* The text between <tag> and </tag> in the XML `xml` into out (empty
+ * when it is not there). */
+void aspen__objstore_xml_field(const char *xml, const char *tag, char *out,
+                               size_t size);
 
 /* The sink ops' work, for the sink of backend `be`. */
 bool aspen__objstore_parse(const aspen_objstore_backend_t *be,

@@ -2,8 +2,9 @@
  * sink_emit_azure_blob.c - $emit to Azure Blob Storage, the $emit sink of
  * the azure-blob row of connectors.def: {connectionName, container, path,
  * config: {writeOptions, delimiter, outputFormat, compression}}, written as
- * objstore.c writes files. Each file is one block blob (Put Blob); the
- * probe at start is Get Container Properties. Requests are signed with the
+ * objstore.c writes files. Each file is one block blob: Put Blob, or for a
+ * large one Put Block per part and Put Block List, which makes the blob
+ * appear whole; the probe at start is Get Container Properties. Requests are signed with the
  * storage account's shared key (Authorization: SharedKey, an HMAC-SHA256
  * of the canonical request with the decoded key).
  */
@@ -29,10 +30,20 @@ url_path(const char *url)
    return p ? p : "/";
 }
 
+/* Block `part`'s id: base64 of its number in 8 digits (a blob's block ids
+ * must all have one length). */
+static void
+block_id(int part, char out[16])
+{
+   char digits[16];
+   snprintf(digits, sizeof digits, "%08d", part);
+   EVP_EncodeBlock((unsigned char *) out, (const unsigned char *) digits, 8);
+}
+
 static bool
 azure_request(const aspen_conn_t *conn, const char *region, const char *bucket,
-              const char *key, const void *body, size_t len, CURL *h,
-              struct curl_slist **hdrs, aspen_error_t *err)
+              const aspen_objreq_t *req, CURL *h, struct curl_slist **hdrs,
+              aspen_error_t *err)
 {
    (void) region;
    const aspen_azure_blob_t *a = aspen__conn_azure_blob(conn);
@@ -46,35 +57,57 @@ azure_request(const aspen_conn_t *conn, const char *region, const char *bucket,
    char url[4096];
    snprintf(url, sizeof url, "%s/", a->endpoint);
    aspen__objstore_encode_path(bucket, url, sizeof url);
-   if (key) {
+   if (req->kind != ASPEN_OBJ_PROBE) {
       size_t n = strlen(url);
       snprintf(url + n, sizeof url - n, "/");
-      aspen__objstore_encode_path(key, url, sizeof url);
+      aspen__objstore_encode_path(req->key, url, sizeof url);
    }
+   char path[4096];
+   snprintf(path, sizeof path, "%s", url_path(url));
    char date[64];
    time_t now = time(NULL);
    struct tm tm;
    gmtime_r(&now, &tm);
    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
 
-   char canon[8192];
-   char length[32] = "";
-   if (key) {
-      snprintf(length, sizeof length, "%zu", len);
-      snprintf(canon, sizeof canon,
-               "PUT\n\n\n%s\n\napplication/octet-stream\n\n\n\n\n\n\n"
-               "x-ms-blob-type:BlockBlob\nx-ms-date:%s\nx-ms-version:%s\n"
-               "/%s%s",
-               len ? length : "", date, API_VERSION, a->account,
-               url_path(url));
-   } else {
-      snprintf(canon, sizeof canon,
-               "GET\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:%s\nx-ms-version:%s\n"
-               "/%s%s\nrestype:container",
-               date, API_VERSION, a->account, url_path(url));
-      size_t n = strlen(url);
-      snprintf(url + n, sizeof url - n, "?restype=container");
+   /* The query (in the URL, encoded) and its canonical form (decoded,
+    * one "\nname:value" per parameter, sorted by name). */
+   char query[128] = "", canon_query[128] = "", id[16];
+   const char *blob_type = "";
+   switch (req->kind) {
+   case ASPEN_OBJ_PROBE:
+      snprintf(query, sizeof query, "?restype=container");
+      snprintf(canon_query, sizeof canon_query, "\nrestype:container");
+      break;
+   case ASPEN_OBJ_PUT:
+      blob_type = "x-ms-blob-type:BlockBlob\n";
+      break;
+   case ASPEN_OBJ_MP_PART:
+      block_id(req->part, id);
+      snprintf(query, sizeof query, "?comp=block&blockid=");
+      aspen__objstore_encode_path(id, query, sizeof query);
+      snprintf(canon_query, sizeof canon_query, "\nblockid:%s\ncomp:block",
+               id);
+      break;
+   case ASPEN_OBJ_MP_COMMIT:
+      snprintf(query, sizeof query, "?comp=blocklist");
+      snprintf(canon_query, sizeof canon_query, "\ncomp:blocklist");
+      break;
+   case ASPEN_OBJ_MP_BEGIN: /* not used: blocks need no begin */
+      break;
    }
+   bool put = req->kind != ASPEN_OBJ_PROBE;
+   char length[32] = "";
+   if (put && req->len) {
+      snprintf(length, sizeof length, "%zu", req->len);
+   }
+   char canon[8192];
+   snprintf(canon, sizeof canon,
+            "%s\n\n\n%s\n\n%s\n\n\n\n\n\n\n%sx-ms-date:%s\nx-ms-version:%s\n"
+            "/%s%s%s",
+            put ? "PUT" : "GET", length,
+            put ? "application/octet-stream" : "", blob_type, date,
+            API_VERSION, a->account, path, canon_query);
    unsigned char mac[32];
    unsigned int mac_len = 0;
    HMAC(EVP_sha256(), a->key, (int) a->key_len, (const unsigned char *) canon,
@@ -89,17 +122,40 @@ azure_request(const aspen_conn_t *conn, const char *region, const char *bucket,
    snprintf(line, sizeof line, "Authorization: SharedKey %s:%s", a->account,
             sig);
    *hdrs = curl_slist_append(*hdrs, line);
-   if (key) {
-      *hdrs = curl_slist_append(*hdrs, "x-ms-blob-type: BlockBlob");
+   if (put) {
+      if (req->kind == ASPEN_OBJ_PUT) {
+         *hdrs = curl_slist_append(*hdrs, "x-ms-blob-type: BlockBlob");
+      }
       *hdrs = curl_slist_append(*hdrs,
                                 "Content-Type: application/octet-stream");
       *hdrs = curl_slist_append(*hdrs, "Expect:");
       curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "PUT");
-      curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-      curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) len);
+      curl_easy_setopt(h, CURLOPT_POSTFIELDS, req->body);
+      curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->len);
    }
+   size_t n = strlen(url);
+   snprintf(url + n, sizeof url - n, "%s", query);
    curl_easy_setopt(h, CURLOPT_URL, url);
    return true;
+}
+
+static char *
+azure_commit_body(int n, char *const *etags)
+{
+   (void) etags;
+   size_t cap = 96 + (size_t) n * 40;
+   char *out = aspen_xmalloc(cap);
+   size_t len = (size_t) snprintf(out, cap,
+                                  "<?xml version=\"1.0\" encoding=\"utf-8\"?>"
+                                  "<BlockList>");
+   for (int i = 0; i < n; i++) {
+      char id[16];
+      block_id(i + 1, id);
+      len += (size_t) snprintf(out + len, cap - len, "<Latest>%s</Latest>",
+                               id);
+   }
+   snprintf(out + len, cap - len, "</BlockList>");
+   return out;
 }
 
 static const aspen_objstore_backend_t azure_backend = {
@@ -111,6 +167,7 @@ static const aspen_objstore_backend_t azure_backend = {
    .conn_code = ASPEN_ERR_StreamProcessorS3ConnectionError,
    .code = ASPEN_ERR_StreamProcessorS3Error,
    .request = azure_request,
+   .commit_body = azure_commit_body,
 };
 
 static bool

@@ -5,7 +5,10 @@
  * compression}}. The files and their uploads are objstore.c's; this file
  * makes the requests: path-style URLs (endpoint/bucket/key, which both AWS
  * and the emulators serve), signed with SigV4 (aws.c). The probe at start
- * is GetBucketLocation, which needs the bucket and accepted credentials.
+ * is GetBucketLocation, which needs the bucket and accepted credentials. A
+ * file goes up with PutObject, a large one as a multipart upload
+ * (CreateMultipartUpload, UploadPart, CompleteMultipartUpload): S3 shows
+ * the object only once it is complete.
  */
 #include "connectors/connectors.h"
 #include "connectors/objstore.h"
@@ -18,8 +21,8 @@
 
 static bool
 s3_request(const aspen_conn_t *conn, const char *region, const char *bucket,
-           const char *key, const void *body, size_t len, CURL *h,
-           struct curl_slist **hdrs, aspen_error_t *err)
+           const aspen_objreq_t *req, CURL *h, struct curl_slist **hdrs,
+           aspen_error_t *err)
 {
    const aspen_aws_t *aws = aspen__conn_s3_aws(conn);
    if (!region) {
@@ -30,21 +33,45 @@ s3_request(const aspen_conn_t *conn, const char *region, const char *bucket,
    size_t n = strlen(url);
    snprintf(url + n, sizeof url - n, "/");
    aspen__objstore_encode_path(bucket, url, sizeof url);
-   char sha[65];
-   if (!key) {
-      n = strlen(url);
-      snprintf(url + n, sizeof url - n, "?location");
-      aspen__aws_sha256_hex("", 0, sha);
-   } else {
+   if (req->kind != ASPEN_OBJ_PROBE) {
       n = strlen(url);
       snprintf(url + n, sizeof url - n, "/");
-      aspen__objstore_encode_path(key, url, sizeof url);
-      curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "PUT");
-      curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-      curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) len);
-      *hdrs = curl_slist_append(*hdrs, "Content-Type: application/octet-stream");
+      aspen__objstore_encode_path(req->key, url, sizeof url);
+   }
+   n = strlen(url);
+   const char *method = "PUT";
+   switch (req->kind) {
+   case ASPEN_OBJ_PROBE:
+      snprintf(url + n, sizeof url - n, "?location");
+      method = NULL;
+      break;
+   case ASPEN_OBJ_PUT:
+      break;
+   case ASPEN_OBJ_MP_BEGIN:
+      snprintf(url + n, sizeof url - n, "?uploads=");
+      method = "POST";
+      break;
+   case ASPEN_OBJ_MP_PART:
+      snprintf(url + n, sizeof url - n, "?partNumber=%d&uploadId=", req->part);
+      aspen__objstore_encode_path(req->upload_id, url, sizeof url);
+      break;
+   case ASPEN_OBJ_MP_COMMIT:
+      snprintf(url + n, sizeof url - n, "?uploadId=");
+      aspen__objstore_encode_path(req->upload_id, url, sizeof url);
+      method = "POST";
+      break;
+   }
+   char sha[65];
+   aspen__aws_sha256_hex(req->body ? req->body : "", req->len, sha);
+   if (method) {
+      curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+      curl_easy_setopt(h, CURLOPT_POSTFIELDS, req->body ? req->body : "");
+      curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->len);
+      *hdrs = curl_slist_append(*hdrs, req->kind == ASPEN_OBJ_MP_COMMIT
+                                          ? "Content-Type: application/xml"
+                                          : "Content-Type: "
+                                            "application/octet-stream");
       *hdrs = curl_slist_append(*hdrs, "Expect:");
-      aspen__aws_sha256_hex(body, len, sha);
    }
    curl_easy_setopt(h, CURLOPT_URL, url);
    if (!aspen__aws_sign(h, hdrs, aws, "s3", region, sha, err)) {
@@ -52,6 +79,33 @@ s3_request(const aspen_conn_t *conn, const char *region, const char *bucket,
       return false;
    }
    return true;
+}
+
+static char *
+s3_commit_body(int n, char *const *etags)
+{
+   size_t cap = 128;
+   for (int i = 0; i < n; i++) {
+      cap += strlen(etags[i]) + 96;
+   }
+   char *out = aspen_xmalloc(cap);
+   size_t len = (size_t) snprintf(out, cap, "<CompleteMultipartUpload>");
+   for (int i = 0; i < n; i++) {
+      len += (size_t) snprintf(out + len, cap - len,
+                               "<Part><PartNumber>%d</PartNumber><ETag>%s"
+                               "</ETag></Part>",
+                               i + 1, etags[i]);
+   }
+   snprintf(out + len, cap - len, "</CompleteMultipartUpload>");
+   return out;
+}
+
+static char *
+s3_upload_id(const char *resp)
+{
+   char id[1024];
+   aspen__objstore_xml_field(resp, "UploadId", id, sizeof id);
+   return id[0] ? aspen_xstrdup(id) : NULL;
 }
 
 static const aspen_objstore_backend_t s3_backend = {
@@ -62,7 +116,10 @@ static const aspen_objstore_backend_t s3_backend = {
    .kind = &aspen_conn_s3_ops,
    .conn_code = ASPEN_ERR_StreamProcessorS3ConnectionError,
    .code = ASPEN_ERR_StreamProcessorS3Error,
+   .mp_begin = true,
    .request = s3_request,
+   .commit_body = s3_commit_body,
+   .upload_id = s3_upload_id,
 };
 
 static bool

@@ -15,6 +15,9 @@ Blob Storage (Azurite, through azure-storage-blob), never through aspen.
       --delimiter D     documents separated by D (default newline)
       --check EXPR      a Python expression over `doc` true for every one
       --min-objects M   at least M objects
+      --multipart       every object was uploaded in parts (S3: its ETag
+                        is a multipart one, "<md5>-<parts>"; Azure: it has
+                        more than one committed block)
 Every object must decompress and each of its documents parse as JSON (a
 truncated object fails). Exit status 0 when every expectation holds; the
 reasons otherwise.
@@ -46,6 +49,10 @@ class S3:
                 out.append((o["Key"], body))
         return out
 
+    def parts(self, bucket, key):
+        etag = self.c.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+        return int(etag.split("-")[1]) if "-" in etag else 1
+
 
 class Azure:
     def __init__(self, endpoint):
@@ -61,6 +68,10 @@ class Azure:
         cc = self.c.get_container_client(container)
         return [(b.name, cc.download_blob(b.name).readall())
                 for b in cc.list_blobs(name_starts_with=prefix)]
+
+    def parts(self, container, key):
+        committed, _ = self.c.get_blob_client(container, key).get_block_list("committed")
+        return len(committed)
 
 
 def main():
@@ -78,6 +89,7 @@ def main():
     ap.add_argument("--delimiter", default="\n")
     ap.add_argument("--check")
     ap.add_argument("--min-objects", type=int, default=1)
+    ap.add_argument("--multipart", action="store_true")
     a = ap.parse_args()
     store = (S3 if a.store == "s3" else Azure)(a.endpoint)
     if a.cmd == "mkbucket":
@@ -94,6 +106,8 @@ def main():
         bad.append("%d objects under %r, expected at least %d"
                    % (len(objs), a.prefix, a.min_objects))
     for key, body in objs:
+        if a.multipart and store.parts(a.bucket, key) < 2:
+            bad.append("%s was not uploaded in parts" % key)
         if a.suffix and not key.endswith(a.suffix):
             bad.append("key %s does not end with %s" % (key, a.suffix))
         if key.endswith(".gz"):

@@ -6,7 +6,8 @@
 # Checks: the connections are listed without secrets; ASP's options are
 # validated; files are cut by writeOptions.count, .bytes and .interval,
 # split by a path expression, gzip-compressed, in basicJson and
-# canonicalJson with a delimiter, each document exactly once; Azure blobs
+# canonicalJson with a delimiter, each document exactly once; 12 MB files
+# uploaded in parts (S3 multipart, Azure blocks) and whole; Azure blobs
 # likewise; a change stream -> $emit S3 writes while it runs; a missing
 # bucket and a wrong Azure key fail the start with the store's reason; an
 # S3 endpoint that goes away mid-run (a relay cut) is retried until it is
@@ -95,6 +96,10 @@ check "S3 gzip + basicJson: readable with gzip, ObjectId/Date/Decimal as strings
 check "S3 canonicalJson with delimiter '|'" \
     store s3 "$S3" expect lake canon/ --ids 5 --once --delimiter '|' \
     --check "doc['i'] == {'\$numberInt': str(doc['i']['\$numberInt'])}"
+check "S3 multipart: a 12 MB file uploaded in parts, whole, each document once" \
+    store s3 "$S3" expect lake big/ --ids 60 --once --multipart
+check "Azure Blob: a 12 MB file as blocks + block list, whole, each document once" \
+    store azure "$AZ" expect blobs azbig/ --ids 60 --once --multipart
 check "Azure Blob: 35 documents once in gzip blobs of 10, read by azure-storage-blob" \
     store azure "$AZ" expect blobs az/ --ids 35 --once --per-object 10 --suffix .json.gz
 check "a missing bucket and a wrong Azure key fail the start with the store's reason" phase faults

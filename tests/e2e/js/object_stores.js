@@ -76,6 +76,18 @@ if (phase === "files") {
             config: { compression: "gzip", outputFormat: "basicJson", delimiter: "\n" } });
   runDocs("canon", docs(5), { connectionName: "lake", bucket: "lake", path: "canon",
                               config: { outputFormat: "canonicalJson", delimiter: "|" } });
+  // Files of ~12 MB: multipart uploads (parts of 8 MiB).
+  const big = (name, emit) => {
+    sp.createStreamProcessor(name, [{ $source: { documents: docs(60) } },
+      { $addFields: { pad: { $map: { input: { $range: [0, 2000] }, in: "0123456789".repeat(10) } } } },
+      { $emit: emit }]);
+    sp[name].start();
+    waitFor(name + " output", () => Number(stats(name).outputMessageCount) === 60);
+    sp[name].stop();
+    sp[name].drop();
+  };
+  big("big", { connectionName: "lake", bucket: "lake", path: "big", config: { writeOptions: { count: 60 } } });
+  big("azbig", { connectionName: "blob", container: "blobs", path: "azbig", config: { writeOptions: { count: 60 } } });
   runDocs("azure", docs(35), { connectionName: "blob", container: "blobs", path: "az",
                                config: { writeOptions: { count: 10 }, compression: "gzip" } });
 }
