@@ -3,6 +3,7 @@ Blob Storage (Azurite, through azure-storage-blob), never through aspen.
 
   objstore_check.py s3 ENDPOINT mkbucket BUCKET
   objstore_check.py azure ENDPOINT mkbucket CONTAINER
+  objstore_check.py STORE ENDPOINT rmbucket BUCKET   (and what it holds)
   objstore_check.py STORE ENDPOINT count BUCKET PREFIX
       prints the number of objects under PREFIX
   objstore_check.py STORE ENDPOINT expect BUCKET PREFIX [options]
@@ -40,6 +41,11 @@ class S3:
     def mkbucket(self, name):
         self.c.create_bucket(Bucket=name)
 
+    def rmbucket(self, name):
+        for key, _ in self.objects(name, ""):
+            self.c.delete_object(Bucket=name, Key=key)
+        self.c.delete_bucket(Bucket=name)
+
     def objects(self, bucket, prefix):
         out = []
         for page in self.c.get_paginator("list_objects_v2").paginate(
@@ -64,6 +70,9 @@ class Azure:
     def mkbucket(self, name):
         self.c.create_container(name)
 
+    def rmbucket(self, name):
+        self.c.delete_container(name)
+
     def objects(self, container, prefix):
         cc = self.c.get_container_client(container)
         return [(b.name, cc.download_blob(b.name).readall())
@@ -78,7 +87,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("store", choices=["s3", "azure"])
     ap.add_argument("endpoint")
-    ap.add_argument("cmd", choices=["mkbucket", "count", "expect"])
+    ap.add_argument("cmd", choices=["mkbucket", "rmbucket", "count", "expect"])
     ap.add_argument("bucket")
     ap.add_argument("prefix", nargs="?", default="")
     ap.add_argument("--ids", type=int)
@@ -92,8 +101,8 @@ def main():
     ap.add_argument("--multipart", action="store_true")
     a = ap.parse_args()
     store = (S3 if a.store == "s3" else Azure)(a.endpoint)
-    if a.cmd == "mkbucket":
-        store.mkbucket(a.bucket)
+    if a.cmd in ("mkbucket", "rmbucket"):
+        getattr(store, a.cmd)(a.bucket)
         return 0
     objs = store.objects(a.bucket, a.prefix)
     if a.cmd == "count":

@@ -9,7 +9,9 @@
 # canonicalJson with a delimiter, each document exactly once; 12 MB files
 # uploaded in parts (S3 multipart, Azure blocks) and whole; Azure blobs
 # likewise; a change stream -> $emit S3 writes while it runs; a missing
-# bucket and a wrong Azure key fail the start with the store's reason; an
+# bucket, a wrong Azure key and an unreachable endpoint fail the start
+# with the store's reason; a bucket or container deleted mid-run fails the
+# processor with the store's 404 in its errorMsg; an
 # S3 endpoint that goes away mid-run (a relay cut) is retried until it is
 # back, without losing a document; and SIGKILLs of aspen while documents
 # flow leave every document in S3 at least once and no object truncated.
@@ -28,6 +30,7 @@ rm -rf "$STATE" "$AZ_DIR"
 MOTO_PORT=$(free_port)
 AZ_PORT=$(free_port)
 RELAY_PORT=$(free_port)
+DOWN_PORT=$(free_port) # nothing listens there
 S3=http://127.0.0.1:$MOTO_PORT
 AZ=http://127.0.0.1:$AZ_PORT/$AZURITE_ACCOUNT
 store() { "$PEERS_PYTHON" "$HERE/objstore_check.py" "$@"; }
@@ -39,6 +42,8 @@ write_config() { # CHECKPOINT_INTERVAL_MS
   { "name": "atlas", "type": "atlas" },
   { "name": "lake", "type": "s3", "aws": { "roleArn": "arn:aws:iam::123456789012:role/aspen" },
     "region": "us-east-1", "endpoint": "$S3",
+    "credentials": { "accessKeyId": "test", "secretAccessKey": "s3-secret" } },
+  { "name": "lakedown", "type": "s3", "endpoint": "http://127.0.0.1:$DOWN_PORT",
     "credentials": { "accessKeyId": "test", "secretAccessKey": "s3-secret" } },
   { "name": "lakerelay", "type": "s3", "endpoint": "http://127.0.0.1:$RELAY_PORT",
     "credentials": { "accessKeyId": "test", "secretAccessKey": "s3-secret" } },
@@ -102,7 +107,12 @@ check "Azure Blob: a 12 MB file as blocks + block list, whole, each document onc
     store azure "$AZ" expect blobs azbig/ --ids 60 --once --multipart
 check "Azure Blob: 35 documents once in gzip blobs of 10, read by azure-storage-blob" \
     store azure "$AZ" expect blobs az/ --ids 35 --once --per-object 10 --suffix .json.gz
-check "a missing bucket and a wrong Azure key fail the start with the store's reason" phase faults
+check "a missing bucket, a wrong Azure key, an unreachable endpoint fail the start" phase faults
+must "bucket and container 'gone' created" eval 'store s3 "$S3" mkbucket gone && store azure "$AZ" mkbucket gone'
+must "processors writing to them start" phase gone_start
+check "bucket and container 'gone' deleted while they run" eval 'store s3 "$S3" rmbucket gone && store azure "$AZ" rmbucket gone'
+check "an insert for each" eval 'insert s3gone 0 1 && insert azgone 0 1'
+check "each processor FAILED with the store's 404 reason in errorMsg" phase gone_check
 
 must "change stream -> \$emit processors start" phase cs_start
 check "12 inserts into os.csin" insert csin 0 12

@@ -105,6 +105,32 @@ if (phase === "faults") {
   assert(err && /Azure Blob \$emit .* failed: authentication failed .*HTTP 403/.test(err.message),
          "a wrong account key fails the start: " + (err && err.message));
   sp.badkey.drop();
+  sp.createStreamProcessor("down", [cs("dn"), { $emit: { connectionName: "lakedown", bucket: "lake" } }]);
+  err = null;
+  try { sp.down.start(); } catch (e) { err = e; }
+  assert(err && err.code === 443 && /S3 \$emit .* failed: cannot reach the store/.test(err.message),
+         "an unreachable endpoint fails the start with 443: " + (err && err.code) + " " + (err && err.message));
+  sp.down.drop();
+}
+
+// A bucket / container deleted while its processor runs: the next upload
+// is refused (404) and the processor fails with the store's reason.
+if (phase === "gone_start") {
+  sp.createStreamProcessor("s3gone", [cs("s3gone"), { $emit: { connectionName: "lake", bucket: "gone",
+    config: { writeOptions: { count: 1 } } } }]);
+  sp.s3gone.start();
+  sp.createStreamProcessor("azgone", [cs("azgone"), { $emit: { connectionName: "blob", container: "gone",
+    config: { writeOptions: { count: 1 } } } }]);
+  sp.azgone.start();
+}
+if (phase === "gone_check") {
+  for (const [name, re] of [["s3gone", /S3 \$emit to bucket 'gone' .* not found: HTTP 404 NoSuchBucket/],
+                            ["azgone", /Azure Blob \$emit to container 'gone' .* not found: HTTP 404 ContainerNotFound/]]) {
+    waitFor(name + " FAILED", () => sp.listStreamProcessors({ name: name }).find((p) => p.name === name).state === "FAILED");
+    const p = sp.listStreamProcessors({ name: name }).find((x) => x.name === name);
+    assert(re.test(p.errorMsg), name + " fails with the store's reason: " + p.errorMsg);
+    sp[name].drop();
+  }
 }
 
 // A change stream -> $emit S3 cut by count while it runs.
