@@ -951,7 +951,7 @@ cut_due(objstore_t *s, bool all, aspen_error_t *err)
 }
 
 void
-aspen__objstore_encode_path(const char *s, char *out, size_t size)
+aspen__objstore_encode(const char *s, bool keep_slash, char *out, size_t size)
 {
    static const char hex[] = "0123456789ABCDEF";
    size_t n = strlen(out);
@@ -959,7 +959,7 @@ aspen__objstore_encode_path(const char *s, char *out, size_t size)
       unsigned char c = (unsigned char) *s;
       if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
           (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.' ||
-          c == '~' || c == '/') {
+          c == '~' || (c == '/' && keep_slash)) {
          out[n++] = (char) c;
       } else {
          out[n++] = '%';

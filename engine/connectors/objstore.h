@@ -79,9 +79,11 @@ bool aspen__objstore_flush(aspen_runtime_t *rt, void *state,
                            aspen_error_t *err);
 void aspen__objstore_close(void *state);
 
-/* Appends `s` to the string `out` (of `size` bytes) percent-encoded for a
- * URL path: RFC 3986's unreserved characters and '/' stay. */
-void aspen__objstore_encode_path(const char *s, char *out, size_t size);
+/* Appends `s` to the string `out` (of `size` bytes) percent-encoded as
+ * SigV4 and SharedKey sign it: RFC 3986's unreserved characters stay, and
+ * '/' with `keep_slash` (a path; a query value has it encoded). */
+void aspen__objstore_encode(const char *s, bool keep_slash, char *out,
+                            size_t size);
 
 /* The S3 connection's AWS options, or NULL when `conn` is no S3 one. */
 const aspen_aws_t *aspen__conn_s3_aws(const aspen_conn_t *conn);

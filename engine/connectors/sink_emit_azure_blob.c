@@ -56,11 +56,11 @@ azure_request(const aspen_conn_t *conn, const char *region, const char *bucket,
    }
    char url[4096];
    snprintf(url, sizeof url, "%s/", a->endpoint);
-   aspen__objstore_encode_path(bucket, url, sizeof url);
+   aspen__objstore_encode(bucket, true, url, sizeof url);
    if (req->kind != ASPEN_OBJ_PROBE) {
       size_t n = strlen(url);
       snprintf(url + n, sizeof url - n, "/");
-      aspen__objstore_encode_path(req->key, url, sizeof url);
+      aspen__objstore_encode(req->key, true, url, sizeof url);
    }
    char path[4096];
    snprintf(path, sizeof path, "%s", url_path(url));
@@ -85,7 +85,7 @@ azure_request(const aspen_conn_t *conn, const char *region, const char *bucket,
    case ASPEN_OBJ_MP_PART:
       block_id(req->part, id);
       snprintf(query, sizeof query, "?comp=block&blockid=");
-      aspen__objstore_encode_path(id, query, sizeof query);
+      aspen__objstore_encode(id, false, query, sizeof query);
       snprintf(canon_query, sizeof canon_query, "\nblockid:%s\ncomp:block",
                id);
       break;

@@ -32,17 +32,19 @@ s3_request(const aspen_conn_t *conn, const char *region, const char *bucket,
    aspen__aws_base_url(aws, "s3", region, url, sizeof url);
    size_t n = strlen(url);
    snprintf(url + n, sizeof url - n, "/");
-   aspen__objstore_encode_path(bucket, url, sizeof url);
+   aspen__objstore_encode(bucket, true, url, sizeof url);
    if (req->kind != ASPEN_OBJ_PROBE) {
       n = strlen(url);
       snprintf(url + n, sizeof url - n, "/");
-      aspen__objstore_encode_path(req->key, url, sizeof url);
+      aspen__objstore_encode(req->key, true, url, sizeof url);
    }
    n = strlen(url);
    const char *method = "PUT";
    switch (req->kind) {
    case ASPEN_OBJ_PROBE:
-      snprintf(url + n, sizeof url - n, "?location");
+      /* libcurl signs the query as written, and the canonical form of a
+       * parameter without a value ends with "=". */
+      snprintf(url + n, sizeof url - n, "?location=");
       method = NULL;
       break;
    case ASPEN_OBJ_PUT:
@@ -53,11 +55,11 @@ s3_request(const aspen_conn_t *conn, const char *region, const char *bucket,
       break;
    case ASPEN_OBJ_MP_PART:
       snprintf(url + n, sizeof url - n, "?partNumber=%d&uploadId=", req->part);
-      aspen__objstore_encode_path(req->upload_id, url, sizeof url);
+      aspen__objstore_encode(req->upload_id, false, url, sizeof url);
       break;
    case ASPEN_OBJ_MP_COMMIT:
       snprintf(url + n, sizeof url - n, "?uploadId=");
-      aspen__objstore_encode_path(req->upload_id, url, sizeof url);
+      aspen__objstore_encode(req->upload_id, false, url, sizeof url);
       method = "POST";
       break;
    }
@@ -71,7 +73,8 @@ s3_request(const aspen_conn_t *conn, const char *region, const char *bucket,
                                           ? "Content-Type: application/xml"
                                           : "Content-Type: "
                                             "application/octet-stream");
-      *hdrs = curl_slist_append(*hdrs, "Expect:");
+      /* No "Expect:" to turn 100-continue off: libcurl would sign that
+       * empty header, and S3 would not find it in the request. */
    }
    curl_easy_setopt(h, CURLOPT_URL, url);
    if (!aspen__aws_sign(h, hdrs, aws, "s3", region, sha, err)) {

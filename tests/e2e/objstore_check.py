@@ -2,6 +2,9 @@
 Blob Storage (Azurite, through azure-storage-blob), never through aspen.
 
   objstore_check.py s3 ENDPOINT mkbucket BUCKET
+  objstore_check.py s3 ENDPOINT iamkey USER
+      (a moto that checks credentials) creates USER, allowed everything,
+      and prints a new access key id and secret
   objstore_check.py azure ENDPOINT mkbucket CONTAINER
   objstore_check.py STORE ENDPOINT rmbucket BUCKET   (and what it holds)
   objstore_check.py STORE ENDPOINT count BUCKET PREFIX
@@ -19,6 +22,7 @@ Blob Storage (Azurite, through azure-storage-blob), never through aspen.
       --multipart       every object was uploaded in parts (S3: its ETag
                         is a multipart one, "<md5>-<parts>"; Azure: it has
                         more than one committed block)
+S3 credentials: OS_S3_KEY / OS_S3_SECRET (default test / test).
 Every object must decompress and each of its documents parse as JSON (a
 truncated object fails). Exit status 0 when every expectation holds; the
 reasons otherwise.
@@ -35,8 +39,22 @@ AZURITE_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
 class S3:
     def __init__(self, endpoint):
         import boto3
+        import os
+        self.endpoint = endpoint
         self.c = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id="test", aws_secret_access_key="test")
+                              aws_access_key_id=os.environ.get("OS_S3_KEY", "test"),
+                              aws_secret_access_key=os.environ.get("OS_S3_SECRET", "test"))
+
+    def iamkey(self, user):
+        import boto3
+        iam = boto3.client("iam", endpoint_url=self.endpoint, region_name="us-east-1",
+                           aws_access_key_id="test", aws_secret_access_key="test")
+        iam.create_user(UserName=user)
+        iam.put_user_policy(UserName=user, PolicyName="all", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17",
+             "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+        k = iam.create_access_key(UserName=user)["AccessKey"]
+        print(k["AccessKeyId"], k["SecretAccessKey"])
 
     def mkbucket(self, name):
         self.c.create_bucket(Bucket=name)
@@ -87,7 +105,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("store", choices=["s3", "azure"])
     ap.add_argument("endpoint")
-    ap.add_argument("cmd", choices=["mkbucket", "rmbucket", "count", "expect"])
+    ap.add_argument("cmd", choices=["mkbucket", "rmbucket", "iamkey", "count", "expect"])
     ap.add_argument("bucket")
     ap.add_argument("prefix", nargs="?", default="")
     ap.add_argument("--ids", type=int)
@@ -101,7 +119,7 @@ def main():
     ap.add_argument("--multipart", action="store_true")
     a = ap.parse_args()
     store = (S3 if a.store == "s3" else Azure)(a.endpoint)
-    if a.cmd in ("mkbucket", "rmbucket"):
+    if a.cmd in ("mkbucket", "rmbucket", "iamkey"):
         getattr(store, a.cmd)(a.bucket)
         return 0
     objs = store.objects(a.bucket, a.prefix)

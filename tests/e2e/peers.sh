@@ -349,8 +349,10 @@ _peers_start_server() {
 }
 
 # start_moto NAME PORT: moto's server (the AWS APIs: Lambda's Invoke, S3, ...;
-# in memory) as NAME on 127.0.0.1:PORT; stop_moto NAME. Extra environment
-# (MOTO_ENV="K=V ...") goes to it.
+# in memory) as NAME on 127.0.0.1:PORT (several can run); stop_moto NAME.
+# Extra environment (MOTO_ENV="K=V ...") goes to it:
+# INITIAL_NO_AUTH_ACTION_COUNT=N makes it check credentials and signatures
+# after N requests.
 start_moto() {
     local bin=$PEERS_DEPS/venv/bin/moto_server
     [[ -x $bin ]] || { peers_log "missing $bin: run scripts/install-deps.sh"; return 1; }

@@ -3,7 +3,8 @@
 # emulators -- moto's server (S3) and Azurite (Azure Blob) -- driven by
 # stock mongosh (js/object_stores.js); what reaches the stores is read back
 # with boto3 and azure-storage-blob (objstore_check.py), never with aspen.
-# Checks: the connections are listed without secrets; ASP's options are
+# Checks: the connections are listed without secrets; requests are signed
+# as a moto that checks SigV4 accepts (and a wrong secret is refused); ASP's options are
 # validated; files are cut by writeOptions.count, .bytes and .interval,
 # split by a path expression, gzip-compressed, in basicJson and
 # canonicalJson with a delimiter, each document exactly once; 12 MB files
@@ -31,6 +32,8 @@ MOTO_PORT=$(free_port)
 AZ_PORT=$(free_port)
 RELAY_PORT=$(free_port)
 DOWN_PORT=$(free_port) # nothing listens there
+AUTH_PORT=$(free_port)
+S3AUTH=http://127.0.0.1:$AUTH_PORT
 S3=http://127.0.0.1:$MOTO_PORT
 AZ=http://127.0.0.1:$AZ_PORT/$AZURITE_ACCOUNT
 store() { "$PEERS_PYTHON" "$HERE/objstore_check.py" "$@"; }
@@ -43,6 +46,10 @@ write_config() { # CHECKPOINT_INTERVAL_MS
   { "name": "lake", "type": "s3", "aws": { "roleArn": "arn:aws:iam::123456789012:role/aspen" },
     "region": "us-east-1", "endpoint": "$S3",
     "credentials": { "accessKeyId": "test", "secretAccessKey": "s3-secret" } },
+  { "name": "lakeauth", "type": "s3", "endpoint": "$S3AUTH",
+    "credentials": { "accessKeyId": "$AUTH_KEY", "secretAccessKey": "$AUTH_SECRET" } },
+  { "name": "lakeauthbad", "type": "s3", "endpoint": "$S3AUTH",
+    "credentials": { "accessKeyId": "$AUTH_KEY", "secretAccessKey": "not-the-secret" } },
   { "name": "lakedown", "type": "s3", "endpoint": "http://127.0.0.1:$DOWN_PORT",
     "credentials": { "accessKeyId": "test", "secretAccessKey": "s3-secret" } },
   { "name": "lakerelay", "type": "s3", "endpoint": "http://127.0.0.1:$RELAY_PORT",
@@ -79,6 +86,14 @@ must "Azurite (Azure Blob) starts" start_azurite "$AZ_PORT" "$AZ_DIR"
 must "bucket lake created with boto3" store s3 "$S3" mkbucket lake
 must "container blobs created with azure-storage-blob" store azure "$AZ" mkbucket blobs
 must "relay to moto starts" start_relay "$RELAY_PORT" "$MOTO_PORT"
+# A second moto that checks credentials and SigV4 signatures (after the
+# three unchecked IAM requests that make a user and its key).
+must "moto checking signatures starts" eval 'MOTO_ENV=INITIAL_NO_AUTH_ACTION_COUNT=3 start_moto motoauth "$AUTH_PORT"'
+read -r AUTH_KEY AUTH_SECRET < <(store s3 "$S3AUTH" iamkey aspen)
+export OS_S3_KEY=$AUTH_KEY OS_S3_SECRET=$AUTH_SECRET
+must "an IAM user's key made there" test -n "$AUTH_SECRET"
+must "bucket authb created with it" store s3 "$S3AUTH" mkbucket authb
+unset OS_S3_KEY OS_S3_SECRET
 write_config 600000
 must "aspen starts" start
 
@@ -107,6 +122,12 @@ check "Azure Blob: a 12 MB file as blocks + block list, whole, each document onc
     store azure "$AZ" expect blobs azbig/ --ids 60 --once --multipart
 check "Azure Blob: 35 documents once in gzip blobs of 10, read by azure-storage-blob" \
     store azure "$AZ" expect blobs az/ --ids 35 --once --per-object 10 --suffix .json.gz
+check "signed requests accepted by a moto that checks SigV4 (PUT, multipart); a wrong secret fails the start" phase signed
+authstore() { OS_S3_KEY=$AUTH_KEY OS_S3_SECRET=$AUTH_SECRET store "$@"; }
+check "signed: 30 documents once in objects of 10" \
+    authstore s3 "$S3AUTH" expect authb small/ --ids 30 --once --per-object 10
+check "signed: the 12 MB object went up in parts, whole" \
+    authstore s3 "$S3AUTH" expect authb big/ --ids 60 --once --multipart
 check "a missing bucket, a wrong Azure key, an unreachable endpoint fail the start" phase faults
 must "bucket and container 'gone' created" eval 'store s3 "$S3" mkbucket gone && store azure "$AZ" mkbucket gone'
 must "processors writing to them start" phase gone_start
@@ -163,5 +184,6 @@ check "aspen stops cleanly" stop_aspen
 stop_relay 2>/dev/null || true
 stop_azurite
 stop_moto moto
+stop_moto motoauth
 stop_backing
 checks_done

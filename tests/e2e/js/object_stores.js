@@ -92,6 +92,29 @@ if (phase === "files") {
                                config: { writeOptions: { count: 10 }, compression: "gzip" } });
 }
 
+// Against a moto that checks signatures: a PUT, a multipart upload, and a
+// wrong secret refused at start.
+if (phase === "signed") {
+  runDocs("small", docs(30), { connectionName: "lakeauth", bucket: "authb", path: "small",
+                               config: { writeOptions: { count: 10 } } });
+  sp.createStreamProcessor("big", [{ $source: { documents: docs(60) } },
+    { $addFields: { pad: { $map: { input: { $range: [0, 2000] }, in: "0123456789".repeat(10) } } } },
+    { $emit: { connectionName: "lakeauth", bucket: "authb", path: "big", config: { writeOptions: { count: 60 } } } }]);
+  sp.big.start();
+  waitFor("big output", () => Number(stats("big").outputMessageCount) === 60);
+  sp.big.stop();
+  const st = sp.listStreamProcessors({ name: "big" }).find((p) => p.name === "big");
+  assert(st.state === "STOPPED", "big stopped, not failed: " + st.state + " " + st.errorMsg);
+  sp.big.drop();
+  sp.createStreamProcessor("bad", [{ $source: { documents: docs(1) } },
+    { $emit: { connectionName: "lakeauthbad", bucket: "authb" } }]);
+  let err = null;
+  try { sp.bad.start(); } catch (e) { err = e; }
+  assert(err && err.code === 444 && /authentication failed .*HTTP 403 SignatureDoesNotMatch/.test(err.message),
+         "a wrong secret fails the start: " + (err && err.code) + " " + (err && err.message));
+  sp.bad.drop();
+}
+
 if (phase === "faults") {
   sp.createStreamProcessor("nobucket", [cs("nb"), { $emit: { connectionName: "lake", bucket: "nosuch" } }]);
   let err = null;
