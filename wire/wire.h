@@ -166,6 +166,8 @@ aspen_buf_len(const aspen_buf_t *buf)
    X(443, StreamProcessorS3ConnectionError)                                    \
    X(444, StreamProcessorS3Error)                                              \
    X(448, StreamProcessorInvalidNamespace)                                     \
+   X(460, StreamProcessorKinesisConnectionError)                               \
+   X(461, StreamProcessorKinesisError)                                         \
    X(10334, BSONObjectTooLarge)                                                \
    X(11601, Interrupted)                                                       \
    /* Location codes raised by aggregation expressions (engine/expr*.c);     */\

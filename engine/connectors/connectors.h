@@ -21,12 +21,14 @@ extern const aspen_conn_ops_t aspen_conn_https_ops;
 extern const aspen_conn_ops_t aspen_conn_lambda_ops;
 extern const aspen_conn_ops_t aspen_conn_s3_ops;
 extern const aspen_conn_ops_t aspen_conn_azure_blob_ops;
+extern const aspen_conn_ops_t aspen_conn_kinesis_ops;
 
 /* Sources. */
 extern const aspen_source_ops_t aspen_source_documents_ops;
 extern const aspen_source_ops_t aspen_source_solar_ops;
 extern const aspen_source_ops_t aspen_source_change_stream_ops;
 extern const aspen_source_ops_t aspen_source_kafka_ops;
+extern const aspen_source_ops_t aspen_source_kinesis_ops;
 
 /* Sinks. */
 extern const aspen_sink_ops_t aspen_sink_merge_ops;
@@ -34,5 +36,6 @@ extern const aspen_sink_ops_t aspen_sink_timeseries_ops;
 extern const aspen_sink_ops_t aspen_sink_emit_ops;
 extern const aspen_sink_ops_t aspen_sink_s3_ops;
 extern const aspen_sink_ops_t aspen_sink_azure_blob_ops;
+extern const aspen_sink_ops_t aspen_sink_kinesis_ops;
 
 #endif /* ASPEN_ENGINE_CONNECTORS_CONNECTORS_H */

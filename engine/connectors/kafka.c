@@ -10,6 +10,7 @@
 #include <librdkafka/rdkafka_mock.h>
 
 #include <math.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -338,9 +339,97 @@ iso_date(int64_t ms, char *buf, size_t size)
    snprintf(buf + n, size - n, ".%03dZ", millis);
 }
 
-/* Copies `in` to `out` with every Date turned into an ISO-8601 string. */
+void
+aspen__kafka_append_raw(bson_t *doc, const char *field, const void *data, size_t len)
+{
+   if (data && bson_utf8_validate(data, len, false)) {
+      bson_append_utf8(doc, field, -1, data, (int) len);
+   } else {
+      bson_append_binary(doc, field, -1, BSON_SUBTYPE_BINARY, data,
+                         (uint32_t) len);
+   }
+}
+
+/* basicJson (simplify): appends the plain form of the scalar at `it` as
+ * `k` and returns true, or false when Extended JSON shows it plainly. */
+static bool
+basic_value(const bson_iter_t *it, const char *k, bson_t *out)
+{
+   char buf[64];
+   uint32_t len;
+   const uint8_t *data;
+   switch (bson_iter_type(it)) {
+   case BSON_TYPE_BINARY: {
+      bson_subtype_t st;
+      bson_iter_binary(it, &st, &len, &data);
+      if (st == BSON_SUBTYPE_UUID && len == 16) {
+         int n = 0;
+         for (int i = 0; i < 16; i++) {
+            n += snprintf(buf + n, sizeof buf - (size_t) n, "%s%02x",
+                          i == 4 || i == 6 || i == 8 || i == 10 ? "-" : "",
+                          data[i]);
+         }
+         bson_append_utf8(out, k, -1, buf, n);
+         return true;
+      }
+      char *b64 = aspen_xmalloc(4 * ((size_t) len + 2) / 3 + 1);
+      EVP_EncodeBlock((unsigned char *) b64, data, (int) len);
+      bson_append_utf8(out, k, -1, b64, -1);
+      free(b64);
+      return true;
+   }
+   case BSON_TYPE_OID:
+      bson_oid_to_string(bson_iter_oid(it), buf);
+      bson_append_utf8(out, k, -1, buf, -1);
+      return true;
+   case BSON_TYPE_DECIMAL128: {
+      bson_decimal128_t dec;
+      char str[BSON_DECIMAL128_STRING];
+      bson_iter_decimal128(it, &dec);
+      bson_decimal128_to_string(&dec, str);
+      bson_append_utf8(out, k, -1, str, -1);
+      return true;
+   }
+   case BSON_TYPE_TIMESTAMP: {
+      uint32_t t, i;
+      bson_iter_timestamp(it, &t, &i);
+      bson_append_int64(out, k, -1, (int64_t) t * 1000);
+      return true;
+   }
+   case BSON_TYPE_DOUBLE: {
+      double d = bson_iter_double(it);
+      if (isfinite(d)) {
+         return false;
+      }
+      bson_append_utf8(out, k, -1,
+                       isnan(d) ? "NaN" : d > 0 ? "Infinity" : "-Infinity",
+                       -1);
+      return true;
+   }
+   case BSON_TYPE_REGEX: {
+      const char *options;
+      const char *pattern = bson_iter_regex(it, &options);
+      bson_t re;
+      bson_append_document_begin(out, k, -1, &re);
+      BSON_APPEND_UTF8(&re, "pattern", pattern);
+      BSON_APPEND_UTF8(&re, "options", options ? options : "");
+      bson_append_document_end(out, &re);
+      return true;
+   }
+   default:
+      return false;
+   }
+}
+
+/* Copies `in` to `out` simplified per `opts`: with iso_dates every Date
+ * becomes an ISO-8601 string; with basic (ASP's basicJson) the values
+ * Extended JSON would wrap become plain ones: binary data its base64 (a
+ * UUID its 8-4-4-4-12 hex form), a Date its milliseconds since the epoch, a
+ * Timestamp its seconds in milliseconds, a Decimal128 and an ObjectId their
+ * strings, a non-finite double "Infinity", "-Infinity" or "NaN", a regular
+ * expression {pattern, options}. */
 static void
-dates_to_iso(const bson_t *in, bson_t *out)
+simplify(const bson_t *in, bson_t *out, const aspen_kafka_json_opts_t *opts)
 {
    bson_iter_t it;
    bson_iter_init(&it, in);
@@ -349,29 +438,36 @@ dates_to_iso(const bson_t *in, bson_t *out)
       uint32_t len;
       const uint8_t *data;
       bson_t sub, child;
+      char buf[64];
       switch (bson_iter_type(&it)) {
-      case BSON_TYPE_DATE_TIME: {
-         char buf[64];
-         iso_date(bson_iter_date_time(&it), buf, sizeof buf);
-         bson_append_utf8(out, k, -1, buf, -1);
+      case BSON_TYPE_DATE_TIME:
+         if (opts->iso_dates) {
+            iso_date(bson_iter_date_time(&it), buf, sizeof buf);
+            bson_append_utf8(out, k, -1, buf, -1);
+         } else if (opts->basic) {
+            bson_append_int64(out, k, -1, bson_iter_date_time(&it));
+         } else {
+            bson_append_iter(out, k, -1, &it);
+         }
          break;
-      }
       case BSON_TYPE_DOCUMENT:
          bson_iter_document(&it, &len, &data);
          (void) bson_init_static(&sub, data, len);
          bson_append_document_begin(out, k, -1, &child);
-         dates_to_iso(&sub, &child);
+         simplify(&sub, &child, opts);
          bson_append_document_end(out, &child);
          break;
       case BSON_TYPE_ARRAY:
          bson_iter_array(&it, &len, &data);
          (void) bson_init_static(&sub, data, len);
          bson_append_array_begin(out, k, -1, &child);
-         dates_to_iso(&sub, &child);
+         simplify(&sub, &child, opts);
          bson_append_array_end(out, &child);
          break;
       default:
-         bson_append_iter(out, k, -1, &it);
+         if (!opts->basic || !basic_value(&it, k, out)) {
+            bson_append_iter(out, k, -1, &it);
+         }
          break;
       }
    }
@@ -381,18 +477,20 @@ char *
 aspen__kafka_json_encode(const bson_t *doc,
                          const aspen_kafka_json_opts_t *opts, size_t *len)
 {
-   bson_t iso;
+   bson_t simple;
    const bson_t *src = doc;
-   if (opts->iso_dates) {
-      bson_init(&iso);
-      dates_to_iso(doc, &iso);
-      src = &iso;
+   bool simplified = opts->iso_dates || opts->basic;
+   if (simplified) {
+      bson_init(&simple);
+      simplify(doc, &simple, opts);
+      src = &simple;
    }
    size_t n = 0;
-   char *json = opts->canonical ? bson_as_canonical_extended_json(src, &n)
-                                : bson_as_relaxed_extended_json(src, &n);
-   if (opts->iso_dates) {
-      bson_destroy(&iso);
+   char *json = opts->canonical && !opts->basic
+                   ? bson_as_canonical_extended_json(src, &n)
+                   : bson_as_relaxed_extended_json(src, &n);
+   if (simplified) {
+      bson_destroy(&simple);
    }
    if (!json) {
       json = bson_strdup("{}");
@@ -856,17 +954,21 @@ parse_topic(aspen_kafka_source_opts_t *o, const bson_iter_t *it,
    return true;
 }
 
-/* {size: <int>, unit: "ms"|"second"|"minute"|"hour"|"day"} in ms. */
-static bool
-parse_idle_timeout(aspen_source_spec_t *src, const bson_iter_t *it,
-                   const aspen_parse_ctx_t *pc, aspen_error_t *err)
+bool
+aspen__source_parse_idle_timeout(const bson_iter_t *it,
+                                 const aspen_parse_ctx_t *pc,
+                                 const char *name, int64_t *ms,
+                                 aspen_error_t *err)
 {
    static const struct {
       const char *name;
       int64_t ms;
    } units[] = {{"ms", 1},           {"second", 1000}, {"minute", 60000},
                 {"hour", 3600000},   {"day", 86400000}};
-   const char *opt = "$source.partitionIdleTimeout";
+   char opt[64], size_opt[80], unit_opt[80];
+   snprintf(opt, sizeof opt, "$source.%s", name);
+   snprintf(size_opt, sizeof size_opt, "%s.size", opt);
+   snprintf(unit_opt, sizeof unit_opt, "%s.unit", opt);
    if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
       aspen_parse_error(err, pc, opt,
                         "BSON field '%s' is the wrong type '%s', expected "
@@ -882,7 +984,7 @@ parse_idle_timeout(aspen_source_spec_t *src, const bson_iter_t *it,
       if (strcmp(k, "size") == 0) {
          int64_t v;
          if (!value_as_int64(bson_iter_value(&fi), &v)) {
-            aspen_parse_error(err, pc, "$source.partitionIdleTimeout.size",
+            aspen_parse_error(err, pc, size_opt,
                               "BSON field '%s.size' is the wrong type '%s', "
                               "expected types '[long, int, decimal, "
                               "double]'",
@@ -890,9 +992,9 @@ parse_idle_timeout(aspen_source_spec_t *src, const bson_iter_t *it,
             return false;
          }
          if (v < 0) {
-            aspen_parse_error(err, pc, "$source.partitionIdleTimeout.size",
-                              "partitionIdleTimeout.size must be a "
-                              "non-negative integer");
+            aspen_parse_error(err, pc, size_opt,
+                              "%s.size must be a non-negative integer",
+                              name);
             return false;
          }
          size = v;
@@ -906,7 +1008,7 @@ parse_idle_timeout(aspen_source_spec_t *src, const bson_iter_t *it,
             }
          }
          if (!unit_ms) {
-            aspen_parse_error(err, pc, "$source.partitionIdleTimeout.unit",
+            aspen_parse_error(err, pc, unit_opt,
                               "Enumeration value '%s' for field "
                               "'%s.unit' is not a valid value.",
                               BSON_ITER_HOLDS_UTF8(&fi) ? u
@@ -935,10 +1037,10 @@ parse_idle_timeout(aspen_source_spec_t *src, const bson_iter_t *it,
       return false;
    }
    if (size > INT64_MAX / unit_ms) {
-      aspen_parse_error(err, pc, opt, "partitionIdleTimeout is too large");
+      aspen_parse_error(err, pc, opt, "%s is too large", name);
       return false;
    }
-   src->partition_idle_timeout_ms = size * unit_ms;
+   *ms = size * unit_ms;
    return true;
 }
 
@@ -1110,7 +1212,9 @@ aspen__kafka_source_parse_option(aspen_source_spec_t *src,
       return parse_topic(o, it, pc, err);
    }
    if (strcmp(k, "partitionIdleTimeout") == 0) {
-      return parse_idle_timeout(src, it, pc, err);
+      return aspen__source_parse_idle_timeout(
+         it, pc, "partitionIdleTimeout", &src->partition_idle_timeout_ms,
+         err);
    }
    if (strcmp(k, "config") == 0) {
       return parse_config(o, it, pc, err);

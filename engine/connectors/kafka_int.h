@@ -55,9 +55,24 @@ bool aspen__kafka_key_encode(aspen_kafka_key_format_t f, const bson_value_t *v,
 bool aspen__kafka_json_decode(const void *data, size_t len, bson_t *doc,
                               aspen_error_t *err);
 
+/* A source's idle timeout option `name` ("partitionIdleTimeout", Kinesis'
+ * "shardIdleTimeout"): {size: <int>, unit: "ms"|"second"|"minute"|"hour"|
+ * "day"}, into *ms. False with ASP's 420 error naming $source.<name>. */
+bool aspen__source_parse_idle_timeout(const bson_iter_t *it,
+                                      const aspen_parse_ctx_t *pc,
+                                      const char *name, int64_t *ms,
+                                      aspen_error_t *err);
+
+/* Appends `len` bytes at `data` as field `field` of `doc`: a string when
+ * they are UTF-8, else binary data (what a DLQ entry shows of a message
+ * that is not a document). */
+void aspen__kafka_append_raw(bson_t *doc, const char *field, const void *data,
+                             size_t len);
+
 typedef struct {
    bool canonical; /* canonicalJson instead of relaxedJson */
    bool iso_dates; /* dateFormat ISO8601: Dates as "YYYY-MM-DDTHH:mm:ss.sssZ" */
+   bool basic;     /* basicJson: no Extended JSON wrappers (kafka.c) */
 } aspen_kafka_json_opts_t;
 
 /* Serialises `doc` as Extended JSON v2. Returns a string to bson_free and

@@ -523,18 +523,6 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
    return true;
 }
 
-/* Appends the raw bytes as a string when they are UTF-8, else as BinData. */
-static void
-append_raw(bson_t *doc, const char *field, const void *data, size_t len)
-{
-   if (data && bson_utf8_validate(data, len, false)) {
-      bson_append_utf8(doc, field, -1, data, (int) len);
-   } else {
-      bson_append_binary(doc, field, -1, BSON_SUBTYPE_BINARY, data,
-                         (uint32_t) len);
-   }
-}
-
 /* Builds {source: {type, topic, partition, offset, key?, headers?}}. A key
  * that does not decode is left out and *key_err says why. */
 static void
@@ -603,7 +591,7 @@ handle(aspen_runtime_t *rt, ksrc_t *ks, const rd_kafka_message_t *m)
    if (!decoded) {
       /* Not a document: the raw bytes go to the DLQ with the reason. */
       bson_t raw = BSON_INITIALIZER;
-      append_raw(&raw, "value", m->payload, m->payload ? m->len : 0);
+      aspen__kafka_append_raw(&raw, "value", m->payload, m->payload ? m->len : 0);
       char reason[ASPEN_ERROR_MSG_MAX + 64];
       snprintf(reason, sizeof reason,
                ks->sr ? "Failed to deserialize the Kafka message value as "

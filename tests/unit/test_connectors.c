@@ -298,16 +298,16 @@ test_refused(void **state)
    /* Only configurable kinds are types; the message lists them. */
    assert_refused(cat, "[{\"name\": \"a\", \"type\": \"sample_solar\"}]",
                   "config key 'connections[0].type' must be 'atlas', "
-                  "'kafka', 'schemaRegistry', 'https', 'aws-lambda', 's3' "
-                  "or 'azure-blob', not 'sample_solar'");
+                  "'kafka', 'schemaRegistry', 'https', 'aws-lambda', 's3', "
+                  "'azure-blob' or 'kinesis', not 'sample_solar'");
    assert_refused(cat, "[{\"name\": \"a\", \"type\": \"nosuch\"}]",
                   "config key 'connections[0].type' must be 'atlas', "
-                  "'kafka', 'schemaRegistry', 'https', 'aws-lambda', 's3' "
-                  "or 'azure-blob', not 'nosuch'");
+                  "'kafka', 'schemaRegistry', 'https', 'aws-lambda', 's3', "
+                  "'azure-blob' or 'kinesis', not 'nosuch'");
    assert_refused(cat, "[{\"name\": \"a\", \"type\": \"gcs\"}]",
                   "config key 'connections[0].type' must be 'atlas', "
-                  "'kafka', 'schemaRegistry', 'https', 'aws-lambda', 's3' "
-                  "or 'azure-blob', not 'gcs'");
+                  "'kafka', 'schemaRegistry', 'https', 'aws-lambda', 's3', "
+                  "'azure-blob' or 'kinesis', not 'gcs'");
    /* A type ASP has and aspen not yet (the not-yet list): said so, not
     * called unknown. */
    assert_refused(cat, "[{\"name\": \"a\", \"type\": \"pubsub\"}]",
@@ -414,7 +414,7 @@ test_cloud_kinds(void **state)
                   " \"azure\": {\"storageAccountName\": \"a\"},"
                   " \"credentials\": {}}]",
                   "config key 'connections[0].credentials' is for "
-                  "aws-lambda or s3 connections only");
+                  "aws-lambda, s3 or kinesis connections only");
 }
 
 /* ---- a kind that is only a row of this test's catalog --------------------- */
@@ -671,7 +671,7 @@ test_new_kind(void **state)
    assert_refused(cat, "[{\"name\": \"f\", \"type\": \"nope\"}]",
                   "config key 'connections[0].type' must be 'atlas', "
                   "'kafka', 'schemaRegistry', 'https', 'aws-lambda', 's3', "
-                  "'azure-blob', 'fake' or 'mute', not 'nope'");
+                  "'azure-blob', 'kinesis', 'fake' or 'mute', not 'nope'");
    assert_refused(cat, "[{\"name\": \"f\", \"type\": \"fake\"}]",
                   "config key 'connections[0].path' is required for a fake "
                   "connection");
