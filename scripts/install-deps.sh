@@ -8,7 +8,8 @@
 #   - the backing MongoDB-compatible server (mongo-java-server, Maven) as
 #     .deps/aspen-backing-server.jar;
 #   - Apache Kafka (broker and console tools, Maven Central) as jars in
-#     .deps/kafka/lib, for the Kafka e2e tests.
+#     .deps/kafka/lib, for the Kafka e2e tests;
+#   - kinesalite (npm), the Kinesis emulator, in .deps/kinesalite.
 # Idempotent: each step is skipped when its result is already there, so a
 # re-run takes a second or two. Run as root (or with sudo available for apt).
 set -euo pipefail
@@ -230,7 +231,28 @@ if [[ ! -x $AZURITE_DIR/node_modules/.bin/azurite-blob ||
 fi
 step_done "Azurite ok"
 
-# --- 8. .gitignore -------------------------------------------------------
+# --- 8. kinesalite (npm), the Kinesis emulator --------------------------
+step_start
+# npm ci from tests/e2e/kinesis's lockfile into .deps/kinesalite (its real
+# path, as Azurite's), redone when the lockfile changes. leveldown's native
+# build is skipped (--ignore-scripts): the tests keep kinesalite's data in
+# memory. Its client, boto3, is in requirements.txt (step 3).
+KIN_DIR="$(cd "$DEPS" && pwd -P)/kinesalite"
+stamp=$(cat "$ROOT/tests/e2e/kinesis/package.json" "$ROOT/tests/e2e/kinesis/package-lock.json" |
+        sha256sum | cut -d' ' -f1)
+if [[ ! -f $KIN_DIR/node_modules/kinesalite/package.json ||
+      $(cat "$KIN_DIR/stamp" 2>/dev/null) != "$stamp" ]]; then
+    log "npm ci kinesalite into .deps/kinesalite (tests/e2e/kinesis lockfile)"
+    rm -rf "$KIN_DIR"
+    mkdir -p "$KIN_DIR"
+    cp "$ROOT/tests/e2e/kinesis/package.json" "$ROOT/tests/e2e/kinesis/package-lock.json" \
+        "$KIN_DIR/"
+    npm ci --prefix "$KIN_DIR" --no-audit --no-fund --ignore-scripts --loglevel=error
+    echo "$stamp" >"$KIN_DIR/stamp"
+fi
+step_done "kinesalite ok"
+
+# --- 9. .gitignore -------------------------------------------------------
 touch "$ROOT/.gitignore"
 for pat in '.deps/' 'build*/'; do
     grep -qxF "$pat" "$ROOT/.gitignore" || echo "$pat" >>"$ROOT/.gitignore"

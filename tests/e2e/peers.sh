@@ -375,6 +375,24 @@ stop_azurite() { _peers_stop azurite || true; }
 AZURITE_ACCOUNT=devstoreaccount1
 AZURITE_KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
 
+# --- kinesalite (the Kinesis emulator) ---------------------------------------
+
+# start_kinesalite: kinesalite (npm, in memory) on a free port of 127.0.0.1,
+# started through tests/e2e/kinesis/kinesalite.js (its own CLI binds every
+# interface). Sets and exports KINESIS_PORT and KINESIS_ENDPOINT
+# (http://127.0.0.1:PORT). Any access key and secret are accepted.
+start_kinesalite() {
+    local dir=$PEERS_DEPS/kinesalite/node_modules
+    [[ -d $dir/kinesalite ]] || { peers_log "missing $dir/kinesalite: run scripts/install-deps.sh"; return 1; }
+    KINESIS_PORT=$(free_port) || return 1
+    _peers_start_server kinesalite "$KINESIS_PORT" \
+        node "$PEERS_ROOT/tests/e2e/kinesis/kinesalite.js" "$dir" "$KINESIS_PORT" || return 1
+    KINESIS_ENDPOINT=http://127.0.0.1:$KINESIS_PORT
+    export KINESIS_PORT KINESIS_ENDPOINT
+}
+
+stop_kinesalite() { _peers_stop kinesalite || true; }
+
 # --- Apache Kafka -------------------------------------------------------------
 
 PEERS_KAFKA_LIB=$PEERS_DEPS/kafka/lib
