@@ -366,91 +366,15 @@ aspen__objstore_parse(const aspen_objstore_backend_t *be, const bson_t *spec,
 
 /* ---- serialising ------------------------------------------------------------ */
 
-static void
-iso_date(int64_t ms, char *out, size_t size)
-{
-   time_t secs = (time_t) (ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
-   int millis = (int) (ms - (int64_t) secs * 1000);
-   struct tm tm;
-   gmtime_r(&secs, &tm);
-   snprintf(out, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
-            tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-            tm.tm_min, tm.tm_sec, millis);
-}
-
-/* basicJson: `src` with ObjectIds, Dates (ISO-8601), Decimal128s and
- * binary data (base64) as plain strings, appended to `out`. */
-static void
-to_basic(const bson_t *src, bson_t *out)
-{
-   bson_iter_t it;
-   bson_iter_init(&it, src);
-   while (bson_iter_next(&it)) {
-      const char *k = bson_iter_key(&it);
-      bson_t sub, child;
-      uint32_t len;
-      const uint8_t *data;
-      char text[64];
-      switch (bson_iter_type(&it)) {
-      case BSON_TYPE_OID:
-         bson_oid_to_string(bson_iter_oid(&it), text);
-         BSON_APPEND_UTF8(out, k, text);
-         break;
-      case BSON_TYPE_DATE_TIME:
-         iso_date(bson_iter_date_time(&it), text, sizeof text);
-         BSON_APPEND_UTF8(out, k, text);
-         break;
-      case BSON_TYPE_DECIMAL128: {
-         bson_decimal128_t dec;
-         char str[BSON_DECIMAL128_STRING];
-         bson_iter_decimal128(&it, &dec);
-         bson_decimal128_to_string(&dec, str);
-         BSON_APPEND_UTF8(out, k, str);
-         break;
-      }
-      case BSON_TYPE_BINARY: {
-         bson_subtype_t st;
-         bson_iter_binary(&it, &st, &len, &data);
-         char *b64 = aspen_xmalloc(4 * ((len + 2) / 3) + 1);
-         EVP_EncodeBlock((unsigned char *) b64, data, (int) len);
-         BSON_APPEND_UTF8(out, k, b64);
-         free(b64);
-         break;
-      }
-      case BSON_TYPE_DOCUMENT:
-         bson_iter_document(&it, &len, &data);
-         (void) bson_init_static(&sub, data, len);
-         bson_append_document_begin(out, k, -1, &child);
-         to_basic(&sub, &child);
-         bson_append_document_end(out, &child);
-         break;
-      case BSON_TYPE_ARRAY:
-         bson_iter_array(&it, &len, &data);
-         (void) bson_init_static(&sub, data, len);
-         bson_append_array_begin(out, k, -1, &child);
-         to_basic(&sub, &child);
-         bson_append_array_end(out, &child);
-         break;
-      default:
-         bson_append_iter(out, k, -1, &it);
-         break;
-      }
-   }
-}
-
+/* basicJson is kafka.c's, as for $emit to Kinesis: ASP's simplified
+ * values (Dates as milliseconds, ObjectIds and Decimal128s as strings,
+ * binary data as base64, ...). */
 static char *
 serialise(const objstore_t *s, const bson_t *doc, size_t *len)
 {
-   aspen_kafka_json_opts_t opts = {.canonical = s->fmt == FMT_CANONICAL};
-   if (s->fmt != FMT_BASIC) {
-      return aspen__kafka_json_encode(doc, &opts, len);
-   }
-   bson_t basic;
-   bson_init(&basic);
-   to_basic(doc, &basic);
-   char *json = aspen__kafka_json_encode(&basic, &opts, len);
-   bson_destroy(&basic);
-   return json;
+   aspen_kafka_json_opts_t opts = {.canonical = s->fmt == FMT_CANONICAL,
+                                   .basic = s->fmt == FMT_BASIC};
+   return aspen__kafka_json_encode(doc, &opts, len);
 }
 
 /* ---- compression ------------------------------------------------------------ */
