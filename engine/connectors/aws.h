@@ -3,8 +3,9 @@
  * (ASP's aws.roleArn, plus aspen's own region, endpoint and local
  * credentials, so that an emulator such as moto can serve), its listing
  * without secrets, and signing a libcurl request with AWS Signature
- * Version 4 (libcurl's CURLOPT_AWS_SIGV4). The S3 connection kind
- * (conn_s3.c) uses it; another AWS kind (Kinesis) can too.
+ * Version 4 (libcurl's CURLOPT_AWS_SIGV4): the one home of AWS
+ * credentials, region and endpoint for every AWS kind (conn_s3.c,
+ * conn_kinesis.c, conn_lambda.c).
  */
 #ifndef ASPEN_ENGINE_CONNECTORS_AWS_H
 #define ASPEN_ENGINE_CONNECTORS_AWS_H

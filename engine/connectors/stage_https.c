@@ -653,6 +653,14 @@ aspen__http_call_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *
    ASPEN_ASSERT(r->easy);
    h->count++;
    CURL *e = r->easy;
+   if (h->lambda) {
+      /* The one AWS signing path (aws.c); the connection has its keys
+       * (conn_lambda.c refuses one without), so this cannot fail. */
+      aspen_error_t serr;
+      bool signed_ok = aspen__aws_sign(e, &r->hdrs, &h->lambda->aws, "lambda",
+                                       h->lambda->aws.region, NULL, &serr);
+      ASPEN_ASSERT(signed_ok);
+   }
    curl_easy_setopt(e, CURLOPT_URL, r->url);
    curl_easy_setopt(e, CURLOPT_PRIVATE, (char *) r);
    curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs);
@@ -666,8 +674,6 @@ aspen__http_call_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *
                     h->connect_timeout_s + h->request_timeout_s);
    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) ASPEN_HTTP_MAX_BODY);
    if (h->lambda) {
-      curl_easy_setopt(e, CURLOPT_AWS_SIGV4, h->lambda->sigv4);
-      curl_easy_setopt(e, CURLOPT_USERPWD, h->lambda->userpwd);
       curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
       curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
    } else if (h->conn->ca_file) {

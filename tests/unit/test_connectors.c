@@ -259,8 +259,12 @@ test_lambda_kind(void **state)
                  " \"region\": \"us-east-1\", \"endpoint\": \"http://127.0.0.1:5\"}");
    const aspen_conn_lambda_t *l = aspen__conn_lambda(aspen_conns_find(&conns, "l"));
    assert_non_null(l);
-   assert_string_equal(l->sigv4, "aws:amz:eu-west-1:lambda");
-   assert_string_equal(l->userpwd, "AK:SK");
+   /* Its AWS part is aws.c's, as every AWS kind's. */
+   assert_string_equal(l->aws.region, "eu-west-1");
+   assert_string_equal(l->aws.access_key, "AK");
+   assert_string_equal(l->aws.secret_key, "SK");
+   assert_null(l->aws.session_token);
+   assert_string_equal(l->endpoint, "https://lambda.eu-west-1.amazonaws.com");
    assert_null(aspen__conn_lambda(aspen_conns_find(&conns, "sample_stream_solar")));
    aspen_conns_cleanup(&conns);
    assert_refused(cat,
@@ -270,8 +274,32 @@ test_lambda_kind(void **state)
    assert_refused(cat,
                   "[{\"name\": \"l\", \"type\": \"aws-lambda\", \"endpoint\": \"ftp://x\","
                   "  \"credentials\": {\"accessKeyId\": \"AK\", \"secretAccessKey\": \"SK\"}}]",
-                  "config key 'connections[0].endpoint' must start with https:// or "
-                  "http://");
+                  "config key 'connections[0].endpoint' must be an http:// or "
+                  "https:// URL, not 'ftp://x'");
+   /* Temporary credentials, as for S3 and Kinesis: the session token is
+    * sent with each signed request, never listed. */
+   if (!load(&conns, cat,
+             "[{\"name\": \"t\", \"type\": \"aws-lambda\","
+             "  \"credentials\": {\"accessKeyId\": \"AK\", \"secretAccessKey\": \"SK\","
+             "                    \"sessionToken\": \"TOK\"}}]",
+             "mongodb://backend:3", &err)) {
+      fail_msg("%s", err.message);
+   }
+   l = aspen__conn_lambda(aspen_conns_find(&conns, "t"));
+   assert_non_null(l);
+   assert_string_equal(l->aws.session_token, "TOK");
+   assert_listed(&conns, "t",
+                 "{\"name\": \"t\", \"type\": \"aws-lambda\","
+                 " \"region\": \"us-east-1\","
+                 " \"endpoint\": \"https://lambda.us-east-1.amazonaws.com\"}");
+   aspen_conns_cleanup(&conns);
+   /* Without keys (none in the environment either): refused at load. */
+   unsetenv("AWS_ACCESS_KEY_ID");
+   assert_refused(cat, "[{\"name\": \"l\", \"type\": \"aws-lambda\"}]",
+                  "config key 'connections[0].credentials' needs accessKeyId "
+                  "and secretAccessKey (or AWS_ACCESS_KEY_ID and "
+                  "AWS_SECRET_ACCESS_KEY in aspen's environment): aspen signs "
+                  "the Invoke requests itself");
 }
 
 static void
