@@ -62,8 +62,9 @@ append_latency(bson_t *into, const char *key, const aspen_hist_t *h,
 }
 
 /* The sink's target when its stage names it literally: {db, coll} for a
- * $merge (or a time-series $emit), {topic} for a Kafka $emit. False for
- * a computed one (its per-target figures are not kept). */
+ * $merge (or a time-series $emit), {topic} for a Kafka $emit, {stream}
+ * for a Kinesis one, {bucket, path} for S3 and {container, path} for Azure
+ * Blob. False for a computed one (its per-target figures are not kept). */
 static bool
 literal_target(const bson_t *pipeline, bson_t *target)
 {
@@ -95,12 +96,32 @@ literal_target(const bson_t *pipeline, bson_t *target)
       bson_iter_recurse(&arg, &spec);
    } else if (strcmp(stage, "$emit") == 0) {
       bson_iter_recurse(&st, &spec);
-      bson_iter_t t = spec;
-      if (bson_iter_find(&t, "topic")) {
-         if (!BSON_ITER_HOLDS_UTF8(&t)) {
+      /* Kafka's topic, Kinesis's stream: the one name of the target. */
+      static const char *const named[] = {"topic", "stream"};
+      for (int i = 0; i < 2; i++) {
+         bson_iter_t t = spec;
+         if (bson_iter_find(&t, named[i])) {
+            if (!BSON_ITER_HOLDS_UTF8(&t)) {
+               return false;
+            }
+            BSON_APPEND_UTF8(target, named[i], bson_iter_utf8(&t, NULL));
+            return true;
+         }
+      }
+      /* An object store's: {bucket, path} (S3), {container, path}
+       * (Azure Blob). */
+      static const char *const stores[] = {"bucket", "container"};
+      for (int i = 0; i < 2; i++) {
+         bson_iter_t t = spec, p = spec;
+         if (!bson_iter_find(&t, stores[i])) {
+            continue;
+         }
+         if (!BSON_ITER_HOLDS_UTF8(&t) || !bson_iter_find(&p, "path") ||
+             !BSON_ITER_HOLDS_UTF8(&p)) {
             return false;
          }
-         BSON_APPEND_UTF8(target, "topic", bson_iter_utf8(&t, NULL));
+         BSON_APPEND_UTF8(target, stores[i], bson_iter_utf8(&t, NULL));
+         BSON_APPEND_UTF8(target, "path", bson_iter_utf8(&p, NULL));
          return true;
       }
    } else {

@@ -141,7 +141,7 @@ write_config
 must "aspen starts" start_aspen_kin
 check "listing, option errors, missing stream/credentials/endpoint fail with 460" phase errors
 check "boto3 puts 100 records into 'in' (2 shards)" kin put in 0 100
-check "Kinesis -> \$validate -> \$merge, DLQ, stream metadata" phase merge_begin
+check "Kinesis -> \$validate -> \$merge, DLQ, stream metadata, operatorStats" phase merge_begin
 check "a shard split mid-stream, 150 more records (children)" split_mid_stream
 KIN_N=250 check "every record merged once, the children read after their parent" phase merge_resharded
 check "the split parent was read to its end before its children" parent_first
@@ -151,6 +151,7 @@ KIN_N=300 check "the restart resumes from the checkpointed sequence numbers" pha
 check "boto3 puts 50 records into in2" kin put in2 0 50
 check "Kinesis -> Kinesis processor starts" phase k2k_begin
 check "boto3 reads out: basicJson, partition keys from the documents" k2k_check
+check "the Kinesis sink's operatorStats and targetStats {stream}" phase k2k_stats
 must "relay to kinesalite starts" start_relay "$RELAY_PORT" "$KINESIS_PORT"
 check "\$emit through the relay starts" phase relay_begin
 check "the network goes away under \$emit and comes back" relay_outage

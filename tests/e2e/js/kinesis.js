@@ -96,6 +96,22 @@ if (phase === "merge_begin") {
   assert(bad && /JSON/.test(bad.errInfo.reason) && bad.operatorName === "KinesisConsumerOperator",
          "not-JSON record in the DLQ: " + JSON.stringify(kt.dlq.find().toArray()));
   assert(kt.dlq.findOne({ "doc._id": 13 }), "invalid document in the DLQ");
+  // Verbose operatorStats (issue 17): the Kinesis source counts what it
+  // read (the record that is not JSON as a dead letter), the $merge sink
+  // what it wrote, with its literal target.
+  let ops = [];
+  const counted = () => {
+    ops = sp.kmerge.stats({ verbose: true }).stats.operatorStats;
+    const src = ops[0], sink = ops[ops.length - 1];
+    return src.name === "KinesisConsumerOperator" && Number(src.dlqMessageCount) === 1 &&
+           Number(src.outputMessageCount) === valid(0, 100) + 1 &&
+           Number(sink.inputMessageCount) === valid(0, 100) && Boolean(sink.targetStats) &&
+           sink.targetStats[0].coll === "kmerge" &&
+           Number(sink.targetStats[0].inputMessageCount) === valid(0, 100);
+  };
+  try { waitFor("operatorStats", counted, 20000); } catch (e) {
+    throw new Error("kmerge operatorStats: " + JSON.stringify(ops));
+  }
 }
 
 if (phase === "merge_resharded") {
@@ -131,6 +147,20 @@ if (phase === "k2k_begin") {
     { $project: { _stream_meta: 0 } },
     { $emit: { connectionName: "kin", stream: "out", partitionKey: "$k", config: { outputFormat: "basicJson" } } }]);
   sp.k2k.start();
+}
+
+if (phase === "k2k_stats") {
+  // The Kinesis sink counts the 48 documents it wrote under its stream.
+  let ops = [];
+  const counted = () => {
+    ops = sp.k2k.stats({ verbose: true }).stats.operatorStats;
+    const sink = ops[ops.length - 1];
+    return Number(sink.inputMessageCount) === 48 && Boolean(sink.targetStats) &&
+           sink.targetStats[0].stream === "out" && Number(sink.targetStats[0].inputMessageCount) === 48;
+  };
+  try { waitFor("k2k operatorStats", counted, 20000); } catch (e) {
+    throw new Error("k2k operatorStats: " + JSON.stringify(ops));
+  }
 }
 
 if (phase === "relay_begin") {

@@ -27,8 +27,32 @@ function runDocs(name, input, emit) {
   sp.createStreamProcessor(name, [{ $source: { documents: input } }, { $emit: emit }]);
   sp[name].start();
   waitFor(name + " output", () => Number(stats(name).outputMessageCount) === input.length);
+  checkSinkStats(name, input.length, emit);
   sp[name].stop();
   sp[name].drop();
+}
+// The sink's verbose operatorStats (issue 17): every document in, and a
+// literal target in targetStats ({bucket|container, path}).
+function checkSinkStats(name, n, emit) {
+  let ops = [], sink = {};
+  const counted = () => {
+    ops = sp[name].stats({ verbose: true }).stats.operatorStats;
+    sink = ops[ops.length - 1];
+    return Number(ops[0].outputMessageCount) === n && Number(sink.inputMessageCount) === n;
+  };
+  try { waitFor(name + " operatorStats", counted, 20000); } catch (e) {
+    throw new Error(name + ": source and sink counts: " + EJSON.stringify(ops));
+  }
+  const j = EJSON.stringify(ops);
+  assert(Number(sink.inputMessageSize) > 0, name + ": sink size: " + j);
+  const store = emit.bucket !== undefined ? "bucket" : "container";
+  if (typeof emit.path === "string") {
+    const t = sink.targetStats && sink.targetStats[0];
+    assert(t && t[store] === emit[store] && t.path === emit.path && Number(t.inputMessageCount) === n,
+           name + ": targetStats: " + j);
+  } else {
+    assert(!sink.targetStats, name + ": no targetStats for a computed path: " + j);
+  }
 }
 const cs = (coll) => ({ $source: { connectionName: "atlas", db: "os", coll: coll } });
 
