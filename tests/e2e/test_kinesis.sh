@@ -116,10 +116,12 @@ relay_outage() {
 relay_check_out() {
     local out
     out=$(kin read out3 299 90) || { echo "# out3 has fewer records"; return 1; }
-    "$PEERS_PYTHON" - "$out" <<'PY'
+    # Through a file: 299 records are more than one argument may hold.
+    printf '%s\n' "$out" >"$ASPEN_RUN_DIR/out3.jsonl"
+    "$PEERS_PYTHON" - "$ASPEN_RUN_DIR/out3.jsonl" <<'PY'
 import json, sys
 ids = set()
-for l in sys.argv[1].splitlines():
+for l in open(sys.argv[1]).read().splitlines():
     ids.add(json.loads(json.loads(l)["data"])["_id"])
 want = set(range(300)) - {17}
 assert ids == want, sorted(want - ids)[:20]

@@ -3,14 +3,6 @@
 // at a time (KIN_PHASE); throws on the first mismatch. boto3 (kin.py) writes
 // the input streams and reads the output ones, never through aspen.
 load(__dirname + "/util.js");
-function expectError(fn, code, re) {
-  try { fn(); } catch (e) {
-    assert(e.code === code, `want code ${code}, got ${e.code} (${e.message})`);
-    if (re) assert(re.test(e.message), `message ${JSON.stringify(e.message)} does not match ${re}`);
-    return e;
-  }
-  throw new Error(`expected error ${code} ${re || ""}`);
-}
 const kt = db.getSiblingDB("kin");
 const dlq = { connectionName: "atlas", db: "kin", coll: "dlq" };
 const merge = (coll) => ({ $merge: { into: { connectionName: "atlas", db: "kin", coll } } });
