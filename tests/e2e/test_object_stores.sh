@@ -140,6 +140,7 @@ check "12 inserts into os.csin" insert csin 0 12
 check "count 5: two full objects while it runs" until_ok 30 objects_at_least cs/ 2
 check "3 inserts into os.ivin" insert ivin 0 3
 check "interval 500 ms: the object is written while it runs" until_ok 30 objects_at_least iv/ 1
+check "12 inserts into os.csgzin" insert csgzin 0 12
 check "5 inserts into os.downin" insert downin 0 5
 check "uploads through the relay land" until_ok 30 objects_at_least down/ 5
 check "the relay is cut (S3 unreachable)" stop_relay
@@ -154,6 +155,8 @@ check "aspen logged the retries" grep -q 'upload of .* failed .*retrying with ba
 check "change stream processors stop (final flush)" phase cs_stop
 check "change stream -> S3: 12 documents once" store s3 "$S3" expect lake cs/ --ids 12 --once --per-object 5
 check "interval: 3 documents once" store s3 "$S3" expect lake iv/ --ids 3 --once
+check "change stream -> S3 bytes 40 + gzip: 12 documents once, gunzipped by the reader, none over 40 bytes" \
+    store s3 "$S3" expect lake csgz/ --ids 12 --once --max-bytes 40 --suffix .json.gz --min-objects 2
 check "aspen stops cleanly" stop_aspen
 
 # SIGKILL during S3 writes: short checkpoints, inserts flowing, two kills.

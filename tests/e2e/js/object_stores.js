@@ -190,6 +190,11 @@ if (phase === "cs_start") {
   sp.createStreamProcessor("iv", [cs("ivin"), { $project: { _id: 0, i: "$fullDocument.i" } },
     { $emit: { connectionName: "lake", bucket: "lake", path: "iv", config: { writeOptions: { interval: 500, count: 1000 } } } }]);
   sp.iv.start();
+  // Cut by bytes (40, uncompressed), gzip-compressed.
+  sp.createStreamProcessor("csgz", [cs("csgzin"), { $project: { _id: 0, i: "$fullDocument.i" } },
+    { $emit: { connectionName: "lake", bucket: "lake", path: "csgz",
+               config: { compression: "gzip", writeOptions: { bytes: 40 } } } }]);
+  sp.csgz.start();
   // Uploads through a relay the test cuts: retried until it is back.
   sp.createStreamProcessor("down", [cs("downin"), { $project: { _id: 0, i: "$fullDocument.i" } },
     { $emit: { connectionName: "lakerelay", bucket: "lake", path: "down", config: { writeOptions: { count: 1 } } } }]);
@@ -200,12 +205,12 @@ if (phase === "cs_insert") {
   for (let i = Number(from); i < Number(to); i++) { os[coll].insertOne({ i: i }); }
 }
 if (phase === "cs_started") {
-  for (const n of ["cs", "iv", "down"]) {
+  for (const n of ["cs", "iv", "csgz", "down"]) {
     assert(stats(n).status === "running" || stats(n).state === "STARTED", n + " still runs: " + EJSON.stringify(stats(n)));
   }
 }
 if (phase === "cs_stop") {
-  for (const n of ["cs", "iv", "down"]) { sp[n].stop(); sp[n].drop(); }
+  for (const n of ["cs", "iv", "csgz", "down"]) { sp[n].stop(); sp[n].drop(); }
 }
 
 // SIGKILL: a change stream -> $emit S3 with short checkpoints.
