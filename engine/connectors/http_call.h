@@ -13,6 +13,7 @@
 
 #include "connectors/conn_https.h"
 #include "connectors/conn_lambda.h"
+#include "connectors/http_body.h"
 #include "runtime/pipeline.h"
 
 #include <curl/curl.h>
@@ -34,9 +35,7 @@ typedef struct {
    char *url;
    char *body;
    struct curl_slist *hdrs;
-   char *resp;
-   size_t resp_len, resp_cap;
-   bool too_big;
+   aspen_http_body_t resp;
    char fn_error[64]; /* Lambda's X-Amz-Function-Error, or "" */
    CURLcode rc;
    char errbuf[CURL_ERROR_SIZE];

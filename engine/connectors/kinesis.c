@@ -92,29 +92,6 @@ aspen__kinesis_classify(CURLcode cc, long http, const char *type)
    return ASPEN_KINESIS_FATAL;
 }
 
-static size_t
-on_data(char *ptr, size_t size, size_t nmemb, void *arg)
-{
-   aspen_kinesis_req_t *r = arg;
-   size_t n = size * nmemb;
-   if (r->resp_len + n + 1 > MAX_RESPONSE) {
-      r->resp_too_large = true;
-      return 0; /* aborts the transfer */
-   }
-   if (r->resp_len + n + 1 > r->resp_cap) {
-      size_t cap = r->resp_cap ? r->resp_cap : 4096;
-      while (cap < r->resp_len + n + 1) {
-         cap *= 2;
-      }
-      r->resp = aspen_xrealloc(r->resp, cap);
-      r->resp_cap = cap;
-   }
-   memcpy(r->resp + r->resp_len, ptr, n);
-   r->resp_len += n;
-   r->resp[r->resp_len] = '\0';
-   return n;
-}
-
 aspen_kinesis_req_t *
 aspen__kinesis_req_new(const aspen_kinesis_target_t *t, const char *op,
                        const bson_t *body, aspen_error_t *err)
@@ -151,8 +128,9 @@ aspen__kinesis_req_new(const aspen_kinesis_target_t *t, const char *op,
    curl_easy_setopt(r->h, CURLOPT_POSTFIELDS, r->body);
    curl_easy_setopt(r->h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) len);
    curl_easy_setopt(r->h, CURLOPT_HTTPHEADER, r->hdrs);
-   curl_easy_setopt(r->h, CURLOPT_WRITEFUNCTION, on_data);
-   curl_easy_setopt(r->h, CURLOPT_WRITEDATA, r);
+   curl_easy_setopt(r->h, CURLOPT_WRITEFUNCTION, aspen__http_body_write);
+   r->resp.max = MAX_RESPONSE;
+   curl_easy_setopt(r->h, CURLOPT_WRITEDATA, &r->resp);
    curl_easy_setopt(r->h, CURLOPT_NOSIGNAL, 1L);
    curl_easy_setopt(r->h, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
    curl_easy_setopt(r->h, CURLOPT_TIMEOUT_MS, 30000L);
@@ -172,7 +150,7 @@ aspen__kinesis_req_destroy(aspen_kinesis_req_t *r)
    }
    curl_slist_free_all(r->hdrs);
    bson_free(r->body);
-   free(r->resp);
+   aspen__http_body_free(&r->resp);
    free(r);
 }
 
@@ -184,15 +162,15 @@ aspen__kinesis_req_result(aspen_kinesis_req_t *r, CURLcode cc, bson_t *reply,
    msg[0] = '\0';
    if (cc != CURLE_OK) {
       snprintf(msg, size, "%s: %s", r->op,
-               r->resp_too_large ? "answer too large"
+               r->resp.too_big ? "answer too large"
                                  : curl_easy_strerror(cc));
-      return r->resp_too_large ? ASPEN_KINESIS_FATAL : ASPEN_KINESIS_RETRY;
+      return r->resp.too_big ? ASPEN_KINESIS_FATAL : ASPEN_KINESIS_RETRY;
    }
    long http = 0;
    curl_easy_getinfo(r->h, CURLINFO_RESPONSE_CODE, &http);
    bson_error_t berr;
-   bool parsed = r->resp_len > 0 &&
-                 bson_init_from_json(reply, r->resp, (ssize_t) r->resp_len,
+   bool parsed = r->resp.len > 0 &&
+                 bson_init_from_json(reply, r->resp.data, (ssize_t) r->resp.len,
                                      &berr);
    if (!parsed) {
       bson_init(reply);

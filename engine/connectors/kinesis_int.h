@@ -11,6 +11,7 @@
 #define ASPEN_ENGINE_CONNECTORS_KINESIS_INT_H
 
 #include "connectors/aws.h"
+#include "connectors/http_body.h"
 
 /* The region used when neither the stage nor the connection has one. */
 #define ASPEN_KINESIS_DEFAULT_REGION "us-east-1"
@@ -58,9 +59,7 @@ typedef struct {
    CURL *h;
    struct curl_slist *hdrs;
    char *body;
-   char *resp;
-   size_t resp_len, resp_cap;
-   bool resp_too_large;
+   aspen_http_body_t resp;
    char op[40];
    void *owner;
    int tag;

@@ -16,6 +16,7 @@
  * in order.
  */
 #include "connectors/schema_registry.h"
+#include "connectors/http_body.h"
 
 #include <curl/curl.h>
 #include <pthread.h>
@@ -97,26 +98,6 @@ aspen__sr_destroy(aspen_sr_t *sr)
 
 /* ---- HTTP ------------------------------------------------------------------- */
 
-typedef struct {
-   char *data;
-   size_t len;
-} body_t;
-
-static size_t
-on_body(char *p, size_t size, size_t n, void *ud)
-{
-   body_t *b = ud;
-   size_t add = size * n;
-   if (b->len + add > MAX_BODY) {
-      return 0;
-   }
-   b->data = aspen_xrealloc(b->data, b->len + add + 1);
-   memcpy(b->data + b->len, p, add);
-   b->len += add;
-   b->data[b->len] = '\0';
-   return add;
-}
-
 /* One request to `path` (below each URL in turn until one answers): GET,
  * or POST of `post` (JSON). *status is the HTTP status and *resp the
  * parsed JSON body (NULL when it is none). False with err when no URL
@@ -145,7 +126,7 @@ request(aspen_sr_t *sr, const char *path, const char *post, long *status,
       size_t ulen = strlen(urls[i]) + strlen(path) + 1;
       char *url = aspen_xmalloc(ulen);
       snprintf(url, ulen, "%s%s", urls[i], path);
-      body_t body = {0};
+      aspen_http_body_t body = {.max = MAX_BODY};
       struct curl_slist *hdrs = curl_slist_append(
          NULL, "Accept: application/vnd.schemaregistry.v1+json, "
                "application/json");
@@ -159,7 +140,8 @@ request(aspen_sr_t *sr, const char *path, const char *post, long *status,
       curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
       curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long) CONNECT_MS);
       curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long) REQUEST_MS);
-      curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+      curl_easy_setopt(c, CURLOPT_WRITEFUNCTION,
+                       aspen__http_body_write);
       curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
       curl_easy_setopt(c, CURLOPT_ERRORBUFFER, curl_err);
       curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -176,7 +158,7 @@ request(aspen_sr_t *sr, const char *path, const char *post, long *status,
       curl_slist_free_all(hdrs);
       free(url);
       if (rc != CURLE_OK) {
-         free(body.data);
+         aspen__http_body_free(&body);
          if (!curl_err[0]) {
             snprintf(curl_err, sizeof curl_err, "%s", curl_easy_strerror(rc));
          }
@@ -184,7 +166,7 @@ request(aspen_sr_t *sr, const char *path, const char *post, long *status,
       }
       curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
       if (*status >= 500) {
-         free(body.data);
+         aspen__http_body_free(&body);
          snprintf(curl_err, sizeof curl_err, "HTTP status %ld", *status);
          continue;
       }
@@ -193,7 +175,7 @@ request(aspen_sr_t *sr, const char *path, const char *post, long *status,
          *resp = bson_new_from_json((const uint8_t *) body.data,
                                     (ssize_t) body.len, &berr);
       }
-      free(body.data);
+      aspen__http_body_free(&body);
       return true;
    }
    aspen_error_set(err, ASPEN_ERR_HostUnreachable,

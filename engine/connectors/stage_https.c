@@ -79,31 +79,8 @@ req_clear(aspen_http_call_t *h, aspen_http_req_t *r)
    curl_slist_free_all(r->hdrs);
    free(r->url);
    free(r->body);
-   free(r->resp);
+   aspen__http_body_free(&r->resp);
    memset(r, 0, sizeof *r);
-}
-
-static size_t
-on_body(char *data, size_t size, size_t nmemb, void *arg)
-{
-   aspen_http_req_t *r = arg;
-   size_t n = size * nmemb;
-   if (r->resp_len + n > ASPEN_HTTP_MAX_BODY) {
-      r->too_big = true;
-      return 0; /* CURLE_WRITE_ERROR */
-   }
-   if (r->resp_len + n + 1 > r->resp_cap) {
-      size_t cap = r->resp_cap ? r->resp_cap : 4096;
-      while (cap < r->resp_len + n + 1) {
-         cap *= 2;
-      }
-      r->resp = aspen_xrealloc(r->resp, cap);
-      r->resp_cap = cap;
-   }
-   memcpy(r->resp + r->resp_len, data, n);
-   r->resp_len += n;
-   r->resp[r->resp_len] = '\0';
-   return n;
 }
 
 /* Keeps Lambda's X-Amz-Function-Error header (a function error). */
@@ -207,18 +184,18 @@ body_value(const aspen_http_call_t *h, aspen_http_req_t *r, const char *ctype, b
            char *why, size_t why_len)
 {
    bson_init(holder);
-   if (r->resp_len == 0) {
+   if (r->resp.len == 0) {
       return true;
    }
    if (h->lambda) {
       ctype = NULL; /* a function's result is JSON whatever the type */
    }
    if (ctype && strncasecmp(ctype, "text/plain", 10) == 0) {
-      if (!bson_utf8_validate(r->resp, r->resp_len, false)) {
+      if (!bson_utf8_validate(r->resp.data, r->resp.len, false)) {
          snprintf(why, why_len, "the text/plain response is not UTF-8");
          return false;
       }
-      bson_append_utf8(holder, "v", 1, r->resp, (int) r->resp_len);
+      bson_append_utf8(holder, "v", 1, r->resp.data, (int) r->resp.len);
       return true;
    }
    if (ctype && strncasecmp(ctype, "application/json", 16) != 0) {
@@ -229,7 +206,7 @@ body_value(const aspen_http_call_t *h, aspen_http_req_t *r, const char *ctype, b
       return false;
    }
    bson_t parsed;
-   if (!json_value(r->resp, r->resp_len, &parsed)) {
+   if (!json_value(r->resp.data, r->resp.len, &parsed)) {
       snprintf(why, why_len, "the response body is not valid JSON");
       return false;
    }
@@ -288,7 +265,7 @@ finish(aspen_stage_t *st, aspen_http_req_t *r)
    why[0] = '\0';
    bson_t holder = BSON_INITIALIZER;
    if (r->rc != CURLE_OK) {
-      if (r->too_big || r->rc == CURLE_FILESIZE_EXCEEDED) {
+      if (r->resp.too_big || r->rc == CURLE_FILESIZE_EXCEEDED) {
          snprintf(why, sizeof why,
                   "Request to %.300s failed: the response is larger than %u "
                   "bytes",
@@ -301,12 +278,12 @@ finish(aspen_stage_t *st, aspen_http_req_t *r)
       /* Every API error of the Invoke call follows onError. */
       snprintf(why, sizeof why,
                "Invoking %.200s failed with HTTP status code %ld: %.200s",
-               h->function, status, r->resp ? r->resp : "");
+               h->function, status, r->resp.data ? r->resp.data : "");
    } else if (h->lambda && !h->async && r->fn_error[0]) {
       /* The function itself failed (a synchronous call's payload is its
        * error). */
       snprintf(why, sizeof why, "Function %.200s returned an error (%s): %.300s",
-               h->function, r->fn_error, r->resp ? r->resp : "");
+               h->function, r->fn_error, r->resp.data ? r->resp.data : "");
    } else if (h->lambda && (h->async || !h->as)) {
       /* Nothing of the answer is kept. */
    } else if (status < 200 || status > 299) {
@@ -664,8 +641,9 @@ aspen__http_call_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *
    curl_easy_setopt(e, CURLOPT_URL, r->url);
    curl_easy_setopt(e, CURLOPT_PRIVATE, (char *) r);
    curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs);
-   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-   curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+   r->resp.max = ASPEN_HTTP_MAX_BODY;
+   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, aspen__http_body_write);
+   curl_easy_setopt(e, CURLOPT_WRITEDATA, &r->resp);
    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
