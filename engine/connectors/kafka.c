@@ -960,17 +960,29 @@ aspen__source_parse_idle_timeout(const bson_iter_t *it,
                                  const char *name, int64_t *ms,
                                  aspen_error_t *err)
 {
+   char opt[64];
+   snprintf(opt, sizeof opt, "$source.%s", name);
+   return aspen__parse_duration(it, pc, opt, opt, ms, err);
+}
+
+bool
+aspen__parse_duration(const bson_iter_t *it, const aspen_parse_ctx_t *pc,
+                      const char *where, const char *field, int64_t *ms,
+                      aspen_error_t *err)
+{
    static const struct {
       const char *name;
       int64_t ms;
    } units[] = {{"ms", 1},           {"second", 1000}, {"minute", 60000},
                 {"hour", 3600000},   {"day", 86400000}};
-   char opt[64], size_opt[80], unit_opt[80];
-   snprintf(opt, sizeof opt, "$source.%s", name);
-   snprintf(size_opt, sizeof size_opt, "%s.size", opt);
-   snprintf(unit_opt, sizeof unit_opt, "%s.unit", opt);
+   const char *opt = field;
+   /* The last part alone, in two of ASP's messages. */
+   const char *name = strrchr(field, '.') ? strrchr(field, '.') + 1 : field;
+   char size_opt[160], unit_opt[160];
+   snprintf(size_opt, sizeof size_opt, "%s.size", where);
+   snprintf(unit_opt, sizeof unit_opt, "%s.unit", where);
    if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
-      aspen_parse_error(err, pc, opt,
+      aspen_parse_error(err, pc, where,
                         "BSON field '%s' is the wrong type '%s', expected "
                         "type 'object'",
                         opt, type_name(bson_iter_type(it)));
@@ -1017,27 +1029,27 @@ aspen__source_parse_idle_timeout(const bson_iter_t *it,
             return false;
          }
       } else {
-         aspen_parse_error(err, pc, opt,
+         aspen_parse_error(err, pc, where,
                            "BSON field '%s.%s' is an unknown field.", opt, k);
          return false;
       }
    }
    if (size < 0) {
-      aspen_parse_error(err, pc, opt,
+      aspen_parse_error(err, pc, where,
                         "BSON field '%s.size' is missing but a required "
                         "field",
                         opt);
       return false;
    }
    if (!unit_ms) {
-      aspen_parse_error(err, pc, opt,
+      aspen_parse_error(err, pc, where,
                         "BSON field '%s.unit' is missing but a required "
                         "field",
                         opt);
       return false;
    }
    if (size > INT64_MAX / unit_ms) {
-      aspen_parse_error(err, pc, opt, "%s is too large", name);
+      aspen_parse_error(err, pc, where, "%s is too large", name);
       return false;
    }
    *ms = size * unit_ms;

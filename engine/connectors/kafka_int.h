@@ -55,9 +55,15 @@ bool aspen__kafka_key_encode(aspen_kafka_key_format_t f, const bson_value_t *v,
 bool aspen__kafka_json_decode(const void *data, size_t len, bson_t *doc,
                               aspen_error_t *err);
 
+/* A duration option, {size: <int >= 0>, unit: "ms"|"second"|"minute"|
+ * "hour"|"day"}, into *ms. `field` names it in messages ("BSON field
+ * '$emit.config.writeOptions.interval' ..."), `where` is its position
+ * below pc's (aspen_parse_error). False with ASP's 420 error. */
+bool aspen__parse_duration(const bson_iter_t *it, const aspen_parse_ctx_t *pc,
+                           const char *where, const char *field, int64_t *ms,
+                           aspen_error_t *err);
 /* A source's idle timeout option `name` ("partitionIdleTimeout", Kinesis'
- * "shardIdleTimeout"): {size: <int>, unit: "ms"|"second"|"minute"|"hour"|
- * "day"}, into *ms. False with ASP's 420 error naming $source.<name>. */
+ * "shardIdleTimeout"): aspen__parse_duration of $source.<name>. */
 bool aspen__source_parse_idle_timeout(const bson_iter_t *it,
                                       const aspen_parse_ctx_t *pc,
                                       const char *name, int64_t *ms,

@@ -10,8 +10,10 @@
  * compressed (config.compression: gzip or snappy) and queued for upload as
  * object "<path>/<run>-<n>.json[.gz|.snappy]" -- when it holds
  * config.writeOptions.count documents or .bytes bytes, when its first
- * document is .interval ms old, and whenever a checkpoint may follow (so a
- * checkpoint never records as done a document that is only in memory).
+ * document is .interval ({size, unit}) old, and whenever a checkpoint may
+ * follow (so a checkpoint never records as done a document that is only in
+ * memory). config.dateFormat ISO8601 writes Dates as strings and
+ * config.compressionLevel is gzip's level (1-9, default 6).
  *
  * Uploads. An object is written whole, with one PUT: the store shows it
  * complete or not at all, so a crash never leaves a truncated object. The
@@ -57,6 +59,8 @@
 #define REQUEST_TIMEOUT_MS 60000
 #define DEFAULT_BYTES (16 * 1024 * 1024)
 #define DEFAULT_INTERVAL_MS 60000
+#define MAX_INTERVAL_MS (7LL * 24 * 3600 * 1000) /* ASP: at most 7 days */
+#define DEFAULT_GZIP_LEVEL 6
 #define RESP_MAX 2048
 /* A file larger than this goes up in parts of this size (S3's smallest
  * part is 5 MiB). */
@@ -104,7 +108,9 @@ typedef struct {
    aspen_expr_t *path;
    char *delimiter;
    fmt_t fmt;
+   bool iso_dates; /* config.dateFormat ISO8601 */
    comp_t comp;
+   int gzip_level; /* config.compressionLevel, 1..9 */
    int64_t max_count;   /* 0: no limit */
    int64_t max_bytes;
    int64_t interval_ms;
@@ -190,10 +196,26 @@ parse_write_options(objstore_t *s, const bson_iter_t *it,
       const char *k = bson_iter_key(&wi);
       char opt[96];
       snprintf(opt, sizeof opt, "config.writeOptions.%s", k);
-      int64_t *slot = strcmp(k, "count") == 0      ? &s->max_count
-                      : strcmp(k, "bytes") == 0    ? &s->max_bytes
-                      : strcmp(k, "interval") == 0 ? &s->interval_ms
-                                                   : NULL;
+      if (strcmp(k, "interval") == 0) {
+         /* ASP's {size, unit}: not 0, at most 7 days. */
+         char field[112];
+         snprintf(field, sizeof field, "$emit.%s", opt);
+         if (!aspen__parse_duration(&wi, pc, opt, field, &s->interval_ms,
+                                    err)) {
+            return false;
+         }
+         if (s->interval_ms <= 0 || s->interval_ms > MAX_INTERVAL_MS) {
+            aspen_parse_error(err, pc, opt,
+                              "BSON field '$emit.%s' must be more than 0 "
+                              "and at most 7 days",
+                              opt);
+            return false;
+         }
+         continue;
+      }
+      int64_t *slot = strcmp(k, "count") == 0   ? &s->max_count
+                      : strcmp(k, "bytes") == 0 ? &s->max_bytes
+                                                : NULL;
       if (!slot) {
          aspen_parse_error(err, pc, opt,
                            "BSON field '$emit.%s' is an unknown field.", opt);
@@ -213,6 +235,7 @@ parse_config(objstore_t *s, const bson_iter_t *it, const aspen_parse_ctx_t *pc,
    static const char *const formats[] = {"relaxedJson", "canonicalJson",
                                          "basicJson", NULL};
    static const char *const comps[] = {"none", "gzip", "snappy", NULL};
+   static const char *const date_formats[] = {"default", "ISO8601", NULL};
    if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
       aspen_parse_error(err, pc, "config",
                         "BSON field '$emit.config' is the wrong type, "
@@ -236,6 +259,25 @@ parse_config(objstore_t *s, const bson_iter_t *it, const aspen_parse_ctx_t *pc,
             return false;
          }
          s->comp = (comp_t) v;
+      } else if (strcmp(k, "dateFormat") == 0) {
+         if (!enum_index(&ci, date_formats, pc, opt, &v, err)) {
+            return false;
+         }
+         s->iso_dates = v == 1;
+      } else if (strcmp(k, "compressionLevel") == 0) {
+         /* gzip's level; with snappy it has no effect (ASP). */
+         int64_t level;
+         if (!positive_int(&ci, pc, opt, &level, err)) {
+            return false;
+         }
+         if (level > 9) {
+            aspen_parse_error(err, pc, opt,
+                              "BSON field '$emit.%s' must be between 1 and "
+                              "9",
+                              opt);
+            return false;
+         }
+         s->gzip_level = (int) level;
       } else if (strcmp(k, "delimiter") == 0) {
          if (!BSON_ITER_HOLDS_UTF8(&ci)) {
             aspen_parse_error(err, pc, opt,
@@ -284,6 +326,7 @@ compile(objstore_t *s, const aspen_objstore_backend_t *be, const bson_t *spec,
    s->be = be;
    s->max_bytes = DEFAULT_BYTES;
    s->interval_ms = DEFAULT_INTERVAL_MS;
+   s->gzip_level = DEFAULT_GZIP_LEVEL;
    const char *conn_name = NULL;
    bson_iter_t it;
    bson_iter_init(&it, spec);
@@ -373,17 +416,18 @@ static char *
 serialise(const objstore_t *s, const bson_t *doc, size_t *len)
 {
    aspen_kafka_json_opts_t opts = {.canonical = s->fmt == FMT_CANONICAL,
-                                   .basic = s->fmt == FMT_BASIC};
+                                   .basic = s->fmt == FMT_BASIC,
+                                   .iso_dates = s->iso_dates};
    return aspen__kafka_json_encode(doc, &opts, len);
 }
 
 /* ---- compression ------------------------------------------------------------ */
 
-/* Compresses `len` bytes at `in` per `comp` into a new buffer (*out,
+/* Compresses `len` bytes at `in` per `comp` (gzip at `gzip_level`) into a new buffer (*out,
  * *out_len); false (err set) on failure. */
 static bool
-compress_file(comp_t comp, const char *in, size_t len, char **out,
-              size_t *out_len, aspen_error_t *err)
+compress_file(comp_t comp, int gzip_level, const char *in, size_t len,
+              char **out, size_t *out_len, aspen_error_t *err)
 {
    if (comp == COMP_SNAPPY) {
       size_t cap = snappy_max_compressed_length(len);
@@ -401,7 +445,7 @@ compress_file(comp_t comp, const char *in, size_t len, char **out,
    z_stream zs;
    memset(&zs, 0, sizeof zs);
    /* windowBits 15 + 16: a gzip stream (header and trailer), as gzip(1). */
-   if (deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8,
+   if (deflateInit2(&zs, gzip_level, Z_DEFLATED, 15 + 16, 8,
                     Z_DEFAULT_STRATEGY) != Z_OK) {
       aspen_error_set(err, ASPEN_ERR_InternalError, "gzip init failed");
       return false;
@@ -800,8 +844,8 @@ cut(objstore_t *s, file_t *f, aspen_error_t *err)
       u->len = f->len;
       f->data = NULL;
       f->cap = 0;
-   } else if (!compress_file(s->comp, f->data, f->len, &u->body, &u->len,
-                             err)) {
+   } else if (!compress_file(s->comp, s->gzip_level, f->data, f->len,
+                             &u->body, &u->len, err)) {
       upload_free(u);
       return false;
    }

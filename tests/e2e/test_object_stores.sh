@@ -113,6 +113,9 @@ check "S3 path expression: 30 documents once over the three paths" \
 check "S3 gzip + basicJson: readable with gzip, ObjectId/Decimal as strings, Date as ms" \
     store s3 "$S3" expect lake gzip/ --ids 25 --once --suffix .json.gz \
     --check "isinstance(doc['o'], str) and len(doc['o']) == 24 and isinstance(doc['d'], int) and doc['d'] > 1.7e12 and doc['n'] == '1.5'"
+check "S3 gzip level 1 + dateFormat ISO8601: Dates as ISO-8601 strings, files of 3" \
+    store s3 "$S3" expect lake iso/ --ids 6 --once --per-object 3 --suffix .json.gz \
+    --check "doc['d'] == '2025-01-10T20:17:38.387Z'"
 check "S3 canonicalJson with delimiter '|'" \
     store s3 "$S3" expect lake canon/ --ids 5 --once --delimiter '|' \
     --check "doc['i'] == {'\$numberInt': str(doc['i']['\$numberInt'])}"

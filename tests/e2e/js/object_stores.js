@@ -86,6 +86,19 @@ if (phase === "parse") {
           /writeOptions.count' must be a positive integer/);
   refused([src, { $emit: { connectionName: "lake", bucket: "b", config: { writeOptions: { rows: 1 } } } }],
           /writeOptions.rows' is an unknown field/);
+  // ASP's interval is {size, unit}, more than 0 and at most 7 days.
+  refused([src, { $emit: { connectionName: "lake", bucket: "b", config: { writeOptions: { interval: 500 } } } }],
+          /'\$emit.config.writeOptions.interval' is the wrong type 'int', expected type 'object'/);
+  refused([src, { $emit: { connectionName: "lake", bucket: "b", config: { writeOptions: { interval: { size: 0, unit: "ms" } } } } }],
+          /writeOptions.interval' must be more than 0 and at most 7 days/);
+  refused([src, { $emit: { connectionName: "lake", bucket: "b", config: { writeOptions: { interval: { size: 8, unit: "day" } } } } }],
+          /writeOptions.interval' must be more than 0 and at most 7 days/);
+  refused([src, { $emit: { connectionName: "lake", bucket: "b", config: { writeOptions: { interval: { size: 1, unit: "week" } } } } }],
+          /Enumeration value 'week' for field '\$emit.config.writeOptions.interval.unit'/);
+  refused([src, { $emit: { connectionName: "lake", bucket: "b", config: { compressionLevel: 10, compression: "gzip" } } }],
+          /'\$emit.config.compressionLevel' must be between 1 and 9/);
+  refused([src, { $emit: { connectionName: "lake", bucket: "b", config: { dateFormat: "unix" } } }],
+          /Enumeration value 'unix' for field '\$emit.config.dateFormat'/);
 }
 
 if (phase === "files") {
@@ -98,6 +111,10 @@ if (phase === "files") {
   runDocs("gzip", docs(25, { o: ObjectId(), d: new Date(), n: NumberDecimal("1.5") }),
           { connectionName: "lake", bucket: "lake", region: "us-east-1", path: "gzip",
             config: { compression: "gzip", outputFormat: "basicJson", delimiter: "\n" } });
+  runDocs("iso", docs(6, { d: new Date(1736540258387) }),
+          { connectionName: "lake", bucket: "lake", path: "iso",
+            config: { compression: "gzip", compressionLevel: 1, dateFormat: "ISO8601",
+                      writeOptions: { count: 3, interval: { size: 1, unit: "hour" } } } });
   runDocs("canon", docs(5), { connectionName: "lake", bucket: "lake", path: "canon",
                               config: { outputFormat: "canonicalJson", delimiter: "|" } });
   // Files of ~12 MB: multipart uploads (parts of 8 MiB).
@@ -188,7 +205,7 @@ if (phase === "cs_start") {
   // Cut by interval (500 ms) while it runs: no checkpoint is due (its
   // interval is 10 minutes) and nothing else would cut these files.
   sp.createStreamProcessor("iv", [cs("ivin"), { $project: { _id: 0, i: "$fullDocument.i" } },
-    { $emit: { connectionName: "lake", bucket: "lake", path: "iv", config: { writeOptions: { interval: 500, count: 1000 } } } }]);
+    { $emit: { connectionName: "lake", bucket: "lake", path: "iv", config: { writeOptions: { interval: { size: 500, unit: "ms" }, count: 1000 } } } }]);
   sp.iv.start();
   // Cut by bytes (40, uncompressed), gzip-compressed.
   sp.createStreamProcessor("csgz", [cs("csgzin"), { $project: { _id: 0, i: "$fullDocument.i" } },
@@ -216,7 +233,7 @@ if (phase === "cs_stop") {
 // SIGKILL: a change stream -> $emit S3 with short checkpoints.
 if (phase === "kill_start") {
   sp.createStreamProcessor("kill", [cs("killin"), { $project: { _id: 0, i: "$fullDocument.i" } },
-    { $emit: { connectionName: "lake", bucket: "lake", path: "kill", config: { writeOptions: { count: 40, interval: 300 } } } }]);
+    { $emit: { connectionName: "lake", bucket: "lake", path: "kill", config: { writeOptions: { count: 40, interval: { size: 300, unit: "ms" } } } } }]);
   sp.kill.start();
 }
 if (phase === "kill_wait") {
