@@ -11,6 +11,7 @@
  * outputMessageSize are doubles, the others Longs.
  */
 #include "commands/commands.h"
+#include "connectors/connectors.h"
 #include "connectors/kafka_int.h"
 #include "connectors/source_change_stream.h"
 
@@ -181,6 +182,14 @@ append_operators(bson_t *st, const aspen_proc_t *p,
          BSON_APPEND_DATE_TIME(&o, "minOpenWindowStartTime", f->open_min_ms);
          BSON_APPEND_DATE_TIME(&o, "maxOpenWindowStartTime", f->open_max_ms);
       }
+      if (i == 0) {
+         /* A change stream's initial sync: per collection, and summed. */
+         bson_t fig;
+         if (aspen_proc_source_figures(p, &fig)) {
+            aspen__change_stream_operator_stats(&fig, scale, &o);
+         }
+         bson_destroy(&fig);
+      }
       if (is_sink && has_target) {
          bson_t ts, t0;
          BSON_APPEND_ARRAY_BEGIN(&o, "targetStats", &ts);
@@ -191,6 +200,19 @@ append_operators(bson_t *st, const aspen_proc_t *p,
          bson_append_array_end(&o, &ts);
       }
       bson_append_document_end(&arr, &o);
+   }
+   if (f->n_ops == 0) {
+      /* Not running (a failed initial sync): the source's last figures,
+       * so the collection that failed shows. */
+      bson_t fig, o;
+      if (aspen_proc_source_figures(p, &fig)) {
+         BSON_APPEND_DOCUMENT_BEGIN(&arr, "0", &o);
+         BSON_APPEND_UTF8(&o, "name",
+                          aspen_source_change_stream_ops.operator_name);
+         aspen__change_stream_operator_stats(&fig, scale, &o);
+         bson_append_document_end(&arr, &o);
+      }
+      bson_destroy(&fig);
    }
    bson_append_array_end(st, &arr);
    bson_destroy(&target);

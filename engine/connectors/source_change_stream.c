@@ -31,9 +31,11 @@
  * With initialSync (README "MongoDB connections"), the source first takes
  * the watch's resume token, then copies the collections as insert events
  * in _id order, its position meanwhile a sync token ({aspenInitialSync:
- * {startAt, colls, i, lastId, synced}}) that checkpoints keep where a
- * resume token would be, so a restart resumes the copy; then it opens the
- * change stream at that first token.
+ * {startAt, colls, i, lastId, synced, est, copied, inCount, inSize}})
+ * that checkpoints keep where a resume token would be, so a restart
+ * resumes the copy (and its per-collection figures); then it opens the
+ * change stream at that first token. The figures are published for
+ * verbose stats' targetStats (aspen_rt_source_figures).
  */
 #include "base/tier.h"
 #include "connectors/conn_atlas.h"
@@ -487,6 +489,13 @@ typedef struct {
    bson_t start_at;
    bson_t last_id; /* {"_id": <the last copied document's _id>} or empty */
    int64_t synced; /* documents copied (this sync, all runs) */
+   /* Per collection of sync_colls (stats' targetStats): the estimated
+    * count taken when the sync was planned, the documents copied, the
+    * messages read from it (copied and change events) and their bytes.
+    * The sync token keeps them, so a restart during the copy goes on
+    * from there; published by sync_publish when `moved`. */
+   int64_t *est, *copied, *in_count, *in_size;
+   bool sync_failed, moved;
 } cs_t;
 
 bool
@@ -697,6 +706,9 @@ static bool sync_restore(cs_t *cs, const bson_t *token, bool *is_sync,
 static bool sync_start(aspen_runtime_t *rt, cs_t *cs, bool resumed,
                        aspen_error_t *err);
 static void append_phase(bson_t *src, bool syncing);
+static void sync_count(cs_t *cs, const char *coll, uint32_t len);
+static void sync_free(cs_t *cs);
+static void sync_publish(aspen_runtime_t *rt, cs_t *cs);
 
 static void
 cs_destroy(cs_t *cs)
@@ -710,6 +722,7 @@ cs_destroy(cs_t *cs)
    bson_destroy(&cs->sync_colls);
    bson_destroy(&cs->start_at);
    bson_destroy(&cs->last_id);
+   sync_free(cs);
    pthread_mutex_destroy(&cs->mu);
    bson_free(cs);
 }
@@ -900,6 +913,28 @@ on_event(aspen_runtime_t *rt, cs_t *cs, const bson_t *ev)
       if (ct != INT64_MIN) {
          aspen_rt_source_lag(rt, aspen_clock_now_ms() - ct);
       }
+      bson_iter_t ns, coll;
+      if (cs->n_sync) {
+         /* The event's collection (a server that sends no ns watches
+          * the one collection). The bytes: the event, or its document,
+          * as the runtime counts them. */
+         const char *name = cs->o.coll;
+         if (bson_iter_init_find(&ns, ev, "ns") &&
+             BSON_ITER_HOLDS_DOCUMENT(&ns) && bson_iter_recurse(&ns, &coll) &&
+             bson_iter_find(&coll, "coll") && BSON_ITER_HOLDS_UTF8(&coll)) {
+            name = bson_iter_utf8(&coll, NULL);
+         }
+         uint32_t len = ev->len;
+         const uint8_t *data;
+         if (cs->o.full_document_only &&
+             bson_iter_init_find(&it, ev, "fullDocument") &&
+             BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            bson_iter_document(&it, &len, &data);
+         }
+         if (name) {
+            sync_count(cs, name, len);
+         }
+      }
       if (!cs->o.full_document_only) {
          aspen_rt_ingest(rt, ev, &meta, ts);
       } else if (bson_iter_init_find(&it, ev, "fullDocument") &&
@@ -980,6 +1015,133 @@ append_phase(bson_t *src, bool syncing)
    bson_append_document_end(src, &is);
 }
 
+static const char *const figure_keys[] = {"est", "copied", "inCount",
+                                          "inSize"};
+
+static int64_t *
+figure(const cs_t *cs, int f)
+{
+   int64_t *const all[] = {cs->est, cs->copied, cs->in_count, cs->in_size};
+   return all[f];
+}
+
+/* The per-collection figures as arrays of Longs: {est: [...], copied,
+ * inCount, inSize}. */
+static void
+append_figures(const cs_t *cs, bson_t *out)
+{
+   for (int f = 0; f < 4; f++) {
+      const int64_t *v = figure(cs, f);
+      bson_t arr;
+      BSON_APPEND_ARRAY_BEGIN(out, figure_keys[f], &arr);
+      for (int j = 0; j < cs->n_sync; j++) {
+         char key[16];
+         const char *k;
+         bson_uint32_to_string((uint32_t) j, &k, key, sizeof key);
+         BSON_APPEND_INT64(&arr, k, v[j]);
+      }
+      bson_append_array_end(out, &arr);
+   }
+}
+
+static void
+sync_free(cs_t *cs)
+{
+   for (int f = 0; f < 4; f++) {
+      free(figure(cs, f));
+   }
+}
+
+/* Zeroed figures for the n_sync collections. */
+static void
+sync_alloc(cs_t *cs)
+{
+   size_t n = cs->n_sync > 0 ? (size_t) cs->n_sync : 1;
+   sync_free(cs);
+   cs->est = aspen_xcalloc(n, sizeof *cs->est);
+   cs->copied = aspen_xcalloc(n, sizeof *cs->copied);
+   cs->in_count = aspen_xcalloc(n, sizeof *cs->in_count);
+   cs->in_size = aspen_xcalloc(n, sizeof *cs->in_size);
+}
+
+/* The index of `coll` in sync_colls, -1 when it is not there. */
+static int
+sync_index(const cs_t *cs, const char *coll)
+{
+   bson_iter_t it;
+   int j = 0;
+   if (bson_iter_init(&it, &cs->sync_colls)) {
+      for (; bson_iter_next(&it); j++) {
+         if (BSON_ITER_HOLDS_UTF8(&it) &&
+             strcmp(bson_iter_utf8(&it, NULL), coll) == 0) {
+            return j;
+         }
+      }
+   }
+   return -1;
+}
+
+/* One message read from `coll` (copied or a change event), `len` bytes. */
+static void
+sync_count(cs_t *cs, const char *coll, uint32_t len)
+{
+   int j = sync_index(cs, coll);
+   if (j >= 0) {
+      cs->in_count[j]++;
+      cs->in_size[j] += len;
+      cs->moved = true;
+   }
+}
+
+/* Publishes the figures for stats (aspen__change_stream_operator_stats)
+ * when they moved: {db, colls, i, syncing, failed, est, copied, inCount,
+ * inSize}. */
+static void
+sync_publish(aspen_runtime_t *rt, cs_t *cs)
+{
+   if (!cs->moved || !cs->n_sync) {
+      return;
+   }
+   cs->moved = false;
+   bson_t fig = BSON_INITIALIZER;
+   BSON_APPEND_UTF8(&fig, "db", cs->o.db);
+   BSON_APPEND_ARRAY(&fig, "colls", &cs->sync_colls);
+   BSON_APPEND_INT32(&fig, "i", cs->sync_i);
+   BSON_APPEND_BOOL(&fig, "syncing", cs->syncing);
+   BSON_APPEND_BOOL(&fig, "failed", cs->sync_failed);
+   append_figures(cs, &fig);
+   aspen_rt_source_figures(rt, &fig);
+   bson_destroy(&fig);
+}
+
+/* The estimated count of each collection (the `count` command without a
+ * query, as estimatedDocumentCount), taken when the sync is planned. */
+static bool
+sync_estimate(cs_t *cs, aspen_error_t *err)
+{
+   bson_iter_t it;
+   int j = 0;
+   bson_iter_init(&it, &cs->sync_colls);
+   for (; bson_iter_next(&it) && j < cs->n_sync; j++) {
+      const char *coll = bson_iter_utf8(&it, NULL);
+      mongoc_collection_t *c =
+         mongoc_client_get_collection(cs->client, cs->o.db, coll);
+      bson_error_t berr;
+      int64_t n = mongoc_collection_estimated_document_count(c, NULL, NULL,
+                                                             NULL, &berr);
+      mongoc_collection_destroy(c);
+      if (n < 0) {
+         aspen_error_set(err, ASPEN_ERR_StreamProcessorAtlasConnectionError,
+                         "cannot count %s.%s for the initial sync "
+                         "(connection '%s'): %s",
+                         cs->o.db, coll, cs->conn->name, berr.message);
+         return false;
+      }
+      cs->est[j] = n;
+   }
+   return true;
+}
+
 /* The source's position while it copies: the checkpoint keeps it where a
  * change stream's resume token would be, so a restart resumes the copy
  * after the last document a checkpoint covers (and stats show it). */
@@ -997,6 +1159,7 @@ sync_token_build(const cs_t *cs, bson_t *out)
       bson_append_iter(&s, "lastId", -1, &it);
    }
    BSON_APPEND_INT64(&s, "synced", cs->synced);
+   append_figures(cs, &s);
    bson_append_document_end(out, &s);
 }
 
@@ -1036,6 +1199,25 @@ sync_restore(cs_t *cs, const bson_t *token, bool *is_sync, aspen_error_t *err)
       } else if (strcmp(k, "synced") == 0 && BSON_ITER_HOLDS_INT64(&s)) {
          cs->synced = bson_iter_int64(&s);
       }
+   }
+   if (ok && has_colls) {
+      /* The figures, once the number of collections is known (a
+       * checkpoint from before they were kept has none: zeros). */
+      sync_alloc(cs);
+      bson_iter_recurse(&it, &s);
+      while (bson_iter_next(&s)) {
+         for (int f = 0; f < 4; f++) {
+            bson_iter_t a;
+            if (strcmp(bson_iter_key(&s), figure_keys[f]) != 0 ||
+                !BSON_ITER_HOLDS_ARRAY(&s) || !bson_iter_recurse(&s, &a)) {
+               continue;
+            }
+            for (int j = 0; bson_iter_next(&a) && j < cs->n_sync; j++) {
+               figure(cs, f)[j] = bson_iter_as_int64(&a);
+            }
+         }
+      }
+      cs->moved = true;
    }
    if (!ok || !has_start || !has_colls || cs->sync_i < 0 ||
        cs->sync_i > cs->n_sync) {
@@ -1099,6 +1281,8 @@ sync_list_colls(cs_t *cs, aspen_error_t *err)
       }
    }
    cs->n_sync = n;
+   sync_alloc(cs);
+   cs->moved = true;
    return true;
 }
 
@@ -1125,6 +1309,9 @@ sync_start(aspen_runtime_t *rt, cs_t *cs, bool resumed, aspen_error_t *err)
                          "allows: use tier %s or higher",
                          cs->n_sync, (long long) limit, tier,
                          need ? need->name : ASPEN_TIER_MAX);
+         return false;
+      }
+      if (!sync_estimate(cs, err)) {
          return false;
       }
       bson_error_t berr;
@@ -1154,6 +1341,7 @@ sync_start(aspen_runtime_t *rt, cs_t *cs, bool resumed, aspen_error_t *err)
    sync_token_build(cs, &tok);
    aspen_rt_mark_token(rt, &tok);
    bson_destroy(&tok);
+   sync_publish(rt, cs);
    aspen_logf(ASPEN_LOG_INFO, ASPEN_LOG_DOMAIN, name,
               "%s the initial sync of %d collection(s) of %s (at collection "
               "%d, %lld document(s) copied), then the %s",
@@ -1170,6 +1358,7 @@ sync_ingest(aspen_runtime_t *rt, cs_t *cs, const char *coll, const bson_t *doc)
    bson_t before, ev, meta, src, ns, key;
    bson_iter_t it;
    bool has_id = bson_iter_init_find(&it, doc, "_id");
+   uint32_t len = doc->len;
    sync_token_build(cs, &before);
    aspen_rt_mark(rt, 0, -1, &before);
    bson_destroy(&before);
@@ -1206,6 +1395,7 @@ sync_ingest(aspen_runtime_t *rt, cs_t *cs, const char *coll, const bson_t *doc)
       }
       bson_append_document_end(&ev, &key);
       aspen_rt_ingest(rt, &ev, &meta, INT64_MIN);
+      len = ev.len; /* the bytes the runtime counts */
       bson_destroy(&ev);
    }
    bson_destroy(&meta);
@@ -1215,6 +1405,10 @@ sync_ingest(aspen_runtime_t *rt, cs_t *cs, const char *coll, const bson_t *doc)
       bson_append_iter(&cs->last_id, "_id", 3, &it);
    }
    cs->synced++;
+   cs->copied[cs->sync_i]++;
+   cs->in_count[cs->sync_i]++;
+   cs->in_size[cs->sync_i] += len;
+   cs->moved = true;
    bson_t after;
    sync_token_build(cs, &after);
    aspen_rt_mark_token(rt, &after);
@@ -1249,6 +1443,7 @@ sync_one(aspen_runtime_t *rt, cs_t *cs, const char *coll, int64_t *last_flush)
       int64_t now_ms = aspen_clock_mono_ms();
       if (now_ms - *last_flush >= FLUSH_EVERY_MS) {
          *last_flush = now_ms;
+         sync_publish(rt, cs);
          if (aspen_rt_wait(rt, 0)) {
             ok = false;
             break;
@@ -1261,6 +1456,8 @@ sync_one(aspen_runtime_t *rt, cs_t *cs, const char *coll, int64_t *last_flush)
       snprintf(msg, sizeof msg,
                "the initial sync cannot read %s.%s (connection '%s'): %s",
                cs->o.db, coll, cs->conn->name, berr.message);
+      cs->sync_failed = cs->moved = true;
+      sync_publish(rt, cs);
       aspen_rt_fail(rt, msg);
       ok = false;
    }
@@ -1292,6 +1489,7 @@ sync_run(aspen_runtime_t *rt, cs_t *cs)
          return false;
       }
       cs->sync_i++;
+      cs->moved = true;
       bson_reinit(&cs->last_id);
       bson_t tok;
       sync_token_build(cs, &tok);
@@ -1299,6 +1497,8 @@ sync_run(aspen_runtime_t *rt, cs_t *cs)
       bson_destroy(&tok);
    }
    cs->syncing = false;
+   cs->moved = true;
+   sync_publish(rt, cs);
    aspen_logf(ASPEN_LOG_INFO, ASPEN_LOG_DOMAIN, aspen_rt_processor_name(rt),
               "the initial sync copied %lld document(s) of %d collection(s); "
               "opening the %s where the sync began",
@@ -1379,6 +1579,94 @@ aspen__change_stream_stats_append(const bson_t *pipeline, const bson_t *token,
    }
 }
 
+/* ASP's figures of a collection's sync from `fig` (sync_publish), at
+ * index j: {estimatedDocs, copiedDocs, status}. */
+static void
+append_target_sync(bson_t *t, const bson_t *fig, int j, int i, bool syncing,
+                   bool failed, int64_t *sums)
+{
+   int64_t v[2] = {0, 0};
+   for (int f = 0; f < 2; f++) {
+      bson_iter_t a;
+      char path[32];
+      snprintf(path, sizeof path, "%s.%d", figure_keys[f], j);
+      if (bson_iter_init(&a, fig) && bson_iter_find_descendant(&a, path, &a)) {
+         v[f] = bson_iter_as_int64(&a);
+      }
+      sums[f] += v[f];
+   }
+   const char *status = !syncing || j < i ? "completed"
+                        : j > i           ? "pending"
+                        : failed          ? "failed"
+                                          : "in_progress";
+   bson_t is;
+   BSON_APPEND_DOCUMENT_BEGIN(t, "initialSync", &is);
+   BSON_APPEND_INT64(&is, "estimatedDocs", v[0]);
+   BSON_APPEND_INT64(&is, "copiedDocs", v[1]);
+   BSON_APPEND_UTF8(&is, "status", status);
+   bson_append_document_end(t, &is);
+}
+
+void
+aspen__change_stream_operator_stats(const bson_t *fig, int64_t scale,
+                                    bson_t *op)
+{
+   bson_iter_t it, colls;
+   if (!bson_iter_init_find(&it, fig, "colls") || !BSON_ITER_HOLDS_ARRAY(&it) ||
+       !bson_iter_recurse(&it, &colls)) {
+      return;
+   }
+   const char *db = "";
+   int32_t i = 0;
+   bool syncing = false, failed = false;
+   if (bson_iter_init_find(&it, fig, "db") && BSON_ITER_HOLDS_UTF8(&it)) {
+      db = bson_iter_utf8(&it, NULL);
+   }
+   if (bson_iter_init_find(&it, fig, "i") && BSON_ITER_HOLDS_INT32(&it)) {
+      i = bson_iter_int32(&it);
+   }
+   if (bson_iter_init_find(&it, fig, "syncing")) {
+      syncing = bson_iter_as_bool(&it);
+   }
+   if (bson_iter_init_find(&it, fig, "failed")) {
+      failed = bson_iter_as_bool(&it);
+   }
+   int64_t sums[2] = {0, 0};
+   bson_t arr, t;
+   BSON_APPEND_ARRAY_BEGIN(op, "targetStats", &arr);
+   for (int j = 0; bson_iter_next(&colls); j++) {
+      char key[16], path[32];
+      const char *k;
+      bson_uint32_to_string((uint32_t) j, &k, key, sizeof key);
+      BSON_APPEND_DOCUMENT_BEGIN(&arr, k, &t);
+      BSON_APPEND_UTF8(&t, "db", db);
+      BSON_APPEND_UTF8(&t, "coll",
+                       BSON_ITER_HOLDS_UTF8(&colls)
+                          ? bson_iter_utf8(&colls, NULL)
+                          : "");
+      int64_t count = 0, size = 0;
+      snprintf(path, sizeof path, "inCount.%d", j);
+      if (bson_iter_init(&it, fig) && bson_iter_find_descendant(&it, path, &it)) {
+         count = bson_iter_as_int64(&it);
+      }
+      snprintf(path, sizeof path, "inSize.%d", j);
+      if (bson_iter_init(&it, fig) && bson_iter_find_descendant(&it, path, &it)) {
+         size = bson_iter_as_int64(&it);
+      }
+      BSON_APPEND_INT64(&t, "inputMessageCount", count);
+      /* A plain number, as the processor's inputMessageSize. */
+      BSON_APPEND_DOUBLE(&t, "inputMessageSize", (double) (size / scale));
+      append_target_sync(&t, fig, j, i, syncing, failed, sums);
+      bson_append_document_end(&arr, &t);
+   }
+   bson_append_array_end(op, &arr);
+   bson_t is;
+   BSON_APPEND_DOCUMENT_BEGIN(op, "initialSync", &is);
+   BSON_APPEND_INT64(&is, "estimatedDocs", sums[0]);
+   BSON_APPEND_INT64(&is, "copiedDocs", sums[1]);
+   bson_append_document_end(op, &is);
+}
+
 /* The catalog's check (builtins.c): ASP runs no window stage after an
  * initial sync's $source. */
 bool
@@ -1443,6 +1731,7 @@ cs_run(aspen_runtime_t *rt, void *state)
       int64_t now_ms = aspen_clock_mono_ms();
       if (!got || now_ms - last_flush >= FLUSH_EVERY_MS) {
          last_flush = now_ms;
+         sync_publish(rt, cs);
          if (aspen_rt_wait(rt, 0)) {
             return;
          }

@@ -23,6 +23,14 @@ bool aspen__change_stream_resume_token(void *state, bson_t *out);
  * ({initialSync: {phase, ...}}). Command thread. */
 void aspen__change_stream_stats_append(const bson_t *pipeline,
                                        const bson_t *token, bson_t *st);
+/* What a change stream $source's operatorStats entry adds from the
+ * figures it published (aspen_proc_source_figures): with initialSync,
+ * targetStats (one {db, coll, inputMessageCount, inputMessageSize,
+ * initialSync: {estimatedDocs, copiedDocs, status}} per collection, in
+ * the sync's order; sizes divided by `scale`) and initialSync (the sums).
+ * Command thread. */
+void aspen__change_stream_operator_stats(const bson_t *figures,
+                                         int64_t scale, bson_t *op);
 /* The catalog's check of a whole pipeline: no window stage after a
  * $source with initialSync enabled. */
 bool aspen__change_stream_check(const aspen_pipeline_t *pl,

@@ -246,6 +246,7 @@ aspen_proc_launch(aspen_proc_t *proc, const aspen_proc_env_t *env,
    atomic_store(&proc->stats.watermark_ms, INT64_MIN);
    pthread_mutex_lock(&proc->mu);
    proc->has_source_pos = false;
+   bson_reinit(&proc->source_figures);
    pthread_mutex_unlock(&proc->mu);
    /* Before the thread exists, so a failure it reports finds the state it
     * expects (aspen_rt_fail). */
@@ -474,6 +475,16 @@ aspen_proc_source_position(aspen_proc_t *proc, bson_t *token, int64_t *lag_ms)
    }
    pthread_mutex_unlock(&proc->mu);
    return has;
+}
+
+bool
+aspen_proc_source_figures(const aspen_proc_t *proc, bson_t *out)
+{
+   pthread_mutex_t *mu = (pthread_mutex_t *) &proc->mu; /* the lock only */
+   pthread_mutex_lock(mu);
+   bson_copy_to(&proc->source_figures, out);
+   pthread_mutex_unlock(mu);
+   return !bson_empty(out);
 }
 
 int

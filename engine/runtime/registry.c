@@ -247,6 +247,7 @@ aspen_registry_proc_new(const char *name, const bson_t *pipeline,
    pthread_mutex_init(&p->mu, NULL);
    pthread_cond_init(&p->cv, NULL);
    bson_init(&p->source_token);
+   bson_init(&p->source_figures);
    p->created_ms = p->modified_ms = p->state_changed_ms = aspen_clock_now_ms();
    p->state = ASPEN_PROC_CREATED;
    atomic_store(&p->stats.watermark_ms, INT64_MIN);
@@ -264,6 +265,7 @@ aspen_registry_proc_free(aspen_proc_t *p)
    bson_destroy(&p->pipeline);
    bson_destroy(&p->options);
    bson_destroy(&p->source_token);
+   bson_destroy(&p->source_figures);
    pthread_mutex_destroy(&p->mu);
    pthread_cond_destroy(&p->cv);
    free(p->name);

@@ -326,6 +326,16 @@ aspen_rt_tier_initial_sync_colls(const aspen_runtime_t *rt, const char **tier)
 }
 
 void
+aspen_rt_source_figures(aspen_runtime_t *rt, const bson_t *figures)
+{
+   aspen_proc_t *proc = rt->proc;
+   pthread_mutex_lock(&proc->mu);
+   bson_reinit(&proc->source_figures);
+   bson_concat(&proc->source_figures, figures);
+   pthread_mutex_unlock(&proc->mu);
+}
+
+void
 aspen__rt_publish(aspen_runtime_t *rt)
 {
    aspen_proc_t *proc = rt->proc;

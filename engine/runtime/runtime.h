@@ -120,6 +120,10 @@ int aspen_proc_effective_tier(const aspen_proc_t *proc);
  * show. Command thread. */
 bool aspen_proc_source_position(aspen_proc_t *proc, bson_t *token,
                                 int64_t *lag_ms);
+/* The source's last aspen_rt_source_figures document, copied into `out`
+ * (initialized on every path), from the current or the last run. False
+ * when there is none. Command thread. */
+bool aspen_proc_source_figures(const aspen_proc_t *proc, bson_t *out);
 
 /* Changes state, logs the transition; the processor's thread must not be
  * running, or the caller holds the start's result (PROVISIONING). */

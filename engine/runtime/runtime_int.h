@@ -65,6 +65,9 @@ struct aspen_proc {
    bool has_source_pos;
    bson_t source_token;
    int64_t source_lag_ms;
+   /* aspen_rt_source_figures' last document (under mu; empty: none),
+    * kept after the run ends so a failure still shows it. */
+   bson_t source_figures;
    aspen_proc_t *next;  /* in the registry */
 };
 

@@ -118,6 +118,12 @@ void aspen_rt_mark_token(aspen_runtime_t *rt, const bson_t *token);
  * the resume token of aspen_rt_mark_token (changeStreamState); published
  * when the source idles. */
 void aspen_rt_source_lag(aspen_runtime_t *rt, int64_t lag_ms);
+/* Publishes what the source adds to its own operatorStats entry (a
+ * change stream's per-collection initial-sync progress), copied under
+ * the processor's lock: call it when the figures change, at most every
+ * flush, never per document. Stats show the last one until the next
+ * start. */
+void aspen_rt_source_figures(aspen_runtime_t *rt, const bson_t *figures);
 /* The most partitions a Kafka $source may read on the processor's tier
  * (the highest its autoscaling allows), 0 for no limit; `tier` gets the
  * tier's name. */

@@ -19,14 +19,16 @@ const mode = process.env.IS_MODE;
 const N = parseInt(process.env.IS_N || "3000");
 const src = db.getSiblingDB("isdb").src, dst = db.getSiblingDB("isdb").dst;
 const dlq = db.getSiblingDB("isdb").dlq;
-function waitFor(what, pred, secs) {
+function waitFor(what, pred, secs, last) {
   for (let i = 0; i < secs * 10; i++) {
     if (pred()) return;
     sleep(100);
   }
-  throw new Error("timed out waiting for " + what);
+  throw new Error("timed out waiting for " + what + (last ? ": " + last() : ""));
 }
 function check(cond, msg) { if (!cond) throw new Error(msg); }
+function num(v) { return v !== null && typeof v === "object" && v._bsontype === "Long" ? v.toNumber() : NaN; }
+function verboseOp0() { return sp.isync.stats({ options: { verbose: true } }).stats.operatorStats[0]; }
 const slow = { $function: { body: "function() { var t = Date.now(); while (Date.now() - t < 2) {} return 1; }",
                             args: [], lang: "js" } };
 
@@ -55,6 +57,17 @@ if (mode === "run") {
   print("SYNCING " + EJSON.stringify(st.initialSync));
   check(st.initialSync.collection === "src" && st.initialSync.collectionsTotal === 1, "stats.initialSync: " + EJSON.stringify(st.initialSync));
   check(st.changeStreamState === undefined, "no changeStreamState while copying");
+  // Verbose: the one target, its estimate (taken before the writes) and
+  // its progress; the operator's sums.
+  const op = verboseOp0(), t = op.targetStats;
+  print("targetStats " + EJSON.stringify(t));
+  check(op.name === "ChangeStreamConsumerOperator" && t.length === 1 && t[0].db === "isdb" && t[0].coll === "src" &&
+        t[0].initialSync.status === "in_progress" && num(t[0].initialSync.estimatedDocs) === N &&
+        num(t[0].initialSync.copiedDocs) > 0 && num(t[0].initialSync.copiedDocs) < N &&
+        num(t[0].inputMessageCount) === num(t[0].initialSync.copiedDocs) && t[0].inputMessageSize > 0,
+        "targetStats while copying: " + EJSON.stringify(t));
+  check(num(op.initialSync.estimatedDocs) === N && num(op.initialSync.copiedDocs) === num(t[0].initialSync.copiedDocs),
+        "operatorStats[0].initialSync: " + EJSON.stringify(op.initialSync));
 } else if (mode === "down") {
   src.insertMany(Array.from({ length: 100 }, (_, i) => ({ _id: 200000 + i, v: 0 })));
   src.updateMany({ _id: { $gte: N - 100, $lt: N } }, { $set: { v: 2 } });
@@ -82,6 +95,21 @@ if (mode === "run") {
   src.insertOne({ _id: 300000, v: 7 });
   waitFor("a new insert through the change stream", () => dst.findOne({ _id: 300000 }) !== null, 30);
   check(dst.findOne({ _id: 300000 }).phase === "changeStream", "the new insert's phase");
+  // The figures across the restart: the estimate and the copy's count
+  // come from the checkpoint (a copy counted from 0 after the restart
+  // would be short of N + 300); every change event since the sync began
+  // (200 + 100 + 100 + 100 + 1) is a message of the collection.
+  let op;
+  waitFor("the figures of every event", () => {
+    op = verboseOp0();
+    return num(op.targetStats[0].inputMessageCount) === total + 501;
+  }, 30, () => EJSON.stringify(op));
+  const t = op.targetStats;
+  print("targetStats " + EJSON.stringify(t));
+  check(t.length === 1 && t[0].initialSync.status === "completed" && num(t[0].initialSync.estimatedDocs) === N &&
+        num(t[0].initialSync.copiedDocs) === total, "targetStats after the restart: " + EJSON.stringify(t));
+  check(num(op.initialSync.estimatedDocs) === N && num(op.initialSync.copiedDocs) === total,
+        "operatorStats[0].initialSync: " + EJSON.stringify(op.initialSync));
   check(dlq.countDocuments() === 0, "DLQ entries: " + EJSON.stringify(dlq.find().toArray()));
   sp.isync.stop();
   sp.isync.drop();
