@@ -385,6 +385,23 @@ on_filter(const aspen_coll_writer_t *w, const bson_t *doc, bson_t *filter,
    return true;
 }
 
+/* The stream metadata {$meta: "stream..."} reads in the sink's own
+ * expressions (into.db / into.coll, whenMatched / whenNotMatched, let):
+ * the document's _stream_meta, viewed in `meta`; NULL when it has none. */
+static const bson_t *
+doc_meta(const bson_t *doc, bson_t *meta)
+{
+   bson_iter_t it;
+   uint32_t len;
+   const uint8_t *data;
+   if (!bson_iter_init_find(&it, doc, "_stream_meta") ||
+       !BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      return NULL;
+   }
+   bson_iter_document(&it, &len, &data);
+   return bson_init_static(meta, data, len) ? meta : NULL;
+}
+
 /* Evaluates a dynamic into.db / into.coll for `doc`; false with `why` set
  * when it does not give a usable name (the document goes to the DLQ). */
 static bool
@@ -393,17 +410,7 @@ eval_name(const aspen_coll_writer_t *w, const aspen_expr_t *e,
           char *why, size_t why_len)
 {
    bson_t meta;
-   bson_iter_t it;
-   aspen_expr_ctx_t ctx = {.root = doc, .meta = NULL, .now_ms = 0};
-   if (bson_iter_init_find(&it, doc, "_stream_meta") &&
-       BSON_ITER_HOLDS_DOCUMENT(&it)) {
-      uint32_t len;
-      const uint8_t *data;
-      bson_iter_document(&it, &len, &data);
-      if (bson_init_static(&meta, data, len)) {
-         ctx.meta = &meta;
-      }
-   }
+   aspen_expr_ctx_t ctx = {.root = doc, .meta = doc_meta(doc, &meta)};
    aspen_value_t v;
    aspen_error_t err;
    if (!aspen_expr_eval(e, &ctx, &v, &err)) {
@@ -549,7 +556,8 @@ modes_for(const aspen_coll_writer_t *w, const bson_t *doc,
           when_matched_t *when_matched, bool *insert_unmatched, char *why,
           size_t why_len)
 {
-   aspen_expr_ctx_t ctx = {.root = doc};
+   bson_t meta;
+   aspen_expr_ctx_t ctx = {.root = doc, .meta = doc_meta(doc, &meta)};
    aspen_error_t err;
    aspen_value_t v;
    char mode[16];
@@ -694,7 +702,8 @@ bind_pipeline(const aspen_coll_writer_t *w, const bson_t *doc, bson_t *out,
    size_t n = w->n_let + 1;
    const char **names = aspen_xcalloc(n, sizeof *names);
    aspen_value_t *values = aspen_xcalloc(n, sizeof *values);
-   aspen_expr_ctx_t ctx = {.root = doc, .meta = NULL, .now_ms = 0};
+   bson_t meta;
+   aspen_expr_ctx_t ctx = {.root = doc, .meta = doc_meta(doc, &meta)};
    size_t k = 0;
    bool ok = true;
    for (size_t i = 0; i < w->n_let && ok; i++) {

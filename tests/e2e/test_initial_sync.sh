@@ -8,8 +8,12 @@
 # stream continues from where the copy began: every document is in the
 # $merge target exactly once with its latest state, the phases show in
 # stats and in each document's {$meta: "stream.source.initialSync.phase"},
-# the DLQ is empty. Then ASP's refusals: a tier's collection limit, a
-# window after initialSync.
+# the DLQ is empty; verbose stats' targetStats show the collection's
+# figures, its copiedDocs kept across the restart. Then ASP's refusals: a
+# tier's collection limit, a window after initialSync. Then
+# js/initial_sync_multi.js: ASP's multi-collection replication example
+# into a second backing server (the `dest` connection), and a sync failing
+# when its source server dies (targetStats "failed").
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=peers.sh
@@ -19,10 +23,16 @@ JS=$HERE/js/initial_sync.js
 STATE=$ASPEN_RUN_DIR/state-initial-sync
 rm -rf "$STATE"
 must "backing server starts" start_backing "$(free_port)"
+# The second cluster: another backing server, named `dest` for peers.sh.
+DEST_PORT=$(free_port)
+export DEST_URI=mongodb://127.0.0.1:$DEST_PORT
+must "the destination server starts" _peers_start_logged dest "^LISTENING $DEST_PORT\$" 30 \
+    java -XX:+UseSerialGC -Xmx512m -jar "$PEERS_JAR" --host 127.0.0.1 --port "$DEST_PORT"
 CONFIG=$ASPEN_RUN_DIR/initial-sync.conf.json
-cat >"$CONFIG" <<'JSON'
+cat >"$CONFIG" <<JSON
 { "streams": { "checkpointIntervalMs": 200 },
-  "connections": [ { "name": "atlas", "type": "atlas" } ] }
+  "connections": [ { "name": "atlas", "type": "atlas" },
+                   { "name": "dest", "type": "atlas", "uri": "$DEST_URI" } ] }
 JSON
 start() {
     start_aspen --config "$CONFIG" --port 0 --backend "$BACKING_URI" --state-dir "$STATE" &&
@@ -47,5 +57,15 @@ must "aspen restarts" start
 check "every document once with its latest state, the changeStream phase after" run_js "$URI" check "CHECK OK"
 check "the restart resumed the copy from its checkpoint" resumed_copy
 check "ASP's refusals: the tier's collection limit, a window after initialSync" grep -q "RULES OK" "$ASPEN_RUN_DIR/initial-sync-check.out"
+run_multi() { # run_multi MODE WANT
+    local out=$ASPEN_RUN_DIR/initial-sync-$1.out rc=0
+    ISM_MODE=$1 MONGOSH_TIMEOUT=400 mongosh_run "$URI" "$HERE/js/initial_sync_multi.js" >"$out" 2>&1 || rc=$?
+    sed 's/^/# /' "$out"
+    [[ $rc -eq 0 ]] && grep -q "$2" "$out"
+}
+check "ASP's multi-collection example: replicated, list order, targetStats" run_multi multi "MULTI OK"
+check "a sync under way when its source server dies" run_multi fail "FAIL READY"
+check "the source server dies" _peers_stop dest
+check "the processor failed, targetStats: failed then pending" run_multi failed "FAILED OK"
 check "aspen stops cleanly" stop_aspen
 checks_done
