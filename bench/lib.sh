@@ -19,3 +19,19 @@ bench_setup() {
     . "$ROOT/tests/e2e/peers.sh"   # installs the EXIT trap that stops them
     peers_reap_stale
 }
+
+# bench_callgrind EVENTS BINARY ARGS... - runs an in-memory benchmark under
+# valgrind's callgrind, counting only its measured loop (the bench_run
+# function), and prints instructions per event after the benchmark's own
+# output (whose timings are valgrind's, not the machine's).
+bench_callgrind() {
+    local events=$1 out
+    shift
+    out=$(mktemp)
+    valgrind --tool=callgrind --callgrind-out-file="$out" \
+        --toggle-collect=bench_run "$@" 2>/dev/null |
+        sed 's/^/  (under valgrind) /'
+    awk -v n="$events" '/^(summary|totals):/ { ir = $2 }
+        END { printf "  instructions:  %.0f per event (callgrind, %d events)\n", ir / n, n }' "$out"
+    rm -f "$out"
+}
