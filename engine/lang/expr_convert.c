@@ -963,8 +963,7 @@ convert(const aspen_value_t *in, const conv_opts_t *o, aspen_value_t *out,
          *out = aspen_value_double((double) l);
          return true;
       case BSON_TYPE_UTF8:
-         snprintf(buf, sizeof buf, "%" PRId64, l);
-         *out = aspen_value_utf8(buf, strlen(buf));
+         *out = aspen_value_utf8(buf, aspen__value_int64_dec(l, buf));
          return true;
       case BSON_TYPE_INT32:
          if (l < INT32_MIN || l > INT32_MAX) {

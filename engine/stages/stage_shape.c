@@ -7,6 +7,7 @@
  * pass over the input fields, so unchanged values are copied byte for byte
  * and nothing is parsed twice.
  */
+#include "bsonw.h"
 #include "runtime/pipeline.h"
 
 #include <stdlib.h>
@@ -18,6 +19,7 @@ typedef enum { N_INCLUDE, N_EXCLUDE, N_EXPR, N_SUB } node_kind_t;
 
 typedef struct node {
    char *name;
+   size_t name_len;
    node_kind_t kind;
    aspen_expr_t *expr;
    struct node *kids;
@@ -47,7 +49,7 @@ static node_t *
 node_child(node_t *parent, const char *name, size_t len, bool create)
 {
    for (size_t i = 0; i < parent->n_kids; i++) {
-      if (strlen(parent->kids[i].name) == len &&
+      if (parent->kids[i].name_len == len &&
           memcmp(parent->kids[i].name, name, len) == 0) {
          return &parent->kids[i];
       }
@@ -62,6 +64,7 @@ node_child(node_t *parent, const char *name, size_t len, bool create)
    n->name = aspen_xmalloc(len + 1);
    memcpy(n->name, name, len);
    n->name[len] = '\0';
+   n->name_len = len;
    n->kind = N_SUB;
    return n;
 }
@@ -263,21 +266,52 @@ tree_parse_obj(tree_t *t, node_t *root, const bson_t *spec, const char *prefix,
 
 /* ---- applying the tree -------------------------------------------------- */
 
+/* Documents are written into the stage's reusable writer: fields kept as
+ * they are copied as their element's bytes, computed ones encoded once. */
 typedef struct {
    const aspen_expr_ctx_t *ctx;
    aspen_error_t *err;
+   aspen_bsonw_t *w;
    bool failed;
 } apply_t;
 
 static void apply_node_value(apply_t *a, const node_t *n, tree_mode_t mode,
-                             bool inclusion, const bson_iter_t *it,
-                             bson_t *out);
+                             bool inclusion, const bson_iter_t *it);
 
-/* Builds `out` from `in` (may be NULL: an absent subdocument) for the
- * children of `parent`. */
+static void
+append_expr(apply_t *a, const node_t *n)
+{
+   aspen_value_t v;
+   if (!aspen_expr_eval(n->expr, a->ctx, &v, a->err)) {
+      a->failed = true;
+      return;
+   }
+   aspen_bsonw_value(a->w, n->name, n->name_len, &v.v);
+   aspen_value_destroy(&v);
+}
+
+/* The spec child named like the iterator's key: lengths first, so most
+ * misses cost one comparison. */
+static const node_t *
+find_child(const node_t *parent, const bson_iter_t *it, size_t *idx)
+{
+   const char *key = (const char *) it->raw + it->key;
+   size_t len = aspen_bsonw_key_len(it);
+   for (size_t i = 0; i < parent->n_kids; i++) {
+      const node_t *n = &parent->kids[i];
+      if (n->name_len == len && memcmp(n->name, key, len) == 0) {
+         *idx = i;
+         return n;
+      }
+   }
+   return NULL;
+}
+
+/* Builds the children of `parent` into the writer from `in` (may be NULL:
+ * an absent subdocument). */
 static void
 apply_doc(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
-          const bson_t *in, bson_t *out)
+          const bson_t *in)
 {
    bool done_local[64];
    bool *done = parent->n_kids <= 64
@@ -287,25 +321,17 @@ apply_doc(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
    bson_iter_t it;
    if (in && bson_iter_init(&it, in)) {
       while (bson_iter_next(&it) && !a->failed) {
-         const char *key = bson_iter_key(&it);
-         const node_t *n = NULL;
          size_t idx = 0;
-         for (size_t i = 0; i < parent->n_kids; i++) {
-            if (strcmp(parent->kids[i].name, key) == 0) {
-               n = &parent->kids[i];
-               idx = i;
-               break;
-            }
-         }
+         const node_t *n = find_child(parent, &it, &idx);
          if (!n) {
             if (!inclusion) {
-               bson_append_iter(out, NULL, 0, &it);
+               aspen_bsonw_element(a->w, &it);
             }
             continue;
          }
          switch (n->kind) {
          case N_INCLUDE:
-            bson_append_iter(out, NULL, 0, &it);
+            aspen_bsonw_element(a->w, &it);
             done[idx] = true;
             break;
          case N_EXCLUDE:
@@ -314,19 +340,13 @@ apply_doc(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
          case N_EXPR:
             if (mode == MODE_ADD_FIELDS) {
                /* Replaced in place. */
-               aspen_value_t v;
-               if (!aspen_expr_eval(n->expr, a->ctx, &v, a->err)) {
-                  a->failed = true;
-               } else {
-                  aspen_value_append(out, key, -1, &v);
-                  aspen_value_destroy(&v);
-               }
+               append_expr(a, n);
                done[idx] = true;
             }
             /* $project: computed fields come after the included ones. */
             break;
          case N_SUB:
-            apply_node_value(a, n, mode, inclusion, &it, out);
+            apply_node_value(a, n, mode, inclusion, &it);
             done[idx] = true;
             break;
          }
@@ -339,18 +359,12 @@ apply_doc(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
          continue;
       }
       if (n->kind == N_EXPR) {
-         aspen_value_t v;
-         if (!aspen_expr_eval(n->expr, a->ctx, &v, a->err)) {
-            a->failed = true;
-         } else {
-            aspen_value_append(out, n->name, -1, &v);
-            aspen_value_destroy(&v);
-         }
+         append_expr(a, n);
       } else if (n->kind == N_SUB && n->has_expr && !done[i]) {
-         bson_t sub;
-         bson_append_document_begin(out, n->name, -1, &sub);
-         apply_doc(a, n, mode, inclusion, NULL, &sub);
-         bson_append_document_end(out, &sub);
+         size_t sub = aspen_bsonw_begin(a->w, BSON_TYPE_DOCUMENT, n->name,
+                                        n->name_len);
+         apply_doc(a, n, mode, inclusion, NULL);
+         aspen_bsonw_end(a->w, sub);
       }
    }
    if (done != done_local) {
@@ -358,9 +372,43 @@ apply_doc(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
    }
 }
 
+/* Copies the iterator's value under another key (an array's renumbered
+ * index). */
+static void
+append_renamed(aspen_bsonw_t *w, const bson_iter_t *it, const char *key,
+               size_t key_len)
+{
+   uint32_t from = aspen_bsonw_value_off(it);
+   size_t n = it->next_off - from;
+   aspen_bsonw_key(w, (bson_type_t) it->raw[it->type], key, key_len);
+   memcpy(aspen_bsonw_reserve(w, n), it->raw + from, n);
+   w->len += n;
+}
+
+static void apply_array(apply_t *a, const node_t *n, tree_mode_t mode,
+                        bool inclusion, const bson_t *arr);
+
+/* The document or array the iterator is on, rebuilt under `key`. */
+static void
+apply_nested(apply_t *a, const node_t *n, tree_mode_t mode, bool inclusion,
+             const bson_iter_t *it, const char *key, size_t klen)
+{
+   bson_t sub;
+   (void) aspen_bson_view(it, &sub);
+   bool is_doc = BSON_ITER_HOLDS_DOCUMENT(it);
+   size_t start = aspen_bsonw_begin(
+      a->w, is_doc ? BSON_TYPE_DOCUMENT : BSON_TYPE_ARRAY, key, klen);
+   if (is_doc) {
+      apply_doc(a, n, mode, inclusion, &sub);
+   } else {
+      apply_array(a, n, mode, inclusion, &sub);
+   }
+   aspen_bsonw_end(a->w, start);
+}
+
 static void
 apply_array(apply_t *a, const node_t *n, tree_mode_t mode, bool inclusion,
-            const bson_t *arr, bson_t *out)
+            const bson_t *arr)
 {
    bson_iter_t it;
    uint32_t idx = 0;
@@ -368,37 +416,19 @@ apply_array(apply_t *a, const node_t *n, tree_mode_t mode, bool inclusion,
    while (bson_iter_next(&it) && !a->failed) {
       char buf[16];
       const char *key;
-      if (BSON_ITER_HOLDS_DOCUMENT(&it)) {
-         uint32_t len;
-         const uint8_t *data;
-         bson_t sub, outsub;
-         bson_iter_document(&it, &len, &data);
-         (void) bson_init_static(&sub, data, len);
-         bson_uint32_to_string(idx++, &key, buf, sizeof buf);
-         bson_append_document_begin(out, key, -1, &outsub);
-         apply_doc(a, n, mode, inclusion, &sub, &outsub);
-         bson_append_document_end(out, &outsub);
-      } else if (BSON_ITER_HOLDS_ARRAY(&it)) {
-         uint32_t len;
-         const uint8_t *data;
-         bson_t sub, outsub;
-         bson_iter_array(&it, &len, &data);
-         (void) bson_init_static(&sub, data, len);
-         bson_uint32_to_string(idx++, &key, buf, sizeof buf);
-         bson_append_array_begin(out, key, -1, &outsub);
-         apply_array(a, n, mode, inclusion, &sub, &outsub);
-         bson_append_array_end(out, &outsub);
+      if (BSON_ITER_HOLDS_DOCUMENT(&it) || BSON_ITER_HOLDS_ARRAY(&it)) {
+         size_t klen = bson_uint32_to_string(idx++, &key, buf, sizeof buf);
+         apply_nested(a, n, mode, inclusion, &it, key, klen);
       } else if (!inclusion || mode == MODE_ADD_FIELDS) {
+         size_t klen = bson_uint32_to_string(idx++, &key, buf, sizeof buf);
          if (mode == MODE_ADD_FIELDS && n->has_expr) {
             /* A scalar where fields are being added becomes a document. */
-            bson_t outsub;
-            bson_uint32_to_string(idx++, &key, buf, sizeof buf);
-            bson_append_document_begin(out, key, -1, &outsub);
-            apply_doc(a, n, mode, inclusion, NULL, &outsub);
-            bson_append_document_end(out, &outsub);
+            size_t start =
+               aspen_bsonw_begin(a->w, BSON_TYPE_DOCUMENT, key, klen);
+            apply_doc(a, n, mode, inclusion, NULL);
+            aspen_bsonw_end(a->w, start);
          } else {
-            bson_uint32_to_string(idx++, &key, buf, sizeof buf);
-            bson_append_iter(out, key, -1, &it);
+            append_renamed(a->w, &it, key, klen);
          }
       }
       /* Inclusion projections drop scalars inside arrays, as MongoDB. */
@@ -407,41 +437,24 @@ apply_array(apply_t *a, const node_t *n, tree_mode_t mode, bool inclusion,
 
 static void
 apply_node_value(apply_t *a, const node_t *n, tree_mode_t mode,
-                 bool inclusion, const bson_iter_t *it, bson_t *out)
+                 bool inclusion, const bson_iter_t *it)
 {
-   const char *key = bson_iter_key(it);
-   if (BSON_ITER_HOLDS_DOCUMENT(it)) {
-      uint32_t len;
-      const uint8_t *data;
-      bson_t sub, outsub;
-      bson_iter_document(it, &len, &data);
-      (void) bson_init_static(&sub, data, len);
-      bson_append_document_begin(out, key, -1, &outsub);
-      apply_doc(a, n, mode, inclusion, &sub, &outsub);
-      bson_append_document_end(out, &outsub);
-   } else if (BSON_ITER_HOLDS_ARRAY(it)) {
-      uint32_t len;
-      const uint8_t *data;
-      bson_t sub, outsub;
-      bson_iter_array(it, &len, &data);
-      (void) bson_init_static(&sub, data, len);
-      bson_append_array_begin(out, key, -1, &outsub);
-      apply_array(a, n, mode, inclusion, &sub, &outsub);
-      bson_append_array_end(out, &outsub);
+   const char *key = (const char *) it->raw + it->key;
+   size_t klen = aspen_bsonw_key_len(it);
+   if (BSON_ITER_HOLDS_DOCUMENT(it) || BSON_ITER_HOLDS_ARRAY(it)) {
+      apply_nested(a, n, mode, inclusion, it, key, klen);
    } else if (!inclusion) {
       if (mode == MODE_ADD_FIELDS && n->has_expr) {
-         bson_t outsub;
-         bson_append_document_begin(out, key, -1, &outsub);
-         apply_doc(a, n, mode, inclusion, NULL, &outsub);
-         bson_append_document_end(out, &outsub);
+         size_t start = aspen_bsonw_begin(a->w, BSON_TYPE_DOCUMENT, key, klen);
+         apply_doc(a, n, mode, inclusion, NULL);
+         aspen_bsonw_end(a->w, start);
       } else {
-         bson_append_iter(out, NULL, 0, it);
+         aspen_bsonw_element(a->w, it);
       }
    } else if (n->has_expr) {
-      bson_t outsub;
-      bson_append_document_begin(out, key, -1, &outsub);
-      apply_doc(a, n, mode, inclusion, NULL, &outsub);
-      bson_append_document_end(out, &outsub);
+      size_t start = aspen_bsonw_begin(a->w, BSON_TYPE_DOCUMENT, key, klen);
+      apply_doc(a, n, mode, inclusion, NULL);
+      aspen_bsonw_end(a->w, start);
    }
 }
 
@@ -450,6 +463,7 @@ apply_node_value(apply_t *a, const node_t *n, tree_mode_t mode,
 typedef struct {
    tree_t tree;
    tree_mode_t mode;
+   aspen_bsonw_t w; /* the output, reused from document to document */
 } shape_t;
 
 static void
@@ -458,6 +472,7 @@ shape_destroy(aspen_stage_t *st)
    shape_t *s = st->state;
    if (s) {
       node_cleanup(&s->tree.root);
+      aspen_bsonw_cleanup(&s->w);
       free(s);
       st->state = NULL;
    }
@@ -469,19 +484,24 @@ shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
    shape_t *s = st->state;
    aspen_expr_ctx_t ctx;
    aspen_stage_expr_ctx(st, in, &ctx);
-   apply_t a = {.ctx = &ctx, .err = err};
-   bson_t out;
-   bson_init(&out);
+   apply_t a = {.ctx = &ctx, .err = err, .w = &s->w};
+   aspen_bsonw_reset(&s->w);
    bool inclusion = s->mode == MODE_PROJECT && s->tree.inclusion;
-   apply_doc(&a, &s->tree.root, s->mode, inclusion, in->doc, &out);
+   apply_doc(&a, &s->tree.root, s->mode, inclusion, in->doc);
    if (a.failed) {
-      bson_destroy(&out);
+      return false;
+   }
+   bson_t out;
+   if (!aspen_bsonw_finish(&s->w, &out)) {
+      aspen_error_set(err, ASPEN_ERR_BSONObjectTooLarge,
+                      "BSONObj size: %zu is invalid. Size must be between 0 "
+                      "and %u(16MB)",
+                      s->w.len, (unsigned) ASPEN_MAX_OBJECT_LEN);
       return false;
    }
    aspen_sdoc_t next = *in;
    next.doc = &out;
    aspen_stage_emit(st, &next);
-   bson_destroy(&out);
    return true;
 }
 

@@ -1,8 +1,8 @@
 /*
  * test_wire.c - cmocka unit tests for wire/, aspen's foundation library: the
  * byte buffer, errors, logging, CRC-32C, framing, OP_MSG / OP_QUERY decoding,
- * the reply encoders, the clocks, the hash, little-endian bytes and the
- * atomic file write.
+ * the reply encoders, the clocks, the hash, little-endian bytes, the
+ * atomic file write and the BSON writer.
  *
  * The parser tests follow picohttpparser's test.c: a small independent
  * encoder in this file builds valid messages, and each one is fed to the
@@ -30,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bsonw.h"
 #include "bytes.h"
 #include "file.h"
 #include "hash.h"
@@ -2657,6 +2658,93 @@ test_file_write_atomic(void **state)
    assert_int_equal(rmdir(dir), 0);
 }
 
+
+/* ======================================================================== */
+/* The BSON writer                                                           */
+/* ======================================================================== */
+
+/* One element of every BSON type, nested documents and arrays, and keys of
+ * several lengths: the writer must produce libbson's bytes exactly. */
+static const char *const bsonw_doc_json =
+   "{'d': 1.5, 's': 'x\\u0000y', 'o': {'a': 1, 'b': [1, 'two', null]}, "
+   "'arr': [{'x': 1}, 2], 'bin': {'$binary': {'base64': 'AQID', "
+   "'subType': '00'}}, 'old': {'$binary': {'base64': 'AQID', 'subType': "
+   "'02'}}, 'u': {'$undefined': true}, 'id': {'$oid': "
+   "'0123456789abcdef01234567'}, 't': true, 'f': false, 'dt': {'$date': "
+   "{'$numberLong': '1795000000000'}}, 'n': null, 're': {'$regularExpression':"
+   " {'pattern': 'a.b', 'options': 'mi'}}, 'dbp': {'$dbPointer': {'$ref': "
+   "'c', '$id': {'$oid': '0123456789abcdef01234567'}}}, 'code': {'$code': "
+   "'f()'}, 'sym': {'$symbol': 'sy'}, 'cws': {'$code': 'g()', '$scope': "
+   "{'v': 1}}, 'i': {'$numberInt': '-7'}, 'ts': {'$timestamp': {'t': 5, "
+   "'i': 6}}, 'l': {'$numberLong': '-9000000000'}, 'dec': "
+   "{'$numberDecimal': '1.25'}, 'max': {'$maxKey': 1}, 'min': {'$minKey': "
+   "1}, 'a long key of forty characters or so ...': 0}";
+
+static void
+test_bsonw_matches_libbson(void **state)
+{
+   (void) state;
+   const bson_t *in = tmp_bson(bsonw_doc_json);
+   aspen_bsonw_t w;
+   aspen_bsonw_init(&w);
+   /* Twice: the second document reuses the first one's buffer. */
+   for (int round = 0; round < 2; round++) {
+      bson_t by_iter = BSON_INITIALIZER, by_value = BSON_INITIALIZER;
+      bson_t out;
+      bson_iter_t it;
+      /* Element copies. */
+      aspen_bsonw_reset(&w);
+      assert_true(bson_iter_init(&it, in));
+      while (bson_iter_next(&it)) {
+         assert_int_equal(aspen_bsonw_key_len(&it),
+                          strlen(bson_iter_key(&it)));
+         aspen_bsonw_element(&w, &it);
+         bson_append_iter(&by_iter, NULL, 0, &it);
+      }
+      assert_true(aspen_bsonw_finish(&w, &out));
+      assert_int_equal(out.len, by_iter.len);
+      assert_memory_equal(bson_get_data(&out), bson_get_data(&by_iter),
+                          out.len);
+      /* Values, each under a new key, and inside a sub-document. */
+      aspen_bsonw_reset(&w);
+      size_t sub = aspen_bsonw_begin(&w, BSON_TYPE_ARRAY, "sub", 3);
+      bson_t child;
+      bson_append_array_begin(&by_value, "sub", 3, &child);
+      assert_true(bson_iter_init(&it, in));
+      uint32_t i = 0;
+      while (bson_iter_next(&it)) {
+         char buf[16];
+         const char *key;
+         size_t klen = bson_uint32_to_string(i++, &key, buf, sizeof buf);
+         aspen_bsonw_value(&w, key, klen, bson_iter_value(&it));
+         assert_true(bson_append_value(&child, key, (int) klen,
+                                       bson_iter_value(&it)));
+      }
+      bson_append_array_end(&by_value, &child);
+      aspen_bsonw_end(&w, sub);
+      bson_value_t missing = {.value_type = BSON_TYPE_EOD};
+      aspen_bsonw_value(&w, "gone", 4, &missing); /* appends nothing */
+      assert_true(aspen_bsonw_finish(&w, &out));
+      assert_int_equal(out.len, by_value.len);
+      assert_memory_equal(bson_get_data(&out), bson_get_data(&by_value),
+                          out.len);
+      bson_destroy(&by_iter);
+      bson_destroy(&by_value);
+   }
+   /* A document value that is not a well-formed frame is left out, as
+    * bson_append_value leaves it. */
+   uint8_t bad[5] = {6, 0, 0, 0, 0};
+   bson_value_t v = {.value_type = BSON_TYPE_DOCUMENT};
+   v.value.v_doc.data = bad;
+   v.value.v_doc.data_len = sizeof bad;
+   bson_t out;
+   aspen_bsonw_reset(&w);
+   aspen_bsonw_value(&w, "x", 1, &v);
+   assert_true(aspen_bsonw_finish(&w, &out));
+   assert_true(bson_empty(&out));
+   aspen_bsonw_cleanup(&w);
+}
+
 /* ======================================================================== */
 
 #define T(fn) cmocka_unit_test_teardown(fn, tmp_teardown)
@@ -2708,6 +2796,7 @@ main(void)
       T(test_hash_fnv1a),
       T(test_bytes_le32),
       T(test_file_write_atomic),
+      T(test_bsonw_matches_libbson),
    };
    return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
 }

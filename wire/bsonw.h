@@ -1,0 +1,116 @@
+/*
+ * bsonw.h - a BSON document writer for hot paths: one growable buffer,
+ * reused from document to document, that elements of other documents are
+ * copied into as bytes (an iterator's element span, key and value as they
+ * are), with sub-documents opened and closed in place and computed values
+ * encoded directly. It writes exactly the bytes libbson's appenders would
+ * (bson_append_iter, bson_append_value, bson_append_document_begin/_end),
+ * without their per-call checks and va_list copies. The result is read
+ * through a static bson_t over the buffer, valid until the next reset.
+ *
+ * A writer grows without bound while it is written; a document past
+ * INT32_MAX bytes, which libbson could not hold either, makes finish fail.
+ * Thread-safety: one writer per thread.
+ */
+#ifndef ASPEN_WIRE_BSONW_H
+#define ASPEN_WIRE_BSONW_H
+
+#include "bytes.h"
+
+#include <bson/bson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef struct {
+   uint8_t *data;
+   size_t len;
+   size_t cap;
+} aspen_bsonw_t;
+
+/* An empty writer (no buffer until the first reset). */
+void aspen_bsonw_init(aspen_bsonw_t *w);
+void aspen_bsonw_cleanup(aspen_bsonw_t *w);
+/* Starts a new root document, keeping the buffer. */
+void aspen_bsonw_reset(aspen_bsonw_t *w);
+/* Makes room for `n` more bytes (inside bsonw.c: it grows the buffer). */
+void aspen__bsonw_grow(aspen_bsonw_t *w, size_t n);
+/* Appends `val` under `key` (MISSING, type 0, appends nothing). */
+void aspen_bsonw_value(aspen_bsonw_t *w, const char *key, size_t key_len,
+                       const bson_value_t *val);
+/* Closes the root document and points `out` at it (bson_init_static):
+ * false, `out` empty, if it grew past what BSON can hold. */
+bool aspen_bsonw_finish(aspen_bsonw_t *w, bson_t *out);
+
+static inline uint8_t *
+aspen_bsonw_reserve(aspen_bsonw_t *w, size_t n)
+{
+   if (w->cap - w->len < n) {
+      aspen__bsonw_grow(w, n);
+   }
+   return w->data + w->len;
+}
+
+/* Copies the element the iterator is on (type, key, value) as it is. */
+static inline void
+aspen_bsonw_element(aspen_bsonw_t *w, const bson_iter_t *it)
+{
+   size_t n = it->next_off - it->off;
+   memcpy(aspen_bsonw_reserve(w, n), it->raw + it->off, n);
+   w->len += n;
+}
+
+/* Writes an element's type byte and key; the value comes next. */
+static inline void
+aspen_bsonw_key(aspen_bsonw_t *w, bson_type_t type, const char *key,
+                size_t key_len)
+{
+   uint8_t *p = aspen_bsonw_reserve(w, key_len + 2);
+   p[0] = (uint8_t) type;
+   memcpy(p + 1, key, key_len);
+   p[1 + key_len] = 0;
+   w->len += key_len + 2;
+}
+
+/* Opens a sub-document (BSON_TYPE_DOCUMENT or _ARRAY) under `key`; returns
+ * where it starts, for aspen_bsonw_end. */
+static inline size_t
+aspen_bsonw_begin(aspen_bsonw_t *w, bson_type_t type, const char *key,
+                  size_t key_len)
+{
+   aspen_bsonw_key(w, type, key, key_len);
+   size_t start = w->len;
+   aspen_bsonw_reserve(w, 4);
+   w->len += 4;
+   return start;
+}
+
+/* Closes the sub-document that aspen_bsonw_begin opened at `start`. */
+static inline void
+aspen_bsonw_end(aspen_bsonw_t *w, size_t start)
+{
+   *aspen_bsonw_reserve(w, 1) = 0;
+   w->len++;
+   aspen_bytes_put_le32(w->data + start, (uint32_t) (w->len - start));
+}
+
+/* Where the value of the element the iterator is on starts: libbson's
+ * iterator records it (d1), except for the types without a value (null,
+ * undefined, MinKey, MaxKey), where d1 is -1 and the value is the empty
+ * span before the next element. */
+static inline uint32_t
+aspen_bsonw_value_off(const bson_iter_t *it)
+{
+   return it->d1 == UINT32_MAX ? it->next_off : it->d1;
+}
+
+/* The length of the key of the element the iterator is on, without
+ * strlen (the key ends with the NUL just before the value). */
+static inline size_t
+aspen_bsonw_key_len(const bson_iter_t *it)
+{
+   return aspen_bsonw_value_off(it) - it->key - 1;
+}
+
+#endif /* ASPEN_WIRE_BSONW_H */
