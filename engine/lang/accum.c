@@ -1591,6 +1591,26 @@ aspen_accum_prepare(const aspen_accum_t *acc, const aspen_accum_state_t *st,
    return true;
 }
 
+bool
+aspen_accum_prepare_given(const aspen_accum_t *acc,
+                          const aspen_accum_state_t *st,
+                          const aspen_value_t *val, aspen_accum_input_t *in,
+                          aspen_error_t *err)
+{
+   ASPEN_ASSERT(acc->arg && !val->owned);
+   in->skip = st && acc->op->is_done && acc->op->is_done(acc, st);
+   in->val = ASPEN_VALUE_MISSING;
+   if (in->skip) {
+      return true;
+   }
+   in->val = *val;
+   if (acc->op->check && !acc->op->check(&in->val, err)) {
+      aspen_accum_input_discard(in);
+      return false;
+   }
+   return true;
+}
+
 void
 aspen_accum_commit(const aspen_accum_t *acc, aspen_accum_state_t *st,
                    const aspen_expr_ctx_t *ctx, aspen_accum_input_t *in)

@@ -56,6 +56,13 @@ bool aspen_accum_prepare(const aspen_accum_t *acc,
                          const aspen_accum_state_t *st,
                          const aspen_expr_ctx_t *ctx, aspen_accum_input_t *in,
                          aspen_error_t *err);
+/* aspen_accum_prepare with the argument already evaluated: `val`, a
+ * borrowed view (not owned) that outlives the commit, e.g. another
+ * accumulator's input over the same field path. */
+bool aspen_accum_prepare_given(const aspen_accum_t *acc,
+                               const aspen_accum_state_t *st,
+                               const aspen_value_t *val,
+                               aspen_accum_input_t *in, aspen_error_t *err);
 /* Absorbs a prepared input (never fails) and releases it. */
 void aspen_accum_commit(const aspen_accum_t *acc, aspen_accum_state_t *st,
                         const aspen_expr_ctx_t *ctx, aspen_accum_input_t *in);

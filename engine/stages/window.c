@@ -20,6 +20,7 @@
  * per key, not the documents; $sort and $limit keep documents); at close the
  * rest of the inner pipeline runs over that stage's output.
  */
+#include "bsonw.h"
 #include "hash.h"
 #include "stages/window.h"
 #include "stages/window_int.h"
@@ -51,6 +52,9 @@ win_free(aspen_window_t *w, aspen_win_t *win)
 {
    win_block_destroy(w, win);
    bson_destroy(&win->part_key);
+   if (win->has_meta) {
+      bson_destroy(&win->meta);
+   }
    free(win);
 }
 
@@ -135,17 +139,36 @@ collect_terminal(void *arg, const aspen_sdoc_t *doc)
    aspen__window_block_list_add(w->collect, doc->doc);
 }
 
+/* The metadata documents see inside a window: built once per window and
+ * kept while what it says holds (a session's bounds move, the source type
+ * is learnt from the first document that has one). */
+static const bson_t *
+win_meta(const aspen_window_t *w, aspen_win_t *win)
+{
+   if (win->has_meta && win->meta_start == win->start &&
+       win->meta_end == win->end &&
+       strcmp(win->meta_type, w->source_type) == 0) {
+      return &win->meta;
+   }
+   if (win->has_meta) {
+      bson_destroy(&win->meta);
+   }
+   window_meta(w, win, &win->meta);
+   win->has_meta = true;
+   win->meta_start = win->start;
+   win->meta_end = win->end;
+   memcpy(win->meta_type, w->source_type, sizeof win->meta_type);
+   return &win->meta;
+}
+
 static void
 feed(aspen_window_t *w, aspen_win_t *win, const aspen_sdoc_t *in)
 {
-   bson_t meta;
-   window_meta(w, win, &meta);
    aspen_sdoc_t d = *in;
-   d.meta = &meta;
+   d.meta = win_meta(w, win);
    w->feeding = win;
    aspen_chain_push(&w->prefix, 0, &d);
    w->feeding = NULL;
-   bson_destroy(&meta);
 }
 
 /* ---- closing ------------------------------------------------------------------ */
@@ -461,15 +484,33 @@ remember_source_type(aspen_window_t *w, const aspen_sdoc_t *in)
    }
 }
 
-/* The source partition of a document (Kafka), 0 for unpartitioned sources. */
+/* The source partition of a document (Kafka), 0 for unpartitioned sources:
+ * source.partition, as bson_iter_find_descendant finds it (the first
+ * "source" that is a document or array), in one pass without strlen. */
 static int64_t
 partition_of(const aspen_sdoc_t *in)
 {
-   bson_iter_t it, found;
-   if (in->meta && bson_iter_init(&it, in->meta) &&
-       bson_iter_find_descendant(&it, "source.partition", &found) &&
-       BSON_ITER_HOLDS_NUMBER(&found)) {
-      return bson_iter_as_int64(&found);
+   bson_iter_t it, sub;
+   if (!in->meta || !bson_iter_init(&it, in->meta)) {
+      return 0;
+   }
+   while (bson_iter_next(&it)) {
+      if (aspen_bsonw_key_len(&it) != 6 ||
+          memcmp(it.raw + it.key, "source", 6) != 0) {
+         continue;
+      }
+      if (!(BSON_ITER_HOLDS_DOCUMENT(&it) || BSON_ITER_HOLDS_ARRAY(&it)) ||
+          !bson_iter_recurse(&it, &sub)) {
+         return 0;
+      }
+      while (bson_iter_next(&sub)) {
+         if (aspen_bsonw_key_len(&sub) == 9 &&
+             memcmp(sub.raw + sub.key, "partition", 9) == 0) {
+            return BSON_ITER_HOLDS_NUMBER(&sub) ? bson_iter_as_int64(&sub)
+                                                : 0;
+         }
+      }
+      return 0;
    }
    return 0;
 }
@@ -702,7 +743,20 @@ window_observe(aspen_stage_t *st, const aspen_sdoc_t *in)
       close_where(w, ready_by_clock, pl->now_ms);
       return;
    }
-   observe_partition(w, partition_of(in), in->ts_ms, pl->now_ms);
+   /* The partition is read again only when the metadata changes (a
+    * source hands over many documents with the same). */
+   const bson_t *meta = in->meta;
+   if (!meta || meta->len > sizeof w->last_meta ||
+       meta->len != w->last_meta_len ||
+       memcmp(bson_get_data(meta), w->last_meta, meta->len) != 0) {
+      w->last_part = partition_of(in);
+      w->last_meta_len = 0;
+      if (meta && meta->len <= sizeof w->last_meta) {
+         memcpy(w->last_meta, bson_get_data(meta), meta->len);
+         w->last_meta_len = meta->len;
+      }
+   }
+   observe_partition(w, w->last_part, in->ts_ms, pl->now_ms);
    int64_t pwm = partitions_watermark(w, pl->now_ms);
    if (pwm == INT64_MIN) {
       return;

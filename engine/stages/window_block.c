@@ -7,6 +7,7 @@
  * documents), in insertion order behind a hash index; $sort sorts the
  * window's documents as MongoDB orders values.
  */
+#include "bsonw.h"
 #include "hash.h"
 #include "stages/window_int.h"
 
@@ -49,6 +50,24 @@ blocking_destroy(aspen_stage_t *st)
 {
    block_spec_destroy(st->state);
    st->state = NULL;
+}
+
+/* The argument of an accumulator {$op: "$a.b"} when it is a plain field
+ * path (deterministic, read as a view into the document), else NULL. */
+static const char *
+field_path_arg(const bson_iter_t *it, uint32_t *len)
+{
+   bson_iter_t si;
+   *len = 0;
+   if (!BSON_ITER_HOLDS_DOCUMENT(it) || !bson_iter_recurse(it, &si) ||
+       !bson_iter_next(&si) || !BSON_ITER_HOLDS_UTF8(&si)) {
+      return NULL;
+   }
+   const char *path = bson_iter_utf8(&si, len);
+   if (*len < 2 || path[0] != '$' || path[1] == '$' || bson_iter_next(&si)) {
+      return NULL;
+   }
+   return path;
 }
 
 static bool
@@ -105,6 +124,18 @@ group_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
          return false;
       }
       f->name = aspen_xstrdup(k);
+      /* Accumulators over the same field path ({$avg: "$v"}, {$max:
+       * "$v"}) share one evaluation per document. */
+      f->same_as = -1;
+      f->path = field_path_arg(&it, &f->path_len);
+      for (size_t j = 0; j < b->group.n_fields && f->path; j++) {
+         const aspen_group_field_t *o = &b->group.fields[j];
+         if (o->path && o->path_len == f->path_len &&
+             memcmp(o->path, f->path, f->path_len) == 0) {
+            f->same_as = (int) j;
+            break;
+         }
+      }
       b->group.n_fields++;
    }
    if (!has_id) {
@@ -352,10 +383,70 @@ aspen__window_block_groups_clear(aspen_group_map_t *m,
    }
    free(m->items);
    free(m->index);
+   aspen_bsonw_cleanup(&m->scratch);
    memset(m, 0, sizeof *m);
 }
 
 /* ---- groups ------------------------------------------------------------------- */
+
+/* The group for `idv`; when it does not exist yet, NULL if `added_bytes` is
+ * NULL, else a new one (its bytes added there). */
+/* Writes the normalized group key {"": id} into `kw`: the bytes
+ * aspen__window_block_append_normalized writes, with numbers, strings and
+ * the other scalars encoded directly, without temporary documents. */
+static void
+group_key(aspen_bsonw_t *kw, const aspen_value_t *id)
+{
+   const bson_value_t *v = &id->v;
+   bson_value_t nv;
+   aspen_bsonw_reset(kw);
+   switch (v->value_type) {
+   case BSON_TYPE_INT32:
+      nv.value_type = BSON_TYPE_INT64;
+      nv.value.v_int64 = v->value.v_int32;
+      aspen_bsonw_value(kw, "", 0, &nv);
+      return;
+   case BSON_TYPE_INT64:
+      aspen_bsonw_value(kw, "", 0, v);
+      return;
+   case BSON_TYPE_DOUBLE: {
+      double d = v->value.v_double;
+      if (d >= -9.2e18 && d <= 9.2e18 && d == (double) (int64_t) d) {
+         nv.value_type = BSON_TYPE_INT64;
+         nv.value.v_int64 = (int64_t) d;
+         aspen_bsonw_value(kw, "", 0, &nv);
+      } else {
+         aspen_bsonw_value(kw, "", 0, v);
+      }
+      return;
+   }
+   case BSON_TYPE_EOD: /* a missing _id groups as null */
+   case BSON_TYPE_UNDEFINED:
+   case BSON_TYPE_NULL:
+      nv.value_type = BSON_TYPE_NULL;
+      aspen_bsonw_value(kw, "", 0, &nv);
+      return;
+   case BSON_TYPE_DOCUMENT:
+   case BSON_TYPE_ARRAY: {
+      bson_t tmp = BSON_INITIALIZER, key = BSON_INITIALIZER;
+      bson_iter_t it;
+      aspen_value_append(&tmp, "", 0, id);
+      if (bson_iter_init(&it, &tmp) && bson_iter_next(&it)) {
+         aspen__window_block_append_normalized(&key, "", &it);
+         bson_iter_init(&it, &key);
+         if (bson_iter_next(&it)) {
+            aspen_bsonw_element(kw, &it);
+         }
+      }
+      bson_destroy(&tmp);
+      bson_destroy(&key);
+      return;
+   }
+   default:
+      aspen_bsonw_value(kw, "", 0, v);
+      return;
+   }
+}
 
 /* The group for `idv`; when it does not exist yet, NULL if `added_bytes` is
  * NULL, else a new one (its bytes added there). */
@@ -364,34 +455,23 @@ aspen__window_block_group_get(aspen_group_map_t *m,
                               const aspen_block_spec_t *b,
                               const aspen_value_t *idv, size_t *added_bytes)
 {
-   bson_t tmp = BSON_INITIALIZER, key = BSON_INITIALIZER;
-   bson_iter_t it;
-   aspen_value_t id = *idv;
-   if (aspen_value_is_missing(&id)) {
-      id = aspen_value_null(); /* a missing _id groups as null */
-   }
-   aspen_value_append(&tmp, "", 0, &id);
-   bson_iter_init(&it, &tmp);
-   bson_iter_next(&it);
-   aspen__window_block_append_normalized(&key, "", &it);
-   uint64_t h = aspen_hash_fnv1a(bson_get_data(&key), key.len);
+   bson_t key;
+   group_key(&m->scratch, idv);
+   (void) aspen_bsonw_finish(&m->scratch, &key);
+   const uint8_t *kd = bson_get_data(&key);
+   uint64_t h = aspen_hash_fnv1a(kd, key.len);
    if (m->index_size) {
       size_t mask = m->index_size - 1;
       for (size_t i = h & mask; m->index[i]; i = (i + 1) & mask) {
          aspen_group_t *g = m->items[m->index[i] - 1];
          if (g->hash == h && g->key.len == key.len &&
-             memcmp(bson_get_data(&g->key), bson_get_data(&key), key.len) ==
-                0) {
-            bson_destroy(&tmp);
-            bson_destroy(&key);
+             memcmp(bson_get_data(&g->key), kd, key.len) == 0) {
             return g;
          }
       }
    }
    /* A new group. */
    if (!added_bytes) {
-      bson_destroy(&tmp);
-      bson_destroy(&key);
       return NULL;
    }
    if ((m->n + 1) * 2 > m->index_size) {
@@ -414,8 +494,13 @@ aspen__window_block_group_get(aspen_group_map_t *m,
    }
    aspen_group_t *g = aspen_xcalloc(1, sizeof *g);
    g->hash = h;
-   bson_steal(&g->key, &key);
-   bson_steal(&g->id, &tmp);
+   bson_copy_to(&key, &g->key);
+   bson_init(&g->id);
+   aspen_value_t id = *idv;
+   if (aspen_value_is_missing(&id)) {
+      id = aspen_value_null(); /* a missing _id groups as null */
+   }
+   aspen_value_append(&g->id, "", 0, &id);
    g->states = aspen_xcalloc(b->group.n_fields ? b->group.n_fields : 1,
                              sizeof *g->states);
    for (size_t f = 0; f < b->group.n_fields; f++) {
@@ -455,8 +540,16 @@ aspen__window_block_group_add(aspen_group_map_t *m,
    bool ok = true;
    size_t f = 0;
    for (; f < n && ok; f++) {
-      ok = aspen_accum_prepare(b->group.fields[f].acc, g ? g->states[f] : NULL,
-                               &ctx, &ins[f], err);
+      const aspen_group_field_t *gf = &b->group.fields[f];
+      aspen_accum_state_t *gs = g ? g->states[f] : NULL;
+      int j = gf->same_as;
+      if (j >= 0 && !ins[j].skip && !ins[j].val.owned) {
+         /* The same field path, already read: its view is shared. */
+         ok = aspen_accum_prepare_given(gf->acc, gs, &ins[j].val, &ins[f],
+                                        err);
+      } else {
+         ok = aspen_accum_prepare(gf->acc, gs, &ctx, &ins[f], err);
+      }
    }
    if (ok) {
       if (!g) {

@@ -9,6 +9,7 @@
 #ifndef ASPEN_ENGINE_STAGES_WINDOW_INT_H
 #define ASPEN_ENGINE_STAGES_WINDOW_INT_H
 
+#include "bsonw.h"
 #include "lang/accum.h"
 #include "runtime/pipeline.h"
 
@@ -17,6 +18,9 @@ typedef enum { B_GROUP, B_SORT, B_LIMIT, B_COUNT } aspen_block_kind_t;
 typedef struct {
    char *name;
    aspen_accum_t *acc;
+   const char *path;  /* its argument if a plain "$field.path" (a view */
+   uint32_t path_len; /* into the spec), else NULL */
+   int same_as;       /* an earlier field with the same path, or -1 */
 } aspen_group_field_t;
 
 typedef struct {
@@ -59,6 +63,7 @@ typedef struct {
    size_t n, cap;
    uint32_t *index;
    size_t index_size; /* a power of two */
+   aspen_bsonw_t scratch; /* the key being looked up */
 } aspen_group_map_t;
 
 /* ---- the window stage (window.c, window_parse.c) ---------------------------- */
@@ -79,6 +84,12 @@ typedef struct {
    uint64_t first_ns;   /* pl->origin_ns of its first input (latency) */
    aspen_block_state_t block;
    size_t bytes;        /* estimate for stateSize */
+   /* The metadata its documents see (window.c's win_meta), and what it
+    * was built from. */
+   bson_t meta;
+   bool has_meta;
+   int64_t meta_start, meta_end;
+   char meta_type[32];
 } aspen_win_t;
 
 typedef enum { W_TUMBLING, W_HOPPING, W_SESSION } aspen_win_kind_t;
@@ -106,6 +117,9 @@ typedef struct {
       int64_t id, wm, last_seen_ms;
    } *parts;                 /* per source partition (Kafka), else one */
    size_t n_parts;
+   uint8_t last_meta[128];   /* the last metadata seen, if this short, */
+   uint32_t last_meta_len;   /* (0: none) */
+   int64_t last_part;        /* and its partition */
    char source_type[32];
    aspen_win_t *feeding;     /* target of the prefix chain's terminal */
    aspen_stage_t *self;
