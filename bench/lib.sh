@@ -1,4 +1,5 @@
-# bench/lib.sh - sourced by the benchmark scripts that need peers: log(), and
+# bench/lib.sh - sourced by the benchmark scripts: log(); bench_inmemory and
+# bench_callgrind for the in-memory ones; and, for those that need peers,
 # bench_setup NAME, which builds a Release aspen in $BUILD and sources
 # tests/e2e/peers.sh with its run directory $BUILD/run-NAME (fresh), so the
 # script can start the peers it needs. Expects ROOT and BUILD to be set.
@@ -34,4 +35,30 @@ bench_callgrind() {
     awk -v n="$events" '/^(summary|totals):/ { ir = $2 }
         END { printf "  instructions:  %.0f per event (callgrind, %d events)\n", ir / n, n }' "$out"
     rm -f "$out"
+}
+
+# bench_inmemory TARGET EVENTS CALLGRIND_EVENTS [--callgrind] [N [ARGS...]] -
+# builds the in-memory benchmark TARGET (Release, in build-bench/) and runs
+# it on N events (default EVENTS) and ARGS, or with --callgrind under
+# bench_callgrind (default CALLGRIND_EVENTS). Run from the repository root.
+bench_inmemory() {
+    local target=$1 events=$2 cg_events=$3 callgrind=
+    shift 3
+    cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DASPEN_TESTS=OFF \
+          -DASPEN_BENCH=ON >/dev/null
+    cmake --build build-bench -j"$(nproc)" --target "$target" >/dev/null
+    if [[ ${1:-} == --callgrind ]]; then
+        callgrind=1
+        events=$cg_events
+        shift
+    fi
+    if [[ $# -gt 0 ]]; then
+        events=$1
+        shift
+    fi
+    if [[ -n $callgrind ]]; then
+        bench_callgrind "$events" "build-bench/bench/$target" "$events" "$@"
+    else
+        "build-bench/bench/$target" "$events" "$@"
+    fi
 }

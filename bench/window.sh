@@ -8,11 +8,4 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 # shellcheck source=SCRIPTDIR/lib.sh
 . "$ROOT/bench/lib.sh"
-cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DASPEN_TESTS=OFF \
-      -DASPEN_BENCH=ON >/dev/null
-cmake --build build-bench -j"$(nproc)" --target aspen_bench_window >/dev/null
-if [[ ${1:-} == --callgrind ]]; then
-    bench_callgrind "${2:-200000}" build-bench/bench/aspen_bench_window "${2:-200000}" "${3:-10000}"
-else
-    build-bench/bench/aspen_bench_window "${1:-1000000}" "${2:-10000}"
-fi
+bench_inmemory aspen_bench_window 1000000 200000 "$@"

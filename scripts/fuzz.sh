@@ -5,7 +5,7 @@
 # dictionary tests/fuzz/aspen.dict.
 #
 #   scripts/fuzz.sh [TARGET...]      targets: frame pipeline expr config kafka scram
-#                                    command (default: all)
+#                                    command ejson (default: all)
 #   scripts/fuzz.sh --help           this text
 #
 # Needs clang and its libFuzzer runtime (Debian: libclang-rt-<major>-dev),
@@ -32,7 +32,7 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 
-ALL=(frame pipeline expr config kafka scram command)
+ALL=(frame pipeline expr config kafka scram command ejson)
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
     # The comment block at the top of this file is the usage.
     sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"

@@ -18,12 +18,24 @@ aspen_bsonw_init(aspen_bsonw_t *w)
    w->data = NULL;
    w->len = 0;
    w->cap = 0;
+   w->borrowed = false;
+}
+
+void
+aspen_bsonw_init_static(aspen_bsonw_t *w, uint8_t *buf, size_t cap)
+{
+   w->data = buf;
+   w->len = 0;
+   w->cap = cap;
+   w->borrowed = true;
 }
 
 void
 aspen_bsonw_cleanup(aspen_bsonw_t *w)
 {
-   free(w->data);
+   if (!w->borrowed) {
+      free(w->data);
+   }
    aspen_bsonw_init(w);
 }
 
@@ -34,7 +46,14 @@ aspen__bsonw_grow(aspen_bsonw_t *w, size_t n)
    while (cap - w->len < n) {
       cap *= 2;
    }
-   w->data = aspen_xrealloc(w->data, cap);
+   if (!w->borrowed) {
+      w->data = aspen_xrealloc(w->data, cap);
+   } else {
+      uint8_t *data = aspen_xmalloc(cap);
+      memcpy(data, w->data, w->len);
+      w->data = data;
+      w->borrowed = false;
+   }
    w->cap = cap;
 }
 

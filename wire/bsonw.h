@@ -27,10 +27,14 @@ typedef struct {
    uint8_t *data;
    size_t len;
    size_t cap;
+   bool borrowed; /* data is the caller's (until grown); zeroed: the heap */
 } aspen_bsonw_t;
 
 /* An empty writer (no buffer until the first reset). */
 void aspen_bsonw_init(aspen_bsonw_t *w);
+/* A writer that starts in the caller's `buf` (e.g. on the stack) and moves
+ * to the heap only if it outgrows it. */
+void aspen_bsonw_init_static(aspen_bsonw_t *w, uint8_t *buf, size_t cap);
 void aspen_bsonw_cleanup(aspen_bsonw_t *w);
 /* Starts a new root document, keeping the buffer. */
 void aspen_bsonw_reset(aspen_bsonw_t *w);

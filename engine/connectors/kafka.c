@@ -6,6 +6,7 @@
  */
 #include "connectors/kafka_int.h"
 #include "connectors/schema_registry.h"
+#include "ejson.h"
 
 #include <librdkafka/rdkafka_mock.h>
 
@@ -320,6 +321,23 @@ aspen__kafka_json_decode(const void *data, size_t len, bson_t *doc,
                       "the message value is not a JSON object");
       return false;
    }
+   /* Plain JSON first (wire/ejson.c: libbson's result, without its
+    * reader's per-message setup); what it declines, libbson reads. */
+   uint8_t stack[1024];
+   aspen_bsonw_t w;
+   bson_t fast;
+   aspen_bsonw_init_static(&w, stack, sizeof stack);
+   if (aspen_ejson_read((const char *) p + i, len - i, &w, &fast)) {
+      bson_init(doc);
+      bool ok = bson_concat(doc, &fast);
+      aspen_bsonw_cleanup(&w);
+      if (ok) {
+         return true;
+      }
+      bson_destroy(doc);
+   } else {
+      aspen_bsonw_cleanup(&w);
+   }
    if (!bson_init_from_json(doc, p + i, (ssize_t) (len - i), &berr)) {
       bson_init(doc);
       aspen_error_set(err, ASPEN_ERR_BadValue, "%s", berr.message);
@@ -486,9 +504,23 @@ aspen__kafka_json_encode(const bson_t *doc,
       src = &simple;
    }
    size_t n = 0;
-   char *json = opts->canonical && !opts->basic
-                   ? bson_as_canonical_extended_json(src, &n)
-                   : bson_as_relaxed_extended_json(src, &n);
+   bool canonical = opts->canonical && !opts->basic;
+   char *json = NULL;
+   if (!canonical) {
+      /* Plain JSON values first (wire/ejson.c: libbson's text exactly);
+       * what it declines, libbson writes. */
+      aspen_ejson_text_t t = {0};
+      if (aspen_ejson_write(src, &t)) {
+         json = t.data;
+         n = t.len;
+      } else {
+         aspen_ejson_text_cleanup(&t);
+      }
+   }
+   if (!json) {
+      json = canonical ? bson_as_canonical_extended_json(src, &n)
+                       : bson_as_relaxed_extended_json(src, &n);
+   }
    if (simplified) {
       bson_destroy(&simple);
    }

@@ -8,6 +8,7 @@
  * is a ConversionFailure (241), which `onError` catches.
  */
 #include "lang/expr_args.h"
+#include "bytes.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -963,7 +964,7 @@ convert(const aspen_value_t *in, const conv_opts_t *o, aspen_value_t *out,
          *out = aspen_value_double((double) l);
          return true;
       case BSON_TYPE_UTF8:
-         *out = aspen_value_utf8(buf, aspen__value_int64_dec(l, buf));
+         *out = aspen_value_utf8(buf, aspen_bytes_dec_int64(l, buf));
          return true;
       case BSON_TYPE_INT32:
          if (l < INT32_MIN || l > INT32_MAX) {

@@ -60,27 +60,6 @@ aspen_value_destroy(aspen_value_t *val)
    memset(val, 0, sizeof *val);
 }
 
-size_t
-aspen__value_int64_dec(int64_t v, char *buf)
-{
-   char tmp[20];
-   size_t n = 0, len = 0;
-   /* The magnitude as unsigned, so INT64_MIN has one too. */
-   uint64_t u = v < 0 ? (uint64_t) 0 - (uint64_t) v : (uint64_t) v;
-   do {
-      tmp[n++] = (char) ('0' + u % 10);
-      u /= 10;
-   } while (u);
-   if (v < 0) {
-      buf[len++] = '-';
-   }
-   while (n) {
-      buf[len++] = tmp[--n];
-   }
-   buf[len] = '\0';
-   return len;
-}
-
 aspen_value_t
 aspen_value_borrow(const bson_iter_t *it)
 {

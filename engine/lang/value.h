@@ -69,10 +69,6 @@ bool aspen_value_equal(const aspen_value_t *a, const aspen_value_t *b);
  * (never read from a valid document) ranks 126, so MaxKey stays above
  * everything. Inside lang/ only. */
 int aspen__value_type_rank(bson_type_t t, bool missing_low);
-/* Writes `v` in decimal (what "%" PRId64 prints) into buf, which holds at
- * least 21 bytes, NUL-terminated; returns the length. Without printf, for
- * hot paths ($toString). Inside lang/ only. */
-size_t aspen__value_int64_dec(int64_t v, char *buf);
 /* Truthiness for $cond/$and/$or/$not: false, null, undefined, missing and
  * numeric zero are false; everything else is true. */
 bool aspen_value_truthy(const aspen_value_t *val);

@@ -880,24 +880,6 @@ test_msg_format(void **state)
    aspen_value_destroy(&vals[0]);
 }
 
-/* $toString's integer printing without printf: what "%" PRId64 prints. */
-static void
-test_int64_dec(void **state)
-{
-   (void) state;
-   const int64_t vals[] = {0, 1, -1, 9, 10, -10, 99, 100, 123456789,
-                           INT32_MAX, INT32_MIN, (int64_t) INT32_MAX + 1,
-                           INT64_MAX, INT64_MIN, INT64_MIN + 1,
-                           -1000000000000LL};
-   for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++) {
-      char want[32], got[32];
-      snprintf(want, sizeof want, "%" PRId64, vals[i]);
-      size_t n = aspen__value_int64_dec(vals[i], got);
-      assert_string_equal(got, want);
-      assert_int_equal(n, strlen(want));
-   }
-}
-
 int
 main(void)
 {
@@ -917,7 +899,6 @@ main(void)
       cmocka_unit_test(test_type_rank),
       cmocka_unit_test(test_op_tables),
       cmocka_unit_test(test_msg_format),
-      cmocka_unit_test(test_int64_dec),
    };
    size_t n_api = sizeof api_tests / sizeof api_tests[0];
    struct CMUnitTest *tests = calloc(n_cases + n_api, sizeof *tests);

@@ -2,7 +2,8 @@
  * test_wire.c - cmocka unit tests for wire/, aspen's foundation library: the
  * byte buffer, errors, logging, CRC-32C, framing, OP_MSG / OP_QUERY decoding,
  * the reply encoders, the clocks, the hash, little-endian bytes, the
- * atomic file write and the BSON writer.
+ * atomic file write, the BSON writer and the plain-JSON fast path (against
+ * libbson, on hand-picked inputs and on every document of tests/cases).
  *
  * The parser tests follow picohttpparser's test.c: a small independent
  * encoder in this file builds valid messages, and each one is fed to the
@@ -20,6 +21,8 @@
 
 #include <cmocka.h>
 
+#include <dirent.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +35,7 @@
 
 #include "bsonw.h"
 #include "bytes.h"
+#include "ejson.h"
 #include "file.h"
 #include "hash.h"
 #include "wire.h"
@@ -2659,6 +2663,24 @@ test_file_write_atomic(void **state)
 }
 
 
+/* Integers in decimal without printf: what "%" PRId64 prints. */
+static void
+test_bytes_dec_int64(void **state)
+{
+   (void) state;
+   const int64_t vals[] = {0, 1, -1, 9, 10, -10, 99, 100, 123456789,
+                           INT32_MAX, INT32_MIN, (int64_t) INT32_MAX + 1,
+                           INT64_MAX, INT64_MIN, INT64_MIN + 1,
+                           -1000000000000LL};
+   for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++) {
+      char want[32], got[32];
+      snprintf(want, sizeof want, "%" PRId64, vals[i]);
+      size_t n = aspen_bytes_dec_int64(vals[i], got);
+      assert_string_equal(got, want);
+      assert_int_equal(n, strlen(want));
+   }
+}
+
 /* ======================================================================== */
 /* The BSON writer                                                           */
 /* ======================================================================== */
@@ -2746,6 +2768,243 @@ test_bsonw_matches_libbson(void **state)
 }
 
 /* ======================================================================== */
+/* The plain-JSON fast path (ejson.c) against libbson                        */
+/* ======================================================================== */
+
+/* Reads `json` with both readers: the fast one must accept (`accept` 1)
+ * or decline (0) as told (-1: either), and what it accepts must be
+ * libbson's bytes. Returns whether it accepted. */
+static bool
+ejson_read_check(const char *json, int accept)
+{
+   aspen_bsonw_t w;
+   bson_t fast, slow;
+   bson_error_t berr;
+   aspen_bsonw_init(&w);
+   bool ok = aspen_ejson_read(json, strlen(json), &w, &fast);
+   if (accept >= 0 && ok != (accept != 0)) {
+      fail_msg("aspen_ejson_read %s %s", ok ? "accepted" : "declined", json);
+   }
+   if (ok) {
+      assert_true(bson_init_from_json(&slow, json, -1, &berr));
+      assert_int_equal(slow.len, fast.len);
+      assert_memory_equal(bson_get_data(&slow), bson_get_data(&fast),
+                          fast.len);
+      bson_destroy(&slow);
+   }
+   aspen_bsonw_cleanup(&w);
+   return ok;
+}
+
+/* Writes `doc` with both writers: the fast one must accept or decline as
+ * told, and what it writes must be libbson's relaxed text. Returns whether
+ * it accepted. */
+static bool
+ejson_write_check(const bson_t *doc, int accept)
+{
+   aspen_ejson_text_t t = {0};
+   bool ok = aspen_ejson_write(doc, &t);
+   if (accept >= 0 && ok != (accept != 0)) {
+      char *j = bson_as_canonical_extended_json(doc, NULL);
+      fail_msg("aspen_ejson_write %s %s", ok ? "accepted" : "declined", j);
+   }
+   if (ok) {
+      size_t n = 0;
+      char *want = bson_as_relaxed_extended_json(doc, &n);
+      assert_non_null(want);
+      assert_string_equal(t.data, want);
+      assert_int_equal(t.len, n);
+      bson_free(want);
+   }
+   aspen_ejson_text_cleanup(&t);
+   return ok;
+}
+
+static void
+test_ejson_read(void **state)
+{
+   (void) state;
+   ejson_read_check("{}", 1);
+   ejson_read_check(" \t\r\n{ } \n", 1);
+   ejson_read_check("{\"_id\": 1, \"k\": 7, \"v\": 3.5, \"tag\": \"sensor-7\", "
+                    "\"ok\": true, \"no\": false, \"n\": null}",
+                    1);
+   ejson_read_check("{\"a\":{\"b\":[1,-2,[],{}],\"c\":[[[]]]},\"\":0}", 1);
+   /* int32 up to its bounds, int64 past them, as libbson chooses */
+   ejson_read_check("{\"a\": 2147483647, \"b\": -2147483648, \"c\": 2147483648, "
+                    "\"d\": -2147483649, \"e\": 999999999999999999, \"f\": -0}",
+                    1);
+   ejson_read_check("{\"a\": 0.1, \"b\": -0.0, \"c\": 12.50, \"d\": "
+                    "123456789012345678.25, \"e\": 0.000001}",
+                    1);
+   ejson_read_check("{\"dup\": 1, \"dup\": \"x\", \"dots.in.key\": 2}", 1);
+   /* declined: libbson's own reader decides */
+   const char *declined[] = {
+      "{\"$oid\": \"0123456789abcdef01234567\"}",
+      "{\"a\": {\"$date\": 0}}",
+      "{\"s\": \"esc\\\"aped\"}",
+      "{\"s\": \"caf\xc3\xa9\"}",
+      "{\"a\": 1e5}",
+      "{\"a\": 1.5E-3}",
+      "{\"a\": 01}",
+      "{\"a\": 1.}",
+      "{\"a\": .5}",
+      "{\"a\": 1234567890123456789}",
+      "{\"a\": tru}",
+      "{\"a\": truex}",
+      "{\"a\": [1,]}",
+      "{\"a\": 1,}",
+      "{\"a\": 1} x",
+      "[1]",
+      "{\"a\" 1}",
+      "{'a': 1}",
+      "{\"a\": 1",
+      "",
+   };
+   for (size_t i = 0; i < sizeof declined / sizeof declined[0]; i++) {
+      ejson_read_check(declined[i], 0);
+   }
+   /* deeper than the fast path goes */
+   char deep[600];
+   size_t n = 0;
+   for (int i = 0; i < 70; i++) {
+      n += (size_t) snprintf(deep + n, sizeof deep - n, "{\"a\":");
+   }
+   n += (size_t) snprintf(deep + n, sizeof deep - n, "1");
+   for (int i = 0; i < 70; i++) {
+      deep[n++] = '}';
+   }
+   deep[n] = '\0';
+   ejson_read_check(deep, 0);
+}
+
+static void
+test_ejson_write(void **state)
+{
+   (void) state;
+   ejson_write_check(tmp_bson("{}"), 1);
+   ejson_write_check(tmp_bson("{'a': {}, 'b': [], 'c': [1, {'x': null}], "
+                              "'d': true, 'e': false, 's': 'q\\'\\\\ /'}"),
+                     1);
+   ejson_write_check(tmp_bson("{'i': {'$numberInt': '-2147483648'}, 'l': "
+                              "{'$numberLong': '-9223372036854775808'}, 'm': "
+                              "{'$numberLong': '5000000000'}}"),
+                     1);
+   /* doubles: integral, halves, -0.0, and printf's others */
+   ejson_write_check(
+      tmp_bson("{'a': 2.0, 'b': -3.5, 'c': -0.5, 'd': 0.5, 'e': {'$numberDouble':"
+               " '-0.0'}, 'f': 0.1, 'g': 1e300, 'h': 123456789012345678.5, "
+               "'i': 0.0001, 'j': 0.00001, 'k': 999999999999999.0, 'l': "
+               "1e15, 'm': 1e20, 'n': -1e-7, 'o': 4503599627370495.5}"),
+      1);
+   /* dates from 1970 to 9999, milliseconds as libbson pads them */
+   ejson_write_check(
+      tmp_bson("{'a': {'$date': {'$numberLong': '0'}}, 'b': {'$date': "
+               "{'$numberLong': '5'}}, 'c': {'$date': {'$numberLong': "
+               "'1795000000050'}}, 'd': {'$date': {'$numberLong': "
+               "'951782400999'}}, 'e': {'$date': {'$numberLong': "
+               "'253402300799999'}}, 'f': {'$date': {'$numberLong': "
+               "'4107542400000'}}, 'g': [{'$date': {'$numberLong': "
+               "'1709251199100'}}]}"),
+      1);
+   /* declined: the other types, dates outside 1970-9999, non-finite
+    * doubles, non-ASCII text */
+   const char *declined[] = {
+      "{'d': {'$date': {'$numberLong': '-1'}}}",
+      "{'d': {'$date': {'$numberLong': '253402300800000'}}}",
+      "{'o': {'$oid': '0123456789abcdef01234567'}}",
+      "{'x': {'$numberDouble': 'NaN'}}",
+      "{'x': {'$numberDouble': '-Infinity'}}",
+      "{'x': {'$numberDecimal': '1.5'}}",
+      "{'x': {'$binary': {'base64': 'AQID', 'subType': '00'}}}",
+      "{'s': 'caf\xc3\xa9'}",
+      "{'s': 'tab\\there'}",
+      "{'caf\xc3\xa9': 1}",
+      "{'a': [1, {'b': {'$minKey': 1}}]}",
+   };
+   for (size_t i = 0; i < sizeof declined / sizeof declined[0]; i++) {
+      ejson_write_check(tmp_bson(declined[i]), 0);
+   }
+}
+
+typedef struct {
+   size_t docs, written, read;
+} ejson_tally_t;
+
+/* Every document and array inside `doc`, and `doc` itself, through both
+ * writers, and libbson's relaxed text of each through both readers. */
+static void
+ejson_walk(const bson_t *doc, ejson_tally_t *tally)
+{
+   tally->docs++;
+   if (ejson_write_check(doc, -1)) {
+      tally->written++;
+   }
+   char *text = bson_as_relaxed_extended_json(doc, NULL);
+   if (text && ejson_read_check(text, -1)) {
+      tally->read++;
+   }
+   bson_free(text);
+   bson_iter_t it;
+   bson_iter_init(&it, doc);
+   while (bson_iter_next(&it)) {
+      bson_t sub;
+      if (aspen_bson_view(&it, &sub)) {
+         ejson_walk(&sub, tally);
+      }
+   }
+}
+
+static void
+test_ejson_case_corpus(void **state)
+{
+   (void) state;
+   ejson_tally_t tally = {0};
+   const char *sub[] = {"accum", "expr", "match", "pipeline"};
+   for (size_t s = 0; s < sizeof sub / sizeof sub[0]; s++) {
+      char dir[512];
+      snprintf(dir, sizeof dir, "%s/%s", ASPEN_CASES_DIR, sub[s]);
+      DIR *d = opendir(dir);
+      assert_non_null(d);
+      struct dirent *de;
+      while ((de = readdir(d))) {
+         size_t nl = strlen(de->d_name);
+         if (nl < 6 || strcmp(de->d_name + nl - 5, ".json") != 0) {
+            continue;
+         }
+         char path[800];
+         snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+         FILE *f = fopen(path, "rb");
+         assert_non_null(f);
+         fseek(f, 0, SEEK_END);
+         long size = ftell(f);
+         fseek(f, 0, SEEK_SET);
+         char *text = aspen_xmalloc((size_t) size + 16);
+         memcpy(text, "{\"f\": ", 6);
+         assert_int_equal(fread(text + 6, 1, (size_t) size, f), (size_t) size);
+         fclose(f);
+         text[6 + size] = '}';
+         bson_error_t berr;
+         bson_t doc;
+         if (bson_init_from_json(&doc, text, 7 + size, &berr)) {
+            ejson_walk(&doc, &tally);
+            bson_destroy(&doc);
+         }
+         free(text);
+      }
+      closedir(d);
+   }
+   /* The fast paths took a good part of it (the rest holds Extended JSON
+    * wrappers and the cases' own operators, '$' keys both). */
+   print_message("ejson: %zu documents, %zu written and %zu read by the "
+                 "fast path\n",
+                 tally.docs, tally.written, tally.read);
+   assert_true(tally.docs > 1000);
+   assert_true(tally.written * 2 > tally.docs);
+   assert_true(tally.read * 3 > tally.docs);
+}
+
+/* ======================================================================== */
 
 #define T(fn) cmocka_unit_test_teardown(fn, tmp_teardown)
 #define V(fn) cmocka_unit_test_setup_teardown(fn, vecs_setup, vecs_teardown)
@@ -2796,7 +3055,11 @@ main(void)
       T(test_hash_fnv1a),
       T(test_bytes_le32),
       T(test_file_write_atomic),
+      T(test_bytes_dec_int64),
       T(test_bsonw_matches_libbson),
+      T(test_ejson_read),
+      T(test_ejson_write),
+      T(test_ejson_case_corpus),
    };
    return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
 }
