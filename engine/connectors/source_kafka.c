@@ -732,6 +732,7 @@ kafka_run(aspen_runtime_t *rt, void *state)
    int since_flush = 0;
    while (!aspen_rt_stopping(rt)) {
       rd_kafka_message_t *m = rd_kafka_consumer_poll(ks->rk, POLL_MS);
+      int64_t now = aspen_clock_mono_ms(); /* read once per message */
       if (ks->fatal[0]) {
          if (m) {
             rd_kafka_message_destroy(m);
@@ -757,12 +758,11 @@ kafka_run(aspen_runtime_t *rt, void *state)
          m = NULL;
       } else if (m) {
          kpart_get(ks, rd_kafka_topic_name(m->rkt), m->partition)
-            ->last_msg_ms = aspen_clock_mono_ms();
+            ->last_msg_ms = now;
          handle(rt, ks, m);
          rd_kafka_message_destroy(m);
          since_flush++;
       }
-      int64_t now = aspen_clock_mono_ms();
       if (!m || since_flush >= FLUSH_EVERY_MSGS ||
           now - last_flush >= FLUSH_EVERY_MS) {
          /* Flushes sink and DLQ; false means they succeeded and we are

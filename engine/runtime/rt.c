@@ -8,6 +8,7 @@
  */
 #include "runtime/runtime_int.h"
 #include "base/tier.h"
+#include "bsonw.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -67,14 +68,44 @@ fail_if_fatal(aspen_runtime_t *rt)
    return true;
 }
 
-static void
-with_meta(const aspen_sdoc_t *d, bson_t *out)
+/* Whether the iterator's key is key[0 .. len). */
+static inline bool
+key_is(const bson_iter_t *it, const char *key, size_t len)
 {
-   bson_init(out);
-   bson_copy_to_excluding_noinit(d->doc, out, "_stream_meta", NULL);
-   if (d->meta && !bson_empty(d->meta)) {
-      BSON_APPEND_DOCUMENT(out, "_stream_meta", d->meta);
+   return aspen_bsonw_key_len(it) == len &&
+          memcmp(it->raw + it->key, key, len) == 0;
+}
+
+/* Copies `doc`'s fields but `skip` (every field so named) into `w`, as
+ * bson_copy_to_excluding_noinit does, element bytes as they are. */
+static void
+copy_excluding(const bson_t *doc, const char *skip, aspen_bsonw_t *w)
+{
+   size_t skip_len = strlen(skip);
+   bson_iter_t it;
+   if (bson_iter_init(&it, doc)) {
+      while (bson_iter_next(&it)) {
+         if (!key_is(&it, skip, skip_len)) {
+            aspen_bsonw_element(w, &it);
+         }
+      }
    }
+}
+
+/* The document with its _stream_meta (the one it had replaced), written
+ * into `w`, which `out` then views. */
+static void
+with_meta(const aspen_sdoc_t *d, aspen_bsonw_t *w, bson_t *out)
+{
+   aspen_bsonw_reset(w);
+   copy_excluding(d->doc, "_stream_meta", w);
+   if (d->meta && !bson_empty(d->meta)) {
+      bson_value_t v = {.value_type = BSON_TYPE_DOCUMENT};
+      v.value.v_doc.data = (uint8_t *) bson_get_data(d->meta);
+      v.value.v_doc.data_len = d->meta->len;
+      aspen_bsonw_value(w, "_stream_meta", 12, &v);
+   }
+   (void) aspen_bsonw_finish(w, out);
 }
 
 /* *c -= v, stopping at 0. */
@@ -121,8 +152,11 @@ aspen__rt_on_output(void *arg, const aspen_sdoc_t *out)
 {
    aspen_runtime_t *rt = arg;
    aspen_proc_t *proc = rt->proc;
+   uint8_t buf[1024];
+   aspen_bsonw_t w;
    bson_t doc;
-   with_meta(out, &doc);
+   aspen_bsonw_init_static(&w, buf, sizeof buf);
+   with_meta(out, &w, &doc);
    atomic_fetch_add(&proc->stats.output_count, 1);
    atomic_fetch_add(&proc->stats.output_size, doc.len);
    pthread_mutex_lock(&proc->mu);
@@ -154,7 +188,7 @@ aspen__rt_on_output(void *arg, const aspen_sdoc_t *out)
       pl->sink_counts.exec_ns += spent * ASPEN_PIPELINE_TIMING_EVERY;
       pl->child_ns += spent; /* not the last stage's own time */
    }
-   bson_destroy(&doc);
+   aspen_bsonw_cleanup(&w);
 }
 
 /* ---- ingestion -------------------------------------------------------------- */
@@ -163,47 +197,47 @@ aspen__rt_on_output(void *arg, const aspen_sdoc_t *out)
  * {$meta: "stream.source.ts"}, "date and time of the record at the point
  * of ingestion" (sp-agg-meta), which every source has. */
 static void
-meta_with_ingest_ts(const bson_t *meta, int64_t ingest_ms, bson_t *out)
+meta_with_ingest_ts(const bson_t *meta, int64_t ingest_ms, aspen_bsonw_t *w,
+                    bson_t *out)
 {
+   bson_value_t ts = {.value_type = BSON_TYPE_DATE_TIME};
+   ts.value.v_datetime = ingest_ms;
    bson_iter_t it;
    bool seen = false;
-   bson_init(out);
+   aspen_bsonw_reset(w);
    if (bson_iter_init(&it, meta)) {
       while (bson_iter_next(&it)) {
-         const char *k = bson_iter_key(&it);
-         if (strcmp(k, "source") != 0 || !BSON_ITER_HOLDS_DOCUMENT(&it)) {
-            bson_append_iter(out, k, -1, &it);
+         if (!key_is(&it, "source", 6) || !BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            aspen_bsonw_element(w, &it);
             continue;
          }
          bson_iter_t src;
-         bson_t child;
          bool placed = false;
          seen = true;
          bson_iter_recurse(&it, &src);
-         BSON_APPEND_DOCUMENT_BEGIN(out, "source", &child);
+         size_t child = aspen_bsonw_begin(w, BSON_TYPE_DOCUMENT, "source", 6);
          while (bson_iter_next(&src)) {
-            const char *sk = bson_iter_key(&src);
-            if (strcmp(sk, "ts") == 0) {
+            if (key_is(&src, "ts", 2)) {
                continue;
             }
-            bson_append_iter(&child, sk, -1, &src);
-            if (!placed && strcmp(sk, "type") == 0) {
-               BSON_APPEND_DATE_TIME(&child, "ts", ingest_ms);
+            aspen_bsonw_element(w, &src);
+            if (!placed && key_is(&src, "type", 4)) {
+               aspen_bsonw_value(w, "ts", 2, &ts);
                placed = true;
             }
          }
          if (!placed) {
-            BSON_APPEND_DATE_TIME(&child, "ts", ingest_ms);
+            aspen_bsonw_value(w, "ts", 2, &ts);
          }
-         bson_append_document_end(out, &child);
+         aspen_bsonw_end(w, child);
       }
    }
    if (!seen) {
-      bson_t child;
-      BSON_APPEND_DOCUMENT_BEGIN(out, "source", &child);
-      BSON_APPEND_DATE_TIME(&child, "ts", ingest_ms);
-      bson_append_document_end(out, &child);
+      size_t child = aspen_bsonw_begin(w, BSON_TYPE_DOCUMENT, "source", 6);
+      aspen_bsonw_value(w, "ts", 2, &ts);
+      aspen_bsonw_end(w, child);
    }
+   (void) aspen_bsonw_finish(w, out);
 }
 
 /* A document the source itself fails (its event time). */
@@ -222,17 +256,24 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
 {
    aspen_proc_t *proc = rt->proc;
    aspen_pipeline_t *pl = proc->pl;
-   int64_t now = aspen_clock_now_ms();
+   int64_t wall = aspen_clock_now_ms(); /* read once per input */
+   int64_t now = wall;
    if (pl->virtual_clock) {
       /* Time comes from the input: "now" is the latest event time seen. */
       now = source_ts_ms != INT64_MIN
                ? source_ts_ms
                : (rt->max_ts == INT64_MIN ? 0 : rt->max_ts);
    }
-   rt->last_input_ms = aspen_clock_now_ms();
+   rt->last_input_ms = wall;
    int64_t ts = source_ts_ms == INT64_MIN ? now : source_ts_ms;
+   /* The metadata and the document are written into buffers on the stack
+    * (the heap only past them), viewed by static bson_t's for this call. */
+   uint8_t meta_buf[512], doc_buf[1024];
+   aspen_bsonw_t mw, dw;
    bson_t meta_ts;
-   meta_with_ingest_ts(meta ? meta : &rt->source_meta, rt->last_input_ms,
+   aspen_bsonw_init_static(&mw, meta_buf, sizeof meta_buf);
+   aspen_bsonw_init_static(&dw, doc_buf, sizeof doc_buf);
+   meta_with_ingest_ts(meta ? meta : &rt->source_meta, rt->last_input_ms, &mw,
                        &meta_ts);
    meta = &meta_ts;
    atomic_fetch_add(&proc->stats.input_count, 1);
@@ -256,7 +297,7 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
                   "Failed to extract timestamp from document: %s",
                   err.message);
          source_dead_letter(rt, &as_is, reason);
-         bson_destroy(&meta_ts);
+         aspen_bsonw_cleanup(&mw);
          return;
       }
       if (v.v.value_type != BSON_TYPE_DATE_TIME) {
@@ -269,15 +310,20 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
          bson_free(json);
          aspen_value_destroy(&v);
          source_dead_letter(rt, &as_is, reason);
-         bson_destroy(&meta_ts);
+         aspen_bsonw_cleanup(&mw);
          return;
       }
       ts = v.v.value.v_datetime;
       aspen_value_destroy(&v);
    }
-   bson_t doc = BSON_INITIALIZER;
-   bson_copy_to_excluding_noinit(raw, &doc, pl->source.ts_field, NULL);
-   BSON_APPEND_DATE_TIME(&doc, pl->source.ts_field, ts);
+   bson_t doc;
+   bson_value_t tsv = {.value_type = BSON_TYPE_DATE_TIME};
+   tsv.value.v_datetime = ts;
+   aspen_bsonw_reset(&dw);
+   copy_excluding(raw, pl->source.ts_field, &dw);
+   aspen_bsonw_value(&dw, pl->source.ts_field, strlen(pl->source.ts_field),
+                     &tsv);
+   (void) aspen_bsonw_finish(&dw, &doc);
    if (ts > rt->max_ts) {
       rt->max_ts = ts;
       atomic_store(&proc->stats.watermark_ms, ts - 1);
@@ -290,8 +336,8 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
    pl->src_counts.out_count++;
    pl->src_counts.out_size += doc.len;
    aspen_pipeline_push(pl, &sdoc);
-   bson_destroy(&doc);
-   bson_destroy(&meta_ts);
+   aspen_bsonw_cleanup(&dw);
+   aspen_bsonw_cleanup(&mw);
    fail_if_fatal(rt);
 }
 
