@@ -117,4 +117,92 @@ aspen_bsonw_key_len(const bson_iter_t *it)
    return aspen_bsonw_value_off(it) - it->key - 1;
 }
 
+/* bson_iter_next for hot paths: the same iterator state afterwards (the
+ * same offsets, the same checks), found with memchr and without libbson's
+ * per-type bookkeeping for the common types; the others, the end and
+ * anything malformed go to bson_iter_next itself, from the unchanged
+ * state, so every outcome is libbson's. */
+static inline bool
+aspen_bsonw_iter_next(bson_iter_t *it)
+{
+   const uint8_t *data = it->raw;
+   uint32_t len = it->len;
+   uint32_t off = it->next_off;
+   if (!data || off + 1 >= len) {
+      return bson_iter_next(it);
+   }
+   const uint8_t *z = (const uint8_t *) memchr(data + off + 1, 0,
+                                               len - off - 1);
+   if (!z) {
+      return bson_iter_next(it);
+   }
+   uint32_t o = (uint32_t) (z - data) + 1; /* the value */
+   uint32_t d2 = 0, next, l;
+   switch ((bson_type_t) data[off]) {
+   case BSON_TYPE_DOUBLE:
+   case BSON_TYPE_DATE_TIME:
+   case BSON_TYPE_INT64:
+   case BSON_TYPE_TIMESTAMP:
+      next = o + 8;
+      break;
+   case BSON_TYPE_INT32:
+      next = o + 4;
+      break;
+   case BSON_TYPE_OID:
+      next = o + 12;
+      break;
+   case BSON_TYPE_DECIMAL128:
+      next = o + 16;
+      break;
+   case BSON_TYPE_BOOL:
+      if (o >= len || data[o] > 1) {
+         return bson_iter_next(it);
+      }
+      next = o + 1;
+      break;
+   case BSON_TYPE_UTF8:
+      if (o + 4 >= len) {
+         return bson_iter_next(it);
+      }
+      l = aspen_bytes_get_le32(data + o);
+      if (l > len - (o + 4)) {
+         return bson_iter_next(it);
+      }
+      next = o + 4 + l;
+      if (l == 0 || next >= len || data[o + 4 + l - 1] != 0) {
+         return bson_iter_next(it);
+      }
+      d2 = o + 4;
+      break;
+   case BSON_TYPE_DOCUMENT:
+   case BSON_TYPE_ARRAY:
+      if (o >= len - 4) {
+         return bson_iter_next(it);
+      }
+      l = aspen_bytes_get_le32(data + o);
+      if (l > len || l > len - o) {
+         return bson_iter_next(it);
+      }
+      next = o + l;
+      break;
+   default:
+      /* Including null, undefined, MinKey and MaxKey, whose d1 libbson
+       * versions set differently (the value's offset, or -1). */
+      return bson_iter_next(it);
+   }
+   if (next >= len) {
+      return bson_iter_next(it);
+   }
+   it->off = off;
+   it->type = off;
+   it->key = off + 1;
+   it->d1 = o;
+   it->d2 = d2;
+   it->d3 = 0;
+   it->d4 = 0;
+   it->next_off = next;
+   it->err_off = 0;
+   return true;
+}
+
 #endif /* ASPEN_WIRE_BSONW_H */

@@ -33,6 +33,7 @@
  */
 #include "lang/match_int.h"
 #include "lang/value_int.h"
+#include "bsonw.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -124,13 +125,14 @@ static const bson_value_t missing_value = {.value_type = BSON_TYPE_EOD};
 static bool walk_array(const bson_value_t *arr, const mpath_t *p, size_t j,
                        bool leaf_traverse, visit_fn fn, const void *arg);
 
-/* bson_iter_find_w_len without its strncmp per key: lengths first. The
- * first field of a name wins, as in mongod. */
+/* bson_iter_find_w_len without its strncmp per key: lengths first, with
+ * the hot-path iterator (wire/bsonw.h). The first field of a name wins, as
+ * in mongod. */
 static bool
 find_field(bson_iter_t *it, const char *key, int len)
 {
-   while (bson_iter_next(it)) {
-      if ((int) bson_iter_key_len(it) == len &&
+   while (aspen_bsonw_iter_next(it)) {
+      if ((int) aspen_bsonw_key_len(it) == len &&
           memcmp(bson_iter_key(it), key, (size_t) len) == 0) {
          return true;
       }

@@ -320,7 +320,7 @@ apply_doc(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
    memset(done, 0, parent->n_kids * sizeof *done);
    bson_iter_t it;
    if (in && bson_iter_init(&it, in)) {
-      while (bson_iter_next(&it) && !a->failed) {
+      while (aspen_bsonw_iter_next(&it) && !a->failed) {
          size_t idx = 0;
          const node_t *n = find_child(parent, &it, &idx);
          if (!n) {
@@ -413,7 +413,7 @@ apply_array(apply_t *a, const node_t *n, tree_mode_t mode, bool inclusion,
    bson_iter_t it;
    uint32_t idx = 0;
    bson_iter_init(&it, arr);
-   while (bson_iter_next(&it) && !a->failed) {
+   while (aspen_bsonw_iter_next(&it) && !a->failed) {
       char buf[16];
       const char *key;
       if (BSON_ITER_HOLDS_DOCUMENT(&it) || BSON_ITER_HOLDS_ARRAY(&it)) {

@@ -5,9 +5,12 @@
  *    bson_init_from_json accepts too, with the same BSON;
  *  - the document read (by either reader), and the input itself as BSON when
  *    it is a well-framed document: what aspen_ejson_write writes equals
- *    bson_as_relaxed_extended_json's text.
+ *    bson_as_relaxed_extended_json's text;
+ *  - the input as BSON, whatever its bytes: aspen_bsonw_iter_next leaves
+ *    the iterator as bson_iter_next does, step by step, nested levels too.
  */
 #include "fuzz_common.h"
+#include "bson_iter_check.h"
 #include "ejson.h"
 
 #include <stdio.h>
@@ -62,6 +65,20 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
    bson_t raw;
    if (size >= 5 && bson_init_static(&raw, data, size)) {
       check_write(&raw);
+   }
+   /* The iterator, also over bytes whose length header lies. */
+   if (!bson_iter_check(data, size, 0)) {
+      abort();
+   }
+   if (size >= 5) {
+      uint8_t *copy = malloc(size);
+      memcpy(copy, data, size);
+      aspen_bytes_put_le32(copy, (uint32_t) size);
+      copy[size - 1] = 0;
+      if (!bson_iter_check(copy, size, 0)) {
+         abort();
+      }
+      free(copy);
    }
    return 0;
 }

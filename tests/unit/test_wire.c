@@ -33,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../fuzz/bson_iter_check.h"
 #include "bsonw.h"
 #include "bytes.h"
 #include "ejson.h"
@@ -2927,6 +2928,40 @@ test_ejson_write(void **state)
    }
 }
 
+/* aspen_bsonw_iter_next against bson_iter_next over the same bytes. */
+static void
+iter_check(const uint8_t *data, size_t size, int depth)
+{
+   assert_true(bson_iter_check(data, size, depth));
+}
+
+/* Every BSON type, then every truncation (length header fixed up, as a
+ * well-framed but cut document) and every one-byte corruption of it. */
+static void
+test_bsonw_iter_next(void **state)
+{
+   (void) state;
+   const bson_t *doc = tmp_bson(bsonw_doc_json);
+   const uint8_t *data = bson_get_data(doc);
+   uint8_t *copy = aspen_xmalloc(doc->len);
+   iter_check(data, doc->len, 0);
+   for (uint32_t n = 5; n < doc->len; n++) {
+      memcpy(copy, data, n);
+      aspen_bytes_put_le32(copy, n);
+      copy[n - 1] = 0;
+      iter_check(copy, n, 0);
+   }
+   for (uint32_t i = 4; i + 1 < doc->len; i++) {
+      static const uint8_t vals[] = {0, 1, 2, 0x7f, 0x80, 0xff};
+      for (size_t v = 0; v < sizeof vals; v++) {
+         memcpy(copy, data, doc->len);
+         copy[i] = vals[v];
+         iter_check(copy, doc->len, 0);
+      }
+   }
+   free(copy);
+}
+
 typedef struct {
    size_t docs, written, read;
 } ejson_tally_t;
@@ -2937,6 +2972,7 @@ static void
 ejson_walk(const bson_t *doc, ejson_tally_t *tally)
 {
    tally->docs++;
+   iter_check(bson_get_data(doc), doc->len, 0);
    if (ejson_write_check(doc, -1)) {
       tally->written++;
    }
@@ -3057,6 +3093,7 @@ main(void)
       T(test_file_write_atomic),
       T(test_bytes_dec_int64),
       T(test_bsonw_matches_libbson),
+      T(test_bsonw_iter_next),
       T(test_ejson_read),
       T(test_ejson_write),
       T(test_ejson_case_corpus),
