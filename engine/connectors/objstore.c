@@ -372,14 +372,11 @@ compile(objstore_t *s, const aspen_objstore_backend_t *be, const bson_t *spec,
          return false;
       }
    }
-   if (!conn_name) {
-      aspen_parse_error(err, pc, "connectionName",
-                        "BSON field '$emit.connectionName' is missing but a "
-                        "required field");
+   s->conn = aspen__emit_conn_find(conns, conn_name, pc, err);
+   if (!s->conn) {
       return false;
    }
-   s->conn = aspen_conns_find(conns, conn_name);
-   if (!s->conn || s->conn->kind->conn != be->kind) {
+   if (s->conn->kind->conn != be->kind) {
       aspen_parse_error(err, pc, "connectionName",
                         "Unknown connection name %s", conn_name);
       return false;

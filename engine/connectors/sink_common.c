@@ -1,8 +1,10 @@
 /*
  * sink_common.c - what the $emit sinks share (sink_int.h): their
- * enumerated options and the _stream_meta their expressions see.
+ * enumerated options, their connection's lookup and the _stream_meta
+ * their expressions see.
  */
 #include "connectors/sink_int.h"
+#include "runtime/catalog.h"
 
 #include <string.h>
 
@@ -23,6 +25,24 @@ aspen__sink_enum_value(const bson_iter_t *it, const char *const *allowed,
                      "valid value.",
                      v ? v : "(not a string)", pos);
    return false;
+}
+
+const aspen_conn_t *
+aspen__emit_conn_find(const aspen_conns_t *conns, const char *name,
+                      const aspen_parse_ctx_t *pc, aspen_error_t *err)
+{
+   if (!name) {
+      aspen_parse_error(err, pc, "connectionName",
+                        "BSON field '$emit.connectionName' is missing but a "
+                        "required field");
+      return NULL;
+   }
+   const aspen_conn_t *conn = aspen_conns_find(conns, name);
+   if (!conn) {
+      aspen_parse_error(err, pc, "connectionName",
+                        "Unknown connection name %s", name);
+   }
+   return conn;
 }
 
 bool

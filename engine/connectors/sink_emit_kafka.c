@@ -475,16 +475,8 @@ emit_compile(const bson_t *spec, const aspen_conns_t *conns,
          goto fail;
       }
    }
-   if (!conn_name) {
-      aspen_parse_error(err, pc, "connectionName",
-                        "BSON field '$emit.connectionName' is missing but a "
-                        "required field");
-      goto fail;
-   }
-   e->conn = aspen_conns_find(conns, conn_name);
+   e->conn = aspen__emit_conn_find(conns, conn_name, pc, err);
    if (!e->conn) {
-      aspen_parse_error(err, pc, "connectionName",
-                        "Unknown connection name %s", conn_name);
       goto fail;
    }
    if (e->conn->kind->emit != &aspen_sink_emit_ops) {

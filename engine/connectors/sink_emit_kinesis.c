@@ -246,14 +246,11 @@ kemit_compile(const bson_t *spec, const aspen_conns_t *conns,
          goto fail;
       }
    }
-   if (!conn_name) {
-      aspen_parse_error(err, pc, "connectionName",
-                        "BSON field '$emit.connectionName' is missing but a "
-                        "required field");
+   e->conn = aspen__emit_conn_find(conns, conn_name, pc, err);
+   if (!e->conn) {
       goto fail;
    }
-   e->conn = aspen_conns_find(conns, conn_name);
-   if (!e->conn || !aspen__conn_kinesis_aws(e->conn)) {
+   if (!aspen__conn_kinesis_aws(e->conn)) {
       aspen_parse_error(err, pc, "connectionName",
                         "Unknown connection name %s", conn_name);
       goto fail;

@@ -35,6 +35,14 @@ bool aspen__sink_enum_value(const bson_iter_t *it, const char *const *allowed,
                             const aspen_parse_ctx_t *pc, const char *pos,
                             const char **out, aspen_error_t *err);
 
+/* The connection `name` (the $emit's connectionName, NULL when it has
+ * none) names in `conns`: false with ASP's "missing but a required field"
+ * or "Unknown connection name" 420 error. */
+const aspen_conn_t *aspen__emit_conn_find(const aspen_conns_t *conns,
+                                          const char *name,
+                                          const aspen_parse_ctx_t *pc,
+                                          aspen_error_t *err);
+
 /* The _stream_meta of output document `doc` as a view into it (what
  * {$meta: ...} sees in a sink's expressions); false when it has none. */
 bool aspen__sink_stream_meta(const bson_t *doc, bson_t *meta);
