@@ -66,7 +66,6 @@
  * part is 5 MiB). */
 #define PART_SIZE (8 * 1024 * 1024)
 
-typedef enum { FMT_RELAXED, FMT_CANONICAL, FMT_BASIC } fmt_t;
 typedef enum { COMP_NONE, COMP_GZIP, COMP_SNAPPY } comp_t;
 
 /* A file being filled: the documents of one path since its last cut. */
@@ -107,8 +106,7 @@ typedef struct {
    char *region;
    aspen_expr_t *path;
    char *delimiter;
-   fmt_t fmt;
-   bool iso_dates; /* config.dateFormat ISO8601 */
+   aspen_kafka_json_opts_t json; /* config.outputFormat, .dateFormat */
    comp_t comp;
    int gzip_level; /* config.compressionLevel, 1..9 */
    int64_t max_count;   /* 0: no limit */
@@ -228,75 +226,47 @@ parse_write_options(objstore_t *s, const bson_iter_t *it,
    return true;
 }
 
+/* An object store's option of $emit.config (aspen__emit_config_opt_fn). */
 static bool
-parse_config(objstore_t *s, const bson_iter_t *it, const aspen_parse_ctx_t *pc,
-             aspen_error_t *err)
+config_opt(void *sink, const bson_iter_t *ci, const char *k, const char *opt,
+           const aspen_parse_ctx_t *pc, bool *known, aspen_error_t *err)
 {
-   static const char *const formats[] = {"relaxedJson", "canonicalJson",
-                                         "basicJson", NULL};
    static const char *const comps[] = {"none", "gzip", "snappy", NULL};
-   static const char *const date_formats[] = {"default", "ISO8601", NULL};
-   if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
-      aspen_parse_error(err, pc, "config",
-                        "BSON field '$emit.config' is the wrong type, "
-                        "expected type 'object'");
-      return false;
-   }
-   bson_iter_t ci;
-   bson_iter_recurse(it, &ci);
-   while (bson_iter_next(&ci)) {
-      const char *k = bson_iter_key(&ci);
-      char opt[96];
+   objstore_t *s = sink;
+   if (strcmp(k, "compression") == 0) {
       int v;
-      snprintf(opt, sizeof opt, "config.%s", k);
-      if (strcmp(k, "outputFormat") == 0) {
-         if (!enum_index(&ci, formats, pc, opt, &v, err)) {
-            return false;
-         }
-         s->fmt = (fmt_t) v;
-      } else if (strcmp(k, "compression") == 0) {
-         if (!enum_index(&ci, comps, pc, opt, &v, err)) {
-            return false;
-         }
-         s->comp = (comp_t) v;
-      } else if (strcmp(k, "dateFormat") == 0) {
-         if (!enum_index(&ci, date_formats, pc, opt, &v, err)) {
-            return false;
-         }
-         s->iso_dates = v == 1;
-      } else if (strcmp(k, "compressionLevel") == 0) {
-         /* gzip's level; with snappy it has no effect (ASP). */
-         int64_t level;
-         if (!positive_int(&ci, pc, opt, &level, err)) {
-            return false;
-         }
-         if (level > 9) {
-            aspen_parse_error(err, pc, opt,
-                              "BSON field '$emit.%s' must be between 1 and "
-                              "9",
-                              opt);
-            return false;
-         }
-         s->gzip_level = (int) level;
-      } else if (strcmp(k, "delimiter") == 0) {
-         if (!BSON_ITER_HOLDS_UTF8(&ci)) {
-            aspen_parse_error(err, pc, opt,
-                              "BSON field '$emit.%s' is the wrong type, "
-                              "expected type 'string'",
-                              opt);
-            return false;
-         }
-         free(s->delimiter);
-         s->delimiter = aspen_xstrdup(bson_iter_utf8(&ci, NULL));
-      } else if (strcmp(k, "writeOptions") == 0) {
-         if (!parse_write_options(s, &ci, pc, err)) {
-            return false;
-         }
-      } else {
-         aspen_parse_error(err, pc, opt,
-                           "BSON field '$emit.%s' is an unknown field.", opt);
+      if (!enum_index(ci, comps, pc, opt, &v, err)) {
          return false;
       }
+      s->comp = (comp_t) v;
+   } else if (strcmp(k, "compressionLevel") == 0) {
+      /* gzip's level; with snappy it has no effect (ASP). */
+      int64_t level;
+      if (!positive_int(ci, pc, opt, &level, err)) {
+         return false;
+      }
+      if (level > 9) {
+         aspen_parse_error(err, pc, opt,
+                           "BSON field '$emit.%s' must be between 1 and "
+                           "9",
+                           opt);
+         return false;
+      }
+      s->gzip_level = (int) level;
+   } else if (strcmp(k, "delimiter") == 0) {
+      if (!BSON_ITER_HOLDS_UTF8(ci)) {
+         aspen_parse_error(err, pc, opt,
+                           "BSON field '$emit.%s' is the wrong type, "
+                           "expected type 'string'",
+                           opt);
+         return false;
+      }
+      free(s->delimiter);
+      s->delimiter = aspen_xstrdup(bson_iter_utf8(ci, NULL));
+   } else if (strcmp(k, "writeOptions") == 0) {
+      return parse_write_options(s, ci, pc, err);
+   } else {
+      *known = false;
    }
    return true;
 }
@@ -333,12 +303,9 @@ compile(objstore_t *s, const aspen_objstore_backend_t *be, const bson_t *spec,
    while (bson_iter_next(&it)) {
       const char *k = bson_iter_key(&it);
       if (strcmp(k, "connectionName") == 0) {
-         if (!BSON_ITER_HOLDS_UTF8(&it)) {
-            aspen_parse_error(err, pc, "connectionName",
-                              "connectionName must be a string");
+         if (!aspen__emit_conn_name(&it, pc, &conn_name, err)) {
             return false;
          }
-         conn_name = bson_iter_utf8(&it, NULL);
       } else if (strcmp(k, be->bucket_opt) == 0) {
          if (!nonempty_string(&it, pc, k, &s->bucket, err)) {
             return false;
@@ -363,7 +330,8 @@ compile(objstore_t *s, const aspen_objstore_backend_t *be, const bson_t *spec,
             return false;
          }
       } else if (strcmp(k, "config") == 0) {
-         if (!parse_config(s, &it, pc, err)) {
+         if (!aspen__emit_config_parse(&it, pc, true, &s->json, config_opt,
+                                       s, err)) {
             return false;
          }
       } else {
@@ -372,13 +340,8 @@ compile(objstore_t *s, const aspen_objstore_backend_t *be, const bson_t *spec,
          return false;
       }
    }
-   s->conn = aspen__emit_conn_find(conns, conn_name, pc, err);
+   s->conn = aspen__emit_conn_find(conns, conn_name, be->kind, pc, err);
    if (!s->conn) {
-      return false;
-   }
-   if (s->conn->kind->conn != be->kind) {
-      aspen_parse_error(err, pc, "connectionName",
-                        "Unknown connection name %s", conn_name);
       return false;
    }
    if (!s->bucket) {
@@ -412,10 +375,7 @@ aspen__objstore_parse(const aspen_objstore_backend_t *be, const bson_t *spec,
 static char *
 serialise(const objstore_t *s, const bson_t *doc, size_t *len)
 {
-   aspen_kafka_json_opts_t opts = {.canonical = s->fmt == FMT_CANONICAL,
-                                   .basic = s->fmt == FMT_BASIC,
-                                   .iso_dates = s->iso_dates};
-   return aspen__kafka_json_encode(doc, &opts, len);
+   return aspen__kafka_json_encode(doc, &s->json, len);
 }
 
 /* ---- compression ------------------------------------------------------------ */

@@ -55,6 +55,7 @@ typedef struct {
    aspen_expr_t *topic;
    aspen_expr_t *key;
    aspen_kafka_key_format_t key_format;
+   bool has_key_format; /* config.keyFormat given */
    aspen_expr_t *headers;
    aspen_expr_t *tombstone_when;
    aspen_kafka_json_opts_t json;
@@ -152,89 +153,55 @@ compile_expr(const bson_iter_t *it, const aspen_parse_ctx_t *pc,
    return true;
 }
 
+/* A Kafka option of $emit.config (aspen__emit_config_opt_fn). */
 static bool
-parse_config(emit_t *e, const bson_iter_t *it, const aspen_parse_ctx_t *pc,
-             bool *has_key_format, aspen_error_t *err)
+config_opt(void *sink, const bson_iter_t *ci, const char *k, const char *opt,
+           const aspen_parse_ctx_t *pc, bool *known, aspen_error_t *err)
 {
    static const char *const compressions[] = {"none", "gzip", "snappy", "lz4",
                                               "zstd", NULL};
-   static const char *const date_formats[] = {"default", "ISO8601", NULL};
-   static const char *const output_formats[] = {"relaxedJson",
-                                                "canonicalJson", NULL};
    static const char *const key_formats[] = {"binData", "string", "json",
                                              "int",     "long",   "double",
                                              NULL};
-   if (!BSON_ITER_HOLDS_DOCUMENT(it)) {
-      aspen_parse_error(err, pc, "config",
-                        "BSON field '$emit.config' is the wrong type, "
-                        "expected type 'object'");
-      return false;
-   }
-   bson_iter_t ci;
-   bson_iter_recurse(it, &ci);
-   while (bson_iter_next(&ci)) {
-      const char *k = bson_iter_key(&ci);
-      /* Where it is, after the stage's own position ("pipeline[2].$emit"). */
-      char opt[96];
-      const char *v = NULL;
-      snprintf(opt, sizeof opt, "config.%s", k);
-      if (strcmp(k, "acks") == 0) {
-         if (BSON_ITER_HOLDS_INT32(&ci) || BSON_ITER_HOLDS_INT64(&ci)) {
-            int64_t n = bson_iter_as_int64(&ci);
-            if (n != -1 && n != 0 && n != 1) {
-               aspen_parse_error(err, pc, opt,
-                                 "config.acks must be \"all\", -1, 0 or 1");
-               return false;
-            }
-            snprintf(e->acks, sizeof e->acks, "%s",
-                     n == -1 ? "all" : n == 0 ? "0" : "1");
-         } else {
-            static const char *const acks[] = {"all", "-1", "0", "1", NULL};
-            if (!aspen__sink_enum_value(&ci, acks, pc, opt, &v, err)) {
-               return false;
-            }
-            snprintf(e->acks, sizeof e->acks, "%s",
-                     strcmp(v, "-1") == 0 ? "all" : v);
-         }
-      } else if (strcmp(k, "compression_type") == 0) {
-         if (!aspen__sink_enum_value(&ci, compressions, pc, opt, &v, err)) {
+   emit_t *e = sink;
+   const char *v = NULL;
+   if (strcmp(k, "acks") == 0) {
+      if (BSON_ITER_HOLDS_INT32(ci) || BSON_ITER_HOLDS_INT64(ci)) {
+         int64_t n = bson_iter_as_int64(ci);
+         if (n != -1 && n != 0 && n != 1) {
+            aspen_parse_error(err, pc, opt,
+                              "config.acks must be \"all\", -1, 0 or 1");
             return false;
          }
-         snprintf(e->compression, sizeof e->compression, "%s", v);
-      } else if (strcmp(k, "dateFormat") == 0) {
-         if (!aspen__sink_enum_value(&ci, date_formats, pc, opt, &v, err)) {
-            return false;
-         }
-         e->json.iso_dates = strcmp(v, "ISO8601") == 0;
-      } else if (strcmp(k, "outputFormat") == 0) {
-         if (!aspen__sink_enum_value(&ci, output_formats, pc, opt, &v, err)) {
-            return false;
-         }
-         e->json.canonical = strcmp(v, "canonicalJson") == 0;
-      } else if (strcmp(k, "keyFormat") == 0) {
-         if (!aspen__sink_enum_value(&ci, key_formats, pc, opt, &v, err)) {
-            return false;
-         }
-         (void) aspen__kafka_key_format_parse(v, &e->key_format);
-         *has_key_format = true;
-      } else if (strcmp(k, "key") == 0) {
-         if (!compile_expr(&ci, pc, opt, &e->key, err)) {
-            return false;
-         }
-      } else if (strcmp(k, "headers") == 0) {
-         if (!compile_expr(&ci, pc, opt, &e->headers, err)) {
-            return false;
-         }
-      } else if (strcmp(k, "tombstoneWhen") == 0) {
-         if (!compile_expr(&ci, pc, opt, &e->tombstone_when, err)) {
-            return false;
-         }
+         snprintf(e->acks, sizeof e->acks, "%s",
+                  n == -1 ? "all" : n == 0 ? "0" : "1");
       } else {
-         aspen_parse_error(err, pc, opt,
-                           "BSON field '$emit.config.%s' is an unknown field.",
-                           k);
+         static const char *const acks[] = {"all", "-1", "0", "1", NULL};
+         if (!aspen__sink_enum_value(ci, acks, pc, opt, &v, err)) {
+            return false;
+         }
+         snprintf(e->acks, sizeof e->acks, "%s",
+                  strcmp(v, "-1") == 0 ? "all" : v);
+      }
+   } else if (strcmp(k, "compression_type") == 0) {
+      if (!aspen__sink_enum_value(ci, compressions, pc, opt, &v, err)) {
          return false;
       }
+      snprintf(e->compression, sizeof e->compression, "%s", v);
+   } else if (strcmp(k, "keyFormat") == 0) {
+      if (!aspen__sink_enum_value(ci, key_formats, pc, opt, &v, err)) {
+         return false;
+      }
+      (void) aspen__kafka_key_format_parse(v, &e->key_format);
+      e->has_key_format = true;
+   } else if (strcmp(k, "key") == 0) {
+      return compile_expr(ci, pc, opt, &e->key, err);
+   } else if (strcmp(k, "headers") == 0) {
+      return compile_expr(ci, pc, opt, &e->headers, err);
+   } else if (strcmp(k, "tombstoneWhen") == 0) {
+      return compile_expr(ci, pc, opt, &e->tombstone_when, err);
+   } else {
+      *known = false;
    }
    return true;
 }
@@ -422,19 +389,16 @@ emit_compile(const bson_t *spec, const aspen_conns_t *conns,
    emit_t *e = aspen_xcalloc(1, sizeof *e);
    snprintf(e->acks, sizeof e->acks, "all");
    snprintf(e->compression, sizeof e->compression, "none");
-   bool has_key_format = false, has_topic = false;
+   bool has_topic = false;
    const char *conn_name = NULL, *ts_field = NULL;
    bson_iter_t it;
    bson_iter_init(&it, spec);
    while (bson_iter_next(&it)) {
       const char *k = bson_iter_key(&it);
       if (strcmp(k, "connectionName") == 0) {
-         if (!BSON_ITER_HOLDS_UTF8(&it)) {
-            aspen_parse_error(err, pc, "connectionName",
-                              "connectionName must be a string");
+         if (!aspen__emit_conn_name(&it, pc, &conn_name, err)) {
             goto fail;
          }
-         conn_name = bson_iter_utf8(&it, NULL);
       } else if (strcmp(k, "topic") == 0) {
          if (!BSON_ITER_HOLDS_UTF8(&it) && !BSON_ITER_HOLDS_DOCUMENT(&it)) {
             aspen_parse_error(err, pc, "topic",
@@ -452,7 +416,8 @@ emit_compile(const bson_t *spec, const aspen_conns_t *conns,
          }
          has_topic = true;
       } else if (strcmp(k, "config") == 0) {
-         if (!parse_config(e, &it, pc, &has_key_format, err)) {
+         if (!aspen__emit_config_parse(&it, pc, false, &e->json, config_opt,
+                                       e, err)) {
             goto fail;
          }
       } else if (strcmp(k, "schemaRegistry") == 0) {
@@ -475,7 +440,7 @@ emit_compile(const bson_t *spec, const aspen_conns_t *conns,
          goto fail;
       }
    }
-   e->conn = aspen__emit_conn_find(conns, conn_name, pc, err);
+   e->conn = aspen__emit_conn_find(conns, conn_name, NULL, pc, err);
    if (!e->conn) {
       goto fail;
    }
@@ -501,7 +466,7 @@ emit_compile(const bson_t *spec, const aspen_conns_t *conns,
                         "field");
       goto fail;
    }
-   if (e->key && !has_key_format) {
+   if (e->key && !e->has_key_format) {
       aspen_parse_error(err, pc, "config.key",
                         "Expected config.keyFormat to be specified when "
                         "config.key is specified");

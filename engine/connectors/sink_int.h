@@ -3,12 +3,14 @@
  * option of $merge and the time-series $emit (sink_merge.c) and the
  * time-series form of $emit's options (sink_timeseries.c), the parse of
  * aspen_sink_timeseries_ops, and what the $emit sinks share
- * (sink_common.c): an enumerated option and a document's _stream_meta.
+ * (sink_common.c): an enumerated option, connectionName and its lookup,
+ * the options of $emit.config and a document's _stream_meta.
  * No I/O, any thread.
  */
 #ifndef ASPEN_ENGINE_CONNECTORS_SINK_INT_H
 #define ASPEN_ENGINE_CONNECTORS_SINK_INT_H
 
+#include "connectors/kafka_int.h"
 #include "runtime/pipeline.h"
 
 /* Validates a target name option ($merge.into.db, $emit.coll, ...): a
@@ -35,13 +37,41 @@ bool aspen__sink_enum_value(const bson_iter_t *it, const char *const *allowed,
                             const aspen_parse_ctx_t *pc, const char *pos,
                             const char **out, aspen_error_t *err);
 
+/* $emit.connectionName `it`: *name is its string (a view into the spec).
+ * False with "connectionName must be a string" (420) otherwise. */
+bool aspen__emit_conn_name(const bson_iter_t *it, const aspen_parse_ctx_t *pc,
+                           const char **name, aspen_error_t *err);
+
 /* The connection `name` (the $emit's connectionName, NULL when it has
- * none) names in `conns`: false with ASP's "missing but a required field"
- * or "Unknown connection name" 420 error. */
+ * none) names in `conns`, which must be of kind `kind` unless that is
+ * NULL: NULL with ASP's "missing but a required field" or "Unknown
+ * connection name" 420 error. */
 const aspen_conn_t *aspen__emit_conn_find(const aspen_conns_t *conns,
                                           const char *name,
+                                          const aspen_conn_ops_t *kind,
                                           const aspen_parse_ctx_t *pc,
                                           aspen_error_t *err);
+
+/* One option of $emit.config that a sink has besides the JSON ones: `ci`
+ * on it, `k` its name and `opt` its position ("config.<k>"). Sets *known
+ * false when the sink has no such option; false with a 420 error when the
+ * option is refused. */
+typedef bool (*aspen__emit_config_opt_fn)(void *sink, const bson_iter_t *ci,
+                                          const char *k, const char *opt,
+                                          const aspen_parse_ctx_t *pc,
+                                          bool *known, aspen_error_t *err);
+
+/* Reads $emit.config `it`, which must be an object, in its order: the
+ * options every JSON-writing $emit sink has, outputFormat (relaxedJson,
+ * canonicalJson, and basicJson when `basic_json`) and dateFormat (default,
+ * ISO8601), into *json; any other option through `opt_fn` (given `sink`),
+ * and one neither knows is an unknown field. False with ASP's 420 error
+ * for the first option refused. */
+bool aspen__emit_config_parse(const bson_iter_t *it,
+                              const aspen_parse_ctx_t *pc, bool basic_json,
+                              aspen_kafka_json_opts_t *json,
+                              aspen__emit_config_opt_fn opt_fn, void *sink,
+                              aspen_error_t *err);
 
 /* The _stream_meta of output document `doc` as a view into it (what
  * {$meta: ...} sees in a sink's expressions); false when it has none. */

@@ -6,7 +6,8 @@
 #     wire commands of sp.process (processStreamProcessor, getMoreSample...,
 #     dropStreamProcessor), comparing outputs, DLQ entries and errors;
 #     persistent ones with createStreamProcessor (errors at create; aspen's
-#     config has the cases' "testAtlas" connection, never contacted);
+#     config has the cases' connections, as the unit runner's: "testAtlas",
+#     "testKafka", "testKinesis" and "testS3", never contacted);
 #  2. the real sp.process helper runs seed listing 15.7 (a documents source,
 #     a $project and a $match): mongosh runs in the background until its
 #     output shows both documents with their _stream_meta ({source: {type:
@@ -120,11 +121,15 @@ no_processor_left() {
     grep -q '^gone: ' "$out" || { sed 's/^/#   /' "$out"; return 1; }
 }
 
-# No backend; one atlas connection for the persistent cases' $merge, on a
-# port nothing listens on (creating a processor does not connect).
+# No backend; an atlas connection for the persistent cases' $merge and the
+# Kafka, Kinesis and S3 ones for their $emit option checks, on a port
+# nothing listens on (creating a processor does not connect).
 CONFIG=$ASPEN_RUN_DIR/pipeline-cases.conf.json
 cat >"$CONFIG" <<'EOF'
-{ "connections": [ { "name": "testAtlas", "type": "atlas", "uri": "mongodb://127.0.0.1:1" } ] }
+{ "connections": [ { "name": "testAtlas", "type": "atlas", "uri": "mongodb://127.0.0.1:1" },
+                   { "name": "testKafka", "type": "kafka", "bootstrapServers": "127.0.0.1:1" },
+                   { "name": "testKinesis", "type": "kinesis", "endpoint": "http://127.0.0.1:1" },
+                   { "name": "testS3", "type": "s3", "endpoint": "http://127.0.0.1:1" } ] }
 EOF
 must "aspen starts without a backend" start_aspen --config "$CONFIG" --bind 127.0.0.1 --port 0 \
     --state-dir "$ASPEN_RUN_DIR/state-pipeline"

@@ -11,7 +11,8 @@
  *   1. builds the pipeline: the case's "pipeline" as given, or
  *      [{$source: {documents: input}}] + "stages" (+ a $merge into the
  *      testAtlas connection when "persistent" is true; testKafka is a
- *      Kafka connection for option checks);
+ *      Kafka, testKinesis a Kinesis and testS3 an S3 connection for
+ *      option checks);
  *   2. parses it with aspen_pipeline_parse (ephemeral unless persistent);
  *      an "error" case must fail here with that code and message;
  *   3. pushes each document of the parsed $source, with a `_ts` Date (the
@@ -1238,7 +1239,11 @@ main(void)
       (const uint8_t *) "[{\"name\": \"testAtlas\", \"type\": \"atlas\", "
                         "\"uri\": \"mongodb://127.0.0.1:1\"}, "
                         "{\"name\": \"testKafka\", \"type\": \"kafka\", "
-                        "\"bootstrapServers\": \"127.0.0.1:1\"}]",
+                        "\"bootstrapServers\": \"127.0.0.1:1\"}, "
+                        "{\"name\": \"testKinesis\", \"type\": \"kinesis\", "
+                        "\"endpoint\": \"http://127.0.0.1:1\"}, "
+                        "{\"name\": \"testS3\", \"type\": \"s3\", "
+                        "\"endpoint\": \"http://127.0.0.1:1\"}]",
       -1, &berr);
    if (!list || !aspen_conns_load(&g_conns, aspen_builtins_catalog(), list,
                                   NULL, NULL, &err)) {
