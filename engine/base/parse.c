@@ -27,6 +27,33 @@ aspen_parse_error(aspen_error_t *err, const aspen_parse_ctx_t *pc,
    }
 }
 
+/* "BSON field '<path>.<field>' <what>" at pc's position + `option`. */
+static void
+field_error(aspen_error_t *err, const aspen_parse_ctx_t *pc,
+            const char *option, const char *path, const char *field,
+            const char *what)
+{
+   aspen_parse_error(err, pc, option, "BSON field '%s%s%s' %s",
+                     path ? path : "", path ? "." : "", field, what);
+}
+
+void
+aspen_parse_unknown_field(aspen_error_t *err, const aspen_parse_ctx_t *pc,
+                          const char *option, const char *path,
+                          const char *field)
+{
+   field_error(err, pc, option, path, field, "is an unknown field.");
+}
+
+void
+aspen_parse_missing_field(aspen_error_t *err, const aspen_parse_ctx_t *pc,
+                          const char *option, const char *path,
+                          const char *field)
+{
+   field_error(err, pc, option, path, field,
+               "is missing but a required field");
+}
+
 bool
 aspen_parse_no_duplicates(const bson_iter_t *doc, const aspen_parse_ctx_t *pc,
                           const char *path, aspen_error_t *err)

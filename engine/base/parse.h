@@ -38,6 +38,19 @@ void aspen_parse_error(aspen_error_t *err, const aspen_parse_ctx_t *pc,
                        const char *option, const char *fmt, ...)
    __attribute__((format(printf, 4, 5)));
 
+/* Sets err to IDL's "BSON field '<path>.<field>' is an unknown field." as
+ * a pipeline error at pc's position followed by ".<option>" (as
+ * aspen_parse_error). `path` NULL: `field` is the whole name. */
+void aspen_parse_unknown_field(aspen_error_t *err, const aspen_parse_ctx_t *pc,
+                               const char *option, const char *path,
+                               const char *field);
+
+/* The same with IDL's "BSON field '<path>.<field>' is missing but a
+ * required field". */
+void aspen_parse_missing_field(aspen_error_t *err, const aspen_parse_ctx_t *pc,
+                               const char *option, const char *path,
+                               const char *field);
+
 /* When the document `doc` (an iterator on a document field) has a key twice,
  * sets IDL's "BSON field '<path>.<key>' is a duplicate field" and returns
  * false. True for anything else (not a document included). */

@@ -1061,23 +1061,16 @@ aspen__parse_duration(const bson_iter_t *it, const aspen_parse_ctx_t *pc,
             return false;
          }
       } else {
-         aspen_parse_error(err, pc, where,
-                           "BSON field '%s.%s' is an unknown field.", opt, k);
+         aspen_parse_unknown_field(err, pc, where, opt, k);
          return false;
       }
    }
    if (size < 0) {
-      aspen_parse_error(err, pc, where,
-                        "BSON field '%s.size' is missing but a required "
-                        "field",
-                        opt);
+      aspen_parse_missing_field(err, pc, where, opt, "size");
       return false;
    }
    if (!unit_ms) {
-      aspen_parse_error(err, pc, where,
-                        "BSON field '%s.unit' is missing but a required "
-                        "field",
-                        opt);
+      aspen_parse_missing_field(err, pc, where, opt, "unit");
       return false;
    }
    if (size > INT64_MAX / unit_ms) {
@@ -1188,10 +1181,7 @@ parse_config(aspen_kafka_source_opts_t *o, const bson_iter_t *it,
       } else {
          char opt[96];
          snprintf(opt, sizeof opt, "$source.config.%s", k);
-         aspen_parse_error(err, pc, opt,
-                           "BSON field '$source.config.%s' is an unknown "
-                           "field.",
-                           k);
+         aspen_parse_unknown_field(err, pc, opt, "$source.config", k);
          return false;
       }
    }
@@ -1225,15 +1215,14 @@ parse_schema_registry(aspen_kafka_source_opts_t *o, const bson_iter_t *it,
       } else {
          char opt[96];
          snprintf(opt, sizeof opt, "$source.schemaRegistry.%s", k);
-         aspen_parse_error(err, pc, opt,
-                           "BSON field '%s' is an unknown field.", opt);
+         aspen_parse_unknown_field(err, pc, opt, NULL, opt);
          return false;
       }
    }
    if (!named) {
-      aspen_parse_error(err, pc, "$source.schemaRegistry.connectionName",
-                        "BSON field '$source.schemaRegistry.connectionName' "
-                        "is missing but a required field");
+      aspen_parse_missing_field(err, pc,
+                                "$source.schemaRegistry.connectionName",
+                                "$source.schemaRegistry", "connectionName");
       return false;
    }
    return true;
@@ -1276,9 +1265,7 @@ aspen__kafka_source_parse_done(aspen_source_spec_t *src,
 {
    aspen_kafka_source_opts_t *o = opts_of(src);
    if (o->n_topics == 0) {
-      aspen_parse_error(err, pc, "$source.topic",
-                        "BSON field '$source.topic' is missing but a "
-                        "required field");
+      aspen_parse_missing_field(err, pc, "$source.topic", "$source", "topic");
       return false;
    }
    return true;

@@ -215,8 +215,7 @@ parse_write_options(objstore_t *s, const bson_iter_t *it,
                       : strcmp(k, "bytes") == 0 ? &s->max_bytes
                                                 : NULL;
       if (!slot) {
-         aspen_parse_error(err, pc, opt,
-                           "BSON field '$emit.%s' is an unknown field.", opt);
+         aspen_parse_unknown_field(err, pc, opt, "$emit", opt);
          return false;
       }
       if (!positive_int(&wi, pc, opt, slot, err)) {
@@ -335,8 +334,7 @@ compile(objstore_t *s, const aspen_objstore_backend_t *be, const bson_t *spec,
             return false;
          }
       } else {
-         aspen_parse_error(err, pc, k,
-                           "BSON field '$emit.%s' is an unknown field.", k);
+         aspen_parse_unknown_field(err, pc, k, "$emit", k);
          return false;
       }
    }
@@ -345,10 +343,8 @@ compile(objstore_t *s, const aspen_objstore_backend_t *be, const bson_t *spec,
       return false;
    }
    if (!s->bucket) {
-      aspen_parse_error(err, pc, be->bucket_opt,
-                        "BSON field '$emit.%s' is missing but a required "
-                        "field",
-                        be->bucket_opt);
+      aspen_parse_missing_field(err, pc, be->bucket_opt, "$emit",
+                                be->bucket_opt);
       return false;
    }
    if (!s->delimiter) {

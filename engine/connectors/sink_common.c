@@ -47,9 +47,8 @@ aspen__emit_conn_find(const aspen_conns_t *conns, const char *name,
                       const aspen_parse_ctx_t *pc, aspen_error_t *err)
 {
    if (!name) {
-      aspen_parse_error(err, pc, "connectionName",
-                        "BSON field '$emit.connectionName' is missing but a "
-                        "required field");
+      aspen_parse_missing_field(err, pc, "connectionName", "$emit",
+                                "connectionName");
       return NULL;
    }
    const aspen_conn_t *conn = aspen_conns_find(conns, name);
@@ -104,9 +103,7 @@ aspen__emit_config_parse(const bson_iter_t *it, const aspen_parse_ctx_t *pc,
          return false;
       }
       if (!known) {
-         aspen_parse_error(err, pc, opt,
-                           "BSON field '$emit.config.%s' is an unknown field.",
-                           k);
+         aspen_parse_unknown_field(err, pc, opt, "$emit.config", k);
          return false;
       }
    }

@@ -244,10 +244,7 @@ parse_schema_registry(emit_t *e, const bson_iter_t *it,
       } else {
          char opt[96];
          snprintf(opt, sizeof opt, "schemaRegistry.%s", k);
-         aspen_parse_error(err, pc, opt,
-                           "BSON field '$emit.schemaRegistry.%s' is an "
-                           "unknown field.",
-                           k);
+         aspen_parse_unknown_field(err, pc, opt, "$emit.schemaRegistry", k);
          return false;
       }
    }
@@ -255,10 +252,7 @@ parse_schema_registry(emit_t *e, const bson_iter_t *it,
       const char *f = has_conn ? "valueSchema" : "connectionName";
       char opt[96];
       snprintf(opt, sizeof opt, "schemaRegistry.%s", f);
-      aspen_parse_error(err, pc, opt,
-                        "BSON field '$emit.schemaRegistry.%s' is missing but "
-                        "a required field",
-                        f);
+      aspen_parse_missing_field(err, pc, opt, "$emit.schemaRegistry", f);
       return false;
    }
    bson_iter_t fi;
@@ -334,10 +328,7 @@ parse_schema_registry(emit_t *e, const bson_iter_t *it,
       const char *f = type ? "schema" : "type";
       char opt[96];
       snprintf(opt, sizeof opt, "schemaRegistry.valueSchema.%s", f);
-      aspen_parse_error(err, pc, opt,
-                        "BSON field '$emit.%s' is missing but a required "
-                        "field",
-                        opt);
+      aspen_parse_missing_field(err, pc, opt, "$emit", opt);
       return false;
    }
    if (strcasecmp(type, "avro") != 0) {
@@ -435,8 +426,7 @@ emit_compile(const bson_t *spec, const aspen_conns_t *conns,
          if (aspen_not_yet_parse_error("$emit", k, pc, k, err)) {
             goto fail;
          }
-         aspen_parse_error(err, pc, k,
-                           "BSON field '$emit.%s' is an unknown field.", k);
+         aspen_parse_unknown_field(err, pc, k, "$emit", k);
          goto fail;
       }
    }
@@ -461,9 +451,7 @@ emit_compile(const bson_t *spec, const aspen_conns_t *conns,
       goto fail;
    }
    if (!has_topic) {
-      aspen_parse_error(err, pc, "topic",
-                        "BSON field '$emit.topic' is missing but a required "
-                        "field");
+      aspen_parse_missing_field(err, pc, "topic", "$emit", "topic");
       goto fail;
    }
    if (e->key && !e->has_key_format) {

@@ -209,8 +209,7 @@ kemit_compile(const bson_t *spec, const aspen_conns_t *conns,
             goto fail;
          }
       } else {
-         aspen_parse_error(err, pc, k,
-                           "BSON field '$emit.%s' is an unknown field.", k);
+         aspen_parse_unknown_field(err, pc, k, "$emit", k);
          goto fail;
       }
    }
@@ -220,9 +219,7 @@ kemit_compile(const bson_t *spec, const aspen_conns_t *conns,
       goto fail;
    }
    if (!e->stream) {
-      aspen_parse_error(err, pc, "stream",
-                        "BSON field '$emit.stream' is missing but a required "
-                        "field");
+      aspen_parse_missing_field(err, pc, "stream", "$emit", "stream");
       goto fail;
    }
    *out = e;

@@ -91,9 +91,7 @@ parse_into(const bson_iter_t *it, aspen_parse_ctx_t *pc, bool *literal,
          }
          *(is_db ? &db : &coll) = true;
       } else {
-         aspen_parse_error(err, pc, opt,
-                           "BSON field '$merge.into.%s' is an unknown field.",
-                           k);
+         aspen_parse_unknown_field(err, pc, opt, "$merge.into", k);
          return false;
       }
    }
@@ -300,15 +298,12 @@ merge_parse(const bson_t *spec, aspen_parse_ctx_t *pc, aspen_error_t *err)
          }
          has_let = true;
       } else {
-         aspen_parse_error(err, pc, k,
-                           "BSON field '$merge.%s' is an unknown field.", k);
+         aspen_parse_unknown_field(err, pc, k, "$merge", k);
          return false;
       }
    }
    if (!has_into) {
-      aspen_parse_error(err, pc, "into",
-                        "BSON field '$merge.into' is missing but a required "
-                        "field");
+      aspen_parse_missing_field(err, pc, "into", "$merge", "into");
       return false;
    }
    if (parallelism > 1 && !literal) {

@@ -154,17 +154,13 @@ parse_timeseries(const bson_iter_t *it, aspen_parse_ctx_t *pc,
             return false;
          }
       } else {
-         aspen_parse_error(err, pc, opt,
-                           "BSON field '$emit.timeseries.%s' is an unknown "
-                           "field.",
-                           k);
+         aspen_parse_unknown_field(err, pc, opt, "$emit.timeseries", k);
          return false;
       }
    }
    if (!time_field) {
-      aspen_parse_error(err, pc, "timeseries.timeField",
-                        "BSON field '$emit.timeseries.timeField' is missing "
-                        "but a required field");
+      aspen_parse_missing_field(err, pc, "timeseries.timeField",
+                                "$emit.timeseries", "timeField");
       return false;
    }
    if (meta_field && strcmp(meta_field, "_id") == 0) {
@@ -246,8 +242,7 @@ aspen__emit_ts_parse(const bson_t *spec, aspen_parse_ctx_t *pc,
          if (aspen_not_yet_parse_error("$emit", k, pc, k, err)) {
             return false;
          }
-         aspen_parse_error(err, pc, k,
-                           "BSON field '$emit.%s' is an unknown field.", k);
+         aspen_parse_unknown_field(err, pc, k, "$emit", k);
          return false;
       }
    }
@@ -256,10 +251,7 @@ aspen__emit_ts_parse(const bson_t *spec, aspen_parse_ctx_t *pc,
                          : !has_ts   ? "timeseries"
                                      : NULL;
    if (missing) {
-      aspen_parse_error(err, pc, missing,
-                        "BSON field '$emit.%s' is missing but a required "
-                        "field",
-                        missing);
+      aspen_parse_missing_field(err, pc, missing, "$emit", missing);
       return false;
    }
    return true;

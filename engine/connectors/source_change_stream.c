@@ -254,8 +254,7 @@ parse_config(const bson_iter_t *cit, cs_opts_t *o, aspen_parse_ctx_t *pc,
          }
          o->max_await_ms = (int32_t) ms;
       } else {
-         aspen_parse_error(err, pc, field,
-                           "BSON field '%s' is an unknown field.", field);
+         aspen_parse_unknown_field(err, pc, field, NULL, field);
          return false;
       }
    }
@@ -300,15 +299,13 @@ parse_initial_sync(const bson_iter_t *sit, cs_opts_t *o, aspen_parse_ctx_t *pc,
          }
          o->sync_parallelism = (int32_t) n;
       } else {
-         aspen_parse_error(err, pc, field,
-                           "BSON field '%s' is an unknown field.", field);
+         aspen_parse_unknown_field(err, pc, field, NULL, field);
          return false;
       }
    }
    if (!has_enable) {
-      aspen_parse_error(err, pc, "$source.initialSync.enable",
-                        "BSON field '$source.initialSync.enable' is missing "
-                        "but a required field");
+      aspen_parse_missing_field(err, pc, "$source.initialSync.enable",
+                                "$source.initialSync", "enable");
       return false;
    }
    return true;

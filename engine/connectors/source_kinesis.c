@@ -205,8 +205,7 @@ parse_config(kopts_t *o, const bson_iter_t *it, const aspen_parse_ctx_t *pc,
          }
          o->reshard_ms = s * 1000;
       } else {
-         aspen_parse_error(err, pc, opt,
-                           "BSON field '%s' is an unknown field.", opt);
+         aspen_parse_unknown_field(err, pc, opt, NULL, opt);
          return false;
       }
    }
@@ -243,9 +242,7 @@ kin_parse_done(aspen_source_spec_t *spec, aspen_parse_ctx_t *pc,
 {
    kopts_t *o = kopts_of(spec);
    if (!o->stream) {
-      aspen_parse_error(err, pc, "$source.stream",
-                        "BSON field '$source.stream' is missing but a "
-                        "required field");
+      aspen_parse_missing_field(err, pc, "$source.stream", "$source", "stream");
       return false;
    }
    if (o->init == INIT_AT_TIMESTAMP && !o->has_at_ts) {

@@ -115,17 +115,13 @@ xfn_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
          aspen_expr_destroy(e);
          has_partition_by = true;
       } else {
-         aspen_parse_error(err, pc, NULL,
-                           "BSON field '$externalFunction.%s' is an unknown "
-                           "field.",
-                           k);
+         aspen_parse_unknown_field(err, pc, NULL, "$externalFunction", k);
          goto fail;
       }
    }
    if (!h->function) {
-      aspen_parse_error(err, pc, NULL,
-                        "BSON field '$externalFunction.functionName' is "
-                        "missing but a required field");
+      aspen_parse_missing_field(err, pc, NULL, "$externalFunction",
+                                "functionName");
       goto fail;
    }
    if (h->async && h->as) {

@@ -818,10 +818,7 @@ aspen__http_call_conn(const aspen_http_call_t *h, const char *stage,
                       aspen_parse_ctx_t *pc, aspen_error_t *err)
 {
    if (!h->conn_name) {
-      aspen_parse_error(err, pc, NULL,
-                        "BSON field '%s.connectionName' is missing but a "
-                        "required field",
-                        stage);
+      aspen_parse_missing_field(err, pc, NULL, stage, "connectionName");
       return NULL;
    }
    const aspen_conn_t *conn = aspen_conns_find(pc->conns, h->conn_name);
@@ -912,10 +909,7 @@ parse_config(aspen_http_call_t *h, const bson_iter_t *it, aspen_parse_ctx_t *pc,
          }
          h->parse_json_strings = bson_iter_bool(&ci);
       } else {
-         aspen_parse_error(err, pc, NULL,
-                           "BSON field '$https.config.%s' is an unknown "
-                           "field.",
-                           k);
+         aspen_parse_unknown_field(err, pc, NULL, "$https.config", k);
          return false;
       }
    }
@@ -1046,15 +1040,12 @@ https_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
             goto fail;
          }
       } else {
-         aspen_parse_error(err, pc, NULL,
-                           "BSON field '$https.%s' is an unknown field.", k);
+         aspen_parse_unknown_field(err, pc, NULL, "$https", k);
          goto fail;
       }
    }
    if (!h->as) {
-      aspen_parse_error(err, pc, NULL,
-                        "BSON field '$https.as' is missing but a required "
-                        "field");
+      aspen_parse_missing_field(err, pc, NULL, "$https", "as");
       goto fail;
    }
    const aspen_conn_t *conn =

@@ -259,9 +259,9 @@ parse_from(lookup_t *lk, const bson_iter_t *it, aspen_parse_ctx_t *pc,
                           : strcmp(k, "coll") == 0         ? &lk->coll
                                                            : NULL;
       if (!slot) {
-         aspen_parse_error(err, pc, "from",
-                           "BSON field '%s.from.%s' is an unknown field.",
-                           stage, k);
+         char path[64];
+         snprintf(path, sizeof path, "%s.from", stage);
+         aspen_parse_unknown_field(err, pc, "from", path, k);
          return false;
       }
       if (!BSON_ITER_HOLDS_UTF8(&fi) || !*bson_iter_utf8(&fi, NULL)) {

@@ -881,12 +881,46 @@ test_sink_through_kind(void **state)
    aspen_conns_cleanup(&conns);
 }
 
+/* The field errors every connector parser uses (base/parse.c): IDL's
+ * words, byte for byte, code 420, at the parse context's position. */
+static void
+test_parse_field_errors(void **unused)
+{
+   (void) unused;
+   aspen_parse_ctx_t pc = {0};
+   aspen_error_t err;
+   snprintf(pc.path, sizeof pc.path, "pipeline[1]");
+   aspen_parse_unknown_field(&err, &pc, "config.x", "$emit.config", "x");
+   assert_int_equal(err.code, ASPEN_ERR_StreamProcessorInvalidOptions);
+   assert_string_equal(err.message,
+                       "StreamProcessorInvalidOptions: BSON field "
+                       "'$emit.config.x' is an unknown field. (at "
+                       "pipeline[1].config.x)");
+   aspen_parse_unknown_field(&err, &pc, NULL, NULL, "$source.config.y");
+   assert_string_equal(err.message,
+                       "StreamProcessorInvalidOptions: BSON field "
+                       "'$source.config.y' is an unknown field. (at "
+                       "pipeline[1])");
+   aspen_parse_missing_field(&err, &pc, "topic", "$emit", "topic");
+   assert_int_equal(err.code, ASPEN_ERR_StreamProcessorInvalidOptions);
+   assert_string_equal(err.message,
+                       "StreamProcessorInvalidOptions: BSON field "
+                       "'$emit.topic' is missing but a required field (at "
+                       "pipeline[1].topic)");
+   aspen_parse_missing_field(&err, &pc, "", NULL, "$source.stream");
+   assert_string_equal(err.message,
+                       "StreamProcessorInvalidOptions: BSON field "
+                       "'$source.stream' is missing but a required field "
+                       "(at pipeline[1])");
+}
+
 int
 main(void)
 {
    aspen_log_set_level(ASPEN_LOG_ERROR);
    const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_builtin_kinds),
+      cmocka_unit_test(test_parse_field_errors),
       cmocka_unit_test(test_refused),
       cmocka_unit_test(test_https_kind),
       cmocka_unit_test(test_lambda_kind),
