@@ -35,7 +35,10 @@
  * that checkpoints keep where a resume token would be, so a restart
  * resumes the copy (and its per-collection figures); then it opens the
  * change stream at that first token. The figures are published for
- * verbose stats' targetStats (aspen_rt_source_figures).
+ * verbose stats' targetStats (aspen_rt_source_figures); checkpoints keep
+ * the published ones too (sourceFigures), so after a restart past the
+ * copy, beside the change stream's resume token, they come back
+ * (sync_restore_done).
  */
 #include "base/tier.h"
 #include "connectors/conn_atlas.h"
@@ -700,6 +703,7 @@ open_stream(cs_t *cs, bson_error_t *berr, bool *resumable)
 
 static bool sync_restore(cs_t *cs, const bson_t *token, bool *is_sync,
                          aspen_error_t *err);
+static void sync_restore_done(cs_t *cs, const bson_t *pos);
 static bool sync_start(aspen_runtime_t *rt, cs_t *cs, bool resumed,
                        aspen_error_t *err);
 static void append_phase(bson_t *src, bool syncing);
@@ -791,6 +795,10 @@ cs_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
       }
       if (!restored_sync) {
          set_token(cs, &token);
+         if (cs->o.initial_sync) {
+            sync_restore_done(cs, pos);
+            sync_publish(rt, cs);
+         }
       }
    }
    bson_error_t berr;
@@ -1160,6 +1168,58 @@ sync_token_build(const cs_t *cs, bson_t *out)
    bson_append_document_end(out, &s);
 }
 
+/* The per-collection figures in `doc` (a sync token's, or the figures
+ * sync_publish published): sync_colls must hold its collections already;
+ * a figure `doc` lacks stays 0. */
+static void
+figures_read(cs_t *cs, const bson_t *doc)
+{
+   bson_iter_t s;
+   sync_alloc(cs);
+   if (bson_iter_init(&s, doc)) {
+      while (bson_iter_next(&s)) {
+         for (int f = 0; f < 4; f++) {
+            bson_iter_t a;
+            if (strcmp(bson_iter_key(&s), figure_keys[f]) != 0 ||
+                !BSON_ITER_HOLDS_ARRAY(&s) || !bson_iter_recurse(&s, &a)) {
+               continue;
+            }
+            for (int j = 0; bson_iter_next(&a) && j < cs->n_sync; j++) {
+               figure(cs, f)[j] = bson_iter_as_int64(&a);
+            }
+         }
+      }
+   }
+   cs->moved = true;
+}
+
+/* A restart after the copy: the checkpoint's position (`pos`) holds a
+ * change stream's resume token, and beside it the figures the source last
+ * published (sourceFigures); those of a finished sync come back, so
+ * verbose stats keep its targetStats. A checkpoint from before they were
+ * kept has none: targetStats stays absent. */
+static void
+sync_restore_done(cs_t *cs, const bson_t *pos)
+{
+   bson_iter_t it, c;
+   bson_t fig, colls;
+   if (!bson_iter_init_find(&it, pos, "sourceFigures") ||
+       !BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      return;
+   }
+   view_of(&it, &fig);
+   if (!bson_iter_init_find(&c, &fig, "colls") || !BSON_ITER_HOLDS_ARRAY(&c) ||
+       (bson_iter_init_find(&it, &fig, "syncing") && bson_iter_as_bool(&it))) {
+      return;
+   }
+   view_of(&c, &colls);
+   bson_reinit(&cs->sync_colls);
+   bson_concat(&cs->sync_colls, &colls);
+   cs->n_sync = (int) bson_count_keys(&cs->sync_colls);
+   cs->sync_i = cs->n_sync;
+   figures_read(cs, &fig);
+}
+
 /* A checkpoint's token: a sync token (the copy was under way) sets the
  * sync state and *is_sync; a resume token is left to the caller. */
 static bool
@@ -1200,21 +1260,9 @@ sync_restore(cs_t *cs, const bson_t *token, bool *is_sync, aspen_error_t *err)
    if (ok && has_colls) {
       /* The figures, once the number of collections is known (a
        * checkpoint from before they were kept has none: zeros). */
-      sync_alloc(cs);
-      bson_iter_recurse(&it, &s);
-      while (bson_iter_next(&s)) {
-         for (int f = 0; f < 4; f++) {
-            bson_iter_t a;
-            if (strcmp(bson_iter_key(&s), figure_keys[f]) != 0 ||
-                !BSON_ITER_HOLDS_ARRAY(&s) || !bson_iter_recurse(&s, &a)) {
-               continue;
-            }
-            for (int j = 0; bson_iter_next(&a) && j < cs->n_sync; j++) {
-               figure(cs, f)[j] = bson_iter_as_int64(&a);
-            }
-         }
-      }
-      cs->moved = true;
+      bson_t v;
+      view_of(&it, &v);
+      figures_read(cs, &v);
    }
    if (!ok || !has_start || !has_colls || cs->sync_i < 0 ||
        cs->sync_i > cs->n_sync) {

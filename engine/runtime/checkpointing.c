@@ -9,7 +9,9 @@
  * partition, the *replay position* -- the offset of the earliest input
  * that still feeds an open window (the next unread one when no window is
  * open; the stages' replay_seq hook) -- plus the watermark, what the
- * stages save (a window: its per-partition watermarks) and the counters. Window state itself is not serialised: a restore re-reads
+ * stages save (a window: its per-partition watermarks), the counters and
+ * the source's last published figures (aspen_rt_source_figures). Window
+ * state itself is not serialised: a restore re-reads
  * the source from the replay positions and so rebuilds the open windows
  * from the same inputs, which then close with the same results as an
  * uninterrupted run. During that replay the DLQ is not written again (those
@@ -256,6 +258,14 @@ checkpoint_body(aspen_runtime_t *rt, uint64_t min_seq, const char *id, bson_t *b
    if (token) {
       BSON_APPEND_DOCUMENT(&pos, "token", token);
    }
+   /* What the source last published for stats (a change stream's
+    * per-collection initial-sync figures), for the source to take back
+    * through aspen_rt_restored_position. */
+   bson_t fig;
+   if (aspen_proc_source_figures(proc, &fig)) {
+      BSON_APPEND_DOCUMENT(&pos, "sourceFigures", &fig);
+   }
+   bson_destroy(&fig);
    bson_append_document_end(body, &pos);
    BSON_APPEND_INT64(body, "replayCount", (int64_t) rt->log_len);
    int64_t wm = aspen__processor_watermark(proc);

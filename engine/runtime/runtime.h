@@ -122,7 +122,8 @@ bool aspen_proc_source_position(aspen_proc_t *proc, bson_t *token,
                                 int64_t *lag_ms);
 /* The source's last aspen_rt_source_figures document, copied into `out`
  * (initialized on every path), from the current or the last run. False
- * when there is none. Command thread. */
+ * when there is none. Any thread: it copies under the processor's lock
+ * (the command thread for stats, the processor's for checkpoints). */
 bool aspen_proc_source_figures(const aspen_proc_t *proc, bson_t *out);
 
 /* Changes state, logs the transition; the processor's thread must not be

@@ -122,7 +122,8 @@ void aspen_rt_source_lag(aspen_runtime_t *rt, int64_t lag_ms);
  * change stream's per-collection initial-sync progress), copied under
  * the processor's lock: call it when the figures change, at most every
  * flush, never per document. Stats show the last one until the next
- * start. */
+ * start; checkpoints keep it (aspen_rt_restored_position's
+ * sourceFigures). */
 void aspen_rt_source_figures(aspen_runtime_t *rt, const bson_t *figures);
 /* The most partitions a Kafka $source may read on the processor's tier
  * (the highest its autoscaling allows), 0 for no limit; `tier` gets the
@@ -134,8 +135,10 @@ int64_t aspen_rt_tier_kafka_partitions(const aspen_runtime_t *rt,
  * the tier's name. */
 int64_t aspen_rt_tier_initial_sync_colls(const aspen_runtime_t *rt,
                                          const char **tier);
-/* The {parts: [{p, replay, high}], token} position of the checkpoint this
- * run resumed from, or NULL when it started fresh. Valid while running. */
+/* The {parts: [{p, replay, high}], token, sourceFigures} position of the
+ * checkpoint this run resumed from (sourceFigures: the source's last
+ * aspen_rt_source_figures document then, absent in checkpoints from before
+ * it was kept), or NULL when it started fresh. Valid while running. */
 const bson_t *aspen_rt_restored_position(const aspen_runtime_t *rt);
 /* The offset to resume partition `part` from, per the restored checkpoint;
  * false when there is none (fresh start, or a partition it did not know).

@@ -13,8 +13,14 @@
 //  check  after the restart: every document in isdb.dst exactly once with
 //         its latest state, untouched ones copied by the initial sync,
 //         stats in the changeStream phase, a new insert arriving through
-//         the change stream, an empty DLQ; then ASP's refusals (tier limit,
-//         a window after initialSync).
+//         the change stream, an empty DLQ.
+//  after  after a second restart (graceful, past the copy): verbose stats'
+//         targetStats and operatorStats[0].initialSync as before it (the
+//         checkpoint's sourceFigures), a new event counted on top.
+//  old    after a third restart, from that checkpoint without its
+//         sourceFigures (as aspen wrote them before they were kept): the
+//         processor runs, an insert arrives, targetStats is absent; then
+//         ASP's refusals (tier limit, a window after initialSync).
 const mode = process.env.IS_MODE;
 const N = parseInt(process.env.IS_N || "3000");
 const src = db.getSiblingDB("isdb").src, dst = db.getSiblingDB("isdb").dst;
@@ -111,9 +117,55 @@ if (mode === "run") {
   check(num(op.initialSync.estimatedDocs) === N && num(op.initialSync.copiedDocs) === total,
         "operatorStats[0].initialSync: " + EJSON.stringify(op.initialSync));
   check(dlq.countDocuments() === 0, "DLQ entries: " + EJSON.stringify(dlq.find().toArray()));
+  print("CHECK OK");
+} else if (mode === "after") {
+  // Restarted again, past the copy: the checkpoint holds the change
+  // stream's resume token and, beside it, the sync's figures, so verbose
+  // stats show the same targetStats and sums as before the restart.
+  const total = N + 300;
+  let st, op;
+  waitFor("the changeStream phase after the second restart", () => {
+    st = sp.isync.stats().stats;
+    return st.status === "running" && st.initialSync && st.initialSync.phase === "changeStream";
+  }, 30, () => EJSON.stringify(st));
+  waitFor("targetStats after the second restart", () => {
+    op = verboseOp0();
+    return op.targetStats !== undefined;
+  }, 30, () => EJSON.stringify(op));
+  const t = op.targetStats;
+  print("targetStats " + EJSON.stringify(t) + " initialSync " + EJSON.stringify(op.initialSync));
+  check(t.length === 1 && t[0].db === "isdb" && t[0].coll === "src" && t[0].initialSync.status === "completed" &&
+        num(t[0].initialSync.estimatedDocs) === N && num(t[0].initialSync.copiedDocs) === total &&
+        num(t[0].inputMessageCount) === total + 501 && t[0].inputMessageSize > 0,
+        "targetStats after a restart past the copy: " + EJSON.stringify(t));
+  check(num(op.initialSync.estimatedDocs) === N && num(op.initialSync.copiedDocs) === total,
+        "operatorStats[0].initialSync after a restart past the copy: " + EJSON.stringify(op.initialSync));
+  // A change event after it counts on top of the restored figures.
+  src.insertOne({ _id: 300001, v: 8 });
+  waitFor("the event counted in targetStats", () => {
+    op = verboseOp0();
+    return num(op.targetStats[0].inputMessageCount) === total + 502;
+  }, 30, () => EJSON.stringify(op));
+  print("AFTER OK");
+} else if (mode === "old") {
+  // Restarted from a checkpoint as an earlier aspen wrote it (the shell
+  // took sourceFigures out of it): it still loads, the change stream goes
+  // on from its token, and targetStats is absent, as it was then.
+  let st, op;
+  waitFor("the changeStream phase after a restart from an old checkpoint", () => {
+    st = sp.isync.stats().stats;
+    return st.status === "running" && st.initialSync && st.initialSync.phase === "changeStream";
+  }, 30, () => EJSON.stringify(st));
+  src.insertOne({ _id: 300002, v: 9 });
+  waitFor("an insert through the change stream", () => dst.findOne({ _id: 300002 }) !== null, 30);
+  op = verboseOp0();
+  print("operatorStats[0] " + EJSON.stringify(op));
+  check(op.targetStats === undefined && op.initialSync === undefined,
+        "no figures from a checkpoint without them: " + EJSON.stringify(op));
+  check(dlq.countDocuments() === 0, "DLQ entries: " + EJSON.stringify(dlq.find().toArray()));
   sp.isync.stop();
   sp.isync.drop();
-  print("CHECK OK");
+  print("OLD OK");
 
   // ASP's rules: SP2 syncs one collection; no window after initialSync.
   db.getSiblingDB("isdb").other.insertOne({ _id: 1 });
