@@ -83,14 +83,27 @@ aspen_fields_bind(aspen_fields_t *t, const bson_t *doc)
 extern bool aspen__fields_on;
 void aspen_fields_set_enabled(bool on);
 
-/* True if `t` (may be NULL) describes exactly `doc`'s bytes, every
- * top-level field of it. */
+/* True if `t` (may be NULL) describes exactly the document at data/len,
+ * every top-level field of it. */
+static inline bool
+aspen_fields_covers_data(const aspen_fields_t *t, const uint8_t *data,
+                         uint32_t len)
+{
+   return aspen__fields_on && t && !t->overflow && t->data && data &&
+          t->len == len && t->data == data;
+}
+
+/* The same for `doc` (may be NULL). */
 static inline bool
 aspen_fields_covers(const aspen_fields_t *t, const bson_t *doc)
 {
-   return aspen__fields_on && t && !t->overflow && t->data && doc && t->len == doc->len &&
-          t->data == bson_get_data(doc);
+   return doc && aspen_fields_covers_data(t, bson_get_data(doc), doc->len);
 }
+
+/* Fills `t` from `doc`'s top-level elements (one pass) and binds it:
+ * false, `t` unusable, if the document has more fields than a table holds
+ * or is malformed. */
+bool aspen_fields_scan(aspen_fields_t *t, const bson_t *doc);
 
 /* The index in `t` of the first field named `key` (`klen` bytes), -1 if
  * the document has none. Keys are short: lengths first, then bytes in

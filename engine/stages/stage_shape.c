@@ -280,6 +280,9 @@ typedef struct {
    const node_t *root;
    aspen_fields_t *in_tab;
    aspen_fields_t *out_tab;
+   /* The input's table when it came with one and the tree's top level has
+    * no subtree: the top level is walked from the table (walk_table). */
+   const aspen_fields_t *given;
 } apply_t;
 
 static void apply_node_value(apply_t *a, const node_t *n, tree_mode_t mode,
@@ -310,10 +313,8 @@ note_written(apply_t *a, size_t before, size_t klen)
 /* The spec child named like the iterator's key: lengths first, so most
  * misses cost one comparison. */
 static const node_t *
-find_child(const node_t *parent, const bson_iter_t *it, size_t *idx)
+find_child_key(const node_t *parent, const char *key, size_t len, size_t *idx)
 {
-   const char *key = (const char *) it->raw + it->key;
-   size_t len = aspen_bsonw_key_len(it);
    for (size_t i = 0; i < parent->n_kids; i++) {
       const node_t *n = &parent->kids[i];
       if (n->name_len == len && memcmp(n->name, key, len) == 0) {
@@ -322,6 +323,46 @@ find_child(const node_t *parent, const bson_iter_t *it, size_t *idx)
       }
    }
    return NULL;
+}
+
+static const node_t *
+find_child(const node_t *parent, const bson_iter_t *it, size_t *idx)
+{
+   return find_child_key(parent, (const char *) it->raw + it->key,
+                         aspen_bsonw_key_len(it), idx);
+}
+
+/* apply_doc's walk of the top level from the input's field table (a->given,
+ * a tree without subtrees at the top): the same writes, with each
+ * element's key and span known. */
+static void
+walk_table(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
+           bool *done)
+{
+   const aspen_fields_t *t = a->given;
+   for (uint32_t k = 0; k < t->n && !a->failed; k++) {
+      uint32_t off = t->f[k].off, klen = t->f[k].klen;
+      uint32_t end = k + 1 < t->n ? t->f[k + 1].off : t->len - 1;
+      size_t before = a->w->len, idx = 0;
+      const node_t *n =
+         find_child_key(parent, (const char *) t->data + off + 1, klen, &idx);
+      bool copy = !n && !inclusion;
+      if (n && n->kind == N_INCLUDE) {
+         copy = true;
+         done[idx] = true;
+      } else if (n && n->kind == N_EXCLUDE) {
+         done[idx] = true;
+      } else if (n && n->kind == N_EXPR && mode == MODE_ADD_FIELDS) {
+         append_expr(a, n); /* replaced in place */
+         done[idx] = true;
+      }
+      if (copy) {
+         memcpy(aspen_bsonw_reserve(a->w, end - off), t->data + off,
+                end - off);
+         a->w->len += end - off;
+      }
+      note_written(a, before, klen);
+   }
 }
 
 /* Builds the children of `parent` into the writer from `in` (may be NULL:
@@ -339,7 +380,10 @@ apply_doc(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
    size_t before = a->w->len, klen = 0;
    uint32_t end = 4;
    bson_iter_t it;
-   if (in && bson_iter_init(&it, in)) {
+   if (top && a->given) {
+      walk_table(a, parent, mode, inclusion, done);
+      before = a->w->len;
+   } else if (in && bson_iter_init(&it, in)) {
       while (aspen_bsonw_iter_next(&it) && !a->failed) {
          if (top) {
             /* The previous element's output (written under its input key),
@@ -512,6 +556,7 @@ typedef struct {
     * the input (its field table says so), the output is the input's
     * fields as one span and the computed ones after them. */
    bool flat;
+   bool flat_top; /* no subtree at the top level (apply_t.given) */
    aspen_fields_t in_tab, out_tab; /* (apply_t) */
 } shape_t;
 
@@ -586,6 +631,7 @@ shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
    } else {
       if (given) {
          ctx.fields = in->fields;
+         a.given = s->flat_top ? in->fields : NULL;
       } else if (s->tree.root.has_expr) {
          aspen_fields_reset(&s->in_tab);
          a.in_tab = &s->in_tab;
@@ -609,6 +655,18 @@ shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
    next.doc = &out;
    next.fields = &s->out_tab;
    aspen_stage_emit(st, &next);
+   return true;
+}
+
+/* True if no child of the root is a subtree. */
+static bool
+is_flat_top(const node_t *root)
+{
+   for (size_t i = 0; i < root->n_kids; i++) {
+      if (root->kids[i].kind == N_SUB) {
+         return false;
+      }
+   }
    return true;
 }
 
@@ -647,6 +705,7 @@ shape_parse_common(aspen_stage_t *st, const bson_t *spec, tree_mode_t mode,
    for (size_t i = 0; i < s->tree.root.n_kids; i++) {
       s->flat &= s->tree.root.kids[i].kind == N_EXPR;
    }
+   s->flat_top = is_flat_top(&s->tree.root);
    return true;
 }
 
@@ -707,6 +766,7 @@ unset_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
          shape_destroy(st);
          return false;
       }
+      s->flat_top = is_flat_top(&s->tree.root);
       return true;
    }
    if (!BSON_ITER_HOLDS_ARRAY(arg)) {
@@ -745,6 +805,7 @@ unset_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
       shape_destroy(st);
       return false;
    }
+   s->flat_top = is_flat_top(&s->tree.root);
    return true;
 }
 
