@@ -105,23 +105,30 @@ aspen_fields_covers(const aspen_fields_t *t, const bson_t *doc)
  * or is malformed. */
 bool aspen_fields_scan(aspen_fields_t *t, const bson_t *doc);
 
+/* True if the `n` bytes at `a` and `b` are the same: field names are a
+ * few bytes long, so they are compared in place rather than through a
+ * memcmp call. */
+static inline bool
+aspen_fields_key_eq(const void *a, const void *b, size_t n)
+{
+   const uint8_t *x = a, *y = b;
+   for (size_t i = 0; i < n; i++) {
+      if (x[i] != y[i]) {
+         return false;
+      }
+   }
+   return true;
+}
+
 /* The index in `t` of the first field named `key` (`klen` bytes), -1 if
- * the document has none. Keys are short: lengths first, then bytes in
- * place rather than through memcmp. The first match is the one a scan
- * from the top finds (duplicate keys). */
+ * the document has none (lengths first). The first match is the one a
+ * scan from the top finds (duplicate keys). */
 static inline int
 aspen_fields_find(const aspen_fields_t *t, const char *key, size_t klen)
 {
    for (uint32_t i = 0; i < t->n; i++) {
-      if (t->f[i].klen != klen) {
-         continue;
-      }
-      const uint8_t *k = t->data + t->f[i].off + 1;
-      size_t j = 0;
-      while (j < klen && k[j] == (uint8_t) key[j]) {
-         j++;
-      }
-      if (j == klen) {
+      if (t->f[i].klen == klen &&
+          aspen_fields_key_eq(t->data + t->f[i].off + 1, key, klen)) {
          return (int) i;
       }
    }

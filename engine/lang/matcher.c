@@ -133,7 +133,7 @@ find_field(bson_iter_t *it, const char *key, int len)
 {
    while (aspen_bsonw_iter_next(it)) {
       if ((int) aspen_bsonw_key_len(it) == len &&
-          memcmp(bson_iter_key(it), key, (size_t) len) == 0) {
+          aspen_fields_key_eq(it->raw + it->key, key, (size_t) len)) {
          return true;
       }
    }

@@ -317,7 +317,7 @@ find_child_key(const node_t *parent, const char *key, size_t len, size_t *idx)
 {
    for (size_t i = 0; i < parent->n_kids; i++) {
       const node_t *n = &parent->kids[i];
-      if (n->name_len == len && memcmp(n->name, key, len) == 0) {
+      if (n->name_len == len && aspen_fields_key_eq(n->name, key, len)) {
          *idx = i;
          return n;
       }
