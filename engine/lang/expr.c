@@ -312,6 +312,88 @@ value_size(uint8_t type, const uint8_t *v, size_t avail)
 /* Finds `key` in a BSON document by scanning the raw elements (field paths
  * are the hottest code in the engine; bson_iter_find does more work per
  * element than a lookup needs). The result is a borrowed view. */
+/* The value of the element at `off` of a BSON document (its type byte),
+ * whose key is `kl` bytes long, as a borrowed view; false if malformed. */
+static bool
+raw_value(const uint8_t *data, uint32_t len, uint32_t off, size_t kl,
+          aspen_value_t *out)
+{
+   uint8_t type = data[off];
+   uint32_t voff = off + 1 + (uint32_t) kl + 1;
+   const uint8_t *v = data + voff;
+   size_t avail = len - voff;
+   memset(out, 0, sizeof *out);
+   out->v.value_type = (bson_type_t) type;
+   switch (type) {
+   case BSON_TYPE_INT32: {
+      uint32_t x;
+      if (avail < 4) {
+         return false;
+      }
+      memcpy(&x, v, 4);
+      out->v.value.v_int32 = (int32_t) BSON_UINT32_FROM_LE(x);
+      return true;
+   }
+   case BSON_TYPE_INT64:
+   case BSON_TYPE_DATE_TIME: {
+      uint64_t x;
+      if (avail < 8) {
+         return false;
+      }
+      memcpy(&x, v, 8);
+      out->v.value.v_int64 = (int64_t) BSON_UINT64_FROM_LE(x);
+      return true;
+   }
+   case BSON_TYPE_DOUBLE:
+      if (avail < 8) {
+         return false;
+      }
+      {
+         uint64_t x;
+         memcpy(&x, v, 8);
+         x = BSON_UINT64_FROM_LE(x);
+         memcpy(&out->v.value.v_double, &x, 8);
+      }
+      return true;
+   case BSON_TYPE_BOOL:
+      if (avail < 1) {
+         return false;
+      }
+      out->v.value.v_bool = *v != 0;
+      return true;
+   case BSON_TYPE_NULL:
+      return true;
+   case BSON_TYPE_UTF8: {
+      int64_t sz = value_size(type, v, avail);
+      if (sz < 0) {
+         return false;
+      }
+      out->v.value.v_utf8.str = (char *) v + 4;
+      out->v.value.v_utf8.len = (uint32_t) (sz - 5);
+      return true;
+   }
+   case BSON_TYPE_DOCUMENT:
+   case BSON_TYPE_ARRAY: {
+      int64_t sz = value_size(type, v, avail);
+      if (sz < 0) {
+         return false;
+      }
+      out->v.value.v_doc.data = (uint8_t *) v;
+      out->v.value.v_doc.data_len = (uint32_t) sz;
+      return true;
+   }
+   default: {
+      bson_iter_t it;
+      if (!bson_iter_init_from_data_at_offset(&it, data, len, off,
+                                              (uint32_t) kl)) {
+         return false;
+      }
+      *out = aspen_value_borrow(&it);
+      return true;
+   }
+   }
+}
+
 static bool
 raw_find(const uint8_t *data, uint32_t len, const char *key, size_t klen,
          aspen_value_t *out)
@@ -327,78 +409,7 @@ raw_find(const uint8_t *data, uint32_t len, const char *key, size_t klen,
       size_t kl = (size_t) (nul - k);
       uint32_t voff = off + 1 + (uint32_t) kl + 1;
       if (kl == klen && memcmp(k, key, klen) == 0) {
-         const uint8_t *v = data + voff;
-         size_t avail = len - voff;
-         memset(out, 0, sizeof *out);
-         out->v.value_type = (bson_type_t) type;
-         switch (type) {
-         case BSON_TYPE_INT32: {
-            uint32_t x;
-            if (avail < 4) {
-               return false;
-            }
-            memcpy(&x, v, 4);
-            out->v.value.v_int32 = (int32_t) BSON_UINT32_FROM_LE(x);
-            return true;
-         }
-         case BSON_TYPE_INT64:
-         case BSON_TYPE_DATE_TIME: {
-            uint64_t x;
-            if (avail < 8) {
-               return false;
-            }
-            memcpy(&x, v, 8);
-            out->v.value.v_int64 = (int64_t) BSON_UINT64_FROM_LE(x);
-            return true;
-         }
-         case BSON_TYPE_DOUBLE:
-            if (avail < 8) {
-               return false;
-            }
-            {
-               uint64_t x;
-               memcpy(&x, v, 8);
-               x = BSON_UINT64_FROM_LE(x);
-               memcpy(&out->v.value.v_double, &x, 8);
-            }
-            return true;
-         case BSON_TYPE_BOOL:
-            if (avail < 1) {
-               return false;
-            }
-            out->v.value.v_bool = *v != 0;
-            return true;
-         case BSON_TYPE_NULL:
-            return true;
-         case BSON_TYPE_UTF8: {
-            int64_t sz = value_size(type, v, avail);
-            if (sz < 0) {
-               return false;
-            }
-            out->v.value.v_utf8.str = (char *) v + 4;
-            out->v.value.v_utf8.len = (uint32_t) (sz - 5);
-            return true;
-         }
-         case BSON_TYPE_DOCUMENT:
-         case BSON_TYPE_ARRAY: {
-            int64_t sz = value_size(type, v, avail);
-            if (sz < 0) {
-               return false;
-            }
-            out->v.value.v_doc.data = (uint8_t *) v;
-            out->v.value.v_doc.data_len = (uint32_t) sz;
-            return true;
-         }
-         default: {
-            bson_iter_t it;
-            if (!bson_iter_init_from_data_at_offset(&it, data, len, off,
-                                                    (uint32_t) kl)) {
-               return false;
-            }
-            *out = aspen_value_borrow(&it);
-            return true;
-         }
-         }
+         return raw_value(data, len, off, kl, out);
       }
       int64_t sz = value_size(type, data + voff, len - voff);
       if (sz < 0) {
@@ -409,31 +420,52 @@ raw_find(const uint8_t *data, uint32_t len, const char *key, size_t klen,
    return false;
 }
 
+/* The rest of a path, `v` being the value of its first part. */
+static aspen_value_t
+path_descend(aspen_value_t v, char *const *parts, uint32_t n_parts)
+{
+   if (n_parts == 1) {
+      return v;
+   }
+   if (v.v.value_type == BSON_TYPE_DOCUMENT) {
+      return aspen__path_get(v.v.value.v_doc.data, v.v.value.v_doc.data_len,
+                             parts + 1, n_parts - 1);
+   }
+   if (v.v.value_type == BSON_TYPE_ARRAY) {
+      return path_array(v.v.value.v_doc.data, v.v.value.v_doc.data_len,
+                        parts + 1, n_parts - 1);
+   }
+   return ASPEN_VALUE_MISSING;
+}
+
 aspen_value_t
 aspen__path_get(const uint8_t *data, uint32_t len, char *const *parts,
                 uint32_t n_parts)
 {
    aspen_value_t v;
-   for (;;) {
-      if (!raw_find(data, len, parts[0], strlen(parts[0]), &v)) {
-         return ASPEN_VALUE_MISSING;
-      }
-      if (n_parts == 1) {
-         return v;
-      }
-      if (v.v.value_type == BSON_TYPE_DOCUMENT) {
-         data = v.v.value.v_doc.data;
-         len = v.v.value.v_doc.data_len;
-         parts++;
-         n_parts--;
-         continue;
-      }
-      if (v.v.value_type == BSON_TYPE_ARRAY) {
-         return path_array(v.v.value.v_doc.data, v.v.value.v_doc.data_len,
-                           parts + 1, n_parts - 1);
-      }
+   if (!raw_find(data, len, parts[0], strlen(parts[0]), &v)) {
       return ASPEN_VALUE_MISSING;
    }
+   return path_descend(v, parts, n_parts);
+}
+
+/* A path from the top of `doc`: through the context's field table when it
+ * describes `doc` (the same value as aspen__path_get, without the scan). */
+static aspen_value_t
+doc_path_get(const aspen__eval_t *st, const bson_t *doc, const aspen_expr_t *e)
+{
+   char *const *parts = e->parts;
+   uint32_t n_parts = e->n_parts;
+   const aspen_fields_t *t = st->ctx->fields;
+   if (!aspen_fields_covers(t, doc)) {
+      return aspen__path_get(bson_get_data(doc), doc->len, parts, n_parts);
+   }
+   int i = aspen_fields_find(t, parts[0], e->part0_len);
+   aspen_value_t v;
+   if (i < 0 || !raw_value(t->data, t->len, t->f[i].off, t->f[i].klen, &v)) {
+      return ASPEN_VALUE_MISSING;
+   }
+   return path_descend(v, parts, n_parts);
 }
 
 /* "a.b" over an array of documents: the values found, in order; elements
@@ -486,8 +518,7 @@ eval_root_path(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
       *out = ASPEN_VALUE_MISSING;
       return true;
    }
-   *out = aspen__path_get(bson_get_data(root), root->len, e->parts,
-                          e->n_parts);
+   *out = doc_path_get(st, root, e);
    return true;
 }
 
@@ -507,7 +538,7 @@ eval_current_path(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
       *out = ASPEN_VALUE_MISSING;
       return true;
    }
-   *out = aspen__path_get(bson_get_data(cur), cur->len, e->parts, e->n_parts);
+   *out = doc_path_get(st, cur, e);
    return true;
 }
 
@@ -628,6 +659,7 @@ parse_field_path(aspen__parse_t *ps, const char *s, size_t len,
          return false;
       }
       e->parts = split_path(path, plen, &e->n_parts);
+      e->part0_len = (uint32_t) strlen(e->parts[0]);
       int32_t slot;
       if (ps->current_rebound && scope_find(ps, "CURRENT", 7, &slot)) {
          e->var = slot;
@@ -655,6 +687,7 @@ parse_field_path(aspen__parse_t *ps, const char *s, size_t len,
          return false;
       }
       e->parts = split_path(path, plen, &e->n_parts);
+      e->part0_len = (uint32_t) strlen(e->parts[0]);
    }
    int32_t slot;
    if (scope_find(ps, name, nlen, &slot)) {

@@ -42,6 +42,7 @@
 #ifndef ASPEN_ENGINE_LANG_EXPR_H
 #define ASPEN_ENGINE_LANG_EXPR_H
 
+#include "lang/fields.h"
 #include "lang/value.h"
 
 #include <stdatomic.h>
@@ -61,6 +62,9 @@ typedef struct {
    const bson_t *meta;
    int64_t now_ms;
    const bson_t *current; /* $$CURRENT and "$field" paths; NULL: root */
+   /* root's top-level field table (lang/fields.h), or NULL: "$field"
+    * paths start from it instead of scanning root when it covers root. */
+   const aspen_fields_t *fields;
 } aspen_expr_ctx_t;
 
 /* Compiles the expression held by `it` (any BSON value: a string field path,

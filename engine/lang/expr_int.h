@@ -97,6 +97,7 @@ struct aspen_expr {
    int32_t var;         /* slot, or ASPEN__VAR_ROOT / _REMOVE */
    uint32_t n_parts;
    char **parts;        /* path components, each NUL-terminated */
+   uint32_t part0_len;  /* strlen(parts[0]) (field paths, $$var paths) */
    /* Object expressions: keys of the children (args[i] <-> keys[i]). */
    char **keys;
    /* Bound variable slots ($let: one per var; $map/$filter: 1; $reduce:

@@ -133,11 +133,37 @@ find_field(bson_iter_t *it, const char *key, int len)
 {
    while (aspen_bsonw_iter_next(it)) {
       if ((int) aspen_bsonw_key_len(it) == len &&
-          memcmp(bson_iter_key(it), key, (size_t) len) == 0) {
+          aspen_fields_key_eq(it->raw + it->key, key, (size_t) len)) {
          return true;
       }
    }
    return false;
+}
+
+static bool walk_doc(const uint8_t *data, uint32_t len, const mpath_t *p,
+                     size_t i, bool leaf_traverse, visit_fn fn,
+                     const void *arg);
+
+/* Walks on from component i, found: the iterator is on its element. */
+static bool
+walk_found(bson_iter_t *it, const mpath_t *p, size_t i, bool leaf_traverse,
+           visit_fn fn, const void *arg)
+{
+   bson_type_t t = bson_iter_type(it);
+   if (t == BSON_TYPE_DOCUMENT && i + 1 < p->n) {
+      uint32_t len;
+      const uint8_t *data;
+      bson_iter_document(it, &len, &data);
+      return walk_doc(data, len, p, i + 1, leaf_traverse, fn, arg);
+   }
+   if (t == BSON_TYPE_ARRAY) {
+      return walk_array(bson_iter_value(it), p, i + 1, leaf_traverse, fn,
+                        arg);
+   }
+   if (i + 1 < p->n) {
+      return fn(&missing_value, arg); /* a scalar in the middle */
+   }
+   return fn(bson_iter_value(it), arg);
 }
 
 /* Walks path components i.. from the document at data/len (mongod's
@@ -146,27 +172,30 @@ static bool
 walk_doc(const uint8_t *data, uint32_t len, const mpath_t *p, size_t i,
          bool leaf_traverse, visit_fn fn, const void *arg)
 {
-   for (;;) {
-      bson_iter_t it;
-      if (!bson_iter_init_from_data(&it, data, len) ||
-          !find_field(&it, p->comp[i], p->len[i])) {
-         return fn(&missing_value, arg);
-      }
-      bson_type_t t = bson_iter_type(&it);
-      if (t == BSON_TYPE_DOCUMENT && i + 1 < p->n) {
-         bson_iter_document(&it, &len, &data);
-         i++;
-         continue;
-      }
-      if (t == BSON_TYPE_ARRAY) {
-         return walk_array(bson_iter_value(&it), p, i + 1, leaf_traverse, fn,
-                           arg);
-      }
-      if (i + 1 < p->n) {
-         return fn(&missing_value, arg); /* a scalar in the middle */
-      }
-      return fn(bson_iter_value(&it), arg);
+   bson_iter_t it;
+   if (!bson_iter_init_from_data(&it, data, len) ||
+      !find_field(&it, p->comp[i], p->len[i])) {
+      return fn(&missing_value, arg);
    }
+   return walk_found(&it, p, i, leaf_traverse, fn, arg);
+}
+
+/* walk_doc from the top of data/len, through the field table `t` when it
+ * describes those bytes (lang/fields.h): no scan for the first component. */
+static bool
+walk_top(const uint8_t *data, uint32_t len, const aspen_fields_t *t,
+         const mpath_t *p, bool leaf_traverse, visit_fn fn, const void *arg)
+{
+   if (!aspen_fields_covers_data(t, data, len)) {
+      return walk_doc(data, len, p, 0, leaf_traverse, fn, arg);
+   }
+   int k = aspen_fields_find(t, p->comp[0], (size_t) p->len[0]);
+   bson_iter_t it;
+   if (k < 0 || !bson_iter_init_from_data_at_offset(&it, data, len, t->f[k].off,
+                                                    t->f[k].klen)) {
+      return fn(&missing_value, arg);
+   }
+   return walk_found(&it, p, 0, leaf_traverse, fn, arg);
 }
 
 /* Walks components j.. from the array `arr` (j == n: the path ends here). */
@@ -437,6 +466,14 @@ typedef struct {
    const aspen_expr_ctx_t *ctx; /* NULL inside $elemMatch (no $expr there) */
    aspen_error_t *err;
 } eval_t;
+
+/* The field table of the document matched (ev is NULL inside $elemMatch
+ * and for array elements). */
+static inline const aspen_fields_t *
+ev_fields(const eval_t *ev)
+{
+   return ev && ev->ctx ? ev->ctx->fields : NULL;
+}
 
 static int eval_doc(const mnode_t *n, const uint8_t *data, uint32_t len,
                     const eval_t *ev);
@@ -744,7 +781,10 @@ eval_doc(const mnode_t *n, const uint8_t *data, uint32_t len,
    case N_ELEM_OBJ:
    case N_ELEM_VAL:
       /* Array operators see the array itself, not its elements. */
-      return walk_doc(data, len, n->path, 0, false, visit_leaf, n) ? 1 : 0;
+      return walk_top(data, len, ev_fields(ev), n->path, false, visit_leaf,
+                      n)
+                ? 1
+                : 0;
    case N_CMP:
    case N_IN:
    case N_EXISTS:
@@ -752,7 +792,9 @@ eval_doc(const mnode_t *n, const uint8_t *data, uint32_t len,
    case N_MOD:
    case N_REGEX:
    case N_BITS:
-      return walk_doc(data, len, n->path, 0, true, visit_leaf, n) ? 1 : 0;
+      return walk_top(data, len, ev_fields(ev), n->path, true, visit_leaf, n)
+                ? 1
+                : 0;
    }
    return 0;
 }
@@ -1837,7 +1879,10 @@ aspen_matcher_match(const aspen_matcher_t *m, const bson_t *doc,
                     aspen_error_t *err)
 {
    *matched = false;
-   aspen_expr_ctx_t local = {.root = doc, .meta = NULL, .now_ms = 0};
+   aspen_expr_ctx_t local = {.root = doc,
+                             .meta = NULL,
+                             .now_ms = 0,
+                             .fields = ctx ? ctx->fields : NULL};
    if (m->has_expr) {
       if (ctx) {
          local = *ctx;

@@ -35,6 +35,9 @@ typedef struct {
    const bson_t *doc;
    const bson_t *meta;
    int64_t ts_ms; /* event time */
+   /* doc's top-level field table when the stage that wrote it kept one
+    * (lang/fields.h; trusted only if aspen_fields_covers doc), or NULL. */
+   const aspen_fields_t *fields;
 } aspen_sdoc_t;
 
 /* ------------------------------------------------------------------------ */

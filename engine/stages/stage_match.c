@@ -8,6 +8,7 @@
 typedef struct {
    bson_t filter; /* owned: the matcher keeps views into it */
    aspen_matcher_t *m;
+   aspen_fields_t tab; /* the input's field table (match_push) */
 } match_t;
 
 static void
@@ -54,11 +55,18 @@ match_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
    aspen_expr_ctx_t ctx;
    bool matched = false;
    aspen_stage_expr_ctx(st, in, &ctx);
+   /* The input's field table, found once: the matcher's paths and the
+    * stages after it read fields through it (lang/fields.h). */
+   aspen_sdoc_t next = *in;
+   if (!aspen_fields_covers(in->fields, in->doc)) {
+      next.fields = aspen_fields_scan(&m->tab, in->doc) ? &m->tab : NULL;
+   }
+   ctx.fields = next.fields;
    if (!aspen_matcher_match(m->m, in->doc, &ctx, &matched, err)) {
       return false;
    }
    if (matched) {
-      aspen_stage_emit(st, in); /* the same document: no copy */
+      aspen_stage_emit(st, &next); /* the same document: no copy */
    }
    return true;
 }

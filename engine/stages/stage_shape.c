@@ -269,10 +269,20 @@ tree_parse_obj(tree_t *t, node_t *root, const bson_t *spec, const char *prefix,
 /* Documents are written into the stage's reusable writer: fields kept as
  * they are copied as their element's bytes, computed ones encoded once. */
 typedef struct {
-   const aspen_expr_ctx_t *ctx;
+   aspen_expr_ctx_t *ctx;
    aspen_error_t *err;
    aspen_bsonw_t *w;
    bool failed;
+   /* The top level (the tree's root): its input elements go into in_tab
+    * (NULL: not wanted), the elements written into out_tab, so that the
+    * expressions evaluated after the walk and the next stage find fields
+    * without scanning (lang/fields.h). */
+   const node_t *root;
+   aspen_fields_t *in_tab;
+   aspen_fields_t *out_tab;
+   /* The input's table when it came with one and the tree's top level has
+    * no subtree: the top level is walked from the table (walk_table). */
+   const aspen_fields_t *given;
 } apply_t;
 
 static void apply_node_value(apply_t *a, const node_t *n, tree_mode_t mode,
@@ -290,21 +300,69 @@ append_expr(apply_t *a, const node_t *n)
    aspen_value_destroy(&v);
 }
 
+/* Records in out_tab the top-level element written from `before` on, if
+ * any (its key is `klen` bytes long). */
+static inline void
+note_written(apply_t *a, size_t before, size_t klen)
+{
+   if (a->w->len > before) {
+      aspen_fields_add(a->out_tab, before, klen);
+   }
+}
+
 /* The spec child named like the iterator's key: lengths first, so most
  * misses cost one comparison. */
 static const node_t *
-find_child(const node_t *parent, const bson_iter_t *it, size_t *idx)
+find_child_key(const node_t *parent, const char *key, size_t len, size_t *idx)
 {
-   const char *key = (const char *) it->raw + it->key;
-   size_t len = aspen_bsonw_key_len(it);
    for (size_t i = 0; i < parent->n_kids; i++) {
       const node_t *n = &parent->kids[i];
-      if (n->name_len == len && memcmp(n->name, key, len) == 0) {
+      if (n->name_len == len && aspen_fields_key_eq(n->name, key, len)) {
          *idx = i;
          return n;
       }
    }
    return NULL;
+}
+
+static const node_t *
+find_child(const node_t *parent, const bson_iter_t *it, size_t *idx)
+{
+   return find_child_key(parent, (const char *) it->raw + it->key,
+                         aspen_bsonw_key_len(it), idx);
+}
+
+/* apply_doc's walk of the top level from the input's field table (a->given,
+ * a tree without subtrees at the top): the same writes, with each
+ * element's key and span known. */
+static void
+walk_table(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
+           bool *done)
+{
+   const aspen_fields_t *t = a->given;
+   for (uint32_t k = 0; k < t->n && !a->failed; k++) {
+      uint32_t off = t->f[k].off, klen = t->f[k].klen;
+      uint32_t end = k + 1 < t->n ? t->f[k + 1].off : t->len - 1;
+      size_t before = a->w->len, idx = 0;
+      const node_t *n =
+         find_child_key(parent, (const char *) t->data + off + 1, klen, &idx);
+      bool copy = !n && !inclusion;
+      if (n && n->kind == N_INCLUDE) {
+         copy = true;
+         done[idx] = true;
+      } else if (n && n->kind == N_EXCLUDE) {
+         done[idx] = true;
+      } else if (n && n->kind == N_EXPR && mode == MODE_ADD_FIELDS) {
+         append_expr(a, n); /* replaced in place */
+         done[idx] = true;
+      }
+      if (copy) {
+         memcpy(aspen_bsonw_reserve(a->w, end - off), t->data + off,
+                end - off);
+         a->w->len += end - off;
+      }
+      note_written(a, before, klen);
+   }
 }
 
 /* Builds the children of `parent` into the writer from `in` (may be NULL:
@@ -318,9 +376,26 @@ apply_doc(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
                    ? done_local
                    : aspen_xcalloc(parent->n_kids, sizeof *done);
    memset(done, 0, parent->n_kids * sizeof *done);
+   bool top = parent == a->root;
+   size_t before = a->w->len, klen = 0;
+   uint32_t end = 4;
    bson_iter_t it;
-   if (in && bson_iter_init(&it, in)) {
+   if (top && a->given) {
+      walk_table(a, parent, mode, inclusion, done);
+      before = a->w->len;
+   } else if (in && bson_iter_init(&it, in)) {
       while (aspen_bsonw_iter_next(&it) && !a->failed) {
+         if (top) {
+            /* The previous element's output (written under its input key),
+             * then this one's input. */
+            note_written(a, before, klen);
+            before = a->w->len;
+            klen = aspen_bsonw_key_len(&it);
+            end = it.next_off;
+            if (a->in_tab) {
+               aspen_fields_add(a->in_tab, it.off, klen);
+            }
+         }
          size_t idx = 0;
          const node_t *n = find_child(parent, &it, &idx);
          if (!n) {
@@ -352,12 +427,22 @@ apply_doc(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
          }
       }
    }
+   if (top) {
+      note_written(a, before, klen);
+      if (a->in_tab && in && end + 1 == in->len) {
+         /* Every input field seen: the expressions evaluated from here on
+          * find their paths in the table. */
+         aspen_fields_bind(a->in_tab, in);
+         a->ctx->fields = a->in_tab;
+      }
+   }
    /* Computed fields not placed yet, in spec order. */
    for (size_t i = 0; i < parent->n_kids && !a->failed; i++) {
       const node_t *n = &parent->kids[i];
       if (done[i] && !(mode == MODE_PROJECT && n->kind == N_EXPR)) {
          continue;
       }
+      before = a->w->len;
       if (n->kind == N_EXPR) {
          append_expr(a, n);
       } else if (n->kind == N_SUB && n->has_expr && !done[i]) {
@@ -365,6 +450,9 @@ apply_doc(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
                                         n->name_len);
          apply_doc(a, n, mode, inclusion, NULL);
          aspen_bsonw_end(a->w, sub);
+      }
+      if (top) {
+         note_written(a, before, n->name_len);
       }
    }
    if (done != done_local) {
@@ -464,6 +552,12 @@ typedef struct {
    tree_t tree;
    tree_mode_t mode;
    aspen_bsonw_t w; /* the output, reused from document to document */
+   /* $addFields / $set of top-level computed fields only: when none is in
+    * the input (its field table says so), the output is the input's
+    * fields as one span and the computed ones after them. */
+   bool flat;
+   bool flat_top; /* no subtree at the top level (apply_t.given) */
+   aspen_fields_t in_tab, out_tab; /* (apply_t) */
 } shape_t;
 
 static void
@@ -478,18 +572,75 @@ shape_destroy(aspen_stage_t *st)
    }
 }
 
+/* True if no computed field of a flat $addFields is in the input that
+ * `t` describes. */
+static bool
+all_new(const shape_t *s, const aspen_fields_t *t)
+{
+   for (size_t i = 0; i < s->tree.root.n_kids; i++) {
+      const node_t *n = &s->tree.root.kids[i];
+      if (aspen_fields_find(t, n->name, n->name_len) >= 0) {
+         return false;
+      }
+   }
+   return true;
+}
+
+/* A flat $addFields over an input without any of its fields: what
+ * apply_doc writes then (every input field copied, the computed ones
+ * appended in spec order), without walking the input. */
+static bool
+append_new(apply_t *a, const shape_t *s, const aspen_sdoc_t *in)
+{
+   const aspen_fields_t *t = in->fields;
+   size_t body = in->doc->len - 5;
+   memcpy(aspen_bsonw_reserve(a->w, body), bson_get_data(in->doc) + 4, body);
+   a->w->len += body;
+   /* The input's fields are where they were: the writer starts with the
+    * same 4-byte header. */
+   memcpy(a->out_tab->f, t->f, t->n * sizeof t->f[0]);
+   a->out_tab->n = t->n;
+   a->ctx->fields = t;
+   for (size_t i = 0; i < s->tree.root.n_kids && !a->failed; i++) {
+      const node_t *n = &s->tree.root.kids[i];
+      size_t before = a->w->len;
+      append_expr(a, n);
+      note_written(a, before, n->name_len);
+   }
+   return !a->failed;
+}
+
 static bool
 shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 {
    shape_t *s = st->state;
    aspen_expr_ctx_t ctx;
    aspen_stage_expr_ctx(st, in, &ctx);
-   apply_t a = {.ctx = &ctx, .err = err, .w = &s->w};
+   aspen_fields_reset(&s->out_tab);
+   apply_t a = {.ctx = &ctx,
+                .err = err,
+                .w = &s->w,
+                .root = &s->tree.root,
+                .out_tab = &s->out_tab};
    aspen_bsonw_reset(&s->w);
-   bool inclusion = s->mode == MODE_PROJECT && s->tree.inclusion;
-   apply_doc(&a, &s->tree.root, s->mode, inclusion, in->doc);
-   if (a.failed) {
-      return false;
+   bool given = aspen_fields_covers(in->fields, in->doc);
+   if (given && s->flat && all_new(s, in->fields)) {
+      if (!append_new(&a, s, in)) {
+         return false;
+      }
+   } else {
+      if (given) {
+         ctx.fields = in->fields;
+         a.given = s->flat_top ? in->fields : NULL;
+      } else if (s->tree.root.has_expr) {
+         aspen_fields_reset(&s->in_tab);
+         a.in_tab = &s->in_tab;
+      }
+      bool inclusion = s->mode == MODE_PROJECT && s->tree.inclusion;
+      apply_doc(&a, &s->tree.root, s->mode, inclusion, in->doc);
+      if (a.failed) {
+         return false;
+      }
    }
    bson_t out;
    if (!aspen_bsonw_finish(&s->w, &out)) {
@@ -499,9 +650,23 @@ shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
                       s->w.len, (unsigned) ASPEN_MAX_OBJECT_LEN);
       return false;
    }
+   aspen_fields_bind(&s->out_tab, &out);
    aspen_sdoc_t next = *in;
    next.doc = &out;
+   next.fields = &s->out_tab;
    aspen_stage_emit(st, &next);
+   return true;
+}
+
+/* True if no child of the root is a subtree. */
+static bool
+is_flat_top(const node_t *root)
+{
+   for (size_t i = 0; i < root->n_kids; i++) {
+      if (root->kids[i].kind == N_SUB) {
+         return false;
+      }
+   }
    return true;
 }
 
@@ -536,6 +701,11 @@ shape_parse_common(aspen_stage_t *st, const bson_t *spec, tree_mode_t mode,
       }
    }
    tree_mark(&s->tree.root);
+   s->flat = mode == MODE_ADD_FIELDS;
+   for (size_t i = 0; i < s->tree.root.n_kids; i++) {
+      s->flat &= s->tree.root.kids[i].kind == N_EXPR;
+   }
+   s->flat_top = is_flat_top(&s->tree.root);
    return true;
 }
 
@@ -596,6 +766,7 @@ unset_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
          shape_destroy(st);
          return false;
       }
+      s->flat_top = is_flat_top(&s->tree.root);
       return true;
    }
    if (!BSON_ITER_HOLDS_ARRAY(arg)) {
@@ -634,6 +805,7 @@ unset_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
       shape_destroy(st);
       return false;
    }
+   s->flat_top = is_flat_top(&s->tree.root);
    return true;
 }
 

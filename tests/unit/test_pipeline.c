@@ -1161,6 +1161,205 @@ operator_counts(void **state)
    collector_cleanup(&col);
 }
 
+/* The stateless stages' field tables (lang/fields.h: a shaping stage hands
+ * its output's table on; expressions resolve paths through it; a flat
+ * $addFields/$set over new fields appends to the input's span) give the
+ * same outputs, DLQ entries and operator figures as the per-stage path
+ * (tables off), byte for byte, over pipelines that take the fast path and
+ * ones that must not (collisions, dotted and nested fields, $$ROOT,
+ * duplicate keys, arrays, more fields than a table holds, failures). */
+static const char *const fields_pipelines[] = {
+   "[{\"$match\": {\"obs.watts\": {\"$gte\": 50}, \"event_type\": 0}},"
+   " {\"$project\": {\"device_id\": 1, \"group_id\": 1, \"obs\": 1,"
+   "   \"ts\": \"$timestamp\"}},"
+   " {\"$addFields\": {\"kw\": {\"$divide\": [\"$obs.watts\", 1000]},"
+   "   \"hot\": {\"$gt\": [\"$obs.temp\", 20]},"
+   "   \"label\": {\"$concat\": [\"$device_id\", \"-\", {\"$toString\":"
+   " \"$group_id\"}]}}}]",
+   "[{\"$project\": {\"a\": 1, \"b\": 1}},"
+   " {\"$addFields\": {\"a\": {\"$add\": [\"$a\", 1]}, \"n\": \"$b\"}}]",
+   "[{\"$addFields\": {\"x\": \"$a\"}}, {\"$set\": {\"y\": \"$x\"}},"
+   " {\"$set\": {\"z\": [\"$y\", \"$k\", \"$arr.v\"]}}]",
+   "[{\"$project\": {\"x\": \"$o.p\", \"y\": 1, \"_id\": 0}},"
+   " {\"$addFields\": {\"z\": {\"$concat\": [\"$y\", \"!\"]}, \"w\": \"$x\"}}]",
+   "[{\"$unset\": \"a\"}, {\"$addFields\": {\"n\": \"$b\", \"m\": \"$a\"}}]",
+   "[{\"$project\": {\"_id\": 0, \"a\": 1}}, {\"$addFields\": {\"a\": 5}}]",
+   "[{\"$addFields\": {\"o.p\": 1}}, {\"$addFields\": {\"q\": \"$o\"}},"
+   " {\"$addFields\": {\"r\": {\"s\": \"$q.p\"}}}]",
+   "[{\"$project\": {\"a\": 1, \"o\": 1}},"
+   " {\"$addFields\": {\"r\": \"$$ROOT\", \"c\": \"$$CURRENT.a\","
+   "   \"d\": \"$$ROOT.o.p\"}}]",
+   "[{\"$replaceWith\": \"$$ROOT\"}, {\"$addFields\": {\"x\": \"$a\"}}]",
+   "[{\"$addFields\": {\"d\": {\"$divide\": [1, \"$a\"]}}},"
+   " {\"$addFields\": {\"e\": \"$d\"}}]",
+   "[{\"$project\": {\"a\": 0}}, {\"$set\": {\"k2\": \"$b.c\"}}]",
+   "[{\"$match\": {\"a\": {\"$gt\": 0}}}, {\"$project\": {\"a\": 1, \"b\": 1}},"
+   " {\"$match\": {\"b\": {\"$exists\": true}}},"
+   " {\"$addFields\": {\"s\": {\"$add\": [\"$a\", 1]}}}]",
+   "[{\"$unwind\": \"$arr\"}, {\"$addFields\": {\"y\": \"$arr.v\"}}]",
+   "[{\"$addFields\": {\"dup\": \"$k\"}}, {\"$addFields\": {\"dup2\": \"$k\"}}]",
+   "[{\"$set\": {\"f39\": 1, \"g\": \"$f38\"}}, {\"$set\": {\"h\": \"$g\"}}]",
+   "[{\"$project\": {\"arr\": {\"v\": 1}, \"a\": 1}},"
+   " {\"$addFields\": {\"t\": \"$arr.v\", \"u\": {\"$size\": \"$arr\"}}}]",
+   "[{\"$addFields\": {}}, {\"$addFields\": {\"e\": {}}}]",
+   "[{\"$match\": {\"arr\": {\"$elemMatch\": {\"v\": {\"$gte\": 1}}},"
+   "   \"$expr\": {\"$gt\": [\"$a\", 0]}}},"
+   " {\"$project\": {\"arr\": 1, \"a\": 1}}, {\"$set\": {\"q\": \"$a\"}}]",
+   "[{\"$match\": {\"$or\": [{\"o.p\": \"q\"}, {\"k\": 2},"
+   "   {\"arr.v\": 9}, {\"missing\": {\"$exists\": false}}]}},"
+   " {\"$match\": {\"$nor\": [{\"a\": {\"$type\": \"string\"}}]}},"
+   " {\"$addFields\": {\"m\": {\"$multiply\": [\"$a\", 2]}}}]",
+};
+
+static const char *const fields_docs[] = {
+   "{\"device_id\": \"device_1\", \"group_id\": 3, \"timestamp\": \"t\","
+   " \"max_watts\": 450, \"event_type\": 0, \"obs\": {\"watts\": 300,"
+   " \"temp\": 22}}",
+   "{\"_id\": 7, \"a\": 2, \"b\": {\"c\": \"x\"}, \"o\": {\"p\": \"q\"},"
+   " \"y\": \"why\", \"arr\": [{\"v\": 1}, 2, {\"v\": [3]}], \"k\": 1}",
+   "{\"a\": 0, \"b\": null}",
+   "{\"a\": \"s\", \"arr\": [], \"o\": [{\"p\": 1}, {\"p\": 2}]}",
+   "{}",
+   "{\"y\": 5, \"o\": 3}",
+   "{\"k\": 1, \"k\": 2, \"a\": 1}",
+   "{\"x\": 1, \"z\": 2, \"a\": -1, \"arr\": {\"v\": 9}}",
+};
+
+typedef struct {
+   collector_t col;
+   aspen_op_counts_t ops[16];
+   size_t n_ops;
+} fields_run_t;
+
+static void
+fields_run(const char *pipeline_json, bool on, fields_run_t *r)
+{
+   char *json = NULL;
+   size_t cap = strlen(pipeline_json) + 64;
+   json = aspen_xmalloc(cap);
+   snprintf(json, cap, "{\"p\": %s}", pipeline_json);
+   bson_error_t berr;
+   bson_t *wrap = bson_new_from_json((const uint8_t *) json, -1, &berr);
+   free(json);
+   assert_non_null(wrap);
+   bson_iter_t it;
+   assert_true(bson_iter_init_find(&it, wrap, "p"));
+   bson_t stages;
+   assert_true(aspen_bson_view(&it, &stages));
+   /* [$source documents] + the stages. */
+   bson_t def = BSON_INITIALIZER, src;
+   bson_t first;
+   BSON_APPEND_DOCUMENT_BEGIN(&def, "0", &first);
+   BSON_APPEND_DOCUMENT_BEGIN(&first, "$source", &src);
+   bson_t empty;
+   BSON_APPEND_ARRAY_BEGIN(&src, "documents", &empty);
+   bson_append_array_end(&src, &empty);
+   bson_append_document_end(&first, &src);
+   bson_append_document_end(&def, &first);
+   bson_iter_t si;
+   bson_iter_init(&si, &stages);
+   int idx = 1;
+   while (bson_iter_next(&si)) {
+      char key[16];
+      snprintf(key, sizeof key, "%d", idx++);
+      bson_append_value(&def, key, -1, bson_iter_value(&si));
+   }
+   aspen_error_t err;
+   aspen_pipeline_t *pl = aspen_pipeline_parse(
+      &def, aspen_builtins_catalog(), &g_conns, true, false, &err);
+   if (!pl) {
+      fail_msg("%s: %s", pipeline_json, err.message);
+   }
+   collector_attach(&r->col, pl);
+   aspen_fields_set_enabled(on);
+   bson_t meta;
+   source_meta(&meta, -1);
+   /* Each document, and one with more fields than a table holds. */
+   for (size_t i = 0; i <= sizeof fields_docs / sizeof fields_docs[0]; i++) {
+      bson_t *doc;
+      if (i < sizeof fields_docs / sizeof fields_docs[0]) {
+         doc = bson_new_from_json((const uint8_t *) fields_docs[i], -1, &berr);
+         assert_non_null(doc);
+      } else {
+         doc = bson_new();
+         for (int f = 0; f < ASPEN_FIELDS_MAX + 8; f++) {
+            char key[16];
+            snprintf(key, sizeof key, "f%d", f);
+            BSON_APPEND_INT32(doc, key, f);
+         }
+         BSON_APPEND_INT32(doc, "a", 4);
+      }
+      aspen_sdoc_t d = {.doc = doc, .meta = &meta, .ts_ms = TEST_NOW_MS};
+      pl->now_ms = TEST_NOW_MS;
+      aspen_pipeline_push(pl, &d);
+      bson_destroy(doc);
+   }
+   aspen_fields_set_enabled(true);
+   bson_destroy(&meta);
+   aspen__pipeline_publish(pl);
+   r->n_ops = aspen_pipeline_op_count(pl);
+   assert_true(r->n_ops <= 16);
+   aspen_pipeline_snapshot(pl, r->ops, NULL, NULL, NULL);
+   aspen_pipeline_destroy(pl);
+   bson_destroy(&def);
+   bson_destroy(wrap);
+}
+
+static void
+field_tables_same_results(void **state)
+{
+   (void) state;
+   size_t n_pl = sizeof fields_pipelines / sizeof fields_pipelines[0];
+   size_t fast_outputs = 0;
+   /* Each pipeline as it is, and after a $match that lets every document
+    * through (it finds the input's table, so the first stage gets one). */
+   for (size_t p = 0; p < 2 * n_pl; p++) {
+      char pipeline[2048];
+      const char *text = fields_pipelines[p % n_pl];
+      if (p < n_pl) {
+         snprintf(pipeline, sizeof pipeline, "%s", text);
+      } else {
+         snprintf(pipeline, sizeof pipeline, "[{\"$match\": {}}, %s", text + 1);
+      }
+      fields_run_t on, off;
+      fields_run(pipeline, true, &on);
+      fields_run(pipeline, false, &off);
+      if (on.col.n_out != off.col.n_out || on.col.n_dlq != off.col.n_dlq) {
+         fail_msg("%s: %zu/%zu outputs, %zu/%zu DLQ with/without tables",
+                  pipeline, on.col.n_out, off.col.n_out,
+                  on.col.n_dlq, off.col.n_dlq);
+      }
+      for (size_t i = 0; i < on.col.n_out; i++) {
+         const bson_t *a = on.col.out[i], *b = off.col.out[i];
+         if (a->len != b->len ||
+             memcmp(bson_get_data(a), bson_get_data(b), a->len) != 0) {
+            char *ja = cjson(a), *jb = cjson(b);
+            fail_msg("%s: output %zu differs: %s vs %s", pipeline, i, ja,
+                     jb);
+         }
+      }
+      fast_outputs += on.col.n_out;
+      for (size_t i = 0; i < on.col.n_dlq; i++) {
+         const dlq_entry_t *a = &on.col.dlq[i], *b = &off.col.dlq[i];
+         assert_string_equal(a->operator_name, b->operator_name);
+         assert_string_equal(a->reason, b->reason);
+         assert_true(a->doc && b->doc && bson_equal(a->doc, b->doc));
+      }
+      assert_int_equal(on.n_ops, off.n_ops);
+      for (size_t i = 0; i < on.n_ops; i++) {
+         assert_int_equal(on.ops[i].in_count, off.ops[i].in_count);
+         assert_int_equal(on.ops[i].in_size, off.ops[i].in_size);
+         assert_int_equal(on.ops[i].out_count, off.ops[i].out_count);
+         assert_int_equal(on.ops[i].out_size, off.ops[i].out_size);
+         assert_int_equal(on.ops[i].dlq_count, off.ops[i].dlq_count);
+         assert_int_equal(on.ops[i].dlq_size, off.ops[i].dlq_size);
+      }
+      collector_cleanup(&on.col);
+      collector_cleanup(&off.col);
+   }
+   assert_true(fast_outputs > 50);
+}
+
 static void
 run_file(void **state)
 {
@@ -1292,6 +1491,7 @@ main(void)
       cmocka_unit_test(window_state_limit),
       cmocka_unit_test(window_state_autoscales),
       cmocka_unit_test(operator_counts),
+      cmocka_unit_test(field_tables_same_results),
    };
    const size_t n_direct = sizeof direct / sizeof direct[0];
    struct CMUnitTest *tests = aspen_xcalloc(n + n_direct, sizeof *tests);

@@ -1,0 +1,138 @@
+/*
+ * fields.h - a document's top-level field table: where each top-level
+ * element of one BSON document starts and how long its key is, in document
+ * order (fields.c).
+ *
+ * The stateless stages' compiled path: a shaping stage that writes a
+ * document records its top-level elements as it writes them (it knows each
+ * offset and key length already) and hands the table on with the document
+ * (aspen_sdoc_t.fields), and a stage that walks its input records the
+ * input's. Then
+ *  - expressions resolve "$a.b" paths through the table instead of
+ *    scanning the document from its top (aspen_expr_ctx_t.fields);
+ *  - an $addFields / $set whose every field is new to its input (a lookup
+ *    in the table, no walk) copies the input's fields as one span and
+ *    appends the computed ones: the stages after a $project are fused into
+ *    one write.
+ * A table is only trusted for the very bytes it describes
+ * (aspen_fields_covers: the same data pointer and length, complete); any
+ * other document - a copy, a rebuilt one, a table that overflowed - takes
+ * the per-stage path, with the same results.
+ *
+ * Thread-safety: a table belongs to the thread that fills it.
+ */
+#ifndef ASPEN_ENGINE_LANG_FIELDS_H
+#define ASPEN_ENGINE_LANG_FIELDS_H
+
+#include <bson/bson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Documents with more top-level fields than this get no table. */
+#define ASPEN_FIELDS_MAX 32
+
+typedef struct {
+   uint32_t off;  /* the element's type byte, from the document's start */
+   uint32_t klen; /* its key's length */
+} aspen_field_t;
+
+typedef struct {
+   const uint8_t *data; /* the document described (aspen_fields_bind) */
+   uint32_t len;
+   uint32_t n;
+   bool overflow; /* more than ASPEN_FIELDS_MAX: not usable */
+   aspen_field_t f[ASPEN_FIELDS_MAX];
+} aspen_fields_t;
+
+/* Starts an empty table (describing no document yet). */
+static inline void
+aspen_fields_reset(aspen_fields_t *t)
+{
+   t->data = NULL;
+   t->len = 0;
+   t->n = 0;
+   t->overflow = false;
+}
+
+/* Records the next top-level element: it starts at `off` and its key is
+ * `klen` bytes long. */
+static inline void
+aspen_fields_add(aspen_fields_t *t, size_t off, size_t klen)
+{
+   if (t->n == ASPEN_FIELDS_MAX) {
+      t->overflow = true;
+      return;
+   }
+   t->f[t->n].off = (uint32_t) off;
+   t->f[t->n].klen = (uint32_t) klen;
+   t->n++;
+}
+
+/* Says the table describes `doc`, whose top-level elements were all
+ * added. */
+static inline void
+aspen_fields_bind(aspen_fields_t *t, const bson_t *doc)
+{
+   t->data = bson_get_data(doc);
+   t->len = doc->len;
+}
+
+/* Whether tables are used at all (default true; fields.c). Tests turn
+ * them off to compare against the per-stage path; any thread, before a
+ * pipeline runs. */
+extern bool aspen__fields_on;
+void aspen_fields_set_enabled(bool on);
+
+/* True if `t` (may be NULL) describes exactly the document at data/len,
+ * every top-level field of it. */
+static inline bool
+aspen_fields_covers_data(const aspen_fields_t *t, const uint8_t *data,
+                         uint32_t len)
+{
+   return aspen__fields_on && t && !t->overflow && t->data && data &&
+          t->len == len && t->data == data;
+}
+
+/* The same for `doc` (may be NULL). */
+static inline bool
+aspen_fields_covers(const aspen_fields_t *t, const bson_t *doc)
+{
+   return doc && aspen_fields_covers_data(t, bson_get_data(doc), doc->len);
+}
+
+/* Fills `t` from `doc`'s top-level elements (one pass) and binds it:
+ * false, `t` unusable, if the document has more fields than a table holds
+ * or is malformed. */
+bool aspen_fields_scan(aspen_fields_t *t, const bson_t *doc);
+
+/* True if the `n` bytes at `a` and `b` are the same: field names are a
+ * few bytes long, so they are compared in place rather than through a
+ * memcmp call. */
+static inline bool
+aspen_fields_key_eq(const void *a, const void *b, size_t n)
+{
+   const uint8_t *x = a, *y = b;
+   for (size_t i = 0; i < n; i++) {
+      if (x[i] != y[i]) {
+         return false;
+      }
+   }
+   return true;
+}
+
+/* The index in `t` of the first field named `key` (`klen` bytes), -1 if
+ * the document has none (lengths first). The first match is the one a
+ * scan from the top finds (duplicate keys). */
+static inline int
+aspen_fields_find(const aspen_fields_t *t, const char *key, size_t klen)
+{
+   for (uint32_t i = 0; i < t->n; i++) {
+      if (t->f[i].klen == klen &&
+          aspen_fields_key_eq(t->data + t->f[i].off + 1, key, klen)) {
+         return (int) i;
+      }
+   }
+   return -1;
+}
+
+#endif /* ASPEN_ENGINE_LANG_FIELDS_H */
