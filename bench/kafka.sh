@@ -26,29 +26,61 @@
 # exit status is non-zero only if something broke.
 #
 # Options (also as environment variables):
-#   --events N       events in the topic (BENCH_EVENTS, default 1000000)
+#   --events N       events in the topic (BENCH_EVENTS, default 1000000;
+#                    20000 with --callgrind)
 #   --partitions "P ..."  partition counts, one topic each (BENCH_PARTITIONS,
 #                         default "1 4")
+#   --callgrind      also count instructions, which the machine's load does
+#                    not move: aspen runs under valgrind's callgrind, which
+#                    counts its processor thread (proc_main: poll, decode,
+#                    pipeline, encode, produce; not librdkafka's own
+#                    threads), and kcat too (a second run: all its threads,
+#                    its binary has no symbols to pick its loop by); each
+#                    row then adds instructions per event (aspen's rates are
+#                    valgrind's then, not the machine's)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 BUILD=$ROOT/build-bench
 
-EVENTS=${BENCH_EVENTS:-1000000}
+EVENTS=${BENCH_EVENTS:-}
 PARTITIONS=${BENCH_PARTITIONS:-1 4}
+CALLGRIND=
 while [[ $# -gt 0 ]]; do
     case $1 in
         --events) EVENTS=$2; shift 2 ;;
         --partitions) PARTITIONS=$2; shift 2 ;;
-        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --callgrind) CALLGRIND=1; shift ;;
+        -h|--help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "kafka.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 
+if [[ -z $EVENTS ]]; then
+    EVENTS=$([[ -n $CALLGRIND ]] && echo 20000 || echo 1000000)
+fi
+
 # shellcheck source=SCRIPTDIR/lib.sh
 . "$ROOT/bench/lib.sh"
 bench_setup kafka
+
+# Instructions per event from callgrind output files (their totals summed).
+cg_per_event() {
+    awk -v n="$1" '/^summary:/ { ir += $2 }
+        END { printf (ir > 0 ? "%.0f" : "n/a"), ir / n }' "${@:2}"
+}
+if [[ -n $CALLGRIND ]]; then
+    # aspen under callgrind, counting only inside proc_main (the processor
+    # thread), a profile dumped each time a processor's thread ends.
+    cat >"$ASPEN_RUN_DIR/aspen-callgrind" <<SH
+#!/usr/bin/env bash
+exec valgrind --tool=callgrind --toggle-collect=proc_main --dump-after=proc_main \\
+    --callgrind-out-file="$ASPEN_RUN_DIR/aspen.cg.%p" "$ASPEN_BIN" "\$@"
+SH
+    chmod +x "$ASPEN_RUN_DIR/aspen-callgrind"
+    export ASPEN_BIN=$ASPEN_RUN_DIR/aspen-callgrind
+fi
 
 start_kafka
 now_ms() { date +%s%3N; }
@@ -131,7 +163,7 @@ for P in $PARTITIONS; do
     # nMsg.sec, rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec
     raw_rate=$(awk -F', *' '{ printf "%.0f", $10 }' <<<"$perf")
 
-    kcat_rate=n/a kcat_us=n/a
+    kcat_rate=n/a kcat_us=n/a kcat_ir=n/a aspen_ir=n/a
     if command -v kcat >/dev/null 2>&1; then
         log "raw consume with kcat"
         t0=$(now_ms)
@@ -139,38 +171,63 @@ for P in $PARTITIONS; do
         kcat_cpu=$({ time kcat -C -b "$KAFKA_BOOTSTRAP" -t "benchIn-$P" -o beginning -e -q \
             -c "$EVENTS" >/dev/null 2>>"$ASPEN_RUN_DIR/tools.log"; } 2>&1) || true
         kcat_ms=$(($(now_ms) - t0))
+        if [[ -n $CALLGRIND ]]; then
+            # kcat is stripped (no main to toggle on): all its threads.
+            rm -f "$ASPEN_RUN_DIR"/kcat.cg.*
+            valgrind --tool=callgrind \
+                --callgrind-out-file="$ASPEN_RUN_DIR/kcat.cg.%p" \
+                kcat -C -b "$KAFKA_BOOTSTRAP" -t "benchIn-$P" -o beginning -e -q \
+                -c "$EVENTS" >/dev/null 2>>"$ASPEN_RUN_DIR/tools.log" || true
+            kcat_ir=$(cg_per_event "$EVENTS" "$ASPEN_RUN_DIR"/kcat.cg.*)
+        fi
         [[ $kcat_ms -gt 0 ]] && kcat_rate=$((EVENTS * 1000 / kcat_ms))
         kcat_us=$(awk -v n="$EVENTS" '{ printf "%.2f", ($1 + $2) * 1e6 / n }' <<<"$kcat_cpu")
     fi
 
     log "running Kafka \$source -> \$match -> \$emit in aspen ($P partitions)"
     c0=$(cpu_ticks "$aspen_pid")
+    cg_before=$(ls "$ASPEN_RUN_DIR"/aspen.cg.* 2>/dev/null || true)
     out=$(BENCH_EVENTS=$EVENTS BENCH_P=$P MONGOSH_TIMEOUT=900 mongosh_run "$URI" "$ASPEN_RUN_DIR/bench_kafka.js")
     c1=$(cpu_ticks "$aspen_pid")
     res=$(tail -n 1 <<<"$out")
     read -r ms counted emitted < <("$PEERS_PYTHON" -c 'import json,sys; r=json.loads(sys.argv[1]); print(r["ms"], r["counted"], r["emitted"])' "$res")
     aspen_rate=$((counted * 1000 / (ms > 0 ? ms : 1)))
     aspen_us=$(awk -v t=$((c1 - c0)) -v hz="$HZ" -v n="$EVENTS" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')
-    rows+=("$(printf '%s|%s|%s|%s|%s|%s|%s|%s|%s|%s' "$P" \
+    if [[ -n $CALLGRIND ]]; then
+        # The processor's thread ended with its drop: its profile is the
+        # dump that appeared since (wait up to 10 s for valgrind to write it).
+        for _ in $(seq 100); do
+            cg_new=$(comm -13 <(printf '%s\n' "$cg_before") \
+                <(ls "$ASPEN_RUN_DIR"/aspen.cg.* 2>/dev/null || true))
+            [[ -n $cg_new ]] && break
+            sleep 0.1
+        done
+        # shellcheck disable=SC2086 # one file name a line, no spaces
+        [[ -n $cg_new ]] && aspen_ir=$(cg_per_event "$EVENTS" $cg_new)
+    fi
+    rows+=("$(printf '%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s' "$P" \
         "$((EVENTS * 1000 / (produce_ms > 0 ? produce_ms : 1)))" "$raw_rate" \
         "$kcat_rate" "$kcat_us" "$aspen_rate" "$aspen_us" "$emitted" \
-        "$(ratio "$aspen_rate" "$raw_rate")" "$(ratio "$aspen_rate" "$kcat_rate")")")
+        "$(ratio "$aspen_rate" "$raw_rate")" "$(ratio "$aspen_rate" "$kcat_rate")" \
+        "$kcat_ir" "$aspen_ir")")
 done
 rss_kb=$(awk '/^VmHWM/ { print $2 }' "/proc/$aspen_pid/status")
 
 printf 'aspen Kafka benchmark  %s\n' "$(date -u +%FT%TZ)"
-printf 'host: %s, %s CPUs; aspen %s (Release, pid %s); broker: Apache Kafka (KRaft, 1 node); %s events per topic\n' \
+printf 'host: %s, %s CPUs; aspen %s (Release, pid %s%s); broker: Apache Kafka (KRaft, 1 node); %s events per topic\n' \
     "$(uname -m)" "$(nproc)" "$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')" \
-    "$aspen_pid" "$EVENTS"
+    "$aspen_pid" "${CALLGRIND:+, under callgrind}" "$EVENTS"
 for row in "${rows[@]}"; do
-    IFS='|' read -r P prod raw kr kus ar aus em r1 r2 <<<"$row"
+    IFS='|' read -r P prod raw kr kus ar aus em r1 r2 kir air <<<"$row"
     printf -- '--- benchIn-%s: %s partition(s)\n' "$P" "$P"
     printf '%-52s %12s\n' "console producer, events/s" "$prod"
     printf '%-52s %12s\n' "Kafka ConsumerPerformance (raw consume), events/s" "$raw"
     printf '%-52s %12s\n' "kcat (raw consume, librdkafka), events/s" "$kr"
     printf '%-52s %12s\n' "  kcat CPU time per event, us" "$kus"
+    [[ -z $CALLGRIND ]] || printf '%-52s %12s\n' "  kcat (all threads), instructions per event" "$kir"
     printf '%-52s %12s\n' "aspen \$source -> \$match -> \$emit, events/s" "$ar"
     printf '%-52s %12s\n' "  aspen CPU time per event, us" "$aus"
+    [[ -z $CALLGRIND ]] || printf '%-52s %12s\n' "  aspen processor thread, instructions per event" "$air"
     printf '%-52s %12s\n' "  events emitted to benchOut-$P" "$em"
     printf '%-52s %12s\n' "aspen / raw consume" "$r1"
     printf '%-52s %12s\n' "aspen / kcat" "$r2"
