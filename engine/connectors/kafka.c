@@ -491,9 +491,10 @@ simplify(const bson_t *in, bson_t *out, const aspen_kafka_json_opts_t *opts)
    }
 }
 
-char *
-aspen__kafka_json_encode(const bson_t *doc,
-                         const aspen_kafka_json_opts_t *opts, size_t *len)
+void
+aspen__kafka_json_encode_into(const bson_t *doc,
+                              const aspen_kafka_json_opts_t *opts,
+                              aspen_ejson_text_t *t)
 {
    bson_t simple;
    const bson_t *src = doc;
@@ -503,33 +504,35 @@ aspen__kafka_json_encode(const bson_t *doc,
       simplify(doc, &simple, opts);
       src = &simple;
    }
-   size_t n = 0;
    bool canonical = opts->canonical && !opts->basic;
-   char *json = NULL;
-   if (!canonical) {
-      /* Plain JSON values first (wire/ejson.c: libbson's text exactly);
-       * what it declines, libbson writes. */
-      aspen_ejson_text_t t = {0};
-      if (aspen_ejson_write(src, &t)) {
-         json = t.data;
-         n = t.len;
-      } else {
-         aspen_ejson_text_cleanup(&t);
+   /* Plain JSON values first (wire/ejson.c: libbson's text exactly);
+    * what it declines, libbson writes. */
+   if (canonical || !aspen_ejson_write(src, t)) {
+      size_t n = 0;
+      char *json = canonical ? bson_as_canonical_extended_json(src, &n)
+                             : bson_as_relaxed_extended_json(src, &n);
+      if (!json) {
+         json = bson_strdup("{}");
+         n = 2;
       }
-   }
-   if (!json) {
-      json = canonical ? bson_as_canonical_extended_json(src, &n)
-                       : bson_as_relaxed_extended_json(src, &n);
+      free(t->data);
+      t->data = json;
+      t->len = n;
+      t->cap = n + 1;
    }
    if (simplified) {
       bson_destroy(&simple);
    }
-   if (!json) {
-      json = bson_strdup("{}");
-      n = 2;
-   }
-   *len = n;
-   return json;
+}
+
+char *
+aspen__kafka_json_encode(const bson_t *doc,
+                         const aspen_kafka_json_opts_t *opts, size_t *len)
+{
+   aspen_ejson_text_t t = {0};
+   aspen__kafka_json_encode_into(doc, opts, &t);
+   *len = t.len;
+   return t.data;
 }
 
 /* ---- client configuration --------------------------------------------------- */

@@ -13,6 +13,7 @@
 #define ASPEN_ENGINE_CONNECTORS_KAFKA_INT_H
 
 #include "connectors/connections.h"
+#include "ejson.h"
 #include "runtime/pipeline.h"
 #include "runtime/source.h"
 
@@ -86,6 +87,11 @@ typedef struct {
 char *aspen__kafka_json_encode(const bson_t *doc,
                                const aspen_kafka_json_opts_t *opts,
                                size_t *len);
+/* The same into `t` (its text replaced, NUL-terminated, t->len long),
+ * which keeps its buffer for the next call (aspen_ejson_text_cleanup). */
+void aspen__kafka_json_encode_into(const bson_t *doc,
+                                   const aspen_kafka_json_opts_t *opts,
+                                   aspen_ejson_text_t *t);
 
 /* ---- client configuration ---------------------------------------------- */
 

@@ -48,6 +48,8 @@
 #define MAX_TOPICS 1000
 #define OPERATOR "KafkaEmitOperator"
 #define CLOSE_WAIT_MS 5000
+/* Messages produced between two polls for delivery reports. */
+#define POLL_EVERY 64
 
 typedef struct {
    aspen_kafka_client_hdr_t hdr; /* first: the producer's opaque */
@@ -82,6 +84,8 @@ typedef struct {
    int n_resend, cap_resend;
    bool resending;
    bool txn; /* exactly-once: a transactional producer */
+   aspen_ejson_text_t text; /* a value's JSON, its buffer reused */
+   unsigned since_poll;     /* messages produced since the last poll */
    char fatal[ASPEN_ERROR_MSG_MAX];
    int32_t fatal_code;
 } emit_t;
@@ -114,6 +118,7 @@ emit_free_compiled(emit_t *e)
    free(e->resend);
    e->resend = NULL;
    e->n_resend = e->cap_resend = 0;
+   aspen_ejson_text_cleanup(&e->text);
 }
 
 static void
@@ -545,8 +550,20 @@ static void
 dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
    emit_t *e = opaque;
-   bson_t *doc = m->_private;
+   /* The document rides behind the value in the payload (emit_write),
+    * freed with it; a tombstone's is a copy of its own. */
+   bson_t view, *doc = m->_private;
+   bool owned = true;
    (void) rk;
+   if (doc && m->payload && (char *) doc == (char *) m->payload + m->len) {
+      uint32_t len;
+      memcpy(&len, doc, sizeof len);
+      if (!bson_init_static(&view, (const uint8_t *) doc, BSON_UINT32_FROM_LE(len))) {
+         bson_init(&view); /* cannot happen: emit_write copied a valid one */
+      }
+      doc = &view;
+      owned = false;
+   }
    if (m->err && !e->closing) {
       const char *topic = rd_kafka_topic_name(m->rkt);
       /* Exactly-once: a refused message makes the transaction abortable,
@@ -557,7 +574,8 @@ dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
             e->resend = aspen_xrealloc(
                e->resend, (size_t) e->cap_resend * sizeof *e->resend);
          }
-         e->resend[e->n_resend++] = doc; /* the list owns it now */
+         /* the list owns it (a copy of the payload's) now */
+         e->resend[e->n_resend++] = owned ? doc : bson_copy(doc);
          return;
       }
       if (is_per_message(m->err) && doc && !e->txn) {
@@ -570,7 +588,7 @@ dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
          set_fatal(e, topic, m->err, rd_kafka_err2str(m->err));
       }
    }
-   if (doc) {
+   if (doc && owned) {
       bson_destroy(doc);
    }
 }
@@ -918,19 +936,36 @@ emit_write(aspen_runtime_t *rt, void *state, const bson_t *doc,
       buf[3] = (uint8_t) (id >> 8);
       buf[4] = (uint8_t) id;
       value = (char *) buf;
-   } else if (!tombstone) {
-      value = aspen__kafka_json_encode(doc, &e->json, &value_len);
    }
-
-   bson_t *copy = bson_copy(doc); /* for the DLQ if delivery fails */
+   /* One allocation that librdkafka frees after the delivery report: the
+    * value, then the document for the DLQ should delivery fail (dr_cb). A
+    * tombstone has no value: its document is a copy of its own. */
+   char *payload = NULL;
+   void *opaque;
+   if (!tombstone) {
+      const char *text = value;
+      if (!e->avro) {
+         aspen__kafka_json_encode_into(doc, &e->json, &e->text);
+         text = e->text.data;
+         value_len = e->text.len;
+      }
+      payload = bson_malloc(value_len + doc->len); /* librdkafka free()s it */
+      memcpy(payload, text, value_len);
+      memcpy(payload + value_len, bson_get_data(doc), doc->len);
+      opaque = payload + value_len;
+   } else {
+      opaque = bson_copy(doc);
+   }
    for (;;) {
       rd_kafka_resp_err_t pe = rd_kafka_producev(
          e->rk, RD_KAFKA_V_TOPIC(topic_name),
-         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-         RD_KAFKA_V_VALUE(value, value_len), RD_KAFKA_V_KEY(key_buf, key_len),
-         RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(copy), RD_KAFKA_V_END);
+         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+         RD_KAFKA_V_VALUE(payload, value_len),
+         RD_KAFKA_V_KEY(key_buf, key_len), RD_KAFKA_V_HEADERS(hdrs),
+         RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
       if (pe == RD_KAFKA_RESP_ERR_NO_ERROR) {
-         hdrs = NULL; /* the message owns them now */
+         hdrs = NULL;    /* the message owns them now */
+         payload = NULL; /* and the payload */
          break;
       }
       if (pe == RD_KAFKA_RESP_ERR__QUEUE_FULL && !e->fatal[0]) {
@@ -938,7 +973,12 @@ emit_write(aspen_runtime_t *rt, void *state, const bson_t *doc,
          rd_kafka_poll(e->rk, 100);
          continue;
       }
-      bson_destroy(copy);
+      /* Refused: the payload (and a tombstone's copy) stay ours. */
+      bson_free(payload);
+      payload = NULL;
+      if (tombstone) {
+         bson_destroy(opaque);
+      }
       if (e->fatal[0]) {
          aspen_error_set(err, e->fatal_code, "%s", e->fatal);
          ok = false;
@@ -956,7 +996,12 @@ emit_write(aspen_runtime_t *rt, void *state, const bson_t *doc,
       ok = false;
       goto done;
    }
-   rd_kafka_poll(e->rk, 0); /* serve delivery reports */
+   /* Delivery reports are served every POLL_EVERY messages (and by every
+    * flush, which waits for them all). */
+   if (++e->since_poll >= POLL_EVERY) {
+      rd_kafka_poll(e->rk, 0);
+      e->since_poll = 0;
+   }
    goto done;
 
 refuse:
