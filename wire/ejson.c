@@ -468,7 +468,7 @@ put_doc(aspen_ejson_text_t *t, const uint8_t *data, uint32_t len, bool array,
       T_LIT(t, "{ ");
    }
    bool first = true;
-   while (bson_iter_next(&it)) {
+   while (aspen_bsonw_iter_next(&it)) {
       if (!first) {
          T_LIT(t, ", ");
       }

@@ -5,6 +5,7 @@
  */
 #include "connectors/sink_int.h"
 #include "runtime/catalog.h"
+#include "bsonw.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -116,10 +117,20 @@ aspen__sink_stream_meta(const bson_t *doc, bson_t *meta)
    bson_iter_t it;
    uint32_t len;
    const uint8_t *data;
-   if (bson_iter_init_find(&it, doc, "_stream_meta") &&
-       BSON_ITER_HOLDS_DOCUMENT(&it)) {
-      bson_iter_document(&it, &len, &data);
-      return bson_init_static(meta, data, len);
+   if (!bson_iter_init(&it, doc)) {
+      return false;
+   }
+   /* The first _stream_meta, as bson_iter_find would find it, with the
+    * hot-path iterator: this runs for every document a sink writes. */
+   while (aspen_bsonw_iter_next(&it)) {
+      if (aspen_bsonw_key_len(&it) == 12 &&
+          memcmp(it.raw + it.key, "_stream_meta", 12) == 0) {
+         if (!BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            return false;
+         }
+         bson_iter_document(&it, &len, &data);
+         return bson_init_static(meta, data, len);
+      }
    }
    return false;
 }

@@ -523,23 +523,15 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
    return true;
 }
 
-/* Builds {source: {type, topic, partition, offset, key?, headers?}}. A key
- * that does not decode is left out and *key_err says why. */
+/* Appends the message's key (decoded with keyFormat) and headers to `src`.
+ * A key that does not decode is left out and *key_err says why. */
 static void
-build_meta(const ksrc_t *ks, const rd_kafka_message_t *m, bson_t *meta,
-           aspen_error_t *key_err, bool *key_failed)
+append_key_headers(const ksrc_t *ks, const rd_kafka_message_t *m,
+                   bson_t *src, aspen_error_t *key_err, bool *key_failed)
 {
-   bson_t src;
-   bson_init(meta);
-   BSON_APPEND_DOCUMENT_BEGIN(meta, "source", &src);
-   BSON_APPEND_UTF8(&src, "type", "kafka");
-   BSON_APPEND_UTF8(&src, "topic", rd_kafka_topic_name(m->rkt));
-   BSON_APPEND_INT32(&src, "partition", m->partition);
-   BSON_APPEND_INT64(&src, "offset", m->offset);
-   *key_failed = false;
    if (m->key && m->key_len > 0) {
       if (!aspen__kafka_key_decode(ks->opts->key_format, m->key, m->key_len,
-                                   &src, "key", key_err)) {
+                                   src, "key", key_err)) {
          *key_failed = true;
       }
    }
@@ -547,7 +539,7 @@ build_meta(const ksrc_t *ks, const rd_kafka_message_t *m, bson_t *meta,
    if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
        rd_kafka_header_cnt(hdrs) > 0) {
       bson_t arr;
-      BSON_APPEND_ARRAY_BEGIN(&src, "headers", &arr);
+      BSON_APPEND_ARRAY_BEGIN(src, "headers", &arr);
       const char *name;
       const void *val;
       size_t size;
@@ -569,9 +561,60 @@ build_meta(const ksrc_t *ks, const rd_kafka_message_t *m, bson_t *meta,
          }
          bson_append_document_end(&arr, &h);
       }
-      bson_append_array_end(&src, &arr);
+      bson_append_array_end(src, &arr);
    }
-   bson_append_document_end(meta, &src);
+}
+
+/* Writes {source: {type, ts, topic, partition, offset, key?, headers?}}
+ * into `w` and points `meta` at it: ts, the ingestion time, only when
+ * `ingest_ms` is not INT64_MIN (aspen_rt_ingest_stamped's metadata; a
+ * dead letter's has none). The fixed fields are written as bytes, not
+ * with libbson's appenders: this runs for every message. */
+static void
+write_meta(const ksrc_t *ks, const rd_kafka_message_t *m, int64_t ingest_ms,
+           aspen_bsonw_t *w, bson_t *meta, aspen_error_t *key_err,
+           bool *key_failed)
+{
+   bson_value_t v;
+   const char *topic = rd_kafka_topic_name(m->rkt);
+   aspen_bsonw_reset(w);
+   size_t src = aspen_bsonw_begin(w, BSON_TYPE_DOCUMENT, "source", 6);
+   v.value_type = BSON_TYPE_UTF8;
+   v.value.v_utf8.str = (char *) "kafka";
+   v.value.v_utf8.len = 5;
+   aspen_bsonw_value(w, "type", 4, &v);
+   if (ingest_ms != INT64_MIN) {
+      v.value_type = BSON_TYPE_DATE_TIME;
+      v.value.v_datetime = ingest_ms;
+      aspen_bsonw_value(w, "ts", 2, &v);
+   }
+   v.value_type = BSON_TYPE_UTF8;
+   v.value.v_utf8.str = (char *) topic;
+   v.value.v_utf8.len = (uint32_t) strlen(topic);
+   aspen_bsonw_value(w, "topic", 5, &v);
+   v.value_type = BSON_TYPE_INT32;
+   v.value.v_int32 = m->partition;
+   aspen_bsonw_value(w, "partition", 9, &v);
+   v.value_type = BSON_TYPE_INT64;
+   v.value.v_int64 = m->offset;
+   aspen_bsonw_value(w, "offset", 6, &v);
+   *key_failed = false;
+   rd_kafka_headers_t *hdrs = NULL;
+   if ((m->key && m->key_len > 0) ||
+       (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+        rd_kafka_header_cnt(hdrs) > 0)) {
+      bson_t extra = BSON_INITIALIZER;
+      bson_iter_t it;
+      append_key_headers(ks, m, &extra, key_err, key_failed);
+      if (bson_iter_init(&it, &extra)) {
+         while (bson_iter_next(&it)) {
+            aspen_bsonw_element(w, &it);
+         }
+      }
+      bson_destroy(&extra);
+   }
+   aspen_bsonw_end(w, src);
+   (void) aspen_bsonw_finish(w, meta);
 }
 
 static void
@@ -580,17 +623,23 @@ handle(aspen_runtime_t *rt, ksrc_t *ks, const rd_kafka_message_t *m)
    bson_t meta, doc;
    aspen_error_t key_err, err;
    bool key_failed;
+   uint8_t meta_buf[512];
+   aspen_bsonw_t mw;
+   aspen_bsonw_init_static(&mw, meta_buf, sizeof meta_buf);
    aspen_rt_mark(rt, part_key(ks, rd_kafka_topic_name(m->rkt), m->partition),
                  m->offset, NULL);
-   build_meta(ks, m, &meta, &key_err, &key_failed);
+   int64_t ingest_ms = aspen_clock_now_ms(); /* source.ts */
+   write_meta(ks, m, ingest_ms, &mw, &meta, &key_err, &key_failed);
    bool decoded =
       ks->sr ? aspen__sr_decode(ks->sr, m->payload, m->payload ? m->len : 0,
                                 &doc, &err)
              : aspen__kafka_json_decode(m->payload, m->payload ? m->len : 0,
                                         &doc, &err);
    if (!decoded) {
-      /* Not a document: the raw bytes go to the DLQ with the reason. */
+      /* Not a document: the raw bytes go to the DLQ with the reason (and
+       * the metadata without source.ts, never ingested). */
       bson_t raw = BSON_INITIALIZER;
+      write_meta(ks, m, INT64_MIN, &mw, &meta, &key_err, &key_failed);
       aspen__kafka_append_raw(&raw, "value", m->payload, m->payload ? m->len : 0);
       char reason[ASPEN_ERROR_MSG_MAX + 64];
       snprintf(reason, sizeof reason,
@@ -602,6 +651,7 @@ handle(aspen_runtime_t *rt, ksrc_t *ks, const rd_kafka_message_t *m)
       bson_destroy(&raw);
    } else if (key_failed && !ks->opts->key_error_pass_through) {
       char reason[ASPEN_ERROR_MSG_MAX + 64];
+      write_meta(ks, m, INT64_MIN, &mw, &meta, &key_err, &key_failed);
       snprintf(reason, sizeof reason,
                "Failed to deserialize the Kafka message key with keyFormat "
                "%s: %s",
@@ -611,13 +661,14 @@ handle(aspen_runtime_t *rt, ksrc_t *ks, const rd_kafka_message_t *m)
    } else {
       rd_kafka_timestamp_type_t tstype;
       int64_t ts = rd_kafka_message_timestamp(m, &tstype);
-      aspen_rt_ingest(rt, &doc, &meta,
-                      tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE || ts < 0
-                         ? INT64_MIN
-                         : ts);
+      aspen_rt_ingest_stamped(rt, &doc, &meta, ingest_ms,
+                              tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ||
+                                    ts < 0
+                                 ? INT64_MIN
+                                 : ts);
    }
    bson_destroy(&doc);
-   bson_destroy(&meta);
+   aspen_bsonw_cleanup(&mw);
 }
 
 /* Commits the replay offsets of the runtime's last checkpoint, if it wrote

@@ -84,7 +84,7 @@ copy_excluding(const bson_t *doc, const char *skip, aspen_bsonw_t *w)
    size_t skip_len = strlen(skip);
    bson_iter_t it;
    if (bson_iter_init(&it, doc)) {
-      while (bson_iter_next(&it)) {
+      while (aspen_bsonw_iter_next(&it)) {
          if (!key_is(&it, skip, skip_len)) {
             aspen_bsonw_element(w, &it);
          }
@@ -206,7 +206,7 @@ meta_with_ingest_ts(const bson_t *meta, int64_t ingest_ms, aspen_bsonw_t *w,
    bool seen = false;
    aspen_bsonw_reset(w);
    if (bson_iter_init(&it, meta)) {
-      while (bson_iter_next(&it)) {
+      while (aspen_bsonw_iter_next(&it)) {
          if (!key_is(&it, "source", 6) || !BSON_ITER_HOLDS_DOCUMENT(&it)) {
             aspen_bsonw_element(w, &it);
             continue;
@@ -216,7 +216,7 @@ meta_with_ingest_ts(const bson_t *meta, int64_t ingest_ms, aspen_bsonw_t *w,
          seen = true;
          bson_iter_recurse(&it, &src);
          size_t child = aspen_bsonw_begin(w, BSON_TYPE_DOCUMENT, "source", 6);
-         while (bson_iter_next(&src)) {
+         while (aspen_bsonw_iter_next(&src)) {
             if (key_is(&src, "ts", 2)) {
                continue;
             }
@@ -250,13 +250,13 @@ source_dead_letter(aspen_runtime_t *rt, const aspen_sdoc_t *d,
    aspen__dlq_send(rt, d, rt->source->operator_name, reason);
 }
 
-void
-aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
-                int64_t source_ts_ms)
+/* aspen_rt_ingest with `meta` stamped (source.ts = `wall`). */
+static void
+ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
+       int64_t wall, int64_t source_ts_ms)
 {
    aspen_proc_t *proc = rt->proc;
    aspen_pipeline_t *pl = proc->pl;
-   int64_t wall = aspen_clock_now_ms(); /* read once per input */
    int64_t now = wall;
    if (pl->virtual_clock) {
       /* Time comes from the input: "now" is the latest event time seen. */
@@ -266,16 +266,11 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
    }
    rt->last_input_ms = wall;
    int64_t ts = source_ts_ms == INT64_MIN ? now : source_ts_ms;
-   /* The metadata and the document are written into buffers on the stack
-    * (the heap only past them), viewed by static bson_t's for this call. */
-   uint8_t meta_buf[512], doc_buf[1024];
-   aspen_bsonw_t mw, dw;
-   bson_t meta_ts;
-   aspen_bsonw_init_static(&mw, meta_buf, sizeof meta_buf);
+   /* The document is written into a buffer on the stack (the heap only
+    * past it), viewed by a static bson_t for this call. */
+   uint8_t doc_buf[1024];
+   aspen_bsonw_t dw;
    aspen_bsonw_init_static(&dw, doc_buf, sizeof doc_buf);
-   meta_with_ingest_ts(meta ? meta : &rt->source_meta, rt->last_input_ms, &mw,
-                       &meta_ts);
-   meta = &meta_ts;
    atomic_fetch_add(&proc->stats.input_count, 1);
    atomic_fetch_add(&proc->stats.input_size, raw->len);
    pl->src_counts.in_count++;
@@ -297,7 +292,6 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
                   "Failed to extract timestamp from document: %s",
                   err.message);
          source_dead_letter(rt, &as_is, reason);
-         aspen_bsonw_cleanup(&mw);
          return;
       }
       if (v.v.value_type != BSON_TYPE_DATE_TIME) {
@@ -310,7 +304,6 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
          bson_free(json);
          aspen_value_destroy(&v);
          source_dead_letter(rt, &as_is, reason);
-         aspen_bsonw_cleanup(&mw);
          return;
       }
       ts = v.v.value.v_datetime;
@@ -337,8 +330,30 @@ aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
    pl->src_counts.out_size += doc.len;
    aspen_pipeline_push(pl, &sdoc);
    aspen_bsonw_cleanup(&dw);
-   aspen_bsonw_cleanup(&mw);
    fail_if_fatal(rt);
+}
+
+void
+aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
+                int64_t source_ts_ms)
+{
+   int64_t wall = aspen_clock_now_ms(); /* read once per input */
+   /* The metadata with its source.ts, in a buffer on the stack. */
+   uint8_t meta_buf[512];
+   aspen_bsonw_t mw;
+   bson_t meta_ts;
+   aspen_bsonw_init_static(&mw, meta_buf, sizeof meta_buf);
+   meta_with_ingest_ts(meta ? meta : &rt->source_meta, wall, &mw, &meta_ts);
+   ingest(rt, raw, &meta_ts, wall, source_ts_ms);
+   aspen_bsonw_cleanup(&mw);
+}
+
+void
+aspen_rt_ingest_stamped(aspen_runtime_t *rt, const bson_t *raw,
+                        const bson_t *meta, int64_t ingest_ms,
+                        int64_t source_ts_ms)
+{
+   ingest(rt, raw, meta, ingest_ms, source_ts_ms);
 }
 
 void

@@ -59,6 +59,13 @@ struct aspen_source_ops {
  * wallTime) or INT64_MIN for "now"; the $source timeField, when set, wins. */
 void aspen_rt_ingest(aspen_runtime_t *rt, const bson_t *raw,
                      const bson_t *meta, int64_t source_ts_ms);
+/* The same for a source that stamps its metadata itself: `meta` already
+ * holds source.ts = `ingest_ms` (aspen_clock_now_ms(), read when the input
+ * came in) right after source.type, as aspen_rt_ingest would have put it,
+ * so the metadata is not written a second time. */
+void aspen_rt_ingest_stamped(aspen_runtime_t *rt, const bson_t *raw,
+                             const bson_t *meta, int64_t ingest_ms,
+                             int64_t source_ts_ms);
 /* Sends something the source could not turn into a document to the DLQ. */
 void aspen_rt_dead_letter(aspen_runtime_t *rt, const bson_t *doc,
                           const bson_t *meta, const char *reason);

@@ -79,11 +79,17 @@ if (phase === "read") {
   assert(/JSON/.test(d.errInfo.reason), "DLQ reason: " + d.errInfo.reason);
   assert(d.operatorName === "KafkaConsumerOperator", "operatorName");
   assert(d._stream_meta.source.topic === "dailySales", "DLQ entry has its source metadata");
+  // Never ingested: its metadata has no ingestion time (source.ts).
+  assert(JSON.stringify(Object.keys(d._stream_meta.source)) ===
+         '["type","topic","partition","offset","key"]', "DLQ source meta fields: " + JSON.stringify(d._stream_meta));
   const first = kt.sales.findOne({ item: "apple" });
   const src = first._stream_meta.source;
   assert(src.type === "kafka" && src.topic === "dailySales" && src.partition === 0, "source meta: " + JSON.stringify(src));
   assert(src.offset instanceof Long && src.offset.toString() === "0", "offset is a Long: " + JSON.stringify(src));
   assert(src.key === "k1", "string key: " + JSON.stringify(src));
+  // ASP's fields in aspen's order, the ingestion time after the type.
+  assert(JSON.stringify(Object.keys(src)) === '["type","ts","topic","partition","offset","key"]' &&
+         src.ts instanceof Date, "source meta fields: " + JSON.stringify(src));
   assert(first._ts instanceof Date, "_ts is a Date (the Kafka timestamp)");
   sp.sales.stop();
   print("read phase ok");
@@ -175,6 +181,8 @@ if (phase === "emit") {
   assert(r.n === "one", "value round-trips: " + JSON.stringify(r));
   assert(src.topic === "roundrt" && src.partition === 0 && src.offset instanceof Long, "meta: " + JSON.stringify(src));
   assert(src.key === 1, "int key round-trips: " + JSON.stringify(src));
+  assert(JSON.stringify(Object.keys(src)) === '["type","ts","topic","partition","offset","key","headers"]',
+         "source meta fields: " + JSON.stringify(src));
   assert(src.headers.length === 1 && src.headers[0].k === "who" &&
          src.headers[0].v.toString("utf8") === "one" || src.headers[0].v.base64() === "b25l", "headers: " + JSON.stringify(src));
   sp.writer.stop();
