@@ -78,9 +78,17 @@ read_literal(rd_t *r, const char *lit, size_t n)
    return at_delim(r);
 }
 
+/* 10^0 .. 10^22: the powers of ten a double holds exactly. */
+static const double pow10_exact[] = {
+   1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+   1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
 /* -?(0|[1-9][0-9]*)(.[0-9]+)?, then a delimiter: an integer of at most 18
  * digits becomes int32 or int64 as libbson chooses; a decimal fraction
- * (short enough for a stack copy) a double through strtod, as libbson. */
+ * (short enough for a stack copy) a double as strtod reads it, as libbson:
+ * with at most 15 digits in all, digits / 10^fraction-digits, both exact
+ * doubles, whose one IEEE division rounds as strtod does (Clinger's fast
+ * path); longer ones through strtod itself. */
 static bool
 read_number(rd_t *r, const char *key, size_t klen)
 {
@@ -109,13 +117,23 @@ read_number(rd_t *r, const char *key, size_t klen)
       }
       char buf[64];
       size_t n = (size_t) (r->p - start);
+      size_t nf = (size_t) (r->p - frac);
       if (r->p == frac || n >= sizeof buf || !at_delim(r)) {
          return false;
       }
-      memcpy(buf, start, n);
-      buf[n] = '\0';
       v.value_type = BSON_TYPE_DOUBLE;
-      v.value.v_double = strtod(buf, NULL);
+      if (nd + nf <= 15) {
+         uint64_t m = val; /* < 10^15 < 2^53: exact as a double */
+         for (const char *q = frac; q < r->p; q++) {
+            m = m * 10 + (uint64_t) (*q - '0');
+         }
+         double d = (double) m / pow10_exact[nf];
+         v.value.v_double = neg ? -d : d;
+      } else {
+         memcpy(buf, start, n);
+         buf[n] = '\0';
+         v.value.v_double = strtod(buf, NULL);
+      }
    } else {
       if (!at_delim(r)) {
          return false;

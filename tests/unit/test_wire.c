@@ -2839,6 +2839,40 @@ test_ejson_read(void **state)
                     "123456789012345678.25, \"e\": 0.000001}",
                     1);
    ejson_read_check("{\"dup\": 1, \"dup\": \"x\", \"dots.in.key\": 2}", 1);
+   /* Decimal fractions on both sides of the 15-digit fast path (digits /
+    * 10^n) must be strtod's doubles, to the bit: the edges, then a sweep
+    * of every digit count and fraction length with pseudo-random digits. */
+   ejson_read_check("{\"a\": 0.30000000000000004, \"b\": 999999999999999.9, "
+                    "\"c\": 99999999999999.9, \"d\": 0.000000000000001, "
+                    "\"e\": 9007199254740993.0, \"f\": -1.5, \"g\": 0.0, "
+                    "\"h\": 12345678.901234, \"i\": 1.7976931348623157}",
+                    1);
+   uint64_t seed = 0x9e3779b97f4a7c15ull;
+   for (int total = 2; total <= 18; total++) {
+      for (int nf = 1; nf < total; nf++) {
+         for (int k = 0; k < 40; k++) {
+            char json[96], num[40];
+            int n = 0;
+            if (k % 3 == 0) {
+               num[n++] = '-';
+            }
+            for (int i = 0; i < total; i++) {
+               seed ^= seed << 13;
+               seed ^= seed >> 7;
+               seed ^= seed << 17;
+               if (i == total - nf) {
+                  num[n++] = '.';
+               }
+               /* no leading zero before other integer digits */
+               int lo = i == 0 && total - nf > 1 ? 1 : 0;
+               num[n++] = (char) ('0' + lo + (int) (seed % (uint64_t) (10 - lo)));
+            }
+            num[n] = '\0';
+            snprintf(json, sizeof json, "{\"v\": %s}", num);
+            ejson_read_check(json, 1);
+         }
+      }
+   }
    /* declined: libbson's own reader decides */
    const char *declined[] = {
       "{\"$oid\": \"0123456789abcdef01234567\"}",
