@@ -392,6 +392,25 @@ group_timing(const ksrc_t *ks, rd_kafka_conf_t *conf, aspen_error_t *err)
                                 LOCAL_HEARTBEAT_INTERVAL_MS, err);
 }
 
+/* librdkafka 2.0 (Debian's) stops fetching a partition for a fixed 1 s
+ * once its local queue holds queued.min.messages (100 000 by default):
+ * a consumer that drains it in less than that then waits out the rest of
+ * the second, which capped a processor near 100-150 k messages/s
+ * whatever its speed (bench/kafka.sh). A threshold above a second's worth
+ * of processing keeps the queue from running dry; queued.max.messages.kbytes
+ * (64 MB by default) still bounds its memory, and the connection's config
+ * may set either. */
+#define QUEUED_MIN_MESSAGES "500000"
+
+static bool
+fetch_queue(const ksrc_t *ks, rd_kafka_conf_t *conf, aspen_error_t *err)
+{
+   const bson_t *props = aspen__conn_kafka_conf(ks->conn);
+   return (props && bson_has_field(props, "queued.min.messages")) ||
+          aspen__kafka_conf_set(conf, "queued.min.messages",
+                                QUEUED_MIN_MESSAGES, err);
+}
+
 static bool
 kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
 {
@@ -451,7 +470,7 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
       ksrc_free_mem(ks);
       return false;
    }
-   if (!group_timing(ks, conf, err)) {
+   if (!group_timing(ks, conf, err) || !fetch_queue(ks, conf, err)) {
       rd_kafka_conf_destroy(conf);
       ksrc_free_mem(ks);
       return false;
