@@ -2445,6 +2445,23 @@ aspen__eval_charge(aspen__eval_t *st, const aspen_value_t *val)
    return true;
 }
 
+aspen_value_t
+aspen__value_str_make(aspen__eval_t *st, const char *s, size_t len)
+{
+   aspen_expr_scratch_t *sc = st->ctx->scratch;
+   if (sc && len < sc->cap - sc->used) {
+      char *p = sc->buf + sc->used;
+      memcpy(p, s, len);
+      p[len] = '\0';
+      sc->used += len + 1;
+      aspen_value_t out = aspen__value_str_view(p, (uint32_t) len);
+      out.owned = true;
+      out.scratch = true;
+      return out;
+   }
+   return aspen_value_utf8(s, len);
+}
+
 bool
 aspen_expr_eval(const aspen_expr_t *e, const aspen_expr_ctx_t *ctx,
                 aspen_value_t *out, aspen_error_t *err)

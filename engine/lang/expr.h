@@ -49,6 +49,19 @@
 
 typedef struct aspen_expr aspen_expr_t;
 
+/* Caller-provided room for the short strings an evaluation makes
+ * ($concat, $toString of an integer): a string that fits is written here
+ * (no heap string) and its value, owned as a heap one would be, is marked
+ * `scratch` (value.h): valid until the caller sets `used` back to 0 or the
+ * buffer goes away; one that does not fit is a heap string as without a
+ * scratch. The caller resets it only once it is done with every value
+ * evaluated since the last reset. */
+typedef struct {
+   char *buf;
+   size_t cap;
+   size_t used;
+} aspen_expr_scratch_t;
+
 /* mongod's BSONObjMaxInternalSize, 16 MB + 16 KB: the largest document or
  * array an evaluation makes, and the largest document a stage hands on
  * (10334 BSONObjectTooLarge past it). */
@@ -65,6 +78,8 @@ typedef struct {
    /* root's top-level field table (lang/fields.h), or NULL: "$field"
     * paths start from it instead of scanning root when it covers root. */
    const aspen_fields_t *fields;
+   /* Where short computed strings go, or NULL: heap strings. */
+   aspen_expr_scratch_t *scratch;
 } aspen_expr_ctx_t;
 
 /* Compiles the expression held by `it` (any BSON value: a string field path,

@@ -1208,6 +1208,15 @@ static ASPEN__DECL_COMPUTE(compute_to_type)
 {
    conv_opts_t o = {.to = (bson_type_t) e->op->sub, .subtype = 0,
                     .format = FMT_AUTO, .big_endian = false};
+   bson_type_t from = v[0].v.value_type;
+   if (o.to == BSON_TYPE_UTF8 && st->ctx->scratch &&
+       (from == BSON_TYPE_INT32 || from == BSON_TYPE_INT64)) {
+      /* convert()'s integer -> string, into the caller's scratch. */
+      char buf[24];
+      *out = aspen__value_str_make(
+         st, buf, aspen_bytes_dec_int64(aspen__num_to_int64(&v[0]), buf));
+      return true;
+   }
    aspen_error_t cerr;
    if (!convert(&v[0], &o, out, &cerr)) {
       if (st->err) {

@@ -150,6 +150,12 @@ bool aspen__eval_charge(aspen__eval_t *st, const aspen_value_t *val);
  * once `len` bytes passes the limit of a string (`is_string`) or of a
  * document/array, so a loop stops before it holds more. */
 bool aspen__eval_size_ok(aspen__eval_t *st, size_t len, bool is_string);
+/* An owned string value holding a copy of the `len` bytes at `s`: in the
+ * context's scratch (aspen_expr_ctx_t.scratch) when it has room (marked
+ * `scratch`: owned for every decision and limit, never freed), else on the
+ * heap. */
+aspen_value_t aspen__value_str_make(aspen__eval_t *st, const char *s,
+                                    size_t len);
 
 #define ASPEN__MAX_DEPTH 150
 

@@ -55,11 +55,32 @@ cp_count(const char *s, size_t len)
    return n;
 }
 
-/* A growable string that ends up as an owned value. */
+/* A growable string that ends up as an owned value. It starts on the
+ * heap ({0}) or, with `on_stack`, in a caller's buffer (sb_init_stack),
+ * moving to the heap when it outgrows it. */
 typedef struct {
    char *p;
    size_t len, cap;
+   bool on_stack;
 } sbuf_t;
+
+static void
+sb_init_stack(sbuf_t *b, char *buf, size_t cap)
+{
+   b->p = buf;
+   b->len = 0;
+   b->cap = cap;
+   b->on_stack = true;
+   buf[0] = '\0';
+}
+
+static void
+sb_free(sbuf_t *b)
+{
+   if (!b->on_stack) {
+      bson_free(b->p);
+   }
+}
 
 static void
 sb_add(sbuf_t *b, const char *s, size_t n)
@@ -69,7 +90,14 @@ sb_add(sbuf_t *b, const char *s, size_t n)
       while (cap < b->len + n + 1) {
          cap *= 2;
       }
-      b->p = bson_realloc(b->p, cap);
+      if (b->on_stack) {
+         char *p = bson_malloc(cap);
+         memcpy(p, b->p, b->len);
+         b->p = p;
+         b->on_stack = false;
+      } else {
+         b->p = bson_realloc(b->p, cap);
+      }
       b->cap = cap;
    }
    if (n) {
@@ -97,25 +125,33 @@ static const aspen__args_t concat_args = {
    .arg = {{.types = ASPEN__T_STRING, .flags = ASPEN__ARG_NULL, .code = 16702,
             .msg = "$concat only supports strings, not {type}"}}};
 
+/* The result is built on the stack and, when the caller gave a scratch
+ * with room, left there (aspen__value_str_make): no heap string. */
 static ASPEN__DECL_EVAL(eval_concat)
 {
-   sbuf_t b = {0};
+   char small[256];
+   sbuf_t b;
+   sb_init_stack(&b, small, sizeof small);
    for (uint32_t i = 0; i < e->n_args; i++) {
       aspen_value_t v;
       int r = aspen__args_eval_arg(e, st, &concat_args, i, &v, out);
       if (r <= 0) {
-         bson_free(b.p);
+         sb_free(&b);
          return r == 0;
       }
       sb_add(&b, v.v.value.v_utf8.str, v.v.value.v_utf8.len);
       aspen_value_destroy(&v);
       if (!aspen__eval_size_ok(st, b.len, true)) {
-         bson_free(b.p);
+         sb_free(&b);
          *out = ASPEN_VALUE_MISSING;
          return false;
       }
    }
-   *out = sb_finish(&b);
+   if (!b.on_stack) {
+      *out = sb_finish(&b);
+      return true;
+   }
+   *out = aspen__value_str_make(st, b.p, b.len);
    return true;
 }
 

@@ -54,7 +54,7 @@ aspen_value_destroy(aspen_value_t *val)
    if (!val) {
       return;
    }
-   if (val->owned && type_has_heap(val->v.value_type)) {
+   if (val->owned && !val->scratch && type_has_heap(val->v.value_type)) {
       bson_value_destroy(&val->v);
    }
    memset(val, 0, sizeof *val);
@@ -112,7 +112,7 @@ aspen__value_is_view(const aspen_value_t *val)
 void
 aspen__value_own(aspen_value_t *val)
 {
-   if (aspen__value_is_view(val)) {
+   if (aspen__value_is_view(val) || val->scratch) {
       aspen_value_t copy = aspen_value_copy(val);
       *val = copy;
    }

@@ -4,8 +4,9 @@
  * An aspen_value_t wraps a bson_value_t and says whether it owns its heap
  * parts. Values read from a document (a field path) or from a pipeline
  * constant are borrowed views: no copy, valid as long as that document or
- * pipeline lives. Computed values own their storage. Either way the holder
- * calls aspen_value_destroy, which frees only what is owned.
+ * pipeline lives. Computed values own their storage (short strings may sit
+ * in a caller's scratch instead: `scratch`). Either way the holder calls
+ * aspen_value_destroy, which frees only what is owned.
  *
  * A MISSING value (type 0, BSON_TYPE_EOD) stands for an absent field; it is
  * distinct from null, as in MongoDB.
@@ -20,6 +21,11 @@
 typedef struct {
    bson_value_t v;
    bool owned;
+   /* Owned, but its string lives in the caller's scratch (expr.h,
+    * aspen_expr_scratch_t), not on the heap: everything treats it as owned
+    * except aspen_value_destroy, which frees nothing, and aspen__value_own,
+    * which copies it to the heap. */
+   bool scratch;
 } aspen_value_t;
 
 #define ASPEN_VALUE_MISSING ((aspen_value_t){.v = {.value_type = BSON_TYPE_EOD}, .owned = false})

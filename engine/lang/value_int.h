@@ -57,6 +57,7 @@ aspen__value_view(const aspen_value_t *val)
 {
    aspen_value_t out = *val;
    out.owned = false;
+   out.scratch = false;
    return out;
 }
 
@@ -90,8 +91,9 @@ uint32_t aspen__value_child_count(const bson_iter_t *it);
 /* True when the value is borrowed and of a type with heap parts (so it
  * points into storage someone else owns). */
 bool aspen__value_is_view(const aspen_value_t *val);
-/* Makes `val` self-contained: a borrowed string/document/binary/... is
- * deep-copied; scalars and owned values are left alone. */
+/* Makes `val` self-contained: a borrowed string/document/binary/... and
+ * a string in a scratch (value.h) are deep-copied; scalars and other owned
+ * values are left alone. */
 void aspen__value_own(aspen_value_t *val);
 /* An owned string value that takes `s` (bson_malloc'd, NUL-terminated,
  * `len` bytes before the NUL). */

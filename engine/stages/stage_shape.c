@@ -298,6 +298,7 @@ append_expr(apply_t *a, const node_t *n)
    }
    aspen_bsonw_value(a->w, n->name, n->name_len, &v.v);
    aspen_value_destroy(&v);
+   a->ctx->scratch->used = 0; /* v, written, was the last value in it */
 }
 
 /* Records in out_tab the top-level element written from `before` on, if
@@ -616,6 +617,12 @@ shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
    shape_t *s = st->state;
    aspen_expr_ctx_t ctx;
    aspen_stage_expr_ctx(st, in, &ctx);
+   /* Short computed strings are written here rather than on the heap
+    * (append_expr writes each value at once, then empties it). */
+   char scratch_buf[512];
+   aspen_expr_scratch_t scratch = {.buf = scratch_buf,
+                                   .cap = sizeof scratch_buf};
+   ctx.scratch = &scratch;
    aspen_fields_reset(&s->out_tab);
    apply_t a = {.ctx = &ctx,
                 .err = err,

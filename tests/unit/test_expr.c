@@ -481,6 +481,185 @@ test_path_borrows(void **state)
    bson_destroy(doc);
 }
 
+/* The scratch (aspen_expr_ctx_t.scratch) where $concat and $toString of
+ * an integer leave short strings: the same results, errors and messages as
+ * without one, over many inputs, with a scratch that fits, one too small,
+ * and one filled by earlier evaluations; and a short result is really
+ * left in the scratch (no heap string). */
+static void
+scratch_doc(bson_t *doc, int i)
+{
+   bson_decimal128_t dec;
+   bson_init(doc);
+   BSON_APPEND_UTF8(doc, "s", i % 3 ? "device_7" : "h\xc3\xa9llo \xe2\x98\x83");
+   switch (i) {
+   case 0: BSON_APPEND_INT32(doc, "x", 0); break;
+   case 1: BSON_APPEND_INT32(doc, "x", -1); break;
+   case 2: BSON_APPEND_INT32(doc, "x", INT32_MIN); break;
+   case 3: BSON_APPEND_INT32(doc, "x", INT32_MAX); break;
+   case 4: BSON_APPEND_INT64(doc, "x", INT64_MIN); break;
+   case 5: BSON_APPEND_INT64(doc, "x", INT64_MAX); break;
+   case 6: BSON_APPEND_INT64(doc, "x", 1234567890123LL); break;
+   case 7: BSON_APPEND_DOUBLE(doc, "x", -0.0); break;
+   case 8: BSON_APPEND_DOUBLE(doc, "x", NAN); break;
+   case 9: BSON_APPEND_DOUBLE(doc, "x", -INFINITY); break;
+   case 10: BSON_APPEND_DOUBLE(doc, "x", 1e300); break;
+   case 11: BSON_APPEND_DOUBLE(doc, "x", 0.1); break;
+   case 12:
+      bson_decimal128_from_string("-1.50E+3", &dec);
+      BSON_APPEND_DECIMAL128(doc, "x", &dec);
+      break;
+   case 13:
+      bson_decimal128_from_string("NaN", &dec);
+      BSON_APPEND_DECIMAL128(doc, "x", &dec);
+      break;
+   case 14: BSON_APPEND_UTF8(doc, "x", "\xe2\x82\xac 5"); break;
+   case 15: BSON_APPEND_NULL(doc, "x"); break;
+   case 16: break; /* missing */
+   case 17: BSON_APPEND_BOOL(doc, "x", true); break;
+   case 18: BSON_APPEND_DATE_TIME(doc, "x", -62135596800001LL); break;
+   case 19: {
+      bson_t sub;
+      BSON_APPEND_DOCUMENT_BEGIN(doc, "x", &sub);
+      BSON_APPEND_INT32(&sub, "a", 1);
+      bson_append_document_end(doc, &sub);
+      break;
+   }
+   case 20: {
+      char big[301];
+      memset(big, 'b', 300);
+      big[300] = '\0';
+      BSON_APPEND_UTF8(doc, "x", big); /* past the $concat stack buffer */
+      break;
+   }
+   default: {
+      char mid[201];
+      memset(mid, 'm', 200);
+      mid[200] = '\0';
+      BSON_APPEND_UTF8(doc, "x", mid); /* fits it, fills the scratch */
+      break;
+   }
+   }
+}
+
+/* Evaluates e on doc and writes {ok, code, message, v} into *res. */
+static void
+scratch_eval(const aspen_expr_t *e, const bson_t *doc,
+             aspen_expr_scratch_t *sc, bson_t *res)
+{
+   aspen_expr_ctx_t ctx = {.root = doc, .scratch = sc};
+   aspen_value_t v;
+   aspen_error_t err;
+   memset(&err, 0, sizeof err);
+   bool ok = aspen_expr_eval(e, &ctx, &v, &err);
+   bson_init(res);
+   BSON_APPEND_BOOL(res, "ok", ok);
+   if (ok) {
+      aspen_value_append(res, "v", 1, &v);
+      if (v.scratch) {
+         /* Owned as a heap string would be, but in the scratch. */
+         const uint8_t *p = (const uint8_t *) v.v.value.v_utf8.str;
+         assert_true(v.owned);
+         assert_int_equal(v.v.value_type, BSON_TYPE_UTF8);
+         assert_non_null(sc);
+         assert_true(p >= (const uint8_t *) sc->buf &&
+                     p + v.v.value.v_utf8.len < (const uint8_t *) sc->buf +
+                                                   sc->cap);
+      }
+      aspen_value_destroy(&v);
+   } else {
+      BSON_APPEND_INT32(res, "code", err.code);
+      BSON_APPEND_UTF8(res, "message", err.message);
+   }
+}
+
+static void
+test_scratch_same_results(void **state)
+{
+   (void) state;
+   static const char *const exprs[] = {
+      "{'e': {'$toString': '$x'}}",
+      "{'e': {'$concat': ['$s', '-', {'$toString': '$x'}]}}",
+      "{'e': {'$concat': ['$s', '$x']}}",
+      "{'e': {'$concat': ['$x', '$x', '$x']}}",
+      "{'e': {'$concat': []}}",
+      "{'e': {'$concat': ['']}}",
+      "{'e': {'$concat': ['$s', null, {'$toString': '$x'}]}}",
+      "{'e': {'$concat': ['$s', '$nope']}}",
+      "{'e': {'$concat': ['$s', 5]}}",
+      "{'e': {'$concat': [{'$concat': ['$s', '$s']}, {'$toString': '$x'}]}}",
+      "{'e': {'$toUpper': {'$concat': ['$s', {'$toString': '$x'}]}}}",
+      "{'e': {'$strLenCP': {'$concat': ['$s', {'$toString': '$x'}]}}}",
+      "{'e': {'$let': {'vars': {'a': {'$toString': '$x'}}, 'in': "
+      "{'$concat': ['$$a', '/', '$$a']}}}}",
+      "{'e': {'$toString': {'$toString': '$x'}}}",
+      "{'e': {'$toInt': {'$toString': '$x'}}}",
+      "{'e': {'$toLong': '$x'}}",
+      "{'e': [{'$toString': '$x'}, {'$concat': ['$s', '$s']}]}",
+      "{'e': {'k': {'$concat': ['$s', {'$toString': '$x'}]}}}",
+      "{'e': {'$reduce': {'input': {'$range': [0, 40]}, 'initialValue': '', "
+      "'in': {'$concat': ['$$value', {'$toString': '$$this'}, '$s']}}}}",
+      "{'e': {'$eq': [{'$toString': '$x'}, {'$concat': [{'$toString': "
+      "'$x'}]}]}}",
+      "{'e': {'$ifNull': [{'$concat': ['$s', '$x']}, {'$toString': '$x'}]}}",
+      "{'e': {'$cond': [{'$isNumber': '$x'}, {'$toString': '$x'}, "
+      "{'$concat': ['$s']}]}}",
+      "{'e': {'$max': [{'$toString': '$x'}, {'$concat': ['$s', '-']}]}}",
+      "{'e': {'$arrayElemAt': [[{'$toString': '$x'}, '$s'], 0]}}",
+      "{'e': {'$substrBytes': [{'$concat': ['$s', {'$toString': '$x'}]}, "
+      "1, 4]}}",
+   };
+   char big[512], tiny[8];
+   for (size_t k = 0; k < sizeof exprs / sizeof exprs[0]; k++) {
+      bson_t *spec = json(exprs[k]);
+      aspen_expr_t *e = compile(spec, NULL);
+      aspen_expr_scratch_t filled = {.buf = big, .cap = sizeof big};
+      for (int i = 0; i < 22; i++) {
+         bson_t doc, want, got;
+         scratch_doc(&doc, i);
+         scratch_eval(e, &doc, NULL, &want);
+         aspen_expr_scratch_t fits = {.buf = big, .cap = sizeof big};
+         aspen_expr_scratch_t small = {.buf = tiny, .cap = sizeof tiny};
+         aspen_expr_scratch_t *scs[] = {&fits, &small, &filled};
+         for (size_t j = 0; j < 3; j++) {
+            scratch_eval(e, &doc, scs[j], &got);
+            if (!bson_equal(&want, &got)) {
+               char *a = bson_as_relaxed_extended_json(&want, NULL);
+               char *b = bson_as_relaxed_extended_json(&got, NULL);
+               fail_msg("%s on doc %d, scratch %zu: %s vs %s", exprs[k], i,
+                        j, a, b);
+            }
+            bson_destroy(&got);
+         }
+         bson_destroy(&want);
+         bson_destroy(&doc);
+      }
+      assert_true(filled.used <= filled.cap);
+      aspen_expr_destroy(e);
+      bson_destroy(spec);
+   }
+
+   /* A short result is left in the scratch, not on the heap. */
+   bson_t *spec = json("{'e': {'$concat': ['$s', '-', {'$toString': '$x'}]}}");
+   aspen_expr_t *e = compile(spec, NULL);
+   bson_t doc;
+   scratch_doc(&doc, 4);
+   aspen_expr_scratch_t sc = {.buf = big, .cap = sizeof big};
+   aspen_expr_ctx_t ctx = {.root = &doc, .scratch = &sc};
+   aspen_value_t v;
+   aspen_error_t err;
+   assert_true(aspen_expr_eval(e, &ctx, &v, &err));
+   assert_true(v.owned && v.scratch);
+   assert_ptr_equal(v.v.value.v_utf8.str + v.v.value.v_utf8.len + 1,
+                    big + sc.used);
+   assert_string_equal(v.v.value.v_utf8.str,
+                       "device_7--9223372036854775808");
+   aspen_value_destroy(&v);
+   bson_destroy(&doc);
+   aspen_expr_destroy(e);
+   bson_destroy(spec);
+}
+
 static void
 test_get_path(void **state)
 {
@@ -889,6 +1068,7 @@ main(void)
    }
    static const struct CMUnitTest api_tests[] = {
       cmocka_unit_test(test_path_borrows),
+      cmocka_unit_test(test_scratch_same_results),
       cmocka_unit_test(test_get_path),
       cmocka_unit_test(test_is_constant),
       cmocka_unit_test(test_parse_object_dotted),
