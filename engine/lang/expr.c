@@ -2291,14 +2291,26 @@ eval_root_expr(const aspen_expr_t *e, const aspen_expr_ctx_t *ctx,
                const char *const *names, const aspen_value_t *values,
                size_t n_vars, aspen_value_t *out, aspen_error_t *err)
 {
-   aspen_value_t stack_slots[STACK_SLOTS];
-   bool stack_unbound[STACK_SLOTS];
-   aspen_value_t *slots = stack_slots;
-   bool *unbound = stack_unbound;
    aspen_expr_ctx_t empty_ctx = {0};
    if (!ctx) {
       ctx = &empty_ctx;
    }
+   if (e->n_slots == 0 && e->n_ext == 0) {
+      /* No variable at all: nothing to bind (the path most expressions
+       * take, once per field per document). */
+      aspen__eval_t st = {.ctx = ctx, .err = err};
+      *out = ASPEN_VALUE_MISSING;
+      if (!aspen__eval_node(e, &st, out)) {
+         aspen_value_destroy(out);
+         *out = ASPEN_VALUE_MISSING;
+         return false;
+      }
+      return true;
+   }
+   aspen_value_t stack_slots[STACK_SLOTS];
+   bool stack_unbound[STACK_SLOTS];
+   aspen_value_t *slots = stack_slots;
+   bool *unbound = stack_unbound;
    if (e->n_slots > STACK_SLOTS) {
       slots = aspen_xcalloc(e->n_slots, sizeof *slots);
    } else if (e->n_slots) {
