@@ -1515,7 +1515,15 @@ enum { CMP_CMP, CMP_EQ, CMP_NE, CMP_GT, CMP_GTE, CMP_LT, CMP_LTE };
 static ASPEN__DECL_COMPUTE(compute_cmp)
 {
    (void) st;
-   int c = aspen__value_cmp(&v[0], &v[1], true);
+   int c;
+   if (v[0].v.value_type == BSON_TYPE_INT32 &&
+       v[1].v.value_type == BSON_TYPE_INT32) {
+      /* aspen__value_cmp's answer for two ints, without the call. */
+      int32_t x = v[0].v.value.v_int32, y = v[1].v.value.v_int32;
+      c = x < y ? -1 : x > y ? 1 : 0;
+   } else {
+      c = aspen__value_cmp(&v[0], &v[1], true);
+   }
    switch (e->op->sub) {
    case CMP_CMP:
       *out = aspen_value_int32(c < 0 ? -1 : c > 0 ? 1 : 0);

@@ -300,6 +300,13 @@ static ASPEN__DECL_COMPUTE(compute_divide)
 {
    (void) e;
    const aspen_value_t *a = &v[0], *b = &v[1];
+   if (a->v.value_type == BSON_TYPE_INT32 &&
+       b->v.value_type == BSON_TYPE_INT32 && b->v.value.v_int32 != 0) {
+      /* The double path below for two ints, without its calls. */
+      *out = aspen_value_double((double) a->v.value.v_int32 /
+                                (double) b->v.value.v_int32);
+      return true;
+   }
    if (num_rank(a) == NT_DEC || num_rank(b) == NT_DEC) {
       aspen_dec_t den = aspen__num_to_dec(b);
       if (aspen__decimal_is_zero(den)) {

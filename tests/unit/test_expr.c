@@ -660,6 +660,106 @@ test_scratch_same_results(void **state)
    bson_destroy(spec);
 }
 
+/* The int32 fast paths of $cmp/$eq/.../$lte and $divide give what the
+ * general path gives the same numbers as longs (which it takes): values,
+ * errors and messages; and, for other operands (doubles incl. -0.0/NaN/inf,
+ * decimals, strings, null, missing), what aspen_value_compare says. */
+static void
+num_pair_doc(bson_t *doc, int32_t x, int32_t y, bool as_long)
+{
+   bson_init(doc);
+   if (as_long) {
+      BSON_APPEND_INT64(doc, "x", x);
+      BSON_APPEND_INT64(doc, "y", y);
+   } else {
+      BSON_APPEND_INT32(doc, "x", x);
+      BSON_APPEND_INT32(doc, "y", y);
+   }
+}
+
+static void
+test_int_fast_paths(void **state)
+{
+   (void) state;
+   static const char *const ops[] = {"$cmp", "$eq",  "$ne",    "$gt",
+                                     "$gte", "$lt",  "$lte",   "$divide"};
+   static const int32_t nums[] = {0, 1, -1, 2, 3, 7, -7, 1000, 20, 21, 19,
+                                  INT32_MAX, INT32_MIN, INT32_MAX - 1,
+                                  INT32_MIN + 1, 16777217, -16777217};
+   const size_t nn = sizeof nums / sizeof nums[0];
+   for (size_t k = 0; k < sizeof ops / sizeof ops[0]; k++) {
+      char js[96];
+      snprintf(js, sizeof js, "{'e': {'%s': ['$x', '$y']}}", ops[k]);
+      bson_t *spec = json(js);
+      aspen_expr_t *e = compile(spec, NULL);
+      for (size_t i = 0; i < nn; i++) {
+         for (size_t j = 0; j < nn; j++) {
+            bson_t d32, d64, want, got;
+            num_pair_doc(&d32, nums[i], nums[j], false);
+            num_pair_doc(&d64, nums[i], nums[j], true);
+            scratch_eval(e, &d64, NULL, &want);
+            scratch_eval(e, &d32, NULL, &got);
+            if (!bson_equal(&want, &got)) {
+               char *a = bson_as_relaxed_extended_json(&want, NULL);
+               char *b = bson_as_relaxed_extended_json(&got, NULL);
+               fail_msg("%s(%d, %d): %s vs %s", ops[k], nums[i], nums[j], a,
+                        b);
+            }
+            bson_destroy(&want);
+            bson_destroy(&got);
+            bson_destroy(&d32);
+            bson_destroy(&d64);
+         }
+      }
+      aspen_expr_destroy(e);
+      bson_destroy(spec);
+   }
+
+   /* Mixed and non-int operands take the general path, as before. */
+   static const char *const others[] = {
+      "{'x': 20, 'y': 20.0}",
+      "{'x': -0.0, 'y': 0}",
+      "{'x': {'$numberDouble': 'NaN'}, 'y': 1}",
+      "{'x': 1, 'y': {'$numberDouble': 'NaN'}}",
+      "{'x': {'$numberDouble': '-Infinity'}, 'y': -2147483648}",
+      "{'x': 1e300, 'y': 2147483647}",
+      "{'x': 3, 'y': {'$numberDecimal': '3.0'}}",
+      "{'x': {'$numberDecimal': '-1.5'}, 'y': 2}",
+      "{'x': 'h\u00e9', 'y': 5}",
+      "{'x': null, 'y': 5}",
+      "{'y': 5}",
+      "{'x': 9007199254740993, 'y': 9007199254740992.0}",
+   };
+   for (size_t k = 0; k < 7; k++) {
+      char js[96];
+      snprintf(js, sizeof js, "{'e': {'%s': ['$x', '$y']}}", ops[k]);
+      bson_t *spec = json(js);
+      aspen_expr_t *e = compile(spec, NULL);
+      for (size_t i = 0; i < sizeof others / sizeof others[0]; i++) {
+         bson_t *doc = json(others[i]);
+         aspen_value_t x = aspen_expr_get_path(doc, "x");
+         aspen_value_t y = aspen_expr_get_path(doc, "y");
+         int c = aspen__value_cmp(&x, &y, true);
+         bool want[] = {false, c == 0, c != 0, c > 0, c >= 0, c < 0, c <= 0};
+         aspen_expr_ctx_t ctx = {.root = doc};
+         aspen_value_t v;
+         aspen_error_t err;
+         assert_true(aspen_expr_eval(e, &ctx, &v, &err));
+         if (k == 0) {
+            assert_int_equal(v.v.value_type, BSON_TYPE_INT32);
+            assert_int_equal(v.v.value.v_int32, c < 0 ? -1 : c > 0 ? 1 : 0);
+         } else {
+            assert_int_equal(v.v.value_type, BSON_TYPE_BOOL);
+            assert_int_equal(v.v.value.v_bool, want[k]);
+         }
+         aspen_value_destroy(&v);
+         bson_destroy(doc);
+      }
+      aspen_expr_destroy(e);
+      bson_destroy(spec);
+   }
+}
+
 static void
 test_get_path(void **state)
 {
@@ -1069,6 +1169,7 @@ main(void)
    static const struct CMUnitTest api_tests[] = {
       cmocka_unit_test(test_path_borrows),
       cmocka_unit_test(test_scratch_same_results),
+      cmocka_unit_test(test_int_fast_paths),
       cmocka_unit_test(test_get_path),
       cmocka_unit_test(test_is_constant),
       cmocka_unit_test(test_parse_object_dotted),
