@@ -144,17 +144,46 @@ static bool walk_doc(const uint8_t *data, uint32_t len, const mpath_t *p,
                      size_t i, bool leaf_traverse, visit_fn fn,
                      const void *arg);
 
-/* Walks on from component i, found: the iterator is on its element. */
+/* The number of type `t` whose value starts at `v` (int32, int64, double
+ * and date: what bson_iter_value gives for them), in `out`; false for any
+ * other type. */
+static inline bool
+fixed_number(bson_type_t t, const uint8_t *v, bson_value_t *out)
+{
+   uint64_t x;
+   switch (t) {
+   case BSON_TYPE_INT32:
+      out->value_type = t;
+      out->value.v_int32 = (int32_t) aspen_bytes_get_le32(v);
+      return true;
+   case BSON_TYPE_INT64:
+   case BSON_TYPE_DATE_TIME:
+      memcpy(&x, v, sizeof x);
+      out->value_type = t;
+      out->value.v_int64 = (int64_t) BSON_UINT64_FROM_LE(x);
+      return true;
+   case BSON_TYPE_DOUBLE:
+      memcpy(&x, v, sizeof x);
+      x = BSON_UINT64_FROM_LE(x);
+      out->value_type = t;
+      memcpy(&out->value.v_double, &x, sizeof x);
+      return true;
+   default:
+      return false;
+   }
+}
+
+/* Walks on from component i, found: the iterator is on its element (the
+ * type, a sub-document and a number read from the iterator's offsets as
+ * bson_iter_type, bson_iter_document and bson_iter_value read them). */
 static bool
 walk_found(bson_iter_t *it, const mpath_t *p, size_t i, bool leaf_traverse,
            visit_fn fn, const void *arg)
 {
-   bson_type_t t = bson_iter_type(it);
+   bson_type_t t = (bson_type_t) it->raw[it->type];
    if (t == BSON_TYPE_DOCUMENT && i + 1 < p->n) {
-      uint32_t len;
-      const uint8_t *data;
-      bson_iter_document(it, &len, &data);
-      return walk_doc(data, len, p, i + 1, leaf_traverse, fn, arg);
+      return walk_doc(it->raw + it->d1, aspen_bytes_get_le32(it->raw + it->d1),
+                      p, i + 1, leaf_traverse, fn, arg);
    }
    if (t == BSON_TYPE_ARRAY) {
       return walk_array(bson_iter_value(it), p, i + 1, leaf_traverse, fn,
@@ -162,6 +191,10 @@ walk_found(bson_iter_t *it, const mpath_t *p, size_t i, bool leaf_traverse,
    }
    if (i + 1 < p->n) {
       return fn(&missing_value, arg); /* a scalar in the middle */
+   }
+   bson_value_t v;
+   if (fixed_number(t, it->raw + it->d1, &v)) {
+      return fn(&v, arg);
    }
    return fn(bson_iter_value(it), arg);
 }
@@ -190,9 +223,30 @@ walk_top(const uint8_t *data, uint32_t len, const aspen_fields_t *t,
       return walk_doc(data, len, p, 0, leaf_traverse, fn, arg);
    }
    int k = aspen_fields_find(t, p->comp[0], (size_t) p->len[0]);
+   if (k < 0) {
+      return fn(&missing_value, arg);
+   }
+   /* A sub-document to descend into, or a number at the end of the path,
+    * straight from the element's bytes, with the bounds libbson's iterator
+    * checks (wire/bsonw.h, aspen_bsonw_iter_next: the value, then the
+    * next element, inside the document); anything else through it. */
+   uint32_t off = t->f[k].off;
+   uint32_t o = off + t->f[k].klen + 2; /* the value */
+   bson_type_t type = (bson_type_t) data[off];
+   if (type == BSON_TYPE_DOCUMENT && p->n > 1 && o < len - 4) {
+      uint32_t l = aspen_bytes_get_le32(data + o);
+      if (l < len - o) {
+         return walk_doc(data + o, l, p, 1, leaf_traverse, fn, arg);
+      }
+   } else if (p->n == 1 && o < len - 8) {
+      bson_value_t v;
+      if (fixed_number(type, data + o, &v)) {
+         return fn(&v, arg);
+      }
+   }
    bson_iter_t it;
-   if (k < 0 || !bson_iter_init_from_data_at_offset(&it, data, len, t->f[k].off,
-                                                    t->f[k].klen)) {
+   if (!bson_iter_init_from_data_at_offset(&it, data, len, off,
+                                           t->f[k].klen)) {
       return fn(&missing_value, arg);
    }
    return walk_found(&it, p, 0, leaf_traverse, fn, arg);

@@ -345,6 +345,94 @@ match_json(const aspen_matcher_t *m, const char *json,
    return matched;
 }
 
+/* The matcher reads a number at the end of a path, and a sub-document to
+ * descend into, straight from the element's bytes (walk_top through the
+ * field table, walk_found after a scan): pinned against the general path,
+ * the same value as the only element of an array (each element through
+ * bson_iter_value), for every comparison over many values, with and
+ * without a field table. */
+static bool
+match_doc(const aspen_matcher_t *m, const bson_t *doc, bool with_table)
+{
+   aspen_fields_t tab;
+   aspen_expr_ctx_t ctx = {.root = doc};
+   if (with_table) {
+      assert_true(aspen_fields_scan(&tab, doc));
+      ctx.fields = &tab;
+   }
+   bool matched = false;
+   aspen_error_t err = {0};
+   assert_true(aspen_matcher_match(m, doc, &ctx, &matched, &err));
+   return matched;
+}
+
+static void
+test_number_fast_paths(void **state)
+{
+   (void) state;
+   static const char *const vals[] = {
+      "0", "-1", "5", "2147483647", "-2147483648",
+      "{\"$numberLong\": \"5\"}", "{\"$numberLong\": \"-9223372036854775808\"}",
+      "{\"$numberLong\": \"9007199254740993\"}", "0.5", "-0.0", "5.0",
+      "{\"$numberDouble\": \"NaN\"}", "{\"$numberDouble\": \"Infinity\"}",
+      "{\"$numberDouble\": \"-Infinity\"}", "1e300",
+      "{\"$numberDecimal\": \"5\"}", "{\"$date\": {\"$numberLong\": \"5\"}}",
+      "{\"$date\": {\"$numberLong\": \"-1\"}}", "\"h\\u00e9\"", "null", "true",
+      "{\"k\": 1}"};
+   static const char *const ops[] = {"$eq", "$ne", "$gt", "$gte", "$lt",
+                                     "$lte"};
+   const size_t nv = sizeof vals / sizeof vals[0];
+   size_t matched = 0;
+   for (size_t o = 0; o < sizeof ops / sizeof ops[0]; o++) {
+      for (size_t r = 0; r < nv; r++) {
+         if (strcmp(vals[r], "{\"k\": 1}") == 0) {
+            continue;
+         }
+         char js[256];
+         bson_t *f1, *f2;
+         snprintf(js, sizeof js, "{\"a\": {\"%s\": %s}}", ops[o], vals[r]);
+         aspen_matcher_t *top = compile_json(js, &f1);
+         snprintf(js, sizeof js, "{\"o.a\": {\"%s\": %s}}", ops[o], vals[r]);
+         aspen_matcher_t *nested = compile_json(js, &f2);
+         for (size_t x = 0; x < nv; x++) {
+            /* {a: x}, {a: [x]}, {o: {a: x}}, {o: {a: [x]}} */
+            static const char *const pre[4] = {
+               "{\"a\": ", "{\"a\": [", "{\"z\": 1, \"o\": {\"a\": ",
+               "{\"z\": 1, \"o\": {\"a\": ["};
+            static const char *const post[4] = {", \"z\": 1}", "], \"z\": 1}",
+                                                "}}", "]}}"};
+            bson_t *docs[4];
+            for (int k = 0; k < 4; k++) {
+               char dj[256];
+               bson_error_t berr;
+               snprintf(dj, sizeof dj, "%s%s%s", pre[k], vals[x], post[k]);
+               docs[k] = bson_new_from_json((const uint8_t *) dj, -1, &berr);
+               assert_non_null(docs[k]);
+            }
+            bool want = match_doc(top, docs[1], false);
+            bool want_nested = match_doc(nested, docs[3], false);
+            if (match_doc(top, docs[0], true) != want ||
+                match_doc(top, docs[0], false) != want ||
+                match_doc(nested, docs[2], true) != want_nested ||
+                match_doc(nested, docs[2], false) != want_nested ||
+                want != want_nested) {
+               fail_msg("%s %s on %s: fast path differs", ops[o], vals[r],
+                        vals[x]);
+            }
+            matched += want;
+            for (int k = 0; k < 4; k++) {
+               bson_destroy(docs[k]);
+            }
+         }
+         aspen_matcher_destroy(top);
+         aspen_matcher_destroy(nested);
+         bson_destroy(f1);
+         bson_destroy(f2);
+      }
+   }
+   assert_true(matched > 100); /* both outcomes occur */
+}
+
 /* $expr with an explicit context whose root is some other document: the
  * matcher evaluates against the document it is given. */
 static void
@@ -637,6 +725,7 @@ main(void)
    static const struct CMUnitTest direct[] = {
       cmocka_unit_test(test_destroy_null),
       cmocka_unit_test(test_expr_context),
+      cmocka_unit_test(test_number_fast_paths),
       cmocka_unit_test(test_error_codes),
       cmocka_unit_test(test_concurrent_regex),
       cmocka_unit_test(test_large_in),
