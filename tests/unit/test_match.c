@@ -345,6 +345,31 @@ match_json(const aspen_matcher_t *m, const char *json,
    return matched;
 }
 
+/* aspen_fields_key_eq (8 and 4 bytes at a time, then bytes) says what
+ * memcmp says, for every length up to 40, every position of a difference
+ * and unaligned starts. */
+static void
+test_key_eq(void **state)
+{
+   (void) state;
+   uint8_t a[48], b[48];
+   for (size_t i = 0; i < sizeof a; i++) {
+      a[i] = (uint8_t) ('a' + i % 26);
+   }
+   for (size_t shift = 0; shift < 3; shift++) {
+      for (size_t n = 0; n <= 40; n++) {
+         memcpy(b + shift, a + 1, n);
+         assert_true(aspen_fields_key_eq(a + 1, b + shift, n));
+         for (size_t d = 0; d < n; d++) {
+            b[shift + d] ^= 0x80;
+            assert_false(aspen_fields_key_eq(a + 1, b + shift, n));
+            assert_false(aspen_fields_key_eq(b + shift, a + 1, n));
+            b[shift + d] ^= 0x80;
+         }
+      }
+   }
+}
+
 /* The matcher reads a number at the end of a path, and a sub-document to
  * descend into, straight from the element's bytes (walk_top through the
  * field table, walk_found after a scan): pinned against the general path,
@@ -726,6 +751,7 @@ main(void)
       cmocka_unit_test(test_destroy_null),
       cmocka_unit_test(test_expr_context),
       cmocka_unit_test(test_number_fast_paths),
+      cmocka_unit_test(test_key_eq),
       cmocka_unit_test(test_error_codes),
       cmocka_unit_test(test_concurrent_regex),
       cmocka_unit_test(test_large_in),
