@@ -95,6 +95,20 @@ log_push(aspen_runtime_t *rt, const struct pos_entry *e)
    rt->log_len++;
 }
 
+/* The restored checkpoint's high mark of partition `part`: the inputs
+ * below it were read before that checkpoint, so reading them again is a
+ * replay. -1 when the partition had nothing to replay. */
+static int64_t
+restored_high(const aspen_runtime_t *rt, int64_t part)
+{
+   for (size_t i = 0; i < rt->n_restored_high; i++) {
+      if (rt->restored_high[i].part == part) {
+         return rt->restored_high[i].high;
+      }
+   }
+   return -1;
+}
+
 void
 aspen_rt_mark(aspen_runtime_t *rt, int64_t part, int64_t offset,
               const bson_t *token_before)
@@ -105,16 +119,8 @@ aspen_rt_mark(aspen_runtime_t *rt, int64_t part, int64_t offset,
    /* A replay: offsets below the checkpoint's high mark of the partition
     * (partitions interleave differently the second time); for token
     * sources, the first replayCount inputs. */
-   rt->replaying = rt->seq <= rt->replay_count;
-   if (offset >= 0) {
-      rt->replaying = false;
-      for (size_t i = 0; i < rt->n_restored_high; i++) {
-         if (rt->restored_high[i].part == part) {
-            rt->replaying = offset < rt->restored_high[i].high;
-            break;
-         }
-      }
-   }
+   rt->replaying = offset >= 0 ? offset < restored_high(rt, part)
+                               : rt->seq <= rt->replay_count;
    if (offset >= 0) {
       part_get(rt, part, offset)->high = offset + 1;
    }
@@ -241,7 +247,15 @@ checkpoint_body(aspen_runtime_t *rt, uint64_t min_seq, const char *id, bson_t *b
       BSON_APPEND_DOCUMENT_BEGIN(&arr, key, &p);
       BSON_APPEND_INT64(&p, "p", rt->parts[i].part);
       BSON_APPEND_INT64(&p, "replay", rt->parts[i].replay);
-      BSON_APPEND_INT64(&p, "high", rt->parts[i].high);
+      /* Taken while a restore's replay has not yet read a partition back
+       * up to where the restored checkpoint had read it, the high mark
+       * stays that one: the inputs below it were all read (and their DLQ
+       * entries written) before, so a restore from this checkpoint must
+       * count them as replays too; else those inputs, of windows that
+       * closed long ago, would reach the DLQ as late. */
+      int64_t high = restored_high(rt, rt->parts[i].part);
+      BSON_APPEND_INT64(&p, "high",
+                        high > rt->parts[i].high ? high : rt->parts[i].high);
       bson_append_document_end(&arr, &p);
    }
    bson_append_array_end(&pos, &arr);
