@@ -17,7 +17,10 @@
  * uninterrupted run. During that replay the DLQ is not written again (those
  * entries were written before the checkpoint), and the restored watermark
  * makes replayed inputs of windows that had already closed late instead of
- * reopening them. A checkpoint is written only after the sink and the DLQ
+ * reopening them. A checkpoint taken before that replay is over keeps the
+ * restored checkpoint's high marks (Kafka) or the count of inputs still to
+ * replay (tokens), so that a crash then does not turn the rest of the
+ * replay into new inputs. A checkpoint is written only after the sink and the DLQ
  * flushed successfully (aspen_rt_wait, aspen_rt_flush), at start when
  * nothing was restored, every checkpoint interval when the position moved,
  * and on stop and graceful shutdown; a source commits positions to its
@@ -281,7 +284,15 @@ checkpoint_body(aspen_runtime_t *rt, uint64_t min_seq, const char *id, bson_t *b
    }
    bson_destroy(&fig);
    bson_append_document_end(body, &pos);
-   BSON_APPEND_INT64(body, "replayCount", (int64_t) rt->log_len);
+   /* A token source checkpointed before the restore's replay ended: a
+    * restore from here reads those of the restored checkpoint's inputs it
+    * has not read again yet after the log's, and they are replays too
+    * (their DLQ entries were written before). They were counted in the
+    * restored counters, not yet again in this run's. */
+   uint64_t pending = rt->n_parts == 0 && rt->replay_count > rt->seq
+                         ? rt->replay_count - rt->seq
+                         : 0;
+   BSON_APPEND_INT64(body, "replayCount", (int64_t) (rt->log_len + pending));
    int64_t wm = aspen__processor_watermark(proc);
    if (wm != INT64_MIN) {
       BSON_APPEND_INT64(body, "watermark", wm);
@@ -291,7 +302,8 @@ checkpoint_body(aspen_runtime_t *rt, uint64_t min_seq, const char *id, bson_t *b
    bson_t c;
    BSON_APPEND_DOCUMENT_BEGIN(body, "counters", &c);
    BSON_APPEND_INT64(&c, "inputMessageCount",
-                     (int64_t) atomic_load(&proc->stats.input_count));
+                     (int64_t) (atomic_load(&proc->stats.input_count) +
+                                pending));
    BSON_APPEND_INT64(&c, "inputMessageSize",
                      (int64_t) atomic_load(&proc->stats.input_size));
    BSON_APPEND_INT64(&c, "outputMessageCount",

@@ -9,7 +9,9 @@
  *    counts those inputs as replays: a second crash and restore then
  *    sends none of them to the DLQ as late (the flake of
  *    e2e:test_checkpoint_crash), and every window's result counts each of
- *    its inputs once;
+ *    its inputs once; the same for a token source (as a change stream's),
+ *    whose replay is a count of inputs after the token, and whose figures
+ *    still count each input once;
  *  - after a restore, the partition read first (further ahead in event
  *    time) does not make the other partition's inputs late: the restored
  *    partitions hold the watermark back.
@@ -44,9 +46,18 @@
 #define N_PER_PART 30
 #define FAR N_PER_PART
 
+/* The source's mode: partitions and offsets (as Kafka's), or one stream
+ * positioned by resume tokens {o: <next offset>} (as a change stream's);
+ * and an offset whose event time is 1 s (late by then), or -1. */
+static bool g_tokens;
+static int64_t g_late_o;
+
 static int64_t
 event_time(int p, int64_t o)
 {
+   if (o == g_late_o) {
+      return BASE_MS + 1000;
+   }
    return o == FAR ? BASE_MS + 3600 * 1000 + p : BASE_MS + (2 * o + p) * 100;
 }
 
@@ -84,7 +95,13 @@ scripted_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
 {
    (void) err;
    scripted_t *s = aspen_xcalloc(1, sizeof *s);
-   for (int p = 0; p < 2; p++) {
+   const bson_t *pos = aspen_rt_restored_position(rt);
+   bson_iter_t it, o;
+   if (g_tokens && pos && bson_iter_init(&it, pos) &&
+       bson_iter_find_descendant(&it, "token.o", &o)) {
+      s->pos[0] = bson_iter_as_int64(&o);
+   }
+   for (int p = 0; p < 2 && !g_tokens; p++) {
       /* As Kafka's: each partition starts at the checkpoint's offset, and
        * is declared to the window when it is assigned. */
       int64_t off;
@@ -105,11 +122,25 @@ read_one(aspen_runtime_t *rt, scripted_t *s, int p)
    BSON_APPEND_INT64(&doc, "o", o);
    BSON_APPEND_DOCUMENT_BEGIN(&meta, "source", &src);
    BSON_APPEND_UTF8(&src, "type", "scripted");
-   BSON_APPEND_INT32(&src, "partition", p);
-   BSON_APPEND_INT64(&src, "offset", o);
+   if (!g_tokens) {
+      BSON_APPEND_INT32(&src, "partition", p);
+      BSON_APPEND_INT64(&src, "offset", o);
+   }
    bson_append_document_end(&meta, &src);
-   aspen_rt_mark(rt, p, o, NULL);
+   bson_t before = BSON_INITIALIZER, after = BSON_INITIALIZER;
+   BSON_APPEND_INT64(&before, "o", o);
+   BSON_APPEND_INT64(&after, "o", o + 1);
+   if (g_tokens) {
+      aspen_rt_mark(rt, 0, -1, &before);
+   } else {
+      aspen_rt_mark(rt, p, o, NULL);
+   }
    aspen_rt_ingest(rt, &doc, &meta, INT64_MIN);
+   if (g_tokens) {
+      aspen_rt_mark_token(rt, &after);
+   }
+   bson_destroy(&before);
+   bson_destroy(&after);
    bson_destroy(&doc);
    bson_destroy(&meta);
 }
@@ -332,6 +363,8 @@ setup(void **state)
    bson_destroy(pl);
    bson_destroy(opts);
    g_n_out = g_n_dlq = 0;
+   g_tokens = false;
+   g_late_o = -1;
    g_first_dlq[0] = '\0';
    *state = f;
    return 0;
@@ -372,14 +405,15 @@ run_plan(fixture_t *f, const step_t *plan)
    aspen_proc_halt(f->proc);
 }
 
-/* No DLQ entry, and the last result of each window [BASE + k s, + 1 s),
- * k < 6, counts its 10 inputs (a window's result may be emitted again after
- * a crash: at-least-once). */
+/* `dlq` DLQ entries, and the last result of each window [BASE + k s,
+ * + 1 s), k < 6, counts its `want[k]` inputs (a window's result may be
+ * emitted again after a crash: at-least-once). */
 static void
-assert_complete(void)
+assert_results(int dlq, const int64_t want[6])
 {
-   if (g_n_dlq != 0) {
-      fail_msg("%d DLQ entries, the first: %s", g_n_dlq, g_first_dlq);
+   if (g_n_dlq != dlq) {
+      fail_msg("%d DLQ entries, want %d; the first: %s", g_n_dlq, dlq,
+               g_first_dlq);
    }
    for (int k = 0; k < 6; k++) {
       int64_t n = -1;
@@ -388,10 +422,31 @@ assert_complete(void)
             n = g_out[i].n;
          }
       }
-      if (n != 10) {
-         fail_msg("window %d: n = %lld, want 10", k, (long long) n);
+      if (n != want[k]) {
+         fail_msg("window %d: n = %lld, want %lld", k, (long long) n,
+                  (long long) want[k]);
       }
    }
+}
+
+/* The processor's figures count each of `n` inputs once, and `dlq` DLQ
+ * entries. */
+static void
+assert_counted(fixture_t *f, uint64_t n, uint64_t dlq)
+{
+   aspen_proc_stats_t st;
+   aspen_proc_stats(f->proc, &st);
+   assert_int_equal(st.input_count, n);
+   assert_int_equal(st.dlq_count, dlq);
+}
+
+/* Both partitions read: 10 inputs a window, nothing in the DLQ. */
+static void
+assert_complete(fixture_t *f)
+{
+   const int64_t want[6] = {10, 10, 10, 10, 10, 10};
+   assert_results(0, want);
+   assert_counted(f, 2 * (FAR + 1), 0);
 }
 
 /* Run 1 reads every input but the closing ones, partition 0 first; the
@@ -416,7 +471,7 @@ test_checkpoint_during_replay(void **state)
    assert_int_equal(g_n_out, 5); /* [0 s, 1 s) .. [4 s, 5 s) closed */
    run_plan(f, run2);
    run_plan(f, run3);
-   assert_complete();
+   assert_complete(f);
 }
 
 /* After a restore, partition 1 is read to its end (an hour ahead in event
@@ -432,7 +487,32 @@ test_partition_read_first_after_restore(void **state)
                           {END, 0, 0}};
    run_plan(f, run1);
    run_plan(f, run2);
-   assert_complete();
+   assert_complete(f);
+}
+
+/* The same with a token source (one stream, read again from the token of
+ * the first input an open window holds): its offset 27 has an event time
+ * of 1 s, late in run 1 (one DLQ entry). Run 2 reads two of the five
+ * inputs to replay and checkpoints; run 3 replays from the same token,
+ * and input 27 is still a replay, not a second DLQ entry. */
+static void
+test_token_checkpoint_during_replay(void **state)
+{
+   fixture_t *f = *state;
+   g_tokens = true;
+   g_late_o = 27;
+   const step_t run1[] = {{READ, 0, N_PER_PART}, {FLUSH, 0, 0},
+                          {CRASH, 0, 0}};
+   const step_t run2[] = {{READ, 0, 27}, {FLUSH, 0, 0}, {CRASH, 0, 0}};
+   const step_t run3[] = {{READ, 0, FAR + 1}, {END, 0, 0}};
+   run_plan(f, run1);
+   assert_int_equal(g_n_dlq, 1);
+   run_plan(f, run2);
+   run_plan(f, run3);
+   /* One partition: 5 inputs a window, 4 in [5 s, 6 s) without 27. */
+   const int64_t want[6] = {5, 5, 5, 5, 5, 4};
+   assert_results(1, want);
+   assert_counted(f, FAR + 1, 1);
 }
 
 int
@@ -443,6 +523,8 @@ main(void)
       cmocka_unit_test_setup_teardown(test_checkpoint_during_replay, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_partition_read_first_after_restore,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_token_checkpoint_during_replay,
                                       setup, teardown),
    };
    return cmocka_run_group_tests_name("restore", tests, NULL, NULL);
