@@ -14,9 +14,19 @@
  * and the processor recovers by itself when the registry is back. Each
  * request is bounded (CONNECT_MS, REQUEST_MS); the registry's URLs are tried
  * in order.
+ *
+ * A request runs on the client's libcurl multi handle, waited on in short
+ * slices (http_easy.c) between which the processor's stop flag is read: a
+ * stop, drop or shutdown while the registry is slow or dead abandons the
+ * request at once. The message it was for then fails with Interrupted,
+ * which is neither remembered nor logged, and the processor notes the
+ * interruption (aspen_expr_note_interrupted): no DLQ entry, no final
+ * checkpoint past it, so a restart reads that message again.
  */
 #include "connectors/schema_registry.h"
 #include "connectors/http_body.h"
+#include "connectors/http_easy.h"
+#include "lang/expr.h"
 
 #include <curl/curl.h>
 #include <pthread.h>
@@ -49,6 +59,7 @@ struct aspen_sr {
    const aspen_sr_conn_t *conn;
    char *ctx;
    CURL *curl;
+   CURLM *multi; /* what curl runs on, so a stop can end the wait */
    id_entry_t *ids;
    int n_ids, cap_ids;
    subject_entry_t *subjects;
@@ -92,6 +103,9 @@ aspen__sr_destroy(aspen_sr_t *sr)
    if (sr->curl) {
       curl_easy_cleanup(sr->curl);
    }
+   if (sr->multi) {
+      curl_multi_cleanup(sr->multi);
+   }
    free(sr->ctx);
    free(sr);
 }
@@ -101,16 +115,20 @@ aspen__sr_destroy(aspen_sr_t *sr)
 /* One request to `path` (below each URL in turn until one answers): GET,
  * or POST of `post` (JSON). *status is the HTTP status and *resp the
  * parsed JSON body (NULL when it is none). False with err when no URL
- * answered. */
+ * answered, or (Interrupted, noted) when the processor was asked to stop
+ * meanwhile. */
 static bool
 request(aspen_sr_t *sr, const char *path, const char *post, long *status,
         bson_t **resp, aspen_error_t *err)
 {
    *status = 0;
    *resp = NULL;
+   if (!sr->multi) {
+      sr->multi = curl_multi_init();
+   }
    if (!sr->curl) {
       sr->curl = curl_easy_init();
-      if (!sr->curl) {
+      if (!sr->curl || !sr->multi) {
          aspen_error_set(err, ASPEN_ERR_InternalError,
                          "cannot create an HTTP client");
          return false;
@@ -154,9 +172,18 @@ request(aspen_sr_t *sr, const char *path, const char *post, long *status,
          curl_easy_setopt(c, CURLOPT_POSTFIELDS, post);
       }
       curl_err[0] = '\0';
-      CURLcode rc = curl_easy_perform(c);
+      CURLcode rc = aspen__http_easy_perform(
+         sr->multi, c, aspen__http_easy_stop_requested, NULL);
       curl_slist_free_all(hdrs);
       free(url);
+      if (rc == CURLE_ABORTED_BY_CALLBACK) {
+         aspen__http_body_free(&body);
+         aspen_expr_note_interrupted();
+         aspen_error_set(err, ASPEN_ERR_Interrupted,
+                         "the processor is stopping: the schema registry "
+                         "request was abandoned");
+         return false;
+      }
       if (rc != CURLE_OK) {
          aspen__http_body_free(&body);
          if (!curl_err[0]) {
@@ -193,6 +220,23 @@ resp_message(const bson_t *resp)
       return bson_iter_utf8(&it, NULL);
    }
    return "no message";
+}
+
+/* A fetch failed with `ferr`: remembered (its message in `error`, the
+ * next try at *retry_at) and logged, then passed on in err. A fetch the
+ * processor's stop abandoned is only passed on: it says nothing about the
+ * registry. */
+static void
+failed(aspen_sr_t *sr, const aspen_error_t *ferr,
+       char error[ASPEN_ERROR_MSG_MAX], int64_t *retry_at, aspen_error_t *err)
+{
+   if (ferr->code != ASPEN_ERR_Interrupted) {
+      snprintf(error, ASPEN_ERROR_MSG_MAX, "%s", ferr->message);
+      *retry_at = aspen_clock_mono_ms() + RETRY_MS;
+      aspen_logf(ASPEN_LOG_WARNING, ASPEN_LOG_DOMAIN, sr->ctx, "%s",
+                 ferr->message);
+   }
+   aspen_error_set(err, ferr->code, "%s", ferr->message);
 }
 
 /* ---- schemas by id ------------------------------------------------------------ */
@@ -303,12 +347,8 @@ aspen__sr_decode(aspen_sr_t *sr, const void *data, size_t len, bson_t *out,
       }
       aspen_error_t ferr;
       if (!fetch_schema(sr, id, &e->schema, &ferr)) {
-         snprintf(e->error, sizeof e->error, "%s", ferr.message);
-         e->retry_at = aspen_clock_mono_ms() + RETRY_MS;
-         aspen_logf(ASPEN_LOG_WARNING, ASPEN_LOG_DOMAIN, sr->ctx, "%s",
-                    ferr.message);
+         failed(sr, &ferr, e->error, &e->retry_at, err);
          bson_init(out);
-         aspen_error_set(err, ferr.code, "%s", ferr.message);
          return false;
       }
    }
@@ -404,11 +444,7 @@ aspen__sr_subject_id(aspen_sr_t *sr, const char *subject,
    aspen_error_t ferr;
    if (!fetch_subject_id(sr, subject, schema_json, auto_register, &e->id,
                          &ferr)) {
-      snprintf(e->error, sizeof e->error, "%s", ferr.message);
-      e->retry_at = aspen_clock_mono_ms() + RETRY_MS;
-      aspen_logf(ASPEN_LOG_WARNING, ASPEN_LOG_DOMAIN, sr->ctx, "%s",
-                 ferr.message);
-      aspen_error_set(err, ferr.code, "%s", ferr.message);
+      failed(sr, &ferr, e->error, &e->retry_at, err);
       return false;
    }
    e->ok = true;

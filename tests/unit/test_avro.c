@@ -3,7 +3,11 @@
  * and the schema registry client (connectors/schema_registry.c) without a
  * registry: a round trip of every type and logical type, the mapping's
  * values, refusals naming the field, and a registry that is unreachable
- * (the error, then the back-off that answers without asking again).
+ * (the error, then the back-off that answers without asking again), and
+ * one that accepts connections and never answers: a stop of the processor
+ * abandons the request in flight (Interrupted, not remembered), and
+ * without a stop the request's own timeout still ends it with the error
+ * it always gave.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,13 +16,20 @@
 
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "builtins.h"
 #include "connectors/connectors.h"
 #include "connectors/schema_registry.h"
+#include "lang/expr.h"
 
 static const char *const schema_json =
    "{\"type\":\"record\",\"name\":\"R\",\"namespace\":\"t\",\"fields\":["
@@ -195,6 +206,121 @@ test_registry_unreachable(void **state)
    bson_destroy(list);
 }
 
+/* A registry that accepts connections and never answers: a listening
+ * socket. Once its first connection is in (the client's request is on its
+ * way), the thread sets the stop flag `stop`, if any. */
+typedef struct {
+   int fd, conn;
+   atomic_bool *stop;
+} dead_peer_t;
+
+static void *
+dead_peer_main(void *arg)
+{
+   dead_peer_t *d = arg;
+   d->conn = accept(d->fd, NULL, NULL);
+   if (d->stop) {
+      atomic_store(d->stop, true);
+   }
+   return NULL;
+}
+
+/* A socket listening on a free port of 127.0.0.1 (the kernel completes
+ * connections to it whether or not they are accepted). */
+static int
+dead_peer_listen(void)
+{
+   int fd = socket(AF_INET, SOCK_STREAM, 0);
+   struct sockaddr_in a = {.sin_family = AF_INET,
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+   socklen_t len = sizeof a;
+   assert_true(fd >= 0);
+   assert_int_equal(bind(fd, (struct sockaddr *) &a, sizeof a), 0);
+   assert_int_equal(listen(fd, 4), 0);
+   assert_int_equal(getsockname(fd, (struct sockaddr *) &a, &len), 0);
+   return fd;
+}
+
+/* A registry client of the peer listening on `fd`; the caller frees it
+ * and cleans *conns up. */
+static aspen_sr_t *
+dead_peer_client(int fd, aspen_conns_t *conns)
+{
+   struct sockaddr_in a;
+   socklen_t len = sizeof a;
+   assert_int_equal(getsockname(fd, (struct sockaddr *) &a, &len), 0);
+   char json[256];
+   snprintf(json, sizeof json,
+            "[{\"name\": \"r\", \"type\": \"schemaRegistry\","
+            " \"schemaRegistryUrls\": \"http://127.0.0.1:%u/\"}]",
+            (unsigned) ntohs(a.sin_port));
+   bson_error_t berr;
+   aspen_error_t err;
+   bson_t *list = bson_new_from_json((const uint8_t *) json, -1, &berr);
+   assert_non_null(list);
+   assert_true(aspen_conns_load(conns, aspen_builtins_catalog(), list, NULL,
+                                NULL, &err));
+   bson_destroy(list);
+   return aspen__sr_new(
+      aspen__conn_schema_registry(aspen_conns_find(conns, "r")), "test");
+}
+
+/* The processor is stopped while its schema registry request waits on a
+ * peer that never answers: the request is abandoned (Interrupted), the
+ * interruption noted (so the message is neither dead-lettered nor covered
+ * by a final checkpoint), and nothing remembered: the next request, with
+ * no stop, asks again and ends by its own timeout with the error a dead
+ * registry always gave. The same for a subject's id ($emit). */
+static void
+test_registry_dead_peer_stop(void **state)
+{
+   (void) state;
+   atomic_bool stop = false;
+   aspen_expr_set_interrupt(&stop);
+   aspen_conns_t conns;
+   int fd = dead_peer_listen();
+   aspen_sr_t *sr = dead_peer_client(fd, &conns);
+   dead_peer_t peer = {.fd = fd, .conn = -1, .stop = &stop};
+   pthread_t th;
+   assert_int_equal(pthread_create(&th, NULL, dead_peer_main, &peer), 0);
+   const uint8_t msg[] = {0, 0, 0, 0, 5, 2};
+   bson_t out;
+   aspen_error_t err;
+   assert_false(aspen__sr_decode(sr, msg, sizeof msg, &out, &err));
+   bson_destroy(&out);
+   pthread_join(th, NULL);
+   assert_true(peer.conn >= 0); /* it was asking when the stop came */
+   assert_int_equal(err.code, ASPEN_ERR_Interrupted);
+   assert_non_null(strstr(err.message, "stopping"));
+   assert_true(aspen_expr_interrupted());
+
+   /* A subject's id, stopped the same way. */
+   aspen_expr_set_interrupt(&stop);
+   uint32_t id;
+   assert_false(aspen__sr_subject_id(sr, "s-value", schema_json, true, &id,
+                                     &err));
+   assert_int_equal(err.code, ASPEN_ERR_Interrupted);
+
+   /* No stop: the request's timeout ends it, with today's error. */
+   atomic_store(&stop, false);
+   aspen_expr_set_interrupt(&stop);
+   peer.stop = NULL;
+   close(peer.conn);
+   assert_int_equal(pthread_create(&th, NULL, dead_peer_main, &peer), 0);
+   assert_false(aspen__sr_decode(sr, msg, sizeof msg, &out, &err));
+   bson_destroy(&out);
+   pthread_join(th, NULL);
+   assert_int_equal(err.code, ASPEN_ERR_HostUnreachable);
+   assert_non_null(strstr(err.message, "the schema registry is unreachable"));
+   assert_non_null(strstr(err.message, "timed out"));
+   assert_false(aspen_expr_interrupted());
+   aspen_expr_set_interrupt(NULL);
+   close(peer.conn);
+   close(fd);
+   aspen__sr_destroy(sr);
+   aspen_conns_cleanup(&conns);
+}
+
 static void
 test_connection_refusals(void **state)
 {
@@ -250,6 +376,7 @@ main(void)
       cmocka_unit_test(test_round_trip),
       cmocka_unit_test(test_refusals),
       cmocka_unit_test(test_registry_unreachable),
+      cmocka_unit_test(test_registry_dead_peer_stop),
       cmocka_unit_test(test_connection_refusals),
    };
    return cmocka_run_group_tests(tests, NULL, NULL);
