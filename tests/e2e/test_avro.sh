@@ -11,7 +11,10 @@
 #   - avro_in -> $tumblingWindow -> $merge: the window's results are right;
 #   - the refusals of bad schemaRegistry options, and the connection's listing;
 #   - a registry outage: what cannot be decoded goes to the DLQ, the
-#     processor runs on and decodes again once the registry is back.
+#     processor runs on and decodes again once the registry is back;
+#   - a registry that never answers (http_peer.py's /stall): a stop while
+#     the processor waits for a schema returns STOPPED without an error, and
+#     the message it was decoding is not dead-lettered (read again later).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=peers.sh
@@ -27,6 +30,8 @@ must "backing server starts" start_backing
 KAFKA_FRESH=1
 must "Kafka broker starts" start_kafka
 must "schema registry starts" start_registry
+STALL_PORT=$(free_port)
+must "a registry that never answers starts (http_peer.py /stall)" start_http_peer stall "$STALL_PORT"
 must "topics avro_in, avro_out" kafka_create_topic avro_in 1 2>>"$ASPEN_RUN_DIR/tools.log"
 kafka_create_topic avro_out 1 2>>"$ASPEN_RUN_DIR/tools.log"
 cat >"$CONFIG" <<JSON
@@ -36,7 +41,9 @@ cat >"$CONFIG" <<JSON
   { "name": "registry", "type": "schemaRegistry", "provider": "CONFLUENT",
     "schemaRegistryUrls": ["$REGISTRY_URL"],
     "schemaRegistryAuthentication": { "type": "USER_INFO", "username": "reader",
-                                      "password": "s3cret" } } ] }
+                                      "password": "s3cret" } },
+  { "name": "stalled", "type": "schemaRegistry", "provider": "CONFLUENT",
+    "schemaRegistryUrls": ["http://127.0.0.1:$STALL_PORT/stall"] } ] }
 JSON
 PORT=$(free_port)
 URI="mongodb://127.0.0.1:$PORT/"
@@ -70,6 +77,24 @@ must "registry starts again on its port" start_registry "$REGISTRY_PORT"
 check "after the outage: new records decoded" \
     "${CLIENT[@]}" produce "$KAFKA_BOOTSTRAP" "$REGISTRY_URL" avro_in 3 100 ""
 check "after the outage: the new records merged" phase recovered
+# The stalled registry: a stop must not wait for a schema request that
+# nothing answers (the request's own timeout is 5 s).
+stall_in_flight() { # until the peer holds a schema request
+    local i
+    for (( i = 0; i < 600; i++ )); do
+        "$PEERS_PYTHON" - "$STALL_PORT" <<'PY' && return 0
+import json, sys, urllib.request
+hits = json.load(urllib.request.urlopen("http://127.0.0.1:%s/hits" % sys.argv[1], timeout=5))
+sys.exit(0 if any(p.startswith("/stall/schemas/ids/") for p in hits) else 1)
+PY
+        sleep 0.1
+    done
+    return 1
+}
+check "a processor whose registry never answers starts" phase stall_start
+check "its schema request waits on the registry" stall_in_flight
+check "stopped meanwhile: STOPPED, no error, the message not dead-lettered" phase stall_stop
+check "the stalled registry stops" stop_http_peer stall
 check "aspen stops cleanly, no sanitizer report" stop_aspen
 check "registry stops" stop_registry
 check "Kafka broker stops" stop_kafka

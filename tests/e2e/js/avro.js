@@ -96,6 +96,30 @@ if (phase === "start") {
   sp.late.stop();
   sp.late.drop();
   print("recovered ok");
+} else if (phase === "stall_start") {
+  // "stalled" reads avro_in through a registry that never answers.
+  sp.createStreamProcessor("stalled", [
+    { $source: Object.assign({}, src, { schemaRegistry: { connectionName: "stalled" } }) },
+    { $merge: { into: { connectionName: "atlas", db: "av", coll: "stalled" } } }],
+    dlq("stalled_dlq"));
+  sp.stalled.start();
+  print("stall_start ok");
+} else if (phase === "stall_stop") {
+  // Its first schema request waits on the registry (the test saw it
+  // arrive). The stop abandons it: the message it was for is neither
+  // decoded nor dead-lettered (no checkpoint covers it: a restart reads it
+  // again), and the processor stops as any other, without an error.
+  sp.stalled.stop();
+  const p = sp.listStreamProcessors().find(x => x.name === "stalled");
+  assert(p.state === "STOPPED" && !p.errorMsg,
+         "stopped without an error: " + p.state + " " + p.errorMsg);
+  const st = sp.stalled.stats().stats;
+  assert(Number(st.dlqMessageCount) === 0 && av.stalled_dlq.countDocuments() === 0,
+         "nothing dead-lettered: " + EJSON.stringify(st) + " " +
+         EJSON.stringify(av.stalled_dlq.find().toArray()));
+  assert(av.stalled.countDocuments() === 0, "nothing decoded");
+  sp.stalled.drop();
+  print("stall_stop ok");
 } else if (phase === "refusals") {
   const bad = (stage, re) => {
     let msg = "";
