@@ -10,6 +10,7 @@
  */
 #include "connectors/kinesis_int.h"
 #include "connectors/connectors.h"
+#include "connectors/http_easy.h"
 #include "runtime/source.h"
 
 #include <openssl/evp.h>
@@ -216,7 +217,9 @@ aspen__kinesis_call(const aspen_kinesis_target_t *t, const char *op,
          snprintf(msg, size, "%s", err.message);
          return ASPEN_KINESIS_AUTH;
       }
-      CURLcode cc = curl_easy_perform(r->h);
+      /* Waited on in slices: a stop (the processor is stopped while it
+       * starts) ends the wait at once, not after the request's timeout. */
+      CURLcode cc = aspen__http_easy_perform(NULL, r->h, stop, arg);
       aspen_kinesis_status_t st =
          aspen__kinesis_req_result(r, cc, reply, msg, size);
       aspen__kinesis_req_destroy(r);

@@ -4,8 +4,9 @@
  * Kinesis Data Streams API -- JSON over HTTP POST, signed with SigV4
  * (aws.c) -- as a libcurl easy handle that the $source
  * (source_kinesis.c) and the $emit sink (sink_emit_kinesis.c) drive on
- * their own curl multi handle, plus a blocking call for what runs once at
- * open. Processor thread, except the connection accessor.
+ * their own curl multi handle, plus a call that waits (ended early by a
+ * stop) for what runs once at open. Processor thread, except the
+ * connection accessor.
  */
 #ifndef ASPEN_ENGINE_CONNECTORS_KINESIS_INT_H
 #define ASPEN_ENGINE_CONNECTORS_KINESIS_INT_H
@@ -85,8 +86,9 @@ aspen_kinesis_status_t aspen__kinesis_req_result(aspen_kinesis_req_t *r,
                                                  char *msg, size_t size);
 
 /* Calls `op` and waits for the answer, retrying RETRY outcomes until
- * `timeout_ms` passed or `stop(arg)` says so (NULL: never). For what runs
- * once when a stage opens. */
+ * `timeout_ms` passed or `stop(arg)` says so (NULL: never); a request in
+ * flight is abandoned as soon as it does (aspen__http_easy_perform). For
+ * what runs once when a stage opens. */
 aspen_kinesis_status_t aspen__kinesis_call(const aspen_kinesis_target_t *t,
                                            const char *op, const bson_t *body,
                                            bson_t *reply, int64_t timeout_ms,

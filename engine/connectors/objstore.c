@@ -37,6 +37,7 @@
  */
 #include "connectors/objstore.h"
 #include "connectors/connectors.h"
+#include "connectors/http_easy.h"
 #include "connectors/kafka_int.h"
 #include "connectors/sink_int.h"
 
@@ -925,7 +926,10 @@ aspen__objstore_open(const aspen_objstore_backend_t *be, aspen_runtime_t *rt,
       curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 10000L);
       curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
       curl_easy_setopt(h, CURLOPT_WRITEDATA, &probe);
-      CURLcode rc = curl_easy_perform(h);
+      /* On the sink's multi handle, waited on in slices: a stop while
+       * the processor starts ends the wait at once. */
+      CURLcode rc = aspen__http_easy_perform(
+         s->multi, h, aspen__http_easy_stop_requested, NULL);
       long status = 0;
       curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
       if (rc != CURLE_OK) {

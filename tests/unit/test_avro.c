@@ -16,19 +16,14 @@
 
 #include <cmocka.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include "builtins.h"
 #include "connectors/connectors.h"
 #include "connectors/schema_registry.h"
+#include "dead_peer.h"
 #include "lang/expr.h"
 
 static const char *const schema_json =
@@ -206,54 +201,15 @@ test_registry_unreachable(void **state)
    bson_destroy(list);
 }
 
-/* A registry that accepts connections and never answers: a listening
- * socket. Once its first connection is in (the client's request is on its
- * way), the thread sets the stop flag `stop`, if any. */
-typedef struct {
-   int fd, conn;
-   atomic_bool *stop;
-} dead_peer_t;
-
-static void *
-dead_peer_main(void *arg)
-{
-   dead_peer_t *d = arg;
-   d->conn = accept(d->fd, NULL, NULL);
-   if (d->stop) {
-      atomic_store(d->stop, true);
-   }
-   return NULL;
-}
-
-/* A socket listening on a free port of 127.0.0.1 (the kernel completes
- * connections to it whether or not they are accepted). */
-static int
-dead_peer_listen(void)
-{
-   int fd = socket(AF_INET, SOCK_STREAM, 0);
-   struct sockaddr_in a = {.sin_family = AF_INET,
-                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-   socklen_t len = sizeof a;
-   assert_true(fd >= 0);
-   assert_int_equal(bind(fd, (struct sockaddr *) &a, sizeof a), 0);
-   assert_int_equal(listen(fd, 4), 0);
-   assert_int_equal(getsockname(fd, (struct sockaddr *) &a, &len), 0);
-   return fd;
-}
-
-/* A registry client of the peer listening on `fd`; the caller frees it
- * and cleans *conns up. */
+/* A registry client of a registry at 127.0.0.1:`port`; the caller frees
+ * it and cleans *conns up. */
 static aspen_sr_t *
-dead_peer_client(int fd, aspen_conns_t *conns)
+dead_peer_client(unsigned port, aspen_conns_t *conns)
 {
-   struct sockaddr_in a;
-   socklen_t len = sizeof a;
-   assert_int_equal(getsockname(fd, (struct sockaddr *) &a, &len), 0);
    char json[256];
    snprintf(json, sizeof json,
             "[{\"name\": \"r\", \"type\": \"schemaRegistry\","
-            " \"schemaRegistryUrls\": \"http://127.0.0.1:%u/\"}]",
-            (unsigned) ntohs(a.sin_port));
+            " \"schemaRegistryUrls\": \"http://127.0.0.1:%u/\"}]", port);
    bson_error_t berr;
    aspen_error_t err;
    bson_t *list = bson_new_from_json((const uint8_t *) json, -1, &berr);
@@ -278,18 +234,15 @@ test_registry_dead_peer_stop(void **state)
    atomic_bool stop = false;
    aspen_expr_set_interrupt(&stop);
    aspen_conns_t conns;
-   int fd = dead_peer_listen();
-   aspen_sr_t *sr = dead_peer_client(fd, &conns);
-   dead_peer_t peer = {.fd = fd, .conn = -1, .stop = &stop};
-   pthread_t th;
-   assert_int_equal(pthread_create(&th, NULL, dead_peer_main, &peer), 0);
+   dead_peer_t peer;
+   aspen_sr_t *sr = dead_peer_client(dead_peer_open(&peer, &stop), &conns);
+   dead_peer_accept(&peer);
    const uint8_t msg[] = {0, 0, 0, 0, 5, 2};
    bson_t out;
    aspen_error_t err;
    assert_false(aspen__sr_decode(sr, msg, sizeof msg, &out, &err));
    bson_destroy(&out);
-   pthread_join(th, NULL);
-   assert_true(peer.conn >= 0); /* it was asking when the stop came */
+   assert_true(dead_peer_accepted(&peer)); /* asking when the stop came */
    assert_int_equal(err.code, ASPEN_ERR_Interrupted);
    assert_non_null(strstr(err.message, "stopping"));
    assert_true(aspen_expr_interrupted());
@@ -305,18 +258,16 @@ test_registry_dead_peer_stop(void **state)
    atomic_store(&stop, false);
    aspen_expr_set_interrupt(&stop);
    peer.stop = NULL;
-   close(peer.conn);
-   assert_int_equal(pthread_create(&th, NULL, dead_peer_main, &peer), 0);
+   dead_peer_accept(&peer);
    assert_false(aspen__sr_decode(sr, msg, sizeof msg, &out, &err));
    bson_destroy(&out);
-   pthread_join(th, NULL);
+   assert_true(dead_peer_accepted(&peer));
    assert_int_equal(err.code, ASPEN_ERR_HostUnreachable);
    assert_non_null(strstr(err.message, "the schema registry is unreachable"));
    assert_non_null(strstr(err.message, "timed out"));
    assert_false(aspen_expr_interrupted());
    aspen_expr_set_interrupt(NULL);
-   close(peer.conn);
-   close(fd);
+   dead_peer_close(&peer);
    aspen__sr_destroy(sr);
    aspen_conns_cleanup(&conns);
 }

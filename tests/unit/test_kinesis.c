@@ -5,7 +5,8 @@
  * output format (kafka.c's encoder, as $emit to Kinesis uses it), Kinesis
  * connections in the registry (the secret key kept, never listed), and the
  * $source and $emit options through aspen_pipeline_parse, as
- * createStreamProcessor uses them.
+ * createStreamProcessor uses them, and a call at open to an endpoint that
+ * never answers, abandoned as soon as the processor is stopped.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,6 +23,7 @@
 #include "connectors/connectors.h"
 #include "connectors/kafka_int.h"
 #include "connectors/kinesis_int.h"
+#include "dead_peer.h"
 
 static bson_t *
 tmp_bson(const char *json)
@@ -323,6 +325,55 @@ test_options(void **state)
    aspen_conns_cleanup(&conns);
 }
 
+static bool
+flag_raised(void *flag)
+{
+   return atomic_load((atomic_bool *) flag);
+}
+
+/* The endpoint accepts the connection and never answers: the call waits
+ * on it until the stop comes (the peer raises it once the request is in),
+ * then gives up at once, with a transport error saying it was abandoned,
+ * not after its request's 30 s timeout. */
+static void
+test_call_stopped(void **state)
+{
+   (void) state;
+   atomic_bool stop = false;
+   dead_peer_t peer;
+   char json[512];
+   snprintf(json, sizeof json,
+            "{\"c\": [{\"name\": \"kin\", \"type\": \"kinesis\","
+            " \"region\": \"eu-west-1\","
+            " \"endpoint\": \"http://127.0.0.1:%u/\","
+            " \"credentials\": {\"accessKeyId\": \"AKID\","
+            " \"secretAccessKey\": \"sk\"}}]}",
+            dead_peer_open(&peer, &stop));
+   aspen_conns_t conns;
+   aspen_error_t err;
+   if (!conns_from_json(&conns, json, &err)) {
+      fail_msg("%s", err.message);
+   }
+   aspen_kinesis_target_t t;
+   aspen__kinesis_target_init(&t, aspen_conns_find(&conns, "kin"), NULL);
+   bson_t body = BSON_INITIALIZER, reply;
+   BSON_APPEND_UTF8(&body, "StreamName", "s");
+   char msg[256];
+   dead_peer_accept(&peer);
+   aspen_kinesis_status_t st =
+      aspen__kinesis_call(&t, "ListShards", &body, &reply, 60000,
+                          flag_raised, &stop, msg, sizeof msg);
+   assert_true(dead_peer_accepted(&peer));
+   assert_int_equal(st, ASPEN_KINESIS_RETRY);
+   if (!strstr(msg, "ListShards: ") || !strstr(msg, "aborted")) {
+      fail_msg("the call ended with '%s'", msg);
+   }
+   bson_destroy(&reply);
+   bson_destroy(&body);
+   dead_peer_close(&peer);
+   aspen_conns_cleanup(&conns);
+}
+
 int
 main(void)
 {
@@ -330,6 +381,7 @@ main(void)
       cmocka_unit_test(test_classify),   cmocka_unit_test(test_base64),
       cmocka_unit_test(test_basic_json), cmocka_unit_test(test_connection),
       cmocka_unit_test(test_options),
+      cmocka_unit_test(test_call_stopped),
    };
    return cmocka_run_group_tests(tests, NULL, NULL);
 }
