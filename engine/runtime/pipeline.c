@@ -170,8 +170,7 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
       if (aspen_not_yet_parse_error("$source", k, pc, opt, err)) {
          return false;
       }
-      aspen_parse_error(err, pc, opt,
-                        "BSON field '$source.%s' is an unknown field.", k);
+      aspen_parse_unknown_field(err, pc, opt, "$source", k);
       return false;
    }
    return !src->ops->parse_done || src->ops->parse_done(src, pc, err);
