@@ -20,8 +20,8 @@
  * reopening them. A checkpoint taken before that replay is over keeps the
  * restored checkpoint's high marks (Kafka) or the count of inputs still to
  * replay (tokens), so that a crash then does not turn the rest of the
- * replay into new inputs. A checkpoint is written only after the sink and the DLQ
- * flushed successfully (aspen_rt_wait, aspen_rt_flush), at start when
+ * replay into new inputs. A checkpoint is written only after the sink and
+ * the DLQ flushed successfully (aspen_rt_wait, aspen_rt_flush), at start when
  * nothing was restored, every checkpoint interval when the position moved,
  * and on stop and graceful shutdown; a source commits positions to its
  * broker only after that (Kafka). The guarantee is at-least-once: output
