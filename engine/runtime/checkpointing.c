@@ -95,10 +95,31 @@ log_push(aspen_runtime_t *rt, const struct pos_entry *e)
    rt->log_len++;
 }
 
+/* Whether offset `offset` of partition `part` is below the restored
+ * checkpoint's high mark for it. */
+static bool
+is_replay(const aspen_runtime_t *rt, int64_t part, int64_t offset)
+{
+   for (size_t i = 0; i < rt->n_restored_high; i++) {
+      if (rt->restored_high[i].part == part) {
+         return offset < rt->restored_high[i].high;
+      }
+   }
+   return false;
+}
+
 void
 aspen_rt_mark(aspen_runtime_t *rt, int64_t part, int64_t offset,
               const bson_t *token_before)
 {
+   if (rt->main) {
+      /* A worker's (workers.c): the processor thread marked the position
+       * when it handed the input over. Only whether it is a replay
+       * matters here; the restored high marks do not change while the
+       * source runs. */
+      rt->replaying = offset >= 0 && is_replay(rt->main, part, offset);
+      return;
+   }
    aspen_pipeline_t *pl = rt->proc->pl;
    rt->seq++;
    pl->cur_seq = rt->seq;
@@ -107,13 +128,7 @@ aspen_rt_mark(aspen_runtime_t *rt, int64_t part, int64_t offset,
     * sources, the first replayCount inputs. */
    rt->replaying = rt->seq <= rt->replay_count;
    if (offset >= 0) {
-      rt->replaying = false;
-      for (size_t i = 0; i < rt->n_restored_high; i++) {
-         if (rt->restored_high[i].part == part) {
-            rt->replaying = offset < rt->restored_high[i].high;
-            break;
-         }
-      }
+      rt->replaying = is_replay(rt, part, offset);
    }
    if (offset >= 0) {
       part_get(rt, part, offset)->high = offset + 1;
@@ -298,6 +313,9 @@ aspen_rt_checkpoint_due(const aspen_runtime_t *rt)
 {
    if (rt->flush_all) {
       return true;
+   }
+   if (rt->main) {
+      return aspen_rt_checkpoint_due(rt->main); /* a worker's */
    }
    /* What aspen__checkpointing_take(rt, false) needs besides a moved
     * position: a superset of the checkpoints it takes. */

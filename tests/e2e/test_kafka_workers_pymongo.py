@@ -1,0 +1,260 @@
+"""A Kafka $source's partitions processed in parallel (issue 18, lever 4).
+
+A processor Kafka $source -> $match -> $addFields -> Kafka $emit on a tier
+with more than one vCPU (SP30: 2) reads a 4-partition topic with worker
+threads (runtime/workers.c). On the broker aspen hosts ("local": true),
+written and read with librdkafka's Python client: every partition holds an
+ordered sequence of events and some lines that are not JSON. Asserted:
+every kept event comes out exactly once, each partition's in its order
+(the output is keyed by the input partition, so each one's events share an
+output partition); the stats' sums equal the inputs (input, output and DLQ
+counts, and the verbose operator figures summed over the workers); the DLQ
+holds every bad line, from every partition (so from every worker); a stop
+in the middle of a second batch and a start resume with nothing lost and
+nothing twice (a graceful stop checkpoints what the workers finished); and
+aspen logs that workers ran. A processor on the default tier (one vCPU)
+reads the same topic without workers and gives the same output.
+"""
+
+import json
+import os
+import re
+import subprocess
+import time
+
+import pymongo
+import pytest
+
+import aspen_proc
+
+confluent_kafka = pytest.importorskip("confluent_kafka")
+
+PARTS = 4
+BAD_EVERY = 97  # a line that is not JSON after every BAD_EVERY events
+
+
+@pytest.fixture(scope="module")
+def aspen():
+    state = os.path.join(aspen_proc.run_dir(), "state-kafka-workers")
+    subprocess.run(["rm", "-rf", state], check=True)
+    config = os.path.join(aspen_proc.run_dir(), "aspen-kafka-workers.json")
+    with open(config, "w") as f:
+        json.dump({"connections": [{"name": "atlas", "type": "atlas"},
+                                   {"name": "lk", "type": "kafka", "local": True}]}, f)
+    a = aspen_proc.start("kafka-workers", ["--config", config, "--backend",
+                                            aspen_proc.backing_uri(), "--state-dir", state])
+    yield a
+    aspen_proc.stop(a)
+
+
+def _bootstrap(a):
+    for _ in range(100):
+        with open(a.log_path) as f:
+            m = re.search(r"local Kafka broker.*?listening on (127\.0\.0\.1:\d+)", f.read())
+        if m:
+            return m.group(1)
+        time.sleep(0.1)
+    pytest.fail("no local Kafka broker address in the log")
+
+
+def _admin(a):
+    return pymongo.MongoClient(f"mongodb://127.0.0.1:{a.port}/",
+                               directConnection=True).admin
+
+
+def _produce(bootstrap, topic, start, n):
+    """n events per partition, seq start..start+n-1, in order, with a bad
+    line after every BAD_EVERY-th; returns the bad lines written."""
+    p = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+                                  "enable.idempotence": True})
+    bad = 0
+    for seq in range(start, start + n):
+        for part in range(PARTS):
+            p.produce(topic, json.dumps({"p": part, "seq": seq, "k": seq % 10}),
+                      partition=part)
+            if seq % BAD_EVERY == BAD_EVERY - 1:
+                p.produce(topic, "not json %d/%d" % (part, seq), partition=part)
+                bad += 1
+        p.poll(0)
+    assert p.flush(30) == 0
+    return bad
+
+
+def _create_topic(bootstrap, topic):
+    """The local broker (librdkafka's mock cluster) creates a topic a
+    producer asks about, with 4 partitions."""
+    p = confluent_kafka.Producer({"bootstrap.servers": bootstrap})
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        md = p.list_topics(topic, timeout=10)
+        if md.topics[topic].error is None and len(md.topics[topic].partitions) == PARTS:
+            return
+        time.sleep(0.2)
+    pytest.fail("topic %s has no %d partitions" % (topic, PARTS))
+
+
+def _read_all(bootstrap, topic, want, group):
+    """Every message of `topic` until `want` came (bounded), as
+    (partition, offset, document)."""
+    c = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                                  "auto.offset.reset": "earliest",
+                                  "enable.auto.commit": False})
+    c.subscribe([topic])
+    out = []
+    deadline = time.time() + 60
+    while len(out) < want and time.time() < deadline:
+        m = c.poll(0.5)
+        if m is None or m.error():
+            continue
+        out.append((m.partition(), m.offset(), json.loads(m.value())))
+    # Anything beyond `want` (a duplicate) shows up within a short wait.
+    end = time.time() + 1.5
+    while time.time() < end:
+        m = c.poll(0.2)
+        if m is not None and not m.error():
+            out.append((m.partition(), m.offset(), json.loads(m.value())))
+    c.close()
+    return out
+
+
+def _stats(admin, name, verbose=False):
+    return admin.command({"getStreamProcessorStats": name,
+                          "options": {"verbose": verbose}})["stats"]
+
+
+def _wait_input(admin, name, n):
+    deadline = time.time() + 90
+    st = _stats(admin, name)
+    while st["inputMessageCount"] < n and time.time() < deadline:
+        time.sleep(0.2)
+        st = _stats(admin, name)
+    assert st["inputMessageCount"] == n, st
+    return st
+
+
+def _pipeline(topic_in, topic_out):
+    return [
+        {"$source": {"connectionName": "lk", "topic": topic_in,
+                     "config": {"auto_offset_reset": "earliest"}}},
+        {"$match": {"k": {"$lt": 8}}},
+        {"$addFields": {"twice": {"$multiply": ["$seq", 2]}}},
+        {"$emit": {"connectionName": "lk", "topic": topic_out,
+                   "config": {"key": "$p", "keyFormat": "int"}}},
+    ]
+
+
+def _check_output(msgs, seqs):
+    """Each kept (p, seq) with seq in `seqs` exactly once, each partition's
+    in order, each in the same output partition."""
+    kept = [(p, s) for p in range(PARTS) for s in seqs if s % 10 < 8]
+    got = [(d["p"], d["seq"]) for _, _, d in msgs]
+    assert len(got) == len(set(got)), "duplicates: %d of %d" % (len(got) - len(set(got)), len(got))
+    assert sorted(got) == sorted(kept)
+    for _, _, d in msgs:
+        assert d["twice"] == 2 * d["seq"]
+    for p in range(PARTS):
+        mine = sorted((off, d["seq"], part) for part, off, d in msgs if d["p"] == p)
+        assert len({part for _, _, part in mine}) == 1, "partition %d split" % p
+        order = [s for _, s, _ in mine]
+        assert order == sorted(order), "partition %d out of order" % p
+
+
+def test_partitions_in_parallel(aspen):
+    bootstrap = _bootstrap(aspen)
+    admin = _admin(aspen)
+    dlq = pymongo.MongoClient(aspen_proc.backing_uri()).kw_workers.dlq
+    dlq.drop()
+    _create_topic(bootstrap, "kwIn")
+    n1 = 1500
+    bad1 = _produce(bootstrap, "kwIn", 0, n1)
+    admin.command({"createStreamProcessor": "kw", "pipeline": _pipeline("kwIn", "kwOut"),
+                   "options": {"tier": "SP30",
+                               "dlq": {"connectionName": "atlas", "db": "kw_workers",
+                                       "coll": "dlq"}}})
+    admin.command({"startStreamProcessor": "kw"})
+    total1 = PARTS * n1  # inputs: the bad lines are dead letters, not inputs
+    _wait_input(admin, "kw", total1)
+    kept1 = sum(1 for s in range(n1) if s % 10 < 8) * PARTS
+    deadline = time.time() + 30
+    st = _stats(admin, "kw", verbose=True)
+    while (st["outputMessageCount"] < kept1 or st["dlqMessageCount"] < bad1) \
+            and time.time() < deadline:
+        time.sleep(0.2)
+        st = _stats(admin, "kw", verbose=True)
+    assert st["outputMessageCount"] == kept1, st
+    assert st["dlqMessageCount"] == bad1, st
+    # The operator figures, summed over the workers (published with the
+    # flush after the last input).
+    want = {"KafkaConsumerOperator": (PARTS * n1, PARTS * n1, bad1),
+            "MatchOperator": (PARTS * n1, kept1, 0),
+            "AddFieldsOperator": (kept1, kept1, 0),
+            "KafkaEmitOperator": (kept1, kept1, 0)}
+    deadline = time.time() + 10
+    while True:
+        ops = {o["name"]: (o["inputMessageCount"], o["outputMessageCount"],
+                           o["dlqMessageCount"])
+               for o in _stats(admin, "kw", verbose=True)["operatorStats"]}
+        if ops == want or time.time() > deadline:
+            break
+        time.sleep(0.3)
+    assert ops == want
+
+    _check_output(_read_all(bootstrap, "kwOut", kept1, "check1"), range(n1))
+
+    # Every bad line in the DLQ, from every partition, once.
+    deadline = time.time() + 10
+    while dlq.count_documents({}) < bad1 and time.time() < deadline:
+        time.sleep(0.2)
+    entries = list(dlq.find({}))
+    assert len(entries) == bad1
+    assert {e["_stream_meta"]["source"]["partition"] for e in entries} == set(range(PARTS))
+    assert len({(e["_stream_meta"]["source"]["partition"],
+                 e["_stream_meta"]["source"]["offset"]) for e in entries}) == bad1
+
+    # A second batch, stopped in the middle and started again.
+    n2 = 6000
+    bad2 = _produce(bootstrap, "kwIn", n1, n2)
+    deadline = time.time() + 60
+    while _stats(admin, "kw")["inputMessageCount"] < total1 + 2000 and time.time() < deadline:
+        time.sleep(0.05)
+    admin.command({"stopStreamProcessor": "kw"})
+    mid = _stats(admin, "kw")["inputMessageCount"]
+    admin.command({"startStreamProcessor": "kw"})
+    total2 = total1 + PARTS * n2
+    _wait_input(admin, "kw", total2)
+    kept2 = kept1 + sum(1 for s in range(n1, n1 + n2) if s % 10 < 8) * PARTS
+    deadline = time.time() + 30
+    while _stats(admin, "kw")["outputMessageCount"] < kept2 and time.time() < deadline:
+        time.sleep(0.2)
+    assert _stats(admin, "kw")["outputMessageCount"] == kept2
+    _check_output(_read_all(bootstrap, "kwOut", kept2, "check2"), range(n1 + n2))
+    assert dlq.count_documents({}) == bad1 + bad2
+    assert total1 < mid <= total2
+    admin.command({"stopStreamProcessor": "kw"})
+    admin.command({"dropStreamProcessor": "kw"})
+
+    with open(aspen.log_path) as f:
+        log = f.read()
+    if (os.cpu_count() or 1) >= 2:
+        assert "2 workers process the source's partitions" in log
+
+
+def test_default_tier_single_thread_same_output(aspen):
+    """The default tier (SP10, one vCPU) runs no workers; its output is the
+    same events, in the same order per partition."""
+    bootstrap = _bootstrap(aspen)
+    admin = _admin(aspen)
+    with open(aspen.log_path) as f:
+        runs = f.read().count("workers process the source's partitions")
+    _create_topic(bootstrap, "kwIn1")
+    n = 800
+    _produce(bootstrap, "kwIn1", 0, n)
+    admin.command({"createStreamProcessor": "kw1", "pipeline": _pipeline("kwIn1", "kwOut1")})
+    admin.command({"startStreamProcessor": "kw1"})
+    _wait_input(admin, "kw1", PARTS * n)
+    kept = sum(1 for s in range(n) if s % 10 < 8) * PARTS
+    _check_output(_read_all(bootstrap, "kwOut1", kept, "check3"), range(n))
+    admin.command({"stopStreamProcessor": "kw1"})
+    admin.command({"dropStreamProcessor": "kw1"})
+    with open(aspen.log_path) as f:
+        assert f.read().count("workers process the source's partitions") == runs
