@@ -14,6 +14,9 @@ in the middle of a second batch and a start resume with nothing lost and
 nothing twice (a graceful stop checkpoints what the workers finished); and
 aspen logs that workers ran. A processor on the default tier (one vCPU)
 reads the same topic without workers and gives the same output.
+
+With KAFKA_BOOTSTRAP set (tests/e2e/test_kafka_workers.sh, which starts a
+real Apache Kafka broker), the same tests run against that broker.
 """
 
 import json
@@ -33,14 +36,24 @@ PARTS = 4
 BAD_EVERY = 97  # a line that is not JSON after every BAD_EVERY events
 
 
+REAL = os.environ.get("KAFKA_BOOTSTRAP")
+# Topic names of this run (a real broker may keep earlier runs' topics).
+RUN = "%x" % int(time.time() * 1000)
+
+
+def tname(name):
+    return name + "-" + RUN
+
+
 @pytest.fixture(scope="module")
 def aspen():
     state = os.path.join(aspen_proc.run_dir(), "state-kafka-workers")
     subprocess.run(["rm", "-rf", state], check=True)
     config = os.path.join(aspen_proc.run_dir(), "aspen-kafka-workers.json")
+    kafka = ({"name": "lk", "type": "kafka", "bootstrapServers": REAL} if REAL
+             else {"name": "lk", "type": "kafka", "local": True})
     with open(config, "w") as f:
-        json.dump({"connections": [{"name": "atlas", "type": "atlas"},
-                                   {"name": "lk", "type": "kafka", "local": True}]}, f)
+        json.dump({"connections": [{"name": "atlas", "type": "atlas"}, kafka]}, f)
     a = aspen_proc.start("kafka-workers", ["--config", config, "--backend",
                                             aspen_proc.backing_uri(), "--state-dir", state])
     yield a
@@ -48,6 +61,8 @@ def aspen():
 
 
 def _bootstrap(a):
+    if REAL:
+        return REAL
     for _ in range(100):
         with open(a.log_path) as f:
             m = re.search(r"local Kafka broker.*?listening on (127\.0\.0\.1:\d+)", f.read())
@@ -81,8 +96,13 @@ def _produce(bootstrap, topic, start, n):
 
 
 def _create_topic(bootstrap, topic):
-    """The local broker (librdkafka's mock cluster) creates a topic a
-    producer asks about, with 4 partitions."""
+    """A real broker creates it with 4 partitions; the local broker
+    (librdkafka's mock cluster) creates a topic a producer asks about,
+    with 4 partitions."""
+    if REAL:
+        from confluent_kafka.admin import AdminClient, NewTopic
+        adm = AdminClient({"bootstrap.servers": bootstrap})
+        adm.create_topics([NewTopic(topic, PARTS, 1)])[topic].result(60)
     p = confluent_kafka.Producer({"bootstrap.servers": bootstrap})
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -164,10 +184,10 @@ def test_partitions_in_parallel(aspen):
     admin = _admin(aspen)
     dlq = pymongo.MongoClient(aspen_proc.backing_uri()).kw_workers.dlq
     dlq.drop()
-    _create_topic(bootstrap, "kwIn")
+    _create_topic(bootstrap, tname("kwIn"))
     n1 = 1500
-    bad1 = _produce(bootstrap, "kwIn", 0, n1)
-    admin.command({"createStreamProcessor": "kw", "pipeline": _pipeline("kwIn", "kwOut"),
+    bad1 = _produce(bootstrap, tname("kwIn"), 0, n1)
+    admin.command({"createStreamProcessor": "kw", "pipeline": _pipeline(tname("kwIn"), tname("kwOut")),
                    "options": {"tier": "SP30",
                                "dlq": {"connectionName": "atlas", "db": "kw_workers",
                                        "coll": "dlq"}}})
@@ -199,7 +219,7 @@ def test_partitions_in_parallel(aspen):
         time.sleep(0.3)
     assert ops == want
 
-    _check_output(_read_all(bootstrap, "kwOut", kept1, "check1"), range(n1))
+    _check_output(_read_all(bootstrap, tname("kwOut"), kept1, tname("check1")), range(n1))
 
     # Every bad line in the DLQ, from every partition, once.
     deadline = time.time() + 10
@@ -213,7 +233,7 @@ def test_partitions_in_parallel(aspen):
 
     # A second batch, stopped in the middle and started again.
     n2 = 6000
-    bad2 = _produce(bootstrap, "kwIn", n1, n2)
+    bad2 = _produce(bootstrap, tname("kwIn"), n1, n2)
     deadline = time.time() + 60
     while _stats(admin, "kw")["inputMessageCount"] < total1 + 2000 and time.time() < deadline:
         time.sleep(0.05)
@@ -227,7 +247,7 @@ def test_partitions_in_parallel(aspen):
     while _stats(admin, "kw")["outputMessageCount"] < kept2 and time.time() < deadline:
         time.sleep(0.2)
     assert _stats(admin, "kw")["outputMessageCount"] == kept2
-    _check_output(_read_all(bootstrap, "kwOut", kept2, "check2"), range(n1 + n2))
+    _check_output(_read_all(bootstrap, tname("kwOut"), kept2, tname("check2")), range(n1 + n2))
     assert dlq.count_documents({}) == bad1 + bad2
     assert total1 < mid <= total2
     admin.command({"stopStreamProcessor": "kw"})
@@ -246,14 +266,14 @@ def test_default_tier_single_thread_same_output(aspen):
     admin = _admin(aspen)
     with open(aspen.log_path) as f:
         runs = f.read().count("workers process the source's partitions")
-    _create_topic(bootstrap, "kwIn1")
+    _create_topic(bootstrap, tname("kwIn1"))
     n = 800
-    _produce(bootstrap, "kwIn1", 0, n)
-    admin.command({"createStreamProcessor": "kw1", "pipeline": _pipeline("kwIn1", "kwOut1")})
+    _produce(bootstrap, tname("kwIn1"), 0, n)
+    admin.command({"createStreamProcessor": "kw1", "pipeline": _pipeline(tname("kwIn1"), tname("kwOut1"))})
     admin.command({"startStreamProcessor": "kw1"})
     _wait_input(admin, "kw1", PARTS * n)
     kept = sum(1 for s in range(n) if s % 10 < 8) * PARTS
-    _check_output(_read_all(bootstrap, "kwOut1", kept, "check3"), range(n))
+    _check_output(_read_all(bootstrap, tname("kwOut1"), kept, tname("check3")), range(n))
     admin.command({"stopStreamProcessor": "kw1"})
     admin.command({"dropStreamProcessor": "kw1"})
     with open(aspen.log_path) as f:
