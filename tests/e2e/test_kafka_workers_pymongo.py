@@ -50,10 +50,12 @@ def aspen():
     state = os.path.join(aspen_proc.run_dir(), "state-kafka-workers")
     subprocess.run(["rm", "-rf", state], check=True)
     config = os.path.join(aspen_proc.run_dir(), "aspen-kafka-workers.json")
-    kafka = ({"name": "lk", "type": "kafka", "bootstrapServers": REAL} if REAL
-             else {"name": "lk", "type": "kafka", "local": True})
+    kafka = ([{"name": "lk", "type": "kafka", "bootstrapServers": REAL},
+              {"name": "lkNoCreate", "type": "kafka", "bootstrapServers": REAL,
+               "config": {"allow.auto.create.topics": False}}] if REAL
+             else [{"name": "lk", "type": "kafka", "local": True}])
     with open(config, "w") as f:
-        json.dump({"connections": [{"name": "atlas", "type": "atlas"}, kafka]}, f)
+        json.dump({"connections": [{"name": "atlas", "type": "atlas"}, *kafka]}, f)
     a = aspen_proc.start("kafka-workers", ["--config", config, "--backend",
                                             aspen_proc.backing_uri(), "--state-dir", state])
     yield a
@@ -113,16 +115,16 @@ def _create_topic(bootstrap, topic):
     pytest.fail("topic %s has no %d partitions" % (topic, PARTS))
 
 
-def _read_all(bootstrap, topic, want, group):
-    """Every message of `topic` until `want` came (bounded), as
-    (partition, offset, document)."""
+def _read_all(bootstrap, topic, want, group, until=None):
+    """Every message of `topic` until `want` came (or `until(out)` holds;
+    bounded), as (partition, offset, document)."""
     c = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": group,
                                   "auto.offset.reset": "earliest",
                                   "enable.auto.commit": False})
     c.subscribe([topic])
     out = []
     deadline = time.time() + 60
-    while len(out) < want and time.time() < deadline:
+    while not (until(out) if until else len(out) >= want) and time.time() < deadline:
         m = c.poll(0.5)
         if m is None or m.error():
             continue
@@ -278,3 +280,67 @@ def test_default_tier_single_thread_same_output(aspen):
     admin.command({"dropStreamProcessor": "kw1"})
     with open(aspen.log_path) as f:
         assert f.read().count("workers process the source's partitions") == runs
+
+
+@pytest.mark.skipif(not REAL, reason="deletes a topic: a real broker only")
+def test_emit_topic_deleted_fails_then_resumes(aspen):
+    """A worker's $emit whose topic is deleted fails the processor with the
+    one-thread error; started again once the topic is back, it emits
+    exactly what it could not deliver: no checkpoint (no offset commit)
+    ran past a worker's undelivered events."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+    bootstrap = _bootstrap(aspen)
+    admin = _admin(aspen)
+    adm = AdminClient({"bootstrap.servers": bootstrap})
+    t_in, t_out = tname("kwDoomIn"), tname("kwDoomOut")
+    _create_topic(bootstrap, t_in)
+    adm.create_topics([NewTopic(t_out, 1, 1)])[t_out].result(60)
+    n1 = 200
+    _produce(bootstrap, t_in, 0, n1)
+    pipeline = [
+        {"$source": {"connectionName": "lk", "topic": t_in,
+                     "config": {"auto_offset_reset": "earliest"}}},
+        {"$match": {"k": {"$lt": 8}}},
+        {"$emit": {"connectionName": "lkNoCreate", "topic": t_out,
+                   "config": {"key": "$p", "keyFormat": "int"}}},
+    ]
+    admin.command({"createStreamProcessor": "kwDoom", "pipeline": pipeline,
+                   "options": {"tier": "SP30"}})
+    admin.command({"startStreamProcessor": "kwDoom"})
+    kept1 = sum(1 for s in range(n1) if s % 10 < 8) * PARTS
+    deadline = time.time() + 60
+    while _stats(admin, "kwDoom")["outputMessageCount"] < kept1 and time.time() < deadline:
+        time.sleep(0.2)
+    assert _stats(admin, "kwDoom")["outputMessageCount"] == kept1
+    time.sleep(1.5)  # a flush, a checkpoint and its commit after them
+    adm.delete_topics([t_out])[t_out].result(60)
+    n2 = 50
+    _produce(bootstrap, t_in, n1, n2)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        p = [x for x in admin.command({"listStreamProcessors": 1})["streamProcessors"]
+             if x["name"] == "kwDoom"][0]
+        if p["state"] == "FAILED":
+            break
+        time.sleep(0.3)
+    assert p["state"] == "FAILED", p
+    assert re.search(r"\$emit to topic '%s' .*the topic does not exist" % t_out,
+                     p["errorMsg"]), p["errorMsg"]
+    # The topic back: a start resumes from the last checkpoint, which
+    # covers only delivered events, so every later one comes out.
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            adm.create_topics([NewTopic(t_out, 1, 1)])[t_out].result(60)
+            break
+        except Exception:  # the deletion may still be under way
+            time.sleep(0.5)
+    admin.command({"startStreamProcessor": "kwDoom"})
+    kept2 = len([s for s in range(n1, n1 + n2) if s % 10 < 8]) * PARTS
+    want = {(p, s) for p in range(PARTS) for s in range(n1, n1 + n2) if s % 10 < 8}
+    msgs = _read_all(bootstrap, t_out, kept2, tname("check4"),
+                     until=lambda out: want <= {(d["p"], d["seq"]) for _, _, d in out})
+    got = {(d["p"], d["seq"]) for _, _, d in msgs}
+    assert want <= got, "lost: %s" % sorted(want - got)[:10]
+    admin.command({"stopStreamProcessor": "kwDoom"})
+    admin.command({"dropStreamProcessor": "kwDoom"})
