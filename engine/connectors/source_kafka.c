@@ -891,7 +891,10 @@ kafka_run(aspen_runtime_t *rt, void *state)
          }
          since_flush++;
       }
-      if (!m || since_flush >= FLUSH_EVERY_MSGS ||
+      /* With workers, each still gets about FLUSH_EVERY_MSGS between
+       * flushes: a flush stops the handing out until every worker's
+       * producer has its acknowledgements. */
+      if (!m || since_flush >= FLUSH_EVERY_MSGS * ks->workers ||
           now - last_flush >= FLUSH_EVERY_MS) {
          /* Flushes sink and DLQ; false means they succeeded and we are
           * still running, so what was stored may be committed. */
