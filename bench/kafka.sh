@@ -38,8 +38,8 @@
 #   --callgrind      also count instructions, which the machine's load does
 #                    not move: aspen runs under valgrind's callgrind, which
 #                    counts its processor thread (proc_main: poll, decode,
-#                    pipeline, encode, produce; not librdkafka's own
-#                    threads), and kcat too (a second run: all its threads,
+#                    pipeline, encode, produce; with --tier, its workers'
+#                    threads too; not librdkafka's own threads), and kcat too (a second run: all its threads,
 #                    its binary has no symbols to pick its loop by); each
 #                    row then adds instructions per event (aspen's rates are
 #                    valgrind's then, not the machine's)
@@ -79,10 +79,13 @@ cg_per_event() {
 }
 if [[ -n $CALLGRIND ]]; then
     # aspen under callgrind, counting only inside proc_main (the processor
-    # thread), a profile dumped each time a processor's thread ends.
+    # thread) and worker_main (its workers, runtime/workers.c, on a tier
+    # with several vCPUs), a profile dumped each time a processor's thread
+    # ends (after its workers).
     cat >"$ASPEN_RUN_DIR/aspen-callgrind" <<SH
 #!/usr/bin/env bash
-exec valgrind --tool=callgrind --toggle-collect=proc_main --dump-after=proc_main \\
+exec valgrind --tool=callgrind --toggle-collect=proc_main --toggle-collect=worker_main \\
+    --dump-after=proc_main \\
     --callgrind-out-file="$ASPEN_RUN_DIR/aspen.cg.%p" "$ASPEN_BIN" "\$@"
 SH
     chmod +x "$ASPEN_RUN_DIR/aspen-callgrind"
@@ -235,7 +238,7 @@ for row in "${rows[@]}"; do
     [[ -z $CALLGRIND ]] || printf '%-52s %12s\n' "  kcat (all threads), instructions per event" "$kir"
     printf '%-52s %12s\n' "aspen \$source -> \$match -> \$emit, events/s" "$ar"
     printf '%-52s %12s\n' "  aspen CPU time per event, us" "$aus"
-    [[ -z $CALLGRIND ]] || printf '%-52s %12s\n' "  aspen processor thread, instructions per event" "$air"
+    [[ -z $CALLGRIND ]] || printf '%-52s %12s\n' "  aspen processor (+ workers), instr per event" "$air"
     printf '%-52s %12s\n' "  events emitted to benchOut-$P" "$em"
     printf '%-52s %12s\n' "aspen / raw consume" "$r1"
     printf '%-52s %12s\n' "aspen / kcat" "$r2"
