@@ -7,7 +7,9 @@
 # through Kafka -> $match -> $addFields -> Kafka $emit on tier SP30, every
 # event once and in order per partition, the stats' and operator figures'
 # sums, DLQ entries from every partition, a stop/start mid-stream without
-# loss or duplicate; and the default tier's single thread, the same output.
+# loss or duplicate; the default tier's single thread, the same output; two
+# processors in one group moving partitions (a rebalance) losing nothing;
+# and a worker's $emit topic deleted: FAILED as on one thread, nothing lost.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=peers.sh

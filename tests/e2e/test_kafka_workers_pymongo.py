@@ -124,11 +124,14 @@ def _read_all(bootstrap, topic, want, group, until=None):
     c.subscribe([topic])
     out = []
     deadline = time.time() + 60
-    while not (until(out) if until else len(out) >= want) and time.time() < deadline:
+    done = False
+    while not done and time.time() < deadline:
         m = c.poll(0.5)
-        if m is None or m.error():
-            continue
-        out.append((m.partition(), m.offset(), json.loads(m.value())))
+        if m is not None and not m.error():
+            out.append((m.partition(), m.offset(), json.loads(m.value())))
+            if until and len(out) % 1000:
+                continue  # `until` looks at everything: not per message
+        done = until(out) if until else len(out) >= want
     # Anything beyond `want` (a duplicate) shows up within a short wait.
     end = time.time() + 1.5
     while time.time() < end:
@@ -344,3 +347,61 @@ def test_emit_topic_deleted_fails_then_resumes(aspen):
     assert want <= got, "lost: %s" % sorted(want - got)[:10]
     admin.command({"stopStreamProcessor": "kwDoom"})
     admin.command({"dropStreamProcessor": "kwDoom"})
+
+
+def test_rebalance_between_processors(aspen):
+    """Two worker processors in one consumer group: the second's start and
+    stop move partitions between them (revoked here, assigned there and
+    back). Every event comes out, and each partition's events first come
+    out in order (a partition moved may repeat what came after the last
+    commit, at-least-once, as with one thread)."""
+    bootstrap = _bootstrap(aspen)
+    admin = _admin(aspen)
+    t_in, t_out = tname("kwReb"), tname("kwRebOut")
+    _create_topic(bootstrap, t_in)
+    pipeline = _pipeline(t_in, t_out)
+    pipeline[0]["$source"]["config"]["group_id"] = tname("kwRebGroup")
+    for name in ("kwRebA", "kwRebB"):
+        admin.command({"createStreamProcessor": name, "pipeline": pipeline,
+                       "options": {"tier": "SP30"}})
+
+    def inputs():
+        return sum(_stats(admin, n)["inputMessageCount"] for n in ("kwRebA", "kwRebB"))
+
+    def wait_inputs(n):
+        deadline = time.time() + 90
+        while inputs() < n and time.time() < deadline:
+            time.sleep(0.2)
+        assert inputs() >= n
+
+    n = 1000
+    _produce(bootstrap, t_in, 0, n)
+    admin.command({"startStreamProcessor": "kwRebA"})
+    wait_inputs(PARTS * n)
+    admin.command({"startStreamProcessor": "kwRebB"})
+    # The group gives B its share (A's revoked) before the second batch.
+    deadline = time.time() + 60
+    while not _stats(admin, "kwRebB").get("kafkaPartitions") and time.time() < deadline:
+        time.sleep(0.2)
+    assert _stats(admin, "kwRebB").get("kafkaPartitions")
+    _produce(bootstrap, t_in, n, n)
+    wait_inputs(2 * PARTS * n)
+    assert _stats(admin, "kwRebB")["inputMessageCount"] > 0
+    admin.command({"stopStreamProcessor": "kwRebB"})
+    _produce(bootstrap, t_in, 2 * n, n)
+    want = {(p, s) for p in range(PARTS) for s in range(3 * n) if s % 10 < 8}
+    msgs = _read_all(bootstrap, t_out, len(want), tname("check5"),
+                     until=lambda out: want <= {(d["p"], d["seq"]) for _, _, d in out})
+    got = [(d["p"], d["seq"]) for _, _, d in sorted(msgs, key=lambda m: (m[0], m[1]))]
+    assert want <= set(got), "lost: %s" % sorted(want - set(got))[:10]
+    assert set(got) <= want
+    for p in range(PARTS):
+        first, seen = [], set()
+        for q, s in got:
+            if q == p and s not in seen:
+                seen.add(s)
+                first.append(s)
+        assert first == sorted(first), "partition %d out of order" % p
+    admin.command({"stopStreamProcessor": "kwRebA"})
+    for name in ("kwRebA", "kwRebB"):
+        admin.command({"dropStreamProcessor": name})
