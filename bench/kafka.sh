@@ -5,7 +5,7 @@
 # the same topic (the ceilings), for each partition count in one run (a
 # topic each), with aspen's peak RSS.
 #
-#   bench/kafka.sh [--events N] [--partitions "P ..."]
+#   bench/kafka.sh [--events N] [--partitions "P ..."] [--tier SPn]
 #
 # Builds a Release aspen in build-bench/ (-DASPEN_TESTS=OFF), starts a
 # single-node Apache Kafka (tests/e2e/peers.sh start_kafka, a fresh one in
@@ -30,11 +30,16 @@
 #                    20000 with --callgrind)
 #   --partitions "P ..."  partition counts, one topic each (BENCH_PARTITIONS,
 #                         default "1 4")
+#   --tier SPn       the processor's tier (BENCH_TIER, default: none, so
+#                    ASP's default SP10, one vCPU): on a tier with more
+#                    vCPUs (SP30: 2, SP50: 8) the partitions are spread
+#                    over that many worker threads (at most the partitions
+#                    and the host's CPUs; README "Engine hot paths")
 #   --callgrind      also count instructions, which the machine's load does
 #                    not move: aspen runs under valgrind's callgrind, which
 #                    counts its processor thread (proc_main: poll, decode,
-#                    pipeline, encode, produce; not librdkafka's own
-#                    threads), and kcat too (a second run: all its threads,
+#                    pipeline, encode, produce; with --tier, its workers'
+#                    threads too; not librdkafka's own threads), and kcat too (a second run: all its threads,
 #                    its binary has no symbols to pick its loop by); each
 #                    row then adds instructions per event (aspen's rates are
 #                    valgrind's then, not the machine's)
@@ -47,11 +52,13 @@ BUILD=$ROOT/build-bench
 EVENTS=${BENCH_EVENTS:-}
 PARTITIONS=${BENCH_PARTITIONS:-1 4}
 CALLGRIND=
+TIER=${BENCH_TIER:-}
 while [[ $# -gt 0 ]]; do
     case $1 in
         --events) EVENTS=$2; shift 2 ;;
         --partitions) PARTITIONS=$2; shift 2 ;;
         --callgrind) CALLGRIND=1; shift ;;
+        --tier) TIER=$2; shift 2 ;;
         -h|--help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "kafka.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -72,10 +79,13 @@ cg_per_event() {
 }
 if [[ -n $CALLGRIND ]]; then
     # aspen under callgrind, counting only inside proc_main (the processor
-    # thread), a profile dumped each time a processor's thread ends.
+    # thread) and worker_main (its workers, runtime/workers.c, on a tier
+    # with several vCPUs), a profile dumped each time a processor's thread
+    # ends (after its workers).
     cat >"$ASPEN_RUN_DIR/aspen-callgrind" <<SH
 #!/usr/bin/env bash
-exec valgrind --tool=callgrind --toggle-collect=proc_main --dump-after=proc_main \\
+exec valgrind --tool=callgrind --toggle-collect=proc_main --toggle-collect=worker_main \\
+    --dump-after=proc_main \\
     --callgrind-out-file="$ASPEN_RUN_DIR/aspen.cg.%p" "$ASPEN_BIN" "\$@"
 SH
     chmod +x "$ASPEN_RUN_DIR/aspen-callgrind"
@@ -113,7 +123,8 @@ sp.createStreamProcessor(name, [
   { $source: { connectionName: "kafka1", topic: "benchIn-" + process.env.BENCH_P,
                config: { auto_offset_reset: "earliest" } } },
   { $match: { k: { $lt: 50 } } },
-  { $emit: { connectionName: "kafka1", topic: "benchOut-" + process.env.BENCH_P } }]);
+  { $emit: { connectionName: "kafka1", topic: "benchOut-" + process.env.BENCH_P } }],
+  process.env.BENCH_TIER ? { tier: process.env.BENCH_TIER } : {});
 sp[name].start();
 const stats = () => {
   const st = admin.runCommand({ getStreamProcessorStats: name }).stats;
@@ -187,7 +198,7 @@ for P in $PARTITIONS; do
     log "running Kafka \$source -> \$match -> \$emit in aspen ($P partitions)"
     c0=$(cpu_ticks "$aspen_pid")
     cg_before=$(ls "$ASPEN_RUN_DIR"/aspen.cg.* 2>/dev/null || true)
-    out=$(BENCH_EVENTS=$EVENTS BENCH_P=$P MONGOSH_TIMEOUT=900 mongosh_run "$URI" "$ASPEN_RUN_DIR/bench_kafka.js")
+    out=$(BENCH_EVENTS=$EVENTS BENCH_P=$P BENCH_TIER=$TIER MONGOSH_TIMEOUT=900 mongosh_run "$URI" "$ASPEN_RUN_DIR/bench_kafka.js")
     c1=$(cpu_ticks "$aspen_pid")
     res=$(tail -n 1 <<<"$out")
     read -r ms counted emitted < <("$PEERS_PYTHON" -c 'import json,sys; r=json.loads(sys.argv[1]); print(r["ms"], r["counted"], r["emitted"])' "$res")
@@ -214,9 +225,9 @@ done
 rss_kb=$(awk '/^VmHWM/ { print $2 }' "/proc/$aspen_pid/status")
 
 printf 'aspen Kafka benchmark  %s\n' "$(date -u +%FT%TZ)"
-printf 'host: %s, %s CPUs; aspen %s (Release, pid %s%s); broker: Apache Kafka (KRaft, 1 node); %s events per topic\n' \
+printf 'host: %s, %s CPUs; aspen %s (Release, pid %s%s); broker: Apache Kafka (KRaft, 1 node); %s events per topic; tier %s\n' \
     "$(uname -m)" "$(nproc)" "$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')" \
-    "$aspen_pid" "${CALLGRIND:+, under callgrind}" "$EVENTS"
+    "$aspen_pid" "${CALLGRIND:+, under callgrind}" "$EVENTS" "${TIER:-default}"
 for row in "${rows[@]}"; do
     IFS='|' read -r P prod raw kr kus ar aus em r1 r2 kir air <<<"$row"
     printf -- '--- benchIn-%s: %s partition(s)\n' "$P" "$P"
@@ -227,7 +238,7 @@ for row in "${rows[@]}"; do
     [[ -z $CALLGRIND ]] || printf '%-52s %12s\n' "  kcat (all threads), instructions per event" "$kir"
     printf '%-52s %12s\n' "aspen \$source -> \$match -> \$emit, events/s" "$ar"
     printf '%-52s %12s\n' "  aspen CPU time per event, us" "$aus"
-    [[ -z $CALLGRIND ]] || printf '%-52s %12s\n' "  aspen processor thread, instructions per event" "$air"
+    [[ -z $CALLGRIND ]] || printf '%-52s %12s\n' "  aspen processor (+ workers), instr per event" "$air"
     printf '%-52s %12s\n' "  events emitted to benchOut-$P" "$em"
     printf '%-52s %12s\n' "aspen / raw consume" "$r1"
     printf '%-52s %12s\n' "aspen / kcat" "$r2"

@@ -1,8 +1,9 @@
 /*
  * tier.h - ASP's processor tiers and what each allows (asp-semantics.md
  * §8.3, ASP's tier guide): RAM (the state limit is 80 % of it), the
- * cumulative parallelism of a pipeline, and the partitions a Kafka
- * $source may read. The one table of them: the commands check tier
+ * cumulative parallelism of a pipeline, the partitions a Kafka
+ * $source may read, and its vCPUs (the most threads a processor's
+ * partitions are spread over, runtime/workers.c). The one table of them: the commands check tier
  * names and parallelism against it, the runtime the state limit, the
  * Kafka source its partitions. Pure data, any thread.
  */
@@ -20,6 +21,7 @@ typedef struct {
    int64_t max_parallelism;  /* a pipeline's cumulative parallelism */
    int64_t kafka_partitions; /* a Kafka $source's partitions; 0: no limit */
    int64_t initial_sync_colls; /* collections one initialSync copies */
+   int64_t vcpus;        /* whole vCPUs (0: a fraction of one, SP2/SP5) */
 } aspen_tier_t;
 
 /* The workspace's default tier and its largest (listWorkspaceDefaults). */

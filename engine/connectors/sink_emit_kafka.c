@@ -1114,6 +1114,9 @@ emit_committed(aspen_runtime_t *rt, void *state, bson_t *ids,
 
 const aspen_sink_ops_t aspen_sink_emit_ops = {
    .operator_name = OPERATOR,
+   /* Each instance has its own producer, its own delivery reports and
+    * resend list. */
+   .per_worker = true,
    .parse = emit_parse,
    .open = emit_open,
    .write = emit_write,

@@ -29,6 +29,14 @@
  * transaction (kafka_txn.c) and this source commits nothing itself.
  * Ephemeral processors (sp.process) without config.group_id read under a
  * throw-away group and never commit.
+ *
+ * Partitions in parallel (runtime/workers.c): when the pipeline allows it
+ * (stateless stages into a per-worker sink, a tier with more than one
+ * vCPU, several partitions), this thread only polls, marks each message's
+ * position and hands it to the worker its partition was dealt to, which
+ * decodes it and runs it through its own pipeline and sink. The flushes,
+ * checkpoints and commits above stay on this thread; each flush first
+ * waits for the workers to finish what they were handed.
  */
 #include "base/tier.h"
 #include "connectors/kafka_int.h"
@@ -71,12 +79,17 @@ typedef struct {
       int32_t partition;
       int64_t committed;   /* -1 until an offset commit succeeds */
       int64_t last_msg_ms; /* monotonic: last message, or first seen */
+      int worker;          /* the worker its messages go to, for good */
    } *parts;
    int n_parts, cap_parts;
    int64_t stats_ms; /* when the stats were last published */
    const char *proc_id;      /* the stats table's key */
    aspen_sr_t *sr; /* with $source.schemaRegistry: values are Avro */
    int64_t idle_timeout_ms;  /* partitionIdleTimeout, 0 for none */
+   int64_t n_partitions;     /* of every topic, when the source opened */
+   /* Worker threads the partitions are spread over (runtime/workers.c),
+    * 1 for none: then this thread processes every message. */
+   int workers;
 } ksrc_t;
 
 /* Errors after which reading cannot go on: the processor fails. Transport
@@ -164,6 +177,8 @@ kpart_get(ksrc_t *ks, const char *topic, int32_t partition)
    kp->partition = partition;
    kp->committed = -1;
    kp->last_msg_ms = 0;
+   /* Partitions dealt round-robin, in the order first seen. */
+   kp->worker = (ks->n_parts - 1) % ks->workers;
    return kp;
 }
 
@@ -301,6 +316,7 @@ check_topics(ksrc_t *ks, aspen_error_t *err)
          return false;
       }
    }
+   ks->n_partitions = partitions;
    /* ASP's tiers limit the partitions a Kafka $source reads (SP2: 32,
     * SP5: 64). */
    const char *tier;
@@ -411,6 +427,9 @@ fetch_queue(const ksrc_t *ks, rd_kafka_conf_t *conf, aspen_error_t *err)
                                 QUEUED_MIN_MESSAGES, err);
 }
 
+static void work(aspen_runtime_t *wrt, void *item, void *arg);
+static void drop(void *item);
+
 static bool
 kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
 {
@@ -421,6 +440,7 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
    ks->hdr.ctx = ks->name;
    ks->proc_id = aspen_rt_processor_id(rt);
    ks->idle_timeout_ms = spec->partition_idle_timeout_ms;
+   ks->workers = 1;
    ks->rt = rt;
    ks->opts = spec->opts;
    ks->conn = spec->conn;
@@ -511,6 +531,17 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
       rd_kafka_destroy(ks->rk);
       ksrc_free_mem(ks);
       return false;
+   }
+   /* Partitions in parallel when the pipeline allows it; not with a
+    * Schema Registry, whose schema cache is this thread's. */
+   int workers = ks->sr ? 1 : aspen_rt_workers_allowed(rt, ks->n_partitions);
+   if (workers > 1) {
+      if (!aspen_rt_workers_start(rt, workers, work, drop, ks, err)) {
+         rd_kafka_destroy(ks->rk);
+         ksrc_free_mem(ks);
+         return false;
+      }
+      ks->workers = workers;
    }
    rd_kafka_poll_set_consumer(ks->rk);
    rd_kafka_topic_partition_list_t *topics =
@@ -690,6 +721,23 @@ handle(aspen_runtime_t *rt, ksrc_t *ks, const rd_kafka_message_t *m)
    aspen_bsonw_cleanup(&mw);
 }
 
+/* A message handed to a worker (aspen_rt_workers_submit), on its thread:
+ * the processor thread marked its position, the worker does the rest
+ * with its own runtime `wrt` (its pipeline and sink). */
+static void
+work(aspen_runtime_t *wrt, void *item, void *arg)
+{
+   rd_kafka_message_t *m = item;
+   handle(wrt, arg, m);
+   rd_kafka_message_destroy(m);
+}
+
+static void
+drop(void *item)
+{
+   rd_kafka_message_destroy(item);
+}
+
 /* Commits the replay offsets of the runtime's last checkpoint, if it wrote
  * a new one since the last commit: only call after a successful flush. */
 static void
@@ -827,13 +875,26 @@ kafka_run(aspen_runtime_t *rt, void *state)
          rd_kafka_message_destroy(m);
          m = NULL;
       } else if (m) {
-         kpart_get(ks, rd_kafka_topic_name(m->rkt), m->partition)
-            ->last_msg_ms = now;
-         handle(rt, ks, m);
-         rd_kafka_message_destroy(m);
+         const char *topic = rd_kafka_topic_name(m->rkt);
+         struct kpart *kp = kpart_get(ks, topic, m->partition);
+         kp->last_msg_ms = now;
+         if (ks->workers > 1) {
+            /* Marked here, in the order read; the partition's worker
+             * does the rest (work), and no checkpoint is taken before it
+             * has. */
+            aspen_rt_mark(rt, part_key(ks, topic, m->partition), m->offset,
+                          NULL);
+            aspen_rt_workers_submit(rt, kp->worker, m);
+         } else {
+            handle(rt, ks, m);
+            rd_kafka_message_destroy(m);
+         }
          since_flush++;
       }
-      if (!m || since_flush >= FLUSH_EVERY_MSGS ||
+      /* With workers, each still gets about FLUSH_EVERY_MSGS between
+       * flushes: a flush stops the handing out until every worker's
+       * producer has its acknowledgements. */
+      if (!m || since_flush >= FLUSH_EVERY_MSGS * ks->workers ||
           now - last_flush >= FLUSH_EVERY_MS) {
          /* Flushes sink and DLQ; false means they succeeded and we are
           * still running, so what was stored may be committed. */

@@ -116,6 +116,14 @@ void
 aspen_rt_mark(aspen_runtime_t *rt, int64_t part, int64_t offset,
               const bson_t *token_before)
 {
+   if (rt->main) {
+      /* A worker's (workers.c): the processor thread marked the position
+       * when it handed the input over. Only whether it is a replay
+       * matters here; the restored high marks do not change while the
+       * source runs. */
+      rt->replaying = offset >= 0 && offset < restored_high(rt->main, part);
+      return;
+   }
    aspen_pipeline_t *pl = rt->proc->pl;
    rt->seq++;
    pl->cur_seq = rt->seq;
@@ -324,6 +332,9 @@ aspen_rt_checkpoint_due(const aspen_runtime_t *rt)
 {
    if (rt->flush_all) {
       return true;
+   }
+   if (rt->main) {
+      return aspen_rt_checkpoint_due(rt->main); /* a worker's */
    }
    /* What aspen__checkpointing_take(rt, false) needs besides a moved
     * position: a superset of the checkpoints it takes. */

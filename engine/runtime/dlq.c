@@ -4,7 +4,8 @@
  * processorName, dlqTime}, ASP's shape), counted in the stats, shown to
  * sample cursors as {_dlqMessage: ...}, and written through the DLQ
  * writer the processor was handed (aspen_proc_env_t.dlq) to the
- * collection options.dlq names. Processor thread.
+ * collection options.dlq names. Processor thread, and its workers
+ * (workers.c), which share the writer behind rt->dlq_mu.
  */
 #include "runtime/runtime_int.h"
 
@@ -54,8 +55,8 @@ aspen__dlq_send(void *arg, const aspen_sdoc_t *in, const char *operator_name,
          BSON_APPEND_DOCUMENT(&entry, "doc", in->doc);
       }
    }
-   if (proc->pl && proc->pl->dlq_extra) {
-      bson_concat(&entry, proc->pl->dlq_extra);
+   if (rt->pl && rt->pl->dlq_extra) {
+      bson_concat(&entry, rt->pl->dlq_extra);
    }
    BSON_APPEND_UTF8(&entry, "processorName", proc->name);
    BSON_APPEND_DATE_TIME(&entry, "dlqTime", aspen_clock_now_ms());
@@ -71,8 +72,15 @@ aspen__dlq_send(void *arg, const aspen_sdoc_t *in, const char *operator_name,
 
    if (rt->dlq) {
       aspen_error_t err;
-      if (!proc->env->dlq->add(rt->dlq, &entry, dlq_write_failed, rt,
-                               &err)) {
+      if (rt->dlq_mu) {
+         pthread_mutex_lock(rt->dlq_mu);
+      }
+      bool added = proc->env->dlq->add(rt->dlq, &entry, dlq_write_failed, rt,
+                                       &err);
+      if (rt->dlq_mu) {
+         pthread_mutex_unlock(rt->dlq_mu);
+      }
+      if (!added) {
          char msg[ASPEN_ERROR_MSG_MAX + 64];
          snprintf(msg, sizeof msg, "DLQ write failed: %s", err.message);
          aspen_rt_fail(rt, msg);
@@ -116,8 +124,18 @@ bool
 aspen__dlq_flush(aspen_runtime_t *rt)
 {
    aspen_error_t err;
-   if (rt->dlq && !rt->proc->env->dlq->flush(rt->dlq, dlq_write_failed, rt,
-                                             &err)) {
+   if (rt->main) {
+      return true; /* a worker's: the processor thread flushes the DLQ */
+   }
+   if (rt->dlq_mu) {
+      pthread_mutex_lock(rt->dlq_mu);
+   }
+   bool ok = !rt->dlq || rt->proc->env->dlq->flush(rt->dlq, dlq_write_failed,
+                                                   rt, &err);
+   if (rt->dlq_mu) {
+      pthread_mutex_unlock(rt->dlq_mu);
+   }
+   if (!ok) {
       char msg[ASPEN_ERROR_MSG_MAX + 64];
       snprintf(msg, sizeof msg, "DLQ write failed: %s", err.message);
       aspen_rt_fail(rt, msg);
@@ -129,7 +147,7 @@ aspen__dlq_flush(aspen_runtime_t *rt)
 void
 aspen__dlq_close(aspen_runtime_t *rt)
 {
-   if (rt->dlq) {
+   if (rt->dlq && !rt->main) {
       rt->proc->env->dlq->close(rt->dlq);
       rt->dlq = NULL;
    }

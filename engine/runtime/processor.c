@@ -105,6 +105,7 @@ proc_main(void *arg)
    aspen_runtime_t rt;
    memset(&rt, 0, sizeof rt);
    rt.proc = proc;
+   rt.pl = proc->pl;
    rt.max_ts = INT64_MIN;
    rt.source_lag_ms = INT64_MIN;
    rt.last_input_ms = aspen_clock_now_ms();
@@ -157,6 +158,7 @@ proc_main(void *arg)
       }
       aspen__rt_publish(&rt);
    }
+   aspen__workers_stop(&rt);
    if (proc->pl->fatal_code) {
       /* Out of memory: let the stages' state go now, not when the
        * processor is next started or dropped. */

@@ -56,7 +56,7 @@ aspen_rt_fail(aspen_runtime_t *rt, const char *msg)
 static bool
 fail_if_fatal(aspen_runtime_t *rt)
 {
-   const aspen_pipeline_t *pl = rt->proc->pl;
+   const aspen_pipeline_t *pl = rt->pl;
    if (!pl->fatal_code) {
       return false;
    }
@@ -137,7 +137,7 @@ aspen_rt_sink_failed(aspen_runtime_t *rt, const bson_t *doc,
     * that made it through the whole pipeline, the sink included. */
    counter_sub(&rt->proc->stats.output_count, 1);
    counter_sub(&rt->proc->stats.output_size, doc->len);
-   aspen_op_counts_t *sc = &rt->proc->pl->sink_counts;
+   aspen_op_counts_t *sc = &rt->pl->sink_counts;
    sc->out_count -= sc->out_count ? 1 : 0;
    sc->out_size -= sc->out_size >= doc->len ? doc->len : sc->out_size;
    sc->dlq_count++;
@@ -162,7 +162,7 @@ aspen__rt_on_output(void *arg, const aspen_sdoc_t *out)
    pthread_mutex_lock(&proc->mu);
    aspen__cursor_push_all(proc, &doc);
    pthread_mutex_unlock(&proc->mu);
-   aspen_pipeline_t *pl = proc->pl;
+   aspen_pipeline_t *pl = rt->pl;
    uint64_t t0 = pl->timing ? aspen_pipeline_clock_ns() : 0;
    if (rt->sink) {
       aspen_error_t err;
@@ -245,9 +245,19 @@ static void
 source_dead_letter(aspen_runtime_t *rt, const aspen_sdoc_t *d,
                    const char *reason)
 {
-   rt->proc->pl->src_counts.dlq_count++;
-   rt->proc->pl->src_counts.dlq_size += d->doc->len;
+   rt->pl->src_counts.dlq_count++;
+   rt->pl->src_counts.dlq_size += d->doc->len;
    aspen__dlq_send(rt, d, rt->source->operator_name, reason);
+}
+
+/* *wm = max(*wm, v): workers (workers.c) raise it each from its own
+ * latest event time. */
+static void
+watermark_raise(atomic_int_fast64_t *wm, int64_t v)
+{
+   int_fast64_t cur = atomic_load(wm);
+   while (cur < v && !atomic_compare_exchange_weak(wm, &cur, v)) {
+   }
 }
 
 /* aspen_rt_ingest with `meta` stamped (source.ts = `wall`). */
@@ -256,7 +266,7 @@ ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
        int64_t wall, int64_t source_ts_ms)
 {
    aspen_proc_t *proc = rt->proc;
-   aspen_pipeline_t *pl = proc->pl;
+   aspen_pipeline_t *pl = rt->pl;
    int64_t now = wall;
    if (pl->virtual_clock) {
       /* Time comes from the input: "now" is the latest event time seen. */
@@ -277,8 +287,10 @@ ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
    pl->src_counts.in_size += raw->len;
    pl->origin_ns = aspen_pipeline_clock_ns();
    pl->timing = rt->ingested++ % ASPEN_PIPELINE_TIMING_EVERY == 0;
-   if (rt->ingested % PUBLISH_EVERY == 0) {
-      aspen__pipeline_publish(pl); /* the previous batch's figures */
+   if (rt->ingested % PUBLISH_EVERY == 0 && !rt->main) {
+      /* The previous batch's figures (a worker's are summed into the
+       * processor's pipeline when it flushes, workers.c). */
+      aspen__pipeline_publish(pl);
    }
    pl->now_ms = now;
    if (pl->source.time_field) {
@@ -319,7 +331,7 @@ ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
    (void) aspen_bsonw_finish(&dw, &doc);
    if (ts > rt->max_ts) {
       rt->max_ts = ts;
-      atomic_store(&proc->stats.watermark_ms, ts - 1);
+      watermark_raise(&proc->stats.watermark_ms, ts - 1);
    }
    if (pl->virtual_clock) {
       /* This document's own time counts: "now" is the latest event time. */
@@ -367,7 +379,7 @@ aspen_rt_source_lag(aspen_runtime_t *rt, int64_t lag_ms)
 static const aspen_tier_t *
 tier_max(const aspen_runtime_t *rt, const char **tier)
 {
-   const aspen_tier_t *t = aspen_tier_at(rt->proc->pl->tier_max_rank);
+   const aspen_tier_t *t = aspen_tier_at(rt->pl->tier_max_rank);
    *tier = t ? t->name : "";
    return t;
 }
@@ -441,7 +453,12 @@ bool
 aspen__rt_flush_sinks(aspen_runtime_t *rt, bool all)
 {
    aspen_error_t err;
-   aspen_pipeline_flush(rt->proc->pl);
+   if (rt->workers) {
+      /* The workers flush their own pipelines and sinks; the DLQ writer
+       * they share is flushed here, after them. */
+      return aspen__workers_flush(rt, all) && aspen__dlq_flush(rt);
+   }
+   aspen_pipeline_flush(rt->pl);
    /* A stage that held documents back may have failed the processor
     * while letting them go ($https with a fatal answer). */
    if (fail_if_fatal(rt)) {
@@ -480,7 +497,7 @@ aspen_rt_stopping(aspen_runtime_t *rt)
 bool
 aspen_rt_wait(aspen_runtime_t *rt, int64_t ms)
 {
-   aspen_pipeline_t *pl = rt->proc->pl;
+   aspen_pipeline_t *pl = rt->pl;
    if (pl->window) {
       int64_t wall = aspen_clock_now_ms();
       if (pl->virtual_clock) {
@@ -513,15 +530,15 @@ aspen_rt_dead_letter(aspen_runtime_t *rt, const bson_t *doc,
                      const bson_t *meta, const char *reason)
 {
    aspen_sdoc_t d = {.doc = doc, .meta = meta ? meta : &rt->source_meta};
-   rt->proc->pl->src_counts.dlq_count++;
-   rt->proc->pl->src_counts.dlq_size += doc->len;
+   rt->pl->src_counts.dlq_count++;
+   rt->pl->src_counts.dlq_size += doc->len;
    aspen__dlq_send(rt, &d, rt->source->operator_name, reason);
 }
 
 const aspen_source_spec_t *
 aspen_rt_source_spec(const aspen_runtime_t *rt)
 {
-   return &rt->proc->pl->source;
+   return &rt->pl->source;
 }
 
 bool

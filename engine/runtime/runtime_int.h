@@ -11,6 +11,7 @@
  *                     body: take, restore
  *    dlq.c            the dead-letter queue
  *    cursor.c         sample cursors and the shell's
+ *    workers.c        a source's partitions spread over worker threads
  *    registry.c       the processors store and its files
  */
 #ifndef ASPEN_ENGINE_RUNTIME_RUNTIME_INT_H
@@ -87,6 +88,17 @@ struct aspen_cursor {
  * thread's stack); the rt API's handle. */
 struct aspen_runtime {
    aspen_proc_t *proc;
+   /* The pipeline its documents go through: proc->pl, or a worker's own
+    * instance of it (workers.c). */
+   aspen_pipeline_t *pl;
+   /* A worker's runtime (workers.c): the processor thread's, whose
+    * positions, checkpoints and DLQ writer it uses; NULL on the processor
+    * thread. `workers`: the processor thread's workers, NULL without. */
+   aspen_runtime_t *main;
+   struct aspen_workers *workers;
+   /* Held around the DLQ writer's calls while workers share it; NULL
+    * without workers. */
+   pthread_mutex_t *dlq_mu;
    const aspen_sink_ops_t *sink;
    void *sink_state;
    void *dlq;           /* the DLQ writer (proc->env->dlq), or NULL */
@@ -182,6 +194,19 @@ void aspen__dlq_send(void *arg, const aspen_sdoc_t *in,
  * when it could not. */
 bool aspen__dlq_flush(aspen_runtime_t *rt);
 void aspen__dlq_close(aspen_runtime_t *rt);
+
+/* ---- workers.c ------------------------------------------------------------ */
+
+/* The processor thread's flush with workers (aspen__rt_flush_sinks):
+ * waits until every worker has processed what it was handed, has each
+ * flush its pipeline and sink (`all` as there), sums their figures into
+ * proc->pl's and notes a worker's failure or interrupted evaluation on
+ * this thread. True when every worker's flush succeeded. */
+bool aspen__workers_flush(aspen_runtime_t *rt, bool all);
+/* Stops and joins the workers (none: a no-op), closing their sinks and
+ * pipelines; what they were still handed is processed first unless the
+ * processor failed. Processor thread, after the final checkpoint. */
+void aspen__workers_stop(aspen_runtime_t *rt);
 
 /* ---- cursor.c ---------------------------------------------------------------- */
 

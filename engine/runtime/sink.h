@@ -14,6 +14,10 @@
 
 struct aspen_sink_ops {
    const char *operator_name; /* names the sink in DLQ entries */
+   /* The sink may be opened once per worker (runtime/workers.c), each
+    * instance on its own thread writing independently of the others
+    * (its own client; no names or files shared between instances). */
+   bool per_worker;
    /* Validates the sink stage's argument `spec` when a processor is
     * created or started (no I/O, any thread): false with a 420 error in
     * ASP's wording, positioned by `pc`. */

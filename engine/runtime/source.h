@@ -94,6 +94,38 @@ int64_t aspen_rt_checkpoint_interval_ms(const aspen_runtime_t *rt);
  * the processor failed (now or before). */
 bool aspen_rt_flush(aspen_runtime_t *rt);
 
+/* ---- partitions in parallel (workers.c) ---------------------------------- */
+
+/* Processes one item a source handed to a worker (aspen_rt_workers_submit)
+ * on that worker's thread, with the worker's runtime `wrt`, which the
+ * ingest, dead-letter and mark calls take as they take the processor's;
+ * takes the item. `drop` frees an item never processed (the processor
+ * failed). */
+typedef void (*aspen_rt_work_fn)(aspen_runtime_t *wrt, void *item, void *arg);
+typedef void (*aspen_rt_drop_fn)(void *item);
+/* How many worker threads a source reading `partitions` partitions may
+ * spread them over: 1 (no workers) unless every stage up to the sink is
+ * stateless (no window, no stage holding connections or caches), the sink
+ * can be opened per worker (aspen_sink_ops_t.per_worker) and the
+ * processor is neither exactly-once nor on the virtual clock; then the
+ * least of `partitions`, the tier's vCPUs and the host's CPUs. */
+int aspen_rt_workers_allowed(const aspen_runtime_t *rt, int64_t partitions);
+/* Starts `n` (> 1) workers, each with its own instance of the pipeline and
+ * its own sink (the processor thread's is closed: from now on only the
+ * workers output); `work` gets each item. False with err set when a
+ * worker's sink could not open (no workers are left running). */
+bool aspen_rt_workers_start(aspen_runtime_t *rt, int n, aspen_rt_work_fn work,
+                            aspen_rt_drop_fn drop, void *arg,
+                            aspen_error_t *err);
+/* Hands `item` to worker `worker` (0 .. n-1); each worker processes its
+ * items in the order handed, so a partition always handed to the same
+ * worker keeps its order. The source marks the item's position first
+ * (aspen_rt_mark with the processor's runtime): a checkpoint is only
+ * taken once every worker has processed everything handed to it before
+ * (aspen_rt_wait, aspen_rt_flush wait for that), so no checkpoint runs
+ * past work in flight. Blocks while that worker has a full queue. */
+void aspen_rt_workers_submit(aspen_runtime_t *rt, int worker, void *item);
+
 /* ---- positions and checkpoints ------------------------------------------- */
 
 /* A source position per partition. `part` is the source's own key (Kafka:
@@ -108,7 +140,9 @@ typedef struct {
  * dead-letters it: offset `offset` of partition `part`, or, for a source
  * positioned by resume tokens, `token_before` (the token to resume from so
  * that this input is read again; NULL if none yet) with offset -1. A source
- * that never marks (solar) has nothing to resume. */
+ * that never marks (solar) has nothing to resume. With a worker's runtime
+ * it only says whether the input is a replay (its DLQ entries are not
+ * written again): the position was marked when it was handed over. */
 void aspen_rt_mark(aspen_runtime_t *rt, int64_t part, int64_t offset,
                    const bson_t *token_before);
 /* The source reads partition `partition` (Kafka: on assignment): until it

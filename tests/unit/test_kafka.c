@@ -7,7 +7,8 @@
  * listed), and a librdkafka client configured by
  * aspen__conn_kafka_client_conf producing to and consuming from
  * librdkafka's mock cluster, and the broker aspen hosts for a connection
- * with "local": true.
+ * with "local": true; which pipelines may spread a Kafka $source's
+ * partitions over worker threads (runtime/workers.c).
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -26,6 +27,8 @@
 #include "builtins.h"
 #include "connectors/connectors.h"
 #include "connectors/kafka_int.h"
+#include "base/tier.h"
+#include "runtime/runtime_int.h"
 
 #include <librdkafka/rdkafka_mock.h>
 
@@ -541,6 +544,83 @@ test_exactly_once_check(void **state)
    aspen_conns_cleanup(&conns);
 }
 
+/* ---- partitions over worker threads ----------------------------------------- */
+
+/* aspen_rt_workers_allowed for `pipeline_json` ({"p": [...]}) parsed as a
+ * persistent processor on tier rank `tier` reading `parts` partitions. */
+static int
+workers_for(const aspen_conns_t *conns, const char *pipeline_json, int tier,
+            bool exactly_once, int64_t parts)
+{
+   aspen_error_t err;
+   bson_t *wrap = tmp_bson(pipeline_json);
+   aspen_pipeline_t *pl = parse_p(wrap, conns, false, true, &err);
+   if (!pl) {
+      fail_msg("%s: %s", pipeline_json, err.message);
+   }
+   pl->tier_rank = tier;
+   pl->exactly_once = exactly_once;
+   aspen_runtime_t rt;
+   memset(&rt, 0, sizeof rt);
+   rt.pl = pl;
+   int n = aspen_rt_workers_allowed(&rt, parts);
+   aspen_runtime_t wrt; /* a worker's own runtime never spreads further */
+   memset(&wrt, 0, sizeof wrt);
+   wrt.pl = pl;
+   wrt.main = &rt;
+   assert_int_equal(aspen_rt_workers_allowed(&wrt, parts), 1);
+   aspen_pipeline_destroy(pl);
+   bson_destroy(wrap);
+   return n;
+}
+
+static void
+test_workers_allowed(void **state)
+{
+   (void) state;
+   aspen_conns_t conns;
+   load_conns(&conns);
+   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+   int sp30 = aspen_tier_rank("SP30"), sp50 = aspen_tier_rank("SP50");
+   int sp10 = aspen_tier_rank("SP10"), sp5 = aspen_tier_rank("SP5");
+#define KSRC "{\"$source\": {\"connectionName\": \"k\", \"topic\": \"t\"}}"
+#define KEMIT "{\"$emit\": {\"connectionName\": \"k\", \"topic\": \"o\"}}"
+#define STATELESS "{\"$match\": {\"a\": 1}}, {\"$addFields\": {\"b\": 2}}, " \
+                  "{\"$project\": {\"a\": 1, \"b\": 1}}, {\"$unwind\": \"$u\"}, "
+   const char *ok = "{\"p\": [" KSRC ", " STATELESS KEMIT "]}";
+   /* The least of the partitions, the tier's vCPUs and the host's CPUs. */
+   int64_t want = cpus < 2 ? 1 : cpus < 4 ? cpus : 4;
+   assert_int_equal(workers_for(&conns, ok, sp50, false, 4), want);
+   assert_int_equal(workers_for(&conns, ok, sp50, false, 64),
+                    cpus < 2 ? 1 : cpus < 8 ? cpus : 8);
+   assert_int_equal(workers_for(&conns, ok, sp30, false, 4), cpus < 2 ? 1 : 2);
+   assert_int_equal(workers_for(&conns, ok, sp50, false, 1), 1);
+   /* One vCPU or less: the processor's own thread, as ASP. */
+   assert_int_equal(workers_for(&conns, ok, sp10, false, 4), 1);
+   assert_int_equal(workers_for(&conns, ok, sp5, false, 4), 1);
+   /* Exactly-once commits in one transaction: one thread. */
+   assert_int_equal(workers_for(&conns, ok, sp50, true, 4), 1);
+   /* Stages with state across documents or connections of their own, and
+    * sinks not made per worker: one thread. */
+   static const char *const one[] = {
+      "{\"p\": [" KSRC ", {\"$tumblingWindow\": {\"interval\": {\"size\": 1, "
+      "\"unit\": \"second\"}, \"pipeline\": [{\"$group\": {\"_id\": null, "
+      "\"n\": {\"$sum\": 1}}}]}}, " KEMIT "]}",
+      "{\"p\": [" KSRC ", {\"$lookup\": {\"from\": {\"connectionName\": \"atlas\", "
+      "\"db\": \"d\", \"coll\": \"c\"}, \"localField\": \"a\", \"foreignField\": "
+      "\"a\", \"as\": \"l\"}}, " KEMIT "]}",
+      "{\"p\": [" KSRC ", {\"$match\": {\"a\": 1}}, {\"$merge\": {\"into\": "
+      "{\"connectionName\": \"atlas\", \"db\": \"d\", \"coll\": \"c\"}}}]}",
+   };
+   for (size_t i = 0; i < sizeof one / sizeof *one; i++) {
+      assert_int_equal(workers_for(&conns, one[i], sp50, false, 4), 1);
+   }
+#undef KSRC
+#undef KEMIT
+#undef STATELESS
+   aspen_conns_cleanup(&conns);
+}
+
 /* ---- a round trip through the mock cluster ------------------------------- */
 
 static void
@@ -900,6 +980,7 @@ main(void)
       cmocka_unit_test(test_source_options),
       cmocka_unit_test(test_emit_options),
       cmocka_unit_test(test_exactly_once_check),
+      cmocka_unit_test(test_workers_allowed),
       cmocka_unit_test(test_mock_cluster_roundtrip),
       cmocka_unit_test(test_metadata_unreachable),
       cmocka_unit_test(test_local_broker),
