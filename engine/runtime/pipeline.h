@@ -83,6 +83,10 @@ typedef struct aspen_replay {
 typedef struct {
    const char *name;          /* "$match" */
    const char *operator_name; /* for DLQ entries: "MatchOperator" */
+   /* Its outputs for an input depend on that input alone, and it holds no
+    * connection: a processor may run copies of it on several threads
+    * (runtime/workers.c). */
+   bool per_document;
    /* Parses the stage's argument (the value of its only key). */
    bool (*parse)(aspen_stage_t *st, const bson_iter_t *arg,
                  aspen_parse_ctx_t *pc, aspen_error_t *err);

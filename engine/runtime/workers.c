@@ -6,9 +6,9 @@
  * lever; source.h's aspen_rt_workers_*).
  *
  * Only a pipeline whose stages keep nothing across documents qualifies
- * (aspen_rt_workers_allowed), so splitting its inputs changes no output:
- * a partition is always handed to the same worker, which processes its
- * inputs in the order handed, so each partition's order holds. Each
+ * (each stage's ops say per_document; aspen_rt_workers_allowed), so
+ * splitting its inputs changes no output: a partition is always handed
+ * to the same worker, which processes its inputs in the order handed, so each partition's order holds. Each
  * worker counts its own figures in its pipeline instance; they are summed
  * into the processor's pipeline (what stats read) at every flush. The
  * workers share the processor's DLQ writer behind a lock.
@@ -65,24 +65,6 @@ struct aspen_workers {
    pthread_mutex_t dlq_mu;
 };
 
-/* Stages that keep nothing across documents and hold no connection: their
- * output for an input depends on that input alone. */
-static bool
-stage_is_stateless(const aspen_stage_t *st)
-{
-   static const char *const names[] = {
-      "$addFields", "$set",     "$project",     "$unset",
-      "$replaceRoot", "$replaceWith", "$redact", "$match",
-      "$unwind",    "$validate", "$setStreamMeta",
-   };
-   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-      if (st->ops->name && strcmp(st->ops->name, names[i]) == 0) {
-         return true;
-      }
-   }
-   return false;
-}
-
 int
 aspen_rt_workers_allowed(const aspen_runtime_t *rt, int64_t partitions)
 {
@@ -92,7 +74,7 @@ aspen_rt_workers_allowed(const aspen_runtime_t *rt, int64_t partitions)
       return 1;
    }
    for (int i = 0; i < pl->n_stages; i++) {
-      if (!stage_is_stateless(&pl->stages[i])) {
+      if (!pl->stages[i].ops->per_document) {
          return 1;
       }
    }

@@ -74,6 +74,7 @@ match_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 const aspen_stage_ops_t aspen_stage_match_ops = {
    .name = "$match",
    .operator_name = "MatchOperator",
+   .per_document = true,
    .parse = match_parse,
    .push = match_push,
    .destroy = match_destroy,

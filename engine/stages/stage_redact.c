@@ -179,6 +179,7 @@ redact_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 const aspen_stage_ops_t aspen_stage_redact_ops = {
    .name = "$redact",
    .operator_name = "RedactOperator",
+   .per_document = true,
    .parse = redact_parse,
    .push = redact_push,
    .destroy = redact_destroy,

@@ -125,6 +125,7 @@ ssm_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 const aspen_stage_ops_t aspen_stage_set_stream_meta_ops = {
    .name = "$setStreamMeta",
    .operator_name = "SetStreamMetaOperator",
+   .per_document = true,
    .parse = ssm_parse,
    .push = ssm_push,
    .destroy = ssm_destroy,

@@ -133,6 +133,7 @@ validate_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 const aspen_stage_ops_t aspen_stage_validate_ops = {
    .name = "$validate",
    .operator_name = "ValidateOperator",
+   .per_document = true,
    .parse = validate_parse,
    .push = validate_push,
    .destroy = validate_destroy,
