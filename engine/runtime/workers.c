@@ -8,9 +8,10 @@
  * Only a pipeline whose stages keep nothing across documents qualifies
  * (each stage's ops say per_document; aspen_rt_workers_allowed), so
  * splitting its inputs changes no output: a partition is always handed
- * to the same worker, which processes its inputs in the order handed, so each partition's order holds. Each
- * worker counts its own figures in its pipeline instance; they are summed
- * into the processor's pipeline (what stats read) at every flush. The
+ * to the same worker, which processes its inputs in the order handed, so
+ * each partition's order holds. Each worker counts its own figures in its
+ * pipeline instance; they are summed into the processor's pipeline (what
+ * stats read) at every flush. The
  * workers share the processor's DLQ writer behind a lock.
  *
  * Checkpoints: the processor thread marks each input's position when it
