@@ -19,6 +19,7 @@
  * Compiled expressions are immutable: any number of threads may evaluate one
  * at the same time, each with its own context.
  */
+#include "bytes.h"
 #include "lang/expr_args.h"
 
 #include <openssl/rand.h>
@@ -269,8 +270,7 @@ value_size(uint8_t type, const uint8_t *v, size_t avail)
       if (avail < 4) {
          return -1;
       }
-      memcpy(&l, v, 4);
-      l = (int32_t) BSON_UINT32_FROM_LE((uint32_t) l);
+      l = (int32_t) aspen_bytes_get_le32(v);
       return l >= 1 && (size_t) l + 4 <= avail ? 4 + (int64_t) l : -1;
    case BSON_TYPE_DOCUMENT:
    case BSON_TYPE_ARRAY:
@@ -278,22 +278,19 @@ value_size(uint8_t type, const uint8_t *v, size_t avail)
       if (avail < 4) {
          return -1;
       }
-      memcpy(&l, v, 4);
-      l = (int32_t) BSON_UINT32_FROM_LE((uint32_t) l);
+      l = (int32_t) aspen_bytes_get_le32(v);
       return l >= 5 && (size_t) l <= avail ? l : -1;
    case BSON_TYPE_BINARY:
       if (avail < 5) {
          return -1;
       }
-      memcpy(&l, v, 4);
-      l = (int32_t) BSON_UINT32_FROM_LE((uint32_t) l);
+      l = (int32_t) aspen_bytes_get_le32(v);
       return l >= 0 && (size_t) l + 5 <= avail ? 5 + (int64_t) l : -1;
    case BSON_TYPE_DBPOINTER:
       if (avail < 4) {
          return -1;
       }
-      memcpy(&l, v, 4);
-      l = (int32_t) BSON_UINT32_FROM_LE((uint32_t) l);
+      l = (int32_t) aspen_bytes_get_le32(v);
       return l >= 1 && (size_t) l + 16 <= avail ? 16 + (int64_t) l : -1;
    case BSON_TYPE_REGEX: {
       const uint8_t *a = memchr(v, 0, avail);
@@ -325,33 +322,25 @@ raw_value(const uint8_t *data, uint32_t len, uint32_t off, size_t kl,
    memset(out, 0, sizeof *out);
    out->v.value_type = (bson_type_t) type;
    switch (type) {
-   case BSON_TYPE_INT32: {
-      uint32_t x;
+   case BSON_TYPE_INT32:
       if (avail < 4) {
          return false;
       }
-      memcpy(&x, v, 4);
-      out->v.value.v_int32 = (int32_t) BSON_UINT32_FROM_LE(x);
+      out->v.value.v_int32 = (int32_t) aspen_bytes_get_le32(v);
       return true;
-   }
    case BSON_TYPE_INT64:
-   case BSON_TYPE_DATE_TIME: {
-      uint64_t x;
+   case BSON_TYPE_DATE_TIME:
       if (avail < 8) {
          return false;
       }
-      memcpy(&x, v, 8);
-      out->v.value.v_int64 = (int64_t) BSON_UINT64_FROM_LE(x);
+      out->v.value.v_int64 = (int64_t) aspen_bytes_get_le64(v);
       return true;
-   }
    case BSON_TYPE_DOUBLE:
       if (avail < 8) {
          return false;
       }
       {
-         uint64_t x;
-         memcpy(&x, v, 8);
-         x = BSON_UINT64_FROM_LE(x);
+         uint64_t x = aspen_bytes_get_le64(v);
          memcpy(&out->v.value.v_double, &x, 8);
       }
       return true;

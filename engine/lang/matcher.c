@@ -158,13 +158,11 @@ fixed_number(bson_type_t t, const uint8_t *v, bson_value_t *out)
       return true;
    case BSON_TYPE_INT64:
    case BSON_TYPE_DATE_TIME:
-      memcpy(&x, v, sizeof x);
       out->value_type = t;
-      out->value.v_int64 = (int64_t) BSON_UINT64_FROM_LE(x);
+      out->value.v_int64 = (int64_t) aspen_bytes_get_le64(v);
       return true;
    case BSON_TYPE_DOUBLE:
-      memcpy(&x, v, sizeof x);
-      x = BSON_UINT64_FROM_LE(x);
+      x = aspen_bytes_get_le64(v);
       out->value_type = t;
       memcpy(&out->value.v_double, &x, sizeof x);
       return true;

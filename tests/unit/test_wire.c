@@ -2590,6 +2590,11 @@ test_bytes_le32(void **state)
    assert_int_equal(aspen_bytes_get_le32(b), 0x11223344u);
    aspen_bytes_put_le32(b, 0xffffffffu);
    assert_int_equal(aspen_bytes_get_le32(b), 0xffffffffu);
+   /* 64 bits: the low word first, and the sign bit of a negative int64. */
+   const uint8_t q[8] = {0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11};
+   assert_true(aspen_bytes_get_le64(q) == 0x1122334455667788ull);
+   const uint8_t neg[8] = {0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+   assert_true((int64_t) aspen_bytes_get_le64(neg) == -2);
 }
 
 static char *
