@@ -19,7 +19,7 @@
  * Compiled expressions are immutable: any number of threads may evaluate one
  * at the same time, each with its own context.
  */
-#include "bytes.h"
+#include "bsonw.h"
 #include "lang/expr_args.h"
 
 #include <openssl/rand.h>
@@ -240,72 +240,6 @@ eval_const(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
 static aspen_value_t path_array(const uint8_t *data, uint32_t len,
                                 char *const *parts, uint32_t n_parts);
 
-/* Size of a BSON element's value, or -1 when it runs past `avail`. */
-static int64_t
-value_size(uint8_t type, const uint8_t *v, size_t avail)
-{
-   int32_t l;
-   switch (type) {
-   case BSON_TYPE_DOUBLE:
-   case BSON_TYPE_DATE_TIME:
-   case BSON_TYPE_TIMESTAMP:
-   case BSON_TYPE_INT64:
-      return avail >= 8 ? 8 : -1;
-   case BSON_TYPE_INT32:
-      return avail >= 4 ? 4 : -1;
-   case BSON_TYPE_DECIMAL128:
-      return avail >= 16 ? 16 : -1;
-   case BSON_TYPE_BOOL:
-      return avail >= 1 ? 1 : -1;
-   case BSON_TYPE_OID:
-      return avail >= 12 ? 12 : -1;
-   case BSON_TYPE_NULL:
-   case BSON_TYPE_UNDEFINED:
-   case BSON_TYPE_MINKEY:
-   case BSON_TYPE_MAXKEY:
-      return 0;
-   case BSON_TYPE_UTF8:
-   case BSON_TYPE_CODE:
-   case BSON_TYPE_SYMBOL:
-      if (avail < 4) {
-         return -1;
-      }
-      l = (int32_t) aspen_bytes_get_le32(v);
-      return l >= 1 && (size_t) l + 4 <= avail ? 4 + (int64_t) l : -1;
-   case BSON_TYPE_DOCUMENT:
-   case BSON_TYPE_ARRAY:
-   case BSON_TYPE_CODEWSCOPE:
-      if (avail < 4) {
-         return -1;
-      }
-      l = (int32_t) aspen_bytes_get_le32(v);
-      return l >= 5 && (size_t) l <= avail ? l : -1;
-   case BSON_TYPE_BINARY:
-      if (avail < 5) {
-         return -1;
-      }
-      l = (int32_t) aspen_bytes_get_le32(v);
-      return l >= 0 && (size_t) l + 5 <= avail ? 5 + (int64_t) l : -1;
-   case BSON_TYPE_DBPOINTER:
-      if (avail < 4) {
-         return -1;
-      }
-      l = (int32_t) aspen_bytes_get_le32(v);
-      return l >= 1 && (size_t) l + 16 <= avail ? 16 + (int64_t) l : -1;
-   case BSON_TYPE_REGEX: {
-      const uint8_t *a = memchr(v, 0, avail);
-      if (!a) {
-         return -1;
-      }
-      size_t rest = avail - (size_t) (a + 1 - v);
-      const uint8_t *b = memchr(a + 1, 0, rest);
-      return b ? (int64_t) (b + 1 - v) : -1;
-   }
-   default:
-      return -1;
-   }
-}
-
 /* Finds `key` in a BSON document by scanning the raw elements (field paths
  * are the hottest code in the engine; bson_iter_find does more work per
  * element than a lookup needs). The result is a borrowed view. */
@@ -353,7 +287,7 @@ raw_value(const uint8_t *data, uint32_t len, uint32_t off, size_t kl,
    case BSON_TYPE_NULL:
       return true;
    case BSON_TYPE_UTF8: {
-      int64_t sz = value_size(type, v, avail);
+      int64_t sz = aspen_bsonw_value_size(type, v, avail);
       if (sz < 0) {
          return false;
       }
@@ -363,7 +297,7 @@ raw_value(const uint8_t *data, uint32_t len, uint32_t off, size_t kl,
    }
    case BSON_TYPE_DOCUMENT:
    case BSON_TYPE_ARRAY: {
-      int64_t sz = value_size(type, v, avail);
+      int64_t sz = aspen_bsonw_value_size(type, v, avail);
       if (sz < 0) {
          return false;
       }
@@ -400,7 +334,7 @@ raw_find(const uint8_t *data, uint32_t len, const char *key, size_t klen,
       if (kl == klen && memcmp(k, key, klen) == 0) {
          return raw_value(data, len, off, kl, out);
       }
-      int64_t sz = value_size(type, data + voff, len - voff);
+      int64_t sz = aspen_bsonw_value_size(type, data + voff, len - voff);
       if (sz < 0) {
          return false;
       }

@@ -391,6 +391,74 @@ match_doc(const aspen_matcher_t *m, const bson_t *doc, bool with_table)
    return matched;
 }
 
+/* A comparison of a path with a constant is read without the general walk
+ * (matcher.c's cmp_fast: the first component through the field table or a
+ * raw scan, the next ones in their sub-documents, an array or a malformed
+ * element left to the walk): the same answers as with field tables off
+ * (the walk alone), over paths one to three deep that are there, missing,
+ * cut short by a scalar, or cross arrays, with duplicate keys, nulls,
+ * documents and mixed types at their end, $ne and conjunctions. */
+static void
+test_cmp_fast_same_results(void **state)
+{
+   (void) state;
+   static const char *const filters[] = {
+      "{\"a\": 1}", "{\"a\": null}", "{\"a\": {\"$ne\": 1}}",
+      "{\"a\": {\"$gte\": 1, \"$lt\": 3}}", "{\"a\": \"x\"}",
+      "{\"a\": {\"$gt\": \"a\"}}", "{\"a\": {\"b\": 1}}",
+      "{\"o.b\": 2}", "{\"o.b\": {\"$lte\": 2.5}}", "{\"o.b\": null}",
+      "{\"o.b\": {\"$ne\": null}}", "{\"o.p.q\": true}",
+      "{\"o.p.q\": {\"$gt\": 0}}", "{\"o.0\": 5}", "{\"o.b\": 2, \"a\": 1}",
+      "{\"a\": {\"$eq\": {\"$numberLong\": \"1\"}}}",
+      "{\"a\": {\"$lt\": {\"$date\": {\"$numberLong\": \"5\"}}}}",
+      "{\"$or\": [{\"o.b\": 2}, {\"a\": {\"$gt\": 1}}]}",
+      "{\"a\": {\"$lt\": {\"$maxKey\": 1}}}", "{\"\": 1}",
+   };
+   static const char *const docs[] = {
+      "{\"a\": 1, \"o\": {\"b\": 2, \"p\": {\"q\": true}}}",
+      "{\"a\": {\"$numberLong\": \"1\"}, \"o\": {\"b\": 2.5}}",
+      "{\"a\": 1.0, \"o\": {\"b\": {\"$numberDecimal\": \"2\"}}}",
+      "{\"a\": null, \"o\": null}", "{\"z\": 0}", "{}",
+      "{\"a\": \"x\", \"o\": 3}", "{\"a\": \"b\", \"o\": {\"p\": 4}}",
+      "{\"a\": [1, 2], \"o\": [{\"b\": 2}, {\"b\": 3}]}",
+      "{\"a\": 2, \"o\": {\"b\": [1, 2]}}",
+      "{\"o\": {\"p\": [{\"q\": true}]}, \"a\": {\"b\": 1}}",
+      "{\"a\": 3, \"a\": 1, \"o\": {\"b\": 1, \"b\": 2}}",
+      "{\"a\": {\"$date\": {\"$numberLong\": \"1\"}}, \"o\": {\"0\": 5}}",
+      "{\"o\": [5, 6], \"a\": {\"$numberDouble\": \"NaN\"}}",
+      "{\"a\": {\"$maxKey\": 1}, \"\": 1}",
+      "{\"a\": true, \"o\": {\"p\": {\"q\": 1}}}",
+   };
+   size_t n_f = sizeof filters / sizeof filters[0];
+   size_t n_d = sizeof docs / sizeof docs[0];
+   size_t matched = 0, unmatched = 0;
+   for (size_t f = 0; f < n_f; f++) {
+      bson_t *keep;
+      aspen_matcher_t *m = compile_json(filters[f], &keep);
+      for (size_t d = 0; d < n_d; d++) {
+         bson_error_t berr;
+         bson_t *doc = bson_new_from_json((const uint8_t *) docs[d], -1,
+                                          &berr);
+         assert_non_null(doc);
+         aspen_fields_set_enabled(false);
+         bool want = match_doc(m, doc, false);
+         aspen_fields_set_enabled(true);
+         if (match_doc(m, doc, true) != want ||
+             match_doc(m, doc, false) != want) {
+            fail_msg("%s on %s: %d with the walk alone, not with cmp_fast",
+                     filters[f], docs[d], want);
+         }
+         matched += want;
+         unmatched += !want;
+         bson_destroy(doc);
+      }
+      aspen_matcher_destroy(m);
+      bson_destroy(keep);
+   }
+   /* Both answers occur often enough to mean something. */
+   assert_true(matched > 40 && unmatched > 40);
+}
+
 static void
 test_number_fast_paths(void **state)
 {
@@ -751,6 +819,7 @@ main(void)
       cmocka_unit_test(test_destroy_null),
       cmocka_unit_test(test_expr_context),
       cmocka_unit_test(test_number_fast_paths),
+      cmocka_unit_test(test_cmp_fast_same_results),
       cmocka_unit_test(test_key_eq),
       cmocka_unit_test(test_error_codes),
       cmocka_unit_test(test_concurrent_regex),
