@@ -56,6 +56,27 @@ aspen_bsonw_reserve(aspen_bsonw_t *w, size_t n)
    return w->data + w->len;
 }
 
+/* The length of the NUL-terminated key at `k`, looked for in its first
+ * `room` bytes; `room` when it has no NUL there. Eight bytes at a time
+ * (keys are short: usually one step): the first zero byte of a word is
+ * its lowest byte whose (x - 0x01..) & ~x sets the top bit. */
+static inline size_t
+aspen_bsonw_raw_key_len(const uint8_t *k, size_t room)
+{
+   size_t kl = 0;
+   for (; room - kl >= 8; kl += 8) {
+      uint64_t x = aspen_bytes_get_le64(k + kl);
+      uint64_t z = (x - 0x0101010101010101ull) & ~x & 0x8080808080808080ull;
+      if (z) {
+         return kl + ((size_t) __builtin_ctzll(z) >> 3);
+      }
+   }
+   while (kl < room && k[kl]) {
+      kl++;
+   }
+   return kl;
+}
+
 /* The size of a BSON element's value of type `type` that starts at `v`,
  * `avail` bytes before its document ends; -1 when it runs past them or is
  * malformed (a raw scan's step from one element to the next). */

@@ -325,13 +325,13 @@ raw_find(const uint8_t *data, uint32_t len, const char *key, size_t klen,
    while (off + 1 < len) {
       uint8_t type = data[off];
       const uint8_t *k = data + off + 1;
-      const uint8_t *nul = memchr(k, 0, len - off - 1);
-      if (!nul) {
+      size_t room = len - off - 1;
+      size_t kl = aspen_bsonw_raw_key_len(k, room);
+      if (kl == room) {
          return false;
       }
-      size_t kl = (size_t) (nul - k);
       uint32_t voff = off + 1 + (uint32_t) kl + 1;
-      if (kl == klen && memcmp(k, key, klen) == 0) {
+      if (kl == klen && aspen_fields_key_eq(k, key, klen)) {
          return raw_value(data, len, off, kl, out);
       }
       int64_t sz = aspen_bsonw_value_size(type, data + voff, len - voff);

@@ -800,10 +800,8 @@ raw_find_elem(const uint8_t *data, uint32_t len, const char *key, int klen,
    uint32_t o = 4;
    while (o + 1 < len) {
       const uint8_t *k = data + o + 1;
-      size_t room = len - 1 - (o + 1), kl = 0;
-      while (kl < room && k[kl]) {
-         kl++;
-      }
+      size_t room = len - 1 - (o + 1);
+      size_t kl = aspen_bsonw_raw_key_len(k, room);
       if (kl == room) {
          return -1;
       }

@@ -459,6 +459,94 @@ test_cmp_fast_same_results(void **state)
    assert_true(matched > 40 && unmatched > 40);
 }
 
+/* The table libbson's iterator gives (bson_iter_next): each element's
+ * offset and key length, and whether it reached the last byte. */
+static bool
+iter_table(const uint8_t *data, uint32_t len, aspen_fields_t *t)
+{
+   aspen_fields_reset(t);
+   bson_iter_t it;
+   if (!bson_iter_init_from_data(&it, data, len)) {
+      return false;
+   }
+   uint32_t end = 4;
+   while (bson_iter_next(&it)) {
+      aspen_fields_add(t, bson_iter_offset(&it), bson_iter_key_len(&it));
+      end = it.next_off;
+   }
+   return !t->overflow && end + 1 == len;
+}
+
+/* aspen_fields_scan's raw walk finds what libbson's iterator finds, over a
+ * document with every element type and over corrupted copies of it
+ * (lengths, key ends, bool bytes, the frame), where both must refuse the
+ * same documents. */
+static void
+test_fields_scan_same_table(void **state)
+{
+   (void) state;
+   bson_t *doc = bson_new();
+   bson_oid_t oid;
+   bson_decimal128_t dec = {.high = 0x3040000000000000ull, .low = 5};
+   bson_t sub;
+   uint8_t bin[3] = {1, 2, 3};
+   bson_oid_init_from_string(&oid, "0123456789abcdef01234567");
+   BSON_APPEND_DOUBLE(doc, "d", 1.5);
+   BSON_APPEND_UTF8(doc, "string_key", "v");
+   BSON_APPEND_DOCUMENT_BEGIN(doc, "o", &sub);
+   BSON_APPEND_INT32(&sub, "x", 1);
+   bson_append_document_end(doc, &sub);
+   BSON_APPEND_ARRAY_BEGIN(doc, "arr", &sub);
+   BSON_APPEND_INT32(&sub, "0", 1);
+   bson_append_array_end(doc, &sub);
+   BSON_APPEND_BINARY(doc, "bin", BSON_SUBTYPE_BINARY, bin, 3);
+   BSON_APPEND_UNDEFINED(doc, "u");
+   BSON_APPEND_OID(doc, "_id", &oid);
+   BSON_APPEND_BOOL(doc, "b", true);
+   BSON_APPEND_DATE_TIME(doc, "dt", 5);
+   BSON_APPEND_NULL(doc, "n");
+   BSON_APPEND_REGEX(doc, "re", "a.b", "i");
+   BSON_APPEND_CODE(doc, "code", "f()");
+   BSON_APPEND_SYMBOL(doc, "sym", "s");
+   BSON_APPEND_INT32(doc, "i", 7);
+   BSON_APPEND_TIMESTAMP(doc, "ts", 1, 2);
+   BSON_APPEND_INT64(doc, "a_much_longer_key_name", 8);
+   BSON_APPEND_DECIMAL128(doc, "dec", &dec);
+   BSON_APPEND_MINKEY(doc, "min");
+   BSON_APPEND_MAXKEY(doc, "max");
+   const uint8_t *orig = bson_get_data(doc);
+   uint32_t len = doc->len;
+   uint8_t *copy = malloc(len);
+   size_t refused = 0, accepted = 0;
+   for (uint32_t pos = 0; pos <= len; pos++) {
+      static const uint8_t vals[] = {0x00, 0x01, 0x02, 0x7f, 0xff};
+      for (size_t v = 0; v < (pos == len ? 1 : sizeof vals); v++) {
+         memcpy(copy, orig, len);
+         if (pos < len) {
+            copy[pos] = vals[v];
+         }
+         bson_t view;
+         aspen_fields_t want, got;
+         bool want_ok = iter_table(copy, len, &want);
+         bool got_ok = bson_init_static(&view, copy, len) &&
+                       aspen_fields_scan(&got, &view);
+         if (got_ok != want_ok) {
+            fail_msg("byte %u set to %u: scan %d, iterator %d", pos,
+                     vals[v], got_ok, want_ok);
+         }
+         if (want_ok) {
+            assert_int_equal(got.n, want.n);
+            assert_memory_equal(got.f, want.f, want.n * sizeof want.f[0]);
+         }
+         refused += !want_ok;
+         accepted += want_ok;
+      }
+   }
+   assert_true(refused > 20 && accepted > 20);
+   free(copy);
+   bson_destroy(doc);
+}
+
 static void
 test_number_fast_paths(void **state)
 {
@@ -820,6 +908,7 @@ main(void)
       cmocka_unit_test(test_expr_context),
       cmocka_unit_test(test_number_fast_paths),
       cmocka_unit_test(test_cmp_fast_same_results),
+      cmocka_unit_test(test_fields_scan_same_table),
       cmocka_unit_test(test_key_eq),
       cmocka_unit_test(test_error_codes),
       cmocka_unit_test(test_concurrent_regex),

@@ -1209,6 +1209,13 @@ static const char *const fields_pipelines[] = {
    "   {\"arr.v\": 9}, {\"missing\": {\"$exists\": false}}]}},"
    " {\"$match\": {\"$nor\": [{\"a\": {\"$type\": \"string\"}}]}},"
    " {\"$addFields\": {\"m\": {\"$multiply\": [\"$a\", 2]}}}]",
+   "[{\"$match\": {\"o.p\": {\"$ne\": null}}}, {\"$project\": {\"o\": 1,"
+   " \"a\": 1}}]",
+   "[{\"$match\": {\"a\": {\"$gte\": 0, \"$lt\": 5}, \"b.c\": \"x\"}},"
+   " {\"$addFields\": {\"n\": \"$b.c\"}}]",
+   "[{\"$match\": {\"arr.v\": {\"$gt\": 0}}}, {\"$set\": {\"t\": \"$arr.v\"}}]",
+   "[{\"$match\": {\"o.p\": null, \"k\": {\"$lte\": 2}}}]",
+   "[{\"$match\": {\"obs.watts\": {\"$lt\": 400}, \"y\": {\"$gt\": 1}}}]",
 };
 
 static const char *const fields_docs[] = {
