@@ -56,6 +56,95 @@ aspen_bsonw_reserve(aspen_bsonw_t *w, size_t n)
    return w->data + w->len;
 }
 
+/* The length of the NUL-terminated key at `k`, looked for in its first
+ * `room` bytes; `room` when it has no NUL there. Eight bytes at a time
+ * (keys are short: usually one step): the first zero byte of a word is
+ * its lowest byte whose (x - 0x01..) & ~x sets the top bit. */
+static inline size_t
+aspen_bsonw_raw_key_len(const uint8_t *k, size_t room)
+{
+   size_t kl = 0;
+   for (; room - kl >= 8; kl += 8) {
+      uint64_t x = aspen_bytes_get_le64(k + kl);
+      uint64_t z = (x - 0x0101010101010101ull) & ~x & 0x8080808080808080ull;
+      if (z) {
+         return kl + ((size_t) __builtin_ctzll(z) >> 3);
+      }
+   }
+   while (kl < room && k[kl]) {
+      kl++;
+   }
+   return kl;
+}
+
+/* The size of a BSON element's value of type `type` that starts at `v`,
+ * `avail` bytes before its document ends; -1 when it runs past them or is
+ * malformed (a raw scan's step from one element to the next). */
+static inline int64_t
+aspen_bsonw_value_size(uint8_t type, const uint8_t *v, size_t avail)
+{
+   int32_t l;
+   switch (type) {
+   case BSON_TYPE_DOUBLE:
+   case BSON_TYPE_DATE_TIME:
+   case BSON_TYPE_TIMESTAMP:
+   case BSON_TYPE_INT64:
+      return avail >= 8 ? 8 : -1;
+   case BSON_TYPE_INT32:
+      return avail >= 4 ? 4 : -1;
+   case BSON_TYPE_DECIMAL128:
+      return avail >= 16 ? 16 : -1;
+   case BSON_TYPE_BOOL:
+      return avail >= 1 ? 1 : -1;
+   case BSON_TYPE_OID:
+      return avail >= 12 ? 12 : -1;
+   case BSON_TYPE_NULL:
+   case BSON_TYPE_UNDEFINED:
+   case BSON_TYPE_MINKEY:
+   case BSON_TYPE_MAXKEY:
+      return 0;
+   case BSON_TYPE_UTF8:
+   case BSON_TYPE_CODE:
+   case BSON_TYPE_SYMBOL:
+      if (avail < 4) {
+         return -1;
+      }
+      l = (int32_t) aspen_bytes_get_le32(v);
+      return l >= 1 && (size_t) l + 4 <= avail ? 4 + (int64_t) l : -1;
+   case BSON_TYPE_DOCUMENT:
+   case BSON_TYPE_ARRAY:
+   case BSON_TYPE_CODEWSCOPE:
+      if (avail < 4) {
+         return -1;
+      }
+      l = (int32_t) aspen_bytes_get_le32(v);
+      return l >= 5 && (size_t) l <= avail ? l : -1;
+   case BSON_TYPE_BINARY:
+      if (avail < 5) {
+         return -1;
+      }
+      l = (int32_t) aspen_bytes_get_le32(v);
+      return l >= 0 && (size_t) l + 5 <= avail ? 5 + (int64_t) l : -1;
+   case BSON_TYPE_DBPOINTER:
+      if (avail < 4) {
+         return -1;
+      }
+      l = (int32_t) aspen_bytes_get_le32(v);
+      return l >= 1 && (size_t) l + 16 <= avail ? 16 + (int64_t) l : -1;
+   case BSON_TYPE_REGEX: {
+      const uint8_t *a = memchr(v, 0, avail);
+      if (!a) {
+         return -1;
+      }
+      size_t rest = avail - (size_t) (a + 1 - v);
+      const uint8_t *b = memchr(a + 1, 0, rest);
+      return b ? (int64_t) (b + 1 - v) : -1;
+   }
+   default:
+      return -1;
+   }
+}
+
 /* Copies the element the iterator is on (type, key, value) as it is. */
 static inline void
 aspen_bsonw_element(aspen_bsonw_t *w, const bson_iter_t *it)

@@ -30,6 +30,14 @@ aspen_bytes_get_le32(const uint8_t *p)
           (uint32_t) p[3] << 24;
 }
 
+/* The value stored at p[0..7], least significant byte first. */
+static inline uint64_t
+aspen_bytes_get_le64(const uint8_t *p)
+{
+   return (uint64_t) aspen_bytes_get_le32(p) |
+          (uint64_t) aspen_bytes_get_le32(p + 4) << 32;
+}
+
 /* Writes `v` in decimal (what "%" PRId64 prints) at buf, which holds at
  * least 21 bytes, NUL-terminated; returns the length. */
 static inline size_t

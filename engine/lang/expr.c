@@ -19,6 +19,7 @@
  * Compiled expressions are immutable: any number of threads may evaluate one
  * at the same time, each with its own context.
  */
+#include "bsonw.h"
 #include "lang/expr_args.h"
 
 #include <openssl/rand.h>
@@ -239,76 +240,6 @@ eval_const(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
 static aspen_value_t path_array(const uint8_t *data, uint32_t len,
                                 char *const *parts, uint32_t n_parts);
 
-/* Size of a BSON element's value, or -1 when it runs past `avail`. */
-static int64_t
-value_size(uint8_t type, const uint8_t *v, size_t avail)
-{
-   int32_t l;
-   switch (type) {
-   case BSON_TYPE_DOUBLE:
-   case BSON_TYPE_DATE_TIME:
-   case BSON_TYPE_TIMESTAMP:
-   case BSON_TYPE_INT64:
-      return avail >= 8 ? 8 : -1;
-   case BSON_TYPE_INT32:
-      return avail >= 4 ? 4 : -1;
-   case BSON_TYPE_DECIMAL128:
-      return avail >= 16 ? 16 : -1;
-   case BSON_TYPE_BOOL:
-      return avail >= 1 ? 1 : -1;
-   case BSON_TYPE_OID:
-      return avail >= 12 ? 12 : -1;
-   case BSON_TYPE_NULL:
-   case BSON_TYPE_UNDEFINED:
-   case BSON_TYPE_MINKEY:
-   case BSON_TYPE_MAXKEY:
-      return 0;
-   case BSON_TYPE_UTF8:
-   case BSON_TYPE_CODE:
-   case BSON_TYPE_SYMBOL:
-      if (avail < 4) {
-         return -1;
-      }
-      memcpy(&l, v, 4);
-      l = (int32_t) BSON_UINT32_FROM_LE((uint32_t) l);
-      return l >= 1 && (size_t) l + 4 <= avail ? 4 + (int64_t) l : -1;
-   case BSON_TYPE_DOCUMENT:
-   case BSON_TYPE_ARRAY:
-   case BSON_TYPE_CODEWSCOPE:
-      if (avail < 4) {
-         return -1;
-      }
-      memcpy(&l, v, 4);
-      l = (int32_t) BSON_UINT32_FROM_LE((uint32_t) l);
-      return l >= 5 && (size_t) l <= avail ? l : -1;
-   case BSON_TYPE_BINARY:
-      if (avail < 5) {
-         return -1;
-      }
-      memcpy(&l, v, 4);
-      l = (int32_t) BSON_UINT32_FROM_LE((uint32_t) l);
-      return l >= 0 && (size_t) l + 5 <= avail ? 5 + (int64_t) l : -1;
-   case BSON_TYPE_DBPOINTER:
-      if (avail < 4) {
-         return -1;
-      }
-      memcpy(&l, v, 4);
-      l = (int32_t) BSON_UINT32_FROM_LE((uint32_t) l);
-      return l >= 1 && (size_t) l + 16 <= avail ? 16 + (int64_t) l : -1;
-   case BSON_TYPE_REGEX: {
-      const uint8_t *a = memchr(v, 0, avail);
-      if (!a) {
-         return -1;
-      }
-      size_t rest = avail - (size_t) (a + 1 - v);
-      const uint8_t *b = memchr(a + 1, 0, rest);
-      return b ? (int64_t) (b + 1 - v) : -1;
-   }
-   default:
-      return -1;
-   }
-}
-
 /* Finds `key` in a BSON document by scanning the raw elements (field paths
  * are the hottest code in the engine; bson_iter_find does more work per
  * element than a lookup needs). The result is a borrowed view. */
@@ -325,33 +256,25 @@ raw_value(const uint8_t *data, uint32_t len, uint32_t off, size_t kl,
    memset(out, 0, sizeof *out);
    out->v.value_type = (bson_type_t) type;
    switch (type) {
-   case BSON_TYPE_INT32: {
-      uint32_t x;
+   case BSON_TYPE_INT32:
       if (avail < 4) {
          return false;
       }
-      memcpy(&x, v, 4);
-      out->v.value.v_int32 = (int32_t) BSON_UINT32_FROM_LE(x);
+      out->v.value.v_int32 = (int32_t) aspen_bytes_get_le32(v);
       return true;
-   }
    case BSON_TYPE_INT64:
-   case BSON_TYPE_DATE_TIME: {
-      uint64_t x;
+   case BSON_TYPE_DATE_TIME:
       if (avail < 8) {
          return false;
       }
-      memcpy(&x, v, 8);
-      out->v.value.v_int64 = (int64_t) BSON_UINT64_FROM_LE(x);
+      out->v.value.v_int64 = (int64_t) aspen_bytes_get_le64(v);
       return true;
-   }
    case BSON_TYPE_DOUBLE:
       if (avail < 8) {
          return false;
       }
       {
-         uint64_t x;
-         memcpy(&x, v, 8);
-         x = BSON_UINT64_FROM_LE(x);
+         uint64_t x = aspen_bytes_get_le64(v);
          memcpy(&out->v.value.v_double, &x, 8);
       }
       return true;
@@ -364,7 +287,7 @@ raw_value(const uint8_t *data, uint32_t len, uint32_t off, size_t kl,
    case BSON_TYPE_NULL:
       return true;
    case BSON_TYPE_UTF8: {
-      int64_t sz = value_size(type, v, avail);
+      int64_t sz = aspen_bsonw_value_size(type, v, avail);
       if (sz < 0) {
          return false;
       }
@@ -374,7 +297,7 @@ raw_value(const uint8_t *data, uint32_t len, uint32_t off, size_t kl,
    }
    case BSON_TYPE_DOCUMENT:
    case BSON_TYPE_ARRAY: {
-      int64_t sz = value_size(type, v, avail);
+      int64_t sz = aspen_bsonw_value_size(type, v, avail);
       if (sz < 0) {
          return false;
       }
@@ -402,16 +325,16 @@ raw_find(const uint8_t *data, uint32_t len, const char *key, size_t klen,
    while (off + 1 < len) {
       uint8_t type = data[off];
       const uint8_t *k = data + off + 1;
-      const uint8_t *nul = memchr(k, 0, len - off - 1);
-      if (!nul) {
+      size_t room = len - off - 1;
+      size_t kl = aspen_bsonw_raw_key_len(k, room);
+      if (kl == room) {
          return false;
       }
-      size_t kl = (size_t) (nul - k);
       uint32_t voff = off + 1 + (uint32_t) kl + 1;
-      if (kl == klen && memcmp(k, key, klen) == 0) {
+      if (kl == klen && aspen_fields_key_eq(k, key, klen)) {
          return raw_value(data, len, off, kl, out);
       }
-      int64_t sz = value_size(type, data + voff, len - voff);
+      int64_t sz = aspen_bsonw_value_size(type, data + voff, len - voff);
       if (sz < 0) {
          return false;
       }

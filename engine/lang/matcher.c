@@ -158,13 +158,11 @@ fixed_number(bson_type_t t, const uint8_t *v, bson_value_t *out)
       return true;
    case BSON_TYPE_INT64:
    case BSON_TYPE_DATE_TIME:
-      memcpy(&x, v, sizeof x);
       out->value_type = t;
-      out->value.v_int64 = (int64_t) BSON_UINT64_FROM_LE(x);
+      out->value.v_int64 = (int64_t) aspen_bytes_get_le64(v);
       return true;
    case BSON_TYPE_DOUBLE:
-      memcpy(&x, v, sizeof x);
-      x = BSON_UINT64_FROM_LE(x);
+      x = aspen_bytes_get_le64(v);
       out->value_type = t;
       memcpy(&out->value.v_double, &x, sizeof x);
       return true;
@@ -788,6 +786,130 @@ eval_expr(const mnode_t *n, const uint8_t *data, uint32_t len,
    return t ? 1 : 0;
 }
 
+/* A raw scan of the document at data/len for the first element named `key`
+ * (`klen` bytes; the one find_field finds): 1 with its offset (its type
+ * byte) in *off, 0 if the document has none, -1 if it is malformed before
+ * that (cmp_fast leaves it to the general walk). */
+static int
+raw_find_elem(const uint8_t *data, uint32_t len, const char *key, int klen,
+              uint32_t *off)
+{
+   if (len < 5 || aspen_bytes_get_le32(data) != len || data[len - 1] != 0) {
+      return -1; /* what bson_iter_init_from_data refuses */
+   }
+   uint32_t o = 4;
+   while (o + 1 < len) {
+      const uint8_t *k = data + o + 1;
+      size_t room = len - 1 - (o + 1);
+      size_t kl = aspen_bsonw_raw_key_len(k, room);
+      if (kl == room) {
+         return -1;
+      }
+      if ((int) kl == klen && aspen_fields_key_eq(k, key, kl)) {
+         *off = o;
+         return 1;
+      }
+      uint32_t vo = o + 1 + (uint32_t) kl + 1;
+      int64_t sz = aspen_bsonw_value_size(data[o], data + vo, len - vo);
+      if (sz < 0) {
+         return -1;
+      }
+      o = vo + (uint32_t) sz;
+   }
+   return o + 1 == len ? 0 : -1;
+}
+
+/* A comparison (N_CMP) against the document at data/len without the
+ * general walk: the path's first element through the field table `t` when
+ * it describes these bytes (else a raw scan), each next one by a raw scan
+ * of its sub-document, and the value at its end compared as visit_leaf
+ * compares it (integers read in place). Returns 1 or 0, or -2 when the path
+ * meets an array (implicit traversal) or bytes it does not read, for
+ * walk_top to decide. */
+static int
+cmp_fast(const mnode_t *n, const uint8_t *data, uint32_t len,
+         const aspen_fields_t *t)
+{
+   const mpath_t *p = n->path;
+   aspen__match_op_t op = n->u.cmp.op;
+   const bson_value_t *rhs = &n->u.cmp.rhs;
+   uint32_t off = 0;
+   int r;
+   if (aspen_fields_covers_data(t, data, len)) {
+      int k = aspen_fields_find(t, p->comp[0], (size_t) p->len[0]);
+      r = k >= 0;
+      off = r ? t->f[k].off : 0;
+   } else {
+      r = raw_find_elem(data, len, p->comp[0], p->len[0], &off);
+   }
+   const uint8_t *d = data;
+   uint32_t dl = len;
+   for (size_t i = 0;; i++) {
+      if (r < 0) {
+         return -2;
+      }
+      if (r == 0) {
+         return aspen__match_compare(op, &missing_value, rhs);
+      }
+      bson_type_t type = (bson_type_t) d[off];
+      uint32_t vo = off + (uint32_t) p->len[i] + 2; /* the value */
+      if (type == BSON_TYPE_ARRAY) {
+         return -2;
+      }
+      if (i + 1 == p->n) {
+         bson_value_t v;
+         uint32_t need = type == BSON_TYPE_INT32 ? 4 : 8;
+         if (vo + need < dl && fixed_number(type, d + vo, &v)) {
+            if ((v.value_type == BSON_TYPE_INT32 ||
+                 v.value_type == BSON_TYPE_INT64) &&
+                (rhs->value_type == BSON_TYPE_INT32 ||
+                 rhs->value_type == BSON_TYPE_INT64)) {
+               /* aspen__match_compare's integer case, in place. */
+               int64_t x = v.value_type == BSON_TYPE_INT32
+                              ? v.value.v_int32
+                              : v.value.v_int64;
+               int64_t y = rhs->value_type == BSON_TYPE_INT32
+                              ? rhs->value.v_int32
+                              : rhs->value.v_int64;
+               switch (op) {
+               case ASPEN__MATCH_EQ:
+                  return x == y;
+               case ASPEN__MATCH_LT:
+                  return x < y;
+               case ASPEN__MATCH_LTE:
+                  return x <= y;
+               case ASPEN__MATCH_GT:
+                  return x > y;
+               case ASPEN__MATCH_GTE:
+                  return x >= y;
+               }
+            }
+            return aspen__match_compare(op, &v, rhs);
+         }
+         bson_iter_t it;
+         if (!bson_iter_init_from_data_at_offset(&it, d, dl, off,
+                                                 (uint32_t) p->len[i])) {
+            return -2;
+         }
+         return aspen__match_compare(op, bson_iter_value(&it), rhs);
+      }
+      if (type != BSON_TYPE_DOCUMENT) {
+         /* A scalar in the middle of the path. */
+         return aspen__match_compare(op, &missing_value, rhs);
+      }
+      if (vo + 4 >= dl) {
+         return -2;
+      }
+      uint32_t sl = aspen_bytes_get_le32(d + vo);
+      if (sl < 5 || sl >= dl - vo) {
+         return -2;
+      }
+      d += vo;
+      dl = sl;
+      r = raw_find_elem(d, dl, p->comp[i + 1], p->len[i + 1], &off);
+   }
+}
+
 /* Evaluates a node against a document (or an array seen as a document).
  * Returns 1 (match), 0 (no match) or -1 ($expr failed, ev->err set). */
 static int
@@ -840,6 +962,15 @@ eval_doc(const mnode_t *n, const uint8_t *data, uint32_t len,
                 ? 1
                 : 0;
    case N_CMP:
+      if (aspen__fields_on) {
+         int r = cmp_fast(n, data, len, ev_fields(ev));
+         if (r >= 0) {
+            return r;
+         }
+      }
+      return walk_top(data, len, ev_fields(ev), n->path, true, visit_leaf, n)
+                ? 1
+                : 0;
    case N_IN:
    case N_EXISTS:
    case N_TYPE:

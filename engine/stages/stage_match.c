@@ -5,10 +5,17 @@
 #include "lang/match.h"
 #include "runtime/pipeline.h"
 
+#include <string.h>
+
 typedef struct {
    bson_t filter; /* owned: the matcher keeps views into it */
    aspen_matcher_t *m;
    aspen_fields_t tab; /* the input's field table (match_push) */
+   /* Whether the stage after it reads a table (a shaping stage): found at
+    * the first document, the chain being complete by then. Without one
+    * the matcher reads its paths by raw scans, and no table is made. */
+   bool next_known;
+   bool next_reads;
 } match_t;
 
 static void
@@ -48,6 +55,26 @@ match_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
    return true;
 }
 
+/* True if the stage after `st` in its chain reads its input's field table
+ * (lang/fields.h): the shaping stages ($match makes its own when it needs
+ * one). */
+static bool
+next_reads_table(const aspen_stage_t *st)
+{
+   static const char *const readers[] = {"$project", "$addFields", "$set",
+                                         "$unset"};
+   if (st->index + 1 >= st->chain->n) {
+      return false;
+   }
+   const char *name = st->chain->stages[st->index + 1].ops->name;
+   for (size_t i = 0; name && i < sizeof readers / sizeof readers[0]; i++) {
+      if (strcmp(name, readers[i]) == 0) {
+         return true;
+      }
+   }
+   return false;
+}
+
 static bool
 match_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 {
@@ -55,10 +82,14 @@ match_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
    aspen_expr_ctx_t ctx;
    bool matched = false;
    aspen_stage_expr_ctx(st, in, &ctx);
-   /* The input's field table, found once: the matcher's paths and the
-    * stages after it read fields through it (lang/fields.h). */
+   if (!m->next_known) {
+      m->next_reads = next_reads_table(st);
+      m->next_known = true;
+   }
+   /* The input's field table, found once when the stage after reads it
+    * too: the matcher's paths and that stage read fields through it. */
    aspen_sdoc_t next = *in;
-   if (!aspen_fields_covers(in->fields, in->doc)) {
+   if (m->next_reads && !aspen_fields_covers(in->fields, in->doc)) {
       next.fields = aspen_fields_scan(&m->tab, in->doc) ? &m->tab : NULL;
    }
    ctx.fields = next.fields;

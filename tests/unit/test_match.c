@@ -391,6 +391,162 @@ match_doc(const aspen_matcher_t *m, const bson_t *doc, bool with_table)
    return matched;
 }
 
+/* A comparison of a path with a constant is read without the general walk
+ * (matcher.c's cmp_fast: the first component through the field table or a
+ * raw scan, the next ones in their sub-documents, an array or a malformed
+ * element left to the walk): the same answers as with field tables off
+ * (the walk alone), over paths one to three deep that are there, missing,
+ * cut short by a scalar, or cross arrays, with duplicate keys, nulls,
+ * documents and mixed types at their end, $ne and conjunctions. */
+static void
+test_cmp_fast_same_results(void **state)
+{
+   (void) state;
+   static const char *const filters[] = {
+      "{\"a\": 1}", "{\"a\": null}", "{\"a\": {\"$ne\": 1}}",
+      "{\"a\": {\"$gte\": 1, \"$lt\": 3}}", "{\"a\": \"x\"}",
+      "{\"a\": {\"$gt\": \"a\"}}", "{\"a\": {\"b\": 1}}",
+      "{\"o.b\": 2}", "{\"o.b\": {\"$lte\": 2.5}}", "{\"o.b\": null}",
+      "{\"o.b\": {\"$ne\": null}}", "{\"o.p.q\": true}",
+      "{\"o.p.q\": {\"$gt\": 0}}", "{\"o.0\": 5}", "{\"o.b\": 2, \"a\": 1}",
+      "{\"a\": {\"$eq\": {\"$numberLong\": \"1\"}}}",
+      "{\"a\": {\"$lt\": {\"$date\": {\"$numberLong\": \"5\"}}}}",
+      "{\"$or\": [{\"o.b\": 2}, {\"a\": {\"$gt\": 1}}]}",
+      "{\"a\": {\"$lt\": {\"$maxKey\": 1}}}", "{\"\": 1}",
+   };
+   static const char *const docs[] = {
+      "{\"a\": 1, \"o\": {\"b\": 2, \"p\": {\"q\": true}}}",
+      "{\"a\": {\"$numberLong\": \"1\"}, \"o\": {\"b\": 2.5}}",
+      "{\"a\": 1.0, \"o\": {\"b\": {\"$numberDecimal\": \"2\"}}}",
+      "{\"a\": null, \"o\": null}", "{\"z\": 0}", "{}",
+      "{\"a\": \"x\", \"o\": 3}", "{\"a\": \"b\", \"o\": {\"p\": 4}}",
+      "{\"a\": [1, 2], \"o\": [{\"b\": 2}, {\"b\": 3}]}",
+      "{\"a\": 2, \"o\": {\"b\": [1, 2]}}",
+      "{\"o\": {\"p\": [{\"q\": true}]}, \"a\": {\"b\": 1}}",
+      "{\"a\": 3, \"a\": 1, \"o\": {\"b\": 1, \"b\": 2}}",
+      "{\"a\": {\"$date\": {\"$numberLong\": \"1\"}}, \"o\": {\"0\": 5}}",
+      "{\"o\": [5, 6], \"a\": {\"$numberDouble\": \"NaN\"}}",
+      "{\"a\": {\"$maxKey\": 1}, \"\": 1}",
+      "{\"a\": true, \"o\": {\"p\": {\"q\": 1}}}",
+   };
+   size_t n_f = sizeof filters / sizeof filters[0];
+   size_t n_d = sizeof docs / sizeof docs[0];
+   size_t matched = 0, unmatched = 0;
+   for (size_t f = 0; f < n_f; f++) {
+      bson_t *keep;
+      aspen_matcher_t *m = compile_json(filters[f], &keep);
+      for (size_t d = 0; d < n_d; d++) {
+         bson_error_t berr;
+         bson_t *doc = bson_new_from_json((const uint8_t *) docs[d], -1,
+                                          &berr);
+         assert_non_null(doc);
+         aspen_fields_set_enabled(false);
+         bool want = match_doc(m, doc, false);
+         aspen_fields_set_enabled(true);
+         if (match_doc(m, doc, true) != want ||
+             match_doc(m, doc, false) != want) {
+            fail_msg("%s on %s: %d with the walk alone, not with cmp_fast",
+                     filters[f], docs[d], want);
+         }
+         matched += want;
+         unmatched += !want;
+         bson_destroy(doc);
+      }
+      aspen_matcher_destroy(m);
+      bson_destroy(keep);
+   }
+   /* Both answers occur often enough to mean something. */
+   assert_true(matched > 40 && unmatched > 40);
+}
+
+/* The table libbson's iterator gives (bson_iter_next): each element's
+ * offset and key length, and whether it reached the last byte. */
+static bool
+iter_table(const uint8_t *data, uint32_t len, aspen_fields_t *t)
+{
+   aspen_fields_reset(t);
+   bson_iter_t it;
+   if (!bson_iter_init_from_data(&it, data, len)) {
+      return false;
+   }
+   uint32_t end = 4;
+   while (bson_iter_next(&it)) {
+      aspen_fields_add(t, bson_iter_offset(&it), bson_iter_key_len(&it));
+      end = it.next_off;
+   }
+   return !t->overflow && end + 1 == len;
+}
+
+/* aspen_fields_scan's raw walk finds what libbson's iterator finds, over a
+ * document with every element type and over corrupted copies of it
+ * (lengths, key ends, bool bytes, the frame), where both must refuse the
+ * same documents. */
+static void
+test_fields_scan_same_table(void **state)
+{
+   (void) state;
+   bson_t *doc = bson_new();
+   bson_oid_t oid;
+   bson_decimal128_t dec = {.high = 0x3040000000000000ull, .low = 5};
+   bson_t sub;
+   uint8_t bin[3] = {1, 2, 3};
+   bson_oid_init_from_string(&oid, "0123456789abcdef01234567");
+   BSON_APPEND_DOUBLE(doc, "d", 1.5);
+   BSON_APPEND_UTF8(doc, "string_key", "v");
+   BSON_APPEND_DOCUMENT_BEGIN(doc, "o", &sub);
+   BSON_APPEND_INT32(&sub, "x", 1);
+   bson_append_document_end(doc, &sub);
+   BSON_APPEND_ARRAY_BEGIN(doc, "arr", &sub);
+   BSON_APPEND_INT32(&sub, "0", 1);
+   bson_append_array_end(doc, &sub);
+   BSON_APPEND_BINARY(doc, "bin", BSON_SUBTYPE_BINARY, bin, 3);
+   BSON_APPEND_UNDEFINED(doc, "u");
+   BSON_APPEND_OID(doc, "_id", &oid);
+   BSON_APPEND_BOOL(doc, "b", true);
+   BSON_APPEND_DATE_TIME(doc, "dt", 5);
+   BSON_APPEND_NULL(doc, "n");
+   BSON_APPEND_REGEX(doc, "re", "a.b", "i");
+   BSON_APPEND_CODE(doc, "code", "f()");
+   BSON_APPEND_SYMBOL(doc, "sym", "s");
+   BSON_APPEND_INT32(doc, "i", 7);
+   BSON_APPEND_TIMESTAMP(doc, "ts", 1, 2);
+   BSON_APPEND_INT64(doc, "a_much_longer_key_name", 8);
+   BSON_APPEND_DECIMAL128(doc, "dec", &dec);
+   BSON_APPEND_MINKEY(doc, "min");
+   BSON_APPEND_MAXKEY(doc, "max");
+   const uint8_t *orig = bson_get_data(doc);
+   uint32_t len = doc->len;
+   uint8_t *copy = malloc(len);
+   size_t refused = 0, accepted = 0;
+   for (uint32_t pos = 0; pos <= len; pos++) {
+      static const uint8_t vals[] = {0x00, 0x01, 0x02, 0x7f, 0xff};
+      for (size_t v = 0; v < (pos == len ? 1 : sizeof vals); v++) {
+         memcpy(copy, orig, len);
+         if (pos < len) {
+            copy[pos] = vals[v];
+         }
+         bson_t view;
+         aspen_fields_t want, got;
+         bool want_ok = iter_table(copy, len, &want);
+         bool got_ok = bson_init_static(&view, copy, len) &&
+                       aspen_fields_scan(&got, &view);
+         if (got_ok != want_ok) {
+            fail_msg("byte %u set to %u: scan %d, iterator %d", pos,
+                     vals[v], got_ok, want_ok);
+         }
+         if (want_ok) {
+            assert_int_equal(got.n, want.n);
+            assert_memory_equal(got.f, want.f, want.n * sizeof want.f[0]);
+         }
+         refused += !want_ok;
+         accepted += want_ok;
+      }
+   }
+   assert_true(refused > 20 && accepted > 20);
+   free(copy);
+   bson_destroy(doc);
+}
+
 static void
 test_number_fast_paths(void **state)
 {
@@ -751,6 +907,8 @@ main(void)
       cmocka_unit_test(test_destroy_null),
       cmocka_unit_test(test_expr_context),
       cmocka_unit_test(test_number_fast_paths),
+      cmocka_unit_test(test_cmp_fast_same_results),
+      cmocka_unit_test(test_fields_scan_same_table),
       cmocka_unit_test(test_key_eq),
       cmocka_unit_test(test_error_codes),
       cmocka_unit_test(test_concurrent_regex),

@@ -223,6 +223,7 @@ typedef struct {
    dlq_entry_t *dlq;
    size_t n_dlq, cap_dlq;
    const aspen_pipeline_t *pl;
+   size_t n_out_tables; /* outputs that came with their field table */
 } collector_t;
 
 static void
@@ -244,6 +245,7 @@ on_output(void *arg, const aspen_sdoc_t *d)
    }
    c->out_window[c->n_out] = window;
    c->out[c->n_out++] = strip_copy(d->doc);
+   c->n_out_tables += aspen_fields_covers(d->fields, d->doc);
 }
 
 static void
@@ -1209,6 +1211,13 @@ static const char *const fields_pipelines[] = {
    "   {\"arr.v\": 9}, {\"missing\": {\"$exists\": false}}]}},"
    " {\"$match\": {\"$nor\": [{\"a\": {\"$type\": \"string\"}}]}},"
    " {\"$addFields\": {\"m\": {\"$multiply\": [\"$a\", 2]}}}]",
+   "[{\"$match\": {\"o.p\": {\"$ne\": null}}}, {\"$project\": {\"o\": 1,"
+   " \"a\": 1}}]",
+   "[{\"$match\": {\"a\": {\"$gte\": 0, \"$lt\": 5}, \"b.c\": \"x\"}},"
+   " {\"$addFields\": {\"n\": \"$b.c\"}}]",
+   "[{\"$match\": {\"arr.v\": {\"$gt\": 0}}}, {\"$set\": {\"t\": \"$arr.v\"}}]",
+   "[{\"$match\": {\"o.p\": null, \"k\": {\"$lte\": 2}}}]",
+   "[{\"$match\": {\"obs.watts\": {\"$lt\": 400}, \"y\": {\"$gt\": 1}}}]",
 };
 
 static const char *const fields_docs[] = {
@@ -1360,6 +1369,54 @@ field_tables_same_results(void **state)
    assert_true(fast_outputs > 50);
 }
 
+/* A $match makes its input's field table only when the stage after it
+ * reads one (a shaping stage): a $match last hands its documents on
+ * without one, one before $project with one (which the $project then
+ * replaces with its output's), and both give the same documents. */
+static void
+match_table_only_when_read(void **state)
+{
+   (void) state;
+   static const char *const stages[] = {
+      "\"1\": {\"$match\": {\"a\": {\"$gte\": 1}}}",
+      "\"1\": {\"$match\": {\"a\": {\"$gte\": 1}}}, "
+      "\"2\": {\"$project\": {\"a\": 1, \"_id\": 0}}",
+   };
+   size_t tables[2], outs[2];
+   for (int p = 0; p < 2; p++) {
+      char json[512];
+      snprintf(json, sizeof json,
+               "{\"0\": {\"$source\": {\"documents\": []}}, %s}",
+               stages[p]);
+      aspen_pipeline_t *pl = parse_json_pipeline(json);
+      collector_t col;
+      collector_attach(&col, pl);
+      bson_t meta;
+      source_meta(&meta, -1);
+      for (int i = 0; i < 4; i++) {
+         bson_t doc = BSON_INITIALIZER;
+         BSON_APPEND_INT32(&doc, "a", i);
+         aspen_sdoc_t d = {.doc = &doc, .meta = &meta, .ts_ms = TEST_NOW_MS};
+         aspen_pipeline_push(pl, &d);
+         bson_destroy(&doc);
+      }
+      bson_destroy(&meta);
+      tables[p] = col.n_out_tables;
+      outs[p] = col.n_out;
+      for (size_t i = 0; i < col.n_out; i++) {
+         bson_iter_t it;
+         assert_true(bson_iter_init_find(&it, col.out[i], "a"));
+         assert_int_equal(bson_iter_int32(&it), (int) i + 1);
+      }
+      aspen_pipeline_destroy(pl);
+      collector_cleanup(&col);
+   }
+   assert_int_equal(outs[0], 3);
+   assert_int_equal(outs[1], 3);
+   assert_int_equal(tables[0], 0);
+   assert_int_equal(tables[1], 3);
+}
+
 static void
 run_file(void **state)
 {
@@ -1492,6 +1549,7 @@ main(void)
       cmocka_unit_test(window_state_autoscales),
       cmocka_unit_test(operator_counts),
       cmocka_unit_test(field_tables_same_results),
+      cmocka_unit_test(match_table_only_when_read),
    };
    const size_t n_direct = sizeof direct / sizeof direct[0];
    struct CMUnitTest *tests = aspen_xcalloc(n + n_direct, sizeof *tests);

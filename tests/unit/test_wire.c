@@ -2590,6 +2590,44 @@ test_bytes_le32(void **state)
    assert_int_equal(aspen_bytes_get_le32(b), 0x11223344u);
    aspen_bytes_put_le32(b, 0xffffffffu);
    assert_int_equal(aspen_bytes_get_le32(b), 0xffffffffu);
+   /* 64 bits: the low word first, and the sign bit of a negative int64. */
+   const uint8_t q[8] = {0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11};
+   assert_true(aspen_bytes_get_le64(q) == 0x1122334455667788ull);
+   const uint8_t neg[8] = {0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+   assert_true((int64_t) aspen_bytes_get_le64(neg) == -2);
+}
+
+/* bsonw.h's word-at-a-time key length: the first NUL's position (bytes
+ * after it, high bits and 0x01 bytes included, change nothing), or `room`
+ * when none is in the first `room` bytes; checked against a byte loop. */
+static void
+test_bsonw_raw_key_len(void **state)
+{
+   (void) state;
+   uint8_t buf[40];
+   uint32_t seed = 12345;
+   size_t checked = 0;
+   for (int round = 0; round < 4000; round++) {
+      for (size_t i = 0; i < sizeof buf; i++) {
+         seed = seed * 1103515245u + 12345u;
+         uint8_t b = (uint8_t) (seed >> 16);
+         /* Mostly bytes the trick could confuse: 0x01, 0x80, 0xff. */
+         buf[i] = (b & 3) == 0 ? 0x01 : (b & 3) == 1 ? 0x80 : b | 1;
+      }
+      size_t nul = (size_t) (seed >> 8) % (sizeof buf + 1);
+      if (nul < sizeof buf) {
+         buf[nul] = 0;
+      }
+      for (size_t room = 0; room <= sizeof buf; room++) {
+         size_t want = 0;
+         while (want < room && buf[want]) {
+            want++;
+         }
+         assert_int_equal(aspen_bsonw_raw_key_len(buf, room), want);
+         checked++;
+      }
+   }
+   assert_true(checked > 100000);
 }
 
 static char *
@@ -3124,6 +3162,7 @@ main(void)
       T(test_clocks),
       T(test_hash_fnv1a),
       T(test_bytes_le32),
+      T(test_bsonw_raw_key_len),
       T(test_file_write_atomic),
       T(test_bytes_dec_int64),
       T(test_bsonw_matches_libbson),
