@@ -20,6 +20,19 @@
  * stops at 200: far enough below both, the fast paths decline. */
 enum { MAX_DEPTH = 64 };
 
+/* Whether any of the eight bytes in `x` is one a string's text does not
+ * hold as it is, in JSON or in libbson's escaping: below 0x20, 0x80 and
+ * up, '"' or '\'. */
+static inline bool
+word_needs_care(uint64_t x)
+{
+   const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+   uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+   uint64_t zero_q = (q - ones) & ~q, zero_b = (b - ones) & ~b;
+   uint64_t low = x - ones * 0x20; /* a borrow into the high bit */
+   return ((zero_q | zero_b | low | x) & high) != 0;
+}
+
 /* ---- reading ------------------------------------------------------------ */
 
 typedef struct {
@@ -37,11 +50,20 @@ skip_ws(rd_t *r)
    }
 }
 
-/* A string of printable ASCII without escapes; r->p is on its quote. */
+/* A string of printable ASCII without escapes; r->p is on its quote.
+ * Eight bytes at a time while none of them needs a look. */
 static bool
 read_str(rd_t *r, const char **s, size_t *n)
 {
    const char *q = r->p + 1;
+   while (r->end - q >= 8) {
+      uint64_t x;
+      memcpy(&x, q, 8);
+      if (word_needs_care(x)) {
+         break;
+      }
+      q += 8;
+   }
    while (q < r->end) {
       unsigned char c = (unsigned char) *q;
       if (c == '"') {
@@ -56,6 +78,27 @@ read_str(rd_t *r, const char **s, size_t *n)
       q++;
    }
    return false;
+}
+
+/* An element's type byte and key, with room for `n` bytes of value after
+ * them; returns where the value goes (w->len already past it). */
+static inline uint8_t *
+w_elem(aspen_bsonw_t *w, bson_type_t type, const char *key, size_t klen,
+       size_t n)
+{
+   uint8_t *p = aspen_bsonw_reserve(w, klen + 2 + n);
+   p[0] = (uint8_t) type;
+   memcpy(p + 1, key, klen);
+   p[1 + klen] = 0;
+   w->len += klen + 2 + n;
+   return p + klen + 2;
+}
+
+static inline void
+w_u64(uint8_t *p, uint64_t u)
+{
+   aspen_bytes_put_le32(p, (uint32_t) u);
+   aspen_bytes_put_le32(p + 4, (uint32_t) (u >> 32));
 }
 
 /* After a number or a literal: what may follow a value. */
@@ -110,7 +153,6 @@ read_number(rd_t *r, const char *key, size_t klen)
    if (nd == 0 || nd > 18 || (nd > 1 && *digits == '0')) {
       return false;
    }
-   bson_value_t v;
    if (r->p < r->end && *r->p == '.') {
       r->p++;
       const char *frac = r->p;
@@ -123,32 +165,34 @@ read_number(rd_t *r, const char *key, size_t klen)
       if (r->p == frac || n >= sizeof buf || !at_delim(r)) {
          return false;
       }
-      v.value_type = BSON_TYPE_DOUBLE;
+      double d;
       if (nd + nf <= 15) {
          uint64_t m = val; /* < 10^15 < 2^53: exact as a double */
          for (const char *q = frac; q < r->p; q++) {
             m = m * 10 + (uint64_t) (*q - '0');
          }
-         double d = (double) m / pow10_exact[nf];
-         v.value.v_double = neg ? -d : d;
+         d = (double) m / pow10_exact[nf];
+         d = neg ? -d : d;
       } else {
          memcpy(buf, start, n);
          buf[n] = '\0';
-         v.value.v_double = strtod(buf, NULL);
+         d = strtod(buf, NULL);
       }
-   } else {
-      if (!at_delim(r)) {
-         return false;
-      }
-      if (val <= INT32_MAX || (neg && val <= (uint64_t) INT32_MAX + 1)) {
-         v.value_type = BSON_TYPE_INT32;
-         v.value.v_int32 = (int32_t) (neg ? -(int64_t) val : (int64_t) val);
-      } else {
-         v.value_type = BSON_TYPE_INT64;
-         v.value.v_int64 = neg ? -(int64_t) val : (int64_t) val;
-      }
+      uint64_t u;
+      memcpy(&u, &d, 8);
+      w_u64(w_elem(r->w, BSON_TYPE_DOUBLE, key, klen, 8), u);
+      return true;
    }
-   aspen_bsonw_value(r->w, key, klen, &v);
+   if (!at_delim(r)) {
+      return false;
+   }
+   int64_t i = neg ? -(int64_t) val : (int64_t) val;
+   if (val <= INT32_MAX || (neg && val <= (uint64_t) INT32_MAX + 1)) {
+      aspen_bytes_put_le32(w_elem(r->w, BSON_TYPE_INT32, key, klen, 4),
+                           (uint32_t) (int32_t) i);
+   } else {
+      w_u64(w_elem(r->w, BSON_TYPE_INT64, key, klen, 8), (uint64_t) i);
+   }
    return true;
 }
 
@@ -258,10 +302,10 @@ read_value(rd_t *r, const char *key, size_t klen, int depth)
       if (!read_str(r, &s, &n)) {
          return false;
       }
-      bson_value_t v = {.value_type = BSON_TYPE_UTF8};
-      v.value.v_utf8.str = (char *) s;
-      v.value.v_utf8.len = (uint32_t) n;
-      aspen_bsonw_value(r->w, key, klen, &v);
+      uint8_t *p = w_elem(r->w, BSON_TYPE_UTF8, key, klen, n + 5);
+      aspen_bytes_put_le32(p, (uint32_t) n + 1);
+      memcpy(p + 4, s, n);
+      p[4 + n] = 0;
       return true;
    }
    case 't':
@@ -270,17 +314,14 @@ read_value(rd_t *r, const char *key, size_t klen, int depth)
       if (!read_literal(r, t ? "true" : "false", t ? 4 : 5)) {
          return false;
       }
-      bson_value_t v = {.value_type = BSON_TYPE_BOOL};
-      v.value.v_bool = t;
-      aspen_bsonw_value(r->w, key, klen, &v);
+      *w_elem(r->w, BSON_TYPE_BOOL, key, klen, 1) = t;
       return true;
    }
    case 'n': {
       if (!read_literal(r, "null", 4)) {
          return false;
       }
-      bson_value_t v = {.value_type = BSON_TYPE_NULL};
-      aspen_bsonw_value(r->w, key, klen, &v);
+      w_elem(r->w, BSON_TYPE_NULL, key, klen, 0);
       return true;
    }
    default:
@@ -390,18 +431,6 @@ utf8_seq_len(const uint8_t *s, size_t n)
                 : 0;
    }
    return 0;
-}
-
-/* Whether any of the eight bytes in `x` is one str_esc does not copy as
- * it is: below 0x20, 0x80 and up, '"' or '\'. */
-static inline bool
-word_needs_care(uint64_t x)
-{
-   const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
-   uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
-   uint64_t zero_q = (q - ones) & ~q, zero_b = (b - ones) & ~b;
-   uint64_t low = x - ones * 0x20; /* a borrow into the high bit */
-   return ((zero_q | zero_b | low | x) & high) != 0;
 }
 
 /* A quoted string as libbson escapes it: runs of plain bytes copied eight
