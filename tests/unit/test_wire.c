@@ -3104,6 +3104,89 @@ test_bsonw_iter_next(void **state)
    free(copy);
 }
 
+/* aspen_bsonw_copy_without against the element-by-element copy it
+ * replaces (libbson's iterator, each element's bytes but those under the
+ * key) on `data`: the same bytes, also where the iterator stops early. */
+static void
+copy_without_check(const uint8_t *data, uint32_t len, const char *key)
+{
+   bson_t doc;
+   if (!bson_init_static(&doc, data, len)) {
+      return;
+   }
+   aspen_bsonw_t w, ref;
+   bson_t got, want;
+   aspen_bsonw_init(&w);
+   aspen_bsonw_init(&ref);
+   aspen_bsonw_reset(&w);
+   aspen_bsonw_reset(&ref);
+   aspen_bsonw_copy_without(&w, &doc, key, strlen(key));
+   bson_iter_t it;
+   if (bson_iter_init(&it, &doc)) {
+      while (bson_iter_next(&it)) {
+         if (strcmp(bson_iter_key(&it), key) != 0) {
+            aspen_bsonw_element(&ref, &it);
+         }
+      }
+   }
+   assert_true(aspen_bsonw_finish(&w, &got));
+   assert_true(aspen_bsonw_finish(&ref, &want));
+   assert_int_equal(got.len, want.len);
+   assert_memory_equal(bson_get_data(&got), bson_get_data(&want), got.len);
+   aspen_bsonw_cleanup(&w);
+   aspen_bsonw_cleanup(&ref);
+}
+
+/* Every type, with and without the key (first, last, twice, nested only),
+ * then every truncation and one-byte corruption of the document. */
+static void
+test_bsonw_copy_without(void **state)
+{
+   (void) state;
+   const bson_t *all = tmp_bson(bsonw_doc_json);
+   static const char *const docs[] = {
+      "{}",
+      "{'_ts': 1}",
+      "{'a': 1, '_ts': {'$date': {'$numberLong': '5'}}, 'b': 'x'}",
+      "{'_ts': 1, 'a': [1, 2], '_ts': 'again'}",
+      "{'a': {'_ts': 1}, 'b': [{'_ts': 2}], '_t': 3, '_tss': 4}",
+      "{'s': 'text', 'd': 2.5, 'o': {'$oid': '0123456789abcdef01234567'}, "
+      "'n': null, 't': true, 'l': {'$numberLong': '7'}}",
+   };
+   for (size_t i = 0; i < sizeof docs / sizeof *docs; i++) {
+      const bson_t *doc = tmp_bson(docs[i]);
+      copy_without_check(bson_get_data(doc), doc->len, "_ts");
+      copy_without_check(bson_get_data(doc), doc->len, "_stream_meta");
+   }
+   copy_without_check(bson_get_data(all), all->len, "_ts");
+   copy_without_check(bson_get_data(all), all->len, "");
+   /* Every truncation and one-byte corruption of the document of every
+    * type (the element-wise path) and of the last one of common types
+    * only (the one-copy path's walk). */
+   const bson_t *common = tmp_bson(docs[sizeof docs / sizeof *docs - 1]);
+   const bson_t *mangled[] = {all, common};
+   uint8_t *copy = aspen_xmalloc(all->len + common->len);
+   for (size_t m = 0; m < 2; m++) {
+      const uint8_t *data = bson_get_data(mangled[m]);
+      uint32_t len = mangled[m]->len;
+      for (uint32_t n = 5; n < len; n++) {
+         memcpy(copy, data, n);
+         aspen_bytes_put_le32(copy, n);
+         copy[n - 1] = 0;
+         copy_without_check(copy, n, "_ts");
+      }
+      for (uint32_t i = 4; i + 1 < len; i++) {
+         static const uint8_t vals[] = {0, 1, 2, 5, 0x7f, 0x80, 0xff};
+         for (size_t v = 0; v < sizeof vals; v++) {
+            memcpy(copy, data, len);
+            copy[i] = vals[v];
+            copy_without_check(copy, len, "_ts");
+         }
+      }
+   }
+   free(copy);
+}
+
 typedef struct {
    size_t docs, written, read;
 } ejson_tally_t;
@@ -3236,6 +3319,7 @@ main(void)
       T(test_bytes_dec_int64),
       T(test_bsonw_matches_libbson),
       T(test_bsonw_iter_next),
+      T(test_bsonw_copy_without),
       T(test_ejson_read),
       T(test_ejson_write),
       T(test_ejson_write_strings),
