@@ -20,17 +20,19 @@
  * stops at 200: far enough below both, the fast paths decline. */
 enum { MAX_DEPTH = 64 };
 
-/* Whether any of the eight bytes in `x` is one a string's text does not
- * hold as it is, in JSON or in libbson's escaping: below 0x20, 0x80 and
- * up, '"' or '\'. */
-static inline bool
-word_needs_care(uint64_t x)
+/* The bytes of the eight in `x` (in memory order, little-endian) that a
+ * string's text does not hold as they are, in JSON or in libbson's
+ * escaping: below 0x20, 0x80 and up, '"' or '\\'. Nonzero if there is
+ * one, and then its lowest set bit (0x80 in a byte) marks the first one
+ * exactly (a borrow only ever flags bytes after a flagged one). */
+static inline uint64_t
+care_mask(uint64_t x)
 {
    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
    uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
    uint64_t zero_q = (q - ones) & ~q, zero_b = (b - ones) & ~b;
    uint64_t low = x - ones * 0x20; /* a borrow into the high bit */
-   return ((zero_q | zero_b | low | x) & high) != 0;
+   return (zero_q | zero_b | low | x) & high;
 }
 
 /* ---- reading ------------------------------------------------------------ */
@@ -50,34 +52,49 @@ skip_ws(rd_t *r)
    }
 }
 
-/* A string of printable ASCII without escapes; r->p is on its quote.
- * Eight bytes at a time while none of them needs a look. */
-static bool
+/* Whether c is text a string holds as it is: 0x20 to 0x7f but '"' and
+ * '\\'. */
+static inline bool
+is_plain(unsigned char c)
+{
+   return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+}
+
+/* A string of ASCII text without escapes (is_plain); r->p is on its
+ * quote. Its first eight bytes one at a time (most keys and many values
+ * end there), then eight at a time, the first that is not plain text
+ * found from care_mask's lowest bit. */
+static inline bool
 read_str(rd_t *r, const char **s, size_t *n)
 {
    const char *q = r->p + 1;
-   while (r->end - q >= 8) {
-      uint64_t x;
-      memcpy(&x, q, 8);
-      if (word_needs_care(x)) {
-         break;
+   if (r->end - q >= 8) {
+      const char *stop = q + 8;
+      while (q < stop && is_plain((unsigned char) *q)) {
+         q++;
       }
-      q += 8;
+      while (q == stop && r->end - q >= 8) {
+         uint64_t x;
+         memcpy(&x, q, 8);
+         uint64_t m = care_mask(x);
+         if (m) {
+            q += __builtin_ctzll(m) >> 3; /* on the byte to look at */
+            break;
+         }
+         q += 8;
+         stop += 8;
+      }
    }
-   while (q < r->end) {
-      unsigned char c = (unsigned char) *q;
-      if (c == '"') {
-         *s = r->p + 1;
-         *n = (size_t) (q - *s);
-         r->p = q + 1;
-         return true;
-      }
-      if (c < 0x20 || c > 0x7e || c == '\\') {
-         return false;
-      }
+   while (q < r->end && is_plain((unsigned char) *q)) {
       q++;
    }
-   return false;
+   if (q == r->end || *q != '"') {
+      return false; /* an escape, a control character, UTF-8, the end */
+   }
+   *s = r->p + 1;
+   *n = (size_t) (q - *s);
+   r->p = q + 1;
+   return true;
 }
 
 /* An element's type byte and key, with room for `n` bytes of value after
@@ -450,7 +467,7 @@ put_str(aspen_ejson_text_t *t, const char *str, size_t n)
       while (n - i >= 8) {
          uint64_t x;
          memcpy(&x, s + i, 8);
-         if (word_needs_care(x)) {
+         if (care_mask(x)) {
             break;
          }
          memcpy(q, &x, 8);

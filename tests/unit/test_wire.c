@@ -2874,6 +2874,37 @@ test_ejson_read(void **state)
          }
       }
    }
+   /* Strings around the reader's eight-byte steps, as values and keys:
+    * plain ones are read; one with an escape, a raw control character
+    * or a byte of UTF-8 at any place is declined; DEL is text. */
+   static const char *const odd[] = {"", "\x7f", "\\n", "\\\"", "\x01",
+                                     "\xc3\xa9", "\\u0041"};
+   for (int len = 0; len <= 20; len++) {
+      for (size_t o = 0; o < sizeof odd / sizeof *odd; o++) {
+         for (int pos = 0; pos <= len; pos++) {
+            char str[64], json[160];
+            int n = 0;
+            for (int i = 0; i < len; i++) {
+               if (i == pos) {
+                  n += snprintf(str + n, sizeof str - (size_t) n, "%s", odd[o]);
+               }
+               str[n++] = (char) ('a' + i);
+            }
+            if (pos == len) {
+               n += snprintf(str + n, sizeof str - (size_t) n, "%s", odd[o]);
+            }
+            str[n] = '\0';
+            int want = o < 2 ? 1 : 0;
+            snprintf(json, sizeof json, "{\"v\": \"%s\", \"w\": 1}", str);
+            ejson_read_check(json, want);
+            snprintf(json, sizeof json, "{\"%s\": [\"%s\"]}", str, str);
+            ejson_read_check(json, want);
+            if (o == 0) {
+               break; /* no odd piece: one place is enough */
+            }
+         }
+      }
+   }
    /* declined: libbson's own reader decides */
    const char *declined[] = {
       "{\"$oid\": \"0123456789abcdef01234567\"}",
