@@ -3066,7 +3066,7 @@ test_ejson_write_numbers(void **state)
    (void) state;
    bson_t doc = BSON_INITIALIZER;
    int64_t p10 = 1;
-   for (int e = 0; e <= 18; e++, p10 *= 10) {
+   for (int e = 0; e <= 18; e++, p10 = e <= 18 ? p10 * 10 : p10) {
       for (int64_t d = -1; d <= 1; d++) {
          bson_append_int64(&doc, "l", 1, p10 + d);
          bson_append_int64(&doc, "l", 1, -(p10 + d));
