@@ -185,3 +185,102 @@ aspen_bsonw_value(aspen_bsonw_t *w, const char *key, size_t key_len,
    }
    bson_destroy(&tmp);
 }
+
+/* Whether the well-formed document data[0 .. len) has no top-level key
+ * key[0 .. key_len): false too for anything this walk does not know for
+ * sure (types other than the common ones, bounds or framing that libbson's
+ * iterator could refuse). */
+static bool
+lacks_key(const uint8_t *data, uint32_t len, const char *key, size_t key_len)
+{
+   if (len < 5 || aspen_bytes_get_le32(data) != len || data[len - 1] != 0) {
+      return false;
+   }
+   const uint8_t *p = data + 4;
+   const uint8_t *end = data + len - 1; /* the final NUL */
+   while (p < end) {
+      uint8_t type = *p++;
+      const uint8_t *k = p;
+      while (*p) { /* stops at the final NUL at the latest */
+         p++;
+      }
+      if (p == end ||
+          ((size_t) (p - k) == key_len && memcmp(k, key, key_len) == 0)) {
+         return false;
+      }
+      p++;
+      size_t left = (size_t) (end - p), n;
+      uint32_t l;
+      switch (type) {
+      case BSON_TYPE_DOUBLE:
+      case BSON_TYPE_DATE_TIME:
+      case BSON_TYPE_INT64:
+      case BSON_TYPE_TIMESTAMP:
+         n = 8;
+         break;
+      case BSON_TYPE_INT32:
+         n = 4;
+         break;
+      case BSON_TYPE_OID:
+         n = 12;
+         break;
+      case BSON_TYPE_NULL:
+         n = 0;
+         break;
+      case BSON_TYPE_BOOL:
+         if (left < 1 || *p > 1) {
+            return false;
+         }
+         n = 1;
+         break;
+      case BSON_TYPE_UTF8:
+         if (left < 4) {
+            return false;
+         }
+         l = aspen_bytes_get_le32(p);
+         if (l == 0 || l > left - 4 || p[4 + l - 1] != 0) {
+            return false;
+         }
+         n = 4 + (size_t) l;
+         break;
+      case BSON_TYPE_DOCUMENT:
+      case BSON_TYPE_ARRAY:
+         if (left < 5) {
+            return false;
+         }
+         l = aspen_bytes_get_le32(p);
+         if (l < 5 || l > left || p[l - 1] != 0) {
+            return false;
+         }
+         n = l;
+         break;
+      default:
+         return false;
+      }
+      if (n > left) {
+         return false;
+      }
+      p += n;
+   }
+   return true;
+}
+
+void
+aspen_bsonw_copy_without(aspen_bsonw_t *w, const bson_t *doc,
+                         const char *key, size_t key_len)
+{
+   const uint8_t *data = bson_get_data(doc);
+   if (lacks_key(data, doc->len, key, key_len)) {
+      put_raw(w, data + 4, doc->len - 5);
+      return;
+   }
+   bson_iter_t it;
+   if (bson_iter_init(&it, doc)) {
+      while (aspen_bsonw_iter_next(&it)) {
+         if (aspen_bsonw_key_len(&it) != key_len ||
+             memcmp(it.raw + it.key, key, key_len) != 0) {
+            aspen_bsonw_element(w, &it);
+         }
+      }
+   }
+}

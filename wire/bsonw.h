@@ -43,6 +43,14 @@ void aspen__bsonw_grow(aspen_bsonw_t *w, size_t n);
 /* Appends `val` under `key` (MISSING, type 0, appends nothing). */
 void aspen_bsonw_value(aspen_bsonw_t *w, const char *key, size_t key_len,
                        const bson_value_t *val);
+/* Copies `doc`'s top-level elements but those whose key is key[0 ..
+ * key_len) into `w`, element bytes as they are (as
+ * bson_copy_to_excluding_noinit would, stopping where libbson's iterator
+ * stops on malformed bytes). When no element has that key, the elements
+ * go in one copy, after a walk over the keys that neither decodes values
+ * nor calls memchr. */
+void aspen_bsonw_copy_without(aspen_bsonw_t *w, const bson_t *doc,
+                              const char *key, size_t key_len);
 /* Closes the root document and points `out` at it (bson_init_static):
  * false, `out` empty, if it grew past what BSON can hold. */
 bool aspen_bsonw_finish(aspen_bsonw_t *w, bson_t *out);

@@ -2,8 +2,10 @@
  * ejson.c - the plain-JSON fast path of Extended JSON (see ejson.h): a
  * recursive-descent reader straight into the BSON writer, and a writer of
  * libbson's relaxed layout ("{ "k" : v, ... }", "{  }" for an empty nested
- * document, "%.20g" doubles with ".0" for integral ones, ISO-8601 dates). Whatever either
- * is not sure to do exactly as libbson does, it declines.
+ * document, "%.20g" doubles with ".0" for integral ones, ISO-8601 dates,
+ * text escaped as bson_utf8_escape_for_json escapes it) that walks the BSON
+ * bytes itself. Whatever either is not sure to do exactly as libbson does,
+ * it declines.
  */
 #include "ejson.h"
 #include "bytes.h"
@@ -17,6 +19,21 @@
 /* libbson's reader refuses documents nested past 100 levels and its writer
  * stops at 200: far enough below both, the fast paths decline. */
 enum { MAX_DEPTH = 64 };
+
+/* The bytes of the eight in `x` (in memory order, little-endian) that a
+ * string's text does not hold as they are, in JSON or in libbson's
+ * escaping: below 0x20, 0x80 and up, '"' or '\\'. Nonzero if there is
+ * one, and then its lowest set bit (0x80 in a byte) marks the first one
+ * exactly (a borrow only ever flags bytes after a flagged one). */
+static inline uint64_t
+care_mask(uint64_t x)
+{
+   const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+   uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+   uint64_t zero_q = (q - ones) & ~q, zero_b = (b - ones) & ~b;
+   uint64_t low = x - ones * 0x20; /* a borrow into the high bit */
+   return (zero_q | zero_b | low | x) & high;
+}
 
 /* ---- reading ------------------------------------------------------------ */
 
@@ -35,25 +52,70 @@ skip_ws(rd_t *r)
    }
 }
 
-/* A string of printable ASCII without escapes; r->p is on its quote. */
-static bool
+/* Whether c is text a string holds as it is: 0x20 to 0x7f but '"' and
+ * '\\'. */
+static inline bool
+is_plain(unsigned char c)
+{
+   return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+}
+
+/* A string of ASCII text without escapes (is_plain); r->p is on its
+ * quote. Its first eight bytes one at a time (most keys and many values
+ * end there), then eight at a time, the first that is not plain text
+ * found from care_mask's lowest bit. */
+static inline bool
 read_str(rd_t *r, const char **s, size_t *n)
 {
    const char *q = r->p + 1;
-   while (q < r->end) {
-      unsigned char c = (unsigned char) *q;
-      if (c == '"') {
-         *s = r->p + 1;
-         *n = (size_t) (q - *s);
-         r->p = q + 1;
-         return true;
+   if (r->end - q >= 8) {
+      const char *stop = q + 8;
+      while (q < stop && is_plain((unsigned char) *q)) {
+         q++;
       }
-      if (c < 0x20 || c > 0x7e || c == '\\') {
-         return false;
+      while (q == stop && r->end - q >= 8) {
+         uint64_t x;
+         memcpy(&x, q, 8);
+         uint64_t m = care_mask(x);
+         if (m) {
+            q += __builtin_ctzll(m) >> 3; /* on the byte to look at */
+            break;
+         }
+         q += 8;
+         stop += 8;
       }
+   }
+   while (q < r->end && is_plain((unsigned char) *q)) {
       q++;
    }
-   return false;
+   if (q == r->end || *q != '"') {
+      return false; /* an escape, a control character, UTF-8, the end */
+   }
+   *s = r->p + 1;
+   *n = (size_t) (q - *s);
+   r->p = q + 1;
+   return true;
+}
+
+/* An element's type byte and key, with room for `n` bytes of value after
+ * them; returns where the value goes (w->len already past it). */
+static inline uint8_t *
+w_elem(aspen_bsonw_t *w, bson_type_t type, const char *key, size_t klen,
+       size_t n)
+{
+   uint8_t *p = aspen_bsonw_reserve(w, klen + 2 + n);
+   p[0] = (uint8_t) type;
+   memcpy(p + 1, key, klen);
+   p[1 + klen] = 0;
+   w->len += klen + 2 + n;
+   return p + klen + 2;
+}
+
+static inline void
+w_u64(uint8_t *p, uint64_t u)
+{
+   aspen_bytes_put_le32(p, (uint32_t) u);
+   aspen_bytes_put_le32(p + 4, (uint32_t) (u >> 32));
 }
 
 /* After a number or a literal: what may follow a value. */
@@ -108,7 +170,6 @@ read_number(rd_t *r, const char *key, size_t klen)
    if (nd == 0 || nd > 18 || (nd > 1 && *digits == '0')) {
       return false;
    }
-   bson_value_t v;
    if (r->p < r->end && *r->p == '.') {
       r->p++;
       const char *frac = r->p;
@@ -121,32 +182,34 @@ read_number(rd_t *r, const char *key, size_t klen)
       if (r->p == frac || n >= sizeof buf || !at_delim(r)) {
          return false;
       }
-      v.value_type = BSON_TYPE_DOUBLE;
+      double d;
       if (nd + nf <= 15) {
          uint64_t m = val; /* < 10^15 < 2^53: exact as a double */
          for (const char *q = frac; q < r->p; q++) {
             m = m * 10 + (uint64_t) (*q - '0');
          }
-         double d = (double) m / pow10_exact[nf];
-         v.value.v_double = neg ? -d : d;
+         d = (double) m / pow10_exact[nf];
+         d = neg ? -d : d;
       } else {
          memcpy(buf, start, n);
          buf[n] = '\0';
-         v.value.v_double = strtod(buf, NULL);
+         d = strtod(buf, NULL);
       }
-   } else {
-      if (!at_delim(r)) {
-         return false;
-      }
-      if (val <= INT32_MAX || (neg && val <= (uint64_t) INT32_MAX + 1)) {
-         v.value_type = BSON_TYPE_INT32;
-         v.value.v_int32 = (int32_t) (neg ? -(int64_t) val : (int64_t) val);
-      } else {
-         v.value_type = BSON_TYPE_INT64;
-         v.value.v_int64 = neg ? -(int64_t) val : (int64_t) val;
-      }
+      uint64_t u;
+      memcpy(&u, &d, 8);
+      w_u64(w_elem(r->w, BSON_TYPE_DOUBLE, key, klen, 8), u);
+      return true;
    }
-   aspen_bsonw_value(r->w, key, klen, &v);
+   if (!at_delim(r)) {
+      return false;
+   }
+   int64_t i = neg ? -(int64_t) val : (int64_t) val;
+   if (val <= INT32_MAX || (neg && val <= (uint64_t) INT32_MAX + 1)) {
+      aspen_bytes_put_le32(w_elem(r->w, BSON_TYPE_INT32, key, klen, 4),
+                           (uint32_t) (int32_t) i);
+   } else {
+      w_u64(w_elem(r->w, BSON_TYPE_INT64, key, klen, 8), (uint64_t) i);
+   }
    return true;
 }
 
@@ -256,10 +319,10 @@ read_value(rd_t *r, const char *key, size_t klen, int depth)
       if (!read_str(r, &s, &n)) {
          return false;
       }
-      bson_value_t v = {.value_type = BSON_TYPE_UTF8};
-      v.value.v_utf8.str = (char *) s;
-      v.value.v_utf8.len = (uint32_t) n;
-      aspen_bsonw_value(r->w, key, klen, &v);
+      uint8_t *p = w_elem(r->w, BSON_TYPE_UTF8, key, klen, n + 5);
+      aspen_bytes_put_le32(p, (uint32_t) n + 1);
+      memcpy(p + 4, s, n);
+      p[4 + n] = 0;
       return true;
    }
    case 't':
@@ -268,17 +331,14 @@ read_value(rd_t *r, const char *key, size_t klen, int depth)
       if (!read_literal(r, t ? "true" : "false", t ? 4 : 5)) {
          return false;
       }
-      bson_value_t v = {.value_type = BSON_TYPE_BOOL};
-      v.value.v_bool = t;
-      aspen_bsonw_value(r->w, key, klen, &v);
+      *w_elem(r->w, BSON_TYPE_BOOL, key, klen, 1) = t;
       return true;
    }
    case 'n': {
       if (!read_literal(r, "null", 4)) {
          return false;
       }
-      bson_value_t v = {.value_type = BSON_TYPE_NULL};
-      aspen_bsonw_value(r->w, key, klen, &v);
+      w_elem(r->w, BSON_TYPE_NULL, key, klen, 0);
       return true;
    }
    default:
@@ -345,23 +405,104 @@ t_put(aspen_ejson_text_t *t, const char *s, size_t n)
 
 #define T_LIT(t, s) t_put((t), (s), sizeof(s) - 1)
 
-/* A quoted string of printable ASCII, '"' and '\' escaped as libbson
- * escapes them; false (declined) for anything else. */
-static bool
-put_str(aspen_ejson_text_t *t, const char *s, size_t n)
+/* What libbson's bson_utf8_escape_for_json makes of each byte: 0 copied as
+ * it is; a character for the two-character escapes ('\' and it); 'u' for
+ * the other control characters, written \u00XX with lowercase hex; 'h'
+ * for the first byte of a multi-byte UTF-8 sequence, copied once checked. */
+static const char str_esc[256] = {
+   ['\b'] = 'b', ['\t'] = 't', ['\n'] = 'n', ['\f'] = 'f', ['\r'] = 'r',
+   [0] = 'u', [1] = 'u', [2] = 'u', [3] = 'u', [4] = 'u', [5] = 'u',
+   [6] = 'u', [7] = 'u', [11] = 'u', [14] = 'u', [15] = 'u', [16] = 'u',
+   [17] = 'u', [18] = 'u', [19] = 'u', [20] = 'u', [21] = 'u', [22] = 'u',
+   [23] = 'u', [24] = 'u', [25] = 'u', [26] = 'u', [27] = 'u', [28] = 'u',
+   [29] = 'u', [30] = 'u', [31] = 'u', ['"'] = '"', ['\\'] = '\\',
+#define H8(b) [b] = 'h', [b + 1] = 'h', [b + 2] = 'h', [b + 3] = 'h', \
+              [b + 4] = 'h', [b + 5] = 'h', [b + 6] = 'h', [b + 7] = 'h'
+   H8(0x80), H8(0x88), H8(0x90), H8(0x98), H8(0xa0), H8(0xa8), H8(0xb0),
+   H8(0xb8), H8(0xc0), H8(0xc8), H8(0xd0), H8(0xd8), H8(0xe0), H8(0xe8),
+   H8(0xf0), H8(0xf8),
+#undef H8
+};
+
+/* The length of the well-formed UTF-8 sequence at s[0 .. n) (s[0] >=
+ * 0x80): 2 to 4, or 0 for anything else (a stray continuation byte, an
+ * overlong form, a surrogate, past U+10FFFF, cut short). */
+static size_t
+utf8_seq_len(const uint8_t *s, size_t n)
 {
-   char *p = t_reserve(t, 2 * n + 2);
+   uint8_t c = s[0];
+   if (c >= 0xc2 && c <= 0xdf) {
+      return n >= 2 && (s[1] & 0xc0) == 0x80 ? 2 : 0;
+   }
+   if (c >= 0xe0 && c <= 0xef) {
+      uint8_t lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+      return n >= 3 && s[1] >= lo && s[1] <= hi && (s[2] & 0xc0) == 0x80
+                ? 3
+                : 0;
+   }
+   if (c >= 0xf0 && c <= 0xf4) {
+      uint8_t lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+      return n >= 4 && s[1] >= lo && s[1] <= hi && (s[2] & 0xc0) == 0x80 &&
+                   (s[3] & 0xc0) == 0x80
+                ? 4
+                : 0;
+   }
+   return 0;
+}
+
+/* A quoted string as libbson escapes it: runs of plain bytes copied eight
+ * at a time, the escapes from str_esc, well-formed UTF-8 as it is; false
+ * (declined) for bytes that are not well-formed UTF-8, which libbson's
+ * writer handles in its own way. */
+static bool
+put_str(aspen_ejson_text_t *t, const char *str, size_t n)
+{
+   static const char hex[] = "0123456789abcdef";
+   const uint8_t *s = (const uint8_t *) str;
+   char *p = t_reserve(t, 6 * n + 2);
    char *q = p;
+   size_t i = 0;
    *q++ = '"';
-   for (size_t i = 0; i < n; i++) {
-      unsigned char c = (unsigned char) s[i];
-      if (c < 0x20 || c > 0x7e) {
-         return false;
+   while (i < n) {
+      while (n - i >= 8) {
+         uint64_t x;
+         memcpy(&x, s + i, 8);
+         if (care_mask(x)) {
+            break;
+         }
+         memcpy(q, &x, 8);
+         q += 8;
+         i += 8;
       }
-      if (c == '"' || c == '\\') {
-         *q++ = '\\';
+      uint8_t c = 0;
+      while (i < n && !str_esc[c = s[i]]) {
+         *q++ = (char) c;
+         i++;
       }
-      *q++ = (char) c;
+      if (i == n) {
+         break;
+      }
+      char e = str_esc[c];
+      if (e == 'h') {
+         size_t l = utf8_seq_len(s + i, n - i);
+         if (!l) {
+            return false;
+         }
+         memcpy(q, s + i, l);
+         q += l;
+         i += l;
+         continue;
+      }
+      *q++ = '\\';
+      if (e == 'u') {
+         memcpy(q, "u00", 3);
+         q[3] = hex[c >> 4];
+         q[4] = hex[c & 15];
+         q += 5;
+      } else {
+         *q++ = e;
+      }
+      i++;
    }
    *q++ = '"';
    t->len += (size_t) (q - p);
@@ -472,87 +613,141 @@ put_date(aspen_ejson_text_t *t, int64_t ms)
    return true;
 }
 
+/* libbson's relaxed ObjectId: { "$oid" : "<24 lowercase hex digits>" }. */
+static void
+put_oid(aspen_ejson_text_t *t, const uint8_t *oid)
+{
+   static const char hex[] = "0123456789abcdef";
+   char *p = t_reserve(t, 40);
+   memcpy(p, "{ \"$oid\" : \"", 12);
+   for (int i = 0; i < 12; i++) {
+      p[12 + 2 * i] = hex[oid[i] >> 4];
+      p[13 + 2 * i] = hex[oid[i] & 15];
+   }
+   memcpy(p + 36, "\" }", 3);
+   t->len += 39;
+}
+
+/* Writes the document or array data[0 .. len) by walking its bytes, each
+ * element checked against the bounds as libbson's iterator checks them:
+ * anything malformed, or of a type not written here, is declined (libbson's
+ * writer then gives its own text, or none, as always). */
 static bool
 put_doc(aspen_ejson_text_t *t, const uint8_t *data, uint32_t len, bool array,
         bool top, int depth)
 {
-   bson_iter_t it;
-   if (depth > MAX_DEPTH || !bson_iter_init_from_data(&it, data, len)) {
+   if (depth > MAX_DEPTH || len < 5 || aspen_bytes_get_le32(data) != len ||
+       data[len - 1] != 0) {
       return false;
    }
-   if (array) {
-      T_LIT(t, "[ ");
-   } else {
-      T_LIT(t, "{ ");
-   }
+   const uint8_t *p = data + 4;
+   const uint8_t *end = data + len - 1; /* the document's final NUL */
+   char *o = t_reserve(t, 2);
+   o[0] = array ? '[' : '{';
+   o[1] = ' ';
+   t->len += 2;
    bool first = true;
-   while (aspen_bsonw_iter_next(&it)) {
+   while (p < end) {
+      uint8_t type = *p++;
+      const uint8_t *key = p;
+      while (*p) { /* stops at the final NUL at the latest */
+         p++;
+      }
+      if (p == end) {
+         return false; /* a key without a value */
+      }
+      size_t klen = (size_t) (p - key);
+      p++; /* the value */
+      size_t left = (size_t) (end - p);
       if (!first) {
          T_LIT(t, ", ");
       }
       first = false;
       if (!array) {
-         if (!put_str(t, bson_iter_key(&it), aspen_bsonw_key_len(&it))) {
+         if (!put_str(t, (const char *) key, klen)) {
             return false;
          }
          T_LIT(t, " : ");
       }
-      switch (bson_iter_type(&it)) {
-      case BSON_TYPE_UTF8: {
-         uint32_t n;
-         const char *s = bson_iter_utf8(&it, &n);
-         if (!put_str(t, s, n)) {
+      uint32_t n;
+      switch (type) {
+      case BSON_TYPE_UTF8:
+         if (left < 4) {
             return false;
+         }
+         n = aspen_bytes_get_le32(p);
+         if (n == 0 || n > left - 4 || p[4 + n - 1] != 0 ||
+             !put_str(t, (const char *) p + 4, n - 1)) {
+            return false;
+         }
+         p += 4 + n;
+         break;
+      case BSON_TYPE_INT32:
+         if (left < 4) {
+            return false;
+         }
+         put_int(t, (int32_t) aspen_bytes_get_le32(p));
+         p += 4;
+         break;
+      case BSON_TYPE_INT64:
+      case BSON_TYPE_DATE_TIME:
+      case BSON_TYPE_DOUBLE: {
+         if (left < 8) {
+            return false;
+         }
+         uint64_t u = aspen_bytes_get_le64(p);
+         p += 8;
+         if (type == BSON_TYPE_INT64) {
+            put_int(t, (int64_t) u);
+         } else if (type == BSON_TYPE_DATE_TIME) {
+            if (!put_date(t, (int64_t) u)) {
+               return false;
+            }
+         } else {
+            double d;
+            memcpy(&d, &u, 8);
+            if (!put_double(t, d)) {
+               return false;
+            }
          }
          break;
       }
-      case BSON_TYPE_INT32:
-         put_int(t, bson_iter_int32(&it));
-         break;
-      case BSON_TYPE_INT64:
-         put_int(t, bson_iter_int64(&it));
-         break;
-      case BSON_TYPE_DOUBLE:
-         if (!put_double(t, bson_iter_double(&it))) {
+      case BSON_TYPE_BOOL:
+         if (left < 1 || *p > 1) {
             return false;
          }
-         break;
-      case BSON_TYPE_BOOL:
-         if (bson_iter_bool(&it)) {
+         if (*p) {
             T_LIT(t, "true");
          } else {
             T_LIT(t, "false");
          }
+         p++;
          break;
       case BSON_TYPE_NULL:
          T_LIT(t, "null");
          break;
-      case BSON_TYPE_DATE_TIME:
-         if (!put_date(t, bson_iter_date_time(&it))) {
+      case BSON_TYPE_OID:
+         if (left < 12) {
             return false;
          }
+         put_oid(t, p);
+         p += 12;
          break;
       case BSON_TYPE_DOCUMENT:
-      case BSON_TYPE_ARRAY: {
-         uint32_t n;
-         const uint8_t *sub;
-         bool arr = BSON_ITER_HOLDS_ARRAY(&it);
-         if (arr) {
-            bson_iter_array(&it, &n, &sub);
-         } else {
-            bson_iter_document(&it, &n, &sub);
-         }
-         if (!put_doc(t, sub, n, arr, false, depth + 1)) {
+      case BSON_TYPE_ARRAY:
+         if (left < 5) {
             return false;
          }
+         n = aspen_bytes_get_le32(p);
+         if (n > left ||
+             !put_doc(t, p, n, type == BSON_TYPE_ARRAY, false, depth + 1)) {
+            return false;
+         }
+         p += n;
          break;
-      }
       default:
          return false; /* the other types' wrappers are libbson's */
       }
-   }
-   if (it.err_off) {
-      return false; /* corrupt: libbson's writer gives up on it */
    }
    if (first && top) {
       T_LIT(t, "}");

@@ -9,9 +9,9 @@
  * writer, which then gives the same result (or error) as always: the
  * reader declines any '$' key (Extended JSON's wrappers), string escapes,
  * bytes outside printable ASCII, exponents and numbers libbson might
- * refuse; the writer declines every BSON type but those six plus int64 and
- * Date (from 1970 to 9999), strings outside printable ASCII and non-finite
- * doubles.
+ * refuse; the writer declines every BSON type but those six plus int64,
+ * ObjectId and Date (from 1970 to 9999), text that is not well-formed
+ * UTF-8, non-finite doubles and malformed BSON.
  *
  * Both write into a caller-owned buffer that is reused across calls.
  * Thread-safety: pure functions; one buffer per thread.

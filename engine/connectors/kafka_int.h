@@ -55,6 +55,14 @@ bool aspen__kafka_key_encode(aspen_kafka_key_format_t f, const bson_value_t *v,
  * false (err set with the parser's reason) when it is not such an object. */
 bool aspen__kafka_json_decode(const void *data, size_t len, bson_t *doc,
                               aspen_error_t *err);
+/* The same with the plain-JSON fast path writing into `w` (reset first;
+ * e.g. a stack buffer), which `doc` then views, so the caller keeps `w`
+ * (aspen_bsonw_cleanup) as long as `doc`; what libbson reads is on the
+ * heap as above. bson_destroy(doc) in every case. For the Kafka $source's
+ * per-message path: no copy of the document. */
+bool aspen__kafka_json_decode_into(const void *data, size_t len,
+                                   aspen_bsonw_t *w, bson_t *doc,
+                                   aspen_error_t *err);
 
 /* A duration option, {size: <int >= 0>, unit: "ms"|"second"|"minute"|
  * "hour"|"day"}, into *ms. `field` names it in messages ("BSON field
@@ -69,6 +77,10 @@ bool aspen__source_parse_idle_timeout(const bson_iter_t *it,
                                       const aspen_parse_ctx_t *pc,
                                       const char *name, int64_t *ms,
                                       aspen_error_t *err);
+
+/* Whether a consumed message carries headers (rd_kafka_message_headers
+ * with at least one). Any thread that may read the message. */
+bool aspen__kafka_message_has_headers(const rd_kafka_message_t *m);
 
 /* Appends `len` bytes at `data` as field `field` of `doc`: a string when
  * they are UTF-8, else binary data (what a DLQ entry shows of a message

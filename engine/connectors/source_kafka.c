@@ -586,7 +586,8 @@ append_key_headers(const ksrc_t *ks, const rd_kafka_message_t *m,
       }
    }
    rd_kafka_headers_t *hdrs = NULL;
-   if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+   if (aspen__kafka_message_has_headers(m) &&
+       rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
        rd_kafka_header_cnt(hdrs) > 0) {
       bson_t arr;
       BSON_APPEND_ARRAY_BEGIN(src, "headers", &arr);
@@ -649,10 +650,7 @@ write_meta(const ksrc_t *ks, const rd_kafka_message_t *m, int64_t ingest_ms,
    v.value.v_int64 = m->offset;
    aspen_bsonw_value(w, "offset", 6, &v);
    *key_failed = false;
-   rd_kafka_headers_t *hdrs = NULL;
-   if ((m->key && m->key_len > 0) ||
-       (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-        rd_kafka_header_cnt(hdrs) > 0)) {
+   if ((m->key && m->key_len > 0) || aspen__kafka_message_has_headers(m)) {
       bson_t extra = BSON_INITIALIZER;
       bson_iter_t it;
       append_key_headers(ks, m, &extra, key_err, key_failed);
@@ -673,9 +671,10 @@ handle(aspen_runtime_t *rt, ksrc_t *ks, const rd_kafka_message_t *m)
    bson_t meta, doc;
    aspen_error_t key_err, err;
    bool key_failed;
-   uint8_t meta_buf[512];
-   aspen_bsonw_t mw;
+   uint8_t meta_buf[512], doc_buf[1024];
+   aspen_bsonw_t mw, dw;
    aspen_bsonw_init_static(&mw, meta_buf, sizeof meta_buf);
+   aspen_bsonw_init_static(&dw, doc_buf, sizeof doc_buf);
    aspen_rt_mark(rt, part_key(ks, rd_kafka_topic_name(m->rkt), m->partition),
                  m->offset, NULL);
    int64_t ingest_ms = aspen_clock_now_ms(); /* source.ts */
@@ -683,8 +682,8 @@ handle(aspen_runtime_t *rt, ksrc_t *ks, const rd_kafka_message_t *m)
    bool decoded =
       ks->sr ? aspen__sr_decode(ks->sr, m->payload, m->payload ? m->len : 0,
                                 &doc, &err)
-             : aspen__kafka_json_decode(m->payload, m->payload ? m->len : 0,
-                                        &doc, &err);
+             : aspen__kafka_json_decode_into(
+                  m->payload, m->payload ? m->len : 0, &dw, &doc, &err);
    if (!decoded) {
       /* Not a document: the raw bytes go to the DLQ with the reason (and
        * the metadata without source.ts, never ingested). */
@@ -718,6 +717,7 @@ handle(aspen_runtime_t *rt, ksrc_t *ks, const rd_kafka_message_t *m)
                                  : ts);
    }
    bson_destroy(&doc);
+   aspen_bsonw_cleanup(&dw);
    aspen_bsonw_cleanup(&mw);
 }
 

@@ -76,29 +76,13 @@ key_is(const bson_iter_t *it, const char *key, size_t len)
           memcmp(it->raw + it->key, key, len) == 0;
 }
 
-/* Copies `doc`'s fields but `skip` (every field so named) into `w`, as
- * bson_copy_to_excluding_noinit does, element bytes as they are. */
-static void
-copy_excluding(const bson_t *doc, const char *skip, aspen_bsonw_t *w)
-{
-   size_t skip_len = strlen(skip);
-   bson_iter_t it;
-   if (bson_iter_init(&it, doc)) {
-      while (aspen_bsonw_iter_next(&it)) {
-         if (!key_is(&it, skip, skip_len)) {
-            aspen_bsonw_element(w, &it);
-         }
-      }
-   }
-}
-
 /* The document with its _stream_meta (the one it had replaced), written
  * into `w`, which `out` then views. */
 static void
 with_meta(const aspen_sdoc_t *d, aspen_bsonw_t *w, bson_t *out)
 {
    aspen_bsonw_reset(w);
-   copy_excluding(d->doc, "_stream_meta", w);
+   aspen_bsonw_copy_without(w, d->doc, "_stream_meta", 12);
    if (d->meta && !bson_empty(d->meta)) {
       bson_value_t v = {.value_type = BSON_TYPE_DOCUMENT};
       v.value.v_doc.data = (uint8_t *) bson_get_data(d->meta);
@@ -322,12 +306,12 @@ ingest(aspen_runtime_t *rt, const bson_t *raw, const bson_t *meta,
       aspen_value_destroy(&v);
    }
    bson_t doc;
+   size_t ts_len = strlen(pl->source.ts_field);
    bson_value_t tsv = {.value_type = BSON_TYPE_DATE_TIME};
    tsv.value.v_datetime = ts;
    aspen_bsonw_reset(&dw);
-   copy_excluding(raw, pl->source.ts_field, &dw);
-   aspen_bsonw_value(&dw, pl->source.ts_field, strlen(pl->source.ts_field),
-                     &tsv);
+   aspen_bsonw_copy_without(&dw, raw, pl->source.ts_field, ts_len);
+   aspen_bsonw_value(&dw, pl->source.ts_field, ts_len, &tsv);
    (void) aspen_bsonw_finish(&dw, &doc);
    if (ts > rt->max_ts) {
       rt->max_ts = ts;

@@ -629,18 +629,29 @@ set_flag(void *arg)
    *(bool *) arg = true;
 }
 
+/* A one-broker mock cluster (its handle in *mrk) with `topic`, one
+ * partition. */
+static rd_kafka_mock_cluster_t *
+mock_cluster_new(rd_kafka_t **mrk, const char *topic)
+{
+   char errstr[256];
+   rd_kafka_conf_t *mconf = rd_kafka_conf_new();
+   rd_kafka_conf_set(mconf, "log_level", "0", NULL, 0);
+   *mrk = rd_kafka_new(RD_KAFKA_PRODUCER, mconf, errstr, sizeof errstr);
+   assert_non_null(*mrk);
+   rd_kafka_mock_cluster_t *mc = rd_kafka_mock_cluster_new(*mrk, 1);
+   assert_non_null(mc);
+   assert_int_equal(rd_kafka_mock_topic_create(mc, topic, 1, 1), 0);
+   return mc;
+}
+
 static void
 test_mock_cluster_roundtrip(void **state)
 {
    (void) state;
    char errstr[256];
-   rd_kafka_conf_t *mconf = rd_kafka_conf_new();
-   rd_kafka_conf_set(mconf, "log_level", "0", NULL, 0);
-   rd_kafka_t *mrk = rd_kafka_new(RD_KAFKA_PRODUCER, mconf, errstr, sizeof errstr);
-   assert_non_null(mrk);
-   rd_kafka_mock_cluster_t *mc = rd_kafka_mock_cluster_new(mrk, 1);
-   assert_non_null(mc);
-   assert_int_equal(rd_kafka_mock_topic_create(mc, "t", 1, 1), 0);
+   rd_kafka_t *mrk;
+   rd_kafka_mock_cluster_t *mc = mock_cluster_new(&mrk, "t");
 
    /* A connection to the mock cluster, as the config file would give it. */
    char json[512];
@@ -726,6 +737,98 @@ test_mock_cluster_roundtrip(void **state)
    bson_destroy(kw);
    bson_destroy(doc);
    aspen_conns_cleanup(&conns);
+   rd_kafka_mock_cluster_destroy(mc);
+   rd_kafka_destroy(mrk);
+}
+
+/* aspen__kafka_message_has_headers against the headers produced, over
+ * records with and without headers (one with enough for a two-byte count),
+ * with a value, an empty one and none, produced plain and compressed (the
+ * consumer then reads the values from the decompressed batch). */
+static void
+test_message_has_headers(void **state)
+{
+   (void) state;
+   char errstr[256];
+   rd_kafka_t *mrk;
+   rd_kafka_mock_cluster_t *mc = mock_cluster_new(&mrk, "h");
+   const char *codecs[] = {"none", "gzip", "lz4"};
+   enum { PER_CODEC = 7 };
+   /* value (NULL: none), its length, header count */
+   static const struct {
+      const char *value;
+      size_t len;
+      int headers;
+   } msgs[PER_CODEC] = {
+      {"{\"a\": 1}", 8, 0}, {"{\"a\": 2}", 8, 1}, {"{\"a\": 3}", 8, 70},
+      {"", 0, 1},           {"", 0, 0},           {NULL, 0, 1},
+      {NULL, 0, 0},
+   };
+   for (size_t c = 0; c < sizeof codecs / sizeof *codecs; c++) {
+      rd_kafka_conf_t *pconf = rd_kafka_conf_new();
+      assert_int_equal(rd_kafka_conf_set(pconf, "bootstrap.servers",
+                                         rd_kafka_mock_cluster_bootstraps(mc),
+                                         errstr, sizeof errstr),
+                       RD_KAFKA_CONF_OK);
+      assert_int_equal(rd_kafka_conf_set(pconf, "compression.codec",
+                                         codecs[c], errstr, sizeof errstr),
+                       RD_KAFKA_CONF_OK);
+      rd_kafka_conf_set(pconf, "linger.ms", "50", NULL, 0);
+      rd_kafka_t *prod = rd_kafka_new(RD_KAFKA_PRODUCER, pconf, errstr, sizeof errstr);
+      assert_non_null(prod);
+      for (int i = 0; i < PER_CODEC; i++) {
+         rd_kafka_headers_t *hdrs = rd_kafka_headers_new(8);
+         for (int h = 0; h < msgs[i].headers; h++) {
+            rd_kafka_header_add(hdrs, "k", -1, h % 2 ? NULL : "v",
+                                h % 2 ? 0 : 1);
+         }
+         assert_int_equal(
+            rd_kafka_producev(prod, RD_KAFKA_V_TOPIC("h"),
+                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                              RD_KAFKA_V_VALUE((void *) msgs[i].value, msgs[i].len),
+                              RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_END),
+            0); /* the headers are the producer's now */
+      }
+      assert_int_equal(rd_kafka_flush(prod, 10000), 0);
+      rd_kafka_destroy(prod);
+   }
+   rd_kafka_conf_t *cconf = rd_kafka_conf_new();
+   rd_kafka_conf_set(cconf, "bootstrap.servers",
+                     rd_kafka_mock_cluster_bootstraps(mc), NULL, 0);
+   rd_kafka_conf_set(cconf, "group.id", "hg", NULL, 0);
+   rd_kafka_conf_set(cconf, "auto.offset.reset", "earliest", NULL, 0);
+   rd_kafka_t *cons = rd_kafka_new(RD_KAFKA_CONSUMER, cconf, errstr, sizeof errstr);
+   assert_non_null(cons);
+   rd_kafka_poll_set_consumer(cons);
+   rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
+   rd_kafka_topic_partition_list_add(topics, "h", RD_KAFKA_PARTITION_UA);
+   assert_int_equal(rd_kafka_subscribe(cons, topics), 0);
+   rd_kafka_topic_partition_list_destroy(topics);
+   int seen = 0, with = 0;
+   for (int i = 0; i < 300 && seen < 3 * PER_CODEC; i++) {
+      rd_kafka_message_t *m = rd_kafka_consumer_poll(cons, 100);
+      if (m && !m->err) {
+         int idx = (int) (m->offset % PER_CODEC);
+         bool fast = aspen__kafka_message_has_headers(m);
+         rd_kafka_headers_t *hdrs = NULL;
+         bool want = rd_kafka_message_headers(m, &hdrs) == 0 &&
+                     rd_kafka_header_cnt(hdrs) > 0;
+         assert_true(fast == want);
+         assert_true(want == (msgs[idx].headers > 0));
+         if (want) {
+            assert_int_equal(rd_kafka_header_cnt(hdrs), msgs[idx].headers);
+            with++;
+         }
+         seen++;
+      }
+      if (m) {
+         rd_kafka_message_destroy(m);
+      }
+   }
+   assert_int_equal(seen, 3 * PER_CODEC);
+   assert_int_equal(with, 3 * 4);
+   rd_kafka_consumer_close(cons);
+   rd_kafka_destroy(cons);
    rd_kafka_mock_cluster_destroy(mc);
    rd_kafka_destroy(mrk);
 }
@@ -982,6 +1085,7 @@ main(void)
       cmocka_unit_test(test_exactly_once_check),
       cmocka_unit_test(test_workers_allowed),
       cmocka_unit_test(test_mock_cluster_roundtrip),
+      cmocka_unit_test(test_message_has_headers),
       cmocka_unit_test(test_metadata_unreachable),
       cmocka_unit_test(test_local_broker),
       cmocka_unit_test(test_local_broker_survives_signals),

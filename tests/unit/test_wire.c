@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -2911,6 +2912,37 @@ test_ejson_read(void **state)
          }
       }
    }
+   /* Strings around the reader's eight-byte steps, as values and keys:
+    * plain ones are read; one with an escape, a raw control character
+    * or a byte of UTF-8 at any place is declined; DEL is text. */
+   static const char *const odd[] = {"", "\x7f", "\\n", "\\\"", "\x01",
+                                     "\xc3\xa9", "\\u0041"};
+   for (int len = 0; len <= 20; len++) {
+      for (size_t o = 0; o < sizeof odd / sizeof *odd; o++) {
+         for (int pos = 0; pos <= len; pos++) {
+            char str[64], json[160];
+            int n = 0;
+            for (int i = 0; i < len; i++) {
+               if (i == pos) {
+                  n += snprintf(str + n, sizeof str - (size_t) n, "%s", odd[o]);
+               }
+               str[n++] = (char) ('a' + i);
+            }
+            if (pos == len) {
+               n += snprintf(str + n, sizeof str - (size_t) n, "%s", odd[o]);
+            }
+            str[n] = '\0';
+            int want = o < 2 ? 1 : 0;
+            snprintf(json, sizeof json, "{\"v\": \"%s\", \"w\": 1}", str);
+            ejson_read_check(json, want);
+            snprintf(json, sizeof json, "{\"%s\": [\"%s\"]}", str, str);
+            ejson_read_check(json, want);
+            if (o == 0) {
+               break; /* no odd piece: one place is enough */
+            }
+         }
+      }
+   }
    /* declined: libbson's own reader decides */
    const char *declined[] = {
       "{\"$oid\": \"0123456789abcdef01234567\"}",
@@ -2980,23 +3012,130 @@ test_ejson_write(void **state)
                "'4107542400000'}}, 'g': [{'$date': {'$numberLong': "
                "'1709251199100'}}]}"),
       1);
+   /* ObjectIds */
+   ejson_write_check(tmp_bson("{'o': {'$oid': '0123456789abcdef01234567'}, "
+                              "'p': [{'$oid': 'ffffffffffffffffffffffff'}]}"),
+                     1);
    /* declined: the other types, dates outside 1970-9999, non-finite
-    * doubles, non-ASCII text */
+    * doubles */
    const char *declined[] = {
       "{'d': {'$date': {'$numberLong': '-1'}}}",
       "{'d': {'$date': {'$numberLong': '253402300800000'}}}",
-      "{'o': {'$oid': '0123456789abcdef01234567'}}",
       "{'x': {'$numberDouble': 'NaN'}}",
       "{'x': {'$numberDouble': '-Infinity'}}",
       "{'x': {'$numberDecimal': '1.5'}}",
       "{'x': {'$binary': {'base64': 'AQID', 'subType': '00'}}}",
-      "{'s': 'caf\xc3\xa9'}",
-      "{'s': 'tab\\there'}",
-      "{'caf\xc3\xa9': 1}",
       "{'a': [1, {'b': {'$minKey': 1}}]}",
    };
    for (size_t i = 0; i < sizeof declined / sizeof declined[0]; i++) {
       ejson_write_check(tmp_bson(declined[i]), 0);
+   }
+}
+
+/* Text as libbson's writer escapes it, in values and keys: strings made
+ * of pieces (plain runs, quotes, backslashes, every kind of control
+ * character, NUL inside values, DEL, well-formed UTF-8 of 2 to 4 bytes) are
+ * written by the fast path with libbson's bytes; with a malformed UTF-8
+ * piece (a stray continuation byte, an overlong form, a surrogate, past
+ * U+10FFFF, a cut sequence) it may decline, and whatever it writes is
+ * still libbson's. */
+static void
+test_ejson_write_strings(void **state)
+{
+   (void) state;
+   static const struct {
+      const char *s;
+      bool good;
+   } pieces[] = {
+      {"a", true},          {"Zz09", true},        {" ", true},
+      {"\"", true},         {"\\", true},          {"/", true},
+      {"\x01", true},       {"\x1f", true},        {"\x7f", true},
+      {"\b", true},         {"\f", true},          {"\n", true},
+      {"\r", true},         {"\t", true},          {"\x0b", true},
+      {"\xc3\xa9", true},   {"\xe2\x82\xac", true}, {"\xf0\x9f\x98\x80", true},
+      {"\xef\xbf\xbf", true}, {"\xf4\x8f\xbf\xbf", true}, {"\xc2\x80", true},
+      {"abcdefghijklmnopqrstuvwxyz012345", true},
+      {"\xed\xa0\x80", false}, {"\xc0\xaf", false},  {"\x80", false},
+      {"\xf4\x90\x80\x80", false}, {"\xe2\x82", false}, {"\xff", false},
+      {"\xe0\x80\x80", false}, {"\xf8\x88\x80\x80\x80", false},
+   };
+   const size_t np = sizeof pieces / sizeof pieces[0];
+   uint64_t seed = 0x2545f4914f6cdd1dull;
+   size_t written = 0;
+   for (int round = 0; round < 4000; round++) {
+      char text[512];
+      size_t len = 0;
+      bool good = true, nul = false;
+      int count = round % 13;
+      for (int k = 0; k < count; k++) {
+         seed ^= seed << 13;
+         seed ^= seed >> 7;
+         seed ^= seed << 17;
+         size_t i = (size_t) (seed % (round < 2000 ? 22 : np));
+         size_t n = strlen(pieces[i].s);
+         memcpy(text + len, pieces[i].s, n);
+         len += n;
+         good = good && pieces[i].good;
+         if (seed % 29 == 0) {
+            text[len++] = '\0'; /* inside a value: \u0000 */
+            nul = true;
+         }
+      }
+      text[len] = '\0';
+      bson_t doc = BSON_INITIALIZER;
+      bson_append_utf8(&doc, "s", 1, text, (int) len);
+      if (!nul) {
+         bson_append_int32(&doc, text, (int) len, 1);
+      }
+      if (ejson_write_check(&doc, good ? 1 : -1)) {
+         written++;
+      }
+      bson_destroy(&doc);
+   }
+   assert_true(written >= 2000);
+}
+
+/* Integers at and around their limits and each power of ten, and doubles
+ * of every magnitude (integral, halves, printf's others), against
+ * libbson's text. */
+static void
+test_ejson_write_numbers(void **state)
+{
+   (void) state;
+   bson_t doc = BSON_INITIALIZER;
+   int64_t p10 = 1;
+   for (int e = 0; e <= 18; e++, p10 = e <= 18 ? p10 * 10 : p10) {
+      for (int64_t d = -1; d <= 1; d++) {
+         bson_append_int64(&doc, "l", 1, p10 + d);
+         bson_append_int64(&doc, "l", 1, -(p10 + d));
+         if (p10 + d <= INT32_MAX) {
+            bson_append_int32(&doc, "i", 1, (int32_t) (p10 + d));
+            bson_append_int32(&doc, "i", 1, (int32_t) -(p10 + d));
+         }
+      }
+   }
+   bson_append_int64(&doc, "l", 1, INT64_MAX);
+   bson_append_int64(&doc, "l", 1, INT64_MIN);
+   bson_append_int64(&doc, "l", 1, INT64_MIN + 1);
+   bson_append_int32(&doc, "i", 1, INT32_MAX);
+   bson_append_int32(&doc, "i", 1, INT32_MIN);
+   ejson_write_check(&doc, 1);
+   bson_destroy(&doc);
+   uint64_t seed = 0x9e3779b97f4a7c15ull;
+   for (int round = 0; round < 3000; round++) {
+      seed ^= seed << 13;
+      seed ^= seed >> 7;
+      seed ^= seed << 17;
+      bson_t d = BSON_INITIALIZER;
+      bson_append_int64(&d, "l", 1, (int64_t) seed);
+      bson_append_int32(&d, "i", 1, (int32_t) seed);
+      bson_append_int64(&d, "s", 1, (int64_t) (seed >> (seed % 64)));
+      double x = ldexp((double) (seed >> 11), (int) (seed % 140) - 90);
+      bson_append_double(&d, "x", 1, round % 2 ? x : -x);
+      bson_append_double(&d, "h", 1, (double) (int64_t) (seed >> 20) / 2);
+      bson_append_double(&d, "t", 1, (double) (int32_t) seed / 8);
+      ejson_write_check(&d, 1);
+      bson_destroy(&d);
    }
 }
 
@@ -3029,6 +3168,89 @@ test_bsonw_iter_next(void **state)
          memcpy(copy, data, doc->len);
          copy[i] = vals[v];
          iter_check(copy, doc->len, 0);
+      }
+   }
+   free(copy);
+}
+
+/* aspen_bsonw_copy_without against the element-by-element copy it
+ * replaces (libbson's iterator, each element's bytes but those under the
+ * key) on `data`: the same bytes, also where the iterator stops early. */
+static void
+copy_without_check(const uint8_t *data, uint32_t len, const char *key)
+{
+   bson_t doc;
+   if (!bson_init_static(&doc, data, len)) {
+      return;
+   }
+   aspen_bsonw_t w, ref;
+   bson_t got, want;
+   aspen_bsonw_init(&w);
+   aspen_bsonw_init(&ref);
+   aspen_bsonw_reset(&w);
+   aspen_bsonw_reset(&ref);
+   aspen_bsonw_copy_without(&w, &doc, key, strlen(key));
+   bson_iter_t it;
+   if (bson_iter_init(&it, &doc)) {
+      while (bson_iter_next(&it)) {
+         if (strcmp(bson_iter_key(&it), key) != 0) {
+            aspen_bsonw_element(&ref, &it);
+         }
+      }
+   }
+   assert_true(aspen_bsonw_finish(&w, &got));
+   assert_true(aspen_bsonw_finish(&ref, &want));
+   assert_int_equal(got.len, want.len);
+   assert_memory_equal(bson_get_data(&got), bson_get_data(&want), got.len);
+   aspen_bsonw_cleanup(&w);
+   aspen_bsonw_cleanup(&ref);
+}
+
+/* Every type, with and without the key (first, last, twice, nested only),
+ * then every truncation and one-byte corruption of the document. */
+static void
+test_bsonw_copy_without(void **state)
+{
+   (void) state;
+   const bson_t *all = tmp_bson(bsonw_doc_json);
+   static const char *const docs[] = {
+      "{}",
+      "{'_ts': 1}",
+      "{'a': 1, '_ts': {'$date': {'$numberLong': '5'}}, 'b': 'x'}",
+      "{'_ts': 1, 'a': [1, 2], '_ts': 'again'}",
+      "{'a': {'_ts': 1}, 'b': [{'_ts': 2}], '_t': 3, '_tss': 4}",
+      "{'s': 'text', 'd': 2.5, 'o': {'$oid': '0123456789abcdef01234567'}, "
+      "'n': null, 't': true, 'l': {'$numberLong': '7'}}",
+   };
+   for (size_t i = 0; i < sizeof docs / sizeof *docs; i++) {
+      const bson_t *doc = tmp_bson(docs[i]);
+      copy_without_check(bson_get_data(doc), doc->len, "_ts");
+      copy_without_check(bson_get_data(doc), doc->len, "_stream_meta");
+   }
+   copy_without_check(bson_get_data(all), all->len, "_ts");
+   copy_without_check(bson_get_data(all), all->len, "");
+   /* Every truncation and one-byte corruption of the document of every
+    * type (the element-wise path) and of the last one of common types
+    * only (the one-copy path's walk). */
+   const bson_t *common = tmp_bson(docs[sizeof docs / sizeof *docs - 1]);
+   const bson_t *mangled[] = {all, common};
+   uint8_t *copy = aspen_xmalloc(all->len + common->len);
+   for (size_t m = 0; m < 2; m++) {
+      const uint8_t *data = bson_get_data(mangled[m]);
+      uint32_t len = mangled[m]->len;
+      for (uint32_t n = 5; n < len; n++) {
+         memcpy(copy, data, n);
+         aspen_bytes_put_le32(copy, n);
+         copy[n - 1] = 0;
+         copy_without_check(copy, n, "_ts");
+      }
+      for (uint32_t i = 4; i + 1 < len; i++) {
+         static const uint8_t vals[] = {0, 1, 2, 5, 0x7f, 0x80, 0xff};
+         for (size_t v = 0; v < sizeof vals; v++) {
+            memcpy(copy, data, len);
+            copy[i] = vals[v];
+            copy_without_check(copy, len, "_ts");
+         }
       }
    }
    free(copy);
@@ -3167,8 +3389,11 @@ main(void)
       T(test_bytes_dec_int64),
       T(test_bsonw_matches_libbson),
       T(test_bsonw_iter_next),
+      T(test_bsonw_copy_without),
       T(test_ejson_read),
       T(test_ejson_write),
+      T(test_ejson_write_strings),
+      T(test_ejson_write_numbers),
       T(test_ejson_case_corpus),
    };
    return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
