@@ -14,7 +14,11 @@
  *    still count each input once;
  *  - after a restore, the partition read first (further ahead in event
  *    time) does not make the other partition's inputs late: the restored
- *    partitions hold the watermark back.
+ *    partitions hold the watermark back;
+ *  - the same when the two are partition 0 of two topics (a multi-topic
+ *    Kafka source's keys, topic index << 32 | partition): each has a
+ *    watermark of its own, so the topic read first does not make the
+ *    other's inputs late, before or after a restore.
  * The processor runs on its own thread with the built-in catalog plus one
  * row, "scripted": its $source reads what the running test's plan says, its
  * $emit keeps the window results, and the DLQ writer keeps the entries.
@@ -51,6 +55,15 @@
  * and an offset whose event time is 1 s (late by then), or -1. */
 static bool g_tokens;
 static int64_t g_late_o;
+/* Partitions mode, two topics: stream p is partition 0 of topic "a" or "b"
+ * (index p), marked with Kafka's key for it, p << 32. */
+static bool g_topics;
+
+static int64_t
+part_key(int p)
+{
+   return g_topics ? (int64_t) p << 32 : p;
+}
 
 static int64_t
 event_time(int p, int64_t o)
@@ -105,8 +118,8 @@ scripted_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
       /* As Kafka's: each partition starts at the checkpoint's offset, and
        * is declared to the window when it is assigned. */
       int64_t off;
-      s->pos[p] = aspen_rt_restored_offset(rt, p, &off) ? off : 0;
-      aspen_rt_partition_assigned(rt, p);
+      s->pos[p] = aspen_rt_restored_offset(rt, part_key(p), &off) ? off : 0;
+      aspen_rt_partition_assigned(rt, part_key(p));
    }
    *state = s;
    return true;
@@ -122,8 +135,11 @@ read_one(aspen_runtime_t *rt, scripted_t *s, int p)
    BSON_APPEND_INT64(&doc, "o", o);
    BSON_APPEND_DOCUMENT_BEGIN(&meta, "source", &src);
    BSON_APPEND_UTF8(&src, "type", "scripted");
+   if (g_topics) {
+      BSON_APPEND_UTF8(&src, "topic", p ? "b" : "a");
+   }
    if (!g_tokens) {
-      BSON_APPEND_INT32(&src, "partition", p);
+      BSON_APPEND_INT32(&src, "partition", g_topics ? 0 : p);
       BSON_APPEND_INT64(&src, "offset", o);
    }
    bson_append_document_end(&meta, &src);
@@ -133,7 +149,7 @@ read_one(aspen_runtime_t *rt, scripted_t *s, int p)
    if (g_tokens) {
       aspen_rt_mark(rt, 0, -1, &before);
    } else {
-      aspen_rt_mark(rt, p, o, NULL);
+      aspen_rt_mark(rt, part_key(p), o, NULL);
    }
    aspen_rt_ingest(rt, &doc, &meta, INT64_MIN);
    if (g_tokens) {
@@ -364,6 +380,7 @@ setup(void **state)
    bson_destroy(opts);
    g_n_out = g_n_dlq = 0;
    g_tokens = false;
+   g_topics = false;
    g_late_o = -1;
    g_first_dlq[0] = '\0';
    *state = f;
@@ -490,6 +507,46 @@ test_partition_read_first_after_restore(void **state)
    assert_complete(f);
 }
 
+/* The same two tests with the partitions as partition 0 of two topics: the
+ * checkpoint's positions, replays and window watermarks keep them apart. */
+static void
+test_topics_checkpoint_during_replay(void **state)
+{
+   g_topics = true;
+   test_checkpoint_during_replay(state);
+}
+
+static void
+test_topics_read_first_after_restore(void **state)
+{
+   g_topics = true;
+   test_partition_read_first_after_restore(state);
+}
+
+/* Partition 0 of topic "a" is read to offset 30 before partition 0 of
+ * topic "b" is read at all, and offset 27 of each has an event time of
+ * 1 s. Topic b, assigned but not read yet, holds the watermark back, so
+ * a's 27 is not late (window [1 s, 2 s) counts 11); b's 27 comes after
+ * b's own offset 26 (5.3 s), and is late: one DLQ entry, from topic b.
+ * Had the two shared partition 0's watermark, every input of b before
+ * [5 s, 6 s) would have been late behind a's. */
+static void
+test_topics_read_at_different_paces(void **state)
+{
+   fixture_t *f = *state;
+   g_topics = true;
+   g_late_o = 27;
+   const step_t run[] = {{READ, 0, N_PER_PART}, {READ, 1, N_PER_PART},
+                         {READ, 0, FAR + 1},    {READ, 1, FAR + 1},
+                         {END, 0, 0}};
+   run_plan(f, run);
+   const int64_t want[6] = {10, 11, 10, 10, 10, 8};
+   assert_results(1, want);
+   assert_counted(f, 2 * (FAR + 1), 1);
+   assert_non_null(strstr(g_first_dlq, "\"topic\" : \"b\""));
+   assert_non_null(strstr(g_first_dlq, "\"o\" : 27"));
+}
+
 /* The same with a token source (one stream, read again from the token of
  * the first input an open window holds): its offset 27 has an event time
  * of 1 s, late in run 1 (one DLQ entry). Run 2 reads two of the five
@@ -525,6 +582,12 @@ main(void)
       cmocka_unit_test_setup_teardown(test_partition_read_first_after_restore,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(test_token_checkpoint_during_replay,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_topics_checkpoint_during_replay,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_topics_read_first_after_restore,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_topics_read_at_different_paces,
                                       setup, teardown),
    };
    return cmocka_run_group_tests_name("restore", tests, NULL, NULL);
