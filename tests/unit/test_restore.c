@@ -34,6 +34,7 @@
 #include "builtins.h"
 #include "connectors/connections.h"
 #include "runtime/catalog.h"
+#include "runtime/checkpoint.h"
 #include "runtime/runtime.h"
 
 #include <stdatomic.h>
@@ -523,6 +524,70 @@ test_topics_read_first_after_restore(void **state)
    test_partition_read_first_after_restore(state);
 }
 
+/* Rewrites the processor's last checkpoint as aspen wrote it before a
+ * multi-topic source's partitions had keys of their own: its window kept
+ * one watermark for partition 0 of both topics, under the bare number 0
+ * (the largest of the two). Checks first that this run's has one per
+ * topic, keyed 0 and 1 << 32. */
+static void
+rewrite_as_bare_partitions(fixture_t *f)
+{
+   char dir[512];
+   bson_t body, old = BSON_INITIALIZER, pw, e;
+   bool used_previous;
+   bson_iter_t it, ai;
+   aspen_error_t err;
+   aspen__checkpoint_dir(f->dir, aspen_proc_id(f->proc), dir, sizeof dir);
+   assert_true(aspen__checkpoint_load(dir, aspen_proc_id(f->proc), "test",
+                                      &body, &used_previous));
+   assert_true(bson_iter_init_find(&it, &body, "partitionWatermarks") &&
+               bson_iter_recurse(&it, &ai));
+   int64_t keys[2], wm = INT64_MIN;
+   int n = 0;
+   while (bson_iter_next(&ai)) {
+      bson_t one;
+      uint32_t len;
+      const uint8_t *data;
+      assert_true(n < 2 && BSON_ITER_HOLDS_DOCUMENT(&ai));
+      bson_iter_document(&ai, &len, &data);
+      assert_true(bson_init_static(&one, data, len));
+      keys[n++] = aspen_bson_int64(&one, "p", -1);
+      int64_t w = aspen_bson_int64(&one, "wm", INT64_MIN);
+      wm = w > wm ? w : wm;
+   }
+   assert_int_equal(n, 2);
+   assert_true((keys[0] == 0 && keys[1] == (int64_t) 1 << 32) ||
+               (keys[1] == 0 && keys[0] == (int64_t) 1 << 32));
+   bson_copy_to_excluding_noinit(&body, &old, "partitionWatermarks", NULL);
+   BSON_APPEND_ARRAY_BEGIN(&old, "partitionWatermarks", &pw);
+   BSON_APPEND_DOCUMENT_BEGIN(&pw, "0", &e);
+   BSON_APPEND_INT64(&e, "p", 0);
+   BSON_APPEND_INT64(&e, "wm", wm);
+   bson_append_document_end(&pw, &e);
+   bson_append_array_end(&old, &pw);
+   assert_true(aspen__checkpoint_write(dir, &old, &err));
+   bson_destroy(&body);
+   bson_destroy(&old);
+}
+
+/* Such a checkpoint still restores: its entry is topic a's partition 0,
+ * topic b's is declared by its assignment, and with topic b read to its
+ * end first, neither topic's inputs are late. */
+static void
+test_topics_restore_bare_partitions(void **state)
+{
+   fixture_t *f = *state;
+   g_topics = true;
+   const step_t run1[] = {{READ, 0, 15}, {READ, 1, 15}, {FLUSH, 0, 0},
+                          {CRASH, 0, 0}};
+   const step_t run2[] = {{READ, 1, FAR + 1}, {READ, 0, FAR + 1},
+                          {END, 0, 0}};
+   run_plan(f, run1);
+   rewrite_as_bare_partitions(f);
+   run_plan(f, run2);
+   assert_complete(f);
+}
+
 /* Partition 0 of topic "a" is read to offset 30 before partition 0 of
  * topic "b" is read at all, and offset 27 of each has an event time of
  * 1 s. Topic b, assigned but not read yet, holds the watermark back, so
@@ -588,6 +653,8 @@ main(void)
       cmocka_unit_test_setup_teardown(test_topics_read_first_after_restore,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(test_topics_read_at_different_paces,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_topics_restore_bare_partitions,
                                       setup, teardown),
    };
    return cmocka_run_group_tests_name("restore", tests, NULL, NULL);
