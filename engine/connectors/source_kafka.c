@@ -233,7 +233,9 @@ rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
    } else if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
       int restored = 0;
       for (int i = 0; i < parts->cnt; i++) {
-         aspen_rt_partition_assigned(ks->rt, parts->elems[i].partition);
+         aspen_rt_partition_assigned(
+            ks->rt, part_key(ks, parts->elems[i].topic,
+                             parts->elems[i].partition));
       }
       for (int i = 0; i < parts->cnt && !ks->assigned_once; i++) {
          int64_t off;

@@ -127,6 +127,7 @@ aspen_rt_mark(aspen_runtime_t *rt, int64_t part, int64_t offset,
    aspen_pipeline_t *pl = rt->proc->pl;
    rt->seq++;
    pl->cur_seq = rt->seq;
+   pl->cur_part = part;
    /* A replay: offsets below the checkpoint's high mark of the partition
     * (partitions interleave differently the second time); for token
     * sources, the first replayCount inputs. */
@@ -146,9 +147,9 @@ aspen_rt_mark(aspen_runtime_t *rt, int64_t part, int64_t offset,
 }
 
 void
-aspen_rt_partition_assigned(aspen_runtime_t *rt, int64_t partition)
+aspen_rt_partition_assigned(aspen_runtime_t *rt, int64_t part)
 {
-   aspen_pipeline_partition_assigned(rt->proc->pl, partition);
+   aspen_pipeline_partition_assigned(rt->proc->pl, part);
 }
 
 void
@@ -546,7 +547,7 @@ aspen__checkpointing_restore(aspen_runtime_t *rt, aspen_error_t *err)
    int64_t *replayed = aspen_xcalloc(rt->n_restored_high + 1,
                                      sizeof *replayed);
    for (size_t i = 0; i < rt->n_restored_high; i++) {
-      replayed[i] = rt->restored_high[i].part & 0xffffffff;
+      replayed[i] = rt->restored_high[i].part;
    }
    aspen_replay_t replay = {.all = rt->n_parts == 0 && rt->replay_count > 0,
                             .parts = replayed,

@@ -72,8 +72,9 @@ typedef struct {
 
 /* What a checkpoint restore replays (the processor's checkpointing.c): the
  * source partitions read again from before the checkpoint's high mark, by
- * their number (Kafka: the partition within its topic), or every one
- * (`all`: a source positioned by resume tokens that replays inputs). */
+ * the source's key (aspen_rt_mark's `part`: Kafka's topic index << 32 |
+ * partition), or every one (`all`: a source positioned by resume tokens
+ * that replays inputs). */
 typedef struct aspen_replay {
    bool all;
    const int64_t *parts;
@@ -114,8 +115,9 @@ typedef struct {
     * - checkpoint_restore: reads that back from `body` before the source
     *   opens; `replay` says which partitions are read again from before
     *   the checkpoint (their clocks start over).
-    * - partition_assigned: the source reads partition `part` now; until
-    *   it sends an input, the stage's event time waits for it.
+    * - partition_assigned: the source reads partition `part` (its key, as
+    *   pl->cur_part) now; until it sends an input, the stage's event time
+    *   waits for it.
     * - drop_state: lets every kept document go (the state limit was
     *   reached: the processor fails). */
    uint64_t (*replay_seq)(const aspen_stage_t *st);
@@ -236,6 +238,11 @@ struct aspen_pipeline {
     * windows remember the first one they saw, so checkpoints know where
     * to replay from (checkpointing.c). 0 when the source does not mark. */
    uint64_t cur_seq;
+   /* The source's key of the partition that input comes from (aspen_rt_mark's
+    * `part`: Kafka's topic index << 32 | partition, so partition 0 of two
+    * topics are two partitions); windows keep a watermark per key. 0 when
+    * the source does not mark. */
+   int64_t cur_part;
 
    /* Figures (verbose stats, Prometheus). The processor thread counts in
     * plain integers (each main-chain stage's `counts`, the source's and

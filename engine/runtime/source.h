@@ -145,11 +145,13 @@ typedef struct {
  * written again): the position was marked when it was handed over. */
 void aspen_rt_mark(aspen_runtime_t *rt, int64_t part, int64_t offset,
                    const bson_t *token_before);
-/* The source reads partition `partition` (Kafka: on assignment): until it
- * sends an input (or goes idle, partitionIdleTimeout), the window's
- * watermark waits for it, so a partition consumed first cannot make the
- * other partitions' inputs late. */
-void aspen_rt_partition_assigned(aspen_runtime_t *rt, int64_t partition);
+/* The source reads partition `part` (the key it marks with, as
+ * aspen_rt_mark's; Kafka: on assignment): until it sends an input (or goes
+ * idle, partitionIdleTimeout), the window's watermark waits for it, so a
+ * partition consumed first cannot make the other partitions' inputs late.
+ * The window keeps a watermark per key, so each topic's partitions of a
+ * multi-topic Kafka source have their own. */
+void aspen_rt_partition_assigned(aspen_runtime_t *rt, int64_t part);
 /* A token source's position moved: `token` resumes after everything the
  * source has handed over (an event's _id, a post-batch token). */
 void aspen_rt_mark_token(aspen_runtime_t *rt, const bson_t *token);

@@ -20,7 +20,6 @@
  * per key, not the documents; $sort and $limit keep documents); at close the
  * rest of the inner pipeline runs over that stage's output.
  */
-#include "bsonw.h"
 #include "hash.h"
 #include "stages/window.h"
 #include "stages/window_int.h"
@@ -484,40 +483,12 @@ remember_source_type(aspen_window_t *w, const aspen_sdoc_t *in)
    }
 }
 
-/* The source partition of a document (Kafka), 0 for unpartitioned sources:
- * source.partition, as bson_iter_find_descendant finds it (the first
- * "source" that is a document or array), in one pass without strlen. */
-static int64_t
-partition_of(const aspen_sdoc_t *in)
-{
-   bson_iter_t it, sub;
-   if (!in->meta || !bson_iter_init(&it, in->meta)) {
-      return 0;
-   }
-   while (bson_iter_next(&it)) {
-      if (aspen_bsonw_key_len(&it) != 6 ||
-          memcmp(it.raw + it.key, "source", 6) != 0) {
-         continue;
-      }
-      if (!(BSON_ITER_HOLDS_DOCUMENT(&it) || BSON_ITER_HOLDS_ARRAY(&it)) ||
-          !bson_iter_recurse(&it, &sub)) {
-         return 0;
-      }
-      while (bson_iter_next(&sub)) {
-         if (aspen_bsonw_key_len(&sub) == 9 &&
-             memcmp(sub.raw + sub.key, "partition", 9) == 0) {
-            return BSON_ITER_HOLDS_NUMBER(&sub) ? bson_iter_as_int64(&sub)
-                                                : 0;
-         }
-      }
-      return 0;
-   }
-   return 0;
-}
-
 /* Per-partition watermarks: each partition's is its largest event time
  * minus 1 ms; the window's moves to the minimum over partitions that are
- * not idle (partitionIdleTimeout), and never back. */
+ * not idle (partitionIdleTimeout), and never back. A partition is the
+ * source's key for it (pl->cur_part, aspen_rt_mark's), the same key that
+ * assignments, replays and checkpoint positions use: a multi-topic Kafka
+ * source's partition 0 of each topic is a partition of its own. */
 static void
 observe_partition(aspen_window_t *w, int64_t part, int64_t t, int64_t wall_ms)
 {
@@ -743,20 +714,7 @@ window_observe(aspen_stage_t *st, const aspen_sdoc_t *in)
       close_where(w, ready_by_clock, pl->now_ms);
       return;
    }
-   /* The partition is read again only when the metadata changes (a
-    * source hands over many documents with the same). */
-   const bson_t *meta = in->meta;
-   if (!meta || meta->len > sizeof w->last_meta ||
-       meta->len != w->last_meta_len ||
-       memcmp(bson_get_data(meta), w->last_meta, meta->len) != 0) {
-      w->last_part = partition_of(in);
-      w->last_meta_len = 0;
-      if (meta && meta->len <= sizeof w->last_meta) {
-         memcpy(w->last_meta, bson_get_data(meta), meta->len);
-         w->last_meta_len = meta->len;
-      }
-   }
-   observe_partition(w, w->last_part, in->ts_ms, pl->now_ms);
+   observe_partition(w, pl->cur_part, in->ts_ms, pl->now_ms);
    int64_t pwm = partitions_watermark(w, pl->now_ms);
    if (pwm == INT64_MIN) {
       return;
@@ -937,8 +895,14 @@ window_partition_assigned(aspen_stage_t *st, int64_t part)
 }
 
 /* The per-partition watermarks, {partitionWatermarks: [{p, wm}]} (at most
- * 256, as ever). The stage's own watermark is the checkpoint's
- * "watermark", which the processor writes for every pipeline. */
+ * 256, as ever), p the source's partition key. For a one-topic Kafka
+ * source that is the partition number, as it always was; checkpoints
+ * written before multi-topic sources had keys of their own hold the bare
+ * partition number of every topic, which restores as the first topic's
+ * partition, while the other topics' partitions start out unknown and hold
+ * the watermark back until they send (nothing is made late by them). The
+ * stage's own watermark is the checkpoint's "watermark", which the
+ * processor writes for every pipeline. */
 static void
 window_checkpoint_save(const aspen_stage_t *st, bson_t *body)
 {

@@ -115,11 +115,8 @@ typedef struct {
    int64_t watermark;        /* INT64_MIN until the first event */
    struct {
       int64_t id, wm, last_seen_ms;
-   } *parts;                 /* per source partition (Kafka), else one */
+   } *parts;                 /* per source partition key (pl->cur_part) */
    size_t n_parts;
-   uint8_t last_meta[128];   /* the last metadata seen, if this short, */
-   uint32_t last_meta_len;   /* (0: none) */
-   int64_t last_part;        /* and its partition */
    char source_type[32];
    aspen_win_t *feeding;     /* target of the prefix chain's terminal */
    aspen_stage_t *self;

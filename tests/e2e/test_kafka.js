@@ -190,6 +190,35 @@ if (phase === "emit") {
   print("emit phase ok");
 }
 
+if (phase === "two_topics") {
+  // Partition 0 of twoA and of twoB are two partitions: each holds the
+  // window's watermark back until it is read, so whichever topic is read
+  // first makes none of the other's messages late; every 1 s window counts
+  // the 5 messages of each topic, and the DLQ stays empty.
+  const dlqTopics = { connectionName: "atlas", db: "kt", coll: "dlqTopics" };
+  sp.createStreamProcessor("twoTopics", [
+    { $source: { connectionName: "kafka1", topic: ["twoA", "twoB"], timeField: "$t",
+                 config: { auto_offset_reset: "earliest" } } },
+    { $tumblingWindow: { interval: { size: 1, unit: "second" }, allowedLateness: 0,
+                         pipeline: [{ $group: { _id: { $meta: "stream.window.start" },
+                                                n: { $sum: 1 },
+                                                topics: { $addToSet: "$topic" } } }] } },
+    { $merge: { into: { connectionName: "atlas", db: "kt", coll: "twoTopics" } } }],
+    { dlq: dlqTopics });
+  sp.twoTopics.start();
+  waitFor("6 windows of twoA and twoB", () => kt.twoTopics.countDocuments() === 6);
+  const wins = kt.twoTopics.find().sort({ _id: 1 }).toArray();
+  const late = kt.dlqTopics.find().toArray();
+  assert(late.length === 0, "no DLQ entries: " + JSON.stringify(late.slice(0, 2)));
+  const base = Date.UTC(2024, 4, 1);
+  wins.forEach((w, k) => {
+    assert(w._id.getTime() === base + k * 1000 && w.n === 10 &&
+           JSON.stringify(w.topics.sort()) === '["twoA","twoB"]', "window " + k + ": " + JSON.stringify(w));
+  });
+  sp.twoTopics.stop();
+  print("two_topics phase ok");
+}
+
 if (phase === "local") {
   // Zero-setup Kafka: the "localKafka" connection has "local": true, so
   // aspen hosts the broker itself and lists its loopback address.

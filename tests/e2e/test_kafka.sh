@@ -8,7 +8,9 @@
 # back by a Kafka $source and by Kafka's own console consumer; the broker
 # aspen hosts for a "local": true connection, written by $emit and read back
 # through sp.process's wire commands; a broker killed and restarted under
-# a running Kafka -> $merge processor, with nothing lost or doubled.
+# a running Kafka -> $merge processor, with nothing lost or doubled; a
+# $source reading two topics into a window keeps a watermark per topic's
+# partition (the topic produced first makes none of the other's late).
 # Faults: a document larger than its topic's max.message.bytes goes to the
 # DLQ and is counted while the documents batched with it are delivered; a
 # $source topic and an $emit topic deleted under running processors fail
@@ -122,6 +124,21 @@ delete_topics() {
     kafka_delete_topic doomedIn && kafka_delete_topic doomedOut && ids 4 5 6 | kafka_produce feedIn
 } 2>>"$ASPEN_RUN_DIR/tools.log"
 
+# two_topics: partition 0 of topics twoA and twoB each get 30 messages 200 ms
+# apart in event time (5 per 1 s window) and one an hour later that closes
+# them all; twoA is produced first, so a consumer may read it before twoB.
+two_topics() {
+    local topic
+    for topic in twoA twoB; do
+        kafka_create_topic "$topic" 1 &&
+            seq 0 30 | awk -v topic="$topic" '{
+                t = $1 < 30 ? sprintf("00:%02d.%03d", $1 * 200 / 1000, $1 * 200 % 1000) : "00:00.000"
+                printf "{\"topic\": \"%s\", \"i\": %d, \"t\": {\"$date\": \"2024-05-01T0%d:%sZ\"}}\n",
+                    topic, $1, $1 < 30 ? 0 : 1, t }' |
+            kafka_produce "$topic" || return 1
+    done
+} 2>>"$ASPEN_RUN_DIR/tools.log"
+
 console_consumer_sees_emit() {
     local out
     out=$(kafka_consume roundrt 2 --headers 2>>"$ASPEN_RUN_DIR/tools.log") || return 1
@@ -142,6 +159,9 @@ check "restart resumes from the committed offsets" phase resume
 check "listing 15.4: \$validate -> \$emit, invalid to the DLQ; latest vs earliest" phase validate
 check "documents -> \$emit -> Kafka \$source round trip" phase emit
 check "Kafka's console consumer reads what \$emit wrote" console_consumer_sees_emit
+check "topics twoA, twoB: 31 timestamped messages each, twoA's first" two_topics
+check "a two-topic \$source -> \$tumblingWindow: a watermark per topic, none late" \
+    phase two_topics
 check "zero-setup broker (\"local\": true): documents -> \$emit -> sp.process" phase local
 check "topic tinyTopic with max.message.bytes=1024" tiny_topic
 check "\$emit: the oversized document to the DLQ and counted, the rest delivered" phase too_large

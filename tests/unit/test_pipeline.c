@@ -29,7 +29,8 @@
  * once the input is over time jumps far ahead through aspen_pipeline_tick,
  * as engine/runtime/rt.c's aspen_rt_wait does); "partitioned" (with
  * "unitOnly") makes each input a {doc, partition} wrapper whose partition
- * goes into `_stream_meta.source.partition`, as a Kafka source sets it.
+ * goes into `_stream_meta.source.partition` and is the partition key the
+ * window keeps a watermark for, as a one-topic Kafka source sets them.
  * Documents are compared as canonical Extended JSON, so field order and BSON
  * types both count.
  *
@@ -756,6 +757,9 @@ feed(aspen_pipeline_t *pl, const bson_t *partitions, bool virtual_clock,
          partition = bson_iter_as_int64(&pi);
       }
       source_meta(&meta, partition);
+      /* The partition's key, as a Kafka source's aspen_rt_mark sets it
+       * (one topic: the partition number). */
+      pl->cur_part = partition >= 0 ? partition : 0;
       if (!aspen_bson_view(&it, &raw) || !BSON_ITER_HOLDS_DOCUMENT(&it)) {
          sbuf_printf(why, "    a source document is not an object\n");
          bson_destroy(&doc);

@@ -14,7 +14,11 @@
  *    still count each input once;
  *  - after a restore, the partition read first (further ahead in event
  *    time) does not make the other partition's inputs late: the restored
- *    partitions hold the watermark back.
+ *    partitions hold the watermark back;
+ *  - the same when the two are partition 0 of two topics (a multi-topic
+ *    Kafka source's keys, topic index << 32 | partition): each has a
+ *    watermark of its own, so the topic read first does not make the
+ *    other's inputs late, before or after a restore.
  * The processor runs on its own thread with the built-in catalog plus one
  * row, "scripted": its $source reads what the running test's plan says, its
  * $emit keeps the window results, and the DLQ writer keeps the entries.
@@ -30,6 +34,7 @@
 #include "builtins.h"
 #include "connectors/connections.h"
 #include "runtime/catalog.h"
+#include "runtime/checkpoint.h"
 #include "runtime/runtime.h"
 
 #include <stdatomic.h>
@@ -51,6 +56,15 @@
  * and an offset whose event time is 1 s (late by then), or -1. */
 static bool g_tokens;
 static int64_t g_late_o;
+/* Partitions mode, two topics: stream p is partition 0 of topic "a" or "b"
+ * (index p), marked with Kafka's key for it, p << 32. */
+static bool g_topics;
+
+static int64_t
+part_key(int p)
+{
+   return g_topics ? (int64_t) p << 32 : p;
+}
 
 static int64_t
 event_time(int p, int64_t o)
@@ -105,8 +119,8 @@ scripted_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
       /* As Kafka's: each partition starts at the checkpoint's offset, and
        * is declared to the window when it is assigned. */
       int64_t off;
-      s->pos[p] = aspen_rt_restored_offset(rt, p, &off) ? off : 0;
-      aspen_rt_partition_assigned(rt, p);
+      s->pos[p] = aspen_rt_restored_offset(rt, part_key(p), &off) ? off : 0;
+      aspen_rt_partition_assigned(rt, part_key(p));
    }
    *state = s;
    return true;
@@ -122,8 +136,11 @@ read_one(aspen_runtime_t *rt, scripted_t *s, int p)
    BSON_APPEND_INT64(&doc, "o", o);
    BSON_APPEND_DOCUMENT_BEGIN(&meta, "source", &src);
    BSON_APPEND_UTF8(&src, "type", "scripted");
+   if (g_topics) {
+      BSON_APPEND_UTF8(&src, "topic", p ? "b" : "a");
+   }
    if (!g_tokens) {
-      BSON_APPEND_INT32(&src, "partition", p);
+      BSON_APPEND_INT32(&src, "partition", g_topics ? 0 : p);
       BSON_APPEND_INT64(&src, "offset", o);
    }
    bson_append_document_end(&meta, &src);
@@ -133,7 +150,7 @@ read_one(aspen_runtime_t *rt, scripted_t *s, int p)
    if (g_tokens) {
       aspen_rt_mark(rt, 0, -1, &before);
    } else {
-      aspen_rt_mark(rt, p, o, NULL);
+      aspen_rt_mark(rt, part_key(p), o, NULL);
    }
    aspen_rt_ingest(rt, &doc, &meta, INT64_MIN);
    if (g_tokens) {
@@ -364,6 +381,7 @@ setup(void **state)
    bson_destroy(opts);
    g_n_out = g_n_dlq = 0;
    g_tokens = false;
+   g_topics = false;
    g_late_o = -1;
    g_first_dlq[0] = '\0';
    *state = f;
@@ -490,6 +508,110 @@ test_partition_read_first_after_restore(void **state)
    assert_complete(f);
 }
 
+/* The same two tests with the partitions as partition 0 of two topics: the
+ * checkpoint's positions, replays and window watermarks keep them apart. */
+static void
+test_topics_checkpoint_during_replay(void **state)
+{
+   g_topics = true;
+   test_checkpoint_during_replay(state);
+}
+
+static void
+test_topics_read_first_after_restore(void **state)
+{
+   g_topics = true;
+   test_partition_read_first_after_restore(state);
+}
+
+/* Rewrites the processor's last checkpoint as aspen wrote it before a
+ * multi-topic source's partitions had keys of their own: its window kept
+ * one watermark for partition 0 of both topics, under the bare number 0
+ * (the largest of the two). Checks first that this run's has one per
+ * topic, keyed 0 and 1 << 32. */
+static void
+rewrite_as_bare_partitions(fixture_t *f)
+{
+   char dir[512];
+   bson_t body, old = BSON_INITIALIZER, pw, e;
+   bool used_previous;
+   bson_iter_t it, ai;
+   aspen_error_t err;
+   aspen__checkpoint_dir(f->dir, aspen_proc_id(f->proc), dir, sizeof dir);
+   assert_true(aspen__checkpoint_load(dir, aspen_proc_id(f->proc), "test",
+                                      &body, &used_previous));
+   assert_true(bson_iter_init_find(&it, &body, "partitionWatermarks") &&
+               bson_iter_recurse(&it, &ai));
+   int64_t keys[2], wm = INT64_MIN;
+   int n = 0;
+   while (bson_iter_next(&ai)) {
+      bson_t one;
+      uint32_t len;
+      const uint8_t *data;
+      assert_true(n < 2 && BSON_ITER_HOLDS_DOCUMENT(&ai));
+      bson_iter_document(&ai, &len, &data);
+      assert_true(bson_init_static(&one, data, len));
+      keys[n++] = aspen_bson_int64(&one, "p", -1);
+      int64_t w = aspen_bson_int64(&one, "wm", INT64_MIN);
+      wm = w > wm ? w : wm;
+   }
+   assert_int_equal(n, 2);
+   assert_true((keys[0] == 0 && keys[1] == (int64_t) 1 << 32) ||
+               (keys[1] == 0 && keys[0] == (int64_t) 1 << 32));
+   bson_copy_to_excluding_noinit(&body, &old, "partitionWatermarks", NULL);
+   BSON_APPEND_ARRAY_BEGIN(&old, "partitionWatermarks", &pw);
+   BSON_APPEND_DOCUMENT_BEGIN(&pw, "0", &e);
+   BSON_APPEND_INT64(&e, "p", 0);
+   BSON_APPEND_INT64(&e, "wm", wm);
+   bson_append_document_end(&pw, &e);
+   bson_append_array_end(&old, &pw);
+   assert_true(aspen__checkpoint_write(dir, &old, &err));
+   bson_destroy(&body);
+   bson_destroy(&old);
+}
+
+/* Such a checkpoint still restores: its entry is topic a's partition 0,
+ * topic b's is declared by its assignment, and with topic b read to its
+ * end first, neither topic's inputs are late. */
+static void
+test_topics_restore_bare_partitions(void **state)
+{
+   fixture_t *f = *state;
+   g_topics = true;
+   const step_t run1[] = {{READ, 0, 15}, {READ, 1, 15}, {FLUSH, 0, 0},
+                          {CRASH, 0, 0}};
+   const step_t run2[] = {{READ, 1, FAR + 1}, {READ, 0, FAR + 1},
+                          {END, 0, 0}};
+   run_plan(f, run1);
+   rewrite_as_bare_partitions(f);
+   run_plan(f, run2);
+   assert_complete(f);
+}
+
+/* Partition 0 of topic "a" is read to offset 30 before partition 0 of
+ * topic "b" is read at all, and offset 27 of each has an event time of
+ * 1 s. Topic b, assigned but not read yet, holds the watermark back, so
+ * a's 27 is not late (window [1 s, 2 s) counts 11); b's 27 comes after
+ * b's own offset 26 (5.3 s), and is late: one DLQ entry, from topic b.
+ * Had the two shared partition 0's watermark, every input of b before
+ * [5 s, 6 s) would have been late behind a's. */
+static void
+test_topics_read_at_different_paces(void **state)
+{
+   fixture_t *f = *state;
+   g_topics = true;
+   g_late_o = 27;
+   const step_t run[] = {{READ, 0, N_PER_PART}, {READ, 1, N_PER_PART},
+                         {READ, 0, FAR + 1},    {READ, 1, FAR + 1},
+                         {END, 0, 0}};
+   run_plan(f, run);
+   const int64_t want[6] = {10, 11, 10, 10, 10, 8};
+   assert_results(1, want);
+   assert_counted(f, 2 * (FAR + 1), 1);
+   assert_non_null(strstr(g_first_dlq, "\"topic\" : \"b\""));
+   assert_non_null(strstr(g_first_dlq, "\"o\" : 27"));
+}
+
 /* The same with a token source (one stream, read again from the token of
  * the first input an open window holds): its offset 27 has an event time
  * of 1 s, late in run 1 (one DLQ entry). Run 2 reads two of the five
@@ -525,6 +647,14 @@ main(void)
       cmocka_unit_test_setup_teardown(test_partition_read_first_after_restore,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(test_token_checkpoint_during_replay,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_topics_checkpoint_during_replay,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_topics_read_first_after_restore,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_topics_read_at_different_paces,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_topics_restore_bare_partitions,
                                       setup, teardown),
    };
    return cmocka_run_group_tests_name("restore", tests, NULL, NULL);
