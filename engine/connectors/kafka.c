@@ -1327,3 +1327,11 @@ aspen__kafka_source_parse_done(aspen_source_spec_t *src,
    }
    return true;
 }
+
+rd_kafka_resp_err_t
+aspen__kafka_delivery_error(rd_kafka_resp_err_t err)
+{
+   return err == RD_KAFKA_RESP_ERR__DESTROY
+             ? RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION
+             : err;
+}

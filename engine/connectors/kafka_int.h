@@ -292,4 +292,17 @@ void aspen__kafka_txn_abort(rd_kafka_t *rk);
 bool aspen__kafka_txn_committed_ids(const aspen_runtime_t *rt, bson_t *ids,
                                     aspen_error_t *err);
 
+/* What a failed delivery report says went wrong. librdkafka reports a
+ * message still queued on a partition it dropped because the topic left
+ * the cluster's metadata (deleted) as destroyed (RD_KAFKA_RESP_ERR__DESTROY,
+ * sent when the partition's last reference goes), not as unknown; whether
+ * those reports come before or after the ones naming the partition or
+ * topic unknown is a race between librdkafka's threads, and when every
+ * message was on its way to the broker they are the only ones. Outside a
+ * producer's own teardown (whose reports the caller ignores), a destroyed
+ * message is that dropped partition: RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION,
+ * so a deleted topic fails an $emit with the same error whichever report
+ * comes first. Any other error is itself. */
+rd_kafka_resp_err_t aspen__kafka_delivery_error(rd_kafka_resp_err_t err);
+
 #endif /* ASPEN_ENGINE_CONNECTORS_KAFKA_INT_H */

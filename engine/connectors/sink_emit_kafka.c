@@ -566,9 +566,10 @@ dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
    }
    if (m->err && !e->closing) {
       const char *topic = rd_kafka_topic_name(m->rkt);
+      rd_kafka_resp_err_t why = aspen__kafka_delivery_error(m->err);
       /* Exactly-once: a refused message makes the transaction abortable,
        * so resending or dead-lettering cannot help; it fails (below). */
-      if (is_batch_size_error(m->err) && doc && !e->resending && !e->txn) {
+      if (is_batch_size_error(why) && doc && !e->resending && !e->txn) {
          if (e->n_resend == e->cap_resend) {
             e->cap_resend = e->cap_resend ? 2 * e->cap_resend : 16;
             e->resend = aspen_xrealloc(
@@ -578,14 +579,14 @@ dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
          e->resend[e->n_resend++] = owned ? doc : bson_copy(doc);
          return;
       }
-      if (is_per_message(m->err) && doc && !e->txn) {
+      if (is_per_message(why) && doc && !e->txn) {
          char reason[ASPEN_ERROR_MSG_MAX];
          snprintf(reason, sizeof reason,
                   "Failed to emit the document to Kafka topic '%s': %s",
-                  topic, rd_kafka_err2str(m->err));
+                  topic, rd_kafka_err2str(why));
          aspen_rt_sink_failed(e->rt, doc, reason);
       } else {
-         set_fatal(e, topic, m->err, rd_kafka_err2str(m->err));
+         set_fatal(e, topic, why, rd_kafka_err2str(why));
       }
    }
    if (doc && owned) {

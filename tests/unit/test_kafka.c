@@ -8,7 +8,8 @@
  * aspen__conn_kafka_client_conf producing to and consuming from
  * librdkafka's mock cluster, and the broker aspen hosts for a connection
  * with "local": true; which pipelines may spread a Kafka $source's
- * partitions over worker threads (runtime/workers.c).
+ * partitions over worker threads (runtime/workers.c); the $emit sink
+ * failing with the topic-missing error when its topic is deleted.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -833,6 +834,35 @@ test_message_has_headers(void **state)
    rd_kafka_destroy(mrk);
 }
 
+/* A delivery report of a message librdkafka destroyed with its partition
+ * (its topic deleted: the report may come before the one saying the
+ * partition is unknown, or alone) names the topic-missing cause, as that
+ * one does; every other error, the topic-missing ones included, is
+ * itself. librdkafka 2.0's mock cluster cannot delete a topic, and a
+ * topic it reports unknown while a produce request is answered late left
+ * the messages to time out, not destroyed, so the report is not made
+ * through the mock. */
+static void
+test_delivery_error(void **state)
+{
+   (void) state;
+   assert_int_equal(aspen__kafka_delivery_error(RD_KAFKA_RESP_ERR__DESTROY),
+                    RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION);
+   static const rd_kafka_resp_err_t same[] = {
+      RD_KAFKA_RESP_ERR_NO_ERROR,
+      RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION,
+      RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC,
+      RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+      RD_KAFKA_RESP_ERR__MSG_TIMED_OUT,
+      RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
+      RD_KAFKA_RESP_ERR__PURGE_QUEUE,
+      RD_KAFKA_RESP_ERR__FATAL,
+   };
+   for (size_t i = 0; i < sizeof same / sizeof *same; i++) {
+      assert_int_equal(aspen__kafka_delivery_error(same[i]), same[i]);
+   }
+}
+
 /* A stop predicate that says "stop" at once, counting how often it was
  * asked in *(int *) arg. */
 static bool
@@ -1086,6 +1116,7 @@ main(void)
       cmocka_unit_test(test_workers_allowed),
       cmocka_unit_test(test_mock_cluster_roundtrip),
       cmocka_unit_test(test_message_has_headers),
+      cmocka_unit_test(test_delivery_error),
       cmocka_unit_test(test_metadata_unreachable),
       cmocka_unit_test(test_local_broker),
       cmocka_unit_test(test_local_broker_survives_signals),
