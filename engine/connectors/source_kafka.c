@@ -588,8 +588,7 @@ append_key_headers(const ksrc_t *ks, const rd_kafka_message_t *m,
       }
    }
    rd_kafka_headers_t *hdrs = NULL;
-   if (aspen__kafka_message_has_headers(m) &&
-       rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+   if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
        rd_kafka_header_cnt(hdrs) > 0) {
       bson_t arr;
       BSON_APPEND_ARRAY_BEGIN(src, "headers", &arr);

@@ -814,7 +814,7 @@ test_message_has_headers(void **state)
          rd_kafka_headers_t *hdrs = NULL;
          bool want = rd_kafka_message_headers(m, &hdrs) == 0 &&
                      rd_kafka_header_cnt(hdrs) > 0;
-         assert_true(fast == want);
+         assert_true(fast == (msgs[idx].headers > 0));
          assert_true(want == (msgs[idx].headers > 0));
          if (want) {
             assert_int_equal(rd_kafka_header_cnt(hdrs), msgs[idx].headers);
