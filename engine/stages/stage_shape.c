@@ -559,6 +559,9 @@ typedef struct {
    bool flat;
    bool flat_top; /* no subtree at the top level (apply_t.given) */
    aspen_fields_t in_tab, out_tab; /* (apply_t) */
+   /* The paths its expressions read, resolved once per document (expr.h),
+    * or NULL: none. */
+   aspen_expr_paths_t *paths;
 } shape_t;
 
 static void
@@ -566,6 +569,7 @@ shape_destroy(aspen_stage_t *st)
 {
    shape_t *s = st->state;
    if (s) {
+      aspen_expr_paths_destroy(s->paths);
       node_cleanup(&s->tree.root);
       aspen_bsonw_cleanup(&s->w);
       free(s);
@@ -631,6 +635,10 @@ shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
                 .out_tab = &s->out_tab};
    aspen_bsonw_reset(&s->w);
    bool given = aspen_fields_covers(in->fields, in->doc);
+   if (s->paths) {
+      aspen_expr_paths_resolve(s->paths, in->doc, in->fields);
+      ctx.paths = s->paths;
+   }
    if (given && s->flat && all_new(s, in->fields)) {
       if (!append_new(&a, s, in)) {
          return false;
@@ -663,6 +671,18 @@ shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
    next.fields = &s->out_tab;
    aspen_stage_emit(st, &next);
    return true;
+}
+
+/* Adds the paths of the expressions under `n` to `p`. */
+static void
+collect_paths(aspen_expr_paths_t *p, const node_t *n)
+{
+   if (n->kind == N_EXPR) {
+      aspen_expr_paths_add(p, n->expr);
+   }
+   for (size_t i = 0; i < n->n_kids; i++) {
+      collect_paths(p, &n->kids[i]);
+   }
 }
 
 /* True if no child of the root is a subtree. */
@@ -713,6 +733,12 @@ shape_parse_common(aspen_stage_t *st, const bson_t *spec, tree_mode_t mode,
       s->flat &= s->tree.root.kids[i].kind == N_EXPR;
    }
    s->flat_top = is_flat_top(&s->tree.root);
+   s->paths = aspen_expr_paths_new();
+   collect_paths(s->paths, &s->tree.root);
+   if (aspen_expr_paths_count(s->paths) == 0) {
+      aspen_expr_paths_destroy(s->paths);
+      s->paths = NULL;
+   }
    return true;
 }
 
