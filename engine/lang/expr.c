@@ -311,7 +311,8 @@ doc_path_get(const aspen__eval_t *st, const bson_t *doc, const aspen_expr_t *e)
    }
    int i = aspen_fields_find(t, parts[0], e->part0_len);
    aspen_value_t v;
-   if (i < 0 || !aspen__raw_value(t->data, t->len, t->f[i].off, t->f[i].klen, &v)) {
+   if (i < 0 ||
+       !aspen__raw_value(t->data, t->len, t->f[i].off, t->f[i].klen, &v)) {
       return ASPEN_VALUE_MISSING;
    }
    return path_descend(v, parts, n_parts);

@@ -122,9 +122,10 @@ void aspen_expr_paths_destroy(aspen_expr_paths_t *p);
 void aspen_expr_paths_add(aspen_expr_paths_t *p, aspen_expr_t *e);
 /* How many slots `p` has. */
 uint32_t aspen_expr_paths_count(const aspen_expr_paths_t *p);
-/* Resolves every slot of `p` against `doc`, through `fields` (may be NULL)
- * when it covers `doc`; the values borrow from `doc`, which must stay as
- * it is while an evaluation reads them (ctx.paths = p, ctx.root = doc). */
+/* Resolves every slot of `p` against `doc`, through `fields` when not
+ * NULL: the caller has checked that it covers `doc` (aspen_fields_covers).
+ * The values borrow from `doc`, which must stay as it is while an
+ * evaluation reads them (ctx.paths = p, ctx.root = doc). */
 void aspen_expr_paths_resolve(aspen_expr_paths_t *p, const bson_t *doc,
                               const aspen_fields_t *fields);
 /* Whether tables are used at all (default true): tests turn them off to

@@ -216,13 +216,17 @@ aspen_expr_paths_resolve(aspen_expr_paths_t *p, const bson_t *doc,
    if (!p->order_ok) {
       build_order(p);
    }
-   const uint8_t *data = bson_get_data(doc);
+   /* A table that covers the document has its bytes (no call into
+    * libbson for them). */
+   bool covered = aspen_fields_covers_data(fields, fields ? fields->data : NULL,
+                                           doc->len);
+   const uint8_t *data = covered ? fields->data : bson_get_data(doc);
    uint32_t len = doc->len;
    for (uint32_t g = 0; g < p->n_groups; g++) {
       const aspen__pgroup_t *gr = &p->groups[g];
       const uint32_t *sib = p->order + gr->start;
       if (gr->parent < 0) {
-         if (aspen_fields_covers_data(fields, data, len)) {
+         if (covered) {
             table_siblings(p, sib, gr->n, fields);
          } else {
             scan_siblings(p, sib, gr->n, data, len);

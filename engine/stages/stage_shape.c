@@ -297,7 +297,9 @@ append_expr(apply_t *a, const node_t *n)
       return;
    }
    aspen_bsonw_value(a->w, n->name, n->name_len, &v.v);
-   aspen_value_destroy(&v);
+   if (v.owned && !v.scratch) { /* only a heap value has anything to free */
+      aspen_value_destroy(&v);
+   }
    a->ctx->scratch->used = 0; /* v, written, was the last value in it */
 }
 
@@ -636,7 +638,7 @@ shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
    aspen_bsonw_reset(&s->w);
    bool given = aspen_fields_covers(in->fields, in->doc);
    if (s->paths) {
-      aspen_expr_paths_resolve(s->paths, in->doc, in->fields);
+      aspen_expr_paths_resolve(s->paths, in->doc, given ? in->fields : NULL);
       ctx.paths = s->paths;
    }
    if (given && s->flat && all_new(s, in->fields)) {
@@ -665,7 +667,10 @@ shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
                       s->w.len, (unsigned) ASPEN_MAX_OBJECT_LEN);
       return false;
    }
-   aspen_fields_bind(&s->out_tab, &out);
+   /* aspen_fields_bind without asking libbson for the bytes: they are the
+    * writer's. */
+   s->out_tab.data = s->w.data;
+   s->out_tab.len = out.len;
    aspen_sdoc_t next = *in;
    next.doc = &out;
    next.fields = &s->out_tab;
