@@ -360,21 +360,6 @@ path_on_value(const aspen_value_t *val, char *const *parts, uint32_t n_parts)
    return ASPEN_VALUE_MISSING;
 }
 
-/* True, *out set, if the path's slot in the context's resolved table
- * (expr_paths.c) holds its value: `doc` is the document resolved. */
-static inline bool
-slot_get(const aspen_expr_t *e, const aspen__eval_t *st, const bson_t *doc,
-         aspen_value_t *out)
-{
-   const aspen_expr_paths_t *p = st->ctx->paths;
-   if (!p || p != e->ptab || p->doc != doc ||
-       p->state[e->pslot] != ASPEN__PSLOT_VALUE) {
-      return false;
-   }
-   *out = p->vals[e->pslot];
-   return true;
-}
-
 static bool
 eval_root_path(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
 {
@@ -383,7 +368,7 @@ eval_root_path(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
       *out = ASPEN_VALUE_MISSING;
       return true;
    }
-   if (!slot_get(e, st, root, out)) {
+   if (!aspen__slot_get(e, st, out)) {
       *out = doc_path_get(st, root, e);
    }
    return true;
@@ -405,7 +390,7 @@ eval_current_path(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
       *out = ASPEN_VALUE_MISSING;
       return true;
    }
-   if (!slot_get(e, st, cur, out)) {
+   if (!aspen__slot_get(e, st, out)) {
       *out = doc_path_get(st, cur, e);
    }
    return true;

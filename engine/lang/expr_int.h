@@ -103,6 +103,7 @@ struct aspen_expr {
     * slot there (expr_paths.c). */
    const aspen_expr_paths_t *ptab;
    uint32_t pslot;
+   bool pcurrent; /* read from $$CURRENT (else $$ROOT) */
    /* Object expressions: keys of the children (args[i] <-> keys[i]). */
    char **keys;
    /* Bound variable slots ($let: one per var; $map/$filter: 1; $reduce:
@@ -175,12 +176,72 @@ struct aspen__parse {
    aspen_error_t *err;
 };
 
+/* The resolved path table (expr_paths.c). */
+enum { ASPEN__PSLOT_VALUE = 0, ASPEN__PSLOT_GENERAL = 1 };
+typedef struct {
+   int32_t parent;    /* the slot of the path's prefix; -1: top level */
+   const char *key;   /* the path's last component (borrowed) */
+   uint32_t klen;
+   char *const *parts; /* the whole path (borrowed), to share slots */
+   uint32_t n_parts;
+} aspen__pslot_t;
+/* Siblings: the slots order[start..start+n-1], all under `parent`. */
+typedef struct {
+   int32_t parent;
+   uint32_t start, n;
+} aspen__pgroup_t;
+struct aspen_expr_paths {
+   aspen__pslot_t *slots;
+   uint32_t n, cap;
+   /* Slot indexes by parent (stable), parents before children, and the
+    * groups of siblings in that order: each group is resolved by one scan.
+    * Rebuilt when slots are added. */
+   uint32_t *order;
+   aspen__pgroup_t *groups;
+   uint32_t n_groups;
+   bool order_ok;
+   /* Per document (aspen_expr_paths_resolve). */
+   const bson_t *doc;
+   aspen_value_t *vals;
+   uint8_t *state; /* ASPEN__PSLOT_* */
+};
+extern bool aspen__expr_paths_on;
+
+/* True, *out set, if the path node `e`'s slot in the context's resolved
+ * table holds its value: the table it was compiled into, resolved against
+ * the document it reads ($$ROOT, or $$CURRENT for a "$a.b" path). */
+static inline bool
+aspen__slot_get(const aspen_expr_t *e, const aspen__eval_t *st,
+                aspen_value_t *out)
+{
+   const aspen_expr_paths_t *p = st->ctx->paths;
+   if (!p || p != e->ptab) {
+      return false;
+   }
+   const bson_t *doc = e->pcurrent && st->ctx->current ? st->ctx->current
+                                                       : st->ctx->root;
+   if (p->doc != doc || p->state[e->pslot] != ASPEN__PSLOT_VALUE) {
+      return false;
+   }
+   *out = p->vals[e->pslot];
+   return true;
+}
+
 static inline bool
 aspen__eval_node(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
 {
    if ((++st->steps & 1023u) == 0 && !aspen__eval_check_slow(st)) {
       *out = ASPEN_VALUE_MISSING;
       return false;
+   }
+   /* The leaves most expressions are made of, without a call: a constant
+    * (eval_const) and a path whose slot holds its value (slot_get). */
+   if (e->flags & ASPEN__NODE_CONST) {
+      *out = aspen__value_view(&e->cval);
+      return true;
+   }
+   if (e->ptab && aspen__slot_get(e, st, out)) {
+      return true;
    }
    if (!e->eval(e, st, out)) {
       return false;
@@ -386,36 +447,6 @@ aspen__raw_value(const uint8_t *data, uint32_t len, uint32_t off, size_t kl,
  * (`*current` true) or "$$ROOT.a.b" (false). */
 bool aspen__node_is_doc_path(const aspen_expr_t *e, bool *current);
 
-/* The resolved path table (expr_paths.c). */
-enum { ASPEN__PSLOT_VALUE = 0, ASPEN__PSLOT_GENERAL = 1 };
-typedef struct {
-   int32_t parent;    /* the slot of the path's prefix; -1: top level */
-   const char *key;   /* the path's last component (borrowed) */
-   uint32_t klen;
-   char *const *parts; /* the whole path (borrowed), to share slots */
-   uint32_t n_parts;
-} aspen__pslot_t;
-/* Siblings: the slots order[start..start+n-1], all under `parent`. */
-typedef struct {
-   int32_t parent;
-   uint32_t start, n;
-} aspen__pgroup_t;
-struct aspen_expr_paths {
-   aspen__pslot_t *slots;
-   uint32_t n, cap;
-   /* Slot indexes by parent (stable), parents before children, and the
-    * groups of siblings in that order: each group is resolved by one scan.
-    * Rebuilt when slots are added. */
-   uint32_t *order;
-   aspen__pgroup_t *groups;
-   uint32_t n_groups;
-   bool order_ok;
-   /* Per document (aspen_expr_paths_resolve). */
-   const bson_t *doc;
-   aspen_value_t *vals;
-   uint8_t *state; /* ASPEN__PSLOT_* */
-};
-extern bool aspen__expr_paths_on;
 
 /* Builds an array value from the values appended to `arr` (takes it). */
 aspen_value_t aspen__array_finish(bson_t *arr);

@@ -2,7 +2,7 @@
  * expr_paths.c - path slot tables (expr.h, aspen_expr_paths_t): the field
  * paths a stage's expressions read from the document, compiled into slots
  * and resolved once per document, so that path nodes read a slot instead
- * of looking their path up from the top (expr.c, slot_get).
+ * of looking their path up from the top (expr_int.h, aspen__slot_get).
  *
  * A path "a.b.c" takes three slots, "a", "a.b" and "a.b.c", each but the
  * first naming its prefix's slot; paths share their prefixes' slots. The
@@ -104,6 +104,7 @@ aspen_expr_paths_add(aspen_expr_paths_t *p, aspen_expr_t *e)
    if (aspen__node_is_doc_path(e, &current) && !e->ptab) {
       e->pslot = slot_of(p, e->parts, e->n_parts);
       e->ptab = p;
+      e->pcurrent = current;
    }
    for (uint32_t i = 0; i < e->n_args; i++) {
       aspen_expr_paths_add(p, e->args[i]);
