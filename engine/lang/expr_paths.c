@@ -219,8 +219,7 @@ aspen_expr_paths_resolve(aspen_expr_paths_t *p, const bson_t *doc,
    }
    /* A table that covers the document has its bytes (no call into
     * libbson for them). */
-   bool covered = aspen_fields_covers_data(fields, fields ? fields->data : NULL,
-                                           doc->len);
+   bool covered = fields != NULL;
    const uint8_t *data = covered ? fields->data : bson_get_data(doc);
    uint32_t len = doc->len;
    for (uint32_t g = 0; g < p->n_groups; g++) {
