@@ -162,6 +162,28 @@ aspen_bsonw_element(aspen_bsonw_t *w, const bson_iter_t *it)
    w->len += n;
 }
 
+/* Copies the `n` bytes at `s` to `d`: a field name is a few bytes long,
+ * so one of up to 16 bytes is copied in place with two (overlapping)
+ * fixed-size moves rather than through a memcpy call. */
+static inline void
+aspen_bsonw_copy_short(uint8_t *d, const void *s, size_t n)
+{
+   const uint8_t *src = s;
+   if (n >= 8 && n <= 16) {
+      memcpy(d, src, 8);
+      memcpy(d + n - 8, src + n - 8, 8);
+   } else if (n >= 4 && n < 8) {
+      memcpy(d, src, 4);
+      memcpy(d + n - 4, src + n - 4, 4);
+   } else if (n < 4) {
+      for (size_t i = 0; i < n; i++) {
+         d[i] = src[i];
+      }
+   } else {
+      memcpy(d, src, n);
+   }
+}
+
 /* Writes an element's type byte and key; the value comes next. */
 static inline void
 aspen_bsonw_key(aspen_bsonw_t *w, bson_type_t type, const char *key,
@@ -169,7 +191,7 @@ aspen_bsonw_key(aspen_bsonw_t *w, bson_type_t type, const char *key,
 {
    uint8_t *p = aspen_bsonw_reserve(w, key_len + 2);
    p[0] = (uint8_t) type;
-   memcpy(p + 1, key, key_len);
+   aspen_bsonw_copy_short(p + 1, key, key_len);
    p[1 + key_len] = 0;
    w->len += key_len + 2;
 }

@@ -243,80 +243,6 @@ static aspen_value_t path_array(const uint8_t *data, uint32_t len,
 /* Finds `key` in a BSON document by scanning the raw elements (field paths
  * are the hottest code in the engine; bson_iter_find does more work per
  * element than a lookup needs). The result is a borrowed view. */
-/* The value of the element at `off` of a BSON document (its type byte),
- * whose key is `kl` bytes long, as a borrowed view; false if malformed. */
-static bool
-raw_value(const uint8_t *data, uint32_t len, uint32_t off, size_t kl,
-          aspen_value_t *out)
-{
-   uint8_t type = data[off];
-   uint32_t voff = off + 1 + (uint32_t) kl + 1;
-   const uint8_t *v = data + voff;
-   size_t avail = len - voff;
-   memset(out, 0, sizeof *out);
-   out->v.value_type = (bson_type_t) type;
-   switch (type) {
-   case BSON_TYPE_INT32:
-      if (avail < 4) {
-         return false;
-      }
-      out->v.value.v_int32 = (int32_t) aspen_bytes_get_le32(v);
-      return true;
-   case BSON_TYPE_INT64:
-   case BSON_TYPE_DATE_TIME:
-      if (avail < 8) {
-         return false;
-      }
-      out->v.value.v_int64 = (int64_t) aspen_bytes_get_le64(v);
-      return true;
-   case BSON_TYPE_DOUBLE:
-      if (avail < 8) {
-         return false;
-      }
-      {
-         uint64_t x = aspen_bytes_get_le64(v);
-         memcpy(&out->v.value.v_double, &x, 8);
-      }
-      return true;
-   case BSON_TYPE_BOOL:
-      if (avail < 1) {
-         return false;
-      }
-      out->v.value.v_bool = *v != 0;
-      return true;
-   case BSON_TYPE_NULL:
-      return true;
-   case BSON_TYPE_UTF8: {
-      int64_t sz = aspen_bsonw_value_size(type, v, avail);
-      if (sz < 0) {
-         return false;
-      }
-      out->v.value.v_utf8.str = (char *) v + 4;
-      out->v.value.v_utf8.len = (uint32_t) (sz - 5);
-      return true;
-   }
-   case BSON_TYPE_DOCUMENT:
-   case BSON_TYPE_ARRAY: {
-      int64_t sz = aspen_bsonw_value_size(type, v, avail);
-      if (sz < 0) {
-         return false;
-      }
-      out->v.value.v_doc.data = (uint8_t *) v;
-      out->v.value.v_doc.data_len = (uint32_t) sz;
-      return true;
-   }
-   default: {
-      bson_iter_t it;
-      if (!bson_iter_init_from_data_at_offset(&it, data, len, off,
-                                              (uint32_t) kl)) {
-         return false;
-      }
-      *out = aspen_value_borrow(&it);
-      return true;
-   }
-   }
-}
-
 static bool
 raw_find(const uint8_t *data, uint32_t len, const char *key, size_t klen,
          aspen_value_t *out)
@@ -332,7 +258,7 @@ raw_find(const uint8_t *data, uint32_t len, const char *key, size_t klen,
       }
       uint32_t voff = off + 1 + (uint32_t) kl + 1;
       if (kl == klen && aspen_fields_key_eq(k, key, klen)) {
-         return raw_value(data, len, off, kl, out);
+         return aspen__raw_value(data, len, off, kl, out);
       }
       int64_t sz = aspen_bsonw_value_size(type, data + voff, len - voff);
       if (sz < 0) {
@@ -385,7 +311,8 @@ doc_path_get(const aspen__eval_t *st, const bson_t *doc, const aspen_expr_t *e)
    }
    int i = aspen_fields_find(t, parts[0], e->part0_len);
    aspen_value_t v;
-   if (i < 0 || !raw_value(t->data, t->len, t->f[i].off, t->f[i].klen, &v)) {
+   if (i < 0 ||
+       !aspen__raw_value(t->data, t->len, t->f[i].off, t->f[i].klen, &v)) {
       return ASPEN_VALUE_MISSING;
    }
    return path_descend(v, parts, n_parts);
@@ -441,7 +368,9 @@ eval_root_path(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
       *out = ASPEN_VALUE_MISSING;
       return true;
    }
-   *out = doc_path_get(st, root, e);
+   if (!aspen__slot_get(e, st, out)) {
+      *out = doc_path_get(st, root, e);
+   }
    return true;
 }
 
@@ -461,8 +390,18 @@ eval_current_path(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
       *out = ASPEN_VALUE_MISSING;
       return true;
    }
-   *out = doc_path_get(st, cur, e);
+   if (!aspen__slot_get(e, st, out)) {
+      *out = doc_path_get(st, cur, e);
+   }
    return true;
+}
+
+bool
+aspen__node_is_doc_path(const aspen_expr_t *e, bool *current)
+{
+   *current = e->eval == eval_current_path;
+   return e->n_parts > 0 &&
+          (e->eval == eval_current_path || e->eval == eval_root_path);
 }
 
 static bool

@@ -48,6 +48,7 @@
 #include <stdatomic.h>
 
 typedef struct aspen_expr aspen_expr_t;
+typedef struct aspen_expr_paths aspen_expr_paths_t;
 
 /* Caller-provided room for the short strings an evaluation makes
  * ($concat, $toString of an integer): a string that fits is written here
@@ -80,6 +81,10 @@ typedef struct {
    const aspen_fields_t *fields;
    /* Where short computed strings go, or NULL: heap strings. */
    aspen_expr_scratch_t *scratch;
+   /* The field paths of the caller's expressions, resolved against root
+    * (aspen_expr_paths_resolve), or NULL: a path node compiled into this
+    * table reads its slot instead of looking its path up. */
+   const aspen_expr_paths_t *paths;
 } aspen_expr_ctx_t;
 
 /* Compiles the expression held by `it` (any BSON value: a string field path,
@@ -95,6 +100,37 @@ bool aspen_expr_parse(const bson_iter_t *it, const char *const *vars,
 bool aspen_expr_parse_object(const bson_t *obj, const char *const *vars,
                              aspen_expr_t **out, aspen_error_t *err);
 void aspen_expr_destroy(aspen_expr_t *e);
+
+/* A path slot table (expr_paths.c): the distinct field paths that a set
+ * of expressions reads from the document ("$a.b", "$$ROOT.a.b",
+ * "$$CURRENT.a.b"), compiled once so that each document's values are
+ * found in one go - every top-level name through the document's field
+ * table or one scan of its top level, the names under one prefix by one
+ * scan of the prefix's sub-document - before the expressions run; the
+ * path nodes then read their slot (a borrowed view). A path whose prefix
+ * is an array (MongoDB's array traversal), and any evaluation whose
+ * $$CURRENT is not the resolved document ($redact), takes the general
+ * lookup, with the same result.
+ *
+ * The table borrows the path names of the expressions added to it: they
+ * must outlive it. An expression is added to one table at most. A table
+ * belongs to the thread that resolves it. */
+aspen_expr_paths_t *aspen_expr_paths_new(void);
+void aspen_expr_paths_destroy(aspen_expr_paths_t *p);
+/* Gives each path node of `e`'s tree read from the document a slot in `p`
+ * (one slot per distinct path, shared). */
+void aspen_expr_paths_add(aspen_expr_paths_t *p, aspen_expr_t *e);
+/* How many slots `p` has. */
+uint32_t aspen_expr_paths_count(const aspen_expr_paths_t *p);
+/* Resolves every slot of `p` against `doc`, through `fields` when not
+ * NULL: the caller has checked that it covers `doc` (aspen_fields_covers).
+ * The values borrow from `doc`, which must stay as it is while an
+ * evaluation reads them (ctx.paths = p, ctx.root = doc). */
+void aspen_expr_paths_resolve(aspen_expr_paths_t *p, const bson_t *doc,
+                              const aspen_fields_t *fields);
+/* Whether tables are used at all (default true): tests turn them off to
+ * compare against the general lookup. */
+void aspen_expr_paths_set_enabled(bool on);
 
 /* Evaluates. On success *out holds the result (borrowed or owned: always
  * aspen_value_destroy it). On a runtime error returns false, err set, *out

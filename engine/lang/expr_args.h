@@ -240,6 +240,9 @@ aspen__args_eval_next(const aspen_expr_t *e, aspen__eval_t *st,
       *slot = ASPEN_VALUE_MISSING;
       return 1;
    }
+   /* A node that fails may leave *slot unwritten (aspen__fail), and the
+    * caller releases what it holds if owned: not owned until written. */
+   slot->owned = false;
    if (!aspen__eval_node(arg, st, slot)) {
       return -1;
    }
@@ -301,6 +304,7 @@ aspen__args_eval_all(const aspen_expr_t *e, aspen__eval_t *st,
             v[i] = ASPEN_VALUE_MISSING;
             continue;
          }
+         v[i].owned = false; /* as in aspen__args_eval_next */
          if (!aspen__eval_node(arg, st, &v[i])) {
             return -1;
          }

@@ -19,6 +19,7 @@
 #ifndef ASPEN_ENGINE_LANG_EXPR_INT_H
 #define ASPEN_ENGINE_LANG_EXPR_INT_H
 
+#include "bsonw.h"
 #include "lang/expr.h"
 #include "lang/value_int.h"
 
@@ -98,6 +99,11 @@ struct aspen_expr {
    uint32_t n_parts;
    char **parts;        /* path components, each NUL-terminated */
    uint32_t part0_len;  /* strlen(parts[0]) (field paths, $$var paths) */
+   /* Document paths: the slot table it was added to (NULL: none) and its
+    * slot there (expr_paths.c). */
+   const aspen_expr_paths_t *ptab;
+   uint32_t pslot;
+   bool pcurrent; /* read from $$CURRENT (else $$ROOT) */
    /* Object expressions: keys of the children (args[i] <-> keys[i]). */
    char **keys;
    /* Bound variable slots ($let: one per var; $map/$filter: 1; $reduce:
@@ -170,12 +176,72 @@ struct aspen__parse {
    aspen_error_t *err;
 };
 
+/* The resolved path table (expr_paths.c). */
+enum { ASPEN__PSLOT_VALUE = 0, ASPEN__PSLOT_GENERAL = 1 };
+typedef struct {
+   int32_t parent;    /* the slot of the path's prefix; -1: top level */
+   const char *key;   /* the path's last component (borrowed) */
+   uint32_t klen;
+   char *const *parts; /* the whole path (borrowed), to share slots */
+   uint32_t n_parts;
+} aspen__pslot_t;
+/* Siblings: the slots order[start..start+n-1], all under `parent`. */
+typedef struct {
+   int32_t parent;
+   uint32_t start, n;
+} aspen__pgroup_t;
+struct aspen_expr_paths {
+   aspen__pslot_t *slots;
+   uint32_t n, cap;
+   /* Slot indexes by parent (stable), parents before children, and the
+    * groups of siblings in that order: each group is resolved by one scan.
+    * Rebuilt when slots are added. */
+   uint32_t *order;
+   aspen__pgroup_t *groups;
+   uint32_t n_groups;
+   bool order_ok;
+   /* Per document (aspen_expr_paths_resolve). */
+   const bson_t *doc;
+   aspen_value_t *vals;
+   uint8_t *state; /* ASPEN__PSLOT_* */
+};
+extern bool aspen__expr_paths_on;
+
+/* True, *out set, if the path node `e`'s slot in the context's resolved
+ * table holds its value: the table it was compiled into, resolved against
+ * the document it reads ($$ROOT, or $$CURRENT for a "$a.b" path). */
+static inline bool
+aspen__slot_get(const aspen_expr_t *e, const aspen__eval_t *st,
+                aspen_value_t *out)
+{
+   const aspen_expr_paths_t *p = st->ctx->paths;
+   if (!p || p != e->ptab) {
+      return false;
+   }
+   const bson_t *doc = e->pcurrent && st->ctx->current ? st->ctx->current
+                                                       : st->ctx->root;
+   if (p->doc != doc || p->state[e->pslot] != ASPEN__PSLOT_VALUE) {
+      return false;
+   }
+   *out = p->vals[e->pslot];
+   return true;
+}
+
 static inline bool
 aspen__eval_node(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
 {
    if ((++st->steps & 1023u) == 0 && !aspen__eval_check_slow(st)) {
       *out = ASPEN_VALUE_MISSING;
       return false;
+   }
+   /* The leaves most expressions are made of, without a call: a constant
+    * (eval_const) and a path whose slot holds its value (slot_get). */
+   if (e->flags & ASPEN__NODE_CONST) {
+      *out = aspen__value_view(&e->cval);
+      return true;
+   }
+   if (e->ptab && aspen__slot_get(e, st, out)) {
+      return true;
    }
    if (!e->eval(e, st, out)) {
       return false;
@@ -301,6 +367,86 @@ aspen__eval_arg(const aspen_expr_t *e, uint32_t i, aspen__eval_t *st,
  * field of the input. */
 aspen_value_t aspen__path_get(const uint8_t *doc, uint32_t len,
                               char *const *parts, uint32_t n_parts);
+
+/* The value of the element at `off` of the BSON document at data/len (its
+ * type byte), whose key is `kl` bytes long, as a borrowed view; false if
+ * malformed. Inline: field paths are the hottest code in the engine. */
+static inline bool
+aspen__raw_value(const uint8_t *data, uint32_t len, uint32_t off, size_t kl,
+                 aspen_value_t *out)
+{
+   uint8_t type = data[off];
+   uint32_t voff = off + 1 + (uint32_t) kl + 1;
+   const uint8_t *v = data + voff;
+   size_t avail = len - voff;
+   memset(out, 0, sizeof *out);
+   out->v.value_type = (bson_type_t) type;
+   switch (type) {
+   case BSON_TYPE_INT32:
+      if (avail < 4) {
+         return false;
+      }
+      out->v.value.v_int32 = (int32_t) aspen_bytes_get_le32(v);
+      return true;
+   case BSON_TYPE_INT64:
+   case BSON_TYPE_DATE_TIME:
+      if (avail < 8) {
+         return false;
+      }
+      out->v.value.v_int64 = (int64_t) aspen_bytes_get_le64(v);
+      return true;
+   case BSON_TYPE_DOUBLE:
+      if (avail < 8) {
+         return false;
+      }
+      {
+         uint64_t x = aspen_bytes_get_le64(v);
+         memcpy(&out->v.value.v_double, &x, 8);
+      }
+      return true;
+   case BSON_TYPE_BOOL:
+      if (avail < 1) {
+         return false;
+      }
+      out->v.value.v_bool = *v != 0;
+      return true;
+   case BSON_TYPE_NULL:
+      return true;
+   case BSON_TYPE_UTF8: {
+      int64_t sz = aspen_bsonw_value_size(type, v, avail);
+      if (sz < 0) {
+         return false;
+      }
+      out->v.value.v_utf8.str = (char *) v + 4;
+      out->v.value.v_utf8.len = (uint32_t) (sz - 5);
+      return true;
+   }
+   case BSON_TYPE_DOCUMENT:
+   case BSON_TYPE_ARRAY: {
+      int64_t sz = aspen_bsonw_value_size(type, v, avail);
+      if (sz < 0) {
+         return false;
+      }
+      out->v.value.v_doc.data = (uint8_t *) v;
+      out->v.value.v_doc.data_len = (uint32_t) sz;
+      return true;
+   }
+   default: {
+      bson_iter_t it;
+      if (!bson_iter_init_from_data_at_offset(&it, data, len, off,
+                                              (uint32_t) kl)) {
+         return false;
+      }
+      *out = aspen_value_borrow(&it);
+      return true;
+   }
+   }
+}
+
+/* True if `e` is a path read from the document: "$a.b", "$$CURRENT.a.b"
+ * (`*current` true) or "$$ROOT.a.b" (false). */
+bool aspen__node_is_doc_path(const aspen_expr_t *e, bool *current);
+
 
 /* Builds an array value from the values appended to `arr` (takes it). */
 aspen_value_t aspen__array_finish(bson_t *arr);

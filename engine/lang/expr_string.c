@@ -125,9 +125,14 @@ static const aspen__args_t concat_args = {
    .arg = {{.types = ASPEN__T_STRING, .flags = ASPEN__ARG_NULL, .code = 16702,
             .msg = "$concat only supports strings, not {type}"}}};
 
+/* Up to this many arguments, $concat evaluates them all first and writes
+ * the result once, straight into the caller's scratch when it has room. */
+#define CONCAT_DIRECT 16
+
 /* The result is built on the stack and, when the caller gave a scratch
  * with room, left there (aspen__value_str_make): no heap string. */
-static ASPEN__DECL_EVAL(eval_concat)
+static bool
+concat_general(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
 {
    char small[256];
    sbuf_t b;
@@ -152,6 +157,69 @@ static ASPEN__DECL_EVAL(eval_concat)
       return true;
    }
    *out = aspen__value_str_make(st, b.p, b.len);
+   return true;
+}
+
+static void
+concat_release(aspen_value_t *v, uint32_t n)
+{
+   for (uint32_t i = 0; i < n; i++) {
+      aspen_value_destroy(&v[i]);
+   }
+}
+
+/* The same evaluations, checks and errors in the same order as
+ * concat_general (the running length is checked after each argument), but
+ * the strings are copied once, into the scratch when there is room (the
+ * arguments' own short strings may sit in it too: the result goes after
+ * them). */
+static ASPEN__DECL_EVAL(eval_concat)
+{
+   aspen_expr_scratch_t *sc = st->ctx->scratch;
+   uint32_t n = e->n_args;
+   if (!sc || n > CONCAT_DIRECT) {
+      return concat_general(e, st, out);
+   }
+   aspen_value_t v[CONCAT_DIRECT];
+   size_t total = 0;
+   for (uint32_t i = 0; i < n; i++) {
+      int r = aspen__args_eval_arg(e, st, &concat_args, i, &v[i], out);
+      if (r <= 0) {
+         concat_release(v, i);
+         return r == 0;
+      }
+      total += v[i].v.value.v_utf8.len;
+      if (!aspen__eval_size_ok(st, total, true)) {
+         concat_release(v, i + 1);
+         *out = ASPEN_VALUE_MISSING;
+         return false;
+      }
+   }
+   char *p;
+   bool in_scratch = total < sc->cap - sc->used;
+   if (in_scratch) {
+      p = sc->buf + sc->used;
+      sc->used += total + 1;
+   } else {
+      p = bson_malloc(total + 1);
+   }
+   size_t len = 0;
+   for (uint32_t i = 0; i < n; i++) {
+      uint32_t l = v[i].v.value.v_utf8.len;
+      if (l) {
+         memcpy(p + len, v[i].v.value.v_utf8.str, l);
+         len += l;
+      }
+   }
+   p[len] = '\0';
+   concat_release(v, n);
+   if (!in_scratch) {
+      *out = aspen__value_utf8_take(p, (uint32_t) len);
+      return true;
+   }
+   *out = aspen__value_str_view(p, (uint32_t) len);
+   out->owned = true;
+   out->scratch = true;
    return true;
 }
 

@@ -767,4 +767,5 @@ aspen_stage_expr_ctx(const aspen_stage_t *st, const aspen_sdoc_t *in,
    ctx->current = NULL;
    ctx->fields = NULL;
    ctx->scratch = NULL;
+   ctx->paths = NULL;
 }

@@ -297,7 +297,9 @@ append_expr(apply_t *a, const node_t *n)
       return;
    }
    aspen_bsonw_value(a->w, n->name, n->name_len, &v.v);
-   aspen_value_destroy(&v);
+   if (v.owned && !v.scratch) { /* only a heap value has anything to free */
+      aspen_value_destroy(&v);
+   }
    a->ctx->scratch->used = 0; /* v, written, was the last value in it */
 }
 
@@ -559,6 +561,9 @@ typedef struct {
    bool flat;
    bool flat_top; /* no subtree at the top level (apply_t.given) */
    aspen_fields_t in_tab, out_tab; /* (apply_t) */
+   /* The paths its expressions read, resolved once per document (expr.h),
+    * or NULL: none. */
+   aspen_expr_paths_t *paths;
 } shape_t;
 
 static void
@@ -566,6 +571,7 @@ shape_destroy(aspen_stage_t *st)
 {
    shape_t *s = st->state;
    if (s) {
+      aspen_expr_paths_destroy(s->paths);
       node_cleanup(&s->tree.root);
       aspen_bsonw_cleanup(&s->w);
       free(s);
@@ -631,6 +637,10 @@ shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
                 .out_tab = &s->out_tab};
    aspen_bsonw_reset(&s->w);
    bool given = aspen_fields_covers(in->fields, in->doc);
+   if (s->paths) {
+      aspen_expr_paths_resolve(s->paths, in->doc, given ? in->fields : NULL);
+      ctx.paths = s->paths;
+   }
    if (given && s->flat && all_new(s, in->fields)) {
       if (!append_new(&a, s, in)) {
          return false;
@@ -657,12 +667,27 @@ shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
                       s->w.len, (unsigned) ASPEN_MAX_OBJECT_LEN);
       return false;
    }
-   aspen_fields_bind(&s->out_tab, &out);
+   /* aspen_fields_bind without asking libbson for the bytes: they are the
+    * writer's. */
+   s->out_tab.data = s->w.data;
+   s->out_tab.len = out.len;
    aspen_sdoc_t next = *in;
    next.doc = &out;
    next.fields = &s->out_tab;
    aspen_stage_emit(st, &next);
    return true;
+}
+
+/* Adds the paths of the expressions under `n` to `p`. */
+static void
+collect_paths(aspen_expr_paths_t *p, const node_t *n)
+{
+   if (n->kind == N_EXPR) {
+      aspen_expr_paths_add(p, n->expr);
+   }
+   for (size_t i = 0; i < n->n_kids; i++) {
+      collect_paths(p, &n->kids[i]);
+   }
 }
 
 /* True if no child of the root is a subtree. */
@@ -713,6 +738,12 @@ shape_parse_common(aspen_stage_t *st, const bson_t *spec, tree_mode_t mode,
       s->flat &= s->tree.root.kids[i].kind == N_EXPR;
    }
    s->flat_top = is_flat_top(&s->tree.root);
+   s->paths = aspen_expr_paths_new();
+   collect_paths(s->paths, &s->tree.root);
+   if (aspen_expr_paths_count(s->paths) == 0) {
+      aspen_expr_paths_destroy(s->paths);
+      s->paths = NULL;
+   }
    return true;
 }
 

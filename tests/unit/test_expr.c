@@ -608,6 +608,12 @@ test_scratch_same_results(void **state)
       "{'e': {'$arrayElemAt': [[{'$toString': '$x'}, '$s'], 0]}}",
       "{'e': {'$substrBytes': [{'$concat': ['$s', {'$toString': '$x'}]}, "
       "1, 4]}}",
+      /* Arguments released on an error or a null after owned ones. */
+      "{'e': {'$concat': [{'$toUpper': '$s'}, {'$toString': '$x'}, 5]}}",
+      "{'e': {'$concat': [{'$toUpper': '$s'}, {'$toString': '$x'}, null]}}",
+      /* More arguments than $concat evaluates before writing. */
+      "{'e': {'$concat': ['$s', '1', '2', '3', '4', '5', '6', '7', '8', '9', "
+      "'a', 'b', 'c', 'd', 'e', 'f', {'$toString': '$x'}]}}",
    };
    char big[512], tiny[8];
    for (size_t k = 0; k < sizeof exprs / sizeof exprs[0]; k++) {

@@ -1244,8 +1244,10 @@ typedef struct {
    size_t n_ops;
 } fields_run_t;
 
+/* Runs `pipeline_json` over `docs` with a fast path on or off (`set`). */
 static void
-fields_run(const char *pipeline_json, bool on, fields_run_t *r)
+fields_run(const char *pipeline_json, void (*set)(bool), bool on,
+           bson_t *const *docs, size_t n_docs, fields_run_t *r)
 {
    char *json = NULL;
    size_t cap = strlen(pipeline_json) + 64;
@@ -1284,30 +1286,15 @@ fields_run(const char *pipeline_json, bool on, fields_run_t *r)
       fail_msg("%s: %s", pipeline_json, err.message);
    }
    collector_attach(&r->col, pl);
-   aspen_fields_set_enabled(on);
+   set(on);
    bson_t meta;
    source_meta(&meta, -1);
-   /* Each document, and one with more fields than a table holds. */
-   for (size_t i = 0; i <= sizeof fields_docs / sizeof fields_docs[0]; i++) {
-      bson_t *doc;
-      if (i < sizeof fields_docs / sizeof fields_docs[0]) {
-         doc = bson_new_from_json((const uint8_t *) fields_docs[i], -1, &berr);
-         assert_non_null(doc);
-      } else {
-         doc = bson_new();
-         for (int f = 0; f < ASPEN_FIELDS_MAX + 8; f++) {
-            char key[16];
-            snprintf(key, sizeof key, "f%d", f);
-            BSON_APPEND_INT32(doc, key, f);
-         }
-         BSON_APPEND_INT32(doc, "a", 4);
-      }
-      aspen_sdoc_t d = {.doc = doc, .meta = &meta, .ts_ms = TEST_NOW_MS};
+   for (size_t i = 0; i < n_docs; i++) {
+      aspen_sdoc_t d = {.doc = docs[i], .meta = &meta, .ts_ms = TEST_NOW_MS};
       pl->now_ms = TEST_NOW_MS;
       aspen_pipeline_push(pl, &d);
-      bson_destroy(doc);
    }
-   aspen_fields_set_enabled(true);
+   set(true);
    bson_destroy(&meta);
    aspen__pipeline_publish(pl);
    r->n_ops = aspen_pipeline_op_count(pl);
@@ -1318,27 +1305,30 @@ fields_run(const char *pipeline_json, bool on, fields_run_t *r)
    bson_destroy(wrap);
 }
 
-static void
-field_tables_same_results(void **state)
+/* Runs each pipeline of `pipelines` over `docs` with the fast path that
+ * `set` switches on and off, as it is and after a $match that lets every
+ * document through (it finds the input's table, so the first stage gets
+ * one), and fails unless the outputs (byte for byte), the DLQ entries and
+ * the operator figures are the same. Returns how many outputs there were. */
+static size_t
+runs_same_results(const char *const *pipelines, size_t n_pl,
+                  void (*set)(bool), bson_t *const *docs, size_t n_docs)
 {
-   (void) state;
-   size_t n_pl = sizeof fields_pipelines / sizeof fields_pipelines[0];
-   size_t fast_outputs = 0;
-   /* Each pipeline as it is, and after a $match that lets every document
-    * through (it finds the input's table, so the first stage gets one). */
+   size_t outputs = 0;
    for (size_t p = 0; p < 2 * n_pl; p++) {
       char pipeline[2048];
-      const char *text = fields_pipelines[p % n_pl];
+      const char *text = pipelines[p % n_pl];
       if (p < n_pl) {
          snprintf(pipeline, sizeof pipeline, "%s", text);
       } else {
          snprintf(pipeline, sizeof pipeline, "[{\"$match\": {}}, %s", text + 1);
       }
       fields_run_t on, off;
-      fields_run(pipeline, true, &on);
-      fields_run(pipeline, false, &off);
+      fields_run(pipeline, set, true, docs, n_docs, &on);
+      fields_run(pipeline, set, false, docs, n_docs, &off);
       if (on.col.n_out != off.col.n_out || on.col.n_dlq != off.col.n_dlq) {
-         fail_msg("%s: %zu/%zu outputs, %zu/%zu DLQ with/without tables",
+         fail_msg("%s: %zu/%zu outputs, %zu/%zu DLQ with/without the fast "
+                  "path",
                   pipeline, on.col.n_out, off.col.n_out,
                   on.col.n_dlq, off.col.n_dlq);
       }
@@ -1351,7 +1341,7 @@ field_tables_same_results(void **state)
                      jb);
          }
       }
-      fast_outputs += on.col.n_out;
+      outputs += on.col.n_out;
       for (size_t i = 0; i < on.col.n_dlq; i++) {
          const dlq_entry_t *a = &on.col.dlq[i], *b = &off.col.dlq[i];
          assert_string_equal(a->operator_name, b->operator_name);
@@ -1370,7 +1360,160 @@ field_tables_same_results(void **state)
       collector_cleanup(&on.col);
       collector_cleanup(&off.col);
    }
-   assert_true(fast_outputs > 50);
+   return outputs;
+}
+
+/* The documents of `json` (n of them), then one with more fields than a
+ * table holds: *n becomes the count. */
+static bson_t **
+docs_from_json(const char *const *json, size_t *n)
+{
+   bson_t **docs = aspen_xcalloc(*n + 1, sizeof *docs);
+   bson_error_t berr;
+   for (size_t i = 0; i < *n; i++) {
+      docs[i] = bson_new_from_json((const uint8_t *) json[i], -1, &berr);
+      assert_non_null(docs[i]);
+   }
+   bson_t *doc = bson_new();
+   for (int f = 0; f < ASPEN_FIELDS_MAX + 8; f++) {
+      char key[16];
+      snprintf(key, sizeof key, "f%d", f);
+      BSON_APPEND_INT32(doc, key, f);
+   }
+   BSON_APPEND_INT32(doc, "a", 4);
+   docs[(*n)++] = doc;
+   return docs;
+}
+
+static void
+docs_free(bson_t **docs, size_t n)
+{
+   for (size_t i = 0; i < n; i++) {
+      bson_destroy(docs[i]);
+   }
+   free(docs);
+}
+
+static void
+field_tables_same_results(void **state)
+{
+   (void) state;
+   size_t n = sizeof fields_docs / sizeof fields_docs[0];
+   bson_t **docs = docs_from_json(fields_docs, &n);
+   size_t outputs = runs_same_results(
+      fields_pipelines, sizeof fields_pipelines / sizeof fields_pipelines[0],
+      aspen_fields_set_enabled, docs, n);
+   docs_free(docs, n);
+   assert_true(outputs > 50);
+}
+
+/* Path slots (expr.h, aspen_expr_paths_t) against the general lookup:
+ * nested paths sharing a prefix, three levels, $$ROOT and $$CURRENT paths,
+ * paths read inside $map and $let (and under a rebound $$CURRENT), arrays
+ * on a path, missing and scalar prefixes, duplicate keys, documents with
+ * and without a field table, and malformed ones. */
+static const char *const slots_pipelines[] = {
+   "[{\"$addFields\": {\"w\": \"$obs.watts\", \"t\": \"$obs.temp\","
+   "   \"x\": \"$obs\", \"m\": \"$nope.a\", \"s\": \"$a.b\", \"d\": \"$k\"}}]",
+   "[{\"$project\": {\"v\": \"$a.b.c\", \"u\": \"$a.b\", \"w\": \"$a.x.c\","
+   "   \"_id\": 0, \"k\": 1}}]",
+   "[{\"$addFields\": {\"r\": \"$$ROOT.a.b\", \"c\": \"$$CURRENT.a.b\","
+   "   \"p\": {\"$add\": [\"$a.b.c\", 1]}, \"q\": \"$$ROOT.a.b.c\"}}]",
+   "[{\"$addFields\": {\"m\": {\"$map\": {\"input\": \"$arr\", \"as\": \"e\","
+   "   \"in\": [\"$$e.v\", \"$obs.watts\", \"$a.b.c\"]}},"
+   "   \"l\": {\"$let\": {\"vars\": {\"x\": \"$a.b\"},"
+   "     \"in\": {\"$ifNull\": [\"$$x.c\", \"$k\"]}}},"
+   "   \"cur\": {\"$let\": {\"vars\": {\"CURRENT\": \"$a\"}, \"in\": \"$b.c\"}},"
+   "   \"f\": {\"$filter\": {\"input\": \"$arr\","
+   "     \"cond\": {\"$eq\": [\"$$this.v\", \"$k\"]}}}}}]",
+   "[{\"$redact\": {\"$cond\": [{\"$eq\": [\"$k\", 1]}, \"$$DESCEND\","
+   "   \"$$KEEP\"]}}, {\"$addFields\": {\"q\": \"$a.b.c\", \"o\": \"$obs.temp\"}}]",
+   "[{\"$addFields\": {\"v\": \"$arr.v\", \"n\": \"$arr.v.w\", \"o\": \"$o.p\","
+   "   \"ab\": \"$a.b\", \"abc\": \"$a.b.c\"}}]",
+   "[{\"$project\": {\"x\": {\"y\": \"$obs.watts\", \"z\": \"$a.b\"},"
+   "   \"obs\": {\"temp\": 1}, \"arr\": {\"v\": 1, \"u\": \"$k\"}}}]",
+   "[{\"$set\": {\"a\": \"$obs.watts\", \"b\": \"$obs.watts\","
+   "   \"c\": {\"$cond\": [\"$k\", \"$obs.temp\", \"$obs\"]}}},"
+   " {\"$set\": {\"d\": \"$a\", \"e\": \"$b.c\"}}]",
+   "[{\"$project\": {\"device_id\": 1, \"group_id\": 1, \"obs\": 1,"
+   "   \"ts\": \"$timestamp\"}},"
+   " {\"$addFields\": {\"kw\": {\"$divide\": [\"$obs.watts\", 1000]},"
+   "   \"hot\": {\"$gt\": [\"$obs.temp\", 20]},"
+   "   \"label\": {\"$concat\": [\"$device_id\", \"-\", {\"$toString\":"
+   " \"$group_id\"}]}}}]",
+};
+
+static const char *const slots_docs[] = {
+   "{\"device_id\": \"device_1\", \"group_id\": 3, \"timestamp\": \"t\","
+   " \"max_watts\": 450, \"event_type\": 0, \"obs\": {\"watts\": 300,"
+   " \"temp\": 22}}",
+   "{\"a\": [{\"b\": 1}, {\"b\": 2}, 3, {\"c\": 4}], \"k\": 1}",
+   "{\"a\": {\"b\": {\"c\": 5}, \"x\": [{\"c\": 1}, {\"c\": 2}]}, \"k\": 1,"
+   " \"obs\": {\"temp\": 1.5, \"watts\": {\"$numberLong\": \"7\"}}}",
+   "{\"a\": 5, \"obs\": \"scalar\", \"arr\": 3}",
+   "{}",
+   "{\"obs\": {\"watts\": 1, \"watts\": 2}, \"obs\": {\"temp\": 3},"
+   " \"k\": 1, \"k\": 2, \"a\": {\"b\": 1}, \"a\": {\"b\": 2}}",
+   "{\"a\": {\"b\": [{\"c\": 1}, {\"c\": [2]}, 7]},"
+   " \"arr\": [{\"v\": 1}, {\"v\": {\"w\": 2}}, 3, {\"v\": [{\"w\": 4}]}]}",
+   "{\"a\": {\"b\": null}, \"o\": [{\"p\": 1}, 2], \"k\": 0,"
+   " \"obs\": {\"watts\": null}}",
+   "{\"_id\": 1, \"a\": {\"b\": {\"c\": \"deep\"}, \"b\": 4},"
+   " \"arr\": [], \"obs\": {}, \"device_id\": \"d\", \"group_id\": 2.5}",
+};
+
+/* `doc` with the 4 bytes at the first occurrence of `key` (a key's bytes
+ * with its NUL) plus `skip` replaced by `le` (little endian). */
+static bson_t *
+corrupt_at(const bson_t *doc, const char *key, size_t skip, uint32_t le)
+{
+   uint8_t *buf = aspen_xmalloc(doc->len);
+   memcpy(buf, bson_get_data(doc), doc->len);
+   size_t klen = strlen(key) + 1;
+   for (size_t i = 0; i + klen + skip + 4 <= doc->len; i++) {
+      if (memcmp(buf + i, key, klen) == 0) {
+         uint8_t b[4] = {(uint8_t) le, (uint8_t) (le >> 8),
+                         (uint8_t) (le >> 16), (uint8_t) (le >> 24)};
+         memcpy(buf + i + klen + skip, b, 4);
+         break;
+      }
+   }
+   bson_t *out = bson_new_from_data(buf, doc->len);
+   free(buf);
+   assert_non_null(out);
+   return out;
+}
+
+static void
+path_slots_same_results(void **state)
+{
+   (void) state;
+   size_t n_json = sizeof slots_docs / sizeof slots_docs[0];
+   size_t n = n_json;
+   bson_t **docs = docs_from_json(slots_docs, &n);
+   /* Malformed: a sub-document longer than its parent, a string whose
+    * length runs past the end, a sub-document's length of 0. */
+   bson_error_t berr;
+   bson_t *good = bson_new_from_json(
+      (const uint8_t *) "{\"x\": 1, \"obs\": {\"watts\": 5, \"temp\": 3,"
+                        " \"s\": \"str\"}, \"k\": 2, \"a\": {\"b\": 1}}",
+      -1, &berr);
+   assert_non_null(good);
+   bson_t *bad[] = {corrupt_at(good, "obs", 0, 200),
+                    corrupt_at(good, "s", 0, 90),
+                    corrupt_at(good, "a", 0, 0),
+                    corrupt_at(good, "watts", 0, 0xffffffffu)};
+   size_t n_bad = sizeof bad / sizeof bad[0];
+   docs = aspen_xrealloc(docs, (n + n_bad) * sizeof *docs);
+   for (size_t i = 0; i < n_bad; i++) {
+      docs[n++] = bad[i];
+   }
+   bson_destroy(good);
+   size_t outputs = runs_same_results(
+      slots_pipelines, sizeof slots_pipelines / sizeof slots_pipelines[0],
+      aspen_expr_paths_set_enabled, docs, n);
+   docs_free(docs, n);
+   assert_true(outputs > 100);
 }
 
 /* A $match makes its input's field table only when the stage after it
@@ -1553,6 +1696,7 @@ main(void)
       cmocka_unit_test(window_state_autoscales),
       cmocka_unit_test(operator_counts),
       cmocka_unit_test(field_tables_same_results),
+      cmocka_unit_test(path_slots_same_results),
       cmocka_unit_test(match_table_only_when_read),
    };
    const size_t n_direct = sizeof direct / sizeof direct[0];

@@ -2742,6 +2742,45 @@ static const char *const bsonw_doc_json =
    "{'$numberDecimal': '1.25'}, 'max': {'$maxKey': 1}, 'min': {'$minKey': "
    "1}, 'a long key of forty characters or so ...': 0}";
 
+/* Keys of every length from 0 to 40 (aspen_bsonw_copy_short's cases and
+ * past them), each on a fresh buffer and after others: libbson's bytes. */
+static void
+test_bsonw_key_lengths(void **state)
+{
+   (void) state;
+   char key[41];
+   for (size_t n = 0; n <= 40; n++) {
+      key[n] = (char) ('a' + n % 26);
+   }
+   aspen_bsonw_t w;
+   aspen_bsonw_init(&w);
+   bson_t all = BSON_INITIALIZER;
+   aspen_bsonw_t wall;
+   aspen_bsonw_init(&wall);
+   aspen_bsonw_reset(&wall);
+   for (size_t n = 0; n <= 40; n++) {
+      bson_value_t v = {.value_type = BSON_TYPE_INT32};
+      v.value.v_int32 = (int32_t) n;
+      bson_t want = BSON_INITIALIZER, got;
+      assert_true(bson_append_value(&want, key, (int) n, &v));
+      aspen_bsonw_reset(&w);
+      aspen_bsonw_value(&w, key, n, &v);
+      assert_true(aspen_bsonw_finish(&w, &got));
+      assert_int_equal(got.len, want.len);
+      assert_memory_equal(bson_get_data(&got), bson_get_data(&want), got.len);
+      bson_destroy(&want);
+      assert_true(bson_append_value(&all, key + 40 - n, (int) n, &v));
+      aspen_bsonw_value(&wall, key + 40 - n, n, &v);
+   }
+   bson_t got;
+   assert_true(aspen_bsonw_finish(&wall, &got));
+   assert_int_equal(got.len, all.len);
+   assert_memory_equal(bson_get_data(&got), bson_get_data(&all), got.len);
+   bson_destroy(&all);
+   aspen_bsonw_cleanup(&wall);
+   aspen_bsonw_cleanup(&w);
+}
+
 static void
 test_bsonw_matches_libbson(void **state)
 {
@@ -3388,6 +3427,7 @@ main(void)
       T(test_file_write_atomic),
       T(test_bytes_dec_int64),
       T(test_bsonw_matches_libbson),
+      T(test_bsonw_key_lengths),
       T(test_bsonw_iter_next),
       T(test_bsonw_copy_without),
       T(test_ejson_read),
