@@ -55,6 +55,7 @@
 #include "connectors/connectors.h"
 #include "connectors/source_documents.h"
 #include "runtime/pipeline.h"
+#include "stages/match.h"
 #include "stages/window.h"
 
 #ifndef ASPEN_CASES_DIR
@@ -940,6 +941,17 @@ parse_json_pipeline(const char *json)
    return pl;
 }
 
+/* parse_json_pipeline of [{$source: {documents: []}}] and `stages`, the
+ * rest of the document's keys ("\"1\": {...}, \"2\": {...}"). */
+static aspen_pipeline_t *
+parse_after_source(const char *stages)
+{
+   char json[1024];
+   snprintf(json, sizeof json,
+            "{\"0\": {\"$source\": {\"documents\": []}}, %s}", stages);
+   return parse_json_pipeline(json);
+}
+
 /* aspen__window_fanout: how many windows one event joins. */
 static void
 window_fanout(void **state)
@@ -965,11 +977,9 @@ window_fanout(void **state)
        "\"pipeline\": []}}", 5160},
    };
    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-      char json[512];
-      snprintf(json, sizeof json,
-               "{\"0\": {\"$source\": {\"documents\": []}}, \"1\": %s}",
-               cases[i].window);
-      aspen_pipeline_t *pl = parse_json_pipeline(json);
+      char stage[512];
+      snprintf(stage, sizeof stage, "\"1\": %s", cases[i].window);
+      aspen_pipeline_t *pl = parse_after_source(stage);
       assert_non_null(pl->window);
       assert_int_equal(aspen__window_fanout(pl->window), cases[i].fanout);
       aspen_pipeline_destroy(pl);
@@ -1244,8 +1254,33 @@ typedef struct {
    size_t n_ops;
 } fields_run_t;
 
+/* Extra inputs fields_run pushes after the JSON ones: raw BSON, possibly
+ * malformed. */
+typedef struct {
+   const uint8_t *data;
+   uint32_t len;
+} raw_doc_t;
+
+static void fields_run_docs(const char *pipeline_json, bool on,
+                            const char *const *docs, size_t n_docs,
+                            const raw_doc_t *raws, size_t n_raws,
+                            fields_run_t *r);
+
 static void
 fields_run(const char *pipeline_json, bool on, fields_run_t *r)
+{
+   fields_run_docs(pipeline_json, on, fields_docs,
+                   sizeof fields_docs / sizeof fields_docs[0], NULL, 0, r);
+}
+
+/* Runs [$source] + the pipeline over `docs` (relaxed JSON), then one
+ * document with more fields than a table holds, then `raws`, with field
+ * tables on or off, and keeps what it gave (outputs, DLQ entries and the
+ * operators' figures). */
+static void
+fields_run_docs(const char *pipeline_json, bool on, const char *const *docs,
+                size_t n_docs, const raw_doc_t *raws, size_t n_raws,
+                fields_run_t *r)
 {
    char *json = NULL;
    size_t cap = strlen(pipeline_json) + 64;
@@ -1288,10 +1323,10 @@ fields_run(const char *pipeline_json, bool on, fields_run_t *r)
    bson_t meta;
    source_meta(&meta, -1);
    /* Each document, and one with more fields than a table holds. */
-   for (size_t i = 0; i <= sizeof fields_docs / sizeof fields_docs[0]; i++) {
+   for (size_t i = 0; i <= n_docs; i++) {
       bson_t *doc;
-      if (i < sizeof fields_docs / sizeof fields_docs[0]) {
-         doc = bson_new_from_json((const uint8_t *) fields_docs[i], -1, &berr);
+      if (i < n_docs) {
+         doc = bson_new_from_json((const uint8_t *) docs[i], -1, &berr);
          assert_non_null(doc);
       } else {
          doc = bson_new();
@@ -1307,6 +1342,15 @@ fields_run(const char *pipeline_json, bool on, fields_run_t *r)
       aspen_pipeline_push(pl, &d);
       bson_destroy(doc);
    }
+   for (size_t i = 0; i < n_raws; i++) {
+      bson_t doc;
+      if (!bson_init_static(&doc, raws[i].data, raws[i].len)) {
+         continue; /* libbson refuses the frame: no document at all */
+      }
+      aspen_sdoc_t d = {.doc = &doc, .meta = &meta, .ts_ms = TEST_NOW_MS};
+      pl->now_ms = TEST_NOW_MS;
+      aspen_pipeline_push(pl, &d);
+   }
    aspen_fields_set_enabled(true);
    bson_destroy(&meta);
    aspen__pipeline_publish(pl);
@@ -1316,6 +1360,46 @@ fields_run(const char *pipeline_json, bool on, fields_run_t *r)
    aspen_pipeline_destroy(pl);
    bson_destroy(&def);
    bson_destroy(wrap);
+}
+
+/* Fails unless the runs with and without tables gave the same outputs
+ * (byte for byte), DLQ entries and operator figures; returns how many
+ * outputs there were. */
+static size_t
+fields_runs_same(const char *pipeline, fields_run_t *on, fields_run_t *off)
+{
+   if (on->col.n_out != off->col.n_out || on->col.n_dlq != off->col.n_dlq) {
+      fail_msg("%s: %zu/%zu outputs, %zu/%zu DLQ with/without tables",
+               pipeline, on->col.n_out, off->col.n_out, on->col.n_dlq,
+               off->col.n_dlq);
+   }
+   for (size_t i = 0; i < on->col.n_out; i++) {
+      const bson_t *a = on->col.out[i], *b = off->col.out[i];
+      if (a->len != b->len ||
+          memcmp(bson_get_data(a), bson_get_data(b), a->len) != 0) {
+         char *ja = cjson(a), *jb = cjson(b);
+         fail_msg("%s: output %zu differs: %s vs %s", pipeline, i, ja, jb);
+      }
+   }
+   size_t outputs = on->col.n_out;
+   for (size_t i = 0; i < on->col.n_dlq; i++) {
+      const dlq_entry_t *a = &on->col.dlq[i], *b = &off->col.dlq[i];
+      assert_string_equal(a->operator_name, b->operator_name);
+      assert_string_equal(a->reason, b->reason);
+      assert_true(a->doc && b->doc && bson_equal(a->doc, b->doc));
+   }
+   assert_int_equal(on->n_ops, off->n_ops);
+   for (size_t i = 0; i < on->n_ops; i++) {
+      assert_int_equal(on->ops[i].in_count, off->ops[i].in_count);
+      assert_int_equal(on->ops[i].in_size, off->ops[i].in_size);
+      assert_int_equal(on->ops[i].out_count, off->ops[i].out_count);
+      assert_int_equal(on->ops[i].out_size, off->ops[i].out_size);
+      assert_int_equal(on->ops[i].dlq_count, off->ops[i].dlq_count);
+      assert_int_equal(on->ops[i].dlq_size, off->ops[i].dlq_size);
+   }
+   collector_cleanup(&on->col);
+   collector_cleanup(&off->col);
+   return outputs;
 }
 
 static void
@@ -1337,40 +1421,52 @@ field_tables_same_results(void **state)
       fields_run_t on, off;
       fields_run(pipeline, true, &on);
       fields_run(pipeline, false, &off);
-      if (on.col.n_out != off.col.n_out || on.col.n_dlq != off.col.n_dlq) {
-         fail_msg("%s: %zu/%zu outputs, %zu/%zu DLQ with/without tables",
-                  pipeline, on.col.n_out, off.col.n_out,
-                  on.col.n_dlq, off.col.n_dlq);
-      }
-      for (size_t i = 0; i < on.col.n_out; i++) {
-         const bson_t *a = on.col.out[i], *b = off.col.out[i];
-         if (a->len != b->len ||
-             memcmp(bson_get_data(a), bson_get_data(b), a->len) != 0) {
-            char *ja = cjson(a), *jb = cjson(b);
-            fail_msg("%s: output %zu differs: %s vs %s", pipeline, i, ja,
-                     jb);
-         }
-      }
-      fast_outputs += on.col.n_out;
-      for (size_t i = 0; i < on.col.n_dlq; i++) {
-         const dlq_entry_t *a = &on.col.dlq[i], *b = &off.col.dlq[i];
-         assert_string_equal(a->operator_name, b->operator_name);
-         assert_string_equal(a->reason, b->reason);
-         assert_true(a->doc && b->doc && bson_equal(a->doc, b->doc));
-      }
-      assert_int_equal(on.n_ops, off.n_ops);
-      for (size_t i = 0; i < on.n_ops; i++) {
-         assert_int_equal(on.ops[i].in_count, off.ops[i].in_count);
-         assert_int_equal(on.ops[i].in_size, off.ops[i].in_size);
-         assert_int_equal(on.ops[i].out_count, off.ops[i].out_count);
-         assert_int_equal(on.ops[i].out_size, off.ops[i].out_size);
-         assert_int_equal(on.ops[i].dlq_count, off.ops[i].dlq_count);
-         assert_int_equal(on.ops[i].dlq_size, off.ops[i].dlq_size);
-      }
-      collector_cleanup(&on.col);
-      collector_cleanup(&off.col);
+      fast_outputs += fields_runs_same(pipeline, &on, &off);
    }
    assert_true(fast_outputs > 50);
+}
+
+/* Whether a $match makes its input's field table is decided when the
+ * pipeline is parsed, from the stage after it, before any document: yes
+ * before a shaping stage ($project, $addFields, $set, $unset), no last, before
+ * another $match, a sink or anything else. */
+static void
+match_table_decided_at_parse(void **state)
+{
+   (void) state;
+   static const struct {
+      const char *stages;
+      bool makes[3]; /* per stage after $source, for the $match ones */
+   } cases[] = {
+      {"\"1\": {\"$match\": {\"a\": 1}}, \"2\": {\"$project\": {\"a\": 1}}",
+       {true}},
+      {"\"1\": {\"$match\": {\"a\": 1}}, \"2\": {\"$addFields\": {\"b\": 1}}",
+       {true}},
+      {"\"1\": {\"$match\": {}}, \"2\": {\"$set\": {\"b\": 1}}", {true}},
+      {"\"1\": {\"$match\": {}}, \"2\": {\"$unset\": \"b\"}", {true}},
+      {"\"1\": {\"$match\": {\"a\": 1}}", {false}},
+      {"\"1\": {\"$match\": {}}, \"2\": {\"$match\": {}},"
+       " \"3\": {\"$project\": {\"a\": 1}}",
+       {false, true}},
+      {"\"1\": {\"$match\": {}}, \"2\": {\"$replaceWith\": \"$a\"}",
+       {false}},
+      {"\"1\": {\"$match\": {}}, \"2\": {\"$emit\": {\"connectionName\":"
+       " \"testKafka\", \"topic\": \"t\"}}",
+       {false}},
+   };
+   for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+      aspen_pipeline_t *pl = parse_after_source(cases[c].stages);
+      for (int i = 0; i < pl->n_stages && i < 3; i++) {
+         if (strcmp(pl->stages[i].ops->name, "$match") == 0) {
+            if (aspen__match_makes_table(&pl->stages[i]) !=
+                cases[c].makes[i]) {
+               fail_msg("%s: stage %d %s a table", cases[c].stages, i,
+                        cases[c].makes[i] ? "makes no" : "makes");
+            }
+         }
+      }
+      aspen_pipeline_destroy(pl);
+   }
 }
 
 /* A $match makes its input's field table only when the stage after it
@@ -1388,11 +1484,7 @@ match_table_only_when_read(void **state)
    };
    size_t tables[2], outs[2];
    for (int p = 0; p < 2; p++) {
-      char json[512];
-      snprintf(json, sizeof json,
-               "{\"0\": {\"$source\": {\"documents\": []}}, %s}",
-               stages[p]);
-      aspen_pipeline_t *pl = parse_json_pipeline(json);
+      aspen_pipeline_t *pl = parse_after_source(stages[p]);
       collector_t col;
       collector_attach(&col, pl);
       bson_t meta;
@@ -1554,6 +1646,7 @@ main(void)
       cmocka_unit_test(operator_counts),
       cmocka_unit_test(field_tables_same_results),
       cmocka_unit_test(match_table_only_when_read),
+      cmocka_unit_test(match_table_decided_at_parse),
    };
    const size_t n_direct = sizeof direct / sizeof direct[0];
    struct CMUnitTest *tests = aspen_xcalloc(n + n_direct, sizeof *tests);
