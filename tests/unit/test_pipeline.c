@@ -1426,6 +1426,110 @@ field_tables_same_results(void **state)
    assert_true(fast_outputs > 50);
 }
 
+/* A shaping stage's layout cache (stage_shape.c: the last input's keys and
+ * what was done with each, replayed for an input with the same keys) gives
+ * what the per-stage path gives, over inputs whose layout changes from one
+ * to the next: each comes twice in a row (the second replays the first's
+ * layout), then the same keys in another order, a key added, one removed,
+ * a key of the same length with other bytes (short and past eight bytes),
+ * duplicate keys, other types under the same keys, arrays on the $match's
+ * paths, missing fields, and malformed documents. */
+static const char *const layout_pipelines[] = {
+   "[{\"$match\": {}}, {\"$project\": {\"a\": 1, \"c\": 1, \"k\": 1}}]",
+   "[{\"$match\": {}}, {\"$project\": {\"a\": 1, \"k\": 1, \"t\": \"$b\"}}]",
+   "[{\"$match\": {}}, {\"$project\": {\"_id\": 0, \"a\": 1,"
+   " \"longfieldname1\": 1}}]",
+   "[{\"$match\": {}}, {\"$project\": {\"b\": 0, \"_id\": 0}}]",
+   "[{\"$match\": {}}, {\"$addFields\": {\"a\": {\"$add\": [\"$a\", 1]},"
+   " \"n\": \"$k\"}}]",
+   "[{\"$match\": {}}, {\"$set\": {\"c\": 5, \"k\": \"$a\"}},"
+   " {\"$project\": {\"k\": 1, \"c\": 1, \"a\": 1}}]",
+   "[{\"$match\": {}}, {\"$unset\": [\"b\", \"longfieldname2\"]}]",
+   "[{\"$match\": {}}, {\"$addFields\": {\"a\": {\"$divide\": [1, \"$a\"]}}}]",
+   "[{\"$match\": {\"c.p\": {\"$gte\": 1}, \"a\": {\"$lt\": 9}}},"
+   " {\"$project\": {\"a\": 1, \"c\": 1, \"s\": {\"$add\": [\"$a\", 1]}}},"
+   " {\"$addFields\": {\"p\": \"$c.p\"}}]",
+   "[{\"$match\": {\"a\": {\"$exists\": true}}},"
+   " {\"$project\": {\"a\": 1, \"b\": 1}}, {\"$match\": {}},"
+   " {\"$project\": {\"b\": 1, \"x\": \"$a\"}}]",
+};
+
+static const char *const layout_docs[] = {
+   "{\"a\": 1, \"b\": \"x\", \"c\": {\"p\": 1}, \"k\": 1}",
+   "{\"a\": 2, \"b\": \"yy\", \"c\": {\"p\": 2}, \"k\": 2}",
+   "{\"b\": \"x\", \"a\": 3, \"k\": 3, \"c\": {\"p\": 3}}",
+   "{\"b\": \"z\", \"a\": 4, \"k\": 4, \"c\": {\"p\": 4}}",
+   "{\"a\": 1, \"b\": \"x\", \"c\": {\"p\": 1}, \"k\": 1, \"z\": 0}",
+   "{\"a\": 1, \"b\": \"x\", \"c\": {\"p\": 1}}",
+   "{\"a\": 1, \"b\": \"x\", \"d\": {\"p\": 1}, \"k\": 1}",
+   "{\"a\": 1, \"b\": \"x\", \"c\": {\"p\": 1}, \"j\": 1}",
+   "{\"a\": 5, \"longfieldname1\": 1, \"b\": 2}",
+   "{\"a\": 6, \"longfieldname1\": 2, \"b\": 3}",
+   "{\"a\": 7, \"longfieldname2\": 1, \"b\": 4}",
+   "{\"a\": 1, \"a\": 2, \"b\": \"x\", \"k\": 1, \"k\": 5}",
+   "{\"a\": 3, \"a\": 4, \"b\": \"x\", \"k\": 1, \"k\": 6}",
+   "{\"a\": \"s\", \"b\": 1, \"c\": [1, {\"p\": 5}], \"k\": [1, 2]}",
+   "{\"a\": [0, 2], \"b\": [], \"c\": [{\"p\": 0}, {\"p\": 7}], \"k\": {}}",
+   "{\"a\": 0, \"b\": null, \"c\": {\"q\": 1}, \"k\": null}",
+   "{\"_id\": 1, \"a\": 1, \"b\": \"x\", \"c\": {\"p\": 1}, \"k\": 1}",
+   "{\"a\": 1, \"_id\": 2, \"b\": \"x\", \"c\": {\"p\": 1}, \"k\": 1}",
+   "{\"c\": {\"p\": 9}}",
+   "{}",
+   "{}",
+};
+
+static void
+layout_cache_same_results(void **state)
+{
+   (void) state;
+   size_t n_docs = sizeof layout_docs / sizeof layout_docs[0];
+   /* Each document twice in a row. */
+   const char *docs[2 * sizeof layout_docs / sizeof layout_docs[0]];
+   for (size_t i = 0; i < n_docs; i++) {
+      docs[2 * i] = docs[2 * i + 1] = layout_docs[i];
+   }
+   /* Malformed copies of the first document, after it: a string's length
+    * one too long, a sub-document's past the end, the document cut short
+    * (its length and last byte made consistent), a key's NUL missing. */
+   bson_error_t berr;
+   bson_t *good = bson_new_from_json((const uint8_t *) layout_docs[0], -1,
+                                     &berr);
+   assert_non_null(good);
+   uint32_t len = good->len;
+   uint8_t bad[4][64];
+   raw_doc_t raws[6];
+   assert_true(len <= sizeof bad[0]);
+   for (int i = 0; i < 4; i++) {
+      memcpy(bad[i], bson_get_data(good), len);
+   }
+   /* {a: int32, b: "x", ...}: "b"'s string length is at 4 + 7 + 3. */
+   bad[0][4 + 7 + 3]++;
+   /* "c"'s sub-document length, after "b"'s 2-byte string. */
+   bad[1][4 + 7 + 3 + 4 + 2 + 3] = 0x7f;
+   uint32_t cut = len - 6;
+   bad[2][0] = (uint8_t) cut;
+   bad[2][cut - 1] = 0;
+   bad[3][4 + 1] = 'a';
+   bad[3][4 + 2] = 'a'; /* "a"'s key runs into its value */
+   raws[0] = (raw_doc_t){bson_get_data(good), len};
+   for (int i = 0; i < 4; i++) {
+      raws[1 + i] = (raw_doc_t){bad[i], i == 2 ? cut : len};
+   }
+   raws[5] = (raw_doc_t){bson_get_data(good), len};
+   size_t outputs = 0;
+   for (size_t p = 0; p < sizeof layout_pipelines / sizeof layout_pipelines[0];
+        p++) {
+      fields_run_t on, off;
+      fields_run_docs(layout_pipelines[p], true, docs, 2 * n_docs, raws, 6,
+                      &on);
+      fields_run_docs(layout_pipelines[p], false, docs, 2 * n_docs, raws, 6,
+                      &off);
+      outputs += fields_runs_same(layout_pipelines[p], &on, &off);
+   }
+   bson_destroy(good);
+   assert_true(outputs > 200);
+}
+
 /* Whether a $match makes its input's field table is decided when the
  * pipeline is parsed, from the stage after it, before any document: yes
  * before a shaping stage ($project, $addFields, $set, $unset), no last, before
@@ -1646,6 +1750,7 @@ main(void)
       cmocka_unit_test(operator_counts),
       cmocka_unit_test(field_tables_same_results),
       cmocka_unit_test(match_table_only_when_read),
+      cmocka_unit_test(layout_cache_same_results),
       cmocka_unit_test(match_table_decided_at_parse),
    };
    const size_t n_direct = sizeof direct / sizeof direct[0];
