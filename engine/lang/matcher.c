@@ -212,15 +212,17 @@ walk_doc(const uint8_t *data, uint32_t len, const mpath_t *p, size_t i,
 }
 
 /* walk_doc from the top of data/len, through the field table `t` when it
- * describes those bytes (lang/fields.h): no scan for the first component. */
+ * describes those bytes (lang/fields.h): no scan for the first component
+ * (and no lookup either when `memo` has it for the table's layout). */
 static bool
 walk_top(const uint8_t *data, uint32_t len, const aspen_fields_t *t,
-         const mpath_t *p, bool leaf_traverse, visit_fn fn, const void *arg)
+         const mpath_t *p, uint64_t *memo, bool leaf_traverse, visit_fn fn,
+         const void *arg)
 {
    if (!aspen_fields_covers_data(t, data, len)) {
       return walk_doc(data, len, p, 0, leaf_traverse, fn, arg);
    }
-   int k = aspen_fields_find(t, p->comp[0], (size_t) p->len[0]);
+   int k = aspen_fields_find_memo(t, p->comp[0], (size_t) p->len[0], memo);
    if (k < 0) {
       return fn(&missing_value, arg);
    }
@@ -350,6 +352,10 @@ typedef struct mnode mnode_t;
 struct mnode {
    nkind_t kind;
    mpath_t *path;
+   /* Where the path's first component was in the last field table of a
+    * known layout (aspen_fields_find_memo): written while matching, with
+    * relaxed atomics, the matcher being otherwise read-only. */
+   uint64_t memo;
    union {
       struct {
          mnode_t **v;
@@ -836,7 +842,8 @@ cmp_fast(const mnode_t *n, const uint8_t *data, uint32_t len,
    uint32_t off = 0;
    int r;
    if (aspen_fields_covers_data(t, data, len)) {
-      int k = aspen_fields_find(t, p->comp[0], (size_t) p->len[0]);
+      int k = aspen_fields_find_memo(t, p->comp[0], (size_t) p->len[0],
+                                     &((mnode_t *) n)->memo);
       r = k >= 0;
       off = r ? t->f[k].off : 0;
    } else {
@@ -957,8 +964,8 @@ eval_doc(const mnode_t *n, const uint8_t *data, uint32_t len,
    case N_ELEM_OBJ:
    case N_ELEM_VAL:
       /* Array operators see the array itself, not its elements. */
-      return walk_top(data, len, ev_fields(ev), n->path, false, visit_leaf,
-                      n)
+      return walk_top(data, len, ev_fields(ev), n->path, &((mnode_t *) n)->memo,
+                      false, visit_leaf, n)
                 ? 1
                 : 0;
    case N_CMP:
@@ -968,7 +975,8 @@ eval_doc(const mnode_t *n, const uint8_t *data, uint32_t len,
             return r;
          }
       }
-      return walk_top(data, len, ev_fields(ev), n->path, true, visit_leaf, n)
+      return walk_top(data, len, ev_fields(ev), n->path, &((mnode_t *) n)->memo,
+                      true, visit_leaf, n)
                 ? 1
                 : 0;
    case N_IN:
@@ -977,7 +985,8 @@ eval_doc(const mnode_t *n, const uint8_t *data, uint32_t len,
    case N_MOD:
    case N_REGEX:
    case N_BITS:
-      return walk_top(data, len, ev_fields(ev), n->path, true, visit_leaf, n)
+      return walk_top(data, len, ev_fields(ev), n->path, &((mnode_t *) n)->memo,
+                      true, visit_leaf, n)
                 ? 1
                 : 0;
    }

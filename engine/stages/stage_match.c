@@ -12,6 +12,7 @@ typedef struct {
    bson_t filter; /* owned: the matcher keeps views into it */
    aspen_matcher_t *m;
    aspen_fields_t tab; /* the input's field table (match_push) */
+   aspen_fields_layout_t lay; /* the last input's keys (tab.layout) */
    /* Whether the stage after it reads a table (a shaping stage): decided
     * when the stage is parsed, from the name of the one after it. Without
     * one the matcher reads its paths by raw scans, and no table is made. */
@@ -82,7 +83,8 @@ match_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
     * too: the matcher's paths and that stage read fields through it. */
    aspen_sdoc_t next = *in;
    if (m->next_reads && !aspen_fields_covers(in->fields, in->doc)) {
-      next.fields = aspen_fields_scan(&m->tab, in->doc) ? &m->tab : NULL;
+      next.fields =
+         aspen_fields_scan_layout(&m->tab, in->doc, &m->lay) ? &m->tab : NULL;
    }
    ctx.fields = next.fields;
    if (!aspen_matcher_match(m->m, in->doc, &ctx, &matched, err)) {

@@ -286,6 +286,7 @@ typedef struct {
 
 typedef struct layout {
    bool valid;
+   uint64_t id; /* the kept keys' layout id (lang/fields.h), 0: unknown */
    uint32_t n; /* the input's top-level elements */
    uint32_t klen[ASPEN_FIELDS_MAX];
    char keys[LAYOUT_KEY_BYTES]; /* their keys, one after the other */
@@ -363,12 +364,16 @@ find_child(const node_t *parent, const bson_iter_t *it, size_t *idx)
 }
 
 /* True if the input `t` has the keys the layout cache kept: the same
- * number, each the same length and bytes, in the same order. */
+ * number, each the same length and bytes, in the same order; known without
+ * comparing when `t` is tagged with the kept keys' layout id. */
 static bool
-layout_same(const layout_t *l, const aspen_fields_t *t)
+layout_same(layout_t *l, const aspen_fields_t *t)
 {
    if (!l->valid || l->n != t->n) {
       return false;
+   }
+   if (t->layout != 0 && t->layout == l->id) {
+      return true; /* the scanner that tagged it compared the keys */
    }
    const char *k = l->keys;
    for (uint32_t i = 0; i < t->n; i++) {
@@ -379,6 +384,7 @@ layout_same(const layout_t *l, const aspen_fields_t *t)
       }
       k += klen;
    }
+   l->id = t->layout;
    return true;
 }
 
@@ -403,6 +409,7 @@ layout_start(layout_t *l, const aspen_fields_t *t, size_t n_kids)
       used += klen;
    }
    l->n = t->n;
+   l->id = t->layout;
    return true;
 }
 
