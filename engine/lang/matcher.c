@@ -211,6 +211,14 @@ walk_doc(const uint8_t *data, uint32_t len, const mpath_t *p, size_t i,
    return walk_found(&it, p, i, leaf_traverse, fn, arg);
 }
 
+/* True if `t` (ev_fields: NULL or covering the top document) describes the
+ * document at `data`: only the top document starts there. */
+static inline bool
+tab_covers(const aspen_fields_t *t, const uint8_t *data)
+{
+   return t && t->data == data;
+}
+
 /* walk_doc from the top of data/len, through the field table `t` when it
  * describes those bytes (lang/fields.h): no scan for the first component
  * (and no lookup either when `memo` has it for the table's layout). */
@@ -219,7 +227,7 @@ walk_top(const uint8_t *data, uint32_t len, const aspen_fields_t *t,
          const mpath_t *p, uint64_t *memo, bool leaf_traverse, visit_fn fn,
          const void *arg)
 {
-   if (!aspen_fields_covers_data(t, data, len)) {
+   if (!tab_covers(t, data)) {
       return walk_doc(data, len, p, 0, leaf_traverse, fn, arg);
    }
    int k = aspen_fields_find_memo(t, p->comp[0], (size_t) p->len[0], memo);
@@ -523,6 +531,9 @@ node_not(mnode_t *kid)
 typedef struct {
    const aspen_expr_ctx_t *ctx; /* NULL inside $elemMatch (no $expr there) */
    aspen_error_t *err;
+   /* The context's field table when it covers the document matched
+    * (checked once per match, aspen_fields_covers), else NULL. */
+   const aspen_fields_t *tab;
 } eval_t;
 
 /* The field table of the document matched (ev is NULL inside $elemMatch
@@ -530,8 +541,9 @@ typedef struct {
 static inline const aspen_fields_t *
 ev_fields(const eval_t *ev)
 {
-   return ev && ev->ctx ? ev->ctx->fields : NULL;
+   return ev ? ev->tab : NULL;
 }
+
 
 static int eval_doc(const mnode_t *n, const uint8_t *data, uint32_t len,
                     const eval_t *ev);
@@ -841,7 +853,7 @@ cmp_fast(const mnode_t *n, const uint8_t *data, uint32_t len,
    const bson_value_t *rhs = &n->u.cmp.rhs;
    uint32_t off = 0;
    int r;
-   if (aspen_fields_covers_data(t, data, len)) {
+   if (tab_covers(t, data)) {
       int k = aspen_fields_find_memo(t, p->comp[0], (size_t) p->len[0],
                                      &((mnode_t *) n)->memo);
       r = k >= 0;
@@ -2085,7 +2097,10 @@ aspen_matcher_match(const aspen_matcher_t *m, const bson_t *doc,
          local.now_ms = aspen_clock_now_ms();
       }
    }
-   eval_t ev = {.ctx = &local, .err = err};
+   eval_t ev = {.ctx = &local,
+                .err = err,
+                .tab = aspen_fields_covers(local.fields, doc) ? local.fields
+                                                             : NULL};
    int r = eval_doc(m->root, bson_get_data(doc), doc->len, &ev);
    if (r < 0) {
       return false;

@@ -271,8 +271,8 @@ tree_parse_obj(tree_t *t, node_t *root, const bson_t *spec, const char *prefix,
  * with each element depends on its key alone (the spec child of that name,
  * the stage's mode): so it keeps the last input's keys and what it did,
  * as steps - a run of elements copied as one span, or a computed field
- * written in an element's place - with the spec children it placed
- * (done[]). An input whose keys are byte-equal to the kept ones, same
+ * written in an element's place - and the computed fields apply_doc then
+ * appends. An input whose keys are byte-equal to the kept ones, same
  * count, same order, replays the steps without looking any key up; any
  * other is walked as before and becomes the kept layout. */
 #define LAYOUT_KEY_BYTES 512 /* the keys kept: more, no cache */
@@ -292,7 +292,10 @@ typedef struct layout {
    char keys[LAYOUT_KEY_BYTES]; /* their keys, one after the other */
    uint32_t n_steps;
    layout_step_t steps[ASPEN_FIELDS_MAX];
-   bool done[LAYOUT_KIDS];
+   /* The computed fields apply_doc writes after the walk, in spec order
+    * (indexes of the root's children). */
+   uint32_t n_tail;
+   uint8_t tail[LAYOUT_KIDS];
 } layout_t;
 
 /* Documents are written into the stage's reusable writer: fields kept as
@@ -427,11 +430,11 @@ layout_note(layout_t *l, uint32_t k, const node_t *n)
       .expr = n != NULL, .k0 = (uint8_t) k, .k1 = (uint8_t) (k + 1), .n = n};
 }
 
-/* walk_table for an input whose keys are the layout cache's: its steps
- * replayed (each span one copy, its elements recorded in out_tab at their
- * new offsets), and done[] as the walk left it. */
+/* apply_doc of the top level for an input whose keys are the layout
+ * cache's: its steps replayed (each span one copy, its elements recorded
+ * in out_tab at their new offsets), then the computed fields appended. */
 static void
-layout_replay(apply_t *a, const layout_t *l, size_t n_kids, bool *done)
+layout_replay(apply_t *a, const node_t *root, const layout_t *l)
 {
    const aspen_fields_t *t = a->given;
    for (uint32_t s = 0; s < l->n_steps && !a->failed; s++) {
@@ -453,23 +456,24 @@ layout_replay(apply_t *a, const layout_t *l, size_t n_kids, bool *done)
                           t->f[k].klen);
       }
    }
-   memcpy(done, l->done, n_kids * sizeof *done);
+   for (uint32_t i = 0; i < l->n_tail && !a->failed; i++) {
+      const node_t *n = &root->kids[l->tail[i]];
+      size_t before = a->w->len;
+      append_expr(a, n);
+      note_written(a, before, n->name_len);
+   }
 }
 
 /* apply_doc's walk of the top level from the input's field table (a->given,
  * a tree without subtrees at the top): the same writes, with each
- * element's key and span known; through the layout cache (a->layout) when
- * the input's keys are the last ones'. */
+ * element's key and span known; what it decides is kept in the layout
+ * cache (a->layout) for the next input with the same keys. */
 static void
 walk_table(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
            bool *done)
 {
    const aspen_fields_t *t = a->given;
    layout_t *l = a->layout;
-   if (l && layout_same(l, t)) {
-      layout_replay(a, l, parent->n_kids, done);
-      return;
-   }
    bool record = l && layout_start(l, t, parent->n_kids);
    for (uint32_t k = 0; k < t->n && !a->failed; k++) {
       uint32_t off = t->f[k].off, klen = t->f[k].klen;
@@ -501,7 +505,15 @@ walk_table(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
       note_written(a, before, klen);
    }
    if (record && !a->failed) {
-      memcpy(l->done, done, parent->n_kids * sizeof *done);
+      /* What apply_doc's last loop will write: the computed fields not
+       * placed ($project: all of them); nothing else at a flat top. */
+      l->n_tail = 0;
+      for (size_t i = 0; i < parent->n_kids; i++) {
+         const node_t *n = &parent->kids[i];
+         if (n->kind == N_EXPR && (!done[i] || mode == MODE_PROJECT)) {
+            l->tail[l->n_tail++] = (uint8_t) i;
+         }
+      }
       l->valid = true;
    }
 }
@@ -512,6 +524,11 @@ static void
 apply_doc(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
           const bson_t *in)
 {
+   if (parent == a->root && a->given && a->layout &&
+       layout_same(a->layout, a->given)) {
+      layout_replay(a, parent, a->layout);
+      return;
+   }
    bool done_local[64];
    bool *done = parent->n_kids <= 64
                    ? done_local
