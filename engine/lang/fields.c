@@ -101,6 +101,30 @@ scan_next(const uint8_t *data, uint32_t len, uint32_t o, size_t kl)
    return next < len ? next : 0;
 }
 
+/* The size of a value of `type` when all of them have that size (those
+ * scan_next steps over without reading them), else -1. */
+static int32_t
+fixed_value_size(uint8_t type)
+{
+   switch ((bson_type_t) type) {
+   case BSON_TYPE_DOUBLE:
+   case BSON_TYPE_DATE_TIME:
+   case BSON_TYPE_INT64:
+   case BSON_TYPE_TIMESTAMP:
+      return 8;
+   case BSON_TYPE_INT32:
+      return 4;
+   case BSON_TYPE_OID:
+      return 12;
+   case BSON_TYPE_DECIMAL128:
+      return 16;
+   case BSON_TYPE_NULL:
+      return 0;
+   default:
+      return -1;
+   }
+}
+
 /* The id of a layout not seen before (never 0): unique in the process,
  * whichever thread asks. */
 static uint64_t
@@ -127,16 +151,20 @@ keep_layout(aspen_fields_t *t, aspen_fields_layout_t *lay)
       lay->klen[i] = klen;
       lay->koff[i] = used;
       lay->words[i] = 0;
-      if (klen + 1 <= 16) {
+      uint8_t type = t->data[t->f[i].off];
+      if (klen + 2 <= 16) {
          uint8_t w[16] = {0};
-         memcpy(w, lay->keys + used, klen);
-         uint32_t words = (klen + 1 + 7) / 8;
-         uint32_t last = klen + 1 - 8 * (words - 1); /* bytes that count */
+         w[0] = type;
+         memcpy(w + 1, lay->keys + used, klen);
+         uint32_t words = (klen + 2 + 7) / 8;
+         uint32_t last = klen + 2 - 8 * (words - 1); /* bytes that count */
          lay->kw[i][0] = aspen_bytes_get_le64(w);
          lay->kw[i][1] = aspen_bytes_get_le64(w + 8);
          lay->kmask[i] = last == 8 ? ~0ull : (1ull << (8 * last)) - 1;
          lay->words[i] = (uint8_t) words;
       }
+      int32_t vsize = fixed_value_size(type);
+      lay->esize[i] = vsize < 0 ? 0 : 1 + klen + 1 + (uint32_t) vsize;
       used += klen + 1;
    }
    lay->n = t->n;
@@ -145,24 +173,34 @@ keep_layout(aspen_fields_t *t, aspen_fields_layout_t *lay)
 }
 
 /* True if the `room` bytes at `k` start with the layout's key n and its
- * NUL: one or two word compares for a short key that many bytes fit
- * before the document's end, else byte by byte. */
+ * NUL, compared byte by byte. */
 static inline bool
 kept_key_at(const aspen_fields_layout_t *lay, uint32_t n, const uint8_t *k,
             size_t room)
 {
-   uint32_t words = lay->words[n];
-   if (words != 0 && room >= 8 * (size_t) words) {
-      uint64_t a = aspen_bytes_get_le64(k);
-      if (words == 1) {
-         return ((a ^ lay->kw[n][0]) & lay->kmask[n]) == 0;
-      }
-      return a == lay->kw[n][0] &&
-             ((aspen_bytes_get_le64(k + 8) ^ lay->kw[n][1]) &
-              lay->kmask[n]) == 0;
-   }
    return lay->klen[n] < room &&
           aspen_fields_key_eq(k, lay->keys + lay->koff[n], lay->klen[n] + 1);
+}
+
+/* True if the `avail` bytes at `e` (an element, up to its document's end)
+ * start with the head kept for element n - the same type, key and NUL -
+ * read as one or two words; false when that cannot be told so (a long
+ * key, too few bytes left), for kept_key_at to decide. */
+static inline bool
+kept_head_at(const aspen_fields_layout_t *lay, uint32_t n, const uint8_t *e,
+             size_t avail)
+{
+   uint32_t words = lay->words[n];
+   if (words == 0 || avail < 8 * (size_t) words) {
+      return false;
+   }
+   uint64_t a = aspen_bytes_get_le64(e);
+   if (words == 1) {
+      return ((a ^ lay->kw[n][0]) & lay->kmask[n]) == 0;
+   }
+   return a == lay->kw[n][0] &&
+          ((aspen_bytes_get_le64(e + 8) ^ lay->kw[n][1]) & lay->kmask[n]) ==
+             0;
 }
 
 /* Tags the table `t` (just filled) with `lay`'s id if its keys are the
@@ -183,6 +221,18 @@ tag_layout(aspen_fields_t *t, aspen_fields_layout_t *lay)
    }
 }
 
+/* The iterator's walk for a document the raw scan leaves to it, its
+ * table tagged with its layout when a layout is kept. */
+static bool
+scan_fallback(aspen_fields_t *t, const bson_t *doc, aspen_fields_layout_t *lay)
+{
+   bool ok = scan_iter(t, doc);
+   if (ok && lay) {
+      tag_layout(t, lay);
+   }
+   return ok;
+}
+
 _Static_assert(ASPEN_FIELDS_MAX + 1 < 64, "aspen_fields_find_memo's index");
 
 bool
@@ -193,7 +243,8 @@ aspen_fields_scan_layout(aspen_fields_t *t, const bson_t *doc,
     * and aspen_bsonw_iter_next's of each element; the iterator takes any
     * element type it does not read. Each key's end is found eight bytes
     * at a time, or, while the keys are the kept layout's, by comparing
-    * with the kept key and checking the NUL after it. The entries are
+    * the element's head (type, key, NUL) with the kept one as words, the
+    * end of a fixed-size element following from it. The entries are
     * written through a local count (no per-field overflow flag): a
     * document with more fields than the table holds stops the walk
     * there. */
@@ -207,6 +258,23 @@ aspen_fields_scan_layout(aspen_fields_t *t, const bson_t *doc,
    uint32_t o = 4, n = 0;
    bool same = lay && lay->id != 0;
    uint32_t kept = same ? lay->n : 0;
+   /* While the elements' heads are the kept ones (kept <= the table's
+    * size): no key to look for, a fixed-size element's end known. */
+   while (n < kept && kept_head_at(lay, n, data + o, len - o)) {
+      uint32_t es = lay->esize[n];
+      uint32_t next = es == 0 ? scan_next(data, len, o, lay->klen[n])
+                      : es < len - o ? o + es
+                                     : 0;
+      if (next == 0) {
+         return scan_fallback(t, doc, lay);
+      }
+      f[n].off = o;
+      f[n].klen = lay->klen[n];
+      n++;
+      o = next;
+   }
+   /* Then the rest (all of it without a kept layout), each key's end
+    * found, or compared with the kept key while they still match. */
    while (o + 1 < len) {
       if (n == ASPEN_FIELDS_MAX) {
          t->n = n;
@@ -223,11 +291,7 @@ aspen_fields_scan_layout(aspen_fields_t *t, const bson_t *doc,
       }
       uint32_t next = kl == room ? 0 : scan_next(data, len, o, kl);
       if (next == 0) {
-         bool ok = scan_iter(t, doc);
-         if (ok && lay) {
-            tag_layout(t, lay);
-         }
-         return ok;
+         return scan_fallback(t, doc, lay);
       }
       f[n].off = o;
       f[n].klen = (uint32_t) kl;

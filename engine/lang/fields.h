@@ -181,12 +181,15 @@ typedef struct {
    uint32_t klen[ASPEN_FIELDS_MAX];
    uint32_t koff[ASPEN_FIELDS_MAX]; /* where each key is in keys */
    char keys[ASPEN_FIELDS_LAYOUT_KEY_BYTES]; /* each with its NUL */
-   /* A key of up to 15 bytes with its NUL as one or two little-endian
-    * words (zero past the NUL), the bytes of the last that count, and how
-    * many words (0: a longer key, compared from keys). */
+   /* The element's head - its type byte, a key of up to 14 bytes and the
+    * key's NUL - as one or two little-endian words (zero past the NUL),
+    * the bytes of the last that count, and how many words (0: a longer
+    * key, compared from keys); the whole element's size when its type has
+    * a fixed one (0: read from its value). */
    uint64_t kw[ASPEN_FIELDS_MAX][2];
    uint64_t kmask[ASPEN_FIELDS_MAX];
    uint8_t words[ASPEN_FIELDS_MAX];
+   uint32_t esize[ASPEN_FIELDS_MAX];
 } aspen_fields_layout_t;
 
 /* aspen_fields_scan that also tags the table with its layout's id, checking

@@ -580,7 +580,10 @@ iter_table(const uint8_t *data, uint32_t len, aspen_fields_t *t)
 /* aspen_fields_scan's raw walk finds what libbson's iterator finds, over a
  * document with every element type and over corrupted copies of it
  * (lengths, key ends, bool bytes, the frame), where both must refuse the
- * same documents. */
+ * same documents; and so does aspen_fields_scan_layout with the original's
+ * layout kept (element heads compared, fixed-size elements stepped over),
+ * tagging a copy with the original's layout id exactly when its keys are
+ * the original's. */
 static void
 test_fields_scan_same_table(void **state)
 {
@@ -618,6 +621,13 @@ test_fields_scan_same_table(void **state)
    uint32_t len = doc->len;
    uint8_t *copy = malloc(len);
    size_t refused = 0, accepted = 0;
+   /* The original's layout kept, as a $match keeps the last document's:
+    * the corrupted copies go through aspen_fields_scan_layout's walk of
+    * kept element heads too. */
+   aspen_fields_layout_t lay;
+   aspen_fields_t first;
+   memset(&lay, 0, sizeof lay);
+   assert_true(aspen_fields_scan_layout(&first, doc, &lay));
    for (uint32_t pos = 0; pos <= len; pos++) {
       static const uint8_t vals[] = {0x00, 0x01, 0x02, 0x7f, 0xff};
       for (size_t v = 0; v < (pos == len ? 1 : sizeof vals); v++) {
@@ -637,6 +647,28 @@ test_fields_scan_same_table(void **state)
          if (want_ok) {
             assert_int_equal(got.n, want.n);
             assert_memory_equal(got.f, want.f, want.n * sizeof want.f[0]);
+         }
+         aspen_fields_layout_t kept = lay;
+         aspen_fields_t got_kept;
+         bool kept_ok = bson_init_static(&view, copy, len) &&
+                        aspen_fields_scan_layout(&got_kept, &view, &kept);
+         if (kept_ok != want_ok) {
+            fail_msg("byte %u set to %u: scan with a kept layout %d, "
+                     "iterator %d", pos, vals[v], kept_ok, want_ok);
+         }
+         if (want_ok) {
+            assert_int_equal(got_kept.n, want.n);
+            assert_memory_equal(got_kept.f, want.f,
+                                want.n * sizeof want.f[0]);
+            /* The original's id exactly when the keys are unchanged. */
+            bool keys_same = want.n == first.n;
+            for (uint32_t k = 0; keys_same && k < want.n; k++) {
+               keys_same = want.f[k].klen == first.f[k].klen &&
+                           memcmp(copy + want.f[k].off + 1,
+                                  orig + first.f[k].off + 1,
+                                  want.f[k].klen) == 0;
+            }
+            assert_int_equal(got_kept.layout == first.layout, keys_same);
          }
          refused += !want_ok;
          accepted += want_ok;
