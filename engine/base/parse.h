@@ -28,6 +28,10 @@ typedef struct {
    bool ephemeral;  /* sp.process: no sink required */
    bool has_dlq;    /* the processor has a DLQ configured */
    int index;       /* stage index in its pipeline */
+   /* While a stage parses: the name of the stage after it in the same
+    * array ("$project"), NULL for none or a malformed one. A view into
+    * the definition, valid during the parse call only. */
+   const char *next_stage;
    char path[128];  /* "pipeline[2]" or "pipeline[2].$tumblingWindow.pipeline[0]" */
 } aspen_parse_ctx_t;
 

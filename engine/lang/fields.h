@@ -42,6 +42,7 @@ typedef struct {
    uint32_t len;
    uint32_t n;
    bool overflow; /* more than ASPEN_FIELDS_MAX: not usable */
+   uint64_t layout; /* its keys' layout id (see below), 0 if unknown */
    aspen_field_t f[ASPEN_FIELDS_MAX];
 } aspen_fields_t;
 
@@ -53,6 +54,7 @@ aspen_fields_reset(aspen_fields_t *t)
    t->len = 0;
    t->n = 0;
    t->overflow = false;
+   t->layout = 0;
 }
 
 /* Records the next top-level element: it starts at `off` and its key is
@@ -108,8 +110,8 @@ bool aspen_fields_scan(aspen_fields_t *t, const bson_t *doc);
 
 /* True if the `n` bytes at `a` and `b` are the same: field names are a
  * few bytes long, so they are compared in place rather than through a
- * memcmp call, eight and four bytes at a time (unaligned loads through
- * memcpy), then byte by byte. */
+ * memcmp call, eight bytes at a time (unaligned loads through memcpy),
+ * then the rest as four, two and one bytes (no loop). */
 static inline bool
 aspen_fields_key_eq(const void *a, const void *b, size_t n)
 {
@@ -122,7 +124,7 @@ aspen_fields_key_eq(const void *a, const void *b, size_t n)
          return false;
       }
    }
-   if (n >= 4) {
+   if (n & 4) {
       uint32_t u, v;
       memcpy(&u, x, 4);
       memcpy(&v, y, 4);
@@ -131,14 +133,18 @@ aspen_fields_key_eq(const void *a, const void *b, size_t n)
       }
       x += 4;
       y += 4;
-      n -= 4;
    }
-   for (size_t i = 0; i < n; i++) {
-      if (x[i] != y[i]) {
+   if (n & 2) {
+      uint16_t u, v;
+      memcpy(&u, x, 2);
+      memcpy(&v, y, 2);
+      if (u != v) {
          return false;
       }
+      x += 2;
+      y += 2;
    }
-   return true;
+   return !(n & 1) || *x == *y;
 }
 
 /* The index in `t` of the first field named `key` (`klen` bytes), -1 if
@@ -154,6 +160,66 @@ aspen_fields_find(const aspen_fields_t *t, const char *key, size_t klen)
       }
    }
    return -1;
+}
+
+/* ---- layouts ----------------------------------------------------------
+ * Documents from one source almost always share their top-level keys, in
+ * the same order. A scanner that keeps the last document's keys
+ * (aspen_fields_layout_t) checks the next one's against them as it walks
+ * it, and tags the table with the layout's id (aspen_fields_t.layout): the
+ * same id for byte-equal keys (count, lengths, bytes, order), a new one,
+ * unique in the process, for any other sequence. What a reader decided
+ * from a table's keys alone (where a name is, what to copy) holds for
+ * every table with the same id. A table nobody checked has id 0. */
+
+/* The keys kept: a document whose keys take more gets id 0. */
+#define ASPEN_FIELDS_LAYOUT_KEY_BYTES 512
+
+typedef struct {
+   uint64_t id; /* 0: none kept */
+   uint32_t n;
+   uint32_t klen[ASPEN_FIELDS_MAX];
+   uint32_t koff[ASPEN_FIELDS_MAX]; /* where each key is in keys */
+   char keys[ASPEN_FIELDS_LAYOUT_KEY_BYTES]; /* each with its NUL */
+   /* The element's head - its type byte, a key of up to 14 bytes and the
+    * key's NUL - as one or two little-endian words (zero past the NUL),
+    * the bytes of the last that count, and how many words (0: a longer
+    * key, compared from keys); the whole element's size when its type has
+    * a fixed one (0: read from its value). */
+   uint64_t kw[ASPEN_FIELDS_MAX][2];
+   uint64_t kmask[ASPEN_FIELDS_MAX];
+   uint8_t words[ASPEN_FIELDS_MAX];
+   uint32_t esize[ASPEN_FIELDS_MAX];
+} aspen_fields_layout_t;
+
+/* aspen_fields_scan that also tags the table with its layout's id, checking
+ * each key against `lay`'s (kept from the last document scanned with it,
+ * zeroed before the first) as it goes, and keeping the document's keys in
+ * `lay` when they differ. The same result and table as aspen_fields_scan
+ * otherwise. */
+bool aspen_fields_scan_layout(aspen_fields_t *t, const bson_t *doc,
+                              aspen_fields_layout_t *lay);
+
+/* The index in `t` of the first field named `key` (aspen_fields_find),
+ * remembered in `*memo` for the table's layout: a table with the layout
+ * the memo was taken for gets it without a lookup. `*memo` is read and
+ * written with relaxed atomics, so callers that share one across threads
+ * (a compiled matcher) at worst look up again. */
+static inline int
+aspen_fields_find_memo(const aspen_fields_t *t, const char *key, size_t klen,
+                       uint64_t *memo)
+{
+   /* The layout's id above six bits of index + 1 (0: no such field). */
+   uint64_t m = __atomic_load_n(memo, __ATOMIC_RELAXED);
+   if (t->layout != 0 && (m >> 6) == t->layout) {
+      return (int) (m & 63) - 1;
+   }
+   int k = aspen_fields_find(t, key, klen);
+   if (t->layout != 0) {
+      __atomic_store_n(memo, t->layout << 6 | (uint64_t) (k + 1),
+                       __ATOMIC_RELAXED);
+   }
+   return k;
 }
 
 #endif /* ASPEN_ENGINE_LANG_FIELDS_H */

@@ -211,16 +211,26 @@ walk_doc(const uint8_t *data, uint32_t len, const mpath_t *p, size_t i,
    return walk_found(&it, p, i, leaf_traverse, fn, arg);
 }
 
+/* True if `t` (ev_fields: NULL or covering the top document) describes the
+ * document at `data`: only the top document starts there. */
+static inline bool
+tab_covers(const aspen_fields_t *t, const uint8_t *data)
+{
+   return t && t->data == data;
+}
+
 /* walk_doc from the top of data/len, through the field table `t` when it
- * describes those bytes (lang/fields.h): no scan for the first component. */
+ * describes those bytes (lang/fields.h): no scan for the first component
+ * (and no lookup either when `memo` has it for the table's layout). */
 static bool
 walk_top(const uint8_t *data, uint32_t len, const aspen_fields_t *t,
-         const mpath_t *p, bool leaf_traverse, visit_fn fn, const void *arg)
+         const mpath_t *p, uint64_t *memo, bool leaf_traverse, visit_fn fn,
+         const void *arg)
 {
-   if (!aspen_fields_covers_data(t, data, len)) {
+   if (!tab_covers(t, data)) {
       return walk_doc(data, len, p, 0, leaf_traverse, fn, arg);
    }
-   int k = aspen_fields_find(t, p->comp[0], (size_t) p->len[0]);
+   int k = aspen_fields_find_memo(t, p->comp[0], (size_t) p->len[0], memo);
    if (k < 0) {
       return fn(&missing_value, arg);
    }
@@ -350,6 +360,10 @@ typedef struct mnode mnode_t;
 struct mnode {
    nkind_t kind;
    mpath_t *path;
+   /* Where the path's first component was in the last field table of a
+    * known layout (aspen_fields_find_memo): written while matching, with
+    * relaxed atomics, the matcher being otherwise read-only. */
+   uint64_t memo;
    union {
       struct {
          mnode_t **v;
@@ -517,6 +531,9 @@ node_not(mnode_t *kid)
 typedef struct {
    const aspen_expr_ctx_t *ctx; /* NULL inside $elemMatch (no $expr there) */
    aspen_error_t *err;
+   /* The context's field table when it covers the document matched
+    * (checked once per match, aspen_fields_covers), else NULL. */
+   const aspen_fields_t *tab;
 } eval_t;
 
 /* The field table of the document matched (ev is NULL inside $elemMatch
@@ -524,8 +541,9 @@ typedef struct {
 static inline const aspen_fields_t *
 ev_fields(const eval_t *ev)
 {
-   return ev && ev->ctx ? ev->ctx->fields : NULL;
+   return ev ? ev->tab : NULL;
 }
+
 
 static int eval_doc(const mnode_t *n, const uint8_t *data, uint32_t len,
                     const eval_t *ev);
@@ -835,8 +853,9 @@ cmp_fast(const mnode_t *n, const uint8_t *data, uint32_t len,
    const bson_value_t *rhs = &n->u.cmp.rhs;
    uint32_t off = 0;
    int r;
-   if (aspen_fields_covers_data(t, data, len)) {
-      int k = aspen_fields_find(t, p->comp[0], (size_t) p->len[0]);
+   if (tab_covers(t, data)) {
+      int k = aspen_fields_find_memo(t, p->comp[0], (size_t) p->len[0],
+                                     &((mnode_t *) n)->memo);
       r = k >= 0;
       off = r ? t->f[k].off : 0;
    } else {
@@ -957,8 +976,8 @@ eval_doc(const mnode_t *n, const uint8_t *data, uint32_t len,
    case N_ELEM_OBJ:
    case N_ELEM_VAL:
       /* Array operators see the array itself, not its elements. */
-      return walk_top(data, len, ev_fields(ev), n->path, false, visit_leaf,
-                      n)
+      return walk_top(data, len, ev_fields(ev), n->path, &((mnode_t *) n)->memo,
+                      false, visit_leaf, n)
                 ? 1
                 : 0;
    case N_CMP:
@@ -968,7 +987,8 @@ eval_doc(const mnode_t *n, const uint8_t *data, uint32_t len,
             return r;
          }
       }
-      return walk_top(data, len, ev_fields(ev), n->path, true, visit_leaf, n)
+      return walk_top(data, len, ev_fields(ev), n->path, &((mnode_t *) n)->memo,
+                      true, visit_leaf, n)
                 ? 1
                 : 0;
    case N_IN:
@@ -977,7 +997,8 @@ eval_doc(const mnode_t *n, const uint8_t *data, uint32_t len,
    case N_MOD:
    case N_REGEX:
    case N_BITS:
-      return walk_top(data, len, ev_fields(ev), n->path, true, visit_leaf, n)
+      return walk_top(data, len, ev_fields(ev), n->path, &((mnode_t *) n)->memo,
+                      true, visit_leaf, n)
                 ? 1
                 : 0;
    }
@@ -2076,7 +2097,10 @@ aspen_matcher_match(const aspen_matcher_t *m, const bson_t *doc,
          local.now_ms = aspen_clock_now_ms();
       }
    }
-   eval_t ev = {.ctx = &local, .err = err};
+   eval_t ev = {.ctx = &local,
+                .err = err,
+                .tab = aspen_fields_covers(local.fields, doc) ? local.fields
+                                                             : NULL};
    int r = eval_doc(m->root, bson_get_data(doc), doc->len, &ev);
    if (r < 0) {
       return false;

@@ -178,6 +178,20 @@ parse_source(aspen_pipeline_t *pl, const bson_iter_t *arg,
 
 /* ---- stages ------------------------------------------------------------- */
 
+/* The name of the stage after the one `stage_it` is on in its array (the
+ * first key of the next element), NULL if there is none or it is not a
+ * document with a key: what a stage's parser sees as pc->next_stage. */
+static const char *
+next_stage_name(const bson_iter_t *stage_it)
+{
+   bson_iter_t next = *stage_it, sub;
+   if (!bson_iter_next(&next) || !BSON_ITER_HOLDS_DOCUMENT(&next) ||
+       !bson_iter_recurse(&next, &sub) || !bson_iter_next(&sub)) {
+      return NULL;
+   }
+   return bson_iter_key(&sub);
+}
+
 static bool
 parse_one_stage(aspen_pipeline_t *pl, const bson_iter_t *stage_it,
                 aspen_parse_ctx_t *pc, aspen_stage_t *st, bool *is_sink,
@@ -242,7 +256,9 @@ parse_one_stage(aspen_pipeline_t *pl, const bson_iter_t *stage_it,
    char base[128];
    snprintf(base, sizeof base, "%s", pc->path);
    snprintf(pc->path, sizeof pc->path, "%s.%s", base, name);
+   pc->next_stage = next_stage_name(stage_it);
    bool ok = ops->parse(st, &it, pc, err);
+   pc->next_stage = NULL;
    snprintf(pc->path, sizeof pc->path, "%s", base);
    if (!ok) {
       aspen_parse_wrap_error(err, pc);

@@ -4,6 +4,7 @@
  */
 #include "lang/match.h"
 #include "runtime/pipeline.h"
+#include "stages/match.h"
 
 #include <string.h>
 
@@ -11,10 +12,10 @@ typedef struct {
    bson_t filter; /* owned: the matcher keeps views into it */
    aspen_matcher_t *m;
    aspen_fields_t tab; /* the input's field table (match_push) */
-   /* Whether the stage after it reads a table (a shaping stage): found at
-    * the first document, the chain being complete by then. Without one
-    * the matcher reads its paths by raw scans, and no table is made. */
-   bool next_known;
+   aspen_fields_layout_t lay; /* the last input's keys (tab.layout) */
+   /* Whether the stage after it reads a table (a shaping stage): decided
+    * when the stage is parsed, from the name of the one after it. Without
+    * one the matcher reads its paths by raw scans, and no table is made. */
    bool next_reads;
 } match_t;
 
@@ -30,11 +31,26 @@ match_destroy(aspen_stage_t *st)
    }
 }
 
+/* True if a stage named `name` (may be NULL) reads its input's field table
+ * (lang/fields.h): the shaping stages ($match makes its own when it needs
+ * one). */
+static bool
+reads_table(const char *name)
+{
+   static const char *const readers[] = {"$project", "$addFields", "$set",
+                                         "$unset"};
+   for (size_t i = 0; name && i < sizeof readers / sizeof readers[0]; i++) {
+      if (strcmp(name, readers[i]) == 0) {
+         return true;
+      }
+   }
+   return false;
+}
+
 static bool
 match_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
             aspen_error_t *err)
 {
-   (void) pc;
    if (!BSON_ITER_HOLDS_DOCUMENT(arg)) {
       aspen_error_set(err, ASPEN_ERR_FailedToParse,
                       "the match filter must be an expression in an object");
@@ -48,31 +64,12 @@ match_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
    (void) bson_init_static(&f, data, len);
    bson_copy_to(&f, &m->filter);
    st->state = m;
+   m->next_reads = reads_table(pc->next_stage);
    if (!aspen_matcher_new(&m->filter, &m->m, err)) {
       match_destroy(st);
       return false;
    }
    return true;
-}
-
-/* True if the stage after `st` in its chain reads its input's field table
- * (lang/fields.h): the shaping stages ($match makes its own when it needs
- * one). */
-static bool
-next_reads_table(const aspen_stage_t *st)
-{
-   static const char *const readers[] = {"$project", "$addFields", "$set",
-                                         "$unset"};
-   if (st->index + 1 >= st->chain->n) {
-      return false;
-   }
-   const char *name = st->chain->stages[st->index + 1].ops->name;
-   for (size_t i = 0; name && i < sizeof readers / sizeof readers[0]; i++) {
-      if (strcmp(name, readers[i]) == 0) {
-         return true;
-      }
-   }
-   return false;
 }
 
 static bool
@@ -82,15 +79,12 @@ match_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
    aspen_expr_ctx_t ctx;
    bool matched = false;
    aspen_stage_expr_ctx(st, in, &ctx);
-   if (!m->next_known) {
-      m->next_reads = next_reads_table(st);
-      m->next_known = true;
-   }
    /* The input's field table, found once when the stage after reads it
     * too: the matcher's paths and that stage read fields through it. */
    aspen_sdoc_t next = *in;
    if (m->next_reads && !aspen_fields_covers(in->fields, in->doc)) {
-      next.fields = aspen_fields_scan(&m->tab, in->doc) ? &m->tab : NULL;
+      next.fields =
+         aspen_fields_scan_layout(&m->tab, in->doc, &m->lay) ? &m->tab : NULL;
    }
    ctx.fields = next.fields;
    if (!aspen_matcher_match(m->m, in->doc, &ctx, &matched, err)) {
@@ -100,6 +94,17 @@ match_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
       aspen_stage_emit(st, &next); /* the same document: no copy */
    }
    return true;
+}
+
+/*
+ * True if the $match stage `st` makes its input's field table for the stage
+ * after it (decided when it was parsed). Any thread, after parsing.
+ */
+bool
+aspen__match_makes_table(const aspen_stage_t *st)
+{
+   const match_t *m = st->state;
+   return m && m->next_reads;
 }
 
 const aspen_stage_ops_t aspen_stage_match_ops = {

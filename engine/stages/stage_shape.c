@@ -266,6 +266,38 @@ tree_parse_obj(tree_t *t, node_t *root, const bson_t *spec, const char *prefix,
 
 /* ---- applying the tree -------------------------------------------------- */
 
+/* walk_table's layout cache. Documents from one source almost always
+ * share their top-level keys, in the same order, and what walk_table does
+ * with each element depends on its key alone (the spec child of that name,
+ * the stage's mode): so it keeps the last input's keys and what it did,
+ * as steps - a run of elements copied as one span, or a computed field
+ * written in an element's place - and the computed fields apply_doc then
+ * appends. An input whose keys are byte-equal to the kept ones, same
+ * count, same order, replays the steps without looking any key up; any
+ * other is walked as before and becomes the kept layout. */
+#define LAYOUT_KEY_BYTES 512 /* the keys kept: more, no cache */
+#define LAYOUT_KIDS 64       /* spec children: more, no cache */
+
+typedef struct {
+   bool expr;       /* a computed field in element k0's place, else a span */
+   uint8_t k0, k1;  /* span: the input's elements [k0, k1) */
+   const struct node *n; /* computed: its spec child */
+} layout_step_t;
+
+typedef struct layout {
+   bool valid;
+   uint64_t id; /* the kept keys' layout id (lang/fields.h), 0: unknown */
+   uint32_t n; /* the input's top-level elements */
+   uint32_t klen[ASPEN_FIELDS_MAX];
+   char keys[LAYOUT_KEY_BYTES]; /* their keys, one after the other */
+   uint32_t n_steps;
+   layout_step_t steps[ASPEN_FIELDS_MAX];
+   /* The computed fields apply_doc writes after the walk, in spec order
+    * (indexes of the root's children). */
+   uint32_t n_tail;
+   uint8_t tail[LAYOUT_KIDS];
+} layout_t;
+
 /* Documents are written into the stage's reusable writer: fields kept as
  * they are copied as their element's bytes, computed ones encoded once. */
 typedef struct {
@@ -283,6 +315,7 @@ typedef struct {
    /* The input's table when it came with one and the tree's top level has
     * no subtree: the top level is walked from the table (walk_table). */
    const aspen_fields_t *given;
+   struct layout *layout; /* walk_table's cache (the stage's) */
 } apply_t;
 
 static void apply_node_value(apply_t *a, const node_t *n, tree_mode_t mode,
@@ -335,14 +368,115 @@ find_child(const node_t *parent, const bson_iter_t *it, size_t *idx)
                          aspen_bsonw_key_len(it), idx);
 }
 
+/* True if the input `t` has the keys the layout cache kept: the same
+ * number, each the same length and bytes, in the same order; known without
+ * comparing when `t` is tagged with the kept keys' layout id. */
+static bool
+layout_same(layout_t *l, const aspen_fields_t *t)
+{
+   if (!l->valid || l->n != t->n) {
+      return false;
+   }
+   if (t->layout != 0 && t->layout == l->id) {
+      return true; /* the scanner that tagged it compared the keys */
+   }
+   const char *k = l->keys;
+   for (uint32_t i = 0; i < t->n; i++) {
+      uint32_t klen = t->f[i].klen;
+      if (klen != l->klen[i] ||
+          !aspen_fields_key_eq(t->data + t->f[i].off + 1, k, klen)) {
+         return false;
+      }
+      k += klen;
+   }
+   l->id = t->layout;
+   return true;
+}
+
+/* Starts recording the layout of the input `t` (its keys); false (and the
+ * cache left invalid) if they do not fit in it. */
+static bool
+layout_start(layout_t *l, const aspen_fields_t *t, size_t n_kids)
+{
+   l->valid = false;
+   l->n_steps = 0;
+   if (n_kids > LAYOUT_KIDS) {
+      return false;
+   }
+   size_t used = 0;
+   for (uint32_t i = 0; i < t->n; i++) {
+      uint32_t klen = t->f[i].klen;
+      if (klen > sizeof l->keys - used) {
+         return false;
+      }
+      memcpy(l->keys + used, t->data + t->f[i].off + 1, klen);
+      l->klen[i] = klen;
+      used += klen;
+   }
+   l->n = t->n;
+   l->id = t->layout;
+   return true;
+}
+
+/* Records that input element k is copied (appended to the last span when
+ * it ends at k) or replaced by the computed field `n` (NULL: copied). */
+static void
+layout_note(layout_t *l, uint32_t k, const node_t *n)
+{
+   layout_step_t *last = l->n_steps ? &l->steps[l->n_steps - 1] : NULL;
+   if (!n && last && !last->expr && last->k1 == k) {
+      last->k1 = (uint8_t) (k + 1);
+      return;
+   }
+   l->steps[l->n_steps++] = (layout_step_t){
+      .expr = n != NULL, .k0 = (uint8_t) k, .k1 = (uint8_t) (k + 1), .n = n};
+}
+
+/* apply_doc of the top level for an input whose keys are the layout
+ * cache's: its steps replayed (each span one copy, its elements recorded
+ * in out_tab at their new offsets), then the computed fields appended. */
+static void
+layout_replay(apply_t *a, const node_t *root, const layout_t *l)
+{
+   const aspen_fields_t *t = a->given;
+   for (uint32_t s = 0; s < l->n_steps && !a->failed; s++) {
+      const layout_step_t *step = &l->steps[s];
+      if (step->expr) {
+         size_t before = a->w->len;
+         append_expr(a, step->n); /* replaced in place */
+         note_written(a, before, t->f[step->k0].klen);
+         continue;
+      }
+      uint32_t from = t->f[step->k0].off;
+      uint32_t end = step->k1 < t->n ? t->f[step->k1].off : t->len - 1;
+      size_t base = a->w->len;
+      memcpy(aspen_bsonw_reserve(a->w, end - from), t->data + from,
+             end - from);
+      a->w->len += end - from;
+      for (uint32_t k = step->k0; k < step->k1; k++) {
+         aspen_fields_add(a->out_tab, base + (t->f[k].off - from),
+                          t->f[k].klen);
+      }
+   }
+   for (uint32_t i = 0; i < l->n_tail && !a->failed; i++) {
+      const node_t *n = &root->kids[l->tail[i]];
+      size_t before = a->w->len;
+      append_expr(a, n);
+      note_written(a, before, n->name_len);
+   }
+}
+
 /* apply_doc's walk of the top level from the input's field table (a->given,
  * a tree without subtrees at the top): the same writes, with each
- * element's key and span known. */
+ * element's key and span known; what it decides is kept in the layout
+ * cache (a->layout) for the next input with the same keys. */
 static void
 walk_table(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
            bool *done)
 {
    const aspen_fields_t *t = a->given;
+   layout_t *l = a->layout;
+   bool record = l && layout_start(l, t, parent->n_kids);
    for (uint32_t k = 0; k < t->n && !a->failed; k++) {
       uint32_t off = t->f[k].off, klen = t->f[k].klen;
       uint32_t end = k + 1 < t->n ? t->f[k + 1].off : t->len - 1;
@@ -358,13 +492,31 @@ walk_table(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
       } else if (n && n->kind == N_EXPR && mode == MODE_ADD_FIELDS) {
          append_expr(a, n); /* replaced in place */
          done[idx] = true;
+         if (record) {
+            layout_note(l, k, n);
+         }
       }
       if (copy) {
          memcpy(aspen_bsonw_reserve(a->w, end - off), t->data + off,
                 end - off);
          a->w->len += end - off;
+         if (record) {
+            layout_note(l, k, NULL);
+         }
       }
       note_written(a, before, klen);
+   }
+   if (record && !a->failed) {
+      /* What apply_doc's last loop will write: the computed fields not
+       * placed ($project: all of them); nothing else at a flat top. */
+      l->n_tail = 0;
+      for (size_t i = 0; i < parent->n_kids; i++) {
+         const node_t *n = &parent->kids[i];
+         if (n->kind == N_EXPR && (!done[i] || mode == MODE_PROJECT)) {
+            l->tail[l->n_tail++] = (uint8_t) i;
+         }
+      }
+      l->valid = true;
    }
 }
 
@@ -374,6 +526,11 @@ static void
 apply_doc(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
           const bson_t *in)
 {
+   if (parent == a->root && a->given && a->layout &&
+       layout_same(a->layout, a->given)) {
+      layout_replay(a, parent, a->layout);
+      return;
+   }
    bool done_local[64];
    bool *done = parent->n_kids <= 64
                    ? done_local
@@ -564,6 +721,7 @@ typedef struct {
    /* The paths its expressions read, resolved once per document (expr.h),
     * or NULL: none. */
    aspen_expr_paths_t *paths;
+   layout_t layout;                /* (apply_t) */
 } shape_t;
 
 static void
@@ -634,7 +792,8 @@ shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
                 .err = err,
                 .w = &s->w,
                 .root = &s->tree.root,
-                .out_tab = &s->out_tab};
+                .out_tab = &s->out_tab,
+                .layout = &s->layout};
    aspen_bsonw_reset(&s->w);
    bool given = aspen_fields_covers(in->fields, in->doc);
    if (s->paths) {

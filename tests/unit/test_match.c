@@ -459,6 +459,106 @@ test_cmp_fast_same_results(void **state)
    assert_true(matched > 40 && unmatched > 40);
 }
 
+/* Field tables tagged with their keys' layout (aspen_fields_scan_layout,
+ * one layout kept across the documents, as a $match keeps it) give the same
+ * tables as aspen_fields_scan, the same id exactly when the keys are
+ * byte-equal to the previous document's (count, lengths, bytes, order),
+ * and the matcher's memo of where each path starts (aspen_fields_find_memo)
+ * the answers the walk alone gives, over documents whose layout changes
+ * from one to the next: each twice in a row, then reordered, with a key
+ * added or removed, a key of the same length with other bytes (short and
+ * long), duplicate keys, arrays on the paths, missing fields, and types
+ * the raw scan leaves to libbson's iterator (binary, regex). */
+static void
+test_layout_memo_same_results(void **state)
+{
+   (void) state;
+   static const char *const filters[] = {
+      "{\"a\": 1}", "{\"a\": {\"$gte\": 1}, \"o.b\": 2}", "{\"o.b\": null}",
+      "{\"a\": {\"$in\": [1, 3]}}", "{\"k\": {\"$exists\": false}}",
+      "{\"o\": {\"$size\": 2}}", "{\"a_rather_long_key1\": 1}",
+      "{\"$or\": [{\"k\": 1}, {\"a\": {\"$lt\": 2}}]}",
+   };
+   static const char *const docs[] = {
+      "{\"a\": 1, \"o\": {\"b\": 2}, \"k\": 1}",
+      "{\"a\": 2, \"o\": {\"b\": 3}, \"k\": 0}",
+      "{\"o\": {\"b\": 2}, \"a\": 1, \"k\": 1}",
+      "{\"a\": 1, \"o\": {\"b\": 2}, \"k\": 1, \"z\": 1}",
+      "{\"a\": 1, \"o\": {\"b\": 2}}",
+      "{\"a\": 1, \"o\": {\"b\": 2}, \"j\": 1}",
+      "{\"a\": 3, \"a\": 1, \"o\": {\"b\": 2}, \"k\": 1}",
+      "{\"a\": 1, \"a\": 3, \"o\": {\"b\": 2}, \"k\": 1}",
+      "{\"a\": [1, 2], \"o\": [{\"b\": 2}, {\"b\": 3}], \"k\": 1}",
+      "{\"a_rather_long_key1\": 1, \"a\": 0}",
+      "{\"a_rather_long_key2\": 1, \"a\": 0}",
+      "{\"a_rather_long_key1\": 2, \"a\": 1}",
+      "{\"a\": 1, \"o\": {\"$binary\": {\"base64\": \"AQI=\","
+      " \"subType\": \"00\"}}, \"k\": 1}",
+      "{\"a\": 1, \"o\": {\"$regularExpression\": {\"pattern\": \"x\","
+      " \"options\": \"\"}}, \"k\": 1}",
+      "{\"k\": 2}",
+      "{}",
+   };
+   size_t n_d = sizeof docs / sizeof docs[0];
+   size_t matched = 0, unmatched = 0, same_ids = 0;
+   for (size_t f = 0; f < sizeof filters / sizeof filters[0]; f++) {
+      bson_t *keep;
+      aspen_matcher_t *m = compile_json(filters[f], &keep);
+      aspen_fields_layout_t lay;
+      memset(&lay, 0, sizeof lay);
+      bson_t *prev = NULL;
+      uint64_t prev_id = 0;
+      for (size_t i = 0; i < 2 * n_d; i++) {
+         bson_error_t berr;
+         bson_t *doc = bson_new_from_json((const uint8_t *) docs[i / 2], -1,
+                                          &berr);
+         assert_non_null(doc);
+         aspen_fields_t tab, plain;
+         assert_true(aspen_fields_scan_layout(&tab, doc, &lay));
+         assert_true(aspen_fields_scan(&plain, doc));
+         assert_int_equal(tab.n, plain.n);
+         assert_memory_equal(tab.f, plain.f, tab.n * sizeof tab.f[0]);
+         assert_int_equal(plain.layout, 0);
+         assert_true(tab.layout != 0);
+         /* The same id exactly when the keys are the previous ones. */
+         bool same_keys = false;
+         if (prev) {
+            aspen_fields_t p;
+            assert_true(aspen_fields_scan(&p, prev));
+            same_keys = p.n == plain.n;
+            for (uint32_t k = 0; same_keys && k < p.n; k++) {
+               same_keys = p.f[k].klen == plain.f[k].klen &&
+                           memcmp(p.data + p.f[k].off + 1,
+                                  plain.data + plain.f[k].off + 1,
+                                  p.f[k].klen) == 0;
+            }
+         }
+         assert_int_equal(tab.layout == prev_id, same_keys);
+         same_ids += same_keys;
+         aspen_fields_set_enabled(false);
+         bool want = match_doc(m, doc, false);
+         aspen_fields_set_enabled(true);
+         aspen_expr_ctx_t ctx = {.root = doc, .fields = &tab};
+         bool got = false;
+         aspen_error_t err = {0};
+         assert_true(aspen_matcher_match(m, doc, &ctx, &got, &err));
+         if (got != want) {
+            fail_msg("%s on %s (#%zu): %d with the walk alone", filters[f],
+                     docs[i / 2], i, want);
+         }
+         matched += want;
+         unmatched += !want;
+         bson_destroy(prev);
+         prev = doc;
+         prev_id = tab.layout;
+      }
+      bson_destroy(prev);
+      aspen_matcher_destroy(m);
+      bson_destroy(keep);
+   }
+   assert_true(matched > 20 && unmatched > 20 && same_ids > 100);
+}
+
 /* The table libbson's iterator gives (bson_iter_next): each element's
  * offset and key length, and whether it reached the last byte. */
 static bool
@@ -480,7 +580,10 @@ iter_table(const uint8_t *data, uint32_t len, aspen_fields_t *t)
 /* aspen_fields_scan's raw walk finds what libbson's iterator finds, over a
  * document with every element type and over corrupted copies of it
  * (lengths, key ends, bool bytes, the frame), where both must refuse the
- * same documents. */
+ * same documents; and so does aspen_fields_scan_layout with the original's
+ * layout kept (element heads compared, fixed-size elements stepped over),
+ * tagging a copy with the original's layout id exactly when its keys are
+ * the original's. */
 static void
 test_fields_scan_same_table(void **state)
 {
@@ -518,6 +621,13 @@ test_fields_scan_same_table(void **state)
    uint32_t len = doc->len;
    uint8_t *copy = malloc(len);
    size_t refused = 0, accepted = 0;
+   /* The original's layout kept, as a $match keeps the last document's:
+    * the corrupted copies go through aspen_fields_scan_layout's walk of
+    * kept element heads too. */
+   aspen_fields_layout_t lay;
+   aspen_fields_t first;
+   memset(&lay, 0, sizeof lay);
+   assert_true(aspen_fields_scan_layout(&first, doc, &lay));
    for (uint32_t pos = 0; pos <= len; pos++) {
       static const uint8_t vals[] = {0x00, 0x01, 0x02, 0x7f, 0xff};
       for (size_t v = 0; v < (pos == len ? 1 : sizeof vals); v++) {
@@ -537,6 +647,28 @@ test_fields_scan_same_table(void **state)
          if (want_ok) {
             assert_int_equal(got.n, want.n);
             assert_memory_equal(got.f, want.f, want.n * sizeof want.f[0]);
+         }
+         aspen_fields_layout_t kept = lay;
+         aspen_fields_t got_kept;
+         bool kept_ok = bson_init_static(&view, copy, len) &&
+                        aspen_fields_scan_layout(&got_kept, &view, &kept);
+         if (kept_ok != want_ok) {
+            fail_msg("byte %u set to %u: scan with a kept layout %d, "
+                     "iterator %d", pos, vals[v], kept_ok, want_ok);
+         }
+         if (want_ok) {
+            assert_int_equal(got_kept.n, want.n);
+            assert_memory_equal(got_kept.f, want.f,
+                                want.n * sizeof want.f[0]);
+            /* The original's id exactly when the keys are unchanged. */
+            bool keys_same = want.n == first.n;
+            for (uint32_t k = 0; keys_same && k < want.n; k++) {
+               keys_same = want.f[k].klen == first.f[k].klen &&
+                           memcmp(copy + want.f[k].off + 1,
+                                  orig + first.f[k].off + 1,
+                                  want.f[k].klen) == 0;
+            }
+            assert_int_equal(got_kept.layout == first.layout, keys_same);
          }
          refused += !want_ok;
          accepted += want_ok;
@@ -908,6 +1040,7 @@ main(void)
       cmocka_unit_test(test_expr_context),
       cmocka_unit_test(test_number_fast_paths),
       cmocka_unit_test(test_cmp_fast_same_results),
+      cmocka_unit_test(test_layout_memo_same_results),
       cmocka_unit_test(test_fields_scan_same_table),
       cmocka_unit_test(test_key_eq),
       cmocka_unit_test(test_error_codes),

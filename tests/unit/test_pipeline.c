@@ -55,6 +55,7 @@
 #include "connectors/connectors.h"
 #include "connectors/source_documents.h"
 #include "runtime/pipeline.h"
+#include "stages/match.h"
 #include "stages/window.h"
 
 #ifndef ASPEN_CASES_DIR
@@ -940,6 +941,17 @@ parse_json_pipeline(const char *json)
    return pl;
 }
 
+/* parse_json_pipeline of [{$source: {documents: []}}] and `stages`, the
+ * rest of the document's keys ("\"1\": {...}, \"2\": {...}"). */
+static aspen_pipeline_t *
+parse_after_source(const char *stages)
+{
+   char json[1024];
+   snprintf(json, sizeof json,
+            "{\"0\": {\"$source\": {\"documents\": []}}, %s}", stages);
+   return parse_json_pipeline(json);
+}
+
 /* aspen__window_fanout: how many windows one event joins. */
 static void
 window_fanout(void **state)
@@ -965,11 +977,9 @@ window_fanout(void **state)
        "\"pipeline\": []}}", 5160},
    };
    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-      char json[512];
-      snprintf(json, sizeof json,
-               "{\"0\": {\"$source\": {\"documents\": []}}, \"1\": %s}",
-               cases[i].window);
-      aspen_pipeline_t *pl = parse_json_pipeline(json);
+      char stage[512];
+      snprintf(stage, sizeof stage, "\"1\": %s", cases[i].window);
+      aspen_pipeline_t *pl = parse_after_source(stage);
       assert_non_null(pl->window);
       assert_int_equal(aspen__window_fanout(pl->window), cases[i].fanout);
       aspen_pipeline_destroy(pl);
@@ -1516,6 +1526,150 @@ path_slots_same_results(void **state)
    assert_true(outputs > 100);
 }
 
+/* A shaping stage's layout cache (stage_shape.c: the last input's keys and
+ * what was done with each, replayed for an input with the same keys) gives
+ * what the per-stage path gives, over inputs whose layout changes from one
+ * to the next: each comes twice in a row (the second replays the first's
+ * layout), then the same keys in another order, a key added, one removed,
+ * a key of the same length with other bytes (short and past eight bytes),
+ * duplicate keys, other types under the same keys, arrays on the $match's
+ * paths, missing fields, and malformed documents. */
+static const char *const layout_pipelines[] = {
+   "[{\"$match\": {}}, {\"$project\": {\"a\": 1, \"c\": 1, \"k\": 1}}]",
+   "[{\"$match\": {}}, {\"$project\": {\"a\": 1, \"k\": 1, \"t\": \"$b\"}}]",
+   "[{\"$match\": {}}, {\"$project\": {\"_id\": 0, \"a\": 1,"
+   " \"longfieldname1\": 1}}]",
+   "[{\"$match\": {}}, {\"$project\": {\"b\": 0, \"_id\": 0}}]",
+   "[{\"$match\": {}}, {\"$addFields\": {\"a\": {\"$add\": [\"$a\", 1]},"
+   " \"n\": \"$k\"}}]",
+   "[{\"$match\": {}}, {\"$set\": {\"c\": 5, \"k\": \"$a\"}},"
+   " {\"$project\": {\"k\": 1, \"c\": 1, \"a\": 1}}]",
+   "[{\"$match\": {}}, {\"$unset\": [\"b\", \"longfieldname2\"]}]",
+   "[{\"$match\": {}}, {\"$addFields\": {\"a\": {\"$divide\": [1, \"$a\"]}}}]",
+   "[{\"$match\": {\"c.p\": {\"$gte\": 1}, \"a\": {\"$lt\": 9}}},"
+   " {\"$project\": {\"a\": 1, \"c\": 1, \"s\": {\"$add\": [\"$a\", 1]}}},"
+   " {\"$addFields\": {\"p\": \"$c.p\"}}]",
+   "[{\"$match\": {\"a\": {\"$exists\": true}}},"
+   " {\"$project\": {\"a\": 1, \"b\": 1}}, {\"$match\": {}},"
+   " {\"$project\": {\"b\": 1, \"x\": \"$a\"}}]",
+};
+
+static const char *const layout_docs[] = {
+   "{\"a\": 1, \"b\": \"x\", \"c\": {\"p\": 1}, \"k\": 1}",
+   "{\"a\": 2, \"b\": \"yy\", \"c\": {\"p\": 2}, \"k\": 2}",
+   "{\"b\": \"x\", \"a\": 3, \"k\": 3, \"c\": {\"p\": 3}}",
+   "{\"b\": \"z\", \"a\": 4, \"k\": 4, \"c\": {\"p\": 4}}",
+   "{\"a\": 1, \"b\": \"x\", \"c\": {\"p\": 1}, \"k\": 1, \"z\": 0}",
+   "{\"a\": 1, \"b\": \"x\", \"c\": {\"p\": 1}}",
+   "{\"a\": 1, \"b\": \"x\", \"d\": {\"p\": 1}, \"k\": 1}",
+   "{\"a\": 1, \"b\": \"x\", \"c\": {\"p\": 1}, \"j\": 1}",
+   "{\"a\": 5, \"longfieldname1\": 1, \"b\": 2}",
+   "{\"a\": 6, \"longfieldname1\": 2, \"b\": 3}",
+   "{\"a\": 7, \"longfieldname2\": 1, \"b\": 4}",
+   "{\"a\": 1, \"a\": 2, \"b\": \"x\", \"k\": 1, \"k\": 5}",
+   "{\"a\": 3, \"a\": 4, \"b\": \"x\", \"k\": 1, \"k\": 6}",
+   "{\"a\": \"s\", \"b\": 1, \"c\": [1, {\"p\": 5}], \"k\": [1, 2]}",
+   "{\"a\": [0, 2], \"b\": [], \"c\": [{\"p\": 0}, {\"p\": 7}], \"k\": {}}",
+   "{\"a\": 0, \"b\": null, \"c\": {\"q\": 1}, \"k\": null}",
+   "{\"_id\": 1, \"a\": 1, \"b\": \"x\", \"c\": {\"p\": 1}, \"k\": 1}",
+   "{\"a\": 1, \"_id\": 2, \"b\": \"x\", \"c\": {\"p\": 1}, \"k\": 1}",
+   "{\"c\": {\"p\": 9}}",
+   "{}",
+   "{}",
+};
+
+static void
+layout_cache_same_results(void **state)
+{
+   (void) state;
+   size_t n_json = sizeof layout_docs / sizeof layout_docs[0];
+   /* Each document twice in a row. */
+   const char *json[2 * sizeof layout_docs / sizeof layout_docs[0]];
+   for (size_t i = 0; i < n_json; i++) {
+      json[2 * i] = json[2 * i + 1] = layout_docs[i];
+   }
+   size_t n = 2 * n_json;
+   bson_t **docs = docs_from_json(json, &n);
+   /* Then the first document and malformed copies of it: a string's length
+    * one too long, a sub-document's past the end, the document cut short
+    * (its length and last byte made consistent), a key's NUL missing; then
+    * the first one again. */
+   bson_t *good = docs[0];
+   uint32_t len = good->len;
+   uint8_t bad[4][64];
+   assert_true(len <= sizeof bad[0]);
+   for (int i = 0; i < 4; i++) {
+      memcpy(bad[i], bson_get_data(good), len);
+   }
+   /* {a: int32, b: "x", ...}: "b"'s string length is at 4 + 7 + 3. */
+   bad[0][4 + 7 + 3]++;
+   /* "c"'s sub-document length, after "b"'s 2-byte string. */
+   bad[1][4 + 7 + 3 + 4 + 2 + 3] = 0x7f;
+   uint32_t cut = len - 6;
+   bad[2][0] = (uint8_t) cut;
+   bad[2][cut - 1] = 0;
+   bad[3][4 + 1] = 'a';
+   bad[3][4 + 2] = 'a'; /* "a"'s key runs into its value */
+   docs = aspen_xrealloc(docs, (n + 6) * sizeof *docs);
+   docs[n++] = bson_copy(good);
+   for (int i = 0; i < 4; i++) {
+      /* NULL: libbson refuses the frame, no document at all */
+      bson_t *b = bson_new_from_data(bad[i], i == 2 ? cut : len);
+      if (b) {
+         docs[n++] = b;
+      }
+   }
+   docs[n++] = bson_copy(good);
+   size_t outputs = runs_same_results(
+      layout_pipelines, sizeof layout_pipelines / sizeof layout_pipelines[0],
+      aspen_fields_set_enabled, docs, n);
+   docs_free(docs, n);
+   assert_true(outputs > 200);
+}
+
+/* Whether a $match makes its input's field table is decided when the
+ * pipeline is parsed, from the stage after it, before any document: yes
+ * before a shaping stage ($project, $addFields, $set, $unset), no last, before
+ * another $match, a sink or anything else. */
+static void
+match_table_decided_at_parse(void **state)
+{
+   (void) state;
+   static const struct {
+      const char *stages;
+      bool makes[3]; /* per stage after $source, for the $match ones */
+   } cases[] = {
+      {"\"1\": {\"$match\": {\"a\": 1}}, \"2\": {\"$project\": {\"a\": 1}}",
+       {true}},
+      {"\"1\": {\"$match\": {\"a\": 1}}, \"2\": {\"$addFields\": {\"b\": 1}}",
+       {true}},
+      {"\"1\": {\"$match\": {}}, \"2\": {\"$set\": {\"b\": 1}}", {true}},
+      {"\"1\": {\"$match\": {}}, \"2\": {\"$unset\": \"b\"}", {true}},
+      {"\"1\": {\"$match\": {\"a\": 1}}", {false}},
+      {"\"1\": {\"$match\": {}}, \"2\": {\"$match\": {}},"
+       " \"3\": {\"$project\": {\"a\": 1}}",
+       {false, true}},
+      {"\"1\": {\"$match\": {}}, \"2\": {\"$replaceWith\": \"$a\"}",
+       {false}},
+      {"\"1\": {\"$match\": {}}, \"2\": {\"$emit\": {\"connectionName\":"
+       " \"testKafka\", \"topic\": \"t\"}}",
+       {false}},
+   };
+   for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+      aspen_pipeline_t *pl = parse_after_source(cases[c].stages);
+      for (int i = 0; i < pl->n_stages && i < 3; i++) {
+         if (strcmp(pl->stages[i].ops->name, "$match") == 0) {
+            if (aspen__match_makes_table(&pl->stages[i]) !=
+                cases[c].makes[i]) {
+               fail_msg("%s: stage %d %s a table", cases[c].stages, i,
+                        cases[c].makes[i] ? "makes no" : "makes");
+            }
+         }
+      }
+      aspen_pipeline_destroy(pl);
+   }
+}
+
 /* A $match makes its input's field table only when the stage after it
  * reads one (a shaping stage): a $match last hands its documents on
  * without one, one before $project with one (which the $project then
@@ -1531,11 +1685,7 @@ match_table_only_when_read(void **state)
    };
    size_t tables[2], outs[2];
    for (int p = 0; p < 2; p++) {
-      char json[512];
-      snprintf(json, sizeof json,
-               "{\"0\": {\"$source\": {\"documents\": []}}, %s}",
-               stages[p]);
-      aspen_pipeline_t *pl = parse_json_pipeline(json);
+      aspen_pipeline_t *pl = parse_after_source(stages[p]);
       collector_t col;
       collector_attach(&col, pl);
       bson_t meta;
@@ -1698,6 +1848,8 @@ main(void)
       cmocka_unit_test(field_tables_same_results),
       cmocka_unit_test(path_slots_same_results),
       cmocka_unit_test(match_table_only_when_read),
+      cmocka_unit_test(layout_cache_same_results),
+      cmocka_unit_test(match_table_decided_at_parse),
    };
    const size_t n_direct = sizeof direct / sizeof direct[0];
    struct CMUnitTest *tests = aspen_xcalloc(n + n_direct, sizeof *tests);
