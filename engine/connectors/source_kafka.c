@@ -683,8 +683,8 @@ handle(aspen_runtime_t *rt, ksrc_t *ks, const rd_kafka_message_t *m)
    bool decoded =
       ks->sr ? aspen__sr_decode(ks->sr, m->payload, m->payload ? m->len : 0,
                                 &doc, &err)
-             : aspen__kafka_json_decode_into(
-                  m->payload, m->payload ? m->len : 0, &dw, &doc, &err);
+             : aspen__kafka_json_decode(m->payload, m->payload ? m->len : 0,
+                                        &dw, &doc, &err);
    if (!decoded) {
       /* Not a document: the raw bytes go to the DLQ with the reason (and
        * the metadata without source.ts, never ingested). */
