@@ -1298,6 +1298,9 @@ aspen__kafka_source_parse_done(aspen_source_spec_t *src,
       aspen_parse_missing_field(err, pc, "$source.topic", "$source", "topic");
       return false;
    }
+   /* JSON decodes anywhere; Avro needs the source's Schema Registry
+    * client and schema cache (one thread). */
+   src->per_worker = o->schema_registry == NULL;
    return true;
 }
 

@@ -534,9 +534,9 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
       ksrc_free_mem(ks);
       return false;
    }
-   /* Partitions in parallel when the pipeline allows it; not with a
-    * Schema Registry, whose schema cache is this thread's. */
-   int workers = ks->sr ? 1 : aspen_rt_workers_allowed(rt, ks->n_partitions);
+   /* Partitions in parallel when the pipeline allows it (not with a
+    * Schema Registry: aspen__kafka_source_parse_done). */
+   int workers = aspen_rt_workers_allowed(rt, ks->n_partitions);
    if (workers > 1) {
       if (!aspen_rt_workers_start(rt, workers, work, drop, ks, err)) {
          rd_kafka_destroy(ks->rk);

@@ -6,7 +6,8 @@
  * lever; source.h's aspen_rt_workers_*).
  *
  * Only a pipeline whose stages keep nothing across documents qualifies
- * (each stage's ops say per_document; aspen_rt_workers_allowed), so
+ * (each stage's ops say per_document, the source's spec and the sink's
+ * ops say per_worker; aspen_rt_workers_allowed), so
  * splitting its inputs changes no output: a partition is always handed
  * to the same worker, which processes its inputs in the order handed, so
  * each partition's order holds. Each worker counts its own figures in its
@@ -71,7 +72,8 @@ aspen_rt_workers_allowed(const aspen_runtime_t *rt, int64_t partitions)
 {
    const aspen_pipeline_t *pl = rt->pl;
    if (rt->main || partitions < 2 || pl->window || pl->exactly_once ||
-       pl->virtual_clock || !pl->sink || !pl->sink->per_worker) {
+       pl->virtual_clock || !pl->source.per_worker || !pl->sink ||
+       !pl->sink->per_worker) {
       return 1;
    }
    for (int i = 0; i < pl->n_stages; i++) {

@@ -243,7 +243,9 @@ static const char *const conns_json =
    "  \"security\": {\"protocol\": \"SASL_SSL\", \"mechanism\": \"PLAIN\","
    "                \"username\": \"u\", \"password\": \"pw-secret\", \"caFile\": \"/ca.pem\"},"
    "  \"config\": {\"socket.timeout.ms\": 5000, \"ssl.key.password\": \"kp-secret\","
-   "              \"enable.ssl.certificate.verification\": false}}]}";
+   "              \"enable.ssl.certificate.verification\": false}},"
+   " {\"name\": \"sr\", \"type\": \"schemaRegistry\","
+   "  \"schemaRegistryUrls\": \"http://127.0.0.1:1/\"}]}";
 
 /* A static view of the array `key` of `doc` (which must have it). */
 static void
@@ -632,6 +634,14 @@ test_workers_allowed(void **state)
    for (size_t i = 0; i < sizeof one / sizeof *one; i++) {
       assert_int_equal(workers_for(&conns, one[i], sp50, false, 4), 1);
    }
+   /* A source whose inputs decode on one thread only (Avro through a
+    * Schema Registry: its schema cache), whatever the rest: one thread;
+    * the same pipeline reading JSON spreads. */
+   const char *avro =
+      "{\"p\": [{\"$source\": {\"connectionName\": \"k\", \"topic\": \"t\", "
+      "\"schemaRegistry\": {\"connectionName\": \"sr\"}}}, " STATELESS KEMIT "]}";
+   assert_int_equal(workers_for(&conns, avro, sp50, false, 4), 1);
+   assert_int_equal(workers_for(&conns, ok, sp50, false, 4), want);
 #undef KSRC
 #undef KEMIT
 #undef STATELESS
