@@ -58,6 +58,8 @@ typedef struct {
    bool quit;
 } worker_t;
 
+aspen_workers_hooks_t aspen__workers_hooks = {.thread_create = pthread_create};
+
 struct aspen_workers {
    int n;
    worker_t *w;
@@ -290,6 +292,9 @@ aspen_rt_workers_start(aspen_runtime_t *rt, int n, aspen_rt_work_fn work,
    pthread_mutex_init(&ws->dlq_mu, NULL);
    ws->w = aspen_xcalloc((size_t) n, sizeof *ws->w);
    for (int i = 0; i < n; i++) {
+      if (aspen__workers_hooks.before_init) {
+         aspen__workers_hooks.before_init(i, aspen__workers_hooks.arg);
+      }
       if (!worker_init(&ws->w[i], rt, ws, err)) {
          workers_free(ws, i + 1);
          return false;
@@ -297,9 +302,15 @@ aspen_rt_workers_start(aspen_runtime_t *rt, int n, aspen_rt_work_fn work,
    }
    for (int i = 0; i < n; i++) {
       worker_t *w = &ws->w[i];
-      if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+      int rc = aspen__workers_hooks.thread_create(&w->thread, NULL,
+                                                  worker_main, w);
+      if (rc != 0) {
+         /* Those started are asked to quit and joined; nothing was handed
+          * to them yet. */
          aspen_error_set(err, ASPEN_ERR_InternalError,
-                         "cannot start a worker thread for the processor");
+                         "cannot start worker thread %d of %d for the "
+                         "processor's partitions: %s",
+                         i + 1, n, strerror(rc));
          workers_free(ws, n);
          return false;
       }
