@@ -12,7 +12,13 @@
  * to the same worker, which processes its inputs in the order handed, so
  * each partition's order holds. Each worker counts its own figures in its
  * pipeline instance; they are summed into the processor's pipeline (what
- * stats read) at every flush. The
+ * operatorStats read) at every flush, so they lag by up to one flush, as
+ * a processor thread's lag by a publish batch (rt.c's PUBLISH_EVERY). The
+ * processor's counts (proc->stats: inputMessageCount ...) are atomics
+ * every worker adds to: exact at any time. Summing the figures at stats
+ * time instead would need the command thread to reach the workers'
+ * pipelines, which this thread makes and frees, and a lock each worker
+ * takes per document: not done. The
  * workers share the processor's DLQ writer behind a lock.
  *
  * Checkpoints: the processor thread marks each input's position when it
