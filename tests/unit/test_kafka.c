@@ -726,6 +726,79 @@ engine_expect(aspen_engine_t *eng, const char *json, int32_t code,
    bson_destroy(&reply);
 }
 
+/* Reads `topic` of the cluster at `bootstrap` until `n` outputs of the
+ * test processors came: input {"i": i} was written to partition i % 4 of
+ * topic "in", at offset i / 4. Each must come out once, with
+ * _stream_meta.source {type, ts, topic, partition, offset} saying so
+ * (relaxed JSON: the numbers' values, not their BSON types). */
+static void
+expect_outputs(const char *bootstrap, const char *topic, int n)
+{
+   char errstr[256], group[64];
+   aspen_error_t err;
+   snprintf(group, sizeof group, "check-%s", topic);
+   rd_kafka_conf_t *cconf = rd_kafka_conf_new();
+   assert_int_equal(rd_kafka_conf_set(cconf, "bootstrap.servers", bootstrap,
+                                      errstr, sizeof errstr), RD_KAFKA_CONF_OK);
+   assert_int_equal(rd_kafka_conf_set(cconf, "group.id", group, errstr,
+                                      sizeof errstr), RD_KAFKA_CONF_OK);
+   assert_int_equal(rd_kafka_conf_set(cconf, "auto.offset.reset", "earliest",
+                                      errstr, sizeof errstr), RD_KAFKA_CONF_OK);
+   rd_kafka_t *cons = consumer_subscribed(cconf, topic);
+   int *seen = aspen_xcalloc((size_t) n, sizeof *seen), total = 0;
+   static const char *const keys[] = {"type", "ts", "topic", "partition", "offset"};
+   for (int t = 0; t < 600 && total < n; t++) {
+      rd_kafka_message_t *m = rd_kafka_consumer_poll(cons, 100);
+      if (m && !m->err) {
+         bson_t back;
+         bson_iter_t it, src;
+         assert_true(json_decode(m->payload, m->len, &back, &err));
+         assert_true(bson_iter_init_find(&it, &back, "i"));
+         int i = bson_iter_int32(&it);
+         assert_true(i >= 0 && i < n);
+         seen[i]++;
+         total++;
+         assert_true(bson_iter_init(&it, &back));
+         assert_true(bson_iter_find_descendant(&it, "_stream_meta.source", &src));
+         assert_true(bson_iter_recurse(&src, &it));
+         for (size_t k = 0; k < sizeof keys / sizeof *keys; k++) {
+            assert_true(bson_iter_next(&it));
+            assert_string_equal(bson_iter_key(&it), keys[k]);
+            switch (k) {
+            case 0:
+               assert_string_equal(bson_iter_utf8(&it, NULL), "kafka");
+               break;
+            case 1:
+               assert_true(BSON_ITER_HOLDS_DATE_TIME(&it));
+               assert_true(bson_iter_date_time(&it) > 1700000000000);
+               break;
+            case 2:
+               assert_string_equal(bson_iter_utf8(&it, NULL), "in");
+               break;
+            case 3:
+               assert_int_equal(bson_iter_as_int64(&it), i % 4);
+               break;
+            default:
+               assert_int_equal(bson_iter_as_int64(&it), i / 4);
+            }
+         }
+         assert_false(bson_iter_next(&it)); /* no key, no headers */
+         bson_destroy(&back);
+      }
+      if (m) {
+         rd_kafka_message_destroy(m);
+      }
+   }
+   for (int i = 0; i < n; i++) {
+      if (seen[i] != 1) {
+         fail_msg("%s: input %d came out %d times", topic, i, seen[i]);
+      }
+   }
+   free(seen);
+   rd_kafka_consumer_close(cons);
+   rd_kafka_destroy(cons);
+}
+
 /* A processor on tier SP30 (two workers on a host with two CPUs or more)
  * whose second worker cannot start - its thread is refused, then its
  * $emit's cluster is down when its sink opens - fails its start with the
@@ -745,6 +818,7 @@ test_worker_start_failures(void **state)
    rd_kafka_mock_cluster_t *mc_in = mock_cluster_new(&mrk_in, "out0");
    rd_kafka_mock_cluster_t *mc_out = mock_cluster_new(&mrk_out, "out");
    assert_int_equal(rd_kafka_mock_topic_create(mc_in, "in", 4, 1), 0);
+   assert_int_equal(rd_kafka_mock_topic_create(mc_out, "out1", 1, 1), 0);
    char bs_in[128], bs_out[128];
    snprintf(bs_in, sizeof bs_in, "%s", rd_kafka_mock_cluster_bootstraps(mc_in));
    snprintf(bs_out, sizeof bs_out, "%s", rd_kafka_mock_cluster_bootstraps(mc_out));
@@ -812,41 +886,21 @@ test_worker_start_failures(void **state)
 
    /* Then it runs, and every input comes out once. */
    engine_expect(eng, "{\"startStreamProcessor\": \"w\"}", 0, NULL);
-   rd_kafka_conf_t *cconf = rd_kafka_conf_new();
-   assert_int_equal(rd_kafka_conf_set(cconf, "bootstrap.servers", bs_out, errstr,
-                                      sizeof errstr), RD_KAFKA_CONF_OK);
-   assert_int_equal(rd_kafka_conf_set(cconf, "group.id", "check", errstr,
-                                      sizeof errstr), RD_KAFKA_CONF_OK);
-   assert_int_equal(rd_kafka_conf_set(cconf, "auto.offset.reset", "earliest",
-                                      errstr, sizeof errstr), RD_KAFKA_CONF_OK);
-   rd_kafka_t *cons = consumer_subscribed(cconf, "out");
-   int seen[N] = {0}, total = 0;
-   for (int t = 0; t < 600 && total < N; t++) {
-      rd_kafka_message_t *m = rd_kafka_consumer_poll(cons, 100);
-      if (m && !m->err) {
-         bson_t back;
-         bson_iter_t it;
-         assert_true(json_decode(m->payload, m->len, &back, &err));
-         assert_true(bson_iter_init_find(&it, &back, "i"));
-         int i = bson_iter_int32(&it);
-         assert_true(i >= 0 && i < N);
-         seen[i]++;
-         total++;
-         bson_destroy(&back);
-      }
-      if (m) {
-         rd_kafka_message_destroy(m);
-      }
-   }
-   for (int i = 0; i < N; i++) {
-      if (seen[i] != 1) {
-         fail_msg("input %d came out %d times", i, seen[i]);
-      }
-   }
-   rd_kafka_consumer_close(cons);
-   rd_kafka_destroy(cons);
+   expect_outputs(bs_out, "out", N);
    engine_expect(eng, "{\"stopStreamProcessor\": \"w\"}", 0, NULL);
    engine_expect(eng, "{\"dropStreamProcessor\": \"w\"}", 0, NULL);
+   /* The same on the default tier: the processor's thread alone. */
+   engine_expect(eng,
+                 "{\"createStreamProcessor\": \"w1\", \"pipeline\": ["
+                 "{\"$source\": {\"connectionName\": \"kin\", \"topic\": \"in\","
+                 " \"config\": {\"auto_offset_reset\": \"earliest\"}}},"
+                 "{\"$match\": {\"i\": {\"$gte\": 0}}},"
+                 "{\"$emit\": {\"connectionName\": \"kout\", \"topic\": \"out1\"}}]}",
+                 0, NULL);
+   engine_expect(eng, "{\"startStreamProcessor\": \"w1\"}", 0, NULL);
+   expect_outputs(bs_out, "out1", N);
+   engine_expect(eng, "{\"stopStreamProcessor\": \"w1\"}", 0, NULL);
+   engine_expect(eng, "{\"dropStreamProcessor\": \"w1\"}", 0, NULL);
    aspen_engine_destroy(eng);
    bson_destroy(conns);
    char rm[128];
