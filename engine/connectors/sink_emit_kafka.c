@@ -60,6 +60,9 @@ typedef struct {
    bool has_key_format; /* config.keyFormat given */
    aspen_expr_t *headers;
    aspen_expr_t *tombstone_when;
+   /* An expression among the above may read the document's
+    * _stream_meta ($meta): emit_write finds it only then. */
+   bool reads_meta;
    aspen_kafka_json_opts_t json;
    char acks[8];
    char compression[8];
@@ -465,6 +468,9 @@ emit_compile(const bson_t *spec, const aspen_conns_t *conns,
                         "config.key is specified");
       goto fail;
    }
+   aspen_value_t constant;
+   e->reads_meta = !aspen_expr_is_constant(e->topic, &constant) || e->key ||
+                   e->headers || e->tombstone_when;
    *out = e;
    return true;
 
@@ -837,7 +843,7 @@ emit_write(aspen_runtime_t *rt, void *state, const bson_t *doc,
    }
    bson_t meta;
    aspen_expr_ctx_t ctx = {.root = doc, .meta = NULL, .now_ms = 0};
-   if (aspen__sink_stream_meta(doc, &meta)) {
+   if (e->reads_meta && aspen__sink_stream_meta(doc, &meta)) {
       ctx.meta = &meta;
    }
    char reason[ASPEN_ERROR_MSG_MAX + 96];
