@@ -889,13 +889,16 @@ test_worker_start_failures(void **state)
    expect_outputs(bs_out, "out", N);
    engine_expect(eng, "{\"stopStreamProcessor\": \"w\"}", 0, NULL);
    engine_expect(eng, "{\"dropStreamProcessor\": \"w\"}", 0, NULL);
-   /* The same on the default tier: the processor's thread alone. */
+   /* The same on the default tier: the processor's thread alone, its
+    * $emit topic read from the metadata. */
    engine_expect(eng,
                  "{\"createStreamProcessor\": \"w1\", \"pipeline\": ["
                  "{\"$source\": {\"connectionName\": \"kin\", \"topic\": \"in\","
                  " \"config\": {\"auto_offset_reset\": \"earliest\"}}},"
                  "{\"$match\": {\"i\": {\"$gte\": 0}}},"
-                 "{\"$emit\": {\"connectionName\": \"kout\", \"topic\": \"out1\"}}]}",
+                 "{\"$emit\": {\"connectionName\": \"kout\", \"topic\": {\"$cond\": "
+                 "[{\"$eq\": [{\"$meta\": \"stream.source.topic\"}, \"in\"]}, "
+                 "\"out1\", \"never\"]}}}]}",
                  0, NULL);
    engine_expect(eng, "{\"startStreamProcessor\": \"w1\"}", 0, NULL);
    expect_outputs(bs_out, "out1", N);
