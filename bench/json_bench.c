@@ -2,8 +2,9 @@
  * json_bench.c - the cost of a Kafka message's JSON on one thread: the
  * bench/kafka.sh event ({"_id", "k", "v", "tag", "ok"}, 1000 distinct, and
  * the same with a Date as the $emit side sees it) decoded as the Kafka
- * source decodes it (aspen__kafka_json_decode) and encoded as $emit encodes
- * it (aspen__kafka_json_encode, relaxed), next to libbson's own reader and
+ * source decodes it (aspen__kafka_json_decode into a stack writer) and
+ * encoded as $emit encodes it (aspen__kafka_json_encode_into a kept
+ * buffer, relaxed), next to libbson's own reader and
  * writer (bson_init_from_json, bson_as_relaxed_extended_json) on the same
  * text. Prints ns per message (CPU time) for each. A benchmark, not a
  * test. The measured loops are bench_run (aspen) and bench_run_libbson, for
@@ -31,25 +32,41 @@ cpu_s(void)
    return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
 }
 
-/* Decode, add a Date (the source's timestamp field), encode. */
+/* As the Kafka $source and $emit do it: decode into a stack writer
+ * (aspen__kafka_json_decode, source_kafka.c's handle), copy it with a Date
+ * appended (the runtime's `_ts`, rt.c), encode into a text buffer kept
+ * from message to message (aspen__kafka_json_encode_into, as
+ * sink_emit_kafka.c). */
 __attribute__((noinline)) static void
 bench_run(long n)
 {
    aspen_kafka_json_opts_t opts = {0};
+   aspen_ejson_text_t text = {0};
    for (long i = 0; i < n; i++) {
-      bson_t doc;
+      bson_t doc, stamped;
       aspen_error_t err;
-      if (!aspen__kafka_json_decode(texts[i % DISTINCT],
-                                    lens[i % DISTINCT], &doc, &err)) {
+      uint8_t doc_buf[1024], ts_buf[1024];
+      aspen_bsonw_t dw, tw;
+      aspen_bsonw_init_static(&dw, doc_buf, sizeof doc_buf);
+      aspen_bsonw_init_static(&tw, ts_buf, sizeof ts_buf);
+      if (!aspen__kafka_json_decode(texts[i % DISTINCT], lens[i % DISTINCT],
+                                    &dw, &doc, &err)) {
          abort();
       }
-      BSON_APPEND_DATE_TIME(&doc, "_ts", 1795000000000 + i);
-      size_t len;
-      char *out = aspen__kafka_json_encode(&doc, &opts, &len);
-      sink += len;
-      bson_free(out);
+      bson_value_t ts = {.value_type = BSON_TYPE_DATE_TIME,
+                         .value.v_datetime = 1795000000000 + i};
+      aspen_bsonw_reset(&tw);
+      aspen_bsonw_copy_without(&tw, &doc, "_ts", 3);
+      aspen_bsonw_value(&tw, "_ts", 3, &ts);
+      (void) aspen_bsonw_finish(&tw, &stamped);
+      aspen__kafka_json_encode_into(&stamped, &opts, &text);
+      sink += text.len;
+      bson_destroy(&stamped);
       bson_destroy(&doc);
+      aspen_bsonw_cleanup(&tw);
+      aspen_bsonw_cleanup(&dw);
    }
+   aspen_ejson_text_cleanup(&text);
 }
 
 __attribute__((noinline)) static void

@@ -38,6 +38,14 @@ aspen_bytes_get_le64(const uint8_t *p)
           (uint64_t) aspen_bytes_get_le32(p + 4) << 32;
 }
 
+/* Stores `v` at p[0..7], least significant byte first. */
+static inline void
+aspen_bytes_put_le64(uint8_t *p, uint64_t v)
+{
+   aspen_bytes_put_le32(p, (uint32_t) v);
+   aspen_bytes_put_le32(p + 4, (uint32_t) (v >> 32));
+}
+
 /* Writes `v` in decimal (what "%" PRId64 prints) at buf, which holds at
  * least 21 bytes, NUL-terminated; returns the length. The digits are
  * counted first, then written from the end two at a time from a table of

@@ -343,8 +343,8 @@ json_decode_libbson(const char *text, size_t n, bson_t *doc,
 }
 
 bool
-aspen__kafka_json_decode(const void *data, size_t len, bson_t *doc,
-                         aspen_error_t *err)
+aspen__kafka_json_decode(const void *data, size_t len, aspen_bsonw_t *w,
+                         bson_t *doc, aspen_error_t *err)
 {
    const char *text;
    size_t n;
@@ -353,33 +353,6 @@ aspen__kafka_json_decode(const void *data, size_t len, bson_t *doc,
    }
    /* Plain JSON first (wire/ejson.c: libbson's result, without its
     * reader's per-message setup); what it declines, libbson reads. */
-   uint8_t stack[1024];
-   aspen_bsonw_t w;
-   bson_t fast;
-   aspen_bsonw_init_static(&w, stack, sizeof stack);
-   if (aspen_ejson_read(text, n, &w, &fast)) {
-      bson_init(doc);
-      bool ok = bson_concat(doc, &fast);
-      aspen_bsonw_cleanup(&w);
-      if (ok) {
-         return true;
-      }
-      bson_destroy(doc);
-   } else {
-      aspen_bsonw_cleanup(&w);
-   }
-   return json_decode_libbson(text, n, doc, err);
-}
-
-bool
-aspen__kafka_json_decode_into(const void *data, size_t len, aspen_bsonw_t *w,
-                              bson_t *doc, aspen_error_t *err)
-{
-   const char *text;
-   size_t n;
-   if (!json_start(data, len, &text, &n, doc, err)) {
-      return false;
-   }
    if (aspen_ejson_read(text, n, w, doc)) {
       return true;
    }
@@ -1325,6 +1298,9 @@ aspen__kafka_source_parse_done(aspen_source_spec_t *src,
       aspen_parse_missing_field(err, pc, "$source.topic", "$source", "topic");
       return false;
    }
+   /* JSON decodes anywhere; Avro needs the source's Schema Registry
+    * client and schema cache (one thread). */
+   src->per_worker = o->schema_registry == NULL;
    return true;
 }
 

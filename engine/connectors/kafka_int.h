@@ -51,18 +51,16 @@ bool aspen__kafka_key_encode(aspen_kafka_key_format_t f, const bson_value_t *v,
 
 /* Parses a message value: one JSON object in relaxed or canonical Extended
  * JSON (surrounding whitespace allowed), optionally behind the 5-byte
- * Schema Registry prefix (0x00 + schema id). `doc` is always initialised;
- * false (err set with the parser's reason) when it is not such an object. */
-bool aspen__kafka_json_decode(const void *data, size_t len, bson_t *doc,
-                              aspen_error_t *err);
-/* The same with the plain-JSON fast path writing into `w` (reset first;
- * e.g. a stack buffer), which `doc` then views, so the caller keeps `w`
- * (aspen_bsonw_cleanup) as long as `doc`; what libbson reads is on the
- * heap as above. bson_destroy(doc) in every case. For the Kafka $source's
- * per-message path: no copy of the document. */
-bool aspen__kafka_json_decode_into(const void *data, size_t len,
-                                   aspen_bsonw_t *w, bson_t *doc,
-                                   aspen_error_t *err);
+ * Schema Registry prefix (0x00 + schema id). Plain JSON is written into
+ * `w` (reset first; e.g. a stack buffer, aspen_bsonw_init_static), which
+ * `doc` then views, so the caller keeps `w` (aspen_bsonw_cleanup, after
+ * bson_destroy(doc)) as long as `doc`; what the fast path declines libbson
+ * reads onto the heap. `doc` is always initialised (bson_destroy it in
+ * every case); false (err set with the parser's reason) when the value is
+ * not such an object. The one entry point: the Kafka and Kinesis sources
+ * decode each message with it, without a copy of the document. */
+bool aspen__kafka_json_decode(const void *data, size_t len, aspen_bsonw_t *w,
+                              bson_t *doc, aspen_error_t *err);
 
 /* A duration option, {size: <int >= 0>, unit: "ms"|"second"|"minute"|
  * "hour"|"day"}, into *ms. `field` names it in messages ("BSON field

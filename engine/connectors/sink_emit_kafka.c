@@ -60,6 +60,9 @@ typedef struct {
    bool has_key_format; /* config.keyFormat given */
    aspen_expr_t *headers;
    aspen_expr_t *tombstone_when;
+   /* An expression among the above may read the document's
+    * _stream_meta ($meta): emit_write finds it only then. */
+   bool reads_meta;
    aspen_kafka_json_opts_t json;
    char acks[8];
    char compression[8];
@@ -76,6 +79,9 @@ typedef struct {
    rd_kafka_t *rk;
    char *name; /* hdr.ctx: the processor's name, a copy */
    char **topics_seen;
+   /* Each one's topic handle, made on its first message (NULL before):
+    * librdkafka then need not look the name up for every message. */
+   rd_kafka_topic_t **rkts;
    int n_topics_seen;
    bool closing;
    /* Documents whose batch the broker refused as too large, to send again
@@ -108,9 +114,14 @@ emit_free_compiled(emit_t *e)
    e->sr = NULL;
    for (int i = 0; i < e->n_topics_seen; i++) {
       free(e->topics_seen[i]);
+      if (e->rkts[i]) {
+         rd_kafka_topic_destroy(e->rkts[i]);
+      }
    }
    free(e->topics_seen);
+   free(e->rkts);
    e->topics_seen = NULL;
+   e->rkts = NULL;
    e->n_topics_seen = 0;
    for (int i = 0; i < e->n_resend; i++) {
       bson_destroy(e->resend[i]);
@@ -465,6 +476,9 @@ emit_compile(const bson_t *spec, const aspen_conns_t *conns,
                         "config.key is specified");
       goto fail;
    }
+   aspen_value_t constant;
+   e->reads_meta = !aspen_expr_is_constant(e->topic, &constant) || e->key ||
+                   e->headers || e->tombstone_when;
    *out = e;
    return true;
 
@@ -804,14 +818,23 @@ fail:
    return false;
 }
 
-/* Remembers `topic`; false once more than MAX_TOPICS names were used. */
+/* Remembers `topic` and sets *rkt to its handle (NULL if librdkafka
+ * refuses to make one: the name is then given with each message); false
+ * once more than MAX_TOPICS names were used. */
 static bool
-note_topic(emit_t *e, const char *topic, aspen_error_t *err)
+note_topic(emit_t *e, const char *topic, rd_kafka_topic_t **rkt,
+           aspen_error_t *err)
 {
-   for (int i = 0; i < e->n_topics_seen; i++) {
-      if (strcmp(e->topics_seen[i], topic) == 0) {
-         return true;
+   int i = 0;
+   while (i < e->n_topics_seen && strcmp(e->topics_seen[i], topic) != 0) {
+      i++;
+   }
+   if (i < e->n_topics_seen) {
+      if (!e->rkts[i]) {
+         e->rkts[i] = rd_kafka_topic_new(e->rk, topic, NULL);
       }
+      *rkt = e->rkts[i];
+      return true;
    }
    if (e->n_topics_seen >= MAX_TOPICS) {
       aspen_error_set(err, ASPEN_ERR_StreamProcessorTooManyOutputTargets,
@@ -822,7 +845,11 @@ note_topic(emit_t *e, const char *topic, aspen_error_t *err)
    e->topics_seen = aspen_xrealloc(e->topics_seen, (size_t) (e->n_topics_seen +
                                                              1) *
                                                       sizeof *e->topics_seen);
-   e->topics_seen[e->n_topics_seen++] = aspen_xstrdup(topic);
+   e->rkts = aspen_xrealloc(e->rkts,
+                            (size_t) (e->n_topics_seen + 1) * sizeof *e->rkts);
+   e->topics_seen[e->n_topics_seen] = aspen_xstrdup(topic);
+   e->rkts[e->n_topics_seen] = rd_kafka_topic_new(e->rk, topic, NULL);
+   *rkt = e->rkts[e->n_topics_seen++];
    return true;
 }
 
@@ -837,7 +864,7 @@ emit_write(aspen_runtime_t *rt, void *state, const bson_t *doc,
    }
    bson_t meta;
    aspen_expr_ctx_t ctx = {.root = doc, .meta = NULL, .now_ms = 0};
-   if (aspen__sink_stream_meta(doc, &meta)) {
+   if (e->reads_meta && aspen__sink_stream_meta(doc, &meta)) {
       ctx.meta = &meta;
    }
    char reason[ASPEN_ERROR_MSG_MAX + 96];
@@ -863,7 +890,8 @@ emit_write(aspen_runtime_t *rt, void *state, const bson_t *doc,
       goto refuse;
    }
    const char *topic_name = topic.v.value.v_utf8.str;
-   if (!note_topic(e, topic_name, err)) {
+   rd_kafka_topic_t *rkt = NULL;
+   if (!note_topic(e, topic_name, &rkt, err)) {
       ok = false;
       goto done;
    }
@@ -958,12 +986,16 @@ emit_write(aspen_runtime_t *rt, void *state, const bson_t *doc,
       opaque = bson_copy(doc);
    }
    for (;;) {
-      rd_kafka_resp_err_t pe = rd_kafka_producev(
-         e->rk, RD_KAFKA_V_TOPIC(topic_name),
-         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
-         RD_KAFKA_V_VALUE(payload, value_len),
-         RD_KAFKA_V_KEY(key_buf, key_len), RD_KAFKA_V_HEADERS(hdrs),
-         RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+#define PRODUCE(topic_arg)                                                   \
+   rd_kafka_producev(e->rk, topic_arg,                                        \
+                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),                \
+                     RD_KAFKA_V_VALUE(payload, value_len),                    \
+                     RD_KAFKA_V_KEY(key_buf, key_len),                        \
+                     RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(opaque),     \
+                     RD_KAFKA_V_END)
+      rd_kafka_resp_err_t pe = rkt ? PRODUCE(RD_KAFKA_V_RKT(rkt))
+                                   : PRODUCE(RD_KAFKA_V_TOPIC(topic_name));
+#undef PRODUCE
       if (pe == RD_KAFKA_RESP_ERR_NO_ERROR) {
          hdrs = NULL;    /* the message owns them now */
          payload = NULL; /* and the payload */

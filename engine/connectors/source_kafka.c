@@ -534,9 +534,9 @@ kafka_open(aspen_runtime_t *rt, void **state, aspen_error_t *err)
       ksrc_free_mem(ks);
       return false;
    }
-   /* Partitions in parallel when the pipeline allows it; not with a
-    * Schema Registry, whose schema cache is this thread's. */
-   int workers = ks->sr ? 1 : aspen_rt_workers_allowed(rt, ks->n_partitions);
+   /* Partitions in parallel when the pipeline allows it (not with a
+    * Schema Registry: aspen__kafka_source_parse_done). */
+   int workers = aspen_rt_workers_allowed(rt, ks->n_partitions);
    if (workers > 1) {
       if (!aspen_rt_workers_start(rt, workers, work, drop, ks, err)) {
          rd_kafka_destroy(ks->rk);
@@ -617,11 +617,76 @@ append_key_headers(const ksrc_t *ks, const rd_kafka_message_t *m,
    }
 }
 
+/* The metadata of a message without key or headers, kept per partition
+ * on each thread that handles messages (the processor's, or a worker's):
+ * from one message of a partition to the next only source.ts and
+ * source.offset change, so the bytes write_meta wrote for the first are
+ * patched in place for the next ones (the thread's own copy: the
+ * metadata only lives through one handle call). A slot is found by its
+ * partition and topic name; with more partitions than slots on one
+ * thread, the oldest is written again. */
+#define META_TPL_MAX 320
+#define META_TPL_SLOTS 8
+
+typedef struct {
+   uint32_t len; /* 0: free */
+   int32_t partition;
+   uint32_t topic_at, topic_len; /* the topic name's bytes */
+   uint32_t ts_at, offset_at;    /* where those values' 8 bytes are */
+   uint8_t bytes[META_TPL_MAX];
+} meta_tpl_t;
+
+static __thread meta_tpl_t meta_tpls[META_TPL_SLOTS];
+static __thread unsigned meta_tpl_last, meta_tpl_next;
+
+static meta_tpl_t *
+meta_tpl_find(const char *topic, size_t topic_len, int32_t partition)
+{
+   for (unsigned k = 0; k < META_TPL_SLOTS; k++) {
+      unsigned i = (meta_tpl_last + k) % META_TPL_SLOTS;
+      meta_tpl_t *t = &meta_tpls[i];
+      if (t->len && t->partition == partition && t->topic_len == topic_len &&
+          memcmp(t->bytes + t->topic_at, topic, topic_len) == 0) {
+         meta_tpl_last = i;
+         return t;
+      }
+   }
+   return NULL;
+}
+
+static void
+meta_tpl_save(const aspen_bsonw_t *w, int32_t partition, size_t topic_at,
+              size_t topic_len, size_t ts_at, size_t offset_at)
+{
+   if (w->len > META_TPL_MAX) {
+      return; /* a long topic name: written each time */
+   }
+   meta_tpl_t *t = &meta_tpls[meta_tpl_next];
+   meta_tpl_last = meta_tpl_next;
+   meta_tpl_next = (meta_tpl_next + 1) % META_TPL_SLOTS;
+   memcpy(t->bytes, w->data, w->len);
+   t->len = (uint32_t) w->len;
+   t->partition = partition;
+   t->topic_at = (uint32_t) topic_at;
+   t->topic_len = (uint32_t) topic_len;
+   t->ts_at = (uint32_t) ts_at;
+   t->offset_at = (uint32_t) offset_at;
+}
+
+/* Where the value of an element with a `key_len`-byte key starts, when
+ * the writer appends it next (type byte, key, NUL, value). */
+static size_t
+value_at(const aspen_bsonw_t *w, size_t key_len)
+{
+   return w->len + 1 + key_len + 1;
+}
+
 /* Writes {source: {type, ts, topic, partition, offset, key?, headers?}}
  * into `w` and points `meta` at it: ts, the ingestion time, only when
  * `ingest_ms` is not INT64_MIN (aspen_rt_ingest_stamped's metadata; a
  * dead letter's has none). The fixed fields are written as bytes, not
- * with libbson's appenders: this runs for every message. */
+ * with libbson's appenders, and without key or headers once per
+ * partition on this thread (meta_tpl_t): this runs for every message. */
 static void
 write_meta(const ksrc_t *ks, const rd_kafka_message_t *m, int64_t ingest_ms,
            aspen_bsonw_t *w, bson_t *meta, aspen_error_t *key_err,
@@ -629,6 +694,21 @@ write_meta(const ksrc_t *ks, const rd_kafka_message_t *m, int64_t ingest_ms,
 {
    bson_value_t v;
    const char *topic = rd_kafka_topic_name(m->rkt);
+   size_t topic_len = strlen(topic);
+   *key_failed = false;
+   bool extra = (m->key && m->key_len > 0) ||
+                aspen__kafka_message_has_headers(m);
+   bool reuse = !extra && ingest_ms != INT64_MIN;
+   if (reuse) {
+      meta_tpl_t *t = meta_tpl_find(topic, topic_len, m->partition);
+      if (t) {
+         aspen_bytes_put_le64(t->bytes + t->ts_at, (uint64_t) ingest_ms);
+         aspen_bytes_put_le64(t->bytes + t->offset_at, (uint64_t) m->offset);
+         (void) bson_init_static(meta, t->bytes, t->len);
+         return;
+      }
+   }
+   size_t ts_at = 0, topic_at, offset_at;
    aspen_bsonw_reset(w);
    size_t src = aspen_bsonw_begin(w, BSON_TYPE_DOCUMENT, "source", 6);
    v.value_type = BSON_TYPE_UTF8;
@@ -638,32 +718,37 @@ write_meta(const ksrc_t *ks, const rd_kafka_message_t *m, int64_t ingest_ms,
    if (ingest_ms != INT64_MIN) {
       v.value_type = BSON_TYPE_DATE_TIME;
       v.value.v_datetime = ingest_ms;
+      ts_at = value_at(w, 2);
       aspen_bsonw_value(w, "ts", 2, &v);
    }
    v.value_type = BSON_TYPE_UTF8;
    v.value.v_utf8.str = (char *) topic;
-   v.value.v_utf8.len = (uint32_t) strlen(topic);
+   v.value.v_utf8.len = (uint32_t) topic_len;
+   topic_at = value_at(w, 5) + 4; /* past the string's length */
    aspen_bsonw_value(w, "topic", 5, &v);
    v.value_type = BSON_TYPE_INT32;
    v.value.v_int32 = m->partition;
    aspen_bsonw_value(w, "partition", 9, &v);
    v.value_type = BSON_TYPE_INT64;
    v.value.v_int64 = m->offset;
+   offset_at = value_at(w, 6);
    aspen_bsonw_value(w, "offset", 6, &v);
-   *key_failed = false;
-   if ((m->key && m->key_len > 0) || aspen__kafka_message_has_headers(m)) {
-      bson_t extra = BSON_INITIALIZER;
+   if (extra) {
+      bson_t kh = BSON_INITIALIZER;
       bson_iter_t it;
-      append_key_headers(ks, m, &extra, key_err, key_failed);
-      if (bson_iter_init(&it, &extra)) {
+      append_key_headers(ks, m, &kh, key_err, key_failed);
+      if (bson_iter_init(&it, &kh)) {
          while (bson_iter_next(&it)) {
             aspen_bsonw_element(w, &it);
          }
       }
-      bson_destroy(&extra);
+      bson_destroy(&kh);
    }
    aspen_bsonw_end(w, src);
    (void) aspen_bsonw_finish(w, meta);
+   if (reuse) {
+      meta_tpl_save(w, m->partition, topic_at, topic_len, ts_at, offset_at);
+   }
 }
 
 static void
@@ -683,8 +768,8 @@ handle(aspen_runtime_t *rt, ksrc_t *ks, const rd_kafka_message_t *m)
    bool decoded =
       ks->sr ? aspen__sr_decode(ks->sr, m->payload, m->payload ? m->len : 0,
                                 &doc, &err)
-             : aspen__kafka_json_decode_into(
-                  m->payload, m->payload ? m->len : 0, &dw, &doc, &err);
+             : aspen__kafka_json_decode(m->payload, m->payload ? m->len : 0,
+                                        &dw, &doc, &err);
    if (!decoded) {
       /* Not a document: the raw bytes go to the DLQ with the reason (and
        * the metadata without source.ts, never ingested). */

@@ -561,6 +561,9 @@ handle_record(ksrc_t *ks, shard_t *s, const bson_t *rec)
    size_t len = 0;
    bson_t doc;
    aspen_error_t err;
+   uint8_t doc_buf[1024];
+   aspen_bsonw_t dw;
+   aspen_bsonw_init_static(&dw, doc_buf, sizeof doc_buf);
    if (!data64 ||
        !aspen__kinesis_b64_decode(data64, strlen(data64), &data, &len)) {
       bson_t raw = BSON_INITIALIZER;
@@ -568,7 +571,7 @@ handle_record(ksrc_t *ks, shard_t *s, const bson_t *rec)
       aspen_rt_dead_letter(rt, &raw, &meta,
                            "The Kinesis record's data is not base64");
       bson_destroy(&raw);
-   } else if (!aspen__kafka_json_decode(data, len, &doc, &err)) {
+   } else if (!aspen__kafka_json_decode(data, len, &dw, &doc, &err)) {
       bson_t raw = BSON_INITIALIZER;
       aspen__kafka_append_raw(&raw, "data", data, len);
       char reason[ASPEN_ERROR_MSG_MAX + 64];
@@ -582,6 +585,7 @@ handle_record(ksrc_t *ks, shard_t *s, const bson_t *rec)
       aspen_rt_ingest(rt, &doc, &meta, ts);
       bson_destroy(&doc);
    }
+   aspen_bsonw_cleanup(&dw);
    free(data);
    bson_destroy(&meta);
    free(s->seq);

@@ -179,6 +179,13 @@ typedef struct {
    /* The kind's own options, from its parse_option; freed by its
     * spec_destroy. */
    void *opts;
+   /* Its inputs may be decoded on several threads at once, each worker's
+    * independently of the others (set by the kind's parse_done): the
+    * source may hand them to worker threads (runtime/workers.c), as a
+    * stage's per_document and a sink's per_worker allow. False (a Kafka
+    * $source reading Avro through a Schema Registry, whose schema cache
+    * is the processor thread's): one thread. */
+   bool per_worker;
 } aspen_source_spec_t;
 
 /* A processor sink (runtime/sink.h). */

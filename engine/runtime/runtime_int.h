@@ -207,6 +207,18 @@ bool aspen__workers_flush(aspen_runtime_t *rt, bool all);
  * pipelines; what they were still handed is processed first unless the
  * processor failed. Processor thread, after the final checkpoint. */
 void aspen__workers_stop(aspen_runtime_t *rt);
+/* What aspen_rt_workers_start calls to set up worker `i` and start its
+ * thread, so tests can make either fail for real: `before_init` (NULL:
+ * none) runs just before worker i's pipeline and sink are made, and
+ * `thread_create` starts each worker's thread (pthread_create). Tests
+ * only change them, between processors. */
+typedef struct {
+   void (*before_init)(int i, void *arg);
+   void *arg;
+   int (*thread_create)(pthread_t *thread, const pthread_attr_t *attr,
+                        void *(*start)(void *), void *arg);
+} aspen_workers_hooks_t;
+extern aspen_workers_hooks_t aspen__workers_hooks;
 
 /* ---- cursor.c ---------------------------------------------------------------- */
 

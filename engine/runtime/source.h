@@ -105,8 +105,9 @@ typedef void (*aspen_rt_work_fn)(aspen_runtime_t *wrt, void *item, void *arg);
 typedef void (*aspen_rt_drop_fn)(void *item);
 /* How many worker threads a source reading `partitions` partitions may
  * spread them over: 1 (no workers) unless every stage up to the sink is
- * stateless (no window, no stage holding connections or caches), the sink
- * can be opened per worker (aspen_sink_ops_t.per_worker) and the
+ * stateless (no window, no stage holding connections or caches), the
+ * source's inputs decode on any thread (aspen_source_spec_t.per_worker),
+ * the sink can be opened per worker (aspen_sink_ops_t.per_worker) and the
  * processor is neither exactly-once nor on the virtual clock; then the
  * least of `partitions`, the tier's vCPUs and the host's CPUs. */
 int aspen_rt_workers_allowed(const aspen_runtime_t *rt, int64_t partitions);

@@ -6,12 +6,19 @@
  * lever; source.h's aspen_rt_workers_*).
  *
  * Only a pipeline whose stages keep nothing across documents qualifies
- * (each stage's ops say per_document; aspen_rt_workers_allowed), so
+ * (each stage's ops say per_document, the source's spec and the sink's
+ * ops say per_worker; aspen_rt_workers_allowed), so
  * splitting its inputs changes no output: a partition is always handed
  * to the same worker, which processes its inputs in the order handed, so
  * each partition's order holds. Each worker counts its own figures in its
  * pipeline instance; they are summed into the processor's pipeline (what
- * stats read) at every flush. The
+ * operatorStats read) at every flush, so they lag by up to one flush, as
+ * a processor thread's lag by a publish batch (rt.c's PUBLISH_EVERY). The
+ * processor's counts (proc->stats: inputMessageCount ...) are atomics
+ * every worker adds to: exact at any time. Summing the figures at stats
+ * time instead would need the command thread to reach the workers'
+ * pipelines, which this thread makes and frees, and a lock each worker
+ * takes per document: not done. The
  * workers share the processor's DLQ writer behind a lock.
  *
  * Checkpoints: the processor thread marks each input's position when it
@@ -57,6 +64,8 @@ typedef struct {
    bool quit;
 } worker_t;
 
+aspen_workers_hooks_t aspen__workers_hooks = {.thread_create = pthread_create};
+
 struct aspen_workers {
    int n;
    worker_t *w;
@@ -71,7 +80,8 @@ aspen_rt_workers_allowed(const aspen_runtime_t *rt, int64_t partitions)
 {
    const aspen_pipeline_t *pl = rt->pl;
    if (rt->main || partitions < 2 || pl->window || pl->exactly_once ||
-       pl->virtual_clock || !pl->sink || !pl->sink->per_worker) {
+       pl->virtual_clock || !pl->source.per_worker || !pl->sink ||
+       !pl->sink->per_worker) {
       return 1;
    }
    for (int i = 0; i < pl->n_stages; i++) {
@@ -288,6 +298,9 @@ aspen_rt_workers_start(aspen_runtime_t *rt, int n, aspen_rt_work_fn work,
    pthread_mutex_init(&ws->dlq_mu, NULL);
    ws->w = aspen_xcalloc((size_t) n, sizeof *ws->w);
    for (int i = 0; i < n; i++) {
+      if (aspen__workers_hooks.before_init) {
+         aspen__workers_hooks.before_init(i, aspen__workers_hooks.arg);
+      }
       if (!worker_init(&ws->w[i], rt, ws, err)) {
          workers_free(ws, i + 1);
          return false;
@@ -295,9 +308,15 @@ aspen_rt_workers_start(aspen_runtime_t *rt, int n, aspen_rt_work_fn work,
    }
    for (int i = 0; i < n; i++) {
       worker_t *w = &ws->w[i];
-      if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+      int rc = aspen__workers_hooks.thread_create(&w->thread, NULL,
+                                                  worker_main, w);
+      if (rc != 0) {
+         /* Those started are asked to quit and joined; nothing was handed
+          * to them yet. */
          aspen_error_set(err, ASPEN_ERR_InternalError,
-                         "cannot start a worker thread for the processor");
+                         "cannot start worker thread %d of %d for the "
+                         "processor's partitions: %s",
+                         i + 1, n, strerror(rc));
          workers_free(ws, n);
          return false;
       }

@@ -43,7 +43,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
    /* The value (the whole input: the first byte may be the 0x00 of a
     * Schema Registry prefix). */
    bson_t doc;
-   if (aspen__kafka_json_decode(data, size, &doc, &err)) {
+   uint8_t buf[256];
+   aspen_bsonw_t w, w2;
+   aspen_bsonw_init_static(&w, buf, sizeof buf);
+   aspen_bsonw_init(&w2);
+   if (aspen__kafka_json_decode(data, size, &w, &doc, &err)) {
       for (int canonical = 0; canonical < 2; canonical++) {
          aspen_kafka_json_opts_t opts = {.canonical = canonical != 0,
                                          .iso_dates = canonical == 0};
@@ -53,14 +57,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
          bson_t again;
          if (canonical) {
             /* Canonical Extended JSON is lossless: it must read back. */
-            bool ok = aspen__kafka_json_decode(json, len, &again, &err);
+            bool ok = aspen__kafka_json_decode(json, len, &w2, &again, &err);
             if (!ok) {
                fprintf(stderr, "canonical re-decode failed: %s\n%.*s\n",
                        err.message, (int) (len > 500 ? 500 : len), json);
             }
             ASPEN_ASSERT(ok);
          } else {
-            (void) aspen__kafka_json_decode(json, len, &again, &err);
+            (void) aspen__kafka_json_decode(json, len, &w2, &again, &err);
          }
          bson_destroy(&again);
          bson_free(json);
@@ -69,5 +73,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
       ASPEN_ASSERT(err.code != 0);
    }
    bson_destroy(&doc);
+   aspen_bsonw_cleanup(&w);
+   aspen_bsonw_cleanup(&w2);
    return 0;
 }

@@ -11,6 +11,7 @@
  * partitions over worker threads (runtime/workers.c); the $emit sink
  * failing with the topic-missing error when its topic is deleted.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -28,6 +29,7 @@
 #include "builtins.h"
 #include "connectors/connectors.h"
 #include "connectors/kafka_int.h"
+#include "engine.h"
 #include "base/tier.h"
 #include "runtime/runtime_int.h"
 
@@ -43,6 +45,22 @@ tmp_bson(const char *json)
       fail_msg("bad test JSON %s: %s", json, berr.message);
    }
    return b;
+}
+
+/* aspen__kafka_json_decode into a heap copy the test owns, through a
+ * writer smaller than most test documents (so its growth is used too). */
+static bool
+json_decode(const void *data, size_t len, bson_t *doc, aspen_error_t *err)
+{
+   uint8_t buf[48];
+   aspen_bsonw_t w;
+   bson_t view;
+   aspen_bsonw_init_static(&w, buf, sizeof buf);
+   bool ok = aspen__kafka_json_decode(data, len, &w, &view, err);
+   bson_copy_to(&view, doc);
+   bson_destroy(&view);
+   aspen_bsonw_cleanup(&w);
+   return ok;
 }
 
 static void
@@ -69,7 +87,7 @@ test_decode_relaxed_and_canonical(void **state)
    aspen_error_t err;
    const char *relaxed = " {\"a\": 1, \"b\": {\"$date\": \"2024-05-01T00:00:00Z\"},"
                          " \"c\": 2.5, \"d\": 5000000000}\n";
-   assert_true(aspen__kafka_json_decode(relaxed, strlen(relaxed), &doc, &err));
+   assert_true(json_decode(relaxed, strlen(relaxed), &doc, &err));
    assert_canonical(&doc, "{\"a\": {\"$numberInt\": \"1\"}, \"b\": {\"$date\": "
                           "{\"$numberLong\": \"1714521600000\"}}, \"c\": "
                           "{\"$numberDouble\": \"2.5\"}, \"d\": {\"$numberLong\": "
@@ -77,7 +95,7 @@ test_decode_relaxed_and_canonical(void **state)
    bson_destroy(&doc);
    const char *canonical = "{\"n\": {\"$numberLong\": \"7\"}, \"o\": {\"$oid\": "
                            "\"0123456789abcdef01234567\"}}";
-   assert_true(aspen__kafka_json_decode(canonical, strlen(canonical), &doc, &err));
+   assert_true(json_decode(canonical, strlen(canonical), &doc, &err));
    assert_canonical(&doc, canonical);
    bson_destroy(&doc);
 }
@@ -91,7 +109,7 @@ test_decode_refuses_non_documents(void **state)
    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
       bson_t doc;
       aspen_error_t err = {0};
-      bool ok = aspen__kafka_json_decode(bad[i], strlen(bad[i]), &doc, &err);
+      bool ok = json_decode(bad[i], strlen(bad[i]), &doc, &err);
       if (ok) {
          fail_msg("'%s' was accepted", bad[i]);
       }
@@ -108,7 +126,7 @@ test_decode_schema_registry_prefix(void **state)
    const char msg[] = "\0\0\0\0\x07{\"a\": true}";
    bson_t doc;
    aspen_error_t err;
-   assert_true(aspen__kafka_json_decode(msg, sizeof msg - 1, &doc, &err));
+   assert_true(json_decode(msg, sizeof msg - 1, &doc, &err));
    assert_canonical(&doc, "{\"a\": true}");
    bson_destroy(&doc);
 }
@@ -139,7 +157,7 @@ test_encode_formats(void **state)
    s = aspen__kafka_json_encode(doc, &canonical, &len);
    bson_t back;
    aspen_error_t err;
-   assert_true(aspen__kafka_json_decode(s, len, &back, &err));
+   assert_true(json_decode(s, len, &back, &err));
    assert_true(bson_equal(&back, doc));
    bson_destroy(&back);
    bson_free(s);
@@ -227,7 +245,9 @@ static const char *const conns_json =
    "  \"security\": {\"protocol\": \"SASL_SSL\", \"mechanism\": \"PLAIN\","
    "                \"username\": \"u\", \"password\": \"pw-secret\", \"caFile\": \"/ca.pem\"},"
    "  \"config\": {\"socket.timeout.ms\": 5000, \"ssl.key.password\": \"kp-secret\","
-   "              \"enable.ssl.certificate.verification\": false}}]}";
+   "              \"enable.ssl.certificate.verification\": false}},"
+   " {\"name\": \"sr\", \"type\": \"schemaRegistry\","
+   "  \"schemaRegistryUrls\": \"http://127.0.0.1:1/\"}]}";
 
 /* A static view of the array `key` of `doc` (which must have it). */
 static void
@@ -616,10 +636,283 @@ test_workers_allowed(void **state)
    for (size_t i = 0; i < sizeof one / sizeof *one; i++) {
       assert_int_equal(workers_for(&conns, one[i], sp50, false, 4), 1);
    }
+   /* A source whose inputs decode on one thread only (Avro through a
+    * Schema Registry: its schema cache), whatever the rest: one thread;
+    * the same pipeline reading JSON spreads. */
+   const char *avro =
+      "{\"p\": [{\"$source\": {\"connectionName\": \"k\", \"topic\": \"t\", "
+      "\"schemaRegistry\": {\"connectionName\": \"sr\"}}}, " STATELESS KEMIT "]}";
+   assert_int_equal(workers_for(&conns, avro, sp50, false, 4), 1);
+   assert_int_equal(workers_for(&conns, ok, sp50, false, 4), want);
 #undef KSRC
 #undef KEMIT
 #undef STATELESS
    aspen_conns_cleanup(&conns);
+}
+
+/* A consumer made with `cconf` (taken), subscribed to `topic`. */
+static rd_kafka_t *
+consumer_subscribed(rd_kafka_conf_t *cconf, const char *topic)
+{
+   char errstr[256];
+   rd_kafka_t *cons = rd_kafka_new(RD_KAFKA_CONSUMER, cconf, errstr, sizeof errstr);
+   assert_non_null(cons);
+   rd_kafka_poll_set_consumer(cons);
+   rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
+   rd_kafka_topic_partition_list_add(topics, topic, RD_KAFKA_PARTITION_UA);
+   assert_int_equal(rd_kafka_subscribe(cons, topics), 0);
+   rd_kafka_topic_partition_list_destroy(topics);
+   return cons;
+}
+
+/* ---- workers that cannot start ----------------------------------------------- */
+
+static rd_kafka_mock_cluster_t *mock_cluster_new(rd_kafka_t **mrk,
+                                                 const char *topic);
+
+static int g_creates; /* worker threads asked for, for failing_create */
+
+/* pthread_create failing for the second worker thread (the first one was
+ * started: it must be stopped and joined). */
+static int
+failing_create(pthread_t *thread, const pthread_attr_t *attr,
+               void *(*start)(void *), void *arg)
+{
+   if (++g_creates == 2) {
+      return EAGAIN;
+   }
+   return pthread_create(thread, attr, start, arg);
+}
+
+/* Before the second worker's sink opens: its cluster goes down (the first
+ * worker's sink, and the processor thread's, opened while it was up). */
+static void
+emit_cluster_down(int i, void *arg)
+{
+   if (i == 1) {
+      assert_int_equal(rd_kafka_mock_broker_set_down(arg, 1), 0);
+   }
+}
+
+static void
+engine_cmd(aspen_engine_t *eng, const char *json, bson_t *reply)
+{
+   bson_t *cmd = tmp_bson(json);
+   bson_iter_t it;
+   assert_true(bson_iter_init(&it, cmd) && bson_iter_next(&it));
+   bson_init(reply);
+   assert_true(aspen_engine_command(eng, bson_iter_key(&it), cmd, 1, NULL, reply));
+   bson_destroy(cmd);
+}
+
+/* Runs `json`; expects error `code` with `needle` in its message, or
+ * success when code is 0. */
+static void
+engine_expect(aspen_engine_t *eng, const char *json, int32_t code,
+              const char *needle)
+{
+   bson_t reply;
+   bson_iter_t it;
+   engine_cmd(eng, json, &reply);
+   char *r = bson_as_relaxed_extended_json(&reply, NULL);
+   int32_t got = bson_iter_init_find(&it, &reply, "code") ? bson_iter_int32(&it) : 0;
+   if (got != code) {
+      fail_msg("%s: expected code %d, got %s", json, code, r);
+   }
+   if (needle && !strstr(r, needle)) {
+      fail_msg("%s: expected '%s' in %s", json, needle, r);
+   }
+   bson_free(r);
+   bson_destroy(&reply);
+}
+
+/* Reads `topic` of the cluster at `bootstrap` until `n` outputs of the
+ * test processors came: input {"i": i} was written to partition i % 4 of
+ * topic "in", at offset i / 4. Each must come out once, with
+ * _stream_meta.source {type, ts, topic, partition, offset} saying so
+ * (relaxed JSON: the numbers' values, not their BSON types). */
+static void
+expect_outputs(const char *bootstrap, const char *topic, int n)
+{
+   char errstr[256], group[64];
+   aspen_error_t err;
+   snprintf(group, sizeof group, "check-%s", topic);
+   rd_kafka_conf_t *cconf = rd_kafka_conf_new();
+   assert_int_equal(rd_kafka_conf_set(cconf, "bootstrap.servers", bootstrap,
+                                      errstr, sizeof errstr), RD_KAFKA_CONF_OK);
+   assert_int_equal(rd_kafka_conf_set(cconf, "group.id", group, errstr,
+                                      sizeof errstr), RD_KAFKA_CONF_OK);
+   assert_int_equal(rd_kafka_conf_set(cconf, "auto.offset.reset", "earliest",
+                                      errstr, sizeof errstr), RD_KAFKA_CONF_OK);
+   rd_kafka_t *cons = consumer_subscribed(cconf, topic);
+   int *seen = aspen_xcalloc((size_t) n, sizeof *seen), total = 0;
+   static const char *const keys[] = {"type", "ts", "topic", "partition", "offset"};
+   for (int t = 0; t < 600 && total < n; t++) {
+      rd_kafka_message_t *m = rd_kafka_consumer_poll(cons, 100);
+      if (m && !m->err) {
+         bson_t back;
+         bson_iter_t it, src;
+         assert_true(json_decode(m->payload, m->len, &back, &err));
+         assert_true(bson_iter_init_find(&it, &back, "i"));
+         int i = bson_iter_int32(&it);
+         assert_true(i >= 0 && i < n);
+         seen[i]++;
+         total++;
+         assert_true(bson_iter_init(&it, &back));
+         assert_true(bson_iter_find_descendant(&it, "_stream_meta.source", &src));
+         assert_true(bson_iter_recurse(&src, &it));
+         for (size_t k = 0; k < sizeof keys / sizeof *keys; k++) {
+            assert_true(bson_iter_next(&it));
+            assert_string_equal(bson_iter_key(&it), keys[k]);
+            switch (k) {
+            case 0:
+               assert_string_equal(bson_iter_utf8(&it, NULL), "kafka");
+               break;
+            case 1:
+               assert_true(BSON_ITER_HOLDS_DATE_TIME(&it));
+               assert_true(bson_iter_date_time(&it) > 1700000000000);
+               break;
+            case 2:
+               assert_string_equal(bson_iter_utf8(&it, NULL), "in");
+               break;
+            case 3:
+               assert_int_equal(bson_iter_as_int64(&it), i % 4);
+               break;
+            default:
+               assert_int_equal(bson_iter_as_int64(&it), i / 4);
+            }
+         }
+         assert_false(bson_iter_next(&it)); /* no key, no headers */
+         bson_destroy(&back);
+      }
+      if (m) {
+         rd_kafka_message_destroy(m);
+      }
+   }
+   for (int i = 0; i < n; i++) {
+      if (seen[i] != 1) {
+         fail_msg("%s: input %d came out %d times", topic, i, seen[i]);
+      }
+   }
+   free(seen);
+   rd_kafka_consumer_close(cons);
+   rd_kafka_destroy(cons);
+}
+
+/* A processor on tier SP30 (two workers on a host with two CPUs or more)
+ * whose second worker cannot start - its thread is refused, then its
+ * $emit's cluster is down when its sink opens - fails its start with the
+ * reason (every worker started is stopped and freed: the ASan build's
+ * leak check), and starts afterwards with every input read: nothing was
+ * consumed or committed by the failed starts. */
+static void
+test_worker_start_failures(void **state)
+{
+   (void) state;
+   if (sysconf(_SC_NPROCESSORS_ONLN) < 2) {
+      skip(); /* one CPU: no workers to fail */
+   }
+   enum { N = 40 };
+   char errstr[256];
+   rd_kafka_t *mrk_in, *mrk_out;
+   rd_kafka_mock_cluster_t *mc_in = mock_cluster_new(&mrk_in, "out0");
+   rd_kafka_mock_cluster_t *mc_out = mock_cluster_new(&mrk_out, "out");
+   assert_int_equal(rd_kafka_mock_topic_create(mc_in, "in", 4, 1), 0);
+   assert_int_equal(rd_kafka_mock_topic_create(mc_out, "out1", 1, 1), 0);
+   char bs_in[128], bs_out[128];
+   snprintf(bs_in, sizeof bs_in, "%s", rd_kafka_mock_cluster_bootstraps(mc_in));
+   snprintf(bs_out, sizeof bs_out, "%s", rd_kafka_mock_cluster_bootstraps(mc_out));
+
+   rd_kafka_conf_t *pconf = rd_kafka_conf_new();
+   assert_int_equal(rd_kafka_conf_set(pconf, "bootstrap.servers", bs_in, errstr,
+                                      sizeof errstr), RD_KAFKA_CONF_OK);
+   rd_kafka_t *prod = rd_kafka_new(RD_KAFKA_PRODUCER, pconf, errstr, sizeof errstr);
+   assert_non_null(prod);
+   for (int i = 0; i < N; i++) {
+      char v[32];
+      int len = snprintf(v, sizeof v, "{\"i\": %d}", i);
+      assert_int_equal(rd_kafka_producev(prod, RD_KAFKA_V_TOPIC("in"),
+                                         RD_KAFKA_V_PARTITION(i % 4),
+                                         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                         RD_KAFKA_V_VALUE(v, (size_t) len),
+                                         RD_KAFKA_V_END),
+                       0);
+   }
+   assert_int_equal(rd_kafka_flush(prod, 10000), 0);
+   rd_kafka_destroy(prod);
+
+   char dir[64];
+   snprintf(dir, sizeof dir, "/tmp/aspen-test-kafka-XXXXXX");
+   assert_non_null(mkdtemp(dir));
+   char json[1024];
+   snprintf(json, sizeof json,
+            "{\"0\": {\"name\": \"kin\", \"type\": \"kafka\", \"bootstrapServers\": \"%s\"},"
+            " \"1\": {\"name\": \"kout\", \"type\": \"kafka\", \"bootstrapServers\": \"%s\"}}",
+            bs_in, bs_out);
+   bson_t *conns = tmp_bson(json);
+   aspen_engine_opts_t eopts = {.state_dir = dir, .connections = conns};
+   aspen_error_t err;
+   aspen_engine_t *eng = aspen_engine_new(&eopts, &err);
+   if (!eng) {
+      fail_msg("engine: %s", err.message);
+   }
+   engine_expect(eng,
+                 "{\"createStreamProcessor\": \"w\", \"pipeline\": ["
+                 "{\"$source\": {\"connectionName\": \"kin\", \"topic\": \"in\","
+                 " \"config\": {\"auto_offset_reset\": \"earliest\"}}},"
+                 "{\"$match\": {\"i\": {\"$gte\": 0}}},"
+                 "{\"$emit\": {\"connectionName\": \"kout\", \"topic\": \"out\"}}],"
+                 " \"options\": {\"tier\": \"SP30\"}}",
+                 0, NULL);
+
+   /* The second worker's thread is refused. */
+   g_creates = 0;
+   aspen__workers_hooks.thread_create = failing_create;
+   engine_expect(eng, "{\"startStreamProcessor\": \"w\"}", ASPEN_ERR_InternalError,
+                 "cannot start worker thread 2 of 2 for the processor's "
+                 "partitions: Resource temporarily unavailable");
+   aspen__workers_hooks.thread_create = pthread_create;
+   assert_int_equal(g_creates, 2);
+
+   /* The second worker's $emit cannot reach its cluster. */
+   aspen__workers_hooks.before_init = emit_cluster_down;
+   aspen__workers_hooks.arg = mc_out;
+   engine_expect(eng, "{\"startStreamProcessor\": \"w\"}",
+                 ASPEN_ERR_StreamProcessorKafkaConnectionError,
+                 "Kafka connection error on connection 'kout'");
+   aspen__workers_hooks.before_init = NULL;
+   aspen__workers_hooks.arg = NULL;
+   assert_int_equal(rd_kafka_mock_broker_set_up(mc_out, 1), 0);
+
+   /* Then it runs, and every input comes out once. */
+   engine_expect(eng, "{\"startStreamProcessor\": \"w\"}", 0, NULL);
+   expect_outputs(bs_out, "out", N);
+   engine_expect(eng, "{\"stopStreamProcessor\": \"w\"}", 0, NULL);
+   engine_expect(eng, "{\"dropStreamProcessor\": \"w\"}", 0, NULL);
+   /* The same on the default tier: the processor's thread alone, its
+    * $emit topic read from the metadata. */
+   engine_expect(eng,
+                 "{\"createStreamProcessor\": \"w1\", \"pipeline\": ["
+                 "{\"$source\": {\"connectionName\": \"kin\", \"topic\": \"in\","
+                 " \"config\": {\"auto_offset_reset\": \"earliest\"}}},"
+                 "{\"$match\": {\"i\": {\"$gte\": 0}}},"
+                 "{\"$emit\": {\"connectionName\": \"kout\", \"topic\": {\"$cond\": "
+                 "[{\"$eq\": [{\"$meta\": \"stream.source.topic\"}, \"in\"]}, "
+                 "\"out1\", \"never\"]}}}]}",
+                 0, NULL);
+   engine_expect(eng, "{\"startStreamProcessor\": \"w1\"}", 0, NULL);
+   expect_outputs(bs_out, "out1", N);
+   engine_expect(eng, "{\"stopStreamProcessor\": \"w1\"}", 0, NULL);
+   engine_expect(eng, "{\"dropStreamProcessor\": \"w1\"}", 0, NULL);
+   aspen_engine_destroy(eng);
+   bson_destroy(conns);
+   char rm[128];
+   snprintf(rm, sizeof rm, "rm -rf %s", dir);
+   assert_int_equal(system(rm), 0);
+   rd_kafka_mock_cluster_destroy(mc_out);
+   rd_kafka_destroy(mrk_out);
+   rd_kafka_mock_cluster_destroy(mc_in);
+   rd_kafka_destroy(mrk_in);
 }
 
 /* ---- a round trip through the mock cluster ------------------------------- */
@@ -702,13 +995,7 @@ test_mock_cluster_roundtrip(void **state)
    assert_true(aspen__kafka_conf_set(cconf, "auto.offset.reset", "earliest", &err));
    assert_false(aspen__kafka_conf_set(cconf, "no.such.setting", "1", &err));
    assert_int_equal(err.code, 419);
-   rd_kafka_t *cons = rd_kafka_new(RD_KAFKA_CONSUMER, cconf, errstr, sizeof errstr);
-   assert_non_null(cons);
-   rd_kafka_poll_set_consumer(cons);
-   rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
-   rd_kafka_topic_partition_list_add(topics, "t", RD_KAFKA_PARTITION_UA);
-   assert_int_equal(rd_kafka_subscribe(cons, topics), 0);
-   rd_kafka_topic_partition_list_destroy(topics);
+   rd_kafka_t *cons = consumer_subscribed(cconf, "t");
    rd_kafka_message_t *m = NULL;
    for (int i = 0; i < 200 && !m; i++) {
       m = rd_kafka_consumer_poll(cons, 100);
@@ -719,7 +1006,7 @@ test_mock_cluster_roundtrip(void **state)
    }
    assert_non_null(m);
    bson_t back;
-   assert_true(aspen__kafka_json_decode(m->payload, m->len, &back, &err));
+   assert_true(json_decode(m->payload, m->len, &back, &err));
    assert_true(bson_equal(&back, doc));
    bson_t meta = BSON_INITIALIZER;
    assert_true(aspen__kafka_key_decode(ASPEN_KAFKA_KEY_LONG, m->key, m->key_len, &meta, "key", &err));
@@ -1026,19 +1313,13 @@ test_local_broker(void **state)
    rd_kafka_conf_t *cconf = aspen__conn_kafka_client_conf(k, &hdr, &err);
    assert_true(aspen__kafka_conf_set(cconf, "group.id", "g", &err));
    assert_true(aspen__kafka_conf_set(cconf, "auto.offset.reset", "earliest", &err));
-   rd_kafka_t *cons = rd_kafka_new(RD_KAFKA_CONSUMER, cconf, errstr, sizeof errstr);
-   assert_non_null(cons);
-   rd_kafka_poll_set_consumer(cons);
-   rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
-   rd_kafka_topic_partition_list_add(topics, "fresh", RD_KAFKA_PARTITION_UA);
-   assert_int_equal(rd_kafka_subscribe(cons, topics), 0);
-   rd_kafka_topic_partition_list_destroy(topics);
+   rd_kafka_t *cons = consumer_subscribed(cconf, "fresh");
    int seen = 0, sum = 0;
    for (int i = 0; i < 300 && seen < 3; i++) {
       rd_kafka_message_t *m = rd_kafka_consumer_poll(cons, 100);
       if (m && !m->err) {
          bson_t back;
-         assert_true(aspen__kafka_json_decode(m->payload, m->len, &back, &err));
+         assert_true(json_decode(m->payload, m->len, &back, &err));
          assert_true(bson_iter_init_find(&it, &back, "i"));
          sum += bson_iter_int32(&it);
          seen++;
@@ -1115,6 +1396,7 @@ main(void)
       cmocka_unit_test(test_exactly_once_check),
       cmocka_unit_test(test_workers_allowed),
       cmocka_unit_test(test_mock_cluster_roundtrip),
+      cmocka_unit_test(test_worker_start_failures),
       cmocka_unit_test(test_message_has_headers),
       cmocka_unit_test(test_delivery_error),
       cmocka_unit_test(test_metadata_unreachable),
