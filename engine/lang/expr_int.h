@@ -200,6 +200,12 @@ struct aspen_expr_paths {
    aspen__pgroup_t *groups;
    uint32_t n_groups;
    bool order_ok;
+   /* The top-level slots' indexes in the input's field table (-1: no such
+    * field), as found for a table of layout `memo_layout` (lang/fields.h;
+    * 0: none kept): a table of that layout fills them without a lookup.
+    * The table is its stage's (one thread), so plain fields. */
+   uint64_t memo_layout;
+   int8_t *memo_idx; /* per slot */
    /* Per document (aspen_expr_paths_resolve). */
    const bson_t *doc;
    aspen_value_t *vals;

@@ -21,6 +21,8 @@
 
 #include <stdlib.h>
 
+_Static_assert(ASPEN_FIELDS_MAX <= 127, "memo_idx holds a field's index");
+
 bool aspen__expr_paths_on = true;
 
 void
@@ -46,6 +48,7 @@ aspen_expr_paths_destroy(aspen_expr_paths_t *p)
    free(p->groups);
    free(p->vals);
    free(p->state);
+   free(p->memo_idx);
    free(p);
 }
 
@@ -84,6 +87,8 @@ slot_of(aspen_expr_paths_t *p, char *const *parts, uint32_t n)
       p->state = aspen_xrealloc(p->state, p->cap * sizeof *p->state);
       p->order = aspen_xrealloc(p->order, p->cap * sizeof *p->order);
       p->groups = aspen_xrealloc(p->groups, p->cap * sizeof *p->groups);
+      p->memo_idx =
+         aspen_xrealloc(p->memo_idx, p->cap * sizeof *p->memo_idx);
    }
    p->slots[p->n] = (aspen__pslot_t){.parent = parent,
                                      .key = parts[n - 1],
@@ -91,6 +96,7 @@ slot_of(aspen_expr_paths_t *p, char *const *parts, uint32_t n)
                                      .parts = parts,
                                      .n_parts = n};
    p->order_ok = false;
+   p->memo_layout = 0;
    return p->n++;
 }
 
@@ -190,20 +196,30 @@ scan_siblings(aspen_expr_paths_t *p, const uint32_t *order, uint32_t n,
 }
 
 /* The top-level slots order[0..n-1] through `t`, which covers the
- * document (doc_path_get's lookup). */
+ * document (doc_path_get's lookup): each field's index found by a lookup,
+ * or, for a table of the layout the last lookups were for, remembered
+ * (the same keys, so the same first field of each name). */
 static void
 table_siblings(aspen_expr_paths_t *p, const uint32_t *order, uint32_t n,
                const aspen_fields_t *t)
 {
+   bool known = t->layout != 0 && t->layout == p->memo_layout;
    for (uint32_t j = 0; j < n; j++) {
       uint32_t s = order[j];
-      int i = aspen_fields_find(t, p->slots[s].key, p->slots[s].klen);
+      int i;
+      if (known) {
+         i = p->memo_idx[s];
+      } else {
+         i = aspen_fields_find(t, p->slots[s].key, p->slots[s].klen);
+         p->memo_idx[s] = (int8_t) i; /* i < ASPEN_FIELDS_MAX */
+      }
       p->state[s] = ASPEN__PSLOT_VALUE;
       if (i < 0 || !aspen__raw_value(t->data, t->len, t->f[i].off,
                                      t->f[i].klen, &p->vals[s])) {
          p->vals[s] = ASPEN_VALUE_MISSING;
       }
    }
+   p->memo_layout = t->layout;
 }
 
 void

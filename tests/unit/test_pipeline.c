@@ -1470,6 +1470,25 @@ static const char *const slots_docs[] = {
    " \"obs\": {\"watts\": null}}",
    "{\"_id\": 1, \"a\": {\"b\": {\"c\": \"deep\"}, \"b\": 4},"
    " \"arr\": [], \"obs\": {}, \"device_id\": \"d\", \"group_id\": 2.5}",
+   /* Layouts alternating (A, B, A, A, B, A), the same keys carrying other
+    * types and arrays: the slots' memo per layout (expr_paths.c) and the
+    * shaping stages' output layout ids must not carry one document's field
+    * positions over to another's. */
+   "{\"device_id\": \"a1\", \"group_id\": 1, \"timestamp\": \"t1\", \"k\": 1,"
+   " \"obs\": {\"watts\": 10, \"temp\": 30}, \"a\": {\"b\": {\"c\": 1},"
+   " \"x\": [{\"c\": 1}]}, \"arr\": [{\"v\": 1}], \"o\": {\"p\": 1}}",
+   "{\"obs\": {\"temp\": 2, \"watts\": 3}, \"a\": {\"b\": 2}, \"k\": 2, \"d\": 0,"
+   " \"device_id\": \"b1\", \"group_id\": 7, \"timestamp\": \"t2\"}",
+   "{\"device_id\": 5, \"group_id\": \"g\", \"timestamp\": [1, 2], \"k\": [1, 2],"
+   " \"obs\": [{\"watts\": 1}, {\"watts\": 2}], \"a\": [{\"b\": {\"c\": 2}},"
+   " {\"b\": 3}], \"arr\": {\"v\": 2}, \"o\": 4}",
+   "{\"device_id\": \"a3\", \"group_id\": 2.5, \"timestamp\": null, \"k\": 0,"
+   " \"obs\": \"s\", \"a\": {\"b\": [{\"c\": 3}]}, \"arr\": [], \"o\": {\"p\": [1]}}",
+   "{\"obs\": 1, \"a\": {\"b\": {\"c\": 9}}, \"k\": [3], \"d\": [1],"
+   " \"device_id\": {\"x\": 1}, \"group_id\": null, \"timestamp\": 1}",
+   "{\"device_id\": \"a4\", \"group_id\": 4, \"timestamp\": \"t4\", \"k\": 4,"
+   " \"obs\": {\"temp\": 40, \"watts\": 400}, \"a\": {\"x\": 1, \"b\": {\"c\": 4}},"
+   " \"arr\": [{\"v\": [4]}], \"o\": {\"p\": 4}}",
 };
 
 /* `doc` with the 4 bytes at the first occurrence of `key` (a key's bytes
