@@ -1571,6 +1571,20 @@ static const char *const layout_pipelines[] = {
    "[{\"$match\": {\"a\": {\"$exists\": true}}},"
    " {\"$project\": {\"a\": 1, \"b\": 1}}, {\"$match\": {}},"
    " {\"$project\": {\"b\": 1, \"x\": \"$a\"}}]",
+   /* A flat $addFields whose fields are new to some inputs only (its
+    * all-new check per layout), then one over the first's output. */
+   "[{\"$match\": {}}, {\"$addFields\": {\"n\": \"$k\","
+   " \"m\": {\"$add\": [\"$a\", 1]}}},"
+   " {\"$addFields\": {\"p\": \"$n\", \"q\": \"$c.p\"}}]",
+   /* Outputs of one input layout with other keys (a computed field
+    * missing or not: the output's layout id), read by the next stages
+    * (their slots, layout caches, a matcher's memo). */
+   "[{\"$match\": {}}, {\"$project\": {\"t\": \"$c.p\", \"u\": \"$c.q\","
+   " \"a\": 1}}, {\"$project\": {\"t\": 1, \"a\": 1, \"z\": \"$u\"}},"
+   " {\"$addFields\": {\"y\": \"$z\", \"w\": \"$t\", \"v\": \"$a\"}}]",
+   "[{\"$match\": {}}, {\"$project\": {\"t\": \"$c.p\", \"u\": \"$c.q\","
+   " \"k\": 1}}, {\"$match\": {\"u\": {\"$ne\": 2}, \"k\": {\"$ne\": 9}}},"
+   " {\"$project\": {\"t\": 1, \"z\": \"$u\", \"k\": 1}}]",
 };
 
 static const char *const layout_docs[] = {
@@ -1595,6 +1609,15 @@ static const char *const layout_docs[] = {
    "{\"c\": {\"p\": 9}}",
    "{}",
    "{}",
+   /* Layouts alternating (A, B, A, A, B, A; A is the first document's),
+    * a B with one of $addFields' new fields, A's keys with other types,
+    * arrays, and sub-documents where a computed path is missing. */
+   "{\"a\": 1, \"b\": \"x\", \"c\": {\"p\": 1}, \"k\": 1}",
+   "{\"a\": 2, \"n\": \"x\", \"c\": {\"q\": 2}, \"k\": 2}",
+   "{\"a\": [1, 2], \"b\": {\"p\": 1}, \"c\": {\"q\": 3}, \"k\": \"s\"}",
+   "{\"a\": 3, \"b\": \"x\", \"c\": {\"p\": 3}, \"k\": 3}",
+   "{\"a\": \"s\", \"n\": [1], \"c\": 5, \"k\": null}",
+   "{\"a\": 4, \"b\": null, \"c\": [{\"p\": 1}], \"k\": [4]}",
 };
 
 static void
