@@ -1489,6 +1489,23 @@ static const char *const slots_docs[] = {
    "{\"device_id\": \"a4\", \"group_id\": 4, \"timestamp\": \"t4\", \"k\": 4,"
    " \"obs\": {\"temp\": 40, \"watts\": 400}, \"a\": {\"x\": 1, \"b\": {\"c\": 4}},"
    " \"arr\": [{\"v\": [4]}], \"o\": {\"p\": 4}}",
+   /* Sub-documents after one another that start with the same heads or
+    * not (the sibling scan's memo, expr_paths.c nest_replay): the same
+    * keys with other types, a key differing in its last byte, an element
+    * more, names absent (the walk to the end) and back. */
+   "{\"obs\": {\"watts\": 1, \"temp\": 2}, \"k\": 1}",
+   "{\"obs\": {\"watts\": 1, \"temp\": 2}, \"k\": 1}",
+   "{\"obs\": {\"watts\": \"str\", \"temp\": [3]}, \"k\": 2}",
+   "{\"obs\": {\"watts\": 1.5, \"temp\": {\"v\": 1}}, \"k\": 2}",
+   "{\"obs\": {\"wattz\": 1, \"temp\": 2}, \"k\": 3}",
+   "{\"obs\": {\"watts\": 1, \"temp\": 2, \"x\": 3}, \"k\": 4}",
+   "{\"obs\": {\"watts\": 1}, \"k\": 5}",
+   "{\"obs\": {\"watts\": 6}, \"k\": 6}",
+   "{\"obs\": {\"watts\": 1, \"temp\": 7}, \"k\": 7}",
+   "{\"obs\": {\"watts\": 2, \"temp\": 8, \"watts\": 9}, \"k\": 8}",
+   "{\"obs\": {\"temp\": 8, \"watts\": 2, \"temp\": 9}, \"k\": 8}",
+   "{\"obs\": {\"s\": \"str\", \"watts\": 2, \"temp\": 9}, \"k\": 9,"
+   " \"a\": {\"b\": {\"c\": 1}}}",
 };
 
 /* `doc` with the 4 bytes at the first occurrence of `key` (a key's bytes
@@ -1528,16 +1545,32 @@ path_slots_same_results(void **state)
                         " \"s\": \"str\"}, \"k\": 2, \"a\": {\"b\": 1}}",
       -1, &berr);
    assert_non_null(good);
+   /* And after a good one each (a sibling scan's memo, the good one's
+    * heads, meeting the malformed element): a string before the names, one
+    * of them a string, its length past the end or 0. */
+   bson_t *good2 = bson_new_from_json(
+      (const uint8_t *) "{\"x\": 1, \"obs\": {\"sv\": \"str\", \"watts\": \"w\","
+                        " \"temp\": 9}, \"k\": 2}",
+      -1, &berr);
+   assert_non_null(good2);
    bson_t *bad[] = {corrupt_at(good, "obs", 0, 200),
                     corrupt_at(good, "s", 0, 90),
                     corrupt_at(good, "a", 0, 0),
-                    corrupt_at(good, "watts", 0, 0xffffffffu)};
+                    corrupt_at(good, "watts", 0, 0xffffffffu),
+                    bson_copy(good2),
+                    corrupt_at(good2, "sv", 0, 90),
+                    bson_copy(good2),
+                    corrupt_at(good2, "watts", 0, 90),
+                    bson_copy(good2),
+                    corrupt_at(good2, "watts", 0, 0),
+                    bson_copy(good2)};
    size_t n_bad = sizeof bad / sizeof bad[0];
    docs = aspen_xrealloc(docs, (n + n_bad) * sizeof *docs);
    for (size_t i = 0; i < n_bad; i++) {
       docs[n++] = bad[i];
    }
    bson_destroy(good);
+   bson_destroy(good2);
    size_t outputs = runs_same_results(
       slots_pipelines, sizeof slots_pipelines / sizeof slots_pipelines[0],
       aspen_expr_paths_set_enabled, docs, n);
