@@ -190,6 +190,23 @@ typedef struct {
    int32_t parent;
    uint32_t start, n;
 } aspen__pgroup_t;
+/* A sibling group's last scan of a sub-document (expr_paths.c,
+ * scan_siblings), kept to check the next one's against: the heads (type
+ * byte, key, NUL) of the elements it walked, in order, and which sibling
+ * each claimed. A sub-document whose elements start with the same heads
+ * fills the same slots from the same elements. */
+#define ASPEN__PNEST_STEPS 8
+#define ASPEN__PNEST_HEAD 16
+typedef struct {
+   bool valid;
+   bool to_end; /* the walk reached the end (some names absent) */
+   uint8_t n_steps;
+   struct {
+      uint8_t head[ASPEN__PNEST_HEAD];
+      uint8_t hlen;
+      int8_t j; /* the sibling it filled, -1: none */
+   } steps[ASPEN__PNEST_STEPS];
+} aspen__pnest_t;
 struct aspen_expr_paths {
    aspen__pslot_t *slots;
    uint32_t n, cap;
@@ -198,8 +215,15 @@ struct aspen_expr_paths {
     * Rebuilt when slots are added. */
    uint32_t *order;
    aspen__pgroup_t *groups;
+   aspen__pnest_t *nest; /* per group: its last scan (not the top level's) */
    uint32_t n_groups;
    bool order_ok;
+   /* The top-level slots' indexes in the input's field table (-1: no such
+    * field), as found for a table of layout `memo_layout` (lang/fields.h;
+    * 0: none kept): a table of that layout fills them without a lookup.
+    * The table is its stage's (one thread), so plain fields. */
+   uint64_t memo_layout;
+   int8_t *memo_idx; /* per slot */
    /* Per document (aspen_expr_paths_resolve). */
    const bson_t *doc;
    aspen_value_t *vals;

@@ -127,8 +127,8 @@ fixed_value_size(uint8_t type)
 
 /* The id of a layout not seen before (never 0): unique in the process,
  * whichever thread asks. */
-static uint64_t
-new_layout_id(void)
+uint64_t
+aspen_fields_new_layout_id(void)
 {
    static uint64_t last;
    return __atomic_add_fetch(&last, 1, __ATOMIC_RELAXED);
@@ -168,7 +168,7 @@ keep_layout(aspen_fields_t *t, aspen_fields_layout_t *lay)
       used += klen + 1;
    }
    lay->n = t->n;
-   lay->id = new_layout_id();
+   lay->id = aspen_fields_new_layout_id();
    t->layout = lay->id;
 }
 

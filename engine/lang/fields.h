@@ -170,7 +170,13 @@ aspen_fields_find(const aspen_fields_t *t, const char *key, size_t klen)
  * same id for byte-equal keys (count, lengths, bytes, order), a new one,
  * unique in the process, for any other sequence. What a reader decided
  * from a table's keys alone (where a name is, what to copy) holds for
- * every table with the same id. A table nobody checked has id 0. */
+ * every table with the same id. A shaping stage tags its output's table
+ * too, from its input's id and which computed fields it wrote
+ * (stage_shape.c, tag_output). A table nobody checked has id 0. */
+
+/* A layout id not handed out before (never 0), for a writer that knows
+ * its table's keys are those of no other id's (any thread). */
+uint64_t aspen_fields_new_layout_id(void);
 
 /* The keys kept: a document whose keys take more gets id 0. */
 #define ASPEN_FIELDS_LAYOUT_KEY_BYTES 512

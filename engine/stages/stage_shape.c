@@ -316,6 +316,11 @@ typedef struct {
     * no subtree: the top level is walked from the table (walk_table). */
    const aspen_fields_t *given;
    struct layout *layout; /* walk_table's cache (the stage's) */
+   /* The top-level computed fields evaluated so far (append_expr), and
+    * which of them wrote a field (bit i: the i-th, the first 64): with the
+    * input's keys they decide the output's keys (shape_push's layout id). */
+   uint32_t n_exprs;
+   uint64_t written;
 } apply_t;
 
 static void apply_node_value(apply_t *a, const node_t *n, tree_mode_t mode,
@@ -329,7 +334,12 @@ append_expr(apply_t *a, const node_t *n)
       a->failed = true;
       return;
    }
+   size_t before = a->w->len;
    aspen_bsonw_value(a->w, n->name, n->name_len, &v.v);
+   if (a->w->len > before && a->n_exprs < 64) {
+      a->written |= 1ull << a->n_exprs;
+   }
+   a->n_exprs++;
    if (v.owned && !v.scratch) { /* only a heap value has anything to free */
       aspen_value_destroy(&v);
    }
@@ -722,6 +732,14 @@ typedef struct {
     * or NULL: none. */
    aspen_expr_paths_t *paths;
    layout_t layout;                /* (apply_t) */
+   /* all_new's answer for inputs of layout new_layout (0: none kept). */
+   uint64_t new_layout;
+   bool new_all;
+   /* The output's layout id (out_tab.layout) for an input of layout
+    * out_from whose computed fields wrote out_written (out_exprs of them):
+    * the output's top-level keys are the same for every such input. */
+   uint64_t out_from, out_written, out_layout;
+   uint32_t out_exprs;
 } shape_t;
 
 static void
@@ -740,7 +758,7 @@ shape_destroy(aspen_stage_t *st)
 /* True if no computed field of a flat $addFields is in the input that
  * `t` describes. */
 static bool
-all_new(const shape_t *s, const aspen_fields_t *t)
+all_new_find(const shape_t *s, const aspen_fields_t *t)
 {
    for (size_t i = 0; i < s->tree.root.n_kids; i++) {
       const node_t *n = &s->tree.root.kids[i];
@@ -749,6 +767,42 @@ all_new(const shape_t *s, const aspen_fields_t *t)
       }
    }
    return true;
+}
+
+/* The same, remembered for `t`'s layout: it depends on the keys alone. */
+static bool
+all_new(shape_t *s, const aspen_fields_t *t)
+{
+   if (t->layout != 0 && t->layout == s->new_layout) {
+      return s->new_all;
+   }
+   s->new_all = all_new_find(s, t);
+   s->new_layout = t->layout;
+   return s->new_all;
+}
+
+/* Tags the output's table with a layout id when its top-level keys follow
+ * from the input's layout (in->fields, tagged) and which computed fields
+ * wrote something: the input's elements walked from its table (a->given)
+ * or copied as one span (append_new), the top level only. The same id as
+ * the last output's for the same input layout and the same fields written,
+ * else a new one. */
+static void
+tag_output(shape_t *s, const apply_t *a, const aspen_sdoc_t *in,
+           bool from_table)
+{
+   uint64_t from = from_table ? in->fields->layout : 0;
+   if (from == 0 || a->n_exprs > 64) {
+      return;
+   }
+   if (from != s->out_from || a->written != s->out_written ||
+       a->n_exprs != s->out_exprs || s->out_layout == 0) {
+      s->out_from = from;
+      s->out_written = a->written;
+      s->out_exprs = a->n_exprs;
+      s->out_layout = aspen_fields_new_layout_id();
+   }
+   s->out_tab.layout = s->out_layout;
 }
 
 /* A flat $addFields over an input without any of its fields: what
@@ -800,6 +854,7 @@ shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
       aspen_expr_paths_resolve(s->paths, in->doc, given ? in->fields : NULL);
       ctx.paths = s->paths;
    }
+   bool from_table = given;
    if (given && s->flat && all_new(s, in->fields)) {
       if (!append_new(&a, s, in)) {
          return false;
@@ -817,6 +872,7 @@ shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
       if (a.failed) {
          return false;
       }
+      from_table = a.given != NULL;
    }
    bson_t out;
    if (!aspen_bsonw_finish(&s->w, &out)) {
@@ -830,6 +886,7 @@ shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
     * writer's. */
    s->out_tab.data = s->w.data;
    s->out_tab.len = out.len;
+   tag_output(s, &a, in, from_table);
    aspen_sdoc_t next = *in;
    next.doc = &out;
    next.fields = &s->out_tab;

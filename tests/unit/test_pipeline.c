@@ -1470,6 +1470,42 @@ static const char *const slots_docs[] = {
    " \"obs\": {\"watts\": null}}",
    "{\"_id\": 1, \"a\": {\"b\": {\"c\": \"deep\"}, \"b\": 4},"
    " \"arr\": [], \"obs\": {}, \"device_id\": \"d\", \"group_id\": 2.5}",
+   /* Layouts alternating (A, B, A, A, B, A), the same keys carrying other
+    * types and arrays: the slots' memo per layout (expr_paths.c) and the
+    * shaping stages' output layout ids must not carry one document's field
+    * positions over to another's. */
+   "{\"device_id\": \"a1\", \"group_id\": 1, \"timestamp\": \"t1\", \"k\": 1,"
+   " \"obs\": {\"watts\": 10, \"temp\": 30}, \"a\": {\"b\": {\"c\": 1},"
+   " \"x\": [{\"c\": 1}]}, \"arr\": [{\"v\": 1}], \"o\": {\"p\": 1}}",
+   "{\"obs\": {\"temp\": 2, \"watts\": 3}, \"a\": {\"b\": 2}, \"k\": 2, \"d\": 0,"
+   " \"device_id\": \"b1\", \"group_id\": 7, \"timestamp\": \"t2\"}",
+   "{\"device_id\": 5, \"group_id\": \"g\", \"timestamp\": [1, 2], \"k\": [1, 2],"
+   " \"obs\": [{\"watts\": 1}, {\"watts\": 2}], \"a\": [{\"b\": {\"c\": 2}},"
+   " {\"b\": 3}], \"arr\": {\"v\": 2}, \"o\": 4}",
+   "{\"device_id\": \"a3\", \"group_id\": 2.5, \"timestamp\": null, \"k\": 0,"
+   " \"obs\": \"s\", \"a\": {\"b\": [{\"c\": 3}]}, \"arr\": [], \"o\": {\"p\": [1]}}",
+   "{\"obs\": 1, \"a\": {\"b\": {\"c\": 9}}, \"k\": [3], \"d\": [1],"
+   " \"device_id\": {\"x\": 1}, \"group_id\": null, \"timestamp\": 1}",
+   "{\"device_id\": \"a4\", \"group_id\": 4, \"timestamp\": \"t4\", \"k\": 4,"
+   " \"obs\": {\"temp\": 40, \"watts\": 400}, \"a\": {\"x\": 1, \"b\": {\"c\": 4}},"
+   " \"arr\": [{\"v\": [4]}], \"o\": {\"p\": 4}}",
+   /* Sub-documents after one another that start with the same heads or
+    * not (the sibling scan's memo, expr_paths.c nest_replay): the same
+    * keys with other types, a key differing in its last byte, an element
+    * more, names absent (the walk to the end) and back. */
+   "{\"obs\": {\"watts\": 1, \"temp\": 2}, \"k\": 1}",
+   "{\"obs\": {\"watts\": 1, \"temp\": 2}, \"k\": 1}",
+   "{\"obs\": {\"watts\": \"str\", \"temp\": [3]}, \"k\": 2}",
+   "{\"obs\": {\"watts\": 1.5, \"temp\": {\"v\": 1}}, \"k\": 2}",
+   "{\"obs\": {\"wattz\": 1, \"temp\": 2}, \"k\": 3}",
+   "{\"obs\": {\"watts\": 1, \"temp\": 2, \"x\": 3}, \"k\": 4}",
+   "{\"obs\": {\"watts\": 1}, \"k\": 5}",
+   "{\"obs\": {\"watts\": 6}, \"k\": 6}",
+   "{\"obs\": {\"watts\": 1, \"temp\": 7}, \"k\": 7}",
+   "{\"obs\": {\"watts\": 2, \"temp\": 8, \"watts\": 9}, \"k\": 8}",
+   "{\"obs\": {\"temp\": 8, \"watts\": 2, \"temp\": 9}, \"k\": 8}",
+   "{\"obs\": {\"s\": \"str\", \"watts\": 2, \"temp\": 9}, \"k\": 9,"
+   " \"a\": {\"b\": {\"c\": 1}}}",
 };
 
 /* `doc` with the 4 bytes at the first occurrence of `key` (a key's bytes
@@ -1509,16 +1545,32 @@ path_slots_same_results(void **state)
                         " \"s\": \"str\"}, \"k\": 2, \"a\": {\"b\": 1}}",
       -1, &berr);
    assert_non_null(good);
+   /* And after a good one each (a sibling scan's memo, the good one's
+    * heads, meeting the malformed element): a string before the names, one
+    * of them a string, its length past the end or 0. */
+   bson_t *good2 = bson_new_from_json(
+      (const uint8_t *) "{\"x\": 1, \"obs\": {\"sv\": \"str\", \"watts\": \"w\","
+                        " \"temp\": 9}, \"k\": 2}",
+      -1, &berr);
+   assert_non_null(good2);
    bson_t *bad[] = {corrupt_at(good, "obs", 0, 200),
                     corrupt_at(good, "s", 0, 90),
                     corrupt_at(good, "a", 0, 0),
-                    corrupt_at(good, "watts", 0, 0xffffffffu)};
+                    corrupt_at(good, "watts", 0, 0xffffffffu),
+                    bson_copy(good2),
+                    corrupt_at(good2, "sv", 0, 90),
+                    bson_copy(good2),
+                    corrupt_at(good2, "watts", 0, 90),
+                    bson_copy(good2),
+                    corrupt_at(good2, "watts", 0, 0),
+                    bson_copy(good2)};
    size_t n_bad = sizeof bad / sizeof bad[0];
    docs = aspen_xrealloc(docs, (n + n_bad) * sizeof *docs);
    for (size_t i = 0; i < n_bad; i++) {
       docs[n++] = bad[i];
    }
    bson_destroy(good);
+   bson_destroy(good2);
    size_t outputs = runs_same_results(
       slots_pipelines, sizeof slots_pipelines / sizeof slots_pipelines[0],
       aspen_expr_paths_set_enabled, docs, n);
@@ -1552,6 +1604,20 @@ static const char *const layout_pipelines[] = {
    "[{\"$match\": {\"a\": {\"$exists\": true}}},"
    " {\"$project\": {\"a\": 1, \"b\": 1}}, {\"$match\": {}},"
    " {\"$project\": {\"b\": 1, \"x\": \"$a\"}}]",
+   /* A flat $addFields whose fields are new to some inputs only (its
+    * all-new check per layout), then one over the first's output. */
+   "[{\"$match\": {}}, {\"$addFields\": {\"n\": \"$k\","
+   " \"m\": {\"$add\": [\"$a\", 1]}}},"
+   " {\"$addFields\": {\"p\": \"$n\", \"q\": \"$c.p\"}}]",
+   /* Outputs of one input layout with other keys (a computed field
+    * missing or not: the output's layout id), read by the next stages
+    * (their slots, layout caches, a matcher's memo). */
+   "[{\"$match\": {}}, {\"$project\": {\"t\": \"$c.p\", \"u\": \"$c.q\","
+   " \"a\": 1}}, {\"$project\": {\"t\": 1, \"a\": 1, \"z\": \"$u\"}},"
+   " {\"$addFields\": {\"y\": \"$z\", \"w\": \"$t\", \"v\": \"$a\"}}]",
+   "[{\"$match\": {}}, {\"$project\": {\"t\": \"$c.p\", \"u\": \"$c.q\","
+   " \"k\": 1}}, {\"$match\": {\"u\": {\"$ne\": 2}, \"k\": {\"$ne\": 9}}},"
+   " {\"$project\": {\"t\": 1, \"z\": \"$u\", \"k\": 1}}]",
 };
 
 static const char *const layout_docs[] = {
@@ -1576,6 +1642,15 @@ static const char *const layout_docs[] = {
    "{\"c\": {\"p\": 9}}",
    "{}",
    "{}",
+   /* Layouts alternating (A, B, A, A, B, A; A is the first document's),
+    * a B with one of $addFields' new fields, A's keys with other types,
+    * arrays, and sub-documents where a computed path is missing. */
+   "{\"a\": 1, \"b\": \"x\", \"c\": {\"p\": 1}, \"k\": 1}",
+   "{\"a\": 2, \"n\": \"x\", \"c\": {\"q\": 2}, \"k\": 2}",
+   "{\"a\": [1, 2], \"b\": {\"p\": 1}, \"c\": {\"q\": 3}, \"k\": \"s\"}",
+   "{\"a\": 3, \"b\": \"x\", \"c\": {\"p\": 3}, \"k\": 3}",
+   "{\"a\": \"s\", \"n\": [1], \"c\": 5, \"k\": null}",
+   "{\"a\": 4, \"b\": null, \"c\": [{\"p\": 1}], \"k\": [4]}",
 };
 
 static void
