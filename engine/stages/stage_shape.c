@@ -9,6 +9,7 @@
  */
 #include "bsonw.h"
 #include "runtime/pipeline.h"
+#include "stages/shape.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,13 @@ typedef struct node {
    struct node *kids;
    size_t n_kids;
    bool has_expr; /* N_SUB: some descendant is an expression */
+   /* N_EXPR given as a plain field path ("$a.b"): its components, written
+    * by copying the value's bytes (copy_path) rather than evaluated; and
+    * the first one's index per input table layout (fields.h's memo). */
+   char **cp;
+   uint32_t *cp_len;
+   uint32_t cp_n;
+   uint64_t cp_memo;
 } node_t;
 
 typedef struct {
@@ -41,6 +49,11 @@ node_cleanup(node_t *n)
    }
    free(n->kids);
    free(n->name);
+   for (uint32_t i = 0; i < n->cp_n; i++) {
+      free(n->cp[i]);
+   }
+   free(n->cp);
+   free(n->cp_len);
    aspen_expr_destroy(n->expr);
    memset(n, 0, sizeof *n);
 }
@@ -164,6 +177,50 @@ is_operator_object(const bson_iter_t *it)
           bson_iter_key(&si)[0] == '$';
 }
 
+/* The node of the dotted `path` under `root` (tree_add made it). */
+static node_t *
+tree_leaf(node_t *root, const char *path)
+{
+   node_t *cur = root;
+   for (const char *p = path; cur;) {
+      const char *dot = strchr(p, '.');
+      size_t len = dot ? (size_t) (dot - p) : strlen(p);
+      cur = node_child(cur, p, len, false);
+      if (!dot) {
+         return cur;
+      }
+      p = dot + 1;
+   }
+   return NULL;
+}
+
+/* Marks the computed field `n`, whose expression the string `text`
+ * compiled to, as a plain field path when it is one ("$a.b", parsed
+ * already: no empty component, not a variable). */
+static void
+node_set_copy(node_t *n, const char *text)
+{
+   if (!n || n->kind != N_EXPR || text[0] != '$' || text[1] == '$' ||
+       text[1] == '\0') {
+      return;
+   }
+   const char *p = text + 1;
+   for (;;) {
+      const char *dot = strchr(p, '.');
+      size_t len = dot ? (size_t) (dot - p) : strlen(p);
+      n->cp = aspen_xrealloc(n->cp, (n->cp_n + 1) * sizeof *n->cp);
+      n->cp_len = aspen_xrealloc(n->cp_len, (n->cp_n + 1) * sizeof *n->cp_len);
+      n->cp[n->cp_n] = aspen_xmalloc(len + 1);
+      memcpy(n->cp[n->cp_n], p, len);
+      n->cp[n->cp_n][len] = '\0';
+      n->cp_len[n->cp_n++] = (uint32_t) len;
+      if (!dot) {
+         return;
+      }
+      p = dot + 1;
+   }
+}
+
 static bool
 tree_parse_obj(tree_t *t, node_t *root, const bson_t *spec, const char *prefix,
                tree_mode_t mode, const char *stage, int *n_incl, int *n_excl,
@@ -260,6 +317,9 @@ tree_parse_obj(tree_t *t, node_t *root, const bson_t *spec, const char *prefix,
       if (!tree_add(root, path, N_EXPR, e, err, stage)) {
          return false;
       }
+      if (BSON_ITER_HOLDS_UTF8(&it)) {
+         node_set_copy(tree_leaf(root, path), bson_iter_utf8(&it, NULL));
+      }
    }
    return true;
 }
@@ -326,24 +386,151 @@ typedef struct {
 static void apply_node_value(apply_t *a, const node_t *n, tree_mode_t mode,
                              bool inclusion, const bson_iter_t *it);
 
+/* Whether plain field paths are copied (copy_path; tests switch it off
+ * to compare with their evaluation). */
+static bool path_copy_on = true;
+
+void
+aspen_shape_path_copy_set_enabled(bool on)
+{
+   path_copy_on = on;
+}
+
+/* raw_find's walk (lang/expr.c) of the document data/len for the first
+ * element named key/klen: 1 found (*off its type byte), 0 none, -1 the
+ * walk met a malformed element first. */
+static int
+copy_find(const uint8_t *data, uint32_t len, const char *key, size_t klen,
+          uint32_t *off)
+{
+   uint32_t o = 4;
+   while (o + 1 < len) {
+      const uint8_t *k = data + o + 1;
+      size_t room = len - o - 1;
+      size_t kl = aspen_bsonw_raw_key_len(k, room);
+      if (kl == room) {
+         return -1;
+      }
+      if (kl == klen && aspen_fields_key_eq(k, key, klen)) {
+         *off = o;
+         return 1;
+      }
+      uint32_t voff = o + 1 + (uint32_t) kl + 1;
+      int64_t sz = aspen_bsonw_value_size(data[o], data + voff, len - voff);
+      if (sz < 0) {
+         return -1;
+      }
+      o = voff + (uint32_t) sz;
+   }
+   return 0;
+}
+
+/* True if the value of type `type` at v (sz bytes) is what the evaluation
+ * of a path to it would write, byte for byte (aspen_bsonw_value of its
+ * view): the types the writer encodes itself, well-formed. */
+static bool
+copy_same_bytes(uint8_t type, const uint8_t *v, int64_t sz)
+{
+   switch (type) {
+   case BSON_TYPE_DOUBLE:
+   case BSON_TYPE_INT32:
+   case BSON_TYPE_INT64:
+   case BSON_TYPE_DATE_TIME:
+   case BSON_TYPE_DECIMAL128:
+   case BSON_TYPE_OID:
+   case BSON_TYPE_NULL:
+   case BSON_TYPE_MINKEY:
+   case BSON_TYPE_MAXKEY:
+      return true;
+   case BSON_TYPE_BOOL:
+      return v[0] <= 1;
+   case BSON_TYPE_UTF8:
+   case BSON_TYPE_DOCUMENT:
+   case BSON_TYPE_ARRAY:
+      return v[sz - 1] == 0;
+   default:
+      return false;
+   }
+}
+
+/* Writes the computed field `n`, a plain field path, by copying its
+ * value's bytes under the field's name (nothing when the path is missing):
+ * the first component found through the input's table, the next ones by
+ * raw walks of the sub-documents. False, nothing written, when the
+ * evaluation must decide: no table, an array on the way (MongoDB's
+ * traversal), malformed bytes, a type the writer re-encodes. */
+static bool
+copy_path(apply_t *a, const node_t *n)
+{
+   const bson_t *doc = a->ctx->current ? a->ctx->current : a->ctx->root;
+   const aspen_fields_t *t = a->ctx->fields;
+   if (!path_copy_on || !aspen_fields_covers(t, doc)) {
+      return false;
+   }
+   int i = aspen_fields_find_memo(t, n->cp[0], n->cp_len[0],
+                                  (uint64_t *) &n->cp_memo);
+   if (i < 0) {
+      return true; /* missing: omitted */
+   }
+   const uint8_t *data = t->data;
+   uint32_t len = t->len, off = t->f[i].off;
+   size_t kl = t->f[i].klen;
+   for (uint32_t p = 1;; p++) {
+      uint8_t type = data[off];
+      uint32_t voff = off + 1 + (uint32_t) kl + 1;
+      int64_t sz = aspen_bsonw_value_size(type, data + voff, len - voff);
+      if (sz < 0) {
+         return false;
+      }
+      if (p == n->cp_n) {
+         if (!copy_same_bytes(type, data + voff, sz)) {
+            return false;
+         }
+         aspen_bsonw_key(a->w, (bson_type_t) type, n->name, n->name_len);
+         memcpy(aspen_bsonw_reserve(a->w, (size_t) sz), data + voff,
+                (size_t) sz);
+         a->w->len += (size_t) sz;
+         return true;
+      }
+      if (type == BSON_TYPE_ARRAY) {
+         return false;
+      }
+      if (type != BSON_TYPE_DOCUMENT) {
+         return true; /* under a scalar: missing */
+      }
+      data += voff;
+      len = (uint32_t) sz;
+      int r = copy_find(data, len, n->cp[p], n->cp_len[p], &off);
+      if (r < 0) {
+         return false;
+      }
+      if (r == 0) {
+         return true;
+      }
+      kl = n->cp_len[p];
+   }
+}
+
 static void
 append_expr(apply_t *a, const node_t *n)
 {
-   aspen_value_t v;
-   if (!aspen_expr_eval(n->expr, a->ctx, &v, a->err)) {
-      a->failed = true;
-      return;
-   }
    size_t before = a->w->len;
-   aspen_bsonw_value(a->w, n->name, n->name_len, &v.v);
+   if (!n->cp_n || !copy_path(a, n)) {
+      aspen_value_t v;
+      if (!aspen_expr_eval(n->expr, a->ctx, &v, a->err)) {
+         a->failed = true;
+         return;
+      }
+      aspen_bsonw_value(a->w, n->name, n->name_len, &v.v);
+      if (v.owned && !v.scratch) { /* only a heap value has anything to free */
+         aspen_value_destroy(&v);
+      }
+      a->ctx->scratch->used = 0; /* v, written, was the last value in it */
+   }
    if (a->w->len > before && a->n_exprs < 64) {
       a->written |= 1ull << a->n_exprs;
    }
    a->n_exprs++;
-   if (v.owned && !v.scratch) { /* only a heap value has anything to free */
-      aspen_value_destroy(&v);
-   }
-   a->ctx->scratch->used = 0; /* v, written, was the last value in it */
 }
 
 /* Records in out_tab the top-level element written from `before` on, if
@@ -898,7 +1085,9 @@ shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 static void
 collect_paths(aspen_expr_paths_t *p, const node_t *n)
 {
-   if (n->kind == N_EXPR) {
+   if (n->kind == N_EXPR && n->cp_n == 0) {
+      /* (a plain path is copied: copy_path; its rare fallback to the
+       * evaluation takes the general lookup) */
       aspen_expr_paths_add(p, n->expr);
    }
    for (size_t i = 0; i < n->n_kids; i++) {

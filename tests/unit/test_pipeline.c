@@ -56,6 +56,7 @@
 #include "connectors/source_documents.h"
 #include "runtime/pipeline.h"
 #include "stages/match.h"
+#include "stages/shape.h"
 #include "stages/window.h"
 
 #ifndef ASPEN_CASES_DIR
@@ -132,12 +133,25 @@ cjson(const bson_t *doc)
    return bson_as_canonical_extended_json(doc, NULL);
 }
 
-/* Copies `in` without the fields the runners ignore (`_ts`, `_stream_meta`). */
+/* Copies `in` without the fields the runners ignore (`_ts`, `_stream_meta`);
+ * one that libbson cannot walk (a malformed value a stage passed on as its
+ * bytes) as it is. */
 static bson_t *
 strip_copy(const bson_t *in)
 {
    bson_t *out = bson_new();
-   bson_copy_to_excluding_noinit(in, out, "_ts", "_stream_meta", NULL);
+   bson_iter_t it;
+   bool ok = bson_iter_init(&it, in);
+   while (ok && bson_iter_next(&it)) {
+      const char *k = bson_iter_key(&it);
+      if (strcmp(k, "_ts") != 0 && strcmp(k, "_stream_meta") != 0) {
+         ok = bson_append_iter(out, NULL, 0, &it);
+      }
+   }
+   if (!ok || it.err_off != 0) {
+      bson_destroy(out);
+      return bson_copy(in);
+   }
    return out;
 }
 
@@ -1508,19 +1522,18 @@ static const char *const slots_docs[] = {
    " \"a\": {\"b\": {\"c\": 1}}}",
 };
 
-/* `doc` with the 4 bytes at the first occurrence of `key` (a key's bytes
- * with its NUL) plus `skip` replaced by `le` (little endian). */
+/* `doc` with the `n` bytes at the first occurrence of `key` (a key's
+ * bytes with its NUL) plus `skip` replaced by `b`. */
 static bson_t *
-corrupt_at(const bson_t *doc, const char *key, size_t skip, uint32_t le)
+poke_bytes(const bson_t *doc, const char *key, size_t skip, const uint8_t *b,
+           size_t n)
 {
    uint8_t *buf = aspen_xmalloc(doc->len);
    memcpy(buf, bson_get_data(doc), doc->len);
    size_t klen = strlen(key) + 1;
-   for (size_t i = 0; i + klen + skip + 4 <= doc->len; i++) {
+   for (size_t i = 0; i + klen + skip + n <= doc->len; i++) {
       if (memcmp(buf + i, key, klen) == 0) {
-         uint8_t b[4] = {(uint8_t) le, (uint8_t) (le >> 8),
-                         (uint8_t) (le >> 16), (uint8_t) (le >> 24)};
-         memcpy(buf + i + klen + skip, b, 4);
+         memcpy(buf + i + klen + skip, b, n);
          break;
       }
    }
@@ -1528,6 +1541,15 @@ corrupt_at(const bson_t *doc, const char *key, size_t skip, uint32_t le)
    free(buf);
    assert_non_null(out);
    return out;
+}
+
+/* `doc` with the 4 bytes there replaced by `le` (little endian). */
+static bson_t *
+corrupt_at(const bson_t *doc, const char *key, size_t skip, uint32_t le)
+{
+   uint8_t b[4] = {(uint8_t) le, (uint8_t) (le >> 8), (uint8_t) (le >> 16),
+                   (uint8_t) (le >> 24)};
+   return poke_bytes(doc, key, skip, b, 4);
 }
 
 static void
@@ -1700,6 +1722,157 @@ layout_cache_same_results(void **state)
       aspen_fields_set_enabled, docs, n);
    docs_free(docs, n);
    assert_true(outputs > 200);
+}
+
+/* Computed fields that are plain field paths, written by copying the
+ * value's bytes (stage_shape.c, copy_path), against their evaluation: a
+ * value of every BSON type at the top, one and two levels down, missing
+ * ones, scalars and arrays on the way (MongoDB's traversal), duplicate
+ * keys, fields replaced in place, nested computed fields, and malformed
+ * values (a bool byte of 2, a string or sub-document without its final
+ * NUL, lengths past the end). */
+static const char *const copy_pipelines[] = {
+   "[{\"$project\": {\"_id\": 0, \"v\": \"$v\", \"n\": \"$o.v\","
+   "   \"d\": \"$o.d.v\", \"m\": \"$nope\", \"a\": \"$arr.v\","
+   "   \"s\": \"$o.v.x\", \"t\": \"$t\"}}]",
+   "[{\"$addFields\": {\"v2\": \"$v\", \"o2\": \"$o.v\", \"v\": \"$o.d.v\","
+   "   \"a\": \"$arr.v\", \"arr\": \"$o\", \"m\": \"$o.nope\"}}]",
+   "[{\"$set\": {\"x\": {\"y\": \"$v\", \"z\": \"$o.d\"}, \"o.w\": \"$t\"}}]",
+   "[{\"$project\": {\"t\": 1, \"o.w\": \"$v\", \"o.v\": 1, \"k\": \"$o\"}}]",
+   "[{\"$project\": {\"t\": 1, \"v\": 1, \"o\": 1, \"arr\": 1,"
+   "   \"ts\": \"$v\"}}, {\"$addFields\": {\"p\": \"$o.v\", \"q\": \"$ts\","
+   "   \"r\": {\"$concat\": [\"$t\", \"-\"]}}}]",
+   "[{\"$unset\": \"t\"}, {\"$addFields\": {\"u\": \"$o.d.v\"}},"
+   " {\"$project\": {\"w\": \"$u\", \"v\": \"$v\"}}]",
+};
+
+/* Appends a value of the type numbered `i` (0 .. 21) under `key`. */
+static void
+append_typed(bson_t *d, const char *key, int i)
+{
+   static const uint8_t bin[3] = {1, 2, 3};
+   bson_oid_t oid;
+   bson_decimal128_t dec = {.high = 0x3040000000000000ull, .low = 7};
+   bson_t sub;
+   bson_oid_init_from_string(&oid, "0123456789abcdef01234567");
+   switch (i) {
+   case 0: BSON_APPEND_DOUBLE(d, key, -2.5); break;
+   case 1: BSON_APPEND_UTF8(d, key, "str"); break;
+   case 2:
+      BSON_APPEND_DOCUMENT_BEGIN(d, key, &sub);
+      BSON_APPEND_INT32(&sub, "x", 1);
+      bson_append_document_end(d, &sub);
+      break;
+   case 3:
+      BSON_APPEND_ARRAY_BEGIN(d, key, &sub);
+      BSON_APPEND_INT32(&sub, "0", 1);
+      bson_append_array_end(d, &sub);
+      break;
+   case 4: BSON_APPEND_BINARY(d, key, BSON_SUBTYPE_BINARY, bin, 3); break;
+   case 5: BSON_APPEND_UNDEFINED(d, key); break;
+   case 6: BSON_APPEND_OID(d, key, &oid); break;
+   case 7: BSON_APPEND_BOOL(d, key, true); break;
+   case 8: BSON_APPEND_DATE_TIME(d, key, 1795000000000); break;
+   case 9: BSON_APPEND_NULL(d, key); break;
+   case 10: BSON_APPEND_REGEX(d, key, "^a", "mi"); break;
+   case 11: BSON_APPEND_DBPOINTER(d, key, "c.d", &oid); break;
+   case 12: BSON_APPEND_CODE(d, key, "f()"); break;
+   case 13: BSON_APPEND_SYMBOL(d, key, "sym"); break;
+   case 14:
+      bson_init(&sub);
+      BSON_APPEND_INT32(&sub, "s", 1);
+      BSON_APPEND_CODE_WITH_SCOPE(d, key, "g()", &sub);
+      bson_destroy(&sub);
+      break;
+   case 15: BSON_APPEND_INT32(d, key, -7); break;
+   case 16: BSON_APPEND_TIMESTAMP(d, key, 5, 6); break;
+   case 17: BSON_APPEND_INT64(d, key, 1ll << 40); break;
+   case 18: BSON_APPEND_DECIMAL128(d, key, &dec); break;
+   case 19: BSON_APPEND_MINKEY(d, key); break;
+   case 20: BSON_APPEND_MAXKEY(d, key); break;
+   default: BSON_APPEND_BOOL(d, key, false); break;
+   }
+}
+
+enum { COPY_TYPES = 22 };
+
+/* {t: "s", v: X, o: {v: X, d: {v: X}}, arr: [{v: X}, {v: X}]} with X of
+ * type `i`, the keys in another order when `shuffle`. */
+static bson_t *
+typed_doc(int i, bool shuffle)
+{
+   bson_t *d = bson_new(), o, dd, arr, e;
+   if (!shuffle) {
+      BSON_APPEND_UTF8(d, "t", "s");
+      append_typed(d, "v", i);
+   }
+   BSON_APPEND_DOCUMENT_BEGIN(d, "o", &o);
+   append_typed(&o, "v", i);
+   BSON_APPEND_DOCUMENT_BEGIN(&o, "d", &dd);
+   append_typed(&dd, "v", i);
+   bson_append_document_end(&o, &dd);
+   bson_append_document_end(d, &o);
+   BSON_APPEND_ARRAY_BEGIN(d, "arr", &arr);
+   for (int k = 0; k < 2; k++) {
+      BSON_APPEND_DOCUMENT_BEGIN(&arr, k ? "1" : "0", &e);
+      append_typed(&e, "v", i);
+      bson_append_document_end(&arr, &e);
+   }
+   bson_append_array_end(d, &arr);
+   if (shuffle) {
+      append_typed(d, "v", i);
+      BSON_APPEND_UTF8(d, "t", "s");
+   }
+   return d;
+}
+
+/* `doc` with the byte there set to `b`. */
+static bson_t *
+poke_at(const bson_t *doc, const char *key, size_t skip, uint8_t b)
+{
+   return poke_bytes(doc, key, skip, &b, 1);
+}
+
+static void
+path_copy_same_results(void **state)
+{
+   (void) state;
+   static const char *const json[] = {
+      "{\"t\": \"s\", \"v\": 1, \"o\": 5, \"arr\": 3}",
+      "{\"t\": \"s\", \"o\": [{\"v\": 1, \"d\": {\"v\": 2}}, {\"v\": 3}],"
+      " \"arr\": [{\"v\": [1]}, 2, {\"w\": 3}]}",
+      "{\"t\": \"s\", \"o\": {\"d\": [{\"v\": 1}, {\"v\": 2}], \"v\": null}}",
+      "{\"v\": 1, \"v\": 2, \"o\": {\"v\": \"a\", \"v\": \"b\"}, \"o\": 4}",
+      "{\"o\": {\"d\": 7}}",
+      "{}",
+   };
+   size_t n = sizeof json / sizeof json[0];
+   bson_t **docs = docs_from_json(json, &n);
+   size_t cap = n + 2 * COPY_TYPES + 8;
+   docs = aspen_xrealloc(docs, cap * sizeof *docs);
+   for (int i = 0; i < COPY_TYPES; i++) {
+      docs[n++] = typed_doc(i, false);
+      docs[n++] = typed_doc(i, i % 3 == 0);
+   }
+   /* Malformed values: "v"'s bool byte 2 (at the top and in "o"), a
+    * string's final NUL, a sub-document's final NUL, a string's length
+    * past the end. */
+   bson_t *b = typed_doc(7, false), *str = typed_doc(1, false);
+   bson_t *sub = typed_doc(2, false);
+   docs[n++] = poke_at(b, "v", 0, 2);
+   docs[n++] = poke_at(b, "d", 4 + 1 + 2, 2);
+   docs[n++] = poke_at(str, "v", 4 + 3, 'x');
+   docs[n++] = poke_at(sub, "v", 4 + 1 + 2 + 4, 1);
+   docs[n++] = poke_at(str, "v", 0, 90);
+   docs[n++] = bson_copy(str);
+   bson_destroy(b);
+   bson_destroy(str);
+   bson_destroy(sub);
+   size_t outputs = runs_same_results(
+      copy_pipelines, sizeof copy_pipelines / sizeof copy_pipelines[0],
+      aspen_shape_path_copy_set_enabled, docs, n);
+   docs_free(docs, n);
+   assert_true(outputs > 300);
 }
 
 /* Whether a $match makes its input's field table is decided when the
@@ -1924,6 +2097,7 @@ main(void)
       cmocka_unit_test(path_slots_same_results),
       cmocka_unit_test(match_table_only_when_read),
       cmocka_unit_test(layout_cache_same_results),
+      cmocka_unit_test(path_copy_same_results),
       cmocka_unit_test(match_table_decided_at_parse),
    };
    const size_t n_direct = sizeof direct / sizeof direct[0];

@@ -1,0 +1,16 @@
+/*
+ * shape.h - the shaping stages (stage_shape.c) beyond their ops: the
+ * switches the pipeline's tests turn to compare a fast path with the
+ * general one.
+ */
+#ifndef ASPEN_ENGINE_STAGES_SHAPE_H
+#define ASPEN_ENGINE_STAGES_SHAPE_H
+
+#include <stdbool.h>
+
+/* Whether a computed field that is a plain field path ("$a.b") is written
+ * by copying its value's bytes (default true) or evaluated. Tests only:
+ * set before a pipeline runs, on its thread. */
+void aspen_shape_path_copy_set_enabled(bool on);
+
+#endif /* ASPEN_ENGINE_STAGES_SHAPE_H */
