@@ -111,7 +111,7 @@ doc_frame_ok(const uint8_t *data, uint32_t len)
 }
 
 void
-aspen_bsonw_value(aspen_bsonw_t *w, const char *key, size_t key_len,
+aspen__bsonw_value_any(aspen_bsonw_t *w, const char *key, size_t key_len,
                   const bson_value_t *val)
 {
    const bson_value_t *v = val;

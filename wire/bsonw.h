@@ -40,8 +40,9 @@ void aspen_bsonw_cleanup(aspen_bsonw_t *w);
 void aspen_bsonw_reset(aspen_bsonw_t *w);
 /* Makes room for `n` more bytes (inside bsonw.c: it grows the buffer). */
 void aspen__bsonw_grow(aspen_bsonw_t *w, size_t n);
-/* Appends `val` under `key` (MISSING, type 0, appends nothing). */
-void aspen_bsonw_value(aspen_bsonw_t *w, const char *key, size_t key_len,
+/* Appends `val` under `key` (MISSING, type 0, appends nothing): inline
+ * below for the scalars and short strings, else this (every type). */
+void aspen__bsonw_value_any(aspen_bsonw_t *w, const char *key, size_t key_len,
                        const bson_value_t *val);
 /* Copies `doc`'s top-level elements but those whose key is key[0 ..
  * key_len) into `w`, element bytes as they are (as
@@ -322,6 +323,74 @@ aspen_bsonw_iter_next(bson_iter_t *it)
    it->next_off = next;
    it->err_off = 0;
    return true;
+}
+
+/* Appends `val` under `key` (MISSING, type 0, appends nothing). The values
+ * computed fields mostly are - bool, int, double, date, a string of up to
+ * 32 bytes - under a key of up to 16 bytes are stored in place with one
+ * reservation; the rest go through aspen__bsonw_value_any. The bytes are
+ * the same either way (test_bsonw compares them). */
+static inline void
+aspen_bsonw_value(aspen_bsonw_t *w, const char *key, size_t key_len,
+                  const bson_value_t *v)
+{
+   size_t vlen;
+   switch (v->value_type) {
+   case BSON_TYPE_BOOL:
+      vlen = 1;
+      break;
+   case BSON_TYPE_INT32:
+      vlen = 4;
+      break;
+   case BSON_TYPE_DOUBLE:
+   case BSON_TYPE_INT64:
+   case BSON_TYPE_DATE_TIME:
+      vlen = 8;
+      break;
+   case BSON_TYPE_UTF8:
+      vlen = 5 + (size_t) v->value.v_utf8.len;
+      break;
+   default:
+      vlen = 64;
+      break;
+   }
+   if (key_len > 16 || vlen > 37) {
+      aspen__bsonw_value_any(w, key, key_len, v);
+      return;
+   }
+   uint8_t *p = aspen_bsonw_reserve(w, key_len + 2 + vlen);
+   p[0] = (uint8_t) v->value_type;
+   aspen_bsonw_copy_short(p + 1, key, key_len);
+   p[1 + key_len] = 0;
+   uint8_t *q = p + 2 + key_len;
+   switch (v->value_type) {
+   case BSON_TYPE_BOOL:
+      q[0] = v->value.v_bool ? 1 : 0;
+      break;
+   case BSON_TYPE_INT32:
+      aspen_bytes_put_le32(q, (uint32_t) v->value.v_int32);
+      break;
+   case BSON_TYPE_UTF8: {
+      uint32_t sl = v->value.v_utf8.len; /* at most 32 (vlen above) */
+      const char *str = v->value.v_utf8.str;
+      aspen_bytes_put_le32(q, sl + 1);
+      if (sl > 16) { /* two overlapping 16-byte moves */
+         memcpy(q + 4, str, 16);
+         memcpy(q + 4 + sl - 16, str + sl - 16, 16);
+      } else {
+         aspen_bsonw_copy_short(q + 4, str, sl);
+      }
+      q[4 + sl] = 0;
+      break;
+   }
+   default: { /* the 8-byte ones: the bits of the union's first word */
+      uint64_t bits;
+      memcpy(&bits, &v->value, 8);
+      aspen_bytes_put_le64(q, bits);
+      break;
+   }
+   }
+   w->len += key_len + 2 + vlen;
 }
 
 #endif /* ASPEN_WIRE_BSONW_H */

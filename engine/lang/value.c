@@ -118,64 +118,9 @@ aspen__value_own(aspen_value_t *val)
    }
 }
 
-aspen_value_t
-aspen_value_int32(int32_t i)
-{
-   aspen_value_t out;
-   memset(&out, 0, sizeof out);
-   out.v.value_type = BSON_TYPE_INT32;
-   out.v.value.v_int32 = i;
-   return out;
-}
 
-aspen_value_t
-aspen_value_int64(int64_t i)
-{
-   aspen_value_t out;
-   memset(&out, 0, sizeof out);
-   out.v.value_type = BSON_TYPE_INT64;
-   out.v.value.v_int64 = i;
-   return out;
-}
 
-aspen_value_t
-aspen_value_double(double d)
-{
-   aspen_value_t out;
-   memset(&out, 0, sizeof out);
-   out.v.value_type = BSON_TYPE_DOUBLE;
-   out.v.value.v_double = d;
-   return out;
-}
 
-aspen_value_t
-aspen_value_bool(bool b)
-{
-   aspen_value_t out;
-   memset(&out, 0, sizeof out);
-   out.v.value_type = BSON_TYPE_BOOL;
-   out.v.value.v_bool = b;
-   return out;
-}
-
-aspen_value_t
-aspen_value_null(void)
-{
-   aspen_value_t out;
-   memset(&out, 0, sizeof out);
-   out.v.value_type = BSON_TYPE_NULL;
-   return out;
-}
-
-aspen_value_t
-aspen_value_date(int64_t ms)
-{
-   aspen_value_t out;
-   memset(&out, 0, sizeof out);
-   out.v.value_type = BSON_TYPE_DATE_TIME;
-   out.v.value.v_datetime = ms;
-   return out;
-}
 
 aspen_value_t
 aspen_value_utf8(const char *s, size_t len)

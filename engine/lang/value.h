@@ -18,6 +18,8 @@
 
 #include "wire.h"
 
+#include <string.h>
+
 typedef struct {
    bson_value_t v;
    bool owned;
@@ -46,13 +48,33 @@ void aspen_value_destroy(aspen_value_t *val);
 aspen_value_t aspen_value_borrow(const bson_iter_t *it);
 /* An owned deep copy. */
 aspen_value_t aspen_value_copy(const aspen_value_t *val);
-/* Owned constructors. */
-aspen_value_t aspen_value_int32(int32_t i);
-aspen_value_t aspen_value_int64(int64_t i);
-aspen_value_t aspen_value_double(double d);
-aspen_value_t aspen_value_bool(bool b);
-aspen_value_t aspen_value_null(void);
-aspen_value_t aspen_value_date(int64_t ms);
+/* Owned constructors. The scalar ones are inline: operators make one per
+ * evaluation (a comparison's bool, a division's double), and a call to a
+ * function that clears a 32-byte struct cost more than the operator. */
+#define ASPEN__VALUE_SCALAR(name, arg_t, btype, field)                         \
+   static inline aspen_value_t name(arg_t x)                                   \
+   {                                                                           \
+      aspen_value_t out;                                                       \
+      memset(&out, 0, sizeof out);                                             \
+      out.v.value_type = btype;                                                \
+      out.v.value.field = x;                                                   \
+      return out;                                                              \
+   }
+ASPEN__VALUE_SCALAR(aspen_value_int32, int32_t, BSON_TYPE_INT32, v_int32)
+ASPEN__VALUE_SCALAR(aspen_value_int64, int64_t, BSON_TYPE_INT64, v_int64)
+ASPEN__VALUE_SCALAR(aspen_value_double, double, BSON_TYPE_DOUBLE, v_double)
+ASPEN__VALUE_SCALAR(aspen_value_bool, bool, BSON_TYPE_BOOL, v_bool)
+ASPEN__VALUE_SCALAR(aspen_value_date, int64_t, BSON_TYPE_DATE_TIME,
+                    v_datetime)
+#undef ASPEN__VALUE_SCALAR
+static inline aspen_value_t
+aspen_value_null(void)
+{
+   aspen_value_t out;
+   memset(&out, 0, sizeof out);
+   out.v.value_type = BSON_TYPE_NULL;
+   return out;
+}
 aspen_value_t aspen_value_utf8(const char *s, size_t len); /* copies */
 /* Takes ownership of `doc` (bson_destroy'd later) as a document/array value. */
 aspen_value_t aspen_value_take_doc(bson_t *doc, bool is_array);

@@ -2742,6 +2742,19 @@ static const char *const bsonw_doc_json =
    "{'$numberDecimal': '1.25'}, 'max': {'$maxKey': 1}, 'min': {'$minKey': "
    "1}, 'a long key of forty characters or so ...': 0}";
 
+/* Finishes `wall`, which must hold `all`'s bytes; frees both and `w`. */
+static void
+bsonw_same_and_free(aspen_bsonw_t *wall, bson_t *all, aspen_bsonw_t *w)
+{
+   bson_t got;
+   assert_true(aspen_bsonw_finish(wall, &got));
+   assert_int_equal(got.len, all->len);
+   assert_memory_equal(bson_get_data(&got), bson_get_data(all), got.len);
+   bson_destroy(all);
+   aspen_bsonw_cleanup(wall);
+   aspen_bsonw_cleanup(w);
+}
+
 /* Keys of every length from 0 to 40 (aspen_bsonw_copy_short's cases and
  * past them), each on a fresh buffer and after others: libbson's bytes. */
 static void
@@ -2772,13 +2785,78 @@ test_bsonw_key_lengths(void **state)
       assert_true(bson_append_value(&all, key + 40 - n, (int) n, &v));
       aspen_bsonw_value(&wall, key + 40 - n, n, &v);
    }
-   bson_t got;
-   assert_true(aspen_bsonw_finish(&wall, &got));
-   assert_int_equal(got.len, all.len);
-   assert_memory_equal(bson_get_data(&got), bson_get_data(&all), got.len);
-   bson_destroy(&all);
-   aspen_bsonw_cleanup(&wall);
-   aspen_bsonw_cleanup(&w);
+   bsonw_same_and_free(&wall, &all, &w);
+}
+
+/* The values aspen_bsonw_value stores in place (bool, int32, int64,
+ * double, date, strings of up to 32 bytes, keys of up to 16) and those
+ * just past those bounds, under keys of 0 to 20 bytes, into a writer that
+ * starts empty, one on a small stack buffer that must grow, and after
+ * other values: libbson's bytes each time. */
+static void
+test_bsonw_scalars_in_place(void **state)
+{
+   (void) state;
+   char key[21], str[41];
+   for (size_t n = 0; n < sizeof key; n++) {
+      key[n] = (char) ('k' + n % 7);
+   }
+   for (size_t n = 0; n < sizeof str; n++) {
+      str[n] = (char) (n % 3 ? 'a' + n % 26 : 0xc3 + n % 2); /* any bytes */
+   }
+   bson_value_t vals[64];
+   size_t nv = 0;
+   vals[nv] = (bson_value_t){.value_type = BSON_TYPE_BOOL};
+   vals[nv++].value.v_bool = true;
+   vals[nv++] = (bson_value_t){.value_type = BSON_TYPE_BOOL};
+   static const int32_t i32[] = {0, -1, INT32_MIN, INT32_MAX, 1000};
+   for (size_t i = 0; i < 5; i++) {
+      vals[nv] = (bson_value_t){.value_type = BSON_TYPE_INT32};
+      vals[nv++].value.v_int32 = i32[i];
+   }
+   static const int64_t i64[] = {0, INT64_MIN, INT64_MAX, -5000000000LL};
+   for (size_t i = 0; i < 4; i++) {
+      vals[nv] = (bson_value_t){.value_type = BSON_TYPE_INT64};
+      vals[nv++].value.v_int64 = i64[i];
+      vals[nv] = (bson_value_t){.value_type = BSON_TYPE_DATE_TIME};
+      vals[nv++].value.v_datetime = i64[i];
+   }
+   static const double dbl[] = {0.0, -0.0, NAN, -INFINITY, 0.05, 1e300};
+   for (size_t i = 0; i < 6; i++) {
+      vals[nv] = (bson_value_t){.value_type = BSON_TYPE_DOUBLE};
+      vals[nv++].value.v_double = dbl[i];
+   }
+   static const uint32_t lens[] = {0, 1, 3, 4, 7, 8, 15, 16, 17, 24, 31, 32,
+                                   33, 40};
+   for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+      vals[nv] = (bson_value_t){.value_type = BSON_TYPE_UTF8};
+      vals[nv].value.v_utf8.str = str;
+      vals[nv++].value.v_utf8.len = lens[i];
+   }
+   vals[nv++] = (bson_value_t){.value_type = BSON_TYPE_NULL};
+   bson_t all = BSON_INITIALIZER;
+   aspen_bsonw_t wall, w;
+   uint8_t stackbuf[24];
+   aspen_bsonw_init_static(&wall, stackbuf, sizeof stackbuf);
+   aspen_bsonw_reset(&wall);
+   aspen_bsonw_init(&w);
+   for (size_t kl = 0; kl < sizeof key; kl++) {
+      for (size_t i = 0; i < nv; i++) {
+         bson_t want = BSON_INITIALIZER, got;
+         assert_true(bson_append_value(&want, key, (int) kl, &vals[i]));
+         aspen_bsonw_cleanup(&w); /* from an empty writer each time */
+         aspen_bsonw_reset(&w);
+         aspen_bsonw_value(&w, key, kl, &vals[i]);
+         assert_true(aspen_bsonw_finish(&w, &got));
+         assert_int_equal(got.len, want.len);
+         assert_memory_equal(bson_get_data(&got), bson_get_data(&want),
+                             got.len);
+         bson_destroy(&want);
+         assert_true(bson_append_value(&all, key, (int) kl, &vals[i]));
+         aspen_bsonw_value(&wall, key, kl, &vals[i]);
+      }
+   }
+   bsonw_same_and_free(&wall, &all, &w);
 }
 
 static void
@@ -3428,6 +3506,7 @@ main(void)
       T(test_bytes_dec_int64),
       T(test_bsonw_matches_libbson),
       T(test_bsonw_key_lengths),
+      T(test_bsonw_scalars_in_place),
       T(test_bsonw_iter_next),
       T(test_bsonw_copy_without),
       T(test_ejson_read),
