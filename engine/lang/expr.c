@@ -1414,6 +1414,50 @@ static ASPEN__DECL_COMPUTE(compute_cmp)
 
 ASPEN__ARGS_EVAL(eval_cmp, any2_args, compute_cmp)
 
+/* eval_cmp of two leaves ("$a" and a constant, two paths...): compute_cmp
+ * on their views, which any2_args passes as they are. */
+static ASPEN__DECL_EVAL(eval_cmp_leaves)
+{
+   aspen_value_t v[2];
+   if (e->n_args == 2 && aspen__leaf_get(e->args[0], st, &v[0]) &&
+       aspen__leaf_get(e->args[1], st, &v[1]) && aspen__steps_skip(st, 2)) {
+      return compute_cmp(e, st, v, out);
+   }
+   return eval_cmp(e, st, out);
+}
+
+/* A specialised eval for nodes whose arguments are leaves (constants,
+ * paths whose slot holds their value) computes the common cases without
+ * evaluating the argument nodes one by one and hands anything else to the
+ * operator's general eval, so results, errors and the limits' counts are
+ * the same: the parser installs it (a folded constant drops it). */
+bool aspen__expr_leaves_on = true;
+
+void
+aspen_expr_leaves_set_enabled(bool on)
+{
+   aspen__expr_leaves_on = on;
+}
+
+bool
+aspen__parse_nary_leaves(aspen__parse_t *ps, const aspen__op_t *op,
+                         const bson_iter_t *arg, aspen_expr_t *e,
+                         aspen__eval_fn leaves)
+{
+   if (!aspen__parse_nary(ps, op, arg, e)) {
+      return false;
+   }
+   if (aspen__expr_leaves_on) {
+      e->eval = leaves;
+   }
+   return true;
+}
+
+static ASPEN__DECL_PARSE(parse_cmp)
+{
+   return aspen__parse_nary_leaves(ps, op, arg, e, eval_cmp_leaves);
+}
+
 /* $meta: {$meta: "stream"} or a dotted path under it. */
 static bool
 parse_meta(aspen__parse_t *ps, const aspen__op_t *op, const bson_iter_t *arg,
@@ -1877,23 +1921,23 @@ ASPEN__ARGS_EVAL(eval_ts_increment, ts_increment_args, compute_ts_part)
 static const aspen__op_t core_ops[] = {
    {"$and", NARY, eval_and_or, -1, -1, 0, P, NULL},
    {"$bsonSize", NARY, eval_bson_size, 1, 1, 0, P, &bson_size_args},
-   {"$cmp", NARY, eval_cmp, 2, 2, CMP_CMP, P, &any2_args},
+   {"$cmp", parse_cmp, eval_cmp, 2, 2, CMP_CMP, P, &any2_args},
    {"$cond", parse_cond, eval_cond, 3, 3, 0, P, NULL},
    {"$const", parse_literal, eval_const, 0, 0, 0, 0, NULL},
    {"$createUUID", parse_no_args, eval_create_uuid, 0, 0, 0, 0, NULL},
    {"$currentDate", parse_no_args, eval_current_date, 0, 0, 0, 0, NULL},
-   {"$eq", NARY, eval_cmp, 2, 2, CMP_EQ, P, &any2_args},
+   {"$eq", parse_cmp, eval_cmp, 2, 2, CMP_EQ, P, &any2_args},
    {"$getField", parse_get_field, eval_get_field, 0, 0, 0, P, &get_field_args},
-   {"$gt", NARY, eval_cmp, 2, 2, CMP_GT, P, &any2_args},
-   {"$gte", NARY, eval_cmp, 2, 2, CMP_GTE, P, &any2_args},
+   {"$gt", parse_cmp, eval_cmp, 2, 2, CMP_GT, P, &any2_args},
+   {"$gte", parse_cmp, eval_cmp, 2, 2, CMP_GTE, P, &any2_args},
    {"$ifNull", parse_if_null, eval_if_null, -1, -1, 0, P, NULL},
    {"$let", parse_let, eval_let, 0, 0, 0, 0, NULL},
    {"$literal", parse_literal, eval_const, 0, 0, 0, 0, NULL},
-   {"$lt", NARY, eval_cmp, 2, 2, CMP_LT, P, &any2_args},
-   {"$lte", NARY, eval_cmp, 2, 2, CMP_LTE, P, &any2_args},
+   {"$lt", parse_cmp, eval_cmp, 2, 2, CMP_LT, P, &any2_args},
+   {"$lte", parse_cmp, eval_cmp, 2, 2, CMP_LTE, P, &any2_args},
    {"$mergeObjects", NARY, eval_merge_objects, -1, -1, 0, P, NULL},
    {"$meta", parse_meta, eval_meta, 0, 0, 0, 0, NULL},
-   {"$ne", NARY, eval_cmp, 2, 2, CMP_NE, P, &any2_args},
+   {"$ne", parse_cmp, eval_cmp, 2, 2, CMP_NE, P, &any2_args},
    {"$not", NARY, eval_not, 1, 1, 0, P, &any1_args},
    {"$or", NARY, eval_and_or, -1, -1, 1, P, NULL},
    {"$rand", parse_no_args, eval_rand, 0, 0, 0, 0, NULL},
@@ -2161,21 +2205,28 @@ eval_root_expr(const aspen_expr_t *e, const aspen_expr_ctx_t *ctx,
                const char *const *names, const aspen_value_t *values,
                size_t n_vars, aspen_value_t *out, aspen_error_t *err)
 {
-   aspen_expr_ctx_t empty_ctx = {0};
+   static const aspen_expr_ctx_t empty_ctx;
    if (!ctx) {
       ctx = &empty_ctx;
    }
    if (e->n_slots == 0 && e->n_ext == 0) {
       /* No variable at all: nothing to bind (the path most expressions
        * take, once per field per document). */
-      aspen__eval_t st = {.ctx = ctx, .err = err};
+      aspen__eval_t st;
+      st.ctx = ctx;
+      st.slots = NULL;
+      st.ext_unbound = NULL;
+      st.n_ext = 0;
+      st.err = err;
+      st.steps = 0;
+      st.made = 0;
       *out = ASPEN_VALUE_MISSING;
-      if (!aspen__eval_node(e, &st, out)) {
-         aspen_value_destroy(out);
-         *out = ASPEN_VALUE_MISSING;
-         return false;
+      if (__builtin_expect(aspen__eval_node(e, &st, out), 1)) {
+         return true;
       }
-      return true;
+      aspen_value_destroy(out);
+      *out = ASPEN_VALUE_MISSING;
+      return false;
    }
    aspen_value_t stack_slots[STACK_SLOTS];
    bool stack_unbound[STACK_SLOTS];

@@ -131,6 +131,11 @@ void aspen_expr_paths_resolve(aspen_expr_paths_t *p, const bson_t *doc,
 /* Whether tables are used at all (default true): tests turn them off to
  * compare against the general lookup. */
 void aspen_expr_paths_set_enabled(bool on);
+/* Whether expressions compiled from now on get the specialised evals of
+ * operators over leaves ($cmp/$eq/.../$lte, $divide, $concat with
+ * $toString: expr_int.h, aspen__leaf_get); default true. Tests turn them
+ * off to compare against the general evaluation. */
+void aspen_expr_leaves_set_enabled(bool on);
 
 /* Evaluates. On success *out holds the result (borrowed or owned: always
  * aspen_value_destroy it). On a runtime error returns false, err set, *out

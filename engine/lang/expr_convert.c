@@ -1198,6 +1198,9 @@ static ASPEN__DECL_PARSE(parse_to_type)
       return aspen__pfail(ps, 50723, "%s requires a single argument, got %u",
                           op->name, e->n_args);
    }
+   if (op->sub == BSON_TYPE_UTF8) {
+      e->flags |= ASPEN__NODE_TO_STRING; /* for $concat's fast path */
+   }
    return true;
 }
 

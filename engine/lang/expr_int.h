@@ -82,6 +82,7 @@ extern const aspen__op_table_t aspen__expr_function_ops; /* expr_function.c */
 
 /* Node flags. */
 #define ASPEN__NODE_CONST 0x1u  /* a constant: cval holds the value */
+#define ASPEN__NODE_TO_STRING 0x2u /* {$toString: x} (one argument) */
 
 #define ASPEN__VAR_ROOT (-1)
 #define ASPEN__VAR_REMOVE (-2)
@@ -251,6 +252,40 @@ aspen__slot_get(const aspen_expr_t *e, const aspen__eval_t *st,
    return true;
 }
 
+/* A leaf's value without evaluating its node: a constant, or a path
+ * whose slot holds its value (what aspen__eval_node does inline for them;
+ * a borrowed view either way). False: the node must be evaluated. Does
+ * not count the step: see aspen__steps_skip. */
+static inline bool
+aspen__leaf_get(const aspen_expr_t *e, const aspen__eval_t *st,
+                aspen_value_t *out)
+{
+   if (e->flags & ASPEN__NODE_CONST) {
+      *out = aspen__value_view(&e->cval);
+      return true;
+   }
+   return e->ptab && aspen__slot_get(e, st, out);
+}
+
+/* Whether the parsers install their operators' leaf evals (expr.h,
+ * aspen_expr_leaves_set_enabled). */
+extern bool aspen__expr_leaves_on;
+
+/* Counts `k` node evaluations at once, for a fast path that skipped them
+ * (aspen__leaf_get), when that passes no multiple of 1024 - where
+ * aspen__eval_node checks the step limit and the interrupt flag - so the
+ * count and the checks stay exactly the general path's. False (nothing
+ * counted): take the general path. */
+static inline bool
+aspen__steps_skip(aspen__eval_t *st, uint32_t k)
+{
+   if ((st->steps & 1023u) + k >= 1024u) {
+      return false;
+   }
+   st->steps += k;
+   return true;
+}
+
 static inline bool
 aspen__eval_node(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
 {
@@ -305,6 +340,12 @@ bool aspen__check_var_name(aspen__parse_t *ps, const char *name);
 /* Generic parsers used by the operator tables. */
 bool aspen__parse_nary(aspen__parse_t *ps, const aspen__op_t *op,
                        const bson_iter_t *arg, aspen_expr_t *e);
+/* aspen__parse_nary, then `leaves` as the node's eval (when they are on:
+ * aspen__expr_leaves_on): an operator's specialised eval over leaves
+ * (aspen__leaf_get), which hands anything else to op->eval. */
+bool aspen__parse_nary_leaves(aspen__parse_t *ps, const aspen__op_t *op,
+                              const bson_iter_t *arg, aspen_expr_t *e,
+                              aspen__eval_fn leaves);
 
 /* Named-argument parsing ({input: ..., chars: ...}): one row per name, in
  * the order of e->args. A row with a missing_code is required: after all

@@ -325,6 +325,35 @@ static ASPEN__DECL_COMPUTE(compute_divide)
 
 ASPEN__ARGS_EVAL(eval_divide, divide_args, compute_divide)
 
+/* eval_divide of two leaves that are ints or doubles, the divisor not
+ * zero: compute_divide's double path, without the argument checks they
+ * pass. Anything else (null, other types, decimals, zero) is eval_divide's. */
+static ASPEN__DECL_EVAL(eval_divide_leaves)
+{
+   aspen_value_t a, b;
+   if (e->n_args == 2 && aspen__leaf_get(e->args[0], st, &a) &&
+       aspen__leaf_get(e->args[1], st, &b)) {
+      bson_type_t ta = a.v.value_type, tb = b.v.value_type;
+      if ((ta == BSON_TYPE_INT32 || ta == BSON_TYPE_DOUBLE) &&
+          (tb == BSON_TYPE_INT32 || tb == BSON_TYPE_DOUBLE)) {
+         double x = ta == BSON_TYPE_INT32 ? (double) a.v.value.v_int32
+                                          : a.v.value.v_double;
+         double y = tb == BSON_TYPE_INT32 ? (double) b.v.value.v_int32
+                                          : b.v.value.v_double;
+         if (y != 0.0 && aspen__steps_skip(st, 2)) {
+            *out = aspen_value_double(x / y);
+            return true;
+         }
+      }
+   }
+   return eval_divide(e, st, out);
+}
+
+static ASPEN__DECL_PARSE(parse_divide)
+{
+   return aspen__parse_nary_leaves(ps, op, arg, e, eval_divide_leaves);
+}
+
 static const aspen__args_t mod_args = {
    .n = 2, .together = 2,
    .arg = {{.types = ASPEN__T_NUMBER, .flags = ASPEN__ARG_NULL, .code = 16611,
@@ -1223,7 +1252,7 @@ static const aspen__op_t ops[] = {
    TRIG("$cos", COS),
    TRIG("$cosh", COSH),
    TRIG("$degreesToRadians", DEG2RAD),
-   {"$divide", NARY, eval_divide, 2, 2, 0, P, &divide_args},
+   {"$divide", parse_divide, eval_divide, 2, 2, 0, P, &divide_args},
    NUMERIC1("$exp", eval_exp),
    NUMERIC1("$floor", eval_floor),
    NUMERIC1("$ln", eval_ln),

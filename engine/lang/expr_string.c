@@ -223,6 +223,80 @@ static ASPEN__DECL_EVAL(eval_concat)
    return true;
 }
 
+/* eval_concat when every argument is a leaf holding a string or a
+ * {$toString: leaf} of an int or a long: the pieces (the integers' digits
+ * written once, as compute_to_type writes them) copied straight into the
+ * scratch, counting the same steps and bytes made as the general path
+ * (each $toString's result is charged there). Anything else - a piece
+ * that is no string or integer, no room, a result at the string limit -
+ * is eval_concat's, which gives the same result or error. */
+static ASPEN__DECL_EVAL(eval_concat_leaves)
+{
+   aspen_expr_scratch_t *sc = st->ctx->scratch;
+   uint32_t n = e->n_args;
+   if (!sc || n > CONCAT_DIRECT) {
+      return eval_concat(e, st, out);
+   }
+   const char *str[CONCAT_DIRECT];
+   uint32_t len[CONCAT_DIRECT];
+   char digits[CONCAT_DIRECT][24];
+   uint32_t steps = n;
+   uint64_t total = 0, made = 0;
+   for (uint32_t i = 0; i < n; i++) {
+      const aspen_expr_t *a = e->args[i];
+      aspen_value_t v;
+      if (!a) {
+         return eval_concat(e, st, out);
+      }
+      if (aspen__leaf_get(a, st, &v)) {
+         if (v.v.value_type != BSON_TYPE_UTF8) {
+            return eval_concat(e, st, out);
+         }
+         str[i] = v.v.value.v_utf8.str;
+         len[i] = v.v.value.v_utf8.len;
+      } else if ((a->flags & ASPEN__NODE_TO_STRING) && a->n_args == 1 &&
+                 a->args[0] && aspen__leaf_get(a->args[0], st, &v) &&
+                 (v.v.value_type == BSON_TYPE_INT32 ||
+                  v.v.value_type == BSON_TYPE_INT64)) {
+         int64_t x = v.v.value_type == BSON_TYPE_INT32 ? v.v.value.v_int32
+                                                       : v.v.value.v_int64;
+         str[i] = digits[i];
+         len[i] = (uint32_t) aspen_bytes_dec_int64(x, digits[i]);
+         made += len[i];
+         steps++;
+      } else {
+         return eval_concat(e, st, out);
+      }
+      total += len[i];
+   }
+   if (total >= ASPEN__MAX_STRING_LEN || total >= sc->cap - sc->used ||
+       st->made + made > ASPEN__EVAL_MAX_MADE || !aspen__steps_skip(st, steps)) {
+      return eval_concat(e, st, out);
+   }
+   st->made += made;
+   char *p = sc->buf + sc->used;
+   sc->used += total + 1;
+   size_t at = 0;
+   for (uint32_t i = 0; i < n; i++) {
+      if (len[i] <= 16) {
+         aspen_bsonw_copy_short((uint8_t *) p + at, str[i], len[i]);
+      } else {
+         memcpy(p + at, str[i], len[i]);
+      }
+      at += len[i];
+   }
+   p[at] = '\0';
+   *out = aspen__value_str_view(p, (uint32_t) at);
+   out->owned = true;
+   out->scratch = true;
+   return true;
+}
+
+static ASPEN__DECL_PARSE(parse_concat)
+{
+   return aspen__parse_nary_leaves(ps, op, arg, e, eval_concat_leaves);
+}
+
 /* ------------------------------------------------------------------------ */
 /* $substrBytes / $substr / $substrCP                                        */
 /* ------------------------------------------------------------------------ */
@@ -1152,7 +1226,7 @@ ASPEN__ARGS_EVAL(eval_regex, regex_args, compute_regex)
 
 static const aspen__op_t ops[] = {
    {"$binarySize", NARY, eval_binary_size, 1, 1, 0, P, &binary_size_args},
-   {"$concat", NARY, eval_concat, -1, -1, 0, P, &concat_args},
+   {"$concat", parse_concat, eval_concat, -1, -1, 0, P, &concat_args},
    {"$indexOfBytes", NARY, eval_index_of_bytes, 2, 4, 0, P,
     &index_of_bytes_args},
    {"$indexOfCP", NARY, eval_index_of_cp, 2, 4, 0, P, &index_of_cp_args},

@@ -544,14 +544,14 @@ scratch_doc(bson_t *doc, int i)
 
 /* Evaluates e on doc and writes {ok, code, message, v} into *res. */
 static void
-scratch_eval(const aspen_expr_t *e, const bson_t *doc,
-             aspen_expr_scratch_t *sc, bson_t *res)
+scratch_ctx_eval(const aspen_expr_t *e, const aspen_expr_ctx_t *ctx,
+                 bson_t *res)
 {
-   aspen_expr_ctx_t ctx = {.root = doc, .scratch = sc};
+   aspen_expr_scratch_t *sc = ctx->scratch;
    aspen_value_t v;
    aspen_error_t err;
    memset(&err, 0, sizeof err);
-   bool ok = aspen_expr_eval(e, &ctx, &v, &err);
+   bool ok = aspen_expr_eval(e, ctx, &v, &err);
    bson_init(res);
    BSON_APPEND_BOOL(res, "ok", ok);
    if (ok) {
@@ -571,6 +571,14 @@ scratch_eval(const aspen_expr_t *e, const bson_t *doc,
       BSON_APPEND_INT32(res, "code", err.code);
       BSON_APPEND_UTF8(res, "message", err.message);
    }
+}
+
+static void
+scratch_eval(const aspen_expr_t *e, const bson_t *doc,
+             aspen_expr_scratch_t *sc, bson_t *res)
+{
+   aspen_expr_ctx_t ctx = {.root = doc, .scratch = sc};
+   scratch_ctx_eval(e, &ctx, res);
 }
 
 static void
@@ -764,6 +772,275 @@ test_int_fast_paths(void **state)
       aspen_expr_destroy(e);
       bson_destroy(spec);
    }
+}
+
+/* The leaf evals ($cmp/$eq/.../$lte, $divide, $concat with $toString over
+ * constants and resolved paths: expr_int.h, aspen__leaf_get) give what the
+ * general evaluation gives - values, errors with codes and messages - for
+ * every BSON type in each operand position, with paths resolved through a
+ * slot table (the fast path) or not (its fallback), and scratches with
+ * room, too small or none. */
+enum { LEAF_KINDS = 38 };
+
+static void
+leaf_value(bson_t *doc, const char *key, int k)
+{
+   bson_decimal128_t dec;
+   bson_oid_t oid;
+   bson_t sub;
+   char big[601];
+   static const uint8_t bin[3] = {1, 2, 3};
+   switch (k) {
+   case 0: BSON_APPEND_INT32(doc, key, 0); break;
+   case 1: BSON_APPEND_INT32(doc, key, -1); break;
+   case 2: BSON_APPEND_INT32(doc, key, 7); break;
+   case 3: BSON_APPEND_INT32(doc, key, INT32_MIN); break;
+   case 4: BSON_APPEND_INT32(doc, key, INT32_MAX); break;
+   case 5: BSON_APPEND_INT32(doc, key, 20); break;
+   case 6: BSON_APPEND_INT64(doc, key, INT64_MIN); break;
+   case 7: BSON_APPEND_INT64(doc, key, INT64_MAX); break;
+   case 8: BSON_APPEND_INT64(doc, key, 0); break;
+   case 9: BSON_APPEND_INT64(doc, key, 20); break;
+   case 10: BSON_APPEND_DOUBLE(doc, key, -0.0); break;
+   case 11: BSON_APPEND_DOUBLE(doc, key, 0.0); break;
+   case 12: BSON_APPEND_DOUBLE(doc, key, NAN); break;
+   case 13: BSON_APPEND_DOUBLE(doc, key, -INFINITY); break;
+   case 14: BSON_APPEND_DOUBLE(doc, key, 1e300); break;
+   case 15: BSON_APPEND_DOUBLE(doc, key, 20.0); break;
+   case 16: BSON_APPEND_DOUBLE(doc, key, 4e-320); break; /* subnormal */
+   case 17:
+      bson_decimal128_from_string("-1.50E+3", &dec);
+      BSON_APPEND_DECIMAL128(doc, key, &dec);
+      break;
+   case 18:
+      bson_decimal128_from_string("0", &dec);
+      BSON_APPEND_DECIMAL128(doc, key, &dec);
+      break;
+   case 19:
+      bson_decimal128_from_string("NaN", &dec);
+      BSON_APPEND_DECIMAL128(doc, key, &dec);
+      break;
+   case 20: BSON_APPEND_UTF8(doc, key, ""); break;
+   case 21: BSON_APPEND_UTF8(doc, key, "h\xc3\xa9-7"); break;
+   case 22: BSON_APPEND_UTF8(doc, key, "0123456789abcdefXYZ"); break;
+   case 23:
+      memset(big, 'b', 600); /* longer than the scratches */
+      big[600] = '\0';
+      BSON_APPEND_UTF8(doc, key, big);
+      break;
+   case 24: BSON_APPEND_NULL(doc, key); break;
+   case 25: break; /* missing */
+   case 26: BSON_APPEND_BOOL(doc, key, true); break;
+   case 27: BSON_APPEND_BOOL(doc, key, false); break;
+   case 28: BSON_APPEND_DATE_TIME(doc, key, -62135596800001LL); break;
+   case 29:
+      BSON_APPEND_DOCUMENT_BEGIN(doc, key, &sub);
+      BSON_APPEND_INT32(&sub, "a", 20);
+      bson_append_document_end(doc, &sub);
+      break;
+   case 30:
+      BSON_APPEND_ARRAY_BEGIN(doc, key, &sub);
+      BSON_APPEND_INT32(&sub, "0", 20);
+      BSON_APPEND_UTF8(&sub, "1", "x");
+      bson_append_array_end(doc, &sub);
+      break;
+   case 31:
+      bson_oid_init_from_string(&oid, "0123456789abcdef01234567");
+      BSON_APPEND_OID(doc, key, &oid);
+      break;
+   case 32:
+      BSON_APPEND_BINARY(doc, key, BSON_SUBTYPE_BINARY, bin, 3);
+      break;
+   case 33: BSON_APPEND_REGEX(doc, key, "a.c", "i"); break;
+   case 34: BSON_APPEND_TIMESTAMP(doc, key, 5, 7); break;
+   case 35: BSON_APPEND_MINKEY(doc, key); break;
+   case 36: BSON_APPEND_MAXKEY(doc, key); break;
+   default: BSON_APPEND_UNDEFINED(doc, key); break;
+   }
+}
+
+static const char *const leaf_exprs[] = {
+   "{'e': {'$OP': ['$x', '$y']}}",
+   "{'e': {'$OP': ['$x', 20]}}",
+   "{'e': {'$OP': [20.0, '$y']}}",
+   "{'e': {'$OP': ['$x', '$x']}}",
+   "{'e': {'$OP': ['$x.a', '$y']}}",
+   "{'e': {'$OP': ['$nope', '$y']}}",
+   "{'e': {'$OP': ['$x', null]}}",
+   "{'e': {'$OP': ['$x', {'$numberDecimal': '2'}]}}",
+   "{'e': {'$OP': [{'$add': ['$x', 1]}, '$y']}}",
+   "{'e': {'$OP': ['$$ROOT.x', '$$CURRENT.y']}}",
+};
+
+static const char *const leaf_ops[] = {"cmp", "eq",  "ne",  "gt",
+                                       "gte", "lt",  "lte", "divide"};
+
+static const char *const leaf_more[] = {
+   "{'e': {'$divide': ['$x', 0]}}",
+   "{'e': {'$divide': ['$x', -0.0]}}",
+   "{'e': {'$divide': ['$x', 1000]}}",
+   "{'e': {'$divide': [1, '$y']}}",
+   "{'e': {'$concat': ['$x', '-', {'$toString': '$y'}]}}",
+   "{'e': {'$concat': ['$s', '$x']}}",
+   "{'e': {'$concat': [{'$toString': '$x'}, {'$toString': '$y'}]}}",
+   "{'e': {'$concat': ['$x', '$x', '$x']}}",
+   "{'e': {'$concat': ['$s', '$s', '$s', {'$toString': '$x'}]}}",
+   "{'e': {'$concat': ['$x']}}",
+   "{'e': {'$concat': []}}",
+   "{'e': {'$concat': ['$x', null]}}",
+   "{'e': {'$concat': ['$x', '$nope']}}",
+   "{'e': {'$concat': ['$x', {'$toString': 5}]}}",
+   "{'e': {'$concat': ['$x', {'$toString': '$x.a'}]}}",
+   "{'e': {'$concat': ['$x', {'$toString': {'$add': ['$y', 1]}}]}}",
+   "{'e': {'$concat': ['$x', {'$toLower': '$y'}]}}",
+   "{'e': {'$concat': ['$s', '1', '2', '3', '4', '5', '6', '7', '8', '9', "
+   "'a', 'b', 'c', 'd', 'e', '$x', {'$toString': '$y'}]}}",
+   "{'e': {'$concat': ['$s', '1', '2', '3', '4', '5', '6', '7', '8', '9', "
+   "'a', 'b', 'c', 'd', 'e', '$x', {'$toString': '$y'}, 'f']}}",
+   "{'e': {'$cond': [{'$gt': ['$x', '$y']}, {'$concat': ['$s', {'$toString': "
+   "'$y'}]}, {'$divide': ['$y', '$x']}]}}",
+   "{'e': {'$map': {'input': {'$range': [0, 3]}, 'in': {'$concat': ['$s', "
+   "{'$toString': '$x'}, {'$toString': '$$this'}]}}}}",
+   "{'e': {'$map': {'input': [1, 2], 'as': 'x', 'in': {'$gt': ['$$x', "
+   "'$y']}}}}",
+   "{'e': [{'$concat': ['$s', '-']}, {'$concat': ['$s', {'$toString': "
+   "'$y'}]}, {'$lte': ['$x', 1]}]}",
+};
+
+static void
+leaf_case(const char *js, bson_t *const *docs, size_t n_docs)
+{
+   aspen_expr_t *e[2];
+   aspen_expr_paths_t *p[2];
+   bson_t *spec = json(js);
+   for (int fast = 0; fast < 2; fast++) {
+      aspen_expr_leaves_set_enabled(fast == 1);
+      e[fast] = compile(spec, NULL);
+      p[fast] = aspen_expr_paths_new();
+      aspen_expr_paths_add(p[fast], e[fast]);
+   }
+   aspen_expr_leaves_set_enabled(true);
+   char big[512], tiny[8];
+   for (size_t d = 0; d < n_docs; d++) {
+      bson_t want, got;
+      aspen_expr_paths_resolve(p[0], docs[d], NULL);
+      aspen_expr_paths_resolve(p[1], docs[d], NULL);
+      for (int k = 0; k < 3; k++) {
+         aspen_expr_scratch_t sc = {.buf = k == 1 ? tiny : big,
+                                    .cap = k == 1 ? sizeof tiny : sizeof big};
+         aspen_expr_scratch_t *scp = k == 2 ? NULL : &sc;
+         aspen_expr_ctx_t ctx = {.root = docs[d], .scratch = scp,
+                                 .paths = p[0]};
+         scratch_ctx_eval(e[0], &ctx, &want);
+         for (int with_table = 0; with_table < 2; with_table++) {
+            sc.used = 0;
+            ctx.paths = with_table ? p[1] : NULL;
+            scratch_ctx_eval(e[1], &ctx, &got);
+            if (!bson_equal(&want, &got)) {
+               char *a = bson_as_relaxed_extended_json(&want, NULL);
+               char *b = bson_as_relaxed_extended_json(&got, NULL);
+               char *dj = bson_as_relaxed_extended_json(docs[d], NULL);
+               fail_msg("%s on %s (scratch %d, table %d): %s vs %s", js, dj,
+                        k, with_table, a, b);
+            }
+            bson_destroy(&got);
+         }
+         bson_destroy(&want);
+      }
+   }
+   for (int fast = 0; fast < 2; fast++) {
+      aspen_expr_paths_destroy(p[fast]);
+      aspen_expr_destroy(e[fast]);
+   }
+   bson_destroy(spec);
+}
+
+static void
+test_leaves_same_results(void **state)
+{
+   (void) state;
+   enum { N = LEAF_KINDS * LEAF_KINDS };
+   bson_t **docs = calloc(N, sizeof *docs);
+   size_t n = 0;
+   for (int i = 0; i < LEAF_KINDS; i++) {
+      for (int j = 0; j < LEAF_KINDS; j++) {
+         docs[n] = bson_new();
+         BSON_APPEND_UTF8(docs[n], "s", (i + j) % 2 ? "device_7" : "h\xc3\xa9");
+         leaf_value(docs[n], "x", i);
+         leaf_value(docs[n], "y", j);
+         n++;
+      }
+   }
+   for (size_t k = 0; k < sizeof leaf_exprs / sizeof leaf_exprs[0]; k++) {
+      for (size_t o = 0; o < sizeof leaf_ops / sizeof leaf_ops[0]; o++) {
+         char js[160], *at;
+         snprintf(js, sizeof js, "%s", leaf_exprs[k]);
+         at = strstr(js, "OP");
+         char rest[160];
+         snprintf(rest, sizeof rest, "%s", at + 2);
+         snprintf(at, sizeof js - (size_t) (at - js), "%s%s", leaf_ops[o],
+                  rest);
+         leaf_case(js, docs, n);
+      }
+   }
+   for (size_t k = 0; k < sizeof leaf_more / sizeof leaf_more[0]; k++) {
+      leaf_case(leaf_more[k], docs, n);
+   }
+   for (size_t i = 0; i < n; i++) {
+      bson_destroy(docs[i]);
+   }
+   free(docs);
+}
+
+/* The leaf evals count the node evaluations they skip, so an interrupt
+ * (checked every 1024 of them) stops an evaluation at the same point as
+ * the general path does: a $map over leaf operators, interrupted, fails
+ * exactly when the general one fails, for every length around the first
+ * checks. */
+static void
+test_leaves_count_steps(void **state)
+{
+   (void) state;
+   bson_t *doc = json("{'s': 'dev', 'x': 5, 'y': 7}");
+   static const char *const bodies[] = {
+      "{'$gt': ['$x', '$y']}",
+      "{'$divide': ['$x', 2]}",
+      "{'$concat': ['$s', {'$toString': '$y'}, '-']}",
+   };
+   atomic_bool stop = true;
+   char big[512];
+   for (size_t b = 0; b < sizeof bodies / sizeof bodies[0]; b++) {
+      for (int len = 150; len <= 700; len++) {
+         char js[256];
+         snprintf(js, sizeof js,
+                  "{'e': {'$map': {'input': {'$range': [0, %d]}, 'in': %s}}}",
+                  len, bodies[b]);
+         bson_t *spec = json(js);
+         bson_t res[2];
+         for (int fast = 0; fast < 2; fast++) {
+            aspen_expr_leaves_set_enabled(fast == 1);
+            aspen_expr_t *e = compile(spec, NULL);
+            aspen_expr_paths_t *p = aspen_expr_paths_new();
+            aspen_expr_paths_add(p, e);
+            aspen_expr_paths_resolve(p, doc, NULL);
+            aspen_expr_scratch_t sc = {.buf = big, .cap = sizeof big};
+            aspen_expr_ctx_t ctx = {.root = doc, .scratch = &sc, .paths = p};
+            aspen_expr_set_interrupt(&stop);
+            scratch_ctx_eval(e, &ctx, &res[fast]);
+            aspen_expr_set_interrupt(NULL);
+            aspen_expr_paths_destroy(p);
+            aspen_expr_destroy(e);
+         }
+         aspen_expr_leaves_set_enabled(true);
+         if (!bson_equal(&res[0], &res[1])) {
+            fail_msg("%s: the leaf evals stop elsewhere", js);
+         }
+         bson_destroy(&res[0]);
+         bson_destroy(&res[1]);
+         bson_destroy(spec);
+      }
+   }
+   bson_destroy(doc);
 }
 
 static void
@@ -1176,6 +1453,8 @@ main(void)
       cmocka_unit_test(test_path_borrows),
       cmocka_unit_test(test_scratch_same_results),
       cmocka_unit_test(test_int_fast_paths),
+      cmocka_unit_test(test_leaves_same_results),
+      cmocka_unit_test(test_leaves_count_steps),
       cmocka_unit_test(test_get_path),
       cmocka_unit_test(test_is_constant),
       cmocka_unit_test(test_parse_object_dotted),
