@@ -808,7 +808,7 @@ eval_expr(const mnode_t *n, const uint8_t *data, uint32_t len,
  * (`klen` bytes; the one find_field finds): 1 with its offset (its type
  * byte) in *off, 0 if the document has none, -1 if it is malformed before
  * that (cmp_fast leaves it to the general walk). */
-static int
+static inline __attribute__((always_inline)) int
 raw_find_elem(const uint8_t *data, uint32_t len, const char *key, int klen,
               uint32_t *off)
 {
@@ -835,6 +835,19 @@ raw_find_elem(const uint8_t *data, uint32_t len, const char *key, int klen,
       o = vo + (uint32_t) sz;
    }
    return o + 1 == len ? 0 : -1;
+}
+
+/* cmp_fast's comparison of a value it does not read in place: through an
+ * iterator on its element (out of line: cmp_fast's frame stays small). */
+static __attribute__((noinline)) int
+cmp_at_iter(aspen__match_op_t op, const uint8_t *d, uint32_t dl, uint32_t off,
+            uint32_t klen, const bson_value_t *rhs)
+{
+   bson_iter_t it;
+   if (!bson_iter_init_from_data_at_offset(&it, d, dl, off, klen)) {
+      return -2;
+   }
+   return aspen__match_compare(op, bson_iter_value(&it), rhs);
 }
 
 /* A comparison (N_CMP) against the document at data/len without the
@@ -905,12 +918,7 @@ cmp_fast(const mnode_t *n, const uint8_t *data, uint32_t len,
             }
             return aspen__match_compare(op, &v, rhs);
          }
-         bson_iter_t it;
-         if (!bson_iter_init_from_data_at_offset(&it, d, dl, off,
-                                                 (uint32_t) p->len[i])) {
-            return -2;
-         }
-         return aspen__match_compare(op, bson_iter_value(&it), rhs);
+         return cmp_at_iter(op, d, dl, off, (uint32_t) p->len[i], rhs);
       }
       if (type != BSON_TYPE_DOCUMENT) {
          /* A scalar in the middle of the path. */
@@ -929,6 +937,16 @@ cmp_fast(const mnode_t *n, const uint8_t *data, uint32_t len,
    }
 }
 
+/* A comparison (N_CMP) by the general walk (what cmp_fast leaves). */
+static int
+cmp_walk(const mnode_t *n, const uint8_t *data, uint32_t len, const eval_t *ev)
+{
+   return walk_top(data, len, ev_fields(ev), n->path, &((mnode_t *) n)->memo,
+                   true, visit_leaf, n)
+             ? 1
+             : 0;
+}
+
 /* Evaluates a node against a document (or an array seen as a document).
  * Returns 1 (match), 0 (no match) or -1 ($expr failed, ev->err set). */
 static int
@@ -938,7 +956,19 @@ eval_doc(const mnode_t *n, const uint8_t *data, uint32_t len,
    switch (n->kind) {
    case N_AND:
       for (size_t i = 0; i < n->u.kids.n; i++) {
-         int r = eval_doc(n->u.kids.v[i], data, len, ev);
+         const mnode_t *k = n->u.kids.v[i];
+         /* A comparison straight to cmp_fast (the conjunctions of
+          * path-vs-constant most filters are), without a call of this
+          * function each; what it leaves (-2) to the general case. */
+         int r;
+         if (k->kind == N_CMP && aspen__fields_on) {
+            r = cmp_fast(k, data, len, ev_fields(ev));
+            if (r < 0) {
+               r = cmp_walk(k, data, len, ev);
+            }
+         } else {
+            r = eval_doc(k, data, len, ev);
+         }
          if (r != 1) {
             return r;
          }
@@ -987,10 +1017,7 @@ eval_doc(const mnode_t *n, const uint8_t *data, uint32_t len,
             return r;
          }
       }
-      return walk_top(data, len, ev_fields(ev), n->path, &((mnode_t *) n)->memo,
-                      true, visit_leaf, n)
-                ? 1
-                : 0;
+      return cmp_walk(n, data, len, ev);
    case N_IN:
    case N_EXISTS:
    case N_TYPE:

@@ -413,6 +413,15 @@ test_cmp_fast_same_results(void **state)
       "{\"a\": {\"$lt\": {\"$date\": {\"$numberLong\": \"5\"}}}}",
       "{\"$or\": [{\"o.b\": 2}, {\"a\": {\"$gt\": 1}}]}",
       "{\"a\": {\"$lt\": {\"$maxKey\": 1}}}", "{\"\": 1}",
+      /* Conjunctions: their comparisons go to cmp_fast from the $and
+       * loop, the others (and what cmp_fast leaves) to the walk. */
+      "{\"a\": {\"$gt\": 0}, \"o.b\": {\"$lt\": 3}, \"o.p.q\": true}",
+      "{\"o.b\": {\"$gte\": 2}, \"a\": {\"$in\": [1, 2]}}",
+      "{\"$and\": [{\"a\": 1}, {\"o.b\": {\"$ne\": 3}}]}",
+      "{\"a\": {\"$gte\": 1, \"$lte\": 1}, \"o\": {\"$exists\": true}}",
+      "{\"a\": {\"$ne\": 1}, \"o.b\": {\"$ne\": null}}",
+      "{\"o.b\": {\"$gt\": 1}, \"$or\": [{\"a\": 2}, {\"a\": 1}]}",
+      "{\"a\": {\"$type\": \"number\"}, \"o.b\": {\"$lte\": 2}}",
    };
    static const char *const docs[] = {
       "{\"a\": 1, \"o\": {\"b\": 2, \"p\": {\"q\": true}}}",
