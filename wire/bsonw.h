@@ -176,11 +176,12 @@ aspen_bsonw_copy_short(uint8_t *d, const void *s, size_t n)
    } else if (n >= 4 && n < 8) {
       memcpy(d, src, 4);
       memcpy(d + n - 4, src + n - 4, 4);
-   } else if (n < 4) {
-      for (size_t i = 0; i < n; i++) {
-         d[i] = src[i];
-      }
-   } else {
+   } else if (n >= 2 && n < 4) {
+      memcpy(d, src, 2);
+      memcpy(d + n - 2, src + n - 2, 2);
+   } else if (n == 1) {
+      d[0] = src[0];
+   } else if (n > 16) {
       memcpy(d, src, n);
    }
 }

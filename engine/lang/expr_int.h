@@ -232,24 +232,48 @@ struct aspen_expr_paths {
 };
 extern bool aspen__expr_paths_on;
 
-/* True, *out set, if the path node `e`'s slot in the context's resolved
- * table holds its value: the table it was compiled into, resolved against
- * the document it reads ($$ROOT, or $$CURRENT for a "$a.b" path). */
-static inline bool
-aspen__slot_get(const aspen_expr_t *e, const aspen__eval_t *st,
-                aspen_value_t *out)
+/* The path node `e`'s slot in the context's resolved table, if it holds
+ * its value: the table it was compiled into, resolved against the
+ * document it reads ($$ROOT, or $$CURRENT for a "$a.b" path); else NULL.
+ * aspen__slot_get: true, *out set (a copy of the slot's view), the same. */
+static inline const aspen_value_t *
+aspen__slot_at(const aspen_expr_t *e, const aspen__eval_t *st)
 {
    const aspen_expr_paths_t *p = st->ctx->paths;
    if (!p || p != e->ptab) {
-      return false;
+      return NULL;
    }
    const bson_t *doc = e->pcurrent && st->ctx->current ? st->ctx->current
                                                        : st->ctx->root;
    if (p->doc != doc || p->state[e->pslot] != ASPEN__PSLOT_VALUE) {
+      return NULL;
+   }
+   return &p->vals[e->pslot];
+}
+
+static inline bool
+aspen__slot_get(const aspen_expr_t *e, const aspen__eval_t *st,
+                aspen_value_t *out)
+{
+   const aspen_value_t *at = aspen__slot_at(e, st);
+   if (!at) {
       return false;
    }
-   *out = p->vals[e->pslot];
+   *out = *at;
    return true;
+}
+
+/* Where a leaf's value is, without evaluating its node or copying the
+ * value: the constant, or the slot of a path that holds its value (a
+ * borrowed view either way); NULL: the node must be evaluated. Does not
+ * count the step: see aspen__steps_skip. */
+static inline const aspen_value_t *
+aspen__leaf_at(const aspen_expr_t *e, const aspen__eval_t *st)
+{
+   if (e->flags & ASPEN__NODE_CONST) {
+      return &e->cval;
+   }
+   return e->ptab ? aspen__slot_at(e, st) : NULL;
 }
 
 /* A leaf's value without evaluating its node: a constant, or a path

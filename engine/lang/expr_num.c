@@ -330,16 +330,16 @@ ASPEN__ARGS_EVAL(eval_divide, divide_args, compute_divide)
  * pass. Anything else (null, other types, decimals, zero) is eval_divide's. */
 static ASPEN__DECL_EVAL(eval_divide_leaves)
 {
-   aspen_value_t a, b;
-   if (e->n_args == 2 && aspen__leaf_get(e->args[0], st, &a) &&
-       aspen__leaf_get(e->args[1], st, &b)) {
-      bson_type_t ta = a.v.value_type, tb = b.v.value_type;
+   const aspen_value_t *a, *b;
+   if (e->n_args == 2 && (a = aspen__leaf_at(e->args[0], st)) &&
+       (b = aspen__leaf_at(e->args[1], st))) {
+      bson_type_t ta = a->v.value_type, tb = b->v.value_type;
       if ((ta == BSON_TYPE_INT32 || ta == BSON_TYPE_DOUBLE) &&
           (tb == BSON_TYPE_INT32 || tb == BSON_TYPE_DOUBLE)) {
-         double x = ta == BSON_TYPE_INT32 ? (double) a.v.value.v_int32
-                                          : a.v.value.v_double;
-         double y = tb == BSON_TYPE_INT32 ? (double) b.v.value.v_int32
-                                          : b.v.value.v_double;
+         double x = ta == BSON_TYPE_INT32 ? (double) a->v.value.v_int32
+                                          : a->v.value.v_double;
+         double y = tb == BSON_TYPE_INT32 ? (double) b->v.value.v_int32
+                                          : b->v.value.v_double;
          if (y != 0.0 && aspen__steps_skip(st, 2)) {
             *out = aspen_value_double(x / y);
             return true;

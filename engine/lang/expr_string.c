@@ -244,22 +244,22 @@ static ASPEN__DECL_EVAL(eval_concat_leaves)
    uint64_t total = 0, made = 0;
    for (uint32_t i = 0; i < n; i++) {
       const aspen_expr_t *a = e->args[i];
-      aspen_value_t v;
+      const aspen_value_t *v;
       if (!a) {
          return eval_concat(e, st, out);
       }
-      if (aspen__leaf_get(a, st, &v)) {
-         if (v.v.value_type != BSON_TYPE_UTF8) {
+      if ((v = aspen__leaf_at(a, st)) != NULL) {
+         if (v->v.value_type != BSON_TYPE_UTF8) {
             return eval_concat(e, st, out);
          }
-         str[i] = v.v.value.v_utf8.str;
-         len[i] = v.v.value.v_utf8.len;
+         str[i] = v->v.value.v_utf8.str;
+         len[i] = v->v.value.v_utf8.len;
       } else if ((a->flags & ASPEN__NODE_TO_STRING) && a->n_args == 1 &&
-                 a->args[0] && aspen__leaf_get(a->args[0], st, &v) &&
-                 (v.v.value_type == BSON_TYPE_INT32 ||
-                  v.v.value_type == BSON_TYPE_INT64)) {
-         int64_t x = v.v.value_type == BSON_TYPE_INT32 ? v.v.value.v_int32
-                                                       : v.v.value.v_int64;
+                 a->args[0] && (v = aspen__leaf_at(a->args[0], st)) &&
+                 (v->v.value_type == BSON_TYPE_INT32 ||
+                  v->v.value_type == BSON_TYPE_INT64)) {
+         int64_t x = v->v.value_type == BSON_TYPE_INT32 ? v->v.value.v_int32
+                                                        : v->v.value.v_int64;
          str[i] = digits[i];
          len[i] = (uint32_t) aspen_bytes_dec_int64(x, digits[i]);
          made += len[i];
