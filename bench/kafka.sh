@@ -30,6 +30,8 @@
 #   4. the same processor with a $match that keeps nothing (consume and
 #      decode only, nothing produced): the figure that separates aspen's
 #      producing from the rest.
+# During kcat's and aspen's runs the broker's own CPU time per event is
+# printed too (it shares the host's CPUs with them).
 # Everything started is stopped on exit. Timings never fail the run; the
 # exit status is non-zero only if something broke.
 #
@@ -101,10 +103,16 @@ SH
 fi
 
 start_kafka
+kafka_pid=$(<"$ASPEN_RUN_DIR/kafka.pid")
 now_ms() { date +%s%3N; }
 # CPU time (user + system) of a process so far, in clock ticks.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
+# The broker's CPU time per event (of $1) since cpu_ticks gave $2, in us.
+broker_us() {
+    awk -v t=$(($(cpu_ticks "$kafka_pid") - $2)) -v hz="$HZ" -v n="$1" \
+        'BEGIN { printf "%.2f", t * 1e6 / hz / n }'
+}
 
 # kcat (librdkafka's command-line client, from Debian) is the other ceiling:
 # the same client library aspen uses, consuming without any processing.
@@ -162,15 +170,18 @@ JS
 ratio() { awk -v a="$1" -v r="$2" 'BEGIN { printf (r > 0 ? "%.2f" : "n/a"), (r > 0 ? a / r : 0) }'; }
 
 # Runs the processor over benchIn-$P (BENCH_DROP=$1: a $match keeping
-# nothing) and sets run_rate, run_us, run_ir and run_emitted.
+# nothing) and sets run_rate, run_us, run_ir, run_emitted and run_broker_us
+# (the broker's CPU time per event read meanwhile).
 run_aspen() {
-    local c0 c1 out res ms counted cg_before cg_new=
+    local c0 c1 b0 out res ms counted cg_before cg_new=
     run_ir=n/a
+    b0=$(cpu_ticks "$kafka_pid")
     c0=$(cpu_ticks "$aspen_pid")
     cg_before=$(ls "$ASPEN_RUN_DIR"/aspen.cg.* 2>/dev/null || true)
     out=$(BENCH_EVENTS=$EVENTS BENCH_P=$P BENCH_TIER=$TIER BENCH_DROP=$1 MONGOSH_TIMEOUT=900 \
         mongosh_run "$URI" "$ASPEN_RUN_DIR/bench_kafka.js")
     c1=$(cpu_ticks "$aspen_pid")
+    run_broker_us=$(broker_us "$EVENTS" "$b0")
     res=$(tail -n 1 <<<"$out")
     read -r ms counted run_emitted < <("$PEERS_PYTHON" -c 'import json,sys; r=json.loads(sys.argv[1]); print(r["ms"], r["counted"], r["emitted"])' "$res")
     run_rate=$((counted * 1000 / (ms > 0 ? ms : 1)))
@@ -222,19 +233,23 @@ for P in $PARTITIONS; do
     raw_rate=$(awk -F', *' '{ printf "%.0f", $10 }' <<<"$perf")
 
     kcat_rate=n/a kcat_us=n/a kcat_ir=n/a kprod_rate=n/a kprod_us=n/a kprod_ir=n/a
+    kcat_bus=n/a kprod_bus=n/a
     kept=$(wc -l <"$ASPEN_RUN_DIR/kept.json")
     if command -v kcat >/dev/null 2>&1; then
         log "raw consume with kcat"
+        b0=$(cpu_ticks "$kafka_pid")
         t0=$(now_ms)
         TIMEFORMAT='%U %S'
         kcat_cpu=$({ time kcat -C -b "$KAFKA_BOOTSTRAP" -t "benchIn-$P" -o beginning -e -q \
             -c "$EVENTS" >/dev/null 2>>"$ASPEN_RUN_DIR/tools.log"; } 2>&1) || true
         kcat_ms=$(($(now_ms) - t0))
+        kcat_bus=$(broker_us "$EVENTS" "$b0")
         log "produce-only with kcat -P ($kept events, those aspen keeps)"
         t0=$(now_ms)
         kprod_cpu=$({ time kcat -P -b "$KAFKA_BOOTSTRAP" -t "benchProd-$P" -q \
             -l "$ASPEN_RUN_DIR/kept.json" 2>>"$ASPEN_RUN_DIR/tools.log"; } 2>&1) || true
         kprod_ms=$(($(now_ms) - t0))
+        kprod_bus=$(broker_us "$EVENTS" "$b0") # consume + produce, per event read
         if [[ -n $CALLGRIND ]]; then
             # kcat is stripped (no main to toggle on): all its threads.
             rm -f "$ASPEN_RUN_DIR"/kcat.cg.*
@@ -260,14 +275,16 @@ for P in $PARTITIONS; do
     log "running Kafka \$source -> \$match -> \$emit in aspen ($P partitions)"
     run_aspen 0
     aspen_rate=$run_rate aspen_us=$run_us aspen_ir=$run_ir emitted=$run_emitted
+    aspen_bus=$run_broker_us
     log "running Kafka \$source -> \$match (keeping nothing) in aspen ($P partitions)"
     run_aspen 1
-    rows+=("$(printf '%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s' "$P" \
+    rows+=("$(printf '%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s' "$P" \
         "$((EVENTS * 1000 / (produce_ms > 0 ? produce_ms : 1)))" "$raw_rate" \
         "$kcat_rate" "$kcat_us" "$aspen_rate" "$aspen_us" "$emitted" \
         "$(ratio "$aspen_rate" "$raw_rate")" "$(ratio "$aspen_rate" "$kcat_rate")" \
         "$kcat_ir" "$aspen_ir" "$kept" "$kprod_rate" "$kprod_us" "$kprod_ir" \
-        "$run_rate" "$run_us" "$run_ir" "$(ratio "$run_rate" "$kcat_rate")")")
+        "$run_rate" "$run_us" "$run_ir" "$(ratio "$run_rate" "$kcat_rate")" \
+        "$kcat_bus" "$kprod_bus" "$aspen_bus" "$run_broker_us")")
 done
 rss_kb=$(awk '/^VmHWM/ { print $2 }' "/proc/$aspen_pid/status")
 
@@ -276,27 +293,31 @@ printf 'host: %s, %s CPUs; aspen %s (Release, pid %s%s); broker: Apache Kafka (K
     "$(uname -m)" "$(nproc)" "$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')" \
     "$aspen_pid" "${CALLGRIND:+, under callgrind}" "$EVENTS" "${TIER:-default}"
 for row in "${rows[@]}"; do
-    IFS='|' read -r P prod raw kr kus ar aus em r1 r2 kir air kept kpr kpus kpir dr dus dir dr2 <<<"$row"
+    IFS='|' read -r P prod raw kr kus ar aus em r1 r2 kir air kept kpr kpus kpir dr dus dir dr2 kbus kpbus abus dbus <<<"$row"
     printf -- '--- benchIn-%s: %s partition(s)\n' "$P" "$P"
     printf '%-52s %12s\n' "console producer, events/s" "$prod"
     printf '%-52s %12s\n' "Kafka ConsumerPerformance (raw consume), events/s" "$raw"
     printf '%-52s %12s\n' "kcat (raw consume, librdkafka), events/s" "$kr"
     printf '%-52s %12s\n' "  kcat CPU time per event, us" "$kus"
+    printf '%-52s %12s\n' "  broker CPU time per event meanwhile, us" "$kbus"
     [[ -z $CALLGRIND ]] || printf '%-52s %12s\n' "  kcat (all threads), instructions per event" "$kir"
     printf '%-52s %12s\n' "kcat -P (produce only, $kept events), events/s" "$kpr"
     printf '%-52s %12s\n' "  kcat -P CPU time per event produced, us" "$kpus"
+    printf '%-52s %12s\n' "  broker CPU per event read, consume + produce, us" "$kpbus"
     [[ -z $CALLGRIND ]] || printf '%-52s %12s\n' "  kcat -P (all threads), instr per event read" "$kpir"
     printf '%-52s %12s\n' "  kcat consume + produce CPU per event read, us" \
         "$(awk -v c="$kus" -v p="$kpus" -v k="$kept" -v n="$EVENTS" \
             'BEGIN { printf (c + 0 > 0 ? "%.2f" : "n/a"), c + p * k / n }')"
     printf '%-52s %12s\n' "aspen \$source -> \$match -> \$emit, events/s" "$ar"
     printf '%-52s %12s\n' "  aspen CPU time per event, us" "$aus"
+    printf '%-52s %12s\n' "  broker CPU time per event meanwhile, us" "$abus"
     [[ -z $CALLGRIND ]] || printf '%-52s %12s\n' "  aspen processor (+ workers), instr per event" "$air"
     printf '%-52s %12s\n' "  events emitted to benchOut-$P" "$em"
     printf '%-52s %12s\n' "aspen / raw consume" "$r1"
     printf '%-52s %12s\n' "aspen / kcat" "$r2"
     printf '%-52s %12s\n' "aspen, \$match keeping nothing, events/s" "$dr"
     printf '%-52s %12s\n' "  its CPU time per event, us" "$dus"
+    printf '%-52s %12s\n' "  broker CPU time per event meanwhile, us" "$dbus"
     [[ -z $CALLGRIND ]] || printf '%-52s %12s\n' "  its processor (+ workers), instr per event" "$dir"
     printf '%-52s %12s\n' "  its rate / kcat" "$dr2"
 done
