@@ -41,12 +41,15 @@ typedef struct {
    const char *p;
    const char *end;
    aspen_bsonw_t *w;
+   size_t key_room; /* bytes of the text at the key being read, 0 if not */
 } rd_t;
 
+/* Whitespace is at most ' ' (0x20): anything above it ends the run in one
+ * comparison, the usual case (no space, or one already stepped over). */
 static inline void
 skip_ws(rd_t *r)
 {
-   while (r->p < r->end &&
+   while (r->p < r->end && (unsigned char) *r->p <= ' ' &&
           (*r->p == ' ' || *r->p == '\n' || *r->p == '\r' || *r->p == '\t')) {
       r->p++;
    }
@@ -61,32 +64,28 @@ is_plain(unsigned char c)
 }
 
 /* A string of ASCII text without escapes (is_plain); r->p is on its
- * quote. Its first eight bytes one at a time (most keys and many values
- * end there), then eight at a time, the first that is not plain text
- * found from care_mask's lowest bit. */
+ * quote. Eight bytes at a time while eight remain, the first that is not
+ * plain text found from care_mask's lowest bit (a key or a short value
+ * ends in the first word or two), then the last few one at a time. */
 static inline bool
 read_str(rd_t *r, const char **s, size_t *n)
 {
    const char *q = r->p + 1;
-   if (r->end - q >= 8) {
-      const char *stop = q + 8;
-      while (q < stop && is_plain((unsigned char) *q)) {
-         q++;
-      }
-      while (q == stop && r->end - q >= 8) {
-         uint64_t x;
-         memcpy(&x, q, 8);
-         uint64_t m = care_mask(x);
-         if (m) {
-            q += __builtin_ctzll(m) >> 3; /* on the byte to look at */
-            break;
+   for (;;) {
+      if (r->end - q < 8) {
+         while (q < r->end && is_plain((unsigned char) *q)) {
+            q++;
          }
-         q += 8;
-         stop += 8;
+         break;
       }
-   }
-   while (q < r->end && is_plain((unsigned char) *q)) {
-      q++;
+      uint64_t x;
+      memcpy(&x, q, 8);
+      uint64_t m = care_mask(x);
+      if (m) {
+         q += __builtin_ctzll(m) >> 3; /* on the byte to look at */
+         break;
+      }
+      q += 8;
    }
    if (q == r->end || *q != '"') {
       return false; /* an escape, a control character, UTF-8, the end */
@@ -100,12 +99,22 @@ read_str(rd_t *r, const char **s, size_t *n)
 /* An element's type byte and key, with room for `n` bytes of value after
  * them; returns where the value goes (w->len already past it). */
 static inline uint8_t *
-w_elem(aspen_bsonw_t *w, bson_type_t type, const char *key, size_t klen,
+w_elem(const rd_t *r, bson_type_t type, const char *key, size_t klen,
        size_t n)
 {
-   uint8_t *p = aspen_bsonw_reserve(w, klen + 2 + n);
+   aspen_bsonw_t *w = r->w;
+   /* A key of up to 16 bytes that has 16 bytes of the text being read at
+    * it (its closing quote and what follows) is copied as 16, no memcpy
+    * call: the bytes past its end are overwritten by the value or left
+    * past the writer's length. An array's index keys are not in the
+    * text (r->key_room 0). */
+   uint8_t *p = aspen_bsonw_reserve(w, klen + 2 + n + 16);
    p[0] = (uint8_t) type;
-   memcpy(p + 1, key, klen);
+   if (klen <= 16 && r->key_room >= 16) {
+      memcpy(p + 1, key, 16);
+   } else {
+      memcpy(p + 1, key, klen);
+   }
    p[1 + klen] = 0;
    w->len += klen + 2 + n;
    return p + klen + 2;
@@ -197,7 +206,7 @@ read_number(rd_t *r, const char *key, size_t klen)
       }
       uint64_t u;
       memcpy(&u, &d, 8);
-      w_u64(w_elem(r->w, BSON_TYPE_DOUBLE, key, klen, 8), u);
+      w_u64(w_elem(r, BSON_TYPE_DOUBLE, key, klen, 8), u);
       return true;
    }
    if (!at_delim(r)) {
@@ -205,10 +214,10 @@ read_number(rd_t *r, const char *key, size_t klen)
    }
    int64_t i = neg ? -(int64_t) val : (int64_t) val;
    if (val <= INT32_MAX || (neg && val <= (uint64_t) INT32_MAX + 1)) {
-      aspen_bytes_put_le32(w_elem(r->w, BSON_TYPE_INT32, key, klen, 4),
+      aspen_bytes_put_le32(w_elem(r, BSON_TYPE_INT32, key, klen, 4),
                            (uint32_t) (int32_t) i);
    } else {
-      w_u64(w_elem(r->w, BSON_TYPE_INT64, key, klen, 8), (uint64_t) i);
+      w_u64(w_elem(r, BSON_TYPE_INT64, key, klen, 8), (uint64_t) i);
    }
    return true;
 }
@@ -258,6 +267,7 @@ read_members(rd_t *r, int depth)
       }
       r->p++;
       skip_ws(r);
+      r->key_room = (size_t) (r->end - key);
       if (!read_value(r, key, klen, depth)) {
          return false;
       }
@@ -281,6 +291,7 @@ read_elements(rd_t *r, int depth)
       char buf[16];
       const char *key;
       size_t klen = bson_uint32_to_string(i, &key, buf, sizeof buf);
+      r->key_room = 0;
       if (!read_value(r, key, klen, depth)) {
          return false;
       }
@@ -319,7 +330,7 @@ read_value(rd_t *r, const char *key, size_t klen, int depth)
       if (!read_str(r, &s, &n)) {
          return false;
       }
-      uint8_t *p = w_elem(r->w, BSON_TYPE_UTF8, key, klen, n + 5);
+      uint8_t *p = w_elem(r, BSON_TYPE_UTF8, key, klen, n + 5);
       aspen_bytes_put_le32(p, (uint32_t) n + 1);
       memcpy(p + 4, s, n);
       p[4 + n] = 0;
@@ -331,14 +342,14 @@ read_value(rd_t *r, const char *key, size_t klen, int depth)
       if (!read_literal(r, t ? "true" : "false", t ? 4 : 5)) {
          return false;
       }
-      *w_elem(r->w, BSON_TYPE_BOOL, key, klen, 1) = t;
+      *w_elem(r, BSON_TYPE_BOOL, key, klen, 1) = t;
       return true;
    }
    case 'n': {
       if (!read_literal(r, "null", 4)) {
          return false;
       }
-      w_elem(r->w, BSON_TYPE_NULL, key, klen, 0);
+      w_elem(r, BSON_TYPE_NULL, key, klen, 0);
       return true;
    }
    default:
@@ -450,19 +461,41 @@ utf8_seq_len(const uint8_t *s, size_t n)
    return 0;
 }
 
-/* A quoted string as libbson escapes it: runs of plain bytes copied eight
- * at a time, the escapes from str_esc, well-formed UTF-8 as it is; false
- * (declined) for bytes that are not well-formed UTF-8, which libbson's
- * writer handles in its own way. */
-static bool
-put_str(aspen_ejson_text_t *t, const char *str, size_t n)
+/* The bits of the first `n` bytes (n <= 8) of a word, in memory order. */
+static inline uint64_t
+below(size_t n)
+{
+   return n >= 8 ? ~0ull : (1ull << (8 * n)) - 1;
+}
+
+/* A quoted string as libbson escapes it, written at `q` (6 * n + 2 bytes
+ * of room, and 18 at least): runs of plain bytes copied eight at a time, the escapes from
+ * str_esc, well-formed UTF-8 as it is; returns the end, or NULL (declined)
+ * for bytes that are not well-formed UTF-8, which libbson's writer
+ * handles in its own way. Text of up to 16 bytes that has 16 readable
+ * bytes at `str` (`room`) is checked as two words at once: a key or a
+ * short value is one step. */
+static char *
+put_str_at(char *q, const char *str, size_t n, size_t room)
 {
    static const char hex[] = "0123456789abcdef";
    const uint8_t *s = (const uint8_t *) str;
-   char *p = t_reserve(t, 6 * n + 2);
-   char *q = p;
    size_t i = 0;
    *q++ = '"';
+   if (n <= 16 && room >= 16) {
+      uint64_t x0, x1;
+      memcpy(&x0, s, 8);
+      memcpy(&x1, s + 8, 8);
+      uint64_t m = n >= 8 ? care_mask(x0) | (care_mask(x1) & below(n - 8))
+                          : care_mask(x0) & below(n);
+      if (!m) {
+         memcpy(q, &x0, 8);
+         memcpy(q + 8, &x1, 8);
+         q += n;
+         *q++ = '"';
+         return q;
+      }
+   }
    while (i < n) {
       while (n - i >= 8) {
          uint64_t x;
@@ -486,7 +519,7 @@ put_str(aspen_ejson_text_t *t, const char *str, size_t n)
       if (e == 'h') {
          size_t l = utf8_seq_len(s + i, n - i);
          if (!l) {
-            return false;
+            return NULL;
          }
          memcpy(q, s + i, l);
          q += l;
@@ -505,25 +538,18 @@ put_str(aspen_ejson_text_t *t, const char *str, size_t n)
       i++;
    }
    *q++ = '"';
-   t->len += (size_t) (q - p);
-   return true;
-}
-
-static void
-put_int(aspen_ejson_text_t *t, int64_t v)
-{
-   t->len += aspen_bytes_dec_int64(v, t_reserve(t, 21));
+   return q;
 }
 
 /* libbson's relaxed double: "%.20g", with ".0" added when that printed
- * only digits and '-'. Integral doubles and halves below 1e15 have few
- * enough digits that "%.20g" prints them exactly: those are written
- * without printf. */
-static bool
-put_double(aspen_ejson_text_t *t, double d)
+ * only digits and '-', written at `q` (48 bytes of room); NULL when
+ * declined. Integral doubles and halves below 1e15 have few enough digits
+ * that "%.20g" prints them exactly: those are written without printf. */
+static char *
+put_double_at(char *q, double d)
 {
    if (!isfinite(d)) {
-      return false; /* {"$numberDouble": ...}: libbson's */
+      return NULL; /* {"$numberDouble": ...}: libbson's */
    }
    if (fabs(d) < 1e15) {
       double twice = d * 2;
@@ -531,27 +557,25 @@ put_double(aspen_ejson_text_t *t, double d)
          int64_t i = (int64_t) d; /* toward zero */
          bool half = (double) i != d;
          if (signbit(d) && i == 0) {
-            T_LIT(t, "-"); /* -0.0 and -0.5 */
+            *q++ = '-'; /* -0.0 and -0.5 */
          }
-         put_int(t, i);
-         if (half) {
-            T_LIT(t, ".5");
-         } else {
-            T_LIT(t, ".0");
-         }
-         return true;
+         q += aspen_bytes_dec_int64(i, q);
+         memcpy(q, half ? ".5" : ".0", 2);
+         return q + 2;
       }
    }
    char buf[40];
    int n = snprintf(buf, sizeof buf, "%.20g", d);
    if (n <= 0 || (size_t) n >= sizeof buf) {
-      return false;
+      return NULL;
    }
-   t_put(t, buf, (size_t) n);
+   memcpy(q, buf, (size_t) n);
+   q += n;
    if (strspn(buf, "0123456789-") == (size_t) n) {
-      T_LIT(t, ".0");
+      memcpy(q, ".0", 2);
+      q += 2;
    }
-   return true;
+   return q;
 }
 
 static void
@@ -563,12 +587,13 @@ put_2(char *p, int v)
 
 /* libbson's relaxed Date from 1970 to 9999: { "$date" : "%Y-%m-%dT%H:%M:%S"
  * and, when the milliseconds are not 0, "." and them in three digits, then
- * "Z" }. Earlier and later dates are declined. */
-static bool
-put_date(aspen_ejson_text_t *t, int64_t ms)
+ * "Z" }, written at `q` (40 bytes of room). Earlier and later dates are
+ * declined (NULL). */
+static char *
+put_date_at(char *q, int64_t ms)
 {
    if (ms < 0 || ms >= 253402300800000) {
-      return false;
+      return NULL;
    }
    int64_t days = ms / 86400000;
    int sod = (int) ((ms / 1000) % 86400);
@@ -584,8 +609,7 @@ put_date(aspen_ejson_text_t *t, int64_t ms)
    int d = (int) (doy - (153 * mp + 2) / 5 + 1);
    int m = (int) (mp < 10 ? mp + 3 : mp - 9);
    int y = (int) (yoe + era * 400 + (m <= 2));
-   char buf[40];
-   char *p = buf;
+   char *p = q;
    memcpy(p, "{ \"$date\" : \"", 13);
    p += 13;
    put_2(p, y / 100);
@@ -608,30 +632,36 @@ put_date(aspen_ejson_text_t *t, int64_t ms)
       *p++ = (char) ('0' + msec % 10);
    }
    memcpy(p, "Z\" }", 4);
-   p += 4;
-   t_put(t, buf, (size_t) (p - buf));
-   return true;
+   return p + 4;
 }
 
-/* libbson's relaxed ObjectId: { "$oid" : "<24 lowercase hex digits>" }. */
-static void
-put_oid(aspen_ejson_text_t *t, const uint8_t *oid)
+/* libbson's relaxed ObjectId: { "$oid" : "<24 lowercase hex digits>" },
+ * written at `q` (39 bytes of room). */
+static char *
+put_oid_at(char *q, const uint8_t *oid)
 {
    static const char hex[] = "0123456789abcdef";
-   char *p = t_reserve(t, 40);
-   memcpy(p, "{ \"$oid\" : \"", 12);
+   memcpy(q, "{ \"$oid\" : \"", 12);
    for (int i = 0; i < 12; i++) {
-      p[12 + 2 * i] = hex[oid[i] >> 4];
-      p[13 + 2 * i] = hex[oid[i] & 15];
+      q[12 + 2 * i] = hex[oid[i] >> 4];
+      q[13 + 2 * i] = hex[oid[i] & 15];
    }
-   memcpy(p + 36, "\" }", 3);
-   t->len += 39;
+   memcpy(q + 36, "\" }", 3);
+   return q + 39;
 }
+
+/* Room enough for an element's separator, its key's quoted text (6 bytes
+ * a byte at most), " : " and any value of a fixed size written in place
+ * (a date's 40 bytes, a double's printf, an ObjectId). */
+#define ELEM_ROOM(klen) (6 * (klen) + 64)
 
 /* Writes the document or array data[0 .. len) by walking its bytes, each
  * element checked against the bounds as libbson's iterator checks them:
  * anything malformed, or of a type not written here, is declined (libbson's
- * writer then gives its own text, or none, as always). */
+ * writer then gives its own text, or none, as always). Each element takes
+ * one reservation for its separator, key and a fixed-size value, written
+ * in place; a key's end and whether its text is plain come from the same
+ * two words when 16 bytes of the document follow it. */
 static bool
 put_doc(aspen_ejson_text_t *t, const uint8_t *data, uint32_t len, bool array,
         bool top, int depth)
@@ -650,24 +680,27 @@ put_doc(aspen_ejson_text_t *t, const uint8_t *data, uint32_t len, bool array,
    while (p < end) {
       uint8_t type = *p++;
       const uint8_t *key = p;
-      while (*p) { /* stops at the final NUL at the latest */
-         p++;
-      }
+      /* stops at the final NUL at the latest */
+      size_t klen = aspen_bsonw_raw_key_len(key, (size_t) (end - key) + 1);
+      p += klen;
       if (p == end) {
          return false; /* a key without a value */
       }
-      size_t klen = (size_t) (p - key);
       p++; /* the value */
       size_t left = (size_t) (end - p);
+      char *q = t_reserve(t, ELEM_ROOM(klen));
       if (!first) {
-         T_LIT(t, ", ");
+         memcpy(q, ", ", 2);
+         q += 2;
       }
       first = false;
       if (!array) {
-         if (!put_str(t, (const char *) key, klen)) {
+         q = put_str_at(q, (const char *) key, klen, (size_t) (end - key) + 1);
+         if (!q) {
             return false;
          }
-         T_LIT(t, " : ");
+         memcpy(q, " : ", 3);
+         q += 3;
       }
       uint32_t n;
       switch (type) {
@@ -676,8 +709,14 @@ put_doc(aspen_ejson_text_t *t, const uint8_t *data, uint32_t len, bool array,
             return false;
          }
          n = aspen_bytes_get_le32(p);
-         if (n == 0 || n > left - 4 || p[4 + n - 1] != 0 ||
-             !put_str(t, (const char *) p + 4, n - 1)) {
+         if (n == 0 || n > left - 4 || p[4 + n - 1] != 0) {
+            return false;
+         }
+         t->len = (size_t) (q - t->data);
+         q = t_reserve(t, 6 * (size_t) n + 18); /* 18: put_str_at's words */
+         /* the text's room: up to the document's final NUL */
+         q = put_str_at(q, (const char *) p + 4, n - 1, left - 4 + 1);
+         if (!q) {
             return false;
          }
          p += 4 + n;
@@ -686,7 +725,7 @@ put_doc(aspen_ejson_text_t *t, const uint8_t *data, uint32_t len, bool array,
          if (left < 4) {
             return false;
          }
-         put_int(t, (int32_t) aspen_bytes_get_le32(p));
+         q += aspen_bytes_dec_int64((int32_t) aspen_bytes_get_le32(p), q);
          p += 4;
          break;
       case BSON_TYPE_INT64:
@@ -698,17 +737,16 @@ put_doc(aspen_ejson_text_t *t, const uint8_t *data, uint32_t len, bool array,
          uint64_t u = aspen_bytes_get_le64(p);
          p += 8;
          if (type == BSON_TYPE_INT64) {
-            put_int(t, (int64_t) u);
+            q += aspen_bytes_dec_int64((int64_t) u, q);
          } else if (type == BSON_TYPE_DATE_TIME) {
-            if (!put_date(t, (int64_t) u)) {
-               return false;
-            }
+            q = put_date_at(q, (int64_t) u);
          } else {
             double d;
             memcpy(&d, &u, 8);
-            if (!put_double(t, d)) {
-               return false;
-            }
+            q = put_double_at(q, d);
+         }
+         if (!q) {
+            return false;
          }
          break;
       }
@@ -717,20 +755,23 @@ put_doc(aspen_ejson_text_t *t, const uint8_t *data, uint32_t len, bool array,
             return false;
          }
          if (*p) {
-            T_LIT(t, "true");
+            memcpy(q, "true", 4);
+            q += 4;
          } else {
-            T_LIT(t, "false");
+            memcpy(q, "false", 5);
+            q += 5;
          }
          p++;
          break;
       case BSON_TYPE_NULL:
-         T_LIT(t, "null");
+         memcpy(q, "null", 4);
+         q += 4;
          break;
       case BSON_TYPE_OID:
          if (left < 12) {
             return false;
          }
-         put_oid(t, p);
+         q = put_oid_at(q, p);
          p += 12;
          break;
       case BSON_TYPE_DOCUMENT:
@@ -739,15 +780,17 @@ put_doc(aspen_ejson_text_t *t, const uint8_t *data, uint32_t len, bool array,
             return false;
          }
          n = aspen_bytes_get_le32(p);
+         t->len = (size_t) (q - t->data);
          if (n > left ||
              !put_doc(t, p, n, type == BSON_TYPE_ARRAY, false, depth + 1)) {
             return false;
          }
          p += n;
-         break;
+         continue; /* t->len is past it */
       default:
          return false; /* the other types' wrappers are libbson's */
       }
+      t->len = (size_t) (q - t->data);
    }
    if (first && top) {
       T_LIT(t, "}");

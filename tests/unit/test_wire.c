@@ -2930,15 +2930,22 @@ test_bsonw_matches_libbson(void **state)
 
 /* Reads `json` with both readers: the fast one must accept (`accept` 1)
  * or decline (0) as told (-1: either), and what it accepts must be
- * libbson's bytes. Returns whether it accepted. */
+ * libbson's bytes. Returns whether it accepted. The fast one reads a heap
+ * copy of exactly the text's bytes (no NUL after them), so that a read
+ * past the end is one ASan sees. */
 static bool
 ejson_read_check(const char *json, int accept)
 {
    aspen_bsonw_t w;
    bson_t fast, slow;
    bson_error_t berr;
+   size_t len = strlen(json);
+   char *copy = malloc(len ? len : 1);
+   assert_non_null(copy);
+   memcpy(copy, json, len);
    aspen_bsonw_init(&w);
-   bool ok = aspen_ejson_read(json, strlen(json), &w, &fast);
+   bool ok = aspen_ejson_read(copy, len, &w, &fast);
+   free(copy);
    if (accept >= 0 && ok != (accept != 0)) {
       fail_msg("aspen_ejson_read %s %s", ok ? "accepted" : "declined", json);
    }
@@ -2951,6 +2958,53 @@ ejson_read_check(const char *json, int accept)
    }
    aspen_bsonw_cleanup(&w);
    return ok;
+}
+
+/* Keys and string values of 0 to 20 bytes, with a byte the fast reader
+ * leaves to libbson (an escape, a control character, UTF-8) at each
+ * position or none, at the end of the text and with more after them:
+ * read eight bytes at a time, the last few one at a time, and keys of up
+ * to 16 bytes copied as 16 words when the text has them. Plain ones are
+ * accepted with libbson's bytes, the others declined. */
+static void
+test_ejson_read_short_text(void **state)
+{
+   (void) state;
+   static const char *odd[] = {"", "\\\"", "\\n", "\t", "\xc3\xa9"};
+   for (size_t o = 0; o < sizeof odd / sizeof odd[0]; o++) {
+      for (size_t len = 0; len <= 20; len++) {
+         for (size_t at = 0; at <= len; at++) {
+            if (!odd[o][0] && at > 0) {
+               continue; /* no odd byte: once per length */
+            }
+            char text[40];
+            size_t n = 0;
+            for (size_t i = 0; i <= len; i++) {
+               if (i == at) {
+                  memcpy(text + n, odd[o], strlen(odd[o]));
+                  n += strlen(odd[o]);
+               }
+               if (i < len) {
+                  text[n++] = (char) ('a' + i % 26);
+               }
+            }
+            text[n] = '\0';
+            int want = odd[o][0] ? 0 : 1;
+            char json[160];
+            snprintf(json, sizeof json, "{\"%s\":1}", text);
+            ejson_read_check(json, want);
+            snprintf(json, sizeof json, "{\"%s\": \"%s\"}", text, text);
+            ejson_read_check(json, want);
+            snprintf(json, sizeof json, "{\"k\":\"%s\"}", text);
+            ejson_read_check(json, want);
+            snprintf(json, sizeof json,
+                     "{\"%s\": [\"%s\", {\"%s\": 2.5}], \"zz\": "
+                     "\"0123456789abcdefghij\"}",
+                     text, text, text);
+            ejson_read_check(json, want);
+         }
+      }
+   }
 }
 
 /* Writes `doc` with both writers: the fast one must accept or decline as
@@ -3210,6 +3264,84 @@ test_ejson_write_strings(void **state)
       bson_destroy(&doc);
    }
    assert_true(written >= 2000);
+}
+
+/* Writes `doc` with ejson_write_check from a heap copy of exactly its
+ * size, so that a read past its end is one ASan sees. */
+static bool
+ejson_write_check_exact(const bson_t *doc, int accept)
+{
+   uint8_t *copy = malloc(doc->len);
+   assert_non_null(copy);
+   memcpy(copy, bson_get_data(doc), doc->len);
+   bson_t view;
+   assert_true(bson_init_static(&view, copy, doc->len));
+   bool ok = ejson_write_check(&view, accept);
+   free(copy);
+   return ok;
+}
+
+/* Keys and string values of 0 to 20 bytes, with one byte that is not
+ * plain text (a quote, a backslash, a control character, DEL, UTF-8 of
+ * two bytes, a stray continuation byte) at each position or none, as the
+ * last element of their document (a few bytes left after them: the
+ * writer reads them a byte at a time) and followed by more (16 bytes
+ * readable: two words at once, the bytes past the text ignored): the
+ * writer's text is libbson's wherever it accepts, and it accepts every
+ * well-formed one. */
+static void
+test_ejson_write_short_text(void **state)
+{
+   (void) state;
+   static const struct {
+      const char *s;
+      bool good;
+   } odd[] = {{"", true},     {"\"", true},     {"\\", true},
+              {"\x01", true}, {"\x7f", true},   {"\t", true},
+              {"\xc3\xa9", true}, {"\x80", false}};
+   for (size_t o = 0; o < sizeof odd / sizeof odd[0]; o++) {
+      for (size_t len = 0; len <= 20; len++) {
+         for (size_t at = 0; at <= len; at++) {
+            if (at == len && at > 0 && !odd[o].s[0]) {
+               continue; /* no odd byte: once per length */
+            }
+            char text[32];
+            size_t n = 0;
+            for (size_t i = 0; i < len; i++) {
+               if (i == at) {
+                  size_t k = strlen(odd[o].s);
+                  memcpy(text + n, odd[o].s, k);
+                  n += k;
+               }
+               text[n++] = (char) ('a' + i % 26);
+            }
+            if (at == len) {
+               size_t k = strlen(odd[o].s);
+               memcpy(text + n, odd[o].s, k);
+               n += k;
+            }
+            text[n] = '\0';
+            int want = odd[o].good ? 1 : -1;
+            bson_t doc = BSON_INITIALIZER;
+            bson_append_int32(&doc, text, (int) n, 1); /* key, last */
+            ejson_write_check_exact(&doc, want);
+            bson_reinit(&doc);
+            bson_append_utf8(&doc, "s", 1, text, (int) n); /* value, last */
+            ejson_write_check_exact(&doc, want);
+            bson_reinit(&doc);
+            bson_append_utf8(&doc, text, (int) n, text, (int) n);
+            bson_append_utf8(&doc, "z", 1, "0123456789abcdefghij", 20);
+            ejson_write_check_exact(&doc, want); /* both, followed */
+            bson_reinit(&doc);
+            bson_t sub;
+            bson_append_document_begin(&doc, "d", 1, &sub);
+            bson_append_utf8(&sub, text, (int) n, text, (int) n);
+            bson_append_document_end(&doc, &sub);
+            ejson_write_check_exact(&doc, want); /* a sub-document's last */
+            bson_destroy(&doc);
+         }
+      }
+   }
 }
 
 /* Integers at and around their limits and each power of ten, and doubles
@@ -3512,6 +3644,8 @@ main(void)
       T(test_ejson_read),
       T(test_ejson_write),
       T(test_ejson_write_strings),
+      T(test_ejson_write_short_text),
+      T(test_ejson_read_short_text),
       T(test_ejson_write_numbers),
       T(test_ejson_case_corpus),
    };
