@@ -4,6 +4,7 @@
 #include "lang/fields.h"
 #include "bsonw.h"
 
+#include <stddef.h>
 #include <string.h>
 
 bool aspen__fields_on = true;
@@ -134,6 +135,80 @@ aspen_fields_new_layout_id(void)
    return __atomic_add_fetch(&last, 1, __ATOMIC_RELAXED);
 }
 
+/* How the kept-layout loop steps over an element (aspen_fields_head_t.kind):
+ * a value of fixed size, a string, a sub-document or array, a bool. */
+enum { HEAD_FIXED, HEAD_UTF8, HEAD_DOC, HEAD_BOOL };
+
+/* Fills `h` for an element of `type` whose key is the `klen` bytes at
+ * `key` - what aspen_fields_scan_layout's kept-layout loop compares and
+ * checks, each bound folded into `need` - and false if that loop cannot
+ * take it (a key of 15 bytes or more, a type left to the iterator). */
+static bool
+keep_head(aspen_fields_head_t *h, uint8_t type, const char *key,
+          uint32_t klen)
+{
+   uint32_t hl = 1 + klen + 1; /* the value's offset */
+   memset(h, 0, sizeof *h);
+   h->klen = klen;
+   h->step = hl;
+   h->hlen = (uint8_t) (hl > 16 ? 0 : hl);
+   if (hl > 16) {
+      return false; /* compared from the kept keys */
+   }
+   uint8_t w[16] = {0};
+   w[0] = type;
+   memcpy(w + 1, key, klen);
+   if (hl <= 8) {
+      h->words = 1;
+      h->kw[0] = aspen_bytes_get_le64(w);
+      h->kmask = hl == 8 ? ~0ull : (1ull << (8 * hl)) - 1;
+   } else {
+      h->words = 2;
+      h->kw[0] = aspen_bytes_get_le64(w);
+      h->kw[1] = aspen_bytes_get_le64(w + hl - 8);
+   }
+   /* The value's bytes read before any check of its own, and the byte
+    * after it that a document's trailing NUL at least must be. */
+   uint32_t value;
+   int32_t vsize = fixed_value_size(type);
+   if (vsize >= 0) {
+      h->kind = HEAD_FIXED;
+      h->step = hl + (uint32_t) vsize;
+      value = (uint32_t) vsize + 1;
+   } else if (type == BSON_TYPE_UTF8 || type == BSON_TYPE_DOCUMENT ||
+              type == BSON_TYPE_ARRAY) {
+      h->kind = type == BSON_TYPE_UTF8 ? HEAD_UTF8 : HEAD_DOC;
+      value = 5; /* the length word, then at least one byte */
+   } else if (type == BSON_TYPE_BOOL) {
+      h->kind = HEAD_BOOL;
+      value = 2;
+   } else {
+      return false; /* the iterator's */
+   }
+   h->need = hl + value > 8 ? hl + value : 8;
+   return true;
+}
+
+/* Sets `lay`'s heads' run bounds (aspen_fields_layout_t): from the last
+ * fast element back, a run's need is the most its elements need, each
+ * from the run's start (a fixed-size element's successors at its size's
+ * distance). */
+static void
+keep_runs(aspen_fields_layout_t *lay)
+{
+   uint32_t run = 0; /* the need of the run starting after element i */
+   for (uint32_t i = lay->fast; i-- > 0;) {
+      aspen_fields_head_t *h = &lay->head[i];
+      h->rnext = run;
+      if (h->kind == HEAD_FIXED && run != 0 && h->step + run > h->need) {
+         run = h->step + run;
+      } else {
+         run = h->need;
+      }
+   }
+   lay->need0 = run;
+}
+
 /* Keeps the keys of the table `t` (just scanned) in `lay` under a new id,
  * and tags the table with it; id 0 for both if they do not fit. */
 static void
@@ -141,6 +216,7 @@ keep_layout(aspen_fields_t *t, aspen_fields_layout_t *lay)
 {
    uint32_t used = 0;
    lay->id = 0;
+   lay->fast = t->n;
    for (uint32_t i = 0; i < t->n; i++) {
       uint32_t klen = t->f[i].klen;
       if (klen >= sizeof lay->keys - used) {
@@ -150,24 +226,15 @@ keep_layout(aspen_fields_t *t, aspen_fields_layout_t *lay)
       lay->keys[used + klen] = '\0';
       lay->klen[i] = klen;
       lay->koff[i] = used;
-      lay->words[i] = 0;
-      uint8_t type = t->data[t->f[i].off];
-      if (klen + 2 <= 16) {
-         uint8_t w[16] = {0};
-         w[0] = type;
-         memcpy(w + 1, lay->keys + used, klen);
-         uint32_t words = (klen + 2 + 7) / 8;
-         uint32_t last = klen + 2 - 8 * (words - 1); /* bytes that count */
-         lay->kw[i][0] = aspen_bytes_get_le64(w);
-         lay->kw[i][1] = aspen_bytes_get_le64(w + 8);
-         lay->kmask[i] = last == 8 ? ~0ull : (1ull << (8 * last)) - 1;
-         lay->words[i] = (uint8_t) words;
+      if (!keep_head(&lay->head[i], t->data[t->f[i].off], lay->keys + used,
+                     klen) &&
+          lay->fast > i) {
+         lay->fast = i;
       }
-      int32_t vsize = fixed_value_size(type);
-      lay->esize[i] = vsize < 0 ? 0 : 1 + klen + 1 + (uint32_t) vsize;
       used += klen + 1;
    }
    lay->n = t->n;
+   keep_runs(lay);
    lay->id = aspen_fields_new_layout_id();
    t->layout = lay->id;
 }
@@ -180,27 +247,6 @@ kept_key_at(const aspen_fields_layout_t *lay, uint32_t n, const uint8_t *k,
 {
    return lay->klen[n] < room &&
           aspen_fields_key_eq(k, lay->keys + lay->koff[n], lay->klen[n] + 1);
-}
-
-/* True if the `avail` bytes at `e` (an element, up to its document's end)
- * start with the head kept for element n - the same type, key and NUL -
- * read as one or two words; false when that cannot be told so (a long
- * key, too few bytes left), for kept_key_at to decide. */
-static inline bool
-kept_head_at(const aspen_fields_layout_t *lay, uint32_t n, const uint8_t *e,
-             size_t avail)
-{
-   uint32_t words = lay->words[n];
-   if (words == 0 || avail < 8 * (size_t) words) {
-      return false;
-   }
-   uint64_t a = aspen_bytes_get_le64(e);
-   if (words == 1) {
-      return ((a ^ lay->kw[n][0]) & lay->kmask[n]) == 0;
-   }
-   return a == lay->kw[n][0] &&
-          ((aspen_bytes_get_le64(e + 8) ^ lay->kw[n][1]) & lay->kmask[n]) ==
-             0;
 }
 
 /* Tags the table `t` (just filled) with `lay`'s id if its keys are the
@@ -235,46 +281,36 @@ scan_fallback(aspen_fields_t *t, const bson_t *doc, aspen_fields_layout_t *lay)
 
 _Static_assert(ASPEN_FIELDS_MAX + 1 < 64, "aspen_fields_find_memo's index");
 
-bool
-aspen_fields_scan_layout(aspen_fields_t *t, const bson_t *doc,
-                         aspen_fields_layout_t *lay)
+/* Writes the entry `f` (off, klen) as one word where the struct allows. */
+static inline void
+put_entry(aspen_field_t *f, uint32_t off, uint32_t klen)
 {
-   /* A raw walk of the elements, with bson_iter_init's checks of the frame
-    * and aspen_bsonw_iter_next's of each element; the iterator takes any
-    * element type it does not read. Each key's end is found eight bytes
-    * at a time, or, while the keys are the kept layout's, by comparing
-    * the element's head (type, key, NUL) with the kept one as words, the
-    * end of a fixed-size element following from it. The entries are
-    * written through a local count (no per-field overflow flag): a
-    * document with more fields than the table holds stops the walk
-    * there. */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+   _Static_assert(sizeof(aspen_field_t) == 8 &&
+                     offsetof(aspen_field_t, klen) == 4,
+                  "aspen_field_t as one word");
+   uint64_t w = (uint64_t) klen << 32 | off;
+   memcpy(f, &w, sizeof w);
+#else
+   f->off = off;
+   f->klen = klen;
+#endif
+}
+
+/* The walk of aspen_fields_scan_layout's document data/len (its frame
+ * checked) from the element at `o`, the n entries before it written: each
+ * key's end found eight bytes at a time, or compared with the kept key
+ * while the keys are still the kept layout's (`same`). The entries are
+ * written through a local count (no per-field overflow flag): a document
+ * with more fields than the table holds stops the walk there. */
+static __attribute__((noinline)) bool
+scan_rest(aspen_fields_t *t, const bson_t *doc, aspen_fields_layout_t *lay,
+          const uint8_t *data, uint32_t len, uint32_t o, uint32_t n)
+{
    aspen_fields_reset(t);
-   const uint8_t *data = bson_get_data(doc);
-   uint32_t len = doc->len;
-   if (len < 5 || aspen_bytes_get_le32(data) != len || data[len - 1] != 0) {
-      return scan_iter(t, doc);
-   }
    aspen_field_t *f = t->f;
-   uint32_t o = 4, n = 0;
    bool same = lay && lay->id != 0;
    uint32_t kept = same ? lay->n : 0;
-   /* While the elements' heads are the kept ones (kept <= the table's
-    * size): no key to look for, a fixed-size element's end known. */
-   while (n < kept && kept_head_at(lay, n, data + o, len - o)) {
-      uint32_t es = lay->esize[n];
-      uint32_t next = es == 0 ? scan_next(data, len, o, lay->klen[n])
-                      : es < len - o ? o + es
-                                     : 0;
-      if (next == 0) {
-         return scan_fallback(t, doc, lay);
-      }
-      f[n].off = o;
-      f[n].klen = lay->klen[n];
-      n++;
-      o = next;
-   }
-   /* Then the rest (all of it without a kept layout), each key's end
-    * found, or compared with the kept key while they still match. */
    while (o + 1 < len) {
       if (n == ASPEN_FIELDS_MAX) {
          t->n = n;
@@ -311,6 +347,91 @@ aspen_fields_scan_layout(aspen_fields_t *t, const bson_t *doc,
       keep_layout(t, lay);
    }
    return true;
+}
+
+bool
+aspen_fields_scan_layout(aspen_fields_t *t, const bson_t *doc,
+                         aspen_fields_layout_t *lay)
+{
+   /* A raw walk of the elements, with bson_iter_init's checks of the frame
+    * and aspen_bsonw_iter_next's of each element; the iterator takes any
+    * element type it does not read. */
+   const uint8_t *data = bson_get_data(doc);
+   uint32_t len = doc->len;
+   if (len < 5 || aspen_bytes_get_le32(data) != len || data[len - 1] != 0) {
+      return scan_iter(t, doc);
+   }
+   uint32_t o = 4, n = 0;
+   if (lay == NULL || lay->id == 0) {
+      return scan_rest(t, doc, lay, data, len, o, n);
+   }
+   /* While the elements' heads are the kept ones: no key to look for, a
+    * fixed-size element's end known, a string's or sub-document's from its
+    * length word, every bound checked once per run (`need0`, `rnext`: the
+    * heads' words and each value's fixed size or length word lie before
+    * the document's last byte). A head that differs, or too few bytes
+    * for a run, leaves the rest to scan_rest; a value's check failing
+    * leaves the document to the iterator, which decides. */
+   aspen_field_t *f = t->f;
+   const aspen_fields_head_t *e = lay->head, *end = e + lay->fast;
+   if (len - o < lay->need0) {
+      end = e;
+   }
+   while (e < end) {
+      const uint8_t *p = data + o;
+      uint64_t a = aspen_bytes_get_le64(p);
+      if (e->words == 2) {
+         if (a != e->kw[0] ||
+             aspen_bytes_get_le64(p + e->hlen - 8) != e->kw[1]) {
+            break;
+         }
+      } else if (((a ^ e->kw[0]) & e->kmask) != 0) {
+         break;
+      }
+      uint32_t next = o + e->step, l;
+      put_entry(f, o, e->klen);
+      if (e->kind != HEAD_FIXED) {
+         if (e->kind == HEAD_UTF8) {
+            /* 1 <= l and the string's end before the document's last
+             * byte (len - next >= 5 from need), its last byte a NUL. */
+            l = aspen_bytes_get_le32(data + next);
+            if (l - 1 >= len - next - 5) {
+               return scan_fallback(t, doc, lay);
+            }
+            next += 4 + l;
+            if (data[next - 1] != 0) {
+               return scan_fallback(t, doc, lay);
+            }
+         } else if (e->kind == HEAD_DOC) {
+            l = aspen_bytes_get_le32(data + next);
+            if (l >= len - next) {
+               return scan_fallback(t, doc, lay);
+            }
+            next += l;
+         } else { /* HEAD_BOOL */
+            if (data[next] > 1) {
+               return scan_fallback(t, doc, lay);
+            }
+            next++;
+         }
+         if (len - next < e->rnext) {
+            end = e + 1; /* the next run, if any, is scan_rest's */
+         }
+      }
+      o = next;
+      e++;
+      f++;
+   }
+   n = (uint32_t) (e - lay->head);
+   if (n == lay->n && o + 1 == len) {
+      t->data = data;
+      t->len = len;
+      t->n = n;
+      t->overflow = false;
+      t->layout = lay->id;
+      return true;
+   }
+   return scan_rest(t, doc, lay, data, len, o, n);
 }
 
 bool

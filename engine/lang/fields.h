@@ -181,21 +181,41 @@ uint64_t aspen_fields_new_layout_id(void);
 /* The keys kept: a document whose keys take more gets id 0. */
 #define ASPEN_FIELDS_LAYOUT_KEY_BYTES 512
 
+/* What the scan checks a kept layout's element against, in one place
+ * (fields.c, keep_head): its head - the type byte, a key of up to 14 bytes
+ * and the key's NUL - as one masked word (up to 8 bytes) or two words, the
+ * head's first and last eight bytes (they may overlap); where its value
+ * starts (`step`) or, for a type of fixed size, where the next element
+ * does, both from its start; how many bytes from its start the document
+ * must hold for its head, its fixed-size value and the byte after it or
+ * its length word to be read (`need`); and the same for the run of
+ * elements starting after it (`rnext`, see aspen_fields_layout_t). */
+typedef struct {
+   uint64_t kw[2];
+   uint64_t kmask;
+   uint32_t klen;
+   uint32_t step;
+   uint32_t need;
+   uint32_t rnext;
+   uint8_t words; /* 1 or 2 */
+   uint8_t hlen;  /* the head's length */
+   uint8_t kind;  /* fixed size, string, sub-document, bool (fields.c) */
+} aspen_fields_head_t;
+
 typedef struct {
    uint64_t id; /* 0: none kept */
    uint32_t n;
    uint32_t klen[ASPEN_FIELDS_MAX];
    uint32_t koff[ASPEN_FIELDS_MAX]; /* where each key is in keys */
    char keys[ASPEN_FIELDS_LAYOUT_KEY_BYTES]; /* each with its NUL */
-   /* The element's head - its type byte, a key of up to 14 bytes and the
-    * key's NUL - as one or two little-endian words (zero past the NUL),
-    * the bytes of the last that count, and how many words (0: a longer
-    * key, compared from keys); the whole element's size when its type has
-    * a fixed one (0: read from its value). */
-   uint64_t kw[ASPEN_FIELDS_MAX][2];
-   uint64_t kmask[ASPEN_FIELDS_MAX];
-   uint8_t words[ASPEN_FIELDS_MAX];
-   uint32_t esize[ASPEN_FIELDS_MAX];
+   /* The heads of the first `fast` elements (those before any key of 15
+    * bytes or more, or any type the scan leaves to the iterator), and the
+    * bytes the first run needs from the first element's start: a run is
+    * fixed-size elements up to and including the next variable-size one
+    * (or the last), whose bounds are all checked at its start. */
+   uint32_t fast;
+   uint32_t need0;
+   aspen_fields_head_t head[ASPEN_FIELDS_MAX];
 } aspen_fields_layout_t;
 
 /* aspen_fields_scan that also tags the table with its layout's id, checking

@@ -586,6 +586,108 @@ iter_table(const uint8_t *data, uint32_t len, aspen_fields_t *t)
    return !t->overflow && end + 1 == len;
 }
 
+/* Scans the `len` bytes at `copy` (a corrupted or cut copy of `orig`,
+ * whose table `first` was tagged with the layout `lay` keeps) with
+ * aspen_fields_scan and with aspen_fields_scan_layout from a copy of `lay`,
+ * and fails (naming `what`) unless both accept exactly what libbson's
+ * iterator accepts, with its table, and the kept-layout scan tags the copy
+ * with the original's id exactly when its keys are the original's. True
+ * if the iterator accepted the copy. */
+static bool
+scan_same_as_iter(const uint8_t *copy, uint32_t len, const uint8_t *orig,
+                  const aspen_fields_t *first,
+                  const aspen_fields_layout_t *lay, const char *what)
+{
+   bson_t view;
+   aspen_fields_t want, got;
+   bool want_ok = iter_table(copy, len, &want);
+   bool got_ok =
+      bson_init_static(&view, copy, len) && aspen_fields_scan(&got, &view);
+   if (got_ok != want_ok) {
+      fail_msg("%s: scan %d, iterator %d", what, got_ok, want_ok);
+   }
+   if (want_ok) {
+      assert_int_equal(got.n, want.n);
+      assert_memory_equal(got.f, want.f, want.n * sizeof want.f[0]);
+   }
+   aspen_fields_layout_t kept = *lay;
+   aspen_fields_t got_kept;
+   bool kept_ok = bson_init_static(&view, copy, len) &&
+                  aspen_fields_scan_layout(&got_kept, &view, &kept);
+   if (kept_ok != want_ok) {
+      fail_msg("%s: scan with a kept layout %d, iterator %d", what, kept_ok,
+               want_ok);
+   }
+   if (want_ok) {
+      assert_int_equal(got_kept.n, want.n);
+      assert_memory_equal(got_kept.f, want.f, want.n * sizeof want.f[0]);
+      assert_ptr_equal(got_kept.data, copy);
+      assert_int_equal(got_kept.len, len);
+      /* The original's id exactly when the keys are unchanged. */
+      bool keys_same = want.n == first->n;
+      for (uint32_t k = 0; keys_same && k < want.n; k++) {
+         keys_same = want.f[k].klen == first->f[k].klen &&
+                     memcmp(copy + want.f[k].off + 1,
+                            orig + first->f[k].off + 1,
+                            want.f[k].klen) == 0;
+      }
+      assert_int_equal(got_kept.layout == first->layout, keys_same);
+   }
+   return want_ok;
+}
+
+/* Every one-byte corruption of `doc` (five values at each byte) and every
+ * cut of it to a shorter length whose length word says so (the elements
+ * then run past the end), each scanned with the layout of `keep` kept (the
+ * original or another document with its keys), against libbson's
+ * iterator (scan_same_as_iter). Counts the copies the iterator refused
+ * and accepted. */
+static void
+scan_corruptions(const bson_t *doc, const bson_t *keep, size_t *refused,
+                 size_t *accepted)
+{
+   const uint8_t *orig = bson_get_data(doc);
+   uint32_t len = doc->len;
+   uint8_t *copy = malloc(len);
+   aspen_fields_layout_t lay;
+   aspen_fields_t first, same;
+   memset(&lay, 0, sizeof lay);
+   assert_true(aspen_fields_scan_layout(&first, keep, &lay));
+   /* The document itself, through the kept layout's loop. */
+   assert_true(aspen_fields_scan_layout(&same, doc, &lay));
+   if (keep != doc) {
+      assert_true(aspen_fields_scan(&first, doc));
+      first.layout = same.layout;
+   }
+   for (uint32_t pos = 0; pos <= len; pos++) {
+      static const uint8_t vals[] = {0x00, 0x01, 0x02, 0x7f, 0xff};
+      for (size_t v = 0; v < (pos == len ? 1 : sizeof vals); v++) {
+         memcpy(copy, orig, len);
+         if (pos < len) {
+            copy[pos] = vals[v];
+         }
+         char what[64];
+         snprintf(what, sizeof what, "byte %u set to %u", pos, vals[v]);
+         bool ok = scan_same_as_iter(copy, len, orig, &first, &lay, what);
+         *refused += !ok;
+         *accepted += ok;
+      }
+   }
+   for (uint32_t cut = 5; cut < len; cut++) {
+      memcpy(copy, orig, cut);
+      copy[0] = (uint8_t) cut; /* the length word lies about the elements */
+      copy[1] = (uint8_t) (cut >> 8);
+      copy[2] = copy[3] = 0;
+      copy[cut - 1] = 0;
+      char what[64];
+      snprintf(what, sizeof what, "cut to %u bytes", cut);
+      bool ok = scan_same_as_iter(copy, cut, orig, &first, &lay, what);
+      *refused += !ok;
+      *accepted += ok;
+   }
+   free(copy);
+}
+
 /* aspen_fields_scan's raw walk finds what libbson's iterator finds, over a
  * document with every element type and over corrupted copies of it
  * (lengths, key ends, bool bytes, the frame), where both must refuse the
@@ -626,66 +728,213 @@ test_fields_scan_same_table(void **state)
    BSON_APPEND_DECIMAL128(doc, "dec", &dec);
    BSON_APPEND_MINKEY(doc, "min");
    BSON_APPEND_MAXKEY(doc, "max");
-   const uint8_t *orig = bson_get_data(doc);
-   uint32_t len = doc->len;
-   uint8_t *copy = malloc(len);
    size_t refused = 0, accepted = 0;
-   /* The original's layout kept, as a $match keeps the last document's:
-    * the corrupted copies go through aspen_fields_scan_layout's walk of
-    * kept element heads too. */
-   aspen_fields_layout_t lay;
-   aspen_fields_t first;
-   memset(&lay, 0, sizeof lay);
-   assert_true(aspen_fields_scan_layout(&first, doc, &lay));
-   for (uint32_t pos = 0; pos <= len; pos++) {
-      static const uint8_t vals[] = {0x00, 0x01, 0x02, 0x7f, 0xff};
-      for (size_t v = 0; v < (pos == len ? 1 : sizeof vals); v++) {
-         memcpy(copy, orig, len);
-         if (pos < len) {
-            copy[pos] = vals[v];
+   scan_corruptions(doc, doc, &refused, &accepted);
+   assert_true(refused > 20 && accepted > 20);
+   bson_destroy(doc);
+}
+
+/* Appends an element of `type` under `key`: `big` picks a longer value for
+ * the variable-size types (a string, a sub-document, an array, binary, a
+ * regex, code), so that two documents with the same keys and types differ
+ * in where their elements start. */
+static void
+append_typed(bson_t *doc, const char *key, bson_type_t type, bool big)
+{
+   bson_t sub;
+   bson_oid_t oid;
+   bson_decimal128_t dec = {.high = 0x3040000000000000ull, .low = 5};
+   uint8_t bin[5] = {1, 2, 3, 4, 5};
+   switch (type) {
+   case BSON_TYPE_DOUBLE:
+      BSON_APPEND_DOUBLE(doc, key, 2.5);
+      break;
+   case BSON_TYPE_UTF8:
+      BSON_APPEND_UTF8(doc, key, big ? "a longer value" : "v");
+      break;
+   case BSON_TYPE_DOCUMENT:
+      BSON_APPEND_DOCUMENT_BEGIN(doc, key, &sub);
+      BSON_APPEND_INT32(&sub, "x", 1);
+      if (big) {
+         BSON_APPEND_UTF8(&sub, "y", "z");
+      }
+      bson_append_document_end(doc, &sub);
+      break;
+   case BSON_TYPE_ARRAY:
+      BSON_APPEND_ARRAY_BEGIN(doc, key, &sub);
+      if (big) {
+         BSON_APPEND_INT32(&sub, "0", 1);
+      }
+      bson_append_array_end(doc, &sub);
+      break;
+   case BSON_TYPE_BINARY:
+      BSON_APPEND_BINARY(doc, key, BSON_SUBTYPE_BINARY, bin, big ? 5 : 1);
+      break;
+   case BSON_TYPE_UNDEFINED:
+      BSON_APPEND_UNDEFINED(doc, key);
+      break;
+   case BSON_TYPE_OID:
+      bson_oid_init_from_string(&oid, "0123456789abcdef01234567");
+      BSON_APPEND_OID(doc, key, &oid);
+      break;
+   case BSON_TYPE_BOOL:
+      BSON_APPEND_BOOL(doc, key, big);
+      break;
+   case BSON_TYPE_DATE_TIME:
+      BSON_APPEND_DATE_TIME(doc, key, 5);
+      break;
+   case BSON_TYPE_NULL:
+      BSON_APPEND_NULL(doc, key);
+      break;
+   case BSON_TYPE_REGEX:
+      BSON_APPEND_REGEX(doc, key, big ? "a.b+" : "a", "i");
+      break;
+   case BSON_TYPE_CODE:
+      BSON_APPEND_CODE(doc, key, big ? "f(1)" : "f");
+      break;
+   case BSON_TYPE_SYMBOL:
+      BSON_APPEND_SYMBOL(doc, key, "s");
+      break;
+   case BSON_TYPE_INT32:
+      BSON_APPEND_INT32(doc, key, 7);
+      break;
+   case BSON_TYPE_TIMESTAMP:
+      BSON_APPEND_TIMESTAMP(doc, key, 1, 2);
+      break;
+   case BSON_TYPE_INT64:
+      BSON_APPEND_INT64(doc, key, 8);
+      break;
+   case BSON_TYPE_DECIMAL128:
+      BSON_APPEND_DECIMAL128(doc, key, &dec);
+      break;
+   case BSON_TYPE_MINKEY:
+      BSON_APPEND_MINKEY(doc, key);
+      break;
+   default:
+      BSON_APPEND_MAXKEY(doc, key);
+      break;
+   }
+}
+
+/* aspen_fields_scan_layout's kept-layout loop (heads compared as one or two
+ * words, bounds checked once per run of elements) against libbson's
+ * iterator: for every key length 1-17 (heads of 3-19 bytes, across the
+ * one-word, two-word and long-key cases) and every BSON type, a layout
+ * {K: T, "i": int32, K': T, "s": string, "z": T} (K' the same length as K,
+ * another last byte; the last element leaves fewer bytes than a head's
+ * word for some types) kept from one document and applied to another with
+ * the same keys and other value sizes, to each one-byte corruption of it
+ * and to each cut of it (scan_corruptions); and the same documents with
+ * the keys' types changed (the same keys: the same id) or a key changed
+ * (another id). */
+static void
+test_fields_scan_kept_layouts(void **state)
+{
+   (void) state;
+   static const bson_type_t types[] = {
+      BSON_TYPE_DOUBLE,    BSON_TYPE_UTF8,       BSON_TYPE_DOCUMENT,
+      BSON_TYPE_ARRAY,     BSON_TYPE_BINARY,     BSON_TYPE_UNDEFINED,
+      BSON_TYPE_OID,       BSON_TYPE_BOOL,       BSON_TYPE_DATE_TIME,
+      BSON_TYPE_NULL,      BSON_TYPE_REGEX,      BSON_TYPE_CODE,
+      BSON_TYPE_SYMBOL,    BSON_TYPE_INT32,      BSON_TYPE_TIMESTAMP,
+      BSON_TYPE_INT64,     BSON_TYPE_DECIMAL128, BSON_TYPE_MINKEY,
+      BSON_TYPE_MAXKEY,
+   };
+   const size_t nt = sizeof types / sizeof types[0];
+   size_t refused = 0, accepted = 0, same_ids = 0, new_ids = 0;
+   for (size_t klen = 1; klen <= 17; klen++) {
+      char k1[24], k2[24];
+      for (size_t i = 0; i < klen; i++) {
+         k1[i] = k2[i] = (char) ('a' + i);
+      }
+      k2[klen - 1] = 'Z';
+      k1[klen] = k2[klen] = '\0';
+      for (size_t ti = 0; ti < nt; ti++) {
+         bson_type_t ty = types[ti];
+         bson_t *docs[4];
+         for (int d = 0; d < 4; d++) {
+            /* 0, 1: the layout with small and big values; 2: the next
+             * type at K'; 3: the key "i" renamed "j". */
+            docs[d] = bson_new();
+            append_typed(docs[d], k1, ty, d == 1);
+            BSON_APPEND_INT32(docs[d], d == 3 ? "j" : "i", 1);
+            append_typed(docs[d], k2, d == 2 ? types[(ti + 1) % nt] : ty,
+                         d == 1);
+            BSON_APPEND_UTF8(docs[d], "s", d == 1 ? "another" : "s");
+            append_typed(docs[d], "z", ty, d == 1);
          }
-         bson_t view;
-         aspen_fields_t want, got;
-         bool want_ok = iter_table(copy, len, &want);
-         bool got_ok = bson_init_static(&view, copy, len) &&
-                       aspen_fields_scan(&got, &view);
-         if (got_ok != want_ok) {
-            fail_msg("byte %u set to %u: scan %d, iterator %d", pos,
-                     vals[v], got_ok, want_ok);
+         scan_corruptions(docs[1], docs[0], &refused, &accepted);
+         if (klen % 4 == 1) {
+            scan_corruptions(docs[0], docs[0], &refused, &accepted);
          }
-         if (want_ok) {
-            assert_int_equal(got.n, want.n);
-            assert_memory_equal(got.f, want.f, want.n * sizeof want.f[0]);
+         /* One layout kept across 0, 1, 2, 3, 0: the id moves exactly when
+          * the keys do, the tables are the iterator's. */
+         aspen_fields_layout_t lay;
+         memset(&lay, 0, sizeof lay);
+         uint64_t ids[5];
+         static const int order[5] = {0, 1, 2, 3, 0};
+         for (int i = 0; i < 5; i++) {
+            aspen_fields_t tab, want;
+            const bson_t *doc = docs[order[i]];
+            assert_true(aspen_fields_scan_layout(&tab, doc, &lay));
+            assert_true(iter_table(bson_get_data(doc), doc->len, &want));
+            assert_int_equal(tab.n, want.n);
+            assert_memory_equal(tab.f, want.f, want.n * sizeof want.f[0]);
+            ids[i] = tab.layout;
          }
-         aspen_fields_layout_t kept = lay;
-         aspen_fields_t got_kept;
-         bool kept_ok = bson_init_static(&view, copy, len) &&
-                        aspen_fields_scan_layout(&got_kept, &view, &kept);
-         if (kept_ok != want_ok) {
-            fail_msg("byte %u set to %u: scan with a kept layout %d, "
-                     "iterator %d", pos, vals[v], kept_ok, want_ok);
+         assert_true(ids[0] != 0);
+         assert_true(ids[1] == ids[0] && ids[2] == ids[0]);
+         assert_true(ids[3] != ids[0] && ids[4] != ids[3] &&
+                     ids[4] != ids[0]);
+         same_ids += 2;
+         new_ids += 2;
+         for (int d = 0; d < 4; d++) {
+            bson_destroy(docs[d]);
          }
-         if (want_ok) {
-            assert_int_equal(got_kept.n, want.n);
-            assert_memory_equal(got_kept.f, want.f,
-                                want.n * sizeof want.f[0]);
-            /* The original's id exactly when the keys are unchanged. */
-            bool keys_same = want.n == first.n;
-            for (uint32_t k = 0; keys_same && k < want.n; k++) {
-               keys_same = want.f[k].klen == first.f[k].klen &&
-                           memcmp(copy + want.f[k].off + 1,
-                                  orig + first.f[k].off + 1,
-                                  want.f[k].klen) == 0;
-            }
-            assert_int_equal(got_kept.layout == first.layout, keys_same);
-         }
-         refused += !want_ok;
-         accepted += want_ok;
       }
    }
-   assert_true(refused > 20 && accepted > 20);
-   free(copy);
-   bson_destroy(doc);
+   assert_true(refused > 1000 && accepted > 1000 && same_ids && new_ids);
+
+   /* Length words that lie so that the walk lands on a well-formed next
+    * element: {K: V, "i": int32} with V a string or a sub-document whose
+    * length word is 0-8 and whose value bytes are that many zeros (a
+    * string of length 0, a sub-document shorter than its frame), with the
+    * layout of {K: "x", "i": 1} (or {K: {}, "i": 1}) kept. */
+   for (int sub = 0; sub < 2; sub++) {
+      bson_t *keep = bson_new();
+      if (sub) {
+         bson_t o;
+         BSON_APPEND_DOCUMENT_BEGIN(keep, "k", &o);
+         bson_append_document_end(keep, &o);
+      } else {
+         BSON_APPEND_UTF8(keep, "k", "x");
+      }
+      BSON_APPEND_INT32(keep, "i", 1);
+      aspen_fields_layout_t lay;
+      aspen_fields_t first;
+      memset(&lay, 0, sizeof lay);
+      assert_true(aspen_fields_scan_layout(&first, keep, &lay));
+      for (uint32_t l = 0; l <= 8; l++) {
+         uint8_t b[64] = {0};
+         uint32_t n = 4;
+         b[n++] = sub ? 0x03 : 0x02;
+         b[n++] = 'k';
+         b[n++] = 0;
+         b[n] = (uint8_t) l;
+         n += 4 + (sub ? (l >= 4 ? l - 4 : 0) : l);
+         static const uint8_t i_elem[] = {0x10, 'i', 0, 1, 0, 0, 0, 0};
+         memcpy(b + n, i_elem, sizeof i_elem);
+         n += sizeof i_elem;
+         b[0] = (uint8_t) n;
+         char what[64];
+         snprintf(what, sizeof what, "%s length word %u",
+                  sub ? "sub-document" : "string", l);
+         bool ok = scan_same_as_iter(b, n, bson_get_data(keep), &first, &lay,
+                                     what);
+         refused += !ok;
+      }
+      bson_destroy(keep);
+   }
 }
 
 static void
@@ -1051,6 +1300,7 @@ main(void)
       cmocka_unit_test(test_cmp_fast_same_results),
       cmocka_unit_test(test_layout_memo_same_results),
       cmocka_unit_test(test_fields_scan_same_table),
+      cmocka_unit_test(test_fields_scan_kept_layouts),
       cmocka_unit_test(test_key_eq),
       cmocka_unit_test(test_error_codes),
       cmocka_unit_test(test_concurrent_regex),
