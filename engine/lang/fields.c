@@ -136,8 +136,24 @@ aspen_fields_new_layout_id(void)
 }
 
 /* How the kept-layout loop steps over an element (aspen_fields_head_t.kind):
- * a value of fixed size, a string, a sub-document or array, a bool. */
+ * a value of fixed size, a string, a sub-document or array (each with a
+ * length word), a bool. */
 enum { HEAD_FIXED, HEAD_UTF8, HEAD_DOC, HEAD_BOOL };
+
+/* The loop's step for a kind and a head of `words` words. */
+#define HEAD_OP(kind, words) ((kind) * 2 + (words) - 1)
+
+/* The table entry for `off` and `klen` as one word (aspen_field_t's bytes):
+ * entries differing only in their offset are one OR apart. */
+static inline uint64_t
+entry_word(uint32_t off, uint32_t klen)
+{
+   aspen_field_t f = {.off = off, .klen = klen};
+   uint64_t w;
+   _Static_assert(sizeof f == sizeof w, "aspen_field_t as one word");
+   memcpy(&w, &f, sizeof w);
+   return w;
+}
 
 /* Fills `h` for an element of `type` whose key is the `klen` bytes at
  * `key` - what aspen_fields_scan_layout's kept-layout loop compares and
@@ -149,7 +165,7 @@ keep_head(aspen_fields_head_t *h, uint8_t type, const char *key,
 {
    uint32_t hl = 1 + klen + 1; /* the value's offset */
    memset(h, 0, sizeof *h);
-   h->klen = klen;
+   h->entry = entry_word(0, klen);
    h->step = hl;
    h->hlen = (uint8_t) (hl > 16 ? 0 : hl);
    if (hl > 16) {
@@ -186,6 +202,7 @@ keep_head(aspen_fields_head_t *h, uint8_t type, const char *key,
       return false; /* the iterator's */
    }
    h->need = hl + value > 8 ? hl + value : 8;
+   h->op = (uint8_t) HEAD_OP(h->kind, h->words);
    return true;
 }
 
@@ -199,7 +216,7 @@ keep_runs(aspen_fields_layout_t *lay)
    uint32_t run = 0; /* the need of the run starting after element i */
    for (uint32_t i = lay->fast; i-- > 0;) {
       aspen_fields_head_t *h = &lay->head[i];
-      h->rnext = run;
+      h->rnext = run != 0 ? run : 1; /* at least the document's last byte */
       if (h->kind == HEAD_FIXED && run != 0 && h->step + run > h->need) {
          run = h->step + run;
       } else {
@@ -281,20 +298,50 @@ scan_fallback(aspen_fields_t *t, const bson_t *doc, aspen_fields_layout_t *lay)
 
 _Static_assert(ASPEN_FIELDS_MAX + 1 < 64, "aspen_fields_find_memo's index");
 
-/* Writes the entry `f` (off, klen) as one word where the struct allows. */
-static inline void
-put_entry(aspen_field_t *f, uint32_t off, uint32_t klen)
+/* True if the element at `p` starts with the one-word head `e` (enough
+ * bytes there: need). */
+static inline bool
+head1_at(const aspen_fields_head_t *e, const uint8_t *p)
 {
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-   _Static_assert(sizeof(aspen_field_t) == 8 &&
-                     offsetof(aspen_field_t, klen) == 4,
-                  "aspen_field_t as one word");
-   uint64_t w = (uint64_t) klen << 32 | off;
+   return ((aspen_bytes_get_le64(p) ^ e->kw[0]) & e->kmask) == 0;
+}
+
+/* The same for a two-word head: its first and last eight bytes. */
+static inline bool
+head2_at(const aspen_fields_head_t *e, const uint8_t *p)
+{
+   return aspen_bytes_get_le64(p) == e->kw[0] &&
+          aspen_bytes_get_le64(p + e->hlen - 8) == e->kw[1];
+}
+
+/* Where the element of head `e` at `o` ends when its value is a length
+ * word and that many bytes counted from `bias` bytes after its start (a
+ * string's after the word, a sub-document's from it), 0 to leave it to
+ * scan_rest: 1 <= l, then `rnext` bytes (the next run's, or the document's
+ * last byte) before the document's end (len - next >= 1 from need; 64
+ * bits, no wrap), the value's last byte a NUL - the iterator's checks for
+ * a string and more than it makes for a sub-document (scan_rest decides
+ * as the iterator does). */
+static inline uint32_t
+len_value_end(const aspen_fields_head_t *e, const uint8_t *data, uint32_t len,
+              uint32_t o, uint32_t bias)
+{
+   uint32_t next = o + e->step;
+   uint32_t l = aspen_bytes_get_le32(data + next);
+   next += bias;
+   if ((uint64_t) (l - 1) + e->rnext >= len - next ||
+       data[next + l - 1] != 0) {
+      return 0;
+   }
+   return next + l;
+}
+
+/* Writes the table entry for the element of head `e` at `off`. */
+static inline void
+put_entry(aspen_field_t *f, const aspen_fields_head_t *e, uint32_t off)
+{
+   uint64_t w = e->entry | entry_word(off, 0);
    memcpy(f, &w, sizeof w);
-#else
-   f->off = off;
-   f->klen = klen;
-#endif
 }
 
 /* The walk of aspen_fields_scan_layout's document data/len (its frame
@@ -374,63 +421,98 @@ aspen_fields_scan_layout(aspen_fields_t *t, const bson_t *doc,
     * leaves the document to the iterator, which decides. */
    aspen_field_t *f = t->f;
    const aspen_fields_head_t *e = lay->head, *end = e + lay->fast;
-   if (len - o < lay->need0) {
-      end = e;
+   uint32_t next;
+   /* Threaded: each head names its step (HEAD_OP: the value's kind, one or
+    * two head words), one indirect jump per element. */
+   static const void *const step[] = {
+      [HEAD_OP(HEAD_FIXED, 1)] = &&fixed1, [HEAD_OP(HEAD_FIXED, 2)] = &&fixed2,
+      [HEAD_OP(HEAD_UTF8, 1)] = &&utf8_1,  [HEAD_OP(HEAD_UTF8, 2)] = &&utf8_2,
+      [HEAD_OP(HEAD_DOC, 1)] = &&doc1,     [HEAD_OP(HEAD_DOC, 2)] = &&doc2,
+      [HEAD_OP(HEAD_BOOL, 1)] = &&bool1,   [HEAD_OP(HEAD_BOOL, 2)] = &&bool2,
+   };
+   if (len - o < lay->need0 || e == end) {
+      goto out;
    }
-   while (e < end) {
-      const uint8_t *p = data + o;
-      uint64_t a = aspen_bytes_get_le64(p);
-      if (e->words == 2) {
-         if (a != e->kw[0] ||
-             aspen_bytes_get_le64(p + e->hlen - 8) != e->kw[1]) {
-            break;
-         }
-      } else if (((a ^ e->kw[0]) & e->kmask) != 0) {
-         break;
-      }
-      uint32_t next = o + e->step, l;
-      put_entry(f, o, e->klen);
-      if (e->kind != HEAD_FIXED) {
-         if (e->kind == HEAD_UTF8) {
-            /* 1 <= l and the string's end before the document's last
-             * byte (len - next >= 5 from need), its last byte a NUL. */
-            l = aspen_bytes_get_le32(data + next);
-            if (l - 1 >= len - next - 5) {
-               return scan_fallback(t, doc, lay);
-            }
-            next += 4 + l;
-            if (data[next - 1] != 0) {
-               return scan_fallback(t, doc, lay);
-            }
-         } else if (e->kind == HEAD_DOC) {
-            l = aspen_bytes_get_le32(data + next);
-            if (l >= len - next) {
-               return scan_fallback(t, doc, lay);
-            }
-            next += l;
-         } else { /* HEAD_BOOL */
-            if (data[next] > 1) {
-               return scan_fallback(t, doc, lay);
-            }
-            next++;
-         }
-         if (len - next < e->rnext) {
-            end = e + 1; /* the next run, if any, is scan_rest's */
-         }
-      }
-      o = next;
-      e++;
-      f++;
+   goto *step[e->op];
+fixed2:
+   if (!head2_at(e, data + o)) {
+      goto out;
    }
-   n = (uint32_t) (e - lay->head);
-   if (n == lay->n && o + 1 == len) {
+   goto fixed;
+fixed1:
+   if (!head1_at(e, data + o)) {
+      goto out;
+   }
+fixed:
+   put_entry(f, e, o);
+   o += e->step;
+   goto advance;
+utf8_2:
+   if (!head2_at(e, data + o)) {
+      goto out;
+   }
+   goto utf8;
+utf8_1:
+   if (!head1_at(e, data + o)) {
+      goto out;
+   }
+utf8:
+   next = len_value_end(e, data, len, o, 4);
+   if (next == 0) {
+      goto out;
+   }
+   put_entry(f, e, o);
+   o = next;
+   goto advance;
+doc2:
+   if (!head2_at(e, data + o)) {
+      goto out;
+   }
+   goto doc;
+doc1:
+   if (!head1_at(e, data + o)) {
+      goto out;
+   }
+doc:
+   next = len_value_end(e, data, len, o, 0);
+   if (next == 0) {
+      goto out;
+   }
+   put_entry(f, e, o);
+   o = next;
+   goto advance;
+bool2:
+   if (!head2_at(e, data + o)) {
+      goto out;
+   }
+   goto boolean;
+bool1:
+   if (!head1_at(e, data + o)) {
+      goto out;
+   }
+boolean:
+   next = o + e->step;
+   if (data[next] > 1 || e->rnext > len - next - 1) {
+      goto out;
+   }
+   put_entry(f, e, o);
+   o = next + 1;
+advance:
+   e++;
+   f++;
+   if (e != end) {
+      goto *step[e->op];
+   }
+   if (lay->fast == lay->n && o + 1 == len) {
       t->data = data;
       t->len = len;
-      t->n = n;
+      t->n = lay->n;
       t->overflow = false;
       t->layout = lay->id;
       return true;
    }
+out:
+   n = (uint32_t) (e - lay->head);
    return scan_rest(t, doc, lay, data, len, o, n);
 }
 

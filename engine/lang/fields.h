@@ -184,22 +184,24 @@ uint64_t aspen_fields_new_layout_id(void);
 /* What the scan checks a kept layout's element against, in one place
  * (fields.c, keep_head): its head - the type byte, a key of up to 14 bytes
  * and the key's NUL - as one masked word (up to 8 bytes) or two words, the
- * head's first and last eight bytes (they may overlap); where its value
- * starts (`step`) or, for a type of fixed size, where the next element
- * does, both from its start; how many bytes from its start the document
- * must hold for its head, its fixed-size value and the byte after it or
- * its length word to be read (`need`); and the same for the run of
- * elements starting after it (`rnext`, see aspen_fields_layout_t). */
+ * head's first and last eight bytes (they may overlap); its table entry
+ * at offset 0 (aspen_field_t as a word); where its value starts (`step`)
+ * or, for a type of fixed size, where the next element does, both from
+ * its start; how many bytes from its start the document must hold for its
+ * head, its fixed-size value and the byte after it or its length word to
+ * be read (`need`); and the same for the run of elements starting after
+ * it (`rnext`, see aspen_fields_layout_t). */
 typedef struct {
    uint64_t kw[2];
    uint64_t kmask;
-   uint32_t klen;
+   uint64_t entry;
    uint32_t step;
    uint32_t need;
    uint32_t rnext;
    uint8_t words; /* 1 or 2 */
    uint8_t hlen;  /* the head's length */
    uint8_t kind;  /* fixed size, string, sub-document, bool (fields.c) */
+   uint8_t op;    /* the loop's step for this kind and words (fields.c) */
 } aspen_fields_head_t;
 
 typedef struct {
