@@ -416,9 +416,10 @@ aspen_fields_scan_layout(aspen_fields_t *t, const bson_t *doc,
     * fixed-size element's end known, a string's or sub-document's from its
     * length word, every bound checked once per run (`need0`, `rnext`: the
     * heads' words and each value's fixed size or length word lie before
-    * the document's last byte). A head that differs, or too few bytes
-    * for a run, leaves the rest to scan_rest; a value's check failing
-    * leaves the document to the iterator, which decides. */
+    * the document's last byte). A head that differs, too few bytes for a
+    * run or a value the iterator's checks would not pass at once (a
+    * string's or sub-document's length, a bool's byte) leave the rest to
+    * scan_rest, which decides as the iterator does. */
    aspen_field_t *f = t->f;
    const aspen_fields_head_t *e = lay->head, *end = e + lay->fast;
    uint32_t next;

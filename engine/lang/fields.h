@@ -189,8 +189,11 @@ uint64_t aspen_fields_new_layout_id(void);
  * or, for a type of fixed size, where the next element does, both from
  * its start; how many bytes from its start the document must hold for its
  * head, its fixed-size value and the byte after it or its length word to
- * be read (`need`); and the same for the run of elements starting after
- * it (`rnext`, see aspen_fields_layout_t). */
+ * be read (`need`); and, for a variable-size element, how many bytes must
+ * follow it: the next run's need (see aspen_fields_layout_t), at least the
+ * document's last byte (`rnext`). The same key with other types keeps the
+ * layout's id, and the heads of the document that set it: an element
+ * whose type changed leaves the rest of the walk to the key search. */
 typedef struct {
    uint64_t kw[2];
    uint64_t kmask;
