@@ -1537,17 +1537,41 @@ aspen_accum_name(const aspen_accum_t *acc)
    return acc->op->name;
 }
 
+/* Bytes of a state of `acc`: what aspen_accum_state_init takes. */
+size_t
+aspen_accum_state_bytes(const aspen_accum_t *acc)
+{
+   return acc->op->size;
+}
+
+/* Makes `mem` (aspen_accum_state_bytes zeroed bytes, 16-byte aligned) a
+ * fresh, empty state for `acc`; aspen_accum_state_cleanup frees what it
+ * comes to hold. */
+aspen_accum_state_t *
+aspen_accum_state_init(const aspen_accum_t *acc, void *mem)
+{
+   if (acc->op->init) {
+      acc->op->init(mem);
+   }
+   return mem;
+}
+
+/* Frees the values a state keeps, not the state's own bytes. */
+void
+aspen_accum_state_cleanup(const aspen_accum_t *acc, aspen_accum_state_t *st)
+{
+   if (acc->op->cleanup) {
+      acc->op->cleanup(acc, st);
+   }
+}
+
 /* A fresh, empty state for `acc` (what the result is with no input:
  * 0 for $sum/$count, null for $avg/$min/..., [] for $push/...). Never
  * NULL. The state's thread owns it. */
 aspen_accum_state_t *
 aspen_accum_state_new(const aspen_accum_t *acc)
 {
-   void *st = aspen_xcalloc(1, acc->op->size);
-   if (acc->op->init) {
-      acc->op->init(st);
-   }
-   return st;
+   return aspen_accum_state_init(acc, aspen_xcalloc(1, acc->op->size));
 }
 
 /* Frees a state and the values it keeps; NULL is a no-op. */
@@ -1557,10 +1581,24 @@ aspen_accum_state_destroy(const aspen_accum_t *acc, aspen_accum_state_t *st)
    if (!st) {
       return;
    }
-   if (acc->op->cleanup) {
-      acc->op->cleanup(acc, st);
-   }
+   aspen_accum_state_cleanup(acc, st);
    free(st);
+}
+
+/* Whether a state's size can change as it absorbs documents (else
+ * aspen_accum_state_size is always aspen_accum_state_bytes). */
+bool
+aspen_accum_state_grows(const aspen_accum_t *acc)
+{
+   return acc->op->heap_size != NULL;
+}
+
+/* The argument's expression (NULL for $count), so the caller can give its
+ * field paths slots (aspen_expr_paths_add) at parse time. */
+aspen_expr_t *
+aspen_accum_arg(aspen_accum_t *acc)
+{
+   return acc->arg;
 }
 
 /* Evaluates the argument on ctx->root and absorbs the value. Returns false

@@ -41,6 +41,21 @@ const char *aspen_accum_name(const aspen_accum_t *acc);
 aspen_accum_state_t *aspen_accum_state_new(const aspen_accum_t *acc);
 void aspen_accum_state_destroy(const aspen_accum_t *acc,
                                aspen_accum_state_t *st);
+/* States inside the caller's memory (a $group's one block per group):
+ * the bytes a state takes, making `mem` (that many zeroed bytes, 16-byte
+ * aligned) an empty state, and freeing what a state keeps but not its
+ * bytes. */
+size_t aspen_accum_state_bytes(const aspen_accum_t *acc);
+aspen_accum_state_t *aspen_accum_state_init(const aspen_accum_t *acc,
+                                            void *mem);
+void aspen_accum_state_cleanup(const aspen_accum_t *acc,
+                               aspen_accum_state_t *st);
+/* False when a state's size never changes (aspen_accum_state_size is then
+ * aspen_accum_state_bytes, so the caller need not ask per document). */
+bool aspen_accum_state_grows(const aspen_accum_t *acc);
+/* The argument's expression (NULL for $count): the caller may give its
+ * field paths slots (aspen_expr_paths_add) before any evaluation. */
+aspen_expr_t *aspen_accum_arg(aspen_accum_t *acc);
 /* One document's input to one accumulator, evaluated but not yet absorbed,
  * so a $group can refuse a document before any of its states change. */
 typedef struct {
