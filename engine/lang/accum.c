@@ -1653,9 +1653,10 @@ void
 aspen_accum_commit(const aspen_accum_t *acc, aspen_accum_state_t *st,
                    const aspen_expr_ctx_t *ctx, aspen_accum_input_t *in)
 {
-   if (!in->skip && !(acc->op->is_done && acc->op->is_done(acc, st))) {
-      aspen_error_t err;
-      aspen_error_clear(&err);
+   /* A state found done at prepare was skipped there; one made since
+    * (st NULL at prepare) is empty, hence not done. */
+   if (!in->skip) {
+      aspen_error_t err; /* add never fails: check ran in prepare */
       add_call_t call = {acc, ctx, &err};
       bool ok = acc->op->add(&call, st, &in->val);
       ASPEN_ASSERT(ok); /* failures are caught by check, in prepare */
@@ -1679,6 +1680,50 @@ aspen_accum_add(const aspen_accum_t *acc, aspen_accum_state_t *st,
    }
    aspen_accum_commit(acc, st, ctx, &in);
    return true;
+}
+
+/* The values of top-level fields names[0 .. n) (n <= 32; lens[i] bytes
+ * each, no NUL needed) in `doc`, as borrowed views, by one raw walk of its
+ * elements: each what the field path "$name" evaluates to (the first
+ * element with the name, as expr.c's raw_find; MISSING when there is none,
+ * or past a malformed element, where the walk stops). Any thread. */
+void
+aspen_accum_top_fields(const bson_t *doc, const char *const *names,
+                       const uint32_t *lens, uint32_t n, aspen_value_t *vals)
+{
+   ASPEN_ASSERT(n <= 32);
+   const uint8_t *data = bson_get_data(doc);
+   uint32_t len = doc->len;
+   uint32_t todo = (uint32_t) ((1ull << n) - 1);
+   for (uint32_t i = 0; i < n; i++) {
+      vals[i] = ASPEN_VALUE_MISSING;
+   }
+   uint32_t off = 4;
+   while (todo && off + 1 < len) {
+      uint8_t type = data[off];
+      const uint8_t *k = data + off + 1;
+      size_t room = len - off - 1;
+      size_t kl = aspen_bsonw_raw_key_len(k, room);
+      if (kl == room) {
+         break;
+      }
+      for (uint32_t left = todo; left; left &= left - 1) {
+         uint32_t j = (uint32_t) __builtin_ctz(left);
+         if (lens[j] == kl && memcmp(k, names[j], kl) == 0) {
+            if (!aspen__raw_value(data, len, off, kl, &vals[j])) {
+               vals[j] = ASPEN_VALUE_MISSING;
+            }
+            todo &= ~(1u << j);
+            break;
+         }
+      }
+      uint32_t voff = off + 1 + (uint32_t) kl + 1;
+      int64_t sz = aspen_bsonw_value_size(type, data + voff, len - voff);
+      if (sz < 0) {
+         break;
+      }
+      off = voff + (uint32_t) sz;
+   }
 }
 
 /* Appends the result under `key`; the state is unchanged, so a result can

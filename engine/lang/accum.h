@@ -78,7 +78,9 @@ bool aspen_accum_prepare_given(const aspen_accum_t *acc,
                                const aspen_accum_state_t *st,
                                const aspen_value_t *val,
                                aspen_accum_input_t *in, aspen_error_t *err);
-/* Absorbs a prepared input (never fails) and releases it. */
+/* Absorbs a prepared input (never fails) and releases it. `st` is the
+ * state prepare was given, or a fresh one where that was NULL (prepare
+ * decided whether the state takes more input). */
 void aspen_accum_commit(const aspen_accum_t *acc, aspen_accum_state_t *st,
                         const aspen_expr_ctx_t *ctx, aspen_accum_input_t *in);
 void aspen_accum_input_discard(aspen_accum_input_t *in);
@@ -86,6 +88,13 @@ void aspen_accum_input_discard(aspen_accum_input_t *in);
  * when evaluating the argument fails. */
 bool aspen_accum_add(const aspen_accum_t *acc, aspen_accum_state_t *st,
                      const aspen_expr_ctx_t *ctx, aspen_error_t *err);
+/* Reads the top-level fields names[0 .. n) (n <= 32, lens[i] bytes each)
+ * of `doc` into vals[0 .. n) in one pass, as borrowed views: each what
+ * the field path "$name" evaluates to (MISSING when absent), for a caller
+ * whose inputs are all such paths (a $group's _id and accumulators). */
+void aspen_accum_top_fields(const bson_t *doc, const char *const *names,
+                            const uint32_t *lens, uint32_t n,
+                            aspen_value_t *vals);
 /* Appends the result under `key` to `out`. */
 void aspen_accum_result(const aspen_accum_t *acc,
                         const aspen_accum_state_t *st, bson_t *out,

@@ -29,6 +29,7 @@ block_spec_destroy(aspen_block_spec_t *b)
    aspen_expr_destroy(b->group.id);
    aspen_expr_paths_destroy(b->group.paths);
    free(b->group.state_off);
+   free(b->group.field_top);
    for (size_t i = 0; i < b->group.n_fields; i++) {
       free(b->group.fields[i].name);
       aspen_accum_destroy(b->group.fields[i].acc);
@@ -71,12 +72,67 @@ field_path_arg(const bson_iter_t *it, uint32_t *len)
    return path;
 }
 
+/* The slot of top-level name `name` (a "$name" path: `len` bytes with
+ * the '$'), added if new; -1 if it has a dot or the slots are full. */
+static int
+top_slot(aspen_group_spec_t *gs, const char *path, uint32_t len)
+{
+   if (len < 2 || path[0] != '$' || path[1] == '$' ||
+       memchr(path, '.', len)) {
+      return -1;
+   }
+   for (uint32_t i = 0; i < gs->n_top; i++) {
+      if (gs->top_len[i] == len - 1 &&
+          memcmp(gs->top_name[i], path + 1, len - 1) == 0) {
+         return (int) i;
+      }
+   }
+   if (gs->n_top == ASPEN_GROUP_TOP_MAX) {
+      return -1;
+   }
+   gs->top_name[gs->n_top] = path + 1;
+   gs->top_len[gs->n_top] = len - 1;
+   return (int) gs->n_top++;
+}
+
+/* Decides whether the group's inputs take the top-level scan
+ * (aspen_group_spec_t's top_only): _id a "$name" string (`id_it`), each
+ * accumulator's argument one too or none. */
+static void
+top_names(aspen_group_spec_t *gs, const bson_iter_t *id_it)
+{
+   gs->field_top = aspen_xcalloc(gs->n_fields ? gs->n_fields : 1,
+                                 sizeof *gs->field_top);
+   gs->top_only = false;
+   if (!BSON_ITER_HOLDS_UTF8(id_it)) {
+      return;
+   }
+   uint32_t len;
+   const char *id = bson_iter_utf8(id_it, &len);
+   gs->id_top = top_slot(gs, id, len);
+   if (gs->id_top < 0) {
+      return;
+   }
+   for (size_t f = 0; f < gs->n_fields; f++) {
+      const aspen_group_field_t *gf = &gs->fields[f];
+      if (!aspen_accum_arg(gf->acc)) {
+         gs->field_top[f] = -1; /* $count: no input to read */
+         continue;
+      }
+      gs->field_top[f] = gf->path ? top_slot(gs, gf->path, gf->path_len) : -1;
+      if (gs->field_top[f] < 0) {
+         return;
+      }
+   }
+   gs->top_only = true;
+}
+
 /* What parsing leaves ready for the documents: the field paths that _id
  * and the accumulators read, given slots in one table; and a group's block
  * (window_int.h): its header, the state pointers, then each state at a
  * 16-byte boundary. */
 static void
-group_layout(aspen_group_spec_t *gs)
+group_layout(aspen_group_spec_t *gs, const bson_iter_t *id_it)
 {
    gs->paths = aspen_expr_paths_new();
    aspen_expr_paths_add(gs->paths, gs->id);
@@ -91,6 +147,7 @@ group_layout(aspen_group_spec_t *gs)
       aspen_expr_paths_destroy(gs->paths);
       gs->paths = NULL;
    }
+   top_names(gs, id_it);
    gs->state_off = aspen_xcalloc(gs->n_fields ? gs->n_fields : 1,
                                  sizeof *gs->state_off);
    size_t off = sizeof(aspen_group_t) +
@@ -127,6 +184,7 @@ group_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
    size_t n = bson_count_keys(&b->group.spec);
    b->group.fields = aspen_xcalloc(n ? n : 1, sizeof *b->group.fields);
    bool has_id = false;
+   bson_iter_t id_it;
    while (bson_iter_next(&it)) {
       const char *k = bson_iter_key(&it);
       if (strcmp(k, "_id") == 0) {
@@ -141,6 +199,7 @@ group_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
             return false;
          }
          has_id = true;
+         id_it = it;
          continue;
       }
       if (strchr(k, '.')) {
@@ -177,7 +236,7 @@ group_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
       blocking_destroy(st);
       return false;
    }
-   group_layout(&b->group);
+   group_layout(&b->group, &id_it);
    return true;
 }
 
@@ -689,6 +748,8 @@ aspen__window_block_group_get(aspen_group_map_t *m,
    return g;
 }
 
+bool aspen__window_group_inputs_general = false;
+
 /* Absorbs one document into a group map; false with err to DLQ it. */
 bool
 aspen__window_block_group_add(aspen_group_map_t *m,
@@ -696,18 +757,27 @@ aspen__window_block_group_add(aspen_group_map_t *m,
                               const aspen_sdoc_t *in, int64_t now_ms,
                               size_t *added_bytes, aspen_error_t *err)
 {
+   const aspen_group_spec_t *gsp = &b->group;
    aspen_expr_ctx_t ctx = {.root = in->doc, .meta = in->meta, .now_ms = now_ms};
-   if (b->group.paths) {
-      /* Every path _id and the accumulators read, found in one pass. */
-      const aspen_fields_t *t =
-         aspen_fields_covers(in->fields, in->doc) ? in->fields : NULL;
-      aspen_expr_paths_resolve(b->group.paths, in->doc, t);
-      ctx.paths = b->group.paths;
-      ctx.fields = t;
-   }
+   aspen_value_t top[ASPEN_GROUP_TOP_MAX];
+   bool use_top = gsp->top_only && !aspen__window_group_inputs_general;
    aspen_value_t idv;
-   if (!aspen_expr_eval(b->group.id, &ctx, &idv, err)) {
-      return false;
+   if (use_top) {
+      aspen_accum_top_fields(in->doc, gsp->top_name, gsp->top_len,
+                             gsp->n_top, top);
+      idv = top[gsp->id_top];
+   } else {
+      if (gsp->paths) {
+         /* Every path _id and the accumulators read, found in one pass. */
+         const aspen_fields_t *t =
+            aspen_fields_covers(in->fields, in->doc) ? in->fields : NULL;
+         aspen_expr_paths_resolve(gsp->paths, in->doc, t);
+         ctx.paths = gsp->paths;
+         ctx.fields = t;
+      }
+      if (!aspen_expr_eval(gsp->id, &ctx, &idv, err)) {
+         return false;
+      }
    }
    /* Every accumulator's input first, so a document refused by one of them
     * leaves no trace (not in the others, no empty new group). */
@@ -722,7 +792,11 @@ aspen__window_block_group_add(aspen_group_map_t *m,
       const aspen_group_field_t *gf = &b->group.fields[f];
       aspen_accum_state_t *gs = g ? g->states[f] : NULL;
       int j = gf->same_as;
-      if (j >= 0 && !ins[j].skip && !ins[j].val.owned) {
+      if (use_top && gsp->field_top[f] >= 0) {
+         /* Its argument is a top-level name, already read. */
+         ok = aspen_accum_prepare_given(gf->acc, gs,
+                                        &top[gsp->field_top[f]], &ins[f], err);
+      } else if (j >= 0 && !ins[j].skip && !ins[j].val.owned) {
          /* The same field path, already read: its view is shared. */
          ok = aspen_accum_prepare_given(gf->acc, gs, &ins[j].val, &ins[f],
                                         err);
@@ -765,19 +839,23 @@ aspen__window_block_group_results(const aspen_group_map_t *m,
                                   const aspen_block_spec_t *b,
                                   aspen_doclist_t *out)
 {
+   if (out->cap < out->n + m->n) {
+      out->cap = out->n + m->n;
+      out->docs = aspen_xrealloc(out->docs, out->cap * sizeof *out->docs);
+   }
    for (size_t i = 0; i < m->n; i++) {
       const aspen_group_t *g = m->items[i];
-      bson_t doc = BSON_INITIALIZER;
+      /* Written where the list keeps it (no copy). */
+      bson_t *doc = bson_new();
       bson_iter_t it;
       bson_iter_init_from_data(&it, g->id, g->id_len);
       bson_iter_next(&it);
-      bson_append_iter(&doc, "_id", 3, &it);
+      bson_append_iter(doc, "_id", 3, &it);
       for (size_t f = 0; f < b->group.n_fields; f++) {
-         aspen_accum_result(b->group.fields[f].acc, g->states[f], &doc,
+         aspen_accum_result(b->group.fields[f].acc, g->states[f], doc,
                             b->group.fields[f].name);
       }
-      aspen__window_block_list_add(out, &doc);
-      bson_destroy(&doc);
+      out->docs[out->n++] = doc;
    }
 }
 

@@ -15,6 +15,9 @@
 
 typedef enum { B_GROUP, B_SORT, B_LIMIT, B_COUNT } aspen_block_kind_t;
 
+/* The most distinct top-level names a $group's fast input path reads. */
+#define ASPEN_GROUP_TOP_MAX 16
+
 typedef struct {
    char *name;
    aspen_accum_t *acc;
@@ -32,6 +35,17 @@ typedef struct {
    /* The field paths _id and the accumulators read, found in one pass
     * over each document (lang/expr.h), or NULL when they read none. */
    aspen_expr_paths_t *paths;
+   /* When _id and every accumulator that has an argument read a plain
+    * top-level field ("$name"), the distinct names (views into spec,
+    * without the '$'), which name _id reads and which each field's
+    * accumulator reads (-1: none, $count): each document's values are
+    * then found by one scan of its top level, without evaluating. */
+   bool top_only;
+   uint32_t n_top;
+   const char *top_name[ASPEN_GROUP_TOP_MAX];
+   uint32_t top_len[ASPEN_GROUP_TOP_MAX];
+   int id_top;
+   int *field_top;
    /* A group's block: each accumulator state's offset in it, and where
     * the key bytes start (after the states). */
    size_t *state_off;
@@ -114,7 +128,7 @@ typedef struct {
    bson_t meta;
    bool has_meta;
    int64_t meta_start, meta_end;
-   char meta_type[32];
+   bool meta_typed; /* built after the source type was known */
 } aspen_win_t;
 
 typedef enum { W_TUMBLING, W_HOPPING, W_SESSION } aspen_win_kind_t;
@@ -144,6 +158,8 @@ typedef struct {
    size_t n_parts;
    char source_type[32];
    aspen_win_t *feeding;     /* target of the prefix chain's terminal */
+   aspen_win_t *last_fed;    /* tumbling: the window the last input went
+                              * to, while it is open */
    aspen_stage_t *self;
    size_t state_bytes;
    bool collecting;          /* batch runs: terminal collects */
@@ -195,6 +211,9 @@ const uint8_t *aspen__window_block_group_key(aspen_bsonw_t *kw,
  * general path (true), and a mask applied to every key's hash (0 makes
  * them all collide). */
 extern bool aspen__window_group_key_general;
+/* Test switch: every input through expression evaluation (the path
+ * table), never the top-level scan. */
+extern bool aspen__window_group_inputs_general;
 extern uint64_t aspen__window_group_hash_mask;
 
 /* $group's state for one window: the group for the _id value `idv` (when

@@ -69,13 +69,8 @@ check_key(const aspen_value_t *v, const uint8_t *want, size_t want_len,
    aspen_bsonw_cleanup(&kw);
 }
 
-/* Every BSON type (and the numbers' corner cases): the key the fast path
- * writes is the general path's, byte for byte. */
-static void
-key_bytes_every_type(void **state)
-{
-   (void) state;
-   const char *json =
+/* A value of every BSON type, and numbers' corner cases. */
+static const char *const every_type_json =
       "{\"i32\": 1, \"neg\": -7, \"i64\": {\"$numberLong\": \"1\"},"
       " \"big\": {\"$numberLong\": \"9223372036854775807\"},"
       " \"dint\": {\"$numberDouble\": \"1.0\"},"
@@ -103,8 +98,16 @@ key_bytes_every_type(void **state)
       " \"cws\": {\"$code\": \"g()\", \"$scope\": {\"x\": 1}},"
       " \"ts\": {\"$timestamp\": {\"t\": 1, \"i\": 2}},"
       " \"min\": {\"$minKey\": 1}, \"max\": {\"$maxKey\": 1}}";
+
+/* Every BSON type (and the numbers' corner cases): the key the fast path
+ * writes is the general path's, byte for byte. */
+static void
+key_bytes_every_type(void **state)
+{
+   (void) state;
    bson_error_t berr;
-   bson_t *doc = bson_new_from_json((const uint8_t *) json, -1, &berr);
+   bson_t *doc =
+      bson_new_from_json((const uint8_t *) every_type_json, -1, &berr);
    assert_non_null(doc);
    /* A string with embedded NULs. */
    bson_append_utf8(doc, "nul", -1, "a\0b\0", 4);
@@ -181,6 +184,7 @@ static void
 set_mode(int mode)
 {
    aspen__window_group_key_general = mode == MODE_GENERAL;
+   aspen__window_group_inputs_general = mode == MODE_GENERAL;
    aspen__window_group_hash_mask = mode == MODE_COLLIDE ? 0 : ~(uint64_t) 0;
 }
 
@@ -272,6 +276,15 @@ doc_from_json(const char *json)
       fail_msg("%s: %s", json, berr.message);
    }
    return doc;
+}
+
+/* `doc` as relaxed Extended JSON is `want`. */
+static void
+assert_relaxed(const bson_t *doc, const char *want)
+{
+   char *got = bson_as_relaxed_extended_json(doc, NULL);
+   assert_string_equal(got, want);
+   bson_free(got);
 }
 
 /* A result's field `f` as an int64 (asserting it is a number). */
@@ -370,6 +383,61 @@ groups_as_mongodb(void **state)
       bson_destroy(docs[i]);
    }
    free(docs);
+}
+
+/* Inputs read by the top-level scan against expression evaluation: a
+ * value of every type as _id and as every accumulator's input, the first
+ * of two fields with the same name, fields missing, other fields before
+ * and after. */
+static void
+top_level_inputs(void **state)
+{
+   (void) state;
+   bson_error_t berr;
+   bson_t *every =
+      bson_new_from_json((const uint8_t *) every_type_json, -1, &berr);
+   assert_non_null(every);
+   bson_t *docs[64];
+   size_t n = 0;
+   bson_iter_t it;
+   assert_true(bson_iter_init(&it, every));
+   while (bson_iter_next(&it)) {
+      bson_t *d = bson_new();
+      BSON_APPEND_UTF8(d, "before", "x");
+      bson_append_iter(d, "k", 1, &it);
+      BSON_APPEND_INT32(d, "mid", 1);
+      bson_append_iter(d, "v", 1, &it);
+      BSON_APPEND_INT32(d, "v", 99); /* a second "v": not read */
+      docs[n++] = d;
+   }
+   docs[n] = bson_new(); /* neither k nor v */
+   BSON_APPEND_INT32(docs[n], "kk", 1);
+   n++;
+   docs[n] = bson_new(); /* v before k, k twice */
+   BSON_APPEND_INT32(docs[n], "v", 5);
+   BSON_APPEND_INT32(docs[n], "k", 1);
+   BSON_APPEND_INT32(docs[n], "k", 2);
+   n++;
+   outputs_t o;
+   run_all_modes("{\"_id\": \"$k\", \"n\": {\"$count\": {}},"
+                 " \"all\": {\"$push\": \"$v\"}, \"s\": {\"$sum\": \"$v\"},"
+                 " \"lo\": {\"$min\": \"$v\"}, \"f\": {\"$first\": \"$mid\"},"
+                 " \"set\": {\"$addToSet\": \"$k\"}}",
+                 docs, n, &o);
+   assert_int_equal(o.dlq, 0);
+   /* 33 values and two more documents make 30 groups: 1, NumberLong(1),
+    * 1.0 and the k-twice document (its first k) are one; null, undefined
+    * and the document without k another. */
+   assert_int_equal(o.n, 30);
+   assert_int_equal(result_int(o.docs[0], "n"), 4);
+   assert_relaxed(o.docs[0], "{ \"_id\" : 1, \"n\" : 4, \"all\" : [ 1, 1, 1.0, "
+                  "5 ], \"s\" : 8.0, \"lo\" : 1, \"f\" : 1, "
+                  "\"set\" : [ 1 ] }");
+   outputs_cleanup(&o);
+   for (size_t i = 0; i < n; i++) {
+      bson_destroy(docs[i]);
+   }
+   bson_destroy(every);
 }
 
 /* Many keys (the table grows many times over), each of them as int32,
@@ -478,15 +546,11 @@ inputs_through_paths(void **state)
     * (g is 5: null). */
    assert_int_equal(o.n, 3);
    assert_int_equal(o.dlq, 1);
-   char *got = bson_as_relaxed_extended_json(o.docs[0], NULL);
-   assert_string_equal(got, "{ \"_id\" : 1, \"b\" : [ 2, [ 4, 5 ] ], "
-                            "\"sum\" : 11, \"root\" : 6, \"m\" : { \"p\" : 1, "
-                            "\"q\" : 2 } }");
-   bson_free(got);
-   got = bson_as_relaxed_extended_json(o.docs[2], NULL);
-   assert_string_equal(got, "{ \"_id\" : null, \"b\" : [ 11 ], \"sum\" : 0, "
-                            "\"root\" : 12, \"m\" : { \"r\" : 3 } }");
-   bson_free(got);
+   assert_relaxed(o.docs[0], "{ \"_id\" : 1, \"b\" : [ 2, [ 4, 5 ] ], "
+                  "\"sum\" : 11, \"root\" : 6, \"m\" : { \"p\" : 1, "
+                  "\"q\" : 2 } }");
+   assert_relaxed(o.docs[2], "{ \"_id\" : null, \"b\" : [ 11 ], \"sum\" : 0, "
+                  "\"root\" : 12, \"m\" : { \"r\" : 3 } }");
    outputs_cleanup(&o);
    for (size_t i = 0; i < n; i++) {
       bson_destroy(docs[i]);
@@ -505,6 +569,7 @@ main(void)
    const struct CMUnitTest tests[] = {
       cmocka_unit_test(key_bytes_every_type),
       cmocka_unit_test(groups_as_mongodb),
+      cmocka_unit_test(top_level_inputs),
       cmocka_unit_test(table_growth),
       cmocka_unit_test(all_hashes_collide),
       cmocka_unit_test(inputs_through_paths),
