@@ -522,18 +522,54 @@ cmp_sorted_item(const void *ctx, uint32_t i)
 
 /* $first $last $min $max: at most one value. Equal values do not replace
  * the kept one, as in mongod ($min of 1 then 1.0 stays the int). */
+/* aspen_value_compare for two doubles that are not NaN, or two int32 or
+ * two int64 (the usual $min/$max inputs); false for anything else. */
+static inline bool
+same_type_compare(const aspen_value_t *a, const aspen_value_t *b, int *c)
+{
+   bson_type_t t = a->v.value_type;
+   if (t != b->v.value_type) {
+      return false;
+   }
+   switch (t) {
+   case BSON_TYPE_DOUBLE: {
+      double x = a->v.value.v_double, y = b->v.value.v_double;
+      if (x != x || y != y) {
+         return false; /* NaN: the general order */
+      }
+      *c = x < y ? -1 : x > y ? 1 : 0;
+      return true;
+   }
+   case BSON_TYPE_INT32:
+      *c = a->v.value.v_int32 < b->v.value.v_int32   ? -1
+           : a->v.value.v_int32 > b->v.value.v_int32 ? 1
+                                                     : 0;
+      return true;
+   case BSON_TYPE_INT64:
+      *c = a->v.value.v_int64 < b->v.value.v_int64   ? -1
+           : a->v.value.v_int64 > b->v.value.v_int64 ? 1
+                                                     : 0;
+      return true;
+   default:
+      return false;
+   }
+}
+
 static bool
 one_add(const add_call_t *call, void *st, aspen_value_t *val)
 {
    const aspen_accum_t *acc = call->acc;
    vals_t *vs = st;
    int kind = acc->op->sub;
-   aspen_value_t null_val = aspen_value_null();
+   aspen_value_t null_val = {.v = {.value_type = BSON_TYPE_NULL}};
    if (kind == V_MIN || kind == V_MAX) {
       if (aspen__is_nullish(val)) {
          return true;
       }
-      int c = vs->len ? aspen_value_compare(val, &vs->v[0]) : 0;
+      int c = 0;
+      if (vs->len && !same_type_compare(val, &vs->v[0], &c)) {
+         c = aspen_value_compare(val, &vs->v[0]);
+      }
       if (vs->len && (kind == V_MIN ? c >= 0 : c <= 0)) {
          return true;
       }
@@ -1399,7 +1435,12 @@ parse_quantile(aspen_accum_t *acc, const bson_iter_t *spec,
 #define STDDEV_OPS                                                             \
    sizeof(stddev_state_t), NULL, NULL, stddev_add, stddev_result, NULL, NULL,    \
       NULL
+/* Only $first and $firstN can be done (vals_is_done); the others skip
+ * the call. */
 #define VALS_OPS(add)                                                          \
+   sizeof(vals_t), NULL, NULL, add, vals_result, vals_heap_size, vals_cleanup, \
+      NULL
+#define VALS_OPS_DONE(add)                                                     \
    sizeof(vals_t), NULL, vals_is_done, add, vals_result, vals_heap_size,       \
       vals_cleanup, NULL
 #define QUANTILE_OPS                                                           \
@@ -1416,8 +1457,8 @@ static const acc_op_t acc_ops[] = {
    {"$bottom", TB_BOTTOM | TB_SINGLE, parse_top_bottom, TOPN_OPS},
    {"$bottomN", TB_BOTTOM, parse_top_bottom, TOPN_OPS},
    {"$count", SUM_TOTAL, parse_count, SUM_OPS},
-   {"$first", V_FIRST, parse_unary, VALS_OPS(one_add)},
-   {"$firstN", V_FIRST_N, parse_input_n, VALS_OPS(ring_add)},
+   {"$first", V_FIRST, parse_unary, VALS_OPS_DONE(one_add)},
+   {"$firstN", V_FIRST_N, parse_input_n, VALS_OPS_DONE(ring_add)},
    {"$last", V_LAST, parse_unary, VALS_OPS(one_add)},
    {"$lastN", V_LAST_N, parse_input_n, VALS_OPS(ring_add)},
    {"$max", V_MAX, parse_unary, VALS_OPS(one_add)},
@@ -1661,7 +1702,11 @@ aspen_accum_commit(const aspen_accum_t *acc, aspen_accum_state_t *st,
       bool ok = acc->op->add(&call, st, &in->val);
       ASPEN_ASSERT(ok); /* failures are caught by check, in prepare */
    }
-   aspen_accum_input_discard(in);
+   if (in->val.owned) {
+      aspen_accum_input_discard(in);
+   } else {
+      in->val.v.value_type = BSON_TYPE_EOD; /* a view: nothing to free */
+   }
 }
 
 void

@@ -440,6 +440,55 @@ top_level_inputs(void **state)
    bson_destroy(every);
 }
 
+/* $min and $max over numbers (their same-type comparisons skip the
+ * general one): NaN below every number, -0.0 equal to 0.0, an equal value
+ * never replacing the kept one (so its type stays), mixed types. */
+static void
+min_max_numbers(void **state)
+{
+   (void) state;
+   const char *inputs[] = {
+      "{\"k\": 1, \"v\": 3.5}",
+      "{\"k\": 1, \"v\": {\"$numberDouble\": \"NaN\"}}",
+      "{\"k\": 1, \"v\": {\"$numberDouble\": \"Infinity\"}}",
+      "{\"k\": 1, \"v\": {\"$numberDouble\": \"-Infinity\"}}",
+      "{\"k\": 2, \"v\": {\"$numberDouble\": \"0.0\"}}",
+      "{\"k\": 2, \"v\": {\"$numberDouble\": \"-0.0\"}}",
+      "{\"k\": 3, \"v\": {\"$numberLong\": \"7\"}}",
+      "{\"k\": 3, \"v\": {\"$numberDouble\": \"7.0\"}}",
+      "{\"k\": 3, \"v\": 7}",
+      "{\"k\": 3, \"v\": {\"$numberLong\": \"6\"}}",
+      "{\"k\": 4, \"v\": 5}",
+      "{\"k\": 4, \"v\": -5}",
+      "{\"k\": 4, \"v\": 9}",
+      "{\"k\": 4, \"v\": null}",
+   };
+   size_t n = sizeof inputs / sizeof inputs[0];
+   bson_t *docs[16];
+   for (size_t i = 0; i < n; i++) {
+      docs[i] = doc_from_json(inputs[i]);
+   }
+   outputs_t o;
+   run_all_modes("{\"_id\": \"$k\", \"lo\": {\"$min\": \"$v\"},"
+                 " \"hi\": {\"$max\": \"$v\"}}",
+                 docs, n, &o);
+   assert_int_equal(o.n, 4);
+   assert_relaxed(o.docs[0], "{ \"_id\" : 1, \"lo\" : { \"$numberDouble\" : "
+                             "\"NaN\" }, \"hi\" : { \"$numberDouble\" : "
+                             "\"Infinity\" } }");
+   assert_relaxed(o.docs[1], "{ \"_id\" : 2, \"lo\" : 0.0, \"hi\" : 0.0 }");
+   assert_relaxed(o.docs[2], "{ \"_id\" : 3, \"lo\" : 6, \"hi\" : 7 }");
+   assert_relaxed(o.docs[3], "{ \"_id\" : 4, \"lo\" : -5, \"hi\" : 9 }");
+   /* 7 kept as the NumberLong it came as, 6 as one too. */
+   bson_iter_t it;
+   assert_true(bson_iter_init_find(&it, o.docs[2], "hi"));
+   assert_int_equal(bson_iter_type(&it), BSON_TYPE_INT64);
+   outputs_cleanup(&o);
+   for (size_t i = 0; i < n; i++) {
+      bson_destroy(docs[i]);
+   }
+}
+
 /* Many keys (the table grows many times over), each of them as int32,
  * int64, double and string: every group gets exactly its inputs, in
  * first-arrival order. With every hash colliding, fewer keys (each probe
@@ -570,6 +619,7 @@ main(void)
       cmocka_unit_test(key_bytes_every_type),
       cmocka_unit_test(groups_as_mongodb),
       cmocka_unit_test(top_level_inputs),
+      cmocka_unit_test(min_max_numbers),
       cmocka_unit_test(table_growth),
       cmocka_unit_test(all_hashes_collide),
       cmocka_unit_test(inputs_through_paths),
