@@ -73,12 +73,13 @@ field_path_arg(const bson_iter_t *it, uint32_t *len)
 }
 
 /* The slot of top-level name `name` (a "$name" path: `len` bytes with
- * the '$'), added if new; -1 if it has a dot or the slots are full. */
+ * the '$'), added if new; -1 if it has a dot or a NUL (the general path
+ * then reads it as expressions do) or the slots are full. */
 static int
 top_slot(aspen_group_spec_t *gs, const char *path, uint32_t len)
 {
    if (len < 2 || path[0] != '$' || path[1] == '$' ||
-       memchr(path, '.', len)) {
+       memchr(path, '.', len) || memchr(path, '\0', len)) {
       return -1;
    }
    for (uint32_t i = 0; i < gs->n_top; i++) {
