@@ -522,18 +522,54 @@ cmp_sorted_item(const void *ctx, uint32_t i)
 
 /* $first $last $min $max: at most one value. Equal values do not replace
  * the kept one, as in mongod ($min of 1 then 1.0 stays the int). */
+/* aspen_value_compare for two doubles that are not NaN, or two int32 or
+ * two int64 (the usual $min/$max inputs); false for anything else. */
+static inline bool
+same_type_compare(const aspen_value_t *a, const aspen_value_t *b, int *c)
+{
+   bson_type_t t = a->v.value_type;
+   if (t != b->v.value_type) {
+      return false;
+   }
+   switch (t) {
+   case BSON_TYPE_DOUBLE: {
+      double x = a->v.value.v_double, y = b->v.value.v_double;
+      if (x != x || y != y) {
+         return false; /* NaN: the general order */
+      }
+      *c = x < y ? -1 : x > y ? 1 : 0;
+      return true;
+   }
+   case BSON_TYPE_INT32:
+      *c = a->v.value.v_int32 < b->v.value.v_int32   ? -1
+           : a->v.value.v_int32 > b->v.value.v_int32 ? 1
+                                                     : 0;
+      return true;
+   case BSON_TYPE_INT64:
+      *c = a->v.value.v_int64 < b->v.value.v_int64   ? -1
+           : a->v.value.v_int64 > b->v.value.v_int64 ? 1
+                                                     : 0;
+      return true;
+   default:
+      return false;
+   }
+}
+
 static bool
 one_add(const add_call_t *call, void *st, aspen_value_t *val)
 {
    const aspen_accum_t *acc = call->acc;
    vals_t *vs = st;
    int kind = acc->op->sub;
-   aspen_value_t null_val = aspen_value_null();
+   aspen_value_t null_val = {.v = {.value_type = BSON_TYPE_NULL}};
    if (kind == V_MIN || kind == V_MAX) {
       if (aspen__is_nullish(val)) {
          return true;
       }
-      int c = vs->len ? aspen_value_compare(val, &vs->v[0]) : 0;
+      int c = 0;
+      if (vs->len && !same_type_compare(val, &vs->v[0], &c)) {
+         c = aspen_value_compare(val, &vs->v[0]);
+      }
       if (vs->len && (kind == V_MIN ? c >= 0 : c <= 0)) {
          return true;
       }
@@ -1399,7 +1435,12 @@ parse_quantile(aspen_accum_t *acc, const bson_iter_t *spec,
 #define STDDEV_OPS                                                             \
    sizeof(stddev_state_t), NULL, NULL, stddev_add, stddev_result, NULL, NULL,    \
       NULL
+/* Only $first and $firstN can be done (vals_is_done); the others skip
+ * the call. */
 #define VALS_OPS(add)                                                          \
+   sizeof(vals_t), NULL, NULL, add, vals_result, vals_heap_size, vals_cleanup, \
+      NULL
+#define VALS_OPS_DONE(add)                                                     \
    sizeof(vals_t), NULL, vals_is_done, add, vals_result, vals_heap_size,       \
       vals_cleanup, NULL
 #define QUANTILE_OPS                                                           \
@@ -1416,8 +1457,8 @@ static const acc_op_t acc_ops[] = {
    {"$bottom", TB_BOTTOM | TB_SINGLE, parse_top_bottom, TOPN_OPS},
    {"$bottomN", TB_BOTTOM, parse_top_bottom, TOPN_OPS},
    {"$count", SUM_TOTAL, parse_count, SUM_OPS},
-   {"$first", V_FIRST, parse_unary, VALS_OPS(one_add)},
-   {"$firstN", V_FIRST_N, parse_input_n, VALS_OPS(ring_add)},
+   {"$first", V_FIRST, parse_unary, VALS_OPS_DONE(one_add)},
+   {"$firstN", V_FIRST_N, parse_input_n, VALS_OPS_DONE(ring_add)},
    {"$last", V_LAST, parse_unary, VALS_OPS(one_add)},
    {"$lastN", V_LAST_N, parse_input_n, VALS_OPS(ring_add)},
    {"$max", V_MAX, parse_unary, VALS_OPS(one_add)},
@@ -1537,17 +1578,41 @@ aspen_accum_name(const aspen_accum_t *acc)
    return acc->op->name;
 }
 
+/* Bytes of a state of `acc`: what aspen_accum_state_init takes. */
+size_t
+aspen_accum_state_bytes(const aspen_accum_t *acc)
+{
+   return acc->op->size;
+}
+
+/* Makes `mem` (aspen_accum_state_bytes zeroed bytes, 16-byte aligned) a
+ * fresh, empty state for `acc`; aspen_accum_state_cleanup frees what it
+ * comes to hold. */
+aspen_accum_state_t *
+aspen_accum_state_init(const aspen_accum_t *acc, void *mem)
+{
+   if (acc->op->init) {
+      acc->op->init(mem);
+   }
+   return mem;
+}
+
+/* Frees the values a state keeps, not the state's own bytes. */
+void
+aspen_accum_state_cleanup(const aspen_accum_t *acc, aspen_accum_state_t *st)
+{
+   if (acc->op->cleanup) {
+      acc->op->cleanup(acc, st);
+   }
+}
+
 /* A fresh, empty state for `acc` (what the result is with no input:
  * 0 for $sum/$count, null for $avg/$min/..., [] for $push/...). Never
  * NULL. The state's thread owns it. */
 aspen_accum_state_t *
 aspen_accum_state_new(const aspen_accum_t *acc)
 {
-   void *st = aspen_xcalloc(1, acc->op->size);
-   if (acc->op->init) {
-      acc->op->init(st);
-   }
-   return st;
+   return aspen_accum_state_init(acc, aspen_xcalloc(1, acc->op->size));
 }
 
 /* Frees a state and the values it keeps; NULL is a no-op. */
@@ -1557,10 +1622,24 @@ aspen_accum_state_destroy(const aspen_accum_t *acc, aspen_accum_state_t *st)
    if (!st) {
       return;
    }
-   if (acc->op->cleanup) {
-      acc->op->cleanup(acc, st);
-   }
+   aspen_accum_state_cleanup(acc, st);
    free(st);
+}
+
+/* Whether a state's size can change as it absorbs documents (else
+ * aspen_accum_state_size is always aspen_accum_state_bytes). */
+bool
+aspen_accum_state_grows(const aspen_accum_t *acc)
+{
+   return acc->op->heap_size != NULL;
+}
+
+/* The argument's expression (NULL for $count), so the caller can give its
+ * field paths slots (aspen_expr_paths_add) at parse time. */
+aspen_expr_t *
+aspen_accum_arg(aspen_accum_t *acc)
+{
+   return acc->arg;
 }
 
 /* Evaluates the argument on ctx->root and absorbs the value. Returns false
@@ -1615,14 +1694,19 @@ void
 aspen_accum_commit(const aspen_accum_t *acc, aspen_accum_state_t *st,
                    const aspen_expr_ctx_t *ctx, aspen_accum_input_t *in)
 {
-   if (!in->skip && !(acc->op->is_done && acc->op->is_done(acc, st))) {
-      aspen_error_t err;
-      aspen_error_clear(&err);
+   /* A state found done at prepare was skipped there; one made since
+    * (st NULL at prepare) is empty, hence not done. */
+   if (!in->skip) {
+      aspen_error_t err; /* add never fails: check ran in prepare */
       add_call_t call = {acc, ctx, &err};
       bool ok = acc->op->add(&call, st, &in->val);
       ASPEN_ASSERT(ok); /* failures are caught by check, in prepare */
    }
-   aspen_accum_input_discard(in);
+   if (in->val.owned) {
+      aspen_accum_input_discard(in);
+   } else {
+      in->val.v.value_type = BSON_TYPE_EOD; /* a view: nothing to free */
+   }
 }
 
 void
@@ -1641,6 +1725,50 @@ aspen_accum_add(const aspen_accum_t *acc, aspen_accum_state_t *st,
    }
    aspen_accum_commit(acc, st, ctx, &in);
    return true;
+}
+
+/* The values of top-level fields names[0 .. n) (n <= 32; lens[i] bytes
+ * each, no NUL needed) in `doc`, as borrowed views, by one raw walk of its
+ * elements: each what the field path "$name" evaluates to (the first
+ * element with the name, as expr.c's raw_find; MISSING when there is none,
+ * or past a malformed element, where the walk stops). Any thread. */
+void
+aspen_accum_top_fields(const bson_t *doc, const char *const *names,
+                       const uint32_t *lens, uint32_t n, aspen_value_t *vals)
+{
+   ASPEN_ASSERT(n <= 32);
+   const uint8_t *data = bson_get_data(doc);
+   uint32_t len = doc->len;
+   uint32_t todo = (uint32_t) ((1ull << n) - 1);
+   for (uint32_t i = 0; i < n; i++) {
+      vals[i] = ASPEN_VALUE_MISSING;
+   }
+   uint32_t off = 4;
+   while (todo && off + 1 < len) {
+      uint8_t type = data[off];
+      const uint8_t *k = data + off + 1;
+      size_t room = len - off - 1;
+      size_t kl = aspen_bsonw_raw_key_len(k, room);
+      if (kl == room) {
+         break;
+      }
+      for (uint32_t left = todo; left; left &= left - 1) {
+         uint32_t j = (uint32_t) __builtin_ctz(left);
+         if (lens[j] == kl && memcmp(k, names[j], kl) == 0) {
+            if (!aspen__raw_value(data, len, off, kl, &vals[j])) {
+               vals[j] = ASPEN_VALUE_MISSING;
+            }
+            todo &= ~(1u << j);
+            break;
+         }
+      }
+      uint32_t voff = off + 1 + (uint32_t) kl + 1;
+      int64_t sz = aspen_bsonw_value_size(type, data + voff, len - voff);
+      if (sz < 0) {
+         break;
+      }
+      off = voff + (uint32_t) sz;
+   }
 }
 
 /* Appends the result under `key`; the state is unchanged, so a result can

@@ -41,6 +41,21 @@ const char *aspen_accum_name(const aspen_accum_t *acc);
 aspen_accum_state_t *aspen_accum_state_new(const aspen_accum_t *acc);
 void aspen_accum_state_destroy(const aspen_accum_t *acc,
                                aspen_accum_state_t *st);
+/* States inside the caller's memory (a $group's one block per group):
+ * the bytes a state takes, making `mem` (that many zeroed bytes, 16-byte
+ * aligned) an empty state, and freeing what a state keeps but not its
+ * bytes. */
+size_t aspen_accum_state_bytes(const aspen_accum_t *acc);
+aspen_accum_state_t *aspen_accum_state_init(const aspen_accum_t *acc,
+                                            void *mem);
+void aspen_accum_state_cleanup(const aspen_accum_t *acc,
+                               aspen_accum_state_t *st);
+/* False when a state's size never changes (aspen_accum_state_size is then
+ * aspen_accum_state_bytes, so the caller need not ask per document). */
+bool aspen_accum_state_grows(const aspen_accum_t *acc);
+/* The argument's expression (NULL for $count): the caller may give its
+ * field paths slots (aspen_expr_paths_add) before any evaluation. */
+aspen_expr_t *aspen_accum_arg(aspen_accum_t *acc);
 /* One document's input to one accumulator, evaluated but not yet absorbed,
  * so a $group can refuse a document before any of its states change. */
 typedef struct {
@@ -63,7 +78,9 @@ bool aspen_accum_prepare_given(const aspen_accum_t *acc,
                                const aspen_accum_state_t *st,
                                const aspen_value_t *val,
                                aspen_accum_input_t *in, aspen_error_t *err);
-/* Absorbs a prepared input (never fails) and releases it. */
+/* Absorbs a prepared input (never fails) and releases it. `st` is the
+ * state prepare was given, or a fresh one where that was NULL (prepare
+ * decided whether the state takes more input). */
 void aspen_accum_commit(const aspen_accum_t *acc, aspen_accum_state_t *st,
                         const aspen_expr_ctx_t *ctx, aspen_accum_input_t *in);
 void aspen_accum_input_discard(aspen_accum_input_t *in);
@@ -71,6 +88,13 @@ void aspen_accum_input_discard(aspen_accum_input_t *in);
  * when evaluating the argument fails. */
 bool aspen_accum_add(const aspen_accum_t *acc, aspen_accum_state_t *st,
                      const aspen_expr_ctx_t *ctx, aspen_error_t *err);
+/* Reads the top-level fields names[0 .. n) (n <= 32, lens[i] bytes each)
+ * of `doc` into vals[0 .. n) in one pass, as borrowed views: each what
+ * the field path "$name" evaluates to (MISSING when absent), for a caller
+ * whose inputs are all such paths (a $group's _id and accumulators). */
+void aspen_accum_top_fields(const bson_t *doc, const char *const *names,
+                            const uint32_t *lens, uint32_t n,
+                            aspen_value_t *vals);
 /* Appends the result under `key` to `out`. */
 void aspen_accum_result(const aspen_accum_t *acc,
                         const aspen_accum_state_t *st, bson_t *out,

@@ -49,6 +49,9 @@ win_block_destroy(aspen_window_t *w, aspen_win_t *win)
 static void
 win_free(aspen_window_t *w, aspen_win_t *win)
 {
+   if (w->last_fed == win) {
+      w->last_fed = NULL;
+   }
    win_block_destroy(w, win);
    bson_destroy(&win->part_key);
    if (win->has_meta) {
@@ -144,9 +147,9 @@ collect_terminal(void *arg, const aspen_sdoc_t *doc)
 static const bson_t *
 win_meta(const aspen_window_t *w, aspen_win_t *win)
 {
+   bool typed = w->source_type[0] != 0; /* set once (remember_source_type) */
    if (win->has_meta && win->meta_start == win->start &&
-       win->meta_end == win->end &&
-       strcmp(win->meta_type, w->source_type) == 0) {
+       win->meta_end == win->end && win->meta_typed == typed) {
       return &win->meta;
    }
    if (win->has_meta) {
@@ -156,7 +159,7 @@ win_meta(const aspen_window_t *w, aspen_win_t *win)
    win->has_meta = true;
    win->meta_start = win->start;
    win->meta_end = win->end;
-   memcpy(win->meta_type, w->source_type, sizeof win->meta_type);
+   win->meta_typed = typed;
    return &win->meta;
 }
 
@@ -166,7 +169,11 @@ feed(aspen_window_t *w, aspen_win_t *win, const aspen_sdoc_t *in)
    aspen_sdoc_t d = *in;
    d.meta = win_meta(w, win);
    w->feeding = win;
-   aspen_chain_push(&w->prefix, 0, &d);
+   if (w->prefix.n == 0) {
+      prefix_terminal(w, &d); /* what the empty chain would call */
+   } else {
+      aspen_chain_push(&w->prefix, 0, &d);
+   }
    w->feeding = NULL;
 }
 
@@ -542,6 +549,14 @@ push_fixed(aspen_window_t *w, const aspen_sdoc_t *in, int64_t t)
    int64_t threshold = w->processing_time || w->watermark == INT64_MIN
                           ? INT64_MIN
                           : w->watermark - w->lateness_ms;
+   /* A tumbling window's next event is most often in the window the last
+    * one went to: the one window holding t, found without the search. */
+   aspen_win_t *last_fed = w->last_fed;
+   if (last_fed && t >= last_fed->start && t < last_fed->end &&
+       (threshold == INT64_MIN || last_fed->end > threshold)) {
+      feed(w, last_fed, in);
+      return true;
+   }
    int64_t step = w->kind == W_HOPPING ? w->hop_ms : w->size_ms;
    /* Starts k*step + offset with start <= t < start + size. */
    int64_t last = floor_div(t - w->offset_ms, step) * step + w->offset_ms;
@@ -574,6 +589,9 @@ push_fixed(aspen_window_t *w, const aspen_sdoc_t *in, int64_t t)
    }
    for (size_t i = 0; i < n_targets; i++) {
       feed(w, targets[i], in);
+   }
+   if (w->kind == W_TUMBLING && n_targets == 1) {
+      w->last_fed = targets[0];
    }
    if (missed != missed_local) {
       free(missed);
@@ -696,8 +714,10 @@ window_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
    if (w->processing_time) {
       close_where(w, ready_by_clock, pl->now_ms);
    }
-   pl->window_bytes = w->state_bytes;
-   aspen__pipeline_state_update(pl);
+   if (pl->window_bytes != w->state_bytes) {
+      pl->window_bytes = w->state_bytes;
+      aspen__pipeline_state_update(pl);
+   }
    return true;
 }
 
@@ -722,6 +742,13 @@ window_observe(aspen_stage_t *st, const aspen_sdoc_t *in)
    /* Closing now cannot close this document's own windows: they end after
     * its event time, and the new watermark is at most that time - 1. */
    advance_watermark(w, pwm + 1);
+   /* Fixed windows share their size and are kept in start order: when the
+    * first is not ready, none is (and nothing changes). */
+   if (w->kind != W_SESSION &&
+       (w->n_wins == 0 ||
+        !ready_by_watermark(w, w->wins[0], w->watermark))) {
+      return;
+   }
    close_where(w, ready_by_watermark, w->watermark);
 }
 

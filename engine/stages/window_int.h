@@ -15,12 +15,16 @@
 
 typedef enum { B_GROUP, B_SORT, B_LIMIT, B_COUNT } aspen_block_kind_t;
 
+/* The most distinct top-level names a $group's fast input path reads. */
+#define ASPEN_GROUP_TOP_MAX 16
+
 typedef struct {
    char *name;
    aspen_accum_t *acc;
    const char *path;  /* its argument if a plain "$field.path" (a view */
    uint32_t path_len; /* into the spec), else NULL */
    int same_as;       /* an earlier field with the same path, or -1 */
+   bool grows;        /* its state's size can change (stateSize) */
 } aspen_group_field_t;
 
 typedef struct {
@@ -28,6 +32,24 @@ typedef struct {
    aspen_expr_t *id;
    aspen_group_field_t *fields;
    size_t n_fields;
+   /* The field paths _id and the accumulators read, found in one pass
+    * over each document (lang/expr.h), or NULL when they read none. */
+   aspen_expr_paths_t *paths;
+   /* When _id and every accumulator that has an argument read a plain
+    * top-level field ("$name"), the distinct names (views into spec,
+    * without the '$'), which name _id reads and which each field's
+    * accumulator reads (-1: none, $count): each document's values are
+    * then found by one scan of its top level, without evaluating. */
+   bool top_only;
+   uint32_t n_top;
+   const char *top_name[ASPEN_GROUP_TOP_MAX];
+   uint32_t top_len[ASPEN_GROUP_TOP_MAX];
+   int id_top;
+   int *field_top;
+   /* A group's block: each accumulator state's offset in it, and where
+    * the key bytes start (after the states). */
+   size_t *state_off;
+   size_t states_end;
 } aspen_group_spec_t;
 
 typedef struct {
@@ -49,21 +71,38 @@ typedef struct {
    size_t n, cap;
 } aspen_doclist_t;
 
+/* One group of a $group: one block of its map's arena holding this, the
+ * state pointers, the accumulator states (each 16-byte aligned) and the
+ * key and _id bytes. */
 typedef struct {
    uint64_t hash;
-   bson_t key;   /* {"": normalized _id} */
-   bson_t id;    /* {"": _id as first seen} */
+   const uint8_t *key; /* the normalized _id's element {"": ...}, its */
+   uint32_t key_len;   /* bytes as aspen__window_block_append_normalized */
+   uint32_t id_len;    /* writes them (the table compares these) */
+   const uint8_t *id;  /* {"": _id as first seen}, a whole document */
    aspen_accum_state_t **states;
 } aspen_group_t;
 
-/* Groups in insertion order, indexed by an open-addressing table of
- * positions + 1 (0 = empty). */
+/* A block of a group map's arena. */
+typedef struct aspen_group_chunk {
+   struct aspen_group_chunk *next;
+   size_t size;
+   _Alignas(16) uint8_t data[];
+} aspen_group_chunk_t;
+
+/* Groups in insertion order, indexed by an open-addressing table whose
+ * entries hold the group's position + 1 in their low 32 bits (0 = empty)
+ * and the high 32 bits of its hash in the others, so that a probe looks
+ * at a group only when those match. Groups live in an arena freed as a
+ * whole (aspen__window_block_groups_clear). */
 typedef struct {
    aspen_group_t **items;
    size_t n, cap;
-   uint32_t *index;
+   uint64_t *index;
    size_t index_size; /* a power of two */
-   aspen_bsonw_t scratch; /* the key being looked up */
+   aspen_bsonw_t scratch; /* the key being looked up (general path) */
+   aspen_group_chunk_t *chunks; /* newest first */
+   size_t chunk_used;
 } aspen_group_map_t;
 
 /* ---- the window stage (window.c, window_parse.c) ---------------------------- */
@@ -89,7 +128,7 @@ typedef struct {
    bson_t meta;
    bool has_meta;
    int64_t meta_start, meta_end;
-   char meta_type[32];
+   bool meta_typed; /* built after the source type was known */
 } aspen_win_t;
 
 typedef enum { W_TUMBLING, W_HOPPING, W_SESSION } aspen_win_kind_t;
@@ -119,6 +158,8 @@ typedef struct {
    size_t n_parts;
    char source_type[32];
    aspen_win_t *feeding;     /* target of the prefix chain's terminal */
+   aspen_win_t *last_fed;    /* tumbling: the window the last input went
+                              * to, while it is open */
    aspen_stage_t *self;
    size_t state_bytes;
    bool collecting;          /* batch runs: terminal collects */
@@ -155,6 +196,25 @@ void aspen__window_block_list_clear(aspen_doclist_t *l);
  * partition), as in MongoDB. */
 void aspen__window_block_append_normalized(bson_t *out, const char *key,
                                            const bson_iter_t *it);
+
+/* The normalized key element of a group's _id `id` ({"": id} less the
+ * document's frame, numbers canonical: the bytes
+ * aspen__window_block_append_normalized writes), with its length: common
+ * scalars written straight into `buf`, anything else through the general
+ * path (aspen_value_append, then append_normalized) into `kw`. */
+#define ASPEN_GROUP_KEY_BUF 64
+const uint8_t *aspen__window_block_group_key(aspen_bsonw_t *kw,
+                                             uint8_t buf[ASPEN_GROUP_KEY_BUF],
+                                             const aspen_value_t *id,
+                                             uint32_t *len);
+/* Test switches (processor thread; tests only): every key through the
+ * general path (true), and a mask applied to every key's hash (0 makes
+ * them all collide). */
+extern bool aspen__window_group_key_general;
+/* Test switch: every input through expression evaluation (the path
+ * table), never the top-level scan. */
+extern bool aspen__window_group_inputs_general;
+extern uint64_t aspen__window_group_hash_mask;
 
 /* $group's state for one window: the group for the _id value `idv` (when
  * it does not exist yet: NULL if `added_bytes` is NULL, else a new one,
