@@ -8,8 +8,10 @@
  * window's documents as MongoDB orders values.
  */
 #include "bsonw.h"
+#include "lang/decimal.h"
 #include "stages/window_int.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -410,7 +412,65 @@ aspen__window_block_list_clear(aspen_doclist_t *l)
 
 /* ---- group keys ----------------------------------------------------------------- */
 
-/* Appends `v` with numbers made canonical, so that 1, 1.0 and NumberLong(1)
+/* Every NaN (any payload, either sign, a decimal's) groups as this one, as
+ * MongoDB's comparison takes all NaNs as equal. */
+static const uint64_t group_nan_bits = 0x7ff8000000000000ull;
+
+/* A double's key value: an integral one within int64 as that integer,
+ * every NaN as one. */
+static void
+append_double_normalized(bson_t *out, const char *key, double d)
+{
+   if (d >= -9.2e18 && d <= 9.2e18 && d == (double) (int64_t) d) {
+      bson_append_int64(out, key, -1, (int64_t) d);
+   } else if (d != d) {
+      double nan;
+      memcpy(&nan, &group_nan_bits, 8);
+      bson_append_double(out, key, -1, nan);
+   } else {
+      bson_append_double(out, key, -1, d);
+   }
+}
+
+/* A decimal's key value: the double or integer of the same numeric value
+ * when one exists (NumberDecimal("1") groups with 1, "0.5" with 0.5, NaN
+ * and the infinities with the doubles'), else the decimal itself (0.1 as
+ * a decimal is not the double 0.1, so it groups apart, as in MongoDB). A
+ * double is taken only when it has at most 16 binary digits after the
+ * point and a 53-bit scaled value, or is an integer up to 2^100: its exact
+ * decimal expansion then has at most 31 significant digits, so the
+ * 34-digit conversion back is exact and the comparison proves equality. */
+static void
+append_decimal_normalized(bson_t *out, const char *key, const bson_iter_t *it)
+{
+   bson_decimal128_t raw;
+   bson_iter_decimal128(it, &raw);
+   aspen_dec_t d = aspen__decimal_from_bson(&raw);
+   int64_t i;
+   if (aspen__decimal_is_nan(d) || aspen__decimal_is_inf(d)) {
+      append_double_normalized(out, key, aspen__decimal_to_double(d));
+      return;
+   }
+   if (aspen__decimal_to_int64(d, &i) &&
+       aspen__decimal_cmp(aspen__decimal_from_int64(i), d) == 0) {
+      bson_append_int64(out, key, -1, i);
+      return;
+   }
+   double x = aspen__decimal_to_double(d);
+   double scaled = ldexp(x, 16);
+   bool short_expansion =
+      (fabs(scaled) <= 0x1p53 && scaled == trunc(scaled)) ||
+      (fabs(x) <= 0x1p100 && x == trunc(x));
+   if (short_expansion &&
+       aspen__decimal_cmp(aspen__decimal_from_double(x, 34), d) == 0) {
+      append_double_normalized(out, key, x);
+      return;
+   }
+   bson_append_iter(out, key, -1, it);
+}
+
+/* Appends `v` with numbers made canonical, so that numerically equal
+ * values of any numeric type (1, 1.0, NumberLong(1), NumberDecimal("1"))
  * fall in the same group, as in MongoDB. */
 void
 aspen__window_block_append_normalized(bson_t *out, const char *key,
@@ -421,15 +481,12 @@ aspen__window_block_append_normalized(bson_t *out, const char *key,
    case BSON_TYPE_INT64:
       bson_append_int64(out, key, -1, bson_iter_as_int64(it));
       return;
-   case BSON_TYPE_DOUBLE: {
-      double d = bson_iter_double(it);
-      if (d >= -9.2e18 && d <= 9.2e18 && d == (double) (int64_t) d) {
-         bson_append_int64(out, key, -1, (int64_t) d);
-      } else {
-         bson_append_double(out, key, -1, d);
-      }
+   case BSON_TYPE_DOUBLE:
+      append_double_normalized(out, key, bson_iter_double(it));
       return;
-   }
+   case BSON_TYPE_DECIMAL128:
+      append_decimal_normalized(out, key, it);
+      return;
    case BSON_TYPE_UNDEFINED:
       bson_append_null(out, key, -1);
       return;
@@ -616,6 +673,9 @@ aspen__window_block_group_key(aspen_bsonw_t *kw,
       }
       uint64_t bits;
       memcpy(&bits, &d, 8);
+      if (d != d) {
+         bits = group_nan_bits; /* every NaN groups as one */
+      }
       bits = BSON_UINT64_TO_LE(bits);
       buf[0] = BSON_TYPE_DOUBLE;
       buf[1] = 0;

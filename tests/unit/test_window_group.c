@@ -305,6 +305,34 @@ result_id_type(const bson_t *doc)
    return bson_iter_type(&it);
 }
 
+/* What one group's result should be, in order of first arrival: its _id's
+ * type (as first seen), how many inputs, the first input's v. */
+typedef struct {
+   bson_type_t id_type;
+   int64_t n, first;
+} group_want_t;
+
+static void
+assert_groups(const outputs_t *o, const group_want_t *want, size_t n_want)
+{
+   assert_int_equal(o->n, n_want);
+   assert_int_equal(o->dlq, 0);
+   for (size_t i = 0; i < n_want; i++) {
+      assert_int_equal(result_id_type(o->docs[i]), want[i].id_type);
+      assert_int_equal(result_int(o->docs[i], "n"), want[i].n);
+      assert_int_equal(result_int(o->docs[i], "first"), want[i].first);
+   }
+}
+
+static void
+docs_free(bson_t **docs, size_t n)
+{
+   for (size_t i = 0; i < n; i++) {
+      bson_destroy(docs[i]);
+   }
+   free(docs);
+}
+
 /* Keys MongoDB groups together, and keys it keeps apart. */
 static void
 groups_as_mongodb(void **state)
@@ -353,10 +381,7 @@ groups_as_mongodb(void **state)
                  docs, n, &o);
    /* In order of first arrival: the _id as first seen, how many, the
     * first input's v. */
-   struct {
-      bson_type_t id_type;
-      int64_t n, first;
-   } want[] = {
+   const group_want_t want[] = {
       {BSON_TYPE_INT32, 3, 0},  {BSON_TYPE_UTF8, 1, 3},
       {BSON_TYPE_NULL, 3, 4},   {BSON_TYPE_UTF8, 1, 7},
       {BSON_TYPE_UTF8, 2, 8},   {BSON_TYPE_DOCUMENT, 2, 9},
@@ -364,14 +389,7 @@ groups_as_mongodb(void **state)
       {BSON_TYPE_DOUBLE, 1, 14}, {BSON_TYPE_BOOL, 1, 15},
       {BSON_TYPE_UTF8, 2, 16},  {BSON_TYPE_INT32, 2, 18},
    };
-   size_t n_want = sizeof want / sizeof want[0];
-   assert_int_equal(o.n, n_want);
-   assert_int_equal(o.dlq, 0);
-   for (size_t i = 0; i < n_want; i++) {
-      assert_int_equal(result_id_type(o.docs[i]), want[i].id_type);
-      assert_int_equal(result_int(o.docs[i], "n"), want[i].n);
-      assert_int_equal(result_int(o.docs[i], "first"), want[i].first);
-   }
+   assert_groups(&o, want, sizeof want / sizeof want[0]);
    /* The embedded NUL is part of the key: "a\0b" is not "a". */
    bson_iter_t it;
    uint32_t len;
@@ -379,10 +397,70 @@ groups_as_mongodb(void **state)
    assert_memory_equal(bson_iter_utf8(&it, &len), "a\0b", 3);
    assert_int_equal(len, 3);
    outputs_cleanup(&o);
+   docs_free(docs, n);
+}
+
+/* Numerically equal keys of every numeric type group together, decimals
+ * included (NumberDecimal("2.000") with 2, "0.5" with 0.5, "-0" with 0, an
+ * integral decimal past int64 with the double of the same value), and
+ * every NaN (either sign, any payload, a decimal's) is one group; 0.1 as
+ * a double and as a decimal are different numbers, so different groups. */
+static void
+decimal_and_nan_keys(void **state)
+{
+   (void) state;
+   const char *inputs[] = {
+      "{\"k\": 2, \"v\": 0}",
+      "{\"k\": {\"$numberDecimal\": \"2\"}, \"v\": 1}",
+      "{\"k\": {\"$numberDecimal\": \"2.000\"}, \"v\": 2}",
+      "{\"k\": 0.5, \"v\": 3}",
+      "{\"k\": {\"$numberDecimal\": \"0.50\"}, \"v\": 4}",
+      "{\"k\": 0.1, \"v\": 5}",
+      "{\"k\": {\"$numberDecimal\": \"0.1\"}, \"v\": 6}",
+      "{\"k\": {\"$numberDouble\": \"NaN\"}, \"v\": 7}",
+      "{\"k\": {\"$numberDecimal\": \"NaN\"}, \"v\": 8}",
+      NULL, /* a NaN with another payload, built below */
+      NULL, /* a negative NaN, built below */
+      "{\"k\": {\"$numberDouble\": \"Infinity\"}, \"v\": 11}",
+      "{\"k\": {\"$numberDecimal\": \"Infinity\"}, \"v\": 12}",
+      "{\"k\": {\"$numberDecimal\": \"-0\"}, \"v\": 13}",
+      "{\"k\": 0, \"v\": 14}",
+      "{\"k\": {\"$numberDecimal\": \"1180591620717411303424\"}, \"v\": 15}",
+      "{\"k\": {\"$numberDouble\": \"1180591620717411303424\"}, \"v\": 16}",
+      "{\"k\": {\"$numberDecimal\": \"9223372036854775807\"}, \"v\": 17}",
+      "{\"k\": {\"$numberLong\": \"9223372036854775807\"}, \"v\": 18}",
+      "{\"k\": {\"$numberDecimal\": \"-Infinity\"}, \"v\": 19}",
+      "{\"k\": {\"$numberDecimal\": \"1E+400\"}, \"v\": 20}",
+   };
+   const uint64_t nan_bits[] = {0x7ff0000000000001ull, 0xfff8000000000000ull};
+   size_t n = sizeof inputs / sizeof inputs[0];
+   bson_t **docs = aspen_xcalloc(n, sizeof *docs);
    for (size_t i = 0; i < n; i++) {
-      bson_destroy(docs[i]);
+      if (inputs[i]) {
+         docs[i] = doc_from_json(inputs[i]);
+      } else {
+         double nan;
+         memcpy(&nan, &nan_bits[i - 9], 8);
+         docs[i] = bson_new();
+         BSON_APPEND_DOUBLE(docs[i], "k", nan);
+         BSON_APPEND_INT32(docs[i], "v", (int32_t) i);
+      }
    }
-   free(docs);
+   outputs_t o;
+   run_all_modes("{\"_id\": \"$k\", \"n\": {\"$sum\": 1},"
+                 " \"first\": {\"$first\": \"$v\"}}",
+                 docs, n, &o);
+   const group_want_t want[] = {
+      {BSON_TYPE_INT32, 3, 0},       {BSON_TYPE_DOUBLE, 2, 3},
+      {BSON_TYPE_DOUBLE, 1, 5},      {BSON_TYPE_DECIMAL128, 1, 6},
+      {BSON_TYPE_DOUBLE, 4, 7},      {BSON_TYPE_DOUBLE, 2, 11},
+      {BSON_TYPE_DECIMAL128, 2, 13}, {BSON_TYPE_DECIMAL128, 2, 15},
+      {BSON_TYPE_DECIMAL128, 2, 17}, {BSON_TYPE_DECIMAL128, 1, 19},
+      {BSON_TYPE_DECIMAL128, 1, 20},
+   };
+   assert_groups(&o, want, sizeof want / sizeof want[0]);
+   outputs_cleanup(&o);
+   docs_free(docs, n);
 }
 
 /* Inputs read by the top-level scan against expression evaluation: a
@@ -425,14 +503,16 @@ top_level_inputs(void **state)
                  " \"set\": {\"$addToSet\": \"$k\"}}",
                  docs, n, &o);
    assert_int_equal(o.dlq, 0);
-   /* 33 values and two more documents make 30 groups: 1, NumberLong(1),
-    * 1.0 and the k-twice document (its first k) are one; null, undefined
-    * and the document without k another. */
-   assert_int_equal(o.n, 30);
-   assert_int_equal(result_int(o.docs[0], "n"), 4);
-   assert_relaxed(o.docs[0], "{ \"_id\" : 1, \"n\" : 4, \"all\" : [ 1, 1, 1.0, "
-                  "5 ], \"s\" : 8.0, \"lo\" : 1, \"f\" : 1, "
-                  "\"set\" : [ 1 ] }");
+   /* 33 values and two more documents make 29 groups: 1, NumberLong(1),
+    * 1.0, NumberDecimal("1") and the k-twice document (its first k) are
+    * one; null, undefined and the document without k another. */
+   assert_int_equal(o.n, 29);
+   assert_int_equal(result_int(o.docs[0], "n"), 5);
+   assert_relaxed(o.docs[0], "{ \"_id\" : 1, \"n\" : 5, \"all\" : [ 1, 1, 1.0, "
+                  "{ \"$numberDecimal\" : \"1\" }, 5 ], \"s\" : "
+                  "{ \"$numberDecimal\" : "
+                  "\"9.000000000000000000000000000000000\" }, "
+                  "\"lo\" : 1, \"f\" : 1, \"set\" : [ 1 ] }");
    outputs_cleanup(&o);
    for (size_t i = 0; i < n; i++) {
       bson_destroy(docs[i]);
@@ -543,10 +623,7 @@ run_many_keys(int n_keys, bool all_modes)
       assert_int_equal(result_int(str, "s"), 3);
    }
    outputs_cleanup(&o);
-   for (size_t i = 0; i < n; i++) {
-      bson_destroy(docs[i]);
-   }
-   free(docs);
+   docs_free(docs, n);
 }
 
 static void
@@ -618,6 +695,7 @@ main(void)
    const struct CMUnitTest tests[] = {
       cmocka_unit_test(key_bytes_every_type),
       cmocka_unit_test(groups_as_mongodb),
+      cmocka_unit_test(decimal_and_nan_keys),
       cmocka_unit_test(top_level_inputs),
       cmocka_unit_test(min_max_numbers),
       cmocka_unit_test(table_growth),
