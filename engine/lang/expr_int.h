@@ -193,20 +193,39 @@ typedef struct {
 } aspen__pgroup_t;
 /* A sibling group's last scan of a sub-document (expr_paths.c,
  * scan_siblings), kept to check the next one's against: the heads (type
- * byte, key, NUL) of the elements it walked, in order, and which sibling
- * each claimed. A sub-document whose elements start with the same heads
+ * byte, key, NUL) of the elements it walked, in order, and which slot
+ * each filled. A sub-document whose elements start with the same heads
  * fills the same slots from the same elements. */
 #define ASPEN__PNEST_STEPS 8
 #define ASPEN__PNEST_HEAD 16
 typedef struct {
+   /* The head as two little-endian words (zero past it), the bytes of
+    * the last one that count, and how many words it takes (1 or 2). */
+   uint64_t kw[2];
+   uint64_t kmask;
+   uint8_t words;
+   uint8_t hlen;
+   uint8_t type;
+   int32_t slot;   /* the slot it filled, -1: none */
+   uint32_t esize; /* the whole element's size if its type has a fixed
+                    * one, 0: read from its value */
+   uint32_t off;   /* where it starts, for a fixed walk (below) */
+} aspen__pstep_t;
+typedef struct {
    bool valid;
    bool to_end; /* the walk reached the end (some names absent) */
+   /* Every slot of the group holds ASPEN__PSLOT_VALUE (no state to
+    * write). */
+   bool all_value;
    uint8_t n_steps;
-   struct {
-      uint8_t head[ASPEN__PNEST_HEAD];
-      uint8_t hlen;
-      int8_t j; /* the sibling it filled, -1: none */
-   } steps[ASPEN__PNEST_STEPS];
+   /* A fixed walk: every element walked has a fixed size, and those that
+    * fill a slot an int32, a double, an int64, a date, a bool or null, so
+    * each starts at a known offset (steps[i].off) and the walk ends at
+    * `end`; a sub-document of `need` bytes or more has room for each
+    * head's words and each element. */
+   bool fixed;
+   uint32_t end, need;
+   aspen__pstep_t steps[ASPEN__PNEST_STEPS];
 } aspen__pnest_t;
 struct aspen_expr_paths {
    aspen__pslot_t *slots;

@@ -126,7 +126,10 @@ aspen_expr_paths_add(aspen_expr_paths_t *p, aspen_expr_t *e)
 
 /* Slots ordered by parent, stably: a parent's index is below its
  * children's, so every prefix is resolved before what is under it; then
- * the groups of siblings. */
+ * the groups of siblings. Every slot starts as an owned-nothing MISSING
+ * holding its value (the per-document fills write only a value's type
+ * and contents, and the state only of slots under a prefix: a top-level
+ * slot always holds its value). */
 static void
 build_order(aspen_expr_paths_t *p)
 {
@@ -146,21 +149,163 @@ build_order(aspen_expr_paths_t *p)
       }
    }
    memset(p->nest, 0, p->n_groups * sizeof *p->nest);
+   for (uint32_t i = 0; i < p->n; i++) {
+      p->vals[i] = ASPEN_VALUE_MISSING;
+      p->state[i] = ASPEN__PSLOT_VALUE;
+   }
+   for (uint32_t g = 0; g < p->n_groups; g++) {
+      p->nest[g].all_value = true;
+   }
    p->order_ok = true;
 }
 
 static inline void
-set_missing(aspen_expr_paths_t *p, uint32_t s, uint8_t state)
+set_missing(aspen_expr_paths_t *p, uint32_t s)
 {
    p->vals[s] = ASPEN_VALUE_MISSING;
-   p->state[s] = state;
+}
+
+/* aspen__raw_value, out of line: the types slot_value leaves to it are
+ * rare on paths, and its iterator would weigh on its callers' frames. */
+static __attribute__((noinline)) bool
+raw_value_general(const uint8_t *data, uint32_t len, uint32_t off,
+                  uint32_t kl, aspen_value_t *out)
+{
+   return aspen__raw_value(data, len, off, kl, out);
+}
+
+/* aspen__raw_value for a slot: the same value from the same checks, the
+ * types paths mostly read decoded here, writing only the value's type and
+ * contents (a slot's owned and scratch flags stay false: build_order);
+ * the rest through aspen__raw_value. The element's head (type, `kl` key
+ * bytes, NUL) is within data/len. */
+static inline bool
+slot_value(const uint8_t *data, uint32_t len, uint32_t off, uint32_t kl,
+           aspen_value_t *out)
+{
+   uint8_t type = data[off];
+   uint32_t voff = off + kl + 2;
+   const uint8_t *v = data + voff;
+   uint32_t avail = len - voff;
+   uint32_t l;
+   /* The types most read first, as tests rather than a jump table. */
+   if (type == BSON_TYPE_INT32) {
+      if (avail < 4) {
+         return false;
+      }
+      out->v.value.v_int32 = (int32_t) aspen_bytes_get_le32(v);
+   } else if (type == BSON_TYPE_UTF8) {
+      /* aspen_bsonw_value_size's checks: a length of 1 or more, within
+       * (a document's length is below 2^31, so is `l` when it fits) */
+      if (avail < 4 || (l = aspen_bytes_get_le32(v)) < 1 || l > avail - 4) {
+         return false;
+      }
+      out->v.value.v_utf8.str = (char *) v + 4;
+      out->v.value.v_utf8.len = l - 1;
+   } else if (type == BSON_TYPE_DOCUMENT || type == BSON_TYPE_ARRAY) {
+      if (avail < 4 || (l = aspen_bytes_get_le32(v)) < 5 || l > avail) {
+         return false;
+      }
+      out->v.value.v_doc.data = (uint8_t *) v;
+      out->v.value.v_doc.data_len = l;
+   } else if (type == BSON_TYPE_DOUBLE || type == BSON_TYPE_INT64 ||
+              type == BSON_TYPE_DATE_TIME) {
+      if (avail < 8) { /* a double's bits, as aspen__raw_value copies them */
+         return false;
+      }
+      out->v.value.v_int64 = (int64_t) aspen_bytes_get_le64(v);
+   } else {
+      return raw_value_general(data, len, off, kl, out);
+   }
+   out->v.value_type = (bson_type_t) type;
+   return true;
+}
+
+/* The size of a value of `type` when it has a fixed one, else -1. */
+static int32_t
+fixed_size(uint8_t type)
+{
+   switch ((bson_type_t) type) {
+   case BSON_TYPE_INT32:
+      return 4;
+   case BSON_TYPE_DOUBLE:
+   case BSON_TYPE_INT64:
+   case BSON_TYPE_DATE_TIME:
+   case BSON_TYPE_TIMESTAMP:
+      return 8;
+   case BSON_TYPE_BOOL:
+      return 1;
+   case BSON_TYPE_OID:
+      return 12;
+   case BSON_TYPE_DECIMAL128:
+      return 16;
+   case BSON_TYPE_NULL:
+   case BSON_TYPE_UNDEFINED:
+   case BSON_TYPE_MINKEY:
+   case BSON_TYPE_MAXKEY:
+      return 0;
+   default:
+      return -1;
+   }
+}
+
+/* Keeps the element at e (its head `hl` bytes, at most
+ * ASPEN__PNEST_HEAD) as the memo's next step, filling slot `s` (-1:
+ * none). */
+static void
+keep_step(aspen__pnest_t *m, const uint8_t *e, uint32_t hl, int32_t s)
+{
+   aspen__pstep_t *st = &m->steps[m->n_steps++];
+   uint8_t w[ASPEN__PNEST_HEAD] = {0};
+   memcpy(w, e, hl);
+   uint32_t words = (hl + 7) / 8;
+   uint32_t last = hl - 8 * (words - 1); /* bytes of the last word */
+   st->kw[0] = aspen_bytes_get_le64(w);
+   st->kw[1] = aspen_bytes_get_le64(w + 8);
+   st->kmask = last == 8 ? ~0ull : (1ull << (8 * last)) - 1;
+   st->words = (uint8_t) words;
+   st->hlen = (uint8_t) hl;
+   st->type = e[0];
+   st->slot = s;
+   int32_t vs = fixed_size(e[0]);
+   st->esize = vs < 0 ? 0 : hl + (uint32_t) vs;
+}
+
+/* Whether a value of `type` in a slot is one fixed_value reads. */
+static bool
+fixed_readable(uint8_t type)
+{
+   return type == BSON_TYPE_INT32 || type == BSON_TYPE_DOUBLE ||
+          type == BSON_TYPE_INT64 || type == BSON_TYPE_DATE_TIME ||
+          type == BSON_TYPE_BOOL || type == BSON_TYPE_NULL;
+}
+
+/* Makes the kept walk `m` a fixed one (aspen__pnest_t.fixed) if it can
+ * be. */
+static void
+plan_fixed(aspen__pnest_t *m)
+{
+   uint32_t off = 4, need = 4;
+   for (uint32_t i = 0; i < m->n_steps; i++) {
+      aspen__pstep_t *st = &m->steps[i];
+      if (st->esize == 0 || (st->slot >= 0 && !fixed_readable(st->type))) {
+         return;
+      }
+      st->off = off;
+      uint32_t words_end = off + 8u * st->words;
+      need = words_end > need ? words_end : need;
+      off += st->esize;
+   }
+   m->end = off;
+   m->need = off > need ? off : need;
+   m->fixed = true;
 }
 
 /* Fills the `n` sibling slots order[0..n-1] from the document at
  * data/len: one walk of its elements, as raw_find (expr.c) walks them for
  * each name: the first element with a name decides (a malformed one
  * leaves MISSING), and the walk stops at a malformed element. */
-static void
+static __attribute__((noinline)) void
 scan_siblings(aspen_expr_paths_t *p, const uint32_t *order, uint32_t n,
               const uint8_t *data, uint32_t len, aspen__pnest_t *memo)
 {
@@ -171,6 +316,7 @@ scan_siblings(aspen_expr_paths_t *p, const uint32_t *order, uint32_t n,
    bool keep = memo && n < 64;
    if (memo) {
       memo->valid = false;
+      memo->fixed = false;
       memo->n_steps = 0;
    }
    while (todo && off + 1 < len) {
@@ -182,26 +328,23 @@ scan_siblings(aspen_expr_paths_t *p, const uint32_t *order, uint32_t n,
          keep = false;
          break;
       }
-      int8_t claimed = -1;
+      int32_t claimed = -1;
       for (uint64_t m = todo; m; m &= m - 1) {
          uint32_t j = (uint32_t) __builtin_ctzll(m);
          const aspen__pslot_t *sl = &p->slots[order[j]];
          if (sl->klen == kl && aspen_fields_key_eq(k, sl->key, kl)) {
-            uint32_t s = order[j];
-            p->state[s] = ASPEN__PSLOT_VALUE;
-            if (!aspen__raw_value(data, len, off, kl, &p->vals[s])) {
-               p->vals[s] = ASPEN_VALUE_MISSING;
+            claimed = (int32_t) order[j];
+            if (!slot_value(data, len, off, (uint32_t) kl,
+                            &p->vals[claimed])) {
+               set_missing(p, (uint32_t) claimed);
             }
             todo &= ~(1ull << j);
-            claimed = (int8_t) j;
             break;
          }
       }
       if (keep && memo->n_steps < ASPEN__PNEST_STEPS &&
           kl + 2 <= ASPEN__PNEST_HEAD) {
-         memcpy(memo->steps[memo->n_steps].head, data + off, kl + 2);
-         memo->steps[memo->n_steps].hlen = (uint8_t) (kl + 2);
-         memo->steps[memo->n_steps++].j = claimed;
+         keep_step(memo, data + off, (uint32_t) kl + 2, claimed);
       } else {
          keep = false;
       }
@@ -216,9 +359,10 @@ scan_siblings(aspen_expr_paths_t *p, const uint32_t *order, uint32_t n,
    if (keep) {
       memo->valid = true;
       memo->to_end = todo != 0;
+      plan_fixed(memo);
    }
    for (; todo; todo &= todo - 1) {
-      set_missing(p, order[__builtin_ctzll(todo)], ASPEN__PSLOT_VALUE);
+      set_missing(p, order[__builtin_ctzll(todo)]);
    }
    /* Past 64 siblings (never in practice), one walk per name. */
    for (uint32_t j = 64; j < n; j++) {
@@ -226,51 +370,131 @@ scan_siblings(aspen_expr_paths_t *p, const uint32_t *order, uint32_t n,
    }
 }
 
+/* True if the word(s) at `e` (as many as the head takes, all within the
+ * document) start with step `st`'s head. */
+static inline bool
+head_words_at(const aspen__pstep_t *st, const uint8_t *e)
+{
+   uint64_t a = aspen_bytes_get_le64(e);
+   if (st->words == 1) {
+      return ((a ^ st->kw[0]) & st->kmask) == 0;
+   }
+   return a == st->kw[0] &&
+          ((aspen_bytes_get_le64(e + 8) ^ st->kw[1]) & st->kmask) == 0;
+}
+
+/* head_at for the few bytes before a document's end: byte by byte. */
+static __attribute__((noinline)) bool
+head_bytes_at(const aspen__pstep_t *st, const uint8_t *e, uint32_t avail)
+{
+   uint8_t w[ASPEN__PNEST_HEAD];
+   aspen_bytes_put_le64(w, st->kw[0]);
+   aspen_bytes_put_le64(w + 8, st->kw[1]);
+   return st->hlen <= avail && aspen_fields_key_eq(e, w, st->hlen);
+}
+
+/* True if the `avail` bytes at `e` start with step `st`'s head: compared
+ * as words, or byte by byte when fewer bytes than the words are left. */
+static inline bool
+head_at(const aspen__pstep_t *st, const uint8_t *e, uint32_t avail)
+{
+   return avail >= 8u * st->words ? head_words_at(st, e)
+                                  : head_bytes_at(st, e, avail);
+}
+
+/* nest_replay for a fixed walk (`m->fixed`): one check of the document's
+ * length covers every head's words and every element (slot_value's and
+ * aspen_bsonw_value_size's checks of each), so each head is compared and
+ * each value read at its known offset. False if the document's length or
+ * a head differs: the caller replays or scans it. */
+static inline bool
+nest_fixed(aspen_value_t *vals, const uint8_t *data, uint32_t len,
+           const aspen__pnest_t *m)
+{
+   if (len < m->need || (m->to_end && len > m->end + 1)) {
+      return false; /* too short, or more elements after the walk's */
+   }
+   for (uint32_t i = 0; i < m->n_steps; i++) {
+      const aspen__pstep_t *st = &m->steps[i];
+      const uint8_t *e = data + st->off;
+      if (!head_words_at(st, e)) {
+         return false;
+      }
+      if (st->slot < 0) {
+         continue;
+      }
+      aspen_value_t *out = &vals[st->slot];
+      const uint8_t *v = e + st->hlen;
+      if (st->type == BSON_TYPE_INT32) {
+         out->v.value.v_int32 = (int32_t) aspen_bytes_get_le32(v);
+      } else if (st->type == BSON_TYPE_BOOL) {
+         out->v.value.v_bool = *v != 0;
+      } else if (st->type != BSON_TYPE_NULL) { /* 8 bytes: fixed_readable */
+         out->v.value.v_int64 = (int64_t) aspen_bytes_get_le64(v);
+      }
+      out->v.value_type = (bson_type_t) st->type;
+   }
+   return true; /* the names absent: MISSING already (nest_replay) */
+}
+
 /* scan_siblings for a sub-document whose elements start with the heads of
  * the last one scanned (`m`, valid): the same elements fill the same
- * slots, each head compared in place instead of searched. False (some
- * slots maybe filled) if the document differs from the kept walk: the
- * caller scans it. */
+ * slots, each head compared in place instead of searched, a fixed-size
+ * element's end known from its head. False (some slots maybe filled) if
+ * the document differs from the kept walk: the caller scans it. */
 static bool
-nest_replay(aspen_expr_paths_t *p, const uint32_t *order, uint32_t n,
-            const uint8_t *data, uint32_t len, const aspen__pnest_t *m)
+nest_replay(aspen_expr_paths_t *p, const uint8_t *data, uint32_t len,
+            const aspen__pnest_t *m)
 {
-   uint64_t todo = (1ull << n) - 1;
    uint32_t off = 4;
+   uint32_t last = m->to_end ? ASPEN__PNEST_STEPS : m->n_steps - 1u;
    for (uint32_t i = 0; i < m->n_steps; i++) {
-      uint32_t hl = m->steps[i].hlen;
-      /* The head, its NUL before the end: scan_siblings' key. */
-      if (hl > len - off ||
-          !aspen_fields_key_eq(data + off, m->steps[i].head, hl)) {
+      const aspen__pstep_t *st = &m->steps[i];
+      uint32_t avail = len - off;
+      if (!head_at(st, data + off, avail)) {
          return false;
       }
-      int8_t j = m->steps[i].j;
-      if (j >= 0) {
-         uint32_t s = order[j];
-         p->state[s] = ASPEN__PSLOT_VALUE;
-         if (!aspen__raw_value(data, len, off, hl - 2, &p->vals[s])) {
-            p->vals[s] = ASPEN_VALUE_MISSING;
-         }
-         todo &= ~(1ull << j);
-         if (!todo) {
-            return true; /* the walk stopped there */
-         }
+      if (st->slot >= 0 &&
+          !slot_value(data, len, off, st->hlen - 2u, &p->vals[st->slot])) {
+         set_missing(p, (uint32_t) st->slot);
       }
-      uint32_t voff = off + hl;
-      int64_t sz = aspen_bsonw_value_size(m->steps[i].head[0], data + voff,
-                                          len - voff);
-      if (sz < 0) {
-         return false;
+      if (i == last) {
+         return true; /* the walk stopped there: every name found */
       }
-      off = voff + (uint32_t) sz;
+      if (st->esize != 0) {
+         if (st->esize > avail) {
+            return false;
+         }
+         off += st->esize;
+      } else {
+         uint32_t voff = off + st->hlen;
+         int64_t sz = aspen_bsonw_value_size(st->type, data + voff,
+                                             len - voff);
+         if (sz < 0) {
+            return false;
+         }
+         off = voff + (uint32_t) sz;
+      }
    }
-   if (!m->to_end || off + 1 < len) {
-      return false; /* more elements than the kept walk's */
+   /* The names absent hold MISSING already: the scan that kept this walk
+    * left them so, and only a new scan (a new walk) or a replay of this
+    * one writes this group's slots. */
+   return off + 1 >= len; /* else more elements than the kept walk's */
+}
+
+/* Finds the top-level slots order[0..n-1] in `t` and remembers their
+ * indexes for its layout. */
+static __attribute__((noinline)) void
+table_lookup(aspen_expr_paths_t *p, const uint32_t *order, uint32_t n,
+             const aspen_fields_t *t)
+{
+   for (uint32_t j = 0; j < n; j++) {
+      uint32_t s = order[j];
+      /* i < ASPEN_FIELDS_MAX */
+      p->memo_idx[s] =
+         (int8_t) aspen_fields_find(t, p->slots[s].key, p->slots[s].klen);
    }
-   for (; todo; todo &= todo - 1) {
-      set_missing(p, order[__builtin_ctzll(todo)], ASPEN__PSLOT_VALUE);
-   }
-   return true;
+   p->memo_layout = t->layout;
 }
 
 /* The top-level slots order[0..n-1] through `t`, which covers the
@@ -281,23 +505,57 @@ static void
 table_siblings(aspen_expr_paths_t *p, const uint32_t *order, uint32_t n,
                const aspen_fields_t *t)
 {
-   bool known = t->layout != 0 && t->layout == p->memo_layout;
+   if (t->layout == 0 || t->layout != p->memo_layout) {
+      table_lookup(p, order, n, t);
+   }
+   /* Locals: the stores to the slots may alias nothing of `p` or `t`. */
+   const int8_t *idx = p->memo_idx;
+   const aspen_field_t *f = t->f;
+   const uint8_t *data = t->data;
+   uint32_t len = t->len;
+   aspen_value_t *vals = p->vals;
    for (uint32_t j = 0; j < n; j++) {
       uint32_t s = order[j];
-      int i;
-      if (known) {
-         i = p->memo_idx[s];
-      } else {
-         i = aspen_fields_find(t, p->slots[s].key, p->slots[s].klen);
-         p->memo_idx[s] = (int8_t) i; /* i < ASPEN_FIELDS_MAX */
-      }
-      p->state[s] = ASPEN__PSLOT_VALUE;
-      if (i < 0 || !aspen__raw_value(t->data, t->len, t->f[i].off,
-                                     t->f[i].klen, &p->vals[s])) {
-         p->vals[s] = ASPEN_VALUE_MISSING;
+      int i = idx[s];
+      if (i < 0 || !slot_value(data, len, f[i].off, f[i].klen, &vals[s])) {
+         vals[s] = ASPEN_VALUE_MISSING;
       }
    }
-   p->memo_layout = t->layout;
+}
+
+/* The slots of group `gr`, under a prefix (its slot resolved before). */
+static inline void
+nest_siblings(aspen_expr_paths_t *p, const aspen__pgroup_t *gr,
+              aspen__pnest_t *m)
+{
+   const uint32_t *sib = p->order + gr->start;
+   const aspen_value_t *pv = &p->vals[gr->parent];
+   bson_type_t type = pv->v.value_type;
+   bool resolved = p->state[gr->parent] == ASPEN__PSLOT_VALUE;
+   if (resolved && type == BSON_TYPE_DOCUMENT) {
+      const uint8_t *sd = pv->v.value.v_doc.data;
+      uint32_t sl = pv->v.value.v_doc.data_len;
+      if (!m->all_value) {
+         for (uint32_t j = 0; j < gr->n; j++) {
+            p->state[sib[j]] = ASPEN__PSLOT_VALUE;
+         }
+         m->all_value = true;
+      }
+      if (!(m->fixed && nest_fixed(p->vals, sd, sl, m)) &&
+          !(m->valid && nest_replay(p, sd, sl, m))) {
+         scan_siblings(p, sib, gr->n, sd, sl, m);
+      }
+      return;
+   }
+   /* Under an array (or a prefix that takes the general lookup): the
+    * general lookup; under anything else: MISSING. */
+   uint8_t state = !resolved || type == BSON_TYPE_ARRAY ? ASPEN__PSLOT_GENERAL
+                                                        : ASPEN__PSLOT_VALUE;
+   for (uint32_t j = 0; j < gr->n; j++) {
+      set_missing(p, sib[j]);
+      p->state[sib[j]] = state;
+   }
+   m->all_value = state == ASPEN__PSLOT_VALUE;
 }
 
 void
@@ -311,42 +569,21 @@ aspen_expr_paths_resolve(aspen_expr_paths_t *p, const bson_t *doc,
    if (!p->order_ok) {
       build_order(p);
    }
-   /* A table that covers the document has its bytes (no call into
-    * libbson for them). */
-   bool covered = fields != NULL;
-   const uint8_t *data = covered ? fields->data : bson_get_data(doc);
-   uint32_t len = doc->len;
-   for (uint32_t g = 0; g < p->n_groups; g++) {
-      const aspen__pgroup_t *gr = &p->groups[g];
-      const uint32_t *sib = p->order + gr->start;
-      if (gr->parent < 0) {
-         if (covered) {
-            table_siblings(p, sib, gr->n, fields);
-         } else {
-            scan_siblings(p, sib, gr->n, data, len, NULL);
-         }
-         continue;
+   /* The top level's group first (parents before children), through a
+    * table that covers the document (its bytes: no call into libbson for
+    * them) or by a scan. */
+   const aspen__pgroup_t *gr = p->groups, *end = gr + p->n_groups;
+   if (gr->parent < 0) {
+      if (fields) {
+         table_siblings(p, p->order + gr->start, gr->n, fields);
+      } else {
+         scan_siblings(p, p->order + gr->start, gr->n, bson_get_data(doc),
+                       doc->len, NULL);
       }
-      const aspen_value_t *pv = &p->vals[gr->parent];
-      bson_type_t type = pv->v.value_type;
-      bool resolved = p->state[gr->parent] == ASPEN__PSLOT_VALUE;
-      if (resolved && type == BSON_TYPE_DOCUMENT) {
-         const uint8_t *sd = pv->v.value.v_doc.data;
-         uint32_t sl = pv->v.value.v_doc.data_len;
-         aspen__pnest_t *m = &p->nest[g];
-         if (!m->valid || !nest_replay(p, sib, gr->n, sd, sl, m)) {
-            scan_siblings(p, sib, gr->n, sd, sl, m);
-         }
-         continue;
-      }
-      /* Under an array (or a prefix that takes the general lookup): the
-       * general lookup; under anything else: MISSING. */
-      uint8_t state = !resolved || type == BSON_TYPE_ARRAY
-                         ? ASPEN__PSLOT_GENERAL
-                         : ASPEN__PSLOT_VALUE;
-      for (uint32_t j = 0; j < gr->n; j++) {
-         set_missing(p, sib[j], state);
-      }
+      gr++;
+   }
+   for (; gr < end; gr++) {
+      nest_siblings(p, gr, &p->nest[gr - p->groups]);
    }
    p->doc = doc;
 }

@@ -1875,6 +1875,223 @@ path_copy_same_results(void **state)
    assert_true(outputs > 300);
 }
 
+/* Path slots read in place (expr_paths.c: the type-specialised reads, a
+ * sub-document's kept walk replayed with its heads compared as words, a
+ * fixed walk read at known offsets) against the general lookup: a value of
+ * every BSON type in each slot (at the top and one level down), each
+ * twice in a row and between bench-shaped documents; keys of 2, 6, 7, 14
+ * and 15 bytes (heads of one word, exactly one, two, exactly two, past
+ * the kept heads) and keys differing from them in their last byte or one
+ * byte longer; a kept walk whose sub-document grows or shrinks (a wider
+ * type, a string of another length, an element more or less, the names
+ * absent or swapped); and corrupt sizes inside "obs" after a good walk
+ * (its length short by 1 to 6 bytes or past its parent, a value cut, a
+ * key's NUL gone). */
+static const char *const walk_pipelines[] = {
+   /* Paths inside expressions (a plain path is copied, not slotted):
+    * each value in an array, and its type (missing or not). */
+   "[{\"$addFields\": {\"v\": [\"$obs.watts\", \"$obs.temp\","
+   "   \"$device_id\", \"$group_id\", \"$obs\"],"
+   "   \"y\": [{\"$type\": \"$obs.watts\"}, {\"$type\": \"$obs.temp\"},"
+   "   {\"$type\": \"$device_id\"}, {\"$type\": \"$group_id\"}]}}]",
+   "[{\"$project\": {\"device_id\": 1, \"group_id\": 1, \"obs\": 1,"
+   "   \"o\": 1}}, {\"$addFields\": {\"v\": [\"$obs.watts\","
+   "   \"$obs.temp\", \"$device_id\", \"$group_id\"],"
+   "   \"y\": [{\"$type\": \"$obs.watts\"}, {\"$type\": \"$obs.temp\"},"
+   "   {\"$type\": \"$device_id\"}, {\"$type\": \"$group_id\"}]}}]",
+   "[{\"$addFields\": {\"o\": [\"$o.abcdef\", \"$o.abcdefg\","
+   "   \"$o.abcdefghijklmn\", \"$o.ab\", {\"$type\": \"$o.abcdefg\"},"
+   "   {\"$type\": \"$o.ab\"}, {\"$type\": \"$o.abcdef\"},"
+   "   {\"$type\": \"$o.abcdefghijklmn\"}]}}]",
+   "[{\"$addFields\": {\"o\": [\"$o.abcdefghijklmno\", \"$o.abcdefg\"]}}]",
+   "[{\"$addFields\": {\"t\": [\"$obs.temp\", {\"$type\": \"$obs.temp\"}],"
+   "   \"n\": {\"$type\": \"$obs.nope\"}}}]",
+   "[{\"$addFields\": {\"kw\": {\"$divide\": [\"$obs.watts\", 1000]},"
+   "   \"hot\": {\"$gt\": [\"$obs.temp\", 20]},"
+   "   \"label\": {\"$concat\": [\"$device_id\", \"-\", {\"$toString\":"
+   " \"$group_id\"}]}}}]",
+};
+
+/* {device_id: A, group_id: A, obs: {watts: A, temp: A}, k: 1}, A of the
+ * type numbered `i` (append_typed), or the bench's types for -1. */
+static bson_t *
+walk_doc(int i)
+{
+   bson_t *d = bson_new(), obs;
+   if (i < 0) {
+      BSON_APPEND_UTF8(d, "device_id", "device_1");
+      BSON_APPEND_INT32(d, "group_id", 3);
+   } else {
+      append_typed(d, "device_id", i);
+      append_typed(d, "group_id", i);
+   }
+   BSON_APPEND_DOCUMENT_BEGIN(d, "obs", &obs);
+   if (i < 0) {
+      BSON_APPEND_INT32(&obs, "watts", 300);
+      BSON_APPEND_INT32(&obs, "temp", 22);
+   } else {
+      append_typed(&obs, "watts", i);
+      append_typed(&obs, "temp", i);
+   }
+   bson_append_document_end(d, &obs);
+   BSON_APPEND_INT32(d, "k", 1);
+   return d;
+}
+
+/* `doc` with the type byte of the element named `key` (the first
+ * occurrence of its bytes and NUL) set to `type`. */
+static bson_t *
+retype_at(const bson_t *doc, const char *key, uint8_t type)
+{
+   uint8_t *buf = aspen_xmalloc(doc->len);
+   memcpy(buf, bson_get_data(doc), doc->len);
+   size_t klen = strlen(key) + 1;
+   for (size_t i = 1; i + klen <= doc->len; i++) {
+      if (memcmp(buf + i, key, klen) == 0) {
+         buf[i - 1] = type;
+         break;
+      }
+   }
+   bson_t *out = bson_new_from_data(buf, doc->len);
+   free(buf);
+   assert_non_null(out);
+   return out;
+}
+
+static void
+path_slots_walks_same_results(void **state)
+{
+   (void) state;
+   static const char *const json[] = {
+      /* keys across word boundaries, then each differing (each after
+       * the first, its walk kept) */
+      "{\"o\": {\"ab\": 1, \"abcdef\": 2, \"abcdefg\": 3,"
+      " \"abcdefghijklmn\": 4, \"abcdefghijklmno\": 5}}",
+      "{\"o\": {\"ab\": 1, \"abcdef\": 2, \"abcdefg\": 3,"
+      " \"abcdefghijklmn\": 4, \"abcdefghijklmno\": 5}}",
+      "{\"o\": {\"aB\": 1, \"abcdef\": 2, \"abcdefg\": 3,"
+      " \"abcdefghijklmn\": 4, \"abcdefghijklmno\": 5}}",
+      "{\"o\": {\"ab\": 1, \"abcdef\": 2, \"abcdefg\": 3,"
+      " \"abcdefghijklmn\": 4, \"abcdefghijklmno\": 5}}",
+      "{\"o\": {\"ab\": 1, \"abcdeF\": 2, \"abcdefg\": 3,"
+      " \"abcdefghijklmn\": 4, \"abcdefghijklmno\": 5}}",
+      "{\"o\": {\"ab\": 1, \"abcdef\": 2, \"abcdefg\": 3,"
+      " \"abcdefghijklmn\": 4, \"abcdefghijklmno\": 5}}",
+      "{\"o\": {\"ab\": 1, \"abcdef\": 2, \"abcdefG\": 3,"
+      " \"abcdefghijklmn\": 4, \"abcdefghijklmno\": 5}}",
+      "{\"o\": {\"ab\": 1, \"abcdef\": 2, \"abcdefg\": 3,"
+      " \"abcdefghijklmn\": 4, \"abcdefghijklmno\": 5}}",
+      "{\"o\": {\"ab\": 1, \"abcdef\": 2, \"abcdefg\": 3,"
+      " \"abcdefghijklmN\": 4, \"abcdefghijklmno\": 5}}",
+      "{\"o\": {\"ab\": 1, \"abcdef\": 2, \"abcdefg\": 3,"
+      " \"abcdefghijklmn\": 4, \"abcdefghijklmno\": 5}}",
+      "{\"o\": {\"ab\": 1, \"abcdef\": 2, \"abcdefg\": 3,"
+      " \"Abcdefghijklmn\": 4, \"abcdefghijklmno\": 5}}",
+      "{\"o\": {\"ab\": 1, \"abcdef\": 2, \"abcdefg\": 3,"
+      " \"abcdefghijklmn\": 4, \"abcdefghijklmno\": 5}}",
+      "{\"o\": {\"ab\": 1, \"abcdef\": 2, \"abcdefg\": 3,"
+      " \"abcdefghijklmn\": 4, \"abcdefghijklmnO\": 5}}",
+      "{\"o\": {\"ab\": 1, \"abcdef\": 2, \"abcdefg\": 3,"
+      " \"abcdefghijklmn\": 4, \"abcdefghijklmno\": 5}}",
+      "{\"o\": {\"ab\": 1, \"abcdefx\": 2, \"abcdefgh\": 3,"
+      " \"abcdefghijklmno\": 4, \"abcdefghijklmnop\": 5}}",
+      "{\"o\": {\"ab\": 1, \"abcdef\": 2, \"abcdefg\": 3,"
+      " \"abcdefghijklmn\": 4, \"abcdefghijklmno\": 5}}",
+      "{\"o\": {\"abcdefg\": true, \"ab\": null, \"abcdef\": 2.5}}",
+      "{\"o\": {\"abcdefg\": true, \"ab\": null, \"abcdef\": 2.5}}",
+      "{\"o\": {\"abcdefg\": false}}",
+      "{\"o\": {\"abcdefg\": 1}}",
+      /* a kept walk growing and shrinking */
+      "{\"obs\": {\"watts\": 1, \"temp\": 2}, \"k\": 1}",
+      "{\"obs\": {\"watts\": {\"$numberLong\": \"1\"}, \"temp\": 2}}",
+      "{\"obs\": {\"watts\": {\"$numberLong\": \"3\"}, \"temp\": 4}}",
+      "{\"obs\": {\"watts\": 1, \"temp\": {\"$numberLong\": \"2\"}}}",
+      "{\"obs\": {\"watts\": 1, \"temp\": 2}, \"k\": 1}",
+      "{\"obs\": {\"watts\": 1, \"s\": \"a\", \"temp\": 2}}",
+      "{\"obs\": {\"watts\": 1, \"s\": \"a\", \"temp\": 3}}",
+      "{\"obs\": {\"watts\": 1, \"s\": \"abcdef\", \"temp\": 4}}",
+      "{\"obs\": {\"watts\": 1, \"s\": \"\", \"temp\": 5}}",
+      "{\"obs\": {\"watts\": 1, \"s\": {\"x\": 1}, \"temp\": 5}}",
+      "{\"obs\": {\"watts\": 1, \"temp\": 2, \"x\": 3}}",
+      "{\"obs\": {\"watts\": 1}}",
+      "{\"obs\": {\"watts\": 2}}",
+      "{\"obs\": {\"watts\": 2, \"x\": 1}}",
+      "{\"obs\": {}}",
+      "{\"obs\": {}}",
+      "{\"obs\": {\"temp\": 2, \"watts\": 1}}",
+      "{\"obs\": {\"temp\": 2, \"watts\": 1}}",
+      "{\"obs\": {\"watts\": true, \"temp\": null}}",
+      "{\"obs\": {\"watts\": false, \"temp\": null}}",
+      "{\"obs\": {\"watts\": 1.5,"
+      " \"temp\": {\"$date\": \"2026-01-01T00:00:00Z\"}}}",
+      "{\"obs\": {\"watts\": 2.5,"
+      " \"temp\": {\"$date\": \"2026-01-02T00:00:00Z\"}}}",
+   };
+   size_t n = sizeof json / sizeof json[0];
+   bson_t **docs = docs_from_json(json, &n);
+   size_t cap = n + 4 * COPY_TYPES + 64;
+   docs = aspen_xrealloc(docs, cap * sizeof *docs);
+   for (int i = 0; i < COPY_TYPES; i++) {
+      docs[n++] = walk_doc(i);
+      docs[n++] = walk_doc(i);
+      docs[n++] = walk_doc(-1);
+      docs[n++] = walk_doc(-1);
+   }
+   /* Corrupt sizes inside "obs", each after a good document (its walk
+    * kept): obs = {watts: 300, temp: 22} is 26 bytes. */
+   bson_t *good = walk_doc(-1);
+   for (uint32_t cut = 1; cut <= 6; cut++) {
+      docs[n++] = bson_copy(good);
+      docs[n++] = corrupt_at(good, "obs", 0, 26 - cut);
+   }
+   docs[n++] = bson_copy(good);
+   docs[n++] = corrupt_at(good, "obs", 0, 26 + 6); /* past "k" */
+   docs[n++] = bson_copy(good);
+   docs[n++] = corrupt_at(good, "obs", 0, 200);
+   docs[n++] = bson_copy(good);
+   docs[n++] = poke_at(good, "temp", 0, 'x'); /* the key runs on */
+   docs[n++] = bson_copy(good);
+   docs[n++] = poke_at(good, "watts", 0, 0xff); /* a value changed */
+   docs[n++] = bson_copy(good);
+   /* Types changed to wider ones: a double reading "temp"'s head, a
+    * double and a string (length 22) running past "obs"'s end, a double
+    * past the document's (group_id, last). */
+   docs[n++] = retype_at(good, "watts", BSON_TYPE_DOUBLE);
+   docs[n++] = bson_copy(good);
+   docs[n++] = retype_at(good, "temp", BSON_TYPE_DOUBLE);
+   docs[n++] = bson_copy(good);
+   docs[n++] = retype_at(good, "temp", BSON_TYPE_UTF8);
+   docs[n++] = bson_copy(good);
+   bson_t *top = bson_new();
+   BSON_APPEND_UTF8(top, "device_id", "d");
+   BSON_APPEND_INT32(top, "group_id", 5);
+   docs[n++] = bson_copy(top);
+   docs[n++] = retype_at(top, "group_id", BSON_TYPE_DOUBLE);
+   docs[n++] = bson_copy(top);
+   bson_destroy(top);
+   /* Strings whose length runs 2 bytes past their element's end (within
+    * what follows the length, not within the value's room). */
+   bson_error_t berr;
+   bson_t *strs = bson_new_from_json(
+      (const uint8_t *) "{\"obs\": {\"watts\": 1, \"temp\": \"abc\"},"
+                        " \"device_id\": \"xyz\"}",
+      -1, &berr);
+   assert_non_null(strs);
+   docs[n++] = bson_copy(strs);
+   docs[n++] = corrupt_at(strs, "temp", 0, 6);
+   docs[n++] = bson_copy(strs);
+   docs[n++] = corrupt_at(strs, "device_id", 0, 6);
+   docs[n++] = bson_copy(strs);
+   bson_destroy(strs);
+   bson_destroy(good);
+   assert_true(n <= cap);
+   size_t outputs = runs_same_results(
+      walk_pipelines, sizeof walk_pipelines / sizeof walk_pipelines[0],
+      aspen_expr_paths_set_enabled, docs, n);
+   docs_free(docs, n);
+   assert_true(outputs > 500);
+}
+
 /* Whether a $match makes its input's field table is decided when the
  * pipeline is parsed, from the stage after it, before any document: yes
  * before a shaping stage ($project, $addFields, $set, $unset), no last, before
@@ -2095,6 +2312,7 @@ main(void)
       cmocka_unit_test(operator_counts),
       cmocka_unit_test(field_tables_same_results),
       cmocka_unit_test(path_slots_same_results),
+      cmocka_unit_test(path_slots_walks_same_results),
       cmocka_unit_test(match_table_only_when_read),
       cmocka_unit_test(layout_cache_same_results),
       cmocka_unit_test(path_copy_same_results),
