@@ -247,26 +247,9 @@ static bool
 raw_find(const uint8_t *data, uint32_t len, const char *key, size_t klen,
          aspen_value_t *out)
 {
-   uint32_t off = 4;
-   while (off + 1 < len) {
-      uint8_t type = data[off];
-      const uint8_t *k = data + off + 1;
-      size_t room = len - off - 1;
-      size_t kl = aspen_bsonw_raw_key_len(k, room);
-      if (kl == room) {
-         return false;
-      }
-      uint32_t voff = off + 1 + (uint32_t) kl + 1;
-      if (kl == klen && aspen_fields_key_eq(k, key, klen)) {
-         return aspen__raw_value(data, len, off, kl, out);
-      }
-      int64_t sz = aspen_bsonw_value_size(type, data + voff, len - voff);
-      if (sz < 0) {
-         return false;
-      }
-      off = voff + (uint32_t) sz;
-   }
-   return false;
+   uint32_t off;
+   return aspen_fields_raw_find(data, len, key, klen, &off) == 1 &&
+          aspen__raw_value(data, len, off, klen, out);
 }
 
 /* The rest of a path, `v` being the value of its first part. */

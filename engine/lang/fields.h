@@ -24,6 +24,8 @@
 #ifndef ASPEN_ENGINE_LANG_FIELDS_H
 #define ASPEN_ENGINE_LANG_FIELDS_H
 
+#include "bsonw.h"
+
 #include <bson/bson.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -145,6 +147,37 @@ aspen_fields_key_eq(const void *a, const void *b, size_t n)
       y += 2;
    }
    return !(n & 1) || *x == *y;
+}
+
+/* A raw walk of the document at data/len (its frame already checked, or
+ * trusted) for the first element named `key` (`klen` bytes; the one a scan
+ * from the top finds): 1 with its offset (its type byte) in *off, 0 if the
+ * walk reaches the document's end without it, -1 if an element before it
+ * is malformed or the elements do not end at the terminating NUL. */
+static inline __attribute__((always_inline)) int
+aspen_fields_raw_find(const uint8_t *data, uint32_t len, const char *key,
+                      size_t klen, uint32_t *off)
+{
+   uint32_t o = 4;
+   while (o + 1 < len) {
+      const uint8_t *k = data + o + 1;
+      size_t room = len - 1 - (o + 1);
+      size_t kl = aspen_bsonw_raw_key_len(k, room);
+      if (kl == room) {
+         return -1;
+      }
+      if (kl == klen && aspen_fields_key_eq(k, key, kl)) {
+         *off = o;
+         return 1;
+      }
+      uint32_t vo = o + 1 + (uint32_t) kl + 1;
+      int64_t sz = aspen_bsonw_value_size(data[o], data + vo, len - vo);
+      if (sz < 0) {
+         return -1;
+      }
+      o = vo + (uint32_t) sz;
+   }
+   return o + 1 == len ? 0 : -1;
 }
 
 /* The index in `t` of the first field named `key` (`klen` bytes), -1 if

@@ -815,26 +815,7 @@ raw_find_elem(const uint8_t *data, uint32_t len, const char *key, int klen,
    if (len < 5 || aspen_bytes_get_le32(data) != len || data[len - 1] != 0) {
       return -1; /* what bson_iter_init_from_data refuses */
    }
-   uint32_t o = 4;
-   while (o + 1 < len) {
-      const uint8_t *k = data + o + 1;
-      size_t room = len - 1 - (o + 1);
-      size_t kl = aspen_bsonw_raw_key_len(k, room);
-      if (kl == room) {
-         return -1;
-      }
-      if ((int) kl == klen && aspen_fields_key_eq(k, key, kl)) {
-         *off = o;
-         return 1;
-      }
-      uint32_t vo = o + 1 + (uint32_t) kl + 1;
-      int64_t sz = aspen_bsonw_value_size(data[o], data + vo, len - vo);
-      if (sz < 0) {
-         return -1;
-      }
-      o = vo + (uint32_t) sz;
-   }
-   return o + 1 == len ? 0 : -1;
+   return aspen_fields_raw_find(data, len, key, (size_t) klen, off);
 }
 
 /* cmp_fast's comparison of a value it does not read in place: through an

@@ -396,35 +396,6 @@ aspen_shape_path_copy_set_enabled(bool on)
    path_copy_on = on;
 }
 
-/* raw_find's walk (lang/expr.c) of the document data/len for the first
- * element named key/klen: 1 found (*off its type byte), 0 none, -1 the
- * walk met a malformed element first. */
-static int
-copy_find(const uint8_t *data, uint32_t len, const char *key, size_t klen,
-          uint32_t *off)
-{
-   uint32_t o = 4;
-   while (o + 1 < len) {
-      const uint8_t *k = data + o + 1;
-      size_t room = len - o - 1;
-      size_t kl = aspen_bsonw_raw_key_len(k, room);
-      if (kl == room) {
-         return -1;
-      }
-      if (kl == klen && aspen_fields_key_eq(k, key, klen)) {
-         *off = o;
-         return 1;
-      }
-      uint32_t voff = o + 1 + (uint32_t) kl + 1;
-      int64_t sz = aspen_bsonw_value_size(data[o], data + voff, len - voff);
-      if (sz < 0) {
-         return -1;
-      }
-      o = voff + (uint32_t) sz;
-   }
-   return 0;
-}
-
 /* True if the value of type `type` at v (sz bytes) is what the evaluation
  * of a path to it would write, byte for byte (aspen_bsonw_value of its
  * view): the types the writer encodes itself, well-formed. */
@@ -500,7 +471,7 @@ copy_path(apply_t *a, const node_t *n)
       }
       data += voff;
       len = (uint32_t) sz;
-      int r = copy_find(data, len, n->cp[p], n->cp_len[p], &off);
+      int r = aspen_fields_raw_find(data, len, n->cp[p], n->cp_len[p], &off);
       if (r < 0) {
          return false;
       }
