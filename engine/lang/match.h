@@ -37,4 +37,28 @@ bool aspen_matcher_match(const aspen_matcher_t *m, const bson_t *doc,
                          const aspen_expr_ctx_t *ctx, bool *matched,
                          aspen_error_t *err);
 
+/* A caller's per-layout state for one matcher (matcher.c): for the
+ * comparisons of a path with a constant at the filter's root, where their
+ * fields are in documents of the field tables' layout (lang/fields.h),
+ * checked per document. One thread at a time uses a plan; the matcher
+ * stays shared and immutable. */
+typedef struct aspen_matcher_plan aspen_matcher_plan_t;
+
+aspen_matcher_plan_t *aspen_matcher_plan_new(const aspen_matcher_t *m);
+void aspen_matcher_plan_destroy(aspen_matcher_plan_t *plan);
+/* aspen_matcher_match with `doc`'s field table `fields` (may be NULL; used
+ * only if it covers doc) given apart from `ctx` (may be NULL), and `plan`
+ * (may be NULL) made for `m`: the same results. */
+bool aspen_matcher_match_plan(const aspen_matcher_t *m,
+                              aspen_matcher_plan_t *plan, const bson_t *doc,
+                              const aspen_fields_t *fields,
+                              const aspen_expr_ctx_t *ctx, bool *matched,
+                              aspen_error_t *err);
+/* True if the filter has an $expr (whose evaluation reads ctx). */
+bool aspen_matcher_has_expr(const aspen_matcher_t *m);
+/* Whether plans are used (default true). Tests turn them off to compare
+ * against the path without them; any thread, before matching. */
+extern bool aspen__match_plan_on;
+void aspen_matcher_set_plan_enabled(bool on);
+
 #endif /* ASPEN_ENGINE_LANG_MATCH_H */

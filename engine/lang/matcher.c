@@ -818,6 +818,23 @@ raw_find_elem(const uint8_t *data, uint32_t len, const char *key, int klen,
    return aspen_fields_raw_find(data, len, key, (size_t) klen, off);
 }
 
+/* Returns the comparison `op` of the numbers x and y (C's operators:
+ * aspen__match_compare's for integers, and for doubles when neither is a
+ * NaN or only x is). */
+#define RETURN_OP(op, x, y)                                                    \
+   switch (op) {                                                               \
+   case ASPEN__MATCH_EQ:                                                       \
+      return (x) == (y);                                                       \
+   case ASPEN__MATCH_LT:                                                       \
+      return (x) < (y);                                                        \
+   case ASPEN__MATCH_LTE:                                                      \
+      return (x) <= (y);                                                       \
+   case ASPEN__MATCH_GT:                                                       \
+      return (x) > (y);                                                        \
+   case ASPEN__MATCH_GTE:                                                      \
+      return (x) >= (y);                                                       \
+   }
+
 /* cmp_fast's comparison of a value it does not read in place: through an
  * iterator on its element (out of line: cmp_fast's frame stays small). */
 static __attribute__((noinline)) int
@@ -884,18 +901,7 @@ cmp_fast(const mnode_t *n, const uint8_t *data, uint32_t len,
                int64_t y = rhs->value_type == BSON_TYPE_INT32
                               ? rhs->value.v_int32
                               : rhs->value.v_int64;
-               switch (op) {
-               case ASPEN__MATCH_EQ:
-                  return x == y;
-               case ASPEN__MATCH_LT:
-                  return x < y;
-               case ASPEN__MATCH_LTE:
-                  return x <= y;
-               case ASPEN__MATCH_GT:
-                  return x > y;
-               case ASPEN__MATCH_GTE:
-                  return x >= y;
-               }
+               RETURN_OP(op, x, y);
             }
             return aspen__match_compare(op, &v, rhs);
          }
@@ -1011,6 +1017,461 @@ eval_doc(const mnode_t *n, const uint8_t *data, uint32_t len,
                 : 0;
    }
    return 0;
+}
+
+/* aspen_matcher_match with the document's field table `fields` (may be
+ * NULL) given apart from its context. */
+static bool
+match_with(const aspen_matcher_t *m, const bson_t *doc,
+           const aspen_expr_ctx_t *ctx, const aspen_fields_t *fields,
+           bool *matched, aspen_error_t *err)
+{
+   *matched = false;
+   aspen_expr_ctx_t local = {
+      .root = doc, .meta = NULL, .now_ms = 0, .fields = fields};
+   if (m->has_expr) {
+      if (ctx) {
+         local = *ctx;
+         local.root = doc;
+         local.fields = fields;
+      } else {
+         local.now_ms = aspen_clock_now_ms();
+      }
+   }
+   eval_t ev = {.ctx = &local,
+                .err = err,
+                .tab = aspen_fields_covers(fields, doc) ? fields : NULL};
+   int r = eval_doc(m->root, bson_get_data(doc), doc->len, &ev);
+   if (r < 0) {
+      return false;
+   }
+   *matched = r == 1;
+   return true;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Per-layout plans                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* A plan (match.h) keeps, for the comparisons of a path of one or two
+ * components with a constant at the root of a filter (the filter itself or
+ * its top-level conjunction), what the last field table's layout says about
+ * them: the first component's index in tables of that layout (no key
+ * compare, no memo), and, for a path into a sub-document, where its second
+ * component was in the last sub-document met, checked per document by the
+ * heads (type byte, key, NUL) of the elements up to it at their offsets: all
+ * of fixed size before it, so those offsets follow from the heads alone,
+ * and none named as it is, so it is the first of its name. Integers and
+ * doubles are compared with an integer or a (non-NaN) double constant in
+ * place. Anything else - another type, an array, a sub-document whose heads
+ * differ, bytes out of bounds - goes to cmp_fast (then the walk), which
+ * decides as before; a sub-document whose heads differed is learned again
+ * from the document at hand (after one that could not be learned from, a
+ * few misses later). */
+
+bool aspen__match_plan_on = true;
+
+bool
+aspen_matcher_has_expr(const aspen_matcher_t *m)
+{
+   return m->has_expr;
+}
+
+void
+aspen_matcher_set_plan_enabled(bool on)
+{
+   aspen__match_plan_on = on;
+}
+
+/* The most comparisons a plan holds (a longer conjunction gets none), the
+ * most elements up to a sub-document's element it checks, and how many
+ * misses pass before it learns again after a sub-document it could not
+ * learn from. */
+#define PLAN_LEAVES 16
+#define PLAN_HEADS 5
+#define PLAN_RELEARN 8
+
+/* The constant's kind for in-place comparisons. */
+enum { RHS_OTHER, RHS_INT, RHS_DOUBLE };
+
+/* An element's head: its type byte, key and the key's NUL (hl bytes, at
+ * most 16) at `off` from its sub-document's start, as one masked word or
+ * the head's first and last eight bytes. */
+typedef struct {
+   uint64_t w[2];
+   uint64_t mask;
+   uint32_t off;
+   uint32_t hl;
+} phead_t;
+
+typedef struct {
+   const mnode_t *n; /* the comparison; NULL: a kid eval_doc evaluates */
+   int32_t k;        /* the first component's index for the layout, -1 none */
+   uint8_t depth;    /* the path's components: 1 or 2 */
+   uint8_t rkind;    /* RHS_* */
+   uint8_t op;       /* aspen__match_op_t */
+   int8_t miss;      /* the comparison's result for a missing value */
+   /* A two-component path's second element, where the last sub-document
+    * had it: `nh` heads checked (the element's last), the sub-document's
+    * bytes needed for them and the value (UINT32_MAX: not known), the
+    * value's offset and type; `wait`: the misses to let pass before
+    * learning again after a sub-document that could not be learned. */
+   uint8_t nh;
+   uint8_t vtype;
+   uint8_t wait;
+   uint32_t sneed;
+   uint32_t vo;
+   /* RHS_INT: an integer x matches when x - lo <= span (unsigned); the
+    * range of integers the comparison accepts. */
+   uint64_t lo;
+   uint64_t span;
+   double rd; /* RHS_DOUBLE */
+   phead_t h[PLAN_HEADS];
+} pleaf_t;
+
+struct aspen_matcher_plan {
+   uint64_t layout; /* the layout the indexes are for (0: none yet) */
+   size_t n;        /* kids of the root (1: the root is the leaf) */
+   const mnode_t *const *kids;
+   bool usable; /* false: the general path always */
+   pleaf_t leaf[PLAN_LEAVES];
+};
+
+/* The root's kids (a conjunction's, or the root itself) and how many. */
+static const mnode_t *const *
+root_kids(const aspen_matcher_t *m, size_t *n)
+{
+   if (m->root->kind == N_AND) {
+      *n = m->root->u.kids.n;
+      return (const mnode_t *const *) m->root->u.kids.v;
+   }
+   *n = 1;
+   return (const mnode_t *const *) &m->root;
+}
+
+/* The integers `op` against the integer y accepts, as pleaf_t's lo/span;
+ * false if none (x < INT64_MIN, x > INT64_MAX). */
+static bool
+int_range(aspen__match_op_t op, int64_t y, uint64_t *lo, uint64_t *span)
+{
+   const uint64_t min = (uint64_t) INT64_MIN, max = (uint64_t) INT64_MAX;
+   uint64_t uy = (uint64_t) y;
+   switch (op) {
+   case ASPEN__MATCH_EQ:
+      *lo = uy;
+      *span = 0;
+      return true;
+   case ASPEN__MATCH_LT:
+      *lo = min;
+      *span = uy - min - 1;
+      return y != INT64_MIN;
+   case ASPEN__MATCH_LTE:
+      *lo = min;
+      *span = uy - min;
+      return true;
+   case ASPEN__MATCH_GT:
+      *lo = uy + 1;
+      *span = max - uy - 1;
+      return y != INT64_MAX;
+   case ASPEN__MATCH_GTE:
+      *lo = uy;
+      *span = max - uy;
+      return true;
+   }
+   return false;
+}
+
+/*
+ * A new plan for `m` (its layout learned from the tables it is used with).
+ * A plan is the caller's state, not the matcher's: one thread at a time
+ * uses it. Always returns a plan; one for a filter it cannot help
+ * (a $expr anywhere, a long conjunction) takes the general path.
+ */
+aspen_matcher_plan_t *
+aspen_matcher_plan_new(const aspen_matcher_t *m)
+{
+   aspen_matcher_plan_t *plan = aspen_xcalloc(1, sizeof *plan);
+   size_t n;
+   const mnode_t *const *kids = root_kids(m, &n);
+   plan->usable = !m->has_expr && n <= PLAN_LEAVES;
+   plan->n = plan->usable ? n : 0;
+   plan->kids = kids;
+   for (size_t i = 0; i < plan->n; i++) {
+      const mnode_t *k = kids[i];
+      pleaf_t *L = &plan->leaf[i];
+      if (k->kind != N_CMP || !k->path || k->path->n > 2) {
+         continue;
+      }
+      const bson_value_t *rhs = &k->u.cmp.rhs;
+      L->n = k;
+      L->depth = (uint8_t) k->path->n;
+      L->op = (uint8_t) k->u.cmp.op;
+      L->miss = (int8_t) aspen__match_compare(k->u.cmp.op, &missing_value, rhs);
+      if (rhs->value_type == BSON_TYPE_INT32 ||
+          rhs->value_type == BSON_TYPE_INT64) {
+         int64_t y = rhs->value_type == BSON_TYPE_INT32 ? rhs->value.v_int32
+                                                         : rhs->value.v_int64;
+         L->rkind = int_range(k->u.cmp.op, y, &L->lo, &L->span) ? RHS_INT
+                                                                 : RHS_OTHER;
+      } else if (rhs->value_type == BSON_TYPE_DOUBLE &&
+                 !isnan(rhs->value.v_double)) {
+         L->rkind = RHS_DOUBLE;
+         L->rd = rhs->value.v_double;
+      }
+   }
+   return plan;
+}
+
+/* Frees the plan; NULL is a no-op. */
+void
+aspen_matcher_plan_destroy(aspen_matcher_plan_t *plan)
+{
+   free(plan);
+}
+
+/* The root comparisons' first components in tables of `t`'s layout. */
+static __attribute__((noinline)) void
+plan_build(aspen_matcher_plan_t *plan, const aspen_fields_t *t)
+{
+   plan->layout = t->layout;
+   for (size_t i = 0; i < plan->n; i++) {
+      pleaf_t *L = &plan->leaf[i];
+      if (L->n) {
+         const mpath_t *p = L->n->path;
+         L->k = aspen_fields_find(t, p->comp[0], (size_t) p->len[0]);
+         L->sneed = UINT32_MAX;
+         L->wait = 0;
+      }
+   }
+}
+
+/* The leaf's comparison of the value of `type` at `v` (its bytes there):
+ * integers with an integer constant and doubles with a double one in
+ * place (C's operators on doubles are aspen__match_compare's for a non-NaN
+ * constant: a NaN value matches none), other fixed-size numbers through
+ * aspen__match_compare, -2 for anything else. */
+static inline int
+plan_value(const pleaf_t *L, uint8_t type, const uint8_t *v)
+{
+   if (L->rkind == RHS_INT) {
+      uint64_t x;
+      if (type == BSON_TYPE_INT32) {
+         x = (uint64_t) (int64_t) (int32_t) aspen_bytes_get_le32(v);
+         return x - L->lo <= L->span;
+      }
+      if (type == BSON_TYPE_INT64) {
+         x = aspen_bytes_get_le64(v);
+         return x - L->lo <= L->span;
+      }
+   } else if (L->rkind == RHS_DOUBLE && type == BSON_TYPE_DOUBLE) {
+      uint64_t u = aspen_bytes_get_le64(v);
+      double x, y = L->rd;
+      memcpy(&x, &u, sizeof x);
+      RETURN_OP((aspen__match_op_t) L->op, x, y);
+   }
+   bson_value_t val;
+   if (fixed_number((bson_type_t) type, v, &val)) {
+      return aspen__match_compare((aspen__match_op_t) L->op, &val,
+                                  &L->n->u.cmp.rhs);
+   }
+   return -2;
+}
+
+/* True if the element at `p` starts with the head `h`. */
+static inline bool
+phead_at(const phead_t *h, const uint8_t *p)
+{
+   if (h->hl <= 8) {
+      return ((aspen_bytes_get_le64(p) ^ h->w[0]) & h->mask) == 0;
+   }
+   return aspen_bytes_get_le64(p) == h->w[0] &&
+          aspen_bytes_get_le64(p + h->hl - 8) == h->w[1];
+}
+
+/* Learns where the leaf's second component is in the sub-document d/sl
+ * (its length word sl, checked to lie inside its document, its last byte
+ * a NUL): the heads of the elements up to the first of that name, each
+ * before it of a fixed size (fields.h's raw walk's checks: keys and values
+ * inside the sub-document), it an int32, int64, double or date; false,
+ * and no learning for the next PLAN_RELEARN misses, when that is not so. */
+static __attribute__((noinline)) bool
+plan_learn(pleaf_t *L, const uint8_t *d, uint32_t sl)
+{
+   const mpath_t *p = L->n->path;
+   L->sneed = UINT32_MAX;
+   L->wait = PLAN_RELEARN;
+   uint32_t o = 4, need = 0;
+   for (uint8_t nh = 0; nh < PLAN_HEADS && o + 1 < sl; nh++) {
+      const uint8_t *k = d + o + 1;
+      size_t room = sl - 1 - (o + 1);
+      size_t kl = aspen_bsonw_raw_key_len(k, room);
+      uint32_t hl = (uint32_t) kl + 2;
+      if (kl == room || hl > 16) {
+         return false;
+      }
+      bool it = kl == (size_t) p->len[1] &&
+                aspen_fields_key_eq(k, p->comp[1], kl);
+      uint8_t type = d[o];
+      int32_t vsize;
+      switch ((bson_type_t) type) {
+      case BSON_TYPE_INT32:
+         vsize = 4;
+         break;
+      case BSON_TYPE_INT64:
+      case BSON_TYPE_DOUBLE:
+      case BSON_TYPE_DATE_TIME:
+         vsize = 8;
+         break;
+      case BSON_TYPE_TIMESTAMP:
+         vsize = it ? -1 : 8; /* not a number fixed_number reads */
+         break;
+      case BSON_TYPE_OID:
+         vsize = it ? -1 : 12;
+         break;
+      case BSON_TYPE_DECIMAL128:
+         vsize = it ? -1 : 16;
+         break;
+      case BSON_TYPE_NULL:
+         vsize = it ? -1 : 0;
+         break;
+      default:
+         vsize = -1;
+         break;
+      }
+      if (vsize < 0) {
+         return false;
+      }
+      phead_t *h = &L->h[nh];
+      uint8_t w[16] = {0};
+      memcpy(w, d + o, hl);
+      h->off = o;
+      h->hl = hl;
+      h->w[0] = aspen_bytes_get_le64(w);
+      h->w[1] = hl > 8 ? aspen_bytes_get_le64(w + hl - 8) : 0;
+      h->mask = hl >= 8 ? ~0ull : (1ull << (8 * hl)) - 1;
+      /* The words read (eight bytes from its start, or its head), then
+       * its value and at least one byte after it. */
+      uint32_t end = o + hl + (uint32_t) vsize;
+      uint32_t read = o + (hl > 8 ? hl : 8);
+      need = read > need ? read : need;
+      need = end + 1 > need ? end + 1 : need;
+      if (it) {
+         if (need > sl) {
+            return false;
+         }
+         L->nh = (uint8_t) (nh + 1);
+         L->vo = o + hl;
+         L->vtype = type;
+         L->sneed = need;
+         L->wait = 0;
+         return true;
+      }
+      o = end;
+   }
+   return false;
+}
+
+/* True if the sub-document at `d` (at least L->sneed bytes) has the
+ * leaf's heads at their offsets. */
+static inline bool
+plan_heads_at(const pleaf_t *L, const uint8_t *d)
+{
+   for (uint8_t i = 0; i < L->nh; i++) {
+      if (!phead_at(&L->h[i], d + L->h[i].off)) {
+         return false;
+      }
+   }
+   return true;
+}
+
+/* The leaf's comparison against the document data/len that the table `t`
+ * (of the plan's layout) describes: 1 or 0, -2 for cmp_fast to decide. The
+ * bounds are cmp_fast's (the value, then at least a byte, inside its
+ * document; a sub-document's length word and its length inside the
+ * document, its last byte a NUL). A sub-document whose heads differ from
+ * the last one's is learned again. */
+static inline int
+plan_leaf(pleaf_t *L, const aspen_fields_t *t, const uint8_t *data,
+          uint32_t len)
+{
+   if (L->k < 0) {
+      return L->miss;
+   }
+   uint32_t off = t->f[L->k].off;
+   uint8_t type = data[off];
+   uint32_t vo = off + t->f[L->k].klen + 2;
+   if (L->depth == 1) {
+      if (vo + (type == BSON_TYPE_INT32 ? 4 : 8) >= len) {
+         return -2;
+      }
+      return plan_value(L, type, data + vo); /* an array: -2 */
+   }
+   if (type != BSON_TYPE_DOCUMENT) {
+      return type == BSON_TYPE_ARRAY ? -2 : L->miss; /* a scalar: missing */
+   }
+   if (vo + 4 >= len) {
+      return -2;
+   }
+   uint32_t sl = aspen_bytes_get_le32(data + vo);
+   const uint8_t *d = data + vo;
+   if (sl < 5 || sl >= len - vo || d[sl - 1] != 0) {
+      return -2;
+   }
+   if (sl >= L->sneed && plan_heads_at(L, d)) {
+      return plan_value(L, L->vtype, d + L->vo);
+   }
+   if (L->wait > 0) {
+      L->wait--;
+   } else if (plan_learn(L, d, sl)) {
+      return plan_value(L, L->vtype, d + L->vo);
+   }
+   return -2;
+}
+
+/*
+ * aspen_matcher_match for a document whose field table is `fields`, with
+ * `plan` (aspen_matcher_plan_new for this matcher; may be NULL)
+ * remembering what tables of one layout say about the filter's
+ * comparisons (see above). `fields` is NULL or describes `doc` exactly (the
+ * caller checked aspen_fields_covers: the plan reads the document through
+ * it); `ctx` gives $expr its context and may be NULL (aspen_matcher_match's
+ * default), its fields not read. The same results as aspen_matcher_match
+ * with ctx->fields = fields. The thread using the plan, one at a time.
+ */
+bool
+aspen_matcher_match_plan(const aspen_matcher_t *m, aspen_matcher_plan_t *plan,
+                         const bson_t *doc, const aspen_fields_t *fields,
+                         const aspen_expr_ctx_t *ctx, bool *matched,
+                         aspen_error_t *err)
+{
+   if (!plan || !plan->usable || !aspen__match_plan_on || !fields ||
+       fields->layout == 0 || fields->len != doc->len) {
+      return match_with(m, doc, ctx, fields, matched, err);
+   }
+   if (fields->layout != plan->layout) {
+      plan_build(plan, fields);
+   }
+   const uint8_t *data = fields->data;
+   uint32_t len = fields->len;
+   int r = 1;
+   for (size_t i = 0; i < plan->n && r == 1; i++) {
+      pleaf_t *L = &plan->leaf[i];
+      if (L->n) {
+         r = plan_leaf(L, fields, data, len);
+         if (r < 0) {
+            r = cmp_fast(L->n, data, len, fields);
+            if (r < 0) {
+               eval_t ev = {.ctx = NULL, .err = err, .tab = fields};
+               r = cmp_walk(L->n, data, len, &ev);
+            }
+         }
+      } else {
+         eval_t ev = {.ctx = NULL, .err = err, .tab = fields}; /* no $expr */
+         r = eval_doc(plan->kids[i], data, len, &ev);
+      }
+   }
+   *matched = r == 1;
+   return r >= 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -2092,27 +2553,5 @@ aspen_matcher_match(const aspen_matcher_t *m, const bson_t *doc,
                     const aspen_expr_ctx_t *ctx, bool *matched,
                     aspen_error_t *err)
 {
-   *matched = false;
-   aspen_expr_ctx_t local = {.root = doc,
-                             .meta = NULL,
-                             .now_ms = 0,
-                             .fields = ctx ? ctx->fields : NULL};
-   if (m->has_expr) {
-      if (ctx) {
-         local = *ctx;
-         local.root = doc;
-      } else {
-         local.now_ms = aspen_clock_now_ms();
-      }
-   }
-   eval_t ev = {.ctx = &local,
-                .err = err,
-                .tab = aspen_fields_covers(local.fields, doc) ? local.fields
-                                                             : NULL};
-   int r = eval_doc(m->root, bson_get_data(doc), doc->len, &ev);
-   if (r < 0) {
-      return false;
-   }
-   *matched = r == 1;
-   return true;
+   return match_with(m, doc, ctx, ctx ? ctx->fields : NULL, matched, err);
 }

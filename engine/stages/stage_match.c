@@ -11,12 +11,14 @@
 typedef struct {
    bson_t filter; /* owned: the matcher keeps views into it */
    aspen_matcher_t *m;
+   aspen_matcher_plan_t *plan; /* the matcher's per-layout plan (match_push) */
    aspen_fields_t tab; /* the input's field table (match_push) */
    aspen_fields_layout_t lay; /* the last input's keys (tab.layout) */
    /* Whether the stage after it reads a table (a shaping stage): decided
     * when the stage is parsed, from the name of the one after it. Without
     * one the matcher reads its paths by raw scans, and no table is made. */
    bool next_reads;
+   bool has_expr; /* the filter has $expr: its context is made */
 } match_t;
 
 static void
@@ -24,6 +26,7 @@ match_destroy(aspen_stage_t *st)
 {
    match_t *m = st->state;
    if (m) {
+      aspen_matcher_plan_destroy(m->plan);
       aspen_matcher_destroy(m->m);
       bson_destroy(&m->filter);
       bson_free(m);
@@ -69,6 +72,8 @@ match_parse(aspen_stage_t *st, const bson_iter_t *arg, aspen_parse_ctx_t *pc,
       match_destroy(st);
       return false;
    }
+   m->plan = aspen_matcher_plan_new(m->m);
+   m->has_expr = aspen_matcher_has_expr(m->m);
    return true;
 }
 
@@ -76,18 +81,29 @@ static bool
 match_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
 {
    match_t *m = st->state;
-   aspen_expr_ctx_t ctx;
    bool matched = false;
-   aspen_stage_expr_ctx(st, in, &ctx);
    /* The input's field table, found once when the stage after reads it
-    * too: the matcher's paths and that stage read fields through it. */
+    * too: the matcher's paths and that stage read fields through it. The
+    * matcher is given a table only if it describes the document. */
    aspen_sdoc_t next = *in;
-   if (m->next_reads && !aspen_fields_covers(in->fields, in->doc)) {
-      next.fields =
-         aspen_fields_scan_layout(&m->tab, in->doc, &m->lay) ? &m->tab : NULL;
+   const aspen_fields_t *tab = in->fields;
+   if (!aspen_fields_covers(tab, in->doc)) {
+      tab = NULL;
+      if (m->next_reads) {
+         next.fields = tab = aspen_fields_scan_layout(&m->tab, in->doc, &m->lay)
+                                ? &m->tab
+                                : NULL;
+      }
    }
-   ctx.fields = next.fields;
-   if (!aspen_matcher_match(m->m, in->doc, &ctx, &matched, err)) {
+   /* An expression context only for a filter with $expr. */
+   aspen_expr_ctx_t ctx, *cp = NULL;
+   if (m->has_expr) {
+      aspen_stage_expr_ctx(st, in, &ctx);
+      ctx.fields = tab;
+      cp = &ctx;
+   }
+   if (!aspen_matcher_match_plan(m->m, m->plan, in->doc, tab, cp, &matched,
+                                 err)) {
       return false;
    }
    if (matched) {

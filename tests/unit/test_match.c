@@ -568,6 +568,259 @@ test_layout_memo_same_results(void **state)
    assert_true(matched > 20 && unmatched > 20 && same_ids > 100);
 }
 
+/* One answer of `m` on `doc` with the field table `tab` (NULL: none) and
+ * the plan `plan`, checked against the walk alone (field tables and plans
+ * off) and against cmp_fast with the same table (plans off): fails naming
+ * `what` if they differ. */
+static bool
+plan_same_as_general(const aspen_matcher_t *m, aspen_matcher_plan_t *plan,
+                     const bson_t *doc, const aspen_fields_t *tab,
+                     const char *filter, const char *what)
+{
+   aspen_error_t err = {0};
+   bool want = false, fast = false, got = false;
+   aspen_fields_set_enabled(false);
+   aspen_matcher_set_plan_enabled(false);
+   assert_true(aspen_matcher_match(m, doc, NULL, &want, &err));
+   aspen_fields_set_enabled(true);
+   aspen_expr_ctx_t ctx = {.root = doc, .fields = tab};
+   assert_true(aspen_matcher_match(m, doc, &ctx, &fast, &err));
+   assert_true(aspen_matcher_match_plan(m, NULL, doc, tab, NULL, &fast, &err));
+   aspen_matcher_set_plan_enabled(true);
+   assert_true(aspen_matcher_match_plan(m, plan, doc, tab, NULL, &got, &err));
+   /* Without a table cmp_fast's raw scan takes a string whose last byte
+    * is not a NUL (aspen_fields_raw_find) where the walk stops: compared
+    * with the walk only when the scan accepted the document. */
+   if (got != fast || (tab && fast != want)) {
+      fail_msg("%s on %s: %d with the walk alone, %d without the plan, %d "
+               "with it", filter, what, want, fast, got);
+   }
+   return want;
+}
+
+/* Filters the plan reads (comparisons of paths of one or two components
+ * with numbers, in place or through aspen__match_compare) and some it
+ * leaves to the general path, for the plan tests below. */
+static const char *const plan_filters[] = {
+   "{\"o.w\": {\"$gte\": 50}, \"e\": 0}",
+   "{\"o.w\": {\"$lt\": 50}}",
+   "{\"o.w\": {\"$lte\": 50.5}}",
+   "{\"o.w\": {\"$gt\": {\"$numberLong\": \"50\"}}}",
+   "{\"o.w\": 50}",
+   "{\"o.w\": null}",
+   "{\"o.w\": {\"$eq\": {\"$numberDouble\": \"NaN\"}}}",
+   "{\"o.w\": {\"$gte\": {\"$numberDecimal\": \"50\"}}}",
+   "{\"o.t\": {\"$gt\": 10}, \"o.w\": {\"$lte\": 100}}",
+   "{\"e\": {\"$lt\": {\"$numberLong\": \"-9223372036854775808\"}}}",
+   "{\"e\": {\"$lte\": {\"$numberLong\": \"-9223372036854775808\"}}}",
+   "{\"e\": {\"$gt\": {\"$numberLong\": \"9223372036854775807\"}}}",
+   "{\"e\": {\"$gte\": {\"$numberLong\": \"9223372036854775807\"}}}",
+   "{\"e\": {\"$gte\": -1.5}}",
+   "{\"e\": {\"$lt\": 1}, \"o.w\": {\"$ne\": 3}}",
+   "{\"e\": \"x\"}",
+   "{\"o.w\": {\"$gt\": \"a\"}}",
+   "{\"o.a_longer_key1\": {\"$gte\": 1}}",
+   "{\"o.0\": 5}",
+   "{\"o.w.v\": 1}",
+   "{\"$or\": [{\"o.w\": 50}, {\"e\": 1}]}",
+   "{\"e\": {\"$in\": [0, 1]}, \"o.w\": {\"$gte\": 0}}",
+   "{\"o\": {\"w\": 50}}",
+   "{\"$expr\": {\"$gt\": [\"$o.w\", 10]}, \"e\": 0}",
+};
+
+/* A matcher's per-layout plan (aspen_matcher_match_plan: each root
+ * comparison's first field by its index for the table's layout, a
+ * sub-document's field by the heads before it, numbers compared in place)
+ * gives the walk's answers and cmp_fast's, as a $match keeps one, over
+ * documents whose top-level layout alternates or repeats, whose
+ * predicate field changes type (int32, int64, double, NaN, decimal,
+ * string, null, a document), with arrays at each level of the path,
+ * missing fields, scalars in the middle, duplicate keys and sub-documents
+ * that grow, shrink and reorder (the field first, later, after fields of
+ * other sizes and types, with long keys). */
+static void
+test_plan_same_results(void **state)
+{
+   (void) state;
+   static const char *const docs[] = {
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"w\": 60, \"t\": 20}}",
+      "{\"d\": \"device_10\", \"e\": 0, \"o\": {\"w\": 40, \"t\": 5}}",
+      "{\"d\": \"dev1\", \"e\": 1, \"o\": {\"w\": 50, \"t\": 20}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"w\": 50.5, \"t\": 20}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"w\": {\"$numberLong\": \"51\"}}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"w\": {\"$numberDouble\": "
+      "\"NaN\"}}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"w\": {\"$numberDecimal\": "
+      "\"50\"}}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"w\": \"b\", \"t\": 1}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"w\": null}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"w\": {\"v\": 1}}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"w\": [1, 60]}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": [{\"w\": 60}, {\"w\": 1}]}",
+      "{\"d\": \"dev1\", \"e\": [0, 1], \"o\": {\"w\": 60}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"w\": 10, \"w\": 70}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"t\": 20, \"w\": 60}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"t\": 20.5, \"n\": null, \"w\": "
+      "70}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"s\": \"x\", \"w\": 70}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"a_longer_key1\": 3, \"w\": 70}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"a_longer_key1\": 0}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"x\": {\"$numberDecimal\": "
+      "\"1\"}, \"y\": {\"$oid\": \"0123456789abcdef01234567\"}, \"w\": 55}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"a\": 1, \"b\": 2, \"c\": 3, "
+      "\"d\": 4, \"e\": 5, \"w\": 55}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {}}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": 7}",
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"0\": 5, \"w\": 60}}",
+      "{\"d\": \"dev1\", \"e\": {\"$numberLong\": \"-9223372036854775808\"}, "
+      "\"o\": {\"w\": 60}}",
+      "{\"d\": \"dev1\", \"e\": {\"$numberLong\": \"9223372036854775807\"}, "
+      "\"o\": {\"w\": 60}}",
+      "{\"d\": \"dev1\", \"e\": -1.5, \"o\": {\"w\": 60}}",
+      "{\"d\": \"dev1\", \"e\": \"x\", \"o\": {\"w\": 60}}",
+      "{\"d\": \"dev1\", \"e\": null, \"o\": {\"w\": 60}}",
+      "{\"d\": \"dev1\", \"o\": {\"w\": 60}}",
+      "{\"o\": {\"w\": 60}, \"e\": 0, \"d\": \"dev1\"}",
+      "{\"e\": 0, \"e\": 1, \"o\": {\"w\": 60}}",
+      "{\"e\": 0}",
+      "{}",
+   };
+   size_t n_d = sizeof docs / sizeof docs[0];
+   bson_t *parsed[sizeof docs / sizeof docs[0]];
+   for (size_t d = 0; d < n_d; d++) {
+      bson_error_t berr;
+      parsed[d] = bson_new_from_json((const uint8_t *) docs[d], -1, &berr);
+      assert_non_null(parsed[d]);
+   }
+   /* Orders: each document twice, then alternating with the first (the
+    * layout and the sub-document's heads change back and forth), then
+    * backwards. */
+   size_t order[8 * sizeof docs / sizeof docs[0]], n_o = 0;
+   for (size_t d = 0; d < n_d; d++) {
+      order[n_o++] = d;
+      order[n_o++] = d;
+   }
+   for (size_t d = 0; d < n_d; d++) {
+      order[n_o++] = d;
+      order[n_o++] = 0;
+   }
+   for (size_t d = n_d; d-- > 0;) {
+      order[n_o++] = d;
+   }
+   /* Each pair of neighbours backwards after a document of another layout
+    * (the plan made afresh): what the first taught it, then the second (a
+    * sub-document with its field after another, then one with the same
+    * heads but the first's key: a duplicate of the field). */
+   for (size_t d = 0; d + 1 < n_d; d++) {
+      order[n_o++] = n_d - 1;
+      order[n_o++] = d + 1;
+      order[n_o++] = d;
+   }
+   size_t matched = 0, unmatched = 0;
+   for (size_t f = 0; f < sizeof plan_filters / sizeof plan_filters[0]; f++) {
+      bson_t *keep;
+      aspen_matcher_t *m = compile_json(plan_filters[f], &keep);
+      aspen_matcher_plan_t *plan = aspen_matcher_plan_new(m);
+      aspen_fields_layout_t lay;
+      memset(&lay, 0, sizeof lay);
+      for (size_t i = 0; i < n_o; i++) {
+         const bson_t *doc = parsed[order[i]];
+         aspen_fields_t tab;
+         assert_true(aspen_fields_scan_layout(&tab, doc, &lay));
+         bool want = plan_same_as_general(m, plan, doc, &tab, plan_filters[f],
+                                          docs[order[i]]);
+         /* A table without a layout id, and none: the general path. */
+         aspen_fields_t plain;
+         assert_true(aspen_fields_scan(&plain, doc));
+         assert_int_equal(plan_same_as_general(m, plan, doc, &plain,
+                                               plan_filters[f],
+                                               docs[order[i]]),
+                          want);
+         assert_int_equal(plan_same_as_general(m, plan, doc, NULL,
+                                               plan_filters[f],
+                                               docs[order[i]]),
+                          want);
+         matched += want;
+         unmatched += !want;
+      }
+      aspen_matcher_plan_destroy(plan);
+      aspen_matcher_destroy(m);
+      bson_destroy(keep);
+   }
+   for (size_t d = 0; d < n_d; d++) {
+      bson_destroy(parsed[d]);
+   }
+   aspen_matcher_plan_destroy(NULL);
+   assert_true(matched > 300 && unmatched > 300);
+}
+
+/* Every one-byte corruption of a document (five values at each byte),
+ * matched with a plan that learned the original's layout and
+ * sub-document (the original before each copy, so the plan's heads are
+ * the original's when the copy comes): the walk's answers and cmp_fast's,
+ * whether the copy's table has the original's layout id, another one, or
+ * none (a copy the scan refuses). */
+static void
+test_plan_corruptions(void **state)
+{
+   (void) state;
+   static const char *const docs[] = {
+      "{\"d\": \"dev1\", \"e\": 0, \"o\": {\"w\": 60, \"t\": 20}, \"z\": 1}",
+      "{\"e\": 0, \"o\": {\"t\": 2.5, \"a_longer_key1\": 1, \"w\": {"
+      "\"$numberLong\": \"70\"}}}",
+      "{\"o\": {\"n\": null, \"w\": 50.5}, \"e\": {\"$numberLong\": \"0\"}}",
+   };
+   static const uint8_t vals[] = {0x00, 0x01, 0x04, 0x10, 0xff};
+   size_t refused = 0, seen = 0, matched = 0, unmatched = 0;
+   for (size_t f = 0; f < sizeof plan_filters / sizeof plan_filters[0]; f++) {
+      bson_t *keep;
+      aspen_matcher_t *m = compile_json(plan_filters[f], &keep);
+      aspen_matcher_plan_t *plan = aspen_matcher_plan_new(m);
+      aspen_fields_layout_t lay;
+      memset(&lay, 0, sizeof lay);
+      for (size_t d = 0; d < sizeof docs / sizeof docs[0]; d++) {
+         bson_error_t berr;
+         bson_t *doc = bson_new_from_json((const uint8_t *) docs[d], -1, &berr);
+         assert_non_null(doc);
+         const uint8_t *orig = bson_get_data(doc);
+         uint32_t len = doc->len;
+         uint8_t *copy = malloc(len);
+         for (uint32_t pos = 0; pos < len; pos++) {
+            for (size_t v = 0; v < sizeof vals; v++) {
+               aspen_fields_t tab;
+               assert_true(aspen_fields_scan_layout(&tab, doc, &lay));
+               plan_same_as_general(m, plan, doc, &tab, plan_filters[f],
+                                    docs[d]);
+               memcpy(copy, orig, len);
+               copy[pos] = vals[v];
+               bson_t view;
+               if (!bson_init_static(&view, copy, len)) {
+                  continue;
+               }
+               char what[160];
+               snprintf(what, sizeof what, "%s with byte %u = 0x%02x",
+                        docs[d], pos, vals[v]);
+               bool ok = aspen_fields_scan_layout(&tab, &view, &lay);
+               refused += !ok;
+               seen++;
+               bool want = plan_same_as_general(m, plan, &view,
+                                                ok ? &tab : NULL,
+                                                plan_filters[f], what);
+               matched += want;
+               unmatched += !want;
+            }
+         }
+         free(copy);
+         bson_destroy(doc);
+      }
+      aspen_matcher_plan_destroy(plan);
+      aspen_matcher_destroy(m);
+      bson_destroy(keep);
+   }
+   assert_true(refused > 100 && seen - refused > 1000);
+   assert_true(matched > 500 && unmatched > 500);
+}
+
 /* The table libbson's iterator gives (bson_iter_next): each element's
  * offset and key length, and whether it reached the last byte. */
 static bool
@@ -1305,6 +1558,8 @@ main(void)
       cmocka_unit_test(test_number_fast_paths),
       cmocka_unit_test(test_cmp_fast_same_results),
       cmocka_unit_test(test_layout_memo_same_results),
+      cmocka_unit_test(test_plan_same_results),
+      cmocka_unit_test(test_plan_corruptions),
       cmocka_unit_test(test_fields_scan_same_table),
       cmocka_unit_test(test_fields_scan_kept_layouts),
       cmocka_unit_test(test_key_eq),
