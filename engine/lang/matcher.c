@@ -1372,11 +1372,15 @@ plan_learn(pleaf_t *L, const uint8_t *d, uint32_t sl)
 }
 
 /* True if the sub-document at `d` (at least L->sneed bytes) has the
- * leaf's heads at their offsets. */
+ * leaf's heads at their offsets (the first without a loop: often the
+ * only one). */
 static inline bool
 plan_heads_at(const pleaf_t *L, const uint8_t *d)
 {
-   for (uint8_t i = 0; i < L->nh; i++) {
+   if (!phead_at(&L->h[0], d + L->h[0].off)) {
+      return false;
+   }
+   for (uint8_t i = 1; i < L->nh; i++) {
       if (!phead_at(&L->h[i], d + L->h[i].off)) {
          return false;
       }

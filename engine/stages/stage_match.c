@@ -87,7 +87,7 @@ match_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
     * matcher is given a table only if it describes the document. */
    aspen_sdoc_t next = *in;
    const aspen_fields_t *tab = in->fields;
-   if (!aspen_fields_covers(tab, in->doc)) {
+   if (!tab || !aspen_fields_covers(tab, in->doc)) { /* no call for none */
       tab = NULL;
       if (m->next_reads) {
          next.fields = tab = aspen_fields_scan_layout(&m->tab, in->doc, &m->lay)
