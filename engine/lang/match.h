@@ -41,14 +41,15 @@ bool aspen_matcher_match(const aspen_matcher_t *m, const bson_t *doc,
  * comparisons of a path with a constant at the filter's root, where their
  * fields are in documents of the field tables' layout (lang/fields.h),
  * checked per document. One thread at a time uses a plan; the matcher
- * stays shared and immutable. */
+ * stays shared and immutable, and outlives its plans. */
 typedef struct aspen_matcher_plan aspen_matcher_plan_t;
 
 aspen_matcher_plan_t *aspen_matcher_plan_new(const aspen_matcher_t *m);
 void aspen_matcher_plan_destroy(aspen_matcher_plan_t *plan);
-/* aspen_matcher_match with `doc`'s field table `fields` (may be NULL; used
- * only if it covers doc) given apart from `ctx` (may be NULL), and `plan`
- * (may be NULL) made for `m`: the same results. */
+/* aspen_matcher_match with `doc`'s field table `fields` given apart from
+ * `ctx` (may be NULL), and `plan` (may be NULL) made for `m`: the same
+ * results. `fields` is NULL or describes `doc` (aspen_fields_covers, which
+ * the caller checked). */
 bool aspen_matcher_match_plan(const aspen_matcher_t *m,
                               aspen_matcher_plan_t *plan, const bson_t *doc,
                               const aspen_fields_t *fields,
