@@ -355,7 +355,7 @@ typedef struct {
    uint8_t k0, k1; /* P_SPAN */
    bool last;      /* P_SPAN: k1 is the input's last element + 1 */
    int8_t src;     /* P_COPY*: the path's first element, -1: missing */
-   uint8_t skip;   /* P_COPY1: src's type byte, key and NUL */
+   uint16_t skip;  /* P_COPY1: src's type byte, key and NUL */
    uint8_t hlen;   /* P_COPY1: the output's type byte, name and NUL */
    uint8_t head[16]; /* P_COPY1: those (the type byte written over) */
    const struct node *n; /* P_COPY*, P_EXPR */
@@ -415,32 +415,55 @@ aspen_shape_path_copy_set_enabled(bool on)
    path_copy_on = on;
 }
 
-/* True if the value of type `type` at v (sz bytes) is what the evaluation
- * of a path to it would write, byte for byte (aspen_bsonw_value of its
- * view): the types the writer encodes itself, well-formed. */
-static bool
-copy_same_bytes(uint8_t type, const uint8_t *v, int64_t sz)
+/* The size of the value of type `type` at v (`avail` bytes before its
+ * document ends) when its bytes are what the evaluation of a path to it
+ * would write, byte for byte (aspen_bsonw_value of its view): the types
+ * the writer encodes itself, well-formed and inside `avail` (the bounds
+ * aspen_bsonw_value_size checks). -1 for any other: the evaluation
+ * decides. */
+static inline int64_t
+copy_value_size(uint8_t type, const uint8_t *v, size_t avail)
 {
+   int64_t sz;
    switch (type) {
-   case BSON_TYPE_DOUBLE:
-   case BSON_TYPE_INT32:
-   case BSON_TYPE_INT64:
-   case BSON_TYPE_DATE_TIME:
-   case BSON_TYPE_DECIMAL128:
-   case BSON_TYPE_OID:
    case BSON_TYPE_NULL:
    case BSON_TYPE_MINKEY:
    case BSON_TYPE_MAXKEY:
-      return true;
+      return 0;
+   case BSON_TYPE_INT32:
+      sz = 4;
+      break;
+   case BSON_TYPE_DOUBLE:
+   case BSON_TYPE_INT64:
+   case BSON_TYPE_DATE_TIME:
+      sz = 8;
+      break;
+   case BSON_TYPE_OID:
+      sz = 12;
+      break;
+   case BSON_TYPE_DECIMAL128:
+      sz = 16;
+      break;
    case BSON_TYPE_BOOL:
-      return v[0] <= 1;
+      return avail >= 1 && v[0] <= 1 ? 1 : -1;
    case BSON_TYPE_UTF8:
    case BSON_TYPE_DOCUMENT:
-   case BSON_TYPE_ARRAY:
-      return v[sz - 1] == 0;
-   default:
-      return false;
+   case BSON_TYPE_ARRAY: {
+      if (avail < 4) {
+         return -1;
+      }
+      int32_t l = (int32_t) aspen_bytes_get_le32(v);
+      if (type == BSON_TYPE_UTF8 ? l < 1 || (size_t) l + 4 > avail
+                                 : l < 5 || (size_t) l > avail) {
+         return -1;
+      }
+      sz = type == BSON_TYPE_UTF8 ? 4 + (int64_t) l : l;
+      return v[sz - 1] == 0 ? sz : -1;
    }
+   default:
+      return -1;
+   }
+   return (size_t) sz <= avail ? sz : -1;
 }
 
 /* copy_path from the input's element i (its table `t`; -1: the path's
@@ -457,14 +480,13 @@ copy_from(apply_t *a, const node_t *n, const aspen_fields_t *t, int i)
    for (uint32_t p = 1;; p++) {
       uint8_t type = data[off];
       uint32_t voff = off + 1 + (uint32_t) kl + 1;
-      int64_t sz = aspen_bsonw_value_size(type, data + voff, len - voff);
+      int64_t sz = p == n->cp_n
+                      ? copy_value_size(type, data + voff, len - voff)
+                      : aspen_bsonw_value_size(type, data + voff, len - voff);
       if (sz < 0) {
          return false;
       }
       if (p == n->cp_n) {
-         if (!copy_same_bytes(type, data + voff, sz)) {
-            return false;
-         }
          /* One reserve: the type byte, the name and its NUL (node_child
           * ends it with one), the value's bytes. */
          size_t kn = n->name_len + 1, total = 1 + kn + (size_t) sz;
@@ -678,7 +700,7 @@ layout_note_expr(layout_plan_t *p, const aspen_fields_t *t, const node_t *n)
          /* Its element's value is the field's: the output element's head
           * made once (node_child ends the name with a NUL). */
          st.kind = P_COPY1;
-         st.skip = (uint8_t) (t->f[st.src].klen + 2);
+         st.skip = (uint16_t) (t->f[st.src].klen + 2); /* <= 514 */
          st.hlen = (uint8_t) (n->name_len + 2);
          memcpy(st.head + 1, n->name, n->name_len + 1);
       }
@@ -741,8 +763,8 @@ plan_copy1(aspen_bsonw_t *w, const aspen_fields_t *t, const plan_step_t *st)
    uint32_t off = t->f[st->src].off, voff = off + st->skip;
    uint8_t type = t->data[off];
    const uint8_t *v = t->data + voff;
-   int64_t sz = aspen_bsonw_value_size(type, v, t->len - voff);
-   if (sz < 0 || !copy_same_bytes(type, v, sz)) {
+   int64_t sz = copy_value_size(type, v, t->len - voff);
+   if (sz < 0) {
       return false;
    }
    size_t hl = st->hlen;
@@ -777,20 +799,28 @@ plan_run(apply_t *a, const layout_plan_t *p)
                   end - from);
          w->len = before + (end - from);
          uint32_t delta = (uint32_t) before - from;
-         const aspen_field_t *f = t->f + st->k0, *f_end = t->f + st->k1;
-         for (aspen_field_t *of = out->f + o; f < f_end; f++, of++) {
-            aspen_field_t e = *f;
-            e.off += delta;
-            *of = e;
+         for (uint32_t k = st->k0; k < st->k1; k++) {
+            out->f[o].off = t->f[k].off + delta;
+            out->f[o].klen = t->f[k].klen;
+            o++;
             /* A run is a few elements: no vectorized loop, whose set-up
              * (overlap checks, lane shuffles) costs more than it saves. */
             __asm__("" : "+r"(delta));
          }
-         o += st->k1 - st->k0;
          continue;
       }
-      if ((st->kind == P_COPY1 && plan_copy1(w, t, st)) ||
-          (st->kind == P_COPY && copy_from(a, st->n, t, st->src))) {
+      if (st->kind == P_COPY1 && plan_copy1(w, t, st)) {
+         /* written: append_expr's tally, the element's out_tab entry */
+         if (a->n_exprs < 64) {
+            a->written |= 1ull << a->n_exprs;
+         }
+         a->n_exprs++;
+         out->f[o].off = (uint32_t) before;
+         out->f[o].klen = (uint32_t) st->hlen - 2;
+         o++;
+         continue;
+      }
+      if (st->kind == P_COPY && copy_from(a, st->n, t, st->src)) {
          /* append_expr's tally of what its computed fields wrote */
          if (w->len > before && a->n_exprs < 64) {
             a->written |= 1ull << a->n_exprs;

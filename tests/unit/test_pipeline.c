@@ -1966,6 +1966,31 @@ plan_same_results(void **state)
       aspen_shape_plan_set_enabled, docs, n);
    docs_free(docs, n);
    assert_true(outputs > 800);
+   /* A renamed path from a key of 300 bytes (its element's head longer
+    * than a byte can count), a string then an int under it. */
+   char key[301], pl[512];
+   memset(key, 'k', 300);
+   key[300] = '\0';
+   snprintf(pl, sizeof pl, "[{\"$project\": {\"r\": \"$%s\", \"t\": 1}}]",
+            key);
+   const char *const long_pl[] = {pl};
+   bson_t *long_docs[4];
+   for (int i = 0; i < 4; i++) {
+      long_docs[i] = bson_new();
+      BSON_APPEND_UTF8(long_docs[i], "t", "s");
+      if (i < 2) {
+         BSON_APPEND_UTF8(long_docs[i], key, i ? "second" : "first");
+      } else {
+         BSON_APPEND_INT32(long_docs[i], key, i);
+      }
+   }
+   assert_int_equal(runs_same_results(long_pl, 1,
+                                      aspen_shape_plan_set_enabled,
+                                      long_docs, 4),
+                    8);
+   for (int i = 0; i < 4; i++) {
+      bson_destroy(long_docs[i]);
+   }
 }
 
 /* Path slots read in place (expr_paths.c: the type-specialised reads, a
