@@ -13,4 +13,10 @@
  * set before a pipeline runs, on its thread. */
 void aspen_shape_path_copy_set_enabled(bool on);
 
+/* Whether a shaping stage keeps a plan per input layout (the runs it
+ * copies, where its plain paths start) and runs it for the next inputs
+ * with the same keys (default true), or walks every input's table. Tests
+ * only, as above. */
+void aspen_shape_plan_set_enabled(bool on);
+
 #endif /* ASPEN_ENGINE_STAGES_SHAPE_H */

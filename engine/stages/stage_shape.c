@@ -326,36 +326,55 @@ tree_parse_obj(tree_t *t, node_t *root, const bson_t *spec, const char *prefix,
 
 /* ---- applying the tree -------------------------------------------------- */
 
-/* walk_table's layout cache. Documents from one source almost always
- * share their top-level keys, in the same order, and what walk_table does
- * with each element depends on its key alone (the spec child of that name,
- * the stage's mode): so it keeps the last input's keys and what it did,
- * as steps - a run of elements copied as one span, or a computed field
- * written in an element's place - and the computed fields apply_doc then
- * appends. An input whose keys are byte-equal to the kept ones, same
- * count, same order, replays the steps without looking any key up; any
- * other is walked as before and becomes the kept layout. */
-#define LAYOUT_KEY_BYTES 512 /* the keys kept: more, no cache */
-#define LAYOUT_KIDS 64       /* spec children: more, no cache */
+/* walk_table's layout cache: a plan per input layout. Documents from one
+ * source almost always share their top-level keys, in the same order, and
+ * what walk_table does with each element depends on its key alone (the
+ * spec child of that name, the stage's mode): so it keeps the keys of the
+ * last few layouts it walked and, for each, what it did as a plan - runs
+ * of elements copied as one span each, the computed fields written in an
+ * element's place or after the walk, in order, and for a computed field
+ * that is a plain path (copy_path) the index of its first component's
+ * element in such an input, found once. An input whose keys are
+ * byte-equal to a kept layout's (same count, same order; known without
+ * comparing when its table carries the layout's id) runs that plan
+ * without looking any key up; any other is walked as before and its plan
+ * replaces the oldest. */
+#define LAYOUT_KEY_BYTES 512 /* the keys kept: more, no plan */
+#define LAYOUT_KIDS 64       /* spec children: more, no plan */
+#define LAYOUT_SLOTS 4       /* the layouts kept */
+
+typedef enum {
+   P_SPAN,  /* the input's elements [k0, k1) copied as they are */
+   P_COPY1, /* the top-level field of plain path n copied from element src */
+   P_COPY,  /* the plain path n copied from input element src (copy_path) */
+   P_EXPR,  /* the computed field n (append_expr) */
+} plan_kind_t;
 
 typedef struct {
-   bool expr;       /* a computed field in element k0's place, else a span */
-   uint8_t k0, k1;  /* span: the input's elements [k0, k1) */
-   const struct node *n; /* computed: its spec child */
-} layout_step_t;
+   uint8_t kind;   /* plan_kind_t */
+   uint8_t k0, k1; /* P_SPAN */
+   bool last;      /* P_SPAN: k1 is the input's last element + 1 */
+   int8_t src;     /* P_COPY*: the path's first element, -1: missing */
+   uint16_t skip;  /* P_COPY1: src's type byte, key and NUL */
+   uint8_t hlen;   /* P_COPY1: the output's type byte, name and NUL */
+   uint8_t head[16]; /* P_COPY1: those (the type byte written over) */
+   const struct node *n; /* P_COPY*, P_EXPR */
+} plan_step_t;
 
-typedef struct layout {
+typedef struct {
    bool valid;
    uint64_t id; /* the kept keys' layout id (lang/fields.h), 0: unknown */
    uint32_t n; /* the input's top-level elements */
    uint32_t klen[ASPEN_FIELDS_MAX];
    char keys[LAYOUT_KEY_BYTES]; /* their keys, one after the other */
    uint32_t n_steps;
-   layout_step_t steps[ASPEN_FIELDS_MAX];
-   /* The computed fields apply_doc writes after the walk, in spec order
-    * (indexes of the root's children). */
-   uint32_t n_tail;
-   uint8_t tail[LAYOUT_KIDS];
+   plan_step_t steps[ASPEN_FIELDS_MAX + LAYOUT_KIDS];
+   uint32_t n_out; /* the most out_tab entries its steps add */
+} layout_plan_t;
+
+typedef struct layout {
+   uint32_t next; /* the slot the next walked layout takes */
+   layout_plan_t plan[LAYOUT_SLOTS];
 } layout_t;
 
 /* Documents are written into the stage's reusable writer: fields kept as
@@ -396,50 +415,62 @@ aspen_shape_path_copy_set_enabled(bool on)
    path_copy_on = on;
 }
 
-/* True if the value of type `type` at v (sz bytes) is what the evaluation
- * of a path to it would write, byte for byte (aspen_bsonw_value of its
- * view): the types the writer encodes itself, well-formed. */
-static bool
-copy_same_bytes(uint8_t type, const uint8_t *v, int64_t sz)
+/* The size of the value of type `type` at v (`avail` bytes before its
+ * document ends) when its bytes are what the evaluation of a path to it
+ * would write, byte for byte (aspen_bsonw_value of its view): the types
+ * the writer encodes itself, well-formed and inside `avail` (the bounds
+ * aspen_bsonw_value_size checks). -1 for any other: the evaluation
+ * decides. */
+static inline int64_t
+copy_value_size(uint8_t type, const uint8_t *v, size_t avail)
 {
+   int64_t sz;
    switch (type) {
-   case BSON_TYPE_DOUBLE:
-   case BSON_TYPE_INT32:
-   case BSON_TYPE_INT64:
-   case BSON_TYPE_DATE_TIME:
-   case BSON_TYPE_DECIMAL128:
-   case BSON_TYPE_OID:
    case BSON_TYPE_NULL:
    case BSON_TYPE_MINKEY:
    case BSON_TYPE_MAXKEY:
-      return true;
+      return 0;
+   case BSON_TYPE_INT32:
+      sz = 4;
+      break;
+   case BSON_TYPE_DOUBLE:
+   case BSON_TYPE_INT64:
+   case BSON_TYPE_DATE_TIME:
+      sz = 8;
+      break;
+   case BSON_TYPE_OID:
+      sz = 12;
+      break;
+   case BSON_TYPE_DECIMAL128:
+      sz = 16;
+      break;
    case BSON_TYPE_BOOL:
-      return v[0] <= 1;
+      return avail >= 1 && v[0] <= 1 ? 1 : -1;
    case BSON_TYPE_UTF8:
    case BSON_TYPE_DOCUMENT:
-   case BSON_TYPE_ARRAY:
-      return v[sz - 1] == 0;
-   default:
-      return false;
+   case BSON_TYPE_ARRAY: {
+      if (avail < 4) {
+         return -1;
+      }
+      int32_t l = (int32_t) aspen_bytes_get_le32(v);
+      if (type == BSON_TYPE_UTF8 ? l < 1 || (size_t) l + 4 > avail
+                                 : l < 5 || (size_t) l > avail) {
+         return -1;
+      }
+      sz = type == BSON_TYPE_UTF8 ? 4 + (int64_t) l : l;
+      return v[sz - 1] == 0 ? sz : -1;
    }
+   default:
+      return -1;
+   }
+   return (size_t) sz <= avail ? sz : -1;
 }
 
-/* Writes the computed field `n`, a plain field path, by copying its
- * value's bytes under the field's name (nothing when the path is missing):
- * the first component found through the input's table, the next ones by
- * raw walks of the sub-documents. False, nothing written, when the
- * evaluation must decide: no table, an array on the way (MongoDB's
- * traversal), malformed bytes, a type the writer re-encodes. */
+/* copy_path from the input's element i (its table `t`; -1: the path's
+ * first component is missing). */
 static bool
-copy_path(apply_t *a, const node_t *n)
+copy_from(apply_t *a, const node_t *n, const aspen_fields_t *t, int i)
 {
-   const bson_t *doc = a->ctx->current ? a->ctx->current : a->ctx->root;
-   const aspen_fields_t *t = a->ctx->fields;
-   if (!path_copy_on || !aspen_fields_covers(t, doc)) {
-      return false;
-   }
-   int i = aspen_fields_find_memo(t, n->cp[0], n->cp_len[0],
-                                  (uint64_t *) &n->cp_memo);
    if (i < 0) {
       return true; /* missing: omitted */
    }
@@ -449,18 +480,21 @@ copy_path(apply_t *a, const node_t *n)
    for (uint32_t p = 1;; p++) {
       uint8_t type = data[off];
       uint32_t voff = off + 1 + (uint32_t) kl + 1;
-      int64_t sz = aspen_bsonw_value_size(type, data + voff, len - voff);
+      int64_t sz = p == n->cp_n
+                      ? copy_value_size(type, data + voff, len - voff)
+                      : aspen_bsonw_value_size(type, data + voff, len - voff);
       if (sz < 0) {
          return false;
       }
       if (p == n->cp_n) {
-         if (!copy_same_bytes(type, data + voff, sz)) {
-            return false;
-         }
-         aspen_bsonw_key(a->w, (bson_type_t) type, n->name, n->name_len);
-         memcpy(aspen_bsonw_reserve(a->w, (size_t) sz), data + voff,
-                (size_t) sz);
-         a->w->len += (size_t) sz;
+         /* One reserve: the type byte, the name and its NUL (node_child
+          * ends it with one), the value's bytes. */
+         size_t kn = n->name_len + 1, total = 1 + kn + (size_t) sz;
+         uint8_t *w = aspen_bsonw_reserve(a->w, total);
+         w[0] = type;
+         aspen_bsonw_copy_short(w + 1, n->name, kn);
+         memcpy(w + 1 + kn, data + voff, (size_t) sz);
+         a->w->len += total;
          return true;
       }
       if (type == BSON_TYPE_ARRAY) {
@@ -480,6 +514,25 @@ copy_path(apply_t *a, const node_t *n)
       }
       kl = n->cp_len[p];
    }
+}
+
+/* Writes the computed field `n`, a plain field path, by copying its
+ * value's bytes under the field's name (nothing when the path is missing):
+ * the first component found through the input's table, the next ones by
+ * raw walks of the sub-documents. False, nothing written, when the
+ * evaluation must decide: no table, an array on the way (MongoDB's
+ * traversal), malformed bytes, a type the writer re-encodes. */
+static bool
+copy_path(apply_t *a, const node_t *n)
+{
+   const bson_t *doc = a->ctx->current ? a->ctx->current : a->ctx->root;
+   const aspen_fields_t *t = a->ctx->fields;
+   if (!path_copy_on || !aspen_fields_covers(t, doc)) {
+      return false;
+   }
+   return copy_from(a, n, t,
+                    aspen_fields_find_memo(t, n->cp[0], n->cp_len[0],
+                                           (uint64_t *) &n->cp_memo));
 }
 
 static void
@@ -536,115 +589,269 @@ find_child(const node_t *parent, const bson_iter_t *it, size_t *idx)
                          aspen_bsonw_key_len(it), idx);
 }
 
-/* True if the input `t` has the keys the layout cache kept: the same
+/* Whether walk_table keeps plans and apply_doc runs them (default true;
+ * tests switch it off to compare them with the walk). */
+static bool plan_on = true;
+
+void
+aspen_shape_plan_set_enabled(bool on)
+{
+   plan_on = on;
+}
+
+/* True if the input `t` has the keys the plan `p` was made for: the same
  * number, each the same length and bytes, in the same order; known without
  * comparing when `t` is tagged with the kept keys' layout id. */
 static bool
-layout_same(layout_t *l, const aspen_fields_t *t)
+layout_same(layout_plan_t *p, const aspen_fields_t *t)
 {
-   if (!l->valid || l->n != t->n) {
+   if (!p->valid || p->n != t->n) {
       return false;
    }
-   if (t->layout != 0 && t->layout == l->id) {
+   if (t->layout != 0 && t->layout == p->id) {
       return true; /* the scanner that tagged it compared the keys */
    }
-   const char *k = l->keys;
+   const char *k = p->keys;
    for (uint32_t i = 0; i < t->n; i++) {
       uint32_t klen = t->f[i].klen;
-      if (klen != l->klen[i] ||
+      if (klen != p->klen[i] ||
           !aspen_fields_key_eq(t->data + t->f[i].off + 1, k, klen)) {
          return false;
       }
       k += klen;
    }
-   l->id = t->layout;
+   p->id = t->layout;
    return true;
 }
 
-/* Starts recording the layout of the input `t` (its keys); false (and the
- * cache left invalid) if they do not fit in it. */
-static bool
+/* The plan kept for the input `t`'s keys, NULL if none: a plan of its
+ * layout id first (nothing compared), then one of the same keys. */
+static layout_plan_t *
+layout_find(layout_t *l, const aspen_fields_t *t)
+{
+   if (t->layout != 0) {
+      for (uint32_t i = 0; i < LAYOUT_SLOTS; i++) {
+         layout_plan_t *p = &l->plan[i];
+         if (p->id == t->layout && p->valid && p->n == t->n) {
+            return p;
+         }
+      }
+   }
+   for (uint32_t i = 0; i < LAYOUT_SLOTS; i++) {
+      if (layout_same(&l->plan[i], t)) {
+         return &l->plan[i];
+      }
+   }
+   return NULL;
+}
+
+/* Starts recording the plan for the input `t` (its keys) in the slot kept
+ * longest; NULL (nothing kept) if they do not fit in one. */
+static layout_plan_t *
 layout_start(layout_t *l, const aspen_fields_t *t, size_t n_kids)
 {
-   l->valid = false;
-   l->n_steps = 0;
+   layout_plan_t *p = &l->plan[l->next];
+   l->next = (l->next + 1) % LAYOUT_SLOTS;
+   p->valid = false;
+   p->n_steps = 0;
    if (n_kids > LAYOUT_KIDS) {
-      return false;
+      return NULL;
    }
    size_t used = 0;
    for (uint32_t i = 0; i < t->n; i++) {
       uint32_t klen = t->f[i].klen;
-      if (klen > sizeof l->keys - used) {
-         return false;
+      if (klen > sizeof p->keys - used) {
+         return NULL;
       }
-      memcpy(l->keys + used, t->data + t->f[i].off + 1, klen);
-      l->klen[i] = klen;
+      memcpy(p->keys + used, t->data + t->f[i].off + 1, klen);
+      p->klen[i] = klen;
       used += klen;
    }
-   l->n = t->n;
-   l->id = t->layout;
-   return true;
+   p->n = t->n;
+   p->id = t->layout;
+   return p;
 }
 
 /* Records that input element k is copied (appended to the last span when
- * it ends at k) or replaced by the computed field `n` (NULL: copied). */
+ * it ends at k). */
 static void
-layout_note(layout_t *l, uint32_t k, const node_t *n)
+layout_note_copy(layout_plan_t *p, uint32_t k)
 {
-   layout_step_t *last = l->n_steps ? &l->steps[l->n_steps - 1] : NULL;
-   if (!n && last && !last->expr && last->k1 == k) {
+   plan_step_t *last = p->n_steps ? &p->steps[p->n_steps - 1] : NULL;
+   if (last && last->kind == P_SPAN && last->k1 == k) {
       last->k1 = (uint8_t) (k + 1);
       return;
    }
-   l->steps[l->n_steps++] = (layout_step_t){
-      .expr = n != NULL, .k0 = (uint8_t) k, .k1 = (uint8_t) (k + 1), .n = n};
+   p->steps[p->n_steps++] = (plan_step_t){
+      .kind = P_SPAN, .k0 = (uint8_t) k, .k1 = (uint8_t) (k + 1)};
 }
 
-/* apply_doc of the top level for an input whose keys are the layout
- * cache's: its steps replayed (each span one copy, its elements recorded
- * in out_tab at their new offsets), then the computed fields appended. */
+/* Records that the computed field `n` is written next: a plain path is
+ * copied from the element of its first component, found once here (the
+ * first of that name, as copy_path's lookup finds it). */
 static void
-layout_replay(apply_t *a, const node_t *root, const layout_t *l)
+layout_note_expr(layout_plan_t *p, const aspen_fields_t *t, const node_t *n)
+{
+   plan_step_t st = {.kind = P_EXPR, .n = n};
+   if (n->cp_n > 0 && path_copy_on) {
+      st.kind = P_COPY;
+      st.src = (int8_t) aspen_fields_find(t, n->cp[0], n->cp_len[0]);
+      if (n->cp_n == 1 && st.src >= 0 && n->name_len + 2 <= sizeof st.head) {
+         /* Its element's value is the field's: the output element's head
+          * made once (node_child ends the name with a NUL). */
+         st.kind = P_COPY1;
+         st.skip = (uint16_t) (t->f[st.src].klen + 2); /* <= 514 */
+         st.hlen = (uint8_t) (n->name_len + 2);
+         memcpy(st.head + 1, n->name, n->name_len + 1);
+      }
+   }
+   p->steps[p->n_steps++] = st;
+}
+
+/* Makes the recorded plan usable if the out_tab entries it adds fit in a
+ * table (then it adds them unchecked). */
+static void
+layout_finish(layout_plan_t *p)
+{
+   p->n_out = 0;
+   for (uint32_t s = 0; s < p->n_steps; s++) {
+      plan_step_t *st = &p->steps[s];
+      st->last = st->k1 == p->n;
+      p->n_out += st->kind == P_SPAN ? (uint32_t) (st->k1 - st->k0) : 1;
+   }
+   p->valid = p->n_out <= ASPEN_FIELDS_MAX;
+}
+
+/* True if `p` can run for this input: its out_tab entries fit, and the
+ * expressions read the table it was planned over (copy_from reads it
+ * directly: the table covers the root, shape_push's `given`). */
+static inline bool
+plan_usable(const apply_t *a, const layout_plan_t *p)
+{
+   return a->out_tab->n + p->n_out <= ASPEN_FIELDS_MAX &&
+          a->ctx->fields == a->given && !a->ctx->current;
+}
+
+/* Copies the n bytes at s to d: a kept run or a value is a few dozen
+ * bytes, so up to 64 go with fixed-size (overlapping) moves in place
+ * rather than through a memcpy call. */
+static inline void
+copy_run(uint8_t *d, const uint8_t *s, size_t n)
+{
+   if (n <= 16) {
+      aspen_bsonw_copy_short(d, s, n);
+   } else if (n <= 32) {
+      memcpy(d, s, 16);
+      memcpy(d + n - 16, s + n - 16, 16);
+   } else if (n <= 64) {
+      memcpy(d, s, 16);
+      memcpy(d + 16, s + 16, 16);
+      memcpy(d + n - 32, s + n - 32, 16);
+      memcpy(d + n - 16, s + n - 16, 16);
+   } else {
+      memcpy(d, s, n);
+   }
+}
+
+/* A P_COPY1 step: its value's bytes under the prepared head, in one
+ * reserve; false, nothing written, when copy_from would say so (the
+ * evaluation decides). The source element is inside the table's bounds
+ * (the scan that made it checked them); its value is checked here. */
+static inline bool
+plan_copy1(aspen_bsonw_t *w, const aspen_fields_t *t, const plan_step_t *st)
+{
+   uint32_t off = t->f[st->src].off, voff = off + st->skip;
+   uint8_t type = t->data[off];
+   const uint8_t *v = t->data + voff;
+   int64_t sz = copy_value_size(type, v, t->len - voff);
+   if (sz < 0) {
+      return false;
+   }
+   size_t hl = st->hlen;
+   uint8_t *d = aspen_bsonw_reserve(w, sizeof st->head + (size_t) sz);
+   memcpy(d, st->head, sizeof st->head); /* past hl: written over next */
+   d[0] = type;
+   copy_run(d + hl, v, (size_t) sz);
+   w->len += hl + (size_t) sz;
+   return true;
+}
+
+/* apply_doc of the top level for an input whose keys are those the plan
+ * `p` was made for: each span one copy, its elements' out_tab entries
+ * their input offsets moved by where it landed; each plain path copied
+ * from the element the plan found; the other computed fields evaluated
+ * (append_expr). The same bytes, out_tab and expression tally
+ * (n_exprs, written) as walk_table and apply_doc's last loop. */
+static void
+plan_run(apply_t *a, const layout_plan_t *p)
 {
    const aspen_fields_t *t = a->given;
-   for (uint32_t s = 0; s < l->n_steps && !a->failed; s++) {
-      const layout_step_t *step = &l->steps[s];
-      if (step->expr) {
-         size_t before = a->w->len;
-         append_expr(a, step->n); /* replaced in place */
-         note_written(a, before, t->f[step->k0].klen);
+   aspen_fields_t *out = a->out_tab;
+   aspen_bsonw_t *w = a->w;
+   uint32_t o = out->n;
+   const plan_step_t *st = p->steps, *end_st = p->steps + p->n_steps;
+   for (; st < end_st; st++) {
+      size_t before = w->len;
+      if (st->kind == P_SPAN) {
+         uint32_t from = t->f[st->k0].off;
+         uint32_t end = st->last ? t->len - 1 : t->f[st->k1].off;
+         copy_run(aspen_bsonw_reserve(w, end - from), t->data + from,
+                  end - from);
+         w->len = before + (end - from);
+         uint32_t delta = (uint32_t) before - from;
+         for (uint32_t k = st->k0; k < st->k1; k++) {
+            out->f[o].off = t->f[k].off + delta;
+            out->f[o].klen = t->f[k].klen;
+            o++;
+            /* A run is a few elements: no vectorized loop, whose set-up
+             * (overlap checks, lane shuffles) costs more than it saves. */
+            __asm__("" : "+r"(delta));
+         }
          continue;
       }
-      uint32_t from = t->f[step->k0].off;
-      uint32_t end = step->k1 < t->n ? t->f[step->k1].off : t->len - 1;
-      size_t base = a->w->len;
-      memcpy(aspen_bsonw_reserve(a->w, end - from), t->data + from,
-             end - from);
-      a->w->len += end - from;
-      for (uint32_t k = step->k0; k < step->k1; k++) {
-         aspen_fields_add(a->out_tab, base + (t->f[k].off - from),
-                          t->f[k].klen);
+      if (st->kind == P_COPY1 && plan_copy1(w, t, st)) {
+         /* written: append_expr's tally, the element's out_tab entry */
+         if (a->n_exprs < 64) {
+            a->written |= 1ull << a->n_exprs;
+         }
+         a->n_exprs++;
+         out->f[o].off = (uint32_t) before;
+         out->f[o].klen = (uint32_t) st->hlen - 2;
+         o++;
+         continue;
+      }
+      if (st->kind == P_COPY && copy_from(a, st->n, t, st->src)) {
+         /* append_expr's tally of what its computed fields wrote */
+         if (w->len > before && a->n_exprs < 64) {
+            a->written |= 1ull << a->n_exprs;
+         }
+         a->n_exprs++;
+      } else {
+         append_expr(a, st->n); /* the evaluation decides */
+         if (a->failed) {
+            break;
+         }
+      }
+      if (w->len > before) {
+         out->f[o].off = (uint32_t) before;
+         out->f[o].klen = (uint32_t) st->n->name_len;
+         o++;
       }
    }
-   for (uint32_t i = 0; i < l->n_tail && !a->failed; i++) {
-      const node_t *n = &root->kids[l->tail[i]];
-      size_t before = a->w->len;
-      append_expr(a, n);
-      note_written(a, before, n->name_len);
-   }
+   out->n = o;
 }
 
 /* apply_doc's walk of the top level from the input's field table (a->given,
  * a tree without subtrees at the top): the same writes, with each
- * element's key and span known; what it decides is kept in the layout
- * cache (a->layout) for the next input with the same keys. */
+ * element's key and span known; with `keep`, what it decides is kept as
+ * the plan for the next inputs with the same keys (a->layout). */
 static void
 walk_table(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
-           bool *done)
+           bool *done, bool keep)
 {
    const aspen_fields_t *t = a->given;
-   layout_t *l = a->layout;
-   bool record = l && layout_start(l, t, parent->n_kids);
+   layout_plan_t *p =
+      keep ? layout_start(a->layout, t, parent->n_kids) : NULL;
    for (uint32_t k = 0; k < t->n && !a->failed; k++) {
       uint32_t off = t->f[k].off, klen = t->f[k].klen;
       uint32_t end = k + 1 < t->n ? t->f[k + 1].off : t->len - 1;
@@ -660,45 +867,41 @@ walk_table(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
       } else if (n && n->kind == N_EXPR && mode == MODE_ADD_FIELDS) {
          append_expr(a, n); /* replaced in place */
          done[idx] = true;
-         if (record) {
-            layout_note(l, k, n);
+         if (p) {
+            layout_note_expr(p, t, n);
          }
       }
       if (copy) {
          memcpy(aspen_bsonw_reserve(a->w, end - off), t->data + off,
                 end - off);
          a->w->len += end - off;
-         if (record) {
-            layout_note(l, k, NULL);
+         if (p) {
+            layout_note_copy(p, k);
          }
       }
       note_written(a, before, klen);
    }
-   if (record && !a->failed) {
+   if (p && !a->failed) {
       /* What apply_doc's last loop will write: the computed fields not
        * placed ($project: all of them); nothing else at a flat top. */
-      l->n_tail = 0;
       for (size_t i = 0; i < parent->n_kids; i++) {
          const node_t *n = &parent->kids[i];
          if (n->kind == N_EXPR && (!done[i] || mode == MODE_PROJECT)) {
-            l->tail[l->n_tail++] = (uint8_t) i;
+            layout_note_expr(p, t, n);
          }
       }
-      l->valid = true;
+      layout_finish(p);
    }
 }
 
-/* Builds the children of `parent` into the writer from `in` (may be NULL:
- * an absent subdocument). */
-static void
-apply_doc(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
-          const bson_t *in)
+static void apply_doc(apply_t *a, const node_t *parent, tree_mode_t mode,
+                      bool inclusion, const bson_t *in);
+
+/* apply_doc's walk: `keep` asks walk_table to keep its plan. */
+static __attribute__((noinline)) void
+apply_walk(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
+           const bson_t *in, bool keep)
 {
-   if (parent == a->root && a->given && a->layout &&
-       layout_same(a->layout, a->given)) {
-      layout_replay(a, parent, a->layout);
-      return;
-   }
    bool done_local[64];
    bool *done = parent->n_kids <= 64
                    ? done_local
@@ -709,7 +912,7 @@ apply_doc(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
    uint32_t end = 4;
    bson_iter_t it;
    if (top && a->given) {
-      walk_table(a, parent, mode, inclusion, done);
+      walk_table(a, parent, mode, inclusion, done, keep);
       before = a->w->len;
    } else if (in && bson_iter_init(&it, in)) {
       while (aspen_bsonw_iter_next(&it) && !a->failed) {
@@ -786,6 +989,26 @@ apply_doc(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
    if (done != done_local) {
       free(done);
    }
+}
+
+/* Builds the children of `parent` into the writer from `in` (may be NULL:
+ * an absent subdocument): the top level by its layout's plan when one is
+ * kept, else walked (apart, so that the plan's path sets up no frame for
+ * the walk's iterator). */
+static void
+apply_doc(apply_t *a, const node_t *parent, tree_mode_t mode, bool inclusion,
+          const bson_t *in)
+{
+   bool keep = false;
+   if (parent == a->root && a->given && a->layout && plan_on) {
+      const layout_plan_t *p = layout_find(a->layout, a->given);
+      if (p && plan_usable(a, p)) {
+         plan_run(a, p);
+         return;
+      }
+      keep = !p;
+   }
+   apply_walk(a, parent, mode, inclusion, in, keep);
 }
 
 /* Copies the iterator's value under another key (an array's renumbered

@@ -1833,6 +1833,26 @@ poke_at(const bson_t *doc, const char *key, size_t skip, uint8_t b)
    return poke_bytes(doc, key, skip, &b, 1);
 }
 
+/* The documents of `json` (docs_from_json: *n of them, then *n is the
+ * count), then for each type typed_doc `copies` times and once more with
+ * its keys shuffled when `shuffle_every` divides the type's number; room
+ * for `extra` more. */
+static bson_t **
+typed_docs(const char *const *json, size_t *n, int copies, int shuffle_every,
+           size_t extra)
+{
+   bson_t **docs = docs_from_json(json, n);
+   size_t cap = *n + (size_t) (copies + 1) * COPY_TYPES + extra;
+   docs = aspen_xrealloc(docs, cap * sizeof *docs);
+   for (int i = 0; i < COPY_TYPES; i++) {
+      for (int c = 0; c < copies; c++) {
+         docs[(*n)++] = typed_doc(i, false);
+      }
+      docs[(*n)++] = typed_doc(i, i % shuffle_every == 0);
+   }
+   return docs;
+}
+
 static void
 path_copy_same_results(void **state)
 {
@@ -1847,13 +1867,7 @@ path_copy_same_results(void **state)
       "{}",
    };
    size_t n = sizeof json / sizeof json[0];
-   bson_t **docs = docs_from_json(json, &n);
-   size_t cap = n + 2 * COPY_TYPES + 8;
-   docs = aspen_xrealloc(docs, cap * sizeof *docs);
-   for (int i = 0; i < COPY_TYPES; i++) {
-      docs[n++] = typed_doc(i, false);
-      docs[n++] = typed_doc(i, i % 3 == 0);
-   }
+   bson_t **docs = typed_docs(json, &n, 1, 3, 8);
    /* Malformed values: "v"'s bool byte 2 (at the top and in "o"), a
     * string's final NUL, a sub-document's final NUL, a string's length
     * past the end. */
@@ -1873,6 +1887,110 @@ path_copy_same_results(void **state)
       aspen_shape_path_copy_set_enabled, docs, n);
    docs_free(docs, n);
    assert_true(outputs > 300);
+}
+
+/* A shaping stage's plans per input layout (stage_shape.c: kept runs
+ * copied as one span each, their field table entries moved, a renamed
+ * top-level path copied from the element found once for the layout, the
+ * last few layouts kept) against walking every input's table: renamed
+ * paths of every BSON type (the same layout id with values of other types
+ * and sizes), two fields from one source, a name too long for the
+ * prepared head, paths one and two levels down, missing ones, _id
+ * included and excluded, dotted inclusions (left to the walk), fields
+ * replaced in place, an exclusion, and stages reading the plan's field
+ * table; over six layouts in turn (more than a stage keeps), keys
+ * shuffled, and malformed values (a bool byte of 2, a string without its
+ * NUL, a length past the end, a sub-document's NUL gone). */
+static const char *const plan_pipelines[] = {
+   "[{\"$project\": {\"_id\": 0, \"t\": 1, \"r\": \"$v\", \"s\": \"$t\","
+   "   \"q\": \"$o.v\", \"w\": \"$arr\", \"m\": \"$nope\"}}]",
+   "[{\"$project\": {\"t\": 1, \"v\": 1, \"o\": 1, \"ts\": \"$v\"}}]",
+   "[{\"$project\": {\"_id\": 1, \"v\": 1, \"x\": \"$o\", \"y\": \"$v\","
+   "   \"z\": \"$v\", \"averyverylongname\": \"$t\"}}]",
+   "[{\"$project\": {\"o.v\": 1, \"t\": 1, \"y\": \"$v\"}}]",
+   "[{\"$addFields\": {\"v\": \"$t\", \"t\": \"$v\", \"n\": \"$o.d.v\","
+   "   \"c\": {\"$concat\": [\"$t\", \"-\"]}}}]",
+   "[{\"$project\": {\"v\": 0, \"_id\": 0}}, {\"$unset\": \"t\"}]",
+   "[{\"$project\": {\"t\": 1, \"v\": 1, \"o\": 1, \"ts\": \"$v\"}},"
+   " {\"$addFields\": {\"p\": \"$ts\", \"q\": \"$o.v\","
+   "   \"k\": {\"$type\": \"$ts\"}}},"
+   " {\"$project\": {\"p\": 1, \"ts\": 1, \"k\": 1, \"z\": \"$t\"}}]",
+   "[{\"$project\": {\"_id\": 0, \"v\": 1, \"t\": 1}},"
+   " {\"$match\": {\"t\": {\"$ne\": \"nope\"}}},"
+   " {\"$project\": {\"u\": \"$v\", \"t\": 1}}]",
+};
+
+static void
+plan_same_results(void **state)
+{
+   (void) state;
+   /* Six layouts (A is typed_doc's), each after the others in turn, with
+    * values of other sizes under A's keys. */
+   static const char *const json[] = {
+      "{\"t\": \"s\", \"v\": 1, \"o\": {\"v\": 2}, \"arr\": [1]}",
+      "{\"_id\": 7, \"t\": \"s\", \"v\": \"a\", \"o\": {\"v\": 2}}",
+      "{\"v\": 1.5, \"t\": \"s\"}",
+      "{\"t\": \"x\", \"o\": {\"v\": \"in\", \"d\": {\"v\": 3}}, \"v\": 9}",
+      "{\"arr\": 1, \"t\": \"s\", \"v\": null, \"o\": 4, \"e\": 5}",
+      "{\"v\": {\"a\": 1}, \"z\": 1, \"t\": \"q\", \"_id\": 2}",
+      "{\"t\": \"a longer string than the last one\", \"v\": \"and here"
+      " too, longer than sixty four bytes, so copied by memcpy.....\","
+      " \"o\": {\"v\": 2, \"d\": {\"v\": \"deep\"}}, \"arr\": [1, 2, 3]}",
+      "{\"t\": \"s\", \"v\": 1, \"o\": {\"v\": 2}, \"arr\": [1]}",
+      "{\"_id\": 8, \"t\": \"ss\", \"v\": \"abc\", \"o\": {\"v\": 3}}",
+      "{\"v\": 2.5, \"t\": \"sss\"}",
+      "{\"t\": \"x\", \"o\": {\"v\": \"in\", \"d\": {\"v\": 3}}, \"v\": 9}",
+      "{\"arr\": 1, \"t\": \"s\", \"v\": null, \"o\": 4, \"e\": 5}",
+      "{\"v\": {\"a\": 1, \"b\": 2}, \"z\": 1, \"t\": \"q\", \"_id\": 2}",
+      "{\"t\": \"s\", \"v\": 1, \"o\": {\"v\": 2}, \"arr\": [1]}",
+   };
+   size_t n = sizeof json / sizeof json[0];
+   bson_t **docs = typed_docs(json, &n, 2, 2, 12);
+   bson_t *b = typed_doc(7, false), *str = typed_doc(1, false);
+   bson_t *sub = typed_doc(2, false);
+   docs[n++] = poke_at(b, "v", 0, 2);
+   docs[n++] = bson_copy(b);
+   docs[n++] = poke_at(str, "v", 4 + 3, 'x');
+   docs[n++] = poke_at(str, "t", 4 + 1, 'x');
+   docs[n++] = poke_at(str, "v", 0, 90);
+   docs[n++] = poke_at(str, "t", 0, 0);
+   docs[n++] = bson_copy(str);
+   docs[n++] = poke_at(sub, "v", 4 + 1 + 2 + 4, 1);
+   docs[n++] = poke_at(sub, "o", 0, 0xff);
+   docs[n++] = bson_copy(sub);
+   bson_destroy(b);
+   bson_destroy(str);
+   bson_destroy(sub);
+   size_t outputs = runs_same_results(
+      plan_pipelines, sizeof plan_pipelines / sizeof plan_pipelines[0],
+      aspen_shape_plan_set_enabled, docs, n);
+   docs_free(docs, n);
+   assert_true(outputs > 800);
+   /* A renamed path from a key of 300 bytes (its element's head longer
+    * than a byte can count), a string then an int under it. */
+   char key[301], pl[512];
+   memset(key, 'k', 300);
+   key[300] = '\0';
+   snprintf(pl, sizeof pl, "[{\"$project\": {\"r\": \"$%s\", \"t\": 1}}]",
+            key);
+   const char *const long_pl[] = {pl};
+   bson_t *long_docs[4];
+   for (int i = 0; i < 4; i++) {
+      long_docs[i] = bson_new();
+      BSON_APPEND_UTF8(long_docs[i], "t", "s");
+      if (i < 2) {
+         BSON_APPEND_UTF8(long_docs[i], key, i ? "second" : "first");
+      } else {
+         BSON_APPEND_INT32(long_docs[i], key, i);
+      }
+   }
+   assert_int_equal(runs_same_results(long_pl, 1,
+                                      aspen_shape_plan_set_enabled,
+                                      long_docs, 4),
+                    8);
+   for (int i = 0; i < 4; i++) {
+      bson_destroy(long_docs[i]);
+   }
 }
 
 /* Path slots read in place (expr_paths.c: the type-specialised reads, a
@@ -2316,6 +2434,7 @@ main(void)
       cmocka_unit_test(match_table_only_when_read),
       cmocka_unit_test(layout_cache_same_results),
       cmocka_unit_test(path_copy_same_results),
+      cmocka_unit_test(plan_same_results),
       cmocka_unit_test(match_table_decided_at_parse),
    };
    const size_t n_direct = sizeof direct / sizeof direct[0];
