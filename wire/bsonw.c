@@ -57,16 +57,8 @@ aspen__bsonw_grow(aspen_bsonw_t *w, size_t n)
    w->cap = cap;
 }
 
-void
-aspen_bsonw_reset(aspen_bsonw_t *w)
-{
-   w->len = 0;
-   aspen_bsonw_reserve(w, 4);
-   w->len = 4;
-}
-
 bool
-aspen_bsonw_finish(aspen_bsonw_t *w, bson_t *out)
+aspen__bsonw_finish_slow(aspen_bsonw_t *w, bson_t *out)
 {
    *aspen_bsonw_reserve(w, 1) = 0;
    w->len++;

@@ -36,8 +36,6 @@ void aspen_bsonw_init(aspen_bsonw_t *w);
  * to the heap only if it outgrows it. */
 void aspen_bsonw_init_static(aspen_bsonw_t *w, uint8_t *buf, size_t cap);
 void aspen_bsonw_cleanup(aspen_bsonw_t *w);
-/* Starts a new root document, keeping the buffer. */
-void aspen_bsonw_reset(aspen_bsonw_t *w);
 /* Makes room for `n` more bytes (inside bsonw.c: it grows the buffer). */
 void aspen__bsonw_grow(aspen_bsonw_t *w, size_t n);
 /* Appends `val` under `key` (MISSING, type 0, appends nothing): inline
@@ -52,9 +50,9 @@ void aspen__bsonw_value_any(aspen_bsonw_t *w, const char *key, size_t key_len,
  * nor calls memchr. */
 void aspen_bsonw_copy_without(aspen_bsonw_t *w, const bson_t *doc,
                               const char *key, size_t key_len);
-/* Closes the root document and points `out` at it (bson_init_static):
- * false, `out` empty, if it grew past what BSON can hold. */
-bool aspen_bsonw_finish(aspen_bsonw_t *w, bson_t *out);
+/* aspen_bsonw_finish's rare cases (inside bsonw.c): a document past what
+ * BSON can hold (false, `out` empty) or one never reset. */
+bool aspen__bsonw_finish_slow(aspen_bsonw_t *w, bson_t *out);
 
 static inline uint8_t *
 aspen_bsonw_reserve(aspen_bsonw_t *w, size_t n)
@@ -63,6 +61,131 @@ aspen_bsonw_reserve(aspen_bsonw_t *w, size_t n)
       aspen__bsonw_grow(w, n);
    }
    return w->data + w->len;
+}
+
+/* Starts a new root document, keeping the buffer. */
+static inline void
+aspen_bsonw_reset(aspen_bsonw_t *w)
+{
+   w->len = 0;
+   aspen_bsonw_reserve(w, 4);
+   w->len = 4;
+}
+
+/*
+ * A document's bytes and a read-only view of bytes, without a libbson call
+ * each (hot paths do both once per document and stage). libbson 1.x keeps
+ * a bson_t in one of two layouts, told apart by its flags' INLINE bit:
+ * inline (the bytes in the bson_t itself, after flags and len: the public
+ * struct's `padding`, as BSON_INITIALIZER has it) or allocated (a pointer
+ * to the buffer pointer and an offset in it; what bson_init_static makes,
+ * with itself as the buffer's owner). The allocated layout is libbson's
+ * private bson_impl_alloc_t, mirrored here; test_wire's bson_abi_* tests
+ * check both against bson_get_data and bson_init_static for every kind of
+ * bson_t. Any other libbson (or a BSON_MEMCHECK one) takes the library
+ * calls.
+ */
+#if BSON_MAJOR_VERSION == 1 && !defined(BSON_MEMCHECK)
+#define ASPEN_BSONW_ABI 1
+#else
+#define ASPEN_BSONW_ABI 0
+#endif
+
+typedef struct {
+   uint32_t flags;
+   uint32_t len;
+   bson_t *parent;
+   uint32_t depth;
+   uint8_t **buf;
+   size_t *buflen;
+   size_t offset;
+   uint8_t *alloc;
+   size_t alloclen;
+   bson_realloc_func realloc;
+   void *realloc_func_ctx;
+} aspen__bson_alloc_t;
+_Static_assert(sizeof(aspen__bson_alloc_t) <= sizeof(bson_t),
+               "libbson's allocated layout fits in a bson_t");
+
+enum {
+   ASPEN__BSON_FLAG_INLINE = 1u << 0,
+   ASPEN__BSON_FLAG_STATIC = 1u << 1,
+   ASPEN__BSON_FLAG_RDONLY = 1u << 2,
+};
+
+/* bson_get_data(doc), inline. Fields are read through memcpy (one load
+ * each): the bson_t is not an aspen__bson_alloc_t to the compiler. */
+static inline const uint8_t *
+aspen_bsonw_data(const bson_t *doc)
+{
+#if ASPEN_BSONW_ABI
+   if (doc->flags & ASPEN__BSON_FLAG_INLINE) {
+      return (const uint8_t *) doc + offsetof(bson_t, padding);
+   }
+   const char *raw = (const char *) doc;
+   uint8_t **buf;
+   size_t offset;
+   memcpy(&buf, raw + offsetof(aspen__bson_alloc_t, buf), sizeof buf);
+   memcpy(&offset, raw + offsetof(aspen__bson_alloc_t, offset),
+          sizeof offset);
+   return *buf + offset;
+#else
+   return bson_get_data(doc);
+#endif
+}
+
+/* bson_init_static(out, data, len) for bytes known to be a document's
+ * frame: len >= 5 and <= INT32_MAX, data's first four bytes len (little
+ * endian), data[len - 1] == 0 (libbson checks these; the caller wrote
+ * them). The same bson_t, field for field. */
+static inline void
+aspen__bsonw_view_trusted(bson_t *out, const uint8_t *data, size_t len)
+{
+#if ASPEN_BSONW_ABI
+   /* Each field stored alone, as libbson does (the padding after depth
+    * left as it was). */
+   char *raw = (char *) out;
+   uint32_t flags = ASPEN__BSON_FLAG_STATIC | ASPEN__BSON_FLAG_RDONLY;
+   uint32_t len32 = (uint32_t) len, depth = 0;
+   void *null = NULL;
+   size_t zero = 0;
+   uint8_t **buf = (uint8_t **) (raw + offsetof(aspen__bson_alloc_t, alloc));
+   size_t *buflen =
+      (size_t *) (raw + offsetof(aspen__bson_alloc_t, alloclen));
+   const uint8_t *alloc = data;
+#define ASPEN__BSONW_PUT(field, v) \
+   memcpy(raw + offsetof(aspen__bson_alloc_t, field), &(v), sizeof(v))
+   ASPEN__BSONW_PUT(flags, flags);
+   ASPEN__BSONW_PUT(len, len32);
+   ASPEN__BSONW_PUT(parent, null);
+   ASPEN__BSONW_PUT(depth, depth);
+   ASPEN__BSONW_PUT(buf, buf);
+   ASPEN__BSONW_PUT(buflen, buflen);
+   ASPEN__BSONW_PUT(offset, zero);
+   ASPEN__BSONW_PUT(alloc, alloc);
+   ASPEN__BSONW_PUT(alloclen, len);
+   ASPEN__BSONW_PUT(realloc, null);
+   ASPEN__BSONW_PUT(realloc_func_ctx, null);
+#undef ASPEN__BSONW_PUT
+#else
+   (void) bson_init_static(out, data, len);
+#endif
+}
+
+/* Closes the root document and points `out` at it (a static bson_t, as
+ * bson_init_static makes): false, `out` empty, if it grew past what BSON
+ * can hold. */
+static inline bool
+aspen_bsonw_finish(aspen_bsonw_t *w, bson_t *out)
+{
+   if (w->len < 4 || w->len >= (size_t) INT32_MAX) {
+      return aspen__bsonw_finish_slow(w, out);
+   }
+   *aspen_bsonw_reserve(w, 1) = 0;
+   w->len++;
+   aspen_bytes_put_le32(w->data, (uint32_t) w->len);
+   aspen__bsonw_view_trusted(out, w->data, w->len);
+   return true;
 }
 
 /* The length of the NUL-terminated key at `k`, looked for in its first

@@ -78,7 +78,7 @@ aspen_fields_add(aspen_fields_t *t, size_t off, size_t klen)
 static inline void
 aspen_fields_bind(aspen_fields_t *t, const bson_t *doc)
 {
-   t->data = bson_get_data(doc);
+   t->data = aspen_bsonw_data(doc);
    t->len = doc->len;
 }
 
@@ -102,7 +102,9 @@ aspen_fields_covers_data(const aspen_fields_t *t, const uint8_t *data,
 static inline bool
 aspen_fields_covers(const aspen_fields_t *t, const bson_t *doc)
 {
-   return doc && aspen_fields_covers_data(t, bson_get_data(doc), doc->len);
+   /* (t first: most inputs come without a table) */
+   return doc && t &&
+          aspen_fields_covers_data(t, aspen_bsonw_data(doc), doc->len);
 }
 
 /* Fills `t` from `doc`'s top-level elements (one pass) and binds it:

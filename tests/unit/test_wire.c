@@ -2755,6 +2755,137 @@ bsonw_same_and_free(aspen_bsonw_t *wall, bson_t *all, aspen_bsonw_t *w)
    aspen_bsonw_cleanup(w);
 }
 
+/* bsonw.h's mirror of libbson's bson_t layouts: aspen_bsonw_data is
+ * bson_get_data for every kind of bson_t libbson makes (inline on the
+ * stack and on the heap, grown past inline, sized, static, read from
+ * bytes, copied, a child being appended to, the writer's), and the bson_t
+ * aspen_bsonw_finish points at its bytes is field for field the one
+ * bson_init_static makes there, which libbson then reads as its own. */
+static void
+check_data(const bson_t *doc)
+{
+   assert_ptr_equal(aspen_bsonw_data(doc), bson_get_data(doc));
+}
+
+static void
+test_bson_abi_data(void **state)
+{
+   (void) state;
+   bson_t stack = BSON_INITIALIZER;
+   check_data(&stack);
+   BSON_APPEND_INT32(&stack, "a", 1);
+   check_data(&stack); /* inline */
+   char big[300];
+   memset(big, 'x', sizeof big - 1);
+   big[sizeof big - 1] = 0;
+   BSON_APPEND_UTF8(&stack, "b", big);
+   check_data(&stack); /* grown: allocated */
+   bson_t *heap = bson_new();
+   BSON_APPEND_INT32(heap, "a", 1);
+   check_data(heap); /* inline, on the heap */
+   BSON_APPEND_UTF8(heap, "b", big);
+   check_data(heap);
+   bson_t *sized = bson_sized_new(4096);
+   BSON_APPEND_INT32(sized, "a", 1);
+   check_data(sized);
+   bson_t child;
+   BSON_APPEND_DOCUMENT_BEGIN(sized, "c", &child);
+   BSON_APPEND_INT32(&child, "x", 1);
+   check_data(&child); /* a child: the parent's buffer at an offset */
+   bson_append_document_end(sized, &child);
+   check_data(sized);
+   bson_t *copy = bson_copy(&stack);
+   check_data(copy);
+   bson_t *from = bson_new_from_data(bson_get_data(&stack), stack.len);
+   check_data(from);
+   bson_t view;
+   assert_true(bson_init_static(&view, bson_get_data(&stack), stack.len));
+   check_data(&view);
+   bson_t in_place;
+   bson_copy_to(heap, &in_place);
+   check_data(&in_place);
+   bson_t json;
+   bson_error_t berr;
+   assert_true(bson_init_from_json(&json, "{\"a\": [1, 2, {\"b\": 3}]}", -1,
+                                   &berr));
+   check_data(&json);
+   aspen_bsonw_t w;
+   aspen_bsonw_init(&w);
+   aspen_bsonw_reset(&w);
+   bson_t out;
+   assert_true(aspen_bsonw_finish(&w, &out));
+   check_data(&out);
+   assert_ptr_equal(aspen_bsonw_data(&out), w.data);
+   aspen_bsonw_cleanup(&w);
+   bson_destroy(&json);
+   bson_destroy(&in_place);
+   bson_destroy(from);
+   bson_destroy(copy);
+   bson_destroy(sized);
+   bson_destroy(heap);
+   bson_destroy(&stack);
+}
+
+static void
+test_bson_abi_finish(void **state)
+{
+   (void) state;
+   bson_error_t berr;
+   bson_t *all = bson_new_from_json((const uint8_t *) "{\"a\": 1, \"s\": "
+                                    "\"str\", \"o\": {\"p\": [1, 2]}}",
+                                    -1, &berr);
+   assert_non_null(all);
+   for (int grow = 0; grow < 2; grow++) {
+      uint8_t buf[256];
+      aspen_bsonw_t w;
+      /* the stack buffer, then (grown past it) the heap */
+      aspen_bsonw_init_static(&w, buf, grow ? 16 : sizeof buf);
+      aspen_bsonw_reset(&w);
+      bson_iter_t it;
+      assert_true(bson_iter_init(&it, all));
+      while (bson_iter_next(&it)) {
+         aspen_bsonw_element(&w, &it);
+      }
+      /* The same bson_t storage twice (its pointers into itself compare
+       * equal), every byte set beforehand so none is left unwritten. */
+      bson_t out;
+      uint8_t want[sizeof out];
+      memset(&out, 0xa5, sizeof out);
+      assert_true(aspen_bsonw_finish(&w, &out));
+      uint8_t got[sizeof out];
+      memcpy(got, &out, sizeof out);
+      memset(&out, 0xa5, sizeof out);
+      assert_true(bson_init_static(&out, w.data, w.len));
+      memcpy(want, &out, sizeof out);
+      assert_memory_equal(got, want, sizeof out);
+      /* libbson reads it as its own: bytes, iteration, copy, JSON. */
+      memcpy(&out, got, sizeof out);
+      assert_int_equal(out.len, all->len);
+      assert_memory_equal(bson_get_data(&out), bson_get_data(all), out.len);
+      assert_true(bson_equal(&out, all));
+      assert_true(bson_validate(&out, BSON_VALIDATE_NONE, NULL));
+      assert_int_equal(bson_count_keys(&out), 3);
+      bson_t *copy = bson_copy(&out);
+      assert_true(bson_equal(copy, all));
+      bson_destroy(copy);
+      char *a = bson_as_canonical_extended_json(&out, NULL);
+      char *b = bson_as_canonical_extended_json(all, NULL);
+      assert_string_equal(a, b);
+      bson_free(a);
+      bson_free(b);
+      bson_destroy(&out); /* a static bson_t: frees nothing */
+      aspen_bsonw_cleanup(&w);
+   }
+   /* A writer finished without a reset: libbson's answer (a 1-byte
+    * document is none). */
+   aspen_bsonw_t w;
+   aspen_bsonw_init(&w);
+   bson_t out;
+   assert_false(aspen_bsonw_finish(&w, &out));
+   aspen_bsonw_cleanup(&w);
+   bson_destroy(all);
+}
+
 /* Keys of every length from 0 to 40 (aspen_bsonw_copy_short's cases and
  * past them), each on a fresh buffer and after others: libbson's bytes. */
 static void
@@ -3634,6 +3765,8 @@ main(void)
       T(test_hash_fnv1a),
       T(test_bytes_le32),
       T(test_bsonw_raw_key_len),
+      T(test_bson_abi_data),
+      T(test_bson_abi_finish),
       T(test_file_write_atomic),
       T(test_bytes_dec_int64),
       T(test_bsonw_matches_libbson),
