@@ -415,6 +415,7 @@ aspen_pipeline_parse(const bson_t *pipeline, const aspen_catalog_t *catalog,
    pl->main.n = pl->n_stages;
    pl->main.terminal = main_terminal;
    pl->main.arg = pl;
+   pl->main.counted = pl;
    for (int i = 0; i < pl->n_stages; i++) {
       pl->stages[i].chain = &pl->main;
       pl->stages[i].index = i;
@@ -468,60 +469,123 @@ aspen_pipeline_destroy(aspen_pipeline_t *pl)
 
 /* ---- running ------------------------------------------------------------ */
 
-void
-aspen_chain_push(aspen_chain_t *chain, int idx, const aspen_sdoc_t *doc)
+/* A hop from one stage to the next (aspen_stage_emit) is on every
+ * document's path, once per stage: what it decides per pipeline is decided
+ * when the pipeline is parsed (aspen_chain_t.counted: the main chain counts
+ * its stages' figures and ends at the pipeline's output), the sampled
+ * timing and the too-large document leave it for their own functions, and
+ * the emitting stage's output goes straight into the next stage's push,
+ * one call per hop. */
+
+/* A stage made `doc` (len bytes) past mongod's limit: it goes no further
+ * (each stage adding up to 16 MB would otherwise grow it without bound),
+ * and counts as `st`'s DLQ, not as its output. */
+static __attribute__((noinline, cold)) void
+too_large(aspen_stage_t *st, const aspen_sdoc_t *doc, uint32_t len)
 {
-   /* Only the main chain counts per stage (a window's inner stages are
-    * its window's figures). */
-   aspen_pipeline_t *pl =
-      chain->terminal == main_terminal ? (aspen_pipeline_t *) chain->arg : NULL;
-   uint32_t len = doc->doc ? doc->doc->len : 0;
-   if (idx > 0 && len > ASPEN_MAX_OBJECT_LEN) {
-      /* A stage made a document past mongod's limit: it goes no further
-       * (each stage adding up to 16 MB would otherwise grow it without
-       * bound). */
-      aspen_error_t err;
-      aspen_error_set(&err, ASPEN_ERR_BSONObjectTooLarge,
-                      "BSONObj size: %u (0x%X) is invalid. Size must be "
-                      "between 0 and %u(16MB)",
-                      (unsigned) len, (unsigned) len,
-                      (unsigned) ASPEN_MAX_OBJECT_LEN);
-      aspen_stage_dead_letter(&chain->stages[idx - 1], doc, &err);
-      return;
-   }
-   if (pl && idx > 0) {
-      aspen_op_counts_t *from = &chain->stages[idx - 1].counts;
-      from->out_count++;
-      from->out_size += len;
-   }
+   aspen_error_t err;
+   aspen_error_set(&err, ASPEN_ERR_BSONObjectTooLarge,
+                   "BSONObj size: %u (0x%X) is invalid. Size must be "
+                   "between 0 and %u(16MB)",
+                   (unsigned) len, (unsigned) len,
+                   (unsigned) ASPEN_MAX_OBJECT_LEN);
+   aspen_stage_dead_letter(st, doc, &err);
+}
+
+/* Stage `st`'s push of a sampled input (pl->timing): its own time is its
+ * time less that of the stages (and the sink) it handed documents to. */
+static __attribute__((noinline)) bool
+push_timed(aspen_pipeline_t *pl, aspen_stage_t *st, const aspen_sdoc_t *doc,
+           aspen_error_t *err)
+{
+   uint64_t outer = pl->child_ns;
+   pl->child_ns = 0;
+   uint64_t t0 = clock_ns();
+   bool ok = st->ops->push(st, doc, err);
+   uint64_t incl = clock_ns() - t0;
+   uint64_t own = incl > pl->child_ns ? incl - pl->child_ns : 0;
+   st->counts.exec_ns += own * ASPEN_PIPELINE_TIMING_EVERY;
+   pl->child_ns = outer + incl;
+   return ok;
+}
+
+/* Hands `doc` (len bytes) to stage `idx` of `chain`, which is `st`
+ * (chain->stages + idx), or to its terminal when idx == chain->n (st
+ * unused); `pl` is chain->counted. */
+static inline __attribute__((always_inline)) void
+enter(aspen_chain_t *chain, aspen_pipeline_t *pl, int idx, aspen_stage_t *st,
+      const aspen_sdoc_t *doc, uint32_t len)
+{
    if (idx >= chain->n) {
-      chain->terminal(chain->arg, doc);
+      if (pl) {
+         pl->output(pl->hook_arg, doc); /* main_terminal's call */
+      } else {
+         chain->terminal(chain->arg, doc);
+      }
       return;
    }
-   aspen_stage_t *st = &chain->stages[idx];
    aspen_error_t err;
    bool ok;
    if (pl) {
       st->counts.in_count++;
       st->counts.in_size += len;
+      if (pl->timing) {
+         ok = push_timed(pl, st, doc, &err);
+         goto pushed;
+      }
    }
-   if (pl && pl->timing) {
-      /* A sampled input: this stage's own time is its time less that of
-       * the stages (and the sink) it handed documents to. */
-      uint64_t outer = pl->child_ns;
-      pl->child_ns = 0;
-      uint64_t t0 = clock_ns();
-      ok = st->ops->push(st, doc, &err);
-      uint64_t incl = clock_ns() - t0;
-      uint64_t own = incl > pl->child_ns ? incl - pl->child_ns : 0;
-      st->counts.exec_ns += own * ASPEN_PIPELINE_TIMING_EVERY;
-      pl->child_ns = outer + incl;
-   } else {
-      ok = st->ops->push(st, doc, &err);
-   }
+   ok = st->ops->push(st, doc, &err);
+pushed:
    if (!ok) {
       aspen_stage_dead_letter(st, doc, &err);
    }
+}
+
+/* The size a document counts for in the figures (0 for none). */
+static inline uint32_t
+doc_len(const aspen_sdoc_t *doc)
+{
+   return doc->doc ? doc->doc->len : 0;
+}
+
+void
+aspen_chain_push(aspen_chain_t *chain, int idx, const aspen_sdoc_t *doc)
+{
+   uint32_t len = doc_len(doc);
+   aspen_pipeline_t *pl = chain->counted;
+   if (idx > 0) {
+      aspen_stage_t *from = &chain->stages[idx - 1];
+      if (len > ASPEN_MAX_OBJECT_LEN) {
+         too_large(from, doc, len);
+         return;
+      }
+      if (pl) {
+         from->counts.out_count++;
+         from->counts.out_size += len;
+      }
+   }
+   enter(chain, pl, idx, idx < chain->n ? chain->stages + idx : NULL, doc,
+         len);
+}
+
+void
+aspen_stage_emit(aspen_stage_t *st, const aspen_sdoc_t *out)
+{
+   /* aspen_chain_push(st->chain, st->index + 1, out), the stage known: a
+    * chain's stages are one array, st at st->index, the next one after it
+    * (aspen_pipeline_parse, window.c, stage_https.c lay them out so). */
+   aspen_chain_t *chain = st->chain;
+   uint32_t len = doc_len(out);
+   if (len > ASPEN_MAX_OBJECT_LEN) {
+      too_large(st, out, len);
+      return;
+   }
+   aspen_pipeline_t *pl = chain->counted;
+   if (pl) {
+      st->counts.out_count++;
+      st->counts.out_size += len;
+   }
+   enter(chain, pl, st->index + 1, st + 1, out, len);
 }
 
 void
@@ -625,7 +689,7 @@ aspen_pipeline_push(aspen_pipeline_t *pl, const aspen_sdoc_t *doc)
    if (pl->observe) {
       pl->observe(pl->window, doc);
    }
-   aspen_chain_push(&pl->main, 0, doc);
+   enter(&pl->main, pl, 0, pl->main.stages, doc, doc_len(doc));
 }
 
 void
@@ -679,12 +743,6 @@ aspen_pipeline_tick(aspen_pipeline_t *pl, int64_t now_ms, int64_t idle_ms)
    if (pl->window && pl->window->ops->tick) {
       pl->window->ops->tick(pl->window, now_ms, idle_ms);
    }
-}
-
-void
-aspen_stage_emit(aspen_stage_t *st, const aspen_sdoc_t *out)
-{
-   aspen_chain_push(st->chain, st->index + 1, out);
 }
 
 uint64_t
@@ -771,17 +829,4 @@ aspen_pipeline_snapshot(aspen_pipeline_t *pl, aspen_op_counts_t *ops,
    if (recent_start_ms) {
       *recent_start_ms = oldest == INT64_MAX ? 0 : oldest * 1000;
    }
-}
-
-void
-aspen_stage_expr_ctx(const aspen_stage_t *st, const aspen_sdoc_t *in,
-                     aspen_expr_ctx_t *ctx)
-{
-   ctx->root = in->doc;
-   ctx->meta = in->meta;
-   ctx->now_ms = st->pl->now_ms;
-   ctx->current = NULL;
-   ctx->fields = NULL;
-   ctx->scratch = NULL;
-   ctx->paths = NULL;
 }

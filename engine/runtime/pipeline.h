@@ -136,6 +136,12 @@ typedef struct aspen_chain {
    int n;
    void (*terminal)(void *arg, const aspen_sdoc_t *doc);
    void *arg;
+   /* The pipeline's main chain (set by aspen_pipeline_parse): its stages
+    * count their figures (aspen_op_counts_t), and what leaves the last one
+    * goes to that pipeline's output hook (its terminal's call, made
+    * without it). NULL (any other chain, e.g. a window's inner ones):
+    * nothing counted, the terminal called. */
+   aspen_pipeline_t *counted;
 } aspen_chain_t;
 
 struct aspen_stage {
@@ -349,8 +355,19 @@ void aspen_pipeline_snapshot(aspen_pipeline_t *pl, aspen_op_counts_t *ops,
                              aspen_hist_t *total);
 /* A monotonic clock in nanoseconds. */
 uint64_t aspen_pipeline_clock_ns(void);
-/* Fills an expression context for a document. */
-void aspen_stage_expr_ctx(const aspen_stage_t *st, const aspen_sdoc_t *in,
-                          aspen_expr_ctx_t *ctx);
+/* Fills an expression context for a document (inline: once per stage
+ * and document). */
+static inline void
+aspen_stage_expr_ctx(const aspen_stage_t *st, const aspen_sdoc_t *in,
+                     aspen_expr_ctx_t *ctx)
+{
+   ctx->root = in->doc;
+   ctx->meta = in->meta;
+   ctx->now_ms = st->pl->now_ms;
+   ctx->current = NULL;
+   ctx->fields = NULL;
+   ctx->scratch = NULL;
+   ctx->paths = NULL;
+}
 
 #endif /* ASPEN_ENGINE_RUNTIME_PIPELINE_H */

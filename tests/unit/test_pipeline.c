@@ -1191,6 +1191,186 @@ operator_counts(void **state)
    collector_cleanup(&col);
 }
 
+/* The hops between stages (pipeline.c: aspen_stage_emit hands a stage's
+ * output straight to the next stage's push, counting both stages'
+ * figures): over $match -> $addFields -> $project -> $match, every stage's
+ * documents and bytes in, out and to the DLQ are the expected ones, and so
+ * are the outputs (byte for byte) and the DLQ entries: a document the
+ * first $match drops, one $addFields fails on ($divide by zero: the input
+ * goes to the DLQ), one $addFields makes past 16 MB (that output goes to
+ * the DLQ, as $addFields', and no further), one the last $match drops.
+ * The same with every input timed (pl->timing): the same figures, and the
+ * stages' time taken (counted ASPEN_PIPELINE_TIMING_EVERY times over);
+ * untimed, none. */
+static const char *const chain_stages =
+   "\"1\": {\"$match\": {\"k\": {\"$gte\": 0}}}, "
+   "\"2\": {\"$addFields\": {\"r\": {\"$divide\": [10, \"$k\"]}, "
+   "\"c\": \"$a\"}}, "
+   "\"3\": {\"$project\": {\"_id\": 0, \"k\": 1, \"r\": 1, \"c\": 1}}, "
+   "\"4\": {\"$match\": {\"r\": {\"$lt\": 5}}}";
+
+/* {k, a} (a: the string `a`, or a string of `n` 'a's when a is NULL),
+ * then, when `r` is given, {r (a double), c (a copy of a)}; without `with_a`
+ * a is left out ($project's output). */
+static bson_t *
+chain_doc(int32_t k, const char *a, size_t n, bool with_a, const double *r)
+{
+   char *big = NULL;
+   if (!a) {
+      big = aspen_xmalloc(n + 1);
+      memset(big, 'a', n);
+      big[n] = 0;
+      a = big;
+   }
+   bson_t *doc = bson_new();
+   BSON_APPEND_INT32(doc, "k", k);
+   if (with_a) {
+      BSON_APPEND_UTF8(doc, "a", a);
+   }
+   if (r) {
+      BSON_APPEND_DOUBLE(doc, "r", *r);
+      BSON_APPEND_UTF8(doc, "c", a);
+   }
+   free(big);
+   return doc;
+}
+
+typedef struct {
+   collector_t col;
+   aspen_op_counts_t ops[6];
+} chain_run_t;
+
+static void
+chain_run(bool timed, bson_t *const *in, size_t n_in, chain_run_t *r)
+{
+   aspen_pipeline_t *pl = parse_after_source(chain_stages);
+   collector_attach(&r->col, pl);
+   bson_t meta;
+   source_meta(&meta, -1);
+   for (size_t i = 0; i < n_in; i++) {
+      aspen_sdoc_t d = {.doc = in[i], .meta = &meta, .ts_ms = TEST_NOW_MS};
+      pl->timing = timed;
+      aspen_pipeline_push(pl, &d);
+   }
+   bson_destroy(&meta);
+   aspen__pipeline_publish(pl);
+   assert_int_equal(aspen_pipeline_op_count(pl), 5); /* source, 4, no sink */
+   aspen_pipeline_snapshot(pl, r->ops, NULL, NULL, NULL);
+   aspen_pipeline_destroy(pl);
+}
+
+static void
+assert_same_doc(const bson_t *got, const bson_t *want)
+{
+   assert_int_equal(got->len, want->len);
+   assert_memory_equal(bson_get_data(got), bson_get_data(want), got->len);
+}
+
+static void
+chain_figures(void **state)
+{
+   (void) state;
+   const size_t big = 9u * 1024 * 1024; /* twice over: past 16 MB */
+   double r1 = 10, r4 = 2.5, r2 = 5, r8 = 1.25;
+   bson_t *in[] = {
+      chain_doc(1, "x", 0, true, NULL),  chain_doc(4, "yy", 0, true, NULL),
+      chain_doc(-1, "z", 0, true, NULL), chain_doc(0, "w", 0, true, NULL),
+      chain_doc(2, NULL, big, true, NULL), chain_doc(8, "v", 0, true, NULL),
+   };
+   size_t n_in = sizeof in / sizeof in[0];
+   /* What $addFields makes of inputs 0, 1, 4 (too large) and 5, and what
+    * $project makes of them. */
+   bson_t *added[] = {
+      chain_doc(1, "x", 0, true, &r1), chain_doc(4, "yy", 0, true, &r4),
+      chain_doc(2, NULL, big, true, &r2), chain_doc(8, "v", 0, true, &r8),
+   };
+   bson_t *projected[] = {
+      chain_doc(1, "x", 0, false, &r1), chain_doc(4, "yy", 0, false, &r4),
+      chain_doc(8, "v", 0, false, &r8),
+   };
+   assert_true(added[2]->len > ASPEN_MAX_OBJECT_LEN);
+   uint64_t in_size = 0;
+   for (size_t i = 0; i < n_in; i++) {
+      in_size += in[i]->len;
+   }
+   for (int timed = 0; timed < 2; timed++) {
+      chain_run_t r;
+      chain_run(timed, in, n_in, &r);
+      const aspen_op_counts_t *m1 = &r.ops[1], *af = &r.ops[2],
+                              *pj = &r.ops[3], *m2 = &r.ops[4];
+      /* $match: all in, the one with k < 0 dropped. */
+      assert_int_equal(m1->in_count, n_in);
+      assert_int_equal(m1->in_size, in_size);
+      assert_int_equal(m1->out_count, 5);
+      assert_int_equal(m1->out_size, in_size - in[2]->len);
+      assert_int_equal(m1->dlq_count, 0);
+      /* $addFields: 5 in, 3 out, k = 0 and the too large one to the DLQ. */
+      assert_int_equal(af->in_count, 5);
+      assert_int_equal(af->in_size, in_size - in[2]->len);
+      assert_int_equal(af->out_count, 3);
+      assert_int_equal(af->out_size,
+                       added[0]->len + added[1]->len + added[3]->len);
+      assert_int_equal(af->dlq_count, 2);
+      assert_int_equal(af->dlq_size, in[3]->len + added[2]->len);
+      /* $project: 3 in and out. */
+      assert_int_equal(pj->in_count, 3);
+      assert_int_equal(pj->in_size, af->out_size);
+      assert_int_equal(pj->out_count, 3);
+      assert_int_equal(pj->out_size, projected[0]->len + projected[1]->len +
+                                        projected[2]->len);
+      assert_int_equal(pj->dlq_count, 0);
+      /* $match: r = 10 dropped. */
+      assert_int_equal(m2->in_count, 3);
+      assert_int_equal(m2->in_size, pj->out_size);
+      assert_int_equal(m2->out_count, 2);
+      assert_int_equal(m2->out_size, projected[1]->len + projected[2]->len);
+      assert_int_equal(m2->dlq_count, 0);
+      /* The outputs and the DLQ entries, byte for byte. */
+      assert_int_equal(r.col.n_out, 2);
+      assert_same_doc(r.col.out[0], projected[1]);
+      assert_same_doc(r.col.out[1], projected[2]);
+      assert_int_equal(r.col.n_dlq, 2);
+      assert_string_equal(r.col.dlq[0].operator_name, "AddFieldsOperator");
+      assert_string_equal(r.col.dlq[0].reason,
+                          "Failed to process input document in "
+                          "AddFieldsOperator with error: can't $divide by "
+                          "zero");
+      assert_same_doc(r.col.dlq[0].doc, in[3]);
+      char want[256];
+      snprintf(want, sizeof want,
+               "Failed to process input document in AddFieldsOperator "
+               "with error: BSONObj size: %u (0x%X) is invalid. Size must "
+               "be between 0 and %u(16MB)",
+               (unsigned) added[2]->len, (unsigned) added[2]->len,
+               (unsigned) ASPEN_MAX_OBJECT_LEN);
+      assert_string_equal(r.col.dlq[1].operator_name, "AddFieldsOperator");
+      assert_string_equal(r.col.dlq[1].reason, want);
+      assert_same_doc(r.col.dlq[1].doc, added[2]);
+      /* Time: taken for timed inputs only, each sample counted
+       * ASPEN_PIPELINE_TIMING_EVERY times (copying 9 MB twice takes some). */
+      uint64_t ns = 0;
+      for (int i = 1; i <= 4; i++) {
+         assert_int_equal(r.ops[i].exec_ns % ASPEN_PIPELINE_TIMING_EVERY, 0);
+         ns += r.ops[i].exec_ns;
+      }
+      if (timed) {
+         assert_true(ns > 0);
+      } else {
+         assert_int_equal(ns, 0);
+      }
+      collector_cleanup(&r.col);
+   }
+   for (size_t i = 0; i < n_in; i++) {
+      bson_destroy(in[i]);
+   }
+   for (size_t i = 0; i < 4; i++) {
+      bson_destroy(added[i]);
+   }
+   for (size_t i = 0; i < 3; i++) {
+      bson_destroy(projected[i]);
+   }
+}
+
 /* The stateless stages' field tables (lang/fields.h: a shaping stage hands
  * its output's table on; expressions resolve paths through it; a flat
  * $addFields/$set over new fields appends to the input's span) give the
@@ -2428,6 +2608,7 @@ main(void)
       cmocka_unit_test(window_state_limit),
       cmocka_unit_test(window_state_autoscales),
       cmocka_unit_test(operator_counts),
+      cmocka_unit_test(chain_figures),
       cmocka_unit_test(field_tables_same_results),
       cmocka_unit_test(path_slots_same_results),
       cmocka_unit_test(path_slots_walks_same_results),
