@@ -321,6 +321,61 @@ aspen_bsonw_key(aspen_bsonw_t *w, bson_type_t type, const char *key,
    w->len += key_len + 2;
 }
 
+/* Writes an element's type byte and key and makes room for its `vlen`
+ * bytes of value (counted in w->len): returns where the value goes, for
+ * the caller to fill. One reservation for the whole element. */
+static inline uint8_t *
+aspen_bsonw_elem(aspen_bsonw_t *w, bson_type_t type, const char *key,
+                 size_t key_len, size_t vlen)
+{
+   uint8_t *p = aspen_bsonw_reserve(w, key_len + 2 + vlen);
+   p[0] = (uint8_t) type;
+   aspen_bsonw_copy_short(p + 1, key, key_len);
+   p[1 + key_len] = 0;
+   w->len += key_len + 2 + vlen;
+   return p + 2 + key_len;
+}
+
+/* The scalars computed values mostly are, written as aspen_bsonw_value
+ * writes them (the same bytes as libbson's appenders), any key length. */
+static inline void
+aspen_bsonw_double(aspen_bsonw_t *w, const char *key, size_t key_len,
+                   double d)
+{
+   uint64_t bits;
+   memcpy(&bits, &d, 8);
+   aspen_bytes_put_le64(aspen_bsonw_elem(w, BSON_TYPE_DOUBLE, key, key_len, 8),
+                        bits);
+}
+
+static inline void
+aspen_bsonw_bool(aspen_bsonw_t *w, const char *key, size_t key_len, bool b)
+{
+   *aspen_bsonw_elem(w, BSON_TYPE_BOOL, key, key_len, 1) = b ? 1 : 0;
+}
+
+static inline void
+aspen_bsonw_int32(aspen_bsonw_t *w, const char *key, size_t key_len,
+                  int32_t i)
+{
+   aspen_bytes_put_le32(aspen_bsonw_elem(w, BSON_TYPE_INT32, key, key_len, 4),
+                        (uint32_t) i);
+}
+
+/* Opens a string element of `len` bytes (at most INT32_MAX - 1) under
+ * `key`: its length and closing NUL are written, and the caller copies
+ * the `len` bytes to the place returned (before anything else is written
+ * to `w`). */
+static inline uint8_t *
+aspen_bsonw_utf8_room(aspen_bsonw_t *w, const char *key, size_t key_len,
+                      size_t len)
+{
+   uint8_t *q = aspen_bsonw_elem(w, BSON_TYPE_UTF8, key, key_len, 5 + len);
+   aspen_bytes_put_le32(q, (uint32_t) len + 1);
+   q[4 + len] = 0;
+   return q + 4;
+}
+
 /* Opens a sub-document (BSON_TYPE_DOCUMENT or _ARRAY) under `key`; returns
  * where it starts, for aspen_bsonw_end. */
 static inline size_t

@@ -485,6 +485,7 @@ static bool
 set_const(aspen_expr_t *e, aspen_value_t val)
 {
    e->eval = eval_const;
+   e->write = NULL;
    e->flags |= ASPEN__NODE_CONST;
    e->cval = val;
    return true;
@@ -1357,40 +1358,47 @@ ASPEN__ARGS_EVAL(eval_not, any1_args, compute_not)
 /* $cmp $eq $ne $gt $gte $lt $lte (sub: 0..6) */
 enum { CMP_CMP, CMP_EQ, CMP_NE, CMP_GT, CMP_GTE, CMP_LT, CMP_LTE };
 
+/* How a compares with b: < 0, 0, > 0. */
+static inline int
+cmp_two(const aspen_value_t *a, const aspen_value_t *b)
+{
+   if (a->v.value_type == BSON_TYPE_INT32 &&
+       b->v.value_type == BSON_TYPE_INT32) {
+      /* aspen__value_cmp's answer for two ints, without the call. */
+      int32_t x = a->v.value.v_int32, y = b->v.value.v_int32;
+      return x < y ? -1 : x > y ? 1 : 0;
+   }
+   return aspen__value_cmp(a, b, true);
+}
+
+/* The answer of $eq ... $lte (sub) for the comparison `c`. */
+static inline bool
+cmp_holds(int32_t sub, int c)
+{
+   switch (sub) {
+   case CMP_EQ:
+      return c == 0;
+   case CMP_NE:
+      return c != 0;
+   case CMP_GT:
+      return c > 0;
+   case CMP_GTE:
+      return c >= 0;
+   case CMP_LT:
+      return c < 0;
+   default:
+      return c <= 0;
+   }
+}
+
 static ASPEN__DECL_COMPUTE(compute_cmp)
 {
    (void) st;
-   int c;
-   if (v[0].v.value_type == BSON_TYPE_INT32 &&
-       v[1].v.value_type == BSON_TYPE_INT32) {
-      /* aspen__value_cmp's answer for two ints, without the call. */
-      int32_t x = v[0].v.value.v_int32, y = v[1].v.value.v_int32;
-      c = x < y ? -1 : x > y ? 1 : 0;
-   } else {
-      c = aspen__value_cmp(&v[0], &v[1], true);
-   }
-   switch (e->op->sub) {
-   case CMP_CMP:
+   int c = cmp_two(&v[0], &v[1]);
+   if (e->op->sub == CMP_CMP) {
       *out = aspen_value_int32(c < 0 ? -1 : c > 0 ? 1 : 0);
-      break;
-   case CMP_EQ:
-      *out = aspen_value_bool(c == 0);
-      break;
-   case CMP_NE:
-      *out = aspen_value_bool(c != 0);
-      break;
-   case CMP_GT:
-      *out = aspen_value_bool(c > 0);
-      break;
-   case CMP_GTE:
-      *out = aspen_value_bool(c >= 0);
-      break;
-   case CMP_LT:
-      *out = aspen_value_bool(c < 0);
-      break;
-   default:
-      *out = aspen_value_bool(c <= 0);
-      break;
+   } else {
+      *out = aspen_value_bool(cmp_holds(e->op->sub, c));
    }
    return true;
 }
@@ -1409,12 +1417,32 @@ static ASPEN__DECL_EVAL(eval_cmp_leaves)
    return eval_cmp(e, st, out);
 }
 
+/* eval_cmp_leaves' fast case written straight into the output: an int32
+ * ($cmp) or a bool. */
+static ASPEN__DECL_WRITE(write_cmp_leaves)
+{
+   const aspen_value_t *a, *b;
+   if (e->n_args == 2 && (a = aspen__leaf_at(e->args[0], st)) != NULL &&
+       (b = aspen__leaf_at(e->args[1], st)) != NULL &&
+       aspen__steps_skip(st, 2)) {
+      int c = cmp_two(a, b);
+      if (e->op->sub == CMP_CMP) {
+         aspen_bsonw_int32(w, key, key_len, c < 0 ? -1 : c > 0 ? 1 : 0);
+      } else {
+         aspen_bsonw_bool(w, key, key_len, cmp_holds(e->op->sub, c));
+      }
+      return true;
+   }
+   return aspen__write_eval(e, st, w, key, key_len);
+}
+
 /* A specialised eval for nodes whose arguments are leaves (constants,
  * paths whose slot holds their value) computes the common cases without
  * evaluating the argument nodes one by one and hands anything else to the
  * operator's general eval, so results, errors and the limits' counts are
  * the same: the parser installs it (a folded constant drops it). */
 bool aspen__expr_leaves_on = true;
+bool aspen__expr_write_on = true;
 
 void
 aspen_expr_leaves_set_enabled(bool on)
@@ -1422,10 +1450,16 @@ aspen_expr_leaves_set_enabled(bool on)
    aspen__expr_leaves_on = on;
 }
 
+void
+aspen_expr_write_set_enabled(bool on)
+{
+   aspen__expr_write_on = on;
+}
+
 bool
 aspen__parse_nary_leaves(aspen__parse_t *ps, const aspen__op_t *op,
                          const bson_iter_t *arg, aspen_expr_t *e,
-                         aspen__eval_fn leaves)
+                         aspen__eval_fn leaves, aspen__write_fn write)
 {
    if (!aspen__parse_nary(ps, op, arg, e)) {
       return false;
@@ -1433,12 +1467,14 @@ aspen__parse_nary_leaves(aspen__parse_t *ps, const aspen__op_t *op,
    if (aspen__expr_leaves_on) {
       e->eval = leaves;
    }
+   e->write = write;
    return true;
 }
 
 static ASPEN__DECL_PARSE(parse_cmp)
 {
-   return aspen__parse_nary_leaves(ps, op, arg, e, eval_cmp_leaves);
+   return aspen__parse_nary_leaves(ps, op, arg, e, eval_cmp_leaves,
+                                   write_cmp_leaves);
 }
 
 /* $meta: {$meta: "stream"} or a dotted path under it. */
@@ -2183,6 +2219,20 @@ aspen_expr_parse_object(const bson_t *obj, const char *const *vars,
 
 #define STACK_SLOTS 16
 
+/* The state of an evaluation without variables, `steps` counted. */
+static inline void
+eval_state_plain(aspen__eval_t *st, const aspen_expr_ctx_t *ctx,
+                 aspen_error_t *err, uint64_t steps)
+{
+   st->ctx = ctx;
+   st->slots = NULL;
+   st->ext_unbound = NULL;
+   st->n_ext = 0;
+   st->err = err;
+   st->steps = steps;
+   st->made = 0;
+}
+
 static bool
 eval_root_expr(const aspen_expr_t *e, const aspen_expr_ctx_t *ctx,
                const char *const *names, const aspen_value_t *values,
@@ -2196,13 +2246,7 @@ eval_root_expr(const aspen_expr_t *e, const aspen_expr_ctx_t *ctx,
       /* No variable at all: nothing to bind (the path most expressions
        * take, once per field per document). */
       aspen__eval_t st;
-      st.ctx = ctx;
-      st.slots = NULL;
-      st.ext_unbound = NULL;
-      st.n_ext = 0;
-      st.err = err;
-      st.steps = 0;
-      st.made = 0;
+      eval_state_plain(&st, ctx, err, 0);
       *out = ASPEN_VALUE_MISSING;
       if (__builtin_expect(aspen__eval_node(e, &st, out), 1)) {
          return true;
@@ -2383,6 +2427,71 @@ aspen_expr_eval(const aspen_expr_t *e, const aspen_expr_ctx_t *ctx,
                 aspen_value_t *out, aspen_error_t *err)
 {
    return eval_root_expr(e, ctx, NULL, NULL, 0, out, err);
+}
+
+bool
+aspen__write_eval(const aspen_expr_t *e, aspen__eval_t *st, aspen_bsonw_t *w,
+                  const char *key, size_t key_len)
+{
+   const aspen_value_t *at = aspen__leaf_at(e, st);
+   if (at) {
+      aspen_bsonw_value(w, key, key_len, &at->v);
+      return true;
+   }
+   aspen_expr_scratch_t *sc = st->ctx->scratch;
+   size_t used = sc ? sc->used : 0;
+   aspen_value_t v = ASPEN_VALUE_MISSING;
+   bool ok = e->eval(e, st, &v) && (!v.owned || aspen__eval_charge(st, &v));
+   if (ok) {
+      aspen_bsonw_value(w, key, key_len, &v.v);
+   }
+   aspen_value_destroy(&v);
+   if (sc) {
+      sc->used = used; /* every value made in it is written */
+   }
+   return ok;
+}
+
+/* aspen_expr_eval_write of an expression with variables (or without a
+ * context): eval_root_expr, then the write. */
+static __attribute__((noinline)) bool
+write_root_expr(const aspen_expr_t *e, const aspen_expr_ctx_t *ctx,
+                aspen_bsonw_t *w, const char *key, size_t key_len,
+                aspen_error_t *err)
+{
+   aspen_expr_scratch_t *sc = ctx ? ctx->scratch : NULL;
+   size_t used = sc ? sc->used : 0;
+   aspen_value_t v;
+   bool ok = eval_root_expr(e, ctx, NULL, NULL, 0, &v, err);
+   if (ok) {
+      aspen_bsonw_value(w, key, key_len, &v.v);
+      aspen_value_destroy(&v);
+   }
+   if (sc) {
+      sc->used = used;
+   }
+   return ok;
+}
+
+bool
+aspen_expr_eval_write(const aspen_expr_t *e, const aspen_expr_ctx_t *ctx,
+                      aspen_bsonw_t *w, const char *key, size_t key_len,
+                      aspen_error_t *err)
+{
+   if (__builtin_expect(!ctx || e->n_slots != 0 || e->n_ext != 0, 0)) {
+      return write_root_expr(e, ctx, w, key, key_len, err);
+   }
+   /* eval_root_expr's evaluation without variables, its root's step
+    * counted as aspen__eval_node counts it (the first: no check). The
+    * writes that use the scratch (aspen__write_eval) leave it as it
+    * was. */
+   aspen__eval_t st;
+   eval_state_plain(&st, ctx, err, 1);
+   aspen__write_fn write = aspen__expr_write_on ? e->write : NULL;
+   if (!write) {
+      write = aspen__write_eval; /* (a call either way: none inlined) */
+   }
+   return write(e, &st, w, key, key_len);
 }
 
 bool

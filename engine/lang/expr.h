@@ -143,6 +143,22 @@ void aspen_expr_leaves_set_enabled(bool on);
 bool aspen_expr_eval(const aspen_expr_t *e, const aspen_expr_ctx_t *ctx,
                      aspen_value_t *out, aspen_error_t *err);
 
+/* Evaluates `e` and appends its value to `w` under key[0 .. key_len)
+ * (nothing when it is MISSING): the same bytes, errors and limits as
+ * aspen_expr_eval then aspen_bsonw_value, but the common results of the
+ * operators that have a specialised write - $divide, $cmp/$eq/.../$lte
+ * and $concat over leaves, $toString of an integer, a constant or a
+ * resolved path - are written straight into `w` (no value made, boxed or
+ * freed). On an error returns false, err set, nothing written. Leaves
+ * ctx->scratch as it found it. */
+bool aspen_expr_eval_write(const aspen_expr_t *e, const aspen_expr_ctx_t *ctx,
+                           aspen_bsonw_t *w, const char *key, size_t key_len,
+                           aspen_error_t *err);
+/* Whether aspen_expr_eval_write uses the operators' specialised writes
+ * (default true); off, it evaluates then writes. Any time (a plain flag:
+ * tests turn it off, on one thread, to compare). */
+void aspen_expr_write_set_enabled(bool on);
+
 /* Evaluates with extra user variables bound (name -> value); used by stages
  * that have `let` (e.g. $lookup, $merge). */
 bool aspen_expr_eval_with_vars(const aspen_expr_t *e,

@@ -1185,6 +1185,24 @@ done:
    return ok;
 }
 
+/* {$toString: leaf} of an int or a long written straight into the
+ * output: compute_to_type's digits, with the step of the argument and the
+ * bytes of the result the general path counts. Anything else is eval's. */
+static ASPEN__DECL_WRITE(write_to_string)
+{
+   int64_t x;
+   if (aspen__to_string_int_leaf(e, st, &x)) {
+      char digits[24];
+      size_t len = aspen_bytes_dec_int64(x, digits);
+      if (st->made + len <= ASPEN__EVAL_MAX_MADE && aspen__steps_skip(st, 1)) {
+         st->made += len;
+         memcpy(aspen_bsonw_utf8_room(w, key, key_len, len), digits, len);
+         return true;
+      }
+   }
+   return aspen__write_eval(e, st, w, key, key_len);
+}
+
 /* $toInt etc.: one argument (or an array of one). sub = target type. */
 static ASPEN__DECL_PARSE(parse_to_type)
 {
@@ -1200,6 +1218,7 @@ static ASPEN__DECL_PARSE(parse_to_type)
    }
    if (op->sub == BSON_TYPE_UTF8) {
       e->flags |= ASPEN__NODE_TO_STRING; /* for $concat's fast path */
+      e->write = write_to_string;
    }
    return true;
 }

@@ -44,6 +44,12 @@ typedef struct aspen__args aspen__args_t;
 
 typedef bool (*aspen__eval_fn)(const aspen_expr_t *e, aspen__eval_t *st,
                                aspen_value_t *out);
+/* Evaluates node `e` and appends its value under `key` to `w` (nothing
+ * when MISSING), as aspen__eval_node then aspen_bsonw_value would, except
+ * that the node's own step is already counted (aspen_expr_eval_write). */
+typedef bool (*aspen__write_fn)(const aspen_expr_t *e, aspen__eval_t *st,
+                                aspen_bsonw_t *w, const char *key,
+                                size_t key_len);
 typedef bool (*aspen__parse_fn)(aspen__parse_t *ps, const aspen__op_t *op,
                                 const bson_iter_t *arg, aspen_expr_t *e);
 /* An operator: name, how its argument is compiled, how it is evaluated.
@@ -89,6 +95,13 @@ extern const aspen__op_table_t aspen__expr_function_ops; /* expr_function.c */
 
 struct aspen_expr {
    aspen__eval_fn eval;
+   /* How the node, the root of a field's expression, is evaluated into
+    * the output (aspen_expr_eval_write): an operator's specialised write,
+    * which writes the common cases' result straight under the key and
+    * hands anything else to aspen__write_eval; NULL: aspen__write_eval
+    * (eval, then write). Chosen by the parser; a folded constant drops
+    * it. */
+   aspen__write_fn write;
    const aspen__op_t *op; /* NULL for constants, paths, objects, arrays */
    uint32_t flags;
    uint32_t n_args;
@@ -310,9 +323,34 @@ aspen__leaf_get(const aspen_expr_t *e, const aspen__eval_t *st,
    return e->ptab && aspen__slot_get(e, st, out);
 }
 
+/* The integer x when `e` is {$toString: leaf} of an int or a long (the
+ * leaf's value in place, aspen__leaf_at): what the leaf evals of $concat
+ * and the writes turn into digits themselves. */
+static inline bool
+aspen__to_string_int_leaf(const aspen_expr_t *e, const aspen__eval_t *st,
+                          int64_t *x)
+{
+   const aspen_value_t *v;
+   if (!(e->flags & ASPEN__NODE_TO_STRING) || e->n_args != 1 ||
+       !e->args[0] || !(v = aspen__leaf_at(e->args[0], st))) {
+      return false;
+   }
+   if (v->v.value_type == BSON_TYPE_INT32) {
+      *x = v->v.value.v_int32;
+      return true;
+   }
+   if (v->v.value_type == BSON_TYPE_INT64) {
+      *x = v->v.value.v_int64;
+      return true;
+   }
+   return false;
+}
+
 /* Whether the parsers install their operators' leaf evals (expr.h,
- * aspen_expr_leaves_set_enabled). */
+ * aspen_expr_leaves_set_enabled); whether aspen_expr_eval_write uses the
+ * nodes' specialised writes (aspen_expr_write_set_enabled). */
 extern bool aspen__expr_leaves_on;
+extern bool aspen__expr_write_on;
 
 /* Counts `k` node evaluations at once, for a fast path that skipped them
  * (aspen__leaf_get), when that passes no multiple of 1024 - where
@@ -355,6 +393,16 @@ aspen__eval_node(const aspen_expr_t *e, aspen__eval_t *st, aspen_value_t *out)
    return true;
 }
 
+/* The general write (aspen__write_fn): node `e` evaluated as
+ * aspen__eval_node does past its step count - a leaf read in place, else
+ * its eval and the charge of an owned result - then its value written
+ * with aspen_bsonw_value. What every specialised write falls back to. */
+bool aspen__write_eval(const aspen_expr_t *e, aspen__eval_t *st,
+                       aspen_bsonw_t *w, const char *key, size_t key_len);
+#define ASPEN__DECL_WRITE(name)                                                \
+   bool name(const aspen_expr_t *e, aspen__eval_t *st, aspen_bsonw_t *w,       \
+             const char *key, size_t key_len)
+
 /* Sets st->err and returns false; *out is left MISSING by the callers. */
 bool aspen__fail(aspen__eval_t *st, int32_t code, const char *fmt, ...)
    __attribute__((format(printf, 3, 4)));
@@ -385,10 +433,11 @@ bool aspen__parse_nary(aspen__parse_t *ps, const aspen__op_t *op,
                        const bson_iter_t *arg, aspen_expr_t *e);
 /* aspen__parse_nary, then `leaves` as the node's eval (when they are on:
  * aspen__expr_leaves_on): an operator's specialised eval over leaves
- * (aspen__leaf_get), which hands anything else to op->eval. */
+ * (aspen__leaf_get), which hands anything else to op->eval; and `write`
+ * as its write (may be NULL). */
 bool aspen__parse_nary_leaves(aspen__parse_t *ps, const aspen__op_t *op,
                               const bson_iter_t *arg, aspen_expr_t *e,
-                              aspen__eval_fn leaves);
+                              aspen__eval_fn leaves, aspen__write_fn write);
 
 /* Named-argument parsing ({input: ..., chars: ...}): one row per name, in
  * the order of e->args. A row with a missing_code is required: after all

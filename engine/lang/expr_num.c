@@ -328,7 +328,8 @@ ASPEN__ARGS_EVAL(eval_divide, divide_args, compute_divide)
 /* eval_divide of two leaves that are ints or doubles, the divisor not
  * zero: compute_divide's double path, without the argument checks they
  * pass. Anything else (null, other types, decimals, zero) is eval_divide's. */
-static ASPEN__DECL_EVAL(eval_divide_leaves)
+static inline bool
+divide_leaves(const aspen_expr_t *e, aspen__eval_t *st, double *q)
 {
    const aspen_value_t *a, *b;
    if (e->n_args == 2 && (a = aspen__leaf_at(e->args[0], st)) &&
@@ -341,17 +342,39 @@ static ASPEN__DECL_EVAL(eval_divide_leaves)
          double y = tb == BSON_TYPE_INT32 ? (double) b->v.value.v_int32
                                           : b->v.value.v_double;
          if (y != 0.0 && aspen__steps_skip(st, 2)) {
-            *out = aspen_value_double(x / y);
+            *q = x / y;
             return true;
          }
       }
    }
+   return false;
+}
+
+static ASPEN__DECL_EVAL(eval_divide_leaves)
+{
+   double q;
+   if (divide_leaves(e, st, &q)) {
+      *out = aspen_value_double(q);
+      return true;
+   }
    return eval_divide(e, st, out);
+}
+
+/* The same, the quotient written straight into the output. */
+static ASPEN__DECL_WRITE(write_divide_leaves)
+{
+   double q;
+   if (divide_leaves(e, st, &q)) {
+      aspen_bsonw_double(w, key, key_len, q);
+      return true;
+   }
+   return aspen__write_eval(e, st, w, key, key_len);
 }
 
 static ASPEN__DECL_PARSE(parse_divide)
 {
-   return aspen__parse_nary_leaves(ps, op, arg, e, eval_divide_leaves);
+   return aspen__parse_nary_leaves(ps, op, arg, e, eval_divide_leaves,
+                                   write_divide_leaves);
 }
 
 static const aspen__args_t mod_args = {

@@ -245,6 +245,7 @@ static ASPEN__DECL_EVAL(eval_concat_leaves)
    for (uint32_t i = 0; i < n; i++) {
       const aspen_expr_t *a = e->args[i];
       const aspen_value_t *v;
+      int64_t x;
       if (!a) {
          return eval_concat(e, st, out);
       }
@@ -254,12 +255,7 @@ static ASPEN__DECL_EVAL(eval_concat_leaves)
          }
          str[i] = v->v.value.v_utf8.str;
          len[i] = v->v.value.v_utf8.len;
-      } else if ((a->flags & ASPEN__NODE_TO_STRING) && a->n_args == 1 &&
-                 a->args[0] && (v = aspen__leaf_at(a->args[0], st)) &&
-                 (v->v.value_type == BSON_TYPE_INT32 ||
-                  v->v.value_type == BSON_TYPE_INT64)) {
-         int64_t x = v->v.value_type == BSON_TYPE_INT32 ? v->v.value.v_int32
-                                                        : v->v.value.v_int64;
+      } else if (aspen__to_string_int_leaf(a, st, &x)) {
          str[i] = digits[i];
          len[i] = (uint32_t) aspen_bytes_dec_int64(x, digits[i]);
          made += len[i];
@@ -292,9 +288,73 @@ static ASPEN__DECL_EVAL(eval_concat_leaves)
    return true;
 }
 
+/* eval_concat_leaves written straight into the output, in one pass: the
+ * element opened, each piece copied (an integer's digits written in
+ * place) as it comes, then the length and the NUL put in. The steps and
+ * bytes made are the general path's - one per argument and per
+ * $toString, the $toStrings' results and then the whole result
+ * (aspen__eval_charge) - so a result at either limit is eval's, with its
+ * error. Anything else drops what it wrote and is aspen__write_eval's. */
+static ASPEN__DECL_WRITE(write_concat_leaves)
+{
+   uint32_t n = e->n_args, steps = n;
+   size_t start = w->len;
+   aspen_bsonw_elem(w, BSON_TYPE_UTF8, key, key_len, 4);
+   size_t body = w->len;
+   uint64_t made = 0;
+   for (uint32_t i = 0; i < n; i++) {
+      const aspen_expr_t *a = e->args[i];
+      const aspen_value_t *v;
+      int64_t x;
+      if (!a) {
+         goto general;
+      }
+      if ((v = aspen__leaf_at(a, st)) != NULL) {
+         if (v->v.value_type != BSON_TYPE_UTF8) {
+            goto general;
+         }
+         uint32_t l = v->v.value.v_utf8.len;
+         if (w->len - body + l >= ASPEN__MAX_STRING_LEN) {
+            goto general; /* (past the limit: grow the writer no more) */
+         }
+         uint8_t *d = aspen_bsonw_reserve(w, l);
+         if (l <= 16) {
+            aspen_bsonw_copy_short(d, v->v.value.v_utf8.str, l);
+         } else {
+            memcpy(d, v->v.value.v_utf8.str, l);
+         }
+         w->len += l;
+      } else if (aspen__to_string_int_leaf(a, st, &x)) {
+         /* (its digits and NUL: at most 21 bytes) */
+         char *d = (char *) aspen_bsonw_reserve(w, 24);
+         size_t l = aspen_bytes_dec_int64(x, d);
+         w->len += l;
+         made += l;
+         steps++;
+      } else {
+         goto general;
+      }
+   }
+   size_t total = w->len - body;
+   if (total >= ASPEN__MAX_STRING_LEN ||
+       st->made + made + total > ASPEN__EVAL_MAX_MADE ||
+       !aspen__steps_skip(st, steps)) {
+      goto general;
+   }
+   st->made += made + total;
+   *aspen_bsonw_reserve(w, 1) = 0;
+   w->len++;
+   aspen_bytes_put_le32(w->data + body - 4, (uint32_t) total + 1);
+   return true;
+general:
+   w->len = start;
+   return aspen__write_eval(e, st, w, key, key_len);
+}
+
 static ASPEN__DECL_PARSE(parse_concat)
 {
-   return aspen__parse_nary_leaves(ps, op, arg, e, eval_concat_leaves);
+   return aspen__parse_nary_leaves(ps, op, arg, e, eval_concat_leaves,
+                                   write_concat_leaves);
 }
 
 /* ------------------------------------------------------------------------ */

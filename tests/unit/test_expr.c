@@ -907,11 +907,11 @@ static const char *const leaf_more[] = {
    "'$y'}]}, {'$lte': ['$x', 1]}]}",
 };
 
-static void
-leaf_case(const char *js, bson_t *const *docs, size_t n_docs)
+/* `js` ({'e': expr}) compiled without the leaf evals (e[0]) and with
+ * them (e[1]), each with a slot table of its paths. */
+static bson_t *
+leaf_pair_compile(const char *js, aspen_expr_t **e, aspen_expr_paths_t **p)
 {
-   aspen_expr_t *e[2];
-   aspen_expr_paths_t *p[2];
    bson_t *spec = json(js);
    for (int fast = 0; fast < 2; fast++) {
       aspen_expr_leaves_set_enabled(fast == 1);
@@ -920,6 +920,25 @@ leaf_case(const char *js, bson_t *const *docs, size_t n_docs)
       aspen_expr_paths_add(p[fast], e[fast]);
    }
    aspen_expr_leaves_set_enabled(true);
+   return spec;
+}
+
+static void
+leaf_pair_destroy(bson_t *spec, aspen_expr_t **e, aspen_expr_paths_t **p)
+{
+   for (int fast = 0; fast < 2; fast++) {
+      aspen_expr_paths_destroy(p[fast]);
+      aspen_expr_destroy(e[fast]);
+   }
+   bson_destroy(spec);
+}
+
+static void
+leaf_case(const char *js, bson_t *const *docs, size_t n_docs)
+{
+   aspen_expr_t *e[2];
+   aspen_expr_paths_t *p[2];
+   bson_t *spec = leaf_pair_compile(js, e, p);
    char big[512], tiny[8];
    for (size_t d = 0; d < n_docs; d++) {
       bson_t want, got;
@@ -948,29 +967,47 @@ leaf_case(const char *js, bson_t *const *docs, size_t n_docs)
          bson_destroy(&want);
       }
    }
-   for (int fast = 0; fast < 2; fast++) {
-      aspen_expr_paths_destroy(p[fast]);
-      aspen_expr_destroy(e[fast]);
+   leaf_pair_destroy(spec, e, p);
+}
+
+/* Documents {s, x, y} with x and y every pair of leaf_value kinds, s one
+ * of `n_s` strings (the first two: ASCII and multi-byte UTF-8, the third
+ * with an embedded NUL). */
+static bson_t **
+leaf_docs(int n_s, size_t *n)
+{
+   bson_t **docs = calloc(LEAF_KINDS * LEAF_KINDS, sizeof *docs);
+   *n = 0;
+   for (int i = 0; i < LEAF_KINDS; i++) {
+      for (int j = 0; j < LEAF_KINDS; j++) {
+         bson_t *d = docs[(*n)++] = bson_new();
+         switch ((i + j) % n_s) {
+         case 0: BSON_APPEND_UTF8(d, "s", "h\xc3\xa9"); break;
+         case 1: BSON_APPEND_UTF8(d, "s", "device_7"); break;
+         default: bson_append_utf8(d, "s", 1, "a\0b", 3); break;
+         }
+         leaf_value(d, "x", i);
+         leaf_value(d, "y", j);
+      }
    }
-   bson_destroy(spec);
+   return docs;
 }
 
 static void
-test_leaves_same_results(void **state)
+docs_destroy(bson_t **docs, size_t n)
 {
-   (void) state;
-   enum { N = LEAF_KINDS * LEAF_KINDS };
-   bson_t **docs = calloc(N, sizeof *docs);
-   size_t n = 0;
-   for (int i = 0; i < LEAF_KINDS; i++) {
-      for (int j = 0; j < LEAF_KINDS; j++) {
-         docs[n] = bson_new();
-         BSON_APPEND_UTF8(docs[n], "s", (i + j) % 2 ? "device_7" : "h\xc3\xa9");
-         leaf_value(docs[n], "x", i);
-         leaf_value(docs[n], "y", j);
-         n++;
-      }
+   for (size_t i = 0; i < n; i++) {
+      bson_destroy(docs[i]);
    }
+   free(docs);
+}
+
+/* Runs `one` for every leaf_exprs entry with every leaf_ops operator, then
+ * every leaf_more entry. */
+static void
+leaf_all_cases(void (*one)(const char *js, bson_t *const *docs, size_t n),
+               bson_t *const *docs, size_t n)
+{
    for (size_t k = 0; k < sizeof leaf_exprs / sizeof leaf_exprs[0]; k++) {
       for (size_t o = 0; o < sizeof leaf_ops / sizeof leaf_ops[0]; o++) {
          char js[160], *at;
@@ -980,16 +1017,22 @@ test_leaves_same_results(void **state)
          snprintf(rest, sizeof rest, "%s", at + 2);
          snprintf(at, sizeof js - (size_t) (at - js), "%s%s", leaf_ops[o],
                   rest);
-         leaf_case(js, docs, n);
+         one(js, docs, n);
       }
    }
    for (size_t k = 0; k < sizeof leaf_more / sizeof leaf_more[0]; k++) {
-      leaf_case(leaf_more[k], docs, n);
+      one(leaf_more[k], docs, n);
    }
-   for (size_t i = 0; i < n; i++) {
-      bson_destroy(docs[i]);
-   }
-   free(docs);
+}
+
+static void
+test_leaves_same_results(void **state)
+{
+   (void) state;
+   size_t n;
+   bson_t **docs = leaf_docs(2, &n);
+   leaf_all_cases(leaf_case, docs, n);
+   docs_destroy(docs, n);
 }
 
 /* The leaf evals count the node evaluations they skip, so an interrupt
@@ -1039,6 +1082,215 @@ test_leaves_count_steps(void **state)
          bson_destroy(&res[1]);
          bson_destroy(spec);
       }
+   }
+   bson_destroy(doc);
+}
+
+/* ---- aspen_expr_eval_write: written straight vs evaluated then written */
+
+/* One way of putting `e` under `key` into a fresh document: 0 - the
+ * general path, aspen_expr_eval then aspen_bsonw_value (what $addFields
+ * did); 1 - aspen_expr_eval_write. res: {ok, out: <the bytes>} or {ok,
+ * code, message}. Checks that eval_write leaves the scratch as it was. */
+static void
+write_one(const aspen_expr_t *e, int how, const aspen_expr_ctx_t *ctx,
+          const char *key, bson_t *res)
+{
+   aspen_bsonw_t w;
+   aspen_bsonw_init(&w);
+   aspen_bsonw_reset(&w);
+   aspen_error_t err;
+   memset(&err, 0, sizeof err);
+   size_t used = ctx->scratch ? ctx->scratch->used : 0;
+   bool ok;
+   if (how == 0) {
+      aspen_value_t v;
+      ok = aspen_expr_eval(e, ctx, &v, &err);
+      if (ok) {
+         aspen_bsonw_value(&w, key, strlen(key), &v.v);
+         aspen_value_destroy(&v);
+      }
+      if (ctx->scratch) {
+         ctx->scratch->used = used;
+      }
+   } else {
+      size_t before = w.len;
+      ok = aspen_expr_eval_write(e, ctx, &w, key, strlen(key), &err);
+      if (!ok) {
+         assert_int_equal(w.len, before); /* nothing written */
+      }
+      if (ctx->scratch) {
+         assert_int_equal(ctx->scratch->used, used);
+      }
+   }
+   bson_init(res);
+   BSON_APPEND_BOOL(res, "ok", ok);
+   if (ok) {
+      bson_t out;
+      assert_true(aspen_bsonw_finish(&w, &out));
+      BSON_APPEND_BINARY(res, "out", BSON_SUBTYPE_BINARY, bson_get_data(&out),
+                         out.len);
+   } else {
+      BSON_APPEND_INT32(res, "code", err.code);
+      BSON_APPEND_UTF8(res, "message", err.message);
+   }
+   aspen_bsonw_cleanup(&w);
+}
+
+/* `js` ({'e': expr}) compiled with the leaf evals and without, written
+ * with the specialised writes and without, under a short and a long key (past
+ * the writer's inline 16 bytes) for each document, through a resolved
+ * slot table or none, with a scratch with room, a tiny one or none: the
+ * same bytes or the same error each way. */
+static void
+write_case(const char *js, bson_t *const *docs, size_t n_docs,
+           const atomic_bool *stop)
+{
+   static const char *const keys[] = {
+      "e", "a_key_longer_than_sixteen_bytes_for_the_slow_path"};
+   aspen_expr_t *e[2];
+   aspen_expr_paths_t *p[2];
+   bson_t *spec = leaf_pair_compile(js, e, p);
+   char big[512], tiny[8];
+   for (size_t d = 0; d < n_docs; d++) {
+      aspen_expr_paths_resolve(p[0], docs[d], NULL);
+      aspen_expr_paths_resolve(p[1], docs[d], NULL);
+      for (int k = 0; k < 3; k++) {
+         aspen_expr_scratch_t sc = {.buf = k == 1 ? tiny : big,
+                                    .cap = k == 1 ? sizeof tiny : sizeof big,
+                                    .used = k == 1 ? 0 : 3};
+         aspen_expr_ctx_t ctx = {.root = docs[d],
+                                 .scratch = k == 2 ? NULL : &sc};
+         for (int with_table = 0; with_table < 2; with_table++) {
+            for (size_t kk = 0; kk < 2; kk++) {
+               bson_t want, got;
+               aspen_expr_set_interrupt(stop);
+               ctx.paths = with_table ? p[0] : NULL;
+               write_one(e[0], 0, &ctx, keys[kk], &want);
+               for (int fast = 0; fast < 3; fast++) {
+                  /* The general write (the general nodes, and the leaf
+                   * nodes with the writes off), the specialised one. */
+                  const aspen_expr_t *x = e[fast != 0];
+                  aspen_expr_write_set_enabled(fast == 2);
+                  ctx.paths = with_table ? p[fast != 0] : NULL;
+                  write_one(x, 1, &ctx, keys[kk], &got);
+                  aspen_expr_write_set_enabled(true);
+                  if (!bson_equal(&want, &got)) {
+                     char *a = bson_as_relaxed_extended_json(&want, NULL);
+                     char *b = bson_as_relaxed_extended_json(&got, NULL);
+                     char *dj = bson_as_relaxed_extended_json(docs[d], NULL);
+                     fail_msg("%s on %s (scratch %d, table %d, key %zu, "
+                              "fast %d): %.300s vs %.300s",
+                              js, dj, k, with_table, kk, fast, a, b);
+                  }
+                  bson_destroy(&got);
+               }
+               aspen_expr_set_interrupt(NULL);
+               bson_destroy(&want);
+            }
+         }
+      }
+   }
+   leaf_pair_destroy(spec, e, p);
+}
+
+static const char *const write_more[] = {
+   "{'e': 5}",
+   "{'e': 'const'}",
+   "{'e': null}",
+   "{'e': '$x'}",
+   "{'e': '$x.a'}",
+   "{'e': '$nope'}",
+   "{'e': {'$literal': [1, 'a']}}",
+   "{'e': {'$divide': [6, 4]}}",
+   "{'e': {'$concat': ['a', 'b']}}",
+   "{'e': {'$toString': '$x'}}",
+   "{'e': {'$toString': ['$y']}}",
+   "{'e': {'$toString': '$s'}}",
+   "{'e': {'$toString': 12}}",
+   "{'e': {'$toString': {'$add': ['$x', 1]}}}",
+   "{'e': {'$concat': ['$s', {'$toString': '$x'}, '$s', '$y']}}",
+   "{'e': {'$concat': ['$s', '\\u00e9\\u20ac', {'$toString': '$y'}]}}",
+   "{'e': {'$add': ['$x', '$y']}}",
+   "{'e': {'$let': {'vars': {'a': '$x'}, 'in': {'$concat': ['$$a', "
+   "'$s']}}}}",
+   "{'e': {'$let': {'vars': {'a': '$x'}, 'in': {'$divide': ['$$a', "
+   "'$y']}}}}",
+   "{'e': {'$gt': [{'$toString': '$x'}, '$s']}}",
+};
+
+/* aspen_expr_eval_write gives what aspen_expr_eval then aspen_bsonw_value
+ * gives - the same bytes, or the same error code and message - for every
+ * operator with a specialised write ($cmp $eq $ne $gt $gte $lt $lte,
+ * $divide, $concat, $toString) and the general ones, over every BSON type
+ * in each operand (ints, longs, doubles, decimals, NaN, strings with
+ * multi-byte UTF-8 or an embedded NUL, null, missing, arrays, documents,
+ * ...), errors included (division by zero, $concat of a non-string). */
+static void
+write_case_plain(const char *js, bson_t *const *docs, size_t n)
+{
+   write_case(js, docs, n, NULL);
+}
+
+static void
+test_write_same_results(void **state)
+{
+   (void) state;
+   size_t n;
+   bson_t **docs = leaf_docs(3, &n);
+   leaf_all_cases(write_case_plain, docs, n);
+   for (size_t k = 0; k < sizeof write_more / sizeof write_more[0]; k++) {
+      write_case(write_more[k], docs, n, NULL);
+   }
+   docs_destroy(docs, n);
+}
+
+/* The limits stay exact: strings at and past ASPEN__MAX_STRING_LEN (16 MB:
+ * 16493), made by a $concat of leaves, with a $toString's digits adding
+ * the last bytes; and a $concat of enough leaves to reach the 1024th
+ * step, where an interrupt stops the evaluation (11601) just as it stops
+ * the general one. */
+static void
+test_write_limits(void **state)
+{
+   (void) state;
+   enum { MB8 = 8 * 1024 * 1024 };
+   char *h = malloc(MB8 + 1);
+   memset(h, 'h', MB8);
+   h[MB8] = '\0';
+   bson_t *doc = bson_new();
+   bson_append_utf8(doc, "h", 1, h, MB8);       /* 8 MB */
+   bson_append_utf8(doc, "g", 1, h, MB8 - 1);   /* 8 MB - 1 */
+   BSON_APPEND_INT32(doc, "i", 5);
+   BSON_APPEND_INT64(doc, "l", -12);
+   BSON_APPEND_UTF8(doc, "s", "dev");
+   free(h);
+   static const char *const exprs[] = {
+      "{'e': {'$concat': ['$h', '$h']}}",          /* 16 MB: too long */
+      "{'e': {'$concat': ['$h', '$g']}}",          /* 16 MB - 1 */
+      "{'e': {'$concat': ['$h', '$g', 'x']}}",     /* 16 MB */
+      "{'e': {'$concat': ['$g', '$g', 'x']}}",     /* 16 MB - 1 */
+      "{'e': {'$concat': ['$g', '$g', {'$toString': '$i'}]}}",
+      "{'e': {'$concat': ['$g', '$g', {'$toString': '$l'}]}}",
+      "{'e': {'$concat': ['$h', '$h', '$h', 'x']}}",
+      "{'e': {'$concat': ['$h', '$g', {'$toString': '$s'}]}}",
+   };
+   for (size_t k = 0; k < sizeof exprs / sizeof exprs[0]; k++) {
+      write_case(exprs[k], &doc, 1, NULL);
+   }
+   /* {$concat: ['$s' x n]}: n + 1 steps. */
+   atomic_bool stop = true;
+   for (int n = 1018; n <= 1030; n++) {
+      size_t cap = 32 + 6 * (size_t) n;
+      char *js = malloc(cap);
+      size_t at = (size_t) snprintf(js, cap, "{'e': {'$concat': [");
+      for (int i = 0; i < n; i++) {
+         at += (size_t) snprintf(js + at, cap - at, "%s'$s'", i ? ", " : "");
+      }
+      snprintf(js + at, cap - at, "]}}");
+      write_case(js, &doc, 1, &stop);
+      write_case(js, &doc, 1, NULL);
+      free(js);
    }
    bson_destroy(doc);
 }
@@ -1455,6 +1707,8 @@ main(void)
       cmocka_unit_test(test_int_fast_paths),
       cmocka_unit_test(test_leaves_same_results),
       cmocka_unit_test(test_leaves_count_steps),
+      cmocka_unit_test(test_write_same_results),
+      cmocka_unit_test(test_write_limits),
       cmocka_unit_test(test_get_path),
       cmocka_unit_test(test_is_constant),
       cmocka_unit_test(test_parse_object_dotted),
