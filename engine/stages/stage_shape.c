@@ -535,26 +535,40 @@ copy_path(apply_t *a, const node_t *n)
                                            (uint64_t *) &n->cp_memo));
 }
 
-static void
-append_expr(apply_t *a, const node_t *n)
+/* Writes the computed field `n`: its path copied (copy_path), else its
+ * expression evaluated straight into the writer (aspen_expr_eval_write,
+ * which leaves the scratch empty again); false, a->failed set, on an
+ * error. */
+static inline bool
+write_expr(apply_t *a, const node_t *n)
 {
-   size_t before = a->w->len;
-   if (!n->cp_n || !copy_path(a, n)) {
-      aspen_value_t v;
-      if (!aspen_expr_eval(n->expr, a->ctx, &v, a->err)) {
-         a->failed = true;
-         return;
-      }
-      aspen_bsonw_value(a->w, n->name, n->name_len, &v.v);
-      if (v.owned && !v.scratch) { /* only a heap value has anything to free */
-         aspen_value_destroy(&v);
-      }
-      a->ctx->scratch->used = 0; /* v, written, was the last value in it */
+   if ((!n->cp_n || !copy_path(a, n)) &&
+       !aspen_expr_eval_write(n->expr, a->ctx, a->w, n->name, n->name_len,
+                              a->err)) {
+      a->failed = true;
+      return false;
    }
+   return true;
+}
+
+/* Counts the computed field just written from `before` on (apply_t's
+ * written bits). */
+static inline void
+note_expr(apply_t *a, size_t before)
+{
    if (a->w->len > before && a->n_exprs < 64) {
       a->written |= 1ull << a->n_exprs;
    }
    a->n_exprs++;
+}
+
+static void
+append_expr(apply_t *a, const node_t *n)
+{
+   size_t before = a->w->len;
+   if (write_expr(a, n)) {
+      note_expr(a, before);
+   }
 }
 
 /* Records in out_tab the top-level element written from `before` on, if
@@ -1201,13 +1215,22 @@ append_new(apply_t *a, const shape_t *s, const aspen_sdoc_t *in)
    memcpy(a->out_tab->f, t->f, t->n * sizeof t->f[0]);
    a->out_tab->n = t->n;
    a->ctx->fields = t;
-   for (size_t i = 0; i < s->tree.root.n_kids && !a->failed; i++) {
+   /* append_expr and note_written in one. */
+   for (size_t i = 0; i < s->tree.root.n_kids; i++) {
       const node_t *n = &s->tree.root.kids[i];
       size_t before = a->w->len;
-      append_expr(a, n);
-      note_written(a, before, n->name_len);
+      if (!write_expr(a, n)) {
+         return false;
+      }
+      if (a->w->len > before) {
+         aspen_fields_add(a->out_tab, before, n->name_len);
+         if (i < 64) {
+            a->written |= 1ull << i;
+         }
+      }
    }
-   return !a->failed;
+   a->n_exprs = (uint32_t) s->tree.root.n_kids;
+   return true;
 }
 
 static bool

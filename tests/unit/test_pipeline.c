@@ -1780,6 +1780,44 @@ path_slots_same_results(void **state)
    assert_true(outputs > 100);
 }
 
+/* $addFields/$set/$project computed fields written straight into the
+ * output (aspen_expr_eval_write's specialised writes) give what their
+ * evaluation then write gives - the same outputs byte for byte, DLQ
+ * entries and figures - over the path-slot documents (malformed ones
+ * included), under short keys and keys past 16 bytes, in place of an
+ * input field and after them. */
+static const char *const write_pipelines[] = {
+   "[{\"$addFields\": {\"kw\": {\"$divide\": [\"$obs.watts\", 1000]},"
+   "   \"hot\": {\"$gt\": [\"$obs.temp\", 20]},"
+   "   \"c\": {\"$cmp\": [\"$obs.temp\", \"$k\"]},"
+   "   \"label\": {\"$concat\": [\"$device_id\", \"-\", {\"$toString\":"
+   " \"$group_id\"}]}, \"n\": 5, \"t\": {\"$toString\": \"$k\"}}}]",
+   "[{\"$set\": {\"a_key_longer_than_sixteen_bytes\": {\"$divide\": [\"$k\","
+   "   \"$obs.watts\"]}, \"another_key_longer_than_sixteen\": {\"$concat\":"
+   "   [\"$timestamp\", {\"$toString\": \"$obs.watts\"}, \"$device_id\"]},"
+   "   \"yet_another_long_key_for_a_bool\": {\"$lte\": [\"$k\", 1]},"
+   "   \"k\": {\"$concat\": [\"$device_id\", \"$device_id\"]}}}]",
+   "[{\"$project\": {\"k\": 1, \"q\": {\"$divide\": [\"$obs.temp\", \"$k\"]},"
+   "   \"s\": {\"$concat\": [\"$a.b\", \"x\"]}, \"e\": {\"$eq\": [\"$a\","
+   "   \"$k\"]}}}]",
+};
+
+static void
+write_same_results(void **state)
+{
+   (void) state;
+   size_t n = sizeof slots_docs / sizeof slots_docs[0];
+   bson_t **docs = docs_from_json(slots_docs, &n);
+   size_t outputs = runs_same_results(
+      write_pipelines, sizeof write_pipelines / sizeof write_pipelines[0],
+      aspen_expr_write_set_enabled, docs, n);
+   outputs += runs_same_results(
+      slots_pipelines, sizeof slots_pipelines / sizeof slots_pipelines[0],
+      aspen_expr_write_set_enabled, docs, n);
+   docs_free(docs, n);
+   assert_true(outputs > 100);
+}
+
 /* A shaping stage's layout cache (stage_shape.c: the last input's keys and
  * what was done with each, replayed for an input with the same keys) gives
  * what the per-stage path gives, over inputs whose layout changes from one
@@ -2611,6 +2649,7 @@ main(void)
       cmocka_unit_test(chain_figures),
       cmocka_unit_test(field_tables_same_results),
       cmocka_unit_test(path_slots_same_results),
+      cmocka_unit_test(write_same_results),
       cmocka_unit_test(path_slots_walks_same_results),
       cmocka_unit_test(match_table_only_when_read),
       cmocka_unit_test(layout_cache_same_results),
