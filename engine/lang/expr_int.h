@@ -239,7 +239,35 @@ typedef struct {
    bool fixed;
    uint32_t end, need;
    aspen__pstep_t steps[ASPEN__PNEST_STEPS];
+   /* A fixed walk as flat checks (expr_paths.c, nest_fixed): a length
+    * within need .. `lmax` (end + 1 after a walk to the end, else any),
+    * each head's words (at their offsets, masked to its bytes), then the
+    * slots' values at their offsets. */
+   uint32_t lmax;
+   uint8_t n_words, n_fills;
+   uint8_t n_fill4, n_fill8; /* fill[0..n_fill4-1]: int32s; to n_fill8: 8
+                              * bytes; then bools and nulls */
+   bool quick; /* fixed and all_value */
+   /* The group's prefix: its slot's value and state. */
+   const aspen_value_t *pv;
+   const uint8_t *pstate;
+   struct {
+      uint64_t kw, kmask;
+      uint32_t off;
+   } word[2 * ASPEN__PNEST_STEPS];
+   struct {
+      aspen_value_t *out;
+      uint32_t voff;
+      uint8_t type;
+   } fill[ASPEN__PNEST_STEPS];
 } aspen__pnest_t;
+/* A top-level slot found in a table of the memo's layout: the field's
+ * index there, its key's length, where the slot's value goes. */
+typedef struct {
+   aspen_value_t *out;
+   uint32_t klen;
+   uint8_t fi;
+} aspen__ptop_t;
 struct aspen_expr_paths {
    aspen__pslot_t *slots;
    uint32_t n, cap;
@@ -256,7 +284,10 @@ struct aspen_expr_paths {
     * 0: none kept): a table of that layout fills them without a lookup.
     * The table is its stage's (one thread), so plain fields. */
    uint64_t memo_layout;
-   int8_t *memo_idx; /* per slot */
+   /* The top-level slots found for it (those not found hold MISSING
+    * while the memo stands: only the top level's fill writes them). */
+   aspen__ptop_t *tops;
+   uint32_t n_tops;
    /* Per document (aspen_expr_paths_resolve). */
    const bson_t *doc;
    aspen_value_t *vals;

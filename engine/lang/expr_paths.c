@@ -26,7 +26,7 @@
 
 #include <stdlib.h>
 
-_Static_assert(ASPEN_FIELDS_MAX <= 127, "memo_idx holds a field's index");
+_Static_assert(ASPEN_FIELDS_MAX <= 255, "aspen__ptop_t.fi holds an index");
 
 bool aspen__expr_paths_on = true;
 
@@ -54,7 +54,7 @@ aspen_expr_paths_destroy(aspen_expr_paths_t *p)
    free(p->nest);
    free(p->vals);
    free(p->state);
-   free(p->memo_idx);
+   free(p->tops);
    free(p);
 }
 
@@ -94,8 +94,7 @@ slot_of(aspen_expr_paths_t *p, char *const *parts, uint32_t n)
       p->order = aspen_xrealloc(p->order, p->cap * sizeof *p->order);
       p->groups = aspen_xrealloc(p->groups, p->cap * sizeof *p->groups);
       p->nest = aspen_xrealloc(p->nest, p->cap * sizeof *p->nest);
-      p->memo_idx =
-         aspen_xrealloc(p->memo_idx, p->cap * sizeof *p->memo_idx);
+      p->tops = aspen_xrealloc(p->tops, p->cap * sizeof *p->tops);
    }
    p->slots[p->n] = (aspen__pslot_t){.parent = parent,
                                      .key = parts[n - 1],
@@ -155,6 +154,10 @@ build_order(aspen_expr_paths_t *p)
    }
    for (uint32_t g = 0; g < p->n_groups; g++) {
       p->nest[g].all_value = true;
+      if (p->groups[g].parent >= 0) {
+         p->nest[g].pv = &p->vals[p->groups[g].parent];
+         p->nest[g].pstate = &p->state[p->groups[g].parent];
+      }
    }
    p->order_ok = true;
 }
@@ -174,14 +177,14 @@ raw_value_general(const uint8_t *data, uint32_t len, uint32_t off,
    return aspen__raw_value(data, len, off, kl, out);
 }
 
-/* aspen__raw_value for a slot: the same value from the same checks, the
- * types paths mostly read decoded here, writing only the value's type and
- * contents (a slot's owned and scratch flags stay false: build_order);
- * the rest through aspen__raw_value. The element's head (type, `kl` key
- * bytes, NUL) is within data/len. */
-static inline bool
-slot_value(const uint8_t *data, uint32_t len, uint32_t off, uint32_t kl,
-           aspen_value_t *out)
+/* aspen__raw_value for a slot, for the types paths mostly read: the same
+ * value from the same checks, writing only the value's type and contents
+ * (a slot's owned and scratch flags stay false: build_order). 1: read, 0:
+ * malformed, -1: a type left to aspen__raw_value. The element's head
+ * (type, `kl` key bytes, NUL) is within data/len. */
+static inline int
+slot_read(const uint8_t *data, uint32_t len, uint32_t off, uint32_t kl,
+          aspen_value_t *out)
 {
    uint8_t type = data[off];
    uint32_t voff = off + kl + 2;
@@ -191,34 +194,49 @@ slot_value(const uint8_t *data, uint32_t len, uint32_t off, uint32_t kl,
    /* The types most read first, as tests rather than a jump table. */
    if (type == BSON_TYPE_INT32) {
       if (avail < 4) {
-         return false;
+         return 0;
       }
       out->v.value.v_int32 = (int32_t) aspen_bytes_get_le32(v);
    } else if (type == BSON_TYPE_UTF8) {
       /* aspen_bsonw_value_size's checks: a length of 1 or more, within
        * (a document's length is below 2^31, so is `l` when it fits) */
       if (avail < 4 || (l = aspen_bytes_get_le32(v)) < 1 || l > avail - 4) {
-         return false;
+         return 0;
       }
       out->v.value.v_utf8.str = (char *) v + 4;
       out->v.value.v_utf8.len = l - 1;
    } else if (type == BSON_TYPE_DOCUMENT || type == BSON_TYPE_ARRAY) {
       if (avail < 4 || (l = aspen_bytes_get_le32(v)) < 5 || l > avail) {
-         return false;
+         return 0;
       }
       out->v.value.v_doc.data = (uint8_t *) v;
       out->v.value.v_doc.data_len = l;
    } else if (type == BSON_TYPE_DOUBLE || type == BSON_TYPE_INT64 ||
               type == BSON_TYPE_DATE_TIME) {
       if (avail < 8) { /* a double's bits, as aspen__raw_value copies them */
-         return false;
+         return 0;
       }
       out->v.value.v_int64 = (int64_t) aspen_bytes_get_le64(v);
-   } else {
-      return raw_value_general(data, len, off, kl, out);
+   } else if (type == BSON_TYPE_BOOL) {
+      if (avail < 1) {
+         return 0;
+      }
+      out->v.value.v_bool = *v != 0;
+   } else if (type != BSON_TYPE_NULL) {
+      return -1;
    }
    out->v.value_type = (bson_type_t) type;
-   return true;
+   return 1;
+}
+
+/* aspen__raw_value for a slot (slot_read, the rest through
+ * aspen__raw_value). */
+static inline bool
+slot_value(const uint8_t *data, uint32_t len, uint32_t off, uint32_t kl,
+           aspen_value_t *out)
+{
+   int r = slot_read(data, len, off, kl, out);
+   return r < 0 ? raw_value_general(data, len, off, kl, out) : r;
 }
 
 /* The size of a value of `type` when it has a fixed one, else -1. */
@@ -281,11 +299,12 @@ fixed_readable(uint8_t type)
 }
 
 /* Makes the kept walk `m` a fixed one (aspen__pnest_t.fixed) if it can
- * be. */
+ * be, its slots' values written to `vals`. */
 static void
-plan_fixed(aspen__pnest_t *m)
+plan_fixed(aspen__pnest_t *m, aspen_value_t *vals)
 {
    uint32_t off = 4, need = 4;
+   m->n_words = m->n_fills = 0;
    for (uint32_t i = 0; i < m->n_steps; i++) {
       aspen__pstep_t *st = &m->steps[i];
       if (st->esize == 0 || (st->slot >= 0 && !fixed_readable(st->type))) {
@@ -294,11 +313,40 @@ plan_fixed(aspen__pnest_t *m)
       st->off = off;
       uint32_t words_end = off + 8u * st->words;
       need = words_end > need ? words_end : need;
+      for (uint32_t w = 0; w < st->words; w++) {
+         m->word[m->n_words].kw = st->kw[w];
+         m->word[m->n_words].kmask = w + 1 == st->words ? st->kmask : ~0ull;
+         m->word[m->n_words++].off = off + 8 * w;
+      }
       off += st->esize;
+   }
+   /* The slots' values by width: int32s, then 8 bytes, then bools and
+    * nulls. */
+   for (int pass = 0; pass < 3; pass++) {
+      for (uint32_t i = 0; i < m->n_steps; i++) {
+         aspen__pstep_t *st = &m->steps[i];
+         int w = st->type == BSON_TYPE_INT32                             ? 0
+                 : st->type == BSON_TYPE_BOOL || st->type == BSON_TYPE_NULL ? 2
+                                                                         : 1;
+         if (st->slot < 0 || w != pass) {
+            continue;
+         }
+         m->fill[m->n_fills].out = &vals[st->slot];
+         m->fill[m->n_fills].voff = st->off + st->hlen;
+         m->fill[m->n_fills++].type = st->type;
+      }
+      if (pass == 0) {
+         m->n_fill4 = m->n_fills;
+      } else if (pass == 1) {
+         m->n_fill8 = m->n_fills;
+      }
    }
    m->end = off;
    m->need = off > need ? off : need;
-   m->fixed = true;
+   m->lmax = m->to_end ? off + 1 : UINT32_MAX;
+   /* else no length passes (nest_fixed's one compare needs need <= lmax) */
+   m->fixed = m->need <= m->lmax;
+   m->quick = m->fixed && m->all_value;
 }
 
 /* Fills the `n` sibling slots order[0..n-1] from the document at
@@ -316,7 +364,7 @@ scan_siblings(aspen_expr_paths_t *p, const uint32_t *order, uint32_t n,
    bool keep = memo && n < 64;
    if (memo) {
       memo->valid = false;
-      memo->fixed = false;
+      memo->fixed = memo->quick = false;
       memo->n_steps = 0;
    }
    while (todo && off + 1 < len) {
@@ -359,7 +407,7 @@ scan_siblings(aspen_expr_paths_t *p, const uint32_t *order, uint32_t n,
    if (keep) {
       memo->valid = true;
       memo->to_end = todo != 0;
-      plan_fixed(memo);
+      plan_fixed(memo, p->vals);
    }
    for (; todo; todo &= todo - 1) {
       set_missing(p, order[__builtin_ctzll(todo)]);
@@ -404,35 +452,42 @@ head_at(const aspen__pstep_t *st, const uint8_t *e, uint32_t avail)
 
 /* nest_replay for a fixed walk (`m->fixed`): one check of the document's
  * length covers every head's words and every element (slot_value's and
- * aspen_bsonw_value_size's checks of each), so each head is compared and
- * each value read at its known offset. False if the document's length or
- * a head differs: the caller replays or scans it. */
+ * aspen_bsonw_value_size's checks of each), so each head's words are
+ * compared and each value read at its known offset. False if the
+ * document's length or a head differs: the caller replays or scans it. */
 static inline bool
-nest_fixed(aspen_value_t *vals, const uint8_t *data, uint32_t len,
-           const aspen__pnest_t *m)
+nest_fixed(const uint8_t *data, uint32_t len, const aspen__pnest_t *m)
 {
-   if (len < m->need || (m->to_end && len > m->end + 1)) {
-      return false; /* too short, or more elements after the walk's */
+   /* len < need, or more elements after a walk to the end's */
+   if (len - m->need > m->lmax - m->need) {
+      return false;
    }
-   for (uint32_t i = 0; i < m->n_steps; i++) {
-      const aspen__pstep_t *st = &m->steps[i];
-      const uint8_t *e = data + st->off;
-      if (!head_words_at(st, e)) {
+   for (uint32_t i = 0; i < m->n_words; i++) {
+      if ((aspen_bytes_get_le64(data + m->word[i].off) ^ m->word[i].kw) &
+          m->word[i].kmask) {
          return false;
       }
-      if (st->slot < 0) {
-         continue;
+   }
+   /* by width (plan_fixed) */
+   uint32_t i = 0;
+   for (; i < m->n_fill4; i++) {
+      aspen_value_t *out = m->fill[i].out;
+      out->v.value.v_int32 =
+         (int32_t) aspen_bytes_get_le32(data + m->fill[i].voff);
+      out->v.value_type = BSON_TYPE_INT32;
+   }
+   for (; i < m->n_fill8; i++) {
+      aspen_value_t *out = m->fill[i].out;
+      out->v.value.v_int64 =
+         (int64_t) aspen_bytes_get_le64(data + m->fill[i].voff);
+      out->v.value_type = (bson_type_t) m->fill[i].type;
+   }
+   for (; i < m->n_fills; i++) {
+      aspen_value_t *out = m->fill[i].out;
+      if (m->fill[i].type == BSON_TYPE_BOOL) {
+         out->v.value.v_bool = data[m->fill[i].voff] != 0;
       }
-      aspen_value_t *out = &vals[st->slot];
-      const uint8_t *v = e + st->hlen;
-      if (st->type == BSON_TYPE_INT32) {
-         out->v.value.v_int32 = (int32_t) aspen_bytes_get_le32(v);
-      } else if (st->type == BSON_TYPE_BOOL) {
-         out->v.value.v_bool = *v != 0;
-      } else if (st->type != BSON_TYPE_NULL) { /* 8 bytes: fixed_readable */
-         out->v.value.v_int64 = (int64_t) aspen_bytes_get_le64(v);
-      }
-      out->v.value_type = (bson_type_t) st->type;
+      out->v.value_type = (bson_type_t) m->fill[i].type;
    }
    return true; /* the names absent: MISSING already (nest_replay) */
 }
@@ -482,56 +537,68 @@ nest_replay(aspen_expr_paths_t *p, const uint8_t *data, uint32_t len,
    return off + 1 >= len; /* else more elements than the kept walk's */
 }
 
-/* Finds the top-level slots order[0..n-1] in `t` and remembers their
- * indexes for its layout. */
+/* Finds the top-level slots order[0..n-1] in `t` and remembers where
+ * they are for its layout (aspen__ptop_t); those not there get MISSING,
+ * which they keep while the memo stands. */
 static __attribute__((noinline)) void
 table_lookup(aspen_expr_paths_t *p, const uint32_t *order, uint32_t n,
              const aspen_fields_t *t)
 {
+   p->n_tops = 0;
    for (uint32_t j = 0; j < n; j++) {
       uint32_t s = order[j];
-      /* i < ASPEN_FIELDS_MAX */
-      p->memo_idx[s] =
-         (int8_t) aspen_fields_find(t, p->slots[s].key, p->slots[s].klen);
+      int i = aspen_fields_find(t, p->slots[s].key, p->slots[s].klen);
+      if (i < 0) {
+         set_missing(p, s);
+         continue;
+      }
+      p->tops[p->n_tops++] = (aspen__ptop_t){.out = &p->vals[s],
+                                             .klen = p->slots[s].klen,
+                                             .fi = (uint8_t) i};
    }
    p->memo_layout = t->layout;
+}
+
+/* The top-level slots found by the last table_lookup, from `t` (of its
+ * layout). */
+static inline void
+table_fill(aspen_expr_paths_t *p, const aspen_fields_t *t)
+{
+   /* Locals: the stores to the slots may alias nothing of `p` or `t`. */
+   const aspen_field_t *f = t->f;
+   const uint8_t *data = t->data;
+   uint32_t len = t->len;
+   for (const aspen__ptop_t *e = p->tops, *end = e + p->n_tops; e < end;
+        e++) {
+      if (!slot_value(data, len, f[e->fi].off, e->klen, e->out)) {
+         *e->out = ASPEN_VALUE_MISSING;
+      }
+   }
 }
 
 /* The top-level slots order[0..n-1] through `t`, which covers the
  * document (doc_path_get's lookup): each field's index found by a lookup,
  * or, for a table of the layout the last lookups were for, remembered
  * (the same keys, so the same first field of each name). */
-static void
+static inline void
 table_siblings(aspen_expr_paths_t *p, const uint32_t *order, uint32_t n,
                const aspen_fields_t *t)
 {
    if (t->layout == 0 || t->layout != p->memo_layout) {
       table_lookup(p, order, n, t);
    }
-   /* Locals: the stores to the slots may alias nothing of `p` or `t`. */
-   const int8_t *idx = p->memo_idx;
-   const aspen_field_t *f = t->f;
-   const uint8_t *data = t->data;
-   uint32_t len = t->len;
-   aspen_value_t *vals = p->vals;
-   for (uint32_t j = 0; j < n; j++) {
-      uint32_t s = order[j];
-      int i = idx[s];
-      if (i < 0 || !slot_value(data, len, f[i].off, f[i].klen, &vals[s])) {
-         vals[s] = ASPEN_VALUE_MISSING;
-      }
-   }
+   table_fill(p, t);
 }
 
 /* The slots of group `gr`, under a prefix (its slot resolved before). */
-static inline void
+static __attribute__((noinline)) void
 nest_siblings(aspen_expr_paths_t *p, const aspen__pgroup_t *gr,
               aspen__pnest_t *m)
 {
    const uint32_t *sib = p->order + gr->start;
-   const aspen_value_t *pv = &p->vals[gr->parent];
+   const aspen_value_t *pv = m->pv;
    bson_type_t type = pv->v.value_type;
-   bool resolved = p->state[gr->parent] == ASPEN__PSLOT_VALUE;
+   bool resolved = *m->pstate == ASPEN__PSLOT_VALUE;
    if (resolved && type == BSON_TYPE_DOCUMENT) {
       const uint8_t *sd = pv->v.value.v_doc.data;
       uint32_t sl = pv->v.value.v_doc.data_len;
@@ -540,8 +607,9 @@ nest_siblings(aspen_expr_paths_t *p, const aspen__pgroup_t *gr,
             p->state[sib[j]] = ASPEN__PSLOT_VALUE;
          }
          m->all_value = true;
+         m->quick = m->fixed;
       }
-      if (!(m->fixed && nest_fixed(p->vals, sd, sl, m)) &&
+      if (!(m->fixed && nest_fixed(sd, sl, m)) &&
           !(m->valid && nest_replay(p, sd, sl, m))) {
          scan_siblings(p, sib, gr->n, sd, sl, m);
       }
@@ -556,34 +624,96 @@ nest_siblings(aspen_expr_paths_t *p, const aspen__pgroup_t *gr,
       p->state[sib[j]] = state;
    }
    m->all_value = state == ASPEN__PSLOT_VALUE;
+   m->quick = m->fixed && m->all_value;
+}
+
+/* The groups under a prefix, from the `g`th: each by its fixed walk when
+ * its prefix holds a sub-document that walk fits (nest_fixed), else by
+ * nest_siblings. */
+static inline void
+nest_groups(aspen_expr_paths_t *p, uint32_t g)
+{
+   for (; g < p->n_groups; g++) {
+      aspen__pnest_t *m = &p->nest[g];
+      const aspen_value_t *pv = m->pv;
+      if (!(pv->v.value_type == BSON_TYPE_DOCUMENT &&
+            *m->pstate == ASPEN__PSLOT_VALUE && m->quick &&
+            nest_fixed(pv->v.value.v_doc.data, pv->v.value.v_doc.data_len,
+                       m))) {
+         nest_siblings(p, &p->groups[g], m);
+      }
+   }
+}
+
+/* The rest of aspen_expr_paths_resolve after resolve_fast stopped at
+ * group `g` (0: all of it). */
+static __attribute__((noinline)) void
+resolve_rest(aspen_expr_paths_t *p, const bson_t *doc,
+             const aspen_fields_t *fields, uint32_t g)
+{
+   if (g == 0) {
+      p->doc = NULL;
+      if (!aspen__expr_paths_on || !doc || p->n == 0) {
+         return;
+      }
+      if (!p->order_ok) {
+         build_order(p);
+      }
+      /* The top level's group first (parents before children; every
+       * path has a top-level slot), through a table that covers the
+       * document (its bytes: no call into libbson for them) or by a
+       * scan. */
+      const aspen__pgroup_t *gr = p->groups;
+      if (fields) {
+         table_siblings(p, p->order + gr->start, gr->n, fields);
+      } else {
+         p->memo_layout = 0; /* the slots it left MISSING are written */
+         scan_siblings(p, p->order + gr->start, gr->n, bson_get_data(doc),
+                       doc->len, NULL);
+      }
+      g = 1;
+   }
+   nest_groups(p, g);
+   p->doc = doc;
 }
 
 void
 aspen_expr_paths_resolve(aspen_expr_paths_t *p, const bson_t *doc,
                          const aspen_fields_t *fields)
 {
-   p->doc = NULL;
-   if (!aspen__expr_paths_on || !doc || p->n == 0) {
+   /* A table of the layout remembered: the top-level slots are where they
+    * were (the memo stands only while the slots and their order do:
+    * slot_of clears it). */
+   if (!fields || fields->layout != p->memo_layout || fields->layout == 0 ||
+       !doc || !aspen__expr_paths_on) {
+      resolve_rest(p, doc, fields, 0);
       return;
    }
-   if (!p->order_ok) {
-      build_order(p);
-   }
-   /* The top level's group first (parents before children), through a
-    * table that covers the document (its bytes: no call into libbson for
-    * them) or by a scan. */
-   const aspen__pgroup_t *gr = p->groups, *end = gr + p->n_groups;
-   if (gr->parent < 0) {
-      if (fields) {
-         table_siblings(p, p->order + gr->start, gr->n, fields);
-      } else {
-         scan_siblings(p, p->order + gr->start, gr->n, bson_get_data(doc),
-                       doc->len, NULL);
+   const aspen_field_t *f = fields->f;
+   const uint8_t *data = fields->data;
+   uint32_t len = fields->len;
+   for (const aspen__ptop_t *e = p->tops, *end = e + p->n_tops; e < end;
+        e++) {
+      int r = slot_read(data, len, f[e->fi].off, e->klen, e->out);
+      if (r <= 0) {
+         if (r < 0) { /* a type left to aspen__raw_value: all again */
+            resolve_rest(p, doc, fields, 0);
+            return;
+         }
+         *e->out = ASPEN_VALUE_MISSING;
       }
-      gr++;
    }
-   for (; gr < end; gr++) {
-      nest_siblings(p, gr, &p->nest[gr - p->groups]);
+   /* The groups under a prefix by their fixed walks, as far as they go. */
+   for (uint32_t g = 1, n = p->n_groups; g < n; g++) {
+      const aspen__pnest_t *m = &p->nest[g];
+      const aspen_value_t *pv = m->pv;
+      if (!(pv->v.value_type == BSON_TYPE_DOCUMENT &&
+            *m->pstate == ASPEN__PSLOT_VALUE && m->quick &&
+            nest_fixed(pv->v.value.v_doc.data, pv->v.value.v_doc.data_len,
+                       m))) {
+         resolve_rest(p, doc, fields, g);
+         return;
+      }
    }
    p->doc = doc;
 }

@@ -2246,6 +2246,16 @@ static const char *const walk_pipelines[] = {
    "   \"hot\": {\"$gt\": [\"$obs.temp\", 20]},"
    "   \"label\": {\"$concat\": [\"$device_id\", \"-\", {\"$toString\":"
    " \"$group_id\"}]}}}]",
+   /* Through the input's field table (a $match's, a $project's): the
+    * top-level slots remembered per layout id (those absent kept MISSING
+    * while the memo stands), a layout id repeating with other bytes. */
+   "[{\"$match\": {}}, {\"$addFields\": {\"v\": [\"$x\", \"$device_id\","
+   "   \"$obs.watts\", \"$obs.temp\", \"$obs.x\", \"$obs.n\", \"$o.ab\","
+   "   {\"$type\": \"$x\"}, {\"$type\": \"$obs.n\"}]}}]",
+   "[{\"$project\": {\"device_id\": 1, \"group_id\": 1, \"obs\": 1,"
+   "   \"x\": 1}}, {\"$addFields\": {\"v\": [\"$x\", \"$device_id\","
+   "   \"$group_id\", \"$obs.watts\", \"$obs.temp\", \"$obs.x\","
+   "   \"$obs.n\", {\"$type\": \"$x\"}, {\"$type\": \"$obs.temp\"}]}}]",
 };
 
 /* {device_id: A, group_id: A, obs: {watts: A, temp: A}, k: 1}, A of the
@@ -2362,11 +2372,54 @@ path_slots_walks_same_results(void **state)
       " \"temp\": {\"$date\": \"2026-01-01T00:00:00Z\"}}}",
       "{\"obs\": {\"watts\": 2.5,"
       " \"temp\": {\"$date\": \"2026-01-02T00:00:00Z\"}}}",
+      /* fixed walks mixing widths (their values read int32s first, then
+       * 8 bytes, then bools and nulls), each twice (the second fixed) */
+      "{\"obs\": {\"watts\": true, \"temp\": 1, \"x\": 2.5, \"n\": null}}",
+      "{\"obs\": {\"watts\": false, \"temp\": 2, \"x\": 3.5, \"n\": null}}",
+      "{\"obs\": {\"n\": null, \"x\": {\"$numberLong\": \"7\"},"
+      " \"temp\": true, \"watts\": 3}}",
+      "{\"obs\": {\"n\": null, \"x\": {\"$numberLong\": \"8\"},"
+      " \"temp\": false, \"watts\": 4}}",
+      "{\"obs\": {\"x\": 1, \"watts\": null, \"temp\": 2.5, \"n\": 5}}",
+      "{\"obs\": {\"x\": 2, \"watts\": null, \"temp\": 3.5, \"n\": 6}}",
+      /* one layout, values of other lengths and types (offsets shift) */
+      "{\"device_id\": \"d\", \"group_id\": 1, \"obs\": {\"watts\": 1,"
+      " \"temp\": 2}, \"x\": 1}",
+      "{\"device_id\": \"device_123456789\", \"group_id\": 2,"
+      " \"obs\": {\"watts\": 3, \"temp\": 4}, \"x\": \"xx\"}",
+      "{\"device_id\": \"\", \"group_id\": 3, \"obs\": {\"watts\": 5,"
+      " \"temp\": 6}, \"x\": [1]}",
+      "{\"device_id\": \"d\", \"group_id\": 4.5, \"obs\": {\"watts\": 7,"
+      " \"temp\": 8, \"x\": 9}, \"x\": {\"a\": 1}}",
+      "{\"device_id\": [\"d\"], \"group_id\": 5, \"obs\": [{\"watts\": 9}],"
+      " \"x\": null}",
+      "{\"device_id\": \"d\", \"group_id\": 6, \"obs\": \"s\", \"x\": 1}",
+      "{\"device_id\": \"d\", \"group_id\": 7, \"obs\": {\"watts\": 1,"
+      " \"temp\": 2}, \"x\": 2}",
    };
    size_t n = sizeof json / sizeof json[0];
    bson_t **docs = docs_from_json(json, &n);
-   size_t cap = n + 4 * COPY_TYPES + 64;
+   size_t cap = n + 4 * COPY_TYPES + 64 + 8;
    docs = aspen_xrealloc(docs, cap * sizeof *docs);
+   /* A layout without "x" (its slot MISSING, remembered so), then a
+    * document of more fields than a table holds (no table: "x" found by
+    * a scan), then the first layout again. */
+   bson_t *no_x = walk_doc(-1), *many = walk_doc(-1);
+   for (int i = 0; i < ASPEN_FIELDS_MAX; i++) {
+      char key[16];
+      snprintf(key, sizeof key, "f%d", i);
+      BSON_APPEND_INT32(many, key, i);
+   }
+   BSON_APPEND_UTF8(many, "x", "from the scan");
+   docs[n++] = bson_copy(no_x);
+   docs[n++] = bson_copy(no_x);
+   docs[n++] = bson_copy(many);
+   docs[n++] = bson_copy(no_x);
+   docs[n++] = bson_copy(no_x);
+   docs[n++] = bson_copy(many);
+   docs[n++] = bson_copy(no_x);
+   bson_destroy(no_x);
+   bson_destroy(many);
    for (int i = 0; i < COPY_TYPES; i++) {
       docs[n++] = walk_doc(i);
       docs[n++] = walk_doc(i);
