@@ -247,7 +247,8 @@ typedef struct {
    uint8_t n_words, n_fills;
    uint8_t n_fill4, n_fill8; /* fill[0..n_fill4-1]: int32s; to n_fill8: 8
                               * bytes; then bools and nulls */
-   bool quick; /* fixed and all_value */
+   bool ptop;  /* its prefix is a top-level slot */
+   bool quick; /* fixed, all_value and ptop (aspen_expr_paths_resolve) */
    /* The group's prefix: its slot's value and state. */
    const aspen_value_t *pv;
    const uint8_t *pstate;
@@ -268,6 +269,8 @@ typedef struct {
    uint32_t klen;
    uint8_t fi;
 } aspen__ptop_t;
+/* No layout (ids count up from 1: lang/fields.h). */
+#define ASPEN__PMEMO_NONE UINT64_MAX
 struct aspen_expr_paths {
    aspen__pslot_t *slots;
    uint32_t n, cap;
@@ -279,10 +282,10 @@ struct aspen_expr_paths {
    aspen__pnest_t *nest; /* per group: its last scan (not the top level's) */
    uint32_t n_groups;
    bool order_ok;
-   /* The top-level slots' indexes in the input's field table (-1: no such
-    * field), as found for a table of layout `memo_layout` (lang/fields.h;
-    * 0: none kept): a table of that layout fills them without a lookup.
-    * The table is its stage's (one thread), so plain fields. */
+   /* Where the top-level slots are in the input's field table, as found
+    * for a table of layout `memo_layout` (lang/fields.h; ASPEN__PMEMO_NONE:
+    * none kept): a table of that layout fills them without a lookup. The
+    * table is its stage's (one thread), so plain fields. */
    uint64_t memo_layout;
    /* The top-level slots found for it (those not found hold MISSING
     * while the memo stands: only the top level's fill writes them). */

@@ -39,7 +39,9 @@ aspen_expr_paths_set_enabled(bool on)
 aspen_expr_paths_t *
 aspen_expr_paths_new(void)
 {
-   return aspen_xcalloc(1, sizeof(aspen_expr_paths_t));
+   aspen_expr_paths_t *p = aspen_xcalloc(1, sizeof(aspen_expr_paths_t));
+   p->memo_layout = ASPEN__PMEMO_NONE;
+   return p;
 }
 
 void
@@ -102,7 +104,7 @@ slot_of(aspen_expr_paths_t *p, char *const *parts, uint32_t n)
                                      .parts = parts,
                                      .n_parts = n};
    p->order_ok = false;
-   p->memo_layout = 0;
+   p->memo_layout = ASPEN__PMEMO_NONE;
    return p->n++;
 }
 
@@ -157,6 +159,7 @@ build_order(aspen_expr_paths_t *p)
       if (p->groups[g].parent >= 0) {
          p->nest[g].pv = &p->vals[p->groups[g].parent];
          p->nest[g].pstate = &p->state[p->groups[g].parent];
+         p->nest[g].ptop = p->slots[p->groups[g].parent].parent < 0;
       }
    }
    p->order_ok = true;
@@ -346,7 +349,7 @@ plan_fixed(aspen__pnest_t *m, aspen_value_t *vals)
    m->lmax = m->to_end ? off + 1 : UINT32_MAX;
    /* else no length passes (nest_fixed's one compare needs need <= lmax) */
    m->fixed = m->need <= m->lmax;
-   m->quick = m->fixed && m->all_value;
+   m->quick = m->fixed && m->all_value && m->ptop;
 }
 
 /* Fills the `n` sibling slots order[0..n-1] from the document at
@@ -476,6 +479,9 @@ nest_fixed(const uint8_t *data, uint32_t len, const aspen__pnest_t *m)
          (int32_t) aspen_bytes_get_le32(data + m->fill[i].voff);
       out->v.value_type = BSON_TYPE_INT32;
    }
+   if (i == m->n_fills) {
+      return true;
+   }
    for (; i < m->n_fill8; i++) {
       aspen_value_t *out = m->fill[i].out;
       out->v.value.v_int64 =
@@ -556,7 +562,8 @@ table_lookup(aspen_expr_paths_t *p, const uint32_t *order, uint32_t n,
                                              .klen = p->slots[s].klen,
                                              .fi = (uint8_t) i};
    }
-   p->memo_layout = t->layout;
+   /* a table nobody checked (id 0): found again for the next one */
+   p->memo_layout = t->layout != 0 ? t->layout : ASPEN__PMEMO_NONE;
 }
 
 /* The top-level slots found by the last table_lookup, from `t` (of its
@@ -584,7 +591,7 @@ static inline void
 table_siblings(aspen_expr_paths_t *p, const uint32_t *order, uint32_t n,
                const aspen_fields_t *t)
 {
-   if (t->layout == 0 || t->layout != p->memo_layout) {
+   if (t->layout != p->memo_layout) {
       table_lookup(p, order, n, t);
    }
    table_fill(p, t);
@@ -607,7 +614,7 @@ nest_siblings(aspen_expr_paths_t *p, const aspen__pgroup_t *gr,
             p->state[sib[j]] = ASPEN__PSLOT_VALUE;
          }
          m->all_value = true;
-         m->quick = m->fixed;
+         m->quick = m->fixed && m->ptop;
       }
       if (!(m->fixed && nest_fixed(sd, sl, m)) &&
           !(m->valid && nest_replay(p, sd, sl, m))) {
@@ -624,7 +631,7 @@ nest_siblings(aspen_expr_paths_t *p, const aspen__pgroup_t *gr,
       p->state[sib[j]] = state;
    }
    m->all_value = state == ASPEN__PSLOT_VALUE;
-   m->quick = m->fixed && m->all_value;
+   m->quick = m->fixed && m->all_value && m->ptop;
 }
 
 /* The groups under a prefix, from the `g`th: each by its fixed walk when
@@ -637,7 +644,7 @@ nest_groups(aspen_expr_paths_t *p, uint32_t g)
       aspen__pnest_t *m = &p->nest[g];
       const aspen_value_t *pv = m->pv;
       if (!(pv->v.value_type == BSON_TYPE_DOCUMENT &&
-            *m->pstate == ASPEN__PSLOT_VALUE && m->quick &&
+            *m->pstate == ASPEN__PSLOT_VALUE && m->fixed && m->all_value &&
             nest_fixed(pv->v.value.v_doc.data, pv->v.value.v_doc.data_len,
                        m))) {
          nest_siblings(p, &p->groups[g], m);
@@ -645,7 +652,7 @@ nest_groups(aspen_expr_paths_t *p, uint32_t g)
    }
 }
 
-/* The rest of aspen_expr_paths_resolve after resolve_fast stopped at
+/* The rest of aspen_expr_paths_resolve after its fast path stopped at
  * group `g` (0: all of it). */
 static __attribute__((noinline)) void
 resolve_rest(aspen_expr_paths_t *p, const bson_t *doc,
@@ -667,7 +674,8 @@ resolve_rest(aspen_expr_paths_t *p, const bson_t *doc,
       if (fields) {
          table_siblings(p, p->order + gr->start, gr->n, fields);
       } else {
-         p->memo_layout = 0; /* the slots it left MISSING are written */
+         /* the slots it left MISSING are written */
+         p->memo_layout = ASPEN__PMEMO_NONE;
          scan_siblings(p, p->order + gr->start, gr->n, bson_get_data(doc),
                        doc->len, NULL);
       }
@@ -684,8 +692,8 @@ aspen_expr_paths_resolve(aspen_expr_paths_t *p, const bson_t *doc,
    /* A table of the layout remembered: the top-level slots are where they
     * were (the memo stands only while the slots and their order do:
     * slot_of clears it). */
-   if (!fields || fields->layout != p->memo_layout || fields->layout == 0 ||
-       !doc || !aspen__expr_paths_on) {
+   if (!fields || fields->layout != p->memo_layout || !doc ||
+       !aspen__expr_paths_on) {
       resolve_rest(p, doc, fields, 0);
       return;
    }
@@ -707,8 +715,8 @@ aspen_expr_paths_resolve(aspen_expr_paths_t *p, const bson_t *doc,
    for (uint32_t g = 1, n = p->n_groups; g < n; g++) {
       const aspen__pnest_t *m = &p->nest[g];
       const aspen_value_t *pv = m->pv;
-      if (!(pv->v.value_type == BSON_TYPE_DOCUMENT &&
-            *m->pstate == ASPEN__PSLOT_VALUE && m->quick &&
+      /* quick: the prefix is a top-level slot, so holds its value */
+      if (!(pv->v.value_type == BSON_TYPE_DOCUMENT && m->quick &&
             nest_fixed(pv->v.value.v_doc.data, pv->v.value.v_doc.data_len,
                        m))) {
          resolve_rest(p, doc, fields, g);

@@ -1645,6 +1645,12 @@ static const char *const slots_pipelines[] = {
    "   \"hot\": {\"$gt\": [\"$obs.temp\", 20]},"
    "   \"label\": {\"$concat\": [\"$device_id\", \"-\", {\"$toString\":"
    " \"$group_id\"}]}}}]",
+   /* Through the $match's field table (the slots' fast path): groups
+    * under a top-level slot and under a nested one ("a.b"). */
+   "[{\"$match\": {}}, {\"$addFields\": {\"v\": [\"$obs.watts\","
+   "   \"$obs.temp\", \"$a.b.c\", \"$a.x.c\", \"$nope.a\", \"$a.b\", \"$k\","
+   "   \"$arr.v\", \"$o.p\", \"$obs\"], \"y\": [{\"$type\": \"$a.b.c\"},"
+   "   {\"$type\": \"$obs.watts\"}, {\"$type\": \"$nope.a\"}]}}]",
 };
 
 static const char *const slots_docs[] = {
@@ -1699,7 +1705,27 @@ static const char *const slots_docs[] = {
    "{\"obs\": {\"watts\": 2, \"temp\": 8, \"watts\": 9}, \"k\": 8}",
    "{\"obs\": {\"temp\": 8, \"watts\": 2, \"temp\": 9}, \"k\": 8}",
    "{\"obs\": {\"s\": \"str\", \"watts\": 2, \"temp\": 9}, \"k\": 9,"
-   " \"a\": {\"b\": {\"c\": 1}}}",
+   " \"a\": {\"b\": {\"c\": 1}}}",   /* One layout after another with "obs" a fixed walk (the groups after
+    * its group resolved by the fast path or resumed from there), "a"'s
+    * group and the one under "a.b" changing. */
+   "{\"obs\": {\"watts\": 1, \"temp\": 2}, \"a\": {\"b\": {\"c\": 1},"
+   " \"x\": {\"c\": 2}}, \"k\": 1}",
+   "{\"obs\": {\"watts\": 3, \"temp\": 4}, \"a\": {\"b\": {\"c\": 5},"
+   " \"x\": {\"c\": [6]}}, \"k\": 2}",
+   "{\"obs\": {\"watts\": 5, \"temp\": 6}, \"a\": {\"b\": [{\"c\": 7}],"
+   " \"x\": 1}, \"k\": 3}",
+   "{\"obs\": {\"watts\": 7, \"temp\": 8}, \"a\": {\"b\": {\"c\": 9},"
+   " \"x\": {\"c\": 10}}, \"k\": 4}",
+   "{\"obs\": {\"watts\": 9, \"temp\": 10}, \"a\": {\"b\": 1, \"x\": 2},"
+   " \"k\": 5}",
+   "{\"obs\": {\"watts\": 11, \"temp\": 12}, \"a\": {\"b\": 3, \"x\": 4},"
+   " \"k\": 6}",
+   "{\"obs\": {\"watts\": 13, \"temp\": 14}, \"a\": {\"b\": {\"c\": 15},"
+   " \"x\": {\"c\": 16}}, \"k\": 7}",
+   "{\"obs\": {\"watts\": 17, \"temp\": 18}, \"a\": {\"b\": {\"c\": 19},"
+   " \"x\": {\"c\": 20}}, \"k\": 8}",
+   "{\"obs\": {\"watts\": 21, \"temp\": 22}, \"a\": {\"b\": {\"c\": 23},"
+   " \"x\": {\"c\": 24}}, \"k\": 9}",
 };
 
 /* `doc` with the `n` bytes at the first occurrence of `key` (a key's
