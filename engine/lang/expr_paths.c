@@ -16,9 +16,15 @@
  * it).
  *
  * Documents from one source share their layout, so the lookups are
- * remembered: the top-level slots' indexes per input table layout id
- * (table_siblings), and each sibling group's last walk of its
- * sub-document (nest_replay: the heads it met, checked in place).
+ * remembered: where the top-level slots are in an input table of one
+ * layout id (table_lookup), and each sibling group's last walk of its
+ * sub-document (nest_replay: the heads it met, checked in place; a walk
+ * of fixed-size elements as flat checks at known offsets, nest_fixed).
+ * A table of the remembered layout takes a fast path without calls
+ * (aspen_expr_paths_resolve): each top-level slot read from its field,
+ * then each group under one by its fixed walk; whatever it does not cover
+ * (a type it leaves to aspen__raw_value, a walk that is not fixed or does
+ * not fit) goes on in resolve_rest, with the same results.
  */
 #include "lang/expr_int.h"
 
