@@ -19,4 +19,10 @@ void aspen_shape_path_copy_set_enabled(bool on);
  * only, as above. */
 void aspen_shape_plan_set_enabled(bool on);
 
+/* Whether an $addFields/$set of top-level computed fields over an input
+ * with none of them (its table says so) copies the input as one span and
+ * appends the computed fields (default true), or walks the input like any
+ * other. Tests only, as above. */
+void aspen_shape_append_new_set_enabled(bool on);
+
 #endif /* ASPEN_ENGINE_STAGES_SHAPE_H */

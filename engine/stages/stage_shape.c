@@ -1150,6 +1150,16 @@ shape_destroy(aspen_stage_t *st)
    }
 }
 
+/* Whether a flat $addFields over an input without its fields takes
+ * append_new (tests switch it off to compare with apply_doc's walk). */
+static bool append_new_on = true;
+
+void
+aspen_shape_append_new_set_enabled(bool on)
+{
+   append_new_on = on;
+}
+
 /* True if no computed field of a flat $addFields is in the input that
  * `t` describes. */
 static bool
@@ -1212,24 +1222,44 @@ append_new(apply_t *a, const shape_t *s, const aspen_sdoc_t *in)
    a->w->len += body;
    /* The input's fields are where they were: the writer starts with the
     * same 4-byte header. */
-   memcpy(a->out_tab->f, t->f, t->n * sizeof t->f[0]);
-   a->out_tab->n = t->n;
+   aspen_fields_t *out = a->out_tab;
+   /* (a table is a few entries: inline moves, not a memcpy call) */
+   copy_run((uint8_t *) out->f, (const uint8_t *) t->f, t->n * sizeof t->f[0]);
+   uint32_t o = t->n;
    a->ctx->fields = t;
+   const node_t *kids = s->tree.root.kids;
+   size_t n_kids = s->tree.root.n_kids;
+   /* Room for an entry per computed field: each written one stored
+    * straight (aspen_fields_add's check made once), else added one by
+    * one (the table overflows as it would). */
+   bool room = o + n_kids <= ASPEN_FIELDS_MAX;
+   out->n = o;
+   uint64_t written = 0;
    /* append_expr and note_written in one. */
-   for (size_t i = 0; i < s->tree.root.n_kids; i++) {
-      const node_t *n = &s->tree.root.kids[i];
+   for (size_t i = 0; i < n_kids; i++) {
+      const node_t *n = &kids[i];
       size_t before = a->w->len;
       if (!write_expr(a, n)) {
          return false;
       }
       if (a->w->len > before) {
-         aspen_fields_add(a->out_tab, before, n->name_len);
+         if (room) {
+            out->f[o].off = (uint32_t) before;
+            out->f[o].klen = (uint32_t) n->name_len;
+            o++;
+         } else {
+            aspen_fields_add(out, before, n->name_len);
+         }
          if (i < 64) {
-            a->written |= 1ull << i;
+            written |= 1ull << i;
          }
       }
    }
-   a->n_exprs = (uint32_t) s->tree.root.n_kids;
+   if (room) {
+      out->n = o;
+   }
+   a->written = written;
+   a->n_exprs = (uint32_t) n_kids;
    return true;
 }
 
@@ -1259,7 +1289,7 @@ shape_push(aspen_stage_t *st, const aspen_sdoc_t *in, aspen_error_t *err)
       ctx.paths = s->paths;
    }
    bool from_table = given;
-   if (given && s->flat && all_new(s, in->fields)) {
+   if (given && s->flat && append_new_on && all_new(s, in->fields)) {
       if (!append_new(&a, s, in)) {
          return false;
       }

@@ -2237,6 +2237,79 @@ plan_same_results(void **state)
    }
 }
 
+/* append_new (an $addFields/$set whose computed fields are all new: the
+ * input copied as one span, the computed fields appended, their table
+ * entries stored straight) against apply_doc's walk: computed fields
+ * missing on some documents and present on others under one layout (a
+ * plain path, $$REMOVE by type), layouts alternating, a value of every
+ * type, corrupt values, and inputs with 29 to 32 top-level fields (the
+ * output's table filling up, then overflowing). */
+static const char *const append_new_pipelines[] = {
+   "[{\"$addFields\": {\"n1\": \"$v\", \"n2\": \"$o.v\","
+   "   \"n3\": {\"$cond\": [{\"$eq\": [{\"$type\": \"$v\"}, \"int\"]},"
+   "   \"$$REMOVE\", \"$t\"]}, \"n4\": \"$o.d.v\"}},"
+   " {\"$project\": {\"n4\": 1, \"n3\": 1, \"n2\": 1, \"n1\": 1,"
+   "   \"t\": 1, \"f30\": 1}}]",
+   "[{\"$addFields\": {\"n1\": \"$v\", \"n2\": \"$o.v\","
+   "   \"n3\": {\"$cond\": [{\"$eq\": [{\"$type\": \"$v\"}, \"int\"]},"
+   "   \"$$REMOVE\", \"$t\"]}, \"n4\": \"$o.d.v\"}},"
+   " {\"$addFields\": {\"q\": [\"$n2\", \"$n4\", \"$n3\"]}}]",
+   "[{\"$set\": {\"k\": {\"$type\": \"$v\"}, \"m\": \"$nope\","
+   "   \"c\": {\"$concat\": [\"$t\", \"-\"]}}},"
+   " {\"$addFields\": {\"q\": [\"$c\", \"$k\", \"$m\", \"$f28\"]}}]",
+   "[{\"$project\": {\"t\": 1, \"v\": 1, \"o\": 1}}, {\"$addFields\":"
+   "   {\"kw\": {\"$divide\": [\"$v\", 1000]}, \"hot\": {\"$gt\": [\"$v\","
+   "   20]}, \"r\": \"$o.v\"}}]",
+   "[{\"$addFields\": {\"x\": \"$v\"}}, {\"$addFields\": {\"y\": \"$x\","
+   "   \"z\": {\"$cond\": [{\"$eq\": [\"$t\", \"s\"]}, \"$$REMOVE\", 1]}}}]",
+};
+
+static void
+append_new_same_results(void **state)
+{
+   (void) state;
+   static const char *const json[] = {
+      "{\"t\": \"s\", \"v\": 1, \"o\": {\"v\": 2}}",
+      "{\"t\": \"s\", \"o\": {\"d\": {\"v\": 3}}}",
+      /* one layout, as many fields written but others (n1 n2, n1 n4) */
+      "{\"t\": \"s\", \"v\": 1, \"o\": {\"v\": 2}}",
+      "{\"t\": \"s\", \"v\": 1, \"o\": {\"d\": {\"v\": 3}}}",
+      "{\"t\": \"s\", \"v\": 1, \"o\": {\"v\": 2}}",
+      "{\"t\": \"q\", \"v\": 1, \"o\": {\"v\": 2}}",
+      "{\"t\": \"s\", \"v\": \"a\", \"o\": {\"v\": 2}}",
+      "{\"v\": 1.5, \"t\": \"s\"}",
+      "{\"t\": \"s\", \"v\": 1, \"o\": {\"v\": 2}}",
+      "{\"t\": \"x\", \"v\": null, \"o\": 4}",
+      "{}",
+      "{\"t\": \"s\", \"v\": 7, \"o\": {}}",
+   };
+   size_t n = sizeof json / sizeof json[0];
+   bson_t **docs = typed_docs(json, &n, 2, 2, 12);
+   bson_t *b = typed_doc(7, false), *str = typed_doc(1, false);
+   docs[n++] = poke_at(b, "v", 0, 2);
+   docs[n++] = poke_at(str, "v", 4 + 3, 'x');
+   docs[n++] = poke_at(str, "t", 0, 90);
+   bson_destroy(b);
+   bson_destroy(str);
+   for (int total = 29; total <= 32; total++) {
+      bson_t *d = bson_new();
+      BSON_APPEND_UTF8(d, "t", "s");
+      BSON_APPEND_INT32(d, "v", total);
+      for (int k = 2; k < total; k++) {
+         char key[8];
+         snprintf(key, sizeof key, "f%d", k);
+         BSON_APPEND_INT32(d, key, k);
+      }
+      docs[n++] = d;
+   }
+   size_t outputs = runs_same_results(
+      append_new_pipelines,
+      sizeof append_new_pipelines / sizeof append_new_pipelines[0],
+      aspen_shape_append_new_set_enabled, docs, n);
+   docs_free(docs, n);
+   assert_true(outputs > 300);
+}
+
 /* Path slots read in place (expr_paths.c: the type-specialised reads, a
  * sub-document's kept walk replayed with its heads compared as words, a
  * fixed walk read at known offsets) against the general lookup: a value of
@@ -2734,6 +2807,7 @@ main(void)
       cmocka_unit_test(layout_cache_same_results),
       cmocka_unit_test(path_copy_same_results),
       cmocka_unit_test(plan_same_results),
+      cmocka_unit_test(append_new_same_results),
       cmocka_unit_test(match_table_decided_at_parse),
    };
    const size_t n_direct = sizeof direct / sizeof direct[0];
