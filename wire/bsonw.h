@@ -242,7 +242,10 @@ aspen_bsonw_value_size(uint8_t type, const uint8_t *v, size_t avail)
          return -1;
       }
       l = (int32_t) aspen_bytes_get_le32(v);
-      return l >= 1 && (size_t) l + 4 <= avail ? 4 + (int64_t) l : -1;
+      /* libbson's walk also wants the value's last byte a NUL. */
+      return l >= 1 && (size_t) l + 4 <= avail && v[3 + l] == 0
+                ? 4 + (int64_t) l
+                : -1;
    case BSON_TYPE_DOCUMENT:
    case BSON_TYPE_ARRAY:
    case BSON_TYPE_CODEWSCOPE:

@@ -403,7 +403,7 @@ aspen_fields_scan_layout(aspen_fields_t *t, const bson_t *doc,
    /* A raw walk of the elements, with bson_iter_init's checks of the frame
     * and aspen_bsonw_iter_next's of each element; the iterator takes any
     * element type it does not read. */
-   const uint8_t *data = bson_get_data(doc);
+   const uint8_t *data = aspen_bsonw_data(doc);
    uint32_t len = doc->len;
    if (len < 5 || aspen_bytes_get_le32(data) != len || data[len - 1] != 0) {
       return scan_iter(t, doc);

@@ -1218,7 +1218,7 @@ append_new(apply_t *a, const shape_t *s, const aspen_sdoc_t *in)
 {
    const aspen_fields_t *t = in->fields;
    size_t body = in->doc->len - 5;
-   memcpy(aspen_bsonw_reserve(a->w, body), bson_get_data(in->doc) + 4, body);
+   memcpy(aspen_bsonw_reserve(a->w, body), aspen_bsonw_data(in->doc) + 4, body);
    a->w->len += body;
    /* The input's fields are where they were: the writer starts with the
     * same 4-byte header. */
