@@ -208,8 +208,10 @@ slot_read(const uint8_t *data, uint32_t len, uint32_t off, uint32_t kl,
       out->v.value.v_int32 = (int32_t) aspen_bytes_get_le32(v);
    } else if (type == BSON_TYPE_UTF8) {
       /* aspen_bsonw_value_size's checks: a length of 1 or more, within
-       * (a document's length is below 2^31, so is `l` when it fits) */
-      if (avail < 4 || (l = aspen_bytes_get_le32(v)) < 1 || l > avail - 4) {
+       * (a document's length is below 2^31, so is `l` when it fits), and
+       * the string's last byte a NUL */
+      if (avail < 4 || (l = aspen_bytes_get_le32(v)) < 1 || l > avail - 4 ||
+          v[3 + l] != 0) {
          return 0;
       }
       out->v.value.v_utf8.str = (char *) v + 4;

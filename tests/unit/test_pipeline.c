@@ -2570,6 +2570,11 @@ path_slots_walks_same_results(void **state)
    docs[n++] = bson_copy(strs);
    docs[n++] = corrupt_at(strs, "device_id", 0, 6);
    docs[n++] = bson_copy(strs);
+   /* Strings whose last byte is not a NUL (libbson stops there). */
+   docs[n++] = poke_at(strs, "temp", 7, 'z');
+   docs[n++] = bson_copy(strs);
+   docs[n++] = poke_at(strs, "device_id", 7, 'z');
+   docs[n++] = bson_copy(strs);
    bson_destroy(strs);
    bson_destroy(good);
    assert_true(n <= cap);
